@@ -1,0 +1,31 @@
+"""Test set-up: Triton kernels run under the interpreter on machines without a CUDA GPU.
+
+``TRITON_INTERPRET`` must be set before anything imports triton, hence here, first.
+"""
+
+import os
+import shutil
+
+if shutil.which("nvidia-smi") is None:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from vllm_padrec import envs  # noqa: E402
+
+GPU_REASON = "needs a CUDA GPU (runs on the H200 device machine)"
+requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason=GPU_REASON)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> str:
+    path = envs.data_dir()
+    if not os.path.isdir(path):
+        pytest.skip(f"shared datasets not found at {path} (set PADREC_DATA_DIR)")
+    return path
+
+
+@pytest.fixture
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,156 @@
+import os
+
+import numpy as np
+import pytest
+
+from vllm_padrec.catalog import ItemCatalog, TokenLayout, parse_sid_string, resolve_collisions
+from vllm_padrec.data import generate_synthetic, load_dataset
+from vllm_padrec.errors import (
+    CatalogError,
+    EmptyHistoryError,
+    MalformedSemanticIdError,
+    UnknownItemError,
+    UnknownSemanticIdError,
+)
+
+
+def random_catalog(rng, num_items, sizes, collisions=0):
+    codes = np.stack([rng.integers(0, s, size=num_items) for s in sizes], 1)
+    codes = np.unique(codes, axis=0)
+    rng.shuffle(codes)
+    if collisions:
+        dup = codes[rng.integers(0, len(codes), size=collisions)]
+        codes = np.concatenate([codes, dup])
+    return ItemCatalog([f"i{n}" for n in range(len(codes))], codes, sizes)
+
+
+def test_layout_ids_and_slot_table():
+    layout = TokenLayout((3, 5, 2))
+    tokens = layout.token_strings()
+    assert len(tokens) == layout.vocab_size == 6 + 10
+    assert tokens[layout.token_id(1, 4)] == "<b_4>"
+    table = layout.slot_table()
+    assert table[layout.SEP] == 3 and table[layout.EOS] == 4 and table[layout.REC] == 4
+    for token_id, text in enumerate(tokens):
+        slot_code = layout.code_of(token_id)
+        if slot_code is None:
+            assert table[token_id] >= layout.num_slots
+        else:
+            assert text == f"<{'abc'[slot_code[0]]}_{slot_code[1]}>" and table[token_id] == slot_code[0]
+
+
+@pytest.mark.parametrize("sizes", [(4, 4), (8, 8, 8, 8), (3, 7, 2, 5, 9)])
+def test_round_trip_every_item(sizes):
+    rng = np.random.default_rng(len(sizes))
+    catalog = random_catalog(rng, 200, sizes)
+    for index in range(len(catalog)):
+        assert catalog.parse_sid(catalog.sid_string(index)) == index
+        assert catalog.index_of(catalog.item_ids[index]) == index
+        tokens = catalog.render_completion([index])
+        assert catalog.parse_completion(tokens) == [index]
+
+
+def test_collision_rule_keeps_every_item_distinct_and_is_lossless():
+    rng = np.random.default_rng(0)
+    catalog = random_catalog(rng, 300, (4, 4, 4, 4), collisions=40)
+    assert len({tuple(r) for r in catalog.codes.tolist()}) == len(catalog)
+    changed = (catalog.codes != catalog.original_codes).any(1)
+    # only the last slot moves, and the first item of each group keeps its SID
+    assert (catalog.codes[:, :-1] == catalog.original_codes[:, :-1]).all()
+    seen = set()
+    for index, row in enumerate(map(tuple, catalog.original_codes.tolist())):
+        assert changed[index] == (row in seen)
+        seen.add(row)
+    # persistence keeps original codes, so the rule is re-applied identically
+    again = ItemCatalog.from_dict(catalog.to_dict())
+    assert (again.codes == catalog.codes).all() and (again.original_codes == catalog.original_codes).all()
+
+
+def test_collision_rule_takes_smallest_free_code_and_grows_when_full():
+    codes = np.array([[0, 1], [0, 1], [0, 0], [0, 1]])
+    assert resolve_collisions(codes)[:, 1].tolist() == [1, 2, 0, 3]
+    full = ItemCatalog(["a", "b", "c"], np.array([[0, 0], [0, 1], [0, 1]]), codebook_sizes=(1, 2))
+    assert full.codes[:, 1].tolist() == [0, 1, 2]
+    assert full.layout.codebook_sizes == (1, 3)  # grew past the nominal size
+    assert full.parse_sid("<a_0><b_2>") == 2
+
+
+def test_prompt_layout():
+    catalog = generate_synthetic().catalog
+    prompt = catalog.render_prompt([3, 5])
+    assert prompt == [TokenLayout.BOS] + catalog.item_token_ids(3) + [TokenLayout.SEP] + catalog.item_token_ids(5) + [TokenLayout.REC]
+    assert catalog.render_prompt(list(range(30)), max_history=2) == catalog.render_prompt([28, 29])
+
+
+def test_clear_errors():
+    catalog = generate_synthetic().catalog
+    with pytest.raises(UnknownItemError, match="unknown item id 'nope'"):
+        catalog.index_of("nope")
+    with pytest.raises(EmptyHistoryError):
+        catalog.render_prompt([])
+    with pytest.raises(EmptyHistoryError):
+        catalog.history_indices([])
+    with pytest.raises(MalformedSemanticIdError):
+        parse_sid_string("<a_1><c_2><b_3><d_4>", 4)
+    with pytest.raises(MalformedSemanticIdError):
+        parse_sid_string("<a_1><b_2><c_3>", 4)
+    with pytest.raises(MalformedSemanticIdError):
+        parse_sid_string("<a_1>x<b_2><c_3><d_4>", 4)
+    with pytest.raises(MalformedSemanticIdError):
+        catalog.parse_sid("<a_99><b_0><c_0><d_0>")  # outside no codebook check: unknown or malformed
+    missing = next(
+        f"<a_{a}><b_{b}><c_{c}><d_{d}>"
+        for a in range(8) for b in range(8) for c in range(8) for d in range(8)
+        if (a, b, c, d) not in {tuple(r) for r in catalog.codes.tolist()}
+    )
+    with pytest.raises(UnknownSemanticIdError):
+        catalog.parse_sid(missing)
+    with pytest.raises(CatalogError):
+        ItemCatalog(["a", "a"], np.zeros((2, 2)), (2, 2))
+    with pytest.raises(CatalogError):
+        ItemCatalog(["a"], np.array([[5, 0]]), (2, 2))
+
+
+def test_parse_completion_strict_and_lenient():
+    catalog = generate_synthetic().catalog
+    good = catalog.render_completion([1, 2, 3])
+    assert catalog.parse_completion(good) == [1, 2, 3]
+    cut = catalog.render_items([1, 2]) + [TokenLayout.SEP] + catalog.item_token_ids(3)[:2]
+    assert catalog.parse_completion(cut) == [1, 2]  # partial last item dropped
+    swapped = catalog.item_token_ids(1)[::-1] + [TokenLayout.SEP] + catalog.item_token_ids(2) + [TokenLayout.EOS]
+    with pytest.raises(MalformedSemanticIdError):
+        catalog.parse_completion(swapped)
+    assert catalog.parse_completion(swapped, strict=False) == [2]
+
+
+@pytest.mark.parametrize("name,items,collisions", [
+    ("beauty_atspeed", 12035, 12), ("games_atspeed", 17332, 43), ("instruments_lcrec", 9922, 25),
+])
+def test_shared_datasets_load_with_every_item_reachable(data_dir, name, items, collisions):
+    data = load_dataset(os.path.join(data_dir, name))
+    catalog = data.catalog
+    assert len(catalog) == items and catalog.num_collisions == collisions
+    assert catalog.num_slots == 4
+    sids = [catalog.sid_string(i) for i in range(len(catalog))]
+    assert len(set(sids)) == len(catalog)
+    assert all(catalog.parse_sid(s) == i for i, s in enumerate(sids))
+
+
+def test_atspeed_id_convention(data_dir):
+    data = load_dataset(os.path.join(data_dir, "beauty_atspeed"))
+    # README example: user 1 trains on txt items 1955 28 ...; txt item 1955 is key "1954"
+    first = data.users["1"].train[0]
+    assert data.catalog.item_ids[first] == "1954"
+    assert data.catalog.sid_string(first) == "<a_184><b_56><c_228><d_18>"
+    assert data.catalog.titles[first].startswith("WAWO 15 Color")
+    summary = data.summary()
+    assert summary["train_interactions"] == 122241 and summary["test_interactions"] == 7313
+    test = data.eval_samples("test")
+    assert len(test) == 3553 and all(len(s.history) <= 20 for s in test)
+
+
+def test_lcrec_leave_one_out(data_dir):
+    data = load_dataset(os.path.join(data_dir, "instruments_lcrec"))
+    seq = data.users["1"]
+    assert [int(data.catalog.item_ids[i]) for i in seq.train + seq.valid + seq.test] == list(range(19, 35))
+    assert len(seq.valid) == len(seq.test) == 1

@@ -1,0 +1,381 @@
+"""Item catalog: items <-> semantic IDs, the token layout, and prompt rendering / list parsing.
+
+Vocabulary (fixed for every dataset, so that any Llama-family target trained on it can serve it):
+
+- item: one catalog entry, addressed by its ``item_id`` string (the dataset's own key) or by its
+  ``index`` (0..N-1, the row in ``ItemCatalog.codes``).
+- semantic ID (SID): L codes, one per *slot*; slot ``s`` uses codebook ``s`` of size ``C_s``.
+  Written ``<a_12><b_7><c_200><d_3>``: slot letters a, b, c, ... and the code number.
+- token layout: ``[<pad>, <s>, </s>, <unk>, <sep>, <rec>, <a_0> .. <a_{C_0-1}>, <b_0> .. ]``.
+  ``<sep>`` joins the items of a history and of a recommendation list; ``<rec>`` closes the prompt
+  (what follows is the list the model recommends); ``</s>`` ends the list.
+- slot of a token (``TokenLayout.slot_table``): ``s`` for a code token of slot ``s``, ``L`` for
+  ``<sep>``, ``L + 1`` for every other token.
+
+A prompt is ``<s> h_1 <sep> h_2 <sep> ... h_H <rec>`` and a completion ``i_1 <sep> ... i_N </s>``,
+where each item is its L code tokens.
+
+Collision rule (items sharing a semantic ID). Real catalogs have items with the same SID (21 in
+Amazon Beauty). To keep every item reachable and distinguishable while every SID keeps L tokens:
+items are grouped by their original SID and taken in catalog order; the first item of a group keeps
+its SID, the k-th (k >= 1) gets the k-th smallest *last-slot* code that no item uses under the same
+(L-1)-code prefix. When the prefix has no free code left in the nominal codebook, the codes go on past
+it and the last codebook grows. The original SID of every item is kept (``original_codes``), so the
+rule is lossless and can be undone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from vllm_padrec.errors import (
+    CatalogError,
+    EmptyHistoryError,
+    MalformedSemanticIdError,
+    UnknownItemError,
+    UnknownSemanticIdError,
+)
+
+SLOT_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+_CODE_TOKEN = re.compile(r"<([a-z])_(\d+)>")
+_ANY_TOKEN = re.compile(r"<[^<>]*>")
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where each special and code token sits in the vocabulary."""
+
+    codebook_sizes: tuple[int, ...]  # C_s for each slot s; L = len(codebook_sizes)
+
+    PAD = 0
+    BOS = 1
+    EOS = 2
+    UNK = 3
+    SEP = 4
+    REC = 5
+    SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<sep>", "<rec>")
+
+    def __post_init__(self) -> None:
+        if not self.codebook_sizes or len(self.codebook_sizes) > len(SLOT_LETTERS):
+            raise CatalogError(f"a semantic ID needs 1..26 slots, got {len(self.codebook_sizes)}")
+        if any(c < 1 for c in self.codebook_sizes):
+            raise CatalogError(f"every codebook needs at least one code, got {self.codebook_sizes}")
+
+    @property
+    def num_slots(self) -> int:
+        return len(self.codebook_sizes)
+
+    @property
+    def sep_slot(self) -> int:
+        """Slot number of the separator in ``slot_table``."""
+        return self.num_slots
+
+    @property
+    def other_slot(self) -> int:
+        """Slot number of every non-code, non-separator token in ``slot_table``."""
+        return self.num_slots + 1
+
+    @property
+    def num_slot_kinds(self) -> int:
+        """Rows an item-slot embedding needs: L code slots, the separator, other."""
+        return self.num_slots + 2
+
+    def code_offset(self, slot: int) -> int:
+        """Token id of code 0 of ``slot``."""
+        return len(self.SPECIAL_TOKENS) + sum(self.codebook_sizes[:slot])
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.SPECIAL_TOKENS) + sum(self.codebook_sizes)
+
+    def token_id(self, slot: int, code: int) -> int:
+        if not 0 <= code < self.codebook_sizes[slot]:
+            raise MalformedSemanticIdError(
+                f"code {code} is outside codebook {SLOT_LETTERS[slot]} of size {self.codebook_sizes[slot]}"
+            )
+        return self.code_offset(slot) + code
+
+    def token_strings(self) -> list[str]:
+        """Token string of every id, in id order."""
+        tokens = list(self.SPECIAL_TOKENS)
+        for slot, size in enumerate(self.codebook_sizes):
+            tokens += [f"<{SLOT_LETTERS[slot]}_{code}>" for code in range(size)]
+        return tokens
+
+    def slot_table(self) -> np.ndarray:
+        """``[vocab_size]`` int64: the item slot of every token id (L = separator, L+1 = other)."""
+        table = np.full(self.vocab_size, self.other_slot, dtype=np.int64)
+        table[self.SEP] = self.sep_slot
+        for slot, size in enumerate(self.codebook_sizes):
+            start = self.code_offset(slot)
+            table[start : start + size] = slot
+        return table
+
+    def code_of(self, token_id: int) -> tuple[int, int] | None:
+        """``(slot, code)`` of a code token, None for any other token."""
+        offset = len(self.SPECIAL_TOKENS)
+        if token_id < offset:
+            return None
+        for slot, size in enumerate(self.codebook_sizes):
+            if token_id < offset + size:
+                return slot, token_id - offset
+            offset += size
+        return None
+
+    def to_dict(self) -> dict:
+        return {"codebook_sizes": list(self.codebook_sizes), "special_tokens": list(self.SPECIAL_TOKENS)}
+
+
+def parse_sid_string(text: str, num_slots: int) -> tuple[int, ...]:
+    """Codes of ``"<a_12><b_7><c_200><d_3>"``; raises MalformedSemanticIdError on anything else."""
+    stripped = text.replace(" ", "")
+    tokens = _ANY_TOKEN.findall(stripped)
+    if "".join(tokens) != stripped or len(tokens) != num_slots:
+        raise MalformedSemanticIdError(
+            f"semantic ID {text!r} is not {num_slots} tokens like '<a_12><b_7>...' in slot order"
+        )
+    codes = []
+    for slot, token in enumerate(tokens):
+        match = _CODE_TOKEN.fullmatch(token)
+        if match is None or match.group(1) != SLOT_LETTERS[slot]:
+            raise MalformedSemanticIdError(
+                f"semantic ID {text!r}: token {slot + 1} is {token!r}, expected '<{SLOT_LETTERS[slot]}_N>'"
+            )
+        codes.append(int(match.group(2)))
+    return tuple(codes)
+
+
+def resolve_collisions(codes: np.ndarray) -> np.ndarray:
+    """Apply the collision rule (module docstring) to ``codes`` [N, L]; returns a new [N, L] array."""
+    codes = np.asarray(codes, dtype=np.int64)
+    resolved = codes.copy()
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for index, row in enumerate(map(tuple, codes)):
+        groups[row].append(index)
+    used_last: dict[tuple[int, ...], set[int]] = defaultdict(set)
+    for row in groups:
+        used_last[row[:-1]].add(row[-1])
+    for row, members in groups.items():
+        if len(members) == 1:
+            continue
+        used = used_last[row[:-1]]
+        free = 0
+        for index in members[1:]:
+            while free in used:
+                free += 1
+            used.add(free)
+            resolved[index, -1] = free
+    return resolved
+
+
+class ItemCatalog:
+    """Items, their semantic IDs (after the collision rule) and their token layout."""
+
+    def __init__(
+        self,
+        item_ids: Sequence[str],
+        codes: np.ndarray,  # [N, L] original codes, one row per item
+        codebook_sizes: Sequence[int] | None = None,
+        titles: Sequence[str | None] | None = None,
+        name: str = "catalog",
+    ) -> None:
+        codes = np.asarray(codes, dtype=np.int64)
+        if codes.ndim != 2 or codes.shape[0] != len(item_ids) or codes.shape[0] == 0:
+            raise CatalogError(f"codes must be [num_items, num_slots] with one row per item id, got {codes.shape}")
+        if (codes < 0).any():
+            raise CatalogError("codes must be non-negative")
+        if len(set(item_ids)) != len(item_ids):
+            raise CatalogError("item ids must be unique")
+        if titles is not None and len(titles) != len(item_ids):
+            raise CatalogError(f"{len(titles)} titles for {len(item_ids)} items")
+        self.name = name
+        self.item_ids: list[str] = [str(i) for i in item_ids]
+        self.original_codes = codes  # [N, L]
+        self.codes = resolve_collisions(codes)  # [N, L]
+        nominal = tuple(codebook_sizes) if codebook_sizes is not None else tuple(int(c) + 1 for c in codes.max(0))
+        if len(nominal) != codes.shape[1]:
+            raise CatalogError(f"{len(nominal)} codebook sizes for {codes.shape[1]} slots")
+        if (codes.max(0) >= np.array(nominal)).any():
+            raise CatalogError(f"a code exceeds its codebook size {nominal}")
+        self.nominal_codebook_sizes = nominal
+        grown = tuple(max(n, int(m) + 1) for n, m in zip(nominal, self.codes.max(0)))
+        self.layout = TokenLayout(grown)
+        self.titles: list[str | None] = list(titles) if titles is not None else [None] * len(item_ids)
+        self._index_of = {item_id: index for index, item_id in enumerate(self.item_ids)}
+        self._index_of_codes = {tuple(row): index for index, row in enumerate(self.codes.tolist())}
+
+    # -- sizes ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def num_slots(self) -> int:
+        return self.codes.shape[1]
+
+    @property
+    def num_collisions(self) -> int:
+        """Items whose SID was changed by the collision rule."""
+        return int((self.codes != self.original_codes).any(1).sum())
+
+    # -- items <-> ids ---------------------------------------------------------------------------
+    def index_of(self, item_id: str | int) -> int:
+        try:
+            return self._index_of[str(item_id)]
+        except KeyError:
+            raise UnknownItemError(f"unknown item id {item_id!r}: catalog {self.name!r} has no such item") from None
+
+    def sid_string(self, index: int) -> str:
+        return "".join(f"<{SLOT_LETTERS[s]}_{c}>" for s, c in enumerate(self.codes[index].tolist()))
+
+    def index_of_codes(self, codes: Sequence[int]) -> int:
+        codes = tuple(int(c) for c in codes)
+        if len(codes) != self.num_slots:
+            raise MalformedSemanticIdError(f"a semantic ID has {self.num_slots} codes, got {len(codes)}")
+        for slot, code in enumerate(codes):
+            if not 0 <= code < self.layout.codebook_sizes[slot]:
+                raise MalformedSemanticIdError(
+                    f"code {code} is outside codebook {SLOT_LETTERS[slot]} (size {self.layout.codebook_sizes[slot]})"
+                )
+        try:
+            return self._index_of_codes[codes]
+        except KeyError:
+            sid = "".join(f"<{SLOT_LETTERS[s]}_{c}>" for s, c in enumerate(codes))
+            raise UnknownSemanticIdError(f"semantic ID {sid} names no item of catalog {self.name!r}") from None
+
+    def parse_sid(self, text: str) -> int:
+        """Item index of a semantic-ID string such as ``"<a_12><b_7><c_200><d_3>"``."""
+        return self.index_of_codes(parse_sid_string(text, self.num_slots))
+
+    def item_token_ids(self, index: int) -> list[int]:
+        return [self.layout.code_offset(s) + int(c) for s, c in enumerate(self.codes[index])]
+
+    def token_table(self) -> np.ndarray:
+        """``[N, L]`` int64: the token ids of every item's SID."""
+        offsets = np.array([self.layout.code_offset(s) for s in range(self.num_slots)], dtype=np.int64)
+        return self.codes + offsets
+
+    # -- prompts and completions -------------------------------------------------------------------
+    def render_items(self, indices: Iterable[int]) -> list[int]:
+        """Token ids of items joined by ``<sep>`` (no trailing separator)."""
+        out: list[int] = []
+        for n, index in enumerate(indices):
+            if n:
+                out.append(TokenLayout.SEP)
+            out += self.item_token_ids(index)
+        return out
+
+    def render_prompt(self, history: Sequence[int], max_history: int | None = None) -> list[int]:
+        """``<s> h_1 <sep> ... h_H <rec>`` for item indices ``history`` (the last ``max_history`` kept)."""
+        if len(history) == 0:
+            raise EmptyHistoryError("the history is empty: give at least one item the user interacted with")
+        if max_history is not None:
+            history = list(history)[-max_history:]
+        return [TokenLayout.BOS] + self.render_items(history) + [TokenLayout.REC]
+
+    def render_completion(self, items: Sequence[int]) -> list[int]:
+        """``i_1 <sep> ... i_N </s>``."""
+        return self.render_items(items) + [TokenLayout.EOS]
+
+    def history_indices(self, item_ids: Sequence[str | int]) -> list[int]:
+        """Indices of user-facing item ids; raises UnknownItemError / EmptyHistoryError."""
+        if len(item_ids) == 0:
+            raise EmptyHistoryError("the history is empty: give at least one item the user interacted with")
+        return [self.index_of(item_id) for item_id in item_ids]
+
+    def parse_completion(self, token_ids: Sequence[int], strict: bool = True) -> list[int]:
+        """Item indices of a generated list ``i_1 <sep> ... i_N [</s>]``.
+
+        Strict mode raises on the first malformed or unknown item; otherwise such items are skipped.
+        A trailing partial item (generation cut by a token limit) is dropped in both modes.
+        """
+        items: list[int] = []
+        current: list[int] = []
+        layout = self.layout
+
+        def close(final: bool) -> None:
+            if not current:
+                return
+            if final and len(current) < self.num_slots:
+                current.clear()  # cut off by the token limit
+                return
+            try:
+                items.append(self._codes_from_tokens(current))
+            except (MalformedSemanticIdError, UnknownSemanticIdError):
+                if strict:
+                    raise
+            current.clear()
+
+        for position, token in enumerate(int(t) for t in token_ids):
+            if token == TokenLayout.EOS:
+                close(final=False)
+                return items
+            if token == TokenLayout.SEP:
+                if not current and strict:
+                    raise MalformedSemanticIdError(f"empty item before separator at position {position}")
+                close(final=False)
+            elif token == TokenLayout.PAD:
+                continue
+            else:
+                if layout.code_of(token) is None and strict:
+                    raise MalformedSemanticIdError(f"token id {token} at position {position} is not a code token")
+                current.append(token)
+        close(final=True)
+        return items
+
+    def _codes_from_tokens(self, tokens: Sequence[int]) -> int:
+        codes = []
+        for expected_slot, token in enumerate(tokens):
+            slot_code = self.layout.code_of(token)
+            if slot_code is None or slot_code[0] != expected_slot or expected_slot >= self.num_slots:
+                raise MalformedSemanticIdError(
+                    f"token ids {list(tokens)} are not {self.num_slots} code tokens in slot order"
+                )
+            codes.append(slot_code[1])
+        return self.index_of_codes(codes)
+
+    def describe(self, index: int) -> dict:
+        """What an API answer shows for one item."""
+        return {"item_id": self.item_ids[index], "semantic_id": self.sid_string(index), "title": self.titles[index]}
+
+    # -- persistence -------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "codebook_sizes": list(self.nominal_codebook_sizes),
+            "items": [
+                {"id": i, "codes": c, "title": t}
+                for i, c, t in zip(self.item_ids, self.original_codes.tolist(), self.titles)
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, payload: dict) -> "ItemCatalog":
+        items = payload["items"]
+        codes = np.array([item["codes"] for item in items], dtype=np.int64)
+        return cls(
+            [item["id"] for item in items],
+            codes,
+            codebook_sizes=payload.get("codebook_sizes"),
+            titles=[item.get("title") for item in items],
+            name=payload.get("name", "catalog"),
+        )
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ItemCatalog":
+        path = Path(path)
+        if path.is_dir():
+            path = path / CATALOG_FILE
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+CATALOG_FILE = "padrec_catalog.json"  # name of the catalog inside a target checkpoint folder

@@ -1,0 +1,13 @@
+"""Environment variables read by vllm-padrec, each with its default. Read lazily, never at import."""
+
+from __future__ import annotations
+
+import os
+
+# Folder of the shared datasets (AtSpeed / LC-Rec formats); tests and benchmarks read it.
+PADREC_DATA_DIR = "PADREC_DATA_DIR"
+_DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
+
+
+def data_dir() -> str:
+    return os.path.normpath(os.environ.get(PADREC_DATA_DIR, _DEFAULT_DATA_DIR))
