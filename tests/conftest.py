@@ -14,6 +14,15 @@ import torch  # noqa: E402
 
 from vllm_padrec import envs  # noqa: E402
 
+
+
+def pytest_configure(config):
+    # show the reason of every skipped test (GPU tests on CPU machines) in the summary
+    if "s" not in config.option.reportchars:
+        config.option.reportchars += "s"
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU")
+
+
 GPU_REASON = "needs a CUDA GPU (runs on the H200 device machine)"
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason=GPU_REASON)
 

@@ -10,20 +10,32 @@ __version__ = "0.1.0"
 
 # vLLM architecture name -> "module:Class", registered lazily (by string: nothing is imported
 # until vLLM instantiates the architecture).
-ARCHITECTURES: dict[str, str] = {}
+ARCHITECTURES: dict[str, str] = {
+    # the PAD-Rec draft head, served with speculative method "eagle"
+    "EaglePadRecForCausalLM": "vllm_padrec.integration.draft_model:EaglePadRecForCausalLM",
+}
 
 _registered = False
 
 
 def register() -> None:
-    """Register vllm-padrec's architectures with vLLM. Idempotent: later calls do nothing."""
+    """Register vllm-padrec's architectures and apply its vLLM patches. Idempotent: later calls do nothing.
+
+    Imports no model code: architectures are registered by name, and the patches (one module each in
+    ``vllm_padrec.integration``) only wrap vLLM functions; what they build is imported when vLLM calls them.
+    """
     global _registered
     if _registered:
         return
     from vllm import ModelRegistry
 
+    from vllm_padrec.integration import cli_flag, patch_init_model_state, patch_init_speculator
+
     supported = set(ModelRegistry.get_supported_archs())
     for name, target in ARCHITECTURES.items():
         if name not in supported:
             ModelRegistry.register_model(name, target)
+    patch_init_speculator.apply()  # PadRecSpeculator for PAD-Rec drafts (V2)
+    patch_init_model_state.apply()  # catalog masks on verification and draft logits (V2)
+    cli_flag.apply()  # vllm serve --speculative-model
     _registered = True

@@ -1,0 +1,284 @@
+"""Acceptance of each draft (PAD-Rec, its ablations, EAGLE, Medusa) under greedy chain speculation.
+
+For the test users of a dataset, every draft decodes the target's greedy list of N items
+(N = the target recipe's ``list_items``) with ``decoding.speculative.speculative_lists`` at each γ,
+and the output is checked against plain ``greedy_lists`` (``mismatches`` must be 0: speculation is
+lossless). Both run on the same device in the same dtype.
+
+    python -m benchmarks.bench_acceptance --target runs/bench/checkpoint \\
+        --drafts runs/bench/draft-padrec runs/bench/draft-eagle runs/bench/draft-medusa \\
+        --dataset beauty_atspeed --users 500 --gammas 3 4 5 --out benchmarks/results --name beauty
+
+writes ``acceptance_<name>.json`` (machine, settings, one record per draft and γ), ``acceptance_<name>.md``
+(tables) and, if matplotlib is importable, ``acceptance_<name>.png`` (acceptance rate by draft step,
+one panel per γ, one line per method). To rebuild the table and the plot from the JSON on any machine:
+
+    python -m benchmarks.bench_acceptance --render benchmarks/results/acceptance_beauty.json
+
+A draft folder is a vLLM draft checkpoint (``config.json`` + ``model.safetensors``) or a training
+output folder holding one under ``draft/``. The method name comes from the draft's config: "medusa",
+or the PAD-Rec variant ("padrec", "padrec_no_slot", "padrec_no_step", "padrec_no_gates", "eagle").
+
+Metrics (``SpeculationStats``): acceptance length = tokens emitted per target verification pass,
+(accepted drafts + 1) averaged over draft rounds; acceptance rate at step k = accepted / proposed
+drafts at step k (vLLM's per-position rate); conditional rate at step k = accepted / reached (every
+earlier draft accepted); per-slot rate = accepted / reached by the slot of the drafted token.
+Wall seconds time this plain-torch reference (one HF forward per draft step), not vLLM: they are
+reported for completeness, speedups belong to the vLLM benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+JSON_NAME = "acceptance_{name}.json"
+MD_NAME = "acceptance_{name}.md"
+PNG_NAME = "acceptance_{name}.png"
+
+
+def draft_folder(path: str) -> str:
+    """The checkpoint folder of a draft: ``path`` itself or ``path/draft``."""
+    if os.path.exists(os.path.join(path, "config.json")):
+        return path
+    if os.path.exists(os.path.join(path, "draft", "config.json")):
+        return os.path.join(path, "draft")
+    raise FileNotFoundError(f"{path} holds no draft checkpoint (config.json, or draft/config.json)")
+
+
+def draft_method(config: dict) -> str:
+    """"medusa" or the PAD-Rec variant name written by ``DraftConfig.padrec_section``."""
+    if config.get("model_type") == "medusa":
+        return "medusa"
+    section = config.get("padrec") or {}
+    return section.get("variant") or section.get("method") or "unknown"
+
+
+def draft_steps(config: dict) -> int:
+    """Draft steps the head was trained for (Medusa: heads)."""
+    if config.get("model_type") == "medusa":
+        return int(config["num_heads"])
+    return int((config.get("padrec") or {}).get("num_draft_steps") or config.get("n_predict") or 0)
+
+
+def _sync(device) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def machine_info(device: str, dtype: str) -> dict:
+    import torch
+    import transformers
+
+    info = dict(device=device, dtype=dtype, torch=torch.__version__, transformers=transformers.__version__,
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_properties(0).name
+    return info
+
+
+def run(args) -> str:
+    """Decode with every draft and γ, write the JSON, then render it; return the JSON path."""
+    import torch
+
+    from vllm_padrec.cli import load_data
+    from vllm_padrec.decoding import greedy_lists
+    from vllm_padrec.decoding.speculative import speculative_lists
+    from vllm_padrec.draft.checkpoint import load_draft, read_config
+    from vllm_padrec.target.model import load_checkpoint
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype)
+    ckpt = load_checkpoint(args.target, device=device, dtype=dtype)
+    target, catalog, recipe = ckpt.model.eval(), ckpt.catalog, ckpt.recipe
+    num_items = args.num_items or recipe.list_items
+    data = load_data(args.dataset)
+    # the dataset's item indices -> the checkpoint catalog's (the same dataset gives the identity)
+    to_ckpt = [catalog.index_of(item_id) for item_id in data.catalog.item_ids]
+    samples = data.eval_samples(args.split, recipe.max_history)[: args.users]
+    histories = [[to_ckpt[i] for i in s.history] for s in samples]
+    print(f"{len(histories)} {args.split} users of {data.name}, lists of {num_items} items, {device} {args.dtype}",
+          flush=True)
+
+    _sync(device)
+    start = time.perf_counter()
+    reference = greedy_lists(target, catalog, histories, num_items, batch_size=args.batch_size,
+                             max_history=recipe.max_history)
+    _sync(device)
+    greedy_seconds = time.perf_counter() - start
+    print(f"plain greedy: {greedy_seconds:.1f} s", flush=True)
+
+    records, names = [], set()
+    for path in args.drafts:
+        folder = draft_folder(path)
+        config = read_config(folder)
+        method = draft_method(config)
+        name = method if method not in names else f"{method}@{os.path.basename(os.path.normpath(path))}"
+        names.add(name)
+        draft = load_draft(folder, target).to(dtype=dtype).eval()
+        for gamma in args.gammas:
+            if method == "medusa" and gamma > draft.config.num_heads:
+                print(f"{name}: skipping gamma={gamma} (only {draft.config.num_heads} Medusa heads)", flush=True)
+                continue
+            _sync(device)
+            start = time.perf_counter()
+            lists, _, stats = speculative_lists(target, draft, catalog, histories, num_items, gamma,
+                                                batch_size=args.batch_size, max_history=recipe.max_history)
+            _sync(device)
+            seconds = time.perf_counter() - start
+            mismatches = sum(a != b for a, b in zip(lists, reference))
+            record = dict(
+                method=name,
+                draft=os.path.abspath(folder),
+                trained_steps=draft_steps(config),
+                gamma=gamma,
+                users=len(histories),
+                acceptance_length=stats.mean_accepted_length,
+                draft_acceptance_rate=stats.draft_acceptance_rate,
+                acceptance_rate_by_step=stats.acceptance_rate_by_step,
+                conditional_acceptance_by_step=stats.conditional_acceptance_by_step,
+                acceptance_by_slot=dict(zip(stats.slot_names(), stats.acceptance_by_slot)),
+                tokens_per_target_pass=stats.tokens_per_target_pass,
+                mismatches=mismatches,
+                wall_seconds=seconds,
+                greedy_wall_seconds=greedy_seconds,
+                stats=stats.to_dict(),
+            )
+            records.append(record)
+            print(_format_row(record), flush=True)
+            if mismatches:
+                print(f"WARNING: {name} γ={gamma}: {mismatches} lists differ from plain greedy", flush=True)
+
+    os.makedirs(args.out, exist_ok=True)
+    json_path = os.path.join(args.out, JSON_NAME.format(name=args.name))
+    settings = dict(target=os.path.abspath(args.target), dataset=args.dataset, split=args.split, users=len(histories),
+                    num_items=num_items, max_history=recipe.max_history, gammas=list(args.gammas),
+                    batch_size=args.batch_size, num_slots=catalog.num_slots)
+    with open(json_path, "w") as f:
+        json.dump(dict(name=args.name, machine=machine_info(device, args.dtype), settings=settings,
+                       greedy_wall_seconds=greedy_seconds, records=records), f, indent=2)
+    render(json_path)
+    return json_path
+
+
+# -- rendering ---------------------------------------------------------------------------------------------
+def _format_row(r: dict) -> str:
+    steps = " ".join(f"{x:.2f}" for x in r["acceptance_rate_by_step"])
+    return (f"| {r['method']} | {r['gamma']} | {r['acceptance_length']:.3f} | {r['draft_acceptance_rate']:.3f} | "
+            f"{steps} | {r['mismatches']} | {r['users']} | {r['wall_seconds']:.1f} |")
+
+
+def _slot_row(r: dict) -> str:
+    stats = r["stats"]
+    cells = []
+    for name, rate in r["acceptance_by_slot"].items():
+        index = list(r["acceptance_by_slot"]).index(name)
+        reached = stats["reached_by_slot"][index]
+        cells.append(f"{rate:.3f} ({reached})" if reached else "-")
+    return f"| {r['method']} | {r['gamma']} | " + " | ".join(cells) + " |"
+
+
+def render(json_path: str) -> None:
+    """Write the Markdown tables (and the PNG plot if matplotlib is importable) beside the JSON."""
+    with open(json_path) as f:
+        data = json.load(f)
+    name, machine, settings, records = data["name"], data["machine"], data["settings"], data["records"]
+    out_dir = os.path.dirname(os.path.abspath(json_path))
+    slot_names = list(records[0]["acceptance_by_slot"]) if records else []
+    lines = [
+        f"# Draft acceptance under greedy chain speculation: {name}",
+        "",
+        f"{settings['users']} {settings['split']} users of `{settings['dataset']}`, lists of {settings['num_items']} "
+        f"items, histories of at most {settings['max_history']} items; {machine.get('gpu', machine['device'])}, "
+        f"{machine['dtype']}, torch {machine['torch']}, transformers {machine['transformers']}, {machine['date']}.",
+        "",
+        "Acceptance length: tokens per target verification pass, (accepted drafts + 1) averaged over draft "
+        "rounds. Rate by step k: accepted / proposed drafts at step k. Mismatches: lists that differ from "
+        "plain greedy decoding (must be 0). Seconds: this plain-torch reference decoder "
+        f"(plain greedy: {data['greedy_wall_seconds']:.1f} s), not vLLM.",
+        "",
+        "| method | γ | acceptance length | draft acceptance | rate by step k = 0.. | mismatches | users | seconds |",
+        "|---|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    lines += [_format_row(r) for r in records]
+    lines += [
+        "",
+        "Acceptance by item slot of the drafted token: accepted / reached (drafts whose earlier drafts in the "
+        "round were all accepted; count in parentheses).",
+        "",
+        "| method | γ | " + " | ".join(slot_names) + " |",
+        "|---|---:|" + "---:|" * len(slot_names),
+    ]
+    lines += [_slot_row(r) for r in records]
+    with open(os.path.join(out_dir, MD_NAME.format(name=name)), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    _plot(records, name, os.path.join(out_dir, PNG_NAME.format(name=name)))
+
+
+def _plot(records: list[dict], name: str, png_path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"matplotlib is not importable: {os.path.basename(png_path)} not written", flush=True)
+        return
+    gammas = sorted({r["gamma"] for r in records})
+    if not gammas:
+        return
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(1, len(gammas), figsize=(4.5 * len(gammas), 4), squeeze=False, sharey=True)
+    for ax, gamma in zip(axes[0], gammas):
+        for r in (r for r in records if r["gamma"] == gamma):
+            rates = r["acceptance_rate_by_step"]
+            ax.plot(range(len(rates)), rates, marker="o", color=colors[r["method"]],
+                    label=f"{r['method']} ({r['acceptance_length']:.2f})")
+        ax.set_xticks(range(gamma))
+        ax.set_xlabel("draft step k")
+        ax.set_title(f"γ = {gamma}")
+        ax.set_ylim(0, 1.02)
+        ax.grid(True, alpha=0.3)
+        ax.legend(title="method (acceptance length)", fontsize=8)
+    axes[0][0].set_ylabel("acceptance rate (accepted / proposed)")
+    fig.suptitle(f"Draft acceptance by step: {name}")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target", help="target checkpoint folder (target.model.save_checkpoint)")
+    parser.add_argument("--drafts", nargs="+", default=[], help="draft checkpoint folders (or training outputs)")
+    parser.add_argument("--dataset", help="synthetic, a dataset folder, or a name under $PADREC_DATA_DIR")
+    parser.add_argument("--split", default="test", choices=("valid", "test"))
+    parser.add_argument("--users", type=int, default=500, help="first N evaluation users")
+    parser.add_argument("--gammas", type=int, nargs="+", default=[3, 4, 5], help="draft tokens per round")
+    parser.add_argument("--num-items", type=int, default=None, help="items per list (default: recipe list_items)")
+    parser.add_argument("--batch-size", type=int, default=64, help="prompts per batch")
+    parser.add_argument("--device", default=None, help="default: cuda when available")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="target and drafts (plain greedy runs in the same dtype)")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--name", default="synthetic", help="results are acceptance_<name>.{json,md,png}")
+    parser.add_argument("--render", metavar="JSON", help="only rebuild the table and plot from this JSON")
+    args = parser.parse_args(argv)
+    if args.render:
+        render(args.render)
+        return 0
+    if not (args.target and args.drafts and args.dataset):
+        parser.error("--target, --drafts and --dataset are required (or --render JSON)")
+    print(run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

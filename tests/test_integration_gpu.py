@@ -1,0 +1,172 @@
+"""vLLM on a GPU with a tiny random target and PAD-Rec draft (runs on the H200 device machine).
+
+Each engine runs in a fresh spawned process (in-process engine core, so that a test can read the
+speculator's buffers through ``collective_rpc``), which frees the GPU between engines.
+
+- greedy outputs with the PAD-Rec draft equal those without speculation (lossless), with and
+  without the catalog constraint; constrained outputs are lists of distinct catalog items;
+- the draft sees the right step index at step 0 and at every decode step, with CUDA graphs and
+  eagerly: a probe draft whose proposal depends only on the step proposes token t_k at step k.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import requires_gpu
+from vllm_padrec.catalog import ItemCatalog, TokenLayout
+from vllm_padrec.data import SyntheticConfig, generate_synthetic
+from vllm_padrec.draft import DraftConfig, PadRecDraftHead, save_draft
+from vllm_padrec.target.config import get_recipe
+from vllm_padrec.target.model import build_model, save_checkpoint
+from vllm_padrec.target.tokenizer import build_tokenizer
+
+pytestmark = [pytest.mark.gpu, requires_gpu]
+
+NUM_STEPS = 3  # draft steps (n_predict) = num_speculative_tokens
+NUM_ITEMS = 3  # items per constrained list
+PROBE_TOKENS = [10, 11, 12]  # the probe draft proposes PROBE_TOKENS[k] at step k
+# fp32 everywhere (TRITON_ATTN supports it): verifying K+1 tokens at once and decoding one at a time
+# then agree to ~1e-6, so a random target's greedy choices cannot flip between the two
+DTYPE = torch.float32
+
+
+def catalog() -> ItemCatalog:
+    return generate_synthetic(SyntheticConfig(num_items=60, num_users=4, codebook_sizes=(4, 4, 4))).catalog
+
+
+def build_target(folder: Path, cat: ItemCatalog) -> tuple[Path, torch.nn.Module]:
+    recipe = get_recipe("tiny", hidden_size=256, num_heads=4, num_kv_heads=2, intermediate_size=512,
+                        max_history=4, list_items=NUM_ITEMS)  # fmt: skip
+    model = build_model(recipe, cat.layout)
+    return save_checkpoint(model, build_tokenizer(cat.layout), cat, recipe, folder, dtype=DTYPE), model
+
+
+def build_random_draft(folder: Path, target: torch.nn.Module, cat: ItemCatalog) -> Path:
+    config = DraftConfig.from_target(target.config, cat.layout, NUM_STEPS, alpha_init=0.5)
+    torch.manual_seed(1)
+    head = PadRecDraftHead(config)
+    with torch.no_grad():  # make the step signals non-trivial
+        head.step_emb.weight.normal_(std=0.1)
+        head.gate.bias.fill_(1.0)
+    return save_draft(head, folder, dtype=DTYPE)
+
+
+def build_probe_draft(folder: Path, target: torch.nn.Module, cat: ItemCatalog) -> Path:
+    """A head whose output is E_step[k] whatever its input: fc, o_proj and down_proj are zero, alpha is
+    0 and the gate ~1, so f = h' = E_step[k] = c * lm_head[t_k] and the draft proposes t_k at step k."""
+    config = DraftConfig.from_target(target.config, cat.layout, NUM_STEPS)
+    head = PadRecDraftHead(config)
+    lm_head = target.lm_head.weight.detach()  # [V, H]
+    with torch.no_grad():
+        head.fc.weight.zero_()
+        head.layers[0].self_attn.o_proj.weight.zero_()
+        head.layers[0].mlp.down_proj.weight.zero_()
+        head.alpha.zero_()
+        head.gate.weight.zero_()
+        head.gate.bias.fill_(12.0)
+        for k, token in enumerate(PROBE_TOKENS):
+            head.step_emb.weight[k] = 4.0 * lm_head[token] / lm_head[token].norm()
+    assert (lm_head @ head.step_emb.weight.T).argmax(0).tolist() == PROBE_TOKENS
+    return save_draft(head, folder, dtype=DTYPE)
+
+
+def _probe(worker) -> dict:
+    runner = worker.model_runner
+    speculator = getattr(runner, "speculator", None)
+    return {
+        "runner": type(runner).__module__,
+        "speculator": type(speculator).__name__ if speculator is not None else None,
+        "drafts": speculator.draft_tokens[:1].tolist() if speculator is not None else None,
+    }
+
+
+def run_engine(target: str, draft: str | None, enforce_eager: bool, prompts, params) -> dict:
+    """In a spawned process: generate greedily, then read the runner's speculator."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process
+    os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "1"
+    import vllm_padrec
+
+    vllm_padrec.register()
+    from vllm import LLM, SamplingParams
+
+    spec = {"method": "eagle", "model": draft, "num_speculative_tokens": NUM_STEPS} if draft else None
+    llm = LLM(model=target, speculative_config=spec, dtype=DTYPE, max_model_len=256, seed=0,
+              gpu_memory_utilization=0.25, enforce_eager=enforce_eager,
+              attention_config={"backend": "TRITON_ATTN"})  # fmt: skip
+    sampling = [SamplingParams(temperature=0.0, **p) for p in params]
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], sampling, use_tqdm=False)
+    return {"tokens": [list(o.outputs[0].token_ids) for o in outputs], **llm.collective_rpc(_probe)[0]}
+
+
+def in_subprocess(*args) -> dict:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(run_engine, args)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gpu")
+    cat = catalog()
+    target, model = build_target(root / "target", cat)
+    rng = np.random.default_rng(0)
+    prompts = [cat.render_prompt(rng.choice(len(cat), 4, replace=False).tolist()) for _ in range(6)]
+    L = cat.num_slots
+    constrained = {"padrec_constraint": 1, "padrec_num_items": NUM_ITEMS, "padrec_no_repeat": 1}
+    params = [dict(max_tokens=24)] * 3 + [dict(max_tokens=NUM_ITEMS * (L + 1) + 2, extra_args=constrained)] * 3
+    return {
+        "catalog": cat,
+        "target": str(target),
+        "random_draft": str(build_random_draft(root / "draft", model, cat)),
+        "probe_draft": str(build_probe_draft(root / "probe", model, cat)),
+        "prompts": prompts,
+        "params": params,
+    }
+
+
+@pytest.fixture(scope="module")
+def baseline(setup):
+    return in_subprocess(setup["target"], None, False, setup["prompts"], setup["params"])
+
+
+def check_constrained(cat: ItemCatalog, tokens: list[int]) -> None:
+    items = cat.parse_completion(tokens, strict=True)  # raises on anything but catalog items
+    body = tokens[:-1] if tokens and tokens[-1] == TokenLayout.EOS else tokens
+    assert body == cat.render_items(items) and len(set(items)) == len(items) == NUM_ITEMS, tokens
+
+
+def test_constrained_outputs_without_speculation(setup, baseline):
+    assert baseline["runner"] == "vllm.v1.worker.gpu.model_runner" and baseline["speculator"] is None
+    for tokens in baseline["tokens"][3:]:
+        check_constrained(setup["catalog"], tokens)
+
+
+def test_greedy_speculation_is_lossless(setup, baseline):
+    result = in_subprocess(setup["target"], setup["random_draft"], False, setup["prompts"], setup["params"])
+    assert result["speculator"] == "PadRecSpeculator"
+    assert result["tokens"] == baseline["tokens"]  # constrained rows included
+    for tokens in result["tokens"][3:]:
+        check_constrained(setup["catalog"], tokens)
+
+
+@pytest.mark.parametrize("enforce_eager", [False, True], ids=["cuda_graphs", "eager"])
+def test_draft_sees_its_step(setup, baseline, enforce_eager):
+    prompts, params = setup["prompts"][:3], setup["params"][:3]  # unconstrained: drafts are not masked
+    result = in_subprocess(setup["target"], setup["probe_draft"], enforce_eager, prompts, params)
+    assert result["speculator"] == "PadRecSpeculator"
+    assert result["drafts"] == [PROBE_TOKENS]  # draft k of the last round came from E_step[k]
+    assert result["tokens"] == baseline["tokens"][:3]
+
+
+def test_register_does_not_initialize_cuda():
+    """register() runs in vLLM's front-end processes too, which must not touch CUDA before they fork."""
+    code = "import torch, vllm_padrec; vllm_padrec.register(); assert not torch.cuda.is_initialized()"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,14 @@
+"""Everything that touches vLLM 0.26.0 (Model Runner V2).
+
+    draft_model.py              EaglePadRecForCausalLM: the PAD-Rec draft head as a vLLM model
+    speculator.py               PadRecSpeculator: feeds the draft-step index to the head, masks drafts
+    patch_init_speculator.py    picks PadRecSpeculator for PAD-Rec drafts (other drafts unchanged)
+    draft_check.py              draft vs target checks (vocabulary, hidden size, token layout)
+    cli_flag.py                 `vllm serve TARGET --speculative-model DRAFT`
+    verification_mask.py        catalog masks on verification and draft logits (tensors in, mask out)
+    request_lists.py            per-request list settings (extra_args / additional_config) and samplers
+    patch_init_model_state.py   installs the masks in V2's ModelState hooks
+
+Nothing here is imported by ``import vllm_padrec``; ``vllm_padrec.register()`` applies the patches
+(idempotently) when vLLM loads the plugin, in every vLLM process.
+"""

@@ -1,0 +1,75 @@
+"""Checks that a PAD-Rec draft head belongs to the target it is served with.
+
+A draft trained for another target fails later inside vLLM with a shape error, or worse, runs with
+a wrong slot table. These checks run at start-up, once in the CLI (``--speculative-model``) and once
+where the draft is built (any entry point, e.g. offline ``LLM(...)``), and raise
+``DraftTargetMismatchError`` naming the field that differs:
+
+- vocabulary size: the draft reads the target's embedding and LM head;
+- hidden size: the draft reads the target's hidden states;
+- token layout: the draft's slot table is built from its codebook sizes, which must be the
+  codebook sizes of the catalog saved beside the target (``padrec_catalog.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from vllm_padrec.catalog import CATALOG_FILE, ItemCatalog
+from vllm_padrec.draft.config import PADREC_ARCHITECTURE, DraftConfig
+from vllm_padrec.errors import DraftTargetMismatchError
+
+
+def _getter(config: Any):
+    if isinstance(config, Mapping):
+        return config.get
+    return lambda key, default=None: getattr(config, key, default)
+
+
+def is_padrec_draft(config: Any) -> bool:
+    """True for a config (json dict or HF config) whose architectures name the PAD-Rec head."""
+    return PADREC_ARCHITECTURE in (_getter(config)("architectures") or ())
+
+
+def read_json_config(folder: str | Path) -> dict | None:
+    """``folder/config.json`` as a dict, or None when ``folder`` is not a local checkpoint folder."""
+    path = Path(folder) / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def catalog_codebook_sizes(target_folder: str | Path) -> tuple[int, ...] | None:
+    """Codebook sizes of the catalog saved in the target folder (after the collision rule), if any."""
+    path = Path(target_folder) / CATALOG_FILE
+    if not path.is_file():
+        return None
+    return tuple(ItemCatalog.load(path).layout.codebook_sizes)
+
+
+def check_draft_matches_target(
+    draft_config: Any,  # the draft's config.json dict, its LlamaConfig or vLLM's EAGLEConfig around it
+    target_config: Any,  # the target's config.json dict or HF config
+    codebook_sizes: tuple[int, ...] | None = None,  # the target catalog's layout; None skips that check
+    draft_name: str = "the draft",
+    target_name: str = "the target",
+) -> DraftConfig:
+    """Raise DraftTargetMismatchError on the first field that differs; return the draft's DraftConfig."""
+    draft = DraftConfig.from_hf_config(draft_config)
+    target = _getter(target_config)
+    text_config = target("text_config")
+    if text_config is not None:  # multimodal wrappers keep the language model's sizes here
+        target = _getter(text_config)
+    for field, ours in (("vocab_size", draft.vocab_size), ("hidden_size", draft.hidden_size)):
+        theirs = target(field)
+        if theirs is not None and int(theirs) != ours:
+            raise DraftTargetMismatchError(
+                f"{field} differs: {draft_name} has {ours}, {target_name} has {theirs}; "
+                "serve the draft trained for this target (vllm_padrec.draft.DraftConfig.from_target)"
+            )
+    if codebook_sizes is not None and tuple(codebook_sizes) != draft.codebook_sizes:
+        raise DraftTargetMismatchError(
+            f"token layout differs: {draft_name} has codebook sizes {list(draft.codebook_sizes)}, the catalog of "
+            f"{target_name} ({CATALOG_FILE}) has {list(codebook_sizes)}; the draft's slot table would be wrong"
+        )
+    return draft

@@ -1,0 +1,239 @@
+"""Per-request list constraints in vLLM's Model Runner V2: settings, and the samplers that mask.
+
+Settings: server-wide defaults in ``--additional-config '{"padrec": {...}}'``, overridden per request
+by ``SamplingParams.extra_args`` (``vllm_xargs`` in the OpenAI API):
+
+    additional_config["padrec"]   extra_args          meaning
+    constraint      (false)       padrec_constraint   the output is a list of catalog items
+    num_items       (none)        padrec_num_items    exactly this many items (none: min_items..max_list_items)
+    min_items       (1)           padrec_min_items    fewest items before </s>
+    no_repeat       (false)       padrec_no_repeat    an item at most once per list
+    max_list_items  (32)          -                   longest list; sets the mask window (W = items * (L+1))
+    mask_drafts     (true)        -                   also mask the draft's proposals (PAD-Rec drafts)
+    catalog         (none)        -                   catalog file; default: the target folder's padrec_catalog.json
+
+The list starts after the last ``<rec>`` of the prompt (after the prompt when it has none). Each
+request's settings become one row of a device table, indexed by vLLM's request slot; the masks are
+computed from that row and the request's tokens (``verification_mask``), so a request re-added after
+preemption (with its output in the prompt) gets the same masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from vllm_padrec.catalog import CATALOG_FILE, ItemCatalog, TokenLayout
+from vllm_padrec.errors import CatalogError, PadRecError
+from vllm_padrec.integration import verification_mask as vm
+
+ADDITIONAL_CONFIG_KEY = "padrec"
+_XARGS = {"constraint": "padrec_constraint", "num_items": "padrec_num_items",
+          "min_items": "padrec_min_items", "no_repeat": "padrec_no_repeat"}  # fmt: skip
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+@dataclass(frozen=True)
+class ListSettings:
+    constraint: bool = False  # constrain every request unless it says padrec_constraint=0
+    num_items: int | None = None  # exact list length; None: any length in min_items..max_list_items
+    min_items: int = 1  # fewest items before </s>
+    no_repeat: bool = False  # an item at most once per list
+    max_list_items: int = 32  # longest list the masks handle (window of W = max_list_items * (L + 1) tokens)
+    mask_drafts: bool = True  # mask the PAD-Rec draft's proposals too (more accepted drafts)
+    catalog: str | None = None  # catalog file or folder; None: the target checkpoint folder
+
+    def __post_init__(self) -> None:
+        cap = self.max_list_items
+        if cap < 1:
+            raise PadRecError(f"padrec.max_list_items must be >= 1, got {cap}")
+        if self.num_items is not None and not 1 <= self.num_items <= cap:
+            raise PadRecError(f"padrec.num_items must be in 1..max_list_items={cap}, got {self.num_items}")
+        if not 1 <= self.min_items <= cap:
+            raise PadRecError(f"padrec.min_items must be in 1..max_list_items={cap}, got {self.min_items}")
+
+    @classmethod
+    def from_additional_config(cls, additional_config: Mapping | None) -> "ListSettings":
+        section = dict((additional_config or {}).get(ADDITIONAL_CONFIG_KEY) or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise PadRecError(
+                f"unknown keys {unknown} in --additional-config's {ADDITIONAL_CONFIG_KEY!r}; known: {sorted(known)}"
+            )
+        return cls(**section)
+
+    def request_row(
+        self,
+        extra_args: Mapping | None,  # SamplingParams.extra_args
+        prompt_token_ids: Sequence[int] | None,
+        catalog_size: int,
+    ) -> tuple[list[int], list[str]]:  # (settings row, warnings)
+        """The request's row of the settings table (``verification_mask`` columns) and what was adjusted."""
+        args = dict(extra_args or {})
+        value = {name: args.get(key, getattr(self, name)) for name, key in _XARGS.items()}
+        row = [0] * vm.NUM_FIELDS
+        if not _flag(value["constraint"]) or prompt_token_ids is None:
+            return row, []
+        warnings = []
+        cap = self.max_list_items
+        try:  # vllm_xargs come from clients: a bad value turns the constraint off, never the engine
+            num_items = None if value["num_items"] is None else int(value["num_items"])
+            low = int(value["min_items"])
+        except (TypeError, ValueError):
+            return row, [f"padrec_num_items / padrec_min_items must be integers, got {value}; constraint off"]
+        if num_items is not None:
+            if not 1 <= num_items <= cap:
+                clamped = min(max(num_items, 1), cap)
+                warnings.append(f"padrec_num_items={num_items} is outside 1..{cap} (max_list_items); using {clamped}")
+                num_items = clamped
+        max_items = num_items if num_items is not None else cap
+        min_items = num_items if num_items is not None else min(max(low, 1), cap)
+        no_repeat = _flag(value["no_repeat"])
+        if no_repeat and min_items > catalog_size:
+            warnings.append(f"padrec_no_repeat ignored: the catalog has {catalog_size} items, fewer than {min_items}")
+            no_repeat = False
+        prompt = list(prompt_token_ids)
+        last_rec = max((i for i, t in enumerate(prompt) if t == TokenLayout.REC), default=None)
+        row[vm.ENABLED] = 1
+        row[vm.LIST_START] = len(prompt) if last_rec is None else last_rec + 1
+        row[vm.MAX_ITEMS] = max_items
+        row[vm.MIN_ITEMS] = min_items
+        row[vm.NO_REPEAT] = int(no_repeat)
+        return row, warnings
+
+
+class MaskingSampler:
+    """A vLLM ``Sampler`` or ``RejectionSampler`` that masks the logits first; everything else delegates."""
+
+    def __init__(self, inner: Any, lists: "RequestLists") -> None:
+        self._inner = inner
+        self._lists = lists
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __call__(self, logits: torch.Tensor, input_batch: Any, *args: Any, **kwargs: Any) -> Any:
+        self._lists.mask_verification(logits, input_batch)
+        return self._inner(logits, input_batch, *args, **kwargs)
+
+
+class RequestLists:
+    """The list settings of every request slot of one V2 runner, and the masks built from them."""
+
+    def __init__(
+        self,
+        tables: vm.CatalogTables,
+        settings: ListSettings,
+        max_num_reqs: int,
+        max_drafts: int,  # K = num_speculative_tokens (0 without speculation)
+        device: torch.device,
+    ) -> None:
+        from vllm.v1.worker.gpu.buffer_utils import StagedWriteTensor
+
+        self.tables = tables
+        self.settings = settings
+        self.max_drafts = max_drafts
+        self.width = settings.max_list_items * tables.period  # W
+        self.rows = StagedWriteTensor((max_num_reqs, vm.NUM_FIELDS), dtype=torch.int32, device=device)
+        self.enabled = np.zeros(max_num_reqs, dtype=bool)  # host mirror of the ENABLED column
+        self.req_states = None  # vLLM's RequestState (all_token_ids, total_len), from the sampler
+
+    @property
+    def mask_drafts(self) -> bool:
+        return self.settings.mask_drafts
+
+    @classmethod
+    def from_vllm_config(cls, vllm_config: Any, device: torch.device) -> "RequestLists | None":
+        """None when no catalog is configured or found beside the target (constraints off)."""
+        from vllm.logger import init_logger
+
+        logger = init_logger(__name__)
+        settings = ListSettings.from_additional_config(vllm_config.additional_config)
+        model_config = vllm_config.model_config
+        path = Path(settings.catalog or model_config.model)
+        if path.is_dir():
+            path = path / CATALOG_FILE
+        if not path.is_file():
+            if settings.constraint:
+                raise CatalogError(
+                    f"padrec.constraint is on but there is no catalog at {path}: save {CATALOG_FILE} in the target "
+                    "folder or set padrec.catalog in --additional-config"
+                )
+            logger.info("vllm-padrec: no catalog at %s, list constraints are off", path)
+            return None
+        tables = vm.CatalogTables.build(ItemCatalog.load(path), device=device)
+        if tables.layout.vocab_size > model_config.get_vocab_size():
+            raise CatalogError(
+                f"the catalog {path} needs {tables.layout.vocab_size} tokens but the target has "
+                f"{model_config.get_vocab_size()}: it is not this target's catalog"
+            )
+        spec = vllm_config.speculative_config
+        max_drafts = spec.num_speculative_tokens if spec is not None else 0
+        logger.info("vllm-padrec: list constraints ready (%d items, settings %s)", tables.num_items, settings)
+        return cls(tables, settings, vllm_config.scheduler_config.max_num_seqs, max_drafts, device)
+
+    # -- requests ------------------------------------------------------------------------------
+    def add_request(self, req_index: int, new_req_data: Any) -> None:
+        params = new_req_data.sampling_params
+        extra_args = params.extra_args if params is not None else None
+        row, warnings = self.settings.request_row(extra_args, new_req_data.prompt_token_ids, self.tables.num_items)
+        if warnings:
+            from vllm.logger import init_logger
+
+            init_logger(__name__).warning("vllm-padrec: request %s: %s", new_req_data.req_id, "; ".join(warnings))
+        self.rows.stage_write(req_index, 0, row)
+        self.enabled[req_index] = bool(row[vm.ENABLED])
+
+    def apply_staged_writes(self) -> None:
+        self.rows.apply_write()
+
+    # -- masks ---------------------------------------------------------------------------------
+    def mask_verification(self, logits: torch.Tensor, input_batch: Any) -> None:
+        """Mask the target's logits (every draft position + the bonus row) of constrained requests."""
+        if self.req_states is None or not self.enabled[input_batch.idx_mapping_np].any():
+            return  # no constrained request in this batch: no GPU work
+        vm.mask_verification_logits(
+            logits,
+            self.tables,
+            self.rows.gpu,
+            self.req_states.all_token_ids.gpu,
+            self.req_states.total_len.gpu,
+            input_batch.expanded_idx_mapping,
+            input_batch.expanded_local_pos,
+            input_batch.input_ids[input_batch.logits_indices],
+            self.max_drafts,
+            self.width,
+        )
+
+    def mask_draft_logits(
+        self,
+        logits: torch.Tensor,  # [B, V]
+        idx_mapping: torch.Tensor,  # [B]
+        draft_tokens: torch.Tensor,  # [B, K]
+        draft_step: torch.Tensor,  # []
+    ) -> None:
+        """Mask the draft's logits; runs inside CUDA graphs (persistent tensors only, no host check)."""
+        if self.req_states is None:
+            return
+        vm.mask_draft_logits(
+            logits,
+            self.tables,
+            self.rows.gpu,
+            self.req_states.all_token_ids.gpu,
+            self.req_states.total_len.gpu,
+            idx_mapping,
+            draft_tokens,
+            draft_step,
+            self.width,
+        )

@@ -1,0 +1,134 @@
+"""The target model: a plain LlamaForCausalLM over the catalog's token layout, and its checkpoint folder.
+
+A checkpoint folder is what ``vllm serve folder`` loads, plus what vllm-padrec needs beside it:
+
+    folder/
+      config.json              LlamaConfig, architectures=["LlamaForCausalLM"], dtype of the weights
+      model.safetensors        the weights
+      tokenizer.json, tokenizer_config.json
+      padrec_catalog.json      the ItemCatalog (items <-> semantic IDs)
+      padrec_recipe.json       the TargetRecipe it was trained with
+
+    model = build_model(get_recipe("tiny"), catalog.layout)
+    save_checkpoint(model, build_tokenizer(catalog.layout), catalog, recipe, "runs/tiny/checkpoint")
+    ckpt = load_checkpoint("runs/tiny/checkpoint")       # ckpt.model, ckpt.tokenizer, ckpt.catalog, ...
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from vllm_padrec.catalog import CATALOG_FILE, ItemCatalog, TokenLayout
+from vllm_padrec.target.config import RECIPE_FILE, VOCAB_MULTIPLE, TargetRecipe
+
+
+def padded_vocab_size(layout: TokenLayout) -> int:
+    """``layout.vocab_size`` rounded up to a multiple of VOCAB_MULTIPLE (the extra rows are never sampled)."""
+    return -(-layout.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+def llama_config(recipe: TargetRecipe, layout: TokenLayout) -> LlamaConfig:
+    """The LlamaConfig of ``recipe`` over ``layout``; raises RecipeError if the context is too short."""
+    recipe.check_layout(layout)
+    return LlamaConfig(
+        vocab_size=padded_vocab_size(layout),
+        hidden_size=recipe.hidden_size,
+        intermediate_size=recipe.intermediate_size,
+        num_hidden_layers=recipe.num_layers,
+        num_attention_heads=recipe.num_heads,
+        num_key_value_heads=recipe.num_kv_heads,
+        head_dim=recipe.head_dim,
+        hidden_act="silu",
+        max_position_embeddings=recipe.max_position_embeddings,
+        rope_theta=recipe.rope_theta,
+        rms_norm_eps=recipe.rms_norm_eps,
+        initializer_range=recipe.initializer_range,
+        tie_word_embeddings=recipe.tie_word_embeddings,
+        attention_bias=False,
+        mlp_bias=False,
+        pad_token_id=TokenLayout.PAD,
+        bos_token_id=TokenLayout.BOS,
+        eos_token_id=TokenLayout.EOS,
+        architectures=["LlamaForCausalLM"],
+    )
+
+
+def build_model(recipe: TargetRecipe, layout: TokenLayout, device: str | torch.device = "cpu") -> LlamaForCausalLM:
+    """A freshly initialised fp32 target with SDPA attention, initialised on ``device`` from ``recipe.seed``
+    (the global RNG is left as it was)."""
+    config = llama_config(recipe, layout)
+    device = torch.device(device)
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), device:
+        torch.manual_seed(recipe.seed)
+        model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    return model
+
+
+def save_checkpoint(
+    model: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    catalog: ItemCatalog,
+    recipe: TargetRecipe,
+    folder: str | Path,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write the checkpoint folder (module docstring) and return its path.
+
+    ``dtype`` is the dtype of the saved weights and of config.json's ``dtype``: by default bfloat16
+    when the model sits on a CUDA device and the recipe trains in bf16 (what vLLM serves), else the
+    model's own dtype (fp32 on CPU, so that reference decoders reproduce the trained model exactly).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if padded_vocab_size(catalog.layout) != model.config.vocab_size:
+        raise ValueError(
+            f"the model's vocabulary ({model.config.vocab_size}) is not the catalog's padded one "
+            f"({padded_vocab_size(catalog.layout)}): this model was built for another catalog"
+        )
+    if dtype is None:
+        on_gpu = next(model.parameters()).device.type == "cuda"
+        dtype = torch.bfloat16 if on_gpu and recipe.bf16 else next(model.parameters()).dtype
+    state = {name: tensor.detach().to(dtype) for name, tensor in model.state_dict().items()}
+    model.save_pretrained(folder, state_dict=state)
+    _write_torch_dtype(folder / "config.json", dtype)
+    tokenizer.save_pretrained(folder)
+    catalog.save(folder / CATALOG_FILE)
+    recipe.save(folder / RECIPE_FILE)
+    return folder
+
+
+def _write_torch_dtype(config_path: Path, dtype: torch.dtype) -> None:
+    """Write the dtype under both keys: ``dtype`` (transformers >= 4.56) and ``torch_dtype`` (older readers)."""
+    payload = json.loads(config_path.read_text())
+    name = str(dtype).removeprefix("torch.")
+    payload["dtype"] = name
+    payload["torch_dtype"] = name
+    config_path.write_text(json.dumps(payload, indent=2, sort_keys=True))
+
+
+class TargetCheckpoint(NamedTuple):
+    model: LlamaForCausalLM
+    tokenizer: PreTrainedTokenizerBase
+    catalog: ItemCatalog
+    recipe: TargetRecipe
+
+
+def load_checkpoint(
+    folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> TargetCheckpoint:
+    """Load a checkpoint folder; the model is in eval mode, in ``dtype`` (default: as saved)."""
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{folder} is not a target checkpoint folder (no config.json)")
+    model = LlamaForCausalLM.from_pretrained(folder, attn_implementation="sdpa", dtype=dtype or "auto")
+    model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    catalog = ItemCatalog.load(folder / CATALOG_FILE)
+    recipe = TargetRecipe.load(folder / RECIPE_FILE)
+    return TargetCheckpoint(model, tokenizer, catalog, recipe)

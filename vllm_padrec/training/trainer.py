@@ -1,0 +1,367 @@
+"""Train a draft (PAD-Rec, one of its ablations, EAGLE, or Medusa) by distillation from the target.
+
+    from vllm_padrec.target.model import load_checkpoint
+    from vllm_padrec.training import DraftTrainConfig, train_draft
+
+    ckpt = load_checkpoint("runs/synthetic/target")
+    result = train_draft("padrec", ckpt, data, DraftTrainConfig(), "runs/synthetic/draft-padrec", "cuda",
+                         time_budget_minutes=20)
+    # result.checkpoint is the folder vLLM loads:
+    #   --speculative-config '{"method": "eagle", "model": "<checkpoint>", "num_speculative_tokens": 4}'
+    #   (Medusa: "method": "medusa")
+
+Methods: "padrec", "padrec_no_slot", "padrec_no_step", "padrec_no_gates", "eagle" (see
+``draft.config.VARIANTS``) and "medusa". Every method gets the same budget: the same steps, batch
+size, learning-rate schedule and data order (``config.seed``); ``time_budget_minutes`` only stops a
+run early (``result.finished`` is False then, and ``resume=True`` continues it).
+
+Output folder:
+    out_dir/train_state.pt    resumable state (weights, optimizer, step, log)
+    out_dir/draft/            the vLLM-loadable checkpoint (draft.checkpoint.save_draft)
+    out_dir/loss_log.json     one entry per `log_every` steps; out_dir/loss_curve.png (with matplotlib)
+    out_dir/result.json       DraftTrainResult
+
+The tiny config (``DraftTrainConfig.tiny()``) trains in seconds on a laptop CPU; tests use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from vllm_padrec.catalog import TokenLayout
+from vllm_padrec.data.interactions import InteractionData
+from vllm_padrec.draft.checkpoint import save_draft
+from vllm_padrec.draft.config import VARIANTS, DraftConfig
+from vllm_padrec.draft.head import PadRecDraftHead
+from vllm_padrec.draft.medusa import MedusaHeads
+from vllm_padrec.training.collect import FeatureSource, autocast_for, training_sequences
+from vllm_padrec.training.losses import LossOutput, LossWeights, medusa_loss, unrolled_draft_loss
+
+METHODS = tuple(VARIANTS) + ("medusa",)
+STATE_FILE = "train_state.pt"
+LOG_FILE = "loss_log.json"
+PLOT_FILE = "loss_curve.png"
+RESULT_FILE = "result.json"
+CHECKPOINT_DIR = "draft"
+# Config fields that do not change the trained weights: a resumed run may change them.
+_OPERATIONAL_FIELDS = ("features", "max_stored_gib", "collect_batch_size", "max_eval_sequences", "log_every",
+                       "save_every")
+
+
+@dataclass(frozen=True)
+class DraftTrainConfig:
+    num_draft_steps: int = 4  # γ: unrolled draft steps (PAD-Rec / EAGLE), Medusa heads, vLLM n_predict
+    batch_size: int = 32  # sequences per optimizer step
+    max_steps: int = 3000  # optimizer steps: the budget every method gets
+    lr: float = 1e-3  # peak learning rate (AdamW)
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    warmup_steps: int = 100  # linear warmup
+    weight_decay: float = 0.0  # AdamW weight decay
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    grad_clip: float = 0.5  # max global grad norm (EAGLE's 0.5); 0 = off
+    reg_weight: float = 1.0  # feature regression weight (EAGLE: 1.0)
+    cls_weight: float = 0.1  # token CE weight (EAGLE: 0.1); Medusa trains on CE alone
+    step_decay: float = 0.8  # loss weight of draft step / Medusa head k is step_decay ** k
+    soft_labels: bool = False  # CE against the target's distribution instead of its argmax
+    loss_on: str = "completion"  # "completion" (draft rounds of the recommended list) or "all"
+    medusa_layers: int = 1  # residual layers per Medusa head
+    features: str = "auto"  # target hidden states: "auto", "stored" or "on_the_fly" (training/collect.py)
+    max_stored_gib: float = 8.0  # "auto" stores the hidden states when they fit this
+    collect_batch_size: int = 64  # sequences per target forward when collecting
+    max_history: int = 20  # list-wise windows (when `data` is a dataset): history items in the prompt
+    list_items: int = 10  # ... and items in the completion
+    holdout_fraction: float = 0.02  # sequences kept out of training for the final evaluation
+    max_eval_sequences: int = 512  # evaluation cap
+    log_every: int = 25  # steps per loss-log entry
+    save_every: int = 250  # steps per resumable state file
+    seed: int = 0  # model init and data order
+
+    def __post_init__(self) -> None:
+        if self.num_draft_steps < 1 or self.batch_size < 1 or self.max_steps < 1:
+            raise ValueError("num_draft_steps, batch_size and max_steps must be >= 1")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        if self.log_every < 1 or self.save_every < 1:
+            raise ValueError("log_every and save_every must be >= 1")
+        self.loss_weights()  # validates the loss fields
+
+    @classmethod
+    def tiny(cls, **changes: Any) -> "DraftTrainConfig":
+        """Seconds on a laptop CPU: what the tests train."""
+        values = dict(num_draft_steps=3, batch_size=8, max_steps=40, lr=3e-3, warmup_steps=4, log_every=5,
+                      save_every=10, max_history=4, list_items=3, holdout_fraction=0.1, max_eval_sequences=32,
+                      collect_batch_size=16)
+        values.update(changes)
+        return cls(**values)
+
+    def loss_weights(self) -> LossWeights:
+        return LossWeights(self.reg_weight, self.cls_weight, self.step_decay, self.soft_labels, self.loss_on)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def training_fields(self) -> dict:
+        """The fields that decide the trained weights (a resumed run must keep them)."""
+        return {k: v for k, v in self.to_dict().items() if k not in _OPERATIONAL_FIELDS}
+
+
+@dataclass
+class DraftTrainResult:
+    method: str
+    checkpoint: str  # the vLLM-loadable folder
+    steps: int  # optimizer steps done (over every resumed run)
+    max_steps: int
+    finished: bool  # steps == max_steps
+    final_loss: float | None  # mean training loss of the last log interval
+    evaluation: dict  # held-out teacher-forced metrics: accepted_length, acc_k
+    feature_mode: str  # "stored" or "on_the_fly"
+    elapsed_s: float  # time in the training loop, over every resumed run (no collection, evaluation or saving)
+    log_path: str
+    plot_path: str | None
+
+
+def build_draft(method: str, target: nn.Module, layout: TokenLayout, config: DraftTrainConfig) -> nn.Module:
+    """A freshly initialised draft (seeded by ``config.seed``) for ``target``, on the target's device."""
+    if method not in METHODS:
+        raise ValueError(f"unknown draft method {method!r}; choose one of {list(METHODS)}")
+    device = target.get_output_embeddings().weight.device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        if method == "medusa":
+            module: nn.Module = MedusaHeads.from_target(target, config.num_draft_steps, config.medusa_layers)
+            module = module.float()
+        else:
+            draft_config = DraftConfig.from_target(target.config, layout, config.num_draft_steps, variant=method)
+            module = PadRecDraftHead(draft_config)
+    module = module.to(device)
+    if isinstance(module, PadRecDraftHead):
+        module.attach_target(target)
+    return module
+
+
+def lr_at(step: int, config: DraftTrainConfig) -> float:
+    """Linear warmup, then cosine decay to lr * min_lr_ratio at max_steps."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine)
+
+
+def batch_indices(step: int, train_indices: Sequence[int], config: DraftTrainConfig) -> list[int]:
+    """The sequences of optimizer step ``step``: a seeded permutation per epoch (resumable, same for every method)."""
+    n = len(train_indices)
+    per_epoch = max(1, n // config.batch_size)  # full batches only
+    epoch, slot = divmod(step, per_epoch)
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=generator)[slot * config.batch_size : (slot + 1) * config.batch_size]
+    return [train_indices[i] for i in order.tolist()]
+
+
+def split_holdout(num_sequences: int, config: DraftTrainConfig) -> tuple[list[int], list[int]]:
+    """(train, holdout) sequence indices, a seeded split."""
+    order = torch.randperm(num_sequences, generator=torch.Generator().manual_seed(config.seed)).tolist()
+    holdout = int(num_sequences * config.holdout_fraction)
+    if num_sequences - holdout < 1:
+        raise ValueError("no training sequence left after the holdout split: lower holdout_fraction")
+    return sorted(order[holdout:]), sorted(order[:holdout])
+
+
+def draft_loss(method: str, module: nn.Module, batch, target: nn.Module, config: DraftTrainConfig) -> LossOutput:
+    if method == "medusa":
+        return medusa_loss(module, batch, target.get_output_embeddings(), config.loss_weights())
+    return unrolled_draft_loss(module, batch, config.num_draft_steps, config.loss_weights())
+
+
+@torch.no_grad()
+def evaluate_draft(
+    method: str,
+    module: nn.Module,
+    source: FeatureSource,
+    indices: Sequence[int],
+    target: nn.Module,
+    config: DraftTrainConfig,
+) -> dict:
+    """Teacher-forced held-out metrics: per-step top-1 agreement with the target and the mean accepted
+    draft tokens per round (greedy verification, bonus token excluded)."""
+    indices = list(indices)[: config.max_eval_sequences]
+    if not indices:
+        return {}
+    was_training = module.training
+    module.eval()
+    accepted, rounds = 0.0, 0
+    correct = torch.zeros(config.num_draft_steps)
+    counted = torch.zeros(config.num_draft_steps)
+    for start in range(0, len(indices), config.batch_size):
+        batch = source.batch(indices[start : start + config.batch_size])
+        with autocast_for(source.device):
+            out = draft_loss(method, module, batch, target, config)
+        full = out.full_rounds  # [B, T]
+        n = int(full.sum())
+        if n:
+            accepted += float(out.accepted_length()) * n
+            rounds += n
+        step_rows = full[None].expand_as(out.hits)  # [K, B, T]
+        correct += (out.hits & step_rows).flatten(1).sum(1).float().cpu()
+        counted += step_rows.flatten(1).sum(1).float().cpu()
+    module.train(was_training)
+    result = {"accepted_length": accepted / rounds if rounds else 0.0, "rounds": rounds}
+    result.update({f"acc_{k}": float(correct[k] / counted[k]) if counted[k] else 0.0 for k in range(len(correct))})
+    return result
+
+
+def train_draft(
+    method: str,
+    target: Any,
+    data: InteractionData | Sequence,
+    config: DraftTrainConfig,
+    out_dir: str | Path,
+    device: str | torch.device,
+    time_budget_minutes: float | None = None,
+    resume: bool = True,
+    *,
+    layout: TokenLayout | None = None,
+    stop_after_steps: int | None = None,
+    progress: bool = True,
+) -> DraftTrainResult:
+    """Train ``method``'s draft for ``target`` (a HF Llama causal LM or a ``TargetCheckpoint``) on
+    ``data`` (a dataset, list-wise examples or token-id sequences; ``layout`` is needed unless the
+    data or the checkpoint carries a catalog). Returns where the checkpoint is and how it went.
+    The target is moved to ``device``, put in eval mode and frozen (requires_grad False).
+
+    ``stop_after_steps`` ends this call after that many more steps (chunked jobs; ``resume=True``
+    continues), like ``time_budget_minutes``; neither changes the schedule."""
+    from tqdm.auto import tqdm
+
+    if method not in METHODS:
+        raise ValueError(f"unknown draft method {method!r}; choose one of {list(METHODS)}")
+    if not isinstance(target, nn.Module) and hasattr(target, "catalog") and hasattr(target, "model"):
+        layout = layout or target.catalog.layout  # a TargetCheckpoint
+        target = target.model
+    if layout is None and isinstance(data, InteractionData):
+        layout = data.catalog.layout
+    if layout is None and method != "medusa":
+        raise ValueError("pass layout= (the catalog's TokenLayout): the PAD-Rec slot table is built from it")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    target = target.to(device).eval().requires_grad_(False)
+
+    sequences = training_sequences(data, config.max_history, config.list_items)
+    train_idx, holdout_idx = split_holdout(len(sequences), config)
+    source = FeatureSource(target, sequences, device, config.features, config.max_stored_gib * 2**30,
+                           config.collect_batch_size, progress)
+    module = build_draft(method, target, layout, config)
+    module.train()
+    optimizer = torch.optim.AdamW(
+        module.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+    )
+
+    step, log, elapsed_before = 0, [], 0.0
+    state_path = out_dir / STATE_FILE
+    if resume and state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        saved = {k: v for k, v in state["config"].items() if k not in _OPERATIONAL_FIELDS}
+        if state["method"] != method or saved != config.training_fields():
+            raise ValueError(
+                f"{state_path} was written for method {state['method']!r} with another config: "
+                "use another out_dir, the same config, or resume=False"
+            )
+        module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, log, elapsed_before = state["step"], state["log"], state["elapsed_s"]
+
+    def save_state() -> None:
+        payload = {"method": method, "config": config.to_dict(), "step": step, "model": module.state_dict(),
+                   "optimizer": optimizer.state_dict(), "log": log, "elapsed_s": elapsed_before + time.monotonic() - t0}
+        torch.save(payload, out_dir / (STATE_FILE + ".tmp"))
+        (out_dir / (STATE_FILE + ".tmp")).replace(state_path)
+        (out_dir / LOG_FILE).write_text(json.dumps(log, indent=1))
+
+    t0 = time.monotonic()
+    deadline = t0 + 60.0 * time_budget_minutes if time_budget_minutes is not None else math.inf
+    params = [p for p in module.parameters() if p.requires_grad]
+    sums: dict[str, torch.Tensor] = {}
+    count = 0
+    bar = tqdm(total=config.max_steps, initial=step, desc=f"train {method}", disable=not progress)
+    last_step = config.max_steps if stop_after_steps is None else min(config.max_steps, step + stop_after_steps)
+    while step < last_step and time.monotonic() < deadline:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, config)
+        batch = source.batch(batch_indices(step, train_idx, config))
+        with autocast_for(device):
+            out = draft_loss(method, module, batch, target, config)
+        out.loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        for name, value in {"loss": out.loss.detach(), **out.metrics}.items():
+            sums[name] = sums.get(name, 0.0) + value.float()
+        count += 1
+        if step % config.log_every == 0 or step == config.max_steps:
+            entry = {"step": step, "lr": lr_at(step - 1, config), "elapsed_s": elapsed_before + time.monotonic() - t0}
+            entry.update({name: float(total) / count for name, total in sums.items()})
+            log.append(entry)
+            bar.set_postfix(loss=f"{entry['loss']:.4f}")
+            sums, count = {}, 0
+        if step % config.save_every == 0:
+            save_state()
+        bar.update(1)
+    bar.close()
+    elapsed = elapsed_before + time.monotonic() - t0
+    save_state()
+
+    checkpoint = save_draft(module, out_dir / CHECKPOINT_DIR)
+    evaluation = evaluate_draft(method, module, source, holdout_idx, target, config)
+    plot_path = plot_losses(log, out_dir / PLOT_FILE)
+    result = DraftTrainResult(
+        method=method,
+        checkpoint=str(checkpoint),
+        steps=step,
+        max_steps=config.max_steps,
+        finished=step >= config.max_steps,
+        final_loss=log[-1]["loss"] if log else None,
+        evaluation=evaluation,
+        feature_mode=source.mode,
+        elapsed_s=elapsed,
+        log_path=str(out_dir / LOG_FILE),
+        plot_path=str(plot_path) if plot_path else None,
+    )
+    (out_dir / RESULT_FILE).write_text(json.dumps(dataclasses.asdict(result), indent=2))
+    return result
+
+
+def plot_losses(log: list[dict], path: Path) -> Path | None:
+    """Loss and per-step agreement curves as a PNG; None when matplotlib is not installed."""
+    if not log:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    steps = [entry["step"] for entry in log]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(steps, [entry["loss"] for entry in log])
+    ax_loss.set(xlabel="step", ylabel="training loss", yscale="log", title="loss")
+    for key in sorted(k for k in log[-1] if k.startswith("acc_")):
+        ax_acc.plot(steps, [entry.get(key, float("nan")) for entry in log], label=f"step {key[4:]}")
+    ax_acc.set(xlabel="step", ylabel="top-1 agreement with the target", title="draft accuracy")
+    ax_acc.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
