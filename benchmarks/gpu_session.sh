@@ -29,6 +29,7 @@ mkdir -p "$W/run" "$W/path" "${OUT:=/tmp/padrec/out}"
 # package: run from $W/run, with only benchmarks/ importable from the repo.
 [ -d "$REPO/benchmarks" ] && ln -sfn "$REPO/benchmarks" "$W/path/benchmarks"
 export PYTHONUNBUFFERED=1 PADREC_DATA_DIR=$W/data PYTHONPATH=$W/path${PYTHONPATH:+:$PYTHONPATH}
+cd "$W/run"
 log() { echo "[$(date +%T)] $*"; }
 
 install_project() {

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
 
 import vllm_padrec.draft.head as head_module
+from vllm_padrec import envs
 from vllm_padrec.catalog import TokenLayout
 from vllm_padrec.draft import VARIANTS, DraftConfig, MedusaHeads, PadRecDraftHead, load_draft, new_cache, save_draft
 from vllm_padrec.draft.config import EAGLE_ARCHITECTURE, PADREC_ARCHITECTURE
@@ -230,7 +231,7 @@ def test_kernel_path_equals_reference_path(variant, scalar_step, device, monkeyp
 
     monkeypatch.setattr(head_module, "padrec_input", spy, raising=True)
     if device == "cpu":
-        monkeypatch.setenv(head_module.PADREC_FORCE_TRITON, "1")
+        monkeypatch.setenv(envs.PADREC_FORCE_TRITON, "1")
     with torch.no_grad():
         fused = head(hidden, ids, step, positions)
     assert calls, "the fused kernel was not used"
@@ -238,9 +239,9 @@ def test_kernel_path_equals_reference_path(variant, scalar_step, device, monkeyp
 
 
 def test_reference_path_without_force_flag(target, monkeypatch):
-    monkeypatch.delenv(head_module.PADREC_FORCE_TRITON, raising=False)
+    monkeypatch.delenv(envs.PADREC_FORCE_TRITON, raising=False)
     assert not PadRecDraftHead.uses_kernel(torch.zeros(2, H))  # CPU: the reference
-    monkeypatch.setenv(head_module.PADREC_FORCE_TRITON, "1")
+    monkeypatch.setenv(envs.PADREC_FORCE_TRITON, "1")
     assert PadRecDraftHead.uses_kernel(torch.zeros(2, H)) is (not torch.is_grad_enabled())
 
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from vllm_padrec.catalog import ItemCatalog
 from vllm_padrec.constraint import ListConstraint, apply_mask
-from vllm_padrec.decoding.greedy import length_buckets, model_device
+from vllm_padrec.decoding.greedy import banned_capacity, length_buckets, model_device
 
 
 @torch.inference_mode()
@@ -45,8 +45,8 @@ def beam_search_items(
         raise ValueError(f"beam_width must be >= 1, got {beam_width}")
     device = model_device(model)
     if constraint is None:
-        longest = max((len(set(h)) for h in histories), default=0) if ban_history else 0
-        constraint = ListConstraint(catalog, num_items=1, max_banned=max(64, longest), device=device)
+        capacity = banned_capacity(histories, 1, ban_history)
+        constraint = ListConstraint(catalog, num_items=1, max_banned=capacity, device=device)
     elif constraint.num_items != 1:
         raise ValueError(
             f"beam search over one item needs ListConstraint(num_items=1), got num_items={constraint.num_items}"

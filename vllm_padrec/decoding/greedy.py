@@ -62,7 +62,7 @@ def greedy_lists(
     """
     device = model_device(model)
     if constraint is None:
-        room = _room(histories, num_items, ban_history)
+        room = banned_capacity(histories, num_items, ban_history)
         constraint = ListConstraint(catalog, num_items=num_items, no_repeat=no_repeat, max_banned=room, device=device)
     elif constraint.num_items is not None and constraint.num_items != num_items:
         raise ValueError(f"the constraint makes lists of {constraint.num_items} items, not {num_items}")
@@ -93,7 +93,7 @@ def greedy_lists(
     return results
 
 
-def _room(histories: Sequence[Sequence[int]], num_items: int, ban_history: bool) -> int:
+def banned_capacity(histories: Sequence[Sequence[int]], num_items: int, ban_history: bool) -> int:
     """``max_banned`` that holds a list's items and, with ``ban_history``, the longest history."""
     longest = max((len(set(h)) for h in histories), default=0) if ban_history else 0
     return max(64, num_items + longest)

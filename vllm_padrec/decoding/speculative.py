@@ -53,7 +53,7 @@ from transformers.cache_utils import DynamicCache
 
 from vllm_padrec.catalog import ItemCatalog, TokenLayout
 from vllm_padrec.constraint import ListConstraint, ListState, apply_mask
-from vllm_padrec.decoding.greedy import _room, length_buckets, model_device
+from vllm_padrec.decoding.greedy import banned_capacity, length_buckets, model_device
 from vllm_padrec.decoding.rejection import greedy_verify, rejection_verify, sample
 from vllm_padrec.draft.head import PadRecDraftHead, new_cache
 from vllm_padrec.draft.medusa import MedusaHeads
@@ -203,7 +203,7 @@ def _ratio(a: int, b: int) -> float:
     return a / b if b else 0.0
 
 
-# -- the target side: a KV cache with holes --------------------------------------------------------------
+# -- KV caches with holes, and the target side ---------------------------------------------------------
 class MaskedCache:
     """A HF ``DynamicCache`` whose columns may be holes: ``keep`` [B, S] bool marks the live ones."""
 
@@ -422,7 +422,7 @@ def speculative_lists(
     device = model_device(target)
     if constraint is None:
         constraint = ListConstraint(catalog, num_items=num_items, no_repeat=no_repeat,
-                                    max_banned=_room(histories, num_items, ban_history), device=device)
+                                    max_banned=banned_capacity(histories, num_items, ban_history), device=device)
     elif constraint.num_items is not None and constraint.num_items != num_items:
         raise ValueError(f"the constraint makes lists of {constraint.num_items} items, not {num_items}")
     make_proposer(draft, gamma, 1, device)  # type and size checks before any work

@@ -26,7 +26,7 @@ The head owns no embedding and no LM head: it keeps references to the target's m
 
 from __future__ import annotations
 
-import os
+
 
 import torch
 from torch import nn
@@ -34,11 +34,11 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
 from vllm_padrec.draft.config import DraftConfig
+from vllm_padrec import envs
 from vllm_padrec.kernels import padrec_input, padrec_input_reference
 
 # Environment variable: "1" runs the fused Triton kernel whenever no gradient is needed, also on the
 # CPU (under TRITON_INTERPRET=1); default: only for CUDA tensors.
-PADREC_FORCE_TRITON = "PADREC_FORCE_TRITON"
 
 
 def slot_table_for(config: DraftConfig) -> torch.Tensor:  # [V] int64
@@ -194,7 +194,7 @@ class PadRecDraftHead(nn.Module):
         """Fused Triton kernel when grad-free and on CUDA (or PADREC_FORCE_TRITON=1); else the reference."""
         if torch.is_grad_enabled():
             return False  # the kernel has no backward
-        return h.is_cuda or os.environ.get(PADREC_FORCE_TRITON, "0") == "1"
+        return h.is_cuda or envs.force_triton()
 
     def forward(
         self,
