@@ -27,6 +27,15 @@ GPU_REASON = "needs a CUDA GPU (runs on the H200 device machine)"
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason=GPU_REASON)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tests run tiny models: a second thread gains nothing and loses a lot on a shared 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> str:
     path = envs.data_dir()

@@ -13,14 +13,6 @@ from vllm_padrec.target.train import train_target
 NUM_ITEMS = 4  # items per greedy list
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models gain nothing from a second thread, and lose a lot when another process holds it
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

@@ -49,14 +49,6 @@ EXTRA_NAMES = {
 PADREC_VARIANTS = [v for v in VARIANTS if v != "eagle"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops: one thread avoids OpenMP contention on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def make_target(vocab: int = VOCAB, hidden: int = H, seed: int = 0) -> LlamaForCausalLM:
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=64, num_hidden_layers=2,

@@ -40,14 +40,6 @@ TRAINED = ("padrec", "eagle", "medusa")
 RANDOM = ("random_padrec", "random_eagle", "random_medusa")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops: one thread avoids OpenMP contention on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def random_head(target, layout, variant: str, gamma: int = 3, seed: int = 0) -> PadRecDraftHead:
     """A head with random weights (and non-zero PAD-Rec signals): its drafts are mostly rejected."""
