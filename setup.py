@@ -28,5 +28,6 @@ setup(
     entry_points={
         "console_scripts": ["vllm-padrec = vllm_padrec.cli:main"],
         "vllm.general_plugins": ["padrec = vllm_padrec:register"],
+        "vllm.endpoint_plugins": ["padrec_recommendations = vllm_padrec.integration.endpoint:RecommendationsPlugin"],
     },
 )

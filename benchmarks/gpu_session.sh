@@ -9,6 +9,7 @@
 #   call 3  carry [.vllmkit/part3]            bash .vllmkit/part3/install.sh && bash benchmarks/gpu_session.sh vllm
 #   call 4                                    bash benchmarks/gpu_session.sh serve
 #   call 5                                    bash benchmarks/gpu_session.sh accept
+#   call 6                                    bash benchmarks/gpu_session.sh lossless
 #
 # start:    installs the project (no deps), copies the dataset to /tmp, starts the `pipeline` daemon
 #           (it outlives the calls): bench target training (resumable), then its evaluation beside
@@ -18,6 +19,7 @@
 # serve:    `vllm serve` of the bench target with the plugin installed, /v1/completions for test
 #           users; the target's Recall/NDCG.
 # accept:   acceptance lengths of every draft head with the reference speculative decoder.
+# lossless: `vllm serve` with and without the PAD-Rec draft, 500 users, 64 concurrent, constrained.
 # Results land in $OUT (copied back) and are committed under benchmarks/results/.
 set -uo pipefail
 PHASE=${1:?phase}
@@ -52,7 +54,8 @@ pipeline)  # runs as a daemon (started by `start`); outlives the calls, logs to 
       --batch-size 256 --out $W/results/target_beauty.json > $W/eval.log 2>&1 &
   train_drafts() {  # same budget (steps, batch, data) for every method
     python3 -m vllm_padrec.cli train-draft --target $W/bench/checkpoint --dataset $W/data/beauty_atspeed \
-        --out $W/drafts --gamma 5 --max-steps ${DRAFT_STEPS:-1200} --batch-size 64 --until-done --method "$@"
+        --out $W/drafts --gamma 5 --max-steps ${DRAFT_STEPS:-1200} --batch-size 64 --max-stored-gib 24 \
+        --until-done --method "$@"
   }
   train_drafts padrec eagle > $W/drafts1.log 2>&1 &
   train_drafts medusa padrec_no_slot > $W/drafts2.log 2>&1 &
@@ -98,6 +101,12 @@ accept)
   python3 -m benchmarks.bench_acceptance --target $W/bench/checkpoint --dataset $W/data/beauty_atspeed \
       --drafts $W/drafts/*/draft --users ${ACCEPT_USERS:-200} --gammas 3 4 5 --out "$OUT" --name beauty 2>&1 | tail -30
   for m in padrec eagle medusa; do cp $W/drafts/$m/loss_log.json "$OUT/draft_loss_$m.json"; done
+  ;;
+lossless)
+  log "vllm serve with and without --speculative-model: greedy lists, token for token"
+  python3 -m benchmarks.vllm_lossless --target $W/bench/checkpoint --draft $W/drafts/padrec/draft \
+      --dataset $W/data/beauty_atspeed --users ${LOSSLESS_USERS:-500} --concurrency 64 --out "$OUT" \
+      -- --gpu-memory-utilization 0.3 --max-model-len 512 2>&1 | tail -30
   ;;
 *) echo "unknown phase $PHASE"; exit 2 ;;
 esac

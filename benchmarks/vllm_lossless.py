@@ -1,0 +1,419 @@
+"""Is speculative decoding lossless on a real `vllm serve`? Same lists with and without the draft.
+
+Starts `vllm serve TARGET` twice with this plugin (``VLLM_PLUGINS=padrec,padrec_recommendations``):
+without speculation, then with ``--speculative-model DRAFT``. Each server gets every test user's
+history (the last H items of the recipe) as prompt token ids on ``/v1/completions``, all at once
+through ``--concurrency`` client threads, greedy and catalog-constrained through ``vllm_xargs``
+(``padrec_constraint=1, padrec_num_items=N, padrec_no_repeat=1``). Then:
+
+- the two servers' completions are compared token for token (``mismatched_users``); a second pass
+  on the baseline server (``--control``) measures how often greedy lists differ between two runs
+  without any draft (batch-shape numerics): mismatches at or below that floor are not the draft's;
+- invalid items (not in the catalog) and duplicates within a list are counted;
+- ``/metrics`` is scraped before and after the timed pass: mean acceptance length =
+  1 + accepted / drafts over the pass (``vllm:spec_decode_num_*_total`` deltas), per-position
+  acceptance, and the most requests the server ran at once (``vllm:num_requests_running``, polled);
+- output tokens/s and p50/p99 request latency of each pass;
+- a sample of users also goes through ``POST /v1/recommendations`` (the endpoint plugin) and, when
+  the ``openai`` package is importable, through the OpenAI Python client; both must give the same
+  items / tokens as the threaded ``/v1/completions`` pass.
+
+    python -m benchmarks.vllm_lossless --target /tmp/padrec/bench/checkpoint \\
+        --draft /tmp/padrec/drafts/padrec/draft --dataset /tmp/padrec/data/beauty_atspeed \\
+        --users 500 --concurrency 64 --out benchmarks/results -- --gpu-memory-utilization 0.3 --max-model-len 512
+
+Writes ``vllm_lossless.json`` and ``vllm_lossless.md``; exits 1 when lists differ beyond the control
+floor or an invalid / duplicate item appears. Needs a GPU (does not run on the CPU machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from benchmarks.serve_completions import post, start_server, stop_server, wait_healthy
+from vllm_padrec.catalog import ItemCatalog, TokenLayout
+from vllm_padrec.data import load_dataset
+from vllm_padrec.integration.endpoint import (
+    PLUGIN_NAME,
+    ROUTE,
+    SPEC_COUNTERS,
+    SPEC_PER_POS,
+    parse_list,
+    read_max_history,
+)
+
+SERVED_NAME = "padrec-target"  # start_server's --served-model-name
+RUNNING = "vllm:num_requests_running"
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+# -- /metrics ---------------------------------------------------------------------------------------
+def scrape(base: str) -> list[tuple[str, dict[str, str], float]]:
+    """Samples of ``GET /metrics`` (Prometheus text format): (name, labels, value)."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    samples = []
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match is None or line.startswith("#"):
+            continue
+        name, labels, value = match.groups()
+        try:
+            samples.append((name, dict(_LABEL.findall(labels or "")), float(value)))
+        except ValueError:
+            continue
+    return samples
+
+
+def spec_counters(samples) -> dict:
+    """Spec-decode counters summed over engines, and accepted tokens per draft position."""
+    totals = {name: 0 for name in SPEC_COUNTERS}
+    per_pos: dict[int, float] = {}
+    for name, labels, value in samples:
+        base = name[: -len("_total")] if name.endswith("_total") else None
+        if base in totals:
+            totals[base] += value
+        elif base == SPEC_PER_POS and "position" in labels:
+            per_pos[int(labels["position"])] = per_pos.get(int(labels["position"]), 0) + value
+    totals[SPEC_PER_POS] = [per_pos[p] for p in sorted(per_pos)]
+    return totals
+
+
+def gauge(samples, name: str) -> float:
+    return sum(value for sample_name, _, value in samples if sample_name == name)
+
+
+class RunningPoller:
+    """Polls ``vllm:num_requests_running`` while a pass runs; keeps the maximum."""
+
+    def __init__(self, base: str, every: float = 0.25) -> None:
+        self.base, self.every, self.max = base, every, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.max = max(self.max, gauge(scrape(self.base), RUNNING))
+            except (urllib.error.URLError, OSError, ValueError):
+                pass
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> "RunningPoller":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+# -- requests ---------------------------------------------------------------------------------------
+def completion_payload(prompt: list[int], max_tokens: int, xargs: dict) -> dict:
+    return {
+        "model": SERVED_NAME, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
+        "stop_token_ids": [TokenLayout.EOS], "return_token_ids": True, "skip_special_tokens": False,
+        "vllm_xargs": xargs,
+    }  # fmt: skip
+
+
+def timed_pass(base: str, prompts: list[list[int]], max_tokens: int, xargs: dict, concurrency: int) -> dict:
+    """Every prompt through /v1/completions at once (``concurrency`` threads); tokens and timings."""
+
+    def ask(prompt):
+        started = time.perf_counter()
+        reply = post(f"{base}/v1/completions", completion_payload(prompt, max_tokens, xargs), timeout=600)
+        choice = reply["choices"][0]
+        return {
+            "token_ids": [int(t) for t in choice.get("token_ids") or []],
+            "finish_reason": choice.get("finish_reason"),
+            "completion_tokens": reply["usage"]["completion_tokens"],
+            "latency": time.perf_counter() - started,
+        }
+
+    before = spec_counters(scrape(base))
+    with RunningPoller(base) as poller:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            answers = list(pool.map(ask, prompts))
+        seconds = time.perf_counter() - started
+    after = spec_counters(scrape(base))
+    latencies = sorted(a["latency"] for a in answers)
+    tokens = sum(a["completion_tokens"] for a in answers)
+    drafts = after[SPEC_COUNTERS[0]] - before[SPEC_COUNTERS[0]]
+    draft_tokens = after[SPEC_COUNTERS[1]] - before[SPEC_COUNTERS[1]]
+    accepted = after[SPEC_COUNTERS[2]] - before[SPEC_COUNTERS[2]]
+    per_pos = [a - b for a, b in zip(after[SPEC_PER_POS], before[SPEC_PER_POS] or [0] * len(after[SPEC_PER_POS]))]
+    return {
+        "answers": answers,
+        "seconds": round(seconds, 3),
+        "output_tokens": tokens,
+        "tokens_per_second": round(tokens / seconds, 1),
+        "requests_per_second": round(len(answers) / seconds, 2),
+        "latency_p50_ms": round(1000 * percentile(latencies, 50), 1),
+        "latency_p99_ms": round(1000 * percentile(latencies, 99), 1),
+        "max_running_requests": int(poller.max),
+        "spec_decode": {
+            "num_drafts": int(drafts), "num_draft_tokens": int(draft_tokens), "num_accepted_tokens": int(accepted),
+            "acceptance_length": round(1 + accepted / drafts, 4) if drafts else None,
+            "draft_acceptance_rate": round(accepted / draft_tokens, 4) if draft_tokens else None,
+            "per_position_acceptance": [round(a / drafts, 4) for a in per_pos] if drafts else None,
+        },  # fmt: skip
+    }
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def list_quality(catalog: ItemCatalog, answers: list[dict], list_items: int) -> dict:
+    invalid = duplicates = short = 0
+    for answer in answers:
+        items, bad = parse_list(catalog, answer["token_ids"])
+        invalid += bad
+        duplicates += len(items) - len(set(items))
+        short += len(items) != list_items
+    return {"invalid_items": invalid, "duplicate_items": duplicates, "lists_not_of_n_items": short}
+
+
+def compare(reference: list[dict], other: list[dict], users: list[str], catalog: ItemCatalog) -> dict:
+    mismatched, examples = 0, []
+    for user, a, b in zip(users, reference, other):
+        if a["token_ids"] == b["token_ids"]:
+            continue
+        mismatched += 1
+        if len(examples) < 5:
+            first = next((i for i, (x, y) in enumerate(zip(a["token_ids"], b["token_ids"])) if x != y),
+                         min(len(a["token_ids"]), len(b["token_ids"])))  # fmt: skip
+            examples.append({
+                "user": user, "first_different_token": first,
+                "reference_items": [catalog.item_ids[i] for i in parse_list(catalog, a["token_ids"])[0]],
+                "other_items": [catalog.item_ids[i] for i in parse_list(catalog, b["token_ids"])[0]],
+            })  # fmt: skip
+    return {"mismatched_users": mismatched, "examples": examples}
+
+
+def endpoint_sample(base: str, catalog: ItemCatalog, samples, answers: list[dict], list_items: int) -> dict:
+    """``POST /v1/recommendations`` for a few users: same items as the threaded completions pass?"""
+    agree, checked, replies, errors = 0, 0, [], []
+    for sample, answer in zip(samples, answers):
+        payload = {"history": [catalog.item_ids[i] for i in sample.history], "num_items": list_items, "no_repeat": True}
+        try:
+            reply = post(f"{base}{ROUTE}", payload)
+        except urllib.error.HTTPError as error:
+            errors.append(f"{error.code}: {error.read()[:300]!r}")
+            continue
+        checked += 1
+        expected = [catalog.item_ids[i] for i in parse_list(catalog, answer["token_ids"])[0]]
+        got = [item["item_id"] for item in reply["items"]]
+        agree += got == expected
+        if len(replies) < 2:
+            replies.append(reply)
+    # an unknown item id must come back as a JSON 422 from the live server
+    try:
+        post(f"{base}{ROUTE}", {"history": ["__no_such_item__"], "num_items": list_items})
+        bad_request = "accepted (expected 422)"
+    except urllib.error.HTTPError as error:
+        bad_request = f"{error.code} {json.loads(error.read()).get('error', {}).get('message', '')[:200]}"
+    return {"users": checked, "same_items_as_completions": agree, "errors": errors[:5],
+            "unknown_item_reply": bad_request, "examples": replies}  # fmt: skip
+
+
+def openai_sample(base: str, prompts, answers: list[dict], max_tokens: int, xargs: dict) -> dict | None:
+    """The same requests through the OpenAI Python client; None when ``openai`` is not installed."""
+    try:
+        import openai
+    except ImportError:
+        return None
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="EMPTY")
+    agree = 0
+    for prompt, answer in zip(prompts, answers):
+        reply = client.completions.create(
+            model=SERVED_NAME, prompt=prompt, max_tokens=max_tokens, temperature=0.0,
+            extra_body={"vllm_xargs": xargs, "stop_token_ids": [TokenLayout.EOS], "return_token_ids": True,
+                        "skip_special_tokens": False},
+        )  # fmt: skip
+        choice = reply.choices[0]
+        token_ids = getattr(choice, "token_ids", None) or (choice.model_extra or {}).get("token_ids") or []
+        agree += [int(t) for t in token_ids] == answer["token_ids"]
+    return {"users": len(prompts), "same_tokens_as_threaded_pass": agree, "openai_version": openai.__version__}
+
+
+# -- main ---------------------------------------------------------------------------------------------
+def serve_and_measure(args, name: str, extra: list[str], port: int, catalog, samples, prompts, max_tokens, xargs):
+    base = f"http://127.0.0.1:{port}"
+    log = Path(args.log_dir) / f"vllm_lossless_{name}.log"
+    process = start_server(args.target, port, [*extra, *args.vllm_args], log)
+    try:
+        started = time.time()
+        wait_healthy(base, process, timeout=args.startup_timeout)
+        startup = time.time() - started
+        post(f"{base}/v1/completions", completion_payload(prompts[0], max_tokens, xargs), timeout=600)  # warm-up
+        run = timed_pass(base, prompts, max_tokens, xargs, args.concurrency)
+        if name == "baseline" and args.control:
+            run["control"] = timed_pass(base, prompts, max_tokens, xargs, args.concurrency)
+        k = min(args.sample, len(samples))
+        head = run["answers"][:k]
+        run["recommendations_endpoint"] = endpoint_sample(base, catalog, samples[:k], head, args.list_items)
+        run["openai_client"] = openai_sample(base, prompts[:k], head, max_tokens, xargs)
+        run["server_startup_seconds"] = round(startup, 1)
+        run["server_log"] = str(log)
+        return run
+    finally:
+        stop_server(process)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", required=True, help="target checkpoint folder (with padrec_catalog.json)")
+    parser.add_argument("--draft", required=True, help="draft head folder, served with --speculative-model")
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--users", type=int, default=500, help="test users (the first of the test split)")
+    parser.add_argument("--concurrency", type=int, default=64, help="client threads: requests in flight")
+    parser.add_argument("--list-items", type=int, default=10, help="N: items per list (padrec_num_items)")
+    parser.add_argument("--num-speculative-tokens", type=int, default=None, help="K (default: the draft's n_predict)")
+    parser.add_argument("--sample", type=int, default=16, help="users also sent to /v1/recommendations and openai")
+    parser.add_argument("--no-control", dest="control", action="store_false",
+                        help="skip the second baseline pass (run-to-run mismatch floor)")  # fmt: skip
+    parser.add_argument("--port", type=int, default=8021)
+    parser.add_argument("--startup-timeout", type=float, default=900)
+    parser.add_argument("--log-dir", default="/tmp")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("vllm_args", nargs="*", help="extra `vllm serve` arguments for both servers (after --)")
+    args = parser.parse_args(argv)
+
+    catalog = ItemCatalog.load(args.target)
+    data = load_dataset(args.dataset)
+    max_history = read_max_history(Path(args.target)) or 20
+    samples = data.eval_samples("test", max_history)[: args.users]
+    if not samples:
+        raise SystemExit(f"no test users in {args.dataset}")
+    prompts = [catalog.render_prompt(sample.history) for sample in samples]
+    users = [sample.user for sample in samples]
+    max_tokens = args.list_items * (catalog.num_slots + 1) + 1  # as the /v1/recommendations route asks
+    xargs = {"padrec_constraint": 1, "padrec_num_items": args.list_items, "padrec_no_repeat": 1}
+    os.environ["VLLM_PLUGINS"] = f"padrec,{PLUGIN_NAME}"  # inherited by `vllm serve`
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    speculative_flags = ["--speculative-model", args.draft]
+    if args.num_speculative_tokens is not None:
+        speculative_flags += ["--num-speculative-tokens", str(args.num_speculative_tokens)]
+    common = (catalog, samples, prompts, max_tokens, xargs)
+    runs = {"baseline": serve_and_measure(args, "baseline", [], args.port, *common)}
+    try:
+        runs["speculative"] = serve_and_measure(
+            args, "speculative", speculative_flags, args.port + 1, *common
+        )
+    except Exception as error:  # keep the baseline numbers: write them with the reason
+        base = runs["baseline"]
+        record = {"users": len(samples), "error": f"speculative server: {type(error).__name__}: {error}",
+                  "speculative_flags": speculative_flags, "vllm_args": args.vllm_args,
+                  "baseline": {k: v for k, v in base.items() if k not in ("answers", "control")}}  # fmt: skip
+        (out / "vllm_lossless.json").write_text(json.dumps(record, indent=2))
+        print(json.dumps(record, indent=2))
+        return 1
+    base, spec = runs["baseline"], runs["speculative"]
+    lossless = compare(base["answers"], spec["answers"], users, catalog)
+    control = compare(base["answers"], base["control"]["answers"], users, catalog) if "control" in base else None
+    quality = {name: list_quality(catalog, run["answers"], args.list_items) for name, run in runs.items()}
+    summary_keys = ("seconds", "output_tokens", "tokens_per_second", "requests_per_second", "latency_p50_ms",
+                    "latency_p99_ms", "max_running_requests", "spec_decode", "server_startup_seconds", "server_log",
+                    "recommendations_endpoint", "openai_client")  # fmt: skip
+    record = {
+        "target": args.target, "draft": args.draft, "dataset": data.name, "users": len(samples),
+        "list_items": args.list_items, "max_history": max_history, "max_tokens": max_tokens, "vllm_xargs": xargs,
+        "concurrency": args.concurrency,
+        # the most requests either server ran at once (vllm:num_requests_running, polled every 0.25 s)
+        "concurrent_requests": max(base["max_running_requests"], spec["max_running_requests"]),
+        "mismatched_users": lossless["mismatched_users"],
+        "control_mismatched_users": control["mismatched_users"] if control else None,
+        "invalid_items": sum(q["invalid_items"] for q in quality.values()),
+        "duplicate_items": sum(q["duplicate_items"] for q in quality.values()),
+        "acceptance_length": spec["spec_decode"]["acceptance_length"],
+        "per_position_acceptance": spec["spec_decode"]["per_position_acceptance"],
+        "speedup_tokens_per_second": round(spec["tokens_per_second"] / base["tokens_per_second"], 3),
+        "quality": quality,
+        "mismatch_examples": lossless["examples"],
+        "control_mismatch_examples": control["examples"] if control else None,
+        "runs": {name: {k: run[k] for k in summary_keys if k in run} for name, run in runs.items()},
+        "vllm_args": args.vllm_args, "speculative_flags": speculative_flags,
+    }  # fmt: skip
+    if control:
+        record["runs"]["baseline_control"] = {k: base["control"][k] for k in summary_keys if k in base["control"]}
+    (out / "vllm_lossless.json").write_text(json.dumps(record, indent=2))
+    (out / "vllm_lossless.md").write_text(markdown(record))
+    bulky = ("runs", "mismatch_examples", "control_mismatch_examples")
+    print(json.dumps({k: v for k, v in record.items() if k not in bulky}, indent=2))
+    floor = record["control_mismatched_users"] or 0
+    ok = record["mismatched_users"] <= floor and record["invalid_items"] == 0 and record["duplicate_items"] == 0
+    return 0 if ok else 1
+
+
+def markdown(r: dict) -> str:
+    rows = []
+    for name, run in r["runs"].items():
+        spec = run.get("spec_decode") or {}
+        acc = spec.get("acceptance_length")
+        rows.append(
+            f"| {name} | {run['tokens_per_second']} | {run['requests_per_second']} | {run['latency_p50_ms']} | "
+            f"{run['latency_p99_ms']} | {run['max_running_requests']} | {acc if acc is not None else '-'} |"
+        )
+    endpoint = r["runs"]["speculative"].get("recommendations_endpoint") or {}
+    oa = r["runs"]["speculative"].get("openai_client")
+    openai_cell = f"{oa['same_tokens_as_threaded_pass']} of {oa['users']}" if oa else "openai not installed"
+    lines = [
+        "# Speculative decoding on `vllm serve`: lossless check",
+        "",
+        f"Target `{r['target']}`, draft `{r['draft']}`, dataset {r['dataset']}: {r['users']} test users, "
+        f"lists of {r['list_items']} items (greedy, catalog-constrained via `vllm_xargs` {r['vllm_xargs']}), "
+        f"{r['concurrency']} client threads; `vllm serve` flags {r['vllm_args']}.",
+        "",
+        "| check | value |",
+        "|---|---|",
+        f"| users whose list differs with the draft (token for token) | {r['mismatched_users']} |",
+        f"| control: users whose list differs between two baseline passes | {r['control_mismatched_users']} |",
+        f"| invalid items (both servers) | {r['invalid_items']} |",
+        f"| duplicate items within a list (both servers) | {r['duplicate_items']} |",
+        f"| most requests running at once (server gauge) | {r['concurrent_requests']} |",
+        f"| mean acceptance length (1 + accepted / drafts) | {r['acceptance_length']} |",
+        f"| per-position acceptance | {r['per_position_acceptance']} |",
+        f"| output tokens/s, speculative / baseline | {r['speedup_tokens_per_second']} |",
+        f"| `/v1/recommendations`: same items as `/v1/completions` | {endpoint.get('same_items_as_completions')} of "
+        f"{endpoint.get('users')} |",
+        f"| `/v1/recommendations` with an unknown item id | {endpoint.get('unknown_item_reply')} |",
+        f"| OpenAI client: same tokens | {openai_cell} |",
+        "",
+        "| pass | output tokens/s | requests/s | p50 latency ms | p99 latency ms | max running | acceptance length |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+    for title, examples in (("with the draft", r["mismatch_examples"]),
+                            ("between the two baseline passes", r["control_mismatch_examples"])):  # fmt: skip
+        if examples:
+            lines += [f"Lists that differ {title} (first examples):", "",
+                      "| user | first different token | baseline items | other items |",
+                      "|---|---|---|---|"]  # fmt: skip
+            lines += [f"| {e['user']} | {e['first_different_token']} | {' '.join(e['reference_items'])} | "
+                      f"{' '.join(e['other_items'])} |" for e in examples]  # fmt: skip
+            lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,421 @@
+"""``POST /v1/recommendations`` (integration/endpoint.py) on CPU: FastAPI's TestClient and a fake engine.
+
+The fake engine's ``generate`` is an async generator yielding one vLLM ``RequestOutput`` with chosen
+token ids, and records what it was asked. The catalog folder is a tiny one in ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from argparse import Namespace
+from types import SimpleNamespace
+from typing import get_args
+
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from vllm_padrec.catalog import CATALOG_FILE, ItemCatalog, TokenLayout
+from vllm_padrec.integration import endpoint as ep
+
+SEP, EOS = TokenLayout.SEP, TokenLayout.EOS
+MODEL = "padrec-target"
+MAX_LIST_ITEMS = 6
+
+
+def make_catalog() -> ItemCatalog:
+    # 8 items, L = 2 slots of 3 codes each
+    codes = np.array([[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [2, 0], [2, 1], [2, 2]])
+    return ItemCatalog([f"i{n}" for n in range(8)], codes, (3, 3), [f"title {n}" for n in range(8)], name="tiny")
+
+
+CATALOG = make_catalog()
+
+
+def completion(*items: int, eos: bool = True) -> list[int]:
+    return CATALOG.render_completion(items) if eos else CATALOG.render_items(items)
+
+
+class FakeEngine:
+    """``EngineClient.generate`` / ``abort`` as the route uses them."""
+
+    def __init__(self, token_ids=(), finish_reason="stop", error: Exception | None = None, block: bool = False):
+        self.token_ids = list(token_ids)
+        self.finish_reason = finish_reason
+        self.error = error
+        self.block = block
+        self.calls: list[tuple] = []
+        self.aborted: list[str] = []
+        self.closed: list[str] = []
+
+    async def generate(self, prompt, sampling_params, request_id, **kwargs):
+        from vllm.outputs import CompletionOutput, RequestOutput
+
+        self.calls.append((prompt, sampling_params, request_id))
+        try:
+            if self.error is not None:
+                raise self.error
+            if self.block:
+                await asyncio.Event().wait()
+            output = CompletionOutput(0, "", list(self.token_ids), None, None, finish_reason=self.finish_reason)
+            yield RequestOutput(request_id, None, list(prompt["prompt_token_ids"]), None, [output], finished=True)
+        finally:
+            self.closed.append(request_id)
+
+    async def abort(self, request_id):
+        self.aborted.append(request_id)
+
+
+def write_model_folder(path, max_history: int | None = None, catalog: bool = True):
+    path.mkdir(parents=True, exist_ok=True)
+    if catalog:
+        CATALOG.save(path / CATALOG_FILE)
+    if max_history is not None:
+        (path / "padrec_recipe.json").write_text(json.dumps({"name": "tiny", "max_history": max_history}))
+    return path
+
+
+def make_app(folder, engine, *, max_model_len=64, max_list_items=MAX_LIST_ITEMS, speculative=False):
+    """What vLLM's build_app / init_app_state do for an endpoint plugin, on a bare FastAPI app."""
+    plugin = ep.RecommendationsPlugin()
+    app = FastAPI()
+    plugin.attach_router(app)
+    app.state.vllm_config = SimpleNamespace(
+        model_config=SimpleNamespace(model=str(folder), max_model_len=max_model_len),
+        additional_config={"padrec": {"max_list_items": max_list_items}},
+        speculative_config=SimpleNamespace(num_speculative_tokens=3) if speculative else None,
+    )
+    args = Namespace(served_model_name=[MODEL], model=str(folder))
+    asyncio.run(plugin.init_state(engine, app.state, args))
+    return app
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return write_model_folder(tmp_path / "target")
+
+
+def post(app, payload, **kwargs):
+    with TestClient(app) as client:
+        return client.post(ep.ROUTE, json=payload, **kwargs)
+
+
+def test_happy_path(folder):
+    engine = FakeEngine(completion(4, 0, 2))
+    reply = post(make_app(folder, engine), {"history": ["i1", "i3"], "num_items": 3})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["model"] == MODEL and body["id"].startswith("rec-")
+    assert body["items"] == [
+        {"rank": 1, "item_id": "i4", "semantic_id": "<a_1><b_1>", "title": "title 4"},
+        {"rank": 2, "item_id": "i0", "semantic_id": "<a_0><b_0>", "title": "title 0"},
+        {"rank": 3, "item_id": "i2", "semantic_id": "<a_0><b_2>", "title": "title 2"},
+    ]
+    prompt = CATALOG.render_prompt([1, 3])
+    assert body["usage"] == {"prompt_tokens": len(prompt), "completion_tokens": 9, "total_tokens": len(prompt) + 9}
+    assert body["speculation"] is None  # no speculative decoding on this server
+    assert body["history_items_used"] == 2 and body["warnings"] == []
+    (sent_prompt, params, request_id), = engine.calls  # fmt: skip
+    assert sent_prompt == {"prompt_token_ids": prompt} and request_id == body["id"]
+
+
+def test_sampling_params_and_extra_args_reach_the_engine(folder):
+    from vllm.sampling_params import RequestOutputKind
+
+    from vllm_padrec.integration import verification_mask as vm
+    from vllm_padrec.integration.request_lists import ListSettings
+
+    engine = FakeEngine(completion(4, 4))
+    payload = {"history": ["i1"], "num_items": 2, "no_repeat": False, "temperature": 0.7, "seed": 3}
+    assert post(make_app(folder, engine), payload).status_code == 200
+    prompt, params, _ = engine.calls[0]
+    assert params.max_tokens == 2 * 3 + 1 and params.temperature == 0.7 and params.seed == 3
+    assert params.stop_token_ids == [EOS] and params.output_kind == RequestOutputKind.FINAL_ONLY
+    assert params.extra_args == {"padrec_constraint": True, "padrec_num_items": 2, "padrec_no_repeat": False}
+    # the general plugin's engine side reads these keys into a constrained row
+    row, warnings = ListSettings(max_list_items=MAX_LIST_ITEMS).request_row(
+        params.extra_args, prompt["prompt_token_ids"], len(CATALOG)
+    )
+    assert warnings == [] and row[vm.ENABLED] == 1 and row[vm.LIST_START] == len(prompt["prompt_token_ids"])
+    assert (row[vm.MAX_ITEMS], row[vm.MIN_ITEMS], row[vm.NO_REPEAT]) == (2, 2, 0)
+    engine = FakeEngine(completion(0))
+    assert post(make_app(folder, engine), {"history": ["i1"], "num_items": 1}).status_code == 200
+    params = engine.calls[0][1]
+    assert params.extra_args["padrec_no_repeat"] is True and params.temperature == 0.0 and params.seed is None
+    row, _ = ListSettings().request_row(params.extra_args, engine.calls[0][0]["prompt_token_ids"], len(CATALOG))
+    assert row[vm.NO_REPEAT] == 1
+
+
+def error_of(reply, status):
+    assert reply.status_code == status, reply.text
+    error = reply.json()["error"]
+    assert error["code"] == status and error["message"]
+    return error
+
+
+@pytest.mark.parametrize(
+    "payload, param, words",
+    [
+        ({"history": []}, "history", ["history is empty"]),
+        ({"history": ["i1"], "num_items": 0}, "num_items", ["num_items", "greater than or equal to 1"]),
+        ({"history": ["i1"], "num_items": -3}, "num_items", ["num_items"]),
+        ({"history": ["i1"], "num_items": MAX_LIST_ITEMS + 1}, "num_items", ["max_list_items=6", "num_items=7"]),
+        ({"history": ["i1"], "temperature": -1}, "temperature", ["temperature"]),
+        ({"history": ["i1"], "beam_width": 4}, "beam_width", ["beam_width", "not permitted"]),
+        ({"history": "i1"}, "history", ["history", "list"]),
+        ({}, "history", ["history", "required"]),
+        ({"history": ["i1", None]}, "history.1", ["history.1"]),
+    ],
+)
+def test_bad_requests_get_422_naming_the_problem(folder, payload, param, words):
+    engine = FakeEngine(completion(0))
+    error = error_of(post(make_app(folder, engine), payload), 422)
+    assert error["param"] == param
+    for word in words:
+        assert word in error["message"], error["message"]
+    assert engine.calls == []  # nothing reached the engine
+
+
+def test_unknown_item_ids_are_all_named(folder):
+    error = error_of(post(make_app(folder, FakeEngine()), {"history": ["i1", "x9", "i2", "zz", "x9"]}), 422)
+    assert "'x9'" in error["message"] and "'zz'" in error["message"] and "'i1'" not in error["message"]
+    assert error["unknown_item_ids"] == ["x9", "zz"] and error["param"] == "history"
+
+
+def test_numeric_item_ids_are_read_as_strings(tmp_path):
+    catalog = ItemCatalog(["10", "11", "12"], np.array([[0, 0], [0, 1], [1, 0]]), (2, 2))
+    folder = tmp_path / "numeric"
+    folder.mkdir()
+    catalog.save(folder / CATALOG_FILE)
+    engine = FakeEngine(catalog.render_completion([2]))
+    reply = post(make_app(folder, engine), {"history": [10, "11"], "num_items": 1})
+    assert reply.status_code == 200, reply.text
+    assert [i["item_id"] for i in reply.json()["items"]] == ["12"]
+
+
+def test_no_repeat_cannot_ask_for_more_items_than_the_catalog(folder):
+    app = make_app(folder, FakeEngine(), max_list_items=32)
+    error = error_of(post(app, {"history": ["i1"], "num_items": 9}), 422)
+    assert "8 items" in error["message"] and error["param"] == "num_items"
+    error = error_of(post(app, {"history": ["i1", "i2"], "num_items": 7, "exclude_history": True}), 422)
+    assert "6 items outside the history" in error["message"]
+    engine = FakeEngine(completion(*[0] * 9))  # repeats allowed: 9 items of 8 is fine
+    assert post(make_app(folder, engine, max_list_items=32), {"history": ["i1"], "num_items": 9,
+                                                              "no_repeat": False}).status_code == 200  # fmt: skip
+
+
+def test_body_not_json_and_unknown_model(folder):
+    app = make_app(folder, FakeEngine())
+    with TestClient(app) as client:
+        reply = client.post(ep.ROUTE, content=b"{not json", headers={"Content-Type": "application/json"})
+    assert "not JSON" in error_of(reply, 400)["message"]
+    error = error_of(post(app, {"history": ["i1"], "model": "other"}), 404)
+    assert "'other'" in error["message"] and MODEL in error["message"]
+
+
+def test_prompt_that_cannot_fit_is_refused_naming_both_numbers(folder):
+    # num_items=3: list 3 * (2 + 1) + 1 = 10 tokens; one history item: <s> + 2 codes + <rec> = 4 tokens
+    error = error_of(post(make_app(folder, FakeEngine(), max_model_len=13), {"history": ["i1"], "num_items": 3}), 422)
+    assert "max_model_len=13" in error["message"] and "14" in error["message"] and "10 tokens" in error["message"]
+    engine = FakeEngine(completion(0, 2, 4))
+    assert post(make_app(folder, engine, max_model_len=14), {"history": ["i1"], "num_items": 3}).status_code == 200
+
+
+def test_long_history_keeps_the_most_recent_items_that_fit(tmp_path):
+    folder = write_model_folder(tmp_path / "target", max_history=5)
+    history = [f"i{n}" for n in (7, 6, 5, 4, 3, 2, 1)]
+    # num_items=2: 7 list tokens; max_model_len 20 leaves 13 = <s> + 4 items of 3 tokens
+    engine = FakeEngine(completion(0, 5))
+    reply = post(make_app(folder, engine, max_model_len=20), {"history": history, "num_items": 2})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["history_items_used"] == 4
+    prompt = engine.calls[0][0]["prompt_token_ids"]
+    assert prompt == CATALOG.render_prompt([4, 3, 2, 1]) and len(prompt) + 2 * 3 + 1 <= 20
+    assert len(body["warnings"]) == 2
+    assert "last 5 of 7" in body["warnings"][0] and "trained on at most 5" in body["warnings"][0]
+    assert "last 4 items" in body["warnings"][1] and "max_model_len=20" in body["warnings"][1]
+    # the recipe's window alone
+    engine = FakeEngine(completion(0, 5))
+    body = post(make_app(folder, engine), {"history": history, "num_items": 2}).json()
+    assert body["history_items_used"] == 5 and engine.calls[0][0]["prompt_token_ids"] == CATALOG.render_prompt(
+        [5, 4, 3, 2, 1]
+    )
+
+
+def test_exclude_history_over_generates_and_filters(folder):
+    engine = FakeEngine(completion(1, 4, 3, 0))
+    reply = post(make_app(folder, engine), {"history": ["i1", "i3", "i1"], "num_items": 2, "exclude_history": True})
+    assert reply.status_code == 200, reply.text
+    assert [i["item_id"] for i in reply.json()["items"]] == ["i4", "i0"]
+    params = engine.calls[0][1]
+    assert params.extra_args["padrec_num_items"] == 4 and params.max_tokens == 4 * 3 + 1  # 2 + 2 history items
+    engine = FakeEngine(completion(1, 3, 4, 3))  # the model insists on history items
+    body = post(make_app(folder, engine), {"history": ["i1", "i3"], "num_items": 3, "exclude_history": True,
+                                           "no_repeat": False}).json()  # fmt: skip
+    assert [i["item_id"] for i in body["items"]] == ["i4"]
+    assert any("exclude_history" in w and "1 of 3" in w for w in body["warnings"])
+
+
+def test_invalid_and_cut_generations_are_reported(folder):
+    # item <a_1><b_2> is no catalog item; a malformed item (two slot-a codes); then one valid item
+    a1, b2 = CATALOG.layout.token_id(0, 1), CATALOG.layout.token_id(1, 2)
+    tokens = [a1, b2, SEP, a1, a1, SEP] + CATALOG.item_token_ids(5) + [EOS]
+    body = post(make_app(folder, FakeEngine(tokens)), {"history": ["i1"], "num_items": 3}).json()
+    assert [i["item_id"] for i in body["items"]] == ["i5"]
+    assert any("2 generated items are not catalog items" in w for w in body["warnings"])
+    # cut by max_tokens: the trailing partial item is dropped silently
+    tokens = completion(2, 6, eos=False) + [SEP, a1]
+    app = make_app(folder, FakeEngine(tokens, finish_reason="length"))
+    body = post(app, {"history": ["i1"], "num_items": 3}).json()
+    assert [i["item_id"] for i in body["items"]] == ["i2", "i6"]
+    assert body["warnings"] == ["the engine returned 2 of 3 items (finish_reason=length)"]
+
+
+def test_engine_errors_give_json_and_the_app_keeps_serving(folder):
+    engine = FakeEngine(completion(0, 2), error=RuntimeError("CUDA fell over"))
+    app = make_app(folder, engine)
+    with TestClient(app) as client:
+        reply = client.post(ep.ROUTE, json={"history": ["i1"], "num_items": 2})
+        assert "CUDA fell over" in error_of(reply, 500)["message"]
+        engine.error = ValueError("The decoder prompt (length 999) is longer than the maximum model length")
+        reply = client.post(ep.ROUTE, json={"history": ["i1"], "num_items": 2})
+        assert "longer than the maximum" in error_of(reply, 400)["message"]
+        engine.error = None
+        reply = client.post(ep.ROUTE, json={"history": ["i1"], "num_items": 2})
+        assert reply.status_code == 200 and [i["item_id"] for i in reply.json()["items"]] == ["i0", "i2"]
+    empty = FakeEngine()
+
+    async def no_output(*args, **kwargs):
+        return
+        yield
+
+    empty.generate = no_output
+    assert "no output" in error_of(post(make_app(folder, empty), {"history": ["i1"], "num_items": 1}), 500)["message"]
+
+
+def test_missing_catalog_answers_503_and_the_server_starts(tmp_path):
+    folder = write_model_folder(tmp_path / "plain", catalog=False)
+    app = make_app(folder, FakeEngine())
+
+    @app.get("/health")
+    def health():
+        return {}
+
+    with TestClient(app) as client:
+        assert client.get("/health").status_code == 200
+        error = error_of(client.post(ep.ROUTE, json={"history": ["i1"]}), 503)
+    assert CATALOG_FILE in error["message"] and str(folder) in error["message"]
+
+
+def test_catalog_from_additional_config(tmp_path):
+    catalog_dir = write_model_folder(tmp_path / "elsewhere")
+    target = write_model_folder(tmp_path / "target", catalog=False)
+    app = make_app(target, FakeEngine(completion(3)))
+    app.state.vllm_config.additional_config["padrec"]["catalog"] = str(catalog_dir / CATALOG_FILE)
+    asyncio.run(ep.RecommendationsPlugin().init_state(FakeEngine(completion(3)), app.state, Namespace()))
+    body = post(app, {"history": ["i1"], "num_items": 1}).json()
+    assert [i["item_id"] for i in body["items"]] == ["i3"] and body["model"] == str(target)
+
+
+def spec_registry(drafts, draft_tokens, accepted, per_pos):
+    from prometheus_client import CollectorRegistry, Counter
+
+    registry = CollectorRegistry()
+    counters = [Counter(name, name, ["model_name", "engine"], registry=registry) for name in ep.SPEC_COUNTERS]
+    pos = Counter(ep.SPEC_PER_POS, "per pos", ["model_name", "engine", "position"], registry=registry)
+    for engine in ("0", "1"):  # two engines: the counters are summed
+        for counter, value in zip(counters, (drafts, draft_tokens, accepted)):
+            counter.labels(MODEL, engine).inc(value)
+        for position, value in enumerate(per_pos):
+            pos.labels(MODEL, engine, str(position)).inc(value)
+    return registry
+
+
+def test_speculation_reports_server_counters(folder):
+    app = make_app(folder, FakeEngine(completion(0, 2)), speculative=True)
+    service = app.state.padrec_recommendations
+    service.metrics_registry = spec_registry(10, 30, 18, [8, 6, 4])
+    spec = post(app, {"history": ["i1"], "num_items": 2}).json()["speculation"]
+    assert spec["scope"] == "server" and spec["per_request"] is None
+    assert (spec["num_drafts"], spec["num_draft_tokens"], spec["num_accepted_tokens"]) == (20, 60, 36)
+    assert spec["accepted_per_position"] == [16, 12, 8]
+    assert spec["mean_acceptance_length"] == pytest.approx(1 + 36 / 20)
+    assert spec["draft_acceptance_rate"] == pytest.approx(36 / 60)
+    # stats logging off: no counters registered
+    from prometheus_client import CollectorRegistry
+
+    service.metrics_registry = CollectorRegistry()
+    service._counters = None
+    spec = post(app, {"history": ["i1"], "num_items": 2}).json()["speculation"]
+    assert spec["scope"] == "server" and spec["num_drafts"] is None and "disable-log-stats" in spec["note"]
+
+
+def test_client_disconnect_cancels_and_aborts(folder):
+    app = make_app(folder, FakeEngine(block=True))
+    service = app.state.padrec_recommendations
+    plan = service.plan(ep.RecommendationRequest(history=["i1"], num_items=2))
+
+    class Disconnected:  # a Starlette Request whose client has gone
+        async def receive(self):
+            await asyncio.sleep(0.01)
+            return {"type": "http.disconnect"}
+
+    result = asyncio.run(ep.run_until_disconnect(Disconnected(), service.generate(plan, "rec-gone")))
+    assert result is None
+    assert service.engine_client.aborted == ["rec-gone"] and service.engine_client.closed == ["rec-gone"]
+
+
+def test_plugin_satisfies_vllms_endpoint_plugin_interface():
+    from vllm.plugins.endpoint_plugins.interface import EndpointPlugin
+    from vllm.tasks import GenerationTask
+
+    plugin = ep.RecommendationsPlugin()
+    assert isinstance(plugin, EndpointPlugin)
+    assert plugin.name == ep.PLUGIN_NAME == "padrec_recommendations"
+    assert set(plugin.required_tasks) <= set(get_args(GenerationTask))
+    assert inspect.iscoroutinefunction(plugin.init_state)
+    assert list(inspect.signature(plugin.init_state).parameters) == ["engine_client", "state", "args"]
+    app = FastAPI()
+    plugin.attach_router(app)
+    assert ep.ROUTE in {route.path for route in app.routes}
+    schema = app.openapi()["paths"][ep.ROUTE]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["additionalProperties"] is False and "history" in schema["required"]
+
+
+def test_vllm_loader_finds_the_plugin_through_the_entry_point(monkeypatch):
+    from importlib.metadata import entry_points
+
+    from vllm.plugins import ENDPOINT_PLUGINS_GROUP, load_endpoint_plugins
+
+    (entry,) = [e for e in entry_points(group=ENDPOINT_PLUGINS_GROUP) if e.name == ep.PLUGIN_NAME]
+    assert entry.value == "vllm_padrec.integration.endpoint:RecommendationsPlugin"
+    monkeypatch.delenv("VLLM_PLUGINS", raising=False)
+    assert load_endpoint_plugins(("generate",)) == []  # endpoint plugins are opt-in
+    monkeypatch.setenv("VLLM_PLUGINS", "padrec,padrec_recommendations")
+    plugins = [p for p in load_endpoint_plugins(("generate",)) if p.name == ep.PLUGIN_NAME]
+    assert len(plugins) == 1 and isinstance(plugins[0], ep.RecommendationsPlugin)
+    assert not [p for p in load_endpoint_plugins(("embed",)) if p.name == ep.PLUGIN_NAME]  # no generate task
+    monkeypatch.setenv("VLLM_PLUGINS", "padrec")
+    assert not [p for p in load_endpoint_plugins(("generate",)) if p.name == ep.PLUGIN_NAME]
+
+
+def test_vllm_api_server_wiring(folder, monkeypatch):
+    """vLLM's own build_app / init_app_state steps attach the route and initialise the state."""
+    from vllm.entrypoints.openai import api_server
+
+    monkeypatch.setenv("VLLM_PLUGINS", "padrec,padrec_recommendations")
+    app = FastAPI()
+    api_server._attach_endpoint_plugins(app, ("generate",))
+    assert ep.ROUTE in {route.path for route in app.routes}
+    engine = FakeEngine(completion(6))
+    app.state.vllm_config = SimpleNamespace(
+        model_config=SimpleNamespace(model=str(folder), max_model_len=64), additional_config=None,
+        speculative_config=None,
+    )  # fmt: skip
+    asyncio.run(api_server._init_endpoint_plugins_state(engine, app.state, Namespace(served_model_name=None)))
+    body = post(app, {"history": ["i1"], "num_items": 1}).json()
+    assert [i["item_id"] for i in body["items"]] == ["i6"] and body["model"] == str(folder)
