@@ -48,7 +48,7 @@ wait_for() {  # wait_for FILE SECONDS
 case $PHASE in
 pipeline)  # runs as a daemon (started by `start`); outlives the calls, logs to $W/*.log
   mkdir -p $W/results
-  python3 -m vllm_padrec.cli train-target --recipe bench --epochs ${BENCH_EPOCHS:-3} --until-done \
+  python3 -m vllm_padrec.cli train-target --recipe bench ${BENCH_EPOCHS:+--epochs $BENCH_EPOCHS} --until-done \
       --dataset $W/data/beauty_atspeed --out $W/bench > $W/train.log 2>&1 || exit 1
   python3 -m vllm_padrec.cli evaluate --checkpoint $W/bench/checkpoint --dataset $W/data/beauty_atspeed \
       --batch-size 256 --out $W/results/target_beauty.json > $W/eval.log 2>&1 &

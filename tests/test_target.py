@@ -11,10 +11,17 @@ from vllm_padrec.catalog import CATALOG_FILE, TokenLayout
 from vllm_padrec.data import SyntheticConfig, generate_synthetic
 from vllm_padrec.errors import PadRecError
 from vllm_padrec.target.config import RECIPE_FILE, RECIPES, RecipeError, TargetRecipe, get_recipe
-from vllm_padrec.target.evaluate import evaluate_target, recall_ndcg
-from vllm_padrec.target.model import build_model, llama_config, load_checkpoint, padded_vocab_size, save_checkpoint
+from vllm_padrec.target.evaluate import ValidationSet, evaluate_target, recall_ndcg
+from vllm_padrec.target.model import (
+    add_hidden_dropout,
+    build_model,
+    llama_config,
+    load_checkpoint,
+    padded_vocab_size,
+    save_checkpoint,
+)
 from vllm_padrec.target.tokenizer import build_tokenizer
-from vllm_padrec.target.train import CHECKPOINT_DIR, LOSS_FILE, STATE_FILE, train_target
+from vllm_padrec.target.train import BEST_DIR, CHECKPOINT_DIR, LOSS_FILE, STATE_FILE, VAL_FILE, train_target
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -47,6 +54,12 @@ def small_recipe(**changes) -> TargetRecipe:
         (dict(min_lr_ratio=1.5), r"min_lr_ratio must be in \[0, 1\]"),
         (dict(max_steps=0), "max_steps must be positive or None"),
         (dict(epochs=-1), "epochs must be positive"),
+        (dict(hidden_dropout=1.0), r"hidden_dropout must be in \[0, 1\)"),
+        (dict(attention_dropout=-0.1), r"attention_dropout must be in \[0, 1\)"),
+        (dict(eval_every=-1), "eval_every must be a non-negative integer"),
+        (dict(val_metric="ndcg"), "val_metric must be 'recall' or 'loss'"),
+        (dict(eval_every=5, val_beam=0, val_metric="recall"), "val_metric 'recall' needs val_beam > 0"),
+        (dict(patience=2), "patience needs validation: set eval_every > 0"),
     ],
 )
 def test_recipe_validation_names_the_field(changes, message):
@@ -126,8 +139,17 @@ def test_tiny_training_lowers_the_loss_and_writes_a_checkpoint(data, tmp_path):
     assert again.finished and again.step == result.step
 
 
-def test_resume_continues_exactly_where_it_stopped(data, tmp_path):
-    recipe = small_recipe(max_steps=9, log_every=2)
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(),
+        # validation (and the best checkpoint) every 4 steps, dropout drawing from the saved RNG
+        dict(eval_every=4, val_users=24, val_beam=4, hidden_dropout=0.1, attention_dropout=0.1),
+    ],
+    ids=["plain", "validation+dropout"],
+)
+def test_resume_continues_exactly_where_it_stopped(data, tmp_path, changes):
+    recipe = small_recipe(max_steps=9, log_every=2, **changes)
     straight = train_target(recipe, data, tmp_path / "straight", progress=False)
     assert straight.finished and straight.step == 9
     # a budget shorter than one step: every call trains one step, saves its state and returns
@@ -146,6 +168,16 @@ def test_resume_continues_exactly_where_it_stopped(data, tmp_path):
     a = load_checkpoint(tmp_path / "straight" / CHECKPOINT_DIR).model.state_dict()
     b = load_checkpoint(tmp_path / "chunked" / CHECKPOINT_DIR).model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    if recipe.eval_every:
+        logs = [json.loads((tmp_path / run / VAL_FILE).read_text()) for run in ("straight", "chunked")]
+        for log in logs:
+            for entry in log["evals"]:
+                entry.pop("seconds")  # wall time, the only field allowed to differ
+        assert logs[0] == logs[1]
+        assert [e["step"] for e in logs[0]["evals"]] == [4, 8, 9]  # every 4 steps and after the last
+        last_best = [e["step"] for e in logs[0]["evals"] if e["best"]][-1]
+        assert last_best == logs[0]["best_step"] == straight.best_step == result.best_step
+        assert not (tmp_path / "chunked" / BEST_DIR).exists()  # moved to checkpoint/
 
 
 def test_resume_refuses_another_recipe(data, tmp_path):
@@ -156,6 +188,114 @@ def test_resume_refuses_another_recipe(data, tmp_path):
     other = recipe.replace(lr=1e-4, time_budget_minutes=5)
     restarted = train_target(other, data, tmp_path, resume=False, progress=False)
     assert restarted.finished and restarted.step == 4
+
+
+# -- validation, best checkpoint and early stopping -------------------------------------------------------
+class ScriptedValidation:
+    """Stands in for ValidationSet.score (set on the class, it is called without the ValidationSet):
+    returns the scripted metrics in turn and keeps the weights it saw."""
+
+    def __init__(self, recalls, losses=None):
+        self.recalls, self.losses = list(recalls), list(losses or [1.0] * len(recalls))
+        self.weights = []  # the model's state dict at each validation
+
+    def __call__(self, model, beam_width=10, batch_size=64):
+        n = len(self.weights)
+        self.weights.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return {"loss": self.losses[n], f"recall@{beam_width}": self.recalls[n], f"ndcg@{beam_width}": 0.0}
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "metric, recalls, losses, best",
+    [
+        ("recall", [0.1, 0.3, 0.2, 0.25], None, 1),  # the second validation is the best
+        ("recall", [0.1, 0.3, 0.3, 0.2], [2.0, 1.5, 1.2, 1.0], 2),  # a tie in recall: the lower loss wins
+        ("loss", [0.5, 0.1, 0.1, 0.1], [2.0, 1.4, 1.1, 1.3], 2),  # the loss alone, lower is better
+    ],
+)
+def test_the_checkpoint_is_the_best_validation(data, tmp_path, monkeypatch, metric, recalls, losses, best):
+    scripted = ScriptedValidation(recalls, losses)
+    monkeypatch.setattr(ValidationSet, "score", scripted)
+    recipe = small_recipe(max_steps=12, eval_every=3, val_users=8, val_metric=metric)
+    result = train_target(recipe, data, tmp_path, progress=False)
+    assert result.finished and result.step == 12 and not result.stopped_early
+    assert len(scripted.weights) == 4  # steps 3, 6, 9, 12
+    assert result.best_step == 3 * (best + 1)
+    assert result.best_metric == (recalls if metric == "recall" else losses)[best]
+    assert not same_weights(scripted.weights[best], scripted.weights[-1])  # the weights did move on
+    saved = load_checkpoint(result.checkpoint).model.state_dict()
+    assert same_weights(saved, scripted.weights[best])
+    log = json.loads((tmp_path / VAL_FILE).read_text())
+    assert log["best_step"] == result.best_step and log["metric"] == ("recall@10" if metric == "recall" else "loss")
+    assert [e["step"] for e in log["evals"]] == [3, 6, 9, 12] and not log["stopped_early"]
+    assert [e["recall@10"] for e in log["evals"]] == recalls
+
+
+def test_early_stopping_stops_after_patience_validations_without_improvement(data, tmp_path, monkeypatch):
+    scripted = ScriptedValidation([0.1, 0.3, 0.2, 0.3, 0.9, 0.9])  # 0.3 again is no improvement
+    monkeypatch.setattr(ValidationSet, "score", scripted)
+    recipe = small_recipe(
+        max_steps=30, eval_every=2, val_users=8, val_metric="recall", patience=2, time_budget_minutes=1e-6
+    )
+    # one step per call (the budget): the patience count and the best survive the resumes
+    results = [train_target(recipe, data, tmp_path, progress=False) for _ in range(8)]
+    assert [r.finished for r in results] == [False] * 7 + [True]
+    result = results[-1]
+    assert result.stopped_early and result.step == 8 and result.best_step == 4 and result.best_metric == 0.3
+    assert len(scripted.weights) == 4  # stopped after the 4th validation, never ran the 5th
+    assert same_weights(load_checkpoint(result.checkpoint).model.state_dict(), scripted.weights[1])
+    log = json.loads((tmp_path / VAL_FILE).read_text())
+    assert log["stopped_early"] and [e["best"] for e in log["evals"]] == [True, True, False, False]
+    assert json.loads((tmp_path / LOSS_FILE).read_text())[-1]["step"] == 8  # the last partial window is logged
+    # a call that died between writing the finished state and moving best/ to checkpoint/
+    (tmp_path / CHECKPOINT_DIR).rename(tmp_path / BEST_DIR)
+    again = train_target(recipe, data, tmp_path, progress=False)  # finished: returns at once
+    assert again.finished and again.stopped_early and again.step == 8 and len(scripted.weights) == 4
+    assert same_weights(load_checkpoint(again.checkpoint).model.state_dict(), scripted.weights[1])
+
+
+def test_validation_set_scores_the_first_target_item(data):
+    recipe = small_recipe()
+    model = build_model(recipe, data.catalog.layout)
+    val_set = ValidationSet.build(data, recipe.max_history, users=20, seed=0)
+    assert len(val_set) == 20 and val_set.histories == ValidationSet.build(data, 6, 20, 0).histories  # seeded
+    assert all(1 <= len(h) <= 6 for h in val_set.histories)
+    model.train()
+    scores = val_set.score(model, beam_width=4, batch_size=7)
+    assert model.training  # the mode is restored
+    assert set(scores) == {"loss", "recall@4", "ndcg@4"} and 0 <= scores["recall@4"] <= 1
+    # the loss: mean cross-entropy of the L code tokens of the target after the prompt, user by user
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for history, target in zip(val_set.histories, val_set.targets):
+            prompt, item = data.catalog.render_prompt(history), data.catalog.item_token_ids(target)
+            logits = model(torch.tensor([prompt + item])).logits[0, len(prompt) - 1 : -1]  # [L, V']
+            total += torch.nn.functional.cross_entropy(logits, torch.tensor(item), reduction="sum").item()
+    assert scores["loss"] == pytest.approx(total / (len(val_set) * data.catalog.num_slots), rel=1e-5)
+    assert val_set.score(model, beam_width=0).keys() == {"loss"}
+
+
+def test_hidden_dropout_acts_in_training_only_and_leaves_the_checkpoint_plain(data, tmp_path):
+    recipe = small_recipe(hidden_dropout=0.2, attention_dropout=0.1)
+    model = build_model(recipe, data.catalog.layout)
+    plain = build_model(recipe, data.catalog.layout)
+    handles = add_hidden_dropout(model, recipe.hidden_dropout)
+    assert len(handles) == 1 + 2 * recipe.num_layers
+    ids = torch.tensor([data.catalog.render_prompt([0, 1, 2])])
+    with torch.no_grad():
+        model.eval(), plain.eval()
+        assert torch.equal(model(ids).logits, plain(ids).logits)
+        model.train()
+        torch.manual_seed(0)
+        assert not torch.equal(model(ids).logits, plain(ids).logits)
+    folder = save_checkpoint(model, build_tokenizer(data.catalog.layout), data.catalog, recipe, tmp_path / "ckpt")
+    assert json.loads((folder / "config.json").read_text())["attention_dropout"] == 0.1
+    assert load_checkpoint(folder).model.state_dict().keys() == plain.state_dict().keys()
 
 
 # -- metrics -------------------------------------------------------------------------------------------------

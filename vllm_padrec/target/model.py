@@ -50,6 +50,7 @@ def llama_config(recipe: TargetRecipe, layout: TokenLayout) -> LlamaConfig:
         initializer_range=recipe.initializer_range,
         tie_word_embeddings=recipe.tie_word_embeddings,
         attention_bias=False,
+        attention_dropout=recipe.attention_dropout,
         mlp_bias=False,
         pad_token_id=TokenLayout.PAD,
         bos_token_id=TokenLayout.BOS,
@@ -68,6 +69,28 @@ def build_model(recipe: TargetRecipe, layout: TokenLayout, device: str | torch.d
         torch.manual_seed(recipe.seed)
         model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
     return model
+
+
+def add_hidden_dropout(model: LlamaForCausalLM, p: float) -> list[torch.utils.hooks.RemovableHandle]:
+    """Residual dropout with probability ``p`` on the token embeddings and on the output of every
+    attention (``o_proj``) and MLP block, active in training mode only; returns the hook handles.
+
+    Forward hooks rather than a forked model: the module tree, state dict and config.json stay those
+    of a plain LlamaForCausalLM, so checkpoints load in vLLM and in the reference decoders unchanged.
+    Draws from the global torch RNG (saved with the training state, so resumed runs stay exact).
+    """
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    if p == 0:
+        return []
+
+    def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.dropout(output, p, training=module.training)
+
+    modules = [model.model.embed_tokens]
+    for layer in model.model.layers:
+        modules += [layer.self_attn.o_proj, layer.mlp]
+    return [module.register_forward_hook(hook) for module in modules]
 
 
 def save_checkpoint(

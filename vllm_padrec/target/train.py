@@ -7,11 +7,21 @@ batches, then the batches shuffled), right-padded: under the causal mask no real
 a pad, so no attention mask is needed and SDPA runs its fused causal kernels. AdamW with linear
 warm-up and a cosine decay to ``lr * min_lr_ratio``; bf16 autocast on CUDA.
 
+Validation (``recipe.eval_every`` > 0): every ``eval_every`` steps and after the last one the model
+is scored on a fixed subset of validation users (``vllm_padrec.target.evaluate.ValidationSet``: loss
+of the first validation item, Recall@K of top-K beam search); the weights with the best
+``recipe.val_metric`` are written to ``out_dir/best/`` and become ``out_dir/checkpoint/`` at the end,
+and after ``recipe.patience`` validations without improvement the run stops early. The curve is in
+``out_dir/val.json``. The list-wise examples come from the training split only: the valid split is
+the held-out set that chooses the checkpoint (and test prompts, train + valid history, are never
+trained on either).
+
 A call trains for at most ``recipe.time_budget_minutes`` and saves ``out_dir/train_state.pt`` (model,
-optimiser, scheduler, step, RNG, the epoch's batch order, loss log) every ``save_every_minutes`` and
-when it stops; the next call with the same recipe and data continues exactly where it stopped (on CPU
-the result is bit-identical to an uninterrupted run). When all steps are done it writes
-``out_dir/checkpoint/`` (see ``vllm_padrec.target.model``) and ``out_dir/loss.json``.
+optimiser, scheduler, step, RNG, the epoch's batch order, loss log, validation record) every
+``save_every_minutes`` and when it stops; the next call with the same recipe and data continues
+exactly where it stopped (on CPU the result is bit-identical to an uninterrupted run). When all steps
+are done (or validation stopped the run) it writes ``out_dir/checkpoint/`` (see
+``vllm_padrec.target.model``) and ``out_dir/loss.json``.
 
     from vllm_padrec.data import generate_synthetic, load_dataset
     from vllm_padrec.target.config import get_recipe
@@ -19,7 +29,7 @@ the result is bit-identical to an uninterrupted run). When all steps are done it
 
     train_target(get_recipe("tiny"), generate_synthetic(), "runs/tiny")            # CPU, < 1 minute
     data = load_dataset("../shared/data/beauty_atspeed")
-    while not train_target(get_recipe("bench"), data, "runs/bench").finished:      # H200, ~12 min
+    while not train_target(get_recipe("bench"), data, "runs/bench").finished:      # H200, ~10 min
         pass                                                # (or one call per <= 10-minute job)
 """
 
@@ -28,6 +38,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,12 +51,15 @@ from tqdm.auto import tqdm
 from vllm_padrec.catalog import TokenLayout
 from vllm_padrec.data import InteractionData, ListwiseExample, listwise_examples
 from vllm_padrec.target.config import RecipeError, TargetRecipe
-from vllm_padrec.target.model import build_model, save_checkpoint
+from vllm_padrec.target.evaluate import ValidationSet
+from vllm_padrec.target.model import add_hidden_dropout, build_model, save_checkpoint
 from vllm_padrec.target.tokenizer import build_tokenizer
 
 STATE_FILE = "train_state.pt"  # resumable state inside out_dir
 LOSS_FILE = "loss.json"  # [{"step": s, "loss": mean loss of steps s-log_every+1..s}, ...]
 CHECKPOINT_DIR = "checkpoint"  # the final HF checkpoint inside out_dir
+BEST_DIR = "best"  # while training: the checkpoint of the best validation so far (then checkpoint/)
+VAL_FILE = "val.json"  # {"metric", "best_step", "best", "stopped_early", "evals": [{"step", "loss", ...}]}
 IGNORE = -100  # target id of positions that carry no loss (prompt and padding)
 # fields that may change between the calls of one run: they steer the run, not the result
 RUN_CONTROL_FIELDS = ("time_budget_minutes", "save_every_minutes")
@@ -59,7 +73,10 @@ class TrainResult:
     loss: float | None  # mean loss of the last logged window (None before the first)
     checkpoint: Path | None  # out_dir/checkpoint when finished
     seconds: float  # wall time of this call
-    tokens_per_second: float  # real (non-pad) tokens per second of this call's training loop
+    tokens_per_second: float  # real (non-pad) tokens per second of this call's training steps
+    best_step: int | None = None  # step of the best validation (None without validation)
+    best_metric: float | None = None  # its value of recipe.val_metric (Recall@K or loss)
+    stopped_early: bool = False  # stopped after `patience` validations without improvement
 
 
 # -- data --------------------------------------------------------------------------------------------
@@ -180,6 +197,30 @@ def _write_loss_log(out_dir: Path, log: list[tuple[int, float]]) -> None:
     (out_dir / LOSS_FILE).write_text(json.dumps([{"step": s, "loss": loss} for s, loss in log]))
 
 
+def _write_val_log(out_dir: Path, recipe: TargetRecipe, val: dict) -> None:
+    payload = {"metric": _metric_name(recipe), "users": val["users"], "best_step": val["best_step"],
+               "best": val["best_value"], "stopped_early": val["stopped_early"], "evals": val["evals"]}
+    (out_dir / VAL_FILE).write_text(json.dumps(payload, indent=1))
+
+
+def _metric_name(recipe: TargetRecipe) -> str:
+    return f"recall@{recipe.val_beam}" if recipe.val_metric == "recall" else "loss"
+
+
+def _val_key(recipe: TargetRecipe, metrics: dict) -> tuple[float, ...]:
+    """Larger is better: (Recall@K, -loss) or (-loss,)."""
+    if recipe.val_metric == "recall":
+        return (metrics[f"recall@{recipe.val_beam}"], -metrics["loss"])
+    return (-metrics["loss"],)
+
+
+def _replace_dir(source: Path, target: Path) -> None:
+    """Move folder ``source`` to ``target``, replacing what was there."""
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(source, target)
+
+
 def train_target(
     recipe: TargetRecipe,
     data: InteractionData,
@@ -190,18 +231,31 @@ def train_target(
 ) -> TrainResult:
     """Train (or continue training) the target of ``recipe`` on ``data``'s training split.
 
-    Returns after all steps (``finished=True``, checkpoint written) or when the time budget runs out
-    (``finished=False``, state saved): call again to continue. ``resume=False`` starts over.
+    Returns after all steps or an early stop (``finished=True``, checkpoint written: the weights of the
+    best validation when ``recipe.eval_every`` > 0, else the last ones) or when the time budget runs
+    out (``finished=False``, state saved): call again to continue. ``resume=False`` starts over.
     """
     started = time.monotonic()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = _resolve_device(device)
     state_path = out_dir / STATE_FILE
+    best_dir, checkpoint_dir = out_dir / BEST_DIR, out_dir / CHECKPOINT_DIR
 
     examples = TokenizedExamples(listwise_examples(data, recipe.max_history, recipe.list_items))
     steps = total_steps(recipe, len(examples))
     bpe = batches_per_epoch(len(examples), recipe.batch_size, recipe.bucket_batches)
+    validating = recipe.eval_every > 0
+    val_set = ValidationSet.build(data, recipe.max_history, recipe.val_users, recipe.seed) if validating else None
+    # the validation record: every score, the best so far, validations since it improved
+    val = {"users": len(val_set) if val_set else 0, "evals": [], "best_step": None, "best_value": None,
+           "best_key": None, "bad_evals": 0, "stopped_early": False}  # fmt: skip
+
+    def result(finished: bool, loss: float | None, checkpoint: Path | None, rate: float) -> TrainResult:
+        return TrainResult(
+            finished, step, steps, loss, checkpoint, time.monotonic() - started, rate,
+            val["best_step"], val["best_value"], val["stopped_early"],
+        )  # fmt: skip
 
     state = None
     if resume and state_path.exists():
@@ -211,16 +265,22 @@ def train_target(
                 f"{state_path} was written by a run with another recipe or other data; "
                 "use another out_dir, or resume=False to start over"
             )
+        val = state.get("val", val)
         if state["finished"]:
-            checkpoint = out_dir / CHECKPOINT_DIR
-            if not (checkpoint / "config.json").exists():
+            step = state["step"]
+            if not (checkpoint_dir / "config.json").exists() and (best_dir / "config.json").exists():
+                _replace_dir(best_dir, checkpoint_dir)  # the previous call stopped between the two writes
+            if not (checkpoint_dir / "config.json").exists():
                 raise FileNotFoundError(
-                    f"{state_path} says the run finished but {checkpoint} is missing; resume=False retrains"
+                    f"{state_path} says the run finished but {checkpoint_dir} is missing; resume=False retrains"
                 )
             loss = state["log"][-1][1] if state["log"] else None
-            return TrainResult(True, state["step"], steps, loss, checkpoint, time.monotonic() - started, 0.0)
+            return result(True, loss, checkpoint_dir, 0.0)
+    elif best_dir.exists():
+        shutil.rmtree(best_dir)  # left by an earlier run in this folder
 
     model = build_model(recipe, data.catalog.layout, device=device)
+    add_hidden_dropout(model, recipe.hidden_dropout)
     model.train()
     optimizer = make_optimizer(model, recipe, device)
     scheduler = make_scheduler(optimizer, recipe, steps)
@@ -249,6 +309,7 @@ def train_target(
             "data": examples.fingerprint(),
             "step": step,
             "log": log,
+            "val": val,
             "trained_seconds": trained_seconds + (time.monotonic() - started),
             "finished": finished,
         }
@@ -266,15 +327,42 @@ def train_target(
             "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng},
         }
 
+    def save_weights(folder: Path) -> Path:
+        return save_checkpoint(model, build_tokenizer(data.catalog.layout), data.catalog, recipe, folder)
+
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and recipe.bf16)
+    metric = _metric_name(recipe)
+
+    def validate() -> None:
+        """Score the validation set, keep the weights if they are the best so far, count patience."""
+        val_started = time.monotonic()
+        with autocast:
+            scores = val_set.score(model, recipe.val_beam, recipe.batch_size)
+        key = _val_key(recipe, scores)
+        improved = val["best_key"] is None or key > tuple(val["best_key"])
+        if improved:
+            tmp = out_dir / (BEST_DIR + ".tmp")
+            save_weights(tmp)
+            _replace_dir(tmp, best_dir)
+            val.update(best_step=step, best_value=scores[metric], best_key=list(key), bad_evals=0)
+        else:
+            val["bad_evals"] += 1
+        entry = {"step": step, "epoch": round(step / bpe, 4), **scores, "best": improved}
+        val["evals"].append(entry | {"seconds": round(time.monotonic() - val_started, 3)})
+        if recipe.patience and val["bad_evals"] >= recipe.patience and step < steps:
+            val["stopped_early"] = True
+        _write_val_log(out_dir, recipe, val)
+
     budget_s = recipe.time_budget_minutes * 60
     save_s = recipe.save_every_minutes * 60
     last_save = time.monotonic()
     tokens_seen = 0  # real tokens trained in this call
+    val_seconds = 0.0  # time of this call spent validating (not counted in the throughput)
     loop_started = time.monotonic()  # throughput excludes loading and saving
     bar = tqdm(total=steps, initial=step, disable=not progress, desc=f"train {recipe.name}", dynamic_ncols=True)
+    postfix: dict[str, str] = {}
     try:
-        while step < steps:
+        while step < steps and not val["stopped_early"]:
             epoch, index = divmod(step, bpe)
             if epoch != plan_epoch:
                 plan = epoch_batches(examples.lengths, recipe.batch_size, recipe.bucket_batches, recipe.seed, epoch)
@@ -294,15 +382,22 @@ def train_target(
             step += 1
             window_loss += loss.detach()
             window_steps += 1
-            if window_steps == recipe.log_every or step == steps:
+            if validating and (step % recipe.eval_every == 0 or step == steps):
+                validate_started = time.monotonic()
+                validate()
+                val_seconds += time.monotonic() - validate_started
+                last = val["evals"][-1]
+                postfix.update(val=f"{last[metric]:.4f}", best=f"{val['best_value']:.4f}@{val['best_step']}")
+            if window_steps == recipe.log_every or step == steps or val["stopped_early"]:
                 log.append((step, window_loss.item() / window_steps))
                 window_loss.zero_()
                 window_steps = 0
-                rate = tokens_seen / max(time.monotonic() - loop_started, 1e-9)
-                bar.set_postfix(loss=f"{log[-1][1]:.4f}", tok_s=f"{rate:,.0f}")
+                rate = tokens_seen / max(time.monotonic() - loop_started - val_seconds, 1e-9)
+                postfix.update(loss=f"{log[-1][1]:.4f}", tok_s=f"{rate:,.0f}")
+            bar.set_postfix(postfix, refresh=False)
             bar.update(1)
             now = time.monotonic()
-            if step < steps and now - started >= budget_s:
+            if step < steps and not val["stopped_early"] and now - started >= budget_s:
                 _save_state(state_path, snapshot(finished=False))
                 _write_loss_log(out_dir, log)
                 break
@@ -313,15 +408,16 @@ def train_target(
     finally:
         bar.close()
 
-    loop_seconds = time.monotonic() - loop_started
-    finished = step >= steps
+    loop_seconds = time.monotonic() - loop_started - val_seconds
+    finished = step >= steps or val["stopped_early"]
     checkpoint = None
     if finished:
-        checkpoint = save_checkpoint(
-            model, build_tokenizer(data.catalog.layout), data.catalog, recipe, out_dir / CHECKPOINT_DIR
-        )
-        _save_state(state_path, snapshot(finished=True))
+        if not validating:
+            save_weights(checkpoint_dir)
+        _save_state(state_path, snapshot(finished=True))  # first: a crash before the move is recovered
+        if validating:
+            _replace_dir(best_dir, checkpoint_dir)  # the best validation's weights
+        checkpoint = checkpoint_dir
         _write_loss_log(out_dir, log)
     loss = log[-1][1] if log else None
-    seconds = time.monotonic() - started
-    return TrainResult(finished, step, steps, loss, checkpoint, seconds, tokens_seen / max(loop_seconds, 1e-9))
+    return result(finished, loss, checkpoint, tokens_seen / max(loop_seconds, 1e-9))
