@@ -24,14 +24,6 @@ from vllm_padrec.target.tokenizer import build_tokenizer
 from vllm_padrec.target.train import BEST_DIR, CHECKPOINT_DIR, LOSS_FILE, STATE_FILE, VAL_FILE, train_target
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models gain nothing from a second thread, and lose a lot when another process holds it
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def data():
