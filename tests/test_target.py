@@ -24,7 +24,6 @@ from vllm_padrec.target.tokenizer import build_tokenizer
 from vllm_padrec.target.train import BEST_DIR, CHECKPOINT_DIR, LOSS_FILE, STATE_FILE, VAL_FILE, train_target
 
 
-
 @pytest.fixture(scope="module")
 def data():
     return generate_synthetic(SyntheticConfig(num_items=120, num_users=150, codebook_sizes=(4, 4, 4, 4), seed=3))
