@@ -137,19 +137,8 @@ class DraftConfig:
             raise ValueError(f"unknown draft variant {variant!r}; choose one of {sorted(VARIANTS)}")
         method, flags = VARIANTS[variant]
         get = _getter(target_hf_config)
-        hidden = int(get("hidden_size"))
-        heads = int(get("num_attention_heads"))
         values = dict(
-            hidden_size=hidden,
-            vocab_size=int(get("vocab_size")),
-            num_heads=heads,
-            num_kv_heads=int(get("num_key_value_heads") or heads),
-            head_dim=int(get("head_dim") or hidden // heads),
-            intermediate_size=int(get("intermediate_size")),
-            rms_norm_eps=float(get("rms_norm_eps", 1e-6)),
-            rope_theta=_rope_theta(get),
-            max_position_embeddings=int(get("max_position_embeddings", 2048)),
-            hidden_act=str(get("hidden_act", "silu")),
+            **_llama_shape(get, rms_norm_eps=1e-6, max_position_embeddings=2048),
             codebook_sizes=tuple(layout.codebook_sizes),
             num_slot_kinds=layout.num_slot_kinds,
             num_draft_steps=int(num_draft_steps),
@@ -222,19 +211,8 @@ class DraftConfig:
             )
         if section.get("num_special_tokens", len(TokenLayout.SPECIAL_TOKENS)) != len(TokenLayout.SPECIAL_TOKENS):
             raise ValueError("the draft was saved with another token layout (number of special tokens differs)")
-        hidden = int(get("hidden_size"))
-        heads = int(get("num_attention_heads"))
         return cls(
-            hidden_size=hidden,
-            vocab_size=int(get("vocab_size")),
-            num_heads=heads,
-            num_kv_heads=int(get("num_key_value_heads") or heads),
-            head_dim=int(get("head_dim") or hidden // heads),
-            intermediate_size=int(get("intermediate_size")),
-            rms_norm_eps=float(get("rms_norm_eps")),
-            rope_theta=_rope_theta(get),
-            max_position_embeddings=int(get("max_position_embeddings")),
-            hidden_act=str(get("hidden_act", "silu")),
+            **_llama_shape(get),
             codebook_sizes=tuple(section["codebook_sizes"]),
             num_slot_kinds=int(section["num_slot_kinds"]),
             num_draft_steps=int(section["num_draft_steps"]),
@@ -253,6 +231,32 @@ def _getter(config: Any):
     if isinstance(config, Mapping):
         return config.get
     return lambda key, default=None: getattr(config, key, default)
+
+
+def _llama_shape(get, **defaults: Any) -> dict:
+    """The decoder layer's shape fields of a Llama config; a field missing from the config takes
+    its value from ``defaults`` (rms_norm_eps, max_position_embeddings) or fails when none is given."""
+    hidden = int(get("hidden_size"))
+    heads = int(get("num_attention_heads"))
+
+    def required(key: str):
+        value = get(key, defaults.get(key))
+        if value is None:
+            raise ValueError(f"the config has no {key!r}")
+        return value
+
+    return dict(
+        hidden_size=hidden,
+        vocab_size=int(get("vocab_size")),
+        num_heads=heads,
+        num_kv_heads=int(get("num_key_value_heads") or heads),
+        head_dim=int(get("head_dim") or hidden // heads),
+        intermediate_size=int(get("intermediate_size")),
+        rms_norm_eps=float(required("rms_norm_eps")),
+        rope_theta=_rope_theta(get),
+        max_position_embeddings=int(required("max_position_embeddings")),
+        hidden_act=str(get("hidden_act", "silu")),
+    )
 
 
 def _rope_theta(get) -> float:
