@@ -65,6 +65,17 @@ def draft_steps(config: dict) -> int:
     return int((config.get("padrec") or {}).get("num_draft_steps") or config.get("n_predict") or 0)
 
 
+def training_budget(folder: str) -> dict:
+    """What the trainer's result.json beside the draft folder says: optimizer steps and held-out
+    teacher-forced acceptance (empty when the draft was not written by ``train_draft``)."""
+    path = os.path.join(os.path.dirname(os.path.normpath(folder)), "result.json")
+    if not os.path.isfile(path):
+        return {}
+    result = json.loads(open(path).read())
+    evaluation = result.get("evaluation") or {}
+    return dict(training_steps=result.get("steps"), holdout_accepted_length=evaluation.get("accepted_length"))
+
+
 def _sync(device) -> None:
     import torch
 
@@ -115,11 +126,14 @@ def run(args) -> str:
     print(f"plain greedy: {greedy_seconds:.1f} s", flush=True)
 
     records, names = [], set()
-    for path in args.drafts:
+    for spec in args.drafts:
+        label, _, path = spec.rpartition("=")  # "NAME=PATH" names the record; a bare PATH uses the method
         folder = draft_folder(path)
         config = read_config(folder)
         method = draft_method(config)
-        name = method if method not in names else f"{method}@{os.path.basename(os.path.normpath(path))}"
+        name = label or method
+        if name in names:
+            name = f"{name}@{os.path.basename(os.path.normpath(path))}"
         names.add(name)
         draft = load_draft(folder, target).to(dtype=dtype).eval()
         for gamma in args.gammas:
@@ -136,7 +150,8 @@ def run(args) -> str:
             record = dict(
                 method=name,
                 draft=os.path.abspath(folder),
-                trained_steps=draft_steps(config),
+                trained_draft_steps=draft_steps(config),  # γ the head was trained for
+                **training_budget(folder),
                 gamma=gamma,
                 users=len(histories),
                 acceptance_length=stats.mean_accepted_length,
@@ -257,7 +272,8 @@ def _plot(records: list[dict], name: str, png_path: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", help="target checkpoint folder (target.model.save_checkpoint)")
-    parser.add_argument("--drafts", nargs="+", default=[], help="draft checkpoint folders (or training outputs)")
+    parser.add_argument("--drafts", nargs="+", default=[],
+                        help="draft checkpoint folders (or training outputs); NAME=FOLDER names the record")
     parser.add_argument("--dataset", help="synthetic, a dataset folder, or a name under $PADREC_DATA_DIR")
     parser.add_argument("--split", default="test", choices=("valid", "test"))
     parser.add_argument("--users", type=int, default=500, help="first N evaluation users")

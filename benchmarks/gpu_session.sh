@@ -7,20 +7,30 @@
 #   call 1  carry [.vllmkit/part1, .gpudata]  bash .vllmkit/part1/stash.sh && bash benchmarks/gpu_session.sh start
 #   call 2  carry [.vllmkit/part2]            bash .vllmkit/part2/stash.sh && bash benchmarks/gpu_session.sh kernels
 #   call 3  carry [.vllmkit/part3]            bash .vllmkit/part3/install.sh && bash benchmarks/gpu_session.sh vllm
-#   call 4                                    bash benchmarks/gpu_session.sh serve
-#   call 5                                    bash benchmarks/gpu_session.sh accept
+#   call 4                                    bash benchmarks/gpu_session.sh examples
+#   call 5                                    bash benchmarks/gpu_session.sh results
 #   call 6                                    bash benchmarks/gpu_session.sh lossless
+#   (optional)                                bash benchmarks/gpu_session.sh serve
 #
 # start:    installs the project (no deps), copies the dataset to /tmp, starts the `pipeline` daemon
 #           (it outlives the calls): bench target training (resumable), then its evaluation beside
-#           the training of the draft heads (PAD-Rec, EAGLE, Medusa, ablations); trie GPU tests.
-# kernels:  trie benchmark (the kernel benchmark: benchmarks/bench_padrec_kernel.py).
-# vllm:     vLLM integration tests on the GPU with tiny random checkpoints.
-# serve:    `vllm serve` of the bench target with the plugin installed, /v1/completions for test
-#           users; the target's Recall/NDCG.
-# accept:   acceptance lengths of every draft head with the reference speculative decoder.
-# lossless: `vllm serve` with and without the PAD-Rec draft, 500 users, 64 concurrent, constrained.
+#           the training of the draft heads (PAD-Rec, EAGLE, Medusa, ablations; the target's hidden
+#           states are collected once per process), then the acceptance benchmark of every head.
+# kernels:  cost of the plugin's catalog masks at vLLM's shapes (bench_vllm_mask); trie and kernel
+#           benchmarks: benchmarks/bench_trie.py, benchmarks/bench_padrec_kernel.py.
+# vllm:     vLLM integration tests on the GPU with tiny random checkpoints (after the target's
+#           training, whose allocator holds most of the GPU).
+# examples: `vllm serve TARGET --speculative-model DRAFT`, then examples/openai_client.py and a plain
+#           HTTP POST /v1/recommendations against it; then examples/offline_vllm.py (LLM(...)).
+# results:  waits for the pipeline, copies its results (target metrics, draft losses, acceptance) to $OUT.
+# lossless: `vllm serve` with and without the PAD-Rec draft, 500 users, 64 concurrent, constrained,
+#           plus an unconstrained pass (the constraint's cost per step); after `results`, so that
+#           nothing else shares the GPU while it times.
+# serve:    `vllm serve` of the bench target without the constraint, /v1/completions for 300 users.
 # Results land in $OUT (copied back) and are committed under benchmarks/results/.
+#
+# Environment: BENCH_EPOCHS (target epochs), DRAFT_STEPS (1200), SIGNAL_LR_SCALE (10: the learning-rate
+# factor of the second PAD-Rec run's signal parameters), ACCEPT_USERS (150), LOSSLESS_USERS (500).
 set -uo pipefail
 PHASE=${1:?phase}
 W=/tmp/padrec
@@ -50,63 +60,107 @@ pipeline)  # runs as a daemon (started by `start`); outlives the calls, logs to 
   mkdir -p $W/results
   python3 -m vllm_padrec.cli train-target --recipe bench ${BENCH_EPOCHS:+--epochs $BENCH_EPOCHS} --until-done \
       --dataset $W/data/beauty_atspeed --out $W/bench > $W/train.log 2>&1 || exit 1
+  touch $W/target.done
   python3 -m vllm_padrec.cli evaluate --checkpoint $W/bench/checkpoint --dataset $W/data/beauty_atspeed \
       --batch-size 256 --out $W/results/target_beauty.json > $W/eval.log 2>&1 &
-  train_drafts() {  # same budget (steps, batch, data) for every method
+  train_drafts() {  # OUT SCALE METHOD...: same budget (steps, batch, data, learning rate) for every method
+    local out=$1 scale=$2; shift 2
     python3 -m vllm_padrec.cli train-draft --target $W/bench/checkpoint --dataset $W/data/beauty_atspeed \
-        --out $W/drafts --gamma 5 --max-steps ${DRAFT_STEPS:-1200} --batch-size 64 --max-stored-gib 24 \
-        --until-done --method "$@"
+        --out $out --gamma 5 --max-steps ${DRAFT_STEPS:-1200} --batch-size 64 --max-stored-gib 24 \
+        --signal-lr-scale $scale --until-done --method "$@"
   }
-  train_drafts padrec eagle > $W/drafts1.log 2>&1 &
-  train_drafts medusa padrec_no_slot > $W/drafts2.log 2>&1 &
-  train_drafts padrec_no_step padrec_no_gates > $W/drafts3.log 2>&1 &
+  train_drafts $W/drafts 1 padrec eagle > $W/drafts1.log 2>&1 &
+  train_drafts $W/drafts 1 medusa padrec_no_slot > $W/drafts2.log 2>&1 &
+  train_drafts $W/drafts 1 padrec_no_step padrec_no_gates > $W/drafts3.log 2>&1 &
+  # PAD-Rec whose signal parameters learn 10x faster (they start switched off)
+  train_drafts $W/drafts_signal_lr10 ${SIGNAL_LR_SCALE:-10} padrec > $W/drafts4.log 2>&1 &
   wait
+  touch $W/drafts.done
+  python3 -m benchmarks.bench_acceptance --target $W/bench/checkpoint --dataset $W/data/beauty_atspeed \
+      --drafts $W/drafts/*/draft padrec_signal_lr10=$W/drafts_signal_lr10/padrec/draft \
+      --users ${ACCEPT_USERS:-150} --gammas 3 4 5 --out $W/results --name beauty > $W/accept.log 2>&1
   touch $W/pipeline.done
   ;;
 start)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   mkdir -p $W/data && cp -r $REPO/.gpudata/* $W/data/
   install_project
-  log "starting the pipeline daemon: bench target -> evaluation + draft heads"
+  log "starting the pipeline daemon: bench target -> evaluation + draft heads -> acceptance"
   cp "$REPO/benchmarks/gpu_session.sh" $W/gpu_session.sh
   setsid nohup bash $W/gpu_session.sh pipeline > $W/pipeline.log 2>&1 < /dev/null &
-  sleep 60; tail -c 600 $W/train.log
-  log "GPU tests (trie, constraint, catalog)"
-  python3 -m pytest -q -p no:cacheprovider $REPO/tests/test_trie.py $REPO/tests/test_constraint.py 2>&1 | tail -5
+  sleep 45; tail -c 600 $W/train.log
   ;;
 kernels)
-  log "trie benchmark"; python3 -m benchmarks.bench_trie --out "$OUT" 2>&1 | tail -25
+  log "catalog masks at vLLM's shapes"
+  python3 -m benchmarks.bench_vllm_mask --dataset $W/data/beauty_atspeed --out "$OUT" 2>&1 | tail -25
   tail -c 300 $W/train.log
   ;;
 vllm)
   python3 -c 'import vllm; print("vllm", vllm.__version__)'
   install_project
+  log "waiting for the bench target's training to release the GPU"
+  wait_for $W/target.done 420 || { tail -c 600 $W/train.log; exit 1; }  # (call again if it is still training)
   log "vLLM integration tests on the GPU (tiny random target + PAD-Rec draft)"
   python3 -m pytest -q -p no:cacheprovider $REPO/tests/test_integration_gpu.py 2>&1 | tail -15
-  tail -c 300 $W/train.log
+  tail -c 400 $W/drafts1.log
+  ;;
+examples)
+  log "waiting for the draft heads"; wait_for $W/drafts.done 400 || { tail -c 800 $W/drafts*.log; exit 1; }
+  grep -h '"accepted_length"' -B12 -A3 $W/drafts*.log | grep -v 'it/s' | head -120
+  export VLLM_PLUGINS=padrec,padrec_recommendations
+  log "vllm serve TARGET --speculative-model DRAFT"
+  vllm serve $W/bench/checkpoint --speculative-model $W/drafts/padrec/draft --port 8000 \
+      --gpu-memory-utilization 0.3 --max-model-len 512 > $W/examples_serve.log 2>&1 &
+  SERVER=$!
+  for i in $(seq 1 60); do curl -sf localhost:8000/health > /dev/null && break; sleep 5; done
+  HISTORY=$(python3 -c "
+from vllm_padrec.data import load_dataset
+d = load_dataset('$W/data/beauty_atspeed'); s = d.eval_samples('test')[0]
+print(' '.join(d.catalog.item_ids[i] for i in s.history[-8:]))")
+  log "examples/openai_client.py --history $HISTORY"
+  python3 $REPO/examples/openai_client.py --checkpoint $W/bench/checkpoint --history $HISTORY \
+      | tee "$OUT/example_openai_client.txt"
+  log "POST /v1/recommendations"
+  BODY=$(python3 -c "import json,sys; print(json.dumps({'history': sys.argv[1:], 'num_items': 5}))" $HISTORY)
+  curl -s localhost:8000/v1/recommendations -H 'Content-Type: application/json' -d "$BODY" \
+      | tee "$OUT/example_recommendations.json" | head -c 1500; echo
+  log "bad input: unknown item, empty history, too many items"
+  for body in '{"history": ["nope"], "num_items": 5}' '{"history": [], "num_items": 5}' \
+      "{\"history\": [\"${HISTORY%% *}\"], \"num_items\": 100000}"; do
+    curl -s -w ' HTTP %{http_code}\n' localhost:8000/v1/recommendations -H 'Content-Type: application/json' -d "$body" \
+        | tee -a "$OUT/example_bad_input.txt"
+  done
+  curl -sf localhost:8000/health && echo " server still healthy" | tee -a "$OUT/example_bad_input.txt"
+  kill $SERVER; wait $SERVER 2>/dev/null
+  log "examples/offline_vllm.py (LLM(...) with the draft)"
+  python3 $REPO/examples/offline_vllm.py --target $W/bench/checkpoint --draft $W/drafts/padrec/draft \
+      --dataset $W/data/beauty_atspeed --users 3 2>&1 | grep -v -E 'INFO|WARNING|it/s' | tail -40 \
+      | tee "$OUT/example_offline_vllm.txt"
+  ;;
+lossless)
+  [ -e $W/pipeline.done ] || { log "the pipeline still runs (call 'results' first): timings would be shared"; tail -c 300 $W/accept.log; }
+  log "vllm serve with and without --speculative-model: greedy lists, token for token"
+  python3 -m benchmarks.vllm_lossless --target $W/bench/checkpoint --draft $W/drafts/padrec/draft \
+      --dataset $W/data/beauty_atspeed --users ${LOSSLESS_USERS:-500} --concurrency 64 --out "$OUT" \
+      -- --gpu-memory-utilization 0.3 --max-model-len 512 2>&1 | tail -40
+  ;;
+results)
+  wait_for $W/pipeline.done 500 || { tail -c 800 $W/accept.log; exit 1; }
+  tail -n 30 $W/accept.log
+  cp $W/results/* "$OUT/" 2>/dev/null
+  cp $W/bench/loss.json "$OUT/bench_target_loss.json" 2>/dev/null
+  cp $W/bench/val.json "$OUT/bench_target_val.json" 2>/dev/null
+  for d in $W/drafts/*/; do m=$(basename $d); cp $d/loss_log.json "$OUT/draft_loss_$m.json"; cp $d/result.json "$OUT/draft_result_$m.json"; done
+  cp $W/drafts_signal_lr10/padrec/loss_log.json "$OUT/draft_loss_padrec_signal_lr10.json"
+  cp $W/drafts_signal_lr10/padrec/result.json "$OUT/draft_result_padrec_signal_lr10.json"
+  ls -la "$OUT"
   ;;
 serve)
   log "waiting for the bench target"; wait_for $W/bench/checkpoint/config.json 560 || { tail -c 1500 $W/train.log; exit 1; }
-  cp $W/bench/loss.json "$OUT/bench_target_loss.json" 2>/dev/null
   log "vllm serve + /v1/completions"
   python3 -m benchmarks.serve_completions --checkpoint $W/bench/checkpoint --dataset $W/data/beauty_atspeed \
       --users 300 --out "$OUT" -- --gpu-memory-utilization 0.3 --max-model-len 512 2>&1 | tail -30
   tail -n 20 /tmp/padrec_serve.log | cut -c1-300
-  wait_for $W/results/target_beauty.json 120 && cp $W/results/target_beauty.json "$OUT/"
-  tail -c 1000 $W/eval.log; tail -c 300 $W/drafts*.log
-  ;;
-accept)
-  log "waiting for the draft heads"; wait_for $W/pipeline.done 560 || { tail -c 800 $W/drafts*.log; exit 1; }
-  grep -h '"accepted_length"' -B12 -A3 $W/drafts*.log | grep -v 'it/s' | head -120
-  python3 -m benchmarks.bench_acceptance --target $W/bench/checkpoint --dataset $W/data/beauty_atspeed \
-      --drafts $W/drafts/*/draft --users ${ACCEPT_USERS:-200} --gammas 3 4 5 --out "$OUT" --name beauty 2>&1 | tail -30
-  for m in padrec eagle medusa; do cp $W/drafts/$m/loss_log.json "$OUT/draft_loss_$m.json"; done
-  ;;
-lossless)
-  log "vllm serve with and without --speculative-model: greedy lists, token for token"
-  python3 -m benchmarks.vllm_lossless --target $W/bench/checkpoint --draft $W/drafts/padrec/draft \
-      --dataset $W/data/beauty_atspeed --users ${LOSSLESS_USERS:-500} --concurrency 64 --out "$OUT" \
-      -- --gpu-memory-utilization 0.3 --max-model-len 512 2>&1 | tail -30
   ;;
 *) echo "unknown phase $PHASE"; exit 2 ;;
 esac

@@ -54,6 +54,7 @@ from vllm_padrec.integration.endpoint import (
 
 SERVED_NAME = "padrec-target"  # start_server's --served-model-name
 RUNNING = "vllm:num_requests_running"
+ITERATIONS = "vllm:iteration_tokens_total_count"  # histogram count: engine steps (one observation per step)
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
@@ -62,7 +63,11 @@ _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 def scrape(base: str) -> list[tuple[str, dict[str, str], float]]:
     """Samples of ``GET /metrics`` (Prometheus text format): (name, labels, value)."""
     with urllib.request.urlopen(f"{base}/metrics", timeout=30) as response:
-        text = response.read().decode()
+        return parse_metrics(response.read().decode())
+
+
+def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Prometheus text format -> (name, labels, value) samples."""
     samples = []
     for line in text.splitlines():
         match = _SAMPLE.match(line)
@@ -120,20 +125,23 @@ class RunningPoller:
 
 
 # -- requests ---------------------------------------------------------------------------------------
-def completion_payload(prompt: list[int], max_tokens: int, xargs: dict) -> dict:
+def completion_payload(prompt: list[int], max_tokens: int, xargs: dict, **extra) -> dict:
     return {
         "model": SERVED_NAME, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
         "stop_token_ids": [TokenLayout.EOS], "return_token_ids": True, "skip_special_tokens": False,
-        "vllm_xargs": xargs,
+        "vllm_xargs": xargs, **extra,
     }  # fmt: skip
 
 
-def timed_pass(base: str, prompts: list[list[int]], max_tokens: int, xargs: dict, concurrency: int) -> dict:
-    """Every prompt through /v1/completions at once (``concurrency`` threads); tokens and timings."""
+def timed_pass(
+    base: str, prompts: list[list[int]], max_tokens: int, xargs: dict, concurrency: int, **extra
+) -> dict:
+    """Every prompt through /v1/completions at once (``concurrency`` threads); tokens and timings.
+    ``extra``: more request fields (the unconstrained pass sends ``ignore_eos``)."""
 
     def ask(prompt):
         started = time.perf_counter()
-        reply = post(f"{base}/v1/completions", completion_payload(prompt, max_tokens, xargs), timeout=600)
+        reply = post(f"{base}/v1/completions", completion_payload(prompt, max_tokens, xargs, **extra), timeout=600)
         choice = reply["choices"][0]
         return {
             "token_ids": [int(t) for t in choice.get("token_ids") or []],
@@ -142,13 +150,16 @@ def timed_pass(base: str, prompts: list[list[int]], max_tokens: int, xargs: dict
             "latency": time.perf_counter() - started,
         }
 
-    before = spec_counters(scrape(base))
+    samples_before = scrape(base)
+    before = spec_counters(samples_before)
     with RunningPoller(base) as poller:
         started = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
             answers = list(pool.map(ask, prompts))
         seconds = time.perf_counter() - started
-    after = spec_counters(scrape(base))
+    samples_after = scrape(base)
+    after = spec_counters(samples_after)
+    steps = gauge(samples_after, ITERATIONS) - gauge(samples_before, ITERATIONS)
     latencies = sorted(a["latency"] for a in answers)
     tokens = sum(a["completion_tokens"] for a in answers)
     drafts = after[SPEC_COUNTERS[0]] - before[SPEC_COUNTERS[0]]
@@ -164,6 +175,9 @@ def timed_pass(base: str, prompts: list[list[int]], max_tokens: int, xargs: dict
         "latency_p50_ms": round(1000 * percentile(latencies, 50), 1),
         "latency_p99_ms": round(1000 * percentile(latencies, 99), 1),
         "max_running_requests": int(poller.max),
+        "engine_steps": int(steps),
+        # wall time of the pass per engine step (includes the ramp-up and tail with fewer requests)
+        "mean_step_ms": round(1000 * seconds / steps, 3) if steps else None,
         "spec_decode": {
             "num_drafts": int(drafts), "num_draft_tokens": int(draft_tokens), "num_accepted_tokens": int(accepted),
             "acceptance_length": round(1 + accepted / drafts, 4) if drafts else None,
@@ -266,6 +280,9 @@ def serve_and_measure(args, name: str, extra: list[str], port: int, catalog, sam
         run = timed_pass(base, prompts, max_tokens, xargs, args.concurrency)
         if name == "baseline" and args.control:
             run["control"] = timed_pass(base, prompts, max_tokens, xargs, args.concurrency)
+        if name == "baseline" and args.unconstrained_pass:
+            # the same requests without the catalog masks, the same length (ignore_eos): step time without them
+            run["unconstrained"] = timed_pass(base, prompts, max_tokens, {}, args.concurrency, ignore_eos=True)
         k = min(args.sample, len(samples))
         head = run["answers"][:k]
         run["recommendations_endpoint"] = endpoint_sample(base, catalog, samples[:k], head, args.list_items)
@@ -289,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=16, help="users also sent to /v1/recommendations and openai")
     parser.add_argument("--no-control", dest="control", action="store_false",
                         help="skip the second baseline pass (run-to-run mismatch floor)")  # fmt: skip
+    parser.add_argument("--no-unconstrained-pass", dest="unconstrained_pass", action="store_false",
+                        help="skip the baseline pass without the constraint (the constraint's cost per step)")
     parser.add_argument("--port", type=int, default=8021)
     parser.add_argument("--startup-timeout", type=float, default=900)
     parser.add_argument("--log-dir", default="/tmp")
@@ -332,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     control = compare(base["answers"], base["control"]["answers"], users, catalog) if "control" in base else None
     quality = {name: list_quality(catalog, run["answers"], args.list_items) for name, run in runs.items()}
     summary_keys = ("seconds", "output_tokens", "tokens_per_second", "requests_per_second", "latency_p50_ms",
-                    "latency_p99_ms", "max_running_requests", "spec_decode", "server_startup_seconds", "server_log",
+                    "latency_p99_ms", "max_running_requests", "engine_steps", "mean_step_ms", "spec_decode", "server_startup_seconds", "server_log",
                     "recommendations_endpoint", "openai_client")  # fmt: skip
     record = {
         "target": args.target, "draft": args.draft, "dataset": data.name, "users": len(samples),
@@ -355,6 +374,10 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     if control:
         record["runs"]["baseline_control"] = {k: base["control"][k] for k in summary_keys if k in base["control"]}
+    if "unconstrained" in base:
+        free = base["unconstrained"]
+        record["runs"]["baseline_unconstrained"] = {k: free[k] for k in summary_keys if k in free}
+        record["constraint_cost"] = constraint_cost(base, free)
     (out / "vllm_lossless.json").write_text(json.dumps(record, indent=2))
     (out / "vllm_lossless.md").write_text(markdown(record))
     bulky = ("runs", "mismatch_examples", "control_mismatch_examples")
@@ -364,6 +387,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
+def constraint_cost(constrained: dict, free: dict) -> dict:
+    """Engine step time with and without the catalog masks (no speculation, same requests and concurrency)."""
+    on, off = constrained.get("mean_step_ms"), free.get("mean_step_ms")
+    return {
+        "constrained_step_ms": on, "unconstrained_step_ms": off,
+        "difference_ms": round(on - off, 3) if on is not None and off is not None else None,
+        "relative": round(on / off - 1, 4) if on and off else None,
+        "note": "baseline server (no draft), the same concurrency; the unconstrained pass sends ignore_eos so lists have the same length",
+    }  # fmt: skip
+
+
 def markdown(r: dict) -> str:
     rows = []
     for name, run in r["runs"].items():
@@ -371,7 +405,8 @@ def markdown(r: dict) -> str:
         acc = spec.get("acceptance_length")
         rows.append(
             f"| {name} | {run['tokens_per_second']} | {run['requests_per_second']} | {run['latency_p50_ms']} | "
-            f"{run['latency_p99_ms']} | {run['max_running_requests']} | {acc if acc is not None else '-'} |"
+            f"{run['latency_p99_ms']} | {run['max_running_requests']} | {run.get('mean_step_ms')} | "
+            f"{acc if acc is not None else '-'} |"
         )
     endpoint = r["runs"]["speculative"].get("recommendations_endpoint") or {}
     oa = r["runs"]["speculative"].get("openai_client")
@@ -393,13 +428,16 @@ def markdown(r: dict) -> str:
         f"| mean acceptance length (1 + accepted / drafts) | {r['acceptance_length']} |",
         f"| per-position acceptance | {r['per_position_acceptance']} |",
         f"| output tokens/s, speculative / baseline | {r['speedup_tokens_per_second']} |",
+        f"| engine step ms, baseline constrained / unconstrained | "
+        f"{(r.get('constraint_cost') or {}).get('constrained_step_ms')} / "
+        f"{(r.get('constraint_cost') or {}).get('unconstrained_step_ms')} |",
         f"| `/v1/recommendations`: same items as `/v1/completions` | {endpoint.get('same_items_as_completions')} of "
         f"{endpoint.get('users')} |",
         f"| `/v1/recommendations` with an unknown item id | {endpoint.get('unknown_item_reply')} |",
         f"| OpenAI client: same tokens | {openai_cell} |",
         "",
-        "| pass | output tokens/s | requests/s | p50 latency ms | p99 latency ms | max running | acceptance length |",
-        "|---|---|---|---|---|---|---|",
+        "| pass | output tokens/s | requests/s | p50 latency ms | p99 latency ms | max running | step ms | acceptance length |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
     ]

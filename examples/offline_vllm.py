@@ -23,12 +23,14 @@ def main() -> None:
     parser.add_argument("--dataset", default="beauty_atspeed")
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--num-items", type=int, default=10)
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.5, help="share of the GPU vLLM may take")
     args = parser.parse_args()
 
     data = load_data(args.dataset)
     catalog = data.catalog
     spec = {"method": "eagle", "model": args.draft} if args.draft else None
-    llm = LLM(model=args.target, speculative_config=spec, max_model_len=512)
+    llm = LLM(model=args.target, speculative_config=spec, max_model_len=512,
+              gpu_memory_utilization=args.gpu_memory_utilization)
     params = SamplingParams(
         temperature=0.0,
         max_tokens=args.num_items * (catalog.num_slots + 1),

@@ -24,7 +24,7 @@ from vllm_padrec.training.losses import (
     unrolled_draft_loss,
     unrolled_features,
 )
-from vllm_padrec.training.trainer import METHODS
+from vllm_padrec.training.trainer import METHODS, SIGNAL_PARAMETERS, build_draft, feature_source, param_groups
 
 VOCAB = 32  # the target's padded vocabulary
 H = 32
@@ -201,6 +201,46 @@ def test_resume_continues_exactly(target, data, tmp_path):
         train_draft("padrec", target, data, DraftTrainConfig.tiny(max_steps=11), tmp_path / "chunked", "cpu",
                     progress=False)
     assert straight.final_loss == second.final_loss
+
+
+def test_a_shared_feature_source_trains_the_same_weights(target, data, tmp_path):
+    config = DraftTrainConfig.tiny(max_steps=6)
+    own = train_draft("padrec", target, data, config, tmp_path / "own", "cpu", progress=False)
+    source = feature_source(target, data, config, "cpu", progress=False)
+    shared = train_draft("padrec", target, data, config, tmp_path / "shared", "cpu", progress=False, source=source)
+    a = torch.load(tmp_path / "own" / "train_state.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "shared" / "train_state.pt", weights_only=False)["model"]
+    for name, tensor in a.items():
+        torch.testing.assert_close(b[name], tensor, rtol=0, atol=0, msg=name)
+    assert own.evaluation == shared.evaluation
+    other = LlamaForCausalLM._from_config(target.config, attn_implementation="sdpa")
+    with pytest.raises(ValueError, match="another target"):
+        train_draft("eagle", other, data, config, tmp_path / "other", "cpu", progress=False, source=source)
+
+
+def test_signal_lr_scale_speeds_up_only_the_signal_parameters(target, data, tmp_path):
+    layout = data.catalog.layout
+    moved = {}
+    for scale in (1.0, 20.0):
+        config = DraftTrainConfig.tiny(max_steps=4, signal_lr_scale=scale)
+        init = build_draft("padrec", target, layout, config).state_dict()
+        train_draft("padrec", target, data, config, tmp_path / str(scale), "cpu", progress=False)
+        trained = torch.load(tmp_path / str(scale) / "train_state.pt", weights_only=False)["model"]
+        moved[scale] = {name: float((trained[name] - init[name]).abs().max()) for name in init}
+    for name in moved[1.0]:
+        ratio = moved[20.0][name] / max(moved[1.0][name], 1e-12)
+        if name in SIGNAL_PARAMETERS:
+            assert ratio > 5, f"{name} moved {ratio:.2f}x as far at 20x its learning rate"
+        else:
+            assert 0.2 < ratio < 5, f"{name} is not a signal parameter but moved {ratio:.2f}x as far"
+    config = DraftTrainConfig.tiny(signal_lr_scale=3.0)
+    eagle = build_draft("eagle", target, layout, config)
+    assert [g["lr_scale"] for g in param_groups(eagle, config)] == [1.0]  # no signal parameters
+    padrec = build_draft("padrec", target, layout, config)
+    groups = param_groups(padrec, config)
+    assert [g["lr_scale"] for g in groups] == [1.0, 3.0] and len(groups[1]["params"]) == len(SIGNAL_PARAMETERS)
+    with pytest.raises(ValueError, match="signal_lr_scale"):
+        DraftTrainConfig.tiny(signal_lr_scale=0.0)
 
 
 def test_time_budget_stops_early_and_still_saves(target, data, tmp_path):

@@ -92,20 +92,22 @@ def cmd_evaluate(args) -> int:
 
 def cmd_train_draft(args) -> int:
     from vllm_padrec.target.model import load_checkpoint
-    from vllm_padrec.training.trainer import DraftTrainConfig, train_draft
+    from vllm_padrec.training.trainer import DraftTrainConfig, feature_source, train_draft
 
     device = _device(args.device)
     ckpt = load_checkpoint(args.target, device=device)
     config = DraftTrainConfig(
         num_draft_steps=args.gamma, max_steps=args.max_steps, batch_size=args.batch_size,
         max_history=ckpt.recipe.max_history, list_items=ckpt.recipe.list_items,
-        max_stored_gib=args.max_stored_gib, seed=args.seed,
+        max_stored_gib=args.max_stored_gib, seed=args.seed, lr=args.lr, signal_lr_scale=args.signal_lr_scale,
     )
     data = load_data(args.dataset)
+    source = feature_source(ckpt, data, config, device)  # collected once for every method
     for method in args.method:
         out = Path(args.out) / method
         while True:
-            result = train_draft(method, ckpt, data, config, out, device, time_budget_minutes=args.time_budget_minutes)
+            result = train_draft(method, ckpt, data, config, out, device, time_budget_minutes=args.time_budget_minutes,
+                                 source=source)
             if result.finished or not args.until_done:
                 break
         print(json.dumps({"method": method, **{k: v for k, v in vars(result).items()}}, indent=2, default=str))
@@ -206,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=3000, help="optimizer steps, the same budget for every method")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-stored-gib", type=float, default=8.0, help="store target hidden states up to this size")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, cosine decay)")
+    p.add_argument("--signal-lr-scale", type=float, default=1.0,
+                   help="PAD-Rec's signal parameters (alpha, E_slot, E_step, gate) learn at lr times this")
     p.add_argument("--time-budget-minutes", type=float, default=None)
     p.add_argument("--until-done", action="store_true")
     p.add_argument("--seed", type=int, default=0)

@@ -63,6 +63,7 @@ class DraftTrainConfig:
     batch_size: int = 32  # sequences per optimizer step
     max_steps: int = 3000  # optimizer steps: the budget every method gets
     lr: float = 1e-3  # peak learning rate (AdamW)
+    signal_lr_scale: float = 1.0  # PAD-Rec signal parameters (alpha, E_slot, E_step, gate) learn at lr * this
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
     warmup_steps: int = 100  # linear warmup
     weight_decay: float = 0.0  # AdamW weight decay
@@ -88,6 +89,8 @@ class DraftTrainConfig:
     def __post_init__(self) -> None:
         if self.num_draft_steps < 1 or self.batch_size < 1 or self.max_steps < 1:
             raise ValueError("num_draft_steps, batch_size and max_steps must be >= 1")
+        if self.lr <= 0 or self.signal_lr_scale <= 0:
+            raise ValueError(f"lr and signal_lr_scale must be > 0, got {self.lr} and {self.signal_lr_scale}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if self.log_every < 1 or self.save_every < 1:
@@ -146,6 +149,23 @@ def build_draft(method: str, target: nn.Module, layout: TokenLayout, config: Dra
     if isinstance(module, PadRecDraftHead):
         module.attach_target(target)
     return module
+
+
+# Parameters of the PAD-Rec signals (draft/head.py); everything else is the EAGLE head's.
+SIGNAL_PARAMETERS = ("alpha", "slot_emb.weight", "step_emb.weight", "gate.weight", "gate.bias")
+
+
+def param_groups(module: nn.Module, config: DraftTrainConfig) -> list[dict]:
+    """AdamW groups: the head's own parameters at lr, PAD-Rec's signal parameters at lr * signal_lr_scale.
+
+    The signals start switched off (alpha = 0, E_step = 0); a larger rate lets them grow within a
+    short budget without changing the step count or the data every method gets."""
+    named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+    signal = [p for name, p in named if name in SIGNAL_PARAMETERS]
+    groups = [{"params": [p for name, p in named if name not in SIGNAL_PARAMETERS], "lr_scale": 1.0}]
+    if signal:
+        groups.append({"params": signal, "lr_scale": config.signal_lr_scale})
+    return groups
 
 
 def lr_at(step: int, config: DraftTrainConfig) -> float:
@@ -232,6 +252,7 @@ def train_draft(
     layout: TokenLayout | None = None,
     stop_after_steps: int | None = None,
     progress: bool = True,
+    source: FeatureSource | None = None,
 ) -> DraftTrainResult:
     """Train ``method``'s draft for ``target`` (a HF Llama causal LM or a ``TargetCheckpoint``) on
     ``data`` (a dataset, list-wise examples or token-id sequences; ``layout`` is needed unless the
@@ -239,7 +260,9 @@ def train_draft(
     The target is moved to ``device``, put in eval mode and frozen (requires_grad False).
 
     ``stop_after_steps`` ends this call after that many more steps (chunked jobs; ``resume=True``
-    continues), like ``time_budget_minutes``; neither changes the schedule."""
+    continues), like ``time_budget_minutes``; neither changes the schedule. ``source``: the target's
+    features from an earlier call with the same target, data and config (``feature_source``), so that
+    several methods trained in one process collect them once."""
     from tqdm.auto import tqdm
 
     if method not in METHODS:
@@ -256,14 +279,15 @@ def train_draft(
     device = torch.device(device)
     target = target.to(device).eval().requires_grad_(False)
 
-    sequences = training_sequences(data, config.max_history, config.list_items)
-    train_idx, holdout_idx = split_holdout(len(sequences), config)
-    source = FeatureSource(target, sequences, device, config.features, config.max_stored_gib * 2**30,
-                           config.collect_batch_size, progress)
+    if source is None:
+        source = feature_source(target, data, config, device, progress)
+    elif source.target is not target or source.device != device:
+        raise ValueError("the feature source was built for another target or device")
+    train_idx, holdout_idx = split_holdout(len(source), config)
     module = build_draft(method, target, layout, config)
     module.train()
     optimizer = torch.optim.AdamW(
-        module.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        param_groups(module, config), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
     )
 
     step, log, elapsed_before = 0, [], 0.0
@@ -296,7 +320,7 @@ def train_draft(
     last_step = config.max_steps if stop_after_steps is None else min(config.max_steps, step + stop_after_steps)
     while step < last_step and time.monotonic() < deadline:
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config)
+            group["lr"] = lr_at(step, config) * group["lr_scale"]
         batch = source.batch(batch_indices(step, train_idx, config))
         with autocast_for(device):
             out = draft_loss(method, module, batch, target, config)
@@ -340,6 +364,21 @@ def train_draft(
     )
     (out_dir / RESULT_FILE).write_text(json.dumps(dataclasses.asdict(result), indent=2))
     return result
+
+
+def feature_source(
+    target: Any, data: InteractionData | Sequence, config: DraftTrainConfig, device: str | torch.device,
+    progress: bool = True,
+) -> FeatureSource:
+    """The training sequences of ``data`` with ``target``'s hidden states (stored or on the fly), as
+    ``train_draft`` builds them; pass it to several ``train_draft`` calls to collect once."""
+    if not isinstance(target, nn.Module) and hasattr(target, "model"):
+        target = target.model  # a TargetCheckpoint
+    device = torch.device(device)
+    target = target.to(device).eval().requires_grad_(False)
+    sequences = training_sequences(data, config.max_history, config.list_items)
+    return FeatureSource(target, sequences, device, config.features, config.max_stored_gib * 2**30,
+                         config.collect_batch_size, progress)
 
 
 def plot_losses(log: list[dict], path: Path) -> Path | None:

@@ -1,0 +1,239 @@
+"""Benchmark the catalog masks the plugin applies inside vLLM: their cost per engine step.
+
+On a CUDA GPU:
+
+    python -m benchmarks.bench_vllm_mask --dataset ../shared/data/beauty_atspeed --out benchmarks/results
+
+writes ``vllm_mask.json``, ``vllm_mask.md`` and ``vllm_mask.png``. Redraw from the JSON anywhere:
+
+    python -m benchmarks.bench_vllm_mask --render benchmarks/results/vllm_mask.json
+
+What is timed are the two functions vLLM calls through the plugin (``integration/verification_mask``),
+with the tensors V2 hands them (request slots, per-request settings, ``all_token_ids``), at the sizes
+of a speculative engine step with B requests and K draft tokens:
+
+- ``verification``: ``mask_verification_logits`` on the target's B * (K + 1) verification rows
+  (every draft position and the bonus row), eagerly, as the sampler wrapper runs it;
+- ``draft``: ``mask_draft_logits`` on the draft's B rows at one draft step, replayed from a CUDA
+  graph, as it runs inside vLLM's captured drafting loop (K calls per engine step);
+- ``per_step``: verification + K draft calls: what one engine step pays for the constraint.
+
+Catalogs: the dataset's (Beauty, 12k items) and a synthetic 1M-item catalog (``bench_trie``'s
+generator). Each request holds a partial list of real items (random length, no repeats), the drafts
+are that list's next tokens, so every row takes the valid-prefix path. Settings: 10 items per list,
+no-repeat on. Times are medians of ``--repeats`` means over ``--iters`` calls (CUDA events).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+
+from benchmarks.bench_trie import synthetic_codes, time_ms
+
+BATCHES = (1, 8, 32, 64, 128)
+NUM_DRAFTS = (3, 5)
+LIST_ITEMS = 10
+PROMPT_LEN = 101  # 20 history items of 5 tokens + <rec>
+MAX_NUM_REQS = 256  # vLLM's default max_num_seqs on this machine's serve
+SEQ_CAPACITY = 512  # all_token_ids columns (max_model_len)
+
+JSON_NAME = "vllm_mask.json"
+MD_NAME = "vllm_mask.md"
+PNG_NAME = "vllm_mask.png"
+
+
+def make_inputs(catalog, batch: int, num_drafts: int, seed: int, device):
+    """V2-shaped inputs for ``batch`` running requests (slots 0..B-1) of one engine step."""
+    import numpy as np
+    import torch
+
+    from vllm_padrec.catalog import TokenLayout
+    from vllm_padrec.integration import verification_mask as vm
+
+    rng = np.random.default_rng(seed)
+    period = catalog.num_slots + 1
+    list_len = LIST_ITEMS * period  # tokens of a full list with its separators (last one: </s>)
+    all_token_ids = torch.zeros(MAX_NUM_REQS, SEQ_CAPACITY, dtype=torch.int32)
+    total_len = torch.zeros(MAX_NUM_REQS, dtype=torch.int32)
+    settings = torch.zeros(MAX_NUM_REQS, vm.NUM_FIELDS, dtype=torch.int32)
+    fed = []  # [B * (K + 1)] token fed at each verification row: last committed token, then the drafts
+    drafts = torch.zeros(batch, num_drafts, dtype=torch.long)
+    for b in range(batch):
+        items = rng.choice(len(catalog), size=LIST_ITEMS, replace=False)
+        full = []
+        for item in items:
+            full += catalog.item_token_ids(int(item)) + [TokenLayout.SEP]
+        full[-1] = TokenLayout.EOS
+        committed = int(rng.integers(1, list_len - num_drafts))  # list tokens already generated
+        row = [TokenLayout.BOS] * (PROMPT_LEN - 1) + [TokenLayout.REC] + full[:committed]
+        all_token_ids[b, : len(row)] = torch.tensor(row, dtype=torch.int32)
+        total_len[b] = len(row)
+        settings[b] = torch.tensor([1, PROMPT_LEN, LIST_ITEMS, LIST_ITEMS, 1], dtype=torch.int32)
+        next_tokens = full[committed : committed + num_drafts]
+        drafts[b] = torch.tensor(next_tokens)
+        fed += [full[committed - 1]] + next_tokens
+    rows = batch * (num_drafts + 1)
+    return dict(
+        settings=settings.to(device),
+        all_token_ids=all_token_ids.to(device),
+        total_len=total_len.to(device),
+        row_slots=torch.arange(batch, device=device).repeat_interleave(num_drafts + 1),  # [R]
+        local_pos=torch.arange(num_drafts + 1, device=device).repeat(batch),  # [R]
+        fed_tokens=torch.tensor(fed, dtype=torch.int32, device=device),  # [R]
+        verify_logits=torch.randn(rows, catalog.layout.vocab_size, device=device),  # [R, V] fp32 as vLLM's
+        draft_logits=torch.randn(batch, catalog.layout.vocab_size, device=device),  # [B, V]
+        idx_mapping=torch.arange(batch, dtype=torch.int32, device=device),  # [B]
+        drafts=drafts.to(device),  # [B, K]
+        draft_step=torch.tensor(num_drafts // 2, device=device),  # [] a middle draft step
+    )
+
+
+def bench(catalog, name: str, args) -> list[dict]:
+    import torch
+
+    from vllm_padrec.integration import verification_mask as vm
+
+    device = torch.device("cuda")
+    tables = vm.CatalogTables.build(catalog, device=device)
+    width = LIST_ITEMS * tables.period
+    records = []
+    for num_drafts in NUM_DRAFTS:
+        for batch in BATCHES:
+            x = make_inputs(catalog, batch, num_drafts, seed=batch, device=device)
+
+            def verification():
+                vm.mask_verification_logits(
+                    x["verify_logits"], tables, x["settings"], x["all_token_ids"], x["total_len"], x["row_slots"],
+                    x["local_pos"], x["fed_tokens"], num_drafts, width,
+                )  # fmt: skip
+
+            def draft():
+                vm.mask_draft_logits(
+                    x["draft_logits"], tables, x["settings"], x["all_token_ids"], x["total_len"], x["idx_mapping"],
+                    x["drafts"], x["draft_step"], width,
+                )  # fmt: skip
+
+            verification()
+            kept = torch.isfinite(x["verify_logits"]).sum(1)  # every row must keep at least one token
+            if not bool((kept > 0).all()):
+                raise AssertionError(f"{name} B={batch} K={num_drafts}: a verification row lost every token")
+            verify_ms = time_ms(verification, args.iters, args.repeats, graph=False)
+            verify_graph_ms = time_ms(verification, args.iters, args.repeats, graph=True)
+            draft_ms = time_ms(draft, args.iters, args.repeats, graph=True)
+            record = dict(
+                catalog=name, items=len(catalog), batch=batch, num_drafts=num_drafts,
+                verification_rows=batch * (num_drafts + 1),
+                verification_eager_us=round(1000 * verify_ms, 2),
+                verification_graph_us=round(1000 * verify_graph_ms, 2),
+                draft_graph_us=round(1000 * draft_ms, 2),
+                per_step_us=round(1000 * (verify_ms + num_drafts * draft_ms), 2),
+            )  # fmt: skip
+            records.append(record)
+            print(json.dumps(record), flush=True)
+    return records
+
+
+def render_markdown(payload: dict) -> str:
+    lines = [
+        "# Catalog masks inside vLLM: cost per engine step",
+        "",
+        f"{payload['gpu']}, torch {payload['torch']}, {payload['date']}. Lists of {LIST_ITEMS} items, no-repeat on; "
+        "B requests with K draft tokens each. `verification`: `mask_verification_logits` on the B·(K+1) target rows, "
+        "eager (as the sampler wrapper runs it; the graph column shows what capturing it would give). `draft`: "
+        "`mask_draft_logits` on B draft rows, one draft step, replayed from a CUDA graph (as in vLLM's captured "
+        "drafting loop). `per step` = verification (eager) + K draft steps.",
+        "",
+        "| catalog | items | K | B | verification eager µs | verification graph µs | draft step µs | per step µs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in payload["records"]:
+        lines.append(
+            f"| {r['catalog']} | {r['items']} | {r['num_drafts']} | {r['batch']} | {r['verification_eager_us']} | "
+            f"{r['verification_graph_us']} | {r['draft_graph_us']} | {r['per_step_us']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def render_plot(payload: dict, path: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, len(NUM_DRAFTS), figsize=(5 * len(NUM_DRAFTS), 4), sharey=True)
+    for ax, k in zip(axes, NUM_DRAFTS):
+        for catalog in sorted({r["catalog"] for r in payload["records"]}):
+            rows = [r for r in payload["records"] if r["catalog"] == catalog and r["num_drafts"] == k]
+            batches = [r["batch"] for r in rows]
+            ax.plot(batches, [r["per_step_us"] for r in rows], marker="o", label=f"{catalog}: per step")
+            ax.plot(batches, [r["verification_eager_us"] for r in rows], ls="--", marker=".",
+                    label=f"{catalog}: verification")  # fmt: skip
+        ax.set(xscale="log", xlabel="requests in the step (B)", title=f"K = {k} draft tokens")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("µs per engine step")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("vllm-padrec catalog masks inside vLLM")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_outputs(payload: dict, out_dir: str) -> None:
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / JSON_NAME).write_text(json.dumps(payload, indent=2))
+    (out / MD_NAME).write_text(render_markdown(payload))
+    render_plot(payload, str(out / PNG_NAME))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default=None, help="dataset folder whose catalog is timed (plus a 1M synthetic one)")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--iters", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-million", dest="million", action="store_false", help="skip the 1M-item catalog")
+    parser.add_argument("--render", default=None, help="redraw Markdown and PNG from this JSON")
+    args = parser.parse_args(argv)
+    if args.render:
+        payload = json.loads(open(args.render).read())
+        write_outputs(payload, str(__import__("pathlib").Path(args.render).parent))
+        return 0
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print("bench_vllm_mask needs a CUDA GPU", file=sys.stderr)
+        return 2
+    from vllm_padrec.catalog import ItemCatalog
+    from vllm_padrec.data import load_dataset
+
+    catalogs = []
+    if args.dataset:
+        data = load_dataset(args.dataset)
+        catalogs.append((data.name, data.catalog))
+    if args.million:
+        codes = synthetic_codes(1_000_000)
+        catalogs.append(("synthetic_1m", ItemCatalog([str(i) for i in range(len(codes))], codes, (256,) * 4)))
+    records = []
+    for name, catalog in catalogs:
+        records += bench(catalog, name, args)
+    payload = dict(
+        name="vllm_mask", gpu=torch.cuda.get_device_name(), torch=torch.__version__,
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        list_items=LIST_ITEMS, max_num_reqs=MAX_NUM_REQS, records=records,
+    )  # fmt: skip
+    write_outputs(payload, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

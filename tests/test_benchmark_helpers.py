@@ -1,0 +1,72 @@
+"""The CPU-checkable parts of the GPU benchmarks: metric parsing, derived numbers, benchmark inputs.
+
+The benchmarks themselves need the H200 (benchmarks/gpu_session.sh); what they compute from what
+they measure is checked here, so that a wrong parser or formula cannot hide behind a GPU run.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks import bench_vllm_mask, vllm_lossless
+from vllm_padrec.catalog import TokenLayout
+from vllm_padrec.data import SyntheticConfig, generate_synthetic
+from vllm_padrec.integration import verification_mask as vm
+
+METRICS = """\
+# HELP vllm:spec_decode_num_drafts_total Number of spec decoding drafts.
+# TYPE vllm:spec_decode_num_drafts_total counter
+vllm:spec_decode_num_drafts_total{engine="0",model_name="padrec-target"} 100.0
+vllm:spec_decode_num_draft_tokens_total{engine="0",model_name="padrec-target"} 500.0
+vllm:spec_decode_num_accepted_tokens_total{engine="0",model_name="padrec-target"} 180.0
+vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",model_name="padrec-target",position="1"} 50.0
+vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",model_name="padrec-target",position="0"} 80.0
+vllm:num_requests_running{engine="0",model_name="padrec-target"} 64.0
+vllm:iteration_tokens_total_count{engine="0",model_name="padrec-target"} 1234.0
+vllm:iteration_tokens_total_sum{engine="0",model_name="padrec-target"} 9999.0
+"""
+
+
+def test_spec_decode_counters_and_gauges_are_parsed():
+    samples = vllm_lossless.parse_metrics(METRICS)
+    counters = vllm_lossless.spec_counters(samples)
+    assert counters["vllm:spec_decode_num_drafts"] == 100
+    assert counters["vllm:spec_decode_num_accepted_tokens"] == 180
+    assert counters[vllm_lossless.SPEC_PER_POS] == [80, 50]  # ordered by position, not by line
+    assert vllm_lossless.gauge(samples, vllm_lossless.RUNNING) == 64
+    assert vllm_lossless.gauge(samples, vllm_lossless.ITERATIONS) == 1234  # _count only, not _sum
+
+
+def test_constraint_cost_is_the_step_time_difference():
+    cost = vllm_lossless.constraint_cost({"mean_step_ms": 10.5}, {"mean_step_ms": 10.0})
+    assert cost["difference_ms"] == pytest.approx(0.5) and cost["relative"] == pytest.approx(0.05)
+    assert vllm_lossless.constraint_cost({"mean_step_ms": None}, {"mean_step_ms": 10.0})["difference_ms"] is None
+
+
+@pytest.mark.parametrize("num_drafts", [3, 5])
+def test_mask_benchmark_inputs_take_the_valid_path(num_drafts):
+    """Every verification row must keep its request's true next token and little else: the benchmark
+    times the masks on real lists, not on rows that the constraint leaves alone."""
+    catalog = generate_synthetic(SyntheticConfig(num_items=300, num_users=4)).catalog
+    tables = vm.CatalogTables.build(catalog)
+    width = bench_vllm_mask.LIST_ITEMS * tables.period
+    batch = 6
+    x = bench_vllm_mask.make_inputs(catalog, batch, num_drafts, seed=1, device="cpu")
+    vm.mask_verification_logits(x["verify_logits"], tables, x["settings"], x["all_token_ids"], x["total_len"],
+                                x["row_slots"], x["local_pos"], x["fed_tokens"], num_drafts, width)  # fmt: skip
+    logits = x["verify_logits"].view(batch, num_drafts + 1, -1)  # [B, K+1, V]
+    fed = x["fed_tokens"].view(batch, num_drafts + 1)  # [B, K+1]: last committed token, d_0 .. d_{K-1}
+    for b in range(batch):
+        for j in range(num_drafts):
+            assert torch.isfinite(logits[b, j, fed[b, j + 1]]), f"row {j} of request {b} refuses its next token"
+    kept = torch.isfinite(logits).sum(-1)  # [B, K+1]
+    assert (kept >= 1).all() and (kept < catalog.layout.vocab_size).all()  # masked, never emptied
+    vm.mask_draft_logits(x["draft_logits"], tables, x["settings"], x["all_token_ids"], x["total_len"],
+                         x["idx_mapping"], x["drafts"], x["draft_step"], width)  # fmt: skip
+    k = int(x["draft_step"])
+    chosen = x["draft_logits"].gather(1, x["drafts"][:, k : k + 1])  # [B, 1] the true token at step k
+    assert torch.isfinite(chosen).all()
+    assert (torch.isfinite(x["draft_logits"]).sum(-1) < catalog.layout.vocab_size).all()
+    assert int(x["settings"][0, vm.LIST_START]) == bench_vllm_mask.PROMPT_LEN
+    assert int(x["all_token_ids"][0, bench_vllm_mask.PROMPT_LEN - 1]) == TokenLayout.REC
