@@ -100,7 +100,7 @@ def run_engine(target: str, draft: str | None, enforce_eager: bool, prompts, par
 
     spec = {"method": "eagle", "model": draft, "num_speculative_tokens": NUM_STEPS} if draft else None
     llm = LLM(model=target, speculative_config=spec, dtype=DTYPE, max_model_len=256, seed=0,
-              gpu_memory_utilization=0.25, enforce_eager=enforce_eager,
+              gpu_memory_utilization=0.15, enforce_eager=enforce_eager,
               attention_config={"backend": "TRITON_ATTN"})  # fmt: skip
     sampling = [SamplingParams(temperature=0.0, **p) for p in params]
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], sampling, use_tqdm=False)
