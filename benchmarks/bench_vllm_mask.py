@@ -13,10 +13,13 @@ with the tensors V2 hands them (request slots, per-request settings, ``all_token
 of a speculative engine step with B requests and K draft tokens:
 
 - ``verification``: ``mask_verification_logits`` on the target's B * (K + 1) verification rows
-  (every draft position and the bonus row), eagerly, as the sampler wrapper runs it;
+  (every draft position and the bonus row), compiled (``torch.compile(dynamic=True)``, what the
+  plugin runs: ``RequestLists.compile_verification``), eagerly (``compile_masks: false``), and
+  eagerly captured in a CUDA graph (for reference); the compiled output is checked against the eager one;
 - ``draft``: ``mask_draft_logits`` on the draft's B rows at one draft step, replayed from a CUDA
   graph, as it runs inside vLLM's captured drafting loop (K calls per engine step);
-- ``per_step``: verification + K draft calls: what one engine step pays for the constraint.
+- ``per_step``: compiled verification + K draft calls: what one engine step pays for the constraint
+  (``per_step_eager``: with the eager verification).
 
 Catalogs: the dataset's (Beauty, 12k items) and a synthetic 1M-item catalog (``bench_trie``'s
 generator). Each request holds a partial list of real items (random length, no repeats), the drafts
@@ -99,6 +102,8 @@ def bench(catalog, name: str, args) -> list[dict]:
     device = torch.device("cuda")
     tables = vm.CatalogTables.build(catalog, device=device)
     width = LIST_ITEMS * tables.period
+    # what the plugin runs by default (RequestLists.compile_verification): one dynamic-shape graph
+    compiled_verify = torch.compile(vm.mask_verification_logits, dynamic=True, fullgraph=True)
     records = []
     for num_drafts in NUM_DRAFTS:
         for batch in BATCHES:
@@ -116,20 +121,36 @@ def bench(catalog, name: str, args) -> list[dict]:
                     x["drafts"], x["draft_step"], width,
                 )  # fmt: skip
 
+            def verification_compiled():
+                compiled_verify(
+                    x["verify_logits"], tables, x["settings"], x["all_token_ids"], x["total_len"], x["row_slots"],
+                    x["local_pos"], x["fed_tokens"], num_drafts, width,
+                )  # fmt: skip
+
+            fresh = x["verify_logits"].clone()
             verification()
             kept = torch.isfinite(x["verify_logits"]).sum(1)  # every row must keep at least one token
             if not bool((kept > 0).all()):
                 raise AssertionError(f"{name} B={batch} K={num_drafts}: a verification row lost every token")
+            eager_out, x["verify_logits"] = x["verify_logits"], fresh
+            with torch.inference_mode():
+                verification_compiled()
+            if not torch.equal(x["verify_logits"], eager_out):
+                raise AssertionError(f"{name} B={batch} K={num_drafts}: the compiled mask differs from the eager one")
             verify_ms = time_ms(verification, args.iters, args.repeats, graph=False)
+            with torch.inference_mode():
+                compiled_ms = time_ms(verification_compiled, args.iters, args.repeats, graph=False)
             verify_graph_ms = time_ms(verification, args.iters, args.repeats, graph=True)
             draft_ms = time_ms(draft, args.iters, args.repeats, graph=True)
             record = dict(
                 catalog=name, items=len(catalog), batch=batch, num_drafts=num_drafts,
                 verification_rows=batch * (num_drafts + 1),
                 verification_eager_us=round(1000 * verify_ms, 2),
+                verification_compiled_us=round(1000 * compiled_ms, 2),
                 verification_graph_us=round(1000 * verify_graph_ms, 2),
                 draft_graph_us=round(1000 * draft_ms, 2),
-                per_step_us=round(1000 * (verify_ms + num_drafts * draft_ms), 2),
+                per_step_eager_us=round(1000 * (verify_ms + num_drafts * draft_ms), 2),
+                per_step_us=round(1000 * (compiled_ms + num_drafts * draft_ms), 2),
             )  # fmt: skip
             records.append(record)
             print(json.dumps(record), flush=True)
@@ -141,18 +162,22 @@ def render_markdown(payload: dict) -> str:
         "# Catalog masks inside vLLM: cost per engine step",
         "",
         f"{payload['gpu']}, torch {payload['torch']}, {payload['date']}. Lists of {LIST_ITEMS} items, no-repeat on; "
-        "B requests with K draft tokens each. `verification`: `mask_verification_logits` on the B·(K+1) target rows, "
-        "eager (as the sampler wrapper runs it; the graph column shows what capturing it would give). `draft`: "
-        "`mask_draft_logits` on B draft rows, one draft step, replayed from a CUDA graph (as in vLLM's captured "
-        "drafting loop). `per step` = verification (eager) + K draft steps.",
+        "B requests with K draft tokens each. `verification`: `mask_verification_logits` on the B·(K+1) target rows: "
+        "compiled with `torch.compile(dynamic=True)` (the plugin's default), eager (`compile_masks: false`), and the "
+        "eager ops replayed from a CUDA graph (reference). `draft`: `mask_draft_logits` on B draft rows, one draft "
+        "step, replayed from a CUDA graph (as in vLLM's captured drafting loop). `per step` = compiled verification "
+        "+ K draft steps.",
         "",
-        "| catalog | items | K | B | verification eager µs | verification graph µs | draft step µs | per step µs |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| catalog | items | K | B | verification compiled µs | verification eager µs | verification graph µs "
+        "| draft step µs | per step µs | per step, eager verification µs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in payload["records"]:
         lines.append(
-            f"| {r['catalog']} | {r['items']} | {r['num_drafts']} | {r['batch']} | {r['verification_eager_us']} | "
-            f"{r['verification_graph_us']} | {r['draft_graph_us']} | {r['per_step_us']} |"
+            f"| {r['catalog']} | {r['items']} | {r['num_drafts']} | {r['batch']} | "
+            f"{r.get('verification_compiled_us', '-')} | {r['verification_eager_us']} | "
+            f"{r['verification_graph_us']} | {r['draft_graph_us']} | {r['per_step_us']} | "
+            f"{r.get('per_step_eager_us', '-')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -171,8 +196,8 @@ def render_plot(payload: dict, path: str) -> bool:
             rows = [r for r in payload["records"] if r["catalog"] == catalog and r["num_drafts"] == k]
             batches = [r["batch"] for r in rows]
             ax.plot(batches, [r["per_step_us"] for r in rows], marker="o", label=f"{catalog}: per step")
-            ax.plot(batches, [r["verification_eager_us"] for r in rows], ls="--", marker=".",
-                    label=f"{catalog}: verification")  # fmt: skip
+            ax.plot(batches, [r["per_step_eager_us"] for r in rows], ls="--", marker=".",
+                    label=f"{catalog}: per step, eager verification")  # fmt: skip
         ax.set(xscale="log", xlabel="requests in the step (B)", title=f"K = {k} draft tokens")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("µs per engine step")

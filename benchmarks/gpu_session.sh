@@ -5,27 +5,32 @@
 # as one `run` call from the repository root (see README "GPU machine"):
 #
 #   call 1  carry [.vllmkit/part1, .gpudata]  bash .vllmkit/part1/stash.sh && bash benchmarks/gpu_session.sh start
-#   call 2  carry [.vllmkit/part2]            bash .vllmkit/part2/stash.sh && bash benchmarks/gpu_session.sh kernels
+#   call 2  carry [.vllmkit/part2]            bash .vllmkit/part2/stash.sh && bash benchmarks/gpu_session.sh gpu_tests
 #   call 3  carry [.vllmkit/part3]            bash .vllmkit/part3/install.sh && bash benchmarks/gpu_session.sh vllm
-#   call 4                                    bash benchmarks/gpu_session.sh examples
+#   call 4                                    bash benchmarks/gpu_session.sh vllm_tests
 #   call 5                                    bash benchmarks/gpu_session.sh results
 #   call 6                                    bash benchmarks/gpu_session.sh lossless
+#   call 7                                    bash benchmarks/gpu_session.sh kernels
+#   (optional)                                bash benchmarks/gpu_session.sh examples
 #   (optional)                                bash benchmarks/gpu_session.sh serve
 #
 # start:    installs the project (no deps), copies the dataset to /tmp, starts the `pipeline` daemon
 #           (it outlives the calls): bench target training (resumable), then its evaluation beside
 #           the training of the draft heads (PAD-Rec, EAGLE, Medusa, ablations; the target's hidden
 #           states are collected once per process), then the acceptance benchmark of every head.
-# kernels:  cost of the plugin's catalog masks at vLLM's shapes (bench_vllm_mask); trie and kernel
-#           benchmarks: benchmarks/bench_trie.py, benchmarks/bench_padrec_kernel.py.
-# vllm:     vLLM integration tests on the GPU with tiny random checkpoints (after the target's
-#           training, whose allocator holds most of the GPU).
+# gpu_tests: the fused kernel's and the catalog masks' tests on the GPU (eager and compiled).
+# kernels:  cost of the plugin's catalog masks at vLLM's shapes (bench_vllm_mask), on an idle GPU;
+#           trie and kernel benchmarks: benchmarks/bench_trie.py, benchmarks/bench_padrec_kernel.py.
+# vllm:     installs the project over the vLLM kit, waits for the target's training (its allocator
+#           holds most of the GPU).
+# vllm_tests: vLLM integration tests on the GPU with tiny random checkpoints.
 # examples: `vllm serve TARGET --speculative-model DRAFT`, then examples/openai_client.py and a plain
 #           HTTP POST /v1/recommendations against it; then examples/offline_vllm.py (LLM(...)).
 # results:  waits for the pipeline, copies its results (target metrics, draft losses, acceptance) to $OUT.
 # lossless: `vllm serve` with and without the PAD-Rec draft, 500 users, 64 concurrent, constrained,
-#           plus an unconstrained pass (the constraint's cost per step); after `results`, so that
-#           nothing else shares the GPU while it times.
+#           plus an unconstrained pass (the constraint's cost per step); in float32 (the lossless
+#           check: bfloat16 greedy lists differ run to run) and in bfloat16 (speed); after
+#           `results`, so that nothing else shares the GPU while it times.
 # serve:    `vllm serve` of the bench target without the constraint, /v1/completions for 300 users.
 # Results land in $OUT (copied back) and are committed under benchmarks/results/.
 #
@@ -91,15 +96,21 @@ start)
   sleep 45; tail -c 600 $W/train.log
   ;;
 kernels)
-  log "catalog masks at vLLM's shapes"
-  python3 -m benchmarks.bench_vllm_mask --dataset $W/data/beauty_atspeed --out "$OUT" 2>&1 | tail -25
+  log "catalog masks at vLLM's shapes (eager, compiled, CUDA graph)"
+  python3 -m benchmarks.bench_vllm_mask --dataset $W/data/beauty_atspeed --out "$OUT" --iters 100 --repeats 3 2>&1 | tail -25
+  ;;
+gpu_tests)
+  log "GPU tests: fused kernel, catalog masks (eager and compiled)"
+  python3 -m pytest -q -p no:cacheprovider $REPO/tests/test_padrec_kernel.py $REPO/tests/test_integration_mask.py 2>&1 | tail -4
   tail -c 300 $W/train.log
   ;;
 vllm)
   python3 -c 'import vllm; print("vllm", vllm.__version__)'
   install_project
   log "waiting for the bench target's training to release the GPU"
-  wait_for $W/target.done 420 || { tail -c 600 $W/train.log; exit 1; }  # (call again if it is still training)
+  wait_for $W/target.done 480 || { tail -c 600 $W/train.log; exit 1; }  # (call again if it is still training)
+  ;;
+vllm_tests)
   log "vLLM integration tests on the GPU (tiny random target + PAD-Rec draft)"
   python3 -m pytest -q -p no:cacheprovider $REPO/tests/test_integration_gpu.py 2>&1 | tail -15
   tail -c 400 $W/drafts1.log
@@ -139,10 +150,15 @@ print(' '.join(d.catalog.item_ids[i] for i in s.history[-8:]))")
   ;;
 lossless)
   [ -e $W/pipeline.done ] || { log "the pipeline still runs (call 'results' first): timings would be shared"; tail -c 300 $W/accept.log; }
-  log "vllm serve with and without --speculative-model: greedy lists, token for token"
+  log "vllm serve with and without --speculative-model, float32: greedy lists, token for token"
   python3 -m benchmarks.vllm_lossless --target $W/bench/checkpoint --draft $W/drafts/padrec/draft \
       --dataset $W/data/beauty_atspeed --users ${LOSSLESS_USERS:-500} --concurrency 64 --out "$OUT" \
-      -- --gpu-memory-utilization 0.3 --max-model-len 512 2>&1 | tail -40
+      -- --gpu-memory-utilization 0.3 --max-model-len 512 --dtype float32 2>&1 | tail -12
+  log "the same in bfloat16: speed (greedy lists are not reproducible run to run in bfloat16)"
+  python3 -m benchmarks.vllm_lossless --target $W/bench/checkpoint --draft $W/drafts/padrec/draft \
+      --dataset $W/data/beauty_atspeed --users ${LOSSLESS_USERS:-500} --concurrency 64 --out "$OUT" \
+      --name vllm_lossless_bf16 -- --gpu-memory-utilization 0.3 --max-model-len 512 2>&1 | tail -12
+  grep -h "verification mask compiled\|compile of the verification" /tmp/vllm_lossless_*.log | head -4
   ;;
 results)
   wait_for $W/pipeline.done 500 || { tail -c 800 $W/accept.log; exit 1; }

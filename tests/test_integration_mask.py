@@ -174,8 +174,20 @@ class FakeRequests:
 
 
 def test_verification_rows_match_reference():
+    check_verification_rows(vm.mask_verification_logits, "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs on the H200 device machine)")
+def test_compiled_verification_rows_match_reference():
+    """What the plugin runs on CUDA by default (RequestLists.compile_verification)."""
+    compiled = torch.compile(vm.mask_verification_logits, dynamic=True, fullgraph=True)
+    with torch.inference_mode():
+        check_verification_rows(compiled, "cuda")
+
+
+def check_verification_rows(mask_fn, device: str) -> None:
     catalog = CATALOGS["synthetic"]
-    tables = vm.CatalogTables.build(catalog)
+    tables = vm.CatalogTables.build(catalog, device=device)
     L, K = catalog.num_slots, 3
     item = [catalog.item_token_ids(i) for i in range(4)]
     requests = FakeRequests(catalog)
@@ -203,11 +215,14 @@ def test_verification_rows_match_reference():
     V_model = catalog.layout.vocab_size + 7  # padded vocabulary
     logits = torch.randn(len(fed), V_model, generator=torch.Generator().manual_seed(0))
     before = logits.clone()
-    vm.mask_verification_logits(
-        logits, tables, requests.settings, requests.all_token_ids, requests.total_len,
-        torch.tensor(slots), torch.tensor(local, dtype=torch.int32), torch.tensor(fed), K,
+    on_device = logits.to(device)
+    mask_fn(
+        on_device, tables, requests.settings.to(device), requests.all_token_ids.to(device),
+        requests.total_len.to(device), torch.tensor(slots, device=device),
+        torch.tensor(local, dtype=torch.int32, device=device), torch.tensor(fed, device=device), K,
         MAX_LIST_ITEMS * tables.period,
     )  # fmt: skip
+    logits = on_device.cpu()
     r = 0
     for slot, drafts in batch:
         for j in range(len(drafts) + 1):

@@ -21,6 +21,7 @@ preemption (with its output in the prompt) gets the same masks.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -51,6 +52,7 @@ class ListSettings:
     no_repeat: bool = False  # an item at most once per list
     max_list_items: int = 32  # longest list the masks handle (window of W = max_list_items * (L + 1) tokens)
     mask_drafts: bool = True  # mask the PAD-Rec draft's proposals too (more accepted drafts)
+    compile_masks: bool = True  # torch.compile the verification mask on CUDA (a few fused kernels, not ~100)
     catalog: str | None = None  # catalog file or folder; None: the target checkpoint folder
 
     def __post_init__(self) -> None:
@@ -148,6 +150,7 @@ class RequestLists:
         self.rows = StagedWriteTensor((max_num_reqs, vm.NUM_FIELDS), dtype=torch.int32, device=device)
         self.enabled = np.zeros(max_num_reqs, dtype=bool)  # host mirror of the ENABLED column
         self.req_states = None  # vLLM's RequestState (all_token_ids, total_len), from the sampler
+        self._verify = vm.mask_verification_logits  # replaced by its compiled version (compile_verification)
 
     @property
     def mask_drafts(self) -> bool:
@@ -180,8 +183,44 @@ class RequestLists:
             )
         spec = vllm_config.speculative_config
         max_drafts = spec.num_speculative_tokens if spec is not None else 0
+        lists = cls(tables, settings, vllm_config.scheduler_config.max_num_seqs, max_drafts, device)
+        if settings.compile_masks and torch.device(device).type == "cuda":
+            started = time.perf_counter()
+            try:
+                logits_dtype = getattr(model_config, "head_dtype", None) or model_config.dtype  # LogitsProcessor's
+                lists.compile_verification(model_config.get_vocab_size(), model_config.max_model_len, logits_dtype)
+                logger.info("vllm-padrec: verification mask compiled in %.1f s", time.perf_counter() - started)
+            except Exception as error:  # the eager masks are the same function: slower, never wrong
+                lists._verify = vm.mask_verification_logits
+                logger.warning("vllm-padrec: torch.compile of the verification mask failed (%s: %s); "
+                               "using the eager masks", type(error).__name__, error)  # fmt: skip
         logger.info("vllm-padrec: list constraints ready (%d items, settings %s)", tables.num_items, settings)
-        return cls(tables, settings, vllm_config.scheduler_config.max_num_seqs, max_drafts, device)
+        return lists
+
+    def compile_verification(self, vocab_size: int, max_model_len: int, logits_dtype: torch.dtype) -> None:
+        """Compile ``mask_verification_logits`` once for every row count and warm it up now, so that no
+        request pays the compile: one dynamic-shape graph (rows >= 2) and the one-row specialisation.
+
+        Eagerly, the mask is ~100 small kernels launched from Python (about 2 ms per engine step on the
+        H200, benchmarks/results/vllm_mask.md); compiled, Inductor fuses them into a few Triton kernels.
+        Warm-up runs under inference mode, as vLLM's sampler does, on logits of the dtype vLLM's
+        LogitsProcessor returns (both are guards of the compiled graph)."""
+        compiled = torch.compile(vm.mask_verification_logits, dynamic=True, fullgraph=True)
+        device = self.rows.gpu.device
+        num_reqs = self.rows.gpu.shape[0]
+        all_token_ids = torch.zeros(num_reqs, max_model_len, dtype=torch.int32, device=device)
+        total_len = torch.zeros(num_reqs, dtype=torch.int32, device=device)
+        with torch.inference_mode():
+            for rows in (3, 1):
+                compiled(
+                    torch.zeros(rows, vocab_size, dtype=logits_dtype, device=device),
+                    self.tables, self.rows.gpu, all_token_ids, total_len,
+                    torch.zeros(rows, dtype=torch.int32, device=device),  # request slot of each row
+                    torch.zeros(rows, dtype=torch.int32, device=device),  # row index within its request
+                    torch.zeros(rows, dtype=torch.int32, device=device),  # fed tokens
+                    self.max_drafts, self.width,
+                )  # fmt: skip
+        self._verify = compiled
 
     # -- requests ------------------------------------------------------------------------------
     def add_request(self, req_index: int, new_req_data: Any) -> None:
@@ -203,7 +242,7 @@ class RequestLists:
         """Mask the target's logits (every draft position + the bonus row) of constrained requests."""
         if self.req_states is None or not self.enabled[input_batch.idx_mapping_np].any():
             return  # no constrained request in this batch: no GPU work
-        vm.mask_verification_logits(
+        self._verify(
             logits,
             self.tables,
             self.rows.gpu,
