@@ -6,7 +6,10 @@ history (the last H items of the recipe) as prompt token ids on ``/v1/completion
 through ``--concurrency`` client threads, greedy and catalog-constrained through ``vllm_xargs``
 (``padrec_constraint=1, padrec_num_items=N, padrec_no_repeat=1``). Then:
 
-- the two servers' completions are compared token for token (``mismatched_users``); a second pass
+- the two servers' completions are compared token for token (``mismatched_users``), and at each
+  mismatch's first different token the gap between the two likeliest tokens' log-probabilities is
+  read from both runs (every request asks for ``logprobs=2``): a near-tie there is numerics, a clear
+  winner that flipped would be a bug; a second pass
   on the baseline server (``--control``) measures how often greedy lists differ between two runs
   without any draft (batch-shape numerics): mismatches at or below that floor are not the draft's;
 - invalid items (not in the catalog) and duplicates within a list are counted;
@@ -58,6 +61,7 @@ from vllm_padrec.integration.endpoint import (
 )
 
 SERVED_NAME = "padrec-target"  # start_server's --served-model-name
+TOP_LOGPROBS = 2  # every completion returns its two likeliest tokens per position (tie diagnostics)
 RUNNING = "vllm:num_requests_running"
 ITERATIONS = "vllm:iteration_tokens_total_count"  # histogram count: engine steps (one observation per step)
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
@@ -138,6 +142,19 @@ def completion_payload(prompt: list[int], max_tokens: int, xargs: dict, **extra)
     }  # fmt: skip
 
 
+def top_margins(choice: dict) -> list[float | None]:
+    """Per generated token: log-probability gap between the two likeliest tokens (None: unknown).
+
+    A greedy list can only flip where this gap is within the numerical noise of the two runs; it is
+    how a mismatch is told apart from a bug (a bug flips tokens with large gaps)."""
+    rows = ((choice.get("logprobs") or {}).get("top_logprobs")) or []
+    margins = []
+    for row in rows:
+        values = sorted((v for v in (row or {}).values() if v is not None and v > float("-inf")), reverse=True)
+        margins.append(values[0] - values[1] if len(values) >= 2 else None)
+    return margins
+
+
 def timed_pass(
     base: str, prompts: list[list[int]], max_tokens: int, xargs: dict, concurrency: int, **extra
 ) -> dict:
@@ -150,6 +167,7 @@ def timed_pass(
         choice = reply["choices"][0]
         return {
             "token_ids": [int(t) for t in choice.get("token_ids") or []],
+            "margins": top_margins(choice),
             "finish_reason": choice.get("finish_reason"),
             "completion_tokens": reply["usage"]["completion_tokens"],
             "latency": time.perf_counter() - started,
@@ -209,21 +227,34 @@ def list_quality(catalog: ItemCatalog, answers: list[dict], list_items: int) -> 
     return {"invalid_items": invalid, "duplicate_items": duplicates, "lists_not_of_n_items": short}
 
 
+def _margin_at(answer: dict, index: int) -> float | None:
+    margins = answer.get("margins") or []
+    return margins[index] if index < len(margins) else None
+
+
 def compare(reference: list[dict], other: list[dict], users: list[str], catalog: ItemCatalog) -> dict:
-    mismatched, examples = 0, []
+    """Users whose token lists differ; for each, the top-2 log-probability gap at the first differing
+    token in both runs (``top_margins``): a near-tie there means batch-shape numerics, not the draft."""
+    mismatched, examples, gaps = 0, [], []
     for user, a, b in zip(users, reference, other):
         if a["token_ids"] == b["token_ids"]:
             continue
         mismatched += 1
+        first = next((i for i, (x, y) in enumerate(zip(a["token_ids"], b["token_ids"])) if x != y),
+                     min(len(a["token_ids"]), len(b["token_ids"])))  # fmt: skip
+        gap = {"user": user, "first_different_token": first, "reference_margin": _margin_at(a, first),
+               "other_margin": _margin_at(b, first)}  # fmt: skip
+        gaps.append(gap)
         if len(examples) < 5:
-            first = next((i for i, (x, y) in enumerate(zip(a["token_ids"], b["token_ids"])) if x != y),
-                         min(len(a["token_ids"]), len(b["token_ids"])))  # fmt: skip
             examples.append({
-                "user": user, "first_different_token": first,
+                **gap,
                 "reference_items": [catalog.item_ids[i] for i in parse_list(catalog, a["token_ids"])[0]],
                 "other_items": [catalog.item_ids[i] for i in parse_list(catalog, b["token_ids"])[0]],
             })  # fmt: skip
-    return {"mismatched_users": mismatched, "examples": examples}
+    known = [max(g["reference_margin"], g["other_margin"]) for g in gaps
+             if g["reference_margin"] is not None and g["other_margin"] is not None]  # fmt: skip
+    return {"mismatched_users": mismatched, "examples": examples, "first_difference_margins": gaps,
+            "max_margin_at_first_difference": max(known) if known else None}  # fmt: skip
 
 
 def endpoint_sample(base: str, catalog: ItemCatalog, samples, answers: list[dict], list_items: int) -> dict:
@@ -281,10 +312,16 @@ def serve_and_measure(args, name: str, extra: list[str], port: int, catalog, sam
         started = time.time()
         wait_healthy(base, process, timeout=args.startup_timeout)
         startup = time.time() - started
-        post(f"{base}/v1/completions", completion_payload(prompts[0], max_tokens, xargs), timeout=600)  # warm-up
-        run = timed_pass(base, prompts, max_tokens, xargs, args.concurrency)
+        fields = {"logprobs": TOP_LOGPROBS}  # the top-2 gaps (tie diagnostics), if this server returns them
+        try:  # warm-up
+            post(f"{base}/v1/completions", completion_payload(prompts[0], max_tokens, xargs, **fields), timeout=600)
+        except urllib.error.HTTPError as error:
+            print(f"{name}: logprobs refused ({error.code} {error.read()[:200]!r}); no tie diagnostics", flush=True)
+            fields = {}
+            post(f"{base}/v1/completions", completion_payload(prompts[0], max_tokens, xargs), timeout=600)
+        run = timed_pass(base, prompts, max_tokens, xargs, args.concurrency, **fields)
         if name == "baseline" and args.control:
-            run["control"] = timed_pass(base, prompts, max_tokens, xargs, args.concurrency)
+            run["control"] = timed_pass(base, prompts, max_tokens, xargs, args.concurrency, **fields)
         if name == "baseline" and args.unconstrained_pass:
             # the same requests without the catalog masks, the same length (ignore_eos): step time without them
             run["unconstrained"] = timed_pass(base, prompts, max_tokens, {}, args.concurrency, ignore_eos=True)
@@ -367,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
         "concurrent_requests": max(base["max_running_requests"], spec["max_running_requests"]),
         "mismatched_users": lossless["mismatched_users"],
         "control_mismatched_users": control["mismatched_users"] if control else None,
+        # top-2 log-probability gap at each mismatch's first different token (both runs; the larger)
+        "max_margin_at_first_difference": lossless["max_margin_at_first_difference"],
+        "control_max_margin_at_first_difference": control["max_margin_at_first_difference"] if control else None,
+        "first_difference_margins": lossless["first_difference_margins"][:50],
         "invalid_items": sum(q["invalid_items"] for q in quality.values()),
         "duplicate_items": sum(q["duplicate_items"] for q in quality.values()),
         "acceptance_length": spec["spec_decode"]["acceptance_length"],
@@ -428,6 +469,8 @@ def markdown(r: dict) -> str:
         "|---|---|",
         f"| users whose list differs with the draft (token for token) | {r['mismatched_users']} |",
         f"| control: users whose list differs between two baseline passes | {r['control_mismatched_users']} |",
+        f"| largest top-2 log-prob gap at a first difference, draft / control | "
+        f"{r.get('max_margin_at_first_difference')} / {r.get('control_max_margin_at_first_difference')} |",
         f"| invalid items (both servers) | {r['invalid_items']} |",
         f"| duplicate items within a list (both servers) | {r['duplicate_items']} |",
         f"| most requests running at once (server gauge) | {r['concurrent_requests']} |",

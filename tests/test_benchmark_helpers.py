@@ -70,3 +70,22 @@ def test_mask_benchmark_inputs_take_the_valid_path(num_drafts):
     assert (torch.isfinite(x["draft_logits"]).sum(-1) < catalog.layout.vocab_size).all()
     assert int(x["settings"][0, vm.LIST_START]) == bench_vllm_mask.PROMPT_LEN
     assert int(x["all_token_ids"][0, bench_vllm_mask.PROMPT_LEN - 1]) == TokenLayout.REC
+
+
+def test_mismatches_report_the_top2_gap_at_their_first_difference():
+    choice = {"logprobs": {"top_logprobs": [{"<a_1>": -0.1, "<a_2>": -2.5}, {"<b_3>": -0.70, "<b_4>": -0.71},
+                                            {"<sep>": 0.0}]}}
+    margins = vllm_lossless.top_margins(choice)
+    assert margins[0] == pytest.approx(2.4) and margins[1] == pytest.approx(0.01) and margins[2] is None
+    assert vllm_lossless.top_margins({"logprobs": None}) == []
+    catalog = generate_synthetic(SyntheticConfig(num_items=50, num_users=4)).catalog
+    a_items, b_items = catalog.render_completion([0, 1]), catalog.render_completion([0, 2])
+    first = next(i for i, (x, y) in enumerate(zip(a_items, b_items)) if x != y)
+    reference = [{"token_ids": a_items, "margins": [1.0] * first + [0.004] + [1.0] * 20}, {"token_ids": [1, 2]}]
+    other = [{"token_ids": b_items, "margins": [1.0] * first + [0.002] + [1.0] * 20}, {"token_ids": [1, 2]}]
+    result = vllm_lossless.compare(reference, other, ["u0", "u1"], catalog)
+    assert result["mismatched_users"] == 1
+    (gap,) = result["first_difference_margins"]
+    assert gap["user"] == "u0" and gap["first_different_token"] == first
+    assert gap["reference_margin"] == pytest.approx(0.004) and gap["other_margin"] == pytest.approx(0.002)
+    assert result["max_margin_at_first_difference"] == pytest.approx(0.004)
