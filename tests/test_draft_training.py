@@ -26,6 +26,8 @@ from vllm_padrec.training.losses import (
 )
 from vllm_padrec.training.trainer import METHODS, SIGNAL_PARAMETERS, build_draft, feature_source, param_groups
 
+from draft_helpers import random_head
+
 VOCAB = 32  # the target's padded vocabulary
 H = 32
 GAMMA = 3
@@ -52,17 +54,6 @@ def target() -> LlamaForCausalLM:
 @pytest.fixture(scope="module")
 def sequences(data):
     return training_sequences(data, max_history=4, list_items=3)
-
-
-def random_head(target, layout, variant="padrec", seed=0) -> PadRecDraftHead:
-    config = DraftConfig.from_target(target.config, layout, GAMMA, variant=variant)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        head = PadRecDraftHead(config).attach_target(target)
-        with torch.no_grad():
-            for name, p in head.named_parameters():
-                p.copy_(1.0 + 0.1 * torch.randn_like(p) if "layernorm" in name else 0.3 * torch.randn_like(p))
-    return head
 
 
 # -- collection ---------------------------------------------------------------------------------------

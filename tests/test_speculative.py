@@ -35,22 +35,12 @@ from vllm_padrec.training import DraftTrainConfig, train_draft
 from vllm_padrec.training.collect import SequenceBatch
 from vllm_padrec.training.losses import unrolled_features
 
+from draft_helpers import random_head
+
 NUM_ITEMS = 4  # items per list of the trained target
 TRAINED = ("padrec", "eagle", "medusa")
 RANDOM = ("random_padrec", "random_eagle", "random_medusa")
 
-
-
-def random_head(target, layout, variant: str, gamma: int = 3, seed: int = 0) -> PadRecDraftHead:
-    """A head with random weights (and non-zero PAD-Rec signals): its drafts are mostly rejected."""
-    config = DraftConfig.from_target(target.config, layout, gamma, variant=variant)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        head = PadRecDraftHead(config).attach_target(target)
-        with torch.no_grad():
-            for name, p in head.named_parameters():
-                p.copy_(1.0 + 0.1 * torch.randn_like(p) if "layernorm" in name else 0.3 * torch.randn_like(p))
-    return head.eval()
 
 
 def random_medusa(target, num_heads: int = 5, seed: int = 0, scale: float = 0.3) -> MedusaHeads:
