@@ -36,6 +36,8 @@ import os
 import sys
 import time
 
+from benchmarks.plotting import pyplot
+
 JSON_NAME = "acceptance_{name}.json"
 MD_NAME = "acceptance_{name}.md"
 PNG_NAME = "acceptance_{name}.png"
@@ -237,12 +239,8 @@ def render(json_path: str) -> None:
 
 
 def _plot(records: list[dict], name: str, png_path: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         print(f"matplotlib is not importable: {os.path.basename(png_path)} not written", flush=True)
         return
     gammas = sorted({r["gamma"] for r in records})

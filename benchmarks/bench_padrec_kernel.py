@@ -33,6 +33,8 @@ import os
 import sys
 import time
 
+from benchmarks.plotting import pyplot
+
 HIDDEN_SIZES = (1536, 4096)
 NUM_ROWS = (1, 8, 64, 512, 4096, 32768)
 NUM_TOKENS = 2048  # V: vocabulary rows of the slot table
@@ -227,12 +229,8 @@ def render(json_path: str) -> None:
 
 
 def _plot(records: list[dict], machine: dict, png_path: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     hidden_sizes = sorted({r["H"] for r in records})
     fig, axes = plt.subplots(1, len(hidden_sizes), figsize=(6 * len(hidden_sizes), 4.5), squeeze=False)

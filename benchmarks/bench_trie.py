@@ -44,6 +44,8 @@ import statistics
 import sys
 import time
 
+from benchmarks.plotting import pyplot
+
 SIZES = (10_000, 100_000, 1_000_000)
 BATCHES = (1, 64)
 NUM_SLOTS = 4
@@ -296,12 +298,8 @@ def render_markdown(payload: dict) -> str:
 
 
 def render_plot(payload: dict, path: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     records = payload["records"]
     sizes = sorted({r["items"] for r in records})

@@ -35,6 +35,7 @@ import json
 import sys
 
 from benchmarks.bench_trie import synthetic_codes, time_ms
+from benchmarks.plotting import pyplot
 
 BATCHES = (1, 8, 32, 64, 128)
 NUM_DRAFTS = (3, 5)
@@ -183,12 +184,8 @@ def render_markdown(payload: dict) -> str:
 
 
 def render_plot(payload: dict, path: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, axes = plt.subplots(1, len(NUM_DRAFTS), figsize=(5 * len(NUM_DRAFTS), 4), sharey=True)
     for ax, k in zip(axes, NUM_DRAFTS):
