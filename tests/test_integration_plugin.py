@@ -111,3 +111,16 @@ def test_model_state_hooks_wrap_samplers():
     state.apply_staged_writes()
     assert calls == ["mask", "sample", ("state.add", 3), ("lists.add", 3), "state.apply", "lists.apply"]
     assert state.padrec_lists is lists
+
+
+def test_plugin_loggers_print_through_vllms_handler():
+    """vLLM configures only the ``vllm`` logger: the plugin's INFO lines must live under it."""
+    import logging
+
+    from vllm_padrec.integration.log import get_logger
+
+    logger = get_logger("vllm_padrec.integration.request_lists")
+    assert logger.name == "vllm.padrec.request_lists"
+    assert logger.isEnabledFor(logging.INFO)
+    vllm_logger = logging.getLogger("vllm")
+    assert vllm_logger.handlers and logger.propagate  # reaches vLLM's stream handler

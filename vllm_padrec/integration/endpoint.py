@@ -94,9 +94,9 @@ COUNTERS_MAX_AGE_S = 0.5  # the Prometheus registry is read at most this often
 
 
 def _logger():
-    from vllm.logger import init_logger
+    from vllm_padrec.integration.log import get_logger
 
-    return init_logger(__name__)
+    return get_logger(__name__)
 
 
 class RecommendationRequest(BaseModel):

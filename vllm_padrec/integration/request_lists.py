@@ -159,9 +159,9 @@ class RequestLists:
     @classmethod
     def from_vllm_config(cls, vllm_config: Any, device: torch.device) -> "RequestLists | None":
         """None when no catalog is configured or found beside the target (constraints off)."""
-        from vllm.logger import init_logger
+        from vllm_padrec.integration.log import get_logger
 
-        logger = init_logger(__name__)
+        logger = get_logger(__name__)
         settings = ListSettings.from_additional_config(vllm_config.additional_config)
         model_config = vllm_config.model_config
         path = Path(settings.catalog or model_config.model)
@@ -228,9 +228,9 @@ class RequestLists:
         extra_args = params.extra_args if params is not None else None
         row, warnings = self.settings.request_row(extra_args, new_req_data.prompt_token_ids, self.tables.num_items)
         if warnings:
-            from vllm.logger import init_logger
+            from vllm_padrec.integration.log import get_logger
 
-            init_logger(__name__).warning("vllm-padrec: request %s: %s", new_req_data.req_id, "; ".join(warnings))
+            get_logger(__name__).warning("vllm-padrec: request %s: %s", new_req_data.req_id, "; ".join(warnings))
         self.rows.stage_write(req_index, 0, row)
         self.enabled[req_index] = bool(row[vm.ENABLED])
 

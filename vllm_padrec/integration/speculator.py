@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from vllm.logger import init_logger
 from vllm.v1.worker.gpu.sample.gumbel import gumbel_sample
 from vllm.v1.worker.gpu.spec_decode.eagle.speculator import EagleSpeculator
 
-logger = init_logger(__name__)
+from vllm_padrec.integration.log import get_logger
+
+logger = get_logger(__name__)
 
 
 class PadRecSpeculator(EagleSpeculator):
