@@ -18,6 +18,8 @@ of a speculative engine step with B requests and K draft tokens:
   eagerly captured in a CUDA graph (for reference); the compiled output is checked against the eager one;
 - ``draft``: ``mask_draft_logits`` on the draft's B rows at one draft step, replayed from a CUDA
   graph, as it runs inside vLLM's captured drafting loop (K calls per engine step);
+- ``draft_compiled``: the same draft call compiled (``compile_draft_masks: true``), captured and replayed
+  from a CUDA graph; checked against the eager one;
 - ``per_step``: compiled verification + K draft calls: what one engine step pays for the constraint
   (``per_step_eager``: with the eager verification).
 
@@ -105,6 +107,7 @@ def bench(catalog, name: str, args) -> list[dict]:
     width = LIST_ITEMS * tables.period
     # what the plugin runs by default (RequestLists.compile_verification): one dynamic-shape graph
     compiled_verify = torch.compile(vm.mask_verification_logits, dynamic=True, fullgraph=True)
+    compiled_draft = torch.compile(vm.mask_draft_logits, dynamic=True, fullgraph=True)  # compile_draft_masks
     records = []
     for num_drafts in NUM_DRAFTS:
         for batch in BATCHES:
@@ -128,6 +131,20 @@ def bench(catalog, name: str, args) -> list[dict]:
                     x["local_pos"], x["fed_tokens"], num_drafts, width,
                 )  # fmt: skip
 
+            def draft_compiled():
+                compiled_draft(
+                    x["draft_logits"], tables, x["settings"], x["all_token_ids"], x["total_len"], x["idx_mapping"],
+                    x["drafts"], x["draft_step"], width,
+                )  # fmt: skip
+
+            fresh_draft = x["draft_logits"].clone()
+            draft()
+            eager_draft, x["draft_logits"] = x["draft_logits"], fresh_draft
+            with torch.inference_mode():
+                draft_compiled()
+            if not torch.equal(x["draft_logits"], eager_draft):
+                raise AssertionError(f"{name} B={batch} K={num_drafts}: the compiled draft mask differs from the eager one")
+
             fresh = x["verify_logits"].clone()
             verification()
             kept = torch.isfinite(x["verify_logits"]).sum(1)  # every row must keep at least one token
@@ -143,6 +160,8 @@ def bench(catalog, name: str, args) -> list[dict]:
                 compiled_ms = time_ms(verification_compiled, args.iters, args.repeats, graph=False)
             verify_graph_ms = time_ms(verification, args.iters, args.repeats, graph=True)
             draft_ms = time_ms(draft, args.iters, args.repeats, graph=True)
+            with torch.inference_mode():
+                draft_compiled_ms = time_ms(draft_compiled, args.iters, args.repeats, graph=True)
             record = dict(
                 catalog=name, items=len(catalog), batch=batch, num_drafts=num_drafts,
                 verification_rows=batch * (num_drafts + 1),
@@ -150,6 +169,7 @@ def bench(catalog, name: str, args) -> list[dict]:
                 verification_compiled_us=round(1000 * compiled_ms, 2),
                 verification_graph_us=round(1000 * verify_graph_ms, 2),
                 draft_graph_us=round(1000 * draft_ms, 2),
+                draft_compiled_graph_us=round(1000 * draft_compiled_ms, 2),
                 per_step_eager_us=round(1000 * (verify_ms + num_drafts * draft_ms), 2),
                 per_step_us=round(1000 * (compiled_ms + num_drafts * draft_ms), 2),
             )  # fmt: skip
@@ -170,14 +190,15 @@ def render_markdown(payload: dict) -> str:
         "+ K draft steps.",
         "",
         "| catalog | items | K | B | verification compiled µs | verification eager µs | verification graph µs "
-        "| draft step µs | per step µs | per step, eager verification µs |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| draft step µs | draft step compiled µs | per step µs | per step, eager verification µs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in payload["records"]:
         lines.append(
             f"| {r['catalog']} | {r['items']} | {r['num_drafts']} | {r['batch']} | "
             f"{r.get('verification_compiled_us', '-')} | {r['verification_eager_us']} | "
-            f"{r['verification_graph_us']} | {r['draft_graph_us']} | {r['per_step_us']} | "
+            f"{r['verification_graph_us']} | {r['draft_graph_us']} | {r.get('draft_compiled_graph_us', '-')} | "
+            f"{r['per_step_us']} | "
             f"{r.get('per_step_eager_us', '-')} |"
         )
     return "\n".join(lines) + "\n"

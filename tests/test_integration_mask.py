@@ -251,3 +251,40 @@ def test_draft_rows_match_reference():
         for b, slot in enumerate(idx_mapping.tolist()[:2]):
             requests.check_row(before[b], logits[b], slot, round_drafts[b][:k])
         assert torch.equal(before[2], logits[2])  # padding row untouched
+
+
+def test_compiled_masks_are_wired_as_the_eager_ones(monkeypatch):
+    """RequestLists.compile_verification / compile_drafts: warm-up arguments fit the mask functions,
+    Dynamo traces them whole (fullgraph), and the compiled masks equal the eager ones. On the CPU the
+    compile uses Dynamo's eager backend (Inductor's own kernels are checked on the GPU above)."""
+    import types
+
+    from benchmarks.bench_vllm_mask import LIST_ITEMS, make_inputs
+    from vllm_padrec.integration.request_lists import RequestLists
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **{**kw, "backend": "eager"}))
+    catalog = CATALOGS["synthetic"]
+    tables = vm.CatalogTables.build(catalog)
+    K, B = 3, 5
+    x = make_inputs(catalog, B, K, seed=3, device="cpu")
+    lists = types.SimpleNamespace(tables=tables, rows=types.SimpleNamespace(gpu=x["settings"]), max_drafts=K,
+                                  width=LIST_ITEMS * tables.period)  # fmt: skip
+    lists._state_like = types.MethodType(RequestLists._state_like, lists)
+    max_model_len = x["all_token_ids"].shape[1]
+    RequestLists.compile_verification(lists, catalog.layout.vocab_size, max_model_len, torch.float32)
+    RequestLists.compile_drafts(lists, catalog.layout.vocab_size, max_model_len, torch.float32)
+
+    state = (tables, x["settings"], x["all_token_ids"], x["total_len"])
+    verify_args = (*state, x["row_slots"], x["local_pos"], x["fed_tokens"], K, lists.width)
+    want, got = x["verify_logits"].clone(), x["verify_logits"].clone()
+    vm.mask_verification_logits(want, *verify_args)
+    with torch.inference_mode():
+        lists._verify(got, *verify_args)
+    assert torch.equal(got, want) and not torch.isfinite(want).all()
+    draft_args = (*state, x["idx_mapping"], x["drafts"], x["draft_step"], lists.width)
+    want, got = x["draft_logits"].clone(), x["draft_logits"].clone()
+    vm.mask_draft_logits(want, *draft_args)
+    with torch.inference_mode():
+        lists._draft(got, *draft_args)
+    assert torch.equal(got, want) and not torch.isfinite(want).all()

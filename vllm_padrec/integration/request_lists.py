@@ -53,6 +53,9 @@ class ListSettings:
     max_list_items: int = 32  # longest list the masks handle (window of W = max_list_items * (L + 1) tokens)
     mask_drafts: bool = True  # mask the PAD-Rec draft's proposals too (more accepted drafts)
     compile_masks: bool = True  # torch.compile the verification mask on CUDA (a few fused kernels, not ~100)
+    # also compile the draft's masks, which run inside vLLM's captured drafting graphs (warmed up before
+    # capture); off until measured on the H200 (benchmarks/bench_vllm_mask.py, draft_compiled_graph_us)
+    compile_draft_masks: bool = False
     catalog: str | None = None  # catalog file or folder; None: the target checkpoint folder
 
     def __post_init__(self) -> None:
@@ -151,6 +154,7 @@ class RequestLists:
         self.enabled = np.zeros(max_num_reqs, dtype=bool)  # host mirror of the ENABLED column
         self.req_states = None  # vLLM's RequestState (all_token_ids, total_len), from the sampler
         self._verify = vm.mask_verification_logits  # replaced by its compiled version (compile_verification)
+        self._draft = vm.mask_draft_logits  # replaced by its compiled version (compile_drafts)
 
     @property
     def mask_drafts(self) -> bool:
@@ -194,6 +198,15 @@ class RequestLists:
                 lists._verify = vm.mask_verification_logits
                 logger.warning("vllm-padrec: torch.compile of the verification mask failed (%s: %s); "
                                "using the eager masks", type(error).__name__, error)  # fmt: skip
+        if settings.compile_draft_masks and max_drafts and torch.device(device).type == "cuda":
+            started = time.perf_counter()
+            try:
+                lists.compile_drafts(model_config.get_vocab_size(), model_config.max_model_len, model_config.dtype)
+                logger.info("vllm-padrec: draft masks compiled in %.1f s", time.perf_counter() - started)
+            except Exception as error:
+                lists._draft = vm.mask_draft_logits
+                logger.warning("vllm-padrec: torch.compile of the draft masks failed (%s: %s); "
+                               "using the eager masks", type(error).__name__, error)  # fmt: skip
         logger.info("vllm-padrec: list constraints ready (%d items, settings %s)", tables.num_items, settings)
         return lists
 
@@ -205,22 +218,39 @@ class RequestLists:
         H200, benchmarks/results/vllm_mask.md); compiled, Inductor fuses them into a few Triton kernels.
         Warm-up runs under inference mode, as vLLM's sampler does, on logits of the dtype vLLM's
         LogitsProcessor returns (both are guards of the compiled graph)."""
-        compiled = torch.compile(vm.mask_verification_logits, dynamic=True, fullgraph=True)
         device = self.rows.gpu.device
+
+        def warm_up_args(rows: int) -> tuple:
+            index = torch.zeros(rows, dtype=torch.int32, device=device)
+            return (  # logits, request slot of each row, row index within its request, fed tokens
+                torch.zeros(rows, vocab_size, dtype=logits_dtype, device=device), *self._state_like(max_model_len),
+                index, index.clone(), index.clone(), self.max_drafts, self.width,
+            )  # fmt: skip
+
+        self._verify = _compiled_and_warm(vm.mask_verification_logits, warm_up_args)
+
+    def compile_drafts(self, vocab_size: int, max_model_len: int, logits_dtype: torch.dtype) -> None:
+        """Compile ``mask_draft_logits`` as ``compile_verification`` does, before vLLM captures its drafting
+        graphs: the captured graphs then replay Inductor's few kernels instead of ~100 small ones."""
+        device = self.rows.gpu.device
+
+        def warm_up_args(rows: int) -> tuple:
+            return (  # logits, batch row -> request slot, drafts so far [B, K] int64, draft step [] int64
+                torch.zeros(rows, vocab_size, dtype=logits_dtype, device=device), *self._state_like(max_model_len),
+                torch.zeros(rows, dtype=torch.int32, device=device),
+                torch.zeros(rows, max(self.max_drafts, 1), dtype=torch.int64, device=device),
+                torch.zeros((), dtype=torch.int64, device=device), self.width,
+            )  # fmt: skip
+
+        self._draft = _compiled_and_warm(vm.mask_draft_logits, warm_up_args)
+
+    def _state_like(self, max_model_len: int) -> tuple:
+        """(tables, settings, all_token_ids, total_len) shaped as at serving time, for warm-up calls."""
         num_reqs = self.rows.gpu.shape[0]
+        device = self.rows.gpu.device
         all_token_ids = torch.zeros(num_reqs, max_model_len, dtype=torch.int32, device=device)
         total_len = torch.zeros(num_reqs, dtype=torch.int32, device=device)
-        with torch.inference_mode():
-            for rows in (3, 1):
-                compiled(
-                    torch.zeros(rows, vocab_size, dtype=logits_dtype, device=device),
-                    self.tables, self.rows.gpu, all_token_ids, total_len,
-                    torch.zeros(rows, dtype=torch.int32, device=device),  # request slot of each row
-                    torch.zeros(rows, dtype=torch.int32, device=device),  # row index within its request
-                    torch.zeros(rows, dtype=torch.int32, device=device),  # fed tokens
-                    self.max_drafts, self.width,
-                )  # fmt: skip
-        self._verify = compiled
+        return self.tables, self.rows.gpu, all_token_ids, total_len
 
     # -- requests ------------------------------------------------------------------------------
     def add_request(self, req_index: int, new_req_data: Any) -> None:
@@ -265,7 +295,7 @@ class RequestLists:
         """Mask the draft's logits; runs inside CUDA graphs (persistent tensors only, no host check)."""
         if self.req_states is None:
             return
-        vm.mask_draft_logits(
+        self._draft(
             logits,
             self.tables,
             self.rows.gpu,
@@ -276,3 +306,14 @@ class RequestLists:
             draft_step,
             self.width,
         )
+
+
+def _compiled_and_warm(fn, warm_up_args):
+    """``torch.compile(fn, dynamic=True, fullgraph=True)``, called now with ``warm_up_args(rows)`` for
+    3 rows (the dynamic-shape graph every row count >= 2 reuses) and 1 row (its own specialisation),
+    under inference mode as vLLM runs it: no request or graph capture pays a compile later."""
+    compiled = torch.compile(fn, dynamic=True, fullgraph=True)
+    with torch.inference_mode():
+        for rows in (3, 1):
+            compiled(*warm_up_args(rows))
+    return compiled
