@@ -97,6 +97,20 @@ def make_inputs(catalog, batch: int, num_drafts: int, seed: int, device):
     )
 
 
+def same_as_eager(eager_fn, compiled_fn, logits, rest: tuple, where: str):
+    """Mask copies of ``logits`` eagerly and compiled (under inference mode, as vLLM calls it); they must be
+    equal. Returns the eagerly masked copy."""
+    import torch
+
+    want, got = logits.clone(), logits.clone()
+    eager_fn(want, *rest)
+    with torch.inference_mode():
+        compiled_fn(got, *rest)
+    if not torch.equal(got, want):
+        raise AssertionError(f"{where}: the compiled {eager_fn.__name__} differs from the eager one")
+    return want
+
+
 def bench(catalog, name: str, args) -> list[dict]:
     import torch
 
@@ -113,48 +127,27 @@ def bench(catalog, name: str, args) -> list[dict]:
         for batch in BATCHES:
             x = make_inputs(catalog, batch, num_drafts, seed=batch, device=device)
 
-            def verification():
-                vm.mask_verification_logits(
-                    x["verify_logits"], tables, x["settings"], x["all_token_ids"], x["total_len"], x["row_slots"],
-                    x["local_pos"], x["fed_tokens"], num_drafts, width,
-                )  # fmt: skip
+            state = (tables, x["settings"], x["all_token_ids"], x["total_len"])
+            verify_rest = (*state, x["row_slots"], x["local_pos"], x["fed_tokens"], num_drafts, width)
+            draft_rest = (*state, x["idx_mapping"], x["drafts"], x["draft_step"], width)
+            where = f"{name} B={batch} K={num_drafts}"
+            masked = same_as_eager(vm.mask_verification_logits, compiled_verify, x["verify_logits"], verify_rest, where)
+            if not bool((torch.isfinite(masked).sum(1) > 0).all()):  # every row must keep at least one token
+                raise AssertionError(f"{where}: a verification row lost every token")
+            same_as_eager(vm.mask_draft_logits, compiled_draft, x["draft_logits"], draft_rest, where)
 
-            def draft():
-                vm.mask_draft_logits(
-                    x["draft_logits"], tables, x["settings"], x["all_token_ids"], x["total_len"], x["idx_mapping"],
-                    x["drafts"], x["draft_step"], width,
-                )  # fmt: skip
+            def verification():
+                vm.mask_verification_logits(x["verify_logits"], *verify_rest)
 
             def verification_compiled():
-                compiled_verify(
-                    x["verify_logits"], tables, x["settings"], x["all_token_ids"], x["total_len"], x["row_slots"],
-                    x["local_pos"], x["fed_tokens"], num_drafts, width,
-                )  # fmt: skip
+                compiled_verify(x["verify_logits"], *verify_rest)
+
+            def draft():
+                vm.mask_draft_logits(x["draft_logits"], *draft_rest)
 
             def draft_compiled():
-                compiled_draft(
-                    x["draft_logits"], tables, x["settings"], x["all_token_ids"], x["total_len"], x["idx_mapping"],
-                    x["drafts"], x["draft_step"], width,
-                )  # fmt: skip
+                compiled_draft(x["draft_logits"], *draft_rest)
 
-            fresh_draft = x["draft_logits"].clone()
-            draft()
-            eager_draft, x["draft_logits"] = x["draft_logits"], fresh_draft
-            with torch.inference_mode():
-                draft_compiled()
-            if not torch.equal(x["draft_logits"], eager_draft):
-                raise AssertionError(f"{name} B={batch} K={num_drafts}: the compiled draft mask differs from the eager one")
-
-            fresh = x["verify_logits"].clone()
-            verification()
-            kept = torch.isfinite(x["verify_logits"]).sum(1)  # every row must keep at least one token
-            if not bool((kept > 0).all()):
-                raise AssertionError(f"{name} B={batch} K={num_drafts}: a verification row lost every token")
-            eager_out, x["verify_logits"] = x["verify_logits"], fresh
-            with torch.inference_mode():
-                verification_compiled()
-            if not torch.equal(x["verify_logits"], eager_out):
-                raise AssertionError(f"{name} B={batch} K={num_drafts}: the compiled mask differs from the eager one")
             verify_ms = time_ms(verification, args.iters, args.repeats, graph=False)
             with torch.inference_mode():
                 compiled_ms = time_ms(verification_compiled, args.iters, args.repeats, graph=False)

@@ -158,14 +158,16 @@ print(' '.join(d.catalog.item_ids[i] for i in s.history[-8:]))")
   ;;
 lossless)
   [ -e $W/pipeline.done ] || { log "the pipeline still runs (call 'results' first): timings would be shared"; tail -c 300 $W/accept.log; }
+  lossless_run() {  # NAME VLLM_ARGS...: the same 500 users with and without the PAD-Rec draft
+    local name=$1; shift
+    python3 -m benchmarks.vllm_lossless --target $W/bench/checkpoint --draft $W/drafts/padrec/draft \
+        --dataset $W/data/beauty_atspeed --users ${LOSSLESS_USERS:-500} --concurrency 64 --out "$OUT" \
+        --name $name -- --gpu-memory-utilization 0.3 --max-model-len 512 "$@" 2>&1 | tail -12
+  }
   log "vllm serve with and without --speculative-model, float32: greedy lists, token for token"
-  python3 -m benchmarks.vllm_lossless --target $W/bench/checkpoint --draft $W/drafts/padrec/draft \
-      --dataset $W/data/beauty_atspeed --users ${LOSSLESS_USERS:-500} --concurrency 64 --out "$OUT" \
-      -- --gpu-memory-utilization 0.3 --max-model-len 512 --dtype float32 2>&1 | tail -12
+  lossless_run vllm_lossless --dtype float32
   log "the same in bfloat16: speed (greedy lists are not reproducible run to run in bfloat16)"
-  python3 -m benchmarks.vllm_lossless --target $W/bench/checkpoint --draft $W/drafts/padrec/draft \
-      --dataset $W/data/beauty_atspeed --users ${LOSSLESS_USERS:-500} --concurrency 64 --out "$OUT" \
-      --name vllm_lossless_bf16 -- --gpu-memory-utilization 0.3 --max-model-len 512 2>&1 | tail -12
+  lossless_run vllm_lossless_bf16
   grep -h "verification mask compiled\|compile of the verification" /tmp/vllm_lossless_*.log | head -4
   ;;
 results)

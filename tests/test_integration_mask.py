@@ -259,7 +259,7 @@ def test_compiled_masks_are_wired_as_the_eager_ones(monkeypatch):
     compile uses Dynamo's eager backend (Inductor's own kernels are checked on the GPU above)."""
     import types
 
-    from benchmarks.bench_vllm_mask import LIST_ITEMS, make_inputs
+    from benchmarks.bench_vllm_mask import LIST_ITEMS, make_inputs, same_as_eager
     from vllm_padrec.integration.request_lists import RequestLists
 
     real_compile = torch.compile
@@ -277,14 +277,35 @@ def test_compiled_masks_are_wired_as_the_eager_ones(monkeypatch):
 
     state = (tables, x["settings"], x["all_token_ids"], x["total_len"])
     verify_args = (*state, x["row_slots"], x["local_pos"], x["fed_tokens"], K, lists.width)
-    want, got = x["verify_logits"].clone(), x["verify_logits"].clone()
-    vm.mask_verification_logits(want, *verify_args)
-    with torch.inference_mode():
-        lists._verify(got, *verify_args)
-    assert torch.equal(got, want) and not torch.isfinite(want).all()
+    masked = same_as_eager(vm.mask_verification_logits, lists._verify, x["verify_logits"], verify_args, "verify")
+    assert not torch.isfinite(masked).all()
     draft_args = (*state, x["idx_mapping"], x["drafts"], x["draft_step"], lists.width)
-    want, got = x["draft_logits"].clone(), x["draft_logits"].clone()
-    vm.mask_draft_logits(want, *draft_args)
-    with torch.inference_mode():
-        lists._draft(got, *draft_args)
-    assert torch.equal(got, want) and not torch.isfinite(want).all()
+    masked = same_as_eager(vm.mask_draft_logits, lists._draft, x["draft_logits"], draft_args, "draft")
+    assert not torch.isfinite(masked).all()
+    with pytest.raises(AssertionError, match="differs from the eager one"):  # the comparison can fail
+        same_as_eager(vm.mask_draft_logits, lambda logits, *rest: None, x["draft_logits"], draft_args, "no-op")
+
+
+def test_a_failed_compile_keeps_the_eager_masks():
+    from vllm_padrec.integration.request_lists import _try_compile
+
+    class Log:
+        def __init__(self):
+            self.lines = []
+
+        def info(self, *args):
+            self.lines.append(("info", args[0] % args[1:]))
+
+        def warning(self, *args):
+            self.lines.append(("warning", args[0] % args[1:]))
+
+    def failing():
+        raise RuntimeError("inductor says no")
+
+    log = Log()
+    _try_compile(log, "draft masks", failing)  # must not raise: the engine starts with eager masks
+    assert log.lines == [("warning", "vllm-padrec: torch.compile of the draft masks failed (RuntimeError: "
+                                     "inductor says no); using the eager masks")]
+    log = Log()
+    _try_compile(log, "verification mask", lambda: None)
+    assert log.lines[0][0] == "info" and "verification mask compiled in" in log.lines[0][1]

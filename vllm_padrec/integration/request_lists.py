@@ -188,25 +188,14 @@ class RequestLists:
         spec = vllm_config.speculative_config
         max_drafts = spec.num_speculative_tokens if spec is not None else 0
         lists = cls(tables, settings, vllm_config.scheduler_config.max_num_seqs, max_drafts, device)
-        if settings.compile_masks and torch.device(device).type == "cuda":
-            started = time.perf_counter()
-            try:
-                logits_dtype = getattr(model_config, "head_dtype", None) or model_config.dtype  # LogitsProcessor's
-                lists.compile_verification(model_config.get_vocab_size(), model_config.max_model_len, logits_dtype)
-                logger.info("vllm-padrec: verification mask compiled in %.1f s", time.perf_counter() - started)
-            except Exception as error:  # the eager masks are the same function: slower, never wrong
-                lists._verify = vm.mask_verification_logits
-                logger.warning("vllm-padrec: torch.compile of the verification mask failed (%s: %s); "
-                               "using the eager masks", type(error).__name__, error)  # fmt: skip
-        if settings.compile_draft_masks and max_drafts and torch.device(device).type == "cuda":
-            started = time.perf_counter()
-            try:
-                lists.compile_drafts(model_config.get_vocab_size(), model_config.max_model_len, model_config.dtype)
-                logger.info("vllm-padrec: draft masks compiled in %.1f s", time.perf_counter() - started)
-            except Exception as error:
-                lists._draft = vm.mask_draft_logits
-                logger.warning("vllm-padrec: torch.compile of the draft masks failed (%s: %s); "
-                               "using the eager masks", type(error).__name__, error)  # fmt: skip
+        on_cuda = torch.device(device).type == "cuda"
+        if settings.compile_masks and on_cuda:
+            logits_dtype = getattr(model_config, "head_dtype", None) or model_config.dtype  # LogitsProcessor's
+            _try_compile(logger, "verification mask", lambda: lists.compile_verification(
+                model_config.get_vocab_size(), model_config.max_model_len, logits_dtype))  # fmt: skip
+        if settings.compile_draft_masks and max_drafts and on_cuda:
+            _try_compile(logger, "draft masks", lambda: lists.compile_drafts(
+                model_config.get_vocab_size(), model_config.max_model_len, model_config.dtype))  # fmt: skip
         logger.info("vllm-padrec: list constraints ready (%d items, settings %s)", tables.num_items, settings)
         return lists
 
@@ -306,6 +295,20 @@ class RequestLists:
             draft_step,
             self.width,
         )
+
+
+def _try_compile(logger, what: str, compile_masks) -> None:
+    """Run ``compile_masks`` (a ``compile_*`` method, which installs the compiled masks only once their
+    warm-up passed) and log its time; on failure log why and keep the eager masks: the same function,
+    slower, never wrong."""
+    started = time.perf_counter()
+    try:
+        compile_masks()
+    except Exception as error:
+        logger.warning("vllm-padrec: torch.compile of the %s failed (%s: %s); using the eager masks",
+                       what, type(error).__name__, error)  # fmt: skip
+        return
+    logger.info("vllm-padrec: %s compiled in %.1f s", what, time.perf_counter() - started)
 
 
 def _compiled_and_warm(fn, warm_up_args):
