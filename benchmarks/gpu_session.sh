@@ -9,8 +9,9 @@
 #   call 3  carry [.vllmkit/part3]            bash .vllmkit/part3/install.sh && bash benchmarks/gpu_session.sh vllm
 #   call 4                                    bash benchmarks/gpu_session.sh vllm_tests
 #   call 5                                    bash benchmarks/gpu_session.sh results
-#   call 6                                    bash benchmarks/gpu_session.sh lossless
+#   call 6                                    bash benchmarks/gpu_session.sh lossless [fp32|bf16]
 #   call 7                                    bash benchmarks/gpu_session.sh kernels
+#   call 8                                    bash benchmarks/gpu_session.sh engine [CONFIG...]
 #   (optional)                                bash benchmarks/gpu_session.sh examples
 #   (optional)                                bash benchmarks/gpu_session.sh serve
 #
@@ -31,12 +32,15 @@
 #           plus an unconstrained pass (the constraint's cost per step); in float32 (the lossless
 #           check: bfloat16 greedy lists differ run to run) and in bfloat16 (speed); after
 #           `results`, so that nothing else shares the GPU while it times.
+# engine:   where an engine step's time goes (benchmarks/engine_step.py): offline LLM with and without
+#           the draft and the masks, profiled; configurations can be split over calls (results merge).
 # serve:    `vllm serve` of the bench target without the constraint, /v1/completions for 300 users.
 # Results land in $OUT (copied back) and are committed under benchmarks/results/.
 #
 # Environment: BENCH_EPOCHS (target epochs), DRAFT_STEPS (1200), DRAFTS (all; "padrec": only the PAD-Rec
 # head, for the vLLM checks), SIGNAL_LR_SCALE (10: the learning-rate factor of the second PAD-Rec run's
-# signal parameters), ACCEPT_USERS (150), LOSSLESS_USERS (500).
+# signal parameters), ACCEPT_USERS (150; 0: no acceptance benchmark), LOSSLESS_USERS (500), ENGINE_USERS (512),
+# PROFILE (the engine configurations profiled: "baseline spec").
 # Lessons: anything timed must run alone; the vLLM tests slow the draft trainers to ~3 it/s per head;
 # bfloat16 greedy lists are not reproducible run to run (the lossless check runs in float32).
 set -uo pipefail
@@ -88,6 +92,7 @@ pipeline)  # runs as a daemon (started by `start`); outlives the calls, logs to 
     wait
   fi
   touch $W/drafts.done
+  [ "${ACCEPT_USERS:-150}" = 0 ] && { touch $W/pipeline.done; exit 0; }  # no acceptance benchmark this time
   heads=$(ls -d $W/drafts/*/draft)
   [ -d $W/drafts_signal_lr10/padrec/draft ] && heads="$heads padrec_signal_lr10=$W/drafts_signal_lr10/padrec/draft"
   python3 -m benchmarks.bench_acceptance --target $W/bench/checkpoint --dataset $W/data/beauty_atspeed \
@@ -156,7 +161,15 @@ print(' '.join(d.catalog.item_ids[i] for i in s.history[-8:]))")
       --dataset $W/data/beauty_atspeed --users 3 2>&1 | grep -v -E 'INFO|WARNING|it/s' | tail -40 \
       | tee "$OUT/example_offline_vllm.txt"
   ;;
-lossless)
+engine)  # engine CONFIG...: benchmarks/engine_step.py for these configurations (default: all), merged
+  wait_for $W/drafts.done 400 || { tail -c 800 $W/drafts*.log; exit 1; }
+  [ -e $W/pipeline.done ] || log "the pipeline still runs: timings are shared"
+  shift; configs=${*:-baseline_free baseline spec_free spec spec_no_draft_mask spec_draft_compiled}
+  python3 -m benchmarks.engine_step --target $W/bench/checkpoint --draft $W/drafts/padrec/draft \
+      --dataset $W/data/beauty_atspeed --users ${ENGINE_USERS:-512} --concurrency 64 --configs $configs \
+      --profile ${PROFILE:-baseline spec} --merge --out "$OUT" 2>&1 | grep -v "^\[engine_step\] .* \.\.\.$" | tail -60
+  ;;
+lossless)  # lossless [fp32|bf16]: both by default
   [ -e $W/pipeline.done ] || { log "the pipeline still runs (call 'results' first): timings would be shared"; tail -c 300 $W/accept.log; }
   lossless_run() {  # NAME VLLM_ARGS...: the same 500 users with and without the PAD-Rec draft
     local name=$1; shift
@@ -164,10 +177,14 @@ lossless)
         --dataset $W/data/beauty_atspeed --users ${LOSSLESS_USERS:-500} --concurrency 64 --out "$OUT" \
         --name $name -- --gpu-memory-utilization 0.3 --max-model-len 512 "$@" 2>&1 | tail -12
   }
-  log "vllm serve with and without --speculative-model, float32: greedy lists, token for token"
-  lossless_run vllm_lossless --dtype float32
-  log "the same in bfloat16: speed (greedy lists are not reproducible run to run in bfloat16)"
-  lossless_run vllm_lossless_bf16
+  if [ "${2:-fp32}" = fp32 ]; then
+    log "vllm serve with and without --speculative-model, float32: greedy lists, token for token"
+    lossless_run vllm_lossless --dtype float32
+  fi
+  if [ "${2:-bf16}" = bf16 ]; then
+    log "the same in bfloat16: speed (greedy lists are not reproducible run to run in bfloat16)"
+    lossless_run vllm_lossless_bf16
+  fi
   grep -h "verification mask compiled\|compile of the verification" /tmp/vllm_lossless_*.log | head -4
   ;;
 results)

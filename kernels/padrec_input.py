@@ -74,7 +74,9 @@ def _add_signals(
 # alpha is 1.0 when SLOT_GATE is off; a term is dropped when USE_SLOT / USE_STEP is off.
 # One program per BLOCK_T rows. ONE_PASS: the row tile covers H and stays in registers between the
 # gate and the multiply-adds. Otherwise: one loop over H for the gate, a second for the output.
-@triton.jit
+# T (rows) changes with every batch: not specialised (Triton would compile new variants for T == 1 and
+# T % 16 == 0 while vLLM serves, after its warm-up; vLLM's JIT monitor warned about it on the H200).
+@triton.jit(do_not_specialize=["T"])
 def _padrec_input_kernel(
     h_ptr,  # [T, H] float, row stride stride_h
     out_ptr,  # [T, H] h's dtype, row stride stride_out

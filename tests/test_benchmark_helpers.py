@@ -89,3 +89,52 @@ def test_mismatches_report_the_top2_gap_at_their_first_difference():
     assert gap["user"] == "u0" and gap["first_different_token"] == first
     assert gap["reference_margin"] == pytest.approx(0.004) and gap["other_margin"] == pytest.approx(0.002)
     assert result["max_margin_at_first_difference"] == pytest.approx(0.004)
+
+
+def test_engine_step_phases_exist_in_the_installed_vllm():
+    """Every phase the profile marks is a method of vLLM 0.26.0 (a renamed one would vanish silently)."""
+    from benchmarks import engine_step
+
+    found, missing = engine_step.phase_methods()
+    assert missing == []
+    assert set(found) == set(engine_step.PHASES)
+
+
+def test_engine_step_metrics_and_summary(tmp_path):
+    from types import SimpleNamespace
+
+    from benchmarks import engine_step
+    from vllm.v1.metrics.reader import Counter, Histogram
+
+    metrics = [
+        Histogram(name=engine_step.ITERATIONS, labels={}, count=40, sum=1.0, buckets={}),
+        Counter(name="vllm:spec_decode_num_drafts", labels={}, value=30),
+        Counter(name="vllm:spec_decode_num_accepted_tokens", labels={}, value=90),
+        Counter(name="vllm:spec_decode_num_draft_tokens", labels={}, value=150),
+        Counter(name="vllm:num_preemptions", labels={}, value=7),
+    ]
+    totals = engine_step.metric_totals(SimpleNamespace(get_metrics=lambda: metrics))
+    assert totals == {"steps": 40, "drafts": 30, "draft_tokens": 150, "accepted": 90}
+
+    def record(config, tokens_per_second, token_ids):
+        with_draft, constrained, padrec = engine_step.CONFIGS[config]
+        return {"config": config, "with_draft": with_draft, "constrained": constrained, "padrec_config": padrec,
+                "tokens_per_second": tokens_per_second, "engine_steps": 10, "step_ms": 5.0,
+                "acceptance_length": 4.0 if with_draft else None, "token_ids": token_ids}  # fmt: skip
+
+    records = [
+        record("baseline_free", 120.0, [[1, 2], [3, 4]]),
+        record("baseline", 100.0, [[1, 2], [3, 4]]),
+        record("spec_free", 300.0, [[1, 2], [3, 9]]),  # compared with baseline_free: 1 differs
+        record("spec", 250.0, [[1, 2], [3, 4]]),  # compared with baseline: none differs
+    ]
+    args = SimpleNamespace(target="t", draft="d", dataset="x", users=2, concurrency=2, list_items=1, dtype="bfloat16")
+    payload = engine_step.summarize(records, args, errors={})
+    by_name = {r["config"]: r for r in payload["records"]}
+    assert by_name["spec_free"]["lists_differing_from_no_draft"] == 1
+    assert by_name["spec"]["lists_differing_from_no_draft"] == 0
+    assert "lists_differing_from_no_draft" not in by_name["baseline"]
+    assert by_name["spec"]["speedup_vs_baseline"] == 2.5
+    assert all("token_ids" not in r for r in payload["records"])
+    text = engine_step.render_markdown(payload)
+    assert "| spec | yes | yes | 250.0 | 2.5 | 10 | 5.0 | 4.0 | 0 |" in text

@@ -1,0 +1,364 @@
+"""Where a vLLM engine step's time goes, with and without the PAD-Rec draft and the catalog masks.
+
+Offline ``LLM`` with the engine in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), the same test
+users and the same batch size (``max_num_seqs = --concurrency``) for every configuration, each
+configuration in a fresh process (``CONFIGS``):
+
+    baseline_free        no draft, no constraint
+    baseline             no draft, constrained (the verification mask on the sampled rows)
+    spec_free            PAD-Rec draft, no constraint, no draft masks
+    spec                 PAD-Rec draft, constrained, draft masks on (the plugin's defaults)
+    spec_no_draft_mask   PAD-Rec draft, constrained, draft masks off (``mask_drafts: false``)
+    spec_draft_compiled  PAD-Rec draft, constrained, draft masks compiled (``compile_draft_masks: true``)
+
+Each records output tokens/s, engine steps (the ``vllm:iteration_tokens_total`` histogram's count),
+wall ms per step and the acceptance length. Unconstrained configurations send ``ignore_eos`` so that
+every list has the same length as a constrained one.
+
+With ``--profile NAME ...`` the torch profiler also records one more batch of ``--concurrency`` users
+of that configuration; the engine's phases are marked with ``record_function`` (``PHASES``: the
+scheduler, the runner's input preparation, the target's forward, sampling with the masks, drafting,
+output processing), and the profile reports each phase's CPU time and the GPU time of the kernels it
+launched, per engine step, plus the top GPU kernels and the GPU's busy share of the wall time.
+
+    python -m benchmarks.engine_step --target /tmp/padrec/bench/checkpoint \\
+        --draft /tmp/padrec/drafts/padrec/draft --dataset /tmp/padrec/data/beauty_atspeed \\
+        --users 512 --concurrency 64 --profile baseline spec --out benchmarks/results
+
+Writes ``<name>.json``, ``<name>.md`` and ``<name>.png`` (``--name``, default ``engine_step``). Needs a
+GPU and vLLM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.plotting import pyplot
+
+# name -> (with the draft, constrained, additional_config["padrec"])
+CONFIGS: dict[str, tuple[bool, bool, dict]] = {
+    "baseline_free": (False, False, {}),
+    "baseline": (False, True, {}),
+    "spec_free": (True, False, {"mask_drafts": False}),
+    "spec": (True, True, {}),
+    "spec_no_draft_mask": (True, True, {"mask_drafts": False}),
+    "spec_draft_compiled": (True, True, {"compile_draft_masks": True}),
+}
+
+# phase -> (module, class, method): marked with torch.profiler.record_function while profiling
+PHASES: dict[str, tuple[str, str, str]] = {
+    "engine step": ("vllm.v1.engine.core", "EngineCore", "step_with_batch_queue"),
+    "engine step (sync)": ("vllm.v1.engine.core", "EngineCore", "step"),
+    "scheduler.schedule": ("vllm.v1.core.sched.scheduler", "Scheduler", "schedule"),
+    "scheduler.update_from_output": ("vllm.v1.core.sched.scheduler", "Scheduler", "update_from_output"),
+    "runner.execute_model (target forward)": ("vllm.v1.worker.gpu.model_runner", "GPUModelRunner", "execute_model"),
+    "runner.prepare_inputs": ("vllm.v1.worker.gpu.model_runner", "GPUModelRunner", "prepare_inputs"),
+    "runner.sample_tokens": ("vllm.v1.worker.gpu.model_runner", "GPUModelRunner", "sample_tokens"),
+    "runner.sample (+ verification mask)": ("vllm.v1.worker.gpu.model_runner", "GPUModelRunner", "sample"),
+    "padrec.mask_verification": ("vllm_padrec.integration.request_lists", "RequestLists", "mask_verification"),
+    "speculator.propose (drafting)": (
+        "vllm.v1.worker.gpu.spec_decode.autoregressive.speculator", "AutoRegressiveSpeculator", "propose"),
+    "output_processor.process_outputs": ("vllm.v1.engine.output_processor", "OutputProcessor", "process_outputs"),
+}  # fmt: skip
+ITERATIONS = "vllm:iteration_tokens_total"
+
+
+# -- one configuration (child process) --------------------------------------------------------------
+def phase_methods() -> tuple[dict[str, tuple[type, str]], list[str]]:
+    """``PHASES`` resolved in the installed vLLM: ({phase: (class, method)}, phases not found)."""
+    found, missing = {}, []
+    for phase, (module_name, class_name, method) in PHASES.items():
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+            getattr(cls, method)
+        except (ImportError, AttributeError):
+            missing.append(phase)
+            continue
+        found[phase] = (cls, method)
+    return found, missing
+
+
+def mark_phases() -> list[str]:
+    """Wrap each ``PHASES`` method in ``record_function(phase)``; before the engine is built, since
+    some are bound at construction. Returns the phases that could not be found."""
+    from torch.profiler import record_function
+
+    found, missing = phase_methods()
+    for phase, (cls, method) in found.items():
+        original = getattr(cls, method)
+
+        def marked(*args, _original=original, _phase=phase, **kwargs):
+            with record_function(_phase):
+                return _original(*args, **kwargs)
+
+        setattr(cls, method, functools.wraps(original)(marked))
+    return missing
+
+
+def metric_totals(llm) -> dict:
+    """Engine steps and spec-decode counters from ``LLM.get_metrics()``."""
+    totals = {"steps": 0, "drafts": 0, "draft_tokens": 0, "accepted": 0}
+    for metric in llm.get_metrics():
+        if metric.name == ITERATIONS:
+            totals["steps"] += metric.count
+        elif metric.name == "vllm:spec_decode_num_drafts":
+            totals["drafts"] += metric.value
+        elif metric.name == "vllm:spec_decode_num_draft_tokens":
+            totals["draft_tokens"] += metric.value
+        elif metric.name == "vllm:spec_decode_num_accepted_tokens":
+            totals["accepted"] += metric.value
+    return totals
+
+
+def run_config(args) -> dict:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process: profiled too
+    os.environ.setdefault("VLLM_PLUGINS", "padrec")
+    import torch
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from vllm_padrec.catalog import ItemCatalog, TokenLayout
+    from vllm_padrec.data import load_dataset
+    from vllm_padrec.integration.endpoint import read_max_history
+
+    with_draft, constrained, padrec = CONFIGS[args.one]
+    missing = mark_phases() if args.profile_this else []
+    catalog = ItemCatalog.load(args.target)
+    data = load_dataset(args.dataset)
+    samples = data.eval_samples("test", read_max_history(Path(args.target)) or 20)
+    samples = (samples * (1 + (args.users + args.concurrency) // max(len(samples), 1)))[: args.users + args.concurrency]
+    prompts = [TokensPrompt(prompt_token_ids=catalog.render_prompt(s.history)) for s in samples]
+    max_tokens = args.list_items * (catalog.num_slots + 1) + 1
+    if constrained:
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop_token_ids=[TokenLayout.EOS],
+                                extra_args={"padrec_constraint": 1, "padrec_num_items": args.list_items,
+                                            "padrec_no_repeat": 1})  # fmt: skip
+    else:  # the same list length without the masks
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    spec = {"method": "eagle", "model": args.draft} if with_draft else None
+    started = time.perf_counter()
+    llm = LLM(model=args.target, speculative_config=spec, max_model_len=args.max_model_len, dtype=args.dtype,
+              gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.concurrency,
+              disable_log_stats=False, additional_config={"padrec": padrec} if padrec else None)  # fmt: skip
+    startup = time.perf_counter() - started
+    warm, timed = prompts[: args.concurrency], prompts[args.concurrency :]
+    llm.generate(warm, params, use_tqdm=False)
+    before = metric_totals(llm)
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    outputs = llm.generate(timed, params, use_tqdm=False)
+    seconds = time.perf_counter() - started
+    after = metric_totals(llm)
+    delta = {k: after[k] - before[k] for k in after}
+    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    record = {
+        "config": args.one, "with_draft": with_draft, "constrained": constrained, "padrec_config": padrec,
+        "users": len(timed), "concurrency": args.concurrency, "dtype": args.dtype, "startup_seconds": round(startup, 1),
+        "seconds": round(seconds, 3), "output_tokens": tokens, "tokens_per_second": round(tokens / seconds, 1),
+        "engine_steps": int(delta["steps"]),
+        "step_ms": round(1000 * seconds / delta["steps"], 3) if delta["steps"] else None,
+        "acceptance_length": round(1 + delta["accepted"] / delta["drafts"], 4) if delta["drafts"] else None,
+        "token_ids": [list(o.outputs[0].token_ids) for o in outputs],
+    }  # fmt: skip
+    if args.profile_this:
+        record["profile"] = profile_batch(llm, warm, params, args, missing)
+    return record
+
+
+def profile_batch(llm, prompts, params, args, missing: list[str]) -> dict:
+    """One batch under the torch profiler: CPU and GPU time per phase and per engine step."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    before = metric_totals(llm)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        started = time.perf_counter()
+        llm.generate(prompts, params, use_tqdm=False)
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+    steps = metric_totals(llm)["steps"] - before["steps"]
+    events = prof.key_averages()
+    per_step = max(steps, 1)
+    phases = []
+    for event in events:
+        if event.key in PHASES:
+            phases.append({
+                "phase": event.key, "calls": event.count,
+                "cpu_ms_per_step": round(event.cpu_time_total / 1000 / per_step, 3),
+                "gpu_ms_per_step": round(event.device_time_total / 1000 / per_step, 3),
+            })  # fmt: skip
+    order = list(PHASES)
+    phases.sort(key=lambda p: order.index(p["phase"]))
+    gpu_total_us = sum(e.self_device_time_total for e in events)
+    kernels = sorted((e for e in events if e.self_device_time_total > 0), key=lambda e: -e.self_device_time_total)
+    top = [{"kernel": e.key[:120], "calls": e.count, "gpu_ms_per_step": round(e.self_device_time_total / 1000 / per_step, 3)}
+           for e in kernels[:15]]  # fmt: skip
+    if args.trace_dir:
+        prof.export_chrome_trace(str(Path(args.trace_dir) / f"trace_{args.one}.json"))
+    return {
+        "users": len(prompts), "engine_steps": int(steps), "wall_ms_per_step": round(1000 * seconds / per_step, 3),
+        "gpu_busy_ms_per_step": round(gpu_total_us / 1000 / per_step, 3),
+        "gpu_busy_share": round(gpu_total_us / 1e6 / seconds, 3), "phases": phases, "top_gpu_ops": top,
+        "phases_not_found": missing,
+    }  # fmt: skip
+
+
+# -- driver ---------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--draft", required=True)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--users", type=int, default=512, help="timed requests (test users, repeated if needed)")
+    parser.add_argument("--concurrency", type=int, default=64, help="max_num_seqs: requests per engine step")
+    parser.add_argument("--list-items", type=int, default=10)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--max-model-len", type=int, default=512)
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.3)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--profile", nargs="*", default=[], choices=list(CONFIGS), help="configurations to profile")
+    parser.add_argument("--trace-dir", default=None, help="also write each profile's Chrome trace here")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--name", default="engine_step")
+    parser.add_argument("--merge", action="store_true",
+                        help="also report configurations an earlier call ran on this machine (/tmp/engine_step_*.json)")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child: run this configuration
+    parser.add_argument("--profile-this", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.one:
+        Path(args.result).write_text(json.dumps(run_config(args)))
+        return 0
+
+    forwarded = sys.argv[1:] if argv is None else argv
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records, errors = [], {}
+    for name in args.configs:
+        result = Path(f"/tmp/engine_step_{name}.json")
+        result.unlink(missing_ok=True)
+        child = [sys.executable, "-m", "benchmarks.engine_step", *forwarded, "--one", name, "--result", str(result)]
+        child += ["--profile-this"] if name in args.profile else []
+        log = Path(f"/tmp/engine_step_{name}.log")
+        print(f"[engine_step] {name} ...", flush=True)
+        with open(log, "w") as handle:
+            code = subprocess.call(child, stdout=handle, stderr=subprocess.STDOUT)
+        if code != 0 or not result.exists():
+            errors[name] = f"exit {code}: " + log.read_text()[-1500:]
+            print(errors[name], flush=True)
+            continue
+        r = json.loads(result.read_text())
+        print(f"[engine_step] {name}: {r['tokens_per_second']} tok/s, {r['step_ms']} ms/step, "
+              f"acceptance {r['acceptance_length']}", flush=True)  # fmt: skip
+    for name in CONFIGS:  # in table order; --merge: also the configurations an earlier call ran on this machine
+        result = Path(f"/tmp/engine_step_{name}.json")
+        if result.exists() and (name in args.configs or args.merge) and name not in errors:
+            records.append(json.loads(result.read_text()))
+    payload = summarize(records, args, errors)
+    (out / f"{args.name}.json").write_text(json.dumps(payload, indent=2))
+    (out / f"{args.name}.md").write_text(render_markdown(payload))
+    render_plot(payload, str(out / f"{args.name}.png"))
+    print(render_markdown(payload))
+    return 0 if not errors else 1
+
+
+def summarize(records: list[dict], args, errors: dict) -> dict:
+    """Drop the token lists, keep whether each configuration's lists equal its no-draft counterpart's."""
+    import torch
+
+    by_name = {r["config"]: r for r in records}
+    for r in records:
+        reference = by_name.get("baseline" if r["constrained"] else "baseline_free")
+        if r["with_draft"] and reference is not None:
+            r["lists_differing_from_no_draft"] = sum(a != b for a, b in zip(r["token_ids"], reference["token_ids"]))
+    for r in records:
+        r.pop("token_ids", None)
+    base = by_name.get("baseline")
+    for r in records:
+        if base and r["tokens_per_second"]:
+            r["speedup_vs_baseline"] = round(r["tokens_per_second"] / base["tokens_per_second"], 3)
+    return {
+        "target": args.target, "draft": args.draft, "dataset": args.dataset, "users": args.users,
+        "concurrency": args.concurrency, "list_items": args.list_items, "dtype": args.dtype,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "records": records, "errors": errors,
+    }  # fmt: skip
+
+
+def render_markdown(payload: dict) -> str:
+    lines = [
+        "# Engine step: where the time goes",
+        "",
+        f"Offline `LLM`, engine in-process, {payload['users']} requests of {payload['list_items']}-item lists, "
+        f"{payload['concurrency']} per step (max_num_seqs), {payload['dtype']}; {payload['device']}, torch "
+        f"{payload['torch']}, {payload['date']}. Step ms = wall time / engine steps.",
+        "",
+        "| configuration | draft | constrained | tokens/s | speedup vs baseline | engine steps | step ms | acceptance length | lists ≠ no draft |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in payload["records"]:
+        lines.append(
+            f"| {r['config']} | {'yes' if r['with_draft'] else 'no'} | {'yes' if r['constrained'] else 'no'} | "
+            f"{r['tokens_per_second']} | {r.get('speedup_vs_baseline', '-')} | {r['engine_steps']} | {r['step_ms']} | "
+            f"{r['acceptance_length'] if r['acceptance_length'] is not None else '-'} | "
+            f"{r.get('lists_differing_from_no_draft', '-')} |"
+        )
+    for r in payload["records"]:
+        p = r.get("profile")
+        if not p:
+            continue
+        lines += [
+            "",
+            f"## Profile: {r['config']}",
+            "",
+            f"{p['users']} requests, {p['engine_steps']} engine steps: {p['wall_ms_per_step']} ms wall per step, "
+            f"GPU busy {p['gpu_busy_ms_per_step']} ms per step ({100 * p['gpu_busy_share']:.0f}% of the wall time).",
+            "",
+            "| phase | calls | CPU ms per step | GPU ms per step (kernels it launched) |",
+            "|---|---:|---:|---:|",
+            *[f"| {q['phase']} | {q['calls']} | {q['cpu_ms_per_step']} | {q['gpu_ms_per_step']} |" for q in p["phases"]],
+            "",
+            "| top GPU op | calls | GPU ms per step |",
+            "|---|---:|---:|",
+            *[f"| `{k['kernel']}` | {k['calls']} | {k['gpu_ms_per_step']} |" for k in p["top_gpu_ops"]],
+        ]
+    for name, error in payload["errors"].items():
+        lines += ["", f"{name} failed: `{error[-300:]}`"]
+    return "\n".join(lines) + "\n"
+
+
+def render_plot(payload: dict, path: str) -> bool:
+    plt = pyplot()
+    if plt is None or not payload["records"]:
+        return False
+    records = payload["records"]
+    names = [r["config"] for r in records]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    axes[0].bar(names, [r["tokens_per_second"] for r in records], color=["C1" if r["with_draft"] else "C0" for r in records])
+    axes[0].set_ylabel("output tokens / s")
+    axes[1].bar(names, [r["step_ms"] or 0 for r in records], color=["C1" if r["with_draft"] else "C0" for r in records])
+    axes[1].set_ylabel("wall ms per engine step")
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=30)
+        for label in ax.get_xticklabels():
+            label.set_ha("right")
+    fig.suptitle(f"vLLM engine with the PAD-Rec draft and catalog masks ({payload['dtype']}, {payload['concurrency']} per step)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())
