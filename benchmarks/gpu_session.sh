@@ -9,7 +9,7 @@
 #   call 3  carry [.vllmkit/part3]            bash .vllmkit/part3/install.sh && bash benchmarks/gpu_session.sh vllm
 #   call 4                                    bash benchmarks/gpu_session.sh vllm_tests
 #   call 5                                    bash benchmarks/gpu_session.sh results
-#   call 6                                    bash benchmarks/gpu_session.sh lossless [fp32|bf16]
+#   call 6                                    bash benchmarks/gpu_session.sh lossless [fp32 bf16 fp32_invariant bf16_invariant]
 #   call 7                                    bash benchmarks/gpu_session.sh kernels
 #   call 8                                    bash benchmarks/gpu_session.sh engine [CONFIG...]
 #   (optional)                                bash benchmarks/gpu_session.sh examples
@@ -177,14 +177,21 @@ lossless)  # lossless [fp32|bf16]: both by default
         --dataset $W/data/beauty_atspeed --users ${LOSSLESS_USERS:-500} --concurrency 64 --out "$OUT" \
         --name $name -- --gpu-memory-utilization 0.3 --max-model-len 512 "$@" 2>&1 | tail -12
   }
-  if [ "${2:-fp32}" = fp32 ]; then
-    log "vllm serve with and without --speculative-model, float32: greedy lists, token for token"
-    lossless_run vllm_lossless --dtype float32
-  fi
-  if [ "${2:-bf16}" = bf16 ]; then
-    log "the same in bfloat16: speed (greedy lists are not reproducible run to run in bfloat16)"
-    lossless_run vllm_lossless_bf16
-  fi
+  shift
+  for mode in ${*:-fp32 bf16}; do
+    case $mode in
+    fp32) log "vllm serve with and without --speculative-model, float32: greedy lists, token for token"
+          lossless_run vllm_lossless --dtype float32 ;;
+    bf16) log "the same in bfloat16: speed (greedy lists are not reproducible run to run in bfloat16)"
+          lossless_run vllm_lossless_bf16 ;;
+    # vLLM's batch-invariant mode (VLLM_BATCH_INVARIANT=1): each row's numerics do not depend on the batch
+    fp32_invariant) log "float32, batch-invariant kernels"
+          VLLM_BATCH_INVARIANT=1 lossless_run vllm_lossless_invariant --dtype float32 ;;
+    bf16_invariant) log "bfloat16, batch-invariant kernels"
+          VLLM_BATCH_INVARIANT=1 lossless_run vllm_lossless_bf16_invariant ;;
+    *) echo "unknown lossless mode $mode"; exit 2 ;;
+    esac
+  done
   grep -h "verification mask compiled\|compile of the verification" /tmp/vllm_lossless_*.log | head -4
   ;;
 results)
