@@ -41,6 +41,9 @@
 # head, for the vLLM checks), SIGNAL_LR_SCALE (10: the learning-rate factor of the second PAD-Rec run's
 # signal parameters), ACCEPT_USERS (150; 0: no acceptance benchmark), LOSSLESS_USERS (500), ENGINE_USERS (512),
 # PROFILE (the engine configurations profiled: "baseline spec").
+# The tests run with `-o pythonpath=`: pytest.ini puts the repository first on sys.path (for a plain
+# `pytest` on a checkout with an editable install), which here would shadow the installed package,
+# whose vllm_padrec.kernels setup.py maps in from kernels/.
 # Lessons: anything timed must run alone; the vLLM tests slow the draft trainers to ~3 it/s per head;
 # bfloat16 greedy lists are not reproducible run to run (the lossless check runs in float32).
 set -uo pipefail
@@ -114,7 +117,7 @@ kernels)
   ;;
 gpu_tests)
   log "GPU tests: fused kernel, catalog masks (eager and compiled)"
-  python3 -m pytest -q -p no:cacheprovider $REPO/tests/test_padrec_kernel.py $REPO/tests/test_integration_mask.py 2>&1 | tail -4
+  python3 -m pytest -q -p no:cacheprovider -o pythonpath= $REPO/tests/test_padrec_kernel.py $REPO/tests/test_integration_mask.py 2>&1 | tail -4
   tail -c 300 $W/train.log
   ;;
 vllm)
@@ -125,7 +128,7 @@ vllm)
   ;;
 vllm_tests)
   log "vLLM integration tests on the GPU (tiny random target + PAD-Rec draft)"
-  python3 -m pytest -q -p no:cacheprovider $REPO/tests/test_integration_gpu.py 2>&1 | tail -15
+  python3 -m pytest -q -p no:cacheprovider -o pythonpath= $REPO/tests/test_integration_gpu.py 2>&1 | tail -15
   tail -c 400 $W/drafts1.log
   ;;
 examples)
