@@ -147,7 +147,7 @@ def run_config(args) -> dict:
     started = time.perf_counter()
     llm = LLM(model=args.target, speculative_config=spec, max_model_len=args.max_model_len, dtype=args.dtype,
               gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.concurrency,
-              disable_log_stats=False, additional_config={"padrec": padrec} if padrec else None)  # fmt: skip
+              disable_log_stats=False, additional_config={"padrec": padrec} if padrec else {})  # fmt: skip
     startup = time.perf_counter() - started
     warm, timed = prompts[: args.concurrency], prompts[args.concurrency :]
     llm.generate(warm, params, use_tqdm=False)
