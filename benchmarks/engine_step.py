@@ -7,9 +7,9 @@ configuration in a fresh process (``CONFIGS``):
     baseline_free        no draft, no constraint
     baseline             no draft, constrained (the verification mask on the sampled rows)
     spec_free            PAD-Rec draft, no constraint, no draft masks
-    spec                 PAD-Rec draft, constrained, draft masks on (the plugin's defaults)
+    spec                 PAD-Rec draft, constrained, draft masks on and compiled (the plugin's defaults)
     spec_no_draft_mask   PAD-Rec draft, constrained, draft masks off (``mask_drafts: false``)
-    spec_draft_compiled  PAD-Rec draft, constrained, draft masks compiled (``compile_draft_masks: true``)
+    spec_draft_eager     PAD-Rec draft, constrained, draft masks not compiled (``compile_draft_masks: false``)
 
 Each records output tokens/s, engine steps (the ``vllm:iteration_tokens_total`` histogram's count),
 wall ms per step and the acceptance length. Unconstrained configurations send ``ignore_eos`` so that
@@ -50,7 +50,7 @@ CONFIGS: dict[str, tuple[bool, bool, dict]] = {
     "spec_free": (True, False, {"mask_drafts": False}),
     "spec": (True, True, {}),
     "spec_no_draft_mask": (True, True, {"mask_drafts": False}),
-    "spec_draft_compiled": (True, True, {"compile_draft_masks": True}),
+    "spec_draft_eager": (True, True, {"compile_draft_masks": False}),
 }
 
 # phase -> (module, class, method): marked with torch.profiler.record_function while profiling

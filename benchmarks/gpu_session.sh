@@ -167,7 +167,7 @@ print(' '.join(d.catalog.item_ids[i] for i in s.history[-8:]))")
 engine)  # engine CONFIG...: benchmarks/engine_step.py for these configurations (default: all), merged
   wait_for $W/drafts.done 400 || { tail -c 800 $W/drafts*.log; exit 1; }
   [ -e $W/pipeline.done ] || log "the pipeline still runs: timings are shared"
-  shift; configs=${*:-baseline_free baseline spec_free spec spec_no_draft_mask spec_draft_compiled}
+  shift; configs=${*:-baseline_free baseline spec_free spec spec_no_draft_mask spec_draft_eager}
   python3 -m benchmarks.engine_step --target $W/bench/checkpoint --draft $W/drafts/padrec/draft \
       --dataset $W/data/beauty_atspeed --users ${ENGINE_USERS:-512} --concurrency 64 --configs $configs \
       --profile ${PROFILE:-baseline spec} --merge --out "$OUT" 2>&1 | grep -v "^\[engine_step\] .* \.\.\.$" | tail -60

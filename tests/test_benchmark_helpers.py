@@ -138,3 +138,16 @@ def test_engine_step_metrics_and_summary(tmp_path):
     assert all("token_ids" not in r for r in payload["records"])
     text = engine_step.render_markdown(payload)
     assert "| spec | yes | yes | 250.0 | 2.5 | 10 | 5.0 | 4.0 | 0 |" in text
+
+
+def test_speedups_use_the_faster_baseline_pass():
+    """A baseline pass that paid a one-time stall must not flatter the speedup."""
+    cold = {"tokens_per_second": 1800.0, "control": {"tokens_per_second": 6200.0}}
+    assert vllm_lossless.baseline_tokens_per_second(cold) == 6200.0
+    assert vllm_lossless.baseline_tokens_per_second({"tokens_per_second": 5000.0}) == 5000.0
+
+
+def test_mask_cost_per_step_counts_k_draft_steps_and_one_verification():
+    record = {"num_drafts": 5, "verification_compiled_us": 300.0, "draft_compiled_graph_us": 40.0,
+              "verification_eager_us": 1800.0, "draft_graph_us": 250.0}  # fmt: skip
+    assert bench_vllm_mask.per_step_from(record) == {"per_step_us": 500.0, "per_step_eager_us": 3050.0}

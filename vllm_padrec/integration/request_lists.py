@@ -10,6 +10,8 @@ by ``SamplingParams.extra_args`` (``vllm_xargs`` in the OpenAI API):
     no_repeat       (false)       padrec_no_repeat    an item at most once per list
     max_list_items  (32)          -                   longest list; sets the mask window (W = items * (L+1))
     mask_drafts     (true)        -                   also mask the draft's proposals (PAD-Rec drafts)
+    compile_masks   (true)        -                   torch.compile the verification mask (CUDA)
+    compile_draft_masks (true)    -                   torch.compile the draft's masks too (CUDA)
     catalog         (none)        -                   catalog file; default: the target folder's padrec_catalog.json
 
 The list starts after the last ``<rec>`` of the prompt (after the prompt when it has none). Each
@@ -53,9 +55,10 @@ class ListSettings:
     max_list_items: int = 32  # longest list the masks handle (window of W = max_list_items * (L + 1) tokens)
     mask_drafts: bool = True  # mask the PAD-Rec draft's proposals too (more accepted drafts)
     compile_masks: bool = True  # torch.compile the verification mask on CUDA (a few fused kernels, not ~100)
-    # also compile the draft's masks, which run inside vLLM's captured drafting graphs (warmed up before
-    # capture); off until measured on the H200 (benchmarks/bench_vllm_mask.py, draft_compiled_graph_us)
-    compile_draft_masks: bool = False
+    # also compile the draft's masks (warmed up before vLLM captures its drafting graphs): on the H200 a
+    # draft step's mask takes 0.03-0.05 ms compiled vs 0.22-0.30 ms eager in a graph (bench_vllm_mask), and
+    # a speculative engine step 17.7 vs 21.6 ms (benchmarks/results/engine_step.md)
+    compile_draft_masks: bool = True
     catalog: str | None = None  # catalog file or folder; None: the target checkpoint folder
 
     def __post_init__(self) -> None:
