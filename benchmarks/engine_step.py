@@ -188,18 +188,15 @@ def profile_batch(llm, prompts, params, args, missing: list[str]) -> dict:
     steps = metric_totals(llm)["steps"] - before["steps"]
     events = prof.key_averages()
     per_step = max(steps, 1)
-    phases = []
-    for event in events:
-        if event.key in PHASES:
-            phases.append({
-                "phase": event.key, "calls": event.count,
-                "cpu_ms_per_step": round(event.cpu_time_total / 1000 / per_step, 3),
-                "gpu_ms_per_step": round(event.device_time_total / 1000 / per_step, 3),
-            })  # fmt: skip
-    order = list(PHASES)
-    phases.sort(key=lambda p: order.index(p["phase"]))
-    gpu_total_us = sum(e.self_device_time_total for e in events)
-    kernels = sorted((e for e in events if e.self_device_time_total > 0), key=lambda e: -e.self_device_time_total)
+    phases = merge_phase_rows([
+        {"phase": e.key, "calls": e.count, "cpu_ms_per_step": round(e.cpu_time_total / 1000 / per_step, 3),
+         "gpu_ms_per_step": round(e.device_time_total / 1000 / per_step, 3)}
+        for e in events if e.key in PHASES
+    ])  # fmt: skip
+    # kernels, copies and memsets only: a phase's GPU range spans its kernels and the gaps between them
+    work = [e for e in events if e.key not in PHASES and e.self_device_time_total > 0]
+    gpu_total_us = sum(e.self_device_time_total for e in work)
+    kernels = sorted(work, key=lambda e: -e.self_device_time_total)
     top = [{"kernel": e.key[:120], "calls": e.count, "gpu_ms_per_step": round(e.self_device_time_total / 1000 / per_step, 3)}
            for e in kernels[:15]]  # fmt: skip
     if args.trace_dir:
@@ -210,6 +207,25 @@ def profile_batch(llm, prompts, params, args, missing: list[str]) -> dict:
         "gpu_busy_share": round(gpu_total_us / 1e6 / seconds, 3), "phases": phases, "top_gpu_ops": top,
         "phases_not_found": missing,
     }  # fmt: skip
+
+
+def merge_phase_rows(rows: list[dict]) -> list[dict]:
+    """One row per phase, in ``PHASES`` order. The profiler reports a marked phase twice: its CPU range
+    (CPU time, plus the few kernels launched outside CUDA graphs) and its GPU range (the span on the
+    GPU timeline from the phase's first kernel to its last, idle gaps included, no CPU time)."""
+    merged: dict[str, dict] = {}
+    for row in rows:
+        m = merged.setdefault(row["phase"], {"phase": row["phase"], "calls": 0, "cpu_ms_per_step": 0.0,
+                                             "gpu_span_ms_per_step": None})  # fmt: skip  (None: no kernels)
+        if "gpu_span_ms_per_step" in row:  # merged already
+            m.update(row)
+        elif row["cpu_ms_per_step"] > 0:  # the CPU range
+            m["calls"] = row["calls"]
+            m["cpu_ms_per_step"] = row["cpu_ms_per_step"]
+        else:  # the GPU range
+            m["gpu_span_ms_per_step"] = row["gpu_ms_per_step"]
+    order = list(PHASES)
+    return sorted(merged.values(), key=lambda m: order.index(m["phase"]))
 
 
 # -- driver ---------------------------------------------------------------------------------------------
@@ -304,6 +320,7 @@ def render_markdown(payload: dict) -> str:
         f"{payload['concurrency']} per step (max_num_seqs), {payload['dtype']}; {payload['device']}, torch "
         f"{payload['torch']}, {payload['date']}. Step ms = wall time / engine steps.",
         "",
+        *([f"Note: {payload['note']}", ""] if payload.get("note") else []),
         "| configuration | draft | constrained | tokens/s | speedup vs baseline | engine steps | step ms | acceptance length | lists ≠ no draft |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -323,15 +340,20 @@ def render_markdown(payload: dict) -> str:
             f"## Profile: {r['config']}",
             "",
             f"{p['users']} requests, {p['engine_steps']} engine steps: {p['wall_ms_per_step']} ms wall per step, "
-            f"GPU busy {p['gpu_busy_ms_per_step']} ms per step ({100 * p['gpu_busy_share']:.0f}% of the wall time).",
+            + (f"GPU kernels busy {p['gpu_busy_ms_per_step']} ms per step ({100 * p['gpu_busy_share']:.0f}% of the wall "
+               "time)." if p.get("gpu_busy_ms_per_step") is not None else "GPU busy time not recorded.")
+            + (f" {p['note']}" if p.get("note") else ""),
             "",
-            "| phase | calls | CPU ms per step | GPU ms per step (kernels it launched) |",
+            "| phase | calls | CPU ms per step | GPU span ms per step (first to last kernel, gaps included) |",
             "|---|---:|---:|---:|",
-            *[f"| {q['phase']} | {q['calls']} | {q['cpu_ms_per_step']} | {q['gpu_ms_per_step']} |" for q in p["phases"]],
+            *[f"| {q['phase']} | {q['calls']} | {q['cpu_ms_per_step']} | "
+              f"{'-' if q['gpu_span_ms_per_step'] is None else q['gpu_span_ms_per_step']} |"
+              for q in merge_phase_rows(p["phases"])],
             "",
             "| top GPU op | calls | GPU ms per step |",
             "|---|---:|---:|",
-            *[f"| `{k['kernel']}` | {k['calls']} | {k['gpu_ms_per_step']} |" for k in p["top_gpu_ops"]],
+            *[f"| `{k['kernel']}` | {k['calls']} | {k['gpu_ms_per_step']} |" for k in p["top_gpu_ops"]
+              if k["kernel"] not in PHASES],
         ]
     for name, error in payload["errors"].items():
         lines += ["", f"{name} failed: `{error[-300:]}`"]

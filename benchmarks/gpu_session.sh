@@ -128,7 +128,9 @@ vllm)
   ;;
 vllm_tests)
   log "vLLM integration tests on the GPU (tiny random target + PAD-Rec draft)"
-  python3 -m pytest -q -p no:cacheprovider -o pythonpath= $REPO/tests/test_integration_gpu.py 2>&1 | tail -15
+  # failures keep their assertion lines (a bare tail once cut a failure's reason off)
+  python3 -m pytest -q -p no:cacheprovider -o pythonpath= -rf --tb=short $REPO/tests/test_integration_gpu.py 2>&1 \
+      | grep -E "^E |^FAILED|passed|failed|Error" | cut -c1-400 | tail -40
   tail -c 400 $W/drafts1.log
   ;;
 examples)

@@ -327,7 +327,8 @@ def serve_and_measure(args, name: str, extra: list[str], port: int, catalog, sam
             run["control"] = timed_pass(base, prompts, max_tokens, xargs, args.concurrency, **fields)
         if name == "baseline" and args.unconstrained_pass:
             # the same requests without the catalog masks, the same length (ignore_eos): step time without them
-            run["unconstrained"] = timed_pass(base, prompts, max_tokens, {}, args.concurrency, ignore_eos=True)
+            # (and the same logprobs fields: returning them costs the server time of its own)
+            run["unconstrained"] = timed_pass(base, prompts, max_tokens, {}, args.concurrency, ignore_eos=True, **fields)
         k = min(args.sample, len(samples))
         head = run["answers"][:k]
         run["recommendations_endpoint"] = endpoint_sample(base, catalog, samples[:k], head, args.list_items)

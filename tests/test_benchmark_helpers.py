@@ -151,3 +151,20 @@ def test_mask_cost_per_step_counts_k_draft_steps_and_one_verification():
     record = {"num_drafts": 5, "verification_compiled_us": 300.0, "draft_compiled_graph_us": 40.0,
               "verification_eager_us": 1800.0, "draft_graph_us": 250.0}  # fmt: skip
     assert bench_vllm_mask.per_step_from(record) == {"per_step_us": 500.0, "per_step_eager_us": 3050.0}
+
+
+def test_engine_step_profile_rows_merge_per_phase():
+    """The profiler lists a marked phase twice (its CPU range, its GPU range): one row each, in order."""
+    from benchmarks import engine_step
+
+    rows = [
+        {"phase": "speculator.propose (drafting)", "calls": 17, "cpu_ms_per_step": 0.0, "gpu_ms_per_step": 1.6},
+        {"phase": "speculator.propose (drafting)", "calls": 17, "cpu_ms_per_step": 2.0, "gpu_ms_per_step": 0.05},
+        {"phase": "engine step", "calls": 17, "cpu_ms_per_step": 9.4, "gpu_ms_per_step": 0.6},
+    ]
+    merged = engine_step.merge_phase_rows(rows)
+    assert merged == [
+        {"phase": "engine step", "calls": 17, "cpu_ms_per_step": 9.4, "gpu_span_ms_per_step": None},
+        {"phase": "speculator.propose (drafting)", "calls": 17, "cpu_ms_per_step": 2.0, "gpu_span_ms_per_step": 1.6},
+    ]
+    assert engine_step.merge_phase_rows(merged) == merged  # idempotent (re-rendering a saved profile)
