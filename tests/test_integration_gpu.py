@@ -89,8 +89,25 @@ def _probe(worker) -> dict:
     }
 
 
-def run_engine(target: str, draft: str | None, enforce_eager: bool, prompts, params) -> dict:
-    """In a spawned process: generate greedily, then read the runner's speculator."""
+def record_proposals(speculator_cls) -> list[list[list[int]]]:
+    """Wrap ``speculator_cls.propose`` (in this process) so that every real round's drafts, [num_reqs, K],
+    are kept in the returned list; warm-up and capture rounds (``dummy_run=True``) are not."""
+    rounds: list[list[list[int]]] = []
+    original = speculator_cls.propose
+
+    def propose(self, *args, **kwargs):
+        drafts = original(self, *args, **kwargs)
+        if not kwargs.get("dummy_run", False):
+            rounds.append(drafts.tolist())
+        return drafts
+
+    speculator_cls.propose = propose
+    return rounds
+
+
+def run_engine(target: str, draft: str | None, enforce_eager: bool, prompts, params, record_drafts=False) -> dict:
+    """In a spawned process: generate greedily, then read the runner's speculator (and, with
+    ``record_drafts``, every drafting round's proposals)."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process
     os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "1"
     import vllm_padrec
@@ -98,13 +115,19 @@ def run_engine(target: str, draft: str | None, enforce_eager: bool, prompts, par
     vllm_padrec.register()
     from vllm import LLM, SamplingParams
 
+    rounds = None
+    if record_drafts:
+        from vllm_padrec.integration.speculator import PadRecSpeculator
+
+        rounds = record_proposals(PadRecSpeculator)
+
     spec = {"method": "eagle", "model": draft, "num_speculative_tokens": NUM_STEPS} if draft else None
     llm = LLM(model=target, speculative_config=spec, dtype=DTYPE, max_model_len=256, seed=0,
               gpu_memory_utilization=0.15, enforce_eager=enforce_eager,
               attention_config={"backend": "TRITON_ATTN"})  # fmt: skip
     sampling = [SamplingParams(temperature=0.0, **p) for p in params]
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], sampling, use_tqdm=False)
-    return {"tokens": [list(o.outputs[0].token_ids) for o in outputs], **llm.collective_rpc(_probe)[0]}
+    return {"tokens": [list(o.outputs[0].token_ids) for o in outputs], "rounds": rounds, **llm.collective_rpc(_probe)[0]}
 
 
 def in_subprocess(*args) -> dict:
@@ -160,9 +183,14 @@ def test_greedy_speculation_is_lossless(setup, baseline):
 @pytest.mark.parametrize("enforce_eager", [False, True], ids=["cuda_graphs", "eager"])
 def test_draft_sees_its_step(setup, baseline, enforce_eager):
     prompts, params = setup["prompts"][:3], setup["params"][:3]  # unconstrained: drafts are not masked
-    result = in_subprocess(setup["target"], setup["probe_draft"], enforce_eager, prompts, params)
+    result = in_subprocess(setup["target"], setup["probe_draft"], enforce_eager, prompts, params, True)
     assert result["speculator"] == "PadRecSpeculator"
-    assert result["drafts"] == [PROBE_TOKENS]  # draft k of the last round came from E_step[k]
+    rounds = result["rounds"]
+    assert rounds, "no drafting round was recorded"
+    # draft k of every request in every round came from E_step[k]
+    wrong = [(i, r) for i, r in enumerate(rounds) if any(row != PROBE_TOKENS for row in r)]
+    assert not wrong, f"{len(wrong)} of {len(rounds)} rounds proposed other drafts (first: {wrong[:3]})"
+    assert result["drafts"] == [PROBE_TOKENS]  # the buffer after the last round
     assert result["tokens"] == baseline["tokens"][:3]
 
 
