@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 from benchmarks.plotting import pyplot
+from vllm_padrec.integration.endpoint import SPEC_COUNTERS
 
 # name -> (with the draft, constrained, additional_config["padrec"])
 CONFIGS: dict[str, tuple[bool, bool, dict]] = {
@@ -105,16 +106,13 @@ def mark_phases() -> list[str]:
 
 def metric_totals(llm) -> dict:
     """Engine steps and spec-decode counters from ``LLM.get_metrics()``."""
+    keys = dict(zip(SPEC_COUNTERS, ("drafts", "draft_tokens", "accepted")))  # the endpoint's counter names
     totals = {"steps": 0, "drafts": 0, "draft_tokens": 0, "accepted": 0}
     for metric in llm.get_metrics():
         if metric.name == ITERATIONS:
             totals["steps"] += metric.count
-        elif metric.name == "vllm:spec_decode_num_drafts":
-            totals["drafts"] += metric.value
-        elif metric.name == "vllm:spec_decode_num_draft_tokens":
-            totals["draft_tokens"] += metric.value
-        elif metric.name == "vllm:spec_decode_num_accepted_tokens":
-            totals["accepted"] += metric.value
+        elif metric.name in keys:
+            totals[keys[metric.name]] += metric.value
     return totals
 
 
