@@ -269,7 +269,6 @@ def train_draft(
         raise ValueError(f"unknown draft method {method!r}; choose one of {list(METHODS)}")
     if not isinstance(target, nn.Module) and hasattr(target, "catalog") and hasattr(target, "model"):
         layout = layout or target.catalog.layout  # a TargetCheckpoint
-        target = target.model
     if layout is None and isinstance(data, InteractionData):
         layout = data.catalog.layout
     if layout is None and method != "medusa":
@@ -277,7 +276,7 @@ def train_draft(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
-    target = target.to(device).eval().requires_grad_(False)
+    target = frozen_target(target, device)
 
     if source is None:
         source = feature_source(target, data, config, device, progress)
@@ -366,16 +365,21 @@ def train_draft(
     return result
 
 
+def frozen_target(target: Any, device: torch.device) -> nn.Module:
+    """The target module (a TargetCheckpoint's ``model``) on ``device``, in eval mode, frozen."""
+    if not isinstance(target, nn.Module) and hasattr(target, "model"):
+        target = target.model  # a TargetCheckpoint
+    return target.to(device).eval().requires_grad_(False)
+
+
 def feature_source(
     target: Any, data: InteractionData | Sequence, config: DraftTrainConfig, device: str | torch.device,
     progress: bool = True,
 ) -> FeatureSource:
     """The training sequences of ``data`` with ``target``'s hidden states (stored or on the fly), as
     ``train_draft`` builds them; pass it to several ``train_draft`` calls to collect once."""
-    if not isinstance(target, nn.Module) and hasattr(target, "model"):
-        target = target.model  # a TargetCheckpoint
     device = torch.device(device)
-    target = target.to(device).eval().requires_grad_(False)
+    target = frozen_target(target, device)
     sequences = training_sequences(data, config.max_history, config.list_items)
     return FeatureSource(target, sequences, device, config.features, config.max_stored_gib * 2**30,
                          config.collect_batch_size, progress)
