@@ -185,9 +185,15 @@ def run(args) -> str:
 
 
 # -- rendering ---------------------------------------------------------------------------------------------
+def vllm_acceptance_length(stats: dict) -> float:
+    """vLLM's definition (``SpeculationStats.vllm_acceptance_length``) from a record's counts."""
+    return 1 + stats["accepted"] / stats["rounds"] if stats["rounds"] else 0.0
+
+
 def _format_row(r: dict) -> str:
     steps = " ".join(f"{x:.2f}" for x in r["acceptance_rate_by_step"])
-    return (f"| {r['method']} | {r['gamma']} | {r['acceptance_length']:.3f} | {r['draft_acceptance_rate']:.3f} | "
+    return (f"| {r['method']} | {r['gamma']} | {r['acceptance_length']:.3f} | "
+            f"{vllm_acceptance_length(r['stats']):.3f} | {r['draft_acceptance_rate']:.3f} | "
             f"{steps} | {r['mismatches']} | {r['users']} | {r['wall_seconds']:.1f} |")
 
 
@@ -216,12 +222,15 @@ def render(json_path: str) -> None:
         f"{machine['dtype']}, torch {machine['torch']}, transformers {machine['transformers']}, {machine['date']}.",
         "",
         "Acceptance length: tokens per target verification pass, (accepted drafts + 1) averaged over draft "
-        "rounds. Rate by step k: accepted / proposed drafts at step k. Mismatches: lists that differ from "
+        "rounds. vLLM's length: 1 + accepted / rounds, as `vllm:spec_decode_*` counts it (a round whose "
+        "drafts closed the list counts its bonus token too). "
+        "Rate by step k: accepted / proposed drafts at step k. Mismatches: lists that differ from "
         "plain greedy decoding (must be 0). Seconds: this plain-torch reference decoder "
         f"(plain greedy: {data['greedy_wall_seconds']:.1f} s), not vLLM.",
         "",
-        "| method | γ | acceptance length | draft acceptance | rate by step k = 0.. | mismatches | users | seconds |",
-        "|---|---:|---:|---:|---|---:|---:|---:|",
+        "| method | γ | acceptance length | vLLM's length | draft acceptance | rate by step k = 0.. | mismatches | "
+        "users | seconds |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     lines += [_format_row(r) for r in records]
     lines += [

@@ -39,7 +39,9 @@
 #
 # Environment: BENCH_EPOCHS (target epochs), DRAFT_STEPS (1200), DRAFTS (all; "padrec": only the PAD-Rec
 # head, for the vLLM checks), SIGNAL_LR_SCALE (10: the learning-rate factor of the second PAD-Rec run's
-# signal parameters), ACCEPT_USERS (150; 0: no acceptance benchmark), LOSSLESS_USERS (500), ENGINE_USERS (512),
+# signal parameters), ACCEPT_USERS (150; 0: no acceptance benchmark), ACCEPT_GAMMAS ("3 4 5"), ACCEPT_NAME
+# (beauty; the lossless run reads the reference acceptance from it: for the vLLM checks run
+# DRAFTS=padrec ACCEPT_USERS=500 ACCEPT_GAMMAS=5 ACCEPT_NAME=beauty_vllm_users), LOSSLESS_USERS (500), ENGINE_USERS (512),
 # PROFILE (the engine configurations profiled: "baseline spec").
 # The tests run with `-o pythonpath=`: pytest.ini puts the repository first on sys.path (for a plain
 # `pytest` on a checkout with an editable install), which here would shadow the installed package,
@@ -99,7 +101,8 @@ pipeline)  # runs as a daemon (started by `start`); outlives the calls, logs to 
   heads=$(ls -d $W/drafts/*/draft)
   [ -d $W/drafts_signal_lr10/padrec/draft ] && heads="$heads padrec_signal_lr10=$W/drafts_signal_lr10/padrec/draft"
   python3 -m benchmarks.bench_acceptance --target $W/bench/checkpoint --dataset $W/data/beauty_atspeed \
-      --drafts $heads --users ${ACCEPT_USERS:-150} --gammas 3 4 5 --out $W/results --name beauty > $W/accept.log 2>&1
+      --drafts $heads --users ${ACCEPT_USERS:-150} --gammas ${ACCEPT_GAMMAS:-3 4 5} --batch-size 128 \
+      --out $W/results --name ${ACCEPT_NAME:-beauty} > $W/accept.log 2>&1
   touch $W/pipeline.done
   ;;
 start)
@@ -178,15 +181,17 @@ lossless)  # lossless [fp32|bf16]: both by default
   [ -e $W/pipeline.done ] || { log "the pipeline still runs (call 'results' first): timings would be shared"; tail -c 300 $W/accept.log; }
   lossless_run() {  # NAME VLLM_ARGS...: the same 500 users with and without the PAD-Rec draft
     local name=$1; shift
+    local reference=$W/results/acceptance_${ACCEPT_NAME:-beauty}.json
     python3 -m benchmarks.vllm_lossless --target $W/bench/checkpoint --draft $W/drafts/padrec/draft \
         --dataset $W/data/beauty_atspeed --users ${LOSSLESS_USERS:-500} --concurrency 64 --out "$OUT" \
+        $([ -e $reference ] && echo --reference-acceptance $reference) \
         --name $name -- --gpu-memory-utilization 0.3 --max-model-len 512 "$@" 2>&1 | tail -12
   }
   shift
   for mode in ${*:-fp32 bf16}; do
     case $mode in
     fp32) log "vllm serve with and without --speculative-model, float32: greedy lists, token for token"
-          lossless_run vllm_lossless --dtype float32 ;;
+          lossless_run vllm_lossless --dtype float32 ;;  # (with the reference decoder's acceptance, if run)
     bf16) log "the same in bfloat16: speed (greedy lists are not reproducible run to run in bfloat16)"
           lossless_run vllm_lossless_bf16 ;;
     # vLLM's batch-invariant mode (VLLM_BATCH_INVARIANT=1): each row's numerics do not depend on the batch

@@ -48,9 +48,11 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.bench_acceptance import draft_folder, draft_steps
 from benchmarks.serve_completions import post, start_server, stop_server, wait_healthy
 from vllm_padrec.catalog import ItemCatalog, TokenLayout
 from vllm_padrec.data import load_dataset
+from vllm_padrec.draft.checkpoint import read_config
 from vllm_padrec.integration.endpoint import (
     PLUGIN_NAME,
     ROUTE,
@@ -354,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the second baseline pass (run-to-run mismatch floor)")  # fmt: skip
     parser.add_argument("--no-unconstrained-pass", dest="unconstrained_pass", action="store_false",
                         help="skip the baseline pass without the constraint (the constraint's cost per step)")
+    parser.add_argument("--reference-acceptance", default=None,
+                        help="acceptance JSON of benchmarks.bench_acceptance for the same draft and users: "
+                             "the reference decoder's acceptance beside vLLM's")  # fmt: skip
     parser.add_argument("--port", type=int, default=8021)
     parser.add_argument("--startup-timeout", type=float, default=900)
     parser.add_argument("--log-dir", default="/tmp")
@@ -376,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    num_drafts = args.num_speculative_tokens or draft_steps(read_config(draft_folder(args.draft)))  # K
     speculative_flags = ["--speculative-model", args.draft]
     if args.num_speculative_tokens is not None:
         speculative_flags += ["--num-speculative-tokens", str(args.num_speculative_tokens)]
@@ -431,6 +437,10 @@ def main(argv: list[str] | None = None) -> int:
         record["runs"]["baseline_unconstrained"] = {k: free[k] for k in summary_keys if k in free}
         fastest = min(baseline_passes(base), key=lambda p: p["mean_step_ms"] or float("inf"))
         record["constraint_cost"] = constraint_cost(fastest, free)
+    if args.reference_acceptance:
+        record["reference_acceptance"] = reference_acceptance(
+            args.reference_acceptance, args.draft, num_drafts, len(samples), args.list_items
+        )
     (out / f"{args.name}.json").write_text(json.dumps(record, indent=2))
     (out / f"{args.name}.md").write_text(markdown(record))
     bulky = ("runs", "mismatch_examples", "control_mismatch_examples")
@@ -438,6 +448,31 @@ def main(argv: list[str] | None = None) -> int:
     floor = record["control_mismatched_users"] or 0
     ok = record["mismatched_users"] <= floor and record["invalid_items"] == 0 and record["duplicate_items"] == 0
     return 0 if ok else 1
+
+
+def reference_acceptance(path: str, draft: str, gamma: int, users: int, list_items: int) -> dict:
+    """The plain-torch reference decoder's acceptance for the same head, γ, users and list length
+    (a ``bench_acceptance`` JSON), in its own definition and in vLLM's: 1 + accepted / rounds, and
+    accepted at step k / rounds. vLLM also proposes γ drafts in a list's last round (the reference
+    stops at ``</s>``) and counts drafts the target agrees with after ``</s>`` as accepted."""
+    data = json.loads(Path(path).read_text())
+    settings = data["settings"]
+    wanted = dict(users=users, split="test", num_items=list_items)
+    differ = {k: (settings.get(k), v) for k, v in wanted.items() if settings.get(k) != v}
+    if differ:
+        return {"json": path, "error": f"not the same requests (reference, vLLM): {differ}"}
+    served = {os.path.realpath(draft), os.path.realpath(os.path.join(draft, "draft"))}  # as draft_folder reads it
+    for r in data["records"]:
+        if r["gamma"] == gamma and os.path.realpath(r["draft"]) in served:
+            stats = r["stats"]
+            rounds = stats["rounds"]
+            return {
+                "json": path, "method": r["method"], "gamma": gamma, "users": r["users"], "mismatches": r["mismatches"],
+                "tokens_per_round": round(r["acceptance_length"], 4),
+                "vllm_acceptance_length": round(1 + stats["accepted"] / rounds, 4),
+                "vllm_per_position_acceptance": [round(a / rounds, 4) for a in stats["accepted_by_step"]],
+            }  # fmt: skip
+    return {"json": path, "error": f"no record for draft {draft} at γ = {gamma}"}
 
 
 def baseline_passes(base: dict) -> list[dict]:
@@ -460,6 +495,20 @@ def constraint_cost(constrained: dict, free: dict) -> dict:
         "relative": round(on / off - 1, 4) if on and off else None,
         "note": "baseline server (no draft), the same concurrency, its faster constrained pass; the unconstrained pass sends ignore_eos so lists have the same length",
     }  # fmt: skip
+
+
+def reference_rows(reference: dict | None) -> list[str]:
+    """Markdown rows: the reference decoder's acceptance beside vLLM's (``reference_acceptance``)."""
+    if not reference:
+        return []
+    if "error" in reference:
+        return [f"| reference decoder's acceptance | {reference['error']} |"]
+    return [
+        f"| reference decoder, same head and users: 1 + accepted / rounds (its tokens per round) | "
+        f"{reference['vllm_acceptance_length']} ({reference['tokens_per_round']}; {reference['mismatches']} "
+        f"lists differ from its plain greedy) |",
+        f"| reference decoder: per-position acceptance | {reference['vllm_per_position_acceptance']} |",
+    ]
 
 
 def markdown(r: dict) -> str:
@@ -493,6 +542,7 @@ def markdown(r: dict) -> str:
         f"| most requests running at once (server gauge) | {r['concurrent_requests']} |",
         f"| mean acceptance length (1 + accepted / drafts) | {r['acceptance_length']} |",
         f"| per-position acceptance | {r['per_position_acceptance']} |",
+        *reference_rows(r.get("reference_acceptance")),
         f"| output tokens/s, speculative / baseline (the faster baseline pass) | {r['speedup_tokens_per_second']} |",
         f"| engine step ms, baseline constrained / unconstrained | "
         f"{(r.get('constraint_cost') or {}).get('constrained_step_ms')} / "

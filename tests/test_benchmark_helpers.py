@@ -6,6 +6,8 @@ they measure is checked here, so that a wrong parser or formula cannot hide behi
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -145,6 +147,27 @@ def test_speedups_use_the_faster_baseline_pass():
     cold = {"tokens_per_second": 1800.0, "control": {"tokens_per_second": 6200.0}}
     assert vllm_lossless.baseline_tokens_per_second(cold) == 6200.0
     assert vllm_lossless.baseline_tokens_per_second({"tokens_per_second": 5000.0}) == 5000.0
+
+
+def test_reference_acceptance_is_read_for_the_same_head_and_requests(tmp_path):
+    """The reference decoder's record of the served head at γ = K, in vLLM's definitions; anything
+    else (other users, list length, head or γ) is reported, never compared."""
+    draft = tmp_path / "padrec" / "draft"
+    draft.mkdir(parents=True)
+    (draft / "config.json").write_text("{}")
+    stats = {"rounds": 100, "accepted": 350, "accepted_by_step": [90, 80, 70, 60, 50]}
+    record = {"method": "padrec", "draft": str(draft), "gamma": 5, "users": 500, "mismatches": 0,
+              "acceptance_length": 4.42, "stats": stats}  # fmt: skip
+    path = tmp_path / "acceptance.json"
+    path.write_text(json.dumps({"settings": {"users": 500, "split": "test", "num_items": 10},
+                                "records": [dict(record, gamma=4), record]}))  # fmt: skip
+    ref = vllm_lossless.reference_acceptance(str(path), str(tmp_path / "padrec"), 5, 500, 10)
+    assert ref["vllm_acceptance_length"] == 4.5 and ref["tokens_per_round"] == 4.42
+    assert ref["vllm_per_position_acceptance"] == [0.9, 0.8, 0.7, 0.6, 0.5]
+    assert "4.5 (4.42; 0 lists differ" in "\n".join(vllm_lossless.reference_rows(ref))
+    assert "not the same requests" in vllm_lossless.reference_acceptance(str(path), str(draft), 5, 100, 10)["error"]
+    assert "no record" in vllm_lossless.reference_acceptance(str(path), str(draft), 3, 500, 10)["error"]
+    assert "no record" in vllm_lossless.reference_acceptance(str(path), str(tmp_path / "eagle"), 5, 500, 10)["error"]
 
 
 def test_mask_cost_per_step_counts_k_draft_steps_and_one_verification():

@@ -201,6 +201,12 @@ def test_stats_add_up_and_merge(world):
     assert s.target_passes == s.rounds + s.lists  # one prefill per list, one pass per round
     assert s.round_tokens == s.tokens - s.lists  # the first token of each list comes from the prefill
     assert s.mean_accepted_length == pytest.approx(s.round_tokens / s.rounds)
+    # vLLM's definitions: every round adds one token; per position over rounds, not over proposed drafts
+    closing_rounds = s.rounds + s.accepted - s.round_tokens  # rounds whose accepted drafts closed the list
+    assert closing_rounds >= 0 and s.vllm_acceptance_length == pytest.approx(1 + s.accepted / s.rounds)
+    assert s.vllm_acceptance_length >= s.mean_accepted_length
+    assert sum(s.vllm_acceptance_by_position) == pytest.approx(s.vllm_acceptance_length - 1)
+    assert all(v <= r for v, r in zip(s.vllm_acceptance_by_position, s.acceptance_rate_by_step))
     assert sum(s.length_counts) == s.rounds and sum(n * c for n, c in enumerate(s.length_counts)) == s.round_tokens
     assert sum(s.accepted_by_step) == s.accepted == sum(s.accepted_by_slot)
     assert s.drafted_by_step[0] == s.reached_by_step[0] == s.rounds

@@ -126,6 +126,17 @@ class SpeculationStats:
         """P(draft accepted | reached), by the slot of the drafted token."""
         return [_ratio(a, r) for a, r in zip(self.accepted_by_slot, self.reached_by_slot)]
 
+    @property
+    def vllm_acceptance_length(self) -> float:
+        """vLLM's mean acceptance length, 1 + accepted / rounds (``vllm:spec_decode_num_accepted_tokens``
+        over ``num_drafts``): it adds the bonus token also to rounds where a draft closed the list."""
+        return 1.0 + self.accepted / self.rounds if self.rounds else 0.0
+
+    @property
+    def vllm_acceptance_by_position(self) -> list[float]:
+        """vLLM's per-position acceptance: drafts accepted at step k / rounds (vLLM always proposes γ)."""
+        return [_ratio(a, self.rounds) for a in self.accepted_by_step]
+
     def slot_names(self) -> list[str]:
         return [f"slot{s}" for s in range(self.num_slots)] + ["sep", "other"]
 
@@ -158,6 +169,8 @@ class SpeculationStats:
             acceptance_rate_by_step=self.acceptance_rate_by_step,
             conditional_acceptance_by_step=self.conditional_acceptance_by_step,
             acceptance_by_slot=dict(zip(self.slot_names(), self.acceptance_by_slot)),
+            vllm_acceptance_length=self.vllm_acceptance_length,
+            vllm_acceptance_by_position=self.vllm_acceptance_by_position,
         )
         return out
 
