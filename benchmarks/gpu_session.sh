@@ -54,6 +54,8 @@ W=/tmp/padrec
 REPO=$(pwd)
 mkdir -p "$W/run" "$W/path" "${OUT:=/tmp/padrec/out}"
 [ -f /tmp/vllmkit/env.sh ] && . /tmp/vllmkit/env.sh
+# the settings `start` was given hold for the later calls too (a call's own environment wins)
+[ -f $W/session.env ] && . $W/session.env
 # The repo's own vllm_padrec/ (without kernels/, which setup.py maps in) must not shadow the installed
 # package: run from $W/run, with only benchmarks/ importable from the repo.
 [ -d "$REPO/benchmarks" ] && ln -sfn "$REPO/benchmarks" "$W/path/benchmarks"
@@ -108,6 +110,9 @@ pipeline)  # runs as a daemon (started by `start`); outlives the calls, logs to 
 start)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   mkdir -p $W/data && cp -r $REPO/.gpudata/* $W/data/
+  for name in BENCH_EPOCHS DRAFT_STEPS DRAFTS SIGNAL_LR_SCALE ACCEPT_USERS ACCEPT_GAMMAS ACCEPT_NAME; do
+    [ -n "${!name+x}" ] && echo ": \"\${$name:=${!name}}\""
+  done > $W/session.env
   install_project
   log "starting the pipeline daemon: bench target -> evaluation + draft heads -> acceptance"
   cp "$REPO/benchmarks/gpu_session.sh" $W/gpu_session.sh

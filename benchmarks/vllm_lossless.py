@@ -15,7 +15,10 @@ through ``--concurrency`` client threads, greedy and catalog-constrained through
 - invalid items (not in the catalog) and duplicates within a list are counted;
 - ``/metrics`` is scraped before and after the timed pass: mean acceptance length =
   1 + accepted / drafts over the pass (``vllm:spec_decode_num_*_total`` deltas), per-position
-  acceptance, and the most requests the server ran at once (``vllm:num_requests_running``, polled);
+  acceptance, and the most requests the server ran at once (``vllm:num_requests_running``, polled;
+  None when no scrape began and came back within the pass);
+- with ``--reference-acceptance`` (a ``bench_acceptance`` JSON of the same head and users), the
+  reference decoder's acceptance in vLLM's definition beside vLLM's;
 - output tokens/s and p50/p99 request latency of each pass;
 - a sample of users also goes through ``POST /v1/recommendations`` (the endpoint plugin) and, when
   the ``openai`` package is importable, through the OpenAI Python client; both must give the same
@@ -30,6 +33,7 @@ already differ for about 10% of users (near-tied logits under different batch sh
 lossless claim is checked with ``-- --dtype float32`` (the control floor drops to about zero) and the
 speed is measured in bfloat16 (``--name vllm_lossless_bf16``).
 
+``--render JSON [--reference-acceptance A] [--note TEXT]`` rebuilds the Markdown on any machine.
 Writes ``<name>.json`` and ``<name>.md`` (``--name``, default ``vllm_lossless``); exits 1 when lists differ beyond the control
 floor or an invalid / duplicate item appears. Needs a GPU (does not run on the CPU machine).
 """
@@ -111,20 +115,30 @@ def gauge(samples, name: str) -> float:
 
 
 class RunningPoller:
-    """Polls ``vllm:num_requests_running`` while a pass runs; keeps the maximum."""
+    """Polls ``vllm:num_requests_running`` while a pass runs. A scrape can wait behind a busy API server
+    for longer than a short pass lasts, so only readings whose scrape began and ended inside the pass
+    count (``max_within``)."""
 
     def __init__(self, base: str, every: float = 0.25) -> None:
-        self.base, self.every, self.max = base, every, 0.0
+        self.base, self.every = base, every
+        self.readings: list[tuple[float, float, float]] = []  # (scrape sent, scrape answered, gauge)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            sent = time.perf_counter()
             try:
-                self.max = max(self.max, gauge(scrape(self.base), RUNNING))
+                value = gauge(scrape(self.base), RUNNING)
+                self.readings.append((sent, time.perf_counter(), value))
             except (urllib.error.URLError, OSError, ValueError):
                 pass
             self._stop.wait(self.every)
+
+    def max_within(self, start: float, end: float) -> tuple[int | None, int]:
+        """(most requests running, readings) over the readings taken inside [start, end]; None: none was."""
+        inside = [value for sent, answered, value in self.readings if start <= sent and answered <= end]
+        return (int(max(inside)) if inside else None), len(inside)
 
     def __enter__(self) -> "RunningPoller":
         self._thread.start()
@@ -181,7 +195,9 @@ def timed_pass(
         started = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
             answers = list(pool.map(ask, prompts))
-        seconds = time.perf_counter() - started
+        ended = time.perf_counter()
+    seconds = ended - started
+    max_running, running_readings = poller.max_within(started, ended)
     samples_after = scrape(base)
     after = spec_counters(samples_after)
     steps = gauge(samples_after, ITERATIONS) - gauge(samples_before, ITERATIONS)
@@ -199,7 +215,8 @@ def timed_pass(
         "requests_per_second": round(len(answers) / seconds, 2),
         "latency_p50_ms": round(1000 * percentile(latencies, 50), 1),
         "latency_p99_ms": round(1000 * percentile(latencies, 99), 1),
-        "max_running_requests": int(poller.max),
+        "max_running_requests": max_running,  # None: no /metrics scrape both began and ended during the pass
+        "running_readings": running_readings,
         "engine_steps": int(steps),
         # wall time of the pass per engine step (includes the ramp-up and tail with fewer requests)
         "mean_step_ms": round(1000 * seconds / steps, 3) if steps else None,
@@ -344,9 +361,12 @@ def serve_and_measure(args, name: str, extra: list[str], port: int, catalog, sam
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", required=True, help="target checkpoint folder (with padrec_catalog.json)")
-    parser.add_argument("--draft", required=True, help="draft head folder, served with --speculative-model")
-    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--target", help="target checkpoint folder (with padrec_catalog.json); required")
+    parser.add_argument("--draft", help="draft head folder, served with --speculative-model; required")
+    parser.add_argument("--dataset", help="dataset folder or name; required")
+    parser.add_argument("--render", metavar="JSON", help="only rebuild the Markdown beside a result JSON (first "
+                        "attaching --reference-acceptance and --note when given); no GPU")  # fmt: skip
+    parser.add_argument("--note", default=None, help="with --render: a note printed above the tables")
     parser.add_argument("--users", type=int, default=500, help="test users (the first of the test split)")
     parser.add_argument("--concurrency", type=int, default=64, help="client threads: requests in flight")
     parser.add_argument("--list-items", type=int, default=10, help="N: items per list (padrec_num_items)")
@@ -366,6 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="vllm_lossless", help="stem of the JSON / Markdown files written")
     parser.add_argument("vllm_args", nargs="*", help="extra `vllm serve` arguments for both servers (after --)")
     args = parser.parse_args(argv)
+    if args.render:
+        render(args.render, args.reference_acceptance, args.note)
+        return 0
+    missing = [f"--{name}" for name in ("target", "draft", "dataset") if getattr(args, name) is None]
+    if missing:
+        parser.error(f"{', '.join(missing)} required (or --render JSON)")
 
     catalog = ItemCatalog.load(args.target)
     data = load_dataset(args.dataset)
@@ -404,14 +430,15 @@ def main(argv: list[str] | None = None) -> int:
     control = compare(base["answers"], base["control"]["answers"], users, catalog) if "control" in base else None
     quality = {name: list_quality(catalog, run["answers"], args.list_items) for name, run in runs.items()}
     summary_keys = ("seconds", "output_tokens", "tokens_per_second", "requests_per_second", "latency_p50_ms",
-                    "latency_p99_ms", "max_running_requests", "engine_steps", "mean_step_ms", "spec_decode", "server_startup_seconds", "server_log",
-                    "recommendations_endpoint", "openai_client")  # fmt: skip
+                    "latency_p99_ms", "max_running_requests", "running_readings", "engine_steps", "mean_step_ms",
+                    "spec_decode", "server_startup_seconds", "server_log", "recommendations_endpoint",
+                    "openai_client")  # fmt: skip
     record = {
         "target": args.target, "draft": args.draft, "dataset": data.name, "users": len(samples),
         "list_items": args.list_items, "max_history": max_history, "max_tokens": max_tokens, "vllm_xargs": xargs,
         "concurrency": args.concurrency,
         # the most requests either server ran at once (vllm:num_requests_running, polled every 0.25 s)
-        "concurrent_requests": max(base["max_running_requests"], spec["max_running_requests"]),
+        "concurrent_requests": max((r["max_running_requests"] or 0 for r in (base, spec)), default=0),
         "mismatched_users": lossless["mismatched_users"],
         "control_mismatched_users": control["mismatched_users"] if control else None,
         # top-2 log-probability gap at each mismatch's first different token (both runs; the larger)
@@ -428,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         "mismatch_examples": lossless["examples"],
         "control_mismatch_examples": control["examples"] if control else None,
         "runs": {name: {k: run[k] for k in summary_keys if k in run} for name, run in runs.items()},
-        "vllm_args": args.vllm_args, "speculative_flags": speculative_flags,
+        "vllm_args": args.vllm_args, "speculative_flags": speculative_flags, "num_speculative_tokens": num_drafts,
     }  # fmt: skip
     if control:
         record["runs"]["baseline_control"] = {k: base["control"][k] for k in summary_keys if k in base["control"]}
@@ -448,6 +475,24 @@ def main(argv: list[str] | None = None) -> int:
     floor = record["control_mismatched_users"] or 0
     ok = record["mismatched_users"] <= floor and record["invalid_items"] == 0 and record["duplicate_items"] == 0
     return 0 if ok else 1
+
+
+def render(json_path: str, reference: str | None = None, note: str | None = None) -> None:
+    """Rewrite ``<name>.md`` from ``<name>.json``; attach the reference decoder's acceptance (an
+    acceptance JSON for the same head and users) and a note to the JSON first, when given."""
+    path = Path(json_path)
+    record = json.loads(path.read_text())
+    if reference:
+        spec = record["runs"]["speculative"]["spec_decode"]
+        num_drafts = record.get("num_speculative_tokens") or spec["num_draft_tokens"] // spec["num_drafts"]
+        record["reference_acceptance"] = reference_acceptance(
+            reference, record["draft"], num_drafts, record["users"], record["list_items"]
+        )
+    if note:
+        record["note"] = note
+    if reference or note:
+        path.write_text(json.dumps(record, indent=2))
+    path.with_suffix(".md").write_text(markdown(record))
 
 
 def reference_acceptance(path: str, draft: str, gamma: int, users: int, list_items: int) -> dict:
@@ -527,6 +572,7 @@ def markdown(r: dict) -> str:
     lines = [
         "# Speculative decoding on `vllm serve`: lossless check",
         "",
+        *([f"Note: {r['note']}", ""] if r.get("note") else []),
         f"Target `{r['target']}`, draft `{r['draft']}`, dataset {r['dataset']}: {r['users']} test users, "
         f"lists of {r['list_items']} items (greedy, catalog-constrained via `vllm_xargs` {r['vllm_xargs']}), "
         f"{r['concurrency']} client threads; `vllm serve` flags {r['vllm_args']}.",

@@ -170,6 +170,38 @@ def test_reference_acceptance_is_read_for_the_same_head_and_requests(tmp_path):
     assert "no record" in vllm_lossless.reference_acceptance(str(path), str(tmp_path / "eagle"), 5, 500, 10)["error"]
 
 
+def test_running_gauge_counts_only_scrapes_inside_the_pass():
+    """A scrape that began before the pass (0 running) or came back after it is not a reading of it."""
+    poller = vllm_lossless.RunningPoller("http://unused")
+    poller.readings = [(0.0, 0.1, 0.0), (1.0, 1.2, 64.0), (1.5, 1.7, 60.0), (1.9, 3.5, 0.0)]
+    assert poller.max_within(0.5, 3.0) == (64, 2)
+    assert poller.max_within(1.8, 3.0) == (None, 0)  # nothing observed: None, never 0
+
+
+def test_render_attaches_the_reference_and_a_note(tmp_path):
+    record = {"target": "t", "draft": str(tmp_path / "draft"), "dataset": "d", "users": 2, "list_items": 10,
+              "vllm_xargs": {}, "concurrency": 2, "vllm_args": [], "mismatched_users": 0,
+              "control_mismatched_users": 0, "invalid_items": 0, "duplicate_items": 0, "concurrent_requests": 2,
+              "acceptance_length": 4.6, "per_position_acceptance": [0.9], "speedup_tokens_per_second": 1.3,
+              "mismatch_examples": [], "control_mismatch_examples": [],
+              "runs": {name: {"tokens_per_second": 1.0, "requests_per_second": 1.0, "latency_p50_ms": 1.0,
+                              "latency_p99_ms": 1.0, "max_running_requests": None,
+                              "spec_decode": {"num_drafts": 10, "num_draft_tokens": 50}}
+                       for name in ("baseline", "speculative")}}  # fmt: skip
+    (tmp_path / "draft").mkdir()
+    reference = tmp_path / "acceptance.json"
+    reference.write_text(json.dumps({"settings": {"users": 2, "split": "test", "num_items": 10}, "records": [
+        {"method": "padrec", "draft": str(tmp_path / "draft"), "gamma": 5, "users": 2, "mismatches": 0,
+         "acceptance_length": 4.0, "stats": {"rounds": 10, "accepted": 31, "accepted_by_step": [9, 8, 7, 5, 2]}}]}))
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(record))
+    vllm_lossless.render(str(path), str(reference), "a note")
+    saved = json.loads(path.read_text())
+    assert saved["reference_acceptance"]["vllm_acceptance_length"] == 4.1 and saved["note"] == "a note"
+    text = (tmp_path / "run.md").read_text()
+    assert "Note: a note" in text and "| 4.1 (4.0; 0 lists differ" in text
+
+
 def test_mask_cost_per_step_counts_k_draft_steps_and_one_verification():
     record = {"num_drafts": 5, "verification_compiled_us": 300.0, "draft_compiled_graph_us": 40.0,
               "verification_eager_us": 1800.0, "draft_graph_us": 250.0}  # fmt: skip
