@@ -22,7 +22,9 @@ of a speculative engine step with B requests and K draft tokens:
   from a CUDA graph; checked against the eager one;
 - ``per_step``: compiled verification + K compiled draft calls: what one engine step pays for the
   constraint with the plugin's defaults (``per_step_eager``: both eager, ``compile_masks`` and
-  ``compile_draft_masks`` off; ``per_step_from``).
+  ``compile_draft_masks`` off; ``per_step_from``);
+- ``*_triton``: the same two calls through the fused Triton kernel (``triton_masks``), verification
+  launched plainly, the draft call replayed from a CUDA graph; checked against the eager masks.
 
 Catalogs: the dataset's (Beauty, 12k items) and a synthetic 1M-item catalog (``bench_trie``'s
 generator). Each request holds a partial list of real items (random length, no repeats), the drafts
@@ -98,9 +100,9 @@ def make_inputs(catalog, batch: int, num_drafts: int, seed: int, device):
     )
 
 
-def same_as_eager(eager_fn, compiled_fn, logits, rest: tuple, where: str):
-    """Mask copies of ``logits`` eagerly and compiled (under inference mode, as vLLM calls it); they must be
-    equal. Returns the eagerly masked copy."""
+def same_as_eager(eager_fn, compiled_fn, logits, rest: tuple, where: str, what: str = "compiled"):
+    """Mask copies of ``logits`` eagerly and with ``compiled_fn`` (compiled or the Triton kernel, under
+    inference mode, as vLLM calls it); they must be equal. Returns the eagerly masked copy."""
     import torch
 
     want, got = logits.clone(), logits.clone()
@@ -108,7 +110,7 @@ def same_as_eager(eager_fn, compiled_fn, logits, rest: tuple, where: str):
     with torch.inference_mode():
         compiled_fn(got, *rest)
     if not torch.equal(got, want):
-        raise AssertionError(f"{where}: the compiled {eager_fn.__name__} differs from the eager one")
+        raise AssertionError(f"{where}: the {what} {eager_fn.__name__} differs from the eager one")
     return want
 
 
@@ -116,6 +118,7 @@ def bench(catalog, name: str, args) -> list[dict]:
     import torch
 
     from vllm_padrec.integration import verification_mask as vm
+    from vllm_padrec.kernels import catalog_mask_draft, catalog_mask_verification
 
     device = torch.device("cuda")
     tables = vm.CatalogTables.build(catalog, device=device)
@@ -136,6 +139,9 @@ def bench(catalog, name: str, args) -> list[dict]:
             if not bool((torch.isfinite(masked).sum(1) > 0).all()):  # every row must keep at least one token
                 raise AssertionError(f"{where}: a verification row lost every token")
             same_as_eager(vm.mask_draft_logits, compiled_draft, x["draft_logits"], draft_rest, where)
+            same_as_eager(vm.mask_verification_logits, catalog_mask_verification, x["verify_logits"], verify_rest,
+                          where, "Triton")  # fmt: skip
+            same_as_eager(vm.mask_draft_logits, catalog_mask_draft, x["draft_logits"], draft_rest, where, "Triton")
 
             def verification():
                 vm.mask_verification_logits(x["verify_logits"], *verify_rest)
@@ -149,6 +155,12 @@ def bench(catalog, name: str, args) -> list[dict]:
             def draft_compiled():
                 compiled_draft(x["draft_logits"], *draft_rest)
 
+            def verification_triton():
+                catalog_mask_verification(x["verify_logits"], *verify_rest)
+
+            def draft_triton():
+                catalog_mask_draft(x["draft_logits"], *draft_rest)
+
             verify_ms = time_ms(verification, args.iters, args.repeats, graph=False)
             with torch.inference_mode():
                 compiled_ms = time_ms(verification_compiled, args.iters, args.repeats, graph=False)
@@ -156,6 +168,8 @@ def bench(catalog, name: str, args) -> list[dict]:
             draft_ms = time_ms(draft, args.iters, args.repeats, graph=True)
             with torch.inference_mode():
                 draft_compiled_ms = time_ms(draft_compiled, args.iters, args.repeats, graph=True)
+            triton_ms = time_ms(verification_triton, args.iters, args.repeats, graph=False)
+            draft_triton_ms = time_ms(draft_triton, args.iters, args.repeats, graph=True)
             record = dict(
                 catalog=name, items=len(catalog), batch=batch, num_drafts=num_drafts,
                 verification_rows=batch * (num_drafts + 1),
@@ -164,6 +178,8 @@ def bench(catalog, name: str, args) -> list[dict]:
                 verification_graph_us=round(1000 * verify_graph_ms, 2),
                 draft_graph_us=round(1000 * draft_ms, 2),
                 draft_compiled_graph_us=round(1000 * draft_compiled_ms, 2),
+                verification_triton_us=round(1000 * triton_ms, 2),
+                draft_triton_graph_us=round(1000 * draft_triton_ms, 2),
             )  # fmt: skip
             record.update(per_step_from(record))
             records.append(record)
@@ -175,10 +191,13 @@ def per_step_from(record: dict) -> dict:
     """The constraint's cost per engine step from one record's timings: K draft steps + the verification,
     compiled (the plugin's defaults) and eager (``compile_masks`` / ``compile_draft_masks`` off)."""
     k = record["num_drafts"]
-    return {
+    per_step = {
         "per_step_us": round(record["verification_compiled_us"] + k * record["draft_compiled_graph_us"], 2),
         "per_step_eager_us": round(record["verification_eager_us"] + k * record["draft_graph_us"], 2),
     }
+    if "verification_triton_us" in record:  # (records from before the kernel have no Triton timings)
+        per_step["per_step_triton_us"] = round(record["verification_triton_us"] + k * record["draft_triton_graph_us"], 2)
+    return per_step
 
 
 def render_markdown(payload: dict) -> str:
@@ -191,19 +210,22 @@ def render_markdown(payload: dict) -> str:
         "eager ops replayed from a CUDA graph (reference). `draft`: `mask_draft_logits` on B draft rows, one draft "
         "step, replayed from a CUDA graph (as in vLLM's captured drafting loop), eager and compiled "
         "(`compile_draft_masks`). `per step` = compiled verification + K compiled draft steps (the plugin's defaults); "
-        "`per step, eager` = both eager.",
+        "`per step, eager` = both eager. `Triton`: the fused kernel (`triton_masks`, kernels/catalog_mask.py), "
+        "verification launched plainly, draft steps replayed from a CUDA graph; every compiled and Triton mask is "
+        "checked equal to the eager one first.",
         "",
         "| catalog | items | K | B | verification compiled µs | verification eager µs | verification graph µs "
-        "| draft step µs | draft step compiled µs | per step µs | per step, eager µs |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| verification Triton µs | draft step µs | draft step compiled µs | draft step Triton µs | per step µs "
+        "| per step, eager µs | per step, Triton µs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in payload["records"]:
         lines.append(
             f"| {r['catalog']} | {r['items']} | {r['num_drafts']} | {r['batch']} | "
             f"{r.get('verification_compiled_us', '-')} | {r['verification_eager_us']} | "
-            f"{r['verification_graph_us']} | {r['draft_graph_us']} | {r.get('draft_compiled_graph_us', '-')} | "
-            f"{r['per_step_us']} | "
-            f"{r.get('per_step_eager_us', '-')} |"
+            f"{r['verification_graph_us']} | {r.get('verification_triton_us', '-')} | {r['draft_graph_us']} | "
+            f"{r.get('draft_compiled_graph_us', '-')} | {r.get('draft_triton_graph_us', '-')} | {r['per_step_us']} | "
+            f"{r.get('per_step_eager_us', '-')} | {r.get('per_step_triton_us', '-')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -220,6 +242,9 @@ def render_plot(payload: dict, path: str) -> bool:
             ax.plot(batches, [r["per_step_us"] for r in rows], marker="o", label=f"{catalog}: per step, compiled masks")
             ax.plot(batches, [r["per_step_eager_us"] for r in rows], ls="--", marker=".",
                     label=f"{catalog}: per step, eager masks")  # fmt: skip
+            if all("per_step_triton_us" in r for r in rows):
+                ax.plot(batches, [r["per_step_triton_us"] for r in rows], ls=":", marker="s",
+                        label=f"{catalog}: per step, Triton kernel")  # fmt: skip
         ax.set(xscale="log", xlabel="requests in the step (B)", title=f"K = {k} draft tokens")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("µs per engine step")

@@ -10,6 +10,8 @@ configuration in a fresh process (``CONFIGS``):
     spec                 PAD-Rec draft, constrained, draft masks on and compiled (the plugin's defaults)
     spec_no_draft_mask   PAD-Rec draft, constrained, draft masks off (``mask_drafts: false``)
     spec_draft_eager     PAD-Rec draft, constrained, draft masks not compiled (``compile_draft_masks: false``)
+    baseline_triton      no draft, constrained, the fused Triton mask kernel (``triton_masks: true``)
+    spec_triton          PAD-Rec draft, constrained, the fused Triton mask kernel for both masks
 
 Each records output tokens/s, engine steps (the ``vllm:iteration_tokens_total`` histogram's count),
 wall ms per step and the acceptance length. Unconstrained configurations send ``ignore_eos`` so that
@@ -52,6 +54,8 @@ CONFIGS: dict[str, tuple[bool, bool, dict]] = {
     "spec": (True, True, {}),
     "spec_no_draft_mask": (True, True, {"mask_drafts": False}),
     "spec_draft_eager": (True, True, {"compile_draft_masks": False}),
+    "baseline_triton": (False, True, {"triton_masks": True}),
+    "spec_triton": (True, True, {"triton_masks": True}),
 }
 
 # phase -> (module, class, method): marked with torch.profiler.record_function while profiling

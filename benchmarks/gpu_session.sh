@@ -9,7 +9,7 @@
 #   call 3  carry [.vllmkit/part3]            bash .vllmkit/part3/install.sh && bash benchmarks/gpu_session.sh vllm
 #   call 4                                    bash benchmarks/gpu_session.sh vllm_tests
 #   call 5                                    bash benchmarks/gpu_session.sh results
-#   call 6                                    bash benchmarks/gpu_session.sh lossless [fp32 bf16 fp32_invariant bf16_invariant]
+#   call 6                                    bash benchmarks/gpu_session.sh lossless [fp32 bf16 fp32_invariant bf16_invariant fp32_triton]
 #   call 7                                    bash benchmarks/gpu_session.sh kernels
 #   call 8                                    bash benchmarks/gpu_session.sh engine [CONFIG...]
 #   (optional)                                bash benchmarks/gpu_session.sh examples
@@ -19,7 +19,7 @@
 #           (it outlives the calls): bench target training (resumable), then its evaluation beside
 #           the training of the draft heads (PAD-Rec, EAGLE, Medusa, ablations; the target's hidden
 #           states are collected once per process), then the acceptance benchmark of every head.
-# gpu_tests: the fused kernel's and the catalog masks' tests on the GPU (eager and compiled).
+# gpu_tests: the fused kernels' and the catalog masks' tests on the GPU (eager, compiled, Triton).
 # kernels:  cost of the plugin's catalog masks at vLLM's shapes (bench_vllm_mask), on an idle GPU;
 #           trie and kernel benchmarks: benchmarks/bench_trie.py, benchmarks/bench_padrec_kernel.py.
 # vllm:     installs the project over the vLLM kit, waits for the target's training (its allocator
@@ -42,7 +42,8 @@
 # signal parameters), ACCEPT_USERS (150; 0: no acceptance benchmark), ACCEPT_GAMMAS ("3 4 5"), ACCEPT_NAME
 # (beauty; the lossless run reads the reference acceptance from it: for the vLLM checks run
 # DRAFTS=padrec ACCEPT_USERS=500 ACCEPT_GAMMAS=5 ACCEPT_NAME=beauty_vllm_users), LOSSLESS_USERS (500), ENGINE_USERS (512),
-# PROFILE (the engine configurations profiled: "baseline spec").
+# PROFILE (the engine configurations profiled: "baseline spec"; empty: none), ENGINE_NAME (engine_step: the stem
+# of the engine benchmark's files).
 # The tests run with `-o pythonpath=`: pytest.ini puts the repository first on sys.path (for a plain
 # `pytest` on a checkout with an editable install), which here would shadow the installed package,
 # whose vllm_padrec.kernels setup.py maps in from kernels/.
@@ -125,7 +126,7 @@ kernels)
   ;;
 gpu_tests)
   log "GPU tests: fused kernel, catalog masks (eager and compiled)"
-  python3 -m pytest -q -p no:cacheprovider -o pythonpath= $REPO/tests/test_padrec_kernel.py $REPO/tests/test_integration_mask.py 2>&1 | tail -4
+  python3 -m pytest -q -p no:cacheprovider -o pythonpath= $REPO/tests/test_padrec_kernel.py $REPO/tests/test_integration_mask.py $REPO/tests/test_catalog_mask_kernel.py 2>&1 | grep -E "^E |^FAILED|passed|failed|rror" | cut -c1-300 | tail -20
   tail -c 300 $W/train.log
   ;;
 vllm)
@@ -180,7 +181,7 @@ engine)  # engine CONFIG...: benchmarks/engine_step.py for these configurations 
   shift; configs=${*:-baseline_free baseline spec_free spec spec_no_draft_mask spec_draft_eager}
   python3 -m benchmarks.engine_step --target $W/bench/checkpoint --draft $W/drafts/padrec/draft \
       --dataset $W/data/beauty_atspeed --users ${ENGINE_USERS:-512} --concurrency 64 --configs $configs \
-      --profile ${PROFILE:-baseline spec} --merge --out "$OUT" 2>&1 | grep -v "^\[engine_step\] .* \.\.\.$" | tail -60
+      --profile ${PROFILE-baseline spec} --name ${ENGINE_NAME:-engine_step} --merge --out "$OUT" 2>&1 | grep -v "^\[engine_step\] .* \.\.\.$" | tail -60
   ;;
 lossless)  # lossless [fp32|bf16]: both by default
   [ -e $W/pipeline.done ] || { log "the pipeline still runs (call 'results' first): timings would be shared"; tail -c 300 $W/accept.log; }
@@ -197,6 +198,8 @@ lossless)  # lossless [fp32|bf16]: both by default
     case $mode in
     fp32) log "vllm serve with and without --speculative-model, float32: greedy lists, token for token"
           lossless_run vllm_lossless --dtype float32 ;;  # (with the reference decoder's acceptance, if run)
+    fp32_triton) log "float32 with the fused Triton mask kernel (triton_masks)"
+          lossless_run vllm_lossless_triton --dtype float32 --additional-config '{"padrec": {"triton_masks": true}}' ;;
     bf16) log "the same in bfloat16: speed (greedy lists are not reproducible run to run in bfloat16)"
           lossless_run vllm_lossless_bf16 ;;
     # vLLM's batch-invariant mode (VLLM_BATCH_INVARIANT=1): each row's numerics do not depend on the batch
@@ -207,7 +210,7 @@ lossless)  # lossless [fp32|bf16]: both by default
     *) echo "unknown lossless mode $mode"; exit 2 ;;
     esac
   done
-  grep -h "verification mask compiled\|compile of the verification" /tmp/vllm_lossless_*.log | head -4
+  grep -h "masks\? ready in\|masks\? failed" /tmp/vllm_lossless_*.log | head -6
   ;;
 results)
   wait_for $W/pipeline.done 500 || { tail -c 800 $W/accept.log; exit 1; }

@@ -82,10 +82,13 @@ def build_probe_draft(folder: Path, target: torch.nn.Module, cat: ItemCatalog) -
 def _probe(worker) -> dict:
     runner = worker.model_runner
     speculator = getattr(runner, "speculator", None)
+    lists = getattr(getattr(runner, "model_state", None), "padrec_lists", None)  # the catalog masks' owner
     return {
         "runner": type(runner).__module__,
         "speculator": type(speculator).__name__ if speculator is not None else None,
         "drafts": speculator.draft_tokens[:1].tolist() if speculator is not None else None,
+        # the mask functions installed: the eager / compiled torch ones or the Triton kernel's launchers
+        "masks": None if lists is None else [getattr(f, "__name__", type(f).__name__) for f in (lists._verify, lists._draft)],
     }
 
 
@@ -105,9 +108,11 @@ def record_proposals(speculator_cls) -> list[list[list[int]]]:
     return rounds
 
 
-def run_engine(target: str, draft: str | None, enforce_eager: bool, prompts, params, record_drafts=False) -> dict:
+def run_engine(
+    target: str, draft: str | None, enforce_eager: bool, prompts, params, record_drafts=False, padrec=None
+) -> dict:
     """In a spawned process: generate greedily, then read the runner's speculator (and, with
-    ``record_drafts``, every drafting round's proposals)."""
+    ``record_drafts``, every drafting round's proposals); ``padrec``: the plugin's additional_config."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process
     os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "1"
     import vllm_padrec
@@ -123,8 +128,8 @@ def run_engine(target: str, draft: str | None, enforce_eager: bool, prompts, par
 
     spec = {"method": "eagle", "model": draft, "num_speculative_tokens": NUM_STEPS} if draft else None
     llm = LLM(model=target, speculative_config=spec, dtype=DTYPE, max_model_len=256, seed=0,
-              gpu_memory_utilization=0.15, enforce_eager=enforce_eager,
-              attention_config={"backend": "TRITON_ATTN"})  # fmt: skip
+              gpu_memory_utilization=0.15, enforce_eager=enforce_eager, attention_config={"backend": "TRITON_ATTN"},
+              additional_config={"padrec": padrec} if padrec else {})  # fmt: skip
     sampling = [SamplingParams(temperature=0.0, **p) for p in params]
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], sampling, use_tqdm=False)
     return {"tokens": [list(o.outputs[0].token_ids) for o in outputs], "rounds": rounds, **llm.collective_rpc(_probe)[0]}
@@ -175,7 +180,19 @@ def test_constrained_outputs_without_speculation(setup, baseline):
 def test_greedy_speculation_is_lossless(setup, baseline):
     result = in_subprocess(setup["target"], setup["random_draft"], False, setup["prompts"], setup["params"])
     assert result["speculator"] == "PadRecSpeculator"
+    assert result["masks"] == ["mask_verification_logits", "mask_draft_logits"]  # torch.compile keeps the names
     assert result["tokens"] == baseline["tokens"]  # constrained rows included
+    for tokens in result["tokens"][3:]:
+        check_constrained(setup["catalog"], tokens)
+
+
+def test_triton_masks_are_lossless_too(setup, baseline):
+    """``triton_masks``: the fused kernel masks the verification rows and, inside the captured drafting
+    graphs, the draft's proposals; outputs equal those without speculation."""
+    result = in_subprocess(setup["target"], setup["random_draft"], False, setup["prompts"], setup["params"], False,
+                           {"triton_masks": True})  # fmt: skip
+    assert result["masks"] == ["catalog_mask_verification", "catalog_mask_draft"]
+    assert result["tokens"] == baseline["tokens"]
     for tokens in result["tokens"][3:]:
         check_constrained(setup["catalog"], tokens)
 

@@ -253,10 +253,12 @@ def test_draft_rows_match_reference():
         assert torch.equal(before[2], logits[2])  # padding row untouched
 
 
-def test_compiled_masks_are_wired_as_the_eager_ones(monkeypatch):
-    """RequestLists.compile_verification / compile_drafts: warm-up arguments fit the mask functions,
-    Dynamo traces them whole (fullgraph), and the compiled masks equal the eager ones. On the CPU the
-    compile uses Dynamo's eager backend (Inductor's own kernels are checked on the GPU above)."""
+@pytest.mark.parametrize("masks", ["compiled", "triton"])
+def test_compiled_masks_are_wired_as_the_eager_ones(monkeypatch, masks):
+    """RequestLists.compile_verification / compile_drafts / use_triton_masks: warm-up arguments fit the
+    mask functions, Dynamo traces them whole (fullgraph), and the installed masks equal the eager ones.
+    On the CPU the compile uses Dynamo's eager backend (Inductor's own kernels are checked on the GPU
+    above) and the Triton kernel runs under the interpreter."""
     import types
 
     from benchmarks.bench_vllm_mask import LIST_ITEMS, make_inputs, same_as_eager
@@ -270,10 +272,15 @@ def test_compiled_masks_are_wired_as_the_eager_ones(monkeypatch):
     x = make_inputs(catalog, B, K, seed=3, device="cpu")
     lists = types.SimpleNamespace(tables=tables, rows=types.SimpleNamespace(gpu=x["settings"]), max_drafts=K,
                                   width=LIST_ITEMS * tables.period)  # fmt: skip
-    lists._state_like = types.MethodType(RequestLists._state_like, lists)
+    for name in ("_state_like", "_verification_args", "_draft_args"):
+        setattr(lists, name, types.MethodType(getattr(RequestLists, name), lists))
     max_model_len = x["all_token_ids"].shape[1]
-    RequestLists.compile_verification(lists, catalog.layout.vocab_size, max_model_len, torch.float32)
-    RequestLists.compile_drafts(lists, catalog.layout.vocab_size, max_model_len, torch.float32)
+    if masks == "compiled":
+        RequestLists.compile_verification(lists, catalog.layout.vocab_size, max_model_len, torch.float32)
+        RequestLists.compile_drafts(lists, catalog.layout.vocab_size, max_model_len, torch.float32)
+    else:  # the Triton kernel (under the interpreter on the CPU)
+        RequestLists.use_triton_masks(lists, catalog.layout.vocab_size, max_model_len, torch.float32, torch.float32)
+        assert lists._verify.__name__ == "catalog_mask_verification" and lists._draft.__name__ == "catalog_mask_draft"
 
     state = (tables, x["settings"], x["all_token_ids"], x["total_len"])
     verify_args = (*state, x["row_slots"], x["local_pos"], x["fed_tokens"], K, lists.width)
@@ -303,9 +310,12 @@ def test_a_failed_compile_keeps_the_eager_masks():
         raise RuntimeError("inductor says no")
 
     log = Log()
-    _try_compile(log, "draft masks", failing)  # must not raise: the engine starts with eager masks
+    assert not _try_compile(log, "torch.compile of the draft masks", failing)  # never raises: eager masks stay
     assert log.lines == [("warning", "vllm-padrec: torch.compile of the draft masks failed (RuntimeError: "
                                      "inductor says no); using the eager masks")]
     log = Log()
-    _try_compile(log, "verification mask", lambda: None)
-    assert log.lines[0][0] == "info" and "verification mask compiled in" in log.lines[0][1]
+    assert not _try_compile(log, "the Triton catalog masks", failing)  # the compiled masks are tried next
+    assert log.lines[0][1].endswith("using the compiled masks")
+    log = Log()
+    assert _try_compile(log, "torch.compile of the verification mask", lambda: None)
+    assert log.lines[0][0] == "info" and "verification mask ready in" in log.lines[0][1]

@@ -12,6 +12,7 @@ by ``SamplingParams.extra_args`` (``vllm_xargs`` in the OpenAI API):
     mask_drafts     (true)        -                   also mask the draft's proposals (PAD-Rec drafts)
     compile_masks   (true)        -                   torch.compile the verification mask (CUDA)
     compile_draft_masks (true)    -                   torch.compile the draft's masks too (CUDA)
+    triton_masks    (false)       -                   the fused Triton mask kernel for both (CUDA; before compile_*)
     catalog         (none)        -                   catalog file; default: the target folder's padrec_catalog.json
 
 The list starts after the last ``<rec>`` of the prompt (after the prompt when it has none). Each
@@ -59,6 +60,9 @@ class ListSettings:
     # draft step's mask takes 0.03-0.05 ms compiled vs 0.22-0.30 ms eager in a graph (bench_vllm_mask), and
     # a speculative engine step 17.7 vs 21.6 ms (benchmarks/results/engine_step.md)
     compile_draft_masks: bool = True
+    # the fused Triton kernel (kernels/catalog_mask.py) for both masks instead of the compiled torch ones:
+    # one launch per mask instead of about a dozen (takes precedence over compile_*; CUDA only)
+    triton_masks: bool = False
     catalog: str | None = None  # catalog file or folder; None: the target checkpoint folder
 
     def __post_init__(self) -> None:
@@ -192,13 +196,16 @@ class RequestLists:
         max_drafts = spec.num_speculative_tokens if spec is not None else 0
         lists = cls(tables, settings, vllm_config.scheduler_config.max_num_seqs, max_drafts, device)
         on_cuda = torch.device(device).type == "cuda"
-        if settings.compile_masks and on_cuda:
-            logits_dtype = getattr(model_config, "head_dtype", None) or model_config.dtype  # LogitsProcessor's
-            _try_compile(logger, "verification mask", lambda: lists.compile_verification(
-                model_config.get_vocab_size(), model_config.max_model_len, logits_dtype))  # fmt: skip
-        if settings.compile_draft_masks and max_drafts and on_cuda:
-            _try_compile(logger, "draft masks", lambda: lists.compile_drafts(
-                model_config.get_vocab_size(), model_config.max_model_len, model_config.dtype))  # fmt: skip
+        vocab_size, max_model_len = model_config.get_vocab_size(), model_config.max_model_len
+        logits_dtype = getattr(model_config, "head_dtype", None) or model_config.dtype  # LogitsProcessor's
+        triton = settings.triton_masks and on_cuda and _try_compile(logger, "the Triton catalog masks", lambda: (
+            lists.use_triton_masks(vocab_size, max_model_len, logits_dtype, model_config.dtype)))  # fmt: skip
+        if settings.compile_masks and on_cuda and not triton:
+            _try_compile(logger, "torch.compile of the verification mask", lambda: lists.compile_verification(
+                vocab_size, max_model_len, logits_dtype))  # fmt: skip
+        if settings.compile_draft_masks and max_drafts and on_cuda and not triton:
+            _try_compile(logger, "torch.compile of the draft masks", lambda: lists.compile_drafts(
+                vocab_size, max_model_len, model_config.dtype))  # fmt: skip
         logger.info("vllm-padrec: list constraints ready (%d items, settings %s)", tables.num_items, settings)
         return lists
 
@@ -210,31 +217,50 @@ class RequestLists:
         H200, benchmarks/results/vllm_mask.md); compiled, Inductor fuses them into a few Triton kernels.
         Warm-up runs under inference mode, as vLLM's sampler does, on logits of the dtype vLLM's
         LogitsProcessor returns (both are guards of the compiled graph)."""
-        device = self.rows.gpu.device
-
-        def warm_up_args(rows: int) -> tuple:
-            index = torch.zeros(rows, dtype=torch.int32, device=device)
-            return (  # logits, request slot of each row, row index within its request, fed tokens
-                torch.zeros(rows, vocab_size, dtype=logits_dtype, device=device), *self._state_like(max_model_len),
-                index, index.clone(), index.clone(), self.max_drafts, self.width,
-            )  # fmt: skip
-
-        self._verify = _compiled_and_warm(vm.mask_verification_logits, warm_up_args)
+        self._verify = _compiled_and_warm(
+            vm.mask_verification_logits, lambda rows: self._verification_args(rows, vocab_size, max_model_len, logits_dtype)
+        )
 
     def compile_drafts(self, vocab_size: int, max_model_len: int, logits_dtype: torch.dtype) -> None:
         """Compile ``mask_draft_logits`` as ``compile_verification`` does, before vLLM captures its drafting
         graphs: the captured graphs then replay Inductor's few kernels instead of ~100 small ones."""
+        self._draft = _compiled_and_warm(
+            vm.mask_draft_logits, lambda rows: self._draft_args(rows, vocab_size, max_model_len, logits_dtype)
+        )
+
+    def use_triton_masks(
+        self, vocab_size: int, max_model_len: int, logits_dtype: torch.dtype, draft_dtype: torch.dtype
+    ) -> None:
+        """Mask with the fused Triton kernel (``kernels/catalog_mask.py``, one launch per mask). Its
+        variants are compiled now (3 rows and 1 row, as the compiled masks), before vLLM captures the
+        drafting graphs; installed only once every warm-up call ran."""
+        from vllm_padrec.kernels import catalog_mask_draft, catalog_mask_verification
+
+        with torch.inference_mode():
+            for rows in (3, 1):
+                catalog_mask_verification(*self._verification_args(rows, vocab_size, max_model_len, logits_dtype))
+                if self.max_drafts:
+                    catalog_mask_draft(*self._draft_args(rows, vocab_size, max_model_len, draft_dtype))
+        self._verify, self._draft = catalog_mask_verification, catalog_mask_draft
+
+    def _verification_args(self, rows: int, vocab_size: int, max_model_len: int, dtype: torch.dtype) -> tuple:
+        """Arguments of a verification mask call on ``rows`` rows, shaped as at serving time (warm-ups)."""
         device = self.rows.gpu.device
+        index = torch.zeros(rows, dtype=torch.int32, device=device)
+        return (  # logits, request slot of each row, row index within its request, fed tokens
+            torch.zeros(rows, vocab_size, dtype=dtype, device=device), *self._state_like(max_model_len),
+            index, index.clone(), index.clone(), self.max_drafts, self.width,
+        )  # fmt: skip
 
-        def warm_up_args(rows: int) -> tuple:
-            return (  # logits, batch row -> request slot, drafts so far [B, K] int64, draft step [] int64
-                torch.zeros(rows, vocab_size, dtype=logits_dtype, device=device), *self._state_like(max_model_len),
-                torch.zeros(rows, dtype=torch.int32, device=device),
-                torch.zeros(rows, max(self.max_drafts, 1), dtype=torch.int64, device=device),
-                torch.zeros((), dtype=torch.int64, device=device), self.width,
-            )  # fmt: skip
-
-        self._draft = _compiled_and_warm(vm.mask_draft_logits, warm_up_args)
+    def _draft_args(self, rows: int, vocab_size: int, max_model_len: int, dtype: torch.dtype) -> tuple:
+        """Arguments of a draft mask call on ``rows`` rows, shaped as at serving time (warm-ups)."""
+        device = self.rows.gpu.device
+        return (  # logits, batch row -> request slot, drafts so far [B, K] int64, draft step [] int64
+            torch.zeros(rows, vocab_size, dtype=dtype, device=device), *self._state_like(max_model_len),
+            torch.zeros(rows, dtype=torch.int32, device=device),
+            torch.zeros(rows, max(self.max_drafts, 1), dtype=torch.int64, device=device),
+            torch.zeros((), dtype=torch.int64, device=device), self.width,
+        )  # fmt: skip
 
     def _state_like(self, max_model_len: int) -> tuple:
         """(tables, settings, all_token_ids, total_len) shaped as at serving time, for warm-up calls."""
@@ -300,18 +326,19 @@ class RequestLists:
         )
 
 
-def _try_compile(logger, what: str, compile_masks) -> None:
-    """Run ``compile_masks`` (a ``compile_*`` method, which installs the compiled masks only once their
-    warm-up passed) and log its time; on failure log why and keep the eager masks: the same function,
-    slower, never wrong."""
+def _try_compile(logger, what: str, prepare) -> bool:
+    """Run ``prepare`` (a ``compile_*`` / ``use_triton_masks`` method, which installs its masks only once
+    their warm-up passed) and log its time; on failure log why and keep the masks there were (eager, or
+    compiled when the Triton ones failed): the same function, slower, never wrong. True on success."""
     started = time.perf_counter()
     try:
-        compile_masks()
+        prepare()
     except Exception as error:
-        logger.warning("vllm-padrec: torch.compile of the %s failed (%s: %s); using the eager masks",
-                       what, type(error).__name__, error)  # fmt: skip
-        return
-    logger.info("vllm-padrec: %s compiled in %.1f s", what, time.perf_counter() - started)
+        logger.warning("vllm-padrec: %s failed (%s: %s); using the %s masks", what, type(error).__name__, error,
+                       "compiled" if "Triton" in what else "eager")  # fmt: skip
+        return False
+    logger.info("vllm-padrec: %s ready in %.1f s", what, time.perf_counter() - started)
+    return True
 
 
 def _compiled_and_warm(fn, warm_up_args):
