@@ -14,17 +14,18 @@ of a speculative engine step with B requests and K draft tokens:
 
 - ``verification``: ``mask_verification_logits`` on the target's B * (K + 1) verification rows
   (every draft position and the bonus row), compiled (``torch.compile(dynamic=True)``, what the
-  plugin runs: ``RequestLists.compile_verification``), eagerly (``compile_masks: false``), and
+  plugin runs with ``triton_masks: false``: ``RequestLists.compile_verification``), eagerly, and
   eagerly captured in a CUDA graph (for reference); the compiled output is checked against the eager one;
 - ``draft``: ``mask_draft_logits`` on the draft's B rows at one draft step, replayed from a CUDA
   graph, as it runs inside vLLM's captured drafting loop (K calls per engine step);
 - ``draft_compiled``: the same draft call compiled (``compile_draft_masks: true``), captured and replayed
   from a CUDA graph; checked against the eager one;
 - ``per_step``: compiled verification + K compiled draft calls: what one engine step pays for the
-  constraint with the plugin's defaults (``per_step_eager``: both eager, ``compile_masks`` and
-  ``compile_draft_masks`` off; ``per_step_from``);
-- ``*_triton``: the same two calls through the fused Triton kernel (``triton_masks``), verification
-  launched plainly, the draft call replayed from a CUDA graph; checked against the eager masks.
+  constraint with ``triton_masks: false`` (``per_step_eager``: both eager, ``compile_masks`` and
+  ``compile_draft_masks`` off too; ``per_step_from``);
+- ``*_triton``: the same two calls through the fused Triton kernel (``triton_masks``, the plugin's
+  default), verification launched plainly, the draft call replayed from a CUDA graph; checked
+  against the eager masks.
 
 Catalogs: the dataset's (Beauty, 12k items) and a synthetic 1M-item catalog (``bench_trie``'s
 generator). Each request holds a partial list of real items (random length, no repeats), the drafts
@@ -123,7 +124,7 @@ def bench(catalog, name: str, args) -> list[dict]:
     device = torch.device("cuda")
     tables = vm.CatalogTables.build(catalog, device=device)
     width = LIST_ITEMS * tables.period
-    # what the plugin runs by default (RequestLists.compile_verification): one dynamic-shape graph
+    # what the plugin runs with triton_masks off (RequestLists.compile_verification): one dynamic-shape graph
     compiled_verify = torch.compile(vm.mask_verification_logits, dynamic=True, fullgraph=True)
     compiled_draft = torch.compile(vm.mask_draft_logits, dynamic=True, fullgraph=True)  # compile_draft_masks
     records = []
@@ -189,14 +190,15 @@ def bench(catalog, name: str, args) -> list[dict]:
 
 def per_step_from(record: dict) -> dict:
     """The constraint's cost per engine step from one record's timings: K draft steps + the verification,
-    compiled (the plugin's defaults) and eager (``compile_masks`` / ``compile_draft_masks`` off)."""
+    compiled (``triton_masks`` off), eager (``compile_masks`` / ``compile_draft_masks`` off)."""
     k = record["num_drafts"]
     per_step = {
         "per_step_us": round(record["verification_compiled_us"] + k * record["draft_compiled_graph_us"], 2),
         "per_step_eager_us": round(record["verification_eager_us"] + k * record["draft_graph_us"], 2),
     }
     if "verification_triton_us" in record:  # (records from before the kernel have no Triton timings)
-        per_step["per_step_triton_us"] = round(record["verification_triton_us"] + k * record["draft_triton_graph_us"], 2)
+        triton_us = record["verification_triton_us"] + k * record["draft_triton_graph_us"]
+        per_step["per_step_triton_us"] = round(triton_us, 2)
     return per_step
 
 
@@ -206,11 +208,12 @@ def render_markdown(payload: dict) -> str:
         "",
         f"{payload['gpu']}, torch {payload['torch']}, {payload['date']}. Lists of {LIST_ITEMS} items, no-repeat on; "
         "B requests with K draft tokens each. `verification`: `mask_verification_logits` on the B·(K+1) target rows: "
-        "compiled with `torch.compile(dynamic=True)` (the plugin's default), eager (`compile_masks: false`), and the "
+        "compiled with `torch.compile(dynamic=True)` (`triton_masks: false`), eager (`compile_masks: false`), and the "
         "eager ops replayed from a CUDA graph (reference). `draft`: `mask_draft_logits` on B draft rows, one draft "
         "step, replayed from a CUDA graph (as in vLLM's captured drafting loop), eager and compiled "
-        "(`compile_draft_masks`). `per step` = compiled verification + K compiled draft steps (the plugin's defaults); "
-        "`per step, eager` = both eager. `Triton`: the fused kernel (`triton_masks`, kernels/catalog_mask.py), "
+        "(`compile_draft_masks`). `per step` = compiled verification + K compiled draft steps; "
+        "`per step, eager` = both eager. `Triton`: the fused kernel (`triton_masks`, kernels/catalog_mask.py, the "
+        "plugin's default since 2026-11-22), "
         "verification launched plainly, draft steps replayed from a CUDA graph; every compiled and Triton mask is "
         "checked equal to the eager one first.",
         "",

@@ -7,11 +7,13 @@ configuration in a fresh process (``CONFIGS``):
     baseline_free        no draft, no constraint
     baseline             no draft, constrained (the verification mask on the sampled rows)
     spec_free            PAD-Rec draft, no constraint, no draft masks
-    spec                 PAD-Rec draft, constrained, draft masks on and compiled (the plugin's defaults)
+    spec                 PAD-Rec draft, constrained, draft masks on (the plugin's defaults)
     spec_no_draft_mask   PAD-Rec draft, constrained, draft masks off (``mask_drafts: false``)
-    spec_draft_eager     PAD-Rec draft, constrained, draft masks not compiled (``compile_draft_masks: false``)
-    baseline_triton      no draft, constrained, the fused Triton mask kernel (``triton_masks: true``)
-    spec_triton          PAD-Rec draft, constrained, the fused Triton mask kernel for both masks
+    spec_draft_eager     PAD-Rec draft, constrained, torch masks, the draft's not compiled
+    baseline_triton      no draft, constrained, the fused Triton mask kernel (``triton_masks: true``, the default
+    spec_triton          PAD-Rec draft, constrained, the same        since 2026-11-22; before, the compiled masks)
+    baseline_compiled    no draft, constrained, the compiled torch masks (``triton_masks: false``)
+    spec_compiled        PAD-Rec draft, constrained, the compiled torch masks for both
 
 Each records output tokens/s, engine steps (the ``vllm:iteration_tokens_total`` histogram's count),
 wall ms per step and the acceptance length. Unconstrained configurations send ``ignore_eos`` so that
@@ -53,9 +55,11 @@ CONFIGS: dict[str, tuple[bool, bool, dict]] = {
     "spec_free": (True, False, {"mask_drafts": False}),
     "spec": (True, True, {}),
     "spec_no_draft_mask": (True, True, {"mask_drafts": False}),
-    "spec_draft_eager": (True, True, {"compile_draft_masks": False}),
+    "spec_draft_eager": (True, True, {"triton_masks": False, "compile_draft_masks": False}),
     "baseline_triton": (False, True, {"triton_masks": True}),
     "spec_triton": (True, True, {"triton_masks": True}),
+    "baseline_compiled": (False, True, {"triton_masks": False}),
+    "spec_compiled": (True, True, {"triton_masks": False}),
 }
 
 # phase -> (module, class, method): marked with torch.profiler.record_function while profiling

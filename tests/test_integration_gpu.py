@@ -88,7 +88,7 @@ def _probe(worker) -> dict:
         "speculator": type(speculator).__name__ if speculator is not None else None,
         "drafts": speculator.draft_tokens[:1].tolist() if speculator is not None else None,
         # the mask functions installed: the eager / compiled torch ones or the Triton kernel's launchers
-        "masks": None if lists is None else [getattr(f, "__name__", type(f).__name__) for f in (lists._verify, lists._draft)],
+        "masks": None if lists is None else [getattr(f, "__name__", "?") for f in (lists._verify, lists._draft)],
     }
 
 
@@ -177,22 +177,23 @@ def test_constrained_outputs_without_speculation(setup, baseline):
         check_constrained(setup["catalog"], tokens)
 
 
-def test_greedy_speculation_is_lossless(setup, baseline):
-    result = in_subprocess(setup["target"], setup["random_draft"], False, setup["prompts"], setup["params"])
-    assert result["speculator"] == "PadRecSpeculator"
-    assert result["masks"] == ["mask_verification_logits", "mask_draft_logits"]  # torch.compile keeps the names
-    assert result["tokens"] == baseline["tokens"]  # constrained rows included
-    for tokens in result["tokens"][3:]:
-        check_constrained(setup["catalog"], tokens)
+MASKS = {  # additional_config["padrec"] -> the mask functions it installs (verification, draft)
+    "triton": ({}, ["catalog_mask_verification", "catalog_mask_draft"]),  # the default: the fused kernel
+    # torch.compile keeps the functions' names
+    "compiled": ({"triton_masks": False}, ["mask_verification_logits", "mask_draft_logits"]),
+}
 
 
-def test_triton_masks_are_lossless_too(setup, baseline):
-    """``triton_masks``: the fused kernel masks the verification rows and, inside the captured drafting
-    graphs, the draft's proposals; outputs equal those without speculation."""
+@pytest.mark.parametrize("masks", sorted(MASKS))
+def test_greedy_speculation_is_lossless(setup, baseline, masks):
+    """Greedy outputs with the PAD-Rec draft equal those without, constrained rows included; the masks
+    run on the verification rows and, inside the captured drafting graphs, on the draft's proposals."""
+    padrec, installed = MASKS[masks]
     result = in_subprocess(setup["target"], setup["random_draft"], False, setup["prompts"], setup["params"], False,
-                           {"triton_masks": True})  # fmt: skip
-    assert result["masks"] == ["catalog_mask_verification", "catalog_mask_draft"]
-    assert result["tokens"] == baseline["tokens"]
+                           padrec)  # fmt: skip
+    assert result["speculator"] == "PadRecSpeculator"
+    assert result["masks"] == installed
+    assert result["tokens"] == baseline["tokens"]  # constrained rows included
     for tokens in result["tokens"][3:]:
         check_constrained(setup["catalog"], tokens)
 

@@ -267,9 +267,10 @@ def test_compiled_masks_are_wired_as_the_eager_ones(monkeypatch, masks):
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **{**kw, "backend": "eager"}))
     catalog = CATALOGS["synthetic"]
-    tables = vm.CatalogTables.build(catalog)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # (Triton runs natively where there is a GPU)
+    tables = vm.CatalogTables.build(catalog, device=device)
     K, B = 3, 5
-    x = make_inputs(catalog, B, K, seed=3, device="cpu")
+    x = make_inputs(catalog, B, K, seed=3, device=device)
     lists = types.SimpleNamespace(tables=tables, rows=types.SimpleNamespace(gpu=x["settings"]), max_drafts=K,
                                   width=LIST_ITEMS * tables.period)  # fmt: skip
     for name in ("_state_like", "_verification_args", "_draft_args"):

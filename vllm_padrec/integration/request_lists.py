@@ -12,7 +12,7 @@ by ``SamplingParams.extra_args`` (``vllm_xargs`` in the OpenAI API):
     mask_drafts     (true)        -                   also mask the draft's proposals (PAD-Rec drafts)
     compile_masks   (true)        -                   torch.compile the verification mask (CUDA)
     compile_draft_masks (true)    -                   torch.compile the draft's masks too (CUDA)
-    triton_masks    (false)       -                   the fused Triton mask kernel for both (CUDA; before compile_*)
+    triton_masks    (true)        -                   the fused Triton mask kernel for both (CUDA; before compile_*)
     catalog         (none)        -                   catalog file; default: the target folder's padrec_catalog.json
 
 The list starts after the last ``<rec>`` of the prompt (after the prompt when it has none). Each
@@ -24,6 +24,7 @@ preemption (with its output in the prompt) gets the same masks.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,14 +56,16 @@ class ListSettings:
     no_repeat: bool = False  # an item at most once per list
     max_list_items: int = 32  # longest list the masks handle (window of W = max_list_items * (L + 1) tokens)
     mask_drafts: bool = True  # mask the PAD-Rec draft's proposals too (more accepted drafts)
-    compile_masks: bool = True  # torch.compile the verification mask on CUDA (a few fused kernels, not ~100)
+    compile_masks: bool = True  # torch.compile the verification mask on CUDA (a dozen fused kernels, not ~100)
     # also compile the draft's masks (warmed up before vLLM captures its drafting graphs): on the H200 a
     # draft step's mask takes 0.03-0.05 ms compiled vs 0.22-0.30 ms eager in a graph (bench_vllm_mask), and
     # a speculative engine step 17.7 vs 21.6 ms (benchmarks/results/engine_step.md)
     compile_draft_masks: bool = True
-    # the fused Triton kernel (kernels/catalog_mask.py) for both masks instead of the compiled torch ones:
-    # one launch per mask instead of about a dozen (takes precedence over compile_*; CUDA only)
-    triton_masks: bool = False
+    # the fused Triton kernel (kernels/catalog_mask.py) for both masks instead of the compiled torch ones
+    # (CUDA only; compile_* apply when it is off or fails): one launch per mask. On the H200 a verification
+    # mask takes 0.04 ms against 0.3-0.56 ms compiled, K = 5 masks per step 0.08-0.15 ms against 0.4-0.8
+    # (benchmarks/results/vllm_mask.md), and a speculative engine step 13.9 against 14.6 ms (engine_step_triton.md)
+    triton_masks: bool = True
     catalog: str | None = None  # catalog file or folder; None: the target checkpoint folder
 
     def __post_init__(self) -> None:
@@ -217,16 +220,16 @@ class RequestLists:
         H200, benchmarks/results/vllm_mask.md); compiled, Inductor fuses them into a few Triton kernels.
         Warm-up runs under inference mode, as vLLM's sampler does, on logits of the dtype vLLM's
         LogitsProcessor returns (both are guards of the compiled graph)."""
-        self._verify = _compiled_and_warm(
-            vm.mask_verification_logits, lambda rows: self._verification_args(rows, vocab_size, max_model_len, logits_dtype)
-        )
+        args = functools.partial(self._verification_args, vocab_size=vocab_size, max_model_len=max_model_len,
+                                 dtype=logits_dtype)  # fmt: skip
+        self._verify = _compiled_and_warm(vm.mask_verification_logits, args)
 
     def compile_drafts(self, vocab_size: int, max_model_len: int, logits_dtype: torch.dtype) -> None:
         """Compile ``mask_draft_logits`` as ``compile_verification`` does, before vLLM captures its drafting
         graphs: the captured graphs then replay Inductor's few kernels instead of ~100 small ones."""
-        self._draft = _compiled_and_warm(
-            vm.mask_draft_logits, lambda rows: self._draft_args(rows, vocab_size, max_model_len, logits_dtype)
-        )
+        args = functools.partial(self._draft_args, vocab_size=vocab_size, max_model_len=max_model_len,
+                                 dtype=logits_dtype)  # fmt: skip
+        self._draft = _compiled_and_warm(vm.mask_draft_logits, args)
 
     def use_triton_masks(
         self, vocab_size: int, max_model_len: int, logits_dtype: torch.dtype, draft_dtype: torch.dtype
