@@ -121,7 +121,7 @@ start)
   sleep 45; tail -c 600 $W/train.log
   ;;
 kernels)
-  log "catalog masks at vLLM's shapes (eager, compiled, CUDA graph)"
+  log "catalog masks at vLLM's shapes (eager, compiled, Triton, CUDA graph)"
   python3 -m benchmarks.bench_vllm_mask --dataset $W/data/beauty_atspeed --out "$OUT" --iters 100 --repeats 3 2>&1 | tail -25
   ;;
 gpu_tests)

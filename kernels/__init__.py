@@ -4,11 +4,19 @@ Installed as ``vllm_padrec.kernels`` (setup.py maps this folder there); import f
 
 - ``padrec_input``: the PAD-Rec draft's input signals (reference: ``padrec_input_reference``);
 - ``catalog_mask_verification`` / ``catalog_mask_draft``: the catalog masks on vLLM's logits
-  (reference: ``vllm_padrec.integration.verification_mask.mask_verification_logits`` / ``mask_draft_logits``).
+  (references: ``catalog_mask_verification_reference`` / ``catalog_mask_draft_reference``).
 """
 
 from .catalog_mask import catalog_mask_draft, catalog_mask_verification
+from .catalog_mask_reference import catalog_mask_draft_reference, catalog_mask_verification_reference
 from .padrec_input import padrec_input
 from .padrec_input_reference import padrec_input_reference
 
-__all__ = ["catalog_mask_draft", "catalog_mask_verification", "padrec_input", "padrec_input_reference"]
+__all__ = [
+    "catalog_mask_draft",
+    "catalog_mask_draft_reference",
+    "catalog_mask_verification",
+    "catalog_mask_verification_reference",
+    "padrec_input",
+    "padrec_input_reference",
+]

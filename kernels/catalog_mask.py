@@ -1,8 +1,8 @@
 """Fused catalog mask kernel: the verification and draft masks of ``verification_mask`` in one launch.
 
-The plain-torch reference is ``vllm_padrec.integration.verification_mask.mask_rows`` (its module
-docstring defines list, row, key and window); this kernel computes the same masks, one program per
-logits row, and writes -inf into the same logits. Compiled by Inductor, the torch version is still
+The plain-torch reference is ``catalog_mask_reference.py``, i.e. ``vllm_padrec.integration.
+verification_mask`` (its module docstring defines list, row, key and window); this kernel computes
+the same masks, one program per logits row, and writes -inf into the same logits. Compiled by Inductor, the torch version is still
 about a dozen kernels launched from Python per call (0.8 ms of CPU per speculative engine step on
 the H200, benchmarks/results/engine_step.md); this is one launch.
 

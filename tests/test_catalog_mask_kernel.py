@@ -1,7 +1,7 @@
 """The fused catalog mask kernel (kernels/catalog_mask.py) against its torch reference, exactly.
 
-The reference is ``verification_mask.mask_verification_logits`` / ``mask_draft_logits`` (themselves
-checked against ``ListConstraint`` in test_integration_mask.py). Inputs are V2-shaped engine steps
+The references (``kernels/catalog_mask_reference.py``) are ``verification_mask.mask_verification_logits``
+/ ``mask_draft_logits``, themselves checked against ``ListConstraint`` in test_integration_mask.py. Inputs are V2-shaped engine steps
 from ``bench_vllm_mask.make_inputs`` (valid partial lists), then broken on purpose: wrong tokens,
 disabled requests, padding rows, other list settings, lists past the window, a padded vocabulary.
 On a machine without a CUDA GPU the kernel runs under the Triton interpreter (tests/conftest.py).
@@ -17,7 +17,12 @@ from benchmarks.bench_vllm_mask import LIST_ITEMS, make_inputs
 from vllm_padrec.catalog import ItemCatalog
 from vllm_padrec.data import SyntheticConfig, generate_synthetic
 from vllm_padrec.integration import verification_mask as vm
-from vllm_padrec.kernels import catalog_mask_draft, catalog_mask_verification
+from vllm_padrec.kernels import (
+    catalog_mask_draft,
+    catalog_mask_draft_reference,
+    catalog_mask_verification,
+    catalog_mask_verification_reference,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -81,7 +86,7 @@ def test_verification_kernel_equals_torch(name, num_drafts):
         x = engine_step(catalog, batch=5, num_drafts=num_drafts, seed=seed, pad_vocab=7 * seed)
         rest = (tables, x["settings"], x["all_token_ids"], x["total_len"], x["row_slots"], x["local_pos"],
                 x["fed_tokens"], num_drafts, width)  # fmt: skip
-        masked = assert_same(vm.mask_verification_logits, catalog_mask_verification, x["verify_logits"], rest)
+        masked = assert_same(catalog_mask_verification_reference, catalog_mask_verification, x["verify_logits"], rest)
         constrained = ~torch.isfinite(masked).all(1)
         assert 0 < int(constrained.sum()) < masked.shape[0]  # both paths taken: masked rows and rows left alone
 
@@ -96,7 +101,7 @@ def test_draft_kernel_equals_torch_at_every_step(name):
     for k in range(K):
         step = torch.tensor(k, device=DEVICE)
         rest = (tables, x["settings"], x["all_token_ids"], x["total_len"], x["idx_mapping"], x["drafts"], step, width)
-        assert_same(vm.mask_draft_logits, catalog_mask_draft, x["draft_logits"], rest)
+        assert_same(catalog_mask_draft_reference, catalog_mask_draft, x["draft_logits"], rest)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -107,7 +112,7 @@ def test_kernel_writes_minus_infinity_in_the_logits_dtype(dtype):
     logits = x["verify_logits"].to(dtype)
     rest = (tables, x["settings"], x["all_token_ids"], x["total_len"], x["row_slots"], x["local_pos"],
             x["fed_tokens"], 2, LIST_ITEMS * tables.period)  # fmt: skip
-    masked = assert_same(vm.mask_verification_logits, catalog_mask_verification, logits, rest)
+    masked = assert_same(catalog_mask_verification_reference, catalog_mask_verification, logits, rest)
     assert masked.dtype == dtype and bool(torch.isneginf(masked).any())
 
 
