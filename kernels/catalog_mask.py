@@ -27,16 +27,17 @@ clamps, so a padding row (slot -1) or a stale slot reads in-bounds memory and wr
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import triton
 import triton.language as tl
 
+from vllm_padrec.integration import verification_mask as vm
+
 __all__ = ["catalog_mask_verification", "catalog_mask_draft"]
 
-_SEP, _EOS = 4, 2  # TokenLayout.SEP, TokenLayout.EOS (checked against the layout in the launcher)
-_NUM_FIELDS = 5  # columns of the settings table: ENABLED, LIST_START, MAX_ITEMS, MIN_ITEMS, NO_REPEAT
 _BLOCK_V = 1024  # logits columns per store
 _MAX_BLOCK_C = 256  # codes of one slot judged at once
 
@@ -90,16 +91,17 @@ def _catalog_mask_kernel(
     L: tl.constexpr, P: tl.constexpr, W: tl.constexpr, N_MAX: tl.constexpr,
     BLOCK_W: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
     BLOCK_V: tl.constexpr, SEP: tl.constexpr, EOS: tl.constexpr, NUM_FIELDS: tl.constexpr,
-    VERIFY: tl.constexpr,
+    ENABLED: tl.constexpr, LIST_START: tl.constexpr, MAX_ITEMS: tl.constexpr, MIN_ITEMS: tl.constexpr,
+    NO_REPEAT: tl.constexpr, VERIFY: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
     slot = tl.load(slots_ptr + row).to(tl.int64)
     setting = settings_ptr + tl.maximum(slot, 0) * NUM_FIELDS
-    enabled = tl.load(setting + 0) != 0
-    start = tl.load(setting + 1).to(tl.int64)
-    max_items = tl.load(setting + 2).to(tl.int64)
-    min_items = tl.load(setting + 3).to(tl.int64)
-    no_repeat = tl.load(setting + 4) != 0
+    enabled = tl.load(setting + ENABLED) != 0
+    start = tl.load(setting + LIST_START).to(tl.int64)
+    max_items = tl.load(setting + MAX_ITEMS).to(tl.int64)
+    min_items = tl.load(setting + MIN_ITEMS).to(tl.int64)
+    no_repeat = tl.load(setting + NO_REPEAT) != 0
     committed = tl.maximum(tl.load(total_len_ptr + tl.maximum(slot, 0)).to(tl.int64) - start, 0)
     if VERIFY:  # row j of a request follows its drafts d_0..d_{j-1}, fed at its rows 1..j
         j = tl.load(local_pos_ptr + row).to(tl.int64)
@@ -184,10 +186,27 @@ def _catalog_mask_kernel(
             tl.store(out + code_start + c, neg_inf, mask=(c < num_codes) & (below <= banned_below))
 
 
+@functools.lru_cache(maxsize=16)
+def _launch_constants(tables, width: int) -> dict:
+    """The kernel's per-catalog arguments (binary-search steps and constexprs), once per catalog and
+    window: the launcher runs every engine step."""
+    layout = tables.layout
+    n_max = width // tables.period
+    return dict(
+        n_steps=math.ceil(math.log2(tables.num_items + 1)),
+        L=tables.num_slots, P=tables.period, W=width, N_MAX=n_max,
+        BLOCK_W=triton.next_power_of_2(width), BLOCK_N=triton.next_power_of_2(n_max),
+        BLOCK_L=triton.next_power_of_2(tables.num_slots),
+        BLOCK_C=min(triton.next_power_of_2(max(layout.codebook_sizes)), _MAX_BLOCK_C),
+        BLOCK_V=_BLOCK_V, SEP=layout.SEP, EOS=layout.EOS, NUM_FIELDS=vm.NUM_FIELDS, ENABLED=vm.ENABLED,
+        LIST_START=vm.LIST_START, MAX_ITEMS=vm.MAX_ITEMS, MIN_ITEMS=vm.MIN_ITEMS, NO_REPEAT=vm.NO_REPEAT,
+    )  # fmt: skip
+
+
 def _launch(
     logits: torch.Tensor,  # [R, V_model] float, masked in place
     tables,  # verification_mask.CatalogTables
-    settings: torch.Tensor,  # [S, 5] int32
+    settings: torch.Tensor,  # [S, NUM_FIELDS] int32
     all_token_ids: torch.Tensor,  # [S, T] int
     total_len: torch.Tensor,  # [S] int
     slots: torch.Tensor,  # [R] request slot per row (< 0: padding)
@@ -198,27 +217,21 @@ def _launch(
     width: int,  # W, a multiple of P
     verify: bool,
 ) -> None:
-    layout = tables.layout
-    if (layout.SEP, layout.EOS) != (_SEP, _EOS):
-        raise ValueError(f"the kernel assumes <sep> = {_SEP}, </s> = {_EOS}; the layout has {layout.SEP}, {layout.EOS}")
     if logits.stride(1) != 1 or all_token_ids.stride(1) != 1 or not settings.is_contiguous():
         raise ValueError("logits, all_token_ids (unit column stride) and settings (contiguous) have the wrong layout")
-    rows, P = logits.shape[0], tables.period
+    rows = logits.shape[0]
     if rows == 0:
         return
-    n_max = width // P
+    constants = dict(_launch_constants(tables, width))
+    n_steps = constants.pop("n_steps")
     row_stride, col_stride = (0, extra.stride(0)) if verify else (extra.stride(0), extra.stride(1))
     _catalog_mask_kernel[(rows,)](
         logits, logits.stride(0), logits.shape[1],
-        tables.leaf_keys, tables.num_items, math.ceil(math.log2(tables.num_items + 1)), tables.stride, tables.span,
-        tables.token_slot, tables.token_code, tables.code_offset, layout.vocab_size,
+        tables.leaf_keys, tables.num_items, n_steps, tables.stride, tables.span,
+        tables.token_slot, tables.token_code, tables.code_offset, tables.layout.vocab_size,
         settings, all_token_ids, all_token_ids.stride(0), all_token_ids.shape[1], total_len,
         slots, local_pos, extra, row_stride, col_stride, max(num_extras, 1), rows, draft_step,
-        L=tables.num_slots, P=P, W=width, N_MAX=n_max,
-        BLOCK_W=triton.next_power_of_2(width), BLOCK_N=triton.next_power_of_2(n_max),
-        BLOCK_L=triton.next_power_of_2(tables.num_slots),
-        BLOCK_C=min(triton.next_power_of_2(max(layout.codebook_sizes)), _MAX_BLOCK_C),
-        BLOCK_V=_BLOCK_V, SEP=_SEP, EOS=_EOS, NUM_FIELDS=_NUM_FIELDS, VERIFY=verify,
+        VERIFY=verify, **constants,
     )  # fmt: skip
 
 
