@@ -311,12 +311,12 @@ def test_a_failed_compile_keeps_the_eager_masks():
         raise RuntimeError("inductor says no")
 
     log = Log()
-    assert not _try_compile(log, "torch.compile of the draft masks", failing)  # never raises: eager masks stay
+    assert not _try_compile(log, "torch.compile of the draft masks", "eager", failing)  # never raises: eager masks stay
     assert log.lines == [("warning", "vllm-padrec: torch.compile of the draft masks failed (RuntimeError: "
                                      "inductor says no); using the eager masks")]
     log = Log()
-    assert not _try_compile(log, "the Triton catalog masks", failing)  # the compiled masks are tried next
+    assert not _try_compile(log, "the Triton catalog masks", "compiled", failing)  # the compiled masks are tried next
     assert log.lines[0][1].endswith("using the compiled masks")
     log = Log()
-    assert _try_compile(log, "torch.compile of the verification mask", lambda: None)
+    assert _try_compile(log, "torch.compile of the verification mask", "eager", lambda: None)
     assert log.lines[0][0] == "info" and "verification mask ready in" in log.lines[0][1]

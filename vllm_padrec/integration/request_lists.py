@@ -38,6 +38,9 @@ from vllm_padrec.errors import CatalogError, PadRecError
 from vllm_padrec.integration import verification_mask as vm
 
 ADDITIONAL_CONFIG_KEY = "padrec"
+# rows of the masks' warm-up calls: 3, a shape every row count >= 2 shares (torch.compile's dynamic graph),
+# and 1, which torch.compile specialises (the Triton kernel does not specialise on rows; it runs both too)
+WARM_UP_ROWS = (3, 1)
 _XARGS = {"constraint": "padrec_constraint", "num_items": "padrec_num_items",
           "min_items": "padrec_min_items", "no_repeat": "padrec_no_repeat"}  # fmt: skip
 
@@ -163,8 +166,9 @@ class RequestLists:
         self.rows = StagedWriteTensor((max_num_reqs, vm.NUM_FIELDS), dtype=torch.int32, device=device)
         self.enabled = np.zeros(max_num_reqs, dtype=bool)  # host mirror of the ENABLED column
         self.req_states = None  # vLLM's RequestState (all_token_ids, total_len), from the sampler
-        self._verify = vm.mask_verification_logits  # replaced by its compiled version (compile_verification)
-        self._draft = vm.mask_draft_logits  # replaced by its compiled version (compile_drafts)
+        # the mask functions: eager until use_triton_masks or compile_verification / compile_drafts replace them
+        self._verify = vm.mask_verification_logits
+        self._draft = vm.mask_draft_logits
 
     @property
     def mask_drafts(self) -> bool:
@@ -201,13 +205,13 @@ class RequestLists:
         on_cuda = torch.device(device).type == "cuda"
         vocab_size, max_model_len = model_config.get_vocab_size(), model_config.max_model_len
         logits_dtype = getattr(model_config, "head_dtype", None) or model_config.dtype  # LogitsProcessor's
-        triton = settings.triton_masks and on_cuda and _try_compile(logger, "the Triton catalog masks", lambda: (
-            lists.use_triton_masks(vocab_size, max_model_len, logits_dtype, model_config.dtype)))  # fmt: skip
+        triton = settings.triton_masks and on_cuda and _try_compile(logger, "the Triton catalog masks", "compiled",
+            lambda: lists.use_triton_masks(vocab_size, max_model_len, logits_dtype, model_config.dtype))  # fmt: skip
         if settings.compile_masks and on_cuda and not triton:
-            _try_compile(logger, "torch.compile of the verification mask", lambda: lists.compile_verification(
+            _try_compile(logger, "torch.compile of the verification mask", "eager", lambda: lists.compile_verification(
                 vocab_size, max_model_len, logits_dtype))  # fmt: skip
         if settings.compile_draft_masks and max_drafts and on_cuda and not triton:
-            _try_compile(logger, "torch.compile of the draft masks", lambda: lists.compile_drafts(
+            _try_compile(logger, "torch.compile of the draft masks", "eager", lambda: lists.compile_drafts(
                 vocab_size, max_model_len, model_config.dtype))  # fmt: skip
         logger.info("vllm-padrec: list constraints ready (%d items, settings %s)", tables.num_items, settings)
         return lists
@@ -240,7 +244,7 @@ class RequestLists:
         from vllm_padrec.kernels import catalog_mask_draft, catalog_mask_verification
 
         with torch.inference_mode():
-            for rows in (3, 1):
+            for rows in WARM_UP_ROWS:
                 catalog_mask_verification(*self._verification_args(rows, vocab_size, max_model_len, logits_dtype))
                 if self.max_drafts:
                     catalog_mask_draft(*self._draft_args(rows, vocab_size, max_model_len, draft_dtype))
@@ -329,16 +333,16 @@ class RequestLists:
         )
 
 
-def _try_compile(logger, what: str, prepare) -> bool:
+def _try_compile(logger, what: str, fallback: str, prepare) -> bool:
     """Run ``prepare`` (a ``compile_*`` / ``use_triton_masks`` method, which installs its masks only once
-    their warm-up passed) and log its time; on failure log why and keep the masks there were (eager, or
+    their warm-up passed) and log its time; on failure log why and keep the ``fallback`` masks (eager, or
     compiled when the Triton ones failed): the same function, slower, never wrong. True on success."""
     started = time.perf_counter()
     try:
         prepare()
     except Exception as error:
         logger.warning("vllm-padrec: %s failed (%s: %s); using the %s masks", what, type(error).__name__, error,
-                       "compiled" if "Triton" in what else "eager")  # fmt: skip
+                       fallback)  # fmt: skip
         return False
     logger.info("vllm-padrec: %s ready in %.1f s", what, time.perf_counter() - started)
     return True
@@ -350,6 +354,6 @@ def _compiled_and_warm(fn, warm_up_args):
     under inference mode as vLLM runs it: no request or graph capture pays a compile later."""
     compiled = torch.compile(fn, dynamic=True, fullgraph=True)
     with torch.inference_mode():
-        for rows in (3, 1):
+        for rows in WARM_UP_ROWS:
             compiled(*warm_up_args(rows))
     return compiled
