@@ -185,15 +185,13 @@ def run(args) -> str:
 
 
 # -- rendering ---------------------------------------------------------------------------------------------
-def vllm_acceptance_length(stats: dict) -> float:
-    """vLLM's definition (``SpeculationStats.vllm_acceptance_length``) from a record's counts."""
-    return 1 + stats["accepted"] / stats["rounds"] if stats["rounds"] else 0.0
-
-
 def _format_row(r: dict) -> str:
+    from vllm_padrec.decoding.speculative import SpeculationStats
+
     steps = " ".join(f"{x:.2f}" for x in r["acceptance_rate_by_step"])
+    vllm_length = SpeculationStats.from_dict(r["stats"]).vllm_acceptance_length  # (older records lack the key)
     return (f"| {r['method']} | {r['gamma']} | {r['acceptance_length']:.3f} | "
-            f"{vllm_acceptance_length(r['stats']):.3f} | {r['draft_acceptance_rate']:.3f} | "
+            f"{vllm_length:.3f} | {r['draft_acceptance_rate']:.3f} | "
             f"{steps} | {r['mismatches']} | {r['users']} | {r['wall_seconds']:.1f} |")
 
 

@@ -56,6 +56,7 @@ from benchmarks.bench_acceptance import draft_folder, draft_steps
 from benchmarks.serve_completions import post, start_server, stop_server, wait_healthy
 from vllm_padrec.catalog import ItemCatalog, TokenLayout
 from vllm_padrec.data import load_dataset
+from vllm_padrec.decoding.speculative import SpeculationStats
 from vllm_padrec.draft.checkpoint import read_config
 from vllm_padrec.integration.endpoint import (
     PLUGIN_NAME,
@@ -509,13 +510,12 @@ def reference_acceptance(path: str, draft: str, gamma: int, users: int, list_ite
     served = {os.path.realpath(draft), os.path.realpath(os.path.join(draft, "draft"))}  # as draft_folder reads it
     for r in data["records"]:
         if r["gamma"] == gamma and os.path.realpath(r["draft"]) in served:
-            stats = r["stats"]
-            rounds = stats["rounds"]
+            stats = SpeculationStats.from_dict(r["stats"])
             return {
                 "json": path, "method": r["method"], "gamma": gamma, "users": r["users"], "mismatches": r["mismatches"],
                 "tokens_per_round": round(r["acceptance_length"], 4),
-                "vllm_acceptance_length": round(1 + stats["accepted"] / rounds, 4),
-                "vllm_per_position_acceptance": [round(a / rounds, 4) for a in stats["accepted_by_step"]],
+                "vllm_acceptance_length": round(stats.vllm_acceptance_length, 4),
+                "vllm_per_position_acceptance": [round(a, 4) for a in stats.vllm_acceptance_by_position],
             }  # fmt: skip
     return {"json": path, "error": f"no record for draft {draft} at γ = {gamma}"}
 

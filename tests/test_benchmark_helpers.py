@@ -155,7 +155,7 @@ def test_reference_acceptance_is_read_for_the_same_head_and_requests(tmp_path):
     draft = tmp_path / "padrec" / "draft"
     draft.mkdir(parents=True)
     (draft / "config.json").write_text("{}")
-    stats = {"rounds": 100, "accepted": 350, "accepted_by_step": [90, 80, 70, 60, 50]}
+    stats = {"gamma": 5, "num_slots": 4, "rounds": 100, "accepted": 350, "accepted_by_step": [90, 80, 70, 60, 50]}
     record = {"method": "padrec", "draft": str(draft), "gamma": 5, "users": 500, "mismatches": 0,
               "acceptance_length": 4.42, "stats": stats}  # fmt: skip
     path = tmp_path / "acceptance.json"
@@ -192,7 +192,8 @@ def test_render_attaches_the_reference_and_a_note(tmp_path):
     reference = tmp_path / "acceptance.json"
     reference.write_text(json.dumps({"settings": {"users": 2, "split": "test", "num_items": 10}, "records": [
         {"method": "padrec", "draft": str(tmp_path / "draft"), "gamma": 5, "users": 2, "mismatches": 0,
-         "acceptance_length": 4.0, "stats": {"rounds": 10, "accepted": 31, "accepted_by_step": [9, 8, 7, 5, 2]}}]}))
+         "acceptance_length": 4.0, "stats": {"gamma": 5, "num_slots": 4, "rounds": 10, "accepted": 31,
+                                             "accepted_by_step": [9, 8, 7, 5, 2]}}]}))
     path = tmp_path / "run.json"
     path.write_text(json.dumps(record))
     vllm_lossless.render(str(path), str(reference), "a note")

@@ -207,6 +207,7 @@ def test_stats_add_up_and_merge(world):
     assert s.vllm_acceptance_length >= s.mean_accepted_length
     assert sum(s.vllm_acceptance_by_position) == pytest.approx(s.vllm_acceptance_length - 1)
     assert all(v <= r for v, r in zip(s.vllm_acceptance_by_position, s.acceptance_rate_by_step))
+    assert SpeculationStats.from_dict(s.to_dict()) == s  # JSON records give the same counts back
     assert sum(s.length_counts) == s.rounds and sum(n * c for n, c in enumerate(s.length_counts)) == s.round_tokens
     assert sum(s.accepted_by_step) == s.accepted == sum(s.accepted_by_slot)
     assert s.drafted_by_step[0] == s.reached_by_step[0] == s.rounds

@@ -159,6 +159,12 @@ class SpeculationStats:
 
     __add__ = merge
 
+    @classmethod
+    def from_dict(cls, record: dict) -> "SpeculationStats":
+        """The counts of a ``to_dict`` record (its derived rates are ignored and recomputed)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in record.items() if name in names})
+
     def to_dict(self) -> dict:
         """Counts and derived rates, JSON-ready."""
         out = dataclasses.asdict(self)
