@@ -15,7 +15,9 @@ from vllm_padrec.catalog import ItemCatalog, TokenLayout
 from vllm_padrec.constraint import ListConstraint
 from vllm_padrec.data import SyntheticConfig, generate_synthetic
 from vllm_padrec.integration import verification_mask as vm
-from vllm_padrec.integration.request_lists import ListSettings
+from vllm_padrec.integration.list_settings import ListSettings
+from vllm_padrec.integration.request_lists import settings_row
+from vllm_padrec.lists import ListLimits, ListSpec
 
 SEP, EOS, REC = TokenLayout.SEP, TokenLayout.EOS, TokenLayout.REC
 MAX_LIST_ITEMS = 6
@@ -113,23 +115,54 @@ def test_broken_prefixes_are_invalid():
     assert not valid.any(), [broken[i] for i in torch.nonzero(valid).flatten().tolist()]
 
 
-def test_settings_from_extra_args():
+def test_settings_rows_from_extra_args():
     defaults = ListSettings(max_list_items=8)
+    limits = ListLimits(8, 100)
     prompt = [TokenLayout.BOS, 7, 8, REC]
+
+    def row(settings, xargs, prompt, limits=limits):
+        spec = ListSpec.from_extra_args(xargs, settings.defaults(), limits)
+        return settings_row(spec, prompt, settings.max_list_items)
+
     xargs = {"padrec_constraint": 1, "padrec_num_items": 3, "padrec_no_repeat": "1"}  # vllm_xargs may send strings
-    row, warnings = defaults.request_row(xargs, prompt, 100)
-    assert row == [1, 4, 3, 3, 1] and not warnings
-    assert defaults.request_row(None, prompt, 100)[0][vm.ENABLED] == 0  # off unless asked
+    assert row(defaults, xargs, prompt) == [1, 4, 3, 3, 1]
+    assert row(defaults, None, prompt)[vm.ENABLED] == 0  # off unless asked
     on = ListSettings(constraint=True, min_items=2, max_list_items=8)
-    assert on.request_row({}, prompt + [9, 10], 100)[0] == [1, 4, 8, 2, 0]  # list starts after <rec>
-    assert on.request_row({"padrec_constraint": 0}, prompt, 100)[0][vm.ENABLED] == 0
-    row, warnings = on.request_row({"padrec_num_items": 50, "padrec_no_repeat": True}, prompt, 5)
-    assert row[vm.MAX_ITEMS] == 8 and row[vm.NO_REPEAT] == 0 and len(warnings) == 2
-    row, warnings = on.request_row({"padrec_num_items": "ten"}, prompt, 100)
-    assert row[vm.ENABLED] == 0 and "integers" in warnings[0]  # a bad client value never raises
-    with pytest.raises(ValueError, match="unknown keys"):
+    assert row(on, {}, prompt + [9, 10]) == [1, 4, 8, 2, 0]  # list starts after <rec>
+    assert row(on, {"padrec_constraint": 0}, prompt)[vm.ENABLED] == 0
+    assert row(on, {}, [TokenLayout.BOS, 7, 8])[vm.LIST_START] == 3  # no <rec>: the list follows the prompt
+    # what was once clamped or dropped (with a log line) is refused now, naming the key
+    with pytest.raises(ValueError, match="padrec_num_items must be an integer in 1..8"):
+        row(on, {"padrec_num_items": 50}, prompt)
+    with pytest.raises(ValueError, match="catalog has 5"):
+        row(on, {"padrec_num_items": 6, "padrec_no_repeat": True}, prompt, ListLimits(8, 5))
+    with pytest.raises(ValueError, match="padrec_num_items"):
+        row(on, {"padrec_num_items": "ten"}, prompt)
+    with pytest.raises(ValueError, match="unknown key .num_item."):
         ListSettings.from_additional_config({"padrec": {"num_item": 3}})
     assert ListSettings.from_additional_config({"padrec": {"num_items": 3}}).num_items == 3
+
+
+@pytest.mark.parametrize(
+    "section, words",
+    [
+        ({"constraint": "maybe"}, ["constraint", "bool"]),
+        ({"num_items": 2.9}, ["num_items"]),
+        ({"num_items": 40}, ["num_items=40", "max_list_items=32"]),
+        ({"min_items": 0}, ["min_items"]),
+        ({"max_list_items": 10**9}, ["max_list_items"]),
+        ({"num_item": 3}, ["num_item", "keys"]),
+    ],
+)
+def test_server_settings_are_checked_at_start(section, words):
+    from vllm_padrec.errors import PadRecError
+
+    with pytest.raises(PadRecError) as error:
+        ListSettings.from_additional_config({"padrec": section})
+    for word in words:
+        assert word in str(error.value), str(error.value)
+    with pytest.raises(PadRecError, match="must be an object"):
+        ListSettings.from_additional_config({"padrec": [1]})
 
 
 class FakeRequests:
@@ -146,7 +179,8 @@ class FakeRequests:
         tokens = list(prompt) + committed
         self.all_token_ids[slot, : len(tokens)] = torch.tensor(tokens, dtype=torch.int32)
         self.total_len[slot] = len(tokens)
-        row, _ = ListSettings(max_list_items=MAX_LIST_ITEMS).request_row(extra_args, list(prompt), len(self.catalog))
+        spec = ListSpec.from_extra_args(extra_args, ListSpec(), ListLimits(MAX_LIST_ITEMS, len(self.catalog)))
+        row = settings_row(spec, list(prompt), MAX_LIST_ITEMS)
         self.settings[slot] = torch.tensor(row, dtype=torch.int32)
         args = extra_args or {}
         constraint = None

@@ -29,7 +29,13 @@ def register() -> None:
         return
     from vllm import ModelRegistry
 
-    from vllm_padrec.integration import cli_flag, patch_init_model_state, patch_init_speculator
+    from vllm_padrec.integration import (
+        cli_flag,
+        patch_init_model_state,
+        patch_init_speculator,
+        patch_process_inputs,
+        patch_speculative_hash,
+    )
 
     supported = set(ModelRegistry.get_supported_archs())
     for name, target in ARCHITECTURES.items():
@@ -37,5 +43,7 @@ def register() -> None:
             ModelRegistry.register_model(name, target)
     patch_init_speculator.apply()  # PadRecSpeculator for PAD-Rec drafts (V2)
     patch_init_model_state.apply()  # catalog masks on verification and draft logits (V2)
+    patch_process_inputs.apply()  # list settings of every request checked in the front end (400, not a dead engine)
+    patch_speculative_hash.apply()  # the draft in the compile-cache key (no graph shared between drafts)
     cli_flag.apply()  # vllm serve --speculative-model
     _registered = True

@@ -9,15 +9,17 @@ group, vllm/plugins/__init__.py:56-64, :93-131)::
     curl localhost:8000/v1/recommendations -H 'Content-Type: application/json' \\
         -d '{"history": ["4149", "812", "77"], "num_items": 10}'
 
-Request (JSON, unknown fields refused): ``history`` (item ids, oldest first), ``num_items`` (10),
-``no_repeat`` (true), ``exclude_history`` (false), ``temperature`` (0.0: greedy), ``seed``, ``model``
-(a served model name; default the first).
+Request (JSON, unknown fields refused): ``history`` (item ids, oldest first; at most
+``MAX_HISTORY_IDS``), ``num_items`` (10), ``no_repeat`` (true), ``exclude_history`` (false),
+``temperature`` (0.0: greedy; finite), ``seed`` (a signed 64-bit integer, as vLLM's own API bounds it),
+``model`` (a served model name; default the first). Bodies over ``MAX_BODY_BYTES`` are refused (413)
+before they are read.
 
 Answer: ``{"id", "model", "items": [{"rank", "item_id", "semantic_id", "title"}], "usage":
 {"prompt_tokens", "completion_tokens"}, "speculation", "history_items_used", "warnings"}``.
 
-What the route does: it loads the catalog where the engine side does (``padrec.catalog`` of
-``--additional-config``, else ``padrec_catalog.json`` in the served model folder), renders
+What the route does: it loads the catalog where the engine side does (``list_settings.catalog_path``:
+``padrec.catalog`` of ``--additional-config``, else ``padrec_catalog.json`` in the served model folder), renders
 ``<s> h_1 <sep> ... h_H <rec>`` as prompt token ids, and asks the engine for one request with
 ``SamplingParams(max_tokens=N*(L+1)+1, temperature, seed, stop_token_ids=[</s>],
 extra_args={padrec_constraint, padrec_num_items=N, padrec_no_repeat}, output_kind=FINAL_ONLY)``:
@@ -49,27 +51,32 @@ Policies:
   ``null`` when stats logging is off (``--disable-log-stats``).
 
 Errors: every bad input gets a JSON 4xx in vLLM's error shape ``{"error": {"message", "type",
-"param", "code"}}``: 400 body not JSON; 422 unknown fields or bad values, unknown item ids (all of
-them named), empty history, ``num_items`` above ``max_list_items`` or above what the catalog holds
-(with ``no_repeat``), history that cannot fit ``max_model_len``; 404 unknown ``model``; 503 no catalog.
-The engine's own input errors (``ValueError``) give 400, anything else the engine raises gives 500;
-the app keeps serving. (When the engine process itself dies, vLLM's watchdog still shuts the server
-down, vllm/entrypoints/launcher.py:156-177: that is vLLM's policy, untouched here.)
+"param", "code"}}``: 400 body not JSON; 413 body too large; 422 unknown fields or bad values,
+unknown item ids (all of them named), empty or too long history, ``num_items`` above
+``max_list_items`` or above what the catalog holds (with ``no_repeat``), history that cannot fit
+``max_model_len``; 404 unknown ``model``; 503 no catalog. The engine's own input errors
+(``ValueError``) give 400; anything else the engine raises gives 500 with the request id and no
+detail (the detail, which can hold server paths, goes to the server log); the app keeps serving.
+(When the engine process itself dies, vLLM's watchdog still shuts the server down,
+vllm/entrypoints/launcher.py:156-177: that is vLLM's policy, untouched here.)
 
-A client that disconnects cancels the generation; the request is aborted in the engine (AsyncLLM
-aborts a cancelled ``generate``, vllm/v1/engine/async_llm.py:588-596; the route aborts too).
+Request ids are the server's own (``rec-<uuid>``; a client's ``X-Request-Id`` is kept inside it, for
+logs, never as the whole id): vLLM aborts by the id a client sent, so two clients with one header
+must never share an engine id. A client that disconnects cancels the generation, and AsyncLLM aborts
+the cancelled ``generate``'s own request (by its internal id, vllm/v1/engine/async_llm.py:588-596).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from argparse import Namespace
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Sequence
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -77,12 +84,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vllm_padrec.catalog import CATALOG_FILE, ItemCatalog, TokenLayout
 from vllm_padrec.errors import MalformedSemanticIdError, PadRecError, UnknownSemanticIdError
+from vllm_padrec.lists import ListSpec
 
 PLUGIN_NAME = "padrec_recommendations"  # the entry-point name, to list in VLLM_PLUGINS
 ROUTE = "/v1/recommendations"
 STATE_KEY = "padrec_recommendations"  # app.state attribute holding the service (or why it is off)
-# extra_args keys read by the general plugin (request_lists._XARGS)
-XARG_CONSTRAINT, XARG_NUM_ITEMS, XARG_NO_REPEAT = "padrec_constraint", "padrec_num_items", "padrec_no_repeat"
 SPEC_COUNTERS = (  # server-wide Prometheus counters (vllm/v1/spec_decode/metrics.py:228-264)
     "vllm:spec_decode_num_drafts",
     "vllm:spec_decode_num_draft_tokens",
@@ -91,6 +97,13 @@ SPEC_COUNTERS = (  # server-wide Prometheus counters (vllm/v1/spec_decode/metric
 SPEC_PER_POS = "vllm:spec_decode_num_accepted_tokens_per_pos"
 MAX_NAMED_IDS = 20  # unknown item ids quoted in one error message
 COUNTERS_MAX_AGE_S = 0.5  # the Prometheus registry is read at most this often
+# Request size: a history longer than any context is refused, not scanned (the prompt keeps at most
+# max_model_len / (L + 1) items anyway); bodies are capped before they are read.
+MAX_HISTORY_IDS = 10_000
+MAX_ITEM_ID_CHARS = 256
+MAX_BODY_BYTES = 4 * 1024 * 1024
+INT64 = (-(2**63), 2**63 - 1)  # seed bounds, as vLLM's CompletionRequest (and its sampler's int64 state)
+_CLIENT_ID = re.compile(r"[^A-Za-z0-9._:-]")  # characters of X-Request-Id kept in the server's id
 
 
 def _logger():
@@ -104,12 +117,14 @@ class RecommendationRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
-    history: list[str] = Field(description="item ids the user interacted with, oldest first")
+    history: list[Annotated[str, Field(max_length=MAX_ITEM_ID_CHARS)]] = Field(
+        max_length=MAX_HISTORY_IDS, description="item ids the user interacted with, oldest first"
+    )
     num_items: int = Field(10, ge=1, description="length of the recommended list")
     no_repeat: bool = Field(True, description="an item at most once in the list")
     exclude_history: bool = Field(False, description="leave out items of the history")
-    temperature: float = Field(0.0, ge=0.0, description="0: greedy")
-    seed: int | None = Field(None, description="sampling seed (temperature > 0)")
+    temperature: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="0: greedy")
+    seed: int | None = Field(None, ge=INT64[0], le=INT64[1], description="sampling seed (temperature > 0)")
     model: str | None = Field(None, description="served model name; default: the first")
 
 
@@ -150,7 +165,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
 
     def extra_args(self) -> dict[str, Any]:
-        return {XARG_CONSTRAINT: True, XARG_NUM_ITEMS: self.num_generate, XARG_NO_REPEAT: self.no_repeat}
+        return ListSpec(constraint=True, num_items=self.num_generate, no_repeat=self.no_repeat).to_extra_args()
 
     def sampling_params(self):
         from vllm.sampling_params import RequestOutputKind, SamplingParams
@@ -204,23 +219,21 @@ class RecommendationService:
     @classmethod
     def from_app_state(cls, engine_client: Any, state: Any, args: Namespace) -> "RecommendationService":
         """Build from vLLM's app state; raises PadRecError (with the fix) when the catalog is missing."""
-        from vllm_padrec.integration.request_lists import ListSettings
+        from vllm_padrec.integration.list_settings import catalog_path, load_catalog, server_settings
 
         if engine_client is None:
             raise PadRecError("this server has no engine (render-only server): recommendations need one")
         vllm_config = getattr(state, "vllm_config", None) or engine_client.vllm_config
         model_config = vllm_config.model_config
-        settings = ListSettings.from_additional_config(vllm_config.additional_config)
+        settings = server_settings(vllm_config)
         target = Path(model_config.model)
-        path = Path(settings.catalog or target)
-        if path.is_dir():
-            path = path / CATALOG_FILE
-        if not path.is_file():
+        path = catalog_path(vllm_config)
+        catalog = load_catalog(path)
+        if catalog is None:
             raise PadRecError(
                 f"no catalog at {path}: save {CATALOG_FILE} in the served model folder or set "
                 "--additional-config '{\"padrec\": {\"catalog\": PATH}}'"
             )
-        catalog = ItemCatalog.load(path)
         max_history = read_max_history(target, path.parent)
         names = getattr(args, "served_model_name", None) or [model_config.model]
         if isinstance(names, str):
@@ -244,14 +257,14 @@ class RecommendationService:
         if not request.history:
             raise RecommendationError(422, "the history is empty: give at least one item id the user interacted with",
                                       "history")  # fmt: skip
-        history, unknown = [], []
+        history, unknown = [], {}  # unknown ids in order of first appearance (a dict: one pass, no rescans)
         for item_id in request.history:
             try:
                 history.append(catalog.index_of(item_id))
             except KeyError:  # UnknownItemError
-                if item_id not in unknown:
-                    unknown.append(item_id)
+                unknown.setdefault(item_id, None)
         if unknown:
+            unknown = list(unknown)
             shown = ", ".join(repr(i) for i in unknown[:MAX_NAMED_IDS])
             more = f" and {len(unknown) - MAX_NAMED_IDS} more" if len(unknown) > MAX_NAMED_IDS else ""
             raise RecommendationError(
@@ -329,20 +342,17 @@ class RecommendationService:
 
     # -- engine ------------------------------------------------------------------------------------
     async def generate(self, plan: Plan, request_id: str) -> Generation:
-        """One engine request; its final output. Aborted in the engine when cancelled."""
+        """One engine request; its final output. When cancelled, closing ``EngineClient.generate`` aborts
+        that request in the engine (AsyncLLM aborts it by its internal id)."""
         from vllm.inputs import TokensPrompt
 
         final = None
-        try:
-            async for output in self.engine_client.generate(
-                TokensPrompt(prompt_token_ids=plan.prompt_token_ids), plan.sampling_params(), request_id
-            ):
-                final = output
-        except asyncio.CancelledError:
-            await self.abort(request_id)
-            raise
+        async for output in self.engine_client.generate(
+            TokensPrompt(prompt_token_ids=plan.prompt_token_ids), plan.sampling_params(), request_id
+        ):
+            final = output
         if final is None or not final.outputs:
-            raise RuntimeError(f"the engine returned no output for request {request_id}")
+            raise RecommendationError(500, f"the engine returned no output for request {request_id}")
         completion = final.outputs[0]
         prompt_ids = final.prompt_token_ids
         return Generation(
@@ -350,12 +360,6 @@ class RecommendationService:
             finish_reason=completion.finish_reason,
             prompt_tokens=len(prompt_ids) if prompt_ids is not None else len(plan.prompt_token_ids),
         )
-
-    async def abort(self, request_id: str) -> None:
-        try:
-            await self.engine_client.abort(request_id)
-        except Exception as error:  # the request may be gone already
-            _logger().debug("vllm-padrec: abort of %s: %s", request_id, error)
 
     # -- answer --------------------------------------------------------------------------------------
     def parse_items(self, token_ids: list[int]) -> tuple[list[int], int]:
@@ -551,6 +555,29 @@ async def run_until_disconnect(raw_request: Request, work, on_disconnect=None):
     return None
 
 
+def server_request_id(client_id: str | None) -> str:
+    """A fresh engine request id; a client's ``X-Request-Id`` (cleaned, at most 64 characters) is kept
+    inside it so that logs can be matched (module docstring: never shared between requests)."""
+    fresh = uuid.uuid4().hex
+    if not client_id:
+        return f"rec-{fresh}"
+    return f"rec-{_CLIENT_ID.sub('_', client_id[:64])}-{fresh}"
+
+
+async def read_body(raw_request: Request, limit: int) -> bytes | None:
+    """The request body, or None when it is larger than ``limit`` bytes (by its header, or as it streams)."""
+    declared = raw_request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in raw_request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _validation_message(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
@@ -565,8 +592,11 @@ async def create_recommendations(raw_request: Request) -> JSONResponse:
     if not isinstance(service, RecommendationService):
         reason = service if isinstance(service, str) else "the recommendations endpoint is not initialised"
         return RecommendationError(503, reason).response()
+    body = await read_body(raw_request, MAX_BODY_BYTES)
+    if body is None:
+        return RecommendationError(413, f"the body is larger than {MAX_BODY_BYTES} bytes").response()
     try:
-        payload = json.loads(await raw_request.body() or b"null")
+        payload = json.loads(body or b"null")
     except (ValueError, UnicodeDecodeError) as error:
         return RecommendationError(400, f"the body is not JSON: {error}").response()
     try:
@@ -578,16 +608,21 @@ async def create_recommendations(raw_request: Request) -> JSONResponse:
         plan = service.plan(request)
     except RecommendationError as error:
         return error.response()
-    request_id = f"rec-{raw_request.headers.get('X-Request-Id') or uuid.uuid4().hex}"
+    request_id = server_request_id(raw_request.headers.get("X-Request-Id"))
     try:
         generation = await run_until_disconnect(
             raw_request, service.generate(plan, request_id)
         )  # a disconnect cancels generate(), which aborts the engine request
+    except RecommendationError as error:
+        return error.response()
     except ValueError as error:  # the engine's own input checks (AsyncLLM.generate re-raises them)
-        return RecommendationError(400, f"the engine refused the request: {error}").response()
-    except Exception as error:  # an engine failure must not take the app down
+        from vllm.entrypoints.serve.utils.api_utils import sanitize_message
+
+        return RecommendationError(400, f"the engine refused the request: {sanitize_message(str(error))}").response()
+    except Exception:  # an engine failure must not take the app down, nor show the server's insides
         _logger().exception("vllm-padrec: request %s failed in the engine", request_id)
-        return RecommendationError(500, f"the engine failed: {type(error).__name__}: {error}").response()
+        return RecommendationError(500, f"the engine failed on request {request_id}; the server log has the "
+                                   "details").response()  # fmt: skip
     if generation is None:
         return JSONResponse({"error": {"message": "client disconnected", "type": "ClientClosedRequest",
                                        "param": None, "code": 499}}, status_code=499)  # fmt: skip

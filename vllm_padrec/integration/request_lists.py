@@ -1,134 +1,53 @@
-"""Per-request list constraints in vLLM's Model Runner V2: settings, and the samplers that mask.
+"""Per-request list constraints in vLLM's Model Runner V2: each request's settings row, and the
+samplers that mask.
 
-Settings: server-wide defaults in ``--additional-config '{"padrec": {...}}'``, overridden per request
-by ``SamplingParams.extra_args`` (``vllm_xargs`` in the OpenAI API):
+Each request's list settings (``list_settings``: server defaults, overridden by ``extra_args``, parsed
+strictly by ``ListSpec``) become one row of a device table, indexed by vLLM's request slot; the masks
+are computed from that row and the request's tokens (``verification_mask``), so a request re-added
+after preemption (with its output in the prompt) gets the same masks. The list starts after the last
+``<rec>`` of the prompt (after the prompt when it has none).
 
-    additional_config["padrec"]   extra_args          meaning
-    constraint      (false)       padrec_constraint   the output is a list of catalog items
-    num_items       (none)        padrec_num_items    exactly this many items (none: min_items..max_list_items)
-    min_items       (1)           padrec_min_items    fewest items before </s>
-    no_repeat       (false)       padrec_no_repeat    an item at most once per list
-    max_list_items  (32)          -                   longest list; sets the mask window (W = items * (L+1))
-    mask_drafts     (true)        -                   also mask the draft's proposals (PAD-Rec drafts)
-    compile_masks   (true)        -                   torch.compile the verification mask (CUDA)
-    compile_draft_masks (true)    -                   torch.compile the draft's masks too (CUDA)
-    triton_masks    (true)        -                   the fused Triton mask kernel for both (CUDA; before compile_*)
-    catalog         (none)        -                   catalog file; default: the target folder's padrec_catalog.json
-
-The list starts after the last ``<rec>`` of the prompt (after the prompt when it has none). Each
-request's settings become one row of a device table, indexed by vLLM's request slot; the masks are
-computed from that row and the request's tokens (``verification_mask``), so a request re-added after
-preemption (with its output in the prompt) gets the same masks.
+Containment: the front end refuses requests whose settings this server cannot serve
+(``patch_process_inputs``), so the engine should never meet one. If plugin code fails for a request
+anyway, that request alone is refused: its rows allow only ``</s>`` (it ends at once, with an empty
+list, never an unconstrained one) and the error is logged with its id; the engine step goes on. A
+mask that fails falls back to the eager torch masks (the same masks, slower), and the draft masks
+to none (drafts are proposals: verification still keeps every token in the catalog).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from vllm_padrec.catalog import CATALOG_FILE, ItemCatalog, TokenLayout
+from vllm_padrec.catalog import TokenLayout
 from vllm_padrec.errors import CatalogError, PadRecError
 from vllm_padrec.integration import verification_mask as vm
+from vllm_padrec.integration.list_settings import ListSettings, catalog_path, load_catalog
+from vllm_padrec.lists import ListLimits, ListSpec
 
-ADDITIONAL_CONFIG_KEY = "padrec"
 # rows of the masks' warm-up calls: 3, a shape every row count >= 2 shares (torch.compile's dynamic graph),
 # and 1, which torch.compile specialises (the Triton kernel does not specialise on rows; it runs both too)
 WARM_UP_ROWS = (3, 1)
-_XARGS = {"constraint": "padrec_constraint", "num_items": "padrec_num_items",
-          "min_items": "padrec_min_items", "no_repeat": "padrec_no_repeat"}  # fmt: skip
 
 
-def _flag(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
-@dataclass(frozen=True)
-class ListSettings:
-    constraint: bool = False  # constrain every request unless it says padrec_constraint=0
-    num_items: int | None = None  # exact list length; None: any length in min_items..max_list_items
-    min_items: int = 1  # fewest items before </s>
-    no_repeat: bool = False  # an item at most once per list
-    max_list_items: int = 32  # longest list the masks handle (window of W = max_list_items * (L + 1) tokens)
-    mask_drafts: bool = True  # mask the PAD-Rec draft's proposals too (more accepted drafts)
-    compile_masks: bool = True  # torch.compile the verification mask on CUDA (a dozen fused kernels, not ~100)
-    # also compile the draft's masks (warmed up before vLLM captures its drafting graphs): on the H200 a
-    # draft step's mask takes 0.03-0.05 ms compiled vs 0.22-0.30 ms eager in a graph (bench_vllm_mask), and
-    # a speculative engine step 17.7 vs 21.6 ms (benchmarks/results/engine_step.md)
-    compile_draft_masks: bool = True
-    # the fused Triton kernel (kernels/catalog_mask.py) for both masks instead of the compiled torch ones
-    # (CUDA only; compile_* apply when it is off or fails): one launch per mask. On the H200 a verification
-    # mask takes 0.04 ms against 0.3-0.56 ms compiled, K = 5 masks per step 0.08-0.15 ms against 0.4-0.8
-    # (benchmarks/results/vllm_mask.md), and a speculative engine step 13.9 against 14.6 ms (engine_step_triton.md)
-    triton_masks: bool = True
-    catalog: str | None = None  # catalog file or folder; None: the target checkpoint folder
-
-    def __post_init__(self) -> None:
-        cap = self.max_list_items
-        if cap < 1:
-            raise PadRecError(f"padrec.max_list_items must be >= 1, got {cap}")
-        if self.num_items is not None and not 1 <= self.num_items <= cap:
-            raise PadRecError(f"padrec.num_items must be in 1..max_list_items={cap}, got {self.num_items}")
-        if not 1 <= self.min_items <= cap:
-            raise PadRecError(f"padrec.min_items must be in 1..max_list_items={cap}, got {self.min_items}")
-
-    @classmethod
-    def from_additional_config(cls, additional_config: Mapping | None) -> "ListSettings":
-        section = dict((additional_config or {}).get(ADDITIONAL_CONFIG_KEY) or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise PadRecError(
-                f"unknown keys {unknown} in --additional-config's {ADDITIONAL_CONFIG_KEY!r}; known: {sorted(known)}"
-            )
-        return cls(**section)
-
-    def request_row(
-        self,
-        extra_args: Mapping | None,  # SamplingParams.extra_args
-        prompt_token_ids: Sequence[int] | None,
-        catalog_size: int,
-    ) -> tuple[list[int], list[str]]:  # (settings row, warnings)
-        """The request's row of the settings table (``verification_mask`` columns) and what was adjusted."""
-        args = dict(extra_args or {})
-        value = {name: args.get(key, getattr(self, name)) for name, key in _XARGS.items()}
-        row = [0] * vm.NUM_FIELDS
-        if not _flag(value["constraint"]) or prompt_token_ids is None:
-            return row, []
-        warnings = []
-        cap = self.max_list_items
-        try:  # vllm_xargs come from clients: a bad value turns the constraint off, never the engine
-            num_items = None if value["num_items"] is None else int(value["num_items"])
-            low = int(value["min_items"])
-        except (TypeError, ValueError):
-            return row, [f"padrec_num_items / padrec_min_items must be integers, got {value}; constraint off"]
-        if num_items is not None:
-            if not 1 <= num_items <= cap:
-                clamped = min(max(num_items, 1), cap)
-                warnings.append(f"padrec_num_items={num_items} is outside 1..{cap} (max_list_items); using {clamped}")
-                num_items = clamped
-        max_items = num_items if num_items is not None else cap
-        min_items = num_items if num_items is not None else min(max(low, 1), cap)
-        no_repeat = _flag(value["no_repeat"])
-        if no_repeat and min_items > catalog_size:
-            warnings.append(f"padrec_no_repeat ignored: the catalog has {catalog_size} items, fewer than {min_items}")
-            no_repeat = False
-        prompt = list(prompt_token_ids)
-        last_rec = max((i for i, t in enumerate(prompt) if t == TokenLayout.REC), default=None)
-        row[vm.ENABLED] = 1
-        row[vm.LIST_START] = len(prompt) if last_rec is None else last_rec + 1
-        row[vm.MAX_ITEMS] = max_items
-        row[vm.MIN_ITEMS] = min_items
-        row[vm.NO_REPEAT] = int(no_repeat)
-        return row, warnings
+def settings_row(spec: ListSpec, prompt_token_ids: Sequence[int], max_list_items: int) -> list[int]:
+    """A request's row of the settings table (``verification_mask`` columns); all zeros when unconstrained."""
+    row = [0] * vm.NUM_FIELDS
+    if not spec.constraint:
+        return row
+    prompt = list(prompt_token_ids)
+    last_rec = max((i for i, t in enumerate(prompt) if t == TokenLayout.REC), default=None)
+    row[vm.ENABLED] = 1
+    row[vm.LIST_START] = len(prompt) if last_rec is None else last_rec + 1
+    row[vm.MAX_ITEMS] = spec.num_items if spec.num_items is not None else max_list_items
+    row[vm.MIN_ITEMS] = spec.min_items
+    row[vm.NO_REPEAT] = int(spec.no_repeat)
+    return row
 
 
 class MaskingSampler:
@@ -161,10 +80,13 @@ class RequestLists:
 
         self.tables = tables
         self.settings = settings
+        self.defaults = settings.defaults()
+        self.limits = ListLimits(settings.max_list_items, tables.num_items)
         self.max_drafts = max_drafts
         self.width = settings.max_list_items * tables.period  # W
         self.rows = StagedWriteTensor((max_num_reqs, vm.NUM_FIELDS), dtype=torch.int32, device=device)
         self.enabled = np.zeros(max_num_reqs, dtype=bool)  # host mirror of the ENABLED column
+        self.refused = np.zeros(max_num_reqs, dtype=bool)  # requests the plugin failed on: only </s> allowed
         self.req_states = None  # vLLM's RequestState (all_token_ids, total_len), from the sampler
         # the mask functions: eager until use_triton_masks or compile_verification / compile_drafts replace them
         self._verify = vm.mask_verification_logits
@@ -176,24 +98,21 @@ class RequestLists:
 
     @classmethod
     def from_vllm_config(cls, vllm_config: Any, device: torch.device) -> "RequestLists | None":
-        """None when no catalog is configured or found beside the target (constraints off)."""
-        from vllm_padrec.integration.log import get_logger
-
-        logger = get_logger(__name__)
+        """None when the server has no catalog: then the front end refuses every constrained request
+        (``patch_process_inputs``), and the engine needs no masks."""
         settings = ListSettings.from_additional_config(vllm_config.additional_config)
         model_config = vllm_config.model_config
-        path = Path(settings.catalog or model_config.model)
-        if path.is_dir():
-            path = path / CATALOG_FILE
-        if not path.is_file():
+        path = catalog_path(vllm_config)
+        catalog = load_catalog(path)
+        if catalog is None:
             if settings.constraint:
                 raise CatalogError(
-                    f"padrec.constraint is on but there is no catalog at {path}: save {CATALOG_FILE} in the target "
-                    "folder or set padrec.catalog in --additional-config"
+                    f"padrec.constraint is on but there is no catalog at {path}: save padrec_catalog.json in the "
+                    "target folder or set padrec.catalog in --additional-config"
                 )
-            logger.info("vllm-padrec: no catalog at %s, list constraints are off", path)
+            _logger().info("vllm-padrec: no catalog at %s; requests for constrained lists are refused", path)
             return None
-        tables = vm.CatalogTables.build(ItemCatalog.load(path), device=device)
+        tables = vm.CatalogTables.build(catalog, device=device)
         if tables.layout.vocab_size > model_config.get_vocab_size():
             raise CatalogError(
                 f"the catalog {path} needs {tables.layout.vocab_size} tokens but the target has "
@@ -202,19 +121,24 @@ class RequestLists:
         spec = vllm_config.speculative_config
         max_drafts = spec.num_speculative_tokens if spec is not None else 0
         lists = cls(tables, settings, vllm_config.scheduler_config.max_num_seqs, max_drafts, device)
-        on_cuda = torch.device(device).type == "cuda"
+        lists.prepare_masks(model_config, torch.device(device).type == "cuda")
+        _logger().info("vllm-padrec: list constraints ready (%d items, settings %s)", tables.num_items, settings)
+        return lists
+
+    def prepare_masks(self, model_config: Any, on_cuda: bool) -> None:
+        """Install the fastest masks that warm up (Triton, else compiled, else eager), before vLLM captures
+        its drafting graphs."""
+        settings, logger = self.settings, _logger()
         vocab_size, max_model_len = model_config.get_vocab_size(), model_config.max_model_len
         logits_dtype = getattr(model_config, "head_dtype", None) or model_config.dtype  # LogitsProcessor's
         triton = settings.triton_masks and on_cuda and _try_compile(logger, "the Triton catalog masks", "compiled",
-            lambda: lists.use_triton_masks(vocab_size, max_model_len, logits_dtype, model_config.dtype))  # fmt: skip
+            lambda: self.use_triton_masks(vocab_size, max_model_len, logits_dtype, model_config.dtype))  # fmt: skip
         if settings.compile_masks and on_cuda and not triton:
-            _try_compile(logger, "torch.compile of the verification mask", "eager", lambda: lists.compile_verification(
+            _try_compile(logger, "torch.compile of the verification mask", "eager", lambda: self.compile_verification(
                 vocab_size, max_model_len, logits_dtype))  # fmt: skip
-        if settings.compile_draft_masks and max_drafts and on_cuda and not triton:
-            _try_compile(logger, "torch.compile of the draft masks", "eager", lambda: lists.compile_drafts(
+        if settings.compile_draft_masks and self.max_drafts and on_cuda and not triton:
+            _try_compile(logger, "torch.compile of the draft masks", "eager", lambda: self.compile_drafts(
                 vocab_size, max_model_len, model_config.dtype))  # fmt: skip
-        logger.info("vllm-padrec: list constraints ready (%d items, settings %s)", tables.num_items, settings)
-        return lists
 
     def compile_verification(self, vocab_size: int, max_model_len: int, logits_dtype: torch.dtype) -> None:
         """Compile ``mask_verification_logits`` once for every row count and warm it up now, so that no
@@ -279,36 +203,64 @@ class RequestLists:
 
     # -- requests ------------------------------------------------------------------------------
     def add_request(self, req_index: int, new_req_data: Any) -> None:
-        params = new_req_data.sampling_params
-        extra_args = params.extra_args if params is not None else None
-        row, warnings = self.settings.request_row(extra_args, new_req_data.prompt_token_ids, self.tables.num_items)
-        if warnings:
-            from vllm_padrec.integration.log import get_logger
-
-            get_logger(__name__).warning("vllm-padrec: request %s: %s", new_req_data.req_id, "; ".join(warnings))
+        """Record the request's list settings; never raises (module docstring: containment)."""
+        refused = False
+        try:
+            params = new_req_data.sampling_params
+            spec = ListSpec.from_extra_args(params.extra_args if params is not None else None, self.defaults,
+                                            self.limits)  # fmt: skip
+            if spec.constraint and new_req_data.prompt_token_ids is None:
+                raise PadRecError("a constrained list needs the prompt's token ids (prompt embeddings were given)")
+            row = settings_row(spec, new_req_data.prompt_token_ids or (), self.settings.max_list_items)
+        except Exception as error:
+            _logger().error("vllm-padrec: request %s refused (it ends with an empty list): %s: %s",
+                            getattr(new_req_data, "req_id", "?"), type(error).__name__, error)  # fmt: skip
+            row, refused = [0] * vm.NUM_FIELDS, True
         self.rows.stage_write(req_index, 0, row)
         self.enabled[req_index] = bool(row[vm.ENABLED])
+        self.refused[req_index] = refused
 
     def apply_staged_writes(self) -> None:
         self.rows.apply_write()
 
     # -- masks ---------------------------------------------------------------------------------
     def mask_verification(self, logits: torch.Tensor, input_batch: Any) -> None:
-        """Mask the target's logits (every draft position + the bonus row) of constrained requests."""
-        if self.req_states is None or not self.enabled[input_batch.idx_mapping_np].any():
+        """Mask the target's logits (every draft position + the bonus row) of constrained requests; never
+        raises (module docstring: containment)."""
+        slots = input_batch.idx_mapping_np
+        if self.req_states is None or not (self.enabled[slots].any() or self.refused[slots].any()):
             return  # no constrained request in this batch: no GPU work
-        self._verify(
-            logits,
-            self.tables,
-            self.rows.gpu,
-            self.req_states.all_token_ids.gpu,
-            self.req_states.total_len.gpu,
-            input_batch.expanded_idx_mapping,
-            input_batch.expanded_local_pos,
-            input_batch.input_ids[input_batch.logits_indices],
-            self.max_drafts,
-            self.width,
-        )
+        args = (logits, self.tables, self.rows.gpu, self.req_states.all_token_ids.gpu, self.req_states.total_len.gpu,
+                input_batch.expanded_idx_mapping, input_batch.expanded_local_pos,
+                input_batch.input_ids[input_batch.logits_indices], self.max_drafts, self.width)  # fmt: skip
+        try:
+            self._verify(*args)
+        except Exception as error:
+            if self._verify is vm.mask_verification_logits:
+                return self._refuse_batch(logits, input_batch, error)
+            _logger().error("vllm-padrec: the verification mask failed (%s: %s); using the eager torch masks",
+                            type(error).__name__, error)  # fmt: skip
+            self._verify = vm.mask_verification_logits
+            return self.mask_verification(logits, input_batch)
+        if self.refused[slots].any():
+            self._only_eos(logits, input_batch, self.refused)
+
+    def _refuse_batch(self, logits: torch.Tensor, input_batch: Any, error: Exception) -> None:
+        """The eager masks failed too: refuse this batch's constrained requests rather than serve them unmasked."""
+        slots = input_batch.idx_mapping_np
+        failed = slots[self.enabled[slots]]
+        _logger().error("vllm-padrec: the masks failed (%s: %s); refusing the %d constrained requests of this step",
+                        type(error).__name__, error, len(failed))  # fmt: skip
+        self.refused[failed] = True
+        self._only_eos(logits, input_batch, self.refused)
+
+    @staticmethod
+    def _only_eos(logits: torch.Tensor, input_batch: Any, refused: np.ndarray) -> None:
+        """Allow only </s> on the rows of refused requests."""
+        rows = torch.from_numpy(refused).to(logits.device)[input_batch.expanded_idx_mapping.long()]  # [R]
+        keep = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+        keep[TokenLayout.EOS] = True
+        logits.masked_fill_(rows[:, None] & ~keep, float("-inf"))
 
     def mask_draft_logits(
         self,
@@ -317,20 +269,23 @@ class RequestLists:
         draft_tokens: torch.Tensor,  # [B, K]
         draft_step: torch.Tensor,  # []
     ) -> None:
-        """Mask the draft's logits; runs inside CUDA graphs (persistent tensors only, no host check)."""
-        if self.req_states is None:
+        """Mask the draft's logits; runs inside CUDA graphs (persistent tensors only, no host check). A failure
+        leaves the drafts unmasked (verification still masks every kept token) and turns the draft masks off."""
+        if self.req_states is None or self._draft is None:
             return
-        self._draft(
-            logits,
-            self.tables,
-            self.rows.gpu,
-            self.req_states.all_token_ids.gpu,
-            self.req_states.total_len.gpu,
-            idx_mapping,
-            draft_tokens,
-            draft_step,
-            self.width,
-        )
+        try:
+            self._draft(logits, self.tables, self.rows.gpu, self.req_states.all_token_ids.gpu,
+                        self.req_states.total_len.gpu, idx_mapping, draft_tokens, draft_step, self.width)  # fmt: skip
+        except Exception as error:
+            _logger().error("vllm-padrec: the draft mask failed (%s: %s); drafts are no longer masked",
+                            type(error).__name__, error)  # fmt: skip
+            self._draft = None
+
+
+def _logger():
+    from vllm_padrec.integration.log import get_logger
+
+    return get_logger(__name__)
 
 
 def _try_compile(logger, what: str, fallback: str, prepare) -> bool:

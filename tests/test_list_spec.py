@@ -1,0 +1,139 @@
+"""ListSpec.from_extra_args: the strict parser of a request's list settings (vllm_padrec/lists/spec.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vllm_padrec.lists import REQUEST_KEYS, ListLimits, ListSpec, ListSpecError
+
+LIMITS = ListLimits(max_list_items=32, catalog_items=8, catalog_source="/models/t/padrec_catalog.json")
+OFF = ListSpec()
+
+
+def parse(extra_args, defaults=OFF, limits=LIMITS):
+    return ListSpec.from_extra_args(extra_args, defaults, limits)
+
+
+def refused(extra_args, key, *words, defaults=OFF, limits=LIMITS):
+    with pytest.raises(ListSpecError) as error:
+        parse(extra_args, defaults, limits)
+    assert error.value.key == key, str(error.value)
+    for word in words:
+        assert word in str(error.value), str(error.value)
+    assert "\n" not in str(error.value)
+    return error.value
+
+
+def test_accepted_values_and_their_meaning():
+    assert parse(None) == OFF and parse({}) == OFF and parse({"other_plugin": 1}) == OFF
+    spec = parse({"padrec_constraint": 1, "padrec_num_items": 3, "padrec_no_repeat": "true"})
+    assert spec == ListSpec(constraint=True, num_items=3, min_items=3, no_repeat=True)
+    assert ListSpec(True, 3, 1, False).min_items == 3  # an exact length is also the fewest items
+    assert parse({"padrec_constraint": True, "padrec_min_items": "2"}) == ListSpec(True, None, 2, False)
+    assert parse({"padrec_constraint": 1, "padrec_num_items": 3, "padrec_min_items": 2}) == ListSpec(True, 3, 3, False)
+    assert parse({"padrec_constraint": "on", "padrec_num_items": 4.0}).num_items == 4  # integral float
+    assert parse({"padrec_constraint": 0}) == OFF and parse({"padrec_constraint": "No"}) == OFF
+    assert parse({"padrec_constraint": 1, "padrec_num_items": None}).num_items is None  # null: the default
+
+
+def test_server_defaults_fill_what_the_request_leaves_out():
+    defaults = ListSpec(constraint=True, num_items=10, min_items=1, no_repeat=False)
+    wide = ListLimits(32, 1000)
+    assert parse({}, defaults, wide) == defaults
+    assert parse({"padrec_num_items": 4}, defaults, wide) == ListSpec(True, 4, 4, False)
+    assert parse({"padrec_min_items": 2, "padrec_num_items": None}, ListSpec(True), wide) == ListSpec(True, None, 2)
+    assert parse({"padrec_constraint": 0}, defaults, wide) == OFF
+    # with the constraint on server-wide, one bad key alone is enough to be refused
+    refused({"padrec_min_items": math.inf}, "padrec_min_items", "1..32", defaults=defaults, limits=wide)
+
+
+@pytest.mark.parametrize(
+    "extra_args, key, words",
+    [
+        # the values that once killed the engine (int(inf) in add_request)
+        ({"padrec_constraint": 1, "padrec_num_items": math.inf}, "padrec_num_items", ["1..32", "inf"]),
+        ({"padrec_constraint": 1, "padrec_num_items": -math.inf}, "padrec_num_items", ["1..32"]),
+        ({"padrec_constraint": 1, "padrec_min_items": math.inf}, "padrec_min_items", ["1..32"]),
+        ({"padrec_constraint": 1, "padrec_num_items": math.nan}, "padrec_num_items", ["nan"]),
+        # silent coercions that are errors now
+        ({"padrec_constraint": 1, "padrec_num_items": 2.9}, "padrec_num_items", ["2.9"]),
+        ({"padrec_constraint": "maybe"}, "padrec_constraint", ["true or false", "'maybe'"]),
+        ({"padrec_constraint": math.nan}, "padrec_constraint", ["nan"]),
+        ({"padrec_constraint": 2}, "padrec_constraint", ["got 2"]),
+        ({"padrec_constraint": 1, "padrec_no_repeat": "maybe"}, "padrec_no_repeat", ["'maybe'"]),
+        ({"padrec_constraint": 1, "padrec_num_itemz": 3}, "padrec_num_itemz", ["unknown", "padrec_num_items"]),
+        ({"padrec_constraint": 1, "padrec_num_items": 33}, "padrec_num_items", ["1..32", "max_list_items"]),
+        ({"padrec_constraint": 1, "padrec_num_items": 0}, "padrec_num_items", ["1..32"]),
+        ({"padrec_constraint": 1, "padrec_num_items": True}, "padrec_num_items", ["True"]),
+        ({"padrec_constraint": 1, "padrec_num_items": [1, 2]}, "padrec_num_items", ["[1, 2]"]),
+        ({"padrec_constraint": 1, "padrec_num_items": "10abc"}, "padrec_num_items", ["'10abc'"]),
+        ({"padrec_constraint": 1, "padrec_num_items": 10**30}, "padrec_num_items", ["1..32"]),
+        ({"padrec_constraint": 1, "padrec_num_items": 2, "padrec_min_items": 5}, "padrec_min_items", ["5", "2"]),
+        # no-repeat on a catalog too small for the list: refused, never quietly dropped
+        ({"padrec_constraint": 1, "padrec_num_items": 9, "padrec_no_repeat": 1}, "padrec_num_items",
+         ["9 distinct items", "catalog has 8"]),
+        ({"padrec_constraint": 1, "padrec_min_items": 9, "padrec_no_repeat": 1}, "padrec_min_items", ["catalog has 8"]),
+        # a list setting without the constraint would be ignored
+        ({"padrec_no_repeat": 1}, "padrec_no_repeat", ["padrec_constraint"]),
+        ({"padrec_constraint": 0, "padrec_num_items": 3}, "padrec_num_items", ["padrec_constraint"]),
+    ],
+)  # fmt: skip
+def test_refused_values_name_the_key_and_what_it_takes(extra_args, key, words):
+    refused(extra_args, key, *words)
+
+
+def test_no_catalog_refuses_the_constraint_and_says_where_it_looked():
+    bare = ListLimits(32, None, "/models/t/padrec_catalog.json")
+    refused({"padrec_constraint": 1}, "padrec_constraint", "no item catalog", "/models/t/padrec_catalog.json", limits=bare)
+    refused({}, "padrec_constraint", "no item catalog", defaults=ListSpec(constraint=True), limits=bare)
+    assert parse({"padrec_constraint": 0}, limits=bare) == OFF
+
+
+def test_repeats_allowed_lists_may_be_longer_than_the_catalog():
+    assert parse({"padrec_constraint": 1, "padrec_num_items": 9, "padrec_no_repeat": 0}).num_items == 9
+
+
+def test_extra_args_round_trip():
+    for spec in (OFF, ListSpec(True, 3, 3, True), ListSpec(True, None, 2, False), ListSpec(True, 5, 1, False)):
+        assert parse(spec.to_extra_args(), defaults=ListSpec(True, None, 4, True)) == spec  # no default leaks in
+    assert parse(ListSpec(True, 5).to_extra_args(), defaults=ListSpec(True, 7, 4, True)) == ListSpec(True, 5)
+    assert ListSpec(True, 3, 1, False).to_extra_args() == {
+        "padrec_constraint": True, "padrec_num_items": 3, "padrec_no_repeat": False,
+    }  # fmt: skip
+    assert set(REQUEST_KEYS.values()) == {"padrec_constraint", "padrec_num_items", "padrec_min_items", "padrec_no_repeat"}
+
+
+# any JSON value a client can send for a key (vllm_xargs: str | int | float | list of those)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3),
+    max_leaves=4,
+)
+keys = st.sampled_from([*REQUEST_KEYS.values(), "padrec_other", "something_else"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(keys, json_values | st.sampled_from(["1", "true", "off", "3", " 4 "]), max_size=4),
+       st.builds(ListSpec, st.booleans(), st.none() | st.integers(1, 8), st.integers(1, 8), st.booleans()))  # fmt: skip
+def test_fuzz_either_a_servable_spec_or_a_named_error(extra_args, defaults):
+    """Whatever a client sends: a spec the masks can serve exactly, or a ListSpecError naming a padrec key."""
+    if defaults.num_items is not None and defaults.min_items > defaults.num_items:
+        defaults = ListSpec(defaults.constraint, defaults.num_items, 1, defaults.no_repeat)
+    try:
+        spec = parse(extra_args, defaults)
+    except ListSpecError as error:
+        assert error.key.startswith("padrec_") and error.key in str(error)
+        return
+    if not spec.constraint:
+        assert spec == OFF
+        return
+    assert spec.num_items is None or 1 <= spec.num_items <= LIMITS.max_list_items
+    assert 1 <= spec.min_items <= LIMITS.max_list_items and spec.min_items == (spec.num_items or spec.min_items)
+    assert not spec.no_repeat or spec.min_items <= LIMITS.catalog_items
+    value = extra_args.get("padrec_num_items")  # a client's number arrives exactly, or is refused
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        assert spec.num_items == value

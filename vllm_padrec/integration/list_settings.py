@@ -1,0 +1,139 @@
+"""A server's list settings (``--additional-config '{"padrec": {...}}'``), its catalog, and the check of a
+request's list settings against both.
+
+    additional_config["padrec"]   meaning
+    constraint      (false)       constrain every request unless it says padrec_constraint=false
+    num_items       (none)        default exact list length (none: min_items..max_list_items)
+    min_items       (1)           default fewest items before </s>
+    no_repeat       (false)       default: an item at most once per list
+    max_list_items  (32)          longest list; sets the mask window (W = items * (L+1))
+    mask_drafts     (true)        also mask the draft's proposals (PAD-Rec drafts)
+    compile_masks   (true)        torch.compile the verification mask (CUDA)
+    compile_draft_masks (true)    torch.compile the draft's masks too (CUDA)
+    triton_masks    (true)        the fused Triton mask kernel for both (CUDA; before compile_*)
+    catalog         (none)        catalog file or folder; default: the target folder's padrec_catalog.json
+
+Per request, ``extra_args`` override the first four (``vllm_padrec.lists.spec``). The catalog is found
+here once for every part of the plugin (front-end check, engine masks, ``/v1/recommendations``), so
+that all of them read the same file.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vllm_padrec.catalog import CATALOG_FILE, ItemCatalog
+from vllm_padrec.errors import PadRecError
+from vllm_padrec.lists import KEY_PREFIX, ListLimits, ListSpec
+
+ADDITIONAL_CONFIG_KEY = "padrec"
+# The masks read W = max_list_items * (L + 1) list tokens per logits row: the bound keeps that window
+# (and the settings it implies) within what a served context can hold.
+MAX_LIST_ITEMS_LIMIT = 4096
+
+
+class ListSettings(BaseModel):
+    """The ``padrec`` section of ``--additional-config``: per-request defaults, limits, mask backends."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    constraint: bool = False  # constrain every request unless it says padrec_constraint=false
+    num_items: int | None = Field(None, ge=1)  # exact list length; None: any length in min_items..max_list_items
+    min_items: int = Field(1, ge=1)  # fewest items before </s>
+    no_repeat: bool = False  # an item at most once per list
+    max_list_items: int = Field(32, ge=1, le=MAX_LIST_ITEMS_LIMIT)  # longest list the masks handle
+    mask_drafts: bool = True  # mask the PAD-Rec draft's proposals too (more accepted drafts)
+    # torch.compile the verification mask on CUDA (a dozen fused kernels, not ~100); used when
+    # triton_masks is off or fails
+    compile_masks: bool = True
+    compile_draft_masks: bool = True  # also compile the draft's masks, before vLLM captures its graphs
+    triton_masks: bool = True  # the fused Triton kernel (kernels/catalog_mask.py) for both masks (CUDA)
+    catalog: str | None = None  # catalog file or folder; None: the target checkpoint folder
+
+    @model_validator(mode="after")
+    def _lengths_fit(self) -> "ListSettings":
+        cap = self.max_list_items
+        if self.num_items is not None and self.num_items > cap:
+            raise ValueError(f"num_items={self.num_items} is more than max_list_items={cap}")
+        if self.min_items > cap:
+            raise ValueError(f"min_items={self.min_items} is more than max_list_items={cap}")
+        return self
+
+    @classmethod
+    def from_additional_config(cls, additional_config: Mapping | None) -> "ListSettings":
+        """The server's settings; a bad section is a ``PadRecError`` naming the key (the server does not start)."""
+        section = (additional_config or {}).get(ADDITIONAL_CONFIG_KEY) or {}
+        if not isinstance(section, Mapping):
+            raise PadRecError(f"--additional-config's {ADDITIONAL_CONFIG_KEY!r} must be an object, got {section!r}")
+        try:
+            return cls.model_validate(dict(section))
+        except ValidationError as error:
+            problems = "; ".join(_problem(e) for e in error.errors())
+            raise PadRecError(
+                f"bad --additional-config '{{\"{ADDITIONAL_CONFIG_KEY}\": ...}}': {problems} (keys: "
+                f"{sorted(cls.model_fields)})"
+            ) from None
+
+    def defaults(self) -> ListSpec:
+        """What a request gets for the list settings it leaves out."""
+        return ListSpec(
+            constraint=self.constraint, num_items=self.num_items, min_items=self.min_items, no_repeat=self.no_repeat
+        )
+
+
+def _problem(error: Mapping) -> str:
+    where = ".".join(map(str, error["loc"])) or ADDITIONAL_CONFIG_KEY
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {where!r}"
+    return f"{where}: {error['msg']}, got {error.get('input')!r}"
+
+
+def server_settings(vllm_config: Any) -> ListSettings:
+    return ListSettings.from_additional_config(vllm_config.additional_config)
+
+
+def catalog_path(vllm_config: Any) -> Path:
+    """Where the server's catalog is: ``padrec.catalog`` (a file or a folder), else the target folder's."""
+    path = Path(server_settings(vllm_config).catalog or vllm_config.model_config.model)
+    return path / CATALOG_FILE if path.is_dir() else path
+
+
+def load_catalog(path: Path) -> ItemCatalog | None:
+    """The catalog at ``path`` (read once per process and file version); None when there is none."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return _load_catalog(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_catalog(path: str, mtime_ns: int, size: int) -> ItemCatalog:
+    return ItemCatalog.load(path)
+
+
+def list_limits(vllm_config: Any) -> ListLimits:
+    """What this server can serve: its longest list and its catalog (if it has one)."""
+    path = catalog_path(vllm_config)
+    catalog = load_catalog(path)
+    return ListLimits(
+        max_list_items=server_settings(vllm_config).max_list_items,
+        catalog_items=None if catalog is None else len(catalog),
+        catalog_source=str(path),
+    )
+
+
+def check_request(vllm_config: Any, extra_args: Mapping | None) -> ListSpec:
+    """The list a request asks for, checked against this server; raises ``ListSpecError`` (a ValueError).
+
+    Requests that name no list setting on a server without ``padrec.constraint`` are answered
+    without reading the catalog (they are not the plugin's)."""
+    settings = server_settings(vllm_config)
+    if not settings.constraint and not any(isinstance(k, str) and k.startswith(KEY_PREFIX) for k in extra_args or ()):
+        return ListSpec()
+    return ListSpec.from_extra_args(extra_args, settings.defaults(), list_limits(vllm_config))

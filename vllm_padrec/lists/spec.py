@@ -1,0 +1,148 @@
+"""``ListSpec``: what one request asks of its recommendation list, parsed strictly from client values.
+
+A request says what it wants in ``SamplingParams.extra_args`` (``vllm_xargs`` in the OpenAI API):
+
+    key                 field         values
+    padrec_constraint   constraint    true / false (also 1 / 0, "true" / "false", "yes" / "no", "on" / "off")
+    padrec_num_items    num_items     exactly this many items, 1..max_list_items (none: any length)
+    padrec_min_items    min_items     fewest items before </s>, 1..max_list_items
+    padrec_no_repeat    no_repeat     true / false: an item at most once per list
+
+Keys it leaves out take the server's defaults (``--additional-config '{"padrec": {...}}'``; a
+server default ``num_items`` can be changed per request, not removed). Values
+come from clients, so the parser is strict: a value that is not exactly one of the above (2.9,
+"maybe", NaN, 1e309, a list), an unknown ``padrec_*`` key, a list setting without the constraint,
+a length the server cannot serve, or the constraint on a server without a catalog, is a
+``ListSpecError`` naming the key and what it accepts. Nothing is clamped, dropped or coerced: what the
+client gets is what it asked for, or an error. The same parser runs at the edge (every request vLLM's
+front end accepts, before it reaches the engine) and in the engine (which therefore never meets a
+value it cannot serve).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from vllm_padrec.errors import PadRecError
+
+KEY_PREFIX = "padrec_"
+# field of ListSpec -> its key in SamplingParams.extra_args
+REQUEST_KEYS = {
+    "constraint": "padrec_constraint",
+    "num_items": "padrec_num_items",
+    "min_items": "padrec_min_items",
+    "no_repeat": "padrec_no_repeat",
+}
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_INTEGER = re.compile(r"[+-]?\d{1,18}")
+
+
+class ListSpecError(PadRecError):
+    """A request's list settings that this server cannot serve as asked; ``key`` names the setting."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class ListLimits:
+    """What a server can serve: its longest list and its catalog."""
+
+    max_list_items: int  # longest list the masks handle
+    catalog_items: int | None  # items of the catalog; None: the server has no catalog
+    catalog_source: str = ""  # where the catalog is (or was looked for), for error messages
+
+
+@dataclass(frozen=True)
+class ListSpec:
+    """One request's list: constrained or not, its length, and whether items may repeat."""
+
+    constraint: bool = False  # the output is a list of catalog items
+    num_items: int | None = None  # exactly this many items; None: any length in min_items..max_list_items
+    min_items: int = 1  # fewest items before </s> (= num_items when that is set)
+    no_repeat: bool = False  # an item at most once per list
+
+    def __post_init__(self) -> None:  # one form per list: an exact length is also the fewest items
+        if self.num_items is not None:
+            object.__setattr__(self, "min_items", self.num_items)
+
+    def to_extra_args(self) -> dict[str, Any]:
+        """The request's ``extra_args``: every field that decides the list, so that no server default applies
+        (``num_items`` when set, else ``min_items``)."""
+        length = "num_items" if self.num_items is not None else "min_items"
+        names = ("constraint", length, "no_repeat") if self.constraint else ("constraint",)
+        return {REQUEST_KEYS[name]: getattr(self, name) for name in names}
+
+    @classmethod
+    def from_extra_args(cls, extra_args: Mapping[str, Any] | None, defaults: "ListSpec", limits: ListLimits) -> "ListSpec":
+        """The spec a request asks for (module docstring); raises ``ListSpecError`` naming the bad key."""
+        args = dict(extra_args or {})
+        keys = set(REQUEST_KEYS.values())
+        unknown = sorted(k for k in args if isinstance(k, str) and k.startswith(KEY_PREFIX) and k not in keys)
+        if unknown:
+            raise ListSpecError(unknown[0], f"unknown setting {unknown[0]!r}: the list settings are {sorted(keys)}")
+        given = {name: args[key] for name, key in REQUEST_KEYS.items() if key in args and args[key] is not None}
+        cap = limits.max_list_items
+        constraint = parse_flag("padrec_constraint", given.get("constraint", defaults.constraint))
+        num_items = given.get("num_items", defaults.num_items)
+        if num_items is not None:
+            num_items = parse_count("padrec_num_items", num_items, cap)
+        min_items = parse_count("padrec_min_items", given.get("min_items", defaults.min_items), cap)
+        no_repeat = parse_flag("padrec_no_repeat", given.get("no_repeat", defaults.no_repeat))
+        if not constraint:
+            stray = [REQUEST_KEYS[name] for name in ("num_items", "min_items", "no_repeat") if name in given]
+            if stray:
+                raise ListSpecError(
+                    stray[0], f"{stray[0]} applies to constrained lists only: set padrec_constraint to true"
+                )
+            return cls()
+        if limits.catalog_items is None:
+            where = f" (none at {limits.catalog_source})" if limits.catalog_source else ""
+            raise ListSpecError(
+                "padrec_constraint",
+                f"padrec_constraint: this server has no item catalog{where}, so it cannot constrain lists; "
+                "serve a target folder holding padrec_catalog.json or set padrec.catalog in --additional-config",
+            )
+        if num_items is not None and "min_items" in given and min_items > num_items:
+            raise ListSpecError(
+                "padrec_min_items", f"padrec_min_items={min_items} is more than padrec_num_items={num_items}"
+            )
+        spec = cls(constraint=True, num_items=num_items, min_items=min_items, no_repeat=no_repeat)
+        if no_repeat and spec.min_items > limits.catalog_items:
+            key = "padrec_num_items" if num_items is not None else "padrec_min_items"
+            raise ListSpecError(
+                key,
+                f"{key}={spec.min_items} with padrec_no_repeat needs {spec.min_items} distinct items, but the "
+                f"catalog has {limits.catalog_items}",
+            )
+        return spec
+
+
+def parse_flag(key: str, value: Any) -> bool:
+    """A client's true / false (module docstring); anything else is a ``ListSpecError``."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):  # NaN and inf compare unequal
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ListSpecError(key, f"{key} must be true or false (or 1 / 0), got {value!r}")
+
+
+def parse_count(key: str, value: Any, cap: int) -> int:
+    """A client's item count in 1..cap: an integer, an integral finite float or a decimal string."""
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        number = int(value.strip())
+    if number is None or not 1 <= number <= cap:
+        raise ListSpecError(key, f"{key} must be an integer in 1..{cap} (this server's max_list_items), got {value!r}")
+    return number
