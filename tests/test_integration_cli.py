@@ -152,3 +152,22 @@ def test_contradictions_are_errors(serve_parser, folders, extra, message):
 def test_mismatched_draft_is_refused(serve_parser, folders, draft, field):
     with pytest.raises(DraftTargetMismatchError, match=field):
         serve_parser.parse_args([str(folders["target"]), "--speculative-model", str(folders[draft])])
+
+
+def test_compile_cache_key_holds_the_draft(serve_parser, folders, tmp_path):
+    """Two drafts of one target must never share vLLM's compile-cache entry (patch_speculative_hash)."""
+    target, draft = str(folders["target"]), str(folders["draft"])
+    eagle_draft = write_draft(tmp_path / "eagle", folders["target"], small_catalog(),
+                              architectures=["EagleLlamaForCausalLM"])  # fmt: skip
+
+    def config(draft_folder, tokens=NUM_DRAFT_STEPS):
+        spec = json.dumps({"method": "eagle", "model": str(draft_folder), "num_speculative_tokens": tokens})
+        return speculative_config(serve_parser.parse_args([target, "--speculative-config", spec]))
+
+    padrec, eagle = config(draft), config(eagle_draft)
+    assert eagle.draft_model_config.architectures == ["EagleLlamaForCausalLM"]
+    vllms_own = type(padrec).compute_hash.__wrapped__
+    assert vllms_own(padrec) == vllms_own(eagle)  # vLLM 0.26.0's key leaves the eagle draft out
+    assert padrec.compute_hash() != eagle.compute_hash()
+    assert padrec.compute_hash() == config(draft).compute_hash()  # the same pair reuses its entry
+    assert padrec.compute_hash() != config(draft, tokens=2).compute_hash()  # gamma shapes the graphs too
