@@ -19,12 +19,25 @@ setup(
         "transformers",
         "triton",
         "pydantic",
+        # imported directly; all of them are also dependencies of vllm (or transformers) at these versions
+        "numpy",
+        "fastapi",  # the /v1/recommendations endpoint plugin
+        "safetensors",  # checkpoints
+        "tokenizers",  # the semantic-ID tokenizer
+        "prometheus_client",  # vLLM's speculative-decoding counters in /v1/recommendations
         # progress bars on long work; already a dependency of transformers and vllm
         "tqdm",
         # PNG plots of benchmark results and loss curves
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "test": [
+            "pytest",
+            "hypothesis",  # fuzz tests of the HTTP layer and the request-settings parser
+            "scipy",  # statistical tests of speculative sampling (chi-square)
+        ],
+        "examples": ["openai"],  # examples/openai_client.py
+    },
     entry_points={
         "console_scripts": ["vllm-padrec = vllm_padrec.cli:main"],
         "vllm.general_plugins": ["padrec = vllm_padrec:register"],
