@@ -56,6 +56,11 @@ def folder(tmp_path_factory):
     return path
 
 
+@pytest.fixture(autouse=True, scope="module")
+def plugin():
+    vllm_padrec.register()  # the front-end patches, as vLLM's plugin loader applies them
+
+
 @pytest.fixture
 def loop(monkeypatch):
     lists = request_lists(monkeypatch, CATALOG, ListSettings(max_list_items=MAX_LIST_ITEMS))
@@ -81,8 +86,11 @@ def completions(config, raw_body: str, loop: EngineLoop):
         request = CompletionRequest.model_validate(body)
     except (ValueError, ValidationError):
         return 400, None  # vLLM's RequestValidationError handler
-    params = request.to_sampling_params(max_tokens=request.max_tokens or 16, default_sampling_params={})
     try:
+        if request.use_beam_search:  # vLLM's serving_completion converts such requests this way
+            request.to_beam_search_params(request.max_tokens or 16, {})
+            return 200, None
+        params = request.to_sampling_params(max_tokens=request.max_tokens or 16, default_sampling_params={})
         check_params(config, params)
     except Exception as error:  # what vLLM's handlers make of it
         return create_error_response(error).error.code, str(error)
@@ -149,6 +157,16 @@ def test_constraint_on_a_server_without_catalog_is_refused(tmp_path, loop):
     assert status == 400 and "no item catalog" in message and str(tmp_path / CATALOG_FILE) in message
     body["vllm_xargs"] = {"padrec_constraint": 0}
     assert completions(server(tmp_path), json.dumps(body), loop)[0] == 200  # not the plugin's: served as asked
+
+
+def test_constraint_on_a_model_runner_v1_server_is_refused(folder, loop):
+    """vLLM runs Medusa and n-gram drafts on Model Runner V1, where the plugin installs no masks."""
+    config = server(folder)
+    config.use_v2_model_runner = False
+    config.speculative_config = SimpleNamespace(method="medusa")
+    body = {"model": MODEL, "prompt": "x", "vllm_xargs": {"padrec_constraint": 1}}
+    status, message = completions(config, json.dumps(body), loop)
+    assert status == 400 and "Model Runner V1" in message and "'medusa'" in message
 
 
 # -- the engine side contains its own failures ---------------------------------------------------------

@@ -109,12 +109,16 @@ def record_proposals(speculator_cls) -> list[list[list[int]]]:
 
 
 def run_engine(
-    target: str, draft: str | None, enforce_eager: bool, prompts, params, record_drafts=False, padrec=None
+    target: str, draft: str | None, enforce_eager: bool, prompts, params, record_drafts=False, padrec=None,
+    method: str = "eagle", env: dict | None = None,
 ) -> dict:
     """In a spawned process: generate greedily, then read the runner's speculator (and, with
-    ``record_drafts``, every drafting round's proposals); ``padrec``: the plugin's additional_config."""
+    ``record_drafts``, every drafting round's proposals); ``padrec``: the plugin's additional_config;
+    ``method``: the draft's speculative method (Medusa runs on Model Runner V1)."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process
-    os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "1"
+    if method in ("eagle", "eagle3"):
+        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "1"
+    os.environ.update(env or {})
     import vllm_padrec
 
     vllm_padrec.register()
@@ -126,7 +130,7 @@ def run_engine(
 
         rounds = record_proposals(PadRecSpeculator)
 
-    spec = {"method": "eagle", "model": draft, "num_speculative_tokens": NUM_STEPS} if draft else None
+    spec = {"method": method, "model": draft, "num_speculative_tokens": NUM_STEPS} if draft else None
     llm = LLM(model=target, speculative_config=spec, dtype=DTYPE, max_model_len=256, seed=0,
               gpu_memory_utilization=0.15, enforce_eager=enforce_eager, attention_config={"backend": "TRITON_ATTN"},
               additional_config={"padrec": padrec} if padrec else {})  # fmt: skip
@@ -216,3 +220,35 @@ def test_register_does_not_initialize_cuda():
     """register() runs in vLLM's front-end processes too, which must not touch CUDA before they fork."""
     code = "import torch, vllm_padrec; vllm_padrec.register(); assert not torch.cuda.is_initialized()"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def build_eagle_and_medusa_drafts(root: Path, target: torch.nn.Module, cat: ItemCatalog) -> tuple[Path, Path]:
+    """vLLM's own draft formats, random weights: an EAGLE head (``EagleLlamaForCausalLM``) and Medusa heads."""
+    from vllm_padrec.draft import MedusaHeads
+
+    torch.manual_seed(2)
+    eagle = PadRecDraftHead(DraftConfig.from_target(target.config, cat.layout, NUM_STEPS, variant="eagle"))
+    medusa = MedusaHeads.from_target(target, NUM_STEPS)
+    return save_draft(eagle, root / "eagle", dtype=DTYPE), save_draft(medusa, root / "medusa", dtype=DTYPE)
+
+
+def test_padrec_then_eagle_then_medusa_engines_share_one_compile_cache(setup, baseline, tmp_path):
+    """On one machine, with one vLLM compile cache (VLLM_CACHE_ROOT) and CUDA graphs and torch.compile on:
+    an engine with the PAD-Rec draft, then one with vLLM's EAGLE draft, then one with Medusa heads. The
+    EAGLE engine once loaded the PAD-Rec draft's compiled graph from the cache and died at its first draft
+    step; each must start and stay lossless now."""
+    from transformers import AutoModelForCausalLM
+
+    target_model = AutoModelForCausalLM.from_pretrained(setup["target"], dtype=DTYPE)
+    eagle, medusa = build_eagle_and_medusa_drafts(tmp_path, target_model, setup["catalog"])
+    env = {"VLLM_CACHE_ROOT": str(tmp_path / "vllm_cache")}  # one cache for all three, as ~/.cache/vllm is
+    for draft, method, speculator in ((setup["random_draft"], "eagle", "PadRecSpeculator"),
+                                      (str(eagle), "eagle", "EagleSpeculator"), (str(medusa), "medusa", None)):
+        # Medusa runs on Model Runner V1, where the plugin refuses constrained requests (no masks there)
+        n = 3 if method == "medusa" else len(setup["prompts"])
+        result = in_subprocess(setup["target"], draft, False, setup["prompts"][:n], setup["params"][:n], False,
+                               None, method, env)  # fmt: skip
+        if speculator is not None:  # Model Runner V2
+            assert result["speculator"] == speculator, (method, result["speculator"])
+        assert result["tokens"] == baseline["tokens"][:n], method  # lossless (constrained rows included on V2)
+    assert any((tmp_path / "vllm_cache").rglob("*")), "the engines wrote no compile cache"

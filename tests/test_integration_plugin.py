@@ -34,7 +34,14 @@ def test_register_is_idempotent_and_resolvable():
     cls = ModelRegistry.models["EaglePadRecForCausalLM"].load_model_cls()
     assert cls.__name__ == "EaglePadRecForCausalLM" and supports_eagle(cls)
     # each patch is installed once: the wrapper wraps vLLM's own function, not another wrapper
-    for patched in (spec_decode.init_speculator, model_states.init_model_state, EngineArgs.add_cli_args):
+    from vllm.config.speculative import SpeculativeConfig
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    for patched in (spec_decode.init_speculator, model_states.init_model_state, EngineArgs.add_cli_args,
+                    InputProcessor.process_inputs, SpeculativeConfig.compute_hash,
+                    CompletionRequest.to_beam_search_params, ChatCompletionRequest.to_beam_search_params):  # fmt: skip
         assert patched._padrec_patch and not getattr(patched.__wrapped__, "_padrec_patch", False)
     patch_init_speculator.apply()
     patch_init_model_state.apply()

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from vllm_padrec.lists import REQUEST_KEYS, ListLimits, ListSpec, ListSpecError
 
-LIMITS = ListLimits(max_list_items=32, catalog_items=8, catalog_source="/models/t/padrec_catalog.json")
+LIMITS = ListLimits(max_list_items=32, catalog_items=8)
 OFF = ListSpec()
 
 
@@ -86,9 +86,10 @@ def test_refused_values_name_the_key_and_what_it_takes(extra_args, key, words):
     refused(extra_args, key, *words)
 
 
-def test_no_catalog_refuses_the_constraint_and_says_where_it_looked():
-    bare = ListLimits(32, None, "/models/t/padrec_catalog.json")
-    refused({"padrec_constraint": 1}, "padrec_constraint", "no item catalog", "/models/t/padrec_catalog.json", limits=bare)
+def test_a_server_that_cannot_constrain_refuses_the_constraint_and_says_why():
+    bare = ListLimits(32, None, "it has no item catalog (none at /models/t/padrec_catalog.json)")
+    refused({"padrec_constraint": 1}, "padrec_constraint", "cannot constrain", "/models/t/padrec_catalog.json",
+            limits=bare)  # fmt: skip
     refused({}, "padrec_constraint", "no item catalog", defaults=ListSpec(constraint=True), limits=bare)
     assert parse({"padrec_constraint": 0}, limits=bare) == OFF
 

@@ -35,6 +35,7 @@ def register() -> None:
         patch_init_speculator,
         patch_process_inputs,
         patch_speculative_hash,
+        patch_to_beam_search_params,
     )
 
     supported = set(ModelRegistry.get_supported_archs())
@@ -44,6 +45,7 @@ def register() -> None:
     patch_init_speculator.apply()  # PadRecSpeculator for PAD-Rec drafts (V2)
     patch_init_model_state.apply()  # catalog masks on verification and draft logits (V2)
     patch_process_inputs.apply()  # list settings of every request checked in the front end (400, not a dead engine)
+    patch_to_beam_search_params.apply()  # vLLM's beam search would drop the list settings: refused
     patch_speculative_hash.apply()  # the draft in the compile-cache key (no graph shared between drafts)
     cli_flag.apply()  # vllm serve --speculative-model
     _registered = True

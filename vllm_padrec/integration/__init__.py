@@ -10,6 +10,7 @@
     request_lists.py            each request's settings row, and the samplers that mask (failures contained)
     patch_init_model_state.py   installs the masks in V2's ModelState hooks
     patch_process_inputs.py     checks every request's list settings in the front end (400, never the engine)
+    patch_to_beam_search_params.py  refuses list settings with vLLM's beam search (which would drop them)
     patch_speculative_hash.py   puts the draft in vLLM's compile-cache key
     endpoint.py                 POST /v1/recommendations (an endpoint plugin)
 

@@ -118,14 +118,22 @@ def _load_catalog(path: str, mtime_ns: int, size: int) -> ItemCatalog:
 
 
 def list_limits(vllm_config: Any) -> ListLimits:
-    """What this server can serve: its longest list and its catalog (if it has one)."""
+    """What this server can serve: its longest list, and its catalog when its engine installs the masks
+    (Model Runner V2: ``patch_init_model_state``; V1, which vLLM runs for Medusa and n-gram drafts, has
+    no such hook)."""
+    max_list_items = server_settings(vllm_config).max_list_items
+    if not getattr(vllm_config, "use_v2_model_runner", True):
+        method = getattr(getattr(vllm_config, "speculative_config", None), "method", None)
+        why = f"it runs vLLM's Model Runner V1{f' (speculative method {method!r})' if method else ''}, where " \
+              "the plugin's masks are not installed"  # fmt: skip
+        return ListLimits(max_list_items, None, why)
     path = catalog_path(vllm_config)
     catalog = load_catalog(path)
-    return ListLimits(
-        max_list_items=server_settings(vllm_config).max_list_items,
-        catalog_items=None if catalog is None else len(catalog),
-        catalog_source=str(path),
-    )
+    if catalog is None:
+        why = f"it has no item catalog (none at {path}): serve a target folder holding {CATALOG_FILE} or set " \
+              "padrec.catalog in --additional-config"  # fmt: skip
+        return ListLimits(max_list_items, None, why)
+    return ListLimits(max_list_items, len(catalog))
 
 
 def check_request(vllm_config: Any, extra_args: Mapping | None) -> ListSpec:

@@ -54,8 +54,8 @@ class ListLimits:
     """What a server can serve: its longest list and its catalog."""
 
     max_list_items: int  # longest list the masks handle
-    catalog_items: int | None  # items of the catalog; None: the server has no catalog
-    catalog_source: str = ""  # where the catalog is (or was looked for), for error messages
+    catalog_items: int | None  # items of the catalog; None: the server cannot constrain lists
+    why_not: str = ""  # with catalog_items None: why (no catalog at PATH, a runner without the masks, ...)
 
 
 @dataclass(frozen=True)
@@ -102,11 +102,8 @@ class ListSpec:
                 )
             return cls()
         if limits.catalog_items is None:
-            where = f" (none at {limits.catalog_source})" if limits.catalog_source else ""
             raise ListSpecError(
-                "padrec_constraint",
-                f"padrec_constraint: this server has no item catalog{where}, so it cannot constrain lists; "
-                "serve a target folder holding padrec_catalog.json or set padrec.catalog in --additional-config",
+                "padrec_constraint", f"padrec_constraint: this server cannot constrain lists: {limits.why_not}"
             )
         if num_items is not None and "min_items" in given and min_items > num_items:
             raise ListSpecError(

@@ -64,6 +64,9 @@ HOSTILE_REQUESTS: tuple[HostileRequest, ...] = (
     _xargs("no_repeat maybe", '"padrec_no_repeat": "maybe"'),
     _xargs("unknown padrec key", '"padrec_num_itemz": 3'),
     _xargs("list setting without the constraint", '"padrec_constraint": 0, "padrec_no_repeat": 1', constraint=""),
+    # vLLM's beam search drops vllm_xargs: the constraint would silently not apply
+    HostileRequest("constraint with use_beam_search", COMPLETIONS, '{"model": {model}, "prompt": {prompt}, '
+                   '"max_tokens": 4, "use_beam_search": true, "n": 2, "vllm_xargs": {"padrec_constraint": 1}}'),
     # the recommendations route
     _recommend("seed 2**63", '"num_items": 3, "seed": 9223372036854775808'),
     _recommend("seed -2**63 - 1", '"num_items": 3, "seed": -9223372036854775809'),
