@@ -25,6 +25,7 @@ setup(
         "safetensors",  # checkpoints
         "tokenizers",  # the semantic-ID tokenizer
         "prometheus_client",  # vLLM's speculative-decoding counters in /v1/recommendations
+        "psutil",  # free host memory, checked before training on the CPU
         # progress bars on long work; already a dependency of transformers and vllm
         "tqdm",
         # PNG plots of benchmark results and loss curves

@@ -36,7 +36,7 @@ import os
 import sys
 import time
 
-from benchmarks.plotting import pyplot
+from vllm_padrec.plotting import pyplot
 
 JSON_NAME = "acceptance_{name}.json"
 MD_NAME = "acceptance_{name}.md"

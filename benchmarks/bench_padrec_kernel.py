@@ -33,7 +33,7 @@ import os
 import sys
 import time
 
-from benchmarks.plotting import pyplot
+from vllm_padrec.plotting import pyplot
 
 HIDDEN_SIZES = (1536, 4096)
 NUM_ROWS = (1, 8, 64, 512, 4096, 32768)

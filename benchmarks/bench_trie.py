@@ -44,7 +44,7 @@ import statistics
 import sys
 import time
 
-from benchmarks.plotting import pyplot
+from vllm_padrec.plotting import pyplot
 
 SIZES = (10_000, 100_000, 1_000_000)
 BATCHES = (1, 64)

@@ -41,7 +41,7 @@ import json
 import sys
 
 from benchmarks.bench_trie import synthetic_codes, time_ms
-from benchmarks.plotting import pyplot
+from vllm_padrec.plotting import pyplot
 
 BATCHES = (1, 8, 32, 64, 128)
 NUM_DRAFTS = (3, 5)

@@ -45,7 +45,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.plotting import pyplot
+from vllm_padrec.plotting import pyplot
 from vllm_padrec.integration.endpoint import SPEC_COUNTERS
 
 # name -> (with the draft, constrained, additional_config["padrec"])

@@ -17,3 +17,16 @@ def random_head(target, layout, variant: str = "padrec", gamma: int = 3, seed: i
             for name, p in head.named_parameters():
                 p.copy_(1.0 + 0.1 * torch.randn_like(p) if "layernorm" in name else 0.3 * torch.randn_like(p))
     return head.eval()
+
+
+def tiny_target(vocab_size: int = 32, hidden_size: int = 32, seed: int = 0):
+    """A 2-layer random Llama target, frozen, the same for the same arguments in every process."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=hidden_size // 4, max_position_embeddings=256)  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa")
+    return model.eval().requires_grad_(False)

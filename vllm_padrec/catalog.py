@@ -37,13 +37,22 @@ import numpy as np
 
 from vllm_padrec.errors import (
     CatalogError,
+    CatalogMismatchError,
     EmptyHistoryError,
     MalformedSemanticIdError,
+    TooManyItemsError,
     UnknownItemError,
     UnknownSemanticIdError,
 )
 
 SLOT_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+# Most codes one slot may have. Every code is a token: a row of the target's embedding and LM head
+# and a column of the trie's dense child table, so the codebook sizes set the size of the model and
+# of the trie. The shared datasets have 256 codes per slot; 65,536 leaves room for far larger
+# tokenizers, while a code past it is a corrupt index: ``<a_1000000000>`` would ask for a billion
+# tokens, 256 GB for the tiny recipe's 64-wide embedding alone.
+MAX_CODEBOOK_SIZE = 65536
+MAX_NAMED_IDS = 20  # unknown item ids quoted in one error message
 _CODE_TOKEN = re.compile(r"<([a-z])_(\d+)>")
 _ANY_TOKEN = re.compile(r"<[^<>]*>")
 
@@ -148,7 +157,13 @@ def parse_sid_string(text: str, num_slots: int) -> tuple[int, ...]:
             raise MalformedSemanticIdError(
                 f"semantic ID {text!r}: token {slot + 1} is {token!r}, expected '<{SLOT_LETTERS[slot]}_N>'"
             )
-        codes.append(int(match.group(2)))
+        digits = match.group(2)
+        if len(digits) > len(str(MAX_CODEBOOK_SIZE)) or int(digits) >= MAX_CODEBOOK_SIZE:
+            raise MalformedSemanticIdError(
+                f"semantic ID {text!r}: code {digits} of slot {SLOT_LETTERS[slot]} is past the limit of "
+                f"{MAX_CODEBOOK_SIZE} codes per slot (catalog.MAX_CODEBOOK_SIZE)"
+            )
+        codes.append(int(digits))
     return tuple(codes)
 
 
@@ -204,6 +219,8 @@ class ItemCatalog:
             raise CatalogError(f"{len(nominal)} codebook sizes for {codes.shape[1]} slots")
         if (codes.max(0) >= np.array(nominal)).any():
             raise CatalogError(f"a code exceeds its codebook size {nominal}")
+        if max(nominal) > MAX_CODEBOOK_SIZE:
+            raise CatalogError(f"codebook sizes {nominal} are past the limit of {MAX_CODEBOOK_SIZE} codes per slot")
         self.nominal_codebook_sizes = nominal
         grown = tuple(max(n, int(m) + 1) for n, m in zip(nominal, self.codes.max(0)))
         self.layout = TokenLayout(grown)
@@ -219,12 +236,23 @@ class ItemCatalog:
     def num_slots(self) -> int:
         return self.codes.shape[1]
 
+    def check_distinct_items(self, count: int, what: str) -> None:
+        """Raise TooManyItemsError when ``what`` (a list without repeats, a beam search) asks for more
+        than the catalog's distinct items."""
+        if count > len(self):
+            raise TooManyItemsError(f"{what} needs {count} distinct items: catalog {self.name!r} has "
+                                    f"{len(self)} items, fewer than {count}")  # fmt: skip
+
     @property
     def num_collisions(self) -> int:
         """Items whose SID was changed by the collision rule."""
         return int((self.codes != self.original_codes).any(1).sum())
 
     # -- items <-> ids ---------------------------------------------------------------------------
+    def __contains__(self, item_id: object) -> bool:
+        """Whether ``item_id`` (as a string) is an item of the catalog."""
+        return str(item_id) in self._index_of
+
     def index_of(self, item_id: str | int) -> int:
         try:
             return self._index_of[str(item_id)]
@@ -284,10 +312,18 @@ class ItemCatalog:
         return self.render_items(items) + [TokenLayout.EOS]
 
     def history_indices(self, item_ids: Sequence[str | int]) -> list[int]:
-        """Indices of user-facing item ids; raises UnknownItemError / EmptyHistoryError."""
+        """Indices of user-facing item ids; raises EmptyHistoryError, or UnknownItemError naming every
+        unknown id (the first MAX_NAMED_IDS of them, in order of appearance)."""
         if len(item_ids) == 0:
             raise EmptyHistoryError("the history is empty: give at least one item the user interacted with")
-        return [self.index_of(item_id) for item_id in item_ids]
+        unknown = list(dict.fromkeys(str(i) for i in item_ids if i not in self))
+        if unknown:
+            shown = ", ".join(repr(i) for i in unknown[:MAX_NAMED_IDS])
+            more = f" and {len(unknown) - MAX_NAMED_IDS} more" if len(unknown) > MAX_NAMED_IDS else ""
+            raise UnknownItemError(
+                f"unknown item ids in the history: {shown}{more} (catalog {self.name!r} has no such items)", unknown
+            )
+        return [self._index_of[str(item_id)] for item_id in item_ids]
 
     def parse_completion(self, token_ids: Sequence[int], strict: bool = True) -> list[int]:
         """Item indices of a generated list ``i_1 <sep> ... i_N [</s>]``.
@@ -379,3 +415,32 @@ class ItemCatalog:
 
 
 CATALOG_FILE = "padrec_catalog.json"  # name of the catalog inside a target checkpoint folder
+
+
+def require_same_catalog(model_catalog: ItemCatalog, data_catalog: ItemCatalog, dataset: str) -> None:
+    """Raise CatalogMismatchError unless ``data_catalog`` (of dataset ``dataset``) is the catalog a model
+    was trained on: the same item ids with the same semantic IDs, hence the same token layout. Names
+    do not count: a copied dataset folder holds the same catalog under another name."""
+
+    def shape(catalog: ItemCatalog) -> str:
+        sizes = "x".join(str(c) for c in catalog.layout.codebook_sizes)
+        return f"{len(catalog):,} items, codebooks {sizes}"
+
+    if model_catalog.layout != data_catalog.layout or len(model_catalog) != len(data_catalog):
+        difference = f"({shape(model_catalog)}) but dataset {dataset!r} has {shape(data_catalog)}"
+    elif model_catalog.item_ids != data_catalog.item_ids or not np.array_equal(model_catalog.codes, data_catalog.codes):
+        index = next(
+            i for i in range(len(model_catalog))
+            if model_catalog.item_ids[i] != data_catalog.item_ids[i]
+            or model_catalog.sid_string(i) != data_catalog.sid_string(i)
+        )  # fmt: skip
+        difference = (
+            f"but dataset {dataset!r} differs at item {index}: {data_catalog.item_ids[index]!r} "
+            f"{data_catalog.sid_string(index)} in the dataset, {model_catalog.item_ids[index]!r} "
+            f"{model_catalog.sid_string(index)} in the model's catalog"
+        )
+    else:
+        return
+    raise CatalogMismatchError(
+        f"the model was trained on catalog {model_catalog.name!r} {difference}: use the dataset it was trained on"
+    )

@@ -8,13 +8,23 @@
 
 ``--dataset`` takes ``synthetic`` (the embedded default), a folder in AtSpeed or LC-Rec format, or the
 name of a folder under ``$PADREC_DATA_DIR`` (default ``../shared/data``).
+
+A mistake is one line on stderr, ``vllm-padrec <command>: error: <what is wrong>``, and exit status 2:
+a bad argument (checked before anything is loaded), an error the project names (``vllm_padrec.errors``:
+an unreadable dataset, an incomplete checkpoint, a checkpoint used with another catalog, too many
+items, too little memory, ...) or a missing file. Anything else is a bug and keeps its traceback.
+A training command that stops early says on stderr how to continue, and exits with 3 (its time
+budget ran out) or 128 + N (signal N: 143 for SIGTERM, 130 for SIGINT; the state was saved first).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -22,46 +32,93 @@ from pathlib import Path
 from vllm_padrec import envs
 from vllm_padrec.errors import PadRecError
 
+# errors that are the user's to fix: one line and exit status 2 (anything else keeps its traceback)
+USER_ERRORS = (PadRecError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+TIME_BUDGET_EXIT = 3  # a training command stopped at its time budget; running it again continues
 
+
+# -- argument types: each validates its value where the option is defined -----------------------------
+def bounded(kind: type, minimum: float, exclusive: bool = False):
+    """An argparse ``type=``: an int or a finite float ``kind`` that is >= ``minimum`` (> when ``exclusive``)."""
+    noun = "an integer" if kind is int else "a number"
+    wanted = f"{noun} {'>' if exclusive else '>='} {minimum:g}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (exclusive and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = bounded(int, 1)
+non_negative_int = bounded(int, 0)
+positive_float = bounded(float, 0, exclusive=True)
+non_negative_float = bounded(float, 0)
+
+
+def torch_device(text: str) -> str:
+    """An argparse ``type=``: ``cpu``, ``cuda`` or ``cuda:N``, refused when this machine lacks it."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text}: this machine has no CUDA GPU that torch can use; "
+                                             "use --device cpu")  # fmt: skip
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(f"{text}: only cpu and cuda devices are supported")
+    return text
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument mistake is one line, ``prog: error: message``, and exit status 2 (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# -- shared steps -------------------------------------------------------------------------------------
 def load_data(name: str, seed: int = 0):
     from vllm_padrec.data import SyntheticConfig, generate_synthetic, load_dataset
 
     if name == "synthetic":
         return generate_synthetic(SyntheticConfig(seed=seed))
-    path = name if os.path.isdir(name) else os.path.join(envs.data_dir(), name)
+    if os.path.isdir(name):
+        return load_dataset(name)
+    path = os.path.join(envs.data_dir(), name)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"dataset {name!r} is neither 'synthetic', a folder, nor a folder under "
+                                f"${envs.PADREC_DATA_DIR} ({envs.data_dir()})")  # fmt: skip
     return load_dataset(path)
 
 
-def _device(name: str | None) -> str:
+def pin_cpu_threads() -> None:
+    """torch's CPU threads = the cores this process may run on (``os.sched_getaffinity``). torch sizes
+    its pool for the machine; threads past the allowed cores only contend (under load on 2 cores the
+    default made the tiny training 50x slower)."""
     import torch
 
+    if hasattr(os, "sched_getaffinity"):
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+
+
+def _device(name: str | None) -> str:
+    """The chosen device (default: cuda when there is one), with torch's CPU threads pinned."""
+    import torch
+
+    pin_cpu_threads()
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def cmd_data(args) -> int:
-    data = load_data(args.dataset)
-    print(json.dumps(data.summary(), indent=2))
-    return 0
-
-
-def _train(recipe, data, out: Path, device: str, until_done: bool):
-    from vllm_padrec.target.train import train_target
-
-    while True:
-        result = train_target(recipe, data, out, device=device)
-        if result.finished or not until_done:
-            return result
-
-
-def cmd_train_target(args) -> int:
-    from vllm_padrec.target.config import get_recipe
-
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("time_budget_minutes", args.time_budget_minutes)) if v}
-    recipe = get_recipe(args.recipe, **overrides)
-    data = load_data(args.dataset)
-    result = _train(recipe, data, Path(args.out), _device(args.device), args.until_done)
-    print(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(result).items()}, indent=2, default=str))
-    return 0 if result.finished else 3  # 3: stopped at the time budget, run again to resume
 
 
 def _load(checkpoint: str, device: str):
@@ -73,12 +130,76 @@ def _load(checkpoint: str, device: str):
     return load_checkpoint(checkpoint, device=device, dtype=dtype)
 
 
+def _checkpoint_for(checkpoint: str, data):
+    """The catalog and recipe of ``checkpoint`` (no weights loaded), refused unless ``data`` has its catalog."""
+    from vllm_padrec.catalog import require_same_catalog
+    from vllm_padrec.target.checkpoint_folder import read_catalog_and_recipe
+
+    catalog, recipe = read_catalog_and_recipe(checkpoint)
+    require_same_catalog(catalog, data.catalog, data.name)
+    return catalog, recipe
+
+
+def _stopped_early(args, stopped_by: str | None, where: str, state: Path) -> int:
+    """Say on stderr how an unfinished training continues; the exit status (module docstring)."""
+    if stopped_by is None:
+        return 0
+    again = shlex.join(["vllm-padrec", *args.argv])
+    if stopped_by == "time budget":
+        why, status = "at its time budget", TIME_BUDGET_EXIT
+        hint = "" if args.until_done else " (add --until-done to keep going in one process)"
+    else:
+        why, status, hint = f"by {stopped_by}", 128 + signal.Signals[stopped_by].value, ""
+    print(f"vllm-padrec {args.command}: stopped {why} at {where}; the state is saved in {state}. "
+          f"To continue, run: {again}{hint}", file=sys.stderr)  # fmt: skip
+    return status
+
+
+def _train(recipe, data, out: Path, device: str, until_done: bool):
+    """Train the target; with ``until_done``, call again after each time-budget stop (not after a signal)."""
+    from vllm_padrec.target.train import train_target
+
+    while True:
+        result = train_target(recipe, data, out, device=device)
+        if result.finished or not until_done or result.stopped_by != "time budget":
+            return result
+
+
+# -- commands -----------------------------------------------------------------------------------------
+def cmd_data(args) -> int:
+    data = load_data(args.dataset)
+    print(json.dumps(data.summary(), indent=2))
+    return 0
+
+
+def cmd_train_target(args) -> int:
+    from vllm_padrec.target.config import get_recipe
+    from vllm_padrec.target.train import STATE_FILE
+
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("time_budget_minutes", args.time_budget_minutes)) if v}
+    recipe = get_recipe(args.recipe, **overrides)
+    data = load_data(args.dataset)
+    out = Path(args.out)
+    result = _train(recipe, data, out, _device(args.device), args.until_done)
+    print(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(result).items()}, indent=2, default=str))
+    return _stopped_early(args, result.stopped_by, f"step {result.step} of {result.total_steps}", out / STATE_FILE)
+
+
 def cmd_evaluate(args) -> int:
+    if args.list_items == 0 and args.beam_width == 0:
+        args.parser.error("nothing to evaluate: --list-items and --beam-width are both 0")
+    data = load_data(args.dataset)
+    catalog, recipe = _checkpoint_for(args.checkpoint, data)
+    if args.list_items:
+        catalog.check_distinct_items(args.list_items, f"--list-items {args.list_items}")
+        recipe.check_list_fits(catalog.layout, recipe.max_history, args.list_items)
+    if args.beam_width:
+        catalog.check_distinct_items(args.beam_width, f"--beam-width {args.beam_width}")
+
     from vllm_padrec.target.evaluate import evaluate_target
 
     device = _device(args.device)
     ckpt = _load(args.checkpoint, device)
-    data = load_data(args.dataset)
     metrics = evaluate_target(
         ckpt.model, data, split=args.split, list_items=args.list_items, beam_width=args.beam_width,
         max_users=args.max_users, batch_size=args.batch_size, max_history=ckpt.recipe.max_history,
@@ -86,31 +207,43 @@ def cmd_evaluate(args) -> int:
     metrics = {"checkpoint": args.checkpoint, "dataset": data.name, "recipe": ckpt.recipe.name, **metrics}
     print(json.dumps(metrics, indent=2))
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(metrics, indent=2))
     return 0
 
 
 def cmd_train_draft(args) -> int:
-    from vllm_padrec.target.model import load_checkpoint
-    from vllm_padrec.training.trainer import DraftTrainConfig, feature_source, train_draft
+    data = load_data(args.dataset)
+    _, recipe = _checkpoint_for(args.target, data)
 
-    device = _device(args.device)
-    ckpt = load_checkpoint(args.target, device=device)
+    from vllm_padrec.target.model import load_checkpoint
+    from vllm_padrec.training.trainer import STATE_FILE, DraftTrainConfig, feature_source, train_draft
+
     config = DraftTrainConfig(
         num_draft_steps=args.gamma, max_steps=args.max_steps, batch_size=args.batch_size,
-        max_history=ckpt.recipe.max_history, list_items=ckpt.recipe.list_items,
+        max_history=recipe.max_history, list_items=recipe.list_items,
         max_stored_gib=args.max_stored_gib, seed=args.seed, lr=args.lr, signal_lr_scale=args.signal_lr_scale,
     )
-    data = load_data(args.dataset)
+    device = _device(args.device)
+    ckpt = load_checkpoint(args.target, device=device)  # in the dtype it was saved in
     source = feature_source(ckpt, data, config, device)  # collected once for every method
+    unfinished = []  # (method, result) stopped by the time budget
     for method in args.method:
         out = Path(args.out) / method
         while True:
             result = train_draft(method, ckpt, data, config, out, device, time_budget_minutes=args.time_budget_minutes,
-                                 source=source)
-            if result.finished or not args.until_done:
+                                 source=source)  # fmt: skip
+            if result.finished or not args.until_done or result.stopped_by != "time budget":
                 break
         print(json.dumps({"method": method, **{k: v for k, v in vars(result).items()}}, indent=2, default=str))
+        if result.stopped_by not in (None, "time budget"):  # a signal: the other methods wait for the next run
+            return _stopped_early(args, result.stopped_by, f"method {method}, step {result.steps} of "
+                                  f"{result.max_steps}", out / STATE_FILE)  # fmt: skip
+        if not result.finished:
+            unfinished.append((method, result))
+    if unfinished:
+        where = ", ".join(f"{m} at step {r.steps} of {r.max_steps}" for m, r in unfinished)
+        return _stopped_early(args, "time budget", where, Path(args.out) / "<method>" / STATE_FILE)
     return 0
 
 
@@ -126,25 +259,29 @@ def _print_lists(catalog, histories, lists, users=None) -> None:
 
 
 def cmd_recommend(args) -> int:
-    from vllm_padrec.constraint import ListConstraint
+    from vllm_padrec.target.checkpoint_folder import read_catalog_and_recipe
+
+    catalog, recipe = read_catalog_and_recipe(args.checkpoint)
+    history = catalog.history_indices(args.history)  # names every unknown id
+    catalog.check_distinct_items(args.num_items, f"--num-items {args.num_items}")
+    window = history[-recipe.max_history :]  # what the prompt keeps
+    recipe.check_list_fits(catalog.layout, len(window), args.num_items)
+
     from vllm_padrec.decoding import greedy_lists
 
-    device = _device(args.device)
-    ckpt = _load(args.checkpoint, device)
-    history = ckpt.catalog.history_indices(args.history)
-    constraint = ListConstraint(ckpt.catalog, num_items=args.num_items, no_repeat=True, device=device)
-    lists = greedy_lists(ckpt.model, ckpt.catalog, [history[-ckpt.recipe.max_history:]], args.num_items, constraint)
+    ckpt = _load(args.checkpoint, _device(args.device))
+    lists = greedy_lists(ckpt.model, ckpt.catalog, [window], args.num_items)  # no repeats, room for every item
     _print_lists(ckpt.catalog, [history], lists)
     return 0
 
 
 def cmd_quickstart(args) -> int:
     """Synthetic data -> tiny target -> constrained lists with titles -> Recall/NDCG."""
-    from vllm_padrec.constraint import ListConstraint
     from vllm_padrec.decoding import greedy_lists
     from vllm_padrec.target.config import get_recipe
     from vllm_padrec.target.evaluate import evaluate_target
     from vllm_padrec.target.model import load_checkpoint
+    from vllm_padrec.target.train import STATE_FILE
 
     started = time.time()
     out = Path(args.out)
@@ -154,11 +291,12 @@ def cmd_quickstart(args) -> int:
     device = _device(args.device)
     print(f"training the tiny target ({recipe.num_layers} layers, hidden {recipe.hidden_size}) on {device} ...")
     result = _train(recipe, data, out, device, until_done=True)
+    if result.stopped_by is not None:  # a signal (the time budget only ends a call of the loop)
+        return _stopped_early(args, result.stopped_by, f"step {result.step} of {result.total_steps}", out / STATE_FILE)
     ckpt = load_checkpoint(result.checkpoint, device=device)
     samples = data.eval_samples("test", recipe.max_history)
     shown = samples[: args.users]
-    constraint = ListConstraint(ckpt.catalog, num_items=recipe.list_items, no_repeat=True, device=device)
-    lists = greedy_lists(ckpt.model, ckpt.catalog, [s.history for s in shown], recipe.list_items, constraint)
+    lists = greedy_lists(ckpt.model, ckpt.catalog, [s.history for s in shown], recipe.list_items)
     _print_lists(ckpt.catalog, [s.history for s in shown], lists, [s.user for s in shown])
     for sample, items in zip(shown, lists):
         hit = [data.catalog.sid_string(t) for t in sample.targets if t in items]
@@ -173,77 +311,99 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
+# -- the parser ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vllm-padrec", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from vllm_padrec.data.interactions import EVAL_SPLITS
+    from vllm_padrec.draft.config import METHODS
+    from vllm_padrec.target.config import RECIPES
+
+    parser = OneLineParser(prog="vllm-padrec", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
+    dataset_help = "'synthetic', a dataset folder (AtSpeed or LC-Rec format), or a folder name under $PADREC_DATA_DIR"
+    device_help = "cpu, cuda or cuda:N (default: cuda when there is a GPU, else cpu)"
 
     p = sub.add_parser("quickstart", help="synthetic data -> tiny target -> recommendation lists + metrics")
-    p.add_argument("--out", default="runs/quickstart")
-    p.add_argument("--users", type=int, default=3, help="users whose lists are printed")
-    p.add_argument("--device", default=None)
-    p.set_defaults(func=cmd_quickstart)
+    p.add_argument("--out", default="runs/quickstart", help="output folder (training state, checkpoint/, metrics)")
+    p.add_argument("--users", type=non_negative_int, default=3, help="test users whose lists are printed")
+    p.add_argument("--device", type=torch_device, default=None, help=device_help)
+    p.set_defaults(func=cmd_quickstart, until_done=True)
 
     p = sub.add_parser("data", help="summary of a dataset")
-    p.add_argument("--dataset", default="synthetic")
+    p.add_argument("--dataset", default="synthetic", help=dataset_help)
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("train-target", help="train a target recommender (resumable)")
-    p.add_argument("--recipe", default="tiny", help="tiny | bench")
-    p.add_argument("--dataset", default="synthetic")
-    p.add_argument("--out", required=True)
-    p.add_argument("--epochs", type=float, default=None)
-    p.add_argument("--time-budget-minutes", type=float, default=None, help="stop and save after this long")
+    p.add_argument("--recipe", default="tiny", choices=sorted(RECIPES),
+                   help="model and training preset (vllm_padrec/target/config.py): tiny trains on a CPU in "
+                        "seconds, bench is a 1.3B model for one large GPU")  # fmt: skip
+    p.add_argument("--dataset", default="synthetic", help=dataset_help)
+    p.add_argument("--out", required=True, help="output folder: train_state.pt, loss.json, loss.png, checkpoint/")
+    p.add_argument("--epochs", type=positive_float, default=None, help="passes over the training examples "
+                   "(default: the recipe's)")  # fmt: skip
+    p.add_argument("--time-budget-minutes", type=positive_float, default=None,
+                   help="stop and save after this long (default: the recipe's); running again continues")
     p.add_argument("--until-done", action="store_true", help="keep resuming until training finishes")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", type=torch_device, default=None, help=device_help)
     p.set_defaults(func=cmd_train_target)
 
     p = sub.add_parser("train-draft", help="train draft heads (padrec, eagle, medusa, ablations) for a target")
-    p.add_argument("--target", required=True, help="target checkpoint folder")
-    p.add_argument("--method", nargs="+", default=["padrec", "eagle", "medusa"],
-                   help="padrec | eagle | medusa | padrec_no_slot | padrec_no_step | padrec_no_gates")
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--target", required=True, help="target checkpoint folder (train-target's OUT/checkpoint)")
+    p.add_argument("--method", nargs="+", default=["padrec", "eagle", "medusa"], choices=METHODS,
+                   help="draft methods to train, each into OUT/METHOD (default: padrec eagle medusa)")
+    p.add_argument("--dataset", required=True, help=dataset_help + "; must hold the target's catalog")
     p.add_argument("--out", required=True, help="one folder per method is written under it")
-    p.add_argument("--gamma", type=int, default=5, help="draft steps trained (vLLM n_predict)")
-    p.add_argument("--max-steps", type=int, default=3000, help="optimizer steps, the same budget for every method")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-stored-gib", type=float, default=8.0, help="store target hidden states up to this size")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, cosine decay)")
-    p.add_argument("--signal-lr-scale", type=float, default=1.0,
+    p.add_argument("--gamma", type=positive_int, default=5, help="draft steps trained (vLLM n_predict)")
+    p.add_argument("--max-steps", type=positive_int, default=3000,
+                   help="optimizer steps, the same budget for every method")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="sequences per optimizer step")
+    p.add_argument("--max-stored-gib", type=non_negative_float, default=8.0,
+                   help="store the target's hidden states when they fit this many GiB, else recompute them")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate (AdamW, cosine decay)")
+    p.add_argument("--signal-lr-scale", type=positive_float, default=1.0,
                    help="PAD-Rec's signal parameters (alpha, E_slot, E_step, gate) learn at lr times this")
-    p.add_argument("--time-budget-minutes", type=float, default=None)
-    p.add_argument("--until-done", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
+    p.add_argument("--time-budget-minutes", type=positive_float, default=None,
+                   help="stop and save each method after this long; running again continues")
+    p.add_argument("--until-done", action="store_true", help="keep resuming each method until it finishes")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="draft initialisation and data order")
+    p.add_argument("--device", type=torch_device, default=None, help=device_help)
     p.set_defaults(func=cmd_train_draft)
 
     p = sub.add_parser("evaluate", help="Recall/NDCG of constrained greedy lists and top-K beam search")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--split", default="test")
-    p.add_argument("--list-items", type=int, default=10)
-    p.add_argument("--beam-width", type=int, default=10)
-    p.add_argument("--max-users", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--out", default=None)
-    p.add_argument("--device", default=None)
-    p.set_defaults(func=cmd_evaluate)
+    p.add_argument("--checkpoint", required=True, help="target checkpoint folder")
+    p.add_argument("--dataset", required=True, help=dataset_help + "; must hold the checkpoint's catalog")
+    p.add_argument("--split", default="test", choices=EVAL_SPLITS, help="users scored: their valid or test items")
+    p.add_argument("--list-items", type=non_negative_int, default=10,
+                   help="N of the greedy lists, scored by Recall@N / NDCG@N (0: no greedy lists)")
+    p.add_argument("--beam-width", type=non_negative_int, default=10,
+                   help="K of the beam search, scored by Recall@K / NDCG@K; at most the catalog size "
+                        "(0: no beam search)")  # fmt: skip
+    p.add_argument("--max-users", type=positive_int, default=None, help="score only the first this many users")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="prompts per model call")
+    p.add_argument("--out", default=None, help="also write the metrics to this JSON file")
+    p.add_argument("--device", type=torch_device, default=None, help=device_help)
+    p.set_defaults(func=cmd_evaluate, parser=p)
 
     p = sub.add_parser("recommend", help="a constrained list for one history of item ids")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="target checkpoint folder")
     p.add_argument("--history", nargs="+", required=True, help="item ids, oldest first")
-    p.add_argument("--num-items", type=int, default=10)
-    p.add_argument("--device", default=None)
+    p.add_argument("--num-items", type=positive_int, default=10,
+                   help="items in the list: at most the catalog size and what fits the model's context after "
+                        "the history (the error names the limit)")  # fmt: skip
+    p.add_argument("--device", type=torch_device, default=None, help=device_help)
     p.set_defaults(func=cmd_recommend)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # for the command line that continues a stopped training
     try:
         return args.func(args)
-    except (PadRecError, FileNotFoundError) as error:
-        print(f"vllm-padrec {args.command}: error: {error}", file=sys.stderr)
+    except USER_ERRORS as error:
+        message = " ".join(str(error).split("\n"))
+        print(f"vllm-padrec {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -96,8 +96,8 @@ class ListConstraint:
                 f"no_repeat keeps every item of the list in `banned`: max_banned={max_banned} cannot hold "
                 f"{self.min_items} items; raise max_banned"
             )
-        if no_repeat and self.min_items > len(catalog):
-            raise ValueError(f"no_repeat: the catalog has {len(catalog)} items, fewer than {self.min_items}")
+        if no_repeat:
+            catalog.check_distinct_items(self.min_items, f"a list of {self.min_items} items without repeats")
         self.device = torch.device(device)
         if trie is None:
             trie = ItemTrie.build(catalog.codes, layout.codebook_sizes, device=self.device)

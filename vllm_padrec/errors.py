@@ -1,6 +1,7 @@
 """Errors for bad input: each names the problem and what to change.
 
-They subclass ``ValueError`` so that servers can map every one of them to a 4xx answer.
+They subclass ``ValueError`` so that servers can map every one of them to a 4xx answer; the
+``vllm-padrec`` command prints them as one line and exits with status 2.
 """
 
 
@@ -13,7 +14,12 @@ class CatalogError(PadRecError):
 
 
 class UnknownItemError(PadRecError, KeyError):
-    """An item id that the catalog does not hold."""
+    """An item id that the catalog does not hold; ``item_ids`` lists every unknown one when a whole
+    history was looked up (``ItemCatalog.history_indices``)."""
+
+    def __init__(self, message: str, item_ids: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.item_ids = item_ids or []
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
@@ -37,3 +43,23 @@ class PromptTooLongError(PadRecError):
 
 class DraftTargetMismatchError(PadRecError):
     """A draft head whose vocabulary, hidden size or token layout differs from the target's."""
+
+
+class DatasetError(PadRecError):
+    """A dataset file that does not hold what its format says (names the file, and the line or key)."""
+
+
+class CheckpointError(PadRecError):
+    """A checkpoint folder or training-state file that is incomplete, truncated, or of another kind."""
+
+
+class CatalogMismatchError(PadRecError):
+    """A model trained on one catalog used with a dataset of another."""
+
+
+class TooManyItemsError(PadRecError):
+    """More distinct items asked for than the catalog holds (a list with no repeats, a beam search)."""
+
+
+class InsufficientMemoryError(PadRecError):
+    """A training run whose weights, optimiser state and activations cannot fit the device's memory."""

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from vllm_padrec.catalog import ItemCatalog
 
+EVAL_SPLITS = ("valid", "test")  # the splits ``eval_samples`` scores
+
 
 @dataclass
 class UserSequence:
@@ -38,8 +40,8 @@ class InteractionData:
     users: dict[str, UserSequence]
 
     def eval_samples(self, split: str, max_history: int = 20) -> list[EvalSample]:
-        if split not in ("valid", "test"):
-            raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+        if split not in EVAL_SPLITS:
+            raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
         samples = []
         for user, seq in self.users.items():
             if split == "valid":

@@ -39,10 +39,12 @@ def beam_search_items(
     ban_history: bool = False,  # never return one of the user's history items
     progress: bool = False,
 ) -> list[list[tuple[int, float]]]:
-    """For each history, up to ``beam_width`` distinct ``(item index, log-prob)``, best first
-    (fewer only when the catalog, less banned items, holds fewer)."""
+    """For each history, up to ``beam_width`` distinct ``(item index, log-prob)``, best first (fewer
+    only when the catalog less the banned items holds fewer); a beam wider than the whole catalog
+    raises TooManyItemsError."""
     if beam_width < 1:
         raise ValueError(f"beam_width must be >= 1, got {beam_width}")
+    catalog.check_distinct_items(beam_width, f"a beam search of width {beam_width}")
     device = model_device(model)
     if constraint is None:
         capacity = banned_capacity(histories, 1, ban_history)

@@ -35,6 +35,7 @@ from torch import nn
 from vllm_padrec.draft.config import DraftConfig
 from vllm_padrec.draft.head import PadRecDraftHead
 from vllm_padrec.draft.medusa import MedusaConfig, MedusaHeads
+from vllm_padrec.durability import atomic_folder
 from vllm_padrec.errors import DraftTargetMismatchError
 
 CONFIG_FILE = "config.json"
@@ -47,9 +48,9 @@ _GENERIC_HF_KEYS = (
 
 
 def save_draft(module: PadRecDraftHead | MedusaHeads, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write ``module`` as a vLLM-loadable folder (module docstring); weights in ``dtype`` (default: as is)."""
+    """Write ``module`` as a vLLM-loadable folder (module docstring), whole or not at all
+    (``durability.atomic_folder``); weights in ``dtype`` (default: as is)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     if isinstance(module, PadRecDraftHead):
         payload = module.config.to_hf_config().to_dict()
         for key in _GENERIC_HF_KEYS:
@@ -62,8 +63,9 @@ def save_draft(module: PadRecDraftHead | MedusaHeads, folder: str | Path, dtype:
     state = {name: t.detach().to(dtype or t.dtype).contiguous().cpu() for name, t in module.state_dict().items()}
     saved_dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
     payload["dtype"] = payload["torch_dtype"] = saved_dtype  # transformers >= 4.56 reads dtype, older torch_dtype
-    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
-    (folder / CONFIG_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True))
+    with atomic_folder(folder) as staging:
+        save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        (staging / CONFIG_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True))
     return folder
 
 

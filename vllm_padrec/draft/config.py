@@ -41,6 +41,9 @@ VARIANTS: dict[str, tuple[str, dict[str, bool]]] = {
     "padrec_no_gates": ("padrec", dict(use_slot=True, use_step=True, slot_gate=False, step_gate=False)),
     "eagle": ("eagle", dict(use_slot=False, use_step=False, slot_gate=False, step_gate=False)),
 }
+# Every draft the trainer builds: the variants above and Medusa heads (draft/medusa.py). Here, beside
+# VARIANTS, so that the CLI can offer them as choices without importing the trainer.
+METHODS = tuple(VARIANTS) + ("medusa",)
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,8 @@ def evaluate_target(
     ``beam_recall@K``, ``beam_ndcg@K``, ``beam_seconds`` (N = list_items, K = beam_width).
     ``beam_width=0`` skips beam search, ``list_items=0`` skips greedy lists.
     """
+    if beam_width > 0:  # before the greedy lists, not after them
+        data.catalog.check_distinct_items(beam_width, f"a beam search of width {beam_width}")
     samples = data.eval_samples(split, max_history)
     if max_users is not None:
         samples = samples[:max_users]

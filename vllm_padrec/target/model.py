@@ -1,17 +1,14 @@
-"""The target model: a plain LlamaForCausalLM over the catalog's token layout, and its checkpoint folder.
-
-A checkpoint folder is what ``vllm serve folder`` loads, plus what vllm-padrec needs beside it:
-
-    folder/
-      config.json              LlamaConfig, architectures=["LlamaForCausalLM"], dtype of the weights
-      model.safetensors        the weights
-      tokenizer.json, tokenizer_config.json
-      padrec_catalog.json      the ItemCatalog (items <-> semantic IDs)
-      padrec_recipe.json       the TargetRecipe it was trained with
+"""The target model: a plain LlamaForCausalLM over the catalog's token layout, saved as and loaded
+from a checkpoint folder (its files: ``vllm_padrec.target.checkpoint_folder``).
 
     model = build_model(get_recipe("tiny"), catalog.layout)
     save_checkpoint(model, build_tokenizer(catalog.layout), catalog, recipe, "runs/tiny/checkpoint")
     ckpt = load_checkpoint("runs/tiny/checkpoint")       # ckpt.model, ckpt.tokenizer, ckpt.catalog, ...
+
+The folder is written whole or not at all (``vllm_padrec.durability.atomic_folder``): served without
+its catalog, a target would run without constraints. Loading checks the folder first and raises
+CheckpointError for a missing file, a draft head's folder (``read_catalog_and_recipe``), or truncated
+weights.
 """
 
 from __future__ import annotations
@@ -21,15 +18,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from vllm_padrec.catalog import CATALOG_FILE, ItemCatalog, TokenLayout
-from vllm_padrec.target.config import RECIPE_FILE, VOCAB_MULTIPLE, TargetRecipe
-
-
-def padded_vocab_size(layout: TokenLayout) -> int:
-    """``layout.vocab_size`` rounded up to a multiple of VOCAB_MULTIPLE (the extra rows are never sampled)."""
-    return -(-layout.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+from vllm_padrec.durability import atomic_folder
+from vllm_padrec.errors import CheckpointError
+from vllm_padrec.target.checkpoint_folder import ARCHITECTURE, read_catalog_and_recipe
+from vllm_padrec.target.config import RECIPE_FILE, TargetRecipe, padded_vocab_size
 
 
 def llama_config(recipe: TargetRecipe, layout: TokenLayout) -> LlamaConfig:
@@ -55,7 +51,7 @@ def llama_config(recipe: TargetRecipe, layout: TokenLayout) -> LlamaConfig:
         pad_token_id=TokenLayout.PAD,
         bos_token_id=TokenLayout.BOS,
         eos_token_id=TokenLayout.EOS,
-        architectures=["LlamaForCausalLM"],
+        architectures=[ARCHITECTURE],
     )
 
 
@@ -108,7 +104,6 @@ def save_checkpoint(
     model's own dtype (fp32 on CPU, so that reference decoders reproduce the trained model exactly).
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     if padded_vocab_size(catalog.layout) != model.config.vocab_size:
         raise ValueError(
             f"the model's vocabulary ({model.config.vocab_size}) is not the catalog's padded one "
@@ -118,11 +113,12 @@ def save_checkpoint(
         on_gpu = next(model.parameters()).device.type == "cuda"
         dtype = torch.bfloat16 if on_gpu and recipe.bf16 else next(model.parameters()).dtype
     state = {name: tensor.detach().to(dtype) for name, tensor in model.state_dict().items()}
-    model.save_pretrained(folder, state_dict=state)
-    _write_torch_dtype(folder / "config.json", dtype)
-    tokenizer.save_pretrained(folder)
-    catalog.save(folder / CATALOG_FILE)
-    recipe.save(folder / RECIPE_FILE)
+    with atomic_folder(folder) as staging:
+        model.save_pretrained(staging, state_dict=state)
+        _write_torch_dtype(staging / "config.json", dtype)
+        tokenizer.save_pretrained(staging)
+        catalog.save(staging / CATALOG_FILE)
+        recipe.save(staging / RECIPE_FILE)
     return folder
 
 
@@ -145,13 +141,14 @@ class TargetCheckpoint(NamedTuple):
 def load_checkpoint(
     folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> TargetCheckpoint:
-    """Load a checkpoint folder; the model is in eval mode, in ``dtype`` (default: as saved)."""
+    """Load a checkpoint folder (checked by ``read_catalog_and_recipe`` first); the model is in eval
+    mode, in ``dtype`` (default: as saved)."""
     folder = Path(folder)
-    if not (folder / "config.json").exists():
-        raise FileNotFoundError(f"{folder} is not a target checkpoint folder (no config.json)")
-    model = LlamaForCausalLM.from_pretrained(folder, attn_implementation="sdpa", dtype=dtype or "auto")
+    catalog, recipe = read_catalog_and_recipe(folder)
+    try:
+        model = LlamaForCausalLM.from_pretrained(folder, attn_implementation="sdpa", dtype=dtype or "auto")
+    except SafetensorError as error:
+        raise CheckpointError(f"the weights in {folder} are truncated or corrupt ({error})") from None
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    catalog = ItemCatalog.load(folder / CATALOG_FILE)
-    recipe = TargetRecipe.load(folder / RECIPE_FILE)
     return TargetCheckpoint(model, tokenizer, catalog, recipe)

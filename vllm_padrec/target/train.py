@@ -18,10 +18,13 @@ trained on either).
 
 A call trains for at most ``recipe.time_budget_minutes`` and saves ``out_dir/train_state.pt`` (model,
 optimiser, scheduler, step, RNG, the epoch's batch order, loss log, validation record) every
-``save_every_minutes`` and when it stops; the next call with the same recipe and data continues
-exactly where it stopped (on CPU the result is bit-identical to an uninterrupted run). When all steps
-are done (or validation stopped the run) it writes ``out_dir/checkpoint/`` (see
-``vllm_padrec.target.model``) and ``out_dir/loss.json``.
+``save_every_minutes`` and when it stops: at the time budget, or at the step boundary after a SIGTERM
+or SIGINT (``vllm_padrec.durability.StopSignals``; ``TrainResult.stopped_by`` says which). The next
+call with the same recipe and data continues exactly where it stopped (on CPU the result is
+bit-identical to an uninterrupted run). When all steps are done (or validation stopped the run) it
+writes ``out_dir/checkpoint/`` (see ``vllm_padrec.target.model``; whole or not at all). Every call
+writes ``out_dir/loss.json`` and its plot ``out_dir/loss.png``. Before allocating anything it checks
+that the recipe can fit the device's free memory (``TargetRecipe.training_bytes``).
 
     from vllm_padrec.data import generate_synthetic, load_dataset
     from vllm_padrec.target.config import get_recipe
@@ -37,7 +40,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -50,13 +52,17 @@ from tqdm.auto import tqdm
 
 from vllm_padrec.catalog import TokenLayout
 from vllm_padrec.data import InteractionData, ListwiseExample, listwise_examples
+from vllm_padrec.durability import StopSignals, load_state, replace_folder, save_state
+from vllm_padrec.errors import InsufficientMemoryError
+from vllm_padrec.plotting import pyplot
 from vllm_padrec.target.config import RecipeError, TargetRecipe
 from vllm_padrec.target.evaluate import ValidationSet
-from vllm_padrec.target.model import add_hidden_dropout, build_model, save_checkpoint
+from vllm_padrec.target.model import add_hidden_dropout, build_model, padded_vocab_size, save_checkpoint
 from vllm_padrec.target.tokenizer import build_tokenizer
 
 STATE_FILE = "train_state.pt"  # resumable state inside out_dir
 LOSS_FILE = "loss.json"  # [{"step": s, "loss": mean loss of steps s-log_every+1..s}, ...]
+PLOT_FILE = "loss.png"  # the training loss (and the validation loss) over the steps
 CHECKPOINT_DIR = "checkpoint"  # the final HF checkpoint inside out_dir
 BEST_DIR = "best"  # while training: the checkpoint of the best validation so far (then checkpoint/)
 VAL_FILE = "val.json"  # {"metric", "best_step", "best", "stopped_early", "evals": [{"step", "loss", ...}]}
@@ -77,6 +83,10 @@ class TrainResult:
     best_step: int | None = None  # step of the best validation (None without validation)
     best_metric: float | None = None  # its value of recipe.val_metric (Recall@K or loss)
     stopped_early: bool = False  # stopped after `patience` validations without improvement
+    # why the call returned before the run finished: "time budget", "SIGTERM" or "SIGINT" (a signal that
+    # came during the final writes is named too: the caller should stop)
+    stopped_by: str | None = None
+    loss_plot: Path | None = None  # out_dir/loss.png (None without matplotlib or before the first log entry)
 
 
 # -- data --------------------------------------------------------------------------------------------
@@ -187,14 +197,59 @@ def _result_recipe_dict(recipe: TargetRecipe) -> dict:
     return payload
 
 
-def _save_state(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 def _write_loss_log(out_dir: Path, log: list[tuple[int, float]]) -> None:
     (out_dir / LOSS_FILE).write_text(json.dumps([{"step": s, "loss": loss} for s, loss in log]))
+
+
+def plot_loss(log: list[tuple[int, float]], evals: list[dict], path: Path) -> Path | None:
+    """The training loss (and, with validation, the validation loss and its best step) as a PNG;
+    None when matplotlib is not installed or nothing is logged yet."""
+    plt = pyplot()
+    if plt is None or not log:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([s for s, _ in log], [loss for _, loss in log], label="training loss")
+    if evals:
+        ax.plot([e["step"] for e in evals], [e["loss"] for e in evals], marker="o", label="validation loss")
+        best = [e for e in evals if e["best"]][-1]
+        ax.axvline(best["step"], color="grey", linestyle=":", label=f"best validation (step {best['step']})")
+    ax.set(xlabel="step", ylabel="cross-entropy (completion tokens)", yscale="log", title="target training")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes ``device`` can still allocate: free GPU memory, or the host's available memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil  # a dependency of vllm
+
+    return psutil.virtual_memory().available
+
+
+def require_memory(
+    recipe: TargetRecipe, layout: TokenLayout, examples: TokenizedExamples, device: torch.device
+) -> None:
+    """Raise InsufficientMemoryError when ``TargetRecipe.training_bytes`` (a lower bound) for the longest
+    batch exceeds ``device``'s free memory: a clear refusal instead of an allocator error mid-run."""
+    vocab = padded_vocab_size(layout)
+    batch = min(recipe.batch_size, len(examples))
+    longest = int(examples.lengths.max())
+    activation_bytes = 2 if device.type == "cuda" and recipe.bf16 else 4
+    state, activations = recipe.training_bytes(vocab, batch * longest, activation_bytes)
+    free = free_memory(device)
+    if state + activations > free:
+        gib = 2**30
+        raise InsufficientMemoryError(
+            f"recipe {recipe.name!r} needs at least {(state + activations) / gib:.1f} GiB to train on {device} "
+            f"({state / gib:.1f} GiB of fp32 weights, gradients and AdamW moments for "
+            f"{recipe.num_parameters(vocab) / 1e9:.2f}B parameters, {activations / gib:.1f} GiB of activations "
+            f"for batches of {batch} x {longest} tokens) but {device} has {free / gib:.1f} GiB free: "
+            "train it on a GPU that has the memory, or choose a smaller recipe"
+        )
 
 
 def _write_val_log(out_dir: Path, recipe: TargetRecipe, val: dict) -> None:
@@ -214,13 +269,6 @@ def _val_key(recipe: TargetRecipe, metrics: dict) -> tuple[float, ...]:
     return (-metrics["loss"],)
 
 
-def _replace_dir(source: Path, target: Path) -> None:
-    """Move folder ``source`` to ``target``, replacing what was there."""
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(source, target)
-
-
 def train_target(
     recipe: TargetRecipe,
     data: InteractionData,
@@ -232,9 +280,23 @@ def train_target(
     """Train (or continue training) the target of ``recipe`` on ``data``'s training split.
 
     Returns after all steps or an early stop (``finished=True``, checkpoint written: the weights of the
-    best validation when ``recipe.eval_every`` > 0, else the last ones) or when the time budget runs
-    out (``finished=False``, state saved): call again to continue. ``resume=False`` starts over.
+    best validation when ``recipe.eval_every`` > 0, else the last ones), or when the time budget runs
+    out or a SIGTERM / SIGINT arrives (``finished=False``, state saved, ``stopped_by`` says why): call
+    again to continue. ``resume=False`` starts over.
     """
+    with StopSignals() as stop:
+        return _train_target(recipe, data, out_dir, device, resume, progress, stop)
+
+
+def _train_target(
+    recipe: TargetRecipe,
+    data: InteractionData,
+    out_dir: str | Path,
+    device: str | torch.device | None,
+    resume: bool,
+    progress: bool,
+    stop: StopSignals,
+) -> TrainResult:
     started = time.monotonic()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -251,15 +313,17 @@ def train_target(
     val = {"users": len(val_set) if val_set else 0, "evals": [], "best_step": None, "best_value": None,
            "best_key": None, "bad_evals": 0, "stopped_early": False}  # fmt: skip
 
-    def result(finished: bool, loss: float | None, checkpoint: Path | None, rate: float) -> TrainResult:
+    def result(finished: bool, loss: float | None, checkpoint: Path | None, rate: float,
+               stopped_by: str | None = None) -> TrainResult:
+        plot = out_dir / PLOT_FILE
         return TrainResult(
             finished, step, steps, loss, checkpoint, time.monotonic() - started, rate,
-            val["best_step"], val["best_value"], val["stopped_early"],
+            val["best_step"], val["best_value"], val["stopped_early"], stopped_by, plot if plot.exists() else None,
         )  # fmt: skip
 
     state = None
     if resume and state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        state = load_state(state_path, "cpu", ("recipe", "data", "step", "finished"), "train_target")
         if state["recipe"] != _result_recipe_dict(recipe) or state["data"] != examples.fingerprint():
             raise RecipeError(
                 f"{state_path} was written by a run with another recipe or other data; "
@@ -269,7 +333,7 @@ def train_target(
         if state["finished"]:
             step = state["step"]
             if not (checkpoint_dir / "config.json").exists() and (best_dir / "config.json").exists():
-                _replace_dir(best_dir, checkpoint_dir)  # the previous call stopped between the two writes
+                replace_folder(best_dir, checkpoint_dir)  # the previous call stopped between the two writes
             if not (checkpoint_dir / "config.json").exists():
                 raise FileNotFoundError(
                     f"{state_path} says the run finished but {checkpoint_dir} is missing; resume=False retrains"
@@ -279,6 +343,7 @@ def train_target(
     elif best_dir.exists():
         shutil.rmtree(best_dir)  # left by an earlier run in this folder
 
+    require_memory(recipe, data.catalog.layout, examples, device)
     model = build_model(recipe, data.catalog.layout, device=device)
     add_hidden_dropout(model, recipe.hidden_dropout)
     model.train()
@@ -341,9 +406,7 @@ def train_target(
         key = _val_key(recipe, scores)
         improved = val["best_key"] is None or key > tuple(val["best_key"])
         if improved:
-            tmp = out_dir / (BEST_DIR + ".tmp")
-            save_weights(tmp)
-            _replace_dir(tmp, best_dir)
+            save_weights(best_dir)
             val.update(best_step=step, best_value=scores[metric], best_key=list(key), bad_evals=0)
         else:
             val["bad_evals"] += 1
@@ -362,7 +425,7 @@ def train_target(
     bar = tqdm(total=steps, initial=step, disable=not progress, desc=f"train {recipe.name}", dynamic_ncols=True)
     postfix: dict[str, str] = {}
     try:
-        while step < steps and not val["stopped_early"]:
+        while step < steps and not val["stopped_early"] and stop.signal is None:
             epoch, index = divmod(step, bpe)
             if epoch != plan_epoch:
                 plan = epoch_batches(examples.lengths, recipe.batch_size, recipe.bucket_batches, recipe.seed, epoch)
@@ -397,12 +460,10 @@ def train_target(
             bar.set_postfix(postfix, refresh=False)
             bar.update(1)
             now = time.monotonic()
-            if step < steps and not val["stopped_early"] and now - started >= budget_s:
-                _save_state(state_path, snapshot(finished=False))
-                _write_loss_log(out_dir, log)
-                break
+            if now - started >= budget_s:
+                break  # the state is saved below
             if now - last_save >= save_s:
-                _save_state(state_path, snapshot(finished=False))
+                save_state(snapshot(finished=False), state_path)
                 _write_loss_log(out_dir, log)
                 last_save = now
     finally:
@@ -414,10 +475,15 @@ def train_target(
     if finished:
         if not validating:
             save_weights(checkpoint_dir)
-        _save_state(state_path, snapshot(finished=True))  # first: a crash before the move is recovered
+        save_state(snapshot(finished=True), state_path)  # first: a crash before the move is recovered
         if validating:
-            _replace_dir(best_dir, checkpoint_dir)  # the best validation's weights
+            replace_folder(best_dir, checkpoint_dir)  # the best validation's weights
         checkpoint = checkpoint_dir
-        _write_loss_log(out_dir, log)
+    else:
+        save_state(snapshot(finished=False), state_path)
+    _write_loss_log(out_dir, log)
+    plot_loss(log, val["evals"], out_dir / PLOT_FILE)
+    # a signal that came during the final writes still asks the caller to stop
+    stopped_by = stop.signal.name if stop.signal is not None else None if finished else "time budget"
     loss = log[-1][1] if log else None
-    return result(finished, loss, checkpoint, tokens_seen / max(loop_seconds, 1e-9))
+    return result(finished, loss, checkpoint, tokens_seen / max(loop_seconds, 1e-9), stopped_by)

@@ -13,11 +13,13 @@
 Methods: "padrec", "padrec_no_slot", "padrec_no_step", "padrec_no_gates", "eagle" (see
 ``draft.config.VARIANTS``) and "medusa". Every method gets the same budget: the same steps, batch
 size, learning-rate schedule and data order (``config.seed``); ``time_budget_minutes`` only stops a
-run early (``result.finished`` is False then, and ``resume=True`` continues it).
+run early (``result.finished`` is False then, and ``resume=True`` continues it). So does a SIGTERM or
+SIGINT (``vllm_padrec.durability.StopSignals``): the state is saved at the next step boundary, the
+draft written without its held-out evaluation, and ``result.stopped_by`` names the signal.
 
 Output folder:
     out_dir/train_state.pt    resumable state (weights, optimizer, step, log)
-    out_dir/draft/            the vLLM-loadable checkpoint (draft.checkpoint.save_draft)
+    out_dir/draft/            the vLLM-loadable checkpoint (draft.checkpoint.save_draft; whole or not at all)
     out_dir/loss_log.json     one entry per `log_every` steps; out_dir/loss_curve.png (with matplotlib)
     out_dir/result.json       DraftTrainResult
 
@@ -40,13 +42,15 @@ from torch import nn
 from vllm_padrec.catalog import TokenLayout
 from vllm_padrec.data.interactions import InteractionData
 from vllm_padrec.draft.checkpoint import save_draft
-from vllm_padrec.draft.config import VARIANTS, DraftConfig
+from vllm_padrec.draft.config import METHODS, DraftConfig
 from vllm_padrec.draft.head import PadRecDraftHead
 from vllm_padrec.draft.medusa import MedusaHeads
+from vllm_padrec.durability import StopSignals, load_state, save_state
+from vllm_padrec.errors import CheckpointError
+from vllm_padrec.plotting import pyplot
 from vllm_padrec.training.collect import FeatureSource, autocast_for, training_sequences
 from vllm_padrec.training.losses import LossOutput, LossWeights, medusa_loss, unrolled_draft_loss
 
-METHODS = tuple(VARIANTS) + ("medusa",)
 STATE_FILE = "train_state.pt"
 LOG_FILE = "loss_log.json"
 PLOT_FILE = "loss_curve.png"
@@ -130,6 +134,7 @@ class DraftTrainResult:
     elapsed_s: float  # time in the training loop, over every resumed run (no collection, evaluation or saving)
     log_path: str
     plot_path: str | None
+    stopped_by: str | None = None  # why an unfinished call returned: "time budget", "step limit", "SIGTERM", "SIGINT"
 
 
 def build_draft(method: str, target: nn.Module, layout: TokenLayout, config: DraftTrainConfig) -> nn.Module:
@@ -262,7 +267,28 @@ def train_draft(
     ``stop_after_steps`` ends this call after that many more steps (chunked jobs; ``resume=True``
     continues), like ``time_budget_minutes``; neither changes the schedule. ``source``: the target's
     features from an earlier call with the same target, data and config (``feature_source``), so that
-    several methods trained in one process collect them once."""
+    several methods trained in one process collect them once. A SIGTERM or SIGINT during the call
+    stops it at the next step boundary (module docstring)."""
+    with StopSignals() as stop:
+        return _train_draft(method, target, data, config, out_dir, device, time_budget_minutes, resume, layout,
+                            stop_after_steps, progress, source, stop)  # fmt: skip
+
+
+def _train_draft(
+    method: str,
+    target: Any,
+    data: InteractionData | Sequence,
+    config: DraftTrainConfig,
+    out_dir: str | Path,
+    device: str | torch.device,
+    time_budget_minutes: float | None,
+    resume: bool,
+    layout: TokenLayout | None,
+    stop_after_steps: int | None,
+    progress: bool,
+    source: FeatureSource | None,
+    stop: StopSignals,
+) -> DraftTrainResult:
     from tqdm.auto import tqdm
 
     if method not in METHODS:
@@ -290,34 +316,36 @@ def train_draft(
     )
 
     step, log, elapsed_before = 0, [], 0.0
+    sums: dict[str, torch.Tensor] = {}  # per metric: its sum over the steps since the last log entry
+    count = 0  # steps since the last log entry
     state_path = out_dir / STATE_FILE
     if resume and state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=False)
+        state = load_state(state_path, device, ("method", "config", "step", "model", "optimizer"), "train_draft")
         saved = {k: v for k, v in state["config"].items() if k not in _OPERATIONAL_FIELDS}
         if state["method"] != method or saved != config.training_fields():
-            raise ValueError(
+            raise CheckpointError(
                 f"{state_path} was written for method {state['method']!r} with another config: "
                 "use another out_dir, the same config, or resume=False"
             )
         module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, log, elapsed_before = state["step"], state["log"], state["elapsed_s"]
+        window = state.get("window", {"sums": {}, "count": 0})  # a stop between two log entries
+        sums, count = {name: total.to(device) for name, total in window["sums"].items()}, window["count"]
 
-    def save_state() -> None:
+    def save_progress() -> None:
         payload = {"method": method, "config": config.to_dict(), "step": step, "model": module.state_dict(),
-                   "optimizer": optimizer.state_dict(), "log": log, "elapsed_s": elapsed_before + time.monotonic() - t0}
-        torch.save(payload, out_dir / (STATE_FILE + ".tmp"))
-        (out_dir / (STATE_FILE + ".tmp")).replace(state_path)
+                   "optimizer": optimizer.state_dict(), "log": log, "elapsed_s": elapsed_before + time.monotonic() - t0,
+                   "window": {"sums": {name: total.detach().cpu() for name, total in sums.items()}, "count": count}}
+        save_state(payload, state_path)
         (out_dir / LOG_FILE).write_text(json.dumps(log, indent=1))
 
     t0 = time.monotonic()
     deadline = t0 + 60.0 * time_budget_minutes if time_budget_minutes is not None else math.inf
     params = [p for p in module.parameters() if p.requires_grad]
-    sums: dict[str, torch.Tensor] = {}
-    count = 0
     bar = tqdm(total=config.max_steps, initial=step, desc=f"train {method}", disable=not progress)
     last_step = config.max_steps if stop_after_steps is None else min(config.max_steps, step + stop_after_steps)
-    while step < last_step and time.monotonic() < deadline:
+    while step < last_step and time.monotonic() < deadline and stop.signal is None:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config) * group["lr_scale"]
         batch = source.batch(batch_indices(step, train_idx, config))
@@ -339,15 +367,21 @@ def train_draft(
             bar.set_postfix(loss=f"{entry['loss']:.4f}")
             sums, count = {}, 0
         if step % config.save_every == 0:
-            save_state()
+            save_progress()
         bar.update(1)
     bar.close()
     elapsed = elapsed_before + time.monotonic() - t0
-    save_state()
+    save_progress()
 
     checkpoint = save_draft(module, out_dir / CHECKPOINT_DIR)
-    evaluation = evaluate_draft(method, module, source, holdout_idx, target, config)
+    # a stopping signal skips the held-out evaluation: the caller asked for the process to end
+    evaluation = {} if stop.signal else evaluate_draft(method, module, source, holdout_idx, target, config)
     plot_path = plot_losses(log, out_dir / PLOT_FILE)
+    stopped_by = None
+    if stop.signal is not None:
+        stopped_by = stop.signal.name
+    elif step < config.max_steps:
+        stopped_by = "step limit" if step == last_step else "time budget"
     result = DraftTrainResult(
         method=method,
         checkpoint=str(checkpoint),
@@ -360,6 +394,7 @@ def train_draft(
         elapsed_s=elapsed,
         log_path=str(out_dir / LOG_FILE),
         plot_path=str(plot_path) if plot_path else None,
+        stopped_by=stopped_by,
     )
     (out_dir / RESULT_FILE).write_text(json.dumps(dataclasses.asdict(result), indent=2))
     return result
@@ -387,14 +422,8 @@ def feature_source(
 
 def plot_losses(log: list[dict], path: Path) -> Path | None:
     """Loss and per-step agreement curves as a PNG; None when matplotlib is not installed."""
-    if not log:
-        return None
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None or not log:
         return None
     steps = [entry["step"] for entry in log]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
