@@ -83,7 +83,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vllm_padrec.catalog import CATALOG_FILE, ItemCatalog, TokenLayout
-from vllm_padrec.errors import MalformedSemanticIdError, PadRecError, UnknownSemanticIdError
+from vllm_padrec.errors import (
+    EmptyHistoryError,
+    MalformedSemanticIdError,
+    PadRecError,
+    UnknownItemError,
+    UnknownSemanticIdError,
+)
 from vllm_padrec.lists import ListSpec
 
 PLUGIN_NAME = "padrec_recommendations"  # the entry-point name, to list in VLLM_PLUGINS
@@ -95,13 +101,13 @@ SPEC_COUNTERS = (  # server-wide Prometheus counters (vllm/v1/spec_decode/metric
     "vllm:spec_decode_num_accepted_tokens",
 )
 SPEC_PER_POS = "vllm:spec_decode_num_accepted_tokens_per_pos"
-MAX_NAMED_IDS = 20  # unknown item ids quoted in one error message
 COUNTERS_MAX_AGE_S = 0.5  # the Prometheus registry is read at most this often
 # Request size: a history longer than any context is refused, not scanned (the prompt keeps at most
 # max_model_len / (L + 1) items anyway); bodies are capped before they are read.
 MAX_HISTORY_IDS = 10_000
 MAX_ITEM_ID_CHARS = 256
 MAX_BODY_BYTES = 4 * 1024 * 1024
+DRAIN_FACTOR = 16  # bodies up to this many times the cap are read (and dropped) before the 413
 INT64 = (-(2**63), 2**63 - 1)  # seed bounds, as vLLM's CompletionRequest (and its sampler's int64 state)
 _CLIENT_ID = re.compile(r"[^A-Za-z0-9._:-]")  # characters of X-Request-Id kept in the server's id
 
@@ -254,23 +260,12 @@ class RecommendationService:
         """Validate ``request`` against the catalog and the server's limits; raises RecommendationError."""
         catalog = self.catalog
         model = self._model_name(request.model)
-        if not request.history:
-            raise RecommendationError(422, "the history is empty: give at least one item id the user interacted with",
-                                      "history")  # fmt: skip
-        history, unknown = [], {}  # unknown ids in order of first appearance (a dict: one pass, no rescans)
-        for item_id in request.history:
-            try:
-                history.append(catalog.index_of(item_id))
-            except KeyError:  # UnknownItemError
-                unknown.setdefault(item_id, None)
-        if unknown:
-            unknown = list(unknown)
-            shown = ", ".join(repr(i) for i in unknown[:MAX_NAMED_IDS])
-            more = f" and {len(unknown) - MAX_NAMED_IDS} more" if len(unknown) > MAX_NAMED_IDS else ""
-            raise RecommendationError(
-                422, f"unknown item ids in history: {shown}{more} (catalog {catalog.name!r} has no such items)",
-                "history", unknown_item_ids=unknown,
-            )  # fmt: skip
+        try:  # every unknown id is named (catalog.history_indices), in one pass over the history
+            history = catalog.history_indices(request.history)
+        except EmptyHistoryError as error:
+            raise RecommendationError(422, str(error), "history") from None
+        except UnknownItemError as error:
+            raise RecommendationError(422, str(error), "history", unknown_item_ids=error.item_ids) from None
         n = request.num_items
         cap = self.max_list_items
         if n > cap:
@@ -565,17 +560,20 @@ def server_request_id(client_id: str | None) -> str:
 
 
 async def read_body(raw_request: Request, limit: int) -> bytes | None:
-    """The request body, or None when it is larger than ``limit`` bytes (by its header, or as it streams)."""
+    """The request body, or None when it is larger than ``limit`` bytes. The rest of a body up to
+    ``DRAIN_FACTOR * limit`` is read and dropped (never kept), so that the client, still sending, gets
+    the 413 instead of a reset connection; a body declared larger than that is not read at all."""
     declared = raw_request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isdigit() and int(declared) > DRAIN_FACTOR * limit:
         return None
     chunks, size = [], 0
     async for chunk in raw_request.stream():
         size += len(chunk)
-        if size > limit:
+        if size > DRAIN_FACTOR * limit:
             return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if size <= limit:
+            chunks.append(chunk)
+    return b"".join(chunks) if size <= limit else None
 
 
 def _validation_message(error: ValidationError) -> str:
