@@ -57,6 +57,7 @@ from benchmarks.serve_completions import post, start_server, stop_server, wait_h
 from vllm_padrec.catalog import ItemCatalog, TokenLayout
 from vllm_padrec.data import load_dataset
 from vllm_padrec.decoding.speculative import SpeculationStats
+from vllm_padrec.testing.compare import first_difference, top_margins
 from vllm_padrec.draft.checkpoint import read_config
 from vllm_padrec.integration.endpoint import (
     PLUGIN_NAME,
@@ -159,19 +160,6 @@ def completion_payload(prompt: list[int], max_tokens: int, xargs: dict, **extra)
     }  # fmt: skip
 
 
-def top_margins(choice: dict) -> list[float | None]:
-    """Per generated token: log-probability gap between the two likeliest tokens (None: unknown).
-
-    A greedy list can only flip where this gap is within the numerical noise of the two runs; it is
-    how a mismatch is told apart from a bug (a bug flips tokens with large gaps)."""
-    rows = ((choice.get("logprobs") or {}).get("top_logprobs")) or []
-    margins = []
-    for row in rows:
-        values = sorted((v for v in (row or {}).values() if v is not None and v > float("-inf")), reverse=True)
-        margins.append(values[0] - values[1] if len(values) >= 2 else None)
-    return margins
-
-
 def timed_pass(
     base: str, prompts: list[list[int]], max_tokens: int, xargs: dict, concurrency: int, **extra
 ) -> dict:
@@ -260,8 +248,7 @@ def compare(reference: list[dict], other: list[dict], users: list[str], catalog:
         if a["token_ids"] == b["token_ids"]:
             continue
         mismatched += 1
-        first = next((i for i, (x, y) in enumerate(zip(a["token_ids"], b["token_ids"])) if x != y),
-                     min(len(a["token_ids"]), len(b["token_ids"])))  # fmt: skip
+        first = first_difference(a["token_ids"], b["token_ids"])
         gap = {"user": user, "first_different_token": first, "reference_margin": _margin_at(a, first),
                "other_margin": _margin_at(b, first)}  # fmt: skip
         gaps.append(gap)

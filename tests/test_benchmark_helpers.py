@@ -224,3 +224,55 @@ def test_engine_step_profile_rows_merge_per_phase():
         {"phase": "speculator.propose (drafting)", "calls": 17, "cpu_ms_per_step": 2.0, "gpu_span_ms_per_step": 1.6},
     ]
     assert engine_step.merge_phase_rows(merged) == merged  # idempotent (re-rendering a saved profile)
+
+
+def test_hostile_inputs_requests_and_summary():
+    """benchmarks/hostile_inputs.py: its well-formed requests pass the plugin's checks, its counts are right."""
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+    from benchmarks import hostile_inputs as hi
+    from vllm_padrec.integration.endpoint import RecommendationRequest
+    from vllm_padrec.lists import ListLimits, ListSpec
+
+    catalog = generate_synthetic(SyntheticConfig(num_items=60, num_users=4, codebook_sizes=(4, 4, 4))).catalog
+    histories = [[1, 2, 3], [4, 5], [6], [7, 8, 9], [10, 11]]
+    good = hi.good_requests(catalog, histories, list_items=4)
+    assert [r.path for r in good] == [hi.COMPLETIONS, hi.RECOMMENDATIONS] * 2 + [hi.COMPLETIONS]
+    for r in good:
+        body = json.loads(r.body)
+        if r.path == hi.COMPLETIONS:
+            params = CompletionRequest.model_validate(body).to_sampling_params(max_tokens=body["max_tokens"])
+            spec = ListSpec.from_extra_args(params.extra_args, ListSpec(), ListLimits(32, len(catalog)))
+            assert spec == ListSpec(True, 4, 4, True)
+        else:
+            assert RecommendationRequest.model_validate(body).num_items == 4
+    gone = hi.disconnecting(good)
+    assert [r.headers for r in gone] == [(("X-Request-Id", "shared-1"),)] and gone[0].kind == "disconnect"
+    hostile = hi.hostile_requests(catalog, histories, repeats=2)
+    assert len(hostile) == 2 * len(hi.HOSTILE_REQUESTS) and all(r.statuses != (200,) for r in hostile)
+
+    def row(kind, name, status, answer=None, ms=10.0, expected=(200,)):
+        return {"kind": kind, "name": name, "status": status, "ms": ms, "answer": answer,
+                "engine_dead_answer": False, "expected": list(expected), "error": None}  # fmt: skip
+
+    idle = [row("good", "a", 200, [1]), row("good", "b", 200, ["x"])]
+    mixed = [row("good", "a", 200, [1], ms=30.0), row("hostile", "inf", 400, expected=(400,)),
+             row("hostile", "seed", 500, expected=(422,)), row("good", "b", 200, ["y"]),
+             {"kind": "disconnect", "name": "d", "status": None, "ms": 50.0}]  # fmt: skip
+    after = [row("good", "a", 200, [1]), row("good", "b", 200, ["x"])]
+    result = hi.summarize(good[:2], idle, mixed, after, deaths=0, healthy=True, setup={})
+    assert (result["requests"], result["hostile_requests"], result["disconnecting_requests"]) == (9, 2, 1)
+    assert result["server_errors_5xx"] == 1 and result["hostile_wrong_status"] == ["seed"]
+    assert result["good_answers_equal"] is False
+    assert result["good_answers_differing"] == [{"name": "b", "pass": "mixed", "status": 200}]
+    assert result["hostile_cases"]["seed"]["statuses"] == {"500": 1}
+    mixed[3]["answer"] = ["x"]
+    assert hi.summarize(good[:2], idle, mixed, after, 0, True, {})["good_answers_equal"] is True
+    # a completion that differs: where, and the top-2 gaps there in both runs
+    idle_c = {**row("good", "c", 200, [[5, 6, 7]]), "margins": [2.0, 0.001, 1.0]}
+    other_c = {**row("good", "c", 200, [[5, 9, 7]]), "margins": [2.0, 0.002, 1.5]}
+    assert hi.differing(idle_c, other_c, "after") == {"name": "c", "pass": "after", "status": 200,
+                                                      "first_different_token": 1, "idle_margin": 0.001,
+                                                      "other_margin": 0.002}  # fmt: skip
+    setup = {"date": "2026-11-30", "device": "H200", "dtype": "bfloat16", "list_items": 4, "concurrency": 64}
+    assert "| 9 | 2 | 0 | 1 | True |" in hi.markdown({**result, "setup": setup})
