@@ -36,6 +36,14 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def keep_torch_threads():
+    """For tests of the CLI, which pins torch's threads to the allowed cores: the rest of the suite runs on one."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> str:
     path = envs.data_dir()

@@ -23,12 +23,7 @@ from vllm_padrec.target.tokenizer import build_tokenizer
 CONTEXT = 512  # the test target's max_position_embeddings: 100 items fit after 2 history items of 4 codes
 
 
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    """The commands pin torch's threads to the allowed cores; the rest of the suite runs on one."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("keep_torch_threads")  # the CLI pins torch's threads (conftest)
 
 
 @pytest.fixture(scope="module")

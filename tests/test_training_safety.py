@@ -37,12 +37,7 @@ TARGET_ARGS = ["train-target", "--epochs", "0.05", "--device", "cpu"]
 SIGNAL_STEP = 3  # the child waits for the signal inside this step's loss; training stops after it
 
 
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    """The CLI pins torch's threads to the allowed cores; the rest of the suite runs on one."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("keep_torch_threads")  # the CLI pins torch's threads (conftest)
 
 
 @pytest.fixture(scope="module")
