@@ -135,8 +135,27 @@ def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
+def list_quality(catalog: ItemCatalog, list_items: int, rows: list[dict]) -> dict:
+    """Well-formed answers checked against the catalog: lists of ``list_items`` distinct catalog items?"""
+    from vllm_padrec.integration.endpoint import parse_list
+
+    invalid = repeated = short = 0
+    for row in rows:
+        answer = row.get("answer")
+        if row["kind"] != "good" or row["status"] != 200 or not answer:
+            continue
+        if isinstance(answer[0], list):  # a completion's token ids
+            items, bad = parse_list(catalog, answer[0])
+        else:  # recommended item ids
+            items, bad = answer, 0
+        invalid += bad
+        repeated += len(items) - len(set(items))
+        short += len(items) < list_items
+    return {"invalid_items": invalid, "repeated_items": repeated, "short_lists": short}
+
+
 def summarize(good: list[Request], idle: list[dict], mixed: list[dict], after: list[dict], deaths: int,
-              healthy: bool, setup: dict) -> dict:  # fmt: skip
+              healthy: bool, setup: dict, quality: dict | None = None) -> dict:  # fmt: skip
     reference = {r["name"]: r["answer"] for r in idle}
     idle_rows = {r["name"]: r for r in idle}
     mixed_good = [r for r in mixed if r["kind"] == "good"]
@@ -165,6 +184,7 @@ def summarize(good: list[Request], idle: list[dict], mixed: list[dict], after: l
                                    (("mixed", mixed_good), ("after", after)) for r in rows
                                    if r["answer"] != reference.get(r["name"])],  # fmt: skip
         "hostile_wrong_status": wrong,
+        **(quality or {}),
         "p50_ms": percentile(good_ms, 50),
         "p99_ms": percentile(good_ms, 99),
         "idle_p50_ms": percentile([r["ms"] for r in idle], 50),
@@ -206,6 +226,8 @@ reuse another client's `X-Request-Id` and hang up, {s['concurrency']} in flight,
 | {r['requests']} | {r['hostile_requests']} | {r['engine_deaths']} | {r['server_errors_5xx']} | {r['server_healthy_after']} | {r['good_answers_equal']} ({r['good_answers_ok']} answered 200) | {r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms |
 
 Hostile requests that got another status than expected: {r['hostile_wrong_status'] or 'none'}.
+Well-formed answers checked against the catalog: {r.get('invalid_items')} invalid items, {r.get('repeated_items')}
+repeated items, {r.get('short_lists')} lists shorter than asked.
 Well-formed answers that differ from the idle server's: {len(r['good_answers_differing'])}
 {''.join(f"- {d}" + chr(10) for d in r['good_answers_differing'])}
 | hostile request | sent | statuses | expected | first error message (truncated) |
@@ -278,13 +300,14 @@ def main(argv: list[str] | None = None) -> int:
              "concurrency": args.concurrency, "dtype": args.dtype, "serve_args": serve_args,
              "startup_s": server.startup_seconds, "date": time.strftime("%Y-%m-%d"),
              "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}  # fmt: skip
-    result = summarize(good, idle, mixed_rows, after, deaths, healthy, setup)
+    quality = list_quality(catalog, args.list_items, idle + mixed_rows + after)
+    result = summarize(good, idle, mixed_rows, after, deaths, healthy, setup, quality)
     (out / "hostile_inputs.json").write_text(json.dumps(result, indent=2))
     (out / "hostile_inputs.md").write_text(markdown(result))
     plot(idle, mixed_rows, after, out / "hostile_inputs.png")
     print(json.dumps({k: v for k, v in result.items() if k not in ("hostile_cases", "setup")}, indent=2))
     ok = (result["engine_deaths"] == 0 and result["server_errors_5xx"] == 0 and result["good_answers_equal"]
-          and healthy and not result["hostile_wrong_status"])  # fmt: skip
+          and healthy and not result["hostile_wrong_status"] and not any(quality.values()))  # fmt: skip
     return 0 if ok else 1
 
 

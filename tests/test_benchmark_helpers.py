@@ -274,5 +274,10 @@ def test_hostile_inputs_requests_and_summary():
     assert hi.differing(idle_c, other_c, "after") == {"name": "c", "pass": "after", "status": 200,
                                                       "first_different_token": 1, "idle_margin": 0.001,
                                                       "other_margin": 0.002}  # fmt: skip
+    # answers checked against the catalog: a completion's token ids, a recommendation's item ids
+    rows = [row("good", "c1", 200, [catalog.render_completion([1, 2, 2])]),  # a repeat
+            row("good", "c2", 200, [catalog.render_items([3]) + [TokenLayout.SEP, 5, 5, TokenLayout.EOS]]),  # invalid
+            row("good", "r1", 200, ["item1", "item2", "item3"]), row("hostile", "h", 400)]  # fmt: skip
+    assert hi.list_quality(catalog, 3, rows) == {"invalid_items": 1, "repeated_items": 1, "short_lists": 1}
     setup = {"date": "2026-11-30", "device": "H200", "dtype": "bfloat16", "list_items": 4, "concurrency": 64}
     assert "| 9 | 2 | 0 | 1 | True |" in hi.markdown({**result, "setup": setup})
