@@ -233,7 +233,7 @@ class RecommendationService:
         model_config = vllm_config.model_config
         settings = server_settings(vllm_config)
         target = Path(model_config.model)
-        path = catalog_path(vllm_config)
+        path = catalog_path(vllm_config, settings)
         catalog = load_catalog(path)
         if catalog is None:
             raise PadRecError(

@@ -97,9 +97,9 @@ def server_settings(vllm_config: Any) -> ListSettings:
     return ListSettings.from_additional_config(vllm_config.additional_config)
 
 
-def catalog_path(vllm_config: Any) -> Path:
+def catalog_path(vllm_config: Any, settings: ListSettings) -> Path:
     """Where the server's catalog is: ``padrec.catalog`` (a file or a folder), else the target folder's."""
-    path = Path(server_settings(vllm_config).catalog or vllm_config.model_config.model)
+    path = Path(settings.catalog or vllm_config.model_config.model)
     return path / CATALOG_FILE if path.is_dir() else path
 
 
@@ -117,17 +117,17 @@ def _load_catalog(path: str, mtime_ns: int, size: int) -> ItemCatalog:
     return ItemCatalog.load(path)
 
 
-def list_limits(vllm_config: Any) -> ListLimits:
+def list_limits(vllm_config: Any, settings: ListSettings) -> ListLimits:
     """What this server can serve: its longest list, and its catalog when its engine installs the masks
     (Model Runner V2: ``patch_init_model_state``; V1, which vLLM runs for Medusa and n-gram drafts, has
     no such hook)."""
-    max_list_items = server_settings(vllm_config).max_list_items
+    max_list_items = settings.max_list_items
     if not getattr(vllm_config, "use_v2_model_runner", True):
         method = getattr(getattr(vllm_config, "speculative_config", None), "method", None)
         why = f"it runs vLLM's Model Runner V1{f' (speculative method {method!r})' if method else ''}, where " \
               "the plugin's masks are not installed"  # fmt: skip
         return ListLimits(max_list_items, None, why)
-    path = catalog_path(vllm_config)
+    path = catalog_path(vllm_config, settings)
     catalog = load_catalog(path)
     if catalog is None:
         why = f"it has no item catalog (none at {path}): serve a target folder holding {CATALOG_FILE} or set " \
@@ -144,4 +144,4 @@ def check_request(vllm_config: Any, extra_args: Mapping | None) -> ListSpec:
     settings = server_settings(vllm_config)
     if not settings.constraint and not any(isinstance(k, str) and k.startswith(KEY_PREFIX) for k in extra_args or ()):
         return ListSpec()
-    return ListSpec.from_extra_args(extra_args, settings.defaults(), list_limits(vllm_config))
+    return ListSpec.from_extra_args(extra_args, settings.defaults(), list_limits(vllm_config, settings))

@@ -102,7 +102,7 @@ class RequestLists:
         (``patch_process_inputs``), and the engine needs no masks."""
         settings = ListSettings.from_additional_config(vllm_config.additional_config)
         model_config = vllm_config.model_config
-        path = catalog_path(vllm_config)
+        path = catalog_path(vllm_config, settings)
         catalog = load_catalog(path)
         if catalog is None:
             if settings.constraint:
