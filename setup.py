@@ -36,6 +36,7 @@ setup(
             "pytest",
             "hypothesis",  # fuzz tests of the HTTP layer and the request-settings parser
             "scipy",  # statistical tests of speculative sampling (chi-square)
+            "ruff==0.17.6",  # lint and format check (ruff.toml), run before the tests; pinned: its rules move
         ],
         "examples": ["openai"],  # examples/openai_client.py
     },

@@ -53,7 +53,7 @@ def draft_folder(path: str) -> str:
 
 
 def draft_method(config: dict) -> str:
-    """"medusa" or the PAD-Rec variant name written by ``DraftConfig.padrec_section``."""
+    """ "medusa" or the PAD-Rec variant name written by ``DraftConfig.padrec_section``."""
     if config.get("model_type") == "medusa":
         return "medusa"
     section = config.get("padrec") or {}
@@ -89,8 +89,13 @@ def machine_info(device: str, dtype: str) -> dict:
     import torch
     import transformers
 
-    info = dict(device=device, dtype=dtype, torch=torch.__version__, transformers=transformers.__version__,
-                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    info = dict(
+        device=device,
+        dtype=dtype,
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
     if torch.device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_properties(0).name
     return info
@@ -116,13 +121,16 @@ def run(args) -> str:
     to_ckpt = [catalog.index_of(item_id) for item_id in data.catalog.item_ids]
     samples = data.eval_samples(args.split, recipe.max_history)[: args.users]
     histories = [[to_ckpt[i] for i in s.history] for s in samples]
-    print(f"{len(histories)} {args.split} users of {data.name}, lists of {num_items} items, {device} {args.dtype}",
-          flush=True)
+    print(
+        f"{len(histories)} {args.split} users of {data.name}, lists of {num_items} items, {device} {args.dtype}",
+        flush=True,
+    )
 
     _sync(device)
     start = time.perf_counter()
-    reference = greedy_lists(target, catalog, histories, num_items, batch_size=args.batch_size,
-                             max_history=recipe.max_history)
+    reference = greedy_lists(
+        target, catalog, histories, num_items, batch_size=args.batch_size, max_history=recipe.max_history
+    )
     _sync(device)
     greedy_seconds = time.perf_counter() - start
     print(f"plain greedy: {greedy_seconds:.1f} s", flush=True)
@@ -144,8 +152,16 @@ def run(args) -> str:
                 continue
             _sync(device)
             start = time.perf_counter()
-            lists, _, stats = speculative_lists(target, draft, catalog, histories, num_items, gamma,
-                                                batch_size=args.batch_size, max_history=recipe.max_history)
+            lists, _, stats = speculative_lists(
+                target,
+                draft,
+                catalog,
+                histories,
+                num_items,
+                gamma,
+                batch_size=args.batch_size,
+                max_history=recipe.max_history,
+            )
             _sync(device)
             seconds = time.perf_counter() - start
             mismatches = sum(a != b for a, b in zip(lists, reference))
@@ -174,12 +190,29 @@ def run(args) -> str:
 
     os.makedirs(args.out, exist_ok=True)
     json_path = os.path.join(args.out, JSON_NAME.format(name=args.name))
-    settings = dict(target=os.path.abspath(args.target), dataset=args.dataset, split=args.split, users=len(histories),
-                    num_items=num_items, max_history=recipe.max_history, gammas=list(args.gammas),
-                    batch_size=args.batch_size, num_slots=catalog.num_slots)
+    settings = dict(
+        target=os.path.abspath(args.target),
+        dataset=args.dataset,
+        split=args.split,
+        users=len(histories),
+        num_items=num_items,
+        max_history=recipe.max_history,
+        gammas=list(args.gammas),
+        batch_size=args.batch_size,
+        num_slots=catalog.num_slots,
+    )
     with open(json_path, "w") as f:
-        json.dump(dict(name=args.name, machine=machine_info(device, args.dtype), settings=settings,
-                       greedy_wall_seconds=greedy_seconds, records=records), f, indent=2)
+        json.dump(
+            dict(
+                name=args.name,
+                machine=machine_info(device, args.dtype),
+                settings=settings,
+                greedy_wall_seconds=greedy_seconds,
+                records=records,
+            ),
+            f,
+            indent=2,
+        )
     render(json_path)
     return json_path
 
@@ -190,9 +223,11 @@ def _format_row(r: dict) -> str:
 
     steps = " ".join(f"{x:.2f}" for x in r["acceptance_rate_by_step"])
     vllm_length = SpeculationStats.from_dict(r["stats"]).vllm_acceptance_length  # (older records lack the key)
-    return (f"| {r['method']} | {r['gamma']} | {r['acceptance_length']:.3f} | "
-            f"{vllm_length:.3f} | {r['draft_acceptance_rate']:.3f} | "
-            f"{steps} | {r['mismatches']} | {r['users']} | {r['wall_seconds']:.1f} |")
+    return (
+        f"| {r['method']} | {r['gamma']} | {r['acceptance_length']:.3f} | "
+        f"{vllm_length:.3f} | {r['draft_acceptance_rate']:.3f} | "
+        f"{steps} | {r['mismatches']} | {r['users']} | {r['wall_seconds']:.1f} |"
+    )
 
 
 def _slot_row(r: dict) -> str:
@@ -259,8 +294,13 @@ def _plot(records: list[dict], name: str, png_path: str) -> None:
     for ax, gamma in zip(axes[0], gammas):
         for r in (r for r in records if r["gamma"] == gamma):
             rates = r["acceptance_rate_by_step"]
-            ax.plot(range(len(rates)), rates, marker="o", color=colors[r["method"]],
-                    label=f"{r['method']} ({r['acceptance_length']:.2f})")
+            ax.plot(
+                range(len(rates)),
+                rates,
+                marker="o",
+                color=colors[r["method"]],
+                label=f"{r['method']} ({r['acceptance_length']:.2f})",
+            )
         ax.set_xticks(range(gamma))
         ax.set_xlabel("draft step k")
         ax.set_title(f"γ = {gamma}")
@@ -277,8 +317,12 @@ def _plot(records: list[dict], name: str, png_path: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", help="target checkpoint folder (target.model.save_checkpoint)")
-    parser.add_argument("--drafts", nargs="+", default=[],
-                        help="draft checkpoint folders (or training outputs); NAME=FOLDER names the record")
+    parser.add_argument(
+        "--drafts",
+        nargs="+",
+        default=[],
+        help="draft checkpoint folders (or training outputs); NAME=FOLDER names the record",
+    )
     parser.add_argument("--dataset", help="synthetic, a dataset folder, or a name under $PADREC_DATA_DIR")
     parser.add_argument("--split", default="test", choices=("valid", "test"))
     parser.add_argument("--users", type=int, default=500, help="first N evaluation users")
@@ -286,8 +330,12 @@ def main(argv=None) -> int:
     parser.add_argument("--num-items", type=int, default=None, help="items per list (default: recipe list_items)")
     parser.add_argument("--batch-size", type=int, default=64, help="prompts per batch")
     parser.add_argument("--device", default=None, help="default: cuda when available")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                        help="target and drafts (plain greedy runs in the same dtype)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="target and drafts (plain greedy runs in the same dtype)",
+    )
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--name", default="synthetic", help="results are acceptance_<name>.{json,md,png}")
     parser.add_argument("--render", metavar="JSON", help="only rebuild the table and plot from this JSON")

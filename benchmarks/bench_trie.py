@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import statistics
@@ -168,10 +169,10 @@ def bench_catalog(num_items: int, args) -> tuple[dict, list[dict]]:
             picks = rng.choice(num_items, NUM_BANNED + batch, replace=False)
             items, history = picks[:batch].tolist(), [picks[batch:].tolist()] * batch
 
-            def step(state, tokens):
+            def step(state, tokens, constraint=constraint):
                 return constraint.allowed_tokens(state), constraint.advance(state, tokens)
 
-            def trie_mask(state):
+            def trie_mask(state, no_repeat=no_repeat):
                 return trie.allowed_codes(state.depth, state.node, state.banned if no_repeat else None)
 
             compiled = {}
@@ -192,14 +193,17 @@ def bench_catalog(num_items: int, args) -> tuple[dict, list[dict]]:
                     calls["trie"] = (trie_mask, (state,))
                 for op, (fn, inputs) in calls.items():
                     record = {"items": num_items, "batch": batch, "no_repeat": no_repeat, "op": op, "depth": depth}
-                    record["eager_ms"] = time_ms(lambda: fn(*inputs), eager_iters(args.iters), args.repeats, False)
-                    record["graph_ms"] = time_ms(lambda: fn(*inputs), args.iters, args.repeats, True)
+                    record["eager_ms"] = time_ms(
+                        functools.partial(fn, *inputs), eager_iters(args.iters), args.repeats, False
+                    )
+                    record["graph_ms"] = time_ms(functools.partial(fn, *inputs), args.iters, args.repeats, True)
                     if op in compiled:
                         t0 = time.perf_counter()
                         check_same(compiled[op](*inputs), fn(*inputs), f"compiled {op}, depth {depth}")
                         compile_s += time.perf_counter() - t0
-                        run = compiled[op]
-                        record["compiled_ms"] = time_ms(lambda: run(*inputs), args.iters, args.repeats, True)
+                        record["compiled_ms"] = time_ms(
+                            functools.partial(compiled[op], *inputs), args.iters, args.repeats, True
+                        )
                     records.append(record)
             for op in ("step", "trie"):  # the mean over one item's steps
                 rows = [r for r in records if _key(r) == (num_items, batch, no_repeat, op)]
@@ -217,7 +221,7 @@ def bench_catalog(num_items: int, args) -> tuple[dict, list[dict]]:
                     + (f" (compiled in {compile_s:.1f} s)" if "compile_s" in cycle else ""),
                     flush=True,
                 )
-    del constraint, trie, catalog
+    constraint = trie = catalog = None  # freed before the next catalog size
     torch.cuda.empty_cache()
     return info, records
 
@@ -270,8 +274,11 @@ def render_markdown(payload: dict) -> str:
     keys = sorted({_key(r) for r in records})
     modes = [m for m in MODES if any(f"{m}_ms" in r for r in records)]
     lines += [
-        "| items | batch | no_repeat | op | " + " | ".join(f"cycle {m}" for m in modes) + " | "
-        + " | ".join(f"d={d}" for d in range(L + 1)) + " |",
+        "| items | batch | no_repeat | op | "
+        + " | ".join(f"cycle {m}" for m in modes)
+        + " | "
+        + " | ".join(f"d={d}" for d in range(L + 1))
+        + " |",
         "|" + "---|" * (4 + len(modes) + L + 1),
     ]
     for items, batch, no_repeat, op in keys:
@@ -282,7 +289,9 @@ def render_markdown(payload: dict) -> str:
         lines.append(
             f"| {items:,} | {batch} | {no_repeat} | {op} | "
             + " | ".join(us(cycle[f"{m}_ms"]) if f"{m}_ms" in cycle else "-" for m in modes)
-            + " | " + " | ".join(per_depth) + " |"
+            + " | "
+            + " | ".join(per_depth)
+            + " |"
         )
     lines += ["", "Per-depth columns are in the fastest mode measured (compiled when present).", ""]
     lines += [

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import sys
 
@@ -140,27 +141,22 @@ def bench(catalog, name: str, args) -> list[dict]:
             if not bool((torch.isfinite(masked).sum(1) > 0).all()):  # every row must keep at least one token
                 raise AssertionError(f"{where}: a verification row lost every token")
             same_as_eager(vm.mask_draft_logits, compiled_draft, x["draft_logits"], draft_rest, where)
-            same_as_eager(vm.mask_verification_logits, catalog_mask_verification, x["verify_logits"], verify_rest,
-                          where, "Triton")  # fmt: skip
+            same_as_eager(
+                vm.mask_verification_logits, catalog_mask_verification, x["verify_logits"], verify_rest, where, "Triton"
+            )
             same_as_eager(vm.mask_draft_logits, catalog_mask_draft, x["draft_logits"], draft_rest, where, "Triton")
 
-            def verification():
-                vm.mask_verification_logits(x["verify_logits"], *verify_rest)
+            verification = functools.partial(vm.mask_verification_logits, x["verify_logits"], *verify_rest)
 
-            def verification_compiled():
-                compiled_verify(x["verify_logits"], *verify_rest)
+            verification_compiled = functools.partial(compiled_verify, x["verify_logits"], *verify_rest)
 
-            def draft():
-                vm.mask_draft_logits(x["draft_logits"], *draft_rest)
+            draft = functools.partial(vm.mask_draft_logits, x["draft_logits"], *draft_rest)
 
-            def draft_compiled():
-                compiled_draft(x["draft_logits"], *draft_rest)
+            draft_compiled = functools.partial(compiled_draft, x["draft_logits"], *draft_rest)
 
-            def verification_triton():
-                catalog_mask_verification(x["verify_logits"], *verify_rest)
+            verification_triton = functools.partial(catalog_mask_verification, x["verify_logits"], *verify_rest)
 
-            def draft_triton():
-                catalog_mask_draft(x["draft_logits"], *draft_rest)
+            draft_triton = functools.partial(catalog_mask_draft, x["draft_logits"], *draft_rest)
 
             verify_ms = time_ms(verification, args.iters, args.repeats, graph=False)
             with torch.inference_mode():
@@ -172,7 +168,10 @@ def bench(catalog, name: str, args) -> list[dict]:
             triton_ms = time_ms(verification_triton, args.iters, args.repeats, graph=False)
             draft_triton_ms = time_ms(draft_triton, args.iters, args.repeats, graph=True)
             record = dict(
-                catalog=name, items=len(catalog), batch=batch, num_drafts=num_drafts,
+                catalog=name,
+                items=len(catalog),
+                batch=batch,
+                num_drafts=num_drafts,
                 verification_rows=batch * (num_drafts + 1),
                 verification_eager_us=round(1000 * verify_ms, 2),
                 verification_compiled_us=round(1000 * compiled_ms, 2),
@@ -181,7 +180,7 @@ def bench(catalog, name: str, args) -> list[dict]:
                 draft_compiled_graph_us=round(1000 * draft_compiled_ms, 2),
                 verification_triton_us=round(1000 * triton_ms, 2),
                 draft_triton_graph_us=round(1000 * draft_triton_ms, 2),
-            )  # fmt: skip
+            )
             record.update(per_step_from(record))
             records.append(record)
             print(json.dumps(record), flush=True)
@@ -243,11 +242,21 @@ def render_plot(payload: dict, path: str) -> bool:
             rows = [r for r in payload["records"] if r["catalog"] == catalog and r["num_drafts"] == k]
             batches = [r["batch"] for r in rows]
             ax.plot(batches, [r["per_step_us"] for r in rows], marker="o", label=f"{catalog}: per step, compiled masks")
-            ax.plot(batches, [r["per_step_eager_us"] for r in rows], ls="--", marker=".",
-                    label=f"{catalog}: per step, eager masks")  # fmt: skip
+            ax.plot(
+                batches,
+                [r["per_step_eager_us"] for r in rows],
+                ls="--",
+                marker=".",
+                label=f"{catalog}: per step, eager masks",
+            )
             if all("per_step_triton_us" in r for r in rows):
-                ax.plot(batches, [r["per_step_triton_us"] for r in rows], ls=":", marker="s",
-                        label=f"{catalog}: per step, Triton kernel")  # fmt: skip
+                ax.plot(
+                    batches,
+                    [r["per_step_triton_us"] for r in rows],
+                    ls=":",
+                    marker="s",
+                    label=f"{catalog}: per step, Triton kernel",
+                )
         ax.set(xscale="log", xlabel="requests in the step (B)", title=f"K = {k} draft tokens")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("µs per engine step")
@@ -271,7 +280,9 @@ def write_outputs(payload: dict, out_dir: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default=None, help="dataset folder whose catalog is timed (plus a 1M synthetic one)")
+    parser.add_argument(
+        "--dataset", default=None, help="dataset folder whose catalog is timed (plus a 1M synthetic one)"
+    )
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--iters", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
@@ -302,10 +313,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, catalog in catalogs:
         records += bench(catalog, name, args)
     payload = dict(
-        name="vllm_mask", gpu=torch.cuda.get_device_name(), torch=torch.__version__,
+        name="vllm_mask",
+        gpu=torch.cuda.get_device_name(),
+        torch=torch.__version__,
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        list_items=LIST_ITEMS, max_num_reqs=MAX_NUM_REQS, records=records,
-    )  # fmt: skip
+        list_items=LIST_ITEMS,
+        max_num_reqs=MAX_NUM_REQS,
+        records=records,
+    )
     write_outputs(payload, args.out)
     return 0
 

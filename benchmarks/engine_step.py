@@ -45,8 +45,8 @@ import sys
 import time
 from pathlib import Path
 
-from vllm_padrec.plotting import pyplot
 from vllm_padrec.integration.endpoint import SPEC_COUNTERS
+from vllm_padrec.plotting import pyplot
 
 # name -> (with the draft, constrained, additional_config["padrec"])
 CONFIGS: dict[str, tuple[bool, bool, dict]] = {
@@ -74,9 +74,12 @@ PHASES: dict[str, tuple[str, str, str]] = {
     "runner.sample (+ verification mask)": ("vllm.v1.worker.gpu.model_runner", "GPUModelRunner", "sample"),
     "padrec.mask_verification": ("vllm_padrec.integration.request_lists", "RequestLists", "mask_verification"),
     "speculator.propose (drafting)": (
-        "vllm.v1.worker.gpu.spec_decode.autoregressive.speculator", "AutoRegressiveSpeculator", "propose"),
+        "vllm.v1.worker.gpu.spec_decode.autoregressive.speculator",
+        "AutoRegressiveSpeculator",
+        "propose",
+    ),
     "output_processor.process_outputs": ("vllm.v1.engine.output_processor", "OutputProcessor", "process_outputs"),
-}  # fmt: skip
+}
 ITERATIONS = "vllm:iteration_tokens_total"
 
 
@@ -144,16 +147,26 @@ def run_config(args) -> dict:
     prompts = [TokensPrompt(prompt_token_ids=catalog.render_prompt(s.history)) for s in samples]
     max_tokens = args.list_items * (catalog.num_slots + 1) + 1
     if constrained:
-        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop_token_ids=[TokenLayout.EOS],
-                                extra_args={"padrec_constraint": 1, "padrec_num_items": args.list_items,
-                                            "padrec_no_repeat": 1})  # fmt: skip
+        params = SamplingParams(
+            temperature=0.0,
+            max_tokens=max_tokens,
+            stop_token_ids=[TokenLayout.EOS],
+            extra_args={"padrec_constraint": 1, "padrec_num_items": args.list_items, "padrec_no_repeat": 1},
+        )
     else:  # the same list length without the masks
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
     spec = {"method": "eagle", "model": args.draft} if with_draft else None
     started = time.perf_counter()
-    llm = LLM(model=args.target, speculative_config=spec, max_model_len=args.max_model_len, dtype=args.dtype,
-              gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.concurrency,
-              disable_log_stats=False, additional_config={"padrec": padrec} if padrec else {})  # fmt: skip
+    llm = LLM(
+        model=args.target,
+        speculative_config=spec,
+        max_model_len=args.max_model_len,
+        dtype=args.dtype,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        max_num_seqs=args.concurrency,
+        disable_log_stats=False,
+        additional_config={"padrec": padrec} if padrec else {},
+    )
     startup = time.perf_counter() - started
     warm, timed = prompts[: args.concurrency], prompts[args.concurrency :]
     llm.generate(warm, params, use_tqdm=False)
@@ -166,14 +179,22 @@ def run_config(args) -> dict:
     delta = {k: after[k] - before[k] for k in after}
     tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
     record = {
-        "config": args.one, "with_draft": with_draft, "constrained": constrained, "padrec_config": padrec,
-        "users": len(timed), "concurrency": args.concurrency, "dtype": args.dtype, "startup_seconds": round(startup, 1),
-        "seconds": round(seconds, 3), "output_tokens": tokens, "tokens_per_second": round(tokens / seconds, 1),
+        "config": args.one,
+        "with_draft": with_draft,
+        "constrained": constrained,
+        "padrec_config": padrec,
+        "users": len(timed),
+        "concurrency": args.concurrency,
+        "dtype": args.dtype,
+        "startup_seconds": round(startup, 1),
+        "seconds": round(seconds, 3),
+        "output_tokens": tokens,
+        "tokens_per_second": round(tokens / seconds, 1),
         "engine_steps": int(delta["steps"]),
         "step_ms": round(1000 * seconds / delta["steps"], 3) if delta["steps"] else None,
         "acceptance_length": round(1 + delta["accepted"] / delta["drafts"], 4) if delta["drafts"] else None,
         "token_ids": [list(o.outputs[0].token_ids) for o in outputs],
-    }  # fmt: skip
+    }
     if args.profile_this:
         record["profile"] = profile_batch(llm, warm, params, args, missing)
     return record
@@ -194,25 +215,42 @@ def profile_batch(llm, prompts, params, args, missing: list[str]) -> dict:
     steps = metric_totals(llm)["steps"] - before["steps"]
     events = prof.key_averages()
     per_step = max(steps, 1)
-    phases = merge_phase_rows([
-        {"phase": e.key, "calls": e.count, "cpu_ms_per_step": round(e.cpu_time_total / 1000 / per_step, 3),
-         "gpu_ms_per_step": round(e.device_time_total / 1000 / per_step, 3)}
-        for e in events if e.key in PHASES
-    ])  # fmt: skip
+    phases = merge_phase_rows(
+        [
+            {
+                "phase": e.key,
+                "calls": e.count,
+                "cpu_ms_per_step": round(e.cpu_time_total / 1000 / per_step, 3),
+                "gpu_ms_per_step": round(e.device_time_total / 1000 / per_step, 3),
+            }
+            for e in events
+            if e.key in PHASES
+        ]
+    )
     # kernels, copies and memsets only: a phase's GPU range spans its kernels and the gaps between them
     work = [e for e in events if e.key not in PHASES and e.self_device_time_total > 0]
     gpu_total_us = sum(e.self_device_time_total for e in work)
     kernels = sorted(work, key=lambda e: -e.self_device_time_total)
-    top = [{"kernel": e.key[:120], "calls": e.count, "gpu_ms_per_step": round(e.self_device_time_total / 1000 / per_step, 3)}
-           for e in kernels[:15]]  # fmt: skip
+    top = [
+        {
+            "kernel": e.key[:120],
+            "calls": e.count,
+            "gpu_ms_per_step": round(e.self_device_time_total / 1000 / per_step, 3),
+        }
+        for e in kernels[:15]
+    ]
     if args.trace_dir:
         prof.export_chrome_trace(str(Path(args.trace_dir) / f"trace_{args.one}.json"))
     return {
-        "users": len(prompts), "engine_steps": int(steps), "wall_ms_per_step": round(1000 * seconds / per_step, 3),
+        "users": len(prompts),
+        "engine_steps": int(steps),
+        "wall_ms_per_step": round(1000 * seconds / per_step, 3),
         "gpu_busy_ms_per_step": round(gpu_total_us / 1000 / per_step, 3),
-        "gpu_busy_share": round(gpu_total_us / 1e6 / seconds, 3), "phases": phases, "top_gpu_ops": top,
+        "gpu_busy_share": round(gpu_total_us / 1e6 / seconds, 3),
+        "phases": phases,
+        "top_gpu_ops": top,
         "phases_not_found": missing,
-    }  # fmt: skip
+    }
 
 
 def merge_phase_rows(rows: list[dict]) -> list[dict]:
@@ -221,8 +259,9 @@ def merge_phase_rows(rows: list[dict]) -> list[dict]:
     GPU timeline from the phase's first kernel to its last, idle gaps included, no CPU time)."""
     merged: dict[str, dict] = {}
     for row in rows:
-        m = merged.setdefault(row["phase"], {"phase": row["phase"], "calls": 0, "cpu_ms_per_step": 0.0,
-                                             "gpu_span_ms_per_step": None})  # fmt: skip  (None: no kernels)
+        m = merged.setdefault(
+            row["phase"], {"phase": row["phase"], "calls": 0, "cpu_ms_per_step": 0.0, "gpu_span_ms_per_step": None}
+        )  # None: no kernels
         if "gpu_span_ms_per_step" in row:  # merged already
             m.update(row)
         elif row["cpu_ms_per_step"] > 0:  # the CPU range
@@ -251,8 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trace-dir", default=None, help="also write each profile's Chrome trace here")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--name", default="engine_step")
-    parser.add_argument("--merge", action="store_true",
-                        help="also report configurations an earlier call ran on this machine (/tmp/engine_step_*.json)")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="also report configurations an earlier call ran on this machine (/tmp/engine_step_*.json)",
+    )
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child: run this configuration
     parser.add_argument("--profile-this", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
@@ -280,8 +322,11 @@ def main(argv: list[str] | None = None) -> int:
             print(errors[name], flush=True)
             continue
         r = json.loads(result.read_text())
-        print(f"[engine_step] {name}: {r['tokens_per_second']} tok/s, {r['step_ms']} ms/step, "
-              f"acceptance {r['acceptance_length']}", flush=True)  # fmt: skip
+        print(
+            f"[engine_step] {name}: {r['tokens_per_second']} tok/s, {r['step_ms']} ms/step, "
+            f"acceptance {r['acceptance_length']}",
+            flush=True,
+        )
     for name in CONFIGS:  # in table order; --merge: also the configurations an earlier call ran on this machine
         result = Path(f"/tmp/engine_step_{name}.json")
         if result.exists() and (name in args.configs or args.merge) and name not in errors:
@@ -310,12 +355,19 @@ def summarize(records: list[dict], args, errors: dict) -> dict:
         if base and r["tokens_per_second"]:
             r["speedup_vs_baseline"] = round(r["tokens_per_second"] / base["tokens_per_second"], 3)
     return {
-        "target": args.target, "draft": args.draft, "dataset": args.dataset, "users": args.users,
-        "concurrency": args.concurrency, "list_items": args.list_items, "dtype": args.dtype,
+        "target": args.target,
+        "draft": args.draft,
+        "dataset": args.dataset,
+        "users": args.users,
+        "concurrency": args.concurrency,
+        "list_items": args.list_items,
+        "dtype": args.dtype,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "torch": torch.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "records": records, "errors": errors,
-    }  # fmt: skip
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "records": records,
+        "errors": errors,
+    }
 
 
 def render_markdown(payload: dict) -> str:
@@ -327,7 +379,8 @@ def render_markdown(payload: dict) -> str:
         f"{payload['torch']}, {payload['date']}. Step ms = wall time / engine steps.",
         "",
         *([f"Note: {payload['note']}", ""] if payload.get("note") else []),
-        "| configuration | draft | constrained | tokens/s | speedup vs baseline | engine steps | step ms | acceptance length | lists ≠ no draft |",
+        "| configuration | draft | constrained | tokens/s | speedup vs baseline | engine steps | step ms "
+        "| acceptance length | lists ≠ no draft |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in payload["records"]:
@@ -346,20 +399,29 @@ def render_markdown(payload: dict) -> str:
             f"## Profile: {r['config']}",
             "",
             f"{p['users']} requests, {p['engine_steps']} engine steps: {p['wall_ms_per_step']} ms wall per step, "
-            + (f"GPU kernels busy {p['gpu_busy_ms_per_step']} ms per step ({100 * p['gpu_busy_share']:.0f}% of the wall "
-               "time)." if p.get("gpu_busy_ms_per_step") is not None else "GPU busy time not recorded.")
+            + (
+                f"GPU kernels busy {p['gpu_busy_ms_per_step']} ms per step "
+                f"({100 * p['gpu_busy_share']:.0f}% of the wall time)."
+                if p.get("gpu_busy_ms_per_step") is not None
+                else "GPU busy time not recorded."
+            )
             + (f" {p['note']}" if p.get("note") else ""),
             "",
             "| phase | calls | CPU ms per step | GPU span ms per step (first to last kernel, gaps included) |",
             "|---|---:|---:|---:|",
-            *[f"| {q['phase']} | {q['calls']} | {q['cpu_ms_per_step']} | "
-              f"{'-' if q['gpu_span_ms_per_step'] is None else q['gpu_span_ms_per_step']} |"
-              for q in merge_phase_rows(p["phases"])],
+            *[
+                f"| {q['phase']} | {q['calls']} | {q['cpu_ms_per_step']} | "
+                f"{'-' if q['gpu_span_ms_per_step'] is None else q['gpu_span_ms_per_step']} |"
+                for q in merge_phase_rows(p["phases"])
+            ],
             "",
             "| top GPU op | calls | GPU ms per step |",
             "|---|---:|---:|",
-            *[f"| `{k['kernel']}` | {k['calls']} | {k['gpu_ms_per_step']} |" for k in p["top_gpu_ops"]
-              if k["kernel"] not in PHASES],
+            *[
+                f"| `{k['kernel']}` | {k['calls']} | {k['gpu_ms_per_step']} |"
+                for k in p["top_gpu_ops"]
+                if k["kernel"] not in PHASES
+            ],
         ]
     for name, error in payload["errors"].items():
         lines += ["", f"{name} failed: `{error[-300:]}`"]
@@ -373,7 +435,9 @@ def render_plot(payload: dict, path: str) -> bool:
     records = payload["records"]
     names = [r["config"] for r in records]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    axes[0].bar(names, [r["tokens_per_second"] for r in records], color=["C1" if r["with_draft"] else "C0" for r in records])
+    axes[0].bar(
+        names, [r["tokens_per_second"] for r in records], color=["C1" if r["with_draft"] else "C0" for r in records]
+    )
     axes[0].set_ylabel("output tokens / s")
     axes[1].bar(names, [r["step_ms"] or 0 for r in records], color=["C1" if r["with_draft"] else "C0" for r in records])
     axes[1].set_ylabel("wall ms per engine step")
@@ -381,7 +445,9 @@ def render_plot(payload: dict, path: str) -> bool:
         ax.tick_params(axis="x", rotation=30)
         for label in ax.get_xticklabels():
             label.set_ha("right")
-    fig.suptitle(f"vLLM engine with the PAD-Rec draft and catalog masks ({payload['dtype']}, {payload['concurrency']} per step)")
+    fig.suptitle(
+        f"vLLM engine with the PAD-Rec draft and catalog masks ({payload['dtype']}, {payload['concurrency']} per step)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -44,10 +44,19 @@ REPO = Path(__file__).resolve().parent.parent
 STATUS = WORK / "status"  # one JSON file per job: {"state": running|ok|failed, "returncode", "seconds"}
 RESULTS = WORK / "results"
 SMALL_TARGET = {  # the tiny recipe widened so that vLLM's attention kernels serve it (head_dim 64)
-    "hidden_size": 512, "num_layers": 4, "num_heads": 8, "num_kv_heads": 2, "intermediate_size": 1536,
-    "max_position_embeddings": 512, "max_history": 20, "list_items": 10, "batch_size": 128, "epochs": 1.0,
-    "lr": 1e-3, "bucket_batches": 64,
-}  # fmt: skip
+    "hidden_size": 512,
+    "num_layers": 4,
+    "num_heads": 8,
+    "num_kv_heads": 2,
+    "intermediate_size": 1536,
+    "max_position_embeddings": 512,
+    "max_history": 20,
+    "list_items": 10,
+    "batch_size": 128,
+    "epochs": 1.0,
+    "lr": 1e-3,
+    "bucket_batches": 64,
+}
 JOBS = ("train", "gpu_tests", "hostile")
 
 
@@ -74,8 +83,17 @@ def run_logged(command: list[str], log_path: Path, cwd: Path = WORK) -> int:
 
 def install_project() -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # an editable install fails there
-    command = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--force-reinstall",
-               str(REPO)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        "--force-reinstall",
+        str(REPO),
+    ]
     subprocess.run(command, check=True, env=env, cwd=WORK)
 
 
@@ -83,8 +101,14 @@ def spawn(job: str) -> None:
     """Start ``job`` in a daemon that outlives this call (its own session)."""
     set_state(job, state="queued")
     with open(WORK / f"{job}.daemon.log", "w") as out:
-        subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "_job", job], stdout=out,
-                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=WORK)  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "_job", job],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=WORK,
+        )
 
 
 def wait_for(*jobs: str, timeout: float = 3600) -> bool:
@@ -114,10 +138,30 @@ def job_train() -> int:
         log(f"target: step {result.step} of {result.total_steps}")
     log(f"target done: {result}")
     torch.cuda.empty_cache()
-    return run_logged([sys.executable, "-m", "vllm_padrec.cli", "train-draft", "--target", str(WORK / "small/checkpoint"),
-                       "--dataset", str(WORK / "data/beauty_atspeed"), "--out", str(WORK / "drafts"), "--method",
-                       "padrec", "--gamma", "5", "--max-steps", "600", "--batch-size", "64", "--until-done"],
-                      WORK / "draft.log")  # fmt: skip
+    return run_logged(
+        [
+            sys.executable,
+            "-m",
+            "vllm_padrec.cli",
+            "train-draft",
+            "--target",
+            str(WORK / "small/checkpoint"),
+            "--dataset",
+            str(WORK / "data/beauty_atspeed"),
+            "--out",
+            str(WORK / "drafts"),
+            "--method",
+            "padrec",
+            "--gamma",
+            "5",
+            "--max-steps",
+            "600",
+            "--batch-size",
+            "64",
+            "--until-done",
+        ],
+        WORK / "draft.log",
+    )
 
 
 def job_gpu_tests() -> int:
@@ -125,14 +169,28 @@ def job_gpu_tests() -> int:
     tests = [str(REPO / "tests" / name) for name in names]
     # -o pythonpath=: pytest.ini puts the repository first on sys.path, which would shadow the installed
     # package (whose vllm_padrec.kernels setup.py maps in from kernels/)
-    return run_logged([sys.executable, "-m", "pytest", "-v", "-rs", "-o", "pythonpath=", "-p", "no:cacheprovider",
-                       *tests], WORK / "gpu_tests.log")  # fmt: skip
+    return run_logged(
+        [sys.executable, "-m", "pytest", "-v", "-rs", "-o", "pythonpath=", "-p", "no:cacheprovider", *tests],
+        WORK / "gpu_tests.log",
+    )
 
 
 def job_hostile() -> int:
-    return run_logged([sys.executable, str(REPO / "benchmarks" / "hostile_inputs.py"), "--target",
-                       str(WORK / "small/checkpoint"), "--draft", str(WORK / "drafts/padrec/draft"), "--dataset",
-                       str(WORK / "data/beauty_atspeed"), "--out", str(RESULTS)], WORK / "hostile.log")  # fmt: skip
+    return run_logged(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "hostile_inputs.py"),
+            "--target",
+            str(WORK / "small/checkpoint"),
+            "--draft",
+            str(WORK / "drafts/padrec/draft"),
+            "--dataset",
+            str(WORK / "data/beauty_atspeed"),
+            "--out",
+            str(RESULTS),
+        ],
+        WORK / "hostile.log",
+    )
 
 
 # one GPU job at a time: vLLM refuses to start while another process frees GPU memory (its start-up
@@ -221,9 +279,13 @@ def main(argv: list[str]) -> int:
     if phase == "_job":
         run_job(rest[0])
         return 0
-    phases = {"start": phase_start, "checks": lambda: phase_checks(rest), "status": phase_status,
-              "run": lambda: max([0, *(run_now(job) for job in rest)]),
-              "wait": lambda: phase_wait(float(rest[0]) if rest else 540)}  # fmt: skip
+    phases = {
+        "start": phase_start,
+        "checks": lambda: phase_checks(rest),
+        "status": phase_status,
+        "run": lambda: max([0, *(run_now(job) for job in rest)]),
+        "wait": lambda: phase_wait(float(rest[0]) if rest else 540),
+    }
     if phase not in phases:
         print(f"unknown phase {phase!r}; phases: {sorted(phases)}", file=sys.stderr)
         return 2

@@ -57,8 +57,15 @@ def good_requests(catalog: ItemCatalog, histories: list[list[int]], list_items: 
     for n, history in enumerate(histories):
         if n % 2 == 0:
             prompt = "".join(tokens[t] for t in catalog.render_prompt(history))
-            body = {"model": SERVED_NAME, "prompt": prompt, "max_tokens": list_items * (catalog.num_slots + 1) + 1,
-                    "temperature": 0, "vllm_xargs": xargs, "logprobs": 2, "return_token_ids": True}  # fmt: skip
+            body = {
+                "model": SERVED_NAME,
+                "prompt": prompt,
+                "max_tokens": list_items * (catalog.num_slots + 1) + 1,
+                "temperature": 0,
+                "vllm_xargs": xargs,
+                "logprobs": 2,
+                "return_token_ids": True,
+            }
             requests.append(Request("good", f"completions {n}", COMPLETIONS, json.dumps(body)))
         else:
             body = {"history": [catalog.item_ids[i] for i in history], "num_items": list_items}
@@ -69,8 +76,11 @@ def good_requests(catalog: ItemCatalog, histories: list[list[int]], list_items: 
 
 def disconnecting(good: list[Request]) -> list[Request]:
     """A client that sends a good request's X-Request-Id with its own request, then hangs up."""
-    return [Request("disconnect", f"disconnects, {r.name}'s X-Request-Id", r.path, r.body, r.headers, ())
-            for r in good if r.headers]  # fmt: skip
+    return [
+        Request("disconnect", f"disconnects, {r.name}'s X-Request-Id", r.path, r.body, r.headers, ())
+        for r in good
+        if r.headers
+    ]
 
 
 def hostile_requests(catalog: ItemCatalog, histories: list[list[int]], repeats: int) -> list[Request]:
@@ -106,8 +116,11 @@ def hang_up(server: VllmServer, request: Request, after_s: float = 0.05) -> dict
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         headers = "".join(f"{k}: {v}\r\n" for k, v in request.headers)
         data = request.body.encode()
-        sock.sendall(f"POST {request.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: {len(data)}\r\n{headers}Connection: close\r\n\r\n".encode() + data)  # fmt: skip
+        sock.sendall(
+            f"POST {request.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n{headers}Connection: close\r\n\r\n".encode()
+            + data
+        )
         time.sleep(after_s)
     return {"kind": request.kind, "name": request.name, "status": None, "ms": after_s * 1000}
 
@@ -117,11 +130,17 @@ def send(server: VllmServer, request: Request) -> dict:
         return hang_up(server, request)
     status, body, seconds = server.post(request.path, request.body, dict(request.headers))
     dead = isinstance(body, (dict, str)) and ENGINE_DEAD_ANSWER in json.dumps(body)
-    return {"kind": request.kind, "name": request.name, "status": status, "ms": seconds * 1000,
-            "answer": answer_of(request, body) if status == 200 else None, "engine_dead_answer": dead,
-            "margins": margins_of(request, body) if status == 200 else None,
-            "expected": list(request.statuses),
-            "error": body.get("error", {}).get("message", "")[:200] if isinstance(body, dict) and status != 200 else None}  # fmt: skip
+    return {
+        "kind": request.kind,
+        "name": request.name,
+        "status": status,
+        "ms": seconds * 1000,
+        "answer": answer_of(request, body) if status == 200 else None,
+        "engine_dead_answer": dead,
+        "margins": margins_of(request, body) if status == 200 else None,
+        "expected": list(request.statuses),
+        "error": body.get("error", {}).get("message", "")[:200] if isinstance(body, dict) and status != 200 else None,
+    }
 
 
 def run_pass(server: VllmServer, requests: list[Request], concurrency: int) -> list[dict]:
@@ -154,8 +173,16 @@ def list_quality(catalog: ItemCatalog, list_items: int, rows: list[dict]) -> dic
     return {"invalid_items": invalid, "repeated_items": repeated, "short_lists": short}
 
 
-def summarize(good: list[Request], idle: list[dict], mixed: list[dict], after: list[dict], deaths: int,
-              healthy: bool, setup: dict, quality: dict | None = None) -> dict:  # fmt: skip
+def summarize(
+    good: list[Request],
+    idle: list[dict],
+    mixed: list[dict],
+    after: list[dict],
+    deaths: int,
+    healthy: bool,
+    setup: dict,
+    quality: dict | None = None,
+) -> dict:
     reference = {r["name"]: r["answer"] for r in idle}
     idle_rows = {r["name"]: r for r in idle}
     mixed_good = [r for r in mixed if r["kind"] == "good"]
@@ -178,11 +205,16 @@ def summarize(good: list[Request], idle: list[dict], mixed: list[dict], after: l
         "server_errors_5xx": sum(r["status"] >= 500 for r in sent),
         "server_healthy_after": healthy,
         "good_answers_ok": sum(r["status"] == 200 for r in idle + mixed_good + after),
-        "good_answers_equal": all(r["status"] == 200 and r["answer"] == reference.get(r["name"])
-                                  for r in mixed_good + after) and all(r["status"] == 200 for r in idle),  # fmt: skip
-        "good_answers_differing": [differing(idle_rows.get(r["name"]), r, label) for label, rows in
-                                   (("mixed", mixed_good), ("after", after)) for r in rows
-                                   if r["answer"] != reference.get(r["name"])],  # fmt: skip
+        "good_answers_equal": all(
+            r["status"] == 200 and r["answer"] == reference.get(r["name"]) for r in mixed_good + after
+        )
+        and all(r["status"] == 200 for r in idle),
+        "good_answers_differing": [
+            differing(idle_rows.get(r["name"]), r, label)
+            for label, rows in (("mixed", mixed_good), ("after", after))
+            for r in rows
+            if r["answer"] != reference.get(r["name"])
+        ],
         "hostile_wrong_status": wrong,
         **(quality or {}),
         "p50_ms": percentile(good_ms, 50),
@@ -201,8 +233,9 @@ def differing(idle: dict | None, other: dict, label: str) -> dict:
     if a and b and isinstance(a[0], list) and isinstance(b[0], list):
         index = first_difference(a[0], b[0])
         at = lambda margins: margins[index] if margins and index is not None and index < len(margins) else None  # noqa: E731
-        record.update(first_different_token=index, idle_margin=at(idle.get("margins")),
-                      other_margin=at(other.get("margins")))  # fmt: skip
+        record.update(
+            first_different_token=index, idle_margin=at(idle.get("margins")), other_margin=at(other.get("margins"))
+        )
     return record
 
 
@@ -215,21 +248,21 @@ def markdown(r: dict) -> str:
     s = r["setup"]
     return f"""# Hostile inputs against `vllm serve` with the PAD-Rec draft and the constraint
 
-`python -m benchmarks.hostile_inputs` ({s['date']}, {s['device']}): `vllm serve TARGET --speculative-model
-DRAFT`, catalog constraint on server-wide, {s['dtype']}, `VLLM_BATCH_INVARIANT=1`; {r['well_formed_requests']}
-well-formed requests (half `/v1/completions` with `vllm_xargs`, half `/v1/recommendations`, {s['list_items']}
-items each) alone, then mixed with {r['hostile_requests']} hostile requests and {r['disconnecting_requests']} clients that
-reuse another client's `X-Request-Id` and hang up, {s['concurrency']} in flight, then the well-formed ones again.
+`python -m benchmarks.hostile_inputs` ({s["date"]}, {s["device"]}): `vllm serve TARGET --speculative-model
+DRAFT`, catalog constraint on server-wide, {s["dtype"]}, `VLLM_BATCH_INVARIANT=1`; {r["well_formed_requests"]}
+well-formed requests (half `/v1/completions` with `vllm_xargs`, half `/v1/recommendations`, {s["list_items"]}
+items each) alone, then mixed with {r["hostile_requests"]} hostile requests and {r["disconnecting_requests"]} clients that
+reuse another client's `X-Request-Id` and hang up, {s["concurrency"]} in flight, then the well-formed ones again.
 
 | requests | hostile | engine deaths | 5xx answers | server healthy after | well-formed answers equal to the idle server's | p50 / p99 of well-formed requests, mixed |
 |---|---|---|---|---|---|---|
-| {r['requests']} | {r['hostile_requests']} | {r['engine_deaths']} | {r['server_errors_5xx']} | {r['server_healthy_after']} | {r['good_answers_equal']} ({r['good_answers_ok']} answered 200) | {r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms |
+| {r["requests"]} | {r["hostile_requests"]} | {r["engine_deaths"]} | {r["server_errors_5xx"]} | {r["server_healthy_after"]} | {r["good_answers_equal"]} ({r["good_answers_ok"]} answered 200) | {r["p50_ms"]:.1f} / {r["p99_ms"]:.1f} ms |
 
-Hostile requests that got another status than expected: {r['hostile_wrong_status'] or 'none'}.
-Well-formed answers checked against the catalog: {r.get('invalid_items')} invalid items, {r.get('repeated_items')}
-repeated items, {r.get('short_lists')} lists shorter than asked.
-Well-formed answers that differ from the idle server's: {len(r['good_answers_differing'])}
-{''.join(f"- {d}" + chr(10) for d in r['good_answers_differing'])}
+Hostile requests that got another status than expected: {r["hostile_wrong_status"] or "none"}.
+Well-formed answers checked against the catalog: {r.get("invalid_items")} invalid items, {r.get("repeated_items")}
+repeated items, {r.get("short_lists")} lists shorter than asked.
+Well-formed answers that differ from the idle server's: {len(r["good_answers_differing"])}
+{"".join(f"- {d}" + chr(10) for d in r["good_answers_differing"])}
 | hostile request | sent | statuses | expected | first error message (truncated) |
 |---|---|---|---|---|
 {rows}
@@ -279,12 +312,26 @@ def main(argv: list[str] | None = None) -> int:
     mixed = good + hostile + disconnecting(good)
     random.Random(args.seed).shuffle(mixed)
     config = {"constraint": True, "no_repeat": True, "max_list_items": max(32, args.list_items)}
-    serve_args = ["--speculative-model", args.draft, "--dtype", args.dtype, "--max-num-seqs", str(args.concurrency),
-                  "--additional-config", json.dumps({"padrec": config}), *args.vllm_args]  # fmt: skip
+    serve_args = [
+        "--speculative-model",
+        args.draft,
+        "--dtype",
+        args.dtype,
+        "--max-num-seqs",
+        str(args.concurrency),
+        "--additional-config",
+        json.dumps({"padrec": config}),
+        *args.vllm_args,
+    ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    server = VllmServer(args.target, serve_args, port=args.port, env={"VLLM_BATCH_INVARIANT": "1"},
-                        log_path=out / "hostile_inputs_server.log")  # fmt: skip
+    server = VllmServer(
+        args.target,
+        serve_args,
+        port=args.port,
+        env={"VLLM_BATCH_INVARIANT": "1"},
+        log_path=out / "hostile_inputs_server.log",
+    )
     with server:
         print(f"server up in {server.startup_seconds:.0f} s; idle pass ({len(good)} requests) ...", flush=True)
         idle = run_pass(server, good, 1)
@@ -296,18 +343,32 @@ def main(argv: list[str] | None = None) -> int:
         deaths = engine_deaths(server.log_text())
     import torch
 
-    setup = {"target": args.target, "draft": args.draft, "dataset": data.name, "list_items": args.list_items,
-             "concurrency": args.concurrency, "dtype": args.dtype, "serve_args": serve_args,
-             "startup_s": server.startup_seconds, "date": time.strftime("%Y-%m-%d"),
-             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}  # fmt: skip
+    setup = {
+        "target": args.target,
+        "draft": args.draft,
+        "dataset": data.name,
+        "list_items": args.list_items,
+        "concurrency": args.concurrency,
+        "dtype": args.dtype,
+        "serve_args": serve_args,
+        "startup_s": server.startup_seconds,
+        "date": time.strftime("%Y-%m-%d"),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    }
     quality = list_quality(catalog, args.list_items, idle + mixed_rows + after)
     result = summarize(good, idle, mixed_rows, after, deaths, healthy, setup, quality)
     (out / "hostile_inputs.json").write_text(json.dumps(result, indent=2))
     (out / "hostile_inputs.md").write_text(markdown(result))
     plot(idle, mixed_rows, after, out / "hostile_inputs.png")
     print(json.dumps({k: v for k, v in result.items() if k not in ("hostile_cases", "setup")}, indent=2))
-    ok = (result["engine_deaths"] == 0 and result["server_errors_5xx"] == 0 and result["good_answers_equal"]
-          and healthy and not result["hostile_wrong_status"] and not any(quality.values()))  # fmt: skip
+    ok = (
+        result["engine_deaths"] == 0
+        and result["server_errors_5xx"] == 0
+        and result["good_answers_equal"]
+        and healthy
+        and not result["hostile_wrong_status"]
+        and not any(quality.values())
+    )
     return 0 if ok else 1
 
 

@@ -100,10 +100,16 @@ def main(argv: list[str] | None = None) -> int:
 
         def ask(sample):
             prompt = "".join(tokens[t] for t in catalog.render_prompt(sample.history))
-            reply = post(f"{base}/v1/completions", {
-                "model": "padrec-target", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
-                "stop_token_ids": [catalog.layout.EOS],
-            })
+            reply = post(
+                f"{base}/v1/completions",
+                {
+                    "model": "padrec-target",
+                    "prompt": prompt,
+                    "max_tokens": max_tokens,
+                    "temperature": 0.0,
+                    "stop_token_ids": [catalog.layout.EOS],
+                },
+            )
             return prompt, reply["choices"][0]["text"]
 
         t0 = time.time()
@@ -124,13 +130,26 @@ def main(argv: list[str] | None = None) -> int:
         valid += len(items)
         duplicates += len(items) - len(set(items))
         if len(examples) < 5:
-            examples.append({"user": sample.user, "prompt": prompt, "completion": text,
-                             "items": [catalog.describe(i) for i in items]})
+            examples.append(
+                {
+                    "user": sample.user,
+                    "prompt": prompt,
+                    "completion": text,
+                    "items": [catalog.describe(i) for i in items],
+                }
+            )
     record = {
-        "checkpoint": args.checkpoint, "dataset": data.name, "users": len(samples), "list_items": args.list_items,
-        "valid_items": valid, "invalid_items": invalid, "duplicate_items": duplicates,
-        "seconds": round(elapsed, 2), "server_startup_seconds": round(startup_s, 1),
-        "vllm_args": args.vllm_args, "examples": examples,
+        "checkpoint": args.checkpoint,
+        "dataset": data.name,
+        "users": len(samples),
+        "list_items": args.list_items,
+        "valid_items": valid,
+        "invalid_items": invalid,
+        "duplicate_items": duplicates,
+        "seconds": round(elapsed, 2),
+        "server_startup_seconds": round(startup_s, 1),
+        "vllm_args": args.vllm_args,
+        "examples": examples,
     }
     (out / "serve_completions.json").write_text(json.dumps(record, indent=2))
     (out / "serve_completions.md").write_text(

@@ -34,7 +34,8 @@ lossless claim is checked with ``-- --dtype float32`` (the control floor drops t
 speed is measured in bfloat16 (``--name vllm_lossless_bf16``).
 
 ``--render JSON [--reference-acceptance A] [--note TEXT]`` rebuilds the Markdown on any machine.
-Writes ``<name>.json`` and ``<name>.md`` (``--name``, default ``vllm_lossless``); exits 1 when lists differ beyond the control
+Writes ``<name>.json`` and ``<name>.md`` (``--name``, default ``vllm_lossless``); exits 1 when lists differ beyond the
+control
 floor or an invalid / duplicate item appears. Needs a GPU (does not run on the CPU machine).
 """
 
@@ -57,7 +58,6 @@ from benchmarks.serve_completions import post, start_server, stop_server, wait_h
 from vllm_padrec.catalog import ItemCatalog, TokenLayout
 from vllm_padrec.data import load_dataset
 from vllm_padrec.decoding.speculative import SpeculationStats
-from vllm_padrec.testing.compare import first_difference, top_margins
 from vllm_padrec.draft.checkpoint import read_config
 from vllm_padrec.integration.endpoint import (
     PLUGIN_NAME,
@@ -67,6 +67,7 @@ from vllm_padrec.integration.endpoint import (
     parse_list,
     read_max_history,
 )
+from vllm_padrec.testing.compare import first_difference, top_margins
 
 SERVED_NAME = "padrec-target"  # start_server's --served-model-name
 TOP_LOGPROBS = 2  # every completion returns its two likeliest tokens per position (tie diagnostics)
@@ -142,7 +143,7 @@ class RunningPoller:
         inside = [value for sent, answered, value in self.readings if start <= sent and answered <= end]
         return (int(max(inside)) if inside else None), len(inside)
 
-    def __enter__(self) -> "RunningPoller":
+    def __enter__(self) -> RunningPoller:
         self._thread.start()
         return self
 
@@ -154,15 +155,19 @@ class RunningPoller:
 # -- requests ---------------------------------------------------------------------------------------
 def completion_payload(prompt: list[int], max_tokens: int, xargs: dict, **extra) -> dict:
     return {
-        "model": SERVED_NAME, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
-        "stop_token_ids": [TokenLayout.EOS], "return_token_ids": True, "skip_special_tokens": False,
-        "vllm_xargs": xargs, **extra,
-    }  # fmt: skip
+        "model": SERVED_NAME,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "stop_token_ids": [TokenLayout.EOS],
+        "return_token_ids": True,
+        "skip_special_tokens": False,
+        "vllm_xargs": xargs,
+        **extra,
+    }
 
 
-def timed_pass(
-    base: str, prompts: list[list[int]], max_tokens: int, xargs: dict, concurrency: int, **extra
-) -> dict:
+def timed_pass(base: str, prompts: list[list[int]], max_tokens: int, xargs: dict, concurrency: int, **extra) -> dict:
     """Every prompt through /v1/completions at once (``concurrency`` threads); tokens and timings.
     ``extra``: more request fields (the unconstrained pass sends ``ignore_eos``)."""
 
@@ -210,11 +215,13 @@ def timed_pass(
         # wall time of the pass per engine step (includes the ramp-up and tail with fewer requests)
         "mean_step_ms": round(1000 * seconds / steps, 3) if steps else None,
         "spec_decode": {
-            "num_drafts": int(drafts), "num_draft_tokens": int(draft_tokens), "num_accepted_tokens": int(accepted),
+            "num_drafts": int(drafts),
+            "num_draft_tokens": int(draft_tokens),
+            "num_accepted_tokens": int(accepted),
             "acceptance_length": round(1 + accepted / drafts, 4) if drafts else None,
             "draft_acceptance_rate": round(accepted / draft_tokens, 4) if draft_tokens else None,
             "per_position_acceptance": [round(a / drafts, 4) for a in per_pos] if drafts else None,
-        },  # fmt: skip
+        },
     }
 
 
@@ -249,19 +256,32 @@ def compare(reference: list[dict], other: list[dict], users: list[str], catalog:
             continue
         mismatched += 1
         first = first_difference(a["token_ids"], b["token_ids"])
-        gap = {"user": user, "first_different_token": first, "reference_margin": _margin_at(a, first),
-               "other_margin": _margin_at(b, first)}  # fmt: skip
+        gap = {
+            "user": user,
+            "first_different_token": first,
+            "reference_margin": _margin_at(a, first),
+            "other_margin": _margin_at(b, first),
+        }
         gaps.append(gap)
         if len(examples) < 5:
-            examples.append({
-                **gap,
-                "reference_items": [catalog.item_ids[i] for i in parse_list(catalog, a["token_ids"])[0]],
-                "other_items": [catalog.item_ids[i] for i in parse_list(catalog, b["token_ids"])[0]],
-            })  # fmt: skip
-    known = [max(g["reference_margin"], g["other_margin"]) for g in gaps
-             if g["reference_margin"] is not None and g["other_margin"] is not None]  # fmt: skip
-    return {"mismatched_users": mismatched, "examples": examples, "first_difference_margins": gaps,
-            "max_margin_at_first_difference": max(known) if known else None}  # fmt: skip
+            examples.append(
+                {
+                    **gap,
+                    "reference_items": [catalog.item_ids[i] for i in parse_list(catalog, a["token_ids"])[0]],
+                    "other_items": [catalog.item_ids[i] for i in parse_list(catalog, b["token_ids"])[0]],
+                }
+            )
+    known = [
+        max(g["reference_margin"], g["other_margin"])
+        for g in gaps
+        if g["reference_margin"] is not None and g["other_margin"] is not None
+    ]
+    return {
+        "mismatched_users": mismatched,
+        "examples": examples,
+        "first_difference_margins": gaps,
+        "max_margin_at_first_difference": max(known) if known else None,
+    }
 
 
 def endpoint_sample(base: str, catalog: ItemCatalog, samples, answers: list[dict], list_items: int) -> dict:
@@ -286,8 +306,13 @@ def endpoint_sample(base: str, catalog: ItemCatalog, samples, answers: list[dict
         bad_request = "accepted (expected 422)"
     except urllib.error.HTTPError as error:
         bad_request = f"{error.code} {json.loads(error.read()).get('error', {}).get('message', '')[:200]}"
-    return {"users": checked, "same_items_as_completions": agree, "errors": errors[:5],
-            "unknown_item_reply": bad_request, "examples": replies}  # fmt: skip
+    return {
+        "users": checked,
+        "same_items_as_completions": agree,
+        "errors": errors[:5],
+        "unknown_item_reply": bad_request,
+        "examples": replies,
+    }
 
 
 def openai_sample(base: str, prompts, answers: list[dict], max_tokens: int, xargs: dict) -> dict | None:
@@ -300,10 +325,17 @@ def openai_sample(base: str, prompts, answers: list[dict], max_tokens: int, xarg
     agree = 0
     for prompt, answer in zip(prompts, answers):
         reply = client.completions.create(
-            model=SERVED_NAME, prompt=prompt, max_tokens=max_tokens, temperature=0.0,
-            extra_body={"vllm_xargs": xargs, "stop_token_ids": [TokenLayout.EOS], "return_token_ids": True,
-                        "skip_special_tokens": False},
-        )  # fmt: skip
+            model=SERVED_NAME,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            temperature=0.0,
+            extra_body={
+                "vllm_xargs": xargs,
+                "stop_token_ids": [TokenLayout.EOS],
+                "return_token_ids": True,
+                "skip_special_tokens": False,
+            },
+        )
         choice = reply.choices[0]
         token_ids = getattr(choice, "token_ids", None) or (choice.model_extra or {}).get("token_ids") or []
         agree += [int(t) for t in token_ids] == answer["token_ids"]
@@ -335,7 +367,9 @@ def serve_and_measure(args, name: str, extra: list[str], port: int, catalog, sam
         if name == "baseline" and args.unconstrained_pass:
             # the same requests without the catalog masks, the same length (ignore_eos): step time without them
             # (and the same logprobs fields: returning them costs the server time of its own)
-            run["unconstrained"] = timed_pass(base, prompts, max_tokens, {}, args.concurrency, ignore_eos=True, **fields)
+            run["unconstrained"] = timed_pass(
+                base, prompts, max_tokens, {}, args.concurrency, ignore_eos=True, **fields
+            )
         k = min(args.sample, len(samples))
         head = run["answers"][:k]
         run["recommendations_endpoint"] = endpoint_sample(base, catalog, samples[:k], head, args.list_items)
@@ -352,21 +386,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", help="target checkpoint folder (with padrec_catalog.json); required")
     parser.add_argument("--draft", help="draft head folder, served with --speculative-model; required")
     parser.add_argument("--dataset", help="dataset folder or name; required")
-    parser.add_argument("--render", metavar="JSON", help="only rebuild the Markdown beside a result JSON (first "
-                        "attaching --reference-acceptance and --note when given); no GPU")  # fmt: skip
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        help="only rebuild the Markdown beside a result JSON (first "
+        "attaching --reference-acceptance and --note when given); no GPU",
+    )
     parser.add_argument("--note", default=None, help="with --render: a note printed above the tables")
     parser.add_argument("--users", type=int, default=500, help="test users (the first of the test split)")
     parser.add_argument("--concurrency", type=int, default=64, help="client threads: requests in flight")
     parser.add_argument("--list-items", type=int, default=10, help="N: items per list (padrec_num_items)")
     parser.add_argument("--num-speculative-tokens", type=int, default=None, help="K (default: the draft's n_predict)")
     parser.add_argument("--sample", type=int, default=16, help="users also sent to /v1/recommendations and openai")
-    parser.add_argument("--no-control", dest="control", action="store_false",
-                        help="skip the second baseline pass (run-to-run mismatch floor)")  # fmt: skip
-    parser.add_argument("--no-unconstrained-pass", dest="unconstrained_pass", action="store_false",
-                        help="skip the baseline pass without the constraint (the constraint's cost per step)")
-    parser.add_argument("--reference-acceptance", default=None,
-                        help="acceptance JSON of benchmarks.bench_acceptance for the same draft and users: "
-                             "the reference decoder's acceptance beside vLLM's")  # fmt: skip
+    parser.add_argument(
+        "--no-control",
+        dest="control",
+        action="store_false",
+        help="skip the second baseline pass (run-to-run mismatch floor)",
+    )
+    parser.add_argument(
+        "--no-unconstrained-pass",
+        dest="unconstrained_pass",
+        action="store_false",
+        help="skip the baseline pass without the constraint (the constraint's cost per step)",
+    )
+    parser.add_argument(
+        "--reference-acceptance",
+        default=None,
+        help="acceptance JSON of benchmarks.bench_acceptance for the same draft and users: "
+        "the reference decoder's acceptance beside vLLM's",
+    )
     parser.add_argument("--port", type=int, default=8021)
     parser.add_argument("--startup-timeout", type=float, default=900)
     parser.add_argument("--log-dir", default="/tmp")
@@ -402,14 +451,16 @@ def main(argv: list[str] | None = None) -> int:
     common = (catalog, samples, prompts, max_tokens, xargs)
     runs = {"baseline": serve_and_measure(args, "baseline", [], args.port, *common)}
     try:
-        runs["speculative"] = serve_and_measure(
-            args, "speculative", speculative_flags, args.port + 1, *common
-        )
+        runs["speculative"] = serve_and_measure(args, "speculative", speculative_flags, args.port + 1, *common)
     except Exception as error:  # keep the baseline numbers: write them with the reason
         base = runs["baseline"]
-        record = {"users": len(samples), "error": f"speculative server: {type(error).__name__}: {error}",
-                  "speculative_flags": speculative_flags, "vllm_args": args.vllm_args,
-                  "baseline": {k: v for k, v in base.items() if k not in ("answers", "control")}}  # fmt: skip
+        record = {
+            "users": len(samples),
+            "error": f"speculative server: {type(error).__name__}: {error}",
+            "speculative_flags": speculative_flags,
+            "vllm_args": args.vllm_args,
+            "baseline": {k: v for k, v in base.items() if k not in ("answers", "control")},
+        }
         (out / f"{args.name}.json").write_text(json.dumps(record, indent=2))
         print(json.dumps(record, indent=2))
         return 1
@@ -417,13 +468,32 @@ def main(argv: list[str] | None = None) -> int:
     lossless = compare(base["answers"], spec["answers"], users, catalog)
     control = compare(base["answers"], base["control"]["answers"], users, catalog) if "control" in base else None
     quality = {name: list_quality(catalog, run["answers"], args.list_items) for name, run in runs.items()}
-    summary_keys = ("seconds", "output_tokens", "tokens_per_second", "requests_per_second", "latency_p50_ms",
-                    "latency_p99_ms", "max_running_requests", "running_readings", "engine_steps", "mean_step_ms",
-                    "spec_decode", "server_startup_seconds", "server_log", "recommendations_endpoint",
-                    "openai_client")  # fmt: skip
+    summary_keys = (
+        "seconds",
+        "output_tokens",
+        "tokens_per_second",
+        "requests_per_second",
+        "latency_p50_ms",
+        "latency_p99_ms",
+        "max_running_requests",
+        "running_readings",
+        "engine_steps",
+        "mean_step_ms",
+        "spec_decode",
+        "server_startup_seconds",
+        "server_log",
+        "recommendations_endpoint",
+        "openai_client",
+    )
     record = {
-        "target": args.target, "draft": args.draft, "dataset": data.name, "users": len(samples),
-        "list_items": args.list_items, "max_history": max_history, "max_tokens": max_tokens, "vllm_xargs": xargs,
+        "target": args.target,
+        "draft": args.draft,
+        "dataset": data.name,
+        "users": len(samples),
+        "list_items": args.list_items,
+        "max_history": max_history,
+        "max_tokens": max_tokens,
+        "vllm_xargs": xargs,
         "concurrency": args.concurrency,
         # the most requests either server ran at once (vllm:num_requests_running, polled every 0.25 s)
         "concurrent_requests": max((r["max_running_requests"] or 0 for r in (base, spec)), default=0),
@@ -443,8 +513,10 @@ def main(argv: list[str] | None = None) -> int:
         "mismatch_examples": lossless["examples"],
         "control_mismatch_examples": control["examples"] if control else None,
         "runs": {name: {k: run[k] for k in summary_keys if k in run} for name, run in runs.items()},
-        "vllm_args": args.vllm_args, "speculative_flags": speculative_flags, "num_speculative_tokens": num_drafts,
-    }  # fmt: skip
+        "vllm_args": args.vllm_args,
+        "speculative_flags": speculative_flags,
+        "num_speculative_tokens": num_drafts,
+    }
     if control:
         record["runs"]["baseline_control"] = {k: base["control"][k] for k in summary_keys if k in base["control"]}
     if "unconstrained" in base:
@@ -499,11 +571,15 @@ def reference_acceptance(path: str, draft: str, gamma: int, users: int, list_ite
         if r["gamma"] == gamma and os.path.realpath(r["draft"]) in served:
             stats = SpeculationStats.from_dict(r["stats"])
             return {
-                "json": path, "method": r["method"], "gamma": gamma, "users": r["users"], "mismatches": r["mismatches"],
+                "json": path,
+                "method": r["method"],
+                "gamma": gamma,
+                "users": r["users"],
+                "mismatches": r["mismatches"],
                 "tokens_per_round": round(r["acceptance_length"], 4),
                 "vllm_acceptance_length": round(stats.vllm_acceptance_length, 4),
                 "vllm_per_position_acceptance": [round(a, 4) for a in stats.vllm_acceptance_by_position],
-            }  # fmt: skip
+            }
     return {"json": path, "error": f"no record for draft {draft} at γ = {gamma}"}
 
 
@@ -522,11 +598,13 @@ def constraint_cost(constrained: dict, free: dict) -> dict:
     """Engine step time with and without the catalog masks (no speculation, same requests and concurrency)."""
     on, off = constrained.get("mean_step_ms"), free.get("mean_step_ms")
     return {
-        "constrained_step_ms": on, "unconstrained_step_ms": off,
+        "constrained_step_ms": on,
+        "unconstrained_step_ms": off,
         "difference_ms": round(on - off, 3) if on is not None and off is not None else None,
         "relative": round(on / off - 1, 4) if on and off else None,
-        "note": "baseline server (no draft), the same concurrency, its faster constrained pass; the unconstrained pass sends ignore_eos so lists have the same length",
-    }  # fmt: skip
+        "note": "baseline server (no draft), the same concurrency, its faster constrained pass; "
+        "the unconstrained pass sends ignore_eos so lists have the same length",
+    }
 
 
 def reference_rows(reference: dict | None) -> list[str]:
@@ -585,19 +663,28 @@ def markdown(r: dict) -> str:
         f"| `/v1/recommendations` with an unknown item id | {endpoint.get('unknown_item_reply')} |",
         f"| OpenAI client: same tokens | {openai_cell} |",
         "",
-        "| pass | output tokens/s | requests/s | p50 latency ms | p99 latency ms | max running | step ms | acceptance length |",
+        "| pass | output tokens/s | requests/s | p50 latency ms | p99 latency ms | max running | step ms "
+        "| acceptance length |",
         "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
     ]
-    for title, examples in (("with the draft", r["mismatch_examples"]),
-                            ("between the two baseline passes", r["control_mismatch_examples"])):  # fmt: skip
+    for title, examples in (
+        ("with the draft", r["mismatch_examples"]),
+        ("between the two baseline passes", r["control_mismatch_examples"]),
+    ):
         if examples:
-            lines += [f"Lists that differ {title} (first examples):", "",
-                      "| user | first different token | baseline items | other items |",
-                      "|---|---|---|---|"]  # fmt: skip
-            lines += [f"| {e['user']} | {e['first_different_token']} | {' '.join(e['reference_items'])} | "
-                      f"{' '.join(e['other_items'])} |" for e in examples]  # fmt: skip
+            lines += [
+                f"Lists that differ {title} (first examples):",
+                "",
+                "| user | first different token | baseline items | other items |",
+                "|---|---|---|---|",
+            ]
+            lines += [
+                f"| {e['user']} | {e['first_different_token']} | {' '.join(e['reference_items'])} | "
+                f"{' '.join(e['other_items'])} |"
+                for e in examples
+            ]
             lines.append("")
     return "\n".join(lines)
 

@@ -29,8 +29,12 @@ def main() -> None:
     data = load_data(args.dataset)
     catalog = data.catalog
     spec = {"method": "eagle", "model": args.draft} if args.draft else None
-    llm = LLM(model=args.target, speculative_config=spec, max_model_len=512,
-              gpu_memory_utilization=args.gpu_memory_utilization)
+    llm = LLM(
+        model=args.target,
+        speculative_config=spec,
+        max_model_len=512,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+    )
     params = SamplingParams(
         temperature=0.0,
         max_tokens=args.num_items * (catalog.num_slots + 1),

@@ -29,11 +29,14 @@ def main() -> None:
     client = OpenAI(base_url=args.base_url, api_key="none")
     model = client.models.list().data[0].id
     reply = client.completions.create(
-        model=model, prompt=prompt, temperature=0.0, max_tokens=args.num_items * (catalog.num_slots + 1),
+        model=model,
+        prompt=prompt,
+        temperature=0.0,
+        max_tokens=args.num_items * (catalog.num_slots + 1),
         extra_body={"vllm_xargs": {"padrec_constraint": 1, "padrec_num_items": args.num_items, "padrec_no_repeat": 1}},
     )
     text = reply.choices[0].text
-    for rank, sid in enumerate(re.findall(r"(?:<[a-z]_\d+>){%d}" % catalog.num_slots, text), 1):
+    for rank, sid in enumerate(re.findall(rf"(?:<[a-z]_\d+>){{{catalog.num_slots}}}", text), 1):
         index = catalog.parse_sid(sid)
         print(f"{rank:2d}. {catalog.item_ids[index]:>8}  {sid}  {catalog.titles[index]}")
 

@@ -2,7 +2,8 @@
 
 The plain-torch reference is ``catalog_mask_reference.py``, i.e. ``vllm_padrec.integration.
 verification_mask`` (its module docstring defines list, row, key and window); this kernel computes
-the same masks, one program per logits row, and writes -inf into the same logits. Compiled by Inductor, the torch version is still
+the same masks, one program per logits row, and writes -inf into the same logits. Compiled by Inductor,
+the torch version is still
 about a dozen kernels launched from Python per call (0.8 ms of CPU per speculative engine step on
 the H200, benchmarks/results/engine_step.md); this is one launch.
 
@@ -84,16 +85,50 @@ def _list_token(
 
 @triton.jit(do_not_specialize=["R"])  # R, the row count, changes every engine step: one compiled variant
 def _catalog_mask_kernel(
-    logits_ptr, logits_row_stride, V_model,
-    leaf_keys_ptr, N, n_steps, stride_ptr, span_ptr, token_slot_ptr, token_code_ptr, code_offset_ptr, V,
-    settings_ptr, ids_ptr, ids_row_stride, T, total_len_ptr,
-    slots_ptr, local_pos_ptr, extra_ptr, extra_row_stride, extra_col_stride, E, R, draft_step_ptr,
-    L: tl.constexpr, P: tl.constexpr, W: tl.constexpr, N_MAX: tl.constexpr,
-    BLOCK_W: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
-    BLOCK_V: tl.constexpr, SEP: tl.constexpr, EOS: tl.constexpr, NUM_FIELDS: tl.constexpr,
-    ENABLED: tl.constexpr, LIST_START: tl.constexpr, MAX_ITEMS: tl.constexpr, MIN_ITEMS: tl.constexpr,
-    NO_REPEAT: tl.constexpr, VERIFY: tl.constexpr,
-):  # fmt: skip
+    logits_ptr,
+    logits_row_stride,
+    V_model,
+    leaf_keys_ptr,
+    N,
+    n_steps,
+    stride_ptr,
+    span_ptr,
+    token_slot_ptr,
+    token_code_ptr,
+    code_offset_ptr,
+    V,
+    settings_ptr,
+    ids_ptr,
+    ids_row_stride,
+    T,
+    total_len_ptr,
+    slots_ptr,
+    local_pos_ptr,
+    extra_ptr,
+    extra_row_stride,
+    extra_col_stride,
+    E,
+    R,
+    draft_step_ptr,
+    L: tl.constexpr,
+    P: tl.constexpr,
+    W: tl.constexpr,
+    N_MAX: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    SEP: tl.constexpr,
+    EOS: tl.constexpr,
+    NUM_FIELDS: tl.constexpr,
+    ENABLED: tl.constexpr,
+    LIST_START: tl.constexpr,
+    MAX_ITEMS: tl.constexpr,
+    MIN_ITEMS: tl.constexpr,
+    NO_REPEAT: tl.constexpr,
+    VERIFY: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
     slot = tl.load(slots_ptr + row).to(tl.int64)
     setting = settings_ptr + tl.maximum(slot, 0) * NUM_FIELDS
@@ -117,8 +152,9 @@ def _catalog_mask_kernel(
     # grammar over the window
     pos = tl.arange(0, BLOCK_W).to(tl.int64)  # [BLOCK_W]
     in_window = pos < W
-    tokens = _list_token(pos, in_window, committed, ids_row, last_col, extra_ptr, extra_base, extra_col_stride,
-                         E, R, VERIFY)  # fmt: skip
+    tokens = _list_token(
+        pos, in_window, committed, ids_row, last_col, extra_ptr, extra_base, extra_col_stride, E, R, VERIFY
+    )
     ids = tl.minimum(tl.maximum(tokens, 0), V)  # ids past the layout read row V: "other"
     expected = pos % P
     token_slot = tl.load(token_slot_ptr + ids, mask=in_window, other=0)
@@ -133,8 +169,19 @@ def _catalog_mask_kernel(
     item = tl.arange(0, BLOCK_N).to(tl.int64)
     code_slot = tl.arange(0, BLOCK_L).to(tl.int64)
     item_mask = (item[:, None] < N_MAX) & (code_slot[None, :] < L)
-    item_tokens = _list_token(item[:, None] * P + code_slot[None, :], item_mask, committed, ids_row, last_col,
-                              extra_ptr, extra_base, extra_col_stride, E, R, VERIFY)  # fmt: skip
+    item_tokens = _list_token(
+        item[:, None] * P + code_slot[None, :],
+        item_mask,
+        committed,
+        ids_row,
+        last_col,
+        extra_ptr,
+        extra_base,
+        extra_col_stride,
+        E,
+        R,
+        VERIFY,
+    )
     codes = tl.load(token_code_ptr + tl.minimum(tl.maximum(item_tokens, 0), V), mask=item_mask, other=0)
     slot_stride = tl.load(stride_ptr + code_slot, mask=code_slot < L, other=0)  # [BLOCK_L]
     keys = tl.sum(tl.maximum(codes, 0) * slot_stride[None, :], 1)  # [BLOCK_N]
@@ -150,8 +197,19 @@ def _catalog_mask_kernel(
     d = tl.minimum(depth, L - 1)
     partial = tl.minimum(current, N_MAX - 1)
     prefix_mask = code_slot < d
-    prefix_tokens = _list_token(partial * P + code_slot, prefix_mask, committed, ids_row, last_col, extra_ptr,
-                                extra_base, extra_col_stride, E, R, VERIFY)  # fmt: skip
+    prefix_tokens = _list_token(
+        partial * P + code_slot,
+        prefix_mask,
+        committed,
+        ids_row,
+        last_col,
+        extra_ptr,
+        extra_base,
+        extra_col_stride,
+        E,
+        R,
+        VERIFY,
+    )
     prefix_codes = tl.load(token_code_ptr + tl.minimum(tl.maximum(prefix_tokens, 0), V), mask=prefix_mask, other=0)
     prefix_key = tl.sum(tl.where(prefix_mask, tl.maximum(prefix_codes, 0) * slot_stride, 0), 0)
     under = tl.load(span_ptr + d)  # keys under a depth-d prefix
@@ -194,13 +252,24 @@ def _launch_constants(tables, width: int) -> dict:
     n_max = width // tables.period
     return dict(
         n_steps=math.ceil(math.log2(tables.num_items + 1)),
-        L=tables.num_slots, P=tables.period, W=width, N_MAX=n_max,
-        BLOCK_W=triton.next_power_of_2(width), BLOCK_N=triton.next_power_of_2(n_max),
+        L=tables.num_slots,
+        P=tables.period,
+        W=width,
+        N_MAX=n_max,
+        BLOCK_W=triton.next_power_of_2(width),
+        BLOCK_N=triton.next_power_of_2(n_max),
         BLOCK_L=triton.next_power_of_2(tables.num_slots),
         BLOCK_C=min(triton.next_power_of_2(max(layout.codebook_sizes)), _MAX_BLOCK_C),
-        BLOCK_V=_BLOCK_V, SEP=layout.SEP, EOS=layout.EOS, NUM_FIELDS=vm.NUM_FIELDS, ENABLED=vm.ENABLED,
-        LIST_START=vm.LIST_START, MAX_ITEMS=vm.MAX_ITEMS, MIN_ITEMS=vm.MIN_ITEMS, NO_REPEAT=vm.NO_REPEAT,
-    )  # fmt: skip
+        BLOCK_V=_BLOCK_V,
+        SEP=layout.SEP,
+        EOS=layout.EOS,
+        NUM_FIELDS=vm.NUM_FIELDS,
+        ENABLED=vm.ENABLED,
+        LIST_START=vm.LIST_START,
+        MAX_ITEMS=vm.MAX_ITEMS,
+        MIN_ITEMS=vm.MIN_ITEMS,
+        NO_REPEAT=vm.NO_REPEAT,
+    )
 
 
 def _launch(
@@ -226,13 +295,34 @@ def _launch(
     n_steps = constants.pop("n_steps")
     row_stride, col_stride = (0, extra.stride(0)) if verify else (extra.stride(0), extra.stride(1))
     _catalog_mask_kernel[(rows,)](
-        logits, logits.stride(0), logits.shape[1],
-        tables.leaf_keys, tables.num_items, n_steps, tables.stride, tables.span,
-        tables.token_slot, tables.token_code, tables.code_offset, tables.layout.vocab_size,
-        settings, all_token_ids, all_token_ids.stride(0), all_token_ids.shape[1], total_len,
-        slots, local_pos, extra, row_stride, col_stride, max(num_extras, 1), rows, draft_step,
-        VERIFY=verify, **constants,
-    )  # fmt: skip
+        logits,
+        logits.stride(0),
+        logits.shape[1],
+        tables.leaf_keys,
+        tables.num_items,
+        n_steps,
+        tables.stride,
+        tables.span,
+        tables.token_slot,
+        tables.token_code,
+        tables.code_offset,
+        tables.layout.vocab_size,
+        settings,
+        all_token_ids,
+        all_token_ids.stride(0),
+        all_token_ids.shape[1],
+        total_len,
+        slots,
+        local_pos,
+        extra,
+        row_stride,
+        col_stride,
+        max(num_extras, 1),
+        rows,
+        draft_step,
+        VERIFY=verify,
+        **constants,
+    )
 
 
 def catalog_mask_verification(
@@ -248,8 +338,20 @@ def catalog_mask_verification(
     width: int,  # W
 ) -> None:
     """``verification_mask.mask_verification_logits`` in one launch (same arguments, same result)."""
-    _launch(logits, tables, settings, all_token_ids, total_len, row_slots, local_pos, fed_tokens, max(max_drafts, 1),
-            local_pos, width, verify=True)  # fmt: skip
+    _launch(
+        logits,
+        tables,
+        settings,
+        all_token_ids,
+        total_len,
+        row_slots,
+        local_pos,
+        fed_tokens,
+        max(max_drafts, 1),
+        local_pos,
+        width,
+        verify=True,
+    )
 
 
 def catalog_mask_draft(
@@ -264,5 +366,17 @@ def catalog_mask_draft(
     width: int,
 ) -> None:
     """``verification_mask.mask_draft_logits`` in one launch (same arguments, same result)."""
-    _launch(logits, tables, settings, all_token_ids, total_len, idx_mapping, idx_mapping, draft_tokens,
-            draft_tokens.shape[1], draft_step, width, verify=False)  # fmt: skip
+    _launch(
+        logits,
+        tables,
+        settings,
+        all_token_ids,
+        total_len,
+        idx_mapping,
+        idx_mapping,
+        draft_tokens,
+        draft_tokens.shape[1],
+        draft_step,
+        width,
+        verify=False,
+    )

@@ -15,7 +15,6 @@ import torch  # noqa: E402
 from vllm_padrec import envs  # noqa: E402
 
 
-
 def pytest_configure(config):
     # show the reason of every skipped test (GPU tests on CPU machines) in the summary
     if "s" not in config.option.reportchars:

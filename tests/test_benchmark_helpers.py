@@ -55,8 +55,18 @@ def test_mask_benchmark_inputs_take_the_valid_path(num_drafts):
     width = bench_vllm_mask.LIST_ITEMS * tables.period
     batch = 6
     x = bench_vllm_mask.make_inputs(catalog, batch, num_drafts, seed=1, device="cpu")
-    vm.mask_verification_logits(x["verify_logits"], tables, x["settings"], x["all_token_ids"], x["total_len"],
-                                x["row_slots"], x["local_pos"], x["fed_tokens"], num_drafts, width)  # fmt: skip
+    vm.mask_verification_logits(
+        x["verify_logits"],
+        tables,
+        x["settings"],
+        x["all_token_ids"],
+        x["total_len"],
+        x["row_slots"],
+        x["local_pos"],
+        x["fed_tokens"],
+        num_drafts,
+        width,
+    )
     logits = x["verify_logits"].view(batch, num_drafts + 1, -1)  # [B, K+1, V]
     fed = x["fed_tokens"].view(batch, num_drafts + 1)  # [B, K+1]: last committed token, d_0 .. d_{K-1}
     for b in range(batch):
@@ -64,8 +74,17 @@ def test_mask_benchmark_inputs_take_the_valid_path(num_drafts):
             assert torch.isfinite(logits[b, j, fed[b, j + 1]]), f"row {j} of request {b} refuses its next token"
     kept = torch.isfinite(logits).sum(-1)  # [B, K+1]
     assert (kept >= 1).all() and (kept < catalog.layout.vocab_size).all()  # masked, never emptied
-    vm.mask_draft_logits(x["draft_logits"], tables, x["settings"], x["all_token_ids"], x["total_len"],
-                         x["idx_mapping"], x["drafts"], x["draft_step"], width)  # fmt: skip
+    vm.mask_draft_logits(
+        x["draft_logits"],
+        tables,
+        x["settings"],
+        x["all_token_ids"],
+        x["total_len"],
+        x["idx_mapping"],
+        x["drafts"],
+        x["draft_step"],
+        width,
+    )
     k = int(x["draft_step"])
     chosen = x["draft_logits"].gather(1, x["drafts"][:, k : k + 1])  # [B, 1] the true token at step k
     assert torch.isfinite(chosen).all()
@@ -75,8 +94,9 @@ def test_mask_benchmark_inputs_take_the_valid_path(num_drafts):
 
 
 def test_mismatches_report_the_top2_gap_at_their_first_difference():
-    choice = {"logprobs": {"top_logprobs": [{"<a_1>": -0.1, "<a_2>": -2.5}, {"<b_3>": -0.70, "<b_4>": -0.71},
-                                            {"<sep>": 0.0}]}}
+    choice = {
+        "logprobs": {"top_logprobs": [{"<a_1>": -0.1, "<a_2>": -2.5}, {"<b_3>": -0.70, "<b_4>": -0.71}, {"<sep>": 0.0}]}
+    }
     margins = vllm_lossless.top_margins(choice)
     assert margins[0] == pytest.approx(2.4) and margins[1] == pytest.approx(0.01) and margins[2] is None
     assert vllm_lossless.top_margins({"logprobs": None}) == []
@@ -105,8 +125,9 @@ def test_engine_step_phases_exist_in_the_installed_vllm():
 def test_engine_step_metrics_and_summary(tmp_path):
     from types import SimpleNamespace
 
-    from benchmarks import engine_step
     from vllm.v1.metrics.reader import Counter, Histogram
+
+    from benchmarks import engine_step
 
     metrics = [
         Histogram(name=engine_step.ITERATIONS, labels={}, count=40, sum=1.0, buckets={}),
@@ -120,9 +141,17 @@ def test_engine_step_metrics_and_summary(tmp_path):
 
     def record(config, tokens_per_second, token_ids):
         with_draft, constrained, padrec = engine_step.CONFIGS[config]
-        return {"config": config, "with_draft": with_draft, "constrained": constrained, "padrec_config": padrec,
-                "tokens_per_second": tokens_per_second, "engine_steps": 10, "step_ms": 5.0,
-                "acceptance_length": 4.0 if with_draft else None, "token_ids": token_ids}  # fmt: skip
+        return {
+            "config": config,
+            "with_draft": with_draft,
+            "constrained": constrained,
+            "padrec_config": padrec,
+            "tokens_per_second": tokens_per_second,
+            "engine_steps": 10,
+            "step_ms": 5.0,
+            "acceptance_length": 4.0 if with_draft else None,
+            "token_ids": token_ids,
+        }
 
     records = [
         record("baseline_free", 120.0, [[1, 2], [3, 4]]),
@@ -156,11 +185,21 @@ def test_reference_acceptance_is_read_for_the_same_head_and_requests(tmp_path):
     draft.mkdir(parents=True)
     (draft / "config.json").write_text("{}")
     stats = {"gamma": 5, "num_slots": 4, "rounds": 100, "accepted": 350, "accepted_by_step": [90, 80, 70, 60, 50]}
-    record = {"method": "padrec", "draft": str(draft), "gamma": 5, "users": 500, "mismatches": 0,
-              "acceptance_length": 4.42, "stats": stats}  # fmt: skip
+    record = {
+        "method": "padrec",
+        "draft": str(draft),
+        "gamma": 5,
+        "users": 500,
+        "mismatches": 0,
+        "acceptance_length": 4.42,
+        "stats": stats,
+    }
     path = tmp_path / "acceptance.json"
-    path.write_text(json.dumps({"settings": {"users": 500, "split": "test", "num_items": 10},
-                                "records": [dict(record, gamma=4), record]}))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {"settings": {"users": 500, "split": "test", "num_items": 10}, "records": [dict(record, gamma=4), record]}
+        )
+    )
     ref = vllm_lossless.reference_acceptance(str(path), str(tmp_path / "padrec"), 5, 500, 10)
     assert ref["vllm_acceptance_length"] == 4.5 and ref["tokens_per_round"] == 4.42
     assert ref["vllm_per_position_acceptance"] == [0.9, 0.8, 0.7, 0.6, 0.5]
@@ -179,21 +218,63 @@ def test_running_gauge_counts_only_scrapes_inside_the_pass():
 
 
 def test_render_attaches_the_reference_and_a_note(tmp_path):
-    record = {"target": "t", "draft": str(tmp_path / "draft"), "dataset": "d", "users": 2, "list_items": 10,
-              "vllm_xargs": {}, "concurrency": 2, "vllm_args": [], "mismatched_users": 0,
-              "control_mismatched_users": 0, "invalid_items": 0, "duplicate_items": 0, "concurrent_requests": 2,
-              "acceptance_length": 4.6, "per_position_acceptance": [0.9], "speedup_tokens_per_second": 1.3,
-              "mismatch_examples": [], "control_mismatch_examples": [],
-              "runs": {name: {"tokens_per_second": 1.0, "requests_per_second": 1.0, "latency_p50_ms": 1.0,
-                              "latency_p99_ms": 1.0, "max_running_requests": None,
-                              "spec_decode": {"num_drafts": 10, "num_draft_tokens": 50}}
-                       for name in ("baseline", "speculative")}}  # fmt: skip
+    record = {
+        "target": "t",
+        "draft": str(tmp_path / "draft"),
+        "dataset": "d",
+        "users": 2,
+        "list_items": 10,
+        "vllm_xargs": {},
+        "concurrency": 2,
+        "vllm_args": [],
+        "mismatched_users": 0,
+        "control_mismatched_users": 0,
+        "invalid_items": 0,
+        "duplicate_items": 0,
+        "concurrent_requests": 2,
+        "acceptance_length": 4.6,
+        "per_position_acceptance": [0.9],
+        "speedup_tokens_per_second": 1.3,
+        "mismatch_examples": [],
+        "control_mismatch_examples": [],
+        "runs": {
+            name: {
+                "tokens_per_second": 1.0,
+                "requests_per_second": 1.0,
+                "latency_p50_ms": 1.0,
+                "latency_p99_ms": 1.0,
+                "max_running_requests": None,
+                "spec_decode": {"num_drafts": 10, "num_draft_tokens": 50},
+            }
+            for name in ("baseline", "speculative")
+        },
+    }
     (tmp_path / "draft").mkdir()
     reference = tmp_path / "acceptance.json"
-    reference.write_text(json.dumps({"settings": {"users": 2, "split": "test", "num_items": 10}, "records": [
-        {"method": "padrec", "draft": str(tmp_path / "draft"), "gamma": 5, "users": 2, "mismatches": 0,
-         "acceptance_length": 4.0, "stats": {"gamma": 5, "num_slots": 4, "rounds": 10, "accepted": 31,
-                                             "accepted_by_step": [9, 8, 7, 5, 2]}}]}))
+    reference.write_text(
+        json.dumps(
+            {
+                "settings": {"users": 2, "split": "test", "num_items": 10},
+                "records": [
+                    {
+                        "method": "padrec",
+                        "draft": str(tmp_path / "draft"),
+                        "gamma": 5,
+                        "users": 2,
+                        "mismatches": 0,
+                        "acceptance_length": 4.0,
+                        "stats": {
+                            "gamma": 5,
+                            "num_slots": 4,
+                            "rounds": 10,
+                            "accepted": 31,
+                            "accepted_by_step": [9, 8, 7, 5, 2],
+                        },
+                    }
+                ],
+            }
+        )
+    )
     path = tmp_path / "run.json"
     path.write_text(json.dumps(record))
     vllm_lossless.render(str(path), str(reference), "a note")
@@ -204,8 +285,13 @@ def test_render_attaches_the_reference_and_a_note(tmp_path):
 
 
 def test_mask_cost_per_step_counts_k_draft_steps_and_one_verification():
-    record = {"num_drafts": 5, "verification_compiled_us": 300.0, "draft_compiled_graph_us": 40.0,
-              "verification_eager_us": 1800.0, "draft_graph_us": 250.0}  # fmt: skip
+    record = {
+        "num_drafts": 5,
+        "verification_compiled_us": 300.0,
+        "draft_compiled_graph_us": 40.0,
+        "verification_eager_us": 1800.0,
+        "draft_graph_us": 250.0,
+    }
     assert bench_vllm_mask.per_step_from(record) == {"per_step_us": 500.0, "per_step_eager_us": 3050.0}
 
 
@@ -252,13 +338,25 @@ def test_hostile_inputs_requests_and_summary():
     assert len(hostile) == 2 * len(hi.HOSTILE_REQUESTS) and all(r.statuses != (200,) for r in hostile)
 
     def row(kind, name, status, answer=None, ms=10.0, expected=(200,)):
-        return {"kind": kind, "name": name, "status": status, "ms": ms, "answer": answer,
-                "engine_dead_answer": False, "expected": list(expected), "error": None}  # fmt: skip
+        return {
+            "kind": kind,
+            "name": name,
+            "status": status,
+            "ms": ms,
+            "answer": answer,
+            "engine_dead_answer": False,
+            "expected": list(expected),
+            "error": None,
+        }
 
     idle = [row("good", "a", 200, [1]), row("good", "b", 200, ["x"])]
-    mixed = [row("good", "a", 200, [1], ms=30.0), row("hostile", "inf", 400, expected=(400,)),
-             row("hostile", "seed", 500, expected=(422,)), row("good", "b", 200, ["y"]),
-             {"kind": "disconnect", "name": "d", "status": None, "ms": 50.0}]  # fmt: skip
+    mixed = [
+        row("good", "a", 200, [1], ms=30.0),
+        row("hostile", "inf", 400, expected=(400,)),
+        row("hostile", "seed", 500, expected=(422,)),
+        row("good", "b", 200, ["y"]),
+        {"kind": "disconnect", "name": "d", "status": None, "ms": 50.0},
+    ]
     after = [row("good", "a", 200, [1]), row("good", "b", 200, ["x"])]
     result = hi.summarize(good[:2], idle, mixed, after, deaths=0, healthy=True, setup={})
     assert (result["requests"], result["hostile_requests"], result["disconnecting_requests"]) == (9, 2, 1)
@@ -271,13 +369,21 @@ def test_hostile_inputs_requests_and_summary():
     # a completion that differs: where, and the top-2 gaps there in both runs
     idle_c = {**row("good", "c", 200, [[5, 6, 7]]), "margins": [2.0, 0.001, 1.0]}
     other_c = {**row("good", "c", 200, [[5, 9, 7]]), "margins": [2.0, 0.002, 1.5]}
-    assert hi.differing(idle_c, other_c, "after") == {"name": "c", "pass": "after", "status": 200,
-                                                      "first_different_token": 1, "idle_margin": 0.001,
-                                                      "other_margin": 0.002}  # fmt: skip
+    assert hi.differing(idle_c, other_c, "after") == {
+        "name": "c",
+        "pass": "after",
+        "status": 200,
+        "first_different_token": 1,
+        "idle_margin": 0.001,
+        "other_margin": 0.002,
+    }
     # answers checked against the catalog: a completion's token ids, a recommendation's item ids
-    rows = [row("good", "c1", 200, [catalog.render_completion([1, 2, 2])]),  # a repeat
-            row("good", "c2", 200, [catalog.render_items([3]) + [TokenLayout.SEP, 5, 5, TokenLayout.EOS]]),  # invalid
-            row("good", "r1", 200, ["item1", "item2", "item3"]), row("hostile", "h", 400)]  # fmt: skip
+    rows = [
+        row("good", "c1", 200, [catalog.render_completion([1, 2, 2])]),  # a repeat
+        row("good", "c2", 200, [catalog.render_items([3]) + [TokenLayout.SEP, 5, 5, TokenLayout.EOS]]),  # invalid
+        row("good", "r1", 200, ["item1", "item2", "item3"]),
+        row("hostile", "h", 400),
+    ]
     assert hi.list_quality(catalog, 3, rows) == {"invalid_items": 1, "repeated_items": 1, "short_lists": 1}
     setup = {"date": "2026-11-30", "device": "H200", "dtype": "bfloat16", "list_items": 4, "concurrency": 64}
     assert "| 9 | 2 | 0 | 1 | True |" in hi.markdown({**result, "setup": setup})

@@ -78,7 +78,9 @@ def test_collision_rule_takes_smallest_free_code_and_grows_when_full():
 def test_prompt_layout():
     catalog = generate_synthetic().catalog
     prompt = catalog.render_prompt([3, 5])
-    assert prompt == [TokenLayout.BOS] + catalog.item_token_ids(3) + [TokenLayout.SEP] + catalog.item_token_ids(5) + [TokenLayout.REC]
+    assert prompt == [TokenLayout.BOS] + catalog.item_token_ids(3) + [TokenLayout.SEP] + catalog.item_token_ids(5) + [
+        TokenLayout.REC
+    ]
     assert catalog.render_prompt(list(range(30)), max_history=2) == catalog.render_prompt([28, 29])
 
 
@@ -100,7 +102,10 @@ def test_clear_errors():
         catalog.parse_sid("<a_99><b_0><c_0><d_0>")  # outside no codebook check: unknown or malformed
     missing = next(
         f"<a_{a}><b_{b}><c_{c}><d_{d}>"
-        for a in range(8) for b in range(8) for c in range(8) for d in range(8)
+        for a in range(8)
+        for b in range(8)
+        for c in range(8)
+        for d in range(8)
         if (a, b, c, d) not in {tuple(r) for r in catalog.codes.tolist()}
     )
     with pytest.raises(UnknownSemanticIdError):
@@ -123,9 +128,14 @@ def test_parse_completion_strict_and_lenient():
     assert catalog.parse_completion(swapped, strict=False) == [2]
 
 
-@pytest.mark.parametrize("name,items,collisions", [
-    ("beauty_atspeed", 12035, 12), ("games_atspeed", 17332, 43), ("instruments_lcrec", 9922, 25),
-])
+@pytest.mark.parametrize(
+    "name,items,collisions",
+    [
+        ("beauty_atspeed", 12035, 12),
+        ("games_atspeed", 17332, 43),
+        ("instruments_lcrec", 9922, 25),
+    ],
+)
 def test_shared_datasets_load_with_every_item_reachable(data_dir, name, items, collisions):
     data = load_dataset(os.path.join(data_dir, name))
     catalog = data.catalog

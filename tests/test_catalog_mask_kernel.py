@@ -1,7 +1,8 @@
 """The fused catalog mask kernel (kernels/catalog_mask.py) against its torch reference, exactly.
 
 The references (``kernels/catalog_mask_reference.py``) are ``verification_mask.mask_verification_logits``
-/ ``mask_draft_logits``, themselves checked against ``ListConstraint`` in test_integration_mask.py. Inputs are V2-shaped engine steps
+/ ``mask_draft_logits``, themselves checked against ``ListConstraint`` in test_integration_mask.py. Inputs are V2-shaped
+engine steps
 from ``bench_vllm_mask.make_inputs`` (valid partial lists), then broken on purpose: wrong tokens,
 disabled requests, padding rows, other list settings, lists past the window, a padded vocabulary.
 On a machine without a CUDA GPU the kernel runs under the Triton interpreter (tests/conftest.py).
@@ -84,8 +85,17 @@ def test_verification_kernel_equals_torch(name, num_drafts):
     width = LIST_ITEMS * tables.period
     for seed in range(2):
         x = engine_step(catalog, batch=5, num_drafts=num_drafts, seed=seed, pad_vocab=7 * seed)
-        rest = (tables, x["settings"], x["all_token_ids"], x["total_len"], x["row_slots"], x["local_pos"],
-                x["fed_tokens"], num_drafts, width)  # fmt: skip
+        rest = (
+            tables,
+            x["settings"],
+            x["all_token_ids"],
+            x["total_len"],
+            x["row_slots"],
+            x["local_pos"],
+            x["fed_tokens"],
+            num_drafts,
+            width,
+        )
         masked = assert_same(catalog_mask_verification_reference, catalog_mask_verification, x["verify_logits"], rest)
         constrained = ~torch.isfinite(masked).all(1)
         assert 0 < int(constrained.sum()) < masked.shape[0]  # both paths taken: masked rows and rows left alone
@@ -110,8 +120,17 @@ def test_kernel_writes_minus_infinity_in_the_logits_dtype(dtype):
     tables = vm.CatalogTables.build(catalog, device=DEVICE)
     x = engine_step(catalog, batch=5, num_drafts=2, seed=3)
     logits = x["verify_logits"].to(dtype)
-    rest = (tables, x["settings"], x["all_token_ids"], x["total_len"], x["row_slots"], x["local_pos"],
-            x["fed_tokens"], 2, LIST_ITEMS * tables.period)  # fmt: skip
+    rest = (
+        tables,
+        x["settings"],
+        x["all_token_ids"],
+        x["total_len"],
+        x["row_slots"],
+        x["local_pos"],
+        x["fed_tokens"],
+        2,
+        LIST_ITEMS * tables.period,
+    )
     masked = assert_same(catalog_mask_verification_reference, catalog_mask_verification, logits, rest)
     assert masked.dtype == dtype and bool(torch.isneginf(masked).any())
 
@@ -120,7 +139,16 @@ def test_kernel_refuses_a_layout_it_cannot_read():
     catalog = CATALOGS["tiny"]
     tables = vm.CatalogTables.build(catalog, device=DEVICE)
     x = engine_step(catalog, batch=2, num_drafts=1, seed=0)
-    rest = (tables, x["settings"], x["all_token_ids"], x["total_len"], x["row_slots"], x["local_pos"],
-            x["fed_tokens"], 1, LIST_ITEMS * tables.period)  # fmt: skip
+    rest = (
+        tables,
+        x["settings"],
+        x["all_token_ids"],
+        x["total_len"],
+        x["row_slots"],
+        x["local_pos"],
+        x["fed_tokens"],
+        1,
+        LIST_ITEMS * tables.period,
+    )
     with pytest.raises(ValueError, match="unit column stride"):
         catalog_mask_verification(x["verify_logits"].t().contiguous().t(), *rest)

@@ -79,38 +79,83 @@ def assert_one_line_error(capsys, argv: list[str], *fragments: str) -> str:
 
 # (name, command line with {target} / {draft} / {root} placeholders, fragments of the message)
 MISTAKES = [
-    ("num-items 0", "recommend --checkpoint {target} --history item1 --num-items 0",
-     ["argument --num-items", "must be an integer >= 1, got '0'"]),
-    ("num-items -3", "recommend --checkpoint {target} --history item1 --num-items -3",
-     ["argument --num-items", "got '-3'"]),
-    ("num-items past the context", "recommend --checkpoint {target} --history item1 item2 --num-items 101",
-     ["a list of 101 items after 2 history items", f"{CONTEXT}-token context", "at most 100 items fit"]),
-    ("num-items past the catalog", "recommend --checkpoint {target} --history item1 --num-items 401",
-     ["--num-items 401 needs 401 distinct items", "catalog 'synthetic' has 400 items"]),
-    ("every unknown id", "recommend --checkpoint {target} --history item1 nope1 item2 nope2",
-     ["unknown item ids in the history: 'nope1', 'nope2'"]),
-    ("split", "evaluate --checkpoint {target} --dataset synthetic --split bogus",
-     ["argument --split: invalid choice: 'bogus'"]),
-    ("max-users 0", "evaluate --checkpoint {target} --dataset synthetic --max-users 0",
-     ["argument --max-users", "got '0'"]),
-    ("beam wider than the catalog", "evaluate --checkpoint {target} --dataset synthetic --beam-width 1000000",
-     ["--beam-width 1000000 needs 1000000 distinct items", "400 items"]),
-    ("nothing to evaluate", "evaluate --checkpoint {target} --dataset synthetic --list-items 0 --beam-width 0",
-     ["nothing to evaluate"]),
-    ("method", "train-draft --target {target} --dataset synthetic --out {root}/d --method lookahead",
-     ["argument --method: invalid choice: 'lookahead'"]),
-    ("gamma 0", "train-draft --target {target} --dataset synthetic --out {root}/d --gamma 0",
-     ["argument --gamma", "got '0'"]),
-    ("draft as target (train-draft)", "train-draft --target {draft} --dataset synthetic --out {root}/d",
-     ["holds a model of architecture EaglePadRecForCausalLM, not a vllm-padrec target"]),
-    ("draft as checkpoint (evaluate)", "evaluate --checkpoint {draft} --dataset synthetic",
-     ["not a vllm-padrec target"]),
-    ("incomplete checkpoint", "evaluate --checkpoint {root}/incomplete --dataset synthetic",
-     ["incomplete target checkpoint: no padrec_catalog.json"]),
+    (
+        "num-items 0",
+        "recommend --checkpoint {target} --history item1 --num-items 0",
+        ["argument --num-items", "must be an integer >= 1, got '0'"],
+    ),
+    (
+        "num-items -3",
+        "recommend --checkpoint {target} --history item1 --num-items -3",
+        ["argument --num-items", "got '-3'"],
+    ),
+    (
+        "num-items past the context",
+        "recommend --checkpoint {target} --history item1 item2 --num-items 101",
+        ["a list of 101 items after 2 history items", f"{CONTEXT}-token context", "at most 100 items fit"],
+    ),
+    (
+        "num-items past the catalog",
+        "recommend --checkpoint {target} --history item1 --num-items 401",
+        ["--num-items 401 needs 401 distinct items", "catalog 'synthetic' has 400 items"],
+    ),
+    (
+        "every unknown id",
+        "recommend --checkpoint {target} --history item1 nope1 item2 nope2",
+        ["unknown item ids in the history: 'nope1', 'nope2'"],
+    ),
+    (
+        "split",
+        "evaluate --checkpoint {target} --dataset synthetic --split bogus",
+        ["argument --split: invalid choice: 'bogus'"],
+    ),
+    (
+        "max-users 0",
+        "evaluate --checkpoint {target} --dataset synthetic --max-users 0",
+        ["argument --max-users", "got '0'"],
+    ),
+    (
+        "beam wider than the catalog",
+        "evaluate --checkpoint {target} --dataset synthetic --beam-width 1000000",
+        ["--beam-width 1000000 needs 1000000 distinct items", "400 items"],
+    ),
+    (
+        "nothing to evaluate",
+        "evaluate --checkpoint {target} --dataset synthetic --list-items 0 --beam-width 0",
+        ["nothing to evaluate"],
+    ),
+    (
+        "method",
+        "train-draft --target {target} --dataset synthetic --out {root}/d --method lookahead",
+        ["argument --method: invalid choice: 'lookahead'"],
+    ),
+    (
+        "gamma 0",
+        "train-draft --target {target} --dataset synthetic --out {root}/d --gamma 0",
+        ["argument --gamma", "got '0'"],
+    ),
+    (
+        "draft as target (train-draft)",
+        "train-draft --target {draft} --dataset synthetic --out {root}/d",
+        ["holds a model of architecture EaglePadRecForCausalLM, not a vllm-padrec target"],
+    ),
+    (
+        "draft as checkpoint (evaluate)",
+        "evaluate --checkpoint {draft} --dataset synthetic",
+        ["not a vllm-padrec target"],
+    ),
+    (
+        "incomplete checkpoint",
+        "evaluate --checkpoint {root}/incomplete --dataset synthetic",
+        ["incomplete target checkpoint: no padrec_catalog.json"],
+    ),
     ("no checkpoint", "recommend --checkpoint {root}/nowhere --history item1", ["does not exist"]),
     ("unknown dataset", "data --dataset no_such_dataset", ["'no_such_dataset' is neither 'synthetic'"]),
-    ("device name", "evaluate --checkpoint {target} --dataset synthetic --device gpu",
-     ["argument --device", "'gpu' is not a device"]),
+    (
+        "device name",
+        "evaluate --checkpoint {target} --dataset synthetic --device gpu",
+        ["argument --device", "'gpu' is not a device"],
+    ),
     ("recipe", "train-target --recipe huge --out {root}/t", ["argument --recipe: invalid choice: 'huge'"]),
     ("epochs 0", "train-target --out {root}/t --epochs 0", ["argument --epochs", "must be a number > 0"]),
     ("time budget nan", "train-target --out {root}/t --time-budget-minutes nan", ["argument --time-budget-minutes"]),
@@ -133,11 +178,16 @@ def test_cuda_without_a_gpu(capsys, folders, refuse_loading):
 
 def test_a_checkpoint_and_a_dataset_of_another_catalog(capsys, folders, refuse_loading, data_dir):
     beauty = str(Path(data_dir) / "beauty_atspeed")
-    for argv in (["evaluate", "--checkpoint", str(folders["target"]), "--dataset", beauty],
-                 ["train-draft", "--target", str(folders["target"]), "--dataset", beauty, "--out",
-                  str(folders["root"] / "d")]):  # fmt: skip
-        assert_one_line_error(capsys, argv, "trained on catalog 'synthetic' (400 items, codebooks 8x8x8x8)",
-                              "dataset 'beauty_atspeed' has 12,035 items")  # fmt: skip
+    for argv in (
+        ["evaluate", "--checkpoint", str(folders["target"]), "--dataset", beauty],
+        ["train-draft", "--target", str(folders["target"]), "--dataset", beauty, "--out", str(folders["root"] / "d")],
+    ):
+        assert_one_line_error(
+            capsys,
+            argv,
+            "trained on catalog 'synthetic' (400 items, codebooks 8x8x8x8)",
+            "dataset 'beauty_atspeed' has 12,035 items",
+        )
 
 
 def test_truncated_weights(capsys, folders):
@@ -159,8 +209,18 @@ def test_a_recipe_too_large_for_the_device_is_refused_before_allocating(capsys, 
 
 def test_a_list_longer_than_64_items_is_only_bounded_by_the_context(capsys, folders):
     """The list's no-repeat room grows with the list (it was a fixed 64 before)."""
-    argv = ["recommend", "--checkpoint", str(folders["target"]), "--history", "item1", "item2", "--num-items", "65",
-            "--device", "cpu"]  # fmt: skip
+    argv = [
+        "recommend",
+        "--checkpoint",
+        str(folders["target"]),
+        "--history",
+        "item1",
+        "item2",
+        "--num-items",
+        "65",
+        "--device",
+        "cpu",
+    ]
     code, out, err = run(capsys, argv)
     assert code == 0, err
     ranks = [line.split(".")[0].strip() for line in out.splitlines() if line.startswith("  ") and "." in line[:5]]

@@ -8,8 +8,8 @@ from dataclasses import fields
 import numpy as np
 import pytest
 import torch
-
 from conftest import requires_gpu
+
 from vllm_padrec.catalog import ItemCatalog, TokenLayout
 from vllm_padrec.constraint import ListConstraint, ListState, apply_mask
 from vllm_padrec.data import SyntheticConfig, generate_synthetic

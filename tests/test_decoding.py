@@ -13,7 +13,6 @@ from vllm_padrec.target.train import train_target
 NUM_ITEMS = 4  # items per greedy list
 
 
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A briefly trained tiny target (peaked, realistic distributions) and its data."""

@@ -49,11 +49,18 @@ EXTRA_NAMES = {
 PADREC_VARIANTS = [v for v in VARIANTS if v != "eagle"]
 
 
-
 def make_target(vocab: int = VOCAB, hidden: int = H, seed: int = 0) -> LlamaForCausalLM:
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
-                         rope_theta=5000.0)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=256,
+        rope_theta=5000.0,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa")
@@ -91,7 +98,12 @@ def test_config_copies_the_target_and_round_trips(target):
     for variant in VARIANTS:
         config = DraftConfig.from_target(target.config, LAYOUT, GAMMA, variant=variant)
         assert (config.hidden_size, config.vocab_size, config.num_heads, config.num_kv_heads, config.head_dim) == (
-            H, VOCAB, 4, 2, 8)
+            H,
+            VOCAB,
+            4,
+            2,
+            8,
+        )
         assert config.rope_theta == 5000.0 and config.intermediate_size == 64
         assert config.num_slot_kinds == LAYOUT.num_slot_kinds and config.num_draft_steps == GAMMA
         assert config.variant == variant
@@ -245,8 +257,15 @@ def test_kv_cache_step_by_step_equals_one_pass(target):
     cache = new_cache()
     parts = [head(hidden[:, :5], ids[:, :5], steps[:, :5], positions[:, :5], past_key_values=cache)]
     for t in range(5, 8):  # one query at a time (GQA with a single query)
-        parts.append(head(hidden[:, t : t + 1], ids[:, t : t + 1], steps[:, t : t + 1], positions[:, t : t + 1],
-                          past_key_values=cache))
+        parts.append(
+            head(
+                hidden[:, t : t + 1],
+                ids[:, t : t + 1],
+                steps[:, t : t + 1],
+                positions[:, t : t + 1],
+                past_key_values=cache,
+            )
+        )
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-4, atol=1e-4)
     # roll back the last two positions and recompute them
     cache.crop(-2)
@@ -294,8 +313,18 @@ def test_checkpoint_round_trip_in_vllm_layout(target, variant, tmp_path):
     assert payload["model_type"] == "llama" and payload["num_hidden_layers"] == 1
     assert payload["n_predict"] == GAMMA and payload["tie_word_embeddings"] is False
     assert payload["padrec"]["variant"] == variant and payload["padrec"]["codebook_sizes"] == [4, 4, 4, 4]
-    for key in ("hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size",
-                "hidden_act", "rms_norm_eps", "max_position_embeddings", "vocab_size", "rope_parameters"):
+    for key in (
+        "hidden_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "intermediate_size",
+        "hidden_act",
+        "rms_norm_eps",
+        "max_position_embeddings",
+        "vocab_size",
+        "rope_parameters",
+    ):
         assert key in payload, key
     hf = AutoConfig.from_pretrained(folder)  # what vLLM's config loader does for model_type llama
     assert isinstance(hf, LlamaConfig) and hf.padrec["num_draft_steps"] == GAMMA
@@ -314,12 +343,17 @@ def test_medusa_checkpoint_round_trip(target, tmp_path):
     payload = json.loads((folder / "config.json").read_text())
     assert payload["model_type"] == "medusa" and payload["architectures"] == ["MedusaModel"]
     assert (payload["num_heads"], payload["num_hidden_layers"], payload["hidden_size"], payload["vocab_size"]) == (
-        GAMMA, 1, H, VOCAB)
+        GAMMA,
+        1,
+        H,
+        VOCAB,
+    )
     # vLLM renames every key holding "num" and "heads"/"layers": only these two may
     assert [k for k in payload if "num" in k and ("heads" in k or "layers" in k)] == ["num_heads", "num_hidden_layers"]
     names = set(load_file(str(folder / "model.safetensors")))
     assert names == {f"blocks.{h}.layers.0.{p}" for h in range(GAMMA) for p in ("weight", "bias")} | {
-        f"lm_heads.{h}.weight" for h in range(GAMMA)}
+        f"lm_heads.{h}.weight" for h in range(GAMMA)
+    }
     loaded = load_draft(folder, target)
     x = torch.randn(4, H)
     torch.testing.assert_close(loaded(x), heads(x), rtol=0, atol=0)

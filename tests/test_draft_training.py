@@ -11,6 +11,7 @@ import json
 
 import pytest
 import torch
+from draft_helpers import random_head
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from vllm_padrec.data import SyntheticConfig, generate_synthetic
@@ -26,12 +27,9 @@ from vllm_padrec.training.losses import (
 )
 from vllm_padrec.training.trainer import METHODS, SIGNAL_PARAMETERS, build_draft, feature_source, param_groups
 
-from draft_helpers import random_head
-
 VOCAB = 32  # the target's padded vocabulary
 H = 32
 GAMMA = 3
-
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +41,16 @@ def data():
 
 @pytest.fixture(scope="module")
 def target() -> LlamaForCausalLM:
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=H, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=H,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=256,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa")
@@ -122,10 +128,12 @@ def test_unrolled_training_sees_what_inference_sees(target, data, sequences):
                 torch.testing.assert_close(feat[0, 0], unrolled[0][b, p], rtol=1e-4, atol=1e-4)
                 for k in range(1, GAMMA):
                     q = p + k
-                    feat = head(feat, ids[:, q + 1 : q + 2], torch.full((1, 1), k), torch.full((1, 1), q),
-                                past_key_values=cache)  # [1, 1, H] f^k_q
-                    torch.testing.assert_close(feat[0, 0], unrolled[k][b, q], rtol=1e-4, atol=1e-4,
-                                               msg=f"row {b}, round {p}, step {k}")
+                    feat = head(
+                        feat, ids[:, q + 1 : q + 2], torch.full((1, 1), k), torch.full((1, 1), q), past_key_values=cache
+                    )  # [1, 1, H] f^k_q
+                    torch.testing.assert_close(
+                        feat[0, 0], unrolled[k][b, q], rtol=1e-4, atol=1e-4, msg=f"row {b}, round {p}, step {k}"
+                    )
 
 
 def test_unrolled_training_reaches_every_step_embedding(target, data, sequences):
@@ -189,8 +197,9 @@ def test_resume_continues_exactly(target, data, tmp_path):
         torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=0, msg=name)
     assert [e["loss"] for e in a["log"]] == [e["loss"] for e in b["log"]]
     with pytest.raises(ValueError, match="another config"):
-        train_draft("padrec", target, data, DraftTrainConfig.tiny(max_steps=11), tmp_path / "chunked", "cpu",
-                    progress=False)
+        train_draft(
+            "padrec", target, data, DraftTrainConfig.tiny(max_steps=11), tmp_path / "chunked", "cpu", progress=False
+        )
     assert straight.final_loss == second.final_loss
 
 
@@ -235,8 +244,9 @@ def test_signal_lr_scale_speeds_up_only_the_signal_parameters(target, data, tmp_
 
 
 def test_time_budget_stops_early_and_still_saves(target, data, tmp_path):
-    result = train_draft("eagle", target, data, DraftTrainConfig.tiny(), tmp_path, "cpu", time_budget_minutes=0.0,
-                         progress=False)
+    result = train_draft(
+        "eagle", target, data, DraftTrainConfig.tiny(), tmp_path, "cpu", time_budget_minutes=0.0, progress=False
+    )
     assert result.steps == 0 and not result.finished
     assert isinstance(load_draft(result.checkpoint, target), PadRecDraftHead)
 

@@ -141,8 +141,13 @@ def test_hostile_completions_get_400_and_never_reach_the_engine(folder, loop, ca
 
 def test_good_completions_after_hostile_ones_get_their_lists(folder, loop):
     config = server(folder)
-    body = {"model": MODEL, "prompt": prompt_text(), "max_tokens": 40, "temperature": 0,
-            "vllm_xargs": {"padrec_constraint": 1, "padrec_num_items": 4, "padrec_no_repeat": 1}}  # fmt: skip
+    body = {
+        "model": MODEL,
+        "prompt": prompt_text(),
+        "max_tokens": 40,
+        "temperature": 0,
+        "vllm_xargs": {"padrec_constraint": 1, "padrec_num_items": 4, "padrec_no_repeat": 1},
+    }
     for case in HOSTILE_REQUESTS:
         if case.path == COMPLETIONS:
             completions(config, case.render(MODEL, prompt_text(), []), loop)
@@ -215,19 +220,35 @@ def test_a_failing_draft_mask_leaves_drafts_unmasked(loop):
 
     loop.lists._draft = lambda *args: 1 / 0
     logits = torch.zeros(2, loop.vocab_size)
-    loop.lists.mask_draft_logits(logits, torch.zeros(2, dtype=torch.int32), torch.zeros(2, 1, dtype=torch.long),
-                                 torch.zeros((), dtype=torch.long))  # fmt: skip
+    loop.lists.mask_draft_logits(
+        logits,
+        torch.zeros(2, dtype=torch.int32),
+        torch.zeros(2, 1, dtype=torch.long),
+        torch.zeros((), dtype=torch.long),
+    )
     assert loop.lists._draft is None and torch.equal(logits, torch.zeros(2, loop.vocab_size))
 
 
 # -- fuzz: any body, any vllm_xargs -------------------------------------------------------------------
 json_scalars = (
-    st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.floats() | st.text(max_size=6)
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**20), 10**20)
+    | st.floats()
+    | st.text(max_size=6)
     | st.sampled_from(["1", "0", "true", "off", "12", "2.0", "NaN"])
-)  # fmt: skip
+)
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3), max_leaves=4)
-xarg_keys = st.sampled_from(["padrec_constraint", "padrec_num_items", "padrec_min_items", "padrec_no_repeat",
-                             "padrec_history", "other_plugin_key"])  # fmt: skip
+xarg_keys = st.sampled_from(
+    [
+        "padrec_constraint",
+        "padrec_num_items",
+        "padrec_min_items",
+        "padrec_no_repeat",
+        "padrec_history",
+        "other_plugin_key",
+    ]
+)
 
 
 def dumps(value) -> str:
@@ -278,8 +299,11 @@ def recommendations_app(folder, engine) -> FastAPI:
 def test_hostile_recommendations_get_their_4xx(folder, loop, case):
     engine = HookedEngine(server(folder), loop)
     with TestClient(recommendations_app(folder, engine)) as client:
-        reply = client.post(RECOMMENDATIONS, content=case.render(MODEL, "", ["1", "2"]),
-                            headers={"Content-Type": "application/json", **case.headers})  # fmt: skip
+        reply = client.post(
+            RECOMMENDATIONS,
+            content=case.render(MODEL, "", ["1", "2"]),
+            headers={"Content-Type": "application/json", **case.headers},
+        )
     assert reply.status_code in case.statuses, reply.text
     assert reply.json()["error"]["message"] and engine.served == []
 
@@ -287,10 +311,16 @@ def test_hostile_recommendations_get_their_4xx(folder, loop, case):
 item_ids = st.sampled_from(list(CATALOG.item_ids[:10]) + ["nope", "", "x" * 300])
 bodies = st.fixed_dictionaries(
     {"history": st.lists(item_ids, max_size=6) | json_values},
-    optional={"num_items": json_values | st.integers(-2, 40), "no_repeat": json_values, "exclude_history": json_values,
-              "temperature": json_values, "seed": json_values | st.integers(-(2**64), 2**64), "model": json_values,
-              "extra": json_values},
-)  # fmt: skip
+    optional={
+        "num_items": json_values | st.integers(-2, 40),
+        "no_repeat": json_values,
+        "exclude_history": json_values,
+        "temperature": json_values,
+        "seed": json_values | st.integers(-(2**64), 2**64),
+        "model": json_values,
+        "extra": json_values,
+    },
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -98,8 +98,9 @@ def test_flag_folds_into_speculative_config(serve_parser, folders):
     assert (config.method, config.num_speculative_tokens) == ("eagle", NUM_DRAFT_STEPS)
     assert config.draft_model_config.architectures == ["EaglePadRecForCausalLM"]
     # what EaglePadRecForCausalLM checks when vLLM builds it: vLLM's EAGLEConfig around the draft's config
-    check_draft_matches_target(config.draft_model_config.hf_config, config.target_model_config.hf_config,
-                               catalog_codebook_sizes(target))  # fmt: skip
+    check_draft_matches_target(
+        config.draft_model_config.hf_config, config.target_model_config.hf_config, catalog_codebook_sizes(target)
+    )
 
 
 @pytest.mark.parametrize(
@@ -157,8 +158,9 @@ def test_mismatched_draft_is_refused(serve_parser, folders, draft, field):
 def test_compile_cache_key_holds_the_draft(serve_parser, folders, tmp_path):
     """Two drafts of one target must never share vLLM's compile-cache entry (patch_speculative_hash)."""
     target, draft = str(folders["target"]), str(folders["draft"])
-    eagle_draft = write_draft(tmp_path / "eagle", folders["target"], small_catalog(),
-                              architectures=["EagleLlamaForCausalLM"])  # fmt: skip
+    eagle_draft = write_draft(
+        tmp_path / "eagle", folders["target"], small_catalog(), architectures=["EagleLlamaForCausalLM"]
+    )
 
     def config(draft_folder, tokens=NUM_DRAFT_STEPS):
         spec = json.dumps({"method": "eagle", "model": str(draft_folder), "num_speculative_tokens": tokens})

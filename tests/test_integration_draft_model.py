@@ -16,7 +16,6 @@ import tempfile
 
 import pytest
 import torch
-
 from test_integration_cli import small_catalog, write_draft, write_target
 
 NUM_STEPS = 3  # the draft's n_predict (test_integration_cli.NUM_DRAFT_STEPS)
@@ -46,8 +45,9 @@ def _load_and_fuse(target: str, draft: str, num_speculative_tokens: int) -> dict
     from vllm_padrec.draft import load_draft
 
     spec = {"method": "eagle", "model": draft, "num_speculative_tokens": num_speculative_tokens}
-    config = EngineArgs(model=target, speculative_config=spec, dtype="float32", max_model_len=128,
-                        enforce_eager=True).create_engine_config()  # fmt: skip
+    config = EngineArgs(
+        model=target, speculative_config=spec, dtype="float32", max_model_len=128, enforce_eager=True
+    ).create_engine_config()
     with set_current_vllm_config(config):
         init_distributed_environment(1, 0, f"file://{tempfile.mktemp()}", 0, backend="gloo")
         initialize_model_parallel(1, 1)
@@ -90,11 +90,22 @@ def test_vllm_loads_the_draft_and_fuses_like_the_head(checkpoints, num_speculati
         result = pool.apply(_load_and_fuse, (*checkpoints, num_speculative_tokens))
     assert result["class"] == "EaglePadRecForCausalLM"
     assert result["params"] == sorted(
-        ["model.embed_tokens.weight", "lm_head.weight", "model.fc.weight", "model.alpha", "model.slot_emb.weight",
-         "model.step_emb.weight", "model.gate.weight", "model.gate.bias", "model.layers.0.self_attn.qkv_proj.weight",
-         "model.layers.0.self_attn.o_proj.weight", "model.layers.0.mlp.gate_up_proj.weight",
-         "model.layers.0.mlp.down_proj.weight", "model.layers.0.post_attention_layernorm.weight"]
-    )  # fmt: skip
+        [
+            "model.embed_tokens.weight",
+            "lm_head.weight",
+            "model.fc.weight",
+            "model.alpha",
+            "model.slot_emb.weight",
+            "model.step_emb.weight",
+            "model.gate.weight",
+            "model.gate.bias",
+            "model.layers.0.self_attn.qkv_proj.weight",
+            "model.layers.0.self_attn.o_proj.weight",
+            "model.layers.0.mlp.gate_up_proj.weight",
+            "model.layers.0.mlp.down_proj.weight",
+            "model.layers.0.post_attention_layernorm.weight",
+        ]
+    )
     assert result["shared"] == (True, True) and result["slot_emb"]
     # steps past n_predict reuse the last step embedding, as the training-side head does
     assert max(result["diffs"]) < 1e-5, result["diffs"]

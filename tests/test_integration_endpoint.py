@@ -118,7 +118,7 @@ def test_happy_path(folder):
     assert body["usage"] == {"prompt_tokens": len(prompt), "completion_tokens": 9, "total_tokens": len(prompt) + 9}
     assert body["speculation"] is None  # no speculative decoding on this server
     assert body["history_items_used"] == 2 and body["warnings"] == []
-    (sent_prompt, params, request_id), = engine.calls  # fmt: skip
+    ((sent_prompt, params, request_id),) = engine.calls
     assert sent_prompt == {"prompt_token_ids": prompt} and request_id == body["id"]
 
 
@@ -205,8 +205,12 @@ def test_no_repeat_cannot_ask_for_more_items_than_the_catalog(folder):
     error = error_of(post(app, {"history": ["i1", "i2"], "num_items": 7, "exclude_history": True}), 422)
     assert "6 items outside the history" in error["message"]
     engine = FakeEngine(completion(*[0] * 9))  # repeats allowed: 9 items of 8 is fine
-    assert post(make_app(folder, engine, max_list_items=32), {"history": ["i1"], "num_items": 9,
-                                                              "no_repeat": False}).status_code == 200  # fmt: skip
+    assert (
+        post(
+            make_app(folder, engine, max_list_items=32), {"history": ["i1"], "num_items": 9, "no_repeat": False}
+        ).status_code
+        == 200
+    )
 
 
 def test_body_not_json_and_unknown_model(folder):
@@ -256,8 +260,9 @@ def test_exclude_history_over_generates_and_filters(folder):
     params = engine.calls[0][1]
     assert params.extra_args["padrec_num_items"] == 4 and params.max_tokens == 4 * 3 + 1  # 2 + 2 history items
     engine = FakeEngine(completion(1, 3, 4, 3))  # the model insists on history items
-    body = post(make_app(folder, engine), {"history": ["i1", "i3"], "num_items": 3, "exclude_history": True,
-                                           "no_repeat": False}).json()  # fmt: skip
+    body = post(
+        make_app(folder, engine), {"history": ["i1", "i3"], "num_items": 3, "exclude_history": True, "no_repeat": False}
+    ).json()
     assert [i["item_id"] for i in body["items"]] == ["i4"]
     assert any("exclude_history" in w and "1 of 3" in w for w in body["warnings"])
 
@@ -419,9 +424,10 @@ def test_vllm_api_server_wiring(folder, monkeypatch):
     assert ep.ROUTE in {route.path for route in app.routes}
     engine = FakeEngine(completion(6))
     app.state.vllm_config = SimpleNamespace(
-        model_config=SimpleNamespace(model=str(folder), max_model_len=64), additional_config=None,
+        model_config=SimpleNamespace(model=str(folder), max_model_len=64),
+        additional_config=None,
         speculative_config=None,
-    )  # fmt: skip
+    )
     asyncio.run(api_server._init_endpoint_plugins_state(engine, app.state, Namespace(served_model_name=None)))
     body = post(app, {"history": ["i1"], "num_items": 1}).json()
     assert [i["item_id"] for i in body["items"]] == ["i6"] and body["model"] == str(folder)

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import requires_gpu
+
 from vllm_padrec.catalog import ItemCatalog, TokenLayout
 from vllm_padrec.data import SyntheticConfig, generate_synthetic
 from vllm_padrec.draft import DraftConfig, PadRecDraftHead, save_draft
@@ -44,8 +44,9 @@ def catalog() -> ItemCatalog:
 
 
 def build_target(folder: Path, cat: ItemCatalog) -> tuple[Path, torch.nn.Module]:
-    recipe = get_recipe("tiny", hidden_size=256, num_heads=4, num_kv_heads=2, intermediate_size=512,
-                        max_history=4, list_items=NUM_ITEMS)  # fmt: skip
+    recipe = get_recipe(
+        "tiny", hidden_size=256, num_heads=4, num_kv_heads=2, intermediate_size=512, max_history=4, list_items=NUM_ITEMS
+    )
     model = build_model(recipe, cat.layout)
     return save_checkpoint(model, build_tokenizer(cat.layout), cat, recipe, folder, dtype=DTYPE), model
 
@@ -109,8 +110,15 @@ def record_proposals(speculator_cls) -> list[list[list[int]]]:
 
 
 def run_engine(
-    target: str, draft: str | None, enforce_eager: bool, prompts, params, record_drafts=False, padrec=None,
-    method: str = "eagle", env: dict | None = None,
+    target: str,
+    draft: str | None,
+    enforce_eager: bool,
+    prompts,
+    params,
+    record_drafts=False,
+    padrec=None,
+    method: str = "eagle",
+    env: dict | None = None,
 ) -> dict:
     """In a spawned process: generate greedily, then read the runner's speculator (and, with
     ``record_drafts``, every drafting round's proposals); ``padrec``: the plugin's additional_config;
@@ -131,12 +139,24 @@ def run_engine(
         rounds = record_proposals(PadRecSpeculator)
 
     spec = {"method": method, "model": draft, "num_speculative_tokens": NUM_STEPS} if draft else None
-    llm = LLM(model=target, speculative_config=spec, dtype=DTYPE, max_model_len=256, seed=0,
-              gpu_memory_utilization=0.15, enforce_eager=enforce_eager, attention_config={"backend": "TRITON_ATTN"},
-              additional_config={"padrec": padrec} if padrec else {})  # fmt: skip
+    llm = LLM(
+        model=target,
+        speculative_config=spec,
+        dtype=DTYPE,
+        max_model_len=256,
+        seed=0,
+        gpu_memory_utilization=0.15,
+        enforce_eager=enforce_eager,
+        attention_config={"backend": "TRITON_ATTN"},
+        additional_config={"padrec": padrec} if padrec else {},
+    )
     sampling = [SamplingParams(temperature=0.0, **p) for p in params]
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], sampling, use_tqdm=False)
-    return {"tokens": [list(o.outputs[0].token_ids) for o in outputs], "rounds": rounds, **llm.collective_rpc(_probe)[0]}
+    return {
+        "tokens": [list(o.outputs[0].token_ids) for o in outputs],
+        "rounds": rounds,
+        **llm.collective_rpc(_probe)[0],
+    }
 
 
 def in_subprocess(*args) -> dict:
@@ -193,8 +213,9 @@ def test_greedy_speculation_is_lossless(setup, baseline, masks):
     """Greedy outputs with the PAD-Rec draft equal those without, constrained rows included; the masks
     run on the verification rows and, inside the captured drafting graphs, on the draft's proposals."""
     padrec, installed = MASKS[masks]
-    result = in_subprocess(setup["target"], setup["random_draft"], False, setup["prompts"], setup["params"], False,
-                           padrec)  # fmt: skip
+    result = in_subprocess(
+        setup["target"], setup["random_draft"], False, setup["prompts"], setup["params"], False, padrec
+    )
     assert result["speculator"] == "PadRecSpeculator"
     assert result["masks"] == installed
     assert result["tokens"] == baseline["tokens"]  # constrained rows included
@@ -242,12 +263,16 @@ def test_padrec_then_eagle_then_medusa_engines_share_one_compile_cache(setup, ba
     target_model = AutoModelForCausalLM.from_pretrained(setup["target"], dtype=DTYPE)
     eagle, medusa = build_eagle_and_medusa_drafts(tmp_path, target_model, setup["catalog"])
     env = {"VLLM_CACHE_ROOT": str(tmp_path / "vllm_cache")}  # one cache for all three, as ~/.cache/vllm is
-    for draft, method, speculator in ((setup["random_draft"], "eagle", "PadRecSpeculator"),
-                                      (str(eagle), "eagle", "EagleSpeculator"), (str(medusa), "medusa", None)):
+    for draft, method, speculator in (
+        (setup["random_draft"], "eagle", "PadRecSpeculator"),
+        (str(eagle), "eagle", "EagleSpeculator"),
+        (str(medusa), "medusa", None),
+    ):
         # Medusa runs on Model Runner V1, where the plugin refuses constrained requests (no masks there)
         n = 3 if method == "medusa" else len(setup["prompts"])
-        result = in_subprocess(setup["target"], draft, False, setup["prompts"][:n], setup["params"][:n], False,
-                               None, method, env)  # fmt: skip
+        result = in_subprocess(
+            setup["target"], draft, False, setup["prompts"][:n], setup["params"][:n], False, None, method, env
+        )
         if speculator is not None:  # Model Runner V2
             assert result["speculator"] == speculator, (method, result["speculator"])
         assert result["tokens"] == baseline["tokens"][:n], method  # lossless (constrained rows included on V2)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import requires_gpu
 from test_integration_gpu import build_random_draft, build_target, catalog
+
 from vllm_padrec.testing.hostile import COMPLETIONS, HOSTILE_REQUESTS, RECOMMENDATIONS
 from vllm_padrec.testing.server import SERVED_NAME, VllmServer, engine_deaths
 
@@ -29,9 +29,20 @@ def served(tmp_path_factory):
     target, model = build_target(root / "target", cat)
     draft = build_random_draft(root / "draft", model, cat)
     padrec = {"constraint": True, "no_repeat": True, "max_list_items": 8}
-    args = ["--speculative-model", str(draft), "--dtype", "float32", "--max-model-len", "256",
-            "--gpu-memory-utilization", "0.15", "--attention-backend", "TRITON_ATTN",
-            "--additional-config", json.dumps({"padrec": padrec})]  # fmt: skip
+    args = [
+        "--speculative-model",
+        str(draft),
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "256",
+        "--gpu-memory-utilization",
+        "0.15",
+        "--attention-backend",
+        "TRITON_ATTN",
+        "--additional-config",
+        json.dumps({"padrec": padrec}),
+    ]
     with VllmServer(str(target), args, port=8037, log_path=root / "serve.log", startup_timeout=900) as server:
         yield server, cat
 
@@ -92,8 +103,11 @@ def test_two_clients_with_one_request_id_do_not_abort_each_other(served):
     thread.start()
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         data = body.encode()
-        sock.sendall(f"POST {RECOMMENDATIONS} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     f"X-Request-Id: same\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)  # fmt: skip
+        sock.sendall(
+            f"POST {RECOMMENDATIONS} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"X-Request-Id: same\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
         time.sleep(0.02)
     thread.join(120)
     status, reply, _ = results[0]

@@ -251,11 +251,17 @@ def check_verification_rows(mask_fn, device: str) -> None:
     before = logits.clone()
     on_device = logits.to(device)
     mask_fn(
-        on_device, tables, requests.settings.to(device), requests.all_token_ids.to(device),
-        requests.total_len.to(device), torch.tensor(slots, device=device),
-        torch.tensor(local, dtype=torch.int32, device=device), torch.tensor(fed, device=device), K,
+        on_device,
+        tables,
+        requests.settings.to(device),
+        requests.all_token_ids.to(device),
+        requests.total_len.to(device),
+        torch.tensor(slots, device=device),
+        torch.tensor(local, dtype=torch.int32, device=device),
+        torch.tensor(fed, device=device),
+        K,
         MAX_LIST_ITEMS * tables.period,
-    )  # fmt: skip
+    )
     logits = on_device.cpu()
     r = 0
     for slot, drafts in batch:
@@ -279,9 +285,16 @@ def test_draft_rows_match_reference():
         logits = torch.randn(3, catalog.layout.vocab_size, generator=torch.Generator().manual_seed(k))
         before = logits.clone()
         vm.mask_draft_logits(
-            logits, tables, requests.settings, requests.all_token_ids, requests.total_len,
-            idx_mapping, draft_tokens, torch.tensor(k), MAX_LIST_ITEMS * tables.period,
-        )  # fmt: skip
+            logits,
+            tables,
+            requests.settings,
+            requests.all_token_ids,
+            requests.total_len,
+            idx_mapping,
+            draft_tokens,
+            torch.tensor(k),
+            MAX_LIST_ITEMS * tables.period,
+        )
         for b, slot in enumerate(idx_mapping.tolist()[:2]):
             requests.check_row(before[b], logits[b], slot, round_drafts[b][:k])
         assert torch.equal(before[2], logits[2])  # padding row untouched
@@ -305,8 +318,9 @@ def test_compiled_masks_are_wired_as_the_eager_ones(monkeypatch, masks):
     tables = vm.CatalogTables.build(catalog, device=device)
     K, B = 3, 5
     x = make_inputs(catalog, B, K, seed=3, device=device)
-    lists = types.SimpleNamespace(tables=tables, rows=types.SimpleNamespace(gpu=x["settings"]), max_drafts=K,
-                                  width=LIST_ITEMS * tables.period)  # fmt: skip
+    lists = types.SimpleNamespace(
+        tables=tables, rows=types.SimpleNamespace(gpu=x["settings"]), max_drafts=K, width=LIST_ITEMS * tables.period
+    )
     for name in ("_state_like", "_verification_args", "_draft_args"):
         setattr(lists, name, types.MethodType(getattr(RequestLists, name), lists))
     max_model_len = x["all_token_ids"].shape[1]
@@ -346,8 +360,13 @@ def test_a_failed_compile_keeps_the_eager_masks():
 
     log = Log()
     assert not _try_compile(log, "torch.compile of the draft masks", "eager", failing)  # never raises: eager masks stay
-    assert log.lines == [("warning", "vllm-padrec: torch.compile of the draft masks failed (RuntimeError: "
-                                     "inductor says no); using the eager masks")]
+    assert log.lines == [
+        (
+            "warning",
+            "vllm-padrec: torch.compile of the draft masks failed (RuntimeError: "
+            "inductor says no); using the eager masks",
+        )
+    ]
     log = Log()
     assert not _try_compile(log, "the Triton catalog masks", "compiled", failing)  # the compiled masks are tried next
     assert log.lines[0][1].endswith("using the compiled masks")

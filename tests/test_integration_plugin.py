@@ -39,9 +39,15 @@ def test_register_is_idempotent_and_resolvable():
     from vllm.entrypoints.openai.completion.protocol import CompletionRequest
     from vllm.v1.engine.input_processor import InputProcessor
 
-    for patched in (spec_decode.init_speculator, model_states.init_model_state, EngineArgs.add_cli_args,
-                    InputProcessor.process_inputs, SpeculativeConfig.compute_hash,
-                    CompletionRequest.to_beam_search_params, ChatCompletionRequest.to_beam_search_params):  # fmt: skip
+    for patched in (
+        spec_decode.init_speculator,
+        model_states.init_model_state,
+        EngineArgs.add_cli_args,
+        InputProcessor.process_inputs,
+        SpeculativeConfig.compute_hash,
+        CompletionRequest.to_beam_search_params,
+        ChatCompletionRequest.to_beam_search_params,
+    ):
         assert patched._padrec_patch and not getattr(patched.__wrapped__, "_padrec_patch", False)
     patch_init_speculator.apply()
     patch_init_model_state.apply()

@@ -74,22 +74,26 @@ def test_server_defaults_fill_what_the_request_leaves_out():
         ({"padrec_constraint": 1, "padrec_num_items": 10**30}, "padrec_num_items", ["1..32"]),
         ({"padrec_constraint": 1, "padrec_num_items": 2, "padrec_min_items": 5}, "padrec_min_items", ["5", "2"]),
         # no-repeat on a catalog too small for the list: refused, never quietly dropped
-        ({"padrec_constraint": 1, "padrec_num_items": 9, "padrec_no_repeat": 1}, "padrec_num_items",
-         ["9 distinct items", "catalog has 8"]),
+        (
+            {"padrec_constraint": 1, "padrec_num_items": 9, "padrec_no_repeat": 1},
+            "padrec_num_items",
+            ["9 distinct items", "catalog has 8"],
+        ),
         ({"padrec_constraint": 1, "padrec_min_items": 9, "padrec_no_repeat": 1}, "padrec_min_items", ["catalog has 8"]),
         # a list setting without the constraint would be ignored
         ({"padrec_no_repeat": 1}, "padrec_no_repeat", ["padrec_constraint"]),
         ({"padrec_constraint": 0, "padrec_num_items": 3}, "padrec_num_items", ["padrec_constraint"]),
     ],
-)  # fmt: skip
+)
 def test_refused_values_name_the_key_and_what_it_takes(extra_args, key, words):
     refused(extra_args, key, *words)
 
 
 def test_a_server_that_cannot_constrain_refuses_the_constraint_and_says_why():
     bare = ListLimits(32, None, "it has no item catalog (none at /models/t/padrec_catalog.json)")
-    refused({"padrec_constraint": 1}, "padrec_constraint", "cannot constrain", "/models/t/padrec_catalog.json",
-            limits=bare)  # fmt: skip
+    refused(
+        {"padrec_constraint": 1}, "padrec_constraint", "cannot constrain", "/models/t/padrec_catalog.json", limits=bare
+    )
     refused({}, "padrec_constraint", "no item catalog", defaults=ListSpec(constraint=True), limits=bare)
     assert parse({"padrec_constraint": 0}, limits=bare) == OFF
 
@@ -103,9 +107,16 @@ def test_extra_args_round_trip():
         assert parse(spec.to_extra_args(), defaults=ListSpec(True, None, 4, True)) == spec  # no default leaks in
     assert parse(ListSpec(True, 5).to_extra_args(), defaults=ListSpec(True, 7, 4, True)) == ListSpec(True, 5)
     assert ListSpec(True, 3, 1, False).to_extra_args() == {
-        "padrec_constraint": True, "padrec_num_items": 3, "padrec_no_repeat": False,
-    }  # fmt: skip
-    assert set(REQUEST_KEYS.values()) == {"padrec_constraint", "padrec_num_items", "padrec_min_items", "padrec_no_repeat"}
+        "padrec_constraint": True,
+        "padrec_num_items": 3,
+        "padrec_no_repeat": False,
+    }
+    assert set(REQUEST_KEYS.values()) == {
+        "padrec_constraint",
+        "padrec_num_items",
+        "padrec_min_items",
+        "padrec_no_repeat",
+    }
 
 
 # any JSON value a client can send for a key (vllm_xargs: str | int | float | list of those)
@@ -118,8 +129,10 @@ keys = st.sampled_from([*REQUEST_KEYS.values(), "padrec_other", "something_else"
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.dictionaries(keys, json_values | st.sampled_from(["1", "true", "off", "3", " 4 "]), max_size=4),
-       st.builds(ListSpec, st.booleans(), st.none() | st.integers(1, 8), st.integers(1, 8), st.booleans()))  # fmt: skip
+@given(
+    st.dictionaries(keys, json_values | st.sampled_from(["1", "true", "off", "3", " 4 "]), max_size=4),
+    st.builds(ListSpec, st.booleans(), st.none() | st.integers(1, 8), st.integers(1, 8), st.booleans()),
+)
 def test_fuzz_either_a_servable_spec_or_a_named_error(extra_args, defaults):
     """Whatever a client sends: a spec the masks can serve exactly, or a ListSpecError naming a padrec key."""
     if defaults.num_items is not None and defaults.min_items > defaults.num_items:

@@ -239,5 +239,8 @@ def test_large_bf16_and_cuda_graph_replay():
         graph.replay()
         want = padrec_input_reference(**graph_inputs)  # [64, H]
         torch.testing.assert_close(
-            out, want, **TOLERANCES[dtype], msg=lambda m: f"tensor 'out' after graph replay at step {step}: {m}"
+            out,
+            want,
+            **TOLERANCES[dtype],
+            msg=lambda m, step=step: f"tensor 'out' after graph replay at step {step}: {m}",
         )

@@ -17,6 +17,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from draft_helpers import random_head
 from scipy.stats import chisquare
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -27,7 +28,7 @@ from vllm_padrec.constraint import ListConstraint, apply_mask
 from vllm_padrec.data import SyntheticConfig, generate_synthetic
 from vllm_padrec.decoding import greedy_lists, length_buckets
 from vllm_padrec.decoding.speculative import SpeculationStats, speculative_lists
-from vllm_padrec.draft import DraftConfig, MedusaConfig, MedusaHeads, PadRecDraftHead, load_draft
+from vllm_padrec.draft import MedusaConfig, MedusaHeads, PadRecDraftHead, load_draft
 from vllm_padrec.target.config import get_recipe
 from vllm_padrec.target.model import load_checkpoint
 from vllm_padrec.target.train import train_target
@@ -35,12 +36,9 @@ from vllm_padrec.training import DraftTrainConfig, train_draft
 from vllm_padrec.training.collect import SequenceBatch
 from vllm_padrec.training.losses import unrolled_features
 
-from draft_helpers import random_head
-
 NUM_ITEMS = 4  # items per list of the trained target
 TRAINED = ("padrec", "eagle", "medusa")
 RANDOM = ("random_padrec", "random_eagle", "random_medusa")
-
 
 
 def random_medusa(target, num_heads: int = 5, seed: int = 0, scale: float = 0.3) -> MedusaHeads:
@@ -65,8 +63,16 @@ def world(tmp_path_factory):
     layout = data.catalog.layout
     drafts = {}
     for method in TRAINED:
-        result = train_draft(method, target, data, DraftTrainConfig.tiny(num_draft_steps=4, max_steps=60),
-                             out / method, "cpu", layout=layout, progress=False)
+        result = train_draft(
+            method,
+            target,
+            data,
+            DraftTrainConfig.tiny(num_draft_steps=4, max_steps=60),
+            out / method,
+            "cpu",
+            layout=layout,
+            progress=False,
+        )
         drafts[method] = load_draft(result.checkpoint, target).eval()
     drafts["random_padrec"] = random_head(target, layout, "padrec", seed=1)
     drafts["random_eagle"] = random_head(target, layout, "eagle", seed=2)
@@ -81,8 +87,9 @@ def world(tmp_path_factory):
 @pytest.mark.parametrize("gamma,batch_size", [(1, 30), (3, 7), (4, 1)])
 def test_greedy_speculation_equals_greedy(world, method, gamma, batch_size):
     target, catalog, histories, greedy, drafts = world
-    lists, token_ids, stats = speculative_lists(target, drafts[method], catalog, histories, NUM_ITEMS, gamma,
-                                                batch_size=batch_size)
+    lists, token_ids, stats = speculative_lists(
+        target, drafts[method], catalog, histories, NUM_ITEMS, gamma, batch_size=batch_size
+    )
     assert lists == greedy
     assert token_ids == [catalog.render_completion(items) for items in greedy]
     assert 1.0 <= stats.mean_accepted_length <= gamma + 1
@@ -91,8 +98,10 @@ def test_greedy_speculation_equals_greedy(world, method, gamma, batch_size):
 
 def test_trained_drafts_are_accepted_more_than_random_ones(world):
     target, catalog, histories, _, drafts = world
-    length = {m: speculative_lists(target, d, catalog, histories, NUM_ITEMS, 4)[2].mean_accepted_length
-              for m, d in drafts.items()}
+    length = {
+        m: speculative_lists(target, d, catalog, histories, NUM_ITEMS, 4)[2].mean_accepted_length
+        for m, d in drafts.items()
+    }
     for method in TRAINED:
         assert length[method] > 2.5, length  # 4-token rounds mostly succeed
         assert length[method] > length["random_" + method] + 0.5, length
@@ -110,8 +119,9 @@ def test_greedy_equality_holds_under_every_list_option(world, options):
         constraint = ListConstraint(catalog, min_items=2, no_repeat=True)
     for method in ("padrec", "random_medusa"):
         expected = greedy_lists(target, catalog, histories, NUM_ITEMS, constraint, batch_size=8, **kwargs)
-        lists, token_ids, _ = speculative_lists(target, drafts[method], catalog, histories, NUM_ITEMS, 3, constraint,
-                                                batch_size=8, **kwargs)
+        lists, token_ids, _ = speculative_lists(
+            target, drafts[method], catalog, histories, NUM_ITEMS, 3, constraint, batch_size=8, **kwargs
+        )
         assert lists == expected, method
         assert all(len(t) <= NUM_ITEMS * (catalog.num_slots + 1) for t in token_ids)
 
@@ -180,8 +190,13 @@ def test_draft_inputs_are_the_training_inputs(world, method, monkeypatch):
                     expected = draft(hidden[0, round_start])[step]  # [V']
             # fp32 noise grows with the random head's large activations: tolerance relative to the logits' scale
             scale = float(expected.abs().max())
-            torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4 * max(1.0, scale),
-                                       msg=lambda m: f"round {round_start}, step {step}: {m}")
+            torch.testing.assert_close(
+                logits,
+                expected,
+                rtol=1e-4,
+                atol=1e-4 * max(1.0, scale),
+                msg=lambda m, round_start=round_start, step=step: f"round {round_start}, step {step}: {m}",
+            )
             compared += 1
     assert compared > 40
 
@@ -192,9 +207,21 @@ def test_stats_add_up_and_merge(world):
     b = speculative_lists(target, drafts["padrec"], catalog, histories[10:], NUM_ITEMS, 3, batch_size=4)
     whole = speculative_lists(target, drafts["padrec"], catalog, histories, NUM_ITEMS, 3, batch_size=4)
     stats = a[2].merge(b[2])
-    for name in ("rounds", "round_tokens", "accepted", "drafted", "tokens", "lists", "target_passes",
-                 "drafted_by_step", "reached_by_step", "accepted_by_step", "reached_by_slot", "accepted_by_slot",
-                 "length_counts"):
+    for name in (
+        "rounds",
+        "round_tokens",
+        "accepted",
+        "drafted",
+        "tokens",
+        "lists",
+        "target_passes",
+        "drafted_by_step",
+        "reached_by_step",
+        "accepted_by_step",
+        "reached_by_slot",
+        "accepted_by_slot",
+        "length_counts",
+    ):
         assert getattr(stats, name) == getattr(whole[2], name), name
     s = whole[2]
     assert s.lists == len(histories) and s.tokens == len(histories) * NUM_ITEMS * (catalog.num_slots + 1)
@@ -231,8 +258,17 @@ def test_wrong_draft_or_gamma_is_refused(world):
 def test_sampled_lists_are_valid(world):
     target, catalog, histories, _, drafts = world
     generator = torch.Generator().manual_seed(0)
-    lists, token_ids, stats = speculative_lists(target, drafts["padrec"], catalog, histories, NUM_ITEMS, 3,
-                                                temperature=1.0, generator=generator, ban_history=True)
+    lists, token_ids, stats = speculative_lists(
+        target,
+        drafts["padrec"],
+        catalog,
+        histories,
+        NUM_ITEMS,
+        3,
+        temperature=1.0,
+        generator=generator,
+        ban_history=True,
+    )
     for items, tokens, history in zip(lists, token_ids, histories):
         assert len(items) == NUM_ITEMS == len(set(items)) and not set(items) & set(history)
         assert tokens == catalog.render_completion(items)
@@ -263,8 +299,9 @@ def test_rejection_step_reproduces_the_target_distribution():
                 mp.setattr(rejection, "acceptance_probability", accept_fn)
             if residual_fn:
                 mp.setattr(rejection, "residual_distribution", residual_fn)
-            n, token = rejection.rejection_verify(draft, q.expand(B, 1, 6), p.expand(B, 2, 6),
-                                                  torch.ones(B, dtype=torch.long), generator)
+            n, token = rejection.rejection_verify(
+                draft, q.expand(B, 1, 6), p.expand(B, 2, 6), torch.ones(B, dtype=torch.long), generator
+            )
         first = torch.where(n == 1, draft[:, 0], token)  # [B]
         return first, token[n == 1]
 
@@ -283,9 +320,17 @@ def tiny_world():
     """A random target over a 12-token catalog (6 items of 2 codes): every 2-item list enumerable."""
     codes = np.array([[0, 0], [0, 1], [1, 0], [1, 2], [2, 1], [2, 2]])
     catalog = ItemCatalog([f"i{n}" for n in range(6)], codes, codebook_sizes=(3, 3), name="tiny")
-    config = LlamaConfig(vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
-                         initializer_range=0.15)
+    config = LlamaConfig(
+        vocab_size=16,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
+        initializer_range=0.15,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(4)
         target = LlamaForCausalLM._from_config(config, attn_implementation="sdpa").eval()
@@ -320,8 +365,17 @@ def sampled_pvalue(target, draft, catalog, temperature, samples, seed=0) -> floa
     history = [0, 3]
     exact = exact_list_distribution(target, catalog, history, 2, temperature)
     generator = torch.Generator().manual_seed(seed)
-    _, token_ids, stats = speculative_lists(target, draft, catalog, [history] * samples, 2, 3,
-                                            temperature=temperature, generator=generator, batch_size=samples)
+    _, token_ids, stats = speculative_lists(
+        target,
+        draft,
+        catalog,
+        [history] * samples,
+        2,
+        3,
+        temperature=temperature,
+        generator=generator,
+        batch_size=samples,
+    )
     keys = list(exact)
     observed = np.zeros(len(keys))
     index = {k: n for n, k in enumerate(keys)}

@@ -37,7 +37,7 @@ def test_sequences_have_learnable_structure():
             firsts[x] += 1
     # accuracy of a "most frequent successor" predictor vs uniform chance
     best = Counter()
-    for (x, y), n in pairs.items():
+    for (x, _), n in pairs.items():
         best[x] = max(best[x], n)
     accuracy = sum(best.values()) / sum(firsts.values())
     assert accuracy > 20 / len(data.catalog)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from draft_helpers import tiny_target
 
 from vllm_padrec import cli
 from vllm_padrec.catalog import CATALOG_FILE, ItemCatalog
@@ -28,8 +29,6 @@ from vllm_padrec.target.model import build_model, load_checkpoint, save_checkpoi
 from vllm_padrec.target.tokenizer import build_tokenizer
 from vllm_padrec.target.train import CHECKPOINT_DIR, LOSS_FILE, PLOT_FILE, STATE_FILE, train_target
 from vllm_padrec.training import DraftTrainConfig, train_draft
-
-from draft_helpers import tiny_target
 
 TESTS = Path(__file__).parent
 # `train-target` through the CLI on the synthetic default: ceil(0.05 * 152) = 8 steps of the tiny recipe
@@ -214,8 +213,9 @@ patched.{loss} = loss_then_wait
 def run_child(tmp_path: Path, module: str, loss: str, run: str, signum: int, before_signal=None):
     """Start the child, send ``signum`` during step SIGNAL_STEP; its completed process."""
     ready, go = tmp_path / "ready", tmp_path / "go"
-    script = CHILD.format(tests=str(TESTS), ready=str(ready), go=str(go), module=module, loss=loss,
-                          step=SIGNAL_STEP, run=run)  # fmt: skip
+    script = CHILD.format(
+        tests=str(TESTS), ready=str(ready), go=str(go), module=module, loss=loss, step=SIGNAL_STEP, run=run
+    )
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -246,9 +246,11 @@ def test_sigterm_saves_the_target_state_before_the_first_periodic_save_and_resum
     child = run_child(tmp_path, "vllm_padrec.target.train", "completion_loss", run, signal.SIGTERM, no_state_yet)
     assert child.returncode == 128 + signal.SIGTERM, child.stderr
     message = child.stderr.strip().splitlines()[-1]
-    assert message == (f"vllm-padrec train-target: stopped by SIGTERM at step {SIGNAL_STEP} of 8; the state is saved "
-                       f"in {out / STATE_FILE}. To continue, run: {shlex.join(['vllm-padrec', *argv])}")  # fmt: skip
-    assert json.loads(child.stdout[child.stdout.index("{"):])["stopped_by"] == "SIGTERM"
+    assert message == (
+        f"vllm-padrec train-target: stopped by SIGTERM at step {SIGNAL_STEP} of 8; the state is saved "
+        f"in {out / STATE_FILE}. To continue, run: {shlex.join(['vllm-padrec', *argv])}"
+    )
+    assert json.loads(child.stdout[child.stdout.index("{") :])["stopped_by"] == "SIGTERM"
     assert (out / STATE_FILE).exists() and not (out / CHECKPOINT_DIR).exists()
     assert torch.load(out / STATE_FILE, weights_only=False)["step"] == SIGNAL_STEP
     # resumed with the command it printed, it ends where an uninterrupted run ends
@@ -293,8 +295,10 @@ def test_a_time_budget_stop_prints_the_command_that_continues(tmp_path, capsys):
     argv = TARGET_ARGS + ["--out", str(tmp_path), "--time-budget-minutes", "1e-6"]  # one step per call
     assert cli.main(argv) == cli.TIME_BUDGET_EXIT
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith(f"vllm-padrec train-target: stopped at its time budget at step 1 of 8; the state is saved in "
-                          f"{tmp_path / STATE_FILE}. To continue, run: ")  # fmt: skip
+    assert err.startswith(
+        f"vllm-padrec train-target: stopped at its time budget at step 1 of 8; the state is saved in "
+        f"{tmp_path / STATE_FILE}. To continue, run: "
+    )
     again = err.split("To continue, run: ")[1].removesuffix(" (add --until-done to keep going in one process)")
     assert again == shlex.join(["vllm-padrec", *argv])
     assert cli.main(shlex.split(again)[1:] + ["--until-done"]) == 0

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from conftest import requires_gpu
+
 from vllm_padrec.data import load_dataset
 from vllm_padrec.errors import CatalogError
 from vllm_padrec.trie import ItemTrie
@@ -150,9 +150,9 @@ def check_banned_masks(trie: ItemTrie, codes: np.ndarray, rng, num_prefixes: int
         banned[b, : len(chosen)] = chosen
         banned[b] = banned[b, rng.permutation(max_banned)]  # padding anywhere in the row
     node = walk(trie, codes, items, depths, device)
-    mask = trie.allowed_codes(
-        torch.from_numpy(depths).to(device), node, torch.from_numpy(banned).to(device)
-    ).cpu().numpy()
+    mask = (
+        trie.allowed_codes(torch.from_numpy(depths).to(device), node, torch.from_numpy(banned).to(device)).cpu().numpy()
+    )
     unbanned = trie.allowed_codes(torch.from_numpy(depths).to(device), node).cpu().numpy()
     assert (mask != unbanned).any(), "the test bans no whole subtree: it checks nothing"
     for b in range(num_prefixes):

@@ -29,9 +29,9 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -240,8 +240,9 @@ class ItemCatalog:
         """Raise TooManyItemsError when ``what`` (a list without repeats, a beam search) asks for more
         than the catalog's distinct items."""
         if count > len(self):
-            raise TooManyItemsError(f"{what} needs {count} distinct items: catalog {self.name!r} has "
-                                    f"{len(self)} items, fewer than {count}")  # fmt: skip
+            raise TooManyItemsError(
+                f"{what} needs {count} distinct items: catalog {self.name!r} has {len(self)} items, fewer than {count}"
+            )
 
     @property
     def num_collisions(self) -> int:
@@ -392,7 +393,7 @@ class ItemCatalog:
         }
 
     @classmethod
-    def from_dict(cls, payload: dict) -> "ItemCatalog":
+    def from_dict(cls, payload: dict) -> ItemCatalog:
         items = payload["items"]
         codes = np.array([item["codes"] for item in items], dtype=np.int64)
         return cls(
@@ -407,7 +408,7 @@ class ItemCatalog:
         Path(path).write_text(json.dumps(self.to_dict()))
 
     @classmethod
-    def load(cls, path: str | Path) -> "ItemCatalog":
+    def load(cls, path: str | Path) -> ItemCatalog:
         path = Path(path)
         if path.is_dir():
             path = path / CATALOG_FILE
@@ -430,10 +431,11 @@ def require_same_catalog(model_catalog: ItemCatalog, data_catalog: ItemCatalog, 
         difference = f"({shape(model_catalog)}) but dataset {dataset!r} has {shape(data_catalog)}"
     elif model_catalog.item_ids != data_catalog.item_ids or not np.array_equal(model_catalog.codes, data_catalog.codes):
         index = next(
-            i for i in range(len(model_catalog))
+            i
+            for i in range(len(model_catalog))
             if model_catalog.item_ids[i] != data_catalog.item_ids[i]
             or model_catalog.sid_string(i) != data_catalog.sid_string(i)
-        )  # fmt: skip
+        )
         difference = (
             f"but dataset {dataset!r} differs at item {index}: {data_catalog.item_ids[index]!r} "
             f"{data_catalog.sid_string(index)} in the dataset, {model_catalog.item_ids[index]!r} "

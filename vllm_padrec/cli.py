@@ -72,8 +72,9 @@ def torch_device(text: str) -> str:
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise argparse.ArgumentTypeError(f"{text}: this machine has no CUDA GPU that torch can use; "
-                                             "use --device cpu")  # fmt: skip
+            raise argparse.ArgumentTypeError(
+                f"{text}: this machine has no CUDA GPU that torch can use; use --device cpu"
+            )
         if device.index is not None and device.index >= count:
             raise argparse.ArgumentTypeError(f"{text}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
     elif device.type != "cpu":
@@ -98,8 +99,10 @@ def load_data(name: str, seed: int = 0):
         return load_dataset(name)
     path = os.path.join(envs.data_dir(), name)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"dataset {name!r} is neither 'synthetic', a folder, nor a folder under "
-                                f"${envs.PADREC_DATA_DIR} ({envs.data_dir()})")  # fmt: skip
+        raise FileNotFoundError(
+            f"dataset {name!r} is neither 'synthetic', a folder, nor a folder under "
+            f"${envs.PADREC_DATA_DIR} ({envs.data_dir()})"
+        )
     return load_dataset(path)
 
 
@@ -150,8 +153,11 @@ def _stopped_early(args, stopped_by: str | None, where: str, state: Path) -> int
         hint = "" if args.until_done else " (add --until-done to keep going in one process)"
     else:
         why, status, hint = f"by {stopped_by}", 128 + signal.Signals[stopped_by].value, ""
-    print(f"vllm-padrec {args.command}: stopped {why} at {where}; the state is saved in {state}. "
-          f"To continue, run: {again}{hint}", file=sys.stderr)  # fmt: skip
+    print(
+        f"vllm-padrec {args.command}: stopped {why} at {where}; the state is saved in {state}. "
+        f"To continue, run: {again}{hint}",
+        file=sys.stderr,
+    )
     return status
 
 
@@ -181,7 +187,9 @@ def cmd_train_target(args) -> int:
     data = load_data(args.dataset)
     out = Path(args.out)
     result = _train(recipe, data, out, _device(args.device), args.until_done)
-    print(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(result).items()}, indent=2, default=str))
+    print(
+        json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(result).items()}, indent=2, default=str)
+    )
     return _stopped_early(args, result.stopped_by, f"step {result.step} of {result.total_steps}", out / STATE_FILE)
 
 
@@ -201,8 +209,14 @@ def cmd_evaluate(args) -> int:
     device = _device(args.device)
     ckpt = _load(args.checkpoint, device)
     metrics = evaluate_target(
-        ckpt.model, data, split=args.split, list_items=args.list_items, beam_width=args.beam_width,
-        max_users=args.max_users, batch_size=args.batch_size, max_history=ckpt.recipe.max_history,
+        ckpt.model,
+        data,
+        split=args.split,
+        list_items=args.list_items,
+        beam_width=args.beam_width,
+        max_users=args.max_users,
+        batch_size=args.batch_size,
+        max_history=ckpt.recipe.max_history,
     )
     metrics = {"checkpoint": args.checkpoint, "dataset": data.name, "recipe": ckpt.recipe.name, **metrics}
     print(json.dumps(metrics, indent=2))
@@ -220,9 +234,15 @@ def cmd_train_draft(args) -> int:
     from vllm_padrec.training.trainer import STATE_FILE, DraftTrainConfig, feature_source, train_draft
 
     config = DraftTrainConfig(
-        num_draft_steps=args.gamma, max_steps=args.max_steps, batch_size=args.batch_size,
-        max_history=recipe.max_history, list_items=recipe.list_items,
-        max_stored_gib=args.max_stored_gib, seed=args.seed, lr=args.lr, signal_lr_scale=args.signal_lr_scale,
+        num_draft_steps=args.gamma,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        max_history=recipe.max_history,
+        list_items=recipe.list_items,
+        max_stored_gib=args.max_stored_gib,
+        seed=args.seed,
+        lr=args.lr,
+        signal_lr_scale=args.signal_lr_scale,
     )
     device = _device(args.device)
     ckpt = load_checkpoint(args.target, device=device)  # in the dtype it was saved in
@@ -231,14 +251,16 @@ def cmd_train_draft(args) -> int:
     for method in args.method:
         out = Path(args.out) / method
         while True:
-            result = train_draft(method, ckpt, data, config, out, device, time_budget_minutes=args.time_budget_minutes,
-                                 source=source)  # fmt: skip
+            result = train_draft(
+                method, ckpt, data, config, out, device, time_budget_minutes=args.time_budget_minutes, source=source
+            )
             if result.finished or not args.until_done or result.stopped_by != "time budget":
                 break
         print(json.dumps({"method": method, **{k: v for k, v in vars(result).items()}}, indent=2, default=str))
         if result.stopped_by not in (None, "time budget"):  # a signal: the other methods wait for the next run
-            return _stopped_early(args, result.stopped_by, f"method {method}, step {result.steps} of "
-                                  f"{result.max_steps}", out / STATE_FILE)  # fmt: skip
+            return _stopped_early(
+                args, result.stopped_by, f"method {method}, step {result.steps} of {result.max_steps}", out / STATE_FILE
+            )
         if not result.finished:
             unfinished.append((method, result))
     if unfinished:
@@ -300,11 +322,14 @@ def cmd_quickstart(args) -> int:
     _print_lists(ckpt.catalog, [s.history for s in shown], lists, [s.user for s in shown])
     for sample, items in zip(shown, lists):
         hit = [data.catalog.sid_string(t) for t in sample.targets if t in items]
-        print(f"  user {sample.user}: next item {data.catalog.sid_string(sample.targets[0])} "
-              f"{'is in the list' if hit else 'is not in the list'}")
+        print(
+            f"  user {sample.user}: next item {data.catalog.sid_string(sample.targets[0])} "
+            f"{'is in the list' if hit else 'is not in the list'}"
+        )
     print("\nevaluating on the test split (constrained greedy lists and top-10 beam search) ...")
-    metrics = evaluate_target(ckpt.model, data, "test", list_items=recipe.list_items, beam_width=10,
-                              max_history=recipe.max_history)
+    metrics = evaluate_target(
+        ckpt.model, data, "test", list_items=recipe.list_items, beam_width=10, max_history=recipe.max_history
+    )
     print(json.dumps(metrics, indent=2))
     (out / "quickstart_metrics.json").write_text(json.dumps(metrics, indent=2))
     print(f"\ncheckpoint: {out / 'checkpoint'} (an HF folder `vllm serve` loads); {time.time() - started:.0f} s in all")
@@ -317,8 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     from vllm_padrec.draft.config import METHODS
     from vllm_padrec.target.config import RECIPES
 
-    parser = OneLineParser(prog="vllm-padrec", description=__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = OneLineParser(
+        prog="vllm-padrec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     dataset_help = "'synthetic', a dataset folder (AtSpeed or LC-Rec format), or a folder name under $PADREC_DATA_DIR"
     device_help = "cpu, cuda or cuda:N (default: cuda when there is a GPU, else cpu)"
@@ -334,36 +360,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("train-target", help="train a target recommender (resumable)")
-    p.add_argument("--recipe", default="tiny", choices=sorted(RECIPES),
-                   help="model and training preset (vllm_padrec/target/config.py): tiny trains on a CPU in "
-                        "seconds, bench is a 1.3B model for one large GPU")  # fmt: skip
+    p.add_argument(
+        "--recipe",
+        default="tiny",
+        choices=sorted(RECIPES),
+        help="model and training preset (vllm_padrec/target/config.py): tiny trains on a CPU in "
+        "seconds, bench is a 1.3B model for one large GPU",
+    )
     p.add_argument("--dataset", default="synthetic", help=dataset_help)
     p.add_argument("--out", required=True, help="output folder: train_state.pt, loss.json, loss.png, checkpoint/")
-    p.add_argument("--epochs", type=positive_float, default=None, help="passes over the training examples "
-                   "(default: the recipe's)")  # fmt: skip
-    p.add_argument("--time-budget-minutes", type=positive_float, default=None,
-                   help="stop and save after this long (default: the recipe's); running again continues")
+    p.add_argument(
+        "--epochs", type=positive_float, default=None, help="passes over the training examples (default: the recipe's)"
+    )
+    p.add_argument(
+        "--time-budget-minutes",
+        type=positive_float,
+        default=None,
+        help="stop and save after this long (default: the recipe's); running again continues",
+    )
     p.add_argument("--until-done", action="store_true", help="keep resuming until training finishes")
     p.add_argument("--device", type=torch_device, default=None, help=device_help)
     p.set_defaults(func=cmd_train_target)
 
     p = sub.add_parser("train-draft", help="train draft heads (padrec, eagle, medusa, ablations) for a target")
     p.add_argument("--target", required=True, help="target checkpoint folder (train-target's OUT/checkpoint)")
-    p.add_argument("--method", nargs="+", default=["padrec", "eagle", "medusa"], choices=METHODS,
-                   help="draft methods to train, each into OUT/METHOD (default: padrec eagle medusa)")
+    p.add_argument(
+        "--method",
+        nargs="+",
+        default=["padrec", "eagle", "medusa"],
+        choices=METHODS,
+        help="draft methods to train, each into OUT/METHOD (default: padrec eagle medusa)",
+    )
     p.add_argument("--dataset", required=True, help=dataset_help + "; must hold the target's catalog")
     p.add_argument("--out", required=True, help="one folder per method is written under it")
     p.add_argument("--gamma", type=positive_int, default=5, help="draft steps trained (vLLM n_predict)")
-    p.add_argument("--max-steps", type=positive_int, default=3000,
-                   help="optimizer steps, the same budget for every method")
+    p.add_argument(
+        "--max-steps", type=positive_int, default=3000, help="optimizer steps, the same budget for every method"
+    )
     p.add_argument("--batch-size", type=positive_int, default=32, help="sequences per optimizer step")
-    p.add_argument("--max-stored-gib", type=non_negative_float, default=8.0,
-                   help="store the target's hidden states when they fit this many GiB, else recompute them")
+    p.add_argument(
+        "--max-stored-gib",
+        type=non_negative_float,
+        default=8.0,
+        help="store the target's hidden states when they fit this many GiB, else recompute them",
+    )
     p.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate (AdamW, cosine decay)")
-    p.add_argument("--signal-lr-scale", type=positive_float, default=1.0,
-                   help="PAD-Rec's signal parameters (alpha, E_slot, E_step, gate) learn at lr times this")
-    p.add_argument("--time-budget-minutes", type=positive_float, default=None,
-                   help="stop and save each method after this long; running again continues")
+    p.add_argument(
+        "--signal-lr-scale",
+        type=positive_float,
+        default=1.0,
+        help="PAD-Rec's signal parameters (alpha, E_slot, E_step, gate) learn at lr times this",
+    )
+    p.add_argument(
+        "--time-budget-minutes",
+        type=positive_float,
+        default=None,
+        help="stop and save each method after this long; running again continues",
+    )
     p.add_argument("--until-done", action="store_true", help="keep resuming each method until it finishes")
     p.add_argument("--seed", type=non_negative_int, default=0, help="draft initialisation and data order")
     p.add_argument("--device", type=torch_device, default=None, help=device_help)
@@ -373,11 +426,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="target checkpoint folder")
     p.add_argument("--dataset", required=True, help=dataset_help + "; must hold the checkpoint's catalog")
     p.add_argument("--split", default="test", choices=EVAL_SPLITS, help="users scored: their valid or test items")
-    p.add_argument("--list-items", type=non_negative_int, default=10,
-                   help="N of the greedy lists, scored by Recall@N / NDCG@N (0: no greedy lists)")
-    p.add_argument("--beam-width", type=non_negative_int, default=10,
-                   help="K of the beam search, scored by Recall@K / NDCG@K; at most the catalog size "
-                        "(0: no beam search)")  # fmt: skip
+    p.add_argument(
+        "--list-items",
+        type=non_negative_int,
+        default=10,
+        help="N of the greedy lists, scored by Recall@N / NDCG@N (0: no greedy lists)",
+    )
+    p.add_argument(
+        "--beam-width",
+        type=non_negative_int,
+        default=10,
+        help="K of the beam search, scored by Recall@K / NDCG@K; at most the catalog size (0: no beam search)",
+    )
     p.add_argument("--max-users", type=positive_int, default=None, help="score only the first this many users")
     p.add_argument("--batch-size", type=positive_int, default=64, help="prompts per model call")
     p.add_argument("--out", default=None, help="also write the metrics to this JSON file")
@@ -387,9 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recommend", help="a constrained list for one history of item ids")
     p.add_argument("--checkpoint", required=True, help="target checkpoint folder")
     p.add_argument("--history", nargs="+", required=True, help="item ids, oldest first")
-    p.add_argument("--num-items", type=positive_int, default=10,
-                   help="items in the list: at most the catalog size and what fits the model's context after "
-                        "the history (the error names the limit)")  # fmt: skip
+    p.add_argument(
+        "--num-items",
+        type=positive_int,
+        default=10,
+        help="items in the list: at most the catalog size and what fits the model's context after "
+        "the history (the error names the limit)",
+    )
     p.add_argument("--device", type=torch_device, default=None, help=device_help)
     p.set_defaults(func=cmd_recommend)
     return parser

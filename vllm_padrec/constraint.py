@@ -27,8 +27,8 @@ capturable); ``initial_state`` and ``state_after`` run on the host.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -53,10 +53,10 @@ class ListState:
     def batch_size(self) -> int:
         return self.depth.shape[0]
 
-    def clone(self) -> "ListState":
+    def clone(self) -> ListState:
         return ListState(*(getattr(self, f.name).clone() for f in fields(self)))
 
-    def index_select(self, rows: Tensor) -> "ListState":
+    def index_select(self, rows: Tensor) -> ListState:
         """The states of ``rows`` ([B'] long), e.g. the parents of the surviving beams."""
         return ListState(*(getattr(self, f.name).index_select(0, rows) for f in fields(self)))
 

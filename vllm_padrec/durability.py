@@ -18,9 +18,9 @@ import pickle
 import shutil
 import signal
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -137,7 +137,7 @@ class StopSignals:
         self.signal: signal.Signals | None = None  # the first signal received
         self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for signum in self.SIGNALS:
                 if signal.getsignal(signum) is not signal.SIG_IGN:  # e.g. SIGINT of a background job (`&`)

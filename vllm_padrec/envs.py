@@ -12,6 +12,7 @@ _DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath
 def data_dir() -> str:
     return os.path.normpath(os.environ.get(PADREC_DATA_DIR, _DEFAULT_DATA_DIR))
 
+
 # "1": the draft head uses the fused Triton kernel even off CUDA (tests, under TRITON_INTERPRET=1).
 PADREC_FORCE_TRITON = "PADREC_FORCE_TRITON"
 

@@ -27,8 +27,8 @@ so they can be captured in a CUDA graph.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -90,7 +90,7 @@ class ItemTrie:
         codebook_sizes: Sequence[int],
         dense_levels: int = 2,
         device: str | torch.device = "cpu",
-    ) -> "ItemTrie":
+    ) -> ItemTrie:
         """Build the trie of ``codes``; row i of ``codes`` becomes item (catalog index) i."""
         if isinstance(codes, Tensor):
             codes = codes.detach().cpu().numpy()
@@ -158,7 +158,7 @@ class ItemTrie:
             leaf_item=stack([order]),
         )
 
-    def to(self, device: str | torch.device) -> "ItemTrie":
+    def to(self, device: str | torch.device) -> ItemTrie:
         """A copy of the trie with every tensor on ``device``."""
         return ItemTrie(
             codebook_sizes=self.codebook_sizes,
@@ -220,16 +220,21 @@ class ItemTrie:
     @property
     def subtree_items(self) -> list[Tensor]:
         """Per level l = 0..L: ``[n_l]`` int32 number of items under each node."""
-        return [
-            self.subtree_flat[self._node_off[l] : self._node_off[l + 1]] for l in range(self.num_slots + 1)
-        ]
+        return [self.subtree_flat[self._node_off[l] : self._node_off[l + 1]] for l in range(self.num_slots + 1)]
 
     def memory_bytes(self) -> int:
         """Bytes of device memory held by the trie's tensors."""
         tensors = [
-            self.dense_table, self.row_ptr_flat, self.col_code_flat, self.subtree_flat, self.item_path,
-            self.leaf_item, self._depth_table, self._edge_arange, self._two,
-        ]  # fmt: skip
+            self.dense_table,
+            self.row_ptr_flat,
+            self.col_code_flat,
+            self.subtree_flat,
+            self.item_path,
+            self.leaf_item,
+            self._depth_table,
+            self._edge_arange,
+            self._two,
+        ]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def bytes_per_item(self) -> float:

@@ -17,8 +17,9 @@ key (and every unknown item id, up to ``MAX_NAMED_IDS``); files are read as UTF-
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -33,8 +34,9 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as error:
-        raise DatasetError(f"{path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
-                           f"{error.start})") from None
+        raise DatasetError(
+            f"{path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start})"
+        ) from None
 
 
 def _read_json_object(path: Path, what: str) -> dict[str, Any]:
@@ -58,8 +60,10 @@ def load_sid_index(path: str | Path, name: str, titles: dict[str, str] | None = 
     for key in keys:
         sid = index[key]
         if not isinstance(sid, list) or not sid or not all(isinstance(token, str) for token in sid):
-            raise DatasetError(f"{path}: item {key!r} has semantic ID {sid!r}, expected a list of code tokens "
-                               'like ["<a_1>", "<b_2>", ...]')  # fmt: skip
+            raise DatasetError(
+                f"{path}: item {key!r} has semantic ID {sid!r}, expected a list of code tokens "
+                'like ["<a_1>", "<b_2>", ...]'
+            )
         num_slots = len(rows[0]) if rows else len(sid)  # the first item's SID sets L
         try:
             rows.append(parse_sid_string("".join(sid), num_slots))
@@ -135,8 +139,9 @@ def load_atspeed(folder: str | Path, index_file: str | None = None) -> Interacti
     for split in ("train", "valid", "test"):
         path = folder / f"sequential_{split}.txt"
         # .txt item i is catalog item str(i - 1) (1-based ids against the index's 0-based keys)
-        splits[split] = _indices(catalog, _read_sequences(path), lambda i: str(i - 1),
-                                 f"{path} (1-based ids: item i is index key i - 1)")  # fmt: skip
+        splits[split] = _indices(
+            catalog, _read_sequences(path), lambda i: str(i - 1), f"{path} (1-based ids: item i is index key i - 1)"
+        )
     users = {
         user: UserSequence(train, splits["valid"].get(user, []), splits["test"].get(user, []))
         for user, train in splits["train"].items()

@@ -9,4 +9,11 @@ from vllm_padrec.decoding.beam import beam_search_items
 from vllm_padrec.decoding.greedy import banned_capacity, greedy_lists, length_buckets
 from vllm_padrec.decoding.speculative import SpeculationStats, speculative_lists
 
-__all__ = ["SpeculationStats", "banned_capacity", "beam_search_items", "greedy_lists", "length_buckets", "speculative_lists"]
+__all__ = [
+    "SpeculationStats",
+    "banned_capacity",
+    "beam_search_items",
+    "greedy_lists",
+    "length_buckets",
+    "speculative_lists",
+]

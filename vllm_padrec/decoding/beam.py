@@ -16,7 +16,7 @@ number of distinct prefixes at every level it is exact top-K over the catalog.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm

@@ -15,7 +15,7 @@ a batch of one computes, and the KV cache of Hugging Face's ``DynamicCache`` nee
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm

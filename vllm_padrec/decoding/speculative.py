@@ -43,8 +43,8 @@ explicit position ids keep every row's positions contiguous. Finished rows leave
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -88,9 +88,14 @@ class SpeculationStats:
     length_counts: list[int] = field(default_factory=list)  # [γ + 2]: rounds that emitted 0..γ+1 tokens
 
     def __post_init__(self) -> None:
-        for name, size in (("drafted_by_step", self.gamma), ("reached_by_step", self.gamma),
-                           ("accepted_by_step", self.gamma), ("reached_by_slot", self.num_slots + 2),
-                           ("accepted_by_slot", self.num_slots + 2), ("length_counts", self.gamma + 2)):
+        for name, size in (
+            ("drafted_by_step", self.gamma),
+            ("reached_by_step", self.gamma),
+            ("accepted_by_step", self.gamma),
+            ("reached_by_slot", self.num_slots + 2),
+            ("accepted_by_slot", self.num_slots + 2),
+            ("length_counts", self.gamma + 2),
+        ):
             counts = list(getattr(self, name))
             setattr(self, name, counts + [0] * (size - len(counts)))
 
@@ -141,7 +146,7 @@ class SpeculationStats:
         return [f"slot{s}" for s in range(self.num_slots)] + ["sep", "other"]
 
     # -- combination ---------------------------------------------------------------------------------
-    def merge(self, other: "SpeculationStats") -> "SpeculationStats":
+    def merge(self, other: SpeculationStats) -> SpeculationStats:
         """A new record holding both (γ may differ: the step lists are padded)."""
         if other.num_slots != self.num_slots:
             raise ValueError(f"cannot merge stats over {self.num_slots} and {other.num_slots} item slots")
@@ -160,7 +165,7 @@ class SpeculationStats:
     __add__ = merge
 
     @classmethod
-    def from_dict(cls, record: dict) -> "SpeculationStats":
+    def from_dict(cls, record: dict) -> SpeculationStats:
         """The counts of a ``to_dict`` record (its derived rates are ignored and recomputed)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{name: value for name, value in record.items() if name in names})
@@ -196,12 +201,17 @@ class SpeculationStats:
         reached = drafted & (k <= num_accepted[:, None])  # [B, K] every earlier draft accepted
         accepted = k < num_accepted[:, None]  # [B, K]
         slots = slot_table[draft_tokens]  # [B, K]
-        counts = torch.cat([
-            torch.stack([num_accepted.sum(), num_emitted.sum(), drafted.sum()]),  # [3]
-            drafted.sum(0), reached.sum(0), accepted.sum(0),  # [K] each
-            torch.bincount(slots[reached], minlength=S), torch.bincount(slots[accepted], minlength=S),  # [S] each
-            torch.bincount(num_emitted, minlength=self.gamma + 2),  # [γ + 2]
-        ]).tolist()
+        counts = torch.cat(
+            [
+                torch.stack([num_accepted.sum(), num_emitted.sum(), drafted.sum()]),  # [3]
+                drafted.sum(0),
+                reached.sum(0),
+                accepted.sum(0),  # [K] each
+                torch.bincount(slots[reached], minlength=S),
+                torch.bincount(slots[accepted], minlength=S),  # [S] each
+                torch.bincount(num_emitted, minlength=self.gamma + 2),  # [γ + 2]
+            ]
+        ).tolist()
         totals, counts = counts[:3], counts[3:]
         by_step = [counts[i * K : (i + 1) * K] for i in range(3)]
         counts = counts[3 * K :]
@@ -211,8 +221,17 @@ class SpeculationStats:
         self.accepted += totals[0]
         self.round_tokens += totals[1]
         self.drafted += totals[2]
-        for name, values in zip(("drafted_by_step", "reached_by_step", "accepted_by_step", "reached_by_slot",
-                                 "accepted_by_slot", "length_counts"), by_step + by_slot + [lengths]):
+        for name, values in zip(
+            (
+                "drafted_by_step",
+                "reached_by_step",
+                "accepted_by_step",
+                "reached_by_slot",
+                "accepted_by_slot",
+                "length_counts",
+            ),
+            by_step + by_slot + [lengths],
+        ):
             counts = getattr(self, name)
             for i, value in enumerate(values):
                 counts[i] += value
@@ -273,8 +292,13 @@ class TargetVerifier:
         B, T = input_ids.shape
         positions = self.length[:, None] + torch.arange(T, device=input_ids.device)  # [B, T]
         mask = self.cache.mask_with(torch.ones(B, T, dtype=torch.bool, device=input_ids.device))  # [B, S+T]
-        out = self.body(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                        past_key_values=self.cache.cache, use_cache=True)
+        out = self.body(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=self.cache.cache,
+            use_cache=True,
+        )
         self.cache.appended(torch.ones(B, T, dtype=torch.bool, device=input_ids.device))
         self._written = T
         hidden = out.last_hidden_state  # [B, T, H]
@@ -333,8 +357,9 @@ class HeadProposer(Proposer):
 
     def start_round(self, hidden, next_tokens, positions, valid, last):
         mask = self.cache.mask_with(valid)  # [B, S + T]
-        f = self.head(hidden, next_tokens, 0, positions, attention_mask=mask,
-                      past_key_values=self.cache.cache)  # [B, T, H]
+        f = self.head(
+            hidden, next_tokens, 0, positions, attention_mask=mask, past_key_values=self.cache.cache
+        )  # [B, T, H]
         self.cache.appended(valid)
         self.calls += 1
         self.feature = f[torch.arange(f.shape[0], device=f.device), last]  # [B, H] f^0_p
@@ -343,8 +368,14 @@ class HeadProposer(Proposer):
     def next_step(self, step, tokens, positions):
         live = torch.ones(tokens.shape[0], 1, dtype=torch.bool, device=tokens.device)  # [B, 1]
         mask = self.cache.mask_with(live)
-        f = self.head(self.feature[:, None], tokens[:, None], step, positions[:, None], attention_mask=mask,
-                      past_key_values=self.cache.cache)  # [B, 1, H]
+        f = self.head(
+            self.feature[:, None],
+            tokens[:, None],
+            step,
+            positions[:, None],
+            attention_mask=mask,
+            past_key_values=self.cache.cache,
+        )  # [B, 1, H]
         self.cache.appended(live)
         self.calls += 1
         self.steps += 1
@@ -440,8 +471,13 @@ def speculative_lists(
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     device = model_device(target)
     if constraint is None:
-        constraint = ListConstraint(catalog, num_items=num_items, no_repeat=no_repeat,
-                                    max_banned=banned_capacity(histories, num_items, ban_history), device=device)
+        constraint = ListConstraint(
+            catalog,
+            num_items=num_items,
+            no_repeat=no_repeat,
+            max_banned=banned_capacity(histories, num_items, ban_history),
+            device=device,
+        )
     elif constraint.num_items is not None and constraint.num_items != num_items:
         raise ValueError(f"the constraint makes lists of {constraint.num_items} items, not {num_items}")
     make_proposer(draft, gamma, 1, device)  # type and size checks before any work
@@ -458,8 +494,9 @@ def speculative_lists(
     for rows in length_buckets(prompts, batch_size):
         input_ids = torch.tensor([prompts[r] for r in rows], device=device)  # [B, P]
         state = constraint.initial_state(len(rows), [histories[r] for r in rows], ban_history)
-        outputs = _decode_batch(target, draft, constraint, input_ids, state, gamma, temperature, generator,
-                                max_steps, slot_table, stats)
+        outputs = _decode_batch(
+            target, draft, constraint, input_ids, state, gamma, temperature, generator, max_steps, slot_table, stats
+        )
         for row, tokens in zip(rows, outputs):
             token_ids[row] = tokens
         bar.update(len(rows))

@@ -42,8 +42,15 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 # PretrainedConfig.to_dict() keys that say nothing about a draft head; left out of config.json.
 _GENERIC_HF_KEYS = (
-    "_name_or_path", "id2label", "label2id", "problem_type", "output_attentions", "output_hidden_states",
-    "return_dict", "chunk_size_feed_forward", "is_encoder_decoder",
+    "_name_or_path",
+    "id2label",
+    "label2id",
+    "problem_type",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "chunk_size_feed_forward",
+    "is_encoder_decoder",
 )
 
 

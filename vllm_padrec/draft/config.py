@@ -18,8 +18,9 @@ plus ``n_predict`` and a ``padrec`` section); ``from_hf_config()`` reads it back
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from vllm_padrec.catalog import TokenLayout
 
@@ -74,8 +75,16 @@ class DraftConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "codebook_sizes", tuple(int(c) for c in self.codebook_sizes))
-        for name in ("hidden_size", "vocab_size", "num_heads", "num_kv_heads", "head_dim", "intermediate_size",
-                     "max_position_embeddings", "num_draft_steps"):
+        for name in (
+            "hidden_size",
+            "vocab_size",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "intermediate_size",
+            "max_position_embeddings",
+            "num_draft_steps",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"DraftConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_heads % self.num_kv_heads:
@@ -122,7 +131,7 @@ class DraftConfig:
     def layout(self) -> TokenLayout:
         return TokenLayout(self.codebook_sizes)
 
-    def replace(self, **changes: Any) -> "DraftConfig":
+    def replace(self, **changes: Any) -> DraftConfig:
         return dataclasses.replace(self, **changes)
 
     # -- construction ----------------------------------------------------------------------------
@@ -134,7 +143,7 @@ class DraftConfig:
         num_draft_steps: int,
         variant: str = "padrec",
         **overrides: Any,
-    ) -> "DraftConfig":
+    ) -> DraftConfig:
         """A draft for a HF Llama target config (``target.config``) over the catalog's token layout."""
         if variant not in VARIANTS:
             raise ValueError(f"unknown draft variant {variant!r}; choose one of {sorted(VARIANTS)}")
@@ -203,7 +212,7 @@ class DraftConfig:
         return config
 
     @classmethod
-    def from_hf_config(cls, hf_config: Any) -> "DraftConfig":
+    def from_hf_config(cls, hf_config: Any) -> DraftConfig:
         """Read a config written by ``to_hf_config`` (a LlamaConfig, vLLM's EAGLEConfig, or the json dict)."""
         get = _getter(hf_config)
         section = get(HF_SECTION)

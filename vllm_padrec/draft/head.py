@@ -26,15 +26,13 @@ The head owns no embedding and no LM head: it keeps references to the target's m
 
 from __future__ import annotations
 
-
-
 import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
-from vllm_padrec.draft.config import DraftConfig
 from vllm_padrec import envs
+from vllm_padrec.draft.config import DraftConfig
 from vllm_padrec.kernels import padrec_input, padrec_input_reference
 
 # Environment variable: "1" runs the fused Triton kernel whenever no gradient is needed, also on the
@@ -113,7 +111,7 @@ class PadRecDraftHead(nn.Module):
                         nn.init.zeros_(sub.bias)
 
     # -- the target's shared modules ---------------------------------------------------------------
-    def attach_target(self, embed_tokens: nn.Module | None, lm_head: nn.Module | None = None) -> "PadRecDraftHead":
+    def attach_target(self, embed_tokens: nn.Module | None, lm_head: nn.Module | None = None) -> PadRecDraftHead:
         """Use the target's embedding and LM head; ``attach_target(target_model)`` also works."""
         if lm_head is None and hasattr(embed_tokens, "get_input_embeddings"):
             model = embed_tokens

@@ -43,7 +43,7 @@ class MedusaConfig:
         }
 
     @classmethod
-    def from_hf_dict(cls, payload: dict) -> "MedusaConfig":
+    def from_hf_dict(cls, payload: dict) -> MedusaConfig:
         if payload.get("model_type") != "medusa":
             raise ValueError(f"not a Medusa config: model_type is {payload.get('model_type')!r}")
         return cls(
@@ -88,7 +88,7 @@ class MedusaHeads(nn.Module):
         self.lm_heads = nn.ModuleList([nn.Linear(H, V, bias=False) for _ in range(config.num_heads)])
 
     @classmethod
-    def from_target(cls, target: nn.Module, num_heads: int, num_layers: int = 1, fc_bias: bool = True) -> "MedusaHeads":
+    def from_target(cls, target: nn.Module, num_heads: int, num_layers: int = 1, fc_bias: bool = True) -> MedusaHeads:
         """Heads for a HF causal LM; every lm_heads.{h} starts as a copy of the target's LM head."""
         lm_head = target.get_output_embeddings()
         V, H = lm_head.weight.shape

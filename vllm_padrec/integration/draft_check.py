@@ -14,8 +14,9 @@ where the draft is built (any entry point, e.g. offline ``LLM(...)``), and raise
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from vllm_padrec.catalog import CATALOG_FILE, ItemCatalog
 from vllm_padrec.draft.config import PADREC_ARCHITECTURE, DraftConfig

@@ -74,9 +74,10 @@ import re
 import time
 import uuid
 from argparse import Namespace
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Sequence
+from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -147,10 +148,20 @@ class RecommendationError(Exception):
     def response(self) -> JSONResponse:
         from http import HTTPStatus
 
-        kind = {400: "BadRequestError", 404: "NotFoundError", 422: "UnprocessableEntityError",
-                500: "InternalServerError", 503: "ServiceUnavailableError"}.get(self.status)  # fmt: skip
-        error = {"message": self.message, "type": kind or HTTPStatus(self.status).phrase,
-                 "param": self.param, "code": self.status, **self.extra}  # fmt: skip
+        kind = {
+            400: "BadRequestError",
+            404: "NotFoundError",
+            422: "UnprocessableEntityError",
+            500: "InternalServerError",
+            503: "ServiceUnavailableError",
+        }.get(self.status)
+        error = {
+            "message": self.message,
+            "type": kind or HTTPStatus(self.status).phrase,
+            "param": self.param,
+            "code": self.status,
+            **self.extra,
+        }
         return JSONResponse({"error": error}, status_code=self.status)
 
 
@@ -223,7 +234,7 @@ class RecommendationService:
 
     # -- set-up ----------------------------------------------------------------------------------
     @classmethod
-    def from_app_state(cls, engine_client: Any, state: Any, args: Namespace) -> "RecommendationService":
+    def from_app_state(cls, engine_client: Any, state: Any, args: Namespace) -> RecommendationService:
         """Build from vLLM's app state; raises PadRecError (with the fix) when the catalog is missing."""
         from vllm_padrec.integration.list_settings import catalog_path, load_catalog, server_settings
 
@@ -238,7 +249,7 @@ class RecommendationService:
         if catalog is None:
             raise PadRecError(
                 f"no catalog at {path}: save {CATALOG_FILE} in the served model folder or set "
-                "--additional-config '{\"padrec\": {\"catalog\": PATH}}'"
+                '--additional-config \'{"padrec": {"catalog": PATH}}\''
             )
         max_history = read_max_history(target, path.parent)
         names = getattr(args, "served_model_name", None) or [model_config.model]
@@ -270,9 +281,11 @@ class RecommendationService:
         cap = self.max_list_items
         if n > cap:
             raise RecommendationError(
-                422, f"num_items={n} is more than this server's max_list_items={cap} (raise it with "
-                "--additional-config '{\"padrec\": {\"max_list_items\": N}}')", "num_items",
-            )  # fmt: skip
+                422,
+                f"num_items={n} is more than this server's max_list_items={cap} (raise it with "
+                '--additional-config \'{"padrec": {"max_list_items": N}}\')',
+                "num_items",
+            )
         excluded = frozenset(history) if request.exclude_history else frozenset()
         available = len(catalog) - len(excluded)
         if request.no_repeat and n > available:
@@ -281,8 +294,9 @@ class RecommendationService:
                 422, f"num_items={n} with no_repeat needs {n} distinct items but the catalog has {where}", "num_items"
             )
         if available == 0:
-            raise RecommendationError(422, "exclude_history leaves no item: the history holds the whole catalog",
-                                      "exclude_history")  # fmt: skip
+            raise RecommendationError(
+                422, "exclude_history leaves no item: the history holds the whole catalog", "exclude_history"
+            )
         num_generate = n
         if excluded:
             num_generate = min(n + len(excluded), cap, len(catalog) if request.no_repeat else cap)
@@ -300,11 +314,12 @@ class RecommendationService:
         fits = max(0, (budget - 1) // period)  # <s> + k items * (L + 1) (each with <sep> or <rec>)
         if fits < 1:
             raise RecommendationError(
-                422, f"the prompt needs at least {1 + period} tokens (one history item) and the list "
+                422,
+                f"the prompt needs at least {1 + period} tokens (one history item) and the list "
                 f"{max_tokens} tokens ({num_generate} items of {catalog.num_slots} codes + separators + </s> + 1), "
                 f"{1 + period + max_tokens} in all, more than max_model_len={self.max_model_len}: ask for fewer items",
                 "num_items",
-            )  # fmt: skip
+            )
         if len(window) > fits:
             prompt_len = 1 + len(window) * period
             window = window[-fits:]
@@ -364,17 +379,22 @@ class RecommendationService:
         items, invalid = self.parse_items(generation.token_ids)
         warnings = list(plan.warnings)
         if invalid:
-            warnings.append(f"{invalid} generated items are not catalog items and were dropped (is the "
-                            "padrec general plugin loaded with this catalog?)")  # fmt: skip
+            warnings.append(
+                f"{invalid} generated items are not catalog items and were dropped (is the "
+                "padrec general plugin loaded with this catalog?)"
+            )
         if plan.excluded:
             kept = [i for i in items if i not in plan.excluded]
             if len(kept) < plan.num_items:
-                warnings.append(f"exclude_history: {len(items) - len(kept)} of the {len(items)} generated items were "
-                                f"history items; {len(kept)} of {plan.num_items} items remain")  # fmt: skip
+                warnings.append(
+                    f"exclude_history: {len(items) - len(kept)} of the {len(items)} generated items were "
+                    f"history items; {len(kept)} of {plan.num_items} items remain"
+                )
             items = kept
         elif len(items) < plan.num_items:
-            warnings.append(f"the engine returned {len(items)} of {plan.num_items} items "
-                            f"(finish_reason={generation.finish_reason})")  # fmt: skip
+            warnings.append(
+                f"the engine returned {len(items)} of {plan.num_items} items (finish_reason={generation.finish_reason})"
+            )
         items = items[: plan.num_items]
         return {
             "id": request_id,
@@ -410,8 +430,10 @@ class RecommendationService:
             "draft_acceptance_rate": None,
         }
         if counters is None:
-            record["note"] = ("vLLM reports no per-request acceptance, and the server-wide counters are "
-                              "unavailable (stats logging off: --disable-log-stats)")  # fmt: skip
+            record["note"] = (
+                "vLLM reports no per-request acceptance, and the server-wide counters are "
+                "unavailable (stats logging off: --disable-log-stats)"
+            )
             return record
         drafts, draft_tokens, accepted = (counters.get(name) for name in SPEC_COUNTERS)
         record.update(
@@ -619,11 +641,14 @@ async def create_recommendations(raw_request: Request) -> JSONResponse:
         return RecommendationError(400, f"the engine refused the request: {sanitize_message(str(error))}").response()
     except Exception:  # an engine failure must not take the app down, nor show the server's insides
         _logger().exception("vllm-padrec: request %s failed in the engine", request_id)
-        return RecommendationError(500, f"the engine failed on request {request_id}; the server log has the "
-                                   "details").response()  # fmt: skip
+        return RecommendationError(
+            500, f"the engine failed on request {request_id}; the server log has the details"
+        ).response()
     if generation is None:
-        return JSONResponse({"error": {"message": "client disconnected", "type": "ClientClosedRequest",
-                                       "param": None, "code": 499}}, status_code=499)  # fmt: skip
+        return JSONResponse(
+            {"error": {"message": "client disconnected", "type": "ClientClosedRequest", "param": None, "code": 499}},
+            status_code=499,
+        )
     return JSONResponse(service.response(plan, generation, request_id))
 
 
@@ -661,6 +686,10 @@ class RecommendationsPlugin:
         setattr(state, STATE_KEY, service)
         _logger().info(
             "vllm-padrec: %s serves %d items of %s (max_list_items %d, max_history %s, max_model_len %d)",
-            ROUTE, len(service.catalog), service.catalog_path, service.max_list_items, service.max_history,
+            ROUTE,
+            len(service.catalog),
+            service.catalog_path,
+            service.max_list_items,
+            service.max_history,
             service.max_model_len,
-        )  # fmt: skip
+        )

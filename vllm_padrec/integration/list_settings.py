@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -56,7 +57,7 @@ class ListSettings(BaseModel):
     catalog: str | None = None  # catalog file or folder; None: the target checkpoint folder
 
     @model_validator(mode="after")
-    def _lengths_fit(self) -> "ListSettings":
+    def _lengths_fit(self) -> ListSettings:
         cap = self.max_list_items
         if self.num_items is not None and self.num_items > cap:
             raise ValueError(f"num_items={self.num_items} is more than max_list_items={cap}")
@@ -65,7 +66,7 @@ class ListSettings(BaseModel):
         return self
 
     @classmethod
-    def from_additional_config(cls, additional_config: Mapping | None) -> "ListSettings":
+    def from_additional_config(cls, additional_config: Mapping | None) -> ListSettings:
         """The server's settings; a bad section is a ``PadRecError`` naming the key (the server does not start)."""
         section = (additional_config or {}).get(ADDITIONAL_CONFIG_KEY) or {}
         if not isinstance(section, Mapping):
@@ -124,14 +125,18 @@ def list_limits(vllm_config: Any, settings: ListSettings) -> ListLimits:
     max_list_items = settings.max_list_items
     if not getattr(vllm_config, "use_v2_model_runner", True):
         method = getattr(getattr(vllm_config, "speculative_config", None), "method", None)
-        why = f"it runs vLLM's Model Runner V1{f' (speculative method {method!r})' if method else ''}, where " \
-              "the plugin's masks are not installed"  # fmt: skip
+        why = (
+            f"it runs vLLM's Model Runner V1{f' (speculative method {method!r})' if method else ''}, where "
+            "the plugin's masks are not installed"
+        )
         return ListLimits(max_list_items, None, why)
     path = catalog_path(vllm_config, settings)
     catalog = load_catalog(path)
     if catalog is None:
-        why = f"it has no item catalog (none at {path}): serve a target folder holding {CATALOG_FILE} or set " \
-              "padrec.catalog in --additional-config"  # fmt: skip
+        why = (
+            f"it has no item catalog (none at {path}): serve a target folder holding {CATALOG_FILE} or set "
+            "padrec.catalog in --additional-config"
+        )
         return ListLimits(max_list_items, None, why)
     return ListLimits(max_list_items, len(catalog))
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ def settings_row(spec: ListSpec, prompt_token_ids: Sequence[int], max_list_items
 class MaskingSampler:
     """A vLLM ``Sampler`` or ``RejectionSampler`` that masks the logits first; everything else delegates."""
 
-    def __init__(self, inner: Any, lists: "RequestLists") -> None:
+    def __init__(self, inner: Any, lists: RequestLists) -> None:
         self._inner = inner
         self._lists = lists
 
@@ -97,7 +98,7 @@ class RequestLists:
         return self.settings.mask_drafts
 
     @classmethod
-    def from_vllm_config(cls, vllm_config: Any, device: torch.device) -> "RequestLists | None":
+    def from_vllm_config(cls, vllm_config: Any, device: torch.device) -> RequestLists | None:
         """None when the server has no catalog: then the front end refuses every constrained request
         (``patch_process_inputs``), and the engine needs no masks."""
         settings = ListSettings.from_additional_config(vllm_config.additional_config)
@@ -131,14 +132,30 @@ class RequestLists:
         settings, logger = self.settings, _logger()
         vocab_size, max_model_len = model_config.get_vocab_size(), model_config.max_model_len
         logits_dtype = getattr(model_config, "head_dtype", None) or model_config.dtype  # LogitsProcessor's
-        triton = settings.triton_masks and on_cuda and _try_compile(logger, "the Triton catalog masks", "compiled",
-            lambda: self.use_triton_masks(vocab_size, max_model_len, logits_dtype, model_config.dtype))  # fmt: skip
+        triton = (
+            settings.triton_masks
+            and on_cuda
+            and _try_compile(
+                logger,
+                "the Triton catalog masks",
+                "compiled",
+                lambda: self.use_triton_masks(vocab_size, max_model_len, logits_dtype, model_config.dtype),
+            )
+        )
         if settings.compile_masks and on_cuda and not triton:
-            _try_compile(logger, "torch.compile of the verification mask", "eager", lambda: self.compile_verification(
-                vocab_size, max_model_len, logits_dtype))  # fmt: skip
+            _try_compile(
+                logger,
+                "torch.compile of the verification mask",
+                "eager",
+                lambda: self.compile_verification(vocab_size, max_model_len, logits_dtype),
+            )
         if settings.compile_draft_masks and self.max_drafts and on_cuda and not triton:
-            _try_compile(logger, "torch.compile of the draft masks", "eager", lambda: self.compile_drafts(
-                vocab_size, max_model_len, model_config.dtype))  # fmt: skip
+            _try_compile(
+                logger,
+                "torch.compile of the draft masks",
+                "eager",
+                lambda: self.compile_drafts(vocab_size, max_model_len, model_config.dtype),
+            )
 
     def compile_verification(self, vocab_size: int, max_model_len: int, logits_dtype: torch.dtype) -> None:
         """Compile ``mask_verification_logits`` once for every row count and warm it up now, so that no
@@ -148,15 +165,17 @@ class RequestLists:
         H200, benchmarks/results/vllm_mask.md); compiled, Inductor fuses them into a few Triton kernels.
         Warm-up runs under inference mode, as vLLM's sampler does, on logits of the dtype vLLM's
         LogitsProcessor returns (both are guards of the compiled graph)."""
-        args = functools.partial(self._verification_args, vocab_size=vocab_size, max_model_len=max_model_len,
-                                 dtype=logits_dtype)  # fmt: skip
+        args = functools.partial(
+            self._verification_args, vocab_size=vocab_size, max_model_len=max_model_len, dtype=logits_dtype
+        )
         self._verify = _compiled_and_warm(vm.mask_verification_logits, args)
 
     def compile_drafts(self, vocab_size: int, max_model_len: int, logits_dtype: torch.dtype) -> None:
         """Compile ``mask_draft_logits`` as ``compile_verification`` does, before vLLM captures its drafting
         graphs: the captured graphs then replay Inductor's few kernels instead of ~100 small ones."""
-        args = functools.partial(self._draft_args, vocab_size=vocab_size, max_model_len=max_model_len,
-                                 dtype=logits_dtype)  # fmt: skip
+        args = functools.partial(
+            self._draft_args, vocab_size=vocab_size, max_model_len=max_model_len, dtype=logits_dtype
+        )
         self._draft = _compiled_and_warm(vm.mask_draft_logits, args)
 
     def use_triton_masks(
@@ -179,19 +198,26 @@ class RequestLists:
         device = self.rows.gpu.device
         index = torch.zeros(rows, dtype=torch.int32, device=device)
         return (  # logits, request slot of each row, row index within its request, fed tokens
-            torch.zeros(rows, vocab_size, dtype=dtype, device=device), *self._state_like(max_model_len),
-            index, index.clone(), index.clone(), self.max_drafts, self.width,
-        )  # fmt: skip
+            torch.zeros(rows, vocab_size, dtype=dtype, device=device),
+            *self._state_like(max_model_len),
+            index,
+            index.clone(),
+            index.clone(),
+            self.max_drafts,
+            self.width,
+        )
 
     def _draft_args(self, rows: int, vocab_size: int, max_model_len: int, dtype: torch.dtype) -> tuple:
         """Arguments of a draft mask call on ``rows`` rows, shaped as at serving time (warm-ups)."""
         device = self.rows.gpu.device
         return (  # logits, batch row -> request slot, drafts so far [B, K] int64, draft step [] int64
-            torch.zeros(rows, vocab_size, dtype=dtype, device=device), *self._state_like(max_model_len),
+            torch.zeros(rows, vocab_size, dtype=dtype, device=device),
+            *self._state_like(max_model_len),
             torch.zeros(rows, dtype=torch.int32, device=device),
             torch.zeros(rows, max(self.max_drafts, 1), dtype=torch.int64, device=device),
-            torch.zeros((), dtype=torch.int64, device=device), self.width,
-        )  # fmt: skip
+            torch.zeros((), dtype=torch.int64, device=device),
+            self.width,
+        )
 
     def _state_like(self, max_model_len: int) -> tuple:
         """(tables, settings, all_token_ids, total_len) shaped as at serving time, for warm-up calls."""
@@ -207,14 +233,19 @@ class RequestLists:
         refused = False
         try:
             params = new_req_data.sampling_params
-            spec = ListSpec.from_extra_args(params.extra_args if params is not None else None, self.defaults,
-                                            self.limits)  # fmt: skip
+            spec = ListSpec.from_extra_args(
+                params.extra_args if params is not None else None, self.defaults, self.limits
+            )
             if spec.constraint and new_req_data.prompt_token_ids is None:
                 raise PadRecError("a constrained list needs the prompt's token ids (prompt embeddings were given)")
             row = settings_row(spec, new_req_data.prompt_token_ids or (), self.settings.max_list_items)
         except Exception as error:
-            _logger().error("vllm-padrec: request %s refused (it ends with an empty list): %s: %s",
-                            getattr(new_req_data, "req_id", "?"), type(error).__name__, error)  # fmt: skip
+            _logger().error(
+                "vllm-padrec: request %s refused (it ends with an empty list): %s: %s",
+                getattr(new_req_data, "req_id", "?"),
+                type(error).__name__,
+                error,
+            )
             row, refused = [0] * vm.NUM_FIELDS, True
         self.rows.stage_write(req_index, 0, row)
         self.enabled[req_index] = bool(row[vm.ENABLED])
@@ -230,16 +261,28 @@ class RequestLists:
         slots = input_batch.idx_mapping_np
         if self.req_states is None or not (self.enabled[slots].any() or self.refused[slots].any()):
             return  # no constrained request in this batch: no GPU work
-        args = (logits, self.tables, self.rows.gpu, self.req_states.all_token_ids.gpu, self.req_states.total_len.gpu,
-                input_batch.expanded_idx_mapping, input_batch.expanded_local_pos,
-                input_batch.input_ids[input_batch.logits_indices], self.max_drafts, self.width)  # fmt: skip
+        args = (
+            logits,
+            self.tables,
+            self.rows.gpu,
+            self.req_states.all_token_ids.gpu,
+            self.req_states.total_len.gpu,
+            input_batch.expanded_idx_mapping,
+            input_batch.expanded_local_pos,
+            input_batch.input_ids[input_batch.logits_indices],
+            self.max_drafts,
+            self.width,
+        )
         try:
             self._verify(*args)
         except Exception as error:
             if self._verify is vm.mask_verification_logits:
                 return self._refuse_batch(logits, input_batch, error)
-            _logger().error("vllm-padrec: the verification mask failed (%s: %s); using the eager torch masks",
-                            type(error).__name__, error)  # fmt: skip
+            _logger().error(
+                "vllm-padrec: the verification mask failed (%s: %s); using the eager torch masks",
+                type(error).__name__,
+                error,
+            )
             self._verify = vm.mask_verification_logits
             return self.mask_verification(logits, input_batch)
         if self.refused[slots].any():
@@ -249,8 +292,12 @@ class RequestLists:
         """The eager masks failed too: refuse this batch's constrained requests rather than serve them unmasked."""
         slots = input_batch.idx_mapping_np
         failed = slots[self.enabled[slots]]
-        _logger().error("vllm-padrec: the masks failed (%s: %s); refusing the %d constrained requests of this step",
-                        type(error).__name__, error, len(failed))  # fmt: skip
+        _logger().error(
+            "vllm-padrec: the masks failed (%s: %s); refusing the %d constrained requests of this step",
+            type(error).__name__,
+            error,
+            len(failed),
+        )
         self.refused[failed] = True
         self._only_eos(logits, input_batch, self.refused)
 
@@ -274,11 +321,21 @@ class RequestLists:
         if self.req_states is None or self._draft is None:
             return
         try:
-            self._draft(logits, self.tables, self.rows.gpu, self.req_states.all_token_ids.gpu,
-                        self.req_states.total_len.gpu, idx_mapping, draft_tokens, draft_step, self.width)  # fmt: skip
+            self._draft(
+                logits,
+                self.tables,
+                self.rows.gpu,
+                self.req_states.all_token_ids.gpu,
+                self.req_states.total_len.gpu,
+                idx_mapping,
+                draft_tokens,
+                draft_step,
+                self.width,
+            )
         except Exception as error:
-            _logger().error("vllm-padrec: the draft mask failed (%s: %s); drafts are no longer masked",
-                            type(error).__name__, error)  # fmt: skip
+            _logger().error(
+                "vllm-padrec: the draft mask failed (%s: %s); drafts are no longer masked", type(error).__name__, error
+            )
             self._draft = None
 
 
@@ -296,8 +353,9 @@ def _try_compile(logger, what: str, fallback: str, prepare) -> bool:
     try:
         prepare()
     except Exception as error:
-        logger.warning("vllm-padrec: %s failed (%s: %s); using the %s masks", what, type(error).__name__, error,
-                       fallback)  # fmt: skip
+        logger.warning(
+            "vllm-padrec: %s failed (%s: %s); using the %s masks", what, type(error).__name__, error, fallback
+        )
         return False
     logger.info("vllm-padrec: %s ready in %.1f s", what, time.perf_counter() - started)
     return True

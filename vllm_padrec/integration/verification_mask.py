@@ -55,7 +55,7 @@ class CatalogTables:
     code_arange: Tensor  # [C_max] int64
 
     @classmethod
-    def build(cls, catalog: ItemCatalog, device: str | torch.device = "cpu") -> "CatalogTables":
+    def build(cls, catalog: ItemCatalog, device: str | torch.device = "cpu") -> CatalogTables:
         layout = catalog.layout
         sizes = layout.codebook_sizes
         span = [1]
@@ -195,9 +195,7 @@ def mask_rows(
     slot = slots.long().clamp(min=0)  # [B]
     row = settings[slot].long()  # [B, NUM_FIELDS]
     tokens, length = list_window(all_token_ids, total_len, settings, slot, extra, num_extra, width)
-    allowed, valid = allowed_after(
-        tables, tokens, length, row[:, MAX_ITEMS], row[:, MIN_ITEMS], row[:, NO_REPEAT] != 0
-    )
+    allowed, valid = allowed_after(tables, tokens, length, row[:, MAX_ITEMS], row[:, MIN_ITEMS], row[:, NO_REPEAT] != 0)
     constrained = (slots >= 0) & (row[:, ENABLED] != 0) & valid  # [B]
     logits[:, :V].masked_fill_(~allowed & constrained[:, None], float("-inf"))
     if logits.shape[1] > V:

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from vllm_padrec.errors import PadRecError
 
@@ -79,7 +80,7 @@ class ListSpec:
         return {REQUEST_KEYS[name]: getattr(self, name) for name in names}
 
     @classmethod
-    def from_extra_args(cls, extra_args: Mapping[str, Any] | None, defaults: "ListSpec", limits: ListLimits) -> "ListSpec":
+    def from_extra_args(cls, extra_args: Mapping[str, Any] | None, defaults: ListSpec, limits: ListLimits) -> ListSpec:
         """The spec a request asks for (module docstring); raises ``ListSpecError`` naming the bad key."""
         args = dict(extra_args or {})
         keys = set(REQUEST_KEYS.values())

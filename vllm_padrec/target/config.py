@@ -105,10 +105,18 @@ class TargetRecipe:
                 raise RecipeError(f"recipe {self.name!r}: {message}")
 
         positive = [
-            "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
-            "max_position_embeddings", "max_history", "list_items", "batch_size", "bucket_batches",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "max_history",
+            "list_items",
+            "batch_size",
+            "bucket_batches",
             "log_every",
-        ]  # fmt: skip
+        ]
         for field in positive:
             value = getattr(self, field)
             need(isinstance(value, int) and value > 0, f"{field} must be a positive integer, got {value!r}")
@@ -214,7 +222,7 @@ class TargetRecipe:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, payload: dict[str, Any]) -> "TargetRecipe":
+    def from_dict(cls, payload: dict[str, Any]) -> TargetRecipe:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(payload) - known)
         if unknown:
@@ -228,13 +236,13 @@ class TargetRecipe:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
     @classmethod
-    def load(cls, path: str | Path) -> "TargetRecipe":
+    def load(cls, path: str | Path) -> TargetRecipe:
         path = Path(path)
         if path.is_dir():
             path = path / RECIPE_FILE
         return cls.from_dict(json.loads(path.read_text()))
 
-    def replace(self, **changes: Any) -> "TargetRecipe":
+    def replace(self, **changes: Any) -> TargetRecipe:
         """A copy with some fields changed (validated again)."""
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - known)

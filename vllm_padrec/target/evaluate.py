@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -141,7 +141,7 @@ class ValidationSet:
     @classmethod
     def build(
         cls, data: InteractionData, max_history: int, users: int = 0, seed: int = 0, split: str = "valid"
-    ) -> "ValidationSet":
+    ) -> ValidationSet:
         """``users`` users drawn once from ``split`` with ``seed`` (0: all of them), in dataset order."""
         samples = data.eval_samples(split, max_history)
         if not samples:

@@ -253,8 +253,14 @@ def require_memory(
 
 
 def _write_val_log(out_dir: Path, recipe: TargetRecipe, val: dict) -> None:
-    payload = {"metric": _metric_name(recipe), "users": val["users"], "best_step": val["best_step"],
-               "best": val["best_value"], "stopped_early": val["stopped_early"], "evals": val["evals"]}
+    payload = {
+        "metric": _metric_name(recipe),
+        "users": val["users"],
+        "best_step": val["best_step"],
+        "best": val["best_value"],
+        "stopped_early": val["stopped_early"],
+        "evals": val["evals"],
+    }
     (out_dir / VAL_FILE).write_text(json.dumps(payload, indent=1))
 
 
@@ -310,16 +316,34 @@ def _train_target(
     validating = recipe.eval_every > 0
     val_set = ValidationSet.build(data, recipe.max_history, recipe.val_users, recipe.seed) if validating else None
     # the validation record: every score, the best so far, validations since it improved
-    val = {"users": len(val_set) if val_set else 0, "evals": [], "best_step": None, "best_value": None,
-           "best_key": None, "bad_evals": 0, "stopped_early": False}  # fmt: skip
+    val = {
+        "users": len(val_set) if val_set else 0,
+        "evals": [],
+        "best_step": None,
+        "best_value": None,
+        "best_key": None,
+        "bad_evals": 0,
+        "stopped_early": False,
+    }
 
-    def result(finished: bool, loss: float | None, checkpoint: Path | None, rate: float,
-               stopped_by: str | None = None) -> TrainResult:
+    def result(
+        finished: bool, loss: float | None, checkpoint: Path | None, rate: float, stopped_by: str | None = None
+    ) -> TrainResult:
         plot = out_dir / PLOT_FILE
         return TrainResult(
-            finished, step, steps, loss, checkpoint, time.monotonic() - started, rate,
-            val["best_step"], val["best_value"], val["stopped_early"], stopped_by, plot if plot.exists() else None,
-        )  # fmt: skip
+            finished,
+            step,
+            steps,
+            loss,
+            checkpoint,
+            time.monotonic() - started,
+            rate,
+            val["best_step"],
+            val["best_value"],
+            val["stopped_early"],
+            stopped_by,
+            plot if plot.exists() else None,
+        )
 
     state = None
     if resume and state_path.exists():

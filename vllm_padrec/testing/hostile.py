@@ -38,7 +38,9 @@ def _xargs(name: str, xargs: str, constraint: str = '"padrec_constraint": 1, ') 
 
 
 def _recommend(name: str, fields: str, statuses: tuple[int, ...] = (422,), headers=None) -> HostileRequest:
-    return HostileRequest(name, RECOMMENDATIONS, '{"history": {history}, ' + fields + "}", dict(headers or {}), statuses)
+    return HostileRequest(
+        name, RECOMMENDATIONS, '{"history": {history}, ' + fields + "}", dict(headers or {}), statuses
+    )
 
 
 HOSTILE_REQUESTS: tuple[HostileRequest, ...] = (
@@ -65,8 +67,12 @@ HOSTILE_REQUESTS: tuple[HostileRequest, ...] = (
     _xargs("unknown padrec key", '"padrec_num_itemz": 3'),
     _xargs("list setting without the constraint", '"padrec_constraint": 0, "padrec_no_repeat": 1', constraint=""),
     # vLLM's beam search drops vllm_xargs: the constraint would silently not apply
-    HostileRequest("constraint with use_beam_search", COMPLETIONS, '{"model": {model}, "prompt": {prompt}, '
-                   '"max_tokens": 4, "use_beam_search": true, "n": 2, "vllm_xargs": {"padrec_constraint": 1}}'),
+    HostileRequest(
+        "constraint with use_beam_search",
+        COMPLETIONS,
+        '{"model": {model}, "prompt": {prompt}, '
+        '"max_tokens": 4, "use_beam_search": true, "n": 2, "vllm_xargs": {"padrec_constraint": 1}}',
+    ),
     # the recommendations route
     _recommend("seed 2**63", '"num_items": 3, "seed": 9223372036854775808'),
     _recommend("seed -2**63 - 1", '"num_items": 3, "seed": -9223372036854775809'),
@@ -76,10 +82,15 @@ HOSTILE_REQUESTS: tuple[HostileRequest, ...] = (
     _recommend("num_items 2.9", '"num_items": 2.9'),
     _recommend("num_items huge", '"num_items": 100000000000000000000000000000'),
     _recommend("unknown field", '"num_items": 3, "beam_width": 4'),
-    HostileRequest("history of 100k unknown ids", RECOMMENDATIONS,
-                   '{"history": ' + json.dumps([f"x{i}" for i in range(100_000)]) + "}", statuses=(422,)),
+    HostileRequest(
+        "history of 100k unknown ids",
+        RECOMMENDATIONS,
+        '{"history": ' + json.dumps([f"x{i}" for i in range(100_000)]) + "}",
+        statuses=(422,),
+    ),
     HostileRequest("history not a list", RECOMMENDATIONS, '{"history": 7}', statuses=(422,)),
     HostileRequest("body not JSON", RECOMMENDATIONS, "{not json", statuses=(400,)),
-    HostileRequest("body over the size cap", RECOMMENDATIONS, '{"history": ["' + "a" * (5 * 1024 * 1024) + '"]}',
-                   statuses=(413,)),
-)  # fmt: skip
+    HostileRequest(
+        "body over the size cap", RECOMMENDATIONS, '{"history": ["' + "a" * (5 * 1024 * 1024) + '"]}', statuses=(413,)
+    ),
+)

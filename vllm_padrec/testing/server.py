@@ -1,7 +1,7 @@
 """A ``vllm serve`` subprocess for GPU tests and benchmarks: start, wait until healthy, send raw requests, stop.
 
-    with VllmServer(target, ["--speculative-model", draft], log_path="serve.log") as server:
-        status, body, seconds = server.post("/v1/recommendations", '{"history": ["1"]}')
+with VllmServer(target, ["--speculative-model", draft], log_path="serve.log") as server:
+    status, body, seconds = server.post("/v1/recommendations", '{"history": ["1"]}')
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class VllmServer:
         self.process: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
 
-    def __enter__(self) -> "VllmServer":
+    def __enter__(self) -> VllmServer:
         self.start()
         return self
 
@@ -51,8 +51,9 @@ class VllmServer:
         print("+", " ".join(self.command), flush=True)
         log = open(self.log_path, "w")
         started = time.time()
-        self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                        start_new_session=True)  # fmt: skip
+        self.process = subprocess.Popen(
+            self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
         deadline = started + self.startup_timeout
         while time.time() < deadline:
             if not self.alive():
@@ -74,12 +75,14 @@ class VllmServer:
         except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException):
             return False
 
-    def post(self, path: str, body: str | bytes, headers: dict[str, str] | None = None,
-             timeout: float = 300.0) -> tuple[int, dict | str, float]:  # fmt: skip
+    def post(
+        self, path: str, body: str | bytes, headers: dict[str, str] | None = None, timeout: float = 300.0
+    ) -> tuple[int, dict | str, float]:
         """(status, JSON body or raw text, seconds) of one POST; HTTP errors are answers, not exceptions."""
         data = body.encode() if isinstance(body, str) else body
-        request = urllib.request.Request(f"{self.base}{path}", data, {"Content-Type": "application/json",
-                                                                      **(headers or {})})  # fmt: skip
+        request = urllib.request.Request(
+            f"{self.base}{path}", data, {"Content-Type": "application/json", **(headers or {})}
+        )
         started = time.perf_counter()
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:

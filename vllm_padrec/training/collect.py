@@ -16,8 +16,8 @@ kept on the training device), else run the target on the fly for every batch (``
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn

@@ -44,8 +44,8 @@ Medusa head h at row p (= the round start) predicts x_{p+2+h}: label a_{p+2+h}.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F

@@ -32,9 +32,10 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,8 +58,14 @@ PLOT_FILE = "loss_curve.png"
 RESULT_FILE = "result.json"
 CHECKPOINT_DIR = "draft"
 # Config fields that do not change the trained weights: a resumed run may change them.
-_OPERATIONAL_FIELDS = ("features", "max_stored_gib", "collect_batch_size", "max_eval_sequences", "log_every",
-                       "save_every")
+_OPERATIONAL_FIELDS = (
+    "features",
+    "max_stored_gib",
+    "collect_batch_size",
+    "max_eval_sequences",
+    "log_every",
+    "save_every",
+)
 
 
 @dataclass(frozen=True)
@@ -102,11 +109,22 @@ class DraftTrainConfig:
         self.loss_weights()  # validates the loss fields
 
     @classmethod
-    def tiny(cls, **changes: Any) -> "DraftTrainConfig":
+    def tiny(cls, **changes: Any) -> DraftTrainConfig:
         """Seconds on a laptop CPU: what the tests train."""
-        values = dict(num_draft_steps=3, batch_size=8, max_steps=40, lr=3e-3, warmup_steps=4, log_every=5,
-                      save_every=10, max_history=4, list_items=3, holdout_fraction=0.1, max_eval_sequences=32,
-                      collect_batch_size=16)
+        values = dict(
+            num_draft_steps=3,
+            batch_size=8,
+            max_steps=40,
+            lr=3e-3,
+            warmup_steps=4,
+            log_every=5,
+            save_every=10,
+            max_history=4,
+            list_items=3,
+            holdout_fraction=0.1,
+            max_eval_sequences=32,
+            collect_batch_size=16,
+        )
         values.update(changes)
         return cls(**values)
 
@@ -270,8 +288,21 @@ def train_draft(
     several methods trained in one process collect them once. A SIGTERM or SIGINT during the call
     stops it at the next step boundary (module docstring)."""
     with StopSignals() as stop:
-        return _train_draft(method, target, data, config, out_dir, device, time_budget_minutes, resume, layout,
-                            stop_after_steps, progress, source, stop)  # fmt: skip
+        return _train_draft(
+            method,
+            target,
+            data,
+            config,
+            out_dir,
+            device,
+            time_budget_minutes,
+            resume,
+            layout,
+            stop_after_steps,
+            progress,
+            source,
+            stop,
+        )
 
 
 def _train_draft(
@@ -334,9 +365,16 @@ def _train_draft(
         sums, count = {name: total.to(device) for name, total in window["sums"].items()}, window["count"]
 
     def save_progress() -> None:
-        payload = {"method": method, "config": config.to_dict(), "step": step, "model": module.state_dict(),
-                   "optimizer": optimizer.state_dict(), "log": log, "elapsed_s": elapsed_before + time.monotonic() - t0,
-                   "window": {"sums": {name: total.detach().cpu() for name, total in sums.items()}, "count": count}}
+        payload = {
+            "method": method,
+            "config": config.to_dict(),
+            "step": step,
+            "model": module.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "log": log,
+            "elapsed_s": elapsed_before + time.monotonic() - t0,
+            "window": {"sums": {name: total.detach().cpu() for name, total in sums.items()}, "count": count},
+        }
         save_state(payload, state_path)
         (out_dir / LOG_FILE).write_text(json.dumps(log, indent=1))
 
@@ -408,7 +446,10 @@ def frozen_target(target: Any, device: torch.device) -> nn.Module:
 
 
 def feature_source(
-    target: Any, data: InteractionData | Sequence, config: DraftTrainConfig, device: str | torch.device,
+    target: Any,
+    data: InteractionData | Sequence,
+    config: DraftTrainConfig,
+    device: str | torch.device,
     progress: bool = True,
 ) -> FeatureSource:
     """The training sequences of ``data`` with ``target``'s hidden states (stored or on the fly), as
@@ -416,8 +457,9 @@ def feature_source(
     device = torch.device(device)
     target = frozen_target(target, device)
     sequences = training_sequences(data, config.max_history, config.list_items)
-    return FeatureSource(target, sequences, device, config.features, config.max_stored_gib * 2**30,
-                         config.collect_batch_size, progress)
+    return FeatureSource(
+        target, sequences, device, config.features, config.max_stored_gib * 2**30, config.collect_batch_size, progress
+    )
 
 
 def plot_losses(log: list[dict], path: Path) -> Path | None:
