@@ -118,9 +118,13 @@ class TokenLayout:
             tokens += [f"<{SLOT_LETTERS[slot]}_{code}>" for code in range(size)]
         return tokens
 
-    def slot_table(self) -> np.ndarray:
-        """``[vocab_size]`` int64: the item slot of every token id (L = separator, L+1 = other)."""
-        table = np.full(self.vocab_size, self.other_slot, dtype=np.int64)
+    def slot_table(self, size: int | None = None) -> np.ndarray:
+        """``[size]`` int64 (default ``vocab_size``): the item slot of every token id (L = separator,
+        L+1 = other); ids past the layout (a model's padded vocabulary, ``size > vocab_size``) are other."""
+        size = self.vocab_size if size is None else size
+        if size < self.vocab_size:
+            raise ValueError(f"a slot table of {size} ids cannot hold the layout's {self.vocab_size} tokens")
+        table = np.full(size, self.other_slot, dtype=np.int64)
         table[self.SEP] = self.sep_slot
         for slot, size in enumerate(self.codebook_sizes):
             start = self.code_offset(slot)
