@@ -8,21 +8,20 @@ writes ``vllm_mask.json``, ``vllm_mask.md`` and ``vllm_mask.png``. Redraw from t
 
     python -m benchmarks.bench_vllm_mask --render benchmarks/results/vllm_mask.json
 
-What is timed are the two functions vLLM calls through the plugin (``integration/verification_mask``),
+What is timed are the two masks vLLM calls through the plugin (``vllm_padrec.lists.masks``, the kernel's reference),
 with the tensors V2 hands them (request slots, per-request settings, ``all_token_ids``), at the sizes
 of a speculative engine step with B requests and K draft tokens:
 
 - ``verification``: ``mask_verification_logits`` on the target's B * (K + 1) verification rows
-  (every draft position and the bonus row), compiled (``torch.compile(dynamic=True)``, what the
-  plugin runs with ``triton_masks: false``: ``RequestLists.compile_verification``), eagerly, and
-  eagerly captured in a CUDA graph (for reference); the compiled output is checked against the eager one;
+  (every draft position and the bonus row), eagerly (what the plugin runs with ``triton_masks: false``),
+  compiled (``torch.compile(dynamic=True)``, a comparison point), and eagerly captured in a CUDA graph;
+  the compiled output is checked against the eager one;
 - ``draft``: ``mask_draft_logits`` on the draft's B rows at one draft step, replayed from a CUDA
   graph, as it runs inside vLLM's captured drafting loop (K calls per engine step);
-- ``draft_compiled``: the same draft call compiled (``compile_draft_masks: true``), captured and replayed
+- ``draft_compiled``: the same draft call compiled (a comparison point), captured and replayed
   from a CUDA graph; checked against the eager one;
-- ``per_step``: compiled verification + K compiled draft calls: what one engine step pays for the
-  constraint with ``triton_masks: false`` (``per_step_eager``: both eager, ``compile_masks`` and
-  ``compile_draft_masks`` off too; ``per_step_from``);
+- ``per_step``: compiled verification + K compiled draft calls (``per_step_eager``: both eager, what one
+  engine step pays for the constraint with ``triton_masks: false``; ``per_step_from``);
 - ``*_triton``: the same two calls through the fused Triton kernel (``triton_masks``, the plugin's
   default), verification launched plainly, the draft call replayed from a CUDA graph; checked
   against the eager masks.
@@ -43,91 +42,32 @@ import sys
 
 from benchmarks.bench_trie import synthetic_codes, time_ms
 from vllm_padrec.plotting import pyplot
+from vllm_padrec.testing.mask_inputs import LIST_ITEMS, MAX_NUM_REQS, make_inputs, same_as_eager
 
 BATCHES = (1, 8, 32, 64, 128)
 NUM_DRAFTS = (3, 5)
-LIST_ITEMS = 10
-PROMPT_LEN = 101  # 20 history items of 5 tokens + <rec>
-MAX_NUM_REQS = 256  # vLLM's default max_num_seqs on this machine's serve
-SEQ_CAPACITY = 512  # all_token_ids columns (max_model_len)
-
 JSON_NAME = "vllm_mask.json"
 MD_NAME = "vllm_mask.md"
 PNG_NAME = "vllm_mask.png"
 
 
-def make_inputs(catalog, batch: int, num_drafts: int, seed: int, device):
-    """V2-shaped inputs for ``batch`` running requests (slots 0..B-1) of one engine step."""
-    import numpy as np
-    import torch
-
-    from vllm_padrec.catalog import TokenLayout
-    from vllm_padrec.integration import verification_mask as vm
-
-    rng = np.random.default_rng(seed)
-    period = catalog.num_slots + 1
-    list_len = LIST_ITEMS * period  # tokens of a full list with its separators (last one: </s>)
-    all_token_ids = torch.zeros(MAX_NUM_REQS, SEQ_CAPACITY, dtype=torch.int32)
-    total_len = torch.zeros(MAX_NUM_REQS, dtype=torch.int32)
-    settings = torch.zeros(MAX_NUM_REQS, vm.NUM_FIELDS, dtype=torch.int32)
-    fed = []  # [B * (K + 1)] token fed at each verification row: last committed token, then the drafts
-    drafts = torch.zeros(batch, num_drafts, dtype=torch.long)
-    for b in range(batch):
-        items = rng.choice(len(catalog), size=LIST_ITEMS, replace=False)
-        full = []
-        for item in items:
-            full += catalog.item_token_ids(int(item)) + [TokenLayout.SEP]
-        full[-1] = TokenLayout.EOS
-        committed = int(rng.integers(1, list_len - num_drafts))  # list tokens already generated
-        row = [TokenLayout.BOS] * (PROMPT_LEN - 1) + [TokenLayout.REC] + full[:committed]
-        all_token_ids[b, : len(row)] = torch.tensor(row, dtype=torch.int32)
-        total_len[b] = len(row)
-        settings[b] = torch.tensor([1, PROMPT_LEN, LIST_ITEMS, LIST_ITEMS, 1], dtype=torch.int32)
-        next_tokens = full[committed : committed + num_drafts]
-        drafts[b] = torch.tensor(next_tokens)
-        fed += [full[committed - 1]] + next_tokens
-    rows = batch * (num_drafts + 1)
-    return dict(
-        settings=settings.to(device),
-        all_token_ids=all_token_ids.to(device),
-        total_len=total_len.to(device),
-        row_slots=torch.arange(batch, device=device).repeat_interleave(num_drafts + 1),  # [R]
-        local_pos=torch.arange(num_drafts + 1, device=device).repeat(batch),  # [R]
-        fed_tokens=torch.tensor(fed, dtype=torch.int32, device=device),  # [R]
-        verify_logits=torch.randn(rows, catalog.layout.vocab_size, device=device),  # [R, V] fp32 as vLLM's
-        draft_logits=torch.randn(batch, catalog.layout.vocab_size, device=device),  # [B, V]
-        idx_mapping=torch.arange(batch, dtype=torch.int32, device=device),  # [B]
-        drafts=drafts.to(device),  # [B, K]
-        draft_step=torch.tensor(num_drafts // 2, device=device),  # [] a middle draft step
-    )
-
-
-def same_as_eager(eager_fn, compiled_fn, logits, rest: tuple, where: str, what: str = "compiled"):
-    """Mask copies of ``logits`` eagerly and with ``compiled_fn`` (compiled or the Triton kernel, under
-    inference mode, as vLLM calls it); they must be equal. Returns the eagerly masked copy."""
-    import torch
-
-    want, got = logits.clone(), logits.clone()
-    eager_fn(want, *rest)
-    with torch.inference_mode():
-        compiled_fn(got, *rest)
-    if not torch.equal(got, want):
-        raise AssertionError(f"{where}: the {what} {eager_fn.__name__} differs from the eager one")
-    return want
-
-
 def bench(catalog, name: str, args) -> list[dict]:
     import torch
 
-    from vllm_padrec.integration import verification_mask as vm
-    from vllm_padrec.kernels import catalog_mask_draft, catalog_mask_verification
+    from vllm_padrec.kernels import (
+        catalog_mask_draft,
+        catalog_mask_draft_reference,
+        catalog_mask_verification,
+        catalog_mask_verification_reference,
+    )
+    from vllm_padrec.lists.tables import CatalogTables
 
     device = torch.device("cuda")
-    tables = vm.CatalogTables.build(catalog, device=device)
+    tables = CatalogTables.build(catalog, device=device)
     width = LIST_ITEMS * tables.period
-    # what the plugin runs with triton_masks off (RequestLists.compile_verification): one dynamic-shape graph
-    compiled_verify = torch.compile(vm.mask_verification_logits, dynamic=True, fullgraph=True)
-    compiled_draft = torch.compile(vm.mask_draft_logits, dynamic=True, fullgraph=True)  # compile_draft_masks
+    # a comparison point: one dynamic-shape graph
+    compiled_verify = torch.compile(catalog_mask_verification_reference, dynamic=True, fullgraph=True)
+    compiled_draft = torch.compile(catalog_mask_draft_reference, dynamic=True, fullgraph=True)
     records = []
     for num_drafts in NUM_DRAFTS:
         for batch in BATCHES:
@@ -137,20 +77,29 @@ def bench(catalog, name: str, args) -> list[dict]:
             verify_rest = (*state, x["row_slots"], x["local_pos"], x["fed_tokens"], num_drafts, width)
             draft_rest = (*state, x["idx_mapping"], x["drafts"], x["draft_step"], width)
             where = f"{name} B={batch} K={num_drafts}"
-            masked = same_as_eager(vm.mask_verification_logits, compiled_verify, x["verify_logits"], verify_rest, where)
+            masked = same_as_eager(
+                catalog_mask_verification_reference, compiled_verify, x["verify_logits"], verify_rest, where
+            )
             if not bool((torch.isfinite(masked).sum(1) > 0).all()):  # every row must keep at least one token
                 raise AssertionError(f"{where}: a verification row lost every token")
-            same_as_eager(vm.mask_draft_logits, compiled_draft, x["draft_logits"], draft_rest, where)
+            same_as_eager(catalog_mask_draft_reference, compiled_draft, x["draft_logits"], draft_rest, where)
             same_as_eager(
-                vm.mask_verification_logits, catalog_mask_verification, x["verify_logits"], verify_rest, where, "Triton"
+                catalog_mask_verification_reference,
+                catalog_mask_verification,
+                x["verify_logits"],
+                verify_rest,
+                where,
+                "Triton",
             )
-            same_as_eager(vm.mask_draft_logits, catalog_mask_draft, x["draft_logits"], draft_rest, where, "Triton")
+            same_as_eager(
+                catalog_mask_draft_reference, catalog_mask_draft, x["draft_logits"], draft_rest, where, "Triton"
+            )
 
-            verification = functools.partial(vm.mask_verification_logits, x["verify_logits"], *verify_rest)
+            verification = functools.partial(catalog_mask_verification_reference, x["verify_logits"], *verify_rest)
 
             verification_compiled = functools.partial(compiled_verify, x["verify_logits"], *verify_rest)
 
-            draft = functools.partial(vm.mask_draft_logits, x["draft_logits"], *draft_rest)
+            draft = functools.partial(catalog_mask_draft_reference, x["draft_logits"], *draft_rest)
 
             draft_compiled = functools.partial(compiled_draft, x["draft_logits"], *draft_rest)
 
@@ -189,7 +138,7 @@ def bench(catalog, name: str, args) -> list[dict]:
 
 def per_step_from(record: dict) -> dict:
     """The constraint's cost per engine step from one record's timings: K draft steps + the verification,
-    compiled (``triton_masks`` off), eager (``compile_masks`` / ``compile_draft_masks`` off)."""
+    compiled, eager (what the plugin runs with ``triton_masks`` off)."""
     k = record["num_drafts"]
     per_step = {
         "per_step_us": round(record["verification_compiled_us"] + k * record["draft_compiled_graph_us"], 2),
@@ -207,10 +156,10 @@ def render_markdown(payload: dict) -> str:
         "",
         f"{payload['gpu']}, torch {payload['torch']}, {payload['date']}. Lists of {LIST_ITEMS} items, no-repeat on; "
         "B requests with K draft tokens each. `verification`: `mask_verification_logits` on the B·(K+1) target rows: "
-        "compiled with `torch.compile(dynamic=True)` (`triton_masks: false`), eager (`compile_masks: false`), and the "
+        "compiled with `torch.compile(dynamic=True)`, eager (`triton_masks: false`), and the "
         "eager ops replayed from a CUDA graph (reference). `draft`: `mask_draft_logits` on B draft rows, one draft "
         "step, replayed from a CUDA graph (as in vLLM's captured drafting loop), eager and compiled "
-        "(`compile_draft_masks`). `per step` = compiled verification + K compiled draft steps; "
+        "(a comparison point). `per step` = compiled verification + K compiled draft steps; "
         "`per step, eager` = both eager. `Triton`: the fused kernel (`triton_masks`, kernels/catalog_mask.py, the "
         "plugin's default since 2026-11-22), "
         "verification launched plainly, draft steps replayed from a CUDA graph; every compiled and Triton mask is "

@@ -1,11 +1,8 @@
-"""Fused catalog mask kernel: the verification and draft masks of ``verification_mask`` in one launch.
+"""Fused catalog mask kernel: the list masks of ``vllm_padrec.lists.masks`` in one launch.
 
-The plain-torch reference is ``catalog_mask_reference.py``, i.e. ``vllm_padrec.integration.
-verification_mask`` (its module docstring defines list, row, key and window); this kernel computes
-the same masks, one program per logits row, and writes -inf into the same logits. Compiled by Inductor,
-the torch version is still
-about a dozen kernels launched from Python per call (0.8 ms of CPU per speculative engine step on
-the H200, benchmarks/results/engine_step.md); this is one launch.
+The plain-torch reference is ``catalog_mask_reference.py`` (the masks of ``vllm_padrec.lists.masks``,
+which apply the rule of ``vllm_padrec.lists.rule``; their docstrings define list, row, key and window);
+this kernel computes the same masks, one program per logits row, and writes -inf into the same logits.
 
 Per row (program):
 
@@ -13,13 +10,14 @@ Per row (program):
    the row's extra tokens (verification: the drafts fed at the request's earlier rows; draft step
    k: ``draft_tokens[b, :k]``);
 2. the prefix checks: grammar (a code of slot p mod P, a separator at p mod P = L), every complete
-   item a catalog key, no key twice (no-repeat), fewer items than ``max_items``, the partial item a
-   catalog prefix;
+   item a catalog key and not one of the request's excluded items (the settings row's columns
+   NUM_FIELDS.., as keys through ``item_key``), no key twice (no-repeat), fewer items than
+   ``max_items``, the partial item a catalog prefix;
 3. when the row is constrained (enabled request, valid prefix): -inf on every column except the
    allowed ones. The allowed codes come from the sorted leaf keys alone, without the trie's node
    tables: code c of slot d extends prefix key k when some leaf lies in
-   [k + c * stride_d, k + (c + 1) * stride_d), and with no-repeat when more leaves lie there than
-   banned list items (two binary searches per code).
+   [k + c * stride_d, k + (c + 1) * stride_d), and when more leaves lie there than banned items
+   (excluded items, and with no-repeat the list's) (two binary searches per code).
 
 CUDA-graph safety: the launchers read no device value on the host and allocate nothing; the draft
 step is read inside the kernel from its 0-dim device tensor. Index ranges follow the reference's
@@ -35,12 +33,14 @@ import torch
 import triton
 import triton.language as tl
 
-from vllm_padrec.integration import verification_mask as vm
+from vllm_padrec.lists import spec
 
 __all__ = ["catalog_mask_verification", "catalog_mask_draft"]
 
 _BLOCK_V = 1024  # logits columns per store
 _MAX_BLOCK_C = 256  # codes of one slot judged at once
+_MAX_BLOCK_X = 32  # excluded items compared at once
+_MAX_BLOCK_X_COUNT = 1024  # exclusion columns counted at once
 
 
 @triton.jit
@@ -83,12 +83,22 @@ def _list_token(
     return tl.where(pos < committed, from_committed.to(tl.int64), from_extra.to(tl.int64))
 
 
-@triton.jit(do_not_specialize=["R"])  # R, the row count, changes every engine step: one compiled variant
+@triton.jit
+def _excluded_keys(columns, x0, X, item_key_ptr, N, BLOCK_X: tl.constexpr):
+    """Keys of the excluded items in columns x0 .. x0 + BLOCK_X - 1 of a settings row (-1: none)."""
+    x = x0 + tl.arange(0, BLOCK_X)
+    index = tl.load(columns + x, mask=x < X, other=-1).to(tl.int64)
+    key = tl.load(item_key_ptr + tl.minimum(tl.maximum(index, 0), N - 1), mask=index >= 0, other=-1)
+    return tl.where(index >= 0, key, -1)
+
+
+@triton.jit(do_not_specialize=["R", "X"])  # R, the row count, changes every engine step: one compiled variant
 def _catalog_mask_kernel(
     logits_ptr,
     logits_row_stride,
     V_model,
     leaf_keys_ptr,
+    item_key_ptr,
     N,
     n_steps,
     stride_ptr,
@@ -98,6 +108,8 @@ def _catalog_mask_kernel(
     code_offset_ptr,
     V,
     settings_ptr,
+    settings_row_stride,
+    X,
     ids_ptr,
     ids_row_stride,
     T,
@@ -119,6 +131,8 @@ def _catalog_mask_kernel(
     BLOCK_L: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_V: tl.constexpr,
+    BLOCK_X: tl.constexpr,
+    BLOCK_X_COUNT: tl.constexpr,
     SEP: tl.constexpr,
     EOS: tl.constexpr,
     NUM_FIELDS: tl.constexpr,
@@ -131,7 +145,7 @@ def _catalog_mask_kernel(
 ):
     row = tl.program_id(0).to(tl.int64)
     slot = tl.load(slots_ptr + row).to(tl.int64)
-    setting = settings_ptr + tl.maximum(slot, 0) * NUM_FIELDS
+    setting = settings_ptr + tl.maximum(slot, 0) * settings_row_stride
     enabled = tl.load(setting + ENABLED) != 0
     start = tl.load(setting + LIST_START).to(tl.int64)
     max_items = tl.load(setting + MAX_ITEMS).to(tl.int64)
@@ -193,6 +207,20 @@ def _catalog_mask_kernel(
     pair = (keys[:, None] == keys[None, :]) & banned[:, None] & banned[None, :] & (item[:, None] != item[None, :])
     repeats = tl.sum(tl.sum(pair.to(tl.int32), 1), 0) > 0
 
+    # the excluded items (catalog indices, then -1): how many, and whether the list holds one
+    # (the excluded items come first in their columns: a row whose first column is -1 excludes nothing)
+    first_excluded = tl.load(setting + NUM_FIELDS, mask=X > 0, other=-1)
+    num_excluded = tl.zeros((), tl.int64)
+    for x0 in range(0, tl.where(first_excluded >= 0, X, 0), BLOCK_X_COUNT):
+        x = x0 + tl.arange(0, BLOCK_X_COUNT)
+        index = tl.load(setting + NUM_FIELDS + x, mask=x < X, other=-1)
+        num_excluded += tl.sum((index >= 0).to(tl.int64), 0)
+    hits = tl.zeros((), tl.int32)
+    for y0 in range(0, num_excluded, BLOCK_X):
+        excluded_key = _excluded_keys(setting + NUM_FIELDS, y0, X, item_key_ptr, N, BLOCK_X)  # [BLOCK_X]
+        hit = complete[:, None] & (keys[:, None] == excluded_key[None, :])  # [BLOCK_N, BLOCK_X]
+        hits += tl.sum(tl.sum(hit.to(tl.int32), 1), 0)
+
     # the partial item: its prefix key, and whether any catalog item lies under it
     d = tl.minimum(depth, L - 1)
     partial = tl.minimum(current, N_MAX - 1)
@@ -217,10 +245,11 @@ def _catalog_mask_kernel(
     prefix_ok = first // under == prefix_key // under
 
     in_item = depth < L
-    valid = grammar_ok & items_ok & ~repeats & (current < max_items) & (prefix_ok | ~in_item)
+    valid = grammar_ok & items_ok & (hits == 0) & ~repeats & (current < max_items) & (prefix_ok | ~in_item)
     if (slot >= 0) & enabled & valid:
         is_complete = depth == L
-        sep_ok = is_complete & (num_items < max_items) & (~no_repeat | (num_items < N))
+        num_banned = num_excluded + tl.where(no_repeat, num_items, 0)  # excluded items, the list's (no-repeat)
+        sep_ok = is_complete & (num_items < max_items) & (num_banned < N)
         eos_ok = is_complete & (num_items >= min_items)
         code_start = tl.load(code_offset_ptr + d)  # token id of code 0 of slot d
         num_codes = tl.where(in_item, under // tl.load(span_ptr + d + 1), 0)  # C_d (0: no code allowed)
@@ -240,12 +269,16 @@ def _catalog_mask_kernel(
             below = _lower_bound(leaf_keys_ptr, N, n_steps, low + step) - _lower_bound(leaf_keys_ptr, N, n_steps, low)
             inside = banned[None, :] & (keys[None, :] >= low[:, None]) & (keys[None, :] < low[:, None] + step)
             banned_below = tl.sum(inside.to(tl.int64), 1)  # [BLOCK_C]
+            for z0 in range(0, num_excluded, BLOCK_X):
+                block_key = _excluded_keys(setting + NUM_FIELDS, z0, X, item_key_ptr, N, BLOCK_X)  # [BLOCK_X]
+                lies_inside = (block_key[None, :] >= low[:, None]) & (block_key[None, :] < low[:, None] + step)
+                banned_below += tl.sum(lies_inside.to(tl.int64), 1)
             neg_inf = tl.full([BLOCK_C], float("-inf"), tl.float32).to(logits_ptr.dtype.element_ty)
             tl.store(out + code_start + c, neg_inf, mask=(c < num_codes) & (below <= banned_below))
 
 
 @functools.lru_cache(maxsize=16)
-def _launch_constants(tables, width: int) -> dict:
+def _launch_constants(tables, width: int, num_excluded_columns: int) -> dict:
     """The kernel's per-catalog arguments (binary-search steps and constexprs), once per catalog and
     window: the launcher runs every engine step."""
     layout = tables.layout
@@ -261,21 +294,23 @@ def _launch_constants(tables, width: int) -> dict:
         BLOCK_L=triton.next_power_of_2(tables.num_slots),
         BLOCK_C=min(triton.next_power_of_2(max(layout.codebook_sizes)), _MAX_BLOCK_C),
         BLOCK_V=_BLOCK_V,
+        BLOCK_X=min(triton.next_power_of_2(max(num_excluded_columns, 1)), _MAX_BLOCK_X),
+        BLOCK_X_COUNT=min(triton.next_power_of_2(max(num_excluded_columns, 1)), _MAX_BLOCK_X_COUNT),
         SEP=layout.SEP,
         EOS=layout.EOS,
-        NUM_FIELDS=vm.NUM_FIELDS,
-        ENABLED=vm.ENABLED,
-        LIST_START=vm.LIST_START,
-        MAX_ITEMS=vm.MAX_ITEMS,
-        MIN_ITEMS=vm.MIN_ITEMS,
-        NO_REPEAT=vm.NO_REPEAT,
+        NUM_FIELDS=spec.NUM_FIELDS,
+        ENABLED=spec.ENABLED,
+        LIST_START=spec.LIST_START,
+        MAX_ITEMS=spec.MAX_ITEMS,
+        MIN_ITEMS=spec.MIN_ITEMS,
+        NO_REPEAT=spec.NO_REPEAT,
     )
 
 
 def _launch(
     logits: torch.Tensor,  # [R, V_model] float, masked in place
-    tables,  # verification_mask.CatalogTables
-    settings: torch.Tensor,  # [S, NUM_FIELDS] int32
+    tables,  # vllm_padrec.lists.tables.CatalogTables
+    settings: torch.Tensor,  # [S, NUM_FIELDS + X] int32
     all_token_ids: torch.Tensor,  # [S, T] int
     total_len: torch.Tensor,  # [S] int
     slots: torch.Tensor,  # [R] request slot per row (< 0: padding)
@@ -291,7 +326,8 @@ def _launch(
     rows = logits.shape[0]
     if rows == 0:
         return
-    constants = dict(_launch_constants(tables, width))
+    num_excluded_columns = settings.shape[1] - spec.NUM_FIELDS  # X
+    constants = dict(_launch_constants(tables, width, num_excluded_columns))
     n_steps = constants.pop("n_steps")
     row_stride, col_stride = (0, extra.stride(0)) if verify else (extra.stride(0), extra.stride(1))
     _catalog_mask_kernel[(rows,)](
@@ -299,6 +335,7 @@ def _launch(
         logits.stride(0),
         logits.shape[1],
         tables.leaf_keys,
+        tables.item_key,
         tables.num_items,
         n_steps,
         tables.stride,
@@ -308,6 +345,8 @@ def _launch(
         tables.code_offset,
         tables.layout.vocab_size,
         settings,
+        settings.stride(0),
+        num_excluded_columns,
         all_token_ids,
         all_token_ids.stride(0),
         all_token_ids.shape[1],
@@ -328,7 +367,7 @@ def _launch(
 def catalog_mask_verification(
     logits: torch.Tensor,  # [R, V_model] one row per draft position + bonus of each request
     tables,
-    settings: torch.Tensor,  # [S, NUM_FIELDS] int32
+    settings: torch.Tensor,  # [S, NUM_FIELDS + X] int32
     all_token_ids: torch.Tensor,  # [S, T]
     total_len: torch.Tensor,  # [S]
     row_slots: torch.Tensor,  # [R] request slot of each row
@@ -337,7 +376,7 @@ def catalog_mask_verification(
     max_drafts: int,  # K
     width: int,  # W
 ) -> None:
-    """``verification_mask.mask_verification_logits`` in one launch (same arguments, same result)."""
+    """``vllm_padrec.lists.masks.mask_verification_logits`` in one launch (same arguments, same result)."""
     _launch(
         logits,
         tables,
@@ -357,7 +396,7 @@ def catalog_mask_verification(
 def catalog_mask_draft(
     logits: torch.Tensor,  # [B, V_model] one row per (padded) batch row
     tables,
-    settings: torch.Tensor,  # [S, NUM_FIELDS] int32
+    settings: torch.Tensor,  # [S, NUM_FIELDS + X] int32
     all_token_ids: torch.Tensor,  # [S, T]
     total_len: torch.Tensor,  # [S]
     idx_mapping: torch.Tensor,  # [B] batch row -> request slot (-1 or stale on padding rows)
@@ -365,7 +404,7 @@ def catalog_mask_draft(
     draft_step: torch.Tensor,  # [] long, k: drafts 0..k-1 are written
     width: int,
 ) -> None:
-    """``verification_mask.mask_draft_logits`` in one launch (same arguments, same result)."""
+    """``vllm_padrec.lists.masks.mask_draft_logits`` in one launch (same arguments, same result)."""
     _launch(
         logits,
         tables,

@@ -128,6 +128,24 @@ def test_parse_completion_strict_and_lenient():
     assert catalog.parse_completion(swapped, strict=False) == [2]
 
 
+def test_parse_list_counts_what_it_drops():
+    from vllm_padrec.lists import parse_list
+
+    catalog = generate_synthetic().catalog
+    SEP, EOS, PAD = TokenLayout.SEP, TokenLayout.EOS, TokenLayout.PAD
+    item = catalog.item_token_ids
+    swapped = item(1)[::-1]
+    parsed = parse_list(catalog, item(1) + [SEP] + swapped + [SEP, SEP] + item(2) + [PAD, EOS] + item(3))
+    assert (parsed.items, parsed.invalid) == ([1, 2], 2)  # the swapped item and the empty one; after </s>: ignored
+    assert parse_list(catalog, item(1) + [SEP] + item(2)[:2]).invalid == 0  # cut by the token limit: not counted
+    assert parse_list(catalog, item(1) + [SEP] + swapped).invalid == 1  # a whole (wrong) item at the end counts
+    assert parse_list(catalog, item(1) + [SEP, EOS]).items == [1]  # </s> after <sep>: no empty item
+    tokens = swapped + [SEP] + item(2) + [SEP, 5] + [EOS]
+    assert parse_list(catalog, tokens).items == catalog.parse_completion(tokens, strict=False) == [2]
+    with pytest.raises(MalformedSemanticIdError, match="position 0"):
+        catalog.parse_completion([SEP] + item(1))  # strict: an empty item
+
+
 @pytest.mark.parametrize(
     "name,items,collisions",
     [

@@ -4,7 +4,7 @@ Requests take the paths they take in ``vllm serve``, through the plugin's real h
 
 - ``/v1/completions``: the raw JSON body is parsed as vLLM's server parses it (``json.loads``, which
   reads ``NaN``, ``Infinity`` and ``1e309``; vLLM's own ``CompletionRequest``), turned into vLLM's
-  ``SamplingParams``, and checked by the front-end hook (``patch_process_inputs``, installed in
+  ``SamplingParams``, and checked by the front-end hook (``patches/process_inputs.py``, installed in
   vLLM's ``InputProcessor``); vLLM's own ``create_error_response`` gives the status;
 - ``/v1/recommendations``: the route itself (FastAPI's TestClient), whose engine client passes each
   request through the same front-end check;
@@ -32,7 +32,7 @@ from vllm_padrec.catalog import CATALOG_FILE, TokenLayout
 from vllm_padrec.data import SyntheticConfig, generate_synthetic
 from vllm_padrec.integration import endpoint as ep
 from vllm_padrec.integration.list_settings import ListSettings
-from vllm_padrec.integration.patch_process_inputs import check_params
+from vllm_padrec.integration.patches.process_inputs import check_params
 from vllm_padrec.testing.hostile import COMPLETIONS, HOSTILE_REQUESTS, RECOMMENDATIONS
 
 CATALOG = generate_synthetic(SyntheticConfig(num_items=40, num_users=4, codebook_sizes=(4, 4, 5))).catalog
@@ -195,10 +195,28 @@ def test_a_request_the_engine_cannot_serve_ends_alone_with_an_empty_list(loop, c
     assert loop.lists.refused[3] and not loop.lists.enabled[3]
 
 
+def test_excluded_items_never_reach_the_list(loop):
+    """The history ban runs in the engine: a list of N items never holds an excluded one, so it never needs
+    over-generation. Excluding all but 3 items leaves exactly those 3 for a 3-item list without repeats."""
+    from vllm.sampling_params import SamplingParams
+
+    kept = [4, 17, 31]
+    excluded = [i for i in range(len(CATALOG)) if i not in kept]
+    xargs = {"padrec_constraint": 1, "padrec_num_items": 3, "padrec_no_repeat": 1, "padrec_exclude_items": excluded}
+    for slot in range(3):
+        params = SamplingParams(max_tokens=40, extra_args=xargs)
+        items = assert_valid_list(loop.run(slot, f"r{slot}", prompt_ids(), params, max_tokens=40), 3, no_repeat=True)
+        assert sorted(items) == kept
+    assert not loop.lists.refused[:3].any()
+    repeats = {**xargs, "padrec_no_repeat": 0, "padrec_num_items": 5}
+    params = SamplingParams(max_tokens=40, extra_args=repeats)
+    assert set(assert_valid_list(loop.run(3, "r3", prompt_ids(), params, max_tokens=40), 5)) <= set(kept)
+
+
 def test_failing_masks_fall_back_then_refuse(loop, monkeypatch, caplog):
     from vllm.sampling_params import SamplingParams
 
-    from vllm_padrec.integration import verification_mask as vm
+    from vllm_padrec.lists import masks as vm
 
     good = SamplingParams(max_tokens=40, extra_args={"padrec_constraint": 1, "padrec_num_items": 2})
 
@@ -245,6 +263,7 @@ xarg_keys = st.sampled_from(
         "padrec_num_items",
         "padrec_min_items",
         "padrec_no_repeat",
+        "padrec_exclude_items",
         "padrec_history",
         "other_plugin_key",
     ]

@@ -1,8 +1,11 @@
-"""Catalog masks on vLLM's logits (integration/verification_mask.py) against ListConstraint.
+"""The list rule (vllm_padrec/lists/rule.py) as the reference of ``ListConstraint``, and the list masks on
+vLLM's logits (vllm_padrec/lists/masks.py) against it.
 
-Prefixes come from random walks under ``ListConstraint``; every row's mask must equal
-``ListConstraint.allowed_tokens`` after ``state_after(prefix)``. The verification and draft entry
-points get hand-made V2 metadata (request slots, row positions, fed tokens, draft buffers).
+Prefixes come from random walks under ``ListConstraint``, and from those walks broken at random; for every
+prefix ``ListConstraint.allowed_tokens`` after ``state_after(prefix)`` must equal the rule's
+``allowed_after``, and ``state_after`` must refuse exactly the prefixes the rule calls invalid. The
+verification and draft masks get hand-made V2 metadata (request slots, row positions, fed tokens, draft
+buffers) and must mask each row as the reference decoders' constraint does.
 """
 
 from __future__ import annotations
@@ -14,10 +17,14 @@ import torch
 from vllm_padrec.catalog import ItemCatalog, TokenLayout
 from vllm_padrec.constraint import ListConstraint
 from vllm_padrec.data import SyntheticConfig, generate_synthetic
-from vllm_padrec.integration import verification_mask as vm
+from vllm_padrec.errors import PadRecError
 from vllm_padrec.integration.list_settings import ListSettings
-from vllm_padrec.integration.request_lists import settings_row
-from vllm_padrec.lists import ListLimits, ListSpec
+from vllm_padrec.lists import ListLimits, ListSpec, settings_row
+from vllm_padrec.lists import masks as vm
+from vllm_padrec.lists.rule import allowed_after
+from vllm_padrec.lists.spec import ENABLED, LIST_START, NUM_FIELDS
+from vllm_padrec.lists.tables import CatalogTables
+from vllm_padrec.testing.mask_inputs import LIST_ITEMS, make_inputs, same_as_eager
 
 SEP, EOS, REC = TokenLayout.SEP, TokenLayout.EOS, TokenLayout.REC
 MAX_LIST_ITEMS = 6
@@ -39,7 +46,7 @@ CATALOGS = {"tiny": tiny_catalog(), "synthetic": synthetic_catalog()}
 SETTINGS = [(3, 1, False), (3, 1, True), (None, 2, True), (1, 1, False)]
 
 
-def reference(catalog: ItemCatalog, num_items, min_items, no_repeat) -> ListConstraint:
+def list_constraint(catalog: ItemCatalog, num_items, min_items, no_repeat) -> ListConstraint:
     return ListConstraint(
         catalog, num_items=num_items, min_items=min_items, no_repeat=no_repeat, max_banned=MAX_LIST_ITEMS
     )
@@ -81,24 +88,93 @@ def settings_tensors(rows: int, num_items, min_items, no_repeat):
 
 @pytest.mark.parametrize("name", sorted(CATALOGS))
 @pytest.mark.parametrize("num_items,min_items,no_repeat", SETTINGS)
-def test_allowed_after_matches_list_constraint(name, num_items, min_items, no_repeat):
+def test_list_constraint_follows_the_rule(name, num_items, min_items, no_repeat):
     catalog = CATALOGS[name]
-    constraint = reference(catalog, num_items, min_items, no_repeat)
-    tables = vm.CatalogTables.build(catalog)
+    constraint = list_constraint(catalog, num_items, min_items, no_repeat)
+    tables = CatalogTables.build(catalog)
     prefixes = walk_prefixes(constraint, walks=12, seed=len(name) + (num_items or 0))
     tokens, length = pad(prefixes, MAX_LIST_ITEMS * tables.period)
     settings = settings_tensors(len(prefixes), num_items, min_items, no_repeat)
-    allowed, valid = vm.allowed_after(tables, tokens, length, *settings)
-    expected = constraint.allowed_tokens(constraint.state_after(prefixes))
+    expected, valid = allowed_after(tables, tokens, length, *settings)  # the reference
+    allowed = constraint.allowed_tokens(constraint.state_after(prefixes))
     assert valid.all(), [prefixes[b] for b in torch.nonzero(~valid).flatten().tolist()]
     for b in range(len(prefixes)):
         got, want = allowed[b].nonzero().flatten().tolist(), expected[b].nonzero().flatten().tolist()
         assert got == want, f"prefix {prefixes[b]}: {got} != {want}"
 
 
+@pytest.mark.parametrize("name", sorted(CATALOGS))
+@pytest.mark.parametrize("num_items,min_items,no_repeat", SETTINGS)
+def test_list_constraint_refuses_what_the_rule_refuses(name, num_items, min_items, no_repeat):
+    """Valid prefixes with one token replaced at random (any token but </s>, which ends a list for
+    ``ListConstraint`` and is no list token for the rule): ``state_after`` raises exactly on the prefixes the
+    rule calls invalid, and allows the rule's tokens after the others."""
+    catalog = CATALOGS[name]
+    constraint = list_constraint(catalog, num_items, min_items, no_repeat)
+    tables = CatalogTables.build(catalog)
+    rng = np.random.default_rng(7 + len(name) + (num_items or 0))
+    V = catalog.layout.vocab_size
+    prefixes = []
+    for prefix in walk_prefixes(constraint, walks=12, seed=3)[1:]:
+        broken = list(prefix)
+        broken[int(rng.integers(len(broken)))] = int(rng.choice([t for t in range(V) if t != EOS]))
+        prefixes.append(broken)
+    tokens, length = pad(prefixes, MAX_LIST_ITEMS * tables.period)
+    expected, valid = allowed_after(
+        tables, tokens, length, *settings_tensors(len(prefixes), num_items, min_items, no_repeat)
+    )
+    assert 0 < int(valid.sum()) < len(prefixes)  # both kinds met
+    for b, prefix in enumerate(prefixes):
+        try:
+            allowed = constraint.allowed_tokens(constraint.state_after([prefix]))[0]
+        except PadRecError:
+            assert not valid[b], f"prefix {prefix}: refused by ListConstraint, valid for the rule"
+            continue
+        assert valid[b], f"prefix {prefix}: accepted by ListConstraint, invalid for the rule"
+        assert torch.equal(allowed, expected[b]), f"prefix {prefix}"
+
+
+@pytest.mark.parametrize("name", sorted(CATALOGS))
+@pytest.mark.parametrize("num_items,min_items,no_repeat", SETTINGS)
+def test_excluded_items_follow_ban_history(name, num_items, min_items, no_repeat):
+    """The rule's excluded items are ``ListConstraint``'s banned history: the same tokens after every prefix,
+    and a prefix that holds an excluded item is invalid."""
+    catalog = CATALOGS[name]
+    N, H = len(catalog), 2
+    rng = np.random.default_rng(len(name) + (num_items or 0) + 11)
+    history = [int(i) for i in rng.choice(N, size=H, replace=False)]
+    constraint = ListConstraint(
+        catalog, num_items=num_items, min_items=min_items, no_repeat=no_repeat, max_banned=MAX_LIST_ITEMS + H
+    )
+    tables = CatalogTables.build(catalog)
+    prefixes: list[list[int]] = [[]]
+    for _ in range(12):
+        state, tokens = constraint.initial_state(1, [history], ban_history=True), []
+        while True:
+            token = int(rng.choice(torch.nonzero(constraint.allowed_tokens(state)[0]).flatten().tolist()))
+            if token == EOS:
+                break
+            tokens.append(token)
+            prefixes.append(list(tokens))
+            state = constraint.advance(state, torch.tensor([token]))
+    tokens, length = pad(prefixes, MAX_LIST_ITEMS * tables.period)
+    settings = settings_tensors(len(prefixes), num_items, min_items, no_repeat)
+    excluded = torch.tensor([history + [-1]] * len(prefixes))  # [B, H + 1], one empty column
+    expected, valid = allowed_after(tables, tokens, length, *settings, excluded)
+    allowed = constraint.allowed_tokens(constraint.state_after(prefixes, [history] * len(prefixes), ban_history=True))
+    assert valid.all() and torch.equal(allowed, expected)
+    # a list that holds an excluded item breaks the rule
+    holding = [catalog.item_token_ids(history[0]), catalog.item_token_ids(history[1]) + [SEP]]
+    tokens, length = pad(holding, MAX_LIST_ITEMS * tables.period)
+    _, valid = allowed_after(
+        tables, tokens, length, *settings_tensors(2, num_items, min_items, no_repeat), excluded[:2]
+    )
+    assert not valid.any()
+
+
 def test_broken_prefixes_are_invalid():
     catalog = CATALOGS["tiny"]
-    tables = vm.CatalogTables.build(catalog)
+    tables = CatalogTables.build(catalog)
     a, b = catalog.item_token_ids(0), catalog.item_token_ids(2)
     unknown = [catalog.layout.token_id(0, 2), catalog.layout.token_id(1, 0)]  # <a_2><b_0>: no such item
     broken = [
@@ -111,7 +187,7 @@ def test_broken_prefixes_are_invalid():
         [catalog.layout.vocab_size + 5],  # a padded-vocabulary id
     ]
     tokens, length = pad(broken, MAX_LIST_ITEMS * tables.period)
-    _, valid = vm.allowed_after(tables, tokens, length, *settings_tensors(len(broken), 3, 1, True))
+    _, valid = allowed_after(tables, tokens, length, *settings_tensors(len(broken), 3, 1, True))
     assert not valid.any(), [broken[i] for i in torch.nonzero(valid).flatten().tolist()]
 
 
@@ -126,11 +202,11 @@ def test_settings_rows_from_extra_args():
 
     xargs = {"padrec_constraint": 1, "padrec_num_items": 3, "padrec_no_repeat": "1"}  # vllm_xargs may send strings
     assert row(defaults, xargs, prompt) == [1, 4, 3, 3, 1]
-    assert row(defaults, None, prompt)[vm.ENABLED] == 0  # off unless asked
+    assert row(defaults, None, prompt)[ENABLED] == 0  # off unless asked
     on = ListSettings(constraint=True, min_items=2, max_list_items=8)
     assert row(on, {}, prompt + [9, 10]) == [1, 4, 8, 2, 0]  # list starts after <rec>
-    assert row(on, {"padrec_constraint": 0}, prompt)[vm.ENABLED] == 0
-    assert row(on, {}, [TokenLayout.BOS, 7, 8])[vm.LIST_START] == 3  # no <rec>: the list follows the prompt
+    assert row(on, {"padrec_constraint": 0}, prompt)[ENABLED] == 0
+    assert row(on, {}, [TokenLayout.BOS, 7, 8])[LIST_START] == 3  # no <rec>: the list follows the prompt
     # what was once clamped or dropped (with a log line) is refused now, naming the key
     with pytest.raises(ValueError, match="padrec_num_items must be an integer in 1..8"):
         row(on, {"padrec_num_items": 50}, prompt)
@@ -143,6 +219,17 @@ def test_settings_rows_from_extra_args():
     assert ListSettings.from_additional_config({"padrec": {"num_items": 3}}).num_items == 3
 
 
+def test_settings_rows_carry_the_excluded_items():
+    prompt = [TokenLayout.BOS, 7, 8, REC]
+    spec = ListSpec(constraint=True, num_items=3, no_repeat=True, exclude_items=(5, 2))
+    assert settings_row(spec, prompt, 8, 4) == [1, 4, 3, 3, 1, 5, 2, -1, -1]
+    assert settings_row(ListSpec(), prompt, 8, 2) == [0, 0, 0, 0, 0, -1, -1]
+    with pytest.raises(ValueError, match="do not fit"):
+        settings_row(spec, prompt, 8, 1)
+    assert ListSettings().max_exclude_items == 256
+    assert ListSettings.from_additional_config({"padrec": {"max_exclude_items": 3}}).max_exclude_items == 3
+
+
 @pytest.mark.parametrize(
     "section, words",
     [
@@ -152,11 +239,11 @@ def test_settings_rows_from_extra_args():
         ({"min_items": 0}, ["min_items"]),
         ({"max_list_items": 10**9}, ["max_list_items"]),
         ({"num_item": 3}, ["num_item", "keys"]),
+        ({"max_exclude_items": -1}, ["max_exclude_items"]),
+        ({"max_exclude_items": 10**6}, ["max_exclude_items"]),
     ],
 )
 def test_server_settings_are_checked_at_start(section, words):
-    from vllm_padrec.errors import PadRecError
-
     with pytest.raises(PadRecError) as error:
         ListSettings.from_additional_config({"padrec": section})
     for word in words:
@@ -172,7 +259,7 @@ class FakeRequests:
         self.catalog = catalog
         self.all_token_ids = torch.zeros(num_slots, max_len, dtype=torch.int32)
         self.total_len = torch.zeros(num_slots, dtype=torch.int32)
-        self.settings = torch.zeros(num_slots, vm.NUM_FIELDS, dtype=torch.int32)
+        self.settings = torch.zeros(num_slots, NUM_FIELDS, dtype=torch.int32)
         self.lists: dict[int, tuple[list[int], ListConstraint | None]] = {}
 
     def add(self, slot: int, committed: list[int], extra_args: dict | None, prompt=(TokenLayout.BOS, 9, 10, REC)):
@@ -184,9 +271,9 @@ class FakeRequests:
         self.settings[slot] = torch.tensor(row, dtype=torch.int32)
         args = extra_args or {}
         constraint = None
-        if row[vm.ENABLED]:
+        if row[ENABLED]:
             num_items = args.get("padrec_num_items")
-            constraint = reference(self.catalog, num_items, 1, bool(args.get("padrec_no_repeat", 0)))
+            constraint = list_constraint(self.catalog, num_items, 1, bool(args.get("padrec_no_repeat", 0)))
         self.lists[slot] = (committed, constraint)
 
     def check_row(self, logits_before, logits_after, slot: int, drafts: list[int]) -> None:
@@ -213,7 +300,7 @@ def test_verification_rows_match_reference():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs on the H200 device machine)")
 def test_compiled_verification_rows_match_reference():
-    """What the plugin runs on CUDA by default (RequestLists.compile_verification)."""
+    """The reference masks compiled by Inductor (the benchmark's comparison point) mask as the eager ones."""
     compiled = torch.compile(vm.mask_verification_logits, dynamic=True, fullgraph=True)
     with torch.inference_mode():
         check_verification_rows(compiled, "cuda")
@@ -221,7 +308,7 @@ def test_compiled_verification_rows_match_reference():
 
 def check_verification_rows(mask_fn, device: str) -> None:
     catalog = CATALOGS["synthetic"]
-    tables = vm.CatalogTables.build(catalog, device=device)
+    tables = CatalogTables.build(catalog, device=device)
     L, K = catalog.num_slots, 3
     item = [catalog.item_token_ids(i) for i in range(4)]
     requests = FakeRequests(catalog)
@@ -272,7 +359,7 @@ def check_verification_rows(mask_fn, device: str) -> None:
 
 def test_draft_rows_match_reference():
     catalog = CATALOGS["synthetic"]
-    tables = vm.CatalogTables.build(catalog)
+    tables = CatalogTables.build(catalog)
     K = 4
     item = [catalog.item_token_ids(i) for i in range(3)]
     requests = FakeRequests(catalog)
@@ -300,50 +387,35 @@ def test_draft_rows_match_reference():
         assert torch.equal(before[2], logits[2])  # padding row untouched
 
 
-@pytest.mark.parametrize("masks", ["compiled", "triton"])
-def test_compiled_masks_are_wired_as_the_eager_ones(monkeypatch, masks):
-    """RequestLists.compile_verification / compile_drafts / use_triton_masks: warm-up arguments fit the
-    mask functions, Dynamo traces them whole (fullgraph), and the installed masks equal the eager ones.
-    On the CPU the compile uses Dynamo's eager backend (Inductor's own kernels are checked on the GPU
-    above) and the Triton kernel runs under the interpreter."""
-    import types
+def test_triton_masks_are_wired_as_the_eager_ones():
+    """mask_backends.triton_masks: warm-up arguments fit the kernel's launchers, and the installed masks equal
+    the eager ones. The Triton kernel runs under the interpreter on the CPU."""
+    from vllm_padrec.integration.mask_backends import MaskShapes, triton_masks
 
-    from benchmarks.bench_vllm_mask import LIST_ITEMS, make_inputs, same_as_eager
-    from vllm_padrec.integration.request_lists import RequestLists
-
-    real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **{**kw, "backend": "eager"}))
     catalog = CATALOGS["synthetic"]
     device = "cuda" if torch.cuda.is_available() else "cpu"  # (Triton runs natively where there is a GPU)
-    tables = vm.CatalogTables.build(catalog, device=device)
+    tables = CatalogTables.build(catalog, device=device)
     K, B = 3, 5
     x = make_inputs(catalog, B, K, seed=3, device=device)
-    lists = types.SimpleNamespace(
-        tables=tables, rows=types.SimpleNamespace(gpu=x["settings"]), max_drafts=K, width=LIST_ITEMS * tables.period
-    )
-    for name in ("_state_like", "_verification_args", "_draft_args"):
-        setattr(lists, name, types.MethodType(getattr(RequestLists, name), lists))
+    width = LIST_ITEMS * tables.period
     max_model_len = x["all_token_ids"].shape[1]
-    if masks == "compiled":
-        RequestLists.compile_verification(lists, catalog.layout.vocab_size, max_model_len, torch.float32)
-        RequestLists.compile_drafts(lists, catalog.layout.vocab_size, max_model_len, torch.float32)
-    else:  # the Triton kernel (under the interpreter on the CPU)
-        RequestLists.use_triton_masks(lists, catalog.layout.vocab_size, max_model_len, torch.float32, torch.float32)
-        assert lists._verify.__name__ == "catalog_mask_verification" and lists._draft.__name__ == "catalog_mask_draft"
+    shapes = MaskShapes(tables, x["settings"], K, width, catalog.layout.vocab_size, max_model_len)
+    verify, draft = triton_masks(shapes, torch.float32, torch.float32)
+    assert verify.__name__ == "catalog_mask_verification" and draft.__name__ == "catalog_mask_draft"
 
     state = (tables, x["settings"], x["all_token_ids"], x["total_len"])
-    verify_args = (*state, x["row_slots"], x["local_pos"], x["fed_tokens"], K, lists.width)
-    masked = same_as_eager(vm.mask_verification_logits, lists._verify, x["verify_logits"], verify_args, "verify")
+    verify_args = (*state, x["row_slots"], x["local_pos"], x["fed_tokens"], K, width)
+    masked = same_as_eager(vm.mask_verification_logits, verify, x["verify_logits"], verify_args, "verify")
     assert not torch.isfinite(masked).all()
-    draft_args = (*state, x["idx_mapping"], x["drafts"], x["draft_step"], lists.width)
-    masked = same_as_eager(vm.mask_draft_logits, lists._draft, x["draft_logits"], draft_args, "draft")
+    draft_args = (*state, x["idx_mapping"], x["drafts"], x["draft_step"], width)
+    masked = same_as_eager(vm.mask_draft_logits, draft, x["draft_logits"], draft_args, "draft")
     assert not torch.isfinite(masked).all()
     with pytest.raises(AssertionError, match="differs from the eager one"):  # the comparison can fail
         same_as_eager(vm.mask_draft_logits, lambda logits, *rest: None, x["draft_logits"], draft_args, "no-op")
 
 
-def test_a_failed_compile_keeps_the_eager_masks():
-    from vllm_padrec.integration.request_lists import _try_compile
+def test_failed_triton_masks_keep_the_eager_masks():
+    from vllm_padrec.integration.mask_backends import try_prepare
 
     class Log:
         def __init__(self):
@@ -356,20 +428,23 @@ def test_a_failed_compile_keeps_the_eager_masks():
             self.lines.append(("warning", args[0] % args[1:]))
 
     def failing():
-        raise RuntimeError("inductor says no")
+        raise RuntimeError("triton says no")
 
     log = Log()
-    assert not _try_compile(log, "torch.compile of the draft masks", "eager", failing)  # never raises: eager masks stay
+    assert try_prepare(log, failing) is None  # never raises: the eager masks stay
     assert log.lines == [
         (
             "warning",
-            "vllm-padrec: torch.compile of the draft masks failed (RuntimeError: "
-            "inductor says no); using the eager masks",
+            "vllm-padrec: the Triton catalog masks failed (RuntimeError: triton says no); using the eager masks",
         )
     ]
     log = Log()
-    assert not _try_compile(log, "the Triton catalog masks", "compiled", failing)  # the compiled masks are tried next
-    assert log.lines[0][1].endswith("using the compiled masks")
-    log = Log()
-    assert _try_compile(log, "torch.compile of the verification mask", "eager", lambda: None)
-    assert log.lines[0][0] == "info" and "verification mask ready in" in log.lines[0][1]
+    masks = (vm.mask_verification_logits, vm.mask_draft_logits)
+    assert try_prepare(log, lambda: masks) is masks
+    assert log.lines[0][0] == "info" and "Triton catalog masks ready in" in log.lines[0][1]
+
+
+@pytest.mark.parametrize("key", ["compile_masks", "compile_draft_masks"])
+def test_removed_settings_are_refused_with_what_to_do(key):
+    with pytest.raises(PadRecError, match=f"'{key}' was removed: .*triton_masks.*drop the key"):
+        ListSettings.from_additional_config({"padrec": {key: False}})

@@ -116,7 +116,55 @@ def test_extra_args_round_trip():
         "padrec_num_items",
         "padrec_min_items",
         "padrec_no_repeat",
+        "padrec_exclude_items",
     }
+
+
+EXCLUDING = ListLimits(max_list_items=32, catalog_items=8, max_exclude_items=4)
+
+
+def test_excluded_items_are_parsed_strictly():
+    on = {"padrec_constraint": 1}
+    spec = parse({**on, "padrec_exclude_items": [3, 1, 3, "7", 0.0]}, limits=EXCLUDING)
+    assert spec.exclude_items == (3, 1, 7, 0)  # in order, duplicates dropped; numbers as padrec_num_items takes them
+    assert parse({**on, "padrec_exclude_items": []}, limits=EXCLUDING).exclude_items == ()
+    assert parse({**on, "padrec_exclude_items": None}, limits=EXCLUDING).exclude_items == ()  # null: none
+    key = "padrec_exclude_items"
+    refused({**on, key: 3}, key, "a list of item indices in 0..7", "got 3", limits=EXCLUDING)
+    refused({**on, key: "[1, 2]"}, key, "a list", limits=EXCLUDING)
+    refused({**on, key: [1, 8]}, key, "0..7", "got 8", limits=EXCLUDING)
+    refused({**on, key: [-1]}, key, "got -1", limits=EXCLUDING)
+    refused({**on, key: [True]}, key, "got True", limits=EXCLUDING)
+    refused({**on, key: [1.5]}, key, "got 1.5", limits=EXCLUDING)
+    refused({**on, key: [math.nan]}, key, "got nan", limits=EXCLUDING)
+    refused({**on, key: [[1]]}, key, "got [1]", limits=EXCLUDING)
+    refused({**on, key: [0, 1, 2, 3, 4]}, key, "5 distinct items", "max_exclude_items=4", limits=EXCLUDING)
+    assert len(parse({**on, key: [0, 1, 2, 3, 3, 3]}, limits=EXCLUDING).exclude_items) == 4  # counted once each
+    refused({**on, key: [1]}, key, "max_exclude_items=0")  # a server that excludes nothing
+    refused({key: [1]}, key, "padrec_constraint", limits=EXCLUDING)  # without the constraint it would be ignored
+    # the list must still find the items it needs
+    refused(
+        {**on, "padrec_num_items": 5, "padrec_no_repeat": 1, key: [0, 1, 2, 3]},
+        key,
+        "leaves 4 of the catalog's 8 items",
+        "fewer than the 5",
+        limits=EXCLUDING,
+    )
+    assert (
+        parse({**on, "padrec_num_items": 4, "padrec_no_repeat": 1, key: [0, 1, 2, 3]}, limits=EXCLUDING).num_items == 4
+    )
+    tight = ListLimits(max_list_items=32, catalog_items=2, max_exclude_items=4)
+    refused(
+        {**on, key: [0, 1]}, key, "leaves 0", "fewer than the 1", limits=tight
+    )  # repeats allowed: one item is enough
+    assert parse({**on, "padrec_num_items": 9, key: [0]}, limits=tight).exclude_items == (0,)
+
+
+def test_excluded_items_round_trip():
+    spec = ListSpec(True, 3, 3, True, (5, 2))
+    assert spec.to_extra_args()["padrec_exclude_items"] == [5, 2]
+    assert parse(spec.to_extra_args(), limits=EXCLUDING) == spec
+    assert "padrec_exclude_items" not in ListSpec(True, 3).to_extra_args()  # none: the key is left out
 
 
 # any JSON value a client can send for a key (vllm_xargs: str | int | float | list of those)

@@ -34,11 +34,11 @@ def request_lists(monkeypatch, catalog: ItemCatalog, settings, max_num_reqs: int
     """The plugin's real ``RequestLists`` on the CPU (eager torch masks)."""
     from vllm.v1.worker.gpu import buffer_utils
 
-    from vllm_padrec.integration import verification_mask as vm
     from vllm_padrec.integration.request_lists import RequestLists
+    from vllm_padrec.lists.tables import CatalogTables
 
     monkeypatch.setattr(buffer_utils, "StagedWriteTensor", StagedRows)
-    return RequestLists(vm.CatalogTables.build(catalog), settings, max_num_reqs, max_drafts, torch.device("cpu"))
+    return RequestLists(CatalogTables.build(catalog), settings, max_num_reqs, max_drafts, torch.device("cpu"))
 
 
 def new_request(req_id: str, prompt_token_ids, sampling_params):

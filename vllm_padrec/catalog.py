@@ -331,55 +331,14 @@ class ItemCatalog:
         return [self._index_of[str(item_id)] for item_id in item_ids]
 
     def parse_completion(self, token_ids: Sequence[int], strict: bool = True) -> list[int]:
-        """Item indices of a generated list ``i_1 <sep> ... i_N [</s>]``.
+        """Item indices of a generated list ``i_1 <sep> ... i_N [</s>]`` (``vllm_padrec.lists.parse``).
 
         Strict mode raises on the first malformed or unknown item; otherwise such items are skipped.
         A trailing partial item (generation cut by a token limit) is dropped in both modes.
         """
-        items: list[int] = []
-        current: list[int] = []
-        layout = self.layout
+        from vllm_padrec.lists.parse import parse_items
 
-        def close(final: bool) -> None:
-            if not current:
-                return
-            if final and len(current) < self.num_slots:
-                current.clear()  # cut off by the token limit
-                return
-            try:
-                items.append(self._codes_from_tokens(current))
-            except (MalformedSemanticIdError, UnknownSemanticIdError):
-                if strict:
-                    raise
-            current.clear()
-
-        for position, token in enumerate(int(t) for t in token_ids):
-            if token == TokenLayout.EOS:
-                close(final=False)
-                return items
-            if token == TokenLayout.SEP:
-                if not current and strict:
-                    raise MalformedSemanticIdError(f"empty item before separator at position {position}")
-                close(final=False)
-            elif token == TokenLayout.PAD:
-                continue
-            else:
-                if layout.code_of(token) is None and strict:
-                    raise MalformedSemanticIdError(f"token id {token} at position {position} is not a code token")
-                current.append(token)
-        close(final=True)
-        return items
-
-    def _codes_from_tokens(self, tokens: Sequence[int]) -> int:
-        codes = []
-        for expected_slot, token in enumerate(tokens):
-            slot_code = self.layout.code_of(token)
-            if slot_code is None or slot_code[0] != expected_slot or expected_slot >= self.num_slots:
-                raise MalformedSemanticIdError(
-                    f"token ids {list(tokens)} are not {self.num_slots} code tokens in slot order"
-                )
-            codes.append(slot_code[1])
-        return self.index_of_codes(codes)
+        return parse_items(self, token_ids, strict)
 
     def describe(self, index: int) -> dict:
         """What an API answer shows for one item."""

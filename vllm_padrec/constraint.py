@@ -10,7 +10,8 @@ token of slot s = ``layout.code_offset(s) + code``). Vocabulary, per decoding ro
   ``no_repeat``, every item it has already completed.
 - finished: ``</s>`` was written.
 
-Rules (``ListConstraint.allowed_tokens``):
+Rules: those of ``vllm_padrec.lists.rule`` (the reference this class is tested against, whose pieces
+it uses), with this class's settings and state:
 
 - depth < L: the code tokens of slot ``depth`` that the trie allows (with banned items removed);
 - depth = L: ``<sep>`` while ``num_items < num_items_limit`` and a non-banned item is left (and, with
@@ -35,6 +36,8 @@ from torch import Tensor
 
 from vllm_padrec.catalog import ItemCatalog, TokenLayout
 from vllm_padrec.errors import MalformedSemanticIdError, PadRecError, UnknownSemanticIdError
+from vllm_padrec.lists.parse import Chunk, item_of_chunk, split_list
+from vllm_padrec.lists.rule import end_allowed, next_tokens, separator_allowed
 from vllm_padrec.trie import ItemTrie
 
 
@@ -116,13 +119,14 @@ class ListConstraint:
     def vocab_size(self) -> int:
         return self.layout.vocab_size
 
-    def _can_separate(self, num_items: int, num_banned: int, max_banned: int) -> bool:
-        # host-side twin of the <sep> rule of allowed_tokens (for state_after)
-        if self.num_items is not None and num_items >= self.num_items:
-            return False
-        if max_banned > 0 and num_banned >= len(self.catalog):
-            return False
-        return not (self.no_repeat and num_banned >= max_banned)
+    def _separator_allowed(self, complete, num_items, num_banned, room):
+        """The rule's ``<sep>`` with this constraint's length, within ``room`` for banned items (no-repeat bans
+        each list item). Elementwise on tensors, or on host ints (then a bool)."""
+        max_items = self.num_items if self.num_items is not None else float("inf")
+        allowed = separator_allowed(complete, num_items, max_items, num_banned, len(self.catalog))
+        if self.no_repeat:
+            allowed = allowed & (num_banned < room)
+        return allowed
 
     # -- host-side set-up ------------------------------------------------------------------------
     def initial_state(
@@ -179,42 +183,50 @@ class ListConstraint:
         host, e.g. after a preemption. Raises on tokens that break the list grammar, name no item,
         or repeat a banned item."""
         state = self.initial_state(len(prefix_tokens), history, ban_history)
-        L, layout = self.num_slots, self.layout
+        L = self.num_slots
         banned = state.banned.cpu()
         num_banned = state.num_banned.cpu()
         rows_codes: list[list[int]] = []
         depth, num_items, finished = [], [], []
         for row, tokens in enumerate(prefix_tokens):
+            split = split_list(tokens, keep_pad=True)
+            row_banned = set(banned[row, : int(num_banned[row])].tolist())
             codes: list[int] = []
             items = 0
             done = False
-            row_banned = set(banned[row, : int(num_banned[row])].tolist())
-            for position, token in enumerate(int(t) for t in tokens):
-                where = f"row {row}, position {position}"
-                if done:
-                    if token != TokenLayout.EOS:
-                        raise MalformedSemanticIdError(f"{where}: token {token} after </s>")
-                elif len(codes) < L:
-                    slot_code = layout.code_of(token)
-                    if slot_code is None or slot_code[0] != len(codes):
-                        raise MalformedSemanticIdError(f"{where}: token {token} is not a code of slot {len(codes)}")
-                    codes.append(slot_code[1])
-                    if len(codes) == L:
-                        item = self.catalog.index_of_codes(codes)
-                        if item in row_banned:
-                            raise PadRecError(f"{where}: item {item} is banned (history or already in the list)")
-                        items += 1
-                        if self.no_repeat:
-                            banned[row, int(num_banned[row])] = item
-                            num_banned[row] += 1
-                            row_banned.add(item)
-                elif token == TokenLayout.SEP and self._can_separate(items, int(num_banned[row]), banned.shape[1]):
-                    codes = []
-                elif token == TokenLayout.EOS and items >= self.min_items:
+            for chunk in split.chunks:
+                codes = self._chunk_codes(row, chunk)
+                if len(codes) == L:
+                    item = item_of_chunk(self.catalog, chunk.tokens[:L])
+                    if item in row_banned:
+                        where = f"row {row}, position {chunk.positions[L - 1]}"
+                        raise PadRecError(f"{where}: item {item} is banned (history or already in the list)")
+                    items += 1
+                    if self.no_repeat:
+                        banned[row, int(num_banned[row])] = item
+                        num_banned[row] += 1
+                        row_banned.add(item)
+                if len(chunk.tokens) > L:
+                    where = f"row {row}, position {chunk.positions[L]}"
+                    raise MalformedSemanticIdError(
+                        f"{where}: token {chunk.tokens[L]} is not allowed after a complete item"
+                    )
+                where = f"row {row}, position {chunk.end_position}"
+                if chunk.end == "cut":
+                    continue
+                token = TokenLayout.SEP if chunk.end == "sep" else TokenLayout.EOS
+                if len(codes) < L:
+                    raise MalformedSemanticIdError(f"{where}: token {token} is not a code of slot {len(codes)}")
+                if chunk.end == "sep" and self._separator_allowed(True, items, int(num_banned[row]), banned.shape[1]):
+                    continue
+                if chunk.end == "eos" and end_allowed(True, items, self.min_items):
                     done = True
-                else:
-                    raise MalformedSemanticIdError(f"{where}: token {token} is not allowed after a complete item")
-            rows_codes.append(codes)
+                    continue
+                raise MalformedSemanticIdError(f"{where}: token {token} is not allowed after a complete item")
+            stray = [t for t in split.after_end if t != TokenLayout.EOS]
+            if stray:
+                raise MalformedSemanticIdError(f"row {row}: token {stray[0]} after </s>")
+            rows_codes.append(codes)  # the last chunk: the partial item, or the item before </s>
             depth.append(len(codes))
             num_items.append(items)
             finished.append(done)
@@ -239,31 +251,40 @@ class ListConstraint:
             finished=torch.tensor(finished, dtype=torch.bool, device=self.device),
         )
 
+    def _chunk_codes(self, row: int, chunk: Chunk) -> list[int]:
+        """The codes of a chunk's first L tokens, which must be codes of slots 0, 1, ... in order."""
+        codes = []
+        for slot, (token, position) in enumerate(zip(chunk.tokens[: self.num_slots], chunk.positions)):
+            slot_code = self.layout.code_of(token)
+            if slot_code is None or slot_code[0] != slot:
+                raise MalformedSemanticIdError(
+                    f"row {row}, position {position}: token {token} is not a code of slot {slot}"
+                )
+            codes.append(slot_code[1])
+        return codes
+
     # -- decoding step (batched, fixed shapes, no host sync) ---------------------------------------
     def allowed_tokens(self, state: ListState) -> Tensor:  # [B, V] bool, V = layout.vocab_size
-        L, V = self.num_slots, self.vocab_size
-        B = state.depth.shape[0]
+        L = self.num_slots
         active = ~state.finished  # [B]
         in_item = (state.depth < L) & active  # [B]
-        depth = state.depth.clamp(max=L - 1)  # [B]
-        banned = state.banned if state.banned.shape[1] > 0 else None
-        codes = self.trie.allowed_codes(depth, state.node, banned) & in_item[:, None]  # [B, C_max]
-        # code c of slot depth[b] is token code_offset[depth[b]] + c; refused codes go to <pad>,
-        # which is never allowed (every write there is False)
-        column = torch.where(codes, self._code_offset[depth][:, None] + self._code_arange, TokenLayout.PAD)
-        allowed = torch.zeros((B, V), dtype=torch.bool, device=state.depth.device)
-        allowed.scatter_(1, column, codes)
         complete = (state.depth == L) & active  # [B]
-        can_sep = complete
-        if self.num_items is not None:
-            can_sep = can_sep & (state.num_items < self.num_items)
-        if banned is not None:
-            can_sep = can_sep & (state.num_banned < len(self.catalog))  # some item is left to complete
-        if self.no_repeat:
-            can_sep = can_sep & (state.num_banned < banned.shape[1])  # room to ban the next item
-        allowed[:, TokenLayout.SEP] = can_sep
-        allowed[:, TokenLayout.EOS] = (complete & (state.num_items >= self.min_items)) | state.finished
-        return allowed
+        banned = state.banned if state.banned.shape[1] > 0 else None
+        sep_ok = self._separator_allowed(complete, state.num_items, state.num_banned, state.banned.shape[1])
+        eos_ok = end_allowed(complete, state.num_items, self.min_items) | state.finished
+        depth = state.depth.clamp(max=L - 1)  # [B]
+        return next_tokens(
+            self.trie,
+            self._code_offset,
+            self._code_arange,
+            self.vocab_size,
+            depth,
+            state.node,
+            banned,
+            in_item,
+            sep_ok,
+            eos_ok,
+        )
 
     def advance(self, state: ListState, tokens: Tensor) -> ListState:
         """The state after writing ``tokens`` ([B] long), which must be allowed; a new ListState."""

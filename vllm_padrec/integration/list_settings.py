@@ -7,15 +7,14 @@ request's list settings against both.
     min_items       (1)           default fewest items before </s>
     no_repeat       (false)       default: an item at most once per list
     max_list_items  (32)          longest list; sets the mask window (W = items * (L+1))
+    max_exclude_items (256)       most items one request may exclude (padrec_exclude_items)
     mask_drafts     (true)        also mask the draft's proposals (PAD-Rec drafts)
-    compile_masks   (true)        torch.compile the verification mask (CUDA)
-    compile_draft_masks (true)    torch.compile the draft's masks too (CUDA)
-    triton_masks    (true)        the fused Triton mask kernel for both (CUDA; before compile_*)
+    triton_masks    (true)        the fused Triton mask kernel for both (CUDA; else the eager torch masks)
     catalog         (none)        catalog file or folder; default: the target folder's padrec_catalog.json
 
-Per request, ``extra_args`` override the first four (``vllm_padrec.lists.spec``). The catalog is found
-here once for every part of the plugin (front-end check, engine masks, ``/v1/recommendations``), so
-that all of them read the same file.
+Per request, ``extra_args`` override the first four and may exclude items (``vllm_padrec.lists.spec``). The
+catalog is found here once for every part of the plugin (front-end check, engine masks,
+``/v1/recommendations``), so that all of them read the same file.
 """
 
 from __future__ import annotations
@@ -36,6 +35,13 @@ ADDITIONAL_CONFIG_KEY = "padrec"
 # The masks read W = max_list_items * (L + 1) list tokens per logits row: the bound keeps that window
 # (and the settings it implies) within what a served context can hold.
 MAX_LIST_ITEMS_LIMIT = 4096
+# Each request slot's row of the settings table holds max_exclude_items columns; the bound keeps it small.
+MAX_EXCLUDE_ITEMS_LIMIT = 4096
+# settings this plugin no longer reads -> what to do instead (a server given one does not start)
+REMOVED_KEYS = {
+    "compile_masks": "the masks are the Triton kernel (triton_masks) or the eager torch masks: drop the key",
+    "compile_draft_masks": "the masks are the Triton kernel (triton_masks) or the eager torch masks: drop the key",
+}
 
 
 class ListSettings(BaseModel):
@@ -48,11 +54,8 @@ class ListSettings(BaseModel):
     min_items: int = Field(1, ge=1)  # fewest items before </s>
     no_repeat: bool = False  # an item at most once per list
     max_list_items: int = Field(32, ge=1, le=MAX_LIST_ITEMS_LIMIT)  # longest list the masks handle
+    max_exclude_items: int = Field(256, ge=0, le=MAX_EXCLUDE_ITEMS_LIMIT)  # most items a request may exclude
     mask_drafts: bool = True  # mask the PAD-Rec draft's proposals too (more accepted drafts)
-    # torch.compile the verification mask on CUDA (a dozen fused kernels, not ~100); used when
-    # triton_masks is off or fails
-    compile_masks: bool = True
-    compile_draft_masks: bool = True  # also compile the draft's masks, before vLLM captures its graphs
     triton_masks: bool = True  # the fused Triton kernel (kernels/catalog_mask.py) for both masks (CUDA)
     catalog: str | None = None  # catalog file or folder; None: the target checkpoint folder
 
@@ -90,7 +93,8 @@ class ListSettings(BaseModel):
 def _problem(error: Mapping) -> str:
     where = ".".join(map(str, error["loc"])) or ADDITIONAL_CONFIG_KEY
     if error["type"] == "extra_forbidden":
-        return f"unknown key {where!r}"
+        removed = REMOVED_KEYS.get(where)
+        return f"{where!r} was removed: {removed}" if removed else f"unknown key {where!r}"
     return f"{where}: {error['msg']}, got {error.get('input')!r}"
 
 
@@ -120,7 +124,7 @@ def _load_catalog(path: str, mtime_ns: int, size: int) -> ItemCatalog:
 
 def list_limits(vllm_config: Any, settings: ListSettings) -> ListLimits:
     """What this server can serve: its longest list, and its catalog when its engine installs the masks
-    (Model Runner V2: ``patch_init_model_state``; V1, which vLLM runs for Medusa and n-gram drafts, has
+    (Model Runner V2: ``patches/init_model_state.py``; V1, which vLLM runs for Medusa and n-gram drafts, has
     no such hook)."""
     max_list_items = settings.max_list_items
     if not getattr(vllm_config, "use_v2_model_runner", True):
@@ -129,7 +133,7 @@ def list_limits(vllm_config: Any, settings: ListSettings) -> ListLimits:
             f"it runs vLLM's Model Runner V1{f' (speculative method {method!r})' if method else ''}, where "
             "the plugin's masks are not installed"
         )
-        return ListLimits(max_list_items, None, why)
+        return ListLimits(max_list_items, None, why, settings.max_exclude_items)
     path = catalog_path(vllm_config, settings)
     catalog = load_catalog(path)
     if catalog is None:
@@ -137,8 +141,8 @@ def list_limits(vllm_config: Any, settings: ListSettings) -> ListLimits:
             f"it has no item catalog (none at {path}): serve a target folder holding {CATALOG_FILE} or set "
             "padrec.catalog in --additional-config"
         )
-        return ListLimits(max_list_items, None, why)
-    return ListLimits(max_list_items, len(catalog))
+        return ListLimits(max_list_items, None, why, settings.max_exclude_items)
+    return ListLimits(max_list_items, len(catalog), max_exclude_items=settings.max_exclude_items)
 
 
 def check_request(vllm_config: Any, extra_args: Mapping | None) -> ListSpec:

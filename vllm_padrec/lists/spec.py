@@ -7,6 +7,9 @@ A request says what it wants in ``SamplingParams.extra_args`` (``vllm_xargs`` in
     padrec_num_items    num_items     exactly this many items, 1..max_list_items (none: any length)
     padrec_min_items    min_items     fewest items before </s>, 1..max_list_items
     padrec_no_repeat    no_repeat     true / false: an item at most once per list
+    padrec_exclude_items  exclude_items  a list of catalog item indices (0..N-1) the list may not contain,
+                                       e.g. the user's history; duplicates are dropped; at most
+                                       max_exclude_items of them, and they must leave the items the list needs
 
 Keys it leaves out take the server's defaults (``--additional-config '{"padrec": {...}}'``; a
 server default ``num_items`` can be changed per request, not removed). Values
@@ -17,16 +20,20 @@ a length the server cannot serve, or the constraint on a server without a catalo
 client gets is what it asked for, or an error. The same parser runs at the edge (every request vLLM's
 front end accepts, before it reaches the engine) and in the engine (which therefore never meets a
 value it cannot serve).
+
+In the engine a spec becomes one row of the settings table (``settings_row``), which the list masks
+(``vllm_padrec.lists.masks`` and the Triton kernel) read per request slot.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from vllm_padrec.catalog import TokenLayout
 from vllm_padrec.errors import PadRecError
 
 KEY_PREFIX = "padrec_"
@@ -36,7 +43,12 @@ REQUEST_KEYS = {
     "num_items": "padrec_num_items",
     "min_items": "padrec_min_items",
     "no_repeat": "padrec_no_repeat",
+    "exclude_items": "padrec_exclude_items",
 }
+# Columns of the settings table ([max_num_reqs, NUM_FIELDS + X] int32, one row per request slot); columns
+# NUM_FIELDS.. hold the request's excluded items (catalog indices, then -1), X = the server's max_exclude_items
+ENABLED, LIST_START, MAX_ITEMS, MIN_ITEMS, NO_REPEAT = range(5)
+NUM_FIELDS = 5
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _INTEGER = re.compile(r"[+-]?\d{1,18}")
@@ -52,21 +64,23 @@ class ListSpecError(PadRecError):
 
 @dataclass(frozen=True)
 class ListLimits:
-    """What a server can serve: its longest list and its catalog."""
+    """What a server can serve: its longest list, its catalog, and how many items a request may exclude."""
 
     max_list_items: int  # longest list the masks handle
     catalog_items: int | None  # items of the catalog; None: the server cannot constrain lists
     why_not: str = ""  # with catalog_items None: why (no catalog at PATH, a runner without the masks, ...)
+    max_exclude_items: int = 0  # most items one request may exclude (the settings table's exclusion columns)
 
 
 @dataclass(frozen=True)
 class ListSpec:
-    """One request's list: constrained or not, its length, and whether items may repeat."""
+    """One request's list: constrained or not, its length, whether items may repeat, and the items it may not hold."""
 
     constraint: bool = False  # the output is a list of catalog items
     num_items: int | None = None  # exactly this many items; None: any length in min_items..max_list_items
     min_items: int = 1  # fewest items before </s> (= num_items when that is set)
     no_repeat: bool = False  # an item at most once per list
+    exclude_items: tuple[int, ...] = ()  # catalog indices the list may not contain (distinct)
 
     def __post_init__(self) -> None:  # one form per list: an exact length is also the fewest items
         if self.num_items is not None:
@@ -74,10 +88,13 @@ class ListSpec:
 
     def to_extra_args(self) -> dict[str, Any]:
         """The request's ``extra_args``: every field that decides the list, so that no server default applies
-        (``num_items`` when set, else ``min_items``)."""
+        (``num_items`` when set, else ``min_items``; ``exclude_items`` when there are any)."""
         length = "num_items" if self.num_items is not None else "min_items"
         names = ("constraint", length, "no_repeat") if self.constraint else ("constraint",)
-        return {REQUEST_KEYS[name]: getattr(self, name) for name in names}
+        args = {REQUEST_KEYS[name]: getattr(self, name) for name in names}
+        if self.constraint and self.exclude_items:
+            args[REQUEST_KEYS["exclude_items"]] = list(self.exclude_items)
+        return args
 
     @classmethod
     def from_extra_args(cls, extra_args: Mapping[str, Any] | None, defaults: ListSpec, limits: ListLimits) -> ListSpec:
@@ -96,7 +113,9 @@ class ListSpec:
         min_items = parse_count("padrec_min_items", given.get("min_items", defaults.min_items), cap)
         no_repeat = parse_flag("padrec_no_repeat", given.get("no_repeat", defaults.no_repeat))
         if not constraint:
-            stray = [REQUEST_KEYS[name] for name in ("num_items", "min_items", "no_repeat") if name in given]
+            stray = [
+                REQUEST_KEYS[name] for name in ("num_items", "min_items", "no_repeat", "exclude_items") if name in given
+            ]
             if stray:
                 raise ListSpecError(
                     stray[0], f"{stray[0]} applies to constrained lists only: set padrec_constraint to true"
@@ -110,7 +129,11 @@ class ListSpec:
             raise ListSpecError(
                 "padrec_min_items", f"padrec_min_items={min_items} is more than padrec_num_items={num_items}"
             )
-        spec = cls(constraint=True, num_items=num_items, min_items=min_items, no_repeat=no_repeat)
+        exclude_items = given.get("exclude_items", defaults.exclude_items)
+        exclude_items = parse_items(
+            "padrec_exclude_items", exclude_items, limits.catalog_items, limits.max_exclude_items
+        )
+        spec = cls(True, num_items, min_items, no_repeat, exclude_items)
         if no_repeat and spec.min_items > limits.catalog_items:
             key = "padrec_num_items" if num_items is not None else "padrec_min_items"
             raise ListSpecError(
@@ -118,7 +141,37 @@ class ListSpec:
                 f"{key}={spec.min_items} with padrec_no_repeat needs {spec.min_items} distinct items, but the "
                 f"catalog has {limits.catalog_items}",
             )
+        needed = spec.min_items if no_repeat else 1  # items the list needs to choose from
+        left = limits.catalog_items - len(exclude_items)
+        if left < needed:
+            raise ListSpecError(
+                "padrec_exclude_items",
+                f"padrec_exclude_items leaves {left} of the catalog's {limits.catalog_items} items, fewer than the "
+                f"{needed} the list needs",
+            )
         return spec
+
+
+def settings_row(
+    spec: ListSpec, prompt_token_ids: Sequence[int], max_list_items: int, max_exclude_items: int = 0
+) -> list[int]:
+    """A request's row of the settings table: NUM_FIELDS settings (all zeros when unconstrained), then
+    ``max_exclude_items`` exclusion columns (the excluded items, then -1). The list starts after the last
+    ``<rec>`` of the prompt (after the prompt when it has none)."""
+    if len(spec.exclude_items) > max_exclude_items:
+        raise ValueError(f"{len(spec.exclude_items)} excluded items do not fit in {max_exclude_items} columns")
+    excluded = list(spec.exclude_items) + [-1] * (max_exclude_items - len(spec.exclude_items))
+    row = [0] * NUM_FIELDS
+    if not spec.constraint:
+        return row + excluded
+    prompt = list(prompt_token_ids)
+    last_rec = max((i for i, t in enumerate(prompt) if t == TokenLayout.REC), default=None)
+    row[ENABLED] = 1
+    row[LIST_START] = len(prompt) if last_rec is None else last_rec + 1
+    row[MAX_ITEMS] = spec.num_items if spec.num_items is not None else max_list_items
+    row[MIN_ITEMS] = spec.min_items
+    row[NO_REPEAT] = int(spec.no_repeat)
+    return row + excluded
 
 
 def parse_flag(key: str, value: Any) -> bool:
@@ -134,13 +187,39 @@ def parse_flag(key: str, value: Any) -> bool:
 
 def parse_count(key: str, value: Any, cap: int) -> int:
     """A client's item count in 1..cap: an integer, an integral finite float or a decimal string."""
-    number = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        number = int(value)
-    elif isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
-        number = int(value.strip())
+    number = _integer(value)
     if number is None or not 1 <= number <= cap:
         raise ListSpecError(key, f"{key} must be an integer in 1..{cap} (this server's max_list_items), got {value!r}")
     return number
+
+
+def parse_items(key: str, value: Any, catalog_items: int, cap: int) -> tuple[int, ...]:
+    """A client's list of catalog item indices in 0..catalog_items-1 (each as ``parse_count`` reads a number),
+    duplicates dropped, at most ``cap`` of them."""
+    if not isinstance(value, (list, tuple)):
+        raise ListSpecError(key, f"{key} must be a list of item indices in 0..{catalog_items - 1}, got {value!r}")
+    items = []
+    for element in value:
+        number = _integer(element)
+        if number is None or not 0 <= number < catalog_items:
+            raise ListSpecError(
+                key, f"{key} must hold item indices in 0..{catalog_items - 1} (the catalog's), got {element!r}"
+            )
+        items.append(number)
+    distinct = tuple(dict.fromkeys(items))
+    if len(distinct) > cap:
+        raise ListSpecError(
+            key, f"{key} holds {len(distinct)} distinct items, more than this server's max_exclude_items={cap}"
+        )
+    return distinct
+
+
+def _integer(value: Any) -> int | None:
+    """An integer, an integral finite float or a decimal string as an int; None for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        return int(value.strip())
+    return None
