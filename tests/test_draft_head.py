@@ -133,6 +133,20 @@ def test_slot_table_covers_the_padded_vocabulary(target):
     assert head.slot_table.tolist() == expected
 
 
+def test_signal_buffers_are_built_on_the_device_the_model_is_built_under(target):
+    """vLLM builds the draft under ``with torch.device("cuda")``: every parameter and the slot table must
+    follow that device (a table made with torch.from_numpy alone stayed on the CPU and broke the kernel)."""
+    from torch import nn
+
+    from vllm_padrec.draft.signals import add_signal_parameters
+
+    config = make_head(target).config
+    module = nn.Module()
+    with torch.device("meta"):
+        add_signal_parameters(module, config)
+    assert {t.device.type for t in [*module.parameters(), *module.buffers()]} == {"meta"}
+
+
 # -- parameters and EAGLE equivalence ----------------------------------------------------------------
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_parameters_exist_only_for_the_flags_that_are_on(target, variant):

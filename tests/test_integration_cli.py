@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -155,8 +156,29 @@ def test_mismatched_draft_is_refused(serve_parser, folders, draft, field):
         serve_parser.parse_args([str(folders["target"]), "--speculative-model", str(folders[draft])])
 
 
+def test_draft_is_checked_against_the_served_catalog(serve_parser, folders, tmp_path):
+    """With padrec.catalog set, the draft's layout is checked against that catalog (the one the masks read),
+    not the target folder's; the engine-side check (EaglePadRecForCausalLM) reads the same file."""
+    from vllm_padrec.integration.draft_check import served_catalog
+
+    other = tmp_path / "other_catalog.json"
+    small_catalog(codebook_sizes=(5, 3)).save(other)
+    target = str(folders["target"])
+    served = ["--additional-config", json.dumps({"padrec": {"catalog": str(other)}})]
+    args = serve_parser.parse_args([target, "--speculative-model", str(folders["layout"]), *served])
+    assert args.speculative_config["model"] == str(folders["layout"])
+    with pytest.raises(DraftTargetMismatchError, match="token layout"):
+        serve_parser.parse_args([target, "--speculative-model", str(folders["draft"]), *served])
+    config = SimpleNamespace(model_config=SimpleNamespace(model=target), additional_config={"padrec": {}})
+    assert catalog_codebook_sizes(served_catalog(config)) == (4, 3)  # default: the target folder's catalog
+    config.additional_config = {"padrec": {"catalog": str(other)}}
+    assert catalog_codebook_sizes(served_catalog(config)) == (5, 3)
+    config.additional_config = {"padrec": {"catalog": str(tmp_path)}}  # a folder without a catalog
+    assert catalog_codebook_sizes(served_catalog(config)) is None
+
+
 def test_compile_cache_key_holds_the_draft(serve_parser, folders, tmp_path):
-    """Two drafts of one target must never share vLLM's compile-cache entry (patch_speculative_hash)."""
+    """Two drafts of one target must never share vLLM's compile-cache entry (patches.compute_hash)."""
     target, draft = str(folders["target"]), str(folders["draft"])
     eagle_draft = write_draft(
         tmp_path / "eagle", folders["target"], small_catalog(), architectures=["EagleLlamaForCausalLM"]

@@ -1,13 +1,18 @@
-"""The vLLM plugin entry: lazy import, idempotent register(), registry lookup, patch selection."""
+"""The vLLM plugin entry: lazy import, idempotent register(), registry lookup, patch selection, the vLLM
+version guard, and each patch applied only in the processes that import its target."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 from types import SimpleNamespace
 
+import pytest
+import torch
+
 import vllm_padrec
-from vllm_padrec.integration import patch_init_model_state, patch_init_speculator
+from vllm_padrec.integration.patches import init_model_state, init_speculator
 
 
 def test_import_imports_no_vllm():
@@ -49,8 +54,8 @@ def test_register_is_idempotent_and_resolvable():
         ChatCompletionRequest.to_beam_search_params,
     ):
         assert patched._padrec_patch and not getattr(patched.__wrapped__, "_padrec_patch", False)
-    patch_init_speculator.apply()
-    patch_init_model_state.apply()
+    init_speculator.apply(spec_decode)
+    init_model_state.apply(model_states)
     assert not getattr(spec_decode.init_speculator.__wrapped__, "_padrec_patch", False)
 
 
@@ -67,7 +72,7 @@ def test_init_speculator_picks_padrec_only_for_our_draft(monkeypatch):
     assert issubclass(speculator.PadRecSpeculator, EagleSpeculator)
     built = []
     monkeypatch.setattr(speculator, "PadRecSpeculator", lambda config, device: built.append("padrec") or "padrec")
-    init = patch_init_speculator.make_init_speculator(lambda config, device: "vllm")
+    init = init_speculator.make_init_speculator(lambda config, device: "vllm")
     assert init(spec_config("eagle", ["EaglePadRecForCausalLM"]), "cpu") == "padrec"
     assert init(spec_config("eagle", ["EagleLlamaForCausalLM"]), "cpu") == "vllm"  # the EAGLE baseline
     assert init(spec_config("eagle3", ["EaglePadRecForCausalLM"]), "cpu") == "vllm"
@@ -79,7 +84,7 @@ def test_init_speculator_picks_padrec_only_for_our_draft(monkeypatch):
 
 def test_model_state_hooks_wrap_samplers():
     """install(): the samplers mask first, requests are recorded, the state exposes the lists."""
-    from vllm_padrec.integration.request_lists import MaskingSampler
+    from vllm_padrec.integration.masking_sampler import MaskingSampler
 
     calls = []
 
@@ -115,7 +120,7 @@ def test_model_state_hooks_wrap_samplers():
 
     state, lists = State(), Lists()
     config = SimpleNamespace(speculative_config=None)
-    patch_init_model_state.install(state, lists, config, "cpu")
+    init_model_state.install(state, lists, config, "cpu")
     sampler, rejection = state.custom_sampler(Sampler())
     assert isinstance(sampler, MaskingSampler) and rejection is None and lists.req_states == "req_states"
     assert sampler.sampling_states == "sampling_states"  # everything else delegates
@@ -137,3 +142,131 @@ def test_plugin_loggers_print_through_vllms_handler():
     assert logger.isEnabledFor(logging.INFO)
     vllm_logger = logging.getLogger("vllm")
     assert vllm_logger.handlers and logger.propagate  # reaches vLLM's stream handler
+
+
+def test_register_refuses_another_vllm(monkeypatch):
+    """On a vLLM the patches were not written for, register() raises naming both versions, and nothing
+    is registered; vLLM calls register() unguarded (load_general_plugins), so vLLM does not start."""
+    import vllm
+
+    from vllm_padrec.integration.patches import WRITTEN_FOR_VLLM, UnsupportedVllmError, check_vllm_version
+
+    monkeypatch.setattr(vllm_padrec, "_registered", False)
+    monkeypatch.setattr(vllm, "__version__", "0.27.1")
+    with pytest.raises(UnsupportedVllmError, match=r"written for vLLM 0\.26\.0, but vLLM 0\.27\.1 is installed"):
+        vllm_padrec.register()
+    assert vllm_padrec._registered is False
+    check_vllm_version(WRITTEN_FOR_VLLM)
+    check_vllm_version(WRITTEN_FOR_VLLM + "+cu129")  # a local build of the same release
+    for other in ("0.26.1", "0.26.0rc1", "0.25.0"):
+        with pytest.raises(UnsupportedVllmError, match=other):
+            check_vllm_version(other)
+
+
+# In a fresh interpreter: register() as a front end calls it; then a fork, as vLLM starts its engine core
+# and workers by default, which do not call register() again; the child builds what a worker imports.
+_PROCESSES = textwrap.dedent(
+    """
+    import os, sys
+    import vllm_padrec
+
+    vllm_padrec.register()
+    worker = ("vllm.v1.worker.gpu.model_states", "vllm.v1.worker.gpu.spec_decode")
+    api = ("vllm.entrypoints.openai.completion.protocol", "vllm.entrypoints.openai.chat_completion.protocol")
+    imported = [m for m in worker + api if m in sys.modules]
+    assert not imported, f"register() imported {imported}"
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    assert EngineArgs.add_cli_args._padrec_patch and InputProcessor.process_inputs._padrec_patch
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            from vllm.v1.worker.gpu import model_runner as runner  # binds both names with from-imports
+
+            code = 0 if runner.init_model_state._padrec_patch and runner.init_speculator._padrec_patch else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, f"worker patches missing in the forked process: {status}"
+    imported = [m for m in worker if m in sys.modules]
+    assert not imported, f"the front end imported {imported}"
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+    assert CompletionRequest.to_beam_search_params._padrec_patch
+    print("ok")
+    """
+)
+
+
+def test_patches_apply_only_where_their_targets_are_imported():
+    result = subprocess.run([sys.executable, "-c", _PROCESSES], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+def test_after_import_runs_once_the_module_is_imported(tmp_path, monkeypatch):
+    from vllm_padrec.integration.patches.on_import import after_import
+
+    (tmp_path / "padrec_probe_module.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+    after_import("padrec_probe_module", lambda module: seen.append(module.VALUE))
+    assert seen == []
+    import padrec_probe_module
+
+    assert seen == [1] and type(padrec_probe_module.__loader__).__name__ == "SourceFileLoader"
+    after_import("padrec_probe_module", lambda module: seen.append(2))  # already imported: at once
+    assert seen == [1, 2]
+    monkeypatch.delitem(sys.modules, "padrec_probe_module")
+
+
+class _DraftLists:
+    """What the draft's compute_logits calls: RequestLists.mask_draft_logits."""
+
+    def __init__(self):
+        self.calls = []
+
+    def mask_draft_logits(self, logits, idx_mapping, draft_tokens, draft_step):
+        self.calls.append((idx_mapping.tolist(), draft_tokens.tolist(), int(draft_step)))
+        logits[:, 0] = float("-inf")
+
+
+def test_draft_compute_logits_masks_with_the_attached_lists():
+    """The draft masks in compute_logits (V2 calls it for greedy and Gumbel drafts alike), one row per batch
+    row, with the speculator's idx_mapping, draft tokens and step; unmasked when no lists are attached."""
+    from torch import nn
+
+    from vllm_padrec.integration.draft_model import EaglePadRecForCausalLM
+
+    model = EaglePadRecForCausalLM.__new__(EaglePadRecForCausalLM)  # only what compute_logits reads
+    nn.Module.__init__(model)
+    model.lm_head = nn.Linear(4, 6, bias=False)
+    model.logits_processor = lambda lm_head, hidden: lm_head(hidden)
+    model.lists = None
+    hidden = torch.randn(2, 4)
+    assert torch.isfinite(model.compute_logits(hidden)).all()
+
+    step = torch.tensor(1)
+    idx_mapping = torch.tensor([3, 1, 0, 2], dtype=torch.int32)
+    draft_tokens = torch.arange(8).view(4, 2)
+    model.attach_speculator(step, idx_mapping, draft_tokens)
+    lists = _DraftLists()
+    model.attach_lists(lists)
+    logits = model.compute_logits(hidden)
+    assert lists.calls == [([3, 1], [[0, 1], [2, 3]], 1)]
+    assert torch.isinf(logits[:, 0]).all() and torch.isfinite(logits[:, 1:]).all()
+
+
+def test_speculator_hands_the_draft_its_masks():
+    """set_attn passes the state's lists on, unless drafts are not masked (mask_drafts off, local argmax)."""
+    from vllm_padrec.integration.speculator import PadRecSpeculator
+
+    speculator = PadRecSpeculator.__new__(PadRecSpeculator)
+    speculator.use_local_argmax_reduction = False
+    lists = SimpleNamespace(mask_drafts=True)
+    assert speculator._list_masks(SimpleNamespace(padrec_lists=lists)) is lists
+    assert speculator._list_masks(SimpleNamespace()) is None  # no catalog: no lists installed
+    assert speculator._list_masks(SimpleNamespace(padrec_lists=SimpleNamespace(mask_drafts=False))) is None
+    speculator.use_local_argmax_reduction = True
+    assert speculator._list_masks(SimpleNamespace(padrec_lists=lists)) is None

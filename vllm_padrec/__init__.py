@@ -19,33 +19,25 @@ _registered = False
 
 
 def register() -> None:
-    """Register vllm-padrec's architectures and apply its vLLM patches. Idempotent: later calls do nothing.
+    """Register vllm-padrec's architectures and install its vLLM patches. Idempotent: later calls do nothing.
 
-    Imports no model code: architectures are registered by name, and the patches (one module each in
-    ``vllm_padrec.integration``) only wrap vLLM functions; what they build is imported when vLLM calls them.
+    Refuses to start (``UnsupportedVllmError``) on a vLLM other than the one the patches were written for.
+    Imports no model code: architectures are registered by name, and each patch (one module each in
+    ``vllm_padrec.integration.patches``) is applied when vLLM imports the module it patches, in the
+    processes that import it (worker-side patches in the processes that build a GPU worker).
     """
     global _registered
     if _registered:
         return
+    import vllm
     from vllm import ModelRegistry
 
-    from vllm_padrec.integration import (
-        cli_flag,
-        patch_init_model_state,
-        patch_init_speculator,
-        patch_process_inputs,
-        patch_speculative_hash,
-        patch_to_beam_search_params,
-    )
+    from vllm_padrec.integration import patches
 
+    patches.check_vllm_version(vllm.__version__)
     supported = set(ModelRegistry.get_supported_archs())
     for name, target in ARCHITECTURES.items():
         if name not in supported:
             ModelRegistry.register_model(name, target)
-    patch_init_speculator.apply()  # PadRecSpeculator for PAD-Rec drafts (V2)
-    patch_init_model_state.apply()  # catalog masks on verification and draft logits (V2)
-    patch_process_inputs.apply()  # list settings of every request checked in the front end (400, not a dead engine)
-    patch_to_beam_search_params.apply()  # vLLM's beam search would drop the list settings: refused
-    patch_speculative_hash.apply()  # the draft in the compile-cache key (no graph shared between drafts)
-    cli_flag.apply()  # vllm serve --speculative-model
+    patches.install()
     _registered = True

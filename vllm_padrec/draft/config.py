@@ -148,7 +148,7 @@ class DraftConfig:
         if variant not in VARIANTS:
             raise ValueError(f"unknown draft variant {variant!r}; choose one of {sorted(VARIANTS)}")
         method, flags = VARIANTS[variant]
-        get = _getter(target_hf_config)
+        get = config_getter(target_hf_config)
         values = dict(
             **_llama_shape(get, rms_norm_eps=1e-6, max_position_embeddings=2048),
             codebook_sizes=tuple(layout.codebook_sizes),
@@ -214,7 +214,7 @@ class DraftConfig:
     @classmethod
     def from_hf_config(cls, hf_config: Any) -> DraftConfig:
         """Read a config written by ``to_hf_config`` (a LlamaConfig, vLLM's EAGLEConfig, or the json dict)."""
-        get = _getter(hf_config)
+        get = config_getter(hf_config)
         section = get(HF_SECTION)
         if not isinstance(section, Mapping):
             raise ValueError(
@@ -238,7 +238,7 @@ class DraftConfig:
         )
 
 
-def _getter(config: Any):
+def config_getter(config: Any):
     """``get(key, default)`` over a dict or a config object."""
     if isinstance(config, Mapping):
         return config.get

@@ -33,18 +33,8 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRot
 
 from vllm_padrec import envs
 from vllm_padrec.draft.config import DraftConfig
+from vllm_padrec.draft.signals import add_signal_parameters, apply_signals, last_trained_step
 from vllm_padrec.kernels import padrec_input, padrec_input_reference
-
-# Environment variable: "1" runs the fused Triton kernel whenever no gradient is needed, also on the
-# CPU (under TRITON_INTERPRET=1); default: only for CUDA tensors.
-
-
-def slot_table_for(config: DraftConfig) -> torch.Tensor:  # [V] int64
-    """Token id -> slot for the whole (padded) vocabulary: ids past the layout are "other"."""
-    layout = config.layout
-    table = torch.full((config.vocab_size,), layout.other_slot, dtype=torch.long)  # [V]
-    table[: layout.vocab_size] = torch.from_numpy(layout.slot_table())
-    return table
 
 
 def new_cache() -> DynamicCache:
@@ -81,22 +71,9 @@ class PadRecDraftHead(nn.Module):
         self.rotary_emb = LlamaRotaryEmbedding(hf_config)  # no parameters (non-persistent buffers)
         self._init_linears(self.fc, self.layers)
 
-        # PAD-Rec signals; a flag that is off leaves its parameters out (they do not exist).
-        if config.use_slot:
-            self.slot_emb = nn.Embedding(config.num_slot_kinds, H)  # E_slot [S, H]
-            nn.init.normal_(self.slot_emb.weight, std=config.init_std)
-            if config.slot_gate:
-                # alpha starts at alpha_init (0 by default): the slot term starts switched off.
-                self.alpha = nn.Parameter(torch.full((1,), float(config.alpha_init)))  # [1]
-        if config.use_step:
-            # E_step starts at zero: the step term starts switched off, g and E_step learn from there.
-            self.step_emb = nn.Embedding(config.num_draft_steps, H)  # E_step [K, H]
-            nn.init.zeros_(self.step_emb.weight)
-            if config.step_gate:
-                self.gate = nn.Linear(H, 1)  # w_g [1, H], b_g [1]; g = 0.5 at init
-                nn.init.zeros_(self.gate.weight)
-                nn.init.zeros_(self.gate.bias)
-        self.register_buffer("slot_table", slot_table_for(config), persistent=False)  # [V] int64
+        # PAD-Rec signals (E_slot, alpha, E_step, gate) and the slot table; created after fc and the
+        # layer, so that the shared modules draw the same random numbers in every variant.
+        add_signal_parameters(self, config)
 
         self._target: tuple[nn.Module, nn.Module] | None = None  # not registered: not in state_dict
         if embed_tokens is not None or lm_head is not None:
@@ -167,24 +144,9 @@ class PadRecDraftHead(nn.Module):
         steps = None
         if cfg.use_step:
             steps = torch.as_tensor(step_ids, device=h.device)
-            steps = steps.reshape(B * T) if steps.dim() else steps  # [B*T] or []
-            steps = steps.clamp(0, cfg.num_draft_steps - 1)
-        args = (
-            flat,
-            token_ids,
-            self.slot_table,
-            steps,
-            self.slot_emb.weight if cfg.use_slot else None,  # [S, H]
-            self.step_emb.weight if cfg.use_step else None,  # [K, H]
-            self.alpha if cfg.use_slot and cfg.slot_gate else None,  # [1]
-            self.gate.weight.view(H) if cfg.use_step and cfg.step_gate else None,  # [H]
-            self.gate.bias if cfg.use_step and cfg.step_gate else None,  # [1]
-        )
-        flags = dict(use_slot=cfg.use_slot, use_step=cfg.use_step, slot_gate=cfg.slot_gate, step_gate=cfg.step_gate)
-        if self.uses_kernel(flat):
-            out = padrec_input(*args, **flags)  # [B*T, H]
-        else:
-            out = padrec_input_reference(*args, **flags)  # [B*T, H]
+            steps = last_trained_step(steps.reshape(B * T) if steps.dim() else steps, cfg)  # [B*T] or []
+        fn = padrec_input if self.uses_kernel(flat) else padrec_input_reference
+        out = apply_signals(self, cfg, flat, token_ids, steps, fn)  # [B*T, H]
         return out.view(B, T, H)
 
     @staticmethod

@@ -8,7 +8,8 @@ where the draft is built (any entry point, e.g. offline ``LLM(...)``), and raise
 - vocabulary size: the draft reads the target's embedding and LM head;
 - hidden size: the draft reads the target's hidden states;
 - token layout: the draft's slot table is built from its codebook sizes, which must be the
-  codebook sizes of the catalog saved beside the target (``padrec_catalog.json``).
+  codebook sizes of the catalog the server's masks read (``served_catalog``: ``padrec.catalog`` of
+  ``--additional-config``, else the target folder's ``padrec_catalog.json``).
 """
 
 from __future__ import annotations
@@ -16,22 +17,18 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from vllm_padrec.catalog import CATALOG_FILE, ItemCatalog
-from vllm_padrec.draft.config import PADREC_ARCHITECTURE, DraftConfig
+from vllm_padrec.draft.config import PADREC_ARCHITECTURE, DraftConfig, config_getter
 from vllm_padrec.errors import DraftTargetMismatchError
-
-
-def _getter(config: Any):
-    if isinstance(config, Mapping):
-        return config.get
-    return lambda key, default=None: getattr(config, key, default)
+from vllm_padrec.integration.list_settings import catalog_path, server_settings
 
 
 def is_padrec_draft(config: Any) -> bool:
     """True for a config (json dict or HF config) whose architectures name the PAD-Rec head."""
-    return PADREC_ARCHITECTURE in (_getter(config)("architectures") or ())
+    return PADREC_ARCHITECTURE in (config_getter(config)("architectures") or ())
 
 
 def read_json_config(folder: str | Path) -> dict | None:
@@ -40,9 +37,23 @@ def read_json_config(folder: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def catalog_codebook_sizes(target_folder: str | Path) -> tuple[int, ...] | None:
-    """Codebook sizes of the catalog saved in the target folder (after the collision rule), if any."""
-    path = Path(target_folder) / CATALOG_FILE
+def served_catalog(vllm_config: Any) -> Path:
+    """The catalog file the server's masks read (``list_settings.catalog_path``); it may not exist."""
+    return catalog_path(vllm_config, server_settings(vllm_config))
+
+
+def served_catalog_of_args(target: str, additional_config: Mapping | None) -> Path:
+    """``served_catalog`` for parsed ``vllm serve`` arguments, before any ``VllmConfig`` exists."""
+    return served_catalog(
+        SimpleNamespace(model_config=SimpleNamespace(model=target), additional_config=additional_config)
+    )
+
+
+def catalog_codebook_sizes(catalog: str | Path) -> tuple[int, ...] | None:
+    """Codebook sizes of a catalog file, or of the one in a folder (after the collision rule); None when absent."""
+    path = Path(catalog)
+    if path.is_dir():
+        path = path / CATALOG_FILE
     if not path.is_file():
         return None
     return tuple(ItemCatalog.load(path).layout.codebook_sizes)
@@ -57,10 +68,10 @@ def check_draft_matches_target(
 ) -> DraftConfig:
     """Raise DraftTargetMismatchError on the first field that differs; return the draft's DraftConfig."""
     draft = DraftConfig.from_hf_config(draft_config)
-    target = _getter(target_config)
+    target = config_getter(target_config)
     text_config = target("text_config")
     if text_config is not None:  # multimodal wrappers keep the language model's sizes here
-        target = _getter(text_config)
+        target = config_getter(text_config)
     for field, ours in (("vocab_size", draft.vocab_size), ("hidden_size", draft.hidden_size)):
         theirs = target(field)
         if theirs is not None and int(theirs) != ours:

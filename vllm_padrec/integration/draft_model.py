@@ -11,11 +11,15 @@ adds its two signals to the fused feature right after ``fc`` (vocabulary in
     h' = h + alpha * E_slot[slot_table[x]] + g * E_step[k],   g = sigmoid(gate(h))
     f  = DecoderLayer(h')
 
-computed by the fused kernel ``vllm_padrec.kernels.padrec_input``. The draft step k is not a
+computed by the fused kernel ``vllm_padrec.kernels.padrec_input`` from the parameters that
+``vllm_padrec.draft.signals`` gives both this class and the training head. The draft step k is not a
 forward argument in vLLM: ``PadRecSpeculator`` attaches its persistent 0-dim ``current_draft_step``
 tensor (``attach_speculator``), which V2 sets to 0 before the step-0 pass over the whole target
 batch (in the prefill-input kernel) and ``fill_(k)``s before decode step k. The kernel reads the
 tensor on the device, so a captured CUDA graph replays with the current step.
+
+``compute_logits`` masks the draft's logits with each request's list constraint (``attach_lists``):
+V2 draws every draft token, greedy or Gumbel, from it.
 
 Checkpoint names (``vllm_padrec.draft.checkpoint``) gain a ``model.`` prefix, as in vLLM's EAGLE head;
 q/k/v and gate/up are stacked by vLLM's mapper.
@@ -24,7 +28,6 @@ q/k/v and gate/up are stacked by vLLM's mapper.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -44,8 +47,8 @@ from vllm.model_executor.models.utils import (
 )
 
 from vllm_padrec.draft.config import DraftConfig
-from vllm_padrec.draft.head import slot_table_for
-from vllm_padrec.integration.draft_check import catalog_codebook_sizes, check_draft_matches_target
+from vllm_padrec.draft.signals import add_signal_parameters, apply_signals, last_trained_step
+from vllm_padrec.integration.draft_check import catalog_codebook_sizes, check_draft_matches_target, served_catalog
 from vllm_padrec.kernels import padrec_input
 
 
@@ -89,17 +92,8 @@ class PadRecEagleModel(nn.Module):
             prefix=maybe_prefix(prefix, "fc"),
             return_bias=False,
         )
-        # PAD-Rec signals, replicated on every TP rank; a flag that is off has no parameters.
-        cfg = self.padrec
-        if cfg.use_slot:
-            self.slot_emb = nn.Embedding(cfg.num_slot_kinds, H)  # E_slot [S, H]
-            if cfg.slot_gate:
-                self.alpha = nn.Parameter(torch.zeros(1))  # [1]
-        if cfg.use_step:
-            self.step_emb = nn.Embedding(cfg.num_draft_steps, H)  # E_step [K, H]
-            if cfg.step_gate:
-                self.gate = nn.Linear(H, 1)  # w_g [1, H], b_g [1]
-        self.register_buffer("slot_table", slot_table_for(cfg), persistent=False)  # [V] int64
+        # PAD-Rec signals (replicated on every TP rank; loaded from the checkpoint) and the slot table
+        add_signal_parameters(self, self.padrec)
 
     def fuse(
         self,
@@ -108,24 +102,8 @@ class PadRecEagleModel(nn.Module):
         draft_step: torch.Tensor | None,  # [] int64 draft step on the device (None: use_step is off)
         out: torch.Tensor,  # [T, H] where h' is written
     ) -> torch.Tensor:  # out
-        cfg, H = self.padrec, hidden_states.shape[-1]
         h = self.fc(torch.cat((self.embed_tokens(input_ids), hidden_states), dim=-1))  # [T, H]
-        return padrec_input(
-            h,
-            input_ids,
-            self.slot_table,
-            draft_step,
-            self.slot_emb.weight if cfg.use_slot else None,  # [S, H]
-            self.step_emb.weight if cfg.use_step else None,  # [K, H]
-            self.alpha if cfg.use_slot and cfg.slot_gate else None,  # [1]
-            self.gate.weight.view(H) if cfg.use_step and cfg.step_gate else None,  # [H]
-            self.gate.bias if cfg.use_step and cfg.step_gate else None,  # [1]
-            use_slot=cfg.use_slot,
-            use_step=cfg.use_step,
-            slot_gate=cfg.slot_gate,
-            step_gate=cfg.step_gate,
-            out=out,
-        )
+        return apply_signals(self, self.padrec, h, input_ids, draft_step, padrec_input, out=out)
 
     def forward(
         self,
@@ -145,17 +123,20 @@ class PadRecEagleModel(nn.Module):
 class EaglePadRecForCausalLM(EagleLlamaForCausalLM):
     """PAD-Rec draft head for vLLM's EAGLE path; needs Model Runner V2 and ``PadRecSpeculator``."""
 
+    # EagleLlamaForCausalLM.__init__ (llama_eagle.py:132-152) is not called: it builds vLLM's own EAGLE
+    # ``LlamaModel``, whose attention layer would take this draft's layer name (``model.layers.N``) in
+    # the compile context, and building ours beside it fails with "Duplicate layer name"
+    # (model_executor/layers/attention/attention.py:444-446). Its other lines are repeated here.
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         nn.Module.__init__(self)
         self.config = vllm_config.speculative_config.draft_model_config.hf_config
         if getattr(self.config, "draft_vocab_size", None) is None:
             self.config.draft_vocab_size = self.config.vocab_size
         target = vllm_config.model_config
-        folder = Path(target.model)
         check_draft_matches_target(
             self.config,
             target.hf_config,
-            catalog_codebook_sizes(folder) if folder.is_dir() else None,
+            catalog_codebook_sizes(served_catalog(vllm_config)),
             draft_name=f"the draft {vllm_config.speculative_config.model}",
             target_name=f"the target {target.model}",
         )
@@ -175,14 +156,38 @@ class EaglePadRecForCausalLM(EagleLlamaForCausalLM):
         self._clamp_step = padrec.use_step and num_steps > padrec.num_draft_steps
         self.draft_step: torch.Tensor | None = None  # [] int64, attached by PadRecSpeculator
         self.idx_mapping: torch.Tensor | None = None  # [max_num_reqs] int32 batch row -> request slot
+        self.draft_tokens: torch.Tensor | None = None  # [max_num_reqs, K] int64 this round's drafts so far
+        self.lists = None  # request_lists.RequestLists masking the drafts, or None
 
-    def attach_speculator(self, draft_step: torch.Tensor, idx_mapping: torch.Tensor) -> None:
-        """Use the speculator's persistent step index (0-dim, on the device) and request mapping."""
+    def attach_speculator(
+        self, draft_step: torch.Tensor, idx_mapping: torch.Tensor, draft_tokens: torch.Tensor | None = None
+    ) -> None:
+        """Use the speculator's persistent step index (0-dim, on the device), request mapping and drafts."""
         if draft_step.dim() != 0 or draft_step.dtype not in (torch.int32, torch.int64):
             shape = list(draft_step.shape)
             raise ValueError(f"draft_step must be a 0-dim integer tensor, got {draft_step.dtype} {shape}")
         self.draft_step = draft_step
         self.idx_mapping = idx_mapping
+        self.draft_tokens = draft_tokens
+
+    def attach_lists(self, lists) -> None:
+        """Mask the draft's logits with ``lists`` (a ``RequestLists``; None: unmasked). Needs ``attach_speculator``."""
+        if lists is not None and self.draft_tokens is None:
+            raise RuntimeError("attach_lists needs the speculator's draft tokens: call attach_speculator first")
+        self.lists = lists
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:  # [B, H] -> [B, V]
+        """The target's LM head on the draft's features, masked by each request's list constraint.
+
+        V2 calls it for the draft tokens of every step, greedy and Gumbel alike (``sample_draft``,
+        spec_decode/speculator.py:264-295), with one row per batch row: row b is request slot
+        ``idx_mapping[b]``, whose drafts so far this round are ``draft_tokens[b, :draft_step]``. Runs
+        inside CUDA graphs: persistent tensors only."""
+        logits = super().compute_logits(hidden_states)  # [B, V]
+        if self.lists is not None:
+            rows = logits.shape[0]
+            self.lists.mask_draft_logits(logits, self.idx_mapping[:rows], self.draft_tokens[:rows], self.draft_step)
+        return logits
 
     def _step(self) -> torch.Tensor | None:  # [] int64 on the device
         if not self.model.padrec.use_step:
@@ -194,7 +199,7 @@ class EaglePadRecForCausalLM(EagleLlamaForCausalLM):
                 "is installed and that VLLM_USE_V2_MODEL_RUNNER is not 0 (and no V2-unsupported option is set)."
             )
         if self._clamp_step:
-            return self.draft_step.clamp(max=self.model.padrec.num_draft_steps - 1)
+            return last_trained_step(self.draft_step, self.model.padrec)
         return self.draft_step
 
     def forward(

@@ -8,12 +8,17 @@ vLLM's ``--spec-tokens``) to every parser vLLM builds from ``EngineArgs``, and f
 "num_speculative_tokens": n_predict of DRAFT/config.json}``. Keys given by ``--speculative-config``,
 ``--spec-method``, ``--spec-model`` or ``--spec-tokens`` win (vLLM merges those later, so the fold
 leaves them out); a contradicting method or model is an error. A PAD-Rec draft is checked against the
-target there (``draft_check``), before anything is loaded.
+target and the catalog the server's masks will read (``draft_check``: ``padrec.catalog`` of
+``--additional-config``, else the target folder's), before anything is loaded.
 
 Why: vLLM has no ``--speculative-model`` and plugins get no parser object; parsed options reach
 ``EngineArgs`` only through its dataclass fields (``from_cli_args``), so the value is folded into the
 ``speculative_config`` field. The fold runs after parsing (a wrapper of this parser's
 ``parse_known_args``) so that the order of the flags does not matter.
+
+How: wraps the static method when ``vllm.engine.arg_utils`` is imported (at ``register()``: vLLM calls
+it from there); on each parser it builds, it reads argparse's ``_option_string_actions`` (so that a
+flag is added once) and replaces that parser instance's ``parse_known_args``. Idempotent.
 
 Unnecessary when: vLLM lets plugins add engine flags, or ``--spec-model`` reads the method and
 ``n_predict`` from the draft's config (vLLM already defaults ``num_speculative_tokens`` to
@@ -25,7 +30,9 @@ Unnecessary when: vLLM lets plugins add engine flags, or ``--spec-model`` reads 
 from __future__ import annotations
 
 import argparse
+from types import ModuleType
 
+TARGETS = ("vllm.engine.arg_utils",)
 FLAG = "--speculative-model"
 DEST = "padrec_speculative_model"  # not an EngineArgs field: EngineArgs.from_cli_args drops it
 METHOD = "eagle"  # PAD-Rec drafts run as vLLM EAGLE heads (`method` is a closed Literal in vLLM)
@@ -41,6 +48,7 @@ def fold_speculative_model(args: argparse.Namespace) -> None:
         check_draft_matches_target,
         is_padrec_draft,
         read_json_config,
+        served_catalog_of_args,
     )
 
     config = dict(getattr(args, "speculative_config", None) or {})
@@ -66,7 +74,7 @@ def fold_speculative_model(args: argparse.Namespace) -> None:
         check_draft_matches_target(
             draft_json,
             target_json,
-            catalog_codebook_sizes(target),
+            catalog_codebook_sizes(served_catalog_of_args(target, getattr(args, "additional_config", None))),
             draft_name=f"the draft {draft}",
             target_name=f"the target {target}",
         )
@@ -104,10 +112,9 @@ def add_speculative_model_flag(parser: argparse.ArgumentParser) -> None:
     parser.parse_known_args = parse_known_args_and_fold
 
 
-def apply() -> None:
+def apply(module: ModuleType) -> None:
     """Wrap ``EngineArgs.add_cli_args`` (idempotent)."""
-    from vllm.engine.arg_utils import EngineArgs
-
+    EngineArgs = module.EngineArgs
     original = EngineArgs.add_cli_args
     if getattr(original, "_padrec_patch", False):
         return

@@ -7,7 +7,10 @@ naming the key. Both classes' method of this one name is wrapped here, as one ru
 Why: vLLM's beam search runs in the front end and builds each beam's ``SamplingParams`` itself,
 without ``extra_args`` (entrypoints/generate/beam_search/online.py; VLLM_NOTES 9), so the settings
 would be dropped and the client would get unconstrained beams for a constrained request. The
-front-end check (``patch_process_inputs``) sees only those beam requests, which carry no settings.
+front-end check (``patches.process_inputs``) sees only those beam requests, which carry no settings.
+
+How: wraps each class's method when its protocol module is imported (the OpenAI API server only);
+idempotent. No supported hook serves: vLLM's beam search reads no plugin code before dropping the keys.
 
 Unnecessary when: vLLM's beam search passes ``vllm_xargs`` on to its per-beam requests, or this
 plugin serves top-K requests itself.
@@ -15,10 +18,14 @@ plugin serves top-K requests itself.
 
 from __future__ import annotations
 
-_TARGETS = (
-    ("vllm.entrypoints.openai.completion.protocol", "CompletionRequest"),
-    ("vllm.entrypoints.openai.chat_completion.protocol", "ChatCompletionRequest"),
-)
+from types import ModuleType
+
+# module -> the request class whose method is wrapped
+_CLASSES = {
+    "vllm.entrypoints.openai.completion.protocol": "CompletionRequest",
+    "vllm.entrypoints.openai.chat_completion.protocol": "ChatCompletionRequest",
+}
+TARGETS = tuple(_CLASSES)
 
 
 def check_beam_search_request(request) -> None:
@@ -36,21 +43,18 @@ def check_beam_search_request(request) -> None:
         )
 
 
-def apply() -> None:
-    """Install the wrappers (idempotent)."""
-    import importlib
+def apply(module: ModuleType) -> None:
+    """Install the wrapper on the module's request class (idempotent)."""
+    cls = getattr(module, _CLASSES[module.__name__])
+    original = cls.to_beam_search_params
+    if getattr(original, "_padrec_patch", False):
+        return
 
-    for module_name, class_name in _TARGETS:
-        cls = getattr(importlib.import_module(module_name), class_name)
-        original = cls.to_beam_search_params
-        if getattr(original, "_padrec_patch", False):
-            continue
+    def to_beam_search_params(self, *args, **kwargs):
+        check_beam_search_request(self)
+        return original(self, *args, **kwargs)
 
-        def to_beam_search_params(self, *args, _original=original, **kwargs):
-            check_beam_search_request(self)
-            return _original(self, *args, **kwargs)
-
-        to_beam_search_params._padrec_patch = True
-        to_beam_search_params.__wrapped__ = original
-        to_beam_search_params.__doc__ = original.__doc__
-        cls.to_beam_search_params = to_beam_search_params
+    to_beam_search_params._padrec_patch = True
+    to_beam_search_params.__wrapped__ = original
+    to_beam_search_params.__doc__ = original.__doc__
+    cls.to_beam_search_params = to_beam_search_params

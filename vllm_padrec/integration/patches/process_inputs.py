@@ -16,7 +16,8 @@ checked here. vLLM's own per-parameter check, ``SamplingParams.verify``, receive
 (the server's ``additional_config`` and model folder), and the logits-processor ``validate_params``
 hook is unavailable with speculative decoding (VLLM_NOTES 5.4).
 
-How: wraps the class attribute, so every InputProcessor (built before or after) uses it; idempotent.
+How: wraps the class attribute when ``vllm.v1.engine.input_processor`` is imported (the front end's
+``LLMEngine`` / ``AsyncLLM``), so every InputProcessor uses it; idempotent.
 The engine side parses the same settings with the same function (``request_lists``) and contains any
 failure to the request, so this check is the edge, not the only guard.
 
@@ -26,12 +27,14 @@ Unnecessary when: vLLM offers plugins a hook to validate ``extra_args`` in the f
 from __future__ import annotations
 
 import functools
+from types import ModuleType
+
+TARGETS = ("vllm.v1.engine.input_processor",)
 
 
-def apply() -> None:
-    """Install the wrapper (idempotent)."""
-    from vllm.v1.engine.input_processor import InputProcessor
-
+def apply(module: ModuleType) -> None:
+    """Install the wrapper on ``InputProcessor`` (idempotent)."""
+    InputProcessor = module.InputProcessor
     original = InputProcessor.process_inputs
     if getattr(original, "_padrec_patch", False):
         return

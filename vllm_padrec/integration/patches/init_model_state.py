@@ -10,31 +10,46 @@ state's V2 hooks:
   (model_runner.py:1085-1117: all draft positions + the bonus row) is masked before sampling;
 - ``add_request`` / ``apply_staged_writes`` (called for every new request, model_runner.py:791-833)
   record each request's settings from ``SamplingParams.extra_args``;
-- ``padrec_lists`` is how ``PadRecSpeculator`` finds the masks for its drafts (V2 hands the
-  ModelState to the speculator in ``set_attn``, spec_decode/speculator.py:184-192).
+- ``padrec_lists`` is how the draft finds the masks: V2 hands the ModelState to the speculator in
+  ``set_attn`` (spec_decode/speculator.py:184-192), and ``PadRecSpeculator.set_attn`` passes the lists
+  on to the draft model, whose ``compute_logits`` masks the draft's logits.
 
 Why: V2 applies no plugin logits processors (and refuses them with speculative decoding), and the
-ModelState hooks are its per-model extension point, but they are chosen by the target model class
-(``get_model_state_cls``); wrapping the factory keeps plain ``LlamaForCausalLM`` targets unchanged.
+ModelState hooks are its per-model extension point. vLLM's supported way in is a model class that
+returns its own ModelState (``get_model_state_cls()``, model_states/__init__.py:17-20, used by
+longcat_flash_ngram.py and diffusion_gemma.py), but that is the *target's* class: the target is any
+plain Llama-family checkpoint served under vLLM's own architecture (``LlamaForCausalLM``,
+``Qwen2ForCausalLM``, ...), which users do not re-register, and replacing those registry entries would
+change every model of the family served next to the plugin. So the factory is wrapped; the state it
+builds is vLLM's own (default, encoder-decoder or hybrid), its hooks extended per instance.
 
-How: like ``init_speculator``, the runner binds the name at import (model_runner.py:99) after the
-plugin loads; a runner module imported earlier is patched too. Idempotent.
+Copied from vLLM: the ``RejectionSampler(sampler, speculative_config, device)`` line in
+``custom_sampler``. ``custom_sampler`` returns both samplers or neither (model_runner.py:337-346), and
+V2 builds its own ``RejectionSampler`` only when it returns neither, after which no hook sees it. The
+alternative, masking inside the shared ``Sampler.apply_sampling_params`` that vLLM's rejection sampler
+calls, would mask after vLLM takes raw logprobs and NaN counts from the logits (sample/sampler.py:84-100),
+so ``logprobs_mode="raw_logprobs"`` answers would change: the line stays, with its vLLM source cited.
+
+How: applied right after ``vllm.v1.worker.gpu.model_states`` is imported (``patches.install``): the
+runner binds the name at its own import (model_runner.py:99), which comes after; a runner module
+imported earlier is patched too. Idempotent.
 
 Unnecessary when: vLLM accepts a sampler / logits hook from plugins that works with speculative
-decoding, or a target architecture of ours provides ``get_model_state_cls``.
+decoding, or lets a plugin choose the ModelState of a model it does not own.
 """
 
 from __future__ import annotations
 
 import sys
+from types import ModuleType
 
-_MODULE = "vllm.v1.worker.gpu.model_states"
+TARGETS = ("vllm.v1.worker.gpu.model_states",)
 _RUNNER_MODULE = "vllm.v1.worker.gpu.model_runner"
 
 
 def install(state, lists, vllm_config, device) -> None:
     """Hook ``lists`` (a RequestLists) into the hooks of one ModelState instance."""
-    from vllm_padrec.integration.request_lists import MaskingSampler
+    from vllm_padrec.integration.masking_sampler import MaskingSampler
 
     base_custom_sampler = state.custom_sampler
     base_add_request = state.add_request
@@ -45,7 +60,7 @@ def install(state, lists, vllm_config, device) -> None:
         if custom:
             sampler, rejection_sampler = custom
         elif vllm_config.speculative_config is not None:
-            # what GPUModelRunner.load_model builds when no custom sampler is returned
+            # what GPUModelRunner.load_model builds when no custom sampler is returned (model_runner.py:341-346)
             from vllm.v1.worker.gpu.spec_decode.rejection_sampler import RejectionSampler
 
             rejection_sampler = RejectionSampler(sampler, vllm_config.speculative_config, device)
@@ -85,13 +100,11 @@ def make_init_model_state(original):
     return init_model_state
 
 
-def apply() -> None:
-    """Install the wrapper (idempotent)."""
-    import importlib
-
-    module = importlib.import_module(_MODULE)
+def apply(module: ModuleType) -> None:
+    """Install the wrapper in ``vllm.v1.worker.gpu.model_states`` (and an imported runner); idempotent."""
     if not getattr(module.init_model_state, "_padrec_patch", False):
         module.init_model_state = make_init_model_state(module.init_model_state)
-    runner = sys.modules.get(_RUNNER_MODULE)
-    if runner is not None and not getattr(runner.init_model_state, "_padrec_patch", False):
-        runner.init_model_state = make_init_model_state(runner.init_model_state)
+    # a runner imported earlier bound vLLM's function; one being imported now binds the wrapper itself
+    bound = getattr(sys.modules.get(_RUNNER_MODULE), "init_model_state", None)
+    if bound is not None and not getattr(bound, "_padrec_patch", False):
+        sys.modules[_RUNNER_MODULE].init_model_state = make_init_model_state(bound)

@@ -16,8 +16,12 @@ of different shapes, and between two values of ``num_speculative_tokens`` (vLLM 
 With the draft in the key, each (target, draft) pair compiles into its own entry; the cost is a
 compile on the first start of each pair, never a wrong graph.
 
-How: wraps the class attribute in every process (``register()``), before any engine computes a
-hash; the original's factors stay first, so nothing else about the key changes. Idempotent.
+How: wraps the class attribute in every process, at ``register()`` (vLLM has imported
+``vllm.config.speculative`` by then), before any engine computes a hash; the original's factors stay
+first, so nothing else about the key changes. Idempotent.
+
+Why no supported hook serves: the key is computed from ``VllmConfig.compute_hash`` alone; a plugin
+contributes to it only through config fields vLLM already hashes, and the draft's are not among them.
 
 Unnecessary when: vLLM's ``SpeculativeConfig.compute_hash`` includes the draft model for every method
 (vLLM PR #47911 does so for the auxiliary-hidden-state methods only).
@@ -27,6 +31,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from types import ModuleType
+
+TARGETS = ("vllm.config.speculative",)
 
 
 def draft_factors(spec_config) -> list[str]:
@@ -41,10 +48,9 @@ def draft_factors(spec_config) -> list[str]:
     return factors
 
 
-def apply() -> None:
-    """Install the wrapper (idempotent)."""
-    from vllm.config.speculative import SpeculativeConfig
-
+def apply(module: ModuleType) -> None:
+    """Install the wrapper on ``SpeculativeConfig`` (idempotent)."""
+    SpeculativeConfig = module.SpeculativeConfig
     original = SpeculativeConfig.compute_hash
     if getattr(original, "_padrec_patch", False):
         return

@@ -1,0 +1,66 @@
+"""Patch: ``vllm.v1.worker.gpu.spec_decode.init_speculator`` (vLLM 0.26.0, Model Runner V2).
+
+What: a wrapper that returns ``PadRecSpeculator`` when the draft's architecture is
+``EaglePadRecForCausalLM`` (method "eagle"), and calls vLLM's own function for every other draft.
+
+Why: V2 builds its speculator from a hard-coded method switch (spec_decode/__init__.py:8-40) and
+hands the draft model no step index; the PAD-Rec head needs the speculator's ``current_draft_step``,
+request mapping and draft tokens (attached by ``PadRecSpeculator.load_draft_model``) and the list masks
+(``PadRecSpeculator.set_attn``). The masking itself uses vLLM's supported path: the draft model's
+``compute_logits``, which V2 calls for greedy and Gumbel drafts alike (spec_decode/speculator.py:264-295).
+
+How: applied right after ``vllm.v1.worker.gpu.spec_decode`` is imported (``patches.install``), i.e. in
+the process that builds a V2 runner: the runner module binds the name at its own import (``from
+vllm.v1.worker.gpu.spec_decode import init_speculator``, v1/worker/gpu/model_runner.py:106), which
+comes after, so it binds the wrapper; a runner module imported earlier is patched too. Idempotent: the
+wrapper is installed once.
+
+Why no supported hook serves: V2's ``init_speculator`` consults nothing a plugin or a model class can
+provide, and the draft model is loaded by the speculator (``load_eagle_model``), which never hands it
+its own tensors.
+
+Unnecessary when: vLLM lets a draft model choose its speculator class (or passes the draft step to
+the draft's forward and the ModelState to the draft).
+"""
+
+from __future__ import annotations
+
+import sys
+from types import ModuleType
+
+TARGETS = ("vllm.v1.worker.gpu.spec_decode",)
+_RUNNER_MODULE = "vllm.v1.worker.gpu.model_runner"
+
+
+def wants_padrec_speculator(vllm_config) -> bool:
+    """True when the speculative draft is the PAD-Rec head served through method "eagle"."""
+    from vllm_padrec.draft.config import PADREC_ARCHITECTURE
+
+    spec = vllm_config.speculative_config
+    if spec is None or spec.method != "eagle" or spec.draft_model_config is None:
+        return False
+    return PADREC_ARCHITECTURE in (spec.draft_model_config.architectures or ())
+
+
+def make_init_speculator(original):
+    def init_speculator(vllm_config, device):
+        if wants_padrec_speculator(vllm_config):
+            from vllm_padrec.integration.speculator import PadRecSpeculator
+
+            return PadRecSpeculator(vllm_config, device)
+        return original(vllm_config, device)
+
+    init_speculator.__wrapped__ = original
+    init_speculator._padrec_patch = True
+    return init_speculator
+
+
+def apply(module: ModuleType) -> None:
+    """Install the wrapper in ``vllm.v1.worker.gpu.spec_decode`` (and an imported runner); idempotent."""
+    current = module.init_speculator
+    if not getattr(current, "_padrec_patch", False):
+        module.init_speculator = make_init_speculator(current)
+    # a runner imported earlier bound vLLM's function; one being imported now binds the wrapper itself
+    bound = getattr(sys.modules.get(_RUNNER_MODULE), "init_speculator", None)
+    if bound is not None and not getattr(bound, "_padrec_patch", False):
+        sys.modules[_RUNNER_MODULE].init_speculator = make_init_speculator(bound)
