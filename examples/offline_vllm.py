@@ -13,7 +13,8 @@ from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
 
 from vllm_padrec.catalog import TokenLayout
-from vllm_padrec.cli import load_data
+from vllm_padrec.data import open_dataset
+from vllm_padrec.lists import ListSpec, parse_list
 
 
 def main() -> None:
@@ -26,7 +27,7 @@ def main() -> None:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.5, help="share of the GPU vLLM may take")
     args = parser.parse_args()
 
-    data = load_data(args.dataset)
+    data = open_dataset(args.dataset)
     catalog = data.catalog
     spec = {"method": "eagle", "model": args.draft} if args.draft else None
     llm = LLM(
@@ -39,12 +40,12 @@ def main() -> None:
         temperature=0.0,
         max_tokens=args.num_items * (catalog.num_slots + 1),
         stop_token_ids=[TokenLayout.EOS],
-        extra_args={"padrec_constraint": 1, "padrec_num_items": args.num_items, "padrec_no_repeat": 1},
+        extra_args=ListSpec(constraint=True, num_items=args.num_items, no_repeat=True).to_extra_args(),
     )
     samples = data.eval_samples("test")[: args.users]
     prompts = [TokensPrompt(prompt_token_ids=catalog.render_prompt(s.history, max_history=20)) for s in samples]
     for sample, output in zip(samples, llm.generate(prompts, params)):
-        items = catalog.parse_completion(output.outputs[0].token_ids)
+        items = parse_list(catalog, output.outputs[0].token_ids).items
         print(f"user {sample.user}:")
         for rank, index in enumerate(items, 1):
             print(f"  {rank:2d}. {catalog.sid_string(index)}  {catalog.titles[index]}")

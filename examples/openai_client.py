@@ -4,15 +4,16 @@
     python examples/openai_client.py --checkpoint runs/bench/checkpoint --history 1954 27 12030
 
 The prompt is the history rendered as semantic-ID tokens; `vllm_xargs` turns the catalog
-constraint on for this request (exactly --num-items distinct catalog items).
+constraint on for this request (exactly --num-items distinct catalog items), and the reply's token ids
+(`return_token_ids`) are parsed back into items.
 """
 
 import argparse
-import re
 
 from openai import OpenAI
 
 from vllm_padrec.catalog import ItemCatalog
+from vllm_padrec.lists import ListSpec, parse_list
 
 
 def main() -> None:
@@ -26,6 +27,7 @@ def main() -> None:
     catalog = ItemCatalog.load(args.checkpoint)
     tokens = catalog.layout.token_strings()
     prompt = "".join(tokens[t] for t in catalog.render_prompt(catalog.history_indices(args.history)))
+    spec = ListSpec(constraint=True, num_items=args.num_items, no_repeat=True)
     client = OpenAI(base_url=args.base_url, api_key="none")
     model = client.models.list().data[0].id
     reply = client.completions.create(
@@ -33,12 +35,10 @@ def main() -> None:
         prompt=prompt,
         temperature=0.0,
         max_tokens=args.num_items * (catalog.num_slots + 1),
-        extra_body={"vllm_xargs": {"padrec_constraint": 1, "padrec_num_items": args.num_items, "padrec_no_repeat": 1}},
+        extra_body={"vllm_xargs": spec.to_extra_args(), "return_token_ids": True},
     )
-    text = reply.choices[0].text
-    for rank, sid in enumerate(re.findall(rf"(?:<[a-z]_\d+>){{{catalog.num_slots}}}", text), 1):
-        index = catalog.parse_sid(sid)
-        print(f"{rank:2d}. {catalog.item_ids[index]:>8}  {sid}  {catalog.titles[index]}")
+    for rank, index in enumerate(parse_list(catalog, reply.choices[0].token_ids).items, 1):
+        print(f"{rank:2d}. {catalog.item_ids[index]:>8}  {catalog.sid_string(index)}  {catalog.titles[index]}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ from fastapi.testclient import TestClient
 
 from vllm_padrec.catalog import CATALOG_FILE, ItemCatalog, TokenLayout
 from vllm_padrec.integration import endpoint as ep
+from vllm_padrec.integration import spec_decode_counters
+from vllm_padrec.integration.spec_decode_counters import SPEC_COUNTERS, SPEC_PER_POS
+from vllm_padrec.lists import REQUEST_KEYS, ListLimits, ListSpec, parse_list
 
 SEP, EOS = TokenLayout.SEP, TokenLayout.EOS
 MODEL = "padrec-target"
@@ -40,7 +43,10 @@ def completion(*items: int, eos: bool = True) -> list[int]:
 
 
 class FakeEngine:
-    """``EngineClient.generate`` / ``abort`` as the route uses them."""
+    """``EngineClient.generate`` / ``abort`` as the route uses them. It answers ``token_ids``, except for a
+    request with excluded items (``padrec_exclude_items``), which it answers as the engine's masks would
+    let the list out: ``token_ids``'s items that are not excluded, then the catalog's other items in order,
+    up to ``padrec_num_items`` items (distinct with ``padrec_no_repeat``)."""
 
     def __init__(self, token_ids=(), finish_reason="stop", error: Exception | None = None, block: bool = False):
         self.token_ids = list(token_ids)
@@ -60,13 +66,25 @@ class FakeEngine:
                 raise self.error
             if self.block:
                 await asyncio.Event().wait()
-            output = CompletionOutput(0, "", list(self.token_ids), None, None, finish_reason=self.finish_reason)
+            token_ids = self.masked(sampling_params.extra_args or {})
+            output = CompletionOutput(0, "", token_ids, None, None, finish_reason=self.finish_reason)
             yield RequestOutput(request_id, None, list(prompt["prompt_token_ids"]), None, [output], finished=True)
         finally:
             self.closed.append(request_id)
 
     async def abort(self, request_id):
         self.aborted.append(request_id)
+
+    def masked(self, extra_args) -> list[int]:
+        excluded = set(extra_args.get(REQUEST_KEYS["exclude_items"], ()))
+        if not excluded:
+            return list(self.token_ids)
+        num_items, no_repeat = extra_args[REQUEST_KEYS["num_items"]], extra_args[REQUEST_KEYS["no_repeat"]]
+        items: list[int] = []
+        for item in parse_list(CATALOG, self.token_ids).items + list(range(len(CATALOG))):
+            if item not in excluded and not (no_repeat and item in items) and len(items) < num_items:
+                items.append(item)
+        return CATALOG.render_completion(items)
 
 
 def write_model_folder(path, max_history: int | None = None, catalog: bool = True):
@@ -78,14 +96,15 @@ def write_model_folder(path, max_history: int | None = None, catalog: bool = Tru
     return path
 
 
-def make_app(folder, engine, *, max_model_len=64, max_list_items=MAX_LIST_ITEMS, speculative=False):
-    """What vLLM's build_app / init_app_state do for an endpoint plugin, on a bare FastAPI app."""
+def make_app(folder, engine, *, max_model_len=64, max_list_items=MAX_LIST_ITEMS, speculative=False, **settings):
+    """What vLLM's build_app / init_app_state do for an endpoint plugin, on a bare FastAPI app; ``settings``:
+    more of the server's ``padrec`` settings."""
     plugin = ep.RecommendationsPlugin()
     app = FastAPI()
     plugin.attach_router(app)
     app.state.vllm_config = SimpleNamespace(
         model_config=SimpleNamespace(model=str(folder), max_model_len=max_model_len),
-        additional_config={"padrec": {"max_list_items": max_list_items}},
+        additional_config={"padrec": {"max_list_items": max_list_items, **settings}},
         speculative_config=SimpleNamespace(num_speculative_tokens=3) if speculative else None,
     )
     args = Namespace(served_model_name=[MODEL], model=str(folder))
@@ -125,9 +144,8 @@ def test_happy_path(folder):
 def test_sampling_params_and_extra_args_reach_the_engine(folder):
     from vllm.sampling_params import RequestOutputKind
 
-    from vllm_padrec.integration import verification_mask as vm
-    from vllm_padrec.integration.request_lists import settings_row
-    from vllm_padrec.lists import ListLimits, ListSpec
+    from vllm_padrec.lists import settings_row
+    from vllm_padrec.lists import spec as table  # the settings table's columns
 
     def engine_row(extra_args, prompt_token_ids):  # what the general plugin's engine side makes of them
         spec = ListSpec.from_extra_args(extra_args, ListSpec(), ListLimits(MAX_LIST_ITEMS, len(CATALOG)))
@@ -142,13 +160,13 @@ def test_sampling_params_and_extra_args_reach_the_engine(folder):
     assert params.extra_args == {"padrec_constraint": True, "padrec_num_items": 2, "padrec_no_repeat": False}
     # the general plugin's engine side reads these keys into a constrained row
     row = engine_row(params.extra_args, prompt["prompt_token_ids"])
-    assert row[vm.ENABLED] == 1 and row[vm.LIST_START] == len(prompt["prompt_token_ids"])
-    assert (row[vm.MAX_ITEMS], row[vm.MIN_ITEMS], row[vm.NO_REPEAT]) == (2, 2, 0)
+    assert row[table.ENABLED] == 1 and row[table.LIST_START] == len(prompt["prompt_token_ids"])
+    assert (row[table.MAX_ITEMS], row[table.MIN_ITEMS], row[table.NO_REPEAT]) == (2, 2, 0)
     engine = FakeEngine(completion(0))
     assert post(make_app(folder, engine), {"history": ["i1"], "num_items": 1}).status_code == 200
     params = engine.calls[0][1]
     assert params.extra_args["padrec_no_repeat"] is True and params.temperature == 0.0 and params.seed is None
-    assert engine_row(params.extra_args, engine.calls[0][0]["prompt_token_ids"])[vm.NO_REPEAT] == 1
+    assert engine_row(params.extra_args, engine.calls[0][0]["prompt_token_ids"])[table.NO_REPEAT] == 1
 
 
 def error_of(reply, status):
@@ -252,19 +270,37 @@ def test_long_history_keeps_the_most_recent_items_that_fit(tmp_path):
     )
 
 
-def test_exclude_history_over_generates_and_filters(folder):
+def test_exclude_history_bans_the_history_in_the_engine(folder):
     engine = FakeEngine(completion(1, 4, 3, 0))
     reply = post(make_app(folder, engine), {"history": ["i1", "i3", "i1"], "num_items": 2, "exclude_history": True})
     assert reply.status_code == 200, reply.text
     assert [i["item_id"] for i in reply.json()["items"]] == ["i4", "i0"]
-    params = engine.calls[0][1]
-    assert params.extra_args["padrec_num_items"] == 4 and params.max_tokens == 4 * 3 + 1  # 2 + 2 history items
+    params = engine.calls[0][1]  # exactly N items asked, the history's distinct items banned
+    assert params.extra_args["padrec_num_items"] == 2 and params.max_tokens == 2 * 3 + 1
+    assert params.extra_args[REQUEST_KEYS["exclude_items"]] == [1, 3]
+    limits = ListLimits(MAX_LIST_ITEMS, len(CATALOG), max_exclude_items=2)  # what the engine side reads
+    assert ListSpec.from_extra_args(params.extra_args, ListSpec(), limits).exclude_items == (1, 3)
     engine = FakeEngine(completion(1, 3, 4, 3))  # the model insists on history items
     body = post(
         make_app(folder, engine), {"history": ["i1", "i3"], "num_items": 3, "exclude_history": True, "no_repeat": False}
     ).json()
-    assert [i["item_id"] for i in body["items"]] == ["i4"]
-    assert any("exclude_history" in w and "1 of 3" in w for w in body["warnings"])
+    items = [i["item_id"] for i in body["items"]]
+    assert len(items) == 3 and not {"i1", "i3"} & set(items) and body["warnings"] == []
+    # without exclude_history nothing is banned
+    engine = FakeEngine(completion(1, 3))
+    body = post(make_app(folder, engine), {"history": ["i1", "i3"], "num_items": 2}).json()
+    assert [i["item_id"] for i in body["items"]] == ["i1", "i3"]
+    assert REQUEST_KEYS["exclude_items"] not in engine.calls[0][1].extra_args
+
+
+def test_exclude_history_beyond_the_servers_limit_is_refused(folder):
+    app = make_app(folder, FakeEngine(completion(0, 4)), max_exclude_items=2)
+    payload = {"history": ["i1", "i2", "i3", "i1"], "num_items": 2, "exclude_history": True}
+    error = error_of(post(app, payload), 422)
+    assert error["param"] == "exclude_history"
+    assert "3 distinct items" in error["message"] and "max_exclude_items=2" in error["message"]
+    assert post(app, {**payload, "history": ["i1", "i2", "i1"]}).status_code == 200  # 2 distinct items
+    assert post(app, {**payload, "exclude_history": False}).status_code == 200
 
 
 def test_invalid_and_cut_generations_are_reported(folder):
@@ -334,8 +370,8 @@ def spec_registry(drafts, draft_tokens, accepted, per_pos):
     from prometheus_client import CollectorRegistry, Counter
 
     registry = CollectorRegistry()
-    counters = [Counter(name, name, ["model_name", "engine"], registry=registry) for name in ep.SPEC_COUNTERS]
-    pos = Counter(ep.SPEC_PER_POS, "per pos", ["model_name", "engine", "position"], registry=registry)
+    counters = [Counter(name, name, ["model_name", "engine"], registry=registry) for name in SPEC_COUNTERS]
+    pos = Counter(SPEC_PER_POS, "per pos", ["model_name", "engine", "position"], registry=registry)
     for engine in ("0", "1"):  # two engines: the counters are summed
         for counter, value in zip(counters, (drafts, draft_tokens, accepted)):
             counter.labels(MODEL, engine).inc(value)
@@ -347,7 +383,7 @@ def spec_registry(drafts, draft_tokens, accepted, per_pos):
 def test_speculation_reports_server_counters(folder):
     app = make_app(folder, FakeEngine(completion(0, 2)), speculative=True)
     service = app.state.padrec_recommendations
-    service.metrics_registry = spec_registry(10, 30, 18, [8, 6, 4])
+    service.speculation = spec_decode_counters.SpeculationReport(spec_registry(10, 30, 18, [8, 6, 4]))
     spec = post(app, {"history": ["i1"], "num_items": 2}).json()["speculation"]
     assert spec["scope"] == "server" and spec["per_request"] is None
     assert (spec["num_drafts"], spec["num_draft_tokens"], spec["num_accepted_tokens"]) == (20, 60, 36)
@@ -357,8 +393,7 @@ def test_speculation_reports_server_counters(folder):
     # stats logging off: no counters registered
     from prometheus_client import CollectorRegistry
 
-    service.metrics_registry = CollectorRegistry()
-    service._counters = None
+    service.speculation = spec_decode_counters.SpeculationReport(CollectorRegistry())
     spec = post(app, {"history": ["i1"], "num_items": 2}).json()["speculation"]
     assert spec["scope"] == "server" and spec["num_drafts"] is None and "disable-log-stats" in spec["note"]
 
@@ -369,15 +404,52 @@ def test_client_disconnect_cancels_its_own_request_only(folder):
     plan = service.plan(ep.RecommendationRequest(history=["i1"], num_items=2))
 
     class Disconnected:  # a Starlette Request whose client has gone
+        app = SimpleNamespace(state=SimpleNamespace())  # vLLM's listener reads its load-tracking flag
+
         async def receive(self):
             await asyncio.sleep(0.01)
             return {"type": "http.disconnect"}
 
-    result = asyncio.run(ep.run_until_disconnect(Disconnected(), service.generate(plan, "rec-gone")))
+    async def answer_and_settle():  # the cancelled task finishes its clean-up on the next loop turns
+        result = await ep.answer_until_disconnect(service, Disconnected(), plan, "rec-gone")
+        await asyncio.sleep(0.01)
+        return result
+
+    result = asyncio.run(answer_and_settle())
     assert result is None
     # the engine's generator is closed (AsyncLLM then aborts that request by its internal id); the route
     # aborts nothing by the client-visible id, which another request may share
     assert service.engine_client.closed == ["rec-gone"] and service.engine_client.aborted == []
+
+
+def test_server_load_count_stays_balanced(folder):
+    """With --enable-server-load-tracking, vLLM's count rises per request and falls on its answer or its
+    disconnect (vLLM's disconnect listener decrements it), as for vLLM's own routes."""
+    app = make_app(folder, FakeEngine(completion(0, 2)))
+    app.state.enable_server_load_tracking = True
+    app.state.server_load_metrics = 0
+    assert post(app, {"history": ["i1"], "num_items": 2}).status_code == 200
+    assert app.state.server_load_metrics == 0
+    blocked = make_app(folder, FakeEngine(block=True))
+    blocked.state.enable_server_load_tracking = True
+    blocked.state.server_load_metrics = 0
+    service = blocked.state.padrec_recommendations
+    plan = service.plan(ep.RecommendationRequest(history=["i1"], num_items=2))
+
+    class Disconnected:
+        app = blocked
+
+        async def receive(self):
+            await asyncio.sleep(0.01)
+            return {"type": "http.disconnect"}
+
+    async def answer_and_settle():
+        result = await ep.answer_until_disconnect(service, Disconnected(), plan, "rec-gone")
+        await asyncio.sleep(0.01)
+        return result
+
+    assert asyncio.run(answer_and_settle()) is None
+    assert blocked.state.server_load_metrics == 0
 
 
 def test_plugin_satisfies_vllms_endpoint_plugin_interface():
