@@ -134,6 +134,63 @@ def test_a_truncated_draft_state_is_a_checkpoint_error(data, tmp_path):
         train_draft("eagle", tiny_target(), data, DraftTrainConfig.tiny(max_steps=2), tmp_path, "cpu", progress=False)
 
 
+# the state files of older versions: the target's before the shared training loop, the draft's before its log window
+OLD_TARGET_STATE = {
+    "recipe": {},
+    "data": "",
+    "step": 3,
+    "log": [(2, 1.5)],
+    "val": {},
+    "trained_seconds": 1.0,
+    "finished": False,
+    "model": {},
+    "optimizer": {},
+    "scheduler": {},
+    "plan_epoch": 0,
+    "plan": [],
+    "window_loss": torch.tensor(0.5),
+    "window_steps": 1,
+    "rng": {"torch": torch.get_rng_state(), "cuda": None},
+}
+OLD_DRAFT_STATE = {"method": "eagle", "step": 1, "model": {}, "optimizer": {}, "log": [], "elapsed_s": 1.0}
+OLDER_VERSION = (
+    "was saved by an older version of vllm-padrec (no {key!r}) and cannot be resumed: "
+    "delete it to train from the start, or train into a new --out folder"
+)
+
+
+@pytest.mark.parametrize("finished", [False, True])
+def test_a_target_state_of_an_older_version_is_a_one_line_error(tmp_path, capsys, finished):
+    state = OLD_TARGET_STATE | {"finished": finished}
+    if finished:  # a finished run saved no weights
+        for key in ("model", "optimizer", "scheduler", "plan_epoch", "plan", "window_loss", "window_steps", "rng"):
+            del state[key]
+    torch.save(state, tmp_path / STATE_FILE)
+    assert cli.main(TARGET_ARGS + ["--out", str(tmp_path)]) == 2
+    message = OLDER_VERSION.format(key="elapsed_s")
+    assert capsys.readouterr().err == f"vllm-padrec train-target: error: {tmp_path / STATE_FILE} {message}\n"
+
+
+def test_a_draft_state_of_an_older_version_is_a_checkpoint_error(data, tmp_path):
+    config = DraftTrainConfig.tiny(max_steps=2)
+    torch.save(OLD_DRAFT_STATE | {"config": config.to_dict()}, tmp_path / "train_state.pt")
+    message = f"{tmp_path / 'train_state.pt'} {OLDER_VERSION.format(key='window')}"
+    with pytest.raises(CheckpointError) as raised:
+        train_draft("eagle", tiny_target(), data, config, tmp_path, "cpu", progress=False)
+    assert str(raised.value) == message
+
+
+def test_a_draft_state_without_the_finished_flag_resumes(data, tmp_path):
+    """The draft's state layout is the loop's but for "finished", which a resumed run does not read."""
+    config, target = DraftTrainConfig.tiny(max_steps=2), tiny_target()
+    train_draft("eagle", target, data, config, tmp_path, "cpu", stop_after_steps=1, progress=False)
+    state = torch.load(tmp_path / "train_state.pt", weights_only=False)
+    del state["finished"]
+    torch.save(state, tmp_path / "train_state.pt")
+    result = train_draft("eagle", target, data, config, tmp_path, "cpu", progress=False)
+    assert result.finished and result.steps == 2
+
+
 # -- stop signals ---------------------------------------------------------------------------------------
 def test_stop_signals_set_a_flag_then_restore_the_handlers():
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)

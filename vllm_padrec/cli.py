@@ -29,7 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-from vllm_padrec import envs
 from vllm_padrec.errors import PadRecError
 
 # errors that are the user's to fix: one line and exit status 2 (anything else keeps its traceback)
@@ -90,22 +89,6 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 # -- shared steps -------------------------------------------------------------------------------------
-def load_data(name: str, seed: int = 0):
-    from vllm_padrec.data import SyntheticConfig, generate_synthetic, load_dataset
-
-    if name == "synthetic":
-        return generate_synthetic(SyntheticConfig(seed=seed))
-    if os.path.isdir(name):
-        return load_dataset(name)
-    path = os.path.join(envs.data_dir(), name)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(
-            f"dataset {name!r} is neither 'synthetic', a folder, nor a folder under "
-            f"${envs.PADREC_DATA_DIR} ({envs.data_dir()})"
-        )
-    return load_dataset(path)
-
-
 def pin_cpu_threads() -> None:
     """torch's CPU threads = the cores this process may run on (``os.sched_getaffinity``). torch sizes
     its pool for the machine; threads past the allowed cores only contend (under load on 2 cores the
@@ -173,18 +156,21 @@ def _train(recipe, data, out: Path, device: str, until_done: bool):
 
 # -- commands -----------------------------------------------------------------------------------------
 def cmd_data(args) -> int:
-    data = load_data(args.dataset)
+    from vllm_padrec.data import open_dataset
+
+    data = open_dataset(args.dataset)
     print(json.dumps(data.summary(), indent=2))
     return 0
 
 
 def cmd_train_target(args) -> int:
+    from vllm_padrec.data import open_dataset
     from vllm_padrec.target.config import get_recipe
     from vllm_padrec.target.train import STATE_FILE
 
     overrides = {k: v for k, v in (("epochs", args.epochs), ("time_budget_minutes", args.time_budget_minutes)) if v}
     recipe = get_recipe(args.recipe, **overrides)
-    data = load_data(args.dataset)
+    data = open_dataset(args.dataset)
     out = Path(args.out)
     result = _train(recipe, data, out, _device(args.device), args.until_done)
     print(
@@ -194,9 +180,11 @@ def cmd_train_target(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from vllm_padrec.data import open_dataset
+
     if args.list_items == 0 and args.beam_width == 0:
         args.parser.error("nothing to evaluate: --list-items and --beam-width are both 0")
-    data = load_data(args.dataset)
+    data = open_dataset(args.dataset)
     catalog, recipe = _checkpoint_for(args.checkpoint, data)
     if args.list_items:
         catalog.check_distinct_items(args.list_items, f"--list-items {args.list_items}")
@@ -227,7 +215,9 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_train_draft(args) -> int:
-    data = load_data(args.dataset)
+    from vllm_padrec.data import open_dataset
+
+    data = open_dataset(args.dataset)
     _, recipe = _checkpoint_for(args.target, data)
 
     from vllm_padrec.target.model import load_checkpoint
@@ -299,6 +289,7 @@ def cmd_recommend(args) -> int:
 
 def cmd_quickstart(args) -> int:
     """Synthetic data -> tiny target -> constrained lists with titles -> Recall/NDCG."""
+    from vllm_padrec.data import open_dataset
     from vllm_padrec.decoding import greedy_lists
     from vllm_padrec.target.config import get_recipe
     from vllm_padrec.target.evaluate import evaluate_target
@@ -307,7 +298,7 @@ def cmd_quickstart(args) -> int:
 
     started = time.time()
     out = Path(args.out)
-    data = load_data("synthetic")
+    data = open_dataset("synthetic")
     print("dataset:", json.dumps(data.summary()))
     recipe = get_recipe("tiny")
     device = _device(args.device)

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers.cache_utils import DynamicCache
 
+from vllm_padrec.acceptance import mean_acceptance_length
 from vllm_padrec.catalog import ItemCatalog, TokenLayout
 from vllm_padrec.constraint import ListConstraint, ListState, apply_mask
 from vllm_padrec.decoding.greedy import banned_capacity, length_buckets, model_device
@@ -135,7 +136,7 @@ class SpeculationStats:
     def vllm_acceptance_length(self) -> float:
         """vLLM's mean acceptance length, 1 + accepted / rounds (``vllm:spec_decode_num_accepted_tokens``
         over ``num_drafts``): it adds the bonus token also to rounds where a draft closed the list."""
-        return 1.0 + self.accepted / self.rounds if self.rounds else 0.0
+        return mean_acceptance_length(self.accepted, self.rounds) or 0.0
 
     @property
     def vllm_acceptance_by_position(self) -> list[float]:
@@ -483,9 +484,7 @@ def speculative_lists(
     make_proposer(draft, gamma, 1, device)  # type and size checks before any work
     layout = catalog.layout
     V_model = target.get_output_embeddings().weight.shape[0]
-    slot_table = torch.full((V_model,), layout.other_slot, dtype=torch.long)  # [V'] padded ids are "other"
-    slot_table[: layout.vocab_size] = torch.from_numpy(layout.slot_table())
-    slot_table = slot_table.to(device)
+    slot_table = torch.from_numpy(layout.slot_table(V_model)).to(device)  # [V'] padded ids are "other"
     max_steps = num_items * (catalog.num_slots + 1)  # greedy_lists' token budget
     prompts = [catalog.render_prompt(h, max_history) for h in histories]
     token_ids: list[list[int]] = [[] for _ in prompts]
@@ -494,9 +493,10 @@ def speculative_lists(
     for rows in length_buckets(prompts, batch_size):
         input_ids = torch.tensor([prompts[r] for r in rows], device=device)  # [B, P]
         state = constraint.initial_state(len(rows), [histories[r] for r in rows], ban_history)
-        outputs = _decode_batch(
-            target, draft, constraint, input_ids, state, gamma, temperature, generator, max_steps, slot_table, stats
+        decoder = _BatchDecoder(
+            target, draft, constraint, len(rows), gamma, temperature, generator, max_steps, slot_table, stats, device
         )
+        outputs = decoder.run(input_ids, state)
         for row, tokens in zip(rows, outputs):
             token_ids[row] = tokens
         bar.update(len(rows))
@@ -505,123 +505,172 @@ def speculative_lists(
     return lists, token_ids, stats
 
 
-def _decode_batch(
-    target: nn.Module,
-    draft: nn.Module,
-    constraint: ListConstraint,
-    input_ids: Tensor,  # [B, P] prompts of one length
-    state: ListState,  # B rows, before the first list token
-    gamma: int,
-    temperature: float,
-    generator: torch.Generator | None,
-    max_steps: int,
-    slot_table: Tensor,  # [V']
-    stats: SpeculationStats,
-) -> list[list[int]]:
-    B, P = input_ids.shape
-    device = input_ids.device
-    verifier = TargetVerifier(target)
-    proposer = make_proposer(draft, gamma, B, device)
-    out: list[list[int]] = [[] for _ in range(B)]
+@dataclass
+class _DraftRound:
+    """What the draft proposed in one round, and the constraint states and masks it went through."""
 
-    # prefill: the first list token comes from the target alone
-    hidden, logits = verifier.prefill(input_ids)  # [B, P, H], [B, V']
-    pending, _ = _choose(_masked(logits, constraint.allowed_tokens(state)), temperature, generator)  # [B]
-    state = constraint.advance(state, pending)
-    emitted = torch.ones(B, dtype=torch.long, device=device)  # [B] tokens emitted per row
-    for row, token in enumerate(pending.tolist()):
-        out[row].append(token)
-    stats.tokens += B
-    stats.lists += B
-    stats.target_passes += B
-    stats.target_calls += 1
-    # draft step 0 of round one reads the whole prompt: (h_q, t_{q+1}), the last next token is pending
-    round_in = (
-        hidden,  # [B, P, H]
-        torch.cat([input_ids[:, 1:], pending[:, None]], dim=1),  # [B, P]
-        torch.arange(P, device=device).expand(B, P),  # [B, P]
-        torch.ones(B, P, dtype=torch.bool, device=device),  # [B, P]
-        torch.full((B,), P - 1, dtype=torch.long, device=device),  # [B]
-    )
-    alive = torch.arange(B, device=device)  # [B'] original row of each batch row
-    calls_before = proposer.calls
+    tokens: Tensor  # [B', K] d_0 .. d_{K-1}
+    probs: list[Tensor | None]  # K x [B', V'] the draft's sampling distributions (None when greedy)
+    masks: Tensor  # [B', K+1, V] allowed(S_0) .. allowed(S_K)
+    states: ListState  # fields [K+1, B', ...]: S_0 .. S_K
+    num_drafts: Tensor  # [B'] useful drafts per row (the rest is padding)
+    remaining: Tensor  # [B'] token budget left before the round (>= 1)
 
-    while True:
-        done = state.finished | (emitted >= max_steps)  # [B']
+
+class _BatchDecoder:
+    """Chain speculation of one batch of prompts of one length, in the phases of a decode loop:
+    ``prefill`` (the first token, from the target alone), then per round ``drop_finished``, ``draft``
+    (K masked draft steps), ``verify`` (one target pass), ``commit`` (emit the accepted drafts and the
+    recovered / bonus token, prepare the next round's draft input)."""
+
+    def __init__(
+        self,
+        target: nn.Module,
+        draft: nn.Module,
+        constraint: ListConstraint,
+        batch: int,
+        gamma: int,
+        temperature: float,
+        generator: torch.Generator | None,
+        max_steps: int,
+        slot_table: Tensor,  # [V']
+        stats: SpeculationStats,
+        device: torch.device,
+    ) -> None:
+        self.constraint, self.gamma, self.temperature, self.generator = constraint, gamma, temperature, generator
+        self.max_steps, self.slot_table, self.stats, self.device = max_steps, slot_table, stats, device
+        self.verifier = TargetVerifier(target)
+        self.proposer = make_proposer(draft, gamma, batch, device)
+        self.out: list[list[int]] = [[] for _ in range(batch)]
+        self.alive = torch.arange(batch, device=device)  # [B'] original row of each batch row
+        self.state: ListState | None = None  # B' rows: the constraint after the emitted tokens
+        self.pending: Tensor | None = None  # [B'] the token chosen but not yet read by the target
+        self.emitted: Tensor | None = None  # [B'] tokens emitted per row
+        self.round_in: tuple[Tensor, ...] = ()  # the draft's step-0 input of the next round (start_round)
+
+    def run(self, input_ids: Tensor, state: ListState) -> list[list[int]]:
+        """Token ids emitted per row for prompts ``input_ids`` [B, P] with constraint states ``state``."""
+        calls_before = self.proposer.calls
+        self.prefill(input_ids, state)
+        while self.drop_finished():
+            drafted = self.draft()
+            num_accepted, next_token, hidden = self.verify(drafted)
+            self.commit(drafted, num_accepted, next_token, hidden)
+        self.stats.draft_calls += self.proposer.calls - calls_before
+        return self.out
+
+    def _choose(self, logits: Tensor, allowed: Tensor) -> tuple[Tensor, Tensor | None]:
+        return _choose(_masked(logits, allowed), self.temperature, self.generator)
+
+    def prefill(self, input_ids: Tensor, state: ListState) -> None:
+        """The target reads the prompts and chooses the first list token; round one's draft input."""
+        B, P = input_ids.shape
+        device = self.device
+        hidden, logits = self.verifier.prefill(input_ids)  # [B, P, H], [B, V']
+        self.pending, _ = self._choose(logits, self.constraint.allowed_tokens(state))  # [B]
+        self.state = self.constraint.advance(state, self.pending)
+        self.emitted = torch.ones(B, dtype=torch.long, device=device)  # [B]
+        for row, token in enumerate(self.pending.tolist()):
+            self.out[row].append(token)
+        self.stats.tokens += B
+        self.stats.lists += B
+        self.stats.target_passes += B
+        self.stats.target_calls += 1
+        # draft step 0 of round one reads the whole prompt: (h_q, t_{q+1}), the last next token is pending
+        self.round_in = (
+            hidden,  # [B, P, H]
+            torch.cat([input_ids[:, 1:], self.pending[:, None]], dim=1),  # [B, P]
+            torch.arange(P, device=device).expand(B, P),  # [B, P]
+            torch.ones(B, P, dtype=torch.bool, device=device),  # [B, P]
+            torch.full((B,), P - 1, dtype=torch.long, device=device),  # [B]
+        )
+
+    def drop_finished(self) -> bool:
+        """Remove the rows whose list is closed or whose token budget is spent; False when none is left."""
+        done = self.state.finished | (self.emitted >= self.max_steps)  # [B']
         if bool(done.any()):
             keep = (~done).nonzero().squeeze(1)  # [B'']
             if keep.numel() == 0:
-                break
-            alive, state, pending, emitted = alive[keep], state.index_select(keep), pending[keep], emitted[keep]
-            round_in = tuple(t.index_select(0, keep) for t in round_in)
-            verifier.select(keep)
-            proposer.select(keep)
-        remaining = max_steps - emitted  # [B'] token budget left (>= 1)
-        row_drafts = remaining.clamp(max=gamma)  # [B'] drafts each row may use
-        K = int(row_drafts.max())  # >= 1
+                return False
+            self.alive, self.state = self.alive[keep], self.state.index_select(keep)
+            self.pending, self.emitted = self.pending[keep], self.emitted[keep]
+            self.round_in = tuple(t.index_select(0, keep) for t in self.round_in)
+            self.verifier.select(keep)
+            self.proposer.select(keep)
+        return True
 
-        # -- drafting: K steps, each masked by the state after the earlier drafts
-        states, masks, drafts, draft_probs = [state], [], [], []
-        logits = proposer.start_round(*round_in)  # [B', V']
+    def draft(self) -> _DraftRound:
+        """K draft steps, each masked by the constraint state after the earlier drafts."""
+        constraint, proposer = self.constraint, self.proposer
+        remaining = self.max_steps - self.emitted  # [B'] token budget left (>= 1)
+        row_drafts = remaining.clamp(max=self.gamma)  # [B'] drafts each row may use
+        K = int(row_drafts.max())  # >= 1
+        states, masks, drafts, draft_probs = [self.state], [], [], []
+        logits = proposer.start_round(*self.round_in)  # [B', V']
         for k in range(K):
             allowed = constraint.allowed_tokens(states[k])  # [B', V]
             masks.append(allowed)
-            d, q = _choose(_masked(logits, allowed), temperature, generator)  # [B'], [B', V'] or None
+            d, q = self._choose(logits, allowed)  # [B'], [B', V'] or None
             drafts.append(d)
             draft_probs.append(q)
             states.append(constraint.advance(states[k], d))
             if k + 1 < K:
-                logits = proposer.next_step(k + 1, d, verifier.length - 1 + k + 1)  # step k+1 at position p+k+1
+                position = self.verifier.length - 1 + k + 1  # step k+1 at position p+k+1
+                logits = proposer.next_step(k + 1, d, position)
         proposer.end_round()
         masks.append(constraint.allowed_tokens(states[K]))
-        draft_tokens = torch.stack(drafts, 1)  # [B', K]
         stacked = _stack_states(states)  # fields [K+1, B', ...]
         # a row stops drafting usefully after </s> (later drafts are forced </s> padding) or its budget
         finished_after = stacked.finished[1:].T  # [B', K] draft k finished the list
         # drafts up to and including the first that finished: finished_after [0, 0, 1, 1] -> 3
         first_end = (~finished_after).long().cumprod(1).sum(1) + finished_after.any(1).long()  # [B']
         num_drafts = torch.minimum(row_drafts, first_end)  # [B']
+        return _DraftRound(torch.stack(drafts, 1), draft_probs, torch.stack(masks, 1), stacked, num_drafts, remaining)
 
-        # -- verification: one target pass over [pending, d_0 .. d_{K-1}]
-        hidden, logits = verifier.verify(torch.cat([pending[:, None], draft_tokens], dim=1))  # [B', K+1, H / V']
-        allowed = torch.stack(masks, 1)  # [B', K+1, V]
+    def verify(self, drafted: _DraftRound) -> tuple[Tensor, Tensor, Tensor]:
+        """One target pass over [pending, d_0 .. d_{K-1}]: (accepted drafts [B'], the recovered or bonus
+        token [B'], the target's hidden states [B', K+1, H])."""
+        hidden, logits = self.verifier.verify(torch.cat([self.pending[:, None], drafted.tokens], dim=1))
+        allowed = drafted.masks  # [B', K+1, V]
         z = logits.float().clone()  # [B', K+1, V']
         V = allowed.shape[-1]
         z[..., :V].masked_fill_(~allowed, float("-inf"))
         z[..., V:] = float("-inf")
-        if temperature == 0.0:
-            num_accepted, next_token = greedy_verify(draft_tokens, z, num_drafts)  # [B'], [B']
+        if self.temperature == 0.0:
+            num_accepted, next_token = greedy_verify(drafted.tokens, z, drafted.num_drafts)  # [B'], [B']
         else:
-            p = torch.softmax(z / temperature, dim=-1)  # [B', K+1, V']
-            q = torch.stack(draft_probs, 1)  # [B', K, V']
-            num_accepted, next_token = rejection_verify(draft_tokens, q, p, num_drafts, generator)
+            p = torch.softmax(z / self.temperature, dim=-1)  # [B', K+1, V']
+            q = torch.stack(drafted.probs, 1)  # [B', K, V']
+            num_accepted, next_token = rejection_verify(drafted.tokens, q, p, drafted.num_drafts, self.generator)
+        return num_accepted, next_token, hidden
 
-        # -- commit: accepted drafts, then the recovered / bonus token unless a draft closed the list
-        before = _pick_state(stacked, num_accepted)  # [B'] state after the accepted drafts
+    def commit(self, drafted: _DraftRound, num_accepted: Tensor, next_token: Tensor, hidden: Tensor) -> None:
+        """Emit the accepted drafts, then the recovered / bonus token unless a draft closed the list;
+        advance the target's cache, the constraint and the next round's draft input."""
+        before = _pick_state(drafted.states, num_accepted)  # [B'] state after the accepted drafts
         closes = ~before.finished  # [B'] the next token is emitted (the list is still open)
-        num_emitted = torch.minimum(num_accepted + closes.long(), remaining)  # [B'] a bonus past the budget is dropped
+        # [B'] a bonus past the budget is dropped
+        num_emitted = torch.minimum(num_accepted + closes.long(), drafted.remaining)
         # emitted tokens of the round, column n holds next_token: [d0, d1, d2, -] with n = 1 -> [d0, c, -, -]
-        round_tokens = torch.cat([draft_tokens, torch.zeros_like(next_token)[:, None]], dim=1)  # [B', K+1]
+        round_tokens = torch.cat([drafted.tokens, torch.zeros_like(next_token)[:, None]], dim=1)  # [B', K+1]
         round_tokens.scatter_(1, num_accepted[:, None], next_token[:, None])
-        for row, n, tokens in zip(alive.tolist(), num_emitted.tolist(), round_tokens.tolist()):
-            out[row].extend(tokens[:n])
-        stats.record_round(draft_tokens, num_drafts, num_accepted, num_emitted, slot_table)
-        stats.tokens += int(num_emitted.sum())
-        stats.target_calls += 1
-        old_length = verifier.length  # [B'] position of the pending token
-        verifier.commit(num_accepted + 1)  # pending + accepted drafts enter the cache
-        state = constraint.advance(before, next_token)
-        pending = next_token
-        emitted = emitted + num_emitted
+        for row, n, tokens in zip(self.alive.tolist(), num_emitted.tolist(), round_tokens.tolist()):
+            self.out[row].extend(tokens[:n])
+        self.stats.record_round(drafted.tokens, drafted.num_drafts, num_accepted, num_emitted, self.slot_table)
+        self.stats.tokens += int(num_emitted.sum())
+        self.stats.target_calls += 1
+        old_length = self.verifier.length  # [B'] position of the pending token
+        self.verifier.commit(num_accepted + 1)  # pending + accepted drafts enter the cache
+        self.state = self.constraint.advance(before, next_token)
+        self.pending = next_token
+        self.emitted = self.emitted + num_emitted
         # next round's step 0: hidden states of [pending, d_0 .. d_{n-1}] with the tokens that follow them
         width = int(num_accepted.max()) + 1
-        column = torch.arange(width, device=device)[None, :]  # [1, width]
-        round_in = (
+        column = torch.arange(width, device=self.device)[None, :]  # [1, width]
+        self.round_in = (
             hidden[:, :width],  # [B', width, H]
             round_tokens[:, :width].masked_fill(column > num_accepted[:, None], TokenLayout.PAD),  # [B', width]
             old_length[:, None] + column,  # [B', width]
             column <= num_accepted[:, None],  # [B', width]
             num_accepted,  # [B']
         )
-    stats.draft_calls += proposer.calls - calls_before
-    return out

@@ -17,7 +17,7 @@ the held-out set that chooses the checkpoint (and test prompts, train + valid hi
 trained on either).
 
 A call trains for at most ``recipe.time_budget_minutes`` and saves ``out_dir/train_state.pt`` (model,
-optimiser, scheduler, step, RNG, the epoch's batch order, loss log, validation record) every
+optimiser, step, RNG, the epoch's batch order, loss log, validation record; ``vllm_padrec.training.loop``) every
 ``save_every_minutes`` and when it stops: at the time budget, or at the step boundary after a SIGTERM
 or SIGINT (``vllm_padrec.durability.StopSignals``; ``TrainResult.stopped_by`` says which). The next
 call with the same recipe and data continues exactly where it stopped (on CPU the result is
@@ -38,6 +38,7 @@ that the recipe can fit the device's free memory (``TargetRecipe.training_bytes`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -48,17 +49,24 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from vllm_padrec.catalog import TokenLayout
 from vllm_padrec.data import InteractionData, ListwiseExample, listwise_examples
-from vllm_padrec.durability import StopSignals, load_state, replace_folder, save_state
+from vllm_padrec.durability import StopSignals, replace_folder
 from vllm_padrec.errors import InsufficientMemoryError
-from vllm_padrec.plotting import pyplot
 from vllm_padrec.target.config import RecipeError, TargetRecipe
 from vllm_padrec.target.evaluate import ValidationSet
 from vllm_padrec.target.model import add_hidden_dropout, build_model, padded_vocab_size, save_checkpoint
 from vllm_padrec.target.tokenizer import build_tokenizer
+from vllm_padrec.training.loop import (
+    LoopConfig,
+    TrainingLoop,
+    TrainingTask,
+    WarmupCosine,
+    load_loop_state,
+    plot_training,
+    stoppable,
+)
 
 STATE_FILE = "train_state.pt"  # resumable state inside out_dir
 LOSS_FILE = "loss.json"  # [{"step": s, "loss": mean loss of steps s-log_every+1..s}, ...]
@@ -161,21 +169,6 @@ def make_optimizer(model: torch.nn.Module, recipe: TargetRecipe, device: torch.d
     return torch.optim.AdamW(groups, lr=recipe.lr, betas=recipe.adam_betas, fused=fused)
 
 
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, recipe: TargetRecipe, steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``warmup_ratio * steps``, then cosine from lr to ``lr * min_lr_ratio``."""
-    warmup = int(recipe.warmup_ratio * steps)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
-        return recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def completion_loss(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over positions whose target is not -100."""
     logits = model(input_ids=input_ids, use_cache=False).logits  # [B, T, V']
@@ -195,30 +188,6 @@ def _result_recipe_dict(recipe: TargetRecipe) -> dict:
         payload.pop(field)
     payload["adam_betas"] = list(payload["adam_betas"])
     return payload
-
-
-def _write_loss_log(out_dir: Path, log: list[tuple[int, float]]) -> None:
-    (out_dir / LOSS_FILE).write_text(json.dumps([{"step": s, "loss": loss} for s, loss in log]))
-
-
-def plot_loss(log: list[tuple[int, float]], evals: list[dict], path: Path) -> Path | None:
-    """The training loss (and, with validation, the validation loss and its best step) as a PNG;
-    None when matplotlib is not installed or nothing is logged yet."""
-    plt = pyplot()
-    if plt is None or not log:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([s for s, _ in log], [loss for _, loss in log], label="training loss")
-    if evals:
-        ax.plot([e["step"] for e in evals], [e["loss"] for e in evals], marker="o", label="validation loss")
-        best = [e for e in evals if e["best"]][-1]
-        ax.axvline(best["step"], color="grey", linestyle=":", label=f"best validation (step {best['step']})")
-    ax.set(xlabel="step", ylabel="cross-entropy (completion tokens)", yscale="log", title="target training")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 def free_memory(device: torch.device) -> int:
@@ -252,18 +221,6 @@ def require_memory(
         )
 
 
-def _write_val_log(out_dir: Path, recipe: TargetRecipe, val: dict) -> None:
-    payload = {
-        "metric": _metric_name(recipe),
-        "users": val["users"],
-        "best_step": val["best_step"],
-        "best": val["best_value"],
-        "stopped_early": val["stopped_early"],
-        "evals": val["evals"],
-    }
-    (out_dir / VAL_FILE).write_text(json.dumps(payload, indent=1))
-
-
 def _metric_name(recipe: TargetRecipe) -> str:
     return f"recall@{recipe.val_beam}" if recipe.val_metric == "recall" else "loss"
 
@@ -275,48 +232,9 @@ def _val_key(recipe: TargetRecipe, metrics: dict) -> tuple[float, ...]:
     return (-metrics["loss"],)
 
 
-def train_target(
-    recipe: TargetRecipe,
-    data: InteractionData,
-    out_dir: str | Path,
-    device: str | torch.device | None = None,
-    resume: bool = True,
-    progress: bool = True,
-) -> TrainResult:
-    """Train (or continue training) the target of ``recipe`` on ``data``'s training split.
-
-    Returns after all steps or an early stop (``finished=True``, checkpoint written: the weights of the
-    best validation when ``recipe.eval_every`` > 0, else the last ones), or when the time budget runs
-    out or a SIGTERM / SIGINT arrives (``finished=False``, state saved, ``stopped_by`` says why): call
-    again to continue. ``resume=False`` starts over.
-    """
-    with StopSignals() as stop:
-        return _train_target(recipe, data, out_dir, device, resume, progress, stop)
-
-
-def _train_target(
-    recipe: TargetRecipe,
-    data: InteractionData,
-    out_dir: str | Path,
-    device: str | torch.device | None,
-    resume: bool,
-    progress: bool,
-    stop: StopSignals,
-) -> TrainResult:
-    started = time.monotonic()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = _resolve_device(device)
-    state_path = out_dir / STATE_FILE
-    best_dir, checkpoint_dir = out_dir / BEST_DIR, out_dir / CHECKPOINT_DIR
-
-    examples = TokenizedExamples(listwise_examples(data, recipe.max_history, recipe.list_items))
-    steps = total_steps(recipe, len(examples))
-    bpe = batches_per_epoch(len(examples), recipe.batch_size, recipe.bucket_batches)
-    validating = recipe.eval_every > 0
-    val_set = ValidationSet.build(data, recipe.max_history, recipe.val_users, recipe.seed) if validating else None
-    # the validation record: every score, the best so far, validations since it improved
-    val = {
+def _new_val_record(val_set: ValidationSet | None) -> dict:
+    """The validation record: every score, the best so far, validations since it improved."""
+    return {
         "users": len(val_set) if val_set else 0,
         "evals": [],
         "best_step": None,
@@ -326,188 +244,235 @@ def _train_target(
         "stopped_early": False,
     }
 
-    def result(
-        finished: bool, loss: float | None, checkpoint: Path | None, rate: float, stopped_by: str | None = None
-    ) -> TrainResult:
-        plot = out_dir / PLOT_FILE
-        return TrainResult(
-            finished,
-            step,
-            steps,
-            loss,
-            checkpoint,
-            time.monotonic() - started,
-            rate,
-            val["best_step"],
-            val["best_value"],
-            val["stopped_early"],
-            stopped_by,
-            plot if plot.exists() else None,
-        )
 
-    state = None
-    if resume and state_path.exists():
-        state = load_state(state_path, "cpu", ("recipe", "data", "step", "finished"), "train_target")
-        if state["recipe"] != _result_recipe_dict(recipe) or state["data"] != examples.fingerprint():
-            raise RecipeError(
-                f"{state_path} was written by a run with another recipe or other data; "
-                "use another out_dir, or resume=False to start over"
+class TargetTask(TrainingTask):
+    """The target's part of the training loop: the epoch's batch order, the completion loss, and the
+    validation that keeps the best weights in ``out_dir/best/`` and stops after ``patience``."""
+
+    def __init__(
+        self,
+        recipe: TargetRecipe,
+        data: InteractionData,
+        examples: TokenizedExamples,
+        model: torch.nn.Module,
+        device: torch.device,
+        out_dir: Path,
+    ) -> None:
+        self.recipe, self.data, self.examples, self.model, self.device, self.out_dir = (
+            recipe,
+            data,
+            examples,
+            model,
+            device,
+            out_dir,
+        )
+        self.steps = total_steps(recipe, len(examples))
+        self.batches_per_epoch = batches_per_epoch(len(examples), recipe.batch_size, recipe.bucket_batches)
+        self.validating = recipe.eval_every > 0
+        self.val_set = (
+            ValidationSet.build(data, recipe.max_history, recipe.val_users, recipe.seed) if self.validating else None
+        )
+        self.val = _new_val_record(self.val_set)
+        self.plan_epoch, self.plan = -1, []  # the batches of epoch plan_epoch
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and recipe.bf16)
+        self.tokens_seen = 0  # real tokens trained in this call
+        self.val_seconds = 0.0  # time of this call spent validating (not counted in the throughput)
+        self.started = time.monotonic()  # for the throughput on the progress bar
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.val["stopped_early"]
+
+    def loss(self, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        epoch, index = divmod(step, self.batches_per_epoch)
+        if epoch != self.plan_epoch:
+            recipe = self.recipe
+            self.plan = epoch_batches(
+                self.examples.lengths, recipe.batch_size, recipe.bucket_batches, recipe.seed, epoch
             )
-        val = state.get("val", val)
-        if state["finished"]:
-            step = state["step"]
-            if not (checkpoint_dir / "config.json").exists() and (best_dir / "config.json").exists():
-                replace_folder(best_dir, checkpoint_dir)  # the previous call stopped between the two writes
-            if not (checkpoint_dir / "config.json").exists():
-                raise FileNotFoundError(
-                    f"{state_path} says the run finished but {checkpoint_dir} is missing; resume=False retrains"
-                )
-            loss = state["log"][-1][1] if state["log"] else None
-            return result(True, loss, checkpoint_dir, 0.0)
-    elif best_dir.exists():
-        shutil.rmtree(best_dir)  # left by an earlier run in this folder
+            self.plan_epoch = epoch
+        input_ids, targets = self.examples.collate(self.plan[index])  # [B, T], [B, T]
+        self.tokens_seen += int(self.examples.lengths[self.plan[index]].sum())
+        input_ids = input_ids.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        with self.autocast:
+            return completion_loss(self.model, input_ids, targets), {}
+
+    def after_step(self, step: int) -> None:
+        if self.validating and (step % self.recipe.eval_every == 0 or step == self.steps):
+            self.validate(step)
+
+    def validate(self, step: int) -> None:
+        """Score the validation set, keep the weights if they are the best so far, count patience."""
+        recipe, val = self.recipe, self.val
+        started = time.monotonic()
+        with self.autocast:
+            scores = self.val_set.score(self.model, recipe.val_beam, recipe.batch_size)
+        key = _val_key(recipe, scores)
+        improved = val["best_key"] is None or key > tuple(val["best_key"])
+        if improved:
+            self.save_weights(self.out_dir / BEST_DIR)
+            val.update(best_step=step, best_value=scores[_metric_name(recipe)], best_key=list(key), bad_evals=0)
+        else:
+            val["bad_evals"] += 1
+        entry = {"step": step, "epoch": round(step / self.batches_per_epoch, 4), **scores, "best": improved}
+        val["evals"].append(entry | {"seconds": round(time.monotonic() - started, 3)})
+        if recipe.patience and val["bad_evals"] >= recipe.patience and step < self.steps:
+            val["stopped_early"] = True
+        self.write_val_log()
+        self.val_seconds += time.monotonic() - started
+
+    def write_val_log(self) -> None:
+        val = self.val
+        payload = {
+            "metric": _metric_name(self.recipe),
+            "users": val["users"],
+            "best_step": val["best_step"],
+            "best": val["best_value"],
+            "stopped_early": val["stopped_early"],
+            "evals": val["evals"],
+        }
+        (self.out_dir / VAL_FILE).write_text(json.dumps(payload, indent=1))
+
+    def save_weights(self, folder: Path) -> Path:
+        layout = self.data.catalog.layout
+        return save_checkpoint(self.model, build_tokenizer(layout), self.data.catalog, self.recipe, folder)
+
+    def tokens_per_second(self, loop_seconds: float) -> float:
+        return self.tokens_seen / max(loop_seconds - self.val_seconds, 1e-9)
+
+    def postfix(self) -> dict[str, str]:
+        shown = {"tok_s": f"{self.tokens_per_second(time.monotonic() - self.started):,.0f}"}
+        if self.val["evals"]:
+            last, metric = self.val["evals"][-1], _metric_name(self.recipe)
+            shown |= {"val": f"{last[metric]:.4f}", "best": f"{self.val['best_value']:.4f}@{self.val['best_step']}"}
+        return shown
+
+    def state(self, resumable: bool) -> dict:
+        """The run's identity and validation record, and the epoch's batch order to continue it."""
+        record = {"recipe": _result_recipe_dict(self.recipe), "data": self.examples.fingerprint(), "val": self.val}
+        return record | {"plan_epoch": self.plan_epoch, "plan": self.plan} if resumable else record
+
+    def restore(self, state: dict) -> None:
+        self.val, self.plan_epoch, self.plan = state["val"], state["plan_epoch"], state["plan"]
+
+    def finish(self, loop: TrainingLoop) -> Path:
+        """Write ``out_dir/checkpoint/`` (the best validation's weights, or the last ones without
+        validation) and the finished state, in an order that a resumed call can complete."""
+        checkpoint_dir = self.out_dir / CHECKPOINT_DIR
+        if not self.validating:
+            self.save_weights(checkpoint_dir)
+        loop.save(weights=False)  # first: a crash before best/ moves is recovered (_finished_checkpoint)
+        if self.validating:
+            replace_folder(self.out_dir / BEST_DIR, checkpoint_dir)
+        return checkpoint_dir
+
+
+def _saved_state(out_dir: Path, recipe: TargetRecipe, examples: TokenizedExamples, resume: bool) -> dict | None:
+    """The state of the run to continue, None to start over (a stale ``best/`` is removed then)."""
+    state_path = out_dir / STATE_FILE
+    if not (resume and state_path.exists()):
+        if (out_dir / BEST_DIR).exists():
+            shutil.rmtree(out_dir / BEST_DIR)  # left by an earlier run in this folder
+        return None
+    state = load_loop_state(state_path, "cpu", ("recipe", "data", "step", "finished"), "train_target")
+    if state["recipe"] != _result_recipe_dict(recipe) or state["data"] != examples.fingerprint():
+        raise RecipeError(
+            f"{state_path} was written by a run with another recipe or other data; "
+            "use another out_dir, or resume=False to start over"
+        )
+    return state
+
+
+def _finished_checkpoint(out_dir: Path) -> Path:
+    """The checkpoint of a finished run, completing a call that stopped between its final writes."""
+    best_dir, checkpoint_dir = out_dir / BEST_DIR, out_dir / CHECKPOINT_DIR
+    if not (checkpoint_dir / "config.json").exists() and (best_dir / "config.json").exists():
+        replace_folder(best_dir, checkpoint_dir)  # the previous call stopped between the two writes
+    if not (checkpoint_dir / "config.json").exists():
+        raise FileNotFoundError(
+            f"{out_dir / STATE_FILE} says the run finished but {checkpoint_dir} is missing; resume=False retrains"
+        )
+    return checkpoint_dir
+
+
+def _loop_config(recipe: TargetRecipe, steps: int, out_dir: Path, started: float, progress: bool) -> LoopConfig:
+    return LoopConfig(
+        lr=recipe.lr,
+        schedule=WarmupCosine(int(recipe.warmup_ratio * steps), steps, recipe.min_lr_ratio),
+        grad_clip=recipe.grad_clip,
+        log_every=recipe.log_every,
+        state_path=out_dir / STATE_FILE,
+        log_path=out_dir / LOSS_FILE,
+        save_every_seconds=recipe.save_every_minutes * 60,
+        time_budget_s=recipe.time_budget_minutes * 60,
+        budget_start=started,  # the budget covers the whole call
+        min_steps=1,  # every call makes progress, however short its budget
+        rng_seed=recipe.seed,  # dropout
+        progress=progress,
+        description=f"train {recipe.name}",
+    )
+
+
+@stoppable
+def train_target(
+    recipe: TargetRecipe,
+    data: InteractionData,
+    out_dir: str | Path,
+    device: str | torch.device | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    *,
+    stop: StopSignals,  # given by @stoppable
+) -> TrainResult:
+    """Train (or continue training) the target of ``recipe`` on ``data``'s training split.
+
+    Returns after all steps or an early stop (``finished=True``, checkpoint written: the weights of the
+    best validation when ``recipe.eval_every`` > 0, else the last ones), or when the time budget runs
+    out or a SIGTERM / SIGINT arrives (``finished=False``, state saved, ``stopped_by`` says why): call
+    again to continue. ``resume=False`` starts over.
+    """
+    started = time.monotonic()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = _resolve_device(device)
+    examples = TokenizedExamples(listwise_examples(data, recipe.max_history, recipe.list_items))
+    steps = total_steps(recipe, len(examples))
+    state = _saved_state(out_dir, recipe, examples, resume)
+    if state is not None and state["finished"]:
+        val, log = state["val"], state["log"]
+        result = TrainResult(True, state["step"], steps, log[-1]["loss"] if log else None, None, 0.0, 0.0)
+        return _with_record(result, out_dir, val, _finished_checkpoint(out_dir), started)
 
     require_memory(recipe, data.catalog.layout, examples, device)
     model = build_model(recipe, data.catalog.layout, device=device)
     add_hidden_dropout(model, recipe.hidden_dropout)
     model.train()
     optimizer = make_optimizer(model, recipe, device)
-    scheduler = make_scheduler(optimizer, recipe, steps)
-    step, log, plan_epoch, plan = 0, [], -1, []
-    trained_seconds = 0.0
-    window_loss = torch.zeros((), device=device)  # sum of the losses since the last log entry
-    window_steps = 0  # steps since the last log entry
-    if state is not None:
-        step, log, trained_seconds = state["step"], [tuple(x) for x in state["log"]], state["trained_seconds"]
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        plan_epoch, plan = state["plan_epoch"], state["plan"]
-        window_loss, window_steps = state["window_loss"].to(device), state["window_steps"]
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        del state
-    else:
-        torch.manual_seed(recipe.seed)
+    task = TargetTask(recipe, data, examples, model, device, out_dir)
+    loop = TrainingLoop(task, model, optimizer, _loop_config(recipe, steps, out_dir, started, progress), stop, state)
+    del state
+    loop.run()
 
-    def snapshot(finished: bool) -> dict:
-        """The resumable state; a finished run keeps only its record (the weights are in checkpoint/)."""
-        record = {
-            "recipe": _result_recipe_dict(recipe),
-            "data": examples.fingerprint(),
-            "step": step,
-            "log": log,
-            "val": val,
-            "trained_seconds": trained_seconds + (time.monotonic() - started),
-            "finished": finished,
-        }
-        if finished:
-            return record
-        cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-        return record | {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "plan_epoch": plan_epoch,
-            "plan": plan,
-            "window_loss": window_loss.detach().cpu().clone(),
-            "window_steps": window_steps,
-            "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng},
-        }
+    checkpoint = task.finish(loop) if loop.finished else None
+    if checkpoint is None:
+        loop.save()
+    plot_training(loop.log, out_dir / PLOT_FILE, "target training", task.val["evals"])
+    loss = loop.log[-1]["loss"] if loop.log else None
+    rate = task.tokens_per_second(loop.run_seconds)
+    result = TrainResult(loop.finished, loop.step, steps, loss, None, 0.0, rate, stopped_by=loop.stopped_by())
+    return _with_record(result, out_dir, task.val, checkpoint, started)
 
-    def save_weights(folder: Path) -> Path:
-        return save_checkpoint(model, build_tokenizer(data.catalog.layout), data.catalog, recipe, folder)
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and recipe.bf16)
-    metric = _metric_name(recipe)
-
-    def validate() -> None:
-        """Score the validation set, keep the weights if they are the best so far, count patience."""
-        val_started = time.monotonic()
-        with autocast:
-            scores = val_set.score(model, recipe.val_beam, recipe.batch_size)
-        key = _val_key(recipe, scores)
-        improved = val["best_key"] is None or key > tuple(val["best_key"])
-        if improved:
-            save_weights(best_dir)
-            val.update(best_step=step, best_value=scores[metric], best_key=list(key), bad_evals=0)
-        else:
-            val["bad_evals"] += 1
-        entry = {"step": step, "epoch": round(step / bpe, 4), **scores, "best": improved}
-        val["evals"].append(entry | {"seconds": round(time.monotonic() - val_started, 3)})
-        if recipe.patience and val["bad_evals"] >= recipe.patience and step < steps:
-            val["stopped_early"] = True
-        _write_val_log(out_dir, recipe, val)
-
-    budget_s = recipe.time_budget_minutes * 60
-    save_s = recipe.save_every_minutes * 60
-    last_save = time.monotonic()
-    tokens_seen = 0  # real tokens trained in this call
-    val_seconds = 0.0  # time of this call spent validating (not counted in the throughput)
-    loop_started = time.monotonic()  # throughput excludes loading and saving
-    bar = tqdm(total=steps, initial=step, disable=not progress, desc=f"train {recipe.name}", dynamic_ncols=True)
-    postfix: dict[str, str] = {}
-    try:
-        while step < steps and not val["stopped_early"] and stop.signal is None:
-            epoch, index = divmod(step, bpe)
-            if epoch != plan_epoch:
-                plan = epoch_batches(examples.lengths, recipe.batch_size, recipe.bucket_batches, recipe.seed, epoch)
-                plan_epoch = epoch
-            input_ids, targets = examples.collate(plan[index])  # [B, T], [B, T]
-            tokens_seen += int(examples.lengths[plan[index]].sum())
-            input_ids = input_ids.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            with autocast:
-                loss = completion_loss(model, input_ids, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if recipe.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            window_loss += loss.detach()
-            window_steps += 1
-            if validating and (step % recipe.eval_every == 0 or step == steps):
-                validate_started = time.monotonic()
-                validate()
-                val_seconds += time.monotonic() - validate_started
-                last = val["evals"][-1]
-                postfix.update(val=f"{last[metric]:.4f}", best=f"{val['best_value']:.4f}@{val['best_step']}")
-            if window_steps == recipe.log_every or step == steps or val["stopped_early"]:
-                log.append((step, window_loss.item() / window_steps))
-                window_loss.zero_()
-                window_steps = 0
-                rate = tokens_seen / max(time.monotonic() - loop_started - val_seconds, 1e-9)
-                postfix.update(loss=f"{log[-1][1]:.4f}", tok_s=f"{rate:,.0f}")
-            bar.set_postfix(postfix, refresh=False)
-            bar.update(1)
-            now = time.monotonic()
-            if now - started >= budget_s:
-                break  # the state is saved below
-            if now - last_save >= save_s:
-                save_state(snapshot(finished=False), state_path)
-                _write_loss_log(out_dir, log)
-                last_save = now
-    finally:
-        bar.close()
-
-    loop_seconds = time.monotonic() - loop_started - val_seconds
-    finished = step >= steps or val["stopped_early"]
-    checkpoint = None
-    if finished:
-        if not validating:
-            save_weights(checkpoint_dir)
-        save_state(snapshot(finished=True), state_path)  # first: a crash before the move is recovered
-        if validating:
-            replace_folder(best_dir, checkpoint_dir)  # the best validation's weights
-        checkpoint = checkpoint_dir
-    else:
-        save_state(snapshot(finished=False), state_path)
-    _write_loss_log(out_dir, log)
-    plot_loss(log, val["evals"], out_dir / PLOT_FILE)
-    # a signal that came during the final writes still asks the caller to stop
-    stopped_by = stop.signal.name if stop.signal is not None else None if finished else "time budget"
-    loss = log[-1][1] if log else None
-    return result(finished, loss, checkpoint, tokens_seen / max(loop_seconds, 1e-9), stopped_by)
+def _with_record(result: TrainResult, out_dir: Path, val: dict, checkpoint: Path | None, started: float) -> TrainResult:
+    """``result`` with its checkpoint, the call's wall time, the validation record and the plot."""
+    plot = out_dir / PLOT_FILE
+    return dataclasses.replace(
+        result,
+        checkpoint=checkpoint,
+        seconds=time.monotonic() - started,
+        best_step=val["best_step"],
+        best_metric=val["best_value"],
+        stopped_early=val["stopped_early"],
+        loss_plot=plot if plot.exists() else None,
+    )

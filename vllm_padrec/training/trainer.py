@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +45,18 @@ from vllm_padrec.draft.checkpoint import save_draft
 from vllm_padrec.draft.config import METHODS, DraftConfig
 from vllm_padrec.draft.head import PadRecDraftHead
 from vllm_padrec.draft.medusa import MedusaHeads
-from vllm_padrec.durability import StopSignals, load_state, save_state
+from vllm_padrec.durability import StopSignals
 from vllm_padrec.errors import CheckpointError
-from vllm_padrec.plotting import pyplot
 from vllm_padrec.training.collect import FeatureSource, autocast_for, training_sequences
+from vllm_padrec.training.loop import (
+    LoopConfig,
+    TrainingLoop,
+    TrainingTask,
+    WarmupCosine,
+    load_loop_state,
+    plot_training,
+    stoppable,
+)
 from vllm_padrec.training.losses import LossOutput, LossWeights, medusa_loss, unrolled_draft_loss
 
 STATE_FILE = "train_state.pt"
@@ -191,15 +198,6 @@ def param_groups(module: nn.Module, config: DraftTrainConfig) -> list[dict]:
     return groups
 
 
-def lr_at(step: int, config: DraftTrainConfig) -> float:
-    """Linear warmup, then cosine decay to lr * min_lr_ratio at max_steps."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return config.lr * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine)
-
-
 def batch_indices(step: int, train_indices: Sequence[int], config: DraftTrainConfig) -> list[int]:
     """The sequences of optimizer step ``step``: a seeded permutation per epoch (resumable, same for every method)."""
     n = len(train_indices)
@@ -262,6 +260,58 @@ def evaluate_draft(
     return result
 
 
+class DraftTask(TrainingTask):
+    """The draft's part of the training loop: the batches of the training sequences and the draft loss."""
+
+    def __init__(
+        self,
+        method: str,
+        module: nn.Module,
+        source: FeatureSource,
+        train_indices: Sequence[int],
+        target: nn.Module,
+        config: DraftTrainConfig,
+    ) -> None:
+        self.method, self.module, self.source, self.train_indices, self.target, self.config = (
+            method,
+            module,
+            source,
+            train_indices,
+            target,
+            config,
+        )
+
+    def loss(self, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        batch = self.source.batch(batch_indices(step, self.train_indices, self.config))
+        with autocast_for(self.source.device):
+            out = draft_loss(self.method, self.module, batch, self.target, self.config)
+        return out.loss, out.metrics
+
+    def state(self, resumable: bool) -> dict:
+        return {"method": self.method, "config": self.config.to_dict()}
+
+    def check(self, state: dict, path: Path) -> None:
+        """Refuse a saved state of another method or training config."""
+        saved = {k: v for k, v in state["config"].items() if k not in _OPERATIONAL_FIELDS}
+        if state["method"] != self.method or saved != self.config.training_fields():
+            raise CheckpointError(
+                f"{path} was written for method {state['method']!r} with another config: "
+                "use another out_dir, the same config, or resume=False"
+            )
+
+
+def _draft_layout(method: str, target: Any, data: InteractionData | Sequence, layout: TokenLayout | None):
+    """The catalog's TokenLayout: given, or carried by a TargetCheckpoint or the dataset."""
+    if not isinstance(target, nn.Module) and hasattr(target, "catalog") and hasattr(target, "model"):
+        layout = layout or target.catalog.layout  # a TargetCheckpoint
+    if layout is None and isinstance(data, InteractionData):
+        layout = data.catalog.layout
+    if layout is None and method != "medusa":
+        raise ValueError("pass layout= (the catalog's TokenLayout): the PAD-Rec slot table is built from it")
+    return layout
+
+
+@stoppable
 def train_draft(
     method: str,
     target: Any,
@@ -276,6 +326,7 @@ def train_draft(
     stop_after_steps: int | None = None,
     progress: bool = True,
     source: FeatureSource | None = None,
+    stop: StopSignals,  # given by @stoppable
 ) -> DraftTrainResult:
     """Train ``method``'s draft for ``target`` (a HF Llama causal LM or a ``TargetCheckpoint``) on
     ``data`` (a dataset, list-wise examples or token-id sequences; ``layout`` is needed unless the
@@ -287,54 +338,13 @@ def train_draft(
     features from an earlier call with the same target, data and config (``feature_source``), so that
     several methods trained in one process collect them once. A SIGTERM or SIGINT during the call
     stops it at the next step boundary (module docstring)."""
-    with StopSignals() as stop:
-        return _train_draft(
-            method,
-            target,
-            data,
-            config,
-            out_dir,
-            device,
-            time_budget_minutes,
-            resume,
-            layout,
-            stop_after_steps,
-            progress,
-            source,
-            stop,
-        )
-
-
-def _train_draft(
-    method: str,
-    target: Any,
-    data: InteractionData | Sequence,
-    config: DraftTrainConfig,
-    out_dir: str | Path,
-    device: str | torch.device,
-    time_budget_minutes: float | None,
-    resume: bool,
-    layout: TokenLayout | None,
-    stop_after_steps: int | None,
-    progress: bool,
-    source: FeatureSource | None,
-    stop: StopSignals,
-) -> DraftTrainResult:
-    from tqdm.auto import tqdm
-
     if method not in METHODS:
         raise ValueError(f"unknown draft method {method!r}; choose one of {list(METHODS)}")
-    if not isinstance(target, nn.Module) and hasattr(target, "catalog") and hasattr(target, "model"):
-        layout = layout or target.catalog.layout  # a TargetCheckpoint
-    if layout is None and isinstance(data, InteractionData):
-        layout = data.catalog.layout
-    if layout is None and method != "medusa":
-        raise ValueError("pass layout= (the catalog's TokenLayout): the PAD-Rec slot table is built from it")
+    layout = _draft_layout(method, target, data, layout)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     target = frozen_target(target, device)
-
     if source is None:
         source = feature_source(target, data, config, device, progress)
     elif source.target is not target or source.device != device:
@@ -345,94 +355,48 @@ def _train_draft(
     optimizer = torch.optim.AdamW(
         param_groups(module, config), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
     )
-
-    step, log, elapsed_before = 0, [], 0.0
-    sums: dict[str, torch.Tensor] = {}  # per metric: its sum over the steps since the last log entry
-    count = 0  # steps since the last log entry
+    task = DraftTask(method, module, source, train_idx, target, config)
     state_path = out_dir / STATE_FILE
+    state = None
     if resume and state_path.exists():
-        state = load_state(state_path, device, ("method", "config", "step", "model", "optimizer"), "train_draft")
-        saved = {k: v for k, v in state["config"].items() if k not in _OPERATIONAL_FIELDS}
-        if state["method"] != method or saved != config.training_fields():
-            raise CheckpointError(
-                f"{state_path} was written for method {state['method']!r} with another config: "
-                "use another out_dir, the same config, or resume=False"
-            )
-        module.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, log, elapsed_before = state["step"], state["log"], state["elapsed_s"]
-        window = state.get("window", {"sums": {}, "count": 0})  # a stop between two log entries
-        sums, count = {name: total.to(device) for name, total in window["sums"].items()}, window["count"]
-
-    def save_progress() -> None:
-        payload = {
-            "method": method,
-            "config": config.to_dict(),
-            "step": step,
-            "model": module.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "log": log,
-            "elapsed_s": elapsed_before + time.monotonic() - t0,
-            "window": {"sums": {name: total.detach().cpu() for name, total in sums.items()}, "count": count},
-        }
-        save_state(payload, state_path)
-        (out_dir / LOG_FILE).write_text(json.dumps(log, indent=1))
-
-    t0 = time.monotonic()
-    deadline = t0 + 60.0 * time_budget_minutes if time_budget_minutes is not None else math.inf
-    params = [p for p in module.parameters() if p.requires_grad]
-    bar = tqdm(total=config.max_steps, initial=step, desc=f"train {method}", disable=not progress)
-    last_step = config.max_steps if stop_after_steps is None else min(config.max_steps, step + stop_after_steps)
-    while step < last_step and time.monotonic() < deadline and stop.signal is None:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config) * group["lr_scale"]
-        batch = source.batch(batch_indices(step, train_idx, config))
-        with autocast_for(device):
-            out = draft_loss(method, module, batch, target, config)
-        out.loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        for name, value in {"loss": out.loss.detach(), **out.metrics}.items():
-            sums[name] = sums.get(name, 0.0) + value.float()
-        count += 1
-        if step % config.log_every == 0 or step == config.max_steps:
-            entry = {"step": step, "lr": lr_at(step - 1, config), "elapsed_s": elapsed_before + time.monotonic() - t0}
-            entry.update({name: float(total) / count for name, total in sums.items()})
-            log.append(entry)
-            bar.set_postfix(loss=f"{entry['loss']:.4f}")
-            sums, count = {}, 0
-        if step % config.save_every == 0:
-            save_progress()
-        bar.update(1)
-    bar.close()
-    elapsed = elapsed_before + time.monotonic() - t0
-    save_progress()
+        state = load_loop_state(state_path, device, ("method", "config", "step", "model", "optimizer"), "train_draft")
+        task.check(state, state_path)
+    loop_config = LoopConfig(
+        lr=config.lr,
+        schedule=WarmupCosine(config.warmup_steps, config.max_steps, config.min_lr_ratio),
+        grad_clip=config.grad_clip,
+        log_every=config.log_every,
+        state_path=state_path,
+        log_path=out_dir / LOG_FILE,
+        log_schedule=True,
+        save_every_steps=config.save_every,
+        time_budget_s=60.0 * time_budget_minutes if time_budget_minutes is not None else math.inf,
+        stop_after_steps=stop_after_steps,
+        progress=progress,
+        description=f"train {method}",
+    )
+    loop = TrainingLoop(task, module, optimizer, loop_config, stop, state)
+    del state
+    loop.run()
+    loop.save()
 
     checkpoint = save_draft(module, out_dir / CHECKPOINT_DIR)
     # a stopping signal skips the held-out evaluation: the caller asked for the process to end
     evaluation = {} if stop.signal else evaluate_draft(method, module, source, holdout_idx, target, config)
-    plot_path = plot_losses(log, out_dir / PLOT_FILE)
-    stopped_by = None
-    if stop.signal is not None:
-        stopped_by = stop.signal.name
-    elif step < config.max_steps:
-        stopped_by = "step limit" if step == last_step else "time budget"
+    plot_path = plot_training(loop.log, out_dir / PLOT_FILE, f"{method} draft")
     result = DraftTrainResult(
         method=method,
         checkpoint=str(checkpoint),
-        steps=step,
+        steps=loop.step,
         max_steps=config.max_steps,
-        finished=step >= config.max_steps,
-        final_loss=log[-1]["loss"] if log else None,
+        finished=loop.finished,
+        final_loss=loop.log[-1]["loss"] if loop.log else None,
         evaluation=evaluation,
         feature_mode=source.mode,
-        elapsed_s=elapsed,
+        elapsed_s=loop.elapsed_s,
         log_path=str(out_dir / LOG_FILE),
         plot_path=str(plot_path) if plot_path else None,
-        stopped_by=stopped_by,
+        stopped_by=loop.stopped_by(),
     )
     (out_dir / RESULT_FILE).write_text(json.dumps(dataclasses.asdict(result), indent=2))
     return result
@@ -460,22 +424,3 @@ def feature_source(
     return FeatureSource(
         target, sequences, device, config.features, config.max_stored_gib * 2**30, config.collect_batch_size, progress
     )
-
-
-def plot_losses(log: list[dict], path: Path) -> Path | None:
-    """Loss and per-step agreement curves as a PNG; None when matplotlib is not installed."""
-    plt = pyplot()
-    if plt is None or not log:
-        return None
-    steps = [entry["step"] for entry in log]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(steps, [entry["loss"] for entry in log])
-    ax_loss.set(xlabel="step", ylabel="training loss", yscale="log", title="loss")
-    for key in sorted(k for k in log[-1] if k.startswith("acc_")):
-        ax_acc.plot(steps, [entry.get(key, float("nan")) for entry in log], label=f"step {key[4:]}")
-    ax_acc.set(xlabel="step", ylabel="top-1 agreement with the target", title="draft accuracy")
-    ax_acc.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
