@@ -36,35 +36,10 @@ import os
 import sys
 import time
 
-from vllm_padrec.plotting import pyplot
+from vllm_padrec.testing.drafts import draft_folder, draft_method, draft_steps
+from vllm_padrec.testing.results import write_results
 
-JSON_NAME = "acceptance_{name}.json"
-MD_NAME = "acceptance_{name}.md"
-PNG_NAME = "acceptance_{name}.png"
-
-
-def draft_folder(path: str) -> str:
-    """The checkpoint folder of a draft: ``path`` itself or ``path/draft``."""
-    if os.path.exists(os.path.join(path, "config.json")):
-        return path
-    if os.path.exists(os.path.join(path, "draft", "config.json")):
-        return os.path.join(path, "draft")
-    raise FileNotFoundError(f"{path} holds no draft checkpoint (config.json, or draft/config.json)")
-
-
-def draft_method(config: dict) -> str:
-    """ "medusa" or the PAD-Rec variant name written by ``DraftConfig.padrec_section``."""
-    if config.get("model_type") == "medusa":
-        return "medusa"
-    section = config.get("padrec") or {}
-    return section.get("variant") or section.get("method") or "unknown"
-
-
-def draft_steps(config: dict) -> int:
-    """Draft steps the head was trained for (Medusa: heads)."""
-    if config.get("model_type") == "medusa":
-        return int(config["num_heads"])
-    return int((config.get("padrec") or {}).get("num_draft_steps") or config.get("n_predict") or 0)
+STEM = "acceptance_{name}"  # acceptance_<name>.json, .md and .png
 
 
 def training_budget(folder: str) -> dict:
@@ -105,7 +80,7 @@ def run(args) -> str:
     """Decode with every draft and γ, write the JSON, then render it; return the JSON path."""
     import torch
 
-    from vllm_padrec.cli import load_data
+    from vllm_padrec.data import open_dataset
     from vllm_padrec.decoding import greedy_lists
     from vllm_padrec.decoding.speculative import speculative_lists
     from vllm_padrec.draft.checkpoint import load_draft, read_config
@@ -116,7 +91,7 @@ def run(args) -> str:
     ckpt = load_checkpoint(args.target, device=device, dtype=dtype)
     target, catalog, recipe = ckpt.model.eval(), ckpt.catalog, ckpt.recipe
     num_items = args.num_items or recipe.list_items
-    data = load_data(args.dataset)
+    data = open_dataset(args.dataset)
     # the dataset's item indices -> the checkpoint catalog's (the same dataset gives the identity)
     to_ckpt = [catalog.index_of(item_id) for item_id in data.catalog.item_ids]
     samples = data.eval_samples(args.split, recipe.max_history)[: args.users]
@@ -188,8 +163,6 @@ def run(args) -> str:
             if mismatches:
                 print(f"WARNING: {name} γ={gamma}: {mismatches} lists differ from plain greedy", flush=True)
 
-    os.makedirs(args.out, exist_ok=True)
-    json_path = os.path.join(args.out, JSON_NAME.format(name=args.name))
     settings = dict(
         target=os.path.abspath(args.target),
         dataset=args.dataset,
@@ -201,20 +174,16 @@ def run(args) -> str:
         batch_size=args.batch_size,
         num_slots=catalog.num_slots,
     )
-    with open(json_path, "w") as f:
-        json.dump(
-            dict(
-                name=args.name,
-                machine=machine_info(device, args.dtype),
-                settings=settings,
-                greedy_wall_seconds=greedy_seconds,
-                records=records,
-            ),
-            f,
-            indent=2,
-        )
-    render(json_path)
-    return json_path
+    result = dict(
+        name=args.name,
+        machine=machine_info(device, args.dtype),
+        settings=settings,
+        greedy_wall_seconds=greedy_seconds,
+        records=records,
+    )
+    json_path = write_results(args.out, STEM.format(name=args.name), result)["json"]
+    render(str(json_path))
+    return str(json_path)
 
 
 # -- rendering ---------------------------------------------------------------------------------------------
@@ -275,19 +244,15 @@ def render(json_path: str) -> None:
         "|---|---:|" + "---:|" * len(slot_names),
     ]
     lines += [_slot_row(r) for r in records]
-    with open(os.path.join(out_dir, MD_NAME.format(name=name)), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    _plot(records, name, os.path.join(out_dir, PNG_NAME.format(name=name)))
+    markdown = "\n".join(lines) + "\n"
+    write_results(out_dir, STEM.format(name=name), markdown=markdown, figure=lambda plt: _plot(plt, records, name))
 
 
-def _plot(records: list[dict], name: str, png_path: str) -> None:
-    plt = pyplot()
-    if plt is None:
-        print(f"matplotlib is not importable: {os.path.basename(png_path)} not written", flush=True)
-        return
+def _plot(plt, records: list[dict], name: str):
+    """Acceptance rate by draft step, one panel per γ, one line per method (None: no record)."""
     gammas = sorted({r["gamma"] for r in records})
     if not gammas:
-        return
+        return None
     methods = list(dict.fromkeys(r["method"] for r in records))
     colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     fig, axes = plt.subplots(1, len(gammas), figsize=(4.5 * len(gammas), 4), squeeze=False, sharey=True)
@@ -310,8 +275,7 @@ def _plot(records: list[dict], name: str, png_path: str) -> None:
     axes[0][0].set_ylabel("acceptance rate (accepted / proposed)")
     fig.suptitle(f"Draft acceptance by step: {name}")
     fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def main(argv=None) -> int:

@@ -34,7 +34,7 @@ import os
 import sys
 import time
 
-from vllm_padrec.plotting import pyplot
+from vllm_padrec.testing.results import write_results
 
 HIDDEN_SIZES = (1536, 4096)
 NUM_ROWS = (1, 8, 64, 512, 4096, 32768)
@@ -43,9 +43,7 @@ NUM_SLOTS = 6  # S: L = 4 code slots + separator + other
 NUM_STEPS = 5  # K: draft steps
 COPY_BYTES = 2 << 30  # 2 GiB source buffer for the copy-bandwidth ceiling
 
-JSON_NAME = "padrec_kernel.json"
-MD_NAME = "padrec_kernel.md"
-PNG_NAME = "padrec_kernel.png"
+STEM = "padrec_kernel"  # padrec_kernel.json, .md and .png
 
 
 def measure_copy_bandwidth(nbytes: int = COPY_BYTES) -> float:
@@ -177,10 +175,7 @@ def run(out_dir: str, hidden_sizes, num_rows, graph_max_t: int) -> str:
             record = bench_case(T, H, torch.bfloat16, copy_gbps, graph_max_t)
             records.append(record)
             print(_format_row(record), flush=True)
-    os.makedirs(out_dir, exist_ok=True)
-    json_path = os.path.join(out_dir, JSON_NAME)
-    with open(json_path, "w") as f:
-        json.dump(dict(machine=machine_info(copy_gbps), records=records), f, indent=2)
+    json_path = str(write_results(out_dir, STEM, dict(machine=machine_info(copy_gbps), records=records))["json"])
     render(json_path)
     return json_path
 
@@ -224,15 +219,12 @@ def render(json_path: str) -> None:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [_format_row(r) for r in records]
-    with open(os.path.join(out_dir, MD_NAME), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    _plot(records, machine, os.path.join(out_dir, PNG_NAME))
+    markdown = "\n".join(lines) + "\n"
+    write_results(out_dir, STEM, markdown=markdown, figure=lambda plt: _plot(plt, records, machine))
 
 
-def _plot(records: list[dict], machine: dict, png_path: str) -> None:
-    plt = pyplot()
-    if plt is None:
-        return
+def _plot(plt, records: list[dict], machine: dict):
+    """Time against T, one panel per H: fused and unfused, eager and graph replay."""
     hidden_sizes = sorted({r["H"] for r in records})
     fig, axes = plt.subplots(1, len(hidden_sizes), figsize=(6 * len(hidden_sizes), 4.5), squeeze=False)
     series = (
@@ -256,8 +248,7 @@ def _plot(records: list[dict], machine: dict, png_path: str) -> None:
         ax.legend()
     fig.suptitle(f"PAD-Rec input kernel on {machine['gpu']}")
     fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -270,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.render:
         render(args.render)
-        print(f"wrote {MD_NAME} (and {PNG_NAME} if matplotlib is installed) beside {args.render}")
+        print(f"wrote {STEM}.md (and {STEM}.png if matplotlib is installed) beside {args.render}")
         return
     import torch
 

@@ -45,8 +45,9 @@ import sys
 import time
 from pathlib import Path
 
-from vllm_padrec.integration.endpoint import SPEC_COUNTERS
-from vllm_padrec.plotting import pyplot
+from vllm_padrec.acceptance import mean_acceptance_length
+from vllm_padrec.integration.spec_decode_counters import SPEC_COUNTERS
+from vllm_padrec.testing.results import write_results
 
 # name -> (with the draft, constrained, additional_config["padrec"])
 CONFIGS: dict[str, tuple[bool, bool, dict]] = {
@@ -55,11 +56,10 @@ CONFIGS: dict[str, tuple[bool, bool, dict]] = {
     "spec_free": (True, False, {"mask_drafts": False}),
     "spec": (True, True, {}),
     "spec_no_draft_mask": (True, True, {"mask_drafts": False}),
-    "spec_draft_eager": (True, True, {"triton_masks": False, "compile_draft_masks": False}),
     "baseline_triton": (False, True, {"triton_masks": True}),
     "spec_triton": (True, True, {"triton_masks": True}),
-    "baseline_compiled": (False, True, {"triton_masks": False}),
-    "spec_compiled": (True, True, {"triton_masks": False}),
+    "baseline_torch": (False, True, {"triton_masks": False}),  # the eager torch masks (the fallback)
+    "spec_torch": (True, True, {"triton_masks": False}),
 }
 
 # phase -> (module, class, method): marked with torch.profiler.record_function while profiling
@@ -136,7 +136,7 @@ def run_config(args) -> dict:
 
     from vllm_padrec.catalog import ItemCatalog, TokenLayout
     from vllm_padrec.data import load_dataset
-    from vllm_padrec.integration.endpoint import read_max_history
+    from vllm_padrec.integration.recommendation_service import read_max_history
 
     with_draft, constrained, padrec = CONFIGS[args.one]
     missing = mark_phases() if args.profile_this else []
@@ -178,6 +178,7 @@ def run_config(args) -> dict:
     after = metric_totals(llm)
     delta = {k: after[k] - before[k] for k in after}
     tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    acceptance = mean_acceptance_length(delta["accepted"], delta["drafts"])
     record = {
         "config": args.one,
         "with_draft": with_draft,
@@ -192,7 +193,7 @@ def run_config(args) -> dict:
         "tokens_per_second": round(tokens / seconds, 1),
         "engine_steps": int(delta["steps"]),
         "step_ms": round(1000 * seconds / delta["steps"], 3) if delta["steps"] else None,
-        "acceptance_length": round(1 + delta["accepted"] / delta["drafts"], 4) if delta["drafts"] else None,
+        "acceptance_length": None if acceptance is None else round(acceptance, 4),
         "token_ids": [list(o.outputs[0].token_ids) for o in outputs],
     }
     if args.profile_this:
@@ -305,8 +306,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     forwarded = sys.argv[1:] if argv is None else argv
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     records, errors = [], {}
     for name in args.configs:
         result = Path(f"/tmp/engine_step_{name}.json")
@@ -332,9 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         if result.exists() and (name in args.configs or args.merge) and name not in errors:
             records.append(json.loads(result.read_text()))
     payload = summarize(records, args, errors)
-    (out / f"{args.name}.json").write_text(json.dumps(payload, indent=2))
-    (out / f"{args.name}.md").write_text(render_markdown(payload))
-    render_plot(payload, str(out / f"{args.name}.png"))
+    write_results(args.out, args.name, payload, render_markdown(payload), lambda plt: render_plot(plt, payload))
     print(render_markdown(payload))
     return 0 if not errors else 1
 
@@ -428,10 +425,10 @@ def render_markdown(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_plot(payload: dict, path: str) -> bool:
-    plt = pyplot()
-    if plt is None or not payload["records"]:
-        return False
+def render_plot(plt, payload: dict):
+    """Tokens/s and ms per engine step of each configuration (None: no configuration ran)."""
+    if not payload["records"]:
+        return None
     records = payload["records"]
     names = [r["config"] for r in records]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
@@ -449,9 +446,7 @@ def render_plot(payload: dict, path: str) -> bool:
         f"vLLM engine with the PAD-Rec draft and catalog masks ({payload['dtype']}, {payload['concurrency']} per step)"
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return fig
 
 
 if __name__ == "__main__":

@@ -33,9 +33,11 @@ from pathlib import Path
 import numpy as np
 
 from vllm_padrec.catalog import ItemCatalog
-from vllm_padrec.testing.compare import first_difference, top_margins
+from vllm_padrec.testing.compare import first_difference, margin_at, top_margins
 from vllm_padrec.testing.hostile import COMPLETIONS, HOSTILE_REQUESTS, RECOMMENDATIONS
+from vllm_padrec.testing.results import write_results
 from vllm_padrec.testing.server import ENGINE_DEAD_ANSWER, SERVED_NAME, VllmServer, engine_deaths
+from vllm_padrec.testing.stats import percentile
 
 
 @dataclass(frozen=True)
@@ -150,13 +152,9 @@ def run_pass(server: VllmServer, requests: list[Request], concurrency: int) -> l
         return list(pool.map(lambda r: send(server, r), requests))
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) if values else None
-
-
 def list_quality(catalog: ItemCatalog, list_items: int, rows: list[dict]) -> dict:
     """Well-formed answers checked against the catalog: lists of ``list_items`` distinct catalog items?"""
-    from vllm_padrec.integration.endpoint import parse_list
+    from vllm_padrec.lists import parse_list
 
     invalid = repeated = short = 0
     for row in rows:
@@ -164,7 +162,8 @@ def list_quality(catalog: ItemCatalog, list_items: int, rows: list[dict]) -> dic
         if row["kind"] != "good" or row["status"] != 200 or not answer:
             continue
         if isinstance(answer[0], list):  # a completion's token ids
-            items, bad = parse_list(catalog, answer[0])
+            parsed = parse_list(catalog, answer[0])
+            items, bad = parsed.items, parsed.invalid
         else:  # recommended item ids
             items, bad = answer, 0
         invalid += bad
@@ -232,9 +231,10 @@ def differing(idle: dict | None, other: dict, label: str) -> dict:
     a, b = (idle or {}).get("answer"), other.get("answer")
     if a and b and isinstance(a[0], list) and isinstance(b[0], list):
         index = first_difference(a[0], b[0])
-        at = lambda margins: margins[index] if margins and index is not None and index < len(margins) else None  # noqa: E731
         record.update(
-            first_different_token=index, idle_margin=at(idle.get("margins")), other_margin=at(other.get("margins"))
+            first_different_token=index,
+            idle_margin=margin_at(idle.get("margins"), index),
+            other_margin=margin_at(other.get("margins"), index),
         )
     return record
 
@@ -269,10 +269,8 @@ Well-formed answers that differ from the idle server's: {len(r["good_answers_dif
 """  # noqa: E501
 
 
-def plot(idle: list[dict], mixed: list[dict], after: list[dict], path: Path) -> None:
-    from vllm_padrec.plotting import pyplot
-
-    plt = pyplot()
+def plot(plt, idle: list[dict], mixed: list[dict], after: list[dict]):
+    """Latency of the well-formed requests per pass (cumulative distribution)."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for label, rows in (("idle, one at a time", idle), ("mixed with hostile", mixed), ("after", after)):
         ms = np.sort([r["ms"] for r in rows if r["kind"] == "good"])
@@ -283,7 +281,7 @@ def plot(idle: list[dict], mixed: list[dict], after: list[dict], path: Path) -> 
     ax.set_ylabel("fraction of requests")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return fig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,9 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     quality = list_quality(catalog, args.list_items, idle + mixed_rows + after)
     result = summarize(good, idle, mixed_rows, after, deaths, healthy, setup, quality)
-    (out / "hostile_inputs.json").write_text(json.dumps(result, indent=2))
-    (out / "hostile_inputs.md").write_text(markdown(result))
-    plot(idle, mixed_rows, after, out / "hostile_inputs.png")
+    write_results(out, "hostile_inputs", result, markdown(result), lambda plt: plot(plt, idle, mixed_rows, after))
     print(json.dumps({k: v for k, v in result.items() if k not in ("hostile_cases", "setup")}, indent=2))
     ok = (
         result["engine_deaths"] == 0

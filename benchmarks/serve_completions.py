@@ -13,58 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import signal
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from vllm_padrec.catalog import ItemCatalog
 from vllm_padrec.data import load_dataset
+from vllm_padrec.testing.results import write_results
+from vllm_padrec.testing.server import SERVED_NAME, VllmServer
 
 _TOKEN = re.compile(r"<[^<>]*>")
-
-
-def post(url: str, payload: dict, timeout: float = 120.0) -> dict:
-    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
-
-
-def wait_healthy(base: str, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"vllm serve exited with code {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(2)
-    raise TimeoutError(f"vllm serve not healthy after {timeout:.0f} s")
-
-
-def start_server(checkpoint: str, port: int, extra: list[str], log_path: Path) -> subprocess.Popen:
-    command = ["vllm", "serve", checkpoint, "--port", str(port), "--served-model-name", "padrec-target", *extra]
-    print("+", " ".join(command), flush=True)
-    log = open(log_path, "w")
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 def text_to_ids(text: str, vocab: dict[str, int]) -> list[int]:
@@ -89,21 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     tokens = catalog.layout.token_strings()
     vocab = {t: i for i, t in enumerate(tokens)}
     max_tokens = args.list_items * (catalog.num_slots + 1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    base = f"http://127.0.0.1:{args.port}"
-    process = start_server(args.checkpoint, args.port, args.vllm_args, Path("/tmp/padrec_serve.log"))
-    try:
-        started = time.time()
-        wait_healthy(base, process, timeout=600)
-        startup_s = time.time() - started
+    with VllmServer(args.checkpoint, args.vllm_args, port=args.port, log_path="/tmp/padrec_serve.log") as server:
 
         def ask(sample):
             prompt = "".join(tokens[t] for t in catalog.render_prompt(sample.history))
-            reply = post(
-                f"{base}/v1/completions",
+            reply = server.post_json(
+                "/v1/completions",
                 {
-                    "model": "padrec-target",
+                    "model": SERVED_NAME,
                     "prompt": prompt,
                     "max_tokens": max_tokens,
                     "temperature": 0.0,
@@ -116,8 +68,6 @@ def main(argv: list[str] | None = None) -> int:
         with ThreadPoolExecutor(args.concurrency) as pool:
             answers = list(pool.map(ask, samples))
         elapsed = time.time() - t0
-    finally:
-        stop_server(process)
 
     valid = invalid = duplicates = 0
     examples = []
@@ -147,17 +97,17 @@ def main(argv: list[str] | None = None) -> int:
         "invalid_items": invalid,
         "duplicate_items": duplicates,
         "seconds": round(elapsed, 2),
-        "server_startup_seconds": round(startup_s, 1),
+        "server_startup_seconds": round(server.startup_seconds, 1),
         "vllm_args": args.vllm_args,
         "examples": examples,
     }
-    (out / "serve_completions.json").write_text(json.dumps(record, indent=2))
-    (out / "serve_completions.md").write_text(
+    markdown = (
         "# `vllm serve` + `/v1/completions` on the bench target (no constraint, greedy)\n\n"
         "| users | items returned | valid | invalid | duplicates within a list | seconds |\n|---|---|---|---|---|---|\n"
         f"| {len(samples)} | {valid + invalid} | {valid} | {invalid} | {duplicates} | {elapsed:.1f} |\n\n"
         "Example:\n\n```\n" + json.dumps(examples[0], indent=2) + "\n```\n"
     )
+    write_results(args.out, "serve_completions", record, markdown)
     print(json.dumps({k: v for k, v in record.items() if k != "examples"}, indent=2))
     return 0 if valid > 0 else 1
 

@@ -44,112 +44,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
-import threading
 import time
 import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.bench_acceptance import draft_folder, draft_steps
-from benchmarks.serve_completions import post, start_server, stop_server, wait_healthy
+from vllm_padrec.acceptance import mean_acceptance_length
 from vllm_padrec.catalog import ItemCatalog, TokenLayout
 from vllm_padrec.data import load_dataset
 from vllm_padrec.decoding.speculative import SpeculationStats
 from vllm_padrec.draft.checkpoint import read_config
-from vllm_padrec.integration.endpoint import (
-    PLUGIN_NAME,
-    ROUTE,
-    SPEC_COUNTERS,
-    SPEC_PER_POS,
-    parse_list,
-    read_max_history,
-)
-from vllm_padrec.testing.compare import first_difference, top_margins
+from vllm_padrec.integration.endpoint import ROUTE
+from vllm_padrec.integration.recommendation_service import read_max_history
+from vllm_padrec.integration.spec_decode_counters import SPEC_COUNTERS, SPEC_PER_POS
+from vllm_padrec.lists import parse_list
+from vllm_padrec.testing.compare import first_difference, margin_at, top_margins
+from vllm_padrec.testing.drafts import draft_folder, draft_steps
+from vllm_padrec.testing.metrics import ITERATIONS, GaugePoller, scrape
+from vllm_padrec.testing.results import write_results
+from vllm_padrec.testing.server import SERVED_NAME, VllmServer
+from vllm_padrec.testing.stats import percentile
 
-SERVED_NAME = "padrec-target"  # start_server's --served-model-name
 TOP_LOGPROBS = 2  # every completion returns its two likeliest tokens per position (tie diagnostics)
-RUNNING = "vllm:num_requests_running"
-ITERATIONS = "vllm:iteration_tokens_total_count"  # histogram count: engine steps (one observation per step)
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
-# -- /metrics ---------------------------------------------------------------------------------------
-def scrape(base: str) -> list[tuple[str, dict[str, str], float]]:
-    """Samples of ``GET /metrics`` (Prometheus text format): (name, labels, value)."""
-    with urllib.request.urlopen(f"{base}/metrics", timeout=30) as response:
-        return parse_metrics(response.read().decode())
-
-
-def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
-    """Prometheus text format -> (name, labels, value) samples."""
-    samples = []
-    for line in text.splitlines():
-        match = _SAMPLE.match(line)
-        if match is None or line.startswith("#"):
-            continue
-        name, labels, value = match.groups()
-        try:
-            samples.append((name, dict(_LABEL.findall(labels or "")), float(value)))
-        except ValueError:
-            continue
-    return samples
-
-
-def spec_counters(samples) -> dict:
-    """Spec-decode counters summed over engines, and accepted tokens per draft position."""
-    totals = {name: 0 for name in SPEC_COUNTERS}
-    per_pos: dict[int, float] = {}
-    for name, labels, value in samples:
-        base = name[: -len("_total")] if name.endswith("_total") else None
-        if base in totals:
-            totals[base] += value
-        elif base == SPEC_PER_POS and "position" in labels:
-            per_pos[int(labels["position"])] = per_pos.get(int(labels["position"]), 0) + value
-    totals[SPEC_PER_POS] = [per_pos[p] for p in sorted(per_pos)]
-    return totals
-
-
-def gauge(samples, name: str) -> float:
-    return sum(value for sample_name, _, value in samples if sample_name == name)
-
-
-class RunningPoller:
-    """Polls ``vllm:num_requests_running`` while a pass runs. A scrape can wait behind a busy API server
-    for longer than a short pass lasts, so only readings whose scrape began and ended inside the pass
-    count (``max_within``)."""
-
-    def __init__(self, base: str, every: float = 0.25) -> None:
-        self.base, self.every = base, every
-        self.readings: list[tuple[float, float, float]] = []  # (scrape sent, scrape answered, gauge)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            sent = time.perf_counter()
-            try:
-                value = gauge(scrape(self.base), RUNNING)
-                self.readings.append((sent, time.perf_counter(), value))
-            except (urllib.error.URLError, OSError, ValueError):
-                pass
-            self._stop.wait(self.every)
-
-    def max_within(self, start: float, end: float) -> tuple[int | None, int]:
-        """(most requests running, readings) over the readings taken inside [start, end]; None: none was."""
-        inside = [value for sent, answered, value in self.readings if start <= sent and answered <= end]
-        return (int(max(inside)) if inside else None), len(inside)
-
-    def __enter__(self) -> RunningPoller:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
 
 # -- requests ---------------------------------------------------------------------------------------
@@ -167,13 +84,15 @@ def completion_payload(prompt: list[int], max_tokens: int, xargs: dict, **extra)
     }
 
 
-def timed_pass(base: str, prompts: list[list[int]], max_tokens: int, xargs: dict, concurrency: int, **extra) -> dict:
+def timed_pass(
+    server: VllmServer, prompts: list[list[int]], max_tokens: int, xargs: dict, concurrency: int, **extra
+) -> dict:
     """Every prompt through /v1/completions at once (``concurrency`` threads); tokens and timings.
     ``extra``: more request fields (the unconstrained pass sends ``ignore_eos``)."""
 
     def ask(prompt):
         started = time.perf_counter()
-        reply = post(f"{base}/v1/completions", completion_payload(prompt, max_tokens, xargs, **extra), timeout=600)
+        reply = server.post_json("/v1/completions", completion_payload(prompt, max_tokens, xargs, **extra), timeout=600)
         choice = reply["choices"][0]
         return {
             "token_ids": [int(t) for t in choice.get("token_ids") or []],
@@ -183,23 +102,24 @@ def timed_pass(base: str, prompts: list[list[int]], max_tokens: int, xargs: dict
             "latency": time.perf_counter() - started,
         }
 
-    samples_before = scrape(base)
-    before = spec_counters(samples_before)
-    with RunningPoller(base) as poller:
+    metrics_before = scrape(server.base)
+    before = metrics_before.spec_counters()
+    with GaugePoller(server.base) as poller:  # vllm:num_requests_running
         started = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
             answers = list(pool.map(ask, prompts))
         ended = time.perf_counter()
     seconds = ended - started
     max_running, running_readings = poller.max_within(started, ended)
-    samples_after = scrape(base)
-    after = spec_counters(samples_after)
-    steps = gauge(samples_after, ITERATIONS) - gauge(samples_before, ITERATIONS)
-    latencies = sorted(a["latency"] for a in answers)
+    metrics_after = scrape(server.base)
+    after = metrics_after.spec_counters()
+    steps = metrics_after.total(ITERATIONS) - metrics_before.total(ITERATIONS)
+    latencies = [a["latency"] for a in answers]
     tokens = sum(a["completion_tokens"] for a in answers)
     drafts = after[SPEC_COUNTERS[0]] - before[SPEC_COUNTERS[0]]
     draft_tokens = after[SPEC_COUNTERS[1]] - before[SPEC_COUNTERS[1]]
     accepted = after[SPEC_COUNTERS[2]] - before[SPEC_COUNTERS[2]]
+    acceptance = mean_acceptance_length(accepted, drafts)
     per_pos = [a - b for a, b in zip(after[SPEC_PER_POS], before[SPEC_PER_POS] or [0] * len(after[SPEC_PER_POS]))]
     return {
         "answers": answers,
@@ -207,8 +127,8 @@ def timed_pass(base: str, prompts: list[list[int]], max_tokens: int, xargs: dict
         "output_tokens": tokens,
         "tokens_per_second": round(tokens / seconds, 1),
         "requests_per_second": round(len(answers) / seconds, 2),
-        "latency_p50_ms": round(1000 * percentile(latencies, 50), 1),
-        "latency_p99_ms": round(1000 * percentile(latencies, 99), 1),
+        "latency_p50_ms": latency_ms(latencies, 50),
+        "latency_p99_ms": latency_ms(latencies, 99),
         "max_running_requests": max_running,  # None: no /metrics scrape both began and ended during the pass
         "running_readings": running_readings,
         "engine_steps": int(steps),
@@ -218,33 +138,29 @@ def timed_pass(base: str, prompts: list[list[int]], max_tokens: int, xargs: dict
             "num_drafts": int(drafts),
             "num_draft_tokens": int(draft_tokens),
             "num_accepted_tokens": int(accepted),
-            "acceptance_length": round(1 + accepted / drafts, 4) if drafts else None,
+            "acceptance_length": None if acceptance is None else round(acceptance, 4),
             "draft_acceptance_rate": round(accepted / draft_tokens, 4) if draft_tokens else None,
             "per_position_acceptance": [round(a / drafts, 4) for a in per_pos] if drafts else None,
         },
     }
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
-    return sorted_values[index]
+def latency_ms(seconds: list[float], q: float) -> float | None:
+    """The ``q``-th percentile of request latencies in ms: the latency of the nearest rank (no
+    interpolation between two requests)."""
+    value = percentile(seconds, q, method="nearest")
+    return None if value is None else round(1000 * value, 1)
 
 
 def list_quality(catalog: ItemCatalog, answers: list[dict], list_items: int) -> dict:
     invalid = duplicates = short = 0
     for answer in answers:
-        items, bad = parse_list(catalog, answer["token_ids"])
-        invalid += bad
+        parsed = parse_list(catalog, answer["token_ids"])
+        items = parsed.items
+        invalid += parsed.invalid
         duplicates += len(items) - len(set(items))
         short += len(items) != list_items
     return {"invalid_items": invalid, "duplicate_items": duplicates, "lists_not_of_n_items": short}
-
-
-def _margin_at(answer: dict, index: int) -> float | None:
-    margins = answer.get("margins") or []
-    return margins[index] if index < len(margins) else None
 
 
 def compare(reference: list[dict], other: list[dict], users: list[str], catalog: ItemCatalog) -> dict:
@@ -259,16 +175,16 @@ def compare(reference: list[dict], other: list[dict], users: list[str], catalog:
         gap = {
             "user": user,
             "first_different_token": first,
-            "reference_margin": _margin_at(a, first),
-            "other_margin": _margin_at(b, first),
+            "reference_margin": margin_at(a.get("margins"), first),
+            "other_margin": margin_at(b.get("margins"), first),
         }
         gaps.append(gap)
         if len(examples) < 5:
             examples.append(
                 {
                     **gap,
-                    "reference_items": [catalog.item_ids[i] for i in parse_list(catalog, a["token_ids"])[0]],
-                    "other_items": [catalog.item_ids[i] for i in parse_list(catalog, b["token_ids"])[0]],
+                    "reference_items": [catalog.item_ids[i] for i in parse_list(catalog, a["token_ids"]).items],
+                    "other_items": [catalog.item_ids[i] for i in parse_list(catalog, b["token_ids"]).items],
                 }
             )
     known = [
@@ -284,25 +200,25 @@ def compare(reference: list[dict], other: list[dict], users: list[str], catalog:
     }
 
 
-def endpoint_sample(base: str, catalog: ItemCatalog, samples, answers: list[dict], list_items: int) -> dict:
+def endpoint_sample(server: VllmServer, catalog: ItemCatalog, samples, answers: list[dict], list_items: int) -> dict:
     """``POST /v1/recommendations`` for a few users: same items as the threaded completions pass?"""
     agree, checked, replies, errors = 0, 0, [], []
     for sample, answer in zip(samples, answers):
         payload = {"history": [catalog.item_ids[i] for i in sample.history], "num_items": list_items, "no_repeat": True}
         try:
-            reply = post(f"{base}{ROUTE}", payload)
+            reply = server.post_json(ROUTE, payload)
         except urllib.error.HTTPError as error:
             errors.append(f"{error.code}: {error.read()[:300]!r}")
             continue
         checked += 1
-        expected = [catalog.item_ids[i] for i in parse_list(catalog, answer["token_ids"])[0]]
+        expected = [catalog.item_ids[i] for i in parse_list(catalog, answer["token_ids"]).items]
         got = [item["item_id"] for item in reply["items"]]
         agree += got == expected
         if len(replies) < 2:
             replies.append(reply)
     # an unknown item id must come back as a JSON 422 from the live server
     try:
-        post(f"{base}{ROUTE}", {"history": ["__no_such_item__"], "num_items": list_items})
+        server.post_json(ROUTE, {"history": ["__no_such_item__"], "num_items": list_items})
         bad_request = "accepted (expected 422)"
     except urllib.error.HTTPError as error:
         bad_request = f"{error.code} {json.loads(error.read()).get('error', {}).get('message', '')[:200]}"
@@ -344,41 +260,39 @@ def openai_sample(base: str, prompts, answers: list[dict], max_tokens: int, xarg
 
 # -- main ---------------------------------------------------------------------------------------------
 def serve_and_measure(args, name: str, extra: list[str], port: int, catalog, samples, prompts, max_tokens, xargs):
-    base = f"http://127.0.0.1:{port}"
     log = Path(args.log_dir) / f"vllm_lossless_{name}.log"
-    process = start_server(args.target, port, [*extra, *args.vllm_args], log)
-    try:
-        started = time.time()
-        wait_healthy(base, process, timeout=args.startup_timeout)
-        startup = time.time() - started
+    server = VllmServer(
+        args.target, [*extra, *args.vllm_args], port=port, log_path=log, startup_timeout=args.startup_timeout
+    )
+    with server:
         fields = {"logprobs": TOP_LOGPROBS}  # the top-2 gaps (tie diagnostics), if this server returns them
         try:
-            post(f"{base}/v1/completions", completion_payload(prompts[0], max_tokens, xargs, **fields), timeout=600)
+            server.post_json(
+                "/v1/completions", completion_payload(prompts[0], max_tokens, xargs, **fields), timeout=600
+            )
         except urllib.error.HTTPError as error:
             print(f"{name}: logprobs refused ({error.code} {error.read()[:200]!r}); no tie diagnostics", flush=True)
             fields = {}
         # warm-up at full concurrency: the batch shapes of the timed pass JIT-compile here (one cold
         # kernel stalled a first float32 pass for ~9 s, benchmarks/results/vllm_lossless.json's note)
         warm_prompts = prompts[: min(args.concurrency, len(prompts))]
-        timed_pass(base, warm_prompts, max_tokens, xargs, args.concurrency, **fields)
-        run = timed_pass(base, prompts, max_tokens, xargs, args.concurrency, **fields)
+        timed_pass(server, warm_prompts, max_tokens, xargs, args.concurrency, **fields)
+        run = timed_pass(server, prompts, max_tokens, xargs, args.concurrency, **fields)
         if name == "baseline" and args.control:
-            run["control"] = timed_pass(base, prompts, max_tokens, xargs, args.concurrency, **fields)
+            run["control"] = timed_pass(server, prompts, max_tokens, xargs, args.concurrency, **fields)
         if name == "baseline" and args.unconstrained_pass:
             # the same requests without the catalog masks, the same length (ignore_eos): step time without them
             # (and the same logprobs fields: returning them costs the server time of its own)
             run["unconstrained"] = timed_pass(
-                base, prompts, max_tokens, {}, args.concurrency, ignore_eos=True, **fields
+                server, prompts, max_tokens, {}, args.concurrency, ignore_eos=True, **fields
             )
         k = min(args.sample, len(samples))
         head = run["answers"][:k]
-        run["recommendations_endpoint"] = endpoint_sample(base, catalog, samples[:k], head, args.list_items)
-        run["openai_client"] = openai_sample(base, prompts[:k], head, max_tokens, xargs)
-        run["server_startup_seconds"] = round(startup, 1)
+        run["recommendations_endpoint"] = endpoint_sample(server, catalog, samples[:k], head, args.list_items)
+        run["openai_client"] = openai_sample(server.base, prompts[:k], head, max_tokens, xargs)
+        run["server_startup_seconds"] = round(server.startup_seconds, 1)
         run["server_log"] = str(log)
         return run
-    finally:
-        stop_server(process)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -440,9 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     users = [sample.user for sample in samples]
     max_tokens = args.list_items * (catalog.num_slots + 1) + 1  # as the /v1/recommendations route asks
     xargs = {"padrec_constraint": 1, "padrec_num_items": args.list_items, "padrec_no_repeat": 1}
-    os.environ["VLLM_PLUGINS"] = f"padrec,{PLUGIN_NAME}"  # inherited by `vllm serve`
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
 
     num_drafts = args.num_speculative_tokens or draft_steps(read_config(draft_folder(args.draft)))  # K
     speculative_flags = ["--speculative-model", args.draft]
@@ -461,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             "vllm_args": args.vllm_args,
             "baseline": {k: v for k, v in base.items() if k not in ("answers", "control")},
         }
-        (out / f"{args.name}.json").write_text(json.dumps(record, indent=2))
+        write_results(out, args.name, record)
         print(json.dumps(record, indent=2))
         return 1
     base, spec = runs["baseline"], runs["speculative"]
@@ -528,8 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         record["reference_acceptance"] = reference_acceptance(
             args.reference_acceptance, args.draft, num_drafts, len(samples), args.list_items
         )
-    (out / f"{args.name}.json").write_text(json.dumps(record, indent=2))
-    (out / f"{args.name}.md").write_text(markdown(record))
+    write_results(out, args.name, record, markdown(record))
     bulky = ("runs", "mismatch_examples", "control_mismatch_examples")
     print(json.dumps({k: v for k, v in record.items() if k not in bulky}, indent=2))
     floor = record["control_mismatched_users"] or 0
@@ -550,9 +461,7 @@ def render(json_path: str, reference: str | None = None, note: str | None = None
         )
     if note:
         record["note"] = note
-    if reference or note:
-        path.write_text(json.dumps(record, indent=2))
-    path.with_suffix(".md").write_text(markdown(record))
+    write_results(path.parent, path.stem, record if reference or note else None, markdown(record))
 
 
 def reference_acceptance(path: str, draft: str, gamma: int, users: int, list_items: int) -> dict:

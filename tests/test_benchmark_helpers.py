@@ -1,7 +1,8 @@
 """The CPU-checkable parts of the GPU benchmarks: metric parsing, derived numbers, benchmark inputs.
 
-The benchmarks themselves need the H200 (benchmarks/gpu_session.sh); what they compute from what
-they measure is checked here, so that a wrong parser or formula cannot hide behind a GPU run.
+The benchmarks themselves need the H200 (benchmarks/gpu_session.py); what they compute from what
+they measure is checked here, so that a wrong parser or formula cannot hide behind a GPU run. The
+helpers they share (vllm_padrec/testing/) are checked in tests/test_testing_helpers.py.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ import torch
 from benchmarks import bench_vllm_mask, vllm_lossless
 from vllm_padrec.catalog import TokenLayout
 from vllm_padrec.data import SyntheticConfig, generate_synthetic
-from vllm_padrec.integration import verification_mask as vm
+from vllm_padrec.integration.spec_decode_counters import SPEC_PER_POS
+from vllm_padrec.lists.masks import mask_draft_logits, mask_verification_logits
+from vllm_padrec.lists.spec import LIST_START
+from vllm_padrec.lists.tables import CatalogTables
+from vllm_padrec.testing import mask_inputs
+from vllm_padrec.testing.compare import top_margins
+from vllm_padrec.testing.metrics import ITERATIONS, RUNNING, GaugePoller, Metrics
 
 METRICS = """\
 # HELP vllm:spec_decode_num_drafts_total Number of spec decoding drafts.
@@ -31,13 +38,13 @@ vllm:iteration_tokens_total_sum{engine="0",model_name="padrec-target"} 9999.0
 
 
 def test_spec_decode_counters_and_gauges_are_parsed():
-    samples = vllm_lossless.parse_metrics(METRICS)
-    counters = vllm_lossless.spec_counters(samples)
+    metrics = Metrics(METRICS)
+    counters = metrics.spec_counters()
     assert counters["vllm:spec_decode_num_drafts"] == 100
     assert counters["vllm:spec_decode_num_accepted_tokens"] == 180
-    assert counters[vllm_lossless.SPEC_PER_POS] == [80, 50]  # ordered by position, not by line
-    assert vllm_lossless.gauge(samples, vllm_lossless.RUNNING) == 64
-    assert vllm_lossless.gauge(samples, vllm_lossless.ITERATIONS) == 1234  # _count only, not _sum
+    assert counters[SPEC_PER_POS] == [80, 50]  # ordered by position, not by line
+    assert metrics.total(RUNNING) == 64
+    assert metrics.total(ITERATIONS) == 1234  # _count only, not _sum
 
 
 def test_constraint_cost_is_the_step_time_difference():
@@ -51,11 +58,11 @@ def test_mask_benchmark_inputs_take_the_valid_path(num_drafts):
     """Every verification row must keep its request's true next token and little else: the benchmark
     times the masks on real lists, not on rows that the constraint leaves alone."""
     catalog = generate_synthetic(SyntheticConfig(num_items=300, num_users=4)).catalog
-    tables = vm.CatalogTables.build(catalog)
-    width = bench_vllm_mask.LIST_ITEMS * tables.period
+    tables = CatalogTables.build(catalog)
+    width = mask_inputs.LIST_ITEMS * tables.period
     batch = 6
-    x = bench_vllm_mask.make_inputs(catalog, batch, num_drafts, seed=1, device="cpu")
-    vm.mask_verification_logits(
+    x = mask_inputs.make_inputs(catalog, batch, num_drafts, seed=1, device="cpu")
+    mask_verification_logits(
         x["verify_logits"],
         tables,
         x["settings"],
@@ -74,7 +81,7 @@ def test_mask_benchmark_inputs_take_the_valid_path(num_drafts):
             assert torch.isfinite(logits[b, j, fed[b, j + 1]]), f"row {j} of request {b} refuses its next token"
     kept = torch.isfinite(logits).sum(-1)  # [B, K+1]
     assert (kept >= 1).all() and (kept < catalog.layout.vocab_size).all()  # masked, never emptied
-    vm.mask_draft_logits(
+    mask_draft_logits(
         x["draft_logits"],
         tables,
         x["settings"],
@@ -89,17 +96,17 @@ def test_mask_benchmark_inputs_take_the_valid_path(num_drafts):
     chosen = x["draft_logits"].gather(1, x["drafts"][:, k : k + 1])  # [B, 1] the true token at step k
     assert torch.isfinite(chosen).all()
     assert (torch.isfinite(x["draft_logits"]).sum(-1) < catalog.layout.vocab_size).all()
-    assert int(x["settings"][0, vm.LIST_START]) == bench_vllm_mask.PROMPT_LEN
-    assert int(x["all_token_ids"][0, bench_vllm_mask.PROMPT_LEN - 1]) == TokenLayout.REC
+    assert int(x["settings"][0, LIST_START]) == mask_inputs.PROMPT_LEN
+    assert int(x["all_token_ids"][0, mask_inputs.PROMPT_LEN - 1]) == TokenLayout.REC
 
 
 def test_mismatches_report_the_top2_gap_at_their_first_difference():
     choice = {
         "logprobs": {"top_logprobs": [{"<a_1>": -0.1, "<a_2>": -2.5}, {"<b_3>": -0.70, "<b_4>": -0.71}, {"<sep>": 0.0}]}
     }
-    margins = vllm_lossless.top_margins(choice)
+    margins = top_margins(choice)
     assert margins[0] == pytest.approx(2.4) and margins[1] == pytest.approx(0.01) and margins[2] is None
-    assert vllm_lossless.top_margins({"logprobs": None}) == []
+    assert top_margins({"logprobs": None}) == []
     catalog = generate_synthetic(SyntheticConfig(num_items=50, num_users=4)).catalog
     a_items, b_items = catalog.render_completion([0, 1]), catalog.render_completion([0, 2])
     first = next(i for i, (x, y) in enumerate(zip(a_items, b_items)) if x != y)
@@ -211,7 +218,7 @@ def test_reference_acceptance_is_read_for_the_same_head_and_requests(tmp_path):
 
 def test_running_gauge_counts_only_scrapes_inside_the_pass():
     """A scrape that began before the pass (0 running) or came back after it is not a reading of it."""
-    poller = vllm_lossless.RunningPoller("http://unused")
+    poller = GaugePoller("http://unused", RUNNING)
     poller.readings = [(0.0, 0.1, 0.0), (1.0, 1.2, 64.0), (1.5, 1.7, 60.0), (1.9, 3.5, 0.0)]
     assert poller.max_within(0.5, 3.0) == (64, 2)
     assert poller.max_within(1.8, 3.0) == (None, 0)  # nothing observed: None, never 0
@@ -387,3 +394,88 @@ def test_hostile_inputs_requests_and_summary():
     assert hi.list_quality(catalog, 3, rows) == {"invalid_items": 1, "repeated_items": 1, "short_lists": 1}
     setup = {"date": "2026-11-30", "device": "H200", "dtype": "bfloat16", "list_items": 4, "concurrency": 64}
     assert "| 9 | 2 | 0 | 1 | True |" in hi.markdown({**result, "setup": setup})
+
+
+class FakeServe:
+    """A stand-in for `vllm serve` on a local port: ``/v1/completions`` answers a fixed list, and each answer
+    moves the spec-decode counters of ``/metrics`` by one draft round (5 drafts, 3 accepted) and one step."""
+
+    def __init__(self, token_ids: list[int]) -> None:
+        import http.server
+        import threading
+
+        self.token_ids = token_ids
+        self.rounds = 0
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def reply(self, status: int, body: bytes, kind: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                self.reply(200, fake.metrics().encode(), "text/plain")
+
+            def do_POST(self) -> None:
+                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with fake.lock:
+                    fake.rounds += 1
+                top = [{"a": -0.1, "b": -0.6}] * len(fake.token_ids)
+                choice = {"token_ids": fake.token_ids, "finish_reason": "stop", "logprobs": {"top_logprobs": top}}
+                body = {"choices": [choice], "usage": {"completion_tokens": len(fake.token_ids)}, "request": request}
+                self.reply(200, json.dumps(body).encode(), "application/json")
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def metrics(self) -> str:
+        n = self.rounds
+        return "".join(
+            f'{name}{{engine="0"{extra}}} {value}\n'
+            for name, extra, value in (
+                ("vllm:spec_decode_num_drafts_total", "", n),
+                ("vllm:spec_decode_num_draft_tokens_total", "", 5 * n),
+                ("vllm:spec_decode_num_accepted_tokens_total", "", 3 * n),
+                (f"{SPEC_PER_POS}_total", ',position="0"', 2 * n),
+                (f"{SPEC_PER_POS}_total", ',position="1"', n),
+                ("vllm:num_requests_running", "", 0),
+                (ITERATIONS, "", n),
+            )
+        )
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_timed_pass_reads_answers_and_counter_deltas_from_the_server():
+    from vllm_padrec.testing.server import VllmServer
+
+    fake = FakeServe([7, 8, 9, TokenLayout.EOS])
+    try:
+        server = VllmServer("target", port=fake.port)  # never started: its requests go to the fake
+        fake.rounds = 10  # counted before the pass: only the pass's deltas count
+        run = vllm_lossless.timed_pass(server, [[1, 2]] * 6, 12, {"padrec_constraint": 1}, 3, logprobs=2)
+    finally:
+        fake.close()
+    assert [a["token_ids"] for a in run["answers"]] == [[7, 8, 9, TokenLayout.EOS]] * 6
+    assert run["answers"][0]["margins"] == pytest.approx([0.5] * 4)
+    assert run["output_tokens"] == 24 and run["engine_steps"] == 6
+    assert run["spec_decode"] == {
+        "num_drafts": 6,
+        "num_draft_tokens": 30,
+        "num_accepted_tokens": 18,
+        "acceptance_length": 4.0,
+        "draft_acceptance_rate": 0.6,
+        "per_position_acceptance": [2.0, 1.0],
+    }
+    assert run["latency_p50_ms"] > 0 and run["latency_p99_ms"] >= run["latency_p50_ms"]

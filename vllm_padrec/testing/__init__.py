@@ -1,4 +1,11 @@
 """Shared by the tests and the benchmarks (not imported by the plugin).
 
-hostile.py    requests a hostile client sends, with the 4xx each must get
+server.py       a `vllm serve` subprocess: start, wait until healthy, send requests, stop
+metrics.py      its Prometheus metrics (``GET /metrics``) parsed by prometheus_client; a gauge poller
+compare.py      where two greedy answers first differ, and the top-2 log-probability gap there
+hostile.py      requests a hostile client sends, with the 4xx each must get
+drafts.py       a draft checkpoint folder: where its config is, its method, its draft steps
+stats.py        percentiles of measurements (numpy)
+results.py      a benchmark's results: <stem>.json, <stem>.md and <stem>.png in its out folder
+mask_inputs.py  engine-step inputs for the list masks and their Triton kernel
 """

@@ -24,3 +24,8 @@ def first_difference(a: list, b: list) -> int | None:
         if x != y:
             return index
     return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def margin_at(margins: list[float | None] | None, index: int | None) -> float | None:
+    """The top-2 gap at token ``index`` of an answer's ``top_margins`` (None: unknown or past its end)."""
+    return margins[index] if margins and index is not None and index < len(margins) else None

@@ -2,6 +2,10 @@
 
 with VllmServer(target, ["--speculative-model", draft], log_path="serve.log") as server:
     status, body, seconds = server.post("/v1/recommendations", '{"history": ["1"]}')
+    reply = server.post_json("/v1/completions", {"model": SERVED_NAME, "prompt": [1, 2], "max_tokens": 4})
+
+``post`` answers every status (hostile clients); ``post_json`` raises ``urllib.error.HTTPError`` on an error
+status (a well-formed request that fails is the benchmark's failure).
 """
 
 from __future__ import annotations
@@ -94,6 +98,15 @@ class VllmServer:
             return status, json.loads(raw), seconds
         except ValueError:
             return status, raw.decode(errors="replace"), seconds
+
+    def post_json(self, path: str, payload: dict, timeout: float = 120.0) -> dict:
+        """The JSON answer to one POST of ``payload``; an HTTP error status raises ``urllib.error.HTTPError``
+        (its body is ``error.read()``)."""
+        request = urllib.request.Request(
+            f"{self.base}{path}", json.dumps(payload).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
