@@ -1,48 +1,85 @@
-"""The H200 session for the hardening checks, in few device calls (README "GPU machine").
+"""The project's GPU work on the H200 device machine, as jobs in daemons, in few device calls (README "GPU machine").
 
 A device machine is bare, is given back 30 s after a call returns, and runs a call for at most
 10 minutes, so long work runs in daemons (``setsid``) that outlive the calls, and each call either
-starts one or waits for them. Calls, from the repository root, back to back:
+queues jobs or waits for them. Calls, from the repository root, back to back (kind ``nvidia-h200``,
+or ``nvidia-h200-x2`` for two GPUs):
 
-    1  carry [.vllmkit/part1, .gpudata]  bash .vllmkit/part1/stash.sh && python3 benchmarks/gpu_session.py start
-    2  carry [.vllmkit/part2]            bash .vllmkit/part2/stash.sh && python3 benchmarks/gpu_session.py status
-    3  carry [.vllmkit/part3]            bash .vllmkit/part3/install.sh && . /tmp/vllmkit/env.sh &&
-                                         python3 benchmarks/gpu_session.py checks
-    4..                                  . /tmp/vllmkit/env.sh && python3 benchmarks/gpu_session.py wait 540
+    1  carry [.vllmkit/part1, .gpudata, .baseline]
+       bash .vllmkit/part1/stash.sh && python3 benchmarks/gpu_session.py start
+    2  carry [.vllmkit/part2]
+       bash .vllmkit/part2/stash.sh && python3 benchmarks/gpu_session.py status
+    3  carry [.vllmkit/part3]
+       bash .vllmkit/part3/install.sh && . /tmp/vllmkit/env.sh && python3 benchmarks/gpu_session.py checks
+    4.. . /tmp/vllmkit/env.sh && python3 benchmarks/gpu_session.py wait 540
 
-Phases and what each needs (a job starts when the jobs it needs have succeeded; a failed job fails
-the ones after it, and ``wait`` exits 1):
+For the bench target's results, call 1 runs ``start bench_target bench_eval bench_drafts acceptance
+--target bench`` (``--drafts padrec`` trains only the head the vLLM jobs need), and call 3 ``checks JOB...``.
 
-    start    install the project (no dependencies), copy .gpudata, start job ``train`` (no vLLM needed)
-    train    a small target on beauty_atspeed (the tiny recipe widened, one epoch), then its PAD-Rec draft
-    checks [JOB...]  reinstall over the vLLM kit, start the named jobs (default ``gpu_tests`` then
-             ``hostile``); a job's needs that were never started are skipped
-    gpu_tests   the vLLM GPU tests (tests/test_integration_gpu*.py: lossless, step index, three drafts on one
-             compile cache, hostile requests to a real ``vllm serve``; PADREC_GPU_TESTS: other test files)
-                                                                            needs: train (GPU alone)
-    hostile  benchmarks/hostile_inputs.py on the trained target and draft   needs: train, gpu_tests
-    run JOB...  run jobs now, in this call, whatever the jobs they need did (a rerun after a fix)
-    status   print each job's state and its log's last lines
-    wait [S] block up to S seconds for the jobs, then copy logs and results to $OUT; exit 1 if a job failed
+Phases, one per call (``python3 benchmarks/gpu_session.py PHASE --help`` lists a phase's options; the
+options a call is given hold for the later calls too):
 
-``.gpudata`` holds the shared datasets (``../shared/data`` does not travel; git-ignored):
-``mkdir -p .gpudata && cp -r ../shared/data/beauty_atspeed .gpudata/``.
+    start [JOB...]   install the project (no dependencies), copy .gpudata and .baseline to /tmp/padrec,
+                     queue the jobs (default: train); only jobs that need no vLLM
+    checks [JOB...]  reinstall the project over the vLLM kit, queue the jobs (default: the redesign's
+                     closing check, engine_step_baseline kernel_tests gpu_tests lossless engine_step)
+    run JOB...       run the jobs now, in this call, whatever the jobs they need did (a rerun after a fix)
+    status           each queued job's state and its log's last lines
+    wait [S]         block up to S seconds (default 540) for the queued jobs, then write status.json,
+                     results.tgz and logs.tgz to $OUT; exit 1 if a job failed
+
+Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that trains the session's
+``--target``, small: train; bench: bench_target, and bench_drafts for the draft):
+
+    train                 small target on beauty_atspeed (the tiny recipe widened, one epoch),   -       lane 0
+                          then its PAD-Rec draft
+    bench_target          the bench recipe's target (Qwen2.5-1.5B shape), resumable              -       lane 0
+    bench_eval            its test metrics (constrained beam and greedy lists)                   bench_target
+    bench_drafts          its draft heads (--drafts: padrec, or all seven)                       bench_target
+    acceptance            benchmarks/bench_acceptance.py on the bench heads                      bench_drafts
+    kernel_tests          GPU tests of the kernels and catalog masks (--kernel-tests)            -       lane 0
+    gpu_tests             vLLM GPU tests (--gpu-tests)                                           -       lane 0
+    engine_step_baseline  benchmarks/engine_step.py of .baseline (the code before the redesign)  draft   lane 1
+    engine_step           benchmarks/engine_step.py of the current code                         draft   lane 1
+    lossless              benchmarks/vllm_lossless.py, one run per --lossless-modes              draft   lane 1
+    hostile               benchmarks/hostile_inputs.py                                           draft   lane 1
+    examples              vllm serve with the draft: examples/openai_client.py, POST             draft   lane 1
+                          /v1/recommendations and bad input, then examples/offline_vllm.py
+    serve                 benchmarks/serve_completions.py (no draft, no constraint)              target  lane 1
+    bench_vllm_mask       benchmarks/bench_vllm_mask.py (the catalog masks at vLLM's shapes)     -       lane 1
+    bench_trie            benchmarks/bench_trie.py                                               -       lane 1
+    bench_padrec_kernel   benchmarks/bench_padrec_kernel.py                                      -       lane 1
+
+Order: a job starts once the jobs it needs succeeded (it fails, without running, when one failed) and
+every job queued before it on its GPU has ended: on two GPUs lane 0 is GPU 0 and lane 1 is GPU 1
+(``CUDA_VISIBLE_DEVICES``); on one GPU the jobs run one at a time in queue order, so anything timed
+runs alone. engine_step_baseline installs .baseline and reinstalls the current code when it ends, so
+it waits for every job queued before it and every job queued after it waits for it; a job refuses to
+run while another version of the project is installed. Each job has its own ``VLLM_CACHE_ROOT``
+(each lossless mode too). ``.gpudata`` holds the shared datasets (``../shared/data`` does not travel;
+git-ignored): ``mkdir -p .gpudata && cp -r ../shared/data/beauty_atspeed .gpudata/``.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-WORK = Path("/tmp/padrec")
 REPO = Path(__file__).resolve().parent.parent
-STATUS = WORK / "status"  # one JSON file per job: {"state": running|ok|failed, "returncode", "seconds"}
-RESULTS = WORK / "results"
+WORK = Path("/tmp/padrec")  # everything the session writes on the device machine
+POLL_SECONDS = 5.0
+MAX_LOG_BYTES = 2 << 20  # the last 2 MiB of each log travel back (the device returns files up to 16 MiB)
 SMALL_TARGET = {  # the tiny recipe widened so that vLLM's attention kernels serve it (head_dim 64)
     "hidden_size": 512,
     "num_layers": 4,
@@ -57,50 +94,613 @@ SMALL_TARGET = {  # the tiny recipe widened so that vLLM's attention kernels ser
     "lr": 1e-3,
     "bucket_batches": 64,
 }
-JOBS = ("train", "gpu_tests", "hostile")
+ALL_DRAFTS = (  # the bench heads, trained in these groups side by side (the target's states collected once per group)
+    ("padrec", "eagle"),
+    ("medusa", "padrec_no_slot"),
+    ("padrec_no_step", "padrec_no_gates"),
+)
+# lossless mode -> (name of the result files, `vllm serve` arguments, extra environment)
+LOSSLESS_MODES: dict[str, tuple[str, list[str], dict[str, str]]] = {
+    "fp32": ("vllm_lossless", ["--dtype", "float32"], {}),
+    "fp32_triton": (
+        "vllm_lossless_triton",
+        ["--dtype", "float32", "--additional-config", '{"padrec": {"triton_masks": true}}'],
+        {},
+    ),
+    "bf16": ("vllm_lossless_bf16", [], {}),
+    # vLLM's batch-invariant kernels: each row's numerics do not depend on the batch
+    "fp32_invariant": ("vllm_lossless_invariant", ["--dtype", "float32"], {"VLLM_BATCH_INVARIANT": "1"}),
+    "bf16_invariant": ("vllm_lossless_bf16_invariant", [], {"VLLM_BATCH_INVARIANT": "1"}),
+}
+SERVE_ARGS = ["--gpu-memory-utilization", "0.3", "--max-model-len", "512"]
+CURRENT, BASELINE = "current", "baseline"  # the installed version of the project a job runs on
+INSTALLING = "installing"  # while pip installs one; jobs wait
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+# -- settings: the command-line options of the session ----------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    target: str = "small"  # the checkpoint the vLLM jobs use: small (job train) or bench
+    bench_epochs: float | None = None  # None: the bench recipe's own
+    drafts: str = "all"  # bench heads: padrec (what the vLLM jobs need) or all
+    draft_steps: int = 1200
+    signal_lr_scale: float = 10.0  # the second PAD-Rec bench head's signal learning-rate factor
+    accept_users: int = 150
+    accept_gammas: tuple[int, ...] = (3, 4, 5)
+    accept_name: str = "beauty"
+    lossless_users: int = 500
+    lossless_modes: tuple[str, ...] = ("fp32",)
+    engine_users: int = 512
+    engine_configs: tuple[str, ...] = ("baseline", "spec")  # no draft and the PAD-Rec draft, both constrained
+    engine_profile: tuple[str, ...] = ()
+    gpu_tests: tuple[str, ...] = ("test_integration_gpu.py", "test_integration_gpu_serve.py")
+    kernel_tests: tuple[str, ...] = ("test_padrec_kernel.py", "test_integration_mask.py", "test_catalog_mask_kernel.py")
+
+    @classmethod
+    def from_mapping(cls, values: dict) -> Settings:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in fields})
+
+    def checkpoint(self) -> Path:
+        return WORK / ("small" if self.target == "small" else "bench") / "checkpoint"
+
+    def draft(self) -> Path:
+        return WORK / ("drafts" if self.target == "small" else "bench_drafts") / "padrec" / "draft"
+
+    def suffix(self) -> str:
+        """Result names carry the small target's name; the bench target's keep the committed names."""
+        return "_small" if self.target == "small" else ""
+
+
+def add_settings(parser: argparse.ArgumentParser) -> None:
+    """The options of Settings; an option not given is absent from the namespace (the saved value holds)."""
+    d = Settings()
+    add = parser.add_argument_group("session settings").add_argument
+    kw = {"default": argparse.SUPPRESS}
+    add("--target", choices=("small", "bench"), help=f"checkpoint of the vLLM jobs (default {d.target})", **kw)
+    add("--bench-epochs", type=float, help="epochs of the bench target (default: the recipe's)", **kw)
+    add("--drafts", choices=("padrec", "all"), help=f"bench heads to train (default {d.drafts})", **kw)
+    add("--draft-steps", type=int, help=f"training steps per bench head (default {d.draft_steps})", **kw)
+    add("--signal-lr-scale", type=float, help=f"second PAD-Rec head's signal lr factor ({d.signal_lr_scale})", **kw)
+    add("--accept-users", type=int, help=f"users of the acceptance benchmark (default {d.accept_users})", **kw)
+    add("--accept-gammas", type=int, nargs="+", help="draft tokens per round (default 3 4 5)", **kw)
+    add("--accept-name", help=f"acceptance_<name> results; lossless reads them ({d.accept_name})", **kw)
+    add("--lossless-users", type=int, help=f"users of the lossless check (default {d.lossless_users})", **kw)
+    add("--lossless-modes", nargs="+", choices=list(LOSSLESS_MODES), help="lossless runs (default fp32)", **kw)
+    add("--engine-users", type=int, help=f"timed requests of engine_step (default {d.engine_users})", **kw)
+    add("--engine-configs", nargs="+", help=f"engine_step configurations (default: {' '.join(d.engine_configs)})", **kw)
+    add("--engine-profile", nargs="*", help="engine_step configurations to profile (default none)", **kw)
+    add("--gpu-tests", nargs="+", help=f"test files of gpu_tests (default: {' '.join(d.gpu_tests)})", **kw)
+    add("--kernel-tests", nargs="+", help=f"test files of kernel_tests (default: {' '.join(d.kernel_tests)})", **kw)
+
+
+# -- jobs ---------------------------------------------------------------------------------------------------------
+TARGET, DRAFT = "<target>", "<draft>"  # in needs: the job that trains the session's target / its PAD-Rec draft
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    body: Callable[[JobContext], int]  # the job's work; its exit status
+    needs: tuple[str, ...] = ()
+    lane: int = 0  # GPU lane: with two GPUs, lane 0 runs on GPU 0 and lane 1 on GPU 1
+    vllm: bool = False  # needs the vLLM kit (queued by ``checks``, not ``start``)
+    installed: str | None = CURRENT  # the project version it runs on; None: it installs what it needs itself
+    exclusive: bool = False  # runs alone: after every job queued before it, before every job queued after it
+
+
+@dataclass(frozen=True)
+class JobContext:
+    job: str
+    settings: Settings
+    env: dict[str, str]  # the environment of the job's commands
+
+    @property
+    def log_path(self) -> Path:
+        return WORK / "logs" / f"{self.job}.log"
+
+    def run(self, command: list[str], env: dict[str, str] | None = None) -> int:
+        """Run ``command`` with its output appended to the job's log; its exit status, never hidden by a pipe."""
+        log(f"+ {' '.join(command)}")
+        with open(self.log_path, "a") as out:
+            process = subprocess.run(
+                command, stdout=out, stderr=subprocess.STDOUT, env=env or self.env, cwd=WORK / "run"
+            )
+        return exit_status(process.returncode)
+
+    def run_parallel(self, commands: list[list[str]]) -> int:
+        """Run ``commands`` side by side, each with its own log beside the job's; the worst exit status."""
+        processes = []
+        for i, command in enumerate(commands):
+            log(f"+ {' '.join(command)}  (log: {self.job}.{i}.log)")
+            out = open(WORK / "logs" / f"{self.job}.{i}.log", "w")
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=WORK / "run")
+            processes.append((process, out))
+        codes = []
+        for process, out in processes:
+            codes.append(exit_status(process.wait()))
+            out.close()
+        return max(codes, default=0)
+
+    def python(self, module: str, *args: str, env: dict[str, str] | None = None) -> int:
+        return self.run([sys.executable, "-m", module, *args], env=env)
+
+
+def exit_status(returncode: int) -> int:
+    """The shell's exit status: 128 + N for a process killed by signal N (Popen's -N); the worst is the largest."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def dataset_path() -> str:
+    return str(WORK / "data" / "beauty_atspeed")
+
+
+def job_train(ctx: JobContext) -> int:
+    import torch
+
+    from vllm_padrec.data import load_dataset
+    from vllm_padrec.target.config import get_recipe
+    from vllm_padrec.target.train import train_target
+
+    dataset = load_dataset(dataset_path())
+    recipe = get_recipe("tiny", **SMALL_TARGET)
+    while not (result := train_target(recipe, dataset, WORK / "small", device="cuda")).finished:
+        log(f"target: step {result.step} of {result.total_steps}")
+    log(f"target done: {result}")
+    torch.cuda.empty_cache()
+    draft = ["--method", "padrec", "--gamma", "5", "--max-steps", "600", "--batch-size", "64", "--until-done"]
+    target = ["--target", str(WORK / "small/checkpoint"), "--dataset", dataset_path(), "--out", str(WORK / "drafts")]
+    return ctx.python("vllm_padrec.cli", "train-draft", *target, *draft)
+
+
+def job_bench_target(ctx: JobContext) -> int:
+    epochs = [] if ctx.settings.bench_epochs is None else ["--epochs", str(ctx.settings.bench_epochs)]
+    args = ["--recipe", "bench", *epochs, "--until-done", "--dataset", dataset_path(), "--out", str(WORK / "bench")]
+    code = ctx.python("vllm_padrec.cli", "train-target", *args)
+    for name in ("loss", "val"):
+        if (WORK / "bench" / f"{name}.json").exists():
+            shutil.copy(WORK / "bench" / f"{name}.json", WORK / "results" / f"bench_target_{name}.json")
+    return code
+
+
+def job_bench_eval(ctx: JobContext) -> int:
+    out = str(WORK / "results" / "target_beauty.json")
+    args = ["--checkpoint", str(WORK / "bench/checkpoint"), "--dataset", dataset_path(), "--batch-size", "256"]
+    return ctx.python("vllm_padrec.cli", "evaluate", *args, "--out", out)
+
+
+def job_bench_drafts(ctx: JobContext) -> int:
+    s = ctx.settings
+
+    def train_drafts(out: str, scale: float, *methods: str) -> list[str]:  # the same budget for every head
+        return [
+            *(sys.executable, "-m", "vllm_padrec.cli", "train-draft", "--target", str(WORK / "bench/checkpoint")),
+            *("--dataset", dataset_path(), "--out", out, "--gamma", "5", "--max-steps", str(s.draft_steps)),
+            *("--batch-size", "64", "--max-stored-gib", "24", "--signal-lr-scale", str(scale), "--until-done"),
+            *("--method", *methods),
+        ]
+
+    drafts = str(WORK / "bench_drafts")
+    if s.drafts == "padrec":
+        commands = [train_drafts(drafts, 1, "padrec")]
+    else:  # plus a PAD-Rec head whose signal parameters learn faster (they start switched off)
+        commands = [train_drafts(drafts, 1, *group) for group in ALL_DRAFTS]
+        commands.append(train_drafts(str(WORK / "bench_drafts_signal_lr10"), s.signal_lr_scale, "padrec"))
+    code = ctx.run_parallel(commands)
+    for result in (WORK / "bench_drafts").glob("*/*.json"):
+        shutil.copy(result, WORK / "results" / f"draft_{result.parent.name}_{result.name}")
+    for result in (WORK / "bench_drafts_signal_lr10").glob("padrec/*.json"):
+        shutil.copy(result, WORK / "results" / f"draft_padrec_signal_lr10_{result.name}")
+    return code
+
+
+def job_acceptance(ctx: JobContext) -> int:
+    s = ctx.settings
+    heads = [str(path) for path in sorted((WORK / "bench_drafts").glob("*/draft"))]
+    if (WORK / "bench_drafts_signal_lr10/padrec/draft").exists():
+        heads.append(f"padrec_signal_lr10={WORK / 'bench_drafts_signal_lr10/padrec/draft'}")
+    return ctx.python(
+        "benchmarks.bench_acceptance",
+        *("--target", str(WORK / "bench/checkpoint"), "--dataset", dataset_path(), "--drafts", *heads),
+        *("--users", str(s.accept_users), "--gammas", *map(str, s.accept_gammas), "--batch-size", "128"),
+        *("--out", str(WORK / "results"), "--name", s.accept_name),
+    )
+
+
+def pytest_command(files: tuple[str, ...]) -> list[str]:
+    # -o pythonpath=: pytest.ini puts the repository first on sys.path, which would shadow the installed
+    # package (whose vllm_padrec.kernels setup.py maps in from kernels/)
+    tests = [str(REPO / "tests" / name) for name in files]
+    return [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-v",
+        "-rs",
+        "--tb=short",
+        "-o",
+        "pythonpath=",
+        "-p",
+        "no:cacheprovider",
+        *tests,
+    ]
+
+
+def job_kernel_tests(ctx: JobContext) -> int:
+    return ctx.run(pytest_command(ctx.settings.kernel_tests))
+
+
+def job_gpu_tests(ctx: JobContext) -> int:
+    return ctx.run(pytest_command(ctx.settings.gpu_tests))
+
+
+def model_args(s: Settings) -> list[str]:
+    return ["--target", str(s.checkpoint()), "--draft", str(s.draft()), "--dataset", dataset_path()]
+
+
+def engine_step(ctx: JobContext, name: str, env: dict[str, str]) -> int:
+    s = ctx.settings
+    code = ctx.python(
+        "benchmarks.engine_step",
+        *model_args(s),
+        *("--users", str(s.engine_users), "--concurrency", "64", "--configs", *s.engine_configs),
+        *("--profile", *s.engine_profile, "--name", name, "--out", str(WORK / "results")),
+        env=env,
+    )
+    for config_log in Path("/tmp").glob("engine_step_*.log"):  # engine_step's per-configuration logs
+        shutil.move(config_log, WORK / "logs" / f"{ctx.job}.{config_log.name}")
+    return code
+
+
+def job_engine_step_baseline(ctx: JobContext) -> int:
+    """engine_step.py of the code before the redesign, on that code; the current code reinstalled after."""
+    if not (WORK / "baseline" / "setup.py").exists():
+        log("no .baseline (carry it in the call that starts or checks)")
+        return 2
+    env = {**ctx.env, "PYTHONPATH": python_path(BASELINE, ctx.env)}
+    try:
+        install(WORK / "baseline", BASELINE)
+        return engine_step(ctx, "engine_step_baseline" + ctx.settings.suffix(), env)
+    finally:
+        install(REPO, CURRENT)
+
+
+def job_engine_step(ctx: JobContext) -> int:
+    return engine_step(ctx, "engine_step" + ctx.settings.suffix(), ctx.env)
+
+
+def job_lossless(ctx: JobContext) -> int:
+    s = ctx.settings
+    # the reference decoder's acceptance for the same head and users (bench_acceptance.py, on the bench heads)
+    reference = WORK / "results" / f"acceptance_{s.accept_name}.json"
+    with_reference = s.target == "bench" and reference.exists()
+    codes = []
+    for mode in s.lossless_modes:
+        name, serve_args, extra_env = LOSSLESS_MODES[mode]
+        name += s.suffix()
+        log(f"lossless {mode}: the same users with and without --speculative-model ({name})")
+        env = {**ctx.env, **extra_env, "VLLM_CACHE_ROOT": str(WORK / "cache" / f"lossless_{mode}")}
+        (WORK / "logs" / name).mkdir(exist_ok=True)
+        codes.append(
+            ctx.python(
+                "benchmarks.vllm_lossless",
+                *model_args(s),
+                *("--users", str(s.lossless_users), "--concurrency", "64", "--out", str(WORK / "results")),
+                *(["--reference-acceptance", str(reference)] if with_reference else []),
+                *("--log-dir", str(WORK / "logs" / name), "--name", name, "--", *SERVE_ARGS, *serve_args),
+                env=env,
+            )
+        )
+    return max(codes, default=0)
+
+
+def job_hostile(ctx: JobContext) -> int:
+    return ctx.python("benchmarks.hostile_inputs", *model_args(ctx.settings), "--out", str(WORK / "results"))
+
+
+def job_serve(ctx: JobContext) -> int:
+    checkpoint = str(ctx.settings.checkpoint())
+    return ctx.python(
+        "benchmarks.serve_completions",
+        *("--checkpoint", checkpoint, "--dataset", dataset_path(), "--users", "300", "--out", str(WORK / "results")),
+        *("--", *SERVE_ARGS),
+    )
+
+
+def job_examples(ctx: JobContext) -> int:
+    """The README's examples against a served target with its draft, and bad input that must get 4xx answers."""
+    from vllm_padrec.data import load_dataset
+    from vllm_padrec.testing.server import VllmServer
+
+    s = ctx.settings
+    dataset = load_dataset(dataset_path())
+    history = [dataset.catalog.item_ids[i] for i in dataset.eval_samples("test")[0].history[-8:]]
+    results = WORK / "results"
+    speculative = ["--speculative-model", str(s.draft()), *SERVE_ARGS]
+    with VllmServer(
+        str(s.checkpoint()), speculative, port=8000, env=ctx.env, log_path=ctx.log_path.with_suffix(".serve.log")
+    ) as server:
+        base_url = "--base-url", f"{server.base}/v1"
+        client = [sys.executable, str(REPO / "examples/openai_client.py"), "--checkpoint", str(s.checkpoint())]
+        code = ctx.run([*client, *base_url, "--history", *history])
+        answers = {
+            "recommendations": server.post("/v1/recommendations", json.dumps({"history": history, "num_items": 5}))
+        }
+        bad = {
+            "unknown item": {"history": ["nope"], "num_items": 5},
+            "empty history": {"history": [], "num_items": 5},
+            "too many items": {"history": history[:1], "num_items": 100000},
+        }
+        answers.update({name: server.post("/v1/recommendations", json.dumps(body)) for name, body in bad.items()})
+        answers["healthy after"] = server.healthy()
+    (results / f"examples{s.suffix()}.json").write_text(json.dumps(answers, indent=1, default=str))
+    bad_answered = all(400 <= answers[name][0] < 500 for name in bad) and answers["recommendations"][0] == 200
+    offline = [sys.executable, str(REPO / "examples/offline_vllm.py"), "--target", str(s.checkpoint())]
+    code = max(code, ctx.run([*offline, "--draft", str(s.draft()), "--dataset", dataset_path(), "--users", "3"]))
+    return max(code, 0 if bad_answered and answers["healthy after"] else 1)
+
+
+def job_bench_vllm_mask(ctx: JobContext) -> int:
+    out = ("--out", str(WORK / "results"))
+    return ctx.python(
+        "benchmarks.bench_vllm_mask", "--dataset", dataset_path(), *out, "--iters", "100", "--repeats", "3"
+    )
+
+
+def job_bench_trie(ctx: JobContext) -> int:
+    return ctx.python("benchmarks.bench_trie", "--out", str(WORK / "results"))
+
+
+def job_bench_padrec_kernel(ctx: JobContext) -> int:
+    return ctx.python("benchmarks.bench_padrec_kernel", "--out", str(WORK / "results"))
+
+
+JOBS: dict[str, Job] = {
+    job.name: job
+    for job in (
+        Job("train", job_train),
+        Job("bench_target", job_bench_target),
+        Job("bench_eval", job_bench_eval, needs=("bench_target",)),
+        Job("bench_drafts", job_bench_drafts, needs=("bench_target",)),
+        Job("acceptance", job_acceptance, needs=("bench_drafts",)),
+        Job("kernel_tests", job_kernel_tests, vllm=True),
+        Job("gpu_tests", job_gpu_tests, vllm=True),
+        Job(
+            "engine_step_baseline",
+            job_engine_step_baseline,
+            needs=(DRAFT,),
+            lane=1,
+            vllm=True,
+            installed=None,
+            exclusive=True,
+        ),
+        Job("engine_step", job_engine_step, needs=(DRAFT,), lane=1, vllm=True),
+        Job("lossless", job_lossless, needs=(DRAFT,), lane=1, vllm=True),
+        Job("hostile", job_hostile, needs=(DRAFT,), lane=1, vllm=True),
+        Job("examples", job_examples, needs=(DRAFT,), lane=1, vllm=True),
+        Job("serve", job_serve, needs=(TARGET,), lane=1, vllm=True),
+        Job("bench_vllm_mask", job_bench_vllm_mask, lane=1, vllm=True),
+        Job("bench_trie", job_bench_trie, lane=1),
+        Job("bench_padrec_kernel", job_bench_padrec_kernel, lane=1),
+    )
+}
+CLOSING_CHECK = ("engine_step_baseline", "kernel_tests", "gpu_tests", "lossless", "engine_step")
+
+
+def needs_of(job: str, settings: Settings) -> list[str]:
+    """The jobs ``job`` needs, with the session's target and draft jobs in place of TARGET and DRAFT."""
+    bench = settings.target == "bench"
+    alias = {TARGET: "bench_target" if bench else "train", DRAFT: "bench_drafts" if bench else "train"}
+    return [alias.get(need, need) for need in JOBS[job].needs]
+
+
+# -- state: one JSON file per queued job, and the queue ------------------------------------------------------------
 def state(job: str) -> dict:
-    path = STATUS / f"{job}.json"
-    return json.loads(path.read_text()) if path.exists() else {"state": "not started"}
+    """{"state": queued|running|ok|failed, ...}; a queued or running job whose daemon is gone has failed."""
+    path = WORK / "status" / f"{job}.json"
+    if not path.exists():
+        return {"state": "not started"}
+    record = json.loads(path.read_text())
+    if record["state"] in ("queued", "running") and not alive(record.get("pid")):
+        return {**record, "state": "failed", "reason": "its daemon is gone"}
+    return record
 
 
 def set_state(job: str, **fields) -> None:
-    STATUS.mkdir(parents=True, exist_ok=True)
-    (STATUS / f"{job}.json").write_text(json.dumps(fields))
+    path = WORK / "status" / f"{job}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(fields))
+    temporary.replace(path)  # readers never see half a file
 
 
-def run_logged(command: list[str], log_path: Path, cwd: Path = WORK) -> int:
-    """Run ``command`` with its output in ``log_path``; its exit status, never hidden by a pipe."""
-    log(f"+ {' '.join(command)}  (log: {log_path})")
-    with open(log_path, "w") as out:
-        return subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd).returncode
+def update_state(job: str, **fields) -> None:
+    set_state(job, **{**state(job), **fields})
 
 
-def install_project() -> None:
+def alive(pid: int | None) -> bool:
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def queue() -> list[str]:
+    """The queued jobs, in the order they were queued (a job queued again moves to the end)."""
+    path = WORK / "queue.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def enqueue(jobs: list[str]) -> None:
+    names = [j for j in queue() if j not in jobs] + jobs
+    (WORK / "queue.json").write_text(json.dumps(names))
+
+
+def saved_settings() -> dict:
+    path = WORK / "settings.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def in_dependency_order(jobs: list[str], settings: Settings) -> list[str]:
+    """``jobs`` with each after the named jobs it needs (otherwise in the order given)."""
+    ordered: list[str] = []
+
+    def visit(job: str) -> None:
+        if job not in ordered:
+            for need in needs_of(job, settings):
+                if need in jobs:
+                    visit(need)
+            ordered.append(job)
+
+    for job in jobs:
+        visit(job)
+    return ordered
+
+
+def depends_on(job: str, other: str, settings: Settings) -> bool:
+    """True when ``job`` needs ``other``, directly or through the jobs it needs."""
+    needs = needs_of(job, settings)
+    return other in needs or any(depends_on(need, other, settings) for need in needs)
+
+
+def gpu_count() -> int:
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return 1
+    return max(1, sum(line.startswith("GPU ") for line in listing.splitlines()))
+
+
+def runs_after(job: str, settings: Settings, gpus: int) -> list[str]:
+    """The jobs queued before ``job`` that must end before it starts: those on its GPU, and every one
+    around an exclusive job (a job never waits for one that needs it)."""
+    names = queue()
+    earlier = names[: names.index(job)] if job in names else names
+    lane = JOBS[job].lane
+
+    def shares(other: str) -> bool:
+        same_gpu = gpus < 2 or JOBS[other].lane == lane
+        return same_gpu or JOBS[job].exclusive or JOBS[other].exclusive
+
+    return [other for other in earlier if shares(other) and not depends_on(other, job, settings)]
+
+
+def blocked_by(job: str, settings: Settings, gpus: int) -> tuple[str, str | None]:
+    """("wait", None), ("run", None) or ("fail", reason) for a queued job."""
+    needs = [n for n in needs_of(job, settings) if state(n)["state"] != "not started"]  # never queued: skipped
+    failed = [n for n in needs if state(n)["state"] == "failed"]
+    if failed:
+        return "fail", f"a job it needs failed: {failed}"
+    pending = [n for n in needs if state(n)["state"] != "ok"]
+    pending += [INSTALLING] if JOBS[job].installed and installed() == INSTALLING else []
+    pending += [o for o in runs_after(job, settings, gpus) if state(o)["state"] in ("queued", "running")]
+    return ("wait", None) if pending else ("run", None)
+
+
+def job_environment(job: str, settings: Settings, gpus: int) -> dict[str, str]:
+    code = JOBS[job].installed or CURRENT
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PADREC_DATA_DIR": str(WORK / "data"),
+        "VLLM_CACHE_ROOT": str(WORK / "cache" / job),
+        "PYTHONPATH": python_path(code, os.environ),
+    }
+    if gpus >= 2:
+        env["CUDA_VISIBLE_DEVICES"] = str(JOBS[job].lane)
+    return env
+
+
+def python_path(code: str, env: dict[str, str]) -> str:
+    """Only ``benchmarks`` of the repository (``code``: current) or of .baseline is importable from them, so that
+    the repository's vllm_padrec/ (without kernels/, which setup.py maps in) never shadows the installed one."""
+    folder = WORK / "path" / code
+    folder.mkdir(parents=True, exist_ok=True)
+    source = REPO / "benchmarks" if code == CURRENT else WORK / "baseline" / "benchmarks"
+    link = folder / "benchmarks"
+    if not link.is_symlink() or link.resolve() != source.resolve():
+        link.unlink(missing_ok=True)
+        link.symlink_to(source)
+    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and not p.startswith(str(WORK / "path"))]
+    return os.pathsep.join([str(folder), *rest])
+
+
+def installed() -> str | None:
+    path = WORK / "installed"
+    return path.read_text().strip() if path.exists() else None
+
+
+def install(source: Path, code: str) -> None:
+    """pip-install the project from ``source`` (no dependencies) and record which version is installed."""
+    set_installed(INSTALLING)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # an editable install fails there
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "-q",
-        "--no-deps",
-        "--no-build-isolation",
-        "--force-reinstall",
-        str(REPO),
-    ]
-    subprocess.run(command, check=True, env=env, cwd=WORK)
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--force-reinstall"]
+    log(f"installing the {code} code from {source}")
+    try:
+        subprocess.run([*pip, str(source)], check=True, env=env, cwd=WORK)
+    except subprocess.CalledProcessError:
+        set_installed(f"none (pip failed to install the {code} code)")  # the jobs that wait for it fail
+        raise
+    set_installed(code)
+
+
+def set_installed(code: str) -> None:
+    temporary = WORK / "installed.tmp"
+    temporary.write_text(code)
+    temporary.replace(WORK / "installed")  # readers never see half a file
+
+
+def execute(job: str, settings: Settings, gpus: int) -> int:
+    """Run the job's body in this process; its exit status (an exception counts as 1)."""
+    need = JOBS[job].installed
+    if need is not None and installed() not in (need, None):
+        log(f"{job}: the {installed()} code is installed, it runs on the {need} code")
+        return 1
+    context = JobContext(job, settings, job_environment(job, settings, gpus))
+    for folder in ("logs", "results", "run"):
+        (WORK / folder).mkdir(parents=True, exist_ok=True)
+    try:
+        return JOBS[job].body(context)
+    except Exception as error:  # the daemon reports, never hangs its waiters
+        log(f"{job} raised {type(error).__name__}: {error}")
+        return 1
+
+
+def run_job(job: str) -> None:
+    """A daemon's work: wait until ``job`` may start, run it, record how it ended."""
+    update_state(job, pid=os.getpid())  # from now on, a daemon gone without a word fails the job
+    settings = Settings.from_mapping(state(job).get("settings", {}))
+    gpus = gpu_count()
+    while (verdict := blocked_by(job, settings, gpus))[0] == "wait":
+        time.sleep(POLL_SECONDS)
+    if verdict[0] == "fail":
+        log(f"{job}: {verdict[1]}")
+        update_state(job, state="failed", reason=verdict[1])
+        return
+    started = time.time()
+    gpu = f"GPU {JOBS[job].lane}" if gpus >= 2 else "the GPU"
+    log(f"{job}: running on {gpu}")
+    update_state(job, state="running", started=started)
+    code = execute(job, settings, gpus)
+    update_state(job, state="ok" if code == 0 else "failed", returncode=code, seconds=round(time.time() - started))
+    log(f"{job}: exit {code}")
 
 
 def spawn(job: str) -> None:
-    """Start ``job`` in a daemon that outlives this call (its own session)."""
-    set_state(job, state="queued")
-    with open(WORK / f"{job}.daemon.log", "w") as out:
+    """Start ``job``'s daemon: a process in its own session, which outlives the call."""
+    path = WORK / "logs" / f"{job}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+    with open(path, "a") as out:  # appending, as the commands the job runs do
         subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "_job", job],
             stdout=out,
@@ -111,185 +711,169 @@ def spawn(job: str) -> None:
         )
 
 
-def wait_for(*jobs: str, timeout: float = 3600) -> bool:
-    """True once every job succeeded; False as soon as one failed (or at the timeout)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        states = [state(j)["state"] for j in jobs]
-        if "failed" in states:
-            return False
-        if all(s == "ok" for s in states):
-            return True
-        time.sleep(5)
-    return False
-
-
-# -- jobs (run inside the daemon) -----------------------------------------------------------------
-def job_train() -> int:
-    import torch
-
-    from vllm_padrec.data import load_dataset
-    from vllm_padrec.target.config import get_recipe
-    from vllm_padrec.target.train import train_target
-
-    data = load_dataset(str(WORK / "data" / "beauty_atspeed"))
-    recipe = get_recipe("tiny", **SMALL_TARGET)
-    while not (result := train_target(recipe, data, WORK / "small", device="cuda")).finished:
-        log(f"target: step {result.step} of {result.total_steps}")
-    log(f"target done: {result}")
-    torch.cuda.empty_cache()
-    return run_logged(
-        [
-            sys.executable,
-            "-m",
-            "vllm_padrec.cli",
-            "train-draft",
-            "--target",
-            str(WORK / "small/checkpoint"),
-            "--dataset",
-            str(WORK / "data/beauty_atspeed"),
-            "--out",
-            str(WORK / "drafts"),
-            "--method",
-            "padrec",
-            "--gamma",
-            "5",
-            "--max-steps",
-            "600",
-            "--batch-size",
-            "64",
-            "--until-done",
-        ],
-        WORK / "draft.log",
-    )
-
-
-def job_gpu_tests() -> int:
-    names = os.environ.get("PADREC_GPU_TESTS", "test_integration_gpu.py test_integration_gpu_serve.py").split()
-    tests = [str(REPO / "tests" / name) for name in names]
-    # -o pythonpath=: pytest.ini puts the repository first on sys.path, which would shadow the installed
-    # package (whose vllm_padrec.kernels setup.py maps in from kernels/)
-    return run_logged(
-        [sys.executable, "-m", "pytest", "-v", "-rs", "-o", "pythonpath=", "-p", "no:cacheprovider", *tests],
-        WORK / "gpu_tests.log",
-    )
-
-
-def job_hostile() -> int:
-    return run_logged(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "hostile_inputs.py"),
-            "--target",
-            str(WORK / "small/checkpoint"),
-            "--draft",
-            str(WORK / "drafts/padrec/draft"),
-            "--dataset",
-            str(WORK / "data/beauty_atspeed"),
-            "--out",
-            str(RESULTS),
-        ],
-        WORK / "hostile.log",
-    )
-
-
-# one GPU job at a time: vLLM refuses to start while another process frees GPU memory (its start-up
-# memory check), and the benchmark times requests
-NEEDS = {"train": (), "gpu_tests": ("train",), "hostile": ("train", "gpu_tests")}
-
-
-def run_job(job: str) -> None:
-    needs = [j for j in NEEDS[job] if state(j)["state"] != "not started"]  # ``checks hostile`` skips gpu_tests
-    if not wait_for(*needs):
-        set_state(job, state="failed", reason=f"a job it needs failed: {[(j, state(j)) for j in NEEDS[job]]}")
-        return
-    set_state(job, state="running", started=time.time())
-    started = time.time()
-    try:
-        code = {"train": job_train, "gpu_tests": job_gpu_tests, "hostile": job_hostile}[job]()
-    except Exception as error:  # the daemon reports, never hangs its waiters
-        log(f"{job} raised {type(error).__name__}: {error}")
-        code = 1
-    set_state(job, state="ok" if code == 0 else "failed", returncode=code, seconds=round(time.time() - started))
-
-
-def run_now(job: str) -> int:
-    """Run ``job`` in this call, whatever the state of the jobs it needs (a rerun after a fix)."""
-    started = time.time()
-    code = {"train": job_train, "gpu_tests": job_gpu_tests, "hostile": job_hostile}[job]()
-    set_state(job, state="ok" if code == 0 else "failed", returncode=code, seconds=round(time.time() - started))
-    log(f"{job}: exit {code}")
-    return code
-
-
-# -- phases (one per device call) ----------------------------------------------------------------
-def phase_start() -> int:
-    subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv"], check=False)
-    WORK.mkdir(parents=True, exist_ok=True)
-    RESULTS.mkdir(exist_ok=True)
-    shutil.copytree(REPO / ".gpudata", WORK / "data", dirs_exist_ok=True)
-    install_project()
-    spawn("train")
-    return 0
-
-
-def phase_checks(jobs: list[str]) -> int:
-    unknown = sorted(set(jobs) - set(JOBS))
-    if unknown:
-        print(f"unknown jobs {unknown}; jobs: {list(JOBS)}", file=sys.stderr)
-        return 2
-    install_project()  # over the vLLM kit, so that vLLM finds the entry points
-    for job in jobs or ["gpu_tests", "hostile"]:
+def queue_jobs(jobs: list[str], settings: Settings) -> None:
+    ordered = in_dependency_order(jobs, settings)
+    for job in ordered:  # every state reads "queued", with its settings, before any daemon looks
+        set_state(job, state="queued", settings=dataclasses.asdict(settings))
+    enqueue(ordered)
+    for job in ordered:
         spawn(job)
+
+
+# -- phases (one per device call) ---------------------------------------------------------------------------------
+def check_names(jobs: list[str], vllm_allowed: bool) -> str | None:
+    unknown = [j for j in jobs if j not in JOBS]
+    if unknown:
+        return f"unknown jobs {unknown}; jobs: {list(JOBS)}"
+    if not vllm_allowed and (needing := [j for j in jobs if JOBS[j].vllm]):
+        return f"{needing} need vLLM: queue them with `checks`, after the kit's install"
+    return None
+
+
+def prepare(settings_given: dict) -> Settings:
+    """The call's settings (saved ones, overridden by the call's options, saved for the later calls)."""
+    for folder in ("status", "logs", "results", "run", "data"):
+        (WORK / folder).mkdir(parents=True, exist_ok=True)
+    values = {**saved_settings(), **settings_given}
+    (WORK / "settings.json").write_text(json.dumps(values))
+    if (REPO / ".gpudata").is_dir():
+        shutil.copytree(REPO / ".gpudata", WORK / "data", dirs_exist_ok=True)
+    if (REPO / ".baseline").is_dir() and installed() != BASELINE:
+        shutil.copytree(REPO / ".baseline", WORK / "baseline", dirs_exist_ok=True)
+    return Settings.from_mapping(values)
+
+
+def phase_start(jobs: list[str], settings_given: dict) -> int:
+    jobs = jobs or ["train"]
+    if problem := check_names(jobs, vllm_allowed=False):
+        print(problem, file=sys.stderr)
+        return 2
+    if shutil.which("nvidia-smi"):
+        subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv"], check=False)
+    settings = prepare(settings_given)
+    install(REPO, CURRENT)
+    queue_jobs(jobs, settings)
     return phase_status()
 
 
+def phase_checks(jobs: list[str], settings_given: dict) -> int:
+    jobs = jobs or list(CLOSING_CHECK)
+    if problem := check_names(jobs, vllm_allowed=True):
+        print(problem, file=sys.stderr)
+        return 2
+    if installed() == BASELINE:
+        print("engine_step_baseline has .baseline installed: queue the jobs once it ended", file=sys.stderr)
+        return 1
+    settings = prepare(settings_given)
+    install(REPO, CURRENT)  # over the vLLM kit, so that vLLM finds the entry points
+    queue_jobs(jobs, settings)
+    return phase_status()
+
+
+def phase_run(jobs: list[str], settings_given: dict) -> int:
+    """Run ``jobs`` now, in this call, whatever the state of the jobs they need (a rerun after a fix)."""
+    if problem := check_names(jobs, vllm_allowed=True):
+        print(problem, file=sys.stderr)
+        return 2
+    settings = prepare(settings_given)
+    enqueue(jobs)
+    worst = 0
+    for job in jobs:
+        started = time.time()
+        set_state(job, state="running", settings=dataclasses.asdict(settings), pid=os.getpid(), started=started)
+        code = execute(job, settings, gpu_count())
+        update_state(job, state="ok" if code == 0 else "failed", returncode=code, seconds=round(time.time() - started))
+        log(f"{job}: exit {code}")
+        print_tail(WORK / "logs" / f"{job}.log", 20)
+        worst = max(worst, code)
+    return worst
+
+
+def print_tail(path: Path, lines: int) -> None:
+    if path.exists():
+        text = path.read_text(errors="replace").splitlines()
+        print(
+            f"--- {path.name} (last {min(lines, len(text))} of {len(text)} lines)", *text[-lines:], sep="\n", flush=True
+        )
+
+
 def phase_status() -> int:
-    for job in JOBS:
-        log(f"{job}: {state(job)}")
-    for name in ("train.daemon.log", "draft.log", "gpu_tests.log", "hostile.log"):
-        path = WORK / name
-        if path.exists():
-            lines = path.read_text(errors="replace").splitlines()
-            print(f"--- {name} (last 6 of {len(lines)} lines)\n" + "\n".join(lines[-6:]), flush=True)
+    for job in queue():
+        log(f"{job}: { ({k: v for k, v in state(job).items() if k != 'settings'}) }")
+    for job in queue():
+        print_tail(WORK / "logs" / f"{job}.log", 6)
     return 0
 
 
 def phase_wait(seconds: float) -> int:
     deadline = time.time() + seconds
-    while time.time() < deadline and any(state(j)["state"] in ("queued", "running") for j in JOBS):
-        time.sleep(10)
+    while time.time() < deadline and any(state(j)["state"] in ("queued", "running") for j in queue()):
+        time.sleep(POLL_SECONDS)
     phase_status()
-    out = Path(os.environ.get("OUT", WORK / "out"))
-    out.mkdir(parents=True, exist_ok=True)
-    for path in [*RESULTS.glob("*"), *(WORK / n for n in ("gpu_tests.log", "hostile.log", "draft.log"))]:
-        if path.is_file():
-            shutil.copy(path, out / path.name)
-    failed = [j for j in JOBS if state(j)["state"] == "failed"]
-    pending = [j for j in JOBS if state(j)["state"] in ("queued", "running")]
+    collect(Path(os.environ.get("OUT", WORK / "out")))
+    failed = [j for j in queue() if state(j)["state"] == "failed"]
+    pending = [j for j in queue() if state(j)["state"] in ("queued", "running")]
     log(f"failed: {failed or 'none'}; still running: {pending or 'none'}")
     return 1 if failed else 0
 
 
+def collect(out: Path) -> None:
+    """status.json, results.tgz (the results folder) and logs.tgz (each log's last MAX_LOG_BYTES) into ``out``:
+    the device machine sends back at most 8 files, none over 16 MiB."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "status.json").write_text(json.dumps({job: state(job) for job in queue()}, indent=1))
+    with tarfile.open(out / "results.tgz", "w:gz") as archive:
+        if (WORK / "results").is_dir():
+            archive.add(WORK / "results", arcname="results")
+    with tarfile.open(out / "logs.tgz", "w:gz") as archive:
+        for path in sorted((WORK / "logs").rglob("*")) if (WORK / "logs").is_dir() else []:
+            if path.is_file():
+                with open(path, "rb") as handle:
+                    handle.seek(max(0, path.stat().st_size - MAX_LOG_BYTES))
+                    tail = handle.read()
+                info = tarfile.TarInfo(f"logs/{path.relative_to(WORK / 'logs')}")
+                info.size, info.mtime = len(tail), int(path.stat().st_mtime)
+                archive.addfile(info, io.BytesIO(tail))
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    phases = top.add_subparsers(dest="phase", required=True, metavar="PHASE")
+    job_help = f"jobs: {', '.join(JOBS)}"
+    for name, about, default in (
+        ("start", "install the project, copy the data, queue jobs that need no vLLM", "train"),
+        ("checks", "reinstall over the vLLM kit and queue jobs", " ".join(CLOSING_CHECK)),
+        ("run", "run jobs now, in this call, whatever the jobs they need did", None),
+    ):
+        phase = phases.add_parser(name, help=about, description=about)
+        phase.add_argument(
+            "jobs", nargs="+" if default is None else "*", metavar="JOB", help=f"{job_help} (default: {default})"
+        )
+        add_settings(phase)
+    phases.add_parser("status", help="each queued job's state and its log's last lines")
+    wait = phases.add_parser("wait", help="block for the queued jobs, then copy results and logs to $OUT")
+    wait.add_argument("seconds", nargs="?", type=float, default=540, help="at most this long (default 540)")
+    phases.add_parser("_job").add_argument("job")  # a daemon (internal)
+    return top
+
+
 def main(argv: list[str]) -> int:
-    if not argv:
-        print(__doc__)
-        return 2
-    phase, rest = argv[0], argv[1:]
-    if phase == "_job":
-        run_job(rest[0])
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse: 2 for a usage error, 0 for --help
+        return int(exit_.code or 0)
+    given = {k: v for k, v in vars(args).items() if k not in ("phase", "jobs", "seconds", "job")}
+    if args.phase == "_job":
+        if gpu_count() >= 2:  # for the work a job does in this process (train)
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(JOBS[args.job].lane)
+        run_job(args.job)
         return 0
-    phases = {
-        "start": phase_start,
-        "checks": lambda: phase_checks(rest),
-        "status": phase_status,
-        "run": lambda: max([0, *(run_now(job) for job in rest)]),
-        "wait": lambda: phase_wait(float(rest[0]) if rest else 540),
-    }
-    if phase not in phases:
-        print(f"unknown phase {phase!r}; phases: {sorted(phases)}", file=sys.stderr)
-        return 2
-    return phases[phase]()
+    if args.phase == "status":
+        return phase_status()
+    if args.phase == "wait":
+        return phase_wait(args.seconds)
+    phase = {"start": phase_start, "checks": phase_checks, "run": phase_run}[args.phase]
+    return phase(args.jobs, given)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,303 @@
+"""benchmarks/gpu_session.py without a GPU and without vLLM: fake jobs, run by threads in place of daemons.
+
+The order of jobs (needs, GPU lanes, the exclusive job), how failures travel to dependents, the exit
+statuses of the phases, the settings kept between calls, and what ``wait`` sends back.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks import gpu_session as gs
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Session:
+    """A session on a temporary work folder, whose daemons are threads and whose jobs are fakes."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, gpus: int = 1) -> None:
+        self.work = tmp_path / "work"
+        self.out = tmp_path / "out"
+        self.ran: list[str] = []  # job bodies, in the order they started
+        self.threads: list[threading.Thread] = []
+        monkeypatch.setattr(gs, "WORK", self.work)
+        monkeypatch.setattr(gs, "POLL_SECONDS", 0.01)
+        monkeypatch.setattr(gs, "JOBS", {})
+        monkeypatch.setattr(gs, "gpu_count", lambda: gpus)
+        monkeypatch.setattr(gs, "install", self.install)
+        monkeypatch.setattr(gs, "spawn", self.spawn)
+        monkeypatch.setattr(gs, "REPO", tmp_path / "repo")  # no .gpudata, no .baseline
+        monkeypatch.setenv("OUT", str(self.out))
+        self.installs: list[str] = []
+
+    def install(self, source: Path, code: str) -> None:
+        self.installs.append(code)
+        gs.set_installed(code)
+
+    def spawn(self, job: str) -> None:
+        thread = threading.Thread(target=gs.run_job, args=(job,), daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def job(self, name: str, code: int = 0, **fields) -> None:
+        """A fake job that records that it ran and exits with ``code`` (raises when ``code`` is an exception)."""
+
+        def body(ctx: gs.JobContext) -> int:
+            self.ran.append(name)
+            if isinstance(code, Exception):
+                raise code
+            return code
+
+        gs.JOBS[name] = gs.Job(name, fields.pop("body", body), **fields)
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join(timeout=20)
+            assert not thread.is_alive(), "a job's daemon never ended"
+
+
+@pytest.fixture
+def session(monkeypatch, tmp_path) -> Session:
+    return Session(monkeypatch, tmp_path)
+
+
+def test_a_failed_job_fails_its_dependents_and_wait_exits_1(session):
+    session.job("train", code=1)
+    session.job("lossless", needs=("train",), lane=1)
+    session.job("hostile", needs=("lossless",), lane=1)
+    assert gs.main(["checks", "train", "lossless", "hostile"]) == 0
+    assert gs.main(["wait", "20"]) == 1
+    session.join()
+    assert session.ran == ["train"]
+    assert gs.state("train")["returncode"] == 1
+    for job in ("lossless", "hostile"):
+        assert gs.state(job)["state"] == "failed"
+        assert "a job it needs failed" in gs.state(job)["reason"]
+
+
+def test_a_job_that_succeeds_lets_its_dependents_run(session):
+    session.job("train")
+    session.job("lossless", needs=("train",), lane=1)
+    session.job("engine_step", needs=("train",), lane=1)
+    # named in the wrong order: queued after the jobs they need
+    assert gs.main(["checks", "engine_step", "lossless", "train"]) == 0
+    assert gs.main(["wait", "20"]) == 0
+    session.join()
+    assert session.ran[0] == "train" and sorted(session.ran) == ["engine_step", "lossless", "train"]
+    assert all(gs.state(job)["state"] == "ok" for job in session.ran)
+
+
+def test_a_job_that_raises_has_failed(session):
+    session.job("train", code=RuntimeError("out of memory"))
+    session.job("gpu_tests", lane=0)
+    assert gs.main(["checks", "train", "gpu_tests"]) == 0
+    assert gs.main(["wait", "20"]) == 1
+    session.join()
+    assert gs.state("train")["state"] == "failed" and gs.state("gpu_tests")["state"] == "ok"
+
+
+def test_unknown_jobs_and_phases_are_refused_with_exit_2(session):
+    session.job("train")
+    session.job("gpu_tests", vllm=True)
+    assert gs.main(["checks", "train", "nope"]) == 2
+    assert gs.main(["run", "nope"]) == 2
+    assert gs.main(["start", "gpu_tests"]) == 2  # needs vLLM: not before the kit's install
+    assert gs.main(["frobnicate"]) == 2
+    assert gs.main(["checks", "--target", "huge"]) == 2
+    assert session.ran == [] and gs.queue() == []
+
+
+def test_a_need_never_queued_is_skipped(session):
+    session.job("train")
+    session.job("gpu_tests")
+    session.job("hostile", needs=("train", "gpu_tests"), lane=1)
+    assert gs.main(["checks", "train"]) == 0
+    assert gs.main(["wait", "20"]) == 0
+    assert gs.main(["checks", "hostile"]) == 0  # gpu_tests was never queued
+    assert gs.main(["wait", "20"]) == 0
+    session.join()
+    assert session.ran == ["train", "hostile"]
+
+
+def test_on_one_gpu_jobs_run_one_at_a_time_in_queue_order(session):
+    active, most = [], [0]
+
+    def body(name):
+        def run(ctx):
+            active.append(name)
+            most[0] = max(most[0], len(active))
+            time.sleep(0.05)
+            active.remove(name)
+            session.ran.append(name)
+            return 0
+
+        return run
+
+    for name, lane in (("gpu_tests", 0), ("lossless", 1), ("engine_step", 1)):
+        session.job(name, lane=lane, body=body(name))
+    assert gs.main(["checks", "gpu_tests", "lossless", "engine_step"]) == 0
+    assert gs.main(["wait", "20"]) == 0
+    session.join()
+    assert most[0] == 1
+    assert session.ran == ["gpu_tests", "lossless", "engine_step"]
+
+
+def test_on_two_gpus_the_lanes_run_side_by_side_on_their_gpu(monkeypatch, tmp_path):
+    session = Session(monkeypatch, tmp_path, gpus=2)
+    lane1_started = threading.Event()
+    devices = {}
+
+    def gpu_tests(ctx):  # ends only if lossless runs meanwhile, on the other GPU
+        devices["gpu_tests"] = ctx.env["CUDA_VISIBLE_DEVICES"]
+        return 0 if lane1_started.wait(timeout=10) else 1
+
+    def lossless(ctx):
+        devices["lossless"] = ctx.env["CUDA_VISIBLE_DEVICES"]
+        lane1_started.set()
+        return 0
+
+    session.job("gpu_tests", lane=0, body=gpu_tests)
+    session.job("lossless", lane=1, body=lossless)
+    assert gs.main(["checks", "gpu_tests", "lossless"]) == 0
+    assert gs.main(["wait", "20"]) == 0
+    session.join()
+    assert devices == {"gpu_tests": "0", "lossless": "1"}
+
+
+def test_the_exclusive_job_runs_alone_and_reinstalls_before_the_jobs_after_it(monkeypatch, tmp_path):
+    session = Session(monkeypatch, tmp_path, gpus=2)
+    events = []
+
+    def baseline(ctx):  # as engine_step_baseline: another version installed while it runs
+        session.install(Path("baseline"), gs.BASELINE)
+        events.append("baseline start")
+        time.sleep(0.1)
+        events.append("baseline end")
+        session.install(Path("repo"), gs.CURRENT)
+        return 0
+
+    def record(name):
+        def run(ctx):
+            events.append(name)
+            return 0
+
+        return run
+
+    session.job("train", body=record("train"))
+    session.job("engine_step_baseline", lane=1, needs=("train",), installed=None, exclusive=True, body=baseline)
+    session.job("gpu_tests", lane=0, body=record("gpu_tests"))
+    session.job("engine_step", lane=1, needs=("train",), body=record("engine_step"))
+    assert gs.main(["start", "train"]) == 0
+    assert gs.main(["checks", "engine_step_baseline", "gpu_tests", "engine_step"]) == 0
+    assert gs.main(["wait", "20"]) == 0
+    session.join()
+    assert events[:3] == ["train", "baseline start", "baseline end"]
+    assert session.installs == [gs.CURRENT, gs.CURRENT, gs.BASELINE, gs.CURRENT]  # start, checks, the job's two
+    assert sorted(events[3:]) == ["engine_step", "gpu_tests"]
+
+
+def test_a_job_refuses_to_run_on_another_installed_version(session):
+    session.job("engine_step", lane=1)
+    (session.work).mkdir(parents=True)
+    (session.work / "installed").write_text(gs.BASELINE)
+    assert gs.main(["run", "engine_step"]) == 1
+    assert session.ran == [] and gs.state("engine_step")["state"] == "failed"
+    assert gs.main(["checks", "engine_step"]) == 1  # nor is anything queued meanwhile
+
+
+def test_run_runs_now_whatever_its_needs_did(session):
+    session.job("train", code=1)
+    session.job("lossless", needs=("train",), lane=1, code=0)
+    session.job("hostile", needs=("train",), lane=1, code=3)
+    assert gs.main(["checks", "train", "lossless"]) == 0
+    assert gs.main(["wait", "20"]) == 1
+    assert gs.main(["run", "lossless"]) == 0
+    assert gs.main(["run", "lossless", "hostile"]) == 3
+    session.join()
+    assert session.ran == ["train", "lossless", "lossless", "hostile"]
+
+
+def test_a_job_whose_daemon_is_gone_has_failed(session):
+    gs.set_state("train", state="running", pid=2**22 + 12345)  # above Linux's largest pid
+    gs.enqueue(["train"])
+    assert gs.state("train")["state"] == "failed"
+
+
+def test_settings_hold_for_later_calls_and_a_calls_own_win(session):
+    seen = []
+    session.job("train", body=lambda ctx: seen.append(ctx.settings) or 0)
+    assert gs.main(["start", "train", "--draft-steps", "5", "--lossless-modes", "fp32", "bf16"]) == 0
+    assert gs.main(["wait", "20"]) == 0
+    assert gs.main(["checks", "train", "--draft-steps", "7"]) == 0
+    assert gs.main(["wait", "20"]) == 0
+    session.join()
+    assert [(s.draft_steps, s.lossless_modes) for s in seen] == [(5, ("fp32", "bf16")), (7, ("fp32", "bf16"))]
+    assert seen[0].engine_users == gs.Settings().engine_users
+
+
+def test_wait_sends_back_status_results_and_log_tails(session, monkeypatch):
+    monkeypatch.setattr(gs, "MAX_LOG_BYTES", 100)
+
+    def train(ctx):
+        (gs.WORK / "results" / "vllm_lossless_small.md").write_text("0 of 500 lists differ")
+        ctx.log_path.write_text("x" * 1000 + "the end")
+        return 0
+
+    session.job("train", body=train)
+    assert gs.main(["checks", "train"]) == 0
+    assert gs.main(["wait", "20"]) == 0
+    session.join()
+    assert sorted(p.name for p in session.out.iterdir()) == ["logs.tgz", "results.tgz", "status.json"]
+    assert json.loads((session.out / "status.json").read_text())["train"]["state"] == "ok"
+    with tarfile.open(session.out / "results.tgz") as archive:
+        assert archive.extractfile("results/vllm_lossless_small.md").read() == b"0 of 500 lists differ"
+    with tarfile.open(session.out / "logs.tgz") as archive:
+        tail = archive.extractfile("logs/train.log").read()
+    assert len(tail) == 100 and tail.endswith(b"the end")
+
+
+def test_the_session_target_decides_what_the_draft_jobs_need():
+    assert gs.needs_of("lossless", gs.Settings()) == ["train"]
+    assert gs.needs_of("lossless", gs.Settings(target="bench")) == ["bench_drafts"]
+    assert gs.needs_of("serve", gs.Settings(target="bench")) == ["bench_target"]
+    assert gs.needs_of("engine_step_baseline", gs.Settings()) == ["train"]
+
+
+def test_every_job_is_documented_and_every_phase_has_help(capsys):
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## GPU machine") :]
+    section = section[: section.index("\n## ", 3)]
+    for job in gs.JOBS:
+        assert f"    {job} " in gs.__doc__, job
+        assert f"`{job}`" in section, job
+    for job in gs.CLOSING_CHECK:
+        assert job in gs.JOBS
+    for phase in ("start", "checks", "run", "status", "wait"):
+        assert gs.main([phase, "--help"]) == 0
+    assert "--lossless-users" in capsys.readouterr().out
+
+
+def test_a_job_waits_while_pip_installs_and_fails_after_a_failed_install(session):
+    session.job("lossless", lane=1)
+    session.job("engine_step", lane=1)
+    gs.prepare({})
+    gs.set_installed(gs.INSTALLING)
+    gs.queue_jobs(["lossless"], gs.Settings())
+    time.sleep(0.2)
+    assert gs.state("lossless")["state"] == "queued" and session.ran == []
+    gs.set_installed(gs.CURRENT)
+    session.join()
+    assert session.ran == ["lossless"]
+    gs.set_installed("none (pip failed to install the current code)")
+    assert gs.main(["run", "engine_step"]) == 1 and session.ran == ["lossless"]
+
+
+def test_a_command_killed_by_a_signal_reads_as_the_shell_says():
+    assert [gs.exit_status(code) for code in (0, 1, -9, -15)] == [0, 1, 137, 143]
