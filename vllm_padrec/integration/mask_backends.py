@@ -27,7 +27,7 @@ class MaskShapes:
     """What a mask call of one runner looks like: its catalog, settings table and sizes."""
 
     tables: CatalogTables
-    settings: torch.Tensor  # [max_num_reqs, NUM_FIELDS] int32, the settings table
+    settings: torch.Tensor  # [max_num_reqs, NUM_FIELDS + X] int32, the settings table (X = max_exclude_items)
     max_drafts: int  # K = num_speculative_tokens (0 without speculation)
     width: int  # W = max_list_items * P
     vocab_size: int  # logits columns

@@ -44,8 +44,7 @@ class CatalogTables:
         leaf_codes = torch.from_numpy(catalog.codes).to(device)[trie.leaf_item.long()]  # [N, L] in leaf order
         stride = torch.tensor(span[1:], dtype=torch.long, device=device)  # [L]
         V, L = layout.vocab_size, layout.num_slots
-        token_slot = torch.full((V + 1,), layout.other_slot, dtype=torch.long)
-        token_slot[:V] = torch.from_numpy(layout.slot_table())
+        token_slot = torch.from_numpy(layout.slot_table(V + 1))  # [V + 1]; row V (ids >= V) is "other"
         token_code = torch.full((V + 1,), -1, dtype=torch.long)
         for slot, size in enumerate(sizes):
             start = layout.code_offset(slot)

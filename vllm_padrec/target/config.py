@@ -7,7 +7,7 @@ A recipe is a frozen, self-validating dataclass; ``RECIPES`` holds the presets:
 - ``bench``: shaped like Qwen2.5-1.5B (hidden 1536, 28 layers, 12 query / 2 KV heads, MLP 8960;
   about 1.31B parameters with our ~1k-token vocabulary), trained from scratch on beauty_atspeed on one
   H200 in about 10 minutes, validated every 1/6 epoch and stopped early on the validation loss (the
-  measured arithmetic is in the ``epochs`` comment of ``BENCH``, the reasons above its dropout).
+  measurements behind its values: ``benchmarks/results/bench_target_recipe.md``).
 
     recipe = get_recipe("tiny", epochs=4)      # a preset with fields overridden
     recipe.num_parameters(vocab_size=1088)     # parameter count from the shape, no allocation
@@ -202,7 +202,7 @@ class TargetRecipe:
         least 4 hidden-wide values per token and layer (the inputs of both norms, the attention's
         output, its o_proj input) and 2 intermediate-wide ones (the MLP's gate and up projections),
         ``activation_bytes`` each (4 in fp32, 2 under bf16 autocast), plus the logits and their
-        gradient in fp32. The bench recipe measured 68 GiB on the H200 where this gives 44 GiB.
+        gradient in fp32: a lower bound (bench_target_recipe.md compares it with a measured peak).
         """
         per_token = self.num_layers * (4 * self.hidden_size + 2 * self.intermediate_size) * activation_bytes
         per_token += 2 * vocab_size * 4
@@ -281,17 +281,9 @@ BENCH = TargetRecipe(
     num_kv_heads=2,
     intermediate_size=8960,
     max_position_embeddings=512,
-    # 1.31B parameters for 122k training interactions: the model memorises the (heavily overlapping)
-    # sliding windows. Trained 3 epochs at lr 3e-4 without dropout, it reached a training loss of ~0.2
-    # and a test beam Recall@10 of 0.008 (benchmarks/results/target_beauty.json), no better than
-    # recommending the 10 most popular training items (0.0087). Hence dropout, a lower lr, a 2-epoch
-    # horizon and early stopping on the validation loss. CPU study (hidden 128, 2 layers, lr 3e-3,
-    # 6-epoch horizon; test = beam Recall@10 over all 3,553 test users): without dropout the
-    # validation loss was lowest at epoch 2, where early stopping kept 0.0139, against 0.0082 at
-    # epoch 4.9 without it; with dropout 0.1 and wd 0.1 the validation loss still fell at epoch 6
-    # (0.0162). At 1.31B on the H200 (2026-11-22, benchmarks/results/bench_target_val.json): the
-    # validation loss was lowest at step 804 (epoch 1), the run stopped early at step 1,340, and the
-    # kept weights score test beam Recall@10 0.0137 (target_beauty.json), against 0.008 before.
+    # 1.31B parameters for 122k training interactions memorise the overlapping sliding windows: dropout,
+    # a low lr, a 2-epoch horizon and early stopping on the validation loss keep the weights that
+    # generalise (the runs behind these values: benchmarks/results/bench_target_recipe.md)
     attention_dropout=0.1,
     hidden_dropout=0.1,
     max_history=20,
@@ -302,21 +294,10 @@ BENCH = TargetRecipe(
     # AdamW's decoupled decay shrinks the weights by exp(-sum of lr * wd) = ~2% over this run: a
     # standard value that barely regularises at this step count; dropout and early stopping do.
     weight_decay=0.1,
-    # 128 examples per step: the longest batches (128 x 151 tokens) peak at 68 GiB on an H200
-    # (measured); 256 runs out of its 140 GiB.
+    # 128 examples per step: the largest that fits an H200 (memory: bench_target_recipe.md)
     batch_size=128,
-    # Time on one H200: beauty_atspeed gives 102,858 list-wise examples (H=20, N=10) holding 5.23M
-    # tokens (mean 51, max 151) = 804 steps per epoch. A 1.31B-parameter model costs 6 * 1.31e9 =
-    # 7.9 GFLOP per trained token, 4.1e16 FLOP per epoch. Measured (2026-11-22, H200, torch 2.11,
-    # transformers 5.17, bf16 autocast, SDPA, fused AdamW, batch 128 of ~60 tokens): 36.5k tokens/s,
-    # 0.21 s per step, 29% of the 989 TFLOP/s bf16 peak. Beauty's shorter sequences make smaller
-    # matmuls, so count ~33k tokens/s: ~160 s per epoch (dropout adds elementwise kernels: estimate
-    # ~5% more). 2 epochs = 1,608 steps = ~5.5-6 minutes of steps, plus 12 validations (eval_every
-    # below), each a forward pass over 2,048 prompts of ~35 tokens + one item (16 batches, ~2 s) and a
-    # top-10 beam search over them (28 length buckets of <= 128 prompts x 4 model calls, ~5 s), plus
-    # ~4 s to write best/ (2.6 GB of bf16) when the loss improved: <= 2.2 minutes. With start-up, the
-    # state saves (save_every_minutes, time_budget_minutes) and the final move: ~9-10 minutes, less
-    # when early stopping ends the run first.
+    # 2 epochs of beauty_atspeed (1,608 steps) plus validations fit about 10 minutes on one H200
+    # (the arithmetic and its measurements: bench_target_recipe.md)
     epochs=2.0,
     grad_clip=1.0,
     bucket_batches=64,
