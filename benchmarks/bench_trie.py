@@ -46,12 +46,11 @@ import sys
 import time
 
 from vllm_padrec.plotting import pyplot
+from vllm_padrec.testing.catalogs import CODEBOOK, FIRST_CODES, NUM_SLOTS, synthetic_codes
+from vllm_padrec.testing.timing import time_ms
 
 SIZES = (10_000, 100_000, 1_000_000)
 BATCHES = (1, 64)
-NUM_SLOTS = 4
-CODEBOOK = 256
-FIRST_CODES = 200  # distinct values of the first code
 NUM_BANNED = 20  # history items banned per row in the no_repeat runs
 MAX_BANNED = 64
 MODES = ("eager", "graph", "compiled")
@@ -61,21 +60,6 @@ STATIC_MS = 0.033  # STATIC (arXiv 2602.22647), for reference
 JSON_NAME = "trie.json"
 MD_NAME = "trie.md"
 PNG_NAME = "trie.png"
-
-
-def synthetic_codes(num_items: int, seed: int = 0):
-    """[N, 4] distinct SIDs: first code from FIRST_CODES values, the rest uniform over 256."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    rows = np.zeros((0, NUM_SLOTS), dtype=np.int64)
-    while len(rows) < num_items:
-        extra = int((num_items - len(rows)) * 1.05) + 16
-        fresh = np.stack(
-            [rng.integers(0, FIRST_CODES, extra)] + [rng.integers(0, CODEBOOK, extra) for _ in range(NUM_SLOTS - 1)], 1
-        )
-        rows = np.unique(np.concatenate([rows, fresh]), axis=0)
-    return rows[rng.permutation(len(rows))[:num_items]]  # catalog order is not SID order
 
 
 def eager_iters(iters: int) -> int:
@@ -97,37 +81,6 @@ def check_same(got, expected, what: str) -> None:
             check_same(g, e, what)
     elif not torch.equal(got, expected):
         raise AssertionError(f"{what}: the compiled output differs from the eager one")
-
-
-def time_ms(fn, iters: int, repeats: int, graph: bool) -> float:
-    """Median over ``repeats`` of the mean time per call (ms), eagerly or as CUDA-graph replays."""
-    import torch
-
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm-up (also what graph capture requires)
-        for _ in range(5):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    run = fn
-    if graph:
-        cuda_graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(cuda_graph):
-            fn()
-        run = cuda_graph.replay
-        for _ in range(5):
-            run()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            run()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / iters)
-    return statistics.median(times)
 
 
 def bench_catalog(num_items: int, args) -> tuple[dict, list[dict]]:

@@ -26,7 +26,7 @@ of a speculative engine step with B requests and K draft tokens:
   default), verification launched plainly, the draft call replayed from a CUDA graph; checked
   against the eager masks.
 
-Catalogs: the dataset's (Beauty, 12k items) and a synthetic 1M-item catalog (``bench_trie``'s
+Catalogs: the dataset's (Beauty, 12k items) and a synthetic 1M-item catalog (``vllm_padrec.testing.catalogs``'
 generator). Each request holds a partial list of real items (random length, no repeats), the drafts
 are that list's next tokens, so every row takes the valid-prefix path. Settings: 10 items per list,
 no-repeat on. Times are medians of ``--repeats`` means over ``--iters`` calls (CUDA events).
@@ -40,9 +40,10 @@ import functools
 import json
 import sys
 
-from benchmarks.bench_trie import synthetic_codes, time_ms
 from vllm_padrec.plotting import pyplot
+from vllm_padrec.testing.catalogs import synthetic_codes
 from vllm_padrec.testing.mask_inputs import LIST_ITEMS, MAX_NUM_REQS, make_inputs, same_as_eager
+from vllm_padrec.testing.timing import time_ms
 
 BATCHES = (1, 8, 32, 64, 128)
 NUM_DRAFTS = (3, 5)

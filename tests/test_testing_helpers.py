@@ -21,13 +21,9 @@ from vllm_padrec.testing.results import write_results
 from vllm_padrec.testing.stats import percentile
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = (
-    "bench_acceptance",
-    "bench_padrec_kernel",
-    "engine_step",
-    "hostile_inputs",
-    "serve_completions",
-    "vllm_lossless",
+# every benchmark script (the orchestrator, gpu_session.py, is tested in test_gpu_session.py)
+BENCHMARKS = tuple(
+    sorted(p.stem for p in (REPO / "benchmarks").glob("*.py") if p.stem not in ("__init__", "gpu_session"))
 )
 
 
@@ -136,6 +132,20 @@ def test_a_benchmark_imports_no_other_benchmark(name):
     imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
     imported += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
     assert [module for module in imported if module.split(".")[0] == "benchmarks"] == []
+    assert [module for module in imported if module == "vllm_padrec.cli"] == []  # nor the CLI
+
+
+def test_every_benchmark_is_covered():
+    assert {"bench_trie", "bench_vllm_mask", "vllm_lossless", "engine_step"} <= set(BENCHMARKS)
+
+
+def test_synthetic_catalog_codes_are_distinct_and_in_range():
+    from vllm_padrec.testing.catalogs import CODEBOOK, FIRST_CODES, NUM_SLOTS, synthetic_codes
+
+    codes = synthetic_codes(5_000, seed=3)
+    assert codes.shape == (5_000, NUM_SLOTS) and len({tuple(row) for row in codes.tolist()}) == 5_000
+    assert 0 <= codes[:, 0].min() and codes[:, 0].max() < FIRST_CODES and codes[:, 1:].max() < CODEBOOK
+    assert (synthetic_codes(5_000, seed=3) == codes).all()  # the seed fixes the catalog
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
