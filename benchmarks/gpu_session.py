@@ -71,6 +71,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -628,8 +629,12 @@ def python_path(code: str, env: dict[str, str]) -> str:
     source = REPO / "benchmarks" if code == CURRENT else WORK / "baseline" / "benchmarks"
     link = folder / "benchmarks"
     if not link.is_symlink() or link.resolve() != source.resolve():
-        link.unlink(missing_ok=True)
-        link.symlink_to(source)
+        # two lanes may start at once: link under a name of this process's own, then rename over the old
+        # link in one step (os.replace), so that neither sees a missing link nor fails on an existing one
+        fresh = folder / f".benchmarks.{os.getpid()}.{threading.get_ident()}"
+        fresh.unlink(missing_ok=True)
+        fresh.symlink_to(source)
+        os.replace(fresh, link)
     rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and not p.startswith(str(WORK / "path"))]
     return os.pathsep.join([str(folder), *rest])
 
