@@ -136,6 +136,7 @@ def test_hostile_completions_get_400_and_never_reach_the_engine(folder, loop, ca
     loop.lists.add_request = lambda *args: calls.append(args)
     status, message = completions(server(folder), case.render(MODEL, prompt_text(), []), loop)
     assert status in case.statuses, (status, message)
+    assert case.says in (message or ""), (case.says, message)
     assert calls == []
 
 
@@ -174,6 +175,72 @@ def test_constraint_on_a_model_runner_v1_server_is_refused(folder, loop):
     assert status == 400 and "Model Runner V1" in message and "'medusa'" in message
 
 
+# -- top-K: parsed in full, then refused until the engine serves it ------------------------------------
+TOPK = {"padrec_constraint": 1, "padrec_topk": 10}
+
+
+def test_a_well_formed_topk_request_is_refused_before_the_engine(folder, loop):
+    from vllm.exceptions import VLLMValidationError
+    from vllm.sampling_params import SamplingParams
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    calls = []
+    loop.lists.add_request = lambda *args: calls.append(args)
+    body = {"model": MODEL, "prompt": prompt_text(), "max_tokens": 8, "vllm_xargs": TOPK}
+    status, message = completions(server(folder), json.dumps(body), loop)
+    assert status == 400 and "padrec_topk is not served by this build yet" in message
+    assert calls == []
+    processor = SimpleNamespace(vllm_config=server(folder))
+    params = SamplingParams(max_tokens=8, extra_args=TOPK)
+    with pytest.raises(VLLMValidationError, match="not served by this build yet") as error:
+        InputProcessor.process_inputs(processor, "r1", {"prompt_token_ids": prompt_ids()}, params, ("generate",))
+    assert error.value.parameter == "vllm_xargs.padrec_topk"
+
+
+def test_the_topk_refusal_is_the_only_thing_left_to_lift(folder, monkeypatch):
+    """With the refusal lifted, the same request passes the front end as the spec it asked for; bad values
+    keep their own messages either way."""
+    from vllm.exceptions import VLLMValidationError
+    from vllm.sampling_params import SamplingParams
+
+    from vllm_padrec.integration import list_settings
+    from vllm_padrec.integration.list_settings import check_request
+    from vllm_padrec.lists import ListSpec
+
+    monkeypatch.setattr(list_settings, "TOPK_SERVED", True)
+    assert check_request(server(folder), TOPK) == ListSpec(True, 1, topk=10)
+    check_params(server(folder), SamplingParams(max_tokens=8, extra_args=TOPK))
+    with pytest.raises(VLLMValidationError, match="must be an integer in 1..256"):
+        check_params(server(folder), SamplingParams(max_tokens=8, extra_args={**TOPK, "padrec_topk": 257}))
+
+
+def test_topk_against_the_servers_max_topk_and_catalog(folder, loop):
+    def message(config, xargs):
+        body = {"model": MODEL, "prompt": prompt_text(), "max_tokens": 8, "vllm_xargs": xargs}
+        status, text = completions(config, json.dumps(body), loop)
+        assert status == 400
+        return text
+
+    assert "1..5 (this server's max_topk), got 6" in message(server(folder, max_topk=5), {**TOPK, "padrec_topk": 6})
+    assert "not served" in message(server(folder, max_topk=5), {**TOPK, "padrec_topk": 5})
+    assert "the catalog has 40 items, fewer than the 41 asked" in message(server(folder), {**TOPK, "padrec_topk": 41})
+    excluded = {**TOPK, "padrec_exclude_items": list(range(35))}
+    assert "padrec_exclude_items leaves 5 of the catalog's 40 items, fewer than the 10 asked" in message(
+        server(folder), excluded
+    )
+    assert "not served" in message(server(folder), {**excluded, "padrec_topk": 5})
+
+
+def test_max_topk_reaches_the_limits(folder):
+    from vllm_padrec.integration.list_settings import list_limits, server_settings
+
+    assert server_settings(server(folder)).max_topk == 256
+    config = server(folder, max_topk=4096)
+    assert list_limits(config, server_settings(config)).max_topk == 4096
+    bare = server(folder, max_topk=7, catalog=str(folder / "missing.json"))
+    assert list_limits(bare, server_settings(bare)).max_topk == 7
+
+
 # -- the engine side contains its own failures ---------------------------------------------------------
 def test_a_request_the_engine_cannot_serve_ends_alone_with_an_empty_list(loop, caplog):
     from vllm.sampling_params import SamplingParams
@@ -193,6 +260,11 @@ def test_a_request_the_engine_cannot_serve_ends_alone_with_an_empty_list(loop, c
 
     loop.lists.add_request(3, new_request("embeds-1", None, good))
     assert loop.lists.refused[3] and not loop.lists.enabled[3]
+    # a top-K request (refused by the front end until the engine serves top-K) is never served as a list
+    topk = SamplingParams(max_tokens=20, extra_args={"padrec_constraint": 1, "padrec_topk": 5})
+    with caplog.at_level(logging.ERROR, logger="vllm.padrec"):
+        assert loop.run(4, "topk-1", prompt_ids(), topk, max_tokens=20) == [TokenLayout.EOS]
+    assert "topk-1 refused" in caplog.text and "padrec_topk" in caplog.text
 
 
 def test_excluded_items_never_reach_the_list(loop):
@@ -264,6 +336,7 @@ xarg_keys = st.sampled_from(
         "padrec_min_items",
         "padrec_no_repeat",
         "padrec_exclude_items",
+        "padrec_topk",
         "padrec_history",
         "other_plugin_key",
     ]
@@ -325,6 +398,7 @@ def test_hostile_recommendations_get_their_4xx(folder, loop, case):
         )
     assert reply.status_code in case.statuses, reply.text
     assert reply.json()["error"]["message"] and engine.served == []
+    assert case.says in reply.json()["error"]["message"]
 
 
 item_ids = st.sampled_from(list(CATALOG.item_ids[:10]) + ["nope", "", "x" * 300])

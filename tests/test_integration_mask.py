@@ -230,6 +230,12 @@ def test_settings_rows_carry_the_excluded_items():
     assert ListSettings.from_additional_config({"padrec": {"max_exclude_items": 3}}).max_exclude_items == 3
 
 
+def test_max_topk_setting():
+    assert ListSettings().max_topk == 256
+    assert ListSettings.from_additional_config({"padrec": {"max_topk": 4096}}).max_topk == 4096
+    assert ListSettings.from_additional_config({"padrec": {"max_topk": 1}}).max_topk == 1
+
+
 @pytest.mark.parametrize(
     "section, words",
     [
@@ -241,6 +247,9 @@ def test_settings_rows_carry_the_excluded_items():
         ({"num_item": 3}, ["num_item", "keys"]),
         ({"max_exclude_items": -1}, ["max_exclude_items"]),
         ({"max_exclude_items": 10**6}, ["max_exclude_items"]),
+        ({"max_topk": 0}, ["max_topk", "greater than or equal to 1"]),
+        ({"max_topk": 4097}, ["max_topk", "less than or equal to 4096"]),
+        ({"max_topk": "10"}, ["max_topk", "'10'"]),
     ],
 )
 def test_server_settings_are_checked_at_start(section, words):

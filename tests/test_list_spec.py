@@ -117,6 +117,7 @@ def test_extra_args_round_trip():
         "padrec_min_items",
         "padrec_no_repeat",
         "padrec_exclude_items",
+        "padrec_topk",
     }
 
 
@@ -167,6 +168,98 @@ def test_excluded_items_round_trip():
     assert "padrec_exclude_items" not in ListSpec(True, 3).to_extra_args()  # none: the key is left out
 
 
+# -- top-K (padrec_topk) ------------------------------------------------------------------------------
+ON = {"padrec_constraint": 1}
+
+
+def test_topk_is_k_single_items():
+    """A top-K request's candidates are one item each: num_items 1, given or implied, whatever the server's
+    list defaults; a repeat-free list of one item needs no no_repeat."""
+    assert parse({**ON, "padrec_topk": 5}) == ListSpec(True, 1, 1, False, (), 5)
+    assert ListSpec(True, topk=5) == ListSpec(True, 1, 1, False, (), 5)  # num_items implied by the dataclass too
+    assert parse({**ON, "padrec_topk": 8, "padrec_num_items": 1, "padrec_min_items": "1", "padrec_no_repeat": 0}) == (
+        ListSpec(True, 1, topk=8)
+    )
+    assert parse({**ON, "padrec_topk": 1}).topk == 1
+    assert parse({**ON, "padrec_topk": None}) == ListSpec(True)  # null: no top-K, as for every key
+    list_defaults = ListSpec(constraint=True, num_items=10, min_items=10, no_repeat=True)
+    assert parse({"padrec_topk": 3}, list_defaults, ListLimits(32, 100)) == ListSpec(True, 1, 1, False, (), 3)
+    assert parse({}, list_defaults, ListLimits(32, 100)).topk is None
+
+
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        (0, ["1..256", "max_topk", "got 0"]),
+        (257, ["1..256", "got 257"]),
+        (-3, ["got -3"]),
+        (10**30, ["1..256"]),
+        (2.5, ["got 2.5"]),
+        (10.0, ["got 10.0"]),  # an integer only: stricter than padrec_num_items
+        ("10", ["got '10'"]),
+        (math.nan, ["got nan"]),
+        (math.inf, ["got inf"]),
+        (True, ["got True"]),
+        ([10], ["got [10]"]),
+    ],
+)
+def test_topk_takes_an_integer_in_1_to_max_topk_only(value, words):
+    refused({**ON, "padrec_topk": value}, "padrec_topk", "padrec_topk must be an integer in 1..", *words)
+
+
+def test_max_topk_is_the_servers():
+    small = ListLimits(32, 1000, max_topk=5)
+    assert parse({**ON, "padrec_topk": 5}, limits=small).topk == 5
+    refused({**ON, "padrec_topk": 6}, "padrec_topk", "1..5 (this server's max_topk)", "got 6", limits=small)
+    assert ListLimits(32, 1000).max_topk == 256
+
+
+@pytest.mark.parametrize(
+    "extra_args, key, words",
+    [
+        ({"padrec_topk": 3}, "padrec_topk", ["applies to constrained lists only", "padrec_constraint"]),
+        ({"padrec_constraint": 0, "padrec_topk": 3}, "padrec_topk", ["padrec_constraint to true"]),
+        ({**ON, "padrec_topk": 3, "padrec_num_items": 3}, "padrec_topk", ["padrec_num_items must be 1", "got 3"]),
+        ({**ON, "padrec_topk": 3, "padrec_min_items": 2}, "padrec_topk", ["padrec_min_items must be 1", "got 2"]),
+        ({**ON, "padrec_topk": 3, "padrec_no_repeat": "yes"}, "padrec_topk", ["padrec_no_repeat must be false"]),
+        # a bad value of another key still gets its own message
+        ({**ON, "padrec_topk": 3, "padrec_num_items": 2.5}, "padrec_num_items", ["1..32", "got 2.5"]),
+        # K distinct items must exist: the catalog has 8
+        ({**ON, "padrec_topk": 9}, "padrec_topk", ["padrec_topk=9", "the catalog has 8 items", "fewer than the 9"]),
+    ],
+)
+def test_topk_rules_name_the_key(extra_args, key, words):
+    refused(extra_args, key, *words)
+
+
+def test_topk_needs_k_items_left_after_the_exclusions():
+    key = "padrec_exclude_items"
+    assert parse({**ON, "padrec_topk": 4, key: [0, 1, 2, 3]}, limits=EXCLUDING) == ListSpec(
+        True, 1, exclude_items=(0, 1, 2, 3), topk=4
+    )
+    refused(
+        {**ON, "padrec_topk": 5, key: [0, 1, 2, 3]},
+        "padrec_topk",
+        "padrec_topk=5: padrec_exclude_items leaves 4 of the catalog's 8 items, fewer than the 5 asked",
+        limits=EXCLUDING,
+    )
+    assert parse({**ON, "padrec_topk": 8}, limits=EXCLUDING).topk == 8  # the whole catalog
+
+
+def test_topk_round_trips():
+    for spec in (ListSpec(True, topk=3), ListSpec(True, exclude_items=(5, 2), topk=6), ListSpec(True, topk=1)):
+        for defaults in (ListSpec(True, None, 4, True), ListSpec(True, 7, 4, True), OFF):
+            assert parse(spec.to_extra_args(), defaults, EXCLUDING) == spec
+    assert ListSpec(True, exclude_items=(5,), topk=6).to_extra_args() == {
+        "padrec_constraint": True,
+        "padrec_num_items": 1,
+        "padrec_no_repeat": False,
+        "padrec_exclude_items": [5],
+        "padrec_topk": 6,
+    }
+    assert "padrec_topk" not in ListSpec(True, 3).to_extra_args()
+
+
 # any JSON value a client can send for a key (vllm_xargs: str | int | float | list of those)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8),
@@ -199,3 +292,8 @@ def test_fuzz_either_a_servable_spec_or_a_named_error(extra_args, defaults):
     value = extra_args.get("padrec_num_items")  # a client's number arrives exactly, or is refused
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         assert spec.num_items == value
+    topk = extra_args.get("padrec_topk")  # K arrives as the integer sent, for single items, or is refused
+    assert spec.topk == topk
+    if topk is not None:
+        assert type(topk) is int and 1 <= topk <= LIMITS.catalog_items - len(spec.exclude_items)
+        assert (spec.num_items, spec.min_items, spec.no_repeat) == (1, 1, False)

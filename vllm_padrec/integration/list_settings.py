@@ -8,13 +8,18 @@ request's list settings against both.
     no_repeat       (false)       default: an item at most once per list
     max_list_items  (32)          longest list; sets the mask window (W = items * (L+1))
     max_exclude_items (256)       most items one request may exclude (padrec_exclude_items)
+    max_topk        (256)         largest K of a top-K request (padrec_topk), 1..4096
     mask_drafts     (true)        also mask the draft's proposals (PAD-Rec drafts)
     triton_masks    (true)        the fused Triton mask kernel for both (CUDA; else the eager torch masks)
     catalog         (none)        catalog file or folder; default: the target folder's padrec_catalog.json
 
-Per request, ``extra_args`` override the first four and may exclude items (``vllm_padrec.lists.spec``). The
-catalog is found here once for every part of the plugin (front-end check, engine masks,
-``/v1/recommendations``), so that all of them read the same file.
+Per request, ``extra_args`` override the first four, may exclude items and may ask for the top K items
+(``vllm_padrec.lists.spec``). The catalog is found here once for every part of the plugin (front-end check,
+engine masks, ``/v1/recommendations``), so that all of them read the same file.
+
+Top-K requests (``padrec_topk``) are parsed and checked in full, then refused by ``check_request`` while
+``TOPK_SERVED`` is false: this build's engine has no top-K path yet, and a request it cannot serve must
+never reach it. Serving them is lifting that one refusal.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from vllm_padrec.catalog import CATALOG_FILE, ItemCatalog
 from vllm_padrec.errors import PadRecError
-from vllm_padrec.lists import KEY_PREFIX, ListLimits, ListSpec
+from vllm_padrec.lists import KEY_PREFIX, ListLimits, ListSpec, ListSpecError
+from vllm_padrec.lists.spec import DEFAULT_MAX_TOPK
 
 ADDITIONAL_CONFIG_KEY = "padrec"
 # The masks read W = max_list_items * (L + 1) list tokens per logits row: the bound keeps that window
@@ -37,6 +43,11 @@ ADDITIONAL_CONFIG_KEY = "padrec"
 MAX_LIST_ITEMS_LIMIT = 4096
 # Each request slot's row of the settings table holds max_exclude_items columns; the bound keeps it small.
 MAX_EXCLUDE_ITEMS_LIMIT = 4096
+# K beams per top-K request, each a request slot and KV blocks of its own in the engine (issue 12)
+MAX_TOPK_LIMIT = 4096
+# whether this build's engine serves padrec_topk (the beam search in the engine, issue 12); until it does,
+# the front end refuses every top-K request after parsing it
+TOPK_SERVED = False
 # settings this plugin no longer reads -> what to do instead (a server given one does not start)
 REMOVED_KEYS = {
     "compile_masks": "the masks are the Triton kernel (triton_masks) or the eager torch masks: drop the key",
@@ -55,6 +66,7 @@ class ListSettings(BaseModel):
     no_repeat: bool = False  # an item at most once per list
     max_list_items: int = Field(32, ge=1, le=MAX_LIST_ITEMS_LIMIT)  # longest list the masks handle
     max_exclude_items: int = Field(256, ge=0, le=MAX_EXCLUDE_ITEMS_LIMIT)  # most items a request may exclude
+    max_topk: int = Field(DEFAULT_MAX_TOPK, ge=1, le=MAX_TOPK_LIMIT)  # largest K a top-K request may ask for
     mask_drafts: bool = True  # mask the PAD-Rec draft's proposals too (more accepted drafts)
     triton_masks: bool = True  # the fused Triton kernel (kernels/catalog_mask.py) for both masks (CUDA)
     catalog: str | None = None  # catalog file or folder; None: the target checkpoint folder
@@ -133,7 +145,7 @@ def list_limits(vllm_config: Any, settings: ListSettings) -> ListLimits:
             f"it runs vLLM's Model Runner V1{f' (speculative method {method!r})' if method else ''}, where "
             "the plugin's masks are not installed"
         )
-        return ListLimits(max_list_items, None, why, settings.max_exclude_items)
+        return ListLimits(max_list_items, None, why, settings.max_exclude_items, settings.max_topk)
     path = catalog_path(vllm_config, settings)
     catalog = load_catalog(path)
     if catalog is None:
@@ -141,16 +153,26 @@ def list_limits(vllm_config: Any, settings: ListSettings) -> ListLimits:
             f"it has no item catalog (none at {path}): serve a target folder holding {CATALOG_FILE} or set "
             "padrec.catalog in --additional-config"
         )
-        return ListLimits(max_list_items, None, why, settings.max_exclude_items)
-    return ListLimits(max_list_items, len(catalog), max_exclude_items=settings.max_exclude_items)
+        return ListLimits(max_list_items, None, why, settings.max_exclude_items, settings.max_topk)
+    return ListLimits(
+        max_list_items, len(catalog), max_exclude_items=settings.max_exclude_items, max_topk=settings.max_topk
+    )
 
 
 def check_request(vllm_config: Any, extra_args: Mapping | None) -> ListSpec:
     """The list a request asks for, checked against this server; raises ``ListSpecError`` (a ValueError).
 
     Requests that name no list setting on a server without ``padrec.constraint`` are answered
-    without reading the catalog (they are not the plugin's)."""
+    without reading the catalog (they are not the plugin's). A top-K request is parsed first, so that a bad
+    value gets its own message, then refused while this build does not serve top-K (``TOPK_SERVED``)."""
     settings = server_settings(vllm_config)
     if not settings.constraint and not any(isinstance(k, str) and k.startswith(KEY_PREFIX) for k in extra_args or ()):
         return ListSpec()
-    return ListSpec.from_extra_args(extra_args, settings.defaults(), list_limits(vllm_config, settings))
+    spec = ListSpec.from_extra_args(extra_args, settings.defaults(), list_limits(vllm_config, settings))
+    if spec.topk is not None and not TOPK_SERVED:
+        raise ListSpecError(
+            "padrec_topk",
+            "padrec_topk is not served by this build yet: the engine has no top-K path (issue 12); ask for a "
+            "list (padrec_num_items) instead",
+        )
+    return spec

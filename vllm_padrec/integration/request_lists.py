@@ -48,7 +48,10 @@ class RequestLists:
         self.settings = settings
         self.defaults = settings.defaults()
         self.limits = ListLimits(
-            settings.max_list_items, tables.num_items, max_exclude_items=settings.max_exclude_items
+            settings.max_list_items,
+            tables.num_items,
+            max_exclude_items=settings.max_exclude_items,
+            max_topk=settings.max_topk,
         )
         self.max_drafts = max_drafts
         self.width = settings.max_list_items * tables.period  # W
@@ -114,6 +117,8 @@ class RequestLists:
             spec = ListSpec.from_extra_args(
                 params.extra_args if params is not None else None, self.defaults, self.limits
             )
+            if spec.topk is not None:  # the front end refuses it (list_settings.TOPK_SERVED); never served as a list
+                raise PadRecError("padrec_topk: this engine has no top-K path")
             if spec.constraint and new_req_data.prompt_token_ids is None:
                 raise PadRecError("a constrained list needs the prompt's token ids (prompt embeddings were given)")
             row = self._row(spec, new_req_data.prompt_token_ids or ())

@@ -10,6 +10,12 @@ A request says what it wants in ``SamplingParams.extra_args`` (``vllm_xargs`` in
     padrec_exclude_items  exclude_items  a list of catalog item indices (0..N-1) the list may not contain,
                                        e.g. the user's history; duplicates are dropped; at most
                                        max_exclude_items of them, and they must leave the items the list needs
+    padrec_topk         topk          the K best single items (beam search over items), 1..max_topk: a JSON
+                                       integer only (2.5, 10.0, "10", true are refused); needs the constraint,
+                                       padrec_num_items 1 or left out (left out, it is 1 whatever the server's
+                                       default: the server's list defaults do not apply to top-K), no
+                                       padrec_no_repeat, and at least K catalog items left after
+                                       padrec_exclude_items
 
 Keys it leaves out take the server's defaults (``--additional-config '{"padrec": {...}}'``; a
 server default ``num_items`` can be changed per request, not removed). Values
@@ -44,6 +50,7 @@ REQUEST_KEYS = {
     "min_items": "padrec_min_items",
     "no_repeat": "padrec_no_repeat",
     "exclude_items": "padrec_exclude_items",
+    "topk": "padrec_topk",
 }
 # Columns of the settings table ([max_num_reqs, NUM_FIELDS + X] int32, one row per request slot); columns
 # NUM_FIELDS.. hold the request's excluded items (catalog indices, then -1), X = the server's max_exclude_items
@@ -52,6 +59,7 @@ NUM_FIELDS = 5
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _INTEGER = re.compile(r"[+-]?\d{1,18}")
+DEFAULT_MAX_TOPK = 256  # the server setting max_topk's default (the issue's "K up to at least 256")
 
 
 class ListSpecError(PadRecError):
@@ -64,36 +72,44 @@ class ListSpecError(PadRecError):
 
 @dataclass(frozen=True)
 class ListLimits:
-    """What a server can serve: its longest list, its catalog, and how many items a request may exclude."""
+    """What a server can serve: its longest list, its catalog, how many items a request may exclude, and its
+    largest top-K."""
 
     max_list_items: int  # longest list the masks handle
     catalog_items: int | None  # items of the catalog; None: the server cannot constrain lists
     why_not: str = ""  # with catalog_items None: why (no catalog at PATH, a runner without the masks, ...)
     max_exclude_items: int = 0  # most items one request may exclude (the settings table's exclusion columns)
+    max_topk: int = DEFAULT_MAX_TOPK  # largest K a top-K request may ask for
 
 
 @dataclass(frozen=True)
 class ListSpec:
-    """One request's list: constrained or not, its length, whether items may repeat, and the items it may not hold."""
+    """One request's list: constrained or not, its length, whether items may repeat, the items it may not hold,
+    and, for a top-K request, K (the K best one-item lists, best first, instead of one list)."""
 
     constraint: bool = False  # the output is a list of catalog items
     num_items: int | None = None  # exactly this many items; None: any length in min_items..max_list_items
     min_items: int = 1  # fewest items before </s> (= num_items when that is set)
     no_repeat: bool = False  # an item at most once per list
     exclude_items: tuple[int, ...] = ()  # catalog indices the list may not contain (distinct)
+    topk: int | None = None  # K of a top-K request (its K candidates are one-item lists); None: one list
 
     def __post_init__(self) -> None:  # one form per list: an exact length is also the fewest items
+        if self.topk is not None and self.num_items is None:  # a top-K candidate is one item
+            object.__setattr__(self, "num_items", 1)
         if self.num_items is not None:
             object.__setattr__(self, "min_items", self.num_items)
 
     def to_extra_args(self) -> dict[str, Any]:
         """The request's ``extra_args``: every field that decides the list, so that no server default applies
-        (``num_items`` when set, else ``min_items``; ``exclude_items`` when there are any)."""
+        (``num_items`` when set, else ``min_items``; ``exclude_items`` when there are any; ``topk`` when set)."""
         length = "num_items" if self.num_items is not None else "min_items"
         names = ("constraint", length, "no_repeat") if self.constraint else ("constraint",)
         args = {REQUEST_KEYS[name]: getattr(self, name) for name in names}
         if self.constraint and self.exclude_items:
             args[REQUEST_KEYS["exclude_items"]] = list(self.exclude_items)
+        if self.constraint and self.topk is not None:
+            args[REQUEST_KEYS["topk"]] = self.topk
         return args
 
     @classmethod
@@ -112,9 +128,12 @@ class ListSpec:
             num_items = parse_count("padrec_num_items", num_items, cap)
         min_items = parse_count("padrec_min_items", given.get("min_items", defaults.min_items), cap)
         no_repeat = parse_flag("padrec_no_repeat", given.get("no_repeat", defaults.no_repeat))
+        topk = parse_topk("padrec_topk", given["topk"], limits.max_topk) if "topk" in given else None
         if not constraint:
             stray = [
-                REQUEST_KEYS[name] for name in ("num_items", "min_items", "no_repeat", "exclude_items") if name in given
+                REQUEST_KEYS[name]
+                for name in ("num_items", "min_items", "no_repeat", "exclude_items", "topk")
+                if name in given
             ]
             if stray:
                 raise ListSpecError(
@@ -125,6 +144,8 @@ class ListSpec:
             raise ListSpecError(
                 "padrec_constraint", f"padrec_constraint: this server cannot constrain lists: {limits.why_not}"
             )
+        if topk is not None:  # one-item candidates: the server's list defaults do not apply
+            num_items, min_items, no_repeat = _topk_list(given, num_items, min_items, no_repeat)
         if num_items is not None and "min_items" in given and min_items > num_items:
             raise ListSpecError(
                 "padrec_min_items", f"padrec_min_items={min_items} is more than padrec_num_items={num_items}"
@@ -133,7 +154,15 @@ class ListSpec:
         exclude_items = parse_items(
             "padrec_exclude_items", exclude_items, limits.catalog_items, limits.max_exclude_items
         )
-        spec = cls(True, num_items, min_items, no_repeat, exclude_items)
+        spec = cls(True, num_items, min_items, no_repeat, exclude_items, topk)
+        left = limits.catalog_items - len(exclude_items)
+        if topk is not None and left < topk:
+            where = (
+                f"padrec_exclude_items leaves {left} of the catalog's {limits.catalog_items} items"
+                if exclude_items
+                else f"the catalog has {left} items"
+            )
+            raise ListSpecError("padrec_topk", f"padrec_topk={topk}: {where}, fewer than the {topk} asked")
         if no_repeat and spec.min_items > limits.catalog_items:
             key = "padrec_num_items" if num_items is not None else "padrec_min_items"
             raise ListSpecError(
@@ -142,7 +171,6 @@ class ListSpec:
                 f"catalog has {limits.catalog_items}",
             )
         needed = spec.min_items if no_repeat else 1  # items the list needs to choose from
-        left = limits.catalog_items - len(exclude_items)
         if left < needed:
             raise ListSpecError(
                 "padrec_exclude_items",
@@ -191,6 +219,35 @@ def parse_count(key: str, value: Any, cap: int) -> int:
     if number is None or not 1 <= number <= cap:
         raise ListSpecError(key, f"{key} must be an integer in 1..{cap} (this server's max_list_items), got {value!r}")
     return number
+
+
+def parse_topk(key: str, value: Any, cap: int) -> int:
+    """A client's K in 1..cap: a JSON integer only. Stricter than ``parse_count``: K sizes the beam search,
+    so 2.5, 10.0, "10" and true are refused rather than read as a number."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= cap:
+        raise ListSpecError(key, f"{key} must be an integer in 1..{cap} (this server's max_topk), got {value!r}")
+    return value
+
+
+def _topk_list(
+    given: Mapping[str, Any], num_items: int | None, min_items: int, no_repeat: bool
+) -> tuple[int, int, bool]:
+    """(num_items, min_items, no_repeat) of a top-K request's candidates: one item each. A request that
+    asks for another length, or for no repeats, is refused naming padrec_topk; the server's defaults for
+    those settings are replaced, not refused."""
+    if "num_items" in given and num_items != 1:
+        raise ListSpecError(
+            "padrec_topk", f"padrec_topk asks for single items: padrec_num_items must be 1 or left out, got {num_items}"
+        )
+    if "min_items" in given and min_items != 1:
+        raise ListSpecError(
+            "padrec_topk", f"padrec_topk asks for single items: padrec_min_items must be 1 or left out, got {min_items}"
+        )
+    if "no_repeat" in given and no_repeat:
+        raise ListSpecError(
+            "padrec_topk", "padrec_topk's K items are distinct already: padrec_no_repeat must be false or left out"
+        )
+    return 1, 1, False
 
 
 def parse_items(key: str, value: Any, catalog_items: int, cap: int) -> tuple[int, ...]:

@@ -23,6 +23,7 @@ class HostileRequest:
     body: str  # the raw JSON body (a template: {prompt}, {history} and {model} are filled in by `render`)
     headers: dict[str, str] = field(default_factory=dict)
     statuses: tuple[int, ...] = (400,)  # the answers that are right (4xx)
+    says: str = ""  # words the error message must hold (where the check that answers matters); "": any
 
     def render(self, model: str, prompt: str, history: list[str]) -> str:
         return (
@@ -32,9 +33,9 @@ class HostileRequest:
         )
 
 
-def _xargs(name: str, xargs: str, constraint: str = '"padrec_constraint": 1, ') -> HostileRequest:
+def _xargs(name: str, xargs: str, constraint: str = '"padrec_constraint": 1, ', says: str = "") -> HostileRequest:
     body = '{"model": {model}, "prompt": {prompt}, "max_tokens": 8, "temperature": 0, "vllm_xargs": {' + constraint
-    return HostileRequest(name, COMPLETIONS, body + xargs + "}}")
+    return HostileRequest(name, COMPLETIONS, body + xargs + "}}", says=says)
 
 
 def _recommend(name: str, fields: str, statuses: tuple[int, ...] = (422,), headers=None) -> HostileRequest:
@@ -66,6 +67,20 @@ HOSTILE_REQUESTS: tuple[HostileRequest, ...] = (
     _xargs("no_repeat maybe", '"padrec_no_repeat": "maybe"'),
     _xargs("unknown padrec key", '"padrec_num_itemz": 3'),
     _xargs("list setting without the constraint", '"padrec_constraint": 0, "padrec_no_repeat": 1', constraint=""),
+    # top-K (padrec_topk): a bad value is refused with its own message before the refusal of top-K itself
+    # (this build's engine does not serve it yet). Server: the defaults (max_topk 256, padrec.constraint off),
+    # a catalog of at least 10 items. (JSON true is not here: vLLM's CompletionRequest reads it as 1, a valid K.)
+    _xargs("topk 0", '"padrec_topk": 0', says="padrec_topk must be an integer in 1..256"),
+    _xargs("topk 257 (above max_topk)", '"padrec_topk": 257', says="padrec_topk must be an integer in 1..256"),
+    _xargs("topk 2.5", '"padrec_topk": 2.5', says="got 2.5"),
+    _xargs("topk string", '"padrec_topk": "10"', says="got '10'"),
+    _xargs("topk NaN", '"padrec_topk": NaN', says="got nan"),
+    _xargs("topk Infinity", '"padrec_topk": Infinity', says="got inf"),
+    _xargs("topk list", '"padrec_topk": [10]', says="got [10]"),
+    _xargs("topk with num_items 3", '"padrec_topk": 10, "padrec_num_items": 3', says="padrec_num_items must be 1"),
+    _xargs("topk with no_repeat", '"padrec_topk": 10, "padrec_no_repeat": 1', says="padrec_no_repeat must be false"),
+    _xargs("topk without the constraint", '"padrec_topk": 10', constraint="", says="set padrec_constraint"),
+    _xargs("topk 10 (not served yet)", '"padrec_topk": 10', says="padrec_topk is not served by this build yet"),
     # vLLM's beam search drops vllm_xargs: the constraint would silently not apply
     HostileRequest(
         "constraint with use_beam_search",
