@@ -108,6 +108,19 @@ def test_beam_as_wide_as_the_catalog_is_exact_top_k(trained):
         torch.testing.assert_close(scores, exact.sort(descending=True).values, atol=1e-4, rtol=0)
 
 
+def test_beam_wider_than_the_catalog_less_the_history_returns_every_allowed_item(trained):
+    # K = N with the history banned: fewer than K items are left, so dead beams run to the end and are dropped
+    model, catalog, histories = trained
+    N = len(catalog)
+    ranked = beam_search_items(model, catalog, histories[:3], beam_width=N, batch_size=2, ban_history=True)
+    for history, beams in zip(histories[:3], ranked):
+        allowed = sorted(set(range(N)) - set(history))
+        assert sorted(i for i, _ in beams) == allowed
+        scores = torch.tensor([s for _, s in beams])
+        exact = item_logprobs(model, catalog, history, allowed)  # [N - |history|]
+        torch.testing.assert_close(scores, exact.sort(descending=True).values, atol=1e-4, rtol=0)
+
+
 def test_a_constraint_for_lists_is_refused_by_beam_search(trained):
     model, catalog, histories = trained
     with pytest.raises(ValueError, match="num_items=1"):

@@ -5,8 +5,9 @@ its *score* is the sum of the target's log-probabilities of its tokens, each a l
 model's whole vocabulary (the constraint chooses which tokens may extend a beam; it does not
 renormalise the scores; Hugging Face's ``prefix_allowed_tokens_fn`` beam search, which AtSpeed uses,
 scores the same way). At each of the L steps every beam is extended by every token the
-``ListConstraint(catalog, num_items=1)`` allows, and the K best extensions of each prompt survive.
-After L steps the K beams are K distinct catalog items, best first.
+``ListConstraint(catalog, num_items=1)`` allows, and the K best extensions of each prompt survive
+(the step rule of ``vllm_padrec.topk.select``, which the engine uses too). After L steps the K beams
+are K distinct catalog items, best first.
 
 With K = 1 this is constrained greedy decoding of the first item of a list; with K at least the
 number of distinct prefixes at every level it is exact top-K over the catalog.
@@ -22,8 +23,9 @@ import torch
 from tqdm.auto import tqdm
 
 from vllm_padrec.catalog import ItemCatalog
-from vllm_padrec.constraint import ListConstraint, apply_mask
+from vllm_padrec.constraint import ListConstraint
 from vllm_padrec.decoding.greedy import banned_capacity, length_buckets, model_device
+from vllm_padrec.topk.select import beam_logprobs, beam_step
 
 
 @torch.inference_mode()
@@ -67,18 +69,12 @@ def beam_search_items(
         written = torch.zeros(B, 1, 0, dtype=torch.long, device=device)  # [B, beams, step] token ids
         for step in range(L):
             beams = scores.shape[1]
-            logprobs = torch.log_softmax(out.logits[:, -1].float(), -1)  # [B * beams, V']
-            apply_mask(logprobs, constraint.allowed_tokens(state))
-            V = logprobs.shape[1]
-            candidates = (scores.reshape(-1, 1) + logprobs).reshape(B, beams * V)  # [B, beams * V]
-            k = min(K, beams * V)
-            scores, flat = candidates.topk(k, dim=1)  # [B, k], best first
-            parent, tokens = flat // V, flat % V  # [B, k]: beam b * V + token -> (b, token)
-            # a beam without a valid extension (score -inf; only when fewer than K items are left)
-            # copies the best beam's token so that the constraint state stays valid
-            dead = torch.isinf(scores)
-            parent = torch.where(dead, parent[:, :1], parent)
-            tokens = torch.where(dead, tokens[:, :1], tokens)
+            logprobs = beam_logprobs(out.logits[:, -1], constraint.allowed_tokens(state))  # [B * beams, V']
+            # the step rule (vllm_padrec.topk.select), dead beams included: a beam without a valid
+            # extension (only when fewer than K items are left) copies the best beam's parent and token
+            selected = beam_step(scores, logprobs, K)
+            scores, parent, tokens = selected.scores, selected.parent, selected.tokens  # [B, k], best first
+            k = scores.shape[1]
             # rows of the previous batch (prompt b, beam parent) -> rows b * k + j of the new one
             source = (torch.arange(B, device=device)[:, None] * beams + parent).reshape(-1)  # [B * k]
             state = constraint.advance(state.index_select(source), tokens.reshape(-1))
