@@ -270,3 +270,12 @@ def test_speculator_hands_the_draft_its_masks():
     assert speculator._list_masks(SimpleNamespace(padrec_lists=SimpleNamespace(mask_drafts=False))) is None
     speculator.use_local_argmax_reduction = True
     assert speculator._list_masks(SimpleNamespace(padrec_lists=lists)) is None
+
+
+def test_the_top_k_patches_stay_uninstalled_until_top_k_is_served():
+    """scheduler_init and execute_model reshape every engine step; they are installed only together with the
+    rest of the top-K path (when the front end stops refusing padrec_topk)."""
+    from vllm_padrec.integration import list_settings, patches
+
+    topk_patches = {"vllm_padrec.integration.patches.scheduler_init", "vllm_padrec.integration.patches.execute_model"}
+    assert list_settings.TOPK_SERVED or not topk_patches & set(patches.PATCHES)

@@ -8,6 +8,11 @@
     to_beam_search_params.py  CompletionRequest / ChatCompletionRequest .to_beam_search_params  API server
     add_cli_args.py           vllm.engine.arg_utils.EngineArgs.add_cli_args (--speculative-model)  CLI
 
+Written for top-K (issue 12) and NOT installed until the whole top-K path exists (``list_settings.TOPK_SERVED``):
+
+    scheduler_init.py         vllm.v1.core.sched.scheduler.Scheduler.__init__ (beam KV admission)    engine core
+    execute_model.py          GPUModelRunner.execute_model (beams as runner-private requests)          worker
+
 Each module names the vLLM modules it patches (``TARGETS``) and has an idempotent ``apply(module)``, and
 its header says what it does, why, and what would make it unnecessary.
 

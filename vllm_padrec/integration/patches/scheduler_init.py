@@ -1,0 +1,213 @@
+"""Patch: ``vllm.v1.core.sched.scheduler.Scheduler.__init__`` (vLLM 0.26.0, scheduler.py:71).
+
+NOT INSTALLED: this module is deliberately absent from ``patches.PATCHES``. It is the engine-core step of
+top-K in the engine (issue 12, ``topk/DESIGN.md`` section 4 steps 4-5); it joins ``PATCHES`` when the
+runner, sampler and front-end parts of the top-K path exist, and not before: alone it would reserve KV
+blocks for beams that nothing runs.
+
+What: after vLLM's own ``__init__``, on a server that enables top-K (``padrec.topk_max_beams`` > 0 in
+``--additional-config``; 0, the default, leaves the scheduler exactly as vLLM built it), the wrapper
+
+1. reserves the beam rows: ``max_num_running_reqs`` and ``max_num_scheduled_tokens`` are lowered by
+   ``topk_max_beams``, so that the runner (sized by ``max_num_seqs`` and ``max_num_batched_tokens``)
+   always has a request slot and a token row for every live beam besides the scheduler's own batch;
+   a server where that leaves nothing does not start;
+2. wraps THIS instance's ``kv_cache_manager.allocate_slots`` with the admission gate
+   (``topk_admission_gate``): a top-K request (``padrec_topk`` in ``extra_args``) being admitted with no
+   output yet is admitted only when its K beams fit in the free beam rows and the free blocks cover
+   vLLM's own need plus the rest of the request's life and its K * B private blocks
+   (``vllm_padrec.topk.admission``); otherwise the gate returns None, and the request stays waiting
+   exactly as when the KV cache is full (scheduler.py:935-955: no preemption on the waiting path). Once
+   admitted, the life and private blocks are appended to the request's own block list, after every
+   block its own sequence can use, so prefix caching never hashes them and every free path of vLLM's
+   (finish, abort, preemption, deferred frees) returns them with the request's.
+
+Why: the beams' KV must come from vLLM's block pool and be counted, gated and freed with the request,
+and the beams' rows must fit in the runner's batch, but vLLM sizes both for one sequence per request.
+
+How: wraps the class attribute when ``vllm.v1.core.sched.scheduler`` is imported (the engine core:
+``Scheduler`` and its subclass ``AsyncScheduler``, whose ``__init__`` calls it); idempotent. The gate is
+an attribute of one ``KVCacheManager`` instance, so no other manager changes.
+
+Why no supported hook serves: ``--scheduler-cls`` replaces the whole scheduler class, which would then
+have to track vLLM's and fight any other plugin's; ``SchedulerConfig`` has no per-request admission
+hook and no reserve of rows; ``KVCacheManager`` has no way to give a request blocks beyond its tokens.
+
+Unnecessary when: vLLM lets a request carry extra KV blocks of its own (or forks a request into beams
+that share its prompt blocks) and admits requests through a pluggable admission policy.
+
+Setting: ``topk_max_beams`` is read here with a small local parse (``topk_max_beams``). It belongs in
+``ListSettings`` (``integration/list_settings.py``) when the top-K path is served; until then
+``ListSettings`` refuses the key as unknown, so a server given it does not start, which is right for a
+build that cannot serve top-K.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any
+
+from vllm_padrec.errors import PadRecError
+from vllm_padrec.lists.spec import DEFAULT_MAX_TOPK
+from vllm_padrec.topk.admission import BeamRows, cdiv, topk_blocks, topk_of
+
+TARGETS = ("vllm.v1.core.sched.scheduler",)
+SETTING = "topk_max_beams"  # the key of --additional-config's padrec section
+MAX_TOPK_SETTING = "max_topk"
+
+
+def topk_max_beams(additional_config: Mapping | None) -> int:
+    """``padrec.topk_max_beams`` of ``--additional-config``: beam rows the server holds for top-K requests.
+    0 (the default) disables top-K admission. A bad value is a ``PadRecError`` naming the key."""
+    section = (additional_config or {}).get("padrec") or {}
+    value = section.get(SETTING, 0) if isinstance(section, Mapping) else 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise PadRecError(f"padrec.{SETTING} must be an integer >= 0 (0: no top-K requests), got {value!r}")
+    return value
+
+
+def item_length(vllm_config: Any) -> int:
+    """L, the tokens of one item, from the server's catalog; a server enabling top-K without one does not start."""
+    from vllm_padrec.integration.list_settings import ListSettings, catalog_path, load_catalog
+
+    section = (vllm_config.additional_config or {}).get("padrec") or {}
+    path = catalog_path(vllm_config, ListSettings(catalog=section.get("catalog")))
+    catalog = load_catalog(path)
+    if catalog is None:
+        raise PadRecError(f"padrec.{SETTING} needs the item catalog (none at {path}): set padrec.catalog")
+    return catalog.num_slots
+
+
+def reserve_beam_rows(scheduler: Any, max_beams: int) -> None:
+    """Hold ``max_beams`` request slots and token rows of every step back from vLLM's scheduling."""
+    config = scheduler.scheduler_config
+    seqs, tokens = scheduler.max_num_running_reqs, scheduler.max_num_scheduled_tokens
+    if max_beams >= seqs or max_beams >= tokens:
+        token_setting = "max_num_scheduled_tokens" if config.max_num_scheduled_tokens else "max_num_batched_tokens"
+        raise PadRecError(
+            f"padrec.{SETTING}={max_beams} leaves no room for other requests: max_num_seqs={seqs} and "
+            f"{token_setting}={tokens} must both be more than it (the beam rows are held back from both); raise "
+            f"them or lower padrec.{SETTING}"
+        )
+    scheduler.max_num_running_reqs = seqs - max_beams
+    scheduler.max_num_scheduled_tokens = tokens - max_beams
+
+
+def check_serves_topk(scheduler: Any, max_beams: int) -> None:
+    """Refuse a server whose top-K requests could wait forever or whose KV layout the beams cannot share."""
+    from vllm.v1.kv_cache_interface import FullAttentionSpec
+
+    section = (scheduler.vllm_config.additional_config or {}).get("padrec") or {}
+    max_topk = section.get(MAX_TOPK_SETTING, DEFAULT_MAX_TOPK)  # ListSettings checks its type
+    if isinstance(max_topk, int) and max_topk > max_beams:
+        raise PadRecError(
+            f"padrec.{SETTING}={max_beams} is less than padrec.{MAX_TOPK_SETTING}={max_topk}: a request for "
+            f"K > {max_beams} items could never be admitted; raise padrec.{SETTING} or lower padrec.{MAX_TOPK_SETTING}"
+        )
+    groups = scheduler.kv_cache_config.kv_cache_groups
+    if len(groups) != 1 or not isinstance(groups[0].kv_cache_spec, FullAttentionSpec):
+        specs = [type(g.kv_cache_spec).__name__ for g in groups]
+        raise PadRecError(
+            f"padrec.{SETTING} needs a model with one full-attention KV cache group (beams share the prompt's "
+            f"blocks), this one has {specs}: set padrec.{SETTING} to 0"
+        )
+
+
+def topk_admission_gate(scheduler: Any, rows: BeamRows, item_len: int):
+    """``scheduler.kv_cache_manager.allocate_slots`` with the top-K admission gate in front (module docstring).
+
+    Every call that is not the admission of a top-K request goes to vLLM's method unchanged."""
+    from vllm.v1.request import RequestStatus
+
+    manager = scheduler.kv_cache_manager
+    original = manager.allocate_slots
+    signature = inspect.signature(original)
+    group = manager.coordinator.single_type_managers[0]  # the one full-attention group (check_serves_topk)
+    block_size = group.block_size
+    admitting = (RequestStatus.WAITING, RequestStatus.PREEMPTED)
+
+    @functools.wraps(original)
+    def allocate_slots(request, num_new_tokens, *args, **kwargs):
+        params = request.sampling_params
+        k = topk_of(params.extra_args) if params is not None else None
+        if k is None or request.status not in admitting:
+            return original(request, num_new_tokens, *args, **kwargs)
+        rows.release(request.request_id)  # preempted: its blocks, and so its beams, are gone
+        if request.num_output_tokens > 0:  # resumed after preemption: a plain request from now on
+            return original(request, num_new_tokens, *args, **kwargs)
+
+        rows.prune(group.req_to_blocks)
+        if not rows.fits(k):
+            return None
+        call = signature.bind(request, num_new_tokens, *args, **kwargs)
+        call.apply_defaults()
+        given = call.arguments
+        plan = topk_blocks(
+            own_blocks=own_blocks_after_allocation(request, given, group, scheduler.max_model_len),
+            prompt_len=request.num_prompt_tokens,
+            max_tokens=request.max_tokens,
+            k=k,
+            item_len=item_len,
+            block_size=block_size,
+            lookahead=scheduler.num_lookahead_tokens,
+            max_model_len=scheduler.max_model_len,
+        )
+        # vLLM's own check then covers its need + watermark + reserved + ours: None keeps R waiting.
+        given["reserved_blocks"] = given["reserved_blocks"] + plan.extra
+        new_blocks = original(**given)
+        if new_blocks is None:
+            return None
+        held = len(group.req_to_blocks[request.request_id])
+        num_blocks = max(held, plan.life) + plan.private
+        added = manager.coordinator.allocate_new_blocks(
+            request.request_id, num_blocks * block_size, num_blocks * block_size
+        )
+        rows.admit(request.request_id, k)
+        return new_blocks + manager.create_kv_cache_blocks(added)
+
+    allocate_slots._padrec_topk_gate = True
+    return allocate_slots
+
+
+def own_blocks_after_allocation(request: Any, given: Mapping[str, Any], group: Any, max_model_len: int) -> int:
+    """The blocks R holds once vLLM's ``allocate_slots`` has run with these arguments (one full-attention
+    group): what it holds already plus its prefix hits, grown to its slots (kv_cache_manager.py:394-433)."""
+    hits = given["new_computed_blocks"].blocks[0] if given["new_computed_blocks"] is not None else ()
+    computed = min(
+        request.num_computed_tokens + given["num_new_computed_tokens"] + given["num_external_computed_tokens"],
+        max_model_len,
+    )
+    slots = min(computed + given["num_new_tokens"] + given["num_lookahead_tokens"], max_model_len)
+    held = len(group.req_to_blocks.get(request.request_id, ()))
+    return max(held + len(hits), cdiv(slots, group.block_size))
+
+
+def install_topk_admission(scheduler: Any, max_beams: int, item_len: int) -> BeamRows:
+    """Reserve the beam rows and gate this scheduler's admissions; returns the beam-row ledger."""
+    check_serves_topk(scheduler, max_beams)
+    reserve_beam_rows(scheduler, max_beams)
+    rows = BeamRows(max_beams)
+    scheduler.kv_cache_manager.allocate_slots = topk_admission_gate(scheduler, rows, item_len)
+    scheduler.padrec_beam_rows = rows
+    return rows
+
+
+def apply(module: ModuleType) -> None:
+    """Install the wrapper on ``Scheduler`` (idempotent)."""
+    Scheduler = module.Scheduler
+    original = Scheduler.__init__
+    if getattr(original, "_padrec_patch", False):
+        return
+
+    @functools.wraps(original)
+    def __init__(self, vllm_config, *args, **kwargs) -> None:
+        original(self, vllm_config, *args, **kwargs)
+        max_beams = topk_max_beams(vllm_config.additional_config)
+        if max_beams > 0:
+            install_topk_admission(self, max_beams, item_length(vllm_config))
+
+    __init__._padrec_patch = True
+    Scheduler.__init__ = __init__

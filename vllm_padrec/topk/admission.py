@@ -1,0 +1,141 @@
+"""Admission of a top-K request into the KV cache: the blocks its beams need, and the rule that admits it.
+
+A top-K request R (``padrec_topk = K`` in its ``extra_args``) is one ordinary request to vLLM's scheduler;
+its K beams are rows the runner adds to R's steps (design: ``DESIGN.md`` beside this file, section 4). The
+beams' KV comes from vLLM's own block pool, allocated with R when R is admitted, so that it is counted,
+gated and freed like any other KV. This module is the arithmetic of that, with no vLLM import; the
+scheduler patch (``vllm_padrec.integration.patches.scheduler_init``) applies it.
+
+Vocabulary (P: prompt length, L: tokens per item, bs: block size):
+
+- **R's block list** is, in order: the blocks vLLM allocates for R at admission (``own``), the rest of
+  the blocks R's own sequence can ever use (``life``), then the K * B **private blocks** of the beams.
+  R's position p lives in block p // bs, so R only ever touches the first ``life`` blocks; the private
+  blocks lie past every block vLLM hashes for prefix caching (it hashes full blocks of R's committed
+  tokens only, ``kv_cache_manager.py:498-502``) and leave with R on finish, abort or preemption.
+- **Beam j's block table** is R's floor(P / bs) full prompt blocks, then beam j's B private blocks. The
+  first private block takes the place of R's partial last prompt block: it holds a copy of its P mod bs
+  tokens, then beam j's own tokens. A beam writes KV at positions P .. P + L - 2 (its last token is
+  never fed), and a draft model, when the server has one, writes its ``lookahead`` positions past the
+  fed one (V2's drafter advances its position once per draft step and takes the slot from the same
+  block table, ``worker/gpu/spec_decode/autoregressive/speculator.py:385-397, 620-640``). So
+
+      B = cdiv(P mod bs + (L - 1) + lookahead, bs)          (0 when L = 1: no beam step ever runs)
+
+  which is the design's cdiv(P mod bs + L - 1, bs) on a server without a draft. Example, bs = 16,
+  L = 4, no draft: P = 32 gives cdiv(0 + 3, 16) = 1 block (no tail to copy); P = 45 gives
+  cdiv(13 + 3, 16) = 1; P = 46 gives cdiv(14 + 3, 16) = 2 (the third beam token crosses a block).
+- **R's life** is every slot vLLM may give R's own sequence: its prompt, its ``max_tokens`` outputs
+  and the lookahead vLLM adds to each allocation, capped at ``max_model_len`` as ``allocate_slots``
+  caps it (``kv_cache_manager.py:430``). The front end asks for ``max_tokens`` >= L, so this covers the
+  design's P + L + lookahead, and a request that ran past L would still never reach a private block.
+
+The admission rule, checked in one place when R is admitted: the server's beam rows have room for K
+more (``BeamRows.fits``), and the free blocks cover vLLM's own need plus ``TopKBlocks.extra``. When
+either fails R stays waiting, exactly as when vLLM's own need does not fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from vllm_padrec.lists.spec import REQUEST_KEYS
+
+TOPK_KEY = REQUEST_KEYS["topk"]
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def topk_of(extra_args: Mapping[str, Any] | None) -> int | None:
+    """K of a top-K request, or None for any other request. The front end has checked the value
+    (``ListSpec``); anything but a positive integer here is left to the runner's own check."""
+    value = (extra_args or {}).get(TOPK_KEY)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    return None
+
+
+def private_blocks_per_beam(prompt_len: int, item_len: int, block_size: int, lookahead: int = 0) -> int:
+    """B: the private blocks one beam needs (module docstring); 0 when an item is one token long."""
+    if item_len <= 1:
+        return 0
+    return cdiv(prompt_len % block_size + item_len - 1 + lookahead, block_size)
+
+
+def life_tokens(prompt_len: int, max_tokens: int | None, lookahead: int, max_model_len: int) -> int:
+    """The slots R's own sequence can ever be given: prompt + max_tokens + lookahead, at most max_model_len."""
+    if max_tokens is None:
+        return max_model_len
+    return min(prompt_len + max_tokens + lookahead, max_model_len)
+
+
+@dataclass(frozen=True)
+class TopKBlocks:
+    """R's block list at admission, counted in blocks, in list order: own, then life, then private."""
+
+    own: int  # R's blocks once vLLM's allocate_slots has run (its prompt chunk, prefix hits, lookahead)
+    life: int  # R's blocks through its whole life (own included): R's positions use only blocks 0..life-1
+    private: int  # K * B: the beams' private blocks, the last ones of the list
+
+    @property
+    def extra(self) -> int:
+        """What admission adds after vLLM's own allocation: the rest of R's life, then the private blocks."""
+        return self.life - self.own + self.private
+
+    @property
+    def total(self) -> int:
+        return self.life + self.private
+
+
+def topk_blocks(
+    *,
+    own_blocks: int,
+    prompt_len: int,
+    max_tokens: int | None,
+    k: int,
+    item_len: int,
+    block_size: int,
+    lookahead: int,
+    max_model_len: int,
+) -> TopKBlocks:
+    """The blocks a top-K request holds once admitted, given the ``own_blocks`` vLLM allocates for it."""
+    life = max(own_blocks, cdiv(life_tokens(prompt_len, max_tokens, lookahead, max_model_len), block_size))
+    private = k * private_blocks_per_beam(prompt_len, item_len, block_size, lookahead)
+    return TopKBlocks(own=own_blocks, life=life, private=private)
+
+
+class BeamRows:
+    """The server's beam rows (``topk_max_beams``) and the admitted top-K requests holding them (id -> K).
+
+    A request holds its K rows from admission until its blocks are gone (finish, abort, preemption): the
+    scheduler patch prunes the ledger against the request ids that still hold blocks before each
+    admission, so no free path of vLLM's needs a hook, and releases a preempted request's rows when it
+    comes back for admission (it resumes as a plain request, under the same id).
+    """
+
+    def __init__(self, max_beams: int) -> None:
+        self.max_beams = max_beams
+        self.held: dict[str, int] = {}
+
+    @property
+    def live(self) -> int:
+        return sum(self.held.values())
+
+    def fits(self, k: int) -> bool:
+        """Whether K more beams fit: live beams + K <= topk_max_beams."""
+        return self.live + k <= self.max_beams
+
+    def admit(self, request_id: str, k: int) -> None:
+        self.held[request_id] = k
+
+    def release(self, request_id: str) -> None:
+        self.held.pop(request_id, None)
+
+    def prune(self, holding_blocks: Container[str]) -> None:
+        """Release the rows of every request that no longer holds KV blocks."""
+        for request_id in [r for r in self.held if r not in holding_blocks]:
+            del self.held[request_id]

@@ -1,0 +1,295 @@
+"""The beams of top-K requests as the V2 runner sees them: per-request state and the rewritten scheduler output.
+
+The scheduler sees a top-K request R as one ordinary request: its prompt of P tokens, then one token
+per engine step. The runner gives R's K beams rows of their own: each beam j is a runner-private
+pseudo-request ``f"{R}\\x00beam{j}"`` (``beam_req_id``), a plain one-token decode row to V2. This
+module turns each ``SchedulerOutput`` into the one the runner executes, so that V2's own
+``finish_requests`` / ``add_requests`` / ``update_requests`` / ``prepare_inputs`` do every beam's
+bookkeeping (topk/DESIGN.md, section 4, steps 6 and 8).
+
+Vocabulary:
+
+- L, the *item length*: tokens of one item (the catalog's slots); R's steps are t = 0 .. L - 1.
+- *step t* of R: the t-th engine step in which R is scheduled once its prompt is computed. Step 0 is
+  the step that computes the prompt's last token (its last prefill chunk): its logits pick the first
+  token of every beam. Steps 1 .. L-1 run the beams; step L-1 picks the final K items. Under async
+  scheduling one more step of R (step L) may be scheduled before the scheduler sees R finish.
+- *private blocks*: the admission wrapper of the scheduler (topk/DESIGN.md, section 4, step 5)
+  appends K * B blocks to the end of R's block list, B = ``BeamLayout.blocks_per_beam(P)`` (its one
+  definition is ``topk.admission.private_blocks_per_beam``); beam j owns the j-th run of B of them. They
+  hold a copy of the prompt's partial last block, then the beam's own tokens (positions P .. P + L - 2)
+  and, on a server with a draft, the draft's lookahead slots.
+
+The rewrite, engine step by engine step (``rewrite_scheduler_output``):
+
+- R's ``NewRequestData``: R's last K * B block ids are taken out; R's own row never sees them.
+- step 1: K ``NewRequestData``, one per beam: prompt = R's prompt, ``num_computed_tokens = P``,
+  ``block_ids`` = R's floor(P / bs) full prompt blocks + the beam's private blocks, R's
+  ``sampling_params``; one scheduled token each.
+- step t in 2 .. L-1: K ``CachedRequestData`` entries, ``num_computed_tokens = P + t - 1``, one
+  scheduled token each.
+- the beams leave (their ids join ``finished_req_ids``) in the first engine step after R's step L-1,
+  or when R finishes, is aborted or is preempted before that; step L adds no beams.
+
+Worked example, no draft: P = 21, bs = 16, L = 4, K = 2, so B = cdiv(21 mod 16 + 3, 16) = 1. The
+scheduler gives R the block list [a, b, c, d] (a, b: R's own, its positions 0 .. 31; c, d: private).
+R's row gets [a, b]; beam 0 gets [a, c], beam 1 gets [a, d] (c and d start with a copy of b's
+positions 16 .. 20, then hold the beam's positions 21 .. 23).
+
+The parts: ``TopKState`` (one request, frozen), ``advance_states`` (the states for the next engine
+step), ``rewrite_scheduler_output`` (the output the runner executes), both pure; ``TopKBeams`` carries
+the states from step to step for ``patches/execute_model.py``. Beams carry R's ``sampling_params``,
+``padrec_topk`` included: hooks that read it tell a beam from R by ``is_beam_req_id``.
+
+The scheduler's object is never changed: an in-process engine shares it (and the lists and sets in it)
+with the scheduler. An output with no top-K request in it is returned as it is, the same object.
+A top-K request that comes back after a preemption with output already (its ``prefill_token_ids``
+longer than its prompt) gets no private blocks and no beams (DESIGN.md, section 5, "Preemption").
+
+Nothing here touches a GPU: the beams' tokens, scores and KV copies belong to the sampler hook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from vllm_padrec.topk.admission import private_blocks_per_beam, topk_of
+
+BEAM_ID_INFIX = "\x00beam"  # no request id from a client holds a NUL, so beam ids never collide with one
+
+
+def beam_req_id(req_id: str, beam: int) -> str:
+    """The runner-private request id of beam ``beam`` of top-K request ``req_id``."""
+    return f"{req_id}{BEAM_ID_INFIX}{beam}"
+
+
+def is_beam_req_id(req_id: str) -> bool:
+    """Whether ``req_id`` names a beam row (``beam_req_id``) rather than a request of the scheduler."""
+    return BEAM_ID_INFIX in req_id
+
+
+def topk_of_request(sampling_params: Any) -> int | None:
+    """K of a top-K request (its ``padrec_topk``), None for any other request (and for pooling ones)."""
+    return topk_of(getattr(sampling_params, "extra_args", None))
+
+
+@dataclass(frozen=True)
+class BeamLayout:
+    """What fixes the beams' blocks on one server; the scheduler's admission wrapper uses the same numbers."""
+
+    item_length: int  # L: tokens of one item (the catalog's slots)
+    block_size: int  # the KV cache manager's block size: block ids count in it
+    lookahead: int = 0  # the scheduler's num_lookahead_tokens: KV slots a draft writes past the fed token
+
+    def blocks_per_beam(self, prompt_len: int) -> int:
+        """B, from ``topk.admission`` (the one definition, shared with the scheduler's allocation)."""
+        return private_blocks_per_beam(prompt_len, self.item_length, self.block_size, self.lookahead)
+
+
+@dataclass(frozen=True)
+class TopKState:
+    """One top-K request R in the runner, as of one engine step."""
+
+    req_id: str
+    k: int  # K: beams
+    item_length: int  # L: tokens of one item, R's steps 0 .. L - 1
+    prompt_token_ids: tuple[int, ...]  # R's prompt, P tokens (a copy: the scheduler's list is live)
+    prompt_block_ids: tuple[int, ...]  # R's floor(P / bs) full prompt blocks, shared by every beam
+    private_block_ids: tuple[int, ...]  # [K * B] the last K * B ids of R's block list; beam j owns [j*B, (j+1)*B)
+    sampling_params: Any  # R's SamplingParams, handed to the beams as they are
+    step: int = -1  # t of R's latest scheduled engine step (this one when R is scheduled); -1: prompt not done
+    ended: bool = False  # R leaves the runner in this engine step (finished, aborted or preempted)
+    beams_held: bool = False  # the runner holds R's beams as this engine step begins
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def blocks_per_beam(self) -> int:
+        return len(self.private_block_ids) // self.k
+
+    @property
+    def beam_req_ids(self) -> list[str]:
+        return [beam_req_id(self.req_id, j) for j in range(self.k)]
+
+    def beam_block_ids(self, beam: int) -> list[int]:
+        """The block table row of beam ``beam``: the shared full prompt blocks, then its private blocks."""
+        B = self.blocks_per_beam
+        return list(self.prompt_block_ids) + list(self.private_block_ids[beam * B : (beam + 1) * B])
+
+    @property
+    def runs_beams(self) -> bool:
+        """Whether R's beams are rows of the runner after this engine step: R's steps 1 .. L - 1."""
+        return not self.ended and 1 <= self.step <= self.item_length - 1
+
+    @classmethod
+    def admit(
+        cls,
+        new_req: Any,  # vllm.v1.core.sched.output.NewRequestData of R
+        k: int,
+        num_scheduled_tokens: int,  # R's tokens in this engine step
+        layout: BeamLayout,
+    ) -> TopKState:
+        """R's state from its first ``NewRequestData``, whose block list ends with the K * B private blocks."""
+        prompt = tuple(new_req.prompt_token_ids)
+        P = len(prompt)
+        if len(new_req.block_ids) != 1:
+            raise RuntimeError(
+                f"top-K request {new_req.req_id!r}: {len(new_req.block_ids)} KV cache groups; the beams' private "
+                "blocks need exactly one (hybrid and sliding-window models are refused in the front end)"
+            )
+        (block_ids,) = new_req.block_ids
+        bs = layout.block_size
+        num_private = k * layout.blocks_per_beam(P)
+        if len(block_ids) < -(-P // bs) + num_private:
+            raise RuntimeError(
+                f"top-K request {new_req.req_id!r}: {len(block_ids)} blocks cannot hold a prompt of {P} tokens "
+                f"(block size {bs}) and {num_private} private blocks: the scheduler's admission wrapper "
+                "did not reserve them"
+            )
+        computed = new_req.num_computed_tokens + num_scheduled_tokens
+        return cls(
+            req_id=new_req.req_id,
+            k=k,
+            item_length=layout.item_length,
+            prompt_token_ids=prompt,
+            prompt_block_ids=tuple(block_ids[: P // bs]),
+            private_block_ids=tuple(block_ids[len(block_ids) - num_private :]),
+            sampling_params=new_req.sampling_params,
+            step=0 if computed >= P else -1,
+        )
+
+    def scheduled(self, num_computed_tokens: int, num_scheduled_tokens: int) -> TopKState:
+        """This state once R is scheduled again in this engine step (a later prefill chunk, or step t + 1)."""
+        if self.step >= 0:
+            return dataclasses.replace(self, step=self.step + 1)
+        done = num_computed_tokens + num_scheduled_tokens >= self.prompt_len
+        return dataclasses.replace(self, step=0 if done else -1)
+
+
+def advance_states(
+    out: Any,  # the scheduler's SchedulerOutput for this engine step
+    states: Mapping[str, TopKState],  # as the previous engine step left them
+    layout: BeamLayout,
+) -> dict[str, TopKState]:
+    """The top-K requests' states for this engine step (pure: neither argument is changed).
+
+    States that ended in the previous step are dropped; R in ``finished_req_ids`` or
+    ``preempted_req_ids`` is marked ended; a scheduled R moves one step on; a top-K request new to the
+    runner gets a state (unless it resumes after a preemption with output already).
+    """
+    leaving = set(out.finished_req_ids) | set(out.preempted_req_ids or ())
+    cached = out.scheduled_cached_reqs
+    computed = dict(zip(cached.req_ids, cached.num_computed_tokens))
+    scheduled = out.num_scheduled_tokens
+    result: dict[str, TopKState] = {}
+    for req_id, state in states.items():
+        if state.ended:
+            continue
+        state = dataclasses.replace(state, beams_held=state.runs_beams)
+        if req_id in leaving:
+            state = dataclasses.replace(state, ended=True)
+        elif req_id in computed and req_id in scheduled:
+            state = state.scheduled(computed[req_id], scheduled[req_id])
+        result[req_id] = state
+    for new_req in out.scheduled_new_reqs:
+        k = topk_of_request(new_req.sampling_params)
+        resumed_with_output = len(new_req.prefill_token_ids or ()) > len(new_req.prompt_token_ids or ())
+        if k is None or resumed_with_output:
+            continue
+        state = TopKState.admit(new_req, k, scheduled.get(new_req.req_id, 0), layout)
+        earlier = result.get(new_req.req_id)  # R left and came back in this same step
+        result[new_req.req_id] = dataclasses.replace(state, beams_held=earlier is not None and earlier.beams_held)
+    return result
+
+
+def rewrite_scheduler_output(out: Any, states: Mapping[str, TopKState]) -> Any:
+    """The SchedulerOutput the runner executes: ``out`` with R's private blocks hidden and R's beams in it.
+
+    ``states`` are this engine step's (``advance_states``). Pure: ``out`` and everything in it stay as
+    they are (the result holds new lists, sets and dicts where it differs). Returns ``out`` itself
+    when there is nothing to change.
+    """
+    from vllm.v1.core.sched.output import NewRequestData
+
+    new_reqs = []
+    hidden = False
+    for new_req in out.scheduled_new_reqs:
+        state = states.get(new_req.req_id)
+        if state is not None and not state.ended and len(state.private_block_ids):
+            (block_ids,) = new_req.block_ids
+            own = list(block_ids[: len(block_ids) - len(state.private_block_ids)])
+            new_req = dataclasses.replace(new_req, block_ids=(own,))
+            hidden = True
+        new_reqs.append(new_req)
+
+    leaving: list[str] = []  # beams removed in this step
+    cached_beams: list[tuple[TopKState, str, int]] = []  # (R, beam id, beam)
+    for state in states.values():
+        if state.beams_held and not state.runs_beams:
+            leaving.extend(state.beam_req_ids)
+        if state.ended or state.req_id not in out.num_scheduled_tokens or not state.runs_beams:
+            continue
+        if state.step == 1:  # the beams' first step: new to the runner
+            for j, beam_id in enumerate(state.beam_req_ids):
+                new_reqs.append(
+                    NewRequestData(
+                        req_id=beam_id,
+                        prompt_token_ids=list(state.prompt_token_ids),
+                        mm_features=[],
+                        sampling_params=state.sampling_params,
+                        pooling_params=None,
+                        block_ids=(state.beam_block_ids(j),),
+                        num_computed_tokens=state.prompt_len,
+                        lora_request=None,
+                        prefill_token_ids=list(state.prompt_token_ids),
+                    )
+                )
+        else:
+            cached_beams.extend((state, beam_id, j) for j, beam_id in enumerate(state.beam_req_ids))
+
+    added = [r.req_id for r in new_reqs[len(out.scheduled_new_reqs) :]] + [b for _, b, _ in cached_beams]
+    if not (hidden or leaving or added):
+        return out
+
+    cached = out.scheduled_cached_reqs
+    if cached_beams:
+        cached = dataclasses.replace(
+            cached,
+            req_ids=cached.req_ids + [beam_id for _, beam_id, _ in cached_beams],
+            # pipeline parallelism only (refused for top-K): one empty list per request when it is in use
+            new_token_ids=cached.new_token_ids + [[] for _ in cached_beams] if cached.new_token_ids else [],
+            new_block_ids=cached.new_block_ids + [None for _ in cached_beams],
+            num_computed_tokens=cached.num_computed_tokens
+            + [state.prompt_len + state.step - 1 for state, _, _ in cached_beams],
+            num_output_tokens=cached.num_output_tokens + [state.step for state, _, _ in cached_beams],
+        )
+    num_scheduled_tokens = dict(out.num_scheduled_tokens)
+    num_scheduled_tokens.update(dict.fromkeys(added, 1))
+    return dataclasses.replace(
+        out,
+        scheduled_new_reqs=new_reqs,
+        scheduled_cached_reqs=cached,
+        num_scheduled_tokens=num_scheduled_tokens,
+        total_num_scheduled_tokens=out.total_num_scheduled_tokens + len(added),
+        finished_req_ids=set(out.finished_req_ids) | set(leaving),
+    )
+
+
+class TopKBeams:
+    """The top-K requests of one runner, carried from engine step to engine step."""
+
+    def __init__(self, layout: BeamLayout) -> None:
+        self.layout = layout
+        self.states: dict[str, TopKState] = {}
+
+    def rewrite(self, out: Any) -> Any:
+        """This engine step's SchedulerOutput as the runner should execute it (``out`` itself when unchanged)."""
+        if not self.states and not any(topk_of_request(r.sampling_params) is not None for r in out.scheduled_new_reqs):
+            return out  # the common case: no top-K request in the runner
+        self.states = advance_states(out, self.states, self.layout)
+        return rewrite_scheduler_output(out, self.states)
