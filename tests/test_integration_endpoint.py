@@ -15,6 +15,7 @@ from typing import get_args
 
 import numpy as np
 import pytest
+import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -503,3 +504,177 @@ def test_vllm_api_server_wiring(folder, monkeypatch):
     asyncio.run(api_server._init_endpoint_plugins_state(engine, app.state, Namespace(served_model_name=None)))
     body = post(app, {"history": ["i1"], "num_items": 1}).json()
     assert [i["item_id"] for i in body["items"]] == ["i6"] and body["model"] == str(folder)
+
+
+# -- "mode": "topk" (issue 12): the K best single items, through add_request and a PoolingRequestOutput --------
+def topk_answer(items, scores):
+    """What the engine's runner hands back for a top-K request (topk/result.py): the items' code tokens, their
+    per-token log-probs (here the score split evenly) and their scores, best first."""
+    from vllm_padrec.topk.result import encode_items
+    from vllm_padrec.topk.select import TopKItems
+
+    tokens = torch.tensor([CATALOG.item_token_ids(i) for i in items])  # [n, L]
+    scores_t = torch.tensor(scores, dtype=torch.float32)  # [n]
+    return encode_items(TopKItems(tokens, scores_t, scores_t[:, None].expand(-1, CATALOG.num_slots) / 2))
+
+
+class FakeTopKEngine:
+    """``AsyncLLM.add_request`` / ``abort`` as the top-K route uses them: ``add_request`` returns vLLM's own
+    ``RequestOutputCollector`` under an internal id (as AsyncLLM assigns one), holding a finished
+    ``PoolingRequestOutput`` of ``answer`` (nothing with ``block``; ``error`` put instead; ``output`` as is)."""
+
+    def __init__(self, answer=None, *, block=False, error: Exception | None = None, output=None):
+        self.answer, self.block, self.error, self.output = answer, block, error, output
+        self.calls: list[tuple] = []
+        self.aborted: list[tuple[str, bool]] = []
+
+    async def add_request(self, request_id, prompt, params, **kwargs):
+        from vllm.outputs import PoolingOutput, PoolingRequestOutput
+        from vllm.v1.engine.output_processor import RequestOutputCollector
+
+        self.calls.append((prompt, params, request_id))
+        collector = RequestOutputCollector(params.output_kind, f"{request_id}-internal")
+        prompt_ids = list(prompt["prompt_token_ids"])
+        if self.error is not None:
+            collector.put(self.error)
+        elif self.output is not None:
+            collector.put(self.output)
+        elif not self.block:
+            collector.put(PoolingRequestOutput(collector.request_id, PoolingOutput(self.answer), prompt_ids, 0, True))
+        return collector
+
+    async def generate(self, *args, **kwargs):
+        raise AssertionError("a top-K request must not go through generate (it asserts RequestOutput)")
+        yield
+
+    async def abort(self, request_id, internal=False):
+        self.aborted.append((request_id, internal))
+
+
+@pytest.fixture
+def topk_served(monkeypatch):
+    from vllm_padrec.integration import list_settings
+
+    monkeypatch.setattr(list_settings, "TOPK_SERVED", True)
+
+
+def test_topk_is_refused_with_the_front_ends_400_while_the_engine_does_not_serve_it(folder):
+    from vllm_padrec.integration import list_settings
+    from vllm_padrec.lists import ListSpecError
+
+    assert not list_settings.TOPK_SERVED  # this build: the route must say so, and send nothing
+    engine = FakeTopKEngine(topk_answer([4], [-1.0]))
+    app = make_app(folder, engine)
+    error = error_of(post(app, {"history": ["i1"], "mode": "topk", "k": 3}), 400)
+    with pytest.raises(ListSpecError) as front_end:  # what vLLM's front end answers padrec_topk=3 with
+        list_settings.check_request(app.state.vllm_config, {"padrec_constraint": True, "padrec_topk": 3})
+    assert error["message"] == str(front_end.value) and "not served by this build" in error["message"]
+    assert error["param"] == "mode" and engine.calls == []
+
+
+def test_topk_answers_the_engines_items_best_first_with_scores(folder, topk_served):
+    from vllm.sampling_params import RequestOutputKind
+
+    engine = FakeTopKEngine(topk_answer([4, 0, 2], [-0.5, -1.25, -3.0625]))
+    reply = post(make_app(folder, engine), {"history": ["i1", "i3"], "mode": "topk", "k": 3})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["mode"] == "topk" and body["model"] == MODEL and body["id"].startswith("rec-")
+    assert body["items"] == [
+        {"rank": 1, "item_id": "i4", "semantic_id": "<a_1><b_1>", "title": "title 4", "score": -0.5},
+        {"rank": 2, "item_id": "i0", "semantic_id": "<a_0><b_0>", "title": "title 0", "score": -1.25},
+        {"rank": 3, "item_id": "i2", "semantic_id": "<a_0><b_2>", "title": "title 2", "score": -3.0625},
+    ]
+    prompt = CATALOG.render_prompt([1, 3])
+    assert body["usage"] == {"prompt_tokens": len(prompt), "total_tokens": len(prompt)} and body["warnings"] == []
+    ((sent_prompt, params, request_id),) = engine.calls
+    assert sent_prompt == {"prompt_token_ids": prompt} and request_id == body["id"]
+    assert params.extra_args == {
+        "padrec_constraint": True,
+        "padrec_num_items": 1,
+        "padrec_no_repeat": False,
+        "padrec_topk": 3,
+    }
+    assert params.max_tokens == CATALOG.num_slots + 1 and params.temperature == 0.0 and params.seed is None
+    assert params.output_kind == RequestOutputKind.FINAL_ONLY and params.detokenize is False
+    assert params.stop_token_ids == [EOS]
+    limits = ListLimits(MAX_LIST_ITEMS, len(CATALOG))  # what the engine side reads: a top-K request of K=3
+    assert ListSpec.from_extra_args(params.extra_args, ListSpec(), limits).topk == 3
+
+
+def test_topk_exclude_history_and_dead_beams(folder, topk_served):
+    engine = FakeTopKEngine(topk_answer([5, 7, 6], [-0.75, -2.0, float("-inf")]))  # one dead beam
+    payload = {"history": ["i1", "i3", "i1"], "mode": "topk", "k": 3, "exclude_history": True}
+    body = post(make_app(folder, engine), payload).json()
+    assert [(i["item_id"], i["score"]) for i in body["items"]] == [("i5", -0.75), ("i7", -2.0)]
+    assert body["warnings"] == ["the engine returned 2 of 3 items"]
+    params = engine.calls[0][1]
+    assert params.extra_args[REQUEST_KEYS["exclude_items"]] == [1, 3] and params.extra_args["padrec_topk"] == 3
+
+
+@pytest.mark.parametrize(
+    "payload, param, words",
+    [
+        ({"history": ["i1"], "k": 3}, "k", ['"mode": "topk" only']),
+        ({"history": ["i1"], "mode": "list", "k": 3}, "k", ['"mode": "topk" only']),
+        ({"history": ["i1"], "mode": "topk"}, "k", ["k is required"]),
+        ({"history": ["i1"], "mode": "topk", "k": 0}, "k", ["greater than or equal to 1"]),
+        ({"history": ["i1"], "mode": "topk", "k": 5}, "k", ["k=5", "max_topk=4"]),
+        ({"history": ["i1"], "mode": "topk", "k": 3, "num_items": 3}, "num_items", ['"mode": "list" only']),
+        ({"history": ["i1"], "mode": "topk", "k": 3, "temperature": 0.5}, "temperature", ['"mode": "list" only']),
+        ({"history": ["i1"], "mode": "beam", "k": 3}, "mode", ["'list' or 'topk'"]),
+    ],
+)
+def test_topk_bad_requests_get_422_naming_the_field(folder, topk_served, payload, param, words):
+    engine = FakeTopKEngine(topk_answer([0], [-1.0]))
+    error = error_of(post(make_app(folder, engine, max_topk=4), payload), 422)
+    assert error["param"] == param
+    for word in words:
+        assert word in error["message"], error["message"]
+    assert engine.calls == []
+
+
+def test_topk_larger_than_the_catalog_after_exclusions_is_refused(folder, topk_served):
+    engine = FakeTopKEngine(topk_answer([0], [-1.0]))
+    app = make_app(folder, engine, max_topk=16)
+    error = error_of(post(app, {"history": ["i1"], "mode": "topk", "k": 9}), 422)
+    assert error["param"] == "k" and "k=9" in error["message"] and "8 items" in error["message"]
+    payload = {"history": ["i1", "i2"], "mode": "topk", "k": 7, "exclude_history": True}
+    error = error_of(post(app, payload), 422)
+    assert error["param"] == "k" and "6 items outside the history" in error["message"]
+    assert engine.calls == []
+    assert post(app, {**payload, "k": 6}).status_code == 200  # 6 items are left: K = 6 is served
+
+
+def test_topk_engine_failures_abort_the_request_by_its_internal_id(folder, topk_served):
+    engine = FakeTopKEngine(error=RuntimeError("CUDA fell over"))
+    message = error_of(post(make_app(folder, engine), {"history": ["i1"], "mode": "topk", "k": 2}), 500)["message"]
+    assert "CUDA fell over" not in message and engine.calls[0][2] in message
+    assert engine.aborted == [(f"{engine.calls[0][2]}-internal", True)]
+    from vllm.outputs import CompletionOutput, RequestOutput
+
+    tokens = CompletionOutput(0, "", completion(1), None, None, finish_reason="stop")
+    plain = FakeTopKEngine(output=RequestOutput("rec-x-internal", None, [1], None, [tokens], finished=True))
+    message = error_of(post(make_app(folder, plain), {"history": ["i1"], "mode": "topk", "k": 2}), 500)["message"]
+    assert "no top-K answer" in message and "PoolingRequestOutput" in message
+
+
+def test_topk_client_disconnect_aborts_its_own_request(folder, topk_served):
+    app = make_app(folder, FakeTopKEngine(block=True))
+    service = app.state.padrec_recommendations
+    plan = service.plan(ep.RecommendationRequest(history=["i1"], mode="topk", k=2))
+
+    class Disconnected:
+        app = SimpleNamespace(state=SimpleNamespace())
+
+        async def receive(self):
+            await asyncio.sleep(0.01)
+            return {"type": "http.disconnect"}
+
+    async def answer_and_settle():
+        result = await ep.answer_until_disconnect(service, Disconnected(), plan, "rec-gone")
+        await asyncio.sleep(0.01)
+        return result
+
+    assert asyncio.run(answer_and_settle()) is None
+    assert service.engine_client.aborted == [("rec-gone-internal", True)]  # the engine's id, not the client's

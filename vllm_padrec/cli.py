@@ -5,6 +5,7 @@
     vllm-padrec train-target --recipe bench --dataset beauty_atspeed --out runs/bench --until-done
     vllm-padrec evaluate --checkpoint runs/bench/checkpoint --dataset beauty_atspeed --out eval.json
     vllm-padrec recommend --checkpoint runs/bench/checkpoint --history 1954 27 12030 --num-items 10
+    vllm-padrec topk --target runs/bench/checkpoint --dataset beauty_atspeed --k 20 --users 5
 
 ``--dataset`` takes ``synthetic`` (the embedded default), a folder in AtSpeed or LC-Rec format, or the
 name of a folder under ``$PADREC_DATA_DIR`` (default ``../shared/data``).
@@ -259,7 +260,8 @@ def cmd_train_draft(args) -> int:
     return 0
 
 
-def _print_lists(catalog, histories, lists, users=None) -> None:
+def _print_lists(catalog, histories, lists, users=None, scores=None) -> None:
+    """Each history's last 3 items and its recommended items (with ``scores``: each item's score after it)."""
     for n, (history, items) in enumerate(zip(histories, lists)):
         who = f"user {users[n]}" if users else f"request {n}"
         print(f"\n{who}: history (last 3 of {len(history)}):")
@@ -267,7 +269,10 @@ def _print_lists(catalog, histories, lists, users=None) -> None:
             print(f"    {catalog.sid_string(index)}  {catalog.titles[index] or catalog.item_ids[index]}")
         print("  recommended:")
         for rank, index in enumerate(items, 1):
-            print(f"  {rank:2d}. {catalog.sid_string(index)}  {catalog.titles[index] or catalog.item_ids[index]}")
+            score = f"  {scores[n][rank - 1]:.4f}" if scores is not None else ""
+            print(
+                f"  {rank:2d}. {catalog.sid_string(index)}  {catalog.titles[index] or catalog.item_ids[index]}{score}"
+            )
 
 
 def cmd_recommend(args) -> int:
@@ -284,6 +289,33 @@ def cmd_recommend(args) -> int:
     ckpt = _load(args.checkpoint, _device(args.device))
     lists = greedy_lists(ckpt.model, ckpt.catalog, [window], args.num_items)  # no repeats, room for every item
     _print_lists(ckpt.catalog, [history], lists)
+    return 0
+
+
+def cmd_topk(args) -> int:
+    """Top-K for the first test users with the plain-torch reference (``decoding.beam_search_items``), the
+    answer the engine's top-K path must equal; then Recall@K / NDCG@K of those users (``recall_ndcg``)."""
+    from vllm_padrec.data import open_dataset
+
+    data = open_dataset(args.dataset)
+    catalog, recipe = _checkpoint_for(args.target, data)
+    catalog.check_distinct_items(args.k, f"--k {args.k}")
+    samples = data.eval_samples("test", recipe.max_history)[: args.users]
+    if not samples:
+        raise PadRecError(f"the test split of {data.name} has no user with both a history and a target")
+
+    from vllm_padrec.decoding import beam_search_items
+    from vllm_padrec.target.evaluate import recall_ndcg
+
+    ckpt = _load(args.target, _device(args.device))
+    histories = [s.history for s in samples]
+    ranked = beam_search_items(
+        ckpt.model, ckpt.catalog, histories, args.k, batch_size=max(1, 64 // args.k), ban_history=args.exclude_history
+    )
+    items = [[item for item, _ in user] for user in ranked]
+    _print_lists(ckpt.catalog, histories, items, [s.user for s in samples], [[s for _, s in u] for u in ranked])
+    scored = recall_ndcg(items, [s.targets for s in samples], args.k)
+    print(json.dumps({"k": args.k, "exclude_history": args.exclude_history, **scored}, indent=2))
     return 0
 
 
@@ -447,6 +479,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", type=torch_device, default=None, help=device_help)
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("topk", help="the K best items for test users (plain-torch beam search), with scores")
+    p.add_argument("--target", required=True, help="target checkpoint folder (train-target's OUT/checkpoint)")
+    p.add_argument("--dataset", required=True, help=dataset_help + "; must hold the target's catalog")
+    p.add_argument("--k", type=positive_int, required=True, help="items per user, best first; at most the catalog size")
+    p.add_argument("--users", type=positive_int, default=5, help="the first this many test users, printed and scored")
+    p.add_argument("--exclude-history", action="store_true", help="never recommend an item of the user's own history")
+    p.add_argument("--device", type=torch_device, default=None, help=device_help)
+    p.set_defaults(func=cmd_topk)
     return parser
 
 

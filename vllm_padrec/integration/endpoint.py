@@ -12,11 +12,20 @@ group, vllm/plugins/__init__.py:56-64, :93-131)::
 Request (JSON, unknown fields refused): ``history`` (item ids, oldest first; at most
 ``MAX_HISTORY_IDS``), ``num_items`` (10), ``no_repeat`` (true), ``exclude_history`` (false),
 ``temperature`` (0.0: greedy; finite), ``seed`` (a signed 64-bit integer, as vLLM's own API bounds it),
-``model`` (a served model name; default the first). Bodies over ``MAX_BODY_BYTES`` are refused (413)
-before they are read.
+``model`` (a served model name; default the first), ``mode`` ("list", the default, or "topk") and ``k``
+(with "topk" only, 1..``max_topk``). Bodies over ``MAX_BODY_BYTES`` are refused (413) before they are read.
+
+With ``"mode": "topk"`` the answer is the ``k`` best single items by the target's constrained beam search
+(issue 12), best first, each with its ``score`` (the sum of its code tokens' log-probabilities); a
+top-K request takes ``history``, ``exclude_history``, ``model`` and ``k``, and the list's own fields
+(``num_items``, ``no_repeat``, ``temperature``, ``seed``) are refused with it::
+
+    curl localhost:8000/v1/recommendations -H 'Content-Type: application/json' \\
+        -d '{"history": ["4149", "812", "77"], "mode": "topk", "k": 20, "exclude_history": true}'
 
 Answer: ``{"id", "model", "items": [{"rank", "item_id", "semantic_id", "title"}], "usage":
-{"prompt_tokens", "completion_tokens"}, "speculation", "history_items_used", "warnings"}``. The catalog
+{"prompt_tokens", "completion_tokens"}, "speculation", "history_items_used", "warnings"}``; a top-K
+answer adds ``"mode": "topk"`` and each item's ``score``, and its ``usage`` counts the prompt only. The catalog
 is the one the engine's masks read (``list_settings.catalog_path``: ``padrec.catalog`` of
 ``--additional-config``, else ``padrec_catalog.json`` in the served model folder); how a request becomes
 an engine request, and the policies on history length, ``exclude_history`` and ``speculation``, are in
@@ -34,7 +43,11 @@ This module is the HTTP side, kept apart from vLLM's handlers where they do not 
   JSON; 413 body too large; 422 unknown fields or bad values, unknown item ids (all of them named in
   ``unknown_item_ids``), empty or too long history, ``num_items`` above ``max_list_items`` or above what
   the catalog holds (with ``no_repeat``), history that cannot fit ``max_model_len``, ``exclude_history``
-  with more distinct history items than ``max_exclude_items``; 404 unknown ``model``; 503 no catalog.
+  with more distinct history items than ``max_exclude_items``, ``k`` without ``"mode": "topk"``,
+  ``"mode": "topk"`` without ``k`` or with a list field, ``k`` above ``max_topk`` or above the catalog's
+  items (outside the history, with ``exclude_history``); 404 unknown ``model``; 503 no catalog. A top-K
+  request on a build whose engine does not serve top-K yet (``list_settings.TOPK_SERVED``) gets the
+  front end's own 400 (``list_settings.check_request``).
   The engine's own input errors (``ValueError``) give 400 (``create_error_response``); anything else the
   engine raises gives 500 with the request id and no detail (the detail, which can hold server paths,
   goes to the server log); the app keeps serving. (When the engine process itself dies, vLLM's

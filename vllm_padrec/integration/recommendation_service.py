@@ -11,6 +11,13 @@ slack. ``generate`` sends it to ``EngineClient.generate`` as a ``TokensPrompt``
 ``answer`` parses the output token ids back into items (``vllm_padrec.lists.parse_list``, counting the
 chunks that name no item).
 
+A top-K request (``"mode": "topk", "k": K``) plans ``topk.request``'s request instead (``ListSpec(constraint,
+topk=K, exclude_items)``, ``max_tokens = L + 1``, greedy), after the front end's own check
+(``list_settings.check_request``: while ``TOPK_SERVED`` is false its refusal becomes a 400 here).
+``generate_topk`` submits it with ``add_request`` rather than ``generate`` (whose outputs must be
+``RequestOutput``s), and ``answer_topk`` returns the K items of the answer's ``PoolingRequestOutput``
+with their scores, best first.
+
 Policies:
 
 - History length. The prompt keeps the last ``max_history`` items of the recipe the target was
@@ -35,7 +42,7 @@ import json
 from argparse import Namespace
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,12 +50,16 @@ from vllm_padrec.catalog import CATALOG_FILE, ItemCatalog, TokenLayout
 from vllm_padrec.errors import EmptyHistoryError, PadRecError, UnknownItemError
 from vllm_padrec.integration.spec_decode_counters import SpeculationReport
 from vllm_padrec.lists import ListSpec, parse_list
+from vllm_padrec.lists.spec import DEFAULT_MAX_TOPK
+from vllm_padrec.topk.request import RankedItems, ranked_items, topk_max_tokens, topk_spec
 
 # Request size: a history longer than any context is refused, not scanned (the prompt keeps at most
 # max_model_len / (L + 1) items anyway).
 MAX_HISTORY_IDS = 10_000
 MAX_ITEM_ID_CHARS = 256
 INT64 = (-(2**63), 2**63 - 1)  # seed bounds, as vLLM's CompletionRequest (and its sampler's int64 state)
+# fields that shape a list and mean nothing to "mode": "topk" (a top-K request naming one is refused)
+LIST_ONLY_FIELDS = ("num_items", "no_repeat", "temperature", "seed")
 
 
 def _logger():
@@ -71,6 +82,10 @@ class RecommendationRequest(BaseModel):
     temperature: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="0: greedy")
     seed: int | None = Field(None, ge=INT64[0], le=INT64[1], description="sampling seed (temperature > 0)")
     model: str | None = Field(None, description="served model name; default: the first")
+    mode: Literal["list", "topk"] = Field(
+        "list", description="list: one generated list of num_items; topk: the k best single items, best first"
+    )
+    k: int | None = Field(None, ge=1, description='with "mode": "topk": how many items (1..max_topk)')
 
 
 class RecommendationError(Exception):
@@ -98,9 +113,18 @@ class Plan:
     history_items_used: int
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def topk(self) -> int | None:
+        """K of a top-K plan (``"mode": "topk"``); None for a list."""
+        return self.spec.topk
+
     def sampling_params(self):
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
+        if self.topk is not None:
+            from vllm_padrec.topk.request import topk_sampling_params
+
+            return topk_sampling_params(self.spec, self.max_tokens)
         return SamplingParams(
             max_tokens=self.max_tokens,
             temperature=self.temperature,
@@ -121,6 +145,14 @@ class Generation:
     prompt_tokens: int
 
 
+@dataclass
+class TopKGeneration:
+    """The engine's answer to one top-K request, read back (``topk.request.ranked_items``)."""
+
+    ranked: RankedItems
+    prompt_tokens: int
+
+
 class RecommendationService:
     """The route's state: engine client, catalog and the server's limits."""
 
@@ -133,6 +165,8 @@ class RecommendationService:
         max_model_len: int,
         max_list_items: int,
         max_exclude_items: int,
+        max_topk: int = DEFAULT_MAX_TOPK,
+        vllm_config: Any = None,  # the server's; the front end's check of top-K requests reads it
         max_history: int | None = None,
         speculative: bool = False,
         catalog_path: str = "",
@@ -144,6 +178,8 @@ class RecommendationService:
         self.max_model_len = int(max_model_len)
         self.max_list_items = int(max_list_items)
         self.max_exclude_items = int(max_exclude_items)
+        self.max_topk = int(max_topk)
+        self.vllm_config = vllm_config
         self.max_history = max_history
         self.catalog_path = catalog_path
         self.speculation = SpeculationReport(metrics_registry) if speculative else None
@@ -178,6 +214,8 @@ class RecommendationService:
             max_model_len=model_config.max_model_len,
             max_list_items=settings.max_list_items,
             max_exclude_items=settings.max_exclude_items,
+            max_topk=settings.max_topk,
+            vllm_config=vllm_config,
             max_history=max_history,
             speculative=vllm_config.speculative_config is not None,
             catalog_path=str(path),
@@ -188,21 +226,31 @@ class RecommendationService:
         """Validate ``request`` against the catalog and the server's limits; raises RecommendationError."""
         catalog = self.catalog
         model = self._model_name(request.model)
+        self._check_mode_fields(request)
         try:  # every unknown id is named (catalog.history_indices), in one pass over the history
             history = catalog.history_indices(request.history)
         except EmptyHistoryError as error:
             raise RecommendationError(422, str(error), "history") from None
         except UnknownItemError as error:
             raise RecommendationError(422, str(error), "history", unknown_item_ids=error.item_ids) from None
-        n = request.num_items
-        cap = self.max_list_items
-        if n > cap:
-            raise RecommendationError(
-                422,
-                f"num_items={n} is more than this server's max_list_items={cap} (raise it with "
-                '--additional-config \'{"padrec": {"max_list_items": N}}\')',
-                "num_items",
-            )
+        if request.mode == "topk":
+            if request.k > self.max_topk:
+                raise RecommendationError(
+                    422,
+                    f"k={request.k} is more than this server's max_topk={self.max_topk} (raise it with "
+                    '--additional-config \'{"padrec": {"max_topk": K}}\')',
+                    "k",
+                )
+        else:
+            n = request.num_items
+            cap = self.max_list_items
+            if n > cap:
+                raise RecommendationError(
+                    422,
+                    f"num_items={n} is more than this server's max_list_items={cap} (raise it with "
+                    '--additional-config \'{"padrec": {"max_list_items": N}}\')',
+                    "num_items",
+                )
         excluded = tuple(sorted(set(history))) if request.exclude_history else ()
         if len(excluded) > self.max_exclude_items:
             raise RecommendationError(
@@ -213,17 +261,31 @@ class RecommendationService:
                 "exclude_history",
             )
         available = len(catalog) - len(excluded)
-        if request.no_repeat and n > available:
-            where = f"{available} items outside the history" if excluded else f"{len(catalog)} items"
-            raise RecommendationError(
-                422, f"num_items={n} with no_repeat needs {n} distinct items but the catalog has {where}", "num_items"
-            )
+        if request.mode == "topk":
+            if request.k > available:
+                where = f"{available} items outside the history" if excluded else f"{len(catalog)} items"
+                raise RecommendationError(
+                    422, f"k={request.k} asks for {request.k} distinct items but the catalog has {where}", "k"
+                )
+            spec = topk_spec(request.k, excluded)
+            max_tokens, asked, param = topk_max_tokens(catalog.num_slots), "a smaller k cannot help", "history"
+        else:
+            if request.no_repeat and n > available:
+                where = f"{available} items outside the history" if excluded else f"{len(catalog)} items"
+                raise RecommendationError(
+                    422,
+                    f"num_items={n} with no_repeat needs {n} distinct items but the catalog has {where}",
+                    "num_items",
+                )
+            spec = ListSpec(constraint=True, num_items=n, no_repeat=request.no_repeat, exclude_items=excluded)
+            max_tokens, asked, param = n * (catalog.num_slots + 1) + 1, "ask for fewer items", "num_items"
         if available == 0:
             raise RecommendationError(
                 422, "exclude_history leaves no item: the history holds the whole catalog", "exclude_history"
             )
+        if spec.topk is not None:
+            self._check_topk_served(spec)
         period = catalog.num_slots + 1
-        max_tokens = n * period + 1
         warnings: list[str] = []
         window = history
         if self.max_history is not None and len(window) > self.max_history:
@@ -235,23 +297,27 @@ class RecommendationService:
         budget = self.max_model_len - max_tokens
         fits = max(0, (budget - 1) // period)  # <s> + k items * (L + 1) (each with <sep> or <rec>)
         if fits < 1:
+            what = (
+                f"the top-K answer {max_tokens} tokens ({catalog.num_slots} codes + 1)"
+                if spec.topk is not None
+                else f"the list {max_tokens} tokens ({n} items of {catalog.num_slots} codes + separators + </s> + 1)"
+            )
             raise RecommendationError(
                 422,
-                f"the prompt needs at least {1 + period} tokens (one history item) and the list "
-                f"{max_tokens} tokens ({n} items of {catalog.num_slots} codes + separators + </s> + 1), "
-                f"{1 + period + max_tokens} in all, more than max_model_len={self.max_model_len}: ask for fewer items",
-                "num_items",
+                f"the prompt needs at least {1 + period} tokens (one history item) and {what}, "
+                f"{1 + period + max_tokens} in all, more than max_model_len={self.max_model_len}: {asked}",
+                param,
             )
         if len(window) > fits:
             prompt_len = 1 + len(window) * period
             window = window[-fits:]
             warnings.append(
                 f"history: kept the last {fits} items: the prompt of {prompt_len} tokens plus {max_tokens} for the "
-                f"list would exceed max_model_len={self.max_model_len}"
+                f"{'answer' if spec.topk is not None else 'list'} would exceed max_model_len={self.max_model_len}"
             )
         return Plan(
             prompt_token_ids=catalog.render_prompt(window),
-            spec=ListSpec(constraint=True, num_items=n, no_repeat=request.no_repeat, exclude_items=excluded),
+            spec=spec,
             max_tokens=max_tokens,
             temperature=request.temperature,
             seed=request.seed,
@@ -259,6 +325,36 @@ class RecommendationService:
             history_items_used=len(window),
             warnings=warnings,
         )
+
+    @staticmethod
+    def _check_mode_fields(request: RecommendationRequest) -> None:
+        """422 for a field the request's mode does not read (``k`` of top-K, the list's own fields)."""
+        given = request.model_fields_set
+        if request.mode == "list":
+            if "k" in given:
+                raise RecommendationError(422, 'k applies to "mode": "topk" only (a list asks for num_items)', "k")
+            return
+        if request.k is None:
+            raise RecommendationError(422, 'k is required with "mode": "topk" (the number of items, best first)', "k")
+        for name in LIST_ONLY_FIELDS:
+            if name in given:
+                raise RecommendationError(
+                    422,
+                    f'{name} applies to "mode": "list" only: "mode": "topk" returns the k best single items, '
+                    "ranked by the target's log-probabilities (greedy, no sampling)",
+                    name,
+                )
+
+    def _check_topk_served(self, spec: ListSpec) -> None:
+        """The front end's own check of a top-K request (``list_settings.check_request``): while this build
+        does not serve top-K (``TOPK_SERVED``) its refusal, as a 400 with the same message."""
+        from vllm_padrec.integration.list_settings import check_request
+        from vllm_padrec.lists import ListSpecError
+
+        try:
+            check_request(self.vllm_config, spec.to_extra_args())
+        except ListSpecError as error:
+            raise RecommendationError(400, str(error), "mode") from None
 
     def _model_name(self, requested: str | None) -> str:
         if requested is None:
@@ -270,11 +366,14 @@ class RecommendationService:
         return requested
 
     # -- engine ------------------------------------------------------------------------------------
-    async def generate(self, plan: Plan, request_id: str) -> Generation:
+    async def generate(self, plan: Plan, request_id: str) -> Generation | TopKGeneration:
         """One engine request; its final output. When cancelled, closing ``EngineClient.generate`` aborts
-        that request in the engine (AsyncLLM aborts it by its internal id)."""
+        that request in the engine (AsyncLLM aborts it by its internal id). A top-K plan goes through
+        ``generate_topk``."""
         from vllm.inputs import TokensPrompt
 
+        if plan.topk is not None:
+            return await self.generate_topk(plan, request_id)
         final = None
         async for output in self.engine_client.generate(
             TokensPrompt(prompt_token_ids=plan.prompt_token_ids), plan.sampling_params(), request_id
@@ -290,9 +389,42 @@ class RecommendationService:
             prompt_tokens=len(prompt_ids) if prompt_ids is not None else len(plan.prompt_token_ids),
         )
 
+    async def generate_topk(self, plan: Plan, request_id: str) -> TopKGeneration:
+        """One top-K request; its ranked items.
+
+        Not ``EngineClient.generate``: AsyncLLM's ``generate`` asserts that every output is a
+        ``RequestOutput`` (vllm/v1/engine/async_llm.py:583), and a top-K answer is a ``PoolingRequestOutput``
+        (``topk.request``). So the request is added with ``AsyncLLM.add_request``, which ``generate`` and
+        ``encode`` call too (:280-398), and its ``RequestOutputCollector`` is drained here as they drain
+        it. On cancellation (a client disconnect) or any failure after the request was added, the request
+        is aborted by the collector's id, the engine's internal one, as ``generate`` does (:588-625).
+        """
+        from vllm.inputs import TokensPrompt
+
+        collector = await self.engine_client.add_request(
+            request_id, TokensPrompt(prompt_token_ids=plan.prompt_token_ids), plan.sampling_params()
+        )
+        try:
+            final = None
+            while final is None or not final.finished:
+                final = collector.get_nowait() or await collector.get()
+        except BaseException:  # CancelledError included: the engine must not keep computing a dropped request
+            await self.engine_client.abort(collector.request_id, internal=True)
+            raise
+        finally:
+            collector.close()
+        try:
+            ranked = ranked_items(final, self.catalog)
+        except (TypeError, ValueError) as error:
+            raise RecommendationError(500, f"request {request_id}: the engine gave no top-K answer: {error}") from None
+        prompt_ids = final.prompt_token_ids
+        return TopKGeneration(ranked, len(prompt_ids) if prompt_ids is not None else len(plan.prompt_token_ids))
+
     # -- answer --------------------------------------------------------------------------------------
-    def answer(self, plan: Plan, generation: Generation, request_id: str) -> dict:
+    def answer(self, plan: Plan, generation: Generation | TopKGeneration, request_id: str) -> dict:
         """The JSON answer (the route's docstring): the generated items, usage, speculation, warnings."""
+        if isinstance(generation, TopKGeneration):
+            return self.answer_topk(plan, generation, request_id)
         parsed = parse_list(self.catalog, generation.token_ids)
         items, invalid = parsed.items, parsed.invalid
         warnings = list(plan.warnings)
@@ -317,6 +449,35 @@ class RecommendationService:
                 "completion_tokens": len(generation.token_ids),
                 "total_tokens": generation.prompt_tokens + len(generation.token_ids),
             },
+            "speculation": self.speculation.record() if self.speculation is not None else None,
+            "history_items_used": plan.history_items_used,
+            "warnings": warnings,
+        }
+
+    def answer_topk(self, plan: Plan, generation: TopKGeneration, request_id: str) -> dict:
+        """The JSON answer of a top-K request: the list answer's fields, with each item's ``score`` (the sum
+        of its code tokens' full-vocabulary log-probabilities) and ``"mode": "topk"``. ``usage`` counts the
+        prompt only: the items come back as a result, not as generated tokens."""
+        ranked = generation.ranked
+        warnings = list(plan.warnings)
+        if ranked.invalid:
+            warnings.append(
+                f"{ranked.invalid} returned items are not catalog items and were dropped (is the padrec general "
+                "plugin loaded with this catalog?)"
+            )
+        if len(ranked.items) < plan.topk:
+            warnings.append(f"the engine returned {len(ranked.items)} of {plan.topk} items")
+        items = ranked.items[: plan.topk]
+        return {
+            "id": request_id,
+            "object": "recommendation",
+            "model": plan.model,
+            "mode": "topk",
+            "items": [
+                {"rank": rank, **self.catalog.describe(index), "score": score}
+                for rank, (index, score) in enumerate(items, 1)
+            ],
+            "usage": {"prompt_tokens": generation.prompt_tokens, "total_tokens": generation.prompt_tokens},
             "speculation": self.speculation.record() if self.speculation is not None else None,
             "history_items_used": plan.history_items_used,
             "warnings": warnings,

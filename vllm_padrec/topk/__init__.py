@@ -5,11 +5,19 @@ full-vocabulary log-probabilities, exactly as ``vllm_padrec.decoding.beam_search
 plain-torch reference) ranks them. The design (``DESIGN.md`` beside this file) runs the K beams of
 each request as rows of the engine's ordinary batches.
 
-This package holds only the beam-selection core for now (``select``): the one step rule that the
-reference decoder also calls, its grouped form over an engine batch where many top-K requests of
-different K sit among other requests' rows, and the gathering of each beam's history into the final
-items. The engine integration (the scheduler and runner patches, the beams' KV blocks, the sampler
-hook, the endpoint, the offline API and the CLI) is not built yet: nothing here runs inside vLLM.
+Built so far, each tested on the CPU and none of it yet run inside vLLM on a GPU:
+
+    select.py     the one beam step rule (shared with the reference decoder) and its grouped form over
+                  an engine batch, and the gathering of each beam's history into the final items
+    admission.py  the KV blocks and beam rows a top-K request holds (patches/scheduler_init.py)
+    beams.py      the K beams as runner-private one-token requests (patches/execute_model.py)
+    result.py     the answer's wire form (the finished request's pooler_output)
+    request.py    one top-K request and its answer read back, for the route and the offline API
+    offline.py    ``recommend_topk`` over ``vllm.LLM``
+
+The engine path is not complete (the sampler hook, the beams' KV copies, the output patch), so its
+patches are not installed and the front end refuses ``padrec_topk`` (``list_settings.TOPK_SERVED``);
+``vllm-padrec topk`` runs the plain-torch reference meanwhile.
 """
 
 from vllm_padrec.topk.select import (

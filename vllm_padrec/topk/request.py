@@ -1,0 +1,81 @@
+"""One top-K request as the front ends send it to vLLM, and its answer read back into ranked items.
+
+The three front ends of top-K (``POST /v1/recommendations`` with ``"mode": "topk"``, the offline
+``recommend_topk`` and, once the engine serves top-K, the benchmark) ask the same thing
+(``topk/DESIGN.md`` section 4, step 1): the prompt ``<s> h_1 <sep> ... h_H <rec>`` and
+
+    SamplingParams(max_tokens=L + 1, temperature=0, stop_token_ids=[</s>], detokenize=False,
+                   output_kind=FINAL_ONLY, extra_args=ListSpec(constraint, topk=K, exclude_items).to_extra_args())
+
+The request itself writes L tokens (a ``<pad>`` per beam step, then ``</s>``); the one token past them is
+slack. Its answer is not in those tokens: the runner hands the K items over as the request's
+``pooler_output``, which reaches the front end as a ``PoolingRequestOutput`` whose ``outputs.data`` is
+``topk/result.py``'s tensor. ``ranked_items`` reads that tensor into ``(item index, score)`` pairs,
+best first, the form ``decoding.beam_search_items`` (the reference) returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vllm_padrec.catalog import ItemCatalog, TokenLayout
+from vllm_padrec.lists import ListSpec
+from vllm_padrec.topk.result import decode_items
+from vllm_padrec.topk.select import NEG_INF
+
+
+def topk_spec(k: int, exclude_items: tuple[int, ...] = ()) -> ListSpec:
+    """The list settings of a top-K request: the constraint, one item per candidate, K candidates."""
+    return ListSpec(constraint=True, topk=k, exclude_items=exclude_items)
+
+
+def topk_max_tokens(num_slots: int) -> int:
+    """Tokens a top-K request may write: one per code slot (``<pad>`` ... ``</s>``) and one of slack."""
+    return num_slots + 1
+
+
+def topk_sampling_params(spec: ListSpec, max_tokens: int) -> Any:
+    """The ``SamplingParams`` of a top-K request (module docstring); ``max_tokens``: ``topk_max_tokens(L)``."""
+    from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+    if spec.topk is None:
+        raise ValueError(f"not a top-K request: {spec}")
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=0.0,
+        stop_token_ids=[TokenLayout.EOS],
+        extra_args=spec.to_extra_args(),
+        output_kind=RequestOutputKind.FINAL_ONLY,
+        detokenize=False,  # also what tells a top-K request from one of the OpenAI routes (DESIGN.md step 2)
+    )
+
+
+@dataclass(frozen=True)
+class RankedItems:
+    """A top-K answer read back: the catalog items, best first, and how many rows named no item."""
+
+    items: list[tuple[int, float]]  # (item index, score), best first; dead beams (-inf) dropped
+    invalid: int  # rows whose codes are no catalog item (never, when the engine's masks use this catalog)
+
+
+def ranked_items(output: Any, catalog: ItemCatalog) -> RankedItems:
+    """The items of a finished top-K request's ``PoolingRequestOutput``; a ``TypeError`` for any other output."""
+    from vllm.outputs import PoolingRequestOutput
+
+    if not isinstance(output, PoolingRequestOutput):
+        raise TypeError(
+            f"a top-K request's answer is a PoolingRequestOutput, got {type(output).__name__}: does this "
+            "engine serve padrec_topk?"
+        )
+    answer = decode_items(output.outputs.data, catalog.num_slots)
+    items, invalid = [], 0
+    for tokens, score in zip(answer.tokens.tolist(), answer.scores.tolist()):
+        if score == NEG_INF:  # a dead beam: fewer items were left than K
+            continue
+        found = catalog.parse_completion(tokens, strict=False)  # [index] or [] for codes of no item
+        if found:
+            items.append((found[0], score))
+        else:
+            invalid += 1
+    return RankedItems(items, invalid)
