@@ -277,5 +277,9 @@ def test_the_top_k_patches_stay_uninstalled_until_top_k_is_served():
     rest of the top-K path (when the front end stops refusing padrec_topk)."""
     from vllm_padrec.integration import list_settings, patches
 
-    topk_patches = {"vllm_padrec.integration.patches.scheduler_init", "vllm_padrec.integration.patches.execute_model"}
+    topk_patches = {
+        "vllm_padrec.integration.patches.scheduler_init",
+        "vllm_padrec.integration.patches.execute_model",
+        "vllm_padrec.integration.patches.sample_tokens",
+    }
     assert list_settings.TOPK_SERVED or not topk_patches & set(patches.PATCHES)

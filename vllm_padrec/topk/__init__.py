@@ -11,11 +11,15 @@ Built so far, each tested on the CPU and none of it yet run inside vLLM on a GPU
                   an engine batch, and the gathering of each beam's history into the final items
     admission.py  the KV blocks and beam rows a top-K request holds (patches/scheduler_init.py)
     beams.py      the K beams as runner-private one-token requests (patches/execute_model.py)
-    result.py     the answer's wire form (the finished request's pooler_output)
+    sampling.py   one beam step over an engine batch: the selection, the tokens written into the
+                  sampler's output (<pad> / </s> for the request's own row), the token-history copies
+    kv_copy.py    the beams' KV copies over V2's block-major storage, sources read before any write
+    result.py     the answer's wire form (the finished request's pooler_output; patches/sample_tokens.py)
     request.py    one top-K request and its answer read back, for the route and the offline API
     offline.py    ``recommend_topk`` over ``vllm.LLM``
 
-The engine path is not complete (the sampler hook, the beams' KV copies, the output patch), so its
+The engine path is not complete (the MaskingSampler hook that calls ``sampling`` and ``kv_copy``, the
+beam slots' set-up at step 1, the request's own drafts under speculative decoding), so its
 patches are not installed and the front end refuses ``padrec_topk`` (``list_settings.TOPK_SERVED``);
 ``vllm-padrec topk`` runs the plain-torch reference meanwhile.
 """

@@ -12,6 +12,7 @@ Written for top-K (issue 12) and NOT installed until the whole top-K path exists
 
     scheduler_init.py         vllm.v1.core.sched.scheduler.Scheduler.__init__ (beam KV admission)    engine core
     execute_model.py          GPUModelRunner.execute_model (beams as runner-private requests)          worker
+    sample_tokens.py          GPUModelRunner.sample_tokens (a finished top-K answer as pooler_output)  worker
 
 Each module names the vLLM modules it patches (``TARGETS``) and has an idempotent ``apply(module)``, and
 its header says what it does, why, and what would make it unnecessary.
