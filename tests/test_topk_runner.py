@@ -108,6 +108,15 @@ def test_beam_block_tables_make_room_for_a_drafts_lookahead():
     assert [n.block_ids for n in seen.scheduled_new_reqs] == [([1, 7, 8],), ([1, 9, 10],)]
 
 
+@pytest.mark.parametrize(("P", "tail"), [(21, 11), (37, 12), (16, None), (32, None)])
+def test_state_names_the_prompts_partial_last_block_for_the_tail_copy(P, tail):
+    """Entry P // bs of R's block list holds prompt positions (P // bs) * bs .. P - 1; a full last block: none."""
+    beams = TopKBeams(LAYOUT)
+    own = [10, 11, 12, 13]  # cdiv(P + L, BS) <= 4 life blocks, then K * B = 2 private ones
+    run(beams, step_output(new=[(new_request("R", [5] * P, own + [20, 21], topk_params(2)), P)]))
+    assert beams.states["R"].tail_block_id == tail
+
+
 def test_beam_ids_never_name_a_client_request():
     assert beam_req_id("R", 3) == "R\x00beam3"
     assert is_beam_req_id(beam_req_id("R", 0)) and not is_beam_req_id("R-beam0")

@@ -15,11 +15,15 @@ Built so far, each tested on the CPU and none of it yet run inside vLLM on a GPU
                   sampler's output (<pad> / </s> for the request's own row), the token-history copies
     kv_copy.py    the beams' KV copies over V2's block-major storage, sources read before any write
     result.py     the answer's wire form (the finished request's pooler_output; patches/sample_tokens.py)
+    engine.py     the runner-side coordinator: the beams' first tokens at step 1, the sampler's hooks
+                  around the catalog mask, the KV and token-history copies, the answers store (tested end
+                  to end on the CPU against beam_search_items)
     request.py    one top-K request and its answer read back, for the route and the offline API
     offline.py    ``recommend_topk`` over ``vllm.LLM``
 
-The engine path is not complete (the MaskingSampler hook that calls ``sampling`` and ``kv_copy``, the
-beam slots' set-up at step 1, the request's own drafts under speculative decoding), so its
+The engine path is not complete (``topk_max_beams`` is not yet a server setting, ``execute_model`` does
+not yet attach the runner's beams and KV caches to the engine, the request's own drafts under
+speculative decoding are not handled, and none of it has run on a GPU), so its
 patches are not installed and the front end refuses ``padrec_topk`` (``list_settings.TOPK_SERVED``);
 ``vllm-padrec topk`` runs the plain-torch reference meanwhile.
 """

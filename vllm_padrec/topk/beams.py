@@ -100,6 +100,10 @@ class TopKState:
     prompt_block_ids: tuple[int, ...]  # R's floor(P / bs) full prompt blocks, shared by every beam
     private_block_ids: tuple[int, ...]  # [K * B] the last K * B ids of R's block list; beam j owns [j*B, (j+1)*B)
     sampling_params: Any  # R's SamplingParams, handed to the beams as they are
+    # R's block holding its partial last prompt block (positions (P // bs) * bs .. P - 1): its block list's
+    # entry P // bs, copied into each beam's first private block at step 0 (``kv_copy.prompt_tail_copies``);
+    # None when P % bs == 0 (the prompt fills its blocks: nothing to copy)
+    tail_block_id: int | None = None
     step: int = -1  # t of R's latest scheduled engine step (this one when R is scheduled); -1: prompt not done
     ended: bool = False  # R leaves the runner in this engine step (finished, aborted or preempted)
     beams_held: bool = False  # the runner holds R's beams as this engine step begins
@@ -160,6 +164,7 @@ class TopKState:
             prompt_block_ids=tuple(block_ids[: P // bs]),
             private_block_ids=tuple(block_ids[len(block_ids) - num_private :]),
             sampling_params=new_req.sampling_params,
+            tail_block_id=block_ids[P // bs] if P % bs else None,
             step=0 if computed >= P else -1,
         )
 

@@ -14,6 +14,15 @@ state's V2 hooks:
   ``set_attn`` (spec_decode/speculator.py:184-192), and ``PadRecSpeculator.set_attn`` passes the lists
   on to the draft model, whose ``compute_logits`` masks the draft's logits.
 
+On a server that enables top-K (``padrec.topk_max_beams`` > 0, read as ``patches/scheduler_init.py``
+reads it) the state also gets a ``topk.engine.TopKEngine`` (``padrec_topk_engine``) and its answers
+store (``padrec_topk_answers``, read by ``patches/sample_tokens.py``): ``MaskingSampler`` calls the
+engine's hooks around the mask, ``add_request`` tells it each new beam's slot and
+``apply_staged_writes`` lets it write the beams' first tokens. A top-K request R and its beams (which
+carry R's ``extra_args``) reach ``RequestLists.add_request`` without ``padrec_topk``: their settings
+row is that of R's one-item list (``topk`` has no column), and ``RequestLists`` keeps refusing
+``padrec_topk`` on a server without an engine. With ``topk_max_beams`` = 0 nothing of this exists.
+
 Why: V2 applies no plugin logits processors (and refuses them with speculative decoding), and the
 ModelState hooks are its per-model extension point. vLLM's supported way in is a model class that
 returns its own ModelState (``get_model_state_cls()``, model_states/__init__.py:17-20, used by
@@ -40,15 +49,33 @@ decoding, or lets a plugin choose the ModelState of a model it does not own.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from types import ModuleType
+from typing import Any
 
 TARGETS = ("vllm.v1.worker.gpu.model_states",)
 _RUNNER_MODULE = "vllm.v1.worker.gpu.model_runner"
 
 
-def install(state, lists, vllm_config, device) -> None:
-    """Hook ``lists`` (a RequestLists) into the hooks of one ModelState instance."""
+def without_topk(new_req_data: Any) -> Any:
+    """``new_req_data`` with ``padrec_topk`` left out of its ``extra_args`` (a copy; the scheduler's object stays)."""
+    from vllm_padrec.topk.admission import TOPK_KEY
+
+    params = new_req_data.sampling_params.clone()
+    params.extra_args = {k: v for k, v in params.extra_args.items() if k != TOPK_KEY}
+    return dataclasses.replace(new_req_data, sampling_params=params)
+
+
+def is_topk_row(new_req_data: Any) -> bool:
+    """Whether the request is a top-K request R or one of its beams (which carry R's ``extra_args``)."""
+    from vllm_padrec.topk.beams import is_beam_req_id, topk_of_request
+
+    return is_beam_req_id(new_req_data.req_id) or topk_of_request(new_req_data.sampling_params) is not None
+
+
+def install(state, lists, vllm_config, device, topk=None) -> None:
+    """Hook ``lists`` (a RequestLists) and ``topk`` (a TopKEngine, or None) into one ModelState instance."""
     from vllm_padrec.integration.masking_sampler import MaskingSampler
 
     base_custom_sampler = state.custom_sampler
@@ -67,21 +94,42 @@ def install(state, lists, vllm_config, device) -> None:
         else:
             rejection_sampler = None
         lists.req_states = sampler.req_states
-        wrapped = MaskingSampler(rejection_sampler, lists) if rejection_sampler is not None else None
-        return MaskingSampler(sampler, lists), wrapped
+        if topk is not None:
+            topk.req_states = sampler.req_states
+        wrapped = MaskingSampler(rejection_sampler, lists, topk) if rejection_sampler is not None else None
+        return MaskingSampler(sampler, lists, topk), wrapped
 
     def add_request(req_index, new_req_data):
         base_add_request(req_index, new_req_data)
+        if topk is not None and is_topk_row(new_req_data):
+            topk.note_new_request(req_index, new_req_data.req_id)
+            new_req_data = without_topk(new_req_data)
         lists.add_request(req_index, new_req_data)
 
     def apply_staged_writes():
         base_apply_staged_writes()
         lists.apply_staged_writes()
+        if topk is not None:
+            topk.stage_beam_slots()
 
     state.custom_sampler = custom_sampler
     state.add_request = add_request
     state.apply_staged_writes = apply_staged_writes
     state.padrec_lists = lists
+    if topk is not None:
+        state.padrec_topk_engine = topk
+        state.padrec_topk_answers = topk.answers
+
+
+def topk_engine(vllm_config, device):
+    """The runner's TopKEngine on a server that enables top-K (``padrec.topk_max_beams`` > 0), else None."""
+    from vllm_padrec.integration.patches.scheduler_init import topk_max_beams
+
+    if topk_max_beams(vllm_config.additional_config) == 0:
+        return None
+    from vllm_padrec.topk.engine import TopKEngine
+
+    return TopKEngine(device)
 
 
 def make_init_model_state(original):
@@ -92,7 +140,7 @@ def make_init_model_state(original):
 
             lists = RequestLists.from_vllm_config(vllm_config, device)
             if lists is not None:
-                install(state, lists, vllm_config, device)
+                install(state, lists, vllm_config, device, topk_engine(vllm_config, device))
         return state
 
     init_model_state.__wrapped__ = original

@@ -1,0 +1,267 @@
+"""The runner-side top-K coordinator (vllm_padrec.topk.engine) over whole engine lives, on the CPU.
+
+``FakeV2`` plays Model Runner V2 around the plugin's real pieces: the real ``TopKBeams`` rewrite of real
+``SchedulerOutput``s, the real model-state hooks of ``patches/init_model_state.py`` (``RequestLists`` with
+the eager masks, ``MaskingSampler``, the ``TopKEngine``), a greedy stand-in for vLLM's sampler, V2's
+``post_update``, and a paged KV cache whose pages hold the fed tokens. Every row's logits come from the
+tiny target (float64) run over the tokens its slot's block table reads back from that cache, so a wrong
+token history, first token, block table or KV copy changes the model's input. Two top-K requests
+(K = 3 and K = 2, one step apart, so two cohorts share batches) run among an ordinary constrained list
+request: their answers must equal ``beam_search_items``' items, order and scores exactly, and the list
+request's tokens must equal those of a run without the top-K traffic.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from vllm import SamplingParams
+from vllm.v1.core.sched.output import CachedRequestData, NewRequestData, SchedulerOutput
+from vllm_fakes import request_lists
+
+from vllm_padrec.catalog import TokenLayout
+from vllm_padrec.data import SyntheticConfig, generate_synthetic
+from vllm_padrec.decoding import beam_search_items
+from vllm_padrec.integration.list_settings import ListSettings
+from vllm_padrec.integration.patches import init_model_state
+from vllm_padrec.target.config import get_recipe
+from vllm_padrec.target.model import load_checkpoint
+from vllm_padrec.target.train import train_target
+from vllm_padrec.topk.admission import cdiv, private_blocks_per_beam
+from vllm_padrec.topk.beams import BeamLayout, TopKBeams
+from vllm_padrec.topk.engine import TopKEngine
+from vllm_padrec.topk.result import decode_items, encode_items
+
+BS = 8  # block size: small, so that prompts span several blocks and some beams need two private blocks
+NUM_SLOTS, MAX_MODEL_LEN, NUM_BLOCKS = 16, 96, 96
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny target of test_topk_select.py (float64, for the same reason) and users with full histories."""
+    data = generate_synthetic(SyntheticConfig(num_items=40, num_users=150, codebook_sizes=(4, 4, 4, 4), seed=7))
+    recipe = get_recipe("tiny", hidden_size=32, intermediate_size=64, max_history=6, list_items=4, epochs=2)
+    result = train_target(recipe, data, tmp_path_factory.mktemp("target"), progress=False)
+    model = load_checkpoint(result.checkpoint).model.double().eval()
+    histories = [s.history for s in data.eval_samples("test", recipe.max_history)]
+    return model, data.catalog, [h for h in histories if len(h) == recipe.max_history][:4]
+
+
+class FakeV2:
+    """V2's per-slot state, paged KV and one step's batch, around the plugin's real model-state hooks."""
+
+    def __init__(self, model, lists, engine: TopKEngine | None, seed: int) -> None:
+        self.model = model
+        self.req_states = SimpleNamespace(
+            all_token_ids=SimpleNamespace(gpu=torch.full((NUM_SLOTS, MAX_MODEL_LEN), -1, dtype=torch.int32)),
+            total_len=SimpleNamespace(gpu=torch.zeros(NUM_SLOTS, dtype=torch.int32)),
+            last_sampled_tokens=torch.zeros(NUM_SLOTS, 1, dtype=torch.int64),
+        )
+        self.kv = torch.full((NUM_BLOCKS, 1, BS, 2), -1.0)  # [blocks, heads, block_size, K|V]: the fed token id
+        self.state = SimpleNamespace(
+            custom_sampler=lambda sampler: None, add_request=lambda i, r: None, apply_staged_writes=lambda: None
+        )
+        init_model_state.install(self.state, lists, SimpleNamespace(speculative_config=None), "cpu", engine)
+        self.sampler, _ = self.state.custom_sampler(GreedySampler(self.req_states))
+        self.slots: dict[str, int] = {}
+        self.free = list(range(NUM_SLOTS))
+        self.computed: dict[str, int] = {}
+        self.prefill_len: dict[str, int] = {}
+        self.tables: dict[str, list[int]] = {}
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def execute(self, out: SchedulerOutput) -> dict[str, int]:
+        """One engine step of the runner's (rewritten) output: the sampled token of each request."""
+        for req_id in out.finished_req_ids | (out.preempted_req_ids or set()):
+            if req_id in self.slots:
+                self.free.append(self.slots.pop(req_id))
+        for new in out.scheduled_new_reqs:  # V2's add_requests
+            slot = self.slots[new.req_id] = self.free.pop(0)
+            tokens = torch.tensor(new.prefill_token_ids, dtype=torch.int32)
+            self.req_states.all_token_ids.gpu[slot] = -1
+            self.req_states.all_token_ids.gpu[slot, : len(tokens)] = tokens
+            self.req_states.total_len.gpu[slot] = len(tokens)
+            self.computed[new.req_id] = new.num_computed_tokens
+            self.prefill_len[new.req_id] = len(tokens)
+            (self.tables[new.req_id],) = new.block_ids
+            self.state.add_request(slot, new)
+        if out.scheduled_new_reqs:
+            self.state.apply_staged_writes()
+        cached = out.scheduled_cached_reqs
+        self.computed.update(zip(cached.req_ids, cached.num_computed_tokens))
+        if not out.num_scheduled_tokens:
+            return {}
+
+        req_ids = list(out.num_scheduled_tokens)
+        req_ids = [req_ids[i] for i in torch.randperm(len(req_ids), generator=self.generator).tolist()]
+        logits, fed = [], []
+        for req_id in req_ids:
+            logits_row, last = self.forward(req_id, out.num_scheduled_tokens[req_id])
+            logits.append(logits_row)
+            fed.append(last)
+        slots = [self.slots[r] for r in req_ids]
+        batch = SimpleNamespace(
+            req_ids=req_ids,
+            idx_mapping_np=np.array(slots, dtype=np.int32),
+            cu_num_logits_np=np.arange(len(req_ids) + 1, dtype=np.int32),
+            expanded_idx_mapping=torch.tensor(slots, dtype=torch.int32),
+            expanded_local_pos=torch.zeros(len(req_ids), dtype=torch.int32),
+            input_ids=torch.tensor(fed),
+            logits_indices=torch.arange(len(req_ids)),
+        )
+        sampled = self.sampler(torch.stack(logits), batch).sampled_token_ids  # [num_reqs, 1]
+        result = {}
+        for i, req_id in enumerate(req_ids):  # V2's post_update (prompts are never chunked here)
+            slot, token = self.slots[req_id], int(sampled[i, 0])
+            length = int(self.req_states.total_len.gpu[slot])
+            self.req_states.all_token_ids.gpu[slot, length] = token
+            self.req_states.total_len.gpu[slot] = length + 1
+            self.req_states.last_sampled_tokens[slot, 0] = token
+            self.computed[req_id] += out.num_scheduled_tokens[req_id]
+            result[req_id] = token
+        return result
+
+    @torch.inference_mode()
+    def forward(self, req_id: str, num_tokens: int) -> tuple[torch.Tensor, int]:
+        """Write the fed tokens' KV through the block table, then the model over what the table reads back."""
+        slot, start, table = self.slots[req_id], self.computed[req_id], self.tables[req_id]
+        if start >= self.prefill_len[req_id]:  # a decode row feeds its last sampled token
+            fed = [int(self.req_states.last_sampled_tokens[slot, 0])]
+        else:
+            fed = self.req_states.all_token_ids.gpu[slot, start : start + num_tokens].tolist()
+        for p, token in zip(range(start, start + num_tokens), fed):
+            self.kv[table[p // BS], 0, p % BS] = float(token)
+        context = [int(self.kv[table[p // BS], 0, p % BS, 0]) for p in range(start + num_tokens)]
+        out = self.model(input_ids=torch.tensor([context]), logits_to_keep=1)
+        return out.logits[0, -1], fed[-1]
+
+
+class GreedySampler:
+    """vLLM's sampler at temperature 0: the argmax of each (masked) logits row."""
+
+    def __init__(self, req_states) -> None:
+        self.req_states = req_states
+
+    def __call__(self, logits: torch.Tensor, input_batch) -> SimpleNamespace:
+        return SimpleNamespace(sampled_token_ids=logits.argmax(-1, keepdim=True))
+
+
+class FakeScheduler:
+    """Whole prompts at once, then one token per step; a request stops at </s> or max_tokens."""
+
+    def __init__(self) -> None:
+        self.requests: dict[str, dict] = {}
+        self.next_block = 0
+        self.finished: set[str] = set()
+        self.just_finished: set[str] = set()  # finished in the last step: the next output's finished_req_ids
+
+    def add(self, req_id: str, prompt: list[int], params: SamplingParams, extra_blocks: int = 0) -> None:
+        blocks = cdiv(len(prompt) + params.max_tokens, BS) + extra_blocks
+        self.requests[req_id] = dict(prompt=prompt, params=params, outputs=[], started=False)
+        self.requests[req_id]["blocks"] = list(range(self.next_block, self.next_block + blocks))
+        self.next_block += blocks
+
+    def schedule(self, arriving: set[str]) -> SchedulerOutput:
+        new, cached = [], []
+        for req_id, r in self.requests.items():
+            if req_id in self.finished or (not r["started"] and req_id not in arriving):
+                continue
+            if not r["started"]:
+                r["started"] = True
+                new.append(
+                    NewRequestData(
+                        req_id=req_id,
+                        prompt_token_ids=list(r["prompt"]),
+                        mm_features=[],
+                        sampling_params=r["params"],
+                        pooling_params=None,
+                        block_ids=(list(r["blocks"]),),
+                        num_computed_tokens=0,
+                        lora_request=None,
+                        prefill_token_ids=list(r["prompt"]),
+                    )
+                )
+            else:
+                cached.append((req_id, len(r["prompt"]) + len(r["outputs"]) - 1))
+        scheduled = {n.req_id: len(n.prompt_token_ids) for n in new} | {req_id: 1 for req_id, _ in cached}
+        out = SchedulerOutput(
+            scheduled_new_reqs=new,
+            scheduled_cached_reqs=CachedRequestData(
+                req_ids=[r for r, _ in cached],
+                resumed_req_ids=set(),
+                new_token_ids=[],
+                all_token_ids={},
+                new_block_ids=[None for _ in cached],
+                num_computed_tokens=[c for _, c in cached],
+                num_output_tokens=[len(self.requests[r]["outputs"]) for r, _ in cached],
+            ),
+            num_scheduled_tokens=scheduled,
+            total_num_scheduled_tokens=sum(scheduled.values()),
+            scheduled_spec_decode_tokens={},
+            scheduled_encoder_inputs={},
+            num_common_prefix_blocks=[0],
+            finished_req_ids=set(self.just_finished),
+            free_encoder_mm_hashes=[],
+            preempted_req_ids=None,
+        )
+        self.just_finished = set()
+        return out
+
+    def update(self, sampled: dict[str, int]) -> None:
+        for req_id, r in self.requests.items():
+            if req_id in sampled and req_id not in self.finished:
+                r["outputs"].append(sampled[req_id])
+                if sampled[req_id] == TokenLayout.EOS or len(r["outputs"]) >= r["params"].max_tokens:
+                    self.finished.add(req_id)
+                    self.just_finished.add(req_id)
+
+
+def run_engine(monkeypatch, model, catalog, topk_users, list_user, seed: int = 0):
+    """An engine's life: (the top-K answers by request id, the list request's output tokens)."""
+    L = catalog.num_slots
+    lists = request_lists(monkeypatch, catalog, ListSettings(max_list_items=4), max_num_reqs=NUM_SLOTS)
+    engine = TopKEngine("cpu")
+    v2 = FakeV2(model, lists, engine, seed)
+    beams = TopKBeams(BeamLayout(item_length=L, block_size=BS))
+    engine.attach(beams, [v2.kv], NUM_BLOCKS)
+    scheduler = FakeScheduler()
+    list_params = SamplingParams(max_tokens=24, extra_args={"padrec_constraint": True, "padrec_num_items": 2})
+    scheduler.add("list", catalog.render_prompt(list_user), list_params)
+    arrivals = {0: {"list"}}
+    for step, (req_id, history, k) in enumerate(topk_users):
+        prompt = catalog.render_prompt(history)
+        params = SamplingParams(
+            max_tokens=L + 1, extra_args={"padrec_constraint": True, "padrec_num_items": 1, "padrec_topk": k}
+        )
+        private = k * private_blocks_per_beam(len(prompt), L, BS)
+        scheduler.add(req_id, prompt, params, extra_blocks=private)  # life, then the private blocks last
+        arrivals.setdefault(step, set()).add(req_id)
+    answers = {}
+    for step in range(40):
+        out = scheduler.schedule(arrivals.get(step, set()))
+        if not out.num_scheduled_tokens and not out.finished_req_ids:
+            break
+        scheduler.update(v2.execute(beams.rewrite(out)))
+        for req_id, items in v2.state.padrec_topk_answers.take().items():  # patches/sample_tokens.py
+            answers[req_id] = decode_items(encode_items(items), L)
+    assert not lists.refused.any(), "the plugin refused a request"
+    assert len(v2.free) == NUM_SLOTS and not engine.groups  # every slot is back, no beam state is left
+    return answers, scheduler.requests["list"]["outputs"]
+
+
+def test_topk_answers_equal_the_reference_and_leave_a_list_request_unchanged(monkeypatch, tiny):
+    model, catalog, histories = tiny
+    users = [("R1", histories[0], 3), ("R2", histories[1], 2)]
+    answers, list_tokens = run_engine(monkeypatch, model, catalog, users, histories[2])
+    assert sorted(answers) == ["R1", "R2"]
+    for req_id, history, k in users:
+        answer = answers[req_id]
+        live = torch.isfinite(answer.scores)
+        items = [catalog.parse_completion(tokens)[0] for tokens in answer.tokens[live].tolist()]
+        reference = beam_search_items(model, catalog, [history], k)[0]
+        assert list(zip(items, answer.scores[live].tolist())) == reference, req_id
+    _, alone = run_engine(monkeypatch, model, catalog, [], histories[2])
+    assert list_tokens == alone and list_tokens[-1] == TokenLayout.EOS

@@ -1,0 +1,235 @@
+"""The runner-side coordinator of top-K requests: one ``TopKEngine`` per V2 runner, called from its sampler.
+
+It holds what top-K needs between engine steps and applies ``topk.sampling`` and ``topk.kv_copy`` in
+the order V2 runs (topk/DESIGN.md, section 4, steps 7-10):
+
+- ``beams``: the runner's ``TopKBeams`` (the requests' states, rewritten into each ``SchedulerOutput`` by
+  ``patches/execute_model.py``), attached with the KV caches once the runner has them (``attach``);
+- ``groups``: each top-K request R's ``BeamGroups`` (one group, K_max = K) after its latest step. A
+  *cohort* (the requests of one batch at the same step t) is the concatenation of its members' groups,
+  padded to the cohort's K_max with dead beams, and is split back after the step: members may leave a
+  cohort at any step (abort, preemption) and the selection is the same bit for bit whatever K_max is
+  (``select.grouped_beam_step``);
+- ``answers``: the ``TopKAnswers`` store that ``patches/sample_tokens.py`` empties into the step's
+  ``pooler_output``.
+
+The hooks, in V2's order within one engine step (each returns at once when no top-K request runs):
+
+1. ``stage_beam_slots`` (the model state's ``apply_staged_writes``, after V2's ``add_requests``): at R's
+   step 1 each new beam slot j gets its first token (chosen at step 0): ``all_token_ids[slot, P]``,
+   ``total_len = P + 1``, ``last_sampled_tokens``, so its decode row feeds that token at position P;
+2. ``before_sampling(logits, input_batch)`` (``MaskingSampler``, before the catalog mask): the cohorts'
+   rows of the raw logits are copied (``sampling.beam_row_logits``);
+3. ``after_masking(logits)``: the selection (``sampling.select_beams``) reads the refused tokens from the
+   masked logits here, before vLLM's sampler changes them in place (its logit bias, bad words,
+   temperature and min-p run on the same tensor, ``v1/worker/gpu/sample/sampler.py``);
+4. ``after_sampling(sampler_output, input_batch)``: the tokens go into the sampler's output
+   (``sampling.write_sampled_tokens``: each beam's token, ``<pad>`` for R, ``</s>`` at R's last step);
+   at step 0 R's partial last prompt block is copied into every beam's first private block; at steps
+   t >= 1 every beam slot gets its parent's token history and private KV blocks; at R's last step
+   R's answer (every rank, dead beams with score -inf, still on the device: the host copy waits until
+   ``patches/sample_tokens.py`` encodes it) goes into ``answers``.
+
+Only host-known shapes and host lists (block ids, slots) cross to the device; nothing is read back.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vllm_padrec.integration.patches.sample_tokens import TopKAnswers
+from vllm_padrec.topk.beams import BEAM_ID_INFIX, TopKBeams, TopKState
+from vllm_padrec.topk.kv_copy import PrivateBlocks, copy_blocks, prompt_tail_copies
+from vllm_padrec.topk.sampling import (
+    BeamBatch,
+    BeamSelection,
+    beam_row_logits,
+    copy_token_histories,
+    select_beams,
+    write_sampled_tokens,
+)
+from vllm_padrec.topk.select import NEG_INF, BeamGroups, TopKItems
+
+
+def merge_groups(parts: Sequence[BeamGroups]) -> BeamGroups:
+    """One cohort's groups from its members' (each [1, K_g, t]), padded to K_max with dead beams."""
+    k_max = max(int(p.scores.shape[1]) for p in parts)
+
+    def widen(tensor: Tensor, value: float) -> Tensor:  # [1, K_g, ...] -> [1, K_max, ...]
+        pad = [0, 0] * (tensor.dim() - 2) + [0, k_max - tensor.shape[1]]
+        return F.pad(tensor, pad, value=value)
+
+    return BeamGroups(
+        torch.cat([p.beam_width for p in parts]),
+        torch.cat([widen(p.scores, NEG_INF) for p in parts]),
+        torch.cat([widen(p.tokens, 0) for p in parts]),
+        torch.cat([widen(p.logprobs, 0.0) for p in parts]),
+    )
+
+
+def split_groups(groups: BeamGroups, widths: Sequence[int]) -> list[BeamGroups]:
+    """The inverse of ``merge_groups``: each group's own [1, K_g, t] slices (views, no copy)."""
+    return [
+        BeamGroups(
+            groups.beam_width[g : g + 1],
+            groups.scores[g : g + 1, :k],
+            groups.tokens[g : g + 1, :k],
+            groups.logprobs[g : g + 1, :k],
+        )
+        for g, k in enumerate(widths)
+    ]
+
+
+@dataclass
+class Cohort:
+    """The top-K requests of one engine step's batch at the same step t, between the sampler's hooks."""
+
+    states: list[TopKState]
+    batch: BeamBatch
+    raw: Tensor  # [N, V] the cohort's beam rows of the raw logits
+    selection: BeamSelection | None = None
+
+
+@dataclass(frozen=True)
+class NewBeamSlot:
+    """A beam added in this engine step (R's step 1): its request slot, R's id and its rank j."""
+
+    slot: int
+    req_id: str
+    rank: int
+
+
+class TopKEngine:
+    """The top-K requests of one V2 runner: their beams, their selection state and their answers."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.answers = TopKAnswers()
+        self.beams: TopKBeams | None = None  # attached once the runner knows its block size and catalog
+        self.kv_caches: Any = None  # the runner's kv_caches (one tensor or list per layer)
+        self.num_blocks = 0  # the KV cache config's num_blocks
+        self.req_states: Any = None  # V2's RequestState (all_token_ids, total_len, last_sampled_tokens)
+        self.groups: dict[str, BeamGroups] = {}  # R's id -> its beams after its latest step
+        self._cohorts: list[Cohort] = []
+        self._new_beams: list[NewBeamSlot] = []
+
+    def attach(self, beams: TopKBeams, kv_caches: Any, num_blocks: int) -> None:
+        """Called once by the runner's first real step (``patches/execute_model.py``)."""
+        self.beams, self.kv_caches, self.num_blocks = beams, kv_caches, num_blocks
+
+    # -- request slots (the model state's add_request / apply_staged_writes) ----------------------
+    def note_new_request(self, slot: int, req_id: str) -> None:
+        """Remember a beam given a slot in this step, for ``stage_beam_slots``."""
+        if BEAM_ID_INFIX in req_id:
+            owner, rank = req_id.split(BEAM_ID_INFIX)
+            self._new_beams.append(NewBeamSlot(slot, owner, int(rank)))
+
+    def stage_beam_slots(self) -> None:
+        """Each new beam slot's first token (from R's step 0) at position P; after V2's own staged writes."""
+        new, self._new_beams = self._new_beams, []
+        new = [b for b in new if b.req_id in self.groups and self.beams is not None and b.req_id in self.beams.states]
+        if not new:
+            return
+        states = self.beams.states
+        slots = torch.tensor([b.slot for b in new], dtype=torch.long, device=self.device)  # [M]
+        position = torch.tensor([states[b.req_id].prompt_len for b in new], dtype=torch.long, device=self.device)
+        tokens = torch.cat([self.groups[b.req_id].tokens[0, b.rank : b.rank + 1, 0] for b in new])  # [M]
+        req_states = self.req_states
+        all_token_ids = req_states.all_token_ids.gpu
+        all_token_ids[slots, position] = tokens.to(all_token_ids.dtype)
+        req_states.total_len.gpu[slots] = (position + 1).to(req_states.total_len.gpu.dtype)
+        req_states.last_sampled_tokens[slots, 0] = tokens.to(req_states.last_sampled_tokens.dtype)
+
+    # -- the sampler's hooks (MaskingSampler) -----------------------------------------------------
+    def before_sampling(self, logits: Tensor, input_batch: Any) -> None:
+        """Find this step's cohorts and copy their raw logits rows, before the in-place catalog mask."""
+        self._cohorts = []
+        if self.beams is None or not self.beams.states:
+            self.groups.clear()
+            return
+        states = self.beams.states
+        for req_id in [r for r in self.groups if r not in states or states[r].ended]:
+            del self.groups[req_id]  # R left (finished, aborted, preempted) before its last step
+        in_batch = set(input_batch.req_ids)
+        by_step: dict[int, list[TopKState]] = defaultdict(list)
+        for state in states.values():
+            runs = not state.ended and 0 <= state.step < state.item_length and state.req_id in in_batch
+            if runs and (state.step == 0 or state.req_id in self.groups):
+                by_step[state.step].append(state)
+        for step in sorted(by_step):
+            members = by_step[step]
+            batch = BeamBatch.build(
+                input_batch.req_ids,
+                input_batch.cu_num_logits_np,
+                input_batch.idx_mapping_np,
+                [(s.req_id, s.k, s.prompt_len) for s in members],
+                step,
+                members[0].item_length,
+                device=logits.device,
+            )
+            self._cohorts.append(Cohort(members, batch, beam_row_logits(logits, batch)))
+
+    def after_masking(self, masked_logits: Tensor) -> None:
+        """Select each cohort's beams: the refused tokens are read here, before vLLM's sampler runs."""
+        for cohort in self._cohorts:
+            if cohort.batch.step == 0:
+                groups = BeamGroups.start([s.k for s in cohort.states], device=masked_logits.device)
+            else:
+                groups = merge_groups([self.groups[s.req_id] for s in cohort.states])
+            cohort.selection = select_beams(groups, cohort.raw, masked_logits, cohort.batch)
+
+    def after_sampling(self, sampler_output: Any, input_batch: Any) -> None:
+        """The tokens into the sampler's output, the beams' histories and KV from their parents, the answers."""
+        cohorts, self._cohorts = self._cohorts, []
+        for cohort in cohorts:
+            selection, batch, states = cohort.selection, cohort.batch, cohort.states
+            if selection is None:
+                continue
+            write_sampled_tokens(sampler_output.sampled_token_ids, selection)
+            if batch.step == 0:
+                self._copy_prompt_tails(states)
+            else:
+                copy_token_histories(
+                    self.req_states.all_token_ids.gpu,
+                    batch.beam_slots,
+                    selection.parent_slots,
+                    batch.history_end,
+                    batch.history_columns,
+                )
+                blocks = PrivateBlocks.build(
+                    [s.private_block_ids for s in states], [s.k for s in states], device=batch.beam_slots.device
+                )
+                copy_blocks(self.kv_caches, self.num_blocks, blocks.sources(selection.step.parent_rank), blocks.dst)
+            for state, groups in zip(states, split_groups(selection.groups, [s.k for s in states])):
+                if batch.last:
+                    self.groups.pop(state.req_id, None)
+                    self.answers.put(state.req_id, TopKItems(groups.tokens[0], groups.scores[0], groups.logprobs[0]))
+                else:
+                    self.groups[state.req_id] = groups
+
+    def _copy_prompt_tails(self, states: Sequence[TopKState]) -> None:
+        """Step 0: R's partial last prompt block into each beam's first private block (none when P % bs == 0)."""
+        src: list[int] = []
+        dst: list[int] = []
+        for state in states:
+            if state.tail_block_id is None:
+                continue
+            s, d = prompt_tail_copies(
+                state.prompt_len, self.beams.layout.block_size, state.tail_block_id, state.private_block_ids, state.k
+            )
+            src += s
+            dst += d
+        if src:
+            copy_blocks(
+                self.kv_caches,
+                self.num_blocks,
+                torch.tensor(src, dtype=torch.long, device=self.device),
+                torch.tensor(dst, dtype=torch.long, device=self.device),
+            )
