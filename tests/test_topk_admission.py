@@ -380,3 +380,63 @@ def test_apply_is_idempotent():
     wrapped = scheduler_class.__init__
     scheduler_init.apply(module)
     assert scheduler_class.__init__ is wrapped and wrapped.__wrapped__ is scheduler_module.Scheduler.__init__
+
+
+# --- the setting itself: ListSettings.topk_max_beams, read by the scheduler and the model state -------------
+
+
+@pytest.mark.parametrize(
+    ("padrec", "beams"),
+    [
+        (None, 0),
+        ({"topk_max_beams": 0}, 0),
+        ({"topk_max_beams": 8, "max_topk": 8}, 8),
+        ({"topk_max_beams": 65536}, 65536),
+    ],
+)
+def test_topk_max_beams_is_a_list_setting(padrec, beams):
+    from vllm_padrec.integration.list_settings import ListSettings
+
+    settings = ListSettings.from_additional_config({"padrec": padrec} if padrec else None)
+    assert settings.topk_max_beams == beams and settings.topk_on == (beams > 0)
+
+
+@pytest.mark.parametrize(
+    ("padrec", "says"),
+    [
+        ({"topk_max_beams": 65537}, "padrec.topk_max_beams must be an integer >= 0 and <= 65536"),
+        ({"topk_max_beams": -1}, "padrec.topk_max_beams must be an integer >= 0 and <= 65536"),
+        ({"topk_max_beams": 2.0}, "padrec.topk_max_beams must be an integer >= 0 and <= 65536"),
+        ({"topk_max_beams": "8"}, "padrec.topk_max_beams must be an integer >= 0 and <= 65536"),
+        ({"topk_max_beams": 7, "max_topk": 8}, "padrec.topk_max_beams=7 is less than padrec.max_topk=8"),
+    ],
+)
+def test_topk_max_beams_refused_at_start(padrec, says):
+    from vllm_padrec.integration.list_settings import ListSettings
+
+    with pytest.raises(PadRecError, match=says.replace(".", r"\.")):
+        ListSettings.from_additional_config({"padrec": padrec})
+
+
+@pytest.mark.parametrize(("padrec", "made"), [({}, False), ({"topk_max_beams": 8, "max_topk": 8}, True)])
+def test_model_state_builds_an_engine_from_the_same_setting(padrec, made, monkeypatch):
+    from vllm_padrec.integration import list_settings
+    from vllm_padrec.integration.list_settings import ListSettings
+    from vllm_padrec.integration.patches import init_model_state
+    from vllm_padrec.topk.engine import TopKEngine
+
+    monkeypatch.setattr(list_settings, "TOPK_SERVED", True)  # the build that serves top-K
+    engine = init_model_state.topk_engine(ListSettings.from_additional_config({"padrec": padrec}), "cpu")
+    assert isinstance(engine, TopKEngine) if made else engine is None
+
+
+def test_a_build_that_does_not_serve_top_k_refuses_to_start_with_it_on():
+    from vllm_padrec.integration import list_settings
+    from vllm_padrec.integration.list_settings import ListSettings
+    from vllm_padrec.integration.patches import init_model_state
+
+    assert not list_settings.TOPK_SERVED
+    settings = ListSettings.from_additional_config({"padrec": {"topk_max_beams": 8, "max_topk": 8}})
+    with pytest.raises(PadRecError, match="topk_max_beams=8: this build does not serve top-K yet"):
+        init_model_state.topk_engine(settings, "cpu")
+    assert init_model_state.topk_engine(ListSettings.from_additional_config({"padrec": {}}), "cpu") is None

@@ -265,3 +265,67 @@ def test_topk_answers_equal_the_reference_and_leave_a_list_request_unchanged(mon
         assert list(zip(items, answer.scores[live].tolist())) == reference, req_id
     _, alone = run_engine(monkeypatch, model, catalog, [], histories[2])
     assert list_tokens == alone and list_tokens[-1] == TokenLayout.EOS
+
+
+# --- R's own row: <pad> before its last step, </s> at it (RequestLists.mask_topk_owners) -------------------
+
+
+def test_r_rows_allow_only_pad_then_eos_and_are_never_fully_masked(monkeypatch):
+    from vllm_padrec.topk.beams import TopKState
+
+    catalog = generate_synthetic(SyntheticConfig(num_items=40, num_users=20, codebook_sizes=(4, 4, 4), seed=7)).catalog
+    L = catalog.num_slots
+    settings = ListSettings(max_list_items=4, topk_max_beams=8, max_topk=8)
+    lists = request_lists(monkeypatch, catalog, settings, max_num_reqs=NUM_SLOTS)
+    engine = TopKEngine("cpu")
+    state = SimpleNamespace(
+        custom_sampler=lambda s: None, add_request=lambda i, r: None, apply_staged_writes=lambda: None
+    )
+    init_model_state.install(state, lists, SimpleNamespace(speculative_config=None), "cpu", engine)
+    assert engine.lists is lists  # the model state's engine reaches the lists' override
+    beams = TopKBeams(BeamLayout(item_length=L, block_size=BS))
+    engine.attach(beams, None, 0)
+
+    def topk_state(req_id: str, step: int, ended: bool = False) -> TopKState:
+        return TopKState(req_id, 2, L, (5, 6, 7), (), (40, 41), None, step=step, ended=ended)
+
+    steps = {"prefill": -1, "t0": 0, "before_last": L - 2, "last": L - 1, "async_extra": L}
+    beams.states = {r: topk_state(r, t) for r, t in steps.items()} | {"leaving": topk_state("leaving", 1, ended=True)}
+    req_ids = [*steps, "leaving", "plain"]
+    slots = [9, 3, 7, 1, 2, 12, 0]
+    batch = SimpleNamespace(
+        req_ids=req_ids,
+        idx_mapping_np=np.array(slots, dtype=np.int32),
+        expanded_idx_mapping=torch.tensor(slots, dtype=torch.int32),
+    )
+    assert engine.owner_tokens(batch) == {
+        3: TokenLayout.PAD,
+        7: TokenLayout.PAD,
+        1: TokenLayout.EOS,
+        2: TokenLayout.EOS,
+    }
+    V = catalog.layout.vocab_size
+    logits = torch.randn(len(req_ids), V, generator=torch.Generator().manual_seed(0))  # [R, V]
+    logits[1:5] = float("-inf")  # R's rows as the one-item list mask may leave them: fully masked
+    before = logits.clone()
+    lists.mask_topk_owners(logits, batch, engine.owner_tokens(batch))
+    for row, token in ((1, TokenLayout.PAD), (2, TokenLayout.PAD), (3, TokenLayout.EOS), (4, TokenLayout.EOS)):
+        expected = torch.full((V,), float("-inf"))
+        expected[token] = 0.0
+        assert torch.equal(logits[row], expected), req_ids[row]
+    for row in (0, 5, 6):  # a prefill chunk, an R leaving this step and an ordinary request: untouched
+        assert torch.equal(logits[row], before[row]), req_ids[row]
+
+
+def test_no_owner_override_without_topk_requests(monkeypatch):
+    catalog = generate_synthetic(SyntheticConfig(num_items=40, num_users=20, codebook_sizes=(4, 4, 4), seed=7)).catalog
+    lists = request_lists(monkeypatch, catalog, ListSettings(max_list_items=4), max_num_reqs=NUM_SLOTS)
+    engine = TopKEngine("cpu")
+    batch = SimpleNamespace(req_ids=["a"], idx_mapping_np=np.array([4]), expanded_idx_mapping=torch.tensor([4]))
+    assert engine.owner_tokens(batch) == {}  # no TopKBeams attached yet
+    engine.attach(TopKBeams(BeamLayout(item_length=3, block_size=BS)), None, 0)
+    assert engine.owner_tokens(batch) == {}
+    logits = torch.randn(1, catalog.layout.vocab_size)
+    before = logits.clone()
+    lists.mask_topk_owners(logits, batch, {})
+    assert torch.equal(logits, before)

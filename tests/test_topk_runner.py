@@ -440,3 +440,23 @@ def test_patch_applies_to_vllms_runner_class(monkeypatch):
     execute_model_patch.apply(model_runner)
     assert model_runner.GPUModelRunner.execute_model.__wrapped__ is original
     assert execute_model_patch.TARGETS == ("vllm.v1.worker.gpu.model_runner",)
+
+
+def test_patch_attaches_the_runners_beams_and_kv_caches_to_the_model_states_engine():
+    from vllm_padrec.topk.engine import TopKEngine
+
+    runner = patched_runner_module().GPUModelRunner(catalog_lists())
+    engine = runner.model_state.padrec_topk_engine = TopKEngine("cpu")  # patches/init_model_state.py, top-K on
+    runner.kv_caches = [object(), object()]  # GPUModelRunner.initialize_kv_cache: one tensor per layer
+    runner.kv_cache_config.num_blocks = 77
+    runner.execute_model(step_output(new=[(new_request("o", [1, 2], [3], SamplingParams(max_tokens=2)), 2)]))
+    beams = execute_model_patch.topk_beams(runner)
+    assert engine.beams is beams and engine.kv_caches is runner.kv_caches and engine.num_blocks == 77
+    runner.execute_model(step_output(cached=[("o", 2, 1)]))  # attached once: the same objects stay
+    assert execute_model_patch.topk_beams(runner) is beams and engine.beams is beams
+
+
+def test_patch_attaches_nothing_to_a_runner_without_an_engine():
+    runner = patched_runner_module().GPUModelRunner(catalog_lists())  # top-K off: no padrec_topk_engine, no kv_caches
+    runner.execute_model(step_output(new=[(new_request("o", [1, 2], [3], SamplingParams(max_tokens=2)), 2)]))
+    assert execute_model_patch.topk_beams(runner) is not None

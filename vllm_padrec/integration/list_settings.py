@@ -9,6 +9,7 @@ request's list settings against both.
     max_list_items  (32)          longest list; sets the mask window (W = items * (L+1))
     max_exclude_items (256)       most items one request may exclude (padrec_exclude_items)
     max_topk        (256)         largest K of a top-K request (padrec_topk), 1..4096
+    topk_max_beams  (0)           beam rows held for top-K requests, 0..65536 (0: top-K off; else >= max_topk)
     mask_drafts     (true)        also mask the draft's proposals (PAD-Rec drafts)
     triton_masks    (true)        the fused Triton mask kernel for both (CUDA; else the eager torch masks)
     catalog         (none)        catalog file or folder; default: the target folder's padrec_catalog.json
@@ -30,7 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vllm_padrec.catalog import CATALOG_FILE, ItemCatalog
 from vllm_padrec.errors import PadRecError
@@ -45,6 +46,8 @@ MAX_LIST_ITEMS_LIMIT = 4096
 MAX_EXCLUDE_ITEMS_LIMIT = 4096
 # K beams per top-K request, each a request slot and KV blocks of its own in the engine (issue 12)
 MAX_TOPK_LIMIT = 4096
+# Beam rows held back from every engine step for top-K requests' beams (each a request slot and a token row)
+MAX_TOPK_BEAMS_LIMIT = 65536
 # whether this build's engine serves padrec_topk (the beam search in the engine, issue 12); until it does,
 # the front end refuses every top-K request after parsing it
 TOPK_SERVED = False
@@ -67,9 +70,24 @@ class ListSettings(BaseModel):
     max_list_items: int = Field(32, ge=1, le=MAX_LIST_ITEMS_LIMIT)  # longest list the masks handle
     max_exclude_items: int = Field(256, ge=0, le=MAX_EXCLUDE_ITEMS_LIMIT)  # most items a request may exclude
     max_topk: int = Field(DEFAULT_MAX_TOPK, ge=1, le=MAX_TOPK_LIMIT)  # largest K a top-K request may ask for
+    topk_max_beams: int = 0  # beam rows held for top-K requests' beams; 0: top-K off (_beam_rows_in_range)
     mask_drafts: bool = True  # mask the PAD-Rec draft's proposals too (more accepted drafts)
     triton_masks: bool = True  # the fused Triton kernel (kernels/catalog_mask.py) for both masks (CUDA)
     catalog: str | None = None  # catalog file or folder; None: the target checkpoint folder
+
+    @property
+    def topk_on(self) -> bool:
+        """Whether this server holds beam rows for top-K requests (``topk_max_beams`` > 0)."""
+        return self.topk_max_beams > 0
+
+    @field_validator("topk_max_beams", mode="before")
+    @classmethod
+    def _beam_rows_in_range(cls, value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TOPK_BEAMS_LIMIT:
+            raise ValueError(
+                f"padrec.topk_max_beams must be an integer >= 0 and <= {MAX_TOPK_BEAMS_LIMIT} (0: no top-K requests)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _lengths_fit(self) -> ListSettings:
@@ -78,6 +96,12 @@ class ListSettings(BaseModel):
             raise ValueError(f"num_items={self.num_items} is more than max_list_items={cap}")
         if self.min_items > cap:
             raise ValueError(f"min_items={self.min_items} is more than max_list_items={cap}")
+        if self.topk_on and self.max_topk > self.topk_max_beams:
+            raise ValueError(
+                f"padrec.topk_max_beams={self.topk_max_beams} is less than padrec.max_topk={self.max_topk}: a request "
+                f"for K > {self.topk_max_beams} items could never be admitted; raise padrec.topk_max_beams or lower "
+                "padrec.max_topk"
+            )
         return self
 
     @classmethod

@@ -17,6 +17,7 @@ to none (drafts are proposals: verification still keeps every token in the catal
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -186,6 +187,25 @@ class RequestLists:
         )
         self.refused[failed] = True
         self._only_eos(logits, input_batch, self.refused)
+
+    def mask_topk_owners(self, logits: torch.Tensor, input_batch: Any, owner_tokens: Mapping[int, int]) -> None:
+        """On a server with top-K on: the logits rows of each top-K request R (slot -> its one token, from
+        ``TopKEngine.owner_tokens``) allow only that token, ``<pad>`` at R's steps before its last and ``</s>``
+        at its last (topk/DESIGN.md, section 5: the per-slot override beside ``refused``). R's settings row is
+        that of a one-item list, whose mask refuses every token once R's history holds ``<pad>``; the override
+        keeps R's row from ever being fully masked. The token's logit becomes 0.0 (the mask ran in place, the raw
+        value is gone): vLLM's sampler then picks it at any temperature. Runs after the beams are selected,
+        because at R's step 0 the selection reads R's masked row (``TopKEngine.after_masking``)."""
+        if not owner_tokens:
+            return
+        by_slot = np.full(len(self.enabled), -1, dtype=np.int64)  # [max_num_reqs]: R's token, -1: not a top-K R
+        by_slot[list(owner_tokens)] = list(owner_tokens.values())
+        token = torch.from_numpy(by_slot).to(logits.device)[input_batch.expanded_idx_mapping.long()]  # [R]
+        vocab = torch.arange(logits.shape[1], device=logits.device)  # [V]
+        allowed = vocab[None, :] == token[:, None]  # [R, V]; all False on rows of other requests
+        owner = (token >= 0)[:, None]  # [R, 1]
+        logits.masked_fill_(owner & ~allowed, float("-inf"))
+        logits.masked_fill_(allowed, 0.0)
 
     @staticmethod
     def _only_eos(logits: torch.Tensor, input_batch: Any, refused: np.ndarray) -> None:

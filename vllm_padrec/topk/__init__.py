@@ -21,9 +21,8 @@ Built so far, each tested on the CPU and none of it yet run inside vLLM on a GPU
     request.py    one top-K request and its answer read back, for the route and the offline API
     offline.py    ``recommend_topk`` over ``vllm.LLM``
 
-The engine path is not complete (``topk_max_beams`` is not yet a server setting, ``execute_model`` does
-not yet attach the runner's beams and KV caches to the engine, the request's own drafts under
-speculative decoding are not handled, and none of it has run on a GPU), so its
+The engine path is not complete (the request's own drafts under speculative decoding are not handled,
+and none of it has run on a GPU), so a server with ``padrec.topk_max_beams`` > 0 refuses to start, its
 patches are not installed and the front end refuses ``padrec_topk`` (``list_settings.TOPK_SERVED``);
 ``vllm-padrec topk`` runs the plain-torch reference meanwhile.
 """

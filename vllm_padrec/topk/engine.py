@@ -22,7 +22,9 @@ The hooks, in V2's order within one engine step (each returns at once when no to
    rows of the raw logits are copied (``sampling.beam_row_logits``);
 3. ``after_masking(logits)``: the selection (``sampling.select_beams``) reads the refused tokens from the
    masked logits here, before vLLM's sampler changes them in place (its logit bias, bad words,
-   temperature and min-p run on the same tensor, ``v1/worker/gpu/sample/sampler.py``);
+   temperature and min-p run on the same tensor, ``v1/worker/gpu/sample/sampler.py``); then each R's own
+   rows allow only its token of this step (``owner_tokens``: ``<pad>``, ``</s>`` at its last step), through
+   ``RequestLists.mask_topk_owners``, so that vLLM's sampler never meets a fully masked row;
 4. ``after_sampling(sampler_output, input_batch)``: the tokens go into the sampler's output
    (``sampling.write_sampled_tokens``: each beam's token, ``<pad>`` for R, ``</s>`` at R's last step);
    at step 0 R's partial last prompt block is copied into every beam's first private block; at steps
@@ -44,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vllm_padrec.catalog import TokenLayout
 from vllm_padrec.integration.patches.sample_tokens import TopKAnswers
 from vllm_padrec.topk.beams import BEAM_ID_INFIX, TopKBeams, TopKState
 from vllm_padrec.topk.kv_copy import PrivateBlocks, copy_blocks, prompt_tail_copies
@@ -116,6 +119,8 @@ class TopKEngine:
         self.kv_caches: Any = None  # the runner's kv_caches (one tensor or list per layer)
         self.num_blocks = 0  # the KV cache config's num_blocks
         self.req_states: Any = None  # V2's RequestState (all_token_ids, total_len, last_sampled_tokens)
+        self.lists: Any = None  # the runner's RequestLists (patches/init_model_state.py): R's row override
+        self._input_batch: Any = None  # this step's input batch, between before_sampling and after_masking
         self.groups: dict[str, BeamGroups] = {}  # R's id -> its beams after its latest step
         self._cohorts: list[Cohort] = []
         self._new_beams: list[NewBeamSlot] = []
@@ -151,6 +156,7 @@ class TopKEngine:
     def before_sampling(self, logits: Tensor, input_batch: Any) -> None:
         """Find this step's cohorts and copy their raw logits rows, before the in-place catalog mask."""
         self._cohorts = []
+        self._input_batch = input_batch
         if self.beams is None or not self.beams.states:
             self.groups.clear()
             return
@@ -184,6 +190,24 @@ class TopKEngine:
             else:
                 groups = merge_groups([self.groups[s.req_id] for s in cohort.states])
             cohort.selection = select_beams(groups, cohort.raw, masked_logits, cohort.batch)
+        input_batch, self._input_batch = self._input_batch, None
+        if self.lists is not None and input_batch is not None:
+            self.lists.mask_topk_owners(masked_logits, input_batch, self.owner_tokens(input_batch))
+
+    def owner_tokens(self, input_batch: Any) -> dict[int, int]:
+        """Each top-K request R of this batch whose prompt is done: its slot -> the one token its row may
+        sample, ``<pad>`` at steps 0 .. L - 2 and ``</s>`` from its last step L - 1 on (a step L that async
+        scheduling adds ends R too). R's token in the output is written by ``after_sampling`` either way."""
+        if self.beams is None or not self.beams.states:
+            return {}
+        states = self.beams.states
+        tokens = {}
+        for index, req_id in enumerate(input_batch.req_ids):
+            state = states.get(req_id)
+            if state is not None and not state.ended and state.step >= 0:
+                last = state.step >= state.item_length - 1
+                tokens[int(input_batch.idx_mapping_np[index])] = TokenLayout.EOS if last else TokenLayout.PAD
+        return tokens
 
     def after_sampling(self, sampler_output: Any, input_batch: Any) -> None:
         """The tokens into the sampler's output, the beams' histories and KV from their parents, the answers."""

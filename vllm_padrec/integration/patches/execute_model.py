@@ -30,7 +30,15 @@ How: applied right after ``vllm.v1.worker.gpu.model_runner`` is imported; the wr
 class attribute once (idempotent) and keeps vLLM's function as ``__wrapped__``. The per-runner
 ``TopKBeams`` is made at the first real step, once the KV cache config (its block size) and the
 model state's catalog (its item length) exist; a runner without a catalog has no top-K requests
-(the front end refuses them) and passes every output through.
+(the front end refuses them) and passes every output through. On a server with top-K on, that same
+step attaches the ``TopKBeams``, the runner's KV caches and their block count to the model state's
+``TopKEngine`` (``padrec_topk_engine``, made by ``patches/init_model_state.py``), which selects the
+beams and copies their KV: V2's runner keeps its ``KVCacheConfig`` as ``self.kv_cache_config``
+(model_runner.py:411-413, ``initialize_kv_cache``) and its per-layer KV tensors in the list
+``self.kv_caches`` (model_runner.py:503-513, filled by ``init_kv_cache``), and its own block copies read
+exactly these two, ``copy_kv_cache_blocks_inplace(self.kv_caches, self.kv_cache_config.num_blocks, ...)``
+(model_runner.py:866-871). Both exist before the first real step: ``initialize_kv_cache`` runs before
+the engine serves.
 
 Unnecessary when: vLLM lets a plugin add runner-side rows to a step (a "request expansion" hook in
 the runner), or serves beam search with shared-prefix KV inside the engine itself.
@@ -65,7 +73,8 @@ def scheduler_lookahead(vllm_config) -> int:
 
 
 def topk_beams(runner):
-    """The runner's ``TopKBeams``, made at its first real step; None when the runner serves no top-K request."""
+    """The runner's ``TopKBeams``, made at its first real step (and attached to the model state's
+    ``TopKEngine`` when there is one); None when the runner serves no top-K request."""
     if not hasattr(runner, _BEAMS_ATTRIBUTE):
         from vllm_padrec.topk.beams import BeamLayout, TopKBeams
 
@@ -79,6 +88,9 @@ def topk_beams(runner):
                 lookahead=scheduler_lookahead(runner.vllm_config),
             )
             beams = TopKBeams(layout)
+            engine = getattr(runner.model_state, "padrec_topk_engine", None)  # only on a server with top-K on
+            if engine is not None:
+                engine.attach(beams, runner.kv_caches, runner.kv_cache_config.num_blocks)
         setattr(runner, _BEAMS_ATTRIBUTE, beams)
     return getattr(runner, _BEAMS_ATTRIBUTE)
 

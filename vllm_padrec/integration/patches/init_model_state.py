@@ -14,11 +14,12 @@ state's V2 hooks:
   ``set_attn`` (spec_decode/speculator.py:184-192), and ``PadRecSpeculator.set_attn`` passes the lists
   on to the draft model, whose ``compute_logits`` masks the draft's logits.
 
-On a server that enables top-K (``padrec.topk_max_beams`` > 0, read as ``patches/scheduler_init.py``
-reads it) the state also gets a ``topk.engine.TopKEngine`` (``padrec_topk_engine``) and its answers
+On a server that enables top-K (``ListSettings.topk_max_beams`` > 0, the setting ``patches/scheduler_init.py``
+reads too) the state also gets a ``topk.engine.TopKEngine`` (``padrec_topk_engine``) and its answers
 store (``padrec_topk_answers``, read by ``patches/sample_tokens.py``): ``MaskingSampler`` calls the
 engine's hooks around the mask, ``add_request`` tells it each new beam's slot and
-``apply_staged_writes`` lets it write the beams' first tokens. A top-K request R and its beams (which
+``apply_staged_writes`` lets it write the beams' first tokens; the engine also gets the lists, whose
+``mask_topk_owners`` keeps R's own row to ``<pad>`` (``</s>`` at its last step). A top-K request R and its beams (which
 carry R's ``extra_args``) reach ``RequestLists.add_request`` without ``padrec_topk``: their settings
 row is that of R's one-item list (``topk`` has no column), and ``RequestLists`` keeps refusing
 ``padrec_topk`` on a server without an engine. With ``topk_max_beams`` = 0 nothing of this exists.
@@ -117,16 +118,25 @@ def install(state, lists, vllm_config, device, topk=None) -> None:
     state.apply_staged_writes = apply_staged_writes
     state.padrec_lists = lists
     if topk is not None:
+        topk.lists = lists  # R's own row: <pad> / </s> only (RequestLists.mask_topk_owners)
         state.padrec_topk_engine = topk
         state.padrec_topk_answers = topk.answers
 
 
-def topk_engine(vllm_config, device):
-    """The runner's TopKEngine on a server that enables top-K (``padrec.topk_max_beams`` > 0), else None."""
-    from vllm_padrec.integration.patches.scheduler_init import topk_max_beams
-
-    if topk_max_beams(vllm_config.additional_config) == 0:
+def topk_engine(settings, device):
+    """The runner's TopKEngine on a server that enables top-K (``ListSettings.topk_on``), else None. A build
+    that does not serve top-K yet (``list_settings.TOPK_SERVED``) refuses to start with top-K on, rather
+    than run an engine path that has not run on a GPU."""
+    if not settings.topk_on:
         return None
+    from vllm_padrec.errors import PadRecError
+    from vllm_padrec.integration import list_settings
+
+    if not list_settings.TOPK_SERVED:
+        raise PadRecError(
+            f"padrec.topk_max_beams={settings.topk_max_beams}: this build does not serve top-K yet; "
+            "drop the setting (or set it to 0)"
+        )
     from vllm_padrec.topk.engine import TopKEngine
 
     return TopKEngine(device)
@@ -140,7 +150,7 @@ def make_init_model_state(original):
 
             lists = RequestLists.from_vllm_config(vllm_config, device)
             if lists is not None:
-                install(state, lists, vllm_config, device, topk_engine(vllm_config, device))
+                install(state, lists, vllm_config, device, topk_engine(lists.settings, device))
         return state
 
     init_model_state.__wrapped__ = original

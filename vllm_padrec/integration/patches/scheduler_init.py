@@ -36,10 +36,10 @@ hook and no reserve of rows; ``KVCacheManager`` has no way to give a request blo
 Unnecessary when: vLLM lets a request carry extra KV blocks of its own (or forks a request into beams
 that share its prompt blocks) and admits requests through a pluggable admission policy.
 
-Setting: ``topk_max_beams`` is read here with a small local parse (``topk_max_beams``). It belongs in
-``ListSettings`` (``integration/list_settings.py``) when the top-K path is served; until then
-``ListSettings`` refuses the key as unknown, so a server given it does not start, which is right for a
-build that cannot serve top-K.
+Setting: ``topk_max_beams`` is a field of ``ListSettings`` (``integration/list_settings.py``), read
+through ``list_settings.server_settings`` like every other ``padrec`` key: its range and its rule
+(``max_topk`` <= ``topk_max_beams`` when top-K is on) are checked there, once, for every part of the
+plugin.
 """
 
 from __future__ import annotations
@@ -51,30 +51,16 @@ from types import ModuleType
 from typing import Any
 
 from vllm_padrec.errors import PadRecError
-from vllm_padrec.lists.spec import DEFAULT_MAX_TOPK
+from vllm_padrec.integration.list_settings import ListSettings, catalog_path, load_catalog, server_settings
 from vllm_padrec.topk.admission import BeamRows, cdiv, topk_blocks, topk_of
 
 TARGETS = ("vllm.v1.core.sched.scheduler",)
-SETTING = "topk_max_beams"  # the key of --additional-config's padrec section
-MAX_TOPK_SETTING = "max_topk"
+SETTING = "topk_max_beams"  # the key of --additional-config's padrec section (ListSettings.topk_max_beams)
 
 
-def topk_max_beams(additional_config: Mapping | None) -> int:
-    """``padrec.topk_max_beams`` of ``--additional-config``: beam rows the server holds for top-K requests.
-    0 (the default) disables top-K admission. A bad value is a ``PadRecError`` naming the key."""
-    section = (additional_config or {}).get("padrec") or {}
-    value = section.get(SETTING, 0) if isinstance(section, Mapping) else 0
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise PadRecError(f"padrec.{SETTING} must be an integer >= 0 (0: no top-K requests), got {value!r}")
-    return value
-
-
-def item_length(vllm_config: Any) -> int:
+def item_length(vllm_config: Any, settings: ListSettings) -> int:
     """L, the tokens of one item, from the server's catalog; a server enabling top-K without one does not start."""
-    from vllm_padrec.integration.list_settings import ListSettings, catalog_path, load_catalog
-
-    section = (vllm_config.additional_config or {}).get("padrec") or {}
-    path = catalog_path(vllm_config, ListSettings(catalog=section.get("catalog")))
+    path = catalog_path(vllm_config, settings)
     catalog = load_catalog(path)
     if catalog is None:
         raise PadRecError(f"padrec.{SETTING} needs the item catalog (none at {path}): set padrec.catalog")
@@ -96,17 +82,11 @@ def reserve_beam_rows(scheduler: Any, max_beams: int) -> None:
     scheduler.max_num_scheduled_tokens = tokens - max_beams
 
 
-def check_serves_topk(scheduler: Any, max_beams: int) -> None:
-    """Refuse a server whose top-K requests could wait forever or whose KV layout the beams cannot share."""
+def check_serves_topk(scheduler: Any) -> None:
+    """Refuse a server whose KV layout the beams cannot share (``ListSettings`` refuses a K that could never
+    be admitted: ``max_topk`` > ``topk_max_beams``)."""
     from vllm.v1.kv_cache_interface import FullAttentionSpec
 
-    section = (scheduler.vllm_config.additional_config or {}).get("padrec") or {}
-    max_topk = section.get(MAX_TOPK_SETTING, DEFAULT_MAX_TOPK)  # ListSettings checks its type
-    if isinstance(max_topk, int) and max_topk > max_beams:
-        raise PadRecError(
-            f"padrec.{SETTING}={max_beams} is less than padrec.{MAX_TOPK_SETTING}={max_topk}: a request for "
-            f"K > {max_beams} items could never be admitted; raise padrec.{SETTING} or lower padrec.{MAX_TOPK_SETTING}"
-        )
     groups = scheduler.kv_cache_config.kv_cache_groups
     if len(groups) != 1 or not isinstance(groups[0].kv_cache_spec, FullAttentionSpec):
         specs = [type(g.kv_cache_spec).__name__ for g in groups]
@@ -187,7 +167,7 @@ def own_blocks_after_allocation(request: Any, given: Mapping[str, Any], group: A
 
 def install_topk_admission(scheduler: Any, max_beams: int, item_len: int) -> BeamRows:
     """Reserve the beam rows and gate this scheduler's admissions; returns the beam-row ledger."""
-    check_serves_topk(scheduler, max_beams)
+    check_serves_topk(scheduler)
     reserve_beam_rows(scheduler, max_beams)
     rows = BeamRows(max_beams)
     scheduler.kv_cache_manager.allocate_slots = topk_admission_gate(scheduler, rows, item_len)
@@ -205,9 +185,9 @@ def apply(module: ModuleType) -> None:
     @functools.wraps(original)
     def __init__(self, vllm_config, *args, **kwargs) -> None:
         original(self, vllm_config, *args, **kwargs)
-        max_beams = topk_max_beams(vllm_config.additional_config)
-        if max_beams > 0:
-            install_topk_admission(self, max_beams, item_length(vllm_config))
+        settings = server_settings(vllm_config)
+        if settings.topk_on:
+            install_topk_admission(self, settings.topk_max_beams, item_length(vllm_config, settings))
 
     __init__._padrec_patch = True
     Scheduler.__init__ = __init__
