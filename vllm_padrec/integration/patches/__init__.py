@@ -14,8 +14,9 @@ Written for top-K (issue 12) and NOT installed until the whole top-K path exists
     execute_model.py          GPUModelRunner.execute_model (beams as runner-private requests)          worker
     sample_tokens.py          GPUModelRunner.sample_tokens (a finished top-K answer as pooler_output)  worker
 
-Each module names the vLLM modules it patches (``TARGETS``) and has an idempotent ``apply(module)``, and
-its header says what it does, why, and what would make it unnecessary.
+Each module names the vLLM modules it patches (``TARGETS``) and has an idempotent ``apply(module)`` (its
+wrapper carries ``marking.mark_patched``'s mark, so a second ``apply`` wraps nothing), and its header says
+what it does, why, and what would make it unnecessary.
 
 When: ``install()`` applies each patch in the process that imports its target module, right after the
 import (``on_import.after_import``), so worker-side patches run only where vLLM builds a GPU worker

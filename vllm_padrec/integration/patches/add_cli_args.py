@@ -32,6 +32,8 @@ from __future__ import annotations
 import argparse
 from types import ModuleType
 
+from vllm_padrec.integration.patches.marking import is_patched, mark_patched
+
 TARGETS = ("vllm.engine.arg_utils",)
 FLAG = "--speculative-model"
 DEST = "padrec_speculative_model"  # not an EngineArgs field: EngineArgs.from_cli_args drops it
@@ -116,7 +118,7 @@ def apply(module: ModuleType) -> None:
     """Wrap ``EngineArgs.add_cli_args`` (idempotent)."""
     EngineArgs = module.EngineArgs
     original = EngineArgs.add_cli_args
-    if getattr(original, "_padrec_patch", False):
+    if is_patched(original):
         return
 
     def add_cli_args(parser):
@@ -124,6 +126,5 @@ def apply(module: ModuleType) -> None:
         add_speculative_model_flag(parser)
         return parser
 
-    add_cli_args._padrec_patch = True
-    add_cli_args.__wrapped__ = original
+    mark_patched(add_cli_args, original)
     EngineArgs.add_cli_args = staticmethod(add_cli_args)

@@ -33,6 +33,8 @@ import hashlib
 import json
 from types import ModuleType
 
+from vllm_padrec.integration.patches.marking import is_patched, mark_patched
+
 TARGETS = ("vllm.config.speculative",)
 
 
@@ -52,14 +54,13 @@ def apply(module: ModuleType) -> None:
     """Install the wrapper on ``SpeculativeConfig`` (idempotent)."""
     SpeculativeConfig = module.SpeculativeConfig
     original = SpeculativeConfig.compute_hash
-    if getattr(original, "_padrec_patch", False):
+    if is_patched(original):
         return
 
     def compute_hash(self) -> str:
         factors = [original(self), *draft_factors(self)]
         return hashlib.sha256("\n".join(factors).encode()).hexdigest()
 
-    compute_hash._padrec_patch = True
-    compute_hash.__wrapped__ = original
+    mark_patched(compute_hash, original)
     compute_hash.__doc__ = original.__doc__
     SpeculativeConfig.compute_hash = compute_hash

@@ -48,6 +48,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
+from vllm_padrec.integration.patches.marking import is_patched, mark_patched
+
 TARGETS = ("vllm.v1.worker.gpu.model_runner",)
 _BEAMS_ATTRIBUTE = "_padrec_topk_beams"  # the runner's TopKBeams (None: no catalog, nothing to rewrite)
 
@@ -117,14 +119,13 @@ def make_execute_model(original):
             is_profile=is_profile,
         )
 
-    execute_model.__wrapped__ = original
     execute_model.__doc__ = original.__doc__
-    execute_model._padrec_patch = True
+    mark_patched(execute_model, original)
     return execute_model
 
 
 def apply(module: ModuleType) -> None:
     """Wrap ``GPUModelRunner.execute_model`` in ``vllm.v1.worker.gpu.model_runner``; idempotent."""
     runner_class = module.GPUModelRunner
-    if not getattr(runner_class.execute_model, "_padrec_patch", False):
+    if not is_patched(runner_class.execute_model):
         runner_class.execute_model = make_execute_model(runner_class.execute_model)

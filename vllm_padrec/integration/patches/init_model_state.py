@@ -55,6 +55,8 @@ import sys
 from types import ModuleType
 from typing import Any
 
+from vllm_padrec.integration.patches.marking import is_patched, mark_patched
+
 TARGETS = ("vllm.v1.worker.gpu.model_states",)
 _RUNNER_MODULE = "vllm.v1.worker.gpu.model_runner"
 
@@ -153,16 +155,15 @@ def make_init_model_state(original):
                 install(state, lists, vllm_config, device, topk_engine(lists.settings, device))
         return state
 
-    init_model_state.__wrapped__ = original
-    init_model_state._padrec_patch = True
+    mark_patched(init_model_state, original)
     return init_model_state
 
 
 def apply(module: ModuleType) -> None:
     """Install the wrapper in ``vllm.v1.worker.gpu.model_states`` (and an imported runner); idempotent."""
-    if not getattr(module.init_model_state, "_padrec_patch", False):
+    if not is_patched(module.init_model_state):
         module.init_model_state = make_init_model_state(module.init_model_state)
     # a runner imported earlier bound vLLM's function; one being imported now binds the wrapper itself
     bound = getattr(sys.modules.get(_RUNNER_MODULE), "init_model_state", None)
-    if bound is not None and not getattr(bound, "_padrec_patch", False):
+    if bound is not None and not is_patched(bound):
         sys.modules[_RUNNER_MODULE].init_model_state = make_init_model_state(bound)

@@ -28,6 +28,8 @@ from __future__ import annotations
 import sys
 from types import ModuleType
 
+from vllm_padrec.integration.patches.marking import is_patched, mark_patched
+
 TARGETS = ("vllm.v1.worker.gpu.spec_decode",)
 _RUNNER_MODULE = "vllm.v1.worker.gpu.model_runner"
 
@@ -50,17 +52,16 @@ def make_init_speculator(original):
             return PadRecSpeculator(vllm_config, device)
         return original(vllm_config, device)
 
-    init_speculator.__wrapped__ = original
-    init_speculator._padrec_patch = True
+    mark_patched(init_speculator, original)
     return init_speculator
 
 
 def apply(module: ModuleType) -> None:
     """Install the wrapper in ``vllm.v1.worker.gpu.spec_decode`` (and an imported runner); idempotent."""
     current = module.init_speculator
-    if not getattr(current, "_padrec_patch", False):
+    if not is_patched(current):
         module.init_speculator = make_init_speculator(current)
     # a runner imported earlier bound vLLM's function; one being imported now binds the wrapper itself
     bound = getattr(sys.modules.get(_RUNNER_MODULE), "init_speculator", None)
-    if bound is not None and not getattr(bound, "_padrec_patch", False):
+    if bound is not None and not is_patched(bound):
         sys.modules[_RUNNER_MODULE].init_speculator = make_init_speculator(bound)

@@ -31,6 +31,8 @@ from __future__ import annotations
 import functools
 from types import ModuleType
 
+from vllm_padrec.integration.patches.marking import is_patched, mark_patched
+
 TARGETS = ("vllm.v1.engine.input_processor",)
 
 
@@ -38,7 +40,7 @@ def apply(module: ModuleType) -> None:
     """Install the wrapper on ``InputProcessor`` (idempotent)."""
     InputProcessor = module.InputProcessor
     original = InputProcessor.process_inputs
-    if getattr(original, "_padrec_patch", False):
+    if is_patched(original):
         return
 
     @functools.wraps(original)
@@ -46,7 +48,7 @@ def apply(module: ModuleType) -> None:
         check_params(self.vllm_config, params)
         return original(self, request_id, prompt, params, *args, **kwargs)
 
-    process_inputs._padrec_patch = True
+    mark_patched(process_inputs, original)
     InputProcessor.process_inputs = process_inputs
 
 

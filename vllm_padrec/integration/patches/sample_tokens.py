@@ -42,6 +42,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
+from vllm_padrec.integration.patches.marking import is_patched, mark_patched
 from vllm_padrec.topk.result import encode_items
 from vllm_padrec.topk.select import TopKItems
 
@@ -90,14 +91,13 @@ def make_sample_tokens(original):
             return output
         return attach_answers(output, answers)
 
-    sample_tokens.__wrapped__ = original
     sample_tokens.__doc__ = original.__doc__
-    sample_tokens._padrec_patch = True
+    mark_patched(sample_tokens, original)
     return sample_tokens
 
 
 def apply(module: ModuleType) -> None:
     """Wrap ``GPUModelRunner.sample_tokens`` in ``vllm.v1.worker.gpu.model_runner``; idempotent."""
     runner_class = module.GPUModelRunner
-    if not getattr(runner_class.sample_tokens, "_padrec_patch", False):
+    if not is_patched(runner_class.sample_tokens):
         runner_class.sample_tokens = make_sample_tokens(runner_class.sample_tokens)

@@ -52,6 +52,7 @@ from typing import Any
 
 from vllm_padrec.errors import PadRecError
 from vllm_padrec.integration.list_settings import ListSettings, catalog_path, load_catalog, server_settings
+from vllm_padrec.integration.patches.marking import is_patched, mark_patched
 from vllm_padrec.topk.admission import BeamRows, cdiv, topk_blocks, topk_of
 
 TARGETS = ("vllm.v1.core.sched.scheduler",)
@@ -179,7 +180,7 @@ def apply(module: ModuleType) -> None:
     """Install the wrapper on ``Scheduler`` (idempotent)."""
     Scheduler = module.Scheduler
     original = Scheduler.__init__
-    if getattr(original, "_padrec_patch", False):
+    if is_patched(original):
         return
 
     @functools.wraps(original)
@@ -189,5 +190,5 @@ def apply(module: ModuleType) -> None:
         if settings.topk_on:
             install_topk_admission(self, settings.topk_max_beams, item_length(vllm_config, settings))
 
-    __init__._padrec_patch = True
+    mark_patched(__init__, original)
     Scheduler.__init__ = __init__

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
+from vllm_padrec.integration.patches.marking import is_patched, mark_patched
+
 # module -> the request class whose method is wrapped
 _CLASSES = {
     "vllm.entrypoints.openai.completion.protocol": "CompletionRequest",
@@ -47,14 +49,13 @@ def apply(module: ModuleType) -> None:
     """Install the wrapper on the module's request class (idempotent)."""
     cls = getattr(module, _CLASSES[module.__name__])
     original = cls.to_beam_search_params
-    if getattr(original, "_padrec_patch", False):
+    if is_patched(original):
         return
 
     def to_beam_search_params(self, *args, **kwargs):
         check_beam_search_request(self)
         return original(self, *args, **kwargs)
 
-    to_beam_search_params._padrec_patch = True
-    to_beam_search_params.__wrapped__ = original
+    mark_patched(to_beam_search_params, original)
     to_beam_search_params.__doc__ = original.__doc__
     cls.to_beam_search_params = to_beam_search_params
