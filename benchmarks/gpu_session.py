@@ -43,6 +43,8 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
     engine_step           benchmarks/engine_step.py of the current code                         draft   lane 1
     lossless              benchmarks/vllm_lossless.py, one run per --lossless-modes              draft   lane 1
     hostile               benchmarks/hostile_inputs.py                                           draft   lane 1
+    bench_topk            benchmarks/bench_topk.py (top-K: reference, vLLM's beam search, the    target  lane 1
+                          engine) on beauty_atspeed
     examples              vllm serve with the draft: examples/openai_client.py, POST             draft   lane 1
                           /v1/recommendations and bad input, then examples/offline_vllm.py
     serve                 benchmarks/serve_completions.py (no draft, no constraint)              target  lane 1
@@ -399,6 +401,21 @@ def job_lossless(ctx: JobContext) -> int:
     return max(codes, default=0)
 
 
+def job_bench_topk(ctx: JobContext) -> int:
+    """benchmarks/bench_topk.py on the session's target (no draft), each configuration its own VLLM_CACHE_ROOT."""
+    s = ctx.settings
+    work = WORK / "bench_topk"  # the configurations' result files; their logs go to the job's logs
+    code = ctx.python(
+        "benchmarks.bench_topk",
+        *("--target", str(s.checkpoint()), "--dataset", dataset_path(), "--out", str(WORK / "results")),
+        *("--name", f"topk_{Path(dataset_path()).name}{s.suffix()}", "--cache-root", str(WORK / "cache" / ctx.job)),
+        *("--work-dir", str(work)),
+    )
+    for config_log in work.glob("bench_topk_*.log"):
+        shutil.move(config_log, WORK / "logs" / f"{ctx.job}.{config_log.name}")
+    return code
+
+
 def job_hostile(ctx: JobContext) -> int:
     return ctx.python("benchmarks.hostile_inputs", *model_args(ctx.settings), "--out", str(WORK / "results"))
 
@@ -482,6 +499,7 @@ JOBS: dict[str, Job] = {
         Job("engine_step", job_engine_step, needs=(DRAFT,), lane=1, vllm=True),
         Job("lossless", job_lossless, needs=(DRAFT,), lane=1, vllm=True),
         Job("hostile", job_hostile, needs=(DRAFT,), lane=1, vllm=True),
+        Job("bench_topk", job_bench_topk, needs=(TARGET,), lane=1, vllm=True),
         Job("examples", job_examples, needs=(DRAFT,), lane=1, vllm=True),
         Job("serve", job_serve, needs=(TARGET,), lane=1, vllm=True),
         Job("bench_vllm_mask", job_bench_vllm_mask, lane=1, vllm=True),

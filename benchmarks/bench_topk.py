@@ -1,0 +1,460 @@
+"""Top-K recommendation: latency, throughput, quality and exactness of three ways to get a user's K best items.
+
+Modes (each a configuration per ``--dtypes`` entry, each run in a fresh process with its own
+``VLLM_CACHE_ROOT`` under ``--cache-root``):
+
+    reference          ``decoding.beam_search_items`` on the Hugging Face model (plain torch, constrained):
+                       the answer the others are compared with
+    vllm_beam_search   vanilla vLLM's ``LLM.beam_search`` (front-end beam search, one request per beam per
+                       token, unconstrained: it takes no logits processors); a beam that is not a catalog
+                       item counts as an invalid item. ``max_logprobs`` is raised to 2 * max K (it asks for
+                       2K log-probabilities per beam and step)
+    engine             ``topk.offline.recommend_topk`` (the beam search inside the engine). While this build
+                       does not serve top-K (``list_settings.TOPK_SERVED`` is false) the mode is not run:
+                       its records say ``skipped`` with the reason, and carry no numbers
+
+For each K of ``--ks`` and each configuration, two passes over the test users (the last H items of
+the recipe as history, no exclusions):
+
+- latency: ``--users-latency`` users one request at a time (batch_size 1): p50 / p99 of the request
+  latency, users per second;
+- throughput: ``max(--users, --users-equal)`` users in batches of ``--concurrency`` (batch_size =
+  concurrency): every batch of users is one call, which returns when all its users are answered, so a
+  user's latency is its batch's; users per second over the whole pass. vllm_beam_search puts a batch's
+  prompts in one ``LLM.beam_search`` call: ``LLM`` is not thread-safe, and one call is how vLLM runs
+  several beam searches at once offline (each of its steps sends every live beam of every prompt to
+  the engine together). The engine gets the batch's requests queued together (``LLM.enqueue``).
+
+Each record: Recall@K and NDCG@K on the pass's users (``target.evaluate.recall_ndcg``; an invalid item
+is a miss), ``invalid_items`` (returned items that are not catalog items), ``duplicate_items``,
+``short_lists`` (fewer than K items), and, for float32 throughput records of the modes other than
+reference, ``equal_to_reference``: of the first ``--users-equal`` users, how many got the reference's
+float32 items in the reference's order (``users_compared`` says of how many).
+
+    python -m benchmarks.bench_topk --target /tmp/padrec/bench/checkpoint \\
+        --dataset /tmp/padrec/data/beauty_atspeed --out benchmarks/results
+
+Writes ``topk_<dataset>.json`` / ``.md`` / ``.png`` (p50 latency by K per mode) in ``--out``; exits 1
+when a configuration failed. ``--render JSON`` rebuilds the Markdown and the plot on any machine.
+Needs a GPU and vLLM (``--help`` and ``--render`` do not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from vllm_padrec.catalog import ItemCatalog
+from vllm_padrec.errors import MalformedSemanticIdError, UnknownSemanticIdError
+from vllm_padrec.target.evaluate import recall_ndcg
+from vllm_padrec.testing.results import write_results
+from vllm_padrec.testing.stats import percentile
+
+MODES = ("reference", "vllm_beam_search", "engine")
+DEFAULT_KS = (1, 5, 10, 20, 50, 100)
+EXACT_DTYPE = "float32"  # equal_to_reference is checked in this dtype only
+Ranker = Callable[[list[list[int]], int], list[list[int | None]]]  # (histories, K) -> per user K items, best first
+
+
+# -- answers: items, their quality, their equality --------------------------------------------------------------
+def item_of_tokens(catalog: ItemCatalog, tokens: Sequence[int]) -> int | None:
+    """The catalog item whose L code tokens ``tokens`` starts with; None when it is not one (a short beam,
+    a token of the wrong slot or not a code, or codes that name no item)."""
+    L = catalog.num_slots
+    if len(tokens) < L:
+        return None
+    codes = []
+    for slot, token in enumerate(tokens[:L]):
+        code = catalog.layout.code_of(int(token))
+        if code is None or code[0] != slot:
+            return None
+        codes.append(code[1])
+    try:
+        return catalog.index_of_codes(codes)
+    except (MalformedSemanticIdError, UnknownSemanticIdError):
+        return None
+
+
+def beam_search_items_of(catalog: ItemCatalog, output, prompt_length: int) -> list[int | None]:
+    """The items of one ``vllm``'s ``BeamSearchOutput``, best first: each sequence's tokens after the
+    prompt (its ``tokens`` hold the prompt too), None for a beam that is not a catalog item."""
+    return [item_of_tokens(catalog, sequence.tokens[prompt_length:]) for sequence in output.sequences]
+
+
+def list_quality(lists: Sequence[Sequence[int | None]], k: int) -> dict[str, int]:
+    """Invalid items (None), repeated valid items within a user's list, and lists of fewer than K items."""
+    invalid = sum(item is None for items in lists for item in items)
+    duplicates = sum(len(valid) - len(set(valid)) for valid in ([i for i in items if i is not None] for items in lists))
+    short = sum(len(items) < k for items in lists)
+    return {"invalid_items": invalid, "duplicate_items": duplicates, "short_lists": short}
+
+
+def count_equal(lists: Sequence[Sequence[int | None]], reference: Sequence[Sequence[int | None]]) -> int:
+    """Users (by position) whose items and their order are the reference's."""
+    return sum(list(a) == list(b) for a, b in zip(lists, reference))
+
+
+def pass_record(
+    mode: str,
+    dtype: str,
+    k: int,
+    batch_size: int,
+    call_seconds: Sequence[float],  # wall time of each call; a call answers batch_size users (the last: fewer)
+    lists: Sequence[Sequence[int | None]],  # per user of the pass: its K items, best first
+    targets: Sequence[Sequence[int]],  # per user: the items the user went on to interact with
+) -> dict:
+    """One pass's record: latency percentiles (a user's latency is its call's), users per second,
+    Recall@K / NDCG@K (an invalid item is a miss) and the lists' quality."""
+    scored = recall_ndcg([[-1 if i is None else i for i in items] for items in lists], targets, k)
+    p50, p99 = (percentile(list(call_seconds), q, method="nearest") for q in (50, 99))
+    total = sum(call_seconds)
+    return {
+        "mode": mode,
+        "dtype": dtype,
+        "k": k,
+        "batch_size": batch_size,
+        "users": len(lists),
+        "p50_ms": None if p50 is None else round(1000 * p50, 3),
+        "p99_ms": None if p99 is None else round(1000 * p99, 3),
+        "users_per_s": round(len(lists) / total, 2) if total else None,
+        "recall_at_k": round(scored[f"recall@{k}"], 5),
+        "ndcg_at_k": round(scored[f"ndcg@{k}"], 5),
+        **list_quality(lists, k),
+        "equal_to_reference": None,  # set by attach_equality (float32 throughput records)
+        "users_compared": None,
+        "skipped": None,
+    }
+
+
+def skipped_records(mode: str, dtypes: Sequence[str], ks: Sequence[int], batch_sizes: Sequence[int], reason: str):
+    """The records of a mode that was not run: the reason, and no number that could be read as measured."""
+    empty = dict.fromkeys(("users", "p50_ms", "p99_ms", "users_per_s", "recall_at_k", "ndcg_at_k"))
+    empty |= dict.fromkeys(("invalid_items", "duplicate_items", "short_lists", "equal_to_reference", "users_compared"))
+    return [
+        {"mode": mode, "dtype": dtype, "k": k, "batch_size": b, **empty, "skipped": reason}
+        for dtype in dtypes
+        for k in ks
+        for b in batch_sizes
+    ]
+
+
+def engine_refusal() -> str | None:
+    """Why the engine mode cannot run in this build; None when the engine serves top-K."""
+    from vllm_padrec.integration import list_settings
+
+    if list_settings.TOPK_SERVED:
+        return None
+    return (
+        "top-K is not served by this build (vllm_padrec.integration.list_settings.TOPK_SERVED is False): "
+        "recommend_topk refuses every request before it reaches the engine"
+    )
+
+
+def attach_equality(results: Sequence[dict], concurrency: int) -> None:
+    """Set ``equal_to_reference`` / ``users_compared`` on the float32 throughput records of the modes other
+    than reference, from the configurations' ``equal_lists`` ({K: lists of the first --users-equal users})."""
+    reference = next((r for r in results if r["mode"] == "reference" and r["dtype"] == EXACT_DTYPE), None)
+    if reference is None:
+        return
+    for result in results:
+        if result["mode"] == "reference" or result["dtype"] != EXACT_DTYPE:
+            continue
+        for record in result["records"]:
+            wanted = reference["equal_lists"].get(str(record["k"]))
+            lists = result["equal_lists"].get(str(record["k"]))
+            if record["batch_size"] != concurrency or wanted is None or lists is None:
+                continue
+            n = min(len(wanted), len(lists))
+            record["equal_to_reference"] = count_equal(lists[:n], wanted[:n])
+            record["users_compared"] = n
+
+
+# -- one configuration (child process) --------------------------------------------------------------------------
+def reference_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
+    import torch
+
+    from vllm_padrec.constraint import ListConstraint
+    from vllm_padrec.decoding import beam_search_items
+    from vllm_padrec.target.model import load_checkpoint
+
+    model = load_checkpoint(args.target, device="cuda", dtype=getattr(torch, args.one_dtype)).model
+    constraint = ListConstraint(catalog, num_items=1, device="cuda")  # built once, outside the timed calls
+
+    def rank(histories, k):
+        ranked = beam_search_items(
+            model, catalog, histories, k, constraint, batch_size=len(histories), max_history=max_history
+        )
+        torch.cuda.synchronize()
+        return [[item for item, _ in items] for items in ranked]
+
+    return rank
+
+
+def vllm_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
+    from vllm import LLM
+    from vllm.inputs import TokensPrompt
+    from vllm.sampling_params import BeamSearchParams
+
+    llm = LLM(**engine_arguments(args), max_logprobs=2 * max(args.ks))
+
+    def rank(histories, k):
+        prompts = [catalog.render_prompt(h, max_history) for h in histories]
+        params = BeamSearchParams(beam_width=k, max_tokens=catalog.num_slots)
+        outputs = llm.beam_search([TokensPrompt(prompt_token_ids=p) for p in prompts], params)
+        return [beam_search_items_of(catalog, out, len(p)) for out, p in zip(outputs, prompts)]
+
+    return rank
+
+
+def engine_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
+    from vllm import LLM
+
+    from vllm_padrec.topk.offline import recommend_topk
+
+    beams = min(max(args.ks) * args.concurrency, 65536)  # list_settings.MAX_TOPK_BEAMS_LIMIT
+    padrec = {"max_topk": max(args.ks), "topk_max_beams": beams}
+    llm = LLM(**engine_arguments(args), additional_config={"padrec": padrec})
+
+    def rank(histories, k):
+        ranked = recommend_topk(llm, catalog, histories, k, max_history=max_history)
+        return [[item for item, _ in items] for items in ranked]
+
+    return rank
+
+
+def engine_arguments(args) -> dict:
+    return {
+        "model": args.target,
+        "dtype": args.one_dtype,
+        "max_model_len": args.max_model_len,
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "max_num_seqs": args.max_num_seqs,
+    }
+
+
+RANKERS: dict[str, Callable] = {
+    "reference": reference_ranker,
+    "vllm_beam_search": vllm_ranker,
+    "engine": engine_ranker,
+}
+
+
+def timed_calls(rank: Ranker, histories: list[list[int]], k: int, batch_size: int):
+    """``histories`` in calls of ``batch_size``: (each call's wall seconds, every user's items)."""
+    seconds, lists = [], []
+    for start in range(0, len(histories), batch_size):
+        started = time.perf_counter()
+        lists += rank(histories[start : start + batch_size], k)
+        seconds.append(time.perf_counter() - started)
+    return seconds, lists
+
+
+def run_config(args) -> dict:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_PLUGINS", "padrec")
+    from vllm_padrec.data import load_dataset
+    from vllm_padrec.integration.recommendation_service import read_max_history
+
+    mode, dtype = args.one, args.one_dtype
+    catalog = ItemCatalog.load(args.target)
+    max_history = read_max_history(Path(args.target)) or 20
+    samples = load_dataset(args.dataset).eval_samples("test", max_history)
+    started = time.perf_counter()
+    rank = RANKERS[mode](args, catalog, max_history)
+    startup = time.perf_counter() - started
+    latency_users = samples[: args.users_latency]
+    throughput_users = samples[: max(args.users, args.users_equal)]
+    records, equal_lists = [], {}
+    for k in args.ks:
+        rank([s.history for s in throughput_users[: args.concurrency]], k)  # warm-up: both batch shapes
+        rank([latency_users[0].history], k)
+        for batch, users in ((1, latency_users), (args.concurrency, throughput_users)):
+            seconds, lists = timed_calls(rank, [s.history for s in users], k, batch)
+            records.append(pass_record(mode, dtype, k, batch, seconds, lists, [s.targets for s in users]))
+            print(json.dumps(records[-1]), flush=True)
+            if batch == args.concurrency and dtype == EXACT_DTYPE:
+                equal_lists[str(k)] = lists[: args.users_equal]
+    return {
+        "mode": mode,
+        "dtype": dtype,
+        "startup_seconds": round(startup, 1),
+        "records": records,
+        "equal_lists": equal_lists,
+    }
+
+
+# -- results ----------------------------------------------------------------------------------------------------
+def cell(value) -> str:
+    return "-" if value is None else str(value)
+
+
+def markdown(payload: dict) -> str:
+    lines = [
+        f"# Top-K recommendation on {payload['dataset']}",
+        "",
+        f"Target `{payload['target']}`; {payload['device']}, {payload['date']}. batch_size 1: one request at a "
+        f"time; batch_size {payload['concurrency']}: that many users per call (a user's latency is its call's). "
+        f"Equal to reference: users whose items and order are the float32 reference's.",
+        "",
+        *([f"Note: {payload['note']}", ""] if payload.get("note") else []),
+        "| mode | dtype | K | batch_size | users | p50 ms | p99 ms | users/s | Recall@K | NDCG@K | invalid items "
+        "| equal to reference |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    skipped = {}
+    for r in payload["records"]:
+        if r["skipped"]:
+            skipped.setdefault(r["mode"], r["skipped"])
+            continue
+        equal = "-" if r["users_compared"] is None else f"{r['equal_to_reference']} / {r['users_compared']}"
+        lines.append(
+            f"| {r['mode']} | {r['dtype']} | {r['k']} | {r['batch_size']} | {r['users']} | {cell(r['p50_ms'])} | "
+            f"{cell(r['p99_ms'])} | {cell(r['users_per_s'])} | {r['recall_at_k']} | {r['ndcg_at_k']} | "
+            f"{r['invalid_items']} | {equal} |"
+        )
+    lines.append("")
+    lines += [f"Mode {mode} skipped: {reason}" for mode, reason in skipped.items()]
+    lines += [f"Configuration {name} failed: `{error[-300:]}`" for name, error in payload.get("errors", {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(plt, payload: dict):
+    """p50 latency at one request at a time by K, one line per mode and dtype (None: nothing measured)."""
+    lines: dict[str, list[tuple[int, float]]] = {}
+    for r in payload["records"]:
+        if r["batch_size"] == 1 and r["p50_ms"] is not None:
+            lines.setdefault(f"{r['mode']} ({r['dtype']})", []).append((r["k"], r["p50_ms"]))
+    if not lines:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, points in lines.items():
+        ks, ms = zip(*sorted(points))
+        ax.plot(ks, ms, marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("K")
+    ax.set_ylabel("p50 latency, ms (one request at a time)")
+    ax.set_title(f"Top-K latency by K ({payload['dataset']})")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def render(json_path: str, note: str | None = None) -> None:
+    """Rewrite the Markdown and the plot from a results JSON (with ``note`` attached to it, when given)."""
+    path = Path(json_path)
+    payload = json.loads(path.read_text())
+    if note:
+        payload["note"] = note
+    write_results(path.parent, path.stem, payload if note else None, markdown(payload), lambda plt: plot(plt, payload))
+
+
+# -- driver -----------------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--target", help="the target checkpoint folder (its catalog and recipe too)")
+    add("--dataset", help="the dataset folder (its test users)")
+    add("--modes", nargs="+", default=list(MODES), choices=MODES, help="modes to run (default: all)")
+    add("--ks", nargs="+", type=int, default=list(DEFAULT_KS), help="the K of each run (default 1 5 10 20 50 100)")
+    add(
+        "--dtypes",
+        nargs="+",
+        default=["bfloat16", EXACT_DTYPE],
+        choices=("bfloat16", "float16", EXACT_DTYPE),
+        help="dtypes, a configuration each per mode (default bfloat16 float32)",
+    )
+    add("--users", type=int, default=512, help="test users of the throughput pass (default 512)")
+    add("--users-latency", type=int, default=200, help="test users sent one at a time (default 200)")
+    add("--users-equal", type=int, default=500, help="float32 users compared with the reference (default 500)")
+    add("--concurrency", type=int, default=64, help="users per call in the throughput pass (default 64)")
+    add("--max-num-seqs", type=int, default=1024, help="vLLM max_num_seqs (default 1024: K beams per user)")
+    add("--max-model-len", type=int, default=512, help="vLLM max_model_len (default 512)")
+    add("--gpu-memory-utilization", type=float, default=0.5, help="vLLM's share of GPU memory (default 0.5)")
+    add("--cache-root", default="/tmp/bench_topk_cache", help="VLLM_CACHE_ROOT/<mode>_<dtype> per configuration")
+    add("--work-dir", default="/tmp", help="each configuration's result and log (bench_topk_<mode>_<dtype>.*)")
+    add("--out", default="benchmarks/results", help="folder of the results (default benchmarks/results)")
+    add("--name", default=None, help="stem of the results (default topk_<dataset folder name>)")
+    add("--render", default=None, metavar="JSON", help="only rebuild the Markdown and PNG of a results JSON")
+    add("--note", default=None, help="with --render: a note written into the JSON and the Markdown")
+    add("--one", default=None, choices=MODES, help=argparse.SUPPRESS)  # child: run this mode
+    add("--one-dtype", default=None, help=argparse.SUPPRESS)
+    add("--result", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not args.render and (args.target is None or args.dataset is None):
+        parser.error("--target and --dataset are required (or --render JSON)")
+    if any(k < 1 for k in args.ks):
+        parser.error(f"every K must be >= 1, got {args.ks}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.render:
+        render(args.render, args.note)
+        return 0
+    if args.one:
+        Path(args.result).write_text(json.dumps(run_config(args)))
+        return 0
+    forwarded = sys.argv[1:] if argv is None else list(argv)
+    batch_sizes = (1, args.concurrency)
+    results, skipped, errors = [], [], {}
+    refusal = engine_refusal()
+    Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+    for mode in args.modes:
+        if mode == "engine" and refusal:
+            skipped += skipped_records(mode, args.dtypes, args.ks, batch_sizes, refusal)
+            continue
+        for dtype in args.dtypes:
+            name = f"{mode}_{dtype}"
+            result = Path(args.work_dir) / f"bench_topk_{name}.json"
+            result.unlink(missing_ok=True)
+            child = [sys.executable, "-m", "benchmarks.bench_topk", *forwarded, "--one", mode, "--one-dtype", dtype]
+            env = {**os.environ, "VLLM_CACHE_ROOT": str(Path(args.cache_root) / name)}
+            log = result.with_suffix(".log")
+            print(f"[bench_topk] {name} (log {log}) ...", flush=True)
+            with open(log, "w") as handle:
+                code = subprocess.call(
+                    [*child, "--result", str(result)], stdout=handle, stderr=subprocess.STDOUT, env=env
+                )
+            if code != 0 or not result.exists():
+                errors[name] = f"exit {code}: " + log.read_text()[-1500:]
+                print(errors[name], flush=True)
+                continue
+            results.append(json.loads(result.read_text()))
+    attach_equality(results, args.concurrency)
+    payload = summarize(args, results, skipped, errors)
+    name = args.name or f"topk_{Path(args.dataset).name}"
+    write_results(args.out, name, payload, markdown(payload), lambda plt: plot(plt, payload))
+    print(markdown(payload))
+    return 1 if errors else 0
+
+
+def summarize(args, results: list[dict], skipped: list[dict], errors: dict) -> dict:
+    import torch
+
+    return {
+        "target": args.target,
+        "dataset": Path(args.dataset).name,
+        "ks": args.ks,
+        "dtypes": args.dtypes,
+        "concurrency": args.concurrency,
+        "users": args.users,
+        "users_latency": args.users_latency,
+        "users_equal": args.users_equal,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "startup_seconds": {f"{r['mode']}_{r['dtype']}": r["startup_seconds"] for r in results},
+        "records": [record for r in results for record in r["records"]] + skipped,
+        "errors": errors,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The CPU-checkable parts of benchmarks/bench_topk.py: items read from beams, invalid-item and equality
+counts, the records, the Markdown table, the plot, the skipped engine mode, and ``--help``.
+
+The benchmark's passes need the H200 (benchmarks/gpu_session.py, job bench_topk); what it computes from
+the answers it gets is checked here on fake answers.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from benchmarks import bench_topk
+from vllm_padrec.catalog import TokenLayout
+from vllm_padrec.data import SyntheticConfig, generate_synthetic
+from vllm_padrec.integration import list_settings
+
+REPO = Path(__file__).resolve().parent.parent
+REQUIRED = (
+    "mode",
+    "k",
+    "batch_size",
+    "p50_ms",
+    "p99_ms",
+    "users_per_s",
+    "recall_at_k",
+    "ndcg_at_k",
+    "invalid_items",
+    "equal_to_reference",
+)
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return generate_synthetic(SyntheticConfig(num_items=60, num_users=4, codebook_sizes=(4, 4, 4))).catalog
+
+
+def unknown_codes(catalog) -> list[int]:
+    """Codes of one slot each that name no item of ``catalog``."""
+    known = {tuple(c) for c in catalog.codes.tolist()}
+    return next(
+        [a, b, c]
+        for a in range(4)
+        for b in range(4)
+        for c in range(4)
+        if (a, b, c) not in known  # 60 of the 64 SIDs are items
+    )
+
+
+def test_beams_are_read_as_catalog_items_or_counted_invalid(catalog):
+    prompt = catalog.render_prompt([0, 1])
+    tokens = [layout_token(catalog, s, c) for s, c in enumerate(unknown_codes(catalog))]
+    swapped = catalog.item_token_ids(5)[::-1]  # codes in the wrong slots
+    beams = [
+        prompt + catalog.item_token_ids(7),  # valid
+        prompt + catalog.item_token_ids(3)[:2] + [TokenLayout.EOS],  # ended early
+        prompt + tokens,  # codes that name no item
+        prompt + swapped,
+        prompt + catalog.item_token_ids(9) + [TokenLayout.EOS],  # valid, then more tokens
+    ]
+    output = SimpleNamespace(sequences=[SimpleNamespace(tokens=b) for b in beams])
+    items = bench_topk.beam_search_items_of(catalog, output, len(prompt))
+    assert items == [7, None, None, None, 9]
+    quality = bench_topk.list_quality([items, [1, 2, 1], [4]], k=3)
+    assert quality == {"invalid_items": 3, "duplicate_items": 1, "short_lists": 1}
+
+
+def layout_token(catalog, slot: int, code: int) -> int:
+    return catalog.layout.token_id(slot, code)
+
+
+def test_a_pass_record_has_the_schema_and_exact_numbers():
+    lists = [[3, None, 5], [7, 8, 9], [1, 2, 4]]
+    targets = [[5], [9, 1], [6]]
+    record = bench_topk.pass_record("vllm_beam_search", "float32", 3, 1, [0.010, 0.030, 0.020], lists, targets)
+    assert set(REQUIRED) <= set(record)
+    assert record["p50_ms"] == 20.0 and record["p99_ms"] == 30.0
+    assert record["users_per_s"] == 50.0  # 3 users in 0.06 s
+    assert record["invalid_items"] == 1 and record["short_lists"] == 0
+    # user 1: target 5 at rank 3 (after an invalid item, a miss); user 2: 9 of {9, 1} at rank 3; user 3: none
+    assert record["recall_at_k"] == round((1 + 0.5 + 0) / 3, 5)
+    assert record["ndcg_at_k"] == round((0.5 + 0.5 / (1 + 1 / 1.5849625007211563)) / 3, 5)
+    assert record["equal_to_reference"] is None and record["skipped"] is None
+
+
+def results_of(mode: str, dtype: str, equal_lists: dict, concurrency: int = 2) -> dict:
+    records = [bench_topk.pass_record(mode, dtype, 2, batch, [0.01], [[1, 2]], [[1]]) for batch in (1, concurrency)]
+    return {"mode": mode, "dtype": dtype, "startup_seconds": 1.0, "records": records, "equal_lists": equal_lists}
+
+
+def test_equal_to_reference_counts_users_with_the_same_items_in_the_same_order():
+    reference = results_of("reference", "float32", {"2": [[1, 2], [3, 4], [5, 6]]})
+    ours = results_of("engine", "float32", {"2": [[1, 2], [4, 3], [5, 6]]})  # user 2: same items, other order
+    theirs = results_of("vllm_beam_search", "float32", {"2": [[1, None], [3, 4]]})  # fewer users answered
+    half = results_of("engine", "bfloat16", {})
+    bench_topk.attach_equality([reference, ours, theirs, half], concurrency=2)
+    latency, throughput = ours["records"]
+    assert (throughput["equal_to_reference"], throughput["users_compared"]) == (2, 3)
+    assert (theirs["records"][1]["equal_to_reference"], theirs["records"][1]["users_compared"]) == (1, 2)
+    assert latency["equal_to_reference"] is None  # one request at a time: not the compared users
+    assert all(r["equal_to_reference"] is None for r in half["records"] + reference["records"])
+
+
+def payload_of(records: list[dict], **extra) -> dict:
+    return {
+        "target": "/t",
+        "dataset": "beauty_atspeed",
+        "device": "cpu",
+        "date": "today",
+        "concurrency": 64,
+        "records": records,
+        "errors": {},
+        **extra,
+    }
+
+
+def test_the_markdown_table_has_one_row_per_measured_record_and_names_skipped_modes():
+    record = bench_topk.pass_record("reference", "float32", 20, 64, [0.5, 0.25], [[1], [2]], [[1], [3]])
+    record |= {"equal_to_reference": 2, "users_compared": 2}
+    skipped = bench_topk.skipped_records("engine", ["float32"], [20], [1, 64], "not served")
+    text = bench_topk.markdown(payload_of([record, *skipped], errors={"vllm_beam_search_float32": "exit 1: boom"}))
+    rows = [line for line in text.splitlines() if line.startswith("| reference")]
+    assert rows == ["| reference | float32 | 20 | 64 | 2 | 250.0 | 500.0 | 2.67 | 0.5 | 0.5 | 0 | 2 / 2 |"]
+    assert "| engine" not in text
+    assert "Mode engine skipped: not served" in text
+    assert "Configuration vllm_beam_search_float32 failed: `exit 1: boom`" in text
+
+
+def test_the_plot_is_written_from_the_latency_records(tmp_path):
+    records = [
+        bench_topk.pass_record(mode, "bfloat16", k, 1, [0.001 * k], [[1]], [[1]])
+        for mode in ("reference", "vllm_beam_search")
+        for k in (1, 10, 100)
+    ]
+    path = tmp_path / "topk_x.json"
+    path.write_text(json.dumps(payload_of(records)))
+    bench_topk.main(["--render", str(path), "--note", "a note"])
+    assert (tmp_path / "topk_x.png").stat().st_size > 1000
+    assert json.loads(path.read_text())["note"] == "a note"
+    assert "Note: a note" in (tmp_path / "topk_x.md").read_text()
+    assert bench_topk.plot(None, payload_of(bench_topk.skipped_records("engine", ["float32"], [1], [1], "x"))) is None
+
+
+def test_the_engine_mode_is_skipped_with_its_reason_while_topk_is_not_served(tmp_path, monkeypatch):
+    assert list_settings.TOPK_SERVED is False  # this build: the records below must say skipped
+    monkeypatch.setattr(bench_topk.subprocess, "call", lambda *a, **k: pytest.fail("no configuration may run"))
+    code = bench_topk.main(
+        ["--target", "/t", "--dataset", str(tmp_path / "beauty_atspeed"), "--modes", "engine"]
+        + ["--ks", "1", "20", "--dtypes", "float32", "--out", str(tmp_path)]
+    )
+    assert code == 0
+    records = json.loads((tmp_path / "topk_beauty_atspeed.json").read_text())["records"]
+    assert [(r["mode"], r["k"], r["batch_size"]) for r in records] == [
+        ("engine", 1, 1),
+        ("engine", 1, 64),
+        ("engine", 20, 1),
+        ("engine", 20, 64),
+    ]
+    for r in records:
+        assert set(REQUIRED) <= set(r)
+        assert "TOPK_SERVED is False" in r["skipped"]
+        assert all(r[key] is None for key in REQUIRED if key not in ("mode", "k", "batch_size"))
+    assert "Mode engine skipped: top-K is not served" in (tmp_path / "topk_beauty_atspeed.md").read_text()
+    monkeypatch.setattr(list_settings, "TOPK_SERVED", True)
+    assert bench_topk.engine_refusal() is None
+
+
+def test_help_names_every_option():
+    done = subprocess.run(
+        [sys.executable, "benchmarks/bench_topk.py", "--help"], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    for option in ("--modes", "--ks", "--users-latency", "--users-equal", "--concurrency", "--dtypes", "--render"):
+        assert option in done.stdout
+    assert "engine" in done.stdout and "vllm_beam_search" in done.stdout
