@@ -42,7 +42,14 @@ import sys
 
 from vllm_padrec.plotting import pyplot
 from vllm_padrec.testing.catalogs import synthetic_codes
-from vllm_padrec.testing.mask_inputs import LIST_ITEMS, MAX_NUM_REQS, make_inputs, same_as_eager
+from vllm_padrec.testing.mask_inputs import (
+    LIST_ITEMS,
+    MAX_NUM_REQS,
+    draft_args,
+    make_inputs,
+    same_as_eager,
+    verification_args,
+)
 from vllm_padrec.testing.timing import time_ms
 
 BATCHES = (1, 8, 32, 64, 128)
@@ -74,9 +81,8 @@ def bench(catalog, name: str, args) -> list[dict]:
         for batch in BATCHES:
             x = make_inputs(catalog, batch, num_drafts, seed=batch, device=device)
 
-            state = (tables, x["settings"], x["all_token_ids"], x["total_len"])
-            verify_rest = (*state, x["row_slots"], x["local_pos"], x["fed_tokens"], num_drafts, width)
-            draft_rest = (*state, x["idx_mapping"], x["drafts"], x["draft_step"], width)
+            verify_rest = verification_args(x, tables, num_drafts, width)
+            draft_rest = draft_args(x, tables, width)
             where = f"{name} B={batch} K={num_drafts}"
             masked = same_as_eager(
                 catalog_mask_verification_reference, compiled_verify, x["verify_logits"], verify_rest, where

@@ -62,18 +62,7 @@ def test_mask_benchmark_inputs_take_the_valid_path(num_drafts):
     width = mask_inputs.LIST_ITEMS * tables.period
     batch = 6
     x = mask_inputs.make_inputs(catalog, batch, num_drafts, seed=1, device="cpu")
-    mask_verification_logits(
-        x["verify_logits"],
-        tables,
-        x["settings"],
-        x["all_token_ids"],
-        x["total_len"],
-        x["row_slots"],
-        x["local_pos"],
-        x["fed_tokens"],
-        num_drafts,
-        width,
-    )
+    mask_verification_logits(x["verify_logits"], *mask_inputs.verification_args(x, tables, num_drafts, width))
     logits = x["verify_logits"].view(batch, num_drafts + 1, -1)  # [B, K+1, V]
     fed = x["fed_tokens"].view(batch, num_drafts + 1)  # [B, K+1]: last committed token, d_0 .. d_{K-1}
     for b in range(batch):
@@ -81,17 +70,7 @@ def test_mask_benchmark_inputs_take_the_valid_path(num_drafts):
             assert torch.isfinite(logits[b, j, fed[b, j + 1]]), f"row {j} of request {b} refuses its next token"
     kept = torch.isfinite(logits).sum(-1)  # [B, K+1]
     assert (kept >= 1).all() and (kept < catalog.layout.vocab_size).all()  # masked, never emptied
-    mask_draft_logits(
-        x["draft_logits"],
-        tables,
-        x["settings"],
-        x["all_token_ids"],
-        x["total_len"],
-        x["idx_mapping"],
-        x["drafts"],
-        x["draft_step"],
-        width,
-    )
+    mask_draft_logits(x["draft_logits"], *mask_inputs.draft_args(x, tables, width))
     k = int(x["draft_step"])
     chosen = x["draft_logits"].gather(1, x["drafts"][:, k : k + 1])  # [B, 1] the true token at step k
     assert torch.isfinite(chosen).all()

@@ -24,7 +24,7 @@ from vllm_padrec.kernels import (
 )
 from vllm_padrec.lists.spec import ENABLED, LIST_START, MIN_ITEMS, NO_REPEAT
 from vllm_padrec.lists.tables import CatalogTables
-from vllm_padrec.testing.mask_inputs import LIST_ITEMS, make_inputs
+from vllm_padrec.testing.mask_inputs import LIST_ITEMS, draft_args, make_inputs, verification_args
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -86,17 +86,7 @@ def test_verification_kernel_equals_torch(name, num_drafts):
     width = LIST_ITEMS * tables.period
     for seed in range(2):
         x = engine_step(catalog, batch=5, num_drafts=num_drafts, seed=seed, pad_vocab=7 * seed)
-        rest = (
-            tables,
-            x["settings"],
-            x["all_token_ids"],
-            x["total_len"],
-            x["row_slots"],
-            x["local_pos"],
-            x["fed_tokens"],
-            num_drafts,
-            width,
-        )
+        rest = verification_args(x, tables, num_drafts, width)
         masked = assert_same(catalog_mask_verification_reference, catalog_mask_verification, x["verify_logits"], rest)
         constrained = ~torch.isfinite(masked).all(1)
         assert 0 < int(constrained.sum()) < masked.shape[0]  # both paths taken: masked rows and rows left alone
@@ -111,7 +101,7 @@ def test_draft_kernel_equals_torch_at_every_step(name):
     x = engine_step(catalog, batch=6, num_drafts=K, seed=7)
     for k in range(K):
         step = torch.tensor(k, device=DEVICE)
-        rest = (tables, x["settings"], x["all_token_ids"], x["total_len"], x["idx_mapping"], x["drafts"], step, width)
+        rest = draft_args(x, tables, width, step)
         assert_same(catalog_mask_draft_reference, catalog_mask_draft, x["draft_logits"], rest)
 
 
@@ -146,15 +136,14 @@ def test_kernel_equals_torch_with_excluded_items(name):
         x = engine_step(catalog, batch=6, num_drafts=K, seed=seed)
         x["all_token_ids"][0] = make_inputs(catalog, 6, K, seed=seed, device=DEVICE)["all_token_ids"][0]  # valid again
         excluding = with_exclusions(x, catalog, columns, seed)
-        state = (tables, excluding["settings"], x["all_token_ids"], x["total_len"])
-        rest = (*state, x["row_slots"], x["local_pos"], x["fed_tokens"], K, width)
+        rest = verification_args(excluding, tables, K, width)
         masked = assert_same(catalog_mask_verification_reference, catalog_mask_verification, x["verify_logits"], rest)
         plain = x["verify_logits"].clone()
         catalog_mask_verification_reference(plain, tables, x["settings"], *rest[2:])
         assert not torch.equal(masked, plain)  # the exclusions changed some rows
         for k in range(K):
             step = torch.tensor(k, device=DEVICE)
-            rest = (*state, x["idx_mapping"], x["drafts"], step, width)
+            rest = draft_args(excluding, tables, width, step)
             assert_same(catalog_mask_draft_reference, catalog_mask_draft, x["draft_logits"], rest)
 
 
@@ -164,17 +153,7 @@ def test_kernel_writes_minus_infinity_in_the_logits_dtype(dtype):
     tables = CatalogTables.build(catalog, device=DEVICE)
     x = engine_step(catalog, batch=5, num_drafts=2, seed=3)
     logits = x["verify_logits"].to(dtype)
-    rest = (
-        tables,
-        x["settings"],
-        x["all_token_ids"],
-        x["total_len"],
-        x["row_slots"],
-        x["local_pos"],
-        x["fed_tokens"],
-        2,
-        LIST_ITEMS * tables.period,
-    )
+    rest = verification_args(x, tables, 2, LIST_ITEMS * tables.period)
     masked = assert_same(catalog_mask_verification_reference, catalog_mask_verification, logits, rest)
     assert masked.dtype == dtype and bool(torch.isneginf(masked).any())
 
@@ -183,16 +162,6 @@ def test_kernel_refuses_a_layout_it_cannot_read():
     catalog = CATALOGS["tiny"]
     tables = CatalogTables.build(catalog, device=DEVICE)
     x = engine_step(catalog, batch=2, num_drafts=1, seed=0)
-    rest = (
-        tables,
-        x["settings"],
-        x["all_token_ids"],
-        x["total_len"],
-        x["row_slots"],
-        x["local_pos"],
-        x["fed_tokens"],
-        1,
-        LIST_ITEMS * tables.period,
-    )
+    rest = verification_args(x, tables, 1, LIST_ITEMS * tables.period)
     with pytest.raises(ValueError, match="unit column stride"):
         catalog_mask_verification(x["verify_logits"].t().contiguous().t(), *rest)

@@ -24,7 +24,7 @@ from vllm_padrec.lists import masks as vm
 from vllm_padrec.lists.rule import allowed_after
 from vllm_padrec.lists.spec import ENABLED, LIST_START, NUM_FIELDS
 from vllm_padrec.lists.tables import CatalogTables
-from vllm_padrec.testing.mask_inputs import LIST_ITEMS, make_inputs, same_as_eager
+from vllm_padrec.testing.mask_inputs import LIST_ITEMS, draft_args, make_inputs, same_as_eager, verification_args
 
 SEP, EOS, REC = TokenLayout.SEP, TokenLayout.EOS, TokenLayout.REC
 MAX_LIST_ITEMS = 6
@@ -412,15 +412,14 @@ def test_triton_masks_are_wired_as_the_eager_ones():
     verify, draft = triton_masks(shapes, torch.float32, torch.float32)
     assert verify.__name__ == "catalog_mask_verification" and draft.__name__ == "catalog_mask_draft"
 
-    state = (tables, x["settings"], x["all_token_ids"], x["total_len"])
-    verify_args = (*state, x["row_slots"], x["local_pos"], x["fed_tokens"], K, width)
+    verify_args = verification_args(x, tables, K, width)
     masked = same_as_eager(vm.mask_verification_logits, verify, x["verify_logits"], verify_args, "verify")
     assert not torch.isfinite(masked).all()
-    draft_args = (*state, x["idx_mapping"], x["drafts"], x["draft_step"], width)
-    masked = same_as_eager(vm.mask_draft_logits, draft, x["draft_logits"], draft_args, "draft")
+    draft_rest = draft_args(x, tables, width)
+    masked = same_as_eager(vm.mask_draft_logits, draft, x["draft_logits"], draft_rest, "draft")
     assert not torch.isfinite(masked).all()
     with pytest.raises(AssertionError, match="differs from the eager one"):  # the comparison can fail
-        same_as_eager(vm.mask_draft_logits, lambda logits, *rest: None, x["draft_logits"], draft_args, "no-op")
+        same_as_eager(vm.mask_draft_logits, lambda logits, *rest: None, x["draft_logits"], draft_rest, "no-op")
 
 
 def test_failed_triton_masks_keep_the_eager_masks():

@@ -59,6 +59,18 @@ def make_inputs(catalog, batch: int, num_drafts: int, seed: int, device):
     )
 
 
+def verification_args(x: dict, tables, num_drafts: int, width: int) -> tuple:
+    """What a verification mask call takes after its logits, for the engine step ``x`` of ``make_inputs``."""
+    state = (tables, x["settings"], x["all_token_ids"], x["total_len"])
+    return (*state, x["row_slots"], x["local_pos"], x["fed_tokens"], num_drafts, width)
+
+
+def draft_args(x: dict, tables, width: int, draft_step: torch.Tensor | None = None) -> tuple:
+    """What a draft mask call takes after its logits, at ``draft_step`` (default: ``x``'s middle step)."""
+    step = x["draft_step"] if draft_step is None else draft_step
+    return (tables, x["settings"], x["all_token_ids"], x["total_len"], x["idx_mapping"], x["drafts"], step, width)
+
+
 def same_as_eager(eager_fn, compiled_fn, logits, rest: tuple, where: str, what: str = "compiled"):
     """Mask copies of ``logits`` eagerly and with ``compiled_fn`` (compiled or the Triton kernel, under
     inference mode, as vLLM calls it); they must be equal. Returns the eagerly masked copy."""
