@@ -399,24 +399,36 @@ def test_speculation_reports_server_counters(folder):
     assert spec["scope"] == "server" and spec["num_drafts"] is None and "disable-log-stats" in spec["note"]
 
 
+class DisconnectedRequest:
+    """A Starlette Request whose client has gone; ``app`` is what vLLM's disconnect listener reads (its
+    load-tracking flag)."""
+
+    def __init__(self, app=None) -> None:
+        self.app = app or SimpleNamespace(state=SimpleNamespace())
+
+    async def receive(self):
+        await asyncio.sleep(0.01)
+        return {"type": "http.disconnect"}
+
+
+def answer_after_disconnect(service, plan, app=None):
+    """``answer_until_disconnect`` for a client that hangs up; the cancelled task finishes its clean-up on
+    the next loop turns before this returns."""
+
+    async def answer_and_settle():
+        result = await ep.answer_until_disconnect(service, DisconnectedRequest(app), plan, "rec-gone")
+        await asyncio.sleep(0.01)
+        return result
+
+    return asyncio.run(answer_and_settle())
+
+
 def test_client_disconnect_cancels_its_own_request_only(folder):
     app = make_app(folder, FakeEngine(block=True))
     service = app.state.padrec_recommendations
     plan = service.plan(ep.RecommendationRequest(history=["i1"], num_items=2))
 
-    class Disconnected:  # a Starlette Request whose client has gone
-        app = SimpleNamespace(state=SimpleNamespace())  # vLLM's listener reads its load-tracking flag
-
-        async def receive(self):
-            await asyncio.sleep(0.01)
-            return {"type": "http.disconnect"}
-
-    async def answer_and_settle():  # the cancelled task finishes its clean-up on the next loop turns
-        result = await ep.answer_until_disconnect(service, Disconnected(), plan, "rec-gone")
-        await asyncio.sleep(0.01)
-        return result
-
-    result = asyncio.run(answer_and_settle())
+    result = answer_after_disconnect(service, plan)
     assert result is None
     # the engine's generator is closed (AsyncLLM then aborts that request by its internal id); the route
     # aborts nothing by the client-visible id, which another request may share
@@ -437,19 +449,7 @@ def test_server_load_count_stays_balanced(folder):
     service = blocked.state.padrec_recommendations
     plan = service.plan(ep.RecommendationRequest(history=["i1"], num_items=2))
 
-    class Disconnected:
-        app = blocked
-
-        async def receive(self):
-            await asyncio.sleep(0.01)
-            return {"type": "http.disconnect"}
-
-    async def answer_and_settle():
-        result = await ep.answer_until_disconnect(service, Disconnected(), plan, "rec-gone")
-        await asyncio.sleep(0.01)
-        return result
-
-    assert asyncio.run(answer_and_settle()) is None
+    assert answer_after_disconnect(service, plan, app=blocked) is None
     assert blocked.state.server_load_metrics == 0
 
 
@@ -664,17 +664,5 @@ def test_topk_client_disconnect_aborts_its_own_request(folder, topk_served):
     service = app.state.padrec_recommendations
     plan = service.plan(ep.RecommendationRequest(history=["i1"], mode="topk", k=2))
 
-    class Disconnected:
-        app = SimpleNamespace(state=SimpleNamespace())
-
-        async def receive(self):
-            await asyncio.sleep(0.01)
-            return {"type": "http.disconnect"}
-
-    async def answer_and_settle():
-        result = await ep.answer_until_disconnect(service, Disconnected(), plan, "rec-gone")
-        await asyncio.sleep(0.01)
-        return result
-
-    assert asyncio.run(answer_and_settle()) is None
+    assert answer_after_disconnect(service, plan) is None
     assert service.engine_client.aborted == [("rec-gone-internal", True)]  # the engine's id, not the client's
