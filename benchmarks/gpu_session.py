@@ -45,6 +45,8 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
     hostile               benchmarks/hostile_inputs.py                                           draft   lane 1
     bench_topk            benchmarks/bench_topk.py (top-K: reference, vLLM's beam search, the    target  lane 1
                           engine) on beauty_atspeed
+    topk_bringup          bench_topk's reference and engine modes, small, with the top-K path     target  lane 0
+                          switched on (VLLM_PADREC_TOPK_BRINGUP=1): its first runs inside vLLM
     examples              vllm serve with the draft: examples/openai_client.py, POST             draft   lane 1
                           /v1/recommendations and bad input, then examples/offline_vllm.py
     serve                 benchmarks/serve_completions.py (no draft, no constraint)              target  lane 1
@@ -118,6 +120,8 @@ LOSSLESS_MODES: dict[str, tuple[str, list[str], dict[str, str]]] = {
 SERVE_ARGS = ["--gpu-memory-utilization", "0.3", "--max-model-len", "512"]
 CURRENT, BASELINE = "current", "baseline"  # the installed version of the project a job runs on
 INSTALLING = "installing"  # while pip installs one; jobs wait
+# list_settings.TOPK_BRINGUP_ENV (this script runs before the project's dependencies are installed)
+TOPK_BRINGUP_ENV = "VLLM_PADREC_TOPK_BRINGUP"
 
 
 def log(message: str) -> None:
@@ -416,6 +420,25 @@ def job_bench_topk(ctx: JobContext) -> int:
     return code
 
 
+def job_topk_bringup(ctx: JobContext) -> int:
+    """The top-K path's first runs inside vLLM (issue 12): bench_topk's reference and engine modes, float32,
+    a few users and Ks, in a process tree with VLLM_PADREC_TOPK_BRINGUP=1 (top-K served, its patches on)."""
+    s = ctx.settings
+    work = WORK / "topk_bringup"
+    code = ctx.python(
+        "benchmarks.bench_topk",
+        *("--target", str(s.checkpoint()), "--dataset", dataset_path(), "--out", str(WORK / "results")),
+        *("--name", f"topk_bringup_{Path(dataset_path()).name}{s.suffix()}"),
+        *("--cache-root", str(WORK / "cache" / ctx.job), "--work-dir", str(work)),
+        *("--modes", "reference", "engine", "--dtypes", "float32", "--ks", "1", "5", "20"),
+        *("--users", "64", "--users-latency", "8", "--users-equal", "64", "--concurrency", "16"),
+        env={**ctx.env, TOPK_BRINGUP_ENV: "1"},
+    )
+    for config_log in work.glob("bench_topk_*.log"):
+        shutil.move(config_log, WORK / "logs" / f"{ctx.job}.{config_log.name}")
+    return code
+
+
 def job_hostile(ctx: JobContext) -> int:
     return ctx.python("benchmarks.hostile_inputs", *model_args(ctx.settings), "--out", str(WORK / "results"))
 
@@ -500,6 +523,7 @@ JOBS: dict[str, Job] = {
         Job("lossless", job_lossless, needs=(DRAFT,), lane=1, vllm=True),
         Job("hostile", job_hostile, needs=(DRAFT,), lane=1, vllm=True),
         Job("bench_topk", job_bench_topk, needs=(TARGET,), lane=1, vllm=True),
+        Job("topk_bringup", job_topk_bringup, needs=(TARGET,), vllm=True),
         Job("examples", job_examples, needs=(DRAFT,), lane=1, vllm=True),
         Job("serve", job_serve, needs=(TARGET,), lane=1, vllm=True),
         Job("bench_vllm_mask", job_bench_vllm_mask, lane=1, vllm=True),

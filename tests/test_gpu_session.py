@@ -301,3 +301,22 @@ def test_a_job_waits_while_pip_installs_and_fails_after_a_failed_install(session
 
 def test_a_command_killed_by_a_signal_reads_as_the_shell_says():
     assert [gs.exit_status(code) for code in (0, 1, -9, -15)] == [0, 1, 137, 143]
+
+
+def test_the_top_k_bring_up_job_runs_bench_topk_with_top_k_served(monkeypatch, tmp_path):
+    """topk_bringup runs bench_topk's reference and engine modes in float32 with the switch list_settings reads."""
+    from vllm_padrec.integration import list_settings
+
+    assert gs.TOPK_BRINGUP_ENV == list_settings.TOPK_BRINGUP_ENV
+    monkeypatch.setattr(gs, "WORK", tmp_path)
+    monkeypatch.setattr(gs, "dataset_path", lambda: "/data/beauty_atspeed")
+    calls = []
+    ctx = gs.JobContext("topk_bringup", gs.Settings(), {"PATH": "/bin"})
+    monkeypatch.setattr(
+        ctx.__class__, "python", lambda self, module, *args, env=None: calls.append((module, args, env)) or 0
+    )
+    assert gs.JOBS["topk_bringup"].body(ctx) == 0
+    ((module, args, env),) = calls
+    assert module == "benchmarks.bench_topk" and env == {"PATH": "/bin", "VLLM_PADREC_TOPK_BRINGUP": "1"}
+    assert args[args.index("--modes") + 1 : args.index("--modes") + 3] == ("reference", "engine")
+    assert args[args.index("--dtypes") + 1] == "float32"

@@ -49,8 +49,11 @@ MAX_TOPK_LIMIT = 4096
 # Beam rows held back from every engine step for top-K requests' beams (each a request slot and a token row)
 MAX_TOPK_BEAMS_LIMIT = 65536
 # whether this build's engine serves padrec_topk (the beam search in the engine, issue 12); until it does,
-# the front end refuses every top-K request after parsing it
-TOPK_SERVED = False
+# the front end refuses every top-K request after parsing it. The GPU bring-up of the top-K path (the
+# bring-up job of benchmarks/gpu_session.py) turns it on for one process tree with VLLM_PADREC_TOPK_BRINGUP=1,
+# which also installs the top-K patches (patches.install); it is not a user setting.
+TOPK_BRINGUP_ENV = "VLLM_PADREC_TOPK_BRINGUP"
+TOPK_SERVED = os.environ.get(TOPK_BRINGUP_ENV) == "1"
 # settings this plugin no longer reads -> what to do instead (a server given one does not start)
 REMOVED_KEYS = {
     "compile_masks": "the masks are the Triton kernel (triton_masks) or the eager torch masks: drop the key",

@@ -8,7 +8,8 @@
     to_beam_search_params.py  CompletionRequest / ChatCompletionRequest .to_beam_search_params  API server
     add_cli_args.py           vllm.engine.arg_utils.EngineArgs.add_cli_args (--speculative-model)  CLI
 
-Written for top-K (issue 12) and NOT installed until the whole top-K path exists (``list_settings.TOPK_SERVED``):
+Written for top-K (issue 12) and NOT installed until the whole top-K path exists (``list_settings.TOPK_SERVED``,
+on only for the GPU bring-up, ``TOPK_PATCHES``):
 
     scheduler_init.py         vllm.v1.core.sched.scheduler.Scheduler.__init__ (beam KV admission)    engine core
     execute_model.py          GPUModelRunner.execute_model (beams as runner-private requests)          worker
@@ -47,6 +48,12 @@ PATCHES = (
     "vllm_padrec.integration.patches.compute_hash",  # the draft in the compile-cache key
     "vllm_padrec.integration.patches.add_cli_args",  # vllm serve --speculative-model
 )
+# the top-K path's patches, installed after PATCHES while list_settings.TOPK_SERVED
+TOPK_PATCHES = (
+    "vllm_padrec.integration.patches.scheduler_init",  # KV blocks and beam rows held for top-K requests
+    "vllm_padrec.integration.patches.execute_model",  # beams as runner-private requests
+    "vllm_padrec.integration.patches.sample_tokens",  # a finished top-K answer as pooler_output
+)
 
 
 class UnsupportedVllmError(RuntimeError):
@@ -64,7 +71,9 @@ def check_vllm_version(installed: str) -> None:
 
 def install() -> None:
     """Have every patch applied when (and where) its target module is imported; idempotent."""
-    for name in PATCHES:
+    from vllm_padrec.integration.list_settings import TOPK_SERVED
+
+    for name in PATCHES + (TOPK_PATCHES if TOPK_SERVED else ()):
         patch = import_module(name)
         for target in patch.TARGETS:
             after_import(target, patch.apply)
