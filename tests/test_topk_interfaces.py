@@ -31,7 +31,9 @@ class FakeLLM:
     """``vllm.LLM`` as ``recommend_topk`` uses it: ``llm_engine.vllm_config``, ``enqueue`` and
     ``wait_for_completion``. Each request is answered, as the engine's top-K path would, with the catalog's
     items in ``preference`` order that its ``padrec_exclude_items`` leave, the first K, scored -1, -2, ...;
-    ``wait_for_completion`` also returns a request someone else queued on the same LLM."""
+    ``wait_for_completion`` also returns a request someone else queued on the same LLM. As in vLLM 0.26.0,
+    ``enqueue`` returns the engine's internal ids (``InputProcessor.assign_request_id``: the counter's id, a
+    dash and 8 random characters) while the outputs carry the counter's (external) id."""
 
     def __init__(self, folder, preference, **settings):
         self.llm_engine = SimpleNamespace(
@@ -45,7 +47,7 @@ class FakeLLM:
     def enqueue(self, prompts, params, use_tqdm=True):
         ids = [str(7 + n) for n in range(len(prompts))]
         self.queued += list(zip(ids, prompts, params))
-        return ids
+        return [f"{i}-{n:08x}" for n, i in enumerate(ids)]
 
     def wait_for_completion(self, output_type, use_tqdm=True):
         from vllm.outputs import PoolingOutput, PoolingRequestOutput

@@ -27,6 +27,15 @@ from vllm_padrec.errors import PadRecError
 from vllm_padrec.topk.request import ranked_items, topk_max_tokens, topk_sampling_params, topk_spec
 
 
+def external_request_id(internal: str) -> str:
+    """The id an output of ``LLM.wait_for_completion`` carries for a request ``LLM.enqueue`` returned as
+    ``internal``: vLLM 0.26.0 gives the engine ``f"{id}-{8 random characters}"`` for the counter's ``id``
+    (``InputProcessor.assign_request_id``; unchanged with ``VLLM_DISABLE_REQUEST_ID_RANDOMIZATION``) and
+    labels outputs with ``id``, which the counter makes digits only."""
+    head, dash, _ = internal.rpartition("-")
+    return head if dash and head.isdigit() else internal
+
+
 def recommend_topk(
     llm: Any,  # a vllm.LLM serving the target with the padrec general plugin
     catalog: ItemCatalog,  # the catalog the server's masks read
@@ -49,7 +58,7 @@ def recommend_topk(
     max_tokens = topk_max_tokens(catalog.num_slots)
     prompts = [TokensPrompt(prompt_token_ids=catalog.render_prompt(h, max_history)) for h in histories]
     params = [topk_sampling_params(spec, max_tokens) for spec in specs]
-    request_ids = llm.enqueue(prompts, params, use_tqdm=False)
+    request_ids = [external_request_id(i) for i in llm.enqueue(prompts, params, use_tqdm=False)]
     finished = {out.request_id: out for out in llm.wait_for_completion(PoolingRequestOutput, use_tqdm=False)}
     results = []
     for request_id in request_ids:
