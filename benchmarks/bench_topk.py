@@ -59,7 +59,13 @@ from vllm_padrec.testing.stats import percentile
 MODES = ("reference", "vllm_beam_search", "engine")
 DEFAULT_KS = (1, 5, 10, 20, 50, 100)
 EXACT_DTYPE = "float32"  # equal_to_reference is checked in this dtype only
-Ranker = Callable[[list[list[int]], int], list[list[int | None]]]  # (histories, K) -> per user K items, best first
+# (histories, K) -> per user its K (item, score) pairs, best first; item None: not a catalog item; score None:
+# not reported (a score is the sum of the item's full-vocabulary log-probabilities)
+Ranked = list[tuple[int | None, float | None]]
+Ranker = Callable[[list[list[int]], int], list[Ranked]]
+# a differing user whose scores, rank by rank, are within this of the reference's (relative to the score, at
+# least 1) got the same scores with near-tied items in another order, rather than other scores
+SCORE_TOLERANCE = 1e-4
 
 
 # -- answers: items, their quality, their equality --------------------------------------------------------------
@@ -100,6 +106,30 @@ def count_equal(lists: Sequence[Sequence[int | None]], reference: Sequence[Seque
     return sum(list(a) == list(b) for a, b in zip(lists, reference))
 
 
+def score_agreement(ranked: Sequence[Ranked], reference: Sequence[Ranked]) -> dict:
+    """How far the scores of ``ranked`` are from the reference's, rank by rank, over the users (by position):
+    ``max_score_difference`` (None when a side reports no scores), and of the users whose items differ,
+    ``differing_same_scores``: those whose scores all lie within ``SCORE_TOLERANCE`` of the reference's (tied
+    or near-tied items in another order: the float32 arithmetic of another batch shape, not another search)
+    and ``first_difference_ranks``: where each differing user's items first differ (0 = the best item)."""
+    largest, same_scores, first_ranks = 0.0, 0, []
+    for ours, theirs in zip(ranked, reference):
+        pairs = list(zip([s for _, s in ours], [s for _, s in theirs]))
+        if len(ours) != len(theirs) or any(a is None or b is None for a, b in pairs):
+            return {"max_score_difference": None, "differing_same_scores": None, "first_difference_ranks": None}
+        differences = [abs(a - b) for a, b in pairs]
+        largest = max([largest, *differences])
+        items, wanted = [i for i, _ in ours], [i for i, _ in theirs]
+        if items != wanted:
+            first_ranks.append(next(r for r, (a, b) in enumerate(zip(items, wanted)) if a != b))
+            same_scores += all(d <= SCORE_TOLERANCE * max(1.0, abs(b)) for d, (_, b) in zip(differences, pairs))
+    return {
+        "max_score_difference": float(f"{largest:.3g}"),
+        "differing_same_scores": same_scores,
+        "first_difference_ranks": first_ranks,
+    }
+
+
 def pass_record(
     mode: str,
     dtype: str,
@@ -128,6 +158,9 @@ def pass_record(
         **list_quality(lists, k),
         "equal_to_reference": None,  # set by attach_equality (float32 throughput records)
         "users_compared": None,
+        "max_score_difference": None,  # these three: score_agreement, set by attach_equality too
+        "differing_same_scores": None,
+        "first_difference_ranks": None,
         "skipped": None,
     }
 
@@ -157,8 +190,9 @@ def engine_refusal() -> str | None:
 
 
 def attach_equality(results: Sequence[dict], concurrency: int) -> None:
-    """Set ``equal_to_reference`` / ``users_compared`` on the float32 throughput records of the modes other
-    than reference, from the configurations' ``equal_lists`` ({K: lists of the first --users-equal users})."""
+    """Set ``equal_to_reference`` / ``users_compared`` and the ``score_agreement`` fields on the float32
+    throughput records of the modes other than reference, from the configurations' ``equal_lists`` ({K: the
+    (item, score) lists of the first --users-equal users})."""
     reference = next((r for r in results if r["mode"] == "reference" and r["dtype"] == EXACT_DTYPE), None)
     if reference is None:
         return
@@ -171,8 +205,10 @@ def attach_equality(results: Sequence[dict], concurrency: int) -> None:
             if record["batch_size"] != concurrency or wanted is None or lists is None:
                 continue
             n = min(len(wanted), len(lists))
-            record["equal_to_reference"] = count_equal(lists[:n], wanted[:n])
+            items = [[item for item, _ in ranked] for ranked in lists[:n]]
+            record["equal_to_reference"] = count_equal(items, [[item for item, _ in r] for r in wanted[:n]])
             record["users_compared"] = n
+            record |= score_agreement(lists[:n], wanted[:n])
 
 
 # -- one configuration (child process) --------------------------------------------------------------------------
@@ -191,7 +227,7 @@ def reference_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
             model, catalog, histories, k, constraint, batch_size=len(histories), max_history=max_history
         )
         torch.cuda.synchronize()
-        return [[item for item, _ in items] for items in ranked]
+        return [[(item, float(score)) for item, score in items] for items in ranked]
 
     return rank
 
@@ -207,7 +243,10 @@ def vllm_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
         prompts = [catalog.render_prompt(h, max_history) for h in histories]
         params = BeamSearchParams(beam_width=k, max_tokens=catalog.num_slots)
         outputs = llm.beam_search([TokensPrompt(prompt_token_ids=p) for p in prompts], params)
-        return [beam_search_items_of(catalog, out, len(p)) for out, p in zip(outputs, prompts)]
+        return [
+            list(zip(beam_search_items_of(catalog, out, len(p)), (s.cum_logprob for s in out.sequences), strict=True))
+            for out, p in zip(outputs, prompts)
+        ]
 
     return rank
 
@@ -223,7 +262,7 @@ def engine_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
 
     def rank(histories, k):
         ranked = recommend_topk(llm, catalog, histories, k, max_history=max_history)
-        return [[item for item, _ in items] for items in ranked]
+        return [[(item, float(score)) for item, score in items] for items in ranked]
 
     return rank
 
@@ -246,7 +285,7 @@ RANKERS: dict[str, Callable] = {
 
 
 def timed_calls(rank: Ranker, histories: list[list[int]], k: int, batch_size: int):
-    """``histories`` in calls of ``batch_size``: (each call's wall seconds, every user's items)."""
+    """``histories`` in calls of ``batch_size``: (each call's wall seconds, every user's (item, score) pairs)."""
     seconds, lists = [], []
     for start in range(0, len(histories), batch_size):
         started = time.perf_counter()
@@ -275,11 +314,12 @@ def run_config(args) -> dict:
         rank([s.history for s in throughput_users[: args.concurrency]], k)  # warm-up: both batch shapes
         rank([latency_users[0].history], k)
         for batch, users in ((1, latency_users), (args.concurrency, throughput_users)):
-            seconds, lists = timed_calls(rank, [s.history for s in users], k, batch)
+            seconds, ranked = timed_calls(rank, [s.history for s in users], k, batch)
+            lists = [[item for item, _ in r] for r in ranked]
             records.append(pass_record(mode, dtype, k, batch, seconds, lists, [s.targets for s in users]))
             print(json.dumps(records[-1]), flush=True)
             if batch == args.concurrency and dtype == EXACT_DTYPE:
-                equal_lists[str(k)] = lists[: args.users_equal]
+                equal_lists[str(k)] = ranked[: args.users_equal]
     return {
         "mode": mode,
         "dtype": dtype,
@@ -300,12 +340,15 @@ def markdown(payload: dict) -> str:
         "",
         f"Target `{payload['target']}`; {payload['device']}, {payload['date']}. batch_size 1: one request at a "
         f"time; batch_size {payload['concurrency']}: that many users per call (a user's latency is its call's). "
-        f"Equal to reference: users whose items and order are the float32 reference's.",
+        f"Equal to reference: users whose items and order are the float32 reference's; of the others, those "
+        f"whose scores match the reference's rank by rank (within {SCORE_TOLERANCE:g} relative) have tied or "
+        "near-tied items in another order. Score diff: the largest difference from the reference's score at "
+        "the same rank.",
         "",
         *([f"Note: {payload['note']}", ""] if payload.get("note") else []),
         "| mode | dtype | K | batch_size | users | p50 ms | p99 ms | users/s | Recall@K | NDCG@K | invalid items "
-        "| equal to reference |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| equal to reference | score diff |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     skipped = {}
     for r in payload["records"]:
@@ -313,10 +356,13 @@ def markdown(payload: dict) -> str:
             skipped.setdefault(r["mode"], r["skipped"])
             continue
         equal = "-" if r["users_compared"] is None else f"{r['equal_to_reference']} / {r['users_compared']}"
+        differing = (r["users_compared"] or 0) - (r["equal_to_reference"] or 0)
+        if differing and r.get("differing_same_scores") is not None:
+            equal += f" ({r['differing_same_scores']} of {differing} others: same scores)"
         lines.append(
             f"| {r['mode']} | {r['dtype']} | {r['k']} | {r['batch_size']} | {r['users']} | {cell(r['p50_ms'])} | "
             f"{cell(r['p99_ms'])} | {cell(r['users_per_s'])} | {r['recall_at_k']} | {r['ndcg_at_k']} | "
-            f"{r['invalid_items']} | {equal} |"
+            f"{r['invalid_items']} | {equal} | {cell(r.get('max_score_difference'))} |"
         )
     lines.append("")
     lines += [f"Mode {mode} skipped: {reason}" for mode, reason in skipped.items()]

@@ -93,10 +93,15 @@ def results_of(mode: str, dtype: str, equal_lists: dict, concurrency: int = 2) -
     return {"mode": mode, "dtype": dtype, "startup_seconds": 1.0, "records": records, "equal_lists": equal_lists}
 
 
+def scored(*lists):
+    """Each user's items with scores -1, -2, ... (best first)."""
+    return [[(item, -1.0 - rank) for rank, item in enumerate(items)] for items in lists]
+
+
 def test_equal_to_reference_counts_users_with_the_same_items_in_the_same_order():
-    reference = results_of("reference", "float32", {"2": [[1, 2], [3, 4], [5, 6]]})
-    ours = results_of("engine", "float32", {"2": [[1, 2], [4, 3], [5, 6]]})  # user 2: same items, other order
-    theirs = results_of("vllm_beam_search", "float32", {"2": [[1, None], [3, 4]]})  # fewer users answered
+    reference = results_of("reference", "float32", {"2": scored([1, 2], [3, 4], [5, 6])})
+    ours = results_of("engine", "float32", {"2": scored([1, 2], [4, 3], [5, 6])})  # user 2: same items, other order
+    theirs = results_of("vllm_beam_search", "float32", {"2": scored([1, None], [3, 4])})  # fewer users answered
     half = results_of("engine", "bfloat16", {})
     bench_topk.attach_equality([reference, ours, theirs, half], concurrency=2)
     latency, throughput = ours["records"]
@@ -104,6 +109,21 @@ def test_equal_to_reference_counts_users_with_the_same_items_in_the_same_order()
     assert (theirs["records"][1]["equal_to_reference"], theirs["records"][1]["users_compared"]) == (1, 2)
     assert latency["equal_to_reference"] is None  # one request at a time: not the compared users
     assert all(r["equal_to_reference"] is None for r in half["records"] + reference["records"])
+    # user 2 swapped two items whose scores (-1, -2) it reports at the same ranks: the same scores
+    assert throughput["differing_same_scores"] == 1 and throughput["first_difference_ranks"] == [0]
+    assert throughput["max_score_difference"] == 0.0
+
+
+def test_score_agreement_tells_near_ties_from_other_scores():
+    reference = [[(1, -10.0), (2, -10.00001), (3, -12.0)], [(4, -3.0), (5, -4.0), (6, -5.0)]]
+    near_tie = [[(2, -10.00001), (1, -10.0), (3, -12.0)], [(4, -3.0), (5, -4.0), (6, -5.0)]]  # float32 bits
+    other = [[(1, -10.0), (2, -10.00001), (3, -12.0)], [(4, -3.0), (7, -4.5), (5, -4.0)]]  # another search
+    tie = bench_topk.score_agreement(near_tie, reference)
+    assert tie == {"max_score_difference": 1e-05, "differing_same_scores": 1, "first_difference_ranks": [0]}
+    wrong = bench_topk.score_agreement(other, reference)
+    assert wrong == {"max_score_difference": 1.0, "differing_same_scores": 0, "first_difference_ranks": [1]}
+    unscored = bench_topk.score_agreement([[(1, None), (2, None), (3, None)]], reference)
+    assert unscored["max_score_difference"] is None and unscored["differing_same_scores"] is None
 
 
 def payload_of(records: list[dict], **extra) -> dict:
@@ -121,11 +141,14 @@ def payload_of(records: list[dict], **extra) -> dict:
 
 def test_the_markdown_table_has_one_row_per_measured_record_and_names_skipped_modes():
     record = bench_topk.pass_record("reference", "float32", 20, 64, [0.5, 0.25], [[1], [2]], [[1], [3]])
-    record |= {"equal_to_reference": 2, "users_compared": 2}
+    record |= {"equal_to_reference": 1, "users_compared": 2, "max_score_difference": 2e-06, "differing_same_scores": 1}
     skipped = bench_topk.skipped_records("engine", ["float32"], [20], [1, 64], "not served")
     text = bench_topk.markdown(payload_of([record, *skipped], errors={"vllm_beam_search_float32": "exit 1: boom"}))
     rows = [line for line in text.splitlines() if line.startswith("| reference")]
-    assert rows == ["| reference | float32 | 20 | 64 | 2 | 250.0 | 500.0 | 2.67 | 0.5 | 0.5 | 0 | 2 / 2 |"]
+    assert rows == [
+        "| reference | float32 | 20 | 64 | 2 | 250.0 | 500.0 | 2.67 | 0.5 | 0.5 | 0 | 1 / 2 (1 of 1 others: same "
+        "scores) | 2e-06 |"
+    ]
     assert "| engine" not in text
     assert "Mode engine skipped: not served" in text
     assert "Configuration vllm_beam_search_float32 failed: `exit 1: boom`" in text
