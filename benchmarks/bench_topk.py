@@ -161,6 +161,7 @@ def pass_record(
         "max_score_difference": None,  # these three: score_agreement, set by attach_equality too
         "differing_same_scores": None,
         "first_difference_ranks": None,
+        "engine_steps_per_call": None,  # set by run_config: engine steps per call (vLLM modes)
         "skipped": None,
     }
 
@@ -238,6 +239,7 @@ def vllm_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
     from vllm.sampling_params import BeamSearchParams
 
     llm = LLM(**engine_arguments(args), max_logprobs=2 * max(args.ks))
+    count_engine_steps(llm)
 
     def rank(histories, k):
         prompts = [catalog.render_prompt(h, max_history) for h in histories]
@@ -259,12 +261,28 @@ def engine_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
     beams = min(max(args.ks) * args.concurrency, 65536)  # list_settings.MAX_TOPK_BEAMS_LIMIT
     padrec = {"max_topk": max(args.ks), "topk_max_beams": beams}
     llm = LLM(**engine_arguments(args), additional_config={"padrec": padrec})
+    count_engine_steps(llm)
 
     def rank(histories, k):
         ranked = recommend_topk(llm, catalog, histories, k, max_history=max_history)
         return [[(item, float(score)) for item, score in items] for items in ranked]
 
     return rank
+
+
+ENGINE_STEPS = [0]  # engine steps run by this process's LLM (count_engine_steps)
+
+
+def count_engine_steps(llm) -> None:
+    """Count ``llm``'s engine steps in ``ENGINE_STEPS`` (both vLLM modes run their requests with
+    ``llm_engine.step``, one call per engine step)."""
+    step = llm.llm_engine.step
+
+    def counted(*args, **kwargs):
+        ENGINE_STEPS[0] += 1
+        return step(*args, **kwargs)
+
+    llm.llm_engine.step = counted
 
 
 def engine_arguments(args) -> dict:
@@ -285,13 +303,28 @@ RANKERS: dict[str, Callable] = {
 
 
 def timed_calls(rank: Ranker, histories: list[list[int]], k: int, batch_size: int):
-    """``histories`` in calls of ``batch_size``: (each call's wall seconds, every user's (item, score) pairs)."""
-    seconds, lists = [], []
+    """``histories`` in calls of ``batch_size``: (each call's wall seconds, every user's (item, score) pairs,
+    the engine steps per call: None for a mode without an engine)."""
+    seconds, lists, steps = [], [], ENGINE_STEPS[0]
     for start in range(0, len(histories), batch_size):
         started = time.perf_counter()
         lists += rank(histories[start : start + batch_size], k)
         seconds.append(time.perf_counter() - started)
-    return seconds, lists
+    steps = ENGINE_STEPS[0] - steps
+    return seconds, lists, round(steps / len(seconds), 2) if steps else None
+
+
+def profile_call(rank: Ranker, histories: list[list[int]], k: int, path: Path) -> None:
+    """One call under the torch profiler; its busiest operations by CPU and by GPU time, as text at ``path``."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        rank(histories, k)
+        torch.cuda.synchronize()
+    averages = prof.key_averages()
+    tables = [averages.table(sort_by=key, row_limit=30) for key in ("self_cpu_time_total", "self_cuda_time_total")]
+    path.write_text(f"{len(histories)} users, K = {k}\n\n" + "\n\n".join(tables))
 
 
 def run_config(args) -> dict:
@@ -314,12 +347,18 @@ def run_config(args) -> dict:
         rank([s.history for s in throughput_users[: args.concurrency]], k)  # warm-up: both batch shapes
         rank([latency_users[0].history], k)
         for batch, users in ((1, latency_users), (args.concurrency, throughput_users)):
-            seconds, ranked = timed_calls(rank, [s.history for s in users], k, batch)
+            seconds, ranked, steps = timed_calls(rank, [s.history for s in users], k, batch)
             lists = [[item for item, _ in r] for r in ranked]
             records.append(pass_record(mode, dtype, k, batch, seconds, lists, [s.targets for s in users]))
+            records[-1]["engine_steps_per_call"] = steps
             print(json.dumps(records[-1]), flush=True)
             if batch == args.concurrency and dtype == EXACT_DTYPE:
                 equal_lists[str(k)] = ranked[: args.users_equal]
+    if args.profile:
+        k = max(args.ks)
+        for batch, users in ((1, latency_users), (args.concurrency, throughput_users)):
+            name = f"bench_topk_{mode}_{dtype}_profile_k{k}_b{batch}.txt"
+            profile_call(rank, [s.history for s in users[:batch]], k, Path(args.work_dir) / name)
     return {
         "mode": mode,
         "dtype": dtype,
@@ -427,6 +466,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--work-dir", default="/tmp", help="each configuration's result and log (bench_topk_<mode>_<dtype>.*)")
     add("--out", default="benchmarks/results", help="folder of the results (default benchmarks/results)")
     add("--name", default=None, help="stem of the results (default topk_<dataset folder name>)")
+    add(
+        "--profile",
+        action="store_true",
+        help="also profile one call at the largest K per batch size (torch profiler; the busiest operations as "
+        "bench_topk_<mode>_<dtype>_profile_k<K>_b<batch>.txt in --work-dir)",
+    )
     add("--render", default=None, metavar="JSON", help="only rebuild the Markdown and PNG of a results JSON")
     add("--note", default=None, help="with --render: a note written into the JSON and the Markdown")
     add("--one", default=None, choices=MODES, help=argparse.SUPPRESS)  # child: run this mode

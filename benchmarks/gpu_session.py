@@ -32,7 +32,7 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
 ``--target``, small: train; bench: bench_target, and bench_drafts for the draft):
 
     train                 small target on beauty_atspeed (the tiny recipe widened, one epoch),   -       lane 0
-                          then its PAD-Rec draft
+                          then its PAD-Rec draft (--no-small-draft: the target only)
     bench_target          the bench recipe's target (Qwen2.5-1.5B shape), resumable              -       lane 0
     bench_eval            its test metrics (constrained beam and greedy lists)                   bench_target
     bench_drafts          its draft heads (--drafts: padrec, or all seven)                       bench_target
@@ -132,6 +132,7 @@ def log(message: str) -> None:
 @dataclass(frozen=True)
 class Settings:
     target: str = "small"  # the checkpoint the vLLM jobs use: small (job train) or bench
+    small_draft: bool = True  # job train also trains the small target's PAD-Rec head (jobs needing no draft: off)
     bench_epochs: float | None = None  # None: the bench recipe's own
     drafts: str = "all"  # bench heads: padrec (what the vLLM jobs need) or all
     draft_steps: int = 1200
@@ -169,6 +170,12 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument_group("session settings").add_argument
     kw = {"default": argparse.SUPPRESS}
     add("--target", choices=("small", "bench"), help=f"checkpoint of the vLLM jobs (default {d.target})", **kw)
+    add(
+        "--small-draft",
+        action=argparse.BooleanOptionalAction,
+        help="job train also trains the small target's PAD-Rec head (default on; off when no queued job needs a draft)",
+        **kw,
+    )
     add("--bench-epochs", type=float, help="epochs of the bench target (default: the recipe's)", **kw)
     add("--drafts", choices=("padrec", "all"), help=f"bench heads to train (default {d.drafts})", **kw)
     add("--draft-steps", type=int, help=f"training steps per bench head (default {d.draft_steps})", **kw)
@@ -258,6 +265,9 @@ def job_train(ctx: JobContext) -> int:
     while not (result := train_target(recipe, dataset, WORK / "small", device="cuda")).finished:
         log(f"target: step {result.step} of {result.total_steps}")
     log(f"target done: {result}")
+    if not ctx.settings.small_draft:
+        log("no PAD-Rec head (--no-small-draft)")
+        return 0
     torch.cuda.empty_cache()
     draft = ["--method", "padrec", "--gamma", "5", "--max-steps", "600", "--batch-size", "64", "--until-done"]
     target = ["--target", str(WORK / "small/checkpoint"), "--dataset", dataset_path(), "--out", str(WORK / "drafts")]
@@ -431,10 +441,10 @@ def job_topk_bringup(ctx: JobContext) -> int:
         *("--name", f"topk_bringup_{Path(dataset_path()).name}{s.suffix()}"),
         *("--cache-root", str(WORK / "cache" / ctx.job), "--work-dir", str(work)),
         *("--modes", "reference", "engine", "--dtypes", "float32", "--ks", "1", "5", "20"),
-        *("--users", "64", "--users-latency", "8", "--users-equal", "64", "--concurrency", "16"),
+        *("--users", "64", "--users-latency", "8", "--users-equal", "64", "--concurrency", "16", "--profile"),
         env={**ctx.env, TOPK_BRINGUP_ENV: "1"},
     )
-    for config_log in work.glob("bench_topk_*.log"):
+    for config_log in [*work.glob("bench_topk_*.log"), *work.glob("bench_topk_*_profile_*.txt")]:
         shutil.move(config_log, WORK / "logs" / f"{ctx.job}.{config_log.name}")
     return code
 
@@ -812,9 +822,22 @@ def phase_checks(jobs: list[str], settings_given: dict) -> int:
         print("engine_step_baseline has .baseline installed: queue the jobs once it ended", file=sys.stderr)
         return 1
     settings = prepare(settings_given)
+    if problem := missing_draft(jobs, settings):
+        print(problem, file=sys.stderr)
+        return 2
     install(REPO, CURRENT)  # over the vLLM kit, so that vLLM finds the entry points
     queue_jobs(jobs, settings)
     return phase_status()
+
+
+def missing_draft(jobs: list[str], settings: Settings) -> str | None:
+    """Why ``jobs`` cannot run in this session: some need the small target's draft, which it does not train."""
+    if settings.target != "small" or settings.small_draft:
+        return None
+    needing = [job for job in jobs if DRAFT in JOBS[job].needs]
+    if not needing:
+        return None
+    return f"{' '.join(needing)} need the PAD-Rec draft, and this session trains none (--no-small-draft)"
 
 
 def phase_run(jobs: list[str], settings_given: dict) -> int:

@@ -200,3 +200,20 @@ def test_help_names_every_option():
     for option in ("--modes", "--ks", "--users-latency", "--users-equal", "--concurrency", "--dtypes", "--render"):
         assert option in done.stdout
     assert "engine" in done.stdout and "vllm_beam_search" in done.stdout
+
+
+def test_timed_calls_count_the_engine_steps_of_each_call(monkeypatch):
+    monkeypatch.setattr(bench_topk, "ENGINE_STEPS", [0])
+    llm = SimpleNamespace(llm_engine=SimpleNamespace(step=lambda: []))
+    bench_topk.count_engine_steps(llm)
+
+    def rank(histories, k):  # an engine that needs L + 1 = 5 steps per call
+        for _ in range(5):
+            llm.llm_engine.step()
+        return [[(h[0], -1.0)] * k for h in histories]
+
+    seconds, ranked, steps = bench_topk.timed_calls(rank, [[1], [2], [3]], 2, batch_size=2)
+    assert len(seconds) == 2 and ranked == [[(1, -1.0)] * 2, [(2, -1.0)] * 2, [(3, -1.0)] * 2]
+    assert steps == 5.0
+    _, _, none = bench_topk.timed_calls(lambda histories, k: [[]] * len(histories), [[1]], 1, batch_size=1)
+    assert none is None  # the reference runs no engine

@@ -320,3 +320,15 @@ def test_the_top_k_bring_up_job_runs_bench_topk_with_top_k_served(monkeypatch, t
     assert module == "benchmarks.bench_topk" and env == {"PATH": "/bin", "VLLM_PADREC_TOPK_BRINGUP": "1"}
     assert args[args.index("--modes") + 1 : args.index("--modes") + 3] == ("reference", "engine")
     assert args[args.index("--dtypes") + 1] == "float32"
+
+
+def test_a_session_without_the_small_draft_refuses_jobs_that_need_it(session):
+    session.job("train")
+    session.job("lossless", needs=(gs.DRAFT,), lane=1)
+    session.job("topk_bringup", needs=(gs.TARGET,))
+    assert gs.main(["checks", "--no-small-draft", "train", "lossless"]) == 2
+    assert gs.main(["checks", "--no-small-draft", "train", "topk_bringup"]) == 0
+    assert gs.main(["wait", "20"]) == 0
+    session.join()
+    assert session.ran == ["train", "topk_bringup"]
+    assert gs.main(["checks", "lossless"]) == 2  # the setting holds for later calls
