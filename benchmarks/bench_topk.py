@@ -29,7 +29,13 @@ Each record: Recall@K and NDCG@K on the pass's users (``target.evaluate.recall_n
 is a miss), ``invalid_items`` (returned items that are not catalog items), ``duplicate_items``,
 ``short_lists`` (fewer than K items), and, for float32 throughput records of the modes other than
 reference, ``equal_to_reference``: of the first ``--users-equal`` users, how many got the reference's
-float32 items in the reference's order (``users_compared`` says of how many).
+float32 items in the reference's order (``users_compared`` says of how many), with how far its scores
+are from the reference's (``max_score_difference``, ``differing_same_scores``, ``first_difference_ranks``).
+Float32 configurations run Triton's float32 dots in IEEE precision (``--triton-f32``, ``TRITON_F32_DEFAULT``):
+vLLM's float32 attention is a Triton kernel whose dots are TF32 by Triton's default, which moved the
+engine's scores by up to 0.004 from the reference's on the first GPU run (9 of 64 users at K = 20 then
+had near-tied items in another order). Each record of the vLLM modes says how many engine steps a call
+took (``engine_steps_per_call``); ``--profile`` writes Python's and the torch profiler's view of one call.
 
     python -m benchmarks.bench_topk --target /tmp/padrec/bench/checkpoint \\
         --dataset /tmp/padrec/data/beauty_atspeed --out benchmarks/results
@@ -59,6 +65,10 @@ from vllm_padrec.testing.stats import percentile
 MODES = ("reference", "vllm_beam_search", "engine")
 DEFAULT_KS = (1, 5, 10, 20, 50, 100)
 EXACT_DTYPE = "float32"  # equal_to_reference is checked in this dtype only
+# Triton's float32 tl.dot multiplies in TF32 unless TRITON_F32_DEFAULT says otherwise (triton/language/core.py,
+# `dot`), and vLLM's float32 attention is a Triton kernel (TRITON_ATTN): its scores then differ from the
+# reference's in the third decimal. The float32 configurations run with --triton-f32 (default ieee).
+TRITON_F32_ENV = "TRITON_F32_DEFAULT"
 # (histories, K) -> per user its K (item, score) pairs, best first; item None: not a catalog item; score None:
 # not reported (a score is the sum of the item's full-vocabulary log-probabilities)
 Ranked = list[tuple[int | None, float | None]]
@@ -285,6 +295,11 @@ def count_engine_steps(llm) -> None:
     llm.llm_engine.step = counted
 
 
+def dot_precision(dtype: str, args) -> dict[str, str]:
+    """The environment that sets Triton's float32 dot precision for a float32 configuration (TRITON_F32_ENV)."""
+    return {TRITON_F32_ENV: args.triton_f32} if dtype == EXACT_DTYPE else {}
+
+
 def engine_arguments(args) -> dict:
     return {
         "model": args.target,
@@ -315,16 +330,30 @@ def timed_calls(rank: Ranker, histories: list[list[int]], k: int, batch_size: in
 
 
 def profile_call(rank: Ranker, histories: list[list[int]], k: int, path: Path) -> None:
-    """One call under the torch profiler; its busiest operations by CPU and by GPU time, as text at ``path``."""
+    """Two calls, one under Python's profiler (every Python function: the engine runs in this process) and one
+    under the torch profiler (tensor operations and GPU kernels); the busiest of each as text at ``path``."""
+    import cProfile
+    import io
+    import pstats
+
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    python = cProfile.Profile()
+    started = time.perf_counter()
+    python.runcall(rank, histories, k)
+    torch.cuda.synchronize()
+    python_seconds = time.perf_counter() - started
+    text = io.StringIO()
+    for key in ("cumulative", "tottime"):
+        pstats.Stats(python, stream=text).sort_stats(key).print_stats(40)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         rank(histories, k)
         torch.cuda.synchronize()
     averages = prof.key_averages()
     tables = [averages.table(sort_by=key, row_limit=30) for key in ("self_cpu_time_total", "self_cuda_time_total")]
-    path.write_text(f"{len(histories)} users, K = {k}\n\n" + "\n\n".join(tables))
+    header = f"{len(histories)} users, K = {k}; the call under cProfile took {1000 * python_seconds:.1f} ms\n\n"
+    path.write_text(header + text.getvalue() + "\n\n" + "\n\n".join(tables))
 
 
 def run_config(args) -> dict:
@@ -467,6 +496,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--out", default="benchmarks/results", help="folder of the results (default benchmarks/results)")
     add("--name", default=None, help="stem of the results (default topk_<dataset folder name>)")
     add(
+        "--triton-f32",
+        default="ieee",
+        choices=("ieee", "tf32x3", "tf32"),
+        help="float32 configurations: Triton's float32 dot precision (TRITON_F32_DEFAULT; vLLM's float32 attention "
+        "is a Triton kernel, TF32 by Triton's default); default ieee, the reference's precision",
+    )
+    add(
         "--profile",
         action="store_true",
         help="also profile one call at the largest K per batch size (torch profiler; the busiest operations as "
@@ -507,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             result = Path(args.work_dir) / f"bench_topk_{name}.json"
             result.unlink(missing_ok=True)
             child = [sys.executable, "-m", "benchmarks.bench_topk", *forwarded, "--one", mode, "--one-dtype", dtype]
-            env = {**os.environ, "VLLM_CACHE_ROOT": str(Path(args.cache_root) / name)}
+            env = {**os.environ, "VLLM_CACHE_ROOT": str(Path(args.cache_root) / name), **dot_precision(dtype, args)}
             log = result.with_suffix(".log")
             print(f"[bench_topk] {name} (log {log}) ...", flush=True)
             with open(log, "w") as handle:
@@ -539,6 +575,7 @@ def summarize(args, results: list[dict], skipped: list[dict], errors: dict) -> d
         "users": args.users,
         "users_latency": args.users_latency,
         "users_equal": args.users_equal,
+        "triton_f32": args.triton_f32,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "startup_seconds": {f"{r['mode']}_{r['dtype']}": r["startup_seconds"] for r in results},

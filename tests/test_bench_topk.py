@@ -217,3 +217,27 @@ def test_timed_calls_count_the_engine_steps_of_each_call(monkeypatch):
     assert steps == 5.0
     _, _, none = bench_topk.timed_calls(lambda histories, k: [[]] * len(histories), [[1]], 1, batch_size=1)
     assert none is None  # the reference runs no engine
+
+
+def test_profile_call_writes_python_and_torch_profiles(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)  # the CPU machine: no CUDA to wait for
+
+    def rank(histories, k):
+        return [[(h[0], float(torch.ones(3).sum()))] * k for h in histories]
+
+    path = tmp_path / "profile.txt"
+    bench_topk.profile_call(rank, [[1], [2]], 2, path)
+    text = path.read_text()
+    assert text.startswith("2 users, K = 2; the call under cProfile took")
+    assert "cumulative" in text and "rank" in text  # Python's profile names the ranker
+    assert "aten::sum" in text  # the torch profiler's table names its tensor operations
+
+
+def test_float32_configurations_run_triton_dots_in_the_precision_asked_for():
+    args = bench_topk.parse_args(["--target", "t", "--dataset", "d"])
+    assert bench_topk.dot_precision("float32", args) == {"TRITON_F32_DEFAULT": "ieee"}
+    assert bench_topk.dot_precision("bfloat16", args) == {}  # bfloat16 dots are not TF32's business
+    tf32 = bench_topk.parse_args(["--target", "t", "--dataset", "d", "--triton-f32", "tf32"])
+    assert bench_topk.dot_precision("float32", tf32) == {"TRITON_F32_DEFAULT": "tf32"}
