@@ -32,9 +32,9 @@ reference, ``equal_to_reference``: of the first ``--users-equal`` users, how man
 float32 items in the reference's order (``users_compared`` says of how many), with how far its scores
 are from the reference's (``max_score_difference``, ``differing_same_scores``, ``first_difference_ranks``).
 Float32 configurations run Triton's float32 dots in IEEE precision (``--triton-f32``, ``TRITON_F32_DEFAULT``):
-vLLM's float32 attention is a Triton kernel whose dots are TF32 by Triton's default, which moved the
-engine's scores by up to 0.004 from the reference's on the first GPU run (9 of 64 users at K = 20 then
-had near-tied items in another order). Each record of the vLLM modes says how many engine steps a call
+vLLM's float32 attention is a Triton kernel whose dots are TF32 by Triton's default. On the first GPU run,
+in TF32, the engine's scores were up to 0.004 from the reference's and 9 of 64 users at K = 20 had items
+in another order from their first difference on; TF32 is the suspected cause, not yet confirmed by a run. Each record of the vLLM modes says how many engine steps a call
 took (``engine_steps_per_call``); ``--profile`` writes Python's and the torch profiler's view of one call.
 
     python -m benchmarks.bench_topk --target /tmp/padrec/bench/checkpoint \\
