@@ -45,8 +45,8 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
     hostile               benchmarks/hostile_inputs.py                                           draft   lane 1
     bench_topk            benchmarks/bench_topk.py (top-K: reference, vLLM's beam search, the    target  lane 1
                           engine) on beauty_atspeed
-    topk_bringup          bench_topk's reference and engine modes, small, with the top-K path     target  lane 0
-                          switched on (VLLM_PADREC_TOPK_BRINGUP=1): its first runs inside vLLM
+    topk_bringup          the top-K GPU tests, then bench_topk's reference and engine modes,      target  lane 0
+                          small, with the top-K path switched on (VLLM_PADREC_TOPK_BRINGUP=1)
     examples              vllm serve with the draft: examples/openai_client.py, POST             draft   lane 1
                           /v1/recommendations and bad input, then examples/offline_vllm.py
     serve                 benchmarks/serve_completions.py (no draft, no constraint)              target  lane 1
@@ -431,11 +431,13 @@ def job_bench_topk(ctx: JobContext) -> int:
 
 
 def job_topk_bringup(ctx: JobContext) -> int:
-    """The top-K path's first runs inside vLLM (issue 12): bench_topk's reference and engine modes, float32,
+    """The top-K path's first runs inside vLLM (issue 12): its GPU tests (tests/test_integration_gpu_topk.py,
+    which switch top-K on in their engines' processes), then bench_topk's reference and engine modes, float32,
     a few users and Ks, in a process tree with VLLM_PADREC_TOPK_BRINGUP=1 (top-K served, its patches on)."""
     s = ctx.settings
     work = WORK / "topk_bringup"
-    code = ctx.python(
+    tests = ctx.run(pytest_command(("test_integration_gpu_topk.py",)))
+    bench = ctx.python(
         "benchmarks.bench_topk",
         *("--target", str(s.checkpoint()), "--dataset", dataset_path(), "--out", str(WORK / "results")),
         *("--name", f"topk_bringup_{Path(dataset_path()).name}{s.suffix()}"),
@@ -446,7 +448,7 @@ def job_topk_bringup(ctx: JobContext) -> int:
     )
     for config_log in [*work.glob("bench_topk_*.log"), *work.glob("bench_topk_*_profile_*.txt")]:
         shutil.move(config_log, WORK / "logs" / f"{ctx.job}.{config_log.name}")
-    return code
+    return max(tests, bench)
 
 
 def job_hostile(ctx: JobContext) -> int:

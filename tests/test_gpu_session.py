@@ -310,12 +310,14 @@ def test_the_top_k_bring_up_job_runs_bench_topk_with_top_k_served(monkeypatch, t
     assert gs.TOPK_BRINGUP_ENV == list_settings.TOPK_BRINGUP_ENV
     monkeypatch.setattr(gs, "WORK", tmp_path)
     monkeypatch.setattr(gs, "dataset_path", lambda: "/data/beauty_atspeed")
-    calls = []
+    calls, runs = [], []
     ctx = gs.JobContext("topk_bringup", gs.Settings(), {"PATH": "/bin"})
+    monkeypatch.setattr(ctx.__class__, "run", lambda self, command, env=None: runs.append(command) or 3)
     monkeypatch.setattr(
         ctx.__class__, "python", lambda self, module, *args, env=None: calls.append((module, args, env)) or 0
     )
-    assert gs.JOBS["topk_bringup"].body(ctx) == 0
+    assert gs.JOBS["topk_bringup"].body(ctx) == 3  # the tests' exit status (the benchmark's was 0)
+    assert runs[0][-1].endswith("tests/test_integration_gpu_topk.py")
     ((module, args, env),) = calls
     assert module == "benchmarks.bench_topk" and env == {"PATH": "/bin", "VLLM_PADREC_TOPK_BRINGUP": "1"}
     assert args[args.index("--modes") + 1 : args.index("--modes") + 3] == ("reference", "engine")

@@ -1,0 +1,191 @@
+"""Top-K recommendation inside vLLM on a GPU (issue 12), against the plain-torch reference beam search.
+
+The tiny random target of ``test_integration_gpu`` (float32). Each engine runs in a spawned process
+with top-K switched on for that process tree only (``VLLM_PADREC_TOPK_BRINGUP=1``: this build does not
+serve top-K to users yet) and Triton's float32 dots in IEEE precision (``TRITON_F32_DEFAULT=ieee``:
+vLLM's float32 attention is a Triton kernel, TF32 by Triton's default), CUDA graphs on.
+
+- the engine's K items, in order, are the reference's (``decoding.beam_search_items`` on the Hugging
+  Face model), with the reference's scores, for K = 1, 5 and 20, with and without the history excluded;
+- a top-K request takes L + 1 engine steps, and the beam rows it held are released once it is answered;
+- lists and top-K requests queued together: every list is the one the engine writes alone;
+- ``vllm serve`` with top-K on answers ``POST /v1/recommendations`` in top-K mode with the offline answer,
+  refuses a K out of range with a 400, and keeps serving lists.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import requires_gpu
+from test_integration_gpu import build_target, catalog
+
+from vllm_padrec.catalog import ItemCatalog
+
+pytestmark = [pytest.mark.gpu, requires_gpu]
+
+TOPK_ENV = {"VLLM_PADREC_TOPK_BRINGUP": "1", "TRITON_F32_DEFAULT": "ieee"}
+KS = (1, 5, 20)
+USERS = 6
+MAX_BEAMS = 128  # beam rows held for top-K requests: all USERS users at the largest K, at once
+PADREC = {"max_topk": max(KS), "topk_max_beams": MAX_BEAMS}
+LIST_ITEMS = 3
+SCORE_TOLERANCE = 1e-4  # float32 sums of L log-probabilities, two implementations of the same model
+
+
+def histories(cat: ItemCatalog) -> list[list[int]]:
+    rng = np.random.default_rng(3)
+    return [rng.choice(len(cat), 4, replace=False).tolist() for _ in range(USERS)]
+
+
+def _beam_rows_live(engine_core) -> int:
+    return engine_core.scheduler.padrec_beam_rows.live
+
+
+def run_topk_engine(target: str, users: list[list[int]]) -> dict:
+    """In a spawned process: top-K answers for every K (all users queued together), then lists and top-K
+    requests queued together next to the same lists alone."""
+    os.environ.update({"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_V2_MODEL_RUNNER": "1", **TOPK_ENV})
+    import vllm_padrec
+
+    vllm_padrec.register()
+    from vllm import LLM, SamplingParams
+    from vllm.outputs import PoolingRequestOutput
+
+    from vllm_padrec.topk.offline import recommend_topk
+    from vllm_padrec.topk.request import ranked_items, topk_max_tokens, topk_sampling_params, topk_spec
+
+    llm = LLM(
+        model=target,
+        dtype=torch.float32,
+        max_model_len=256,
+        max_num_seqs=256,
+        seed=0,
+        gpu_memory_utilization=0.15,
+        attention_config={"backend": "TRITON_ATTN"},
+        additional_config={"padrec": PADREC},
+    )
+    cat = ItemCatalog.load(target)
+    core = llm.llm_engine.engine_core.engine_core
+    steps = [0]
+    step = llm.llm_engine.step
+
+    def counted():
+        steps[0] += 1
+        return step()
+
+    llm.llm_engine.step = counted
+    answers, steps_per_call = {}, {}
+    for k in KS:
+        for exclude in (False, True):
+            before = steps[0]
+            answers[f"{k}_{exclude}"] = recommend_topk(llm, cat, users, k, exclude_history=exclude)
+            steps_per_call[f"{k}_{exclude}"] = steps[0] - before
+    live_after = _beam_rows_live(core)
+
+    list_params = SamplingParams(
+        temperature=0.0,
+        max_tokens=LIST_ITEMS * (cat.num_slots + 1) + 2,
+        extra_args={"padrec_constraint": 1, "padrec_num_items": LIST_ITEMS, "padrec_no_repeat": 1},
+    )
+    prompts = [{"prompt_token_ids": cat.render_prompt(h)} for h in users]
+    alone = [list(o.outputs[0].token_ids) for o in llm.generate(prompts, [list_params] * USERS, use_tqdm=False)]
+    k = max(KS)
+    topk_params = topk_sampling_params(topk_spec(k), topk_max_tokens(cat.num_slots))
+    list_ids = llm.enqueue(prompts, [list_params] * USERS, use_tqdm=False)
+    topk_ids = llm.enqueue(prompts, [topk_params] * USERS, use_tqdm=False)
+    finished = {o.request_id: o for o in llm.wait_for_completion(use_tqdm=False)}
+    external = [i.rpartition("-")[0] for i in list_ids], [i.rpartition("-")[0] for i in topk_ids]
+    together = [list(finished[i].outputs[0].token_ids) for i in external[0]]
+    mixed_topk = []
+    for i in external[1]:
+        assert isinstance(finished[i], PoolingRequestOutput)
+        mixed_topk.append(ranked_items(finished[i], cat).items)
+    return {
+        "answers": answers,
+        "steps_per_call": steps_per_call,
+        "live_after": live_after,
+        "live_at_end": _beam_rows_live(core),
+        "lists_alone": alone,
+        "lists_together": together,
+        "topk_together": mixed_topk,
+    }
+
+
+def in_subprocess(*args) -> dict:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(run_topk_engine, args)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("topk")
+    cat = catalog()
+    target, model = build_target(root / "target", cat)
+    return {"catalog": cat, "target": str(target), "model": model.to("cuda").eval(), "users": histories(cat)}
+
+
+@pytest.fixture(scope="module")
+def engine(setup):
+    return in_subprocess(setup["target"], setup["users"])
+
+
+def reference(setup, k: int, exclude: bool) -> list[list[tuple[int, float]]]:
+    from vllm_padrec.decoding import beam_search_items
+
+    cat = setup["catalog"]
+    return beam_search_items(setup["model"], cat, setup["users"], k, batch_size=1, ban_history=exclude)
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+@pytest.mark.parametrize("k", KS)
+def test_the_engine_ranks_items_as_the_reference(setup, engine, k, exclude):
+    got = [[(item, score) for item, score in user] for user in engine["answers"][f"{k}_{exclude}"]]
+    want = reference(setup, k, exclude)
+    assert [[i for i, _ in u] for u in got] == [[i for i, _ in u] for u in want]
+    for ours, theirs in zip(got, want):
+        assert np.allclose([s for _, s in ours], [s for _, s in theirs], rtol=0, atol=SCORE_TOLERANCE)
+    for user, history in zip(got, setup["users"]):
+        assert len(user) == k and len({i for i, _ in user}) == k
+        assert not exclude or not {i for i, _ in user} & set(history)
+
+
+def test_a_top_k_call_takes_item_length_plus_one_steps_and_releases_its_beam_rows(setup, engine):
+    assert set(engine["steps_per_call"].values()) == {setup["catalog"].num_slots + 1}
+    assert engine["live_after"] == 0 and engine["live_at_end"] == 0
+
+
+def test_lists_queued_with_top_k_requests_are_the_lists_written_alone(setup, engine):
+    assert engine["lists_together"] == engine["lists_alone"]
+    want = reference(setup, max(KS), False)
+    assert [[i for i, _ in u] for u in engine["topk_together"]] == [[i for i, _ in u] for u in want]
+
+
+def test_served_top_k_answers_and_refusals(setup, engine, tmp_path):
+    from vllm_padrec.testing.server import SERVED_NAME, VllmServer, engine_deaths
+
+    cat = setup["catalog"]
+    args = ["--dtype", "float32", "--max-model-len", "256", "--max-num-seqs", "256", "--gpu-memory-utilization", "0.15"]
+    args += ["--attention-backend", "TRITON_ATTN", "--additional-config", json.dumps({"padrec": PADREC})]
+    with VllmServer(setup["target"], args, port=8041, log_path=tmp_path / "serve.log", env=TOPK_ENV) as server:
+        for user, history in enumerate(setup["users"][:2]):
+            body = {"history": [cat.item_ids[i] for i in history], "mode": "topk", "k": 5}
+            answer = server.post_json("/v1/recommendations", body)
+            assert answer["mode"] == "topk" and [item["rank"] for item in answer["items"]] == [1, 2, 3, 4, 5]
+            offline = engine["answers"]["5_False"][user]
+            assert [item["item_id"] for item in answer["items"]] == [cat.item_ids[i] for i, _ in offline]
+            assert np.allclose([item["score"] for item in answer["items"]], [s for _, s in offline], atol=1e-5)
+            assert all(item["semantic_id"] for item in answer["items"])
+        history = [cat.item_ids[i] for i in setup["users"][0]]
+        for k in (0, max(KS) + 1):  # out of 1..max_topk
+            body = json.dumps({"history": history, "mode": "topk", "k": k})
+            status, answer, _ = server.post("/v1/recommendations", body)
+            assert status == 400 and "k" in json.dumps(answer), (k, status, answer)
+        listed = {"model": SERVED_NAME, "history": history, "num_items": LIST_ITEMS}
+        assert len(server.post_json("/v1/recommendations", listed)["items"]) == LIST_ITEMS
+        assert server.healthy() and engine_deaths(server.log_text()) == 0
