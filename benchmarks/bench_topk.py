@@ -34,8 +34,11 @@ are from the reference's (``max_score_difference``, ``differing_same_scores``, `
 Float32 configurations run Triton's float32 dots in IEEE precision (``--triton-f32``, ``TRITON_F32_DEFAULT``):
 vLLM's float32 attention is a Triton kernel whose dots are TF32 by Triton's default. On the first GPU run,
 in TF32, the engine's scores were up to 0.004 from the reference's and 9 of 64 users at K = 20 had items
-in another order from their first difference on; TF32 is the suspected cause, not yet confirmed by a run. Each record of the vLLM modes says how many engine steps a call
-took (``engine_steps_per_call``); ``--profile`` writes Python's and the torch profiler's view of one call.
+in another order from their first difference on; TF32 is the suspected cause, not yet confirmed by a run.
+Each record of the vLLM modes says how many engine steps a call took (``engine_steps_per_call``), and
+each engine record the KV blocks a request held (``kv_blocks_per_request``; of them the prompt's, stored
+once whatever K: ``prompt_blocks_per_request``). ``--profile`` writes Python's and the torch profiler's
+view of one call.
 
     python -m benchmarks.bench_topk --target /tmp/padrec/bench/checkpoint \\
         --dataset /tmp/padrec/data/beauty_atspeed --out benchmarks/results
@@ -172,6 +175,8 @@ def pass_record(
         "differing_same_scores": None,
         "first_difference_ranks": None,
         "engine_steps_per_call": None,  # set by run_config: engine steps per call (vLLM modes)
+        "kv_blocks_per_request": None,  # set by run_config (engine mode): R's blocks + its beams' private blocks
+        "prompt_blocks_per_request": None,  # of them, the prompt's (stored once, whatever K)
         "skipped": None,
     }
 
@@ -272,6 +277,7 @@ def engine_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
     padrec = {"max_topk": max(args.ks), "topk_max_beams": beams}
     llm = LLM(**engine_arguments(args), additional_config={"padrec": padrec})
     count_engine_steps(llm)
+    BEAM_ROWS[0] = llm.llm_engine.engine_core.engine_core.scheduler.padrec_beam_rows  # the in-process engine's
 
     def rank(histories, k):
         ranked = recommend_topk(llm, catalog, histories, k, max_history=max_history)
@@ -281,6 +287,18 @@ def engine_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
 
 
 ENGINE_STEPS = [0]  # engine steps run by this process's LLM (count_engine_steps)
+BEAM_ROWS = [None]  # the engine mode's admission ledger (topk.admission.BeamRows): KV blocks per request
+
+
+def kv_blocks(admissions) -> dict:
+    """The KV blocks of the top-K requests admitted during a pass (``BeamRows.admitted``), per request."""
+    if not admissions:
+        return {"kv_blocks_per_request": None, "prompt_blocks_per_request": None}
+    n = len(admissions)
+    return {
+        "kv_blocks_per_request": round(sum(a.blocks for a in admissions) / n, 2),
+        "prompt_blocks_per_request": round(sum(a.prompt_blocks for a in admissions) / n, 2),
+    }
 
 
 def count_engine_steps(llm) -> None:
@@ -376,10 +394,14 @@ def run_config(args) -> dict:
         rank([s.history for s in throughput_users[: args.concurrency]], k)  # warm-up: both batch shapes
         rank([latency_users[0].history], k)
         for batch, users in ((1, latency_users), (args.concurrency, throughput_users)):
+            if BEAM_ROWS[0] is not None:
+                BEAM_ROWS[0].admitted.clear()
             seconds, ranked, steps = timed_calls(rank, [s.history for s in users], k, batch)
             lists = [[item for item, _ in r] for r in ranked]
             records.append(pass_record(mode, dtype, k, batch, seconds, lists, [s.targets for s in users]))
             records[-1]["engine_steps_per_call"] = steps
+            if BEAM_ROWS[0] is not None:
+                records[-1] |= kv_blocks(BEAM_ROWS[0].admitted)
             print(json.dumps(records[-1]), flush=True)
             if batch == args.concurrency and dtype == EXACT_DTYPE:
                 equal_lists[str(k)] = ranked[: args.users_equal]
@@ -415,8 +437,8 @@ def markdown(payload: dict) -> str:
         "",
         *([f"Note: {payload['note']}", ""] if payload.get("note") else []),
         "| mode | dtype | K | batch_size | users | p50 ms | p99 ms | users/s | Recall@K | NDCG@K | invalid items "
-        "| equal to reference | score diff |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| equal to reference | score diff | steps per call | KV blocks per request (prompt) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     skipped = {}
     for r in payload["records"]:
@@ -424,13 +446,17 @@ def markdown(payload: dict) -> str:
             skipped.setdefault(r["mode"], r["skipped"])
             continue
         equal = "-" if r["users_compared"] is None else f"{r['equal_to_reference']} / {r['users_compared']}"
+        blocks = cell(r.get("kv_blocks_per_request"))
+        if r.get("prompt_blocks_per_request") is not None:
+            blocks += f" ({r['prompt_blocks_per_request']})"
         differing = (r["users_compared"] or 0) - (r["equal_to_reference"] or 0)
         if differing and r.get("differing_same_scores") is not None:
             equal += f" ({r['differing_same_scores']} of {differing} others: same scores)"
         lines.append(
             f"| {r['mode']} | {r['dtype']} | {r['k']} | {r['batch_size']} | {r['users']} | {cell(r['p50_ms'])} | "
             f"{cell(r['p99_ms'])} | {cell(r['users_per_s'])} | {r['recall_at_k']} | {r['ndcg_at_k']} | "
-            f"{r['invalid_items']} | {equal} | {cell(r.get('max_score_difference'))} |"
+            f"{r['invalid_items']} | {equal} | {cell(r.get('max_score_difference'))} | "
+            f"{cell(r.get('engine_steps_per_call'))} | {blocks} |"
         )
     lines.append("")
     lines += [f"Mode {mode} skipped: {reason}" for mode, reason in skipped.items()]

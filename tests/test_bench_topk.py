@@ -147,7 +147,7 @@ def test_the_markdown_table_has_one_row_per_measured_record_and_names_skipped_mo
     rows = [line for line in text.splitlines() if line.startswith("| reference")]
     assert rows == [
         "| reference | float32 | 20 | 64 | 2 | 250.0 | 500.0 | 2.67 | 0.5 | 0.5 | 0 | 1 / 2 (1 of 1 others: same "
-        "scores) | 2e-06 |"
+        "scores) | 2e-06 | - | - |"
     ]
     assert "| engine" not in text
     assert "Mode engine skipped: not served" in text
@@ -241,3 +241,11 @@ def test_float32_configurations_run_triton_dots_in_the_precision_asked_for():
     assert bench_topk.dot_precision("bfloat16", args) == {}  # bfloat16 dots are not TF32's business
     tf32 = bench_topk.parse_args(["--target", "t", "--dataset", "d", "--triton-f32", "tf32"])
     assert bench_topk.dot_precision("float32", tf32) == {"TRITON_F32_DEFAULT": "tf32"}
+
+
+def test_kv_blocks_per_request_averages_the_admissions_of_a_pass():
+    from vllm_padrec.topk.admission import Admission
+
+    admitted = [Admission(k=20, prompt_blocks=7, blocks=48, private_blocks=40), Admission(20, 6, 46, 40)]
+    assert bench_topk.kv_blocks(admitted) == {"kv_blocks_per_request": 47.0, "prompt_blocks_per_request": 6.5}
+    assert bench_topk.kv_blocks([]) == {"kv_blocks_per_request": None, "prompt_blocks_per_request": None}

@@ -15,6 +15,7 @@ import pytest
 from vllm_padrec.catalog import CATALOG_FILE, ItemCatalog
 from vllm_padrec.errors import PadRecError
 from vllm_padrec.topk.admission import (
+    Admission,
     BeamRows,
     TopKBlocks,
     cdiv,
@@ -224,6 +225,8 @@ def test_admission_allocates_vllms_blocks_then_life_then_private(model_dir):
     assert free_blocks(patched) == free_blocks(vanilla) - 7
     assert outputs[1].num_scheduled_tokens == outputs[0].num_scheduled_tokens == {"r": 30}
     assert patched.padrec_beam_rows.held == {"r": 3}
+    # the prompt's 2 blocks once, whatever K; R's 3-block life and K * B = 6 private blocks in all
+    assert list(patched.padrec_beam_rows.admitted) == [Admission(k=3, prompt_blocks=2, blocks=9, private_blocks=6)]
 
 
 def test_private_blocks_are_never_hashed_nor_reached_by_r(model_dir):

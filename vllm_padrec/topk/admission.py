@@ -37,6 +37,7 @@ either fails R stays waiting, exactly as when vLLM's own need does not fit.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +109,17 @@ def topk_blocks(
     return TopKBlocks(own=own_blocks, life=life, private=private)
 
 
+@dataclass(frozen=True)
+class Admission:
+    """What one admitted top-K request holds: its K, the blocks of its prompt (stored once, whatever K), and
+    all its blocks (R's life, then the beams' private blocks)."""
+
+    k: int
+    prompt_blocks: int  # cdiv(P, bs): the prompt's KV, R's own; the beams share its full blocks
+    blocks: int  # R's whole block list: its life (or what vLLM gave it, if more) + K * B private blocks
+    private_blocks: int  # K * B: the beams' own blocks (each a copy of the prompt's partial block, then its tokens)
+
+
 class BeamRows:
     """The server's beam rows (``topk_max_beams``) and the admitted top-K requests holding them (id -> K).
 
@@ -117,9 +129,12 @@ class BeamRows:
     comes back for admission (it resumes as a plain request, under the same id).
     """
 
+    RECENT = 4096  # admissions kept in ``admitted``
+
     def __init__(self, max_beams: int) -> None:
         self.max_beams = max_beams
         self.held: dict[str, int] = {}
+        self.admitted: deque[Admission] = deque(maxlen=self.RECENT)  # the latest admissions, for benchmarks
 
     @property
     def live(self) -> int:
@@ -129,8 +144,10 @@ class BeamRows:
         """Whether K more beams fit: live beams + K <= topk_max_beams."""
         return self.live + k <= self.max_beams
 
-    def admit(self, request_id: str, k: int) -> None:
+    def admit(self, request_id: str, k: int, admission: Admission | None = None) -> None:
         self.held[request_id] = k
+        if admission is not None:
+            self.admitted.append(admission)
 
     def release(self, request_id: str) -> None:
         self.held.pop(request_id, None)

@@ -53,7 +53,7 @@ from typing import Any
 from vllm_padrec.errors import PadRecError
 from vllm_padrec.integration.list_settings import ListSettings, catalog_path, load_catalog, server_settings
 from vllm_padrec.integration.patches.marking import is_patched, mark_patched
-from vllm_padrec.topk.admission import BeamRows, cdiv, topk_blocks, topk_of
+from vllm_padrec.topk.admission import Admission, BeamRows, cdiv, topk_blocks, topk_of
 
 TARGETS = ("vllm.v1.core.sched.scheduler",)
 SETTING = "topk_max_beams"  # the key of --additional-config's padrec section (ListSettings.topk_max_beams)
@@ -146,7 +146,8 @@ def topk_admission_gate(scheduler: Any, rows: BeamRows, item_len: int):
         added = manager.coordinator.allocate_new_blocks(
             request.request_id, num_blocks * block_size, num_blocks * block_size
         )
-        rows.admit(request.request_id, k)
+        prompt_blocks = cdiv(request.num_prompt_tokens, block_size)
+        rows.admit(request.request_id, k, Admission(k, prompt_blocks, num_blocks, plan.private))
         return new_blocks + manager.create_kv_cache_blocks(added)
 
     allocate_slots._padrec_topk_gate = True
