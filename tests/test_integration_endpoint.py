@@ -523,8 +523,9 @@ class FakeTopKEngine:
     ``RequestOutputCollector`` under an internal id (as AsyncLLM assigns one), holding a finished
     ``PoolingRequestOutput`` of ``answer`` (nothing with ``block``; ``error`` put instead; ``output`` as is)."""
 
-    def __init__(self, answer=None, *, block=False, error: Exception | None = None, output=None):
+    def __init__(self, answer=None, *, block=False, error: Exception | None = None, output=None, outputs=()):
         self.answer, self.block, self.error, self.output = answer, block, error, output
+        self.outputs = list(outputs)  # the first calls' outputs, one per call (then ``output`` / ``answer``)
         self.calls: list[tuple] = []
         self.aborted: list[tuple[str, bool]] = []
 
@@ -535,7 +536,9 @@ class FakeTopKEngine:
         self.calls.append((prompt, params, request_id))
         collector = RequestOutputCollector(params.output_kind, f"{request_id}-internal")
         prompt_ids = list(prompt["prompt_token_ids"])
-        if self.error is not None:
+        if self.outputs:
+            collector.put(self.outputs.pop(0))
+        elif self.error is not None:
             collector.put(self.error)
         elif self.output is not None:
             collector.put(self.output)
@@ -651,12 +654,33 @@ def test_topk_engine_failures_abort_the_request_by_its_internal_id(folder, topk_
     message = error_of(post(make_app(folder, engine), {"history": ["i1"], "mode": "topk", "k": 2}), 500)["message"]
     assert "CUDA fell over" not in message and engine.calls[0][2] in message
     assert engine.aborted == [(f"{engine.calls[0][2]}-internal", True)]
+    from vllm.outputs import PoolingOutput, PoolingRequestOutput
+
+    garbled = PoolingRequestOutput("rec-x-internal", PoolingOutput(torch.zeros(2, 3)), [1], 0, True)  # not [n, 2L+1]
+    message = error_of(post(make_app(folder, FakeTopKEngine(output=garbled)), TOPK_BODY), 500)["message"]
+    assert "no top-K answer" in message
+
+
+TOPK_BODY = {"history": ["i1"], "mode": "topk", "k": 2}
+
+
+def preempted_output():
+    """What a top-K request that vLLM preempted comes back as: a plain, finished RequestOutput ending in </s>."""
     from vllm.outputs import CompletionOutput, RequestOutput
 
-    tokens = CompletionOutput(0, "", completion(1), None, None, finish_reason="stop")
-    plain = FakeTopKEngine(output=RequestOutput("rec-x-internal", None, [1], None, [tokens], finished=True))
-    message = error_of(post(make_app(folder, plain), {"history": ["i1"], "mode": "topk", "k": 2}), 500)["message"]
-    assert "no top-K answer" in message and "PoolingRequestOutput" in message
+    tokens = CompletionOutput(0, "", [TokenLayout.EOS], None, None, finish_reason="stop")
+    return RequestOutput("rec-x-internal", None, [1], None, [tokens], finished=True)
+
+
+def test_a_preempted_topk_request_is_sent_again_once(folder, topk_served):
+    engine = FakeTopKEngine(topk_answer([4, 0], [-0.5, -1.25]), outputs=[preempted_output()])
+    reply = post(make_app(folder, engine), TOPK_BODY)
+    assert reply.status_code == 200, reply.text
+    assert [item["item_id"] for item in reply.json()["items"]] == ["i4", "i0"]
+    assert len(engine.calls) == 2 and engine.calls[0][1:] == engine.calls[1][1:]  # the same request again
+    twice = FakeTopKEngine(outputs=[preempted_output(), preempted_output()])
+    message = error_of(post(make_app(folder, twice), TOPK_BODY), 503)["message"]
+    assert "preempted it 2 times" in message and len(twice.calls) == 2
 
 
 def test_topk_client_disconnect_aborts_its_own_request(folder, topk_served):

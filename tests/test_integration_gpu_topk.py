@@ -10,7 +10,7 @@ vLLM's float32 attention is a Triton kernel, TF32 by Triton's default), CUDA gra
 - a top-K request takes L + 1 engine steps, and the beam rows it held are released once it is answered;
 - lists and top-K requests queued together: every list is the one the engine writes alone;
 - ``vllm serve`` with top-K on answers ``POST /v1/recommendations`` in top-K mode with the offline answer,
-  refuses a K out of range with a 400, and keeps serving lists.
+  refuses a K out of range with a 422 naming ``k``, and keeps serving lists.
 """
 
 from __future__ import annotations
@@ -167,6 +167,7 @@ def test_lists_queued_with_top_k_requests_are_the_lists_written_alone(setup, eng
 
 
 def test_served_top_k_answers_and_refusals(setup, engine, tmp_path):
+    """The route's 422 for k out of 1..max_topk is the CPU tests' (test_integration_endpoint), here on vLLM."""
     from vllm_padrec.testing.server import SERVED_NAME, VllmServer, engine_deaths
 
     cat = setup["catalog"]
@@ -185,7 +186,7 @@ def test_served_top_k_answers_and_refusals(setup, engine, tmp_path):
         for k in (0, max(KS) + 1):  # out of 1..max_topk
             body = json.dumps({"history": history, "mode": "topk", "k": k})
             status, answer, _ = server.post("/v1/recommendations", body)
-            assert status == 400 and "k" in json.dumps(answer), (k, status, answer)
+            assert status == 422 and "k" in json.dumps(answer), (k, status, answer)
         listed = {"model": SERVED_NAME, "history": history, "num_items": LIST_ITEMS}
         assert len(server.post_json("/v1/recommendations", listed)["items"]) == LIST_ITEMS
         assert server.healthy() and engine_deaths(server.log_text()) == 0

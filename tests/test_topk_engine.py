@@ -157,6 +157,12 @@ class FakeScheduler:
         self.next_block = 0
         self.finished: set[str] = set()
         self.just_finished: set[str] = set()  # finished in the last step: the next output's finished_req_ids
+        self.just_preempted: set[str] = set()  # preempted before the next step: its preempted_req_ids
+
+    def preempt(self, req_id: str) -> None:
+        """vLLM's _preempt_request: the request leaves the runner and waits, keeping its outputs."""
+        self.requests[req_id]["started"] = False
+        self.just_preempted.add(req_id)
 
     def add(self, req_id: str, prompt: list[int], params: SamplingParams, extra_blocks: int = 0) -> None:
         blocks = cdiv(len(prompt) + params.max_tokens, BS) + extra_blocks
@@ -181,12 +187,12 @@ class FakeScheduler:
                         block_ids=(list(r["blocks"]),),
                         num_computed_tokens=0,
                         lora_request=None,
-                        prefill_token_ids=list(r["prompt"]),
+                        prefill_token_ids=list(r["prompt"]) + list(r["outputs"]),  # resumed: its outputs too
                     )
                 )
             else:
                 cached.append((req_id, len(r["prompt"]) + len(r["outputs"]) - 1))
-        scheduled = {n.req_id: len(n.prompt_token_ids) for n in new} | {req_id: 1 for req_id, _ in cached}
+        scheduled = {n.req_id: len(n.prefill_token_ids) for n in new} | {req_id: 1 for req_id, _ in cached}
         out = SchedulerOutput(
             scheduled_new_reqs=new,
             scheduled_cached_reqs=CachedRequestData(
@@ -205,9 +211,9 @@ class FakeScheduler:
             num_common_prefix_blocks=[0],
             finished_req_ids=set(self.just_finished),
             free_encoder_mm_hashes=[],
-            preempted_req_ids=None,
+            preempted_req_ids=set(self.just_preempted) or None,
         )
-        self.just_finished = set()
+        self.just_finished, self.just_preempted = set(), set()
         return out
 
     def update(self, sampled: dict[str, int]) -> None:
@@ -219,8 +225,9 @@ class FakeScheduler:
                     self.just_finished.add(req_id)
 
 
-def run_engine(monkeypatch, model, catalog, topk_users, list_user, seed: int = 0):
-    """An engine's life: (the top-K answers by request id, the list request's output tokens)."""
+def run_engine(monkeypatch, model, catalog, topk_users, list_user, seed: int = 0, preemptions=None, runs=None):
+    """An engine's life: (the top-K answers by request id, the list request's output tokens). ``preemptions``:
+    {engine step: (request id, the step it comes back at)}; ``runs``: filled with each request's output tokens."""
     L = catalog.num_slots
     lists = request_lists(monkeypatch, catalog, ListSettings(max_list_items=4), max_num_reqs=NUM_SLOTS)
     engine = TopKEngine("cpu")
@@ -239,8 +246,12 @@ def run_engine(monkeypatch, model, catalog, topk_users, list_user, seed: int = 0
         private = k * private_blocks_per_beam(len(prompt), L, BS)
         scheduler.add(req_id, prompt, params, extra_blocks=private)  # life, then the private blocks last
         arrivals.setdefault(step, set()).add(req_id)
+    for req_id, back in (preemptions or {}).values():
+        arrivals.setdefault(back, set()).add(req_id)
     answers = {}
     for step in range(40):
+        if step in (preemptions or {}):
+            scheduler.preempt(preemptions[step][0])
         out = scheduler.schedule(arrivals.get(step, set()))
         if not out.num_scheduled_tokens and not out.finished_req_ids:
             break
@@ -249,6 +260,9 @@ def run_engine(monkeypatch, model, catalog, topk_users, list_user, seed: int = 0
             answers[req_id] = decode_items(encode_items(items), L)
     assert not lists.refused.any(), "the plugin refused a request"
     assert len(v2.free) == NUM_SLOTS and not engine.groups  # every slot is back, no beam state is left
+    assert not beams.resumed  # a resumed request leaves with its id
+    if runs is not None:
+        runs.update({req_id: r["outputs"] for req_id, r in scheduler.requests.items()})
     return answers, scheduler.requests["list"]["outputs"]
 
 
@@ -265,6 +279,25 @@ def test_topk_answers_equal_the_reference_and_leave_a_list_request_unchanged(mon
         assert list(zip(items, answer.scores[live].tolist())) == reference, req_id
     _, alone = run_engine(monkeypatch, model, catalog, [], histories[2])
     assert list_tokens == alone and list_tokens[-1] == TokenLayout.EOS
+
+
+def test_a_preempted_request_ends_with_eos_and_no_answer_when_it_comes_back(monkeypatch, tiny):
+    """R1 is preempted after its step 1 (its beams and KV go) and comes back two steps later with its outputs:
+    its next sampled row is </s> and it gives no answer (the front ends then send it again); R2, arriving
+    one step later, and the list request are untouched."""
+    model, catalog, histories = tiny
+    users = [("R1", histories[0], 3), ("R2", histories[1], 2)]
+    runs: dict[str, list[int]] = {}
+    answers, list_tokens = run_engine(
+        monkeypatch, model, catalog, users, histories[2], preemptions={2: ("R1", 4)}, runs=runs
+    )
+    assert sorted(answers) == ["R2"]
+    assert runs["R1"] == [TokenLayout.PAD, TokenLayout.PAD, TokenLayout.EOS]  # steps 0 and 1, then </s> at once
+    answer = answers["R2"]
+    items = [catalog.parse_completion(tokens)[0] for tokens in answer.tokens.tolist()]
+    assert list(zip(items, answer.scores.tolist())) == beam_search_items(model, catalog, [histories[1]], 2)[0]
+    _, alone = run_engine(monkeypatch, model, catalog, [], histories[2])
+    assert list_tokens == alone
 
 
 # --- R's own row: <pad> before its last step, </s> at it (RequestLists.mask_topk_owners) -------------------

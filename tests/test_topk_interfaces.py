@@ -15,6 +15,7 @@ from test_integration_endpoint import CATALOG, write_model_folder  # the 8-item 
 from vllm_padrec import cli
 from vllm_padrec.catalog import TokenLayout
 from vllm_padrec.data import generate_synthetic
+from vllm_padrec.errors import PadRecError
 from vllm_padrec.integration import list_settings
 from vllm_padrec.lists import REQUEST_KEYS, ListSpecError
 from vllm_padrec.target import model as target_model
@@ -42,18 +43,30 @@ class FakeLLM:
             )
         )
         self.preference = list(preference)
-        self.queued: list[tuple] = []
+        self.queued: list[tuple] = []  # every request ever queued
+        self.pending: list[tuple] = []  # those the next wait_for_completion answers
+        self.counter = 7
+        self.preempt: dict[tuple[int, ...], int] = {}  # prompt token ids -> times vLLM preempts that request
 
     def enqueue(self, prompts, params, use_tqdm=True):
-        ids = [str(7 + n) for n in range(len(prompts))]
+        ids = [str(self.counter + n) for n in range(len(prompts))]
+        self.counter += len(prompts)
         self.queued += list(zip(ids, prompts, params))
+        self.pending += list(zip(ids, prompts, params))
         return [f"{i}-{n:08x}" for n, i in enumerate(ids)]
 
     def wait_for_completion(self, output_type, use_tqdm=True):
-        from vllm.outputs import PoolingOutput, PoolingRequestOutput
+        from vllm.outputs import CompletionOutput, PoolingOutput, PoolingRequestOutput, RequestOutput
 
         outputs = []
-        for request_id, _, params in self.queued:
+        pending, self.pending = self.pending, []
+        for request_id, prompt, params in pending:
+            key = tuple(prompt["prompt_token_ids"])
+            if self.preempt.get(key, 0) > 0:  # preempted: the runner ends it with </s> and no answer
+                self.preempt[key] -= 1
+                eos = CompletionOutput(0, "", [TokenLayout.EOS], None, None, finish_reason="stop")
+                outputs.append(RequestOutput(request_id, None, list(key), None, [eos], finished=True))
+                continue
             excluded = set(params.extra_args.get(REQUEST_KEYS["exclude_items"], ()))
             items = [i for i in self.preference if i not in excluded][: params.extra_args["padrec_topk"]]
             scores = -torch.arange(1, len(items) + 1, dtype=torch.float32)  # [n]
@@ -109,6 +122,17 @@ def test_offline_topk_excludes_each_users_history(folder, topk_served):
     ranked = recommend_topk(llm, CATALOG, [[1, 4, 1], [5]], k=2, exclude_history=True)
     assert ranked == [[(0, -1.0), (3, -2.0)], [(4, -1.0), (1, -2.0)]]
     assert [p.extra_args[REQUEST_KEYS["exclude_items"]] for _, _, p in llm.queued] == [[1, 4], [5]]
+
+
+def test_offline_topk_sends_preempted_requests_again_once(folder, topk_served):
+    llm = FakeLLM(folder, [4, 1, 0, 3, 2, 7, 6, 5])
+    llm.preempt[tuple(CATALOG.render_prompt([5]))] = 1
+    ranked = recommend_topk(llm, CATALOG, [[1, 3], [5]], k=2)
+    assert ranked == [[(4, -1.0), (1, -2.0)], [(4, -1.0), (1, -2.0)]]
+    assert [p["prompt_token_ids"] for _, p, _ in llm.queued] == [CATALOG.render_prompt(h) for h in ([1, 3], [5], [5])]
+    llm.preempt[tuple(CATALOG.render_prompt([5]))] = 2
+    with pytest.raises(PadRecError, match="1 top-K requests were preempted 2 times"):
+        recommend_topk(llm, CATALOG, [[1, 3], [5]], k=2)
 
 
 def test_offline_topk_refuses_k_beyond_the_limits_before_queueing_any(folder, topk_served):

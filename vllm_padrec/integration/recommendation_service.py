@@ -51,7 +51,14 @@ from vllm_padrec.errors import EmptyHistoryError, PadRecError, UnknownItemError
 from vllm_padrec.integration.spec_decode_counters import SpeculationReport
 from vllm_padrec.lists import ListSpec, parse_list
 from vllm_padrec.lists.spec import DEFAULT_MAX_TOPK
-from vllm_padrec.topk.request import RankedItems, ranked_items, topk_max_tokens, topk_spec
+from vllm_padrec.topk.request import (
+    SUBMISSIONS,
+    RankedItems,
+    TopKPreempted,
+    ranked_items,
+    topk_max_tokens,
+    topk_spec,
+)
 
 # Request size: a history longer than any context is refused, not scanned (the prompt keeps at most
 # max_model_len / (L + 1) items anyway).
@@ -398,7 +405,28 @@ class RecommendationService:
         ``encode`` call too (:280-398), and its ``RequestOutputCollector`` is drained here as they drain
         it. On cancellation (a client disconnect) or any failure after the request was added, the request
         is aborted by the collector's id, the engine's internal one, as ``generate`` does (:588-625).
+        A request that vLLM preempted comes back without an answer (``TopKPreempted``) and is sent again,
+        up to ``SUBMISSIONS`` times in all; then the answer is a 503 (the server is short of KV cache).
         """
+        for _ in range(SUBMISSIONS):
+            final = await self._submit_topk(plan, request_id)
+            try:
+                ranked = ranked_items(final, self.catalog)
+            except TopKPreempted:
+                continue
+            except (TypeError, ValueError) as error:
+                message = f"request {request_id}: the engine gave no top-K answer: {error}"
+                raise RecommendationError(500, message) from None
+            prompt_ids = final.prompt_token_ids
+            return TopKGeneration(ranked, len(prompt_ids) if prompt_ids is not None else len(plan.prompt_token_ids))
+        raise RecommendationError(
+            503,
+            f"request {request_id}: the engine preempted it {SUBMISSIONS} times before its answer (short of KV "
+            "cache under this load): try again later",
+        )
+
+    async def _submit_topk(self, plan: Plan, request_id: str) -> Any:
+        """Add the top-K request and drain its collector to the final output (``generate_topk``)."""
         from vllm.inputs import TokensPrompt
 
         collector = await self.engine_client.add_request(
@@ -413,12 +441,7 @@ class RecommendationService:
             raise
         finally:
             collector.close()
-        try:
-            ranked = ranked_items(final, self.catalog)
-        except (TypeError, ValueError) as error:
-            raise RecommendationError(500, f"request {request_id}: the engine gave no top-K answer: {error}") from None
-        prompt_ids = final.prompt_token_ids
-        return TopKGeneration(ranked, len(prompt_ids) if prompt_ids is not None else len(plan.prompt_token_ids))
+        return final
 
     # -- answer --------------------------------------------------------------------------------------
     def answer(self, plan: Plan, generation: Generation | TopKGeneration, request_id: str) -> dict:

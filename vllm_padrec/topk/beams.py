@@ -44,7 +44,8 @@ the states from step to step for ``patches/execute_model.py``. Beams carry R's `
 The scheduler's object is never changed: an in-process engine shares it (and the lists and sets in it)
 with the scheduler. An output with no top-K request in it is returned as it is, the same object.
 A top-K request that comes back after a preemption with output already (its ``prefill_token_ids``
-longer than its prompt) gets no private blocks and no beams (DESIGN.md, section 5, "Preemption").
+longer than its prompt) gets no private blocks and no beams (DESIGN.md, section 5, "Preemption"):
+``TopKBeams.resumed`` names it until it leaves, and the engine ends it without an answer.
 
 Nothing here touches a GPU: the beams' tokens, scores and KV copies belong to the sampler hook.
 """
@@ -203,13 +204,18 @@ def advance_states(
         result[req_id] = state
     for new_req in out.scheduled_new_reqs:
         k = topk_of_request(new_req.sampling_params)
-        resumed_with_output = len(new_req.prefill_token_ids or ()) > len(new_req.prompt_token_ids or ())
-        if k is None or resumed_with_output:
+        if k is None or resumed_with_output(new_req):
             continue
         state = TopKState.admit(new_req, k, scheduled.get(new_req.req_id, 0), layout)
         earlier = result.get(new_req.req_id)  # R left and came back in this same step
         result[new_req.req_id] = dataclasses.replace(state, beams_held=earlier is not None and earlier.beams_held)
     return result
+
+
+def resumed_with_output(new_req: Any) -> bool:
+    """Whether a request new to the runner comes back from a preemption with output already (V2 re-adds a
+    preempted request with its outputs in ``prefill_token_ids``)."""
+    return len(new_req.prefill_token_ids or ()) > len(new_req.prompt_token_ids or ())
 
 
 def rewrite_scheduler_output(out: Any, states: Mapping[str, TopKState]) -> Any:
@@ -291,10 +297,16 @@ class TopKBeams:
     def __init__(self, layout: BeamLayout) -> None:
         self.layout = layout
         self.states: dict[str, TopKState] = {}
+        # top-K requests back from a preemption with output already: no beams; the engine ends each at its
+        # next sampled row with </s> and no answer (topk.request.TopKPreempted), and the front end resubmits
+        self.resumed: set[str] = set()
 
     def rewrite(self, out: Any) -> Any:
         """This engine step's SchedulerOutput as the runner should execute it (``out`` itself when unchanged)."""
-        if not self.states and not any(topk_of_request(r.sampling_params) is not None for r in out.scheduled_new_reqs):
+        new_topk = [r for r in out.scheduled_new_reqs if topk_of_request(r.sampling_params) is not None]
+        if not self.states and not self.resumed and not new_topk:
             return out  # the common case: no top-K request in the runner
+        leaving = set(out.finished_req_ids) | set(out.preempted_req_ids or ())
+        self.resumed = (self.resumed - leaving) | {r.req_id for r in new_topk if resumed_with_output(r)}
         self.states = advance_states(out, self.states, self.layout)
         return rewrite_scheduler_output(out, self.states)

@@ -197,14 +197,18 @@ class TopKEngine:
     def owner_tokens(self, input_batch: Any) -> dict[int, int]:
         """Each top-K request R of this batch whose prompt is done: its slot -> the one token its row may
         sample, ``<pad>`` at steps 0 .. L - 2 and ``</s>`` from its last step L - 1 on (a step L that async
-        scheduling adds ends R too). R's token in the output is written by ``after_sampling`` either way."""
-        if self.beams is None or not self.beams.states:
+        scheduling adds ends R too). R's token in the output is written by ``after_sampling`` either way.
+        An R back from a preemption (``TopKBeams.resumed``) may sample only ``</s>``: it finishes without an
+        answer, a plain output that the front ends read as "preempted" and send again (``topk.request``)."""
+        if self.beams is None or not (self.beams.states or self.beams.resumed):
             return {}
-        states = self.beams.states
+        states, resumed = self.beams.states, self.beams.resumed
         tokens = {}
         for index, req_id in enumerate(input_batch.req_ids):
             state = states.get(req_id)
-            if state is not None and not state.ended and state.step >= 0:
+            if req_id in resumed:  # back from a preemption without its beams: it ends now, with no answer
+                tokens[int(input_batch.idx_mapping_np[index])] = TokenLayout.EOS
+            elif state is not None and not state.ended and state.step >= 0:
                 last = state.step >= state.item_length - 1
                 tokens[int(input_batch.idx_mapping_np[index])] = TokenLayout.EOS if last else TokenLayout.PAD
         return tokens

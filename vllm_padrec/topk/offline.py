@@ -11,6 +11,8 @@ outputs must be ``RequestOutput``s), so the requests are queued with ``LLM.enque
 ``LLM.wait_for_completion(PoolingRequestOutput)``, vLLM's own pair for requests whose answer is not
 generated text.
 
+A request that vLLM preempted before its answer is queued again, once (``topk.request.SUBMISSIONS``).
+
 Every request is checked by the front end's own check (``list_settings.check_request``) before any is
 queued: K in 1..``max_topk``, K items left after the history's exclusions, and, while this build's
 engine does not serve top-K (``list_settings.TOPK_SERVED``), the front end's refusal; each raises its
@@ -24,7 +26,14 @@ from typing import Any
 
 from vllm_padrec.catalog import ItemCatalog
 from vllm_padrec.errors import PadRecError
-from vllm_padrec.topk.request import ranked_items, topk_max_tokens, topk_sampling_params, topk_spec
+from vllm_padrec.topk.request import (
+    SUBMISSIONS,
+    TopKPreempted,
+    ranked_items,
+    topk_max_tokens,
+    topk_sampling_params,
+    topk_spec,
+)
 
 
 def external_request_id(internal: str) -> str:
@@ -47,7 +56,6 @@ def recommend_topk(
 ) -> list[list[tuple[int, float]]]:
     """For each history, its ``k`` best ``(item index, score)``, best first (module docstring)."""
     from vllm.inputs import TokensPrompt
-    from vllm.outputs import PoolingRequestOutput
 
     from vllm_padrec.integration.list_settings import check_request
 
@@ -58,17 +66,41 @@ def recommend_topk(
     max_tokens = topk_max_tokens(catalog.num_slots)
     prompts = [TokensPrompt(prompt_token_ids=catalog.render_prompt(h, max_history)) for h in histories]
     params = [topk_sampling_params(spec, max_tokens) for spec in specs]
+    results: list[list[tuple[int, float]] | None] = [None] * len(histories)
+    pending = list(range(len(histories)))  # users without an answer yet
+    for _ in range(SUBMISSIONS):
+        answers = run_topk_requests(llm, [prompts[u] for u in pending], [params[u] for u in pending])
+        preempted = []
+        for user, (request_id, output) in zip(pending, answers):
+            try:
+                ranked = ranked_items(output, catalog)
+            except TopKPreempted:
+                preempted.append(user)
+                continue
+            if ranked.invalid:
+                raise PadRecError(
+                    f"top-K request {request_id}: {ranked.invalid} returned items are not items of catalog "
+                    f"{catalog.name!r}: is the server's catalog another one?"
+                )
+            results[user] = ranked.items
+        pending = preempted
+        if not pending:
+            return results
+    raise PadRecError(
+        f"{len(pending)} top-K requests were preempted {SUBMISSIONS} times before their answers: the engine is short "
+        "of KV cache (raise gpu_memory_utilization or lower padrec.topk_max_beams)"
+    )
+
+
+def run_topk_requests(llm: Any, prompts: list, params: list) -> list[tuple[str, Any]]:
+    """Queue the requests, run the engine until every one finished: (request id, final output) per request.
+    A preempted top-K request finishes as a plain ``RequestOutput`` (``topk.request``), hence both types."""
+    from vllm.outputs import PoolingRequestOutput, RequestOutput
+
     request_ids = [external_request_id(i) for i in llm.enqueue(prompts, params, use_tqdm=False)]
-    finished = {out.request_id: out for out in llm.wait_for_completion(PoolingRequestOutput, use_tqdm=False)}
-    results = []
-    for request_id in request_ids:
-        if request_id not in finished:
-            raise PadRecError(f"top-K request {request_id} did not finish in the engine")
-        ranked = ranked_items(finished[request_id], catalog)
-        if ranked.invalid:
-            raise PadRecError(
-                f"top-K request {request_id}: {ranked.invalid} returned items are not items of catalog "
-                f"{catalog.name!r}: is the server's catalog another one?"
-            )
-        results.append(ranked.items)
-    return results
+    outputs = llm.wait_for_completion((PoolingRequestOutput, RequestOutput), use_tqdm=False)
+    finished = {out.request_id: out for out in outputs}
+    missing = [r for r in request_ids if r not in finished]
+    if missing:
+        raise PadRecError(f"top-K requests {missing} did not finish in the engine")
+    return [(r, finished[r]) for r in request_ids]

@@ -12,6 +12,11 @@ slack. Its answer is not in those tokens: the runner hands the K items over as t
 ``pooler_output``, which reaches the front end as a ``PoolingRequestOutput`` whose ``outputs.data`` is
 ``topk/result.py``'s tensor. ``ranked_items`` reads that tensor into ``(item index, score)`` pairs,
 best first, the form ``decoding.beam_search_items`` (the reference) returns.
+
+A top-K request that vLLM preempted and resumed has lost its beams (their KV went with the preemption):
+the runner ends it at once with ``</s>`` and no answer (``topk.engine``), so it comes back as a plain
+``RequestOutput``. ``ranked_items`` then raises ``TopKPreempted``, and the front ends send the request
+again, once (``SUBMISSIONS``): the answer is deterministic, so the second one is the answer.
 """
 
 from __future__ import annotations
@@ -20,9 +25,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from vllm_padrec.catalog import ItemCatalog, TokenLayout
+from vllm_padrec.errors import PadRecError
 from vllm_padrec.lists import ListSpec
 from vllm_padrec.topk.result import decode_items
 from vllm_padrec.topk.select import NEG_INF
+
+SUBMISSIONS = 2  # a top-K request is sent again once when vLLM preempted it (module docstring)
+
+
+class TopKPreempted(PadRecError):
+    """vLLM preempted the top-K request before its answer: send it again (module docstring)."""
 
 
 def topk_spec(k: int, exclude_items: tuple[int, ...] = ()) -> ListSpec:
@@ -61,8 +73,10 @@ class RankedItems:
 
 def ranked_items(output: Any, catalog: ItemCatalog) -> RankedItems:
     """The items of a finished top-K request's ``PoolingRequestOutput``; a ``TypeError`` for any other output."""
-    from vllm.outputs import PoolingRequestOutput
+    from vllm.outputs import PoolingRequestOutput, RequestOutput
 
+    if isinstance(output, RequestOutput) and output.finished:
+        raise TopKPreempted(f"top-K request {output.request_id} was preempted by the engine before its answer")
     if not isinstance(output, PoolingRequestOutput):
         raise TypeError(
             f"a top-K request's answer is a PoolingRequestOutput, got {type(output).__name__}: does this "
