@@ -443,3 +443,11 @@ def test_a_build_that_does_not_serve_top_k_refuses_to_start_with_it_on():
     with pytest.raises(PadRecError, match="topk_max_beams=8: this build does not serve top-K yet"):
         init_model_state.topk_engine(settings, "cpu")
     assert init_model_state.topk_engine(ListSettings.from_additional_config({"padrec": {}}), "cpu") is None
+
+
+def test_top_k_with_a_speculative_model_is_refused_at_start():
+    from vllm_padrec.integration.patches import scheduler_init
+
+    scheduler_init.check_no_draft(SimpleNamespace(speculative_config=None))
+    with pytest.raises(PadRecError, match=r"speculative model \(method 'eagle'\) is not built yet"):
+        scheduler_init.check_no_draft(SimpleNamespace(speculative_config=SimpleNamespace(method="eagle")))

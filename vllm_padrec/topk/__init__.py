@@ -5,7 +5,7 @@ full-vocabulary log-probabilities, exactly as ``vllm_padrec.decoding.beam_search
 plain-torch reference) ranks them. The design (``DESIGN.md`` beside this file) runs the K beams of
 each request as rows of the engine's ordinary batches.
 
-Built so far, each tested on the CPU and none of it yet run inside vLLM on a GPU:
+Each part is tested on the CPU; together they run inside vLLM on the H200 (tests/test_integration_gpu_topk.py):
 
     select.py     the one beam step rule (shared with the reference decoder) and its grouped form over
                   an engine batch, and the gathering of each beam's history into the final items
@@ -21,10 +21,11 @@ Built so far, each tested on the CPU and none of it yet run inside vLLM on a GPU
     request.py    one top-K request and its answer read back, for the route and the offline API
     offline.py    ``recommend_topk`` over ``vllm.LLM``
 
-The engine path is not complete (the request's own drafts under speculative decoding are not handled,
-and none of it has run on a GPU), so a server with ``padrec.topk_max_beams`` > 0 refuses to start, its
-patches are not installed and the front end refuses ``padrec_topk`` (``list_settings.TOPK_SERVED``);
-``vllm-padrec topk`` runs the plain-torch reference meanwhile.
+Top-K is not served to users yet (``list_settings.TOPK_SERVED``): outside the GPU bring-up
+(``VLLM_PADREC_TOPK_BRINGUP=1``) a server with ``padrec.topk_max_beams`` > 0 refuses to start, the top-K
+patches are not installed and the front end refuses ``padrec_topk``. Missing before it is: its speed
+(benchmarks/results/topk_bringup/) and a top-K request on a server with a draft model (refused at start).
+``vllm-padrec topk`` runs the plain-torch reference.
 """
 
 from vllm_padrec.topk.select import (

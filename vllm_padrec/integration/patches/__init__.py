@@ -8,8 +8,8 @@
     to_beam_search_params.py  CompletionRequest / ChatCompletionRequest .to_beam_search_params  API server
     add_cli_args.py           vllm.engine.arg_utils.EngineArgs.add_cli_args (--speculative-model)  CLI
 
-Written for top-K (issue 12) and NOT installed until the whole top-K path exists (``list_settings.TOPK_SERVED``,
-on only for the GPU bring-up, ``TOPK_PATCHES``):
+The top-K path's patches (issue 12, ``TOPK_PATCHES``), installed only while top-K is served
+(``list_settings.TOPK_SERVED``: today only for the GPU bring-up, ``VLLM_PADREC_TOPK_BRINGUP=1``):
 
     scheduler_init.py         vllm.v1.core.sched.scheduler.Scheduler.__init__ (beam KV admission)    engine core
     execute_model.py          GPUModelRunner.execute_model (beams as runner-private requests)          worker

@@ -1,9 +1,8 @@
 """Patch: ``vllm.v1.worker.gpu.model_runner.GPUModelRunner.execute_model`` (vLLM 0.26.0, Model Runner V2).
 
-NOT INSTALLED YET: this module is deliberately absent from ``patches.PATCHES``. It is one part of the
-top-K path (topk/DESIGN.md, section 8, step 4); without the scheduler's admission wrapper (the private
-blocks), the sampler's beam selection and the beams' KV copies, beams would decode garbage. It joins
-``PATCHES`` when the whole path does.
+Installed only while top-K is served (``list_settings.TOPK_SERVED``: today only in a process tree started
+with ``VLLM_PADREC_TOPK_BRINGUP=1``, the GPU bring-up), together with the other two top-K patches
+(``patches.TOPK_PATCHES``): alone, any one of them would break the others' assumptions.
 
 What: a wrapper that hands the runner, instead of the scheduler's ``SchedulerOutput``, the one
 ``topk.beams.TopKBeams.rewrite`` makes of it: each top-K request's private KV blocks hidden from its

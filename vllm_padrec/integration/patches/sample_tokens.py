@@ -1,9 +1,8 @@
 """Patch: ``vllm.v1.worker.gpu.model_runner.GPUModelRunner.sample_tokens`` (vLLM 0.26.0, model_runner.py:1395).
 
-NOT INSTALLED YET: this module is deliberately absent from ``patches.PATCHES``. It is the output part of
-the top-K path (topk/DESIGN.md, section 4 step 10, section 8 step 5); alone it has nothing to send,
-since no answer is made until the scheduler's admission wrapper, the runner's rewrite and the
-sampler's beam selection all run. It joins ``PATCHES`` when the whole path does.
+Installed only while top-K is served (``list_settings.TOPK_SERVED``: today only in a process tree started
+with ``VLLM_PADREC_TOPK_BRINGUP=1``, the GPU bring-up), together with the other two top-K patches
+(``patches.TOPK_PATCHES``): alone, any one of them would break the others' assumptions.
 
 What: after vLLM's own ``sample_tokens``, for every top-K request R whose final beam step ran in this
 engine step, R's answer (``topk.select.TopKItems``, the K items best first with their scores) is set,

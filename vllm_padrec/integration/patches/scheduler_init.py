@@ -1,9 +1,8 @@
 """Patch: ``vllm.v1.core.sched.scheduler.Scheduler.__init__`` (vLLM 0.26.0, scheduler.py:71).
 
-NOT INSTALLED: this module is deliberately absent from ``patches.PATCHES``. It is the engine-core step of
-top-K in the engine (issue 12, ``topk/DESIGN.md`` section 4 steps 4-5); it joins ``PATCHES`` when the
-runner, sampler and front-end parts of the top-K path exist, and not before: alone it would reserve KV
-blocks for beams that nothing runs.
+Installed only while top-K is served (``list_settings.TOPK_SERVED``: today only in a process tree started
+with ``VLLM_PADREC_TOPK_BRINGUP=1``, the GPU bring-up), together with the other two top-K patches
+(``patches.TOPK_PATCHES``): alone, any one of them would break the others' assumptions.
 
 What: after vLLM's own ``__init__``, on a server that enables top-K (``padrec.topk_max_beams`` > 0 in
 ``--additional-config``; 0, the default, leaves the scheduler exactly as vLLM built it), the wrapper
@@ -81,6 +80,17 @@ def reserve_beam_rows(scheduler: Any, max_beams: int) -> None:
         )
     scheduler.max_num_running_reqs = seqs - max_beams
     scheduler.max_num_scheduled_tokens = tokens - max_beams
+
+
+def check_no_draft(vllm_config: Any) -> None:
+    """Refuse top-K on a server with a speculative model: a top-K request's own drafts are not handled yet
+    (``topk/DESIGN.md``, section 5)."""
+    spec = getattr(vllm_config, "speculative_config", None)
+    if spec is not None:
+        raise PadRecError(
+            f"padrec.{SETTING} > 0 with a speculative model (method {getattr(spec, 'method', None)!r}) is not built "
+            f"yet: serve top-K without --speculative-model, or set padrec.{SETTING} to 0"
+        )
 
 
 def check_serves_topk(scheduler: Any) -> None:
@@ -189,6 +199,7 @@ def apply(module: ModuleType) -> None:
         original(self, vllm_config, *args, **kwargs)
         settings = server_settings(vllm_config)
         if settings.topk_on:
+            check_no_draft(vllm_config)
             install_topk_admission(self, settings.topk_max_beams, item_length(vllm_config, settings))
 
     mark_patched(__init__, original)
