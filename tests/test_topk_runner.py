@@ -460,3 +460,15 @@ def test_patch_attaches_nothing_to_a_runner_without_an_engine():
     runner = patched_runner_module().GPUModelRunner(catalog_lists())  # top-K off: no padrec_topk_engine, no kv_caches
     runner.execute_model(step_output(new=[(new_request("o", [1, 2], [3], SamplingParams(max_tokens=2)), 2)]))
     assert execute_model_patch.topk_beams(runner) is not None
+
+
+def test_without_topk_leaves_the_schedulers_request_as_it_is():
+    """The lists see a top-K row as a one-item list: its copy lacks padrec_topk, the scheduler's object keeps it."""
+    from vllm_padrec.integration.patches.init_model_state import without_topk
+
+    params = SamplingParams(max_tokens=5, temperature=0.0, extra_args={"padrec_topk": 3, "padrec_constraint": True})
+    new_req = new_request("R", [1, 2, 3], [4], params)
+    copied = without_topk(new_req)
+    assert copied.sampling_params.extra_args == {"padrec_constraint": True}
+    assert new_req.sampling_params.extra_args == {"padrec_topk": 3, "padrec_constraint": True}
+    assert copied.sampling_params.max_tokens == 5 and copied.req_id == "R" and copied.prompt_token_ids == [1, 2, 3]
