@@ -61,7 +61,8 @@ runs alone. engine_step_baseline installs .baseline and reinstalls the current c
 it waits for every job queued before it and every job queued after it waits for it; a job refuses to
 run while another version of the project is installed. Each job has its own ``VLLM_CACHE_ROOT``
 (each lossless mode too). ``.gpudata`` holds the shared datasets (``../shared/data`` does not travel;
-git-ignored): ``mkdir -p .gpudata && cp -r ../shared/data/beauty_atspeed .gpudata/``.
+git-ignored): ``mkdir -p .gpudata && cp -r ../shared/data/{beauty,games}_atspeed .gpudata/``; ``--dataset``
+(default beauty_atspeed) picks the one every job of the session trains on and measures.
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ def log(message: str) -> None:
 @dataclass(frozen=True)
 class Settings:
     target: str = "small"  # the checkpoint the vLLM jobs use: small (job train) or bench
+    dataset: str = "beauty_atspeed"  # the dataset folder (in .gpudata) every job trains on and measures
     small_draft: bool = True  # job train also trains the small target's PAD-Rec head (jobs needing no draft: off)
     bench_epochs: float | None = None  # None: the bench recipe's own
     drafts: str = "all"  # bench heads: padrec (what the vLLM jobs need) or all
@@ -170,6 +172,7 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument_group("session settings").add_argument
     kw = {"default": argparse.SUPPRESS}
     add("--target", choices=("small", "bench"), help=f"checkpoint of the vLLM jobs (default {d.target})", **kw)
+    add("--dataset", help=f"dataset folder in .gpudata that every job uses (default {d.dataset})", **kw)
     add(
         "--small-draft",
         action=argparse.BooleanOptionalAction,
@@ -249,8 +252,8 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def dataset_path() -> str:
-    return str(WORK / "data" / "beauty_atspeed")
+def dataset_path(settings: Settings) -> str:
+    return str(WORK / "data" / settings.dataset)
 
 
 def job_train(ctx: JobContext) -> int:
@@ -260,7 +263,7 @@ def job_train(ctx: JobContext) -> int:
     from vllm_padrec.target.config import get_recipe
     from vllm_padrec.target.train import train_target
 
-    dataset = load_dataset(dataset_path())
+    dataset = load_dataset(dataset_path(ctx.settings))
     recipe = get_recipe("tiny", **SMALL_TARGET)
     while not (result := train_target(recipe, dataset, WORK / "small", device="cuda")).finished:
         log(f"target: step {result.step} of {result.total_steps}")
@@ -270,13 +273,29 @@ def job_train(ctx: JobContext) -> int:
         return 0
     torch.cuda.empty_cache()
     draft = ["--method", "padrec", "--gamma", "5", "--max-steps", "600", "--batch-size", "64", "--until-done"]
-    target = ["--target", str(WORK / "small/checkpoint"), "--dataset", dataset_path(), "--out", str(WORK / "drafts")]
+    target = [
+        "--target",
+        str(WORK / "small/checkpoint"),
+        "--dataset",
+        dataset_path(ctx.settings),
+        "--out",
+        str(WORK / "drafts"),
+    ]
     return ctx.python("vllm_padrec.cli", "train-draft", *target, *draft)
 
 
 def job_bench_target(ctx: JobContext) -> int:
     epochs = [] if ctx.settings.bench_epochs is None else ["--epochs", str(ctx.settings.bench_epochs)]
-    args = ["--recipe", "bench", *epochs, "--until-done", "--dataset", dataset_path(), "--out", str(WORK / "bench")]
+    args = [
+        "--recipe",
+        "bench",
+        *epochs,
+        "--until-done",
+        "--dataset",
+        dataset_path(ctx.settings),
+        "--out",
+        str(WORK / "bench"),
+    ]
     code = ctx.python("vllm_padrec.cli", "train-target", *args)
     for name in ("loss", "val"):
         if (WORK / "bench" / f"{name}.json").exists():
@@ -285,8 +304,15 @@ def job_bench_target(ctx: JobContext) -> int:
 
 
 def job_bench_eval(ctx: JobContext) -> int:
-    out = str(WORK / "results" / "target_beauty.json")
-    args = ["--checkpoint", str(WORK / "bench/checkpoint"), "--dataset", dataset_path(), "--batch-size", "256"]
+    out = str(WORK / "results" / f"target_{ctx.settings.dataset.split('_')[0]}.json")  # target_beauty.json
+    args = [
+        "--checkpoint",
+        str(WORK / "bench/checkpoint"),
+        "--dataset",
+        dataset_path(ctx.settings),
+        "--batch-size",
+        "256",
+    ]
     return ctx.python("vllm_padrec.cli", "evaluate", *args, "--out", out)
 
 
@@ -296,7 +322,7 @@ def job_bench_drafts(ctx: JobContext) -> int:
     def train_drafts(out: str, scale: float, *methods: str) -> list[str]:  # the same budget for every head
         return [
             *(sys.executable, "-m", "vllm_padrec.cli", "train-draft", "--target", str(WORK / "bench/checkpoint")),
-            *("--dataset", dataset_path(), "--out", out, "--gamma", "5", "--max-steps", str(s.draft_steps)),
+            *("--dataset", dataset_path(ctx.settings), "--out", out, "--gamma", "5", "--max-steps", str(s.draft_steps)),
             *("--batch-size", "64", "--max-stored-gib", "24", "--signal-lr-scale", str(scale), "--until-done"),
             *("--method", *methods),
         ]
@@ -322,7 +348,7 @@ def job_acceptance(ctx: JobContext) -> int:
         heads.append(f"padrec_signal_lr10={WORK / 'bench_drafts_signal_lr10/padrec/draft'}")
     return ctx.python(
         "benchmarks.bench_acceptance",
-        *("--target", str(WORK / "bench/checkpoint"), "--dataset", dataset_path(), "--drafts", *heads),
+        *("--target", str(WORK / "bench/checkpoint"), "--dataset", dataset_path(ctx.settings), "--drafts", *heads),
         *("--users", str(s.accept_users), "--gammas", *map(str, s.accept_gammas), "--batch-size", "128"),
         *("--out", str(WORK / "results"), "--name", s.accept_name),
     )
@@ -356,7 +382,7 @@ def job_gpu_tests(ctx: JobContext) -> int:
 
 
 def model_args(s: Settings) -> list[str]:
-    return ["--target", str(s.checkpoint()), "--draft", str(s.draft()), "--dataset", dataset_path()]
+    return ["--target", str(s.checkpoint()), "--draft", str(s.draft()), "--dataset", dataset_path(s)]
 
 
 def engine_step(ctx: JobContext, name: str, env: dict[str, str]) -> int:
@@ -421,8 +447,13 @@ def job_bench_topk(ctx: JobContext) -> int:
     work = WORK / "bench_topk"  # the configurations' result files; their logs go to the job's logs
     code = ctx.python(
         "benchmarks.bench_topk",
-        *("--target", str(s.checkpoint()), "--dataset", dataset_path(), "--out", str(WORK / "results")),
-        *("--name", f"topk_{Path(dataset_path()).name}{s.suffix()}", "--cache-root", str(WORK / "cache" / ctx.job)),
+        *("--target", str(s.checkpoint()), "--dataset", dataset_path(ctx.settings), "--out", str(WORK / "results")),
+        *(
+            "--name",
+            f"topk_{Path(dataset_path(ctx.settings)).name}{s.suffix()}",
+            "--cache-root",
+            str(WORK / "cache" / ctx.job),
+        ),
         *("--work-dir", str(work)),
     )
     for config_log in work.glob("bench_topk_*.log"):
@@ -439,8 +470,8 @@ def job_topk_bringup(ctx: JobContext) -> int:
     tests = ctx.run(pytest_command(("test_integration_gpu_topk.py",)))
     bench = ctx.python(
         "benchmarks.bench_topk",
-        *("--target", str(s.checkpoint()), "--dataset", dataset_path(), "--out", str(WORK / "results")),
-        *("--name", f"topk_bringup_{Path(dataset_path()).name}{s.suffix()}"),
+        *("--target", str(s.checkpoint()), "--dataset", dataset_path(ctx.settings), "--out", str(WORK / "results")),
+        *("--name", f"topk_bringup_{Path(dataset_path(ctx.settings)).name}{s.suffix()}"),
         *("--cache-root", str(WORK / "cache" / ctx.job), "--work-dir", str(work)),
         *("--modes", "reference", "engine", "--dtypes", "float32", "--ks", "1", "5", "20"),
         *("--users", "64", "--users-latency", "8", "--users-equal", "64", "--concurrency", "16", "--profile"),
@@ -459,7 +490,16 @@ def job_serve(ctx: JobContext) -> int:
     checkpoint = str(ctx.settings.checkpoint())
     return ctx.python(
         "benchmarks.serve_completions",
-        *("--checkpoint", checkpoint, "--dataset", dataset_path(), "--users", "300", "--out", str(WORK / "results")),
+        *(
+            "--checkpoint",
+            checkpoint,
+            "--dataset",
+            dataset_path(ctx.settings),
+            "--users",
+            "300",
+            "--out",
+            str(WORK / "results"),
+        ),
         *("--", *SERVE_ARGS),
     )
 
@@ -470,7 +510,7 @@ def job_examples(ctx: JobContext) -> int:
     from vllm_padrec.testing.server import VllmServer
 
     s = ctx.settings
-    dataset = load_dataset(dataset_path())
+    dataset = load_dataset(dataset_path(ctx.settings))
     history = [dataset.catalog.item_ids[i] for i in dataset.eval_samples("test")[0].history[-8:]]
     results = WORK / "results"
     speculative = ["--speculative-model", str(s.draft()), *SERVE_ARGS]
@@ -493,14 +533,16 @@ def job_examples(ctx: JobContext) -> int:
     (results / f"examples{s.suffix()}.json").write_text(json.dumps(answers, indent=1, default=str))
     bad_answered = all(400 <= answers[name][0] < 500 for name in bad) and answers["recommendations"][0] == 200
     offline = [sys.executable, str(REPO / "examples/offline_vllm.py"), "--target", str(s.checkpoint())]
-    code = max(code, ctx.run([*offline, "--draft", str(s.draft()), "--dataset", dataset_path(), "--users", "3"]))
+    code = max(
+        code, ctx.run([*offline, "--draft", str(s.draft()), "--dataset", dataset_path(ctx.settings), "--users", "3"])
+    )
     return max(code, 0 if bad_answered and answers["healthy after"] else 1)
 
 
 def job_bench_vllm_mask(ctx: JobContext) -> int:
     out = ("--out", str(WORK / "results"))
     return ctx.python(
-        "benchmarks.bench_vllm_mask", "--dataset", dataset_path(), *out, "--iters", "100", "--repeats", "3"
+        "benchmarks.bench_vllm_mask", "--dataset", dataset_path(ctx.settings), *out, "--iters", "100", "--repeats", "3"
     )
 
 

@@ -309,7 +309,7 @@ def test_the_top_k_bring_up_job_runs_bench_topk_with_top_k_served(monkeypatch, t
 
     assert gs.TOPK_BRINGUP_ENV == list_settings.TOPK_BRINGUP_ENV
     monkeypatch.setattr(gs, "WORK", tmp_path)
-    monkeypatch.setattr(gs, "dataset_path", lambda: "/data/beauty_atspeed")
+    monkeypatch.setattr(gs, "dataset_path", lambda settings: "/data/beauty_atspeed")
     calls, runs = [], []
     ctx = gs.JobContext("topk_bringup", gs.Settings(), {"PATH": "/bin"})
     monkeypatch.setattr(ctx.__class__, "run", lambda self, command, env=None: runs.append(command) or 3)
@@ -334,3 +334,8 @@ def test_a_session_without_the_small_draft_refuses_jobs_that_need_it(session):
     session.join()
     assert session.ran == ["train", "topk_bringup"]
     assert gs.main(["checks", "lossless"]) == 2  # the setting holds for later calls
+
+
+def test_the_dataset_setting_picks_the_folder_every_job_reads():
+    assert gs.dataset_path(gs.Settings()) == str(gs.WORK / "data" / "beauty_atspeed")
+    assert gs.dataset_path(gs.Settings(dataset="games_atspeed")) == str(gs.WORK / "data" / "games_atspeed")
