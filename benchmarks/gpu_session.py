@@ -299,7 +299,8 @@ def job_bench_target(ctx: JobContext) -> int:
     code = ctx.python("vllm_padrec.cli", "train-target", *args)
     for name in ("loss", "val"):
         if (WORK / "bench" / f"{name}.json").exists():
-            shutil.copy(WORK / "bench" / f"{name}.json", WORK / "results" / f"bench_target_{name}.json")
+            tag = "" if ctx.settings.dataset == Settings.dataset else f"_{ctx.settings.dataset}"  # committed names
+            shutil.copy(WORK / "bench" / f"{name}.json", WORK / "results" / f"bench_target_{name}{tag}.json")
     return code
 
 
