@@ -159,9 +159,10 @@ def run_engine(
     }
 
 
-def in_subprocess(*args) -> dict:
+def in_subprocess(*args, function=run_engine) -> dict:
+    """``function(*args)`` in a fresh spawned process (an engine there frees the GPU when the process ends)."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(run_engine, args)
+        return pool.apply(function, args)
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,13 @@ vLLM's float32 attention is a Triton kernel, TF32 by Triton's default), CUDA gra
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 
 import numpy as np
 import pytest
 import torch
 from conftest import requires_gpu
-from test_integration_gpu import build_target, catalog
+from test_integration_gpu import build_target, catalog, in_subprocess
 
 from vllm_padrec.catalog import ItemCatalog
 
@@ -117,11 +116,6 @@ def run_topk_engine(target: str, users: list[list[int]]) -> dict:
     }
 
 
-def in_subprocess(*args) -> dict:
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(run_topk_engine, args)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("topk")
@@ -132,7 +126,7 @@ def setup(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(setup):
-    return in_subprocess(setup["target"], setup["users"])
+    return in_subprocess(setup["target"], setup["users"], function=run_topk_engine)
 
 
 def reference(setup, k: int, exclude: bool) -> list[list[tuple[int, float]]]:
