@@ -312,3 +312,24 @@ def test_top_k_is_served_only_in_a_bring_up_process(value, served):
     code = "from vllm_padrec.integration import list_settings; print(list_settings.TOPK_SERVED)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == str(served)
+
+
+def test_wrap_attribute_wraps_once_and_skips_what_is_not_there():
+    from types import SimpleNamespace
+
+    from vllm_padrec.integration.patches.marking import mark_patched, wrap_attribute
+
+    def make(original):
+        def wrapper(*args):
+            return ("wrapped", original(*args))
+
+        return mark_patched(wrapper, original)
+
+    owner = SimpleNamespace(f=lambda x: x + 1)
+    wrap_attribute(owner, "f", make)
+    wrapped = owner.f
+    wrap_attribute(owner, "f", make)  # a second apply: the same wrapper, not a wrapper of it
+    assert owner.f is wrapped and owner.f(1) == ("wrapped", 2)
+    wrap_attribute(None, "f", make)  # a module not imported
+    wrap_attribute(owner, "g", make)  # a name the owner lacks
+    assert not hasattr(owner, "g")

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from vllm_padrec.integration.patches.marking import is_patched, mark_patched
+from vllm_padrec.integration.patches.marking import mark_patched, wrap_attribute
 
 TARGETS = ("vllm.v1.worker.gpu.model_runner",)
 _BEAMS_ATTRIBUTE = "_padrec_topk_beams"  # the runner's TopKBeams (None: no catalog, nothing to rewrite)
@@ -125,6 +125,4 @@ def make_execute_model(original):
 
 def apply(module: ModuleType) -> None:
     """Wrap ``GPUModelRunner.execute_model`` in ``vllm.v1.worker.gpu.model_runner``; idempotent."""
-    runner_class = module.GPUModelRunner
-    if not is_patched(runner_class.execute_model):
-        runner_class.execute_model = make_execute_model(runner_class.execute_model)
+    wrap_attribute(module.GPUModelRunner, "execute_model", make_execute_model)

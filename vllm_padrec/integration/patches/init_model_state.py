@@ -56,7 +56,7 @@ import sys
 from types import ModuleType
 from typing import Any
 
-from vllm_padrec.integration.patches.marking import is_patched, mark_patched
+from vllm_padrec.integration.patches.marking import mark_patched, wrap_attribute
 
 TARGETS = ("vllm.v1.worker.gpu.model_states",)
 _RUNNER_MODULE = "vllm.v1.worker.gpu.model_runner"
@@ -164,9 +164,6 @@ def make_init_model_state(original):
 
 def apply(module: ModuleType) -> None:
     """Install the wrapper in ``vllm.v1.worker.gpu.model_states`` (and an imported runner); idempotent."""
-    if not is_patched(module.init_model_state):
-        module.init_model_state = make_init_model_state(module.init_model_state)
+    wrap_attribute(module, "init_model_state", make_init_model_state)
     # a runner imported earlier bound vLLM's function; one being imported now binds the wrapper itself
-    bound = getattr(sys.modules.get(_RUNNER_MODULE), "init_model_state", None)
-    if bound is not None and not is_patched(bound):
-        sys.modules[_RUNNER_MODULE].init_model_state = make_init_model_state(bound)
+    wrap_attribute(sys.modules.get(_RUNNER_MODULE), "init_model_state", make_init_model_state)

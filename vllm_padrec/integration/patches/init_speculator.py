@@ -28,7 +28,7 @@ from __future__ import annotations
 import sys
 from types import ModuleType
 
-from vllm_padrec.integration.patches.marking import is_patched, mark_patched
+from vllm_padrec.integration.patches.marking import mark_patched, wrap_attribute
 
 TARGETS = ("vllm.v1.worker.gpu.spec_decode",)
 _RUNNER_MODULE = "vllm.v1.worker.gpu.model_runner"
@@ -58,10 +58,6 @@ def make_init_speculator(original):
 
 def apply(module: ModuleType) -> None:
     """Install the wrapper in ``vllm.v1.worker.gpu.spec_decode`` (and an imported runner); idempotent."""
-    current = module.init_speculator
-    if not is_patched(current):
-        module.init_speculator = make_init_speculator(current)
+    wrap_attribute(module, "init_speculator", make_init_speculator)
     # a runner imported earlier bound vLLM's function; one being imported now binds the wrapper itself
-    bound = getattr(sys.modules.get(_RUNNER_MODULE), "init_speculator", None)
-    if bound is not None and not is_patched(bound):
-        sys.modules[_RUNNER_MODULE].init_speculator = make_init_speculator(bound)
+    wrap_attribute(sys.modules.get(_RUNNER_MODULE), "init_speculator", make_init_speculator)

@@ -1,4 +1,5 @@
-"""The mark a patch leaves on the function it installs, so that applying a patch twice wraps once."""
+"""The mark a patch leaves on the function it installs, so that applying a patch twice wraps once, and the one
+idempotent way to install a wrapper on an attribute."""
 
 from __future__ import annotations
 
@@ -18,3 +19,11 @@ def mark_patched(wrapper: Callable, original: Callable) -> Callable:
     wrapper.__wrapped__ = original
     setattr(wrapper, _MARK, True)
     return wrapper
+
+
+def wrap_attribute(owner: Any, name: str, make_wrapper: Callable[[Callable], Callable]) -> None:
+    """Set ``owner.<name>`` to ``make_wrapper(owner.<name>)`` unless it is already this plugin's wrapper;
+    nothing when ``owner`` is None or has no such attribute (a module not imported, a name it lacks)."""
+    current = getattr(owner, name, None) if owner is not None else None
+    if current is not None and not is_patched(current):
+        setattr(owner, name, make_wrapper(current))

@@ -41,7 +41,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from vllm_padrec.integration.patches.marking import is_patched, mark_patched
+from vllm_padrec.integration.patches.marking import mark_patched, wrap_attribute
 from vllm_padrec.topk.result import encode_items
 from vllm_padrec.topk.select import TopKItems
 
@@ -97,6 +97,4 @@ def make_sample_tokens(original):
 
 def apply(module: ModuleType) -> None:
     """Wrap ``GPUModelRunner.sample_tokens`` in ``vllm.v1.worker.gpu.model_runner``; idempotent."""
-    runner_class = module.GPUModelRunner
-    if not is_patched(runner_class.sample_tokens):
-        runner_class.sample_tokens = make_sample_tokens(runner_class.sample_tokens)
+    wrap_attribute(module.GPUModelRunner, "sample_tokens", make_sample_tokens)
