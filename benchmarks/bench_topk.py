@@ -62,6 +62,7 @@ from pathlib import Path
 from vllm_padrec.catalog import ItemCatalog
 from vllm_padrec.errors import MalformedSemanticIdError, UnknownSemanticIdError
 from vllm_padrec.target.evaluate import recall_ndcg
+from vllm_padrec.testing.python_profile import hotspot_table, python_hotspots
 from vllm_padrec.testing.results import write_results
 from vllm_padrec.testing.stats import percentile
 
@@ -350,28 +351,22 @@ def timed_calls(rank: Ranker, histories: list[list[int]], k: int, batch_size: in
 def profile_call(rank: Ranker, histories: list[list[int]], k: int, path: Path) -> None:
     """Two calls, one under Python's profiler (every Python function: the engine runs in this process) and one
     under the torch profiler (tensor operations and GPU kernels); the busiest of each as text at ``path``."""
-    import cProfile
-    import io
-    import pstats
-
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    python = cProfile.Profile()
     started = time.perf_counter()
-    python.runcall(rank, histories, k)
+    _, hotspots = python_hotspots(rank, histories, k)
     torch.cuda.synchronize()
     python_seconds = time.perf_counter() - started
-    text = io.StringIO()
-    for key in ("cumulative", "tottime"):
-        pstats.Stats(python, stream=text).sort_stats(key).print_stats(40)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         rank(histories, k)
         torch.cuda.synchronize()
     averages = prof.key_averages()
     tables = [averages.table(sort_by=key, row_limit=30) for key in ("self_cpu_time_total", "self_cuda_time_total")]
-    header = f"{len(histories)} users, K = {k}; the call under cProfile took {1000 * python_seconds:.1f} ms\n\n"
-    path.write_text(header + text.getvalue() + "\n\n" + "\n\n".join(tables))
+    header = (
+        f"{len(histories)} users, K = {k}; the call under Python's profiler took {1000 * python_seconds:.1f} ms\n\n"
+    )
+    path.write_text(header + hotspot_table(hotspots) + "\n\n" + "\n\n".join(tables))
 
 
 def run_config(args) -> dict:

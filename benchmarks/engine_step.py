@@ -47,6 +47,7 @@ from pathlib import Path
 
 from vllm_padrec.acceptance import mean_acceptance_length
 from vllm_padrec.integration.spec_decode_counters import SPEC_COUNTERS
+from vllm_padrec.testing.python_profile import hotspot_table, python_hotspots
 from vllm_padrec.testing.results import write_results
 
 # name -> (with the draft, constrained, additional_config["padrec"])
@@ -242,6 +243,10 @@ def profile_batch(llm, prompts, params, args, missing: list[str]) -> dict:
     ]
     if args.trace_dir:
         prof.export_chrome_trace(str(Path(args.trace_dir) / f"trace_{args.one}.json"))
+    # the same batch once more under Python's profiler: the host time the torch profiler sees only as ops
+    before = metric_totals(llm)
+    _, hotspots = python_hotspots(llm.generate, prompts, params, False)
+    python_steps = max(metric_totals(llm)["steps"] - before["steps"], 1)
     return {
         "users": len(prompts),
         "engine_steps": int(steps),
@@ -251,6 +256,14 @@ def profile_batch(llm, prompts, params, args, missing: list[str]) -> dict:
         "phases": phases,
         "top_gpu_ops": top,
         "phases_not_found": missing,
+        "python_hotspots_per_step": [
+            {
+                **row,
+                "self_ms": round(row["self_ms"] / python_steps, 3),
+                "total_ms": round(row["total_ms"] / python_steps, 3),
+            }
+            for row in hotspots
+        ],
     }
 
 
@@ -420,6 +433,13 @@ def render_markdown(payload: dict) -> str:
                 if k["kernel"] not in PHASES
             ],
         ]
+        if p.get("python_hotspots_per_step"):
+            lines += [
+                "",
+                "Python's profile of the same batch, per engine step:",
+                "",
+                hotspot_table(p["python_hotspots_per_step"]),
+            ]
     for name, error in payload["errors"].items():
         lines += ["", f"{name} failed: `{error[-300:]}`"]
     return "\n".join(lines) + "\n"

@@ -458,3 +458,35 @@ def test_a_timed_pass_reads_answers_and_counter_deltas_from_the_server():
         "per_position_acceptance": [2.0, 1.0],
     }
     assert run["latency_p50_ms"] > 0 and run["latency_p99_ms"] >= run["latency_p50_ms"]
+
+
+def test_engine_step_markdown_shows_the_python_hotspots_of_a_profile():
+    from types import SimpleNamespace
+
+    from benchmarks import engine_step
+
+    profile = {
+        "users": 64,
+        "engine_steps": 10,
+        "wall_ms_per_step": 18.0,
+        "gpu_busy_ms_per_step": 2.0,
+        "gpu_busy_share": 0.11,
+        "phases": [],
+        "top_gpu_ops": [],
+        "python_hotspots_per_step": [{"function": "step (core.py:1)", "calls": 10, "self_ms": 9.5, "total_ms": 17.0}],
+    }
+    record = {
+        "config": "baseline",
+        "with_draft": False,
+        "constrained": True,
+        "tokens_per_second": 100.0,
+        "engine_steps": 10,
+        "step_ms": 18.0,
+        "acceptance_length": None,
+        "token_ids": [[1]],
+        "profile": profile,
+    }
+    args = SimpleNamespace(target="t", draft="d", dataset="x", users=1, concurrency=1, list_items=1, dtype="bfloat16")
+    text = engine_step.render_markdown(engine_step.summarize([record], args, errors={}))
+    assert "Python's profile of the same batch, per engine step:" in text
+    assert "| `step (core.py:1)` | 10 | 9.5 | 17.0 |" in text
