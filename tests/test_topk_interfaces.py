@@ -36,13 +36,14 @@ class FakeLLM:
     ``enqueue`` returns the engine's internal ids (``InputProcessor.assign_request_id``: the counter's id, a
     dash and 8 random characters) while the outputs carry the counter's (external) id."""
 
-    def __init__(self, folder, preference, **settings):
+    def __init__(self, folder, preference, catalog=CATALOG, **settings):
         self.llm_engine = SimpleNamespace(
             vllm_config=SimpleNamespace(
                 model_config=SimpleNamespace(model=str(folder)), additional_config={"padrec": settings}
             )
         )
         self.preference = list(preference)
+        self.catalog = catalog
         self.queued: list[tuple] = []  # every request ever queued
         self.pending: list[tuple] = []  # those the next wait_for_completion answers
         self.counter = 7
@@ -71,7 +72,9 @@ class FakeLLM:
             items = [i for i in self.preference if i not in excluded][: params.extra_args["padrec_topk"]]
             scores = -torch.arange(1, len(items) + 1, dtype=torch.float32)  # [n]
             answer = TopKItems(
-                torch.tensor([CATALOG.item_token_ids(i) for i in items]), scores, torch.zeros(len(items), 2)
+                torch.tensor([self.catalog.item_token_ids(i) for i in items]),
+                scores,
+                torch.zeros(len(items), self.catalog.num_slots),
             )
             outputs.append(PoolingRequestOutput(request_id, PoolingOutput(encode_items(answer)), [], 0, True))
         other = TopKItems(torch.tensor([CATALOG.item_token_ids(0)]), torch.zeros(1), torch.zeros(1, 2))
@@ -236,3 +239,45 @@ def test_cli_topk_exclude_history_leaves_out_every_history_item(capsys, target):
     (sample,) = open_dataset("synthetic").eval_samples("test", get_recipe("tiny").max_history)[:1]
     printed = re.findall(r"^\s+\d+\. (\S+)  .*  -?\d+\.\d{4}$", out, re.M)
     assert sorted(printed) == sorted(catalog.sid_string(i) for i in range(400) if i not in set(sample.history))
+
+
+def test_cli_topk_with_the_vllm_engine_is_refused_while_not_served(capsys, target, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("a model was loaded for a refused command")
+
+    monkeypatch.setattr(target_model, "load_checkpoint", fail)
+    argv = ["topk", "--target", str(target), "--dataset", "synthetic", "--k", "4", "--engine", "vllm"]
+    code, _, err = run(capsys, argv)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "not served by this build yet" in lines[0], err
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+def test_cli_topk_with_the_vllm_engine_prints_the_engines_answers(capsys, target, monkeypatch, topk_served, exclude):
+    import vllm
+
+    from vllm_padrec.catalog import ItemCatalog
+    from vllm_padrec.data import open_dataset
+    from vllm_padrec.integration.recommendation_service import read_max_history
+
+    catalog = ItemCatalog.load(target)
+    samples = open_dataset("synthetic").eval_samples("test", read_max_history(target))[:2]  # the CLI's users
+    first = [samples[0].history[0], samples[1].history[0]]  # history items ranked first: exclusion must show
+    preference = first + [i for i in reversed(range(len(catalog))) if i not in first]
+    made = []
+
+    def fake_llm(**kwargs):
+        made.append(kwargs)
+        return FakeLLM(kwargs["model"], preference, catalog=catalog, **kwargs["additional_config"]["padrec"])
+
+    monkeypatch.setattr(vllm, "LLM", fake_llm)
+    argv = ["topk", "--target", str(target), "--dataset", "synthetic", "--k", "3", "--users", "2", "--engine", "vllm"]
+    code, out, err = run(capsys, argv + (["--exclude-history"] if exclude else []))
+    assert code == 0, err
+    assert made[0]["additional_config"] == {"padrec": {"max_topk": 3, "topk_max_beams": 6}}
+    printed = re.findall(r"^\s+(\d+)\. (\S+)  ", out, re.M)
+    expected = []
+    for sample in samples:
+        left = [i for i in preference if not (exclude and i in sample.history)][:3]
+        expected += [(str(rank), catalog.sid_string(i)) for rank, i in enumerate(left, 1)]
+    assert printed == expected

@@ -293,8 +293,9 @@ def cmd_recommend(args) -> int:
 
 
 def cmd_topk(args) -> int:
-    """Top-K for the first test users with the plain-torch reference (``decoding.beam_search_items``), the
-    answer the engine's top-K path must equal; then Recall@K / NDCG@K of those users (``recall_ndcg``)."""
+    """Top-K for the first test users, by the plain-torch reference (``decoding.beam_search_items``, the
+    answer the engine's top-K path must equal) or, with ``--engine vllm``, by the beam search inside vLLM's
+    engine (``topk.offline.recommend_topk``); then Recall@K / NDCG@K of those users (``recall_ndcg``)."""
     from vllm_padrec.data import open_dataset
 
     data = open_dataset(args.dataset)
@@ -303,20 +304,43 @@ def cmd_topk(args) -> int:
     samples = data.eval_samples("test", recipe.max_history)[: args.users]
     if not samples:
         raise PadRecError(f"the test split of {data.name} has no user with both a history and a target")
+    histories = [s.history for s in samples]
+    if args.engine == "vllm":
+        from vllm_padrec.integration import list_settings
 
-    from vllm_padrec.decoding import beam_search_items
+        if not list_settings.TOPK_SERVED:
+            raise PadRecError("--engine vllm: top-K is not served by this build yet (issue 12); use --engine reference")
+        ranked = _engine_topk(args, catalog, histories, recipe.max_history)
+    else:
+        from vllm_padrec.decoding import beam_search_items
+
+        ckpt = _load(args.target, _device(args.device))
+        ranked = beam_search_items(
+            ckpt.model, catalog, histories, args.k, batch_size=max(1, 64 // args.k), ban_history=args.exclude_history
+        )
     from vllm_padrec.target.evaluate import recall_ndcg
 
-    ckpt = _load(args.target, _device(args.device))
-    histories = [s.history for s in samples]
-    ranked = beam_search_items(
-        ckpt.model, ckpt.catalog, histories, args.k, batch_size=max(1, 64 // args.k), ban_history=args.exclude_history
-    )
     items = [[item for item, _ in user] for user in ranked]
-    _print_lists(ckpt.catalog, histories, items, [s.user for s in samples], [[s for _, s in u] for u in ranked])
+    _print_lists(catalog, histories, items, [s.user for s in samples], [[s for _, s in u] for u in ranked])
     scored = recall_ndcg(items, [s.targets for s in samples], args.k)
     print(json.dumps({"k": args.k, "exclude_history": args.exclude_history, **scored}, indent=2))
     return 0
+
+
+def _engine_topk(args, catalog, histories, max_history: int) -> list[list[tuple[int, float]]]:
+    """``recommend_topk`` over a ``vllm.LLM`` of the target, with beam rows for every user at once."""
+    from vllm import LLM
+
+    from vllm_padrec.topk.offline import recommend_topk
+
+    padrec = {"max_topk": args.k, "topk_max_beams": args.k * len(histories)}
+    llm = LLM(
+        model=args.target,
+        additional_config={"padrec": padrec},
+        max_num_seqs=args.k * len(histories) + 64,  # the beam rows are held back from vLLM's own batch
+        gpu_memory_utilization=args.gpu_memory_utilization,
+    )
+    return recommend_topk(llm, catalog, histories, args.k, args.exclude_history, max_history=max_history)
 
 
 def cmd_quickstart(args) -> int:
@@ -480,13 +504,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=torch_device, default=None, help=device_help)
     p.set_defaults(func=cmd_recommend)
 
-    p = sub.add_parser("topk", help="the K best items for test users (plain-torch beam search), with scores")
+    p = sub.add_parser("topk", help="the K best items for test users (beam search), with scores")
     p.add_argument("--target", required=True, help="target checkpoint folder (train-target's OUT/checkpoint)")
     p.add_argument("--dataset", required=True, help=dataset_help + "; must hold the target's catalog")
     p.add_argument("--k", type=positive_int, required=True, help="items per user, best first; at most the catalog size")
     p.add_argument("--users", type=positive_int, default=5, help="the first this many test users, printed and scored")
     p.add_argument("--exclude-history", action="store_true", help="never recommend an item of the user's own history")
-    p.add_argument("--device", type=torch_device, default=None, help=device_help)
+    p.add_argument(
+        "--engine",
+        choices=("reference", "vllm"),
+        default="reference",
+        help="reference: the plain-torch beam search (default); vllm: the beam search inside vLLM's engine (a GPU; "
+        "not served by this build yet)",
+    )
+    p.add_argument(
+        "--gpu-memory-utilization", type=float, default=0.5, help="with --engine vllm: vLLM's share of GPU memory"
+    )
+    p.add_argument("--device", type=torch_device, default=None, help=device_help + " (--engine reference)")
     p.set_defaults(func=cmd_topk)
     return parser
 
