@@ -9,6 +9,7 @@ vLLM's float32 attention is a Triton kernel, TF32 by Triton's default), CUDA gra
   Face model), with the reference's scores, for K = 1, 5 and 20, with and without the history excluded;
 - a top-K request takes L + 1 engine steps, and the beam rows it held are released once it is answered;
 - lists and top-K requests queued together: every list is the one the engine writes alone;
+- K = 256 on a catalog of 300 items (the issue's "K up to at least 256"): the reference's items and order;
 - ``vllm serve`` with top-K on answers ``POST /v1/recommendations`` in top-K mode with the offline answer,
   refuses a K out of range with a 422 naming ``k``, and keeps serving lists.
 """
@@ -44,6 +45,31 @@ def histories(cat: ItemCatalog) -> list[list[int]]:
 
 def _beam_rows_live(engine_core) -> int:
     return engine_core.scheduler.padrec_beam_rows.live
+
+
+def run_wide_topk(target: str, users: list[list[int]], k: int) -> list[list[tuple[int, float]]]:
+    """In a spawned process: K items per user from an engine whose beam rows hold every user at K."""
+    os.environ.update({"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_V2_MODEL_RUNNER": "1", **TOPK_ENV})
+    import vllm_padrec
+
+    vllm_padrec.register()
+    from vllm import LLM
+
+    from vllm_padrec.topk.offline import recommend_topk
+
+    beams = k * len(users)
+    llm = LLM(
+        model=target,
+        dtype=torch.float32,
+        max_model_len=256,
+        max_num_seqs=beams + 64,
+        max_num_batched_tokens=max(2048, beams + 256),
+        seed=0,
+        gpu_memory_utilization=0.15,
+        attention_config={"backend": "TRITON_ATTN"},
+        additional_config={"padrec": {"max_topk": k, "topk_max_beams": beams}},
+    )
+    return recommend_topk(llm, ItemCatalog.load(target), users, k)
 
 
 def run_topk_engine(target: str, users: list[list[int]]) -> dict:
@@ -184,3 +210,21 @@ def test_served_top_k_answers_and_refusals(setup, engine, tmp_path):
         listed = {"model": SERVED_NAME, "history": history, "num_items": LIST_ITEMS}
         assert len(server.post_json("/v1/recommendations", listed)["items"]) == LIST_ITEMS
         assert server.healthy() and engine_deaths(server.log_text()) == 0
+
+
+WIDE_K = 256
+
+
+def test_k_256_on_a_catalog_of_300_items(tmp_path):
+    from vllm_padrec.data import SyntheticConfig, generate_synthetic
+    from vllm_padrec.decoding import beam_search_items
+
+    cat = generate_synthetic(SyntheticConfig(num_items=300, num_users=4, codebook_sizes=(8, 8, 8))).catalog
+    target, model = build_target(tmp_path / "target", cat)
+    rng = np.random.default_rng(5)
+    users = [rng.choice(len(cat), 4, replace=False).tolist() for _ in range(2)]
+    got = in_subprocess(str(target), users, WIDE_K, function=run_wide_topk)
+    want = beam_search_items(model.to("cuda").eval(), cat, users, WIDE_K, batch_size=1)
+    assert [[i for i, _ in u] for u in got] == [[i for i, _ in u] for u in want]
+    for ours, theirs in zip(got, want):
+        assert len(ours) == WIDE_K and np.allclose([s for _, s in ours], [s for _, s in theirs], atol=SCORE_TOLERANCE)
