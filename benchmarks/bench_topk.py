@@ -272,11 +272,9 @@ def vllm_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
 def engine_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
     from vllm import LLM
 
-    from vllm_padrec.topk.offline import recommend_topk
+    from vllm_padrec.topk.offline import recommend_topk, topk_engine_args
 
-    beams = min(max(args.ks) * args.concurrency, 65536)  # list_settings.MAX_TOPK_BEAMS_LIMIT
-    padrec = {"max_topk": max(args.ks), "topk_max_beams": beams}
-    llm = LLM(**engine_arguments(args), additional_config={"padrec": padrec})
+    llm = LLM(**{**engine_arguments(args), **topk_engine_args(max(args.ks), args.concurrency, args.max_num_seqs)})
     count_engine_steps(llm)
     BEAM_ROWS[0] = llm.llm_engine.engine_core.engine_core.scheduler.padrec_beam_rows  # the in-process engine's
 

@@ -32,8 +32,6 @@ pytestmark = [pytest.mark.gpu, requires_gpu]
 TOPK_ENV = {"VLLM_PADREC_TOPK_BRINGUP": "1", "TRITON_F32_DEFAULT": "ieee"}
 KS = (1, 5, 20)
 USERS = 6
-MAX_BEAMS = 128  # beam rows held for top-K requests: all USERS users at the largest K, at once
-PADREC = {"max_topk": max(KS), "topk_max_beams": MAX_BEAMS}
 LIST_ITEMS = 3
 SCORE_TOLERANCE = 1e-4  # float32 sums of L log-probabilities, two implementations of the same model
 
@@ -55,19 +53,16 @@ def run_wide_topk(target: str, users: list[list[int]], k: int) -> list[list[tupl
     vllm_padrec.register()
     from vllm import LLM
 
-    from vllm_padrec.topk.offline import recommend_topk
+    from vllm_padrec.topk.offline import recommend_topk, topk_engine_args
 
-    beams = k * len(users)
     llm = LLM(
         model=target,
         dtype=torch.float32,
         max_model_len=256,
-        max_num_seqs=beams + 64,
-        max_num_batched_tokens=max(2048, beams + 256),
         seed=0,
         gpu_memory_utilization=0.15,
         attention_config={"backend": "TRITON_ATTN"},
-        additional_config={"padrec": {"max_topk": k, "topk_max_beams": beams}},
+        **topk_engine_args(k, len(users)),
     )
     return recommend_topk(llm, ItemCatalog.load(target), users, k)
 
@@ -82,18 +77,17 @@ def run_topk_engine(target: str, users: list[list[int]]) -> dict:
     from vllm import LLM, SamplingParams
     from vllm.outputs import PoolingRequestOutput
 
-    from vllm_padrec.topk.offline import recommend_topk
+    from vllm_padrec.topk.offline import recommend_topk, topk_engine_args
     from vllm_padrec.topk.request import ranked_items, topk_max_tokens, topk_sampling_params, topk_spec
 
     llm = LLM(
         model=target,
         dtype=torch.float32,
         max_model_len=256,
-        max_num_seqs=256,
         seed=0,
         gpu_memory_utilization=0.15,
         attention_config={"backend": "TRITON_ATTN"},
-        additional_config={"padrec": PADREC},
+        **topk_engine_args(max(KS), 2 * USERS),  # lists and top-K requests queued together
     )
     cat = ItemCatalog.load(target)
     core = llm.llm_engine.engine_core.engine_core
@@ -189,10 +183,18 @@ def test_lists_queued_with_top_k_requests_are_the_lists_written_alone(setup, eng
 def test_served_top_k_answers_and_refusals(setup, engine, tmp_path):
     """The route's 422 for k out of 1..max_topk is the CPU tests' (test_integration_endpoint), here on vLLM."""
     from vllm_padrec.testing.server import SERVED_NAME, VllmServer, engine_deaths
+    from vllm_padrec.topk.offline import topk_engine_args
 
     cat = setup["catalog"]
-    args = ["--dtype", "float32", "--max-model-len", "256", "--max-num-seqs", "256", "--gpu-memory-utilization", "0.15"]
-    args += ["--attention-backend", "TRITON_ATTN", "--additional-config", json.dumps({"padrec": PADREC})]
+    sized = topk_engine_args(max(KS), USERS)
+    args = ["--dtype", "float32", "--max-model-len", "256", "--gpu-memory-utilization", "0.15"]
+    args += [
+        "--max-num-seqs",
+        str(sized["max_num_seqs"]),
+        "--max-num-batched-tokens",
+        str(sized["max_num_batched_tokens"]),
+    ]
+    args += ["--attention-backend", "TRITON_ATTN", "--additional-config", json.dumps(sized["additional_config"])]
     with VllmServer(setup["target"], args, port=8041, log_path=tmp_path / "serve.log", env=TOPK_ENV) as server:
         for user, history in enumerate(setup["users"][:2]):
             body = {"history": [cat.item_ids[i] for i in history], "mode": "topk", "k": 5}

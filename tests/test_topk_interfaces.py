@@ -147,6 +147,18 @@ def test_offline_topk_refuses_k_beyond_the_limits_before_queueing_any(folder, to
     assert llm.queued == []
 
 
+def test_topk_engine_args_hold_beam_rows_for_every_user_and_room_for_the_requests():
+    from vllm_padrec.topk.offline import topk_engine_args
+
+    args = topk_engine_args(max_k=20, concurrent_users=64)
+    assert args["additional_config"] == {"padrec": {"max_topk": 20, "topk_max_beams": 1280}}
+    # the scheduler keeps max_num_seqs - 1280 slots and max_num_batched_tokens - 1280 tokens for the requests
+    assert args["max_num_seqs"] == 1280 + 64 and args["max_num_batched_tokens"] == 1280 + 8192
+    assert topk_engine_args(1, 4, max_num_seqs=1024)["max_num_seqs"] == 1024
+    with pytest.raises(PadRecError, match="need 65600 beam rows, more than 65536"):
+        topk_engine_args(max_k=100, concurrent_users=656)
+
+
 # -- the CLI ------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def target(tmp_path_factory):

@@ -331,14 +331,12 @@ def _engine_topk(args, catalog, histories, max_history: int) -> list[list[tuple[
     """``recommend_topk`` over a ``vllm.LLM`` of the target, with beam rows for every user at once."""
     from vllm import LLM
 
-    from vllm_padrec.topk.offline import recommend_topk
+    from vllm_padrec.topk.offline import recommend_topk, topk_engine_args
 
-    padrec = {"max_topk": args.k, "topk_max_beams": args.k * len(histories)}
     llm = LLM(
         model=args.target,
-        additional_config={"padrec": padrec},
-        max_num_seqs=args.k * len(histories) + 64,  # the beam rows are held back from vLLM's own batch
         gpu_memory_utilization=args.gpu_memory_utilization,
+        **topk_engine_args(args.k, len(histories)),
     )
     return recommend_topk(llm, catalog, histories, args.k, args.exclude_history, max_history=max_history)
 

@@ -1,15 +1,15 @@
 """Top-K recommendation offline: ``recommend_topk`` over a ``vllm.LLM`` that serves the target.
 
     from vllm import LLM
-    llm = LLM(TARGET, additional_config={"padrec": {...}}, ...)  # the padrec general plugin loaded
+    llm = LLM(TARGET, **topk_engine_args(max_k=20, concurrent_users=64))  # the padrec general plugin loaded
     ranked = recommend_topk(llm, catalog, histories, k=20, exclude_history=True)  # [[(item, score), ...], ...]
 
 Each history becomes one top-K request (``topk.request``): the engine runs its K beams and hands back
 the K best items with their scores, best first, the answer ``decoding.beam_search_items`` (the
 plain-torch reference) gives for the same model and catalog. ``LLM.generate`` cannot carry it (its
 outputs must be ``RequestOutput``s), so the requests are queued with ``LLM.enqueue`` and collected with
-``LLM.wait_for_completion(PoolingRequestOutput)``, vLLM's own pair for requests whose answer is not
-generated text.
+``LLM.wait_for_completion``, vLLM's own pair for requests whose answer is not generated text.
+``topk_engine_args`` sizes the ``LLM`` for the users it will answer at once.
 
 A request that vLLM preempted before its answer is queued again, once (``topk.request.SUBMISSIONS``).
 
@@ -34,6 +34,26 @@ from vllm_padrec.topk.request import (
     topk_sampling_params,
     topk_spec,
 )
+
+
+def topk_engine_args(max_k: int, concurrent_users: int, max_num_seqs: int = 0, prefill_tokens: int = 8192) -> dict:
+    """``vllm.LLM`` arguments under which ``concurrent_users`` top-K requests of up to ``max_k`` items run at
+    once: beam rows for all of them (``padrec.topk_max_beams``), and request slots and token rows beyond those
+    rows for the requests themselves and their prompts' prefill (the scheduler holds the beam rows back from
+    both, ``patches/scheduler_init.reserve_beam_rows``). ``max_num_seqs``: at least this many slots anyway."""
+    from vllm_padrec.integration.list_settings import MAX_TOPK_BEAMS_LIMIT
+
+    beams = max_k * concurrent_users
+    if beams > MAX_TOPK_BEAMS_LIMIT:
+        raise PadRecError(
+            f"{concurrent_users} users at K = {max_k} need {beams} beam rows, more than {MAX_TOPK_BEAMS_LIMIT}: "
+            "send fewer users at once"
+        )
+    return {
+        "max_num_seqs": max(max_num_seqs, beams + concurrent_users),
+        "max_num_batched_tokens": beams + prefill_tokens,
+        "additional_config": {"padrec": {"max_topk": max_k, "topk_max_beams": beams}},
+    }
 
 
 def external_request_id(internal: str) -> str:
