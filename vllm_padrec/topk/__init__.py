@@ -20,6 +20,8 @@ Each part is tested on the CPU; together they run inside vLLM on the H200 (tests
                   to end on the CPU against beam_search_items)
     request.py    one top-K request and its answer read back, for the route and the offline API
     offline.py    ``recommend_topk`` over ``vllm.LLM``
+    verify.py     AtSpeed's drafted beams and its strict and relaxed verification rules, in plain torch:
+                  the reference for issue 13 (nothing of it in the engine yet)
 
 Top-K is not served to users yet (``list_settings.TOPK_SERVED``): outside the GPU bring-up
 (``VLLM_PADREC_TOPK_BRINGUP=1``) a server with ``padrec.topk_max_beams`` > 0 refuses to start, the top-K
