@@ -45,50 +45,46 @@ def _beam_rows_live(engine_core) -> int:
     return engine_core.scheduler.padrec_beam_rows.live
 
 
-def run_wide_topk(target: str, users: list[list[int]], k: int) -> list[list[tuple[int, float]]]:
-    """In a spawned process: K items per user from an engine whose beam rows hold every user at K."""
+def topk_llm(target: str, max_k: int, concurrent_users: int):
+    """In a spawned process: an in-process engine of ``target`` with top-K switched on (TOPK_ENV), float32,
+    sized by ``topk_engine_args``."""
     os.environ.update({"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_V2_MODEL_RUNNER": "1", **TOPK_ENV})
     import vllm_padrec
 
     vllm_padrec.register()
     from vllm import LLM
 
-    from vllm_padrec.topk.offline import recommend_topk, topk_engine_args
+    from vllm_padrec.topk.offline import topk_engine_args
 
-    llm = LLM(
+    return LLM(
         model=target,
         dtype=torch.float32,
         max_model_len=256,
         seed=0,
         gpu_memory_utilization=0.15,
         attention_config={"backend": "TRITON_ATTN"},
-        **topk_engine_args(k, len(users)),
+        **topk_engine_args(max_k, concurrent_users),
     )
+
+
+def run_wide_topk(target: str, users: list[list[int]], k: int) -> list[list[tuple[int, float]]]:
+    """In a spawned process: K items per user from an engine whose beam rows hold every user at K."""
+    from vllm_padrec.topk.offline import recommend_topk
+
+    llm = topk_llm(target, k, len(users))
     return recommend_topk(llm, ItemCatalog.load(target), users, k)
 
 
 def run_topk_engine(target: str, users: list[list[int]]) -> dict:
     """In a spawned process: top-K answers for every K (all users queued together), then lists and top-K
     requests queued together next to the same lists alone."""
-    os.environ.update({"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_V2_MODEL_RUNNER": "1", **TOPK_ENV})
-    import vllm_padrec
-
-    vllm_padrec.register()
-    from vllm import LLM, SamplingParams
+    llm = topk_llm(target, max(KS), 2 * USERS)  # lists and top-K requests queued together
+    from vllm import SamplingParams
     from vllm.outputs import PoolingRequestOutput
 
-    from vllm_padrec.topk.offline import recommend_topk, topk_engine_args
+    from vllm_padrec.topk.offline import recommend_topk
     from vllm_padrec.topk.request import ranked_items, topk_max_tokens, topk_sampling_params, topk_spec
 
-    llm = LLM(
-        model=target,
-        dtype=torch.float32,
-        max_model_len=256,
-        seed=0,
-        gpu_memory_utilization=0.15,
-        attention_config={"backend": "TRITON_ATTN"},
-        **topk_engine_args(max(KS), 2 * USERS),  # lists and top-K requests queued together
-    )
     cat = ItemCatalog.load(target)
     core = llm.llm_engine.engine_core.engine_core
     steps = [0]
