@@ -82,7 +82,7 @@ def run_topk_engine(target: str, users: list[list[int]]) -> dict:
     from vllm import SamplingParams
     from vllm.outputs import PoolingRequestOutput
 
-    from vllm_padrec.topk.offline import recommend_topk
+    from vllm_padrec.topk.offline import external_request_id, recommend_topk
     from vllm_padrec.topk.request import ranked_items, topk_max_tokens, topk_sampling_params, topk_spec
 
     cat = ItemCatalog.load(target)
@@ -115,7 +115,7 @@ def run_topk_engine(target: str, users: list[list[int]]) -> dict:
     list_ids = llm.enqueue(prompts, [list_params] * USERS, use_tqdm=False)
     topk_ids = llm.enqueue(prompts, [topk_params] * USERS, use_tqdm=False)
     finished = {o.request_id: o for o in llm.wait_for_completion(use_tqdm=False)}
-    external = [i.rpartition("-")[0] for i in list_ids], [i.rpartition("-")[0] for i in topk_ids]
+    external = [external_request_id(i) for i in list_ids], [external_request_id(i) for i in topk_ids]
     together = [list(finished[i].outputs[0].token_ids) for i in external[0]]
     mixed_topk = []
     for i in external[1]:
