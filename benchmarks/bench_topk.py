@@ -70,8 +70,9 @@ MODES = ("reference", "vllm_beam_search", "engine")
 DEFAULT_KS = (1, 5, 10, 20, 50, 100)
 EXACT_DTYPE = "float32"  # equal_to_reference is checked in this dtype only
 # Triton's float32 tl.dot multiplies in TF32 unless TRITON_F32_DEFAULT says otherwise (triton/language/core.py,
-# `dot`), and vLLM's float32 attention is a Triton kernel (TRITON_ATTN): its scores then differ from the
-# reference's in the third decimal. The float32 configurations run with --triton-f32 (default ieee).
+# `dot`), and vLLM's float32 attention is a Triton kernel (TRITON_ATTN): the suspected cause of engine scores
+# that differed from the reference's in the third decimal. The float32 configurations run with --triton-f32
+# (default ieee).
 TRITON_F32_ENV = "TRITON_F32_DEFAULT"
 # (histories, K) -> per user its K (item, score) pairs, best first; item None: not a catalog item; score None:
 # not reported (a score is the sum of the item's full-vocabulary log-probabilities)
@@ -196,14 +197,17 @@ def skipped_records(mode: str, dtypes: Sequence[str], ks: Sequence[int], batch_s
 
 def engine_refusal() -> str | None:
     """Why the engine mode cannot run in this build; None when the engine serves top-K."""
-    from vllm_padrec.integration import list_settings
+    from vllm_padrec.integration.list_settings import check_topk_served
+    from vllm_padrec.lists import ListSpecError
 
-    if list_settings.TOPK_SERVED:
-        return None
-    return (
-        "top-K is not served by this build (vllm_padrec.integration.list_settings.TOPK_SERVED is False): "
-        "recommend_topk refuses every request before it reaches the engine"
-    )
+    try:
+        check_topk_served()
+    except ListSpecError as refused:
+        return (
+            "top-K is not served by this build (vllm_padrec.integration.list_settings.TOPK_SERVED is False): "
+            f"recommend_topk refuses every request before it reaches the engine: {refused}"
+        )
+    return None
 
 
 def attach_equality(results: Sequence[dict], concurrency: int) -> None:
@@ -524,8 +528,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add(
         "--profile",
         action="store_true",
-        help="also profile one call at the largest K per batch size (torch profiler; the busiest operations as "
-        "bench_topk_<mode>_<dtype>_profile_k<K>_b<batch>.txt in --work-dir)",
+        help="also profile one call at the largest K per batch size (Python's profiler, then the torch profiler; "
+        "the busiest functions and operations as bench_topk_<mode>_<dtype>_profile_k<K>_b<batch>.txt in "
+        "--work-dir)",
     )
     add("--render", default=None, metavar="JSON", help="only rebuild the Markdown and PNG of a results JSON")
     add("--note", default=None, help="with --render: a note written into the JSON and the Markdown")

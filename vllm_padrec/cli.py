@@ -306,10 +306,9 @@ def cmd_topk(args) -> int:
         raise PadRecError(f"the test split of {data.name} has no user with both a history and a target")
     histories = [s.history for s in samples]
     if args.engine == "vllm":
-        from vllm_padrec.integration import list_settings
+        from vllm_padrec.integration.list_settings import check_topk_served
 
-        if not list_settings.TOPK_SERVED:
-            raise PadRecError("--engine vllm: top-K is not served by this build yet (issue 12); use --engine reference")
+        check_topk_served()  # before the engine starts (recommend_topk would refuse each request after)
         ranked = _engine_topk(args, catalog, histories, recipe.max_history)
     else:
         from vllm_padrec.decoding import beam_search_items

@@ -196,10 +196,17 @@ def check_request(vllm_config: Any, extra_args: Mapping | None) -> ListSpec:
     if not settings.constraint and not any(isinstance(k, str) and k.startswith(KEY_PREFIX) for k in extra_args or ()):
         return ListSpec()
     spec = ListSpec.from_extra_args(extra_args, settings.defaults(), list_limits(vllm_config, settings))
-    if spec.topk is not None and not TOPK_SERVED:
+    if spec.topk is not None:
+        check_topk_served()
+    return spec
+
+
+def check_topk_served() -> None:
+    """Raise ``ListSpecError`` naming ``padrec_topk`` while this build does not serve top-K (``TOPK_SERVED``):
+    the one refusal the front end, the offline API, the CLI and the benchmark share."""
+    if not TOPK_SERVED:
         raise ListSpecError(
             "padrec_topk",
             "padrec_topk is not served by this build yet: the engine has no top-K path (issue 12); ask for a "
             "list (padrec_num_items) instead",
         )
-    return spec
