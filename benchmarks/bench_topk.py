@@ -57,6 +57,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from vllm_padrec.catalog import ItemCatalog
@@ -65,6 +66,7 @@ from vllm_padrec.target.evaluate import recall_ndcg
 from vllm_padrec.testing.python_profile import hotspot_table, python_hotspots
 from vllm_padrec.testing.results import write_results
 from vllm_padrec.testing.stats import percentile
+from vllm_padrec.testing.timing import EngineSteps
 
 MODES = ("reference", "vllm_beam_search", "engine")
 DEFAULT_KS = (1, 5, 10, 20, 50, 100)
@@ -77,7 +79,6 @@ TRITON_F32_ENV = "TRITON_F32_DEFAULT"
 # (histories, K) -> per user its K (item, score) pairs, best first; item None: not a catalog item; score None:
 # not reported (a score is the sum of the item's full-vocabulary log-probabilities)
 Ranked = list[tuple[int | None, float | None]]
-Ranker = Callable[[list[list[int]], int], list[Ranked]]
 # a differing user whose scores, rank by rank, are within this of the reference's (relative to the score, at
 # least 1) got the same scores with near-tied items in another order, rather than other scores
 SCORE_TOLERANCE = 1e-4
@@ -233,6 +234,16 @@ def attach_equality(results: Sequence[dict], concurrency: int) -> None:
 
 
 # -- one configuration (child process) --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Ranker:
+    """One mode's ranking, ``rank(histories, K)`` -> per user its K (item, score) pairs, best first; and, for the
+    vLLM modes, its engine's step counter and, for the engine, the admission ledger (KV blocks per request)."""
+
+    rank: Callable[[list[list[int]], int], list[Ranked]]
+    steps: EngineSteps | None = None
+    beam_rows: object | None = None  # topk.admission.BeamRows of the in-process engine's scheduler
+
+
 def reference_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
     import torch
 
@@ -250,7 +261,7 @@ def reference_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
         torch.cuda.synchronize()
         return [[(item, float(score)) for item, score in items] for items in ranked]
 
-    return rank
+    return Ranker(rank)
 
 
 def vllm_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
@@ -259,7 +270,6 @@ def vllm_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
     from vllm.sampling_params import BeamSearchParams
 
     llm = LLM(**engine_arguments(args), max_logprobs=2 * max(args.ks))
-    count_engine_steps(llm)
 
     def rank(histories, k):
         prompts = [catalog.render_prompt(h, max_history) for h in histories]
@@ -270,7 +280,7 @@ def vllm_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
             for out, p in zip(outputs, prompts)
         ]
 
-    return rank
+    return Ranker(rank, EngineSteps(llm))
 
 
 def engine_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
@@ -279,18 +289,13 @@ def engine_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
     from vllm_padrec.topk.offline import recommend_topk, topk_engine_args
 
     llm = LLM(**{**engine_arguments(args), **topk_engine_args(max(args.ks), args.concurrency, args.max_num_seqs)})
-    count_engine_steps(llm)
-    BEAM_ROWS[0] = llm.llm_engine.engine_core.engine_core.scheduler.padrec_beam_rows  # the in-process engine's
 
     def rank(histories, k):
         ranked = recommend_topk(llm, catalog, histories, k, max_history=max_history)
         return [[(item, float(score)) for item, score in items] for items in ranked]
 
-    return rank
-
-
-ENGINE_STEPS = [0]  # engine steps run by this process's LLM (count_engine_steps)
-BEAM_ROWS = [None]  # the engine mode's admission ledger (topk.admission.BeamRows): KV blocks per request
+    beam_rows = llm.llm_engine.engine_core.engine_core.scheduler.padrec_beam_rows  # the in-process engine's
+    return Ranker(rank, EngineSteps(llm), beam_rows)
 
 
 def kv_blocks(admissions) -> dict:
@@ -302,18 +307,6 @@ def kv_blocks(admissions) -> dict:
         "kv_blocks_per_request": round(sum(a.blocks for a in admissions) / n, 2),
         "prompt_blocks_per_request": round(sum(a.prompt_blocks for a in admissions) / n, 2),
     }
-
-
-def count_engine_steps(llm) -> None:
-    """Count ``llm``'s engine steps in ``ENGINE_STEPS`` (both vLLM modes run their requests with
-    ``llm_engine.step``, one call per engine step)."""
-    step = llm.llm_engine.step
-
-    def counted(*args, **kwargs):
-        ENGINE_STEPS[0] += 1
-        return step(*args, **kwargs)
-
-    llm.llm_engine.step = counted
 
 
 def dot_precision(dtype: str, args) -> dict[str, str]:
@@ -338,19 +331,21 @@ RANKERS: dict[str, Callable] = {
 }
 
 
-def timed_calls(rank: Ranker, histories: list[list[int]], k: int, batch_size: int):
+def timed_calls(ranker: Ranker, histories: list[list[int]], k: int, batch_size: int):
     """``histories`` in calls of ``batch_size``: (each call's wall seconds, every user's (item, score) pairs,
     the engine steps per call: None for a mode without an engine)."""
-    seconds, lists, steps = [], [], ENGINE_STEPS[0]
+    seconds, lists, steps = [], [], ranker.steps.count if ranker.steps else 0
     for start in range(0, len(histories), batch_size):
         started = time.perf_counter()
-        lists += rank(histories[start : start + batch_size], k)
+        lists += ranker.rank(histories[start : start + batch_size], k)
         seconds.append(time.perf_counter() - started)
-    steps = ENGINE_STEPS[0] - steps
+    steps = ranker.steps.count - steps if ranker.steps else 0
     return seconds, lists, round(steps / len(seconds), 2) if steps else None
 
 
-def profile_call(rank: Ranker, histories: list[list[int]], k: int, path: Path) -> None:
+def profile_call(
+    rank: Callable[[list[list[int]], int], list[Ranked]], histories: list[list[int]], k: int, path: Path
+) -> None:
     """Two calls, one under Python's profiler (every Python function: the engine runs in this process) and one
     under the torch profiler (tensor operations and GPU kernels); the busiest of each as text at ``path``."""
     import torch
@@ -382,7 +377,8 @@ def run_config(args) -> dict:
     max_history = read_max_history(Path(args.target)) or 20
     samples = load_dataset(args.dataset).eval_samples("test", max_history)
     started = time.perf_counter()
-    rank = RANKERS[mode](args, catalog, max_history)
+    ranker = RANKERS[mode](args, catalog, max_history)
+    rank = ranker.rank
     startup = time.perf_counter() - started
     latency_users = samples[: args.users_latency]
     throughput_users = samples[: max(args.users, args.users_equal)]
@@ -391,14 +387,14 @@ def run_config(args) -> dict:
         rank([s.history for s in throughput_users[: args.concurrency]], k)  # warm-up: both batch shapes
         rank([latency_users[0].history], k)
         for batch, users in ((1, latency_users), (args.concurrency, throughput_users)):
-            if BEAM_ROWS[0] is not None:
-                BEAM_ROWS[0].admitted.clear()
-            seconds, ranked, steps = timed_calls(rank, [s.history for s in users], k, batch)
+            if ranker.beam_rows is not None:
+                ranker.beam_rows.admitted.clear()
+            seconds, ranked, steps = timed_calls(ranker, [s.history for s in users], k, batch)
             lists = [[item for item, _ in r] for r in ranked]
             records.append(pass_record(mode, dtype, k, batch, seconds, lists, [s.targets for s in users]))
             records[-1]["engine_steps_per_call"] = steps
-            if BEAM_ROWS[0] is not None:
-                records[-1] |= kv_blocks(BEAM_ROWS[0].admitted)
+            if ranker.beam_rows is not None:
+                records[-1] |= kv_blocks(ranker.beam_rows.admitted)
             print(json.dumps(records[-1]), flush=True)
             if batch == args.concurrency and dtype == EXACT_DTYPE:
                 equal_lists[str(k)] = ranked[: args.users_equal]

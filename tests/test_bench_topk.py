@@ -202,20 +202,23 @@ def test_help_names_every_option():
     assert "engine" in done.stdout and "vllm_beam_search" in done.stdout
 
 
-def test_timed_calls_count_the_engine_steps_of_each_call(monkeypatch):
-    monkeypatch.setattr(bench_topk, "ENGINE_STEPS", [0])
+def test_timed_calls_count_the_engine_steps_of_each_call():
+    from vllm_padrec.testing.timing import EngineSteps
+
     llm = SimpleNamespace(llm_engine=SimpleNamespace(step=lambda: []))
-    bench_topk.count_engine_steps(llm)
+    steps_counter = EngineSteps(llm)
 
     def rank(histories, k):  # an engine that needs L + 1 = 5 steps per call
         for _ in range(5):
             llm.llm_engine.step()
         return [[(h[0], -1.0)] * k for h in histories]
 
-    seconds, ranked, steps = bench_topk.timed_calls(rank, [[1], [2], [3]], 2, batch_size=2)
+    ranker = bench_topk.Ranker(rank, steps_counter)
+    seconds, ranked, steps = bench_topk.timed_calls(ranker, [[1], [2], [3]], 2, batch_size=2)
     assert len(seconds) == 2 and ranked == [[(1, -1.0)] * 2, [(2, -1.0)] * 2, [(3, -1.0)] * 2]
-    assert steps == 5.0
-    _, _, none = bench_topk.timed_calls(lambda histories, k: [[]] * len(histories), [[1]], 1, batch_size=1)
+    assert steps == 5.0 and steps_counter.count == 10
+    reference = bench_topk.Ranker(lambda histories, k: [[]] * len(histories))
+    _, _, none = bench_topk.timed_calls(reference, [[1]], 1, batch_size=1)
     assert none is None  # the reference runs no engine
 
 

@@ -26,6 +26,7 @@ from conftest import requires_gpu
 from test_integration_gpu import build_target, catalog, in_subprocess
 
 from vllm_padrec.catalog import ItemCatalog
+from vllm_padrec.testing.timing import EngineSteps
 
 pytestmark = [pytest.mark.gpu, requires_gpu]
 
@@ -87,20 +88,13 @@ def run_topk_engine(target: str, users: list[list[int]]) -> dict:
 
     cat = ItemCatalog.load(target)
     core = llm.llm_engine.engine_core.engine_core
-    steps = [0]
-    step = llm.llm_engine.step
-
-    def counted():
-        steps[0] += 1
-        return step()
-
-    llm.llm_engine.step = counted
+    steps = EngineSteps(llm)
     answers, steps_per_call = {}, {}
     for k in KS:
         for exclude in (False, True):
-            before = steps[0]
+            before = steps.count
             answers[f"{k}_{exclude}"] = recommend_topk(llm, cat, users, k, exclude_history=exclude)
-            steps_per_call[f"{k}_{exclude}"] = steps[0] - before
+            steps_per_call[f"{k}_{exclude}"] = steps.count - before
     live_after = _beam_rows_live(core)
 
     list_params = SamplingParams(

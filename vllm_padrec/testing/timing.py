@@ -1,4 +1,5 @@
-"""GPU timing of one callable: eagerly, or replayed from a CUDA graph (benchmarks only; needs CUDA)."""
+"""GPU timing of one callable: eagerly, or replayed from a CUDA graph (benchmarks only; needs CUDA); and the
+engine steps an offline ``vllm.LLM`` runs."""
 
 from __future__ import annotations
 
@@ -34,3 +35,18 @@ def time_ms(fn, iters: int, repeats: int, graph: bool) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end) / iters)
     return statistics.median(times)
+
+
+class EngineSteps:
+    """Counts the engine steps of one ``vllm.LLM``: its requests run through ``llm.llm_engine.step``, one call
+    per engine step, which this wraps."""
+
+    def __init__(self, llm) -> None:
+        self.count = 0
+        step = llm.llm_engine.step
+
+        def counted(*args, **kwargs):
+            self.count += 1
+            return step(*args, **kwargs)
+
+        llm.llm_engine.step = counted
