@@ -451,7 +451,7 @@ def job_bench_topk(ctx: JobContext) -> int:
         *("--target", str(s.checkpoint()), "--dataset", dataset_path(ctx.settings), "--out", str(WORK / "results")),
         *(
             "--name",
-            f"topk_{Path(dataset_path(ctx.settings)).name}{s.suffix()}",
+            f"topk_{s.dataset}{s.suffix()}",
             "--cache-root",
             str(WORK / "cache" / ctx.job),
         ),
@@ -472,7 +472,7 @@ def job_topk_bringup(ctx: JobContext) -> int:
     bench = ctx.python(
         "benchmarks.bench_topk",
         *("--target", str(s.checkpoint()), "--dataset", dataset_path(ctx.settings), "--out", str(WORK / "results")),
-        *("--name", f"topk_bringup_{Path(dataset_path(ctx.settings)).name}{s.suffix()}"),
+        *("--name", f"topk_bringup_{s.dataset}{s.suffix()}"),
         *("--cache-root", str(WORK / "cache" / ctx.job), "--work-dir", str(work)),
         *("--modes", "reference", "engine", "--dtypes", "float32", "--ks", "1", "5", "20"),
         *("--users", "64", "--users-latency", "8", "--users-equal", "64", "--concurrency", "16", "--profile"),
