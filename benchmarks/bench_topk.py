@@ -63,7 +63,7 @@ from pathlib import Path
 from vllm_padrec.catalog import ItemCatalog
 from vllm_padrec.errors import MalformedSemanticIdError, UnknownSemanticIdError
 from vllm_padrec.target.evaluate import recall_ndcg
-from vllm_padrec.testing.python_profile import hotspot_table, python_hotspots
+from vllm_padrec.testing.python_profile import OUR_CODE, busiest, hotspot_table, python_profile
 from vllm_padrec.testing.results import write_results
 from vllm_padrec.testing.stats import percentile
 from vllm_padrec.testing.timing import EngineSteps
@@ -352,7 +352,7 @@ def profile_call(
     from torch.profiler import ProfilerActivity, profile
 
     started = time.perf_counter()
-    _, hotspots = python_hotspots(rank, histories, k)
+    _, functions = python_profile(rank, histories, k)
     torch.cuda.synchronize()
     python_seconds = time.perf_counter() - started
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -363,7 +363,13 @@ def profile_call(
     header = (
         f"{len(histories)} users, K = {k}; the call under Python's profiler took {1000 * python_seconds:.1f} ms\n\n"
     )
-    path.write_text(header + hotspot_table(hotspots) + "\n\n" + "\n\n".join(tables))
+    python_tables = (
+        "Most time of their own:\n\n"
+        + hotspot_table(busiest(functions, "self_ms"))
+        + "\nvLLM's and the project's functions with the most time including callees:\n\n"
+        + hotspot_table(busiest(functions, "total_ms", limit=60, within=OUR_CODE))
+    )
+    path.write_text(header + python_tables + "\n\n" + "\n\n".join(tables))
 
 
 def run_config(args) -> dict:

@@ -431,3 +431,32 @@ def test_fuzz_recommendations_bodies(folder, loop, body, request_id):
         items = reply.json()["items"]
         no_repeat = ep.RecommendationRequest.model_validate(body).no_repeat  # as the route read it
         assert len({i["item_id"] for i in items}) == len(items) or not no_repeat
+
+
+def test_the_model_runner_is_read_once_per_server_config(folder):
+    """vLLM's ``use_v2_model_runner`` scans every installed package's entry points on each read; the front
+    end's check reads it once per config, and forgets it with the config."""
+    import gc
+
+    from vllm_padrec.integration import list_settings
+
+    class CountingConfig:
+        def __init__(self) -> None:
+            self.additional_config = {"padrec": {"catalog": str(folder)}}
+            self.model_config = SimpleNamespace(model=str(folder))
+            self.reads = 0
+
+        @property
+        def use_v2_model_runner(self) -> bool:
+            self.reads += 1
+            return True
+
+    config = CountingConfig()
+    for _ in range(5):
+        assert list_settings.check_request(config, {"padrec_constraint": 1}).constraint
+    assert config.reads == 1
+    key = id(config)
+    assert key in list_settings._RUNS_V2
+    del config
+    gc.collect()
+    assert key not in list_settings._RUNS_V2

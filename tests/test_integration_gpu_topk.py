@@ -43,7 +43,9 @@ def histories(cat: ItemCatalog) -> list[list[int]]:
 
 
 def _beam_rows_live(engine_core) -> int:
-    return engine_core.scheduler.padrec_beam_rows.live
+    from vllm_padrec.integration.patches.scheduler_init import beam_rows_in_use
+
+    return beam_rows_in_use(engine_core.scheduler)
 
 
 def topk_llm(target: str, max_k: int, concurrent_users: int):

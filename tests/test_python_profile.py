@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from vllm_padrec.testing.python_profile import hotspot_table, python_hotspots
+from vllm_padrec.testing.python_profile import busiest, hotspot_table, python_hotspots, python_profile
 
 
 def _slow_leaf(seconds: float) -> None:
@@ -35,3 +35,11 @@ def test_hotspots_return_the_result_and_rank_functions_by_their_own_time():
 def test_hotspot_table_has_one_row_per_function():
     rows = [{"function": "f (a.py:1)", "calls": 2, "self_ms": 1.5, "total_ms": 3.0}]
     assert hotspot_table(rows).splitlines()[-1] == "| `f (a.py:1)` | 2 | 1.5 | 3.0 |"
+
+
+def test_busiest_by_total_time_keeps_only_the_named_code():
+    _, rows = python_profile(_caller)
+    ours = busiest(rows, "total_ms", limit=50, within=("test_python_profile",))
+    assert [r["function"].split(" (")[0] for r in ours][0] == "_caller"  # it holds every other one
+    assert {r["function"].split(" (")[0] for r in ours} == {"_caller", "_busy_leaf", "_slow_leaf", "<genexpr>"}
+    assert [r["total_ms"] for r in ours] == sorted((r["total_ms"] for r in ours), reverse=True)

@@ -14,6 +14,7 @@ import pytest
 
 from vllm_padrec.catalog import CATALOG_FILE, ItemCatalog
 from vllm_padrec.errors import PadRecError
+from vllm_padrec.integration.patches.scheduler_init import beam_rows_in_use
 from vllm_padrec.topk.admission import (
     Admission,
     BeamRows,
@@ -297,11 +298,14 @@ def test_finish_and_abort_return_every_block(model_dir):
     scheduler.add_request(make_request("gone", 46, k=4))
     run_step(scheduler)
     assert free_blocks(scheduler) == empty - (3 + 4 * 2) - (4 + 4 * 2)
+    assert beam_rows_in_use(scheduler) == 8
     scheduler.finish_requests("gone", RequestStatus.FINISHED_ABORTED)
     assert free_blocks(scheduler) == empty - (3 + 4 * 2)
+    assert beam_rows_in_use(scheduler) == 4  # the aborted request's rows are free, with its blocks
     while scheduler.requests:
         run_step(scheduler)
     assert free_blocks(scheduler) == empty
+    assert beam_rows_in_use(scheduler) == 0
     scheduler.add_request(make_request("next", 30, k=8))  # all 8 beam rows are free again
     assert run_step(scheduler).num_scheduled_tokens == {"next": 30}
 

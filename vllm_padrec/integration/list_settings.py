@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import os
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -161,12 +162,32 @@ def _load_catalog(path: str, mtime_ns: int, size: int) -> ItemCatalog:
     return ItemCatalog.load(path)
 
 
+_RUNS_V2: dict[int, bool] = {}  # id(vllm_config) -> its use_v2_model_runner, while the config lives
+
+
+def runs_model_runner_v2(vllm_config: Any) -> bool:
+    """``vllm_config.use_v2_model_runner``, read once per config object. vLLM's property scans every
+    installed distribution's entry points each time it is read (``config/vllm.py:2196``, through
+    ``_get_v2_model_runner_unsupported_features``): on the H200 kit, 586 distributions, milliseconds per
+    request in the front end. A config that cannot be weakly referenced (a test's stand-in) is read each time."""
+    key = id(vllm_config)
+    if key in _RUNS_V2:
+        return _RUNS_V2[key]
+    runs_v2 = bool(getattr(vllm_config, "use_v2_model_runner", True))
+    try:
+        weakref.finalize(vllm_config, _RUNS_V2.pop, key, None)
+    except TypeError:
+        return runs_v2
+    _RUNS_V2[key] = runs_v2
+    return runs_v2
+
+
 def list_limits(vllm_config: Any, settings: ListSettings) -> ListLimits:
     """What this server can serve: its longest list, and its catalog when its engine installs the masks
     (Model Runner V2: ``patches/init_model_state.py``; V1, which vLLM runs for Medusa and n-gram drafts, has
     no such hook)."""
     max_list_items = settings.max_list_items
-    if not getattr(vllm_config, "use_v2_model_runner", True):
+    if not runs_model_runner_v2(vllm_config):
         method = getattr(getattr(vllm_config, "speculative_config", None), "method", None)
         why = (
             f"it runs vLLM's Model Runner V1{f' (speculative method {method!r})' if method else ''}, where "

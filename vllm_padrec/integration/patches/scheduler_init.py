@@ -107,6 +107,14 @@ def check_serves_topk(scheduler: Any) -> None:
         )
 
 
+def beam_rows_in_use(scheduler: Any) -> int:
+    """The beam rows held now by top-K requests that still hold KV blocks (the ledger pruned as admission
+    prunes it: rows of finished, aborted and preempted requests are free)."""
+    rows = scheduler.padrec_beam_rows
+    rows.prune(scheduler.kv_cache_manager.coordinator.single_type_managers[0].req_to_blocks)
+    return rows.live
+
+
 def topk_admission_gate(scheduler: Any, rows: BeamRows, item_len: int):
     """``scheduler.kv_cache_manager.allocate_slots`` with the top-K admission gate in front (module docstring).
 
