@@ -45,8 +45,9 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
     hostile               benchmarks/hostile_inputs.py                                           draft   lane 1
     bench_topk            benchmarks/bench_topk.py (top-K: reference, vLLM's beam search, the    target  lane 1
                           engine) on beauty_atspeed
-    topk_bringup          the top-K GPU tests, then bench_topk's reference and engine modes,      target  lane 0
-                          small, with the top-K path switched on (VLLM_PADREC_TOPK_BRINGUP=1)
+    topk_tests            the top-K GPU tests (tests/test_integration_gpu_topk.py)               -       lane 0
+    topk_bringup          bench_topk's three modes, float32, a few Ks and users, with the top-K  target  lane 0
+                          path switched on (VLLM_PADREC_TOPK_BRINGUP=1)
     examples              vllm serve with the draft: examples/openai_client.py, POST             draft   lane 1
                           /v1/recommendations and bad input, then examples/offline_vllm.py
     serve                 benchmarks/serve_completions.py (no draft, no constraint)              target  lane 1
@@ -462,25 +463,29 @@ def job_bench_topk(ctx: JobContext) -> int:
     return code
 
 
+def job_topk_tests(ctx: JobContext) -> int:
+    """The top-K GPU tests (tests/test_integration_gpu_topk.py, which switch top-K on in their engines' processes)."""
+    return ctx.run(pytest_command(("test_integration_gpu_topk.py",)))
+
+
 def job_topk_bringup(ctx: JobContext) -> int:
-    """The top-K path's first runs inside vLLM (issue 12): its GPU tests (tests/test_integration_gpu_topk.py,
-    which switch top-K on in their engines' processes), then bench_topk's reference and engine modes, float32,
-    a few users and Ks, in a process tree with VLLM_PADREC_TOPK_BRINGUP=1 (top-K served, its patches on)."""
+    """The top-K path inside vLLM beside the reference and vLLM's beam search (issue 12): bench_topk, float32, a
+    few users and Ks, with a profile of each mode at K = 20, in a process tree with VLLM_PADREC_TOPK_BRINGUP=1
+    (top-K served, its patches on)."""
     s = ctx.settings
     work = WORK / "topk_bringup"
-    tests = ctx.run(pytest_command(("test_integration_gpu_topk.py",)))
     bench = ctx.python(
         "benchmarks.bench_topk",
         *("--target", str(s.checkpoint()), "--dataset", dataset_path(ctx.settings), "--out", str(WORK / "results")),
         *("--name", f"topk_bringup_{s.dataset}{s.suffix()}"),
         *("--cache-root", str(WORK / "cache" / ctx.job), "--work-dir", str(work)),
-        *("--modes", "reference", "engine", "--dtypes", "float32", "--ks", "1", "5", "20"),
+        *("--modes", "reference", "vllm_beam_search", "engine", "--dtypes", "float32", "--ks", "1", "5", "20"),
         *("--users", "64", "--users-latency", "8", "--users-equal", "64", "--concurrency", "16", "--profile"),
         env={**ctx.env, TOPK_BRINGUP_ENV: "1"},
     )
     for config_log in [*work.glob("bench_topk_*.log"), *work.glob("bench_topk_*_profile_*.txt")]:
         shutil.move(config_log, WORK / "logs" / f"{ctx.job}.{config_log.name}")
-    return max(tests, bench)
+    return bench
 
 
 def job_hostile(ctx: JobContext) -> int:
@@ -578,6 +583,7 @@ JOBS: dict[str, Job] = {
         Job("lossless", job_lossless, needs=(DRAFT,), lane=1, vllm=True),
         Job("hostile", job_hostile, needs=(DRAFT,), lane=1, vllm=True),
         Job("bench_topk", job_bench_topk, needs=(TARGET,), lane=1, vllm=True),
+        Job("topk_tests", job_topk_tests, vllm=True),
         Job("topk_bringup", job_topk_bringup, needs=(TARGET,), vllm=True),
         Job("examples", job_examples, needs=(DRAFT,), lane=1, vllm=True),
         Job("serve", job_serve, needs=(TARGET,), lane=1, vllm=True),

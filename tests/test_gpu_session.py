@@ -303,8 +303,9 @@ def test_a_command_killed_by_a_signal_reads_as_the_shell_says():
     assert [gs.exit_status(code) for code in (0, 1, -9, -15)] == [0, 1, 137, 143]
 
 
-def test_the_top_k_bring_up_job_runs_bench_topk_with_top_k_served(monkeypatch, tmp_path):
-    """topk_bringup runs bench_topk's reference and engine modes in float32 with the switch list_settings reads."""
+def test_the_top_k_jobs_run_the_gpu_tests_and_bench_topk_with_top_k_served(monkeypatch, tmp_path):
+    """topk_tests runs the top-K GPU tests; topk_bringup runs bench_topk's three modes in float32 with the switch
+    list_settings reads."""
     from vllm_padrec.integration import list_settings
 
     assert gs.TOPK_BRINGUP_ENV == list_settings.TOPK_BRINGUP_ENV
@@ -314,13 +315,14 @@ def test_the_top_k_bring_up_job_runs_bench_topk_with_top_k_served(monkeypatch, t
     ctx = gs.JobContext("topk_bringup", gs.Settings(), {"PATH": "/bin"})
     monkeypatch.setattr(ctx.__class__, "run", lambda self, command, env=None: runs.append(command) or 3)
     monkeypatch.setattr(
-        ctx.__class__, "python", lambda self, module, *args, env=None: calls.append((module, args, env)) or 0
+        ctx.__class__, "python", lambda self, module, *args, env=None: calls.append((module, args, env)) or 5
     )
-    assert gs.JOBS["topk_bringup"].body(ctx) == 3  # the tests' exit status (the benchmark's was 0)
+    assert gs.JOBS["topk_tests"].body(ctx) == 3 and not calls
     assert runs[0][-1].endswith("tests/test_integration_gpu_topk.py")
+    assert gs.JOBS["topk_bringup"].body(ctx) == 5 and len(runs) == 1
     ((module, args, env),) = calls
     assert module == "benchmarks.bench_topk" and env == {"PATH": "/bin", "VLLM_PADREC_TOPK_BRINGUP": "1"}
-    assert args[args.index("--modes") + 1 : args.index("--modes") + 3] == ("reference", "engine")
+    assert args[args.index("--modes") + 1 : args.index("--modes") + 4] == ("reference", "vllm_beam_search", "engine")
     assert args[args.index("--dtypes") + 1] == "float32"
 
 
