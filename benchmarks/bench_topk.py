@@ -12,6 +12,10 @@ Modes (each a configuration per ``--dtypes`` entry, each run in a fresh process 
     engine             ``topk.offline.recommend_topk`` (the beam search inside the engine). While this build
                        does not serve top-K (``list_settings.TOPK_SERVED`` is false) the mode is not run:
                        its records say ``skipped`` with the reason, and carry no numbers
+    greedy_floor       not a top-K: one greedy item (L tokens, unconstrained, ``LLM.generate``) per user in
+                       the same vLLM engine, whatever K. Any beam search in the engine runs at least these
+                       L steps, so its latency is the floor the others are measured against; its quality
+                       columns are those of its one item
 
 For each K of ``--ks`` and each configuration, two passes over the test users (the last H items of
 the recipe as history, no exclusions):
@@ -34,7 +38,7 @@ are from the reference's (``max_score_difference``, ``differing_same_scores``, `
 Float32 configurations run Triton's float32 dots in IEEE precision (``--triton-f32``, ``TRITON_F32_DEFAULT``):
 vLLM's float32 attention is a Triton kernel whose dots are TF32 by Triton's default. On the first GPU run,
 in TF32, the engine's scores were up to 0.004 from the reference's and 9 of 64 users at K = 20 had items
-in another order from their first difference on; TF32 is the suspected cause, not yet confirmed by a run.
+in another order from their first difference on; in IEEE precision all 64 were equal (2026-12-01).
 Each record of the vLLM modes says how many engine steps a call took (``engine_steps_per_call``), and
 each engine record the KV blocks a request held (``kv_blocks_per_request``; of them the prompt's, stored
 once whatever K: ``prompt_blocks_per_request``). ``--profile`` writes Python's and the torch profiler's
@@ -68,7 +72,7 @@ from vllm_padrec.testing.results import write_results
 from vllm_padrec.testing.stats import percentile
 from vllm_padrec.testing.timing import EngineSteps
 
-MODES = ("reference", "vllm_beam_search", "engine")
+MODES = ("reference", "vllm_beam_search", "engine", "greedy_floor")
 DEFAULT_KS = (1, 5, 10, 20, 50, 100)
 EXACT_DTYPE = "float32"  # equal_to_reference is checked in this dtype only
 # Triton's float32 tl.dot multiplies in TF32 unless TRITON_F32_DEFAULT says otherwise (triton/language/core.py,
@@ -213,13 +217,13 @@ def engine_refusal() -> str | None:
 
 def attach_equality(results: Sequence[dict], concurrency: int) -> None:
     """Set ``equal_to_reference`` / ``users_compared`` and the ``score_agreement`` fields on the float32
-    throughput records of the modes other than reference, from the configurations' ``equal_lists`` ({K: the
-    (item, score) lists of the first --users-equal users})."""
+    throughput records of the top-K modes other than reference (not greedy_floor, which answers one item),
+    from the configurations' ``equal_lists`` ({K: the (item, score) lists of the first --users-equal users})."""
     reference = next((r for r in results if r["mode"] == "reference" and r["dtype"] == EXACT_DTYPE), None)
     if reference is None:
         return
     for result in results:
-        if result["mode"] == "reference" or result["dtype"] != EXACT_DTYPE:
+        if result["mode"] in ("reference", "greedy_floor") or result["dtype"] != EXACT_DTYPE:
             continue
         for record in result["records"]:
             wanted = reference["equal_lists"].get(str(record["k"]))
@@ -298,6 +302,23 @@ def engine_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
     return Ranker(rank, EngineSteps(llm), beam_rows)
 
 
+def greedy_floor_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(**engine_arguments(args))
+    params = SamplingParams(temperature=0.0, max_tokens=catalog.num_slots, ignore_eos=True, logprobs=0)
+
+    def rank(histories, k):
+        prompts = [{"prompt_token_ids": catalog.render_prompt(h, max_history)} for h in histories]
+        outputs = llm.generate(prompts, [params] * len(prompts), use_tqdm=False)
+        return [
+            [(item_of_tokens(catalog, out.outputs[0].token_ids), float(out.outputs[0].cumulative_logprob or 0.0))]
+            for out in outputs
+        ]
+
+    return Ranker(rank, EngineSteps(llm))
+
+
 def kv_blocks(admissions) -> dict:
     """The KV blocks of the top-K requests admitted during a pass (``BeamRows.admitted``), per request."""
     if not admissions:
@@ -328,6 +349,7 @@ RANKERS: dict[str, Callable] = {
     "reference": reference_ranker,
     "vllm_beam_search": vllm_ranker,
     "engine": engine_ranker,
+    "greedy_floor": greedy_floor_ranker,
 }
 
 

@@ -46,7 +46,7 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
     bench_topk            benchmarks/bench_topk.py (top-K: reference, vLLM's beam search, the    target  lane 1
                           engine) on beauty_atspeed
     topk_tests            the top-K GPU tests (tests/test_integration_gpu_topk.py)               -       lane 0
-    topk_bringup          bench_topk's three modes, float32, a few Ks and users, with the top-K  target  lane 0
+    topk_bringup          bench_topk's four modes, float32, a few Ks and users, with the top-K  target  lane 0
                           path switched on (VLLM_PADREC_TOPK_BRINGUP=1)
     examples              vllm serve with the draft: examples/openai_client.py, POST             draft   lane 1
                           /v1/recommendations and bad input, then examples/offline_vllm.py
@@ -479,7 +479,8 @@ def job_topk_bringup(ctx: JobContext) -> int:
         *("--target", str(s.checkpoint()), "--dataset", dataset_path(ctx.settings), "--out", str(WORK / "results")),
         *("--name", f"topk_bringup_{s.dataset}{s.suffix()}"),
         *("--cache-root", str(WORK / "cache" / ctx.job), "--work-dir", str(work)),
-        *("--modes", "reference", "vllm_beam_search", "engine", "--dtypes", "float32", "--ks", "1", "5", "20"),
+        *("--modes", "reference", "vllm_beam_search", "engine", "greedy_floor", "--dtypes", "float32"),
+        *("--ks", "1", "5", "20"),
         *("--users", "64", "--users-latency", "8", "--users-equal", "64", "--concurrency", "16", "--profile"),
         env={**ctx.env, TOPK_BRINGUP_ENV: "1"},
     )

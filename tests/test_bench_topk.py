@@ -103,12 +103,13 @@ def test_equal_to_reference_counts_users_with_the_same_items_in_the_same_order()
     ours = results_of("engine", "float32", {"2": scored([1, 2], [4, 3], [5, 6])})  # user 2: same items, other order
     theirs = results_of("vllm_beam_search", "float32", {"2": scored([1, None], [3, 4])})  # fewer users answered
     half = results_of("engine", "bfloat16", {})
-    bench_topk.attach_equality([reference, ours, theirs, half], concurrency=2)
+    floor = results_of("greedy_floor", "float32", {"2": scored([1], [3], [5])})  # one item: not a top-K answer
+    bench_topk.attach_equality([reference, ours, theirs, half, floor], concurrency=2)
     latency, throughput = ours["records"]
     assert (throughput["equal_to_reference"], throughput["users_compared"]) == (2, 3)
     assert (theirs["records"][1]["equal_to_reference"], theirs["records"][1]["users_compared"]) == (1, 2)
     assert latency["equal_to_reference"] is None  # one request at a time: not the compared users
-    assert all(r["equal_to_reference"] is None for r in half["records"] + reference["records"])
+    assert all(r["equal_to_reference"] is None for r in half["records"] + reference["records"] + floor["records"])
     # user 2 swapped two items whose scores (-1, -2) it reports at the same ranks: the same scores
     assert throughput["differing_same_scores"] == 1 and throughput["first_difference_ranks"] == [0]
     assert throughput["max_score_difference"] == 0.0

@@ -322,7 +322,8 @@ def test_the_top_k_jobs_run_the_gpu_tests_and_bench_topk_with_top_k_served(monke
     assert gs.JOBS["topk_bringup"].body(ctx) == 5 and len(runs) == 1
     ((module, args, env),) = calls
     assert module == "benchmarks.bench_topk" and env == {"PATH": "/bin", "VLLM_PADREC_TOPK_BRINGUP": "1"}
-    assert args[args.index("--modes") + 1 : args.index("--modes") + 4] == ("reference", "vllm_beam_search", "engine")
+    modes = args[args.index("--modes") + 1 : args.index("--dtypes")]
+    assert modes == ("reference", "vllm_beam_search", "engine", "greedy_floor")
     assert args[args.index("--dtypes") + 1] == "float32"
 
 

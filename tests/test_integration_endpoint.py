@@ -598,7 +598,7 @@ def test_topk_answers_the_engines_items_best_first_with_scores(folder, topk_serv
         "padrec_no_repeat": False,
         "padrec_topk": 3,
     }
-    assert params.max_tokens == CATALOG.num_slots + 1 and params.temperature == 0.0 and params.seed is None
+    assert params.max_tokens == CATALOG.num_slots and params.temperature == 0.0 and params.seed is None
     assert params.output_kind == RequestOutputKind.FINAL_ONLY and params.detokenize is False
     assert params.stop_token_ids == [EOS]
     limits = ListLimits(MAX_LIST_ITEMS, len(CATALOG))  # what the engine side reads: a top-K request of K=3

@@ -115,7 +115,7 @@ def test_offline_topk_returns_each_users_items_best_first(folder, topk_served):
         "padrec_no_repeat": False,
         "padrec_topk": 3,
     }
-    assert params.max_tokens == topk_max_tokens(CATALOG.num_slots) == 3 and params.temperature == 0.0
+    assert params.max_tokens == topk_max_tokens(CATALOG.num_slots) == 2 and params.temperature == 0.0
     assert params.stop_token_ids == [TokenLayout.EOS] and params.output_kind == RequestOutputKind.FINAL_ONLY
     assert params.detokenize is False
 

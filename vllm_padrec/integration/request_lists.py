@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from vllm_padrec.catalog import TokenLayout
+from vllm_padrec.device_lists import long_tensors
 from vllm_padrec.errors import CatalogError, PadRecError
 from vllm_padrec.integration.list_settings import ListSettings, catalog_path, load_catalog
 from vllm_padrec.integration.mask_backends import MaskShapes, choose_masks, eager_masks
@@ -200,7 +201,8 @@ class RequestLists:
             return
         by_slot = np.full(len(self.enabled), -1, dtype=np.int64)  # [max_num_reqs]: R's token, -1: not a top-K R
         by_slot[list(owner_tokens)] = list(owner_tokens.values())
-        token = torch.from_numpy(by_slot).to(logits.device)[input_batch.expanded_idx_mapping.long()]  # [R]
+        (token,) = long_tensors(by_slot, device=logits.device)  # [max_num_reqs], with no host sync
+        token = token[input_batch.expanded_idx_mapping.long()]  # [R]
         vocab = torch.arange(logits.shape[1], device=logits.device)  # [V]
         allowed = vocab[None, :] == token[:, None]  # [R, V]; all False on rows of other requests
         owner = (token >= 0)[:, None]  # [R, 1]

@@ -32,7 +32,8 @@ The hooks, in V2's order within one engine step (each returns at once when no to
    R's answer (every rank, dead beams with score -inf, still on the device: the host copy waits until
    ``patches/sample_tokens.py`` encodes it) goes into ``answers``.
 
-Only host-known shapes and host lists (block ids, slots) cross to the device; nothing is read back.
+Only host-known shapes and host lists (block ids, slots) cross to the device, each step's in one
+non-blocking copy per kind (``device_lists``); nothing is read back until R's answer.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vllm_padrec.catalog import TokenLayout
+from vllm_padrec.device_lists import long_tensors
 from vllm_padrec.integration.patches.sample_tokens import TopKAnswers
 from vllm_padrec.topk.beams import BEAM_ID_INFIX, TopKBeams, TopKState
 from vllm_padrec.topk.kv_copy import PrivateBlocks, copy_blocks, prompt_tail_copies
@@ -143,8 +145,9 @@ class TopKEngine:
         if not new:
             return
         states = self.beams.states
-        slots = torch.tensor([b.slot for b in new], dtype=torch.long, device=self.device)  # [M]
-        position = torch.tensor([states[b.req_id].prompt_len for b in new], dtype=torch.long, device=self.device)
+        slots, position = long_tensors(  # [M] each
+            [b.slot for b in new], [states[b.req_id].prompt_len for b in new], device=self.device
+        )
         tokens = torch.cat([self.groups[b.req_id].tokens[0, b.rank : b.rank + 1, 0] for b in new])  # [M]
         req_states = self.req_states
         all_token_ids = req_states.all_token_ids.gpu
@@ -255,9 +258,4 @@ class TopKEngine:
             src += s
             dst += d
         if src:
-            copy_blocks(
-                self.kv_caches,
-                self.num_blocks,
-                torch.tensor(src, dtype=torch.long, device=self.device),
-                torch.tensor(dst, dtype=torch.long, device=self.device),
-            )
+            copy_blocks(self.kv_caches, self.num_blocks, *long_tensors(src, dst, device=self.device))

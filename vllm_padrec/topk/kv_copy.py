@@ -29,8 +29,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from vllm_padrec.device_lists import long_tensors
 
 
 def block_storages(kv_caches: Iterable[Tensor | Sequence[Tensor]]) -> list[Tensor]:
@@ -113,19 +116,21 @@ class PrivateBlocks:
                 raise ValueError(f"{len(blocks)} private blocks cannot be split among {k} beams")
             per_beam.append(len(blocks) // k)
         G, k_max, b_max = len(beam_width), max(beam_width), max(per_beam)
-        table = torch.full((G, k_max, b_max), -1, dtype=torch.long)
+        table = np.full((G, k_max, b_max), -1, dtype=np.int64)
         group, rank, column = [], [], []
         for g, (blocks, k, B) in enumerate(zip(private_block_ids, beam_width, per_beam)):
             if B:
-                table[g, :k, :B] = torch.tensor(list(blocks), dtype=torch.long).view(k, B)
+                table[g, :k, :B] = np.asarray(blocks, dtype=np.int64).reshape(k, B)
             for j in range(k):
                 for b in range(B):
                     group.append(g)
                     rank.append(j)
                     column.append(b)
-        index = [torch.tensor(v, dtype=torch.long) for v in (group, rank, column)]
-        dst = table[index[0], index[1], index[2]]
-        return cls(table.to(device), *(v.to(device) for v in index), dst.to(device))
+        dst = table[
+            np.asarray(group, dtype=np.int64), np.asarray(rank, dtype=np.int64), np.asarray(column, dtype=np.int64)
+        ]
+        flat_table, *index, dst = long_tensors(table, group, rank, column, dst, device=device)
+        return cls(flat_table.view(G, k_max, b_max), *index, dst)
 
     def sources(
         self,

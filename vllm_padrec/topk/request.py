@@ -4,13 +4,15 @@ The three front ends of top-K (``POST /v1/recommendations`` with ``"mode": "topk
 ``recommend_topk`` and, once the engine serves top-K, the benchmark) ask the same thing
 (``topk/DESIGN.md`` section 4, step 1): the prompt ``<s> h_1 <sep> ... h_H <rec>`` and
 
-    SamplingParams(max_tokens=L + 1, temperature=0, stop_token_ids=[</s>], detokenize=False,
+    SamplingParams(max_tokens=L, temperature=0, stop_token_ids=[</s>], detokenize=False,
                    output_kind=FINAL_ONLY, extra_args=ListSpec(constraint, topk=K, exclude_items).to_extra_args())
 
-The request itself writes L tokens (a ``<pad>`` per beam step, then ``</s>``); the one token past them is
-slack. Its answer is not in those tokens: the runner hands the K items over as the request's
-``pooler_output``, which reaches the front end as a ``PoolingRequestOutput`` whose ``outputs.data`` is
-``topk/result.py``'s tensor. ``ranked_items`` reads that tensor into ``(item index, score)`` pairs,
+The request itself writes exactly L tokens (a ``<pad>`` per beam step, then ``</s>``), and ``max_tokens = L``
+tells the scheduler so: with async scheduling it schedules no step past R's L-th (``scheduler.py:474-488``),
+where a slack token would cost one more engine step per call. A resumed R (below) writes at most L too.
+Its answer is not in those tokens: the runner hands the K items over as the request's ``pooler_output``,
+which reaches the front end as a ``PoolingRequestOutput`` whose ``outputs.data`` is ``topk/result.py``'s
+tensor. ``ranked_items`` reads that tensor into ``(item index, score)`` pairs,
 best first, the form ``decoding.beam_search_items`` (the reference) returns.
 
 A top-K request that vLLM preempted and resumed has lost its beams (their KV went with the preemption):
@@ -43,8 +45,8 @@ def topk_spec(k: int, exclude_items: tuple[int, ...] = ()) -> ListSpec:
 
 
 def topk_max_tokens(num_slots: int) -> int:
-    """Tokens a top-K request may write: one per code slot (``<pad>`` ... ``</s>``) and one of slack."""
-    return num_slots + 1
+    """Tokens a top-K request writes: one per code slot (``<pad>`` ... ``</s>``), and no slack (module docstring)."""
+    return num_slots
 
 
 def topk_sampling_params(spec: ListSpec, max_tokens: int) -> Any:

@@ -22,8 +22,8 @@ chunk; the K new beams have no rows yet (they become runner-private requests at 
 At steps t >= 1 beam j of R is the request ``beam_req_id(R, j)``, one token and one logit, and its
 slot always holds rank j: after each step's copies it holds the new beam of rank j.
 
-Everything but ``BeamBatch.build`` (host lists, once per step) runs on tensors of host-known shapes,
-with no host sync.
+Everything but ``BeamBatch.build`` (host lists, once per step, copied in one non-blocking copy:
+``device_lists``) runs on tensors of host-known shapes, with no host sync.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from vllm_padrec.catalog import TokenLayout
+from vllm_padrec.device_lists import long_tensors
 from vllm_padrec.topk.beams import beam_req_id
 from vllm_padrec.topk.select import BeamGroups, BeamRows, GroupedBeamStep, beam_logprobs
 
@@ -88,19 +89,20 @@ class BeamBatch:
                 beam_index.append(g * k_max + j)
                 history_end.append(prompt_len + step)
 
-        def longs(values: list[int]) -> Tensor:
-            return torch.tensor(values, dtype=torch.long, device=device)
-
+        lists = (logits_rows, group, rank, owners, beam_requests, beam_slots, beam_index, history_end)
+        logits_rows_, group_, rank_, owners_, beam_requests_, beam_slots_, beam_index_, history_end_ = long_tensors(
+            *lists, device=device
+        )
         return cls(
             step=step,
             last=step == item_length - 1,
-            logits_rows=longs(logits_rows),
-            rows=BeamRows(longs(group), longs(rank)),
-            owner_requests=longs(owners),
-            beam_requests=longs(beam_requests),
-            beam_slots=longs(beam_slots),
-            beam_index=longs(beam_index),
-            history_end=longs(history_end),
+            logits_rows=logits_rows_,
+            rows=BeamRows(group_, rank_),
+            owner_requests=owners_,
+            beam_requests=beam_requests_,
+            beam_slots=beam_slots_,
+            beam_index=beam_index_,
+            history_end=history_end_,
             history_columns=(min(p for _, _, p in groups), max(p for _, _, p in groups) + step),
         )
 

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from vllm_padrec.constraint import apply_mask
+from vllm_padrec.device_lists import long_tensors
 
 NEG_INF = float("-inf")
 
@@ -165,7 +166,8 @@ class BeamGroups:
         scores = torch.full((G, k_max), NEG_INF, device=device)
         scores[:, 0] = 0.0
         empty = torch.zeros(G, k_max, 0, device=device)
-        return cls(torch.tensor(beam_width, device=device), scores, empty.long(), empty)
+        (widths,) = long_tensors(beam_width, device=device)
+        return cls(widths, scores, empty.long(), empty)
 
     def step(self, logprobs: Tensor, rows: BeamRows) -> tuple[BeamGroups, GroupedBeamStep]:
         """Select the new beams from this step's ``[R, V]`` log-probs and gather their histories.
