@@ -39,7 +39,9 @@ Float32 configurations run Triton's float32 dots in IEEE precision (``--triton-f
 vLLM's float32 attention is a Triton kernel whose dots are TF32 by Triton's default. On the first GPU run,
 in TF32, the engine's scores were up to 0.004 from the reference's and 9 of 64 users at K = 20 had items
 in another order from their first difference on; in IEEE precision all 64 were equal (2026-12-01).
-Each record of the vLLM modes says how many engine steps a call took (``engine_steps_per_call``), and
+Each record of the vLLM modes says how many engine steps a call took (``engine_steps_per_call``) and how
+many of them ran the model (``forwards_per_call``: with async scheduling the last output comes one step
+later, in a step without a forward), and
 each engine record the KV blocks a request held (``kv_blocks_per_request``; of them the prompt's, stored
 once whatever K: ``prompt_blocks_per_request``). ``--profile`` writes Python's and the torch profiler's
 view of one call.
@@ -182,6 +184,7 @@ def pass_record(
         "differing_same_scores": None,
         "first_difference_ranks": None,
         "engine_steps_per_call": None,  # set by run_config: engine steps per call (vLLM modes)
+        "forwards_per_call": None,  # set by run_config: of them, the steps that ran the model (vLLM modes)
         "kv_blocks_per_request": None,  # set by run_config (engine mode): R's blocks + its beams' private blocks
         "prompt_blocks_per_request": None,  # of them, the prompt's (stored once, whatever K)
         "skipped": None,
@@ -355,14 +358,24 @@ RANKERS: dict[str, Callable] = {
 
 def timed_calls(ranker: Ranker, histories: list[list[int]], k: int, batch_size: int):
     """``histories`` in calls of ``batch_size``: (each call's wall seconds, every user's (item, score) pairs,
-    the engine steps per call: None for a mode without an engine)."""
-    seconds, lists, steps = [], [], ranker.steps.count if ranker.steps else 0
+    the engine steps per call and the model forwards per call: None for a mode without an engine, or
+    without an in-process engine core for the forwards)."""
+    counter = ranker.steps
+    steps, forwards = (counter.count, counter.forwards) if counter else (0, None)
+    seconds, lists = [], []
     for start in range(0, len(histories), batch_size):
         started = time.perf_counter()
         lists += ranker.rank(histories[start : start + batch_size], k)
         seconds.append(time.perf_counter() - started)
-    steps = ranker.steps.count - steps if ranker.steps else 0
-    return seconds, lists, round(steps / len(seconds), 2) if steps else None
+    steps = counter.count - steps if counter else 0
+    forwards = counter.forwards - forwards if counter and forwards is not None else None
+    per_call = len(seconds)
+    return (
+        seconds,
+        lists,
+        round(steps / per_call, 2) if steps else None,
+        round(forwards / per_call, 2) if forwards is not None else None,
+    )
 
 
 def profile_call(
@@ -417,10 +430,11 @@ def run_config(args) -> dict:
         for batch, users in ((1, latency_users), (args.concurrency, throughput_users)):
             if ranker.beam_rows is not None:
                 ranker.beam_rows.admitted.clear()
-            seconds, ranked, steps = timed_calls(ranker, [s.history for s in users], k, batch)
+            seconds, ranked, steps, forwards = timed_calls(ranker, [s.history for s in users], k, batch)
             lists = [[item for item, _ in r] for r in ranked]
             records.append(pass_record(mode, dtype, k, batch, seconds, lists, [s.targets for s in users]))
             records[-1]["engine_steps_per_call"] = steps
+            records[-1]["forwards_per_call"] = forwards
             if ranker.beam_rows is not None:
                 records[-1] |= kv_blocks(ranker.beam_rows.admitted)
             print(json.dumps(records[-1]), flush=True)
@@ -458,7 +472,7 @@ def markdown(payload: dict) -> str:
         "",
         *([f"Note: {payload['note']}", ""] if payload.get("note") else []),
         "| mode | dtype | K | batch_size | users | p50 ms | p99 ms | users/s | Recall@K | NDCG@K | invalid items "
-        "| equal to reference | score diff | steps per call | KV blocks per request (prompt) |",
+        "| equal to reference | score diff | steps per call (forwards) | KV blocks per request (prompt) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     skipped = {}
@@ -470,6 +484,9 @@ def markdown(payload: dict) -> str:
         blocks = cell(r.get("kv_blocks_per_request"))
         if r.get("prompt_blocks_per_request") is not None:
             blocks += f" ({r['prompt_blocks_per_request']})"
+        steps = cell(r.get("engine_steps_per_call"))
+        if r.get("forwards_per_call") is not None:
+            steps += f" ({r['forwards_per_call']})"
         differing = (r["users_compared"] or 0) - (r["equal_to_reference"] or 0)
         if differing and r.get("differing_same_scores") is not None:
             equal += f" ({r['differing_same_scores']} of {differing} others: same scores)"
@@ -477,7 +494,7 @@ def markdown(payload: dict) -> str:
             f"| {r['mode']} | {r['dtype']} | {r['k']} | {r['batch_size']} | {r['users']} | {cell(r['p50_ms'])} | "
             f"{cell(r['p99_ms'])} | {cell(r['users_per_s'])} | {r['recall_at_k']} | {r['ndcg_at_k']} | "
             f"{r['invalid_items']} | {equal} | {cell(r.get('max_score_difference'))} | "
-            f"{cell(r.get('engine_steps_per_call'))} | {blocks} |"
+            f"{steps} | {blocks} |"
         )
     lines.append("")
     lines += [f"Mode {mode} skipped: {reason}" for mode, reason in skipped.items()]

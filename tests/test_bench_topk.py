@@ -203,24 +203,30 @@ def test_help_names_every_option():
     assert "engine" in done.stdout and "vllm_beam_search" in done.stdout
 
 
-def test_timed_calls_count_the_engine_steps_of_each_call():
+def test_timed_calls_count_the_engine_steps_and_forwards_of_each_call():
     from vllm_padrec.testing.timing import EngineSteps
 
-    llm = SimpleNamespace(llm_engine=SimpleNamespace(step=lambda: []))
+    runner = SimpleNamespace(sample_tokens=lambda: None)
+    worker = SimpleNamespace(worker=SimpleNamespace(model_runner=runner))
+    core = SimpleNamespace(engine_core=SimpleNamespace(model_executor=SimpleNamespace(driver_worker=worker)))
+    llm = SimpleNamespace(llm_engine=SimpleNamespace(step=lambda: [], engine_core=core))
     steps_counter = EngineSteps(llm)
 
-    def rank(histories, k):  # an engine that needs L + 1 = 5 steps per call
-        for _ in range(5):
+    def rank(histories, k):  # an engine that needs L + 1 = 5 steps per call, L = 4 of them with a forward
+        for step in range(5):
+            if step < 4:
+                runner.sample_tokens()
             llm.llm_engine.step()
         return [[(h[0], -1.0)] * k for h in histories]
 
     ranker = bench_topk.Ranker(rank, steps_counter)
-    seconds, ranked, steps = bench_topk.timed_calls(ranker, [[1], [2], [3]], 2, batch_size=2)
+    seconds, ranked, steps, forwards = bench_topk.timed_calls(ranker, [[1], [2], [3]], 2, batch_size=2)
     assert len(seconds) == 2 and ranked == [[(1, -1.0)] * 2, [(2, -1.0)] * 2, [(3, -1.0)] * 2]
-    assert steps == 5.0 and steps_counter.count == 10
+    assert (steps, forwards) == (5.0, 4.0) and (steps_counter.count, steps_counter.forwards) == (10, 8)
     reference = bench_topk.Ranker(lambda histories, k: [[]] * len(histories))
-    _, _, none = bench_topk.timed_calls(reference, [[1]], 1, batch_size=1)
-    assert none is None  # the reference runs no engine
+    assert bench_topk.timed_calls(reference, [[1]], 1, batch_size=1)[2:] == (None, None)  # no engine
+    elsewhere = EngineSteps(SimpleNamespace(llm_engine=SimpleNamespace(step=lambda: [], engine_core=object())))
+    assert elsewhere.forwards is None  # the engine core runs in another process: forwards are not counted
 
 
 def test_profile_call_writes_python_and_torch_profiles(tmp_path, monkeypatch):

@@ -7,8 +7,8 @@ vLLM's float32 attention is a Triton kernel, TF32 by Triton's default), CUDA gra
 
 - the engine's K items, in order, are the reference's (``decoding.beam_search_items`` on the Hugging
   Face model), with the reference's scores, for K = 1, 5 and 20, with and without the history excluded;
-- a top-K request takes L engine steps (its max_tokens is L, so async scheduling adds no step), and the
-  beam rows it held are released once it is answered;
+- a top-K call (all users queued together) runs L model forwards (R's max_tokens is L, so async scheduling
+  adds none) in L + 1 engine steps, and the beam rows it held are released once it is answered;
 - lists and top-K requests queued together: every list is the one the engine writes alone;
 - K = 256 on a catalog of 300 items (the issue's "K up to at least 256"): the reference's items and order;
 - ``vllm serve`` with top-K on answers ``POST /v1/recommendations`` in top-K mode with the offline answer,
@@ -95,9 +95,9 @@ def run_topk_engine(target: str, users: list[list[int]]) -> dict:
     answers, steps_per_call = {}, {}
     for k in KS:
         for exclude in (False, True):
-            before = steps.count
+            before = steps.count, steps.forwards
             answers[f"{k}_{exclude}"] = recommend_topk(llm, cat, users, k, exclude_history=exclude)
-            steps_per_call[f"{k}_{exclude}"] = steps.count - before
+            steps_per_call[f"{k}_{exclude}"] = (steps.count - before[0], steps.forwards - before[1])
     live_after = _beam_rows_live(core)
 
     list_params = SamplingParams(
@@ -162,8 +162,9 @@ def test_the_engine_ranks_items_as_the_reference(setup, engine, k, exclude):
         assert not exclude or not {i for i, _ in user} & set(history)
 
 
-def test_a_top_k_call_takes_item_length_steps_and_releases_its_beam_rows(setup, engine):
-    assert set(engine["steps_per_call"].values()) == {setup["catalog"].num_slots}
+def test_a_top_k_call_runs_item_length_forwards_and_releases_its_beam_rows(setup, engine):
+    L = setup["catalog"].num_slots
+    assert set(engine["steps_per_call"].values()) == {(L + 1, L)}  # L forwards, then the step that answers
     assert engine["live_after"] == 0 and engine["live_at_end"] == 0
 
 

@@ -39,10 +39,14 @@ def time_ms(fn, iters: int, repeats: int, graph: bool) -> float:
 
 class EngineSteps:
     """Counts the engine steps of one ``vllm.LLM``: its requests run through ``llm.llm_engine.step``, one call
-    per engine step, which this wraps."""
+    per engine step, which this wraps (``count``). With the engine core in this process
+    (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) it also counts the model runner's ``sample_tokens`` calls
+    (``forwards``): the steps that ran the model and sampled. With async scheduling a request's last output
+    arrives one engine step after its last forward, in a step that runs no model."""
 
     def __init__(self, llm) -> None:
         self.count = 0
+        self.forwards: int | None = None
         step = llm.llm_engine.step
 
         def counted(*args, **kwargs):
@@ -50,3 +54,21 @@ class EngineSteps:
             return step(*args, **kwargs)
 
         llm.llm_engine.step = counted
+        runner = in_process_model_runner(llm)
+        if runner is not None:
+            self.forwards = 0
+            sample_tokens = runner.sample_tokens
+
+            def counted_forward(*args, **kwargs):
+                self.forwards += 1
+                return sample_tokens(*args, **kwargs)
+
+            runner.sample_tokens = counted_forward
+
+
+def in_process_model_runner(llm):
+    """The model runner of ``llm``'s engine core when it runs in this process; else None."""
+    core = getattr(llm.llm_engine.engine_core, "engine_core", None)
+    executor = getattr(core, "model_executor", None)
+    worker = getattr(getattr(executor, "driver_worker", None), "worker", None)
+    return getattr(worker, "model_runner", None)
