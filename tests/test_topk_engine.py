@@ -317,7 +317,7 @@ def test_r_rows_allow_only_pad_then_eos_and_are_never_fully_masked(monkeypatch):
     init_model_state.install(state, lists, SimpleNamespace(speculative_config=None), "cpu", engine)
     assert engine.lists is lists  # the model state's engine reaches the lists' override
     beams = TopKBeams(BeamLayout(item_length=L, block_size=BS))
-    engine.attach(beams, None, 0)
+    engine.attach(beams, [], 0)  # no KV: nothing here copies blocks
 
     def topk_state(req_id: str, step: int, ended: bool = False) -> TopKState:
         return TopKState(req_id, 2, L, (5, 6, 7), (), (40, 41), None, step=step, ended=ended)
@@ -356,9 +356,49 @@ def test_no_owner_override_without_topk_requests(monkeypatch):
     engine = TopKEngine("cpu")
     batch = SimpleNamespace(req_ids=["a"], idx_mapping_np=np.array([4]), expanded_idx_mapping=torch.tensor([4]))
     assert engine.owner_tokens(batch) == {}  # no TopKBeams attached yet
-    engine.attach(TopKBeams(BeamLayout(item_length=3, block_size=BS)), None, 0)
+    engine.attach(TopKBeams(BeamLayout(item_length=3, block_size=BS)), [], 0)
     assert engine.owner_tokens(batch) == {}
     logits = torch.randn(1, catalog.layout.vocab_size)
     before = logits.clone()
     lists.mask_topk_owners(logits, batch, {})
     assert torch.equal(logits, before)
+
+
+def test_a_cohort_is_its_members_groups_padded_with_dead_beams_and_each_member_reads_its_row():
+    from vllm_padrec.topk.engine import CohortRow, cohort_groups, merge_groups
+    from vllm_padrec.topk.select import BeamGroups
+
+    def group(k: int, base: float) -> BeamGroups:  # one request's K beams after t = 2 steps
+        scores = -torch.arange(k, dtype=torch.float32)[None] - base  # [1, K]
+        tokens = torch.arange(2 * k).view(1, k, 2) + int(base)  # [1, K, 2]
+        return BeamGroups(torch.tensor([k]), scores, tokens, tokens.float() / 10)
+
+    wide, narrow = group(3, 10.0), group(2, 20.0)
+    cohort = merge_groups([wide, narrow])
+    assert cohort.beam_width.tolist() == [3, 2] and cohort.scores.shape == (2, 3)
+    assert cohort.scores[1].tolist() == [-20.0, -21.0, float("-inf")]  # rank 2 of the K = 2 request: dead
+    assert cohort.tokens[1, 2].tolist() == [0, 0] and cohort.logprobs[1, 2].tolist() == [0.0, 0.0]
+    rows = [CohortRow(cohort, 0, 3), CohortRow(cohort, 1, 2)]
+    for part, row in zip((wide, narrow), rows):
+        for name in ("beam_width", "scores", "tokens", "logprobs"):
+            assert torch.equal(getattr(row.own(), name), getattr(part, name)), name
+    assert merge_groups([narrow]) is narrow  # one member: its own groups, no copy
+    assert cohort_groups(rows) is cohort  # the same members in the same order: the same tensors
+    for reordered in (rows[::-1], rows[1:]):  # another order, or a member left: merged again from the rows
+        again = cohort_groups(reordered)
+        expected = merge_groups([r.own() for r in reordered])
+        assert all(torch.equal(getattr(again, n), getattr(expected, n)) for n in ("scores", "tokens", "logprobs"))
+
+
+def test_a_cohorts_private_blocks_are_built_once_and_never_reused_for_another_request_of_the_same_id():
+    from vllm_padrec.topk.beams import TopKState
+
+    def state(req_id: str, blocks: tuple[int, ...]) -> TopKState:
+        return TopKState(req_id, 2, 3, (5, 6), (), blocks, None, step=1)
+
+    engine = TopKEngine("cpu")
+    cohort = [state("a", (10, 11)), state("b", (20, 21))]
+    blocks = engine._private_blocks(cohort, torch.device("cpu"))
+    assert engine._private_blocks([state("a", (10, 11)), state("b", (20, 21))], torch.device("cpu")) is blocks
+    again = engine._private_blocks([state("a", (30, 31)), state("b", (20, 21))], torch.device("cpu"))
+    assert again is not blocks and again.dst.tolist() == [30, 31, 20, 21]  # "a" reused by a new request

@@ -15,7 +15,14 @@ import pytest
 import torch
 from vllm.v1.worker.gpu.attn_utils import _reshape_attention_kv_cache
 
-from vllm_padrec.topk.kv_copy import PrivateBlocks, block_storages, copy_blocks, prompt_tail_copies
+from vllm_padrec.topk.kv_copy import (
+    PrivateBlocks,
+    block_pages,
+    block_storages,
+    copy_blocks,
+    copy_pages,
+    prompt_tail_copies,
+)
 
 NUM_BLOCKS, BS, HEADS, HEAD = 8, 16, 2, 4
 BLOCKS_FIRST = (NUM_BLOCKS, HEADS, BS, 2 * HEAD)  # FlashAttentionBackend.get_kv_cache_shape: (B, H, N, 2 * D)
@@ -84,6 +91,21 @@ def test_layers_sharing_one_backing_are_copied_once():
     assert len(block_storages([kv, [alias]])) == 1
     copy_blocks([kv, [alias]], NUM_BLOCKS, torch.tensor([1, 0]), torch.tensor([0, 1]))
     expect_copied(before, kv, [1, 0], [0, 1])
+
+
+def test_pages_made_once_copy_what_the_cache_holds_at_each_copy():
+    """The engine makes the pages at attach and copies through them every step: they are views, so later
+    writes to the cache (the forward's new KV) are what a later copy moves."""
+    layers = [blocks_first_cache(NHD, seed=1), blocks_first_cache(HND, seed=2)]
+    pages = block_pages(layers, NUM_BLOCKS)
+    assert [tuple(p.shape) for p in pages] == [(NUM_BLOCKS, HEADS * BS * 2 * HEAD * 2)] * 2
+    for step, (src, dst) in enumerate(COPIES.values()):
+        for kv in layers:  # the step's forward writes new KV into every block
+            kv.copy_(torch.randn(kv.shape, generator=torch.Generator().manual_seed(10 + step)))
+        before = [kv.clone() for kv in layers]
+        copy_pages(pages, torch.tensor(src), torch.tensor(dst))
+        for kv, old in zip(layers, before):
+            expect_copied(old, kv, src, dst)
 
 
 def test_equals_vllms_own_block_copy(monkeypatch):

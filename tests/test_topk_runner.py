@@ -13,6 +13,7 @@ import copy
 from types import ModuleType, SimpleNamespace
 
 import pytest
+import torch
 from vllm import SamplingParams
 from vllm.v1.core.sched.output import CachedRequestData, NewRequestData, SchedulerOutput
 
@@ -447,11 +448,16 @@ def test_patch_attaches_the_runners_beams_and_kv_caches_to_the_model_states_engi
 
     runner = patched_runner_module().GPUModelRunner(catalog_lists())
     engine = runner.model_state.padrec_topk_engine = TopKEngine("cpu")  # patches/init_model_state.py, top-K on
-    runner.kv_caches = [object(), object()]  # GPUModelRunner.initialize_kv_cache: one tensor per layer
+    runner.kv_caches = [torch.zeros(77, 2, 4), torch.zeros(77, 3)]  # initialize_kv_cache: one tensor per layer
     runner.kv_cache_config.num_blocks = 77
     runner.execute_model(step_output(new=[(new_request("o", [1, 2], [3], SamplingParams(max_tokens=2)), 2)]))
     beams = execute_model_patch.topk_beams(runner)
-    assert engine.beams is beams and engine.kv_caches is runner.kv_caches and engine.num_blocks == 77
+    assert engine.beams is beams
+    # each layer's storage as 77 byte pages (kv_copy.block_pages), views of the runner's own tensors
+    assert [tuple(p.shape) for p in engine.kv_pages] == [(77, 2 * 4 * 4), (77, 3 * 4)]
+    assert [p.untyped_storage().data_ptr() for p in engine.kv_pages] == [
+        t.untyped_storage().data_ptr() for t in runner.kv_caches
+    ]
     runner.execute_model(step_output(cached=[("o", 2, 1)]))  # attached once: the same objects stay
     assert execute_model_patch.topk_beams(runner) is beams and engine.beams is beams
 

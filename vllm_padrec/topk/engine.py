@@ -5,11 +5,12 @@ the order V2 runs (topk/DESIGN.md, section 4, steps 7-10):
 
 - ``beams``: the runner's ``TopKBeams`` (the requests' states, rewritten into each ``SchedulerOutput`` by
   ``patches/execute_model.py``), attached with the KV caches once the runner has them (``attach``);
-- ``groups``: each top-K request R's ``BeamGroups`` (one group, K_max = K) after its latest step. A
-  *cohort* (the requests of one batch at the same step t) is the concatenation of its members' groups,
-  padded to the cohort's K_max with dead beams, and is split back after the step: members may leave a
-  cohort at any step (abort, preemption) and the selection is the same bit for bit whatever K_max is
-  (``select.grouped_beam_step``);
+- ``groups``: where each top-K request R's beams are after its latest step (``CohortRow``: a row of its
+  cohort's ``BeamGroups``). A *cohort* (the requests of one batch at the same step t) is the
+  concatenation of its members' groups, padded to the cohort's K_max with dead beams. Members that stay
+  together run the next step on the same tensors; when one leaves (abort, preemption) or the members
+  change, the cohort is merged again from its members' rows. The selection is the same bit for bit
+  whatever K_max is (``select.grouped_beam_step``);
 - ``answers``: the ``TopKAnswers`` store that ``patches/sample_tokens.py`` empties into the step's
   ``pooler_output``.
 
@@ -43,6 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -51,7 +53,7 @@ from vllm_padrec.catalog import TokenLayout
 from vllm_padrec.device_lists import long_tensors
 from vllm_padrec.integration.patches.sample_tokens import TopKAnswers
 from vllm_padrec.topk.beams import BEAM_ID_INFIX, TopKBeams, TopKState
-from vllm_padrec.topk.kv_copy import PrivateBlocks, copy_blocks, prompt_tail_copies
+from vllm_padrec.topk.kv_copy import PrivateBlocks, block_pages, copy_pages, prompt_tail_copies
 from vllm_padrec.topk.sampling import (
     BeamBatch,
     BeamSelection,
@@ -65,9 +67,13 @@ from vllm_padrec.topk.select import NEG_INF, BeamGroups, TopKItems
 
 def merge_groups(parts: Sequence[BeamGroups]) -> BeamGroups:
     """One cohort's groups from its members' (each [1, K_g, t]), padded to K_max with dead beams."""
+    if len(parts) == 1:
+        return parts[0]
     k_max = max(int(p.scores.shape[1]) for p in parts)
 
     def widen(tensor: Tensor, value: float) -> Tensor:  # [1, K_g, ...] -> [1, K_max, ...]
+        if tensor.shape[1] == k_max:
+            return tensor
         pad = [0, 0] * (tensor.dim() - 2) + [0, k_max - tensor.shape[1]]
         return F.pad(tensor, pad, value=value)
 
@@ -79,17 +85,35 @@ def merge_groups(parts: Sequence[BeamGroups]) -> BeamGroups:
     )
 
 
-def split_groups(groups: BeamGroups, widths: Sequence[int]) -> list[BeamGroups]:
-    """The inverse of ``merge_groups``: each group's own [1, K_g, t] slices (views, no copy)."""
-    return [
-        BeamGroups(
+@dataclass(frozen=True)
+class CohortRow:
+    """Where one top-K request's beams are after its latest step: row ``row`` of its cohort's groups (the
+    request's first ``width`` ranks; the rest is the cohort's padding). Kept as a reference rather than
+    sliced out, so that a cohort whose members stay together runs its next step on the same tensors."""
+
+    groups: BeamGroups  # the cohort's, [G, K_max, t]
+    row: int  # g
+    width: int  # K_g
+
+    def own(self) -> BeamGroups:
+        """The request's own [1, K_g, t] groups (views, no copy): the inverse of ``merge_groups``."""
+        g, k = self.row, self.width
+        groups = self.groups
+        return BeamGroups(
             groups.beam_width[g : g + 1],
             groups.scores[g : g + 1, :k],
             groups.tokens[g : g + 1, :k],
             groups.logprobs[g : g + 1, :k],
         )
-        for g, k in enumerate(widths)
-    ]
+
+
+def cohort_groups(rows: Sequence[CohortRow]) -> BeamGroups:
+    """The groups of a cohort whose members are ``rows``, in that order: the previous cohort's own tensors
+    when the members are exactly its rows in its order (the common case), else ``merge_groups`` of theirs."""
+    first = rows[0].groups
+    if all(r.groups is first and r.row == g for g, r in enumerate(rows)) and len(rows) == first.scores.shape[0]:
+        return first
+    return merge_groups([r.own() for r in rows])
 
 
 @dataclass
@@ -118,18 +142,20 @@ class TopKEngine:
         self.device = torch.device(device)
         self.answers = TopKAnswers()
         self.beams: TopKBeams | None = None  # attached once the runner knows its block size and catalog
-        self.kv_caches: Any = None  # the runner's kv_caches (one tensor or list per layer)
-        self.num_blocks = 0  # the KV cache config's num_blocks
+        self.kv_pages: list[Tensor] = []  # the runner's KV storages as block pages (kv_copy.block_pages)
         self.req_states: Any = None  # V2's RequestState (all_token_ids, total_len, last_sampled_tokens)
         self.lists: Any = None  # the runner's RequestLists (patches/init_model_state.py): R's row override
         self._input_batch: Any = None  # this step's input batch, between before_sampling and after_masking
-        self.groups: dict[str, BeamGroups] = {}  # R's id -> its beams after its latest step
+        self.groups: dict[str, CohortRow] = {}  # R's id -> its beams after its latest step
         self._cohorts: list[Cohort] = []
         self._new_beams: list[NewBeamSlot] = []
+        # the cohorts' PrivateBlocks, by their members' (id, private block ids)
+        self._blocks_of: dict[tuple[tuple[str, tuple[int, ...]], ...], PrivateBlocks] = {}
 
     def attach(self, beams: TopKBeams, kv_caches: Any, num_blocks: int) -> None:
-        """Called once by the runner's first real step (``patches/execute_model.py``)."""
-        self.beams, self.kv_caches, self.num_blocks = beams, kv_caches, num_blocks
+        """Called once by the runner's first real step (``patches/execute_model.py``), with the runner's
+        ``kv_caches`` (one tensor or list per layer) and the KV cache config's ``num_blocks``."""
+        self.beams, self.kv_pages = beams, block_pages(kv_caches, num_blocks)
 
     # -- request slots (the model state's add_request / apply_staged_writes) ----------------------
     def note_new_request(self, slot: int, req_id: str) -> None:
@@ -145,10 +171,21 @@ class TopKEngine:
         if not new:
             return
         states = self.beams.states
-        slots, position = long_tensors(  # [M] each
-            [b.slot for b in new], [states[b.req_id].prompt_len for b in new], device=self.device
+        # every first token of the cohorts involved, flattened; R's rank j is at offset[R] + j
+        cohorts = list({id(self.groups[b.req_id].groups): self.groups[b.req_id].groups for b in new}.values())
+        first = torch.cat([c.tokens[:, :, 0].reshape(-1) for c in cohorts])  # [sum G * K_max]
+        base = dict(zip(map(id, cohorts), np.cumsum([0] + [c.tokens[:, :, 0].numel() for c in cohorts]).tolist()))
+        offset = {
+            r: base[id(ref.groups)] + ref.row * ref.groups.tokens.shape[1]
+            for r, ref in ((b.req_id, self.groups[b.req_id]) for b in new)
+        }
+        slots, position, index = long_tensors(  # [M] each
+            [b.slot for b in new],
+            [states[b.req_id].prompt_len for b in new],
+            [offset[b.req_id] + b.rank for b in new],
+            device=self.device,
         )
-        tokens = torch.cat([self.groups[b.req_id].tokens[0, b.rank : b.rank + 1, 0] for b in new])  # [M]
+        tokens = first[index]  # [M]
         req_states = self.req_states
         all_token_ids = req_states.all_token_ids.gpu
         all_token_ids[slots, position] = tokens.to(all_token_ids.dtype)
@@ -162,10 +199,13 @@ class TopKEngine:
         self._input_batch = input_batch
         if self.beams is None or not self.beams.states:
             self.groups.clear()
+            self._blocks_of.clear()
             return
         states = self.beams.states
         for req_id in [r for r in self.groups if r not in states or states[r].ended]:
             del self.groups[req_id]  # R left (finished, aborted, preempted) before its last step
+        for key in [key for key in self._blocks_of if not all(r in self.groups for r, _ in key)]:
+            del self._blocks_of[key]  # a member answered or left: that cohort will not run again
         in_batch = set(input_batch.req_ids)
         by_step: dict[int, list[TopKState]] = defaultdict(list)
         for state in states.values():
@@ -191,7 +231,7 @@ class TopKEngine:
             if cohort.batch.step == 0:
                 groups = BeamGroups.start([s.k for s in cohort.states], device=masked_logits.device)
             else:
-                groups = merge_groups([self.groups[s.req_id] for s in cohort.states])
+                groups = cohort_groups([self.groups[s.req_id] for s in cohort.states])
             cohort.selection = select_beams(groups, cohort.raw, masked_logits, cohort.batch)
         input_batch, self._input_batch = self._input_batch, None
         if self.lists is not None and input_batch is not None:
@@ -234,16 +274,27 @@ class TopKEngine:
                     batch.history_end,
                     batch.history_columns,
                 )
-                blocks = PrivateBlocks.build(
-                    [s.private_block_ids for s in states], [s.k for s in states], device=batch.beam_slots.device
-                )
-                copy_blocks(self.kv_caches, self.num_blocks, blocks.sources(selection.step.parent_rank), blocks.dst)
-            for state, groups in zip(states, split_groups(selection.groups, [s.k for s in states])):
+                blocks = self._private_blocks(states, batch.beam_slots.device)
+                copy_pages(self.kv_pages, blocks.sources(selection.step.parent_rank), blocks.dst)
+            for g, state in enumerate(states):
+                row = CohortRow(selection.groups, g, state.k)
                 if batch.last:
                     self.groups.pop(state.req_id, None)
-                    self.answers.put(state.req_id, TopKItems(groups.tokens[0], groups.scores[0], groups.logprobs[0]))
+                    own = row.own()
+                    self.answers.put(state.req_id, TopKItems(own.tokens[0], own.scores[0], own.logprobs[0]))
                 else:
-                    self.groups[state.req_id] = groups
+                    self.groups[state.req_id] = row
+
+    def _private_blocks(self, states: Sequence[TopKState], device: torch.device) -> PrivateBlocks:
+        """The cohort's private-block index tensors, built on its first beam step and kept while its members
+        run together (a request's blocks do not change during its life). The key holds the blocks too: a
+        client may reuse a finished request's id, and the new request has other blocks."""
+        key = tuple((s.req_id, s.private_block_ids) for s in states)
+        blocks = self._blocks_of.get(key)
+        if blocks is None:
+            blocks = PrivateBlocks.build([s.private_block_ids for s in states], [s.k for s in states], device=device)
+            self._blocks_of[key] = blocks
+        return blocks
 
     def _copy_prompt_tails(self, states: Sequence[TopKState]) -> None:
         """Step 0: R's partial last prompt block into each beam's first private block (none when P % bs == 0)."""
@@ -258,4 +309,4 @@ class TopKEngine:
             src += s
             dst += d
         if src:
-            copy_blocks(self.kv_caches, self.num_blocks, *long_tensors(src, dst, device=self.device))
+            copy_pages(self.kv_pages, *long_tensors(src, dst, device=self.device))

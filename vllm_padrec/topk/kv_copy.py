@@ -49,6 +49,37 @@ def block_storages(kv_caches: Iterable[Tensor | Sequence[Tensor]]) -> list[Tenso
     return storages
 
 
+def block_pages(
+    kv_caches: Iterable[Tensor | Sequence[Tensor]],  # the runner's ``kv_caches``: one tensor (or list) per layer
+    num_blocks: int,  # the KV cache config's num_blocks
+) -> list[Tensor]:  # per distinct storage: [num_blocks, page bytes] uint8, a view of it
+    """Every KV storage as its blocks' byte pages (module docstring). The views stay valid as long as the
+    storages do, so the engine makes them once (``TopKEngine.attach``) rather than at every copy."""
+    pages = []
+    for tensor in block_storages(kv_caches):
+        blocks = torch.empty(0, dtype=torch.uint8, device=tensor.device)
+        blocks.set_(tensor.untyped_storage())
+        if blocks.numel() % num_blocks:
+            raise ValueError(f"a KV storage of {blocks.numel()} bytes is not {num_blocks} equal blocks")
+        pages.append(blocks.view(num_blocks, -1))
+    return pages
+
+
+def copy_pages(
+    pages: Sequence[Tensor],  # from ``block_pages``: [num_blocks, page bytes] per storage
+    src: Tensor,  # [N] long: block copied from
+    dst: Tensor,  # [N] long: block copied to; distinct (each destination written once)
+) -> None:
+    """``block[dst[i]] = block[src[i]]`` (as they were before the call) in every storage: two operations each."""
+    if src.shape != dst.shape or src.dim() != 1:
+        raise ValueError(
+            f"block copies need two index vectors of one length, got {tuple(src.shape)} and {tuple(dst.shape)}"
+        )
+    for blocks in pages:
+        gathered = blocks.index_select(0, src)  # [N, page bytes]: a temporary, read before any write
+        blocks.index_copy_(0, dst, gathered)
+
+
 def copy_blocks(
     kv_caches: Iterable[Tensor | Sequence[Tensor]],  # the runner's ``kv_caches``: one tensor (or list) per layer
     num_blocks: int,  # the KV cache config's num_blocks
@@ -56,18 +87,7 @@ def copy_blocks(
     dst: Tensor,  # [N] long: block copied to; distinct (each destination written once)
 ) -> None:
     """``block[dst[i]] = block[src[i]]`` (as they were before the call) in every layer's KV storage."""
-    if src.shape != dst.shape or src.dim() != 1:
-        raise ValueError(
-            f"block copies need two index vectors of one length, got {tuple(src.shape)} and {tuple(dst.shape)}"
-        )
-    for tensor in block_storages(kv_caches):
-        blocks = torch.empty(0, dtype=torch.uint8, device=tensor.device)
-        blocks.set_(tensor.untyped_storage())
-        if blocks.numel() % num_blocks:
-            raise ValueError(f"a KV storage of {blocks.numel()} bytes is not {num_blocks} equal blocks")
-        blocks = blocks.view(num_blocks, -1)  # [num_blocks, page bytes]
-        gathered = blocks.index_select(0, src.to(blocks.device))  # [N, page bytes]: a temporary, read before any write
-        blocks.index_copy_(0, dst.to(blocks.device), gathered)
+    copy_pages(block_pages(kv_caches, num_blocks), src, dst)
 
 
 def prompt_tail_copies(
