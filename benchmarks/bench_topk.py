@@ -441,7 +441,7 @@ def run_config(args) -> dict:
             if batch == args.concurrency and dtype == EXACT_DTYPE:
                 equal_lists[str(k)] = ranked[: args.users_equal]
     if args.profile:
-        k = max(args.ks)
+        k = args.profile_k or max(args.ks)
         for batch, users in ((1, latency_users), (args.concurrency, throughput_users)):
             name = f"bench_topk_{mode}_{dtype}_profile_k{k}_b{batch}.txt"
             profile_call(rank, [s.history for s in users[:batch]], k, Path(args.work_dir) / name)
@@ -573,6 +573,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "the busiest functions and operations as bench_topk_<mode>_<dtype>_profile_k<K>_b<batch>.txt in "
         "--work-dir)",
     )
+    add(
+        "--profile-k",
+        type=int,
+        default=None,
+        help="with --profile: the K of the profiled calls (default: the largest of --ks)",
+    )
+    add(
+        "--exact-modes",
+        nargs="+",
+        default=None,
+        choices=MODES,
+        help=f"modes that also run in {EXACT_DTYPE} when --dtypes has it (default: every mode); e.g. reference engine, "
+        "the equality check, while the speed comparison runs in the other dtypes",
+    )
     add("--render", default=None, metavar="JSON", help="only rebuild the Markdown and PNG of a results JSON")
     add("--note", default=None, help="with --render: a note written into the JSON and the Markdown")
     add("--one", default=None, choices=MODES, help=argparse.SUPPRESS)  # child: run this mode
@@ -599,31 +613,42 @@ def main(argv: list[str] | None = None) -> int:
     results, skipped, errors = [], [], {}
     refusal = engine_refusal()
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+    name = args.name or f"topk_{Path(args.dataset).name}"
+
+    def write(final: bool) -> dict:
+        """The results so far (after each configuration, so that a run cut short keeps what it measured)."""
+        attach_equality(results, args.concurrency)  # idempotent: recomputed from the configurations so far
+        payload = summarize(args, results, skipped, errors)
+        if not final:
+            payload["note"] = f"partial: {len(results)} configurations done, the run goes on"
+        write_results(args.out, name, payload, markdown(payload), lambda plt: plot(plt, payload))
+        return payload
+
     for mode in args.modes:
         if mode == "engine" and refusal:
             skipped += skipped_records(mode, args.dtypes, args.ks, batch_sizes, refusal)
             continue
         for dtype in args.dtypes:
-            name = f"{mode}_{dtype}"
-            result = Path(args.work_dir) / f"bench_topk_{name}.json"
+            if dtype == EXACT_DTYPE and args.exact_modes is not None and mode not in args.exact_modes:
+                continue
+            config = f"{mode}_{dtype}"
+            result = Path(args.work_dir) / f"bench_topk_{config}.json"
             result.unlink(missing_ok=True)
             child = [sys.executable, "-m", "benchmarks.bench_topk", *forwarded, "--one", mode, "--one-dtype", dtype]
-            env = {**os.environ, "VLLM_CACHE_ROOT": str(Path(args.cache_root) / name), **dot_precision(dtype, args)}
+            env = {**os.environ, "VLLM_CACHE_ROOT": str(Path(args.cache_root) / config), **dot_precision(dtype, args)}
             log = result.with_suffix(".log")
-            print(f"[bench_topk] {name} (log {log}) ...", flush=True)
+            print(f"[bench_topk] {config} (log {log}) ...", flush=True)
             with open(log, "w") as handle:
                 code = subprocess.call(
                     [*child, "--result", str(result)], stdout=handle, stderr=subprocess.STDOUT, env=env
                 )
             if code != 0 or not result.exists():
-                errors[name] = f"exit {code}: " + log.read_text()[-1500:]
-                print(errors[name], flush=True)
-                continue
-            results.append(json.loads(result.read_text()))
-    attach_equality(results, args.concurrency)
-    payload = summarize(args, results, skipped, errors)
-    name = args.name or f"topk_{Path(args.dataset).name}"
-    write_results(args.out, name, payload, markdown(payload), lambda plt: plot(plt, payload))
+                errors[config] = f"exit {code}: " + log.read_text()[-1500:]
+                print(errors[config], flush=True)
+            else:
+                results.append(json.loads(result.read_text()))
+            write(final=False)
+    payload = write(final=True)
     print(markdown(payload))
     return 1 if errors else 0
 
@@ -636,6 +661,7 @@ def summarize(args, results: list[dict], skipped: list[dict], errors: dict) -> d
         "dataset": Path(args.dataset).name,
         "ks": args.ks,
         "dtypes": args.dtypes,
+        "exact_modes": args.exact_modes,
         "concurrency": args.concurrency,
         "users": args.users,
         "users_latency": args.users_latency,

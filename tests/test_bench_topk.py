@@ -259,3 +259,30 @@ def test_kv_blocks_per_request_averages_the_admissions_of_a_pass():
     admitted = [Admission(k=20, prompt_blocks=7, blocks=48, private_blocks=40), Admission(20, 6, 46, 40)]
     assert bench_topk.kv_blocks(admitted) == {"kv_blocks_per_request": 47.0, "prompt_blocks_per_request": 6.5}
     assert bench_topk.kv_blocks([]) == {"kv_blocks_per_request": None, "prompt_blocks_per_request": None}
+
+
+def test_float32_runs_only_the_exact_modes_and_results_are_written_after_each_configuration(tmp_path, monkeypatch):
+    """--exact-modes keeps float32 to the equality check's modes; a run cut short keeps what it measured."""
+    ran, seen_partial = [], []
+
+    def child(command, stdout, stderr, env):
+        mode, dtype = command[command.index("--one") + 1], command[command.index("--one-dtype") + 1]
+        ran.append((mode, dtype))
+        if len(ran) == 2:  # the first configuration's results are on disk while the second runs
+            seen_partial.append(json.loads((tmp_path / "topk_beauty_atspeed.json").read_text()))
+        record = bench_topk.pass_record(mode, dtype, 5, 1, [0.01, 0.02], [[1, 2, 3, 4, 5]] * 2, [[1], [9]])
+        result = {"mode": mode, "dtype": dtype, "startup_seconds": 1.0, "records": [record], "equal_lists": {}}
+        Path(command[command.index("--result") + 1]).write_text(json.dumps(result))
+        return 0
+
+    monkeypatch.setattr(bench_topk.subprocess, "call", child)
+    argv = ["--target", "/t", "--dataset", str(tmp_path / "beauty_atspeed"), "--ks", "5", "--out", str(tmp_path)]
+    argv += ["--work-dir", str(tmp_path), "--modes", "reference", "vllm_beam_search", "greedy_floor"]
+    assert bench_topk.main([*argv, "--dtypes", "bfloat16", "float32", "--exact-modes", "reference"]) == 0
+    assert ran == [("reference", "bfloat16"), ("reference", "float32"), ("vllm_beam_search", "bfloat16")] + [
+        ("greedy_floor", "bfloat16")
+    ]
+    (partial,) = seen_partial
+    assert partial["note"].startswith("partial: 1 configurations done") and len(partial["records"]) == 1
+    final = json.loads((tmp_path / "topk_beauty_atspeed.json").read_text())
+    assert "note" not in final and final["exact_modes"] == ["reference"] and len(final["records"]) == 4
