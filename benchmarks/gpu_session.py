@@ -15,6 +15,8 @@ or ``nvidia-h200-x2`` for two GPUs):
 
 For the bench target's results, call 1 runs ``start bench_target bench_eval bench_drafts acceptance
 --target bench`` (``--drafts padrec`` trains only the head the vLLM jobs need), and call 3 ``checks JOB...``.
+Issue 12's top-K results for both datasets, on ``nvidia-h200-x2``: call 1 ``start bench_target
+bench_target_games --target bench``, call 3 ``checks bench_topk bench_topk_games``.
 
 Phases, one per call (``python3 benchmarks/gpu_session.py PHASE --help`` lists a phase's options; the
 options a call is given hold for the later calls too):
@@ -43,8 +45,11 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
     engine_step           benchmarks/engine_step.py of the current code                         draft   lane 1
     lossless              benchmarks/vllm_lossless.py, one run per --lossless-modes              draft   lane 1
     hostile               benchmarks/hostile_inputs.py                                           draft   lane 1
-    bench_topk            benchmarks/bench_topk.py (top-K: reference, vLLM's beam search, the    target  lane 1
-                          engine) on beauty_atspeed
+    bench_target_games    the bench target on games_atspeed, beside bench_target                 -       lane 1
+    bench_topk            issue 12's top-K benchmark (bench_topk: four modes, K 1-100, bfloat16  target  lane 0
+                          speed, float32 equality on 500 users, profiles at K = 20; top-K on)
+    bench_topk_games      the same on games_atspeed's bench target                               bench_target_games
+                                                                                                         lane 1
     topk_tests            the top-K GPU tests (tests/test_integration_gpu_topk.py)               -       lane 0
     topk_bringup          bench_topk's four modes, float32, a few Ks and users, with the top-K  target  lane 0
                           path switched on (VLLM_PADREC_TOPK_BRINGUP=1)
@@ -157,7 +162,7 @@ class Settings:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in fields})
 
     def checkpoint(self) -> Path:
-        return WORK / ("small" if self.target == "small" else "bench") / "checkpoint"
+        return WORK / "small" / "checkpoint" if self.target == "small" else bench_dir(self.dataset) / "checkpoint"
 
     def draft(self) -> Path:
         return WORK / ("drafts" if self.target == "small" else "bench_drafts") / "padrec" / "draft"
@@ -257,6 +262,17 @@ def dataset_path(settings: Settings) -> str:
     return str(WORK / "data" / settings.dataset)
 
 
+def bench_dir(dataset: str) -> Path:
+    """The bench target's folder for ``dataset``: /tmp/padrec/bench for the default dataset (the committed
+    layout), bench_<dataset> for another, so that two datasets' targets can train side by side."""
+    return WORK / ("bench" if dataset == Settings.dataset else f"bench_{dataset}")
+
+
+def with_dataset(ctx: JobContext, dataset: str) -> JobContext:
+    """The job's context on the bench target of another dataset (the second-dataset jobs on lane 1)."""
+    return dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings, dataset=dataset, target="bench"))
+
+
 def job_train(ctx: JobContext) -> int:
     import torch
 
@@ -295,13 +311,15 @@ def job_bench_target(ctx: JobContext) -> int:
         "--dataset",
         dataset_path(ctx.settings),
         "--out",
-        str(WORK / "bench"),
+        str(bench_dir(ctx.settings.dataset)),
     ]
     code = ctx.python("vllm_padrec.cli", "train-target", *args)
     for name in ("loss", "val"):
-        if (WORK / "bench" / f"{name}.json").exists():
+        if (bench_dir(ctx.settings.dataset) / f"{name}.json").exists():
             tag = "" if ctx.settings.dataset == Settings.dataset else f"_{ctx.settings.dataset}"  # committed names
-            shutil.copy(WORK / "bench" / f"{name}.json", WORK / "results" / f"bench_target_{name}{tag}.json")
+            shutil.copy(
+                bench_dir(ctx.settings.dataset) / f"{name}.json", WORK / "results" / f"bench_target_{name}{tag}.json"
+            )
     return code
 
 
@@ -309,7 +327,7 @@ def job_bench_eval(ctx: JobContext) -> int:
     out = str(WORK / "results" / f"target_{ctx.settings.dataset.split('_')[0]}.json")  # target_beauty.json
     args = [
         "--checkpoint",
-        str(WORK / "bench/checkpoint"),
+        str(bench_dir(ctx.settings.dataset) / "checkpoint"),
         "--dataset",
         dataset_path(ctx.settings),
         "--batch-size",
@@ -323,7 +341,8 @@ def job_bench_drafts(ctx: JobContext) -> int:
 
     def train_drafts(out: str, scale: float, *methods: str) -> list[str]:  # the same budget for every head
         return [
-            *(sys.executable, "-m", "vllm_padrec.cli", "train-draft", "--target", str(WORK / "bench/checkpoint")),
+            *(sys.executable, "-m", "vllm_padrec.cli", "train-draft"),
+            *("--target", str(bench_dir(s.dataset) / "checkpoint")),
             *("--dataset", dataset_path(ctx.settings), "--out", out, "--gamma", "5", "--max-steps", str(s.draft_steps)),
             *("--batch-size", "64", "--max-stored-gib", "24", "--signal-lr-scale", str(scale), "--until-done"),
             *("--method", *methods),
@@ -350,7 +369,7 @@ def job_acceptance(ctx: JobContext) -> int:
         heads.append(f"padrec_signal_lr10={WORK / 'bench_drafts_signal_lr10/padrec/draft'}")
     return ctx.python(
         "benchmarks.bench_acceptance",
-        *("--target", str(WORK / "bench/checkpoint"), "--dataset", dataset_path(ctx.settings), "--drafts", *heads),
+        *("--target", str(bench_dir(s.dataset) / "checkpoint"), "--dataset", dataset_path(s), "--drafts", *heads),
         *("--users", str(s.accept_users), "--gammas", *map(str, s.accept_gammas), "--batch-size", "128"),
         *("--out", str(WORK / "results"), "--name", s.accept_name),
     )
@@ -443,22 +462,27 @@ def job_lossless(ctx: JobContext) -> int:
     return max(codes, default=0)
 
 
+SECOND_DATASET = "games_atspeed"  # the second dataset of the top-K must-show (issue 12), on lane 1
+
+
 def job_bench_topk(ctx: JobContext) -> int:
-    """benchmarks/bench_topk.py on the session's target (no draft), each configuration its own VLLM_CACHE_ROOT."""
+    """Issue 12's top-K benchmark on the session dataset's bench target: every mode; bfloat16 for speed, float32
+    for the equality check (reference and engine, 500 users); K 1-100; profiles at K = 20. The engine's mode
+    runs with top-K switched on for this process tree (VLLM_PADREC_TOPK_BRINGUP=1: top-K is served to users
+    only once these runs meet the issue's goals). Each configuration has its own VLLM_CACHE_ROOT, and the
+    results are written after each one (a hold cut short keeps what it measured)."""
     s = ctx.settings
-    work = WORK / "bench_topk"  # the configurations' result files; their logs go to the job's logs
+    work = WORK / ctx.job  # the configurations' result files; their logs and profiles go to the job's logs
     code = ctx.python(
         "benchmarks.bench_topk",
-        *("--target", str(s.checkpoint()), "--dataset", dataset_path(ctx.settings), "--out", str(WORK / "results")),
-        *(
-            "--name",
-            f"topk_{s.dataset}{s.suffix()}",
-            "--cache-root",
-            str(WORK / "cache" / ctx.job),
-        ),
-        *("--work-dir", str(work)),
+        *("--target", str(s.checkpoint()), "--dataset", dataset_path(s), "--out", str(WORK / "results")),
+        *("--name", f"topk_{s.dataset}{s.suffix()}", "--cache-root", str(WORK / "cache" / ctx.job)),
+        *("--work-dir", str(work), "--dtypes", "bfloat16", "float32", "--exact-modes", "reference", "engine"),
+        *("--users", "512", "--users-latency", "50", "--users-equal", "500", "--concurrency", "64"),
+        *("--profile", "--profile-k", "20"),
+        env={**ctx.env, TOPK_BRINGUP_ENV: "1"},
     )
-    for config_log in work.glob("bench_topk_*.log"):
+    for config_log in [*work.glob("bench_topk_*.log"), *work.glob("bench_topk_*_profile_*.txt")]:
         shutil.move(config_log, WORK / "logs" / f"{ctx.job}.{config_log.name}")
     return code
 
@@ -583,7 +607,15 @@ JOBS: dict[str, Job] = {
         Job("engine_step", job_engine_step, needs=(DRAFT,), lane=1, vllm=True),
         Job("lossless", job_lossless, needs=(DRAFT,), lane=1, vllm=True),
         Job("hostile", job_hostile, needs=(DRAFT,), lane=1, vllm=True),
-        Job("bench_topk", job_bench_topk, needs=(TARGET,), lane=1, vllm=True),
+        Job("bench_target_games", lambda ctx: job_bench_target(with_dataset(ctx, SECOND_DATASET)), lane=1),
+        Job("bench_topk", job_bench_topk, needs=(TARGET,), vllm=True),
+        Job(
+            "bench_topk_games",
+            lambda ctx: job_bench_topk(with_dataset(ctx, SECOND_DATASET)),
+            needs=("bench_target_games",),
+            lane=1,
+            vllm=True,
+        ),
         Job("topk_tests", job_topk_tests, vllm=True),
         Job("topk_bringup", job_topk_bringup, needs=(TARGET,), vllm=True),
         Job("examples", job_examples, needs=(DRAFT,), lane=1, vllm=True),

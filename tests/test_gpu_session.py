@@ -6,6 +6,7 @@ statuses of the phases, the settings kept between calls, and what ``wait`` sends
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tarfile
 import threading
@@ -342,3 +343,31 @@ def test_a_session_without_the_small_draft_refuses_jobs_that_need_it(session):
 def test_the_dataset_setting_picks_the_folder_every_job_reads():
     assert gs.dataset_path(gs.Settings()) == str(gs.WORK / "data" / "beauty_atspeed")
     assert gs.dataset_path(gs.Settings(dataset="games_atspeed")) == str(gs.WORK / "data" / "games_atspeed")
+
+
+def test_the_top_k_must_show_runs_each_dataset_on_its_own_bench_target(monkeypatch, tmp_path):
+    """bench_topk on the session dataset's bench target, bench_topk_games on games_atspeed's (trained beside it
+    by bench_target_games into its own folder), both with top-K switched on and float32 for the equality only."""
+    monkeypatch.setattr(gs, "WORK", tmp_path)
+    calls = []
+    ctx = gs.JobContext("bench_topk", gs.Settings(target="bench"), {"PATH": "/bin"})
+    monkeypatch.setattr(
+        ctx.__class__, "python", lambda self, module, *args, env=None: calls.append((self.job, module, args, env)) or 0
+    )
+    assert gs.JOBS["bench_topk"].body(ctx) == 0
+    assert gs.JOBS["bench_topk_games"].body(dataclasses.replace(ctx, job="bench_topk_games")) == 0
+    assert gs.JOBS["bench_target_games"].body(dataclasses.replace(ctx, job="bench_target_games")) == 0
+    (_, _, beauty, env), (_, _, games, _), (_, train, target_args, _) = calls
+    value = lambda args, option: args[args.index(option) + 1]  # noqa: E731
+    assert value(beauty, "--target") == str(tmp_path / "bench" / "checkpoint")
+    assert value(beauty, "--dataset") == str(tmp_path / "data" / "beauty_atspeed")
+    assert value(beauty, "--name") == "topk_beauty_atspeed" and value(games, "--name") == "topk_games_atspeed"
+    assert value(games, "--target") == str(tmp_path / "bench_games_atspeed" / "checkpoint")
+    assert value(games, "--dataset") == str(tmp_path / "data" / "games_atspeed")
+    assert env["VLLM_PADREC_TOPK_BRINGUP"] == "1"
+    assert beauty[beauty.index("--exact-modes") + 1 : beauty.index("--exact-modes") + 3] == ("reference", "engine")
+    assert value(beauty, "--users-equal") == "500" and value(beauty, "--profile-k") == "20"
+    assert value(beauty, "--cache-root") != value(games, "--cache-root")
+    assert train == "vllm_padrec.cli" and value(target_args, "--out") == str(tmp_path / "bench_games_atspeed")
+    assert gs.JOBS["bench_topk_games"].lane == gs.JOBS["bench_target_games"].lane == 1
+    assert gs.needs_of("bench_topk", gs.Settings(target="bench")) == ["bench_target"]
