@@ -50,7 +50,8 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
                           speed, float32 equality on 500 users, profiles at K = 20; top-K on)
     bench_topk_games      the same on games_atspeed's bench target                               bench_target_games
                                                                                                          lane 1
-    topk_tests            the top-K GPU tests (tests/test_integration_gpu_topk.py)               -       lane 0
+    topk_tests            the top-K GPU tests (test_integration_gpu_topk.py, the KV copy kernel  -       lane 0
+                          and the pinned host copies natively)
     topk_bringup          bench_topk's four modes, float32, a few Ks and users, with the top-K  target  lane 0
                           path switched on (VLLM_PADREC_TOPK_BRINGUP=1)
     examples              vllm serve with the draft: examples/openai_client.py, POST             draft   lane 1
@@ -488,8 +489,11 @@ def job_bench_topk(ctx: JobContext) -> int:
 
 
 def job_topk_tests(ctx: JobContext) -> int:
-    """The top-K GPU tests (tests/test_integration_gpu_topk.py, which switch top-K on in their engines' processes)."""
-    return ctx.run(pytest_command(("test_integration_gpu_topk.py",)))
+    """The top-K GPU tests (tests/test_integration_gpu_topk.py, which switch top-K on in their engines' processes),
+    and the top-K path's kernel and host copies natively (test_kv_block_copy_kernel.py, test_device_lists.py)."""
+    return ctx.run(
+        pytest_command(("test_integration_gpu_topk.py", "test_kv_block_copy_kernel.py", "test_device_lists.py"))
+    )
 
 
 def job_topk_bringup(ctx: JobContext) -> int:

@@ -225,12 +225,16 @@ class FakeScheduler:
                     self.just_finished.add(req_id)
 
 
+engines: list[TopKEngine] = []  # every run_engine's engine, latest last
+
+
 def run_engine(monkeypatch, model, catalog, topk_users, list_user, seed: int = 0, preemptions=None, runs=None):
     """An engine's life: (the top-K answers by request id, the list request's output tokens). ``preemptions``:
     {engine step: (request id, the step it comes back at)}; ``runs``: filled with each request's output tokens."""
     L = catalog.num_slots
     lists = request_lists(monkeypatch, catalog, ListSettings(max_list_items=4), max_num_reqs=NUM_SLOTS)
     engine = TopKEngine("cpu")
+    engines.append(engine)
     v2 = FakeV2(model, lists, engine, seed)
     beams = TopKBeams(BeamLayout(item_length=L, block_size=BS))
     engine.attach(beams, [v2.kv], NUM_BLOCKS)
@@ -266,7 +270,11 @@ def run_engine(monkeypatch, model, catalog, topk_users, list_user, seed: int = 0
     return answers, scheduler.requests["list"]["outputs"]
 
 
-def test_topk_answers_equal_the_reference_and_leave_a_list_request_unchanged(monkeypatch, tiny):
+@pytest.mark.parametrize("kernel", [False, True], ids=["torch KV copies", "Triton KV copies"])
+def test_topk_answers_equal_the_reference_and_leave_a_list_request_unchanged(monkeypatch, tiny, kernel):
+    """With the KV block copies of the torch reference, and of the Triton kernel (the interpreter off CUDA)."""
+    if kernel:
+        monkeypatch.setenv("PADREC_FORCE_TRITON", "1")
     model, catalog, histories = tiny
     users = [("R1", histories[0], 3), ("R2", histories[1], 2)]
     answers, list_tokens = run_engine(monkeypatch, model, catalog, users, histories[2])
@@ -279,6 +287,8 @@ def test_topk_answers_equal_the_reference_and_leave_a_list_request_unchanged(mon
         assert list(zip(items, answer.scores[live].tolist())) == reference, req_id
     _, alone = run_engine(monkeypatch, model, catalog, [], histories[2])
     assert list_tokens == alone and list_tokens[-1] == TokenLayout.EOS
+    # the run with top-K traffic copied its blocks where the test says (a kernel failure would have left None)
+    assert (engines[-2].copy_blocks.pointers is not None) == kernel
 
 
 def test_a_preempted_request_ends_with_eos_and_no_answer_when_it_comes_back(monkeypatch, tiny):

@@ -9,6 +9,7 @@ several layers. Each check reads the logical block dimension: block ``dst[i]`` m
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -16,11 +17,11 @@ import torch
 from vllm.v1.worker.gpu.attn_utils import _reshape_attention_kv_cache
 
 from vllm_padrec.topk.kv_copy import (
+    BlockCopier,
     PrivateBlocks,
     block_pages,
     block_storages,
     copy_blocks,
-    copy_pages,
     prompt_tail_copies,
 )
 
@@ -103,7 +104,7 @@ def test_pages_made_once_copy_what_the_cache_holds_at_each_copy():
         for kv in layers:  # the step's forward writes new KV into every block
             kv.copy_(torch.randn(kv.shape, generator=torch.Generator().manual_seed(10 + step)))
         before = [kv.clone() for kv in layers]
-        copy_pages(pages, torch.tensor(src), torch.tensor(dst))
+        BlockCopier(pages)(torch.tensor(src), torch.tensor(dst))
         for kv, old in zip(layers, before):
             expect_copied(old, kv, src, dst)
 
@@ -169,3 +170,34 @@ def test_a_parent_without_blocks_leaves_the_child_as_it_is():
     blocks = PrivateBlocks.build([[3, 4], [5]], beam_width=[2, 1])
     src = blocks.sources(torch.tensor([[1, 0], [1, 0]]))
     assert torch.equal(src, torch.tensor([4, 3, 5]))
+
+
+def test_the_copier_takes_the_kernel_where_it_can_and_the_reference_otherwise(monkeypatch, caplog):
+    """CUDA (here: PADREC_FORCE_TRITON=1 under the interpreter) takes the Triton kernel; pages of two sizes, or a
+    kernel that fails, take the torch reference, with the reason in the log."""
+    from vllm_padrec.topk import kv_copy
+
+    src, dst = torch.tensor([2, 0, 1, 5]), torch.tensor([0, 1, 2, 5])
+    layers = [blocks_first_cache(NHD, seed=1), blocks_first_cache(HND, seed=2)]
+    before = [kv.clone() for kv in layers]
+    assert BlockCopier(block_pages(layers, NUM_BLOCKS)).pointers is None  # CPU: the reference
+    monkeypatch.setenv("PADREC_FORCE_TRITON", "1")
+    copier = BlockCopier(block_pages(layers, NUM_BLOCKS))
+    assert copier.pointers is not None
+    copier(src, dst)
+    for kv, old in zip(layers, before):
+        expect_copied(old, kv, src.tolist(), dst.tolist())
+    with caplog.at_level(logging.WARNING, logger="vllm.padrec"):
+        mixed = BlockCopier(block_pages([blocks_first_cache(NHD), torch.zeros(NUM_BLOCKS, 3)], NUM_BLOCKS))
+    assert mixed.pointers is None and "torch reference" in caplog.text
+
+    def broken(*args):
+        raise RuntimeError("no kernel today")
+
+    monkeypatch.setattr(kv_copy, "kv_block_copy", broken)
+    before = [kv.clone() for kv in layers]
+    with caplog.at_level(logging.ERROR, logger="vllm.padrec"):
+        copier(src, dst)  # falls back for this call and every later one
+    assert copier.pointers is None and "no kernel today" in caplog.text
+    for kv, old in zip(layers, before):
+        expect_copied(old, kv, src.tolist(), dst.tolist())

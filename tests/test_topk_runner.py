@@ -454,10 +454,9 @@ def test_patch_attaches_the_runners_beams_and_kv_caches_to_the_model_states_engi
     beams = execute_model_patch.topk_beams(runner)
     assert engine.beams is beams
     # each layer's storage as 77 byte pages (kv_copy.block_pages), views of the runner's own tensors
-    assert [tuple(p.shape) for p in engine.kv_pages] == [(77, 2 * 4 * 4), (77, 3 * 4)]
-    assert [p.untyped_storage().data_ptr() for p in engine.kv_pages] == [
-        t.untyped_storage().data_ptr() for t in runner.kv_caches
-    ]
+    pages = engine.copy_blocks.pages
+    assert [tuple(p.shape) for p in pages] == [(77, 2 * 4 * 4), (77, 3 * 4)]
+    assert [p.untyped_storage().data_ptr() for p in pages] == [t.untyped_storage().data_ptr() for t in runner.kv_caches]
     runner.execute_model(step_output(cached=[("o", 2, 1)]))  # attached once: the same objects stay
     assert execute_model_patch.topk_beams(runner) is beams and engine.beams is beams
 

@@ -53,7 +53,7 @@ from vllm_padrec.catalog import TokenLayout
 from vllm_padrec.device_lists import long_tensors
 from vllm_padrec.integration.patches.sample_tokens import TopKAnswers
 from vllm_padrec.topk.beams import BEAM_ID_INFIX, TopKBeams, TopKState
-from vllm_padrec.topk.kv_copy import PrivateBlocks, block_pages, copy_pages, prompt_tail_copies
+from vllm_padrec.topk.kv_copy import BlockCopier, PrivateBlocks, block_pages, prompt_tail_copies
 from vllm_padrec.topk.sampling import (
     BeamBatch,
     BeamSelection,
@@ -142,7 +142,7 @@ class TopKEngine:
         self.device = torch.device(device)
         self.answers = TopKAnswers()
         self.beams: TopKBeams | None = None  # attached once the runner knows its block size and catalog
-        self.kv_pages: list[Tensor] = []  # the runner's KV storages as block pages (kv_copy.block_pages)
+        self.copy_blocks = BlockCopier([])  # over the runner's KV storages, once attached
         self.req_states: Any = None  # V2's RequestState (all_token_ids, total_len, last_sampled_tokens)
         self.lists: Any = None  # the runner's RequestLists (patches/init_model_state.py): R's row override
         self._input_batch: Any = None  # this step's input batch, between before_sampling and after_masking
@@ -155,7 +155,7 @@ class TopKEngine:
     def attach(self, beams: TopKBeams, kv_caches: Any, num_blocks: int) -> None:
         """Called once by the runner's first real step (``patches/execute_model.py``), with the runner's
         ``kv_caches`` (one tensor or list per layer) and the KV cache config's ``num_blocks``."""
-        self.beams, self.kv_pages = beams, block_pages(kv_caches, num_blocks)
+        self.beams, self.copy_blocks = beams, BlockCopier(block_pages(kv_caches, num_blocks))
 
     # -- request slots (the model state's add_request / apply_staged_writes) ----------------------
     def note_new_request(self, slot: int, req_id: str) -> None:
@@ -275,7 +275,7 @@ class TopKEngine:
                     batch.history_columns,
                 )
                 blocks = self._private_blocks(states, batch.beam_slots.device)
-                copy_pages(self.kv_pages, blocks.sources(selection.step.parent_rank), blocks.dst)
+                self.copy_blocks(blocks.sources(selection.step.parent_rank), blocks.dst)
             for g, state in enumerate(states):
                 row = CohortRow(selection.groups, g, state.k)
                 if batch.last:
@@ -309,4 +309,4 @@ class TopKEngine:
             src += s
             dst += d
         if src:
-            copy_pages(self.kv_pages, *long_tensors(src, dst, device=self.device))
+            self.copy_blocks(*long_tensors(src, dst, device=self.device))

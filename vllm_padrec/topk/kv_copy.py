@@ -16,12 +16,14 @@ in which block i owns the contiguous range [i * page, (i + 1) * page) for every 
 (``worker/gpu/attn_utils.py``: ``_allocate_kv_cache``, ``_reshape_attention_kv_cache``; the blocks-first
 shapes ``(num_blocks, heads, block_size, 2 * head_size)`` of FlashAttention, Triton and Flex, with
 any stride order, padded pages, and the K/V-first shapes that ``_update_hybrid_attention_layout``
-restrides to block-major). ``copy_blocks`` copies through that byte view, exactly as vLLM's own
-``copy_kv_cache_blocks_inplace`` (``worker/utils.py:541``) does for its copy-on-write of partial
-prefix hits, but with GPU index tensors instead of a host list, since the parents are only known on
-the GPU. Each storage is copied once however many layers view it, and the sources are gathered into a
-temporary before any destination is written, so permutations with cycles (0 <- 1, 1 <- 0) and many
-children of one parent are safe.
+restrides to block-major). The copies go through that byte view (``block_pages``, made once per
+engine), exactly as vLLM's own ``copy_kv_cache_blocks_inplace`` (``worker/utils.py:541``) does for its
+copy-on-write of partial prefix hits, but with GPU index tensors instead of a host list, since the
+parents are only known on the GPU. Each storage is copied once however many layers view it, and the
+sources are gathered into a temporary before any destination is written, so permutations with cycles
+(0 <- 1, 1 <- 0) and many children of one parent are safe. ``BlockCopier`` runs them as one Triton
+kernel over every storage (``vllm_padrec.kernels.kv_block_copy``: two launches per step instead of two
+per layer) or as its torch reference (``copy_blocks``, and off CUDA).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import torch
 from torch import Tensor
 
 from vllm_padrec.device_lists import long_tensors
+from vllm_padrec.envs import force_triton
+from vllm_padrec.kernels import StoragePointers, kv_block_copy, kv_block_copy_reference
 
 
 def block_storages(kv_caches: Iterable[Tensor | Sequence[Tensor]]) -> list[Tensor]:
@@ -65,19 +69,39 @@ def block_pages(
     return pages
 
 
-def copy_pages(
-    pages: Sequence[Tensor],  # from ``block_pages``: [num_blocks, page bytes] per storage
-    src: Tensor,  # [N] long: block copied from
-    dst: Tensor,  # [N] long: block copied to; distinct (each destination written once)
-) -> None:
-    """``block[dst[i]] = block[src[i]]`` (as they were before the call) in every storage: two operations each."""
-    if src.shape != dst.shape or src.dim() != 1:
-        raise ValueError(
-            f"block copies need two index vectors of one length, got {tuple(src.shape)} and {tuple(dst.shape)}"
-        )
-    for blocks in pages:
-        gathered = blocks.index_select(0, src)  # [N, page bytes]: a temporary, read before any write
-        blocks.index_copy_(0, dst, gathered)
+class BlockCopier:
+    """The engine's block copies over its KV storages: ``block[dst[i]] = block[src[i]]`` (as they were before
+    the call) in every storage. On CUDA (or anywhere with ``PADREC_FORCE_TRITON=1``) the Triton kernel does all
+    storages in two launches (``vllm_padrec.kernels.kv_block_copy``); otherwise, or when the storages' pages
+    differ in size, or once the kernel has failed, its torch reference (two operations per storage)."""
+
+    def __init__(self, pages: Sequence[Tensor]) -> None:
+        self.pages = list(pages)  # from ``block_pages``: [num_blocks, page bytes] per storage
+        self.pointers: StoragePointers | None = None
+        if self.pages and (self.pages[0].is_cuda or force_triton()):
+            try:
+                self.pointers = StoragePointers.of(self.pages)
+            except ValueError as why:
+                _logger().warning("vllm-padrec: top-K KV copies use the torch reference: %s", why)
+
+    def __call__(self, src: Tensor, dst: Tensor) -> None:  # [N] long each, dst distinct
+        if self.pointers is not None:
+            try:
+                return kv_block_copy(self.pointers, src, dst)
+            except Exception as error:  # a compile or launch failure: before any block was written
+                _logger().error(
+                    "vllm-padrec: the KV block copy kernel failed (%s: %s); using the torch reference",
+                    type(error).__name__,
+                    error,
+                )
+                self.pointers = None
+        kv_block_copy_reference(self.pages, src, dst)
+
+
+def _logger():
+    from vllm_padrec.integration.log import get_logger
+
+    return get_logger(__name__)
 
 
 def copy_blocks(
@@ -87,7 +111,7 @@ def copy_blocks(
     dst: Tensor,  # [N] long: block copied to; distinct (each destination written once)
 ) -> None:
     """``block[dst[i]] = block[src[i]]`` (as they were before the call) in every layer's KV storage."""
-    copy_pages(block_pages(kv_caches, num_blocks), src, dst)
+    kv_block_copy_reference(block_pages(kv_caches, num_blocks), src, dst)
 
 
 def prompt_tail_copies(
