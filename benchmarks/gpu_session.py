@@ -60,6 +60,7 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
     bench_vllm_mask       benchmarks/bench_vllm_mask.py (the catalog masks at vLLM's shapes)     -       lane 1
     bench_trie            benchmarks/bench_trie.py                                               -       lane 1
     bench_padrec_kernel   benchmarks/bench_padrec_kernel.py                                      -       lane 1
+    bench_kv_block_copy   benchmarks/bench_kv_block_copy.py (top-K KV copies: kernel, reference) -       lane 1
 
 Order: a job starts once the jobs it needs succeeded (it fails, without running, when one failed) and
 every job queued before it on its GPU has ended: on two GPUs lane 0 is GPU 0 and lane 1 is GPU 1
@@ -585,6 +586,10 @@ def job_bench_trie(ctx: JobContext) -> int:
     return ctx.python("benchmarks.bench_trie", "--out", str(WORK / "results"))
 
 
+def job_bench_kv_block_copy(ctx: JobContext) -> int:
+    return ctx.python("benchmarks.bench_kv_block_copy", "--out", str(WORK / "results"))
+
+
 def job_bench_padrec_kernel(ctx: JobContext) -> int:
     return ctx.python("benchmarks.bench_padrec_kernel", "--out", str(WORK / "results"))
 
@@ -627,6 +632,7 @@ JOBS: dict[str, Job] = {
         Job("bench_vllm_mask", job_bench_vllm_mask, lane=1, vllm=True),
         Job("bench_trie", job_bench_trie, lane=1),
         Job("bench_padrec_kernel", job_bench_padrec_kernel, lane=1),
+        Job("bench_kv_block_copy", job_bench_kv_block_copy, lane=1),
     )
 }
 CLOSING_CHECK = ("engine_step_baseline", "kernel_tests", "gpu_tests", "lossless", "engine_step")
