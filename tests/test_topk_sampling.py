@@ -281,15 +281,33 @@ def test_a_step_without_a_finished_topk_request_returns_vllms_output_as_it_is():
     assert output.model_runner_output.pooler_output is None
 
 
+class FakeAsyncOutput:
+    """V2's AsyncOutput as the patch sees it: ``model_runner_output``, and ``get_output`` handing it on."""
+
+    def __init__(self, model_runner_output: ModelRunnerOutput) -> None:
+        self.model_runner_output = model_runner_output
+        self.waited = False
+
+    def get_output(self) -> ModelRunnerOutput:
+        self.waited = True
+        return self.model_runner_output
+
+
 def test_finished_topk_requests_get_their_encoded_answer_as_pooler_output():
-    output = SimpleNamespace(model_runner_output=runner_output(["x", "a", beam_req_id("a", 0), "b"]))
+    from vllm.v1.outputs import AsyncModelRunnerOutput
+
+    output = FakeAsyncOutput(runner_output(["x", "a", beam_req_id("a", 0), "b"]))
     runner = patched_runner_class(output)()
     answers = sample_tokens_patch.TopKAnswers()
     runner.model_state = SimpleNamespace(padrec_topk_answers=answers)
     answers.put("a", items(3, seed=1))
     answers.put("b", items(2, seed=2))
     answers.put("gone", items(1, seed=3))  # aborted in this step: not in the output, dropped
-    assert runner.sample_tokens(None) is output
+    in_flight = runner.sample_tokens(None)
+    # the executors call get_output on an AsyncModelRunnerOutput; until then nothing waits for the copies
+    assert isinstance(in_flight, AsyncModelRunnerOutput) and in_flight.inner is output
+    assert not output.waited and output.model_runner_output.pooler_output is None
+    assert in_flight.get_output() is output.model_runner_output and output.waited
     pooled = output.model_runner_output.pooler_output
     assert pooled[0] is None and pooled[2] is None
     for index, (req_id, seed, n) in {1: ("a", 1, 3), 3: ("b", 2, 2)}.items():

@@ -8,7 +8,9 @@ tensor is float64 ``[n, 2L + 1]``, one row per item, best first:
     columns L .. 2L-1    the float32 log-probability of each token, widened (exact)
     column 2L            the item's float32 score (the sum accumulated step by step), widened (exact)
 
-``encode_items`` and ``decode_items`` are inverse to each other bit for bit.
+``encode_items`` and ``decode_items`` are inverse to each other bit for bit. ``encode_items_on_device``
+builds the same tensor where the items are, for a copy to the host that the caller queues without waiting
+(``patches/sample_tokens.py``).
 """
 
 from __future__ import annotations
@@ -19,14 +21,18 @@ from torch import Tensor
 from vllm_padrec.topk.select import TopKItems
 
 
-def encode_items(items: TopKItems) -> Tensor:  # [n, 2L + 1] float64
+def encode_items(items: TopKItems) -> Tensor:  # [n, 2L + 1] float64, on the host
+    return encode_items_on_device(items).cpu()
+
+
+def encode_items_on_device(items: TopKItems) -> Tensor:  # [n, 2L + 1] float64, on the items' device
     n, L = items.tokens.shape
     if items.scores.shape != (n,) or items.logprobs.shape != (n, L):
         raise ValueError(
             f"tokens {tuple(items.tokens.shape)}, scores {tuple(items.scores.shape)} and logprobs "
             f"{tuple(items.logprobs.shape)} do not describe the same {n} items"
         )
-    return torch.cat([items.tokens.double(), items.logprobs.double(), items.scores.double()[:, None]], 1).cpu()
+    return torch.cat([items.tokens.double(), items.logprobs.double(), items.scores.double()[:, None]], 1)
 
 
 def decode_items(encoded: Tensor, num_slots: int) -> TopKItems:

@@ -8,7 +8,7 @@ What: after vLLM's own ``sample_tokens``, for every top-K request R whose final 
 engine step, R's answer (``topk.select.TopKItems``, the K items best first with their scores) is set,
 encoded by ``topk.result.encode_items``, as R's entry of the step's
 ``ModelRunnerOutput.pooler_output`` (``[None] * num_reqs`` with R's entries filled; for an
-``AsyncOutput``, its ``model_runner_output``, which V2's ``get_output`` hands on with
+``AsyncOutput``, the ``model_runner_output`` its ``get_output`` returns, which V2 hands on with
 ``pooler_output`` untouched, async_utils.py:49-67). The scheduler copies ``pooler_outputs[req_index]``
 into ``EngineCoreOutput.pooling_output`` for any request (scheduler.py:1715, :1844), and the front end
 turns it into a ``PoolingRequestOutput``. A step with no finished top-K request returns vLLM's output
@@ -28,9 +28,12 @@ a ``SamplerOutput``, which has no per-request tensor field, and the ``ModelRunne
 after it inside ``sample_tokens``; no ModelState hook sees that output.
 
 How: applied right after ``vllm.v1.worker.gpu.model_runner`` is imported; the wrapper replaces the
-class attribute once (idempotent) and keeps vLLM's function as ``__wrapped__``. The answers' encoding
-copies them to the host, after the step's sampling work is queued; that wait happens once per top-K
-request, at its last step.
+class attribute once (idempotent) and keeps vLLM's function as ``__wrapped__``. With async scheduling
+(V2's ``AsyncOutput``) the answers' host copies are queued behind the step's work, non-blocking into
+pinned memory, and the output is wrapped (``AnswersInFlight``) so that ``get_output``, which the engine
+calls when it needs the step's results anyway, waits for them and fills ``pooler_output``: the host does
+not wait for the GPU in the step a top-K request ends. A synchronous ``ModelRunnerOutput`` gets them
+copied at once.
 
 Unnecessary when: vLLM's sampler can return per-request tensors alongside tokens, or serves beam search
 inside the engine itself.
@@ -41,8 +44,10 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
+import torch
+
 from vllm_padrec.integration.patches.marking import mark_patched, wrap_attribute
-from vllm_padrec.topk.result import encode_items
+from vllm_padrec.topk.result import encode_items_on_device
 from vllm_padrec.topk.select import TopKItems
 
 TARGETS = ("vllm.v1.worker.gpu.model_runner",)
@@ -64,19 +69,60 @@ class TopKAnswers:
         return answers
 
 
-def attach_answers(output: Any, answers: dict[str, TopKItems]) -> Any:
-    """``output`` (an ``AsyncOutput`` or a ``ModelRunnerOutput``) with each answer as its request's
-    ``pooler_output`` entry; the same object. Answers of requests not in the output are dropped (R was
-    aborted in this step)."""
-    runner_output = getattr(output, "model_runner_output", output)
+def attach_answers(runner_output: Any, encoded: dict[str, torch.Tensor]) -> Any:
+    """``runner_output`` (a ``ModelRunnerOutput``) with each encoded answer (``topk.result``, on the host)
+    as its request's ``pooler_output`` entry; the same object. Answers of requests not in the output are
+    dropped (R was aborted in this step)."""
     req_ids = runner_output.req_ids
     pooler_output = list(runner_output.pooler_output or [None] * len(req_ids))
     index = {req_id: i for i, req_id in enumerate(req_ids)}
-    for req_id, items in answers.items():
+    for req_id, answer in encoded.items():
         if req_id in index:
-            pooler_output[index[req_id]] = encode_items(items)
+            pooler_output[index[req_id]] = answer
     runner_output.pooler_output = pooler_output
-    return output
+    return runner_output
+
+
+def _async_output_base():
+    from vllm.v1.outputs import AsyncModelRunnerOutput
+
+    return AsyncModelRunnerOutput
+
+
+class AnswersInFlight:
+    """V2's ``AsyncOutput`` of a step that answered top-K requests, with the answers' host copies in flight.
+
+    The copies are queued on the current stream behind the step's work, into pinned memory, and an event
+    marks their end; ``get_output`` waits for that event, then for vLLM's own output, and puts the answers in
+    its ``pooler_output``. An instance is an ``AsyncModelRunnerOutput`` (``wrap_async_output``), which is what
+    the executors test for before calling ``get_output``."""
+
+    def __init__(self, inner: Any, answers: dict[str, TopKItems]) -> None:
+        self.inner = inner
+        self.encoded: dict[str, torch.Tensor] = {}
+        for req_id, items in answers.items():
+            on_device = encode_items_on_device(items)  # [n, 2L + 1] float64
+            host = torch.empty(on_device.shape, dtype=on_device.dtype, pin_memory=on_device.is_cuda)
+            self.encoded[req_id] = host.copy_(on_device, non_blocking=True)
+        self.copied = torch.cuda.Event(blocking=True) if torch.cuda.is_available() else None
+        if self.copied is not None:
+            self.copied.record()
+
+    def get_output(self) -> Any:
+        if self.copied is not None:
+            self.copied.synchronize()
+        return attach_answers(self.inner.get_output(), self.encoded)
+
+
+def wrap_async_output(inner: Any, answers: dict[str, TopKItems]) -> Any:
+    """``AnswersInFlight`` as an ``AsyncModelRunnerOutput`` subclass (made once: vLLM is imported lazily)."""
+    global _ANSWERS_IN_FLIGHT
+    if _ANSWERS_IN_FLIGHT is None:
+        _ANSWERS_IN_FLIGHT = type("AnswersInFlight", (AnswersInFlight, _async_output_base()), {})
+    return _ANSWERS_IN_FLIGHT(inner, answers)
+
+
+_ANSWERS_IN_FLIGHT: type | None = None
 
 
 def make_sample_tokens(original):
@@ -88,7 +134,9 @@ def make_sample_tokens(original):
         answers = store.take()
         if not answers or output is None:
             return output
-        return attach_answers(output, answers)
+        if hasattr(output, "get_output"):  # V2's AsyncOutput: the answers travel with it
+            return wrap_async_output(output, answers)
+        return attach_answers(output, {r: encode_items_on_device(a).cpu() for r, a in answers.items()})
 
     sample_tokens.__doc__ = original.__doc__
     mark_patched(sample_tokens, original)
