@@ -52,6 +52,7 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
                                                                                                          lane 1
     topk_tests            the top-K GPU tests (test_integration_gpu_topk.py, the KV copy kernel  -       lane 0
                           and the pinned host copies natively)
+    topk_smoke            topk_tests' quick part (no served engine), before benchmarks           -       lane 1
     topk_bringup          bench_topk's four modes, float32, a few Ks and users, with the top-K  target  lane 0
                           path switched on (VLLM_PADREC_TOPK_BRINGUP=1)
     examples              vllm serve with the draft: examples/openai_client.py, POST             draft   lane 1
@@ -377,7 +378,7 @@ def job_acceptance(ctx: JobContext) -> int:
     )
 
 
-def pytest_command(files: tuple[str, ...]) -> list[str]:
+def pytest_command(files: tuple[str, ...], select: str | None = None) -> list[str]:
     # -o pythonpath=: pytest.ini puts the repository first on sys.path, which would shadow the installed
     # package (whose vllm_padrec.kernels setup.py maps in from kernels/)
     tests = [str(REPO / "tests" / name) for name in files]
@@ -392,6 +393,7 @@ def pytest_command(files: tuple[str, ...]) -> list[str]:
         "pythonpath=",
         "-p",
         "no:cacheprovider",
+        *(["-k", select] if select else []),
         *tests,
     ]
 
@@ -495,6 +497,16 @@ def job_topk_tests(ctx: JobContext) -> int:
     return ctx.run(
         pytest_command(("test_integration_gpu_topk.py", "test_kv_block_copy_kernel.py", "test_device_lists.py"))
     )
+
+
+TOPK_SMOKE = "ranks_items_as_the_reference or forwards or kv_block_copy or device_lists or equals_the_reference"
+
+
+def job_topk_smoke(ctx: JobContext) -> int:
+    """The quick part of topk_tests (no served engine): the engine's items against the reference, a call's
+    forwards and beam rows, the KV copy kernel and pinned copies natively. Before a long hold's benchmarks."""
+    files = ("test_integration_gpu_topk.py", "test_kv_block_copy_kernel.py", "test_device_lists.py")
+    return ctx.run(pytest_command(files, select=TOPK_SMOKE))
 
 
 def job_topk_bringup(ctx: JobContext) -> int:
@@ -626,6 +638,7 @@ JOBS: dict[str, Job] = {
             vllm=True,
         ),
         Job("topk_tests", job_topk_tests, vllm=True),
+        Job("topk_smoke", job_topk_smoke, lane=1, vllm=True),
         Job("topk_bringup", job_topk_bringup, needs=(TARGET,), vllm=True),
         Job("examples", job_examples, needs=(DRAFT,), lane=1, vllm=True),
         Job("serve", job_serve, needs=(TARGET,), lane=1, vllm=True),

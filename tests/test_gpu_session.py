@@ -324,7 +324,9 @@ def test_the_top_k_jobs_run_the_gpu_tests_and_bench_topk_with_top_k_served(monke
         "test_kv_block_copy_kernel.py",
         "test_device_lists.py",
     ]
-    assert gs.JOBS["topk_bringup"].body(ctx) == 5 and len(runs) == 1
+    assert gs.JOBS["topk_smoke"].body(ctx) == 3 and runs[1][runs[1].index("-k") + 1] == gs.TOPK_SMOKE
+    assert runs[1][-3:] == runs[0][-3:]  # the same files, the quick tests only
+    assert gs.JOBS["topk_bringup"].body(ctx) == 5 and len(runs) == 2
     ((module, args, env),) = calls
     assert module == "benchmarks.bench_topk" and env == {"PATH": "/bin", "VLLM_PADREC_TOPK_BRINGUP": "1"}
     modes = args[args.index("--modes") + 1 : args.index("--dtypes")]
