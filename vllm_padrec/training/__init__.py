@@ -1,4 +1,5 @@
-"""Draft training: the target's hidden states (collect), the distillation losses, the trainer."""
+"""Draft training: the target's hidden states (collect), the distillation losses, the trainer; AtSpeed's
+objectives as functions of logits (atspeed_losses, issue 13: not yet selectable in the trainer)."""
 
 from vllm_padrec.training.collect import FeatureSource, TrainSequence, collect_features, training_sequences
 from vllm_padrec.training.losses import LossWeights, medusa_loss, unrolled_draft_loss
