@@ -467,13 +467,37 @@ def test_patch_attaches_nothing_to_a_runner_without_an_engine():
     assert execute_model_patch.topk_beams(runner) is not None
 
 
-def test_without_topk_leaves_the_schedulers_request_as_it_is():
-    """The lists see a top-K row as a one-item list: its copy lacks padrec_topk, the scheduler's object keeps it."""
-    from vllm_padrec.integration.patches.init_model_state import without_topk
+def test_top_k_rows_are_read_without_padrec_topk_and_the_schedulers_request_keeps_it(monkeypatch):
+    """The lists see a top-K row as a one-item list: read without padrec_topk, the scheduler's object keeps it;
+    R's beams (its params object and prompt) reuse the row computed for the first, another request does not."""
+    from vllm_fakes import request_lists
 
-    params = SamplingParams(max_tokens=5, temperature=0.0, extra_args={"padrec_topk": 3, "padrec_constraint": True})
-    new_req = new_request("R", [1, 2, 3], [4], params)
-    copied = without_topk(new_req)
-    assert copied.sampling_params.extra_args == {"padrec_constraint": True}
-    assert new_req.sampling_params.extra_args == {"padrec_topk": 3, "padrec_constraint": True}
-    assert copied.sampling_params.max_tokens == 5 and copied.req_id == "R" and copied.prompt_token_ids == [1, 2, 3]
+    from vllm_padrec.data import SyntheticConfig, generate_synthetic
+    from vllm_padrec.integration.list_settings import ListSettings
+    from vllm_padrec.lists import ListSpec
+
+    catalog = generate_synthetic(SyntheticConfig(num_items=40, num_users=10, codebook_sizes=(4,) * L, seed=7)).catalog
+    lists = request_lists(monkeypatch, catalog, ListSettings(max_list_items=4, max_topk=8, topk_max_beams=8))
+    params = SamplingParams(
+        max_tokens=5, extra_args={"padrec_topk": 3, "padrec_constraint": True, "padrec_num_items": 1}
+    )
+    parsed = []
+    real = ListSpec.from_extra_args
+    monkeypatch.setattr(ListSpec, "from_extra_args", lambda *a, **k: parsed.append(a[0]) or real(*a, **k))
+    prompt = [1, 2, 3]
+    for slot, req_id in enumerate(["R", beam_req_id("R", 0), beam_req_id("R", 1)]):
+        lists.add_request(slot, new_request(req_id, list(prompt), [4], params), drop_topk=True)
+    assert parsed == [{"padrec_constraint": True, "padrec_num_items": 1}]  # once for R and its beams
+    assert params.extra_args == {"padrec_topk": 3, "padrec_constraint": True, "padrec_num_items": 1}
+    assert not lists.refused[:3].any() and lists.enabled[:3].all()
+    other = SamplingParams(
+        max_tokens=5, extra_args={"padrec_topk": 3, "padrec_constraint": True, "padrec_num_items": 1}
+    )
+    lists.add_request(3, new_request("S", list(prompt), [5], other), drop_topk=True)  # another request: parsed
+    lists.add_request(4, new_request("T", [1, 2], [6], params), drop_topk=True)  # another prompt: parsed
+    assert len(parsed) == 3
+    lists.apply_staged_writes()
+    rows = lists.rows.gpu
+    assert torch.equal(rows[1], rows[0]) and torch.equal(rows[2], rows[0]) and torch.equal(rows[3], rows[0])
+    lists.add_request(5, new_request("U", list(prompt), [7], params))  # no drop_topk: padrec_topk refused here
+    assert lists.refused[5]

@@ -31,6 +31,7 @@ from vllm_padrec.integration.mask_backends import MaskShapes, choose_masks, eage
 from vllm_padrec.lists import ListLimits, ListSpec, masks, settings_row
 from vllm_padrec.lists.spec import ENABLED, NUM_FIELDS
 from vllm_padrec.lists.tables import CatalogTables
+from vllm_padrec.topk.admission import TOPK_KEY
 
 
 class RequestLists:
@@ -64,6 +65,9 @@ class RequestLists:
         self.refused = np.zeros(max_num_reqs, dtype=bool)  # requests the plugin failed on: only </s> allowed
         self.req_states = None  # vLLM's RequestState (all_token_ids, total_len), from the sampler
         self._verify, self._draft = eager_masks()  # until prepare_masks installs the Triton ones
+        # the last row computed: (its sampling params object, drop_topk, prompt, row, refused); held
+        # strongly, so that an identity match is never a recycled object (add_request)
+        self._last_row: tuple | None = None
 
     @property
     def mask_drafts(self) -> bool:
@@ -111,19 +115,39 @@ class RequestLists:
         self._verify, self._draft = choose_masks(shapes, model_config, self.settings.triton_masks and on_cuda)
 
     # -- requests ------------------------------------------------------------------------------
-    def add_request(self, req_index: int, new_req_data: Any) -> None:
-        """Record the request's list settings; never raises (module docstring: containment)."""
-        refused = False
+    def add_request(self, req_index: int, new_req_data: Any, drop_topk: bool = False) -> None:
+        """Record the request's list settings; never raises (module docstring: containment).
+
+        ``drop_topk``: a top-K request R or one of its beams (``patches/init_model_state.py``), whose row is
+        that of a one-item list: its ``padrec_topk`` is the engine's, read without it. The K beams of R
+        arrive one after another with R's sampling parameters object and prompt, so the row computed for
+        the first is reused for the others: parsing and building it again cost about 15 us a beam, per
+        beam of every top-K request."""
+        params = new_req_data.sampling_params
+        prompt = tuple(new_req_data.prompt_token_ids or ())
+        last = self._last_row
+        if last is not None and last[0] is params and last[1] == drop_topk and last[2] == prompt:
+            row, refused = last[3], last[4]
+        else:
+            row, refused = self._settings_row(new_req_data, drop_topk)
+            self._last_row = (params, drop_topk, prompt, row, refused)
+        self.rows.stage_write(req_index, 0, row)
+        self.enabled[req_index] = bool(row[ENABLED])
+        self.refused[req_index] = refused
+
+    def _settings_row(self, new_req_data: Any, drop_topk: bool) -> tuple[list[int], bool]:
+        """The request's settings row, and whether it is refused (then the row of a plain request)."""
         try:
             params = new_req_data.sampling_params
-            spec = ListSpec.from_extra_args(
-                params.extra_args if params is not None else None, self.defaults, self.limits
-            )
+            extra_args = params.extra_args if params is not None else None
+            if drop_topk and extra_args:
+                extra_args = {k: v for k, v in extra_args.items() if k != TOPK_KEY}  # a copy: vLLM's stays
+            spec = ListSpec.from_extra_args(extra_args, self.defaults, self.limits)
             if spec.topk is not None:  # the front end refuses it (list_settings.TOPK_SERVED); never served as a list
                 raise PadRecError("padrec_topk: this engine has no top-K path")
             if spec.constraint and new_req_data.prompt_token_ids is None:
                 raise PadRecError("a constrained list needs the prompt's token ids (prompt embeddings were given)")
-            row = self._row(spec, new_req_data.prompt_token_ids or ())
+            return self._row(spec, new_req_data.prompt_token_ids or ()), False
         except Exception as error:
             _logger().error(
                 "vllm-padrec: request %s refused (it ends with an empty list): %s: %s",
@@ -131,10 +155,7 @@ class RequestLists:
                 type(error).__name__,
                 error,
             )
-            row, refused = self._row(ListSpec(), ()), True
-        self.rows.stage_write(req_index, 0, row)
-        self.enabled[req_index] = bool(row[ENABLED])
-        self.refused[req_index] = refused
+            return self._row(ListSpec(), ()), True
 
     def _row(self, spec: ListSpec, prompt_token_ids) -> list[int]:
         return settings_row(spec, prompt_token_ids, self.settings.max_list_items, self.settings.max_exclude_items)

@@ -20,9 +20,10 @@ store (``padrec_topk_answers``, read by ``patches/sample_tokens.py``): ``Masking
 engine's hooks around the mask, ``add_request`` tells it each new beam's slot and
 ``apply_staged_writes`` lets it write the beams' first tokens; the engine also gets the lists, whose
 ``mask_topk_owners`` keeps R's own row to ``<pad>`` (``</s>`` at its last step). A top-K request R and its beams (which
-carry R's ``extra_args``) reach ``RequestLists.add_request`` without ``padrec_topk``: their settings
-row is that of R's one-item list (``topk`` has no column), and ``RequestLists`` keeps refusing
-``padrec_topk`` on a server without an engine. With ``topk_max_beams`` = 0 nothing of this exists.
+carry R's ``extra_args``) reach ``RequestLists.add_request`` with ``drop_topk``: their settings row is
+that of R's one-item list, read without ``padrec_topk`` (``topk`` has no column), computed once for R's
+beams, and ``RequestLists`` keeps refusing ``padrec_topk`` on a server without an engine. With
+``topk_max_beams`` = 0 nothing of this exists.
 
 Why: V2 applies no plugin logits processors (and refuses them with speculative decoding), and the
 ModelState hooks are its per-model extension point. vLLM's supported way in is a model class that
@@ -50,8 +51,6 @@ decoding, or lets a plugin choose the ModelState of a model it does not own.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import sys
 from types import ModuleType
 from typing import Any
@@ -60,17 +59,6 @@ from vllm_padrec.integration.patches.marking import mark_patched, wrap_attribute
 
 TARGETS = ("vllm.v1.worker.gpu.model_states",)
 _RUNNER_MODULE = "vllm.v1.worker.gpu.model_runner"
-
-
-def without_topk(new_req_data: Any) -> Any:
-    """``new_req_data`` with ``padrec_topk`` left out of its ``extra_args`` (a copy; the scheduler's object stays).
-    The sampling parameters are copied shallowly, with a new ``extra_args`` dict: one copy per beam of every
-    top-K request, where ``SamplingParams.clone`` (a deep copy) cost 60 times as much."""
-    from vllm_padrec.topk.admission import TOPK_KEY
-
-    params = copy.copy(new_req_data.sampling_params)
-    params.extra_args = {k: v for k, v in params.extra_args.items() if k != TOPK_KEY}
-    return dataclasses.replace(new_req_data, sampling_params=params)
 
 
 def is_topk_row(new_req_data: Any) -> bool:
@@ -109,8 +97,9 @@ def install(state, lists, vllm_config, device, topk=None) -> None:
         base_add_request(req_index, new_req_data)
         if topk is not None and is_topk_row(new_req_data):
             topk.note_new_request(req_index, new_req_data.req_id)
-            new_req_data = without_topk(new_req_data)
-        lists.add_request(req_index, new_req_data)
+            lists.add_request(req_index, new_req_data, drop_topk=True)
+        else:
+            lists.add_request(req_index, new_req_data)
 
     def apply_staged_writes():
         base_apply_staged_writes()
