@@ -128,6 +128,8 @@ class RequestLists:
         last = self._last_row
         if last is not None and last[0] is params and last[1] == drop_topk and last[2] == prompt:
             row, refused = last[3], last[4]
+            if refused:
+                _logger().error("vllm-padrec: request %s refused as the one before it", new_req_data.req_id)
         else:
             row, refused = self._settings_row(new_req_data, drop_topk)
             self._last_row = (params, drop_topk, prompt, row, refused)
