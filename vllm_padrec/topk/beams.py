@@ -53,6 +53,7 @@ Nothing here touches a GPU: the beams' tokens, scores and KV copies belong to th
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +66,13 @@ BEAM_ID_INFIX = "\x00beam"  # no request id from a client holds a NUL, so beam i
 def beam_req_id(req_id: str, beam: int) -> str:
     """The runner-private request id of beam ``beam`` of top-K request ``req_id``."""
     return f"{req_id}{BEAM_ID_INFIX}{beam}"
+
+
+@functools.lru_cache(maxsize=4096)
+def beam_req_ids(req_id: str, k: int) -> tuple[str, ...]:
+    """The ids of the K beams of ``req_id`` (``beam_req_id`` of each), made once per request: every engine
+    step reads them for every running top-K request."""
+    return tuple(beam_req_id(req_id, j) for j in range(k))
 
 
 def is_beam_req_id(req_id: str) -> bool:
@@ -118,8 +126,8 @@ class TopKState:
         return len(self.private_block_ids) // self.k
 
     @property
-    def beam_req_ids(self) -> list[str]:
-        return [beam_req_id(self.req_id, j) for j in range(self.k)]
+    def beam_req_ids(self) -> tuple[str, ...]:
+        return beam_req_ids(self.req_id, self.k)
 
     def beam_block_ids(self, beam: int) -> list[int]:
         """The block table row of beam ``beam``: the shared full prompt blocks, then its private blocks."""

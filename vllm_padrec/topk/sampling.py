@@ -37,7 +37,7 @@ from torch import Tensor
 
 from vllm_padrec.catalog import TokenLayout
 from vllm_padrec.device_lists import long_tensors
-from vllm_padrec.topk.beams import beam_req_id
+from vllm_padrec.topk.beams import beam_req_ids
 from vllm_padrec.topk.select import BeamGroups, BeamRows, GroupedBeamStep, beam_logprobs
 
 
@@ -68,26 +68,22 @@ class BeamBatch:
         device: torch.device | str = "cpu",
     ) -> BeamBatch:
         index = {req_id: i for i, req_id in enumerate(req_ids)}
-        k_max = max(k for _, k, _ in groups)
-        logits_rows, group, rank = [], [], []
-        owners, beam_requests, beam_slots, beam_index, history_end = [], [], [], [], []
-        for g, (req_id, k, prompt_len) in enumerate(groups):
-            owner = index[req_id]
-            owners.append(owner)
-            if step == 0:  # the group's one beam is R's own row: the last logit of its last prefill chunk
-                logits_rows.append(int(cu_num_logits[owner + 1]) - 1)
-                group.append(g)
-                rank.append(0)
-                continue
-            for j in range(k):
-                i = index[beam_req_id(req_id, j)]
-                logits_rows.append(int(cu_num_logits[i]))  # a beam row has one logit
-                group.append(g)
-                rank.append(j)
-                beam_requests.append(i)
-                beam_slots.append(int(idx_mapping[i]))
-                beam_index.append(g * k_max + j)
-                history_end.append(prompt_len + step)
+        cu_num_logits, idx_mapping = np.asarray(cu_num_logits), np.asarray(idx_mapping)
+        widths = np.array([k for _, k, _ in groups])  # [G]
+        k_max = int(widths.max())
+        owners = np.array([index[req_id] for req_id, _, _ in groups])  # [G] R's batch index
+        if step == 0:  # each group's one beam is R's own row: the last logit of its last prefill chunk
+            logits_rows = cu_num_logits[owners + 1] - 1
+            group, rank = np.arange(len(groups)), np.zeros(len(groups), dtype=np.int64)
+            beam_requests = beam_slots = beam_index = history_end = np.empty(0, dtype=np.int64)
+        else:  # beam j of group g: one request, one logit
+            beam_requests = np.array([index[b] for req_id, k, _ in groups for b in beam_req_ids(req_id, k)])  # [M]
+            logits_rows = cu_num_logits[beam_requests]
+            beam_slots = idx_mapping[beam_requests]
+            group = np.repeat(np.arange(len(groups)), widths)  # [M]
+            rank = np.concatenate([np.arange(k) for k in widths])  # [M]
+            beam_index = group * k_max + rank
+            history_end = np.repeat(np.array([p for _, _, p in groups]) + step, widths)
 
         lists = (logits_rows, group, rank, owners, beam_requests, beam_slots, beam_index, history_end)
         logits_rows_, group_, rank_, owners_, beam_requests_, beam_slots_, beam_index_, history_end_ = long_tensors(
