@@ -469,21 +469,17 @@ def job_lossless(ctx: JobContext) -> int:
 SECOND_DATASET = "games_atspeed"  # the second dataset of the top-K must-show (issue 12), on lane 1
 
 
-def job_bench_topk(ctx: JobContext) -> int:
-    """Issue 12's top-K benchmark on the session dataset's bench target: every mode; bfloat16 for speed, float32
-    for the equality check (reference and engine, 500 users); K 1-100; profiles at K = 20. The engine's mode
-    runs with top-K switched on for this process tree (VLLM_PADREC_TOPK_BRINGUP=1: top-K is served to users
-    only once these runs meet the issue's goals). Each configuration has its own VLLM_CACHE_ROOT, and the
-    results are written after each one (a hold cut short keeps what it measured)."""
+def run_bench_topk(ctx: JobContext, name: str, *options: str) -> int:
+    """benchmarks/bench_topk.py on the session's target and dataset, with top-K switched on for its process
+    tree (VLLM_PADREC_TOPK_BRINGUP=1: top-K is served to users only once the issue's goals are met), each
+    configuration with its own VLLM_CACHE_ROOT; the configurations' logs and profiles go to the job's logs."""
     s = ctx.settings
-    work = WORK / ctx.job  # the configurations' result files; their logs and profiles go to the job's logs
+    work = WORK / ctx.job  # the configurations' result files
     code = ctx.python(
         "benchmarks.bench_topk",
         *("--target", str(s.checkpoint()), "--dataset", dataset_path(s), "--out", str(WORK / "results")),
-        *("--name", f"topk_{s.dataset}{s.suffix()}", "--cache-root", str(WORK / "cache" / ctx.job)),
-        *("--work-dir", str(work), "--dtypes", "bfloat16", "float32", "--exact-modes", "reference", "engine"),
-        *("--users", "512", "--users-latency", "50", "--users-equal", "500", "--concurrency", "64"),
-        *("--profile", "--profile-k", "20"),
+        *("--name", f"{name}_{s.dataset}{s.suffix()}", "--cache-root", str(WORK / "cache" / ctx.job)),
+        *("--work-dir", str(work), *options),
         env={**ctx.env, TOPK_BRINGUP_ENV: "1"},
     )
     for config_log in [*work.glob("bench_topk_*.log"), *work.glob("bench_topk_*_profile_*.txt")]:
@@ -491,43 +487,45 @@ def job_bench_topk(ctx: JobContext) -> int:
     return code
 
 
-def job_topk_tests(ctx: JobContext) -> int:
-    """The top-K GPU tests (tests/test_integration_gpu_topk.py, which switch top-K on in their engines' processes),
-    and the top-K path's kernel and host copies natively (test_kv_block_copy_kernel.py, test_device_lists.py)."""
-    return ctx.run(
-        pytest_command(("test_integration_gpu_topk.py", "test_kv_block_copy_kernel.py", "test_device_lists.py"))
+def job_bench_topk(ctx: JobContext) -> int:
+    """Issue 12's top-K benchmark on the session dataset's bench target: every mode; bfloat16 for speed, float32
+    for the equality check (reference and engine, 500 users); K 1-100; profiles at K = 20. The results are
+    written after each configuration (a hold cut short keeps what it measured)."""
+    return run_bench_topk(
+        ctx,
+        "topk",
+        *("--dtypes", "bfloat16", "float32", "--exact-modes", "reference", "engine"),
+        *("--users", "512", "--users-latency", "50", "--users-equal", "500", "--concurrency", "64"),
+        *("--profile", "--profile-k", "20"),
     )
 
 
+# the top-K path's GPU tests: the engine in vLLM, the KV copy kernel and the pinned host copies natively
+TOPK_TEST_FILES = ("test_integration_gpu_topk.py", "test_kv_block_copy_kernel.py", "test_device_lists.py")
+# their quick part: everything but the served engine, the lists beside top-K and K = 256
 TOPK_SMOKE = "ranks_items_as_the_reference or forwards or kv_block_copy or device_lists or equals_the_reference"
 
 
+def job_topk_tests(ctx: JobContext) -> int:
+    """The top-K GPU tests (tests/test_integration_gpu_topk.py switches top-K on in its engines' processes)."""
+    return ctx.run(pytest_command(TOPK_TEST_FILES))
+
+
 def job_topk_smoke(ctx: JobContext) -> int:
-    """The quick part of topk_tests (no served engine): the engine's items against the reference, a call's
-    forwards and beam rows, the KV copy kernel and pinned copies natively. Before a long hold's benchmarks."""
-    files = ("test_integration_gpu_topk.py", "test_kv_block_copy_kernel.py", "test_device_lists.py")
-    return ctx.run(pytest_command(files, select=TOPK_SMOKE))
+    """The quick part of topk_tests (no served engine), before a long hold's benchmarks."""
+    return ctx.run(pytest_command(TOPK_TEST_FILES, select=TOPK_SMOKE))
 
 
 def job_topk_bringup(ctx: JobContext) -> int:
-    """The top-K path inside vLLM beside the reference and vLLM's beam search (issue 12): bench_topk, float32, a
-    few users and Ks, with a profile of each mode at K = 20, in a process tree with VLLM_PADREC_TOPK_BRINGUP=1
-    (top-K served, its patches on)."""
-    s = ctx.settings
-    work = WORK / "topk_bringup"
-    bench = ctx.python(
-        "benchmarks.bench_topk",
-        *("--target", str(s.checkpoint()), "--dataset", dataset_path(ctx.settings), "--out", str(WORK / "results")),
-        *("--name", f"topk_bringup_{s.dataset}{s.suffix()}"),
-        *("--cache-root", str(WORK / "cache" / ctx.job), "--work-dir", str(work)),
+    """The top-K path inside vLLM beside the reference and vLLM's beam search (issue 12) on the small target:
+    bench_topk, float32, a few users and Ks, with a profile of each mode at K = 20."""
+    return run_bench_topk(
+        ctx,
+        "topk_bringup",
         *("--modes", "reference", "vllm_beam_search", "engine", "greedy_floor", "--dtypes", "float32"),
         *("--ks", "1", "5", "20"),
         *("--users", "64", "--users-latency", "8", "--users-equal", "64", "--concurrency", "16", "--profile"),
-        env={**ctx.env, TOPK_BRINGUP_ENV: "1"},
     )
-    for config_log in [*work.glob("bench_topk_*.log"), *work.glob("bench_topk_*_profile_*.txt")]:
-        shutil.move(config_log, WORK / "logs" / f"{ctx.job}.{config_log.name}")
-    return bench
 
 
 def job_hostile(ctx: JobContext) -> int:
