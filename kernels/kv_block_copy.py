@@ -10,6 +10,8 @@ which Triton reads as pointers.
 
 Scratch: ``[storages, N, page]``. When that exceeds ``max_scratch_bytes`` the storages are taken in
 groups that fit (two launches per group), so a batch of many top-K requests never allocates gigabytes.
+More copies than a grid's second dimension holds (65,535) take more launches, every gather of a group
+before any of its scatters.
 
 The launcher reads nothing back from the device (no ``.item()``), so it can run between V2's CUDA-graph
 replays without a sync. Index ranges are not checked on the device: ``src`` and ``dst`` must lie in
@@ -29,6 +31,7 @@ __all__ = ["StoragePointers", "kv_block_copy"]
 
 _TILE = 1024  # words of a page per program
 _MAX_SCRATCH_BYTES = 256 << 20
+_MAX_COPIES_PER_LAUNCH = 65535  # CUDA's limit on a grid's second dimension
 
 
 @dataclass(frozen=True)
@@ -123,8 +126,15 @@ def kv_block_copy(
     scratch = torch.empty(group * n * words, dtype=word_dtype, device=src.device)
     src, dst = src.long(), dst.long()
     tiles = triton.cdiv(words, _TILE)
+    chunk = _MAX_COPIES_PER_LAUNCH
     for first in range(0, total, group):
         count = min(group, total - first)
-        grid = (count, n, tiles)
-        _gather_blocks[grid](storages.bases, src, scratch, first, n, W=words, WORD=tl_word, TILE=_TILE)
-        _scatter_blocks[grid](storages.bases, dst, scratch, first, n, W=words, WORD=tl_word, TILE=_TILE)
+        views = scratch.view(group, n, words)[:count]  # [count, n, words]
+        # every source of the group is gathered before any destination is written, chunk by chunk of copies
+        for kernel, blocks in ((_gather_blocks, src), (_scatter_blocks, dst)):
+            for start in range(0, n, chunk):
+                part = views[:, start : start + chunk]  # [count, m, words], strided: rows of n copies
+                m = part.shape[1]
+                kernel[(count, m, tiles)](
+                    storages.bases, blocks[start : start + m], part, first, n, W=words, WORD=tl_word, TILE=_TILE
+                )

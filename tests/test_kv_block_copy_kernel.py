@@ -5,6 +5,8 @@ On a machine without a CUDA GPU the kernel runs under the Triton interpreter (te
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -60,3 +62,15 @@ def test_storages_of_another_size_or_dtype_are_refused():
         StoragePointers.of([])
     with pytest.raises(ValueError, match="one length"):
         kv_block_copy(StoragePointers.of(storages(1, 64)), torch.tensor([1, 2]), torch.tensor([0]))
+
+
+@pytest.mark.parametrize("copies", COPIES.values(), ids=COPIES.keys())
+def test_copies_in_launches_of_a_few_still_read_every_source_first(copies, monkeypatch):
+    """More copies than one launch's grid holds: every chunk gathers before any chunk scatters (cycles)."""
+    module = importlib.import_module("vllm_padrec.kernels.kv_block_copy")  # the module, not its function
+    monkeypatch.setattr(module, "_MAX_COPIES_PER_LAUNCH", 2)
+    src, dst = (torch.tensor(v, dtype=torch.long, device=DEVICE) for v in copies)
+    ours, theirs = storages(3, 64, seed=5), storages(3, 64, seed=5)
+    kv_block_copy(StoragePointers.of(ours), src, dst, max_scratch_bytes=2 * max(len(copies[0]), 1) * 64)
+    kv_block_copy_reference(theirs, src, dst)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
