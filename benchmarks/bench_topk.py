@@ -22,7 +22,8 @@ the recipe as history, no exclusions):
 
 - latency: ``--users-latency`` users one request at a time (batch_size 1): p50 / p99 of the request
   latency, users per second;
-- throughput: ``max(--users, --users-equal)`` users in batches of ``--concurrency`` (batch_size =
+- throughput: ``--users`` users (float32: ``max(--users, --users-equal)``, the equality check's) in batches
+  of ``--concurrency`` (batch_size =
   concurrency): every batch of users is one call, which returns when all its users are answered, so a
   user's latency is its batch's; users per second over the whole pass. vllm_beam_search puts a batch's
   prompts in one ``LLM.beam_search`` call: ``LLM`` is not thread-safe, and one call is how vLLM runs
@@ -422,7 +423,8 @@ def run_config(args) -> dict:
     rank = ranker.rank
     startup = time.perf_counter() - started
     latency_users = samples[: args.users_latency]
-    throughput_users = samples[: max(args.users, args.users_equal)]
+    # float32 passes are the equality check's: at least --users-equal users; the others --users
+    throughput_users = samples[: max(args.users, args.users_equal) if dtype == EXACT_DTYPE else args.users]
     records, equal_lists = [], {}
     for k in args.ks:
         rank([s.history for s in throughput_users[: args.concurrency]], k)  # warm-up: both batch shapes
