@@ -8,7 +8,8 @@ vLLM's float32 attention is a Triton kernel, TF32 by Triton's default), CUDA gra
 - the engine's K items, in order, are the reference's (``decoding.beam_search_items`` on the Hugging
   Face model), with the reference's scores, for K = 1, 5 and 20, with and without the history excluded;
 - a top-K call (all users queued together) runs L model forwards (R's max_tokens is L, so async scheduling
-  adds none) in L + 1 engine steps, and the beam rows it held are released once it is answered;
+  adds none) in L + 1 engine steps, the beam rows it held are released once it is answered, and its KV
+  copies ran in the Triton kernel (no fallback to the reference);
 - lists and top-K requests queued together: every list is the one the engine writes alone;
 - K = 256 on a catalog of 300 items (the issue's "K up to at least 256"): the reference's items and order;
 - ``vllm serve`` with top-K on answers ``POST /v1/recommendations`` in top-K mode with the offline answer,
@@ -27,7 +28,7 @@ from conftest import requires_gpu
 from test_integration_gpu import build_target, catalog, in_subprocess
 
 from vllm_padrec.catalog import ItemCatalog
-from vllm_padrec.testing.timing import EngineSteps
+from vllm_padrec.testing.timing import EngineSteps, in_process_model_runner
 
 pytestmark = [pytest.mark.gpu, requires_gpu]
 
@@ -123,6 +124,8 @@ def run_topk_engine(target: str, users: list[list[int]]) -> dict:
         "steps_per_call": steps_per_call,
         "live_after": live_after,
         "live_at_end": _beam_rows_live(core),
+        # the KV copies ran in the Triton kernel (kv_copy.BlockCopier falls back to the reference on a failure)
+        "kv_copy_kernel": in_process_model_runner(llm).model_state.padrec_topk_engine.copy_blocks.pointers is not None,
         "lists_alone": alone,
         "lists_together": together,
         "topk_together": mixed_topk,
@@ -166,6 +169,7 @@ def test_a_top_k_call_runs_item_length_forwards_and_releases_its_beam_rows(setup
     L = setup["catalog"].num_slots
     assert set(engine["steps_per_call"].values()) == {(L + 1, L)}  # L forwards, then the step that answers
     assert engine["live_after"] == 0 and engine["live_at_end"] == 0
+    assert engine["kv_copy_kernel"]
 
 
 def test_lists_queued_with_top_k_requests_are_the_lists_written_alone(setup, engine):
