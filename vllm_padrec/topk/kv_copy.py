@@ -88,7 +88,8 @@ class BlockCopier:
         if self.pointers is not None:
             try:
                 return kv_block_copy(self.pointers, src, dst)
-            except Exception as error:  # a compile or launch failure: before any block was written
+            except Exception as error:  # compile and launch errors come at each kernel's first launch, before
+                # the first scatter has written a block, so the reference below starts from the blocks as they were
                 _logger().error(
                     "vllm-padrec: the KV block copy kernel failed (%s: %s); using the torch reference",
                     type(error).__name__,
