@@ -21,7 +21,6 @@ from vllm_padrec.topk.kv_copy import (
     PrivateBlocks,
     block_pages,
     block_storages,
-    copy_blocks,
     prompt_tail_copies,
 )
 
@@ -53,6 +52,11 @@ def expect_copied(before: torch.Tensor, after: torch.Tensor, src, dst, block_dim
     for s, d in zip(src, dst):
         expected.select(block_dim, d).copy_(before.select(block_dim, s))
     assert torch.equal(after, expected)
+
+
+def copy_blocks(kv_caches, num_blocks: int, src: torch.Tensor, dst: torch.Tensor) -> None:
+    """The engine's copies (``BlockCopier`` over ``block_pages``, made at attach) of the runner's ``kv_caches``."""
+    BlockCopier(block_pages(kv_caches, num_blocks))(src, dst)
 
 
 COPIES = {

@@ -23,7 +23,7 @@ from vllm_padrec.integration import list_settings
 from vllm_padrec.integration import patches as patches_package
 from vllm_padrec.integration.patches import sample_tokens as sample_tokens_patch
 from vllm_padrec.topk.beams import beam_req_id
-from vllm_padrec.topk.kv_copy import PrivateBlocks, copy_blocks, prompt_tail_copies
+from vllm_padrec.topk.kv_copy import BlockCopier, PrivateBlocks, block_pages, prompt_tail_copies
 from vllm_padrec.topk.result import decode_items
 from vllm_padrec.topk.sampling import (
     BeamBatch,
@@ -169,12 +169,12 @@ def test_two_requests_lives_keep_every_beam_slots_history_and_kv_equal_to_its_be
         if t == 0:
             for R, k, P in groups_spec:
                 src, dst = prompt_tail_copies(P, BS, runner.block_tables[R][0], private[R], k)
-                copy_blocks([runner.kv], 8, torch.tensor(src), torch.tensor(dst))
+                BlockCopier(block_pages([runner.kv], 8))(torch.tensor(src), torch.tensor(dst))
         else:
             copy_token_histories(
                 runner.all_token_ids, batch.beam_slots, selection.parent_slots, batch.history_end, batch.history_columns
             )
-            copy_blocks([runner.kv], 8, blocks.sources(selection.step.parent_rank), blocks.dst)
+            BlockCopier(block_pages([runner.kv], 8))(blocks.sources(selection.step.parent_rank), blocks.dst)
         runner.post_update(req_ids, sampled)
         groups = selection.groups
 

@@ -65,8 +65,8 @@ class RequestLists:
         self.refused = np.zeros(max_num_reqs, dtype=bool)  # requests the plugin failed on: only </s> allowed
         self.req_states = None  # vLLM's RequestState (all_token_ids, total_len), from the sampler
         self._verify, self._draft = eager_masks()  # until prepare_masks installs the Triton ones
-        # the last row computed: (its sampling params object, drop_topk, prompt, row, refused); held
-        # strongly, so that an identity match is never a recycled object (add_request)
+        # the last top-K row computed: (its sampling params object, prompt, row, refused); held strongly, so
+        # that an identity match is never a recycled object (add_request)
         self._last_row: tuple | None = None
 
     @property
@@ -123,16 +123,19 @@ class RequestLists:
         arrive one after another with R's sampling parameters object and prompt, so the row computed for
         the first is reused for the others: parsing and building it again cost about 15 us a beam, per
         beam of every top-K request."""
-        params = new_req_data.sampling_params
-        prompt = tuple(new_req_data.prompt_token_ids or ())
-        last = self._last_row
-        if last is not None and last[0] is params and last[1] == drop_topk and last[2] == prompt:
-            row, refused = last[3], last[4]
-            if refused:
-                _logger().error("vllm-padrec: request %s refused as the one before it", new_req_data.req_id)
-        else:
+        if not drop_topk:  # an ordinary request: its own row
             row, refused = self._settings_row(new_req_data, drop_topk)
-            self._last_row = (params, drop_topk, prompt, row, refused)
+        else:
+            params = new_req_data.sampling_params
+            prompt = tuple(new_req_data.prompt_token_ids or ())
+            last = self._last_row
+            if last is not None and last[0] is params and last[1] == prompt:
+                row, refused = last[2], last[3]
+                if refused:
+                    _logger().error("vllm-padrec: request %s refused as the one before it", new_req_data.req_id)
+            else:
+                row, refused = self._settings_row(new_req_data, drop_topk)
+                self._last_row = (params, prompt, row, refused)
         self.rows.stage_write(req_index, 0, row)
         self.enabled[req_index] = bool(row[ENABLED])
         self.refused[req_index] = refused

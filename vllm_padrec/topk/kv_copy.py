@@ -23,7 +23,7 @@ parents are only known on the GPU. Each storage is copied once however many laye
 sources are gathered into a temporary before any destination is written, so permutations with cycles
 (0 <- 1, 1 <- 0) and many children of one parent are safe. ``BlockCopier`` runs them as one Triton
 kernel over every storage (``vllm_padrec.kernels.kv_block_copy``: two launches per step instead of two
-per layer) or as its torch reference (``copy_blocks``, and off CUDA).
+per layer) or, off CUDA, as its torch reference.
 """
 
 from __future__ import annotations
@@ -103,16 +103,6 @@ def _logger():
     from vllm_padrec.integration.log import get_logger
 
     return get_logger(__name__)
-
-
-def copy_blocks(
-    kv_caches: Iterable[Tensor | Sequence[Tensor]],  # the runner's ``kv_caches``: one tensor (or list) per layer
-    num_blocks: int,  # the KV cache config's num_blocks
-    src: Tensor,  # [N] long: block copied from
-    dst: Tensor,  # [N] long: block copied to; distinct (each destination written once)
-) -> None:
-    """``block[dst[i]] = block[src[i]]`` (as they were before the call) in every layer's KV storage."""
-    kv_block_copy_reference(block_pages(kv_caches, num_blocks), src, dst)
 
 
 def prompt_tail_copies(

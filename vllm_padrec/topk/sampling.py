@@ -14,7 +14,7 @@ the hook runs this module once per cohort, in this order (topk/DESIGN.md, sectio
    the raw rows, then -inf wherever the mask put -inf; then ``BeamGroups.step``);
 4. after vLLM's sampler: ``write_sampled_tokens`` puts each new beam j's token in the output row of
    beam j's slot and ``<pad>`` (``</s>`` at the last step, t = L - 1) in R's own row; then
-   ``copy_token_histories`` and ``kv_copy.copy_blocks`` give beam j's slot its parent's token history and
+   ``copy_token_histories`` and ``kv_copy.BlockCopier`` give beam j's slot its parent's token history and
    private KV blocks. ``post_update`` then appends the written tokens.
 
 Rows. At step 0 a group's one beam (rank 0, score 0) is R's own row, the last logit of R's last prefill

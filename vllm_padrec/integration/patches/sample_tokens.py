@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 from vllm_padrec.integration.patches.marking import mark_patched, wrap_attribute
-from vllm_padrec.topk.result import encode_items_on_device
+from vllm_padrec.topk.result import encode_items, encode_items_on_device
 from vllm_padrec.topk.select import TopKItems
 
 TARGETS = ("vllm.v1.worker.gpu.model_runner",)
@@ -136,7 +136,7 @@ def make_sample_tokens(original):
             return output
         if hasattr(output, "get_output"):  # V2's AsyncOutput: the answers travel with it
             return wrap_async_output(output, answers)
-        return attach_answers(output, {r: encode_items_on_device(a).cpu() for r, a in answers.items()})
+        return attach_answers(output, {r: encode_items(a) for r, a in answers.items()})
 
     sample_tokens.__doc__ = original.__doc__
     mark_patched(sample_tokens, original)
