@@ -21,7 +21,8 @@ For each K of ``--ks`` and each configuration, two passes over the test users (t
 the recipe as history, no exclusions):
 
 - latency: ``--users-latency`` users one request at a time (batch_size 1): p50 / p99 of the request
-  latency, users per second;
+  latency, users per second (not in float32: those configurations are the equality check's, and time
+  only the throughput pass);
 - throughput: ``--users`` users (float32: ``max(--users, --users-equal)``, the equality check's) in batches
   of ``--concurrency`` (batch_size =
   concurrency): every batch of users is one call, which returns when all its users are answered, so a
@@ -425,11 +426,15 @@ def run_config(args) -> dict:
     latency_users = samples[: args.users_latency]
     # float32 passes are the equality check's: at least --users-equal users; the others --users
     throughput_users = samples[: max(args.users, args.users_equal) if dtype == EXACT_DTYPE else args.users]
+    # the float32 configurations are the equality check's: their one-at-a-time pass would time nothing the goals read
+    passes = [(args.concurrency, throughput_users)]
+    if dtype != EXACT_DTYPE:
+        passes.insert(0, (1, latency_users))
     records, equal_lists = [], {}
     for k in args.ks:
         rank([s.history for s in throughput_users[: args.concurrency]], k)  # warm-up: both batch shapes
         rank([latency_users[0].history], k)
-        for batch, users in ((1, latency_users), (args.concurrency, throughput_users)):
+        for batch, users in passes:
             if ranker.beam_rows is not None:
                 ranker.beam_rows.admitted.clear()
             seconds, ranked, steps, forwards = timed_calls(ranker, [s.history for s in users], k, batch)
