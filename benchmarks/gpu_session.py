@@ -482,9 +482,18 @@ def run_bench_topk(ctx: JobContext, name: str, *options: str) -> int:
         *("--work-dir", str(work), *options),
         env={**ctx.env, TOPK_BRINGUP_ENV: "1"},
     )
-    for config_log in [*work.glob("bench_topk_*.log"), *work.glob("bench_topk_*_profile_*.txt")]:
-        shutil.move(config_log, WORK / "logs" / f"{ctx.job}.{config_log.name}")
+    for config_log, name in config_logs(work, ctx.job):
+        shutil.move(config_log, WORK / "logs" / name)
     return code
+
+
+CONFIG_LOGS = ("bench_topk_*.log", "bench_topk_*_profile_*.txt")  # in a bench_topk job's work folder
+
+
+def config_logs(work: Path, job: str) -> list[tuple[Path, str]]:
+    """Each configuration's log and profile in a bench_topk job's work folder, with its name among the logs
+    (``<job>.<file>``): moved there when the job ends, and packed from here while it runs."""
+    return [(path, f"{job}.{path.name}") for pattern in CONFIG_LOGS for path in sorted(work.glob(pattern))]
 
 
 def job_bench_topk(ctx: JobContext) -> int:
@@ -996,20 +1005,26 @@ def phase_wait(seconds: float) -> int:
 
 
 def collect(out: Path) -> None:
-    """status.json, results.tgz (the results folder) and logs.tgz (each log's last MAX_LOG_BYTES) into ``out``:
-    the device machine sends back at most 8 files, none over 16 MiB."""
+    """status.json, results.tgz (the results folder) and logs.tgz (each log's last MAX_LOG_BYTES, running
+    bench_topk jobs' configuration logs included) into ``out``: the device machine sends back at most 8 files,
+    none over 16 MiB."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "status.json").write_text(json.dumps({job: state(job) for job in queue()}, indent=1))
     with tarfile.open(out / "results.tgz", "w:gz") as archive:
         if (WORK / "results").is_dir():
             archive.add(WORK / "results", arcname="results")
+    logs_dir = WORK / "logs"
+    logged = sorted(logs_dir.rglob("*")) if logs_dir.is_dir() else []
+    logs = [(path, str(path.relative_to(logs_dir))) for path in logged]
+    # a running bench_topk job's configuration logs and profiles: a hold cut short keeps them too
+    logs += [entry for job in queue() for entry in config_logs(WORK / job, job)]
     with tarfile.open(out / "logs.tgz", "w:gz") as archive:
-        for path in sorted((WORK / "logs").rglob("*")) if (WORK / "logs").is_dir() else []:
+        for path, name in logs:
             if path.is_file():
                 with open(path, "rb") as handle:
                     handle.seek(max(0, path.stat().st_size - MAX_LOG_BYTES))
                     tail = handle.read()
-                info = tarfile.TarInfo(f"logs/{path.relative_to(WORK / 'logs')}")
+                info = tarfile.TarInfo(f"logs/{name}")
                 info.size, info.mtime = len(tail), int(path.stat().st_mtime)
                 archive.addfile(info, io.BytesIO(tail))
 

@@ -264,6 +264,34 @@ def test_wait_sends_back_status_results_and_log_tails(session, monkeypatch):
     assert len(tail) == 100 and tail.endswith(b"the end")
 
 
+def test_wait_sends_back_a_running_top_k_jobs_configuration_logs(session):
+    """A hold taken back mid-job keeps what the last wait packed: a running bench_topk job's configuration logs
+    and profiles travel from its work folder, under the names they get among the logs when it ends."""
+    started, release = threading.Event(), threading.Event()
+
+    def bench(ctx):
+        work = gs.WORK / ctx.job
+        work.mkdir(parents=True)
+        (work / "bench_topk_engine_bfloat16.log").write_text("engine ran")
+        (work / "bench_topk_engine_bfloat16_profile_k20_b1.txt").write_text("profile")
+        (work / "bench_topk_engine_bfloat16.json").write_text("{}")  # a result, not a log
+        started.set()
+        release.wait(20)
+        return 0
+
+    session.job("bench_topk", body=bench)
+    assert gs.main(["checks", "bench_topk"]) == 0
+    assert started.wait(20)
+    assert gs.main(["wait", "0"]) == 0  # the job still runs
+    with tarfile.open(session.out / "logs.tgz") as archive:
+        names = set(archive.getnames())
+        assert archive.extractfile("logs/bench_topk.bench_topk_engine_bfloat16.log").read() == b"engine ran"
+    assert "logs/bench_topk.bench_topk_engine_bfloat16_profile_k20_b1.txt" in names
+    assert not any(name.endswith(".json") for name in names)
+    release.set()
+    session.join()
+
+
 def test_the_session_target_decides_what_the_draft_jobs_need():
     assert gs.needs_of("lossless", gs.Settings()) == ["train"]
     assert gs.needs_of("lossless", gs.Settings(target="bench")) == ["bench_drafts"]
