@@ -69,7 +69,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vllm_padrec.catalog import ItemCatalog
-from vllm_padrec.errors import MalformedSemanticIdError, UnknownSemanticIdError
 from vllm_padrec.target.evaluate import recall_ndcg
 from vllm_padrec.testing.python_profile import OUR_CODE, busiest, hotspot_table, python_profile
 from vllm_padrec.testing.results import write_results
@@ -97,18 +96,7 @@ def item_of_tokens(catalog: ItemCatalog, tokens: Sequence[int]) -> int | None:
     """The catalog item whose L code tokens ``tokens`` starts with; None when it is not one (a short beam,
     a token of the wrong slot or not a code, or codes that name no item)."""
     L = catalog.num_slots
-    if len(tokens) < L:
-        return None
-    codes = []
-    for slot, token in enumerate(tokens[:L]):
-        code = catalog.layout.code_of(int(token))
-        if code is None or code[0] != slot:
-            return None
-        codes.append(code[1])
-    try:
-        return catalog.index_of_codes(codes)
-    except (MalformedSemanticIdError, UnknownSemanticIdError):
-        return None
+    return catalog.items_of_tokens([list(tokens[:L])])[0] if len(tokens) >= L else None
 
 
 def beam_search_items_of(catalog: ItemCatalog, output, prompt_length: int) -> list[int | None]:

@@ -128,6 +128,23 @@ def test_parse_completion_strict_and_lenient():
     assert catalog.parse_completion(swapped, strict=False) == [2]
 
 
+@pytest.mark.parametrize("sizes", [(4, 4), (8, 8, 8, 8), (3, 7, 2, 5, 9)])
+def test_items_of_tokens_finds_what_lenient_parsing_finds_in_each_row(sizes):
+    """Rows of L tokens: every item, then rows of random ids (codes of free combinations, codes of the wrong
+    slot, special tokens, ids past the layout), each compared with parse_completion(row, strict=False)."""
+    rng = np.random.default_rng(sum(sizes))
+    catalog = random_catalog(rng, 60, sizes)
+    L, vocab = catalog.num_slots, catalog.layout.vocab_size
+    rows = [catalog.item_token_ids(i) for i in range(len(catalog))]
+    rows += rng.integers(0, vocab + 3, size=(400, L)).tolist()
+    rows += [[catalog.layout.token_id(s, int(rng.integers(0, n))) for s, n in enumerate(sizes)] for _ in range(200)]
+    wanted = [(catalog.parse_completion(row, strict=False) or [None])[0] for row in rows]
+    assert catalog.items_of_tokens(np.array(rows)) == wanted
+    assert wanted[: len(catalog)] == list(range(len(catalog)))
+    assert None in wanted and sum(w is not None for w in wanted[len(catalog) :]) > 0  # both kinds among the random
+    assert catalog.items_of_tokens(np.zeros((0, L), dtype=np.int64)) == []
+
+
 def test_parse_list_counts_what_it_drops():
     from vllm_padrec.lists import parse_list
 

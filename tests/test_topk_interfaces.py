@@ -23,7 +23,7 @@ from vllm_padrec.target.config import get_recipe
 from vllm_padrec.target.model import build_model, save_checkpoint
 from vllm_padrec.target.tokenizer import build_tokenizer
 from vllm_padrec.topk.offline import recommend_topk
-from vllm_padrec.topk.request import topk_max_tokens
+from vllm_padrec.topk.request import RankedItems, ranked_items, topk_max_tokens
 from vllm_padrec.topk.result import encode_items
 from vllm_padrec.topk.select import TopKItems
 
@@ -91,6 +91,18 @@ def folder(tmp_path):
 @pytest.fixture
 def topk_served(monkeypatch):
     monkeypatch.setattr(list_settings, "TOPK_SERVED", True)
+
+
+def test_an_answer_reads_back_as_items_best_first_without_dead_beams_counting_rows_of_no_item():
+    from vllm.outputs import PoolingOutput, PoolingRequestOutput
+
+    swapped = CATALOG.item_token_ids(2)[::-1]  # codes in the wrong slots
+    rows = [CATALOG.item_token_ids(5), swapped, CATALOG.item_token_ids(1), CATALOG.item_token_ids(0)]
+    answer = TopKItems(
+        torch.tensor(rows), torch.tensor([-0.5, -1.0, -2.0, float("-inf")]), torch.zeros(4, CATALOG.num_slots)
+    )
+    output = PoolingRequestOutput("r", PoolingOutput(encode_items(answer)), [], 0, True)
+    assert ranked_items(output, CATALOG) == RankedItems([(5, -0.5), (1, -2.0)], invalid=1)
 
 
 def test_offline_topk_is_refused_like_the_front_end_while_not_served(folder):

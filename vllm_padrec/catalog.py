@@ -282,6 +282,17 @@ class ItemCatalog:
             sid = "".join(f"<{SLOT_LETTERS[s]}_{c}>" for s, c in enumerate(codes))
             raise UnknownSemanticIdError(f"semantic ID {sid} names no item of catalog {self.name!r}") from None
 
+    def items_of_tokens(self, tokens: np.ndarray | Sequence[Sequence[int]]) -> list[int | None]:
+        """The item each row of L code tokens names, None for a row that names none (a token that is not the
+        code of its slot, or codes of no item): what ``parse_completion(row, strict=False)`` finds in a row of
+        L tokens, for a whole answer at once (one subtraction, then one lookup per row)."""
+        rows = np.asarray(tokens, dtype=np.int64).reshape(-1, self.num_slots)  # [n, L] token ids
+        layout = self.layout
+        codes = rows - np.array([layout.code_offset(s) for s in range(self.num_slots)])  # [n, L]
+        in_codebook = ((codes >= 0) & (codes < np.array(layout.codebook_sizes))).all(1)  # [n]
+        lookup = self._index_of_codes.get
+        return [lookup(tuple(row)) if ok else None for row, ok in zip(codes.tolist(), in_codebook.tolist())]
+
     def parse_sid(self, text: str) -> int:
         """Item index of a semantic-ID string such as ``"<a_12><b_7><c_200><d_3>"``."""
         return self.index_of_codes(parse_sid_string(text, self.num_slots))

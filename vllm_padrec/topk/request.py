@@ -86,12 +86,11 @@ def ranked_items(output: Any, catalog: ItemCatalog) -> RankedItems:
         )
     answer = decode_items(output.outputs.data, catalog.num_slots)
     items, invalid = [], 0
-    for tokens, score in zip(answer.tokens.tolist(), answer.scores.tolist()):
+    for item, score in zip(catalog.items_of_tokens(answer.tokens.numpy()), answer.scores.tolist()):
         if score == NEG_INF:  # a dead beam: fewer items were left than K
             continue
-        found = catalog.parse_completion(tokens, strict=False)  # [index] or [] for codes of no item
-        if found:
-            items.append((found[0], score))
-        else:
+        if item is None:  # codes of no item
             invalid += 1
+        else:
+            items.append((item, score))
     return RankedItems(items, invalid)
