@@ -160,6 +160,22 @@ MISTAKES = [
     ("epochs 0", "train-target --out {root}/t --epochs 0", ["argument --epochs", "must be a number > 0"]),
     ("time budget nan", "train-target --out {root}/t --time-budget-minutes nan", ["argument --time-budget-minutes"]),
     ("lr 0", "train-draft --target {target} --dataset synthetic --out {root}/d --lr 0", ["argument --lr"]),
+    (
+        "atspeed without top-K data",
+        "train-draft --target {target} --dataset synthetic --out {root}/d --method padrec --objective atspeed_s",
+        ["objective 'atspeed_s' aligns the draft with the target's top-K beams: it needs topk >= 1"],
+    ),
+    (
+        "atspeed for medusa",
+        "train-draft --target {target} --dataset synthetic --out {root}/d --topk 5 --objective atspeed_s",
+        ["objective 'atspeed_s' trains unrolled heads; Medusa trains by distillation"],
+    ),
+    (
+        "top-K deeper than an item",
+        "train-draft --target {target} --dataset synthetic --out {root}/d --method padrec --topk 5 --gamma 5",
+        ["top-K sequences hold 3 draft positions per item", "num_draft_steps=5"],
+    ),
+    ("objective", "train-draft --target {target} --dataset synthetic --out {root}/d --objective kl", ["--objective"]),
     ("users -1", "quickstart --users -1", ["argument --users", "must be an integer >= 0, got '-1'"]),
     ("missing option", "evaluate --dataset synthetic", ["the following arguments are required: --checkpoint"]),
 ]

@@ -221,8 +221,9 @@ def cmd_train_draft(args) -> int:
     data = open_dataset(args.dataset)
     _, recipe = _checkpoint_for(args.target, data)
 
+    from vllm_padrec.draft.config import check_objective
     from vllm_padrec.target.model import load_checkpoint
-    from vllm_padrec.training.trainer import STATE_FILE, DraftTrainConfig, feature_source, train_draft
+    from vllm_padrec.training.trainer import STATE_FILE, DraftTrainConfig, feature_source, topk_constraint, train_draft
 
     config = DraftTrainConfig(
         num_draft_steps=args.gamma,
@@ -234,7 +235,13 @@ def cmd_train_draft(args) -> int:
         seed=args.seed,
         lr=args.lr,
         signal_lr_scale=args.signal_lr_scale,
+        topk=args.topk,
+        topk_users=args.topk_users,
+        objective=args.objective,
     )
+    for method in args.method:
+        check_objective(method, config.objective)
+    topk_constraint(None, data, config, None, "cpu")  # top-K settings that do not fit the catalog: before any model
     device = _device(args.device)
     ckpt = load_checkpoint(args.target, device=device)  # in the dtype it was saved in
     source = feature_source(ckpt, data, config, device)  # collected once for every method
@@ -383,7 +390,7 @@ def cmd_quickstart(args) -> int:
 # -- the parser ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from vllm_padrec.data.interactions import EVAL_SPLITS
-    from vllm_padrec.draft.config import METHODS
+    from vllm_padrec.draft.config import METHODS, OBJECTIVES
     from vllm_padrec.target.config import RECIPES
 
     parser = OneLineParser(
@@ -462,6 +469,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop and save each method after this long; running again continues",
     )
     p.add_argument("--until-done", action="store_true", help="keep resuming each method until it finishes")
+    p.add_argument(
+        "--topk",
+        type=non_negative_int,
+        default=0,
+        help="train on the target's own top-K beams of the training users (AtSpeed; --gamma at most L - 1), "
+        "with this K; 0 (default): list-wise windows",
+    )
+    p.add_argument(
+        "--topk-users", type=positive_int, default=2000, help="with --topk: training users whose beams make the data"
+    )
+    p.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default="distill",
+        help="token term: distill (CE to the target's token) or atspeed_s (AtSpeed-S, needs --topk)",
+    )
     p.add_argument("--seed", type=non_negative_int, default=0, help="draft initialisation and data order")
     p.add_argument("--device", type=torch_device, default=None, help=device_help)
     p.set_defaults(func=cmd_train_draft)

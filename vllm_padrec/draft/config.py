@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vllm_padrec.catalog import TokenLayout
+from vllm_padrec.errors import PadRecError
 
 # config.json `architectures` of each method (the lead registers EaglePadRecForCausalLM with vLLM;
 # EagleLlamaForCausalLM is vLLM's own EAGLE-1 Llama head, so the EAGLE baseline needs no plugin).
@@ -45,6 +46,17 @@ VARIANTS: dict[str, tuple[str, dict[str, bool]]] = {
 # Every draft the trainer builds: the variants above and Medusa heads (draft/medusa.py). Here, beside
 # VARIANTS, so that the CLI can offer them as choices without importing the trainer.
 METHODS = tuple(VARIANTS) + ("medusa",)
+# The draft trainer's token objectives (``DraftTrainConfig.objective``), here for the same reason: distillation,
+# or AtSpeed-S on the target's top-K beams (issue 13), which trains the unrolled heads only.
+OBJECTIVES = ("distill", "atspeed_s")
+
+
+def check_objective(method: str, objective: str) -> None:
+    """Refuse a method and objective that do not go together, naming both."""
+    if objective not in OBJECTIVES:
+        raise PadRecError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}")
+    if method == "medusa" and objective != "distill":
+        raise PadRecError(f"objective {objective!r} trains unrolled heads; Medusa trains by distillation")
 
 
 @dataclass(frozen=True)

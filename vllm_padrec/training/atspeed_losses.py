@@ -27,8 +27,10 @@ candidates below and never in a sum.
   which bounds how often relaxed sampling rejects a drafted beam.
 
 The cross-entropy is the draft's log-probability of the target's label (its most likely allowed token),
-as the distillation loss uses (``training.losses``). Only the functions of logits live here; which
-positions and sequences they are applied to is the trainer's (issue 13's training item).
+as the distillation loss uses (``training.losses``). Only the functions of logits live here; the
+sequences are the target's top-K beams (``training.topk_data``), and ``training.losses`` applies
+AtSpeed-S at every unrolled draft step's rows (``DraftTrainConfig.objective = "atspeed_s"``). AtSpeed-R's
+TVD needs each user's K beams in one batch, which the trainer's batches do not keep yet.
 """
 
 from __future__ import annotations
@@ -125,3 +127,24 @@ def distillation_ce(draft_logits: Tensor, target_logits: Tensor, allowed: Tensor
     with torch.no_grad():
         log_p = _masked_log_softmax(target_logits, allowed)
     return _cross_entropy(_masked_log_softmax(draft_logits, allowed), log_p)
+
+
+@torch.no_grad()
+def topk_recall(
+    draft_logits: Tensor,  # [N, V'] the draft's logits at N positions
+    target_logits: Tensor,  # [N, V'] the target's
+    allowed: Tensor,  # [N, V] bool: the tokens the catalog allows there (at least one per row)
+    k: int,  # K
+) -> Tensor:  # [N] float32 in [0, 1]
+    """Of the target's K most likely allowed tokens (all of them where fewer than K are allowed), the share
+    that are among the draft's K most likely allowed tokens: strict verification accepts a step only when
+    the target's top-K are all drafted, so this is the per-position quantity AtSpeed-S raises."""
+    log_q = _masked_log_softmax(draft_logits, allowed)  # [N, V]
+    log_p = _masked_log_softmax(target_logits, allowed)  # [N, V]
+    width = min(k, allowed.shape[1])
+    counted = allowed.sum(-1).clamp(max=width)  # [N] ranks that hold allowed tokens
+    ranks = torch.arange(width, device=allowed.device)[None, :] < counted[:, None]  # [N, K']
+    top_q, top_p = log_q.topk(width, dim=-1).indices, log_p.topk(width, dim=-1).indices  # [N, K'] each
+    # a rank past a row's allowed tokens holds a refused token: never one of the target's counted tokens
+    drafted = (top_p[:, :, None] == top_q[:, None, :]).any(-1)  # [N, K']
+    return (drafted & ranks).sum(-1).float() / counted.float()

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 
 from vllm_padrec.draft.head import PadRecDraftHead, new_cache
 from vllm_padrec.draft.medusa import MedusaHeads
+from vllm_padrec.training.atspeed_losses import atspeed_s_loss, topk_recall
 from vllm_padrec.training.collect import SequenceBatch
 
 
@@ -70,12 +71,22 @@ class LossWeights:
             raise ValueError("loss weights must be >= 0 and step_decay > 0")
 
 
+@dataclass(frozen=True)
+class TopKTerms:
+    """What top-K training data (``training.topk_data``) adds to the unrolled loss."""
+
+    allowed: torch.Tensor  # [B, T, V] bool: row q, the tokens the catalog allows as x_{q+2}
+    beams: int  # K, the target's beams
+    atspeed_s: bool  # the token term is AtSpeed-S's mix (``atspeed_losses.atspeed_s_loss``), else the CE
+
+
 @dataclass
 class LossOutput:
     loss: torch.Tensor  # [] the weighted loss (differentiable)
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # detached 0-dim tensors
     hits: torch.Tensor | None = None  # [K, B, T] bool: step k of the round starting at p proposed the target's token
     full_rounds: torch.Tensor | None = None  # [B, T] bool: round starts p whose K steps all lie in the sequence
+    topk_recall: torch.Tensor | None = None  # [K, B, T] float, by round start like hits (TopKTerms given)
 
     def accepted_length(self) -> torch.Tensor:  # [] mean accepted draft tokens per full round (bonus excluded)
         """Teacher-forced acceptance: leading correct steps of each round, greedy verification."""
@@ -134,15 +145,22 @@ def unrolled_features(head: PadRecDraftHead, batch: SequenceBatch, num_steps: in
 
 
 def unrolled_draft_loss(
-    head: PadRecDraftHead, batch: SequenceBatch, num_steps: int, weights: LossWeights = LossWeights()
+    head: PadRecDraftHead,
+    batch: SequenceBatch,
+    num_steps: int,
+    weights: LossWeights = LossWeights(),
+    topk: TopKTerms | None = None,
 ) -> LossOutput:
-    """EAGLE / PAD-Rec loss unrolled over ``num_steps`` draft steps (module docstring)."""
+    """EAGLE / PAD-Rec loss unrolled over ``num_steps`` draft steps (module docstring). With ``topk`` (the
+    batch holds the target's top-K beams): each step also reports the top-K recall of its rows, and with
+    ``topk.atspeed_s`` AtSpeed-S's mix of CE, restricted reverse KL and sharpening replaces the CE term."""
     B, T = batch.input_ids.shape
     device = batch.input_ids.device
     h_next = _shift_left(batch.hidden, 1)  # [B, T, H] h_{q+1}
     with torch.no_grad():
         target_logits = head.compute_logits(h_next)  # [B, T, V], row q: the target's distribution of x_{q+2}
     hits = torch.zeros(num_steps, B, T, dtype=torch.bool, device=device)  # indexed by round start p
+    recall = torch.zeros(num_steps, B, T, device=device) if topk is not None else None  # indexed by round start p
     total, weight_sum = None, 0.0
     metrics: dict[str, torch.Tensor] = {}
     for k, f in enumerate(unrolled_features(head, batch, num_steps)):
@@ -153,9 +171,20 @@ def unrolled_draft_loss(
         logits = head.compute_logits(f_rows)  # [N, V]
         labels = target_logits[rows]  # [N, V]
         reg = F.smooth_l1_loss(f_rows.float(), h_next[rows].float(), reduction="none").mean(-1)  # [N]
-        ce = _token_loss(logits, labels, weights.soft_labels)  # [N]
+        if topk is not None and topk.atspeed_s:
+            parts = atspeed_s_loss(logits, labels, topk.allowed[rows], topk.beams)  # [N] each
+            ce, token_term = parts.ce, parts.loss
+            metrics[f"rkl_{k}"] = parts.rkl.mean().detach()
+            metrics[f"sharpen_{k}"] = parts.reg.mean().detach()
+        else:
+            ce = token_term = _token_loss(logits, labels, weights.soft_labels)  # [N]
+        if recall is not None:
+            row_recall = torch.zeros(B, T, device=device)  # [B, T] by row q
+            row_recall[rows] = topk_recall(logits.detach(), labels, topk.allowed[rows], topk.beams)
+            recall[k, :, : T - k] = row_recall[:, k:]  # row q = p + k -> round start p
+            metrics[f"topk_recall_{k}"] = row_recall[rows].mean()
         w = weights.step_decay**k
-        step_loss = w * (weights.reg_weight * reg.mean() + weights.cls_weight * ce.mean())
+        step_loss = w * (weights.reg_weight * reg.mean() + weights.cls_weight * token_term.mean())
         total = step_loss if total is None else total + step_loss
         weight_sum += w
         correct = torch.zeros(B, T, dtype=torch.bool, device=device)  # [B, T] by row q
@@ -167,7 +196,7 @@ def unrolled_draft_loss(
     if total is None:
         raise ValueError("no loss position in this batch: sequences too short for a draft round (check loss_on)")
     full_rounds = _by_round_start(loss_rows(batch, back=num_steps - 1, ahead=0, loss_on=weights.loss_on), num_steps - 1)
-    return LossOutput(total / weight_sum, metrics, hits, full_rounds)
+    return LossOutput(total / weight_sum, metrics, hits, full_rounds, recall)
 
 
 def _by_round_start(rows: torch.Tensor, n: int) -> torch.Tensor:

@@ -23,6 +23,10 @@ Output folder:
     out_dir/loss_log.json     one entry per `log_every` steps; out_dir/loss_curve.png (with matplotlib)
     out_dir/result.json       DraftTrainResult
 
+Top-K training (AtSpeed, issue 13): with ``config.topk`` = K the sequences are the target's own top-K
+beams of the dataset's training users (``training.topk_data``) and every objective reports each step's
+top-K recall; ``config.objective = "atspeed_s"`` makes AtSpeed-S the token term (``training.losses``).
+
 The tiny config (``DraftTrainConfig.tiny()``) trains in seconds on a laptop CPU; tests use it.
 """
 
@@ -39,14 +43,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from vllm_padrec.catalog import TokenLayout
+from vllm_padrec.catalog import ItemCatalog, TokenLayout
+from vllm_padrec.constraint import ListConstraint
 from vllm_padrec.data.interactions import InteractionData
 from vllm_padrec.draft.checkpoint import save_draft
-from vllm_padrec.draft.config import METHODS, DraftConfig
+from vllm_padrec.draft.config import METHODS, DraftConfig, check_objective
 from vllm_padrec.draft.head import PadRecDraftHead
 from vllm_padrec.draft.medusa import MedusaHeads
 from vllm_padrec.durability import StopSignals
-from vllm_padrec.errors import CheckpointError
+from vllm_padrec.errors import CheckpointError, PadRecError
 from vllm_padrec.training.collect import FeatureSource, autocast_for, training_sequences
 from vllm_padrec.training.loop import (
     LoopConfig,
@@ -57,7 +62,8 @@ from vllm_padrec.training.loop import (
     plot_training,
     stoppable,
 )
-from vllm_padrec.training.losses import LossOutput, LossWeights, medusa_loss, unrolled_draft_loss
+from vllm_padrec.training.losses import LossOutput, LossWeights, TopKTerms, medusa_loss, unrolled_draft_loss
+from vllm_padrec.training.topk_data import completion_allowed, topk_beam_sequences, training_histories
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "loss_log.json"
@@ -88,7 +94,7 @@ class DraftTrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
     grad_clip: float = 0.5  # max global grad norm (EAGLE's 0.5); 0 = off
     reg_weight: float = 1.0  # feature regression weight (EAGLE: 1.0)
-    cls_weight: float = 0.1  # token CE weight (EAGLE: 0.1); Medusa trains on CE alone
+    cls_weight: float = 0.1  # token term weight: the CE (EAGLE: 0.1), or AtSpeed-S's mix; Medusa: CE alone
     step_decay: float = 0.8  # loss weight of draft step / Medusa head k is step_decay ** k
     soft_labels: bool = False  # CE against the target's distribution instead of its argmax
     loss_on: str = "completion"  # "completion" (draft rounds of the recommended list) or "all"
@@ -103,6 +109,10 @@ class DraftTrainConfig:
     log_every: int = 25  # steps per loss-log entry
     save_every: int = 250  # steps per resumable state file
     seed: int = 0  # model init and data order
+    # top-K training (AtSpeed, issue 13): the data is the target's own top-K beams (``training.topk_data``)
+    topk: int = 0  # K: the target's beams per history in the training sequences; 0 = list-wise windows
+    topk_users: int = 2000  # histories (one per training user, seeded draw) whose beams make the data
+    objective: str = "distill"  # token term: "distill" (CE to the target's token) or "atspeed_s" (needs topk)
 
     def __post_init__(self) -> None:
         if self.num_draft_steps < 1 or self.batch_size < 1 or self.max_steps < 1:
@@ -113,6 +123,14 @@ class DraftTrainConfig:
             raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if self.log_every < 1 or self.save_every < 1:
             raise ValueError("log_every and save_every must be >= 1")
+        if self.topk < 0 or self.topk_users < 1:
+            raise PadRecError(f"topk must be >= 0 and topk_users >= 1, got {self.topk} and {self.topk_users}")
+        check_objective("padrec", self.objective)  # a known objective (the method is train_draft's)
+        if self.objective == "atspeed_s" and (self.topk < 1 or self.loss_on != "completion"):
+            raise PadRecError(
+                "objective 'atspeed_s' aligns the draft with the target's top-K beams: it needs topk >= 1 and "
+                f"loss_on 'completion', got topk={self.topk}, loss_on={self.loss_on!r}"
+            )
         self.loss_weights()  # validates the loss fields
 
     @classmethod
@@ -217,10 +235,24 @@ def split_holdout(num_sequences: int, config: DraftTrainConfig) -> tuple[list[in
     return sorted(order[holdout:]), sorted(order[:holdout])
 
 
-def draft_loss(method: str, module: nn.Module, batch, target: nn.Module, config: DraftTrainConfig) -> LossOutput:
+def draft_loss(
+    method: str,
+    module: nn.Module,
+    batch,
+    target: nn.Module,
+    config: DraftTrainConfig,
+    constraint: ListConstraint | None = None,
+) -> LossOutput:
+    """The method's loss on one batch; on top-K data (``config.topk``) the catalog's allowed tokens along the
+    beams (``constraint``, one item) give the unrolled loss its top-K terms."""
     if method == "medusa":
         return medusa_loss(module, batch, target.get_output_embeddings(), config.loss_weights())
-    return unrolled_draft_loss(module, batch, config.num_draft_steps, config.loss_weights())
+    topk = None
+    if config.topk:
+        if constraint is None:
+            raise ValueError("top-K training data needs the catalog's one-item constraint")
+        topk = TopKTerms(completion_allowed(constraint, batch), config.topk, config.objective == "atspeed_s")
+    return unrolled_draft_loss(module, batch, config.num_draft_steps, config.loss_weights(), topk)
 
 
 @torch.no_grad()
@@ -231,9 +263,11 @@ def evaluate_draft(
     indices: Sequence[int],
     target: nn.Module,
     config: DraftTrainConfig,
+    constraint: ListConstraint | None = None,
 ) -> dict:
     """Teacher-forced held-out metrics: per-step top-1 agreement with the target and the mean accepted
-    draft tokens per round (greedy verification, bonus token excluded)."""
+    draft tokens per round (greedy verification, bonus token excluded); on top-K data also each step's
+    top-K recall (``atspeed_losses.topk_recall``), whatever the objective."""
     indices = list(indices)[: config.max_eval_sequences]
     if not indices:
         return {}
@@ -242,10 +276,11 @@ def evaluate_draft(
     accepted, rounds = 0.0, 0
     correct = torch.zeros(config.num_draft_steps)
     counted = torch.zeros(config.num_draft_steps)
+    recalled = torch.zeros(config.num_draft_steps)
     for start in range(0, len(indices), config.batch_size):
         batch = source.batch(indices[start : start + config.batch_size])
         with autocast_for(source.device):
-            out = draft_loss(method, module, batch, target, config)
+            out = draft_loss(method, module, batch, target, config, constraint)
         full = out.full_rounds  # [B, T]
         n = int(full.sum())
         if n:
@@ -254,9 +289,14 @@ def evaluate_draft(
         step_rows = full[None].expand_as(out.hits)  # [K, B, T]
         correct += (out.hits & step_rows).flatten(1).sum(1).float().cpu()
         counted += step_rows.flatten(1).sum(1).float().cpu()
+        if out.topk_recall is not None:
+            recalled += (out.topk_recall * step_rows).flatten(1).sum(1).float().cpu()
     module.train(was_training)
     result = {"accepted_length": accepted / rounds if rounds else 0.0, "rounds": rounds}
     result.update({f"acc_{k}": float(correct[k] / counted[k]) if counted[k] else 0.0 for k in range(len(correct))})
+    if config.topk and method != "medusa":
+        steps = range(len(recalled))
+        result.update({f"topk_recall_{k}": float(recalled[k] / counted[k]) if counted[k] else 0.0 for k in steps})
     return result
 
 
@@ -271,6 +311,7 @@ class DraftTask(TrainingTask):
         train_indices: Sequence[int],
         target: nn.Module,
         config: DraftTrainConfig,
+        constraint: ListConstraint | None = None,
     ) -> None:
         self.method, self.module, self.source, self.train_indices, self.target, self.config = (
             method,
@@ -280,11 +321,12 @@ class DraftTask(TrainingTask):
             target,
             config,
         )
+        self.constraint = constraint
 
     def loss(self, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         batch = self.source.batch(batch_indices(step, self.train_indices, self.config))
         with autocast_for(self.source.device):
-            out = draft_loss(self.method, self.module, batch, self.target, self.config)
+            out = draft_loss(self.method, self.module, batch, self.target, self.config, self.constraint)
         return out.loss, out.metrics
 
     def state(self, resumable: bool) -> dict:
@@ -323,6 +365,7 @@ def train_draft(
     resume: bool = True,
     *,
     layout: TokenLayout | None = None,
+    catalog: ItemCatalog | None = None,
     stop_after_steps: int | None = None,
     progress: bool = True,
     source: FeatureSource | None = None,
@@ -337,16 +380,22 @@ def train_draft(
     continues), like ``time_budget_minutes``; neither changes the schedule. ``source``: the target's
     features from an earlier call with the same target, data and config (``feature_source``), so that
     several methods trained in one process collect them once. A SIGTERM or SIGINT during the call
-    stops it at the next step boundary (module docstring)."""
+    stops it at the next step boundary (module docstring).
+
+    Top-K training (``config.topk``, AtSpeed): the sequences are the target's own top-K beams of the
+    dataset's training histories (``training.topk_data``), built by ``feature_source``; ``catalog`` is
+    needed unless the data or the checkpoint carries one (its constraint gives the allowed tokens)."""
     if method not in METHODS:
         raise ValueError(f"unknown draft method {method!r}; choose one of {list(METHODS)}")
+    check_objective(method, config.objective)
     layout = _draft_layout(method, target, data, layout)
+    constraint = topk_constraint(target, data, config, catalog, device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     target = frozen_target(target, device)
     if source is None:
-        source = feature_source(target, data, config, device, progress)
+        source = feature_source(target, data, config, device, progress, catalog=constraint and constraint.catalog)
     elif source.target is not target or source.device != device:
         raise ValueError("the feature source was built for another target or device")
     train_idx, holdout_idx = split_holdout(len(source), config)
@@ -355,7 +404,7 @@ def train_draft(
     optimizer = torch.optim.AdamW(
         param_groups(module, config), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
     )
-    task = DraftTask(method, module, source, train_idx, target, config)
+    task = DraftTask(method, module, source, train_idx, target, config, constraint)
     state_path = out_dir / STATE_FILE
     state = None
     if resume and state_path.exists():
@@ -382,7 +431,7 @@ def train_draft(
 
     checkpoint = save_draft(module, out_dir / CHECKPOINT_DIR)
     # a stopping signal skips the held-out evaluation: the caller asked for the process to end
-    evaluation = {} if stop.signal else evaluate_draft(method, module, source, holdout_idx, target, config)
+    evaluation = {} if stop.signal else evaluate_draft(method, module, source, holdout_idx, target, config, constraint)
     plot_path = plot_training(loop.log, out_dir / PLOT_FILE, f"{method} draft")
     result = DraftTrainResult(
         method=method,
@@ -409,18 +458,48 @@ def frozen_target(target: Any, device: torch.device) -> nn.Module:
     return target.to(device).eval().requires_grad_(False)
 
 
+def topk_constraint(
+    target: Any, data: Any, config: DraftTrainConfig, catalog: ItemCatalog | None, device: str | torch.device
+) -> ListConstraint | None:
+    """On top-K data (``config.topk``): the one-item constraint of the catalog (given, or the checkpoint's or
+    the dataset's), whose allowed tokens the top-K terms read; else None."""
+    if not config.topk:
+        return None
+    if catalog is None and not isinstance(target, nn.Module) and hasattr(target, "catalog"):
+        catalog = target.catalog  # a TargetCheckpoint
+    if catalog is None and isinstance(data, InteractionData):
+        catalog = data.catalog
+    if catalog is None:
+        raise ValueError("top-K training (topk > 0) needs catalog= (or a dataset or checkpoint that carries one)")
+    if config.num_draft_steps > catalog.num_slots - 1:
+        raise PadRecError(
+            f"top-K sequences hold {catalog.num_slots - 1} draft positions per item (codes 1 .. L-1): "
+            f"num_draft_steps={config.num_draft_steps} is more"
+        )
+    return ListConstraint(catalog, num_items=1, device=device)
+
+
 def feature_source(
     target: Any,
     data: InteractionData | Sequence,
     config: DraftTrainConfig,
     device: str | torch.device,
     progress: bool = True,
+    catalog: ItemCatalog | None = None,
 ) -> FeatureSource:
     """The training sequences of ``data`` with ``target``'s hidden states (stored or on the fly), as
-    ``train_draft`` builds them; pass it to several ``train_draft`` calls to collect once."""
+    ``train_draft`` builds them; pass it to several ``train_draft`` calls to collect once. With
+    ``config.topk`` and a dataset: the target's top-K beams of its training histories (``training.topk_data``;
+    ``catalog`` defaults to the dataset's); other data is taken as the sequences themselves."""
     device = torch.device(device)
     target = frozen_target(target, device)
-    sequences = training_sequences(data, config.max_history, config.list_items)
+    if config.topk and isinstance(data, InteractionData):
+        histories = training_histories(data, config.max_history, config.topk_users, config.seed)
+        sequences = topk_beam_sequences(
+            target, catalog or data.catalog, histories, config.topk, config.max_history, progress=progress
+        )
+    else:
+        sequences = training_sequences(data, config.max_history, config.list_items)
     return FeatureSource(
         target, sequences, device, config.features, config.max_stored_gib * 2**30, config.collect_batch_size, progress
     )
