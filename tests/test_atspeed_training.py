@@ -145,3 +145,16 @@ def test_the_objective_changes_the_trained_weights_and_a_resume_keeps_it(data, t
     other = DraftTrainConfig.tiny(topk=K, topk_users=16, objective="distill", max_steps=8, save_every=3)
     with pytest.raises(ValueError, match="another config"):
         train_draft("padrec", target, data, other, tmp_path / "atspeed_s", "cpu", progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs on the H200 device machine)")
+def test_atspeed_s_trains_on_gpu_with_bf16_autocast(data, target, tmp_path):
+    """The beams, the allowed tokens and the AtSpeed-S term on CUDA, under bf16 autocast."""
+    import copy
+
+    config = DraftTrainConfig.tiny(topk=K, topk_users=24, objective="atspeed_s", max_steps=20, holdout_fraction=0.2)
+    result = train_draft("padrec", copy.deepcopy(target).to("cuda"), data, config, tmp_path, "cuda", progress=False)
+    log = json.loads((tmp_path / "loss_log.json").read_text())
+    assert result.finished and log[-1]["loss"] < log[0]["loss"], [e["loss"] for e in log]
+    assert result.evaluation["rounds"] > 0
+    assert all(0.0 <= result.evaluation[f"topk_recall_{k}"] <= 1.0 for k in range(config.num_draft_steps))
