@@ -67,6 +67,7 @@ class FakeV2:
         init_model_state.install(self.state, lists, SimpleNamespace(speculative_config=None), "cpu", engine)
         self.sampler, _ = self.state.custom_sampler(GreedySampler(self.req_states))
         self.slots: dict[str, int] = {}
+        self.req_states.req_id_to_index = self.slots  # V2's map, read by TopKEngine.owner_slot
         self.free = list(range(NUM_SLOTS))
         self.computed: dict[str, int] = {}
         self.prefill_len: dict[str, int] = {}

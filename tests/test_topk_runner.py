@@ -468,8 +468,9 @@ def test_patch_attaches_nothing_to_a_runner_without_an_engine():
 
 
 def test_top_k_rows_are_read_without_padrec_topk_and_the_schedulers_request_keeps_it(monkeypatch):
-    """The lists see a top-K row as a one-item list: read without padrec_topk, the scheduler's object keeps it;
-    R's beams (its params object and prompt) reuse the row computed for the first, another request does not."""
+    """The lists see a top-K request R as a one-item list: read without padrec_topk, the scheduler's object keeps
+    it. R's beams get R's row by a device copy (add_copy): nothing is parsed for them, and a beam whose R was
+    refused is refused too."""
     from vllm_fakes import request_lists
 
     from vllm_padrec.data import SyntheticConfig, generate_synthetic
@@ -484,20 +485,20 @@ def test_top_k_rows_are_read_without_padrec_topk_and_the_schedulers_request_keep
     parsed = []
     real = ListSpec.from_extra_args
     monkeypatch.setattr(ListSpec, "from_extra_args", lambda *a, **k: parsed.append(a[0]) or real(*a, **k))
-    prompt = [1, 2, 3]
-    for slot, req_id in enumerate(["R", beam_req_id("R", 0), beam_req_id("R", 1)]):
-        lists.add_request(slot, new_request(req_id, list(prompt), [4], params), drop_topk=True)
-    assert parsed == [{"padrec_constraint": True, "padrec_num_items": 1}]  # once for R and its beams
+    lists.add_request(0, new_request("R", [1, 2, 3], [4], params), drop_topk=True)
+    lists.apply_staged_writes()  # R's step 0: its row is on the device before its beams come
+    assert parsed == [{"padrec_constraint": True, "padrec_num_items": 1}]
     assert params.extra_args == {"padrec_topk": 3, "padrec_constraint": True, "padrec_num_items": 1}
-    assert not lists.refused[:3].any() and lists.enabled[:3].all()
-    other = SamplingParams(
-        max_tokens=5, extra_args={"padrec_topk": 3, "padrec_constraint": True, "padrec_num_items": 1}
-    )
-    lists.add_request(3, new_request("S", list(prompt), [5], other), drop_topk=True)  # another request: parsed
-    lists.add_request(4, new_request("T", [1, 2], [6], params), drop_topk=True)  # another prompt: parsed
-    assert len(parsed) == 3
+    other = SamplingParams(max_tokens=5, extra_args={"padrec_constraint": True, "padrec_num_items": 2})
+    lists.add_request(3, new_request("S", [1, 2], [5], other))  # staged in the same step as the beams' copies
+    lists.add_copy(1, 0)
+    lists.add_copy(2, 0)
+    assert len(parsed) == 2 and not lists.refused[:3].any() and lists.enabled[:3].all()
     lists.apply_staged_writes()
     rows = lists.rows.gpu
-    assert torch.equal(rows[1], rows[0]) and torch.equal(rows[2], rows[0]) and torch.equal(rows[3], rows[0])
-    lists.add_request(5, new_request("U", list(prompt), [7], params))  # no drop_topk: padrec_topk refused here
-    assert lists.refused[5]
+    assert torch.equal(rows[1], rows[0]) and torch.equal(rows[2], rows[0]) and not torch.equal(rows[3], rows[0])
+    lists.add_request(5, new_request("U", [1, 2, 3], [7], params))  # no drop_topk: padrec_topk refused here
+    lists.apply_staged_writes()
+    lists.add_copy(6, 5)  # a beam of a refused request: refused too
+    lists.apply_staged_writes()
+    assert lists.refused[5] and lists.refused[6] and torch.equal(rows[6], rows[5])

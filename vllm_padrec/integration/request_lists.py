@@ -65,9 +65,7 @@ class RequestLists:
         self.refused = np.zeros(max_num_reqs, dtype=bool)  # requests the plugin failed on: only </s> allowed
         self.req_states = None  # vLLM's RequestState (all_token_ids, total_len), from the sampler
         self._verify, self._draft = eager_masks()  # until prepare_masks installs the Triton ones
-        # the last top-K row computed: (its sampling params object, prompt, row, refused); held strongly, so
-        # that an identity match is never a recycled object (add_request)
-        self._last_row: tuple | None = None
+        self._copies: list[tuple[int, int]] = []  # (slot, the slot whose row it gets), staged by add_copy
 
     @property
     def mask_drafts(self) -> bool:
@@ -118,27 +116,21 @@ class RequestLists:
     def add_request(self, req_index: int, new_req_data: Any, drop_topk: bool = False) -> None:
         """Record the request's list settings; never raises (module docstring: containment).
 
-        ``drop_topk``: a top-K request R or one of its beams (``patches/init_model_state.py``), whose row is
-        that of a one-item list: its ``padrec_topk`` is the engine's, read without it. The K beams of R
-        arrive one after another with R's sampling parameters object and prompt, so the row computed for
-        the first is reused for the others: parsing and building it again cost about 15 us a beam, per
-        beam of every top-K request."""
-        if not drop_topk:  # an ordinary request: its own row
-            row, refused = self._settings_row(new_req_data, drop_topk)
-        else:
-            params = new_req_data.sampling_params
-            prompt = tuple(new_req_data.prompt_token_ids or ())
-            last = self._last_row
-            if last is not None and last[0] is params and last[1] == prompt:
-                row, refused = last[2], last[3]
-                if refused:
-                    _logger().error("vllm-padrec: request %s refused as the one before it", new_req_data.req_id)
-            else:
-                row, refused = self._settings_row(new_req_data, drop_topk)
-                self._last_row = (params, prompt, row, refused)
+        ``drop_topk``: a top-K request R (``patches/init_model_state.py``), whose row is that of a one-item
+        list: its ``padrec_topk`` is the engine's, read without it. R's beams take R's row (``add_copy``)."""
+        row, refused = self._settings_row(new_req_data, drop_topk)
         self.rows.stage_write(req_index, 0, row)
         self.enabled[req_index] = bool(row[ENABLED])
         self.refused[req_index] = refused
+
+    def add_copy(self, req_index: int, source_index: int) -> None:
+        """Give slot ``req_index`` the settings of slot ``source_index``, whose row is already on the device: a
+        beam of a top-K request R gets R's row, copied on the device by ``apply_staged_writes`` rather than
+        built and staged from the host (262 columns a beam by default: K of them for each of a batch's
+        top-K requests)."""
+        self._copies.append((req_index, source_index))
+        self.enabled[req_index] = self.enabled[source_index]
+        self.refused[req_index] = self.refused[source_index]
 
     def _settings_row(self, new_req_data: Any, drop_topk: bool) -> tuple[list[int], bool]:
         """The request's settings row, and whether it is refused (then the row of a plain request)."""
@@ -166,7 +158,12 @@ class RequestLists:
         return settings_row(spec, prompt_token_ids, self.settings.max_list_items, self.settings.max_exclude_items)
 
     def apply_staged_writes(self) -> None:
+        """The staged rows, then the copies (their sources were written in an earlier step, or just now)."""
         self.rows.apply_write()
+        if self._copies:
+            copies, self._copies = self._copies, []
+            dst, src = long_tensors([d for d, _ in copies], [s for _, s in copies], device=self.rows.gpu.device)
+            self.rows.gpu[dst] = self.rows.gpu[src]
 
     # -- masks ---------------------------------------------------------------------------------
     def mask_verification(self, logits: torch.Tensor, input_batch: Any) -> None:

@@ -164,6 +164,13 @@ class TopKEngine:
             owner, rank = req_id.split(BEAM_ID_INFIX)
             self._new_beams.append(NewBeamSlot(slot, owner, int(rank)))
 
+    def owner_slot(self, req_id: str) -> int | None:
+        """The slot of the top-K request R whose beam ``req_id`` is (R's settings row is the beam's); None for
+        R itself, or for a beam whose R has no slot (never: R runs while its beams do)."""
+        if BEAM_ID_INFIX not in req_id or self.req_states is None:
+            return None
+        return self.req_states.req_id_to_index.get(req_id.split(BEAM_ID_INFIX)[0])
+
     def stage_beam_slots(self) -> None:
         """Each new beam slot's first token (from R's step 0) at position P; after V2's own staged writes."""
         new, self._new_beams = self._new_beams, []

@@ -20,9 +20,10 @@ store (``padrec_topk_answers``, read by ``patches/sample_tokens.py``): ``Masking
 engine's hooks around the mask, ``add_request`` tells it each new beam's slot and
 ``apply_staged_writes`` lets it write the beams' first tokens; the engine also gets the lists, whose
 ``mask_topk_owners`` keeps R's own row to ``<pad>`` (``</s>`` at its last step). A top-K request R and its beams (which
-carry R's ``extra_args``) reach ``RequestLists.add_request`` with ``drop_topk``: their settings row is
-that of R's one-item list, read without ``padrec_topk`` (``topk`` has no column), computed once for R's
-beams, and ``RequestLists`` keeps refusing ``padrec_topk`` on a server without an engine. With
+carry R's ``extra_args``) get the settings row of R's one-item list, read without ``padrec_topk`` (``topk``
+has no column): R by ``RequestLists.add_request`` with ``drop_topk``, each beam as a device copy of R's row
+(``add_copy``; ``TopKEngine.owner_slot`` finds R's slot). ``RequestLists`` keeps refusing ``padrec_topk``
+on a server without an engine. With
 ``topk_max_beams`` = 0 nothing of this exists.
 
 Why: V2 applies no plugin logits processors (and refuses them with speculative decoding), and the
@@ -97,7 +98,11 @@ def install(state, lists, vllm_config, device, topk=None) -> None:
         base_add_request(req_index, new_req_data)
         if topk is not None and is_topk_row(new_req_data):
             topk.note_new_request(req_index, new_req_data.req_id)
-            lists.add_request(req_index, new_req_data, drop_topk=True)
+            owner = topk.owner_slot(new_req_data.req_id)
+            if owner is not None:  # a beam: R's row
+                lists.add_copy(req_index, owner)
+            else:
+                lists.add_request(req_index, new_req_data, drop_topk=True)
         else:
             lists.add_request(req_index, new_req_data)
 
