@@ -1,7 +1,8 @@
 """Top-K recommendation: latency, throughput, quality and exactness of three ways to get a user's K best items.
 
 Modes (each a configuration per ``--dtypes`` entry, each run in a fresh process with its own
-``VLLM_CACHE_ROOT`` under ``--cache-root``):
+``VLLM_CACHE_ROOT`` under ``--cache-root``, except that ``greedy_floor`` runs in the ``engine`` mode's process
+and engine where both run in a dtype: one engine start-up less, 80-90 s on the bench target):
 
     reference          ``decoding.beam_search_items`` on the Hugging Face model (plain torch, constrained):
                        the answer the others are compared with
@@ -13,9 +14,9 @@ Modes (each a configuration per ``--dtypes`` entry, each run in a fresh process 
                        does not serve top-K (``list_settings.TOPK_SERVED`` is false) the mode is not run:
                        its records say ``skipped`` with the reason, and carry no numbers
     greedy_floor       not a top-K: one greedy item (L tokens, unconstrained, ``LLM.generate``) per user in
-                       the same vLLM engine, whatever K. Any beam search in the engine runs at least these
-                       L steps, so its latency is the floor the others are measured against; its quality
-                       columns are those of its one item
+                       the engine mode's vLLM engine (its own, when that mode does not run), whatever K.
+                       Any beam search in the engine runs at least these L steps, so its latency is the
+                       floor the others are measured against; its quality columns are those of its one item
 
 For each K of ``--ks`` and each configuration, two passes over the test users (the last H items of
 the recipe as history, no exclusions):
@@ -239,9 +240,10 @@ class Ranker:
     rank: Callable[[list[list[int]], int], list[Ranked]]
     steps: EngineSteps | None = None
     beam_rows: object | None = None  # topk.admission.BeamRows of the in-process engine's scheduler
+    llm: object | None = None  # the mode's vllm.LLM, which a mode sharing its engine reuses (SHARES_ENGINE)
 
 
-def reference_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
+def reference_ranker(args, catalog: ItemCatalog, max_history: int, llm=None) -> Ranker:
     import torch
 
     from vllm_padrec.constraint import ListConstraint
@@ -261,7 +263,7 @@ def reference_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
     return Ranker(rank)
 
 
-def vllm_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
+def vllm_ranker(args, catalog: ItemCatalog, max_history: int, llm=None) -> Ranker:
     from vllm import LLM
     from vllm.inputs import TokensPrompt
     from vllm.sampling_params import BeamSearchParams
@@ -280,7 +282,7 @@ def vllm_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
     return Ranker(rank, EngineSteps(llm))
 
 
-def engine_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
+def engine_ranker(args, catalog: ItemCatalog, max_history: int, llm=None) -> Ranker:
     from vllm import LLM
 
     from vllm_padrec.topk.offline import recommend_topk, topk_engine_args
@@ -292,13 +294,14 @@ def engine_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
         return [[(item, float(score)) for item, score in items] for items in ranked]
 
     beam_rows = llm.llm_engine.engine_core.engine_core.scheduler.padrec_beam_rows  # the in-process engine's
-    return Ranker(rank, EngineSteps(llm), beam_rows)
+    return Ranker(rank, EngineSteps(llm), beam_rows, llm)
 
 
-def greedy_floor_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
+def greedy_floor_ranker(args, catalog: ItemCatalog, max_history: int, llm=None) -> Ranker:
+    """One greedy item per user, in ``llm`` (the engine mode's, when both run in one process) or its own."""
     from vllm import LLM, SamplingParams
 
-    llm = LLM(**engine_arguments(args))
+    llm = llm if llm is not None else LLM(**engine_arguments(args))
     params = SamplingParams(temperature=0.0, max_tokens=catalog.num_slots, ignore_eos=True, logprobs=0)
 
     def rank(histories, k):
@@ -309,7 +312,7 @@ def greedy_floor_ranker(args, catalog: ItemCatalog, max_history: int) -> Ranker:
             for out in outputs
         ]
 
-    return Ranker(rank, EngineSteps(llm))
+    return Ranker(rank, EngineSteps(llm), llm=llm)
 
 
 def kv_blocks(admissions) -> dict:
@@ -337,6 +340,10 @@ def engine_arguments(args) -> dict:
         "max_num_seqs": args.max_num_seqs,
     }
 
+
+# a mode that runs in the engine of another mode when both run in one dtype: one engine start-up (torch.compile
+# and CUDA graph capture, 80-90 s on the bench target) less, and the floor measured in the very engine it bounds
+SHARES_ENGINE = {"greedy_floor": "engine"}
 
 RANKERS: dict[str, Callable] = {
     "reference": reference_ranker,
@@ -397,20 +404,29 @@ def profile_call(
     path.write_text(header + python_tables + "\n\n" + "\n\n".join(tables))
 
 
-def run_config(args) -> dict:
+def run_config(args) -> list[dict]:
+    """One configuration, in this process: each mode of ``--one`` in turn (a mode that shares the engine of the
+    one before it, SHARES_ENGINE, reuses its ``LLM``), each with its passes over every K; a result per mode."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_PLUGINS", "padrec")
     from vllm_padrec.data import load_dataset
     from vllm_padrec.integration.recommendation_service import read_max_history
 
-    mode, dtype = args.one, args.one_dtype
     catalog = ItemCatalog.load(args.target)
     max_history = read_max_history(Path(args.target)) or 20
     samples = load_dataset(args.dataset).eval_samples("test", max_history)
-    started = time.perf_counter()
-    ranker = RANKERS[mode](args, catalog, max_history)
-    rank = ranker.rank
-    startup = time.perf_counter() - started
+    results, llm = [], None
+    for mode in args.one:
+        started = time.perf_counter()
+        ranker = RANKERS[mode](args, catalog, max_history, llm if SHARES_ENGINE.get(mode) in args.one else None)
+        llm = ranker.llm
+        results.append(measure(args, mode, ranker, samples, round(time.perf_counter() - started, 1)))
+    return results
+
+
+def measure(args, mode: str, ranker: Ranker, samples, startup: float) -> dict:
+    """Every K's passes of one mode (module docstring), then its profiles: the mode's result."""
+    dtype, rank = args.one_dtype, ranker.rank
     latency_users = samples[: args.users_latency]
     # float32 passes are the equality check's: at least --users-equal users; the others --users
     throughput_users = samples[: max(args.users, args.users_equal) if dtype == EXACT_DTYPE else args.users]
@@ -440,13 +456,7 @@ def run_config(args) -> dict:
         for batch, users in ((1, latency_users), (args.concurrency, throughput_users)):
             name = f"bench_topk_{mode}_{dtype}_profile_k{k}_b{batch}.txt"
             profile_call(rank, [s.history for s in users[:batch]], k, Path(args.work_dir) / name)
-    return {
-        "mode": mode,
-        "dtype": dtype,
-        "startup_seconds": round(startup, 1),
-        "records": records,
-        "equal_lists": equal_lists,
-    }
+    return {"mode": mode, "dtype": dtype, "startup_seconds": startup, "records": records, "equal_lists": equal_lists}
 
 
 # -- results ----------------------------------------------------------------------------------------------------
@@ -584,7 +594,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add("--render", default=None, metavar="JSON", help="only rebuild the Markdown and PNG of a results JSON")
     add("--note", default=None, help="with --render: a note written into the JSON and the Markdown")
-    add("--one", default=None, choices=MODES, help=argparse.SUPPRESS)  # child: run this mode
+    add("--one", nargs="+", default=None, choices=MODES, help=argparse.SUPPRESS)  # child: run these modes
     add("--one-dtype", default=None, help=argparse.SUPPRESS)
     add("--result", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -601,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         render(args.render, args.note)
         return 0
     if args.one:
-        Path(args.result).write_text(json.dumps(run_config(args)))
+        Path(args.result).write_text(json.dumps(run_config(args)))  # a list: one result per mode
         return 0
     forwarded = sys.argv[1:] if argv is None else list(argv)
     batch_sizes = (1, args.concurrency)
@@ -619,33 +629,50 @@ def main(argv: list[str] | None = None) -> int:
         write_results(args.out, name, payload, markdown(payload), lambda plt: plot(plt, payload))
         return payload
 
-    for mode in args.modes:
-        if mode == "engine" and refusal:
-            skipped += skipped_records(mode, args.dtypes, args.ks, batch_sizes, refusal)
-            continue
-        for dtype in args.dtypes:
-            if dtype == EXACT_DTYPE and args.exact_modes is not None and mode not in args.exact_modes:
-                continue
-            config = f"{mode}_{dtype}"
-            result = Path(args.work_dir) / f"bench_topk_{config}.json"
-            result.unlink(missing_ok=True)
-            child = [sys.executable, "-m", "benchmarks.bench_topk", *forwarded, "--one", mode, "--one-dtype", dtype]
-            env = {**os.environ, "VLLM_CACHE_ROOT": str(Path(args.cache_root) / config), **dot_precision(dtype, args)}
-            log = result.with_suffix(".log")
-            print(f"[bench_topk] {config} (log {log}) ...", flush=True)
-            with open(log, "w") as handle:
-                code = subprocess.call(
-                    [*child, "--result", str(result)], stdout=handle, stderr=subprocess.STDOUT, env=env
-                )
-            if code != 0 or not result.exists():
-                errors[config] = f"exit {code}: " + log.read_text()[-1500:]
-                print(errors[config], flush=True)
-            else:
-                results.append(json.loads(result.read_text()))
-            write(final=False)
+    if "engine" in args.modes and refusal:
+        skipped += skipped_records("engine", args.dtypes, args.ks, batch_sizes, refusal)
+    for modes, dtype in configurations(args, skip_engine=bool(refusal)):
+        config = f"{'_'.join(modes)}_{dtype}"
+        result = Path(args.work_dir) / f"bench_topk_{config}.json"
+        result.unlink(missing_ok=True)
+        child = [sys.executable, "-m", "benchmarks.bench_topk", *forwarded, "--one", *modes, "--one-dtype", dtype]
+        env = {**os.environ, "VLLM_CACHE_ROOT": str(Path(args.cache_root) / config), **dot_precision(dtype, args)}
+        log = result.with_suffix(".log")
+        print(f"[bench_topk] {config} (log {log}) ...", flush=True)
+        with open(log, "w") as handle:
+            code = subprocess.call([*child, "--result", str(result)], stdout=handle, stderr=subprocess.STDOUT, env=env)
+        if code != 0 or not result.exists():
+            errors[config] = f"exit {code}: " + log.read_text()[-1500:]
+            print(errors[config], flush=True)
+        else:
+            results.extend(json.loads(result.read_text()))
+        write(final=False)
     payload = write(final=True)
     print(markdown(payload))
     return 1 if errors else 0
+
+
+def configurations(args, skip_engine: bool = False) -> list[tuple[tuple[str, ...], str]]:
+    """The processes to run, in ``--modes`` order: (modes, dtype), each mode in the dtypes it runs in (float32
+    only for ``--exact-modes``), a mode of SHARES_ENGINE in the process of the mode whose engine it shares
+    when that one runs in the same dtype."""
+
+    def runs(mode: str, dtype: str) -> bool:
+        if mode == "engine" and skip_engine:
+            return False
+        return dtype != EXACT_DTYPE or args.exact_modes is None or mode in args.exact_modes
+
+    groups: dict[tuple[str, str], list[str]] = {}
+    for mode in args.modes:
+        for dtype in args.dtypes:
+            if not runs(mode, dtype):
+                continue
+            host = SHARES_ENGINE.get(mode)
+            if host in args.modes and runs(host, dtype):
+                groups.setdefault((host, dtype), []).append(mode)
+            else:
+                groups.setdefault((mode, dtype), []).insert(0, mode)
+    return [(tuple(modes), dtype) for (_, dtype), modes in groups.items()]
 
 
 def summarize(args, results: list[dict], skipped: list[dict], errors: dict) -> dict:

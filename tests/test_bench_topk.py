@@ -266,13 +266,11 @@ def test_float32_runs_only_the_exact_modes_and_results_are_written_after_each_co
     ran, seen_partial = [], []
 
     def child(command, stdout, stderr, env):
-        mode, dtype = command[command.index("--one") + 1], command[command.index("--one-dtype") + 1]
+        (mode,), dtype = child_modes(command), command[command.index("--one-dtype") + 1]
         ran.append((mode, dtype))
         if len(ran) == 2:  # the first configuration's results are on disk while the second runs
             seen_partial.append(json.loads((tmp_path / "topk_beauty_atspeed.json").read_text()))
-        record = bench_topk.pass_record(mode, dtype, 5, 1, [0.01, 0.02], [[1, 2, 3, 4, 5]] * 2, [[1], [9]])
-        result = {"mode": mode, "dtype": dtype, "startup_seconds": 1.0, "records": [record], "equal_lists": {}}
-        Path(command[command.index("--result") + 1]).write_text(json.dumps(result))
+        Path(command[command.index("--result") + 1]).write_text(json.dumps([fake_result(mode, dtype)]))
         return 0
 
     monkeypatch.setattr(bench_topk.subprocess, "call", child)
@@ -286,3 +284,69 @@ def test_float32_runs_only_the_exact_modes_and_results_are_written_after_each_co
     assert partial["note"].startswith("partial: 1 configurations done") and len(partial["records"]) == 1
     final = json.loads((tmp_path / "topk_beauty_atspeed.json").read_text())
     assert "note" not in final and final["exact_modes"] == ["reference"] and len(final["records"]) == 4
+
+
+def child_modes(command: list[str]) -> list[str]:
+    """The modes a child process is asked to run (``--one MODE...``)."""
+    start = command.index("--one") + 1
+    return command[start : command.index("--one-dtype", start)]
+
+
+def fake_result(mode: str, dtype: str) -> dict:
+    record = bench_topk.pass_record(mode, dtype, 5, 1, [0.01, 0.02], [[1, 2, 3, 4, 5]] * 2, [[1], [9]])
+    return {"mode": mode, "dtype": dtype, "startup_seconds": 1.0, "records": [record], "equal_lists": {}}
+
+
+def test_the_greedy_floor_runs_in_the_engine_modes_process_where_both_run(tmp_path, monkeypatch):
+    """One process (one engine start-up) for the engine and its floor in bfloat16; float32 has no floor."""
+    ran = []
+
+    def child(command, stdout, stderr, env):
+        modes, dtype = child_modes(command), command[command.index("--one-dtype") + 1]
+        ran.append((tuple(modes), dtype, Path(env["VLLM_CACHE_ROOT"]).name))
+        Path(command[command.index("--result") + 1]).write_text(json.dumps([fake_result(m, dtype) for m in modes]))
+        return 0
+
+    monkeypatch.setattr(bench_topk.subprocess, "call", child)
+    monkeypatch.setattr(bench_topk, "engine_refusal", lambda: None)
+    argv = ["--target", "/t", "--dataset", str(tmp_path / "beauty_atspeed"), "--ks", "5", "--out", str(tmp_path)]
+    argv += ["--work-dir", str(tmp_path), "--modes", "greedy_floor", "engine", "reference"]
+    assert bench_topk.main([*argv, "--dtypes", "bfloat16", "float32", "--exact-modes", "reference", "engine"]) == 0
+    assert ran == [
+        (("engine", "greedy_floor"), "bfloat16", "engine_greedy_floor_bfloat16"),
+        (("engine",), "float32", "engine_float32"),
+        (("reference",), "bfloat16", "reference_bfloat16"),
+        (("reference",), "float32", "reference_float32"),
+    ]
+    records = json.loads((tmp_path / "topk_beauty_atspeed.json").read_text())["records"]
+    assert [(r["mode"], r["dtype"]) for r in records] == [
+        ("engine", "bfloat16"),
+        ("greedy_floor", "bfloat16"),
+        ("engine", "float32"),
+        ("reference", "bfloat16"),
+        ("reference", "float32"),
+    ]
+    without_engine = bench_topk.parse_args([*argv[:-4], "--modes", "greedy_floor", "reference"])
+    assert bench_topk.configurations(without_engine)[0] == (("greedy_floor",), "bfloat16")
+
+
+def test_a_process_of_several_modes_builds_one_engine_for_the_modes_that_share_it(monkeypatch, tmp_path):
+    built = []
+
+    def ranker(mode):
+        def build(args, catalog, max_history, llm=None):
+            built.append((mode, llm))
+            return bench_topk.Ranker(lambda histories, k: [[]] * len(histories), llm=llm or f"{mode}'s LLM")
+
+        return build
+
+    monkeypatch.setattr(bench_topk, "RANKERS", {m: ranker(m) for m in bench_topk.MODES})
+    monkeypatch.setattr(bench_topk.ItemCatalog, "load", staticmethod(lambda path: None))
+    monkeypatch.setattr("vllm_padrec.integration.recommendation_service.read_max_history", lambda path: 20)
+    users = [SimpleNamespace(history=[1], targets=[2])] * 3
+    monkeypatch.setattr("vllm_padrec.data.load_dataset", lambda path: SimpleNamespace(eval_samples=lambda *a: users))
+    args = bench_topk.parse_args(["--target", "/t", "--dataset", "/d", "--ks", "1", "--one", "engine", "greedy_floor"])
+    args.one_dtype, args.concurrency = "bfloat16", 2
+    results = bench_topk.run_config(args)
+    assert [r["mode"] for r in results] == ["engine", "greedy_floor"]
+    assert built == [("engine", None), ("greedy_floor", "engine's LLM")]
