@@ -483,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--objective",
         choices=OBJECTIVES,
         default="distill",
-        help="token term: distill (CE to the target's token) or atspeed_s (AtSpeed-S, needs --topk)",
+        help="token term: distill (CE to the target's token), atspeed_s (AtSpeed-S) or atspeed_r (AtSpeed-R: CE "
+        "and the TVD of each user's beams); the AtSpeed ones need --topk",
     )
     p.add_argument("--seed", type=non_negative_int, default=0, help="draft initialisation and data order")
     p.add_argument("--device", type=torch_device, default=None, help=device_help)

@@ -47,8 +47,8 @@ VARIANTS: dict[str, tuple[str, dict[str, bool]]] = {
 # VARIANTS, so that the CLI can offer them as choices without importing the trainer.
 METHODS = tuple(VARIANTS) + ("medusa",)
 # The draft trainer's token objectives (``DraftTrainConfig.objective``), here for the same reason: distillation,
-# or AtSpeed-S on the target's top-K beams (issue 13), which trains the unrolled heads only.
-OBJECTIVES = ("distill", "atspeed_s")
+# or AtSpeed-S / AtSpeed-R on the target's top-K beams (issue 13), which train the unrolled heads only.
+OBJECTIVES = ("distill", "atspeed_s", "atspeed_r")
 
 
 def check_objective(method: str, objective: str) -> None:

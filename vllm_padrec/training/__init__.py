@@ -1,6 +1,6 @@
 """Draft training: the target's hidden states (collect), the distillation losses, the trainer; AtSpeed's
 objectives as functions of logits (atspeed_losses, issue 13) and the target's top-K beams as their data
-(topk_data); the trainer selects AtSpeed-S (``DraftTrainConfig.objective``), AtSpeed-R not yet."""
+(topk_data); the trainer selects either (``DraftTrainConfig.objective``)."""
 
 from vllm_padrec.training.collect import FeatureSource, TrainSequence, collect_features, training_sequences
 from vllm_padrec.training.losses import LossWeights, medusa_loss, unrolled_draft_loss

@@ -29,8 +29,10 @@ candidates below and never in a sum.
 The cross-entropy is the draft's log-probability of the target's label (its most likely allowed token),
 as the distillation loss uses (``training.losses``). Only the functions of logits live here; the
 sequences are the target's top-K beams (``training.topk_data``), and ``training.losses`` applies
-AtSpeed-S at every unrolled draft step's rows (``DraftTrainConfig.objective = "atspeed_s"``). AtSpeed-R's
-TVD needs each user's K beams in one batch, which the trainer's batches do not keep yet.
+AtSpeed-S at every unrolled draft step's rows (``DraftTrainConfig.objective = "atspeed_s"``), or AtSpeed-R's
+CE there and its TVD over each user's K beams, which the trainer's batches keep together ("atspeed_r"). A
+beam's probability is that of its codes 1 .. L-1 along the draft round that starts at the prompt's last
+token: code 0 is the target's own token, drafted by neither model.
 """
 
 from __future__ import annotations

@@ -52,7 +52,14 @@ import torch.nn.functional as F
 
 from vllm_padrec.draft.head import PadRecDraftHead, new_cache
 from vllm_padrec.draft.medusa import MedusaHeads
-from vllm_padrec.training.atspeed_losses import atspeed_s_loss, topk_recall
+from vllm_padrec.training.atspeed_losses import (
+    ALPHA,
+    atspeed_r_tvd,
+    atspeed_s_loss,
+    distillation_ce,
+    sequence_logprobs,
+    topk_recall,
+)
 from vllm_padrec.training.collect import SequenceBatch
 
 
@@ -77,7 +84,8 @@ class TopKTerms:
 
     allowed: torch.Tensor  # [B, T, V] bool: row q, the tokens the catalog allows as x_{q+2}
     beams: int  # K, the target's beams
-    atspeed_s: bool  # the token term is AtSpeed-S's mix (``atspeed_losses.atspeed_s_loss``), else the CE
+    objective: str  # "distill": the CE; "atspeed_s": AtSpeed-S's mix; "atspeed_r": AtSpeed-R's (CE and TVD)
+    group: torch.Tensor | None = None  # [B] long: the history each sequence is a beam of ("atspeed_r")
 
 
 @dataclass
@@ -161,6 +169,7 @@ def unrolled_draft_loss(
         target_logits = head.compute_logits(h_next)  # [B, T, V], row q: the target's distribution of x_{q+2}
     hits = torch.zeros(num_steps, B, T, dtype=torch.bool, device=device)  # indexed by round start p
     recall = torch.zeros(num_steps, B, T, device=device) if topk is not None else None  # indexed by round start p
+    beam_logprobs = None  # AtSpeed-R: each beam's (draft, target) log-prob over the steps so far, [B] each
     total, weight_sum = None, 0.0
     metrics: dict[str, torch.Tensor] = {}
     for k, f in enumerate(unrolled_features(head, batch, num_steps)):
@@ -171,11 +180,15 @@ def unrolled_draft_loss(
         logits = head.compute_logits(f_rows)  # [N, V]
         labels = target_logits[rows]  # [N, V]
         reg = F.smooth_l1_loss(f_rows.float(), h_next[rows].float(), reduction="none").mean(-1)  # [N]
-        if topk is not None and topk.atspeed_s:
+        if topk is not None and topk.objective == "atspeed_s":
             parts = atspeed_s_loss(logits, labels, topk.allowed[rows], topk.beams)  # [N] each
             ce, token_term = parts.ce, parts.loss
             metrics[f"rkl_{k}"] = parts.rkl.mean().detach()
             metrics[f"sharpen_{k}"] = parts.reg.mean().detach()
+        elif topk is not None and topk.objective == "atspeed_r":
+            ce = distillation_ce(logits, labels, topk.allowed[rows])  # [N]
+            token_term = (1 - ALPHA) * ce
+            beam_logprobs = _round_logprobs(head, f, target_logits, batch, topk.allowed, k, beam_logprobs)
         else:
             ce = token_term = _token_loss(logits, labels, weights.soft_labels)  # [N]
         if recall is not None:
@@ -195,8 +208,50 @@ def unrolled_draft_loss(
         metrics[f"acc_{k}"] = correct[rows].float().mean()
     if total is None:
         raise ValueError("no loss position in this batch: sequences too short for a draft round (check loss_on)")
+    if beam_logprobs is not None:  # AtSpeed-R's TVD over each history's beams, weighted like one more step
+        tvd = _grouped_tvd(*beam_logprobs, topk.group, topk.beams)  # [G]
+        total = total + weight_sum * weights.cls_weight * ALPHA * tvd.mean()
+        metrics["tvd"] = tvd.mean().detach()
     full_rounds = _by_round_start(loss_rows(batch, back=num_steps - 1, ahead=0, loss_on=weights.loss_on), num_steps - 1)
     return LossOutput(total / weight_sum, metrics, hits, full_rounds, recall)
+
+
+def _round_logprobs(
+    head: PadRecDraftHead,
+    f: torch.Tensor,  # [B, T, H] the head's features at draft step k
+    target_logits: torch.Tensor,  # [B, T, V'] row q: the target's logits of x_{q+2}
+    batch: SequenceBatch,
+    allowed: torch.Tensor,  # [B, T, V] bool
+    k: int,
+    so_far: tuple[torch.Tensor, torch.Tensor] | None,  # [B] each, the steps before k
+) -> tuple[torch.Tensor, torch.Tensor]:  # [B] each: the draft's and the target's log-prob of codes 1 .. k + 1
+    """Add step k's token of each beam's round to its draft and target log-probs: the round that starts at the
+    prompt's last token (p = P - 1) reads row q = P - 1 + k at step k, which proposes code k + 1 of the item;
+    its masked full-vocabulary log-probs, of the beam's own code."""
+    B = batch.input_ids.shape[0]
+    b = torch.arange(B, device=f.device)
+    q = batch.prompt_lens - 1 + k  # [B] the round's row at step k
+    token = batch.input_ids[b, q + 2]  # [B] the beam's code k + 1
+    rows_allowed = allowed[b, q]  # [B, V]
+    draft = sequence_logprobs(head.compute_logits(f[b, q])[:, None], token[:, None], rows_allowed[:, None])  # [B]
+    with torch.no_grad():
+        target = sequence_logprobs(target_logits[b, q][:, None], token[:, None], rows_allowed[:, None])  # [B]
+    return (draft, target) if so_far is None else (so_far[0] + draft, so_far[1] + target)
+
+
+def _grouped_tvd(draft: torch.Tensor, target: torch.Tensor, group: torch.Tensor, k: int) -> torch.Tensor:
+    """[B] beam log-probs, [B] group ids -> [G] TVD of each group's beams (``atspeed_losses.atspeed_r_tvd``)."""
+    groups, slot = torch.unique_consecutive(group, return_inverse=True)  # beams of a group sit together
+    rank = torch.arange(group.shape[0], device=group.device)
+    first = torch.zeros(groups.shape[0], dtype=torch.long, device=group.device).scatter_reduce(
+        0, slot, rank, "amin", include_self=False
+    )
+    column = rank - first[slot]  # [B] the beam's place in its group
+    G = groups.shape[0]
+    draft_table = torch.full((G, k), float("-inf"), device=draft.device).index_put((slot, column), draft.float())
+    target_table = torch.full((G, k), float("-inf"), device=draft.device).index_put((slot, column), target.float())
+    live = torch.zeros(G, k, dtype=torch.bool, device=draft.device).index_put((slot, column), torch.tensor(True))
+    return atspeed_r_tvd(draft_table, target_table, live)
 
 
 def _by_round_start(rows: torch.Tensor, n: int) -> torch.Tensor:

@@ -84,3 +84,29 @@ def completion_allowed(constraint: ListConstraint, batch: SequenceBatch) -> Tens
         b_index, q_index = (torch.tensor(i, device=allowed.device) for i in zip(*rows))
         allowed[b_index, q_index] = masks.to(allowed.device)
     return allowed
+
+
+def beam_groups(sequences: Sequence[TrainSequence], k: int) -> list[list[int]]:
+    """The sequences of each history, as ``topk_beam_sequences`` lays them out: runs of consecutive sequences
+    with the same prompt, at most K each (two neighbouring histories with the same prompt stay two groups)."""
+    return _runs([s.token_ids[: s.prompt_len] for s in sequences], k)
+
+
+def batch_groups(batch: SequenceBatch, k: int) -> Tensor:  # [B] long, 0 .. G-1 in order
+    """Each row's group in a batch of whole groups (``beam_groups``' rule over the batch's rows)."""
+    ids, prompt_lens = batch.input_ids.tolist(), batch.prompt_lens.tolist()
+    runs = _runs([tuple(row[:p]) for row, p in zip(ids, prompt_lens)], k)
+    group = [g for g, run in enumerate(runs) for _ in run]
+    return torch.tensor(group, dtype=torch.long, device=batch.input_ids.device)
+
+
+def _runs(prompts: Sequence[Sequence[int]], k: int) -> list[list[int]]:
+    runs: list[list[int]] = []
+    previous = None
+    for index, prompt in enumerate(prompts):
+        prompt = tuple(prompt)
+        if prompt != previous or len(runs[-1]) == k:
+            runs.append([])
+        runs[-1].append(index)
+        previous = prompt
+    return runs

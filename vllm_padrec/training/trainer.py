@@ -25,7 +25,10 @@ Output folder:
 
 Top-K training (AtSpeed, issue 13): with ``config.topk`` = K the sequences are the target's own top-K
 beams of the dataset's training users (``training.topk_data``) and every objective reports each step's
-top-K recall; ``config.objective = "atspeed_s"`` makes AtSpeed-S the token term (``training.losses``).
+top-K recall; ``config.objective`` "atspeed_s" or "atspeed_r" makes AtSpeed-S's or AtSpeed-R's terms the token
+term (``training.losses``). On that data a batch holds whole histories (each history's K beams: AtSpeed-R's
+TVD is over them), ``batch_size // topk`` of them, for every objective alike, and the held-out sequences are
+whole histories too.
 
 The tiny config (``DraftTrainConfig.tiny()``) trains in seconds on a laptop CPU; tests use it.
 """
@@ -52,7 +55,7 @@ from vllm_padrec.draft.head import PadRecDraftHead
 from vllm_padrec.draft.medusa import MedusaHeads
 from vllm_padrec.durability import StopSignals
 from vllm_padrec.errors import CheckpointError, PadRecError
-from vllm_padrec.training.collect import FeatureSource, autocast_for, training_sequences
+from vllm_padrec.training.collect import FeatureSource, TrainSequence, autocast_for, training_sequences
 from vllm_padrec.training.loop import (
     LoopConfig,
     TrainingLoop,
@@ -63,7 +66,13 @@ from vllm_padrec.training.loop import (
     stoppable,
 )
 from vllm_padrec.training.losses import LossOutput, LossWeights, TopKTerms, medusa_loss, unrolled_draft_loss
-from vllm_padrec.training.topk_data import completion_allowed, topk_beam_sequences, training_histories
+from vllm_padrec.training.topk_data import (
+    batch_groups,
+    beam_groups,
+    completion_allowed,
+    topk_beam_sequences,
+    training_histories,
+)
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "loss_log.json"
@@ -112,7 +121,7 @@ class DraftTrainConfig:
     # top-K training (AtSpeed, issue 13): the data is the target's own top-K beams (``training.topk_data``)
     topk: int = 0  # K: the target's beams per history in the training sequences; 0 = list-wise windows
     topk_users: int = 2000  # histories (one per training user, seeded draw) whose beams make the data
-    objective: str = "distill"  # token term: "distill" (CE to the target's token) or "atspeed_s" (needs topk)
+    objective: str = "distill"  # token term: "distill" (CE to the target's token), "atspeed_s" or "atspeed_r" (topk)
 
     def __post_init__(self) -> None:
         if self.num_draft_steps < 1 or self.batch_size < 1 or self.max_steps < 1:
@@ -126,10 +135,10 @@ class DraftTrainConfig:
         if self.topk < 0 or self.topk_users < 1:
             raise PadRecError(f"topk must be >= 0 and topk_users >= 1, got {self.topk} and {self.topk_users}")
         check_objective("padrec", self.objective)  # a known objective (the method is train_draft's)
-        if self.objective == "atspeed_s" and (self.topk < 1 or self.loss_on != "completion"):
+        if self.objective != "distill" and (self.topk < 1 or self.loss_on != "completion"):
             raise PadRecError(
-                "objective 'atspeed_s' aligns the draft with the target's top-K beams: it needs topk >= 1 and "
-                f"loss_on 'completion', got topk={self.topk}, loss_on={self.loss_on!r}"
+                f"objective {self.objective!r} aligns the draft with the target's top-K beams: it needs topk >= 1 "
+                f"and loss_on 'completion', got topk={self.topk}, loss_on={self.loss_on!r}"
             )
         self.loss_weights()  # validates the loss fields
 
@@ -216,23 +225,34 @@ def param_groups(module: nn.Module, config: DraftTrainConfig) -> list[dict]:
     return groups
 
 
-def batch_indices(step: int, train_indices: Sequence[int], config: DraftTrainConfig) -> list[int]:
-    """The sequences of optimizer step ``step``: a seeded permutation per epoch (resumable, same for every method)."""
-    n = len(train_indices)
-    per_epoch = max(1, n // config.batch_size)  # full batches only
+def batch_indices(step: int, train_units: Sequence[Sequence[int]], config: DraftTrainConfig) -> list[int]:
+    """The sequences of optimizer step ``step``: a seeded permutation of the units (``training_units``) per
+    epoch, ``units_per_batch`` of them, flattened (resumable, the same for every method and objective)."""
+    n, per_batch = len(train_units), units_per_batch(config)
+    per_epoch = max(1, n // per_batch)  # full batches only
     epoch, slot = divmod(step, per_epoch)
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-    order = torch.randperm(n, generator=generator)[slot * config.batch_size : (slot + 1) * config.batch_size]
-    return [train_indices[i] for i in order.tolist()]
+    order = torch.randperm(n, generator=generator)[slot * per_batch : (slot + 1) * per_batch]
+    return [index for i in order.tolist() for index in train_units[i]]
 
 
-def split_holdout(num_sequences: int, config: DraftTrainConfig) -> tuple[list[int], list[int]]:
-    """(train, holdout) sequence indices, a seeded split."""
-    order = torch.randperm(num_sequences, generator=torch.Generator().manual_seed(config.seed)).tolist()
-    holdout = int(num_sequences * config.holdout_fraction)
-    if num_sequences - holdout < 1:
+def units_per_batch(config: DraftTrainConfig) -> int:
+    """Sequences per batch, or on top-K data whole histories per batch (at least one)."""
+    return max(1, config.batch_size // config.topk) if config.topk else config.batch_size
+
+
+def training_units(sequences: Sequence[TrainSequence], config: DraftTrainConfig) -> list[list[int]]:
+    """What batches and the holdout are drawn by: single sequences, or on top-K data each history's beams."""
+    return beam_groups(sequences, config.topk) if config.topk else [[i] for i in range(len(sequences))]
+
+
+def split_holdout(units: Sequence[Sequence[int]], config: DraftTrainConfig) -> tuple[list[list[int]], list[int]]:
+    """(training units, held-out sequence indices): a seeded split of the units."""
+    order = torch.randperm(len(units), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    holdout = int(len(units) * config.holdout_fraction)
+    if len(units) - holdout < 1:
         raise ValueError("no training sequence left after the holdout split: lower holdout_fraction")
-    return sorted(order[holdout:]), sorted(order[:holdout])
+    return [units[i] for i in sorted(order[holdout:])], [i for u in sorted(order[:holdout]) for i in units[u]]
 
 
 def draft_loss(
@@ -251,7 +271,8 @@ def draft_loss(
     if config.topk:
         if constraint is None:
             raise ValueError("top-K training data needs the catalog's one-item constraint")
-        topk = TopKTerms(completion_allowed(constraint, batch), config.topk, config.objective == "atspeed_s")
+        group = batch_groups(batch, config.topk) if config.objective == "atspeed_r" else None
+        topk = TopKTerms(completion_allowed(constraint, batch), config.topk, config.objective, group)
     return unrolled_draft_loss(module, batch, config.num_draft_steps, config.loss_weights(), topk)
 
 
@@ -308,23 +329,23 @@ class DraftTask(TrainingTask):
         method: str,
         module: nn.Module,
         source: FeatureSource,
-        train_indices: Sequence[int],
+        train_units: Sequence[Sequence[int]],
         target: nn.Module,
         config: DraftTrainConfig,
         constraint: ListConstraint | None = None,
     ) -> None:
-        self.method, self.module, self.source, self.train_indices, self.target, self.config = (
+        self.method, self.module, self.source, self.train_units, self.target, self.config = (
             method,
             module,
             source,
-            train_indices,
+            train_units,
             target,
             config,
         )
         self.constraint = constraint
 
     def loss(self, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        batch = self.source.batch(batch_indices(step, self.train_indices, self.config))
+        batch = self.source.batch(batch_indices(step, self.train_units, self.config))
         with autocast_for(self.source.device):
             out = draft_loss(self.method, self.module, batch, self.target, self.config, self.constraint)
         return out.loss, out.metrics
@@ -398,13 +419,13 @@ def train_draft(
         source = feature_source(target, data, config, device, progress, catalog=constraint and constraint.catalog)
     elif source.target is not target or source.device != device:
         raise ValueError("the feature source was built for another target or device")
-    train_idx, holdout_idx = split_holdout(len(source), config)
+    train_units, holdout_idx = split_holdout(training_units(source.sequences, config), config)
     module = build_draft(method, target, layout, config)
     module.train()
     optimizer = torch.optim.AdamW(
         param_groups(module, config), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
     )
-    task = DraftTask(method, module, source, train_idx, target, config, constraint)
+    task = DraftTask(method, module, source, train_units, target, config, constraint)
     state_path = out_dir / STATE_FILE
     state = None
     if resume and state_path.exists():
