@@ -2,7 +2,9 @@
 
 - ``greedy_lists``: constrained greedy generation of a whole recommendation list;
 - ``beam_search_items``: constrained top-K beam search over one item;
-- ``speculative_lists``: chain speculative decoding (PAD-Rec, EAGLE, Medusa drafts), lossless.
+- ``speculative_lists``: chain speculative decoding (PAD-Rec, EAGLE, Medusa drafts), lossless;
+- ``drafted_topk``: top-K over one item by a head's drafted beams and strict verification (AtSpeed),
+  equal to the target's own beam search.
 """
 
 from vllm_padrec.decoding.beam import beam_search_items
