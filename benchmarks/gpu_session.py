@@ -39,6 +39,9 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
     bench_eval            its test metrics (constrained beam and greedy lists)                   bench_target
     bench_drafts          its draft heads (--drafts: padrec, or all seven)                       bench_target
     acceptance            benchmarks/bench_acceptance.py on the bench heads                      bench_drafts
+    atspeed_drafts        issue 13's heads on the target's top-K beams: distill, atspeed_s,      bench_target
+                          atspeed_r, the same budget each
+    bench_atspeed         benchmarks/bench_atspeed.py on them (strict top-K, plain torch)        atspeed_drafts
     kernel_tests          GPU tests of the kernels and catalog masks (--kernel-tests)            -       lane 0
     gpu_tests             vLLM GPU tests (--gpu-tests)                                           -       lane 0
     engine_step_baseline  benchmarks/engine_step.py of .baseline (the code before the redesign)  draft   lane 1
@@ -378,6 +381,42 @@ def job_acceptance(ctx: JobContext) -> int:
     )
 
 
+ATSPEED_OBJECTIVES = ("distill", "atspeed_s", "atspeed_r")  # the heads of atspeed_drafts, one budget each
+
+
+def job_atspeed_drafts(ctx: JobContext) -> int:
+    """Issue 13's heads: PAD-Rec on the bench target's own top-K beams (K = 20, 2,000 training users), one per
+    objective, the same budget each (steps, batch of 3 users' beams, data order), trained side by side."""
+    s = ctx.settings
+    commands = [
+        [
+            *(sys.executable, "-m", "vllm_padrec.cli", "train-draft", "--method", "padrec"),
+            *("--target", str(bench_dir(s.dataset) / "checkpoint"), "--dataset", dataset_path(s)),
+            *("--out", str(WORK / "atspeed_drafts" / objective), "--objective", objective),
+            *("--topk", "20", "--topk-users", "2000", "--gamma", "3", "--max-steps", str(s.draft_steps)),
+            *("--batch-size", "64", "--max-stored-gib", "24", "--until-done"),
+        ]
+        for objective in ATSPEED_OBJECTIVES
+    ]
+    code = ctx.run_parallel(commands)
+    for objective in ATSPEED_OBJECTIVES:
+        for result in (WORK / "atspeed_drafts" / objective / "padrec").glob("*.json"):
+            shutil.copy(result, WORK / "results" / f"atspeed_draft_{objective}_{result.name}")
+    return code
+
+
+def job_bench_atspeed(ctx: JobContext) -> int:
+    """benchmarks/bench_atspeed.py on those heads: strict top-K's target passes per request, K 1-20, N = 40."""
+    s = ctx.settings
+    drafts = [f"{o}={WORK / 'atspeed_drafts' / o / 'padrec'}" for o in ATSPEED_OBJECTIVES]
+    return ctx.python(
+        "benchmarks.bench_atspeed",
+        *("--target", str(bench_dir(s.dataset) / "checkpoint"), "--dataset", dataset_path(s), "--drafts", *drafts),
+        *("--ks", "1", "5", "10", "20", "--draft-beams", "40", "--gamma", "3", "--users", "100"),
+        *("--dtype", "bfloat16", "--out", str(WORK / "results"), "--name", s.dataset),
+    )
+
+
 def pytest_command(files: tuple[str, ...], select: str | None = None) -> list[str]:
     # -o pythonpath=: pytest.ini puts the repository first on sys.path, which would shadow the installed
     # package (whose vllm_padrec.kernels setup.py maps in from kernels/)
@@ -624,6 +663,8 @@ JOBS: dict[str, Job] = {
         Job("bench_eval", job_bench_eval, needs=("bench_target",)),
         Job("bench_drafts", job_bench_drafts, needs=("bench_target",)),
         Job("acceptance", job_acceptance, needs=("bench_drafts",)),
+        Job("atspeed_drafts", job_atspeed_drafts, needs=("bench_target",)),
+        Job("bench_atspeed", job_bench_atspeed, needs=("atspeed_drafts",)),
         Job("kernel_tests", job_kernel_tests, vllm=True),
         Job("gpu_tests", job_gpu_tests, vllm=True),
         Job(

@@ -187,6 +187,8 @@ class DraftTrainResult:
     log_path: str
     plot_path: str | None
     stopped_by: str | None = None  # why an unfinished call returned: "time budget", "step limit", "SIGTERM", "SIGINT"
+    objective: str = "distill"  # DraftTrainConfig.objective
+    topk: int = 0  # DraftTrainConfig.topk: K of the target's beams it trained on (0: list-wise windows)
 
 
 def build_draft(method: str, target: nn.Module, layout: TokenLayout, config: DraftTrainConfig) -> nn.Module:
@@ -467,6 +469,8 @@ def train_draft(
         log_path=str(out_dir / LOG_FILE),
         plot_path=str(plot_path) if plot_path else None,
         stopped_by=loop.stopped_by(),
+        objective=config.objective,
+        topk=config.topk,
     )
     (out_dir / RESULT_FILE).write_text(json.dumps(dataclasses.asdict(result), indent=2))
     return result
