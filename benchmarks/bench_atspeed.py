@@ -1,11 +1,17 @@
-"""Strict top-K acceptance of AtSpeed drafts: target passes per request with drafted beams, plain torch.
+"""Top-K with AtSpeed drafts, strict and relaxed: target passes per request with drafted beams, plain torch.
 
 For the test users of a dataset, every draft finds each user's K best items with
-``decoding.drafted_topk.speculative_topk``: the target's prefill, then rounds of the head's constrained beam
-search (``--draft-beams`` N beams, ``--gamma`` steps) and strict verification, one target pass per round.
-The answer must be the target's own beam search (``plain_topk`` through the same scorer): the records
-count the users whose beams differ (``mismatches``, 0 when the rule holds). The draft decides only how
-many target passes a request takes; without a draft it takes L, one per code.
+``decoding.drafted_topk``: the target's prefill, then rounds of the head's constrained beam search
+(``--draft-beams`` N beams, ``--gamma`` steps) and verification, one target pass per round, under each rule
+of ``--rules``:
+
+- strict (``speculative_topk``): the answer must be the target's own beam search (``plain_topk`` through
+  the same scorer), so ``mismatches`` (users whose K beams differ) must be 0; the draft decides only how
+  many target passes a request takes;
+- relaxed (``relaxed_topk``, seeded): lossy by design; ``mismatches`` counts the users whose items differ
+  from the beam search's, and Recall@K / NDCG@K say what that costs, beside the beam search's own.
+
+Without a draft a request takes L target passes, one per code.
 
     python -m benchmarks.bench_atspeed --target runs/bench/checkpoint --dataset beauty_atspeed \\
         --drafts distill=runs/atspeed/distill atspeed_s=runs/atspeed/atspeed_s atspeed_r=runs/atspeed/atspeed_r \\
@@ -16,15 +22,18 @@ writes ``atspeed_<name>.json`` (machine, settings, one record per draft and K), 
 checkpoint or a training output folder holding one under ``draft/``; its objective (``distill``,
 ``atspeed_s``, ``atspeed_r``) is read from the trainer's ``result.json`` beside it when there is one.
 
-Metrics per draft and K: ``mean_accepted_per_round`` (strict verification's accepted steps), the histogram
-of accepted steps, ``target_passes_per_request`` (the prefill plus one pass per round; L without a draft),
-``pass_reduction`` = L / target passes. This times the plain-torch reference, which scores every sequence
-from scratch: its seconds are reported, speedups belong to the vLLM benchmark (``bench_topk``).
+Metrics per draft, rule and K: ``mean_accepted_per_round`` (accepted steps: strict's, or relaxed's complete
+steps), their histogram, ``target_passes_per_request`` (the prefill plus one pass per round; L without a
+draft), ``pass_reduction`` = L / target passes, ``recall_at_k`` / ``ndcg_at_k`` of the answers and
+``plain_recall_at_k`` / ``plain_ndcg_at_k`` of the beam search's, on the users' test items. This times the
+plain-torch reference, which scores every sequence from scratch: its seconds are reported, speedups belong
+to the vLLM benchmark (``bench_topk``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -50,52 +59,92 @@ def trained_objective(folder: str) -> dict:
     }
 
 
-def measure(target, heads: dict, catalog, histories, ks, draft_beams: int, gamma: int, max_history: int, progress=True):
-    """One record per draft and K (module docstring); ``heads`` maps a record name to a PAD-Rec head."""
+RULES = ("strict", "relaxed")
+
+
+def measure(
+    target,
+    heads: dict,
+    catalog,
+    samples,
+    ks,
+    draft_beams: int,
+    gamma: int,
+    max_history: int,
+    rules=RULES,
+    seed: int = 0,
+    progress=True,
+):
+    """One record per draft, rule and K (module docstring); ``heads`` maps a record name to a PAD-Rec head,
+    ``samples`` are ``EvalSample``s (history, test items)."""
+    import torch
     from tqdm.auto import tqdm
 
-    from vllm_padrec.decoding.drafted_topk import TreeScorer, plain_topk, speculative_topk
+    from vllm_padrec.decoding.drafted_topk import TreeScorer, plain_topk, relaxed_topk, speculative_topk
+    from vllm_padrec.target.evaluate import recall_ndcg
 
     L = catalog.num_slots
     records = []
     for name, head in heads.items():
-        for k in ks:
-            n = max(draft_beams, k)
-            accepted, passes, mismatches = Counter(), [], 0
-            started = time.perf_counter()
-            for history in tqdm(histories, desc=f"{name} K={k}", disable=not progress):
-                scorer = TreeScorer(target, head, catalog, catalog.render_prompt(history, max_history))
-                drafted = speculative_topk(scorer, k, L, n, gamma)
-                plain = plain_topk(scorer, k, L)
-                mismatches += drafted.beams.sequences != plain.sequences
-                accepted.update(drafted.accepted)
-                passes.append(drafted.target_passes)
-            rounds = sum(accepted.values())
-            mean_passes = sum(passes) / len(passes)
-            records.append(
-                dict(
-                    draft=name,
-                    k=k,
-                    draft_beams=n,
-                    gamma=gamma,
-                    users=len(histories),
-                    mean_accepted_per_round=sum(a * c for a, c in accepted.items()) / rounds if rounds else 0.0,
-                    accepted_histogram={str(a): accepted[a] for a in sorted(accepted)},
-                    target_passes_per_request=mean_passes,
-                    plain_target_passes=L,
-                    pass_reduction=L / mean_passes,
-                    mismatches=mismatches,
-                    seconds=round(time.perf_counter() - started, 1),
+        for rule in rules:
+            for k in ks:
+                n = max(draft_beams, k)
+                accepted, passes, mismatches, answers, plains = Counter(), [], 0, [], []
+                generator = torch.Generator().manual_seed(seed)
+                started = time.perf_counter()
+                for sample in tqdm(samples, desc=f"{name} {rule} K={k}", disable=not progress):
+                    scorer = TreeScorer(target, head, catalog, catalog.render_prompt(sample.history, max_history))
+                    if rule == "strict":
+                        drafted = speculative_topk(scorer, k, L, n, gamma)
+                    else:
+                        drafted = relaxed_topk(scorer, k, L, n, gamma, generator)
+                    plain = plain_topk(scorer, k, L)
+                    mismatches += drafted.beams.sequences != plain.sequences
+                    accepted.update(drafted.accepted)
+                    passes.append(drafted.target_passes)
+                    answers.append(catalog.items_of_tokens([list(s) for s in drafted.beams.sequences]))
+                    plains.append(catalog.items_of_tokens([list(s) for s in plain.sequences]))
+                targets = [s.targets for s in samples]
+                quality = recall_ndcg([[-1 if i is None else i for i in a] for a in answers], targets, k)
+                plain_quality = recall_ndcg([[-1 if i is None else i for i in a] for a in plains], targets, k)
+                records.append(
+                    record(name, rule, k, n, gamma, samples, accepted, passes, mismatches, L, started)
+                    | {
+                        "recall_at_k": quality[f"recall@{k}"],
+                        "ndcg_at_k": quality[f"ndcg@{k}"],
+                        "plain_recall_at_k": plain_quality[f"recall@{k}"],
+                        "plain_ndcg_at_k": plain_quality[f"ndcg@{k}"],
+                    }
                 )
-            )
-            print(row(records[-1]), flush=True)
+                print(row(records[-1]), flush=True)
     return records
+
+
+def record(name, rule, k, n, gamma, samples, accepted, passes, mismatches, L, started) -> dict:
+    rounds = sum(accepted.values())
+    mean_passes = sum(passes) / len(passes)
+    return dict(
+        draft=name,
+        rule=rule,
+        k=k,
+        draft_beams=n,
+        gamma=gamma,
+        users=len(samples),
+        mean_accepted_per_round=sum(a * c for a, c in accepted.items()) / rounds if rounds else 0.0,
+        accepted_histogram={str(a): accepted[a] for a in sorted(accepted)},
+        target_passes_per_request=mean_passes,
+        plain_target_passes=L,
+        pass_reduction=L / mean_passes,
+        mismatches=mismatches,
+        seconds=round(time.perf_counter() - started, 1),
+    )
 
 
 def row(r: dict) -> str:
     return (
-        f"| {r['draft']} | {r.get('objective', '-')} | {r['k']} | {r['draft_beams']} | {r['gamma']} | "
+        f"| {r['draft']} | {r.get('objective', '-')} | {r['rule']} | {r['k']} | {r['draft_beams']} | {r['gamma']} | "
         f"{r['mean_accepted_per_round']:.3f} | {r['target_passes_per_request']:.3f} | {r['pass_reduction']:.2f}x | "
+        f"{r['recall_at_k']:.4f} ({r['plain_recall_at_k']:.4f}) | {r['ndcg_at_k']:.4f} ({r['plain_ndcg_at_k']:.4f}) | "
         f"{r['mismatches']} | {r['users']} |"
     )
 
@@ -107,11 +156,12 @@ def markdown(payload: dict) -> str:
         f"Target `{payload['settings']['target']}`, {payload['settings']['users']} test users of "
         f"{payload['settings']['dataset']}, items of L = {payload['settings']['num_slots']} codes; "
         f"{payload['machine']}. Without a draft a request takes L target passes. Mismatches: users whose K "
-        "beams differ from the target's own beam search (0 when strict verification holds).",
+        "beams differ from the target's own beam search (0 when strict verification holds; relaxed is lossy). "
+        "Recall and NDCG: of the answers, the beam search's in brackets.",
         "",
-        "| draft | objective | K | draft beams | gamma | accepted per round | target passes per request "
-        "| reduction | mismatches | users |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| draft | objective | rule | K | draft beams | gamma | accepted per round | target passes per request "
+        "| reduction | Recall@K | NDCG@K | mismatches | users |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [row(r) for r in payload["records"]]
     return "\n".join(lines) + "\n"
@@ -122,14 +172,16 @@ def plot(plt, payload: dict):
     if not records:
         return None
     figure, axis = plt.subplots(figsize=(7, 4))
-    for name in dict.fromkeys(r["draft"] for r in records):
-        points = sorted((r["k"], r["target_passes_per_request"]) for r in records if r["draft"] == name)
-        axis.plot(*zip(*points), marker="o", label=name)
+    for name, rule in dict.fromkeys((r["draft"], r["rule"]) for r in records):
+        points = sorted(
+            (r["k"], r["target_passes_per_request"]) for r in records if (r["draft"], r["rule"]) == (name, rule)
+        )
+        axis.plot(*zip(*points), marker="o", linestyle="-" if rule == "strict" else ":", label=f"{name} ({rule})")
     ks = sorted({r["k"] for r in records})
     axis.plot(ks, [payload["settings"]["num_slots"]] * len(ks), linestyle="--", color="gray", label="no draft (L)")
     axis.set_xlabel("K")
     axis.set_ylabel("target passes per request")
-    axis.set_title(f"Strict top-K with drafted beams ({payload['name']})")
+    axis.set_title(f"Top-K with drafted beams ({payload['name']})")
     axis.legend()
     figure.tight_layout()
     return figure
@@ -144,6 +196,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--ks", nargs="+", type=int, default=[1, 5, 10, 20], help="the K of each run (default 1 5 10 20)")
     add("--draft-beams", type=int, default=40, help="N, the draft's beams (at least K; default 40, AtSpeed's)")
     add("--gamma", type=int, default=3, help="draft steps per round (default 3)")
+    add("--rules", nargs="+", default=list(RULES), choices=RULES, help="verification rules (default: both)")
+    add("--seed", type=int, default=0, help="relaxed sampling's random numbers (default 0)")
     add("--users", type=int, default=200, help="test users (default 200)")
     add("--device", default=None, help="torch device (default cuda when available)")
     add("--dtype", default="float32", choices=("float32", "bfloat16"), help="the models' dtype (default float32)")
@@ -181,8 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     target, catalog, recipe = ckpt.model.eval(), ckpt.catalog, ckpt.recipe
     data = open_dataset(args.dataset)
     to_ckpt = [catalog.index_of(item_id) for item_id in data.catalog.item_ids]
-    samples = data.eval_samples("test", recipe.max_history)[: args.users]
-    histories = [[to_ckpt[i] for i in s.history] for s in samples]
+    samples = [
+        dataclasses.replace(s, history=[to_ckpt[i] for i in s.history], targets=[to_ckpt[i] for i in s.targets])
+        for s in data.eval_samples("test", recipe.max_history)[: args.users]
+    ]
     heads, trained = {}, {}
     for spec in args.drafts:
         label, _, path = spec.rpartition("=")
@@ -190,7 +246,18 @@ def main(argv: list[str] | None = None) -> int:
         name = label or os.path.basename(os.path.normpath(path))
         heads[name] = load_draft(folder, target).to(device=device, dtype=dtype).eval()
         trained[name] = trained_objective(folder)
-    records = measure(target, heads, catalog, histories, args.ks, args.draft_beams, args.gamma, recipe.max_history)
+    records = measure(
+        target,
+        heads,
+        catalog,
+        samples,
+        args.ks,
+        args.draft_beams,
+        args.gamma,
+        recipe.max_history,
+        args.rules,
+        args.seed,
+    )
     for record in records:
         record.update(trained[record["draft"]])
     payload = dict(
@@ -200,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         settings=dict(
             target=os.path.abspath(args.target),
             dataset=args.dataset,
-            users=len(histories),
+            users=len(samples),
             num_slots=catalog.num_slots,
             max_history=recipe.max_history,
         ),
@@ -209,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path = write_results(args.out, STEM.format(name=args.name), payload)["json"]
     render(str(json_path))
     print(markdown(payload))
-    return 1 if any(r["mismatches"] for r in records) else 0
+    return 1 if any(r["mismatches"] for r in records if r["rule"] == "strict") else 0
 
 
 if __name__ == "__main__":

@@ -406,7 +406,8 @@ def job_atspeed_drafts(ctx: JobContext) -> int:
 
 
 def job_bench_atspeed(ctx: JobContext) -> int:
-    """benchmarks/bench_atspeed.py on those heads: strict top-K's target passes per request, K 1-20, N = 40."""
+    """benchmarks/bench_atspeed.py on those heads: strict and relaxed top-K's target passes per request, K 1-20,
+    N = 40."""
     s = ctx.settings
     drafts = [f"{o}={WORK / 'atspeed_drafts' / o / 'padrec'}" for o in ATSPEED_OBJECTIVES]
     return ctx.python(

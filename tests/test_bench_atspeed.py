@@ -43,20 +43,20 @@ def test_records_measure_exact_rounds_and_carry_the_trainers_objective(trained, 
     assert bench_atspeed.main(argv) == 0
     payload = json.loads((root / "results" / "atspeed_tiny.json").read_text())
     records = payload["records"]
-    assert [(r["draft"], r["k"]) for r in records] == [
-        ("distill", 1),
-        ("distill", 3),
-        ("atspeed_s", 1),
-        ("atspeed_s", 3),
-    ]
+    wanted = [(d, rule, k) for d in ("distill", "atspeed_s") for rule in ("strict", "relaxed") for k in (1, 3)]
+    assert [(r["draft"], r["rule"], r["k"]) for r in records] == wanted
     for r in records:
-        assert r["objective"] == r["draft"] and r["topk"] == 3 and r["mismatches"] == 0 and r["users"] == 5
+        assert r["objective"] == r["draft"] and r["topk"] == 3 and r["users"] == 5
+        assert r["mismatches"] == 0 or r["rule"] == "relaxed"  # strict is exact; relaxed may differ
+        assert 0 <= r["recall_at_k"] <= 1 and 0 <= r["plain_ndcg_at_k"] <= 1
         assert 2 <= r["target_passes_per_request"] <= r["plain_target_passes"] == 4
         assert r["pass_reduction"] == pytest.approx(4 / r["target_passes_per_request"])
         assert sum(r["accepted_histogram"].values()) >= 5  # at least a round per user
         assert r["draft_beams"] == max(4, r["k"])
     md = (root / "results" / "atspeed_tiny.md").read_text()
-    assert md.count("| distill |") == 2 and (root / "results" / "atspeed_tiny.png").exists()
+    assert md.count("| distill |") == 4 and (root / "results" / "atspeed_tiny.png").exists()
+    strict = [r for r in records if r["rule"] == "strict"]
+    assert all(r["recall_at_k"] == r["plain_recall_at_k"] for r in strict)  # strict answers are the beam search's
 
 
 def test_the_markdown_and_plot_are_rebuilt_from_the_json(trained, tmp_path):
@@ -67,6 +67,7 @@ def test_the_markdown_and_plot_are_rebuilt_from_the_json(trained, tmp_path):
         records=[
             dict(
                 draft="a",
+                rule="strict",
                 k=1,
                 draft_beams=4,
                 gamma=3,
@@ -78,10 +79,15 @@ def test_the_markdown_and_plot_are_rebuilt_from_the_json(trained, tmp_path):
                 pass_reduction=2.0,
                 mismatches=0,
                 seconds=0.1,
+                recall_at_k=0.5,
+                ndcg_at_k=0.25,
+                plain_recall_at_k=0.5,
+                plain_ndcg_at_k=0.25,
             )
         ],
     )
     path = tmp_path / "atspeed_x.json"
     path.write_text(json.dumps(payload))
     assert bench_atspeed.main(["--render", str(path)]) == 0
-    assert "| a | - | 1 | 4 | 3 | 1.500 | 2.000 | 2.00x | 0 | 2 |" in (tmp_path / "atspeed_x.md").read_text()
+    table = (tmp_path / "atspeed_x.md").read_text()
+    assert "| a | - | strict | 1 | 4 | 3 | 1.500 | 2.000 | 2.00x | 0.5000 (0.5000) | 0.2500 (0.2500) | 0 | 2 |" in table

@@ -11,7 +11,7 @@ import torch
 from draft_helpers import random_head, tiny_target
 
 from vllm_padrec.data import SyntheticConfig, generate_synthetic
-from vllm_padrec.decoding.drafted_topk import TreeScorer, plain_topk, speculative_topk
+from vllm_padrec.decoding.drafted_topk import TreeScorer, plain_topk, relaxed_topk, speculative_topk
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +82,35 @@ def test_the_heads_proposals_follow_the_chain_speculators_alignment(data):
         allowed = scorer.constraint.allowed_tokens(scorer.constraint.state_after([list(items)]))
         wanted = beam_logprobs(logits.float(), allowed)[0, : allowed.shape[1]]
         torch.testing.assert_close(ours[items], wanted, rtol=1e-5, atol=1e-5)
+
+
+def test_relaxed_rounds_with_the_target_as_its_own_draft_are_its_beam_search(data, monkeypatch):
+    """q = p and every extension drafted: every drafted candidate is accepted, each step keeps the target's
+    K best, and the rounds return the target's beam search (its sequences, scores and order)."""
+    catalog = data.catalog
+    target = tiny_target(vocab_size=32)
+    for sample in data.eval_samples("test", 4)[:3]:
+        prompt = catalog.render_prompt(sample.history, 4)
+        scorer = TreeScorer(target, random_head(target, catalog.layout), catalog, prompt)
+        oracle = TreeScorer(target, None, catalog, prompt)
+        monkeypatch.setattr(scorer, "draft_logprobs", lambda items, m, oracle=oracle: oracle.target_logprobs(items))
+        drafted = relaxed_topk(scorer, 3, catalog.num_slots, 3 * 32, 3, torch.Generator().manual_seed(0))
+        plain = plain_topk(oracle, 3, catalog.num_slots)
+        assert drafted.beams.sequences == plain.sequences
+        assert torch.equal(drafted.beams.scores, plain.scores)
+        assert drafted.accepted == [2] and drafted.target_passes == 2
+
+
+@pytest.mark.parametrize("k, draft_beams, gamma", [(1, 2, 1), (3, 6, 2), (5, 10, 3)])
+def test_relaxed_rounds_with_any_head_return_k_distinct_items_ranked_by_the_target(data, k, draft_beams, gamma):
+    catalog = data.catalog
+    target = tiny_target(vocab_size=32)
+    generator = torch.Generator().manual_seed(1)
+    for seed, sample in enumerate(data.eval_samples("test", 4)[:4]):
+        head = random_head(target, catalog.layout, gamma=3, seed=seed)
+        scorer = TreeScorer(target, head, catalog, catalog.render_prompt(sample.history, 4))
+        drafted = relaxed_topk(scorer, k, catalog.num_slots, draft_beams, gamma, generator)
+        items = catalog.items_of_tokens([list(s) for s in drafted.beams.sequences])
+        assert len(items) == k and None not in items and len(set(items)) == k
+        assert drafted.beams.scores.tolist() == sorted(drafted.beams.scores.tolist(), reverse=True)
+        assert drafted.target_passes == 1 + len(drafted.accepted) <= catalog.num_slots

@@ -13,6 +13,15 @@ Strict verification makes the answer the target's own beam search with the same 
 draft (``speculative_topk`` and ``plain_topk`` read the target through the same ``TreeScorer``, so their
 beams are equal bit for bit); the draft only decides how many steps each round advances.
 
+``relaxed_topk`` runs the same rounds with relaxed sampling (``topk.verify.relaxed_step``), which is not
+lossless: at each step of a round the candidates are every allowed extension of the current beams; p and
+q are the softmax of the target's and of the draft's cumulative scores over them (the draft's: the start
+beam's score, which both share, plus the draft's log-probs since); the drafted candidates are the draft's
+beams of that level that extend a current beam.
+A complete step keeps K drafted candidates and goes on; an incomplete one fills K from the residual and
+ends the round. After the last drafted level is accepted, the round's last step is the target's own beam
+step, as in a strict round. The answer is the last beams ranked by the target's scores.
+
 Log-probs are the step rule's (``topk.select.beam_logprobs``: full-vocabulary log-softmax, then the
 one-item catalog mask after the item's codes so far). The head proposes with the alignment of
 ``training.losses``: a start beam with m codes was chosen by the target reading the prompt and its first
@@ -33,7 +42,7 @@ from vllm_padrec.catalog import ItemCatalog
 from vllm_padrec.constraint import ListConstraint
 from vllm_padrec.draft.head import PadRecDraftHead
 from vllm_padrec.topk.select import beam_logprobs
-from vllm_padrec.topk.verify import Beams, Tokens, extend, strict_round
+from vllm_padrec.topk.verify import Beams, Tokens, extend, relaxed_step, strict_round
 from vllm_padrec.training.collect import SequenceBatch, TrainSequence, pad_sequences, target_hidden_states
 from vllm_padrec.training.losses import unrolled_features
 
@@ -117,3 +126,72 @@ def speculative_topk(scorer: TreeScorer, k: int, item_length: int, draft_beams: 
         done += len(round_.steps)
         start = round_.steps[-1]
     return DraftedTopK(start, accepted, scorer.target_passes - passes_before)
+
+
+def relaxed_topk(
+    scorer: TreeScorer, k: int, item_length: int, draft_beams: int, gamma: int, generator: torch.Generator
+) -> DraftedTopK:
+    """Rounds of the head's beam search and relaxed sampling (module docstring); ``accepted`` counts each
+    round's complete steps."""
+    passes_before = scorer.target_passes
+    start = extend(Beams([()], torch.zeros(1, device=scorer.device)), scorer.target_logprobs([()]).__getitem__, k)
+    done, accepted = 1, []
+    while done < item_length:
+        m = len(start.sequences[0])
+        levels, beams = [], start
+        draft_after: dict[Tokens, Tensor] = {}
+        for _ in range(min(gamma, item_length - done - 1)):
+            draft_after.update(scorer.draft_logprobs(beams.sequences, m))
+            beams = extend(beams, draft_after.__getitem__, draft_beams)
+            levels.append(beams)
+        nodes = list(start.sequences) + [s for level in levels for s in level.sequences]
+        target_after = scorer.target_logprobs(nodes)
+        # the draft's cumulative scores: the start beams' (the target's, shared by both), then its own log-probs
+        draft_score = {s: float(score) for s, score in zip(start.sequences, start.scores)}
+        for level in levels:  # live beams only: a dead beam repeats the best one's sequence with score -inf
+            draft_score.update({s: float(v) for s, v in zip(level.sequences, level.scores) if torch.isfinite(v)})
+        current, steps, complete = start, 0, 0
+        for level in levels:
+            if done + steps == item_length:
+                break
+            current, went_on = _relaxed_step(current, level, target_after, draft_after, draft_score, k, generator)
+            steps += 1
+            if not went_on:
+                break
+            complete += 1
+        else:  # every drafted level accepted (or none drafted): the target's own step, from known log-probs
+            if done + steps < item_length:
+                current = extend(current, target_after.__getitem__, k)
+                steps += 1
+        accepted.append(complete)
+        done += steps
+        start = current
+    order = start.scores.argsort(descending=True, stable=True).tolist()
+    final = Beams([start.sequences[i] for i in order], start.scores[order])
+    return DraftedTopK(final, accepted, scorer.target_passes - passes_before)
+
+
+def _relaxed_step(current: Beams, level: Beams, target_after, draft_after, draft_score, k: int, generator):
+    """One relaxed step from ``current`` over all its allowed extensions; (the kept beams, whether it went on)."""
+    device = current.scores.device
+    rows_t = torch.stack([target_after[s] for s in current.sequences])  # [B, V]
+    rows_d = torch.stack([draft_after[s] for s in current.sequences])  # [B, V]
+    cumulative_t = current.scores[:, None].float() + rows_t  # [B, V]
+    base = torch.tensor([draft_score[s] for s in current.sequences], device=device)
+    cumulative_d = base[:, None] + rows_d  # [B, V]
+    p = torch.softmax(cumulative_t.flatten().double(), 0)  # [C] over every allowed extension
+    q = torch.softmax(cumulative_d.flatten().double(), 0)
+    V = rows_t.shape[1]
+    index_of = {s: b for b, s in enumerate(current.sequences)}
+    drafted = [
+        index_of[s[:-1]] * V + s[-1]
+        for s, score in zip(level.sequences, level.scores)
+        if torch.isfinite(score) and s[:-1] in index_of
+    ]
+    drafted = torch.tensor(sorted(set(drafted)), dtype=torch.long, device=device)
+    drafted = drafted[q[drafted] > 0]
+    step = relaxed_step(p, q, drafted, min(k, int((p > 0).sum())), generator)
+    kept = step.kept.tolist()
+    sequences = [current.sequences[c // V] + (c % V,) for c in kept]
+    scores = cumulative_t.flatten()[step.kept]
+    return Beams(sequences, scores), step.complete
