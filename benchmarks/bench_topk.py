@@ -19,7 +19,8 @@ and engine where both run in a dtype: one engine start-up less, 80-90 s on the b
                        floor the others are measured against; its quality columns are those of its one item
 
 For each K of ``--ks`` and each configuration, two passes over the test users (the last H items of
-the recipe as history, no exclusions):
+the recipe as history, no exclusions), after a warm-up (``--warmup-calls`` one-user calls before a mode's
+first pass, then one call of each batch shape before each K's):
 
 - latency: ``--users-latency`` users one request at a time (batch_size 1): p50 / p99 of the request
   latency, users per second (not in float32: those configurations are the equality check's, and time
@@ -435,6 +436,10 @@ def measure(args, mode: str, ranker: Ranker, samples, startup: float) -> dict:
     if dtype != EXACT_DTYPE:
         passes.insert(0, (1, latency_users))
     records, equal_lists = [], {}
+    # a mode's first timed pass ran slow on the H200 (the engine at K = 1: p50 37 ms, 23-26 ms at K = 5-20; the
+    # greedy floor 18.5 ms at K = 1, 14-16 ms from K = 10 on): warm every mode up with calls of its own first
+    for _ in range(args.warmup_calls):
+        rank([latency_users[0].history], args.ks[0])
     for k in args.ks:
         rank([s.history for s in throughput_users[: args.concurrency]], k)  # warm-up: both batch shapes
         rank([latency_users[0].history], k)
@@ -557,6 +562,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--users-latency", type=int, default=200, help="test users sent one at a time (default 200)")
     add("--users-equal", type=int, default=500, help="float32 users compared with the reference (default 500)")
     add("--concurrency", type=int, default=64, help="users per call in the throughput pass (default 64)")
+    add(
+        "--warmup-calls",
+        type=int,
+        default=30,
+        help="one-user calls at the first K before any timed pass of a mode (default 30)",
+    )
     add("--max-num-seqs", type=int, default=1024, help="vLLM max_num_seqs (default 1024: K beams per user)")
     add("--max-model-len", type=int, default=512, help="vLLM max_model_len (default 512)")
     add("--gpu-memory-utilization", type=float, default=0.5, help="vLLM's share of GPU memory (default 0.5)")
