@@ -109,17 +109,29 @@ def plain_topk(scorer: TreeScorer, k: int, item_length: int) -> Beams:
     return beams
 
 
+def first_beams(scorer: TreeScorer, k: int) -> Beams:
+    """The target's own first beam step from the prompt (its prefill): every round's first start beams."""
+    return extend(Beams([()], torch.zeros(1, device=scorer.device)), scorer.target_logprobs([()]).__getitem__, k)
+
+
+def draft_levels(scorer: TreeScorer, start: Beams, depth: int, draft_beams: int) -> tuple[list[Beams], dict]:
+    """The head's beam search from ``start``, ``depth`` levels (each scored in one batch): its beams after each
+    level, and the draft log-probs it read (after the start beams and every level but the last)."""
+    levels, beams, read = [], start, {}
+    for _ in range(depth):
+        read.update(scorer.draft_logprobs(beams.sequences, len(start.sequences[0])))
+        beams = extend(beams, read.__getitem__, draft_beams)
+        levels.append(beams)
+    return levels, read
+
+
 def speculative_topk(scorer: TreeScorer, k: int, item_length: int, draft_beams: int, gamma: int) -> DraftedTopK:
     """Rounds of the head's beam search and strict verification (module docstring)."""
     passes_before = scorer.target_passes
-    start = extend(Beams([()], torch.zeros(1, device=scorer.device)), scorer.target_logprobs([()]).__getitem__, k)
-    done, accepted = 1, []
+    start, done, accepted = first_beams(scorer, k), 1, []
     while done < item_length:
-        m = len(start.sequences[0])
-        tree, beams = [], start
-        for _ in range(min(gamma, item_length - done - 1)):  # levels a round can accept; each scored in one batch
-            beams = extend(beams, scorer.draft_logprobs(beams.sequences, m).__getitem__, draft_beams)
-            tree.append(beams)
+        # the levels a round can accept: one step of it is always the target's own
+        tree, _ = draft_levels(scorer, start, min(gamma, item_length - done - 1), draft_beams)
         nodes = list(start.sequences) + [s for level in tree for s in level.sequences]
         round_ = strict_round(start, tree, scorer.target_logprobs(nodes), k, item_length - done)
         accepted.append(round_.accepted)
@@ -134,16 +146,9 @@ def relaxed_topk(
     """Rounds of the head's beam search and relaxed sampling (module docstring); ``accepted`` counts each
     round's complete steps."""
     passes_before = scorer.target_passes
-    start = extend(Beams([()], torch.zeros(1, device=scorer.device)), scorer.target_logprobs([()]).__getitem__, k)
-    done, accepted = 1, []
+    start, done, accepted = first_beams(scorer, k), 1, []
     while done < item_length:
-        m = len(start.sequences[0])
-        levels, beams = [], start
-        draft_after: dict[Tokens, Tensor] = {}
-        for _ in range(min(gamma, item_length - done - 1)):
-            draft_after.update(scorer.draft_logprobs(beams.sequences, m))
-            beams = extend(beams, draft_after.__getitem__, draft_beams)
-            levels.append(beams)
+        levels, draft_after = draft_levels(scorer, start, min(gamma, item_length - done - 1), draft_beams)
         nodes = list(start.sequences) + [s for level in levels for s in level.sequences]
         target_after = scorer.target_logprobs(nodes)
         # the draft's cumulative scores: the start beams' (the target's, shared by both), then its own log-probs
