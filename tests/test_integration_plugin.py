@@ -59,12 +59,16 @@ def test_register_is_idempotent_and_resolvable():
     assert not getattr(spec_decode.init_speculator.__wrapped__, "_padrec_patch", False)
 
 
-def spec_config(method: str, architectures: list[str]):
+def spec_config(method: str, architectures: list[str], mask_drafts: bool | None = None):
     draft = SimpleNamespace(architectures=architectures)
-    return SimpleNamespace(speculative_config=SimpleNamespace(method=method, draft_model_config=draft))
+    padrec = {} if mask_drafts is None else {"padrec": {"mask_drafts": mask_drafts}}
+    return SimpleNamespace(
+        speculative_config=SimpleNamespace(method=method, draft_model_config=draft), additional_config=padrec
+    )
 
 
-def test_init_speculator_picks_padrec_only_for_our_draft(monkeypatch):
+def test_init_speculator_picks_padrec_for_every_eagle_draft_the_plugin_masks(monkeypatch):
+    """Our draft always; vLLM's EAGLE drafts while drafts are masked (the default), vanilla vLLM when not."""
     from vllm.v1.worker.gpu.spec_decode.eagle.speculator import EagleSpeculator
 
     from vllm_padrec.integration import speculator
@@ -74,12 +78,15 @@ def test_init_speculator_picks_padrec_only_for_our_draft(monkeypatch):
     monkeypatch.setattr(speculator, "PadRecSpeculator", lambda config, device: built.append("padrec") or "padrec")
     init = init_speculator.make_init_speculator(lambda config, device: "vllm")
     assert init(spec_config("eagle", ["EaglePadRecForCausalLM"]), "cpu") == "padrec"
-    assert init(spec_config("eagle", ["EagleLlamaForCausalLM"]), "cpu") == "vllm"  # the EAGLE baseline
+    assert init(spec_config("eagle", ["EaglePadRecForCausalLM"], mask_drafts=False), "cpu") == "padrec"
+    assert init(spec_config("eagle", ["EagleLlamaForCausalLM"]), "cpu") == "padrec"  # EAGLE with the masks
+    assert init(spec_config("eagle3", ["Eagle3LlamaForCausalLM"]), "cpu") == "padrec"
+    assert init(spec_config("eagle", ["EagleLlamaForCausalLM"], mask_drafts=False), "cpu") == "vllm"  # vanilla
     assert init(spec_config("eagle3", ["EaglePadRecForCausalLM"]), "cpu") == "vllm"
     assert init(spec_config("mtp", ["DeepSeekMTPModel"]), "cpu") == "vllm"
     ngram = SimpleNamespace(speculative_config=SimpleNamespace(method="ngram", draft_model_config=None))
     assert init(ngram, "cpu") == "vllm"
-    assert built == ["padrec"]
+    assert built == ["padrec"] * 4
 
 
 def test_model_state_hooks_wrap_samplers():
@@ -256,6 +263,33 @@ def test_draft_compute_logits_masks_with_the_attached_lists():
     logits = model.compute_logits(hidden)
     assert lists.calls == [([3, 1], [[0, 1], [2, 3]], 1)]
     assert torch.isinf(logits[:, 0]).all() and torch.isfinite(logits[:, 1:]).all()
+
+
+def test_vllms_eagle_draft_is_re_classed_to_mask_like_ours():
+    """A loaded vLLM EAGLE draft gains the masks' hooks, keeps its class's own logits and weights, and masks
+    once the speculator attaches lists; our draft is left as it is."""
+    from torch import nn
+    from vllm.model_executor.models.llama_eagle import EagleLlamaForCausalLM
+
+    from vllm_padrec.integration.draft_masks import DraftListMasks, masked_class, with_list_masks
+    from vllm_padrec.integration.draft_model import EaglePadRecForCausalLM
+
+    draft = EagleLlamaForCausalLM.__new__(EagleLlamaForCausalLM)  # only what compute_logits reads
+    nn.Module.__init__(draft)
+    draft.lm_head = nn.Linear(4, 6, bias=False)
+    draft.logits_processor = lambda lm_head, hidden: lm_head(hidden)
+    hidden = torch.randn(2, 4)
+    plain = draft.compute_logits(hidden)
+    assert with_list_masks(draft) is draft and isinstance(draft, (DraftListMasks, EagleLlamaForCausalLM))
+    assert type(draft) is masked_class(EagleLlamaForCausalLM) and torch.equal(draft.compute_logits(hidden), plain)
+    draft.attach_speculator(torch.tensor(0), torch.tensor([1, 0], dtype=torch.int32), torch.zeros(2, 3).long())
+    lists = _DraftLists()
+    draft.attach_lists(lists)
+    masked = draft.compute_logits(hidden)
+    assert lists.calls == [([1, 0], [[0, 0, 0], [0, 0, 0]], 0)] and torch.isinf(masked[:, 0]).all()
+    assert torch.equal(masked[:, 1:], plain[:, 1:])
+    ours = EaglePadRecForCausalLM.__new__(EaglePadRecForCausalLM)
+    assert type(with_list_masks(ours)) is EaglePadRecForCausalLM
 
 
 def test_speculator_hands_the_draft_its_masks():

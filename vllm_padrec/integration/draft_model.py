@@ -18,8 +18,8 @@ tensor (``attach_speculator``), which V2 sets to 0 before the step-0 pass over t
 batch (in the prefill-input kernel) and ``fill_(k)``s before decode step k. The kernel reads the
 tensor on the device, so a captured CUDA graph replays with the current step.
 
-``compute_logits`` masks the draft's logits with each request's list constraint (``attach_lists``):
-V2 draws every draft token, greedy or Gumbel, from it.
+``compute_logits`` masks the draft's logits with each request's list constraint (``draft_masks.DraftListMasks``,
+which vLLM's own EAGLE drafts get too): V2 draws every draft token, greedy or Gumbel, from it.
 
 Checkpoint names (``vllm_padrec.draft.checkpoint``) gain a ``model.`` prefix, as in vLLM's EAGLE head;
 q/k/v and gate/up are stacked by vLLM's mapper.
@@ -49,6 +49,7 @@ from vllm.model_executor.models.utils import (
 from vllm_padrec.draft.config import DraftConfig
 from vllm_padrec.draft.signals import add_signal_parameters, apply_signals, last_trained_step
 from vllm_padrec.integration.draft_check import catalog_codebook_sizes, check_draft_matches_target, served_catalog
+from vllm_padrec.integration.draft_masks import DraftListMasks
 from vllm_padrec.kernels import padrec_input
 
 
@@ -120,7 +121,7 @@ class PadRecEagleModel(nn.Module):
         return AutoWeightsLoader(self).load_weights(weights, mapper=self.hf_to_vllm_mapper)
 
 
-class EaglePadRecForCausalLM(EagleLlamaForCausalLM):
+class EaglePadRecForCausalLM(DraftListMasks, EagleLlamaForCausalLM):
     """PAD-Rec draft head for vLLM's EAGLE path; needs Model Runner V2 and ``PadRecSpeculator``."""
 
     # EagleLlamaForCausalLM.__init__ (llama_eagle.py:132-152) is not called: it builds vLLM's own EAGLE
@@ -154,40 +155,7 @@ class EaglePadRecForCausalLM(EagleLlamaForCausalLM):
         # embedding, as the training-side head does.
         num_steps = vllm_config.speculative_config.num_speculative_tokens
         self._clamp_step = padrec.use_step and num_steps > padrec.num_draft_steps
-        self.draft_step: torch.Tensor | None = None  # [] int64, attached by PadRecSpeculator
-        self.idx_mapping: torch.Tensor | None = None  # [max_num_reqs] int32 batch row -> request slot
-        self.draft_tokens: torch.Tensor | None = None  # [max_num_reqs, K] int64 this round's drafts so far
-        self.lists = None  # request_lists.RequestLists masking the drafts, or None
-
-    def attach_speculator(
-        self, draft_step: torch.Tensor, idx_mapping: torch.Tensor, draft_tokens: torch.Tensor | None = None
-    ) -> None:
-        """Use the speculator's persistent step index (0-dim, on the device), request mapping and drafts."""
-        if draft_step.dim() != 0 or draft_step.dtype not in (torch.int32, torch.int64):
-            shape = list(draft_step.shape)
-            raise ValueError(f"draft_step must be a 0-dim integer tensor, got {draft_step.dtype} {shape}")
-        self.draft_step = draft_step
-        self.idx_mapping = idx_mapping
-        self.draft_tokens = draft_tokens
-
-    def attach_lists(self, lists) -> None:
-        """Mask the draft's logits with ``lists`` (a ``RequestLists``; None: unmasked). Needs ``attach_speculator``."""
-        if lists is not None and self.draft_tokens is None:
-            raise RuntimeError("attach_lists needs the speculator's draft tokens: call attach_speculator first")
-        self.lists = lists
-
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:  # [B, H] -> [B, V]
-        """The target's LM head on the draft's features, masked by each request's list constraint.
-
-        V2 calls it for the draft tokens of every step, greedy and Gumbel alike (``sample_draft``,
-        spec_decode/speculator.py:264-295), with one row per batch row: row b is request slot
-        ``idx_mapping[b]``, whose drafts so far this round are ``draft_tokens[b, :draft_step]``. Runs
-        inside CUDA graphs: persistent tensors only."""
-        logits = super().compute_logits(hidden_states)  # [B, V]
-        if self.lists is not None:
-            rows = logits.shape[0]
-            self.lists.mask_draft_logits(logits, self.idx_mapping[:rows], self.draft_tokens[:rows], self.draft_step)
-        return logits
+        # draft_step, idx_mapping, draft_tokens and lists: attached by PadRecSpeculator (DraftListMasks)
 
     def _step(self) -> torch.Tensor | None:  # [] int64 on the device
         if not self.model.padrec.use_step:

@@ -10,7 +10,8 @@ request's list settings against both.
     max_exclude_items (256)       most items one request may exclude (padrec_exclude_items)
     max_topk        (256)         largest K of a top-K request (padrec_topk), 1..4096
     topk_max_beams  (0)           beam rows held for top-K requests, 0..65536 (0: top-K off; else >= max_topk)
-    mask_drafts     (true)        also mask the draft's proposals (PAD-Rec drafts)
+    mask_drafts     (true)        also mask the draft's proposals (PAD-Rec and vLLM's EAGLE drafts; off: vLLM's
+                                  EAGLE drafts run vanilla)
     triton_masks    (true)        the fused Triton mask kernel for both (CUDA; else the eager torch masks)
     catalog         (none)        catalog file or folder; default: the target folder's padrec_catalog.json
 
@@ -75,7 +76,7 @@ class ListSettings(BaseModel):
     max_exclude_items: int = Field(256, ge=0, le=MAX_EXCLUDE_ITEMS_LIMIT)  # most items a request may exclude
     max_topk: int = Field(DEFAULT_MAX_TOPK, ge=1, le=MAX_TOPK_LIMIT)  # largest K a top-K request may ask for
     topk_max_beams: int = 0  # beam rows held for top-K requests' beams; 0: top-K off (_beam_rows_in_range)
-    mask_drafts: bool = True  # mask the PAD-Rec draft's proposals too (more accepted drafts)
+    mask_drafts: bool = True  # mask the drafts' proposals too (more accepted drafts); EAGLE drafts: vanilla when off
     triton_masks: bool = True  # the fused Triton kernel (kernels/catalog_mask.py) for both masks (CUDA)
     catalog: str | None = None  # catalog file or folder; None: the target checkpoint folder
 

@@ -1,7 +1,10 @@
 """Patch: ``vllm.v1.worker.gpu.spec_decode.init_speculator`` (vLLM 0.26.0, Model Runner V2).
 
 What: a wrapper that returns ``PadRecSpeculator`` when the draft's architecture is
-``EaglePadRecForCausalLM`` (method "eagle"), and calls vLLM's own function for every other draft.
+``EaglePadRecForCausalLM`` (method "eagle"), or when the draft is another EAGLE draft (methods "eagle" and
+"eagle3": vLLM's ``EagleSpeculator``) on a server whose ``padrec.mask_drafts`` is on (the default), so that
+every draft the plugin serves under V2 is masked by the catalog; vLLM's own function builds every other
+speculator (MTP, DFlash, DSpark, and EAGLE drafts with ``mask_drafts`` off: vanilla vLLM).
 
 Why: V2 builds its speculator from a hard-coded method switch (spec_decode/__init__.py:8-40) and
 hands the draft model no step index; the PAD-Rec head needs the speculator's ``current_draft_step``,
@@ -34,14 +37,21 @@ TARGETS = ("vllm.v1.worker.gpu.spec_decode",)
 _RUNNER_MODULE = "vllm.v1.worker.gpu.model_runner"
 
 
+MASKED_METHODS = ("eagle", "eagle3")  # the methods V2 serves with EagleSpeculator (spec_decode/__init__.py:33-38)
+
+
 def wants_padrec_speculator(vllm_config) -> bool:
-    """True when the speculative draft is the PAD-Rec head served through method "eagle"."""
+    """True when the speculative draft is the PAD-Rec head served through method "eagle", or another EAGLE
+    draft on a server that masks drafts (``padrec.mask_drafts``, default on)."""
     from vllm_padrec.draft.config import PADREC_ARCHITECTURE
+    from vllm_padrec.integration.list_settings import ListSettings
 
     spec = vllm_config.speculative_config
-    if spec is None or spec.method != "eagle" or spec.draft_model_config is None:
+    if spec is None or spec.method not in MASKED_METHODS or spec.draft_model_config is None:
         return False
-    return PADREC_ARCHITECTURE in (spec.draft_model_config.architectures or ())
+    if PADREC_ARCHITECTURE in (spec.draft_model_config.architectures or ()):
+        return spec.method == "eagle"
+    return ListSettings.from_additional_config(vllm_config.additional_config).mask_drafts
 
 
 def make_init_speculator(original):
