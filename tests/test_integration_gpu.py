@@ -266,7 +266,7 @@ def test_padrec_then_eagle_then_medusa_engines_share_one_compile_cache(setup, ba
     env = {"VLLM_CACHE_ROOT": str(tmp_path / "vllm_cache")}  # one cache for all three, as ~/.cache/vllm is
     for draft, method, speculator in (
         (setup["random_draft"], "eagle", "PadRecSpeculator"),
-        (str(eagle), "eagle", "EagleSpeculator"),
+        (str(eagle), "eagle", "PadRecSpeculator"),  # vLLM's EAGLE draft, masked like ours (padrec.mask_drafts)
         (str(medusa), "medusa", None),
     ):
         # Medusa runs on Model Runner V1, where the plugin refuses constrained requests (no masks there)
