@@ -103,7 +103,7 @@ class DraftTrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
     grad_clip: float = 0.5  # max global grad norm (EAGLE's 0.5); 0 = off
     reg_weight: float = 1.0  # feature regression weight (EAGLE: 1.0)
-    cls_weight: float = 0.1  # token term weight: the CE (EAGLE: 0.1), or AtSpeed-S's mix; Medusa: CE alone
+    cls_weight: float = 0.1  # token term weight: the CE (EAGLE: 0.1), or an AtSpeed objective's; Medusa: CE alone
     step_decay: float = 0.8  # loss weight of draft step / Medusa head k is step_decay ** k
     soft_labels: bool = False  # CE against the target's distribution instead of its argmax
     loss_on: str = "completion"  # "completion" (draft rounds of the recommended list) or "all"
