@@ -128,6 +128,14 @@ def metric_totals(llm) -> dict:
     return totals
 
 
+def capture_size(args) -> dict:
+    """``LLM`` keyword arguments for ``--max-cudagraph-capture-size`` (none: vLLM's default, min(max_num_seqs
+    * (1 + K) * 2, 512) tokens; a step past it runs without CUDA graphs: integration/SPEC_DECODE.md, section 3)."""
+    if args.max_cudagraph_capture_size is None:
+        return {}
+    return {"compilation_config": {"max_cudagraph_capture_size": args.max_cudagraph_capture_size}}
+
+
 def run_config(args) -> dict:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process: profiled too
     os.environ.setdefault("VLLM_PLUGINS", "padrec")
@@ -167,6 +175,7 @@ def run_config(args) -> dict:
         max_num_seqs=args.concurrency,
         disable_log_stats=False,
         additional_config={"padrec": padrec} if padrec else {},
+        **capture_size(args),
     )
     startup = time.perf_counter() - started
     warm, timed = prompts[: args.concurrency], prompts[args.concurrency :]
@@ -188,6 +197,7 @@ def run_config(args) -> dict:
         "users": len(timed),
         "concurrency": args.concurrency,
         "dtype": args.dtype,
+        "max_cudagraph_capture_size": args.max_cudagraph_capture_size,
         "startup_seconds": round(startup, 1),
         "seconds": round(seconds, 3),
         "output_tokens": tokens,
@@ -300,6 +310,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-model-len", type=int, default=512)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.3)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument(
+        "--max-cudagraph-capture-size",
+        type=int,
+        default=None,
+        help="the largest step (tokens) vLLM captures CUDA graphs for (default: vLLM's, at most 512); issue 14's "
+        "first check of why a speculative step at batch 64 costs 4.6x a plain one",
+    )
     parser.add_argument("--profile", nargs="*", default=[], choices=list(CONFIGS), help="configurations to profile")
     parser.add_argument("--trace-dir", default=None, help="also write each profile's Chrome trace here")
     parser.add_argument("--out", default="benchmarks/results")
@@ -370,6 +387,7 @@ def summarize(records: list[dict], args, errors: dict) -> dict:
         "dataset": args.dataset,
         "users": args.users,
         "concurrency": args.concurrency,
+        "max_cudagraph_capture_size": args.max_cudagraph_capture_size,
         "list_items": args.list_items,
         "dtype": args.dtype,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",

@@ -159,6 +159,7 @@ class Settings:
     engine_users: int = 512
     engine_configs: tuple[str, ...] = ("baseline", "spec")  # no draft and the PAD-Rec draft, both constrained
     engine_profile: tuple[str, ...] = ()
+    engine_capture_size: int | None = None  # engine_step's --max-cudagraph-capture-size (None: vLLM's default)
     gpu_tests: tuple[str, ...] = ("test_integration_gpu.py", "test_integration_gpu_serve.py")
     kernel_tests: tuple[str, ...] = ("test_padrec_kernel.py", "test_integration_mask.py", "test_catalog_mask_kernel.py")
 
@@ -203,6 +204,12 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
     add("--engine-users", type=int, help=f"timed requests of engine_step (default {d.engine_users})", **kw)
     add("--engine-configs", nargs="+", help=f"engine_step configurations (default: {' '.join(d.engine_configs)})", **kw)
     add("--engine-profile", nargs="*", help="engine_step configurations to profile (default none)", **kw)
+    add(
+        "--engine-capture-size",
+        type=int,
+        help="engine_step's --max-cudagraph-capture-size (default: vLLM's; the current code's engine_step only)",
+        **kw,
+    )
     add("--gpu-tests", nargs="+", help=f"test files of gpu_tests (default: {' '.join(d.gpu_tests)})", **kw)
     add("--kernel-tests", nargs="+", help=f"test files of kernel_tests (default: {' '.join(d.kernel_tests)})", **kw)
 
@@ -457,6 +464,7 @@ def engine_step(ctx: JobContext, name: str, env: dict[str, str]) -> int:
         *model_args(s),
         *("--users", str(s.engine_users), "--concurrency", "64", "--configs", *s.engine_configs),
         *("--profile", *s.engine_profile, "--name", name, "--out", str(WORK / "results")),
+        *(["--max-cudagraph-capture-size", str(s.engine_capture_size)] if s.engine_capture_size else []),
         env=env,
     )
     for config_log in Path("/tmp").glob("engine_step_*.log"):  # engine_step's per-configuration logs
