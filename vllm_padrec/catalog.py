@@ -287,11 +287,10 @@ class ItemCatalog:
         code of its slot, or codes of no item): what ``parse_completion(row, strict=False)`` finds in a row of
         L tokens, for a whole answer at once (one subtraction, then one lookup per row)."""
         rows = np.asarray(tokens, dtype=np.int64).reshape(-1, self.num_slots)  # [n, L] token ids
-        layout = self.layout
-        codes = rows - np.array([layout.code_offset(s) for s in range(self.num_slots)])  # [n, L]
-        in_codebook = ((codes >= 0) & (codes < np.array(layout.codebook_sizes))).all(1)  # [n]
+        # a token that is not its slot's code gives a code outside that slot's codebook: no item's key
+        codes = rows - np.array([self.layout.code_offset(s) for s in range(self.num_slots)])  # [n, L]
         lookup = self._index_of_codes.get
-        return [lookup(tuple(row)) if ok else None for row, ok in zip(codes.tolist(), in_codebook.tolist())]
+        return [lookup(tuple(row)) for row in codes.tolist()]
 
     def parse_sid(self, text: str) -> int:
         """Item index of a semantic-ID string such as ``"<a_12><b_7><c_200><d_3>"``."""
