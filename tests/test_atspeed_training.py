@@ -255,3 +255,27 @@ def test_the_tvd_term_reads_each_beams_codes_through_the_draft_steps(data, targe
         loss = unrolled_draft_loss(head, batch, 3, topk=terms).loss
     tvd_term = float(loss) - float(sum(s * term for s, term in zip(steps, per_step)) / sum(steps))
     assert tvd_term == pytest.approx(w.cls_weight * ALPHA * 2.0, rel=1e-4)
+
+
+def test_on_top_k_data_agreement_is_between_the_best_allowed_tokens(data, target, histories):
+    """acc_k (and the accepted length built from it) compares what masked greedy decoding would pick: each
+    model's most likely allowed token, by a loop over the rows."""
+    from draft_helpers import random_head
+
+    sequences = topk_beam_sequences(target, data.catalog, histories[:3], K, max_history=4, progress=False)
+    batch = FeatureSource(target, sequences, "cpu", progress=False).batch(range(len(sequences)))
+    head = random_head(target, data.catalog.layout, gamma=3)
+    allowed = completion_allowed(ListConstraint(data.catalog, num_items=1), batch)
+    with torch.no_grad():
+        out = unrolled_draft_loss(head, batch, 3, topk=TopKTerms(allowed, K, "distill"))
+        f0 = next(iter(unrolled_features(head, batch, 1)))  # [B, T, H] step 0
+        target_logits = head.compute_logits(torch.cat([batch.hidden[:, 1:], batch.hidden[:, :1]], 1))
+    agree, rows = 0, 0
+    for b, seq in enumerate(sequences):
+        for q in range(seq.prompt_len - 1, len(seq.token_ids) - 2):  # step 0's loss rows
+            options = torch.nonzero(allowed[b, q]).flatten().tolist()
+            draft_logits, wanted_logits = head.compute_logits(f0[b, q]), target_logits[b, q]
+            draft = max(options, key=lambda t: float(draft_logits[t]))
+            wanted = max(options, key=lambda t: float(wanted_logits[t]))
+            agree, rows = agree + (draft == wanted), rows + 1
+    assert float(out.metrics["acc_0"]) == pytest.approx(agree / rows)

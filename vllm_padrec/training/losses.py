@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from vllm_padrec.constraint import apply_mask
 from vllm_padrec.draft.head import PadRecDraftHead, new_cache
 from vllm_padrec.draft.medusa import MedusaHeads
 from vllm_padrec.training.atspeed_losses import (
@@ -201,7 +202,11 @@ def unrolled_draft_loss(
         total = step_loss if total is None else total + step_loss
         weight_sum += w
         correct = torch.zeros(B, T, dtype=torch.bool, device=device)  # [B, T] by row q
-        correct[rows] = logits.argmax(-1) == labels.argmax(-1)
+        if topk is None:
+            correct[rows] = logits.argmax(-1) == labels.argmax(-1)
+        else:  # on top-K data both models' tokens are masked in serving: their best allowed tokens agree
+            allowed = topk.allowed[rows]  # [N, V]
+            correct[rows] = masked_argmax(logits, allowed) == masked_argmax(labels, allowed)
         hits[k, :, : T - k] = correct[:, k:]  # row q = p + k -> round start p
         metrics[f"reg_{k}"] = reg.mean().detach()
         metrics[f"ce_{k}"] = ce.mean().detach()
@@ -252,6 +257,11 @@ def _grouped_tvd(draft: torch.Tensor, target: torch.Tensor, group: torch.Tensor,
     target_table = torch.full((G, k), float("-inf"), device=draft.device).index_put((slot, column), target.float())
     live = torch.zeros(G, k, dtype=torch.bool, device=draft.device).index_put((slot, column), torch.tensor(True))
     return atspeed_r_tvd(draft_table, target_table, live)
+
+
+def masked_argmax(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:  # [N, V'], [N, V] -> [N] long
+    """The best allowed token of each row (what a masked greedy draft or target picks)."""
+    return apply_mask(logits.float().clone(), allowed).argmax(-1)
 
 
 def _by_round_start(rows: torch.Tensor, n: int) -> torch.Tensor:

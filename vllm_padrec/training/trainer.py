@@ -289,8 +289,9 @@ def evaluate_draft(
     constraint: ListConstraint | None = None,
 ) -> dict:
     """Teacher-forced held-out metrics: per-step top-1 agreement with the target and the mean accepted
-    draft tokens per round (greedy verification, bonus token excluded); on top-K data also each step's
-    top-K recall (``atspeed_losses.topk_recall``), whatever the objective."""
+    draft tokens per round (greedy verification, bonus token excluded); on top-K data the agreement is of
+    both models' best allowed tokens (the catalog masks both in serving), and each step's top-K recall
+    (``atspeed_losses.topk_recall``) is reported too, whatever the objective."""
     indices = list(indices)[: config.max_eval_sequences]
     if not indices:
         return {}
