@@ -36,7 +36,7 @@ import os
 import sys
 import time
 
-from vllm_padrec.testing.drafts import draft_folder, draft_method, draft_steps
+from vllm_padrec.testing.drafts import draft_folder, draft_method, draft_steps, training_result
 from vllm_padrec.testing.results import write_results
 
 STEM = "acceptance_{name}"  # acceptance_<name>.json, .md and .png
@@ -45,10 +45,9 @@ STEM = "acceptance_{name}"  # acceptance_<name>.json, .md and .png
 def training_budget(folder: str) -> dict:
     """What the trainer's result.json beside the draft folder says: optimizer steps and held-out
     teacher-forced acceptance (empty when the draft was not written by ``train_draft``)."""
-    path = os.path.join(os.path.dirname(os.path.normpath(folder)), "result.json")
-    if not os.path.isfile(path):
+    result = training_result(folder)
+    if not result:
         return {}
-    result = json.loads(open(path).read())
     evaluation = result.get("evaluation") or {}
     return dict(training_steps=result.get("steps"), holdout_accepted_length=evaluation.get("accepted_length"))
 

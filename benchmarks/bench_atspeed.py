@@ -40,7 +40,7 @@ import sys
 import time
 from collections import Counter
 
-from vllm_padrec.testing.drafts import draft_folder
+from vllm_padrec.testing.drafts import draft_folder, training_result
 from vllm_padrec.testing.results import write_results
 
 STEM = "atspeed_{name}"
@@ -48,10 +48,9 @@ STEM = "atspeed_{name}"
 
 def trained_objective(folder: str) -> dict:
     """The trainer's record beside a draft folder: its objective, top-K and steps (empty without one)."""
-    path = os.path.join(os.path.dirname(os.path.normpath(folder)), "result.json")
-    if not os.path.isfile(path):
+    result = training_result(folder)
+    if not result:
         return {}
-    result = json.loads(open(path).read())
     return {
         "objective": result.get("objective", "distill"),
         "topk": result.get("topk"),

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from vllm_padrec.integration.spec_decode_counters import SPEC_COUNTERS, SPEC_PER_POS
 from vllm_padrec.testing.compare import margin_at
-from vllm_padrec.testing.drafts import draft_folder, draft_method, draft_steps
+from vllm_padrec.testing.drafts import draft_folder, draft_method, draft_steps, training_result
 from vllm_padrec.testing.metrics import ITERATIONS, RUNNING, Metrics
 from vllm_padrec.testing.results import write_results
 from vllm_padrec.testing.stats import percentile
@@ -119,6 +119,9 @@ def test_draft_folders_and_their_configs(tmp_path):
     assert draft_steps({"n_predict": 5}) == 5 and draft_method({}) == "unknown"
     medusa = {"model_type": "medusa", "num_heads": 3}
     assert draft_method(medusa) == "medusa" and draft_steps(medusa) == 3
+    assert training_result(str(tmp_path / "run" / "draft")) == {}  # not written by train_draft
+    (tmp_path / "run" / "result.json").write_text('{"steps": 7, "objective": "atspeed_s"}')
+    assert training_result(str(tmp_path / "run" / "draft")) == {"steps": 7, "objective": "atspeed_s"}
 
 
 def test_margin_at_a_token():

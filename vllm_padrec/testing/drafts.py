@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 
@@ -27,3 +28,13 @@ def draft_steps(config: dict) -> int:
     if config.get("model_type") == "medusa":
         return int(config["num_heads"])
     return int((config.get("padrec") or {}).get("num_draft_steps") or config.get("n_predict") or 0)
+
+
+def training_result(folder: str) -> dict:
+    """The trainer's ``result.json`` beside a draft folder (``train_draft`` writes it one level up), or {}
+    for a draft that ``train_draft`` did not write."""
+    path = os.path.join(os.path.dirname(os.path.normpath(folder)), "result.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as handle:
+        return json.load(handle)
