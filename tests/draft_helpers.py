@@ -1,4 +1,4 @@
-"""Draft heads with random weights, shared by the draft-training and speculative-decoding tests."""
+"""Draft heads with random weights, a tiny target and a small dataset, shared by the draft tests."""
 
 from __future__ import annotations
 
@@ -37,3 +37,13 @@ def tiny_target(vocab_size: int = 32, hidden_size: int = 32, seed: int = 0):
         torch.manual_seed(seed)
         model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa")
     return model.eval().requires_grad_(False)
+
+
+def small_catalog_data(vocab_size: int = 32):
+    """60 synthetic items of 4 codes of 4 (a vocabulary within ``vocab_size``) and 40 users: the draft-training
+    tests' dataset."""
+    from vllm_padrec.data import SyntheticConfig, generate_synthetic
+
+    data = generate_synthetic(SyntheticConfig(num_items=60, num_users=40, codebook_sizes=(4, 4, 4, 4)))
+    assert data.catalog.layout.vocab_size <= vocab_size
+    return data

@@ -13,10 +13,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from draft_helpers import tiny_target
+from draft_helpers import small_catalog_data, tiny_target
 
 from vllm_padrec.constraint import ListConstraint
-from vllm_padrec.data import SyntheticConfig, generate_synthetic
 from vllm_padrec.decoding import beam_search_items
 from vllm_padrec.training import DraftTrainConfig, FeatureSource, LossWeights, losses, train_draft
 from vllm_padrec.training.atspeed_losses import ALPHA, topk_recall
@@ -37,9 +36,7 @@ VOCAB = 32
 
 @pytest.fixture(scope="module")
 def data():
-    data = generate_synthetic(SyntheticConfig(num_items=60, num_users=40, codebook_sizes=(4, 4, 4, 4)))
-    assert data.catalog.layout.vocab_size <= VOCAB
-    return data
+    return small_catalog_data(VOCAB)
 
 
 @pytest.fixture(scope="module")

@@ -99,6 +99,22 @@ def test_mismatches_report_the_top2_gap_at_their_first_difference():
     assert result["max_margin_at_first_difference"] == pytest.approx(0.004)
 
 
+def summary_args(users: int):
+    """engine_step's arguments that ``summarize`` reads, for ``users`` users at that concurrency."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        target="t",
+        draft="d",
+        dataset="x",
+        users=users,
+        concurrency=users,
+        list_items=1,
+        dtype="bfloat16",
+        max_cudagraph_capture_size=None,
+    )
+
+
 def test_engine_step_passes_the_capture_size_to_vllm_only_when_asked():
     from types import SimpleNamespace
 
@@ -155,16 +171,7 @@ def test_engine_step_metrics_and_summary(tmp_path):
         record("spec_free", 300.0, [[1, 2], [3, 9]]),  # compared with baseline_free: 1 differs
         record("spec", 250.0, [[1, 2], [3, 4]]),  # compared with baseline: none differs
     ]
-    args = SimpleNamespace(
-        target="t",
-        draft="d",
-        dataset="x",
-        users=2,
-        concurrency=2,
-        list_items=1,
-        dtype="bfloat16",
-        max_cudagraph_capture_size=None,
-    )
+    args = summary_args(users=2)
     payload = engine_step.summarize(records, args, errors={})
     by_name = {r["config"]: r for r in payload["records"]}
     assert by_name["spec_free"]["lists_differing_from_no_draft"] == 1
@@ -480,7 +487,6 @@ def test_a_timed_pass_reads_answers_and_counter_deltas_from_the_server():
 
 
 def test_engine_step_markdown_shows_the_python_hotspots_of_a_profile():
-    from types import SimpleNamespace
 
     from benchmarks import engine_step
 
@@ -505,16 +511,7 @@ def test_engine_step_markdown_shows_the_python_hotspots_of_a_profile():
         "token_ids": [[1]],
         "profile": profile,
     }
-    args = SimpleNamespace(
-        target="t",
-        draft="d",
-        dataset="x",
-        users=1,
-        concurrency=1,
-        list_items=1,
-        dtype="bfloat16",
-        max_cudagraph_capture_size=None,
-    )
+    args = summary_args(users=1)
     text = engine_step.render_markdown(engine_step.summarize([record], args, errors={}))
     assert "Python's profile of the same batch, per engine step:" in text
     assert "| `step (core.py:1)` | 10 | 9.5 | 17.0 |" in text

@@ -11,10 +11,9 @@ import json
 
 import pytest
 import torch
-from draft_helpers import random_head
-from transformers import LlamaConfig, LlamaForCausalLM
+from draft_helpers import random_head, small_catalog_data, tiny_target
+from transformers import LlamaForCausalLM
 
-from vllm_padrec.data import SyntheticConfig, generate_synthetic
 from vllm_padrec.draft import DraftConfig, MedusaConfig, MedusaHeads, PadRecDraftHead, load_draft, new_cache
 from vllm_padrec.training import DraftTrainConfig, FeatureSource, LossWeights, train_draft, training_sequences
 from vllm_padrec.training.collect import SequenceBatch, target_hidden_states
@@ -34,27 +33,12 @@ GAMMA = 3
 
 @pytest.fixture(scope="module")
 def data():
-    data = generate_synthetic(SyntheticConfig(num_items=60, num_users=40, codebook_sizes=(4, 4, 4, 4)))
-    assert data.catalog.layout.vocab_size <= VOCAB
-    return data
+    return small_catalog_data(VOCAB)
 
 
 @pytest.fixture(scope="module")
 def target() -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=H,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=256,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa")
-    return model.eval().requires_grad_(False)
+    return tiny_target(vocab_size=VOCAB, hidden_size=H)
 
 
 @pytest.fixture(scope="module")
