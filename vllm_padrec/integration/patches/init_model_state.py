@@ -23,8 +23,7 @@ engine's hooks around the mask, ``add_request`` tells it each new beam's slot an
 carry R's ``extra_args``) get the settings row of R's one-item list, read without ``padrec_topk`` (``topk``
 has no column): R by ``RequestLists.add_request`` with ``drop_topk``, each beam as a device copy of R's row
 (``add_copy``; ``TopKEngine.owner_slot`` finds R's slot). ``RequestLists`` keeps refusing ``padrec_topk``
-on a server without an engine. With
-``topk_max_beams`` = 0 nothing of this exists.
+on a server without an engine. With ``topk_max_beams`` = 0 nothing of this exists.
 
 Why: V2 applies no plugin logits processors (and refuses them with speculative decoding), and the
 ModelState hooks are its per-model extension point. vLLM's supported way in is a model class that
