@@ -28,7 +28,10 @@ first pass, then one call of each batch shape before each K's):
 - throughput: ``--users`` users (float32: ``max(--users, --users-equal)``, the equality check's) in batches
   of ``--concurrency`` (batch_size =
   concurrency): every batch of users is one call, which returns when all its users are answered, so a
-  user's latency is its batch's; users per second over the whole pass. vllm_beam_search puts a batch's
+  user's latency is its batch's; users per second over the whole pass. Where a K's warm-up call of
+  ``--concurrency`` users took longer than ``--slow-call-seconds`` (vLLM's beam search from K = 50 on the
+  bench target: 18 and 56 s a call), the pass times one call of ``--concurrency`` users instead, except in
+  float32. vllm_beam_search puts a batch's
   prompts in one ``LLM.beam_search`` call: ``LLM`` is not thread-safe, and one call is how vLLM runs
   several beam searches at once offline (each of its steps sends every live beam of every prompt to
   the engine together). The engine gets the batch's requests queued together (``LLM.enqueue``).
@@ -76,6 +79,7 @@ from vllm_padrec.testing.python_profile import OUR_CODE, busiest, hotspot_table,
 from vllm_padrec.testing.results import write_results
 from vllm_padrec.testing.stats import percentile
 from vllm_padrec.testing.timing import EngineSteps
+from vllm_padrec.testing.topk_goals import goals_markdown, topk_goals
 
 MODES = ("reference", "vllm_beam_search", "engine", "greedy_floor")
 DEFAULT_KS = (1, 5, 10, 20, 50, 100)
@@ -380,10 +384,15 @@ def profile_call(
     rank: Callable[[list[list[int]], int], list[Ranked]], histories: list[list[int]], k: int, path: Path
 ) -> None:
     """Two calls, one under Python's profiler (every Python function: the engine runs in this process) and one
-    under the torch profiler (tensor operations and GPU kernels); the busiest of each as text at ``path``."""
+    under the torch profiler (tensor operations and GPU kernels); the busiest of each as text at ``path``.
+
+    A call of the same users goes first, unprofiled: a call's finished requests (and an engine top-K request's
+    beams) leave the runner in the next call's first step, so the profiled call would otherwise remove the pass
+    before it (6,464 rows after 64 users at K = 100: 26 of the 76 ms of a one-user call on the H200)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    rank(histories, k)
     started = time.perf_counter()
     _, functions = python_profile(rank, histories, k)
     torch.cuda.synchronize()
@@ -441,9 +450,13 @@ def measure(args, mode: str, ranker: Ranker, samples, startup: float) -> dict:
     for _ in range(args.warmup_calls):
         rank([latency_users[0].history], args.ks[0])
     for k in args.ks:
+        started = time.perf_counter()
         rank([s.history for s in throughput_users[: args.concurrency]], k)  # warm-up: both batch shapes
+        warm_call_seconds = time.perf_counter() - started
         rank([latency_users[0].history], k)
         for batch, users in passes:
+            if batch == args.concurrency and dtype != EXACT_DTYPE and warm_call_seconds > args.slow_call_seconds:
+                users = users[: args.concurrency]  # one call (module docstring, --slow-call-seconds)
             if ranker.beam_rows is not None:
                 ranker.beam_rows.admitted.clear()
             seconds, ranked, steps, forwards = timed_calls(ranker, [s.history for s in users], k, batch)
@@ -481,6 +494,9 @@ def markdown(payload: dict) -> str:
         "the same rank.",
         "",
         *([f"Note: {payload['note']}", ""] if payload.get("note") else []),
+        *goals_markdown(topk_goals(payload["records"], payload["concurrency"])),
+        "## Records",
+        "",
         "| mode | dtype | K | batch_size | users | p50 ms | p99 ms | users/s | Recall@K | NDCG@K | invalid items "
         "| equal to reference | score diff | steps per call (forwards) | KV blocks per request (prompt) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -540,7 +556,8 @@ def render(json_path: str, note: str | None = None) -> None:
     payload = json.loads(path.read_text())
     if note:
         payload["note"] = note
-    write_results(path.parent, path.stem, payload if note else None, markdown(payload), lambda plt: plot(plt, payload))
+    payload["goals"] = topk_goals(payload["records"], payload["concurrency"])
+    write_results(path.parent, path.stem, payload, markdown(payload), lambda plt: plot(plt, payload))
 
 
 # -- driver -----------------------------------------------------------------------------------------------------
@@ -567,6 +584,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=30,
         help="one-user calls at the first K before any timed pass of a mode (default 30)",
+    )
+    add(
+        "--slow-call-seconds",
+        type=float,
+        default=10.0,
+        help="a K whose warm-up call of --concurrency users took longer than this many seconds times one such call "
+        "instead of --users users (not in float32: the equality check's users); default 10",
     )
     add("--max-num-seqs", type=int, default=1024, help="vLLM max_num_seqs (default 1024: K beams per user)")
     add("--max-model-len", type=int, default=512, help="vLLM max_model_len (default 512)")
@@ -689,6 +713,7 @@ def configurations(args, skip_engine: bool = False) -> list[tuple[tuple[str, ...
 def summarize(args, results: list[dict], skipped: list[dict], errors: dict) -> dict:
     import torch
 
+    records = [record for r in results for record in r["records"]] + skipped
     return {
         "target": args.target,
         "dataset": Path(args.dataset).name,
@@ -703,7 +728,8 @@ def summarize(args, results: list[dict], skipped: list[dict], errors: dict) -> d
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "startup_seconds": {f"{r['mode']}_{r['dtype']}": r["startup_seconds"] for r in results},
-        "records": [record for r in results for record in r["records"]] + skipped,
+        "records": records,
+        "goals": topk_goals(records, args.concurrency),
         "errors": errors,
     }
 

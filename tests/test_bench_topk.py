@@ -350,3 +350,24 @@ def test_a_process_of_several_modes_builds_one_engine_for_the_modes_that_share_i
     results = bench_topk.run_config(args)
     assert [r["mode"] for r in results] == ["engine", "greedy_floor"]
     assert built == [("engine", None), ("greedy_floor", "engine's LLM")]
+
+
+def test_a_k_whose_warm_up_call_is_slow_times_one_call_of_users_except_in_float32(monkeypatch):
+    """--slow-call-seconds: vLLM's beam search took 56 s a 64-user call at K = 100; its pass times one call then."""
+    clock = [0.0]
+    monkeypatch.setattr(bench_topk.time, "perf_counter", lambda: clock[0])
+
+    def rank(histories, k):  # a call of several users takes 20 s at K = 100, 1 s below it
+        clock[0] += (20.0 if k == 100 else 1.0) if len(histories) > 1 else 0.01
+        return [[(h[0], -1.0)] * k for h in histories]
+
+    users = [SimpleNamespace(history=[i], targets=[i]) for i in range(8)]
+    argv = ["--target", "/t", "--dataset", "/d", "--ks", "5", "100", "--users", "8", "--users-latency", "2"]
+    args = bench_topk.parse_args([*argv, "--users-equal", "6", "--concurrency", "2", "--warmup-calls", "1"])
+    counts = {}
+    for dtype in ("bfloat16", "float32"):
+        args.one_dtype = dtype
+        result = bench_topk.measure(args, "vllm_beam_search", bench_topk.Ranker(rank), users, 1.0)
+        counts[dtype] = {(r["k"], r["batch_size"]): r["users"] for r in result["records"]}
+    assert counts["bfloat16"] == {(5, 1): 2, (5, 2): 8, (100, 1): 2, (100, 2): 2}
+    assert counts["float32"] == {(5, 2): 8, (100, 2): 8}  # the equality check's users, however slow

@@ -8,4 +8,5 @@ drafts.py       a draft checkpoint folder: where its config is, its method, its 
 stats.py        percentiles of measurements (numpy)
 results.py      a benchmark's results: <stem>.json, <stem>.md and <stem>.png in its out folder
 mask_inputs.py  engine-step inputs for the list masks and their Triton kernel
+topk_goals.py   issue 12's goals for top-K in the engine, read from bench_topk's records
 """
