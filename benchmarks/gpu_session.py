@@ -16,7 +16,9 @@ or ``nvidia-h200-x2`` for two GPUs):
 For the bench target's results, call 1 runs ``start bench_target bench_eval bench_drafts acceptance
 --target bench`` (``--drafts padrec`` trains only the head the vLLM jobs need), and call 3 ``checks JOB...``.
 Issue 12's top-K results for both datasets, on ``nvidia-h200-x2``: call 1 ``start bench_target
-bench_target_games --target bench``, call 3 ``checks bench_topk bench_topk_games``.
+bench_target_games --target bench``, call 3 ``checks bench_topk bench_topk_games``. On one H200, one
+dataset a hold (about 24 minutes: training 7, the benchmark 15): call 1 ``start bench_target_games
+--target bench``, call 3 ``checks topk_tests bench_topk_games`` (the tests run beside the training).
 
 Phases, one per call (``python3 benchmarks/gpu_session.py PHASE --help`` lists a phase's options; the
 options a call is given hold for the later calls too):
@@ -69,7 +71,9 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
 Order: a job starts once the jobs it needs succeeded (it fails, without running, when one failed) and
 every job queued before it on its GPU has ended: on two GPUs lane 0 is GPU 0 and lane 1 is GPU 1
 (``CUDA_VISIBLE_DEVICES``); on one GPU the jobs run one at a time in queue order, so anything timed
-runs alone. engine_step_baseline installs .baseline and reinstalls the current code when it ends, so
+runs alone, except that jobs that time nothing (the trainings, topk_tests and topk_smoke, whose engines
+take 15% of the GPU's memory) run beside each other: a timed job still waits for them, and they for it.
+engine_step_baseline installs .baseline and reinstalls the current code when it ends, so
 it waits for every job queued before it and every job queued after it waits for it; a job refuses to
 run while another version of the project is installed. Each job has its own ``VLLM_CACHE_ROOT``
 (each lossless mode too). ``.gpudata`` holds the shared datasets (``../shared/data`` does not travel;
@@ -227,6 +231,8 @@ class Job:
     vllm: bool = False  # needs the vLLM kit (queued by ``checks``, not ``start``)
     installed: str | None = CURRENT  # the project version it runs on; None: it installs what it needs itself
     exclusive: bool = False  # runs alone: after every job queued before it, before every job queued after it
+    # times nothing (training, tests): runs beside another untimed job on the same GPU; a timed job still runs alone
+    untimed: bool = False
 
 
 @dataclass(frozen=True)
@@ -667,12 +673,12 @@ def job_bench_padrec_kernel(ctx: JobContext) -> int:
 JOBS: dict[str, Job] = {
     job.name: job
     for job in (
-        Job("train", job_train),
-        Job("bench_target", job_bench_target),
+        Job("train", job_train, untimed=True),
+        Job("bench_target", job_bench_target, untimed=True),
         Job("bench_eval", job_bench_eval, needs=("bench_target",)),
-        Job("bench_drafts", job_bench_drafts, needs=("bench_target",)),
+        Job("bench_drafts", job_bench_drafts, needs=("bench_target",), untimed=True),
         Job("acceptance", job_acceptance, needs=("bench_drafts",)),
-        Job("atspeed_drafts", job_atspeed_drafts, needs=("bench_target",)),
+        Job("atspeed_drafts", job_atspeed_drafts, needs=("bench_target",), untimed=True),
         Job("bench_atspeed", job_bench_atspeed, needs=("atspeed_drafts",)),
         Job("kernel_tests", job_kernel_tests, vllm=True),
         Job("gpu_tests", job_gpu_tests, vllm=True),
@@ -688,7 +694,12 @@ JOBS: dict[str, Job] = {
         Job("engine_step", job_engine_step, needs=(DRAFT,), lane=1, vllm=True),
         Job("lossless", job_lossless, needs=(DRAFT,), lane=1, vllm=True),
         Job("hostile", job_hostile, needs=(DRAFT,), lane=1, vllm=True),
-        Job("bench_target_games", lambda ctx: job_bench_target(with_dataset(ctx, SECOND_DATASET)), lane=1),
+        Job(
+            "bench_target_games",
+            lambda ctx: job_bench_target(with_dataset(ctx, SECOND_DATASET)),
+            lane=1,
+            untimed=True,
+        ),
         Job("bench_topk", job_bench_topk, needs=(TARGET,), vllm=True),
         Job(
             "bench_topk_games",
@@ -697,8 +708,8 @@ JOBS: dict[str, Job] = {
             lane=1,
             vllm=True,
         ),
-        Job("topk_tests", job_topk_tests, vllm=True),
-        Job("topk_smoke", job_topk_smoke, lane=1, vllm=True),
+        Job("topk_tests", job_topk_tests, vllm=True, untimed=True),
+        Job("topk_smoke", job_topk_smoke, lane=1, vllm=True, untimed=True),
         Job("topk_bringup", job_topk_bringup, needs=(TARGET,), vllm=True),
         Job("examples", job_examples, needs=(DRAFT,), lane=1, vllm=True),
         Job("serve", job_serve, needs=(TARGET,), lane=1, vllm=True),
@@ -809,7 +820,8 @@ def runs_after(job: str, settings: Settings, gpus: int) -> list[str]:
 
     def shares(other: str) -> bool:
         same_gpu = gpus < 2 or JOBS[other].lane == lane
-        return same_gpu or JOBS[job].exclusive or JOBS[other].exclusive
+        beside = JOBS[job].untimed and JOBS[other].untimed
+        return (same_gpu and not beside) or JOBS[job].exclusive or JOBS[other].exclusive
 
     return [other for other in earlier if shares(other) and not depends_on(other, job, settings)]
 

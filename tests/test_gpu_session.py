@@ -405,3 +405,36 @@ def test_the_top_k_must_show_runs_each_dataset_on_its_own_bench_target(monkeypat
     assert train == "vllm_padrec.cli" and value(target_args, "--out") == str(tmp_path / "bench_games_atspeed")
     assert gs.JOBS["bench_topk_games"].lane == gs.JOBS["bench_target_games"].lane == 1
     assert gs.needs_of("bench_topk", gs.Settings(target="bench")) == ["bench_target"]
+
+
+def test_on_one_gpu_untimed_jobs_run_beside_each_other_and_a_timed_job_runs_alone(session):
+    """A training and the top-K tests share the GPU; the benchmark queued after them waits for both."""
+    both_running = threading.Event()
+    active, seen_beside_timed = [], []
+
+    def untimed(name):
+        def run(ctx):
+            active.append(name)
+            if len(active) == 2:
+                both_running.set()
+            ok = both_running.wait(timeout=10)  # ends only once the other untimed job ran beside it
+            active.remove(name)
+            session.ran.append(name)
+            return 0 if ok else 1
+
+        return run
+
+    def timed(ctx):
+        seen_beside_timed.extend(active)
+        session.ran.append("bench_topk")
+        return 0
+
+    session.job("bench_target", untimed=True, body=untimed("bench_target"))
+    session.job("topk_tests", vllm=True, untimed=True, body=untimed("topk_tests"))
+    session.job("bench_topk", vllm=True, body=timed)
+    assert gs.main(["start", "bench_target"]) == 0
+    assert gs.main(["checks", "topk_tests", "bench_topk"]) == 0
+    assert gs.main(["wait", "20"]) == 0
+    session.join()
+    assert sorted(session.ran[:2]) == ["bench_target", "topk_tests"] and session.ran[2] == "bench_topk"
+    assert seen_beside_timed == []
