@@ -10,9 +10,7 @@ and engine where both run in a dtype: one engine start-up less, 80-90 s on the b
                        token, unconstrained: it takes no logits processors); a beam that is not a catalog
                        item counts as an invalid item. ``max_logprobs`` is raised to 2 * max K (it asks for
                        2K log-probabilities per beam and step)
-    engine             ``topk.offline.recommend_topk`` (the beam search inside the engine). While this build
-                       does not serve top-K (``list_settings.TOPK_SERVED`` is false) the mode is not run:
-                       its records say ``skipped`` with the reason, and carry no numbers
+    engine             ``topk.offline.recommend_topk`` (the beam search inside the engine)
     greedy_floor       not a top-K: one greedy item (L tokens, unconstrained, ``LLM.generate``) per user in
                        the engine mode's vLLM engine (its own, when that mode does not run), whatever K.
                        Any beam search in the engine runs at least these L steps, so its latency is the
@@ -183,35 +181,7 @@ def pass_record(
         "forwards_per_call": None,  # set by run_config: of them, the steps that ran the model (vLLM modes)
         "kv_blocks_per_request": None,  # set by run_config (engine mode): R's blocks + its beams' private blocks
         "prompt_blocks_per_request": None,  # of them, the prompt's (stored once, whatever K)
-        "skipped": None,
     }
-
-
-def skipped_records(mode: str, dtypes: Sequence[str], ks: Sequence[int], batch_sizes: Sequence[int], reason: str):
-    """The records of a mode that was not run: the reason, and no number that could be read as measured."""
-    empty = dict.fromkeys(("users", "p50_ms", "p99_ms", "users_per_s", "recall_at_k", "ndcg_at_k"))
-    empty |= dict.fromkeys(("invalid_items", "duplicate_items", "short_lists", "equal_to_reference", "users_compared"))
-    return [
-        {"mode": mode, "dtype": dtype, "k": k, "batch_size": b, **empty, "skipped": reason}
-        for dtype in dtypes
-        for k in ks
-        for b in batch_sizes
-    ]
-
-
-def engine_refusal() -> str | None:
-    """Why the engine mode cannot run in this build; None when the engine serves top-K."""
-    from vllm_padrec.integration.list_settings import check_topk_served
-    from vllm_padrec.lists import ListSpecError
-
-    try:
-        check_topk_served()
-    except ListSpecError as refused:
-        return (
-            "top-K is not served by this build (vllm_padrec.integration.list_settings.TOPK_SERVED is False): "
-            f"recommend_topk refuses every request before it reaches the engine: {refused}"
-        )
-    return None
 
 
 def attach_equality(results: Sequence[dict], concurrency: int) -> None:
@@ -501,11 +471,7 @@ def markdown(payload: dict) -> str:
         "| equal to reference | score diff | steps per call (forwards) | KV blocks per request (prompt) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    skipped = {}
     for r in payload["records"]:
-        if r["skipped"]:
-            skipped.setdefault(r["mode"], r["skipped"])
-            continue
         equal = "-" if r["users_compared"] is None else f"{r['equal_to_reference']} / {r['users_compared']}"
         blocks = cell(r.get("kv_blocks_per_request"))
         if r.get("prompt_blocks_per_request") is not None:
@@ -523,7 +489,6 @@ def markdown(payload: dict) -> str:
             f"{steps} | {blocks} |"
         )
     lines.append("")
-    lines += [f"Mode {mode} skipped: {reason}" for mode, reason in skipped.items()]
     lines += [f"Configuration {name} failed: `{error[-300:]}`" for name, error in payload.get("errors", {}).items()]
     return "\n".join(lines) + "\n"
 
@@ -649,24 +614,20 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.result).write_text(json.dumps(run_config(args)))  # a list: one result per mode
         return 0
     forwarded = sys.argv[1:] if argv is None else list(argv)
-    batch_sizes = (1, args.concurrency)
-    results, skipped, errors = [], [], {}
-    refusal = engine_refusal()
+    results, errors = [], {}
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     name = args.name or f"topk_{Path(args.dataset).name}"
 
     def write(final: bool) -> dict:
         """The results so far (after each configuration, so that a run cut short keeps what it measured)."""
         attach_equality(results, args.concurrency)  # idempotent: recomputed from the configurations so far
-        payload = summarize(args, results, skipped, errors)
+        payload = summarize(args, results, errors)
         if not final:
             payload["note"] = f"partial: {len(results)} configurations done, the run goes on"
         write_results(args.out, name, payload, markdown(payload), lambda plt: plot(plt, payload))
         return payload
 
-    if "engine" in args.modes and refusal:
-        skipped += skipped_records("engine", args.dtypes, args.ks, batch_sizes, refusal)
-    for modes, dtype in configurations(args, skip_engine=bool(refusal)):
+    for modes, dtype in configurations(args):
         config = f"{'_'.join(modes)}_{dtype}"
         result = Path(args.work_dir) / f"bench_topk_{config}.json"
         result.unlink(missing_ok=True)
@@ -687,14 +648,12 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if errors else 0
 
 
-def configurations(args, skip_engine: bool = False) -> list[tuple[tuple[str, ...], str]]:
+def configurations(args) -> list[tuple[tuple[str, ...], str]]:
     """The processes to run, in ``--modes`` order: (modes, dtype), each mode in the dtypes it runs in (float32
     only for ``--exact-modes``), a mode of SHARES_ENGINE in the process of the mode whose engine it shares
     when that one runs in the same dtype."""
 
     def runs(mode: str, dtype: str) -> bool:
-        if mode == "engine" and skip_engine:
-            return False
         return dtype != EXACT_DTYPE or args.exact_modes is None or mode in args.exact_modes
 
     groups: dict[tuple[str, str], list[str]] = {}
@@ -710,10 +669,10 @@ def configurations(args, skip_engine: bool = False) -> list[tuple[tuple[str, ...
     return [(tuple(modes), dtype) for (_, dtype), modes in groups.items()]
 
 
-def summarize(args, results: list[dict], skipped: list[dict], errors: dict) -> dict:
+def summarize(args, results: list[dict], errors: dict) -> dict:
     import torch
 
-    records = [record for r in results for record in r["records"]] + skipped
+    records = [record for r in results for record in r["records"]]
     return {
         "target": args.target,
         "dataset": Path(args.dataset).name,

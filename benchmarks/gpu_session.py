@@ -52,16 +52,17 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
     hostile               benchmarks/hostile_inputs.py                                           draft   lane 1
     bench_target_games    the bench target on games_atspeed, beside bench_target                 -       lane 1
     bench_topk            issue 12's top-K benchmark (bench_topk: four modes, K 1-100, bfloat16  target  lane 0
-                          speed, float32 equality on 500 users, profiles at K = 20; top-K on)
+                          speed, float32 equality on 500 users, profiles at K = 20)
     bench_topk_games      the same on games_atspeed's bench target                               bench_target_games
                                                                                                          lane 1
     topk_tests            the top-K GPU tests (test_integration_gpu_topk.py, the KV copy kernel  -       lane 0
                           and the pinned host copies natively)
     topk_smoke            topk_tests' quick part (no served engine), before benchmarks           -       lane 1
-    topk_bringup          bench_topk's four modes, float32, a few Ks and users, with the top-K  target  lane 0
-                          path switched on (VLLM_PADREC_TOPK_BRINGUP=1)
+    topk_bringup          bench_topk's four modes, float32, a few Ks and users (a quick check  target  lane 0
+                          on the small target)
     examples              vllm serve with the draft: examples/openai_client.py, POST             draft   lane 1
-                          /v1/recommendations and bad input, then examples/offline_vllm.py
+                          /v1/recommendations and bad input, then examples/offline_vllm.py and
+                          examples/topk_offline.py
     serve                 benchmarks/serve_completions.py (no draft, no constraint)              target  lane 1
     bench_vllm_mask       benchmarks/bench_vllm_mask.py (the catalog masks at vLLM's shapes)     -       lane 1
     bench_trie            benchmarks/bench_trie.py                                               -       lane 1
@@ -137,8 +138,6 @@ LOSSLESS_MODES: dict[str, tuple[str, list[str], dict[str, str]]] = {
 SERVE_ARGS = ["--gpu-memory-utilization", "0.3", "--max-model-len", "512"]
 CURRENT, BASELINE = "current", "baseline"  # the installed version of the project a job runs on
 INSTALLING = "installing"  # while pip installs one; jobs wait
-# list_settings.TOPK_BRINGUP_ENV (this script runs before the project's dependencies are installed)
-TOPK_BRINGUP_ENV = "VLLM_PADREC_TOPK_BRINGUP"
 
 
 def log(message: str) -> None:
@@ -524,9 +523,8 @@ SECOND_DATASET = "games_atspeed"  # the second dataset of the top-K must-show (i
 
 
 def run_bench_topk(ctx: JobContext, name: str, *options: str) -> int:
-    """benchmarks/bench_topk.py on the session's target and dataset, with top-K switched on for its process
-    tree (VLLM_PADREC_TOPK_BRINGUP=1: top-K is served to users only once the issue's goals are met), each
-    configuration with its own VLLM_CACHE_ROOT; the configurations' logs and profiles go to the job's logs."""
+    """benchmarks/bench_topk.py on the session's target and dataset, each configuration with its own
+    VLLM_CACHE_ROOT; the configurations' logs and profiles go to the job's logs."""
     s = ctx.settings
     work = WORK / ctx.job  # the configurations' result files
     code = ctx.python(
@@ -534,7 +532,6 @@ def run_bench_topk(ctx: JobContext, name: str, *options: str) -> int:
         *("--target", str(s.checkpoint()), "--dataset", dataset_path(s), "--out", str(WORK / "results")),
         *("--name", f"{name}_{s.dataset}{s.suffix()}", "--cache-root", str(WORK / "cache" / ctx.job)),
         *("--work-dir", str(work), *options),
-        env={**ctx.env, TOPK_BRINGUP_ENV: "1"},
     )
     for config_log, name in config_logs(work, ctx.job):
         shutil.move(config_log, WORK / "logs" / name)
@@ -648,6 +645,8 @@ def job_examples(ctx: JobContext) -> int:
     code = max(
         code, ctx.run([*offline, "--draft", str(s.draft()), "--dataset", dataset_path(ctx.settings), "--users", "3"])
     )
+    topk = [sys.executable, str(REPO / "examples/topk_offline.py"), "--target", str(s.checkpoint())]
+    code = max(code, ctx.run([*topk, "--dataset", dataset_path(ctx.settings), "--k", "5", "--users", "3"]))
     return max(code, 0 if bad_answered and answers["healthy after"] else 1)
 
 

@@ -18,7 +18,6 @@ import pytest
 from benchmarks import bench_topk
 from vllm_padrec.catalog import TokenLayout
 from vllm_padrec.data import SyntheticConfig, generate_synthetic
-from vllm_padrec.integration import list_settings
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIRED = (
@@ -85,7 +84,7 @@ def test_a_pass_record_has_the_schema_and_exact_numbers():
     # user 1: target 5 at rank 3 (after an invalid item, a miss); user 2: 9 of {9, 1} at rank 3; user 3: none
     assert record["recall_at_k"] == round((1 + 0.5 + 0) / 3, 5)
     assert record["ndcg_at_k"] == round((0.5 + 0.5 / (1 + 1 / 1.5849625007211563)) / 3, 5)
-    assert record["equal_to_reference"] is None and record["skipped"] is None
+    assert record["equal_to_reference"] is None
 
 
 def results_of(mode: str, dtype: str, equal_lists: dict, concurrency: int = 2) -> dict:
@@ -140,18 +139,16 @@ def payload_of(records: list[dict], **extra) -> dict:
     }
 
 
-def test_the_markdown_table_has_one_row_per_measured_record_and_names_skipped_modes():
+def test_the_markdown_table_has_one_row_per_record_and_names_failed_configurations():
     record = bench_topk.pass_record("reference", "float32", 20, 64, [0.5, 0.25], [[1], [2]], [[1], [3]])
     record |= {"equal_to_reference": 1, "users_compared": 2, "max_score_difference": 2e-06, "differing_same_scores": 1}
-    skipped = bench_topk.skipped_records("engine", ["float32"], [20], [1, 64], "not served")
-    text = bench_topk.markdown(payload_of([record, *skipped], errors={"vllm_beam_search_float32": "exit 1: boom"}))
+    text = bench_topk.markdown(payload_of([record], errors={"vllm_beam_search_float32": "exit 1: boom"}))
     rows = [line for line in text.splitlines() if line.startswith("| reference")]
     assert rows == [
         "| reference | float32 | 20 | 64 | 2 | 250.0 | 500.0 | 2.67 | 0.5 | 0.5 | 0 | 1 / 2 (1 of 1 others: same "
         "scores) | 2e-06 | - | - |"
     ]
     assert "| engine" not in text
-    assert "Mode engine skipped: not served" in text
     assert "Configuration vllm_beam_search_float32 failed: `exit 1: boom`" in text
 
 
@@ -167,31 +164,8 @@ def test_the_plot_is_written_from_the_latency_records(tmp_path):
     assert (tmp_path / "topk_x.png").stat().st_size > 1000
     assert json.loads(path.read_text())["note"] == "a note"
     assert "Note: a note" in (tmp_path / "topk_x.md").read_text()
-    assert bench_topk.plot(None, payload_of(bench_topk.skipped_records("engine", ["float32"], [1], [1], "x"))) is None
-
-
-def test_the_engine_mode_is_skipped_with_its_reason_while_topk_is_not_served(tmp_path, monkeypatch):
-    assert list_settings.TOPK_SERVED is False  # this build: the records below must say skipped
-    monkeypatch.setattr(bench_topk.subprocess, "call", lambda *a, **k: pytest.fail("no configuration may run"))
-    code = bench_topk.main(
-        ["--target", "/t", "--dataset", str(tmp_path / "beauty_atspeed"), "--modes", "engine"]
-        + ["--ks", "1", "20", "--dtypes", "float32", "--out", str(tmp_path)]
-    )
-    assert code == 0
-    records = json.loads((tmp_path / "topk_beauty_atspeed.json").read_text())["records"]
-    assert [(r["mode"], r["k"], r["batch_size"]) for r in records] == [
-        ("engine", 1, 1),
-        ("engine", 1, 64),
-        ("engine", 20, 1),
-        ("engine", 20, 64),
-    ]
-    for r in records:
-        assert set(REQUIRED) <= set(r)
-        assert "TOPK_SERVED is False" in r["skipped"]
-        assert all(r[key] is None for key in REQUIRED if key not in ("mode", "k", "batch_size"))
-    assert "Mode engine skipped: top-K is not served" in (tmp_path / "topk_beauty_atspeed.md").read_text()
-    monkeypatch.setattr(list_settings, "TOPK_SERVED", True)
-    assert bench_topk.engine_refusal() is None
+    throughput_only = [bench_topk.pass_record("engine", "float32", 1, 64, [0.1], [[1]], [[1]])]
+    assert bench_topk.plot(None, payload_of(throughput_only)) is None  # no one-at-a-time record: nothing to draw
 
 
 def test_help_names_every_option():
@@ -308,7 +282,6 @@ def test_the_greedy_floor_runs_in_the_engine_modes_process_where_both_run(tmp_pa
         return 0
 
     monkeypatch.setattr(bench_topk.subprocess, "call", child)
-    monkeypatch.setattr(bench_topk, "engine_refusal", lambda: None)
     argv = ["--target", "/t", "--dataset", str(tmp_path / "beauty_atspeed"), "--ks", "5", "--out", str(tmp_path)]
     argv += ["--work-dir", str(tmp_path), "--modes", "greedy_floor", "engine", "reference"]
     assert bench_topk.main([*argv, "--dtypes", "bfloat16", "float32", "--exact-modes", "reference", "engine"]) == 0

@@ -332,12 +332,8 @@ def test_a_command_killed_by_a_signal_reads_as_the_shell_says():
     assert [gs.exit_status(code) for code in (0, 1, -9, -15)] == [0, 1, 137, 143]
 
 
-def test_the_top_k_jobs_run_the_gpu_tests_and_bench_topk_with_top_k_served(monkeypatch, tmp_path):
-    """topk_tests runs the top-K GPU tests; topk_bringup runs bench_topk's three modes in float32 with the switch
-    list_settings reads."""
-    from vllm_padrec.integration import list_settings
-
-    assert gs.TOPK_BRINGUP_ENV == list_settings.TOPK_BRINGUP_ENV
+def test_the_top_k_jobs_run_the_gpu_tests_and_bench_topk(monkeypatch, tmp_path):
+    """topk_tests runs the top-K GPU tests; topk_bringup runs bench_topk's four modes in float32."""
     monkeypatch.setattr(gs, "WORK", tmp_path)
     monkeypatch.setattr(gs, "dataset_path", lambda settings: "/data/beauty_atspeed")
     calls, runs = [], []
@@ -356,7 +352,7 @@ def test_the_top_k_jobs_run_the_gpu_tests_and_bench_topk_with_top_k_served(monke
     assert runs[1][-3:] == runs[0][-3:]  # the same files, the quick tests only
     assert gs.JOBS["topk_bringup"].body(ctx) == 5 and len(runs) == 2
     ((module, args, env),) = calls
-    assert module == "benchmarks.bench_topk" and env == {"PATH": "/bin", "VLLM_PADREC_TOPK_BRINGUP": "1"}
+    assert module == "benchmarks.bench_topk" and env is None  # the job's own environment (ctx.env)
     modes = args[args.index("--modes") + 1 : args.index("--dtypes")]
     assert modes == ("reference", "vllm_beam_search", "engine", "greedy_floor")
     assert args[args.index("--dtypes") + 1] == "float32"
@@ -381,7 +377,7 @@ def test_the_dataset_setting_picks_the_folder_every_job_reads():
 
 def test_the_top_k_must_show_runs_each_dataset_on_its_own_bench_target(monkeypatch, tmp_path):
     """bench_topk on the session dataset's bench target, bench_topk_games on games_atspeed's (trained beside it
-    by bench_target_games into its own folder), both with top-K switched on and float32 for the equality only."""
+    by bench_target_games into its own folder), both with float32 for the equality only."""
     monkeypatch.setattr(gs, "WORK", tmp_path)
     calls = []
     ctx = gs.JobContext("bench_topk", gs.Settings(target="bench"), {"PATH": "/bin"})
@@ -391,14 +387,13 @@ def test_the_top_k_must_show_runs_each_dataset_on_its_own_bench_target(monkeypat
     assert gs.JOBS["bench_topk"].body(ctx) == 0
     assert gs.JOBS["bench_topk_games"].body(dataclasses.replace(ctx, job="bench_topk_games")) == 0
     assert gs.JOBS["bench_target_games"].body(dataclasses.replace(ctx, job="bench_target_games")) == 0
-    (_, _, beauty, env), (_, _, games, _), (_, train, target_args, _) = calls
+    (_, _, beauty, _), (_, _, games, _), (_, train, target_args, _) = calls
     value = lambda args, option: args[args.index(option) + 1]  # noqa: E731
     assert value(beauty, "--target") == str(tmp_path / "bench" / "checkpoint")
     assert value(beauty, "--dataset") == str(tmp_path / "data" / "beauty_atspeed")
     assert value(beauty, "--name") == "topk_beauty_atspeed" and value(games, "--name") == "topk_games_atspeed"
     assert value(games, "--target") == str(tmp_path / "bench_games_atspeed" / "checkpoint")
     assert value(games, "--dataset") == str(tmp_path / "data" / "games_atspeed")
-    assert env["VLLM_PADREC_TOPK_BRINGUP"] == "1"
     assert beauty[beauty.index("--exact-modes") + 1 : beauty.index("--exact-modes") + 3] == ("reference", "engine")
     assert value(beauty, "--users-equal") == "500" and value(beauty, "--profile-k") == "20"
     assert value(beauty, "--cache-root") != value(games, "--cache-root")

@@ -179,7 +179,7 @@ def test_constraint_on_a_model_runner_v1_server_is_refused(folder, loop):
 TOPK = {"padrec_constraint": 1, "padrec_topk": 10}
 
 
-def test_a_well_formed_topk_request_is_refused_before_the_engine(folder, loop):
+def test_a_well_formed_topk_request_on_a_server_without_beam_rows_is_refused_before_the_engine(folder, loop):
     from vllm.exceptions import VLLMValidationError
     from vllm.sampling_params import SamplingParams
     from vllm.v1.engine.input_processor import InputProcessor
@@ -188,30 +188,30 @@ def test_a_well_formed_topk_request_is_refused_before_the_engine(folder, loop):
     loop.lists.add_request = lambda *args: calls.append(args)
     body = {"model": MODEL, "prompt": prompt_text(), "max_tokens": 8, "vllm_xargs": TOPK}
     status, message = completions(server(folder), json.dumps(body), loop)
-    assert status == 400 and "padrec_topk is not served by this build yet" in message
+    assert status == 400 and "this server does not serve top-K requests (padrec.topk_max_beams is 0)" in message
     assert calls == []
     processor = SimpleNamespace(vllm_config=server(folder))
     params = SamplingParams(max_tokens=8, extra_args=TOPK)
-    with pytest.raises(VLLMValidationError, match="not served by this build yet") as error:
+    with pytest.raises(VLLMValidationError, match=r"padrec\.topk_max_beams is 0") as error:
         InputProcessor.process_inputs(processor, "r1", {"prompt_token_ids": prompt_ids()}, params, ("generate",))
     assert error.value.parameter == "vllm_xargs.padrec_topk"
 
 
-def test_the_topk_refusal_is_the_only_thing_left_to_lift(folder, monkeypatch):
-    """With the refusal lifted, the same request passes the front end as the spec it asked for; bad values
-    keep their own messages either way."""
+def test_a_server_with_beam_rows_passes_the_topk_request_as_the_spec_it_asked_for(folder):
+    """On a server that holds beam rows the same request passes the front end; bad values keep their own
+    messages on both kinds of server."""
     from vllm.exceptions import VLLMValidationError
     from vllm.sampling_params import SamplingParams
 
-    from vllm_padrec.integration import list_settings
     from vllm_padrec.integration.list_settings import check_request
     from vllm_padrec.lists import ListSpec
 
-    monkeypatch.setattr(list_settings, "TOPK_SERVED", True)
-    assert check_request(server(folder), TOPK) == ListSpec(True, 1, topk=10)
-    check_params(server(folder), SamplingParams(max_tokens=8, extra_args=TOPK))
-    with pytest.raises(VLLMValidationError, match="must be an integer in 1..256"):
-        check_params(server(folder), SamplingParams(max_tokens=8, extra_args={**TOPK, "padrec_topk": 257}))
+    serving = server(folder, topk_max_beams=256)
+    assert check_request(serving, TOPK) == ListSpec(True, 1, topk=10)
+    check_params(serving, SamplingParams(max_tokens=8, extra_args=TOPK))
+    for config in (serving, server(folder)):
+        with pytest.raises(VLLMValidationError, match="must be an integer in 1..256"):
+            check_params(config, SamplingParams(max_tokens=8, extra_args={**TOPK, "padrec_topk": 257}))
 
 
 def test_topk_against_the_servers_max_topk_and_catalog(folder, loop):
@@ -222,13 +222,13 @@ def test_topk_against_the_servers_max_topk_and_catalog(folder, loop):
         return text
 
     assert "1..5 (this server's max_topk), got 6" in message(server(folder, max_topk=5), {**TOPK, "padrec_topk": 6})
-    assert "not served" in message(server(folder, max_topk=5), {**TOPK, "padrec_topk": 5})
+    assert "padrec.topk_max_beams is 0" in message(server(folder, max_topk=5), {**TOPK, "padrec_topk": 5})
     assert "the catalog has 40 items, fewer than the 41 asked" in message(server(folder), {**TOPK, "padrec_topk": 41})
     excluded = {**TOPK, "padrec_exclude_items": list(range(35))}
     assert "padrec_exclude_items leaves 5 of the catalog's 40 items, fewer than the 10 asked" in message(
         server(folder), excluded
     )
-    assert "not served" in message(server(folder), {**excluded, "padrec_topk": 5})
+    assert "padrec.topk_max_beams is 0" in message(server(folder), {**excluded, "padrec_topk": 5})
 
 
 def test_max_topk_reaches_the_limits(folder):

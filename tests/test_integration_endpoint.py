@@ -554,32 +554,32 @@ class FakeTopKEngine:
         self.aborted.append((request_id, internal))
 
 
-@pytest.fixture
-def topk_served(monkeypatch):
-    from vllm_padrec.integration import list_settings
-
-    monkeypatch.setattr(list_settings, "TOPK_SERVED", True)
+def topk_app(folder, engine, **settings):
+    """A server that serves top-K: it holds beam rows (``padrec.topk_max_beams``) for at least ``max_topk``."""
+    return make_app(folder, engine, topk_max_beams=TOPK_BEAMS, **settings)
 
 
-def test_topk_is_refused_with_the_front_ends_400_while_the_engine_does_not_serve_it(folder):
+TOPK_BEAMS = 256  # the default max_topk's
+
+
+def test_topk_on_a_server_without_beam_rows_gets_the_front_ends_400_naming_the_setting(folder):
     from vllm_padrec.integration import list_settings
     from vllm_padrec.lists import ListSpecError
 
-    assert not list_settings.TOPK_SERVED  # this build: the route must say so, and send nothing
     engine = FakeTopKEngine(topk_answer([4], [-1.0]))
-    app = make_app(folder, engine)
+    app = make_app(folder, engine)  # padrec.topk_max_beams left at 0
     error = error_of(post(app, {"history": ["i1"], "mode": "topk", "k": 3}), 400)
     with pytest.raises(ListSpecError) as front_end:  # what vLLM's front end answers padrec_topk=3 with
         list_settings.check_request(app.state.vllm_config, {"padrec_constraint": True, "padrec_topk": 3})
-    assert error["message"] == str(front_end.value) and "not served by this build" in error["message"]
+    assert error["message"] == str(front_end.value) and "padrec.topk_max_beams is 0" in error["message"]
     assert error["param"] == "mode" and engine.calls == []
 
 
-def test_topk_answers_the_engines_items_best_first_with_scores(folder, topk_served):
+def test_topk_answers_the_engines_items_best_first_with_scores(folder):
     from vllm.sampling_params import RequestOutputKind
 
     engine = FakeTopKEngine(topk_answer([4, 0, 2], [-0.5, -1.25, -3.0625]))
-    reply = post(make_app(folder, engine), {"history": ["i1", "i3"], "mode": "topk", "k": 3})
+    reply = post(topk_app(folder, engine), {"history": ["i1", "i3"], "mode": "topk", "k": 3})
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["mode"] == "topk" and body["model"] == MODEL and body["id"].startswith("rec-")
@@ -605,10 +605,10 @@ def test_topk_answers_the_engines_items_best_first_with_scores(folder, topk_serv
     assert ListSpec.from_extra_args(params.extra_args, ListSpec(), limits).topk == 3
 
 
-def test_topk_exclude_history_and_dead_beams(folder, topk_served):
+def test_topk_exclude_history_and_dead_beams(folder):
     engine = FakeTopKEngine(topk_answer([5, 7, 6], [-0.75, -2.0, float("-inf")]))  # one dead beam
     payload = {"history": ["i1", "i3", "i1"], "mode": "topk", "k": 3, "exclude_history": True}
-    body = post(make_app(folder, engine), payload).json()
+    body = post(topk_app(folder, engine), payload).json()
     assert [(i["item_id"], i["score"]) for i in body["items"]] == [("i5", -0.75), ("i7", -2.0)]
     assert body["warnings"] == ["the engine returned 2 of 3 items"]
     params = engine.calls[0][1]
@@ -628,18 +628,18 @@ def test_topk_exclude_history_and_dead_beams(folder, topk_served):
         ({"history": ["i1"], "mode": "beam", "k": 3}, "mode", ["'list' or 'topk'"]),
     ],
 )
-def test_topk_bad_requests_get_422_naming_the_field(folder, topk_served, payload, param, words):
+def test_topk_bad_requests_get_422_naming_the_field(folder, payload, param, words):
     engine = FakeTopKEngine(topk_answer([0], [-1.0]))
-    error = error_of(post(make_app(folder, engine, max_topk=4), payload), 422)
+    error = error_of(post(topk_app(folder, engine, max_topk=4), payload), 422)
     assert error["param"] == param
     for word in words:
         assert word in error["message"], error["message"]
     assert engine.calls == []
 
 
-def test_topk_larger_than_the_catalog_after_exclusions_is_refused(folder, topk_served):
+def test_topk_larger_than_the_catalog_after_exclusions_is_refused(folder):
     engine = FakeTopKEngine(topk_answer([0], [-1.0]))
-    app = make_app(folder, engine, max_topk=16)
+    app = topk_app(folder, engine, max_topk=16)
     error = error_of(post(app, {"history": ["i1"], "mode": "topk", "k": 9}), 422)
     assert error["param"] == "k" and "k=9" in error["message"] and "8 items" in error["message"]
     payload = {"history": ["i1", "i2"], "mode": "topk", "k": 7, "exclude_history": True}
@@ -649,15 +649,15 @@ def test_topk_larger_than_the_catalog_after_exclusions_is_refused(folder, topk_s
     assert post(app, {**payload, "k": 6}).status_code == 200  # 6 items are left: K = 6 is served
 
 
-def test_topk_engine_failures_abort_the_request_by_its_internal_id(folder, topk_served):
+def test_topk_engine_failures_abort_the_request_by_its_internal_id(folder):
     engine = FakeTopKEngine(error=RuntimeError("CUDA fell over"))
-    message = error_of(post(make_app(folder, engine), {"history": ["i1"], "mode": "topk", "k": 2}), 500)["message"]
+    message = error_of(post(topk_app(folder, engine), {"history": ["i1"], "mode": "topk", "k": 2}), 500)["message"]
     assert "CUDA fell over" not in message and engine.calls[0][2] in message
     assert engine.aborted == [(f"{engine.calls[0][2]}-internal", True)]
     from vllm.outputs import PoolingOutput, PoolingRequestOutput
 
     garbled = PoolingRequestOutput("rec-x-internal", PoolingOutput(torch.zeros(2, 3)), [1], 0, True)  # not [n, 2L+1]
-    message = error_of(post(make_app(folder, FakeTopKEngine(output=garbled)), TOPK_BODY), 500)["message"]
+    message = error_of(post(topk_app(folder, FakeTopKEngine(output=garbled)), TOPK_BODY), 500)["message"]
     assert "no top-K answer" in message
 
 
@@ -672,19 +672,19 @@ def preempted_output():
     return RequestOutput("rec-x-internal", None, [1], None, [tokens], finished=True)
 
 
-def test_a_preempted_topk_request_is_sent_again_once(folder, topk_served):
+def test_a_preempted_topk_request_is_sent_again_once(folder):
     engine = FakeTopKEngine(topk_answer([4, 0], [-0.5, -1.25]), outputs=[preempted_output()])
-    reply = post(make_app(folder, engine), TOPK_BODY)
+    reply = post(topk_app(folder, engine), TOPK_BODY)
     assert reply.status_code == 200, reply.text
     assert [item["item_id"] for item in reply.json()["items"]] == ["i4", "i0"]
     assert len(engine.calls) == 2 and engine.calls[0][1:] == engine.calls[1][1:]  # the same request again
     twice = FakeTopKEngine(outputs=[preempted_output(), preempted_output()])
-    message = error_of(post(make_app(folder, twice), TOPK_BODY), 503)["message"]
+    message = error_of(post(topk_app(folder, twice), TOPK_BODY), 503)["message"]
     assert "preempted it 2 times" in message and len(twice.calls) == 2
 
 
-def test_topk_client_disconnect_aborts_its_own_request(folder, topk_served):
-    app = make_app(folder, FakeTopKEngine(block=True))
+def test_topk_client_disconnect_aborts_its_own_request(folder):
+    app = topk_app(folder, FakeTopKEngine(block=True))
     service = app.state.padrec_recommendations
     plan = service.plan(ep.RecommendationRequest(history=["i1"], mode="topk", k=2))
 

@@ -306,46 +306,17 @@ def test_speculator_hands_the_draft_its_masks():
     assert speculator._list_masks(SimpleNamespace(padrec_lists=lists)) is None
 
 
-def test_the_top_k_patches_stay_uninstalled_until_top_k_is_served():
-    """scheduler_init and execute_model reshape every engine step; they are installed only together with the
-    rest of the top-K path (when the front end stops refusing padrec_topk)."""
-    from vllm_padrec.integration import list_settings, patches
+def test_install_applies_every_patch_the_top_k_paths_included(monkeypatch):
+    """The top-K patches are installed with the others; on a server without beam rows they change nothing
+    (test_topk_admission, test_topk_runner, test_topk_sampling)."""
+    from vllm_padrec.integration import patches
 
-    topk_patches = {
-        "vllm_padrec.integration.patches.scheduler_init",
-        "vllm_padrec.integration.patches.execute_model",
-        "vllm_padrec.integration.patches.sample_tokens",
-    }
-    assert list_settings.TOPK_SERVED or not topk_patches & set(patches.PATCHES)
-    assert set(patches.TOPK_PATCHES) == topk_patches
-
-
-@pytest.mark.parametrize("served", [False, True])
-def test_install_adds_the_top_k_patches_only_while_top_k_is_served(monkeypatch, served):
-    """The GPU bring-up (VLLM_PADREC_TOPK_BRINGUP=1, list_settings.TOPK_SERVED) installs the top-K patches too."""
-    from vllm_padrec.integration import list_settings, patches
-
-    monkeypatch.setattr(list_settings, "TOPK_SERVED", served)
     installed = []
     monkeypatch.setattr(patches, "after_import", lambda target, apply: installed.append(apply.__module__))
     patches.install()
-    expected = list(patches.PATCHES) + (list(patches.TOPK_PATCHES) if served else [])
-    assert list(dict.fromkeys(installed)) == expected
-
-
-@pytest.mark.parametrize(("value", "served"), [(None, False), ("0", False), ("1", True)])
-def test_top_k_is_served_only_in_a_bring_up_process(value, served):
-    """list_settings.TOPK_SERVED is read from VLLM_PADREC_TOPK_BRINGUP once, at import, in a fresh process."""
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_PADREC_TOPK_BRINGUP"}
-    if value is not None:
-        env["VLLM_PADREC_TOPK_BRINGUP"] = value
-    code = "from vllm_padrec.integration import list_settings; print(list_settings.TOPK_SERVED)"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == str(served)
+    assert list(dict.fromkeys(installed)) == list(patches.PATCHES)
+    topk = {f"vllm_padrec.integration.patches.{name}" for name in ("scheduler_init", "execute_model", "sample_tokens")}
+    assert topk <= set(patches.PATCHES)
 
 
 def test_wrap_attribute_wraps_once_and_skips_what_is_not_there():

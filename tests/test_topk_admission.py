@@ -381,12 +381,14 @@ def test_apply_is_idempotent():
 
     from vllm_padrec.integration.patches import scheduler_init
 
+    # vLLM's own __init__ (the plugin, loaded by another test, may have patched Scheduler already)
+    original = getattr(scheduler_module.Scheduler.__init__, "__wrapped__", scheduler_module.Scheduler.__init__)
     scheduler_class = type("PatchedScheduler", (scheduler_module.Scheduler,), {})
     module = SimpleNamespace(Scheduler=scheduler_class)
     scheduler_init.apply(module)
     wrapped = scheduler_class.__init__
     scheduler_init.apply(module)
-    assert scheduler_class.__init__ is wrapped and wrapped.__wrapped__ is scheduler_module.Scheduler.__init__
+    assert scheduler_class.__init__ is wrapped and wrapped.__wrapped__ is original
 
 
 # --- the setting itself: ListSettings.topk_max_beams, read by the scheduler and the model state -------------
@@ -426,27 +428,13 @@ def test_topk_max_beams_refused_at_start(padrec, says):
 
 
 @pytest.mark.parametrize(("padrec", "made"), [({}, False), ({"topk_max_beams": 8, "max_topk": 8}, True)])
-def test_model_state_builds_an_engine_from_the_same_setting(padrec, made, monkeypatch):
-    from vllm_padrec.integration import list_settings
+def test_model_state_builds_an_engine_from_the_same_setting(padrec, made):
     from vllm_padrec.integration.list_settings import ListSettings
     from vllm_padrec.integration.patches import init_model_state
     from vllm_padrec.topk.engine import TopKEngine
 
-    monkeypatch.setattr(list_settings, "TOPK_SERVED", True)  # the build that serves top-K
     engine = init_model_state.topk_engine(ListSettings.from_additional_config({"padrec": padrec}), "cpu")
     assert isinstance(engine, TopKEngine) if made else engine is None
-
-
-def test_a_build_that_does_not_serve_top_k_refuses_to_start_with_it_on():
-    from vllm_padrec.integration import list_settings
-    from vllm_padrec.integration.list_settings import ListSettings
-    from vllm_padrec.integration.patches import init_model_state
-
-    assert not list_settings.TOPK_SERVED
-    settings = ListSettings.from_additional_config({"padrec": {"topk_max_beams": 8, "max_topk": 8}})
-    with pytest.raises(PadRecError, match="topk_max_beams=8: this build does not serve top-K yet"):
-        init_model_state.topk_engine(settings, "cpu")
-    assert init_model_state.topk_engine(ListSettings.from_additional_config({"padrec": {}}), "cpu") is None
 
 
 def test_top_k_with_a_speculative_model_is_refused_at_start():

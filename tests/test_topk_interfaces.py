@@ -16,7 +16,6 @@ from vllm_padrec import cli
 from vllm_padrec.catalog import TokenLayout
 from vllm_padrec.data import generate_synthetic
 from vllm_padrec.errors import PadRecError
-from vllm_padrec.integration import list_settings
 from vllm_padrec.lists import REQUEST_KEYS, ListSpecError
 from vllm_padrec.target import model as target_model
 from vllm_padrec.target.config import get_recipe
@@ -37,6 +36,7 @@ class FakeLLM:
     dash and 8 random characters) while the outputs carry the counter's (external) id."""
 
     def __init__(self, folder, preference, catalog=CATALOG, **settings):
+        settings = {"topk_max_beams": 256, **settings}  # as topk_engine_args builds it: beam rows held
         self.llm_engine = SimpleNamespace(
             vllm_config=SimpleNamespace(
                 model_config=SimpleNamespace(model=str(folder)), additional_config={"padrec": settings}
@@ -88,11 +88,6 @@ def folder(tmp_path):
     return write_model_folder(tmp_path / "target")
 
 
-@pytest.fixture
-def topk_served(monkeypatch):
-    monkeypatch.setattr(list_settings, "TOPK_SERVED", True)
-
-
 def test_an_answer_reads_back_as_items_best_first_without_dead_beams_counting_rows_of_no_item():
     from vllm.outputs import PoolingOutput, PoolingRequestOutput
 
@@ -105,14 +100,14 @@ def test_an_answer_reads_back_as_items_best_first_without_dead_beams_counting_ro
     assert ranked_items(output, CATALOG) == RankedItems([(5, -0.5), (1, -2.0)], invalid=1)
 
 
-def test_offline_topk_is_refused_like_the_front_end_while_not_served(folder):
-    llm = FakeLLM(folder, range(8))
-    with pytest.raises(ListSpecError, match="not served by this build") as refused:
+def test_offline_topk_on_an_llm_without_beam_rows_is_refused_like_the_front_end(folder):
+    llm = FakeLLM(folder, range(8), topk_max_beams=0)
+    with pytest.raises(ListSpecError, match=r"padrec\.topk_max_beams is 0") as refused:
         recommend_topk(llm, CATALOG, [[1, 3]], k=3)
     assert refused.value.key == "padrec_topk" and llm.queued == []
 
 
-def test_offline_topk_returns_each_users_items_best_first(folder, topk_served):
+def test_offline_topk_returns_each_users_items_best_first(folder):
     from vllm.sampling_params import RequestOutputKind
 
     llm = FakeLLM(folder, [4, 1, 0, 3, 2, 7, 6, 5])
@@ -132,14 +127,14 @@ def test_offline_topk_returns_each_users_items_best_first(folder, topk_served):
     assert params.detokenize is False
 
 
-def test_offline_topk_excludes_each_users_history(folder, topk_served):
+def test_offline_topk_excludes_each_users_history(folder):
     llm = FakeLLM(folder, [4, 1, 0, 3, 2, 7, 6, 5])
     ranked = recommend_topk(llm, CATALOG, [[1, 4, 1], [5]], k=2, exclude_history=True)
     assert ranked == [[(0, -1.0), (3, -2.0)], [(4, -1.0), (1, -2.0)]]
     assert [p.extra_args[REQUEST_KEYS["exclude_items"]] for _, _, p in llm.queued] == [[1, 4], [5]]
 
 
-def test_offline_topk_sends_preempted_requests_again_once(folder, topk_served):
+def test_offline_topk_sends_preempted_requests_again_once(folder):
     llm = FakeLLM(folder, [4, 1, 0, 3, 2, 7, 6, 5])
     llm.preempt[tuple(CATALOG.render_prompt([5]))] = 1
     ranked = recommend_topk(llm, CATALOG, [[1, 3], [5]], k=2)
@@ -150,7 +145,7 @@ def test_offline_topk_sends_preempted_requests_again_once(folder, topk_served):
         recommend_topk(llm, CATALOG, [[1, 3], [5]], k=2)
 
 
-def test_offline_topk_refuses_k_beyond_the_limits_before_queueing_any(folder, topk_served):
+def test_offline_topk_refuses_k_beyond_the_limits_before_queueing_any(folder):
     llm = FakeLLM(folder, range(8), max_topk=4)
     with pytest.raises(ListSpecError, match="in 1..4"):
         recommend_topk(llm, CATALOG, [[1]], k=5)
@@ -265,19 +260,8 @@ def test_cli_topk_exclude_history_leaves_out_every_history_item(capsys, target):
     assert sorted(printed) == sorted(catalog.sid_string(i) for i in range(400) if i not in set(sample.history))
 
 
-def test_cli_topk_with_the_vllm_engine_is_refused_while_not_served(capsys, target, monkeypatch):
-    def fail(*args, **kwargs):
-        raise AssertionError("a model was loaded for a refused command")
-
-    monkeypatch.setattr(target_model, "load_checkpoint", fail)
-    argv = ["topk", "--target", str(target), "--dataset", "synthetic", "--k", "4", "--engine", "vllm"]
-    code, _, err = run(capsys, argv)
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and "not served by this build yet" in lines[0], err
-
-
 @pytest.mark.parametrize("exclude", [False, True])
-def test_cli_topk_with_the_vllm_engine_prints_the_engines_answers(capsys, target, monkeypatch, topk_served, exclude):
+def test_cli_topk_with_the_vllm_engine_prints_the_engines_answers(capsys, target, monkeypatch, exclude):
     import vllm
 
     from vllm_padrec.catalog import ItemCatalog

@@ -435,7 +435,10 @@ def test_patch_sizes_the_beams_with_the_schedulers_lookahead(method, lookahead):
 def test_patch_applies_to_vllms_runner_class(monkeypatch):
     from vllm.v1.worker.gpu import model_runner
 
-    original = model_runner.GPUModelRunner.execute_model
+    # vLLM's own method (the plugin, loaded by another test, may have patched the class already)
+    original = getattr(
+        model_runner.GPUModelRunner.execute_model, "__wrapped__", model_runner.GPUModelRunner.execute_model
+    )
     monkeypatch.setattr(model_runner.GPUModelRunner, "execute_model", original)  # restored after the test
     execute_model_patch.apply(model_runner)
     execute_model_patch.apply(model_runner)

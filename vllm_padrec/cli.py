@@ -313,9 +313,6 @@ def cmd_topk(args) -> int:
         raise PadRecError(f"the test split of {data.name} has no user with both a history and a target")
     histories = [s.history for s in samples]
     if args.engine == "vllm":
-        from vllm_padrec.integration.list_settings import check_topk_served
-
-        check_topk_served()  # before the engine starts (recommend_topk would refuse each request after)
         ranked = _engine_topk(args, catalog, histories, recipe.max_history)
     else:
         from vllm_padrec.decoding import beam_search_items
@@ -535,8 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine",
         choices=("reference", "vllm"),
         default="reference",
-        help="reference: the plain-torch beam search (default); vllm: the beam search inside vLLM's engine (a GPU; "
-        "not served by this build yet)",
+        help="reference: the plain-torch beam search (default); vllm: the beam search inside vLLM's engine (a GPU)",
     )
     p.add_argument(
         "--gpu-memory-utilization", type=float, default=0.5, help="with --engine vllm: vLLM's share of GPU memory"

@@ -46,9 +46,8 @@ This module is the HTTP side, kept apart from vLLM's handlers where they do not 
   with more distinct history items than ``max_exclude_items``, ``k`` without ``"mode": "topk"``,
   ``"mode": "topk"`` without ``k`` or with a list field, ``k`` above ``max_topk`` or above the catalog's
   items (outside the history, with ``exclude_history``); 404 unknown ``model``; 503 no catalog, or a
-  top-K request the engine preempted twice before its answer. A top-K request on a build whose engine
-  does not serve top-K yet (``list_settings.TOPK_SERVED``) gets the front end's own 400
-  (``list_settings.check_request``).
+  top-K request the engine preempted twice before its answer. A top-K request on a server that holds no
+  beam rows (``padrec.topk_max_beams`` = 0) gets the front end's own 400 (``list_settings.check_request``).
   The engine's own input errors (``ValueError``) give 400 (``create_error_response``); anything else the
   engine raises gives 500 with the request id and no detail (the detail, which can hold server paths,
   goes to the server log); the app keeps serving. (When the engine process itself dies, vLLM's

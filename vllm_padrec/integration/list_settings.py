@@ -19,9 +19,9 @@ Per request, ``extra_args`` override the first four, may exclude items and may a
 (``vllm_padrec.lists.spec``). The catalog is found here once for every part of the plugin (front-end check,
 engine masks, ``/v1/recommendations``), so that all of them read the same file.
 
-Top-K requests (``padrec_topk``) are parsed and checked in full, then refused by ``check_request`` while
-``TOPK_SERVED`` is false: this build's engine has no top-K path yet, and a request it cannot serve must
-never reach it. Serving them is lifting that one refusal.
+Top-K requests (``padrec_topk``) are parsed and checked in full, then refused by ``check_request`` on a
+server that holds no beam rows for them (``topk_max_beams`` = 0, the default: the rows are held back from
+every engine step, so top-K is a server's choice), with the setting that turns it on.
 """
 
 from __future__ import annotations
@@ -50,12 +50,6 @@ MAX_EXCLUDE_ITEMS_LIMIT = 4096
 MAX_TOPK_LIMIT = 4096
 # Beam rows held back from every engine step for top-K requests' beams (each a request slot and a token row)
 MAX_TOPK_BEAMS_LIMIT = 65536
-# whether this build's engine serves padrec_topk (the beam search in the engine, issue 12); until it does,
-# the front end refuses every top-K request after parsing it. The GPU bring-up of the top-K path (the
-# bring-up job of benchmarks/gpu_session.py) turns it on for one process tree with VLLM_PADREC_TOPK_BRINGUP=1,
-# which also installs the top-K patches (patches.install); it is not a user setting.
-TOPK_BRINGUP_ENV = "VLLM_PADREC_TOPK_BRINGUP"
-TOPK_SERVED = os.environ.get(TOPK_BRINGUP_ENV) == "1"
 # settings this plugin no longer reads -> what to do instead (a server given one does not start)
 REMOVED_KEYS = {
     "compile_masks": "the masks are the Triton kernel (triton_masks) or the eager torch masks: drop the key",
@@ -213,22 +207,23 @@ def check_request(vllm_config: Any, extra_args: Mapping | None) -> ListSpec:
 
     Requests that name no list setting on a server without ``padrec.constraint`` are answered
     without reading the catalog (they are not the plugin's). A top-K request is parsed first, so that a bad
-    value gets its own message, then refused while this build does not serve top-K (``TOPK_SERVED``)."""
+    value gets its own message, then refused on a server without beam rows (``check_topk_on``)."""
     settings = server_settings(vllm_config)
     if not settings.constraint and not any(isinstance(k, str) and k.startswith(KEY_PREFIX) for k in extra_args or ()):
         return ListSpec()
     spec = ListSpec.from_extra_args(extra_args, settings.defaults(), list_limits(vllm_config, settings))
     if spec.topk is not None:
-        check_topk_served()
+        check_topk_on(settings)
     return spec
 
 
-def check_topk_served() -> None:
-    """Raise ``ListSpecError`` naming ``padrec_topk`` while this build does not serve top-K (``TOPK_SERVED``):
-    the one refusal the front end, the offline API, the CLI and the benchmark share."""
-    if not TOPK_SERVED:
+def check_topk_on(settings: ListSettings) -> None:
+    """Raise ``ListSpecError`` naming ``padrec_topk`` on a server that holds no beam rows (``topk_max_beams``
+    = 0): its engine has no top-K state, so the request must not reach it."""
+    if not settings.topk_on:
         raise ListSpecError(
             "padrec_topk",
-            "padrec_topk is not served by this build yet: the engine has no top-K path (issue 12); ask for a "
-            "list (padrec_num_items) instead",
+            "padrec_topk: this server does not serve top-K requests (padrec.topk_max_beams is 0); start it with "
+            f'--additional-config \'{{"padrec": {{"topk_max_beams": N}}}}\', N >= padrec.max_topk '
+            f"({settings.max_topk}), or ask for a list (padrec_num_items)",
         )

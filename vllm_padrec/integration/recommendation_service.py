@@ -13,7 +13,7 @@ chunks that name no item).
 
 A top-K request (``"mode": "topk", "k": K``) plans ``topk.request``'s request instead (``ListSpec(constraint,
 topk=K, exclude_items)``, ``max_tokens = L + 1``, greedy), after the front end's own check
-(``list_settings.check_request``: while ``TOPK_SERVED`` is false its refusal becomes a 400 here).
+(``list_settings.check_request``: on a server without beam rows its refusal becomes a 400 here).
 ``generate_topk`` submits it with ``add_request`` rather than ``generate`` (whose outputs must be
 ``RequestOutput``s), and ``answer_topk`` returns the K items of the answer's ``PoolingRequestOutput``
 with their scores, best first.
@@ -291,7 +291,7 @@ class RecommendationService:
                 422, "exclude_history leaves no item: the history holds the whole catalog", "exclude_history"
             )
         if spec.topk is not None:
-            self._check_topk_served(spec)
+            self._check_topk_on(spec)
         period = catalog.num_slots + 1
         warnings: list[str] = []
         window = history
@@ -352,9 +352,9 @@ class RecommendationService:
                     name,
                 )
 
-    def _check_topk_served(self, spec: ListSpec) -> None:
-        """The front end's own check of a top-K request (``list_settings.check_request``): while this build
-        does not serve top-K (``TOPK_SERVED``) its refusal, as a 400 with the same message."""
+    def _check_topk_on(self, spec: ListSpec) -> None:
+        """The front end's own check of a top-K request (``list_settings.check_request``): on a server without
+        beam rows (``padrec.topk_max_beams`` = 0) its refusal, as a 400 with the same message."""
         from vllm_padrec.integration.list_settings import check_request
         from vllm_padrec.lists import ListSpecError
 

@@ -140,7 +140,7 @@ class RequestLists:
             if drop_topk and extra_args:
                 extra_args = {k: v for k, v in extra_args.items() if k != TOPK_KEY}  # a copy: vLLM's stays
             spec = ListSpec.from_extra_args(extra_args, self.defaults, self.limits)
-            if spec.topk is not None:  # the front end refuses it (list_settings.TOPK_SERVED); never served as a list
+            if spec.topk is not None:  # the top-K engine's (topk.engine); never served as a list
                 raise PadRecError("padrec_topk: this engine has no top-K path")
             if spec.constraint and new_req_data.prompt_token_ids is None:
                 raise PadRecError("a constrained list needs the prompt's token ids (prompt embeddings were given)")

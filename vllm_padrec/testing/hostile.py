@@ -80,7 +80,7 @@ HOSTILE_REQUESTS: tuple[HostileRequest, ...] = (
     _xargs("topk with num_items 3", '"padrec_topk": 10, "padrec_num_items": 3', says="padrec_num_items must be 1"),
     _xargs("topk with no_repeat", '"padrec_topk": 10, "padrec_no_repeat": 1', says="padrec_no_repeat must be false"),
     _xargs("topk without the constraint", '"padrec_topk": 10', constraint="", says="set padrec_constraint"),
-    _xargs("topk 10 (not served yet)", '"padrec_topk": 10', says="padrec_topk is not served by this build yet"),
+    _xargs("topk 10 on a server without beam rows", '"padrec_topk": 10', says="this server does not serve top-K"),
     # vLLM's beam search drops vllm_xargs: the constraint would silently not apply
     HostileRequest(
         "constraint with use_beam_search",

@@ -23,11 +23,9 @@ Each part is tested on the CPU; together they run inside vLLM on the H200 (tests
     verify.py     AtSpeed's drafted beams and its strict and relaxed verification rules, in plain torch:
                   the reference for issue 13 (nothing of it in the engine yet)
 
-Top-K is not served to users yet (``list_settings.TOPK_SERVED``): outside the GPU bring-up
-(``VLLM_PADREC_TOPK_BRINGUP=1``) a server with ``padrec.topk_max_beams`` > 0 refuses to start, the top-K
-patches are not installed and the front end refuses ``padrec_topk``. Missing before it is: its speed
-(benchmarks/results/topk_bringup/) and a top-K request on a server with a draft model (refused at start).
-``vllm-padrec topk`` runs the plain-torch reference.
+A server serves top-K when it holds beam rows for it (``padrec.topk_max_beams`` > 0); the front end refuses
+``padrec_topk`` on any other. Not built: top-K on a server with a draft model (refused at start).
+``vllm-padrec topk`` runs the plain-torch reference, or the engine with ``--engine vllm``.
 """
 
 from vllm_padrec.topk.select import (

@@ -14,8 +14,7 @@ outputs must be ``RequestOutput``s), so the requests are queued with ``LLM.enque
 A request that vLLM preempted before its answer is queued again, once (``topk.request.SUBMISSIONS``).
 
 Every request is checked by the front end's own check (``list_settings.check_request``) before any is
-queued: K in 1..``max_topk``, K items left after the history's exclusions, and, while this build's
-engine does not serve top-K (``list_settings.TOPK_SERVED``), the front end's refusal; each raises its
+queued: K in 1..``max_topk``, and K items left after the history's exclusions; each raises its
 ``ListSpecError`` (a ``ValueError``) naming ``padrec_topk`` and nothing reaches the engine.
 """
 

@@ -8,8 +8,8 @@
     to_beam_search_params.py  CompletionRequest / ChatCompletionRequest .to_beam_search_params  API server
     add_cli_args.py           vllm.engine.arg_utils.EngineArgs.add_cli_args (--speculative-model)  CLI
 
-The top-K path's patches (issue 12, ``TOPK_PATCHES``), installed only while top-K is served
-(``list_settings.TOPK_SERVED``: today only for the GPU bring-up, ``VLLM_PADREC_TOPK_BRINGUP=1``):
+The top-K path's patches (issue 12), which change nothing on a server without beam rows
+(``padrec.topk_max_beams`` = 0):
 
     scheduler_init.py         vllm.v1.core.sched.scheduler.Scheduler.__init__ (beam KV admission)    engine core
     execute_model.py          GPUModelRunner.execute_model (beams as runner-private requests)          worker
@@ -47,9 +47,7 @@ PATCHES = (
     "vllm_padrec.integration.patches.to_beam_search_params",  # vLLM's beam search would drop them: refused
     "vllm_padrec.integration.patches.compute_hash",  # the draft in the compile-cache key
     "vllm_padrec.integration.patches.add_cli_args",  # vllm serve --speculative-model
-)
-# the top-K path's patches, installed after PATCHES while list_settings.TOPK_SERVED
-TOPK_PATCHES = (
+    # the top-K path (a server with padrec.topk_max_beams > 0; without, each returns at its first check)
     "vllm_padrec.integration.patches.scheduler_init",  # KV blocks and beam rows held for top-K requests
     "vllm_padrec.integration.patches.execute_model",  # beams as runner-private requests
     "vllm_padrec.integration.patches.sample_tokens",  # a finished top-K answer as pooler_output
@@ -71,9 +69,7 @@ def check_vllm_version(installed: str) -> None:
 
 def install() -> None:
     """Have every patch applied when (and where) its target module is imported; idempotent."""
-    from vllm_padrec.integration.list_settings import TOPK_SERVED
-
-    for name in PATCHES + (TOPK_PATCHES if TOPK_SERVED else ()):
+    for name in PATCHES:
         patch = import_module(name)
         for target in patch.TARGETS:
             after_import(target, patch.apply)

@@ -1,8 +1,8 @@
 """Patch: ``vllm.v1.worker.gpu.model_runner.GPUModelRunner.execute_model`` (vLLM 0.26.0, Model Runner V2).
 
-Installed only while top-K is served (``list_settings.TOPK_SERVED``: today only in a process tree started
-with ``VLLM_PADREC_TOPK_BRINGUP=1``, the GPU bring-up), together with the other two top-K patches
-(``patches.TOPK_PATCHES``): alone, any one of them would break the others' assumptions.
+One of the three top-K patches (with ``scheduler_init.py`` and ``sample_tokens.py``), which rely on each
+other; on a server without beam rows (``padrec.topk_max_beams`` = 0) no top-K request reaches the runner,
+and the wrapper passes every step's output through.
 
 What: a wrapper that hands the runner, instead of the scheduler's ``SchedulerOutput``, the one
 ``topk.beams.TopKBeams.rewrite`` makes of it: each top-K request's private KV blocks hidden from its

@@ -122,19 +122,9 @@ def install(state, lists, vllm_config, device, topk=None) -> None:
 
 
 def topk_engine(settings, device):
-    """The runner's TopKEngine on a server that enables top-K (``ListSettings.topk_on``), else None. A build
-    that does not serve top-K yet (``list_settings.TOPK_SERVED``) refuses to start with top-K on, rather
-    than run an engine path that has not run on a GPU."""
+    """The runner's TopKEngine on a server that enables top-K (``ListSettings.topk_on``), else None."""
     if not settings.topk_on:
         return None
-    from vllm_padrec.errors import PadRecError
-    from vllm_padrec.integration import list_settings
-
-    if not list_settings.TOPK_SERVED:
-        raise PadRecError(
-            f"padrec.topk_max_beams={settings.topk_max_beams}: this build does not serve top-K yet; "
-            "drop the setting (or set it to 0)"
-        )
     from vllm_padrec.topk.engine import TopKEngine
 
     return TopKEngine(device)

@@ -5,9 +5,8 @@ What: a wrapper that checks a request's list settings (``padrec_*`` keys of
 (``list_settings.check_request``) before vLLM processes the request. A request the server cannot
 serve exactly as asked raises ``vllm.exceptions.VLLMValidationError`` naming the key: the OpenAI
 server answers 400 (its ``ValueError`` handler), ``LLM.generate`` raises it to the caller, and
-nothing reaches the engine. Top-K requests (``padrec_topk``) are checked like any other, then refused
-with "padrec_topk is not served by this build yet" until the engine serves them
-(``list_settings.TOPK_SERVED``).
+nothing reaches the engine. Top-K requests (``padrec_topk``) are checked like any other, and refused on a
+server that holds no beam rows for them (``padrec.topk_max_beams`` = 0).
 
 Why: every request of every entry point (``/v1/completions``, ``/v1/chat/completions``,
 ``/v1/recommendations``, offline ``LLM``) passes ``process_inputs`` in the front-end process

@@ -1,8 +1,8 @@
 """Patch: ``vllm.v1.worker.gpu.model_runner.GPUModelRunner.sample_tokens`` (vLLM 0.26.0, model_runner.py:1395).
 
-Installed only while top-K is served (``list_settings.TOPK_SERVED``: today only in a process tree started
-with ``VLLM_PADREC_TOPK_BRINGUP=1``, the GPU bring-up), together with the other two top-K patches
-(``patches.TOPK_PATCHES``): alone, any one of them would break the others' assumptions.
+One of the three top-K patches (with ``scheduler_init.py`` and ``execute_model.py``), which rely on each
+other; on a server without beam rows (``padrec.topk_max_beams`` = 0) no top-K answer is ever made, and the
+wrapper returns vLLM's output as it is.
 
 What: after vLLM's own ``sample_tokens``, for every top-K request R whose final beam step ran in this
 engine step, R's answer (``topk.select.TopKItems``, the K items best first with their scores) is set,

@@ -1,8 +1,7 @@
 """Patch: ``vllm.v1.core.sched.scheduler.Scheduler.__init__`` (vLLM 0.26.0, scheduler.py:71).
 
-Installed only while top-K is served (``list_settings.TOPK_SERVED``: today only in a process tree started
-with ``VLLM_PADREC_TOPK_BRINGUP=1``, the GPU bring-up), together with the other two top-K patches
-(``patches.TOPK_PATCHES``): alone, any one of them would break the others' assumptions.
+One of the three top-K patches (with ``execute_model.py`` and ``sample_tokens.py``), which rely on each
+other.
 
 What: after vLLM's own ``__init__``, on a server that enables top-K (``padrec.topk_max_beams`` > 0 in
 ``--additional-config``; 0, the default, leaves the scheduler exactly as vLLM built it), the wrapper
