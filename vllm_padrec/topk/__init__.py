@@ -21,7 +21,14 @@ Each part is tested on the CPU; together they run inside vLLM on the H200 (tests
     request.py    one top-K request and its answer read back, for the route and the offline API
     offline.py    ``recommend_topk`` over ``vllm.LLM``
     verify.py     AtSpeed's drafted beams and its strict and relaxed verification rules, in plain torch:
-                  the reference for issue 13 (nothing of it in the engine yet)
+                  the reference for issue 13
+    strict.py     strict verification of many users' drafted rounds at once, on fixed shapes
+    relaxed.py    relaxed sampling verification likewise
+    chains.py     a round's verified tree from rows of chained draft tokens
+    draft_rows.py the draft's beam search of a round laid out on a fixed set of rows per user
+
+The last four are the engine's forms of issue 13's pieces, checked against verify.py; none runs in the
+engine yet (ATSPEED.md, the design and its plan).
 
 A server serves top-K when it holds beam rows for it (``padrec.topk_max_beams`` > 0); the front end refuses
 ``padrec_topk`` on any other. Not built: top-K on a server with a draft model (refused at start).
