@@ -338,3 +338,38 @@ def test_wrap_attribute_wraps_once_and_skips_what_is_not_there():
     wrap_attribute(None, "f", make)  # a module not imported
     wrap_attribute(owner, "g", make)  # a name the owner lacks
     assert not hasattr(owner, "g")
+
+
+def test_drafts_per_step_follow_vllms_batch_size_table(monkeypatch):
+    """With num_speculative_tokens_per_batch_size the speculator drafts the K the scheduler will verify: step 0
+    and K - 1 decode steps, nothing at K = 0; all gamma in dummy runs and without a table."""
+    from vllm.v1.worker.gpu.spec_decode.eagle.speculator import EagleSpeculator
+
+    from vllm_padrec.integration.speculator import PadRecSpeculator
+
+    loops = []
+
+    def propose(self, input_batch, *args, dummy_run=False, **kwargs):  # vLLM's: step 0, then the decode loop
+        self._multi_step_decode(input_batch.num_reqs, False, None, None)
+        return "drafted"
+
+    def multi_step_decode(self, *args):  # vLLM's loop is range(1, num_speculative_steps)
+        loops.append(list(range(1, self.num_speculative_steps)))
+
+    monkeypatch.setattr(EagleSpeculator, "propose", propose)
+    monkeypatch.setattr(EagleSpeculator, "_multi_step_decode", multi_step_decode)
+    speculator = PadRecSpeculator.__new__(PadRecSpeculator)
+    speculator.num_speculative_steps, speculator.max_num_reqs = 5, 64
+    speculator.draft_tokens = torch.arange(64 * 5).view(64, 5)
+    table = [(1, 4, 5), (5, 16, 2), (17, 64, 0)]
+    speculator.speculative_config = SimpleNamespace(num_speculative_tokens_per_batch_size=table)
+    batch = lambda n: SimpleNamespace(num_reqs=n)  # noqa: E731
+    assert speculator.propose(batch(3)) == "drafted" and loops[-1] == [1, 2, 3, 4]
+    assert speculator.propose(batch(8)) == "drafted" and loops[-1] == [1]
+    assert torch.equal(speculator.propose(batch(20)), speculator.draft_tokens[:20]) and len(loops) == 2
+    assert speculator.propose(batch(20), dummy_run=True) == "drafted" and loops[-1] == [1, 2, 3, 4]
+    assert speculator.num_speculative_steps == 5  # the loop's count is restored
+    plain = PadRecSpeculator.__new__(PadRecSpeculator)
+    plain.num_speculative_steps, plain.max_num_reqs = 3, 64
+    plain.speculative_config = SimpleNamespace(num_speculative_tokens_per_batch_size=None)
+    assert plain.propose(batch(64)) == "drafted" and loops[-1] == [1, 2]

@@ -344,6 +344,31 @@ def _engine_topk(args, catalog, histories, max_history: int) -> list[list[tuple[
     return recommend_topk(llm, catalog, histories, args.k, args.exclude_history, max_history=max_history)
 
 
+def cmd_gamma_schedule(args) -> int:
+    """Draft steps by batch size from a benchmark's records, as the --speculative-config that serves them."""
+    from vllm_padrec.integration.gamma_schedule import best_gammas, gamma_table, speculative_config
+
+    path = Path(args.results)
+    if not path.is_file():
+        raise PadRecError(f"--results {path}: no such file (a bench_spec_decode results JSON)")
+    try:
+        payload = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise PadRecError(f"--results {path} is not JSON: {error}") from None
+    records = payload.get("records") if isinstance(payload, dict) else payload
+    if not isinstance(records, list):
+        raise PadRecError(f"--results {path} holds no list of records")
+    try:
+        choice = best_gammas(records, args.method, baseline=args.baseline, min_gain=args.min_gain)
+        table = gamma_table(choice, args.max_num_seqs)
+    except ValueError as error:
+        raise PadRecError(f"--results {path}: {error}") from None
+    for batch, gamma in sorted(choice.items()):
+        print(f"batch {batch}: gamma {gamma}" + ("  (no speculation)" if gamma == 0 else ""), file=sys.stderr)
+    print(json.dumps(speculative_config(args.draft, table)))
+    return 0
+
+
 def cmd_quickstart(args) -> int:
     """Synthetic data -> tiny target -> constrained lists with titles -> Recall/NDCG."""
     from vllm_padrec.data import open_dataset
@@ -539,6 +564,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", type=torch_device, default=None, help=device_help + " (--engine reference)")
     p.set_defaults(func=cmd_topk)
+
+    p = sub.add_parser(
+        "gamma-schedule",
+        help="draft steps by batch size from benchmark records: the --speculative-config JSON for vllm serve",
+    )
+    p.add_argument(
+        "--results", required=True, help="a results JSON with records of method, batch_size, gamma, tokens_per_s"
+    )
+    p.add_argument("--draft", required=True, help="the draft folder the config names (--speculative-config's model)")
+    p.add_argument("--method", default="padrec", help="the records' speculative method (default padrec)")
+    p.add_argument("--baseline", default="none", help="the records' method without speculation (default none)")
+    p.add_argument(
+        "--min-gain",
+        type=float,
+        default=0.02,
+        help="speculate at a batch size only when it beats no speculation by this fraction (default 0.02)",
+    )
+    p.add_argument(
+        "--max-num-seqs", type=positive_int, default=1024, help="the server's max_num_seqs: the table's last size"
+    )
+    p.set_defaults(func=cmd_gamma_schedule)
     return parser
 
 

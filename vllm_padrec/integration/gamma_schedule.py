@@ -1,0 +1,85 @@
+"""Draft steps by batch size from measured throughput: the table vLLM's dynamic speculative decoding reads.
+
+A speculative step pays for its drafts and for verifying them; at a small batch the accepted tokens win,
+at a large one the step's extra cost can lose to plain decoding (issue 14: PAD-Rec at batch 64 ran 0.76x
+no speculation). The policy: for each batch size measured, the gamma whose run gave the most tokens per
+second, 0 (no drafting) when no gamma beats no speculation by ``min_gain``. Between measured batch sizes a
+size takes the choice of the largest measured size below it (the first range starts at 1); above the last,
+the last's.
+
+The table is ``--speculative-config``'s ``num_speculative_tokens_per_batch_size``: ``[[first, last, K],
+...]``, inclusive ranges. vLLM's scheduler then asks each step for K drafts by its batch size, and
+``speculator.PadRecSpeculator`` drafts exactly K (nothing at K = 0), so that a step without speculation
+costs what plain decoding costs.
+
+The measurements are benchmark records (``bench_spec_decode``'s schema): ``method``, ``batch_size``,
+``gamma`` and ``tokens_per_s``; a record of ``baseline`` (default ``none``) is no speculation at its batch
+size, whatever its gamma.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+Range = tuple[int, int, int]  # (first batch size, last batch size, draft steps), inclusive
+
+
+def best_gammas(
+    records: Iterable[Mapping], method: str, baseline: str = "none", min_gain: float = 0.0
+) -> dict[int, int]:
+    """Per measured batch size, the gamma of ``method`` with the most tokens/s, or 0 when none beats
+    ``baseline``'s tokens/s by ``min_gain`` (a fraction: 0.02 wants 2% more). A batch size needs a baseline
+    record; ``method``'s records without one are an error (the choice would not be side by side)."""
+    plain: dict[int, float] = {}
+    speculative: dict[int, dict[int, float]] = {}
+    for i, r in enumerate(records):
+        if not isinstance(r, Mapping):
+            raise ValueError(f"record {i} is not an object: {r!r}")
+        missing = [field for field in ("method", "batch_size", "tokens_per_s") if field not in r]
+        if missing:
+            raise ValueError(f"record {i} has no {missing[0]!r}")
+        if r["tokens_per_s"] is None:
+            continue
+        if r["method"] == baseline:
+            plain[r["batch_size"]] = max(plain.get(r["batch_size"], 0.0), r["tokens_per_s"])
+        elif r["method"] == method and r.get("gamma"):
+            by_gamma = speculative.setdefault(r["batch_size"], {})
+            by_gamma[r["gamma"]] = max(by_gamma.get(r["gamma"], 0.0), r["tokens_per_s"])
+    if not speculative:
+        raise ValueError(f"no record of method {method!r} with a gamma and tokens_per_s")
+    unmatched = sorted(set(speculative) - set(plain))
+    if unmatched:
+        raise ValueError(f"batch sizes {unmatched} have {method!r} records but no {baseline!r} record to compare with")
+    choice = {}
+    for batch, by_gamma in sorted(speculative.items()):
+        gamma, rate = max(by_gamma.items(), key=lambda item: (item[1], -item[0]))  # a tie: the smaller gamma
+        choice[batch] = gamma if rate > plain[batch] * (1.0 + min_gain) else 0
+    return choice
+
+
+def gamma_table(choice: Mapping[int, int], max_batch_size: int) -> list[Range]:
+    """The per-batch-size choice as inclusive ranges covering 1..``max_batch_size`` (module docstring),
+    neighbouring ranges of the same K merged."""
+    sizes = sorted(b for b in choice if b <= max_batch_size)
+    if not sizes:
+        raise ValueError(f"no measured batch size is at most max_batch_size={max_batch_size}")
+    ranges: list[Range] = []
+    for i, batch in enumerate(sizes):
+        first = 1 if i == 0 else batch
+        last = sizes[i + 1] - 1 if i + 1 < len(sizes) else max_batch_size
+        if ranges and ranges[-1][2] == choice[batch]:
+            ranges[-1] = (ranges[-1][0], last, choice[batch])
+        else:
+            ranges.append((first, last, choice[batch]))
+    return ranges
+
+
+def speculative_config(draft: str, table: list[Range], method: str = "eagle") -> dict:
+    """``--speculative-config`` for a draft under the table: ``num_speculative_tokens`` is its largest K
+    (at least 1: vLLM needs a draft length even where the table drafts nothing)."""
+    return {
+        "method": method,
+        "model": draft,
+        "num_speculative_tokens": max(1, max(k for _, _, k in table)),
+        "num_speculative_tokens_per_batch_size": [list(r) for r in table],
+    }
