@@ -39,7 +39,7 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
                           then its PAD-Rec draft (--no-small-draft: the target only)
     bench_target          the bench recipe's target (Qwen2.5-1.5B shape), resumable              -       lane 0
     bench_eval            its test metrics (constrained beam and greedy lists)                   bench_target
-    bench_drafts          its draft heads (--drafts: padrec, or all seven)                       bench_target
+    bench_drafts          its draft heads (--drafts: padrec, padrec_eagle, or all seven)         bench_target
     acceptance            benchmarks/bench_acceptance.py on the bench heads                      bench_drafts
     atspeed_drafts        issue 13's heads on the target's top-K beams: distill, atspeed_s,      bench_target
                           atspeed_r, the same budget each
@@ -51,6 +51,8 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
     lossless              benchmarks/vllm_lossless.py, one run per --lossless-modes              draft   lane 1
     hostile               benchmarks/hostile_inputs.py                                           draft   lane 1
     bench_target_games    the bench target on games_atspeed, beside bench_target                 -       lane 1
+    bench_spec_decode     issue 14's list speed (bench_spec_decode: none, padrec, eagle,        draft   lane 0
+                          eagle_vanilla, padrec_adaptive; --drafts padrec_eagle trains the heads)
     bench_topk            issue 12's top-K benchmark (bench_topk: four modes, K 1-100, bfloat16  target  lane 0
                           speed, float32 equality on 500 users, profiles at K = 20)
     bench_topk_games      the same on games_atspeed's bench target                               bench_target_games
@@ -196,7 +198,7 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
         **kw,
     )
     add("--bench-epochs", type=float, help="epochs of the bench target (default: the recipe's)", **kw)
-    add("--drafts", choices=("padrec", "all"), help=f"bench heads to train (default {d.drafts})", **kw)
+    add("--drafts", choices=("padrec", "padrec_eagle", "all"), help=f"bench heads to train (default {d.drafts})", **kw)
     add("--draft-steps", type=int, help=f"training steps per bench head (default {d.draft_steps})", **kw)
     add("--signal-lr-scale", type=float, help=f"second PAD-Rec head's signal lr factor ({d.signal_lr_scale})", **kw)
     add("--accept-users", type=int, help=f"users of the acceptance benchmark (default {d.accept_users})", **kw)
@@ -369,6 +371,8 @@ def job_bench_drafts(ctx: JobContext) -> int:
     drafts = str(WORK / "bench_drafts")
     if s.drafts == "padrec":
         commands = [train_drafts(drafts, 1, "padrec")]
+    elif s.drafts == "padrec_eagle":  # the heads bench_spec_decode compares
+        commands = [train_drafts(drafts, 1, "padrec", "eagle")]
     else:  # plus a PAD-Rec head whose signal parameters learn faster (they start switched off)
         commands = [train_drafts(drafts, 1, *group) for group in ALL_DRAFTS]
         commands.append(train_drafts(str(WORK / "bench_drafts_signal_lr10"), s.signal_lr_scale, "padrec"))
@@ -538,13 +542,32 @@ def run_bench_topk(ctx: JobContext, name: str, *options: str) -> int:
     return code
 
 
-CONFIG_LOGS = ("bench_topk_*.log", "bench_topk_*_profile_*.txt")  # in a bench_topk job's work folder
+# in a bench_topk or bench_spec_decode job's work folder
+CONFIG_LOGS = ("bench_topk_*.log", "bench_topk_*_profile_*.txt", "bench_spec_decode_*.log")
 
 
 def config_logs(work: Path, job: str) -> list[tuple[Path, str]]:
-    """Each configuration's log and profile in a bench_topk job's work folder, with its name among the logs
+    """Each configuration's log and profile in a benchmark job's work folder, with its name among the logs
     (``<job>.<file>``): moved there when the job ends, and packed from here while it runs."""
     return [(path, f"{job}.{path.name}") for pattern in CONFIG_LOGS for path in sorted(work.glob(pattern))]
+
+
+def job_bench_spec_decode(ctx: JobContext) -> int:
+    """Issue 14's list-speed benchmark on the bench target and its PAD-Rec and EAGLE heads (the same budget):
+    none, padrec, eagle, eagle_vanilla and padrec_adaptive; gamma 3 and 5; batch sizes 1-128; lists of 10 and
+    20 items."""
+    s = ctx.settings
+    work = WORK / ctx.job
+    heads = WORK / "bench_drafts"
+    code = ctx.python(
+        "benchmarks.bench_spec_decode",
+        *("--target", str(s.checkpoint()), "--dataset", dataset_path(s), "--out", str(WORK / "results")),
+        *("--padrec-draft", str(heads / "padrec" / "draft"), "--eagle-draft", str(heads / "eagle" / "draft")),
+        *("--cache-root", str(WORK / "cache" / ctx.job), "--work-dir", str(work)),
+    )
+    for config_log, name in config_logs(work, ctx.job):
+        shutil.move(config_log, WORK / "logs" / name)
+    return code
 
 
 def job_bench_topk(ctx: JobContext) -> int:
@@ -700,6 +723,7 @@ JOBS: dict[str, Job] = {
             untimed=True,
         ),
         Job("bench_topk", job_bench_topk, needs=(TARGET,), vllm=True),
+        Job("bench_spec_decode", job_bench_spec_decode, needs=(DRAFT,), vllm=True),
         Job(
             "bench_topk_games",
             lambda ctx: job_bench_topk(with_dataset(ctx, SECOND_DATASET)),

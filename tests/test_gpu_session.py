@@ -433,3 +433,20 @@ def test_on_one_gpu_untimed_jobs_run_beside_each_other_and_a_timed_job_runs_alon
     session.join()
     assert sorted(session.ran[:2]) == ["bench_target", "topk_tests"] and session.ran[2] == "bench_topk"
     assert seen_beside_timed == []
+
+
+def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads(monkeypatch, tmp_path):
+    monkeypatch.setattr(gs, "WORK", tmp_path)
+    calls = []
+    ctx = gs.JobContext("bench_spec_decode", gs.Settings(target="bench"), {"PATH": "/bin"})
+    monkeypatch.setattr(
+        ctx.__class__, "python", lambda self, module, *args, env=None: calls.append((module, args)) or 0
+    )
+    assert gs.JOBS["bench_spec_decode"].body(ctx) == 0
+    ((module, args),) = calls
+    value = lambda option: args[args.index(option) + 1]  # noqa: E731
+    assert module == "benchmarks.bench_spec_decode"
+    assert value("--padrec-draft") == str(tmp_path / "bench_drafts" / "padrec" / "draft")
+    assert value("--eagle-draft") == str(tmp_path / "bench_drafts" / "eagle" / "draft")
+    assert value("--target") == str(tmp_path / "bench" / "checkpoint")
+    assert gs.needs_of("bench_spec_decode", gs.Settings(target="bench")) == ["bench_drafts"]

@@ -1,0 +1,449 @@
+"""List generation speed in vLLM, side by side: no speculation, PAD-Rec, vLLM's EAGLE with and without the
+catalog masks, and PAD-Rec with drafts by batch size (issue 14).
+
+Methods (``METHODS``), each with its drafts and the plugin's settings:
+
+    none              no draft: the baseline, exactly as users run vLLM
+    padrec            the PAD-Rec draft (``--padrec-draft``), drafts masked by the catalog (the plugin's default)
+    eagle             vLLM's EAGLE draft (``--eagle-draft``, ``EagleLlamaForCausalLM``), drafts masked too
+    eagle_vanilla     the same EAGLE draft with ``mask_drafts: false``: vanilla vLLM's drafting
+    padrec_adaptive   the PAD-Rec draft with drafts by batch size: ``gamma_schedule`` picks, per batch size,
+                      the fastest gamma of this run's ``padrec`` records, or none when no gamma beats ``none``
+                      by ``--min-gain`` (vLLM's ``num_speculative_tokens_per_batch_size``; the plugin's
+                      speculator drafts exactly that many). It runs after ``none`` and ``padrec``
+
+Every request asks for a constrained list of ``list_len`` distinct items (``padrec_num_items``,
+``padrec_no_repeat``), greedy. Medusa and n-gram drafts have no Model Runner V2 speculator in vLLM 0.26.0
+(``integration/SPEC_DECODE.md``): not run here.
+
+Each (method, gamma) is one engine, in a process of its own with its own ``VLLM_CACHE_ROOT``
+(``max_num_seqs`` = the largest batch size). For each list length and batch size B it answers ``--users``
+test users (B = 1: ``--users-latency``) in calls of B requests (``LLM.generate``), after one warm-up call;
+a list's latency is its call's. Records (one per method, gamma, list length and batch size): ``tokens_per_s``
+(output tokens over the pass's seconds), ``p50_ms`` / ``p99_ms``, ``acceptance_length`` and
+``accepted_per_draft_step`` (vLLM's spec-decode counters over the pass), ``speedup_vs_no_spec`` (tokens/s
+over ``none``'s at the same list length and batch size), ``equal_to_no_spec`` (users whose list is
+``none``'s token for token, of ``users_compared``), ``recall_at_10`` / ``ndcg_at_10`` (the list's items
+against the user's next items).
+
+    python -m benchmarks.bench_spec_decode --target runs/bench/checkpoint --dataset beauty_atspeed \\
+        --padrec-draft runs/drafts/padrec/draft --eagle-draft runs/drafts/eagle/draft --out benchmarks/results
+
+Writes ``spec_decode_<dataset>.json`` / ``.md`` / ``.png`` (speedup by batch size per method, acceptance
+by draft step); results are rewritten after each configuration (a run cut short keeps what it measured).
+``--render JSON`` rebuilds the Markdown and the plot on any machine. Needs a GPU and vLLM (``--help`` and
+``--render`` do not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vllm_padrec.testing.results import write_results
+from vllm_padrec.testing.stats import percentile
+
+DRAFT_FREE = "none"
+ADAPTIVE = "padrec_adaptive"
+
+
+@dataclass(frozen=True)
+class Method:
+    draft: str | None  # "padrec" or "eagle": the draft option it reads; None: no speculation
+    padrec: dict  # the server's additional_config["padrec"] beyond the constraint
+
+
+METHODS = {
+    DRAFT_FREE: Method(None, {}),
+    "padrec": Method("padrec", {}),
+    "eagle": Method("eagle", {}),
+    "eagle_vanilla": Method("eagle", {"mask_drafts": False}),
+    ADAPTIVE: Method("padrec", {}),
+}
+
+
+# -- configurations --------------------------------------------------------------------------------------------
+def configurations(args) -> list[tuple[str, int]]:
+    """(method, gamma) per engine, in ``--methods`` order with ``padrec_adaptive`` last (its table reads the
+    records of ``none`` and ``padrec``): gamma 0 for ``none``, the largest gamma for the adaptive method (its
+    table picks per batch size), every ``--gammas`` for the others."""
+    configs = []
+    for method in sorted(args.methods, key=lambda m: m == ADAPTIVE):
+        if method == DRAFT_FREE:
+            configs.append((method, 0))
+        elif method == ADAPTIVE:
+            configs.append((method, max(args.gammas)))
+        else:
+            configs += [(method, gamma) for gamma in args.gammas]
+    return configs
+
+
+def adaptive_table(records: list[dict], args) -> list[list[int]]:
+    """The adaptive method's ``num_speculative_tokens_per_batch_size`` from this run's records at the first
+    list length (``gamma_schedule``)."""
+    from vllm_padrec.integration.gamma_schedule import best_gammas, gamma_table
+
+    list_len = args.list_lens[0]
+    at_len = [r for r in records if r["list_len"] == list_len]
+    choice = best_gammas(at_len, "padrec", baseline=DRAFT_FREE, min_gain=args.min_gain)
+    return [list(r) for r in gamma_table(choice, max(args.batch_sizes))]
+
+
+def speculative_config(args, method: str, gamma: int, table: list | None) -> dict | None:
+    spec = METHODS[method]
+    if spec.draft is None:
+        return None
+    draft = args.padrec_draft if spec.draft == "padrec" else args.eagle_draft
+    config = {"method": "eagle", "model": draft, "num_speculative_tokens": gamma}
+    if table is not None:
+        config["num_speculative_tokens_per_batch_size"] = table
+    return config
+
+
+# -- one configuration (child process) -----------------------------------------------------------------------
+def spec_counters(llm) -> dict:
+    """vLLM's spec-decode counters since start (``LLM.get_metrics``): rounds, drafts, accepted, per position."""
+    from vllm_padrec.integration.spec_decode_counters import SPEC_COUNTERS, SPEC_PER_POS
+
+    names = dict(zip(SPEC_COUNTERS, ("rounds", "draft_tokens", "accepted")))
+    totals = {"rounds": 0, "draft_tokens": 0, "accepted": 0, "per_pos": []}
+    for metric in llm.get_metrics():
+        if metric.name in names:
+            totals[names[metric.name]] += metric.value
+        elif metric.name == SPEC_PER_POS:
+            values = list(metric.values)
+            totals["per_pos"] = [a + b for a, b in zip(values, totals["per_pos"] + [0] * len(values))]
+    return totals
+
+
+def counter_delta(before: dict, after: dict) -> dict:
+    per_pos = [a - (before["per_pos"][i] if i < len(before["per_pos"]) else 0) for i, a in enumerate(after["per_pos"])]
+    return {key: after[key] - before[key] for key in ("rounds", "draft_tokens", "accepted")} | {"per_pos": per_pos}
+
+
+def pass_record(
+    method: str,
+    gamma: int,
+    list_len: int,
+    batch_size: int,
+    call_seconds: list[float],  # each call's wall seconds, in order; a call answers batch_size users (the last: fewer)
+    token_ids: list[list[int]],
+    items: list[list[int]],
+    targets: list[list[int]],
+    counters: dict,
+) -> dict:
+    """One pass's record (the module docstring's fields; speedup and equality are set by ``attach_baseline``)."""
+    from vllm_padrec.acceptance import mean_acceptance_length
+    from vllm_padrec.target.evaluate import recall_ndcg
+
+    seconds = sum(call_seconds)
+    per_user = [call_seconds[i // batch_size] for i in range(len(token_ids))]  # a user's latency: its call's
+    quality = recall_ndcg(items, targets, 10)
+    acceptance = mean_acceptance_length(counters["accepted"], counters["rounds"])
+    rounds = counters["rounds"]
+    return {
+        "method": method,
+        "gamma": gamma,
+        "list_len": list_len,
+        "batch_size": batch_size,
+        "users": len(token_ids),
+        "tokens_per_s": round(sum(len(t) for t in token_ids) / seconds, 1) if seconds else None,
+        "p50_ms": round(1000 * percentile(per_user, 50), 3),
+        "p99_ms": round(1000 * percentile(per_user, 99), 3),
+        "acceptance_length": None if acceptance is None else round(acceptance, 4),
+        "accepted_per_draft_step": [round(a / rounds, 4) for a in counters["per_pos"]] if rounds else None,
+        "speedup_vs_no_spec": None,
+        "equal_to_no_spec": None,
+        "users_compared": None,
+        "recall_at_10": round(quality["recall@10"], 5),
+        "ndcg_at_10": round(quality["ndcg@10"], 5),
+    }
+
+
+def run_config(args) -> dict:
+    """One engine, every list length and batch size: its records and its lists (for the equality check)."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_PLUGINS", "padrec")
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from vllm_padrec.catalog import ItemCatalog, TokenLayout
+    from vllm_padrec.data import load_dataset
+    from vllm_padrec.integration.recommendation_service import read_max_history
+    from vllm_padrec.lists import parse_list
+
+    method, gamma = args.one, args.one_gamma
+    table = json.loads(args.gamma_table) if args.gamma_table else None
+    catalog = ItemCatalog.load(args.target)
+    samples = load_dataset(args.dataset).eval_samples("test", read_max_history(Path(args.target)) or 20)
+    started = time.perf_counter()
+    llm = LLM(
+        model=args.target,
+        speculative_config=speculative_config(args, method, gamma, table),
+        max_model_len=args.max_model_len,
+        dtype=args.dtype,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        max_num_seqs=max(args.batch_sizes),
+        disable_log_stats=False,
+        additional_config={"padrec": METHODS[method].padrec},
+    )
+    startup = time.perf_counter() - started
+    records, lists = [], {}
+    for list_len in args.list_lens:
+        params = SamplingParams(
+            temperature=0.0,
+            max_tokens=list_len * (catalog.num_slots + 1) + 1,
+            stop_token_ids=[TokenLayout.EOS],
+            extra_args={"padrec_constraint": 1, "padrec_num_items": list_len, "padrec_no_repeat": 1},
+        )
+        for batch in args.batch_sizes:
+            users = samples[: args.users_latency if batch == 1 else max(args.users, batch)]
+            prompts = [TokensPrompt(prompt_token_ids=catalog.render_prompt(s.history)) for s in users]
+            llm.generate(prompts[:batch], params, use_tqdm=False)  # warm-up: this batch shape
+            before = spec_counters(llm)
+            seconds, token_ids = [], []
+            for start in range(0, len(prompts), batch):
+                began = time.perf_counter()
+                outputs = llm.generate(prompts[start : start + batch], params, use_tqdm=False)
+                seconds.append(time.perf_counter() - began)
+                token_ids += [list(o.outputs[0].token_ids) for o in outputs]
+            items = [parse_list(catalog, t).items for t in token_ids]
+            counters = counter_delta(before, spec_counters(llm))
+            records.append(
+                pass_record(
+                    method, gamma, list_len, batch, seconds, token_ids, items, [s.targets for s in users], counters
+                )
+            )
+            lists[f"{list_len}_{batch}"] = token_ids
+            print(json.dumps(records[-1]), flush=True)
+    return {"method": method, "gamma": gamma, "startup_seconds": round(startup, 1), "records": records, "lists": lists}
+
+
+# -- results ----------------------------------------------------------------------------------------------------
+def attach_baseline(results: list[dict]) -> None:
+    """``speedup_vs_no_spec`` and ``equal_to_no_spec`` of every record, from ``none``'s at the same list length
+    and batch size (idempotent)."""
+    plain = next((r for r in results if r["method"] == DRAFT_FREE), None)
+    if plain is None:
+        return
+    rates = {(r["list_len"], r["batch_size"]): r["tokens_per_s"] for r in plain["records"]}
+    for result in results:
+        for r in result["records"]:
+            key = (r["list_len"], r["batch_size"])
+            if rates.get(key) and r["tokens_per_s"]:
+                r["speedup_vs_no_spec"] = round(r["tokens_per_s"] / rates[key], 3)
+            ours, theirs = result["lists"].get(f"{key[0]}_{key[1]}"), plain["lists"].get(f"{key[0]}_{key[1]}")
+            if ours is not None and theirs is not None:
+                compared = min(len(ours), len(theirs))
+                r["users_compared"] = compared
+                r["equal_to_no_spec"] = sum(a == b for a, b in zip(ours[:compared], theirs[:compared]))
+
+
+def summarize(args, results: list[dict], errors: dict, table: list | None) -> dict:
+    import torch
+
+    return {
+        "target": args.target,
+        "dataset": Path(args.dataset).name,
+        "padrec_draft": args.padrec_draft,
+        "eagle_draft": args.eagle_draft,
+        "dtype": args.dtype,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "adaptive_table": table,
+        "startup_seconds": {f"{r['method']}_g{r['gamma']}": r["startup_seconds"] for r in results},
+        "records": [record for r in results for record in r["records"]],
+        "errors": errors,
+    }
+
+
+def cell(value) -> str:
+    return "-" if value is None else str(value)
+
+
+def markdown(payload: dict) -> str:
+    lines = [
+        f"# List generation speed on {payload['dataset']}",
+        "",
+        f"Target `{payload['target']}`; {payload['device']}, {payload['date']}, {payload['dtype']}. Constrained lists, "
+        "greedy; a list's latency is its call's (batch_size requests per call). Speedup: tokens/s over `none`'s "
+        "at the same list length and batch size. Equal: lists equal to `none`'s token for token.",
+        "",
+        *([f"Note: {payload['note']}", ""] if payload.get("note") else []),
+        *(
+            [f"`padrec_adaptive`'s drafts by batch size: `{json.dumps(payload['adaptive_table'])}`", ""]
+            if payload.get("adaptive_table")
+            else []
+        ),
+        "| method | gamma | list_len | batch_size | users | tokens/s | speedup | p50 ms | p99 ms | acceptance length "
+        "| equal to none | Recall@10 | NDCG@10 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in payload["records"]:
+        equal = "-" if r["users_compared"] is None else f"{r['equal_to_no_spec']} / {r['users_compared']}"
+        lines.append(
+            f"| {r['method']} | {r['gamma']} | {r['list_len']} | {r['batch_size']} | {r['users']} | "
+            f"{cell(r['tokens_per_s'])} | {cell(r['speedup_vs_no_spec'])} | {cell(r['p50_ms'])} | "
+            f"{cell(r['p99_ms'])} | {cell(r['acceptance_length'])} | {equal} | {r['recall_at_10']} | "
+            f"{r['ndcg_at_10']} |"
+        )
+    lines.append("")
+    lines += [f"Configuration {name} failed: `{error[-300:]}`" for name, error in payload.get("errors", {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(plt, payload: dict):
+    """Speedup by batch size, one line per method and gamma (first list length); acceptance by draft step."""
+    records = payload["records"]
+    if not records:
+        return None
+    list_len = min(r["list_len"] for r in records)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    lines: dict[str, list[tuple[int, float]]] = {}
+    steps: dict[str, list[float]] = {}
+    for r in records:
+        label = r["method"] if r["method"] in (DRAFT_FREE, ADAPTIVE) else f"{r['method']} (gamma {r['gamma']})"
+        if r["list_len"] == list_len and r["speedup_vs_no_spec"] is not None:
+            lines.setdefault(label, []).append((r["batch_size"], r["speedup_vs_no_spec"]))
+        if r["list_len"] == list_len and r["batch_size"] == 1 and r["accepted_per_draft_step"]:
+            steps[label] = r["accepted_per_draft_step"]
+    for label, points in lines.items():
+        sizes, speedups = zip(*sorted(points))
+        left.plot(sizes, speedups, marker="o", label=label)
+    left.axhline(1.0, color="gray", linewidth=0.8)
+    left.set_xscale("log", base=2)
+    left.set_xlabel("batch size")
+    left.set_ylabel("speedup over no speculation (tokens/s)")
+    left.set_title(f"Speedup by batch size (lists of {list_len})")
+    left.legend(fontsize=8)
+    for label, rates in steps.items():
+        right.plot(range(1, len(rates) + 1), rates, marker="o", label=label)
+    right.set_xlabel("draft step")
+    right.set_ylabel("accepted drafts per round")
+    right.set_title("Acceptance by draft step (batch 1)")
+    if steps:
+        right.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def render(json_path: str, note: str | None = None) -> None:
+    path = Path(json_path)
+    payload = json.loads(path.read_text())
+    if note:
+        payload["note"] = note
+    write_results(path.parent, path.stem, payload, markdown(payload), lambda plt: plot(plt, payload))
+
+
+# -- driver -----------------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--target", help="the target checkpoint folder (its catalog and recipe too)")
+    add("--dataset", help="the dataset folder (its test users)")
+    add("--padrec-draft", help="the PAD-Rec draft folder (methods padrec, padrec_adaptive)")
+    add("--eagle-draft", help="vLLM's EAGLE draft folder (methods eagle, eagle_vanilla)")
+    add("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="methods to run (default: all)")
+    add("--gammas", nargs="+", type=int, default=[3, 5], help="draft steps of the speculative methods (default 3 5)")
+    add(
+        "--batch-sizes",
+        nargs="+",
+        type=int,
+        default=[1, 4, 16, 64, 128],
+        help="requests per call (default 1 4 16 64 128)",
+    )
+    add("--list-lens", nargs="+", type=int, default=[10, 20], help="items per list (default 10 20)")
+    add("--users", type=int, default=256, help="test users per pass at batch sizes above 1 (default 256)")
+    add("--users-latency", type=int, default=50, help="test users sent one at a time (default 50)")
+    add("--min-gain", type=float, default=0.02, help="padrec_adaptive: the gain over none a gamma needs (default 0.02)")
+    add(
+        "--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"), help="model dtype (default bfloat16)"
+    )
+    add("--max-model-len", type=int, default=512, help="vLLM max_model_len (default 512)")
+    add("--gpu-memory-utilization", type=float, default=0.5, help="vLLM's share of GPU memory (default 0.5)")
+    add("--cache-root", default="/tmp/bench_spec_decode_cache", help="VLLM_CACHE_ROOT/<method>_g<gamma> per engine")
+    add("--work-dir", default="/tmp", help="each configuration's result and log")
+    add("--out", default="benchmarks/results", help="folder of the results (default benchmarks/results)")
+    add("--name", default=None, help="stem of the results (default spec_decode_<dataset folder name>)")
+    add("--render", default=None, metavar="JSON", help="only rebuild the Markdown and PNG of a results JSON")
+    add("--note", default=None, help="with --render: a note written into the JSON and the Markdown")
+    add("--one", default=None, choices=list(METHODS), help=argparse.SUPPRESS)  # child: this method
+    add("--one-gamma", type=int, default=0, help=argparse.SUPPRESS)
+    add("--gamma-table", default=None, help=argparse.SUPPRESS)
+    add("--result", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.render:
+        return args
+    if args.target is None or args.dataset is None:
+        parser.error("--target and --dataset are required (or --render JSON)")
+    drafts = {METHODS[m].draft for m in args.methods} - {None}
+    for draft in sorted(drafts):
+        if getattr(args, f"{draft}_draft") is None:
+            parser.error(
+                f"--{draft}-draft is required by the methods {[m for m in args.methods if METHODS[m].draft == draft]}"
+            )
+    if any(g < 1 for g in args.gammas) or any(b < 1 for b in args.batch_sizes) or any(n < 1 for n in args.list_lens):
+        parser.error("every gamma, batch size and list length must be >= 1")
+    if ADAPTIVE in args.methods and not {DRAFT_FREE, "padrec"} <= set(args.methods):
+        parser.error("padrec_adaptive picks its drafts from this run's none and padrec records: run them too")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.render:
+        render(args.render, args.note)
+        return 0
+    if args.one:
+        Path(args.result).write_text(json.dumps(run_config(args)))
+        return 0
+    forwarded = sys.argv[1:] if argv is None else list(argv)
+    name = args.name or f"spec_decode_{Path(args.dataset).name}"
+    Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+    results, errors, table = [], {}, None
+
+    def write(final: bool) -> dict:
+        attach_baseline(results)
+        payload = summarize(args, results, errors, table)
+        if not final:
+            payload["note"] = f"partial: {len(results)} configurations done, the run goes on"
+        write_results(args.out, name, payload, markdown(payload), lambda plt: plot(plt, payload))
+        return payload
+
+    for method, gamma in configurations(args):
+        config = f"{method}_g{gamma}"
+        child = [sys.executable, "-m", "benchmarks.bench_spec_decode", *forwarded, "--one", method]
+        child += ["--one-gamma", str(gamma)]
+        if method == ADAPTIVE:
+            try:
+                table = adaptive_table([r for res in results for r in res["records"]], args)
+            except ValueError as error:
+                errors[config] = f"no table: {error}"
+                continue
+            child += ["--gamma-table", json.dumps(table)]
+        result = Path(args.work_dir) / f"bench_spec_decode_{config}.json"
+        result.unlink(missing_ok=True)
+        log = result.with_suffix(".log")
+        env = {**os.environ, "VLLM_CACHE_ROOT": str(Path(args.cache_root) / config)}
+        print(f"[bench_spec_decode] {config} (log {log}) ...", flush=True)
+        with open(log, "w") as handle:
+            code = subprocess.call([*child, "--result", str(result)], stdout=handle, stderr=subprocess.STDOUT, env=env)
+        if code != 0 or not result.exists():
+            errors[config] = f"exit {code}: " + log.read_text()[-1500:]
+            print(errors[config], flush=True)
+        else:
+            results.append(json.loads(result.read_text()))
+        write(final=False)
+    payload = write(final=True)
+    print(markdown(payload))
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
