@@ -7,6 +7,8 @@ Methods (``METHODS``), each with its drafts and the plugin's settings:
     padrec            the PAD-Rec draft (``--padrec-draft``), drafts masked by the catalog (the plugin's default)
     eagle             vLLM's EAGLE draft (``--eagle-draft``, ``EagleLlamaForCausalLM``), drafts masked too
     eagle_vanilla     the same EAGLE draft with ``mask_drafts: false``: vanilla vLLM's drafting
+    eagle_one_step    an EAGLE draft trained teacher-forced one step, as the EAGLE paper trains it
+                      (``--eagle-one-step-draft``: ``train-draft --method eagle --train-steps 1``), masked
     padrec_adaptive   the PAD-Rec draft with drafts by batch size: ``gamma_schedule`` picks, per batch size,
                       the fastest gamma of this run's ``padrec`` records, or none when no gamma beats ``none``
                       by ``--min-gain`` (vLLM's ``num_speculative_tokens_per_batch_size``; the plugin's
@@ -55,7 +57,7 @@ ADAPTIVE = "padrec_adaptive"
 
 @dataclass(frozen=True)
 class Method:
-    draft: str | None  # "padrec" or "eagle": the draft option it reads; None: no speculation
+    draft: str | None  # the draft option it reads (--<draft>-draft): padrec, eagle, eagle_one_step; None: none
     padrec: dict  # the server's additional_config["padrec"] beyond the constraint
 
 
@@ -64,6 +66,7 @@ METHODS = {
     "padrec": Method("padrec", {}),
     "eagle": Method("eagle", {}),
     "eagle_vanilla": Method("eagle", {"mask_drafts": False}),
+    "eagle_one_step": Method("eagle_one_step", {}),
     ADAPTIVE: Method("padrec", {}),
 }
 
@@ -99,7 +102,7 @@ def speculative_config(args, method: str, gamma: int, table: list | None) -> dic
     spec = METHODS[method]
     if spec.draft is None:
         return None
-    draft = args.padrec_draft if spec.draft == "padrec" else args.eagle_draft
+    draft = getattr(args, f"{spec.draft}_draft")
     config = {"method": "eagle", "model": draft, "num_speculative_tokens": gamma}
     if table is not None:
         config["num_speculative_tokens_per_batch_size"] = table
@@ -253,6 +256,7 @@ def summarize(args, results: list[dict], errors: dict, table: list | None) -> di
         "dataset": Path(args.dataset).name,
         "padrec_draft": args.padrec_draft,
         "eagle_draft": args.eagle_draft,
+        "eagle_one_step_draft": args.eagle_one_step_draft,
         "dtype": args.dtype,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -349,7 +353,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--dataset", help="the dataset folder (its test users)")
     add("--padrec-draft", help="the PAD-Rec draft folder (methods padrec, padrec_adaptive)")
     add("--eagle-draft", help="vLLM's EAGLE draft folder (methods eagle, eagle_vanilla)")
-    add("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="methods to run (default: all)")
+    add("--eagle-one-step-draft", help="an EAGLE draft trained teacher-forced one step (method eagle_one_step)")
+    add(
+        "--methods",
+        nargs="+",
+        default=[m for m in METHODS if m != "eagle_one_step"],
+        choices=list(METHODS),
+        help="methods to run (default: all but eagle_one_step)",
+    )
     add("--gammas", nargs="+", type=int, default=[3, 5], help="draft steps of the speculative methods (default 3 5)")
     add(
         "--batch-sizes",
@@ -385,9 +396,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     drafts = {METHODS[m].draft for m in args.methods} - {None}
     for draft in sorted(drafts):
         if getattr(args, f"{draft}_draft") is None:
-            parser.error(
-                f"--{draft}-draft is required by the methods {[m for m in args.methods if METHODS[m].draft == draft]}"
-            )
+            needing = [m for m in args.methods if METHODS[m].draft == draft]
+            parser.error(f"--{draft.replace('_', '-')}-draft is required by the methods {needing}")
     if any(g < 1 for g in args.gammas) or any(b < 1 for b in args.batch_sizes) or any(n < 1 for n in args.list_lens):
         parser.error("every gamma, batch size and list length must be >= 1")
     if ADAPTIVE in args.methods and not {DRAFT_FREE, "padrec"} <= set(args.methods):

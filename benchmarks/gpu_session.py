@@ -371,8 +371,9 @@ def job_bench_drafts(ctx: JobContext) -> int:
     drafts = str(WORK / "bench_drafts")
     if s.drafts == "padrec":
         commands = [train_drafts(drafts, 1, "padrec")]
-    elif s.drafts == "padrec_eagle":  # the heads bench_spec_decode compares
-        commands = [train_drafts(drafts, 1, "padrec", "eagle")]
+    elif s.drafts == "padrec_eagle":  # the heads bench_spec_decode compares, EAGLE trained both ways
+        one_step = train_drafts(str(WORK / "bench_drafts_one_step"), 1, "eagle") + ["--train-steps", "1"]
+        commands = [train_drafts(drafts, 1, "padrec", "eagle"), one_step]
     else:  # plus a PAD-Rec head whose signal parameters learn faster (they start switched off)
         commands = [train_drafts(drafts, 1, *group) for group in ALL_DRAFTS]
         commands.append(train_drafts(str(WORK / "bench_drafts_signal_lr10"), s.signal_lr_scale, "padrec"))
@@ -554,8 +555,8 @@ def config_logs(work: Path, job: str) -> list[tuple[Path, str]]:
 
 def job_bench_spec_decode(ctx: JobContext) -> int:
     """Issue 14's list-speed benchmark on the bench target and its PAD-Rec and EAGLE heads (the same budget):
-    none, padrec, eagle, eagle_vanilla and padrec_adaptive; gamma 3 and 5; batch sizes 1-128; lists of 10 and
-    20 items."""
+    none, padrec, eagle (unrolled and teacher-forced one step), eagle_vanilla and padrec_adaptive; gamma 3 and 5;
+    batch sizes 1-128; lists of 10 and 20 items."""
     s = ctx.settings
     work = WORK / ctx.job
     heads = WORK / "bench_drafts"
@@ -563,6 +564,8 @@ def job_bench_spec_decode(ctx: JobContext) -> int:
         "benchmarks.bench_spec_decode",
         *("--target", str(s.checkpoint()), "--dataset", dataset_path(s), "--out", str(WORK / "results")),
         *("--padrec-draft", str(heads / "padrec" / "draft"), "--eagle-draft", str(heads / "eagle" / "draft")),
+        *("--eagle-one-step-draft", str(WORK / "bench_drafts_one_step" / "eagle" / "draft")),
+        *("--methods", "none", "padrec", "eagle", "eagle_vanilla", "eagle_one_step", "padrec_adaptive"),
         *("--cache-root", str(WORK / "cache" / ctx.job), "--work-dir", str(work)),
     )
     for config_log, name in config_logs(work, ctx.job):

@@ -203,3 +203,11 @@ def test_help_names_every_option():
         "--render",
     ):
         assert option in done.stdout
+
+
+def test_the_one_step_eagle_method_reads_its_own_draft():
+    args = bench.parse_args([*BASE, "--methods", "eagle_one_step", "--eagle-one-step-draft", "/e1"])
+    assert bench.speculative_config(args, "eagle_one_step", 5, None)["model"] == "/e1"
+    assert "eagle_one_step" not in bench.parse_args(BASE).methods  # opt-in: it needs a head of its own
+    with pytest.raises(SystemExit):
+        bench.parse_args([*BASE, "--methods", "eagle_one_step"])

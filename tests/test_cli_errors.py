@@ -176,6 +176,11 @@ MISTAKES = [
         ["top-K sequences hold 3 draft positions per item", "num_draft_steps=5"],
     ),
     ("objective", "train-draft --target {target} --dataset synthetic --out {root}/d --objective kl", ["--objective"]),
+    (
+        "trained steps past gamma",
+        "train-draft --target {target} --dataset synthetic --out {root}/d --gamma 3 --train-steps 4",
+        ["--train-steps 4 is more than --gamma 3"],
+    ),
     ("users -1", "quickstart --users -1", ["argument --users", "must be an integer >= 0, got '-1'"]),
     ("missing option", "evaluate --dataset synthetic", ["the following arguments are required: --checkpoint"]),
 ]

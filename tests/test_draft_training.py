@@ -248,3 +248,25 @@ def test_trains_on_gpu_with_bf16_autocast(target, data, features, tmp_path):
         log = json.loads((tmp_path / method / "loss_log.json").read_text())
         assert result.feature_mode == features and log[-1]["loss"] < log[0]["loss"]
         assert result.evaluation["rounds"] > 0
+
+
+def test_trained_steps_unrolls_the_loss_that_far_and_the_head_still_drafts_gamma(target, data, tmp_path, monkeypatch):
+    """trained_steps=1: EAGLE's teacher-forced single step; the saved head drafts num_draft_steps (n_predict)."""
+    from vllm_padrec.training import trainer
+
+    unrolled = []
+    real = trainer.unrolled_draft_loss
+
+    def spy(module, batch, num_steps, *args, **kwargs):
+        unrolled.append(num_steps)
+        return real(module, batch, num_steps, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "unrolled_draft_loss", spy)
+    config = DraftTrainConfig.tiny(max_steps=4, trained_steps=1)
+    result = train_draft("eagle", target, data, config, tmp_path, "cpu", progress=False)
+    assert unrolled[:4] == [1] * 4 and set(unrolled) == {1, GAMMA}  # 4 training steps: 1; evaluation: every step
+    assert load_draft(result.checkpoint, target).config.num_draft_steps == GAMMA
+    assert [f"acc_{k}" in result.evaluation for k in range(GAMMA + 1)] == [True] * GAMMA + [False]  # every step
+    assert DraftTrainConfig.tiny().unrolled_steps() == GAMMA
+    with pytest.raises(ValueError, match=r"trained_steps must be in 0..num_draft_steps \(3\), got 4"):
+        DraftTrainConfig.tiny(trained_steps=4)

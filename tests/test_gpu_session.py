@@ -448,5 +448,20 @@ def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads
     assert module == "benchmarks.bench_spec_decode"
     assert value("--padrec-draft") == str(tmp_path / "bench_drafts" / "padrec" / "draft")
     assert value("--eagle-draft") == str(tmp_path / "bench_drafts" / "eagle" / "draft")
+    assert value("--eagle-one-step-draft") == str(tmp_path / "bench_drafts_one_step" / "eagle" / "draft")
     assert value("--target") == str(tmp_path / "bench" / "checkpoint")
     assert gs.needs_of("bench_spec_decode", gs.Settings(target="bench")) == ["bench_drafts"]
+
+
+def test_the_padrec_eagle_heads_include_an_eagle_head_trained_teacher_forced_one_step(monkeypatch, tmp_path):
+    monkeypatch.setattr(gs, "WORK", tmp_path)
+    (tmp_path / "results").mkdir()
+    ran = []
+    ctx = gs.JobContext("bench_drafts", gs.Settings(target="bench", drafts="padrec_eagle"), {"PATH": "/bin"})
+    monkeypatch.setattr(ctx.__class__, "run_parallel", lambda self, commands: ran.extend(commands) or 0)
+    assert gs.JOBS["bench_drafts"].body(ctx) == 0
+    both, one_step = ran
+    methods = lambda command: command[command.index("--method") + 1 :]  # noqa: E731
+    assert methods(both) == ["padrec", "eagle"] and "--train-steps" not in both
+    assert one_step[one_step.index("--out") + 1] == str(tmp_path / "bench_drafts_one_step")
+    assert one_step[-2:] == ["--train-steps", "1"] and "eagle" in one_step

@@ -216,6 +216,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_train_draft(args) -> int:
+    if args.train_steps is not None and args.train_steps > args.gamma:
+        raise PadRecError(f"--train-steps {args.train_steps} is more than --gamma {args.gamma}")
     from vllm_padrec.data import open_dataset
 
     data = open_dataset(args.dataset)
@@ -227,6 +229,7 @@ def cmd_train_draft(args) -> int:
 
     config = DraftTrainConfig(
         num_draft_steps=args.gamma,
+        trained_steps=args.train_steps or 0,
         max_steps=args.max_steps,
         batch_size=args.batch_size,
         max_history=recipe.max_history,
@@ -466,7 +469,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dataset", required=True, help=dataset_help + "; must hold the target's catalog")
     p.add_argument("--out", required=True, help="one folder per method is written under it")
-    p.add_argument("--gamma", type=positive_int, default=5, help="draft steps trained (vLLM n_predict)")
+    p.add_argument("--gamma", type=positive_int, default=5, help="draft steps the heads draft (vLLM n_predict)")
+    p.add_argument(
+        "--train-steps",
+        type=positive_int,
+        default=None,
+        help="draft steps the loss unrolls, at most --gamma (default --gamma); 1 trains EAGLE heads teacher-forced "
+        "one step, as the EAGLE paper does",
+    )
     p.add_argument(
         "--max-steps", type=positive_int, default=3000, help="optimizer steps, the same budget for every method"
     )

@@ -122,6 +122,9 @@ class DraftTrainConfig:
     topk: int = 0  # K: the target's beams per history in the training sequences; 0 = list-wise windows
     topk_users: int = 2000  # histories (one per training user, seeded draw) whose beams make the data
     objective: str = "distill"  # token term: "distill" (CE to the target's token), "atspeed_s" or "atspeed_r" (topk)
+    # draft steps the loss unrolls (PAD-Rec / EAGLE; Medusa's heads ignore it): 0 = all num_draft_steps; 1 = the
+    # EAGLE paper's teacher-forced single step. The head drafts num_draft_steps either way (vLLM n_predict)
+    trained_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.num_draft_steps < 1 or self.batch_size < 1 or self.max_steps < 1:
@@ -132,6 +135,10 @@ class DraftTrainConfig:
             raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if self.log_every < 1 or self.save_every < 1:
             raise ValueError("log_every and save_every must be >= 1")
+        if not 0 <= self.trained_steps <= self.num_draft_steps:
+            raise ValueError(
+                f"trained_steps must be in 0..num_draft_steps ({self.num_draft_steps}), got {self.trained_steps}"
+            )
         if self.topk < 0 or self.topk_users < 1:
             raise PadRecError(f"topk must be >= 0 and topk_users >= 1, got {self.topk} and {self.topk_users}")
         check_objective("padrec", self.objective)  # a known objective (the method is train_draft's)
@@ -161,6 +168,10 @@ class DraftTrainConfig:
         )
         values.update(changes)
         return cls(**values)
+
+    def unrolled_steps(self) -> int:
+        """Draft steps the unrolled loss runs (``trained_steps``, 0 meaning all of ``num_draft_steps``)."""
+        return self.trained_steps or self.num_draft_steps
 
     def loss_weights(self) -> LossWeights:
         return LossWeights(self.reg_weight, self.cls_weight, self.step_decay, self.soft_labels, self.loss_on)
@@ -264,6 +275,7 @@ def draft_loss(
     target: nn.Module,
     config: DraftTrainConfig,
     constraint: ListConstraint | None = None,
+    num_steps: int | None = None,  # draft steps unrolled; None: the training's (config.unrolled_steps())
 ) -> LossOutput:
     """The method's loss on one batch; on top-K data (``config.topk``) the catalog's allowed tokens along the
     beams (``constraint``, one item) give the unrolled loss its top-K terms."""
@@ -275,7 +287,8 @@ def draft_loss(
             raise ValueError("top-K training data needs the catalog's one-item constraint")
         group = batch_groups(batch, config.topk) if config.objective == "atspeed_r" else None
         topk = TopKTerms(completion_allowed(constraint, batch), config.topk, config.objective, group)
-    return unrolled_draft_loss(module, batch, config.num_draft_steps, config.loss_weights(), topk)
+    steps = config.unrolled_steps() if num_steps is None else num_steps
+    return unrolled_draft_loss(module, batch, steps, config.loss_weights(), topk)
 
 
 @torch.no_grad()
@@ -304,7 +317,7 @@ def evaluate_draft(
     for start in range(0, len(indices), config.batch_size):
         batch = source.batch(indices[start : start + config.batch_size])
         with autocast_for(source.device):
-            out = draft_loss(method, module, batch, target, config, constraint)
+            out = draft_loss(method, module, batch, target, config, constraint, num_steps=config.num_draft_steps)
         full = out.full_rounds  # [B, T]
         n = int(full.sum())
         if n:
