@@ -251,7 +251,8 @@ def test_a_list_longer_than_64_items_is_only_bounded_by_the_context(capsys, fold
 def test_every_option_of_every_command_has_help():
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(commands) == {"quickstart", "data", "train-target", "train-draft", "evaluate", "recommend", "topk"}
+    names = {"quickstart", "data", "train-target", "train-draft", "evaluate", "recommend", "topk", "gamma-schedule"}
+    assert set(commands) == names
     for name, command in commands.items():
         for action in command._actions:
             if not isinstance(action, argparse._HelpAction):
