@@ -42,13 +42,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vllm_padrec.testing.results import write_results
+from vllm_padrec.testing.bench_driver import (
+    add_run_options,
+    cell,
+    failures_markdown,
+    rerender,
+    run_configuration,
+    write_payload,
+)
 from vllm_padrec.testing.stats import percentile
 
 DRAFT_FREE = "none"
@@ -267,10 +273,6 @@ def summarize(args, results: list[dict], errors: dict, table: list | None) -> di
     }
 
 
-def cell(value) -> str:
-    return "-" if value is None else str(value)
-
-
 def markdown(payload: dict) -> str:
     lines = [
         f"# List generation speed on {payload['dataset']}",
@@ -298,7 +300,7 @@ def markdown(payload: dict) -> str:
             f"{r['ndcg_at_10']} |"
         )
     lines.append("")
-    lines += [f"Configuration {name} failed: `{error[-300:]}`" for name, error in payload.get("errors", {}).items()]
+    lines += failures_markdown(payload.get("errors", {}))
     return "\n".join(lines) + "\n"
 
 
@@ -338,11 +340,8 @@ def plot(plt, payload: dict):
 
 
 def render(json_path: str, note: str | None = None) -> None:
-    path = Path(json_path)
-    payload = json.loads(path.read_text())
-    if note:
-        payload["note"] = note
-    write_results(path.parent, path.stem, payload, markdown(payload), lambda plt: plot(plt, payload))
+    """Rewrite the Markdown and the plot from a results JSON (with ``note`` attached to it, when given)."""
+    rerender(json_path, note, markdown, plot)
 
 
 # -- driver -----------------------------------------------------------------------------------------------------
@@ -378,16 +377,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add("--max-model-len", type=int, default=512, help="vLLM max_model_len (default 512)")
     add("--gpu-memory-utilization", type=float, default=0.5, help="vLLM's share of GPU memory (default 0.5)")
-    add("--cache-root", default="/tmp/bench_spec_decode_cache", help="VLLM_CACHE_ROOT/<method>_g<gamma> per engine")
-    add("--work-dir", default="/tmp", help="each configuration's result and log")
-    add("--out", default="benchmarks/results", help="folder of the results (default benchmarks/results)")
-    add("--name", default=None, help="stem of the results (default spec_decode_<dataset folder name>)")
-    add("--render", default=None, metavar="JSON", help="only rebuild the Markdown and PNG of a results JSON")
-    add("--note", default=None, help="with --render: a note written into the JSON and the Markdown")
+    add_run_options(parser, "bench_spec_decode", "spec_decode", "<method>_g<gamma>")
     add("--one", default=None, choices=list(METHODS), help=argparse.SUPPRESS)  # child: this method
     add("--one-gamma", type=int, default=0, help=argparse.SUPPRESS)
     add("--gamma-table", default=None, help=argparse.SUPPRESS)
-    add("--result", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.render:
         return args
@@ -423,32 +416,25 @@ def main(argv: list[str] | None = None) -> int:
         payload = summarize(args, results, errors, table)
         if not final:
             payload["note"] = f"partial: {len(results)} configurations done, the run goes on"
-        write_results(args.out, name, payload, markdown(payload), lambda plt: plot(plt, payload))
+        write_payload(args.out, name, payload, markdown, plot)
         return payload
 
     for method, gamma in configurations(args):
         config = f"{method}_g{gamma}"
-        child = [sys.executable, "-m", "benchmarks.bench_spec_decode", *forwarded, "--one", method]
-        child += ["--one-gamma", str(gamma)]
+        argv = [*forwarded, "--one", method, "--one-gamma", str(gamma)]
         if method == ADAPTIVE:
             try:
                 table = adaptive_table([r for res in results for r in res["records"]], args)
             except ValueError as error:
                 errors[config] = f"no table: {error}"
                 continue
-            child += ["--gamma-table", json.dumps(table)]
-        result = Path(args.work_dir) / f"bench_spec_decode_{config}.json"
-        result.unlink(missing_ok=True)
-        log = result.with_suffix(".log")
-        env = {**os.environ, "VLLM_CACHE_ROOT": str(Path(args.cache_root) / config)}
-        print(f"[bench_spec_decode] {config} (log {log}) ...", flush=True)
-        with open(log, "w") as handle:
-            code = subprocess.call([*child, "--result", str(result)], stdout=handle, stderr=subprocess.STDOUT, env=env)
-        if code != 0 or not result.exists():
-            errors[config] = f"exit {code}: " + log.read_text()[-1500:]
-            print(errors[config], flush=True)
+            argv += ["--gamma-table", json.dumps(table)]
+        module = "benchmarks.bench_spec_decode"
+        result, error = run_configuration(module, "bench_spec_decode", config, argv, args.work_dir, args.cache_root)
+        if error is not None:
+            errors[config] = error
         else:
-            results.append(json.loads(result.read_text()))
+            results.append(result)
         write(final=False)
     payload = write(final=True)
     print(markdown(payload))

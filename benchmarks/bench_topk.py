@@ -64,7 +64,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -73,8 +72,15 @@ from pathlib import Path
 
 from vllm_padrec.catalog import ItemCatalog
 from vllm_padrec.target.evaluate import recall_ndcg
+from vllm_padrec.testing.bench_driver import (
+    add_run_options,
+    cell,
+    failures_markdown,
+    rerender,
+    run_configuration,
+    write_payload,
+)
 from vllm_padrec.testing.python_profile import OUR_CODE, busiest, hotspot_table, python_profile
-from vllm_padrec.testing.results import write_results
 from vllm_padrec.testing.stats import percentile
 from vllm_padrec.testing.timing import EngineSteps
 from vllm_padrec.testing.topk_goals import goals_markdown, topk_goals
@@ -448,10 +454,6 @@ def measure(args, mode: str, ranker: Ranker, samples, startup: float) -> dict:
 
 
 # -- results ----------------------------------------------------------------------------------------------------
-def cell(value) -> str:
-    return "-" if value is None else str(value)
-
-
 def markdown(payload: dict) -> str:
     lines = [
         f"# Top-K recommendation on {payload['dataset']}",
@@ -489,7 +491,7 @@ def markdown(payload: dict) -> str:
             f"{steps} | {blocks} |"
         )
     lines.append("")
-    lines += [f"Configuration {name} failed: `{error[-300:]}`" for name, error in payload.get("errors", {}).items()]
+    lines += failures_markdown(payload.get("errors", {}))
     return "\n".join(lines) + "\n"
 
 
@@ -517,12 +519,11 @@ def plot(plt, payload: dict):
 
 def render(json_path: str, note: str | None = None) -> None:
     """Rewrite the Markdown and the plot from a results JSON (with ``note`` attached to it, when given)."""
-    path = Path(json_path)
-    payload = json.loads(path.read_text())
-    if note:
-        payload["note"] = note
-    payload["goals"] = topk_goals(payload["records"], payload["concurrency"])
-    write_results(path.parent, path.stem, payload, markdown(payload), lambda plt: plot(plt, payload))
+
+    def refresh(payload: dict) -> None:
+        payload["goals"] = topk_goals(payload["records"], payload["concurrency"])
+
+    rerender(json_path, note, markdown, plot, refresh)
 
 
 # -- driver -----------------------------------------------------------------------------------------------------
@@ -560,10 +561,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--max-num-seqs", type=int, default=1024, help="vLLM max_num_seqs (default 1024: K beams per user)")
     add("--max-model-len", type=int, default=512, help="vLLM max_model_len (default 512)")
     add("--gpu-memory-utilization", type=float, default=0.5, help="vLLM's share of GPU memory (default 0.5)")
-    add("--cache-root", default="/tmp/bench_topk_cache", help="VLLM_CACHE_ROOT/<mode>_<dtype> per configuration")
-    add("--work-dir", default="/tmp", help="each configuration's result and log (bench_topk_<mode>_<dtype>.*)")
-    add("--out", default="benchmarks/results", help="folder of the results (default benchmarks/results)")
-    add("--name", default=None, help="stem of the results (default topk_<dataset folder name>)")
+    add_run_options(parser, "bench_topk", "topk", "<mode>_<dtype>")
     add(
         "--triton-f32",
         default="ieee",
@@ -592,11 +590,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"modes that also run in {EXACT_DTYPE} when --dtypes has it (default: every mode); e.g. reference engine, "
         "the equality check, while the speed comparison runs in the other dtypes",
     )
-    add("--render", default=None, metavar="JSON", help="only rebuild the Markdown and PNG of a results JSON")
-    add("--note", default=None, help="with --render: a note written into the JSON and the Markdown")
     add("--one", nargs="+", default=None, choices=MODES, help=argparse.SUPPRESS)  # child: run these modes
     add("--one-dtype", default=None, help=argparse.SUPPRESS)
-    add("--result", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not args.render and (args.target is None or args.dataset is None):
         parser.error("--target and --dataset are required (or --render JSON)")
@@ -624,24 +619,20 @@ def main(argv: list[str] | None = None) -> int:
         payload = summarize(args, results, errors)
         if not final:
             payload["note"] = f"partial: {len(results)} configurations done, the run goes on"
-        write_results(args.out, name, payload, markdown(payload), lambda plt: plot(plt, payload))
+        write_payload(args.out, name, payload, markdown, plot)
         return payload
 
     for modes, dtype in configurations(args):
         config = f"{'_'.join(modes)}_{dtype}"
-        result = Path(args.work_dir) / f"bench_topk_{config}.json"
-        result.unlink(missing_ok=True)
-        child = [sys.executable, "-m", "benchmarks.bench_topk", *forwarded, "--one", *modes, "--one-dtype", dtype]
-        env = {**os.environ, "VLLM_CACHE_ROOT": str(Path(args.cache_root) / config), **dot_precision(dtype, args)}
-        log = result.with_suffix(".log")
-        print(f"[bench_topk] {config} (log {log}) ...", flush=True)
-        with open(log, "w") as handle:
-            code = subprocess.call([*child, "--result", str(result)], stdout=handle, stderr=subprocess.STDOUT, env=env)
-        if code != 0 or not result.exists():
-            errors[config] = f"exit {code}: " + log.read_text()[-1500:]
-            print(errors[config], flush=True)
+        argv = [*forwarded, "--one", *modes, "--one-dtype", dtype]
+        env = dot_precision(dtype, args)
+        result, error = run_configuration(
+            "benchmarks.bench_topk", "bench_topk", config, argv, args.work_dir, args.cache_root, env
+        )
+        if error is not None:
+            errors[config] = error
         else:
-            results.extend(json.loads(result.read_text()))
+            results.extend(result)
         write(final=False)
     payload = write(final=True)
     print(markdown(payload))

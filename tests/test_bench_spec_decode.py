@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from benchmarks import bench_spec_decode as bench
+from vllm_padrec.testing import bench_driver
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIRED = (  # issue 14's fields
@@ -144,7 +145,7 @@ def test_the_driver_runs_each_configuration_and_hands_the_adaptive_method_its_ta
         Path(command[command.index("--result") + 1]).write_text(json.dumps(payload))
         return 0
 
-    monkeypatch.setattr(bench.subprocess, "call", child)
+    monkeypatch.setattr(bench_driver.subprocess, "call", child)
     argv = [*BASE, "--methods", "none", "padrec", "padrec_adaptive", "--gammas", "5", "--batch-sizes", "1", "64"]
     argv += ["--list-lens", "10", "--out", str(tmp_path), "--work-dir", str(tmp_path), "--cache-root", str(tmp_path)]
     assert bench.main(argv) == 0
@@ -167,7 +168,7 @@ def test_a_failed_configuration_is_named_and_the_run_goes_on(tmp_path, monkeypat
         stdout.write("CUDA out of memory\n")
         return 1
 
-    monkeypatch.setattr(bench.subprocess, "call", child)
+    monkeypatch.setattr(bench_driver.subprocess, "call", child)
     argv = [
         *BASE,
         "--methods",

@@ -18,6 +18,7 @@ import pytest
 from benchmarks import bench_topk
 from vllm_padrec.catalog import TokenLayout
 from vllm_padrec.data import SyntheticConfig, generate_synthetic
+from vllm_padrec.testing import bench_driver
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIRED = (
@@ -247,7 +248,7 @@ def test_float32_runs_only_the_exact_modes_and_results_are_written_after_each_co
         Path(command[command.index("--result") + 1]).write_text(json.dumps([fake_result(mode, dtype)]))
         return 0
 
-    monkeypatch.setattr(bench_topk.subprocess, "call", child)
+    monkeypatch.setattr(bench_driver.subprocess, "call", child)
     argv = ["--target", "/t", "--dataset", str(tmp_path / "beauty_atspeed"), "--ks", "5", "--out", str(tmp_path)]
     argv += ["--work-dir", str(tmp_path), "--modes", "reference", "vllm_beam_search", "greedy_floor"]
     assert bench_topk.main([*argv, "--dtypes", "bfloat16", "float32", "--exact-modes", "reference"]) == 0
@@ -281,7 +282,7 @@ def test_the_greedy_floor_runs_in_the_engine_modes_process_where_both_run(tmp_pa
         Path(command[command.index("--result") + 1]).write_text(json.dumps([fake_result(m, dtype) for m in modes]))
         return 0
 
-    monkeypatch.setattr(bench_topk.subprocess, "call", child)
+    monkeypatch.setattr(bench_driver.subprocess, "call", child)
     argv = ["--target", "/t", "--dataset", str(tmp_path / "beauty_atspeed"), "--ks", "5", "--out", str(tmp_path)]
     argv += ["--work-dir", str(tmp_path), "--modes", "greedy_floor", "engine", "reference"]
     assert bench_topk.main([*argv, "--dtypes", "bfloat16", "float32", "--exact-modes", "reference", "engine"]) == 0

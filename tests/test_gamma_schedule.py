@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_cli_errors import run
 from vllm.v1.spec_decode.dynamic.utils import build_dynamic_sd_schedule_lookup
 
-from vllm_padrec import cli
 from vllm_padrec.integration.gamma_schedule import best_gammas, gamma_table, speculative_config
 
 
@@ -58,15 +58,6 @@ def test_a_batch_size_without_a_baseline_record_is_refused():
         best_gammas([record("none", 1, 0, 1.0), record("padrec", 1, 3, 2.0), record("padrec", 8, 3, 9.0)], "padrec")
     with pytest.raises(ValueError, match="no record of method 'medusa'"):
         best_gammas(RECORDS, "medusa")
-
-
-def run(capsys, argv):
-    try:
-        code = cli.main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_the_cli_prints_the_speculative_config_and_says_each_choice(capsys, tmp_path):

@@ -9,4 +9,5 @@ stats.py        percentiles of measurements (numpy)
 results.py      a benchmark's results: <stem>.json, <stem>.md and <stem>.png in its out folder
 mask_inputs.py  engine-step inputs for the list masks and their Triton kernel
 topk_goals.py   issue 12's goals for top-K in the engine, read from bench_topk's records
+bench_driver.py a benchmark's configuration run as a child process, and a results file re-rendered
 """

@@ -1,0 +1,90 @@
+"""What the vLLM benchmarks that run one engine per process share: a configuration's child process, and
+rebuilding a results file's Markdown and plot.
+
+A benchmark's parent runs each configuration as ``python -m <module> <argv> --result <work>/<tag>_<config>.json``
+with its own ``VLLM_CACHE_ROOT`` (``<cache root>/<config>``: engines of other configurations must not share
+a compile cache), its output in ``<work>/<tag>_<config>.log``; the child writes its result as JSON there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vllm_padrec.testing.results import write_results
+
+
+def run_configuration(
+    module: str,  # the benchmark, run as ``python -m module``
+    tag: str,  # the file names' prefix and the progress line's tag
+    config: str,  # the configuration's name
+    argv: list[str],  # the child's arguments (the parent's, plus what selects the configuration)
+    work_dir: str | Path,
+    cache_root: str | Path,
+    env: dict[str, str] | None = None,  # more environment for the child
+) -> tuple[Any, str | None]:
+    """Run one configuration's child: (its result, None), or (None, the exit status and the log's tail)."""
+    result = Path(work_dir) / f"{tag}_{config}.json"
+    result.unlink(missing_ok=True)
+    log = result.with_suffix(".log")
+    child_env = {**os.environ, "VLLM_CACHE_ROOT": str(Path(cache_root) / config), **(env or {})}
+    print(f"[{tag}] {config} (log {log}) ...", flush=True)
+    with open(log, "w") as handle:
+        command = [sys.executable, "-m", module, *argv, "--result", str(result)]
+        code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT, env=child_env)
+    if code != 0 or not result.exists():
+        error = f"exit {code}: " + log.read_text()[-1500:]
+        print(error, flush=True)
+        return None, error
+    return json.loads(result.read_text()), None
+
+
+def write_payload(out: str | Path, name: str, payload: dict, markdown: Callable, plot: Callable) -> None:
+    """``<name>.json``, ``.md`` and ``.png`` of a results payload in ``out``."""
+    write_results(out, name, payload, markdown(payload), lambda plt: plot(plt, payload))
+
+
+def rerender(
+    json_path: str | Path,
+    note: str | None,
+    markdown: Callable[[dict], str],
+    plot: Callable,  # (pyplot, payload) -> figure or None
+    refresh: Callable[[dict], None] | None = None,  # updates derived fields of the payload first
+) -> None:
+    """Rewrite a results JSON's Markdown and plot (and the JSON, with ``note`` attached when given)."""
+    path = Path(json_path)
+    payload = json.loads(path.read_text())
+    if note:
+        payload["note"] = note
+    if refresh is not None:
+        refresh(payload)
+    write_payload(path.parent, path.stem, payload, markdown, plot)
+
+
+def add_run_options(parser: argparse.ArgumentParser, tag: str, stem: str, config_name: str) -> None:
+    """The options every such benchmark has: where its configurations run and its results go, ``--render``
+    and the child's hidden ``--result``. ``config_name`` says how a configuration is named (in the help)."""
+    add = parser.add_argument
+    add("--cache-root", default=f"/tmp/{tag}_cache", help=f"VLLM_CACHE_ROOT/{config_name} per configuration")
+    add("--work-dir", default="/tmp", help=f"each configuration's result and log ({tag}_{config_name}.*)")
+    add("--out", default="benchmarks/results", help="folder of the results (default benchmarks/results)")
+    add("--name", default=None, help=f"stem of the results (default {stem}_<dataset folder name>)")
+    add("--render", default=None, metavar="JSON", help="only rebuild the Markdown and PNG of a results JSON")
+    add("--note", default=None, help="with --render: a note written into the JSON and the Markdown")
+    add("--result", default=None, help=argparse.SUPPRESS)  # child: where it writes its result
+
+
+def cell(value: Any) -> str:
+    """A table cell: ``-`` for a value not measured."""
+    return "-" if value is None else str(value)
+
+
+def failures_markdown(errors: dict[str, str]) -> list[str]:
+    """One line per failed configuration, with the tail of its error."""
+    return [f"Configuration {name} failed: `{error[-300:]}`" for name, error in errors.items()]
