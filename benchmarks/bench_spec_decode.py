@@ -28,6 +28,13 @@ over ``none``'s at the same list length and batch size), ``equal_to_no_spec`` (u
 ``none``'s token for token, of ``users_compared``), ``recall_at_10`` / ``ndcg_at_10`` (the list's items
 against the user's next items).
 
+With ``--serve`` every configuration is also measured through ``vllm serve`` (records with ``mode``
+``serve``; the others ``offline``): one server per configuration, then vLLM's own ``vllm bench serve`` per
+list length and batch size, on a custom dataset of the users' history prompts (``--max-concurrency`` B, the
+list settings in ``--extra-body``'s ``vllm_xargs``, greedy). Its ``output_throughput`` is ``tokens_per_s``,
+its end-to-end latency percentiles ``p50_ms`` / ``p99_ms``; acceptance comes from the server's
+``/metrics`` over the pass, equality from the generated texts, Recall/NDCG from the items they name.
+
     python -m benchmarks.bench_spec_decode --target runs/bench/checkpoint --dataset beauty_atspeed \\
         --padrec-draft runs/drafts/padrec/draft --eagle-draft runs/drafts/eagle/draft --out benchmarks/results
 
@@ -42,6 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -58,6 +66,7 @@ from vllm_padrec.testing.bench_driver import (
 from vllm_padrec.testing.stats import percentile
 
 DRAFT_FREE = "none"
+MODES = ("offline", "serve")  # an in-process LLM; vllm serve measured by vllm bench serve (--serve)
 ADAPTIVE = "padrec_adaptive"
 
 
@@ -136,23 +145,45 @@ def counter_delta(before: dict, after: dict) -> dict:
     return {key: after[key] - before[key] for key in ("rounds", "draft_tokens", "accepted")} | {"per_pos": per_pos}
 
 
+def call_timing(call_seconds: list[float], output_lengths: list[int], batch_size: int) -> dict:
+    """An offline pass's timing: calls of ``batch_size`` users each (the last: fewer), a user's latency its
+    call's."""
+    seconds = sum(call_seconds)
+    per_user = [call_seconds[i // batch_size] for i in range(len(output_lengths))]
+    return {
+        "users": len(output_lengths),
+        "tokens_per_s": round(sum(output_lengths) / seconds, 1) if seconds else None,
+        "p50_ms": round(1000 * percentile(per_user, 50), 3),
+        "p99_ms": round(1000 * percentile(per_user, 99), 3),
+    }
+
+
+def serve_timing(result: dict) -> dict:
+    """A served pass's timing from ``vllm bench serve``'s result JSON (``--percentile-metrics e2el
+    --metric-percentiles 50,99``)."""
+    return {
+        "users": result["completed"],
+        "tokens_per_s": round(result["output_throughput"], 1),
+        "p50_ms": round(result["p50_e2el_ms"], 3),
+        "p99_ms": round(result["p99_e2el_ms"], 3),
+    }
+
+
 def pass_record(
     method: str,
     gamma: int,
     list_len: int,
     batch_size: int,
-    call_seconds: list[float],  # each call's wall seconds, in order; a call answers batch_size users (the last: fewer)
-    token_ids: list[list[int]],
-    items: list[list[int]],
-    targets: list[list[int]],
-    counters: dict,
+    mode: str,  # "offline" or "serve"
+    timing: dict,  # call_timing's or serve_timing's
+    items: list[list[int]],  # per user: the list's items
+    targets: list[list[int]],  # per user: the items the user went on to interact with
+    counters: dict,  # the spec-decode counters over the pass (counter_delta)
 ) -> dict:
     """One pass's record (the module docstring's fields; speedup and equality are set by ``attach_baseline``)."""
     from vllm_padrec.acceptance import mean_acceptance_length
     from vllm_padrec.target.evaluate import recall_ndcg
 
-    seconds = sum(call_seconds)
-    per_user = [call_seconds[i // batch_size] for i in range(len(token_ids))]  # a user's latency: its call's
     quality = recall_ndcg(items, targets, 10)
     acceptance = mean_acceptance_length(counters["accepted"], counters["rounds"])
     rounds = counters["rounds"]
@@ -161,10 +192,8 @@ def pass_record(
         "gamma": gamma,
         "list_len": list_len,
         "batch_size": batch_size,
-        "users": len(token_ids),
-        "tokens_per_s": round(sum(len(t) for t in token_ids) / seconds, 1) if seconds else None,
-        "p50_ms": round(1000 * percentile(per_user, 50), 3),
-        "p99_ms": round(1000 * percentile(per_user, 99), 3),
+        "mode": mode,
+        **timing,
         "acceptance_length": None if acceptance is None else round(acceptance, 4),
         "accepted_per_draft_step": [round(a / rounds, 4) for a in counters["per_pos"]] if rounds else None,
         "speedup_vs_no_spec": None,
@@ -175,22 +204,42 @@ def pass_record(
     }
 
 
+def pass_users(args, samples: list, batch: int) -> list:
+    """The test users of a pass at ``batch`` requests per call (one at a time: ``--users-latency``)."""
+    return samples[: args.users_latency if batch == 1 else max(args.users, batch)]
+
+
+def list_xargs(list_len: int) -> dict:
+    """The per-request list settings of every pass: a constrained list of ``list_len`` distinct items."""
+    return {"padrec_constraint": 1, "padrec_num_items": list_len, "padrec_no_repeat": 1}
+
+
 def run_config(args) -> dict:
-    """One engine, every list length and batch size: its records and its lists (for the equality check)."""
+    """One configuration's passes in this process (``--one-mode``): offline, one in-process engine; serve, one
+    ``vllm serve``. Its records, and its lists by pass (for the equality check)."""
+    from vllm_padrec.catalog import ItemCatalog
+    from vllm_padrec.data import load_dataset
+    from vllm_padrec.integration.recommendation_service import read_max_history
+
+    catalog = ItemCatalog.load(args.target)
+    samples = load_dataset(args.dataset).eval_samples("test", read_max_history(Path(args.target)) or 20)
+    table = json.loads(args.gamma_table) if args.gamma_table else None
+    passes = offline_passes if args.one_mode == "offline" else served_passes
+    startup, records, lists = passes(args, catalog, samples, table)
+    result = {"method": args.one, "gamma": args.one_gamma, "mode": args.one_mode, "startup_seconds": round(startup, 1)}
+    return result | {"records": records, "lists": lists}
+
+
+def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[float, list[dict], dict]:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_PLUGINS", "padrec")
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from vllm_padrec.catalog import ItemCatalog, TokenLayout
-    from vllm_padrec.data import load_dataset
-    from vllm_padrec.integration.recommendation_service import read_max_history
+    from vllm_padrec.catalog import TokenLayout
     from vllm_padrec.lists import parse_list
 
     method, gamma = args.one, args.one_gamma
-    table = json.loads(args.gamma_table) if args.gamma_table else None
-    catalog = ItemCatalog.load(args.target)
-    samples = load_dataset(args.dataset).eval_samples("test", read_max_history(Path(args.target)) or 20)
     started = time.perf_counter()
     llm = LLM(
         model=args.target,
@@ -209,10 +258,10 @@ def run_config(args) -> dict:
             temperature=0.0,
             max_tokens=list_len * (catalog.num_slots + 1) + 1,
             stop_token_ids=[TokenLayout.EOS],
-            extra_args={"padrec_constraint": 1, "padrec_num_items": list_len, "padrec_no_repeat": 1},
+            extra_args=list_xargs(list_len),
         )
         for batch in args.batch_sizes:
-            users = samples[: args.users_latency if batch == 1 else max(args.users, batch)]
+            users = pass_users(args, samples, batch)
             prompts = [TokensPrompt(prompt_token_ids=catalog.render_prompt(s.history)) for s in users]
             llm.generate(prompts[:batch], params, use_tqdm=False)  # warm-up: this batch shape
             before = spec_counters(llm)
@@ -224,30 +273,110 @@ def run_config(args) -> dict:
                 token_ids += [list(o.outputs[0].token_ids) for o in outputs]
             items = [parse_list(catalog, t).items for t in token_ids]
             counters = counter_delta(before, spec_counters(llm))
-            records.append(
-                pass_record(
-                    method, gamma, list_len, batch, seconds, token_ids, items, [s.targets for s in users], counters
-                )
-            )
-            lists[f"{list_len}_{batch}"] = token_ids
+            timing = call_timing(seconds, [len(t) for t in token_ids], batch)
+            targets = [s.targets for s in users]
+            records.append(pass_record(method, gamma, list_len, batch, "offline", timing, items, targets, counters))
+            lists[f"offline_{list_len}_{batch}"] = token_ids
             print(json.dumps(records[-1]), flush=True)
-    return {"method": method, "gamma": gamma, "startup_seconds": round(startup, 1), "records": records, "lists": lists}
+    return startup, records, lists
+
+
+def served_passes(args, catalog, samples: list, table: list | None) -> tuple[float, list[dict], dict]:
+    """The passes through ``vllm serve`` and ``vllm bench serve`` (module docstring)."""
+    from vllm_padrec.testing.metrics import scrape
+    from vllm_padrec.testing.server import SERVED_NAME, VllmServer
+
+    method, gamma = args.one, args.one_gamma
+    work = Path(args.work_dir) / f"serve_{method}_g{gamma}"
+    work.mkdir(parents=True, exist_ok=True)
+    serve_args = ["--dtype", args.dtype, "--max-model-len", str(args.max_model_len)]
+    serve_args += ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
+    serve_args += ["--max-num-seqs", str(max(args.batch_sizes))]
+    serve_args += ["--additional-config", json.dumps({"padrec": METHODS[method].padrec})]
+    spec = speculative_config(args, method, gamma, table)
+    if spec is not None:
+        serve_args += ["--speculative-config", json.dumps(spec)]
+    tokens = catalog.layout.token_strings()
+    records, lists = [], {}
+    with VllmServer(args.target, serve_args, port=args.port, log_path=work / "serve.log") as server:
+        for list_len in args.list_lens:
+            for batch in args.batch_sizes:
+                users = pass_users(args, samples, batch)
+                name = f"{list_len}_{batch}"
+                dataset = work / f"prompts_{name}.jsonl"
+                prompts = ("".join(tokens[t] for t in catalog.render_prompt(s.history)) for s in users)
+                dataset.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+                before = metrics_counters(scrape(server.base))
+                max_tokens = list_len * (catalog.num_slots + 1) + 1
+                command = bench_serve_command(
+                    args, server.base, SERVED_NAME, dataset, max_tokens, list_len, batch, len(users)
+                )
+                command += ["--result-dir", str(work), "--result-filename", f"result_{name}.json"]
+                subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+                result = json.loads((work / f"result_{name}.json").read_text())
+                counters = counter_delta(before, metrics_counters(scrape(server.base)))
+                texts = result["generated_texts"]
+                items = [parse_text_list(catalog, text) for text in texts]
+                targets = [s.targets for s in users]
+                record = pass_record(
+                    method, gamma, list_len, batch, "serve", serve_timing(result), items, targets, counters
+                )
+                records.append(record)
+                lists[f"serve_{name}"] = texts
+                print(json.dumps(record), flush=True)
+    return server.startup_seconds or 0.0, records, lists
+
+
+def bench_serve_command(
+    args, base: str, model: str, dataset: Path, max_tokens: int, list_len: int, batch: int, users: int
+):
+    """``vllm bench serve`` over a custom dataset of history prompts, ``batch`` requests in flight, greedy
+    constrained lists (module docstring), in order, with one warm-up request."""
+    return [
+        *("vllm", "bench", "serve", "--backend", "vllm", "--base-url", base, "--endpoint", "/v1/completions"),
+        *("--model", model, "--tokenizer", args.target, "--dataset-name", "custom", "--dataset-path", str(dataset)),
+        *("--skip-chat-template", "--disable-shuffle", "--num-prompts", str(users), "--max-concurrency", str(batch)),
+        *("--custom-output-len", str(max_tokens), "--temperature", "0", "--num-warmups", "1"),
+        *("--extra-body", json.dumps({"vllm_xargs": list_xargs(list_len)})),
+        *("--percentile-metrics", "e2el", "--metric-percentiles", "50,99", "--save-result", "--save-detailed"),
+    ]
+
+
+def metrics_counters(metrics) -> dict:
+    """A server's spec-decode counters (``testing.metrics.Metrics``) in ``spec_counters``' form."""
+    from vllm_padrec.integration.spec_decode_counters import SPEC_COUNTERS, SPEC_PER_POS
+
+    counters = metrics.spec_counters()
+    rounds, draft_tokens, accepted = (int(counters[name]) for name in SPEC_COUNTERS)
+    return {"rounds": rounds, "draft_tokens": draft_tokens, "accepted": accepted, "per_pos": counters[SPEC_PER_POS]}
+
+
+def parse_text_list(catalog, text: str) -> list[int]:
+    """The items a served list's text names (its tokens read back by the catalog's layout)."""
+    from vllm_padrec.lists import parse_list
+
+    return parse_list(catalog, catalog.layout.token_ids_of_text(text)).items
 
 
 # -- results ----------------------------------------------------------------------------------------------------
 def attach_baseline(results: list[dict]) -> None:
-    """``speedup_vs_no_spec`` and ``equal_to_no_spec`` of every record, from ``none``'s at the same list length
-    and batch size (idempotent)."""
-    plain = next((r for r in results if r["method"] == DRAFT_FREE), None)
-    if plain is None:
-        return
+    """``speedup_vs_no_spec`` and ``equal_to_no_spec`` of every record, from ``none``'s in the same mode at the
+    same list length and batch size (idempotent)."""
+    for mode in MODES:
+        plain = next((r for r in results if r["method"] == DRAFT_FREE and r["mode"] == mode), None)
+        if plain is not None:
+            attach_one_baseline([r for r in results if r["mode"] == mode], plain)
+
+
+def attach_one_baseline(results: list[dict], plain: dict) -> None:
     rates = {(r["list_len"], r["batch_size"]): r["tokens_per_s"] for r in plain["records"]}
     for result in results:
         for r in result["records"]:
             key = (r["list_len"], r["batch_size"])
             if rates.get(key) and r["tokens_per_s"]:
                 r["speedup_vs_no_spec"] = round(r["tokens_per_s"] / rates[key], 3)
-            ours, theirs = result["lists"].get(f"{key[0]}_{key[1]}"), plain["lists"].get(f"{key[0]}_{key[1]}")
+            name = f"{r['mode']}_{key[0]}_{key[1]}"
+            ours, theirs = result["lists"].get(name), plain["lists"].get(name)
             if ours is not None and theirs is not None:
                 compared = min(len(ours), len(theirs))
                 r["users_compared"] = compared
@@ -267,7 +396,7 @@ def summarize(args, results: list[dict], errors: dict, table: list | None) -> di
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "adaptive_table": table,
-        "startup_seconds": {f"{r['method']}_g{r['gamma']}": r["startup_seconds"] for r in results},
+        "startup_seconds": {f"{r['method']}_g{r['gamma']}_{r['mode']}": r["startup_seconds"] for r in results},
         "records": [record for r in results for record in r["records"]],
         "errors": errors,
     }
@@ -287,14 +416,14 @@ def markdown(payload: dict) -> str:
             if payload.get("adaptive_table")
             else []
         ),
-        "| method | gamma | list_len | batch_size | users | tokens/s | speedup | p50 ms | p99 ms | acceptance length "
-        "| equal to none | Recall@10 | NDCG@10 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | mode | gamma | list_len | batch_size | users | tokens/s | speedup | p50 ms | p99 ms "
+        "| acceptance length | equal to none | Recall@10 | NDCG@10 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in payload["records"]:
         equal = "-" if r["users_compared"] is None else f"{r['equal_to_no_spec']} / {r['users_compared']}"
         lines.append(
-            f"| {r['method']} | {r['gamma']} | {r['list_len']} | {r['batch_size']} | {r['users']} | "
+            f"| {r['method']} | {r['mode']} | {r['gamma']} | {r['list_len']} | {r['batch_size']} | {r['users']} | "
             f"{cell(r['tokens_per_s'])} | {cell(r['speedup_vs_no_spec'])} | {cell(r['p50_ms'])} | "
             f"{cell(r['p99_ms'])} | {cell(r['acceptance_length'])} | {equal} | {r['recall_at_10']} | "
             f"{r['ndcg_at_10']} |"
@@ -315,6 +444,7 @@ def plot(plt, payload: dict):
     steps: dict[str, list[float]] = {}
     for r in records:
         label = r["method"] if r["method"] in (DRAFT_FREE, ADAPTIVE) else f"{r['method']} (gamma {r['gamma']})"
+        label += "" if r["mode"] == "offline" else f", {r['mode']}"
         if r["list_len"] == list_len and r["speedup_vs_no_spec"] is not None:
             lines.setdefault(label, []).append((r["batch_size"], r["speedup_vs_no_spec"]))
         if r["list_len"] == list_len and r["batch_size"] == 1 and r["accepted_per_draft_step"]:
@@ -371,6 +501,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--list-lens", nargs="+", type=int, default=[10, 20], help="items per list (default 10 20)")
     add("--users", type=int, default=256, help="test users per pass at batch sizes above 1 (default 256)")
     add("--users-latency", type=int, default=50, help="test users sent one at a time (default 50)")
+    add("--serve", action="store_true", help="also measure every configuration through vllm serve (vllm bench serve)")
+    add("--port", type=int, default=8051, help="with --serve: the servers' port (default 8051)")
     add("--min-gain", type=float, default=0.02, help="padrec_adaptive: the gain over none a gamma needs (default 0.02)")
     add(
         "--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"), help="model dtype (default bfloat16)"
@@ -380,6 +512,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_run_options(parser, "bench_spec_decode", "spec_decode", "<method>_g<gamma>")
     add("--one", default=None, choices=list(METHODS), help=argparse.SUPPRESS)  # child: this method
     add("--one-gamma", type=int, default=0, help=argparse.SUPPRESS)
+    add("--one-mode", default="offline", choices=MODES, help=argparse.SUPPRESS)
     add("--gamma-table", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.render:
@@ -420,22 +553,30 @@ def main(argv: list[str] | None = None) -> int:
         return payload
 
     for method, gamma in configurations(args):
-        config = f"{method}_g{gamma}"
         argv = [*forwarded, "--one", method, "--one-gamma", str(gamma)]
         if method == ADAPTIVE:
+            offline = [r for res in results if res["mode"] == "offline" for r in res["records"]]
             try:
-                table = adaptive_table([r for res in results for r in res["records"]], args)
+                table = adaptive_table(offline, args)
             except ValueError as error:
-                errors[config] = f"no table: {error}"
+                errors[f"{method}_g{gamma}"] = f"no table: {error}"
                 continue
             argv += ["--gamma-table", json.dumps(table)]
-        module = "benchmarks.bench_spec_decode"
-        result, error = run_configuration(module, "bench_spec_decode", config, argv, args.work_dir, args.cache_root)
-        if error is not None:
-            errors[config] = error
-        else:
-            results.append(result)
-        write(final=False)
+        for mode in MODES if args.serve else MODES[:1]:
+            config = f"{method}_g{gamma}" + ("" if mode == "offline" else f"_{mode}")
+            result, error = run_configuration(
+                "benchmarks.bench_spec_decode",
+                "bench_spec_decode",
+                config,
+                [*argv, "--one-mode", mode],
+                args.work_dir,
+                args.cache_root,
+            )
+            if error is not None:
+                errors[config] = error
+            else:
+                results.append(result)
+            write(final=False)
     payload = write(final=True)
     print(markdown(payload))
     return 1 if errors else 0

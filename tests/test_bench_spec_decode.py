@@ -75,9 +75,9 @@ def test_bad_arguments_are_refused_before_anything_runs(argv, says, capsys):
 
 
 def test_a_pass_record_has_issue_14s_fields_and_exact_numbers():
-    token_ids = [[1] * 10, [2] * 20, [3] * 30]  # 60 tokens in 0.5 s
+    timing = bench.call_timing([0.2, 0.3], [10, 20, 30], batch_size=2)  # 60 tokens in 0.5 s
     record = bench.pass_record(
-        "padrec", 5, 10, 2, [0.2, 0.3], token_ids, [[7], [8], [9]], [[7], [1], [9]], counters(4, 10, (4, 3, 2, 1, 0))
+        "padrec", 5, 10, 2, "offline", timing, [[7], [8], [9]], [[7], [1], [9]], counters(4, 10, (4, 3, 2, 1, 0))
     )
     assert set(REQUIRED) <= set(record)
     assert record["tokens_per_s"] == 120.0 and record["users"] == 3
@@ -86,7 +86,8 @@ def test_a_pass_record_has_issue_14s_fields_and_exact_numbers():
     assert record["acceptance_length"] == 3.5  # 1 + 10 accepted / 4 rounds
     assert record["accepted_per_draft_step"] == [1.0, 0.75, 0.5, 0.25, 0.0]
     assert record["recall_at_10"] == round(2 / 3, 5)
-    plain = bench.pass_record("none", 0, 10, 3, [0.5], token_ids, [[7]] * 3, [[7]] * 3, counters())
+    timing = bench.call_timing([0.5], [10, 20, 30], batch_size=3)
+    plain = bench.pass_record("none", 0, 10, 3, "offline", timing, [[7]] * 3, [[7]] * 3, counters())
     assert plain["acceptance_length"] is None and plain["accepted_per_draft_step"] is None
 
 
@@ -106,22 +107,32 @@ def test_counters_over_a_pass_are_the_difference_of_vllms_totals():
     assert bench.counter_delta(before, after) == {"rounds": 4, "draft_tokens": 20, "accepted": 7, "per_pos": [4, 2, 1]}
 
 
-def result(method, gamma, rate_by_batch: dict, lists: dict) -> dict:
+def result(method, gamma, rate_by_batch: dict, lists: dict, mode: str = "offline") -> dict:
+    """A configuration's result: one record per batch size at lists of 10, ``rate`` tokens in 1 s."""
     records = [
-        bench.pass_record(method, gamma, 10, batch, [1.0], [[0] * int(rate)], [[1]], [[1]], counters())
+        bench.pass_record(
+            method, gamma, 10, batch, mode, bench.call_timing([1.0], [int(rate)], 1), [[1]], [[1]], counters()
+        )
         for batch, rate in rate_by_batch.items()
     ]
-    return {"method": method, "gamma": gamma, "startup_seconds": 1.0, "records": records, "lists": lists}
+    lists = {f"{mode}_{name}": value for name, value in lists.items()}
+    return {"method": method, "gamma": gamma, "mode": mode, "startup_seconds": 1.0, "records": records} | {
+        "lists": lists
+    }
 
 
-def test_speedup_and_equality_are_against_none_at_the_same_list_length_and_batch_size():
+def test_speedup_and_equality_are_against_none_in_the_same_mode_list_length_and_batch_size():
     plain = result("none", 0, {1: 100, 64: 2000}, {"10_1": [[1, 2], [3]], "10_64": [[4]]})
     spec = result("padrec", 5, {1: 250, 64: 1500}, {"10_1": [[1, 2], [3, 9]], "10_64": [[4]]})
-    bench.attach_baseline([plain, spec])
+    served_plain = result("none", 0, {1: 50}, {"10_1": ["<a_1>", "<a_2>"]}, mode="serve")
+    served = result("padrec", 5, {1: 100}, {"10_1": ["<a_1>", "<a_2>"]}, mode="serve")
+    bench.attach_baseline([plain, spec, served_plain, served])
     at_1, at_64 = spec["records"]
     assert at_1["speedup_vs_no_spec"] == 2.5 and at_64["speedup_vs_no_spec"] == 0.75
     assert (at_1["equal_to_no_spec"], at_1["users_compared"]) == (1, 2) and at_64["equal_to_no_spec"] == 1
     assert plain["records"][0]["speedup_vs_no_spec"] == 1.0
+    (served_1,) = served["records"]  # against the served none's 50 tokens/s, not the offline 100
+    assert served_1["speedup_vs_no_spec"] == 2.0 and served_1["equal_to_no_spec"] == 2
 
 
 def test_the_adaptive_table_speculates_only_where_padrec_won():
@@ -139,27 +150,38 @@ def test_the_driver_runs_each_configuration_and_hands_the_adaptive_method_its_ta
     def child(command, stdout, stderr, env):
         method, gamma = command[command.index("--one") + 1], int(command[command.index("--one-gamma") + 1])
         table = json.loads(command[command.index("--gamma-table") + 1]) if "--gamma-table" in command else None
-        ran.append((method, gamma, table, Path(env["VLLM_CACHE_ROOT"]).name))
+        mode = command[command.index("--one-mode") + 1]
+        ran.append((method, gamma, mode, table, Path(env["VLLM_CACHE_ROOT"]).name))
         rates = {"none": {1: 100, 64: 2000}, "padrec": {1: 250, 64: 1500}}.get(method, {1: 240, 64: 2000})
-        payload = result(method, gamma, rates, {"10_1": [[1]], "10_64": [[2]]})
+        if mode == "serve":  # served, PAD-Rec wins at 64 too: the table must not read it
+            rates = {"none": {1: 50, 64: 1000}, "padrec": {1: 200, 64: 2000}}.get(method, {1: 150, 64: 1000})
+        payload = result(method, gamma, rates, {"10_1": [[1]], "10_64": [[2]]}, mode=mode)
         Path(command[command.index("--result") + 1]).write_text(json.dumps(payload))
         return 0
 
     monkeypatch.setattr(bench_driver.subprocess, "call", child)
     argv = [*BASE, "--methods", "none", "padrec", "padrec_adaptive", "--gammas", "5", "--batch-sizes", "1", "64"]
     argv += ["--list-lens", "10", "--out", str(tmp_path), "--work-dir", str(tmp_path), "--cache-root", str(tmp_path)]
-    assert bench.main(argv) == 0
+    assert bench.main([*argv, "--serve"]) == 0
+    table = [[1, 63, 5], [64, 64, 0]]  # from the offline records alone
     assert ran == [
-        ("none", 0, None, "none_g0"),
-        ("padrec", 5, None, "padrec_g5"),
-        ("padrec_adaptive", 5, [[1, 63, 5], [64, 64, 0]], "padrec_adaptive_g5"),
+        ("none", 0, "offline", None, "none_g0"),
+        ("none", 0, "serve", None, "none_g0_serve"),
+        ("padrec", 5, "offline", None, "padrec_g5"),
+        ("padrec", 5, "serve", None, "padrec_g5_serve"),
+        ("padrec_adaptive", 5, "offline", table, "padrec_adaptive_g5"),
+        ("padrec_adaptive", 5, "serve", table, "padrec_adaptive_g5_serve"),
     ]
     payload = json.loads((tmp_path / "spec_decode_beauty_atspeed.json").read_text())
-    assert payload["adaptive_table"] == [[1, 63, 5], [64, 64, 0]] and len(payload["records"]) == 6
-    adaptive_64 = [r for r in payload["records"] if r["method"] == "padrec_adaptive" and r["batch_size"] == 64][0]
-    assert adaptive_64["speedup_vs_no_spec"] == 1.0 and adaptive_64["equal_to_no_spec"] == 1
+    assert payload["adaptive_table"] == table and len(payload["records"]) == 12
+    by = {(r["method"], r["mode"], r["batch_size"]): r for r in payload["records"]}
+    assert by["padrec_adaptive", "offline", 64]["speedup_vs_no_spec"] == 1.0
+    assert by["padrec_adaptive", "offline", 64]["equal_to_no_spec"] == 1
+    assert by["padrec", "serve", 64]["speedup_vs_no_spec"] == 2.0  # against the served none
+    ran.clear()
+    assert bench.main(argv) == 0 and {mode for _, _, mode, _, _ in ran} == {"offline"}  # without --serve
     text = (tmp_path / "spec_decode_beauty_atspeed.md").read_text()
-    assert "| padrec | 5 | 10 | 1 | 1 | 250.0 | 2.5 |" in text and "[[1, 63, 5], [64, 64, 0]]" in text
+    assert "| padrec | offline | 5 | 10 | 1 | 1 | 250.0 | 2.5 |" in text and "[[1, 63, 5], [64, 64, 0]]" in text
     assert (tmp_path / "spec_decode_beauty_atspeed.png").stat().st_size > 1000
 
 
@@ -212,3 +234,92 @@ def test_the_one_step_eagle_method_reads_its_own_draft():
     assert "eagle_one_step" not in bench.parse_args(BASE).methods  # opt-in: it needs a head of its own
     with pytest.raises(SystemExit):
         bench.parse_args([*BASE, "--methods", "eagle_one_step"])
+
+
+def test_the_served_pass_command_is_one_vllm_bench_serve_accepts():
+    """Every flag of bench_serve_command parses with vLLM 0.26.0's own `vllm bench serve` parser, as meant."""
+    from vllm.benchmarks.serve import add_cli_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    args = bench.parse_args(BASE)
+    command = bench.bench_serve_command(args, "http://127.0.0.1:8051", "m", Path("/p.jsonl"), 51, 10, 16, 256)
+    assert command[:3] == ["vllm", "bench", "serve"]
+    parser = FlexibleArgumentParser()
+    add_cli_args(parser)
+    parsed = parser.parse_args(command[3:])
+    assert (parsed.dataset_name, parsed.dataset_path, parsed.custom_output_len) == ("custom", "/p.jsonl", 51)
+    assert (parsed.max_concurrency, parsed.num_prompts, parsed.temperature) == (16, 256, 0.0)
+    assert parsed.skip_chat_template and parsed.disable_shuffle and parsed.save_detailed
+    assert parsed.extra_body == {"vllm_xargs": {"padrec_constraint": 1, "padrec_num_items": 10, "padrec_no_repeat": 1}}
+    assert parsed.percentile_metrics == "e2el" and parsed.metric_percentiles == "50,99"
+
+
+def test_a_served_pass_reads_vllm_bench_serves_result_and_the_servers_counters(tmp_path, monkeypatch):
+    """served_passes with a fake server and a fake `vllm bench serve`: its timing, the generated texts read back
+    as items, and acceptance from the server's counters over the pass."""
+    from vllm_padrec.data import SyntheticConfig, generate_synthetic
+    from vllm_padrec.integration.spec_decode_counters import SPEC_COUNTERS, SPEC_PER_POS
+    from vllm_padrec.testing import metrics as metrics_module
+    from vllm_padrec.testing import server as server_module
+
+    catalog = generate_synthetic(SyntheticConfig(num_items=12, num_users=4, codebook_sizes=(4, 4))).catalog
+    text = "".join(catalog.layout.token_strings()[t] for t in catalog.item_token_ids(3)) + "<sep>"
+    text += "".join(catalog.layout.token_strings()[t] for t in catalog.item_token_ids(5)) + "</s>"
+    scrapes = iter([(2, 3, [2, 1]), (6, 10, [4, 3, 1])])
+
+    class Server:
+        base, startup_seconds = "http://fake", 12.5
+
+        def __init__(self, model, args, port, log_path):
+            self.args = args
+
+        def __enter__(self):
+            served.append(self.args)
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    def scrape(base):
+        rounds, accepted, per_pos = next(scrapes)
+        values = dict(zip(SPEC_COUNTERS, (rounds, 5 * rounds, accepted))) | {SPEC_PER_POS: per_pos}
+        return SimpleNamespace(spec_counters=lambda: values)
+
+    def bench_serve(command, check, stdout):
+        folder, name = command[command.index("--result-dir") + 1], command[command.index("--result-filename") + 1]
+        result = {"completed": 2, "output_throughput": 321.04, "p50_e2el_ms": 40.0, "p99_e2el_ms": 55.5}
+        Path(folder, name).write_text(json.dumps(result | {"generated_texts": [text, text]}))
+
+    served = []
+    monkeypatch.setattr(server_module, "VllmServer", Server)
+    monkeypatch.setattr(metrics_module, "scrape", scrape)
+    monkeypatch.setattr(bench.subprocess, "run", bench_serve)
+    args = bench.parse_args(
+        [*BASE, "--batch-sizes", "2", "--list-lens", "2", "--users", "2", "--work-dir", str(tmp_path)]
+    )
+    args.one, args.one_gamma = "padrec", 5
+    users = [SimpleNamespace(history=[0, 1], targets=[5]), SimpleNamespace(history=[2], targets=[7])]
+    startup, records, lists = bench.served_passes(args, catalog, users, None)
+    (record,) = records
+    assert startup == 12.5 and lists == {"serve_2_2": [text, text]}
+    assert (record["mode"], record["users"], record["tokens_per_s"], record["p50_ms"], record["p99_ms"]) == (
+        "serve",
+        2,
+        321.0,
+        40.0,
+        55.5,
+    )
+    assert record["acceptance_length"] == 2.75 and record["accepted_per_draft_step"] == [0.5, 0.5, 0.25]
+    assert record["recall_at_10"] == 0.5  # user 1's next item (5) is on the list, user 2's (7) is not
+    (serve_args,) = served
+    spec = json.loads(serve_args[serve_args.index("--speculative-config") + 1])
+    assert spec == {"method": "eagle", "model": "/p", "num_speculative_tokens": 5}
+    prompts = (tmp_path / "serve_padrec_g5" / "prompts_2_2.jsonl").read_text().splitlines()
+    assert json.loads(prompts[0])["prompt"].startswith("<s>") and len(prompts) == 2
+
+
+def test_generated_text_reads_back_as_the_layouts_token_ids():
+    from vllm_padrec.catalog import TokenLayout
+
+    layout = TokenLayout((4, 4))
+    assert layout.token_ids_of_text("<a_1> <b_3><sep>x<zz><a_0></s>") == [6 + 1, 10 + 3, 4, 3, 6, 2]

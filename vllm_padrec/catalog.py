@@ -142,6 +142,12 @@ class TokenLayout:
             offset += size
         return None
 
+    def token_ids_of_text(self, text: str) -> list[int]:
+        """The token ids of generated text (``"<a_12><b_7>...<sep>..."``, spaces ignored): each ``<...>`` that
+        names a token of this layout, ``UNK`` for one that does not; text outside the brackets is dropped."""
+        ids = {token: token_id for token_id, token in enumerate(self.token_strings())}
+        return [ids.get(token, self.UNK) for token in _ANY_TOKEN.findall(text.replace(" ", ""))]
+
     def to_dict(self) -> dict:
         return {"codebook_sizes": list(self.codebook_sizes), "special_tokens": list(self.SPECIAL_TOKENS)}
 
