@@ -243,10 +243,13 @@ def test_stop_signals_leave_other_threads_alone():
 
 
 # The child trains, and inside the loss of step SIGNAL_STEP tells the parent it is ready and waits
-# until the parent has sent the signal: the signal lands mid-step, deterministically.
+# until the parent has sent the signal: the signal lands mid-step, deterministically. It handles SIGINT as a
+# foreground process does, even when pytest runs as a background job (which inherits SIGINT ignored, and
+# StopSignals rightly leaves an ignored signal alone).
 CHILD = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {tests!r})
 ready, go = Path({ready!r}), Path({go!r})
 import {module} as patched
