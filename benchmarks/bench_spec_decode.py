@@ -304,10 +304,12 @@ def served_passes(args, catalog, samples: list, table: list | None) -> tuple[flo
                 users = pass_users(args, samples, batch)
                 name = f"{list_len}_{batch}"
                 dataset = work / f"prompts_{name}.jsonl"
-                prompts = ("".join(tokens[t] for t in catalog.render_prompt(s.history)) for s in users)
+                prompts = ["".join(tokens[t] for t in catalog.render_prompt(s.history)) for s in users]
                 dataset.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-                before = metrics_counters(scrape(server.base))
                 max_tokens = list_len * (catalog.num_slots + 1) + 1
+                warm_up = {"model": SERVED_NAME, "prompt": prompts[0], "max_tokens": max_tokens}
+                server.post_json("/v1/completions", warm_up | {"temperature": 0, "vllm_xargs": list_xargs(list_len)})
+                before = metrics_counters(scrape(server.base))  # after the warm-up: the pass's counters alone
                 command = bench_serve_command(
                     args, server.base, SERVED_NAME, dataset, max_tokens, list_len, batch, len(users)
                 )
@@ -331,12 +333,13 @@ def bench_serve_command(
     args, base: str, model: str, dataset: Path, max_tokens: int, list_len: int, batch: int, users: int
 ):
     """``vllm bench serve`` over a custom dataset of history prompts, ``batch`` requests in flight, greedy
-    constrained lists (module docstring), in order, with one warm-up request."""
+    constrained lists (module docstring), in order (the warm-up request is served_passes' own, before the
+    counters are read)."""
     return [
         *("vllm", "bench", "serve", "--backend", "vllm", "--base-url", base, "--endpoint", "/v1/completions"),
         *("--model", model, "--tokenizer", args.target, "--dataset-name", "custom", "--dataset-path", str(dataset)),
         *("--skip-chat-template", "--disable-shuffle", "--num-prompts", str(users), "--max-concurrency", str(batch)),
-        *("--custom-output-len", str(max_tokens), "--temperature", "0", "--num-warmups", "1"),
+        *("--custom-output-len", str(max_tokens), "--temperature", "0"),
         *("--extra-body", json.dumps({"vllm_xargs": list_xargs(list_len)})),
         *("--percentile-metrics", "e2el", "--metric-percentiles", "50,99", "--save-result", "--save-detailed"),
     ]

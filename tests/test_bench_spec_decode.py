@@ -280,6 +280,10 @@ def test_a_served_pass_reads_vllm_bench_serves_result_and_the_servers_counters(t
         def __exit__(self, *exc):
             pass
 
+        def post_json(self, path, payload):
+            warm_ups.append((path, payload))
+            return {}
+
     def scrape(base):
         rounds, accepted, per_pos = next(scrapes)
         values = dict(zip(SPEC_COUNTERS, (rounds, 5 * rounds, accepted))) | {SPEC_PER_POS: per_pos}
@@ -290,7 +294,7 @@ def test_a_served_pass_reads_vllm_bench_serves_result_and_the_servers_counters(t
         result = {"completed": 2, "output_throughput": 321.04, "p50_e2el_ms": 40.0, "p99_e2el_ms": 55.5}
         Path(folder, name).write_text(json.dumps(result | {"generated_texts": [text, text]}))
 
-    served = []
+    served, warm_ups = [], []
     monkeypatch.setattr(server_module, "VllmServer", Server)
     monkeypatch.setattr(metrics_module, "scrape", scrape)
     monkeypatch.setattr(bench.subprocess, "run", bench_serve)
@@ -314,8 +318,13 @@ def test_a_served_pass_reads_vllm_bench_serves_result_and_the_servers_counters(t
     (serve_args,) = served
     spec = json.loads(serve_args[serve_args.index("--speculative-config") + 1])
     assert spec == {"method": "eagle", "model": "/p", "num_speculative_tokens": 5}
-    prompts = (tmp_path / "serve_padrec_g5" / "prompts_2_2.jsonl").read_text().splitlines()
-    assert json.loads(prompts[0])["prompt"].startswith("<s>") and len(prompts) == 2
+    lines = (tmp_path / "serve_padrec_g5" / "prompts_2_2.jsonl").read_text().splitlines()
+    prompts = [json.loads(line)["prompt"] for line in lines]
+    assert prompts[0].startswith("<s>") and len(prompts) == 2
+    ((path, warm_up),) = warm_ups  # one request before the counters are read, the pass's first prompt
+    assert (
+        path == "/v1/completions" and warm_up["prompt"] == prompts[0] and warm_up["vllm_xargs"]["padrec_num_items"] == 2
+    )
 
 
 def test_generated_text_reads_back_as_the_layouts_token_ids():
