@@ -44,6 +44,10 @@ Float32 configurations run Triton's float32 dots in IEEE precision (``--triton-f
 vLLM's float32 attention is a Triton kernel whose dots are TF32 by Triton's default. On the first GPU run,
 in TF32, the engine's scores were up to 0.004 from the reference's and 9 of 64 users at K = 20 had items
 in another order from their first difference on; in IEEE precision all 64 were equal (2026-12-01).
+``--own-process-modes`` runs those vLLM modes once more, at ``--own-process-ks``, with the engine core in a
+process of its own as vLLM runs by default (``engine_core`` says where each record's ran; the rest run it in
+the benchmark's process, where the engine steps, KV blocks and profiles are read). The goals' speed verdicts
+read the own-process records where every compared mode has one (``testing/topk_goals.py``).
 Each record of the vLLM modes says how many engine steps a call took (``engine_steps_per_call``) and how
 many of them ran the model (``forwards_per_call``: with async scheduling the last output comes one step
 later, in a step without a forward), and
@@ -82,8 +86,8 @@ from vllm_padrec.testing.bench_driver import (
 )
 from vllm_padrec.testing.python_profile import OUR_CODE, busiest, hotspot_table, python_profile
 from vllm_padrec.testing.stats import percentile
-from vllm_padrec.testing.timing import EngineSteps
-from vllm_padrec.testing.topk_goals import goals_markdown, topk_goals
+from vllm_padrec.testing.timing import EngineSteps, in_process_model_runner
+from vllm_padrec.testing.topk_goals import IN_PROCESS, OWN_PROCESS, goals_markdown, topk_goals
 
 MODES = ("reference", "vllm_beam_search", "engine", "greedy_floor")
 DEFAULT_KS = (1, 5, 10, 20, 50, 100)
@@ -260,7 +264,13 @@ def vllm_ranker(args, catalog: ItemCatalog, max_history: int, llm=None) -> Ranke
             for out, p in zip(outputs, prompts)
         ]
 
-    return Ranker(rank, EngineSteps(llm))
+    return Ranker(rank, engine_steps(llm))
+
+
+def engine_steps(llm) -> EngineSteps | None:
+    """The engine step counter of an in-process engine; None for one in its own process (the front end's
+    ``step`` calls there are output reads, not engine steps)."""
+    return EngineSteps(llm) if in_process_model_runner(llm) is not None else None
 
 
 def engine_ranker(args, catalog: ItemCatalog, max_history: int, llm=None) -> Ranker:
@@ -274,8 +284,9 @@ def engine_ranker(args, catalog: ItemCatalog, max_history: int, llm=None) -> Ran
         ranked = recommend_topk(llm, catalog, histories, k, max_history=max_history)
         return [[(item, float(score)) for item, score in items] for items in ranked]
 
-    beam_rows = llm.llm_engine.engine_core.engine_core.scheduler.padrec_beam_rows  # the in-process engine's
-    return Ranker(rank, EngineSteps(llm), beam_rows, llm)
+    core = getattr(llm.llm_engine.engine_core, "engine_core", None)  # the in-process engine core; else None
+    beam_rows = core.scheduler.padrec_beam_rows if core is not None else None
+    return Ranker(rank, engine_steps(llm), beam_rows, llm)
 
 
 def greedy_floor_ranker(args, catalog: ItemCatalog, max_history: int, llm=None) -> Ranker:
@@ -293,7 +304,7 @@ def greedy_floor_ranker(args, catalog: ItemCatalog, max_history: int, llm=None) 
             for out in outputs
         ]
 
-    return Ranker(rank, EngineSteps(llm), llm=llm)
+    return Ranker(rank, engine_steps(llm), llm=llm)
 
 
 def kv_blocks(admissions) -> dict:
@@ -393,7 +404,8 @@ def profile_call(
 def run_config(args) -> list[dict]:
     """One configuration, in this process: each mode of ``--one`` in turn (a mode that shares the engine of the
     one before it, SHARES_ENGINE, reuses its ``LLM``), each with its passes over every K; a result per mode."""
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    # the engine core in this process (steps, KV blocks and profiles are read from it), or in its own
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if args.one_engine_core == OWN_PROCESS else "0"
     os.environ.setdefault("VLLM_PLUGINS", "padrec")
     from vllm_padrec.data import load_dataset
     from vllm_padrec.integration.recommendation_service import read_max_history
@@ -440,20 +452,27 @@ def measure(args, mode: str, ranker: Ranker, samples, startup: float) -> dict:
             records.append(pass_record(mode, dtype, k, batch, seconds, lists, [s.targets for s in users]))
             records[-1]["engine_steps_per_call"] = steps
             records[-1]["forwards_per_call"] = forwards
+            records[-1]["engine_core"] = None if mode == "reference" else args.one_engine_core  # the reference: none
             if ranker.beam_rows is not None:
                 records[-1] |= kv_blocks(ranker.beam_rows.admitted)
             print(json.dumps(records[-1]), flush=True)
             if batch == args.concurrency and dtype == EXACT_DTYPE:
                 equal_lists[str(k)] = ranked[: args.users_equal]
-    if args.profile:
+    if args.profile and args.one_engine_core == IN_PROCESS:  # Python's profiler sees an in-process engine only
         k = args.profile_k or max(args.ks)
         for batch, users in ((1, latency_users), (args.concurrency, throughput_users)):
             name = f"bench_topk_{mode}_{dtype}_profile_k{k}_b{batch}.txt"
             profile_call(rank, [s.history for s in users[:batch]], k, Path(args.work_dir) / name)
-    return {"mode": mode, "dtype": dtype, "startup_seconds": startup, "records": records, "equal_lists": equal_lists}
+    result = {"mode": mode, "dtype": dtype, "engine_core": args.one_engine_core, "startup_seconds": startup}
+    return result | {"records": records, "equal_lists": equal_lists}
 
 
 # -- results ----------------------------------------------------------------------------------------------------
+def mode_label(record: dict) -> str:
+    """A record's or result's mode, with "own process" where its engine core ran in a process of its own."""
+    return record["mode"] + (" (own process)" if record.get("engine_core") == OWN_PROCESS else "")
+
+
 def markdown(payload: dict) -> str:
     lines = [
         f"# Top-K recommendation on {payload['dataset']}",
@@ -485,7 +504,7 @@ def markdown(payload: dict) -> str:
         if differing and r.get("differing_same_scores") is not None:
             equal += f" ({r['differing_same_scores']} of {differing} others: same scores)"
         lines.append(
-            f"| {r['mode']} | {r['dtype']} | {r['k']} | {r['batch_size']} | {r['users']} | {cell(r['p50_ms'])} | "
+            f"| {mode_label(r)} | {r['dtype']} | {r['k']} | {r['batch_size']} | {r['users']} | {cell(r['p50_ms'])} | "
             f"{cell(r['p99_ms'])} | {cell(r['users_per_s'])} | {r['recall_at_k']} | {r['ndcg_at_k']} | "
             f"{r['invalid_items']} | {equal} | {cell(r.get('max_score_difference'))} | "
             f"{steps} | {blocks} |"
@@ -500,7 +519,7 @@ def plot(plt, payload: dict):
     lines: dict[str, list[tuple[int, float]]] = {}
     for r in payload["records"]:
         if r["batch_size"] == 1 and r["p50_ms"] is not None:
-            lines.setdefault(f"{r['mode']} ({r['dtype']})", []).append((r["k"], r["p50_ms"]))
+            lines.setdefault(f"{mode_label(r)} ({r['dtype']})", []).append((r["k"], r["p50_ms"]))
     if not lines:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -583,6 +602,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="with --profile: the K of the profiled calls (default: the largest of --ks)",
     )
     add(
+        "--own-process-modes",
+        nargs="+",
+        default=[],
+        choices=[m for m in MODES if m != "reference"],
+        help="vLLM modes to run once more with the engine core in its own process, as vLLM runs by default (the "
+        "engine steps, KV blocks and profiles are read only from an in-process engine); records say engine_core",
+    )
+    add(
+        "--own-process-ks",
+        nargs="+",
+        type=int,
+        default=[20],
+        help="with --own-process-modes: the K of those runs (default 20)",
+    )
+    add(
         "--exact-modes",
         nargs="+",
         default=None,
@@ -592,6 +626,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add("--one", nargs="+", default=None, choices=MODES, help=argparse.SUPPRESS)  # child: run these modes
     add("--one-dtype", default=None, help=argparse.SUPPRESS)
+    add("--one-engine-core", default=IN_PROCESS, choices=(IN_PROCESS, OWN_PROCESS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not args.render and (args.target is None or args.dataset is None):
         parser.error("--target and --dataset are required (or --render JSON)")
@@ -622,9 +657,11 @@ def main(argv: list[str] | None = None) -> int:
         write_payload(args.out, name, payload, markdown, plot)
         return payload
 
-    for modes, dtype in configurations(args):
-        config = f"{'_'.join(modes)}_{dtype}"
-        argv = [*forwarded, "--one", *modes, "--one-dtype", dtype]
+    for modes, dtype, core in configurations(args) + own_process_configurations(args):
+        config = f"{'_'.join(modes)}_{dtype}" + ("" if core == IN_PROCESS else f"_{core}")
+        argv = [*forwarded, "--one", *modes, "--one-dtype", dtype, "--one-engine-core", core]
+        if core == OWN_PROCESS:
+            argv += ["--ks", *map(str, args.own_process_ks)]  # the last --ks given wins
         env = dot_precision(dtype, args)
         result, error = run_configuration(
             "benchmarks.bench_topk", "bench_topk", config, argv, args.work_dir, args.cache_root, env
@@ -639,10 +676,10 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if errors else 0
 
 
-def configurations(args) -> list[tuple[tuple[str, ...], str]]:
-    """The processes to run, in ``--modes`` order: (modes, dtype), each mode in the dtypes it runs in (float32
-    only for ``--exact-modes``), a mode of SHARES_ENGINE in the process of the mode whose engine it shares
-    when that one runs in the same dtype."""
+def configurations(args) -> list[tuple[tuple[str, ...], str, str]]:
+    """The processes to run, in ``--modes`` order: (modes, dtype, IN_PROCESS), each mode in the dtypes it runs
+    in (float32 only for ``--exact-modes``), a mode of SHARES_ENGINE in the process of the mode whose engine it
+    shares when that one runs in the same dtype."""
 
     def runs(mode: str, dtype: str) -> bool:
         return dtype != EXACT_DTYPE or args.exact_modes is None or mode in args.exact_modes
@@ -657,7 +694,18 @@ def configurations(args) -> list[tuple[tuple[str, ...], str]]:
                 groups.setdefault((host, dtype), []).append(mode)
             else:
                 groups.setdefault((mode, dtype), []).insert(0, mode)
-    return [(tuple(modes), dtype) for (_, dtype), modes in groups.items()]
+    return [(tuple(modes), dtype, IN_PROCESS) for (_, dtype), modes in groups.items()]
+
+
+def own_process_configurations(args) -> list[tuple[tuple[str, ...], str, str]]:
+    """``--own-process-modes`` with their engine core in its own process (OWN_PROCESS), in the first speed dtype
+    (not float32), a mode of SHARES_ENGINE with its host as in ``configurations``: the speed passes as vLLM runs
+    by default, at ``--own-process-ks``."""
+    speed = [d for d in args.dtypes if d != EXACT_DTYPE][:1]
+    if not args.own_process_modes or not speed:
+        return []
+    own = argparse.Namespace(**{**vars(args), "modes": args.own_process_modes, "dtypes": speed})
+    return [(modes, dtype, OWN_PROCESS) for modes, dtype, _ in configurations(own)]
 
 
 def summarize(args, results: list[dict], errors: dict) -> dict:
@@ -677,7 +725,7 @@ def summarize(args, results: list[dict], errors: dict) -> dict:
         "triton_f32": args.triton_f32,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "startup_seconds": {f"{r['mode']}_{r['dtype']}": r["startup_seconds"] for r in results},
+        "startup_seconds": {f"{mode_label(r)}_{r['dtype']}": r["startup_seconds"] for r in results},
         "records": records,
         "goals": topk_goals(records, args.concurrency),
         "errors": errors,

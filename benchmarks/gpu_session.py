@@ -586,6 +586,8 @@ def job_bench_topk(ctx: JobContext) -> int:
         *("--dtypes", "bfloat16", "float32", "--exact-modes", "reference", "engine"),
         *("--users", "256", "--users-latency", "50", "--users-equal", "500", "--concurrency", "64"),
         *("--profile", "--profile-k", "20"),
+        # K = 20 once more as vLLM runs by default, the engine core in its own process (the speed goals read it)
+        *("--own-process-modes", "engine", "greedy_floor", "vllm_beam_search", "--own-process-ks", "20"),
     )
 
 

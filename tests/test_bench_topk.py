@@ -301,7 +301,7 @@ def test_the_greedy_floor_runs_in_the_engine_modes_process_where_both_run(tmp_pa
         ("reference", "float32"),
     ]
     without_engine = bench_topk.parse_args([*argv[:-4], "--modes", "greedy_floor", "reference"])
-    assert bench_topk.configurations(without_engine)[0] == (("greedy_floor",), "bfloat16")
+    assert bench_topk.configurations(without_engine)[0] == (("greedy_floor",), "bfloat16", "in_process")
 
 
 def test_a_process_of_several_modes_builds_one_engine_for_the_modes_that_share_it(monkeypatch, tmp_path):
@@ -345,3 +345,49 @@ def test_a_k_whose_warm_up_call_is_slow_times_one_call_of_users_except_in_float3
         counts[dtype] = {(r["k"], r["batch_size"]): r["users"] for r in result["records"]}
     assert counts["bfloat16"] == {(5, 1): 2, (5, 2): 8, (100, 1): 2, (100, 2): 2}
     assert counts["float32"] == {(5, 2): 8, (100, 2): 8}  # the equality check's users, however slow
+
+
+def test_own_process_modes_run_once_more_with_the_engine_core_in_its_own_process(tmp_path, monkeypatch):
+    """--own-process-modes: an extra configuration per engine (the floor still in the engine mode's), bfloat16
+    only, at --own-process-ks; its records say engine_core and the Markdown names them."""
+    ran = []
+
+    def child(command, stdout, stderr, env):
+        modes, dtype = child_modes(command), command[command.index("--one-dtype") + 1]
+        core = command[command.index("--one-engine-core") + 1]
+        after = command[command.index("--one-engine-core") :]  # what the driver adds for the configuration
+        ks = after[after.index("--ks") + 1 : after.index("--result")] if "--ks" in after else None
+        ran.append((tuple(modes), dtype, core, ks, Path(env["VLLM_CACHE_ROOT"]).name))
+        results = [fake_result(m, dtype) for m in modes]
+        for result in results:
+            result["engine_core"] = core
+            for r in result["records"]:
+                r["engine_core"] = core
+        Path(command[command.index("--result") + 1]).write_text(json.dumps(results))
+        return 0
+
+    monkeypatch.setattr(bench_driver.subprocess, "call", child)
+    argv = ["--target", "/t", "--dataset", str(tmp_path / "beauty_atspeed"), "--out", str(tmp_path)]
+    argv += ["--work-dir", str(tmp_path), "--modes", "engine", "greedy_floor", "--dtypes", "bfloat16", "float32"]
+    argv += ["--exact-modes", "engine", "--own-process-modes", "engine", "greedy_floor", "--own-process-ks", "20"]
+    assert bench_topk.main(argv) == 0
+    assert [(modes, dtype, core) for modes, dtype, core, _, _ in ran] == [
+        (("engine", "greedy_floor"), "bfloat16", "in_process"),
+        (("engine",), "float32", "in_process"),
+        (("engine", "greedy_floor"), "bfloat16", "own_process"),
+    ]
+    assert ran[-1][3] == ["20"] and ran[-1][4] == "engine_greedy_floor_bfloat16_own_process"
+    text = (tmp_path / "topk_beauty_atspeed.md").read_text()
+    assert "| engine (own process) | bfloat16 |" in text and "| engine | bfloat16 |" in text
+    assert bench_topk.parse_args(argv[:4]).own_process_modes == []  # none by default
+
+
+def test_an_engine_core_in_its_own_process_has_no_step_counter():
+    """Its front end's step calls read outputs; they are not engine steps (records then carry None)."""
+    runner = SimpleNamespace(sample_tokens=lambda: None)
+    worker = SimpleNamespace(worker=SimpleNamespace(model_runner=runner))
+    core = SimpleNamespace(engine_core=SimpleNamespace(model_executor=SimpleNamespace(driver_worker=worker)))
+    in_process = SimpleNamespace(llm_engine=SimpleNamespace(step=lambda: [], engine_core=core))
+    assert bench_topk.engine_steps(in_process) is not None
+    own_process = SimpleNamespace(llm_engine=SimpleNamespace(step=lambda: [], engine_core=object()))
+    assert bench_topk.engine_steps(own_process) is None

@@ -104,3 +104,23 @@ def test_the_results_markdown_leads_with_the_goals_table():
     lines = goals_markdown(topk_goals(payload["records"], 64))
     assert "| K = 20, one request at a time: engine p50 at most 10 ms | **missed** | 20 ms, 2.00x the goal |" in lines
     assert all(line in text for line in lines)
+
+
+def test_the_speed_goals_read_the_own_process_records_where_every_compared_mode_has_one():
+    """As vLLM runs by default (bench_topk --own-process-modes): the engine and its floor, and vLLM's beam search
+    at one request, measured with the engine core in its own process; at 64 users only the engine was."""
+    own = dict(engine_core="own_process")
+    records = run_records() + [
+        record("engine", "bfloat16", 20, 1, 15.0, **own),
+        record("greedy_floor", "bfloat16", 20, 1, 14.0, **own),
+        record("vllm_beam_search", "bfloat16", 20, 1, 60.0, **own),
+        record("engine", "bfloat16", 20, 64, 150.0, 500.0, **own),
+    ]
+    latency20, vs_baseline, latency50, throughput, *_ = topk_goals(records, concurrency=64)
+    assert latency20["measured"] == (
+        "15 ms (engine core in its own process), 1.50x the goal; greedy floor 14 ms (engine/floor 1.07); "
+        "engine core in this process: 22.75 ms"
+    )
+    assert vs_baseline["measured"] == "4.00x (15 against 60 ms (engine core in its own process))"
+    assert latency50["measured"].startswith("24.9 ms, 1.66x")  # K = 50 ran in process only
+    assert throughput["measured"] == "15.49x (369 against 23.82 users/s)"  # no own-process beam search at 64

@@ -4,6 +4,10 @@ Each goal compares records of one run (side by side). A goal is ``met`` (True / 
 record it reads was not measured. The verdict's ``measured`` text says by how much a goal is missed and
 what it was compared with (the greedy floor: one greedy item in the same engine, which any in-engine
 beam search needs at least).
+
+The speed goals read the records whose engine core ran in its own process, as vLLM runs by default
+(``engine_core`` OWN_PROCESS, bench_topk's ``--own-process-modes``), where every mode they compare has
+one; else those of the in-process engines, which every run has.
 """
 
 from __future__ import annotations
@@ -21,14 +25,32 @@ LATENCY_VS_BASELINE = 7.0  # at K = 20, one request at a time: this many times b
 THROUGHPUT_K = 20
 THROUGHPUT_VS_BASELINE = 5.0  # users per second at the concurrency batch
 EQUAL_USERS = 500  # float32 users whose K items and order equal the reference's
+# where a record's engine core ran (its engine_core field; records without one ran in process)
+IN_PROCESS, OWN_PROCESS = "in_process", "own_process"
 
 
-def find(records: Iterable[dict], mode: str, dtype: str, k: int, batch_size: int) -> dict | None:
-    """The measured record of one mode, dtype, K and batch size (None: not measured)."""
+def placement(record: dict) -> str:
+    return OWN_PROCESS if record.get("engine_core") == OWN_PROCESS else IN_PROCESS
+
+
+def find(
+    records: Iterable[dict], mode: str, dtype: str, k: int, batch_size: int, core: str = IN_PROCESS
+) -> dict | None:
+    """The measured record of one mode, dtype, K, batch size and engine-core placement (None: not measured)."""
     for r in records:
-        if (r["mode"], r["dtype"], r["k"], r["batch_size"]) == (mode, dtype, k, batch_size):
+        if (r["mode"], r["dtype"], r["k"], r["batch_size"], placement(r)) == (mode, dtype, k, batch_size, core):
             return r
     return None
+
+
+def speed_placement(records: list[dict], modes: tuple[str, ...], k: int, batch_size: int) -> str:
+    """OWN_PROCESS where every one of ``modes`` has a speed record with its engine core in its own process."""
+    own = all(find(records, m, SPEED_DTYPE, k, batch_size, OWN_PROCESS) for m in modes)
+    return OWN_PROCESS if own else IN_PROCESS
+
+
+def placement_note(core: str) -> str:
+    return " (engine core in its own process)" if core == OWN_PROCESS else ""
 
 
 def verdict(goal: str, met: bool | None, measured: str) -> dict:
@@ -37,27 +59,31 @@ def verdict(goal: str, met: bool | None, measured: str) -> dict:
 
 def latency_goal(records: list[dict], k: int, limit_ms: float) -> dict:
     goal = f"K = {k}, one request at a time: engine p50 at most {limit_ms:g} ms"
-    engine = find(records, ENGINE, SPEED_DTYPE, k, 1)
+    core = speed_placement(records, (ENGINE,), k, 1)
+    engine = find(records, ENGINE, SPEED_DTYPE, k, 1, core)
     if engine is None or engine["p50_ms"] is None:
         return verdict(goal, None, "not measured")
     p50 = engine["p50_ms"]
-    text = f"{p50:g} ms" + ("" if p50 <= limit_ms else f", {p50 / limit_ms:.2f}x the goal")
-    floor = find(records, FLOOR, SPEED_DTYPE, k, 1)
+    text = f"{p50:g} ms{placement_note(core)}" + ("" if p50 <= limit_ms else f", {p50 / limit_ms:.2f}x the goal")
+    floor = find(records, FLOOR, SPEED_DTYPE, k, 1, core)
     if floor is not None and floor["p50_ms"] is not None:
         text += f"; greedy floor {floor['p50_ms']:g} ms (engine/floor {p50 / floor['p50_ms']:.2f})"
+    in_process = find(records, ENGINE, SPEED_DTYPE, k, 1) if core == OWN_PROCESS else None
+    if in_process is not None and in_process["p50_ms"] is not None:
+        text += f"; engine core in this process: {in_process['p50_ms']:g} ms"
     return verdict(goal, p50 <= limit_ms, text)
 
 
 def latency_vs_baseline_goal(records: list[dict]) -> dict:
     k = THROUGHPUT_K
     goal = f"K = {k}, one request at a time: engine p50 at least {LATENCY_VS_BASELINE:g}x below vLLM's beam search"
-    engine, baseline = find(records, ENGINE, SPEED_DTYPE, k, 1), find(records, BASELINE, SPEED_DTYPE, k, 1)
+    core = speed_placement(records, (ENGINE, BASELINE), k, 1)
+    engine, baseline = find(records, ENGINE, SPEED_DTYPE, k, 1, core), find(records, BASELINE, SPEED_DTYPE, k, 1, core)
     if engine is None or baseline is None or engine["p50_ms"] is None or baseline["p50_ms"] is None:
         return verdict(goal, None, "not measured")
     ratio = baseline["p50_ms"] / engine["p50_ms"]
-    return verdict(
-        goal, ratio >= LATENCY_VS_BASELINE, f"{ratio:.2f}x ({engine['p50_ms']:g} against {baseline['p50_ms']:g} ms)"
-    )
+    text = f"{ratio:.2f}x ({engine['p50_ms']:g} against {baseline['p50_ms']:g} ms{placement_note(core)})"
+    return verdict(goal, ratio >= LATENCY_VS_BASELINE, text)
 
 
 def throughput_goal(records: list[dict], concurrency: int) -> dict:
@@ -65,12 +91,13 @@ def throughput_goal(records: list[dict], concurrency: int) -> dict:
     goal = (
         f"{concurrency} users per call, K = {k}: engine users/s at least {THROUGHPUT_VS_BASELINE:g}x vLLM's beam search"
     )
-    engine = find(records, ENGINE, SPEED_DTYPE, k, concurrency)
-    baseline = find(records, BASELINE, SPEED_DTYPE, k, concurrency)
+    core = speed_placement(records, (ENGINE, BASELINE), k, concurrency)
+    engine = find(records, ENGINE, SPEED_DTYPE, k, concurrency, core)
+    baseline = find(records, BASELINE, SPEED_DTYPE, k, concurrency, core)
     if engine is None or baseline is None or not engine["users_per_s"] or not baseline["users_per_s"]:
         return verdict(goal, None, "not measured")
     ratio = engine["users_per_s"] / baseline["users_per_s"]
-    text = f"{ratio:.2f}x ({engine['users_per_s']:g} against {baseline['users_per_s']:g} users/s)"
+    text = f"{ratio:.2f}x ({engine['users_per_s']:g} against {baseline['users_per_s']:g} users/s{placement_note(core)})"
     return verdict(goal, ratio >= THROUGHPUT_VS_BASELINE, text)
 
 
