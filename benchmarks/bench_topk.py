@@ -86,7 +86,7 @@ from vllm_padrec.testing.bench_driver import (
 )
 from vllm_padrec.testing.python_profile import OUR_CODE, busiest, hotspot_table, python_profile
 from vllm_padrec.testing.stats import percentile
-from vllm_padrec.testing.timing import EngineSteps, in_process_model_runner
+from vllm_padrec.testing.timing import EngineSteps, in_process_engine_core, in_process_model_runner
 from vllm_padrec.testing.topk_goals import IN_PROCESS, OWN_PROCESS, goals_markdown, topk_goals
 
 MODES = ("reference", "vllm_beam_search", "engine", "greedy_floor")
@@ -284,7 +284,7 @@ def engine_ranker(args, catalog: ItemCatalog, max_history: int, llm=None) -> Ran
         ranked = recommend_topk(llm, catalog, histories, k, max_history=max_history)
         return [[(item, float(score)) for item, score in items] for items in ranked]
 
-    core = getattr(llm.llm_engine.engine_core, "engine_core", None)  # the in-process engine core; else None
+    core = in_process_engine_core(llm)
     beam_rows = core.scheduler.padrec_beam_rows if core is not None else None
     return Ranker(rank, engine_steps(llm), beam_rows, llm)
 

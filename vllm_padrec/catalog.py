@@ -26,6 +26,7 @@ rule is lossless and can be undone.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import defaultdict
@@ -142,10 +143,15 @@ class TokenLayout:
             offset += size
         return None
 
+    @functools.cached_property
+    def ids_by_token(self) -> dict[str, int]:
+        """Token string -> id: the vocabulary (``token_strings`` inverted); do not change it."""
+        return {token: token_id for token_id, token in enumerate(self.token_strings())}
+
     def token_ids_of_text(self, text: str) -> list[int]:
         """The token ids of generated text (``"<a_12><b_7>...<sep>..."``, spaces ignored): each ``<...>`` that
         names a token of this layout, ``UNK`` for one that does not; text outside the brackets is dropped."""
-        ids = {token: token_id for token_id, token in enumerate(self.token_strings())}
+        ids = self.ids_by_token
         return [ids.get(token, self.UNK) for token in _ANY_TOKEN.findall(text.replace(" ", ""))]
 
     def to_dict(self) -> dict:

@@ -21,8 +21,7 @@ TOKEN_PATTERN = r"<[^<>\s]*>"  # one layout token; the text between tokens is sp
 
 def build_tokenizer(layout: TokenLayout) -> PreTrainedTokenizerFast:
     """A fast tokenizer whose vocabulary is ``layout.token_strings()`` in id order."""
-    vocab = {token: token_id for token_id, token in enumerate(layout.token_strings())}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend = Tokenizer(models.WordLevel(vocab=dict(layout.ids_by_token), unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(TOKEN_PATTERN), behavior="isolated")]
     )

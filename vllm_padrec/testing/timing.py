@@ -66,9 +66,13 @@ class EngineSteps:
             runner.sample_tokens = counted_forward
 
 
+def in_process_engine_core(llm):
+    """``llm``'s engine core when it runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``); else None."""
+    return getattr(llm.llm_engine.engine_core, "engine_core", None)
+
+
 def in_process_model_runner(llm):
     """The model runner of ``llm``'s engine core when it runs in this process; else None."""
-    core = getattr(llm.llm_engine.engine_core, "engine_core", None)
-    executor = getattr(core, "model_executor", None)
+    executor = getattr(in_process_engine_core(llm), "model_executor", None)
     worker = getattr(getattr(executor, "driver_worker", None), "worker", None)
     return getattr(worker, "model_runner", None)
