@@ -17,8 +17,10 @@ For the bench target's results, call 1 runs ``start bench_target bench_eval benc
 --target bench`` (``--drafts padrec`` trains only the head the vLLM jobs need), and call 3 ``checks JOB...``.
 Issue 12's top-K results for both datasets, on ``nvidia-h200-x2``: call 1 ``start bench_target
 bench_target_games --target bench``, call 3 ``checks bench_topk bench_topk_games``. On one H200, one
-dataset a hold (about 24 minutes: training 7, the benchmark 15): call 1 ``start bench_target_games
---target bench``, call 3 ``checks topk_tests bench_topk_games`` (the tests run beside the training).
+dataset a hold (games_atspeed: about 27 minutes, training 8.5, the benchmark 17): call 1 ``start
+bench_target_games --target bench``, call 3 ``checks bench_topk_games``, then ``wait 570`` calls. Make
+each call as soon as the one before returns: the machine goes back 30 s after a call, and with it the
+trained target and the run in progress.
 
 Phases, one per call (``python3 benchmarks/gpu_session.py PHASE --help`` lists a phase's options; the
 options a call is given hold for the later calls too):
@@ -55,7 +57,7 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
                           eagle_vanilla, padrec_adaptive; --drafts padrec_eagle trains the heads)
     bench_topk            issue 12's top-K benchmark (bench_topk: four modes, K 1-100, bfloat16  target  lane 0
                           speed, float32 equality on 500 users, profiles at K = 20)
-    bench_topk_games      the same on games_atspeed's bench target                               bench_target_games
+    bench_topk_games      the same on games_atspeed's bench target, without profiles             bench_target_games
                                                                                                          lane 1
     topk_tests            the top-K GPU tests (test_integration_gpu_topk.py, the KV copy kernel  -       lane 0
                           and the pinned host copies natively)
@@ -581,13 +583,31 @@ def job_bench_topk(ctx: JobContext) -> int:
     return run_bench_topk(
         ctx,
         "topk",
-        # the engine first: a hold cut short keeps what the issue is about; vLLM's beam search, the slowest, last
-        *("--modes", "engine", "greedy_floor", "reference", "vllm_beam_search"),
-        *("--dtypes", "bfloat16", "float32", "--exact-modes", "reference", "engine"),
-        *("--users", "256", "--users-latency", "50", "--users-equal", "500", "--concurrency", "64"),
+        *TOPK_MEASUREMENTS,
         *("--profile", "--profile-k", "20"),
         # K = 20 once more as vLLM runs by default, the engine core in its own process (the speed goals read it)
         *("--own-process-modes", "engine", "greedy_floor", "vllm_beam_search", "--own-process-ks", "20"),
+    )
+
+
+# what bench_topk measures on every dataset; the engine first: a hold cut short keeps what the issue is about;
+# vLLM's beam search, the slowest, last
+TOPK_MEASUREMENTS = (
+    *("--modes", "engine", "greedy_floor", "reference", "vllm_beam_search"),
+    *("--dtypes", "bfloat16", "float32", "--exact-modes", "reference", "engine"),
+    *("--users", "256", "--users-latency", "50", "--users-equal", "500", "--concurrency", "64"),
+)
+
+
+def job_bench_topk_games(ctx: JobContext) -> int:
+    """bench_topk on games_atspeed's bench target, sized for one H200 hold beside its 8.5-minute training
+    (about 17 minutes): the same measurements, no profiles (bench_topk's on beauty_atspeed show where the
+    time goes) and the own-process rerun for the engine and vLLM's beam search only."""
+    return run_bench_topk(
+        with_dataset(ctx, SECOND_DATASET),
+        "topk",
+        *TOPK_MEASUREMENTS,
+        *("--own-process-modes", "engine", "vllm_beam_search", "--own-process-ks", "20"),
     )
 
 
@@ -731,7 +751,7 @@ JOBS: dict[str, Job] = {
         Job("bench_spec_decode", job_bench_spec_decode, needs=(DRAFT,), vllm=True),
         Job(
             "bench_topk_games",
-            lambda ctx: job_bench_topk(with_dataset(ctx, SECOND_DATASET)),
+            job_bench_topk_games,
             needs=("bench_target_games",),
             lane=1,
             vllm=True,

@@ -396,6 +396,10 @@ def test_the_top_k_must_show_runs_each_dataset_on_its_own_bench_target(monkeypat
     assert value(games, "--dataset") == str(tmp_path / "data" / "games_atspeed")
     assert beauty[beauty.index("--exact-modes") + 1 : beauty.index("--exact-modes") + 3] == ("reference", "engine")
     assert value(beauty, "--users-equal") == "500" and value(beauty, "--profile-k") == "20"
+    # games_atspeed measures the same, without profiles, sized for one hold beside its training
+    measured = lambda args: args[args.index("--modes") : args.index("--concurrency") + 2]  # noqa: E731
+    assert measured(games) == measured(beauty) and "--profile" not in games
+    assert games[games.index("--own-process-modes") + 1 :] == ("engine", "vllm_beam_search", "--own-process-ks", "20")
     assert value(beauty, "--cache-root") != value(games, "--cache-root")
     assert train == "vllm_padrec.cli" and value(target_args, "--out") == str(tmp_path / "bench_games_atspeed")
     assert gs.JOBS["bench_topk_games"].lane == gs.JOBS["bench_target_games"].lane == 1
