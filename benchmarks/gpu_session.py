@@ -55,6 +55,7 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
     bench_target_games    the bench target on games_atspeed, beside bench_target                 -       lane 1
     bench_spec_decode     issue 14's list speed (bench_spec_decode: none, padrec, eagle,        draft   lane 0
                           eagle_vanilla, padrec_adaptive; --drafts padrec_eagle trains the heads)
+    spec_decode_smoke     bench_spec_decode in little on the session's target and head          draft   lane 0
     bench_topk            issue 12's top-K benchmark (bench_topk: four modes, K 1-100, bfloat16  target  lane 0
                           speed, float32 equality on 500 users, profiles at K = 20)
     bench_topk_games      the same on games_atspeed's bench target, without profiles             bench_target_games
@@ -575,6 +576,24 @@ def job_bench_spec_decode(ctx: JobContext) -> int:
     return code
 
 
+def job_spec_decode_smoke(ctx: JobContext) -> int:
+    """bench_spec_decode in little (none, padrec, padrec_adaptive; gamma 3; batch 1 and 16; lists of 10 items;
+    a few users) on the session's target and PAD-Rec head: that the benchmark runs in vLLM, the adaptive
+    table included, before a hold spends its time on the bench target."""
+    s = ctx.settings
+    work = WORK / ctx.job
+    code = ctx.python(
+        "benchmarks.bench_spec_decode",
+        *("--target", str(s.checkpoint()), "--dataset", dataset_path(s), "--padrec-draft", str(s.draft())),
+        *("--methods", "none", "padrec", "padrec_adaptive", "--gammas", "3", "--batch-sizes", "1", "16"),
+        *("--list-lens", "10", "--users", "32", "--users-latency", "8", "--name", "spec_decode_smoke"),
+        *("--out", str(WORK / "results"), "--cache-root", str(WORK / "cache" / ctx.job), "--work-dir", str(work)),
+    )
+    for config_log, name in config_logs(work, ctx.job):
+        shutil.move(config_log, WORK / "logs" / name)
+    return code
+
+
 def job_bench_topk(ctx: JobContext) -> int:
     """Issue 12's top-K benchmark on the session dataset's bench target: every mode; bfloat16 for speed (256 users
     at 64 concurrent, 50 one at a time), float32 for the equality check (reference and engine, 500 users); K
@@ -749,6 +768,7 @@ JOBS: dict[str, Job] = {
         ),
         Job("bench_topk", job_bench_topk, needs=(TARGET,), vllm=True),
         Job("bench_spec_decode", job_bench_spec_decode, needs=(DRAFT,), vllm=True),
+        Job("spec_decode_smoke", job_spec_decode_smoke, needs=(DRAFT,), vllm=True),
         Job(
             "bench_topk_games",
             job_bench_topk_games,
