@@ -19,6 +19,7 @@ from vllm_padrec.topk.admission import (
     Admission,
     BeamRows,
     TopKBlocks,
+    beam_rows,
     cdiv,
     private_blocks_per_beam,
     topk_blocks,
@@ -78,6 +79,26 @@ def test_topk_blocks_life_then_private():
     assert topk_blocks(
         own_blocks=5, prompt_len=30, max_tokens=4, k=1, item_len=4, block_size=16, lookahead=0, max_model_len=128
     ) == TopKBlocks(own=5, life=5, private=2)
+
+
+def test_drafted_rounds_reserve_private_blocks_for_every_row():
+    """K beams, plus at most N - 1 rows per draft level (topk.draft_rows); a drafted row writes its last code
+    at P + L - 2 at most and its gamma draft tokens past it, the slots a draft's lookahead of gamma gets."""
+    assert beam_rows(3) == beam_rows(3, 40, 0) == beam_rows(3, 0, 4) == 3
+    assert beam_rows(20, 40, 3) == 20 + 39 * 3 and beam_rows(2, 1, 4) == 2  # N = 1: each chain stays in its row
+    plan = topk_blocks(
+        own_blocks=2,
+        prompt_len=45,
+        max_tokens=4,
+        k=2,
+        item_len=4,
+        block_size=16,
+        lookahead=3,
+        max_model_len=128,
+        rows=beam_rows(2, 3, 3),
+    )
+    # B = cdiv(13 + 3 + 3, 16) = 2 blocks per row, 8 rows
+    assert plan.private == 8 * 2 == 8 * private_blocks_by_positions(45, 4, 16, lookahead=3)
 
 
 def test_beam_rows_fit_admit_prune():

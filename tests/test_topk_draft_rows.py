@@ -14,6 +14,7 @@ import torch
 from test_topk_strict import start_beams
 from test_topk_verify import V, table
 
+from vllm_padrec.topk.admission import beam_rows
 from vllm_padrec.topk.chains import chain_round
 from vllm_padrec.topk.draft_rows import PAD_TOKEN, DraftRows
 from vllm_padrec.topk.strict import strict_round_batched
@@ -65,7 +66,7 @@ def setup(k: int, dead_start: bool = False):
 @pytest.mark.parametrize("k, n, gamma", [(1, 1, 1), (2, 4, 2), (3, 3, 3), (4, 7, 3), (5, 2, 4)])
 def test_each_levels_beams_are_the_reference_draft_search(k, n, gamma):
     _, starts, drafts = setup(k, dead_start=True)
-    levels = run_search(starts, drafts, k, n, gamma, k + (n - 1) * gamma)
+    levels = run_search(starts, drafts, k, n, gamma, beam_rows(k, n, gamma))
     for g, (start, draft) in enumerate(zip(starts, drafts)):
         tree = draft_tree(start, draft, n, gamma)
         for i, (rows, want) in enumerate(zip(levels, tree)):
@@ -80,12 +81,12 @@ def test_each_levels_beams_are_the_reference_draft_search(k, n, gamma):
 @pytest.mark.parametrize("k, n, gamma", [(2, 4, 2), (3, 3, 3), (4, 7, 3), (5, 2, 4)])
 def test_rows_root_every_start_beam_and_hold_every_draft_beam_as_a_chain_prefix(k, n, gamma):
     _, starts, drafts = setup(k, dead_start=True)
-    levels = run_search(starts, drafts, k, n, gamma, k + (n - 1) * gamma)
+    levels = run_search(starts, drafts, k, n, gamma, beam_rows(k, n, gamma))
     final = levels[-1]
     root, chain, row_live = final.round_rows()
     for g, (start, draft) in enumerate(zip(starts, drafts)):
         used = int(final.used[g])
-        assert used <= k + (n - 1) * gamma and row_live[g].tolist() == [r < used for r in range(root.shape[1])]
+        assert used <= beam_rows(k, n, gamma) and row_live[g].tolist() == [r < used for r in range(root.shape[1])]
         live_starts = [j for j, s in enumerate(start.scores.tolist()) if s != float("-inf")]
         assert set(live_starts) <= set(root[g, :used].tolist())
         full = paths(start, final, g, gamma)[:used]
@@ -123,7 +124,7 @@ def test_strict_verification_over_the_rows_is_the_reference_over_their_tree(k, n
     """With rows for every beam (None) the rows accept at least what the draft's own tree accepts; with one
     spare row past the start beams' children are dropped, and verification stays exact."""
     target, starts, drafts = setup(k)
-    rows_per_user = k + (n - 1) * gamma if spare_rows is None else k + spare_rows
+    rows_per_user = beam_rows(k, n, gamma) if spare_rows is None else k + spare_rows
     final = run_search(starts, drafts, k, n, gamma, rows_per_user)[-1]
     assert int(final.used.max()) <= rows_per_user
     got, wanted = verify_rows(target, starts, final, k, gamma)

@@ -331,7 +331,7 @@ def test_r_rows_allow_only_pad_then_eos_and_are_never_fully_masked(monkeypatch):
     engine.attach(beams, [], 0)  # no KV: nothing here copies blocks
 
     def topk_state(req_id: str, step: int, ended: bool = False) -> TopKState:
-        return TopKState(req_id, 2, L, (5, 6, 7), (), (40, 41), None, step=step, ended=ended)
+        return TopKState(req_id, 2, 2, L, (5, 6, 7), (), (40, 41), None, step=step, ended=ended)
 
     steps = {"prefill": -1, "t0": 0, "before_last": L - 2, "last": L - 1, "async_extra": L}
     beams.states = {r: topk_state(r, t) for r, t in steps.items()} | {"leaving": topk_state("leaving", 1, ended=True)}
@@ -405,7 +405,7 @@ def test_a_cohorts_private_blocks_are_built_once_and_never_reused_for_another_re
     from vllm_padrec.topk.beams import TopKState
 
     def state(req_id: str, blocks: tuple[int, ...]) -> TopKState:
-        return TopKState(req_id, 2, 3, (5, 6), (), blocks, None, step=1)
+        return TopKState(req_id, 2, 2, 3, (5, 6), (), blocks, None, step=1)
 
     engine = TopKEngine("cpu")
     cohort = [state("a", (10, 11)), state("b", (20, 21))]

@@ -10,6 +10,7 @@ is left exactly as it was.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from types import ModuleType, SimpleNamespace
 
 import pytest
@@ -177,6 +178,85 @@ def test_one_topk_request_over_its_life_with_an_ordinary_request():
     assert beams.states == {"R": beams.states["R"]} and beams.states["R"].ended
     out = step_output(cached=[("o", 6 + L, 1)])
     assert run(beams, out) is out and beams.states == {}
+
+
+DRAFTED = BeamLayout(item_length=L, block_size=BS, lookahead=3, draft_beams=3, gamma=3)  # K + 2 * 3 rows
+
+
+def with_drafts(out: SchedulerOutput, drafts: dict[str, int]) -> SchedulerOutput:
+    """``out`` with the scheduler's placeholder drafts for ordinary requests (async scheduling's -1s)."""
+    scheduled = out.num_scheduled_tokens | {r: out.num_scheduled_tokens[r] + n for r, n in drafts.items()}
+    return dataclasses.replace(
+        out,
+        num_scheduled_tokens=scheduled,
+        total_num_scheduled_tokens=sum(scheduled.values()),
+        scheduled_spec_decode_tokens={r: [-1] * n for r, n in drafts.items()},
+    )
+
+
+def test_drafted_rounds_run_every_row_with_its_draft_tokens_until_r_ends():
+    """With drafted rounds (issue 13) R's rows are its K beams and the draft's extra rows, each scheduled with
+    gamma placeholder drafts (V2 reads only their count) and an upper bound of its computed tokens; they run
+    from R's step 1 until R leaves, which a round that completes the item brings before step L - 1."""
+    K, P, gamma = 2, 21, 3
+    rows = DRAFTED.rows(K)
+    assert rows == 8 and DRAFTED.blocks_per_beam(P) == 1  # cdiv(5 + 3 + 3, 16)
+    life, private = [10, 11], list(range(20, 20 + rows))
+    beams = TopKBeams(DRAFTED)
+    ordinary = new_request("o", [7] * 5, [30], SamplingParams(max_tokens=8))
+    r = new_request("R", [3] * P, life + private, topk_params(K))
+    seen = run(beams, step_output(new=[(r, P), (ordinary, 5)]))
+    assert seen.scheduled_new_reqs[0].block_ids == (life,) and seen.scheduled_spec_decode_tokens == {}
+
+    # round 1 (R's step 1): every row new, over R's full prompt block and its own private block
+    seen = run(beams, with_drafts(step_output(cached=[("R", P, 1), ("o", 5, 1)]), {"R": gamma, "o": gamma}))
+    ids = beams_of("R", rows)
+    assert [n.req_id for n in seen.scheduled_new_reqs] == ids
+    assert [n.block_ids for n in seen.scheduled_new_reqs] == [([10, b],) for b in private]
+    assert all(n.num_computed_tokens == P for n in seen.scheduled_new_reqs)
+    assert seen.num_scheduled_tokens == {"R": 1 + gamma, "o": 1 + gamma} | dict.fromkeys(ids, 1 + gamma)
+    assert seen.scheduled_spec_decode_tokens == dict.fromkeys(["R", "o", *ids], [-1] * gamma)
+
+    # round 2: cached rows; the host's count is an upper bound, P + min(gamma + 1, L - 2) (the GPU's is exact)
+    seen = run(beams, with_drafts(step_output(cached=[("R", P + 1, 1), ("o", 6, 1)]), {"R": gamma, "o": gamma}))
+    entries = cached_entries(seen)
+    assert [entries[i][:2] for i in ids] == [(P + L - 2, L - 1)] * rows
+    assert seen.num_scheduled_tokens == {"R": 1 + gamma, "o": 1 + gamma} | dict.fromkeys(ids, 1 + gamma)
+
+    # that round completed the item: R's row sampled </s>, and every row leaves with R
+    seen = run(beams, with_drafts(step_output(cached=[("o", 7, 1)], finished={"R"}), {"o": gamma}))
+    assert seen.finished_req_ids == {"R"} | set(ids)
+    assert seen.num_scheduled_tokens == {"o": 1 + gamma} and seen.scheduled_spec_decode_tokens == {"o": [-1] * 3}
+
+
+def test_drafted_rounds_at_one_token_a_round_stop_at_the_items_last_step():
+    """A round advances at least one beam step: rows run R's steps 1 .. L - 1 at most, as undrafted beams do,
+    their host count capped at P + L - 2, the position of the last code a round can feed."""
+    K, P = 1, 16
+    layout = dataclasses.replace(DRAFTED, draft_beams=2)  # K + 1 * 3 = 4 rows
+    beams = TopKBeams(layout)
+    rows = layout.rows(K)
+    run(beams, step_output(new=[(new_request("R", [3] * P, [1, 2] + list(range(20, 20 + rows)), topk_params(K)), P)]))
+    bounds = []
+    for t in range(1, L + 1):
+        seen = run(beams, step_output(cached=[("R", P + t - 1, 1)]))
+        entries = cached_entries(seen)
+        bounds.append({entries[i][0] for i in beams_of("R", rows) if i in entries})
+    assert bounds == [set(), {P + L - 2}, {P + L - 2}, set()]  # step 1 adds them new; step L: they left
+    assert seen.finished_req_ids == set(beams_of("R", rows))
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"draft_beams": 3}, "both draft_beams and gamma"),
+        ({"gamma": 2}, "both"),
+        ({"draft_beams": 2, "gamma": 4}, "lookahead"),
+    ],
+)
+def test_a_drafted_layout_refuses_what_its_rows_cannot_hold(fields, says):
+    with pytest.raises(ValueError, match=says):
+        BeamLayout(item_length=L, block_size=BS, lookahead=3, **fields)
 
 
 def test_beams_leave_with_r_when_it_finishes_after_its_last_step():

@@ -9,7 +9,8 @@ scheduler patch (``vllm_padrec.integration.patches.scheduler_init``) applies it.
 Vocabulary (P: prompt length, L: tokens per item, bs: block size):
 
 - **R's block list** is, in order: the blocks vLLM allocates for R at admission (``own``), the rest of
-  the blocks R's own sequence can ever use (``life``), then the K * B **private blocks** of the beams.
+  the blocks R's own sequence can ever use (``life``), then the K * B **private blocks** of the beams
+  (rows * B with drafted rounds, ``beam_rows``: each draft row has blocks of its own).
   R's position p lives in block p // bs, so R only ever touches the first ``life`` blocks; the private
   blocks lie past every block vLLM hashes for prefix caching (it hashes full blocks of R's committed
   tokens only, ``kv_cache_manager.py:498-502``) and leave with R on finish, abort or preemption.
@@ -67,6 +68,16 @@ def private_blocks_per_beam(prompt_len: int, item_len: int, block_size: int, loo
     return cdiv(prompt_len % block_size + item_len - 1 + lookahead, block_size)
 
 
+def beam_rows(k: int, draft_beams: int = 0, gamma: int = 0) -> int:
+    """The runner rows a top-K request holds: its K beams; with drafted rounds (N = ``draft_beams`` > 0 and
+    ``gamma`` > 0, issue 13) also a row for each draft beam that no other row's chain holds, at most N - 1 per
+    draft level (``topk.draft_rows``: one child of each parent continues the parent's row), so
+    K + (N - 1) * gamma. Each row has its own private blocks, so admission reserves rows * B of them."""
+    if draft_beams <= 0 or gamma <= 0:
+        return k
+    return k + (draft_beams - 1) * gamma
+
+
 def life_tokens(prompt_len: int, max_tokens: int | None, lookahead: int, max_model_len: int) -> int:
     """The slots R's own sequence can ever be given: prompt + max_tokens + lookahead, at most max_model_len."""
     if max_tokens is None:
@@ -80,7 +91,7 @@ class TopKBlocks:
 
     own: int  # R's blocks once vLLM's allocate_slots has run (its prompt chunk, prefix hits, lookahead)
     life: int  # R's blocks through its whole life (own included): R's positions use only blocks 0..life-1
-    private: int  # K * B: the beams' private blocks, the last ones of the list
+    private: int  # rows * B (K * B undrafted): the rows' private blocks, the last ones of the list
 
     @property
     def extra(self) -> int:
@@ -102,10 +113,12 @@ def topk_blocks(
     block_size: int,
     lookahead: int,
     max_model_len: int,
+    rows: int | None = None,
 ) -> TopKBlocks:
-    """The blocks a top-K request holds once admitted, given the ``own_blocks`` vLLM allocates for it."""
+    """The blocks a top-K request holds once admitted, given the ``own_blocks`` vLLM allocates for it; ``rows``:
+    its runner rows (``beam_rows``), K when not given."""
     life = max(own_blocks, cdiv(life_tokens(prompt_len, max_tokens, lookahead, max_model_len), block_size))
-    private = k * private_blocks_per_beam(prompt_len, item_len, block_size, lookahead)
+    private = (k if rows is None else rows) * private_blocks_per_beam(prompt_len, item_len, block_size, lookahead)
     return TopKBlocks(own=own_blocks, life=life, private=private)
 
 

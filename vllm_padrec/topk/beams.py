@@ -30,6 +30,13 @@ The rewrite, engine step by engine step (``rewrite_scheduler_output``):
   scheduled token each.
 - the beams leave (their ids join ``finished_req_ids``) in the first engine step after R's step L-1,
   or when R finishes, is aborted or is preempted before that; step L adds no beams.
+- drafted rounds (issue 13, ``ATSPEED.md``; ``BeamLayout.draft_beams`` N > 0): R holds
+  K + (N - 1) * gamma rows (``admission.beam_rows``), the K beams' first, each with its own B private
+  blocks (B counts gamma lookahead slots). From step 1 every row is scheduled with 1 + gamma tokens, gamma
+  of them placeholder drafts in ``scheduled_spec_decode_tokens`` (V2 reads the ids from the speculator's
+  buffer), and a cached row's ``num_computed_tokens`` is an upper bound (``TopKState.computed_bound``):
+  the GPU's count, advanced by each round's accepted tokens, is the exact one. A round advances 1 to
+  gamma + 1 beam steps, so R may finish before its step L - 1; its rows leave with it.
 
 Worked example, no draft: P = 21, bs = 16, L = 4, K = 2, so B = cdiv(21 mod 16 + 3, 16) = 1. The
 scheduler gives R the block list [a, b, c, d] (a, b: R's own, its positions 0 .. 31; c, d: private).
@@ -58,7 +65,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vllm_padrec.topk.admission import private_blocks_per_beam, topk_of
+from vllm_padrec.topk.admission import beam_rows, private_blocks_per_beam, topk_of
 
 BEAM_ID_INFIX = "\x00beam"  # no request id from a client holds a NUL, so beam ids never collide with one
 
@@ -92,10 +99,26 @@ class BeamLayout:
     item_length: int  # L: tokens of one item (the catalog's slots)
     block_size: int  # the KV cache manager's block size: block ids count in it
     lookahead: int = 0  # the scheduler's num_lookahead_tokens: KV slots a draft writes past the fed token
+    draft_beams: int = 0  # N: the draft's beams in a drafted round (issue 13); 0: top-K runs undrafted
+    gamma: int = 0  # draft tokens each row carries into a drafted round's verification
+
+    def __post_init__(self) -> None:
+        if (self.draft_beams > 0) != (self.gamma > 0):
+            raise ValueError(f"drafted rounds need both draft_beams and gamma, got {self.draft_beams} and {self.gamma}")
+        if self.gamma > self.lookahead:
+            raise ValueError(f"gamma={self.gamma} draft tokens need as many lookahead slots, got {self.lookahead}")
+
+    @property
+    def drafted(self) -> bool:
+        return self.draft_beams > 0
 
     def blocks_per_beam(self, prompt_len: int) -> int:
         """B, from ``topk.admission`` (the one definition, shared with the scheduler's allocation)."""
         return private_blocks_per_beam(prompt_len, self.item_length, self.block_size, self.lookahead)
+
+    def rows(self, k: int) -> int:
+        """The rows a request of K beams holds (``topk.admission.beam_rows``)."""
+        return beam_rows(k, self.draft_beams, self.gamma)
 
 
 @dataclass(frozen=True)
@@ -104,10 +127,11 @@ class TopKState:
 
     req_id: str
     k: int  # K: beams
+    rows: int  # the runner rows R holds: K, or with drafted rounds K + (N - 1) * gamma (``BeamLayout.rows``)
     item_length: int  # L: tokens of one item, R's steps 0 .. L - 1
     prompt_token_ids: tuple[int, ...]  # R's prompt, P tokens (a copy: the scheduler's list is live)
     prompt_block_ids: tuple[int, ...]  # R's floor(P / bs) full prompt blocks, shared by every beam
-    private_block_ids: tuple[int, ...]  # [K * B] the last K * B ids of R's block list; beam j owns [j*B, (j+1)*B)
+    private_block_ids: tuple[int, ...]  # [rows * B] the last rows * B ids of R's block list; row j owns [j*B, (j+1)*B)
     sampling_params: Any  # R's SamplingParams, handed to the beams as they are
     # R's block holding its partial last prompt block (positions (P // bs) * bs .. P - 1): its block list's
     # entry P // bs, copied into each beam's first private block at step 0 (``kv_copy.prompt_tail_copies``);
@@ -116,6 +140,7 @@ class TopKState:
     step: int = -1  # t of R's latest scheduled engine step (this one when R is scheduled); -1: prompt not done
     ended: bool = False  # R leaves the runner in this engine step (finished, aborted or preempted)
     beams_held: bool = False  # the runner holds R's beams as this engine step begins
+    gamma: int = 0  # draft tokens per row in a drafted round; 0: undrafted, one token per row and step
 
     @property
     def prompt_len(self) -> int:
@@ -123,11 +148,19 @@ class TopKState:
 
     @property
     def blocks_per_beam(self) -> int:
-        return len(self.private_block_ids) // self.k
+        return len(self.private_block_ids) // self.rows
 
     @property
     def beam_req_ids(self) -> tuple[str, ...]:
-        return beam_req_ids(self.req_id, self.k)
+        """Every row's id: the K beams' first, then a drafted round's extra rows."""
+        return beam_req_ids(self.req_id, self.rows)
+
+    def computed_bound(self) -> int:
+        """An upper bound of each row's computed tokens as step ``step`` (>= 1) begins, what V2's host mirror
+        holds (its GPU copy, advanced by each step's accepted tokens, is the real count, model_runner.py:838-860,
+        1581-1587): P + t - 1 undrafted; drafted, each round advances at most gamma + 1 beam steps, and a round
+        feeds an item's code L - 1 at most (position P + L - 2: the last code is never fed)."""
+        return self.prompt_len + min((self.step - 1) * (self.gamma + 1), self.item_length - 2)
 
     def beam_block_ids(self, beam: int) -> list[int]:
         """The block table row of beam ``beam``: the shared full prompt blocks, then its private blocks."""
@@ -157,7 +190,8 @@ class TopKState:
             )
         (block_ids,) = new_req.block_ids
         bs = layout.block_size
-        num_private = k * layout.blocks_per_beam(P)
+        rows = layout.rows(k)
+        num_private = rows * layout.blocks_per_beam(P)
         if len(block_ids) < -(-P // bs) + num_private:
             raise RuntimeError(
                 f"top-K request {new_req.req_id!r}: {len(block_ids)} blocks cannot hold a prompt of {P} tokens "
@@ -168,6 +202,7 @@ class TopKState:
         return cls(
             req_id=new_req.req_id,
             k=k,
+            rows=rows,
             item_length=layout.item_length,
             prompt_token_ids=prompt,
             prompt_block_ids=tuple(block_ids[: P // bs]),
@@ -175,6 +210,7 @@ class TopKState:
             sampling_params=new_req.sampling_params,
             tail_block_id=block_ids[P // bs] if P % bs else None,
             step=0 if computed >= P else -1,
+            gamma=layout.gamma,
         )
 
     def scheduled(self, num_computed_tokens: int, num_scheduled_tokens: int) -> TopKState:
@@ -283,18 +319,24 @@ def rewrite_scheduler_output(out: Any, states: Mapping[str, TopKState]) -> Any:
             # pipeline parallelism only (refused for top-K): one empty list per request when it is in use
             new_token_ids=cached.new_token_ids + [[] for _ in cached_beams] if cached.new_token_ids else [],
             new_block_ids=cached.new_block_ids + [None for _ in cached_beams],
-            num_computed_tokens=cached.num_computed_tokens
-            + [state.prompt_len + state.step - 1 for state, _, _ in cached_beams],
-            num_output_tokens=cached.num_output_tokens + [state.step for state, _, _ in cached_beams],
+            num_computed_tokens=cached.num_computed_tokens + [state.computed_bound() for state, _, _ in cached_beams],
+            num_output_tokens=cached.num_output_tokens
+            + [state.computed_bound() - state.prompt_len + 1 for state, _, _ in cached_beams],
         )
+    # each row feeds its last token, and in a drafted round its gamma draft tokens: V2 reads only their count
+    # here, the ids from the speculator's buffer (ATSPEED.md, section 4, "The scheduler never sees the counts")
+    gamma_of = {b: state.gamma for state in states.values() for b in state.beam_req_ids}
     num_scheduled_tokens = dict(out.num_scheduled_tokens)
-    num_scheduled_tokens.update(dict.fromkeys(added, 1))
+    num_scheduled_tokens.update({b: 1 + gamma_of[b] for b in added})
+    spec_tokens = dict(out.scheduled_spec_decode_tokens)
+    spec_tokens.update({b: [-1] * gamma_of[b] for b in added if gamma_of[b]})
     return dataclasses.replace(
         out,
         scheduled_new_reqs=new_reqs,
         scheduled_cached_reqs=cached,
         num_scheduled_tokens=num_scheduled_tokens,
-        total_num_scheduled_tokens=out.total_num_scheduled_tokens + len(added),
+        total_num_scheduled_tokens=out.total_num_scheduled_tokens + sum(1 + gamma_of[b] for b in added),
+        scheduled_spec_decode_tokens=spec_tokens,
         finished_req_ids=set(out.finished_req_ids) | set(leaving),
     )
 

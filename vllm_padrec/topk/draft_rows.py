@@ -19,9 +19,9 @@ The layout, one level at a time (``DraftRows.step``):
   padded with token 0 beyond it (an extra node in the verified tree, whose target log-probs come from
   the same forward: strict verification stays exact).
 - The rows are fixed in advance (R per user): a child that finds no unused row is dropped, and so is
-  its subtree. Strict verification is exact for any tree; only acceptance drops. R = K + N * gamma never
-  drops one (at most N - 1 new rows per level: one child of each parent takes the parent's row, and a
-  level's N children have at least one parent).
+  its subtree. Strict verification is exact for any tree; only acceptance drops. R = K + (N - 1) * gamma
+  (``topk.admission.beam_rows``, what admission reserves) never drops one: at most N - 1 new rows per level,
+  since one child of each parent takes the parent's row, and a level's N children have at least one parent.
 
 Everything is batched torch on fixed shapes with no host sync. ``source`` tells the engine which row's draft
 state (hidden state, KV of the chain) each row continues from for the next draft forward, and ``token``
