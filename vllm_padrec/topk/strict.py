@@ -14,7 +14,10 @@ sync; a group that stopped keeps its beams from then on.
 
 Output (``StrictRoundResult``): the accepted steps and, after the round's last step, each beam's score
 and the tokens it appended in the round (its node path, then the last step's own token), which is what the
-engine keeps; ``tests/test_topk_strict.py`` checks it against the reference bit for bit.
+engine keeps; ``tests/test_topk_strict.py`` checks it against the reference bit for bit. Also where each
+beam came from: its start beam, and the last node of its path (the node its last step extended; none when
+the round advanced one step), which is what the engine copies a beam's KV and history from
+(``topk.rounds``).
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class StrictRoundResult:
     advanced: Tensor  # [G] long: the steps it advanced
     scores: Tensor  # [G, K] float32: the beams after the round's last step, best first
     tokens: Tensor  # [G, K, gamma + 1] long: each beam's tokens of the round; -1 past ``advanced``
+    start: Tensor  # [G, K] long: the start beam each beam extends
+    last_node: Tensor  # [G, K] long: the node of level advanced - 2 on its path; -1 when advanced == 1
 
 
 def strict_round_batched(round_: DraftedRound, beam_width: int) -> StrictRoundResult:
@@ -59,6 +64,8 @@ def strict_round_batched(round_: DraftedRound, beam_width: int) -> StrictRoundRe
     scores = round_.start_scores  # [G, K]
     logprobs = round_.start_logprobs  # [G, K, V]: the current beams'
     node = torch.arange(K, device=device).expand(G, K)  # [G, K]: the current beams' ids in their level
+    start = torch.arange(K, device=device).expand(G, K)  # [G, K]: the current beams' start beams
+    last_node = torch.full((G, K), -1, dtype=torch.long, device=device)  # [G, K]: their last node; -1: none
     tokens = torch.full((G, K, gamma + 1), -1, dtype=torch.long, device=device)
     running = torch.ones(G, dtype=torch.bool, device=device)  # [G]: every step so far accepted
     accepted = torch.zeros(G, dtype=torch.long, device=device)
@@ -72,6 +79,8 @@ def strict_round_batched(round_: DraftedRound, beam_width: int) -> StrictRoundRe
         take = moves[:, None]  # [G, 1]
         scores = torch.where(take, step.scores, scores)
         tokens = torch.where(take[:, :, None], history, tokens)
+        start = torch.where(take, start.gather(1, step.parent), start)
+        last_node = torch.where(take, parent_node if i > 0 else last_node, last_node)
         advanced = advanced + moves.long()
         if i == gamma:
             break
@@ -87,4 +96,4 @@ def strict_round_batched(round_: DraftedRound, beam_width: int) -> StrictRoundRe
         node = torch.where(take, same.long().argmax(-1), node)  # [G, K]: the matched node (0 for a dead beam)
         at_nodes = round_.node_logprobs[groups[:, None], i, node]  # [G, K, V]
         logprobs = torch.where(running[:, None, None], at_nodes, logprobs)
-    return StrictRoundResult(accepted, advanced, scores, tokens)
+    return StrictRoundResult(accepted, advanced, scores, tokens, start, last_node)

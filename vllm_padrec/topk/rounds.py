@@ -1,0 +1,91 @@
+"""What a verified drafted round leaves each row of a top-K request (issue 13, ATSPEED.md section 3, step 6).
+
+A round's rows (``draft_rows``) fed the target their root beam's last code and their chain of gamma draft
+tokens; ``chains.chain_round`` made the verified tree of them, and ``strict.strict_round_batched`` found the
+target's own beams after ``advanced`` steps. The sampler hook then makes row j (j < K) hold new beam j, in
+V2's terms:
+
+- **its history and KV** come from ``source_row``: the row whose fed tokens are new beam j's path but its
+  last token. That is the row of the last drafted node on the path (in ``chain_round``'s tree, a node of
+  level i is the first row whose chain prefix of length i + 1 it is: its id is that row), or, when the round
+  advanced one step, the first live row rooted at its start beam (``chain_round``'s holder of that start
+  beam's log-probs). The engine copies token histories and private blocks from ``source_row`` to each
+  row, reading every source before writing (the map may hold cycles);
+- **its sampled tokens** are the round's tokens of the beam (``advanced`` of them, then padding). V2's
+  ``post_update`` appends them to the copied history, and advances the row's computed tokens by the query
+  length less ``num_rejected`` = gamma + 1 - ``advanced``: by ``advanced``, the fed tokens the new path
+  keeps (its root's last code and ``advanced`` - 1 drafted tokens; its last token is fed next round).
+
+Every row of a user advances alike, so the extra rows (j >= K) take the same counts; their contents are
+rebuilt by the next round's drafting (``DraftRows.step``'s sources). The beams' item codes so far and
+scores are the engine's state between rounds; ``done`` tells which users' items are complete: R's own row
+then writes ``</s>`` and the codes and scores are R's answer.
+
+All of it on fixed shapes, with no host sync.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from vllm_padrec.topk.strict import StrictRoundResult
+
+PAD_TOKEN = 0  # a row's sampled tokens past ``advanced`` (V2 appends only ``num_sampled`` of them)
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """G users' rows after a verified round (module docstring)."""
+
+    source_row: Tensor  # [G, R] long: the row whose history and KV each row continues (itself for j >= K)
+    sampled: Tensor  # [G, R, gamma + 1] long: each row's tokens to append; PAD_TOKEN past ``num_sampled``
+    num_sampled: Tensor  # [G] long: the steps the round advanced, the same for every row of a user
+    num_rejected: Tensor  # [G] long: gamma + 1 - num_sampled
+    codes: Tensor  # [G, K, L] long: each new beam's item codes so far (PAD_TOKEN past them)
+    scores: Tensor  # [G, K] float32: the new beams' scores, best first; -inf: dead
+    steps_done: Tensor  # [G] long: the codes each beam holds now
+    done: Tensor  # [G] bool: the item is complete (steps_done == L)
+
+
+def round_outcome(
+    result: StrictRoundResult,
+    root: Tensor,  # [G, R] long: the start beam each row extends (``DraftRows.round_rows``)
+    row_live: Tensor,  # [G, R] bool: rows holding a drafted path
+    codes: Tensor,  # [G, K, L] long: the start beams' item codes so far
+    steps_done: Tensor,  # [G] long >= 1: the codes the start beams hold
+) -> RoundOutcome:
+    G, K, width = result.tokens.shape  # width: gamma + 1
+    R = root.shape[1]
+    L = codes.shape[2]
+    device = root.device
+    ranks = torch.arange(K, device=device)
+    holder = (root[:, None, :] == ranks[None, :, None]) & row_live[:, None, :]  # [G, K, R]
+    holder_row = holder.long().argmax(-1)  # [G, K]: the first live row rooted at each start beam
+    beam_source = torch.where(result.last_node >= 0, result.last_node, holder_row.gather(1, result.start))  # [G, K]
+    source_row = torch.arange(R, device=device).expand(G, R).clone()
+    source_row[:, :K] = beam_source
+    round_tokens = torch.where(result.tokens >= 0, result.tokens, PAD_TOKEN)  # [G, K, width]
+    sampled = torch.full((G, R, width), PAD_TOKEN, dtype=torch.long, device=device)
+    sampled[:, :K] = round_tokens
+    # the new beams' codes: their start beam's, then the round's tokens from column steps_done on
+    new_codes = codes.gather(1, result.start[:, :, None].expand(G, K, L)).clone()  # [G, K, L]
+    offsets = torch.arange(width, device=device)
+    column = steps_done[:, None] + offsets[None, :]  # [G, width]
+    written = (offsets[None, :] < result.advanced[:, None]) & (column < L)  # [G, width]
+    padded = torch.cat([new_codes, torch.zeros_like(new_codes[:, :, :1])], 2)  # [G, K, L + 1]: L is a spare
+    target_column = torch.where(written, column, L)[:, None, :].expand(G, K, width)
+    padded.scatter_(2, target_column, torch.where(written[:, None, :], round_tokens, 0))
+    steps = steps_done + result.advanced
+    return RoundOutcome(
+        source_row=source_row,
+        sampled=sampled,
+        num_sampled=result.advanced,
+        num_rejected=width - result.advanced,
+        codes=padded[:, :, :L],
+        scores=result.scores,
+        steps_done=steps,
+        done=steps >= L,
+    )
