@@ -90,6 +90,7 @@ def outcome(done: list[bool]) -> RoundOutcome:
         num_sampled=torch.tensor([2, 1]),
         num_rejected=torch.tensor([1, 2]),
         codes=torch.zeros(G, 2, L, dtype=torch.long),
+        logprobs=torch.zeros(G, 2, L),
         scores=torch.zeros(G, 2),
         steps_done=torch.tensor([3, 4]),
         done=torch.tensor(done),

@@ -26,21 +26,22 @@ NOISES = [0.0, 0.3, 1.0, 5.0]  # one user each: a draft equal to the target, nea
 
 
 def first_step(target, k: int, users: int):
-    """Engine step 0: the target's own first beam step from the prompt, as [G, K, L] codes and [G, K] scores."""
+    """Engine step 0: the target's own first beam step from the prompt, as [G, K, L] codes and [G, K] scores
+    (each first code's log-prob is its score)."""
     first = extend(Beams([()], torch.zeros(1)), target, k)  # fewer than K beams when K > V: the rest are dead
     width = len(first.sequences)
     codes = torch.full((users, k, L), PAD_TOKEN, dtype=torch.long)
     codes[:, :width, 0] = torch.tensor([s[0] for s in first.sequences])
     scores = torch.full((users, k), float("-inf"))
     scores[:, :width] = first.scores
-    return codes, scores
+    return codes, scores, torch.cat([scores[:, :, None], torch.zeros(users, k, L - 1)], 2)
 
 
 def run_rounds(k: int, n: int, gamma: int):
     """Every user's rounds until all items are complete: (codes, scores, rounds, per-round checks)."""
     target, drafts = table(0), [table(7, noise) for noise in NOISES]
     G, R = len(drafts), beam_rows(k, n, gamma)
-    codes, scores = first_step(target, k, G)
+    codes, scores, logprobs = first_step(target, k, G)
     steps_done = torch.ones(G, dtype=torch.long)
     rounds = torch.zeros(G, dtype=torch.long)
     while not bool((steps_done >= L).all()):
@@ -64,7 +65,7 @@ def run_rounds(k: int, n: int, gamma: int):
                     target_logprobs[g, r, i] = target(path(g, root, chain, r, i))
         steps_left = L - steps_done
         result = strict_round_batched(chain_round(scores, root, chain, row_live, target_logprobs, steps_left), k)
-        out = round_outcome(result, root, row_live, codes, steps_done)
+        out = round_outcome(result, root, row_live, codes, logprobs, steps_done)
 
         for g in range(G):
             m, advanced = int(steps_done[g]), int(out.num_sampled[g])
@@ -82,14 +83,14 @@ def run_rounds(k: int, n: int, gamma: int):
                 assert start_paths[g][int(root[g, s])] + tuple(out.sampled[g, j, :advanced].tolist()) == new_path
             assert out.source_row[g, k:].tolist() == list(range(k, R))  # extra rows: rebuilt by the next drafting
         rounds += (steps_done < L).long()
-        codes, scores, steps_done = out.codes, out.scores, out.steps_done
+        codes, scores, logprobs, steps_done = out.codes, out.scores, out.logprobs, out.steps_done
         assert torch.equal(out.done, steps_done >= L)
-    return target, codes, scores, rounds
+    return target, codes, scores, logprobs, rounds
 
 
 @pytest.mark.parametrize("k, n, gamma", [(1, 1, 1), (2, 4, 2), (3, 3, 3), (4, 7, 3), (5, 2, 4), (8, 4, 2)])
 def test_rounds_on_rows_give_the_targets_own_beam_search_whatever_the_draft(k, n, gamma):
-    target, codes, scores, rounds = run_rounds(k, n, gamma)
+    target, codes, scores, logprobs, rounds = run_rounds(k, n, gamma)
     want = reference_search(target, k)[-1]
     live = torch.isfinite(want.scores)
     for g in range(len(NOISES)):
@@ -97,6 +98,9 @@ def test_rounds_on_rows_give_the_targets_own_beam_search_whatever_the_draft(k, n
         assert torch.equal(scores[g][live], want.scores[live])  # score bits
         got = [tuple(codes[g, j].tolist()) for j in range(k) if bool(live[j])]
         assert got == [s for s, alive in zip(want.sequences, live.tolist()) if alive]
+        for j, sequence in enumerate(got):  # each code's log-prob is the target's, bit for bit
+            want_logprobs = torch.stack([target(sequence[:i])[sequence[i]] for i in range(L)])
+            assert torch.equal(logprobs[g, j], want_logprobs)
     assert int(rounds.max()) <= L - 1
     if gamma > 1 and n >= k:  # the draft equal to the target, with N >= K beams, accepts every drafted step
         assert int(rounds[0]) == -(-(L - 1) // (gamma + 1)) < int(rounds[-1])
@@ -107,13 +111,14 @@ def test_rounds_on_rows_give_the_targets_own_beam_search_whatever_the_draft(k, n
 def test_a_user_whose_item_is_complete_rides_along_unchanged():
     """Async scheduling may run one more round of a complete item: nothing of it moves."""
     k, n, gamma = 2, 3, 2
-    target, codes, scores, _ = run_rounds(k, n, gamma)
+    target, codes, scores, logprobs, _ = run_rounds(k, n, gamma)
     G, R = codes.shape[0], beam_rows(k, n, gamma)
     rows = DraftRows.start(scores, R, gamma, max(k, n))
     root, chain, row_live = rows.round_rows()
     steps_done = torch.full((G,), L, dtype=torch.long)
-    logprobs = torch.zeros(G, R, gamma + 1, V)
-    result = strict_round_batched(chain_round(scores, root, chain, row_live, logprobs, L - steps_done), k)
-    out = round_outcome(result, root, row_live, codes, steps_done)
+    target_logprobs = torch.zeros(G, R, gamma + 1, V)
+    result = strict_round_batched(chain_round(scores, root, chain, row_live, target_logprobs, L - steps_done), k)
+    out = round_outcome(result, root, row_live, codes, logprobs, steps_done)
     assert torch.equal(out.codes, codes) and torch.equal(out.scores, scores) and bool(out.done.all())
+    assert torch.equal(out.logprobs, logprobs)
     assert out.num_sampled.tolist() == [0] * G and out.num_rejected.tolist() == [gamma + 1] * G

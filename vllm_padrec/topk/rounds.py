@@ -17,8 +17,8 @@ V2's terms:
   keeps (its root's last code and ``advanced`` - 1 drafted tokens; its last token is fed next round).
 
 Every row of a user advances alike, so the extra rows (j >= K) take the same counts; their contents are
-rebuilt by the next round's drafting (``DraftRows.step``'s sources). The beams' item codes so far and
-scores are the engine's state between rounds; ``done`` tells which users' items are complete: R's own row
+rebuilt by the next round's drafting (``DraftRows.step``'s sources). The beams' item codes so far, their
+log-probs (the answer reports each code's) and scores are the engine's state between rounds; ``done`` tells which users' items are complete: R's own row
 then writes ``</s>`` and the codes and scores are R's answer.
 
 All of it on fixed shapes, with no host sync.
@@ -45,6 +45,7 @@ class RoundOutcome:
     num_sampled: Tensor  # [G] long: the steps the round advanced, the same for every row of a user
     num_rejected: Tensor  # [G] long: gamma + 1 - num_sampled
     codes: Tensor  # [G, K, L] long: each new beam's item codes so far (PAD_TOKEN past them)
+    logprobs: Tensor  # [G, K, L] float32: the target's log-prob of each of those codes (0 past them)
     scores: Tensor  # [G, K] float32: the new beams' scores, best first; -inf: dead
     steps_done: Tensor  # [G] long: the codes each beam holds now
     done: Tensor  # [G] bool: the item is complete (steps_done == L)
@@ -55,6 +56,7 @@ def round_outcome(
     root: Tensor,  # [G, R] long: the start beam each row extends (``DraftRows.round_rows``)
     row_live: Tensor,  # [G, R] bool: rows holding a drafted path
     codes: Tensor,  # [G, K, L] long: the start beams' item codes so far
+    logprobs: Tensor,  # [G, K, L] float32: the log-prob of each of those codes
     steps_done: Tensor,  # [G] long >= 1: the codes the start beams hold
 ) -> RoundOutcome:
     G, K, width = result.tokens.shape  # width: gamma + 1
@@ -78,6 +80,9 @@ def round_outcome(
     padded = torch.cat([new_codes, torch.zeros_like(new_codes[:, :, :1])], 2)  # [G, K, L + 1]: L is a spare
     target_column = torch.where(written, column, L)[:, None, :].expand(G, K, width)
     padded.scatter_(2, target_column, torch.where(written[:, None, :], round_tokens, 0))
+    new_logprobs = logprobs.gather(1, result.start[:, :, None].expand(G, K, L))
+    padded_logprobs = torch.cat([new_logprobs, torch.zeros_like(new_logprobs[:, :, :1])], 2)  # [G, K, L + 1]
+    padded_logprobs.scatter_(2, target_column, torch.where(written[:, None, :], result.logprobs, 0.0))
     steps = steps_done + result.advanced
     return RoundOutcome(
         source_row=source_row,
@@ -85,6 +90,7 @@ def round_outcome(
         num_sampled=result.advanced,
         num_rejected=width - result.advanced,
         codes=padded[:, :, :L],
+        logprobs=padded_logprobs[:, :, :L],
         scores=result.scores,
         steps_done=steps,
         done=steps >= L,

@@ -49,6 +49,7 @@ class StrictRoundResult:
     advanced: Tensor  # [G] long: the steps it advanced
     scores: Tensor  # [G, K] float32: the beams after the round's last step, best first
     tokens: Tensor  # [G, K, gamma + 1] long: each beam's tokens of the round; -1 past ``advanced``
+    logprobs: Tensor  # [G, K, gamma + 1] float32: the target's log-prob of each of those tokens; 0 past it
     start: Tensor  # [G, K] long: the start beam each beam extends
     last_node: Tensor  # [G, K] long: the node of level advanced - 2 on its path; -1 when advanced == 1
 
@@ -67,6 +68,7 @@ def strict_round_batched(round_: DraftedRound, beam_width: int) -> StrictRoundRe
     start = torch.arange(K, device=device).expand(G, K)  # [G, K]: the current beams' start beams
     last_node = torch.full((G, K), -1, dtype=torch.long, device=device)  # [G, K]: their last node; -1: none
     tokens = torch.full((G, K, gamma + 1), -1, dtype=torch.long, device=device)
+    token_logprobs = torch.zeros(G, K, gamma + 1, device=device)
     running = torch.ones(G, dtype=torch.bool, device=device)  # [G]: every step so far accepted
     accepted = torch.zeros(G, dtype=torch.long, device=device)
     advanced = torch.zeros(G, dtype=torch.long, device=device)
@@ -75,10 +77,14 @@ def strict_round_batched(round_: DraftedRound, beam_width: int) -> StrictRoundRe
         step = beam_step(scores, logprobs.reshape(G * K, -1), beam_width)  # [G, K] each
         history = tokens.gather(1, step.parent[:, :, None].expand(G, K, gamma + 1)).clone()  # [G, K, gamma + 1]
         history[:, :, i] = step.tokens
+        history_logprobs = token_logprobs.gather(1, step.parent[:, :, None].expand(G, K, gamma + 1)).clone()
+        chosen = logprobs.gather(1, step.parent[:, :, None].expand(G, K, logprobs.shape[-1]))  # [G, K, V]
+        history_logprobs[:, :, i] = chosen.gather(2, step.tokens[:, :, None])[:, :, 0]
         parent_node = node.gather(1, step.parent)  # [G, K]
         take = moves[:, None]  # [G, 1]
         scores = torch.where(take, step.scores, scores)
         tokens = torch.where(take[:, :, None], history, tokens)
+        token_logprobs = torch.where(take[:, :, None], history_logprobs, token_logprobs)
         start = torch.where(take, start.gather(1, step.parent), start)
         last_node = torch.where(take, parent_node if i > 0 else last_node, last_node)
         advanced = advanced + moves.long()
@@ -96,4 +102,4 @@ def strict_round_batched(round_: DraftedRound, beam_width: int) -> StrictRoundRe
         node = torch.where(take, same.long().argmax(-1), node)  # [G, K]: the matched node (0 for a dead beam)
         at_nodes = round_.node_logprobs[groups[:, None], i, node]  # [G, K, V]
         logprobs = torch.where(running[:, None, None], at_nodes, logprobs)
-    return StrictRoundResult(accepted, advanced, scores, tokens, start, last_node)
+    return StrictRoundResult(accepted, advanced, scores, tokens, token_logprobs, start, last_node)
