@@ -195,9 +195,10 @@ def with_drafts(out: SchedulerOutput, drafts: dict[str, int]) -> SchedulerOutput
 
 
 def test_drafted_rounds_run_every_row_with_its_draft_tokens_until_r_ends():
-    """With drafted rounds (issue 13) R's rows are its K beams and the draft's extra rows, each scheduled with
-    gamma placeholder drafts (V2 reads only their count) and an upper bound of its computed tokens; they run
-    from R's step 1 until R leaves, which a round that completes the item brings before step L - 1."""
+    """With drafted rounds (issue 13) R's rows are its K beams and the draft's extra rows. They join at R's step 1,
+    a plain beam step; from step 2 each is scheduled with gamma placeholder drafts (V2 reads only their count)
+    and an upper bound of its computed tokens, until R leaves, which a round that completes the item brings
+    before step L - 1."""
     K, P, gamma = 2, 21, 3
     rows = DRAFTED.rows(K)
     assert rows == 8 and DRAFTED.blocks_per_beam(P) == 1  # cdiv(5 + 3 + 3, 16)
@@ -208,23 +209,29 @@ def test_drafted_rounds_run_every_row_with_its_draft_tokens_until_r_ends():
     seen = run(beams, step_output(new=[(r, P), (ordinary, 5)]))
     assert seen.scheduled_new_reqs[0].block_ids == (life,) and seen.scheduled_spec_decode_tokens == {}
 
-    # round 1 (R's step 1): every row new, over R's full prompt block and its own private block
+    # R's step 1: every row new, over R's full prompt block and its own private block; a plain beam step
     seen = run(beams, with_drafts(step_output(cached=[("R", P, 1), ("o", 5, 1)]), {"R": gamma, "o": gamma}))
     ids = beams_of("R", rows)
     assert [n.req_id for n in seen.scheduled_new_reqs] == ids
     assert [n.block_ids for n in seen.scheduled_new_reqs] == [([10, b],) for b in private]
     assert all(n.num_computed_tokens == P for n in seen.scheduled_new_reqs)
+    assert seen.num_scheduled_tokens == {"R": 1 + gamma, "o": 1 + gamma} | dict.fromkeys(ids, 1)
+    assert seen.scheduled_spec_decode_tokens == dict.fromkeys(["R", "o"], [-1] * gamma)
+
+    # step 2, the first round: cached rows with their drafts, at P + 1 computed tokens
+    seen = run(beams, with_drafts(step_output(cached=[("R", P + 1, 1), ("o", 6, 1)]), {"R": gamma, "o": gamma}))
+    entries = cached_entries(seen)
+    assert [entries[i][:2] for i in ids] == [(P + 1, 2)] * rows
     assert seen.num_scheduled_tokens == {"R": 1 + gamma, "o": 1 + gamma} | dict.fromkeys(ids, 1 + gamma)
     assert seen.scheduled_spec_decode_tokens == dict.fromkeys(["R", "o", *ids], [-1] * gamma)
 
-    # round 2: cached rows; the host's count is an upper bound, P + min(gamma + 1, L - 2) (the GPU's is exact)
-    seen = run(beams, with_drafts(step_output(cached=[("R", P + 1, 1), ("o", 6, 1)]), {"R": gamma, "o": gamma}))
+    # step 3, the second round: the host's count is an upper bound, P + min(2 + gamma, L - 2) (the GPU's is exact)
+    seen = run(beams, with_drafts(step_output(cached=[("R", P + 2, 1), ("o", 7, 1)]), {"R": gamma, "o": gamma}))
     entries = cached_entries(seen)
     assert [entries[i][:2] for i in ids] == [(P + L - 2, L - 1)] * rows
-    assert seen.num_scheduled_tokens == {"R": 1 + gamma, "o": 1 + gamma} | dict.fromkeys(ids, 1 + gamma)
 
     # that round completed the item: R's row sampled </s>, and every row leaves with R
-    seen = run(beams, with_drafts(step_output(cached=[("o", 7, 1)], finished={"R"}), {"o": gamma}))
+    seen = run(beams, with_drafts(step_output(cached=[("o", 8, 1)], finished={"R"}), {"o": gamma}))
     assert seen.finished_req_ids == {"R"} | set(ids)
     assert seen.num_scheduled_tokens == {"o": 1 + gamma} and seen.scheduled_spec_decode_tokens == {"o": [-1] * 3}
 
@@ -242,7 +249,7 @@ def test_drafted_rounds_at_one_token_a_round_stop_at_the_items_last_step():
         seen = run(beams, step_output(cached=[("R", P + t - 1, 1)]))
         entries = cached_entries(seen)
         bounds.append({entries[i][0] for i in beams_of("R", rows) if i in entries})
-    assert bounds == [set(), {P + L - 2}, {P + L - 2}, set()]  # step 1 adds them new; step L: they left
+    assert bounds == [set(), {P + 1}, {P + L - 2}, set()]  # step 1 adds them new; step L: they left
     assert seen.finished_req_ids == set(beams_of("R", rows))
 
 

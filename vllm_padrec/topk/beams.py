@@ -32,11 +32,12 @@ The rewrite, engine step by engine step (``rewrite_scheduler_output``):
   or when R finishes, is aborted or is preempted before that; step L adds no beams.
 - drafted rounds (issue 13, ``ATSPEED.md``; ``BeamLayout.draft_beams`` N > 0): R holds
   K + (N - 1) * gamma rows (``admission.beam_rows``), the K beams' first, each with its own B private
-  blocks (B counts gamma lookahead slots). From step 1 every row is scheduled with 1 + gamma tokens, gamma
-  of them placeholder drafts in ``scheduled_spec_decode_tokens`` (V2 reads the ids from the speculator's
-  buffer), and a cached row's ``num_computed_tokens`` is an upper bound (``TopKState.computed_bound``):
-  the GPU's count, advanced by each round's accepted tokens, is the exact one. A round advances 1 to
-  gamma + 1 beam steps, so R may finish before its step L - 1; its rows leave with it.
+  blocks (B counts gamma lookahead slots). Step 1 is a plain beam step (the rows are new: nothing drafted
+  for them yet); from step 2 every row is scheduled with 1 + gamma tokens, gamma of them placeholder
+  drafts in ``scheduled_spec_decode_tokens`` (V2 reads the ids from the speculator's buffer), and a
+  cached row's ``num_computed_tokens`` is an upper bound (``TopKState.computed_bound``): the GPU's count,
+  advanced by each round's accepted tokens, is the exact one. A round advances 1 to gamma + 1 beam steps,
+  so R may finish before its step L - 1; its rows leave with it.
 
 Worked example, no draft: P = 21, bs = 16, L = 4, K = 2, so B = cdiv(21 mod 16 + 3, 16) = 1. The
 scheduler gives R the block list [a, b, c, d] (a, b: R's own, its positions 0 .. 31; c, d: private).
@@ -68,6 +69,9 @@ from typing import Any
 from vllm_padrec.topk.admission import beam_rows, private_blocks_per_beam, topk_of
 
 BEAM_ID_INFIX = "\x00beam"  # no request id from a client holds a NUL, so beam ids never collide with one
+
+
+FIRST_ROUND_STEP = 2  # a drafted request's first drafted round: the rows' second step (``TopKState.drafts``)
 
 
 def beam_req_id(req_id: str, beam: int) -> str:
@@ -155,12 +159,20 @@ class TopKState:
         """Every row's id: the K beams' first, then a drafted round's extra rows."""
         return beam_req_ids(self.req_id, self.rows)
 
+    @property
+    def drafts(self) -> int:
+        """Draft tokens each row carries in this engine step: gamma in a drafted round (steps 2 .. L - 1), else 0.
+        Step 1 is a plain beam step even for a drafted request: its rows join the runner in that step, so no
+        ``propose`` has drafted for them yet (ATSPEED.md, "Round 1 has no rows to draft on")."""
+        return self.gamma if self.step >= FIRST_ROUND_STEP else 0
+
     def computed_bound(self) -> int:
         """An upper bound of each row's computed tokens as step ``step`` (>= 1) begins, what V2's host mirror
         holds (its GPU copy, advanced by each step's accepted tokens, is the real count, model_runner.py:838-860,
-        1581-1587): P + t - 1 undrafted; drafted, each round advances at most gamma + 1 beam steps, and a round
-        feeds an item's code L - 1 at most (position P + L - 2: the last code is never fed)."""
-        return self.prompt_len + min((self.step - 1) * (self.gamma + 1), self.item_length - 2)
+        1581-1587): P + t - 1 undrafted; drafted, each round from step 2 on advances at most gamma + 1 beam
+        steps, and a round feeds an item's code L - 1 at most (position P + L - 2: the last code is never fed)."""
+        rounds = max(self.step - FIRST_ROUND_STEP, 0)
+        return self.prompt_len + min(self.step - 1 + rounds * self.gamma, self.item_length - 2)
 
     def beam_block_ids(self, beam: int) -> list[int]:
         """The block table row of beam ``beam``: the shared full prompt blocks, then its private blocks."""
@@ -325,7 +337,7 @@ def rewrite_scheduler_output(out: Any, states: Mapping[str, TopKState]) -> Any:
         )
     # each row feeds its last token, and in a drafted round its gamma draft tokens: V2 reads only their count
     # here, the ids from the speculator's buffer (ATSPEED.md, section 4, "The scheduler never sees the counts")
-    gamma_of = {b: state.gamma for state in states.values() for b in state.beam_req_ids}
+    gamma_of = {b: state.drafts for state in states.values() for b in state.beam_req_ids}
     num_scheduled_tokens = dict(out.num_scheduled_tokens)
     num_scheduled_tokens.update({b: 1 + gamma_of[b] for b in added})
     spec_tokens = dict(out.scheduled_spec_decode_tokens)

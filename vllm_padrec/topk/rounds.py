@@ -18,8 +18,9 @@ V2's terms:
 
 Every row of a user advances alike, so the extra rows (j >= K) take the same counts; their contents are
 rebuilt by the next round's drafting (``DraftRows.step``'s sources). The beams' item codes so far, their
-log-probs (the answer reports each code's) and scores are the engine's state between rounds; ``done`` tells which users' items are complete: R's own row
-then writes ``</s>`` and the codes and scores are R's answer.
+log-probs (the answer reports each code's) and scores are the engine's state between rounds; ``done``
+tells which users' items are complete: R's own row then writes ``</s>``, and the codes, log-probs and
+scores are R's answer.
 
 All of it on fixed shapes, with no host sync.
 """
