@@ -52,8 +52,17 @@ from torch import Tensor
 from vllm_padrec.catalog import TokenLayout
 from vllm_padrec.device_lists import long_tensors
 from vllm_padrec.integration.patches.sample_tokens import TopKAnswers
-from vllm_padrec.topk.beams import BEAM_ID_INFIX, TopKBeams, TopKState
+from vllm_padrec.topk.beams import BEAM_ID_INFIX, FIRST_ROUND_STEP, TopKBeams, TopKState, beam_req_ids
+from vllm_padrec.topk.chains import chain_round
 from vllm_padrec.topk.kv_copy import BlockCopier, PrivateBlocks, block_pages, prompt_tail_copies
+from vllm_padrec.topk.round_sampling import (
+    RoundBatch,
+    copy_round_histories,
+    round_logprobs,
+    round_row_logits,
+    write_round,
+)
+from vllm_padrec.topk.rounds import RoundOutcome, round_outcome
 from vllm_padrec.topk.sampling import (
     BeamBatch,
     BeamSelection,
@@ -63,6 +72,7 @@ from vllm_padrec.topk.sampling import (
     write_sampled_tokens,
 )
 from vllm_padrec.topk.select import NEG_INF, BeamGroups, TopKItems
+from vllm_padrec.topk.strict import strict_round_batched
 
 
 def merge_groups(parts: Sequence[BeamGroups]) -> BeamGroups:
@@ -127,6 +137,62 @@ class Cohort:
 
 
 @dataclass(frozen=True)
+class RoundBeams:
+    """A drafted request's beams between rounds (what ``rounds.round_outcome`` carries), G = 1 or a cohort's G."""
+
+    codes: Tensor  # [G, K, L] long: each beam's codes so far
+    logprobs: Tensor  # [G, K, L] float32: each code's log-prob
+    scores: Tensor  # [G, K] float32, best first; -inf: dead
+    steps_done: Tensor  # [G] long: codes each beam holds
+
+    def row(self, g: int) -> RoundBeams:
+        return RoundBeams(
+            self.codes[g : g + 1], self.logprobs[g : g + 1], self.scores[g : g + 1], self.steps_done[g : g + 1]
+        )
+
+    @classmethod
+    def cat(cls, parts: Sequence[RoundBeams]) -> RoundBeams:
+        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in ("codes", "logprobs", "scores", "steps_done")))
+
+    @classmethod
+    def from_groups(cls, groups: BeamGroups, item_length: int) -> RoundBeams:
+        """The beams after the plain steps 0 .. t - 1 (``BeamGroups``, [G, K, t]) as a round's start."""
+        G, K, t = groups.tokens.shape
+        pad = item_length - t
+        return cls(
+            F.pad(groups.tokens, (0, pad)),
+            F.pad(groups.logprobs.float(), (0, pad)),
+            groups.scores,
+            torch.full((G,), t, dtype=torch.long, device=groups.scores.device),
+        )
+
+
+@dataclass(frozen=True)
+class RoundRows:
+    """The rows a drafted request's next round verifies: the draft's search (``DraftRows.round_rows``)."""
+
+    root: Tensor  # [G, R] long: the start beam each row extends
+    chain: Tensor  # [G, R, gamma] long: each row's draft tokens, what the row feeds after its root's last code
+    row_live: Tensor  # [G, R] bool: rows holding a drafted path
+
+    @classmethod
+    def cat(cls, parts: Sequence[RoundRows]) -> RoundRows:
+        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in ("root", "chain", "row_live")))
+
+
+@dataclass
+class RoundCohort:
+    """The drafted top-K requests of one engine step's batch with the same K, in a round, between the hooks."""
+
+    states: list[TopKState]
+    batch: RoundBatch
+    raw: Tensor  # [G, R, 1 + gamma, V] the rows' raw logits
+    beams: RoundBeams
+    rows: RoundRows
+    outcome: RoundOutcome | None = None
+
+
+@dataclass(frozen=True)
 class NewBeamSlot:
     """A beam added in this engine step (R's step 1): its request slot, R's id and its rank j."""
 
@@ -148,6 +214,10 @@ class TopKEngine:
         self._input_batch: Any = None  # this step's input batch, between before_sampling and after_masking
         self.groups: dict[str, CohortRow] = {}  # R's id -> its beams after its latest step
         self._cohorts: list[Cohort] = []
+        # drafted requests (issue 13): R's id -> its beams between rounds, and the rows its next round verifies
+        self.round_beams: dict[str, RoundBeams] = {}
+        self.round_rows: dict[str, RoundRows] = {}
+        self._rounds: list[RoundCohort] = []
         self._new_beams: list[NewBeamSlot] = []
         # the cohorts' PrivateBlocks, by their members' (id, private block ids)
         self._blocks_of: dict[tuple[tuple[str, tuple[int, ...]], ...], PrivateBlocks] = {}
@@ -189,7 +259,9 @@ class TopKEngine:
         slots, position, index = long_tensors(  # [M] each
             [b.slot for b in new],
             [states[b.req_id].prompt_len for b in new],
-            [offset[b.req_id] + b.rank for b in new],
+            # a drafted request's extra rows (rank >= K) start as a copy of beam rank % K: their first round's
+            # drafting gives them their paths (``stage_round``)
+            [offset[b.req_id] + b.rank % self.groups[b.req_id].width for b in new],
             device=self.device,
         )
         tokens = first[index]  # [M]
@@ -202,23 +274,44 @@ class TopKEngine:
     # -- the sampler's hooks (MaskingSampler) -----------------------------------------------------
     def before_sampling(self, logits: Tensor, input_batch: Any) -> None:
         """Find this step's cohorts and copy their raw logits rows, before the in-place catalog mask."""
-        self._cohorts = []
+        self._cohorts, self._rounds = [], []
         self._input_batch = input_batch
         if self.beams is None or not self.beams.states:
             self.groups.clear()
+            self.round_beams.clear()
+            self.round_rows.clear()
             self._blocks_of.clear()
             return
         states = self.beams.states
-        for req_id in [r for r in self.groups if r not in states or states[r].ended]:
-            del self.groups[req_id]  # R left (finished, aborted, preempted) before its last step
-        for key in [key for key in self._blocks_of if not all(r in self.groups for r, _ in key)]:
+        for held in (self.groups, self.round_beams, self.round_rows):
+            for req_id in [r for r in held if r not in states or states[r].ended]:
+                del held[req_id]  # R left (finished, aborted, preempted) before its last step
+        running = self.groups.keys() | self.round_beams.keys()
+        for key in [key for key in self._blocks_of if not all(r in running for r, *_ in key)]:
             del self._blocks_of[key]  # a member answered or left: that cohort will not run again
         in_batch = set(input_batch.req_ids)
         by_step: dict[int, list[TopKState]] = defaultdict(list)
+        by_k: dict[int, list[TopKState]] = defaultdict(list)  # drafted requests in a round, by K
         for state in states.values():
             runs = not state.ended and 0 <= state.step < state.item_length and state.req_id in in_batch
-            if runs and (state.step == 0 or state.req_id in self.groups):
+            if runs and state.drafts:
+                if state.req_id in self.round_beams and state.req_id in self.round_rows:
+                    by_k[state.k].append(state)
+            elif runs and (state.step == 0 or state.req_id in self.groups):
                 by_step[state.step].append(state)
+        for members in by_k.values():
+            batch = RoundBatch.build(
+                input_batch.req_ids,
+                input_batch.cu_num_logits_np,
+                input_batch.idx_mapping_np,
+                [(s.req_id, s.rows, s.prompt_len) for s in members],
+                members[0].gamma,
+                members[0].item_length,
+                device=logits.device,
+            )
+            beams = RoundBeams.cat([self.round_beams[s.req_id] for s in members])
+            rows = RoundRows.cat([self.round_rows.pop(s.req_id) for s in members])
+            self._rounds.append(RoundCohort(members, batch, round_row_logits(logits, batch), beams, rows))
         for step in sorted(by_step):
             members = by_step[step]
             batch = BeamBatch.build(
@@ -240,6 +333,15 @@ class TopKEngine:
             else:
                 groups = cohort_groups([self.groups[s.req_id] for s in cohort.states])
             cohort.selection = select_beams(groups, cohort.raw, masked_logits, cohort.batch)
+        for round_ in self._rounds:
+            logprobs = round_logprobs(round_.raw, masked_logits, round_.batch)  # [G, R, 1 + gamma, V]
+            beams, rows = round_.beams, round_.rows
+            steps_left = round_.states[0].item_length - beams.steps_done
+            tree = chain_round(beams.scores, rows.root, rows.chain, rows.row_live, logprobs, steps_left)
+            result = strict_round_batched(tree, round_.states[0].k)
+            round_.outcome = round_outcome(
+                result, rows.root, rows.row_live, beams.codes, beams.logprobs, beams.steps_done
+            )
         input_batch, self._input_batch = self._input_batch, None
         if self.lists is not None and input_batch is not None:
             self.lists.mask_topk_owners(masked_logits, input_batch, self.owner_tokens(input_batch))
@@ -266,6 +368,9 @@ class TopKEngine:
     def after_sampling(self, sampler_output: Any, input_batch: Any) -> None:
         """The tokens into the sampler's output, the beams' histories and KV from their parents, the answers."""
         cohorts, self._cohorts = self._cohorts, []
+        rounds, self._rounds = self._rounds, []
+        for round_ in rounds:
+            self._finish_round(round_, sampler_output)
         for cohort in cohorts:
             selection, batch, states = cohort.selection, cohort.batch, cohort.states
             if selection is None:
@@ -289,29 +394,79 @@ class TopKEngine:
                     self.groups.pop(state.req_id, None)
                     own = row.own()
                     self.answers.put(state.req_id, TopKItems(own.tokens[0], own.scores[0], own.logprobs[0]))
+                elif state.gamma and batch.step + 1 >= FIRST_ROUND_STEP:  # drafted rounds from the next step on
+                    self.groups.pop(state.req_id, None)
+                    self.round_beams[state.req_id] = RoundBeams.from_groups(row.own(), state.item_length)
                 else:
                     self.groups[state.req_id] = row
 
-    def _private_blocks(self, states: Sequence[TopKState], device: torch.device) -> PrivateBlocks:
+    def _finish_round(self, round_: RoundCohort, sampler_output: Any) -> None:
+        """A round's tokens and counts into the sampler's output, each row's history and KV from its source
+        row, the beams kept for the next round. Which items are complete is known only on the GPU, so every
+        round leaves its members' answers: the one read is that of the step in which R's row writes ``</s>``
+        (``patches/sample_tokens.py`` attaches answers to the step's output; a FINAL_ONLY request surfaces
+        only its final output)."""
+        outcome, batch, states = round_.outcome, round_.batch, round_.states
+        write_round(
+            sampler_output.sampled_token_ids, sampler_output.num_sampled, sampler_output.num_rejected, outcome, batch
+        )
+        copy_round_histories(self.req_states.all_token_ids.gpu, outcome, round_.beams.steps_done, batch)
+        blocks = self._private_blocks(states, batch.row_slots.device, rows=True)
+        self.copy_blocks(blocks.sources(outcome.source_row), blocks.dst)
+        after = RoundBeams(outcome.codes, outcome.logprobs, outcome.scores, outcome.steps_done)
+        for g, state in enumerate(states):
+            self.round_beams[state.req_id] = after.row(g)
+            self.answers.put(state.req_id, TopKItems(outcome.codes[g], outcome.scores[g], outcome.logprobs[g]))
+
+    # -- the drafts of a round (the speculator's side: ``propose``) ------------------------------------------
+    def stage_round(self, req_id: str, rows: RoundRows) -> None:
+        """The rows the next round of ``req_id`` verifies, from the draft's search over its rows (``DraftRows``):
+        kept for the sampler hook, and each extra row (r >= K) given its root beam's token history, last code
+        and private KV (row root[r] < K holds that beam), so that it feeds the root's last code, then its chain
+        (ATSPEED.md, "Extra rows before verification"). The chains themselves go into V2's draft buffer by the
+        caller. Called after the round's start beams are in rows 0 .. K - 1 (the previous step's hook)."""
+        state = self.beams.states[req_id]
+        beams = self.round_beams[req_id]
+        self.round_rows[req_id] = rows
+        K, R = state.k, state.rows
+        if R == K:
+            return
+        index = self.req_states.req_id_to_index
+        slots = torch.tensor([index[b] for b in beam_req_ids(req_id, R)], device=self.device)  # [R]
+        rank = torch.arange(R, device=self.device)
+        source = torch.where(rank < K, rank, rows.root[0])  # [R]
+        history_end = (state.prompt_len + beams.steps_done).expand(R)
+        columns = (state.prompt_len, state.prompt_len + state.item_length)
+        copy_token_histories(self.req_states.all_token_ids.gpu, slots, slots[source], history_end, columns)
+        last = self.req_states.last_sampled_tokens
+        last[slots] = last[slots[source]].clone()
+        blocks = self._private_blocks([state], self.device, rows=True)
+        self.copy_blocks(blocks.sources(source[None, :]), blocks.dst)
+
+    def _private_blocks(self, states: Sequence[TopKState], device: torch.device, rows: bool = False) -> PrivateBlocks:
         """The cohort's private-block index tensors, built on its first beam step and kept while its members
         run together (a request's blocks do not change during its life). The key holds the blocks too: a
-        client may reuse a finished request's id, and the new request has other blocks."""
-        key = tuple((s.req_id, s.private_block_ids) for s in states)
+        client may reuse a finished request's id, and the new request has other blocks. ``rows``: over every
+        row of drafted requests, else over their K beams' rows."""
+        key = tuple((s.req_id, s.private_block_ids, rows) for s in states)
         blocks = self._blocks_of.get(key)
         if blocks is None:
-            blocks = PrivateBlocks.build([s.private_block_ids for s in states], [s.k for s in states], device=device)
+            width = [s.rows if rows else s.k for s in states]
+            blocks = PrivateBlocks.build(
+                [s.private_block_ids[: w * s.blocks_per_beam] for s, w in zip(states, width)], width, device=device
+            )
             self._blocks_of[key] = blocks
         return blocks
 
     def _copy_prompt_tails(self, states: Sequence[TopKState]) -> None:
-        """Step 0: R's partial last prompt block into each beam's first private block (none when P % bs == 0)."""
+        """Step 0: R's partial last prompt block into each row's first private block (none when P % bs == 0)."""
         src: list[int] = []
         dst: list[int] = []
         for state in states:
             if state.tail_block_id is None:
                 continue
             s, d = prompt_tail_copies(
-                state.prompt_len, self.beams.layout.block_size, state.tail_block_id, state.private_block_ids, state.k
+                state.prompt_len, self.beams.layout.block_size, state.tail_block_id, state.private_block_ids, state.rows
             )
             src += s
             dst += d

@@ -1,0 +1,266 @@
+"""Drafted top-K rounds over whole engine lives, on the CPU (issue 13, ATSPEED.md plan step 6).
+
+``RoundsV2`` extends ``test_topk_engine.FakeV2`` to spec-decode rows: a row scheduled with 1 + gamma tokens
+feeds its last sampled token and its drafts, writes their KV through its block table and gets a logits row
+after each (V2's layout: ``cu_num_logits``, ``expanded_idx_mapping``, ``expanded_local_pos``, the fed tokens
+at ``logits_indices``); a stand-in rejection sampler keeps one token a row (the hook owns the drafted rows);
+``post_update`` appends ``num_sampled`` tokens and advances the computed tokens by the query less
+``num_rejected``. After each step a stand-in speculator runs the draft's beam search on each drafted
+request's rows (``DraftRows``, the draft's log-probs read after each row's path with the catalog mask),
+hands the rows to ``TopKEngine.stage_round`` and writes each row's chain as its drafts; before that it makes
+the extra rows' history, last code and KV stale (``<pad>``), as a later round finds them.
+
+Everything else is the plugin's: the ``TopKBeams`` rewrite (rows, drafts, bounds), the model-state hooks
+with the real ``RequestLists`` masks, ``TopKEngine`` (the plain steps 0 and 1, then rounds:
+``round_sampling``, ``chains``, ``strict``, ``rounds``, the history and KV copies). Every logit comes from
+the tiny target run over what each row's block table reads back, so a wrong copy changes the answer. The
+answers must be the target's own beam search (items, order and scores) whatever the draft: the target
+itself (every drafted step accepted: an item of L = 4 in three engine steps) or a random-weight model.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from test_topk_engine import BS, NUM_BLOCKS, NUM_SLOTS, FakeScheduler, FakeV2, tiny  # noqa: F401
+from transformers import LlamaForCausalLM
+from vllm import SamplingParams
+from vllm_fakes import request_lists
+
+from vllm_padrec.catalog import TokenLayout
+from vllm_padrec.constraint import ListConstraint
+from vllm_padrec.decoding import beam_search_items
+from vllm_padrec.integration.list_settings import ListSettings
+from vllm_padrec.topk.admission import private_blocks_per_beam
+from vllm_padrec.topk.beams import BeamLayout, TopKBeams, beam_req_id
+from vllm_padrec.topk.draft_rows import DraftRows
+from vllm_padrec.topk.engine import RoundRows, TopKEngine
+from vllm_padrec.topk.result import decode_items, encode_items
+from vllm_padrec.topk.select import beam_logprobs
+
+GAMMA, DRAFT_BEAMS = 2, 3
+
+
+class RejectOneSampler:
+    """A rejection sampler at temperature 0 that keeps one token a row: the argmax of its first logits row."""
+
+    def __init__(self, req_states) -> None:
+        self.req_states = req_states
+
+    def __call__(self, logits: torch.Tensor, input_batch) -> SimpleNamespace:
+        first = torch.as_tensor(input_batch.cu_num_logits_np[:-1], dtype=torch.long)  # [num_reqs]
+        counts = torch.as_tensor(np.diff(input_batch.cu_num_logits_np), dtype=torch.long)
+        sampled = torch.zeros(len(first), 1 + GAMMA, dtype=torch.long)
+        sampled[:, 0] = logits[first].argmax(-1)
+        return SimpleNamespace(sampled_token_ids=sampled, num_sampled=torch.ones_like(counts), num_rejected=counts - 1)
+
+
+class RoundsV2(FakeV2):
+    """FakeV2 with spec-decode rows (module docstring)."""
+
+    def __init__(self, model, lists, engine: TopKEngine, seed: int) -> None:
+        super().__init__(model, lists, engine, seed)
+        self.sampler, _ = self.state.custom_sampler(RejectOneSampler(self.req_states))
+        self.drafts = torch.zeros(NUM_SLOTS, GAMMA, dtype=torch.long)  # V2's req_states.draft_tokens
+
+    def execute(self, out) -> dict[str, int]:
+        for req_id in out.finished_req_ids | (out.preempted_req_ids or set()):
+            if req_id in self.slots:
+                self.free.append(self.slots.pop(req_id))
+        for new in out.scheduled_new_reqs:
+            slot = self.slots[new.req_id] = self.free.pop(0)
+            tokens = torch.tensor(new.prefill_token_ids, dtype=torch.int32)
+            self.req_states.all_token_ids.gpu[slot] = -1
+            self.req_states.all_token_ids.gpu[slot, : len(tokens)] = tokens
+            self.req_states.total_len.gpu[slot] = len(tokens)
+            self.computed[new.req_id] = new.num_computed_tokens
+            self.prefill_len[new.req_id] = len(tokens)
+            (self.tables[new.req_id],) = new.block_ids
+            self.drafts[slot] = 0  # states.py:113
+            self.state.add_request(slot, new)
+        if out.scheduled_new_reqs:
+            self.state.apply_staged_writes()
+        # cached requests: V2 keeps its own (GPU) count; the scheduler's is only an upper bound
+        for req_id, bound in zip(out.scheduled_cached_reqs.req_ids, out.scheduled_cached_reqs.num_computed_tokens):
+            assert self.computed[req_id] <= bound, (req_id, self.computed[req_id], bound)
+        if not out.num_scheduled_tokens:
+            return {}
+
+        req_ids = list(out.num_scheduled_tokens)
+        req_ids = [req_ids[i] for i in torch.randperm(len(req_ids), generator=self.generator).tolist()]
+        logits, fed_all, counts, logits_indices, local = [], [], [], [], []
+        for req_id in req_ids:
+            drafts = len(out.scheduled_spec_decode_tokens.get(req_id, ()))
+            rows, fed = self.forward_rows(req_id, out.num_scheduled_tokens[req_id], drafts)
+            logits_indices += list(range(len(fed_all) + len(fed) - len(rows), len(fed_all) + len(fed)))
+            fed_all += fed
+            logits += rows
+            counts.append(len(rows))
+            local += list(range(len(rows)))
+        slots = [self.slots[r] for r in req_ids]
+        batch = SimpleNamespace(
+            req_ids=req_ids,
+            idx_mapping_np=np.array(slots, dtype=np.int32),
+            cu_num_logits_np=np.concatenate([[0], np.cumsum(counts)]).astype(np.int32),
+            expanded_idx_mapping=torch.tensor(np.repeat(slots, counts), dtype=torch.int32),
+            expanded_local_pos=torch.tensor(local, dtype=torch.int32),
+            input_ids=torch.tensor(fed_all),
+            logits_indices=torch.tensor(logits_indices),
+        )
+        output = self.sampler(torch.stack(logits), batch)
+        result = {}
+        for i, req_id in enumerate(req_ids):  # V2's post_update
+            slot, n = self.slots[req_id], int(output.num_sampled[i])
+            length = int(self.req_states.total_len.gpu[slot])
+            tokens = output.sampled_token_ids[i, :n]
+            self.req_states.all_token_ids.gpu[slot, length : length + n] = tokens.to(torch.int32)
+            self.req_states.total_len.gpu[slot] = length + n
+            self.req_states.last_sampled_tokens[slot, 0] = tokens[-1]
+            self.computed[req_id] += out.num_scheduled_tokens[req_id] - int(output.num_rejected[i])
+            result[req_id] = int(tokens[0])
+        return result
+
+    @torch.inference_mode()
+    def forward_rows(self, req_id: str, num_tokens: int, drafts: int) -> tuple[list[torch.Tensor], list[int]]:
+        """The fed tokens' KV through the block table, then a logits row after each of the last 1 + drafts."""
+        slot, start, table = self.slots[req_id], self.computed[req_id], self.tables[req_id]
+        if start >= self.prefill_len[req_id]:  # a decode row: its last sampled token, then its drafts
+            fed = [int(self.req_states.last_sampled_tokens[slot, 0])] + self.drafts[slot, :drafts].tolist()
+        else:
+            fed = self.req_states.all_token_ids.gpu[slot, start : start + num_tokens].tolist()
+        assert len(fed) == num_tokens
+        for p, token in zip(range(start, start + num_tokens), fed):
+            self.kv[table[p // BS], 0, p % BS] = float(token)
+        context = [int(self.kv[table[p // BS], 0, p % BS, 0]) for p in range(start + num_tokens)]
+        out = self.model(input_ids=torch.tensor([context]), logits_to_keep=1 + drafts)
+        return list(out.logits[0]), fed
+
+
+class Speculator:
+    """The draft's beam search on each drafted request's rows after a step (the ``propose`` override's job)."""
+
+    def __init__(self, draft, catalog, v2: RoundsV2, engine: TopKEngine, beams: TopKBeams) -> None:
+        self.draft, self.v2, self.engine, self.beams = draft, v2, engine, beams
+        self.constraint = ListConstraint(catalog, num_items=1)
+
+    @torch.inference_mode()
+    def logprobs(self, prompt: tuple[int, ...], paths: list[tuple[int, ...]]) -> torch.Tensor:  # [n, V]
+        allowed = self.constraint.allowed_tokens(self.constraint.state_after([list(p) for p in paths]))
+        logits = torch.stack(
+            [self.draft(input_ids=torch.tensor([prompt + p]), logits_to_keep=1).logits[0, -1] for p in paths]
+        )
+        return beam_logprobs(logits, allowed)[:, : allowed.shape[1]]
+
+    def check_beam_rows(self, req_id: str, state, start, m: int) -> None:
+        """V2's view of each live beam's row j < K before a round: its history is beam j's path (prompt, then
+        its m codes), it feeds beam j's last code next, and m - 1 codes have KV (the last is fed next)."""
+        P, v2 = state.prompt_len, self.v2
+        for j in range(state.k):
+            if not torch.isfinite(start.scores[0, j]):
+                continue
+            row_id = beam_req_id(req_id, j)
+            slot = v2.slots[row_id]
+            path = start.codes[0, j, :m].tolist()
+            assert v2.req_states.all_token_ids.gpu[slot, P : P + m].tolist() == path, (row_id, path)
+            assert int(v2.req_states.total_len.gpu[slot]) == P + m
+            assert int(v2.req_states.last_sampled_tokens[slot, 0]) == path[-1]
+            assert v2.computed[row_id] == P + m - 1
+
+    def make_extra_rows_stale(self, req_id: str, state) -> None:
+        """Overwrite the extra rows' (r >= K) token history, last code and private KV past the prompt with
+        ``<pad>``: whatever a row held before, ``stage_round`` must give it its root beam's."""
+        P, v2 = state.prompt_len, self.v2
+        for r in range(state.k, state.rows):
+            row_id = beam_req_id(req_id, r)
+            slot, table = v2.slots[row_id], v2.tables[row_id]
+            v2.req_states.all_token_ids.gpu[slot, P : P + state.item_length] = TokenLayout.PAD
+            v2.req_states.last_sampled_tokens[slot, 0] = TokenLayout.PAD
+            for p in range(P, min(P + state.item_length + GAMMA, len(table) * BS)):
+                v2.kv[table[p // BS], 0, p % BS] = float(TokenLayout.PAD)
+
+    def propose(self) -> None:
+        for req_id, start in self.engine.round_beams.items():
+            state = self.beams.states[req_id]
+            m = int(start.steps_done[0])
+            if state.ended or m >= state.item_length:
+                continue
+            prompt = state.prompt_token_ids
+            codes = [tuple(start.codes[0, j, :m].tolist()) for j in range(state.k)]
+            self.check_beam_rows(req_id, state, start, m)
+            rows = DraftRows.start(start.scores, state.rows, GAMMA, max(state.k, DRAFT_BEAMS))
+            for level in range(GAMMA):
+                held = sorted({int(r) for r in rows.beam_row[0].tolist() if r >= 0})  # only these are read
+                paths = [codes[int(rows.root[0, r])] + tuple(rows.chain[0, r, :level].tolist()) for r in held]
+                held_logprobs = self.logprobs(prompt, paths)  # [held, V]
+                row_logprobs = torch.zeros(1, state.rows, held_logprobs.shape[1])
+                row_logprobs[0, held] = held_logprobs
+                rows, _ = rows.step(row_logprobs, DRAFT_BEAMS)
+            root, chain, row_live = rows.round_rows()
+            self.make_extra_rows_stale(req_id, state)
+            self.engine.stage_round(req_id, RoundRows(root, chain, row_live))
+            for r in range(state.rows):
+                self.v2.drafts[self.v2.slots[beam_req_id(req_id, r)]] = chain[0, r]
+
+
+def run_rounds(monkeypatch, model, draft, catalog, users):
+    """An engine's life with drafted top-K requests: (answers by request id, engine steps each R ran)."""
+    L = catalog.num_slots
+    lists = request_lists(monkeypatch, catalog, ListSettings(max_list_items=4), NUM_SLOTS, max_drafts=GAMMA)
+    engine = TopKEngine("cpu")
+    v2 = RoundsV2(model, lists, engine, seed=0)
+    layout = BeamLayout(item_length=L, block_size=BS, lookahead=GAMMA, draft_beams=DRAFT_BEAMS, gamma=GAMMA)
+    beams = TopKBeams(layout)
+    engine.attach(beams, [v2.kv], NUM_BLOCKS)
+    speculator = Speculator(draft, catalog, v2, engine, beams)
+    scheduler = FakeScheduler()
+    for req_id, history, k in users:
+        prompt = catalog.render_prompt(history)
+        params = SamplingParams(
+            max_tokens=L + 1, extra_args={"padrec_constraint": True, "padrec_num_items": 1, "padrec_topk": k}
+        )
+        private = layout.rows(k) * private_blocks_per_beam(len(prompt), L, BS, lookahead=GAMMA)
+        scheduler.add(req_id, prompt, params, extra_blocks=private)
+    answers, steps = {}, dict.fromkeys([u[0] for u in users], 0)
+    for step in range(40):
+        out = scheduler.schedule({u[0] for u in users} if step == 0 else set())
+        if not out.num_scheduled_tokens and not out.finished_req_ids:
+            break
+        for req_id in steps:
+            steps[req_id] += req_id in out.num_scheduled_tokens
+        scheduler.update(v2.execute(beams.rewrite(out)))
+        speculator.propose()
+        taken = v2.state.padrec_topk_answers.take()
+        for req_id in scheduler.just_finished & taken.keys():  # the answer of the step R wrote </s>
+            answers[req_id] = decode_items(encode_items(taken[req_id]), L)
+    assert not lists.refused.any(), "the plugin refused a request"
+    assert len(v2.free) == NUM_SLOTS and not engine.groups
+    # which items are complete is known only on the GPU: a finished R's round state goes at the next batch
+    assert all(beams.states[r].ended for r in engine.round_beams.keys() | engine.round_rows.keys())
+    return answers, steps
+
+
+@pytest.mark.parametrize("draft_kind", ["the target", "random weights"])
+def test_drafted_rounds_answer_as_the_targets_beam_search_whatever_the_draft(monkeypatch, tiny, draft_kind):  # noqa: F811
+    model, catalog, histories = tiny
+    if draft_kind == "the target":
+        draft = model
+    else:
+        torch.manual_seed(3)
+        draft = LlamaForCausalLM(model.config).double().eval()
+    users = [("R1", histories[0], 3), ("R2", histories[1], 2)]
+    answers, steps = run_rounds(monkeypatch, model, draft, catalog, users)
+    assert sorted(answers) == ["R1", "R2"]
+    for req_id, history, k in users:
+        answer = answers[req_id]
+        live = torch.isfinite(answer.scores)
+        items = [catalog.parse_completion(tokens)[0] for tokens in answer.tokens[live].tolist()]
+        reference = beam_search_items(model, catalog, [history], k)[0]
+        assert list(zip(items, answer.scores[live].tolist())) == reference, req_id
+    L = catalog.num_slots
+    if draft_kind == "the target":  # steps 0 and 1, then one round that accepts everything and ends the item
+        assert steps == {"R1": 3, "R2": 3}
+    else:  # a round advances one step at least: never more steps than without a draft
+        assert all(n <= L for n in steps.values()), steps
