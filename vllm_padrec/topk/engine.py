@@ -33,6 +33,14 @@ The hooks, in V2's order within one engine step (each returns at once when no to
    R's answer (every rank, dead beams with score -inf, still on the device: the host copy waits until
    ``patches/sample_tokens.py`` encodes it) goes into ``answers``.
 
+Drafted requests (issue 13, ``ATSPEED.md``; a layout with ``draft_beams`` > 0) take the plain steps 0 and 1,
+then *rounds*: their rows feed 1 + gamma tokens, the hooks verify the draft's rows of the request
+(``stage_round``, from the speculator's side) with ``round_sampling``, ``chains``, ``strict`` and ``rounds``,
+write every row's tokens and counts into the rejection sampler's output and copy each row's history and KV
+from its source row. A round cohort is the drafted requests of a batch with the same K. Which items are
+complete is known only on the GPU: each round leaves its members' answers, and R's row writes ``</s>`` in
+the round that completes the item.
+
 Only host-known shapes and host lists (block ids, slots) cross to the device, each step's in one
 non-blocking copy per kind (``device_lists``); nothing is read back until R's answer.
 """
