@@ -23,6 +23,10 @@ The layout, one level at a time (``DraftRows.step``):
   (``topk.admission.beam_rows``, what admission reserves) never drops one: at most N - 1 new rows per level,
   since one child of each parent takes the parent's row, and a level's N children have at least one parent.
 
+``depth`` tells how many of a row's chain tokens are a draft beam's path (the rest is padding): strict
+verification does not care, relaxed verification counts only the draft's beams as drafted candidates
+(``relaxed.RoundDraft``).
+
 Everything is batched torch on fixed shapes with no host sync. ``source`` tells the engine which row's draft
 state (hidden state, KV of the chain) each row continues from for the next draft forward, and ``token``
 which token each row feeds it.
@@ -50,6 +54,7 @@ class DraftRows:
     scores: Tensor  # [G, W] float32: the current draft beams' cumulative scores, best first; -inf: none
     beam_row: Tensor  # [G, W] long: the row holding each current beam; -1 where there is none
     level: int  # draft steps done
+    depth: Tensor  # [G, R] long: each row's chain tokens that are a draft beam's path (past them: padding)
 
     @classmethod
     def start(cls, start_scores: Tensor, rows: int, gamma: int, width: int) -> DraftRows:
@@ -67,7 +72,8 @@ class DraftRows:
         root = torch.arange(rows, device=device).clamp(max=K - 1).expand(G, rows).clone()
         chain = torch.full((G, rows, gamma), PAD_TOKEN, dtype=torch.long, device=device)
         used = torch.full((G,), K, dtype=torch.long, device=device)
-        return cls(root, chain, used, scores, beam_row, 0)
+        depth = torch.zeros(G, rows, dtype=torch.long, device=device)
+        return cls(root, chain, used, scores, beam_row, 0, depth)
 
     def step(self, row_logprobs: Tensor, draft_beams: int) -> tuple[DraftRows, DraftStep]:
         """One draft step from the draft's masked log-probs after each row's path (``[G, R, V]`` float32,
@@ -108,12 +114,15 @@ class DraftRows:
         tokens_padded = torch.cat([chain[:, :, self.level], torch.zeros_like(chain[:, :1, 0])], 1)  # [G, R + 1]
         tokens_padded.scatter_(1, torch.where(kept, row, R), selected.tokens)
         chain[:, :, self.level] = tokens_padded[:, :R]
+        depth_padded = torch.cat([self.depth.gather(1, source), torch.zeros_like(source[:, :1])], 1)  # [G, R + 1]
+        depth_padded.scatter_(1, torch.where(kept, row, R), self.level + 1)
+        depth = depth_padded[:, :R]
         new_scores = torch.full((G, W), NEG_INF, device=device)
         new_scores[:, :draft_beams] = torch.where(kept, selected.scores, NEG_INF)
         beam_row = torch.full((G, W), -1, dtype=torch.long, device=device)
         beam_row[:, :draft_beams] = row
         used = self.used + gets_new_row.long().sum(1)
-        rows = DraftRows(root, chain, used, new_scores, beam_row, self.level + 1)
+        rows = DraftRows(root, chain, used, new_scores, beam_row, self.level + 1, depth)
         return rows, DraftStep(source=source, token=chain[:, :, self.level], beam_row=row)
 
     def round_rows(self) -> tuple[Tensor, Tensor, Tensor]:

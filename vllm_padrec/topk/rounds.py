@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vllm_padrec.topk.strict import StrictRoundResult
+from vllm_padrec.topk.strict import RoundResult
 
 PAD_TOKEN = 0  # a row's sampled tokens past ``advanced`` (V2 appends only ``num_sampled`` of them)
 
@@ -53,7 +53,7 @@ class RoundOutcome:
 
 
 def round_outcome(
-    result: StrictRoundResult,
+    result: RoundResult,
     root: Tensor,  # [G, R] long: the start beam each row extends (``DraftRows.round_rows``)
     row_live: Tensor,  # [G, R] bool: rows holding a drafted path
     codes: Tensor,  # [G, K, L] long: the start beams' item codes so far

@@ -12,7 +12,7 @@ a node of level i, found by (parent node, token). The round advances ``accepted 
 steps left in the item. Every group runs the same gamma + 1 steps in lockstep, on fixed shapes with no host
 sync; a group that stopped keeps its beams from then on.
 
-Output (``StrictRoundResult``): the accepted steps and, after the round's last step, each beam's score
+Output (``RoundResult``): the accepted steps and, after the round's last step, each beam's score
 and the tokens it appended in the round (its node path, then the last step's own token), which is what the
 engine keeps; ``tests/test_topk_strict.py`` checks it against the reference bit for bit. Also where each
 beam came from: its start beam, and the last node of its path (the node its last step extended; none when
@@ -44,7 +44,9 @@ class DraftedRound:
 
 
 @dataclass(frozen=True)
-class StrictRoundResult:
+class RoundResult:
+    """A verified round of G users (strict or relaxed): what it advanced, and the beams after its last step."""
+
     accepted: Tensor  # [G] long: accepted steps; the round advanced min(accepted + 1, steps_left) steps
     advanced: Tensor  # [G] long: the steps it advanced
     scores: Tensor  # [G, K] float32: the beams after the round's last step, best first
@@ -54,7 +56,7 @@ class StrictRoundResult:
     last_node: Tensor  # [G, K] long: the node of level advanced - 2 on its path; -1 when advanced == 1
 
 
-def strict_round_batched(round_: DraftedRound, beam_width: int) -> StrictRoundResult:
+def strict_round_batched(round_: DraftedRound, beam_width: int) -> RoundResult:
     """Strict verification of every group's round (module docstring)."""
     G, K = round_.start_scores.shape
     gamma = round_.parent.shape[1]
@@ -102,4 +104,4 @@ def strict_round_batched(round_: DraftedRound, beam_width: int) -> StrictRoundRe
         node = torch.where(take, same.long().argmax(-1), node)  # [G, K]: the matched node (0 for a dead beam)
         at_nodes = round_.node_logprobs[groups[:, None], i, node]  # [G, K, V]
         logprobs = torch.where(running[:, None, None], at_nodes, logprobs)
-    return StrictRoundResult(accepted, advanced, scores, tokens, token_logprobs, start, last_node)
+    return RoundResult(accepted, advanced, scores, tokens, token_logprobs, start, last_node)
