@@ -626,6 +626,12 @@ def test_topk_exclude_history_and_dead_beams(folder):
         ({"history": ["i1"], "mode": "topk", "k": 3, "num_items": 3}, "num_items", ['"mode": "list" only']),
         ({"history": ["i1"], "mode": "topk", "k": 3, "temperature": 0.5}, "temperature", ['"mode": "list" only']),
         ({"history": ["i1"], "mode": "beam", "k": 3}, "mode", ["'list' or 'topk'"]),
+        ({"history": ["i1"], "verification": "strict"}, "verification", ['"mode": "topk" only']),
+        (
+            {"history": ["i1"], "mode": "topk", "k": 3, "verification": "fast"},
+            "verification",
+            ["'strict' or 'relaxed'"],
+        ),
     ],
 )
 def test_topk_bad_requests_get_422_naming_the_field(folder, payload, param, words):
@@ -634,6 +640,16 @@ def test_topk_bad_requests_get_422_naming_the_field(folder, payload, param, word
     assert error["param"] == param
     for word in words:
         assert word in error["message"], error["message"]
+    assert engine.calls == []
+
+
+@pytest.mark.parametrize("rule", ["strict", "relaxed"])
+def test_topk_verification_on_a_server_that_drafts_no_top_k_is_a_400_naming_it(folder, rule):
+    """No server drafts top-K beams yet (issue 13): the rule is refused by the front end's own check, before
+    the engine, with the message vLLM's front end gives padrec_topk_verification."""
+    engine = FakeTopKEngine(topk_answer([0], [-1.0]))
+    error = error_of(post(topk_app(folder, engine), {**TOPK_BODY, "verification": rule}), 400)
+    assert error["param"] == "verification" and "does not draft top-K beams" in error["message"]
     assert engine.calls == []
 
 

@@ -118,6 +118,7 @@ def test_extra_args_round_trip():
         "padrec_no_repeat",
         "padrec_exclude_items",
         "padrec_topk",
+        "padrec_topk_verification",
     }
 
 
@@ -297,3 +298,32 @@ def test_fuzz_either_a_servable_spec_or_a_named_error(extra_args, defaults):
     if topk is not None:
         assert type(topk) is int and 1 <= topk <= LIMITS.catalog_items - len(spec.exclude_items)
         assert (spec.num_items, spec.min_items, spec.no_repeat) == (1, 1, False)
+
+
+# -- drafted top-K's verification rule (padrec_topk_verification) -------------------------------------------------
+DRAFTING = ListLimits(max_list_items=32, catalog_items=8, drafted_topk=True)
+VERIFY = "padrec_topk_verification"
+
+
+def test_verification_is_strict_or_relaxed_on_a_server_that_drafts_top_k():
+    for rule in ("strict", "relaxed"):
+        spec = parse({**ON, "padrec_topk": 3, VERIFY: rule}, limits=DRAFTING)
+        assert spec.topk_verification == rule and spec.topk == 3
+        assert parse(spec.to_extra_args(), limits=DRAFTING) == spec  # round trip
+    assert parse({**ON, "padrec_topk": 3}, limits=DRAFTING).topk_verification is None  # strict by default
+    assert VERIFY not in ListSpec(True, topk=3).to_extra_args()
+
+
+@pytest.mark.parametrize(
+    "extra_args, words, limits",
+    [
+        ({**ON, "padrec_topk": 3, VERIFY: "relaxed"}, ["this server does not draft top-K beams"], LIMITS),
+        ({**ON, VERIFY: "relaxed"}, ["applies to top-K requests only", "padrec_topk"], DRAFTING),
+        ({VERIFY: "strict"}, ["applies to constrained lists only"], DRAFTING),
+        ({**ON, "padrec_topk": 3, VERIFY: "Relaxed"}, ["one of ['strict', 'relaxed']", "got 'Relaxed'"], DRAFTING),
+        ({**ON, "padrec_topk": 3, VERIFY: 1}, ["got 1"], DRAFTING),
+        ({**ON, "padrec_topk": 3, VERIFY: ["relaxed"]}, ["got ['relaxed']"], DRAFTING),
+    ],
+)
+def test_verification_refusals_name_the_key(extra_args, words, limits):
+    refused(extra_args, VERIFY, *words, limits=limits)

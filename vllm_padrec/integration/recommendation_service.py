@@ -93,6 +93,11 @@ class RecommendationRequest(BaseModel):
         "list", description="list: one generated list of num_items; topk: the k best single items, best first"
     )
     k: int | None = Field(None, ge=1, description='with "mode": "topk": how many items (1..max_topk)')
+    verification: Literal["strict", "relaxed"] | None = Field(
+        None,
+        description='with "mode": "topk" on a server that drafts top-K beams: strict (the exact beam search, the '
+        "default) or relaxed (AtSpeed's relaxed sampling, not lossless)",
+    )
 
 
 class RecommendationError(Exception):
@@ -274,7 +279,7 @@ class RecommendationService:
                 raise RecommendationError(
                     422, f"k={request.k} asks for {request.k} distinct items but the catalog has {where}", "k"
                 )
-            spec = topk_spec(request.k, excluded)
+            spec = topk_spec(request.k, excluded, request.verification)
             max_tokens, asked, param = topk_max_tokens(catalog.num_slots), "a smaller k cannot help", "history"
         else:
             if request.no_repeat and n > available:
@@ -340,6 +345,8 @@ class RecommendationService:
         if request.mode == "list":
             if "k" in given:
                 raise RecommendationError(422, 'k applies to "mode": "topk" only (a list asks for num_items)', "k")
+            if "verification" in given:
+                raise RecommendationError(422, 'verification applies to "mode": "topk" only', "verification")
             return
         if request.k is None:
             raise RecommendationError(422, 'k is required with "mode": "topk" (the number of items, best first)', "k")
@@ -356,12 +363,13 @@ class RecommendationService:
         """The front end's own check of a top-K request (``list_settings.check_request``): on a server without
         beam rows (``padrec.topk_max_beams`` = 0) its refusal, as a 400 with the same message."""
         from vllm_padrec.integration.list_settings import check_request
-        from vllm_padrec.lists import ListSpecError
+        from vllm_padrec.lists import REQUEST_KEYS, ListSpecError
 
         try:
             check_request(self.vllm_config, spec.to_extra_args())
         except ListSpecError as error:
-            raise RecommendationError(400, str(error), "mode") from None
+            param = "verification" if error.key == REQUEST_KEYS["topk_verification"] else "mode"
+            raise RecommendationError(400, str(error), param) from None
 
     def _model_name(self, requested: str | None) -> str:
         if requested is None:

@@ -31,7 +31,7 @@ from vllm_padrec.integration.mask_backends import MaskShapes, choose_masks, eage
 from vllm_padrec.lists import ListLimits, ListSpec, masks, settings_row
 from vllm_padrec.lists.spec import ENABLED, NUM_FIELDS
 from vllm_padrec.lists.tables import CatalogTables
-from vllm_padrec.topk.admission import TOPK_KEY
+from vllm_padrec.topk.admission import TOPK_KEY, VERIFICATION_KEY
 
 
 class RequestLists:
@@ -138,7 +138,8 @@ class RequestLists:
             params = new_req_data.sampling_params
             extra_args = params.extra_args if params is not None else None
             if drop_topk and extra_args:
-                extra_args = {k: v for k, v in extra_args.items() if k != TOPK_KEY}  # a copy: vLLM's stays
+                # a copy: vLLM's stays; the beam's mask is its one-item list's, whatever R's top-K settings
+                extra_args = {k: v for k, v in extra_args.items() if k not in (TOPK_KEY, VERIFICATION_KEY)}
             spec = ListSpec.from_extra_args(extra_args, self.defaults, self.limits)
             if spec.topk is not None:  # the top-K engine's (topk.engine); never served as a list
                 raise PadRecError("padrec_topk: this engine has no top-K path")

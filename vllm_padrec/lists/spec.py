@@ -16,6 +16,9 @@ A request says what it wants in ``SamplingParams.extra_args`` (``vllm_xargs`` in
                                        default: the server's list defaults do not apply to top-K), no
                                        padrec_no_repeat, and at least K catalog items left after
                                        padrec_exclude_items
+    padrec_topk_verification  topk_verification  "strict" or "relaxed": how a top-K request's drafted beams are
+                                       verified (issue 13); needs padrec_topk and a server that drafts
+                                       top-K beams (none does yet: no speculator drafts them inside vLLM)
 
 Keys it leaves out take the server's defaults (``--additional-config '{"padrec": {...}}'``; a
 server default ``num_items`` can be changed per request, not removed). Values
@@ -51,7 +54,9 @@ REQUEST_KEYS = {
     "no_repeat": "padrec_no_repeat",
     "exclude_items": "padrec_exclude_items",
     "topk": "padrec_topk",
+    "topk_verification": "padrec_topk_verification",
 }
+VERIFICATION_RULES = ("strict", "relaxed")  # padrec_topk_verification's values; strict is the lossless default
 # Columns of the settings table ([max_num_reqs, NUM_FIELDS + X] int32, one row per request slot); columns
 # NUM_FIELDS.. hold the request's excluded items (catalog indices, then -1), X = the server's max_exclude_items
 ENABLED, LIST_START, MAX_ITEMS, MIN_ITEMS, NO_REPEAT = range(5)
@@ -80,6 +85,7 @@ class ListLimits:
     why_not: str = ""  # with catalog_items None: why (no catalog at PATH, a runner without the masks, ...)
     max_exclude_items: int = 0  # most items one request may exclude (the settings table's exclusion columns)
     max_topk: int = DEFAULT_MAX_TOPK  # largest K a top-K request may ask for
+    drafted_topk: bool = False  # the server drafts top-K beams (padrec_topk_verification is accepted)
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,7 @@ class ListSpec:
     no_repeat: bool = False  # an item at most once per list
     exclude_items: tuple[int, ...] = ()  # catalog indices the list may not contain (distinct)
     topk: int | None = None  # K of a top-K request (its K candidates are one-item lists); None: one list
+    topk_verification: str | None = None  # a drafted top-K request's rule (VERIFICATION_RULES); None: strict
 
     def __post_init__(self) -> None:  # one form per list: an exact length is also the fewest items
         if self.topk is not None and self.num_items is None:  # a top-K candidate is one item
@@ -110,6 +117,8 @@ class ListSpec:
             args[REQUEST_KEYS["exclude_items"]] = list(self.exclude_items)
         if self.constraint and self.topk is not None:
             args[REQUEST_KEYS["topk"]] = self.topk
+        if self.constraint and self.topk_verification is not None:
+            args[REQUEST_KEYS["topk_verification"]] = self.topk_verification
         return args
 
     @classmethod
@@ -132,7 +141,7 @@ class ListSpec:
         if not constraint:
             stray = [
                 REQUEST_KEYS[name]
-                for name in ("num_items", "min_items", "no_repeat", "exclude_items", "topk")
+                for name in ("num_items", "min_items", "no_repeat", "exclude_items", "topk", "topk_verification")
                 if name in given
             ]
             if stray:
@@ -154,7 +163,10 @@ class ListSpec:
         exclude_items = parse_items(
             "padrec_exclude_items", exclude_items, limits.catalog_items, limits.max_exclude_items
         )
-        spec = cls(True, num_items, min_items, no_repeat, exclude_items, topk)
+        verification = None
+        if "topk_verification" in given:
+            verification = parse_verification(given["topk_verification"], topk, limits)
+        spec = cls(True, num_items, min_items, no_repeat, exclude_items, topk, verification)
         left = limits.catalog_items - len(exclude_items)
         if topk is not None and left < topk:
             where = (
@@ -226,6 +238,23 @@ def parse_topk(key: str, value: Any, cap: int) -> int:
     so 2.5, 10.0, "10" and true are refused rather than read as a number."""
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= cap:
         raise ListSpecError(key, f"{key} must be an integer in 1..{cap} (this server's max_topk), got {value!r}")
+    return value
+
+
+def parse_verification(value: Any, topk: int | None, limits: ListLimits) -> str:
+    """``padrec_topk_verification``: exactly "strict" or "relaxed", on a top-K request, on a server that drafts
+    top-K beams."""
+    key = REQUEST_KEYS["topk_verification"]
+    if not isinstance(value, str) or value not in VERIFICATION_RULES:
+        raise ListSpecError(key, f"{key} must be one of {list(VERIFICATION_RULES)}, got {value!r}")
+    if topk is None:
+        raise ListSpecError(key, f"{key} applies to top-K requests only: set padrec_topk")
+    if not limits.drafted_topk:
+        raise ListSpecError(
+            key,
+            f"{key}: this server does not draft top-K beams (drafted top-K needs a draft model and a speculator "
+            "that drafts beams inside vLLM, which is not built yet); leave it out for the exact beam search",
+        )
     return value
 
 

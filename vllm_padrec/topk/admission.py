@@ -46,6 +46,7 @@ from typing import Any
 from vllm_padrec.lists.spec import REQUEST_KEYS
 
 TOPK_KEY = REQUEST_KEYS["topk"]
+VERIFICATION_KEY = REQUEST_KEYS["topk_verification"]
 
 
 def cdiv(a: int, b: int) -> int:
@@ -59,6 +60,12 @@ def topk_of(extra_args: Mapping[str, Any] | None) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
     return None
+
+
+def topk_verification_of(extra_args: Mapping[str, Any] | None) -> str:
+    """A drafted top-K request's verification rule (``padrec_topk_verification``, checked by ``ListSpec``):
+    ``relaxed`` only when asked for by name, else ``strict``."""
+    return "relaxed" if (extra_args or {}).get(VERIFICATION_KEY) == "relaxed" else "strict"
 
 
 def private_blocks_per_beam(prompt_len: int, item_len: int, block_size: int, lookahead: int = 0) -> int:

@@ -66,7 +66,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vllm_padrec.topk.admission import beam_rows, private_blocks_per_beam, topk_of
+from vllm_padrec.topk.admission import beam_rows, private_blocks_per_beam, topk_of, topk_verification_of
 
 BEAM_ID_INFIX = "\x00beam"  # no request id from a client holds a NUL, so beam ids never collide with one
 
@@ -145,6 +145,7 @@ class TopKState:
     ended: bool = False  # R leaves the runner in this engine step (finished, aborted or preempted)
     beams_held: bool = False  # the runner holds R's beams as this engine step begins
     gamma: int = 0  # draft tokens per row in a drafted round; 0: undrafted, one token per row and step
+    relaxed: bool = False  # a drafted request's rounds use relaxed sampling verification (else strict)
 
     @property
     def prompt_len(self) -> int:
@@ -223,6 +224,7 @@ class TopKState:
             tail_block_id=block_ids[P // bs] if P % bs else None,
             step=0 if computed >= P else -1,
             gamma=layout.gamma,
+            relaxed=topk_verification_of(getattr(new_req.sampling_params, "extra_args", None)) == "relaxed",
         )
 
     def scheduled(self, num_computed_tokens: int, num_scheduled_tokens: int) -> TopKState:

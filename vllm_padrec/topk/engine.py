@@ -63,6 +63,7 @@ from vllm_padrec.integration.patches.sample_tokens import TopKAnswers
 from vllm_padrec.topk.beams import BEAM_ID_INFIX, FIRST_ROUND_STEP, TopKBeams, TopKState, beam_req_ids
 from vllm_padrec.topk.chains import chain_round
 from vllm_padrec.topk.kv_copy import BlockCopier, PrivateBlocks, block_pages, prompt_tail_copies
+from vllm_padrec.topk.relaxed import RoundDraft, gumbel_noise, relaxed_round_batched
 from vllm_padrec.topk.round_sampling import (
     RoundBatch,
     copy_round_histories,
@@ -182,10 +183,17 @@ class RoundRows:
     root: Tensor  # [G, R] long: the start beam each row extends
     chain: Tensor  # [G, R, gamma] long: each row's draft tokens, what the row feeds after its root's last code
     row_live: Tensor  # [G, R] bool: rows holding a drafted path
+    # relaxed verification only: the draft's log-probs after each row's root and chain prefixes, and how many
+    # of each row's chain tokens are a draft beam's (``relaxed.RoundDraft.from_rows``)
+    draft_logprobs: Tensor | None = None  # [G, R, gamma, V] float32
+    depth: Tensor | None = None  # [G, R] long
 
     @classmethod
     def cat(cls, parts: Sequence[RoundRows]) -> RoundRows:
-        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in ("root", "chain", "row_live")))
+        fields = ("root", "chain", "row_live", "draft_logprobs", "depth")
+        return cls(
+            *(None if getattr(parts[0], f) is None else torch.cat([getattr(p, f) for p in parts]) for f in fields)
+        )
 
 
 @dataclass
@@ -226,6 +234,7 @@ class TopKEngine:
         self.round_beams: dict[str, RoundBeams] = {}
         self.round_rows: dict[str, RoundRows] = {}
         self._rounds: list[RoundCohort] = []
+        self.generator: torch.Generator | None = None  # relaxed verification's random numbers, made on first use
         self._new_beams: list[NewBeamSlot] = []
         # the cohorts' PrivateBlocks, by their members' (id, private block ids)
         self._blocks_of: dict[tuple[tuple[str, tuple[int, ...]], ...], PrivateBlocks] = {}
@@ -299,12 +308,12 @@ class TopKEngine:
             del self._blocks_of[key]  # a member answered or left: that cohort will not run again
         in_batch = set(input_batch.req_ids)
         by_step: dict[int, list[TopKState]] = defaultdict(list)
-        by_k: dict[int, list[TopKState]] = defaultdict(list)  # drafted requests in a round, by K
+        by_k: dict[tuple[int, bool], list[TopKState]] = defaultdict(list)  # drafted, in a round, by (K, relaxed)
         for state in states.values():
             runs = not state.ended and 0 <= state.step < state.item_length and state.req_id in in_batch
             if runs and state.drafts:
                 if state.req_id in self.round_beams and state.req_id in self.round_rows:
-                    by_k[state.k].append(state)
+                    by_k[state.k, state.relaxed].append(state)
             elif runs and (state.step == 0 or state.req_id in self.groups):
                 by_step[state.step].append(state)
         for members in by_k.values():
@@ -346,7 +355,15 @@ class TopKEngine:
             beams, rows = round_.beams, round_.rows
             steps_left = round_.states[0].item_length - beams.steps_done
             tree = chain_round(beams.scores, rows.root, rows.chain, rows.row_live, logprobs, steps_left)
-            result = strict_round_batched(tree, round_.states[0].k)
+            k = round_.states[0].k
+            if round_.states[0].relaxed:
+                draft = RoundDraft.from_rows(rows.draft_logprobs, beams.scores, rows.root, rows.chain, rows.depth)
+                uniform, gumbel = self._random_numbers(
+                    (len(round_.states), rows.chain.shape[2], k * logprobs.shape[-1])
+                )
+                result = relaxed_round_batched(tree, draft, k, uniform, gumbel)
+            else:
+                result = strict_round_batched(tree, k)
             round_.outcome = round_outcome(
                 result, rows.root, rows.row_live, beams.codes, beams.logprobs, beams.steps_done
             )
@@ -425,6 +442,13 @@ class TopKEngine:
         for g, state in enumerate(states):
             self.round_beams[state.req_id] = after.row(g)
             self.answers.put(state.req_id, TopKItems(outcome.codes[g], outcome.scores[g], outcome.logprobs[g]))
+
+    def _random_numbers(self, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+        """One U[0, 1) and one standard Gumbel per candidate of each relaxed step, on the device."""
+        if self.generator is None:
+            self.generator = torch.Generator(device=self.device).manual_seed(0)
+        uniform = torch.rand(shape, generator=self.generator, device=self.device, dtype=torch.float64)
+        return uniform, gumbel_noise(shape, generator=self.generator, device=self.device, dtype=torch.float64)
 
     # -- the drafts of a round (the speculator's side: ``propose``) ------------------------------------------
     def stage_round(self, req_id: str, rows: RoundRows) -> None:

@@ -39,9 +39,10 @@ class TopKPreempted(PadRecError):
     """vLLM preempted the top-K request before its answer: send it again (module docstring)."""
 
 
-def topk_spec(k: int, exclude_items: tuple[int, ...] = ()) -> ListSpec:
-    """The list settings of a top-K request: the constraint, one item per candidate, K candidates."""
-    return ListSpec(constraint=True, topk=k, exclude_items=exclude_items)
+def topk_spec(k: int, exclude_items: tuple[int, ...] = (), verification: str | None = None) -> ListSpec:
+    """The list settings of a top-K request: the constraint, one item per candidate, K candidates; a drafted
+    request's verification rule when one is asked for (None: strict)."""
+    return ListSpec(constraint=True, topk=k, exclude_items=exclude_items, topk_verification=verification)
 
 
 def topk_max_tokens(num_slots: int) -> int:
