@@ -74,8 +74,8 @@ class FakeV2:
         self.tables: dict[str, list[int]] = {}
         self.generator = torch.Generator().manual_seed(seed)
 
-    def execute(self, out: SchedulerOutput) -> dict[str, int]:
-        """One engine step of the runner's (rewritten) output: the sampled token of each request."""
+    def update_requests(self, out: SchedulerOutput) -> None:
+        """V2's finish_requests / add_requests / update_requests: slots freed and given, histories and tables."""
         for req_id in out.finished_req_ids | (out.preempted_req_ids or set()):
             if req_id in self.slots:
                 self.free.append(self.slots.pop(req_id))
@@ -88,11 +88,22 @@ class FakeV2:
             self.computed[new.req_id] = new.num_computed_tokens
             self.prefill_len[new.req_id] = len(tokens)
             (self.tables[new.req_id],) = new.block_ids
+            self.new_slot(slot)
             self.state.add_request(slot, new)
         if out.scheduled_new_reqs:
             self.state.apply_staged_writes()
-        cached = out.scheduled_cached_reqs
+        self.update_cached(out.scheduled_cached_reqs)
+
+    def new_slot(self, slot: int) -> None:
+        """What V2 resets in a slot given to a new request (nothing here without drafts)."""
+
+    def update_cached(self, cached) -> None:
+        """The scheduler's computed tokens of the cached requests (exact without speculation)."""
         self.computed.update(zip(cached.req_ids, cached.num_computed_tokens))
+
+    def execute(self, out: SchedulerOutput) -> dict[str, int]:
+        """One engine step of the runner's (rewritten) output: the sampled token of each request."""
+        self.update_requests(out)
         if not out.num_scheduled_tokens:
             return {}
 
@@ -271,6 +282,16 @@ def run_engine(monkeypatch, model, catalog, topk_users, list_user, seed: int = 0
     return answers, scheduler.requests["list"]["outputs"]
 
 
+def assert_answers_are_the_reference(answers, users, model, catalog) -> None:
+    """Each user's answer: the items, order and scores of ``beam_search_items`` (dead beams left out)."""
+    for req_id, history, k in users:
+        answer = answers[req_id]
+        live = torch.isfinite(answer.scores)
+        items = [catalog.parse_completion(tokens)[0] for tokens in answer.tokens[live].tolist()]
+        reference = beam_search_items(model, catalog, [history], k)[0]
+        assert list(zip(items, answer.scores[live].tolist())) == reference, req_id
+
+
 @pytest.mark.parametrize("kernel", [False, True], ids=["torch KV copies", "Triton KV copies"])
 def test_topk_answers_equal_the_reference_and_leave_a_list_request_unchanged(monkeypatch, tiny, kernel):
     """With the KV block copies of the torch reference, and of the Triton kernel (the interpreter off CUDA)."""
@@ -280,12 +301,7 @@ def test_topk_answers_equal_the_reference_and_leave_a_list_request_unchanged(mon
     users = [("R1", histories[0], 3), ("R2", histories[1], 2)]
     answers, list_tokens = run_engine(monkeypatch, model, catalog, users, histories[2])
     assert sorted(answers) == ["R1", "R2"]
-    for req_id, history, k in users:
-        answer = answers[req_id]
-        live = torch.isfinite(answer.scores)
-        items = [catalog.parse_completion(tokens)[0] for tokens in answer.tokens[live].tolist()]
-        reference = beam_search_items(model, catalog, [history], k)[0]
-        assert list(zip(items, answer.scores[live].tolist())) == reference, req_id
+    assert_answers_are_the_reference(answers, users, model, catalog)
     _, alone = run_engine(monkeypatch, model, catalog, [], histories[2])
     assert list_tokens == alone and list_tokens[-1] == TokenLayout.EOS
     # the run with top-K traffic copied its blocks where the test says (a kernel failure would have left None)

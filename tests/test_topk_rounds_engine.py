@@ -26,14 +26,21 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from test_topk_engine import BS, NUM_BLOCKS, NUM_SLOTS, FakeScheduler, FakeV2, tiny  # noqa: F401
+from test_topk_engine import (  # noqa: F401
+    BS,
+    NUM_BLOCKS,
+    NUM_SLOTS,
+    FakeScheduler,
+    FakeV2,
+    assert_answers_are_the_reference,
+    tiny,
+)
 from transformers import LlamaForCausalLM
 from vllm import SamplingParams
 from vllm_fakes import request_lists
 
 from vllm_padrec.catalog import TokenLayout
 from vllm_padrec.constraint import ListConstraint
-from vllm_padrec.decoding import beam_search_items
 from vllm_padrec.errors import PadRecError
 from vllm_padrec.integration.list_settings import ListSettings
 from vllm_padrec.topk import engine as engine_module
@@ -69,26 +76,16 @@ class RoundsV2(FakeV2):
         self.sampler, _ = self.state.custom_sampler(RejectOneSampler(self.req_states))
         self.drafts = torch.zeros(NUM_SLOTS, GAMMA, dtype=torch.long)  # V2's req_states.draft_tokens
 
-    def execute(self, out) -> dict[str, int]:
-        for req_id in out.finished_req_ids | (out.preempted_req_ids or set()):
-            if req_id in self.slots:
-                self.free.append(self.slots.pop(req_id))
-        for new in out.scheduled_new_reqs:
-            slot = self.slots[new.req_id] = self.free.pop(0)
-            tokens = torch.tensor(new.prefill_token_ids, dtype=torch.int32)
-            self.req_states.all_token_ids.gpu[slot] = -1
-            self.req_states.all_token_ids.gpu[slot, : len(tokens)] = tokens
-            self.req_states.total_len.gpu[slot] = len(tokens)
-            self.computed[new.req_id] = new.num_computed_tokens
-            self.prefill_len[new.req_id] = len(tokens)
-            (self.tables[new.req_id],) = new.block_ids
-            self.drafts[slot] = 0  # states.py:113
-            self.state.add_request(slot, new)
-        if out.scheduled_new_reqs:
-            self.state.apply_staged_writes()
-        # cached requests: V2 keeps its own (GPU) count; the scheduler's is only an upper bound
-        for req_id, bound in zip(out.scheduled_cached_reqs.req_ids, out.scheduled_cached_reqs.num_computed_tokens):
+    def new_slot(self, slot: int) -> None:
+        self.drafts[slot] = 0  # states.py:113
+
+    def update_cached(self, cached) -> None:
+        """V2 keeps its own (GPU) computed tokens; the scheduler's are only an upper bound of them."""
+        for req_id, bound in zip(cached.req_ids, cached.num_computed_tokens):
             assert self.computed[req_id] <= bound, (req_id, self.computed[req_id], bound)
+
+    def execute(self, out) -> dict[str, int]:
+        self.update_requests(out)
         if not out.num_scheduled_tokens:
             return {}
 
@@ -277,6 +274,14 @@ def run_rounds(monkeypatch, model, draft, catalog, users, verification: str | No
     return answers, steps
 
 
+def draft_model(model, kind: str):
+    """The target as its own draft, or a random-weight model of its shape (seeded)."""
+    if kind == "the target":
+        return model
+    torch.manual_seed(3)
+    return LlamaForCausalLM(model.config).double().eval()
+
+
 def count_relaxed_rounds(monkeypatch) -> list[int]:
     """A list that gets an entry each time the engine verifies a round by the relaxed rule."""
     calls: list[int] = []
@@ -293,21 +298,12 @@ def count_relaxed_rounds(monkeypatch) -> list[int]:
 @pytest.mark.parametrize("draft_kind", ["the target", "random weights"])
 def test_drafted_rounds_answer_as_the_targets_beam_search_whatever_the_draft(monkeypatch, tiny, draft_kind):  # noqa: F811
     model, catalog, histories = tiny
-    if draft_kind == "the target":
-        draft = model
-    else:
-        torch.manual_seed(3)
-        draft = LlamaForCausalLM(model.config).double().eval()
+    draft = draft_model(model, draft_kind)
     users = [("R1", histories[0], 3), ("R2", histories[1], 2)]
     calls = count_relaxed_rounds(monkeypatch)
     answers, steps = run_rounds(monkeypatch, model, draft, catalog, users)
     assert sorted(answers) == ["R1", "R2"] and not calls  # strict, the default
-    for req_id, history, k in users:
-        answer = answers[req_id]
-        live = torch.isfinite(answer.scores)
-        items = [catalog.parse_completion(tokens)[0] for tokens in answer.tokens[live].tolist()]
-        reference = beam_search_items(model, catalog, [history], k)[0]
-        assert list(zip(items, answer.scores[live].tolist())) == reference, req_id
+    assert_answers_are_the_reference(answers, users, model, catalog)
     L = catalog.num_slots
     if draft_kind == "the target":  # steps 0 and 1, then one round that accepts everything and ends the item
         assert steps == {"R1": 3, "R2": 3}
@@ -333,11 +329,7 @@ def test_relaxed_rounds_keep_k_distinct_items_scored_by_the_target(monkeypatch, 
     target's own log-probs and their sum as its score, best first. With the target as its own draft every
     drafted candidate is accepted (p = q) and the answer is the target's beam search."""
     model, catalog, histories = tiny
-    if draft_kind == "the target":
-        draft = model
-    else:
-        torch.manual_seed(3)
-        draft = LlamaForCausalLM(model.config).double().eval()
+    draft = draft_model(model, draft_kind)
     users = [("R1", histories[0], 3), ("R2", histories[1], 2)]
     calls = count_relaxed_rounds(monkeypatch)
     answers, _ = run_rounds(monkeypatch, model, draft, catalog, users, verification="relaxed")
@@ -353,6 +345,5 @@ def test_relaxed_rounds_keep_k_distinct_items_scored_by_the_target(monkeypatch, 
             want = torch.tensor(target_logprobs(model, catalog, prompt, tokens), dtype=torch.float64)
             assert torch.allclose(logprobs.double(), want, atol=1e-5)
             assert abs(float(score) - float(want.sum())) < 1e-4
-        if draft_kind == "the target":
-            reference = beam_search_items(model, catalog, [history], k)[0]
-            assert list(zip(items, answer.scores.tolist())) == reference, req_id
+    if draft_kind == "the target":
+        assert_answers_are_the_reference(answers, users, model, catalog)
