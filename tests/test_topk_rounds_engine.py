@@ -347,3 +347,20 @@ def test_relaxed_rounds_keep_k_distinct_items_scored_by_the_target(monkeypatch, 
             assert abs(float(score) - float(want.sum())) < 1e-4
     if draft_kind == "the target":
         assert_answers_are_the_reference(answers, users, model, catalog)
+
+
+def test_relaxed_rows_without_the_drafts_log_probs_are_refused_when_staged():
+    """The speculator side must hand a relaxed request's rows with the draft's log-probs: without them the
+    next round could not run, so ``stage_round`` refuses at once, naming the request."""
+    from vllm_padrec.topk.beams import TopKState
+
+    engine = TopKEngine("cpu")
+    engine.beams = TopKBeams(BeamLayout(item_length=4, block_size=BS, lookahead=GAMMA, draft_beams=1, gamma=GAMMA))
+    engine.beams.states["R"] = TopKState("R", 2, 2, 4, (5, 6), (), (40, 41), None, step=2, gamma=GAMMA, relaxed=True)
+    rows = RoundRows(
+        torch.zeros(1, 2, dtype=torch.long),
+        torch.zeros(1, 2, GAMMA, dtype=torch.long),
+        torch.ones(1, 2, dtype=torch.bool),
+    )
+    with pytest.raises(ValueError, match="'R' verifies by the relaxed rule: its rows need the draft's log-probs"):
+        engine.stage_round("R", rows)

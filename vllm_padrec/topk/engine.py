@@ -458,13 +458,17 @@ class TopKEngine:
         (ATSPEED.md, "Extra rows before verification"). The chains themselves go into V2's draft buffer by the
         caller. Called after the round's start beams are in rows 0 .. K - 1 (the previous step's hook)."""
         state = self.beams.states[req_id]
+        if state.relaxed and (rows.draft_logprobs is None or rows.depth is None):
+            raise ValueError(
+                f"top-K request {req_id!r} verifies by the relaxed rule: its rows need the draft's log-probs"
+            )
         beams = self.round_beams[req_id]
         self.round_rows[req_id] = rows
         K, R = state.k, state.rows
         if R == K:
             return
         index = self.req_states.req_id_to_index
-        slots = torch.tensor([index[b] for b in beam_req_ids(req_id, R)], device=self.device)  # [R]
+        (slots,) = long_tensors([index[b] for b in beam_req_ids(req_id, R)], device=self.device)  # [R]
         rank = torch.arange(R, device=self.device)
         source = torch.where(rank < K, rank, rows.root[0])  # [R]
         history_end = (state.prompt_len + beams.steps_done).expand(R)
