@@ -530,20 +530,26 @@ def job_lossless(ctx: JobContext) -> int:
 SECOND_DATASET = "games_atspeed"  # the second dataset of the top-K must-show (issue 12), on lane 1
 
 
-def run_bench_topk(ctx: JobContext, name: str, *options: str) -> int:
-    """benchmarks/bench_topk.py on the session's target and dataset, each configuration with its own
-    VLLM_CACHE_ROOT; the configurations' logs and profiles go to the job's logs."""
+def run_benchmark(ctx: JobContext, module: str, *options: str) -> int:
+    """A benchmark that runs one configuration at a time (bench_topk, bench_spec_decode) on the session's target
+    and dataset, each configuration with its own VLLM_CACHE_ROOT; the configurations' logs and profiles go to
+    the job's logs."""
     s = ctx.settings
     work = WORK / ctx.job  # the configurations' result files
     code = ctx.python(
-        "benchmarks.bench_topk",
+        module,
         *("--target", str(s.checkpoint()), "--dataset", dataset_path(s), "--out", str(WORK / "results")),
-        *("--name", f"{name}_{s.dataset}{s.suffix()}", "--cache-root", str(WORK / "cache" / ctx.job)),
-        *("--work-dir", str(work), *options),
+        *("--cache-root", str(WORK / "cache" / ctx.job), "--work-dir", str(work), *options),
     )
     for config_log, name in config_logs(work, ctx.job):
         shutil.move(config_log, WORK / "logs" / name)
     return code
+
+
+def run_bench_topk(ctx: JobContext, name: str, *options: str) -> int:
+    """benchmarks/bench_topk.py (``run_benchmark``), its results named for the session's dataset."""
+    s = ctx.settings
+    return run_benchmark(ctx, "benchmarks.bench_topk", "--name", f"{name}_{s.dataset}{s.suffix()}", *options)
 
 
 # in a bench_topk or bench_spec_decode job's work folder
@@ -560,38 +566,27 @@ def job_bench_spec_decode(ctx: JobContext) -> int:
     """Issue 14's list-speed benchmark on the bench target and its PAD-Rec and EAGLE heads (the same budget):
     none, padrec, eagle (unrolled and teacher-forced one step), eagle_vanilla and padrec_adaptive; gamma 3 and 5;
     batch sizes 1-128; lists of 10 and 20 items."""
-    s = ctx.settings
-    work = WORK / ctx.job
     heads = WORK / "bench_drafts"
-    code = ctx.python(
+    return run_benchmark(
+        ctx,
         "benchmarks.bench_spec_decode",
-        *("--target", str(s.checkpoint()), "--dataset", dataset_path(s), "--out", str(WORK / "results")),
         *("--padrec-draft", str(heads / "padrec" / "draft"), "--eagle-draft", str(heads / "eagle" / "draft")),
         *("--eagle-one-step-draft", str(WORK / "bench_drafts_one_step" / "eagle" / "draft")),
         *("--methods", "none", "padrec", "eagle", "eagle_vanilla", "eagle_one_step", "padrec_adaptive"),
-        *("--cache-root", str(WORK / "cache" / ctx.job), "--work-dir", str(work)),
     )
-    for config_log, name in config_logs(work, ctx.job):
-        shutil.move(config_log, WORK / "logs" / name)
-    return code
 
 
 def job_spec_decode_smoke(ctx: JobContext) -> int:
     """bench_spec_decode in little (none, padrec, padrec_adaptive; gamma 3; batch 1 and 16; lists of 10 items;
     a few users) on the session's target and PAD-Rec head: that the benchmark runs in vLLM, the adaptive
     table included, before a hold spends its time on the bench target."""
-    s = ctx.settings
-    work = WORK / ctx.job
-    code = ctx.python(
+    return run_benchmark(
+        ctx,
         "benchmarks.bench_spec_decode",
-        *("--target", str(s.checkpoint()), "--dataset", dataset_path(s), "--padrec-draft", str(s.draft())),
+        *("--padrec-draft", str(ctx.settings.draft()), "--name", "spec_decode_smoke"),
         *("--methods", "none", "padrec", "padrec_adaptive", "--gammas", "3", "--batch-sizes", "1", "16"),
-        *("--list-lens", "10", "--users", "32", "--users-latency", "8", "--name", "spec_decode_smoke"),
-        *("--out", str(WORK / "results"), "--cache-root", str(WORK / "cache" / ctx.job), "--work-dir", str(work)),
+        *("--list-lens", "10", "--users", "32", "--users-latency", "8"),
     )
-    for config_log, name in config_logs(work, ctx.job):
-        shutil.move(config_log, WORK / "logs" / name)
-    return code
 
 
 def job_bench_topk(ctx: JobContext) -> int:

@@ -457,6 +457,23 @@ def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads
     assert gs.needs_of("bench_spec_decode", gs.Settings(target="bench")) == ["bench_drafts"]
 
 
+def test_the_list_speed_smoke_runs_bench_spec_decode_in_little_on_the_small_target_and_head(monkeypatch, tmp_path):
+    monkeypatch.setattr(gs, "WORK", tmp_path)
+    calls = []
+    ctx = gs.JobContext("spec_decode_smoke", gs.Settings(), {"PATH": "/bin"})
+    monkeypatch.setattr(
+        ctx.__class__, "python", lambda self, module, *args, env=None: calls.append((module, args)) or 0
+    )
+    assert gs.JOBS["spec_decode_smoke"].body(ctx) == 0
+    ((module, args),) = calls
+    value = lambda option: args[args.index(option) + 1]  # noqa: E731
+    assert module == "benchmarks.bench_spec_decode" and value("--name") == "spec_decode_smoke"
+    assert value("--target") == str(tmp_path / "small" / "checkpoint")
+    assert value("--padrec-draft") == str(tmp_path / "drafts" / "padrec" / "draft")
+    assert value("--cache-root") == str(tmp_path / "cache" / "spec_decode_smoke")
+    assert gs.needs_of("spec_decode_smoke", gs.Settings()) == ["train"]
+
+
 def test_the_padrec_eagle_heads_include_an_eagle_head_trained_teacher_forced_one_step(monkeypatch, tmp_path):
     monkeypatch.setattr(gs, "WORK", tmp_path)
     (tmp_path / "results").mkdir()
