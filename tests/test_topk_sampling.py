@@ -28,6 +28,7 @@ from vllm_padrec.topk.sampling import (
     beam_row_logits,
     copy_token_histories,
     select_beams,
+    write_sampled_counts,
     write_sampled_tokens,
 )
 from vllm_padrec.topk.select import BeamGroups, BeamRows, TopKItems, beam_logprobs
@@ -241,6 +242,25 @@ def test_owner_rows_get_pad_before_the_last_step_and_eos_at_it():
         write_sampled_tokens(sampled, selection)
         assert torch.equal(sampled[:, 0], torch.cat([torch.tensor([owner]), selection.step.tokens[0]]))
         assert torch.equal(sampled[:, 1], torch.full((3,), 99))
+
+
+def test_each_top_k_row_keeps_one_token_when_r_carries_drafts():
+    """On a server with a draft, R's row has 1 + gamma logits rows and the rejection sampler may accept a
+    draft that matched R's allowed token: every row the hook writes keeps exactly one token."""
+    req_ids, cu, idx = batch_layout(
+        [("o", 3), ("a", 3), (beam_req_id("a", 0), 1), (beam_req_id("a", 1), 1)],
+        {"o": 3, "a": 0, beam_req_id("a", 0): 1, beam_req_id("a", 1): 2},
+    )
+    batch = BeamBatch.build(req_ids, cu, idx, [("a", 2, 4)], step=1, item_length=L)
+    assert batch.output_logits.tolist() == [1, 1, 3]  # beam 0, beam 1, then R
+    logits = torch.randn(int(cu[-1]), V, generator=torch.Generator().manual_seed(0))
+    groups = BeamGroups(
+        torch.tensor([2]), torch.tensor([[-1.0, -2.0]]), torch.zeros(1, 2, 1).long(), torch.zeros(1, 2, 1)
+    )
+    selection = select_beams(groups, beam_row_logits(logits, batch), logits, batch)
+    num_sampled, num_rejected = torch.tensor([2, 3, 1, 1]), torch.tensor([1, 0, 0, 0])  # "a" accepted 2 drafts
+    write_sampled_counts(num_sampled, num_rejected, selection, batch)
+    assert num_sampled.tolist() == [2, 1, 1, 1] and num_rejected.tolist() == [1, 2, 0, 0]  # "o" untouched
 
 
 # -- patches/sample_tokens.py ------------------------------------------------------------------

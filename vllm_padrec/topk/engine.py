@@ -78,6 +78,7 @@ from vllm_padrec.topk.sampling import (
     beam_row_logits,
     copy_token_histories,
     select_beams,
+    write_sampled_counts,
     write_sampled_tokens,
 )
 from vllm_padrec.topk.select import NEG_INF, BeamGroups, TopKItems
@@ -401,6 +402,8 @@ class TopKEngine:
             if selection is None:
                 continue
             write_sampled_tokens(sampler_output.sampled_token_ids, selection)
+            if getattr(sampler_output, "num_sampled", None) is not None:
+                write_sampled_counts(sampler_output.num_sampled, sampler_output.num_rejected, selection, batch)
             if batch.step == 0:
                 self._copy_prompt_tails(states)
             else:

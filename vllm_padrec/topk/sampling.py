@@ -13,7 +13,8 @@ the hook runs this module once per cohort, in this order (topk/DESIGN.md, sectio
 3. ``select_beams``: the one step rule of ``topk.select`` (``beam_logprobs``: float32 log-softmax of
    the raw rows, then -inf wherever the mask put -inf; then ``BeamGroups.step``);
 4. after vLLM's sampler: ``write_sampled_tokens`` puts each new beam j's token in the output row of
-   beam j's slot and ``<pad>`` (``</s>`` at the last step, t = L - 1) in R's own row; then
+   beam j's slot and ``<pad>`` (``</s>`` at the last step, t = L - 1) in R's own row, and
+   ``write_sampled_counts`` keeps exactly that one token per row (R's drafts, on a draft server, rejected); then
    ``copy_token_histories`` and ``kv_copy.BlockCopier`` give beam j's slot its parent's token history and
    private KV blocks. ``post_update`` then appends the written tokens.
 
@@ -55,6 +56,7 @@ class BeamBatch:
     beam_index: Tensor  # [M] long: g * K_max + j, its place in the [G, K_max] selection
     history_end: Tensor  # [M] long: P_g + t, the tokens its slot holds before this step's token
     history_columns: tuple[int, int]  # (min P_g, max P_g + t): the columns where the beams' histories differ
+    output_logits: Tensor  # [M + G] long: the logits rows of each beam row, then of each R (1 + its drafts)
 
     @classmethod
     def build(
@@ -85,9 +87,11 @@ class BeamBatch:
             beam_index = group * k_max + rank
             history_end = np.repeat(np.array([p for _, _, p in groups]) + step, widths)
 
-        lists = (logits_rows, group, rank, owners, beam_requests, beam_slots, beam_index, history_end)
-        logits_rows_, group_, rank_, owners_, beam_requests_, beam_slots_, beam_index_, history_end_ = long_tensors(
-            *lists, device=device
+        output = np.concatenate([beam_requests, owners]).astype(np.int64)  # [M + G]
+        output_logits = cu_num_logits[output + 1] - cu_num_logits[output]
+        lists = (logits_rows, group, rank, owners, beam_requests, beam_slots, beam_index, history_end, output_logits)
+        logits_rows_, group_, rank_, owners_, beam_requests_, beam_slots_, beam_index_, history_end_, output_logits_ = (
+            long_tensors(*lists, device=device)
         )
         return cls(
             step=step,
@@ -100,6 +104,7 @@ class BeamBatch:
             beam_index=beam_index_,
             history_end=history_end_,
             history_columns=(min(p for _, _, p in groups), max(p for _, _, p in groups) + step),
+            output_logits=output_logits_,
         )
 
 
@@ -155,6 +160,20 @@ def write_sampled_tokens(
 ) -> None:
     """Each beam row and each R row samples exactly one token (no drafts): column 0 is replaced."""
     sampled_token_ids[selection.output_rows, 0] = selection.output_tokens.to(sampled_token_ids.dtype)
+
+
+def write_sampled_counts(
+    num_sampled: Tensor,  # [num_reqs]: SamplerOutput.num_sampled, changed in place
+    num_rejected: Tensor | None,  # [num_reqs]: SamplerOutput.num_rejected (None from a sampler without drafts)
+    selection: BeamSelection,
+    batch: BeamBatch,
+) -> None:
+    """Each beam row and each R row keeps exactly the one token ``write_sampled_tokens`` wrote: on a server with
+    a draft R's row carries drafts too, and one that matched R's allowed token would otherwise be accepted, so R
+    would write several tokens a step and reach ``max_tokens`` before its ``</s>``."""
+    num_sampled[selection.output_rows] = 1
+    if num_rejected is not None:
+        num_rejected[selection.output_rows] = (batch.output_logits - 1).to(num_rejected.dtype)
 
 
 def copy_token_histories(
