@@ -235,17 +235,42 @@ class Speculator:
                 self.v2.drafts[self.v2.slots[beam_req_id(req_id, r)]] = chain[0, r]
 
 
-def run_rounds(monkeypatch, model, draft, catalog, users, verification: str | None = None):
-    """An engine's life with drafted top-K requests: (answers by request id, engine steps each R ran)."""
+class GreedyChains(Speculator):
+    """V2's own drafting, for one row per beam (N = 1): each row of a drafted request gets the draft's greedy
+    masked chain after its own history, and nothing is staged: the hook reads the rows from the batch."""
+
+    def propose(self) -> None:
+        v2 = self.v2
+        for req_id, state in self.beams.states.items():
+            if state.ended or req_id not in self.engine.round_beams:
+                continue
+            for r in range(state.rows):
+                slot = v2.slots[beam_req_id(req_id, r)]
+                length = int(v2.req_states.total_len.gpu[slot])
+                path = tuple(v2.req_states.all_token_ids.gpu[slot, state.prompt_len : length].tolist())
+                chain = []
+                for _ in range(GAMMA):
+                    if not self.constraint_ok(path + tuple(chain)) or len(path) + len(chain) >= state.item_length:
+                        chain.append(TokenLayout.PAD)  # past the item: a draft the verification never keeps
+                        continue
+                    chain.append(int(self.logprobs(state.prompt_token_ids, [path + tuple(chain)])[0].argmax()))
+                v2.drafts[slot] = torch.tensor(chain)
+
+
+def run_rounds(
+    monkeypatch, model, draft, catalog, users, verification: str | None = None, draft_beams: int = DRAFT_BEAMS
+):
+    """An engine's life with drafted top-K requests: (answers by request id, engine steps each R ran). With
+    ``draft_beams`` 1 the stand-in speculator is V2's own: a greedy chain per row, nothing staged."""
     L = catalog.num_slots
     lists = request_lists(monkeypatch, catalog, ListSettings(max_list_items=4), NUM_SLOTS, max_drafts=GAMMA)
     lists.limits = dataclasses.replace(lists.limits, drafted_topk=True)  # a server that drafts top-K beams
     engine = TopKEngine("cpu")
     v2 = RoundsV2(model, lists, engine, seed=0)
-    layout = BeamLayout(item_length=L, block_size=BS, lookahead=GAMMA, draft_beams=DRAFT_BEAMS, gamma=GAMMA)
+    layout = BeamLayout(item_length=L, block_size=BS, lookahead=GAMMA, draft_beams=draft_beams, gamma=GAMMA)
     beams = TopKBeams(layout)
     engine.attach(beams, [v2.kv], NUM_BLOCKS)
-    speculator = Speculator(draft, catalog, v2, engine, beams)
+    speculator = (Speculator if draft_beams > 1 else GreedyChains)(draft, catalog, v2, engine, beams)
     scheduler = FakeScheduler()
     for req_id, history, k in users:
         prompt = catalog.render_prompt(history)
@@ -364,3 +389,17 @@ def test_relaxed_rows_without_the_drafts_log_probs_are_refused_when_staged():
     )
     with pytest.raises(ValueError, match="'R' verifies by the relaxed rule: its rows need the draft's log-probs"):
         engine.stage_round("R", rows)
+
+
+@pytest.mark.parametrize("draft_kind", ["the target", "random weights"])
+def test_one_row_per_beam_with_v2s_greedy_chains_answers_as_the_beam_search(monkeypatch, tiny, draft_kind):  # noqa: F811
+    """N = 1: no draft rows and no staged rows; the hook reads each row's chain from the batch (what V2 fed).
+    Strict stays exact; for K = 1 a draft equal to the target is accepted whole (three engine steps)."""
+    model, catalog, histories = tiny
+    draft = draft_model(model, draft_kind)
+    users = [("R1", histories[0], 3), ("R2", histories[1], 1)]
+    answers, steps = run_rounds(monkeypatch, model, draft, catalog, users, draft_beams=1)
+    assert sorted(answers) == ["R1", "R2"]
+    assert_answers_are_the_reference(answers, users, model, catalog)
+    if draft_kind == "the target":
+        assert steps["R2"] == 3

@@ -197,6 +197,17 @@ class RoundRows:
         )
 
 
+def rows_from_batch(batch: RoundBatch, input_batch: Any, beams: RoundBeams) -> RoundRows:
+    """A round's rows read from the batch when each row is one beam's (K rows, no draft rows: N = 1): row j
+    extends start beam j with the draft tokens V2 fed it, the fed tokens at its logits rows 1 .. gamma
+    (``input_ids[logits_indices]``, what the rejection sampler reads as the drafts). Live: the live beams."""
+    G, R, _ = batch.logits_rows.shape
+    fed = input_batch.input_ids[input_batch.logits_indices.long()]  # [num_logits]
+    chain = fed[batch.logits_rows[:, :, 1:]].long()  # [G, R, gamma]
+    root = torch.arange(R, device=chain.device).expand(G, R)
+    return RoundRows(root, chain, torch.isfinite(beams.scores[:, :R]))
+
+
 @dataclass
 class RoundCohort:
     """The drafted top-K requests of one engine step's batch with the same K, in a round, between the hooks."""
@@ -313,8 +324,11 @@ class TopKEngine:
         for state in states.values():
             runs = not state.ended and 0 <= state.step < state.item_length and state.req_id in in_batch
             if runs and state.drafts:
-                if state.req_id in self.round_beams and state.req_id in self.round_rows:
-                    by_k[state.k, state.relaxed].append(state)
+                staged = state.req_id in self.round_rows
+                if state.req_id in self.round_beams and (staged or state.rows == state.k):
+                    # without staged rows (one row per beam: V2's own greedy draft chains) the rule is strict:
+                    # relaxed verification reads the draft's log-probs, which only the speculator side gives
+                    by_k[state.k, state.relaxed and staged].append(state)
             elif runs and (state.step == 0 or state.req_id in self.groups):
                 by_step[state.step].append(state)
         for members in by_k.values():
@@ -328,7 +342,12 @@ class TopKEngine:
                 device=logits.device,
             )
             beams = RoundBeams.cat([self.round_beams[s.req_id] for s in members])
-            rows = RoundRows.cat([self.round_rows.pop(s.req_id) for s in members])
+            if all(s.req_id in self.round_rows for s in members):
+                rows = RoundRows.cat([self.round_rows.pop(s.req_id) for s in members])
+            else:  # V2's own drafts: row j holds beam j and feeds its chain (no member here has extra rows)
+                rows = rows_from_batch(batch, input_batch, beams)
+                for s in members:
+                    self.round_rows.pop(s.req_id, None)
             self._rounds.append(RoundCohort(members, batch, round_row_logits(logits, batch), beams, rows))
         for step in sorted(by_step):
             members = by_step[step]
