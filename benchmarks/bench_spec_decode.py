@@ -61,7 +61,7 @@ from vllm_padrec.testing.bench_driver import (
     failures_markdown,
     rerender,
     run_configuration,
-    write_payload,
+    write_progress,
 )
 from vllm_padrec.testing.stats import percentile
 
@@ -550,10 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     def write(final: bool) -> dict:
         attach_baseline(results)
         payload = summarize(args, results, errors, table)
-        if not final:
-            payload["note"] = f"partial: {len(results)} configurations done, the run goes on"
-        write_payload(args.out, name, payload, markdown, plot)
-        return payload
+        return write_progress(args.out, name, payload, len(results), final, markdown, plot)
 
     for method, gamma in configurations(args):
         argv = [*forwarded, "--one", method, "--one-gamma", str(gamma)]

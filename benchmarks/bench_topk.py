@@ -82,7 +82,7 @@ from vllm_padrec.testing.bench_driver import (
     failures_markdown,
     rerender,
     run_configuration,
-    write_payload,
+    write_progress,
 )
 from vllm_padrec.testing.python_profile import OUR_CODE, busiest, hotspot_table, python_profile
 from vllm_padrec.testing.stats import percentile
@@ -652,10 +652,7 @@ def main(argv: list[str] | None = None) -> int:
         """The results so far (after each configuration, so that a run cut short keeps what it measured)."""
         attach_equality(results, args.concurrency)  # idempotent: recomputed from the configurations so far
         payload = summarize(args, results, errors)
-        if not final:
-            payload["note"] = f"partial: {len(results)} configurations done, the run goes on"
-        write_payload(args.out, name, payload, markdown, plot)
-        return payload
+        return write_progress(args.out, name, payload, len(results), final, markdown, plot)
 
     for modes, dtype, core in configurations(args) + own_process_configurations(args):
         config = f"{'_'.join(modes)}_{dtype}" + ("" if core == IN_PROCESS else f"_{core}")

@@ -50,6 +50,17 @@ def write_payload(out: str | Path, name: str, payload: dict, markdown: Callable,
     write_results(out, name, payload, markdown(payload), lambda plt: plot(plt, payload))
 
 
+def write_progress(
+    out: str | Path, name: str, payload: dict, done: int, final: bool, markdown: Callable, plot: Callable
+) -> dict:
+    """``write_payload`` after each configuration of a run (so that a run cut short keeps what it measured),
+    the payload saying it is partial until the ``final`` one; returns the payload."""
+    if not final:
+        payload["note"] = f"partial: {done} configurations done, the run goes on"
+    write_payload(out, name, payload, markdown, plot)
+    return payload
+
+
 def rerender(
     json_path: str | Path,
     note: str | None,
