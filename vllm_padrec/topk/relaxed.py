@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from vllm_padrec.topk.select import beam_step
-from vllm_padrec.topk.strict import DraftedRound, RoundResult
+from vllm_padrec.topk.strict import DraftedRound, RoundPaths, RoundResult
 
 
 @dataclass(frozen=True)
@@ -142,10 +142,7 @@ def relaxed_round_batched(
     draft_scores = round_.start_scores  # [G, K] the draft's: the start beams' are shared
     target_after, draft_after = round_.start_logprobs, draft.start_logprobs  # [G, K, V] each
     node = ranks.expand(G, K)  # the current beams' node ids in their level (start ranks at level 0)
-    start = ranks.expand(G, K)
-    last_node = torch.full((G, K), -1, dtype=torch.long, device=device)
-    tokens = torch.full((G, K, gamma + 1), -1, dtype=torch.long, device=device)
-    token_logprobs = torch.zeros(G, K, gamma + 1, device=device)
+    paths = RoundPaths.begin(G, K, gamma, device)
     running = torch.ones(G, dtype=torch.bool, device=device)
     accepted = torch.zeros(G, dtype=torch.long, device=device)
     advanced = torch.zeros(G, dtype=torch.long, device=device)
@@ -173,16 +170,8 @@ def relaxed_round_batched(
             chosen_scores = torch.where(relaxed[:, None], candidates.gather(1, step.kept), chosen_scores)
             complete = relaxed & step.complete
         parent, token = chosen // V, chosen % V  # [G, K] each
-        history = tokens.gather(1, parent[:, :, None].expand(G, K, gamma + 1)).clone()
-        history[:, :, i] = token
-        history_logprobs = token_logprobs.gather(1, parent[:, :, None].expand(G, K, gamma + 1)).clone()
-        history_logprobs[:, :, i] = target_after.reshape(G, K * V).gather(1, chosen)
-        take = moves[:, None]
-        scores = torch.where(take, chosen_scores, scores)
-        tokens = torch.where(take[:, :, None], history, tokens)
-        token_logprobs = torch.where(take[:, :, None], history_logprobs, token_logprobs)
-        start = torch.where(take, start.gather(1, parent), start)
-        last_node = torch.where(take, node.gather(1, parent) if i > 0 else last_node, last_node)
+        paths = paths.extend(i, moves, parent, token, target_after, node)
+        scores = torch.where(moves[:, None], chosen_scores, scores)
         advanced = advanced + moves.long()
         accepted = accepted + complete.long()
         running = complete
@@ -201,12 +190,4 @@ def relaxed_round_batched(
         draft_after = torch.where(go_on[:, :, None], draft.node_logprobs[groups, i, kept_node], draft_after)
         draft_scores = torch.where(go_on, draft.node_scores[groups, i, kept_node], draft_scores)
     order = scores.argsort(dim=-1, descending=True, stable=True)  # [G, K]: best first
-    return RoundResult(
-        accepted,
-        advanced,
-        scores.gather(1, order),
-        tokens.gather(1, order[:, :, None].expand(G, K, gamma + 1)),
-        token_logprobs.gather(1, order[:, :, None].expand(G, K, gamma + 1)),
-        start.gather(1, order),
-        last_node.gather(1, order),
-    )
+    return paths.result(accepted, advanced, scores, order)

@@ -56,6 +56,65 @@ class RoundResult:
     last_node: Tensor  # [G, K] long: the node of level advanced - 2 on its path; -1 when advanced == 1
 
 
+@dataclass(frozen=True)
+class RoundPaths:
+    """What each current beam of a round has appended so far, and where its path started: the bookkeeping
+    every verification rule does the same way (``strict_round_batched``, ``relaxed.relaxed_round_batched``)."""
+
+    tokens: Tensor  # [G, K, gamma + 1] long: the round's tokens of each beam; -1 past the steps taken
+    logprobs: Tensor  # [G, K, gamma + 1] float32: the target's log-prob of each of them; 0 past them
+    start: Tensor  # [G, K] long: the start beam each beam extends
+    last_node: Tensor  # [G, K] long: the node its last step extended; -1 when it extended a start beam
+
+    @classmethod
+    def begin(cls, G: int, K: int, gamma: int, device: torch.device) -> RoundPaths:
+        return cls(
+            torch.full((G, K, gamma + 1), -1, dtype=torch.long, device=device),
+            torch.zeros(G, K, gamma + 1, device=device),
+            torch.arange(K, device=device).expand(G, K),
+            torch.full((G, K), -1, dtype=torch.long, device=device),
+        )
+
+    def extend(
+        self,
+        i: int,  # the step
+        take: Tensor,  # [G] bool: the groups that take it
+        parent: Tensor,  # [G, K] long: the current beam each new beam extends
+        token: Tensor,  # [G, K] long: the token it appends
+        logprobs: Tensor,  # [G, K, V] float32: the target's after each current beam
+        node: Tensor,  # [G, K] long: each current beam's node (its start rank at step 0)
+    ) -> RoundPaths:
+        """The paths after step ``i``: each new beam's is its parent's plus ``token``, for the groups that take it."""
+        G, K, width = self.tokens.shape
+        index = parent[:, :, None].expand(G, K, width)
+        tokens = self.tokens.gather(1, index).clone()  # [G, K, gamma + 1]
+        tokens[:, :, i] = token
+        token_logprobs = self.logprobs.gather(1, index).clone()
+        chosen = logprobs.gather(1, parent[:, :, None].expand(G, K, logprobs.shape[-1]))  # [G, K, V]
+        token_logprobs[:, :, i] = chosen.gather(2, token[:, :, None])[:, :, 0]
+        take = take[:, None]  # [G, 1]
+        return RoundPaths(
+            torch.where(take[:, :, None], tokens, self.tokens),
+            torch.where(take[:, :, None], token_logprobs, self.logprobs),
+            torch.where(take, self.start.gather(1, parent), self.start),
+            torch.where(take, node.gather(1, parent), self.last_node) if i > 0 else self.last_node,
+        )
+
+    def result(self, accepted: Tensor, advanced: Tensor, scores: Tensor, order: Tensor | None = None) -> RoundResult:
+        """The round's result; with ``order`` ([G, K] long), the beams in that order."""
+        paths = self
+        if order is not None:
+            index = order[:, :, None].expand(self.tokens.shape)
+            paths = RoundPaths(
+                self.tokens.gather(1, index),
+                self.logprobs.gather(1, index),
+                self.start.gather(1, order),
+                self.last_node.gather(1, order),
+            )
+            scores = scores.gather(1, order)
+        return RoundResult(accepted, advanced, scores, paths.tokens, paths.logprobs, paths.start, paths.last_node)
+
+
 def strict_round_batched(round_: DraftedRound, beam_width: int) -> RoundResult:
     """Strict verification of every group's round (module docstring)."""
     G, K = round_.start_scores.shape
@@ -67,28 +126,17 @@ def strict_round_batched(round_: DraftedRound, beam_width: int) -> RoundResult:
     scores = round_.start_scores  # [G, K]
     logprobs = round_.start_logprobs  # [G, K, V]: the current beams'
     node = torch.arange(K, device=device).expand(G, K)  # [G, K]: the current beams' ids in their level
-    start = torch.arange(K, device=device).expand(G, K)  # [G, K]: the current beams' start beams
-    last_node = torch.full((G, K), -1, dtype=torch.long, device=device)  # [G, K]: their last node; -1: none
-    tokens = torch.full((G, K, gamma + 1), -1, dtype=torch.long, device=device)
-    token_logprobs = torch.zeros(G, K, gamma + 1, device=device)
+    paths = RoundPaths.begin(G, K, gamma, device)
     running = torch.ones(G, dtype=torch.bool, device=device)  # [G]: every step so far accepted
     accepted = torch.zeros(G, dtype=torch.long, device=device)
     advanced = torch.zeros(G, dtype=torch.long, device=device)
     for i in range(gamma + 1):
         moves = running & (advanced < round_.steps_left)  # [G]: the groups that take step i
         step = beam_step(scores, logprobs.reshape(G * K, -1), beam_width)  # [G, K] each
-        history = tokens.gather(1, step.parent[:, :, None].expand(G, K, gamma + 1)).clone()  # [G, K, gamma + 1]
-        history[:, :, i] = step.tokens
-        history_logprobs = token_logprobs.gather(1, step.parent[:, :, None].expand(G, K, gamma + 1)).clone()
-        chosen = logprobs.gather(1, step.parent[:, :, None].expand(G, K, logprobs.shape[-1]))  # [G, K, V]
-        history_logprobs[:, :, i] = chosen.gather(2, step.tokens[:, :, None])[:, :, 0]
+        paths = paths.extend(i, moves, step.parent, step.tokens, logprobs, node)
         parent_node = node.gather(1, step.parent)  # [G, K]
         take = moves[:, None]  # [G, 1]
         scores = torch.where(take, step.scores, scores)
-        tokens = torch.where(take[:, :, None], history, tokens)
-        token_logprobs = torch.where(take[:, :, None], history_logprobs, token_logprobs)
-        start = torch.where(take, start.gather(1, step.parent), start)
-        last_node = torch.where(take, parent_node if i > 0 else last_node, last_node)
         advanced = advanced + moves.long()
         if i == gamma:
             break
@@ -104,4 +152,4 @@ def strict_round_batched(round_: DraftedRound, beam_width: int) -> RoundResult:
         node = torch.where(take, same.long().argmax(-1), node)  # [G, K]: the matched node (0 for a dead beam)
         at_nodes = round_.node_logprobs[groups[:, None], i, node]  # [G, K, V]
         logprobs = torch.where(running[:, None, None], at_nodes, logprobs)
-    return RoundResult(accepted, advanced, scores, tokens, token_logprobs, start, last_node)
+    return paths.result(accepted, advanced, scores)
