@@ -574,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             if error is not None:
                 errors[config] = error
-            else:
+            if result is not None:
                 results.append(result)
             write(final=False)
     payload = write(final=True)

@@ -150,7 +150,7 @@ def test_the_markdown_table_has_one_row_per_record_and_names_failed_configuratio
         "scores) | 2e-06 | - | - |"
     ]
     assert "| engine" not in text
-    assert "Configuration vllm_beam_search_float32 failed: `exit 1: boom`" in text
+    assert "Configuration vllm_beam_search_float32: `exit 1: boom`" in text
 
 
 def test_the_plot_is_written_from_the_latency_records(tmp_path):
@@ -259,6 +259,29 @@ def test_float32_runs_only_the_exact_modes_and_results_are_written_after_each_co
     assert partial["note"].startswith("partial: 1 configurations done") and len(partial["records"]) == 1
     final = json.loads((tmp_path / "topk_beauty_atspeed.json").read_text())
     assert "note" not in final and final["exact_modes"] == ["reference"] and len(final["records"]) == 4
+
+
+def test_a_child_that_wrote_its_result_then_aborted_keeps_its_records_and_reports_the_exit(tmp_path, monkeypatch):
+    """An engine that aborts at teardown after the measurements (exit -6 on the H200) loses no records; a child
+    that wrote nothing is a failure; both are reported and the run exits 1."""
+
+    def child(command, stdout, stderr, env):
+        (mode,), dtype = child_modes(command), command[command.index("--one-dtype") + 1]
+        if mode == "reference":
+            Path(command[command.index("--result") + 1]).write_text(json.dumps([fake_result(mode, dtype)]))
+            return -6
+        return 1
+
+    monkeypatch.setattr(bench_driver.subprocess, "call", child)
+    argv = ["--target", "/t", "--dataset", str(tmp_path / "beauty_atspeed"), "--ks", "5", "--out", str(tmp_path)]
+    argv += ["--work-dir", str(tmp_path), "--modes", "reference", "greedy_floor", "--dtypes", "bfloat16"]
+    assert bench_topk.main(argv) == 1
+    final = json.loads((tmp_path / "topk_beauty_atspeed.json").read_text())
+    assert [r["mode"] for r in final["records"]] == ["reference"]
+    assert final["errors"]["reference_bfloat16"].startswith("exit -6 after writing its result")
+    assert final["errors"]["greedy_floor_bfloat16"].startswith("exit 1 without a result")
+    markdown = (tmp_path / "topk_beauty_atspeed.md").read_text()
+    assert "Configuration reference_bfloat16: `exit -6 after writing its result" in markdown
 
 
 def child_modes(command: list[str]) -> list[str]:

@@ -29,7 +29,9 @@ def run_configuration(
     cache_root: str | Path,
     env: dict[str, str] | None = None,  # more environment for the child
 ) -> tuple[Any, str | None]:
-    """Run one configuration's child: (its result, None), or (None, the exit status and the log's tail)."""
+    """Run one configuration's child: (its result or None when it wrote none, None when it exited 0 or else its
+    exit status and the log's tail). A child that wrote its result and then exited abnormally (an engine aborting
+    at teardown, after the measurements) gives both: its result counts, the exit is reported."""
     result = Path(work_dir) / f"{tag}_{config}.json"
     result.unlink(missing_ok=True)
     log = result.with_suffix(".log")
@@ -38,11 +40,13 @@ def run_configuration(
     with open(log, "w") as handle:
         command = [sys.executable, "-m", module, *argv, "--result", str(result)]
         code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT, env=child_env)
-    if code != 0 or not result.exists():
-        error = f"exit {code}: " + log.read_text()[-1500:]
-        print(error, flush=True)
-        return None, error
-    return json.loads(result.read_text()), None
+    written = json.loads(result.read_text()) if result.exists() else None
+    if code == 0 and written is not None:
+        return written, None
+    what = "after writing its result" if written is not None else "without a result"
+    error = f"exit {code} {what}: " + log.read_text()[-1500:]
+    print(error, flush=True)
+    return written, error
 
 
 def write_payload(out: str | Path, name: str, payload: dict, markdown: Callable, plot: Callable) -> None:
@@ -97,5 +101,5 @@ def cell(value: Any) -> str:
 
 
 def failures_markdown(errors: dict[str, str]) -> list[str]:
-    """One line per failed configuration, with the tail of its error."""
-    return [f"Configuration {name} failed: `{error[-300:]}`" for name, error in errors.items()]
+    """One line per configuration that failed or exited abnormally, with the tail of its error."""
+    return [f"Configuration {name}: `{error[-300:]}`" for name, error in errors.items()]
