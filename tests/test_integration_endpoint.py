@@ -645,8 +645,8 @@ def test_topk_bad_requests_get_422_naming_the_field(folder, payload, param, word
 
 @pytest.mark.parametrize("rule", ["strict", "relaxed"])
 def test_topk_verification_on_a_server_that_drafts_no_top_k_is_a_400_naming_it(folder, rule):
-    """No server drafts top-K beams yet (issue 13): the rule is refused by the front end's own check, before
-    the engine, with the message vLLM's front end gives padrec_topk_verification."""
+    """A server that does not draft its top-K beams (no padrec.topk_draft_beams) refuses the rule by the front
+    end's own check, before the engine, with the message vLLM's front end gives padrec_topk_verification."""
     engine = FakeTopKEngine(topk_answer([0], [-1.0]))
     error = error_of(post(topk_app(folder, engine), {**TOPK_BODY, "verification": rule}), 400)
     assert error["param"] == "verification" and "does not draft top-K beams" in error["message"]

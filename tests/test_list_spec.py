@@ -301,7 +301,8 @@ def test_fuzz_either_a_servable_spec_or_a_named_error(extra_args, defaults):
 
 
 # -- drafted top-K's verification rule (padrec_topk_verification) -------------------------------------------------
-DRAFTING = ListLimits(max_list_items=32, catalog_items=8, drafted_topk=True)
+DRAFTING = ListLimits(max_list_items=32, catalog_items=8, topk_rules=("strict", "relaxed"))
+STRICT_ONLY = ListLimits(max_list_items=32, catalog_items=8, topk_rules=("strict",))  # N = 1: greedy chains
 VERIFY = "padrec_topk_verification"
 
 
@@ -312,12 +313,14 @@ def test_verification_is_strict_or_relaxed_on_a_server_that_drafts_top_k():
         assert parse(spec.to_extra_args(), limits=DRAFTING) == spec  # round trip
     assert parse({**ON, "padrec_topk": 3}, limits=DRAFTING).topk_verification is None  # strict by default
     assert VERIFY not in ListSpec(True, topk=3).to_extra_args()
+    assert parse({**ON, "padrec_topk": 3, VERIFY: "strict"}, limits=STRICT_ONLY).topk_verification == "strict"
 
 
 @pytest.mark.parametrize(
     "extra_args, words, limits",
     [
         ({**ON, "padrec_topk": 3, VERIFY: "relaxed"}, ["this server does not draft top-K beams"], LIMITS),
+        ({**ON, "padrec_topk": 3, VERIFY: "relaxed"}, ["by ['strict'] only", "not built yet"], STRICT_ONLY),
         ({**ON, VERIFY: "relaxed"}, ["applies to top-K requests only", "padrec_topk"], DRAFTING),
         ({VERIFY: "strict"}, ["applies to constrained lists only"], DRAFTING),
         ({**ON, "padrec_topk": 3, VERIFY: "Relaxed"}, ["one of ['strict', 'relaxed']", "got 'Relaxed'"], DRAFTING),

@@ -386,7 +386,7 @@ def test_beam_rows_are_held_back_from_vllms_batch(model_dir):
 @pytest.mark.parametrize(
     ("padrec", "says"),
     [
-        ({"topk_max_beams": 16, "max_topk": 8}, "max_num_seqs=16 and max_num_batched_tokens=256"),
+        ({"topk_max_beams": 16, "max_topk": 8}, "max_num_seqs=16 must be more than 16 and max_num_batched_tokens=256"),
         ({"topk_max_beams": 4}, "padrec.topk_max_beams=4 is less than padrec.max_topk=256"),
         ({"topk_max_beams": -1}, "padrec.topk_max_beams must be an integer >= 0"),
         ({"topk_max_beams": True}, "padrec.topk_max_beams must be an integer >= 0"),
@@ -458,9 +458,40 @@ def test_model_state_builds_an_engine_from_the_same_setting(padrec, made):
     assert isinstance(engine, TopKEngine) if made else engine is None
 
 
-def test_top_k_with_a_speculative_model_is_refused_at_start():
+def test_drafted_rounds_admit_rows_and_hold_back_their_draft_tokens(model_dir, monkeypatch):
+    """On a server that drafts its top-K beams (topk_drafting: N = 3, gamma = 2 here), a request of K beams holds
+    K + (N - 1) * gamma rows in the ledger and rows * B private blocks, and every beam row holds back 1 + gamma
+    token rows of vLLM's batch."""
+    from vllm_padrec.integration.patches import scheduler_init
+    from vllm_padrec.integration.topk_drafting import TopKDrafting
+
+    monkeypatch.setattr(scheduler_init, "topk_drafting", lambda config, settings: TopKDrafting(3, 2, ("strict",)))
+    scheduler = make_scheduler(model_dir, 64, {"topk_max_beams": 12, "max_topk": 8})
+    assert (scheduler.max_num_running_reqs, scheduler.max_num_scheduled_tokens) == (16 - 12, 256 - 12 * 3)
+    scheduler.add_request(make_request("r1", 30, k=3))  # 3 + 2 * 2 = 7 rows
+    scheduler.add_request(make_request("r2", 30, k=2))  # 6 more rows: 13 > 12, it waits
+    output = run_step(scheduler)
+    assert set(output.num_scheduled_tokens) == {"r1"} and scheduler.padrec_beam_rows.held == {"r1": 7}
+    # P = 30, no lookahead without a draft model here: B = cdiv(14 + 3, 16) = 2 blocks per row
+    (admission,) = scheduler.padrec_beam_rows.admitted
+    assert admission == Admission(k=3, prompt_blocks=2, blocks=3 + 7 * 2, private_blocks=7 * 2)
+
+
+def test_drafted_rounds_that_leave_no_token_rows_are_refused_at_start(model_dir, monkeypatch):
+    from vllm_padrec.integration.patches import scheduler_init
+    from vllm_padrec.integration.topk_drafting import TopKDrafting
+
+    monkeypatch.setattr(scheduler_init, "topk_drafting", lambda config, settings: TopKDrafting(1, 4, ("strict",)))
+    with pytest.raises(PadRecError, match=r"more than 320 tokens \(64 rows of 5\)"):
+        make_scheduler(model_dir, 64, {"topk_max_beams": 64, "max_topk": 8}, max_num_seqs=128)
+
+
+def test_top_k_beside_a_draft_without_drafted_rounds_is_refused_at_start():
+    """The scheduler's start-up check is ``topk_drafting``'s (tests/test_topk_drafting.py has its cases)."""
+    from vllm_padrec.integration.list_settings import ListSettings
     from vllm_padrec.integration.patches import scheduler_init
 
-    scheduler_init.check_no_draft(SimpleNamespace(speculative_config=None))
-    with pytest.raises(PadRecError, match=r"speculative model \(method 'eagle'\) is not built yet"):
-        scheduler_init.check_no_draft(SimpleNamespace(speculative_config=SimpleNamespace(method="eagle")))
+    spec = SimpleNamespace(method="eagle", use_eagle=lambda: True)
+    settings = ListSettings(topk_max_beams=8, max_topk=8)
+    with pytest.raises(PadRecError, match=r"runs in drafted rounds: set padrec\.topk_draft_beams to 1"):
+        scheduler_init.topk_drafting(SimpleNamespace(speculative_config=spec), settings)

@@ -264,7 +264,7 @@ def run_rounds(
     ``draft_beams`` 1 the stand-in speculator is V2's own: a greedy chain per row, nothing staged."""
     L = catalog.num_slots
     lists = request_lists(monkeypatch, catalog, ListSettings(max_list_items=4), NUM_SLOTS, max_drafts=GAMMA)
-    lists.limits = dataclasses.replace(lists.limits, drafted_topk=True)  # a server that drafts top-K beams
+    lists.limits = dataclasses.replace(lists.limits, topk_rules=("strict", "relaxed"))  # a server drafting top-K
     engine = TopKEngine("cpu")
     v2 = RoundsV2(model, lists, engine, seed=0)
     layout = BeamLayout(item_length=L, block_size=BS, lookahead=GAMMA, draft_beams=draft_beams, gamma=GAMMA)

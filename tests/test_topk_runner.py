@@ -432,8 +432,10 @@ def test_a_topk_request_without_its_private_blocks_is_refused_loudly():
 class RecordingRunner:
     """GPUModelRunner's execute_model signature over a recorder of what the runner would execute."""
 
-    def __init__(self, lists, num_groups: int = 1, speculative_config=None):
-        self.vllm_config = SimpleNamespace(speculative_config=speculative_config, num_speculative_tokens=3)
+    def __init__(self, lists, num_groups: int = 1, speculative_config=None, additional_config=None):
+        self.vllm_config = SimpleNamespace(
+            speculative_config=speculative_config, num_speculative_tokens=3, additional_config=additional_config or {}
+        )
         self.model_state = SimpleNamespace(padrec_lists=lists)
         spec = SimpleNamespace(kv_cache_spec=SimpleNamespace(block_size=BS))
         self.kv_cache_config = SimpleNamespace(kv_cache_groups=[spec] * num_groups)
@@ -517,6 +519,19 @@ def test_patch_sizes_the_beams_with_the_schedulers_lookahead(method, lookahead):
     spec = speculative(method) if method is not None else None
     runner = patched_runner_module().GPUModelRunner(catalog_lists(), speculative_config=spec)
     assert execute_model_patch.topk_beams(runner).layout == BeamLayout(L, BS, lookahead)
+
+
+def test_patch_lays_out_drafted_rounds_on_a_server_that_drafts_its_top_k_beams():
+    """padrec.topk_draft_beams with an EAGLE draft of gamma 3: the beams' layout carries N and gamma
+    (integration/topk_drafting.py), the lookahead the scheduler's."""
+    spec = speculative("eagle")
+    spec.method, spec.num_speculative_tokens, spec.num_speculative_tokens_per_batch_size = "eagle", 3, None
+    padrec = {"topk_max_beams": 8, "max_topk": 8, "topk_draft_beams": 1}
+    runner = patched_runner_module().GPUModelRunner(
+        catalog_lists(), speculative_config=spec, additional_config={"padrec": padrec}
+    )
+    layout = execute_model_patch.topk_beams(runner).layout
+    assert layout == BeamLayout(L, BS, lookahead=3, draft_beams=1, gamma=3) and layout.rows(8) == 8
 
 
 def test_patch_applies_to_vllms_runner_class(monkeypatch):

@@ -10,6 +10,8 @@ request's list settings against both.
     max_exclude_items (256)       most items one request may exclude (padrec_exclude_items)
     max_topk        (256)         largest K of a top-K request (padrec_topk), 1..4096
     topk_max_beams  (0)           beam rows held for top-K requests, 0..65536 (0: top-K off; else >= max_topk)
+    topk_draft_beams (0)          N, the draft's beams in a drafted top-K round, 0..256 (0: undrafted top-K;
+                                  ``topk_drafting.py``)
     mask_drafts     (true)        also mask the draft's proposals (PAD-Rec and vLLM's EAGLE drafts; off: vLLM's
                                   EAGLE drafts run vanilla)
     triton_masks    (true)        the fused Triton mask kernel for both (CUDA; else the eager torch masks)
@@ -50,6 +52,8 @@ MAX_EXCLUDE_ITEMS_LIMIT = 4096
 MAX_TOPK_LIMIT = 4096
 # Beam rows held back from every engine step for top-K requests' beams (each a request slot and a token row)
 MAX_TOPK_BEAMS_LIMIT = 65536
+# The draft's beams in a drafted top-K round (issue 13), each up to gamma more runner rows per request
+MAX_TOPK_DRAFT_BEAMS_LIMIT = 256
 # settings this plugin no longer reads -> what to do instead (a server given one does not start)
 REMOVED_KEYS = {
     "compile_masks": "the masks are the Triton kernel (triton_masks) or the eager torch masks: drop the key",
@@ -70,6 +74,7 @@ class ListSettings(BaseModel):
     max_exclude_items: int = Field(256, ge=0, le=MAX_EXCLUDE_ITEMS_LIMIT)  # most items a request may exclude
     max_topk: int = Field(DEFAULT_MAX_TOPK, ge=1, le=MAX_TOPK_LIMIT)  # largest K a top-K request may ask for
     topk_max_beams: int = 0  # beam rows held for top-K requests' beams; 0: top-K off (_beam_rows_in_range)
+    topk_draft_beams: int = Field(0, ge=0, le=MAX_TOPK_DRAFT_BEAMS_LIMIT)  # N of drafted rounds; 0: undrafted
     mask_drafts: bool = True  # mask the drafts' proposals too (more accepted drafts); EAGLE drafts: vanilla when off
     triton_masks: bool = True  # the fused Triton kernel (kernels/catalog_mask.py) for both masks (CUDA)
     catalog: str | None = None  # catalog file or folder; None: the target checkpoint folder
@@ -95,6 +100,11 @@ class ListSettings(BaseModel):
             raise ValueError(f"num_items={self.num_items} is more than max_list_items={cap}")
         if self.min_items > cap:
             raise ValueError(f"min_items={self.min_items} is more than max_list_items={cap}")
+        if self.topk_draft_beams and not self.topk_on:
+            raise ValueError(
+                f"padrec.topk_draft_beams={self.topk_draft_beams} drafts top-K beams, but top-K is off "
+                "(padrec.topk_max_beams is 0): set padrec.topk_max_beams too, or drop padrec.topk_draft_beams"
+            )
         if self.topk_on and self.max_topk > self.topk_max_beams:
             raise ValueError(
                 f"padrec.topk_max_beams={self.topk_max_beams} is less than padrec.max_topk={self.max_topk}: a request "
@@ -198,8 +208,25 @@ def list_limits(vllm_config: Any, settings: ListSettings) -> ListLimits:
         )
         return ListLimits(max_list_items, None, why, settings.max_exclude_items, settings.max_topk)
     return ListLimits(
-        max_list_items, len(catalog), max_exclude_items=settings.max_exclude_items, max_topk=settings.max_topk
+        max_list_items,
+        len(catalog),
+        max_exclude_items=settings.max_exclude_items,
+        max_topk=settings.max_topk,
+        topk_rules=topk_rules(vllm_config, settings),
     )
+
+
+def topk_rules(vllm_config: Any, settings: ListSettings) -> tuple[str, ...]:
+    """The ``padrec_topk_verification`` rules this server applies: those of its drafted top-K rounds, none when
+    its top-K runs undrafted. A server whose drafting is misconfigured never starts (the scheduler refuses it),
+    so here it serves none."""
+    from vllm_padrec.integration.topk_drafting import topk_drafting
+
+    try:
+        drafting = topk_drafting(vllm_config, settings)
+    except PadRecError:
+        return ()
+    return () if drafting is None else drafting.rules
 
 
 def check_request(vllm_config: Any, extra_args: Mapping | None) -> ListSpec:

@@ -85,7 +85,7 @@ class ListLimits:
     why_not: str = ""  # with catalog_items None: why (no catalog at PATH, a runner without the masks, ...)
     max_exclude_items: int = 0  # most items one request may exclude (the settings table's exclusion columns)
     max_topk: int = DEFAULT_MAX_TOPK  # largest K a top-K request may ask for
-    drafted_topk: bool = False  # the server drafts top-K beams (padrec_topk_verification is accepted)
+    topk_rules: tuple[str, ...] = ()  # padrec_topk_verification rules served (drafted top-K); (): undrafted
 
 
 @dataclass(frozen=True)
@@ -249,11 +249,17 @@ def parse_verification(value: Any, topk: int | None, limits: ListLimits) -> str:
         raise ListSpecError(key, f"{key} must be one of {list(VERIFICATION_RULES)}, got {value!r}")
     if topk is None:
         raise ListSpecError(key, f"{key} applies to top-K requests only: set padrec_topk")
-    if not limits.drafted_topk:
+    if not limits.topk_rules:
         raise ListSpecError(
             key,
-            f"{key}: this server does not draft top-K beams (drafted top-K needs a draft model and a speculator "
-            "that drafts beams inside vLLM, which is not built yet); leave it out for the exact beam search",
+            f"{key}: this server does not draft top-K beams (it needs a draft model and padrec.topk_draft_beams); "
+            "leave it out for the exact beam search",
+        )
+    if value not in limits.topk_rules:
+        raise ListSpecError(
+            key,
+            f"{key}: this server verifies drafted top-K beams by {list(limits.topk_rules)} only ({value!r} needs the "
+            "draft's beam search inside vLLM, which is not built yet)",
         )
     return value
 

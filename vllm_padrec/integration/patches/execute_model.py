@@ -27,17 +27,18 @@ to replace vLLM's whole ``Worker.execute_model`` to reach the same point.
 
 How: applied right after ``vllm.v1.worker.gpu.model_runner`` is imported; the wrapper replaces the
 class attribute once (idempotent) and keeps vLLM's function as ``__wrapped__``. The per-runner
-``TopKBeams`` is made at the first real step, once the KV cache config (its block size) and the
-model state's catalog (its item length) exist; a runner without a catalog has no top-K requests
-(the front end refuses them) and passes every output through. On a server with top-K on, that same
-step attaches the ``TopKBeams``, the runner's KV caches and their block count to the model state's
-``TopKEngine`` (``padrec_topk_engine``, made by ``patches/init_model_state.py``), which selects the
-beams and copies their KV: V2's runner keeps its ``KVCacheConfig`` as ``self.kv_cache_config``
-(model_runner.py:411-413, ``initialize_kv_cache``) and its per-layer KV tensors in the list
-``self.kv_caches`` (model_runner.py:503-513, filled by ``init_kv_cache``), and its own block copies read
-exactly these two, ``copy_kv_cache_blocks_inplace(self.kv_caches, self.kv_cache_config.num_blocks, ...)``
-(model_runner.py:866-871). Both exist before the first real step: ``initialize_kv_cache`` runs before
-the engine serves.
+``TopKBeams`` is made at the first real step, once the KV cache config (its block size) and the model state's
+catalog (its item length) exist, its drafted rounds (N and gamma) read from the server's settings by
+``integration/topk_drafting.py``, as the scheduler read them at start-up; a runner without a catalog has no
+top-K requests (the front end refuses them) and passes every output through. On a server with top-K on, that
+same step attaches the ``TopKBeams``, the runner's KV caches and their block count to the model state's
+``TopKEngine`` (``padrec_topk_engine``, made by ``patches/init_model_state.py``), which selects the beams and
+copies their KV: V2's runner keeps its ``KVCacheConfig`` as ``self.kv_cache_config`` (model_runner.py:411-413,
+``initialize_kv_cache``) and its per-layer KV tensors in the list ``self.kv_caches`` (model_runner.py:503-513,
+filled by ``init_kv_cache``), and its own block copies read exactly these two,
+``copy_kv_cache_blocks_inplace(self.kv_caches, self.kv_cache_config.num_blocks, ...)``
+(model_runner.py:866-871). Both exist before the first real step: ``initialize_kv_cache`` runs before the
+engine serves.
 
 Unnecessary when: vLLM lets a plugin add runner-side rows to a step (a "request expansion" hook in
 the runner), or serves beam search with shared-prefix KV inside the engine itself.
@@ -77,16 +78,21 @@ def topk_beams(runner):
     """The runner's ``TopKBeams``, made at its first real step (and attached to the model state's
     ``TopKEngine`` when there is one); None when the runner serves no top-K request."""
     if not hasattr(runner, _BEAMS_ATTRIBUTE):
+        from vllm_padrec.integration.list_settings import server_settings
+        from vllm_padrec.integration.topk_drafting import topk_drafting
         from vllm_padrec.topk.beams import BeamLayout, TopKBeams
 
         lists = getattr(runner.model_state, "padrec_lists", None)  # set by patches/init_model_state.py
         groups = runner.kv_cache_config.kv_cache_groups
         beams = None
         if lists is not None and len(groups) == 1:  # the front end refuses top-K on any other layout
+            drafting = topk_drafting(runner.vllm_config, server_settings(runner.vllm_config))
             layout = BeamLayout(
                 item_length=lists.tables.num_slots,
                 block_size=groups[0].kv_cache_spec.block_size,
                 lookahead=scheduler_lookahead(runner.vllm_config),
+                draft_beams=0 if drafting is None else drafting.draft_beams,
+                gamma=0 if drafting is None else drafting.gamma,
             )
             beams = TopKBeams(layout)
             engine = getattr(runner.model_state, "padrec_topk_engine", None)  # only on a server with top-K on

@@ -7,18 +7,19 @@ What: after vLLM's own ``__init__``, on a server that enables top-K (``padrec.to
 ``--additional-config``; 0, the default, leaves the scheduler exactly as vLLM built it), the wrapper
 
 1. reserves the beam rows: ``max_num_running_reqs`` and ``max_num_scheduled_tokens`` are lowered by
-   ``topk_max_beams``, so that the runner (sized by ``max_num_seqs`` and ``max_num_batched_tokens``)
-   always has a request slot and a token row for every live beam besides the scheduler's own batch;
-   a server where that leaves nothing does not start;
+   ``topk_max_beams`` (the tokens by (1 + gamma) times that on a server that drafts its top-K beams,
+   ``integration/topk_drafting.py``, each row then carrying gamma drafts), so that the runner (sized by
+   ``max_num_seqs`` and ``max_num_batched_tokens``) always has a request slot and its token rows for
+   every live beam besides the scheduler's own batch; a server where that leaves nothing does not start;
 2. wraps THIS instance's ``kv_cache_manager.allocate_slots`` with the admission gate
    (``topk_admission_gate``): a top-K request (``padrec_topk`` in ``extra_args``) being admitted with no
-   output yet is admitted only when its K beams fit in the free beam rows and the free blocks cover
-   vLLM's own need plus the rest of the request's life and its K * B private blocks
-   (``vllm_padrec.topk.admission``); otherwise the gate returns None, and the request stays waiting
-   exactly as when the KV cache is full (scheduler.py:935-955: no preemption on the waiting path). Once
-   admitted, the life and private blocks are appended to the request's own block list, after every
-   block its own sequence can use, so prefix caching never hashes them and every free path of vLLM's
-   (finish, abort, preemption, deferred frees) returns them with the request's.
+   output yet is admitted only when its rows (its K beams; K + (N - 1) * gamma in drafted rounds) fit in the
+   free beam rows and the free blocks cover vLLM's own need plus the rest of the request's life and its rows'
+   private blocks (rows * B, ``vllm_padrec.topk.admission``); otherwise the gate returns None, and the request
+   stays waiting exactly as when the KV cache is full (scheduler.py:935-955: no preemption on the waiting
+   path). Once admitted, the life and private blocks are appended to the request's own block list, after every
+   block its own sequence can use, so prefix caching never hashes them and every free path of vLLM's (finish,
+   abort, preemption, deferred frees) returns them with the request's.
 
 Why: the beams' KV must come from vLLM's block pool and be counted, gated and freed with the request,
 and the beams' rows must fit in the runner's batch, but vLLM sizes both for one sequence per request.
@@ -37,7 +38,8 @@ that share its prompt blocks) and admits requests through a pluggable admission 
 Setting: ``topk_max_beams`` is a field of ``ListSettings`` (``integration/list_settings.py``), read
 through ``list_settings.server_settings`` like every other ``padrec`` key: its range and its rule
 (``max_topk`` <= ``topk_max_beams`` when top-K is on) are checked there, once, for every part of the
-plugin.
+plugin. ``topk_draft_beams`` and the speculative config decide drafted rounds (``topk_drafting.topk_drafting``,
+called here at start-up, so that a server it refuses does not start).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from typing import Any
 from vllm_padrec.errors import PadRecError
 from vllm_padrec.integration.list_settings import ListSettings, catalog_path, load_catalog, server_settings
 from vllm_padrec.integration.patches.marking import is_patched, mark_patched
+from vllm_padrec.integration.topk_drafting import TopKDrafting, topk_drafting
 from vllm_padrec.topk.admission import Admission, BeamRows, cdiv, topk_blocks, topk_of
 
 TARGETS = ("vllm.v1.core.sched.scheduler",)
@@ -66,30 +69,22 @@ def item_length(vllm_config: Any, settings: ListSettings) -> int:
     return catalog.num_slots
 
 
-def reserve_beam_rows(scheduler: Any, max_beams: int) -> None:
-    """Hold ``max_beams`` request slots and token rows of every step back from vLLM's scheduling."""
+def reserve_beam_rows(scheduler: Any, max_beams: int, tokens_per_row: int = 1) -> None:
+    """Hold ``max_beams`` request slots, and ``tokens_per_row`` token rows for each (1 + gamma in drafted rounds),
+    of every step back from vLLM's scheduling."""
     config = scheduler.scheduler_config
     seqs, tokens = scheduler.max_num_running_reqs, scheduler.max_num_scheduled_tokens
-    if max_beams >= seqs or max_beams >= tokens:
+    beam_tokens = max_beams * tokens_per_row
+    if max_beams >= seqs or beam_tokens >= tokens:
         token_setting = "max_num_scheduled_tokens" if config.max_num_scheduled_tokens else "max_num_batched_tokens"
+        held = f"{beam_tokens} tokens ({max_beams} rows of {tokens_per_row})" if tokens_per_row > 1 else str(max_beams)
         raise PadRecError(
-            f"padrec.{SETTING}={max_beams} leaves no room for other requests: max_num_seqs={seqs} and "
-            f"{token_setting}={tokens} must both be more than it (the beam rows are held back from both); raise "
-            f"them or lower padrec.{SETTING}"
+            f"padrec.{SETTING}={max_beams} leaves no room for other requests: max_num_seqs={seqs} must be more than "
+            f"{max_beams} and {token_setting}={tokens} more than {held} (the beam rows are held back from both); "
+            f"raise them or lower padrec.{SETTING}"
         )
     scheduler.max_num_running_reqs = seqs - max_beams
-    scheduler.max_num_scheduled_tokens = tokens - max_beams
-
-
-def check_no_draft(vllm_config: Any) -> None:
-    """Refuse top-K on a server with a speculative model: a top-K request's own drafts are not handled yet
-    (``topk/DESIGN.md``, section 5)."""
-    spec = getattr(vllm_config, "speculative_config", None)
-    if spec is not None:
-        raise PadRecError(
-            f"padrec.{SETTING} > 0 with a speculative model (method {getattr(spec, 'method', None)!r}) is not built "
-            f"yet: serve top-K without --speculative-model, or set padrec.{SETTING} to 0"
-        )
+    scheduler.max_num_scheduled_tokens = tokens - beam_tokens
 
 
 def check_serves_topk(scheduler: Any) -> None:
@@ -114,8 +109,9 @@ def beam_rows_in_use(scheduler: Any) -> int:
     return rows.live
 
 
-def topk_admission_gate(scheduler: Any, rows: BeamRows, item_len: int):
+def topk_admission_gate(scheduler: Any, rows: BeamRows, item_len: int, drafting: TopKDrafting | None = None):
     """``scheduler.kv_cache_manager.allocate_slots`` with the top-K admission gate in front (module docstring).
+    A request holds K rows, or ``drafting.rows(K)`` on a server that drafts its beams.
 
     Every call that is not the admission of a top-K request goes to vLLM's method unchanged."""
     from vllm.v1.request import RequestStatus
@@ -138,7 +134,8 @@ def topk_admission_gate(scheduler: Any, rows: BeamRows, item_len: int):
             return original(request, num_new_tokens, *args, **kwargs)
 
         rows.prune(group.req_to_blocks)
-        if not rows.fits(k):
+        needed = k if drafting is None else drafting.rows(k)
+        if not rows.fits(needed):
             return None
         call = signature.bind(request, num_new_tokens, *args, **kwargs)
         call.apply_defaults()
@@ -152,6 +149,7 @@ def topk_admission_gate(scheduler: Any, rows: BeamRows, item_len: int):
             block_size=block_size,
             lookahead=scheduler.num_lookahead_tokens,
             max_model_len=scheduler.max_model_len,
+            rows=needed,
         )
         # vLLM's own check then covers its need + watermark + reserved + ours: None keeps R waiting.
         given["reserved_blocks"] = given["reserved_blocks"] + plan.extra
@@ -164,7 +162,7 @@ def topk_admission_gate(scheduler: Any, rows: BeamRows, item_len: int):
             request.request_id, num_blocks * block_size, num_blocks * block_size
         )
         prompt_blocks = cdiv(request.num_prompt_tokens, block_size)
-        rows.admit(request.request_id, k, Admission(k, prompt_blocks, num_blocks, plan.private))
+        rows.admit(request.request_id, needed, Admission(k, prompt_blocks, num_blocks, plan.private))
         return new_blocks + manager.create_kv_cache_blocks(added)
 
     allocate_slots._padrec_topk_gate = True
@@ -184,12 +182,14 @@ def own_blocks_after_allocation(request: Any, given: Mapping[str, Any], group: A
     return max(held + len(hits), cdiv(slots, group.block_size))
 
 
-def install_topk_admission(scheduler: Any, max_beams: int, item_len: int) -> BeamRows:
+def install_topk_admission(
+    scheduler: Any, max_beams: int, item_len: int, drafting: TopKDrafting | None = None
+) -> BeamRows:
     """Reserve the beam rows and gate this scheduler's admissions; returns the beam-row ledger."""
     check_serves_topk(scheduler)
-    reserve_beam_rows(scheduler, max_beams)
+    reserve_beam_rows(scheduler, max_beams, 1 if drafting is None else 1 + drafting.gamma)
     rows = BeamRows(max_beams)
-    scheduler.kv_cache_manager.allocate_slots = topk_admission_gate(scheduler, rows, item_len)
+    scheduler.kv_cache_manager.allocate_slots = topk_admission_gate(scheduler, rows, item_len, drafting)
     scheduler.padrec_beam_rows = rows
     return rows
 
@@ -206,8 +206,8 @@ def apply(module: ModuleType) -> None:
         original(self, vllm_config, *args, **kwargs)
         settings = server_settings(vllm_config)
         if settings.topk_on:
-            check_no_draft(vllm_config)
-            install_topk_admission(self, settings.topk_max_beams, item_length(vllm_config, settings))
+            drafting = topk_drafting(vllm_config, settings)  # refuses a draft it cannot run rounds with
+            install_topk_admission(self, settings.topk_max_beams, item_length(vllm_config, settings), drafting)
 
     mark_patched(__init__, original)
     Scheduler.__init__ = __init__
