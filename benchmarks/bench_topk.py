@@ -15,6 +15,11 @@ and engine where both run in a dtype: one engine start-up less, 80-90 s on the b
                        the engine mode's vLLM engine (its own, when that mode does not run), whatever K.
                        Any beam search in the engine runs at least these L steps, so its latency is the
                        floor the others are measured against; its quality columns are those of its one item
+    strict             the engine's beam search in drafted rounds (issue 13): the ``--draft`` head drafts
+                       ``--gamma`` tokens per beam row (``--draft-beams`` N, ``padrec.topk_draft_beams``), the
+                       strict rule verifies them, so its answers are the engine's; with ``--draft`` only (the
+                       default modes add it when a draft is given). Its records carry ``draft_beams``,
+                       ``gamma`` and ``objective`` (``--objective``, the head's training objective)
 
 For each K of ``--ks`` and each configuration, two passes over the test users (the last H items of
 the recipe as history, no exclusions), after a warm-up (``--warmup-calls`` one-user calls before a mode's
@@ -50,7 +55,7 @@ the benchmark's process, where the engine steps, KV blocks and profiles are read
 read the own-process records where every compared mode has one (``testing/topk_goals.py``).
 Each record of the vLLM modes says how many engine steps a call took (``engine_steps_per_call``) and how
 many of them ran the model (``forwards_per_call``: with async scheduling the last output comes one step
-later, in a step without a forward), and
+later, in a step without a forward; at one request at a time also ``target_forwards_per_request``), and
 each engine record the KV blocks a request held (``kv_blocks_per_request``; of them the prompt's, stored
 once whatever K: ``prompt_blocks_per_request``). ``--profile`` writes Python's and the torch profiler's
 view of one call.
@@ -89,7 +94,11 @@ from vllm_padrec.testing.stats import percentile
 from vllm_padrec.testing.timing import EngineSteps, in_process_engine_core, in_process_model_runner
 from vllm_padrec.testing.topk_goals import IN_PROCESS, OWN_PROCESS, goals_markdown, topk_goals
 
-MODES = ("reference", "vllm_beam_search", "engine", "greedy_floor")
+UNDRAFTED_MODES = ("reference", "vllm_beam_search", "engine", "greedy_floor")
+# issue 13: the engine's beam search in drafted rounds of a --draft head, verified by the strict rule (relaxed
+# waits for the draft's beam search inside vLLM: topk/ATSPEED.md)
+DRAFTED_MODES = ("strict",)
+MODES = UNDRAFTED_MODES + DRAFTED_MODES
 DEFAULT_KS = (1, 5, 10, 20, 50, 100)
 EXACT_DTYPE = "float32"  # equal_to_reference is checked in this dtype only
 # Triton's float32 tl.dot multiplies in TF32 unless TRITON_F32_DEFAULT says otherwise (triton/language/core.py,
@@ -273,20 +282,44 @@ def engine_steps(llm) -> EngineSteps | None:
     return EngineSteps(llm) if in_process_model_runner(llm) is not None else None
 
 
-def engine_ranker(args, catalog: ItemCatalog, max_history: int, llm=None) -> Ranker:
+def engine_ranker(args, catalog: ItemCatalog, max_history: int, llm=None, verification: str | None = None) -> Ranker:
+    """The beam search inside the engine; with a ``verification`` rule, in drafted rounds of ``--draft``."""
     from vllm import LLM
 
     from vllm_padrec.topk.offline import recommend_topk, topk_engine_args
 
-    llm = LLM(**{**engine_arguments(args), **topk_engine_args(max(args.ks), args.concurrency, args.max_num_seqs)})
+    drafted = {} if verification is None else draft_arguments(args)
+    sized = topk_engine_args(max(args.ks), args.concurrency, args.max_num_seqs, **drafted)
+    llm = LLM(**{**engine_arguments(args), **sized})
 
     def rank(histories, k):
-        ranked = recommend_topk(llm, catalog, histories, k, max_history=max_history)
+        ranked = recommend_topk(llm, catalog, histories, k, max_history=max_history, verification=verification)
         return [[(item, float(score)) for item, score in items] for items in ranked]
 
     core = in_process_engine_core(llm)
     beam_rows = core.scheduler.padrec_beam_rows if core is not None else None
     return Ranker(rank, engine_steps(llm), beam_rows, llm)
+
+
+def strict_ranker(args, catalog: ItemCatalog, max_history: int, llm=None) -> Ranker:
+    return engine_ranker(args, catalog, max_history, verification="strict")
+
+
+def draft_arguments(args) -> dict:
+    """``topk_engine_args``' drafted-round arguments from the options."""
+    return {"draft": args.draft, "draft_beams": args.draft_beams, "gamma": args.gamma}
+
+
+def drafting_fields(args, mode: str, batch_size: int, forwards: float | None) -> dict:
+    """A record's drafting columns: N, gamma and the head's objective for a drafted mode (None otherwise), and
+    the target forwards one request took (one request at a time only)."""
+    drafted = mode in DRAFTED_MODES
+    return {
+        "draft_beams": args.draft_beams if drafted else None,
+        "gamma": args.gamma if drafted else None,
+        "objective": args.objective if drafted else None,
+        "target_forwards_per_request": forwards if batch_size == 1 else None,
+    }
 
 
 def greedy_floor_ranker(args, catalog: ItemCatalog, max_history: int, llm=None) -> Ranker:
@@ -342,6 +375,7 @@ RANKERS: dict[str, Callable] = {
     "vllm_beam_search": vllm_ranker,
     "engine": engine_ranker,
     "greedy_floor": greedy_floor_ranker,
+    "strict": strict_ranker,
 }
 
 
@@ -453,6 +487,7 @@ def measure(args, mode: str, ranker: Ranker, samples, startup: float) -> dict:
             records[-1]["engine_steps_per_call"] = steps
             records[-1]["forwards_per_call"] = forwards
             records[-1]["engine_core"] = None if mode == "reference" else args.one_engine_core  # the reference: none
+            records[-1] |= drafting_fields(args, mode, batch, forwards)
             if ranker.beam_rows is not None:
                 records[-1] |= kv_blocks(ranker.beam_rows.admitted)
             print(json.dumps(records[-1]), flush=True)
@@ -489,8 +524,8 @@ def markdown(payload: dict) -> str:
         "## Records",
         "",
         "| mode | dtype | K | batch_size | users | p50 ms | p99 ms | users/s | Recall@K | NDCG@K | invalid items "
-        "| equal to reference | score diff | steps per call (forwards) | KV blocks per request (prompt) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| equal to reference | score diff | steps per call (forwards) | KV blocks per request (prompt) | drafts |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in payload["records"]:
         equal = "-" if r["users_compared"] is None else f"{r['equal_to_reference']} / {r['users_compared']}"
@@ -507,11 +542,18 @@ def markdown(payload: dict) -> str:
             f"| {mode_label(r)} | {r['dtype']} | {r['k']} | {r['batch_size']} | {r['users']} | {cell(r['p50_ms'])} | "
             f"{cell(r['p99_ms'])} | {cell(r['users_per_s'])} | {r['recall_at_k']} | {r['ndcg_at_k']} | "
             f"{r['invalid_items']} | {equal} | {cell(r.get('max_score_difference'))} | "
-            f"{steps} | {blocks} |"
+            f"{steps} | {blocks} | {drafts_cell(r)} |"
         )
     lines.append("")
     lines += failures_markdown(payload.get("errors", {}))
     return "\n".join(lines) + "\n"
+
+
+def drafts_cell(record: dict) -> str:
+    """A drafted record's N, gamma and objective; ``-`` for the undrafted modes."""
+    if record.get("draft_beams") is None:
+        return "-"
+    return f"N = {record['draft_beams']}, γ = {record['gamma']}, {record['objective']}"
 
 
 def plot(plt, payload: dict):
@@ -551,7 +593,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add = parser.add_argument
     add("--target", help="the target checkpoint folder (its catalog and recipe too)")
     add("--dataset", help="the dataset folder (its test users)")
-    add("--modes", nargs="+", default=list(MODES), choices=MODES, help="modes to run (default: all)")
+    add(
+        "--modes",
+        nargs="+",
+        default=None,
+        choices=MODES,
+        help=f"modes to run (default: {' '.join(UNDRAFTED_MODES)}, and {' '.join(DRAFTED_MODES)} with --draft)",
+    )
     add("--ks", nargs="+", type=int, default=list(DEFAULT_KS), help="the K of each run (default 1 5 10 20 50 100)")
     add(
         "--dtypes",
@@ -624,6 +672,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"modes that also run in {EXACT_DTYPE} when --dtypes has it (default: every mode); e.g. reference engine, "
         "the equality check, while the speed comparison runs in the other dtypes",
     )
+    add("--draft", default=None, help="draft head folder (EAGLE-family, e.g. PAD-Rec) of the drafted modes")
+    add("--draft-beams", type=int, default=1, help="drafted modes: N, the draft's beams in a round (default 1)")
+    add("--gamma", type=int, default=3, help="drafted modes: draft tokens per row in a round (default 3)")
+    add(
+        "--objective",
+        default="distill",
+        choices=("distill", "atspeed_s", "atspeed_r"),
+        help="drafted modes: the objective --draft was trained with, for the records (default distill)",
+    )
     add("--one", nargs="+", default=None, choices=MODES, help=argparse.SUPPRESS)  # child: run these modes
     add("--one-dtype", default=None, help=argparse.SUPPRESS)
     add("--one-engine-core", default=IN_PROCESS, choices=(IN_PROCESS, OWN_PROCESS), help=argparse.SUPPRESS)
@@ -632,6 +689,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--target and --dataset are required (or --render JSON)")
     if any(k < 1 for k in args.ks):
         parser.error(f"every K must be >= 1, got {args.ks}")
+    if args.modes is None:
+        args.modes = list(UNDRAFTED_MODES + (DRAFTED_MODES if args.draft else ()))
+    drafted = sorted(set(args.modes + (args.one or [])) & set(DRAFTED_MODES))
+    if drafted and not args.draft:
+        parser.error(f"modes {drafted} need --draft (a draft head folder)")
+    if args.draft_beams < 1 or args.gamma < 1:
+        parser.error(f"--draft-beams and --gamma must be >= 1, got {args.draft_beams} and {args.gamma}")
     return args
 
 

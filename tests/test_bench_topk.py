@@ -147,10 +147,65 @@ def test_the_markdown_table_has_one_row_per_record_and_names_failed_configuratio
     rows = [line for line in text.splitlines() if line.startswith("| reference")]
     assert rows == [
         "| reference | float32 | 20 | 64 | 2 | 250.0 | 500.0 | 2.67 | 0.5 | 0.5 | 0 | 1 / 2 (1 of 1 others: same "
-        "scores) | 2e-06 | - | - |"
+        "scores) | 2e-06 | - | - | - |"
     ]
     assert "| engine" not in text
     assert "Configuration vllm_beam_search_float32: `exit 1: boom`" in text
+
+
+def test_drafted_records_carry_n_gamma_and_the_objective_and_one_requests_forwards():
+    args = bench_topk.parse_args(["--target", "/t", "--dataset", "/d", "--draft", "/h", "--gamma", "4"])
+    assert args.modes == ["reference", "vllm_beam_search", "engine", "greedy_floor", "strict"]  # --draft adds strict
+    strict = bench_topk.drafting_fields(args, "strict", 1, 2.0)
+    assert strict == {"draft_beams": 1, "gamma": 4, "objective": "distill", "target_forwards_per_request": 2.0}
+    assert bench_topk.drafting_fields(args, "strict", 64, 2.0)["target_forwards_per_request"] is None
+    assert bench_topk.drafting_fields(args, "engine", 1, 4.0) == {
+        "draft_beams": None,
+        "gamma": None,
+        "objective": None,
+        "target_forwards_per_request": 4.0,
+    }
+    record = bench_topk.pass_record("strict", "bfloat16", 20, 1, [0.01], [[1]], [[1]]) | strict
+    row = next(line for line in bench_topk.markdown(payload_of([record])).splitlines() if line.startswith("| strict"))
+    assert row.endswith("| N = 1, γ = 4, distill |")
+
+
+def test_drafted_modes_need_a_draft(capsys):
+    assert "strict" not in bench_topk.parse_args(["--target", "/t", "--dataset", "/d"]).modes
+    with pytest.raises(SystemExit):
+        bench_topk.parse_args(["--target", "/t", "--dataset", "/d", "--modes", "engine", "strict"])
+    assert "modes ['strict'] need --draft" in capsys.readouterr().err
+
+
+def test_the_strict_mode_builds_an_engine_that_drafts_its_beams(monkeypatch):
+    """The strict mode's LLM: the draft as vLLM's speculative model, padrec.topk_draft_beams N, token rows for
+    every draft; its requests ask for the strict rule."""
+    import vllm
+
+    from vllm_padrec.topk import offline
+
+    built, asked = [], []
+
+    class FakeLLM:
+        def __init__(self, **kwargs):
+            built.append(kwargs)
+            self.llm_engine = SimpleNamespace(engine_core=None, step=lambda: None)
+
+    def recommend(llm, catalog, histories, k, max_history=None, verification=None):
+        asked.append(verification)
+        return [[(0, -1.0)] for _ in histories]
+
+    monkeypatch.setattr(vllm, "LLM", FakeLLM)
+    monkeypatch.setattr(offline, "recommend_topk", recommend)
+    argv = ["--target", "/t", "--dataset", "/d", "--draft", "/h", "--gamma", "2", "--ks", "5", "--concurrency", "4"]
+    args = bench_topk.parse_args([*argv, "--one", "strict", "--one-dtype", "bfloat16"])
+    ranker = bench_topk.RANKERS["strict"](args, None, 8)
+    (kwargs,) = built
+    assert kwargs["speculative_config"] == {"method": "eagle", "model": "/h", "num_speculative_tokens": 2}
+    assert kwargs["additional_config"]["padrec"] == {"max_topk": 5, "topk_max_beams": 20, "topk_draft_beams": 1}
+    assert ranker.rank([[1, 2]], 5) == [[(0, -1.0)]] and asked == ["strict"]
+    bench_topk.RANKERS["engine"](args, None, 8).rank([[1]], 5)
+    assert "speculative_config" not in built[1] and asked == ["strict", None]
 
 
 def test_the_plot_is_written_from_the_latency_records(tmp_path):

@@ -166,6 +166,28 @@ def test_topk_engine_args_hold_beam_rows_for_every_user_and_room_for_the_request
         topk_engine_args(max_k=100, concurrent_users=656)
 
 
+def test_topk_engine_args_with_a_draft_run_drafted_rounds_with_token_rows_for_every_draft():
+    from types import SimpleNamespace
+
+    from vllm_padrec.integration.list_settings import ListSettings
+    from vllm_padrec.integration.topk_drafting import TopKDrafting, topk_drafting
+    from vllm_padrec.topk.offline import topk_engine_args
+
+    args = topk_engine_args(max_k=20, concurrent_users=64, draft="/heads/padrec", gamma=3)
+    assert args["speculative_config"] == {"method": "eagle", "model": "/heads/padrec", "num_speculative_tokens": 3}
+    assert args["additional_config"] == {"padrec": {"max_topk": 20, "topk_max_beams": 1280, "topk_draft_beams": 1}}
+    # the scheduler holds back 1280 rows of 1 + 3 tokens; the 64 requests keep 1 + 3 tokens each and the prefill
+    assert args["max_num_batched_tokens"] - 1280 * 4 == 64 * 3 + 8192 and args["max_num_seqs"] == 1280 + 64
+    spec = SimpleNamespace(method="eagle", use_eagle=lambda: True, num_speculative_tokens_per_batch_size=None)
+    spec.num_speculative_tokens = args["speculative_config"]["num_speculative_tokens"]
+    settings = ListSettings.from_additional_config(args["additional_config"])
+    assert topk_drafting(SimpleNamespace(speculative_config=spec), settings) == TopKDrafting(1, 3, ("strict",))
+    # N draft beams add (N - 1) * gamma rows per user
+    assert topk_engine_args(20, 2, draft="/d", draft_beams=3, gamma=2)["additional_config"]["padrec"][
+        "topk_max_beams"
+    ] == 2 * (20 + 2 * 2)
+
+
 # -- the CLI ------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def target(tmp_path_factory):

@@ -4,6 +4,9 @@
     llm = LLM(TARGET, **topk_engine_args(max_k=20, concurrent_users=64))  # the padrec general plugin loaded
     ranked = recommend_topk(llm, catalog, histories, k=20, exclude_history=True)  # [[(item, score), ...], ...]
 
+With a draft head (``topk_engine_args(..., draft=DRAFT_FOLDER)``) the engine drafts the beams (issue 13,
+``topk/ATSPEED.md``) and ``recommend_topk(..., verification="strict")`` verifies them exactly.
+
 Each history becomes one top-K request (``topk.request``): the engine runs its K beams and hands back
 the K best items with their scores, best first, the answer ``decoding.beam_search_items`` (the
 plain-torch reference) gives for the same model and catalog. ``LLM.generate`` cannot carry it (its
@@ -35,24 +38,42 @@ from vllm_padrec.topk.request import (
 )
 
 
-def topk_engine_args(max_k: int, concurrent_users: int, max_num_seqs: int = 0, prefill_tokens: int = 8192) -> dict:
+def topk_engine_args(
+    max_k: int,
+    concurrent_users: int,
+    max_num_seqs: int = 0,
+    prefill_tokens: int = 8192,
+    *,
+    draft: str | None = None,  # a draft head folder (EAGLE-family, e.g. PAD-Rec): top-K in drafted rounds
+    draft_beams: int = 1,  # N, the draft's beams in a round (``integration/topk_drafting.py``)
+    gamma: int = 3,  # draft tokens each row carries into a round
+) -> dict:
     """``vllm.LLM`` arguments under which ``concurrent_users`` top-K requests of up to ``max_k`` items run at
     once: beam rows for all of them (``padrec.topk_max_beams``), and request slots and token rows beyond those
     rows for the requests themselves and their prompts' prefill (the scheduler holds the beam rows back from
-    both, ``patches/scheduler_init.reserve_beam_rows``). ``max_num_seqs``: at least this many slots anyway."""
+    both, ``patches/scheduler_init.reserve_beam_rows``). ``max_num_seqs``: at least this many slots anyway.
+    With a ``draft``, every request runs in drafted rounds: K + (N - 1) * gamma rows each, every row carrying
+    1 + gamma tokens a step, and every request (a spec-decode row itself) 1 + gamma tokens too."""
     from vllm_padrec.integration.list_settings import MAX_TOPK_BEAMS_LIMIT
+    from vllm_padrec.topk.admission import beam_rows
 
-    beams = max_k * concurrent_users
-    if beams > MAX_TOPK_BEAMS_LIMIT:
+    rows = concurrent_users * (beam_rows(max_k, draft_beams, gamma) if draft else max_k)
+    if rows > MAX_TOPK_BEAMS_LIMIT:
         raise PadRecError(
-            f"{concurrent_users} users at K = {max_k} need {beams} beam rows, more than {MAX_TOPK_BEAMS_LIMIT}: "
+            f"{concurrent_users} users at K = {max_k} need {rows} beam rows, more than {MAX_TOPK_BEAMS_LIMIT}: "
             "send fewer users at once"
         )
-    return {
-        "max_num_seqs": max(max_num_seqs, beams + concurrent_users),
-        "max_num_batched_tokens": beams + prefill_tokens,
-        "additional_config": {"padrec": {"max_topk": max_k, "topk_max_beams": beams}},
+    drafts = gamma if draft else 0  # tokens a row and a request carry beyond their own one
+    padrec = {"max_topk": max_k, "topk_max_beams": rows}
+    args = {
+        "max_num_seqs": max(max_num_seqs, rows + concurrent_users),
+        "max_num_batched_tokens": rows * (1 + drafts) + concurrent_users * drafts + prefill_tokens,
+        "additional_config": {"padrec": padrec},
     }
+    if draft:
+        padrec["topk_draft_beams"] = draft_beams
+        args["speculative_config"] = {"method": "eagle", "model": draft, "num_speculative_tokens": gamma}
+    return args
 
 
 def external_request_id(internal: str) -> str:
@@ -72,6 +93,7 @@ def recommend_topk(
     exclude_history: bool = False,  # never return one of the user's history items
     *,
     max_history: int | None = None,  # keep only the last max_history items of each history in the prompt
+    verification: str | None = None,  # on a server that drafts top-K beams: "strict" (the default) or "relaxed"
 ) -> list[list[tuple[int, float]]]:
     """For each history, its ``k`` best ``(item index, score)``, best first (module docstring)."""
     from vllm.inputs import TokensPrompt
@@ -79,7 +101,7 @@ def recommend_topk(
     from vllm_padrec.integration.list_settings import check_request
 
     vllm_config = llm.llm_engine.vllm_config
-    specs = [topk_spec(k, tuple(sorted(set(h))) if exclude_history else ()) for h in histories]
+    specs = [topk_spec(k, tuple(sorted(set(h))) if exclude_history else (), verification) for h in histories]
     for spec in specs:  # all checked before any is queued
         check_request(vllm_config, spec.to_extra_args())
     max_tokens = topk_max_tokens(catalog.num_slots)
