@@ -11,6 +11,8 @@ Triton kernel, TF32 by Triton's default), CUDA graphs on.
   copies ran in the Triton kernel (no fallback to the reference);
 - lists and top-K requests queued together: every list is the one the engine writes alone;
 - K = 256 on a catalog of 300 items (the issue's "K up to at least 256"): the reference's items and order;
+- drafted rounds (issue 13, ``padrec.topk_draft_beams`` 1 with a random PAD-Rec head as vLLM's draft): the
+  strict rule's K items, in order, are the reference's, in at most L forwards a call;
 - ``vllm serve`` with top-K on answers ``POST /v1/recommendations`` in top-K mode with the offline answer,
   refuses a K out of range with a 422 naming ``k``, and keeps serving lists.
 """
@@ -24,13 +26,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import requires_gpu
-from test_integration_gpu import build_target, catalog, in_subprocess
+from test_integration_gpu import NUM_STEPS, build_random_draft, build_target, catalog, in_subprocess
 
 from vllm_padrec.catalog import ItemCatalog
 from vllm_padrec.testing.timing import EngineSteps, in_process_model_runner
 
 pytestmark = [pytest.mark.gpu, requires_gpu]
 
+DRAFT_GAMMA = min(2, NUM_STEPS)  # draft tokens per beam row in a drafted round
 TOPK_ENV = {"TRITON_F32_DEFAULT": "ieee"}  # float32 equality with the reference needs IEEE dots
 KS = (1, 5, 20)
 USERS = 6
@@ -49,9 +52,9 @@ def _beam_rows_live(engine_core) -> int:
     return beam_rows_in_use(engine_core.scheduler)
 
 
-def topk_llm(target: str, max_k: int, concurrent_users: int):
+def topk_llm(target: str, max_k: int, concurrent_users: int, **drafted):
     """In a spawned process: an in-process engine of ``target`` (TOPK_ENV), float32,
-    sized by ``topk_engine_args``."""
+    sized by ``topk_engine_args`` (``drafted``: its draft arguments)."""
     os.environ.update({"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_V2_MODEL_RUNNER": "1", **TOPK_ENV})
     import vllm_padrec
 
@@ -67,7 +70,7 @@ def topk_llm(target: str, max_k: int, concurrent_users: int):
         seed=0,
         gpu_memory_utilization=0.15,
         attention_config={"backend": "TRITON_ATTN"},
-        **topk_engine_args(max_k, concurrent_users),
+        **topk_engine_args(max_k, concurrent_users, **drafted),
     )
 
 
@@ -77,6 +80,26 @@ def run_wide_topk(target: str, users: list[list[int]], k: int) -> list[list[tupl
 
     llm = topk_llm(target, k, len(users))
     return recommend_topk(llm, ItemCatalog.load(target), users, k)
+
+
+def run_drafted_topk(target: str, draft: str, users: list[list[int]]) -> dict:
+    """In a spawned process: every K's answers (all users queued together) from an engine that drafts its top-K
+    beams (``draft`` as vLLM's speculative model, N = 1, gamma = DRAFT_GAMMA), strict, with the forwards a call ran."""
+    from vllm_padrec.topk.offline import recommend_topk
+
+    llm = topk_llm(target, max(KS), USERS, draft=draft, gamma=DRAFT_GAMMA)
+    cat = ItemCatalog.load(target)
+    steps = EngineSteps(llm)
+    answers, forwards = {}, {}
+    for k in KS:
+        before = steps.forwards
+        answers[k] = recommend_topk(llm, cat, users, k, verification="strict")
+        forwards[k] = steps.forwards - before
+    return {
+        "answers": answers,
+        "forwards": forwards,
+        "live_at_end": _beam_rows_live(llm.llm_engine.engine_core.engine_core),
+    }
 
 
 def run_topk_engine(target: str, users: list[list[int]]) -> dict:
@@ -175,6 +198,21 @@ def test_lists_queued_with_top_k_requests_are_the_lists_written_alone(setup, eng
     assert engine["lists_together"] == engine["lists_alone"]
     want = reference(setup, max(KS), False)
     assert [[i for i, _ in u] for u in engine["topk_together"]] == [[i for i, _ in u] for u in want]
+
+
+def test_drafted_strict_rounds_rank_items_as_the_reference(setup, tmp_path):
+    """Issue 13's first run in vLLM: strict verification keeps the beam search's answer whatever the draft (a
+    random head here), and a call runs at most L forwards (a round advances at least one beam step)."""
+    draft = build_random_draft(tmp_path / "draft", setup["model"], setup["catalog"])  # reads the target's config
+    got = in_subprocess(setup["target"], str(draft), setup["users"], function=run_drafted_topk)
+    for k in KS:
+        want = reference(setup, k, False)
+        answers = got["answers"][k]
+        assert [[i for i, _ in u] for u in answers] == [[i for i, _ in u] for u in want], k
+        for ours, theirs in zip(answers, want):
+            assert np.allclose([s for _, s in ours], [s for _, s in theirs], rtol=0, atol=SCORE_TOLERANCE)
+        assert got["forwards"][k] <= setup["catalog"].num_slots, got["forwards"]
+    assert got["live_at_end"] == 0
 
 
 def test_served_top_k_answers_and_refusals(setup, engine, tmp_path):
