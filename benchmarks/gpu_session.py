@@ -63,6 +63,9 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
     topk_tests            the top-K GPU tests (test_integration_gpu_topk.py, the KV copy kernel  -       lane 0
                           and the pinned host copies natively)
     topk_smoke            topk_tests' quick part (no served engine), before benchmarks           -       lane 1
+    topk_drafted_tests    issue 13's drafted strict rounds in vLLM (the GPU test, a random head) -       lane 1
+    bench_topk_drafted    bench_topk's strict mode (N = 1, gamma 3) beside the engine and the    draft   lane 0
+                          reference, K 1-20, bfloat16 speed, float32 equality on 500 users
     topk_bringup          bench_topk's four modes, float32, a few Ks and users (a quick check  target  lane 0
                           on the small target)
     examples              vllm serve with the draft: examples/openai_client.py, POST             draft   lane 1
@@ -641,6 +644,24 @@ def job_topk_smoke(ctx: JobContext) -> int:
     return ctx.run(pytest_command(TOPK_TEST_FILES, select=TOPK_SMOKE))
 
 
+def job_topk_drafted_tests(ctx: JobContext) -> int:
+    """Issue 13's first GPU test: drafted strict rounds in vLLM rank items as the reference (a random head)."""
+    return ctx.run(pytest_command(TOPK_TEST_FILES[:1], select="drafted"))
+
+
+def job_bench_topk_drafted(ctx: JobContext) -> int:
+    """Issue 13's bring-up in vLLM on the session's target and its PAD-Rec head: bench_topk's strict mode (N = 1,
+    gamma 3) beside the undrafted engine and the reference; K 1-20; bfloat16 for speed, float32 for equality."""
+    return run_bench_topk(
+        ctx,
+        "topk_drafted",
+        *("--modes", "engine", "strict", "reference", "--draft", str(ctx.settings.draft()), "--gamma", "3"),
+        *("--dtypes", "bfloat16", "float32", "--exact-modes", "reference", "engine", "strict"),
+        *("--ks", "1", "5", "10", "20", "--users", "128", "--users-latency", "30", "--users-equal", "500"),
+        *("--concurrency", "64", "--warmup-calls", "10"),
+    )
+
+
 def job_topk_bringup(ctx: JobContext) -> int:
     """The top-K path inside vLLM beside the reference and vLLM's beam search (issue 12) on the small target:
     bench_topk, float32, a few users and Ks, with a profile of each mode at K = 20."""
@@ -774,6 +795,8 @@ JOBS: dict[str, Job] = {
         Job("topk_tests", job_topk_tests, vllm=True, untimed=True),
         Job("topk_smoke", job_topk_smoke, lane=1, vllm=True, untimed=True),
         Job("topk_bringup", job_topk_bringup, needs=(TARGET,), vllm=True),
+        Job("topk_drafted_tests", job_topk_drafted_tests, lane=1, vllm=True, untimed=True),
+        Job("bench_topk_drafted", job_bench_topk_drafted, needs=(DRAFT,), vllm=True),
         Job("examples", job_examples, needs=(DRAFT,), lane=1, vllm=True),
         Job("serve", job_serve, needs=(TARGET,), lane=1, vllm=True),
         Job("bench_vllm_mask", job_bench_vllm_mask, lane=1, vllm=True),
