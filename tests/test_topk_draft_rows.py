@@ -17,6 +17,7 @@ from test_topk_verify import V, table
 from vllm_padrec.topk.admission import beam_rows
 from vllm_padrec.topk.chains import chain_round
 from vllm_padrec.topk.draft_rows import PAD_TOKEN, DraftRows
+from vllm_padrec.topk.draft_search import draft_search
 from vllm_padrec.topk.strict import strict_round_batched
 from vllm_padrec.topk.verify import Beams, draft_tree, strict_round
 
@@ -32,25 +33,38 @@ def paths(start: Beams, rows: DraftRows, g: int, length: int) -> list[tuple[int,
     ]
 
 
-def run_search(starts, drafts, k: int, n: int, gamma: int, rows_per_user: int):
-    """The row search for every user at once, each row's draft log-probs read after its path: the rows after
-    each level."""
-    G = len(starts)
-    start_scores = torch.full((G, k), float("-inf"))
-    for g, start in enumerate(starts):
-        start_scores[g, : len(start.sequences)] = start.scores
-    rows = DraftRows.start(start_scores, rows_per_user, gamma, max(k, n))
-    levels = []
-    for level in range(gamma):
-        row_logprobs = torch.stack(
+def path_forward(starts, drafts):
+    """``draft_search``'s draft forward for these users: each row's log-probs read after its path."""
+
+    def forward(rows: DraftRows, step) -> torch.Tensor:  # [G, R, V]
+        return torch.stack(
             [
-                torch.stack([draft(p) for p in paths(start, rows, g, level)])
+                torch.stack([draft(p) for p in paths(start, rows, g, rows.level)])
                 for g, (start, draft) in enumerate(zip(starts, drafts))
             ]
-        )  # [G, R, V]
-        rows, _ = rows.step(row_logprobs, n)
-        levels.append(rows)
-    return levels
+        )
+
+    return forward
+
+
+def start_scores_of(starts, k: int) -> torch.Tensor:  # [G, K], -inf past a user's start beams
+    scores = torch.full((len(starts), k), float("-inf"))
+    for g, start in enumerate(starts):
+        scores[g, : len(start.sequences)] = start.scores
+    return scores
+
+
+def run_search(starts, drafts, k: int, n: int, gamma: int, rows_per_user: int):
+    """The row search (``draft_search``) for every user at once: the rows after each level."""
+    seen = []
+    forward = path_forward(starts, drafts)
+
+    def recording(rows, step):
+        seen.append(rows)
+        return forward(rows, step)
+
+    final = draft_search(start_scores_of(starts, k), rows_per_user, gamma, n, recording).rows
+    return seen[1:] + [final]
 
 
 def setup(k: int, dead_start: bool = False):
@@ -101,10 +115,9 @@ def verify_rows(target, starts, final: DraftRows, k: int, gamma: int):
     root, chain, row_live = final.round_rows()
     G, R = root.shape
     row_logprobs = torch.zeros(G, R, gamma + 1, V)
-    start_scores = torch.full((G, k), float("-inf"))
+    start_scores = start_scores_of(starts, k)
     wanted = []
     for g, (start, (_, _, left)) in enumerate(zip(starts, USERS)):
-        start_scores[g, : len(start.sequences)] = start.scores
         full = paths(start, final, g, gamma)
         offset = len(start.sequences[0])
         for r, path in enumerate(full):

@@ -46,7 +46,7 @@ from vllm_padrec.integration.list_settings import ListSettings
 from vllm_padrec.topk import engine as engine_module
 from vllm_padrec.topk.admission import private_blocks_per_beam
 from vllm_padrec.topk.beams import BeamLayout, TopKBeams, beam_req_id
-from vllm_padrec.topk.draft_rows import DraftRows
+from vllm_padrec.topk.draft_search import draft_search
 from vllm_padrec.topk.engine import RoundRows, TopKEngine
 from vllm_padrec.topk.result import decode_items, encode_items
 from vllm_padrec.topk.select import beam_logprobs
@@ -169,17 +169,6 @@ class Speculator:
             assert int(v2.req_states.last_sampled_tokens[slot, 0]) == path[-1]
             assert v2.computed[row_id] == P + m - 1
 
-    def row_logprobs(self, prompt, codes, root, chain, level: int, num_rows: int, vocab: int):
-        """[R, V]: the draft's log-probs after each row's root and ``level`` chain tokens, over the model's
-        vocabulary as the target's; -inf after a path that holds chain padding (no catalog prefix: never read)."""
-        out = torch.full((num_rows, vocab), float("-inf"))
-        paths = {r: codes[int(root[0, r])] + tuple(chain[0, r, :level].tolist()) for r in range(num_rows)}
-        valid = [r for r, path in paths.items() if self.constraint_ok(path)]
-        if valid:
-            logprobs = self.logprobs(prompt, [paths[r] for r in valid])  # [valid, the catalog's V]
-            out[valid, : logprobs.shape[1]] = logprobs
-        return out
-
     def constraint_ok(self, path: tuple[int, ...]) -> bool:
         try:
             self.constraint.state_after([list(path)])
@@ -208,28 +197,22 @@ class Speculator:
             prompt = state.prompt_token_ids
             codes = [tuple(start.codes[0, j, :m].tolist()) for j in range(state.k)]
             self.check_beam_rows(req_id, state, start, m)
-            rows = DraftRows.start(start.scores, state.rows, GAMMA, max(state.k, DRAFT_BEAMS))
-            for level in range(GAMMA):
+            vocab = self.v2.model.config.vocab_size
+
+            def forward(rows, step, prompt=prompt, codes=codes, vocab=vocab, num_rows=state.rows):  # [1, R, V]
                 held = sorted({int(r) for r in rows.beam_row[0].tolist() if r >= 0})  # only these are read
-                paths = [codes[int(rows.root[0, r])] + tuple(rows.chain[0, r, :level].tolist()) for r in held]
-                held_logprobs = self.logprobs(prompt, paths)  # [held, V]
-                row_logprobs = torch.zeros(1, state.rows, held_logprobs.shape[1])
-                row_logprobs[0, held] = held_logprobs
-                rows, _ = rows.step(row_logprobs, DRAFT_BEAMS)
+                paths = [codes[int(rows.root[0, r])] + tuple(rows.chain[0, r, : rows.level].tolist()) for r in held]
+                held_logprobs = self.logprobs(prompt, paths)  # [held, the catalog's V]
+                row_logprobs = torch.full((1, num_rows, vocab), float("-inf"))
+                row_logprobs[0, held, : held_logprobs.shape[1]] = held_logprobs
+                return row_logprobs
+
+            search = draft_search(start.scores, state.rows, GAMMA, DRAFT_BEAMS, forward, keep_logprobs=state.relaxed)
+            rows = search.rows
             root, chain, row_live = rows.round_rows()
             self.make_extra_rows_stale(req_id, state)
-            draft_logprobs = depth = None
-            if state.relaxed:  # the draft's log-probs of every row and level, after the rows' final paths
-                draft_logprobs = torch.stack(
-                    [
-                        self.row_logprobs(
-                            prompt, codes, root, chain, i, state.rows, vocab=self.v2.model.config.vocab_size
-                        )
-                        for i in range(GAMMA)
-                    ],
-                    1,
-                )[None]  # [1, R, gamma, V]
-                depth = rows.depth
+            # relaxed: the draft's log-probs of every row and level, kept by the search
+            draft_logprobs, depth = (search.logprobs, rows.depth) if state.relaxed else (None, None)
             self.engine.stage_round(req_id, RoundRows(root, chain, row_live, draft_logprobs, depth))
             for r in range(state.rows):
                 self.v2.drafts[self.v2.slots[beam_req_id(req_id, r)]] = chain[0, r]
