@@ -81,6 +81,7 @@ from pathlib import Path
 
 from vllm_padrec.catalog import ItemCatalog
 from vllm_padrec.target.evaluate import recall_ndcg
+from vllm_padrec.testing.atspeed_goals import atspeed_goals, draft_text
 from vllm_padrec.testing.bench_driver import (
     add_run_options,
     cell,
@@ -521,6 +522,7 @@ def markdown(payload: dict) -> str:
         "",
         *([f"Note: {payload['note']}", ""] if payload.get("note") else []),
         *goals_markdown(topk_goals(payload["records"], payload["concurrency"])),
+        *drafted_goals_markdown(payload["records"]),
         "## Records",
         "",
         "| mode | dtype | K | batch_size | users | p50 ms | p99 ms | users/s | Recall@K | NDCG@K | invalid items "
@@ -549,11 +551,15 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def drafted_goals_markdown(records: list[dict]) -> list[str]:
+    """Issue 13's goals, where the run has drafted records."""
+    goals = atspeed_goals(records)
+    return goals_markdown(goals, issue=13) if goals else []
+
+
 def drafts_cell(record: dict) -> str:
     """A drafted record's N, gamma and objective; ``-`` for the undrafted modes."""
-    if record.get("draft_beams") is None:
-        return "-"
-    return f"N = {record['draft_beams']}, γ = {record['gamma']}, {record['objective']}"
+    return "-" if record.get("draft_beams") is None else draft_text(record)
 
 
 def plot(plt, payload: dict):

@@ -101,13 +101,16 @@ def throughput_goal(records: list[dict], concurrency: int) -> dict:
     return verdict(goal, ratio >= THROUGHPUT_VS_BASELINE, text)
 
 
-def equality_goal(records: list[dict]) -> dict:
-    """Every float32 engine record compared with the reference: all its users equal, on at least EQUAL_USERS users.
-    Users whose items differ but whose scores match the reference's rank by rank (tied items in another order)
-    are named, and still count as a miss."""
-    goal = f"float32: every user's K items and order equal the reference's, on at least {EQUAL_USERS} users, every K"
+def equality_goal(records: list[dict], mode: str = ENGINE) -> dict:
+    """Every float32 record of ``mode`` compared with the reference: all its users equal, on at least EQUAL_USERS
+    users. Users whose items differ but whose scores match the reference's rank by rank (tied items in another
+    order) are named, and still count as a miss."""
+    who = "" if mode == ENGINE else f", {mode}"
+    goal = (
+        f"float32{who}: every user's K items and order equal the reference's, on at least {EQUAL_USERS} users, every K"
+    )
     compared = [
-        r for r in records if r["mode"] == ENGINE and r["dtype"] == EXACT_DTYPE and r.get("users_compared") is not None
+        r for r in records if r["mode"] == mode and r["dtype"] == EXACT_DTYPE and r.get("users_compared") is not None
     ]
     if not compared:
         return verdict(goal, None, "not measured")
@@ -167,9 +170,9 @@ def topk_goals(records: list[dict], concurrency: int) -> list[dict]:
     ]
 
 
-def goals_markdown(goals: list[dict]) -> list[str]:
+def goals_markdown(goals: list[dict], issue: int = 12) -> list[str]:
     """The goals as Markdown lines: a table of goal, verdict and what was measured."""
     mark = {True: "met", False: "**missed**", None: "not measured"}
-    lines = ["## Goals (issue 12)", "", "| goal | verdict | measured |", "|---|---|---|"]
+    lines = [f"## Goals (issue {issue})", "", "| goal | verdict | measured |", "|---|---|---|"]
     lines += [f"| {g['goal']} | {mark[g['met']]} | {g['measured']} |" for g in goals]
     return [*lines, ""]

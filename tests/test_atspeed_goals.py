@@ -1,0 +1,74 @@
+"""testing/atspeed_goals.py: issue 13's goals read from bench_topk records (strict and relaxed against the
+undrafted engine and vLLM's beam search): met, missed by how much, or not measured."""
+
+from __future__ import annotations
+
+from test_topk_goals import record, run_records
+
+from benchmarks import bench_topk
+from vllm_padrec.testing.atspeed_goals import atspeed_goals, drafted_label
+
+DRAFT = {"draft_beams": 40, "gamma": 3, "objective": "atspeed_s"}
+
+
+def drafted_records(strict_ms=12.0, relaxed_ms=None, equal=500) -> list[dict]:
+    """Issue 12's run shape (engine 22.75 ms, vLLM's beam search 66.43 ms at K = 20) with a strict mode."""
+    records = run_records()
+    records[0]["target_forwards_per_request"] = 4.0
+    records.append(record("strict", "bfloat16", 20, 1, strict_ms, target_forwards_per_request=2.0, **DRAFT))
+    records.append(record("strict", "float32", 20, 64, 300.0, 200.0, equal_to_reference=equal, users_compared=500))
+    if relaxed_ms is not None:
+        relaxed = {**DRAFT, "objective": "atspeed_r", "recall_at_k": 0.039, "ndcg_at_k": 0.0188}
+        records.append(record("relaxed", "bfloat16", 20, 1, relaxed_ms, **relaxed))
+        records[0] |= {"recall_at_k": 0.0405, "ndcg_at_k": 0.0197}
+    return records
+
+
+def test_strict_goals_are_met_or_missed_with_by_how_much():
+    speedup, equality, below = atspeed_goals(drafted_records())
+    assert speedup["met"] is True  # 22.75 / 12 = 1.90x
+    assert speedup["measured"] == (
+        "1.90x (strict (N = 40, γ = 3, atspeed_s): 12 against 22.75 ms); target forwards per request 2 against 4"
+    )
+    assert equality["met"] is True and equality["goal"].startswith("float32, strict: every user's")
+    assert below["met"] is False and below["measured"].startswith("5.54x (12 against 66.43 ms)")
+    slow, unequal, _ = atspeed_goals(drafted_records(strict_ms=20.0, equal=499))
+    assert slow["met"] is False and slow["measured"].startswith("1.14x")
+    assert unequal["met"] is False and unequal["measured"] == "K = 20: 499 / 500"
+    _, _, fast = atspeed_goals(drafted_records(strict_ms=6.0))
+    assert fast["met"] is True  # 66.43 / 6 = 11.1x
+
+
+def test_relaxed_goals_report_the_quality_change():
+    goals = atspeed_goals(drafted_records(relaxed_ms=10.0))
+    assert [g["goal"].split(":")[1].split(" p50")[0].strip() for g in goals if g["goal"].startswith("K = 20")] == [
+        "strict",
+        "strict",
+        "relaxed",
+        "relaxed",
+    ]
+    relaxed_speedup = goals[3]
+    assert relaxed_speedup["met"] is True  # 22.75 / 10 = 2.28x
+    assert relaxed_speedup["measured"].endswith("; Recall@20 0.039 against 0.0405, NDCG@20 0.0188 against 0.0197")
+
+
+def test_no_drafted_record_no_goal_and_a_missing_record_is_not_measured():
+    assert atspeed_goals(run_records()) == []
+    only_strict = [r for r in drafted_records() if r["mode"] == "strict"]
+    assert [g["met"] for g in atspeed_goals(only_strict)] == [None, True, None]
+    assert drafted_label(drafted_records()[-2]) == "strict (N = 40, γ = 3, atspeed_s)"
+
+
+def test_the_results_markdown_has_issue_13s_goals_after_issue_12s_when_drafted():
+    run = {"target": "/t", "dataset": "d", "device": "cpu", "date": "today", "concurrency": 64, "errors": {}}
+
+    engine = bench_topk.pass_record("engine", "bfloat16", 20, 1, [0.02], [[1]], [[1]])
+    strict = bench_topk.pass_record("strict", "bfloat16", 20, 1, [0.01], [[1]], [[1]]) | DRAFT
+    plain = bench_topk.markdown({**run, "records": [engine]})
+    drafted = bench_topk.markdown({**run, "records": [engine, strict]})
+    assert "## Goals (issue 13)" not in plain
+    assert drafted.index("## Goals (issue 12)") < drafted.index("## Goals (issue 13)") < drafted.index("## Records")
+    assert (
+        "| K = 20, one request at a time: strict p50 at least 1.6x faster than the undrafted engine | met | 2.00x"
+        in (drafted)
+    )
