@@ -12,7 +12,7 @@ import torch
 from test_topk_draft_rows import path_forward, paths, setup, start_scores_of
 
 from vllm_padrec.topk.admission import beam_rows
-from vllm_padrec.topk.draft_search import draft_search, holds_beam
+from vllm_padrec.topk.draft_search import DraftSearcher, draft_search, holds_beam
 
 
 @pytest.mark.parametrize("k, n, gamma", [(1, 1, 1), (2, 4, 2), (3, 3, 3), (4, 7, 3), (5, 2, 4)])
@@ -74,3 +74,19 @@ def test_the_forward_sees_no_step_at_level_0_then_each_levels_sources_and_tokens
     assert any(
         not torch.equal(step.source, torch.arange(step.source.shape[1]).expand_as(step.source)) for _, step in seen[1:]
     )
+
+
+def test_a_searcher_driven_step_by_step_is_the_search_and_refuses_steps_out_of_order():
+    """V2's draft loop drives the forwards itself: the speculator advances a ``DraftSearcher`` after each."""
+    _, starts, drafts = setup(3)
+    forward = path_forward(starts, drafts)
+    searcher = DraftSearcher(start_scores_of(starts, 3), beam_rows(3, 3, 2), 2, 3, keep_logprobs=True)
+    with pytest.raises(ValueError, match="done 0 of its 2 levels"):
+        searcher.result()
+    while not searcher.done:
+        searcher.advance(forward(searcher.rows, searcher.step))
+    with pytest.raises(ValueError, match="has done its gamma levels"):
+        searcher.advance(forward(searcher.rows, searcher.step))
+    want = draft_search(start_scores_of(starts, 3), beam_rows(3, 3, 2), 2, 3, forward, keep_logprobs=True)
+    got = searcher.result()
+    assert torch.equal(got.rows.chain, want.rows.chain) and torch.equal(got.logprobs, want.logprobs)

@@ -41,6 +41,55 @@ class DraftSearch:
     logprobs: Tensor | None  # [G, R, gamma, V] float32: after each row's root and its chain's first i tokens
 
 
+class DraftSearcher:
+    """The search's state between draft forwards, for a caller that drives the forwards itself (V2's draft loop
+    runs them; the speculator advances the search after each). ``draft_search`` drives it with a forward."""
+
+    def __init__(
+        self,
+        start_scores: Tensor,  # [G, K] float32: the start beams' cumulative target scores, best first; -inf: none
+        num_rows: int,  # R: rows per user (``admission.beam_rows``)
+        gamma: int,  # draft levels
+        draft_beams: int,  # N: the draft's beams per level
+        keep_logprobs: bool = False,  # keep every level's log-probs (relaxed verification)
+    ) -> None:
+        K = start_scores.shape[1]
+        self.rows = DraftRows.start(start_scores, num_rows, gamma, max(K, draft_beams))
+        self.step: DraftStep | None = None  # what changed before the next forward; None before level 0's
+        self.draft_beams, self.keep_logprobs = draft_beams, keep_logprobs
+        self.history: Tensor | None = None  # [G, R, gamma, V]
+
+    @property
+    def done(self) -> bool:
+        return self.rows.level >= self.rows.chain.shape[2]
+
+    def advance(self, logprobs: Tensor) -> DraftStep:
+        """One level from the draft's log-probs after each row's path (``[G, R, V]``, the forward of this level):
+        the new beams on the rows, and what the next forward must change (``DraftStep``)."""
+        if self.done:
+            raise ValueError("the search has done its gamma levels")
+        if self.keep_logprobs:
+            if self.history is None:
+                G, R, V = logprobs.shape
+                gamma = self.rows.chain.shape[2]
+                self.history = torch.full((G, R, gamma, V), NEG_INF, device=logprobs.device)
+            else:
+                self.history = follow(self.history, self.step.source)
+            self.history[:, :, self.rows.level] = torch.where(holds_beam(self.rows)[:, :, None], logprobs, NEG_INF)
+        self.rows, self.step = self.rows.step(logprobs, self.draft_beams)
+        return self.step
+
+    def result(self) -> DraftSearch:
+        """The rows after the last level, with the kept log-probs (rows made at the last level take their
+        parents')."""
+        if not self.done:
+            raise ValueError(f"the search has done {self.rows.level} of its {self.rows.chain.shape[2]} levels")
+        history = self.history
+        if history is not None and self.step is not None:
+            history = follow(history, self.step.source)
+        return DraftSearch(self.rows, history)
+
+
 def draft_search(
     start_scores: Tensor,  # [G, K] float32: the start beams' cumulative target scores, best first; -inf: none
     num_rows: int,  # R: rows per user (``admission.beam_rows``)
@@ -49,24 +98,11 @@ def draft_search(
     forward: DraftForward,
     keep_logprobs: bool = False,  # keep every level's log-probs (relaxed verification)
 ) -> DraftSearch:
-    """The draft's beam search of one round for G users at once (module docstring)."""
-    K = start_scores.shape[1]
-    rows = DraftRows.start(start_scores, num_rows, gamma, max(K, draft_beams))
-    step: DraftStep | None = None
-    history: Tensor | None = None  # [G, R, gamma, V]
-    for level in range(gamma):
-        logprobs = forward(rows, step)  # [G, R, V]
-        if keep_logprobs:
-            if history is None:
-                G, R, V = logprobs.shape
-                history = torch.full((G, R, gamma, V), NEG_INF, device=logprobs.device)
-            else:
-                history = follow(history, step.source)
-            history[:, :, level] = torch.where(holds_beam(rows)[:, :, None], logprobs, NEG_INF)
-        rows, step = rows.step(logprobs, draft_beams)
-    if history is not None and step is not None:
-        history = follow(history, step.source)  # rows made at the last level take their parents' log-probs
-    return DraftSearch(rows, history)
+    """The draft's beam search of one round for G users at once, ``forward`` run once per level."""
+    searcher = DraftSearcher(start_scores, num_rows, gamma, draft_beams, keep_logprobs)
+    while not searcher.done:
+        searcher.advance(forward(searcher.rows, searcher.step))
+    return searcher.result()
 
 
 def holds_beam(rows: DraftRows) -> Tensor:
