@@ -292,6 +292,36 @@ def test_vllms_eagle_draft_is_re_classed_to_mask_like_ours():
     assert type(with_list_masks(ours)) is EaglePadRecForCausalLM
 
 
+def test_a_draft_keeps_its_masked_log_probs_as_the_beam_step_rule_reads_them():
+    """Drafted top-K rounds read each row's draft log-probs between draft steps: log-softmax over the whole
+    vocabulary, then the catalog mask (``select.beam_logprobs``), written into the kept buffer."""
+    from torch import nn
+    from vllm.model_executor.models.llama_eagle import EagleLlamaForCausalLM
+
+    from vllm_padrec.integration.draft_masks import with_list_masks
+    from vllm_padrec.topk.select import beam_logprobs
+
+    draft = EagleLlamaForCausalLM.__new__(EagleLlamaForCausalLM)
+    nn.Module.__init__(draft)
+    draft.lm_head = nn.Linear(4, 6, bias=False)
+    draft.logits_processor = lambda lm_head, hidden: lm_head(hidden)
+    with_list_masks(draft)
+    draft.attach_speculator(torch.tensor(0), torch.tensor([1, 0, 2], dtype=torch.int32), torch.zeros(3, 3).long())
+    draft.attach_lists(_DraftLists())  # refuses token 0
+    kept = torch.full((3, 6), 7.0)  # max_num_reqs rows; this step has 2
+    draft.keep_draft_logprobs(kept)
+    hidden = torch.randn(2, 4)
+    raw = draft.lm_head(hidden)
+    draft.compute_logits(hidden)
+    allowed = torch.ones(2, 6, dtype=torch.bool)
+    allowed[:, 0] = False
+    assert torch.allclose(kept[:2], beam_logprobs(raw, allowed)) and torch.isneginf(kept[:2, 0]).all()
+    assert (kept[2] == 7.0).all()  # rows past the batch untouched
+    draft.keep_draft_logprobs(None)
+    draft.compute_logits(torch.randn(2, 4))  # keeps nothing: the buffer still holds the first step's
+    assert torch.allclose(kept[:2], beam_logprobs(raw, allowed))
+
+
 def test_speculator_hands_the_draft_its_masks():
     """set_attn passes the state's lists on, unless drafts are not masked (mask_drafts off, local argmax)."""
     from vllm_padrec.integration.speculator import PadRecSpeculator

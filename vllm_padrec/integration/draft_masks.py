@@ -28,6 +28,9 @@ class DraftListMasks:
     idx_mapping: torch.Tensor | None = None  # [max_num_reqs] int32: batch row -> request slot
     draft_tokens: torch.Tensor | None = None  # [max_num_reqs, K] int64: this round's drafts so far
     lists = None  # request_lists.RequestLists masking the drafts, or None (unmasked)
+    # [max_num_reqs, V] float32: each batch row's masked full-vocabulary log-probs of the last draft step, kept
+    # for drafted top-K rounds (``keep_draft_logprobs``; the draft's beam search reads them between steps)
+    draft_logprobs: torch.Tensor | None = None
 
     def attach_speculator(
         self, draft_step: torch.Tensor, idx_mapping: torch.Tensor, draft_tokens: torch.Tensor | None = None
@@ -46,14 +49,24 @@ class DraftListMasks:
             raise RuntimeError("attach_lists needs the speculator's draft tokens: call attach_speculator first")
         self.lists = lists
 
+    def keep_draft_logprobs(self, buffer: torch.Tensor | None) -> None:
+        """Write every draft step's masked log-probs into ``buffer`` ([max_num_reqs, V] float32, persistent:
+        graphs captured after this call replay the writes); None: keep none."""
+        self.draft_logprobs = buffer
+
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:  # [B, H] -> [B, V]
         """The draft class's own logits, masked by each request's list constraint: row b is request slot
-        ``idx_mapping[b]``, whose drafts so far this round are ``draft_tokens[b, :draft_step]``. Runs inside
+        ``idx_mapping[b]``, whose drafts so far this round are ``draft_tokens[b, :draft_step]``. With a
+        ``keep_draft_logprobs`` buffer, also each row's log-probs as the beam step rule reads them
+        (``topk.select.beam_logprobs``: log-softmax over the whole vocabulary, then the mask). Runs inside
         CUDA graphs: persistent tensors only."""
         logits = super().compute_logits(hidden_states)  # [B, V]
+        rows = logits.shape[0]
+        lse = None if self.draft_logprobs is None else torch.logsumexp(logits.float(), -1, keepdim=True)  # [B, 1]
         if self.lists is not None:
-            rows = logits.shape[0]
             self.lists.mask_draft_logits(logits, self.idx_mapping[:rows], self.draft_tokens[:rows], self.draft_step)
+        if lse is not None:
+            self.draft_logprobs[:rows].copy_(logits.float() - lse)
         return logits
 
 
