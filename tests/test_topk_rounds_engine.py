@@ -176,6 +176,20 @@ class Speculator:
             return False
         return True
 
+    def check_row_copies(self, req_id: str, state, r: int, root: int, m: int) -> None:
+        """Row r holds start beam ``root``'s path as V2 reads it: its token history, the code it feeds, and the
+        KV of the path's fed codes (positions from R's partial prompt block to P + m - 2), as row ``root`` does."""
+        P, v2 = state.prompt_len, self.v2
+        row, source = beam_req_id(req_id, r), beam_req_id(req_id, root)
+        slot, src = v2.slots[row], v2.slots[source]
+        history = v2.req_states.all_token_ids.gpu
+        assert torch.equal(history[slot, P : P + m], history[src, P : P + m]), (row, "history")
+        assert int(v2.req_states.last_sampled_tokens[slot, 0]) == int(v2.req_states.last_sampled_tokens[src, 0])
+        for position in range((P // BS) * BS, P + m - 1):
+            here, there = v2.tables[row], v2.tables[source]
+            kv = v2.kv[here[position // BS], 0, position % BS], v2.kv[there[position // BS], 0, position % BS]
+            assert torch.equal(*kv), (row, position)
+
     def make_extra_rows_stale(self, req_id: str, state) -> None:
         """Overwrite the extra rows' (r >= K) token history, last code and private KV past the prompt with
         ``<pad>``: whatever a row held before, ``stage_round`` must give it its root beam's."""
@@ -199,18 +213,23 @@ class Speculator:
             self.check_beam_rows(req_id, state, start, m)
             vocab = self.v2.model.config.vocab_size
 
-            def forward(rows, step, prompt=prompt, codes=codes, vocab=vocab, num_rows=state.rows):  # [1, R, V]
+            self.make_extra_rows_stale(req_id, state)  # rows >= K hold another round's paths
+
+            def forward(rows, step, req_id=req_id, state=state, prompt=prompt, codes=codes, vocab=vocab, m=m):
                 held = sorted({int(r) for r in rows.beam_row[0].tolist() if r >= 0})  # only these are read
+                if step is not None:  # the speculator moves each new row's history, last code and KV to it
+                    self.engine.copy_rows(req_id, step.source[0])
+                for r in held:  # what the draft's masks and attention read: the row's root beam's
+                    self.check_row_copies(req_id, state, r, int(rows.root[0, r]), m)
                 paths = [codes[int(rows.root[0, r])] + tuple(rows.chain[0, r, : rows.level].tolist()) for r in held]
                 held_logprobs = self.logprobs(prompt, paths)  # [held, the catalog's V]
-                row_logprobs = torch.full((1, num_rows, vocab), float("-inf"))
+                row_logprobs = torch.full((1, state.rows, vocab), float("-inf"))
                 row_logprobs[0, held, : held_logprobs.shape[1]] = held_logprobs
                 return row_logprobs
 
             search = draft_search(start.scores, state.rows, GAMMA, DRAFT_BEAMS, forward, keep_logprobs=state.relaxed)
             rows = search.rows
             root, chain, row_live = rows.round_rows()
-            self.make_extra_rows_stale(req_id, state)
             # relaxed: the draft's log-probs of every row and level, kept by the search
             draft_logprobs, depth = (search.logprobs, rows.depth) if state.relaxed else (None, None)
             self.engine.stage_round(req_id, RoundRows(root, chain, row_live, draft_logprobs, depth))

@@ -484,16 +484,24 @@ class TopKEngine:
             raise ValueError(
                 f"top-K request {req_id!r} verifies by the relaxed rule: its rows need the draft's log-probs"
             )
-        beams = self.round_beams[req_id]
         self.round_rows[req_id] = rows
         K, R = state.k, state.rows
         if R == K:
             return
+        rank = torch.arange(R, device=self.device)
+        self.copy_rows(req_id, torch.where(rank < K, rank, rows.root[0]))  # [R]
+
+    def copy_rows(self, req_id: str, source: Tensor) -> None:
+        """Give each row of drafted request ``req_id`` the token history, last code and private KV of row
+        ``source[r]`` ([R] long; itself where nothing moves): before a round, an extra row takes its root
+        beam's (``stage_round``); during the draft's search, a new row its parent row's (``DraftStep.source``),
+        so that the draft's masks and attention read its path. Gather, then scatter: sources may be rows that
+        change too."""
+        state = self.beams.states[req_id]
+        R = state.rows
         index = self.req_states.req_id_to_index
         (slots,) = long_tensors([index[b] for b in beam_req_ids(req_id, R)], device=self.device)  # [R]
-        rank = torch.arange(R, device=self.device)
-        source = torch.where(rank < K, rank, rows.root[0])  # [R]
-        history_end = (state.prompt_len + beams.steps_done).expand(R)
+        history_end = (state.prompt_len + self.round_beams[req_id].steps_done).expand(R)
         columns = (state.prompt_len, state.prompt_len + state.item_length)
         copy_token_histories(self.req_states.all_token_ids.gpu, slots, slots[source], history_end, columns)
         last = self.req_states.last_sampled_tokens
