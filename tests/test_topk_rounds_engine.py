@@ -5,10 +5,13 @@ feeds its last sampled token and its drafts, writes their KV through its block t
 after each (V2's layout: ``cu_num_logits``, ``expanded_idx_mapping``, ``expanded_local_pos``, the fed tokens
 at ``logits_indices``); a stand-in rejection sampler keeps one token a row (the hook owns the drafted rows);
 ``post_update`` appends ``num_sampled`` tokens and advances the computed tokens by the query less
-``num_rejected``. After each step a stand-in speculator runs the draft's beam search on each drafted
-request's rows (``DraftRows``, the draft's log-probs read after each row's path with the catalog mask),
-hands the rows to ``TopKEngine.stage_round`` and writes each row's chain as its drafts; before that it makes
-the extra rows' history, last code and KV stale (``<pad>``), as a later round finds them.
+``num_rejected``. After each step a stand-in of V2's draft loop runs over the step's batch: per batch row the
+speculator's feature, next token and drafts, and one forward per level that reads each row's path from them
+and from the row's runner state (the draft's log-probs with the catalog mask), checking that each row holding
+a beam feeds its last draft, carries the feature of its path and holds its root beam's history, last code and
+KV. Between forwards the plugin's ``RoundSearch`` (``integration/topk_draft_search.py``) advances the search
+and moves the rows; at the end it writes each row's chain as its drafts and stages the round. Before the
+search the extra rows' history, last code and KV are made stale (``<pad>``), as a later round finds them.
 
 Everything else is the plugin's: the ``TopKBeams`` rewrite (rows, drafts, bounds), the model-state hooks
 with the real ``RequestLists`` masks, ``TopKEngine`` (the plain steps 0 and 1, then rounds:
@@ -43,10 +46,10 @@ from vllm_padrec.catalog import TokenLayout
 from vllm_padrec.constraint import ListConstraint
 from vllm_padrec.errors import PadRecError
 from vllm_padrec.integration.list_settings import ListSettings
+from vllm_padrec.integration.topk_draft_search import RoundSearch
 from vllm_padrec.topk import engine as engine_module
 from vllm_padrec.topk.admission import private_blocks_per_beam
 from vllm_padrec.topk.beams import BeamLayout, TopKBeams, beam_req_id
-from vllm_padrec.topk.draft_search import draft_search
 from vllm_padrec.topk.engine import RoundRows, TopKEngine
 from vllm_padrec.topk.result import decode_items, encode_items
 from vllm_padrec.topk.select import beam_logprobs
@@ -91,6 +94,7 @@ class RoundsV2(FakeV2):
 
         req_ids = list(out.num_scheduled_tokens)
         req_ids = [req_ids[i] for i in torch.randperm(len(req_ids), generator=self.generator).tolist()]
+        self.batch_req_ids = req_ids  # V2's input_batch.req_ids: what the speculator's rows are
         logits, fed_all, counts, logits_indices, local = [], [], [], [], []
         for req_id in req_ids:
             drafts = len(out.scheduled_spec_decode_tokens.get(req_id, ()))
@@ -203,38 +207,62 @@ class Speculator:
                 v2.kv[table[p // BS], 0, p % BS] = float(TokenLayout.PAD)
 
     def propose(self) -> None:
-        for req_id, start in self.engine.round_beams.items():
-            state = self.beams.states[req_id]
-            m = int(start.steps_done[0])
-            if state.ended or m >= state.item_length:
-                continue
-            prompt = state.prompt_token_ids
-            codes = [tuple(start.codes[0, j, :m].tolist()) for j in range(state.k)]
-            self.check_beam_rows(req_id, state, start, m)
-            vocab = self.v2.model.config.vocab_size
+        """V2's draft loop in little over the step's batch: per batch row, the speculator's feature, next token
+        and drafts (``hidden``, ``input_ids``, ``draft_tokens``), and a forward per level that reads each row's
+        path from them and from its runner state; the plugin's ``RoundSearch`` advances and moves the rows
+        between forwards and stages the round."""
+        v2, engine = self.v2, self.engine
+        batch = v2.batch_req_ids  # the last step's batch, in its order
+        searches = RoundSearch.build(engine, batch, torch.device("cpu"))
+        if not searches:
+            return
+        for search in searches:
+            for req_id in search.req_ids:  # rows >= K hold another round's paths; rows < K the start beams
+                state, start = self.beams.states[req_id], engine.round_beams[req_id]
+                self.check_beam_rows(req_id, state, start, int(start.steps_done[0]))
+                self.make_extra_rows_stale(req_id, state)
+        speculator = SimpleNamespace(
+            hidden_states=torch.full((len(batch), 1), float("nan")),
+            input_buffers=SimpleNamespace(input_ids=torch.zeros(len(batch), dtype=torch.int32)),
+            draft_tokens=torch.zeros(len(batch), GAMMA, dtype=torch.long),
+        )
+        vocab = v2.model.config.vocab_size
+        for level in range(GAMMA):
+            kept = torch.full((len(batch), vocab), float("nan"))  # the draft's kept log-probs, per batch row
+            for search in searches:
+                rows = search.searcher.rows  # the rows read after this forward: those holding a beam
+                for g, req_id in enumerate(search.req_ids):
+                    m = int(engine.round_beams[req_id].steps_done[0])
+                    for r in sorted({int(r) for r in rows.beam_row[g].tolist() if r >= 0}):
+                        self.check_row_copies(req_id, self.beams.states[req_id], r, int(rows.root[g, r]), m)
+                        b = int(search.batch_rows[g, r])
+                        kept[b] = self.row_forward(req_id, b, level, speculator, vocab)
+                search.after_forward(engine, speculator, kept)
+        for search in searches:
+            search.finish(engine, speculator.draft_tokens)
+            for b in search.batch_rows.reshape(-1).tolist():  # V2 copies propose's drafts to the rows' slots
+                v2.drafts[v2.slots[batch[b]]] = speculator.draft_tokens[b]
 
-            self.make_extra_rows_stale(req_id, state)  # rows >= K hold another round's paths
-
-            def forward(rows, step, req_id=req_id, state=state, prompt=prompt, codes=codes, vocab=vocab, m=m):
-                held = sorted({int(r) for r in rows.beam_row[0].tolist() if r >= 0})  # only these are read
-                if step is not None:  # the speculator moves each new row's history, last code and KV to it
-                    self.engine.copy_rows(req_id, step.source[0])
-                for r in held:  # what the draft's masks and attention read: the row's root beam's
-                    self.check_row_copies(req_id, state, r, int(rows.root[0, r]), m)
-                paths = [codes[int(rows.root[0, r])] + tuple(rows.chain[0, r, : rows.level].tolist()) for r in held]
-                held_logprobs = self.logprobs(prompt, paths)  # [held, the catalog's V]
-                row_logprobs = torch.full((1, state.rows, vocab), float("-inf"))
-                row_logprobs[0, held, : held_logprobs.shape[1]] = held_logprobs
-                return row_logprobs
-
-            search = draft_search(start.scores, state.rows, GAMMA, DRAFT_BEAMS, forward, keep_logprobs=state.relaxed)
-            rows = search.rows
-            root, chain, row_live = rows.round_rows()
-            # relaxed: the draft's log-probs of every row and level, kept by the search
-            draft_logprobs, depth = (search.logprobs, rows.depth) if state.relaxed else (None, None)
-            self.engine.stage_round(req_id, RoundRows(root, chain, row_live, draft_logprobs, depth))
-            for r in range(state.rows):
-                self.v2.drafts[self.v2.slots[beam_req_id(req_id, r)]] = chain[0, r]
+    def row_forward(self, req_id: str, b: int, level: int, speculator, vocab: int) -> torch.Tensor:  # [V]
+        """The draft forward of batch row b at ``level``: its path is its runner history (the root beam's codes,
+        which ``copy_rows`` gave it) then its drafts so far; from level 1 on it must feed its last draft and carry
+        the feature the forward before it left after the path one token shorter."""
+        state, v2 = self.beams.states[req_id], self.v2
+        slot, P = v2.slots[v2.batch_req_ids[b]], state.prompt_len
+        m = int(self.engine.round_beams[req_id].steps_done[0])
+        path = tuple(v2.req_states.all_token_ids.gpu[slot, P : P + m].tolist())
+        drafts = tuple(speculator.draft_tokens[b, :level].tolist())
+        if level > 0:
+            assert int(speculator.input_buffers.input_ids[b]) == drafts[-1], (b, level, "input token")
+            assert speculator.hidden_states[b, 0] == float(hash(path + drafts[:-1]) % 1000003), (b, level, "feature")
+        speculator.hidden_states[b, 0] = float(hash(path + drafts) % 1000003)  # this forward's output feature
+        logprobs = torch.full((vocab,), float("-inf"))
+        row = self.logprobs(state.prompt_token_ids, [path + drafts])[0]
+        logprobs[: row.shape[0]] = row
+        speculator.input_buffers.input_ids[b] = int(logprobs.argmax())  # V2's greedy pick: the search overwrites it
+        if level < GAMMA:
+            speculator.draft_tokens[b, level] = int(logprobs.argmax())
+        return logprobs
 
 
 class GreedyChains(Speculator):

@@ -10,15 +10,28 @@ new beams on the rows (``DraftStep``): each row then continues from its ``source
 ``token``, and carries its chain as its drafts. ``move_draft_rows`` writes exactly that; the runner-side state
 of the rows (token history, last code, private KV) moves with ``TopKEngine.copy_rows``.
 
-Not built yet: the ``PadRecSpeculator`` override that runs the searcher between V2's draft forwards (it needs
-a GPU to check; ATSPEED.md, section 4, says where it hooks in).
+``RoundSearch`` ties them to one ``propose``: the drafted requests of the batch whose rows draft a round with
+N > 1 draft beams, grouped by their shape (K, R), each group one ``DraftSearcher``. After each draft forward
+(``after_forward``) it reads the forward's masked log-probs of the groups' rows (kept by the draft model:
+``DraftListMasks.keep_draft_logprobs``), advances the search, and moves the rows for the next forward; at the
+end (``finish``) it writes each row's chain as its drafts and stages the round (``TopKEngine.stage_round``).
+Where it hooks into V2's loop is ``PadRecSpeculator``'s business (not built yet: it needs a GPU to check;
+ATSPEED.md, section 4).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
 from torch import Tensor
 
+from vllm_padrec.topk.beams import beam_req_ids
 from vllm_padrec.topk.draft_rows import DraftRows, DraftStep
+from vllm_padrec.topk.draft_search import DraftSearcher
+from vllm_padrec.topk.engine import RoundRows, TopKEngine
 
 
 def move_draft_rows(
@@ -37,3 +50,70 @@ def move_draft_rows(
     hidden_states[dst] = hidden_states[src]  # advanced indexing reads a copy before the write
     input_ids[dst] = step.token.reshape(-1).to(input_ids.dtype)
     draft_tokens[dst, :level] = rows.chain[:, :, :level].reshape(G * R, level).to(draft_tokens.dtype)
+
+
+@dataclass
+class RoundSearch:
+    """One group of drafted requests (the same K and rows) drafting a round in one ``propose``."""
+
+    req_ids: list[str]  # the group's requests, in their order of the search's G axis
+    batch_rows: Tensor  # [G, R] long: each row's index in this step's batch
+    searcher: DraftSearcher
+
+    @classmethod
+    def build(cls, engine: TopKEngine, batch_req_ids: Sequence[str], device: torch.device) -> list[RoundSearch]:
+        """The searches of this batch: every drafted request with N > 1 draft beams that has round beams, has
+        not ended and has all its rows in the batch (``batch_req_ids``: V2's ``input_batch.req_ids``)."""
+        beams = engine.beams
+        if beams is None or beams.layout.draft_beams <= 1:
+            return []
+        position = {req_id: b for b, req_id in enumerate(batch_req_ids)}
+        groups: dict[tuple[int, int, int], list[str]] = {}
+        for req_id, state in beams.states.items():
+            if state.ended or req_id not in engine.round_beams:
+                continue
+            rows = beam_req_ids(req_id, state.rows)
+            if all(r in position for r in rows):
+                groups.setdefault((state.k, state.rows, state.gamma), []).append(req_id)
+        searches = []
+        for (_, num_rows, gamma), req_ids in groups.items():
+            batch_rows = torch.tensor(
+                [[position[r] for r in beam_req_ids(req_id, num_rows)] for req_id in req_ids], device=device
+            )  # [G, R]
+            start = torch.cat([engine.round_beams[req_id].scores for req_id in req_ids])  # [G, K]
+            relaxed = any(beams.states[req_id].relaxed for req_id in req_ids)
+            searcher = DraftSearcher(start, num_rows, gamma, beams.layout.draft_beams, keep_logprobs=relaxed)
+            searches.append(cls(req_ids, batch_rows, searcher))
+        return searches
+
+    def after_forward(self, engine: TopKEngine, speculator: Any, draft_logprobs: Tensor) -> None:
+        """After a draft forward: its masked log-probs of the rows (``draft_logprobs`` [num_reqs or more, V],
+        per batch row) advance the search; unless it was the last level, each row then continues from its
+        source row (the speculator's buffers, ``move_draft_rows``; the runner's rows, ``TopKEngine.copy_rows``)."""
+        step = self.searcher.advance(draft_logprobs[self.batch_rows].float())  # [G, R, V]
+        if self.searcher.done:
+            return
+        move_draft_rows(
+            self.batch_rows,
+            step,
+            self.searcher.rows,
+            speculator.hidden_states,
+            speculator.input_buffers.input_ids,
+            speculator.draft_tokens,
+        )
+        for g, req_id in enumerate(self.req_ids):
+            engine.copy_rows(req_id, step.source[g])
+
+    def finish(self, engine: TopKEngine, draft_tokens: Tensor) -> None:
+        """The round the rows verify next: each row's chain as its drafts (``draft_tokens`` [num_reqs, gamma], per
+        batch row, what ``propose`` returns) and the rows staged for the sampler hook."""
+        search = self.searcher.result()
+        rows = search.rows
+        root, chain, row_live = rows.round_rows()
+        G, R, gamma = chain.shape
+        draft_tokens[self.batch_rows.reshape(-1)] = chain.reshape(G * R, gamma).to(draft_tokens.dtype)
+        for g, req_id in enumerate(self.req_ids):
+            relaxed = engine.beams.states[req_id].relaxed
+            kept = search.logprobs[g : g + 1] if relaxed else None
+            depth = rows.depth[g : g + 1] if relaxed else None
+            engine.stage_round(req_id, RoundRows(root[g : g + 1], chain[g : g + 1], row_live[g : g + 1], kept, depth))
