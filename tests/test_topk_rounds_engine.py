@@ -24,6 +24,7 @@ itself (every drafted step accepted: an item of L = 4 in three engine steps) or 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from types import SimpleNamespace
 
 import numpy as np
@@ -46,10 +47,10 @@ from vllm_padrec.catalog import TokenLayout
 from vllm_padrec.constraint import ListConstraint
 from vllm_padrec.errors import PadRecError
 from vllm_padrec.integration.list_settings import ListSettings
-from vllm_padrec.integration.topk_draft_search import RoundSearch
+from vllm_padrec.integration.speculator import PadRecSpeculator
 from vllm_padrec.topk import engine as engine_module
 from vllm_padrec.topk.admission import private_blocks_per_beam
-from vllm_padrec.topk.beams import BeamLayout, TopKBeams, beam_req_id
+from vllm_padrec.topk.beams import BeamLayout, TopKBeams, beam_req_id, beam_req_ids
 from vllm_padrec.topk.engine import RoundRows, TopKEngine
 from vllm_padrec.topk.result import decode_items, encode_items
 from vllm_padrec.topk.select import beam_logprobs
@@ -207,41 +208,56 @@ class Speculator:
                 v2.kv[table[p // BS], 0, p % BS] = float(TokenLayout.PAD)
 
     def propose(self) -> None:
-        """V2's draft loop in little over the step's batch: per batch row, the speculator's feature, next token
-        and drafts (``hidden``, ``input_ids``, ``draft_tokens``), and a forward per level that reads each row's
-        path from them and from its runner state; the plugin's ``RoundSearch`` advances and moves the rows
-        between forwards and stages the round."""
+        """The plugin's ``PadRecSpeculator.propose`` over the step's batch, on V2's draft loop in little
+        (``install_draft_loop``): per batch row the speculator's feature, next token and drafts, and a forward
+        per level that reads each row's path from them and from its runner state. The plugin's ``RoundSearch``
+        advances and moves the rows between the forwards, writes the chains as drafts and stages the round."""
         v2, engine = self.v2, self.engine
+        drafting = [r for r in engine.round_beams if not self.beams.states[r].ended]
+        for req_id in drafting:  # rows >= K hold another round's paths; rows < K the start beams
+            state, start = self.beams.states[req_id], engine.round_beams[req_id]
+            self.check_beam_rows(req_id, state, start, int(start.steps_done[0]))
+            self.make_extra_rows_stale(req_id, state)
         batch = v2.batch_req_ids  # the last step's batch, in its order
-        searches = RoundSearch.build(engine, batch, torch.device("cpu"))
-        if not searches:
-            return
-        for search in searches:
-            for req_id in search.req_ids:  # rows >= K hold another round's paths; rows < K the start beams
-                state, start = self.beams.states[req_id], engine.round_beams[req_id]
-                self.check_beam_rows(req_id, state, start, int(start.steps_done[0]))
-                self.make_extra_rows_stale(req_id, state)
-        speculator = SimpleNamespace(
-            hidden_states=torch.full((len(batch), 1), float("nan")),
-            input_buffers=SimpleNamespace(input_ids=torch.zeros(len(batch), dtype=torch.int32)),
-            draft_tokens=torch.zeros(len(batch), GAMMA, dtype=torch.long),
-        )
+        drafts = self.shell.propose(SimpleNamespace(req_ids=batch, num_reqs=len(batch)))  # [num_reqs, gamma]
+        rows = {row: req_id for req_id in drafting for row in beam_req_ids(req_id, self.beams.states[req_id].rows)}
+        for b, row in enumerate(batch):  # V2 copies propose's drafts to the rows' slots
+            if row in rows:
+                v2.drafts[v2.slots[row]] = drafts[b]
+        for req_id in drafting:  # what the rows feed is what the hook verifies: the staged chains
+            staged = engine.round_rows[req_id].chain[0]  # [R, gamma]
+            fed = torch.stack([v2.drafts[v2.slots[row]] for row in beam_req_ids(req_id, staged.shape[0])])
+            assert torch.equal(fed, staged), (req_id, fed, staged)
+
+    @functools.cached_property
+    def shell(self) -> PadRecSpeculator:
+        """A ``PadRecSpeculator`` holding what its propose reads: V2's buffers per batch row, the kept log-probs,
+        the engine, a decode graph manager; V2's own loop is ``install_draft_loop``'s."""
+        shell = PadRecSpeculator.__new__(PadRecSpeculator)
+        shell.num_speculative_steps, shell.max_num_reqs, shell.device = GAMMA, NUM_SLOTS, torch.device("cpu")
+        shell.speculative_config = SimpleNamespace(num_speculative_tokens_per_batch_size=None)
+        shell.hidden_states = torch.full((NUM_SLOTS, 1), float("nan"))
+        shell.input_buffers = SimpleNamespace(input_ids=torch.zeros(NUM_SLOTS, dtype=torch.int32))
+        shell.draft_tokens = torch.zeros(NUM_SLOTS, GAMMA, dtype=torch.long)
+        shell.model = SimpleNamespace(draft_logprobs=torch.full((NUM_SLOTS, self.v2.model.config.vocab_size), 0.0))
+        shell.decode_cudagraph_manager = DecodeGraphs(self)
+        shell._topk_engine, shell._draft_loop = self.engine, self
+        return shell
+
+    def forward(self, level: int, num_reqs: int) -> None:
+        """One draft forward of V2's loop: every batch row of a drafted request that holds a beam reads its
+        path and writes the kept log-probs; the rest of the batch gets -inf (nothing reads it)."""
+        shell, v2 = self.shell, self.v2
+        shell.model.draft_logprobs[:num_reqs] = float("-inf")
         vocab = v2.model.config.vocab_size
-        for level in range(GAMMA):
-            kept = torch.full((len(batch), vocab), float("nan"))  # the draft's kept log-probs, per batch row
-            for search in searches:
-                rows = search.searcher.rows  # the rows read after this forward: those holding a beam
-                for g, req_id in enumerate(search.req_ids):
-                    m = int(engine.round_beams[req_id].steps_done[0])
-                    for r in sorted({int(r) for r in rows.beam_row[g].tolist() if r >= 0}):
-                        self.check_row_copies(req_id, self.beams.states[req_id], r, int(rows.root[g, r]), m)
-                        b = int(search.batch_rows[g, r])
-                        kept[b] = self.row_forward(req_id, b, level, speculator, vocab)
-                search.after_forward(engine, speculator, kept)
-        for search in searches:
-            search.finish(engine, speculator.draft_tokens)
-            for b in search.batch_rows.reshape(-1).tolist():  # V2 copies propose's drafts to the rows' slots
-                v2.drafts[v2.slots[batch[b]]] = speculator.draft_tokens[b]
+        for search in shell._round_searches:
+            rows = search.searcher.rows  # the rows read after this forward: those holding a beam
+            for g, req_id in enumerate(search.req_ids):
+                m = int(self.engine.round_beams[req_id].steps_done[0])
+                for r in sorted({int(r) for r in rows.beam_row[g].tolist() if r >= 0}):
+                    self.check_row_copies(req_id, self.beams.states[req_id], r, int(rows.root[g, r]), m)
+                    b = int(search.batch_rows[g, r])
+                    shell.model.draft_logprobs[b] = self.row_forward(req_id, b, level, shell, vocab)
 
     def row_forward(self, req_id: str, b: int, level: int, speculator, vocab: int) -> torch.Tensor:  # [V]
         """The draft forward of batch row b at ``level``: its path is its runner history (the root beam's codes,
@@ -263,6 +279,39 @@ class Speculator:
         if level < GAMMA:
             speculator.draft_tokens[b, level] = int(logprobs.argmax())
         return logprobs
+
+
+class DecodeGraphs:
+    """V2's decode graph manager in little: a replay is the stand-in's draft forward at the current step."""
+
+    def __init__(self, loop: Speculator) -> None:
+        self.loop = loop
+
+    def run_fullgraph(self, batch_desc) -> None:
+        self.loop.forward(self.loop.shell.current_step, batch_desc)
+
+
+def install_draft_loop(monkeypatch) -> None:
+    """V2's ``AutoRegressiveSpeculator.propose`` and ``_multi_step_decode`` in little (autoregressive/
+    speculator.py): draft step 0, then, unless gamma is 1, one decode replay per further step; the forwards are
+    the stand-in's (``Speculator.forward``)."""
+    from vllm.v1.worker.gpu.spec_decode.autoregressive.speculator import AutoRegressiveSpeculator
+
+    def propose(self, input_batch, *args, dummy_run=False, **kwargs):
+        num_reqs = input_batch.num_reqs
+        self._draft_loop.forward(0, num_reqs)
+        if self.num_speculative_steps == 1:
+            return self.draft_tokens[:num_reqs, :1]
+        self._multi_step_decode(num_reqs, False, num_reqs, None)
+        return self.draft_tokens[:num_reqs]
+
+    def multi_step_decode(self, num_reqs, skip_attn, batch_desc, num_tokens_across_dp):
+        for step in range(1, self.num_speculative_steps):
+            self.current_step = step
+            self.decode_cudagraph_manager.run_fullgraph(batch_desc)
+
+    monkeypatch.setattr(AutoRegressiveSpeculator, "propose", propose)
+    monkeypatch.setattr(AutoRegressiveSpeculator, "_multi_step_decode", multi_step_decode)
 
 
 class GreedyChains(Speculator):
@@ -300,6 +349,8 @@ def run_rounds(
     layout = BeamLayout(item_length=L, block_size=BS, lookahead=GAMMA, draft_beams=draft_beams, gamma=GAMMA)
     beams = TopKBeams(layout)
     engine.attach(beams, [v2.kv], NUM_BLOCKS)
+    if draft_beams > 1:
+        install_draft_loop(monkeypatch)
     speculator = (Speculator if draft_beams > 1 else GreedyChains)(draft, catalog, v2, engine, beams)
     scheduler = FakeScheduler()
     for req_id, history, k in users:

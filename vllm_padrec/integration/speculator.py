@@ -33,12 +33,18 @@ from vllm.v1.spec_decode.dynamic.utils import build_dynamic_sd_schedule_lookup
 from vllm.v1.worker.gpu.spec_decode.eagle.speculator import EagleSpeculator
 
 from vllm_padrec.integration.draft_masks import with_list_masks
+from vllm_padrec.integration.list_settings import server_settings
 from vllm_padrec.integration.log import get_logger
+from vllm_padrec.integration.topk_draft_search import RoundSearch
+from vllm_padrec.integration.topk_drafting import topk_drafting
 
 logger = get_logger(__name__)
 
 
 class PadRecSpeculator(EagleSpeculator):
+    _topk_engine = None  # the model state's TopKEngine on a server whose top-K rounds draft N > 1 beams
+    _round_searches: list = []  # this propose's drafted top-K searches (topk_draft_search.RoundSearch)
+
     def load_draft_model(self, target_model: nn.Module, target_attn_layer_names: set[str]) -> nn.Module:
         model = with_list_masks(super().load_draft_model(target_model, target_attn_layer_names))
         model.attach_speculator(self.current_draft_step, self.idx_mapping, self.draft_tokens)
@@ -47,6 +53,19 @@ class PadRecSpeculator(EagleSpeculator):
     def set_attn(self, model_state, *args, **kwargs) -> None:
         super().set_attn(model_state, *args, **kwargs)
         self.model.attach_lists(self._list_masks(model_state))
+        self._attach_topk_search(model_state)
+
+    def _attach_topk_search(self, model_state) -> None:
+        """On a server whose drafted top-K rounds have N > 1 draft beams (``topk_drafting.py``): keep the
+        draft's log-probs of every step (before any graph is captured, so the graphs write them) and the
+        model state's ``TopKEngine``, whose rows the draft's beam search moves."""
+        engine = getattr(model_state, "padrec_topk_engine", None)
+        drafting = topk_drafting(self.vllm_config, server_settings(self.vllm_config)) if engine is not None else None
+        if drafting is None or drafting.draft_beams <= 1:
+            return
+        device = self.draft_tokens.device
+        self.model.keep_draft_logprobs(torch.zeros(self.max_num_reqs, self.vocab_size, device=device))
+        self._topk_engine = engine
 
     def _list_masks(self, model_state):
         """The lists that mask the drafts, or None (no catalog, ``mask_drafts`` off, no logits to mask)."""
@@ -59,23 +78,69 @@ class PadRecSpeculator(EagleSpeculator):
         return lists
 
     def propose(self, input_batch, *args, dummy_run: bool = False, **kwargs) -> torch.Tensor:
-        """vLLM's drafting, with as many draft steps as the next step verifies (module docstring)."""
+        """vLLM's drafting, with as many draft steps as the next step verifies (module docstring); for drafted
+        top-K requests with N > 1 draft beams, the draft's beam search on their rows between the steps."""
         steps = draft_steps(self._schedule(), input_batch.num_reqs, self.num_speculative_steps, dummy_run)
         if steps == 0:
             return self.draft_tokens[: input_batch.num_reqs]  # [num_reqs, gamma]: none of it is verified
         self._decode_steps = steps
-        return super().propose(input_batch, *args, dummy_run=dummy_run, **kwargs)
+        engine = self._topk_engine
+        searches = [] if dummy_run or engine is None else RoundSearch.build(engine, input_batch.req_ids, self.device)
+        self._round_searches = searches
+        try:
+            drafts = super().propose(input_batch, *args, dummy_run=dummy_run, **kwargs)
+            if searches and self.num_speculative_steps == 1:  # V2 returned after draft step 0: no decode loop
+                self._advance_round_searches()
+            for search in searches:  # the chains as the rows' drafts (in the buffer ``drafts`` views)
+                search.finish(engine, self.draft_tokens[: input_batch.num_reqs])
+        finally:
+            self._round_searches = []
+        return drafts
 
     def _multi_step_decode(self, *args, **kwargs) -> None:
         """vLLM's decode loop (steps 1 .. gamma - 1), cut to this step's drafts: its range is read from
         ``num_speculative_steps`` (vllm/v1/worker/gpu/spec_decode/autoregressive/speculator.py,
-        ``_multi_step_decode``), which holds this step's count for the loop only."""
+        ``_multi_step_decode``), which holds this step's count for the loop only. With drafted top-K searches,
+        each advances after draft step 0 (this method's entry: V2 has run step 0 and prepared step 1's inputs)
+        and after every decode step (the loop's graph replay or eager step, hooked for this call only)."""
         gamma = self.num_speculative_steps
         self.num_speculative_steps = getattr(self, "_decode_steps", gamma)
+        unhook = self._hook_decode_steps() if self._round_searches else None
         try:
+            if unhook is not None:
+                self._advance_round_searches()
             super()._multi_step_decode(*args, **kwargs)
         finally:
             self.num_speculative_steps = gamma
+            if unhook is not None:
+                unhook()
+
+    def _advance_round_searches(self) -> None:
+        for search in self._round_searches:
+            search.after_forward(self._topk_engine, self, self.model.draft_logprobs)
+
+    def _hook_decode_steps(self):
+        """Advance the searches after each decode step of V2's loop: its FULL graph replay
+        (``decode_cudagraph_manager.run_fullgraph``) or its eager step (``_generate_draft``), wrapped on the
+        instances for one loop; returns what unwraps them."""
+        owners = [(self, "_generate_draft")]
+        if getattr(self, "decode_cudagraph_manager", None) is not None:
+            owners.append((self.decode_cudagraph_manager, "run_fullgraph"))
+        for owner, name in owners:
+            original = getattr(owner, name)
+
+            def hooked(*args, _original=original, **kwargs):
+                result = _original(*args, **kwargs)
+                self._advance_round_searches()
+                return result
+
+            setattr(owner, name, hooked)  # an instance attribute: it shadows the class's method
+
+        def unhook() -> None:
+            for owner, name in owners:
+                delattr(owner, name)
+
+        return unhook
 
     def _schedule(self) -> list[int] | None:
         """The dense table batch size -> drafts, as vLLM's scheduler builds it; None without one."""
