@@ -20,6 +20,8 @@ and engine where both run in a dtype: one engine start-up less, 80-90 s on the b
                        strict rule verifies them, so its answers are the engine's; with ``--draft`` only (the
                        default modes add it when a draft is given). Its records carry ``draft_beams``,
                        ``gamma`` and ``objective`` (``--objective``, the head's training objective)
+    relaxed            the same rounds verified by AtSpeed's relaxed sampling (not lossless); needs
+                       ``--draft-beams`` > 1 (the draft's own beam search keeps the log-probs it reads)
 
 For each K of ``--ks`` and each configuration, two passes over the test users (the last H items of
 the recipe as history, no exclusions), after a warm-up (``--warmup-calls`` one-user calls before a mode's
@@ -96,9 +98,8 @@ from vllm_padrec.testing.timing import EngineSteps, in_process_engine_core, in_p
 from vllm_padrec.testing.topk_goals import IN_PROCESS, OWN_PROCESS, goals_markdown, topk_goals
 
 UNDRAFTED_MODES = ("reference", "vllm_beam_search", "engine", "greedy_floor")
-# issue 13: the engine's beam search in drafted rounds of a --draft head, verified by the strict rule (relaxed
-# waits for the draft's beam search inside vLLM: topk/ATSPEED.md)
-DRAFTED_MODES = ("strict",)
+# issue 13: the engine's beam search in drafted rounds of a --draft head, verified by the strict or the relaxed rule
+DRAFTED_MODES = ("strict", "relaxed")
 MODES = UNDRAFTED_MODES + DRAFTED_MODES
 DEFAULT_KS = (1, 5, 10, 20, 50, 100)
 EXACT_DTYPE = "float32"  # equal_to_reference is checked in this dtype only
@@ -306,6 +307,10 @@ def strict_ranker(args, catalog: ItemCatalog, max_history: int, llm=None) -> Ran
     return engine_ranker(args, catalog, max_history, verification="strict")
 
 
+def relaxed_ranker(args, catalog: ItemCatalog, max_history: int, llm=None) -> Ranker:
+    return engine_ranker(args, catalog, max_history, verification="relaxed")
+
+
 def draft_arguments(args) -> dict:
     """``topk_engine_args``' drafted-round arguments from the options."""
     return {"draft": args.draft, "draft_beams": args.draft_beams, "gamma": args.gamma}
@@ -377,6 +382,7 @@ RANKERS: dict[str, Callable] = {
     "engine": engine_ranker,
     "greedy_floor": greedy_floor_ranker,
     "strict": strict_ranker,
+    "relaxed": relaxed_ranker,
 }
 
 
@@ -604,7 +610,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         nargs="+",
         default=None,
         choices=MODES,
-        help=f"modes to run (default: {' '.join(UNDRAFTED_MODES)}, and {' '.join(DRAFTED_MODES)} with --draft)",
+        help=f"modes to run (default: {' '.join(UNDRAFTED_MODES)}; with --draft also strict, and relaxed where "
+        "--draft-beams > 1)",
     )
     add("--ks", nargs="+", type=int, default=list(DEFAULT_KS), help="the K of each run (default 1 5 10 20 50 100)")
     add(
@@ -696,12 +703,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if any(k < 1 for k in args.ks):
         parser.error(f"every K must be >= 1, got {args.ks}")
     if args.modes is None:
-        args.modes = list(UNDRAFTED_MODES + (DRAFTED_MODES if args.draft else ()))
+        drafted_modes = DRAFTED_MODES if args.draft_beams > 1 else DRAFTED_MODES[:1]  # relaxed: N > 1
+        args.modes = list(UNDRAFTED_MODES + (drafted_modes if args.draft else ()))
     drafted = sorted(set(args.modes + (args.one or [])) & set(DRAFTED_MODES))
     if drafted and not args.draft:
         parser.error(f"modes {drafted} need --draft (a draft head folder)")
     if args.draft_beams < 1 or args.gamma < 1:
         parser.error(f"--draft-beams and --gamma must be >= 1, got {args.draft_beams} and {args.gamma}")
+    if "relaxed" in drafted and args.draft_beams < 2:
+        parser.error("mode relaxed needs --draft-beams >= 2 (the draft's own beam search keeps its log-probs)")
     return args
 
 

@@ -64,8 +64,8 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
                           and the pinned host copies natively)
     topk_smoke            topk_tests' quick part (no served engine), before benchmarks           -       lane 1
     topk_drafted_tests    issue 13's drafted strict rounds in vLLM (the GPU test, a random head) -       lane 1
-    bench_topk_drafted    bench_topk's strict mode (N = 1, gamma 3) beside the engine and the    draft   lane 0
-                          reference, K 1-20, bfloat16 speed, float32 equality on 500 users
+    bench_topk_drafted    bench_topk's strict and relaxed modes (N = 4, gamma 3) beside the      draft   lane 0
+                          engine and the reference, K 1-20, bfloat16 speed, float32 equality
     topk_bringup          bench_topk's four modes, float32, a few Ks and users (a quick check  target  lane 0
                           on the small target)
     examples              vllm serve with the draft: examples/openai_client.py, POST             draft   lane 1
@@ -650,12 +650,14 @@ def job_topk_drafted_tests(ctx: JobContext) -> int:
 
 
 def job_bench_topk_drafted(ctx: JobContext) -> int:
-    """Issue 13's bring-up in vLLM on the session's target and its PAD-Rec head: bench_topk's strict mode (N = 1,
-    gamma 3) beside the undrafted engine and the reference; K 1-20; bfloat16 for speed, float32 for equality."""
+    """Issue 13's bring-up in vLLM on the session's target and its PAD-Rec head: bench_topk's strict and relaxed
+    modes (N = 4 draft beams, gamma 3) beside the undrafted engine and the reference; K 1-20; bfloat16 for speed,
+    float32 for equality."""
     return run_bench_topk(
         ctx,
         "topk_drafted",
-        *("--modes", "engine", "strict", "reference", "--draft", str(ctx.settings.draft()), "--gamma", "3"),
+        *("--modes", "engine", "strict", "relaxed", "reference", "--draft", str(ctx.settings.draft())),
+        *("--draft-beams", "4", "--gamma", "3"),
         *("--dtypes", "bfloat16", "float32", "--exact-modes", "reference", "engine", "strict"),
         *("--ks", "1", "5", "10", "20", "--users", "128", "--users-latency", "30", "--users-equal", "500"),
         *("--concurrency", "64", "--warmup-calls", "10"),

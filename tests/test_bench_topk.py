@@ -170,11 +170,16 @@ def test_drafted_records_carry_n_gamma_and_the_objective_and_one_requests_forwar
     assert row.endswith("| N = 1, γ = 4, distill |")
 
 
-def test_drafted_modes_need_a_draft(capsys):
-    assert "strict" not in bench_topk.parse_args(["--target", "/t", "--dataset", "/d"]).modes
+def test_drafted_modes_need_a_draft_and_relaxed_more_than_one_draft_beam(capsys):
+    base = ["--target", "/t", "--dataset", "/d"]
+    assert "strict" not in bench_topk.parse_args(base).modes
+    assert bench_topk.parse_args([*base, "--draft", "/h", "--draft-beams", "4"]).modes[-2:] == ["strict", "relaxed"]
     with pytest.raises(SystemExit):
-        bench_topk.parse_args(["--target", "/t", "--dataset", "/d", "--modes", "engine", "strict"])
+        bench_topk.parse_args([*base, "--modes", "engine", "strict"])
     assert "modes ['strict'] need --draft" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_topk.parse_args([*base, "--modes", "relaxed", "--draft", "/h"])
+    assert "mode relaxed needs --draft-beams >= 2" in capsys.readouterr().err
 
 
 def test_the_strict_mode_builds_an_engine_that_drafts_its_beams(monkeypatch):

@@ -11,8 +11,8 @@ Triton kernel, TF32 by Triton's default), CUDA graphs on.
   copies ran in the Triton kernel (no fallback to the reference);
 - lists and top-K requests queued together: every list is the one the engine writes alone;
 - K = 256 on a catalog of 300 items (the issue's "K up to at least 256"): the reference's items and order;
-- drafted rounds (issue 13, ``padrec.topk_draft_beams`` 1 with a random PAD-Rec head as vLLM's draft): the
-  strict rule's K items, in order, are the reference's, in at most L forwards a call;
+- drafted rounds (issue 13, ``padrec.topk_draft_beams`` 1 and 3 with a random PAD-Rec head as vLLM's draft):
+  the strict rule's K items, in order, are the reference's, in at most L forwards a call;
 - ``vllm serve`` with top-K on answers ``POST /v1/recommendations`` in top-K mode with the offline answer,
   refuses a K out of range with a 422 naming ``k``, and keeps serving lists.
 """
@@ -82,12 +82,13 @@ def run_wide_topk(target: str, users: list[list[int]], k: int) -> list[list[tupl
     return recommend_topk(llm, ItemCatalog.load(target), users, k)
 
 
-def run_drafted_topk(target: str, draft: str, users: list[list[int]]) -> dict:
+def run_drafted_topk(target: str, draft: str, users: list[list[int]], draft_beams: int) -> dict:
     """In a spawned process: every K's answers (all users queued together) from an engine that drafts its top-K
-    beams (``draft`` as vLLM's speculative model, N = 1, gamma = DRAFT_GAMMA), strict, with the forwards a call ran."""
+    beams (``draft`` as vLLM's speculative model, N = ``draft_beams``, gamma = DRAFT_GAMMA), strict, with the
+    forwards a call ran."""
     from vllm_padrec.topk.offline import recommend_topk
 
-    llm = topk_llm(target, max(KS), USERS, draft=draft, gamma=DRAFT_GAMMA)
+    llm = topk_llm(target, max(KS), USERS, draft=draft, gamma=DRAFT_GAMMA, draft_beams=draft_beams)
     cat = ItemCatalog.load(target)
     steps = EngineSteps(llm)
     answers, forwards = {}, {}
@@ -200,11 +201,13 @@ def test_lists_queued_with_top_k_requests_are_the_lists_written_alone(setup, eng
     assert [[i for i, _ in u] for u in engine["topk_together"]] == [[i for i, _ in u] for u in want]
 
 
-def test_drafted_strict_rounds_rank_items_as_the_reference(setup, tmp_path):
-    """Issue 13's first run in vLLM: strict verification keeps the beam search's answer whatever the draft (a
-    random head here), and a call runs at most L forwards (a round advances at least one beam step)."""
+@pytest.mark.parametrize("draft_beams", [1, 3])
+def test_drafted_strict_rounds_rank_items_as_the_reference(setup, tmp_path, draft_beams):
+    """Issue 13's first runs in vLLM: strict verification keeps the beam search's answer whatever the draft (a
+    random head here), with V2's greedy chains (N = 1) and with the draft's own beam search in propose (N = 3),
+    and a call runs at most L forwards (a round advances at least one beam step)."""
     draft = build_random_draft(tmp_path / "draft", setup["model"], setup["catalog"])  # reads the target's config
-    got = in_subprocess(setup["target"], str(draft), setup["users"], function=run_drafted_topk)
+    got = in_subprocess(setup["target"], str(draft), setup["users"], draft_beams, function=run_drafted_topk)
     for k in KS:
         want = reference(setup, k, False)
         answers = got["answers"][k]

@@ -336,6 +336,35 @@ def test_speculator_hands_the_draft_its_masks():
     assert speculator._list_masks(SimpleNamespace(padrec_lists=lists)) is None
 
 
+@pytest.mark.parametrize(("draft_beams", "keeps"), [(0, False), (1, False), (3, True)])
+def test_speculator_keeps_the_drafts_log_probs_where_top_k_rounds_draft_beams(draft_beams, keeps):
+    """Only a server whose drafted top-K rounds have N > 1 draft beams runs the draft's beam search in propose:
+    its speculator keeps the draft's log-probs (one row per request slot, over the vocabulary) and the engine."""
+    from vllm_padrec.integration.speculator import PadRecSpeculator
+
+    speculator = PadRecSpeculator.__new__(PadRecSpeculator)
+    speculator.max_num_reqs, speculator.vocab_size = 5, 11
+    speculator.draft_tokens = torch.zeros(5, 2, dtype=torch.long)
+    kept = []
+    speculator.model = SimpleNamespace(keep_draft_logprobs=kept.append)
+    padrec = {"topk_max_beams": 64, "max_topk": 8, **({"topk_draft_beams": draft_beams} if draft_beams else {})}
+    spec = SimpleNamespace(
+        method="eagle", use_eagle=lambda: True, num_speculative_tokens=2, num_speculative_tokens_per_batch_size=None
+    )
+    speculator.vllm_config = SimpleNamespace(
+        speculative_config=spec if draft_beams else None, additional_config={"padrec": padrec}
+    )
+    engine = object()
+    speculator._attach_topk_search(SimpleNamespace(padrec_topk_engine=engine))
+    if keeps:
+        (buffer,) = kept
+        assert buffer.shape == (5, 11) and buffer.dtype == torch.float32 and speculator._topk_engine is engine
+    else:
+        assert kept == [] and speculator._topk_engine is None
+    speculator._attach_topk_search(SimpleNamespace())  # top-K off: no engine in the model state
+    assert len(kept) == int(keeps)
+
+
 def test_install_applies_every_patch_the_top_k_paths_included(monkeypatch):
     """The top-K patches are installed with the others; on a server without beam rows they change nothing
     (test_topk_admission, test_topk_runner, test_topk_sampling)."""

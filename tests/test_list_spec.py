@@ -320,7 +320,11 @@ def test_verification_is_strict_or_relaxed_on_a_server_that_drafts_top_k():
     "extra_args, words, limits",
     [
         ({**ON, "padrec_topk": 3, VERIFY: "relaxed"}, ["this server does not draft top-K beams"], LIMITS),
-        ({**ON, "padrec_topk": 3, VERIFY: "relaxed"}, ["by ['strict'] only", "not built yet"], STRICT_ONLY),
+        (
+            {**ON, "padrec_topk": 3, VERIFY: "relaxed"},
+            ["by ['strict'] only", "padrec.topk_draft_beams > 1"],
+            STRICT_ONLY,
+        ),
         ({**ON, VERIFY: "relaxed"}, ["applies to top-K requests only", "padrec_topk"], DRAFTING),
         ({VERIFY: "strict"}, ["applies to constrained lists only"], DRAFTING),
         ({**ON, "padrec_topk": 3, VERIFY: "Relaxed"}, ["one of ['strict', 'relaxed']", "got 'Relaxed'"], DRAFTING),

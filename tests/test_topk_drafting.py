@@ -51,13 +51,21 @@ def test_one_draft_beam_is_served_by_the_strict_rule_with_the_drafts_gamma(metho
     assert topk_rules(vllm_config, settings) == ("strict",)
 
 
+def test_draft_beams_beyond_one_are_served_by_both_rules_with_rows_for_every_draft_beam():
+    vllm_config, settings = server({**TOPK_ON, "topk_draft_beams": 4}, draft(gamma=3))
+    drafting = topk_drafting(vllm_config, settings)
+    assert drafting == TopKDrafting(draft_beams=4, gamma=3, rules=("strict", "relaxed"))
+    assert drafting.rows(20) == 20 + 3 * 3 <= settings.topk_max_beams
+    assert topk_rules(vllm_config, settings) == ("strict", "relaxed")
+
+
 @pytest.mark.parametrize(
     ("padrec", "spec", "says"),
     [
         (TOPK_ON, draft(), ["top-K beside a speculative model (method 'eagle') runs in drafted rounds"]),
         ({**TOPK_ON, "topk_draft_beams": 1}, None, ["needs an EAGLE-family draft", "got no draft"]),
         ({**TOPK_ON, "topk_draft_beams": 1}, draft("ngram"), ["needs an EAGLE-family draft", "method 'ngram'"]),
-        ({**TOPK_ON, "topk_draft_beams": 4}, draft(), ["topk_draft_beams=4", "(N > 1) is not built yet"]),
+        ({**TOPK_ON, "topk_draft_beams": 4, "topk_max_beams": 20}, draft(), ["less than the 29 rows", "N = 4"]),
         ({**TOPK_ON, "topk_draft_beams": 1}, draft(table=[[1, 8, 3], [9, 64, 0]]), ["num_speculative_tokens_per_"]),
     ],
 )

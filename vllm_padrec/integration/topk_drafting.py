@@ -9,10 +9,11 @@ With N > 0 every top-K request runs in drafted rounds: its rows carry gamma = ``
 tokens each, and it holds ``admission.beam_rows(K, N, gamma)`` = K + (N - 1) * gamma runner rows, so a server's
 ``topk_max_beams`` must hold ``max_topk`` + (N - 1) * gamma.
 
-What is built decides what is served (ATSPEED.md, plan step 7): N = 1, each beam's row carrying vLLM's own
-greedy draft chain (an EAGLE-family V2 speculator, PAD-Rec's included), verified by the strict rule, which
-stays exact over any drafted tree. N > 1 needs the draft's beam search inside ``propose`` (plan step 4), and
-relaxed verification needs the draft's log-probs that search keeps: both are refused until it exists.
+N = 1: each beam's row carries vLLM's own greedy draft chain (any EAGLE-family V2 speculator), verified by the
+strict rule, which stays exact over any drafted tree. N > 1: the draft's own beam search runs on the rows inside
+``propose`` (``speculator.PadRecSpeculator``, the plugin's speculator for every EAGLE-family draft it masks),
+which also keeps the draft's log-probs that relaxed verification reads, so both rules are served. Neither has
+run in vLLM yet (ATSPEED.md, plan step 7); both are exact or valid on the CPU tests' stand-in of V2.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from vllm_padrec.lists.spec import VERIFICATION_RULES
 from vllm_padrec.topk.admission import beam_rows
 
 SETTING = "topk_draft_beams"  # ListSettings.topk_draft_beams
-BUILT_DRAFT_BEAMS = 1  # the largest N served: the draft beam search in propose (N > 1) is not built
+GREEDY_CHAINS = 1  # N = 1: V2's own greedy chains, verified by the strict rule only (no draft log-probs kept)
 STRICT = VERIFICATION_RULES[0]
 
 
@@ -57,7 +58,8 @@ def topk_drafting(vllm_config: Any, settings: ListSettings) -> TopKDrafting | No
         if spec is not None:
             raise PadRecError(
                 f"top-K beside a speculative model (method {getattr(spec, 'method', None)!r}) runs in drafted "
-                f"rounds: set padrec.{SETTING} to {BUILT_DRAFT_BEAMS}, or serve top-K without --speculative-model"
+                f"rounds: set padrec.{SETTING} (1, or N > 1 for the draft's own beam search), or serve top-K without "
+                "--speculative-model"
             )
         return None
     if spec is None or not spec.use_eagle():
@@ -66,17 +68,13 @@ def topk_drafting(vllm_config: Any, settings: ListSettings) -> TopKDrafting | No
             f"padrec.{SETTING}={draft_beams} needs an EAGLE-family draft (--speculative-config method eagle, "
             f"eagle3 or a PAD-Rec head), got {'no draft' if spec is None else f'method {method!r}'}"
         )
-    if draft_beams > BUILT_DRAFT_BEAMS:
-        raise PadRecError(
-            f"padrec.{SETTING}={draft_beams}: the draft's beam search inside vLLM (N > {BUILT_DRAFT_BEAMS}) is not "
-            f"built yet; set it to {BUILT_DRAFT_BEAMS} (each beam's row carries the draft's greedy chain)"
-        )
     if spec.num_speculative_tokens_per_batch_size:
         raise PadRecError(
             f"padrec.{SETTING} with num_speculative_tokens_per_batch_size: every drafted round carries the same "
             "gamma drafts per row; drop the table or set padrec.topk_draft_beams to 0 and serve no top-K"
         )
-    drafting = TopKDrafting(draft_beams, int(spec.num_speculative_tokens), (STRICT,))
+    rules = (STRICT,) if draft_beams == GREEDY_CHAINS else VERIFICATION_RULES
+    drafting = TopKDrafting(draft_beams, int(spec.num_speculative_tokens), tuple(rules))
     needed = drafting.rows(settings.max_topk)
     if needed > settings.topk_max_beams:
         raise PadRecError(

@@ -259,7 +259,7 @@ def parse_verification(value: Any, topk: int | None, limits: ListLimits) -> str:
         raise ListSpecError(
             key,
             f"{key}: this server verifies drafted top-K beams by {list(limits.topk_rules)} only ({value!r} needs the "
-            "draft's beam search inside vLLM, which is not built yet)",
+            "draft's own beam search: a server started with padrec.topk_draft_beams > 1)",
         )
     return value
 
