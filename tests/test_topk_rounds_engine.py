@@ -484,3 +484,21 @@ def test_one_row_per_beam_with_v2s_greedy_chains_answers_as_the_beam_search(monk
     assert_answers_are_the_reference(answers, users, model, catalog)
     if draft_kind == "the target":
         assert steps["R2"] == 3
+
+
+def test_a_drafted_requests_prompt_tails_are_copied_again_after_propose():
+    """The draft writes its KV of R's partial prompt block in step 0's propose, after the hook copied that block
+    to the rows: the copies of drafted requests (gamma > 0) run once more, then never again."""
+    engine = TopKEngine("cpu")
+    copies = []
+    engine.copy_blocks = lambda src, dst: copies.append((src.tolist(), dst.tolist()))
+    engine.beams = SimpleNamespace(layout=SimpleNamespace(block_size=BS))
+    P = BS + 3  # a partial last prompt block: R's block 9
+    drafted = SimpleNamespace(tail_block_id=9, prompt_len=P, private_block_ids=(20, 21, 22), rows=3, gamma=2)
+    plain = SimpleNamespace(tail_block_id=8, prompt_len=P, private_block_ids=(30, 31), rows=2, gamma=0)
+    engine._copy_prompt_tails([drafted, plain])
+    assert copies == [([9, 9, 9, 8, 8], [20, 21, 22, 30, 31])]
+    engine.after_propose()
+    assert copies[1] == ([9, 9, 9], [20, 21, 22])
+    engine.after_propose()
+    assert len(copies) == 2

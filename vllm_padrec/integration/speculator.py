@@ -42,7 +42,7 @@ logger = get_logger(__name__)
 
 
 class PadRecSpeculator(EagleSpeculator):
-    _topk_engine = None  # the model state's TopKEngine on a server whose top-K rounds draft N > 1 beams
+    _topk_engine = None  # the model state's TopKEngine on a server whose top-K requests run drafted rounds
     _round_searches: list = []  # this propose's drafted top-K searches (topk_draft_search.RoundSearch)
 
     def load_draft_model(self, target_model: nn.Module, target_attn_layer_names: set[str]) -> nn.Module:
@@ -56,16 +56,18 @@ class PadRecSpeculator(EagleSpeculator):
         self._attach_topk_search(model_state)
 
     def _attach_topk_search(self, model_state) -> None:
-        """On a server whose drafted top-K rounds have N > 1 draft beams (``topk_drafting.py``): keep the
-        draft's log-probs of every step (before any graph is captured, so the graphs write them) and the
-        model state's ``TopKEngine``, whose rows the draft's beam search moves."""
+        """On a server whose top-K requests run drafted rounds (``topk_drafting.py``): the model state's
+        ``TopKEngine`` (whose rows the draft's beam search moves, and whose prompt-tail copies wait for the
+        draft's KV), and, with N > 1 draft beams, the draft's log-probs of every step kept (before any graph is
+        captured, so the graphs write them)."""
         engine = getattr(model_state, "padrec_topk_engine", None)
         drafting = topk_drafting(self.vllm_config, server_settings(self.vllm_config)) if engine is not None else None
-        if drafting is None or drafting.draft_beams <= 1:
+        if drafting is None:
             return
-        device = self.draft_tokens.device
-        self.model.keep_draft_logprobs(torch.zeros(self.max_num_reqs, self.vocab_size, device=device))
-        self._topk_engine = engine
+        self._topk_engine = engine  # after each propose, the engine's work that waits for the draft's KV
+        if drafting.draft_beams > 1:
+            device = self.draft_tokens.device
+            self.model.keep_draft_logprobs(torch.zeros(self.max_num_reqs, self.vocab_size, device=device))
 
     def _list_masks(self, model_state):
         """The lists that mask the drafts, or None (no catalog, ``mask_drafts`` off, no logits to mask)."""
@@ -93,6 +95,8 @@ class PadRecSpeculator(EagleSpeculator):
                 self._advance_round_searches()
             for search in searches:  # the chains as the rows' drafts (in the buffer ``drafts`` views)
                 search.finish(engine, self.draft_tokens[: input_batch.num_reqs])
+            if engine is not None and not dummy_run:
+                engine.after_propose()
         finally:
             self._round_searches = []
         return drafts

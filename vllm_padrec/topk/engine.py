@@ -245,6 +245,8 @@ class TopKEngine:
         # drafted requests (issue 13): R's id -> its beams between rounds, and the rows its next round verifies
         self.round_beams: dict[str, RoundBeams] = {}
         self.round_rows: dict[str, RoundRows] = {}
+        # step 0's prompt-tail copies (src, dst block ids) of drafted requests, run again after propose
+        self._tails_after_propose: tuple[list[int], list[int]] | None = None
         self._rounds: list[RoundCohort] = []
         self.generator: torch.Generator | None = None  # relaxed verification's random numbers, made on first use
         self._new_beams: list[NewBeamSlot] = []
@@ -525,9 +527,12 @@ class TopKEngine:
         return blocks
 
     def _copy_prompt_tails(self, states: Sequence[TopKState]) -> None:
-        """Step 0: R's partial last prompt block into each row's first private block (none when P % bs == 0)."""
+        """Step 0: R's partial last prompt block into each row's first private block (none when P % bs == 0).
+        A drafted request's copies run again after this step's ``propose`` (``after_propose``): the draft writes
+        its KV of R's prompt there, after this hook."""
         src: list[int] = []
         dst: list[int] = []
+        drafted: tuple[list[int], list[int]] = ([], [])
         for state in states:
             if state.tail_block_id is None:
                 continue
@@ -536,5 +541,18 @@ class TopKEngine:
             )
             src += s
             dst += d
+            if state.gamma:
+                drafted[0].extend(s)
+                drafted[1].extend(d)
         if src:
             self.copy_blocks(*long_tensors(src, dst, device=self.device))
+        if drafted[0]:
+            self._tails_after_propose = drafted
+
+    def after_propose(self) -> None:
+        """After the speculator's ``propose`` of a step: the drafted requests' prompt tails copied again, now that
+        the draft layer's KV of R's partial prompt block is written (the rows' drafts attend to it)."""
+        pending = self._tails_after_propose
+        if pending is not None:
+            self._tails_after_propose = None
+            self.copy_blocks(*long_tensors(*pending, device=self.device))
