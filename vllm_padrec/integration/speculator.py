@@ -27,6 +27,8 @@ It serves the PAD-Rec head, and vLLM's own EAGLE drafts when the plugin masks th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from vllm.v1.spec_decode.dynamic.utils import build_dynamic_sd_schedule_lookup
@@ -43,7 +45,7 @@ logger = get_logger(__name__)
 
 class PadRecSpeculator(EagleSpeculator):
     _topk_engine = None  # the model state's TopKEngine on a server whose top-K requests run drafted rounds
-    _round_searches: list = []  # this propose's drafted top-K searches (topk_draft_search.RoundSearch)
+    _round_searches: Sequence = ()  # this propose's drafted top-K searches (topk_draft_search.RoundSearch)
 
     def load_draft_model(self, target_model: nn.Module, target_attn_layer_names: set[str]) -> nn.Module:
         model = with_list_masks(super().load_draft_model(target_model, target_attn_layer_names))
@@ -98,7 +100,7 @@ class PadRecSpeculator(EagleSpeculator):
             if engine is not None and not dummy_run:
                 engine.after_propose()
         finally:
-            self._round_searches = []
+            self._round_searches = ()
         return drafts
 
     def _multi_step_decode(self, *args, **kwargs) -> None:

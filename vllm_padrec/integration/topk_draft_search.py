@@ -15,8 +15,8 @@ N > 1 draft beams, grouped by their shape (K, R), each group one ``DraftSearcher
 (``after_forward``) it reads the forward's masked log-probs of the groups' rows (kept by the draft model:
 ``DraftListMasks.keep_draft_logprobs``), advances the search, and moves the rows for the next forward; at the
 end (``finish``) it writes each row's chain as its drafts and stages the round (``TopKEngine.stage_round``).
-Where it hooks into V2's loop is ``PadRecSpeculator``'s business (not built yet: it needs a GPU to check;
-ATSPEED.md, section 4).
+``PadRecSpeculator.propose`` calls it from V2's draft loop (after draft step 0 and after each decode step); that
+has run only on the CPU tests' stand-in of the loop so far, not in vLLM.
 """
 
 from __future__ import annotations
