@@ -101,8 +101,7 @@ class RoundSearch:
             speculator.input_buffers.input_ids,
             speculator.draft_tokens,
         )
-        for g, req_id in enumerate(self.req_ids):
-            engine.copy_rows(req_id, step.source[g])
+        engine.copy_rows(self.req_ids, step.source)
 
     def finish(self, engine: TopKEngine, draft_tokens: Tensor) -> None:
         """The round the rows verify next: each row's chain as its drafts (``draft_tokens`` [num_reqs, gamma], per

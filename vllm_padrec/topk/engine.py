@@ -491,25 +491,29 @@ class TopKEngine:
         if R == K:
             return
         rank = torch.arange(R, device=self.device)
-        self.copy_rows(req_id, torch.where(rank < K, rank, rows.root[0]))  # [R]
+        self.copy_rows([req_id], torch.where(rank < K, rank, rows.root[0])[None])  # [1, R]
 
-    def copy_rows(self, req_id: str, source: Tensor) -> None:
-        """Give each row of drafted request ``req_id`` the token history, last code and private KV of row
-        ``source[r]`` ([R] long; itself where nothing moves): before a round, an extra row takes its root
-        beam's (``stage_round``); during the draft's search, a new row its parent row's (``DraftStep.source``),
-        so that the draft's masks and attention read its path. Gather, then scatter: sources may be rows that
-        change too."""
-        state = self.beams.states[req_id]
-        R = state.rows
+    def copy_rows(self, req_ids: Sequence[str], source: Tensor) -> None:
+        """Give each row of the drafted requests ``req_ids`` (the same rows each) the token history, last code and
+        private KV of row ``source[g, r]`` of its request ([G, R] long; itself where nothing moves): before a
+        round, an extra row takes its root beam's (``stage_round``); during the draft's search, a new row its
+        parent row's (``DraftStep.source``), so that the draft's masks and attention read its path. One copy of
+        each kind for all of them; gather, then scatter: sources may be rows that change too."""
+        states = [self.beams.states[r] for r in req_ids]
+        G, R = source.shape
         index = self.req_states.req_id_to_index
-        (slots,) = long_tensors([index[b] for b in beam_req_ids(req_id, R)], device=self.device)  # [R]
-        history_end = (state.prompt_len + self.round_beams[req_id].steps_done).expand(R)
-        columns = (state.prompt_len, state.prompt_len + state.item_length)
-        copy_token_histories(self.req_states.all_token_ids.gpu, slots, slots[source], history_end, columns)
+        (slots,) = long_tensors([index[b] for r in req_ids for b in beam_req_ids(r, R)], device=self.device)
+        slots = slots.view(G, R)
+        sources = slots.gather(1, source).reshape(-1)  # [G * R]
+        steps = torch.cat([self.round_beams[r].steps_done for r in req_ids])  # [G]
+        prompt_len = torch.tensor([s.prompt_len for s in states], device=self.device)  # [G]
+        history_end = (prompt_len + steps)[:, None].expand(G, R).reshape(-1)  # [G * R]
+        columns = (min(s.prompt_len for s in states), max(s.prompt_len + s.item_length for s in states))
+        copy_token_histories(self.req_states.all_token_ids.gpu, slots.reshape(-1), sources, history_end, columns)
         last = self.req_states.last_sampled_tokens
-        last[slots] = last[slots[source]].clone()
-        blocks = self._private_blocks([state], self.device, rows=True)
-        self.copy_blocks(blocks.sources(source[None, :]), blocks.dst)
+        last[slots.reshape(-1)] = last[sources].clone()
+        blocks = self._private_blocks(states, self.device, rows=True)
+        self.copy_blocks(blocks.sources(source), blocks.dst)
 
     def _private_blocks(self, states: Sequence[TopKState], device: torch.device, rows: bool = False) -> PrivateBlocks:
         """The cohort's private-block index tensors, built on its first beam step and kept while its members
