@@ -82,6 +82,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vllm_padrec.catalog import ItemCatalog
+from vllm_padrec.draft.config import OBJECTIVES
 from vllm_padrec.target.evaluate import recall_ndcg
 from vllm_padrec.testing.atspeed_goals import atspeed_goals, draft_text
 from vllm_padrec.testing.bench_driver import (
@@ -686,12 +687,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "the equality check, while the speed comparison runs in the other dtypes",
     )
     add("--draft", default=None, help="draft head folder (EAGLE-family, e.g. PAD-Rec) of the drafted modes")
+    add(
+        "--drafts",
+        nargs="+",
+        default=None,
+        metavar="OBJECTIVE=FOLDER",
+        help="instead of --draft: several heads, each named by its training objective (distill, atspeed_s, "
+        "atspeed_r); every drafted mode runs once per head, side by side",
+    )
     add("--draft-beams", type=int, default=1, help="drafted modes: N, the draft's beams in a round (default 1)")
     add("--gamma", type=int, default=3, help="drafted modes: draft tokens per row in a round (default 3)")
     add(
         "--objective",
         default="distill",
-        choices=("distill", "atspeed_s", "atspeed_r"),
+        choices=OBJECTIVES,
         help="drafted modes: the objective --draft was trained with, for the records (default distill)",
     )
     add("--one", nargs="+", default=None, choices=MODES, help=argparse.SUPPRESS)  # child: run these modes
@@ -702,6 +711,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--target and --dataset are required (or --render JSON)")
     if any(k < 1 for k in args.ks):
         parser.error(f"every K must be >= 1, got {args.ks}")
+    args.drafts = parse_drafts(parser, args)
     if args.modes is None:
         drafted_modes = DRAFTED_MODES if args.draft_beams > 1 else DRAFTED_MODES[:1]  # relaxed: N > 1
         args.modes = list(UNDRAFTED_MODES + (drafted_modes if args.draft else ()))
@@ -713,6 +723,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if "relaxed" in drafted and args.draft_beams < 2:
         parser.error("mode relaxed needs --draft-beams >= 2 (the draft's own beam search keeps its log-probs)")
     return args
+
+
+def parse_drafts(parser: argparse.ArgumentParser, args) -> list[tuple[str, str]]:
+    """The heads of the drafted modes as (objective, folder): ``--drafts``'s, or ``--draft`` with ``--objective``.
+    With ``--drafts`` alone, ``--draft``/``--objective`` become its first head (what a child process reads)."""
+    if not args.drafts:
+        return [(args.objective, args.draft)] if args.draft else []
+    heads = []
+    for text in args.drafts:
+        objective, equals, folder = text.partition("=")
+        if not equals or not folder or objective not in OBJECTIVES:
+            parser.error(f"--drafts takes OBJECTIVE=FOLDER, OBJECTIVE one of {list(OBJECTIVES)}, got {text!r}")
+        heads.append((objective, folder))
+    if len({o for o, _ in heads}) < len(heads):
+        parser.error(f"--drafts names an objective twice: {args.drafts}")
+    if args.draft is None:
+        args.objective, args.draft = heads[0]
+    return heads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -735,19 +763,24 @@ def main(argv: list[str] | None = None) -> int:
         return write_progress(args.out, name, payload, len(results), final, markdown, plot)
 
     for modes, dtype, core in configurations(args) + own_process_configurations(args):
-        config = f"{'_'.join(modes)}_{dtype}" + ("" if core == IN_PROCESS else f"_{core}")
-        argv = [*forwarded, "--one", *modes, "--one-dtype", dtype, "--one-engine-core", core]
-        if core == OWN_PROCESS:
-            argv += ["--ks", *map(str, args.own_process_ks)]  # the last --ks given wins
-        env = dot_precision(dtype, args)
-        result, error = run_configuration(
-            "benchmarks.bench_topk", "bench_topk", config, argv, args.work_dir, args.cache_root, env
-        )
-        if error is not None:
-            errors[config] = error
-        if result is not None:
-            results.extend(result)
-        write(final=False)
+        drafted = any(m in DRAFTED_MODES for m in modes)  # a drafted mode runs once per draft
+        for objective, draft in args.drafts if drafted else [(None, None)]:
+            config = f"{'_'.join(modes)}_{dtype}" + ("" if core == IN_PROCESS else f"_{core}")
+            argv = [*forwarded, "--one", *modes, "--one-dtype", dtype, "--one-engine-core", core]
+            if core == OWN_PROCESS:
+                argv += ["--ks", *map(str, args.own_process_ks)]  # the last --ks given wins
+            if objective is not None and len(args.drafts) > 1:
+                config += f"_{objective}"
+                argv += ["--draft", draft, "--objective", objective]  # the last given wins
+            env = dot_precision(dtype, args)
+            result, error = run_configuration(
+                "benchmarks.bench_topk", "bench_topk", config, argv, args.work_dir, args.cache_root, env
+            )
+            if error is not None:
+                errors[config] = error
+            if result is not None:
+                results.extend(result)
+            write(final=False)
     payload = write(final=True)
     print(markdown(payload))
     return 1 if errors else 0

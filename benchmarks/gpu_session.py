@@ -404,7 +404,9 @@ def job_acceptance(ctx: JobContext) -> int:
     )
 
 
-ATSPEED_OBJECTIVES = ("distill", "atspeed_s", "atspeed_r")  # the heads of atspeed_drafts, one budget each
+# the heads of atspeed_drafts, one budget each: vllm_padrec.draft.config.OBJECTIVES (this script imports nothing
+# of the package: it runs before the package is installed on a bare machine)
+ATSPEED_OBJECTIVES = ("distill", "atspeed_s", "atspeed_r")
 
 
 def job_atspeed_drafts(ctx: JobContext) -> int:

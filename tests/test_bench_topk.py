@@ -182,6 +182,42 @@ def test_drafted_modes_need_a_draft_and_relaxed_more_than_one_draft_beam(capsys)
     assert "mode relaxed needs --draft-beams >= 2" in capsys.readouterr().err
 
 
+def test_every_drafted_mode_runs_once_per_head_side_by_side(tmp_path, monkeypatch, capsys):
+    """--drafts OBJECTIVE=FOLDER...: each drafted configuration runs once per head, the head and its objective
+    given to the child (the last --draft and --objective win); undrafted modes run once."""
+    ran = []
+
+    def child(command, stdout, stderr, env):
+        one = bench_topk.parse_args(command[command.index("-m") + 2 :])  # the child's own parse
+        (mode,) = child_modes(command)
+        ran.append((mode, one.draft, one.objective, Path(env["VLLM_CACHE_ROOT"]).name))
+        record = fake_result(mode, one.one_dtype)
+        record["records"][0] |= bench_topk.drafting_fields(one, mode, 1, 2.0)
+        Path(command[command.index("--result") + 1]).write_text(json.dumps([record]))
+        return 0
+
+    monkeypatch.setattr(bench_driver.subprocess, "call", child)
+    argv = ["--target", "/t", "--dataset", str(tmp_path / "beauty_atspeed"), "--ks", "5", "--out", str(tmp_path)]
+    argv += ["--work-dir", str(tmp_path), "--modes", "engine", "strict", "--dtypes", "bfloat16"]
+    argv += ["--drafts", "distill=/heads/d", "atspeed_s=/heads/s"]
+    assert bench_topk.main(argv) == 0
+    assert ran == [
+        ("engine", "/heads/d", "distill", "engine_bfloat16"),
+        ("strict", "/heads/d", "distill", "strict_bfloat16_distill"),
+        ("strict", "/heads/s", "atspeed_s", "strict_bfloat16_atspeed_s"),
+    ]
+    records = json.loads((tmp_path / "topk_beauty_atspeed.json").read_text())["records"]
+    assert [(r["mode"], r["objective"]) for r in records] == [
+        ("engine", None),
+        ("strict", "distill"),
+        ("strict", "atspeed_s"),
+    ]
+    for bad in (["--drafts", "distill"], ["--drafts", "fast=/h"], ["--drafts", "distill=/a", "distill=/b"]):
+        with pytest.raises(SystemExit):
+            bench_topk.parse_args(["--target", "/t", "--dataset", "/d", *bad])
+        assert "--drafts" in capsys.readouterr().err
+
+
 def test_the_strict_mode_builds_an_engine_that_drafts_its_beams(monkeypatch):
     """The strict mode's LLM: the draft as vLLM's speculative model, padrec.topk_draft_beams N, token rows for
     every draft; its requests ask for the strict rule."""
