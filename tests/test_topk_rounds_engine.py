@@ -23,8 +23,10 @@ itself (every drafted step accepted: an item of L = 4 in three engine steps) or 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -502,3 +504,60 @@ def test_a_drafted_requests_prompt_tails_are_copied_again_after_propose():
     assert copies[1] == ([9, 9, 9], [20, 21, 22])
     engine.after_propose()
     assert len(copies) == 2
+
+
+def test_the_round_checks_find_nothing_in_correct_rounds_and_name_a_broken_row(monkeypatch, tiny):  # noqa: F811
+    """PADREC_TOPK_CHECKS=1 (``topk/round_checks.py``): over correct rounds every live row passes; a row whose
+    fed code is overwritten after the drafts are staged (as a wrong copy would leave it) is reported as such."""
+    from vllm_padrec.topk import round_checks
+
+    monkeypatch.setenv(round_checks.ENV, "1")
+    model, catalog, histories = tiny
+    users = [("R1", histories[0], 3), ("R2", histories[1][:4], 2)]  # two prompt lengths
+    created: list[TopKEngine] = []
+    original_init = TopKEngine.__init__
+
+    def keep(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        created.append(self)
+
+    monkeypatch.setattr(TopKEngine, "__init__", keep)
+    answers, _ = run_rounds(monkeypatch, model, model, catalog, users)
+    assert_answers_are_the_reference(answers, users, model, catalog)
+    checks = created[-1].round_checks
+    assert checks.rows_checked > 0 and not checks.counts, checks.summary()
+
+    broken = {"done": False}
+    original_propose = Speculator.propose
+
+    def propose_then_break(self):  # after the first staged round, row 1 of R1 feeds another code
+        original_propose(self)
+        if not broken["done"] and "R1" in self.engine.round_rows:
+            slot = self.v2.slots[beam_req_id("R1", 1)]
+            self.v2.req_states.last_sampled_tokens[slot, 0] = TokenLayout.PAD
+            broken["done"] = True
+
+    monkeypatch.setattr(Speculator, "propose", propose_then_break)
+    with contextlib.suppress(AssertionError):  # the stand-in's own checks may stop the run too
+        run_rounds(monkeypatch, model, model, catalog, users)
+    checks = created[-1].round_checks
+    assert checks.counts["last"] >= 1 and checks.counts["fed"] >= 1, checks.summary()
+
+
+@pytest.mark.parametrize("draft_kind", ["the target", "random weights"])
+def test_rounds_with_more_beams_than_draft_beams_and_several_prompt_lengths(monkeypatch, tiny, draft_kind):  # noqa: F811
+    """The bench's shape in little: K = 5 beams, N = 4 draft beams, gamma 3, three users of three prompt lengths
+    side by side (the rows of one search group and one round cohort): still the beam search's answers."""
+    import test_topk_engine
+
+    slots = 64
+    for module in (test_topk_engine, sys.modules[__name__]):
+        monkeypatch.setattr(module, "NUM_SLOTS", slots)
+        monkeypatch.setattr(module, "NUM_BLOCKS", 400)
+    monkeypatch.setattr(sys.modules[__name__], "GAMMA", 3)
+    model, catalog, histories = tiny
+    draft = draft_model(model, draft_kind)
+    users = [(f"R{i}", histories[i][: 2 + 2 * i], 5) for i in range(3)]
+    assert len({len(catalog.render_prompt(h)) for _, h, _ in users}) == 3
+    answers, _ = run_rounds(monkeypatch, model, draft, catalog, users, draft_beams=4)
+    assert_answers_are_the_reference(answers, users, model, catalog)

@@ -19,3 +19,12 @@ PADREC_FORCE_TRITON = "PADREC_FORCE_TRITON"
 
 def force_triton() -> bool:
     return os.environ.get(PADREC_FORCE_TRITON, "0") == "1"
+
+
+# "1": every drafted top-K round's rows are checked against V2's state before verification (host syncs; debugging
+# only: ``vllm_padrec/topk/round_checks.py``).
+PADREC_TOPK_CHECKS = "PADREC_TOPK_CHECKS"
+
+
+def topk_checks() -> bool:
+    return os.environ.get(PADREC_TOPK_CHECKS, "0") == "1"

@@ -60,6 +60,7 @@ from torch import Tensor
 from vllm_padrec.catalog import TokenLayout
 from vllm_padrec.device_lists import long_tensors
 from vllm_padrec.integration.patches.sample_tokens import TopKAnswers
+from vllm_padrec.topk import round_checks
 from vllm_padrec.topk.beams import BEAM_ID_INFIX, FIRST_ROUND_STEP, TopKBeams, TopKState, beam_req_ids
 from vllm_padrec.topk.chains import chain_round
 from vllm_padrec.topk.kv_copy import BlockCopier, PrivateBlocks, block_pages, prompt_tail_copies
@@ -252,6 +253,8 @@ class TopKEngine:
         self._new_beams: list[NewBeamSlot] = []
         # the cohorts' PrivateBlocks, by their members' (id, private block ids)
         self._blocks_of: dict[tuple[tuple[str, tuple[int, ...]], ...], PrivateBlocks] = {}
+        # PADREC_TOPK_CHECKS=1: every drafted round's rows checked against V2's state first (host syncs)
+        self.round_checks = round_checks.RoundChecks() if round_checks.enabled() else None
 
     def attach(self, beams: TopKBeams, kv_caches: Any, num_blocks: int) -> None:
         """Called once by the runner's first real step (``patches/execute_model.py``), with the runner's
@@ -331,6 +334,12 @@ class TopKEngine:
                     # without staged rows (one row per beam: V2's own greedy draft chains) the rule is strict:
                     # relaxed verification reads the draft's log-probs, which only the speculator side gives
                     by_k[state.k, state.relaxed and staged].append(state)
+                elif self.round_checks is not None:
+                    self.round_checks.violation(
+                        "unverified",
+                        f"{state.req_id!r} step {state.step}: its rows feed drafts, but no round is verified for it "
+                        f"(round beams: {state.req_id in self.round_beams}, staged rows: {staged})",
+                    )
             elif runs and (state.step == 0 or state.req_id in self.groups):
                 by_step[state.step].append(state)
         for members in by_k.values():
@@ -350,6 +359,8 @@ class TopKEngine:
                 rows = rows_from_batch(batch, input_batch, beams)
                 for s in members:
                     self.round_rows.pop(s.req_id, None)
+            if self.round_checks is not None:
+                self.round_checks.check_round(self, members, beams, rows, batch, input_batch)
             self._rounds.append(RoundCohort(members, batch, round_row_logits(logits, batch), beams, rows))
         for step in sorted(by_step):
             members = by_step[step]
