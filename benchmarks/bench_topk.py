@@ -370,7 +370,19 @@ def engine_arguments(args) -> dict:
         "max_model_len": args.max_model_len,
         "gpu_memory_utilization": args.gpu_memory_utilization,
         "max_num_seqs": args.max_num_seqs,
+        **args.engine_args,
     }
+
+
+def json_object(text: str) -> dict:
+    """``--engine-args``: a JSON object, or argparse's one-line error."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object of vllm.LLM arguments, got {text!r}")
+    return value
 
 
 # a mode that runs in the engine of another mode when both run in one dtype: one engine start-up (torch.compile
@@ -642,6 +654,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--max-num-seqs", type=int, default=1024, help="vLLM max_num_seqs (default 1024: K beams per user)")
     add("--max-model-len", type=int, default=512, help="vLLM max_model_len (default 512)")
     add("--gpu-memory-utilization", type=float, default=0.5, help="vLLM's share of GPU memory (default 0.5)")
+    add(
+        "--engine-args",
+        type=json_object,
+        default={},
+        metavar="JSON",
+        help="more vllm.LLM arguments for every vLLM mode, e.g. '{\"enable_prefix_caching\": false}' (a diagnosis: "
+        "what changes with a feature off)",
+    )
     add_run_options(parser, "bench_topk", "topk", "<mode>_<dtype>")
     add(
         "--triton-f32",
@@ -833,6 +853,7 @@ def summarize(args, results: list[dict], errors: dict) -> dict:
         "users_latency": args.users_latency,
         "users_equal": args.users_equal,
         "triton_f32": args.triton_f32,
+        "engine_args": args.engine_args,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "startup_seconds": {f"{mode_label(r)}_{r['dtype']}": r["startup_seconds"] for r in results},

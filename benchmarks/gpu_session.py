@@ -66,6 +66,9 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
     topk_drafted_tests    issue 13's drafted strict rounds in vLLM (the GPU test, a random head) -       lane 1
     bench_topk_drafted    bench_topk's strict and relaxed modes (N = 4, gamma 3) beside the      draft   lane 0
                           engine and the reference, K 1-20, bfloat16 speed, float32 equality
+    topk_drafted_checks   the strict mode at K = 1 then 5, float32, 64 users per call: as it is,     draft   lane 0
+                          with every round's rows checked (PADREC_TOPK_CHECKS=1), without prefix
+                          caching, without async scheduling (the float32 inequality's cause)
     topk_bringup          bench_topk's four modes, float32, a few Ks and users (a quick check  target  lane 0
                           on the small target)
     examples              vllm serve with the draft: examples/openai_client.py, POST             draft   lane 1
@@ -535,26 +538,34 @@ def job_lossless(ctx: JobContext) -> int:
 SECOND_DATASET = "games_atspeed"  # the second dataset of the top-K must-show (issue 12), on lane 1
 
 
-def run_benchmark(ctx: JobContext, module: str, *options: str) -> int:
+def run_benchmark(
+    ctx: JobContext, module: str, *options: str, env: dict[str, str] | None = None, log_tag: str = ""
+) -> int:
     """A benchmark that runs one configuration at a time (bench_topk, bench_spec_decode) on the session's target
     and dataset, each configuration with its own VLLM_CACHE_ROOT; the configurations' logs and profiles go to
-    the job's logs."""
+    the job's logs (named ``<job>.<log_tag>.<file>`` with a tag: a job that runs the benchmark more than once).
+    ``env``: variables added to the job's environment."""
     s = ctx.settings
     work = WORK / ctx.job  # the configurations' result files
     code = ctx.python(
         module,
         *("--target", str(s.checkpoint()), "--dataset", dataset_path(s), "--out", str(WORK / "results")),
         *("--cache-root", str(WORK / "cache" / ctx.job), "--work-dir", str(work), *options),
+        env={**ctx.env, **env} if env else None,
     )
-    for config_log, name in config_logs(work, ctx.job):
+    for config_log, name in config_logs(work, f"{ctx.job}.{log_tag}" if log_tag else ctx.job):
         shutil.move(config_log, WORK / "logs" / name)
     return code
 
 
-def run_bench_topk(ctx: JobContext, name: str, *options: str) -> int:
+def run_bench_topk(
+    ctx: JobContext, name: str, *options: str, env: dict[str, str] | None = None, log_tag: str = ""
+) -> int:
     """benchmarks/bench_topk.py (``run_benchmark``), its results named for the session's dataset."""
     s = ctx.settings
-    return run_benchmark(ctx, "benchmarks.bench_topk", "--name", f"{name}_{s.dataset}{s.suffix()}", *options)
+    return run_benchmark(
+        ctx, "benchmarks.bench_topk", "--name", f"{name}_{s.dataset}{s.suffix()}", *options, env=env, log_tag=log_tag
+    )
 
 
 # in a bench_topk or bench_spec_decode job's work folder
@@ -664,6 +675,40 @@ def job_bench_topk_drafted(ctx: JobContext) -> int:
         *("--ks", "1", "5", "10", "20", "--users", "128", "--users-latency", "30", "--users-equal", "500"),
         *("--concurrency", "64", "--warmup-calls", "10"),
     )
+
+
+# topk_drafted_checks' variants: (name, extra environment, --engine-args); each runs K = 1 then K = 5 as the first
+# bench_topk_drafted run did (its K = 5 float32 pass: 457 / 500 users equal to the reference)
+DRAFTED_CHECK_VARIANTS = (
+    ("plain", {}, "{}"),
+    ("checks", {"PADREC_TOPK_CHECKS": "1"}, "{}"),
+    ("no_prefix_caching", {}, '{"enable_prefix_caching": false}'),
+    ("no_async_scheduling", {}, '{"async_scheduling": false}'),
+)
+
+
+def job_topk_drafted_checks(ctx: JobContext) -> int:
+    """Issue 13's float32 inequality looked into: the strict mode (N = 4, gamma 3) at K = 1 then 5 beside the
+    reference, 64 users per call, as it is, with every round's rows checked against V2's state first
+    (PADREC_TOPK_CHECKS=1, ``vllm_padrec/topk/round_checks.py``: host syncs, violations in the log), without
+    prefix caching, and without async scheduling. Which variants reach every user equal tells the cause apart."""
+    common = ("--modes", "strict", "reference", "--draft", str(ctx.settings.draft()), "--draft-beams", "4")
+    common += ("--gamma", "3", "--dtypes", "float32", "--exact-modes", "reference", "strict", "--ks", "1", "5")
+    common += ("--users", "192", "--users-latency", "1", "--users-equal", "192", "--concurrency", "64")
+    code = 0
+    for name, env, engine_args in DRAFTED_CHECK_VARIANTS:
+        code = max(
+            code,
+            run_bench_topk(
+                ctx,
+                f"topk_drafted_checks_{name}",
+                *common,
+                *("--warmup-calls", "2", "--engine-args", engine_args),
+                env=env,
+                log_tag=name,
+            ),
+        )
+    return code
 
 
 def job_topk_bringup(ctx: JobContext) -> int:
@@ -801,6 +846,7 @@ JOBS: dict[str, Job] = {
         Job("topk_bringup", job_topk_bringup, needs=(TARGET,), vllm=True),
         Job("topk_drafted_tests", job_topk_drafted_tests, lane=1, vllm=True, untimed=True),
         Job("bench_topk_drafted", job_bench_topk_drafted, needs=(DRAFT,), vllm=True),
+        Job("topk_drafted_checks", job_topk_drafted_checks, needs=(DRAFT,), vllm=True),
         Job("examples", job_examples, needs=(DRAFT,), lane=1, vllm=True),
         Job("serve", job_serve, needs=(TARGET,), lane=1, vllm=True),
         Job("bench_vllm_mask", job_bench_vllm_mask, lane=1, vllm=True),

@@ -510,3 +510,19 @@ def test_an_engine_core_in_its_own_process_has_no_step_counter():
     assert bench_topk.engine_steps(in_process) is not None
     own_process = SimpleNamespace(llm_engine=SimpleNamespace(step=lambda: [], engine_core=object()))
     assert bench_topk.engine_steps(own_process) is None
+
+
+def test_engine_args_reach_every_vllm_engine_and_bad_json_is_a_one_line_error(capsys):
+    """--engine-args: a JSON object merged into each vLLM mode's LLM arguments (and recorded); anything else is
+    refused by argparse, naming the option."""
+    base = ["--target", "/t", "--dataset", "/d"]
+    args = bench_topk.parse_args([*base, "--engine-args", '{"enable_prefix_caching": false}'])
+    args.one_dtype = "float32"
+    assert bench_topk.engine_arguments(args)["enable_prefix_caching"] is False
+    plain = bench_topk.parse_args(base)
+    plain.one_dtype = "float32"
+    assert "enable_prefix_caching" not in bench_topk.engine_arguments(plain)
+    for bad in ("{not json", "[1, 2]"):
+        with pytest.raises(SystemExit):
+            bench_topk.parse_args([*base, "--engine-args", bad])
+        assert "--engine-args" in capsys.readouterr().err
