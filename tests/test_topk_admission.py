@@ -37,11 +37,14 @@ TOKEN = 7  # every sampled token (the scheduler does not read them)
 def private_blocks_by_positions(prompt_len: int, item_len: int, block_size: int, lookahead: int) -> int:
     """B counted the way V2 writes a beam's KV: its first private block sits at R's partial prompt block
     (index P // bs) and holds that block's copied tokens; the beam then writes positions P .. P + L - 2
-    and a draft writes ``lookahead`` positions past the last one. B = the distinct blocks from P // bs on."""
+    without a draft; with one (``lookahead`` > 0) a row may feed the last code too (P + L - 1, the step
+    async scheduling adds after a round that completes the item early) and writes ``lookahead`` positions
+    past it. B = the distinct blocks from P // bs on."""
     if item_len == 1:
         return 0  # the top K come from the prefill's logits: no beam row ever runs
     first = prompt_len // block_size
-    last_written = prompt_len + item_len - 2 + lookahead
+    last_fed = prompt_len + item_len - (1 if lookahead else 2)
+    last_written = last_fed + lookahead
     return len({p // block_size for p in range(first * block_size, last_written + 1)})
 
 
@@ -61,6 +64,8 @@ def test_private_blocks_per_beam_examples():
     assert private_blocks_per_beam(45, 4, 16) == 1  # 13 copied + 3 beam tokens fill one block
     assert private_blocks_per_beam(46, 4, 16) == 2  # 14 + 3 crosses into a second block
     assert private_blocks_per_beam(45, 4, 16, lookahead=3) == 2  # a draft's 3 positions cross it too
+    assert private_blocks_per_beam(41, 4, 16, lookahead=3) == 1  # 9 copied + positions 41 .. 47 fill one block
+    assert private_blocks_per_beam(42, 4, 16, lookahead=3) == 2  # 10 + the last code fed at 45, drafts to 48
     assert private_blocks_per_beam(45, 1, 16) == 0
 
 

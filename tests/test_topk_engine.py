@@ -164,12 +164,17 @@ class GreedySampler:
 class FakeScheduler:
     """Whole prompts at once, then one token per step; a request stops at </s> or max_tokens."""
 
-    def __init__(self) -> None:
+    def __init__(self, one_more_step: bool = False) -> None:
         self.requests: dict[str, dict] = {}
         self.next_block = 0
         self.finished: set[str] = set()
         self.just_finished: set[str] = set()  # finished in the last step: the next output's finished_req_ids
         self.just_preempted: set[str] = set()  # preempted before the next step: its preempted_req_ids
+        # async scheduling's tail: a request that stops is scheduled once more (that step was scheduled before
+        # its output came back); its token there is dropped
+        self.one_more_step = one_more_step
+        self.stopping: set[str] = set()
+        self.just_stopped: set[str] = set()  # stopped (</s> or max_tokens) in the last step
 
     def preempt(self, req_id: str) -> None:
         """vLLM's _preempt_request: the request leaves the runner and waits, keeping its outputs."""
@@ -229,12 +234,21 @@ class FakeScheduler:
         return out
 
     def update(self, sampled: dict[str, int]) -> None:
+        self.just_stopped = set()
+        for req_id in list(self.stopping):  # its one more step ran
+            self.stopping.discard(req_id)
+            self.finished.add(req_id)
+            self.just_finished.add(req_id)
         for req_id, r in self.requests.items():
-            if req_id in sampled and req_id not in self.finished:
+            if req_id in sampled and req_id not in self.finished and req_id not in self.just_finished:
                 r["outputs"].append(sampled[req_id])
                 if sampled[req_id] == TokenLayout.EOS or len(r["outputs"]) >= r["params"].max_tokens:
-                    self.finished.add(req_id)
-                    self.just_finished.add(req_id)
+                    self.just_stopped.add(req_id)
+                    if self.one_more_step:
+                        self.stopping.add(req_id)
+                    else:
+                        self.finished.add(req_id)
+                        self.just_finished.add(req_id)
 
 
 engines: list[TopKEngine] = []  # every run_engine's engine, latest last

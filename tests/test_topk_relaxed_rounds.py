@@ -106,7 +106,8 @@ def test_relaxed_rounds_on_rows_are_the_reference_round_by_round(k, n, gamma, se
         for g in range(G):
             m = int(steps_done[g])
             if m >= L:
-                assert int(out.num_sampled[g]) == 0
+                assert int(result.advanced[g]) == 0 and int(out.num_sampled[g]) == 1  # rides along: one <pad>
+                assert torch.equal(out.codes[g], codes[g]) and torch.equal(out.scores[g], scores[g])
                 continue
             start = Beams([tuple(codes[g, j, :m].tolist()) for j in range(k)], scores[g].clone())
             want, steps = reference_round(target, drafts[g], start, k, n, gamma, L - m, uniform[g], gumbel[g])

@@ -68,9 +68,10 @@ def run_rounds(k: int, n: int, gamma: int):
         out = round_outcome(result, root, row_live, codes, logprobs, steps_done)
 
         for g in range(G):
-            m, advanced = int(steps_done[g]), int(out.num_sampled[g])
+            m, advanced = int(steps_done[g]), int(result.advanced[g])
             assert advanced == min(int(result.accepted[g]) + 1, L - m) if m < L else advanced == 0
-            assert int(out.num_rejected[g]) == gamma + 1 - advanced
+            assert int(out.num_sampled[g]) == max(advanced, 1)  # a complete item's rows sample one <pad>
+            assert int(out.num_rejected[g]) == gamma + 1 - int(out.num_sampled[g])
             for j in range(k):
                 if not torch.isfinite(out.scores[g, j]) or advanced == 0:
                     continue
@@ -109,7 +110,8 @@ def test_rounds_on_rows_give_the_targets_own_beam_search_whatever_the_draft(k, n
 
 
 def test_a_user_whose_item_is_complete_rides_along_unchanged():
-    """Async scheduling may run one more round of a complete item: nothing of it moves."""
+    """Async scheduling may run one more round of a complete item: no beam moves, and each row samples one
+    ``<pad>`` (V2's drafter reads a row's last sampled token at index num_sampled - 1: never none)."""
     k, n, gamma = 2, 3, 2
     target, codes, scores, logprobs, _ = run_rounds(k, n, gamma)
     G, R = codes.shape[0], beam_rows(k, n, gamma)
@@ -121,4 +123,5 @@ def test_a_user_whose_item_is_complete_rides_along_unchanged():
     out = round_outcome(result, root, row_live, codes, logprobs, steps_done)
     assert torch.equal(out.codes, codes) and torch.equal(out.scores, scores) and bool(out.done.all())
     assert torch.equal(out.logprobs, logprobs)
-    assert out.num_sampled.tolist() == [0] * G and out.num_rejected.tolist() == [gamma + 1] * G
+    assert out.num_sampled.tolist() == [1] * G and out.num_rejected.tolist() == [gamma] * G
+    assert (out.sampled[:, :, 0] == PAD_TOKEN).all()

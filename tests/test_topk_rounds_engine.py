@@ -125,7 +125,8 @@ class RoundsV2(FakeV2):
             tokens = output.sampled_token_ids[i, :n]
             self.req_states.all_token_ids.gpu[slot, length : length + n] = tokens.to(torch.int32)
             self.req_states.total_len.gpu[slot] = length + n
-            self.req_states.last_sampled_tokens[slot, 0] = tokens[-1]
+            if n:  # input_batch.py:482: a row that sampled nothing keeps its last token
+                self.req_states.last_sampled_tokens[slot, 0] = tokens[-1]
             self.computed[req_id] += out.num_scheduled_tokens[req_id] - int(output.num_rejected[i])
             result[req_id] = int(tokens[0])
         return result
@@ -165,6 +166,8 @@ class Speculator:
         """V2's view of each live beam's row j < K before a round: its history is beam j's path (prompt, then
         its m codes), it feeds beam j's last code next, and m - 1 codes have KV (the last is fed next)."""
         P, v2 = state.prompt_len, self.v2
+        if m >= state.item_length:  # complete: its last round sampled a <pad> past the item, and it ends
+            return
         for j in range(state.k):
             if not torch.isfinite(start.scores[0, j]):
                 continue
@@ -215,7 +218,7 @@ class Speculator:
         per level that reads each row's path from them and from its runner state. The plugin's ``RoundSearch``
         advances and moves the rows between the forwards, writes the chains as drafts and stages the round."""
         v2, engine = self.v2, self.engine
-        drafting = [r for r in engine.round_beams if not self.beams.states[r].ended]
+        drafting = [r for r in engine.round_beams if not self.beams.states[r].ended and self.beams.states[r].runs_beams]
         for req_id in drafting:  # rows >= K hold another round's paths; rows < K the start beams
             state, start = self.beams.states[req_id], engine.round_beams[req_id]
             self.check_beam_rows(req_id, state, start, int(start.steps_done[0]))
@@ -323,8 +326,8 @@ class GreedyChains(Speculator):
     def propose(self) -> None:
         v2 = self.v2
         for req_id, state in self.beams.states.items():
-            if state.ended or req_id not in self.engine.round_beams:
-                continue
+            if state.ended or req_id not in self.engine.round_beams or not state.runs_beams:
+                continue  # (R's step after its last: its rows have left)
             for r in range(state.rows):
                 slot = v2.slots[beam_req_id(req_id, r)]
                 length = int(v2.req_states.total_len.gpu[slot])
@@ -339,10 +342,18 @@ class GreedyChains(Speculator):
 
 
 def run_rounds(
-    monkeypatch, model, draft, catalog, users, verification: str | None = None, draft_beams: int = DRAFT_BEAMS
+    monkeypatch,
+    model,
+    draft,
+    catalog,
+    users,
+    verification: str | None = None,
+    draft_beams: int = DRAFT_BEAMS,
+    one_more_step: bool = False,
 ):
     """An engine's life with drafted top-K requests: (answers by request id, engine steps each R ran). With
-    ``draft_beams`` 1 the stand-in speculator is V2's own: a greedy chain per row, nothing staged."""
+    ``draft_beams`` 1 the stand-in speculator is V2's own: a greedy chain per row, nothing staged. With
+    ``one_more_step`` the scheduler runs each R once more after it stops, as async scheduling does."""
     L = catalog.num_slots
     lists = request_lists(monkeypatch, catalog, ListSettings(max_list_items=4), NUM_SLOTS, max_drafts=GAMMA)
     lists.limits = dataclasses.replace(lists.limits, topk_rules=("strict", "relaxed"))  # a server drafting top-K
@@ -354,7 +365,7 @@ def run_rounds(
     if draft_beams > 1:
         install_draft_loop(monkeypatch)
     speculator = (Speculator if draft_beams > 1 else GreedyChains)(draft, catalog, v2, engine, beams)
-    scheduler = FakeScheduler()
+    scheduler = FakeScheduler(one_more_step)
     for req_id, history, k in users:
         prompt = catalog.render_prompt(history)
         args = {"padrec_constraint": True, "padrec_num_items": 1, "padrec_topk": k}
@@ -373,7 +384,7 @@ def run_rounds(
         scheduler.update(v2.execute(beams.rewrite(out)))
         speculator.propose()
         taken = v2.state.padrec_topk_answers.take()
-        for req_id in scheduler.just_finished & taken.keys():  # the answer of the step R wrote </s>
+        for req_id in scheduler.just_stopped & taken.keys():  # the answer of the step R wrote </s>
             answers[req_id] = decode_items(encode_items(taken[req_id]), L)
     assert not lists.refused.any(), "the plugin refused a request"
     assert len(v2.free) == NUM_SLOTS and not engine.groups
@@ -561,3 +572,29 @@ def test_rounds_with_more_beams_than_draft_beams_and_several_prompt_lengths(monk
     assert len({len(catalog.render_prompt(h)) for _, h, _ in users}) == 3
     answers, _ = run_rounds(monkeypatch, model, draft, catalog, users, draft_beams=4)
     assert_answers_are_the_reference(answers, users, model, catalog)
+
+
+@pytest.mark.parametrize("draft_beams", [1, DRAFT_BEAMS])
+def test_a_step_after_an_early_finish_writes_only_the_rows_own_blocks(monkeypatch, tiny, draft_beams):  # noqa: F811
+    """Async scheduling schedules R once more after the round that completes its item (the host learns of the
+    </s> a step later). With the target as its own draft an item completes in the first round, so its rows
+    then feed the item's last code and gamma drafts: every position they write must lie in their own private
+    blocks (the stand-in reads each row's block table for every fed position: one past it fails), for every
+    prompt length modulo the block size; the answers stay the beam search's."""
+    import test_topk_engine
+
+    for module in (test_topk_engine, sys.modules[__name__]):
+        monkeypatch.setattr(module, "NUM_SLOTS", 64)
+        monkeypatch.setattr(module, "NUM_BLOCKS", 400)
+    model, catalog, histories = tiny
+    by_residue = {}  # one history per prompt length modulo the block size
+    for history in histories:
+        for n in range(1, len(history) + 1):
+            by_residue.setdefault(len(catalog.render_prompt(history[:n])) % BS, history[:n])
+    L = catalog.num_slots
+    tight = (-(L - 1 + GAMMA)) % BS  # P mod bs whose beams' private blocks end right after the last draft
+    assert tight in by_residue, sorted(by_residue)
+    users = [(f"R{r}", history, 1) for r, history in sorted(by_residue.items())]
+    answers, steps = run_rounds(monkeypatch, model, model, catalog, users, draft_beams=draft_beams, one_more_step=True)
+    assert_answers_are_the_reference(answers, users, model, catalog)
+    assert all(n == 4 for n in steps.values()), steps  # steps 0, 1, the round that completes the item, one more

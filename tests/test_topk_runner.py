@@ -201,7 +201,7 @@ def test_drafted_rounds_run_every_row_with_its_draft_tokens_until_r_ends():
     before step L - 1."""
     K, P, gamma = 2, 21, 3
     rows = DRAFTED.rows(K)
-    assert rows == 8 and DRAFTED.blocks_per_beam(P) == 1  # cdiv(5 + 3 + 3, 16)
+    assert rows == 8 and DRAFTED.blocks_per_beam(P) == 1  # cdiv(5 + 3 + 3 + 1, 16)
     life, private = [10, 11], list(range(20, 20 + rows))
     beams = TopKBeams(DRAFTED)
     ordinary = new_request("o", [7] * 5, [30], SamplingParams(max_tokens=8))
@@ -225,10 +225,11 @@ def test_drafted_rounds_run_every_row_with_its_draft_tokens_until_r_ends():
     assert seen.num_scheduled_tokens == {"R": 1 + gamma, "o": 1 + gamma} | dict.fromkeys(ids, 1 + gamma)
     assert seen.scheduled_spec_decode_tokens == dict.fromkeys(["R", "o", *ids], [-1] * gamma)
 
-    # step 3, the second round: the host's count is an upper bound, P + min(2 + gamma, L - 2) (the GPU's is exact)
+    # step 3, the second round: the host's count is an upper bound, P + min(2 + gamma, L - 1) (the GPU's is exact;
+    # the rows may have fed the item's last code already, when the first round completed it)
     seen = run(beams, with_drafts(step_output(cached=[("R", P + 2, 1), ("o", 7, 1)]), {"R": gamma, "o": gamma}))
     entries = cached_entries(seen)
-    assert [entries[i][:2] for i in ids] == [(P + L - 2, L - 1)] * rows
+    assert [entries[i][:2] for i in ids] == [(P + L - 1, L)] * rows
 
     # that round completed the item: R's row sampled </s>, and every row leaves with R
     seen = run(beams, with_drafts(step_output(cached=[("o", 8, 1)], finished={"R"}), {"o": gamma}))
@@ -238,7 +239,8 @@ def test_drafted_rounds_run_every_row_with_its_draft_tokens_until_r_ends():
 
 def test_drafted_rounds_at_one_token_a_round_stop_at_the_items_last_step():
     """A round advances at least one beam step: rows run R's steps 1 .. L - 1 at most, as undrafted beams do,
-    their host count capped at P + L - 2, the position of the last code a round can feed."""
+    their host count capped at P + L - 1: a row may feed the item's last code (at that position) in the step
+    async scheduling adds after a round that completed the item early."""
     K, P = 1, 16
     layout = dataclasses.replace(DRAFTED, draft_beams=2)  # K + 1 * 3 = 4 rows
     beams = TopKBeams(layout)
@@ -249,7 +251,7 @@ def test_drafted_rounds_at_one_token_a_round_stop_at_the_items_last_step():
         seen = run(beams, step_output(cached=[("R", P + t - 1, 1)]))
         entries = cached_entries(seen)
         bounds.append({entries[i][0] for i in beams_of("R", rows) if i in entries})
-    assert bounds == [set(), {P + 1}, {P + L - 2}, set()]  # step 1 adds them new; step L: they left
+    assert bounds == [set(), {P + 1}, {P + L - 1}, set()]  # step 1 adds them new; step L: they left
     assert seen.finished_req_ids == set(beams_of("R", rows))
 
 

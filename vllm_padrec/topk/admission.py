@@ -17,11 +17,15 @@ Vocabulary (P: prompt length, L: tokens per item, bs: block size):
 - **Beam j's block table** is R's floor(P / bs) full prompt blocks, then beam j's B private blocks. The
   first private block takes the place of R's partial last prompt block: it holds a copy of its P mod bs
   tokens, then beam j's own tokens. A beam writes KV at positions P .. P + L - 2 (its last token is
-  never fed), and a draft model, when the server has one, writes its ``lookahead`` positions past the
-  fed one (V2's drafter advances its position once per draft step and takes the slot from the same
-  block table, ``worker/gpu/spec_decode/autoregressive/speculator.py:385-397, 620-640``). So
+  never fed). On a server with a draft (drafted rounds, issue 13) a row may also feed the item's last
+  token: under async scheduling the step after a round that completes the item early is scheduled before
+  the host learns of it, and the row feeds its last code at P + L - 1 then; past the fed one, the row's
+  drafts and the draft model write ``lookahead`` more positions (V2's drafter advances its position once
+  per draft step and takes the slot from the same block table,
+  ``worker/gpu/spec_decode/autoregressive/speculator.py:385-397, 620-640``). So a row writes up to
+  P + L - 2 without a draft and up to P + L - 1 + lookahead with one:
 
-      B = cdiv(P mod bs + (L - 1) + lookahead, bs)          (0 when L = 1: no beam step ever runs)
+      B = cdiv(P mod bs + (L - 1) + (lookahead + 1 if lookahead else 0), bs)    (0 when L = 1)
 
   which is the design's cdiv(P mod bs + L - 1, bs) on a server without a draft. Example, bs = 16,
   L = 4, no draft: P = 32 gives cdiv(0 + 3, 16) = 1 block (no tail to copy); P = 45 gives
@@ -72,7 +76,8 @@ def private_blocks_per_beam(prompt_len: int, item_len: int, block_size: int, loo
     """B: the private blocks one beam needs (module docstring); 0 when an item is one token long."""
     if item_len <= 1:
         return 0
-    return cdiv(prompt_len % block_size + item_len - 1 + lookahead, block_size)
+    past_last_fed = lookahead + 1 if lookahead else 0  # with a draft: the last code may be fed, then lookahead
+    return cdiv(prompt_len % block_size + item_len - 1 + past_last_fed, block_size)
 
 
 def beam_rows(k: int, draft_beams: int = 0, gamma: int = 0) -> int:

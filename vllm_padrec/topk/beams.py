@@ -171,9 +171,10 @@ class TopKState:
         """An upper bound of each row's computed tokens as step ``step`` (>= 1) begins, what V2's host mirror
         holds (its GPU copy, advanced by each step's accepted tokens, is the real count, model_runner.py:838-860,
         1581-1587): P + t - 1 undrafted; drafted, each round from step 2 on advances at most gamma + 1 beam
-        steps, and a round feeds an item's code L - 1 at most (position P + L - 2: the last code is never fed)."""
+        steps, and the rows have fed at most the item's L codes (the last one, at P + L - 1, in the step async
+        scheduling adds after a round that completes the item early: ``admission.private_blocks_per_beam``)."""
         rounds = max(self.step - FIRST_ROUND_STEP, 0)
-        return self.prompt_len + min(self.step - 1 + rounds * self.gamma, self.item_length - 2)
+        return self.prompt_len + min(self.step - 1 + rounds * self.gamma, self.item_length - 1)
 
     def beam_block_ids(self, beam: int) -> list[int]:
         """The block table row of beam ``beam``: the shared full prompt blocks, then its private blocks."""

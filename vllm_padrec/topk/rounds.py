@@ -43,7 +43,7 @@ class RoundOutcome:
 
     source_row: Tensor  # [G, R] long: the row whose history and KV each row continues (itself for j >= K)
     sampled: Tensor  # [G, R, gamma + 1] long: each row's tokens to append; PAD_TOKEN past ``num_sampled``
-    num_sampled: Tensor  # [G] long: the steps the round advanced, the same for every row of a user
+    num_sampled: Tensor  # [G] long: the steps the round advanced (1 for a complete item's), alike for a user's rows
     num_rejected: Tensor  # [G] long: gamma + 1 - num_sampled
     codes: Tensor  # [G, K, L] long: each new beam's item codes so far (PAD_TOKEN past them)
     logprobs: Tensor  # [G, K, L] float32: the target's log-prob of each of those codes (0 past them)
@@ -85,11 +85,16 @@ def round_outcome(
     padded_logprobs = torch.cat([new_logprobs, torch.zeros_like(new_logprobs[:, :, :1])], 2)  # [G, K, L + 1]
     padded_logprobs.scatter_(2, target_column, torch.where(written[:, None, :], result.logprobs, 0.0))
     steps = steps_done + result.advanced
+    # a complete item's round (the step async scheduling adds after the round that completed it) advances no
+    # beam, but its rows still sample one token (``<pad>``): V2's drafter reads each row's last accepted token
+    # at query index num_sampled - 1 of the row (speculator.py, ``_prepare_prefill_inputs_kernel``), which
+    # for a row that sampled nothing is the previous row's, position and all
+    sampled_count = result.advanced.clamp(min=1)
     return RoundOutcome(
         source_row=source_row,
         sampled=sampled,
-        num_sampled=result.advanced,
-        num_rejected=width - result.advanced,
+        num_sampled=sampled_count,
+        num_rejected=width - sampled_count,
         codes=padded[:, :, :L],
         logprobs=padded_logprobs[:, :, :L],
         scores=result.scores,
