@@ -68,7 +68,7 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
                           engine and the reference, K 1-20, bfloat16 speed, float32 equality
     topk_drafted_checks   the strict mode at K = 1 then 5, float32, 64 users per call: as it is,     draft   lane 0
                           with every round's rows checked (PADREC_TOPK_CHECKS=1), without prefix
-                          caching, without async scheduling (the float32 inequality's cause)
+                          caching, async scheduling or CUDA graphs (the float32 inequality's cause)
     topk_bringup          bench_topk's four modes, float32, a few Ks and users (a quick check  target  lane 0
                           on the small target)
     examples              vllm serve with the draft: examples/openai_client.py, POST             draft   lane 1
@@ -684,6 +684,7 @@ DRAFTED_CHECK_VARIANTS = (
     ("checks", {"PADREC_TOPK_CHECKS": "1"}, "{}"),
     ("no_prefix_caching", {}, '{"enable_prefix_caching": false}'),
     ("no_async_scheduling", {}, '{"async_scheduling": false}'),
+    ("eager", {}, '{"enforce_eager": true}'),
 )
 
 
@@ -691,7 +692,8 @@ def job_topk_drafted_checks(ctx: JobContext) -> int:
     """Issue 13's float32 inequality looked into: the strict mode (N = 4, gamma 3) at K = 1 then 5 beside the
     reference, 64 users per call, as it is, with every round's rows checked against V2's state first
     (PADREC_TOPK_CHECKS=1, ``vllm_padrec/topk/round_checks.py``: host syncs, violations in the log), without
-    prefix caching, and without async scheduling. Which variants reach every user equal tells the cause apart."""
+    prefix caching, without async scheduling, and without CUDA graphs. Which variants reach every user equal
+    tells the cause apart."""
     common = ("--modes", "strict", "reference", "--draft", str(ctx.settings.draft()), "--draft-beams", "4")
     common += ("--gamma", "3", "--dtypes", "float32", "--exact-modes", "reference", "strict", "--ks", "1", "5")
     common += ("--users", "192", "--users-latency", "1", "--users-equal", "192", "--concurrency", "64")
