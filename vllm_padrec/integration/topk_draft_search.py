@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vllm_padrec.device_lists import long_tensors
 from vllm_padrec.topk.beams import beam_req_ids
 from vllm_padrec.topk.draft_rows import DraftRows, DraftStep
 from vllm_padrec.topk.draft_search import DraftSearcher
@@ -77,9 +78,10 @@ class RoundSearch:
                 groups.setdefault((state.k, state.rows, state.gamma), []).append(req_id)
         searches = []
         for (_, num_rows, gamma), req_ids in groups.items():
-            batch_rows = torch.tensor(
-                [[position[r] for r in beam_req_ids(req_id, num_rows)] for req_id in req_ids], device=device
-            )  # [G, R]
+            (flat,) = long_tensors(
+                [position[r] for req_id in req_ids for r in beam_req_ids(req_id, num_rows)], device=device
+            )  # one pinned, non-blocking copy: no host sync in propose
+            batch_rows = flat.view(len(req_ids), num_rows)  # [G, R]
             start = torch.cat([engine.round_beams[req_id].scores for req_id in req_ids])  # [G, K]
             relaxed = any(beams.states[req_id].relaxed for req_id in req_ids)
             searcher = DraftSearcher(start, num_rows, gamma, beams.layout.draft_beams, keep_logprobs=relaxed)
@@ -111,8 +113,8 @@ class RoundSearch:
         root, chain, row_live = rows.round_rows()
         G, R, gamma = chain.shape
         draft_tokens[self.batch_rows.reshape(-1)] = chain.reshape(G * R, gamma).to(draft_tokens.dtype)
-        for g, req_id in enumerate(self.req_ids):
-            relaxed = engine.beams.states[req_id].relaxed
-            kept = search.logprobs[g : g + 1] if relaxed else None
-            depth = rows.depth[g : g + 1] if relaxed else None
-            engine.stage_round(req_id, RoundRows(root[g : g + 1], chain[g : g + 1], row_live[g : g + 1], kept, depth))
+        relaxed = search.logprobs is not None  # kept when any request of the group verifies by the relaxed rule
+        engine.stage_rounds(
+            self.req_ids,
+            RoundRows(root, chain, row_live, search.logprobs if relaxed else None, rows.depth if relaxed else None),
+        )

@@ -487,22 +487,32 @@ class TopKEngine:
 
     # -- the drafts of a round (the speculator's side: ``propose``) ------------------------------------------
     def stage_round(self, req_id: str, rows: RoundRows) -> None:
-        """The rows the next round of ``req_id`` verifies, from the draft's search over its rows (``DraftRows``):
-        kept for the sampler hook, and each extra row (r >= K) given its root beam's token history, last code
-        and private KV (row root[r] < K holds that beam), so that it feeds the root's last code, then its chain
-        (ATSPEED.md, "Extra rows before verification"). The chains themselves go into V2's draft buffer by the
-        caller. Called after the round's start beams are in rows 0 .. K - 1 (the previous step's hook)."""
-        state = self.beams.states[req_id]
-        if state.relaxed and (rows.draft_logprobs is None or rows.depth is None):
-            raise ValueError(
-                f"top-K request {req_id!r} verifies by the relaxed rule: its rows need the draft's log-probs"
+        """``stage_rounds`` for one request (``rows``: [1, ...])."""
+        self.stage_rounds([req_id], rows)
+
+    def stage_rounds(self, req_ids: Sequence[str], rows: RoundRows) -> None:
+        """The rows the next round of each of ``req_ids`` (the same K and rows each; ``rows``: [G, ...] in their
+        order) verifies, from the draft's search over its rows (``DraftRows``): kept for the sampler hook, and
+        each extra row (r >= K) given its root beam's token history, last code and private KV (row root[r] < K
+        holds that beam), so that it feeds the root's last code, then its chain (ATSPEED.md, "Extra rows before
+        verification"), in one ``copy_rows`` for all of them. The chains themselves go into V2's draft buffer
+        by the caller. Called after the rounds' start beams are in rows 0 .. K - 1 (the previous step's hook)."""
+        states = [self.beams.states[r] for r in req_ids]
+        for state in states:
+            if state.relaxed and (rows.draft_logprobs is None or rows.depth is None):
+                raise ValueError(
+                    f"top-K request {state.req_id!r} verifies by the relaxed rule: its rows need the draft's log-probs"
+                )
+        for g, req_id in enumerate(req_ids):
+            self.round_rows[req_id] = RoundRows(
+                *(None if f is None else f[g : g + 1] for f in (rows.root, rows.chain, rows.row_live)),
+                *(None if f is None else f[g : g + 1] for f in (rows.draft_logprobs, rows.depth)),
             )
-        self.round_rows[req_id] = rows
-        K, R = state.k, state.rows
+        K, R = states[0].k, states[0].rows
         if R == K:
             return
         rank = torch.arange(R, device=self.device)
-        self.copy_rows([req_id], torch.where(rank < K, rank, rows.root[0])[None])  # [1, R]
+        self.copy_rows(req_ids, torch.where(rank < K, rank, rows.root))  # [G, R]
 
     def copy_rows(self, req_ids: Sequence[str], source: Tensor) -> None:
         """Give each row of the drafted requests ``req_ids`` (the same rows each) the token history, last code and
@@ -517,7 +527,7 @@ class TopKEngine:
         slots = slots.view(G, R)
         sources = slots.gather(1, source).reshape(-1)  # [G * R]
         steps = torch.cat([self.round_beams[r].steps_done for r in req_ids])  # [G]
-        prompt_len = torch.tensor([s.prompt_len for s in states], device=self.device)  # [G]
+        (prompt_len,) = long_tensors([s.prompt_len for s in states], device=self.device)  # [G], no host sync
         history_end = (prompt_len + steps)[:, None].expand(G, R).reshape(-1)  # [G * R]
         columns = (min(s.prompt_len for s in states), max(s.prompt_len + s.item_length for s in states))
         copy_token_histories(self.req_states.all_token_ids.gpu, slots.reshape(-1), sources, history_end, columns)
