@@ -89,6 +89,7 @@ class RoundBatch:
         owners = np.array([index[req_id] for req_id, _, _ in groups])  # [G]
         prompt_lens = np.array([p for _, _, p in groups])
         lists = (
+            present.reshape(-1),
             logits_rows.reshape(-1),
             row_requests,
             idx_mapping[row_requests],
@@ -97,13 +98,13 @@ class RoundBatch:
             owners,
             cu_num_logits[owners + 1] - cu_num_logits[owners],
         )
-        flat_rows, row_requests_, row_slots, row_index_, row_prompt_len, owners_, owner_logits = long_tensors(
-            *lists, device=device
+        row_present, flat_rows, row_requests_, row_slots, row_index_, row_prompt_len, owners_, owner_logits = (
+            long_tensors(*lists, device=device)  # one pinned, non-blocking copy: no host sync
         )
         return cls(
             gamma=gamma,
             logits_rows=flat_rows.view(G, r_max, 1 + gamma),
-            row_present=torch.from_numpy(present.reshape(G, r_max)).to(device),
+            row_present=row_present.view(G, r_max).bool(),
             row_requests=row_requests_,
             row_slots=row_slots,
             row_index=row_index_,
