@@ -64,7 +64,7 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
                           and the pinned host copies natively)
     topk_smoke            topk_tests' quick part (no served engine), before benchmarks           -       lane 1
     topk_drafted_tests    issue 13's drafted strict rounds in vLLM (the GPU test, a random head) -       lane 1
-    bench_topk_drafted    bench_topk's strict and relaxed modes (N = 4, gamma 3) beside the      draft   lane 0
+    bench_topk_drafted    bench_topk's strict and relaxed modes (N = 20, gamma 3) beside the     draft   lane 0
                           engine and the reference, K 1-20, bfloat16 speed, float32 equality
     topk_drafted_checks   the strict mode at K = 1 then 5, float32, 64 users per call: as it is,     draft   lane 0
                           with every round's rows checked (PADREC_TOPK_CHECKS=1), without prefix
@@ -664,13 +664,14 @@ def job_topk_drafted_tests(ctx: JobContext) -> int:
 
 def job_bench_topk_drafted(ctx: JobContext) -> int:
     """Issue 13's bring-up in vLLM on the session's target and its PAD-Rec head: bench_topk's strict and relaxed
-    modes (N = 4 draft beams, gamma 3) beside the undrafted engine and the reference; K 1-20; bfloat16 for speed,
+    modes (N = 20 draft beams, gamma 3: strict can accept a step only when N >= K, so every K here; the first run's
+    N = 4 never accepted at K >= 5) beside the undrafted engine and the reference; K 1-20; bfloat16 for speed,
     float32 for equality."""
     return run_bench_topk(
         ctx,
         "topk_drafted",
         *("--modes", "engine", "strict", "relaxed", "reference", "--draft", str(ctx.settings.draft())),
-        *("--draft-beams", "4", "--gamma", "3"),
+        *("--draft-beams", "20", "--gamma", "3"),
         *("--dtypes", "bfloat16", "float32", "--exact-modes", "reference", "engine", "strict"),
         *("--ks", "1", "5", "10", "20", "--users", "128", "--users-latency", "30", "--users-equal", "500"),
         *("--concurrency", "64", "--warmup-calls", "10"),
