@@ -46,6 +46,8 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
     atspeed_drafts        issue 13's heads on the target's top-K beams: distill, atspeed_s,      bench_target
                           atspeed_r, the same budget each
     bench_atspeed         benchmarks/bench_atspeed.py on them (strict top-K, plain torch)        atspeed_drafts
+    bench_topk_atspeed    issue 13's must-show in vLLM: bench_topk's engine, vLLM's beam search,  atspeed_drafts
+                          strict and relaxed once per head (N = 40, gamma 3), K 1-20
     kernel_tests          GPU tests of the kernels and catalog masks (--kernel-tests)            -       lane 0
     gpu_tests             vLLM GPU tests (--gpu-tests)                                           -       lane 0
     engine_step_baseline  benchmarks/engine_step.py of .baseline (the code before the redesign)  draft   lane 1
@@ -446,6 +448,23 @@ def job_bench_atspeed(ctx: JobContext) -> int:
     )
 
 
+def job_bench_topk_atspeed(ctx: JobContext) -> int:
+    """Issue 13's must-show in vLLM on the bench target and its three AtSpeed heads (``atspeed_drafts``): the
+    undrafted engine and vLLM's beam search beside strict and relaxed top-K once per head (N = 40, gamma 3);
+    K 1/5/10/20; bfloat16 for speed (128 users at 64 concurrent, 30 one at a time), float32 for equality
+    (reference, engine and strict on 500 users). Results in ``topk_atspeed_<dataset>``, written after each
+    configuration (a hold cut short keeps what it measured; run with --target bench)."""
+    drafts = [f"{o}={WORK / 'atspeed_drafts' / o / 'padrec' / 'draft'}" for o in ATSPEED_OBJECTIVES]
+    return run_bench_topk(
+        ctx,
+        "topk_atspeed",
+        *("--modes", "engine", "strict", "relaxed", "reference", "vllm_beam_search", "--drafts", *drafts),
+        *("--draft-beams", "40", "--gamma", "3", "--ks", "1", "5", "10", "20"),
+        *("--dtypes", "bfloat16", "float32", "--exact-modes", "reference", "engine", "strict"),
+        *("--users", "128", "--users-latency", "30", "--users-equal", "500", "--concurrency", "64"),
+    )
+
+
 def pytest_command(files: tuple[str, ...], select: str | None = None) -> list[str]:
     # -o pythonpath=: pytest.ini puts the repository first on sys.path, which would shadow the installed
     # package (whose vllm_padrec.kernels setup.py maps in from kernels/)
@@ -814,6 +833,7 @@ JOBS: dict[str, Job] = {
         Job("acceptance", job_acceptance, needs=("bench_drafts",)),
         Job("atspeed_drafts", job_atspeed_drafts, needs=("bench_target",), untimed=True),
         Job("bench_atspeed", job_bench_atspeed, needs=("atspeed_drafts",)),
+        Job("bench_topk_atspeed", job_bench_topk_atspeed, needs=("atspeed_drafts",), vllm=True),
         Job("kernel_tests", job_kernel_tests, vllm=True),
         Job("gpu_tests", job_gpu_tests, vllm=True),
         Job(
