@@ -528,6 +528,23 @@ def mode_label(record: dict) -> str:
     return record["mode"] + (" (own process)" if record.get("engine_core") == OWN_PROCESS else "")
 
 
+def earlier_mark(record: dict) -> str:
+    """`` (run of 2026-12-01)`` after the mode of a record an earlier run measured (``--merge``)."""
+    return f" (run of {record['measured_on'][:10]})" if record.get("measured_on") else ""
+
+
+def earlier_runs_markdown(records: list[dict]) -> list[str]:
+    """A line naming the records an earlier run measured (``--merge``), by run date; none without them."""
+    dates: dict[str, int] = {}
+    for r in records:
+        if r.get("measured_on"):
+            dates[r["measured_on"]] = dates.get(r["measured_on"], 0) + 1
+    if not dates:
+        return []
+    runs = "; ".join(f"{n} measured on {date}" for date, n in sorted(dates.items()))
+    return [f"Records from earlier runs, kept beside this run's (`--merge`): {runs}.", ""]
+
+
 def markdown(payload: dict) -> str:
     lines = [
         f"# Top-K recommendation on {payload['dataset']}",
@@ -540,6 +557,7 @@ def markdown(payload: dict) -> str:
         "the same rank.",
         "",
         *([f"Note: {payload['note']}", ""] if payload.get("note") else []),
+        *earlier_runs_markdown(payload["records"]),
         *goals_markdown(topk_goals(payload["records"], payload["concurrency"])),
         *drafted_goals_markdown(payload["records"]),
         "## Records",
@@ -560,7 +578,8 @@ def markdown(payload: dict) -> str:
         if differing and r.get("differing_same_scores") is not None:
             equal += f" ({r['differing_same_scores']} of {differing} others: same scores)"
         lines.append(
-            f"| {mode_label(r)} | {r['dtype']} | {r['k']} | {r['batch_size']} | {r['users']} | {cell(r['p50_ms'])} | "
+            f"| {mode_label(r)}{earlier_mark(r)} | {r['dtype']} | {r['k']} | {r['batch_size']} | {r['users']} | "
+            f"{cell(r['p50_ms'])} | "
             f"{cell(r['p99_ms'])} | {cell(r['users_per_s'])} | {r['recall_at_k']} | {r['ndcg_at_k']} | "
             f"{r['invalid_items']} | {equal} | {cell(r.get('max_score_difference'))} | "
             f"{steps} | {blocks} | {drafts_cell(r)} |"
@@ -654,6 +673,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--max-num-seqs", type=int, default=1024, help="vLLM max_num_seqs (default 1024: K beams per user)")
     add("--max-model-len", type=int, default=512, help="vLLM max_model_len (default 512)")
     add("--gpu-memory-utilization", type=float, default=0.5, help="vLLM's share of GPU memory (default 0.5)")
+    add(
+        "--merge",
+        action="store_true",
+        help="keep the records of the results file of the same name that this run does not measure again, each "
+        "marked with its run's date (measured_on), so that one file holds several runs' modes (e.g. issue 13's "
+        "drafted modes beside issue 12's K = 50 and 100); the goals read the merged records",
+    )
     add(
         "--engine-args",
         type=json_object,
@@ -775,11 +801,12 @@ def main(argv: list[str] | None = None) -> int:
     results, errors = [], {}
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     name = args.name or f"topk_{Path(args.dataset).name}"
+    earlier = earlier_records(Path(args.out) / f"{name}.json") if args.merge else []
 
     def write(final: bool) -> dict:
         """The results so far (after each configuration, so that a run cut short keeps what it measured)."""
         attach_equality(results, args.concurrency)  # idempotent: recomputed from the configurations so far
-        payload = summarize(args, results, errors)
+        payload = summarize(args, results, errors, earlier)
         return write_progress(args.out, name, payload, len(results), final, markdown, plot)
 
     for modes, dtype, core in configurations(args) + own_process_configurations(args):
@@ -838,10 +865,29 @@ def own_process_configurations(args) -> list[tuple[tuple[str, ...], str, str]]:
     return [(modes, dtype, OWN_PROCESS) for modes, dtype, _ in configurations(own)]
 
 
-def summarize(args, results: list[dict], errors: dict) -> dict:
+# what makes two records the same measurement: a later run's record replaces an earlier one's (``--merge``)
+RECORD_KEY = ("mode", "dtype", "k", "batch_size", "engine_core", "draft_beams", "gamma", "objective")
+
+
+def record_key(record: dict) -> tuple:
+    return tuple(record.get(field) for field in RECORD_KEY)
+
+
+def earlier_records(path: Path) -> list[dict]:
+    """``--merge``: the records of an earlier results file (none when there is no file), each with the date of
+    the run that measured it (``measured_on``)."""
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text())
+    return [{**r, "measured_on": r.get("measured_on", earlier.get("date"))} for r in earlier.get("records", [])]
+
+
+def summarize(args, results: list[dict], errors: dict, earlier: list[dict] = ()) -> dict:
     import torch
 
     records = [record for r in results for record in r["records"]]
+    measured = {record_key(r) for r in records}
+    records = [r for r in earlier if record_key(r) not in measured] + records  # --merge: this run's replace
     return {
         "target": args.target,
         "dataset": Path(args.dataset).name,

@@ -452,12 +452,17 @@ def job_bench_topk_atspeed(ctx: JobContext) -> int:
     """Issue 13's must-show in vLLM on the bench target and its three AtSpeed heads (``atspeed_drafts``): the
     undrafted engine and vLLM's beam search beside strict and relaxed top-K once per head (N = 40, gamma 3);
     K 1/5/10/20; bfloat16 for speed (128 users at 64 concurrent, 30 one at a time), float32 for equality
-    (reference, engine and strict on 500 users). Results in ``topk_atspeed_<dataset>``, written after each
+    (reference, engine and strict on 500 users). Results in ``topk_<dataset>``, merged into the committed file
+    (``--merge``: issue 12's other records stay, marked with their run's date), written after each
     configuration (a hold cut short keeps what it measured; run with --target bench)."""
     drafts = [f"{o}={WORK / 'atspeed_drafts' / o / 'padrec' / 'draft'}" for o in ATSPEED_OBJECTIVES]
+    committed = REPO / "benchmarks" / "results" / f"topk_{ctx.settings.dataset}.json"
+    if committed.exists() and not ctx.settings.suffix():
+        shutil.copy(committed, WORK / "results" / committed.name)
     return run_bench_topk(
         ctx,
-        "topk_atspeed",
+        "topk",
+        "--merge",
         *("--modes", "engine", "strict", "relaxed", "reference", "vllm_beam_search", "--drafts", *drafts),
         *("--draft-beams", "40", "--gamma", "3", "--ks", "1", "5", "10", "20"),
         *("--dtypes", "bfloat16", "float32", "--exact-modes", "reference", "engine", "strict"),

@@ -526,3 +526,29 @@ def test_engine_args_reach_every_vllm_engine_and_bad_json_is_a_one_line_error(ca
         with pytest.raises(SystemExit):
             bench_topk.parse_args([*base, "--engine-args", bad])
         assert "--engine-args" in capsys.readouterr().err
+
+
+def test_merge_keeps_an_earlier_runs_records_that_this_run_does_not_measure(tmp_path, monkeypatch):
+    """--merge: the results file's records of other measurements stay, marked with their run's date; a
+    measurement this run makes again replaces the earlier one; without --merge the file is this run's only."""
+    earlier = fake_result("engine", "bfloat16")["records"]
+    earlier += [{**earlier[0], "k": 50}]  # K = 5 (measured again below) and K = 50 (not)
+    name = tmp_path / "topk_beauty_atspeed.json"
+
+    def child(command, stdout, stderr, env):
+        (mode,) = child_modes(command)
+        result = fake_result(mode, command[command.index("--one-dtype") + 1])
+        result["records"][0]["p50_ms"] = 7.0  # this run's
+        Path(command[command.index("--result") + 1]).write_text(json.dumps([result]))
+        return 0
+
+    monkeypatch.setattr(bench_driver.subprocess, "call", child)
+    argv = ["--target", "/t", "--dataset", str(tmp_path / "beauty_atspeed"), "--ks", "5", "--out", str(tmp_path)]
+    argv += ["--work-dir", str(tmp_path), "--modes", "engine", "--dtypes", "bfloat16"]
+    for merge, want in ((True, [(50, 10.0, "2026-12-01T00:00:00+0000"), (5, 7.0, None)]), (False, [(5, 7.0, None)])):
+        name.write_text(json.dumps({"date": "2026-12-01T00:00:00+0000", "records": earlier}))
+        assert bench_topk.main(argv + (["--merge"] if merge else [])) == 0
+        payload = json.loads(name.read_text())
+        assert [(r["k"], r["p50_ms"], r.get("measured_on")) for r in payload["records"]] == want
+        markdown = (tmp_path / "topk_beauty_atspeed.md").read_text()
+        assert ("engine (run of 2026-12-01)" in markdown) == merge
