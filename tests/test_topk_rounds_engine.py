@@ -517,14 +517,8 @@ def test_a_drafted_requests_prompt_tails_are_copied_again_after_propose():
     assert len(copies) == 2
 
 
-def test_the_round_checks_find_nothing_in_correct_rounds_and_name_a_broken_row(monkeypatch, tiny):  # noqa: F811
-    """PADREC_TOPK_CHECKS=1 (``topk/round_checks.py``): over correct rounds every live row passes; a row whose
-    fed code is overwritten after the drafts are staged (as a wrong copy would leave it) is reported as such."""
-    from vllm_padrec.topk import round_checks
-
-    monkeypatch.setenv(round_checks.ENV, "1")
-    model, catalog, histories = tiny
-    users = [("R1", histories[0], 3), ("R2", histories[1][:4], 2)]  # two prompt lengths
+def capture_engines(monkeypatch) -> list[TopKEngine]:
+    """A list that gets every ``TopKEngine`` made from now on (``run_rounds`` makes its own)."""
     created: list[TopKEngine] = []
     original_init = TopKEngine.__init__
 
@@ -533,6 +527,18 @@ def test_the_round_checks_find_nothing_in_correct_rounds_and_name_a_broken_row(m
         created.append(self)
 
     monkeypatch.setattr(TopKEngine, "__init__", keep)
+    return created
+
+
+def test_the_round_checks_find_nothing_in_correct_rounds_and_name_a_broken_row(monkeypatch, tiny):  # noqa: F811
+    """PADREC_TOPK_CHECKS=1 (``topk/round_checks.py``): over correct rounds every live row passes; a row whose
+    fed code is overwritten after the drafts are staged (as a wrong copy would leave it) is reported as such."""
+    from vllm_padrec.topk import round_checks
+
+    monkeypatch.setenv(round_checks.ENV, "1")
+    model, catalog, histories = tiny
+    users = [("R1", histories[0], 3), ("R2", histories[1][:4], 2)]  # two prompt lengths
+    created = capture_engines(monkeypatch)
     answers, _ = run_rounds(monkeypatch, model, model, catalog, users)
     assert_answers_are_the_reference(answers, users, model, catalog)
     checks = created[-1].round_checks
@@ -595,6 +601,12 @@ def test_a_step_after_an_early_finish_writes_only_the_rows_own_blocks(monkeypatc
     tight = (-(L - 1 + GAMMA)) % BS  # P mod bs whose beams' private blocks end right after the last draft
     assert tight in by_residue, sorted(by_residue)
     users = [(f"R{r}", history, 1) for r, history in sorted(by_residue.items())]
+    from vllm_padrec.topk import round_checks
+
+    monkeypatch.setenv(round_checks.ENV, "1")  # the engine's own checks of every round's rows, blocks included
+    created = capture_engines(monkeypatch)
     answers, steps = run_rounds(monkeypatch, model, model, catalog, users, draft_beams=draft_beams, one_more_step=True)
     assert_answers_are_the_reference(answers, users, model, catalog)
+    checks = created[-1].round_checks
+    assert checks.rows_checked > 0 and not checks.counts, checks.summary()
     assert all(n == 4 for n in steps.values()), steps  # steps 0, 1, the round that completes the item, one more

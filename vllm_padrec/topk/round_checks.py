@@ -10,7 +10,10 @@ is what the hook's tree says it is when the target runs (ATSPEED.md, section 3):
 - ``position``: V2 counts P + m - 1 computed tokens for it (the GPU count, before this step's tokens), so
   that the code sits at position P + m - 1 and the KV it attends to is beam j's path;
 - ``kv``: its private blocks hold beam j's KV below that position (compared block by block with row j's,
-  for rows r >= K, whose blocks are copies; only whole blocks below the block of position P + m - 1).
+  for rows r >= K, whose blocks are copies; only whole blocks below the block of position P + m - 1);
+- ``blocks``: the positions it writes this step, P + m - 1 .. P + m - 1 + gamma (the draft's too), lie in
+  its own blocks (``admission.private_blocks_per_beam``): a position past them goes through a stale
+  block-table entry into a block another request holds.
 
 Each check reads the device (host syncs), so it runs only when asked, for debugging: a violation is counted
 by kind and the first few are logged with the request, row and values; nothing is raised, and the round is
@@ -96,6 +99,11 @@ class RoundChecks:
                 want = torch.cat([path[-1:], chain[g, r]])
                 if not torch.equal(fed, want):
                     self.violation("fed", f"{where}: fed {fed.tolist()}, want {want.tolist()}")
+                gamma = chain.shape[2]
+                if P + m - 1 + gamma >= (P // bs + B) * bs:
+                    self.violation(
+                        "blocks", f"{where}: writes up to {P + m - 1 + gamma}, its blocks end at {(P // bs + B) * bs}"
+                    )
                 if computed is not None and int(computed[slot]) != P + m - 1:
                     self.violation("position", f"{where}: {int(computed[slot])} computed tokens, want {P + m - 1}")
                 if r >= state.k and pages:
