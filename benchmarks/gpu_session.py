@@ -682,7 +682,8 @@ def job_topk_smoke(ctx: JobContext) -> int:
 
 
 def job_topk_drafted_tests(ctx: JobContext) -> int:
-    """Issue 13's first GPU test: drafted strict rounds in vLLM rank items as the reference (a random head)."""
+    """Issue 13's GPU tests: drafted strict rounds in vLLM rank items as the reference (a random head), also after
+    rounds that complete items early (K = 1 then 5 on the same users)."""
     return ctx.run(pytest_command(TOPK_TEST_FILES[:1], select="drafted"))
 
 

@@ -12,7 +12,8 @@ Triton kernel, TF32 by Triton's default), CUDA graphs on.
 - lists and top-K requests queued together: every list is the one the engine writes alone;
 - K = 256 on a catalog of 300 items (the issue's "K up to at least 256"): the reference's items and order;
 - drafted rounds (issue 13, ``padrec.topk_draft_beams`` 1 and 3 with a random PAD-Rec head as vLLM's draft):
-  the strict rule's K items, in order, are the reference's, in at most L forwards a call;
+  the strict rule's K items, in order, are the reference's, in at most L forwards a call; and with rounds
+  that complete items early (K = 1, N = 16 on a catalog of 4 codes a level), then K = 5 on the same users;
 - ``vllm serve`` with top-K on answers ``POST /v1/recommendations`` in top-K mode with the offline answer,
   refuses a K out of range with a 422 naming ``k``, and keeps serving lists.
 """
@@ -216,6 +217,45 @@ def test_drafted_strict_rounds_rank_items_as_the_reference(setup, tmp_path, draf
             assert np.allclose([s for _, s in ours], [s for _, s in theirs], rtol=0, atol=SCORE_TOLERANCE)
         assert got["forwards"][k] <= setup["catalog"].num_slots, got["forwards"]
     assert got["live_at_end"] == 0
+
+
+EARLY_GAMMA, EARLY_DRAFT_BEAMS = 2, 16  # with 4 codes a level, 16 draft beams hold every 2-code path
+
+
+def run_early_finishing_topk(target: str, draft: str, users: list[list[int]]) -> dict:
+    """In a spawned process: K = 1 for every user (rounds that complete the item early), then K = 5 for the same
+    users (their prompts now prefix-cache hits), strict, on one engine."""
+    from vllm_padrec.topk.offline import recommend_topk
+
+    llm = topk_llm(target, 5, len(users), draft=draft, gamma=EARLY_GAMMA, draft_beams=EARLY_DRAFT_BEAMS)
+    cat = ItemCatalog.load(target)
+    return {k: recommend_topk(llm, cat, users, k, verification="strict") for k in (1, 5)}
+
+
+def test_drafted_items_completed_early_leave_the_kv_of_other_requests_alone(tmp_path):
+    """Issue 13's first bench run: after a K = 1 pass whose rounds completed items early, the K >= 5 passes on
+    the same users were not the reference's (the step async scheduling adds after such a round wrote one
+    position past the rows' private blocks, where P mod bs + L - 1 + gamma is a multiple of bs, into blocks
+    that other requests held, cached prompt blocks among them). Here an item of L = 4 codes, N = 16 draft
+    beams (every 2-code path: each round accepts every step it drafts, whatever the draft), users of every
+    prompt length modulo the block size: both passes must be the reference's."""
+    from vllm_padrec.data import SyntheticConfig, generate_synthetic
+    from vllm_padrec.decoding import beam_search_items
+
+    cat = generate_synthetic(SyntheticConfig(num_items=120, num_users=4, codebook_sizes=(4, 4, 4, 4))).catalog
+    assert cat.num_slots == 4
+    target, model = build_target(tmp_path / "target", cat)
+    draft = build_random_draft(tmp_path / "draft", model, cat)
+    rng = np.random.default_rng(7)
+    users = [rng.choice(len(cat), n, replace=False).tolist() for n in range(1, 17)]  # P = 1 + 5 n: every P mod 16
+    assert len({len(cat.render_prompt(u)) % 16 for u in users}) == 16
+    got = in_subprocess(str(target), str(draft), users, function=run_early_finishing_topk)
+    model = model.to("cuda").eval()
+    for k, answers in got.items():
+        want = beam_search_items(model, cat, users, k, batch_size=1)
+        assert [[i for i, _ in u] for u in answers] == [[i for i, _ in u] for u in want], k
+        for ours, theirs in zip(answers, want):
+            assert np.allclose([s for _, s in ours], [s for _, s in theirs], rtol=0, atol=SCORE_TOLERANCE)
 
 
 def test_served_top_k_answers_and_refusals(setup, engine, tmp_path):
