@@ -223,13 +223,14 @@ EARLY_GAMMA, EARLY_DRAFT_BEAMS = 2, 16  # with 4 codes a level, 16 draft beams h
 
 
 def run_early_finishing_topk(target: str, draft: str, users: list[list[int]]) -> dict:
-    """In a spawned process: K = 1 for every user (rounds that complete the item early), then K = 5 for the same
-    users (their prompts now prefix-cache hits), strict, on one engine."""
+    """In a spawned process: K = 1 for every user twice (rounds that complete the item early; the second pass
+    finds the first pass's block ids in the rows' block tables past their own blocks), then K = 5 for the same
+    users (their prompts now prefix-cache hits), strict, on one engine: each pass's answers."""
     from vllm_padrec.topk.offline import recommend_topk
 
     llm = topk_llm(target, 5, len(users), draft=draft, gamma=EARLY_GAMMA, draft_beams=EARLY_DRAFT_BEAMS)
     cat = ItemCatalog.load(target)
-    return {k: recommend_topk(llm, cat, users, k, verification="strict") for k in (1, 5)}
+    return [(k, recommend_topk(llm, cat, users, k, verification="strict")) for k in (1, 1, 5)]
 
 
 def test_drafted_items_completed_early_leave_the_kv_of_other_requests_alone(tmp_path):
@@ -238,7 +239,7 @@ def test_drafted_items_completed_early_leave_the_kv_of_other_requests_alone(tmp_
     position past the rows' private blocks, where P mod bs + L - 1 + gamma is a multiple of bs, into blocks
     that other requests held, cached prompt blocks among them). Here an item of L = 4 codes, N = 16 draft
     beams (every 2-code path: each round accepts every step it drafts, whatever the draft), users of every
-    prompt length modulo the block size: both passes must be the reference's."""
+    prompt length modulo the block size: every pass must be the reference's."""
     from vllm_padrec.data import SyntheticConfig, generate_synthetic
     from vllm_padrec.decoding import beam_search_items
 
@@ -251,7 +252,7 @@ def test_drafted_items_completed_early_leave_the_kv_of_other_requests_alone(tmp_
     assert len({len(cat.render_prompt(u)) % 16 for u in users}) == 16
     got = in_subprocess(str(target), str(draft), users, function=run_early_finishing_topk)
     model = model.to("cuda").eval()
-    for k, answers in got.items():
+    for k, answers in got:
         want = beam_search_items(model, cat, users, k, batch_size=1)
         assert [[i for i, _ in u] for u in answers] == [[i for i, _ in u] for u in want], k
         for ours, theirs in zip(answers, want):
