@@ -29,11 +29,11 @@ after it inside ``sample_tokens``; no ModelState hook sees that output.
 
 How: applied right after ``vllm.v1.worker.gpu.model_runner`` is imported; the wrapper replaces the
 class attribute once (idempotent) and keeps vLLM's function as ``__wrapped__``. With async scheduling
-(V2's ``AsyncOutput``) the answers' host copies are queued behind the step's work, non-blocking into
-pinned memory, and the output is wrapped (``AnswersInFlight``) so that ``get_output``, which the engine
-calls when it needs the step's results anyway, waits for them and fills ``pooler_output``: the host does
-not wait for the GPU in the step a top-K request ends. A synchronous ``ModelRunnerOutput`` gets them
-copied at once.
+(V2's ``AsyncOutput``) the answers' host copy (one for all of the step's answers) is queued behind the
+step's work, non-blocking into pinned memory, and the output is wrapped (``AnswersInFlight``) so that
+``get_output``, which the engine calls when it needs the step's results anyway, waits for it and fills
+``pooler_output``: the host does not wait for the GPU in the step a top-K request ends. A synchronous
+``ModelRunnerOutput`` gets them copied at once.
 
 Unnecessary when: vLLM's sampler can return per-request tensors alongside tokens, or serves beam search
 inside the engine itself.
@@ -90,20 +90,22 @@ def _async_output_base():
 
 
 class AnswersInFlight:
-    """V2's ``AsyncOutput`` of a step that answered top-K requests, with the answers' host copies in flight.
+    """V2's ``AsyncOutput`` of a step that answered top-K requests, with the answers' host copy in flight.
 
-    The copies are queued on the current stream behind the step's work, into pinned memory, and an event
-    marks their end; ``get_output`` waits for that event, then for vLLM's own output, and puts the answers in
-    its ``pooler_output``. An instance is an ``AsyncModelRunnerOutput`` (``wrap_async_output``), which is what
-    the executors test for before calling ``get_output``."""
+    The step's answers, encoded and concatenated on the device, are copied at once, queued on the current
+    stream behind the step's work, into pinned memory, and an event marks its end; ``get_output`` waits for
+    that event, then for vLLM's own output, and puts the answers in its ``pooler_output``. An instance is an
+    ``AsyncModelRunnerOutput`` (``wrap_async_output``), which is what the executors test for before calling
+    ``get_output``."""
 
     def __init__(self, inner: Any, answers: dict[str, TopKItems]) -> None:
         self.inner = inner
-        self.encoded: dict[str, torch.Tensor] = {}
-        for req_id, items in answers.items():
-            on_device = encode_items_on_device(items)  # [n, 2L + 1] float64
-            host = torch.empty(on_device.shape, dtype=on_device.dtype, pin_memory=on_device.is_cuda)
-            self.encoded[req_id] = host.copy_(on_device, non_blocking=True)
+        self.req_ids = list(answers)
+        parts = [encode_items_on_device(answers[r]) for r in self.req_ids]  # [n_i, 2L + 1] float64 each
+        self.sizes = [part.shape[0] for part in parts]
+        on_device = torch.cat(parts) if len(parts) > 1 else parts[0]  # one copy for the step's answers
+        self.host = torch.empty(on_device.shape, dtype=on_device.dtype, pin_memory=on_device.is_cuda)
+        self.host.copy_(on_device, non_blocking=True)
         self.copied = torch.cuda.Event(blocking=True) if torch.cuda.is_available() else None
         if self.copied is not None:
             self.copied.record()
@@ -111,7 +113,9 @@ class AnswersInFlight:
     def get_output(self) -> Any:
         if self.copied is not None:
             self.copied.synchronize()
-        return attach_answers(self.inner.get_output(), self.encoded)
+        # each answer its own tensor (a view would carry the whole step's answers wherever the output goes)
+        encoded = {r: part.clone() for r, part in zip(self.req_ids, self.host.split(self.sizes))}
+        return attach_answers(self.inner.get_output(), encoded)
 
 
 def wrap_async_output(inner: Any, answers: dict[str, TopKItems]) -> Any:
