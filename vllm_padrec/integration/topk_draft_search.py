@@ -113,8 +113,6 @@ class RoundSearch:
         root, chain, row_live = rows.round_rows()
         G, R, gamma = chain.shape
         draft_tokens[self.batch_rows.reshape(-1)] = chain.reshape(G * R, gamma).to(draft_tokens.dtype)
-        relaxed = search.logprobs is not None  # kept when any request of the group verifies by the relaxed rule
-        engine.stage_rounds(
-            self.req_ids,
-            RoundRows(root, chain, row_live, search.logprobs if relaxed else None, rows.depth if relaxed else None),
-        )
+        # the draft's log-probs are kept when any request of the group verifies by the relaxed rule
+        depth = rows.depth if search.logprobs is not None else None
+        engine.stage_rounds(self.req_ids, RoundRows(root, chain, row_live, search.logprobs, depth))

@@ -190,6 +190,11 @@ class RoundRows:
     draft_logprobs: Tensor | None = None  # [G, R, gamma, V] float32
     depth: Tensor | None = None  # [G, R] long
 
+    def row(self, g: int) -> RoundRows:
+        """Request g's rows ([1, ...] views), the inverse of ``cat``."""
+        fields = (self.root, self.chain, self.row_live, self.draft_logprobs, self.depth)
+        return RoundRows(*(None if f is None else f[g : g + 1] for f in fields))
+
     @classmethod
     def cat(cls, parts: Sequence[RoundRows]) -> RoundRows:
         fields = ("root", "chain", "row_live", "draft_logprobs", "depth")
@@ -504,10 +509,7 @@ class TopKEngine:
                     f"top-K request {state.req_id!r} verifies by the relaxed rule: its rows need the draft's log-probs"
                 )
         for g, req_id in enumerate(req_ids):
-            self.round_rows[req_id] = RoundRows(
-                *(None if f is None else f[g : g + 1] for f in (rows.root, rows.chain, rows.row_live)),
-                *(None if f is None else f[g : g + 1] for f in (rows.draft_logprobs, rows.depth)),
-            )
+            self.round_rows[req_id] = rows.row(g)
         K, R = states[0].k, states[0].rows
         if R == K:
             return
