@@ -112,10 +112,10 @@ def atspeed_goals(records: list[dict]) -> list[dict]:
     for mode in (STRICT, RELAXED):
         objectives = sorted({r.get("objective") for r in records if r["mode"] == mode}, key=str)
         several = len(objectives) > 1
-        for objective in objectives:
-            label = objective if several else None
-            goals.append(speedup_goal(of_objective(records, objective), mode, label))
-            goals.append(below_baseline_goal(of_objective(records, objective), mode, label))
+        for objective in objectives:  # named (and its records picked) only where the run has several heads
+            named_objective = objective if several else None
+            goals.append(speedup_goal(records, mode, named_objective))
+            goals.append(below_baseline_goal(records, mode, named_objective))
         if mode == STRICT and objectives:
             goals.append(equality_goal(records, STRICT))
     if goals:

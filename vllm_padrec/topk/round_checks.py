@@ -99,11 +99,10 @@ class RoundChecks:
                 want = torch.cat([path[-1:], chain[g, r]])
                 if not torch.equal(fed, want):
                     self.violation("fed", f"{where}: fed {fed.tolist()}, want {want.tolist()}")
-                gamma = chain.shape[2]
-                if P + m - 1 + gamma >= (P // bs + B) * bs:
-                    self.violation(
-                        "blocks", f"{where}: writes up to {P + m - 1 + gamma}, its blocks end at {(P // bs + B) * bs}"
-                    )
+                written = P + m - 1 + chain.shape[2]  # the fed code's position, then gamma drafts
+                reach = len(state.beam_block_ids(r)) * bs  # the row's block table, as the rewrite gives it to V2
+                if written >= reach:
+                    self.violation("blocks", f"{where}: writes up to {written}, its blocks end at {reach}")
                 if computed is not None and int(computed[slot]) != P + m - 1:
                     self.violation("position", f"{where}: {int(computed[slot])} computed tokens, want {P + m - 1}")
                 if r >= state.k and pages:
