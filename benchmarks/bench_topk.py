@@ -21,7 +21,8 @@ and engine where both run in a dtype: one engine start-up less, 80-90 s on the b
                        default modes add it when a draft is given). Its records carry ``draft_beams``,
                        ``gamma`` and ``objective`` (``--objective``, the head's training objective)
     relaxed            the same rounds verified by AtSpeed's relaxed sampling (not lossless); needs
-                       ``--draft-beams`` > 1 (the draft's own beam search keeps the log-probs it reads)
+                       ``--draft-beams`` > 1 (the draft's own beam search keeps the log-probs it reads); in
+                       the strict mode's engine when both run (the rule is a request setting)
 
 For each K of ``--ks`` and each configuration, two passes over the test users (the last H items of
 the recipe as history, no exclusions), after a warm-up (``--warmup-calls`` one-user calls before a mode's
@@ -291,9 +292,10 @@ def engine_ranker(args, catalog: ItemCatalog, max_history: int, llm=None, verifi
 
     from vllm_padrec.topk.offline import recommend_topk, topk_engine_args
 
-    drafted = {} if verification is None else draft_arguments(args)
-    sized = topk_engine_args(max(args.ks), args.concurrency, args.max_num_seqs, **drafted)
-    llm = LLM(**{**engine_arguments(args), **sized})
+    if llm is None:
+        drafted = {} if verification is None else draft_arguments(args)
+        sized = topk_engine_args(max(args.ks), args.concurrency, args.max_num_seqs, **drafted)
+        llm = LLM(**{**engine_arguments(args), **sized})
 
     def rank(histories, k):
         ranked = recommend_topk(llm, catalog, histories, k, max_history=max_history, verification=verification)
@@ -305,11 +307,13 @@ def engine_ranker(args, catalog: ItemCatalog, max_history: int, llm=None, verifi
 
 
 def strict_ranker(args, catalog: ItemCatalog, max_history: int, llm=None) -> Ranker:
-    return engine_ranker(args, catalog, max_history, verification="strict")
+    return engine_ranker(args, catalog, max_history, llm, verification="strict")
 
 
 def relaxed_ranker(args, catalog: ItemCatalog, max_history: int, llm=None) -> Ranker:
-    return engine_ranker(args, catalog, max_history, verification="relaxed")
+    """Relaxed rounds in ``llm`` (the strict mode's, when both run in one process: the rule is a request
+    setting, the server the same) or an engine of its own."""
+    return engine_ranker(args, catalog, max_history, llm, verification="relaxed")
 
 
 def draft_arguments(args) -> dict:
@@ -386,8 +390,9 @@ def json_object(text: str) -> dict:
 
 
 # a mode that runs in the engine of another mode when both run in one dtype: one engine start-up (torch.compile
-# and CUDA graph capture, 80-90 s on the bench target) less, and the floor measured in the very engine it bounds
-SHARES_ENGINE = {"greedy_floor": "engine"}
+# and CUDA graph capture, 80-90 s on the bench target) less; the floor measured in the very engine it bounds, and
+# relaxed rounds (a request setting) in the strict mode's server, once per head
+SHARES_ENGINE = {"greedy_floor": "engine", "relaxed": "strict"}
 
 RANKERS: dict[str, Callable] = {
     "reference": reference_ranker,

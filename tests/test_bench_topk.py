@@ -552,3 +552,27 @@ def test_merge_keeps_an_earlier_runs_records_that_this_run_does_not_measure(tmp_
         assert [(r["k"], r["p50_ms"], r.get("measured_on")) for r in payload["records"]] == want
         markdown = (tmp_path / "topk_beauty_atspeed.md").read_text()
         assert ("engine (run of 2026-12-01)" in markdown) == merge
+
+
+def test_relaxed_rounds_run_in_the_strict_modes_engine_once_per_head(tmp_path, monkeypatch):
+    """The verification rule is a request setting: one engine start-up per head serves both drafted modes in
+    bfloat16; float32 (the equality check) runs strict alone."""
+    ran = []
+
+    def child(command, stdout, stderr, env):
+        modes, dtype = child_modes(command), command[command.index("--one-dtype") + 1]
+        ran.append((tuple(modes), dtype, command[command.index("--draft", command.index("--one")) + 1]))
+        Path(command[command.index("--result") + 1]).write_text(json.dumps([fake_result(m, dtype) for m in modes]))
+        return 0
+
+    monkeypatch.setattr(bench_driver.subprocess, "call", child)
+    argv = ["--target", "/t", "--dataset", str(tmp_path / "beauty_atspeed"), "--ks", "5", "--out", str(tmp_path)]
+    argv += ["--work-dir", str(tmp_path), "--modes", "relaxed", "strict", "--draft-beams", "4"]
+    argv += ["--drafts", "distill=/d", "atspeed_s=/s", "--dtypes", "bfloat16", "float32", "--exact-modes", "strict"]
+    assert bench_topk.main(argv) == 0
+    assert ran == [
+        (("strict", "relaxed"), "bfloat16", "/d"),
+        (("strict", "relaxed"), "bfloat16", "/s"),
+        (("strict",), "float32", "/d"),
+        (("strict",), "float32", "/s"),
+    ]
