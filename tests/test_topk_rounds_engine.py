@@ -536,6 +536,9 @@ def test_the_round_checks_find_nothing_in_correct_rounds_and_name_a_broken_row(m
     from vllm_padrec.topk import round_checks
 
     monkeypatch.setenv(round_checks.ENV, "1")
+    logged: list[str] = []
+    log = SimpleNamespace(info=lambda text, *args: logged.append(text % args), error=lambda *args: None)
+    monkeypatch.setattr(round_checks, "_logger", lambda: log)
     model, catalog, histories = tiny
     users = [("R1", histories[0], 3), ("R2", histories[1][:4], 2)]  # two prompt lengths
     created = capture_engines(monkeypatch)
@@ -543,6 +546,8 @@ def test_the_round_checks_find_nothing_in_correct_rounds_and_name_a_broken_row(m
     assert_answers_are_the_reference(answers, users, model, catalog)
     checks = created[-1].round_checks
     assert checks.rows_checked > 0 and not checks.counts, checks.summary()
+    first = int(logged[0].split("1 rounds, ")[1].split(" rows")[0])  # the first summary counts its round's rows
+    assert first > 0 and logged[0].endswith("violations: none"), logged
 
     broken = {"done": False}
     original_propose = Speculator.propose

@@ -32,7 +32,7 @@ from vllm_padrec.topk.beams import beam_req_id
 
 ENV = envs.PADREC_TOPK_CHECKS
 LOGGED_PER_KIND = 5  # violations of one kind logged in full; the rest are only counted
-SUMMARY_EVERY = 50  # round cohorts between two summary lines in the log
+SUMMARY_EVERY = 20  # round cohorts between two summary lines in the log (and one after the first)
 
 
 def enabled() -> bool:
@@ -71,8 +71,6 @@ class RoundChecks:
         slot_of = req_states.req_id_to_index
         pages = engine.copy_blocks.pages
         self.rounds_checked += 1
-        if self.rounds_checked % SUMMARY_EVERY == 1:
-            _logger().info("vllm-padrec round checks: %s", self.summary())
         for g, state in enumerate(states):
             P, m, bs = state.prompt_len, int(steps[g]), engine.beams.layout.block_size
             B = state.blocks_per_beam
@@ -112,6 +110,8 @@ class RoundChecks:
                         theirs = state.private_block_ids[j * B + b]
                         if any(not torch.equal(p[mine], p[theirs]) for p in pages):
                             self.violation("kv", f"{where}: private block {b} differs from row {j}'s")
+        if self.rounds_checked == 1 or self.rounds_checked % SUMMARY_EVERY == 0:  # the first after its rows
+            _logger().info("vllm-padrec round checks: %d rounds, %s", self.rounds_checked, self.summary())
 
 
 def _logger():
