@@ -15,7 +15,9 @@ Triton kernel, TF32 by Triton's default), CUDA graphs on.
   the strict rule's K items, in order, are the reference's, in at most L forwards a call; and with rounds
   that complete items early (K = 1, N = 16 on a catalog of 4 codes a level), then K = 5 on the same users;
 - ``vllm serve`` with top-K on answers ``POST /v1/recommendations`` in top-K mode with the offline answer,
-  refuses a K out of range with a 422 naming ``k``, and keeps serving lists.
+  refuses a K out of range with a 422 naming ``k``, and keeps serving lists; with a draft
+  (``--speculative-model``, drafted rounds) it answers ``"verification": "strict"`` with the reference's
+  answer and ``"relaxed"`` with K distinct items, and refuses an unknown rule.
 """
 
 from __future__ import annotations
@@ -290,6 +292,40 @@ def test_served_top_k_answers_and_refusals(setup, engine, tmp_path):
             assert status == 422 and "k" in json.dumps(answer), (k, status, answer)
         listed = {"model": SERVED_NAME, "history": history, "num_items": LIST_ITEMS}
         assert len(server.post_json("/v1/recommendations", listed)["items"]) == LIST_ITEMS
+        assert server.healthy() and engine_deaths(server.log_text()) == 0
+
+
+def test_served_drafted_top_k_answers_strict_and_relaxed_and_refuses_an_unknown_rule(setup, tmp_path):
+    """Issue 13's interface on vLLM: ``vllm serve TARGET --speculative-model DRAFT`` with drafted top-K rounds
+    (``padrec.topk_draft_beams`` 3) answers ``"verification": "strict"`` with the reference's items, scores and
+    order, ``"relaxed"`` with K distinct catalog items, refuses an unknown rule with a 4xx naming the field,
+    and keeps serving (no engine death)."""
+    from vllm_padrec.testing.server import VllmServer, engine_deaths
+    from vllm_padrec.topk.offline import topk_engine_args
+
+    cat, k = setup["catalog"], 5
+    draft = build_random_draft(tmp_path / "draft", setup["model"], cat)
+    sized = topk_engine_args(k, 2, draft=str(draft), draft_beams=3, gamma=DRAFT_GAMMA)
+    args = ["--dtype", "float32", "--max-model-len", "256", "--gpu-memory-utilization", "0.15"]
+    args += ["--max-num-seqs", str(sized["max_num_seqs"])]
+    args += ["--max-num-batched-tokens", str(sized["max_num_batched_tokens"])]
+    args += ["--speculative-model", str(draft), "--num-speculative-tokens", str(DRAFT_GAMMA)]
+    args += ["--attention-backend", "TRITON_ATTN", "--additional-config", json.dumps(sized["additional_config"])]
+    want = reference(setup, k, False)
+    with VllmServer(setup["target"], args, port=8042, log_path=tmp_path / "serve.log", env=TOPK_ENV) as server:
+        for user, history in enumerate(setup["users"][:2]):
+            body = {"history": [cat.item_ids[i] for i in history], "mode": "topk", "k": k, "verification": "strict"}
+            answer = server.post_json("/v1/recommendations", body)
+            assert [item["item_id"] for item in answer["items"]] == [cat.item_ids[i] for i, _ in want[user]]
+            scores = [item["score"] for item in answer["items"]]
+            assert np.allclose(scores, [s for _, s in want[user]], rtol=0, atol=SCORE_TOLERANCE)
+            relaxed = server.post_json("/v1/recommendations", {**body, "verification": "relaxed"})
+            items = [item["item_id"] for item in relaxed["items"]]
+            assert len(set(items)) == k and set(items) <= set(cat.item_ids), items
+        history = [cat.item_ids[i] for i in setup["users"][0]]
+        bad = json.dumps({"history": history, "mode": "topk", "k": k, "verification": "fast"})
+        status, answer, _ = server.post("/v1/recommendations", bad)
+        assert 400 <= status < 500 and "verification" in json.dumps(answer), (status, answer)
         assert server.healthy() and engine_deaths(server.log_text()) == 0
 
 
