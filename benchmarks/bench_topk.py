@@ -295,7 +295,10 @@ def engine_ranker(args, catalog: ItemCatalog, max_history: int, llm=None, verifi
     if llm is None:
         drafted = {} if verification is None else draft_arguments(args)
         sized = topk_engine_args(max(args.ks), args.concurrency, args.max_num_seqs, **drafted)
-        llm = LLM(**{**engine_arguments(args), **sized})
+        given = engine_arguments(args)
+        # a CUDA-graph limit raised for drafted rounds, under whatever --engine-args sets (which wins)
+        compilation = {**sized.get("compilation_config", {}), **given.get("compilation_config", {})}
+        llm = LLM(**{**given, **sized, **({"compilation_config": compilation} if compilation else {})})
 
     def rank(histories, k):
         ranked = recommend_topk(llm, catalog, histories, k, max_history=max_history, verification=verification)

@@ -576,3 +576,30 @@ def test_relaxed_rounds_run_in_the_strict_modes_engine_once_per_head(tmp_path, m
         (("strict",), "float32", "/d"),
         (("strict",), "float32", "/s"),
     ]
+
+
+def test_a_drafted_engine_gets_the_raised_cuda_graph_limit_unless_engine_args_set_their_own(tmp_path, monkeypatch):
+    """N = 40 at K = 20 needs 560-token graphs for one request (``topk_engine_args``); ``--engine-args`` keeps
+    the last word on ``compilation_config``, key by key."""
+    import vllm
+
+    made = []
+
+    class FakeLLM:
+        def __init__(self, **kwargs):
+            made.append(kwargs)
+            self.llm_engine = SimpleNamespace(engine_core=SimpleNamespace())
+
+    monkeypatch.setattr(vllm, "LLM", FakeLLM)
+    argv = ["--target", "/t", "--dataset", str(tmp_path / "beauty_atspeed"), "--ks", "20", "--out", str(tmp_path)]
+    argv += ["--draft", "/d", "--draft-beams", "40", "--gamma", "3", "--concurrency", "1"]
+    for extra, want in (
+        ([], {"max_cudagraph_capture_size": 560}),
+        (["--engine-args", '{"compilation_config": {"max_cudagraph_capture_size": 1024}}'], None),
+        (["--engine-args", '{"compilation_config": {"mode": 0}}'], {"max_cudagraph_capture_size": 560, "mode": 0}),
+    ):
+        args = bench_topk.parse_args([*argv, *extra])
+        args.one_dtype = "bfloat16"
+        bench_topk.engine_ranker(args, catalog=None, max_history=20, verification="strict")
+        assert made[-1]["compilation_config"] == (want or {"max_cudagraph_capture_size": 1024})
+        assert made[-1]["speculative_config"]["num_speculative_tokens"] == 3

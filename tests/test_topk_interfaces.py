@@ -186,6 +186,21 @@ def test_topk_engine_args_with_a_draft_run_drafted_rounds_with_token_rows_for_ev
     assert topk_engine_args(20, 2, draft="/d", draft_beams=3, gamma=2)["additional_config"]["padrec"][
         "topk_max_beams"
     ] == 2 * (20 + 2 * 2)
+    assert "compilation_config" not in args  # one request's round: (20 + 1) * 4 tokens, within vLLM's 512
+
+
+def test_topk_engine_args_raise_the_cuda_graph_limit_to_hold_one_drafted_request():
+    """K = 20, N = 40, gamma 3 (the must-show's): 137 rows and the request, 4 tokens each, 552 tokens a step
+    for one request, past vLLM's default 512: captured up to 560 (vLLM's step of 16 from 256 on)."""
+    from vllm_padrec.topk.offline import one_round_graph_size, topk_engine_args
+
+    args = topk_engine_args(max_k=20, concurrent_users=1, draft="/d", draft_beams=40, gamma=3)
+    assert args["additional_config"]["padrec"]["topk_max_beams"] == 137
+    assert args["compilation_config"] == {"max_cudagraph_capture_size": 560}
+    assert args["max_num_batched_tokens"] >= 560
+    assert one_round_graph_size(20, 20, 3) == 320 and "compilation_config" not in topk_engine_args(
+        20, 64, draft="/d", draft_beams=20, gamma=3
+    )
 
 
 # -- the CLI ------------------------------------------------------------------------------------------------------

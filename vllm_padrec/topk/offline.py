@@ -53,7 +53,9 @@ def topk_engine_args(
     rows for the requests themselves and their prompts' prefill (the scheduler holds the beam rows back from
     both, ``patches/scheduler_init.reserve_beam_rows``). ``max_num_seqs``: at least this many slots anyway.
     With a ``draft``, every request runs in drafted rounds: K + (N - 1) * gamma rows each, every row carrying
-    1 + gamma tokens a step, and every request (a spec-decode row itself) 1 + gamma tokens too."""
+    1 + gamma tokens a step, and every request (a spec-decode row itself) 1 + gamma tokens too. Where one
+    request's round passes vLLM's default CUDA-graph limit (512 tokens; ``one_round_graph_size``), the limit is
+    raised to hold it, so that a request alone verifies in a FULL graph, not eagerly."""
     from vllm_padrec.integration.list_settings import MAX_TOPK_BEAMS_LIMIT
     from vllm_padrec.topk.admission import beam_rows
 
@@ -73,7 +75,24 @@ def topk_engine_args(
     if draft:
         padrec["topk_draft_beams"] = draft_beams
         args["speculative_config"] = {"method": "eagle", "model": draft, "num_speculative_tokens": gamma}
+        graph_size = one_round_graph_size(max_k, draft_beams, gamma)
+        if graph_size > VLLM_DEFAULT_GRAPH_LIMIT:
+            args["compilation_config"] = {"max_cudagraph_capture_size": graph_size}
     return args
+
+
+# vLLM's largest CUDA graph by default: min(max_num_seqs * (1 + gamma) * 2, 512) tokens (config/vllm.py:1792-1796)
+VLLM_DEFAULT_GRAPH_LIMIT = 512
+GRAPH_SIZE_STEP = 16  # vLLM captures sizes from 256 on in steps of 16 (config/vllm.py:1833-1837)
+
+
+def one_round_graph_size(max_k: int, draft_beams: int, gamma: int) -> int:
+    """The tokens of one drafted request's verification step (its beam rows and its own row, 1 + gamma each),
+    rounded up to vLLM's capture step: e.g. K = 20, N = 40, gamma 3: (137 + 1) * 4 = 552 -> 560."""
+    from vllm_padrec.topk.admission import beam_rows
+
+    tokens = (beam_rows(max_k, draft_beams, gamma) + 1) * (1 + gamma)
+    return -(-tokens // GRAPH_SIZE_STEP) * GRAPH_SIZE_STEP
 
 
 def external_request_id(internal: str) -> str:
