@@ -430,6 +430,27 @@ def test_drafted_rounds_answer_as_the_targets_beam_search_whatever_the_draft(mon
         assert all(n <= L for n in steps.values()), steps
 
 
+def test_drafted_rounds_replayed_from_captured_graphs_answer_as_the_beam_search(monkeypatch, tiny):  # noqa: F811
+    """The draft's beam steps and the strict verification through ``topk/graphed.py`` (the CPU stand-in of a
+    CUDA graph's capture: fixed output buffers rewritten by each replay from the static inputs), over whole
+    engine lives with a random draft, two K and two prompt lengths: the answers are the beam search's, and
+    replays served them."""
+    from test_topk_graphed import cpu_capture
+
+    from vllm_padrec.topk import draft_search, rounds
+
+    model, catalog, histories = tiny
+    used = []
+    for graphed_function in (draft_search.GRAPHED_DRAFT_STEP, rounds.GRAPHED_STRICT_OUTCOME):
+        monkeypatch.setattr(graphed_function, "capture", cpu_capture)
+        monkeypatch.setattr(graphed_function, "replays", {})
+        used.append(graphed_function)
+    users = [("R1", histories[0], 3), ("R2", histories[2][:3], 2)]
+    answers, _ = run_rounds(monkeypatch, model, draft_model(model, "random weights"), catalog, users)
+    assert_answers_are_the_reference(answers, users, model, catalog)
+    assert all(any(r is not None for r in f.replays.values()) for f in used), [f.replays.keys() for f in used]
+
+
 @torch.inference_mode()
 def target_logprobs(model, catalog, prompt: list[int], tokens: list[int]) -> list[float]:
     """The target's masked log-prob of each code of an item after the prompt (the step rule's)."""

@@ -28,3 +28,12 @@ PADREC_TOPK_CHECKS = "PADREC_TOPK_CHECKS"
 
 def topk_checks() -> bool:
     return os.environ.get(PADREC_TOPK_CHECKS, "0") == "1"
+
+
+# "0": drafted top-K rounds run their draft beam steps and their verification eagerly instead of replaying CUDA
+# graphs of them (``vllm_padrec/topk/graphed.py``; default on, where the tensors are on CUDA).
+PADREC_TOPK_GRAPHS = "PADREC_TOPK_GRAPHS"
+
+
+def topk_graphs() -> bool:
+    return os.environ.get(PADREC_TOPK_GRAPHS, "1") != "0"

@@ -27,7 +27,17 @@ import torch
 from torch import Tensor
 
 from vllm_padrec.topk.draft_rows import DraftRows, DraftStep
+from vllm_padrec.topk.graphed import GraphedFunction
 from vllm_padrec.topk.select import NEG_INF
+
+
+def draft_rows_step(rows: DraftRows, logprobs: Tensor, draft_beams: int) -> tuple[DraftRows, DraftStep]:
+    """``rows.step`` as a function of its tensors (what ``GRAPHED_DRAFT_STEP`` captures)."""
+    return rows.step(logprobs, draft_beams)
+
+
+# one level of the draft's beam search, replayed from a CUDA graph per signature on CUDA (``topk/graphed.py``)
+GRAPHED_DRAFT_STEP = GraphedFunction(draft_rows_step)
 
 # (the rows before a level, what changed since the last forward or None at level 0) -> [G, R, V] log-probs
 DraftForward = Callable[[DraftRows, "DraftStep | None"], Tensor]
@@ -76,7 +86,7 @@ class DraftSearcher:
             else:
                 self.history = follow(self.history, self.step.source)
             self.history[:, :, self.rows.level] = torch.where(holds_beam(self.rows)[:, :, None], logprobs, NEG_INF)
-        self.rows, self.step = self.rows.step(logprobs, self.draft_beams)
+        self.rows, self.step = GRAPHED_DRAFT_STEP(self.rows, logprobs, self.draft_beams)
         return self.step
 
     def result(self) -> DraftSearch:

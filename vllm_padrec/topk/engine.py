@@ -72,7 +72,7 @@ from vllm_padrec.topk.round_sampling import (
     round_row_logits,
     write_round,
 )
-from vllm_padrec.topk.rounds import RoundOutcome, round_outcome
+from vllm_padrec.topk.rounds import GRAPHED_STRICT_OUTCOME, RoundOutcome, round_outcome
 from vllm_padrec.topk.sampling import (
     BeamBatch,
     BeamSelection,
@@ -83,7 +83,6 @@ from vllm_padrec.topk.sampling import (
     write_sampled_tokens,
 )
 from vllm_padrec.topk.select import NEG_INF, BeamGroups, TopKItems
-from vllm_padrec.topk.strict import strict_round_batched
 
 
 def merge_groups(parts: Sequence[BeamGroups]) -> BeamGroups:
@@ -392,19 +391,22 @@ class TopKEngine:
             logprobs = round_logprobs(round_.raw, masked_logits, round_.batch)  # [G, R, 1 + gamma, V]
             beams, rows = round_.beams, round_.rows
             steps_left = round_.states[0].item_length - beams.steps_done
-            tree = chain_round(beams.scores, rows.root, rows.chain, rows.row_live, logprobs, steps_left)
             k = round_.states[0].k
             if round_.states[0].relaxed:
+                tree = chain_round(beams.scores, rows.root, rows.chain, rows.row_live, logprobs, steps_left)
                 draft = RoundDraft.from_rows(rows.draft_logprobs, beams.scores, rows.root, rows.chain, rows.depth)
                 uniform, gumbel = self._random_numbers(
                     (len(round_.states), rows.chain.shape[2], k * logprobs.shape[-1])
                 )
                 result = relaxed_round_batched(tree, draft, k, uniform, gumbel)
+                round_.outcome = round_outcome(
+                    result, rows.root, rows.row_live, beams.codes, beams.logprobs, beams.steps_done
+                )
             else:
-                result = strict_round_batched(tree, k)
-            round_.outcome = round_outcome(
-                result, rows.root, rows.row_live, beams.codes, beams.logprobs, beams.steps_done
-            )
+                round_.outcome = GRAPHED_STRICT_OUTCOME(
+                    beams.scores, rows.root, rows.chain, rows.row_live, logprobs, steps_left, beams.codes,
+                    beams.logprobs, beams.steps_done,
+                )  # fmt: skip
         input_batch, self._input_batch = self._input_batch, None
         if self.lists is not None and input_batch is not None:
             self.lists.mask_topk_owners(masked_logits, input_batch, self.owner_tokens(input_batch))

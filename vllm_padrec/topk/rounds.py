@@ -32,7 +32,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vllm_padrec.topk.strict import RoundResult
+from vllm_padrec.topk.chains import chain_round
+from vllm_padrec.topk.graphed import GraphedFunction
+from vllm_padrec.topk.strict import RoundResult, strict_round_batched
 
 PAD_TOKEN = 0  # a row's sampled tokens past ``advanced`` (V2 appends only ``num_sampled`` of them)
 
@@ -101,3 +103,25 @@ def round_outcome(
         steps_done=steps,
         done=steps >= L,
     )
+
+
+def strict_outcome(
+    scores: Tensor,  # [G, K] float32: the start beams' scores, best first; -inf: dead
+    root: Tensor,  # [G, R] long
+    chain: Tensor,  # [G, R, gamma] long
+    row_live: Tensor,  # [G, R] bool
+    row_logprobs: Tensor,  # [G, R, gamma + 1, V] float32: the target's after each row's root and chain prefixes
+    steps_left: Tensor,  # [G] long
+    codes: Tensor,  # [G, K, L] long
+    logprobs: Tensor,  # [G, K, L] float32
+    steps_done: Tensor,  # [G] long
+) -> RoundOutcome:
+    """A strict round from its rows to what each row keeps: ``chain_round``, ``strict_round_batched`` and
+    ``round_outcome`` in one function of tensors (what ``GRAPHED_STRICT_OUTCOME`` captures)."""
+    tree = chain_round(scores, root, chain, row_live, row_logprobs, steps_left)
+    result = strict_round_batched(tree, scores.shape[1])
+    return round_outcome(result, root, row_live, codes, logprobs, steps_done)
+
+
+# a strict round's verification, replayed from a CUDA graph per signature on CUDA (``topk/graphed.py``)
+GRAPHED_STRICT_OUTCOME = GraphedFunction(strict_outcome)
