@@ -32,7 +32,7 @@ from vllm_padrec.device_lists import long_tensors
 from vllm_padrec.topk.beams import beam_req_ids
 from vllm_padrec.topk.draft_rows import DraftRows, DraftStep
 from vllm_padrec.topk.draft_search import DraftSearcher
-from vllm_padrec.topk.engine import RoundRows, TopKEngine
+from vllm_padrec.topk.engine import RoundRows, RowCopyPlan, TopKEngine
 
 
 def move_draft_rows(
@@ -60,6 +60,7 @@ class RoundSearch:
     req_ids: list[str]  # the group's requests, in their order of the search's G axis
     batch_rows: Tensor  # [G, R] long: each row's index in this step's batch
     searcher: DraftSearcher
+    copy_plan: RowCopyPlan  # what every copy of the rows in this propose reads (slots, history ends, blocks)
 
     @classmethod
     def build(cls, engine: TopKEngine, batch_req_ids: Sequence[str], device: torch.device) -> list[RoundSearch]:
@@ -85,7 +86,7 @@ class RoundSearch:
             start = torch.cat([engine.round_beams[req_id].scores for req_id in req_ids])  # [G, K]
             relaxed = any(beams.states[req_id].relaxed for req_id in req_ids)
             searcher = DraftSearcher(start, num_rows, gamma, beams.layout.draft_beams, keep_logprobs=relaxed)
-            searches.append(cls(req_ids, batch_rows, searcher))
+            searches.append(cls(req_ids, batch_rows, searcher, engine.row_copy_plan(req_ids, num_rows)))
         return searches
 
     def after_forward(self, engine: TopKEngine, speculator: Any, draft_logprobs: Tensor) -> None:
@@ -103,7 +104,7 @@ class RoundSearch:
             speculator.input_buffers.input_ids,
             speculator.draft_tokens,
         )
-        engine.copy_rows(self.req_ids, step.source)
+        engine.copy_rows(self.req_ids, step.source, self.copy_plan)
 
     def finish(self, engine: TopKEngine, draft_tokens: Tensor) -> None:
         """The round the rows verify next: each row's chain as its drafts (``draft_tokens`` [num_reqs, gamma], per
@@ -115,4 +116,4 @@ class RoundSearch:
         draft_tokens[self.batch_rows.reshape(-1)] = chain.reshape(G * R, gamma).to(draft_tokens.dtype)
         # the draft's log-probs are kept when any request of the group verifies by the relaxed rule
         depth = rows.depth if search.logprobs is not None else None
-        engine.stage_rounds(self.req_ids, RoundRows(root, chain, row_live, search.logprobs, depth))
+        engine.stage_rounds(self.req_ids, RoundRows(root, chain, row_live, search.logprobs, depth), self.copy_plan)

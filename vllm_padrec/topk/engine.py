@@ -234,6 +234,16 @@ class NewBeamSlot:
     rank: int
 
 
+@dataclass(frozen=True)
+class RowCopyPlan:
+    """The constants of ``TopKEngine.copy_rows`` for one group of drafted requests during one ``propose``."""
+
+    slots: Tensor  # [G, R] long: each row's V2 slot
+    history_end: Tensor  # [G * R] long: P + the beams' steps, each row's history end
+    columns: tuple[int, int]  # the window of history columns that may move (``copy_token_histories``)
+    blocks: PrivateBlocks  # the rows' private blocks
+
+
 class TopKEngine:
     """The top-K requests of one V2 runner: their beams, their selection state and their answers."""
 
@@ -497,13 +507,14 @@ class TopKEngine:
         """``stage_rounds`` for one request (``rows``: [1, ...])."""
         self.stage_rounds([req_id], rows)
 
-    def stage_rounds(self, req_ids: Sequence[str], rows: RoundRows) -> None:
+    def stage_rounds(self, req_ids: Sequence[str], rows: RoundRows, plan: RowCopyPlan | None = None) -> None:
         """The rows the next round of each of ``req_ids`` (the same K and rows each; ``rows``: [G, ...] in their
         order) verifies, from the draft's search over its rows (``DraftRows``): kept for the sampler hook, and
         each extra row (r >= K) given its root beam's token history, last code and private KV (row root[r] < K
         holds that beam), so that it feeds the root's last code, then its chain (ATSPEED.md, "Extra rows before
-        verification"), in one ``copy_rows`` for all of them. The chains themselves go into V2's draft buffer
-        by the caller. Called after the rounds' start beams are in rows 0 .. K - 1 (the previous step's hook)."""
+        verification"), in one ``copy_rows`` for all of them (``plan``: theirs, when the caller has it). The
+        chains themselves go into V2's draft buffer by the caller. Called after the rounds' start beams are in
+        rows 0 .. K - 1 (the previous step's hook)."""
         states = [self.beams.states[r] for r in req_ids]
         for state in states:
             if state.relaxed and (rows.draft_logprobs is None or rows.depth is None):
@@ -516,29 +527,39 @@ class TopKEngine:
         if R == K:
             return
         rank = torch.arange(R, device=self.device)
-        self.copy_rows(req_ids, torch.where(rank < K, rank, rows.root))  # [G, R]
+        self.copy_rows(req_ids, torch.where(rank < K, rank, rows.root), plan)  # [G, R]
 
-    def copy_rows(self, req_ids: Sequence[str], source: Tensor) -> None:
+    def row_copy_plan(self, req_ids: Sequence[str], num_rows: int) -> RowCopyPlan:
+        """What every ``copy_rows`` of the rows of ``req_ids`` during one ``propose`` reads: their V2 slots, the end
+        of their histories, the private blocks (the beams' steps do not change between the step's hooks)."""
+        states = [self.beams.states[r] for r in req_ids]
+        G, R = len(req_ids), num_rows
+        index = self.req_states.req_id_to_index
+        slots, prompt_len = long_tensors(
+            [index[b] for r in req_ids for b in beam_req_ids(r, R)], [s.prompt_len for s in states], device=self.device
+        )  # one pinned, non-blocking copy each: no host sync
+        steps = torch.cat([self.round_beams[r].steps_done for r in req_ids])  # [G]
+        return RowCopyPlan(
+            slots=slots.view(G, R),
+            history_end=(prompt_len + steps)[:, None].expand(G, R).reshape(-1),
+            columns=(min(s.prompt_len for s in states), max(s.prompt_len + s.item_length for s in states)),
+            blocks=self._private_blocks(states, self.device, rows=True),
+        )
+
+    def copy_rows(self, req_ids: Sequence[str], source: Tensor, plan: RowCopyPlan | None = None) -> None:
         """Give each row of the drafted requests ``req_ids`` (the same rows each) the token history, last code and
         private KV of row ``source[g, r]`` of its request ([G, R] long; itself where nothing moves): before a
         round, an extra row takes its root beam's (``stage_round``); during the draft's search, a new row its
         parent row's (``DraftStep.source``), so that the draft's masks and attention read its path. One copy of
-        each kind for all of them; gather, then scatter: sources may be rows that change too."""
-        states = [self.beams.states[r] for r in req_ids]
-        G, R = source.shape
-        index = self.req_states.req_id_to_index
-        (slots,) = long_tensors([index[b] for r in req_ids for b in beam_req_ids(r, R)], device=self.device)
-        slots = slots.view(G, R)
-        sources = slots.gather(1, source).reshape(-1)  # [G * R]
-        steps = torch.cat([self.round_beams[r].steps_done for r in req_ids])  # [G]
-        (prompt_len,) = long_tensors([s.prompt_len for s in states], device=self.device)  # [G], no host sync
-        history_end = (prompt_len + steps)[:, None].expand(G, R).reshape(-1)  # [G * R]
-        columns = (min(s.prompt_len for s in states), max(s.prompt_len + s.item_length for s in states))
-        copy_token_histories(self.req_states.all_token_ids.gpu, slots.reshape(-1), sources, history_end, columns)
+        each kind for all of them; gather, then scatter: sources may be rows that change too. ``plan``: the
+        rows' ``row_copy_plan``, built here when not given."""
+        plan = plan or self.row_copy_plan(req_ids, source.shape[1])
+        children = plan.slots.reshape(-1)  # [G * R]
+        sources = plan.slots.gather(1, source).reshape(-1)  # [G * R]
+        copy_token_histories(self.req_states.all_token_ids.gpu, children, sources, plan.history_end, plan.columns)
         last = self.req_states.last_sampled_tokens
-        last[slots.reshape(-1)] = last[sources].clone()
-        blocks = self._private_blocks(states, self.device, rows=True)
-        self.copy_blocks(blocks.sources(source), blocks.dst)
+        last[children] = last[sources].clone()
+        self.copy_blocks(plan.blocks.sources(source), plan.blocks.dst)
 
     def _private_blocks(self, states: Sequence[TopKState], device: torch.device, rows: bool = False) -> PrivateBlocks:
         """The cohort's private-block index tensors, built on its first beam step and kept while its members
