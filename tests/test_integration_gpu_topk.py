@@ -221,38 +221,48 @@ def test_drafted_strict_rounds_rank_items_as_the_reference(setup, tmp_path, draf
     assert got["live_at_end"] == 0
 
 
-def test_drafted_round_functions_replayed_from_cuda_graphs_equal_eager_runs():
-    """``topk/graphed.py`` on CUDA: the draft's beam steps and the strict verification of rounds at the
-    must-show's shape (K = 20, N = 40, gamma 3), captured once and replayed for other inputs, equal eager runs
-    bit for bit, and every signature was captured (no eager fallback)."""
+def test_drafted_round_functions_replayed_from_cuda_graphs_equal_eager_runs(monkeypatch):
+    """``topk/graphed.py`` on CUDA: the draft's beam steps and the strict and relaxed verification of rounds at
+    the must-show's shape (K = 20, N = 40, gamma 3), captured once and replayed for other inputs, equal eager
+    runs bit for bit, and every signature was captured (no eager fallback)."""
+    from vllm_padrec.topk import draft_search
     from vllm_padrec.topk.admission import beam_rows
     from vllm_padrec.topk.draft_search import DraftSearcher, draft_rows_step
     from vllm_padrec.topk.graphed import GraphedFunction
-    from vllm_padrec.topk.rounds import strict_outcome
+    from vllm_padrec.topk.relaxed import gumbel_noise
+    from vllm_padrec.topk.rounds import relaxed_outcome, strict_outcome
 
     K, N, gamma, V, L = 20, 40, 3, 300, 4
     R = beam_rows(K, N, gamma)
-    step, outcome = GraphedFunction(draft_rows_step), GraphedFunction(strict_outcome)
+    monkeypatch.setattr(draft_search, "GRAPHED_DRAFT_STEP", draft_rows_step)  # DraftSearcher.advance: eager
+    step = GraphedFunction(draft_rows_step)
+    strict, relaxed = GraphedFunction(strict_outcome), GraphedFunction(relaxed_outcome)
     for seed in range(3):
         g = torch.Generator(device="cuda").manual_seed(seed)
         start = torch.randn(1, K, device="cuda", generator=g).sort(descending=True).values
-        graphed_search, eager_search = (DraftSearcher(start, R, gamma, N) for _ in range(2))
+        graphed_search, eager_search = (DraftSearcher(start, R, gamma, N, keep_logprobs=True) for _ in range(2))
         for _ in range(gamma):
             logprobs = torch.log_softmax(3 * torch.randn(1, R, V, device="cuda", generator=g), -1)
             graphed_search.rows, graphed_search.step = step(graphed_search.rows, logprobs, N)
-            eager_search.rows, eager_search.step = draft_rows_step(eager_search.rows, logprobs, N)
+            eager_search.advance(logprobs)  # draft_rows_step, eagerly, with the log-probs kept for relaxed
             for name in ("root", "chain", "used", "scores", "beam_row", "depth"):
                 assert torch.equal(getattr(graphed_search.rows, name), getattr(eager_search.rows, name)), name
-        root, chain, live = eager_search.rows.round_rows()
+        search = eager_search.result()
+        root, chain, live = search.rows.round_rows()
         row_logprobs = torch.log_softmax(3 * torch.randn(1, R, gamma + 1, V, device="cuda", generator=g), -1)
         codes = torch.randint(0, V, (1, K, L), device="cuda", generator=g)
-        args = (start, root, chain, live, row_logprobs, torch.tensor([3], device="cuda"), codes)
-        args += (torch.randn(1, K, L, device="cuda", generator=g), torch.tensor([1], device="cuda"))
-        got, want = outcome(*args), strict_outcome(*args)
-        for name in ("source_row", "sampled", "num_sampled", "codes", "logprobs", "scores", "steps_done", "done"):
-            assert torch.equal(getattr(got, name), getattr(want, name)), name
-    assert all(r is not None for f in (step, outcome) for r in f.replays.values())
-    assert len(step.replays) == gamma and len(outcome.replays) == 1  # one signature a level, one for the rounds
+        beams = (codes, torch.randn(1, K, L, device="cuda", generator=g), torch.tensor([1], device="cuda"))
+        args = (start, root, chain, live, row_logprobs, torch.tensor([3], device="cuda"), *beams)
+        noise = (1, gamma, K * V)
+        uniform = torch.rand(noise, device="cuda", generator=g, dtype=torch.float64)
+        gumbels = gumbel_noise(noise, generator=g, device="cuda", dtype=torch.float64)
+        relaxed_args = (*args[:4], search.rows.depth, search.logprobs, *args[4:], uniform, gumbels)
+        for graphed, eager, given in ((strict, strict_outcome, args), (relaxed, relaxed_outcome, relaxed_args)):
+            got, want = graphed(*given), eager(*given)
+            for name in ("source_row", "sampled", "num_sampled", "codes", "logprobs", "scores", "steps_done", "done"):
+                assert torch.equal(getattr(got, name), getattr(want, name)), (eager.__name__, name)
+    assert all(r is not None for f in (step, strict, relaxed) for r in f.replays.values())
+    assert len(step.replays) == gamma and len(strict.replays) == len(relaxed.replays) == 1  # one signature each
 
 
 EARLY_GAMMA, EARLY_DRAFT_BEAMS = 2, 16  # with 4 codes a level, 16 draft beams hold every 2-code path

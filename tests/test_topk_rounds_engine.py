@@ -50,7 +50,7 @@ from vllm_padrec.constraint import ListConstraint
 from vllm_padrec.errors import PadRecError
 from vllm_padrec.integration.list_settings import ListSettings
 from vllm_padrec.integration.speculator import PadRecSpeculator
-from vllm_padrec.topk import engine as engine_module
+from vllm_padrec.topk import rounds as rounds_module
 from vllm_padrec.topk.admission import private_blocks_per_beam
 from vllm_padrec.topk.beams import BeamLayout, TopKBeams, beam_req_id, beam_req_ids
 from vllm_padrec.topk.engine import RoundRows, TopKEngine
@@ -404,13 +404,13 @@ def draft_model(model, kind: str):
 def count_relaxed_rounds(monkeypatch) -> list[int]:
     """A list that gets an entry each time the engine verifies a round by the relaxed rule."""
     calls: list[int] = []
-    original = engine_module.relaxed_round_batched
+    original = rounds_module.relaxed_round_batched
 
     def counted(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(engine_module, "relaxed_round_batched", counted)
+    monkeypatch.setattr(rounds_module, "relaxed_round_batched", counted)  # inside rounds.relaxed_outcome
     return calls
 
 
@@ -431,7 +431,7 @@ def test_drafted_rounds_answer_as_the_targets_beam_search_whatever_the_draft(mon
 
 
 def test_drafted_rounds_replayed_from_captured_graphs_answer_as_the_beam_search(monkeypatch, tiny):  # noqa: F811
-    """The draft's beam steps and the strict verification through ``topk/graphed.py`` (the CPU stand-in of a
+    """The draft's beam steps and the strict and relaxed verification through ``topk/graphed.py`` (the CPU stand-in of a
     CUDA graph's capture: fixed output buffers rewritten by each replay from the static inputs), over whole
     engine lives with a random draft, two K and two prompt lengths: the answers are the beam search's, and
     replays served them."""
@@ -440,14 +440,20 @@ def test_drafted_rounds_replayed_from_captured_graphs_answer_as_the_beam_search(
     from vllm_padrec.topk import draft_search, rounds
 
     model, catalog, histories = tiny
-    used = []
-    for graphed_function in (draft_search.GRAPHED_DRAFT_STEP, rounds.GRAPHED_STRICT_OUTCOME):
+    draft = draft_model(model, "random weights")
+    users = [("R1", histories[0], 3), ("R2", histories[2][:3], 2)]
+    relaxed_eager, _ = run_rounds(monkeypatch, model, draft, catalog, users, verification="relaxed")
+    used = (draft_search.GRAPHED_DRAFT_STEP, rounds.GRAPHED_STRICT_OUTCOME, rounds.GRAPHED_RELAXED_OUTCOME)
+    for graphed_function in used:
         monkeypatch.setattr(graphed_function, "capture", cpu_capture)
         monkeypatch.setattr(graphed_function, "replays", {})
-        used.append(graphed_function)
-    users = [("R1", histories[0], 3), ("R2", histories[2][:3], 2)]
-    answers, _ = run_rounds(monkeypatch, model, draft_model(model, "random weights"), catalog, users)
+    answers, _ = run_rounds(monkeypatch, model, draft, catalog, users)
     assert_answers_are_the_reference(answers, users, model, catalog)
+    # relaxed rounds draw their random numbers outside the graph: the same numbers, the same answers
+    relaxed_graphed, _ = run_rounds(monkeypatch, model, draft, catalog, users, verification="relaxed")
+    for req_id, _, _ in users:
+        for field in ("tokens", "scores", "logprobs"):
+            assert torch.equal(getattr(relaxed_graphed[req_id], field), getattr(relaxed_eager[req_id], field))
     assert all(any(r is not None for r in f.replays.values()) for f in used), [f.replays.keys() for f in used]
 
 

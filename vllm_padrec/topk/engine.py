@@ -62,9 +62,8 @@ from vllm_padrec.device_lists import long_tensors
 from vllm_padrec.integration.patches.sample_tokens import TopKAnswers
 from vllm_padrec.topk import round_checks
 from vllm_padrec.topk.beams import BEAM_ID_INFIX, FIRST_ROUND_STEP, TopKBeams, TopKState, beam_req_ids
-from vllm_padrec.topk.chains import chain_round
 from vllm_padrec.topk.kv_copy import BlockCopier, PrivateBlocks, block_pages, prompt_tail_copies
-from vllm_padrec.topk.relaxed import RoundDraft, gumbel_noise, relaxed_round_batched
+from vllm_padrec.topk.relaxed import gumbel_noise
 from vllm_padrec.topk.round_sampling import (
     RoundBatch,
     copy_round_histories,
@@ -72,7 +71,7 @@ from vllm_padrec.topk.round_sampling import (
     round_row_logits,
     write_round,
 )
-from vllm_padrec.topk.rounds import GRAPHED_STRICT_OUTCOME, RoundOutcome, round_outcome
+from vllm_padrec.topk.rounds import GRAPHED_RELAXED_OUTCOME, GRAPHED_STRICT_OUTCOME, RoundOutcome
 from vllm_padrec.topk.sampling import (
     BeamBatch,
     BeamSelection,
@@ -403,15 +402,13 @@ class TopKEngine:
             steps_left = round_.states[0].item_length - beams.steps_done
             k = round_.states[0].k
             if round_.states[0].relaxed:
-                tree = chain_round(beams.scores, rows.root, rows.chain, rows.row_live, logprobs, steps_left)
-                draft = RoundDraft.from_rows(rows.draft_logprobs, beams.scores, rows.root, rows.chain, rows.depth)
                 uniform, gumbel = self._random_numbers(
                     (len(round_.states), rows.chain.shape[2], k * logprobs.shape[-1])
                 )
-                result = relaxed_round_batched(tree, draft, k, uniform, gumbel)
-                round_.outcome = round_outcome(
-                    result, rows.root, rows.row_live, beams.codes, beams.logprobs, beams.steps_done
-                )
+                round_.outcome = GRAPHED_RELAXED_OUTCOME(
+                    beams.scores, rows.root, rows.chain, rows.row_live, rows.depth, rows.draft_logprobs, logprobs,
+                    steps_left, beams.codes, beams.logprobs, beams.steps_done, uniform, gumbel,
+                )  # fmt: skip
             else:
                 round_.outcome = GRAPHED_STRICT_OUTCOME(
                     beams.scores, rows.root, rows.chain, rows.row_live, logprobs, steps_left, beams.codes,

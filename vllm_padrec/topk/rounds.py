@@ -34,6 +34,7 @@ from torch import Tensor
 
 from vllm_padrec.topk.chains import chain_round
 from vllm_padrec.topk.graphed import GraphedFunction
+from vllm_padrec.topk.relaxed import RoundDraft, relaxed_round_batched
 from vllm_padrec.topk.strict import RoundResult, strict_round_batched
 
 PAD_TOKEN = 0  # a row's sampled tokens past ``advanced`` (V2 appends only ``num_sampled`` of them)
@@ -125,3 +126,28 @@ def strict_outcome(
 
 # a strict round's verification, replayed from a CUDA graph per signature on CUDA (``topk/graphed.py``)
 GRAPHED_STRICT_OUTCOME = GraphedFunction(strict_outcome)
+
+
+def relaxed_outcome(
+    scores: Tensor,  # [G, K] float32: the start beams' scores, best first; -inf: dead
+    root: Tensor,  # [G, R] long
+    chain: Tensor,  # [G, R, gamma] long
+    row_live: Tensor,  # [G, R] bool
+    depth: Tensor,  # [G, R] long: each row's chain tokens that are a draft beam's path
+    draft_logprobs: Tensor,  # [G, R, gamma, V] float32: the draft's, kept by its search
+    row_logprobs: Tensor,  # [G, R, gamma + 1, V] float32: the target's
+    steps_left: Tensor,  # [G] long
+    codes: Tensor,  # [G, K, L] long
+    logprobs: Tensor,  # [G, K, L] float32
+    steps_done: Tensor,  # [G] long
+    uniform: Tensor,  # [G, gamma, K * V] float64: U[0, 1), drawn by the caller (a graph replays no generator)
+    gumbel: Tensor,  # [G, gamma, K * V] float64: standard Gumbel noise, likewise
+) -> RoundOutcome:
+    """A relaxed round from its rows to what each row keeps, as ``strict_outcome`` (``GRAPHED_RELAXED_OUTCOME``)."""
+    tree = chain_round(scores, root, chain, row_live, row_logprobs, steps_left)
+    draft = RoundDraft.from_rows(draft_logprobs, scores, root, chain, depth)
+    result = relaxed_round_batched(tree, draft, scores.shape[1], uniform, gumbel)
+    return round_outcome(result, root, row_live, codes, logprobs, steps_done)
+
+
+GRAPHED_RELAXED_OUTCOME = GraphedFunction(relaxed_outcome)
