@@ -23,7 +23,8 @@ each call as soon as the one before returns: the machine goes back 30 s after a 
 trained target and the run in progress. Issue 13's must-show, one dataset a hold (about 28 minutes, estimated:
 the target 8.5, its three AtSpeed heads 4-5 side by side, nine engine start-ups of 80-90 s and the passes 13):
 call 1 ``start bench_target atspeed_drafts --target bench --draft-steps 600``, call 3 ``checks
-topk_drafted_tests bench_topk_atspeed`` (the tests, untimed, run beside the trainings), then ``wait 570`` calls.
+topk_drafted_tests bench_topk_atspeed bench_atspeed`` (the tests, untimed, run beside the trainings;
+bench_atspeed's acceptance of each head last, if the hold lasts), then ``wait 570`` calls.
 
 Phases, one per call (``python3 benchmarks/gpu_session.py PHASE --help`` lists a phase's options; the
 options a call is given hold for the later calls too):
