@@ -22,7 +22,8 @@ log-probs (the answer reports each code's) and scores are the engine's state bet
 tells which users' items are complete: R's own row then writes ``</s>``, and the codes, log-probs and
 scores are R's answer.
 
-All of it on fixed shapes, with no host sync.
+All of it on fixed shapes, with no host sync. ``strict_outcome`` and ``relaxed_outcome`` run a whole round, from
+its rows to this outcome, as one function of tensors: what the engine replays from a CUDA graph (``graphed.py``).
 """
 
 from __future__ import annotations
