@@ -58,6 +58,7 @@ from pathlib import Path
 from vllm_padrec.testing.bench_driver import (
     add_run_options,
     cell,
+    command_line,
     failures_markdown,
     rerender,
     run_configuration,
@@ -550,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     def write(final: bool) -> dict:
         attach_baseline(results)
         payload = summarize(args, results, errors, table)
+        payload["command"] = command_line("benchmarks.bench_spec_decode", forwarded)
         return write_progress(args.out, name, payload, len(results), final, markdown, plot)
 
     for method, gamma in configurations(args):

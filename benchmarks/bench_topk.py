@@ -89,6 +89,7 @@ from vllm_padrec.testing.atspeed_goals import atspeed_goals, draft_text
 from vllm_padrec.testing.bench_driver import (
     add_run_options,
     cell,
+    command_line,
     failures_markdown,
     rerender,
     run_configuration,
@@ -815,6 +816,7 @@ def main(argv: list[str] | None = None) -> int:
         """The results so far (after each configuration, so that a run cut short keeps what it measured)."""
         attach_equality(results, args.concurrency)  # idempotent: recomputed from the configurations so far
         payload = summarize(args, results, errors, earlier)
+        payload["command"] = command_line("benchmarks.bench_topk", forwarded)
         return write_progress(args.out, name, payload, len(results), final, markdown, plot)
 
     for modes, dtype, core in configurations(args) + own_process_configurations(args):

@@ -576,6 +576,8 @@ def test_relaxed_rounds_run_in_the_strict_modes_engine_once_per_head(tmp_path, m
         (("strict",), "float32", "/d"),
         (("strict",), "float32", "/s"),
     ]
+    command = json.loads((tmp_path / "topk_beauty_atspeed.json").read_text())["command"]  # for the results page
+    assert command.startswith("python3 -m benchmarks.bench_topk --target /t ") and "atspeed_s=/s" in command
 
 
 def test_a_drafted_engine_gets_the_raised_cuda_graph_limit_unless_engine_args_set_their_own(tmp_path, monkeypatch):

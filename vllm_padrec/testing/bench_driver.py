@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable
@@ -47,6 +48,11 @@ def run_configuration(
     error = f"exit {code} {what}: " + log.read_text()[-1500:]
     print(error, flush=True)
     return written, error
+
+
+def command_line(module: str, argv: list[str]) -> str:
+    """The command that runs ``module`` with ``argv``, as a payload records it (``benchmarks/results_page.py``)."""
+    return shlex.join(["python3", "-m", module, *argv])
 
 
 def write_payload(out: str | Path, name: str, payload: dict, markdown: Callable, plot: Callable) -> None:

@@ -1,0 +1,197 @@
+"""``benchmarks/RESULTS.md``: the committed results, per dataset, as tables users can read (issue 15).
+
+For each dataset of ``DATASETS``, from ``benchmarks/results/``:
+
+- list generation (``spec_decode_<dataset>.json``, ``bench_spec_decode``): tokens per second, speedup over no
+  speculation, acceptance length, latency, equality and Recall/NDCG@10, for each method, gamma, batch size and
+  list length;
+- top-K (``topk_<dataset>.json``, ``bench_topk``): the goals' verdicts, then per mode (and head), for each K the
+  latency one request at a time, users per second at the run's concurrency, Recall/NDCG@K of the pass over the
+  most users, and the float32 equality with the reference;
+
+and two GPUs (``tp2.json``) where it exists. Each table says when and how it was measured: the run's date and
+device, and its command (the one the payload records: ``bench_driver.command_line``; which benchmark, for
+payloads that predate it). A
+result not measured yet is named as such, with the issue that measures it. Plots are linked where their PNG is
+committed.
+
+    python -m benchmarks.results_page                    # writes benchmarks/RESULTS.md
+    python -m benchmarks.results_page --check            # exit 1 when RESULTS.md is not what the results give
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PAGE = Path(__file__).resolve().parent / "RESULTS.md"
+DATASETS = ("beauty_atspeed", "games_atspeed", "instruments_lcrec")
+# what made a payload that predates recorded commands (``bench_driver.command_line``)
+UNRECORDED = {
+    "spec_decode": "`benchmarks/bench_spec_decode.py` (its command not recorded in this payload)",
+    "topk": "`benchmarks/bench_topk.py` through `gpu_session.py`'s `bench_topk` jobs (its command not recorded in "
+    "this payload)",
+}
+
+
+def load(results: Path, name: str) -> dict | None:
+    path = results / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def cell(value, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def provenance(payload: dict, kind: str) -> str:
+    command = f"`{payload['command']}`" if payload.get("command") else UNRECORDED[kind]
+    what = ", ".join(str(payload[key]) for key in ("device", "dtype") if payload.get(key))
+    return f"Measured {payload.get('date', '(no date)')}" + (f" on {what}" if what else "") + f" by {command}."
+
+
+def plot(results: Path, name: str, page: Path) -> list[str]:
+    png = results / f"{name}.png"
+    if not png.exists():
+        return []
+    return [f"![{name}]({png.relative_to(page.parent).as_posix()})", ""]
+
+
+def spec_decode_section(payload: dict) -> list[str]:
+    lines = [
+        provenance(payload, "spec_decode"),
+        "",
+        "| method | gamma | batch size | list length | tokens/s | speedup | acceptance length | p50 ms "
+        "| equal to none | Recall@10 | NDCG@10 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    records = [r for r in payload["records"] if r.get("mode", "offline") == "offline"]
+    key = lambda r: (r["list_len"], r["batch_size"], r["method"], r["gamma"] or 0)  # noqa: E731
+    for r in sorted(records, key=key):
+        equal = f"{r['equal_to_no_spec']} / {r['users_compared']}" if r.get("equal_to_no_spec") is not None else "-"
+        lines.append(
+            f"| {r['method']} | {cell(r['gamma'])} | {r['batch_size']} | {r['list_len']} | "
+            f"{cell(r.get('tokens_per_s'), 0)} | {cell(r.get('speedup_vs_no_spec'))} | "
+            f"{cell(r.get('acceptance_length'))} | {cell(r.get('p50_ms'), 1)} | {equal} | "
+            f"{cell(r.get('recall_at_10'), 4)} | {cell(r.get('ndcg_at_10'), 4)} |"
+        )
+    return lines + [""]
+
+
+def topk_label(record: dict) -> str:
+    label = record["mode"]
+    if record.get("objective"):
+        label += f" ({record['objective']}, N = {record['draft_beams']}, gamma {record['gamma']})"
+    if record.get("engine_core") == "own_process":
+        label += " (own process)"
+    if record.get("measured_on"):  # a record of an earlier run, merged into this one (``bench_topk --merge``)
+        label += f" (measured {record['measured_on'][:10]})"
+    return label
+
+
+def topk_section(payload: dict) -> list[str]:
+    concurrency = payload.get("concurrency")
+    lines = [provenance(payload, "topk"), ""]
+    goals = payload.get("goals") or []
+    if goals:
+        lines += ["| goal | verdict | measured |", "|---|---|---|"]
+        for goal in goals:
+            verdict = {True: "met", False: "**missed**", None: "not measured"}[goal.get("met")]
+            lines.append(f"| {goal['goal']} | {verdict} | {goal['measured']} |")
+        lines.append("")
+    rows: dict[tuple[str, int], dict] = {}
+    for r in payload["records"]:
+        row = rows.setdefault((topk_label(r), r["k"]), {})
+        if r["dtype"] == "float32" and r.get("equal_to_reference") is not None:
+            row["equal"] = f"{r['equal_to_reference']} / {r['users_compared']}"
+        elif r["dtype"] != "float32" and r["batch_size"] == 1:
+            row["p50"] = r.get("p50_ms")
+        elif r["dtype"] != "float32" and r["batch_size"] == concurrency:
+            row["users_per_s"] = r.get("users_per_s")
+        # Recall and NDCG of the record over the most users (the float32 pass's, where the mode ran one)
+        if r.get("recall_at_k") is not None and r.get("users", 0) > row.get("quality_users", 0):
+            row["recall"], row["ndcg"], row["quality_users"] = r["recall_at_k"], r["ndcg_at_k"], r["users"]
+    lines += [
+        f"| mode | K | p50 ms, 1 request | users/s, {concurrency} at once | Recall@K | NDCG@K | users (quality) | "
+        "float32 equal to the reference |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for (label, k), row in sorted(rows.items(), key=lambda item: (item[0][0], item[0][1])):
+        lines.append(
+            f"| {label} | {k} | {cell(row.get('p50'), 1)} | {cell(row.get('users_per_s'), 1)} | "
+            f"{cell(row.get('recall'), 4)} | {cell(row.get('ndcg'), 4)} | {cell(row.get('quality_users'))} | "
+            f"{row.get('equal', '-')} |"
+        )
+    return lines + [""]
+
+
+def tp2_section(payload: dict) -> list[str]:
+    lines = [
+        f"Measured {payload.get('date', '(no date)')}: `{payload.get('command', 'gpu_session.py (issue 15)')}`",
+        "",
+        "| method | tensor parallel size | batch size | tokens/s | users/s | equal to one GPU |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for r in payload["records"]:
+        lines.append(
+            f"| {r['method']} | {r['tensor_parallel_size']} | {r['batch_size']} | {cell(r.get('tokens_per_s'), 0)} | "
+            f"{cell(r.get('users_per_s'), 1)} | {cell(r.get('equal_to_single_gpu'))} |"
+        )
+    return lines + [""]
+
+
+def page(results: Path = RESULTS, path: Path = PAGE) -> str:
+    lines = [
+        "# vllm-padrec results",
+        "",
+        "Generated by `python -m benchmarks.results_page` from the JSON in `benchmarks/results/`; every table "
+        "says when and by which command it was measured. Ratios compare runs measured side by side in one run.",
+        "",
+    ]
+    for dataset in DATASETS:
+        lines += [f"## {dataset}", ""]
+        for title, kind, issue, section in (
+            ("List generation", "spec_decode", 14, spec_decode_section),
+            ("Top-K recommendation", "topk", 13, topk_section),
+        ):
+            name = f"{kind}_{dataset}"
+            payload = load(results, name)
+            lines += [f"### {title}", ""]
+            if payload is None:
+                lines += [f"Not measured yet (issue {issue}, then 15).", ""]
+                continue
+            lines += section(payload) + plot(results, name, path)
+    lines += ["## Two GPUs (tensor parallelism)", ""]
+    tp2 = load(results, "tp2")
+    lines += tp2_section(tp2) if tp2 is not None else ["Not measured yet (issue 15).", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the results folder (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=PAGE, help="the page (default: %(default)s)")
+    parser.add_argument("--check", action="store_true", help="exit 1 when the page is not what the results give")
+    args = parser.parse_args(argv)
+    text = page(args.results, args.out)
+    if args.check:
+        current = args.out.read_text() if args.out.exists() else ""
+        if current != text:
+            print(f"{args.out} is out of date: run python -m benchmarks.results_page", file=sys.stderr)
+            return 1
+        return 0
+    args.out.write_text(text)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

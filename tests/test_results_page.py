@@ -1,0 +1,71 @@
+"""benchmarks/results_page.py: the page says what each committed payload measured, when and by which command,
+names what is not measured yet, and the committed ``benchmarks/RESULTS.md`` is what the committed results give."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import results_page
+
+
+def topk_payload() -> dict:
+    base = {"mode": "engine", "k": 20, "objective": None, "draft_beams": None, "gamma": None, "users": 30}
+    records = [
+        {**base, "dtype": "bfloat16", "batch_size": 1, "p50_ms": 22.75, "recall_at_k": 0.1, "ndcg_at_k": 0.05},
+        {**base, "dtype": "bfloat16", "batch_size": 64, "users": 128, "users_per_s": 369.0, "recall_at_k": 0.2,
+         "ndcg_at_k": 0.06},
+        {**base, "dtype": "float32", "batch_size": 64, "users": 500, "recall_at_k": 0.0167, "ndcg_at_k": 0.0066,
+         "equal_to_reference": 500, "users_compared": 500},
+        {**base, "mode": "strict", "objective": "atspeed_s", "draft_beams": 40, "gamma": 3, "dtype": "bfloat16",
+         "batch_size": 1, "p50_ms": 14.5, "recall_at_k": 0.1, "ndcg_at_k": 0.05},
+        {**base, "mode": "vllm_beam_search", "dtype": "bfloat16", "batch_size": 1, "p50_ms": 66.4,
+         "recall_at_k": 0.1, "ndcg_at_k": 0.05, "measured_on": "2026-12-01T05:23:30+0000"},
+    ]  # fmt: skip
+    goals = [{"goal": "K = 20: strict at least 1.6x", "met": True, "measured": "1.57x"}]
+    command = "python3 -m benchmarks.bench_topk --ks 20"
+    return {"date": "2026-12-03", "device": "NVIDIA H200", "concurrency": 64, "records": records, "goals": goals,
+            "command": command}  # fmt: skip
+
+
+def spec_decode_payload() -> dict:
+    record = {"method": "padrec", "gamma": 5, "batch_size": 1, "list_len": 10, "mode": "offline",
+              "tokens_per_s": 1000.0, "speedup_vs_no_spec": 2.45, "acceptance_length": 4.61, "p50_ms": 43.6,
+              "equal_to_no_spec": 100, "users_compared": 100, "recall_at_10": 0.05, "ndcg_at_10": 0.03}  # fmt: skip
+    served = {**record, "mode": "serve", "tokens_per_s": 1.0}
+    return {"date": "2026-12-03", "device": "NVIDIA H200", "dtype": "bfloat16", "records": [record, served]}
+
+
+def test_the_page_tells_each_measurement_its_date_command_and_values(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "topk_beauty_atspeed.json").write_text(json.dumps(topk_payload()))
+    (results / "topk_beauty_atspeed.png").write_bytes(b"png")
+    (results / "spec_decode_games_atspeed.json").write_text(json.dumps(spec_decode_payload()))
+    text = results_page.page(results, tmp_path / "RESULTS.md")
+    beauty, games = text.split("## games_atspeed")
+    assert "Measured 2026-12-03 on NVIDIA H200 by `python3 -m benchmarks.bench_topk --ks 20`." in beauty
+    assert "| K = 20: strict at least 1.6x | met | 1.57x |" in beauty
+    # p50 one at a time, users/s at 64, quality of the pass over the most users, float32 equality
+    assert "| engine | 20 | 22.8 | 369.0 | 0.0167 | 0.0066 | 500 | 500 / 500 |" in beauty
+    assert "| strict (atspeed_s, N = 40, gamma 3) | 20 | 14.5 | - |" in beauty
+    assert "| vllm_beam_search (measured 2026-12-01) | 20 | 66.4 |" in beauty
+    assert "![topk_beauty_atspeed](results/topk_beauty_atspeed.png)" in beauty
+    assert beauty.count("Not measured yet (issue 14, then 15).") == 1
+    assert "| padrec | 5 | 1 | 10 | 1,000 | 2.45 | 4.61 | 43.6 | 100 / 100 | 0.0500 | 0.0300 |" in games
+    assert games.count("| padrec |") == 1  # the offline pass only
+    assert "its command not recorded in this payload" in games and "![" not in games
+    assert "Not measured yet (issue 13, then 15)." in games and text.rstrip().endswith("Not measured yet (issue 15).")
+
+
+def test_check_fails_on_a_stale_page_and_passes_once_written(tmp_path, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    out = ["--results", str(results), "--out", str(tmp_path / "RESULTS.md")]
+    assert results_page.main([*out, "--check"]) == 1 and "out of date" in capsys.readouterr().err
+    assert results_page.main(out) == 0 and results_page.main([*out, "--check"]) == 0
+    (results / "tp2.json").write_text(json.dumps({"date": "d", "records": []}))
+    assert results_page.main([*out, "--check"]) == 1
+
+
+def test_the_committed_page_is_what_the_committed_results_give():
+    assert results_page.main(["--check"]) == 0, "run: python -m benchmarks.results_page"
