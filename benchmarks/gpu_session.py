@@ -96,8 +96,9 @@ engine_step_baseline installs .baseline and reinstalls the current code when it 
 it waits for every job queued before it and every job queued after it waits for it; a job refuses to
 run while another version of the project is installed. Each job has its own ``VLLM_CACHE_ROOT``
 (each lossless mode too). ``.gpudata`` holds the shared datasets (``../shared/data`` does not travel;
-git-ignored): ``mkdir -p .gpudata && cp -r ../shared/data/{beauty,games}_atspeed .gpudata/``; ``--dataset``
-(default beauty_atspeed) picks the one every job of the session trains on and measures.
+git-ignored; 16 MB for the three): ``mkdir -p .gpudata && cp -r ../shared/data/{beauty_atspeed,games_atspeed,
+instruments_lcrec} .gpudata/``; ``--dataset`` (default beauty_atspeed) picks the one every job of the session
+trains on and measures.
 """
 
 from __future__ import annotations
