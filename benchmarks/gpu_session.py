@@ -70,7 +70,8 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
     topk_tests            the top-K GPU tests (test_integration_gpu_topk.py, the KV copy kernel  -       lane 0
                           and the pinned host copies natively)
     topk_smoke            topk_tests' quick part (no served engine), before benchmarks           -       lane 1
-    topk_drafted_tests    issue 13's drafted strict rounds in vLLM (the GPU test, a random head) -       lane 1
+    topk_drafted_tests    issue 13's GPU tests (test_integration_gpu_topk.py -k drafted): rounds  -       lane 1
+                          in vLLM, early finishes, vllm serve with a draft, graph replays
     bench_topk_drafted    bench_topk's strict and relaxed modes (N = 20, gamma 3) beside the     draft   lane 0
                           engine and the reference, K 1-20, bfloat16 speed, float32 equality
     topk_drafted_checks   the strict mode at K = 1 then 5, float32, 64 users per call: as it is,     draft   lane 0
@@ -704,7 +705,8 @@ def job_topk_smoke(ctx: JobContext) -> int:
 
 def job_topk_drafted_tests(ctx: JobContext) -> int:
     """Issue 13's GPU tests: drafted strict rounds in vLLM rank items as the reference (a random head), also after
-    rounds that complete items early (K = 1 then 5 on the same users)."""
+    rounds that complete items early (K = 1 then 5 on the same users); ``vllm serve`` with a draft answers both
+    rules and refuses an unknown one; the round functions replayed from CUDA graphs equal eager runs."""
     return ctx.run(pytest_command(TOPK_TEST_FILES[:1], select="drafted"))
 
 
