@@ -26,6 +26,8 @@ import json
 import sys
 from pathlib import Path
 
+from vllm_padrec.testing.bench_driver import cell as bench_cell
+
 RESULTS = Path(__file__).resolve().parent / "results"
 PAGE = Path(__file__).resolve().parent / "RESULTS.md"
 DATASETS = ("beauty_atspeed", "games_atspeed", "instruments_lcrec")
@@ -43,13 +45,10 @@ def load(results: Path, name: str) -> dict | None:
 
 
 def cell(value, digits: int = 2) -> str:
-    if value is None:
-        return "-"
+    """``bench_driver.cell`` with floats to ``digits`` places and booleans as yes / no."""
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return str(value)
+    return bench_cell(f"{value:,.{digits}f}" if isinstance(value, float) else value)
 
 
 def provenance(payload: dict, kind: str) -> str:
