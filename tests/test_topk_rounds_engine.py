@@ -202,7 +202,7 @@ class Speculator:
 
     def make_extra_rows_stale(self, req_id: str, state) -> None:
         """Overwrite the extra rows' (r >= K) token history, last code and private KV past the prompt with
-        ``<pad>``: whatever a row held before, ``stage_round`` must give it its root beam's."""
+        ``<pad>``: whatever a row held before, ``stage_rounds`` must give it its root beam's."""
         P, v2 = state.prompt_len, self.v2
         for r in range(state.k, state.rows):
             row_id = beam_req_id(req_id, r)
@@ -497,7 +497,7 @@ def test_relaxed_rounds_keep_k_distinct_items_scored_by_the_target(monkeypatch, 
 
 def test_relaxed_rows_without_the_drafts_log_probs_are_refused_when_staged():
     """The speculator side must hand a relaxed request's rows with the draft's log-probs: without them the
-    next round could not run, so ``stage_round`` refuses at once, naming the request."""
+    next round could not run, so ``stage_rounds`` refuses at once, naming the request."""
     from vllm_padrec.topk.beams import TopKState
 
     engine = TopKEngine("cpu")
@@ -509,7 +509,7 @@ def test_relaxed_rows_without_the_drafts_log_probs_are_refused_when_staged():
         torch.ones(1, 2, dtype=torch.bool),
     )
     with pytest.raises(ValueError, match="'R' verifies by the relaxed rule: its rows need the draft's log-probs"):
-        engine.stage_round("R", rows)
+        engine.stage_rounds(["R"], rows)
 
 
 @pytest.mark.parametrize("draft_kind", ["the target", "random weights"])

@@ -14,7 +14,7 @@ of the rows (token history, last code, private KV) moves with ``TopKEngine.copy_
 N > 1 draft beams, grouped by their shape (K, R), each group one ``DraftSearcher``. After each draft forward
 (``after_forward``) it reads the forward's masked log-probs of the groups' rows (kept by the draft model:
 ``DraftListMasks.keep_draft_logprobs``), advances the search, and moves the rows for the next forward; at the
-end (``finish``) it writes each row's chain as its drafts and stages the round (``TopKEngine.stage_round``).
+end (``finish``) it writes each row's chain as its drafts and stages the round (``TopKEngine.stage_rounds``).
 ``PadRecSpeculator.propose`` calls it from V2's draft loop (after draft step 0 and after each decode step); that
 has run only on the CPU tests' stand-in of the loop so far, not in vLLM.
 """

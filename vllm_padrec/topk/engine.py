@@ -35,7 +35,7 @@ The hooks, in V2's order within one engine step (each returns at once when no to
 
 Drafted requests (issue 13, ``ATSPEED.md``; a layout with ``draft_beams`` > 0) take the plain steps 0 and 1,
 then *rounds*: their rows feed 1 + gamma tokens, the hooks verify the draft's rows of the request
-(``stage_round``, from the speculator's side) with ``round_sampling``, ``chains``, ``strict`` and ``rounds``,
+(``stage_rounds``, from the speculator's side) with ``round_sampling``, ``chains``, ``strict`` and ``rounds``,
 write every row's tokens and counts into the rejection sampler's output and copy each row's history and KV
 from its source row. A round cohort is the drafted requests of a batch with the same K. Which items are
 complete is known only on the GPU: each round leaves its members' answers, and R's row writes ``</s>`` in
@@ -307,7 +307,7 @@ class TopKEngine:
             [b.slot for b in new],
             [states[b.req_id].prompt_len for b in new],
             # a drafted request's extra rows (rank >= K) start as a copy of beam rank % K: their first round's
-            # drafting gives them their paths (``stage_round``)
+            # drafting gives them their paths (``stage_rounds``)
             [offset[b.req_id] + b.rank % self.groups[b.req_id].width for b in new],
             device=self.device,
         )
@@ -500,10 +500,6 @@ class TopKEngine:
         return uniform, gumbel_noise(shape, generator=self.generator, device=self.device, dtype=torch.float64)
 
     # -- the drafts of a round (the speculator's side: ``propose``) ------------------------------------------
-    def stage_round(self, req_id: str, rows: RoundRows) -> None:
-        """``stage_rounds`` for one request (``rows``: [1, ...])."""
-        self.stage_rounds([req_id], rows)
-
     def stage_rounds(self, req_ids: Sequence[str], rows: RoundRows, plan: RowCopyPlan | None = None) -> None:
         """The rows the next round of each of ``req_ids`` (the same K and rows each; ``rows``: [G, ...] in their
         order) verifies, from the draft's search over its rows (``DraftRows``): kept for the sampler hook, and
@@ -546,7 +542,7 @@ class TopKEngine:
     def copy_rows(self, req_ids: Sequence[str], source: Tensor, plan: RowCopyPlan | None = None) -> None:
         """Give each row of the drafted requests ``req_ids`` (the same rows each) the token history, last code and
         private KV of row ``source[g, r]`` of its request ([G, R] long; itself where nothing moves): before a
-        round, an extra row takes its root beam's (``stage_round``); during the draft's search, a new row its
+        round, an extra row takes its root beam's (``stage_rounds``); during the draft's search, a new row its
         parent row's (``DraftStep.source``), so that the draft's masks and attention read its path. One copy of
         each kind for all of them; gather, then scatter: sources may be rows that change too. ``plan``: the
         rows' ``row_copy_plan``, built here when not given."""
