@@ -98,7 +98,7 @@ from vllm_padrec.testing.bench_driver import (
 from vllm_padrec.testing.python_profile import OUR_CODE, busiest, hotspot_table, python_profile
 from vllm_padrec.testing.stats import percentile
 from vllm_padrec.testing.timing import EngineSteps, in_process_engine_core, in_process_model_runner
-from vllm_padrec.testing.topk_goals import IN_PROCESS, OWN_PROCESS, goals_markdown, topk_goals
+from vllm_padrec.testing.topk_goals import IN_PROCESS, OWN_PROCESS, goals_markdown, placement, topk_goals
 
 UNDRAFTED_MODES = ("reference", "vllm_beam_search", "engine", "greedy_floor")
 # issue 13: the engine's beam search in drafted rounds of a --draft head, verified by the strict or the relaxed rule
@@ -598,6 +598,11 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_goals(records: list[dict], concurrency: int) -> list[dict]:
+    """The payload's ``goals``: issue 12's, then issue 13's where the records hold drafted modes."""
+    return topk_goals(records, concurrency) + atspeed_goals(records)
+
+
 def drafted_goals_markdown(records: list[dict]) -> list[str]:
     """Issue 13's goals, where the run has drafted records."""
     goals = atspeed_goals(records)
@@ -610,23 +615,29 @@ def drafts_cell(record: dict) -> str:
 
 
 def plot(plt, payload: dict):
-    """p50 latency at one request at a time by K, one line per mode and dtype (None: nothing measured)."""
+    """p50 latency at one request at a time by K, one line per mode, head, dtype and run (None: nothing
+    measured)."""
     lines: dict[str, list[tuple[int, float]]] = {}
     for r in payload["records"]:
         if r["batch_size"] == 1 and r["p50_ms"] is not None:
-            lines.setdefault(f"{mode_label(r)} ({r['dtype']})", []).append((r["k"], r["p50_ms"]))
+            head = "" if r.get("draft_beams") is None else f", {draft_text(r)}"
+            label = f"{mode_label(r)}{earlier_mark(r)} ({r['dtype']}{head})"
+            lines.setdefault(label, []).append((r["k"], r["p50_ms"]))
     if not lines:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, points in lines.items():
+    fig, ax = plt.subplots(figsize=(10, 5))
+    colors = plt.get_cmap("tab20").colors  # 20 distinct colours: three heads x two rules and the rest
+    for i, (label, points) in enumerate(lines.items()):
         ks, ms = zip(*sorted(points))
-        ax.plot(ks, ms, marker="o", label=label)
+        earlier, drafted = "(run of" in label, "N = " in label
+        style = {"linestyle": "--" if earlier else "-", "marker": "s" if drafted else "o"}
+        ax.plot(ks, ms, label=label, color=colors[i % len(colors)], **style)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("K")
     ax.set_ylabel("p50 latency, ms (one request at a time)")
     ax.set_title(f"Top-K latency by K ({payload['dataset']})")
-    ax.legend()
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 
@@ -635,7 +646,7 @@ def render(json_path: str, note: str | None = None) -> None:
     """Rewrite the Markdown and the plot from a results JSON (with ``note`` attached to it, when given)."""
 
     def refresh(payload: dict) -> None:
-        payload["goals"] = topk_goals(payload["records"], payload["concurrency"])
+        payload["goals"] = run_goals(payload["records"], payload["concurrency"])
 
     rerender(json_path, note, markdown, plot, refresh)
 
@@ -880,7 +891,9 @@ RECORD_KEY = ("mode", "dtype", "k", "batch_size", "engine_core", "draft_beams", 
 
 
 def record_key(record: dict) -> tuple:
-    return tuple(record.get(field) for field in RECORD_KEY)
+    """The record's RECORD_KEY fields; its engine core's placement as the goals read it (records from before
+    the ``engine_core`` field ran in process)."""
+    return tuple(placement(record) if field == "engine_core" else record.get(field) for field in RECORD_KEY)
 
 
 def earlier_records(path: Path) -> list[dict]:
@@ -914,7 +927,7 @@ def summarize(args, results: list[dict], errors: dict, earlier: list[dict] = ())
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "startup_seconds": {f"{mode_label(r)}_{r['dtype']}": r["startup_seconds"] for r in results},
         "records": records,
-        "goals": topk_goals(records, args.concurrency),
+        "goals": run_goals(records, args.concurrency),
         "errors": errors,
     }
 

@@ -250,7 +250,8 @@ class Job:
     vllm: bool = False  # needs the vLLM kit (queued by ``checks``, not ``start``)
     installed: str | None = CURRENT  # the project version it runs on; None: it installs what it needs itself
     exclusive: bool = False  # runs alone: after every job queued before it, before every job queued after it
-    # times nothing (training, tests): runs beside another untimed job on the same GPU; a timed job still runs alone
+    # times nothing (training, tests): runs beside another untimed job on the same GPU (a vLLM job beside vLLM jobs
+    # only, a training job beside training jobs only); a timed job still runs alone
     untimed: bool = False
 
 
@@ -1011,7 +1012,9 @@ def runs_after(job: str, settings: Settings, gpus: int) -> list[str]:
 
     def shares(other: str) -> bool:
         same_gpu = gpus < 2 or JOBS[other].lane == lane
-        beside = JOBS[job].untimed and JOBS[other].untimed
+        # untimed jobs share a GPU, but never a training job and one that starts vLLM engines: vLLM refuses to start
+        # where less memory is free than its share (the bench target's training left 15.8 of 140 GiB)
+        beside = JOBS[job].untimed and JOBS[other].untimed and JOBS[job].vllm == JOBS[other].vllm
         return (same_gpu and not beside) or JOBS[job].exclusive or JOBS[other].exclusive
 
     return [other for other in earlier if shares(other) and not depends_on(other, job, settings)]

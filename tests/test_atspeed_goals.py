@@ -89,3 +89,23 @@ def test_the_results_markdown_has_issue_13s_goals_after_issue_12s_when_drafted()
         "| K = 20, one request at a time: strict p50 at least 1.6x faster than the undrafted engine | met | 2.00x"
         in (drafted)
     )
+
+
+def test_a_drafted_mode_is_compared_with_the_engine_of_its_own_run():
+    """A merged results file: the earlier run's engine record (22.75 ms) stays beside this run's (24.1 ms); the
+    strict mode of this run is compared with this run's engine."""
+    earlier = [{**r, "measured_on": "2026-12-01T05:23:30+0000"} for r in run_records()]
+    this_run = [
+        record("engine", "bfloat16", 20, 1, 24.1),
+        record("strict", "bfloat16", 20, 1, 12.05, target_forwards_per_request=2.0, **DRAFT),
+    ]
+    speedup = atspeed_goals(earlier + this_run)[0]
+    assert speedup["met"] is True and speedup["measured"].startswith("2.00x (strict (N = 40, γ = 3, atspeed_s): 12.05 ")
+
+
+def test_the_payloads_goals_hold_both_issues_verdicts():
+    """bench_topk's payload ``goals`` (what RESULTS.md shows): issue 12's seven, then issue 13's."""
+    goals = bench_topk.run_goals(drafted_records(), concurrency=64)
+    assert len(goals) == 7 + 4
+    assert goals[7]["goal"].startswith("K = 20, one request at a time: strict p50 at least 1.6x faster")
+    assert bench_topk.run_goals(run_records(), concurrency=64)[7:] == []

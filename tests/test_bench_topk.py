@@ -530,15 +530,16 @@ def test_engine_args_reach_every_vllm_engine_and_bad_json_is_a_one_line_error(ca
 
 def test_merge_keeps_an_earlier_runs_records_that_this_run_does_not_measure(tmp_path, monkeypatch):
     """--merge: the results file's records of other measurements stay, marked with their run's date; a
-    measurement this run makes again replaces the earlier one; without --merge the file is this run's only."""
-    earlier = fake_result("engine", "bfloat16")["records"]
+    measurement this run makes again replaces the earlier one, also where the earlier file predates the records'
+    ``engine_core`` field (its records ran in process); without --merge the file is this run's only."""
+    earlier = fake_result("engine", "bfloat16")["records"]  # no engine_core, as in the file of 2026-12-01
     earlier += [{**earlier[0], "k": 50}]  # K = 5 (measured again below) and K = 50 (not)
     name = tmp_path / "topk_beauty_atspeed.json"
 
     def child(command, stdout, stderr, env):
         (mode,) = child_modes(command)
         result = fake_result(mode, command[command.index("--one-dtype") + 1])
-        result["records"][0]["p50_ms"] = 7.0  # this run's
+        result["records"][0] |= {"p50_ms": 7.0, "engine_core": "in_process"}  # this run's, as run_config marks it
         Path(command[command.index("--result") + 1]).write_text(json.dumps([result]))
         return 0
 

@@ -124,3 +124,17 @@ def test_the_speed_goals_read_the_own_process_records_where_every_compared_mode_
     assert vs_baseline["measured"] == "4.00x (15 against 60 ms (engine core in its own process))"
     assert latency50["measured"].startswith("24.9 ms, 1.66x")  # K = 50 ran in process only
     assert throughput["measured"] == "15.49x (369 against 23.82 users/s)"  # no own-process beam search at 64
+
+
+def test_each_goal_reads_one_runs_records_this_runs_first():
+    """A merged results file (bench_topk --merge) holds an earlier run's records beside this run's: a goal this
+    run measures reads this run's alone; one it does not reads the newest earlier run that does, named."""
+    earlier = [{**r, "measured_on": "2026-12-01T05:23:30+0000"} for r in run_records(engine_k20_ms=9.0)]
+    older = [{**r, "measured_on": "2026-11-30T00:00:00+0000"} for r in run_records(engine_k20_ms=5.0)]
+    this_run = [record("engine", "bfloat16", 20, 1, 24.1, prompt_blocks_per_request=3.4)]
+    latency20, vs_baseline, *_ = topk_goals(older + earlier + this_run, concurrency=64)
+    assert latency20["met"] is False and latency20["measured"] == "24.1 ms, 2.41x the goal"  # not the 9 ms
+    # vLLM's beam search was not measured in this run: both sides from the run of 2026-12-01, not 24.1 ms against
+    # its 66.43 ms
+    assert vs_baseline["measured"] == "7.38x (9 against 66.43 ms) (run of 2026-12-01)"
+    assert vs_baseline["met"] is True

@@ -3,11 +3,14 @@
 Side by side in one run, K = 20, one request at a time: the strict mode at least 1.6x faster than the
 undrafted engine (``engine``), with every float32 user equal to the reference on at least 500 users; the
 relaxed mode at least 2.0x, with its change in Recall@20 and NDCG@20 against the engine; both at least 10x
-below vLLM's beam search. Verdicts and placement rules are issue 12's (``topk_goals``): a goal is None where a
-record it reads was not measured, and speed goals read own-process records where every compared mode has one.
+below vLLM's beam search. Verdicts, placement rules and the one-run rule are issue 12's (``topk_goals``): a
+goal is None where a record it reads was not measured, speed goals read own-process records where every
+compared mode has one, and each goal reads one run's records.
 """
 
 from __future__ import annotations
+
+import functools
 
 from vllm_padrec.testing.topk_goals import (
     BASELINE,
@@ -15,6 +18,7 @@ from vllm_padrec.testing.topk_goals import (
     SPEED_DTYPE,
     equality_goal,
     find,
+    in_one_run,
     placement_note,
     speed_placement,
     verdict,
@@ -114,10 +118,11 @@ def atspeed_goals(records: list[dict]) -> list[dict]:
         several = len(objectives) > 1
         for objective in objectives:  # named (and its records picked) only where the run has several heads
             named_objective = objective if several else None
-            goals.append(speedup_goal(records, mode, named_objective))
-            goals.append(below_baseline_goal(records, mode, named_objective))
+            goals.append(in_one_run(functools.partial(speedup_goal, mode=mode, objective=named_objective), records))
+            below = functools.partial(below_baseline_goal, mode=mode, objective=named_objective)
+            goals.append(in_one_run(below, records))
         if mode == STRICT and objectives:
-            goals.append(equality_goal(records, STRICT))
+            goals.append(in_one_run(functools.partial(equality_goal, mode=STRICT), records))
     if goals:
-        goals.append(atspeed_s_goal(records))
+        goals.append(in_one_run(atspeed_s_goal, records))
     return goals

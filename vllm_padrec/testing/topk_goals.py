@@ -1,9 +1,10 @@
 """Issue 12's goals for top-K in the engine, read from bench_topk's records: one verdict per goal.
 
-Each goal compares records of one run (side by side). A goal is ``met`` (True / False), or None when a
-record it reads was not measured. The verdict's ``measured`` text says by how much a goal is missed and
-what it was compared with (the greedy floor: one greedy item in the same engine, which any in-engine
-beam search needs at least).
+Each goal compares records of one run (side by side): in a results file that holds records of earlier runs
+too (bench_topk ``--merge``), this run's where they measure the goal, else the newest earlier run's. A goal
+is ``met`` (True / False), or None when a record it reads was not measured. The verdict's ``measured`` text
+says by how much a goal is missed and what it was compared with (the greedy floor: one greedy item in the
+same engine, which any in-engine beam search needs at least).
 
 The speed goals read the records whose engine core ran in its own process, as vLLM runs by default
 (``engine_core`` OWN_PROCESS, bench_topk's ``--own-process-modes``), where every mode they compare has
@@ -12,7 +13,8 @@ one; else those of the in-process engines, which every run has.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 
 ENGINE = "engine"  # the mode the goals are about: beam search inside the engine
 BASELINE = "vllm_beam_search"
@@ -157,17 +159,38 @@ def prompt_once_goal(records: list[dict]) -> dict:
     return verdict(goal, met, "; ".join(parts))
 
 
+def runs(records: list[dict]) -> list[tuple[str | None, list[dict]]]:
+    """The records grouped by the run that measured them: this run's (date None: no ``measured_on``, bench_topk's
+    mark of a record kept from an earlier run by ``--merge``) first, then the earlier runs, the newest first."""
+    grouped: dict[str | None, list[dict]] = {}
+    for r in records:
+        grouped.setdefault(r.get("measured_on"), []).append(r)
+    earlier = sorted((date for date in grouped if date is not None), reverse=True)
+    return [(date, grouped[date]) for date in ([None] if None in grouped else []) + earlier]
+
+
+def in_one_run(goal: Callable[[list[dict]], dict], records: list[dict]) -> dict:
+    """``goal``'s verdict on the records of one run, never a mix of runs: this run's where they measure it, else
+    the newest earlier run's that does (its date named after what was measured)."""
+    for date, run in runs(records):
+        result = goal(run)
+        if result["met"] is not None:
+            return result if date is None else {**result, "measured": f"{result['measured']} (run of {date[:10]})"}
+    return goal([])
+
+
 def topk_goals(records: list[dict], concurrency: int) -> list[dict]:
-    """Every goal of issue 12 with its verdict, in the issue's order."""
-    return [
-        latency_goal(records, 20, LATENCY_GOALS_MS[20]),
-        latency_vs_baseline_goal(records),
-        latency_goal(records, 50, LATENCY_GOALS_MS[50]),
-        throughput_goal(records, concurrency),
-        equality_goal(records),
-        invalid_items_goal(records),
-        prompt_once_goal(records),
+    """Every goal of issue 12 with its verdict, in the issue's order, each read from one run's records."""
+    goals: list[Callable[[list[dict]], dict]] = [
+        functools.partial(latency_goal, k=20, limit_ms=LATENCY_GOALS_MS[20]),
+        latency_vs_baseline_goal,
+        functools.partial(latency_goal, k=50, limit_ms=LATENCY_GOALS_MS[50]),
+        functools.partial(throughput_goal, concurrency=concurrency),
+        equality_goal,
+        invalid_items_goal,
+        prompt_once_goal,
     ]
+    return [in_one_run(goal, records) for goal in goals]
 
 
 def goals_markdown(goals: list[dict], issue: int = 12) -> list[str]:
