@@ -467,11 +467,12 @@ def job_bench_topk_atspeed(ctx: JobContext) -> int:
       target is issue 12's record, kept by the merge);
     - then speed, side by side in one run (bfloat16; 128 users at 64 concurrent, 30 one at a time): the
       undrafted engine, vLLM's beam search, and strict and relaxed rounds per head (N = 40, gamma 3; one engine
-      a head), the heads in the order the goals need them (AtSpeed-S, distillation, AtSpeed-R).
+      a head), the heads in the order the goals need them (AtSpeed-S, AtSpeed-R, distillation: the last only
+      compares acceptance, which the training records too), with one profiled call per mode at K = 20.
 
-    K 1/5/10/20. Six vLLM engine start-ups in all (80-90 s each); with bench_target and atspeed_drafts
-    (``--draft-steps 600``) it should fit one 30-minute session on one H200, the last head's the first to be
-    cut."""
+    K 1/5/10/20. Six vLLM engine start-ups in all (80-90 s each). On beauty_atspeed (2026-12-02), with
+    bench_target (``--bench-epochs 1``: 4 minutes) and atspeed_drafts (``--draft-steps 600``: 3 minutes), the
+    hold ran 29 minutes and this job 21 (equality 7.5, speed 13.5); a hold cut short loses the last head first."""
     drafts = {o: f"{o}={WORK / 'atspeed_drafts' / o / 'padrec' / 'draft'}" for o in ATSPEED_OBJECTIVES}
     committed = REPO / "benchmarks" / "results" / f"topk_{ctx.settings.dataset}.json"
     if committed.exists() and not ctx.settings.suffix():
@@ -485,13 +486,13 @@ def job_bench_topk_atspeed(ctx: JobContext) -> int:
         *("--dtypes", "float32", "--users", "128", "--users-equal", "500"),
         log_tag="equality",
     )
-    heads = [drafts[o] for o in ("atspeed_s", "distill", "atspeed_r")]
+    heads = [drafts[o] for o in ("atspeed_s", "atspeed_r", "distill")]
     speed = run_bench_topk(
         ctx,
         "topk",
         *common,
         *("--modes", "engine", "vllm_beam_search", "strict", "relaxed", "--drafts", *heads),
-        *("--dtypes", "bfloat16", "--users", "128", "--users-latency", "30"),
+        *("--dtypes", "bfloat16", "--users", "128", "--users-latency", "30", "--profile", "--profile-k", "20"),
         log_tag="speed",
     )
     return max(speed, equality)
