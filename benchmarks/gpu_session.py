@@ -85,6 +85,7 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
     serve                 benchmarks/serve_completions.py (no draft, no constraint)              target  lane 1
     bench_vllm_mask       benchmarks/bench_vllm_mask.py (the catalog masks at vLLM's shapes)     -       lane 1
     bench_trie            benchmarks/bench_trie.py                                               -       lane 1
+    bench_catalog_scale   benchmarks/bench_catalog_scale.py (1M and 10M items: memory, masks)    -       lane 1
     bench_padrec_kernel   benchmarks/bench_padrec_kernel.py                                      -       lane 1
     bench_kv_block_copy   benchmarks/bench_kv_block_copy.py (top-K KV copies: kernel, reference) -       lane 1
 
@@ -849,6 +850,12 @@ def job_bench_trie(ctx: JobContext) -> int:
     return ctx.python("benchmarks.bench_trie", "--out", str(WORK / "results"))
 
 
+def job_bench_catalog_scale(ctx: JobContext) -> int:
+    """Issue 15's memory and scale: benchmarks/bench_catalog_scale.py, catalogs of 1M and 10M items (about two
+    minutes of catalog building on the host, then the masks)."""
+    return ctx.python("benchmarks.bench_catalog_scale", "--out", str(WORK / "results"))
+
+
 def job_bench_kv_block_copy(ctx: JobContext) -> int:
     return ctx.python("benchmarks.bench_kv_block_copy", "--out", str(WORK / "results"))
 
@@ -908,6 +915,7 @@ JOBS: dict[str, Job] = {
         Job("serve", job_serve, needs=(TARGET,), lane=1, vllm=True),
         Job("bench_vllm_mask", job_bench_vllm_mask, lane=1, vllm=True),
         Job("bench_trie", job_bench_trie, lane=1),
+        Job("bench_catalog_scale", job_bench_catalog_scale, lane=1),
         Job("bench_padrec_kernel", job_bench_padrec_kernel, lane=1),
         Job("bench_kv_block_copy", job_bench_kv_block_copy, lane=1),
     )

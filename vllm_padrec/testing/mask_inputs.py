@@ -19,14 +19,16 @@ MAX_NUM_REQS = 256  # vLLM's default max_num_seqs on this machine's serve
 SEQ_CAPACITY = 512  # all_token_ids columns (max_model_len)
 
 
-def make_inputs(catalog, batch: int, num_drafts: int, seed: int, device):
-    """V2-shaped inputs for ``batch`` running requests (slots 0..B-1) of one engine step."""
+def make_inputs(catalog, batch: int, num_drafts: int, seed: int, device, max_num_reqs: int = MAX_NUM_REQS):
+    """V2-shaped inputs for ``batch`` running requests (slots 0..B-1 of ``max_num_reqs``) of one engine step."""
+    if batch > max_num_reqs:
+        raise ValueError(f"{batch} requests do not fit {max_num_reqs} request slots")
     rng = np.random.default_rng(seed)
     period = catalog.num_slots + 1
     list_len = LIST_ITEMS * period  # tokens of a full list with its separators (last one: </s>)
-    all_token_ids = torch.zeros(MAX_NUM_REQS, SEQ_CAPACITY, dtype=torch.int32)
-    total_len = torch.zeros(MAX_NUM_REQS, dtype=torch.int32)
-    settings = torch.zeros(MAX_NUM_REQS, NUM_FIELDS, dtype=torch.int32)
+    all_token_ids = torch.zeros(max_num_reqs, SEQ_CAPACITY, dtype=torch.int32)
+    total_len = torch.zeros(max_num_reqs, dtype=torch.int32)
+    settings = torch.zeros(max_num_reqs, NUM_FIELDS, dtype=torch.int32)
     fed = []  # [B * (K + 1)] token fed at each verification row: last committed token, then the drafts
     drafts = torch.zeros(batch, num_drafts, dtype=torch.long)
     for b in range(batch):

@@ -1,0 +1,300 @@
+"""Benchmark the catalog at scale (issue 15): memory per item and the catalog masks' cost per engine step for
+synthetic catalogs of 1M and 10M items, and what one GPU holds.
+
+On a CUDA GPU:
+
+    python -m benchmarks.bench_catalog_scale --out benchmarks/results
+
+writes ``catalog_scale.json``, ``catalog_scale.md`` and ``catalog_scale.png``. Redraw from the JSON anywhere:
+
+    python -m benchmarks.bench_catalog_scale --render benchmarks/results/catalog_scale.json
+
+For each catalog size (``--sizes``; synthetic semantic IDs of the datasets' shape, 4 slots of 256 codes with
+200 first codes, ``vllm_padrec.testing.catalogs``):
+
+- **host**: seconds and resident memory to build the ``ItemCatalog`` (what the server and the engine process each
+  hold: item ids, codes, the id and SID lookups), from ``/proc/self/statm``;
+- **device**: seconds to build ``CatalogTables`` (the masks' tables: the trie and the sorted item keys), the bytes
+  they hold after the build (``torch.cuda.memory_allocated``) and at the build's peak, per item;
+- **masks**: the fused Triton kernel (``kernels/catalog_mask.py``, the plugin's default), CUDA events, median of
+  ``--repeats`` means over ``--iters`` calls, each call first checked equal to the plain-torch reference:
+  lists, B requests with K = 5 draft tokens (the verification call over B * 6 rows plus 5 draft steps of B rows,
+  what one speculative engine step pays) and top-K, B users of K beams each (one verification call over B * K
+  beam rows, no drafts: what one engine step of the in-engine beam search pays);
+- **capacity**: items per GiB of device memory at the largest size measured, the largest catalog whose tables fit
+  in ``--budget-gib`` (a share of the GPU taken from vLLM's KV cache), and the ID space's own limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from vllm_padrec.testing.catalogs import CODEBOOK, FIRST_CODES, NUM_SLOTS, synthetic_codes
+from vllm_padrec.testing.mask_inputs import LIST_ITEMS, make_inputs, same_as_eager
+from vllm_padrec.testing.results import write_results
+
+SIZES = (1_000_000, 10_000_000)
+LIST_BATCHES = (1, 64)
+NUM_DRAFTS = 5
+TOPK_SHAPES = ((1, 20), (1, 100), (1, 256), (1, 1024), (64, 20), (64, 100), (64, 256))  # (users B, beams K)
+ID_SPACE = FIRST_CODES * CODEBOOK ** (NUM_SLOTS - 1)  # distinct SIDs of this shape
+STEM = "catalog_scale"
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux ``/proc/self/statm``); None elsewhere."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def build_catalog(num_items: int):
+    """(catalog, host record): a synthetic ``ItemCatalog`` of ``num_items`` items and what building it cost."""
+    from vllm_padrec.catalog import ItemCatalog
+
+    before, started = resident_bytes(), time.perf_counter()
+    codes = synthetic_codes(num_items)
+    catalog = ItemCatalog(
+        [str(i) for i in range(num_items)], codes, (CODEBOOK,) * NUM_SLOTS, name=f"synthetic_{num_items}"
+    )
+    seconds, after = time.perf_counter() - started, resident_bytes()
+    host = None if before is None or after is None else after - before
+    record = {
+        "host_build_s": round(seconds, 2),
+        "host_bytes": host,
+        "host_bytes_per_item": None if host is None else round(host / num_items, 1),
+    }
+    return catalog, record
+
+
+def build_tables(catalog, device):
+    """(tables, device record): the catalog's ``CatalogTables`` on ``device`` and what they hold."""
+    import torch
+
+    from vllm_padrec.lists.tables import CatalogTables
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before, started = torch.cuda.memory_allocated(), time.perf_counter()
+    tables = CatalogTables.build(catalog, device=device)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    held, peak = torch.cuda.memory_allocated() - before, torch.cuda.max_memory_allocated() - before
+    record = {
+        "device_build_s": round(seconds, 2),
+        "device_bytes": held,
+        "device_peak_build_bytes": peak,
+        "device_bytes_per_item": round(held / len(catalog), 1),
+        "trie_bytes": tables.trie.memory_bytes(),
+    }
+    return tables, record
+
+
+# (workload, B, K beams, drafts) of mask_timings: lists of B requests drafting NUM_DRAFTS tokens, top-K of B users
+MASK_SHAPES = tuple(("list", b, 1, NUM_DRAFTS) for b in LIST_BATCHES) + tuple(("topk", b, k, 0) for b, k in TOPK_SHAPES)
+
+
+def mask_timings(
+    catalog, tables, iters: int, repeats: int, device, shapes=MASK_SHAPES, timer: Callable | None = None
+) -> list[dict]:
+    """The kernel's cost per engine step for lists (B requests, NUM_DRAFTS drafts) and top-K (B users x K beams),
+    each call checked against the reference first; ``timer(fn, iters, repeats, graph)`` gives ms per call
+    (default ``testing.timing.time_ms``, CUDA events)."""
+    from vllm_padrec.kernels import (
+        catalog_mask_draft,
+        catalog_mask_draft_reference,
+        catalog_mask_verification,
+        catalog_mask_verification_reference,
+    )
+    from vllm_padrec.testing.mask_inputs import draft_args, verification_args
+    from vllm_padrec.testing.timing import time_ms
+
+    timer = timer or time_ms
+    width = LIST_ITEMS * tables.period
+    records = []
+    for kind, batch, beams, drafts in shapes:
+        rows = batch * beams  # requests of the step: a top-K user's beams are requests of their own in the engine
+        x = make_inputs(catalog, rows, drafts, seed=rows, device=device, max_num_reqs=max(rows, 1))
+        where = f"{catalog.name} {kind} B={batch} K={beams if kind == 'topk' else drafts}"
+        verify_rest = verification_args(x, tables, drafts, width)
+        masked = same_as_eager(
+            catalog_mask_verification_reference,
+            catalog_mask_verification,
+            x["verify_logits"],
+            verify_rest,
+            where,
+            "Triton",
+        )
+        if not bool((masked.isfinite().sum(1) > 0).all()):
+            raise AssertionError(f"{where}: a row lost every token")
+        verify_us = 1000 * timer(
+            functools.partial(catalog_mask_verification, x["verify_logits"], *verify_rest), iters, repeats, graph=False
+        )
+        record = {"items": len(catalog), "kind": kind, "batch": batch, "rows": rows * (drafts + 1)}
+        record |= {"beams": beams if kind == "topk" else None, "num_drafts": drafts}
+        record["verification_us"] = round(verify_us, 2)
+        per_step = verify_us
+        if drafts:
+            draft_rest = draft_args(x, tables, width)
+            same_as_eager(
+                catalog_mask_draft_reference, catalog_mask_draft, x["draft_logits"], draft_rest, where, "Triton"
+            )
+            draft_us = 1000 * timer(
+                functools.partial(catalog_mask_draft, x["draft_logits"], *draft_rest), iters, repeats, graph=True
+            )
+            record["draft_step_us"] = round(draft_us, 2)
+            per_step += drafts * draft_us
+        record["per_step_us"] = round(per_step, 2)
+        records.append(record)
+        print(json.dumps(record), flush=True)
+    return records
+
+
+def capacity(catalogs: list[dict], budget_gib: float, device_gib: float) -> dict:
+    """Items per GiB at the largest catalog measured, and the largest catalog within ``budget_gib`` (bounded by the
+    ID space of this SID shape)."""
+    largest = max(catalogs, key=lambda c: c["items"])
+    per_gib = 2**30 / largest["device_bytes_per_item"]
+    peak_per_item = largest["device_peak_build_bytes"] / largest["items"]
+    return {
+        "device_gib": round(device_gib, 1),
+        "budget_gib": budget_gib,
+        "items_per_gib": int(per_gib),
+        "largest_items_in_budget": int(min(budget_gib * 2**30 / max(peak_per_item, 1e-9), ID_SPACE)),
+        "id_space": ID_SPACE,
+        "from_items": largest["items"],
+    }
+
+
+def render_markdown(payload: dict) -> str:
+    cap = payload["capacity"]
+    lines = [
+        "# The catalog at scale: memory per item and the masks' cost per engine step",
+        "",
+        f"{payload['gpu']}, torch {payload['torch']}, {payload['date']}: `{payload['command']}`. Synthetic "
+        f"catalogs of {NUM_SLOTS} slots x {CODEBOOK} codes ({FIRST_CODES} first codes). Host: resident memory of "
+        "the `ItemCatalog` (item ids, codes, lookups). Device: the `CatalogTables` the masks read (trie and sorted "
+        "item keys), after the build and at its peak. Masks: the fused Triton kernel, checked equal to the "
+        "plain-torch reference first; lists: B requests with 5 draft tokens (verification over B x 6 rows and 5 "
+        "draft steps); top-K: B users of K beams (one verification call over B x K rows).",
+        "",
+        "| items | host build s | host bytes / item | device build s | device MiB | device bytes / item "
+        "| build peak MiB | trie MiB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in payload["catalogs"]:
+        host = "-" if c["host_bytes_per_item"] is None else f"{c['host_bytes_per_item']:g}"
+        lines.append(
+            f"| {c['items']:,} | {c['host_build_s']:g} | {host} | {c['device_build_s']:g} | "
+            f"{c['device_bytes'] / 2**20:.1f} | {c['device_bytes_per_item']:g} | "
+            f"{c['device_peak_build_bytes'] / 2**20:.1f} | {c['trie_bytes'] / 2**20:.1f} |"
+        )
+    lines += [
+        "",
+        f"**Capacity** (from {cap['from_items']:,} items): {cap['items_per_gib']:,} items per GiB of tables; "
+        f"{cap['largest_items_in_budget']:,} items fit a build within {cap['budget_gib']:g} GiB of the "
+        f"{cap['device_gib']:g} GiB device (the ID space of this shape: {cap['id_space']:,}).",
+        "",
+        "| items | workload | B | K beams / drafts | rows | verification µs | draft step µs | per engine step µs |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in payload["masks"]:
+        k = r["beams"] if r["kind"] == "topk" else r["num_drafts"]
+        lines.append(
+            f"| {r['items']:,} | {r['kind']} | {r['batch']} | {k} | {r['rows']:,} | {r['verification_us']:g} | "
+            f"{format(r['draft_step_us'], 'g') if 'draft_step_us' in r else '-'} | {r['per_step_us']:g} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(plt, payload: dict):
+    """µs per engine step against the rows masked, one line per catalog size and workload."""
+    if not payload["masks"]:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for items in sorted({r["items"] for r in payload["masks"]}):
+        for kind in ("list", "topk"):
+            points = sorted(
+                (r["rows"], r["per_step_us"]) for r in payload["masks"] if (r["items"], r["kind"]) == (items, kind)
+            )
+            if points:
+                rows, us = zip(*points)
+                ax.plot(rows, us, marker="o" if kind == "list" else "s", label=f"{items:,} items, {kind}")
+    ax.set(xscale="log", yscale="log", xlabel="rows masked in the step", ylabel="µs per engine step")
+    ax.set_title("Catalog masks (Triton) by catalog size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def write(payload: dict, out: str) -> None:
+    write_results(out, STEM, payload, render_markdown(payload), functools.partial(plot, payload=payload))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--sizes", type=int, nargs="+", default=list(SIZES), help="catalog sizes in items (default 1M 10M)")
+    add("--out", default="benchmarks/results", help="folder of catalog_scale.{json,md,png}")
+    add("--iters", type=int, default=200, help="calls per timing (default 200)")
+    add("--repeats", type=int, default=5, help="timings per measurement, median taken (default 5)")
+    add("--budget-gib", type=float, default=14.0, help="device memory given to the catalog tables (default 14)")
+    add("--render", default=None, help="redraw the Markdown and the plot from this JSON, then exit")
+    args = parser.parse_args(argv)
+    if any(size < LIST_ITEMS for size in args.sizes):
+        parser.error(f"--sizes: a catalog needs at least {LIST_ITEMS} items (the lists are {LIST_ITEMS} long)")
+    if any(size > ID_SPACE for size in args.sizes):
+        parser.error(f"--sizes: this SID shape has {ID_SPACE:,} distinct IDs")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.render:
+        payload = json.loads(Path(args.render).read_text())
+        write(payload, str(Path(args.render).parent))
+        return 0
+    import torch
+
+    if not torch.cuda.is_available():
+        print("bench_catalog_scale needs a CUDA GPU (--render redraws anywhere)", file=sys.stderr)
+        return 2
+    from vllm_padrec.testing.bench_driver import command_line
+
+    device = torch.device("cuda")
+    catalogs, masks = [], []
+    for size in sorted(args.sizes):
+        catalog, host = build_catalog(size)
+        tables, held = build_tables(catalog, device)
+        catalogs.append({"items": size, **host, **held})
+        print(json.dumps(catalogs[-1]), flush=True)
+        masks += mask_timings(catalog, tables, args.iters, args.repeats, device)
+        del catalog, tables
+        torch.cuda.empty_cache()
+    payload = {
+        "name": STEM,
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command_line("benchmarks.bench_catalog_scale", sys.argv[1:] if argv is None else list(argv)),
+        "catalogs": catalogs,
+        "masks": masks,
+        "capacity": capacity(catalogs, args.budget_gib, torch.cuda.get_device_properties(0).total_memory / 2**30),
+    }
+    write(payload, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
