@@ -59,11 +59,17 @@ from vllm_padrec.testing.bench_driver import (
     add_run_options,
     cell,
     command_line,
+    earlier_mark,
+    earlier_records,
+    earlier_runs_markdown,
     failures_markdown,
+    merged,
     rerender,
     run_configuration,
     write_progress,
 )
+from vllm_padrec.testing.goals import goals_markdown
+from vllm_padrec.testing.spec_decode_goals import masks_alone, spec_decode_goals
 from vllm_padrec.testing.stats import percentile
 
 DRAFT_FREE = "none"
@@ -180,6 +186,8 @@ def pass_record(
     items: list[list[int]],  # per user: the list's items
     targets: list[list[int]],  # per user: the items the user went on to interact with
     counters: dict,  # the spec-decode counters over the pass (counter_delta)
+    *,
+    invalid_items: int,  # items of the pass's lists that name no catalog item (``ParsedList.invalid``)
 ) -> dict:
     """One pass's record (the module docstring's fields; speedup and equality are set by ``attach_baseline``)."""
     from vllm_padrec.acceptance import mean_acceptance_length
@@ -202,6 +210,8 @@ def pass_record(
         "users_compared": None,
         "recall_at_10": round(quality["recall@10"], 5),
         "ndcg_at_10": round(quality["ndcg@10"], 5),
+        "invalid_items": invalid_items,
+        "duplicate_items": sum(len(user) - len(set(user)) for user in items),
     }
 
 
@@ -272,11 +282,16 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
                 outputs = llm.generate(prompts[start : start + batch], params, use_tqdm=False)
                 seconds.append(time.perf_counter() - began)
                 token_ids += [list(o.outputs[0].token_ids) for o in outputs]
-            items = [parse_list(catalog, t).items for t in token_ids]
+            parsed = [parse_list(catalog, t) for t in token_ids]
             counters = counter_delta(before, spec_counters(llm))
             timing = call_timing(seconds, [len(t) for t in token_ids], batch)
             targets = [s.targets for s in users]
-            records.append(pass_record(method, gamma, list_len, batch, "offline", timing, items, targets, counters))
+            items, invalid = [p.items for p in parsed], sum(p.invalid for p in parsed)
+            records.append(
+                pass_record(
+                    method, gamma, list_len, batch, "offline", timing, items, targets, counters, invalid_items=invalid
+                )
+            )
             lists[f"offline_{list_len}_{batch}"] = token_ids
             print(json.dumps(records[-1]), flush=True)
     return startup, records, lists
@@ -319,10 +334,12 @@ def served_passes(args, catalog, samples: list, table: list | None) -> tuple[flo
                 result = json.loads((work / f"result_{name}.json").read_text())
                 counters = counter_delta(before, metrics_counters(scrape(server.base)))
                 texts = result["generated_texts"]
-                items = [parse_text_list(catalog, text) for text in texts]
+                parsed = [parse_text_list(catalog, text) for text in texts]
+                items, invalid = [p.items for p in parsed], sum(p.invalid for p in parsed)
                 targets = [s.targets for s in users]
+                timing = serve_timing(result)
                 record = pass_record(
-                    method, gamma, list_len, batch, "serve", serve_timing(result), items, targets, counters
+                    method, gamma, list_len, batch, "serve", timing, items, targets, counters, invalid_items=invalid
                 )
                 records.append(record)
                 lists[f"serve_{name}"] = texts
@@ -355,11 +372,11 @@ def metrics_counters(metrics) -> dict:
     return {"rounds": rounds, "draft_tokens": draft_tokens, "accepted": accepted, "per_pos": counters[SPEC_PER_POS]}
 
 
-def parse_text_list(catalog, text: str) -> list[int]:
-    """The items a served list's text names (its tokens read back by the catalog's layout)."""
+def parse_text_list(catalog, text: str):
+    """The list a served list's text holds (its tokens read back by the catalog's layout), parsed."""
     from vllm_padrec.lists import parse_list
 
-    return parse_list(catalog, catalog.layout.token_ids_of_text(text)).items
+    return parse_list(catalog, catalog.layout.token_ids_of_text(text))
 
 
 # -- results ----------------------------------------------------------------------------------------------------
@@ -387,9 +404,19 @@ def attach_one_baseline(results: list[dict], plain: dict) -> None:
                 r["equal_to_no_spec"] = sum(a == b for a, b in zip(ours[:compared], theirs[:compared]))
 
 
-def summarize(args, results: list[dict], errors: dict, table: list | None) -> dict:
+# what makes two records the same measurement: a later run's record replaces an earlier one's (``--merge``)
+RECORD_KEY = ("method", "mode", "dtype", "gamma", "list_len", "batch_size")
+
+
+def record_key(record: dict) -> tuple:
+    return tuple(record.get(field) for field in RECORD_KEY)
+
+
+def summarize(args, results: list[dict], errors: dict, table: list | None, earlier: list[dict] = ()) -> dict:
     import torch
 
+    records = [record | {"dtype": args.dtype} for r in results for record in r["records"]]
+    records = merged(list(earlier), records, record_key)  # --merge
     return {
         "target": args.target,
         "dataset": Path(args.dataset).name,
@@ -401,7 +428,8 @@ def summarize(args, results: list[dict], errors: dict, table: list | None) -> di
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "adaptive_table": table,
         "startup_seconds": {f"{r['method']}_g{r['gamma']}_{r['mode']}": r["startup_seconds"] for r in results},
-        "records": [record for r in results for record in r["records"]],
+        "records": records,
+        "goals": spec_decode_goals(records),
         "errors": errors,
     }
 
@@ -420,17 +448,23 @@ def markdown(payload: dict) -> str:
             if payload.get("adaptive_table")
             else []
         ),
-        "| method | mode | gamma | list_len | batch_size | users | tokens/s | speedup | p50 ms | p99 ms "
-        "| acceptance length | equal to none | Recall@10 | NDCG@10 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *earlier_runs_markdown(payload["records"]),
+        *goals_markdown(spec_decode_goals(payload["records"]), issue=14),
+        *([masks, ""] if (masks := masks_alone(payload["records"])) else []),
+        "## Records",
+        "",
+        "| method | mode | dtype | gamma | list_len | batch_size | users | tokens/s | speedup | p50 ms | p99 ms "
+        "| acceptance length | equal to none | invalid items | Recall@10 | NDCG@10 |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in payload["records"]:
         equal = "-" if r["users_compared"] is None else f"{r['equal_to_no_spec']} / {r['users_compared']}"
         lines.append(
-            f"| {r['method']} | {r['mode']} | {r['gamma']} | {r['list_len']} | {r['batch_size']} | {r['users']} | "
+            f"| {r['method']}{earlier_mark(r)} | {r['mode']} | {r.get('dtype', payload['dtype'])} | {r['gamma']} | "
+            f"{r['list_len']} | {r['batch_size']} | {r['users']} | "
             f"{cell(r['tokens_per_s'])} | {cell(r['speedup_vs_no_spec'])} | {cell(r['p50_ms'])} | "
-            f"{cell(r['p99_ms'])} | {cell(r['acceptance_length'])} | {equal} | {r['recall_at_10']} | "
-            f"{r['ndcg_at_10']} |"
+            f"{cell(r['p99_ms'])} | {cell(r['acceptance_length'])} | {equal} | {cell(r.get('invalid_items'))} | "
+            f"{r['recall_at_10']} | {r['ndcg_at_10']} |"
         )
     lines.append("")
     lines += failures_markdown(payload.get("errors", {}))
@@ -475,7 +509,11 @@ def plot(plt, payload: dict):
 
 def render(json_path: str, note: str | None = None) -> None:
     """Rewrite the Markdown and the plot from a results JSON (with ``note`` attached to it, when given)."""
-    rerender(json_path, note, markdown, plot)
+
+    def refresh(payload: dict) -> None:
+        payload["goals"] = spec_decode_goals(payload["records"])
+
+    rerender(json_path, note, markdown, plot, refresh)
 
 
 # -- driver -----------------------------------------------------------------------------------------------------
@@ -547,10 +585,11 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or f"spec_decode_{Path(args.dataset).name}"
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     results, errors, table = [], {}, None
+    earlier = earlier_records(Path(args.out) / f"{name}.json") if args.merge else []
 
     def write(final: bool) -> dict:
         attach_baseline(results)
-        payload = summarize(args, results, errors, table)
+        payload = summarize(args, results, errors, table, earlier)
         payload["command"] = command_line("benchmarks.bench_spec_decode", forwarded)
         return write_progress(args.out, name, payload, len(results), final, markdown, plot)
 

@@ -90,15 +90,20 @@ from vllm_padrec.testing.bench_driver import (
     add_run_options,
     cell,
     command_line,
+    earlier_mark,
+    earlier_records,
+    earlier_runs_markdown,
     failures_markdown,
+    merged,
     rerender,
     run_configuration,
     write_progress,
 )
+from vllm_padrec.testing.goals import goals_markdown
 from vllm_padrec.testing.python_profile import OUR_CODE, busiest, hotspot_table, python_profile
 from vllm_padrec.testing.stats import percentile
 from vllm_padrec.testing.timing import EngineSteps, in_process_engine_core, in_process_model_runner
-from vllm_padrec.testing.topk_goals import IN_PROCESS, OWN_PROCESS, goals_markdown, placement, topk_goals
+from vllm_padrec.testing.topk_goals import IN_PROCESS, OWN_PROCESS, placement, topk_goals
 
 UNDRAFTED_MODES = ("reference", "vllm_beam_search", "engine", "greedy_floor")
 # issue 13: the engine's beam search in drafted rounds of a --draft head, verified by the strict or the relaxed rule
@@ -537,23 +542,6 @@ def mode_label(record: dict) -> str:
     return record["mode"] + (" (own process)" if record.get("engine_core") == OWN_PROCESS else "")
 
 
-def earlier_mark(record: dict) -> str:
-    """`` (run of 2026-12-01)`` after the mode of a record an earlier run measured (``--merge``)."""
-    return f" (run of {record['measured_on'][:10]})" if record.get("measured_on") else ""
-
-
-def earlier_runs_markdown(records: list[dict]) -> list[str]:
-    """A line naming the records an earlier run measured (``--merge``), by run date; none without them."""
-    dates: dict[str, int] = {}
-    for r in records:
-        if r.get("measured_on"):
-            dates[r["measured_on"]] = dates.get(r["measured_on"], 0) + 1
-    if not dates:
-        return []
-    runs = "; ".join(f"{n} measured on {date}" for date, n in sorted(dates.items()))
-    return [f"Records from earlier runs, kept beside this run's (`--merge`): {runs}.", ""]
-
-
 def markdown(payload: dict) -> str:
     lines = [
         f"# Top-K recommendation on {payload['dataset']}",
@@ -693,13 +681,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--max-num-seqs", type=int, default=1024, help="vLLM max_num_seqs (default 1024: K beams per user)")
     add("--max-model-len", type=int, default=512, help="vLLM max_model_len (default 512)")
     add("--gpu-memory-utilization", type=float, default=0.5, help="vLLM's share of GPU memory (default 0.5)")
-    add(
-        "--merge",
-        action="store_true",
-        help="keep the records of the results file of the same name that this run does not measure again, each "
-        "marked with its run's date (measured_on), so that one file holds several runs' modes (e.g. issue 13's "
-        "drafted modes beside issue 12's K = 50 and 100); the goals read the merged records",
-    )
     add(
         "--engine-args",
         type=json_object,
@@ -896,21 +877,11 @@ def record_key(record: dict) -> tuple:
     return tuple(placement(record) if field == "engine_core" else record.get(field) for field in RECORD_KEY)
 
 
-def earlier_records(path: Path) -> list[dict]:
-    """``--merge``: the records of an earlier results file (none when there is no file), each with the date of
-    the run that measured it (``measured_on``)."""
-    if not path.exists():
-        return []
-    earlier = json.loads(path.read_text())
-    return [{**r, "measured_on": r.get("measured_on", earlier.get("date"))} for r in earlier.get("records", [])]
-
-
 def summarize(args, results: list[dict], errors: dict, earlier: list[dict] = ()) -> dict:
     import torch
 
     records = [record for r in results for record in r["records"]]
-    measured = {record_key(r) for r in records}
-    records = [r for r in earlier if record_key(r) not in measured] + records  # --merge: this run's replace
+    records = merged(earlier, records, record_key)  # --merge
     return {
         "target": args.target,
         "dataset": Path(args.dataset).name,

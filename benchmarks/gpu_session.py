@@ -166,6 +166,10 @@ def log(message: str) -> None:
 
 
 # -- settings: the command-line options of the session ----------------------------------------------------------
+# bench_spec_decode's METHODS (this script imports nothing of the package: it runs before the package is installed)
+SPEC_METHODS = ("none", "padrec", "eagle", "eagle_vanilla", "eagle_one_step", "padrec_adaptive")
+
+
 @dataclass(frozen=True)
 class Settings:
     target: str = "small"  # the checkpoint the vLLM jobs use: small (job train) or bench
@@ -184,6 +188,8 @@ class Settings:
     engine_configs: tuple[str, ...] = ("baseline", "spec")  # no draft and the PAD-Rec draft, both constrained
     engine_profile: tuple[str, ...] = ()
     engine_capture_size: int | None = None  # engine_step's --max-cudagraph-capture-size (None: vLLM's default)
+    spec_methods: tuple[str, ...] = SPEC_METHODS  # bench_spec_decode's methods (a hold may run some of them)
+    spec_dtype: str = "bfloat16"  # bench_spec_decode's dtype (float32: the equality goal)
     gpu_tests: tuple[str, ...] = ("test_integration_gpu.py", "test_integration_gpu_serve.py")
     kernel_tests: tuple[str, ...] = ("test_padrec_kernel.py", "test_integration_mask.py", "test_catalog_mask_kernel.py")
 
@@ -234,6 +240,8 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
         help="engine_step's --max-cudagraph-capture-size (default: vLLM's; the current code's engine_step only)",
         **kw,
     )
+    add("--spec-methods", nargs="+", choices=SPEC_METHODS, help="bench_spec_decode's methods (default all)", **kw)
+    add("--spec-dtype", choices=("bfloat16", "float32"), help=f"bench_spec_decode's dtype ({d.spec_dtype})", **kw)
     add("--gpu-tests", nargs="+", help=f"test files of gpu_tests (default: {' '.join(d.gpu_tests)})", **kw)
     add("--kernel-tests", nargs="+", help=f"test files of kernel_tests (default: {' '.join(d.kernel_tests)})", **kw)
 
@@ -475,9 +483,7 @@ def job_bench_topk_atspeed(ctx: JobContext) -> int:
     bench_target (``--bench-epochs 1``: 4 minutes) and atspeed_drafts (``--draft-steps 600``: 3 minutes), the
     hold ran 29 minutes and this job 21 (equality 7.5, speed 13.5); a hold cut short loses the last head first."""
     drafts = {o: f"{o}={WORK / 'atspeed_drafts' / o / 'padrec' / 'draft'}" for o in ATSPEED_OBJECTIVES}
-    committed = REPO / "benchmarks" / "results" / f"topk_{ctx.settings.dataset}.json"
-    if committed.exists() and not ctx.settings.suffix():
-        shutil.copy(committed, WORK / "results" / committed.name)
+    merge_base(f"topk_{ctx.settings.dataset}", ctx.settings)
     common = ("--merge", "--draft-beams", "40", "--gamma", "3", "--ks", "1", "5", "10", "20", "--concurrency", "64")
     equality = run_bench_topk(
         ctx,
@@ -631,17 +637,31 @@ def config_logs(work: Path, job: str) -> list[tuple[Path, str]]:
     return [(path, f"{job}.{path.name}") for pattern in CONFIG_LOGS for path in sorted(work.glob(pattern))]
 
 
+def merge_base(name: str, settings: Settings) -> None:
+    """Put the committed results file ``name`` (.json) where a ``--merge`` run of the bench target reads and
+    rewrites it, so that the run adds its records to the committed ones (the small target's results stay apart)."""
+    committed = REPO / "benchmarks" / "results" / f"{name}.json"
+    if committed.exists() and not settings.suffix():
+        (WORK / "results").mkdir(parents=True, exist_ok=True)
+        shutil.copy(committed, WORK / "results" / committed.name)
+
+
 def job_bench_spec_decode(ctx: JobContext) -> int:
     """Issue 14's list-speed benchmark on the bench target and its PAD-Rec and EAGLE heads (the same budget):
-    none, padrec, eagle (unrolled and teacher-forced one step), eagle_vanilla and padrec_adaptive; gamma 3 and 5;
-    batch sizes 1-128; lists of 10 and 20 items."""
+    ``--spec-methods`` (default none, padrec, eagle (unrolled and teacher-forced one step), eagle_vanilla and
+    padrec_adaptive) in ``--spec-dtype`` (default bfloat16; float32 for the equality goal); gamma 3 and 5; batch
+    sizes 1-128; lists of 10 and 20 items; merged into the committed ``spec_decode_<dataset>`` (``--merge``), so
+    that holds can share the methods (every hold runs ``none``, the goals' baseline, and each goal reads one
+    run's records)."""
+    s = ctx.settings
     heads = WORK / "bench_drafts"
+    merge_base(f"spec_decode_{s.dataset}", s)
     return run_benchmark(
         ctx,
         "benchmarks.bench_spec_decode",
         *("--padrec-draft", str(heads / "padrec" / "draft"), "--eagle-draft", str(heads / "eagle" / "draft")),
         *("--eagle-one-step-draft", str(WORK / "bench_drafts_one_step" / "eagle" / "draft")),
-        *("--methods", "none", "padrec", "eagle", "eagle_vanilla", "eagle_one_step", "padrec_adaptive"),
+        *("--methods", *s.spec_methods, "--dtype", s.spec_dtype, "--merge"),
     )
 
 

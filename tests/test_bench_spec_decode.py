@@ -77,7 +77,16 @@ def test_bad_arguments_are_refused_before_anything_runs(argv, says, capsys):
 def test_a_pass_record_has_issue_14s_fields_and_exact_numbers():
     timing = bench.call_timing([0.2, 0.3], [10, 20, 30], batch_size=2)  # 60 tokens in 0.5 s
     record = bench.pass_record(
-        "padrec", 5, 10, 2, "offline", timing, [[7], [8], [9]], [[7], [1], [9]], counters(4, 10, (4, 3, 2, 1, 0))
+        "padrec",
+        5,
+        10,
+        2,
+        "offline",
+        timing,
+        [[7], [8, 8], [9]],
+        [[7], [1], [9]],
+        counters(4, 10, (4, 3, 2, 1, 0)),
+        invalid_items=2,
     )
     assert set(REQUIRED) <= set(record)
     assert record["tokens_per_s"] == 120.0 and record["users"] == 3
@@ -86,8 +95,9 @@ def test_a_pass_record_has_issue_14s_fields_and_exact_numbers():
     assert record["acceptance_length"] == 3.5  # 1 + 10 accepted / 4 rounds
     assert record["accepted_per_draft_step"] == [1.0, 0.75, 0.5, 0.25, 0.0]
     assert record["recall_at_10"] == round(2 / 3, 5)
+    assert record["invalid_items"] == 2 and record["duplicate_items"] == 1  # user 2 names item 8 twice
     timing = bench.call_timing([0.5], [10, 20, 30], batch_size=3)
-    plain = bench.pass_record("none", 0, 10, 3, "offline", timing, [[7]] * 3, [[7]] * 3, counters())
+    plain = bench.pass_record("none", 0, 10, 3, "offline", timing, [[7]] * 3, [[7]] * 3, counters(), invalid_items=0)
     assert plain["acceptance_length"] is None and plain["accepted_per_draft_step"] is None
 
 
@@ -111,7 +121,16 @@ def result(method, gamma, rate_by_batch: dict, lists: dict, mode: str = "offline
     """A configuration's result: one record per batch size at lists of 10, ``rate`` tokens in 1 s."""
     records = [
         bench.pass_record(
-            method, gamma, 10, batch, mode, bench.call_timing([1.0], [int(rate)], 1), [[1]], [[1]], counters()
+            method,
+            gamma,
+            10,
+            batch,
+            mode,
+            bench.call_timing([1.0], [int(rate)], 1),
+            [[1]],
+            [[1]],
+            counters(),
+            invalid_items=0,
         )
         for batch, rate in rate_by_batch.items()
     ]
@@ -181,7 +200,10 @@ def test_the_driver_runs_each_configuration_and_hands_the_adaptive_method_its_ta
     ran.clear()
     assert bench.main(argv) == 0 and {mode for _, _, mode, _, _ in ran} == {"offline"}  # without --serve
     text = (tmp_path / "spec_decode_beauty_atspeed.md").read_text()
-    assert "| padrec | offline | 5 | 10 | 1 | 1 | 250.0 | 2.5 |" in text and "[[1, 63, 5], [64, 64, 0]]" in text
+    assert (
+        "| padrec | offline | bfloat16 | 5 | 10 | 1 | 1 | 250.0 | 2.5 |" in text and "[[1, 63, 5], [64, 64, 0]]" in text
+    )
+    assert text.index("## Goals (issue 14)") < text.index("## Records")
     assert (tmp_path / "spec_decode_beauty_atspeed.png").stat().st_size > 1000
 
 
@@ -332,3 +354,33 @@ def test_generated_text_reads_back_as_the_layouts_token_ids():
 
     layout = TokenLayout((4, 4))
     assert layout.token_ids_of_text("<a_1> <b_3><sep>x<zz><a_0></s>") == [6 + 1, 10 + 3, 4, 3, 6, 2]
+
+
+def test_merge_adds_a_runs_methods_to_the_file_and_replaces_what_it_measures_again(tmp_path, monkeypatch):
+    """--merge: a second run (another hold) measuring none and eagle keeps the first run's padrec records, marked
+    with that run's date, and replaces its none; without --merge the file holds the second run alone."""
+
+    def child(command, stdout, stderr, env):
+        method, gamma = command[command.index("--one") + 1], int(command[command.index("--one-gamma") + 1])
+        rate = {"none": 100, "padrec": 250, "eagle": 200}[method]
+        payload = result(method, gamma, {1: rate}, {"10_1": [[1]]})
+        Path(command[command.index("--result") + 1]).write_text(json.dumps(payload))
+        return 0
+
+    monkeypatch.setattr(bench_driver.subprocess, "call", child)
+    argv = [*BASE, "--gammas", "5", "--batch-sizes", "1", "--list-lens", "10", "--out", str(tmp_path)]
+    argv += ["--work-dir", str(tmp_path), "--cache-root", str(tmp_path)]
+    name = tmp_path / "spec_decode_beauty_atspeed.json"
+    for merge, want in (
+        (True, {("padrec", True), ("none", False), ("eagle", False)}),
+        (False, {("none", False), ("eagle", False)}),
+    ):
+        assert bench.main([*argv, "--methods", "none", "padrec"]) == 0
+        first = json.loads(name.read_text())
+        assert bench.main([*argv, "--methods", "none", "eagle", *(["--merge"] if merge else [])]) == 0
+        payload = json.loads(name.read_text())
+        assert {(r["method"], "measured_on" in r) for r in payload["records"]} == want
+        if merge:
+            kept = next(r for r in payload["records"] if r["method"] == "padrec")
+            assert kept["measured_on"] == first["date"] and kept["dtype"] == "bfloat16"
+            assert "padrec (run of " in (tmp_path / "spec_decode_beauty_atspeed.md").read_text()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import bench_spec_decode
 from benchmarks import gpu_session as gs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -495,6 +496,16 @@ def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads
     assert value("--eagle-one-step-draft") == str(tmp_path / "bench_drafts_one_step" / "eagle" / "draft")
     assert value("--target") == str(tmp_path / "bench" / "checkpoint")
     assert gs.needs_of("bench_spec_decode", gs.Settings(target="bench")) == ["bench_drafts"]
+    methods = args[args.index("--methods") + 1 : args.index("--dtype")]
+    assert methods == gs.SPEC_METHODS and set(methods) == set(bench_spec_decode.METHODS)
+    assert value("--dtype") == "bfloat16" and "--merge" in args
+    # a hold that runs some of the methods, in float32 (the equality goal), merged into the committed file
+    calls.clear()
+    settings = gs.Settings(target="bench", spec_methods=("none", "padrec"), spec_dtype="float32")
+    assert gs.JOBS["bench_spec_decode"].body(dataclasses.replace(ctx, settings=settings)) == 0
+    ((_, args),) = calls
+    assert args[args.index("--methods") + 1 : args.index("--dtype")] == ("none", "padrec")
+    assert value("--dtype") == "float32"
 
 
 def test_the_list_speed_smoke_runs_bench_spec_decode_in_little_on_the_small_target_and_head(monkeypatch, tmp_path):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from benchmarks import bench_topk
-from vllm_padrec.testing.topk_goals import goals_markdown, topk_goals
+from vllm_padrec.testing.goals import goals_markdown
+from vllm_padrec.testing.topk_goals import topk_goals
 
 
 def record(mode, dtype, k, batch, p50_ms=None, users_per_s=None, **extra) -> dict:

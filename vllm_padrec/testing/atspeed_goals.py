@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import functools
 
+from vllm_padrec.testing.goals import in_one_run, verdict
 from vllm_padrec.testing.topk_goals import (
     BASELINE,
     ENGINE,
     SPEED_DTYPE,
     equality_goal,
     find,
-    in_one_run,
     placement_note,
     speed_placement,
-    verdict,
 )
 
 STRICT, RELAXED = "strict", "relaxed"

@@ -1,5 +1,5 @@
-"""What the vLLM benchmarks that run one engine per process share: a configuration's child process, and
-rebuilding a results file's Markdown and plot.
+"""What the vLLM benchmarks that run one engine per process share: a configuration's child process,
+rebuilding a results file's Markdown and plot, and ``--merge`` (a results file that keeps earlier runs' records).
 
 A benchmark's parent runs each configuration as ``python -m <module> <argv> --result <work>/<tag>_<config>.json``
 with its own ``VLLM_CACHE_ROOT`` (``<cache root>/<config>``: engines of other configurations must not share
@@ -98,6 +98,13 @@ def add_run_options(parser: argparse.ArgumentParser, tag: str, stem: str, config
     add("--name", default=None, help=f"stem of the results (default {stem}_<dataset folder name>)")
     add("--render", default=None, metavar="JSON", help="only rebuild the Markdown and PNG of a results JSON")
     add("--note", default=None, help="with --render: a note written into the JSON and the Markdown")
+    add(
+        "--merge",
+        action="store_true",
+        help="keep the records of the results file of the same name that this run does not measure again, each "
+        "marked with its run's date (measured_on), so that one file holds several runs; each goal reads one run's "
+        "records",
+    )
     add("--result", default=None, help=argparse.SUPPRESS)  # child: where it writes its result
 
 
@@ -109,3 +116,36 @@ def cell(value: Any) -> str:
 def failures_markdown(errors: dict[str, str]) -> list[str]:
     """One line per configuration that failed or exited abnormally, with the tail of its error."""
     return [f"Configuration {name}: `{error[-300:]}`" for name, error in errors.items()]
+
+
+# -- --merge: one results file that keeps several runs' records ------------------------------------------------
+def earlier_records(path: Path) -> list[dict]:
+    """``--merge``: the records of an earlier results file (none when there is no file), each with the date of
+    the run that measured it (``measured_on``)."""
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text())
+    return [{**r, "measured_on": r.get("measured_on", earlier.get("date"))} for r in earlier.get("records", [])]
+
+
+def merged(earlier: list[dict], records: list[dict], key: Callable[[dict], tuple]) -> list[dict]:
+    """The earlier runs' records this run did not measure again (same ``key``), then this run's."""
+    measured = {key(r) for r in records}
+    return [r for r in earlier if key(r) not in measured] + records
+
+
+def earlier_mark(record: dict) -> str:
+    """`` (run of 2026-12-01)`` after the label of a record an earlier run measured (``--merge``)."""
+    return f" (run of {record['measured_on'][:10]})" if record.get("measured_on") else ""
+
+
+def earlier_runs_markdown(records: list[dict]) -> list[str]:
+    """A line naming the records an earlier run measured (``--merge``), by run date; none without them."""
+    dates: dict[str, int] = {}
+    for r in records:
+        if r.get("measured_on"):
+            dates[r["measured_on"]] = dates.get(r["measured_on"], 0) + 1
+    if not dates:
+        return []
+    runs = "; ".join(f"{n} measured on {date}" for date, n in sorted(dates.items()))
+    return [f"Records from earlier runs, kept beside this run's (`--merge`): {runs}.", ""]

@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 
+from vllm_padrec.testing.goals import in_one_run, verdict
+
 ENGINE = "engine"  # the mode the goals are about: beam search inside the engine
 BASELINE = "vllm_beam_search"
 FLOOR = "greedy_floor"
@@ -53,10 +55,6 @@ def speed_placement(records: list[dict], modes: tuple[str, ...], k: int, batch_s
 
 def placement_note(core: str) -> str:
     return " (engine core in its own process)" if core == OWN_PROCESS else ""
-
-
-def verdict(goal: str, met: bool | None, measured: str) -> dict:
-    return {"goal": goal, "met": met, "measured": measured}
 
 
 def latency_goal(records: list[dict], k: int, limit_ms: float) -> dict:
@@ -159,26 +157,6 @@ def prompt_once_goal(records: list[dict]) -> dict:
     return verdict(goal, met, "; ".join(parts))
 
 
-def runs(records: list[dict]) -> list[tuple[str | None, list[dict]]]:
-    """The records grouped by the run that measured them: this run's (date None: no ``measured_on``, bench_topk's
-    mark of a record kept from an earlier run by ``--merge``) first, then the earlier runs, the newest first."""
-    grouped: dict[str | None, list[dict]] = {}
-    for r in records:
-        grouped.setdefault(r.get("measured_on"), []).append(r)
-    earlier = sorted((date for date in grouped if date is not None), reverse=True)
-    return [(date, grouped[date]) for date in ([None] if None in grouped else []) + earlier]
-
-
-def in_one_run(goal: Callable[[list[dict]], dict], records: list[dict]) -> dict:
-    """``goal``'s verdict on the records of one run, never a mix of runs: this run's where they measure it, else
-    the newest earlier run's that does (its date named after what was measured)."""
-    for date, run in runs(records):
-        result = goal(run)
-        if result["met"] is not None:
-            return result if date is None else {**result, "measured": f"{result['measured']} (run of {date[:10]})"}
-    return goal([])
-
-
 def topk_goals(records: list[dict], concurrency: int) -> list[dict]:
     """Every goal of issue 12 with its verdict, in the issue's order, each read from one run's records."""
     goals: list[Callable[[list[dict]], dict]] = [
@@ -191,11 +169,3 @@ def topk_goals(records: list[dict], concurrency: int) -> list[dict]:
         prompt_once_goal,
     ]
     return [in_one_run(goal, records) for goal in goals]
-
-
-def goals_markdown(goals: list[dict], issue: int = 12) -> list[str]:
-    """The goals as Markdown lines: a table of goal, verdict and what was measured."""
-    mark = {True: "met", False: "**missed**", None: "not measured"}
-    lines = [f"## Goals (issue {issue})", "", "| goal | verdict | measured |", "|---|---|---|"]
-    lines += [f"| {g['goal']} | {mark[g['met']]} | {g['measured']} |" for g in goals]
-    return [*lines, ""]

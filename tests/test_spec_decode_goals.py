@@ -1,0 +1,86 @@
+"""testing/spec_decode_goals.py: issue 14's goals read from bench_spec_decode records: met, missed by how much,
+or not measured; each from one run's records."""
+
+from __future__ import annotations
+
+from vllm_padrec.testing.spec_decode_goals import masks_alone, spec_decode_goals
+
+
+def record(method, gamma, batch, speedup, dtype="bfloat16", list_len=10, **extra) -> dict:
+    return {
+        "method": method,
+        "mode": "offline",
+        "dtype": dtype,
+        "gamma": gamma,
+        "list_len": list_len,
+        "batch_size": batch,
+        "speedup_vs_no_spec": speedup,
+        "p50_ms": 100.0 / speedup,
+        "acceptance_length": 4.6 if gamma else None,
+        "equal_to_no_spec": extra.pop("equal", 30),
+        "users_compared": 30,
+        "invalid_items": 0,
+        "duplicate_items": 0,
+        **extra,
+    }
+
+
+def run_records() -> list[dict]:
+    """Issue 14's first measurements (bfloat16, lists of 10): PAD-Rec 2.45x at gamma 5, EAGLE 1.87x."""
+    return [
+        record("none", 0, 1, 1.0),
+        record("none", 0, 64, 1.0),
+        record("padrec", 3, 1, 1.91),
+        record("padrec", 5, 1, 2.45),
+        record("padrec", 5, 64, 0.76),
+        record("eagle", 5, 1, 1.87),
+        record("eagle_vanilla", 5, 1, 1.5),
+        record("eagle_one_step", 5, 1, 1.6),
+        record("padrec_adaptive", 5, 1, 2.4),
+        record("padrec_adaptive", 5, 64, 0.98),
+    ]
+
+
+def test_each_goal_is_met_or_missed_with_by_how_much():
+    batch_one, over_eagle, over_one_step, adaptive, equality, valid = spec_decode_goals(run_records())
+    assert batch_one["met"] is False
+    assert batch_one["measured"] == "2.45x (gamma 5, p50 40.8163 ms, acceptance length 4.6), 1.27x short of the goal"
+    assert over_eagle["met"] is True and over_eagle["measured"].startswith("+31.0 % (PAD-Rec 2.45x at gamma 5")
+    assert "(eagle: unrolled over gamma steps)" in over_eagle["goal"]
+    assert over_one_step["met"] is True and "eagle_one_step 1.60x" in over_one_step["measured"]
+    assert adaptive["met"] is False  # 0.98x at 64
+    assert adaptive["measured"] == "lists of 10, B = 1: 2.40x; lists of 10, B = 64: 0.98x"
+    assert equality["met"] is None  # a bfloat16 run: equality is the float32 run's
+    assert valid["met"] is True and valid["measured"] == "0 invalid, 0 repeated in 10 records"
+    assert masks_alone(run_records()).endswith("vanilla vLLM EAGLE 1.50x (gamma 5): +24.7 %.")
+
+
+def test_goals_flip_with_the_numbers_and_name_what_failed():
+    records = run_records()
+    records[3]["speedup_vs_no_spec"] = 3.3
+    records[-1]["speedup_vs_no_spec"] = 1.2
+    records[5]["invalid_items"] = 1
+    batch_one, over_eagle, _, adaptive, _, valid = spec_decode_goals(records)
+    assert batch_one["met"] is True and batch_one["measured"].startswith("3.30x (gamma 5")
+    assert adaptive["met"] is True
+    assert valid["met"] is False and valid["measured"].startswith("1 invalid")
+    records[5]["speedup_vs_no_spec"] = 3.2  # EAGLE within 5 % of PAD-Rec
+    assert spec_decode_goals(records)[1]["met"] is False
+    exact = [record("none", 0, 1, 1.0, "float32"), record("padrec", 5, 1, 2.0, "float32", equal=29)]
+    equality = spec_decode_goals(exact)[4]
+    assert equality["met"] is False
+    assert equality["measured"] == "29 / 30 lists equal; differing: padrec gamma 5 B = 1 lists of 10: 29 / 30"
+
+
+def test_a_goal_this_run_does_not_measure_reads_an_earlier_run_whole():
+    earlier = [r | {"measured_on": "2026-12-03T00:00:00+0000"} for r in run_records()]
+    this_run = [record("none", 0, 1, 1.0), record("padrec", 5, 1, 2.9)]
+    batch_one, over_eagle, *_ = spec_decode_goals(earlier + this_run)
+    assert batch_one["measured"].startswith("2.90x")  # this run's PAD-Rec
+    # no EAGLE in this run: PAD-Rec and EAGLE both from the earlier run, never 2.9 against its 1.87
+    assert over_eagle["measured"].startswith("+31.0 %") and over_eagle["measured"].endswith("(run of 2026-12-03)")
+
+
+def test_nothing_measured_is_said_so():
+    assert all(g["met"] is None and g["measured"] == "not measured" for g in spec_decode_goals([]))
+    assert masks_alone([]) is None

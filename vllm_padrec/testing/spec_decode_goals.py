@@ -1,0 +1,146 @@
+"""Issue 14's goals for list generation speed, read from bench_spec_decode's records: one verdict each
+(``testing.goals``: met, missed by how much, or not measured; each goal reads one run's records).
+
+Side by side in one run, offline, lists of ``GOAL_LIST_LEN`` items: PAD-Rec at one request at a time at least
+3.1x faster than no speculation (its best gamma; aim 3.5x); PAD-Rec at least 5 % faster than vLLM's EAGLE with
+the same masks, against EAGLE trained both ways (``eagle``: unrolled over gamma steps as PAD-Rec; ``eagle_one_step``:
+teacher-forced one step); the adaptive policy at least 1.0x at every batch size measured (aim 1.3x at 64); greedy
+lists equal to no speculation where the run is float32; 0 invalid and 0 repeated items. The gain of the masks
+alone (EAGLE with masks over vanilla vLLM EAGLE) is reported beside them (``masks_alone``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from vllm_padrec.testing.goals import in_one_run, verdict
+
+NONE, PADREC, ADAPTIVE = "none", "padrec", "padrec_adaptive"
+EAGLE, EAGLE_ONE_STEP, EAGLE_VANILLA = "eagle", "eagle_one_step", "eagle_vanilla"
+GOAL_LIST_LEN = 10
+OFFLINE = "offline"
+BATCH_ONE_SPEEDUP, BATCH_ONE_AIM = 3.1, 3.5
+OVER_EAGLE = 1.05
+ADAPTIVE_FLOOR, ADAPTIVE_AIM, ADAPTIVE_AIM_BATCH = 1.0, 1.3, 64
+EXACT_DTYPE = "float32"
+
+
+def best(records: list[dict], method: str, batch_size: int = 1) -> dict | None:
+    """``method``'s offline record at ``batch_size`` and GOAL_LIST_LEN with the highest speedup over ``none``
+    (over its gammas); None when none was measured."""
+    found = [
+        r
+        for r in records
+        if (r["method"], r["mode"], r["list_len"], r["batch_size"]) == (method, OFFLINE, GOAL_LIST_LEN, batch_size)
+        and r.get("speedup_vs_no_spec") is not None
+    ]
+    return max(found, key=lambda r: r["speedup_vs_no_spec"], default=None)
+
+
+def batch_one_goal(records: list[dict]) -> dict:
+    goal = (
+        f"lists of {GOAL_LIST_LEN}, one request at a time: PAD-Rec at least {BATCH_ONE_SPEEDUP:g}x faster than no "
+        f"speculation (aim {BATCH_ONE_AIM:g}x)"
+    )
+    padrec = best(records, PADREC)
+    if padrec is None:
+        return verdict(goal, None, "not measured")
+    speedup = padrec["speedup_vs_no_spec"]
+    text = f"{speedup:.2f}x (gamma {padrec['gamma']}, p50 {padrec['p50_ms']:g} ms"
+    text += f", acceptance length {padrec['acceptance_length']:g})" if padrec.get("acceptance_length") else ")"
+    if speedup < BATCH_ONE_SPEEDUP:
+        text += f", {BATCH_ONE_SPEEDUP / speedup:.2f}x short of the goal"
+    return verdict(goal, speedup >= BATCH_ONE_SPEEDUP, text)
+
+
+def over_eagle_goal(records: list[dict], eagle: str) -> dict:
+    how = "unrolled over gamma steps" if eagle == EAGLE else "teacher-forced one step"
+    goal = (
+        f"lists of {GOAL_LIST_LEN}, one request at a time: PAD-Rec at least {100 * (OVER_EAGLE - 1):g} % faster than "
+        f"EAGLE with the same masks ({eagle}: {how})"
+    )
+    padrec, other = best(records, PADREC), best(records, eagle)
+    if padrec is None or other is None:
+        return verdict(goal, None, "not measured")
+    ratio = padrec["speedup_vs_no_spec"] / other["speedup_vs_no_spec"]
+    text = (
+        f"{100 * (ratio - 1):+.1f} % (PAD-Rec {padrec['speedup_vs_no_spec']:.2f}x at gamma {padrec['gamma']}, "
+        f"{eagle} {other['speedup_vs_no_spec']:.2f}x at gamma {other['gamma']})"
+    )
+    return verdict(goal, ratio >= OVER_EAGLE, text)
+
+
+def adaptive_goal(records: list[dict]) -> dict:
+    goal = (
+        f"PAD-Rec with the adaptive policy at least {ADAPTIVE_FLOOR:g}x no speculation at every batch size "
+        f"(aim {ADAPTIVE_AIM:g}x at {ADAPTIVE_AIM_BATCH})"
+    )
+    adaptive = [
+        r
+        for r in records
+        if r["method"] == ADAPTIVE and r["mode"] == OFFLINE and r.get("speedup_vs_no_spec") is not None
+    ]
+    if not adaptive:
+        return verdict(goal, None, "not measured")
+    adaptive.sort(key=lambda r: (r["list_len"], r["batch_size"]))
+    parts = [f"lists of {r['list_len']}, B = {r['batch_size']}: {r['speedup_vs_no_spec']:.2f}x" for r in adaptive]
+    return verdict(goal, all(r["speedup_vs_no_spec"] >= ADAPTIVE_FLOOR for r in adaptive), "; ".join(parts))
+
+
+def equality_goal(records: list[dict]) -> dict:
+    goal = f"{EXACT_DTYPE}: every speculative method's greedy lists equal to no speculation"
+    compared = [
+        r
+        for r in records
+        if r["method"] != NONE and r.get("dtype") == EXACT_DTYPE and r.get("users_compared") is not None
+    ]
+    if not compared:
+        return verdict(goal, None, "not measured")
+    differing = [r for r in compared if r["equal_to_no_spec"] != r["users_compared"]]
+    users = sum(r["users_compared"] for r in compared)
+    text = f"{users - sum(r['users_compared'] - r['equal_to_no_spec'] for r in compared)} / {users} lists equal"
+    if differing:
+        text += "; differing: " + ", ".join(
+            f"{r['method']} gamma {r['gamma']} B = {r['batch_size']} lists of {r['list_len']}: "
+            f"{r['equal_to_no_spec']} / {r['users_compared']}"
+            for r in differing
+        )
+    return verdict(goal, not differing, text)
+
+
+def valid_items_goal(records: list[dict]) -> dict:
+    goal = "0 invalid and 0 repeated items in every record"
+    counted = [r for r in records if r.get("invalid_items") is not None]
+    if not counted:
+        return verdict(goal, None, "not measured")
+    invalid = sum(r["invalid_items"] for r in counted)
+    repeated = sum(r.get("duplicate_items") or 0 for r in counted)
+    text = f"{invalid} invalid, {repeated} repeated in {len(counted)} records"
+    return verdict(goal, invalid == 0 and repeated == 0, text)
+
+
+def masks_alone(records: list[dict]) -> str | None:
+    """The catalog masks' own gain at one request at a time: EAGLE with the masks over vanilla vLLM EAGLE (the
+    same head), or None when either was not measured."""
+    masked, vanilla = best(records, EAGLE), best(records, EAGLE_VANILLA)
+    if masked is None or vanilla is None:
+        return None
+    ratio = masked["speedup_vs_no_spec"] / vanilla["speedup_vs_no_spec"]
+    return (
+        f"The catalog masks alone (lists of {GOAL_LIST_LEN}, one request at a time): EAGLE with the masks "
+        f"{masked['speedup_vs_no_spec']:.2f}x no speculation (gamma {masked['gamma']}), vanilla vLLM EAGLE "
+        f"{vanilla['speedup_vs_no_spec']:.2f}x (gamma {vanilla['gamma']}): {100 * (ratio - 1):+.1f} %."
+    )
+
+
+def spec_decode_goals(records: list[dict]) -> list[dict]:
+    """Issue 14's goals with their verdicts, in the issue's order, each read from one run's records."""
+    goals = [
+        batch_one_goal,
+        functools.partial(over_eagle_goal, eagle=EAGLE),
+        functools.partial(over_eagle_goal, eagle=EAGLE_ONE_STEP),
+        adaptive_goal,
+        equality_goal,
+        valid_items_goal,
+    ]
+    return [in_one_run(goal, records) for goal in goals]
