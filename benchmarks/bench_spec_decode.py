@@ -63,9 +63,11 @@ from vllm_padrec.testing.bench_driver import (
     earlier_records,
     earlier_runs_markdown,
     failures_markdown,
+    json_object,
     merged,
     rerender,
     run_configuration,
+    tensor_parallel_size,
     write_progress,
 )
 from vllm_padrec.testing.goals import goals_markdown
@@ -261,6 +263,7 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
         max_num_seqs=max(args.batch_sizes),
         disable_log_stats=False,
         additional_config={"padrec": METHODS[method].padrec},
+        **args.engine_args,
     )
     startup = time.perf_counter() - started
     records, lists = [], {}
@@ -405,17 +408,18 @@ def attach_one_baseline(results: list[dict], plain: dict) -> None:
 
 
 # what makes two records the same measurement: a later run's record replaces an earlier one's (``--merge``)
-RECORD_KEY = ("method", "mode", "dtype", "gamma", "list_len", "batch_size")
+RECORD_KEY = ("method", "mode", "dtype", "gamma", "list_len", "batch_size", "tensor_parallel_size")
 
 
 def record_key(record: dict) -> tuple:
-    return tuple(record.get(field) for field in RECORD_KEY)
+    return tuple(record.get(field, 1 if field == "tensor_parallel_size" else None) for field in RECORD_KEY)
 
 
 def summarize(args, results: list[dict], errors: dict, table: list | None, earlier: list[dict] = ()) -> dict:
     import torch
 
-    records = [record | {"dtype": args.dtype} for r in results for record in r["records"]]
+    run = {"dtype": args.dtype, "tensor_parallel_size": tensor_parallel_size(args.engine_args)}
+    records = [record | run for r in results for record in r["records"]]
     records = merged(list(earlier), records, record_key)  # --merge
     return {
         "target": args.target,
@@ -551,6 +555,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add("--max-model-len", type=int, default=512, help="vLLM max_model_len (default 512)")
     add("--gpu-memory-utilization", type=float, default=0.5, help="vLLM's share of GPU memory (default 0.5)")
+    add(
+        "--engine-args",
+        type=json_object,
+        default={},
+        metavar="JSON",
+        help="more vllm.LLM arguments for every offline engine, e.g. '{\"tensor_parallel_size\": 2}' (recorded; not "
+        "with --serve)",
+    )
     add_run_options(parser, "bench_spec_decode", "spec_decode", "<method>_g<gamma>")
     add("--one", default=None, choices=list(METHODS), help=argparse.SUPPRESS)  # child: this method
     add("--one-gamma", type=int, default=0, help=argparse.SUPPRESS)
@@ -568,6 +580,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{draft.replace('_', '-')}-draft is required by the methods {needing}")
     if any(g < 1 for g in args.gammas) or any(b < 1 for b in args.batch_sizes) or any(n < 1 for n in args.list_lens):
         parser.error("every gamma, batch size and list length must be >= 1")
+    if args.serve and args.engine_args:
+        parser.error("--engine-args reach the offline engines only: not with --serve")
     if ADAPTIVE in args.methods and not {DRAFT_FREE, "padrec"} <= set(args.methods):
         parser.error("padrec_adaptive picks its drafts from this run's none and padrec records: run them too")
     return args

@@ -94,9 +94,11 @@ from vllm_padrec.testing.bench_driver import (
     earlier_records,
     earlier_runs_markdown,
     failures_markdown,
+    json_object,
     merged,
     rerender,
     run_configuration,
+    tensor_parallel_size,
     write_progress,
 )
 from vllm_padrec.testing.goals import goals_markdown
@@ -385,17 +387,6 @@ def engine_arguments(args) -> dict:
         "max_num_seqs": args.max_num_seqs,
         **args.engine_args,
     }
-
-
-def json_object(text: str) -> dict:
-    """``--engine-args``: a JSON object, or argparse's one-line error."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"a JSON object of vllm.LLM arguments, got {text!r}")
-    return value
 
 
 # a mode that runs in the engine of another mode when both run in one dtype: one engine start-up (torch.compile
@@ -868,19 +859,31 @@ def own_process_configurations(args) -> list[tuple[tuple[str, ...], str, str]]:
 
 
 # what makes two records the same measurement: a later run's record replaces an earlier one's (``--merge``)
-RECORD_KEY = ("mode", "dtype", "k", "batch_size", "engine_core", "draft_beams", "gamma", "objective")
+RECORD_KEY = (
+    "mode",
+    "dtype",
+    "k",
+    "batch_size",
+    "engine_core",
+    "draft_beams",
+    "gamma",
+    "objective",
+    "tensor_parallel_size",
+)
 
 
 def record_key(record: dict) -> tuple:
     """The record's RECORD_KEY fields; its engine core's placement as the goals read it (records from before
-    the ``engine_core`` field ran in process)."""
-    return tuple(placement(record) if field == "engine_core" else record.get(field) for field in RECORD_KEY)
+    the ``engine_core`` and ``tensor_parallel_size`` fields ran in process, on one GPU)."""
+    fields = {"engine_core": placement(record), "tensor_parallel_size": record.get("tensor_parallel_size", 1)}
+    return tuple(fields[field] if field in fields else record.get(field) for field in RECORD_KEY)
 
 
 def summarize(args, results: list[dict], errors: dict, earlier: list[dict] = ()) -> dict:
     import torch
 
-    records = [record for r in results for record in r["records"]]
+    parallel = {"tensor_parallel_size": tensor_parallel_size(args.engine_args)}
+    records = [record | parallel for r in results for record in r["records"]]
     records = merged(earlier, records, record_key)  # --merge
     return {
         "target": args.target,

@@ -86,6 +86,7 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
     bench_vllm_mask       benchmarks/bench_vllm_mask.py (the catalog masks at vLLM's shapes)     -       lane 1
     bench_trie            benchmarks/bench_trie.py                                               -       lane 1
     bench_catalog_scale   benchmarks/bench_catalog_scale.py (1M and 10M items: memory, masks)    -       lane 1
+    tp2                   benchmarks/bench_tp2.py (one GPU against two; kind nvidia-h200-x2)     bench_drafts  both
     bench_padrec_kernel   benchmarks/bench_padrec_kernel.py                                      -       lane 1
     bench_kv_block_copy   benchmarks/bench_kv_block_copy.py (top-K KV copies: kernel, reference) -       lane 1
 
@@ -262,6 +263,7 @@ class Job:
     # times nothing (training, tests): runs beside another untimed job on the same GPU (a vLLM job beside vLLM jobs
     # only, a training job beside training jobs only); a timed job still runs alone
     untimed: bool = False
+    every_gpu: bool = False  # sees every GPU of the machine (tensor parallelism), not its lane's alone
 
 
 @dataclass(frozen=True)
@@ -870,6 +872,18 @@ def job_bench_trie(ctx: JobContext) -> int:
     return ctx.python("benchmarks.bench_trie", "--out", str(WORK / "results"))
 
 
+def job_tp2(ctx: JobContext) -> int:
+    """Issue 15's tensor parallelism: benchmarks/bench_tp2.py on the bench target and its PAD-Rec head, one GPU
+    against two (a machine of kind nvidia-h200-x2; the job sees both GPUs and runs alone)."""
+    s = ctx.settings
+    return ctx.python(
+        "benchmarks.bench_tp2",
+        *("--target", str(bench_dir(s.dataset) / "checkpoint"), "--dataset", dataset_path(s)),
+        *("--padrec-draft", str(WORK / "bench_drafts" / "padrec" / "draft")),
+        *("--work-dir", str(WORK / "tp2"), "--out", str(WORK / "results")),
+    )
+
+
 def job_bench_catalog_scale(ctx: JobContext) -> int:
     """Issue 15's memory and scale: benchmarks/bench_catalog_scale.py, catalogs of 1M and 10M items (about two
     minutes of catalog building on the host, then the masks)."""
@@ -936,6 +950,7 @@ JOBS: dict[str, Job] = {
         Job("bench_vllm_mask", job_bench_vllm_mask, lane=1, vllm=True),
         Job("bench_trie", job_bench_trie, lane=1),
         Job("bench_catalog_scale", job_bench_catalog_scale, lane=1),
+        Job("tp2", job_tp2, needs=("bench_drafts",), vllm=True, exclusive=True, every_gpu=True),
         Job("bench_padrec_kernel", job_bench_padrec_kernel, lane=1),
         Job("bench_kv_block_copy", job_bench_kv_block_copy, lane=1),
     )
@@ -1070,7 +1085,7 @@ def job_environment(job: str, settings: Settings, gpus: int) -> dict[str, str]:
         "VLLM_CACHE_ROOT": str(WORK / "cache" / job),
         "PYTHONPATH": python_path(code, os.environ),
     }
-    if gpus >= 2:
+    if gpus >= 2 and not JOBS[job].every_gpu:
         env["CUDA_VISIBLE_DEVICES"] = str(JOBS[job].lane)
     return env
 

@@ -96,16 +96,20 @@ def topk_label(record: dict) -> str:
     return label
 
 
+def goals_table(payload: dict) -> list[str]:
+    """The payload's goal verdicts as a table (none: no lines)."""
+    goals = payload.get("goals") or []
+    if not goals:
+        return []
+    marks = {True: "met", False: "**missed**", None: "not measured"}
+    rows = [f"| {g['goal']} | {marks[g.get('met')]} | {g['measured']} |" for g in goals]
+    return ["| goal | verdict | measured |", "|---|---|---|", *rows, ""]
+
+
 def topk_section(payload: dict) -> list[str]:
     concurrency = payload.get("concurrency")
     lines = [provenance(payload, "topk"), ""]
-    goals = payload.get("goals") or []
-    if goals:
-        lines += ["| goal | verdict | measured |", "|---|---|---|"]
-        for goal in goals:
-            verdict = {True: "met", False: "**missed**", None: "not measured"}[goal.get("met")]
-            lines.append(f"| {goal['goal']} | {verdict} | {goal['measured']} |")
-        lines.append("")
+    lines += goals_table(payload)
     rows: dict[tuple[str, int], dict] = {}
     for r in payload["records"]:
         row = rows.setdefault((topk_label(r), r["k"]), {})
@@ -136,13 +140,17 @@ def tp2_section(payload: dict) -> list[str]:
     lines = [
         f"Measured {payload.get('date', '(no date)')}: `{payload.get('command', 'gpu_session.py (issue 15)')}`",
         "",
-        "| method | tensor parallel size | batch size | tokens/s | users/s | equal to one GPU |",
-        "|---|---:|---:|---:|---:|---|",
+    ]
+    lines += goals_table(payload)
+    lines += [
+        "| workload | method | tensor parallel size | dtype | batch size | tokens/s | users/s | equal to one GPU |",
+        "|---|---|---:|---|---:|---:|---:|---|",
     ]
     for r in payload["records"]:
+        equal = "-" if r.get("users_compared") is None else f"{r['equal_to_single_gpu']} / {r['users_compared']}"
         lines.append(
-            f"| {r['method']} | {r['tensor_parallel_size']} | {r['batch_size']} | {cell(r.get('tokens_per_s'), 0)} | "
-            f"{cell(r.get('users_per_s'), 1)} | {cell(r.get('equal_to_single_gpu'))} |"
+            f"| {r.get('workload', '-')} | {r['method']} | {r['tensor_parallel_size']} | {r.get('dtype', '-')} | "
+            f"{r['batch_size']} | {cell(r.get('tokens_per_s'), 0)} | {cell(r.get('users_per_s'), 1)} | {equal} |"
         )
     return lines + [""]
 

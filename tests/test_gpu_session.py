@@ -537,3 +537,21 @@ def test_the_padrec_eagle_heads_include_an_eagle_head_trained_teacher_forced_one
     assert methods(both) == ["padrec", "eagle"] and "--train-steps" not in both
     assert one_step[one_step.index("--out") + 1] == str(tmp_path / "bench_drafts_one_step")
     assert one_step[-2:] == ["--train-steps", "1"] and "eagle" in one_step
+
+
+def test_the_tensor_parallel_job_sees_both_gpus_and_runs_bench_tp2_on_the_bench_heads(monkeypatch, tmp_path):
+    monkeypatch.setattr(gs, "WORK", tmp_path)
+    settings = gs.Settings(target="bench")
+    assert "CUDA_VISIBLE_DEVICES" not in gs.job_environment("tp2", settings, gpus=2)
+    assert gs.job_environment("bench_topk", settings, gpus=2)["CUDA_VISIBLE_DEVICES"] == "0"
+    assert gs.JOBS["tp2"].exclusive and gs.needs_of("tp2", settings) == ["bench_drafts"]
+    calls = []
+    ctx = gs.JobContext("tp2", settings, {"PATH": "/bin"})
+    monkeypatch.setattr(
+        ctx.__class__, "python", lambda self, module, *args, env=None: calls.append((module, args)) or 0
+    )
+    assert gs.JOBS["tp2"].body(ctx) == 0
+    ((module, args),) = calls
+    assert module == "benchmarks.bench_tp2"
+    assert args[args.index("--padrec-draft") + 1] == str(tmp_path / "bench_drafts" / "padrec" / "draft")
+    assert args[args.index("--target") + 1] == str(tmp_path / "bench" / "checkpoint")

@@ -69,3 +69,17 @@ def test_check_fails_on_a_stale_page_and_passes_once_written(tmp_path, capsys):
 
 def test_the_committed_page_is_what_the_committed_results_give():
     assert results_page.main(["--check"]) == 0, "run: python -m benchmarks.results_page"
+
+
+def test_the_two_gpu_section_has_bench_tp2s_goals_and_rows(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    record = {"workload": "lists", "method": "padrec", "tensor_parallel_size": 2, "dtype": "float32"}
+    record |= {"batch_size": 64, "tokens_per_s": 1234.4, "users_per_s": None}
+    record |= {"equal_to_single_gpu": 255, "users_compared": 256}
+    goal = {"goal": "float32: outputs at TP = 2 equal to one GPU's", "met": False, "measured": "255 / 256"}
+    (results / "tp2.json").write_text(json.dumps({"date": "d", "command": "c", "records": [record], "goals": [goal]}))
+    text = results_page.page(results, tmp_path / "RESULTS.md")
+    section = text[text.index("## Two GPUs") :]
+    assert "| float32: outputs at TP = 2 equal to one GPU's | **missed** | 255 / 256 |" in section
+    assert "| lists | padrec | 2 | float32 | 64 | 1,234 | - | 255 / 256 |" in section

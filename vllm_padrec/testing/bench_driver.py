@@ -149,3 +149,20 @@ def earlier_runs_markdown(records: list[dict]) -> list[str]:
         return []
     runs = "; ".join(f"{n} measured on {date}" for date, n in sorted(dates.items()))
     return [f"Records from earlier runs, kept beside this run's (`--merge`): {runs}.", ""]
+
+
+# -- --engine-args: more vllm.LLM arguments ------------------------------------------------------------------
+def json_object(text: str) -> dict:
+    """``--engine-args``: a JSON object, or argparse's one-line error."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object of vllm.LLM arguments, got {text!r}")
+    return value
+
+
+def tensor_parallel_size(engine_args: dict) -> int:
+    """The GPUs one engine spans under ``engine_args`` (vLLM's ``tensor_parallel_size``, 1 when not given)."""
+    return int(engine_args.get("tensor_parallel_size", 1))
