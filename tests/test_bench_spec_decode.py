@@ -384,3 +384,25 @@ def test_merge_adds_a_runs_methods_to_the_file_and_replaces_what_it_measures_aga
             kept = next(r for r in payload["records"] if r["method"] == "padrec")
             assert kept["measured_on"] == first["date"] and kept["dtype"] == "bfloat16"
             assert "padrec (run of " in (tmp_path / "spec_decode_beauty_atspeed.md").read_text()
+
+
+def test_engine_args_reach_the_children_and_the_records_and_are_refused_with_serve(tmp_path, monkeypatch, capsys):
+    seen = []
+
+    def child(command, stdout, stderr, env):
+        seen.append(json.loads(command[command.index("--engine-args") + 1]))
+        method, gamma = command[command.index("--one") + 1], int(command[command.index("--one-gamma") + 1])
+        payload = result(method, gamma, {1: 100}, {"10_1": [[1]]})
+        Path(command[command.index("--result") + 1]).write_text(json.dumps(payload))
+        return 0
+
+    monkeypatch.setattr(bench_driver.subprocess, "call", child)
+    argv = [*BASE, "--methods", "none", "--batch-sizes", "1", "--list-lens", "10", "--out", str(tmp_path)]
+    argv += ["--work-dir", str(tmp_path), "--cache-root", str(tmp_path), "--engine-args", '{"tensor_parallel_size": 2}']
+    assert bench.main(argv) == 0
+    assert seen == [{"tensor_parallel_size": 2}]
+    records = json.loads((tmp_path / "spec_decode_beauty_atspeed.json").read_text())["records"]
+    assert [r["tensor_parallel_size"] for r in records] == [2]
+    with pytest.raises(SystemExit):
+        bench.parse_args([*argv, "--serve"])
+    assert "--engine-args reach the offline engines only" in capsys.readouterr().err
