@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -70,16 +71,20 @@ def topk_argv(args, tp: int, work: Path) -> list[str]:
     ]
 
 
-def run_benchmarks(args) -> None:
-    """Both benchmarks at TP = 1 and at TP = ``--tp``, each in its own work folder."""
-    from benchmarks import bench_spec_decode, bench_topk
+def run_module(module: str, argv: list[str]) -> int:
+    """``python -m module argv``: a benchmark runs each configuration's engine in a child of its own."""
+    return subprocess.call([sys.executable, "-m", module, *argv])
 
+
+def run_benchmarks(args) -> None:
+    """Both benchmarks at TP = 1 and at TP = ``--tp``, each in its own work folder (a run that fails is named in
+    its own results, and what it measured is still read)."""
     for tp in (1, args.tp):
         work = Path(args.work_dir) / f"tp{tp}"
         work.mkdir(parents=True, exist_ok=True)
         for dtype in DTYPES:
-            bench_spec_decode.main(list_argv(args, tp, dtype, work))
-        bench_topk.main(topk_argv(args, tp, work))
+            run_module("benchmarks.bench_spec_decode", list_argv(args, tp, dtype, work))
+        run_module("benchmarks.bench_topk", topk_argv(args, tp, work))
 
 
 # -- reading the runs back ------------------------------------------------------------------------------------
@@ -224,6 +229,12 @@ def plot(plt, payload: dict):
     return fig
 
 
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
@@ -259,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if not args.collect_only:
-        if torch.cuda.device_count() < args.tp:
-            print(f"bench_tp2 needs {args.tp} GPUs; this machine has {torch.cuda.device_count()}", file=sys.stderr)
+        if gpu_count() < args.tp:
+            print(f"bench_tp2 needs {args.tp} GPUs; this machine has {gpu_count()}", file=sys.stderr)
             return 2
         run_benchmarks(args)
     payload = {

@@ -4,10 +4,10 @@ stand-ins here (the children of both benchmarks, faked); the run itself needs tw
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
-import torch
 from test_bench_spec_decode import result as list_result
 from test_bench_topk import fake_result as topk_result
 
@@ -43,9 +43,15 @@ def fake_child(command, stdout, stderr, env):
     return 0
 
 
+def in_process(module: str, argv: list[str]) -> int:
+    """bench_tp2's benchmark runs in this process, so that their children are the stand-ins."""
+    return importlib.import_module(module).main(argv)
+
+
 def test_both_workloads_run_at_each_size_and_the_outputs_are_compared_with_one_gpu(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_driver.subprocess, "call", fake_child)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(bench_tp2, "run_module", in_process)
+    monkeypatch.setattr(bench_tp2, "gpu_count", lambda: 2)
     argv = ["--target", "/t", "--dataset", str(tmp_path / "beauty_atspeed"), "--padrec-draft", "/p"]
     argv += ["--work-dir", str(tmp_path / "work"), "--out", str(tmp_path), "--users", "2", "--users-latency", "1"]
     assert bench_tp2.main(argv) == 0
@@ -69,12 +75,13 @@ def test_both_workloads_run_at_each_size_and_the_outputs_are_compared_with_one_g
 
 def test_collect_only_reads_the_runs_again_and_needs_no_gpu(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_driver.subprocess, "call", fake_child)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(bench_tp2, "run_module", in_process)
+    monkeypatch.setattr(bench_tp2, "gpu_count", lambda: 2)
     argv = ["--target", "/t", "--dataset", str(tmp_path / "beauty_atspeed"), "--padrec-draft", "/p"]
     argv += ["--work-dir", str(tmp_path / "work"), "--out", str(tmp_path), "--users", "2"]
     assert bench_tp2.main(argv) == 0
     first = json.loads((tmp_path / "tp2.json").read_text())["records"]
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(bench_tp2, "gpu_count", lambda: 0)
     assert bench_tp2.main([*argv, "--collect-only"]) == 0
     assert json.loads((tmp_path / "tp2.json").read_text())["records"] == first
     assert bench_tp2.main(argv) == 2  # a run needs two GPUs
@@ -87,3 +94,10 @@ def test_bad_options_are_one_line_errors(capsys):
         with pytest.raises(SystemExit):
             bench_tp2.parse_args(argv)
     assert "--tp 1" in capsys.readouterr().err
+
+
+def test_each_benchmark_runs_as_a_module_of_its_own(monkeypatch):
+    ran = []
+    monkeypatch.setattr(bench_tp2.subprocess, "call", lambda command: ran.append(command) or 0)
+    assert bench_tp2.run_module("benchmarks.bench_topk", ["--ks", "20"]) == 0
+    assert ran[0][1:] == ["-m", "benchmarks.bench_topk", "--ks", "20"]
