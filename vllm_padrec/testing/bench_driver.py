@@ -3,7 +3,8 @@ rebuilding a results file's Markdown and plot, and ``--merge`` (a results file t
 
 A benchmark's parent runs each configuration as ``python -m <module> <argv> --result <work>/<tag>_<config>.json``
 with its own ``VLLM_CACHE_ROOT`` (``<cache root>/<config>``: engines of other configurations must not share
-a compile cache), its output in ``<work>/<tag>_<config>.log``; the child writes its result as JSON there.
+a compile cache; they share vLLM's model-class inspections, ``share_model_info``), its output in
+``<work>/<tag>_<config>.log``; the child writes its result as JSON there.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def run_configuration(
     result = Path(work_dir) / f"{tag}_{config}.json"
     result.unlink(missing_ok=True)
     log = result.with_suffix(".log")
+    share_model_info(cache_root, config)
     child_env = {**os.environ, "VLLM_CACHE_ROOT": str(Path(cache_root) / config), **(env or {})}
     print(f"[{tag}] {config} (log {log}) ...", flush=True)
     with open(log, "w") as handle:
@@ -48,6 +50,25 @@ def run_configuration(
     error = f"exit {code} {what}: " + log.read_text()[-1500:]
     print(error, flush=True)
     return written, error
+
+
+# vLLM caches what it learns of a model class (its interfaces, read in a subprocess that imports vLLM: 23-26 s a
+# class on the H200 machine, twice for an engine with a draft) in VLLM_CACHE_ROOT/modelinfos, keyed by the hash of
+# the class's source file (model_executor/models/registry.py, _LazyRegisteredModel)
+MODEL_INFO_DIR = "modelinfos"
+
+
+def share_model_info(cache_root: str | Path, config: str) -> None:
+    """Point ``config``'s VLLM_CACHE_ROOT/modelinfos at one folder that every configuration under ``cache_root``
+    shares, so that only the first engine of a run inspects each model class. The compile caches stay apart (an
+    engine of one draft once loaded another's compiled graph and crashed); these entries are not compiled code
+    and are checked against their source's hash. A folder already there (an earlier run's) is kept as it is."""
+    shared = Path(cache_root) / MODEL_INFO_DIR
+    shared.mkdir(parents=True, exist_ok=True)
+    link = Path(cache_root) / config / MODEL_INFO_DIR
+    if not link.exists() and not link.is_symlink():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(shared.resolve(), target_is_directory=True)
 
 
 def command_line(module: str, argv: list[str]) -> str:
