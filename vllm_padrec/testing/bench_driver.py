@@ -52,9 +52,11 @@ def run_configuration(
     return written, error
 
 
-# vLLM caches what it learns of a model class (its interfaces, read in a subprocess that imports vLLM: 23-26 s a
-# class on the H200 machine, twice for an engine with a draft) in VLLM_CACHE_ROOT/modelinfos, keyed by the hash of
-# the class's source file (model_executor/models/registry.py, _LazyRegisteredModel)
+# vLLM caches what it learns of a model class (its interfaces, read in a subprocess that imports vLLM on a miss) in
+# VLLM_CACHE_ROOT/modelinfos, keyed by the hash of the class's source file (model_executor/models/registry.py,
+# _LazyRegisteredModel). With a cache root per configuration every engine missed: on the H200 (2026-12-02) each
+# start-up spent 23-26 s before "Resolved architecture" per model class, twice for an engine with a draft; the
+# next hold's logs show how much of it sharing the folder saves
 MODEL_INFO_DIR = "modelinfos"
 
 
