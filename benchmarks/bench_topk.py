@@ -426,6 +426,13 @@ def timed_calls(ranker: Ranker, histories: list[list[int]], k: int, batch_size: 
     )
 
 
+def profiled_passes(args, latency_users: list, throughput_users: list) -> list[tuple[int, list]]:
+    """(batch size, users) of the profiled calls: one request, and ``--concurrency`` users unless
+    ``--profile-one-request``."""
+    passes = [(1, latency_users)]
+    return passes if args.profile_one_request else [*passes, (args.concurrency, throughput_users)]
+
+
 def profile_call(
     rank: Callable[[list[list[int]], int], list[Ranked]], histories: list[list[int]], k: int, path: Path
 ) -> None:
@@ -520,7 +527,7 @@ def measure(args, mode: str, ranker: Ranker, samples, startup: float) -> dict:
                 equal_lists[str(k)] = ranked[: args.users_equal]
     if args.profile and args.one_engine_core == IN_PROCESS:  # Python's profiler sees an in-process engine only
         k = args.profile_k or max(args.ks)
-        for batch, users in ((1, latency_users), (args.concurrency, throughput_users)):
+        for batch, users in profiled_passes(args, latency_users, throughput_users):
             name = f"bench_topk_{mode}_{dtype}_profile_k{k}_b{batch}.txt"
             profile_call(rank, [s.history for s in users[:batch]], k, Path(args.work_dir) / name)
     result = {"mode": mode, "dtype": dtype, "engine_core": args.one_engine_core, "startup_seconds": startup}
@@ -700,6 +707,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=None,
         help="with --profile: the K of the profiled calls (default: the largest of --ks)",
+    )
+    add(
+        "--profile-one-request",
+        action="store_true",
+        help="with --profile: profile the call of one request only (a call of --concurrency users under the "
+        "profilers takes seconds)",
     )
     add(
         "--own-process-modes",

@@ -479,7 +479,8 @@ def job_bench_topk_atspeed(ctx: JobContext) -> int:
     - then speed, side by side in one run (bfloat16; 128 users at 64 concurrent, 30 one at a time): the
       undrafted engine, vLLM's beam search, and strict and relaxed rounds per head (N = 40, gamma 3; one engine
       a head), the heads in the order the goals need them (AtSpeed-S, AtSpeed-R, distillation: the last only
-      compares acceptance, which the training records too), with one profiled call per mode at K = 20.
+      compares acceptance, which the training records too), with one profiled call of one request per mode at
+      K = 20.
 
     K 1/5/10/20. Six vLLM engine start-ups in all (80-90 s each). On beauty_atspeed (2026-12-02), with
     bench_target (``--bench-epochs 1``: 4 minutes) and atspeed_drafts (``--draft-steps 600``: 3 minutes), the
@@ -501,7 +502,8 @@ def job_bench_topk_atspeed(ctx: JobContext) -> int:
         "topk",
         *common,
         *("--modes", "engine", "vllm_beam_search", "strict", "relaxed", "--drafts", *heads),
-        *("--dtypes", "bfloat16", "--users", "128", "--users-latency", "30", "--profile", "--profile-k", "20"),
+        *("--dtypes", "bfloat16", "--users", "128", "--users-latency", "30"),
+        *("--profile", "--profile-k", "20", "--profile-one-request"),
         log_tag="speed",
     )
     return max(speed, equality)

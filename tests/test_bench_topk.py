@@ -606,3 +606,11 @@ def test_a_drafted_engine_gets_the_raised_cuda_graph_limit_unless_engine_args_se
         bench_topk.engine_ranker(args, catalog=None, max_history=20, verification="strict")
         assert made[-1]["compilation_config"] == (want or {"max_cudagraph_capture_size": 1024})
         assert made[-1]["speculative_config"]["num_speculative_tokens"] == 3
+
+
+def test_profiling_one_request_only_leaves_out_the_concurrent_call():
+    base = ["--target", "/t", "--dataset", "/d", "--profile", "--concurrency", "64"]
+    both = bench_topk.profiled_passes(bench_topk.parse_args(base), ["a"], ["b"] * 64)
+    assert [batch for batch, _ in both] == [1, 64]
+    one = bench_topk.profiled_passes(bench_topk.parse_args([*base, "--profile-one-request"]), ["a"], ["b"])
+    assert one == [(1, ["a"])]

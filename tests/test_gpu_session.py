@@ -425,7 +425,7 @@ def test_the_atspeed_must_show_times_every_head_in_one_run_and_checks_equality_o
     assert value(speed, "--dtypes") == "bfloat16" and value(equality, "--dtypes") == "float32"
     heads = [text.split("=")[0] for text in following(speed, "--drafts")[:3]]
     assert heads == ["atspeed_s", "atspeed_r", "distill"] and set(heads) == set(gs.ATSPEED_OBJECTIVES)
-    assert value(speed, "--profile-k") == "20" and "--profile" not in equality
+    assert value(speed, "--profile-k") == "20" and "--profile-one-request" in speed and "--profile" not in equality
     assert following(speed, "--modes")[:4] == ("engine", "vllm_beam_search", "strict", "relaxed")
     assert following(equality, "--modes")[:3] == ("reference", "strict", "--drafts")
     assert value(equality, "--drafts").startswith("atspeed_s=") and value(equality, "--users-equal") == "500"
