@@ -9,10 +9,10 @@ For each dataset of ``DATASETS``, from ``benchmarks/results/``:
   latency one request at a time, users per second at the run's concurrency, Recall/NDCG@K of the pass over the
   most users, and the float32 equality with the reference;
 
-and two GPUs (``tp2.json``) where it exists. Each table says when and how it was measured: the run's date and
-device, and its command (the one the payload records: ``bench_driver.command_line``; which benchmark, for
-payloads that predate it). A
-result not measured yet is named as such, with the issue that measures it. Plots are linked where their PNG is
+the catalog at scale (``catalog_scale.json``, ``bench_catalog_scale``) and two GPUs (``tp2.json``) where they
+exist. Each table says when and how it was measured: the run's date and device, and its command (the one the
+payload records: ``bench_driver.command_line``; which benchmark, for payloads that predate it). A result not
+measured yet is named as such, with the issue that measures it. Plots are linked where their PNG is
 committed.
 
     python -m benchmarks.results_page                    # writes benchmarks/RESULTS.md
@@ -155,6 +155,38 @@ def tp2_section(payload: dict) -> list[str]:
     return lines + [""]
 
 
+def scale_section(payload: dict) -> list[str]:
+    """``catalog_scale.json`` (``bench_catalog_scale``): memory per item and the masks' cost per engine step at
+    each catalog size, and what one GPU holds."""
+    lines = [
+        f"Measured {payload.get('date', '(no date)')} on {payload.get('gpu', '(no device)')} by "
+        f"`{payload.get('command', 'benchmarks/bench_catalog_scale.py')}`; the full tables in "
+        "`results/catalog_scale.md`.",
+        "",
+        "| items | device bytes / item | host bytes / item | lists, B = 64, 5 drafts: µs per step "
+        "| top-K, 64 users x 20 beams: µs per step |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for c in payload["catalogs"]:
+        step = {
+            (m["kind"], m["batch"], m.get("beams")): m["per_step_us"]
+            for m in payload["masks"]
+            if m["items"] == c["items"]
+        }
+        lines.append(
+            f"| {c['items']:,} | {cell(c['device_bytes_per_item'], 1)} | {cell(c.get('host_bytes_per_item'), 1)} | "
+            f"{cell(step.get(('list', 64, None)), 1)} | {cell(step.get(('topk', 64, 20)), 1)} |"
+        )
+    cap = payload["capacity"]
+    lines += [
+        "",
+        f"{cap['items_per_gib']:,} items per GiB of catalog tables; {cap['largest_items_in_budget']:,} items fit "
+        f"{cap['budget_gib']:g} GiB of the {cap['device_gib']:g} GiB device.",
+        "",
+    ]
+    return lines
+
+
 def page(results: Path = RESULTS, path: Path = PAGE) -> str:
     lines = [
         "# vllm-padrec results",
@@ -176,6 +208,11 @@ def page(results: Path = RESULTS, path: Path = PAGE) -> str:
                 lines += [f"Not measured yet (issue {issue}, then 15).", ""]
                 continue
             lines += section(payload) + plot(results, name, path)
+    lines += ["## The catalog at scale", ""]
+    scale = load(results, "catalog_scale")
+    lines += (
+        scale_section(scale) + plot(results, "catalog_scale", path) if scale else ["Not measured yet (issue 15).", ""]
+    )
     lines += ["## Two GPUs (tensor parallelism)", ""]
     tp2 = load(results, "tp2")
     lines += tp2_section(tp2) if tp2 is not None else ["Not measured yet (issue 15).", ""]

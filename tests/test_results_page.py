@@ -83,3 +83,21 @@ def test_the_two_gpu_section_has_bench_tp2s_goals_and_rows(tmp_path):
     section = text[text.index("## Two GPUs") :]
     assert "| float32: outputs at TP = 2 equal to one GPU's | **missed** | 255 / 256 |" in section
     assert "| lists | padrec | 2 | float32 | 64 | 1,234 | - | 255 / 256 |" in section
+
+
+def test_the_catalog_scale_section_shows_bytes_per_item_and_the_step_costs(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    catalog = {"items": 10_000_000, "device_bytes_per_item": 52.3, "host_bytes_per_item": 376.0}
+    masks = [
+        {"items": 10_000_000, "kind": "list", "batch": 64, "beams": None, "per_step_us": 61.5},
+        {"items": 10_000_000, "kind": "topk", "batch": 64, "beams": 20, "per_step_us": 48.25},
+        {"items": 10_000_000, "kind": "topk", "batch": 1, "beams": 20, "per_step_us": 9.0},
+    ]
+    capacity = {"items_per_gib": 20_530_000, "largest_items_in_budget": 190_000_000, "budget_gib": 14.0}
+    payload = {"date": "d", "gpu": "H200", "command": "c", "catalogs": [catalog], "masks": masks}
+    (results / "catalog_scale.json").write_text(json.dumps(payload | {"capacity": capacity | {"device_gib": 139.8}}))
+    text = results_page.page(results, tmp_path / "RESULTS.md")
+    section = text[text.index("## The catalog at scale") : text.index("## Two GPUs")]
+    assert "| 10,000,000 | 52.3 | 376.0 | 61.5 | 48.2 |" in section  # B = 64: the lists' and the 20 beams' steps
+    assert "190,000,000 items fit 14 GiB of the 139.8 GiB device" in section
