@@ -179,6 +179,7 @@ class Settings:
     bench_epochs: float | None = None  # None: the bench recipe's own
     drafts: str = "all"  # bench heads: padrec (what the vLLM jobs need) or all
     draft_steps: int = 1200
+    draft_gamma: int = 5  # draft steps the bench heads are trained for (bench_spec_decode's gammas go no deeper)
     signal_lr_scale: float = 10.0  # the second PAD-Rec bench head's signal learning-rate factor
     accept_users: int = 150
     accept_gammas: tuple[int, ...] = (3, 4, 5)
@@ -191,6 +192,7 @@ class Settings:
     engine_capture_size: int | None = None  # engine_step's --max-cudagraph-capture-size (None: vLLM's default)
     spec_methods: tuple[str, ...] = SPEC_METHODS  # bench_spec_decode's methods (a hold may run some of them)
     spec_dtype: str = "bfloat16"  # bench_spec_decode's dtype (float32: the equality goal)
+    spec_gammas: tuple[int, ...] = (3, 5)  # bench_spec_decode's gammas (at most draft_gamma)
     gpu_tests: tuple[str, ...] = ("test_integration_gpu.py", "test_integration_gpu_serve.py")
     kernel_tests: tuple[str, ...] = ("test_padrec_kernel.py", "test_integration_mask.py", "test_catalog_mask_kernel.py")
 
@@ -204,6 +206,13 @@ class Settings:
 
     def draft(self) -> Path:
         return WORK / ("drafts" if self.target == "small" else "bench_drafts") / "padrec" / "draft"
+
+    def problem(self) -> str | None:
+        """What makes these settings unusable, in one line; None when nothing does."""
+        if max(self.spec_gammas) > self.draft_gamma:
+            deepest = max(self.spec_gammas)
+            return f"--spec-gammas {deepest} is deeper than the heads train for (--draft-gamma {self.draft_gamma})"
+        return None
 
     def suffix(self) -> str:
         """Result names carry the small target's name; the bench target's keep the committed names."""
@@ -243,6 +252,14 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
     )
     add("--spec-methods", nargs="+", choices=SPEC_METHODS, help="bench_spec_decode's methods (default all)", **kw)
     add("--spec-dtype", choices=("bfloat16", "float32"), help=f"bench_spec_decode's dtype ({d.spec_dtype})", **kw)
+    add(
+        "--spec-gammas",
+        type=int,
+        nargs="+",
+        help="bench_spec_decode's gammas, at most --draft-gamma (default 3 5)",
+        **kw,
+    )
+    add("--draft-gamma", type=int, help=f"draft steps the bench heads train for (default {d.draft_gamma})", **kw)
     add("--gpu-tests", nargs="+", help=f"test files of gpu_tests (default: {' '.join(d.gpu_tests)})", **kw)
     add("--kernel-tests", nargs="+", help=f"test files of kernel_tests (default: {' '.join(d.kernel_tests)})", **kw)
 
@@ -393,7 +410,8 @@ def job_bench_drafts(ctx: JobContext) -> int:
         return [
             *(sys.executable, "-m", "vllm_padrec.cli", "train-draft"),
             *("--target", str(bench_dir(s.dataset) / "checkpoint")),
-            *("--dataset", dataset_path(ctx.settings), "--out", out, "--gamma", "5", "--max-steps", str(s.draft_steps)),
+            *("--dataset", dataset_path(ctx.settings), "--out", out, "--gamma", str(s.draft_gamma)),
+            *("--max-steps", str(s.draft_steps)),
             *("--batch-size", "64", "--max-stored-gib", "24", "--signal-lr-scale", str(scale), "--until-done"),
             *("--method", *methods),
         ]
@@ -666,6 +684,7 @@ def job_bench_spec_decode(ctx: JobContext) -> int:
         *("--padrec-draft", str(heads / "padrec" / "draft"), "--eagle-draft", str(heads / "eagle" / "draft")),
         *("--eagle-one-step-draft", str(WORK / "bench_drafts_one_step" / "eagle" / "draft")),
         *("--methods", *s.spec_methods, "--dtype", s.spec_dtype, "--merge"),
+        *("--gammas", *map(str, s.spec_gammas)),
     )
 
 
@@ -1078,6 +1097,12 @@ def blocked_by(job: str, settings: Settings, gpus: int) -> tuple[str, str | None
     return ("wait", None) if pending else ("run", None)
 
 
+def visible_devices(job: str, gpus: int) -> str | None:
+    """The GPU ``job`` sees (CUDA_VISIBLE_DEVICES): its lane's on a machine of two or more, every one for a job
+    that spans them (``every_gpu``) and on a machine of one (None: left as it is)."""
+    return None if gpus < 2 or JOBS[job].every_gpu else str(JOBS[job].lane)
+
+
 def job_environment(job: str, settings: Settings, gpus: int) -> dict[str, str]:
     code = JOBS[job].installed or CURRENT
     env = {
@@ -1087,8 +1112,8 @@ def job_environment(job: str, settings: Settings, gpus: int) -> dict[str, str]:
         "VLLM_CACHE_ROOT": str(WORK / "cache" / job),
         "PYTHONPATH": python_path(code, os.environ),
     }
-    if gpus >= 2 and not JOBS[job].every_gpu:
-        env["CUDA_VISIBLE_DEVICES"] = str(JOBS[job].lane)
+    if (devices := visible_devices(job, gpus)) is not None:
+        env["CUDA_VISIBLE_DEVICES"] = devices
     return env
 
 
@@ -1206,11 +1231,17 @@ def check_names(jobs: list[str], vllm_allowed: bool) -> str | None:
     return None
 
 
+class SettingsError(ValueError):
+    """Session settings that cannot work together (``Settings.problem``)."""
+
+
 def prepare(settings_given: dict) -> Settings:
     """The call's settings (saved ones, overridden by the call's options, saved for the later calls)."""
     for folder in ("status", "logs", "results", "run", "data"):
         (WORK / folder).mkdir(parents=True, exist_ok=True)
     values = {**saved_settings(), **settings_given}
+    if problem := Settings.from_mapping(values).problem():
+        raise SettingsError(problem)  # before they are saved: a later call starts from the good ones
     (WORK / "settings.json").write_text(json.dumps(values))
     if (REPO / ".gpudata").is_dir():
         shutil.copytree(REPO / ".gpudata", WORK / "data", dirs_exist_ok=True)
@@ -1359,8 +1390,8 @@ def main(argv: list[str]) -> int:
         return int(exit_.code or 0)
     given = {k: v for k, v in vars(args).items() if k not in ("phase", "jobs", "seconds", "job")}
     if args.phase == "_job":
-        if gpu_count() >= 2:  # for the work a job does in this process (train)
-            os.environ["CUDA_VISIBLE_DEVICES"] = str(JOBS[args.job].lane)
+        if (devices := visible_devices(args.job, gpu_count())) is not None:  # for the work it does in this process
+            os.environ["CUDA_VISIBLE_DEVICES"] = devices
         run_job(args.job)
         return 0
     if args.phase == "status":
@@ -1368,7 +1399,11 @@ def main(argv: list[str]) -> int:
     if args.phase == "wait":
         return phase_wait(args.seconds)
     phase = {"start": phase_start, "checks": phase_checks, "run": phase_run}[args.phase]
-    return phase(args.jobs, given)
+    try:
+        return phase(args.jobs, given)
+    except SettingsError as error:  # one line, and nothing queued or saved
+        print(error, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -116,6 +116,18 @@ def test_unknown_jobs_and_phases_are_refused_with_exit_2(session):
     assert session.ran == [] and gs.queue() == []
 
 
+def test_gammas_deeper_than_the_heads_are_a_one_line_refusal_and_nothing_is_saved(session, capsys):
+    session.job("train")
+    assert gs.main(["start", "train", "--spec-gammas", "3", "8"]) == 2
+    assert "--spec-gammas 8 is deeper than the heads train for (--draft-gamma 5)" in capsys.readouterr().err
+    assert gs.saved_settings() == {} and gs.queue() == [] and session.ran == []
+    assert gs.main(["start", "train", "--spec-gammas", "3", "8", "--draft-gamma", "8"]) == 0
+    assert gs.saved_settings()["spec_gammas"] == [3, 8]
+    assert gs.main(["wait", "20"]) == 0
+    session.join()
+    assert session.ran == ["train"]
+
+
 def test_a_need_never_queued_is_skipped(session):
     session.job("train")
     session.job("gpu_tests")
@@ -499,6 +511,7 @@ def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads
     methods = args[args.index("--methods") + 1 : args.index("--dtype")]
     assert methods == gs.SPEC_METHODS and set(methods) == set(bench_spec_decode.METHODS)
     assert value("--dtype") == "bfloat16" and "--merge" in args
+    assert args[args.index("--gammas") + 1 :] == ("3", "5")
     # a hold that runs some of the methods, in float32 (the equality goal), merged into the committed file
     calls.clear()
     settings = gs.Settings(target="bench", spec_methods=("none", "padrec"), spec_dtype="float32")
@@ -544,6 +557,9 @@ def test_the_tensor_parallel_job_sees_both_gpus_and_runs_bench_tp2_on_the_bench_
     settings = gs.Settings(target="bench")
     assert "CUDA_VISIBLE_DEVICES" not in gs.job_environment("tp2", settings, gpus=2)
     assert gs.job_environment("bench_topk", settings, gpus=2)["CUDA_VISIBLE_DEVICES"] == "0"
+    # the job's own process (phase _job) restricts itself by the same rule
+    assert gs.visible_devices("tp2", 2) is None and gs.visible_devices("bench_trie", 2) == "1"
+    assert gs.visible_devices("bench_trie", 1) is None
     assert gs.JOBS["tp2"].exclusive and gs.needs_of("tp2", settings) == ["bench_drafts"]
     calls = []
     ctx = gs.JobContext("tp2", settings, {"PATH": "/bin"})
