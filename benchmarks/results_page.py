@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from vllm_padrec.testing.bench_driver import cell as bench_cell
+from vllm_padrec.testing.goals import goals_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAGE = Path(__file__).resolve().parent / "RESULTS.md"
@@ -96,20 +97,16 @@ def topk_label(record: dict) -> str:
     return label
 
 
-def goals_table(payload: dict) -> list[str]:
-    """The payload's goal verdicts as a table (none: no lines)."""
-    goals = payload.get("goals") or []
-    if not goals:
-        return []
-    marks = {True: "met", False: "**missed**", None: "not measured"}
-    rows = [f"| {g['goal']} | {marks[g.get('met')]} | {g['measured']} |" for g in goals]
-    return ["| goal | verdict | measured |", "|---|---|---|", *rows, ""]
+def payload_goals(payload: dict) -> list[str]:
+    """The payload's goal verdicts as a table; no lines for a payload without them."""
+    goals = payload.get("goals")
+    return goals_table(goals) if goals else []
 
 
 def topk_section(payload: dict) -> list[str]:
     concurrency = payload.get("concurrency")
     lines = [provenance(payload, "topk"), ""]
-    lines += goals_table(payload)
+    lines += payload_goals(payload)
     rows: dict[tuple[str, int], dict] = {}
     for r in payload["records"]:
         row = rows.setdefault((topk_label(r), r["k"]), {})
@@ -141,7 +138,7 @@ def tp2_section(payload: dict) -> list[str]:
         f"Measured {payload.get('date', '(no date)')}: `{payload.get('command', 'gpu_session.py (issue 15)')}`",
         "",
     ]
-    lines += goals_table(payload)
+    lines += payload_goals(payload)
     lines += [
         "| workload | method | tensor parallel size | dtype | batch size | tokens/s | users/s | equal to one GPU |",
         "|---|---|---:|---|---:|---:|---:|---|",

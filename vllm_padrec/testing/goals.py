@@ -37,9 +37,13 @@ def in_one_run(goal: Callable[[list[dict]], dict], records: list[dict]) -> dict:
     return goal([])
 
 
-def goals_markdown(goals: list[dict], issue: int = 12) -> list[str]:
+def goals_table(goals: list[dict]) -> list[str]:
     """The goals as Markdown lines: a table of goal, verdict and what was measured."""
     mark = {True: "met", False: "**missed**", None: "not measured"}
-    lines = [f"## Goals (issue {issue})", "", "| goal | verdict | measured |", "|---|---|---|"]
-    lines += [f"| {g['goal']} | {mark[g['met']]} | {g['measured']} |" for g in goals]
-    return [*lines, ""]
+    rows = [f"| {g['goal']} | {mark[g['met']]} | {g['measured']} |" for g in goals]
+    return ["| goal | verdict | measured |", "|---|---|---|", *rows, ""]
+
+
+def goals_markdown(goals: list[dict], issue: int = 12) -> list[str]:
+    """The goals under a heading naming their issue (``goals_table``)."""
+    return [f"## Goals (issue {issue})", "", *goals_table(goals)]
