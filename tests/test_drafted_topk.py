@@ -97,7 +97,9 @@ def test_relaxed_rounds_with_the_target_as_its_own_draft_are_its_beam_search(dat
         drafted = relaxed_topk(scorer, 3, catalog.num_slots, 3 * 32, 3, torch.Generator().manual_seed(0))
         plain = plain_topk(oracle, 3, catalog.num_slots)
         assert drafted.beams.sequences == plain.sequences
-        assert torch.equal(drafted.beams.scores, plain.scores)
+        # the rounds score a step's drafted tree in one forward, the plain search one level a forward: the same
+        # sums, which a CPU's kernels may round apart in the last bits
+        torch.testing.assert_close(drafted.beams.scores, plain.scores, rtol=0, atol=1e-5)
         assert drafted.accepted == [2] and drafted.target_passes == 2
 
 
