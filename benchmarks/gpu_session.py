@@ -20,11 +20,13 @@ bench_target_games --target bench``, call 3 ``checks bench_topk bench_topk_games
 dataset a hold (games_atspeed: about 27 minutes, training 8.5, the benchmark 17): call 1 ``start
 bench_target_games --target bench``, call 3 ``checks bench_topk_games``, then ``wait 570`` calls. Make
 each call as soon as the one before returns: the machine goes back 30 s after a call, and with it the
-trained target and the run in progress. Issue 13's must-show, one dataset a hold (about 28 minutes, estimated:
-the target 8.5, its three AtSpeed heads 6-8 side by side, six vLLM start-ups of 80-90 s and the passes 11):
-call 1 ``start bench_target atspeed_drafts --target bench --draft-steps 600``, call 3 ``checks
-topk_drafted_tests bench_topk_atspeed bench_atspeed`` (the tests, untimed, run beside the trainings;
-bench_atspeed's acceptance of each head last, if the hold lasts), then ``wait 570`` calls.
+trained target and the run in progress. Issue 13's must-show, one dataset a hold (beauty_atspeed, 2026-12-02: 29
+minutes; the target 4 at ``--bench-epochs 1``, its three AtSpeed heads 3 side by side at ``--draft-steps 600``,
+bench_topk_atspeed 21): call 1 ``start bench_target atspeed_drafts --target bench --bench-epochs 1 --draft-steps
+600`` (games_atspeed: ``--dataset games_atspeed --bench-epochs 0.55``, where issue 12's run of the recipe had its
+best validation loss, an epoch there being 2.4 of beauty's), call 3 ``checks bench_topk_atspeed
+topk_drafted_tests bench_atspeed`` (vLLM jobs wait for the trainings; the must-show first, then the tests, then
+bench_atspeed's acceptance of each head, if the hold lasts), then ``wait 570`` calls.
 
 Phases, one per call (``python3 benchmarks/gpu_session.py PHASE --help`` lists a phase's options; the
 options a call is given hold for the later calls too):
