@@ -171,6 +171,9 @@ def log(message: str) -> None:
 # -- settings: the command-line options of the session ----------------------------------------------------------
 # bench_spec_decode's METHODS (this script imports nothing of the package: it runs before the package is installed)
 SPEC_METHODS = ("none", "padrec", "eagle", "eagle_vanilla", "eagle_one_step", "padrec_adaptive")
+# the heads of atspeed_drafts, one budget each: vllm_padrec.draft.config.OBJECTIVES
+ATSPEED_OBJECTIVES = ("distill", "atspeed_s", "atspeed_r")
+ATSPEED_RUNS = ("equality", "speed")  # bench_topk_atspeed's two runs: float32 equality, then bfloat16 speed
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,8 @@ class Settings:
     spec_methods: tuple[str, ...] = SPEC_METHODS  # bench_spec_decode's methods (a hold may run some of them)
     spec_dtype: str = "bfloat16"  # bench_spec_decode's dtype (float32: the equality goal)
     spec_gammas: tuple[int, ...] = (3, 5)  # bench_spec_decode's gammas (at most draft_gamma)
+    atspeed_runs: tuple[str, ...] = ATSPEED_RUNS  # bench_topk_atspeed's runs (a later hold may redo one)
+    atspeed_heads: tuple[str, ...] = ("atspeed_s", "atspeed_r", "distill")  # its speed run's heads, in order
     gpu_tests: tuple[str, ...] = ("test_integration_gpu.py", "test_integration_gpu_serve.py")
     kernel_tests: tuple[str, ...] = ("test_padrec_kernel.py", "test_integration_mask.py", "test_catalog_mask_kernel.py")
 
@@ -262,6 +267,20 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
         **kw,
     )
     add("--draft-gamma", type=int, help=f"draft steps the bench heads train for (default {d.draft_gamma})", **kw)
+    add(
+        "--atspeed-runs",
+        nargs="+",
+        choices=ATSPEED_RUNS,
+        help="bench_topk_atspeed's runs: float32 equality, bfloat16 speed (default both)",
+        **kw,
+    )
+    add(
+        "--atspeed-heads",
+        nargs="+",
+        choices=ATSPEED_OBJECTIVES,
+        help=f"heads of bench_topk_atspeed's speed run, in order (default {' '.join(d.atspeed_heads)})",
+        **kw,
+    )
     add("--gpu-tests", nargs="+", help=f"test files of gpu_tests (default: {' '.join(d.gpu_tests)})", **kw)
     add("--kernel-tests", nargs="+", help=f"test files of kernel_tests (default: {' '.join(d.kernel_tests)})", **kw)
 
@@ -448,11 +467,6 @@ def job_acceptance(ctx: JobContext) -> int:
     )
 
 
-# the heads of atspeed_drafts, one budget each: vllm_padrec.draft.config.OBJECTIVES (this script imports nothing
-# of the package: it runs before the package is installed on a bare machine)
-ATSPEED_OBJECTIVES = ("distill", "atspeed_s", "atspeed_r")
-
-
 def job_atspeed_drafts(ctx: JobContext) -> int:
     """Issue 13's heads: PAD-Rec on the bench target's own top-K beams (K = 20, 2,000 training users), one per
     objective, the same budget each (steps, batch of 3 users' beams, data order), trained side by side."""
@@ -498,35 +512,46 @@ def job_bench_topk_atspeed(ctx: JobContext) -> int:
       target is issue 12's record, kept by the merge);
     - then speed, side by side in one run (bfloat16; 128 users at 64 concurrent, 30 one at a time): the
       undrafted engine, vLLM's beam search, and strict and relaxed rounds per head (N = 40, gamma 3; one engine
-      a head), the heads in the order the goals need them (AtSpeed-S, AtSpeed-R, distillation: the last only
-      compares acceptance, which the training records too), with one profiled call of one request per mode at
-      K = 20.
+      a head), the heads in ``--atspeed-heads``' order (default the order the goals need them: AtSpeed-S,
+      AtSpeed-R, distillation, the last only compares acceptance, which the training records too), with one
+      profiled call of one request per mode at K = 20.
 
-    K 1/5/10/20. Six vLLM engine start-ups in all (80-90 s each). On beauty_atspeed (2026-12-02), with
-    bench_target (``--bench-epochs 1``: 4 minutes) and atspeed_drafts (``--draft-steps 600``: 3 minutes), the
-    hold ran 29 minutes and this job 21 (equality 7.5, speed 13.5); a hold cut short loses the last head first."""
+    ``--atspeed-runs`` picks the runs (a hold that redoes the speed run after one cut short: ``speed``; two holds
+    of the bench recipe gave the same best step, loss and metrics: benchmarks/results/README.md). K 1/5/10/20. Six
+    vLLM engine start-ups in all (60-95 s each). On beauty_atspeed (2026-12-02), with bench_target
+    (``--bench-epochs 1``: 4 minutes) and atspeed_drafts (``--draft-steps 600``: 3 minutes), the hold ran 29
+    minutes and this job 21 (equality 7.5, speed 13.5); on games_atspeed (``--bench-epochs 0.55``: 6.4 minutes)
+    the hold ended 8 minutes into the speed run; a hold cut short loses the last head first."""
+    s = ctx.settings
     drafts = {o: f"{o}={WORK / 'atspeed_drafts' / o / 'padrec' / 'draft'}" for o in ATSPEED_OBJECTIVES}
-    merge_base(f"topk_{ctx.settings.dataset}", ctx.settings)
+    merge_base(f"topk_{s.dataset}", s)
     common = ("--merge", "--draft-beams", "40", "--gamma", "3", "--ks", "1", "5", "10", "20", "--concurrency", "64")
-    equality = run_bench_topk(
-        ctx,
-        "topk",
-        *common,
-        *("--modes", "reference", "strict", "--drafts", drafts["atspeed_s"]),
-        *("--dtypes", "float32", "--users", "128", "--users-equal", "500"),
-        log_tag="equality",
-    )
-    heads = [drafts[o] for o in ("atspeed_s", "atspeed_r", "distill")]
-    speed = run_bench_topk(
-        ctx,
-        "topk",
-        *common,
-        *("--modes", "engine", "vllm_beam_search", "strict", "relaxed", "--drafts", *heads),
-        *("--dtypes", "bfloat16", "--users", "128", "--users-latency", "30"),
-        *("--profile", "--profile-k", "20", "--profile-one-request"),
-        log_tag="speed",
-    )
-    return max(speed, equality)
+    codes = [0]
+    if "equality" in s.atspeed_runs:
+        codes.append(
+            run_bench_topk(
+                ctx,
+                "topk",
+                *common,
+                *("--modes", "reference", "strict", "--drafts", drafts["atspeed_s"]),
+                *("--dtypes", "float32", "--users", "128", "--users-equal", "500"),
+                log_tag="equality",
+            )
+        )
+    if "speed" in s.atspeed_runs:
+        codes.append(
+            run_bench_topk(
+                ctx,
+                "topk",
+                *common,
+                *("--modes", "engine", "vllm_beam_search", "strict", "relaxed"),
+                *("--drafts", *[drafts[o] for o in s.atspeed_heads]),
+                *("--dtypes", "bfloat16", "--users", "128", "--users-latency", "30"),
+                *("--profile", "--profile-k", "20", "--profile-one-request"),
+                log_tag="speed",
+            )
+        )
+    return max(codes)
 
 
 def pytest_command(files: tuple[str, ...], select: str | None = None) -> list[str]:

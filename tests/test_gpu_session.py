@@ -444,6 +444,31 @@ def test_the_atspeed_must_show_times_every_head_in_one_run_and_checks_equality_o
     assert value(speed, "--draft-beams") == value(equality, "--draft-beams") == "40"
 
 
+def test_a_later_hold_may_redo_the_atspeed_speed_run_alone_with_its_heads_in_another_order(monkeypatch, tmp_path):
+    monkeypatch.setattr(gs, "WORK", tmp_path)
+    calls = []
+    (tmp_path / "results").mkdir()
+    settings = gs.Settings(target="bench", atspeed_runs=("speed",), atspeed_heads=("distill", "atspeed_r"))
+    ctx = gs.JobContext("bench_topk_atspeed", settings, {"PATH": "/bin"})
+    monkeypatch.setattr(ctx.__class__, "python", lambda self, module, *args, env=None: calls.append(args) or 7)
+    assert gs.JOBS["bench_topk_atspeed"].body(ctx) == 7  # the run's exit code
+    (speed,) = calls
+    assert speed[speed.index("--dtypes") + 1] == "bfloat16"
+    drafts = speed[speed.index("--drafts") + 1 : speed.index("--dtypes")]
+    assert [text.split("=")[0] for text in drafts] == ["distill", "atspeed_r"]
+
+
+def test_the_atspeed_options_are_checked_and_saved_for_later_calls(session):
+    session.job("train")
+    assert gs.main(["start", "train", "--atspeed-runs", "speed", "--atspeed-heads", "distill", "atspeed_s"]) == 0
+    saved = gs.Settings.from_mapping(gs.saved_settings())
+    assert saved.atspeed_runs == ("speed",) and saved.atspeed_heads == ("distill", "atspeed_s")
+    assert gs.main(["start", "train", "--atspeed-heads", "medusa"]) == 2  # argparse's usage error
+    assert gs.Settings.from_mapping(gs.saved_settings()).atspeed_heads == ("distill", "atspeed_s")
+    assert gs.main(["wait", "20"]) == 0
+    session.join()
+
+
 def test_on_one_gpu_untimed_jobs_of_a_kind_run_beside_each_other_and_a_timed_job_runs_alone(session):
     """Two trainings share the GPU, and two test jobs that start vLLM engines do; a training and a vLLM job never
     do (vLLM refuses to start where less than its share of memory is free: the hold of 2026-12-02 lost four
