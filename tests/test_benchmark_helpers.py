@@ -515,3 +515,12 @@ def test_engine_step_markdown_shows_the_python_hotspots_of_a_profile():
     text = engine_step.render_markdown(engine_step.summarize([record], args, errors={}))
     assert "Python's profile of the same batch, per engine step:" in text
     assert "| `step (core.py:1)` | 10 | 9.5 | 17.0 |" in text
+
+
+def test_a_masked_step_with_a_row_of_no_token_is_refused():
+    masked = torch.zeros(3, 5)
+    masked[1, :4] = float("-inf")
+    mask_inputs.every_row_keeps_a_token(masked, "kept")  # one token left in row 1: fine
+    masked[1, 4] = float("-inf")
+    with pytest.raises(AssertionError, match="B=3: a verification row lost every token"):
+        mask_inputs.every_row_keeps_a_token(masked, "B=3")

@@ -83,3 +83,10 @@ def same_as_eager(eager_fn, compiled_fn, logits, rest: tuple, where: str, what: 
     if not torch.equal(got, want):
         raise AssertionError(f"{where}: the {what} {eager_fn.__name__} differs from the eager one")
     return want
+
+
+def every_row_keeps_a_token(masked: torch.Tensor, where: str) -> None:
+    """A masked verification step [rows, V] must leave each row at least one finite logit: a request whose
+    every token is masked could not go on."""
+    if not bool((masked.isfinite().sum(1) > 0).all()):
+        raise AssertionError(f"{where}: a verification row lost every token")
