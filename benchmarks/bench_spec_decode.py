@@ -412,7 +412,8 @@ RECORD_KEY = ("method", "mode", "dtype", "gamma", "list_len", "batch_size", "ten
 
 
 def record_key(record: dict) -> tuple:
-    return tuple(record.get(field, 1 if field == "tensor_parallel_size" else None) for field in RECORD_KEY)
+    fields = {"tensor_parallel_size": tensor_parallel_size(record)}
+    return tuple(fields[field] if field in fields else record.get(field) for field in RECORD_KEY)
 
 
 def summarize(args, results: list[dict], errors: dict, table: list | None, earlier: list[dict] = ()) -> dict:

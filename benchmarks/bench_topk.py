@@ -888,7 +888,7 @@ RECORD_KEY = (
 def record_key(record: dict) -> tuple:
     """The record's RECORD_KEY fields; its engine core's placement as the goals read it (records from before
     the ``engine_core`` and ``tensor_parallel_size`` fields ran in process, on one GPU)."""
-    fields = {"engine_core": placement(record), "tensor_parallel_size": record.get("tensor_parallel_size", 1)}
+    fields = {"engine_core": placement(record), "tensor_parallel_size": tensor_parallel_size(record)}
     return tuple(fields[field] if field in fields else record.get(field) for field in RECORD_KEY)
 
 

@@ -406,3 +406,9 @@ def test_engine_args_reach_the_children_and_the_records_and_are_refused_with_ser
     with pytest.raises(SystemExit):
         bench.parse_args([*argv, "--serve"])
     assert "--engine-args reach the offline engines only" in capsys.readouterr().err
+
+
+def test_a_record_from_before_the_tensor_parallel_field_merges_as_one_gpus():
+    old = {"method": "padrec", "mode": "offline", "dtype": "bfloat16", "gamma": 5, "list_len": 10, "batch_size": 1}
+    assert bench.record_key(old) == bench.record_key(old | {"tensor_parallel_size": 1})
+    assert bench.record_key(old) != bench.record_key(old | {"tensor_parallel_size": 2})

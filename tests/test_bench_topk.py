@@ -614,3 +614,9 @@ def test_profiling_one_request_only_leaves_out_the_concurrent_call():
     assert [batch for batch, _ in both] == [1, 64]
     one = bench_topk.profiled_passes(bench_topk.parse_args([*base, "--profile-one-request"]), ["a"], ["b"])
     assert one == [(1, ["a"])]
+
+
+def test_a_record_from_before_the_tensor_parallel_field_merges_as_one_gpus():
+    old = {"mode": "engine", "dtype": "bfloat16", "k": 20, "batch_size": 1}  # ran in process, on one GPU
+    assert bench_topk.record_key(old) == bench_topk.record_key(old | {"tensor_parallel_size": 1})
+    assert bench_topk.record_key(old) != bench_topk.record_key(old | {"tensor_parallel_size": 2})

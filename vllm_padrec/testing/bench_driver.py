@@ -186,6 +186,7 @@ def json_object(text: str) -> dict:
     return value
 
 
-def tensor_parallel_size(engine_args: dict) -> int:
-    """The GPUs one engine spans under ``engine_args`` (vLLM's ``tensor_parallel_size``, 1 when not given)."""
-    return int(engine_args.get("tensor_parallel_size", 1))
+def tensor_parallel_size(settings: dict) -> int:
+    """The GPUs one engine spans under ``settings``, a run's engine arguments or one of its records (vLLM's
+    ``tensor_parallel_size``; 1 when not given: records from before the field ran on one GPU)."""
+    return int(settings.get("tensor_parallel_size", 1))
