@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import requires_gpu
 
 from benchmarks import bench_atspeed
 from vllm_padrec.data import SyntheticConfig, generate_synthetic
@@ -43,7 +44,7 @@ def test_records_measure_exact_rounds_and_carry_the_trainers_objective(trained, 
     assert bench_atspeed.main(argv) == 0
     payload = json.loads((root / "results" / "atspeed_tiny.json").read_text())
     records = payload["records"]
-    wanted = [(d, rule, k) for d in ("distill", "atspeed_s") for rule in ("strict", "relaxed") for k in (1, 3)]
+    wanted = [(d, rule, k) for rule in ("strict", "relaxed") for d in ("distill", "atspeed_s") for k in (1, 3)]
     assert [(r["draft"], r["rule"], r["k"]) for r in records] == wanted
     for r in records:
         assert r["objective"] == r["draft"] and r["topk"] == 3 and r["users"] == 5
@@ -57,6 +58,40 @@ def test_records_measure_exact_rounds_and_carry_the_trainers_objective(trained, 
     assert md.count("| distill |") == 4 and (root / "results" / "atspeed_tiny.png").exists()
     strict = [r for r in records if r["rule"] == "strict"]
     assert all(r["recall_at_k"] == r["plain_recall_at_k"] for r in strict)  # strict answers are the beam search's
+
+
+def test_a_run_cut_short_keeps_the_records_it_measured(trained, monkeypatch):
+    """The H200 run of 2026-12-02 lost its strict rows when the relaxed ones raised: each record is saved."""
+    root, data, target, drafts = trained
+    monkeypatch.setattr("vllm_padrec.data.open_dataset", lambda name: data)
+
+    def broken(*args):
+        raise RuntimeError("relaxed rounds broke")
+
+    monkeypatch.setattr("vllm_padrec.decoding.drafted_topk.relaxed_topk", broken)
+    argv = ["--target", str(target), "--dataset", "synthetic", "--ks", "1", "3", "--draft-beams", "4", "--gamma", "2"]
+    argv += ["--users", "3", "--device", "cpu", "--out", str(root / "cut"), "--name", "cut"]
+    argv += ["--drafts", *(f"{name}={path}" for name, path in drafts.items())]
+    with pytest.raises(RuntimeError, match="relaxed rounds broke"):
+        bench_atspeed.main(argv)
+    records = json.loads((root / "cut" / "atspeed_cut.json").read_text())["records"]
+    assert [(r["draft"], r["rule"], r["k"]) for r in records] == [
+        (d, "strict", k) for d in ("distill", "atspeed_s") for k in (1, 3)
+    ]
+    assert all(r["objective"] == r["draft"] for r in records)  # with their heads' training records
+
+
+@requires_gpu
+def test_relaxed_rounds_run_with_the_models_on_the_gpu(trained, monkeypatch):
+    """The H200 run of 2026-12-02 stopped here: relaxed draws need a generator on the models' device."""
+    root, data, target, drafts = trained
+    monkeypatch.setattr("vllm_padrec.data.open_dataset", lambda name: data)
+    argv = ["--target", str(target), "--dataset", "synthetic", "--ks", "3", "--draft-beams", "4", "--gamma", "2"]
+    argv += ["--users", "5", "--device", "cuda", "--rules", "relaxed", "--out", str(root / "gpu"), "--name", "gpu"]
+    argv += ["--drafts", f"atspeed_s={drafts['atspeed_s']}"]
+    assert bench_atspeed.main(argv) == 0
+    (record,) = json.loads((root / "gpu" / "atspeed_gpu.json").read_text())["records"]
+    assert record["rule"] == "relaxed" and 2 <= record["target_passes_per_request"] <= 4
 
 
 def test_the_markdown_and_plot_are_rebuilt_from_the_json(trained, tmp_path):
