@@ -14,8 +14,9 @@ DRAFT = {"draft_beams": 40, "gamma": 3, "objective": "atspeed_s"}
 def drafted_records(strict_ms=12.0, relaxed_ms=None, equal=500) -> list[dict]:
     """Issue 12's run shape (engine 22.75 ms, vLLM's beam search 66.43 ms at K = 20) with a strict mode."""
     records = run_records()
-    records[0]["target_forwards_per_request"] = 4.0
-    records.append(record("strict", "bfloat16", 20, 1, strict_ms, target_forwards_per_request=2.0, **DRAFT))
+    records[0] |= {"engine_steps_per_call": 5.0, "target_forwards_per_request": 4.0}
+    steps = {"engine_steps_per_call": 3.0, "target_forwards_per_request": 3.0}
+    records.append(record("strict", "bfloat16", 20, 1, strict_ms, **steps, **DRAFT))
     records.append(
         record("strict", "float32", 20, 64, 300.0, 200.0, equal_to_reference=equal, users_compared=500, **DRAFT)
     )
@@ -30,7 +31,8 @@ def test_strict_goals_are_met_or_missed_with_by_how_much():
     speedup, below, equality, atspeed_s = atspeed_goals(drafted_records())
     assert speedup["met"] is True  # 22.75 / 12 = 1.90x
     assert speedup["measured"] == (
-        "1.90x (strict (N = 40, γ = 3, atspeed_s): 12 against 22.75 ms); target forwards per request 2 against 4"
+        "1.90x (strict (N = 40, γ = 3, atspeed_s): 12 against 22.75 ms); engine steps (forwards) per request "
+        "3 (3) against 5 (4)"
     )
     assert equality["met"] is True and equality["goal"].startswith("float32, strict: every user's")
     assert below["met"] is False and below["measured"].startswith("5.54x (12 against 66.43 ms)")
@@ -58,15 +60,22 @@ def test_relaxed_goals_report_the_quality_change():
 def test_heads_of_several_objectives_get_goals_each_and_atspeed_s_is_compared_with_distillation():
     records = drafted_records()
     distill = {**DRAFT, "objective": "distill"}
-    records.append(record("strict", "bfloat16", 20, 1, 15.0, target_forwards_per_request=3.0, **distill))
+    records.append(record("strict", "bfloat16", 20, 1, 15.0, engine_steps_per_call=4.5, **distill))
     goals = atspeed_goals(records)
     speedups = {g["goal"].split(": ")[1].split(" p50")[0]: g for g in goals if "faster than the undrafted" in g["goal"]}
     assert set(speedups) == {"strict (atspeed_s)", "strict (distill)"}
     assert speedups["strict (distill)"]["measured"].startswith("1.52x")  # 22.75 / 15
     atspeed_s = goals[-1]
-    assert atspeed_s["met"] is True and atspeed_s["measured"] == "2 against 3 forwards per request (33.3% fewer)"
-    records[-1]["target_forwards_per_request"] = 1.5
+    assert atspeed_s["met"] is True
+    assert atspeed_s["measured"] == "2.00 against 0.50 steps saved per request; the undrafted engine: 5 steps"
+    records[-3]["users"], records[-1]["users"] = 30, 30
+    assert atspeed_goals(records)[-1]["measured"].startswith("2.00 against 0.50 steps saved per request (60 in 30 ")
+    records[-1]["engine_steps_per_call"] = 3.0  # as many steps saved as AtSpeed-S: not more
     assert atspeed_goals(records)[-1]["met"] is False
+    records[-1]["target_forwards_per_request"] = 1.0  # forwards do not count (async runs one after the round)
+    assert atspeed_goals(records)[-1]["met"] is False
+    records[-1]["engine_steps_per_call"] = None
+    assert atspeed_goals(records)[-1]["met"] is None
 
 
 def test_no_drafted_record_no_goal_and_a_missing_record_is_not_measured():
@@ -97,7 +106,7 @@ def test_a_drafted_mode_is_compared_with_the_engine_of_its_own_run():
     earlier = [{**r, "measured_on": "2026-12-01T05:23:30+0000"} for r in run_records()]
     this_run = [
         record("engine", "bfloat16", 20, 1, 24.1),
-        record("strict", "bfloat16", 20, 1, 12.05, target_forwards_per_request=2.0, **DRAFT),
+        record("strict", "bfloat16", 20, 1, 12.05, engine_steps_per_call=4.0, **DRAFT),
     ]
     speedup = atspeed_goals(earlier + this_run)[0]
     assert speedup["met"] is True and speedup["measured"].startswith("2.00x (strict (N = 40, γ = 3, atspeed_s): 12.05 ")
