@@ -1,5 +1,5 @@
 """List generation speed in vLLM, side by side: no speculation, PAD-Rec, vLLM's EAGLE with and without the
-catalog masks, and PAD-Rec with drafts by batch size (issue 14).
+catalog masks, PAD-Rec with drafts by batch size, and vanilla vLLM's n-gram and Medusa drafts (issue 14).
 
 Methods (``METHODS``), each with its drafts and the plugin's settings:
 
@@ -13,10 +13,17 @@ Methods (``METHODS``), each with its drafts and the plugin's settings:
                       the fastest gamma of this run's ``padrec`` records, or none when no gamma beats ``none``
                       by ``--min-gain`` (vLLM's ``num_speculative_tokens_per_batch_size``; the plugin's
                       speculator drafts exactly that many). It runs after ``none`` and ``padrec``
+    none_v1           no draft, on vLLM's Model Runner V1: the baseline of the two below
+    ngram             vLLM's n-gram drafts (prompt lookup, ``--ngram-lookup``), Model Runner V1
+    medusa            Medusa heads (``--medusa-draft``, ``train-draft --method medusa``), Model Runner V1; gammas
+                      above the heads' count are skipped (vLLM builds a head per draft token)
 
-Every request asks for a constrained list of ``list_len`` distinct items (``padrec_num_items``,
-``padrec_no_repeat``), greedy. Medusa and n-gram drafts have no Model Runner V2 speculator in vLLM 0.26.0
-(``integration/SPEC_DECODE.md``): not run here.
+Every request of the Model Runner V2 methods asks for a constrained list of ``list_len`` distinct items
+(``padrec_num_items``, ``padrec_no_repeat``), greedy. vLLM 0.26.0 has no V2 speculator for Medusa or n-gram
+drafts and runs them on Model Runner V1 (``integration/SPEC_DECODE.md``), where the plugin installs no masks and
+serves no constrained lists: those three methods (``VLLM_USE_V2_MODEL_RUNNER=0``) generate unconstrained greedy
+lists of at most ``list_len`` items' tokens, as vanilla vLLM users would run them, and their speedup and
+equality are against ``none_v1``'s lists (every record says its ``runner``).
 
 Each (method, gamma) is one engine, in a process of its own with its own ``VLLM_CACHE_ROOT``
 (``max_num_seqs`` = the largest batch size). For each list length and batch size B it answers ``--users``
@@ -79,20 +86,36 @@ MODES = ("offline", "serve")  # an in-process LLM; vllm serve measured by vllm b
 ADAPTIVE = "padrec_adaptive"
 
 
+V1_DRAFT_FREE = "none_v1"
+RUNNERS = ("v2", "v1")  # vLLM's Model Runner V2 (the plugin's masks, constrained lists) or V1 (vanilla vLLM)
+
+
 @dataclass(frozen=True)
 class Method:
-    draft: str | None  # the draft option it reads (--<draft>-draft): padrec, eagle, eagle_one_step; None: none
+    draft: str | None  # the draft option it reads (--<draft>-draft): padrec, eagle, eagle_one_step, medusa
     padrec: dict  # the server's additional_config["padrec"] beyond the constraint
+    speculative_method: str | None = "eagle"  # vLLM's speculative method; None: no speculation
+    runner: str = "v2"  # RUNNERS
+
+    @property
+    def baseline(self) -> str:
+        """The method whose lists this one's speedup and equality are measured against: no speculation on the
+        same model runner."""
+        return DRAFT_FREE if self.runner == "v2" else V1_DRAFT_FREE
 
 
 METHODS = {
-    DRAFT_FREE: Method(None, {}),
+    DRAFT_FREE: Method(None, {}, None),
     "padrec": Method("padrec", {}),
     "eagle": Method("eagle", {}),
     "eagle_vanilla": Method("eagle", {"mask_drafts": False}),
     "eagle_one_step": Method("eagle_one_step", {}),
     ADAPTIVE: Method("padrec", {}),
+    V1_DRAFT_FREE: Method(None, {}, None, "v1"),
+    "ngram": Method(None, {}, "ngram", "v1"),
+    "medusa": Method("medusa", {}, "medusa", "v1"),
 }
+DEFAULT_METHODS = [m for m, spec in METHODS.items() if spec.runner == "v2" and m != "eagle_one_step"]
 
 
 # -- configurations --------------------------------------------------------------------------------------------
@@ -102,13 +125,26 @@ def configurations(args) -> list[tuple[str, int]]:
     table picks per batch size), every ``--gammas`` for the others."""
     configs = []
     for method in sorted(args.methods, key=lambda m: m == ADAPTIVE):
-        if method == DRAFT_FREE:
+        if METHODS[method].speculative_method is None:
             configs.append((method, 0))
         elif method == ADAPTIVE:
             configs.append((method, max(args.gammas)))
         else:
             configs += [(method, gamma) for gamma in args.gammas]
     return configs
+
+
+def medusa_heads(folder: str) -> int:
+    """The number of heads of a Medusa draft folder (its config.json's ``num_heads``)."""
+    return int(json.loads((Path(folder) / "config.json").read_text())["num_heads"])
+
+
+def skipped_configuration(args, method: str, gamma: int) -> str | None:
+    """Why a configuration cannot run, or None: Medusa drafts at most one token per trained head (vLLM sizes
+    the model by ``num_speculative_tokens`` and refuses weights it lacks)."""
+    if method == "medusa" and gamma > (heads := medusa_heads(args.medusa_draft)):
+        return f"skipped: gamma {gamma} needs {gamma} Medusa heads, {args.medusa_draft} has {heads}"
+    return None
 
 
 def adaptive_table(records: list[dict], args) -> list[list[int]]:
@@ -124,10 +160,13 @@ def adaptive_table(records: list[dict], args) -> list[list[int]]:
 
 def speculative_config(args, method: str, gamma: int, table: list | None) -> dict | None:
     spec = METHODS[method]
-    if spec.draft is None:
+    if spec.speculative_method is None:
         return None
-    draft = getattr(args, f"{spec.draft}_draft")
-    config = {"method": "eagle", "model": draft, "num_speculative_tokens": gamma}
+    config: dict = {"method": spec.speculative_method, "num_speculative_tokens": gamma}
+    if spec.draft is not None:
+        config["model"] = getattr(args, f"{spec.draft}_draft")
+    if spec.speculative_method == "ngram":
+        config["prompt_lookup_min"], config["prompt_lookup_max"] = args.ngram_lookup
     if table is not None:
         config["num_speculative_tokens_per_batch_size"] = table
     return config
@@ -222,9 +261,17 @@ def pass_users(args, samples: list, batch: int) -> list:
     return samples[: args.users_latency if batch == 1 else max(args.users, batch)]
 
 
-def list_xargs(list_len: int) -> dict:
-    """The per-request list settings of every pass: a constrained list of ``list_len`` distinct items."""
+def list_xargs(method: str, list_len: int) -> dict | None:
+    """The per-request list settings of a method's passes: a constrained list of ``list_len`` distinct items on
+    Model Runner V2; none on V1, which serves no constrained lists (module docstring)."""
+    if METHODS[method].runner == "v1":
+        return None
     return {"padrec_constraint": 1, "padrec_num_items": list_len, "padrec_no_repeat": 1}
+
+
+def runner_environment(method: str) -> dict[str, str]:
+    """The environment that puts a method's engine on its model runner."""
+    return {"VLLM_USE_V2_MODEL_RUNNER": "0"} if METHODS[method].runner == "v1" else {}
 
 
 def run_config(args) -> dict:
@@ -239,6 +286,7 @@ def run_config(args) -> dict:
     table = json.loads(args.gamma_table) if args.gamma_table else None
     passes = offline_passes if args.one_mode == "offline" else served_passes
     startup, records, lists = passes(args, catalog, samples, table)
+    records = [r | {"runner": METHODS[args.one].runner} for r in records]
     result = {"method": args.one, "gamma": args.one_gamma, "mode": args.one_mode, "startup_seconds": round(startup, 1)}
     return result | {"records": records, "lists": lists}
 
@@ -246,6 +294,7 @@ def run_config(args) -> dict:
 def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[float, list[dict], dict]:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_PLUGINS", "padrec")
+    os.environ.update(runner_environment(args.one))
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -272,7 +321,7 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
             temperature=0.0,
             max_tokens=list_len * (catalog.num_slots + 1) + 1,
             stop_token_ids=[TokenLayout.EOS],
-            extra_args=list_xargs(list_len),
+            extra_args=list_xargs(method, list_len),
         )
         for batch in args.batch_sizes:
             users = pass_users(args, samples, batch)
@@ -317,7 +366,10 @@ def served_passes(args, catalog, samples: list, table: list | None) -> tuple[flo
         serve_args += ["--speculative-config", json.dumps(spec)]
     tokens = catalog.layout.token_strings()
     records, lists = [], {}
-    with VllmServer(args.target, serve_args, port=args.port, log_path=work / "serve.log") as server:
+    server = VllmServer(
+        args.target, serve_args, port=args.port, log_path=work / "serve.log", env=runner_environment(method)
+    )
+    with server:
         for list_len in args.list_lens:
             for batch in args.batch_sizes:
                 users = pass_users(args, samples, batch)
@@ -326,11 +378,12 @@ def served_passes(args, catalog, samples: list, table: list | None) -> tuple[flo
                 prompts = ["".join(tokens[t] for t in catalog.render_prompt(s.history)) for s in users]
                 dataset.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
                 max_tokens = list_len * (catalog.num_slots + 1) + 1
-                warm_up = {"model": SERVED_NAME, "prompt": prompts[0], "max_tokens": max_tokens}
-                server.post_json("/v1/completions", warm_up | {"temperature": 0, "vllm_xargs": list_xargs(list_len)})
+                warm_up = {"model": SERVED_NAME, "prompt": prompts[0], "max_tokens": max_tokens, "temperature": 0}
+                xargs = list_xargs(method, list_len)
+                server.post_json("/v1/completions", warm_up | ({"vllm_xargs": xargs} if xargs else {}))
                 before = metrics_counters(scrape(server.base))  # after the warm-up: the pass's counters alone
                 command = bench_serve_command(
-                    args, server.base, SERVED_NAME, dataset, max_tokens, list_len, batch, len(users)
+                    args, server.base, SERVED_NAME, dataset, max_tokens, xargs, batch, len(users)
                 )
                 command += ["--result-dir", str(work), "--result-filename", f"result_{name}.json"]
                 subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
@@ -351,17 +404,17 @@ def served_passes(args, catalog, samples: list, table: list | None) -> tuple[flo
 
 
 def bench_serve_command(
-    args, base: str, model: str, dataset: Path, max_tokens: int, list_len: int, batch: int, users: int
+    args, base: str, model: str, dataset: Path, max_tokens: int, xargs: dict | None, batch: int, users: int
 ):
     """``vllm bench serve`` over a custom dataset of history prompts, ``batch`` requests in flight, greedy
-    constrained lists (module docstring), in order (the warm-up request is served_passes' own, before the
-    counters are read)."""
+    lists with the per-request settings ``xargs`` (``list_xargs``; None: plain completions), in order (the
+    warm-up request is served_passes' own, before the counters are read)."""
     return [
         *("vllm", "bench", "serve", "--backend", "vllm", "--base-url", base, "--endpoint", "/v1/completions"),
         *("--model", model, "--tokenizer", args.target, "--dataset-name", "custom", "--dataset-path", str(dataset)),
         *("--skip-chat-template", "--disable-shuffle", "--num-prompts", str(users), "--max-concurrency", str(batch)),
         *("--custom-output-len", str(max_tokens), "--temperature", "0"),
-        *("--extra-body", json.dumps({"vllm_xargs": list_xargs(list_len)})),
+        *(("--extra-body", json.dumps({"vllm_xargs": xargs})) if xargs else ()),
         *("--percentile-metrics", "e2el", "--metric-percentiles", "50,99", "--save-result", "--save-detailed"),
     ]
 
@@ -384,12 +437,15 @@ def parse_text_list(catalog, text: str):
 
 # -- results ----------------------------------------------------------------------------------------------------
 def attach_baseline(results: list[dict]) -> None:
-    """``speedup_vs_no_spec`` and ``equal_to_no_spec`` of every record, from ``none``'s in the same mode at the
-    same list length and batch size (idempotent)."""
+    """``speedup_vs_no_spec`` and ``equal_to_no_spec`` of every record, from its baseline's (``none``, or
+    ``none_v1`` for the Model Runner V1 methods) in the same mode at the same list length and batch size
+    (idempotent)."""
     for mode in MODES:
-        plain = next((r for r in results if r["method"] == DRAFT_FREE and r["mode"] == mode), None)
-        if plain is not None:
-            attach_one_baseline([r for r in results if r["mode"] == mode], plain)
+        for baseline in (DRAFT_FREE, V1_DRAFT_FREE):
+            plain = next((r for r in results if r["method"] == baseline and r["mode"] == mode), None)
+            if plain is not None:
+                ours = [r for r in results if r["mode"] == mode and METHODS[r["method"]].baseline == baseline]
+                attach_one_baseline(ours, plain)
 
 
 def attach_one_baseline(results: list[dict], plain: dict) -> None:
@@ -428,6 +484,7 @@ def summarize(args, results: list[dict], errors: dict, table: list | None, earli
         "padrec_draft": args.padrec_draft,
         "eagle_draft": args.eagle_draft,
         "eagle_one_step_draft": args.eagle_one_step_draft,
+        "medusa_draft": args.medusa_draft,
         "dtype": args.dtype,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -443,9 +500,11 @@ def markdown(payload: dict) -> str:
     lines = [
         f"# List generation speed on {payload['dataset']}",
         "",
-        f"Target `{payload['target']}`; {payload['device']}, {payload['date']}, {payload['dtype']}. Constrained lists, "
-        "greedy; a list's latency is its call's (batch_size requests per call). Speedup: tokens/s over `none`'s "
-        "at the same list length and batch size. Equal: lists equal to `none`'s token for token.",
+        f"Target `{payload['target']}`; {payload['device']}, {payload['date']}, {payload['dtype']}. Greedy lists, "
+        "constrained on vLLM's Model Runner V2 (runner v2); a list's latency is its call's (batch_size requests per "
+        "call). Speedup: tokens/s over `none`'s at the same list length and batch size. Equal: lists equal to "
+        "`none`'s token for token. Runner v1 (vanilla vLLM's n-gram and Medusa drafts, which vLLM 0.26.0 runs on "
+        "Model Runner V1 only): unconstrained lists, speedup and equality against `none_v1`.",
         "",
         *([f"Note: {payload['note']}", ""] if payload.get("note") else []),
         *(
@@ -458,14 +517,15 @@ def markdown(payload: dict) -> str:
         *([masks, ""] if (masks := masks_alone(payload["records"])) else []),
         "## Records",
         "",
-        "| method | mode | dtype | gamma | list_len | batch_size | users | tokens/s | speedup | p50 ms | p99 ms "
-        "| acceptance length | equal to none | invalid items | Recall@10 | NDCG@10 |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | runner | mode | dtype | gamma | list_len | batch_size | users | tokens/s | speedup | p50 ms "
+        "| p99 ms | acceptance length | equal to baseline | invalid items | Recall@10 | NDCG@10 |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in payload["records"]:
         equal = "-" if r["users_compared"] is None else f"{r['equal_to_no_spec']} / {r['users_compared']}"
         lines.append(
-            f"| {r['method']}{earlier_mark(r)} | {r['mode']} | {r.get('dtype', payload['dtype'])} | {r['gamma']} | "
+            f"| {r['method']}{earlier_mark(r)} | {r.get('runner', 'v2')} | {r['mode']} | "
+            f"{r.get('dtype', payload['dtype'])} | {r['gamma']} | "
             f"{r['list_len']} | {r['batch_size']} | {r['users']} | "
             f"{cell(r['tokens_per_s'])} | {cell(r['speedup_vs_no_spec'])} | {cell(r['p50_ms'])} | "
             f"{cell(r['p99_ms'])} | {cell(r['acceptance_length'])} | {equal} | {cell(r.get('invalid_items'))} | "
@@ -530,12 +590,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--padrec-draft", help="the PAD-Rec draft folder (methods padrec, padrec_adaptive)")
     add("--eagle-draft", help="vLLM's EAGLE draft folder (methods eagle, eagle_vanilla)")
     add("--eagle-one-step-draft", help="an EAGLE draft trained teacher-forced one step (method eagle_one_step)")
+    add("--medusa-draft", help="Medusa heads (method medusa; train-draft --method medusa)")
     add(
         "--methods",
         nargs="+",
-        default=[m for m in METHODS if m != "eagle_one_step"],
+        default=DEFAULT_METHODS,
         choices=list(METHODS),
-        help="methods to run (default: all but eagle_one_step)",
+        help=f"methods to run (default: {' '.join(DEFAULT_METHODS)}); ngram and medusa need none_v1",
+    )
+    add(
+        "--ngram-lookup",
+        nargs=2,
+        type=int,
+        default=[2, 5],
+        metavar=("MIN", "MAX"),
+        help="method ngram: vLLM's prompt_lookup_min and prompt_lookup_max (default 2 5)",
     )
     add("--gammas", nargs="+", type=int, default=[3, 5], help="draft steps of the speculative methods (default 3 5)")
     add(
@@ -585,6 +654,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--engine-args reach the offline engines only: not with --serve")
     if ADAPTIVE in args.methods and not {DRAFT_FREE, "padrec"} <= set(args.methods):
         parser.error("padrec_adaptive picks its drafts from this run's none and padrec records: run them too")
+    for method in args.methods:
+        if METHODS[method].runner == "v1" and V1_DRAFT_FREE not in args.methods:
+            parser.error(f"{method} runs on Model Runner V1, measured against none_v1: run none_v1 too")
+    if not 1 <= args.ngram_lookup[0] <= args.ngram_lookup[1]:
+        parser.error("--ngram-lookup MIN MAX needs 1 <= MIN <= MAX")
+    if "medusa" in args.methods and not (Path(args.medusa_draft) / "config.json").is_file():
+        parser.error(f"--medusa-draft {args.medusa_draft} holds no config.json")
     return args
 
 
@@ -609,6 +685,9 @@ def main(argv: list[str] | None = None) -> int:
         return write_progress(args.out, name, payload, len(results), final, markdown, plot)
 
     for method, gamma in configurations(args):
+        if (why := skipped_configuration(args, method, gamma)) is not None:
+            errors[f"{method}_g{gamma}"] = why
+            continue
         argv = [*forwarded, "--one", method, "--one-gamma", str(gamma)]
         if method == ADAPTIVE:
             offline = [r for res in results if res["mode"] == "offline" for r in res["records"]]

@@ -63,7 +63,8 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
     hostile               benchmarks/hostile_inputs.py                                           draft   lane 1
     bench_target_games    the bench target on games_atspeed, beside bench_target                 -       lane 1
     bench_spec_decode     issue 14's list speed (bench_spec_decode: none, padrec, eagle,        draft   lane 0
-                          eagle_vanilla, padrec_adaptive; --drafts padrec_eagle trains the heads)
+                          eagle_vanilla, padrec_adaptive, and on V1 none_v1, ngram, medusa;
+                          --drafts padrec_eagle trains the heads)
     spec_decode_smoke     bench_spec_decode in little on the session's target and head          draft   lane 0
     bench_topk            issue 12's top-K benchmark (bench_topk: four modes, K 1-100, bfloat16  target  lane 0
                           speed, float32 equality on 500 users, profiles at K = 20)
@@ -170,7 +171,10 @@ def log(message: str) -> None:
 
 # -- settings: the command-line options of the session ----------------------------------------------------------
 # bench_spec_decode's METHODS (this script imports nothing of the package: it runs before the package is installed)
-SPEC_METHODS = ("none", "padrec", "eagle", "eagle_vanilla", "eagle_one_step", "padrec_adaptive")
+SPEC_METHODS = (  # bench_spec_decode's methods: on Model Runner V2, then vanilla vLLM's on V1
+    *("none", "padrec", "eagle", "eagle_vanilla", "eagle_one_step", "padrec_adaptive"),
+    *("none_v1", "ngram", "medusa"),
+)
 # the heads of atspeed_drafts, one budget each: vllm_padrec.draft.config.OBJECTIVES
 ATSPEED_OBJECTIVES = ("distill", "atspeed_s", "atspeed_r")
 ATSPEED_RUNS = ("equality", "speed")  # bench_topk_atspeed's two runs: float32 equality, then bfloat16 speed
@@ -442,7 +446,8 @@ def job_bench_drafts(ctx: JobContext) -> int:
         commands = [train_drafts(drafts, 1, "padrec")]
     elif s.drafts == "padrec_eagle":  # the heads bench_spec_decode compares, EAGLE trained both ways
         one_step = train_drafts(str(WORK / "bench_drafts_one_step"), 1, "eagle") + ["--train-steps", "1"]
-        commands = [train_drafts(drafts, 1, "padrec", "eagle"), one_step]
+        medusa = ("medusa",) if "medusa" in s.spec_methods else ()  # a head per draft step: draft_gamma heads
+        commands = [train_drafts(drafts, 1, "padrec", "eagle", *medusa), one_step]
     else:  # plus a PAD-Rec head whose signal parameters learn faster (they start switched off)
         commands = [train_drafts(drafts, 1, *group) for group in ALL_DRAFTS]
         commands.append(train_drafts(str(WORK / "bench_drafts_signal_lr10"), s.signal_lr_scale, "padrec"))
@@ -697,10 +702,12 @@ def merge_base(name: str, settings: Settings) -> None:
 
 
 def job_bench_spec_decode(ctx: JobContext) -> int:
-    """Issue 14's list-speed benchmark on the bench target and its PAD-Rec and EAGLE heads (the same budget):
-    ``--spec-methods`` (default none, padrec, eagle (unrolled and teacher-forced one step), eagle_vanilla and
-    padrec_adaptive) in ``--spec-dtype`` (default bfloat16; float32 for the equality goal); gamma 3 and 5; batch
-    sizes 1-128; lists of 10 and 20 items; merged into the committed ``spec_decode_<dataset>`` (``--merge``), so
+    """Issue 14's list-speed benchmark on the bench target and its PAD-Rec, EAGLE and Medusa heads (the same
+    budget): ``--spec-methods`` (default all: none, padrec, eagle (unrolled and teacher-forced one step),
+    eagle_vanilla, padrec_adaptive, and vanilla vLLM's none_v1, ngram and medusa on Model Runner V1; the Medusa
+    head is trained by ``bench_drafts --drafts padrec_eagle`` when medusa is asked for) in ``--spec-dtype``
+    (default bfloat16; float32 for the equality goal); gamma 3 and 5; batch sizes 1-128; lists of 10 and 20
+    items; merged into the committed ``spec_decode_<dataset>`` (``--merge``), so
     that holds can share the methods (every hold runs ``none``, the goals' baseline, and each goal reads one
     run's records)."""
     s = ctx.settings
@@ -711,6 +718,7 @@ def job_bench_spec_decode(ctx: JobContext) -> int:
         "benchmarks.bench_spec_decode",
         *("--padrec-draft", str(heads / "padrec" / "draft"), "--eagle-draft", str(heads / "eagle" / "draft")),
         *("--eagle-one-step-draft", str(WORK / "bench_drafts_one_step" / "eagle" / "draft")),
+        *("--medusa-draft", str(heads / "medusa" / "draft")),
         *("--methods", *s.spec_methods, "--dtype", s.spec_dtype, "--merge"),
         *("--gammas", *map(str, s.spec_gammas)),
     )

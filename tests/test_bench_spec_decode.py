@@ -7,6 +7,7 @@ The passes themselves need the H200 (a GPU and vLLM)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,10 @@ def test_configurations_run_none_first_the_adaptive_method_last_and_each_gamma_o
         (["--target", "/t", "--dataset", "/d", "--methods", "padrec"], "--padrec-draft is required"),
         ([*BASE, "--methods", "padrec_adaptive", "padrec"], "run them too"),
         ([*BASE, "--gammas", "0"], "must be >= 1"),
+        ([*BASE, "--methods", "none", "ngram"], "ngram runs on Model Runner V1, measured against none_v1"),
+        ([*BASE, "--methods", "none_v1", "ngram", "--ngram-lookup", "4", "2"], "needs 1 <= MIN <= MAX"),
+        ([*BASE, "--methods", "none_v1", "medusa"], "--medusa-draft is required by the methods ['medusa']"),
+        ([*BASE, "--methods", "none_v1", "medusa", "--medusa-draft", "/nowhere"], "/nowhere holds no config.json"),
     ],
 )
 def test_bad_arguments_are_refused_before_anything_runs(argv, says, capsys):
@@ -154,6 +159,112 @@ def test_speedup_and_equality_are_against_none_in_the_same_mode_list_length_and_
     assert served_1["speedup_vs_no_spec"] == 2.0 and served_1["equal_to_no_spec"] == 2
 
 
+def test_vanilla_v1_methods_are_measured_against_no_speculation_on_model_runner_v1():
+    """ngram and medusa run on Model Runner V1 with unconstrained lists: their speedup and equality are against
+    none_v1's lists, never against the constrained none's."""
+    plain = result("none", 0, {1: 100}, {"10_1": [[1, 2]]})
+    plain_v1 = result("none_v1", 0, {1: 80}, {"10_1": [[5, 6]]})
+    ngram = result("ngram", 3, {1: 120}, {"10_1": [[5, 6]]})
+    padrec = result("padrec", 3, {1: 250}, {"10_1": [[1, 2]]})
+    bench.attach_baseline([plain, plain_v1, ngram, padrec])
+    (ngram_1,), (padrec_1,) = ngram["records"], padrec["records"]
+    assert ngram_1["speedup_vs_no_spec"] == 1.5 and ngram_1["equal_to_no_spec"] == 1  # 120 / 80, none_v1's list
+    assert padrec_1["speedup_vs_no_spec"] == 2.5 and padrec_1["equal_to_no_spec"] == 1
+    assert plain_v1["records"][0]["speedup_vs_no_spec"] == 1.0
+    only_v1 = result("ngram", 3, {1: 120}, {"10_1": [[5, 6]]})
+    bench.attach_baseline([plain, only_v1])  # no none_v1 in the run: no ratio rather than a wrong one
+    assert only_v1["records"][0]["speedup_vs_no_spec"] is None
+
+
+def test_the_v1_methods_configurations_and_vllm_speculative_configs(tmp_path):
+    medusa = tmp_path / "medusa"
+    medusa.mkdir()
+    (medusa / "config.json").write_text(json.dumps({"model_type": "medusa", "num_heads": 4}))
+    argv = [*BASE, "--methods", "none_v1", "ngram", "medusa", "--gammas", "3", "5", "--medusa-draft", str(medusa)]
+    args = bench.parse_args([*argv, "--ngram-lookup", "3", "4"])
+    assert bench.configurations(args) == [("none_v1", 0), ("ngram", 3), ("ngram", 5), ("medusa", 3), ("medusa", 5)]
+    assert bench.speculative_config(args, "none_v1", 0, None) is None
+    assert bench.speculative_config(args, "ngram", 5, None) == {
+        "method": "ngram",
+        "num_speculative_tokens": 5,
+        "prompt_lookup_min": 3,
+        "prompt_lookup_max": 4,
+    }
+    assert bench.speculative_config(args, "medusa", 3, None) == {
+        "method": "medusa",
+        "num_speculative_tokens": 3,
+        "model": str(medusa),
+    }
+    assert bench.skipped_configuration(args, "medusa", 3) is None
+    assert bench.skipped_configuration(args, "medusa", 5) == f"skipped: gamma 5 needs 5 Medusa heads, {medusa} has 4"
+    assert bench.skipped_configuration(args, "ngram", 5) is None
+    assert bench.list_xargs("ngram", 10) is None and bench.list_xargs("none", 10)["padrec_num_items"] == 10
+    assert bench.runner_environment("medusa") == {"VLLM_USE_V2_MODEL_RUNNER": "0"}
+    assert bench.runner_environment("none") == {}
+    assert all(bench.METHODS[m].runner == "v2" for m in bench.DEFAULT_METHODS)
+
+
+def test_a_configuration_says_its_model_runner_in_every_record(monkeypatch):
+    record = {"method": "ngram", "batch_size": 1}
+    monkeypatch.setattr(bench, "offline_passes", lambda args, catalog, samples, table: (1.0, [dict(record)], {}))
+    monkeypatch.setattr("vllm_padrec.catalog.ItemCatalog.load", lambda path: None)
+    monkeypatch.setattr("vllm_padrec.data.load_dataset", lambda path: SimpleNamespace(eval_samples=lambda *a: []))
+    monkeypatch.setattr("vllm_padrec.integration.recommendation_service.read_max_history", lambda path: 20)
+    for method, runner in (("ngram", "v1"), ("padrec", "v2")):
+        args = SimpleNamespace(target="/t", dataset="/d", gamma_table=None, one=method, one_gamma=3, one_mode="offline")
+        assert [r["runner"] for r in bench.run_config(args)["records"]] == [runner]
+
+
+@pytest.mark.parametrize(("method", "runner_env"), [("ngram", "0"), ("padrec", None)])
+def test_an_offline_engine_starts_on_its_methods_model_runner(method, runner_env, monkeypatch):
+    """The V1 methods' engines see VLLM_USE_V2_MODEL_RUNNER=0 when vLLM is started (its config reads it then)."""
+    import vllm
+
+    seen = {}
+
+    class Started(Exception):
+        pass
+
+    def fake_llm(**kwargs):
+        seen["env"], seen["spec"] = os.environ.get("VLLM_USE_V2_MODEL_RUNNER"), kwargs["speculative_config"]
+        raise Started
+
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "unset after the test")  # so that the test's setting is undone
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER")
+    monkeypatch.setattr(vllm, "LLM", fake_llm)
+    args = bench.parse_args([*BASE, "--methods", "none_v1", "ngram", "padrec"])
+    args.one, args.one_gamma = method, 3
+    with pytest.raises(Started):
+        bench.offline_passes(args, None, [], None)
+    assert seen["env"] == runner_env and seen["spec"]["method"] == bench.METHODS[method].speculative_method
+
+
+def test_a_medusa_gamma_above_its_heads_is_skipped_with_a_reason_and_the_rest_runs(tmp_path, monkeypatch):
+    medusa = tmp_path / "medusa"
+    medusa.mkdir()
+    (medusa / "config.json").write_text(json.dumps({"num_heads": 3}))
+    ran = []
+
+    def child(command, stdout, stderr, env):
+        config = command[command.index("--one") + 1] + "_g" + command[command.index("--one-gamma") + 1]
+        ran.append(config)
+        rate = {"none_v1_g0": 100, "medusa_g3": 150}[config]
+        out = command[command.index("--result") + 1]
+        method, gamma = config.rsplit("_g", 1)
+        Path(out).write_text(json.dumps(result(method, int(gamma), {1: rate}, {"10_1": [[1]]})))
+        return 0
+
+    monkeypatch.setattr(bench_driver.subprocess, "call", child)
+    argv = [*BASE, "--methods", "none_v1", "medusa", "--medusa-draft", str(medusa), "--gammas", "3", "5"]
+    argv += ["--batch-sizes", "1", "--list-lens", "10", "--out", str(tmp_path), "--work-dir", str(tmp_path)]
+    assert bench.main([*argv, "--cache-root", str(tmp_path)]) == 1  # a configuration did not run
+    assert ran == ["none_v1_g0", "medusa_g3"]
+    payload = json.loads((tmp_path / "spec_decode_beauty_atspeed.json").read_text())
+    assert payload["errors"] == {"medusa_g5": f"skipped: gamma 5 needs 5 Medusa heads, {medusa} has 3"}
+    (medusa_record,) = [r for r in payload["records"] if r["method"] == "medusa"]
+    assert medusa_record["speedup_vs_no_spec"] == 1.5
+
+
 def test_the_adaptive_table_speculates_only_where_padrec_won():
     args = bench.parse_args([*BASE, "--batch-sizes", "1", "64", "--list-lens", "10", "20"])
     plain = result("none", 0, {1: 100, 64: 2000}, {})
@@ -201,7 +312,8 @@ def test_the_driver_runs_each_configuration_and_hands_the_adaptive_method_its_ta
     assert bench.main(argv) == 0 and {mode for _, _, mode, _, _ in ran} == {"offline"}  # without --serve
     text = (tmp_path / "spec_decode_beauty_atspeed.md").read_text()
     assert (
-        "| padrec | offline | bfloat16 | 5 | 10 | 1 | 1 | 250.0 | 2.5 |" in text and "[[1, 63, 5], [64, 64, 0]]" in text
+        "| padrec | v2 | offline | bfloat16 | 5 | 10 | 1 | 1 | 250.0 | 2.5 |" in text
+        and "[[1, 63, 5], [64, 64, 0]]" in text
     )
     assert text.index("## Goals (issue 14)") < text.index("## Records")
     assert (tmp_path / "spec_decode_beauty_atspeed.png").stat().st_size > 1000
@@ -264,7 +376,8 @@ def test_the_served_pass_command_is_one_vllm_bench_serve_accepts():
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     args = bench.parse_args(BASE)
-    command = bench.bench_serve_command(args, "http://127.0.0.1:8051", "m", Path("/p.jsonl"), 51, 10, 16, 256)
+    xargs = bench.list_xargs("padrec", 10)
+    command = bench.bench_serve_command(args, "http://127.0.0.1:8051", "m", Path("/p.jsonl"), 51, xargs, 16, 256)
     assert command[:3] == ["vllm", "bench", "serve"]
     parser = FlexibleArgumentParser()
     add_cli_args(parser)
@@ -274,9 +387,12 @@ def test_the_served_pass_command_is_one_vllm_bench_serve_accepts():
     assert parsed.skip_chat_template and parsed.disable_shuffle and parsed.save_detailed
     assert parsed.extra_body == {"vllm_xargs": {"padrec_constraint": 1, "padrec_num_items": 10, "padrec_no_repeat": 1}}
     assert parsed.percentile_metrics == "e2el" and parsed.metric_percentiles == "50,99"
+    plain = bench.bench_serve_command(args, "http://127.0.0.1:8051", "m", Path("/p.jsonl"), 51, None, 16, 256)
+    assert "--extra-body" not in plain and parser.parse_args(plain[3:]).extra_body is None  # Model Runner V1
 
 
-def test_a_served_pass_reads_vllm_bench_serves_result_and_the_servers_counters(tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["padrec", "ngram"])
+def test_a_served_pass_reads_vllm_bench_serves_result_and_the_servers_counters(method, tmp_path, monkeypatch):
     """served_passes with a fake server and a fake `vllm bench serve`: its timing, the generated texts read back
     as items, and acceptance from the server's counters over the pass."""
     from vllm_padrec.data import SyntheticConfig, generate_synthetic
@@ -292,11 +408,11 @@ def test_a_served_pass_reads_vllm_bench_serves_result_and_the_servers_counters(t
     class Server:
         base, startup_seconds = "http://fake", 12.5
 
-        def __init__(self, model, args, port, log_path):
-            self.args = args
+        def __init__(self, model, args, port, log_path, env):
+            self.args, self.env = args, env
 
         def __enter__(self):
-            served.append(self.args)
+            served.append((self.args, self.env))
             return self
 
         def __exit__(self, *exc):
@@ -312,22 +428,23 @@ def test_a_served_pass_reads_vllm_bench_serves_result_and_the_servers_counters(t
         return SimpleNamespace(spec_counters=lambda: values)
 
     def bench_serve(command, check, stdout):
+        commands.append(command)
         folder, name = command[command.index("--result-dir") + 1], command[command.index("--result-filename") + 1]
         result = {"completed": 2, "output_throughput": 321.04, "p50_e2el_ms": 40.0, "p99_e2el_ms": 55.5}
         Path(folder, name).write_text(json.dumps(result | {"generated_texts": [text, text]}))
 
-    served, warm_ups = [], []
+    served, warm_ups, commands = [], [], []
     monkeypatch.setattr(server_module, "VllmServer", Server)
     monkeypatch.setattr(metrics_module, "scrape", scrape)
     monkeypatch.setattr(bench.subprocess, "run", bench_serve)
     args = bench.parse_args(
         [*BASE, "--batch-sizes", "2", "--list-lens", "2", "--users", "2", "--work-dir", str(tmp_path)]
     )
-    args.one, args.one_gamma = "padrec", 5
+    args.one, args.one_gamma = method, 5
     users = [SimpleNamespace(history=[0, 1], targets=[5]), SimpleNamespace(history=[2], targets=[7])]
     startup, records, lists = bench.served_passes(args, catalog, users, None)
     (record,) = records
-    assert startup == 12.5 and lists == {"serve_2_2": [text, text]}
+    assert startup == 12.5 and lists == {"serve_2_2": [text, text]} and (tmp_path / f"serve_{method}_g5").is_dir()
     assert (record["mode"], record["users"], record["tokens_per_s"], record["p50_ms"], record["p99_ms"]) == (
         "serve",
         2,
@@ -337,16 +454,21 @@ def test_a_served_pass_reads_vllm_bench_serves_result_and_the_servers_counters(t
     )
     assert record["acceptance_length"] == 2.75 and record["accepted_per_draft_step"] == [0.5, 0.5, 0.25]
     assert record["recall_at_10"] == 0.5  # user 1's next item (5) is on the list, user 2's (7) is not
-    (serve_args,) = served
+    ((serve_args, env),) = served
     spec = json.loads(serve_args[serve_args.index("--speculative-config") + 1])
-    assert spec == {"method": "eagle", "model": "/p", "num_speculative_tokens": 5}
-    lines = (tmp_path / "serve_padrec_g5" / "prompts_2_2.jsonl").read_text().splitlines()
+    lines = (tmp_path / f"serve_{method}_g5" / "prompts_2_2.jsonl").read_text().splitlines()
     prompts = [json.loads(line)["prompt"] for line in lines]
     assert prompts[0].startswith("<s>") and len(prompts) == 2
     ((path, warm_up),) = warm_ups  # one request before the counters are read, the pass's first prompt
-    assert (
-        path == "/v1/completions" and warm_up["prompt"] == prompts[0] and warm_up["vllm_xargs"]["padrec_num_items"] == 2
-    )
+    assert path == "/v1/completions" and warm_up["prompt"] == prompts[0] and warm_up["temperature"] == 0
+    (command,) = commands
+    if method == "padrec":  # Model Runner V2: constrained lists
+        assert spec == {"method": "eagle", "model": "/p", "num_speculative_tokens": 5} and env == {}
+        assert warm_up["vllm_xargs"]["padrec_num_items"] == 2 and "--extra-body" in command
+    else:  # vanilla vLLM's n-gram drafts run on Model Runner V1, which serves no constrained lists
+        assert spec == {"method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_min": 2, "prompt_lookup_max": 5}
+        assert env == {"VLLM_USE_V2_MODEL_RUNNER": "0"}
+        assert "vllm_xargs" not in warm_up and "--extra-body" not in command
 
 
 def test_generated_text_reads_back_as_the_layouts_token_ids():

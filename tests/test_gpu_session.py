@@ -548,6 +548,7 @@ def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads
     assert value("--padrec-draft") == str(tmp_path / "bench_drafts" / "padrec" / "draft")
     assert value("--eagle-draft") == str(tmp_path / "bench_drafts" / "eagle" / "draft")
     assert value("--eagle-one-step-draft") == str(tmp_path / "bench_drafts_one_step" / "eagle" / "draft")
+    assert value("--medusa-draft") == str(tmp_path / "bench_drafts" / "medusa" / "draft")
     assert value("--target") == str(tmp_path / "bench" / "checkpoint")
     assert gs.needs_of("bench_spec_decode", gs.Settings(target="bench")) == ["bench_drafts"]
     methods = args[args.index("--methods") + 1 : args.index("--dtype")]
@@ -589,9 +590,13 @@ def test_the_padrec_eagle_heads_include_an_eagle_head_trained_teacher_forced_one
     assert gs.JOBS["bench_drafts"].body(ctx) == 0
     both, one_step = ran
     methods = lambda command: command[command.index("--method") + 1 :]  # noqa: E731
-    assert methods(both) == ["padrec", "eagle"] and "--train-steps" not in both
+    assert methods(both) == ["padrec", "eagle", "medusa"] and "--train-steps" not in both  # medusa: a default method
     assert one_step[one_step.index("--out") + 1] == str(tmp_path / "bench_drafts_one_step")
     assert one_step[-2:] == ["--train-steps", "1"] and "eagle" in one_step
+    ran.clear()  # a hold without the medusa method trains no Medusa heads
+    settings = gs.Settings(target="bench", drafts="padrec_eagle", spec_methods=("none", "padrec", "eagle"))
+    assert gs.JOBS["bench_drafts"].body(dataclasses.replace(ctx, settings=settings)) == 0
+    assert methods(ran[0]) == ["padrec", "eagle"]
 
 
 def test_the_tensor_parallel_job_sees_both_gpus_and_runs_bench_tp2_on_the_bench_heads(monkeypatch, tmp_path):
