@@ -78,7 +78,7 @@ from vllm_padrec.testing.bench_driver import (
     write_progress,
 )
 from vllm_padrec.testing.goals import goals_markdown
-from vllm_padrec.testing.spec_decode_goals import masks_alone, spec_decode_goals
+from vllm_padrec.testing.spec_decode_goals import masks_alone, runner_of, spec_decode_goals
 from vllm_padrec.testing.stats import percentile
 
 DRAFT_FREE = "none"
@@ -87,7 +87,6 @@ ADAPTIVE = "padrec_adaptive"
 
 
 V1_DRAFT_FREE = "none_v1"
-RUNNERS = ("v2", "v1")  # vLLM's Model Runner V2 (the plugin's masks, constrained lists) or V1 (vanilla vLLM)
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ class Method:
     draft: str | None  # the draft option it reads (--<draft>-draft): padrec, eagle, eagle_one_step, medusa
     padrec: dict  # the server's additional_config["padrec"] beyond the constraint
     speculative_method: str | None = "eagle"  # vLLM's speculative method; None: no speculation
-    runner: str = "v2"  # RUNNERS
+    runner: str = "v2"  # vLLM's Model Runner: "v2" (the plugin's masks, constrained lists) or "v1" (vanilla vLLM)
 
     @property
     def baseline(self) -> str:
@@ -524,7 +523,7 @@ def markdown(payload: dict) -> str:
     for r in payload["records"]:
         equal = "-" if r["users_compared"] is None else f"{r['equal_to_no_spec']} / {r['users_compared']}"
         lines.append(
-            f"| {r['method']}{earlier_mark(r)} | {r.get('runner', 'v2')} | {r['mode']} | "
+            f"| {r['method']}{earlier_mark(r)} | {runner_of(r)} | {r['mode']} | "
             f"{r.get('dtype', payload['dtype'])} | {r['gamma']} | "
             f"{r['list_len']} | {r['batch_size']} | {r['users']} | "
             f"{cell(r['tokens_per_s'])} | {cell(r['speedup_vs_no_spec'])} | {cell(r['p50_ms'])} | "

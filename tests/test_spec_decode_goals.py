@@ -72,6 +72,19 @@ def test_goals_flip_with_the_numbers_and_name_what_failed():
     assert equality["measured"] == "29 / 30 lists equal; differing: padrec gamma 5 B = 1 lists of 10: 29 / 30"
 
 
+def test_vanilla_vllms_unconstrained_v1_baselines_do_not_count_against_the_plugins_lists():
+    """ngram and medusa (Model Runner V1) write unconstrained lists: their invalid items and their equality with
+    none_v1 are vLLM's, not the plugin's goals; a V2 record without the runner field still counts."""
+    v1 = {"runner": "v1", "invalid_items": 3, "duplicate_items": 2}
+    exact = [record("none", 0, 1, 1.0, "float32"), record("padrec", 5, 1, 2.0, "float32")]
+    exact += [record("none_v1", 0, 1, 1.0, "float32", **v1), record("ngram", 5, 1, 1.2, "float32", equal=28, **v1)]
+    *_, equality, valid = spec_decode_goals(exact)
+    assert equality["met"] is True and equality["measured"] == "30 / 30 lists equal"
+    assert valid["met"] is True and valid["measured"] == "0 invalid, 0 repeated in 2 records"
+    exact[1]["invalid_items"] = 1  # the plugin's own lists still count
+    assert spec_decode_goals(exact)[-1]["met"] is False
+
+
 def test_a_goal_this_run_does_not_measure_reads_an_earlier_run_whole():
     earlier = [r | {"measured_on": "2026-12-03T00:00:00+0000"} for r in run_records()]
     this_run = [record("none", 0, 1, 1.0), record("padrec", 5, 1, 2.9)]
