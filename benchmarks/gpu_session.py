@@ -26,7 +26,12 @@ bench_topk_atspeed 21): call 1 ``start bench_target atspeed_drafts --target benc
 600`` (games_atspeed: ``--dataset games_atspeed --bench-epochs 0.55``, where issue 12's run of the recipe had its
 best validation loss, an epoch there being 2.4 of beauty's), call 3 ``checks bench_topk_atspeed
 topk_drafted_tests bench_atspeed`` (vLLM jobs wait for the trainings; the must-show first, then the tests, then
-bench_atspeed's acceptance of each head, if the hold lasts), then ``wait 570`` calls.
+bench_atspeed's acceptance of each head, if the hold lasts), then ``wait 570`` calls. Issue 14's list speed, some
+methods a hold, each hold with ``none`` (not yet run; each method and gamma is an engine of 60-90 s start-up):
+call 1 ``start bench_target bench_drafts --target bench --drafts padrec_eagle --draft-steps 600 --spec-methods
+none padrec eagle eagle_vanilla`` (the methods are given here: bench_drafts trains the Medusa heads only for
+``medusa``), call 3 ``checks bench_spec_decode``; later holds ``--spec-methods none eagle_one_step padrec
+padrec_adaptive``, ``none none_v1 ngram medusa``, and ``--spec-dtype float32`` for the equality goal.
 
 Phases, one per call (``python3 benchmarks/gpu_session.py PHASE --help`` lists a phase's options; the
 options a call is given hold for the later calls too):
