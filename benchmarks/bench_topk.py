@@ -58,8 +58,10 @@ the benchmark's process, where the engine steps, KV blocks and profiles are read
 read the own-process records where every compared mode has one (``testing/topk_goals.py``).
 Each record of the vLLM modes says how many engine steps a call took (``engine_steps_per_call``) and how
 many of them ran the model (``forwards_per_call``: with async scheduling the last output comes one step
-later, in a step without a forward; at one request at a time also ``target_forwards_per_request``), and
-each engine record the KV blocks a request held (``kv_blocks_per_request``; of them the prompt's, stored
+later, in a step without a forward; at one request at a time also ``target_forwards_per_request``). A drafted
+round that is accepted ends its request a step early, but the step after it still runs a forward, so drafting's
+acceptance shows in the engine steps, not in the forwards (``testing/atspeed_goals.py``). Each engine record
+says the KV blocks a request held (``kv_blocks_per_request``; of them the prompt's, stored
 once whatever K: ``prompt_blocks_per_request``). ``--profile`` writes Python's and the torch profiler's
 view of one call.
 
