@@ -14,7 +14,8 @@ Methods (``METHODS``), each with its drafts and the plugin's settings:
                       by ``--min-gain`` (vLLM's ``num_speculative_tokens_per_batch_size``; the plugin's
                       speculator drafts exactly that many). It runs after ``none`` and ``padrec``
     none_v1           no draft, on vLLM's Model Runner V1: the baseline of the two below
-    ngram             vLLM's n-gram drafts (prompt lookup, ``--ngram-lookup``), Model Runner V1
+    ngram             vLLM's n-gram drafts (prompt lookup, ``--ngram-lookup``), Model Runner V1: vLLM's
+                      ``ngram`` proposer, which needs numba, or its ``ngram_gpu`` where numba is missing
     medusa            Medusa heads (``--medusa-draft``, ``train-draft --method medusa``), Model Runner V1; gammas
                       above the heads' count are skipped (vLLM builds a head per draft token)
 
@@ -23,7 +24,8 @@ Every request of the Model Runner V2 methods asks for a constrained list of ``li
 drafts and runs them on Model Runner V1 (``integration/SPEC_DECODE.md``), where the plugin installs no masks and
 serves no constrained lists: those three methods (``VLLM_USE_V2_MODEL_RUNNER=0``) generate unconstrained greedy
 lists of at most ``list_len`` items' tokens, as vanilla vLLM users would run them, and their speedup and
-equality are against ``none_v1``'s lists (every record says its ``runner``).
+equality are against ``none_v1``'s lists (every record says its ``runner`` and vLLM's
+``speculative_method``).
 
 Each (method, gamma) is one engine, in a process of its own with its own ``VLLM_CACHE_ROOT``
 (``max_num_seqs`` = the largest batch size). For each list length and batch size B it answers ``--users``
@@ -165,6 +167,7 @@ def speculative_config(args, method: str, gamma: int, table: list | None) -> dic
     if spec.draft is not None:
         config["model"] = getattr(args, f"{spec.draft}_draft")
     if spec.speculative_method == "ngram":
+        config["method"] = ngram_proposer()
         config["prompt_lookup_min"], config["prompt_lookup_max"] = args.ngram_lookup
     if table is not None:
         config["num_speculative_tokens_per_batch_size"] = table
@@ -260,6 +263,14 @@ def pass_users(args, samples: list, batch: int) -> list:
     return samples[: args.users_latency if batch == 1 else max(args.users, batch)]
 
 
+def ngram_proposer() -> str:
+    """vLLM's n-gram method on this machine: ``ngram`` (its CPU proposer, compiled by numba, a dependency of vLLM
+    that the H200 kit may lack) where numba imports, else ``ngram_gpu`` (``v1/worker/gpu_model_runner.py:599-610``)."""
+    import importlib.util
+
+    return "ngram" if importlib.util.find_spec("numba") is not None else "ngram_gpu"
+
+
 def list_xargs(method: str, list_len: int) -> dict | None:
     """The per-request list settings of a method's passes: a constrained list of ``list_len`` distinct items on
     Model Runner V2; none on V1, which serves no constrained lists (module docstring)."""
@@ -285,7 +296,9 @@ def run_config(args) -> dict:
     table = json.loads(args.gamma_table) if args.gamma_table else None
     passes = offline_passes if args.one_mode == "offline" else served_passes
     startup, records, lists = passes(args, catalog, samples, table)
-    records = [r | {"runner": METHODS[args.one].runner} for r in records]
+    spec = speculative_config(args, args.one, args.one_gamma, table)
+    engine = {"runner": METHODS[args.one].runner, "speculative_method": spec["method"] if spec else None}
+    records = [r | engine for r in records]
     result = {"method": args.one, "gamma": args.one_gamma, "mode": args.one_mode, "startup_seconds": round(startup, 1)}
     return result | {"records": records, "lists": lists}
 

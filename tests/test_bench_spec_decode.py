@@ -176,12 +176,14 @@ def test_vanilla_v1_methods_are_measured_against_no_speculation_on_model_runner_
     assert only_v1["records"][0]["speedup_vs_no_spec"] is None
 
 
-def test_the_v1_methods_configurations_and_vllm_speculative_configs(tmp_path):
+def test_the_v1_methods_configurations_and_vllm_speculative_configs(tmp_path, monkeypatch):
     medusa = tmp_path / "medusa"
     medusa.mkdir()
     (medusa / "config.json").write_text(json.dumps({"model_type": "medusa", "num_heads": 4}))
     argv = [*BASE, "--methods", "none_v1", "ngram", "medusa", "--gammas", "3", "5", "--medusa-draft", str(medusa)]
     args = bench.parse_args([*argv, "--ngram-lookup", "3", "4"])
+    proposer = bench.ngram_proposer
+    monkeypatch.setattr(bench, "ngram_proposer", lambda: "ngram")  # numba installed
     assert bench.configurations(args) == [("none_v1", 0), ("ngram", 3), ("ngram", 5), ("medusa", 3), ("medusa", 5)]
     assert bench.speculative_config(args, "none_v1", 0, None) is None
     assert bench.speculative_config(args, "ngram", 5, None) == {
@@ -195,6 +197,10 @@ def test_the_v1_methods_configurations_and_vllm_speculative_configs(tmp_path):
         "num_speculative_tokens": 3,
         "model": str(medusa),
     }
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None if name == "numba" else object())
+    assert proposer() == "ngram_gpu"  # vLLM's n-gram proposer that needs no numba
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: object())
+    assert proposer() == "ngram"
     assert bench.skipped_configuration(args, "medusa", 3) is None
     assert bench.skipped_configuration(args, "medusa", 5) == f"skipped: gamma 5 needs 5 Medusa heads, {medusa} has 4"
     assert bench.skipped_configuration(args, "ngram", 5) is None
@@ -204,15 +210,18 @@ def test_the_v1_methods_configurations_and_vllm_speculative_configs(tmp_path):
     assert all(bench.METHODS[m].runner == "v2" for m in bench.DEFAULT_METHODS)
 
 
-def test_a_configuration_says_its_model_runner_in_every_record(monkeypatch):
+def test_a_configuration_says_its_model_runner_and_vllms_method_in_every_record(monkeypatch):
     record = {"method": "ngram", "batch_size": 1}
     monkeypatch.setattr(bench, "offline_passes", lambda args, catalog, samples, table: (1.0, [dict(record)], {}))
     monkeypatch.setattr("vllm_padrec.catalog.ItemCatalog.load", lambda path: None)
     monkeypatch.setattr("vllm_padrec.data.load_dataset", lambda path: SimpleNamespace(eval_samples=lambda *a: []))
     monkeypatch.setattr("vllm_padrec.integration.recommendation_service.read_max_history", lambda path: 20)
-    for method, runner in (("ngram", "v1"), ("padrec", "v2")):
-        args = SimpleNamespace(target="/t", dataset="/d", gamma_table=None, one=method, one_gamma=3, one_mode="offline")
-        assert [r["runner"] for r in bench.run_config(args)["records"]] == [runner]
+    monkeypatch.setattr(bench, "ngram_proposer", lambda: "ngram_gpu")
+    for method, runner, vllm_method in (("ngram", "v1", "ngram_gpu"), ("padrec", "v2", "eagle"), ("none", "v2", None)):
+        args = bench.parse_args([*BASE, "--methods", "none_v1", "ngram", "padrec"])
+        args.one, args.one_gamma = method, 3
+        (got,) = bench.run_config(args)["records"]
+        assert (got["runner"], got["speculative_method"]) == (runner, vllm_method)
 
 
 @pytest.mark.parametrize(("method", "runner_env"), [("ngram", "0"), ("padrec", None)])
@@ -441,6 +450,7 @@ def test_a_served_pass_reads_vllm_bench_serves_result_and_the_servers_counters(m
         [*BASE, "--batch-sizes", "2", "--list-lens", "2", "--users", "2", "--work-dir", str(tmp_path)]
     )
     args.one, args.one_gamma = method, 5
+    monkeypatch.setattr(bench, "ngram_proposer", lambda: "ngram")
     users = [SimpleNamespace(history=[0, 1], targets=[5]), SimpleNamespace(history=[2], targets=[7])]
     startup, records, lists = bench.served_passes(args, catalog, users, None)
     (record,) = records
