@@ -176,10 +176,15 @@ def test_vanilla_v1_methods_are_measured_against_no_speculation_on_model_runner_
     assert only_v1["records"][0]["speedup_vs_no_spec"] is None
 
 
+def medusa_draft(folder: Path, heads: int) -> Path:
+    """A Medusa draft folder as bench_spec_decode reads it: its config.json's head count."""
+    (folder / "medusa").mkdir()
+    (folder / "medusa" / "config.json").write_text(json.dumps({"model_type": "medusa", "num_heads": heads}))
+    return folder / "medusa"
+
+
 def test_the_v1_methods_configurations_and_vllm_speculative_configs(tmp_path, monkeypatch):
-    medusa = tmp_path / "medusa"
-    medusa.mkdir()
-    (medusa / "config.json").write_text(json.dumps({"model_type": "medusa", "num_heads": 4}))
+    medusa = medusa_draft(tmp_path, heads=4)
     argv = [*BASE, "--methods", "none_v1", "ngram", "medusa", "--gammas", "3", "5", "--medusa-draft", str(medusa)]
     args = bench.parse_args([*argv, "--ngram-lookup", "3", "4"])
     proposer = bench.ngram_proposer
@@ -249,9 +254,7 @@ def test_an_offline_engine_starts_on_its_methods_model_runner(method, runner_env
 
 
 def test_a_medusa_gamma_above_its_heads_is_skipped_with_a_reason_and_the_rest_runs(tmp_path, monkeypatch):
-    medusa = tmp_path / "medusa"
-    medusa.mkdir()
-    (medusa / "config.json").write_text(json.dumps({"num_heads": 3}))
+    medusa = medusa_draft(tmp_path, heads=3)
     ran = []
 
     def child(command, stdout, stderr, env):
