@@ -28,14 +28,17 @@ equality are against ``none_v1``'s lists (every record says its ``runner`` and v
 ``speculative_method``).
 
 Each (method, gamma) is one engine, in a process of its own with its own ``VLLM_CACHE_ROOT``
-(``max_num_seqs`` = the largest batch size). For each list length and batch size B it answers ``--users``
-test users (B = 1: ``--users-latency``) in calls of B requests (``LLM.generate``), after one warm-up call;
-a list's latency is its call's. Records (one per method, gamma, list length and batch size): ``tokens_per_s``
-(output tokens over the pass's seconds), ``p50_ms`` / ``p99_ms``, ``acceptance_length`` and
-``accepted_per_draft_step`` (vLLM's spec-decode counters over the pass), ``speedup_vs_no_spec`` (tokens/s
-over ``none``'s at the same list length and batch size), ``equal_to_no_spec`` (users whose list is
-``none``'s token for token, of ``users_compared``), ``recall_at_10`` / ``ndcg_at_10`` (the list's items
-against the user's next items).
+(``max_num_seqs`` = the largest batch size; an engine with a draft captures CUDA graphs up to its largest
+verification step, ``--max-cudagraph-capture-size``). For each list length and batch size B it answers
+``--users`` test users (B = 1: ``--users-latency``) in calls of B requests (``LLM.generate``), after one
+warm-up call; a list's latency is its call's. Records (one per method, gamma, list length and batch size):
+``tokens_per_s`` (output tokens over the pass's seconds), ``p50_ms`` / ``p99_ms``, ``acceptance_length`` and
+``accepted_per_draft_step`` (vLLM's spec-decode counters over the pass), ``tokens_per_list`` and
+``rounds_per_list``, ``speedup_vs_no_spec`` (tokens/s over ``none``'s at the same list length and batch
+size), ``equal_to_no_spec`` (users whose list is ``none``'s token for token, of ``users_compared``),
+``recall_at_10`` / ``ndcg_at_10`` (the list's items against the user's next items). The B = 1 passes run once
+more after the others (``p50_ms_repeat``: how far one engine's p50 moves between two passes), and the Markdown
+fits each method's B = 1 latency to a cost per step and a cost per list.
 
 With ``--serve`` every configuration is also measured through ``vllm serve`` (records with ``mode``
 ``serve``; the others ``offline``): one server per configuration, then vLLM's own ``vllm bench serve`` per
@@ -174,6 +177,31 @@ def speculative_config(args, method: str, gamma: int, table: list | None) -> dic
     return config
 
 
+# vLLM's largest CUDA-graph step by default: min(max_num_seqs * (1 + K) * 2, 512) tokens (config/vllm.py:1788-1798)
+VLLM_CAPTURE_CAP = 512
+
+
+def capture_size(args, method: str, gamma: int) -> int | None:
+    """The engine's ``max_cudagraph_capture_size`` (``--max-cudagraph-capture-size``), None for vLLM's default.
+    ``verify``: the largest verification step, ``max(batch sizes) * (1 + gamma)`` tokens, where it passes vLLM's
+    default cap of 512 (above its largest graph vLLM runs the target eagerly: 2x slower at batch 128, gamma 5,
+    2026-12-02); no speculation, and steps that fit, keep vLLM's default."""
+    choice = args.max_cudagraph_capture_size
+    if choice == "vllm" or METHODS[method].speculative_method is None:
+        return None
+    if choice == "verify":
+        verify_tokens = max(args.batch_sizes) * (1 + gamma)
+        return verify_tokens if verify_tokens > VLLM_CAPTURE_CAP else None
+    return int(choice)
+
+
+def capture_size_arg(value: str) -> str:
+    """``--max-cudagraph-capture-size``: ``verify``, ``vllm`` or a positive number of tokens."""
+    if value in ("verify", "vllm") or (value.isdigit() and int(value) > 0):
+        return value
+    raise argparse.ArgumentTypeError(f"expected verify, vllm or a positive number of tokens, got {value!r}")
+
+
 # -- one configuration (child process) -----------------------------------------------------------------------
 def spec_counters(llm) -> dict:
     """vLLM's spec-decode counters since start (``LLM.get_metrics``): rounds, drafts, accepted, per position."""
@@ -202,6 +230,7 @@ def call_timing(call_seconds: list[float], output_lengths: list[int], batch_size
     per_user = [call_seconds[i // batch_size] for i in range(len(output_lengths))]
     return {
         "users": len(output_lengths),
+        "tokens_per_list": round(sum(output_lengths) / len(output_lengths), 2),
         "tokens_per_s": round(sum(output_lengths) / seconds, 1) if seconds else None,
         "p50_ms": round(1000 * percentile(per_user, 50), 3),
         "p99_ms": round(1000 * percentile(per_user, 99), 3),
@@ -211,8 +240,10 @@ def call_timing(call_seconds: list[float], output_lengths: list[int], batch_size
 def serve_timing(result: dict) -> dict:
     """A served pass's timing from ``vllm bench serve``'s result JSON (``--percentile-metrics e2el
     --metric-percentiles 50,99``)."""
+    users = result["completed"]
     return {
-        "users": result["completed"],
+        "users": users,
+        "tokens_per_list": round(result["total_output_tokens"] / users, 2) if users else None,
         "tokens_per_s": round(result["output_throughput"], 1),
         "p50_ms": round(result["p50_e2el_ms"], 3),
         "p99_ms": round(result["p99_e2el_ms"], 3),
@@ -248,6 +279,7 @@ def pass_record(
         **timing,
         "acceptance_length": None if acceptance is None else round(acceptance, 4),
         "accepted_per_draft_step": [round(a / rounds, 4) for a in counters["per_pos"]] if rounds else None,
+        "rounds_per_list": round(rounds / timing["users"], 2) if rounds else None,
         "speedup_vs_no_spec": None,
         "equal_to_no_spec": None,
         "users_compared": None,
@@ -298,6 +330,9 @@ def run_config(args) -> dict:
     startup, records, lists = passes(args, catalog, samples, table)
     spec = speculative_config(args, args.one, args.one_gamma, table)
     engine = {"runner": METHODS[args.one].runner, "speculative_method": spec["method"] if spec else None}
+    given = args.engine_args.get("compilation_config")
+    size = given.get("max_cudagraph_capture_size") if isinstance(given, dict) else None
+    engine["max_cudagraph_capture_size"] = size or capture_size(args, args.one, args.one_gamma)
     records = [r | engine for r in records]
     result = {"method": args.one, "gamma": args.one_gamma, "mode": args.one_mode, "startup_seconds": round(startup, 1)}
     return result | {"records": records, "lists": lists}
@@ -324,10 +359,22 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
         max_num_seqs=max(args.batch_sizes),
         disable_log_stats=False,
         additional_config={"padrec": METHODS[method].padrec},
+        **compilation_args(args, method, gamma),
         **args.engine_args,
     )
     startup = time.perf_counter() - started
-    records, lists = [], {}
+
+    def timed_calls(prompts: list, params, batch: int) -> tuple[list[float], list[list[int]]]:
+        """Each call's seconds and each user's output tokens: ``prompts`` in calls of ``batch``."""
+        seconds, token_ids = [], []
+        for start in range(0, len(prompts), batch):
+            began = time.perf_counter()
+            outputs = llm.generate(prompts[start : start + batch], params, use_tqdm=False)
+            seconds.append(time.perf_counter() - began)
+            token_ids += [list(o.outputs[0].token_ids) for o in outputs]
+        return seconds, token_ids
+
+    records, lists, batch_one = [], {}, {}
     for list_len in args.list_lens:
         params = SamplingParams(
             temperature=0.0,
@@ -340,12 +387,7 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
             prompts = [TokensPrompt(prompt_token_ids=catalog.render_prompt(s.history)) for s in users]
             llm.generate(prompts[:batch], params, use_tqdm=False)  # warm-up: this batch shape
             before = spec_counters(llm)
-            seconds, token_ids = [], []
-            for start in range(0, len(prompts), batch):
-                began = time.perf_counter()
-                outputs = llm.generate(prompts[start : start + batch], params, use_tqdm=False)
-                seconds.append(time.perf_counter() - began)
-                token_ids += [list(o.outputs[0].token_ids) for o in outputs]
+            seconds, token_ids = timed_calls(prompts, params, batch)
             parsed = [parse_list(catalog, t) for t in token_ids]
             counters = counter_delta(before, spec_counters(llm))
             timing = call_timing(seconds, [len(t) for t in token_ids], batch)
@@ -357,8 +399,29 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
                 )
             )
             lists[f"offline_{list_len}_{batch}"] = token_ids
+            if batch == 1:
+                batch_one[list_len] = (records[-1], prompts, params)
             print(json.dumps(records[-1]), flush=True)
+    # the one-at-a-time passes once more, after every other pass: how far a pass's p50 moves between two
+    # passes of one engine (the spread that a ratio of two engines' p50s carries too)
+    for record, prompts, params in batch_one.values():
+        seconds, token_ids = timed_calls(prompts, params, 1)
+        record["p50_ms_repeat"] = call_timing(seconds, [len(t) for t in token_ids], 1)["p50_ms"]
+        print(
+            json.dumps(
+                {"repeat": record["list_len"], "p50_ms": record["p50_ms"], "p50_ms_repeat": record["p50_ms_repeat"]}
+            ),
+            flush=True,
+        )
     return startup, records, lists
+
+
+def compilation_args(args, method: str, gamma: int) -> dict:
+    """``compilation_config`` for ``vllm.LLM`` when ``capture_size`` sets one and ``--engine-args`` does not."""
+    size = capture_size(args, method, gamma)
+    if size is None or "compilation_config" in args.engine_args:
+        return {}
+    return {"compilation_config": {"max_cudagraph_capture_size": size}}
 
 
 def served_passes(args, catalog, samples: list, table: list | None) -> tuple[float, list[dict], dict]:
@@ -376,6 +439,8 @@ def served_passes(args, catalog, samples: list, table: list | None) -> tuple[flo
     spec = speculative_config(args, method, gamma, table)
     if spec is not None:
         serve_args += ["--speculative-config", json.dumps(spec)]
+    if (size := capture_size(args, method, gamma)) is not None:
+        serve_args += ["--compilation-config", json.dumps({"max_cudagraph_capture_size": size})]
     tokens = catalog.layout.token_strings()
     records, lists = [], {}
     server = VllmServer(
@@ -508,6 +573,68 @@ def summarize(args, results: list[dict], errors: dict, table: list | None, earli
     }
 
 
+def steps_per_list(record: dict) -> float | None:
+    """A list's engine steps at one request at a time: its speculative rounds (the prefill step not counted), or
+    for an engine without a draft its output tokens; None where the record lacks them (records before
+    2026-12-02)."""
+    steps = record.get("rounds_per_list") if record["gamma"] else record.get("tokens_per_list")
+    return steps or None
+
+
+def batch_one_costs(records: list[dict]) -> list[dict]:
+    """Per method and gamma (offline, one request at a time, two or more list lengths): the least-squares line
+    of p50 latency against steps per list, ``p50 = fixed_ms + steps * ms_per_step``: what a step costs and what
+    a list costs on top of its steps (prefill, the step after its last round, request bookkeeping)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r["mode"] == "offline" and r["batch_size"] == 1 and steps_per_list(r) is not None:
+            groups.setdefault((r["method"], r["gamma"], r.get("dtype")), []).append(r)
+    costs = []
+    for (method, gamma, dtype), group in groups.items():
+        points = [(steps_per_list(r), r["p50_ms"]) for r in group]
+        if len({x for x, _ in points}) < 2:
+            continue
+        mean_x = sum(x for x, _ in points) / len(points)
+        mean_y = sum(y for _, y in points) / len(points)
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
+        repeats = [abs(r["p50_ms_repeat"] / r["p50_ms"] - 1) for r in group if r.get("p50_ms_repeat")]
+        costs.append(
+            {
+                "method": method,
+                "gamma": gamma,
+                "dtype": dtype,
+                "list_lens": sorted(r["list_len"] for r in group),
+                "ms_per_step": round(slope, 3),
+                "fixed_ms_per_list": round(mean_y - slope * mean_x, 2),
+                "repeat_spread": round(max(repeats), 3) if repeats else None,
+            }
+        )
+    return costs
+
+
+def batch_one_costs_markdown(records: list[dict]) -> list[str]:
+    costs = batch_one_costs(records)
+    if not costs:
+        return []
+    lines = [
+        "## One request at a time: cost per step and per list",
+        "",
+        "p50 latency against engine steps per list, a line through the list lengths: steps are rounds for a draft "
+        "(the prefill step not counted), output tokens without one. Repeat spread: the largest change of a pass's "
+        "p50 when the pass runs again at the end of the same engine's passes.",
+        "",
+        "| method | dtype | gamma | list lengths | ms per step | fixed ms per list | repeat spread |",
+        "|---|---|---:|---|---:|---:|---:|",
+    ]
+    for c in costs:
+        spread = "-" if c["repeat_spread"] is None else f"{100 * c['repeat_spread']:.1f} %"
+        lines.append(
+            f"| {c['method']} | {c['dtype']} | {c['gamma']} | {', '.join(map(str, c['list_lens']))} | "
+            f"{c['ms_per_step']} | {c['fixed_ms_per_list']} | {spread} |"
+        )
+    return [*lines, ""]
+
+
 def markdown(payload: dict) -> str:
     lines = [
         f"# List generation speed on {payload['dataset']}",
@@ -527,6 +654,7 @@ def markdown(payload: dict) -> str:
         *earlier_runs_markdown(payload["records"]),
         *goals_markdown(spec_decode_goals(payload["records"]), issue=14),
         *([masks, ""] if (masks := masks_alone(payload["records"])) else []),
+        *batch_one_costs_markdown(payload["records"]),
         "## Records",
         "",
         "| method | runner | mode | dtype | gamma | list_len | batch_size | users | tokens/s | speedup | p50 ms "
@@ -636,6 +764,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"), help="model dtype (default bfloat16)"
     )
     add("--max-model-len", type=int, default=512, help="vLLM max_model_len (default 512)")
+    add(
+        "--max-cudagraph-capture-size",
+        type=capture_size_arg,
+        default="verify",
+        metavar="{verify,vllm,TOKENS}",
+        help="the speculative engines' largest CUDA-graph step: verify (default) raises vLLM's cap of 512 tokens to "
+        "the largest verification step, max(batch sizes) * (1 + gamma), where it is larger; vllm keeps vLLM's "
+        "default; or a number of tokens. Engines without a draft keep vLLM's default (recorded per record)",
+    )
     add("--gpu-memory-utilization", type=float, default=0.5, help="vLLM's share of GPU memory (default 0.5)")
     add(
         "--engine-args",

@@ -101,9 +101,77 @@ def test_a_pass_record_has_issue_14s_fields_and_exact_numbers():
     assert record["accepted_per_draft_step"] == [1.0, 0.75, 0.5, 0.25, 0.0]
     assert record["recall_at_10"] == round(2 / 3, 5)
     assert record["invalid_items"] == 2 and record["duplicate_items"] == 1  # user 2 names item 8 twice
+    assert record["tokens_per_list"] == 20.0 and record["rounds_per_list"] == 1.33  # 4 rounds over 3 users
     timing = bench.call_timing([0.5], [10, 20, 30], batch_size=3)
     plain = bench.pass_record("none", 0, 10, 3, "offline", timing, [[7]] * 3, [[7]] * 3, counters(), invalid_items=0)
     assert plain["acceptance_length"] is None and plain["accepted_per_draft_step"] is None
+    assert plain["rounds_per_list"] is None
+
+
+@pytest.mark.parametrize(
+    ("choice", "method", "gamma", "expected"),
+    [
+        ("verify", "padrec", 5, 768),  # 128 requests x 6 tokens passes vLLM's cap of 512
+        ("verify", "padrec", 3, None),  # 128 x 4 = 512 fits vLLM's default
+        ("verify", "none", 0, None),  # no draft: vLLM's default, exactly as users run it
+        ("vllm", "padrec", 5, None),
+        ("1024", "eagle", 3, 1024),
+        ("1024", "none", 0, None),
+    ],
+)
+def test_the_capture_size_covers_the_largest_verification_step_of_a_draft(choice, method, gamma, expected):
+    args = bench.parse_args([*BASE, "--max-cudagraph-capture-size", choice])
+    assert bench.capture_size(args, method, gamma) == expected
+    compiled = bench.compilation_args(args, method, gamma)
+    assert compiled == ({} if expected is None else {"compilation_config": {"max_cudagraph_capture_size": expected}})
+    given = bench.parse_args([*BASE, "--engine-args", '{"compilation_config": {"max_cudagraph_capture_size": 64}}'])
+    assert bench.compilation_args(given, "padrec", 5) == {}  # the caller's compilation config wins
+
+
+def test_a_bad_capture_size_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args([*BASE, "--max-cudagraph-capture-size", "-3"])
+    assert "expected verify, vllm or a positive number of tokens" in capsys.readouterr().err
+
+
+def test_offline_passes_time_each_call_and_repeat_the_one_at_a_time_passes(monkeypatch):
+    """offline_passes with a fake vllm.LLM on a fake clock: each call's seconds make the p50s, the batch-1 pass
+    runs again after the others (p50_ms_repeat), and the engine gets the capture size."""
+    import vllm
+
+    from vllm_padrec.data import SyntheticConfig, generate_synthetic
+
+    catalog = generate_synthetic(SyntheticConfig(num_items=12, num_users=4, codebook_sizes=(4, 4))).catalog
+    one_item = [*catalog.item_token_ids(3), catalog.layout.EOS]
+    clock, started = [0.0], {}
+    # in call order: batch 1's warm-up and 3 calls, batch 4's warm-up and 1 call, batch 1 again
+    call_seconds = iter([0.5, 0.010, 0.012, 0.014, 0.5, 0.5, 0.040, 0.030, 0.020])
+
+    class FakeLLM:
+        def __init__(self, **kwargs):
+            started.update(kwargs)
+
+        def generate(self, prompts, params, use_tqdm):
+            clock[0] += next(call_seconds)
+            return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=one_item)]) for _ in prompts]
+
+        def get_metrics(self):
+            return []
+
+    monkeypatch.setattr(vllm, "LLM", FakeLLM)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    argv = [*BASE, "--batch-sizes", "1", "4", "--list-lens", "1", "--users-latency", "3", "--users", "4"]
+    args = bench.parse_args([*argv, "--max-cudagraph-capture-size", "64"])
+    args.one, args.one_gamma = "padrec", 5
+    users = [SimpleNamespace(history=[0, 1], targets=[3]) for _ in range(4)]
+    _, records, lists = bench.offline_passes(args, catalog, users, None)
+    one, four = records
+    assert (one["batch_size"], one["users"], one["p50_ms"]) == (1, 3, 12.0)
+    assert one["p50_ms_repeat"] == 30.0 and "p50_ms_repeat" not in four  # the repeat: 40, 30, 20 ms
+    assert four["users"] == 4 and four["p50_ms"] == 500.0  # one call of 4 users after its warm-up
+    assert one["tokens_per_list"] == len(one_item) and one["recall_at_10"] == 1.0
+    assert set(lists) == {"offline_1_1", "offline_1_4"}
+    assert started["compilation_config"] == {"max_cudagraph_capture_size": 64}
 
 
 def test_counters_over_a_pass_are_the_difference_of_vllms_totals():
@@ -442,7 +510,8 @@ def test_a_served_pass_reads_vllm_bench_serves_result_and_the_servers_counters(m
     def bench_serve(command, check, stdout):
         commands.append(command)
         folder, name = command[command.index("--result-dir") + 1], command[command.index("--result-filename") + 1]
-        result = {"completed": 2, "output_throughput": 321.04, "p50_e2el_ms": 40.0, "p99_e2el_ms": 55.5}
+        result = {"completed": 2, "total_output_tokens": 9, "output_throughput": 321.04}
+        result |= {"p50_e2el_ms": 40.0, "p99_e2el_ms": 55.5}
         Path(folder, name).write_text(json.dumps(result | {"generated_texts": [text, text]}))
 
     served, warm_ups, commands = [], [], []
@@ -451,6 +520,7 @@ def test_a_served_pass_reads_vllm_bench_serves_result_and_the_servers_counters(m
     monkeypatch.setattr(bench.subprocess, "run", bench_serve)
     args = bench.parse_args(
         [*BASE, "--batch-sizes", "2", "--list-lens", "2", "--users", "2", "--work-dir", str(tmp_path)]
+        + ["--max-cudagraph-capture-size", "64"]
     )
     args.one, args.one_gamma = method, 5
     monkeypatch.setattr(bench, "ngram_proposer", lambda: "ngram")
@@ -466,9 +536,12 @@ def test_a_served_pass_reads_vllm_bench_serves_result_and_the_servers_counters(m
         55.5,
     )
     assert record["acceptance_length"] == 2.75 and record["accepted_per_draft_step"] == [0.5, 0.5, 0.25]
+    assert record["tokens_per_list"] == 4.5 and record["rounds_per_list"] == 2.0  # 4 rounds over the pass
     assert record["recall_at_10"] == 0.5  # user 1's next item (5) is on the list, user 2's (7) is not
     ((serve_args, env),) = served
     spec = json.loads(serve_args[serve_args.index("--speculative-config") + 1])
+    compiled = json.loads(serve_args[serve_args.index("--compilation-config") + 1])
+    assert compiled == {"max_cudagraph_capture_size": 64}
     lines = (tmp_path / f"serve_{method}_g5" / "prompts_2_2.jsonl").read_text().splitlines()
     prompts = [json.loads(line)["prompt"] for line in lines]
     assert prompts[0].startswith("<s>") and len(prompts) == 2
@@ -547,3 +620,33 @@ def test_a_record_from_before_the_tensor_parallel_field_merges_as_one_gpus():
     old = {"method": "padrec", "mode": "offline", "dtype": "bfloat16", "gamma": 5, "list_len": 10, "batch_size": 1}
     assert bench.record_key(old) == bench.record_key(old | {"tensor_parallel_size": 1})
     assert bench.record_key(old) != bench.record_key(old | {"tensor_parallel_size": 2})
+
+
+def batch_one(method, gamma, list_len, p50, steps, repeat=None, dtype="bfloat16"):
+    """An offline record at one request at a time with ``steps`` engine steps per list."""
+    record = {"method": method, "gamma": gamma, "list_len": list_len, "batch_size": 1, "mode": "offline"}
+    record |= {"dtype": dtype, "p50_ms": p50, "p50_ms_repeat": repeat}
+    return record | ({"rounds_per_list": steps} if gamma else {"tokens_per_list": steps})
+
+
+def test_the_batch_one_cost_is_a_line_through_the_list_lengths():
+    records = [
+        batch_one("none", 0, 10, 100.0, 45.0, repeat=110.0),  # 2.4 ms a step, 1 ms a list
+        batch_one("none", 0, 20, 241.0, 103.75, repeat=241.0),
+        batch_one("padrec", 5, 10, 40.0, 10.0),  # 2.5 ms a round, 15 ms a list
+        batch_one("padrec", 5, 20, 65.0, 20.0),
+        batch_one("padrec", 5, 40, 115.0, 40.0),
+        batch_one("eagle", 5, 10, 40.0, 10.0),  # one list length: no line
+        {**batch_one("eagle", 5, 20, 40.0, None)},  # a record from before the step counts
+        {**batch_one("padrec", 3, 10, 40.0, 10.0), "batch_size": 4},
+    ]
+    costs = {(c["method"], c["gamma"]): c for c in bench.batch_one_costs(records)}
+    assert set(costs) == {("none", 0), ("padrec", 5)}
+    none, padrec = costs["none", 0], costs["padrec", 5]
+    assert (none["ms_per_step"], none["fixed_ms_per_list"], none["repeat_spread"]) == (2.4, -8.0, 0.1)
+    assert (padrec["ms_per_step"], padrec["fixed_ms_per_list"], padrec["repeat_spread"]) == (2.5, 15.0, None)
+    assert padrec["list_lens"] == [10, 20, 40]
+    text = "\n".join(bench.batch_one_costs_markdown(records))
+    assert "| padrec | bfloat16 | 5 | 10, 20, 40 | 2.5 | 15.0 | - |" in text
+    assert "| none | bfloat16 | 0 | 10, 20 | 2.4 | -8.0 | 10.0 % |" in text
+    assert bench.batch_one_costs_markdown(records[5:]) == []

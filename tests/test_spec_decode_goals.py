@@ -52,7 +52,31 @@ def test_each_goal_is_met_or_missed_with_by_how_much():
     assert adaptive["measured"] == "lists of 10, B = 1: 2.40x; lists of 10, B = 64: 0.98x"
     assert equality["met"] is None  # a bfloat16 run: equality is the float32 run's
     assert valid["met"] is True and valid["measured"] == "0 invalid, 0 repeated in 10 records"
-    assert masks_alone(run_records()).endswith("vanilla vLLM EAGLE 1.50x (gamma 5): +24.7 %.")
+    assert masks_alone(run_records()).endswith(
+        "vanilla vLLM EAGLE 1.50x (gamma 5): +24.7 %; acceptance length eagle vs eagle_vanilla: gamma 5: 4.60 vs 4.60."
+    )
+
+
+def test_the_comparisons_with_eagle_say_each_shared_gammas_acceptance():
+    """Whether a speed gap comes from the drafts or from the timing: the acceptance lengths at each gamma both
+    methods ran (one request at a time, lists of 10), and nothing for a gamma only one of them ran."""
+    records = [
+        record("none", 0, 1, 1.0),
+        record("padrec", 3, 1, 2.0, acceptance_length=2.97),
+        record("padrec", 5, 1, 2.7, acceptance_length=4.24),
+        record("eagle", 3, 1, 1.8, acceptance_length=2.96),
+        record("eagle", 5, 1, 1.4, acceptance_length=4.25),
+        record("eagle", 5, 1, 1.9, acceptance_length=9.0, list_len=20),  # another list length: not read
+        record("eagle_vanilla", 3, 1, 1.9, acceptance_length=2.51),
+        record("eagle_one_step", 4, 1, 1.5, acceptance_length=3.5),
+    ]
+    _, over_eagle, over_one_step, *_ = spec_decode_goals(records)
+    assert over_eagle["measured"] == (
+        "+50.0 % (PAD-Rec 2.70x at gamma 5, eagle 1.80x at gamma 3); acceptance length padrec vs eagle: "
+        "gamma 3: 2.97 vs 2.96, gamma 5: 4.24 vs 4.25"
+    )
+    assert "acceptance" not in over_one_step["measured"]  # no gamma in common
+    assert masks_alone(records).endswith("-5.3 %; acceptance length eagle vs eagle_vanilla: gamma 3: 2.96 vs 2.51.")
 
 
 def test_goals_flip_with_the_numbers_and_name_what_failed():

@@ -80,7 +80,27 @@ def over_eagle_goal(records: list[dict], eagle: str) -> dict:
         f"{100 * (ratio - 1):+.1f} % (PAD-Rec {padrec['speedup_vs_no_spec']:.2f}x at gamma {padrec['gamma']}, "
         f"{eagle} {other['speedup_vs_no_spec']:.2f}x at gamma {other['gamma']})"
     )
-    return verdict(goal, ratio >= OVER_EAGLE, text)
+    return verdict(goal, ratio >= OVER_EAGLE, text + acceptance_by_gamma(records, PADREC, eagle))
+
+
+def acceptance_by_gamma(records: list[dict], first: str, second: str) -> str:
+    """``; acceptance length at gamma g: a vs b, ...`` for the gammas both methods ran (offline, one request at a
+    time, GOAL_LIST_LEN): whether a speed gap between them comes from their drafts or from the timing."""
+
+    def at(method: str) -> dict[int, float]:
+        return {
+            r["gamma"]: r["acceptance_length"]
+            for r in records
+            if (r["method"], r["mode"], r["list_len"], r["batch_size"]) == (method, OFFLINE, GOAL_LIST_LEN, 1)
+            and r.get("acceptance_length") is not None
+        }
+
+    ours, theirs = at(first), at(second)
+    shared = sorted(set(ours) & set(theirs))
+    if not shared:
+        return ""
+    pairs = ", ".join(f"gamma {g}: {ours[g]:.2f} vs {theirs[g]:.2f}" for g in shared)
+    return f"; acceptance length {first} vs {second}: {pairs}"
 
 
 def adaptive_goal(records: list[dict]) -> dict:
@@ -142,7 +162,8 @@ def masks_alone(records: list[dict]) -> str | None:
     return (
         f"The catalog masks alone (lists of {GOAL_LIST_LEN}, one request at a time): EAGLE with the masks "
         f"{masked['speedup_vs_no_spec']:.2f}x no speculation (gamma {masked['gamma']}), vanilla vLLM EAGLE "
-        f"{vanilla['speedup_vs_no_spec']:.2f}x (gamma {vanilla['gamma']}): {100 * (ratio - 1):+.1f} %."
+        f"{vanilla['speedup_vs_no_spec']:.2f}x (gamma {vanilla['gamma']}): {100 * (ratio - 1):+.1f} %"
+        f"{acceptance_by_gamma(records, EAGLE, EAGLE_VANILLA)}."
     )
 
 
