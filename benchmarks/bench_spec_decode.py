@@ -692,9 +692,11 @@ def plot(plt, payload: dict):
             lines.setdefault(label, []).append((r["batch_size"], r["speedup_vs_no_spec"]))
         if r["list_len"] == list_len and r["batch_size"] == 1 and r["accepted_per_draft_step"]:
             steps[label] = r["accepted_per_draft_step"]
-    for label, points in lines.items():
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {label: palette[i % len(palette)] for i, label in enumerate(dict.fromkeys([*lines, *steps]))}
+    for label, points in lines.items():  # one color per method and gamma in both panels
         sizes, speedups = zip(*sorted(points))
-        left.plot(sizes, speedups, marker="o", label=label)
+        left.plot(sizes, speedups, marker="o", label=label, color=colors[label])
     left.axhline(1.0, color="gray", linewidth=0.8)
     left.set_xscale("log", base=2)
     left.set_xlabel("batch size")
@@ -702,7 +704,7 @@ def plot(plt, payload: dict):
     left.set_title(f"Speedup by batch size (lists of {list_len})")
     left.legend(fontsize=8)
     for label, rates in steps.items():
-        right.plot(range(1, len(rates) + 1), rates, marker="o", label=label)
+        right.plot(range(1, len(rates) + 1), rates, marker="o", label=label, color=colors[label])
     right.set_xlabel("draft step")
     right.set_ylabel("accepted drafts per round")
     right.set_title("Acceptance by draft step (batch 1)")

@@ -650,3 +650,25 @@ def test_the_batch_one_cost_is_a_line_through_the_list_lengths():
     assert "| padrec | bfloat16 | 5 | 10, 20, 40 | 2.5 | 15.0 | - |" in text
     assert "| none | bfloat16 | 0 | 10, 20 | 2.4 | -8.0 | 10.0 % |" in text
     assert bench.batch_one_costs_markdown(records[5:]) == []
+
+
+def test_the_plot_gives_a_method_and_gamma_one_color_in_both_panels():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def rec(method, gamma, batch, per_step):
+        return {"method": method, "gamma": gamma, "list_len": 10, "batch_size": batch, "mode": "offline"} | {
+            "speedup_vs_no_spec": 1.5 if gamma else 1.0,
+            "accepted_per_draft_step": per_step,
+        }
+
+    records = [rec("none", 0, 1, None), rec("none", 0, 4, None), rec("padrec", 3, 4, None)]
+    records += [rec("padrec", 5, 1, [0.8, 0.6]), rec("padrec", 5, 4, None), rec("eagle", 3, 1, [0.7])]
+    fig = bench.plot(plt, {"records": records})
+    left, right = ({line.get_label(): line.get_color() for line in ax.get_lines()} for ax in fig.axes)
+    assert set(right) == {"padrec (gamma 5)", "eagle (gamma 3)"}
+    assert all(right[label] == left[label] for label in right)
+    assert len(set(left.values())) == len(left)  # and a different color for each line
+    plt.close(fig)
