@@ -27,11 +27,14 @@ bench_topk_atspeed 21): call 1 ``start bench_target atspeed_drafts --target benc
 best validation loss, an epoch there being 2.4 of beauty's), call 3 ``checks bench_topk_atspeed
 topk_drafted_tests bench_atspeed`` (vLLM jobs wait for the trainings; the must-show first, then the tests, then
 bench_atspeed's acceptance of each head, if the hold lasts), then ``wait 570`` calls. Issue 14's list speed, some
-methods a hold, each hold with ``none`` (not yet run; each method and gamma is an engine of 60-90 s start-up):
-call 1 ``start bench_target bench_drafts --target bench --drafts padrec_eagle --draft-steps 600 --spec-methods
-none padrec eagle eagle_vanilla`` (the methods are given here: bench_drafts trains the Medusa heads only for
-``medusa``), call 3 ``checks bench_spec_decode``; later holds ``--spec-methods none eagle_one_step padrec
-padrec_adaptive``, ``none none_v1 ngram medusa``, and ``--spec-dtype float32`` for the equality goal.
+methods a hold, each hold with ``none`` (each method and gamma is an engine of 50-75 s start-up; 2026-12-02,
+28 minutes: the target 4 at ``--bench-epochs 1``, the heads 4, seven engines 14): call 1 ``start bench_target
+bench_drafts --target bench --bench-epochs 1 --drafts padrec_eagle --draft-steps 600 --spec-methods none padrec
+eagle eagle_vanilla`` (the methods are given here: bench_drafts trains the Medusa heads only for ``medusa``),
+call 3 ``checks bench_spec_decode``; later holds ``--spec-methods none eagle_one_step padrec padrec_adaptive``
+(with ``checks bench_spec_decode engine_step --engine-concurrency 1 --engine-users 50 --engine-configs baseline
+spec --engine-profile baseline spec``: one request's steps, profiled), ``none none_v1 ngram medusa``, and
+``--spec-dtype float32`` for the equality goal.
 
 Phases, one per call (``python3 benchmarks/gpu_session.py PHASE --help`` lists a phase's options; the
 options a call is given hold for the later calls too):
@@ -201,6 +204,7 @@ class Settings:
     lossless_users: int = 500
     lossless_modes: tuple[str, ...] = ("fp32",)
     engine_users: int = 512
+    engine_concurrency: int = 64  # engine_step's requests per engine step (1: one request's cost, profiled)
     engine_configs: tuple[str, ...] = ("baseline", "spec")  # no draft and the PAD-Rec draft, both constrained
     engine_profile: tuple[str, ...] = ()
     engine_capture_size: int | None = None  # engine_step's --max-cudagraph-capture-size (None: vLLM's default)
@@ -258,6 +262,12 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
     add("--lossless-users", type=int, help=f"users of the lossless check (default {d.lossless_users})", **kw)
     add("--lossless-modes", nargs="+", choices=list(LOSSLESS_MODES), help="lossless runs (default fp32)", **kw)
     add("--engine-users", type=int, help=f"timed requests of engine_step (default {d.engine_users})", **kw)
+    add(
+        "--engine-concurrency",
+        type=int,
+        help=f"engine_step's requests per engine step (default {d.engine_concurrency}; 1 profiles one request)",
+        **kw,
+    )
     add("--engine-configs", nargs="+", help=f"engine_step configurations (default: {' '.join(d.engine_configs)})", **kw)
     add("--engine-profile", nargs="*", help="engine_step configurations to profile (default none)", **kw)
     add(
@@ -602,7 +612,7 @@ def engine_step(ctx: JobContext, name: str, env: dict[str, str]) -> int:
     code = ctx.python(
         "benchmarks.engine_step",
         *model_args(s),
-        *("--users", str(s.engine_users), "--concurrency", "64", "--configs", *s.engine_configs),
+        *("--users", str(s.engine_users), "--concurrency", str(s.engine_concurrency), "--configs", *s.engine_configs),
         *("--profile", *s.engine_profile, "--name", name, "--out", str(WORK / "results")),
         *(["--max-cudagraph-capture-size", str(s.engine_capture_size)] if s.engine_capture_size else []),
         env=env,

@@ -618,3 +618,18 @@ def test_the_tensor_parallel_job_sees_both_gpus_and_runs_bench_tp2_on_the_bench_
     assert module == "benchmarks.bench_tp2"
     assert args[args.index("--padrec-draft") + 1] == str(tmp_path / "bench_drafts" / "padrec" / "draft")
     assert args[args.index("--target") + 1] == str(tmp_path / "bench" / "checkpoint")
+
+
+def test_engine_step_runs_at_the_sessions_concurrency(monkeypatch, tmp_path):
+    """--engine-concurrency 1 profiles one request's steps (issue 14's batch-1 lever); 64 stays the default."""
+    monkeypatch.setattr(gs, "WORK", tmp_path)
+    calls = []
+    monkeypatch.setattr(gs.JobContext, "python", lambda self, module, *args, env=None: calls.append(args) or 0)
+    for settings, concurrency in ((gs.Settings(), "64"), (gs.Settings(engine_concurrency=1), "1")):
+        ctx = gs.JobContext("engine_step", settings, {"PATH": "/bin"})
+        assert gs.JOBS["engine_step"].body(ctx) == 0
+        args = calls.pop()
+        assert args[args.index("--concurrency") + 1] == concurrency
+    parser = gs.parser()
+    parsed = parser.parse_args(["start", "--engine-concurrency", "1"])
+    assert parsed.engine_concurrency == 1
