@@ -154,10 +154,9 @@ def skipped_configuration(args, method: str, gamma: int) -> str | None:
 def adaptive_table(records: list[dict], args) -> list[list[int]]:
     """The adaptive method's ``num_speculative_tokens_per_batch_size`` from this run's records at the first
     list length (``gamma_schedule``)."""
-    from vllm_padrec.integration.gamma_schedule import best_gammas, gamma_table
+    from vllm_padrec.integration.gamma_schedule import best_gammas, gamma_table, one_measurement
 
-    list_len = args.list_lens[0]
-    at_len = [r for r in records if r["list_len"] == list_len]
+    at_len = one_measurement(records, args.list_lens[0])
     choice = best_gammas(at_len, "padrec", baseline=DRAFT_FREE, min_gain=args.min_gain)
     return [list(r) for r in gamma_table(choice, max(args.batch_sizes))]
 

@@ -92,3 +92,40 @@ def test_bad_results_get_a_one_line_error(capsys, tmp_path, content, says):
     code, out, err = run(capsys, ["gamma-schedule", "--results", str(results), "--draft", "/d"])
     lines = err.strip().splitlines()
     assert code != 0 and out == "" and len(lines) == 1 and says in lines[0], err
+
+
+def test_the_choice_reads_one_list_length_and_one_mode():
+    """A results file measures each batch size several ways; each choice compares records measured alike."""
+    from vllm_padrec.integration.gamma_schedule import one_measurement
+
+    def measured(method, gamma, rate, list_len, mode="offline"):
+        return record(method, 64, gamma, rate) | {"list_len": list_len, "mode": mode}
+
+    records = [
+        measured("none", 0, 15000.0, 10),
+        measured("padrec", 3, 14000.0, 10),  # lists of 10: no speculation wins
+        measured("none", 0, 16800.0, 20),
+        measured("padrec", 3, 31700.0, 20),  # lists of 20: gamma 3 wins
+        measured("none", 0, 1000.0, 10, mode="serve"),
+        measured("padrec", 5, 90000.0, 10, mode="serve"),
+    ]
+    assert best_gammas(one_measurement(records), "padrec") == {64: 0}  # the shortest lists, offline
+    assert best_gammas(one_measurement(records, 20), "padrec") == {64: 3}
+    assert best_gammas(one_measurement(records, mode="serve"), "padrec") == {64: 5}
+    assert one_measurement(RECORDS) == RECORDS  # records without the fields are kept
+    with pytest.raises(ValueError, match=r"no record has list_len 40 \(the records have \[10, 20\]\)"):
+        one_measurement(records, 40)
+
+
+def test_the_cli_reads_the_list_length_asked_for(capsys, tmp_path):
+    results = tmp_path / "spec_decode.json"
+    rows = [record("none", 1, 0, 100.0), record("padrec", 1, 5, 300.0)]
+    rows = [r | {"list_len": 10} for r in rows] + [r | {"list_len": 20, "gamma": r["gamma"] and 3} for r in rows]
+    results.write_text(json.dumps({"records": rows}))
+    argv = ["gamma-schedule", "--results", str(results), "--draft", "/d", "--max-num-seqs", "8"]
+    for extra, gamma in (([], 5), (["--list-len", "20"], 3)):
+        code, out, err = run(capsys, [*argv, *extra])
+        assert code == 0, err
+        assert json.loads(out)["num_speculative_tokens_per_batch_size"] == [[1, 8, gamma]]
+    code, out, err = run(capsys, [*argv, "--list-len", "40"])
+    assert code != 0 and out == "" and "no record has list_len 40" in err

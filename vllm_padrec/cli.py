@@ -349,7 +349,7 @@ def _engine_topk(args, catalog, histories, max_history: int) -> list[list[tuple[
 
 def cmd_gamma_schedule(args) -> int:
     """Draft steps by batch size from a benchmark's records, as the --speculative-config that serves them."""
-    from vllm_padrec.integration.gamma_schedule import best_gammas, gamma_table, speculative_config
+    from vllm_padrec.integration.gamma_schedule import best_gammas, gamma_table, one_measurement, speculative_config
 
     path = Path(args.results)
     if not path.is_file():
@@ -362,7 +362,8 @@ def cmd_gamma_schedule(args) -> int:
     if not isinstance(records, list):
         raise PadRecError(f"--results {path} holds no list of records")
     try:
-        choice = best_gammas(records, args.method, baseline=args.baseline, min_gain=args.min_gain)
+        measured = one_measurement(records, args.list_len, args.mode)
+        choice = best_gammas(measured, args.method, baseline=args.baseline, min_gain=args.min_gain)
         table = gamma_table(choice, args.max_num_seqs)
     except ValueError as error:
         raise PadRecError(f"--results {path}: {error}") from None
@@ -593,6 +594,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-num-seqs", type=positive_int, default=1024, help="the server's max_num_seqs: the table's last size"
+    )
+    p.add_argument(
+        "--list-len",
+        type=positive_int,
+        default=None,
+        help="read the records of lists of this many items (default: the shortest lists the records have)",
+    )
+    p.add_argument(
+        "--mode",
+        default="offline",
+        choices=("offline", "serve"),
+        help="read the records measured this way: offline LLM or vllm serve (default offline)",
     )
     p.set_defaults(func=cmd_gamma_schedule)
     return parser

@@ -14,7 +14,9 @@ costs what plain decoding costs.
 
 The measurements are benchmark records (``bench_spec_decode``'s schema): ``method``, ``batch_size``,
 ``gamma`` and ``tokens_per_s``; a record of ``baseline`` (default ``none``) is no speculation at its batch
-size, whatever its gamma.
+size, whatever its gamma. A results file holds several measurements of a batch size (lists of 10 and 20
+items, offline and served); ``one_measurement`` keeps one list length and one mode, so that every choice
+compares records measured alike.
 """
 
 from __future__ import annotations
@@ -22,6 +24,23 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 Range = tuple[int, int, int]  # (first batch size, last batch size, draft steps), inclusive
+
+
+def one_measurement(records: list[Mapping], list_len: int | None = None, mode: str = "offline") -> list[Mapping]:
+    """The records of one list length (``list_len``; None: the smallest the records name) and one ``mode``;
+    records without the field (measured one way only) are kept."""
+    lengths = [r["list_len"] for r in records if isinstance(r, Mapping) and r.get("list_len") is not None]
+    if list_len is None and lengths:
+        list_len = min(lengths)
+    elif list_len is not None and list_len not in lengths:
+        raise ValueError(f"no record has list_len {list_len} (the records have {sorted(set(lengths)) or 'none'})")
+
+    def kept(r) -> bool:
+        if not isinstance(r, Mapping):
+            return True  # best_gammas names it
+        return r.get("list_len", list_len) == list_len and r.get("mode", mode) == mode
+
+    return [r for r in records if kept(r)]
 
 
 def best_gammas(
