@@ -40,6 +40,14 @@ size), ``equal_to_no_spec`` (users whose list is ``none``'s token for token, of 
 more after the others (``p50_ms_repeat``: how far one engine's p50 moves between two passes), and the Markdown
 fits each method's B = 1 latency to a cost per step and a cost per list.
 
+Engine cores run in their own process, as vLLM runs them by default (``--engine-core``; ``engine_core`` in
+every record). One request at a time, a draft's engine shares its process with a baseline engine (its
+method's baseline, ``--pair-batch-one``, on by default), and the two answer each user in turn, in ABBA
+order: ``paired_speedup`` (tokens/s over the baseline's calls of the same users) and
+``paired_baseline_p50_ms``. Engines measured minutes apart see the machine drift between them (their
+ratio of p50s moved by tens of percent at equal acceptance, 2026-12-02); paired calls see the same drift,
+and the batch-1 goals read them where measured.
+
 With ``--serve`` every configuration is also measured through ``vllm serve`` (records with ``mode``
 ``serve``; the others ``offline``): one server per configuration, then vLLM's own ``vllm bench serve`` per
 list length and batch size, on a custom dataset of the users' history prompts (``--max-concurrency`` B, the
@@ -87,6 +95,8 @@ from vllm_padrec.testing.spec_decode_goals import masks_alone, runner_of, spec_d
 from vllm_padrec.testing.stats import percentile
 
 DRAFT_FREE = "none"
+IN_PROCESS, OWN_PROCESS = "in_process", "own_process"  # the engine core's process (--engine-core)
+PAIRED_BASELINE_MEMORY = 0.3  # the paired baseline engine's share of GPU memory, beside --gpu-memory-utilization
 MODES = ("offline", "serve")  # an in-process LLM; vllm serve measured by vllm bench serve (--serve)
 ADAPTIVE = "padrec_adaptive"
 
@@ -329,6 +339,7 @@ def run_config(args) -> dict:
     startup, records, lists = passes(args, catalog, samples, table)
     spec = speculative_config(args, args.one, args.one_gamma, table)
     engine = {"runner": METHODS[args.one].runner, "speculative_method": spec["method"] if spec else None}
+    engine["engine_core"] = args.engine_core if args.one_mode == "offline" else OWN_PROCESS  # vllm serve's own
     given = args.engine_args.get("compilation_config")
     size = given.get("max_cudagraph_capture_size") if isinstance(given, dict) else None
     engine["max_cudagraph_capture_size"] = size or capture_size(args, args.one, args.one_gamma)
@@ -337,8 +348,29 @@ def run_config(args) -> dict:
     return result | {"records": records, "lists": lists}
 
 
+def engine_core_environment(engine_core: str) -> dict[str, str]:
+    """The environment that puts the engine core in its own process (vLLM's default) or in this one."""
+    return {"VLLM_ENABLE_V1_MULTIPROCESSING": "1" if engine_core == OWN_PROCESS else "0"}
+
+
+def pairs_batch_one(args, method: str) -> bool:
+    """Whether ``method``'s one-at-a-time passes alternate with a baseline engine (``--pair-batch-one``): every
+    method with a draft, when the run has batch size 1."""
+    return args.pair_batch_one and METHODS[method].speculative_method is not None and 1 in args.batch_sizes
+
+
+def paired_fields(spec_seconds, spec_lengths, base_seconds, base_lengths) -> dict:
+    """A paired pass's baseline p50 and the speedup in tokens/s over the baseline's calls of the same users."""
+    spec_rate = sum(spec_lengths) / sum(spec_seconds)
+    base_rate = sum(base_lengths) / sum(base_seconds)
+    return {
+        "paired_baseline_p50_ms": call_timing(base_seconds, base_lengths, 1)["p50_ms"],
+        "paired_speedup": round(spec_rate / base_rate, 3),
+    }
+
+
 def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[float, list[dict], dict]:
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.update(engine_core_environment(args.engine_core))
     os.environ.setdefault("VLLM_PLUGINS", "padrec")
     os.environ.update(runner_environment(args.one))
     from vllm import LLM, SamplingParams
@@ -348,6 +380,7 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
     from vllm_padrec.lists import parse_list
 
     method, gamma = args.one, args.one_gamma
+    pair_error = None
     started = time.perf_counter()
     llm = LLM(
         model=args.target,
@@ -362,6 +395,43 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
         **args.engine_args,
     )
     startup = time.perf_counter() - started
+    baseline_llm = None
+    if pairs_batch_one(args, method):  # after the engine above, whose stat loggers own vLLM's metrics
+        # the baseline configuration's own compile cache (the same engine; its core process reads this)
+        cache = os.environ.get("VLLM_CACHE_ROOT")
+        os.environ["VLLM_CACHE_ROOT"] = str(Path(args.cache_root) / f"{METHODS[method].baseline}_g0")
+        try:
+            baseline_llm = LLM(
+                model=args.target,
+                max_model_len=args.max_model_len,
+                dtype=args.dtype,
+                gpu_memory_utilization=PAIRED_BASELINE_MEMORY,
+                max_num_seqs=max(args.batch_sizes),
+                disable_log_stats=True,  # no stat loggers: the counters stay the draft engine's
+                additional_config={"padrec": METHODS[METHODS[method].baseline].padrec},
+                **args.engine_args,
+            )
+        except Exception as error:  # noqa: BLE001 - the passes run unpaired, the record says why
+            pair_error = f"{type(error).__name__}: {error}"[:500]
+            print(json.dumps({"paired_error": pair_error}), flush=True)
+        finally:
+            if cache is None:
+                del os.environ["VLLM_CACHE_ROOT"]
+            else:
+                os.environ["VLLM_CACHE_ROOT"] = cache
+
+    def paired_calls(prompts: list, params) -> tuple[list[float], list[list[int]], list[float], list[list[int]]]:
+        """One user a call on both engines, alternating which goes first (ABBA), so that the machine's drift
+        falls on both: each engine's seconds and output tokens per user."""
+        runs = {"draft": ([], []), "baseline": ([], [])}
+        engines = (("draft", llm), ("baseline", baseline_llm))
+        for i, prompt in enumerate(prompts):
+            for name, engine in engines if i % 2 == 0 else engines[::-1]:
+                began = time.perf_counter()
+                (output,) = engine.generate([prompt], params, use_tqdm=False)
+                runs[name][0].append(time.perf_counter() - began)
+                runs[name][1].append(list(output.outputs[0].token_ids))
+        return (*runs["draft"], *runs["baseline"])
 
     def timed_calls(prompts: list, params, batch: int) -> tuple[list[float], list[list[int]]]:
         """Each call's seconds and each user's output tokens: ``prompts`` in calls of ``batch``."""
@@ -385,8 +455,14 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
             users = pass_users(args, samples, batch)
             prompts = [TokensPrompt(prompt_token_ids=catalog.render_prompt(s.history)) for s in users]
             llm.generate(prompts[:batch], params, use_tqdm=False)  # warm-up: this batch shape
+            paired = batch == 1 and baseline_llm is not None
+            if paired:
+                baseline_llm.generate(prompts[:1], params, use_tqdm=False)
             before = spec_counters(llm)
-            seconds, token_ids = timed_calls(prompts, params, batch)
+            if paired:
+                seconds, token_ids, base_seconds, base_ids = paired_calls(prompts, params)
+            else:
+                seconds, token_ids = timed_calls(prompts, params, batch)
             parsed = [parse_list(catalog, t) for t in token_ids]
             counters = counter_delta(before, spec_counters(llm))
             timing = call_timing(seconds, [len(t) for t in token_ids], batch)
@@ -397,6 +473,11 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
                     method, gamma, list_len, batch, "offline", timing, items, targets, counters, invalid_items=invalid
                 )
             )
+            if paired:
+                lengths = [len(t) for t in token_ids]
+                records[-1] |= paired_fields(seconds, lengths, base_seconds, [len(t) for t in base_ids])
+            elif batch == 1 and pair_error is not None:
+                records[-1]["paired_error"] = pair_error
             lists[f"offline_{list_len}_{batch}"] = token_ids
             if batch == 1:
                 batch_one[list_len] = (records[-1], prompts, params)
@@ -656,9 +737,10 @@ def markdown(payload: dict) -> str:
         *batch_one_costs_markdown(payload["records"]),
         "## Records",
         "",
-        "| method | runner | mode | dtype | gamma | list_len | batch_size | users | tokens/s | speedup | p50 ms "
-        "| p99 ms | acceptance length | equal to baseline | invalid items | Recall@10 | NDCG@10 |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | runner | mode | dtype | gamma | list_len | batch_size | users | tokens/s | speedup "
+        "| paired speedup | p50 ms | p99 ms | acceptance length | equal to baseline | invalid items | Recall@10 "
+        "| NDCG@10 |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in payload["records"]:
         equal = "-" if r["users_compared"] is None else f"{r['equal_to_no_spec']} / {r['users_compared']}"
@@ -666,7 +748,8 @@ def markdown(payload: dict) -> str:
             f"| {r['method']}{earlier_mark(r)} | {runner_of(r)} | {r['mode']} | "
             f"{r.get('dtype', payload['dtype'])} | {r['gamma']} | "
             f"{r['list_len']} | {r['batch_size']} | {r['users']} | "
-            f"{cell(r['tokens_per_s'])} | {cell(r['speedup_vs_no_spec'])} | {cell(r['p50_ms'])} | "
+            f"{cell(r['tokens_per_s'])} | {cell(r['speedup_vs_no_spec'])} | {cell(r.get('paired_speedup'))} | "
+            f"{cell(r['p50_ms'])} | "
             f"{cell(r['p99_ms'])} | {cell(r['acceptance_length'])} | {equal} | {cell(r.get('invalid_items'))} | "
             f"{r['recall_at_10']} | {r['ndcg_at_10']} |"
         )
@@ -776,6 +859,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add("--gpu-memory-utilization", type=float, default=0.5, help="vLLM's share of GPU memory (default 0.5)")
     add(
+        "--engine-core",
+        default=OWN_PROCESS,
+        choices=(OWN_PROCESS, IN_PROCESS),
+        help="offline engines' core in its own process, as vLLM runs it by default (default), or in the "
+        "benchmark's process (VLLM_ENABLE_V1_MULTIPROCESSING=0)",
+    )
+    add(
+        "--pair-batch-one",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a draft's one-at-a-time passes alternate, user by user, with a baseline engine (its method's "
+        f"baseline, {PAIRED_BASELINE_MEMORY:g} of GPU memory) in the same process: paired_speedup and "
+        "paired_baseline_p50_ms, robust to the machine's drift (default on; needs --engine-core own_process)",
+    )
+    add(
         "--engine-args",
         type=json_object,
         default={},
@@ -802,6 +900,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("every gamma, batch size and list length must be >= 1")
     if args.serve and args.engine_args:
         parser.error("--engine-args reach the offline engines only: not with --serve")
+    if args.pair_batch_one and args.engine_core == IN_PROCESS:
+        parser.error("--pair-batch-one runs two engines in one process: each needs its core in its own process")
+    if args.pair_batch_one and args.gpu_memory_utilization + PAIRED_BASELINE_MEMORY > 0.95:
+        parser.error(
+            f"--gpu-memory-utilization {args.gpu_memory_utilization:g} leaves no room for the paired baseline's "
+            f"{PAIRED_BASELINE_MEMORY:g}: at most {0.95 - PAIRED_BASELINE_MEMORY:g}, or --no-pair-batch-one"
+        )
     if ADAPTIVE in args.methods and not {DRAFT_FREE, "padrec"} <= set(args.methods):
         parser.error("padrec_adaptive picks its drafts from this run's none and padrec records: run them too")
     for method in args.methods:

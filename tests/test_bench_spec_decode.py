@@ -161,10 +161,12 @@ def test_offline_passes_time_each_call_and_repeat_the_one_at_a_time_passes(monke
     monkeypatch.setattr(vllm, "LLM", FakeLLM)
     monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
     argv = [*BASE, "--batch-sizes", "1", "4", "--list-lens", "1", "--users-latency", "3", "--users", "4"]
-    args = bench.parse_args([*argv, "--max-cudagraph-capture-size", "64"])
+    args = bench.parse_args([*argv, "--max-cudagraph-capture-size", "64", "--no-pair-batch-one"])
     args.one, args.one_gamma = "padrec", 5
     users = [SimpleNamespace(history=[0, 1], targets=[3]) for _ in range(4)]
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "set by the test")  # undone after it
     _, records, lists = bench.offline_passes(args, catalog, users, None)
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"  # the engine core in its own process, as vLLM's default
     one, four = records
     assert (one["batch_size"], one["users"], one["p50_ms"]) == (1, 3, 12.0)
     assert one["p50_ms_repeat"] == 30.0 and "p50_ms_repeat" not in four  # the repeat: 40, 30, 20 ms
@@ -172,6 +174,92 @@ def test_offline_passes_time_each_call_and_repeat_the_one_at_a_time_passes(monke
     assert one["tokens_per_list"] == len(one_item) and one["recall_at_10"] == 1.0
     assert set(lists) == {"offline_1_1", "offline_1_4"}
     assert started["compilation_config"] == {"max_cudagraph_capture_size": 64}
+
+
+class PairedEngines:
+    """A fake vllm.LLM class for offline_passes on a fake clock: each engine (``draft`` with a speculative config,
+    ``baseline`` without) takes its own seconds per call, in order; the calls and engines are logged."""
+
+    def __init__(self, seconds: dict, tokens: list[int], fail_baseline: bool = False):
+        self.seconds = {name: iter(values) for name, values in seconds.items()}
+        self.clock, self.calls, self.engines, self.tokens = [0.0], [], [], tokens
+        fake = self
+
+        class LLM:
+            def __init__(self, **kwargs):
+                self.name = "draft" if kwargs.get("speculative_config") else "baseline"
+                process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+                fake.engines.append((self.name, kwargs, process, os.environ.get("VLLM_CACHE_ROOT")))
+                if fail_baseline and self.name == "baseline":
+                    raise RuntimeError("no room for a second engine")
+
+            def generate(self, prompts, params, use_tqdm):
+                fake.calls.append(self.name)
+                fake.clock[0] += next(fake.seconds[self.name])
+                return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=fake.tokens)]) for _ in prompts]
+
+            def get_metrics(self):
+                return []
+
+        self.LLM = LLM
+
+
+def test_a_drafts_one_at_a_time_passes_alternate_with_a_baseline_engine(monkeypatch):
+    """--pair-batch-one (the default): user by user, the draft engine and a baseline engine in the same process
+    answer in ABBA order; the record has the baseline's p50 and the speedup over its calls of the same users.
+    A baseline engine that cannot start leaves the passes unpaired, with the reason in the record."""
+    import vllm
+
+    from vllm_padrec.data import SyntheticConfig, generate_synthetic
+
+    catalog = generate_synthetic(SyntheticConfig(num_items=12, num_users=4, codebook_sizes=(4, 4))).catalog
+    tokens = [*catalog.item_token_ids(3), catalog.layout.EOS]
+    # the draft: warm-up, 4 users, the repeat pass; the baseline: warm-up, 4 users (30 ms each)
+    seconds = {"draft": [0.5, 0.010, 0.012, 0.014, 0.016, 0.02, 0.02, 0.02, 0.02], "baseline": [0.5] + [0.030] * 4}
+    fake = PairedEngines(seconds, tokens)
+    monkeypatch.setattr(vllm, "LLM", fake.LLM)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: fake.clock[0])
+    argv = [*BASE, "--batch-sizes", "1", "--list-lens", "1", "--users-latency", "4", "--cache-root", "/c"]
+    args = bench.parse_args(argv)
+    args.one, args.one_gamma = "padrec", 5
+    users = [SimpleNamespace(history=[0, 1], targets=[3]) for _ in range(4)]
+    monkeypatch.setenv("VLLM_CACHE_ROOT", "/c/padrec_g5")  # as bench_driver starts the child
+    _, (record,), _ = bench.offline_passes(args, catalog, users, None)
+    assert [engine[0] for engine in fake.engines] == ["draft", "baseline"]  # the draft's loggers own the metrics
+    assert [engine[3] for engine in fake.engines] == ["/c/padrec_g5", "/c/none_g0"]  # none's own compile cache
+    assert os.environ["VLLM_CACHE_ROOT"] == "/c/padrec_g5"
+    _, baseline, process, _ = fake.engines[1]
+    assert process == "1" and baseline["disable_log_stats"] and baseline["gpu_memory_utilization"] == 0.3
+    assert baseline["additional_config"] == {"padrec": {}} and baseline["max_num_seqs"] == 1
+    timed = fake.calls[2:10]  # after both warm-ups
+    assert timed == ["draft", "baseline", "baseline", "draft", "draft", "baseline", "baseline", "draft"]
+    assert record["p50_ms"] == 13.0 and record["paired_baseline_p50_ms"] == 30.0
+    assert record["paired_speedup"] == round(0.120 / 0.052, 3)  # equal lists: the ratio of the seconds
+    assert record["p50_ms_repeat"] == 20.0
+
+    failing = PairedEngines({"draft": [0.5] + [0.01] * 8}, tokens, fail_baseline=True)
+    monkeypatch.setattr(vllm, "LLM", failing.LLM)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: failing.clock[0])
+    _, (record,), _ = bench.offline_passes(args, catalog, users, None)
+    assert record["paired_error"] == "RuntimeError: no room for a second engine" and "paired_speedup" not in record
+    assert record["p50_ms"] == 10.0
+    none = bench.parse_args([*BASE, "--batch-sizes", "1", "4"])
+    assert not bench.pairs_batch_one(none, "none") and bench.pairs_batch_one(none, "eagle")
+    assert not bench.pairs_batch_one(bench.parse_args([*BASE, "--batch-sizes", "4"]), "padrec")  # no batch 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--engine-core", "in_process"], "each needs its core in its own process"),
+        (["--gpu-memory-utilization", "0.7"], "leaves no room for the paired baseline's 0.3: at most 0.65"),
+    ],
+)
+def test_pairing_needs_engines_in_their_own_processes_and_room_for_two(argv, says, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args([*BASE, *argv])
+    assert says in capsys.readouterr().err
+    bench.parse_args([*BASE, *argv, "--no-pair-batch-one"])  # unpaired: either is fine
 
 
 def test_counters_over_a_pass_are_the_difference_of_vllms_totals():
@@ -295,6 +383,7 @@ def test_a_configuration_says_its_model_runner_and_vllms_method_in_every_record(
         args.one, args.one_gamma = method, 3
         (got,) = bench.run_config(args)["records"]
         assert (got["runner"], got["speculative_method"]) == (runner, vllm_method)
+        assert got["engine_core"] == "own_process"
 
 
 @pytest.mark.parametrize(("method", "runner_env"), [("ngram", "0"), ("padrec", None)])

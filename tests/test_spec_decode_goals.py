@@ -121,3 +121,20 @@ def test_a_goal_this_run_does_not_measure_reads_an_earlier_run_whole():
 def test_nothing_measured_is_said_so():
     assert all(g["met"] is None and g["measured"] == "not measured" for g in spec_decode_goals([]))
     assert masks_alone([]) is None
+
+
+def test_one_request_at_a_time_the_goals_read_the_paired_speedup_where_the_run_measured_it():
+    """bench_spec_decode's paired passes (a baseline engine's calls alternating with the draft's) are what the
+    batch-1 goals read; records without them fall back to the speedup over the baseline's own engine."""
+    records = run_records()
+    records[3] |= {"paired_speedup": 3.2, "paired_baseline_p50_ms": 110.0}  # padrec gamma 5: 2.45x unpaired
+    records[5] |= {"paired_speedup": 3.0}  # eagle gamma 5
+    batch_one, over_eagle, over_one_step, *_ = spec_decode_goals(records)
+    assert batch_one["met"] is True
+    assert batch_one["measured"].startswith("3.20x paired (gamma 5, p50 40.8163 ms against 110 ms, acceptance")
+    assert over_eagle["met"] is True and over_eagle["measured"].startswith(
+        "+6.7 % (PAD-Rec 3.20x paired at gamma 5, eagle 3.00x paired at gamma 5)"
+    )
+    assert over_one_step["measured"].startswith("+100.0 % (PAD-Rec 3.20x paired at gamma 5, eagle_one_step 1.60x at")
+    records[5]["paired_speedup"] = 3.1  # within 5 %
+    assert spec_decode_goals(records)[1]["met"] is False
