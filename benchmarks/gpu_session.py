@@ -27,7 +27,8 @@ bench_topk_atspeed 21): call 1 ``start bench_target atspeed_drafts --target benc
 best validation loss, an epoch there being 2.4 of beauty's), call 3 ``checks bench_topk_atspeed
 topk_drafted_tests bench_atspeed`` (vLLM jobs wait for the trainings; the must-show first, then the tests, then
 bench_atspeed's acceptance of each head, if the hold lasts), then ``wait 570`` calls. Issue 14's list speed, some
-methods a hold, each hold with ``none`` (each method and gamma is an engine of 50-75 s start-up; 2026-12-02,
+methods a hold, each hold with ``none`` (each method and gamma is an engine of 50-75 s start-up, and a draft's
+batch-1 passes pair with a baseline engine, about a minute more; 2026-12-02, before the pairing,
 28 minutes: the target 4 at ``--bench-epochs 1``, the heads 4, seven engines 14): call 1 ``start bench_target
 bench_drafts --target bench --bench-epochs 1 --drafts padrec_eagle --draft-steps 600 --spec-methods none padrec
 eagle eagle_vanilla`` (the methods are given here: bench_drafts trains the Medusa heads only for ``medusa``),
