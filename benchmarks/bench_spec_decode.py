@@ -843,6 +843,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--users-latency", type=int, default=50, help="test users sent one at a time (default 50)")
     add("--serve", action="store_true", help="also measure every configuration through vllm serve (vllm bench serve)")
     add("--port", type=int, default=8051, help="with --serve: the servers' port (default 8051)")
+    add(
+        "--config-timeout",
+        type=float,
+        default=1200.0,
+        metavar="S",
+        help="stop a configuration (its engines too) that runs longer than this, and go on (default 1200; 0: never)",
+    )
     add("--min-gain", type=float, default=0.02, help="padrec_adaptive: the gain over none a gamma needs (default 0.02)")
     add(
         "--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"), help="model dtype (default bfloat16)"
@@ -961,6 +968,7 @@ def main(argv: list[str] | None = None) -> int:
                 [*argv, "--one-mode", mode],
                 args.work_dir,
                 args.cache_root,
+                timeout_s=args.config_timeout,
             )
             if error is not None:
                 errors[config] = error

@@ -41,3 +41,30 @@ def test_an_earlier_runs_model_info_folder_is_kept(tmp_path):
     assert not own.is_symlink() and (own / "x.json").exists()
     bench_driver.share_model_info(tmp_path / "cache", "new")
     assert (tmp_path / "cache" / "new" / "modelinfos").resolve() == (tmp_path / "cache" / "modelinfos").resolve()
+
+
+def test_a_configuration_past_its_time_is_stopped_with_the_processes_it_started(tmp_path):
+    """A real child under a 1 s limit: it and the process it started (as an engine core would be) are gone,
+    the error says it was stopped, and the next configuration can run."""
+    import time
+
+    (tmp_path / "hangs.py").write_text(
+        "import subprocess, sys, time\n"
+        "core = subprocess.Popen(['sleep', '60'])\n"
+        f"open({str(tmp_path / 'core.pid')!r}, 'w').write(str(core.pid))\n"
+        "time.sleep(60)\n"
+    )
+    started = time.monotonic()
+    result, error = bench_driver.run_configuration(
+        "hangs", "tag", "stuck", [], tmp_path, tmp_path / "cache", env={"PYTHONPATH": str(tmp_path)}, timeout_s=1
+    )
+    assert time.monotonic() - started < 30
+    assert result is None and error.startswith("exit 124 without a result, stopped after 1 s")
+    core = int((tmp_path / "core.pid").read_text())
+    stat = Path(f"/proc/{core}/stat")
+    for _ in range(50):  # the signal reaches the whole group; give the process a moment to go
+        if not stat.exists() or stat.read_text().split(") ")[-1].startswith("Z"):  # gone, or dead and not reaped
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the child's own process {core} outlived it")

@@ -451,6 +451,7 @@ def test_the_driver_runs_each_configuration_and_hands_the_adaptive_method_its_ta
         table = json.loads(command[command.index("--gamma-table") + 1]) if "--gamma-table" in command else None
         mode = command[command.index("--one-mode") + 1]
         ran.append((method, gamma, mode, table, Path(env["VLLM_CACHE_ROOT"]).name))
+        assert command[:4] == ["timeout", "--kill-after", "30", "1200"]  # --config-timeout's default
         rates = {"none": {1: 100, 64: 2000}, "padrec": {1: 250, 64: 1500}}.get(method, {1: 240, 64: 2000})
         if mode == "serve":  # served, PAD-Rec wins at 64 too: the table must not read it
             rates = {"none": {1: 50, 64: 1000}, "padrec": {1: 200, 64: 2000}}.get(method, {1: 150, 64: 1000})

@@ -21,6 +21,9 @@ from typing import Any
 
 from vllm_padrec.testing.results import write_results
 
+TIMED_OUT = 124  # coreutils timeout's exit status when it stopped the command
+KILL_GRACE_S = 30  # after its SIGTERM, timeout's SIGKILL
+
 
 def run_configuration(
     module: str,  # the benchmark, run as ``python -m module``
@@ -30,10 +33,13 @@ def run_configuration(
     work_dir: str | Path,
     cache_root: str | Path,
     env: dict[str, str] | None = None,  # more environment for the child
+    timeout_s: float | None = None,  # stop the child, and the engine processes it started, after this long
 ) -> tuple[Any, str | None]:
     """Run one configuration's child: (its result or None when it wrote none, None when it exited 0 or else its
     exit status and the log's tail). A child that wrote its result and then exited abnormally (an engine aborting
-    at teardown, after the measurements) gives both: its result counts, the exit is reported."""
+    at teardown, after the measurements) gives both: its result counts, the exit is reported. With ``timeout_s``
+    the child runs under coreutils' ``timeout``, which signals the child's whole process group (its engine cores
+    too: a hung engine would otherwise hold the GPU for the configurations after it), exit 124."""
     result = Path(work_dir) / f"{tag}_{config}.json"
     result.unlink(missing_ok=True)
     log = result.with_suffix(".log")
@@ -41,12 +47,15 @@ def run_configuration(
     child_env = {**os.environ, "VLLM_CACHE_ROOT": str(Path(cache_root) / config), **(env or {})}
     print(f"[{tag}] {config} (log {log}) ...", flush=True)
     with open(log, "w") as handle:
-        command = [sys.executable, "-m", module, *argv, "--result", str(result)]
+        limit = ["timeout", "--kill-after", str(KILL_GRACE_S), f"{timeout_s:g}"] if timeout_s else []
+        command = [*limit, sys.executable, "-m", module, *argv, "--result", str(result)]
         code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT, env=child_env)
     written = json.loads(result.read_text()) if result.exists() else None
     if code == 0 and written is not None:
         return written, None
     what = "after writing its result" if written is not None else "without a result"
+    if timeout_s and code == TIMED_OUT:
+        what += f", stopped after {timeout_s:g} s"
     error = f"exit {code} {what}: " + log.read_text()[-1500:]
     print(error, flush=True)
     return written, error
