@@ -44,7 +44,8 @@ Engine cores run in their own process, as vLLM runs them by default (``--engine-
 every record). One request at a time, a draft's engine shares its process with a baseline engine (its
 method's baseline, ``--pair-batch-one``, on by default), and the two answer each user in turn, in ABBA
 order: ``paired_speedup`` (tokens/s over the baseline's calls of the same users) and
-``paired_baseline_p50_ms``. Engines measured minutes apart see the machine drift between them (their
+``paired_baseline_p50_ms`` (and ``paired_equal``, the users whose lists the two engines wrote alike). Engines
+measured minutes apart see the machine drift between them (their
 ratio of p50s moved by tens of percent at equal acceptance, 2026-12-02); paired calls see the same drift,
 and the batch-1 goals read them where measured.
 
@@ -359,13 +360,16 @@ def pairs_batch_one(args, method: str) -> bool:
     return args.pair_batch_one and METHODS[method].speculative_method is not None and 1 in args.batch_sizes
 
 
-def paired_fields(spec_seconds, spec_lengths, base_seconds, base_lengths) -> dict:
-    """A paired pass's baseline p50 and the speedup in tokens/s over the baseline's calls of the same users."""
+def paired_fields(spec_seconds: list[float], spec_ids: list[list[int]], base_seconds: list[float], base_ids) -> dict:
+    """A paired pass's baseline p50, the speedup in tokens/s over the baseline's calls of the same users, and
+    how many of the users' lists equal the baseline's token for token."""
+    spec_lengths, base_lengths = [len(t) for t in spec_ids], [len(t) for t in base_ids]
     spec_rate = sum(spec_lengths) / sum(spec_seconds)
     base_rate = sum(base_lengths) / sum(base_seconds)
     return {
         "paired_baseline_p50_ms": call_timing(base_seconds, base_lengths, 1)["p50_ms"],
         "paired_speedup": round(spec_rate / base_rate, 3),
+        "paired_equal": sum(a == b for a, b in zip(spec_ids, base_ids)),
     }
 
 
@@ -474,8 +478,7 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
                 )
             )
             if paired:
-                lengths = [len(t) for t in token_ids]
-                records[-1] |= paired_fields(seconds, lengths, base_seconds, [len(t) for t in base_ids])
+                records[-1] |= paired_fields(seconds, token_ids, base_seconds, base_ids)
             elif batch == 1 and pair_error is not None:
                 records[-1]["paired_error"] = pair_error
             lists[f"offline_{list_len}_{batch}"] = token_ids

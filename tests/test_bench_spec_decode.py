@@ -180,9 +180,10 @@ class PairedEngines:
     """A fake vllm.LLM class for offline_passes on a fake clock: each engine (``draft`` with a speculative config,
     ``baseline`` without) takes its own seconds per call, in order; the calls and engines are logged."""
 
-    def __init__(self, seconds: dict, tokens: list[int], fail_baseline: bool = False):
+    def __init__(self, seconds: dict, tokens: list[int], fail_baseline: bool = False, baseline_differs_at=()):
         self.seconds = {name: iter(values) for name, values in seconds.items()}
         self.clock, self.calls, self.engines, self.tokens = [0.0], [], [], tokens
+        self.differs_at = set(baseline_differs_at)  # the baseline's calls (0: its warm-up) with one more token
         fake = self
 
         class LLM:
@@ -196,7 +197,10 @@ class PairedEngines:
             def generate(self, prompts, params, use_tqdm):
                 fake.calls.append(self.name)
                 fake.clock[0] += next(fake.seconds[self.name])
-                return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=fake.tokens)]) for _ in prompts]
+                tokens = fake.tokens
+                if self.name == "baseline" and fake.calls.count("baseline") - 1 in fake.differs_at:
+                    tokens = [*tokens, 7]
+                return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=tokens)]) for _ in prompts]
 
             def get_metrics(self):
                 return []
@@ -216,7 +220,7 @@ def test_a_drafts_one_at_a_time_passes_alternate_with_a_baseline_engine(monkeypa
     tokens = [*catalog.item_token_ids(3), catalog.layout.EOS]
     # the draft: warm-up, 4 users, the repeat pass; the baseline: warm-up, 4 users (30 ms each)
     seconds = {"draft": [0.5, 0.010, 0.012, 0.014, 0.016, 0.02, 0.02, 0.02, 0.02], "baseline": [0.5] + [0.030] * 4}
-    fake = PairedEngines(seconds, tokens)
+    fake = PairedEngines(seconds, tokens, baseline_differs_at={2})  # the second user's list differs
     monkeypatch.setattr(vllm, "LLM", fake.LLM)
     monkeypatch.setattr(bench.time, "perf_counter", lambda: fake.clock[0])
     argv = [*BASE, "--batch-sizes", "1", "--list-lens", "1", "--users-latency", "4", "--cache-root", "/c"]
@@ -234,7 +238,9 @@ def test_a_drafts_one_at_a_time_passes_alternate_with_a_baseline_engine(monkeypa
     timed = fake.calls[2:10]  # after both warm-ups
     assert timed == ["draft", "baseline", "baseline", "draft", "draft", "baseline", "baseline", "draft"]
     assert record["p50_ms"] == 13.0 and record["paired_baseline_p50_ms"] == 30.0
-    assert record["paired_speedup"] == round(0.120 / 0.052, 3)  # equal lists: the ratio of the seconds
+    n = len(tokens)  # tokens/s over the baseline's, whose second list is one token longer
+    assert record["paired_speedup"] == round((4 * n / 0.052) / ((4 * n + 1) / 0.120), 3)
+    assert record["paired_equal"] == 3
     assert record["p50_ms_repeat"] == 20.0
 
     failing = PairedEngines({"draft": [0.5] + [0.01] * 8}, tokens, fail_baseline=True)
