@@ -138,3 +138,6 @@ def test_one_request_at_a_time_the_goals_read_the_paired_speedup_where_the_run_m
     assert over_one_step["measured"].startswith("+100.0 % (PAD-Rec 3.20x paired at gamma 5, eagle_one_step 1.60x at")
     records[5]["paired_speedup"] = 3.1  # within 5 %
     assert spec_decode_goals(records)[1]["met"] is False
+    records[8]["paired_speedup"] = 0.9  # the adaptive policy at batch 1, paired: below no speculation
+    adaptive = spec_decode_goals(records)[3]
+    assert adaptive["met"] is False and adaptive["measured"].startswith("lists of 10, B = 1: 0.90x paired;")

@@ -123,16 +123,12 @@ def adaptive_goal(records: list[dict]) -> dict:
         f"PAD-Rec with the adaptive policy at least {ADAPTIVE_FLOOR:g}x no speculation at every batch size "
         f"(aim {ADAPTIVE_AIM:g}x at {ADAPTIVE_AIM_BATCH})"
     )
-    adaptive = [
-        r
-        for r in records
-        if r["method"] == ADAPTIVE and r["mode"] == OFFLINE and r.get("speedup_vs_no_spec") is not None
-    ]
+    adaptive = [r for r in records if r["method"] == ADAPTIVE and r["mode"] == OFFLINE and speedup(r) is not None]
     if not adaptive:
         return verdict(goal, None, "not measured")
     adaptive.sort(key=lambda r: (r["list_len"], r["batch_size"]))
-    parts = [f"lists of {r['list_len']}, B = {r['batch_size']}: {r['speedup_vs_no_spec']:.2f}x" for r in adaptive]
-    return verdict(goal, all(r["speedup_vs_no_spec"] >= ADAPTIVE_FLOOR for r in adaptive), "; ".join(parts))
+    parts = [f"lists of {r['list_len']}, B = {r['batch_size']}: {speedup(r):.2f}x{paired_mark(r)}" for r in adaptive]
+    return verdict(goal, all(speedup(r) >= ADAPTIVE_FLOOR for r in adaptive), "; ".join(parts))
 
 
 def equality_goal(records: list[dict]) -> dict:
