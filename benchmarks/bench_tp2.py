@@ -20,7 +20,8 @@ Records (one per workload, method, dtype, batch size and tensor-parallel size): 
 ``users_per_s`` (top-K), ``p50_ms``, ``speedup_vs_no_spec`` (lists), and for float32 ``equal_to_single_gpu`` /
 ``users_compared``: the users whose list (token for token) or top-K items (in order) are the one-GPU engine's,
 read from the configurations' saved outputs. Goals: equal outputs at every record, and PAD-Rec's one-request
-speedup over no speculation at TP = 2 at least 90 % of its one-GPU speedup (bfloat16).
+speedup over no speculation at TP = 2 at least 90 % of its one-GPU speedup (bfloat16; the paired speedup,
+``paired_speedup``, where bench_spec_decode alternated PAD-Rec's calls with a baseline engine's).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pathlib import Path
 
 from vllm_padrec.testing.bench_driver import command_line, rerender, write_payload
 from vllm_padrec.testing.goals import goals_markdown, verdict
+from vllm_padrec.testing.spec_decode_goals import speedup
 
 LIST_LEN = 10
 DTYPES = ("float32", "bfloat16")
@@ -124,7 +126,7 @@ def collect(args) -> list[dict]:
             for r in payload["records"]:
                 record = {"workload": "lists", "method": r["method"], "tensor_parallel_size": tp, "dtype": dtype}
                 record |= {k: r.get(k) for k in ("batch_size", "list_len", "gamma", "tokens_per_s", "p50_ms")}
-                record |= {"speedup_vs_no_spec": r.get("speedup_vs_no_spec"), "users_per_s": None}
+                record |= {k: r.get(k) for k in ("speedup_vs_no_spec", "paired_speedup")} | {"users_per_s": None}
                 record |= {"equal_to_single_gpu": None, "users_compared": None}
                 if dtype == EXACT:
                     name = f"offline_{r['list_len']}_{r['batch_size']}"
@@ -161,10 +163,10 @@ def tp2_goals(records: list[dict]) -> list[dict]:
         ]
         equal = verdict(goal, all(r["equal_to_single_gpu"] == r["users_compared"] for r in compared), "; ".join(parts))
 
-    def padrec_speedup(tp: int) -> float | None:
+    def padrec_speedup(tp: int) -> float | None:  # paired with a baseline engine where bench_spec_decode did
         return next(
             (
-                r["speedup_vs_no_spec"]
+                speedup(r)
                 for r in records
                 if (r["workload"], r["method"], r["dtype"], r["batch_size"], r["tensor_parallel_size"])
                 == ("lists", "padrec", SPEED, 1, tp)

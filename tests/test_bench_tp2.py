@@ -31,6 +31,9 @@ def fake_child(command, stdout, stderr, env):
         if tp == 2 and method == "padrec" and option(command, "--dtype") == "float32":
             lists["10_64"] = [[3, 4], [5, 7]]
         payload = list_result(method, gamma, {1: rate, 64: 10 * rate}, lists)
+        for record in payload["records"]:  # bench_spec_decode's paired batch-1 pass: 2.4x at TP = 1, 2.3x at 2
+            if method == "padrec" and record["batch_size"] == 1:
+                record["paired_speedup"] = 2.3 if tp == 2 else 2.4
     else:
         dtype = option(command, "--one-dtype")
         one = topk_result("engine", dtype)
@@ -68,7 +71,7 @@ def test_both_workloads_run_at_each_size_and_the_outputs_are_compared_with_one_g
     assert by["lists", "padrec", 1, "bfloat16", 1]["speedup_vs_no_spec"] == 2.5
     equal, kept = payload["goals"]
     assert equal["met"] is False and "lists padrec B = 64: 1 / 2" in equal["measured"]
-    assert kept["met"] is False and kept["measured"] == "2.00x against 2.50x (80%)"
+    assert kept["met"] is True and kept["measured"] == "2.30x against 2.40x (96%)"  # the paired speedups
     text = (tmp_path / "tp2.md").read_text()
     assert "| lists | padrec | 2 | float32 | 64 |" in text and "## Goals (issue 15)" in text
 
