@@ -349,6 +349,12 @@ def run_config(args) -> dict:
     return result | {"records": records, "lists": lists}
 
 
+def engine_core_of(record: dict) -> str:
+    """Where a record's engine core ran: ``own_process`` or ``in_process`` (records before the field, 2026-12-02,
+    ran in the benchmark's process)."""
+    return record.get("engine_core", IN_PROCESS)
+
+
 def engine_core_environment(engine_core: str) -> dict[str, str]:
     """The environment that puts the engine core in its own process (vLLM's default) or in this one."""
     return {"VLLM_ENABLE_V1_MULTIPROCESSING": "1" if engine_core == OWN_PROCESS else "0"}
@@ -740,15 +746,15 @@ def markdown(payload: dict) -> str:
         *batch_one_costs_markdown(payload["records"]),
         "## Records",
         "",
-        "| method | runner | mode | dtype | gamma | list_len | batch_size | users | tokens/s | speedup "
+        "| method | runner | engine core | mode | dtype | gamma | list_len | batch_size | users | tokens/s | speedup "
         "| paired speedup | p50 ms | p99 ms | acceptance length | equal to baseline | invalid items | Recall@10 "
         "| NDCG@10 |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in payload["records"]:
         equal = "-" if r["users_compared"] is None else f"{r['equal_to_no_spec']} / {r['users_compared']}"
         lines.append(
-            f"| {r['method']}{earlier_mark(r)} | {runner_of(r)} | {r['mode']} | "
+            f"| {r['method']}{earlier_mark(r)} | {runner_of(r)} | {engine_core_of(r)} | {r['mode']} | "
             f"{r.get('dtype', payload['dtype'])} | {r['gamma']} | "
             f"{r['list_len']} | {r['batch_size']} | {r['users']} | "
             f"{cell(r['tokens_per_s'])} | {cell(r['speedup_vs_no_spec'])} | {cell(r.get('paired_speedup'))} | "

@@ -301,6 +301,7 @@ def result(method, gamma, rate_by_batch: dict, lists: dict, mode: str = "offline
         )
         for batch, rate in rate_by_batch.items()
     ]
+    records = [r | {"engine_core": "own_process"} for r in records]  # as run_config marks them
     lists = {f"{mode}_{name}": value for name, value in lists.items()}
     return {"method": method, "gamma": gamma, "mode": mode, "startup_seconds": 1.0, "records": records} | {
         "lists": lists
@@ -488,7 +489,7 @@ def test_the_driver_runs_each_configuration_and_hands_the_adaptive_method_its_ta
     assert bench.main(argv) == 0 and {mode for _, _, mode, _, _ in ran} == {"offline"}  # without --serve
     text = (tmp_path / "spec_decode_beauty_atspeed.md").read_text()
     assert (
-        "| padrec | v2 | offline | bfloat16 | 5 | 10 | 1 | 1 | 250.0 | 2.5 |" in text
+        "| padrec | v2 | own_process | offline | bfloat16 | 5 | 10 | 1 | 1 | 250.0 | 2.5 |" in text
         and "[[1, 63, 5], [64, 64, 0]]" in text
     )
     assert text.index("## Goals (issue 14)") < text.index("## Records")
