@@ -25,6 +25,11 @@ drafts at step k (vLLM's per-position rate); conditional rate at step k = accept
 earlier draft accepted); per-slot rate = accepted / reached by the slot of the drafted token.
 Wall seconds time this plain-torch reference (one HF forward per draft step), not vLLM: they are
 reported for completeness, speedups belong to the vLLM benchmarks.
+
+With ``--skip-forced-drafts`` every head also decodes with the draft steps whose draft the constraint forces
+left out (``speculative_lists(skip_forced_drafts=True)``: no head forward for them, the last feature standing
+in), as records named ``<method> (forced steps skipped)`` with the share of draft steps left out
+(``skipped_step_share``): what issue 14's lever would save, and what acceptance it would cost.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from vllm_padrec.testing.drafts import draft_folder, draft_method, draft_steps, 
 from vllm_padrec.testing.results import write_results
 
 STEM = "acceptance_{name}"  # acceptance_<name>.json, .md and .png
+SKIPPED_LABEL = " (forced steps skipped)"  # a record decoded with skip_forced_drafts
 
 
 def training_budget(folder: str) -> dict:
@@ -120,7 +126,8 @@ def run(args) -> str:
             name = f"{name}@{os.path.basename(os.path.normpath(path))}"
         names.add(name)
         draft = load_draft(folder, target).to(dtype=dtype).eval()
-        for gamma in args.gammas:
+        variants = (False, True) if args.skip_forced_drafts and method != "medusa" else (False,)
+        for gamma, skip in ((g, v) for g in args.gammas for v in variants):
             if method == "medusa" and gamma > draft.config.num_heads:
                 print(f"{name}: skipping gamma={gamma} (only {draft.config.num_heads} Medusa heads)", flush=True)
                 continue
@@ -135,12 +142,15 @@ def run(args) -> str:
                 gamma,
                 batch_size=args.batch_size,
                 max_history=recipe.max_history,
+                skip_forced_drafts=skip,
             )
             _sync(device)
             seconds = time.perf_counter() - start
             mismatches = sum(a != b for a, b in zip(lists, reference))
             record = dict(
-                method=name,
+                method=name + (SKIPPED_LABEL if skip else ""),
+                skip_forced_drafts=skip,
+                skipped_step_share=stats.skipped_step_share,
                 draft=os.path.abspath(folder),
                 trained_draft_steps=draft_steps(config),  # γ the head was trained for
                 **training_budget(folder),
@@ -191,10 +201,12 @@ def _format_row(r: dict) -> str:
 
     steps = " ".join(f"{x:.2f}" for x in r["acceptance_rate_by_step"])
     vllm_length = SpeculationStats.from_dict(r["stats"]).vllm_acceptance_length  # (older records lack the key)
+    share = r.get("skipped_step_share")  # (older records: no steps left out)
+    left_out = f"{100 * share:.1f} %" if share else "-"
     return (
         f"| {r['method']} | {r['gamma']} | {r['acceptance_length']:.3f} | "
         f"{vllm_length:.3f} | {r['draft_acceptance_rate']:.3f} | "
-        f"{steps} | {r['mismatches']} | {r['users']} | {r['wall_seconds']:.1f} |"
+        f"{steps} | {left_out} | {r['mismatches']} | {r['users']} | {r['wall_seconds']:.1f} |"
     )
 
 
@@ -225,13 +237,14 @@ def render(json_path: str) -> None:
         "Acceptance length: tokens per target verification pass, (accepted drafts + 1) averaged over draft "
         "rounds. vLLM's length: 1 + accepted / rounds, as `vllm:spec_decode_*` counts it (a round whose "
         "drafts closed the list counts its bonus token too). "
-        "Rate by step k: accepted / proposed drafts at step k. Mismatches: lists that differ from "
+        "Rate by step k: accepted / proposed drafts at step k. Steps left out: draft steps k >= 1 "
+        "whose forced draft ran no head forward (`--skip-forced-drafts`). Mismatches: lists that differ from "
         "plain greedy decoding (must be 0). Seconds: this plain-torch reference decoder "
         f"(plain greedy: {data['greedy_wall_seconds']:.1f} s), not vLLM.",
         "",
-        "| method | γ | acceptance length | vLLM's length | draft acceptance | rate by step k = 0.. | mismatches | "
-        "users | seconds |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|",
+        "| method | γ | acceptance length | vLLM's length | draft acceptance | rate by step k = 0.. | steps left out "
+        "| mismatches | users | seconds |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     lines += [_format_row(r) for r in records]
     lines += [
@@ -292,6 +305,12 @@ def main(argv=None) -> int:
     parser.add_argument("--gammas", type=int, nargs="+", default=[3, 4, 5], help="draft tokens per round")
     parser.add_argument("--num-items", type=int, default=None, help="items per list (default: recipe list_items)")
     parser.add_argument("--batch-size", type=int, default=64, help="prompts per batch")
+    parser.add_argument(
+        "--skip-forced-drafts",
+        action="store_true",
+        help="also decode each head with the draft steps whose draft the catalog forces left out (issue 14's "
+        "catalog lever: the share of steps left out and the acceptance that remains)",
+    )
     parser.add_argument("--device", default=None, help="default: cuda when available")
     parser.add_argument(
         "--dtype",

@@ -202,6 +202,7 @@ class Settings:
     accept_users: int = 150
     accept_gammas: tuple[int, ...] = (3, 4, 5)
     accept_name: str = "beauty"
+    accept_skip_forced: bool = False  # acceptance also decodes with the forced draft steps left out
     lossless_users: int = 500
     lossless_modes: tuple[str, ...] = ("fp32",)
     engine_users: int = 512
@@ -260,6 +261,13 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
     add("--accept-users", type=int, help=f"users of the acceptance benchmark (default {d.accept_users})", **kw)
     add("--accept-gammas", type=int, nargs="+", help="draft tokens per round (default 3 4 5)", **kw)
     add("--accept-name", help=f"acceptance_<name> results; lossless reads them ({d.accept_name})", **kw)
+    add(
+        "--accept-skip-forced",
+        action=argparse.BooleanOptionalAction,
+        help="acceptance also decodes each head with the forced draft steps left out (issue 14's catalog lever; "
+        "default off)",
+        **kw,
+    )
     add("--lossless-users", type=int, help=f"users of the lossless check (default {d.lossless_users})", **kw)
     add("--lossless-modes", nargs="+", choices=list(LOSSLESS_MODES), help="lossless runs (default fp32)", **kw)
     add("--engine-users", type=int, help=f"timed requests of engine_step (default {d.engine_users})", **kw)
@@ -485,6 +493,7 @@ def job_acceptance(ctx: JobContext) -> int:
         *("--target", str(bench_dir(s.dataset) / "checkpoint"), "--dataset", dataset_path(s), "--drafts", *heads),
         *("--users", str(s.accept_users), "--gammas", *map(str, s.accept_gammas), "--batch-size", "128"),
         *("--out", str(WORK / "results"), "--name", s.accept_name),
+        *(["--skip-forced-drafts"] if s.accept_skip_forced else []),
     )
 
 

@@ -633,3 +633,13 @@ def test_engine_step_runs_at_the_sessions_concurrency(monkeypatch, tmp_path):
     parser = gs.parser()
     parsed = parser.parse_args(["start", "--engine-concurrency", "1"])
     assert parsed.engine_concurrency == 1
+
+
+def test_the_acceptance_job_may_also_leave_out_the_forced_draft_steps(monkeypatch, tmp_path):
+    monkeypatch.setattr(gs, "WORK", tmp_path)
+    calls = []
+    monkeypatch.setattr(gs.JobContext, "python", lambda self, module, *args, env=None: calls.append(args) or 0)
+    for settings, flagged in ((gs.Settings(), False), (gs.Settings(accept_skip_forced=True), True)):
+        assert gs.JOBS["acceptance"].body(gs.JobContext("acceptance", settings, {"PATH": "/bin"})) == 0
+        assert ("--skip-forced-drafts" in calls.pop()) == flagged
+    assert gs.parser().parse_args(["start", "--accept-skip-forced"]).accept_skip_forced is True

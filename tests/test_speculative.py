@@ -96,6 +96,29 @@ def test_greedy_speculation_equals_greedy(world, method, gamma, batch_size):
     assert stats.tokens == sum(len(t) for t in token_ids)
 
 
+@pytest.mark.parametrize("method", ["padrec", "eagle", "random_padrec", "medusa"])
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_leaving_out_the_forced_draft_steps_keeps_the_lists_and_saves_forwards(world, method, batch_size):
+    """skip_forced_drafts: the draft steps whose draft the constraint forces run no head forward (one request at
+    a time, exactly the steps counted as skipped), and greedy lists stay the target's own."""
+    target, catalog, histories, greedy, drafts = world
+    run = lambda skip: speculative_lists(  # noqa: E731
+        target, drafts[method], catalog, histories, NUM_ITEMS, 4, batch_size=batch_size, skip_forced_drafts=skip
+    )
+    plain_lists, _, plain = run(False)
+    lists, token_ids, skipped = run(True)
+    assert lists == greedy == plain_lists
+    assert token_ids == [catalog.render_completion(items) for items in greedy]
+    assert plain.decode_steps_skipped == 0 and plain.skipped_step_share == 0.0
+    if method == "medusa":  # its heads all run in step 0: no step to leave out, nothing counted as run
+        assert skipped.draft_calls == plain.draft_calls
+        return
+    assert 0.2 < skipped.skipped_step_share < 0.8  # separators and deep codes are forced, first codes are not
+    if batch_size == 1:  # head forwards: step 0 of each round, and each step run (a skipped one runs none)
+        assert plain.draft_calls == plain.rounds + plain.decode_steps_run
+        assert skipped.draft_calls == skipped.rounds + skipped.decode_steps_run
+
+
 def test_trained_drafts_are_accepted_more_than_random_ones(world):
     target, catalog, histories, _, drafts = world
     length = {
@@ -139,8 +162,8 @@ class Recorder(speculative.Proposer):
         self.log[-1].append((0, int(positions[0, last[0]]), logits[0].clone(), None))
         return logits
 
-    def next_step(self, step, tokens, positions):
-        logits = self.inner.next_step(step, tokens, positions)
+    def next_step(self, step, tokens, positions, run=None):
+        logits = self.inner.next_step(step, tokens, positions, run)
         self.log[-1].append((step, int(positions[0]), logits[0].clone(), int(tokens[0])))
         return logits
 
@@ -361,7 +384,7 @@ def exact_list_distribution(target, catalog, history, num_items, temperature) ->
     return {tuple(tokens): float(p) for tokens, p in zip(lists, probs)}
 
 
-def sampled_pvalue(target, draft, catalog, temperature, samples, seed=0) -> float:
+def sampled_pvalue(target, draft, catalog, temperature, samples, seed=0, skip_forced_drafts=False) -> float:
     history = [0, 3]
     exact = exact_list_distribution(target, catalog, history, 2, temperature)
     generator = torch.Generator().manual_seed(seed)
@@ -375,7 +398,9 @@ def sampled_pvalue(target, draft, catalog, temperature, samples, seed=0) -> floa
         temperature=temperature,
         generator=generator,
         batch_size=samples,
+        skip_forced_drafts=skip_forced_drafts,
     )
+    assert (stats.decode_steps_skipped > 0) == skip_forced_drafts
     keys = list(exact)
     observed = np.zeros(len(keys))
     index = {k: n for n, k in enumerate(keys)}
@@ -395,6 +420,13 @@ def test_speculative_sampling_matches_the_target_distribution(tiny_world, method
     assert sampled_pvalue(target, drafts[method], catalog, temperature, samples=20_000) > 1e-3
 
 
+def test_sampling_with_the_forced_draft_steps_left_out_matches_the_target_distribution(tiny_world):
+    """A left-out step's draft is forced, its draft distribution one-hot: rejection sampling stays exact."""
+    target, catalog, drafts = tiny_world
+    pvalue = sampled_pvalue(target, drafts["padrec"], catalog, 1.0, samples=20_000, skip_forced_drafts=True)
+    assert pvalue > 1e-3
+
+
 @pytest.mark.parametrize("mistake", ["accept_q_over_p", "no_residual"])
 def test_the_statistical_test_catches_a_wrong_verifier(tiny_world, mistake, monkeypatch):
     target, catalog, drafts = tiny_world
@@ -403,3 +435,24 @@ def test_the_statistical_test_catches_a_wrong_verifier(tiny_world, mistake, monk
     else:
         monkeypatch.setattr(rejection, "residual_distribution", lambda p, q: p)
     assert sampled_pvalue(target, drafts["padrec"], catalog, 1.0, samples=8_000) < 1e-6
+
+
+def test_a_row_left_out_of_a_draft_step_keeps_its_feature_and_gets_a_hole(world):
+    """HeadProposer.next_step with ``run``: the rows run move on to the step's feature and a live KV column,
+    a row left out keeps its last feature (the stand-in) and a hole; with no row to run the head does not run."""
+    target, catalog, _, _, drafts = world
+    proposer = speculative.HeadProposer(drafts["padrec"], 2, torch.device("cpu"))
+    H = target.config.hidden_size
+    hidden = torch.randn(2, 3, H)
+    tokens = torch.tensor([[5, 6, 7], [5, 6, 8]])
+    positions = torch.arange(3).expand(2, 3)
+    proposer.start_round(hidden, tokens, positions, torch.ones(2, 3, dtype=torch.bool), torch.tensor([2, 2]))
+    before, calls = proposer.feature.clone(), proposer.calls
+    proposer.next_step(1, torch.tensor([9, 9]), torch.tensor([3, 3]), torch.tensor([True, False]))
+    assert not torch.equal(proposer.feature[0], before[0]) and torch.equal(proposer.feature[1], before[1])
+    assert proposer.cache.keep[:, -1].tolist() == [True, False] and proposer.calls == calls + 1
+    logits = proposer.next_step(2, torch.tensor([9, 9]), torch.tensor([4, 4]), torch.tensor([False, False]))
+    assert proposer.calls == calls + 1 and proposer.cache.keep.shape[1] == 4  # no forward, no column
+    assert logits.shape == proposer.logits.shape
+    proposer.end_round()
+    assert proposer.cache.keep.shape[1] == 3  # the round's step-k columns dropped, the skipped one never written

@@ -31,6 +31,13 @@ Proposers (the draft side of a round; ``make_proposer`` picks one by the draft's
 - ``MedusaProposer``: head k reads h_p (the hidden state that chose x_{p+1}) and proposes
   x_{p+2+k}; all γ heads run once per round.
 
+Forced drafts (``skip_forced_drafts``, an experiment on issue 14's catalog lever): where the constraint
+allows exactly one token at draft step k >= 1, that draft needs no logits, so the head's forward for it is
+left out. The row keeps the feature of its last forward as the stand-in input of its next step and gets a
+hole in the head's KV cache; a step that no row needs does not run. The drafts stay those the masks force,
+so the output is unchanged (greedy or sampled: a forced draft's distribution is one-hot either way); what
+can change is the acceptance of the drafts after a left-out step. ``decode_steps_skipped`` counts them.
+
 Batching: prompts are batched per length (as ``greedy_lists``). Rows accept different numbers of
 drafts, so each KV cache (target and draft head) grows by the same number of columns for every row
 and the columns a row rejected stay as holes: a keep-mask [B, S] hides them from attention and
@@ -81,6 +88,8 @@ class SpeculationStats:
     target_passes: int = 0  # target forward passes per row: one prefill + one per round
     target_calls: int = 0  # batched target forward calls (prefill and verification)
     draft_calls: int = 0  # batched draft forward calls
+    decode_steps_run: int = 0  # draft steps k >= 1 that ran the head, summed over rows
+    decode_steps_skipped: int = 0  # draft steps k >= 1 left out because their draft was forced (skip_forced_drafts)
     drafted_by_step: list[int] = field(default_factory=list)  # [γ]
     reached_by_step: list[int] = field(default_factory=list)  # [γ]
     accepted_by_step: list[int] = field(default_factory=list)  # [γ]
@@ -116,6 +125,11 @@ class SpeculationStats:
     def tokens_per_target_pass(self) -> float:
         """Every emitted token (the prefill's included) per target forward pass of a row."""
         return self.tokens / self.target_passes if self.target_passes else 0.0
+
+    @property
+    def skipped_step_share(self) -> float:
+        """The share of draft steps k >= 1 that ``skip_forced_drafts`` left out (their draft was forced)."""
+        return _ratio(self.decode_steps_skipped, self.decode_steps_run + self.decode_steps_skipped)
 
     @property
     def acceptance_rate_by_step(self) -> list[float]:
@@ -178,6 +192,7 @@ class SpeculationStats:
             mean_accepted_length=self.mean_accepted_length,
             draft_acceptance_rate=self.draft_acceptance_rate,
             tokens_per_target_pass=self.tokens_per_target_pass,
+            skipped_step_share=self.skipped_step_share,
             acceptance_rate_by_step=self.acceptance_rate_by_step,
             conditional_acceptance_by_step=self.conditional_acceptance_by_step,
             acceptance_by_slot=dict(zip(self.slot_names(), self.acceptance_by_slot)),
@@ -337,7 +352,13 @@ class Proposer:
     ) -> Tensor:  # [B, V'] draft logits of step 0
         raise NotImplementedError
 
-    def next_step(self, step: int, tokens: Tensor, positions: Tensor) -> Tensor:  # [B], [B] -> [B, V']
+    def next_step(
+        self,
+        step: int,
+        tokens: Tensor,  # [B] the previous step's drafts
+        positions: Tensor,  # [B] long, their positions
+        run: Tensor | None = None,  # [B] bool: rows whose draft this step needs (None: all)
+    ) -> Tensor:  # [B, V'] draft logits of this step (rows not run: any values, their draft is forced)
         raise NotImplementedError
 
     def end_round(self) -> None:
@@ -354,6 +375,7 @@ class HeadProposer(Proposer):
         self.head = head
         self.cache = MaskedCache(new_cache(), batch, device)
         self.feature: Tensor | None = None  # [B, H] the last step's output feature
+        self.logits: Tensor | None = None  # [B, V'] the last step's logits
         self.steps = 0  # step-k > 0 columns written this round
 
     def start_round(self, hidden, next_tokens, positions, valid, last):
@@ -364,11 +386,16 @@ class HeadProposer(Proposer):
         self.cache.appended(valid)
         self.calls += 1
         self.feature = f[torch.arange(f.shape[0], device=f.device), last]  # [B, H] f^0_p
-        return self.head.compute_logits(self.feature)  # [B, V']
+        self.logits = self.head.compute_logits(self.feature)  # [B, V']
+        return self.logits
 
-    def next_step(self, step, tokens, positions):
-        live = torch.ones(tokens.shape[0], 1, dtype=torch.bool, device=tokens.device)  # [B, 1]
-        mask = self.cache.mask_with(live)
+    def next_step(self, step, tokens, positions, run=None):
+        """A row not run keeps its feature (the stand-in for the step it skips) and gets a hole in the head's KV
+        cache at ``positions``; when no row runs, the head does not run at all."""
+        live = torch.ones_like(tokens, dtype=torch.bool) if run is None else run  # [B]
+        if not bool(live.any()):
+            return torch.zeros_like(self.logits)  # [B, V']: every draft of this step is forced
+        mask = self.cache.mask_with(live[:, None])
         f = self.head(
             self.feature[:, None],
             tokens[:, None],
@@ -377,11 +404,12 @@ class HeadProposer(Proposer):
             attention_mask=mask,
             past_key_values=self.cache.cache,
         )  # [B, 1, H]
-        self.cache.appended(live)
+        self.cache.appended(live[:, None])
         self.calls += 1
         self.steps += 1
-        self.feature = f[:, 0]  # [B, H]
-        return self.head.compute_logits(self.feature)  # [B, V']
+        self.feature = torch.where(live[:, None], f[:, 0], self.feature)  # [B, H]
+        self.logits = self.head.compute_logits(self.feature)  # [B, V']
+        return self.logits
 
     def end_round(self) -> None:
         self.cache.drop_last(self.steps)
@@ -404,8 +432,8 @@ class MedusaProposer(Proposer):
         self.calls += 1
         return self.logits[0]
 
-    def next_step(self, step, tokens, positions):
-        return self.logits[step]
+    def next_step(self, step, tokens, positions, run=None):
+        return self.logits[step]  # every head ran in start_round: nothing to leave out
 
 
 def make_proposer(draft: nn.Module, gamma: int, batch: int, device: torch.device) -> Proposer:
@@ -459,6 +487,7 @@ def speculative_lists(
     ban_history: bool = False,  # the lists may not contain the user's history items
     batch_size: int = 64,  # prompts per batch (equal lengths)
     progress: bool = False,
+    skip_forced_drafts: bool = False,  # leave out the draft steps whose draft the constraint forces (module doc)
 ) -> tuple[list[list[int]], list[list[int]], SpeculationStats]:
     """Lists of ``num_items`` item indices by chain speculation (module docstring).
 
@@ -494,7 +523,18 @@ def speculative_lists(
         input_ids = torch.tensor([prompts[r] for r in rows], device=device)  # [B, P]
         state = constraint.initial_state(len(rows), [histories[r] for r in rows], ban_history)
         decoder = _BatchDecoder(
-            target, draft, constraint, len(rows), gamma, temperature, generator, max_steps, slot_table, stats, device
+            target,
+            draft,
+            constraint,
+            len(rows),
+            gamma,
+            temperature,
+            generator,
+            max_steps,
+            slot_table,
+            stats,
+            device,
+            skip_forced_drafts,
         )
         outputs = decoder.run(input_ids, state)
         for row, tokens in zip(rows, outputs):
@@ -536,6 +576,7 @@ class _BatchDecoder:
         slot_table: Tensor,  # [V']
         stats: SpeculationStats,
         device: torch.device,
+        skip_forced_drafts: bool = False,
     ) -> None:
         self.constraint, self.gamma, self.temperature, self.generator = constraint, gamma, temperature, generator
         self.max_steps, self.slot_table, self.stats, self.device = max_steps, slot_table, stats, device
@@ -546,6 +587,7 @@ class _BatchDecoder:
         self.state: ListState | None = None  # B' rows: the constraint after the emitted tokens
         self.pending: Tensor | None = None  # [B'] the token chosen but not yet read by the target
         self.emitted: Tensor | None = None  # [B'] tokens emitted per row
+        self.skip_forced_drafts = skip_forced_drafts
         self.round_in: tuple[Tensor, ...] = ()  # the draft's step-0 input of the next round (start_round)
 
     def run(self, input_ids: Tensor, state: ListState) -> list[list[int]]:
@@ -607,18 +649,27 @@ class _BatchDecoder:
         K = int(row_drafts.max())  # >= 1
         states, masks, drafts, draft_probs = [self.state], [], [], []
         logits = proposer.start_round(*self.round_in)  # [B', V']
+        allowed = constraint.allowed_tokens(self.state)  # [B', V] allowed(S_0)
         for k in range(K):
-            allowed = constraint.allowed_tokens(states[k])  # [B', V]
             masks.append(allowed)
             d, q = self._choose(logits, allowed)  # [B'], [B', V'] or None
             drafts.append(d)
             draft_probs.append(q)
             states.append(constraint.advance(states[k], d))
+            allowed = constraint.allowed_tokens(states[k + 1])  # [B', V] allowed(S_{k+1})
             if k + 1 < K:
                 position = self.verifier.length - 1 + k + 1  # step k+1 at position p+k+1
-                logits = proposer.next_step(k + 1, d, position)
+                run = None
+                if self.skip_forced_drafts:  # a forced draft needs no logits: the step is left out (module doc)
+                    run = allowed.sum(-1) != 1  # [B'] rows whose draft k+1 is not forced
+                    skipped = int((~run).sum())
+                    self.stats.decode_steps_skipped += skipped
+                    self.stats.decode_steps_run += run.shape[0] - skipped
+                else:
+                    self.stats.decode_steps_run += d.shape[0]
+                logits = proposer.next_step(k + 1, d, position, run)
         proposer.end_round()
-        masks.append(constraint.allowed_tokens(states[K]))
+        masks.append(allowed)  # allowed(S_K)
         stacked = _stack_states(states)  # fields [K+1, B', ...]
         # a row stops drafting usefully after </s> (later drafts are forced </s> padding) or its budget
         finished_after = stacked.finished[1:].T  # [B', K] draft k finished the list
