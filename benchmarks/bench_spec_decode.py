@@ -663,11 +663,13 @@ def summarize(args, results: list[dict], errors: dict, table: list | None, earli
 
 
 def steps_per_list(record: dict) -> float | None:
-    """A list's engine steps at one request at a time: its speculative rounds (the prefill step not counted), or
-    for an engine without a draft its output tokens; None where the record lacks them (records before
-    2026-12-02)."""
-    steps = record.get("rounds_per_list") if record["gamma"] else record.get("tokens_per_list")
-    return steps or None
+    """A list's engine steps at one request at a time: the prefill step and its speculative rounds, or for an
+    engine without a draft its output tokens (one a step, the prefill's first); None where the record lacks
+    them (records before 2026-12-02)."""
+    if not record["gamma"]:
+        return record.get("tokens_per_list") or None
+    rounds = record.get("rounds_per_list")
+    return rounds + 1 if rounds else None
 
 
 def batch_one_costs(records: list[dict]) -> list[dict]:
@@ -708,9 +710,9 @@ def batch_one_costs_markdown(records: list[dict]) -> list[str]:
     lines = [
         "## One request at a time: cost per step and per list",
         "",
-        "p50 latency against engine steps per list, a line through the list lengths: steps are rounds for a draft "
-        "(the prefill step not counted), output tokens without one. Repeat spread: the largest change of a pass's "
-        "p50 when the pass runs again at the end of the same engine's passes.",
+        "p50 latency against engine steps per list, a line through the list lengths: the prefill step and the "
+        "rounds for a draft, the output tokens without one (a token a step). Repeat spread: the largest change of a "
+        "pass's p50 when the pass runs again at the end of the same engine's passes.",
         "",
         "| method | dtype | gamma | list lengths | ms per step | fixed ms per list | repeat spread |",
         "|---|---|---:|---|---:|---:|---:|",

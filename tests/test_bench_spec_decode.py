@@ -730,7 +730,7 @@ def test_the_batch_one_cost_is_a_line_through_the_list_lengths():
     records = [
         batch_one("none", 0, 10, 100.0, 45.0, repeat=110.0),  # 2.4 ms a step, 1 ms a list
         batch_one("none", 0, 20, 241.0, 103.75, repeat=241.0),
-        batch_one("padrec", 5, 10, 40.0, 10.0),  # 2.5 ms a round, 15 ms a list
+        batch_one("padrec", 5, 10, 40.0, 10.0),  # 10 rounds and the prefill: 2.5 ms a step, 12.5 ms a list
         batch_one("padrec", 5, 20, 65.0, 20.0),
         batch_one("padrec", 5, 40, 115.0, 40.0),
         batch_one("eagle", 5, 10, 40.0, 10.0),  # one list length: no line
@@ -741,10 +741,10 @@ def test_the_batch_one_cost_is_a_line_through_the_list_lengths():
     assert set(costs) == {("none", 0), ("padrec", 5)}
     none, padrec = costs["none", 0], costs["padrec", 5]
     assert (none["ms_per_step"], none["fixed_ms_per_list"], none["repeat_spread"]) == (2.4, -8.0, 0.1)
-    assert (padrec["ms_per_step"], padrec["fixed_ms_per_list"], padrec["repeat_spread"]) == (2.5, 15.0, None)
+    assert (padrec["ms_per_step"], padrec["fixed_ms_per_list"], padrec["repeat_spread"]) == (2.5, 12.5, None)
     assert padrec["list_lens"] == [10, 20, 40]
     text = "\n".join(bench.batch_one_costs_markdown(records))
-    assert "| padrec | bfloat16 | 5 | 10, 20, 40 | 2.5 | 15.0 | - |" in text
+    assert "| padrec | bfloat16 | 5 | 10, 20, 40 | 2.5 | 12.5 | - |" in text
     assert "| none | bfloat16 | 0 | 10, 20 | 2.4 | -8.0 | 10.0 % |" in text
     assert bench.batch_one_costs_markdown(records[5:]) == []
 
