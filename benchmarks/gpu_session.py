@@ -35,8 +35,8 @@ eagle eagle_vanilla`` (the methods are given here: bench_drafts trains the Medus
 call 3 ``checks bench_spec_decode``; later holds ``--spec-methods none eagle_one_step padrec padrec_adaptive``
 (call 1 also queuing ``acceptance --accept-skip-forced --accept-users 100``: the forced-steps lever on the bench
 heads, plain torch, about 3 minutes; call 3 ``checks bench_spec_decode engine_step --engine-concurrency 1
---engine-users 50 --engine-configs baseline spec --engine-profile baseline spec``: one request's steps, profiled), ``none none_v1 ngram medusa``, and
-``--spec-dtype float32`` for the equality goal.
+--engine-users 50 --engine-configs baseline spec --engine-profile baseline spec``: one request's steps,
+profiled), ``none none_v1 ngram medusa``, and ``--spec-dtype float32`` for the equality goal.
 
 Phases, one per call (``python3 benchmarks/gpu_session.py PHASE --help`` lists a phase's options; the
 options a call is given hold for the later calls too):
