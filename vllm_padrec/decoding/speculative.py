@@ -659,14 +659,11 @@ class _BatchDecoder:
             allowed = constraint.allowed_tokens(states[k + 1])  # [B', V] allowed(S_{k+1})
             if k + 1 < K:
                 position = self.verifier.length - 1 + k + 1  # step k+1 at position p+k+1
-                run = None
-                if self.skip_forced_drafts:  # a forced draft needs no logits: the step is left out (module doc)
-                    run = allowed.sum(-1) != 1  # [B'] rows whose draft k+1 is not forced
-                    skipped = int((~run).sum())
-                    self.stats.decode_steps_skipped += skipped
-                    self.stats.decode_steps_run += run.shape[0] - skipped
-                else:
-                    self.stats.decode_steps_run += d.shape[0]
+                # a forced draft needs no logits: its step is left out (module doc); run [B'] or None (all rows)
+                run = allowed.sum(-1) != 1 if self.skip_forced_drafts else None
+                ran = d.shape[0] if run is None else int(run.sum())
+                self.stats.decode_steps_run += ran
+                self.stats.decode_steps_skipped += d.shape[0] - ran
                 logits = proposer.next_step(k + 1, d, position, run)
         proposer.end_round()
         masks.append(allowed)  # allowed(S_K)

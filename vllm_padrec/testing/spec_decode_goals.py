@@ -51,15 +51,16 @@ def paired_mark(record: dict) -> str:
     return " paired" if record.get("paired_speedup") is not None else ""
 
 
+def at_goal(record: dict, method: str, batch_size: int = 1) -> bool:
+    """Whether ``record`` is ``method``'s offline pass at ``batch_size`` on lists of GOAL_LIST_LEN items."""
+    fields = (record["method"], record["mode"], record["list_len"], record["batch_size"])
+    return fields == (method, OFFLINE, GOAL_LIST_LEN, batch_size)
+
+
 def best(records: list[dict], method: str, batch_size: int = 1) -> dict | None:
     """``method``'s offline record at ``batch_size`` and GOAL_LIST_LEN with the highest ``speedup`` (over its
     gammas); None when none was measured."""
-    found = [
-        r
-        for r in records
-        if (r["method"], r["mode"], r["list_len"], r["batch_size"]) == (method, OFFLINE, GOAL_LIST_LEN, batch_size)
-        and speedup(r) is not None
-    ]
+    found = [r for r in records if at_goal(r, method, batch_size) and speedup(r) is not None]
     return max(found, key=speedup, default=None)
 
 
@@ -106,8 +107,7 @@ def acceptance_by_gamma(records: list[dict], first: str, second: str) -> str:
         return {
             r["gamma"]: r["acceptance_length"]
             for r in records
-            if (r["method"], r["mode"], r["list_len"], r["batch_size"]) == (method, OFFLINE, GOAL_LIST_LEN, 1)
-            and r.get("acceptance_length") is not None
+            if at_goal(r, method) and r.get("acceptance_length") is not None
         }
 
     ours, theirs = at(first), at(second)
