@@ -76,6 +76,8 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
                           eagle_vanilla, padrec_adaptive, and on V1 none_v1, ngram, medusa;
                           --drafts padrec_eagle trains the heads)
     spec_decode_smoke     bench_spec_decode in little on the session's target and head          draft   lane 0
+    engine_core_none      bench_spec_decode's none, the engine core in and out of process, and   target  lane 0
+                          without async scheduling (lists of 10, batch 1, 64, 128)
     bench_topk            issue 12's top-K benchmark (bench_topk: four modes, K 1-100, bfloat16  target  lane 0
                           speed, float32 equality on 500 users, profiles at K = 20)
     bench_topk_games      the same on games_atspeed's bench target, without profiles             bench_target_games
@@ -750,6 +752,33 @@ def job_bench_spec_decode(ctx: JobContext) -> int:
     )
 
 
+# no speculation under the engine settings a benchmark can pick: the engine core in its own process (vLLM's
+# default) or in the benchmark's, and vLLM's asynchronous scheduling (on by default) switched off
+ENGINE_CORE_VARIANTS = {
+    "own": (),
+    "in": ("--engine-core", "in_process"),
+    "own_sync": ("--engine-args", json.dumps({"async_scheduling": False})),
+}
+
+
+def job_engine_core_none(ctx: JobContext) -> int:
+    """bench_spec_decode's ``none`` once per ENGINE_CORE_VARIANTS entry on the session's target (lists of 10,
+    batch 1, 64 and 128): how much of no speculation's speed is the engine's settings, and, across holds, the
+    machine's (``spec_decode_none_core_<variant>``)."""
+    codes = [
+        run_benchmark(
+            ctx,
+            "benchmarks.bench_spec_decode",
+            *("--name", f"spec_decode_none_core_{variant}", "--methods", "none", "--no-pair-batch-one"),
+            *("--batch-sizes", "1", "64", "128", "--list-lens", "10", "--users", "256", "--users-latency", "30"),
+            *options,
+            log_tag=variant,
+        )
+        for variant, options in ENGINE_CORE_VARIANTS.items()
+    ]
+    return max(codes)
+
+
 def job_spec_decode_smoke(ctx: JobContext) -> int:
     """bench_spec_decode in little (none, padrec, padrec_adaptive; gamma 3; batch 1 and 16; lists of 10 items;
     a few users) on the session's target and PAD-Rec head: that the benchmark runs in vLLM, the adaptive
@@ -1015,6 +1044,7 @@ JOBS: dict[str, Job] = {
         Job("bench_topk", job_bench_topk, needs=(TARGET,), vllm=True),
         Job("bench_spec_decode", job_bench_spec_decode, needs=(DRAFT,), vllm=True),
         Job("spec_decode_smoke", job_spec_decode_smoke, needs=(DRAFT,), vllm=True),
+        Job("engine_core_none", job_engine_core_none, needs=(TARGET,), vllm=True),
         Job(
             "bench_topk_games",
             job_bench_topk_games,

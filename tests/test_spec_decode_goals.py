@@ -16,6 +16,7 @@ def record(method, gamma, batch, speedup, dtype="bfloat16", list_len=10, **extra
         "batch_size": batch,
         "speedup_vs_no_spec": speedup,
         "p50_ms": 100.0 / speedup,
+        "p50_ms_repeat": 102.0 / speedup,  # a repeat 2 % slower
         "acceptance_length": 4.6 if gamma else None,
         "equal_to_no_spec": extra.pop("equal", 30),
         "users_compared": 30,
@@ -46,6 +47,7 @@ def test_each_goal_is_met_or_missed_with_by_how_much():
     assert batch_one["met"] is False
     assert batch_one["measured"] == "2.45x (gamma 5, p50 40.8163 ms, acceptance length 4.6), 1.27x short of the goal"
     assert over_eagle["met"] is True and over_eagle["measured"].startswith("+31.0 % (PAD-Rec 2.45x at gamma 5")
+    assert over_eagle["measured"].endswith("; repeat spread 2.0 %")
     assert "(eagle: unrolled over gamma steps)" in over_eagle["goal"]
     assert over_one_step["met"] is True and "eagle_one_step 1.60x" in over_one_step["measured"]
     assert adaptive["met"] is False  # 0.98x at 64
@@ -73,7 +75,7 @@ def test_the_comparisons_with_eagle_say_each_shared_gammas_acceptance():
     _, over_eagle, over_one_step, *_ = spec_decode_goals(records)
     assert over_eagle["measured"] == (
         "+50.0 % (PAD-Rec 2.70x at gamma 5, eagle 1.80x at gamma 3); acceptance length padrec vs eagle: "
-        "gamma 3: 2.97 vs 2.96, gamma 5: 4.24 vs 4.25"
+        "gamma 3: 2.97 vs 2.96, gamma 5: 4.24 vs 4.25; repeat spread 2.0 %"
     )
     assert "acceptance" not in over_one_step["measured"]  # no gamma in common
     assert masks_alone(records).endswith("-5.3 %; acceptance length eagle vs eagle_vanilla: gamma 3: 2.96 vs 2.51.")
@@ -141,3 +143,18 @@ def test_one_request_at_a_time_the_goals_read_the_paired_speedup_where_the_run_m
     records[8]["paired_speedup"] = 0.9  # the adaptive policy at batch 1, paired: below no speculation
     adaptive = spec_decode_goals(records)[3]
     assert adaptive["met"] is False and adaptive["measured"].startswith("lists of 10, B = 1: 0.90x paired;")
+
+
+def test_a_gain_over_eagle_counts_only_beyond_the_timing_spread_the_run_measured():
+    """Engines measured minutes apart differ by tens of percent at equal acceptance (2026-12-02): a gain over
+    EAGLE is shown only where it is larger than how far either pass's p50 moved when timed again."""
+    records = run_records()  # PAD-Rec 2.45x, EAGLE 1.87x: +31 %
+    records[3]["p50_ms_repeat"] = records[3]["p50_ms"] * 0.65  # PAD-Rec's pass ran 35 % faster the second time
+    over_eagle = spec_decode_goals(records)[1]
+    assert over_eagle["met"] is False
+    assert over_eagle["measured"].endswith("; not shown: within the passes' repeat spread (35.0 %)")
+    records[3]["p50_ms_repeat"] = records[3]["p50_ms"] * 1.2  # 20 %: the 31 % gain stands
+    assert spec_decode_goals(records)[1]["met"] is True
+    del records[5]["p50_ms_repeat"]  # EAGLE's pass timed once (runs before p50_ms_repeat)
+    over_eagle = spec_decode_goals(records)[1]
+    assert over_eagle["met"] is False and over_eagle["measured"].endswith("(p50_ms_repeat)")
