@@ -29,7 +29,10 @@ reported for completeness, speedups belong to the vLLM benchmarks.
 With ``--skip-forced-drafts`` every head also decodes with the draft steps whose draft the constraint forces
 left out (``speculative_lists(skip_forced_drafts=True)``: no head forward for them, the last feature standing
 in), as records named ``<method> (forced steps skipped)`` with the share of draft steps left out
-(``skipped_step_share``): what issue 14's lever would save, and what acceptance it would cost.
+(``skipped_step_share``): what issue 14's lever would save, and what acceptance it would cost. With
+``--forced-tail E`` every draft also decodes with E draft slots after its γ filled from the constraint alone
+(``speculative_lists(forced_tail=E)``, no forward), as records named ``<method> (forced tail E)``: the tokens a
+round gains for E more verified positions, at the head's own draft forwards.
 """
 
 from __future__ import annotations
@@ -46,6 +49,18 @@ from vllm_padrec.testing.results import write_results
 
 STEM = "acceptance_{name}"  # acceptance_<name>.json, .md and .png
 SKIPPED_LABEL = " (forced steps skipped)"  # a record decoded with skip_forced_drafts
+TAIL_LABEL = " (forced tail {})"  # a record decoded with forced_tail
+
+
+def variants(method: str, skip_forced_drafts: bool, forced_tail: int) -> list[tuple[bool, int]]:
+    """(skip_forced_drafts, forced_tail) of each decoding of a draft: as it is, then each lever asked for (Medusa
+    runs every head in step 0: no forced step of its to leave out)."""
+    runs = [(False, 0)]
+    if skip_forced_drafts and method != "medusa":
+        runs.append((True, 0))
+    if forced_tail:
+        runs.append((False, forced_tail))
+    return runs
 
 
 def training_budget(folder: str) -> dict:
@@ -126,8 +141,8 @@ def run(args) -> str:
             name = f"{name}@{os.path.basename(os.path.normpath(path))}"
         names.add(name)
         draft = load_draft(folder, target).to(dtype=dtype).eval()
-        variants = (False, True) if args.skip_forced_drafts and method != "medusa" else (False,)
-        for gamma, skip in ((g, v) for g in args.gammas for v in variants):
+        decodings = variants(method, args.skip_forced_drafts, args.forced_tail)
+        for gamma, (skip, tail) in ((g, v) for g in args.gammas for v in decodings):
             if method == "medusa" and gamma > draft.config.num_heads:
                 print(f"{name}: skipping gamma={gamma} (only {draft.config.num_heads} Medusa heads)", flush=True)
                 continue
@@ -143,13 +158,15 @@ def run(args) -> str:
                 batch_size=args.batch_size,
                 max_history=recipe.max_history,
                 skip_forced_drafts=skip,
+                forced_tail=tail,
             )
             _sync(device)
             seconds = time.perf_counter() - start
             mismatches = sum(a != b for a, b in zip(lists, reference))
             record = dict(
-                method=name + (SKIPPED_LABEL if skip else ""),
+                method=name + (SKIPPED_LABEL if skip else "") + (TAIL_LABEL.format(tail) if tail else ""),
                 skip_forced_drafts=skip,
+                forced_tail=tail,
                 skipped_step_share=stats.skipped_step_share,
                 draft=os.path.abspath(folder),
                 trained_draft_steps=draft_steps(config),  # γ the head was trained for
@@ -238,7 +255,9 @@ def render(json_path: str) -> None:
         "rounds. vLLM's length: 1 + accepted / rounds, as `vllm:spec_decode_*` counts it (a round whose "
         "drafts closed the list counts its bonus token too). "
         "Rate by step k: accepted / proposed drafts at step k. Steps left out: draft steps k >= 1 "
-        "whose forced draft ran no head forward (`--skip-forced-drafts`). Mismatches: lists that differ from "
+        "whose forced draft ran no head forward (`--skip-forced-drafts`). A forced tail (`--forced-tail E`): E "
+        "draft slots after the γ the head drafts, filled from the catalog alone (steps γ.. in the rates). "
+        "Mismatches: lists that differ from "
         "plain greedy decoding (must be 0). Seconds: this plain-torch reference decoder "
         f"(plain greedy: {data['greedy_wall_seconds']:.1f} s), not vLLM.",
         "",
@@ -278,7 +297,7 @@ def _plot(plt, records: list[dict], name: str):
                 color=colors[r["method"]],
                 label=f"{r['method']} ({r['acceptance_length']:.2f})",
             )
-        ax.set_xticks(range(gamma))
+        ax.set_xticks(range(max(len(r["acceptance_rate_by_step"]) for r in records if r["gamma"] == gamma)))
         ax.set_xlabel("draft step k")
         ax.set_title(f"γ = {gamma}")
         ax.set_ylim(0, 1.02)
@@ -311,6 +330,14 @@ def main(argv=None) -> int:
         help="also decode each head with the draft steps whose draft the catalog forces left out (issue 14's "
         "catalog lever: the share of steps left out and the acceptance that remains)",
     )
+    parser.add_argument(
+        "--forced-tail",
+        type=int,
+        default=0,
+        metavar="E",
+        help="also decode each draft with E draft slots after its gamma filled from the catalog alone (issue 14's "
+        "other catalog lever; default 0: not measured)",
+    )
     parser.add_argument("--device", default=None, help="default: cuda when available")
     parser.add_argument(
         "--dtype",
@@ -327,6 +354,8 @@ def main(argv=None) -> int:
         return 0
     if not (args.target and args.drafts and args.dataset):
         parser.error("--target, --drafts and --dataset are required (or --render JSON)")
+    if args.forced_tail < 0:
+        parser.error(f"--forced-tail must be >= 0, got {args.forced_tail}")
     print(run(args))
     return 0
 

@@ -13,6 +13,9 @@ Methods (``METHODS``), each with its drafts and the plugin's settings:
                       the fastest gamma of this run's ``padrec`` records, or none when no gamma beats ``none``
                       by ``--min-gain`` (vLLM's ``num_speculative_tokens_per_batch_size``; the plugin's
                       speculator drafts exactly that many). It runs after ``none`` and ``padrec``
+    padrec_tail       the PAD-Rec draft's gamma drafts and 2 more filled from the catalog alone
+                      (``padrec.forced_tail``, ``integration/forced_tail.py``): the engine verifies gamma + 2
+                      drafts a step (records: ``gamma`` the draft's, ``forced_tail`` 2)
     none_v1           no draft, on vLLM's Model Runner V1: the baseline of the two below
     ngram             vLLM's n-gram drafts (prompt lookup, ``--ngram-lookup``), Model Runner V1: vLLM's
                       ``ngram`` proposer, which needs numba, or its ``ngram_gpu`` where numba is missing
@@ -100,6 +103,7 @@ IN_PROCESS, OWN_PROCESS = "in_process", "own_process"  # the engine core's proce
 PAIRED_BASELINE_MEMORY = 0.3  # the paired baseline engine's share of GPU memory, beside --gpu-memory-utilization
 MODES = ("offline", "serve")  # an in-process LLM; vllm serve measured by vllm bench serve (--serve)
 ADAPTIVE = "padrec_adaptive"
+FORCED_TAIL, FORCED_TAIL_SLOTS = "padrec_tail", 2  # PAD-Rec's gamma drafts and 2 more from the catalog alone
 
 
 V1_DRAFT_FREE = "none_v1"
@@ -111,6 +115,11 @@ class Method:
     padrec: dict  # the server's additional_config["padrec"] beyond the constraint
     speculative_method: str | None = "eagle"  # vLLM's speculative method; None: no speculation
     runner: str = "v2"  # vLLM's Model Runner: "v2" (the plugin's masks, constrained lists) or "v1" (vanilla vLLM)
+
+    @property
+    def forced_tail(self) -> int:
+        """Drafts a step fills from the catalog alone after the draft's gamma (``padrec.forced_tail``)."""
+        return self.padrec.get("forced_tail", 0)
 
     @property
     def baseline(self) -> str:
@@ -126,11 +135,12 @@ METHODS = {
     "eagle_vanilla": Method("eagle", {"mask_drafts": False}),
     "eagle_one_step": Method("eagle_one_step", {}),
     ADAPTIVE: Method("padrec", {}),
+    FORCED_TAIL: Method("padrec", {"forced_tail": FORCED_TAIL_SLOTS}),
     V1_DRAFT_FREE: Method(None, {}, None, "v1"),
     "ngram": Method(None, {}, "ngram", "v1"),
     "medusa": Method("medusa", {}, "medusa", "v1"),
 }
-DEFAULT_METHODS = [m for m, spec in METHODS.items() if spec.runner == "v2" and m != "eagle_one_step"]
+DEFAULT_METHODS = [m for m, spec in METHODS.items() if spec.runner == "v2" and m not in ("eagle_one_step", FORCED_TAIL)]
 
 
 # -- configurations --------------------------------------------------------------------------------------------
@@ -176,7 +186,8 @@ def speculative_config(args, method: str, gamma: int, table: list | None) -> dic
     spec = METHODS[method]
     if spec.speculative_method is None:
         return None
-    config: dict = {"method": spec.speculative_method, "num_speculative_tokens": gamma}
+    # the engine verifies the draft's gamma and the forced tail's slots (integration/forced_tail.py)
+    config: dict = {"method": spec.speculative_method, "num_speculative_tokens": gamma + spec.forced_tail}
     if spec.draft is not None:
         config["model"] = getattr(args, f"{spec.draft}_draft")
     if spec.speculative_method == "ngram":
@@ -200,7 +211,7 @@ def capture_size(args, method: str, gamma: int) -> int | None:
     if choice == "vllm" or METHODS[method].speculative_method is None:
         return None
     if choice == "verify":
-        verify_tokens = max(args.batch_sizes) * (1 + gamma)
+        verify_tokens = max(args.batch_sizes) * (1 + gamma + METHODS[method].forced_tail)
         return verify_tokens if verify_tokens > VLLM_CAPTURE_CAP else None
     return int(choice)
 
@@ -340,6 +351,7 @@ def run_config(args) -> dict:
     startup, records, lists = passes(args, catalog, samples, table)
     spec = speculative_config(args, args.one, args.one_gamma, table)
     engine = {"runner": METHODS[args.one].runner, "speculative_method": spec["method"] if spec else None}
+    engine["forced_tail"] = METHODS[args.one].forced_tail
     engine["engine_core"] = args.engine_core if args.one_mode == "offline" else OWN_PROCESS  # vllm serve's own
     given = args.engine_args.get("compilation_config")
     size = given.get("max_cudagraph_capture_size") if isinstance(given, dict) else None

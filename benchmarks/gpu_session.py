@@ -36,7 +36,11 @@ call 3 ``checks bench_spec_decode``; later holds ``--spec-methods none eagle_one
 (call 1 also queuing ``acceptance --accept-skip-forced --accept-users 100``: the forced-steps lever on the bench
 heads, plain torch, about 3 minutes; call 3 ``checks bench_spec_decode engine_step --engine-concurrency 1
 --engine-users 50 --engine-configs baseline spec --engine-profile baseline spec``: one request's steps,
-profiled), ``none none_v1 ngram medusa``, and ``--spec-dtype float32`` for the equality goal.
+profiled), ``none none_v1 ngram medusa``, and ``--spec-dtype float32`` for the equality goal. The second hold
+(2026-12-02) lost its machine after ``none`` and ``eagle_one_step``; the next: call 1 ``start bench_target
+bench_drafts --target bench --bench-epochs 1 --drafts padrec --draft-steps 600 --spec-methods none padrec
+padrec_tail padrec_adaptive`` (the forced tail's engines beside plain PAD-Rec's; about 26 minutes), call 3
+``checks bench_spec_decode``.
 
 Phases, one per call (``python3 benchmarks/gpu_session.py PHASE --help`` lists a phase's options; the
 options a call is given hold for the later calls too):
@@ -184,7 +188,7 @@ def log(message: str) -> None:
 # -- settings: the command-line options of the session ----------------------------------------------------------
 # bench_spec_decode's METHODS (this script imports nothing of the package: it runs before the package is installed)
 SPEC_METHODS = (  # bench_spec_decode's methods: on Model Runner V2, then vanilla vLLM's on V1
-    *("none", "padrec", "eagle", "eagle_vanilla", "eagle_one_step", "padrec_adaptive"),
+    *("none", "padrec", "eagle", "eagle_vanilla", "eagle_one_step", "padrec_adaptive", "padrec_tail"),
     *("none_v1", "ngram", "medusa"),
 )
 # the heads of atspeed_drafts, one budget each: vllm_padrec.draft.config.OBJECTIVES
@@ -206,6 +210,7 @@ class Settings:
     accept_gammas: tuple[int, ...] = (3, 4, 5)
     accept_name: str = "beauty"
     accept_skip_forced: bool = False  # acceptance also decodes with the forced draft steps left out
+    accept_forced_tail: int = 0  # acceptance also decodes with this many draft slots filled from the catalog
     lossless_users: int = 500
     lossless_modes: tuple[str, ...] = ("fp32",)
     engine_users: int = 512
@@ -269,6 +274,14 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         help="acceptance also decodes each head with the forced draft steps left out (issue 14's catalog lever; "
         "default off)",
+        **kw,
+    )
+    add(
+        "--accept-forced-tail",
+        type=int,
+        metavar="E",
+        help="acceptance also decodes each head with E draft slots after its gamma filled from the catalog alone "
+        "(issue 14's other catalog lever; default 0: not measured)",
         **kw,
     )
     add("--lossless-users", type=int, help=f"users of the lossless check (default {d.lossless_users})", **kw)
@@ -497,6 +510,7 @@ def job_acceptance(ctx: JobContext) -> int:
         *("--users", str(s.accept_users), "--gammas", *map(str, s.accept_gammas), "--batch-size", "128"),
         *("--out", str(WORK / "results"), "--name", s.accept_name),
         *(["--skip-forced-drafts"] if s.accept_skip_forced else []),
+        *(["--forced-tail", str(s.accept_forced_tail)] if s.accept_forced_tail else []),
     )
 
 

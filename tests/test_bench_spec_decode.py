@@ -113,6 +113,7 @@ def test_a_pass_record_has_issue_14s_fields_and_exact_numbers():
     [
         ("verify", "padrec", 5, 768),  # 128 requests x 6 tokens passes vLLM's cap of 512
         ("verify", "padrec", 3, None),  # 128 x 4 = 512 fits vLLM's default
+        ("verify", "padrec_tail", 3, 768),  # the forced tail's 2 slots are verified too: 128 x 6
         ("verify", "none", 0, None),  # no draft: vLLM's default, exactly as users run it
         ("vllm", "padrec", 5, None),
         ("1024", "eagle", 3, 1024),
@@ -545,6 +546,16 @@ def test_the_one_step_eagle_method_reads_its_own_draft():
     assert "eagle_one_step" not in bench.parse_args(BASE).methods  # opt-in: it needs a head of its own
     with pytest.raises(SystemExit):
         bench.parse_args([*BASE, "--methods", "eagle_one_step"])
+
+
+def test_the_forced_tail_method_verifies_its_slots_beside_the_drafts_gamma():
+    args = bench.parse_args([*BASE, "--methods", "none", "padrec_tail"])
+    config = bench.speculative_config(args, "padrec_tail", 3, None)
+    assert config["num_speculative_tokens"] == 5 and config["model"] == args.padrec_draft
+    assert bench.METHODS["padrec_tail"].padrec == {"forced_tail": 2}  # the server's padrec.forced_tail
+    assert bench.speculative_config(args, "padrec", 3, None)["num_speculative_tokens"] == 3
+    assert "padrec_tail" not in bench.parse_args(BASE).methods  # opt-in
+    assert bench.configurations(args) == [("none", 0), ("padrec_tail", 3), ("padrec_tail", 5)]
 
 
 def test_the_served_pass_command_is_one_vllm_bench_serve_accepts():

@@ -224,6 +224,20 @@ def test_greedy_speculation_is_lossless(setup, baseline, masks):
         check_constrained(setup["catalog"], tokens)
 
 
+def test_greedy_speculation_with_a_forced_tail_is_lossless(setup, baseline):
+    """padrec.forced_tail: the last 2 of each step's drafts come from the catalog alone (forced_tail.py), and
+    greedy outputs still equal those without speculation; separators, forced after an item's last code, show
+    up in the tail's slots."""
+    result = in_subprocess(
+        setup["target"], setup["random_draft"], False, setup["prompts"], setup["params"], True, {"forced_tail": 2}
+    )
+    assert result["speculator"] == "PadRecSpeculator"
+    assert result["tokens"] == baseline["tokens"]
+    for tokens in result["tokens"][3:]:
+        check_constrained(setup["catalog"], tokens)
+    assert any(TokenLayout.SEP in row[-2:] for drafts in result["rounds"] for row in drafts)
+
+
 @pytest.mark.parametrize("enforce_eager", [False, True], ids=["cuda_graphs", "eager"])
 def test_draft_sees_its_step(setup, baseline, enforce_eager):
     prompts, params = setup["prompts"][:3], setup["params"][:3]  # unconstrained: drafts are not masked

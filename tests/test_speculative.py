@@ -119,6 +119,43 @@ def test_leaving_out_the_forced_draft_steps_keeps_the_lists_and_saves_forwards(w
         assert skipped.draft_calls == skipped.rounds + skipped.decode_steps_run
 
 
+@pytest.mark.parametrize("method", ["padrec", "random_padrec", "medusa"])
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_a_forced_tail_keeps_the_lists_adds_accepted_tokens_and_runs_no_head(world, method, batch_size):
+    """forced_tail: E draft slots after the head's gamma, filled from the constraint alone. Greedy lists stay the
+    target's own; the head runs the same forwards as without a tail; tail slots are proposed in rounds whose
+    budget allows them and accepted where the chain before them was (a forced token always is)."""
+    target, catalog, histories, greedy, drafts = world
+    run = lambda tail: speculative_lists(  # noqa: E731
+        target, drafts[method], catalog, histories, NUM_ITEMS, 3, batch_size=batch_size, forced_tail=tail
+    )
+    _, _, plain = run(0)
+    lists, token_ids, tailed = run(2)
+    assert lists == greedy
+    assert token_ids == [catalog.render_completion(items) for items in greedy]
+    assert tailed.gamma == 5 and tailed.forced_tail == 2 and len(tailed.accepted_by_step) == 5
+    assert tailed.drafted_by_step[3] > 0 and tailed.accepted_by_step[3] > 0  # the tail's first slot
+    # a tail slot is accepted only after the head's drafts were: never more often than step 2
+    assert tailed.accepted_by_step[3] <= tailed.accepted_by_step[2]
+    if method != "random_padrec":  # every head draft accepted often enough for the tail to add tokens
+        assert tailed.mean_accepted_length > plain.mean_accepted_length
+    if batch_size == 1 and method != "medusa":  # head forwards: step 0 of each round and gamma - 1 more
+        assert tailed.draft_calls == tailed.rounds + tailed.decode_steps_run
+        assert tailed.decode_steps_run <= 2 * tailed.rounds
+
+
+def test_a_forced_tail_token_is_the_only_allowed_one_else_the_first():
+    """_BatchDecoder._tail_draft: from the allowed tokens alone; one-hot over the model's vocabulary when sampling."""
+    allowed = torch.tensor([[False, False, True, False], [False, True, True, True]])  # [B, V]
+    decoder = object.__new__(speculative._BatchDecoder)
+    decoder.temperature = 0.0
+    tokens, probs = decoder._tail_draft(allowed, 6)
+    assert tokens.tolist() == [2, 1] and probs is None
+    decoder.temperature = 1.0
+    tokens, probs = decoder._tail_draft(allowed, 6)
+    assert probs.shape == (2, 6) and probs.sum(-1).tolist() == [1.0, 1.0] and probs[1, 1] == 1.0
+
+
 def test_trained_drafts_are_accepted_more_than_random_ones(world):
     target, catalog, histories, _, drafts = world
     length = {
@@ -384,7 +421,9 @@ def exact_list_distribution(target, catalog, history, num_items, temperature) ->
     return {tuple(tokens): float(p) for tokens, p in zip(lists, probs)}
 
 
-def sampled_pvalue(target, draft, catalog, temperature, samples, seed=0, skip_forced_drafts=False) -> float:
+def sampled_pvalue(
+    target, draft, catalog, temperature, samples, seed=0, skip_forced_drafts=False, forced_tail=0
+) -> float:
     history = [0, 3]
     exact = exact_list_distribution(target, catalog, history, 2, temperature)
     generator = torch.Generator().manual_seed(seed)
@@ -399,6 +438,7 @@ def sampled_pvalue(target, draft, catalog, temperature, samples, seed=0, skip_fo
         generator=generator,
         batch_size=samples,
         skip_forced_drafts=skip_forced_drafts,
+        forced_tail=forced_tail,
     )
     assert (stats.decode_steps_skipped > 0) == skip_forced_drafts
     keys = list(exact)
@@ -410,7 +450,7 @@ def sampled_pvalue(target, draft, catalog, temperature, samples, seed=0, skip_fo
     big = expected >= 5  # pool the rare lists into one cell
     observed = np.append(observed[big], observed[~big].sum())
     expected = np.append(expected[big], expected[~big].sum())
-    assert 1.05 < stats.mean_accepted_length < 3.5  # drafts are neither always nor never accepted
+    assert 1.05 < stats.mean_accepted_length < 3.5 + forced_tail  # drafts are neither always nor never accepted
     return chi2_pvalue(observed, expected)
 
 
@@ -424,6 +464,13 @@ def test_sampling_with_the_forced_draft_steps_left_out_matches_the_target_distri
     """A left-out step's draft is forced, its draft distribution one-hot: rejection sampling stays exact."""
     target, catalog, drafts = tiny_world
     pvalue = sampled_pvalue(target, drafts["padrec"], catalog, 1.0, samples=20_000, skip_forced_drafts=True)
+    assert pvalue > 1e-3
+
+
+def test_sampling_with_a_forced_tail_matches_the_target_distribution(tiny_world):
+    """A tail draft's distribution is one-hot (its guess included): rejection sampling stays exact."""
+    target, catalog, drafts = tiny_world
+    pvalue = sampled_pvalue(target, drafts["padrec"], catalog, 1.0, samples=20_000, forced_tail=2)
     assert pvalue > 1e-3
 
 

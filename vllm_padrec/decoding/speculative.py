@@ -38,6 +38,14 @@ hole in the head's KV cache; a step that no row needs does not run. The drafts s
 so the output is unchanged (greedy or sampled: a forced draft's distribution is one-hot either way); what
 can change is the acceptance of the drafts after a left-out step. ``decode_steps_skipped`` counts them.
 
+Forced tail (``forced_tail`` = E, issue 14's other catalog lever): after the head's γ drafts, E more draft
+slots are filled without any forward, each with the only token the constraint allows after the chain so far,
+or, where it allows more, with the first allowed token (a guess). Verification judges them like any draft: a
+masked target picks a forced token whatever its logits, so a tail after a fully accepted chain adds its forced
+tokens to the round at the cost of E more verified positions. A tail token's draft distribution is one-hot, so
+sampling stays exact (accepted with the target's probability of it, else the target's residual); greedy
+accepts it only where it is the target's token. The output is unchanged.
+
 Batching: prompts are batched per length (as ``greedy_lists``). Rows accept different numbers of
 drafts, so each KV cache (target and draft head) grows by the same number of columns for every row
 and the columns a row rejected stay as holes: a keep-mask [B, S] hides them from attention and
@@ -77,8 +85,9 @@ class SpeculationStats:
     round was accepted, i.e. when verification actually judged it.
     """
 
-    gamma: int  # γ: most drafts per round
+    gamma: int  # most drafts per round: the head's γ plus the forced tail's slots
     num_slots: int  # L: code slots per item
+    forced_tail: int = 0  # E: draft slots after the head's, filled from the constraint alone (forced_tail)
     rounds: int = 0  # verification rounds, summed over rows
     round_tokens: int = 0  # tokens emitted by rounds (accepted + recovered / bonus)
     accepted: int = 0  # accepted draft tokens
@@ -168,7 +177,7 @@ class SpeculationStats:
         merged = {}
         for f in dataclasses.fields(self):
             a, b = getattr(self, f.name), getattr(other, f.name)
-            if f.name in ("gamma", "num_slots"):
+            if f.name in ("gamma", "num_slots", "forced_tail"):
                 merged[f.name] = max(a, b)
             elif isinstance(a, list):
                 n = max(len(a), len(b))
@@ -488,6 +497,7 @@ def speculative_lists(
     batch_size: int = 64,  # prompts per batch (equal lengths)
     progress: bool = False,
     skip_forced_drafts: bool = False,  # leave out the draft steps whose draft the constraint forces (module doc)
+    forced_tail: int = 0,  # E draft slots after the head's gamma, filled from the constraint alone (module doc)
 ) -> tuple[list[list[int]], list[list[int]], SpeculationStats]:
     """Lists of ``num_items`` item indices by chain speculation (module docstring).
 
@@ -499,6 +509,8 @@ def speculative_lists(
         raise ValueError(f"gamma must be >= 1, got {gamma}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if forced_tail < 0:
+        raise ValueError(f"forced_tail must be >= 0, got {forced_tail}")
     device = model_device(target)
     if constraint is None:
         constraint = ListConstraint(
@@ -517,7 +529,7 @@ def speculative_lists(
     max_steps = num_items * (catalog.num_slots + 1)  # greedy_lists' token budget
     prompts = [catalog.render_prompt(h, max_history) for h in histories]
     token_ids: list[list[int]] = [[] for _ in prompts]
-    stats = SpeculationStats(gamma=gamma, num_slots=catalog.num_slots)
+    stats = SpeculationStats(gamma=gamma + forced_tail, num_slots=catalog.num_slots, forced_tail=forced_tail)
     bar = tqdm(total=len(prompts), desc=f"speculative lists γ={gamma}", disable=not progress, dynamic_ncols=True)
     for rows in length_buckets(prompts, batch_size):
         input_ids = torch.tensor([prompts[r] for r in rows], device=device)  # [B, P]
@@ -535,6 +547,7 @@ def speculative_lists(
             stats,
             device,
             skip_forced_drafts,
+            forced_tail,
         )
         outputs = decoder.run(input_ids, state)
         for row, tokens in zip(rows, outputs):
@@ -577,6 +590,7 @@ class _BatchDecoder:
         stats: SpeculationStats,
         device: torch.device,
         skip_forced_drafts: bool = False,
+        forced_tail: int = 0,
     ) -> None:
         self.constraint, self.gamma, self.temperature, self.generator = constraint, gamma, temperature, generator
         self.max_steps, self.slot_table, self.stats, self.device = max_steps, slot_table, stats, device
@@ -588,6 +602,7 @@ class _BatchDecoder:
         self.pending: Tensor | None = None  # [B'] the token chosen but not yet read by the target
         self.emitted: Tensor | None = None  # [B'] tokens emitted per row
         self.skip_forced_drafts = skip_forced_drafts
+        self.forced_tail = forced_tail
         self.round_in: tuple[Tensor, ...] = ()  # the draft's step-0 input of the next round (start_round)
 
     def run(self, input_ids: Tensor, state: ListState) -> list[list[int]]:
@@ -642,22 +657,27 @@ class _BatchDecoder:
         return True
 
     def draft(self) -> _DraftRound:
-        """K draft steps, each masked by the constraint state after the earlier drafts."""
+        """K draft steps, each masked by the constraint state after the earlier drafts: the head's, then the
+        forced tail's (module doc)."""
         constraint, proposer = self.constraint, self.proposer
         remaining = self.max_steps - self.emitted  # [B'] token budget left (>= 1)
-        row_drafts = remaining.clamp(max=self.gamma)  # [B'] drafts each row may use
+        row_drafts = remaining.clamp(max=self.gamma + self.forced_tail)  # [B'] drafts each row may use
         K = int(row_drafts.max())  # >= 1
+        K_head = min(K, self.gamma)  # the head's draft steps; the rest is the tail
         states, masks, drafts, draft_probs = [self.state], [], [], []
         logits = proposer.start_round(*self.round_in)  # [B', V']
         allowed = constraint.allowed_tokens(self.state)  # [B', V] allowed(S_0)
         for k in range(K):
             masks.append(allowed)
-            d, q = self._choose(logits, allowed)  # [B'], [B', V'] or None
+            if k < K_head:
+                d, q = self._choose(logits, allowed)  # [B'], [B', V'] or None
+            else:
+                d, q = self._tail_draft(allowed, logits.shape[-1])
             drafts.append(d)
             draft_probs.append(q)
             states.append(constraint.advance(states[k], d))
             allowed = constraint.allowed_tokens(states[k + 1])  # [B', V] allowed(S_{k+1})
-            if k + 1 < K:
+            if k + 1 < K_head:
                 position = self.verifier.length - 1 + k + 1  # step k+1 at position p+k+1
                 # a forced draft needs no logits: its step is left out (module doc); run [B'] or None (all rows)
                 run = allowed.sum(-1) != 1 if self.skip_forced_drafts else None
@@ -674,6 +694,14 @@ class _BatchDecoder:
         first_end = (~finished_after).long().cumprod(1).sum(1) + finished_after.any(1).long()  # [B']
         num_drafts = torch.minimum(row_drafts, first_end)  # [B']
         return _DraftRound(torch.stack(drafts, 1), draft_probs, torch.stack(masks, 1), stacked, num_drafts, remaining)
+
+    def _tail_draft(self, allowed: Tensor, vocab: int) -> tuple[Tensor, Tensor | None]:
+        """A forced-tail draft from ``allowed`` [B', V] alone: the only allowed token, else the first allowed
+        (a guess); its distribution one-hot over ``vocab`` (V') when sampling, else None."""
+        d = allowed.to(torch.uint8).argmax(-1)  # [B'] the first allowed token
+        if self.temperature == 0.0:
+            return d, None
+        return d, torch.nn.functional.one_hot(d, vocab).float()  # [B', V']
 
     def verify(self, drafted: _DraftRound) -> tuple[Tensor, Tensor, Tensor]:
         """One target pass over [pending, d_0 .. d_{K-1}]: (accepted drafts [B'], the recovered or bonus

@@ -15,6 +15,8 @@ request's list settings against both.
     mask_drafts     (true)        also mask the draft's proposals (PAD-Rec and vLLM's EAGLE drafts; off: vLLM's
                                   EAGLE drafts run vanilla)
     triton_masks    (true)        the fused Triton mask kernel for both (CUDA; else the eager torch masks)
+    forced_tail     (0)           E, 0..8: the last E of a step's drafts filled from the catalog alone, no draft
+                                  forward (``forced_tail.py``; needs mask_drafts, no drafted top-K)
     catalog         (none)        catalog file or folder; default: the target folder's padrec_catalog.json
 
 Per request, ``extra_args`` override the first four, may exclude items and may ask for the top K items
@@ -54,6 +56,8 @@ MAX_TOPK_LIMIT = 4096
 MAX_TOPK_BEAMS_LIMIT = 65536
 # The draft's beams in a drafted top-K round (issue 13), each up to gamma more runner rows per request
 MAX_TOPK_DRAFT_BEAMS_LIMIT = 256
+# Draft slots filled from the catalog after the draft's own (forced_tail.py): each a verified position per request
+MAX_FORCED_TAIL_LIMIT = 8
 # settings this plugin no longer reads -> what to do instead (a server given one does not start)
 REMOVED_KEYS = {
     "compile_masks": "the masks are the Triton kernel (triton_masks) or the eager torch masks: drop the key",
@@ -77,6 +81,7 @@ class ListSettings(BaseModel):
     topk_draft_beams: int = Field(0, ge=0, le=MAX_TOPK_DRAFT_BEAMS_LIMIT)  # N of drafted rounds; 0: undrafted
     mask_drafts: bool = True  # mask the drafts' proposals too (more accepted drafts); EAGLE drafts: vanilla when off
     triton_masks: bool = True  # the fused Triton kernel (kernels/catalog_mask.py) for both masks (CUDA)
+    forced_tail: int = Field(0, ge=0, le=MAX_FORCED_TAIL_LIMIT)  # drafts filled from the catalog alone (forced_tail.py)
     catalog: str | None = None  # catalog file or folder; None: the target checkpoint folder
 
     @property
@@ -104,6 +109,16 @@ class ListSettings(BaseModel):
             raise ValueError(
                 f"padrec.topk_draft_beams={self.topk_draft_beams} drafts top-K beams, but top-K is off "
                 "(padrec.topk_max_beams is 0): set padrec.topk_max_beams too, or drop padrec.topk_draft_beams"
+            )
+        if self.forced_tail and not self.mask_drafts:
+            raise ValueError(
+                f"padrec.forced_tail={self.forced_tail} fills drafts from the draft masks, which "
+                "padrec.mask_drafts=false turns off: drop one of them"
+            )
+        if self.forced_tail and self.topk_draft_beams:
+            raise ValueError(
+                f"padrec.forced_tail={self.forced_tail} and padrec.topk_draft_beams={self.topk_draft_beams}: a drafted "
+                "top-K round reads every draft slot as its beams' chain; drop one of them"
             )
         if self.topk_on and self.max_topk > self.topk_max_beams:
             raise ValueError(

@@ -23,6 +23,8 @@ It serves the PAD-Rec head, and vLLM's own EAGLE drafts when the plugin masks th
   without speculation costs what it costs without a draft. The drafts a step skips are never read (the next
   step verifies K of them); a request whose tokens pass through a step without drafting has no draft KV at
   those positions, which can only lower its later acceptance, never change its output.
+- With ``padrec.forced_tail`` = E (``forced_tail.py``), the last E of those K drafts (``tail_slots``) are
+  filled from the draft masks after the draft model's K - E steps, with no draft forward.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from vllm.v1.spec_decode.dynamic.utils import build_dynamic_sd_schedule_lookup
 from vllm.v1.worker.gpu.spec_decode.eagle.speculator import EagleSpeculator
 
 from vllm_padrec.integration.draft_masks import with_list_masks
+from vllm_padrec.integration.forced_tail import fill_forced_tail, tail_slots
 from vllm_padrec.integration.list_settings import server_settings
 from vllm_padrec.integration.log import get_logger
 from vllm_padrec.integration.topk_draft_search import RoundSearch
@@ -46,6 +49,8 @@ logger = get_logger(__name__)
 class PadRecSpeculator(EagleSpeculator):
     _topk_engine = None  # the model state's TopKEngine on a server whose top-K requests run drafted rounds
     _round_searches: Sequence = ()  # this propose's drafted top-K searches (topk_draft_search.RoundSearch)
+    _forced_tail = 0  # E: drafts a step fills from the catalog alone (padrec.forced_tail)
+    _tail_scratch: torch.Tensor | None = None  # [max_num_reqs, V] the tail's masked logits
 
     def load_draft_model(self, target_model: nn.Module, target_attn_layer_names: set[str]) -> nn.Module:
         model = with_list_masks(super().load_draft_model(target_model, target_attn_layer_names))
@@ -54,8 +59,30 @@ class PadRecSpeculator(EagleSpeculator):
 
     def set_attn(self, model_state, *args, **kwargs) -> None:
         super().set_attn(model_state, *args, **kwargs)
-        self.model.attach_lists(self._list_masks(model_state))
+        lists = self._list_masks(model_state)
+        self.model.attach_lists(lists)
         self._attach_topk_search(model_state)
+        self._attach_forced_tail(lists)
+
+    def _attach_forced_tail(self, lists) -> None:
+        """``padrec.forced_tail``: the scratch logits its masks write (``forced_tail.fill_forced_tail``)."""
+        tail = server_settings(self.vllm_config).forced_tail
+        if not tail:
+            return
+        if lists is None:
+            raise RuntimeError(
+                f"vllm-padrec: padrec.forced_tail={tail} fills drafts from the catalog's draft masks, which this "
+                "server does not have (no catalog, or vLLM's use_local_argmax_reduction): drop padrec.forced_tail"
+            )
+        if tail >= self.num_speculative_steps:
+            logger.warning(
+                "vllm-padrec: padrec.forced_tail=%d with %d speculative tokens: the draft model proposes one a step",
+                tail,
+                self.num_speculative_steps,
+            )
+        dtype = self.vllm_config.model_config.dtype
+        self._tail_scratch = torch.zeros(self.max_num_reqs, self.vocab_size, dtype=dtype, device=self.device)
+        self._forced_tail = tail
 
     def _attach_topk_search(self, model_state) -> None:
         """On a server whose top-K requests run drafted rounds (``topk_drafting.py``): the model state's
@@ -87,7 +114,8 @@ class PadRecSpeculator(EagleSpeculator):
         steps = draft_steps(self._schedule(), input_batch.num_reqs, self.num_speculative_steps, dummy_run)
         if steps == 0:
             return self.draft_tokens[: input_batch.num_reqs]  # [num_reqs, gamma]: none of it is verified
-        self._decode_steps = steps
+        tail = 0 if dummy_run else tail_slots(steps, self._forced_tail)
+        self._decode_steps = steps - tail
         engine = self._topk_engine
         searches = [] if dummy_run or engine is None else RoundSearch.build(engine, input_batch.req_ids, self.device)
         self._round_searches = searches
@@ -97,11 +125,25 @@ class PadRecSpeculator(EagleSpeculator):
                 self._advance_round_searches()
             for search in searches:  # the chains as the rows' drafts (in the buffer ``drafts`` views)
                 search.finish(engine, self.draft_tokens[: input_batch.num_reqs])
+            if tail:  # the last drafts from the catalog alone (``drafts`` views the buffer they are written to)
+                self._fill_forced_tail(input_batch.num_reqs, steps - tail, steps)
             if engine is not None and not dummy_run:
                 engine.after_propose()
         finally:
             self._round_searches = ()
         return drafts
+
+    def _fill_forced_tail(self, num_reqs: int, first: int, last: int) -> None:
+        fill_forced_tail(
+            self.model.lists.mask_draft_logits,
+            self._tail_scratch[:num_reqs],
+            self.idx_mapping[:num_reqs],
+            self.draft_tokens[:num_reqs],
+            self.current_draft_step,
+            first,
+            last,
+            self.draft_logits,
+        )
 
     def _multi_step_decode(self, *args, **kwargs) -> None:
         """vLLM's decode loop (steps 1 .. gamma - 1), cut to this step's drafts: its range is read from
