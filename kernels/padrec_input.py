@@ -3,9 +3,13 @@
 One launch computes, for every row of the fused EAGLE input feature h, two embedding gathers, the
 context gate's dot product and sigmoid, and two multiply-adds (the math is written above the
 kernel; the plain-torch reference, vocabulary and flags are in ``padrec_input_reference.py``).
+A per-channel step gate (``channel_gate``: gate_w [H, H], one gate per channel) is a matmul, which
+the launcher leaves to cuBLAS (``F.linear`` writes the [T, H] gate logits in h's dtype) before the
+launch; the kernel then reads a logit per element instead of taking a dot product per row.
 
 CUDA-graph safety: the launcher reads no device value on the host (no ``.item()``), allocates
-nothing but the output (nothing when ``out`` is given), and takes the draft step either per row
+nothing but the output (nothing when ``out`` is given) and, with the per-channel gate, its [T, H]
+logits, and takes the draft step either per row
 ([T]) or as one 0-dim device tensor broadcast to every row (stride 0), which is how vLLM's
 ``current_draft_step`` scalar is passed. alpha and gate_b are read inside the kernel.
 
@@ -50,7 +54,7 @@ def _add_signals(
     slot_rows,  # [BLOCK_T, 1] pointers to E_slot[s_t]
     alpha,  # fp32 scalar
     step_rows,  # [BLOCK_T, 1] pointers to E_step[k_t]
-    gate,  # [BLOCK_T] fp32 (or 1.0 when STEP_GATE is off)
+    gate,  # [BLOCK_T, 1] fp32, or [BLOCK_T, BLOCK_H] per channel (1.0 when STEP_GATE is off)
     USE_SLOT: tl.constexpr,
     USE_STEP: tl.constexpr,
     STEP_GATE: tl.constexpr,
@@ -61,7 +65,7 @@ def _add_signals(
     if USE_STEP:
         e_step = tl.load(step_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         if STEP_GATE:
-            x += gate[:, None] * e_step
+            x += gate * e_step
         else:
             x += e_step
     return x
@@ -70,6 +74,7 @@ def _add_signals(
 # Per row t of h [T, H] (fp32 arithmetic, result in h's dtype):
 #   s_t   = slot_table[token_ids[t]]                 k_t = step_ids[t * stride_step_ids]
 #   g_t   = sigmoid(dot(h_t, gate_w) + gate_b)       (1.0 when STEP_GATE is off)
+#         = sigmoid(gate_logits[t])  [H]             (CHANNEL_GATE: logits from the launcher's matmul)
 #   out_t = h_t + alpha * E_slot[s_t] + g_t * E_step[k_t]
 # alpha is 1.0 when SLOT_GATE is off; a term is dropped when USE_SLOT / USE_STEP is off.
 # One program per BLOCK_T rows. ONE_PASS: the row tile covers H and stays in registers between the
@@ -88,6 +93,7 @@ def _padrec_input_kernel(
     alpha_ptr,  # [1] float
     gate_w_ptr,  # [H] float
     gate_b_ptr,  # [1] float
+    gate_logits_ptr,  # [T, H] float, row stride stride_gate_logits (CHANNEL_GATE)
     T,
     H,
     stride_h,
@@ -95,10 +101,12 @@ def _padrec_input_kernel(
     stride_slot_emb,
     stride_step_emb,
     stride_step_ids,
+    stride_gate_logits,
     USE_SLOT: tl.constexpr,
     USE_STEP: tl.constexpr,
     SLOT_GATE: tl.constexpr,
     STEP_GATE: tl.constexpr,
+    CHANNEL_GATE: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_H: tl.constexpr,
     ONE_PASS: tl.constexpr,
@@ -109,6 +117,7 @@ def _padrec_input_kernel(
     cols = tl.arange(0, BLOCK_H)  # [BLOCK_H]
     h_rows = h_ptr + rows[:, None] * stride_h  # [BLOCK_T, 1]
     out_rows = out_ptr + rows[:, None] * stride_out  # [BLOCK_T, 1]
+    logit_rows = gate_logits_ptr + rows[:, None] * stride_gate_logits  # [BLOCK_T, 1] (CHANNEL_GATE)
 
     # Placeholders for the terms a flag switches off (never read then).
     slot_rows = slot_emb_ptr
@@ -132,29 +141,40 @@ def _padrec_input_kernel(
         x = tl.load(h_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)  # [BLOCK_T, BLOCK_H]
         if USE_STEP:
             if STEP_GATE:
-                w = tl.load(gate_w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)  # [BLOCK_H]
-                logit = tl.sum(x * w[None, :], axis=1)  # [BLOCK_T]
-                gate = tl.sigmoid(logit + tl.load(gate_b_ptr).to(tl.float32))  # [BLOCK_T]
+                if CHANNEL_GATE:
+                    logit = tl.load(logit_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+                    gate = tl.sigmoid(logit)  # [BLOCK_T, BLOCK_H]
+                else:
+                    w = tl.load(gate_w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)  # [BLOCK_H]
+                    logit = tl.sum(x * w[None, :], axis=1)  # [BLOCK_T]
+                    gate = tl.sigmoid(logit + tl.load(gate_b_ptr).to(tl.float32))[:, None]  # [BLOCK_T, 1]
         y = _add_signals(x, cols, mask, slot_rows, alpha, step_rows, gate, USE_SLOT, USE_STEP, STEP_GATE)
         tl.store(out_rows + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
     else:
         if USE_STEP:
             if STEP_GATE:
-                acc = tl.zeros([BLOCK_T, BLOCK_H], dtype=tl.float32)  # [BLOCK_T, BLOCK_H]
-                for h0 in range(0, H, BLOCK_H):
-                    c = h0 + cols  # [BLOCK_H]
-                    col_mask = c < H
-                    mask = row_mask[:, None] & col_mask[None, :]
-                    x = tl.load(h_rows + c[None, :], mask=mask, other=0.0).to(tl.float32)
-                    w = tl.load(gate_w_ptr + c, mask=col_mask, other=0.0).to(tl.float32)
-                    acc += x * w[None, :]
-                logit = tl.sum(acc, axis=1)  # [BLOCK_T]
-                gate = tl.sigmoid(logit + tl.load(gate_b_ptr).to(tl.float32))  # [BLOCK_T]
+                if not CHANNEL_GATE:
+                    acc = tl.zeros([BLOCK_T, BLOCK_H], dtype=tl.float32)  # [BLOCK_T, BLOCK_H]
+                    for h0 in range(0, H, BLOCK_H):
+                        c = h0 + cols  # [BLOCK_H]
+                        col_mask = c < H
+                        mask = row_mask[:, None] & col_mask[None, :]
+                        x = tl.load(h_rows + c[None, :], mask=mask, other=0.0).to(tl.float32)
+                        w = tl.load(gate_w_ptr + c, mask=col_mask, other=0.0).to(tl.float32)
+                        acc += x * w[None, :]
+                    logit = tl.sum(acc, axis=1)  # [BLOCK_T]
+                    gate = tl.sigmoid(logit + tl.load(gate_b_ptr).to(tl.float32))[:, None]  # [BLOCK_T, 1]
         for h0 in range(0, H, BLOCK_H):
             c = h0 + cols  # [BLOCK_H]
             mask = row_mask[:, None] & (c < H)[None, :]  # [BLOCK_T, BLOCK_H]
             x = tl.load(h_rows + c[None, :], mask=mask, other=0.0).to(tl.float32)
-            y = _add_signals(x, c, mask, slot_rows, alpha, step_rows, gate, USE_SLOT, USE_STEP, STEP_GATE)
+            g = gate
+            if USE_STEP:
+                if STEP_GATE:
+                    if CHANNEL_GATE:
+                        logit = tl.load(logit_rows + c[None, :], mask=mask, other=0.0).to(tl.float32)
+                        g = tl.sigmoid(logit)  # [BLOCK_T, BLOCK_H]
+            y = _add_signals(x, c, mask, slot_rows, alpha, step_rows, g, USE_SLOT, USE_STEP, STEP_GATE)
             tl.store(out_rows + c[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -226,13 +246,14 @@ def padrec_input(
     slot_emb: torch.Tensor | None,  # [S, H] fp16/bf16/fp32, E_slot
     step_emb: torch.Tensor | None,  # [K, H] fp16/bf16/fp32, E_step
     alpha: torch.Tensor | None,  # [] or [1] float, slot scale
-    gate_w: torch.Tensor | None,  # [H] float, context gate weight
-    gate_b: torch.Tensor | None,  # [] or [1] float, context gate bias
+    gate_w: torch.Tensor | None,  # [H] float, context gate weight ([H, H] with channel_gate)
+    gate_b: torch.Tensor | None,  # [] or [1] float, context gate bias ([H] with channel_gate)
     *,
     use_slot: bool = True,
     use_step: bool = True,
     slot_gate: bool = True,
     step_gate: bool = True,
+    channel_gate: bool = False,
     out: torch.Tensor | None = None,  # [T, H] h's dtype; may be h itself (in place)
     block_h: int | None = None,
 ) -> torch.Tensor:  # [T, H] h's dtype
@@ -287,12 +308,22 @@ def padrec_input(
         if step_gate:
             gate_w = _require("gate_w", gate_w, "use_step=True and step_gate=True")
             gate_b = _require("gate_b", gate_b, "use_step=True and step_gate=True")
-            _check_vector("gate_w", gate_w, hidden, _FLOAT_DTYPES)
-            _check_scalar("gate_b", gate_b)
+            if channel_gate:
+                _check_matrix("gate_w", gate_w, hidden, _FLOAT_DTYPES)
+                if gate_w.shape[0] != hidden:
+                    raise ValueError(
+                        f"padrec_input: gate_w has shape {list(gate_w.shape)}; expected [{hidden}, {hidden}] "
+                        "(channel_gate=True)"
+                    )
+                _check_vector("gate_b", gate_b, hidden, _FLOAT_DTYPES)
+            else:
+                _check_vector("gate_w", gate_w, hidden, _FLOAT_DTYPES)
+                _check_scalar("gate_b", gate_b)
             _check_device("gate_w", gate_w, device)
             _check_device("gate_b", gate_b, device)
     else:
         stride_step_ids = 0
+    channel_gate = channel_gate and use_step and step_gate
 
     if out is None:
         out = torch.empty_like(h, memory_format=torch.contiguous_format)  # [T, H]
@@ -310,6 +341,9 @@ def padrec_input(
     if block_h is not None and (block_h < 1 or block_h & (block_h - 1)):
         raise ValueError(f"padrec_input: block_h={block_h} must be a power of two")
     block_h, block_t, num_warps = _launch_config(num_rows, hidden, block_h)
+    gate_logits = (  # [T, H] h's dtype: W_g h + b_g, one cuBLAS matmul (the kernel takes the sigmoid)
+        torch.nn.functional.linear(h, gate_w.to(h.dtype), gate_b.to(h.dtype)) if channel_gate else h
+    )
 
     # Unused pointers get h as a placeholder (never read: their branch is compiled out).
     grid = ((num_rows + block_t - 1) // block_t,)
@@ -324,6 +358,7 @@ def padrec_input(
         alpha if use_slot and slot_gate else h,
         gate_w if use_step and step_gate else h,
         gate_b if use_step and step_gate else h,
+        gate_logits,
         num_rows,
         hidden,
         h.stride(0),
@@ -331,10 +366,12 @@ def padrec_input(
         slot_emb.stride(0) if use_slot else 0,
         step_emb.stride(0) if use_step else 0,
         stride_step_ids,
+        gate_logits.stride(0),
         USE_SLOT=use_slot,
         USE_STEP=use_step,
         SLOT_GATE=slot_gate,
         STEP_GATE=step_gate,
+        CHANNEL_GATE=channel_gate,
         BLOCK_T=block_t,
         BLOCK_H=block_h,
         ONE_PASS=block_h >= hidden,

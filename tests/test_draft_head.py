@@ -44,6 +44,7 @@ EXTRA_NAMES = {
     "padrec_no_slot": {"step_emb.weight", "gate.weight", "gate.bias"},
     "padrec_no_step": {"slot_emb.weight", "alpha"},
     "padrec_no_gates": {"slot_emb.weight", "step_emb.weight"},
+    "padrec_channel_gate": {"slot_emb.weight", "alpha", "step_emb.weight", "gate.weight", "gate.bias"},
     "eagle": set(),
 }
 PADREC_VARIANTS = [v for v in VARIANTS if v != "eagle"]
@@ -154,6 +155,23 @@ def test_parameters_exist_only_for_the_flags_that_are_on(target, variant):
     assert names == EAGLE_NAMES | EXTRA_NAMES[variant]
 
 
+def test_channel_gate_has_a_gate_per_channel_and_needs_the_step_gate(target):
+    state = make_head(target, "padrec_channel_gate").state_dict()
+    assert state["gate.weight"].shape == (H, H) and state["gate.bias"].shape == (H,)
+    assert make_head(target, "padrec").state_dict()["gate.weight"].shape == (1, H)
+    config = DraftConfig.from_target(target.config, LAYOUT, GAMMA, variant="padrec_channel_gate")
+    for off in ("use_step", "step_gate"):
+        with pytest.raises(ValueError, match="channel_gate"):
+            config.replace(**{off: False})
+
+
+def test_a_config_saved_before_the_channel_gate_reads_as_a_scalar_gate(target):
+    config = DraftConfig.from_target(target.config, LAYOUT, GAMMA)
+    saved = config.to_hf_config().to_dict()
+    del saved["padrec"]["channel_gate"]
+    assert DraftConfig.from_hf_config(saved) == config and not config.channel_gate
+
+
 def test_all_flags_off_is_exactly_eagle(target):
     eagle = make_head(target, "eagle", seed=3)
     off = make_head(target, "padrec", seed=4, use_slot=False, use_step=False, slot_gate=False, step_gate=False)
@@ -166,7 +184,7 @@ def test_all_flags_off_is_exactly_eagle(target):
     torch.testing.assert_close(off(hidden, ids, other_steps, positions), expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("variant", ["padrec", "padrec_no_slot", "padrec_no_step"])
+@pytest.mark.parametrize("variant", ["padrec", "padrec_no_slot", "padrec_no_step", "padrec_channel_gate"])
 def test_training_starts_from_the_eagle_head(target, variant):
     """Same seed: same fc and decoder layer; alpha = 0 and E_step = 0 switch the signals off."""
     eagle = make_head(target, "eagle", seed=7, randomize=False)
@@ -186,7 +204,12 @@ def expected_signals(head: PadRecDraftHead, h, ids, steps):
         alpha = head.alpha if cfg.slot_gate else 1.0
         delta = delta + alpha * head.slot_emb.weight[head.slot_table[ids]]
     if cfg.use_step:
-        g = torch.sigmoid(h @ head.gate.weight[0] + head.gate.bias)[..., None] if cfg.step_gate else 1.0
+        if cfg.step_gate and cfg.channel_gate:  # a gate per channel: W_g [H, H], b_g [H]
+            g = torch.sigmoid(h @ head.gate.weight.T + head.gate.bias)
+        elif cfg.step_gate:
+            g = torch.sigmoid(h @ head.gate.weight[0] + head.gate.bias)[..., None]
+        else:
+            g = 1.0
         delta = delta + g * head.step_emb.weight[steps]
     return delta
 

@@ -72,6 +72,8 @@ def _load_and_fuse(target: str, draft: str, num_speculative_tokens: int) -> dict
         "params": sorted(name for name, _ in model.named_parameters()),
         "shared": (model.model.embed_tokens is target_model.model.embed_tokens, model.lm_head is target_model.lm_head),
         "slot_emb": torch.equal(model.model.slot_emb.weight.cpu(), reference.slot_emb.weight),
+        "gate": list(model.model.gate.weight.shape),
+        "hidden": reference.config.hidden_size,
         "diffs": diffs,
     }
 
@@ -82,6 +84,28 @@ def checkpoints(tmp_path_factory):
     catalog = small_catalog()
     target = write_target(root / "target", catalog)
     return str(target), str(write_draft(root / "draft", target, catalog))
+
+
+@pytest.fixture(scope="module")
+def channel_gate_checkpoints(checkpoints, tmp_path_factory):
+    """A per-channel-gate draft whose step embedding and gate are not at their init (E_step = 0 hides the gate)."""
+    from transformers import AutoConfig
+
+    from vllm_padrec.draft import DraftConfig, PadRecDraftHead, save_draft
+
+    target = checkpoints[0]
+    layout = small_catalog().layout
+    config = DraftConfig.from_target(
+        AutoConfig.from_pretrained(target), layout, NUM_STEPS, variant="padrec_channel_gate"
+    )
+    head = PadRecDraftHead(config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in (head.step_emb.weight, head.gate.weight, head.gate.bias, head.alpha):
+            parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator))
+    folder = tmp_path_factory.mktemp("channel_gate") / "draft"
+    save_draft(head, folder)
+    return target, str(folder)
 
 
 @pytest.mark.parametrize("num_speculative_tokens", [NUM_STEPS, 2 * NUM_STEPS])
@@ -106,6 +130,13 @@ def test_vllm_loads_the_draft_and_fuses_like_the_head(checkpoints, num_speculati
             "model.layers.0.post_attention_layernorm.weight",
         ]
     )
-    assert result["shared"] == (True, True) and result["slot_emb"]
+    assert result["shared"] == (True, True) and result["slot_emb"] and result["gate"] == [1, result["hidden"]]
     # steps past n_predict reuse the last step embedding, as the training-side head does
+    assert max(result["diffs"]) < 1e-5, result["diffs"]
+
+
+def test_vllm_loads_a_per_channel_gate_and_fuses_like_the_head(channel_gate_checkpoints):
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        result = pool.apply(_load_and_fuse, (*channel_gate_checkpoints, NUM_STEPS))
+    assert result["class"] == "EaglePadRecForCausalLM" and result["gate"] == [result["hidden"]] * 2
     assert max(result["diffs"]) < 1e-5, result["diffs"]

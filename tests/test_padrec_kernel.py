@@ -74,6 +74,15 @@ def _seed(*case) -> int:
     return zlib.crc32(repr(case).encode())
 
 
+def with_channel_gate(inputs: dict, *, seed: int) -> dict:
+    """``inputs`` with a per-channel step gate: gate_w [H, H] and gate_b [H], random, in gate_w's dtype."""
+    g = torch.Generator().manual_seed(seed)
+    H, dtype, device = inputs["h"].shape[1], inputs["gate_w"].dtype, inputs["gate_w"].device
+    gate_w = (torch.randn(H, H, generator=g) / math.sqrt(H)).to(dtype)  # [H, H]
+    gate_b = torch.randn(H, generator=g).to(dtype)  # [H]
+    return {**inputs, "gate_w": gate_w.to(device), "gate_b": gate_b.to(device)}
+
+
 def run_and_compare(inputs: dict, flags: dict, case: str, **kernel_kwargs) -> torch.Tensor:
     """Run the kernel into a NaN-poisoned `out`, check every element was written and that it matches
     the reference; the assertion message names the tensor and the case."""
@@ -137,6 +146,41 @@ def test_two_pass_loop_over_h(T, flags, device):
     run_and_compare(inputs, flags, f"T={T} H=100 block_h=32 {_flag_id(flags)}", block_h=32)
 
 
+CHANNEL_GATE = {**FLAG_CASES[0], "channel_gate": True}
+
+
+@pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+@pytest.mark.parametrize("block_h", [None, 32], ids=["one_pass", "two_pass"])
+@pytest.mark.parametrize("scalar_step", [False, True], ids=["step_ids_T", "step_ids_0dim"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("T", [1, 63])
+def test_per_channel_step_gate(T, dtype, scalar_step, block_h, device):
+    """A gate per channel (gate_w [H, H], gate_b [H]): logits from the launcher's matmul, sigmoid in the kernel."""
+    case = ("channel", T, dtype, scalar_step, block_h)
+    inputs = make_inputs(T, 100, dtype, device, seed=_seed(*case), scalar_step=scalar_step)
+    inputs = with_channel_gate(inputs, seed=_seed(*case, "gate"))
+    run_and_compare(inputs, CHANNEL_GATE, f"T={T} H=100 {dtype} channel gate block_h={block_h}", block_h=block_h)
+
+
+def test_per_channel_gate_with_equal_rows_is_the_scalar_gate(device):
+    """W_g = 1 w^T and b_g = b 1 give every channel the scalar gate's logit h . w + b: the two modes agree."""
+    inputs = make_inputs(15, 100, torch.float32, device, seed=_seed("equal_rows"))
+    H = inputs["h"].shape[1]
+    tied_w = inputs["gate_w"][None, :].expand(H, H).contiguous()  # [H, H], every row w
+    tied = {**inputs, "gate_w": tied_w, "gate_b": inputs["gate_b"].expand(H).contiguous()}
+    for fn in (padrec_input, padrec_input_reference):
+        torch.testing.assert_close(
+            fn(**tied.copy(), channel_gate=True),
+            padrec_input_reference(**inputs),
+            **TOLERANCES[torch.float32],
+            msg=lambda m, fn=fn: f"{fn.__name__}: tensor 'out' (tied channel gate) differs from the scalar gate: {m}",
+        )
+    # and a per-channel gate whose rows differ is not the scalar gate
+    untied = with_channel_gate(inputs, seed=_seed("equal_rows", "gate"))
+    diff = (padrec_input_reference(**untied, channel_gate=True) - padrec_input_reference(**inputs)).abs().max()
+    assert diff > 1e-3, f"tensor 'out' with an untied per-channel gate equals the scalar gate's (max diff {diff})"
+
+
 def test_fp32_parameters_with_bf16_features(device):
     inputs = make_inputs(63, 128, torch.bfloat16, device, seed=_seed("mixed"), param_dtype=torch.float32)
     run_and_compare(inputs, FLAG_CASES[0], "bf16 h with fp32 slot/step embeddings and gate")
@@ -170,15 +214,24 @@ def test_unused_arguments_may_be_none(device):
     run_and_compare(partial, flags, "slot term only, unused arguments None")
 
 
-def test_reference_is_differentiable():
+@pytest.mark.parametrize("channel_gate", [False, True], ids=["scalar_gate", "channel_gate"])
+def test_reference_is_differentiable(channel_gate):
     inputs = make_inputs(15, 100, torch.float32, "cpu", seed=_seed("grad"))
+    if channel_gate:
+        inputs = with_channel_gate(inputs, seed=_seed("grad", "gate"))
     learnable = ("h", "slot_emb", "step_emb", "alpha", "gate_w", "gate_b")
     for name in learnable:
         inputs[name].requires_grad_(True)
-    padrec_input_reference(**inputs).square().sum().backward()
+    padrec_input_reference(**inputs, channel_gate=channel_gate).square().sum().backward()
     for name in learnable:
         grad = inputs[name].grad
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, f"tensor '{name}': no gradient"
+
+
+def _channel(inputs: dict, **breakers) -> dict:
+    """``inputs`` with a per-channel gate, each named tensor passed through its breaker."""
+    channel = {**with_channel_gate(inputs, seed=1), "channel_gate": True}
+    return {**channel, **{name: breaker(channel[name]) for name, breaker in breakers.items()}}
 
 
 # Invalid inputs: (what is wrong, how to break the inputs, text the error must contain).
@@ -195,6 +248,9 @@ INVALID_CASES = [
     ("step_ids [2T]", lambda x, d: {**x, "step_ids": x["step_ids"].repeat(2)}, "step_ids has shape"),
     ("alpha [2]", lambda x, d: {**x, "alpha": x["alpha"].repeat(2)}, "alpha has shape"),
     ("gate_w [H-1]", lambda x, d: {**x, "gate_w": x["gate_w"][:-1]}, "gate_w has shape"),
+    ("channel gate_w [H]", lambda x, d: {**x, "channel_gate": True}, "gate_w has shape"),
+    ("channel gate_w [H-1, H]", lambda x, d: _channel(x, gate_w=lambda w: w[:-1]), "expected \\[100, 100\\]"),
+    ("channel gate_b [1]", lambda x, d: _channel(x, gate_b=lambda b: b[:1]), "gate_b has shape"),
     ("missing step_emb", lambda x, d: {**x, "step_emb": None}, "step_emb is None"),
     ("fp64 h", lambda x, d: {**x, "h": x["h"].double()}, "h has dtype"),
 ]
@@ -224,23 +280,29 @@ def test_large_bf16_and_cuda_graph_replay():
     for flags in FLAG_CASES:
         run_and_compare(inputs, flags, f"T={T} H={H} bf16 {_flag_id(flags)}")
     run_and_compare(inputs, FLAG_CASES[0], f"T={T} H={H} bf16 two-pass", block_h=512)
+    channel = with_channel_gate(inputs, seed=_seed("large", "gate"))
+    run_and_compare(channel, CHANNEL_GATE, f"T={T} H={H} bf16 channel gate")
+    run_and_compare(channel, CHANNEL_GATE, f"T={T} H={H} bf16 channel gate two-pass", block_h=512)
 
     graph_inputs = make_inputs(64, H, dtype, "cuda", seed=_seed("graph"), scalar_step=True)
-    out = torch.empty_like(graph_inputs["h"])  # [64, H]
-    padrec_input(**graph_inputs, out=out)  # compile outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        padrec_input(**graph_inputs, out=out)
-    for step in itertools.chain(range(NUM_STEPS), [0]):
-        graph_inputs["step_ids"].fill_(step)
-        graph_inputs["h"].normal_()
-        out.fill_(float("nan"))
-        graph.replay()
-        want = padrec_input_reference(**graph_inputs)  # [64, H]
-        torch.testing.assert_close(
-            out,
-            want,
-            **TOLERANCES[dtype],
-            msg=lambda m, step=step: f"tensor 'out' after graph replay at step {step}: {m}",
-        )
+    for flags in (FLAG_CASES[0], CHANNEL_GATE):  # the channel gate's matmul is captured too
+        if flags is CHANNEL_GATE:
+            graph_inputs = with_channel_gate(graph_inputs, seed=_seed("graph", "gate"))
+        out = torch.empty_like(graph_inputs["h"])  # [64, H]
+        padrec_input(**graph_inputs, **flags, out=out)  # compile outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            padrec_input(**graph_inputs, **flags, out=out)
+        for step in itertools.chain(range(NUM_STEPS), [0]):
+            graph_inputs["step_ids"].fill_(step)
+            graph_inputs["h"].normal_()
+            out.fill_(float("nan"))
+            graph.replay()
+            want = padrec_input_reference(**graph_inputs, **flags)  # [64, H]
+            torch.testing.assert_close(
+                out,
+                want,
+                **TOLERANCES[dtype],
+                msg=lambda m, step=step, flags=flags: f"tensor 'out' after graph replay at step {step} {flags}: {m}",
+            )

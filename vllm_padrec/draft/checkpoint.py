@@ -12,6 +12,7 @@ PAD-Rec / EAGLE head (``--speculative-config '{"method": "eagle", "model": folde
                                layers.0.post_attention_layernorm.weight    [H]
                                slot_emb.weight [S, H], alpha [1]           (PAD-Rec, per flag)
                                step_emb.weight [γ, H], gate.weight [1, H], gate.bias [1]
+                               (channel_gate: gate.weight [H, H], gate.bias [H])
     No lm_head / embed_tokens / layers.0.input_layernorm: vLLM shares the target's embedding and
     LM head, and layer 0 has no input norm (VLLM_NOTES.md 3.1, 3.2).
 

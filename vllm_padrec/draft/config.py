@@ -9,6 +9,7 @@ Variants (one flag each; ``VARIANTS`` maps the names the trainer and benchmarks 
     padrec_no_slot    h' = h                     + g * E_step[k]      (use_slot off)
     padrec_no_step    h' = h + alpha * E_slot[s]                      (use_step off)
     padrec_no_gates   h' = h +         E_slot[s] +     E_step[k]      (alpha = 1, g = 1)
+    padrec_channel_gate  as padrec, g = sigmoid(W_g h + b_g) in R^H    (channel_gate: a gate per channel)
     eagle             h' = h                                          (all off: vLLM's EAGLE-1 head)
 
 ``to_hf_config()`` gives the ``config.json`` that vLLM 0.26.0 reads (a Llama config with one layer,
@@ -33,15 +34,23 @@ EAGLE_ARCHITECTURE = "EagleLlamaForCausalLM"
 # Key of the PAD-Rec section inside config.json (vLLM copies unknown keys onto its EAGLEConfig).
 HF_SECTION = "padrec"
 
-_FLAGS = ("use_slot", "use_step", "slot_gate", "step_gate")
+_FLAGS = ("use_slot", "use_step", "slot_gate", "step_gate", "channel_gate")
 
-# variant name -> (method, flags). The ablations switch off one thing each.
+
+def _flags(use_slot: bool, use_step: bool, slot_gate: bool, step_gate: bool, channel_gate: bool = False) -> dict:
+    return dict(
+        use_slot=use_slot, use_step=use_step, slot_gate=slot_gate, step_gate=step_gate, channel_gate=channel_gate
+    )
+
+
+# variant name -> (method, flags). The ablations switch off one thing each; padrec_channel_gate widens one.
 VARIANTS: dict[str, tuple[str, dict[str, bool]]] = {
-    "padrec": ("padrec", dict(use_slot=True, use_step=True, slot_gate=True, step_gate=True)),
-    "padrec_no_slot": ("padrec", dict(use_slot=False, use_step=True, slot_gate=True, step_gate=True)),
-    "padrec_no_step": ("padrec", dict(use_slot=True, use_step=False, slot_gate=True, step_gate=True)),
-    "padrec_no_gates": ("padrec", dict(use_slot=True, use_step=True, slot_gate=False, step_gate=False)),
-    "eagle": ("eagle", dict(use_slot=False, use_step=False, slot_gate=False, step_gate=False)),
+    "padrec": ("padrec", _flags(True, True, True, True)),
+    "padrec_no_slot": ("padrec", _flags(False, True, True, True)),
+    "padrec_no_step": ("padrec", _flags(True, False, True, True)),
+    "padrec_no_gates": ("padrec", _flags(True, True, False, False)),
+    "padrec_channel_gate": ("padrec", _flags(True, True, True, True, channel_gate=True)),
+    "eagle": ("eagle", _flags(False, False, False, False)),
 }
 # Every draft the trainer builds: the variants above and Medusa heads (draft/medusa.py). Here, beside
 # VARIANTS, so that the CLI can offer them as choices without importing the trainer.
@@ -81,6 +90,7 @@ class DraftConfig:
     use_step: bool = True  # add the draft-step embedding g * E_step[k]
     slot_gate: bool = True  # learnable alpha (else alpha = 1 and no alpha parameter)
     step_gate: bool = True  # context gate g = sigmoid(h . w_g + b_g) (else g = 1 and no gate parameters)
+    channel_gate: bool = False  # the step gate per channel: g = sigmoid(W_g h + b_g) in R^H, W_g [H, H]
     # -- initialisation --
     alpha_init: float = 0.0  # alpha at init: 0 makes the slot term vanish, so training starts from EAGLE
     init_std: float = 0.02  # std of the normal init of linear weights and E_slot (E_step starts at 0)
@@ -109,6 +119,10 @@ class DraftConfig:
             on = [f for f in _FLAGS if getattr(self, f)]
             raise ValueError(
                 f"method='eagle' is the head without PAD-Rec signals; set {on} to False or use method='padrec'"
+            )
+        if self.channel_gate and not (self.use_step and self.step_gate):
+            raise ValueError(
+                "DraftConfig.channel_gate widens the step gate to one per channel: it needs use_step and step_gate"
             )
         layout = TokenLayout(self.codebook_sizes)  # validates the codebooks
         if self.num_slot_kinds != layout.num_slot_kinds:
@@ -182,6 +196,7 @@ class DraftConfig:
             use_step=self.use_step,
             slot_gate=self.slot_gate,
             step_gate=self.step_gate,
+            channel_gate=self.channel_gate,
             codebook_sizes=list(self.codebook_sizes),
             num_special_tokens=len(TokenLayout.SPECIAL_TOKENS),
             num_slot_kinds=self.num_slot_kinds,
@@ -245,6 +260,7 @@ class DraftConfig:
             use_step=bool(section["use_step"]),
             slot_gate=bool(section["slot_gate"]),
             step_gate=bool(section["step_gate"]),
+            channel_gate=bool(section.get("channel_gate", False)),  # absent from heads saved before it existed
             alpha_init=float(section.get("alpha_init", 0.0)),
             init_std=float(section.get("init_std", 0.02)),
         )

@@ -1,6 +1,7 @@
 """PAD-Rec's two input signals: their parameters and the fused kernel's arguments, for every head class.
 
     h' = h + alpha * E_slot[slot_table[x]] + g * E_step[k],   g = sigmoid(h . w_g + b_g)
+                                                              (channel_gate: g = sigmoid(W_g h + b_g) in R^H)
 
 Both the training head (``draft.head.PadRecDraftHead``) and the vLLM class
 (``integration.draft_model.PadRecEagleModel``) call ``add_signal_parameters`` on themselves, so the
@@ -34,7 +35,8 @@ def add_signal_parameters(module: nn.Module, config: DraftConfig) -> None:
         module.step_emb = nn.Embedding(config.num_draft_steps, H)  # E_step [K, H]
         nn.init.zeros_(module.step_emb.weight)
         if config.step_gate:
-            module.gate = nn.Linear(H, 1)  # w_g [1, H], b_g [1]; g = 0.5 at init
+            # w_g [1, H], b_g [1] (channel_gate: W_g [H, H], b_g [H]); g = 0.5 at init
+            module.gate = nn.Linear(H, H if config.channel_gate else 1)
             nn.init.zeros_(module.gate.weight)
             nn.init.zeros_(module.gate.bias)
     # token id -> slot for the whole (padded) vocabulary: ids past the layout are "other". Made by a
@@ -62,6 +64,7 @@ def apply_signals(
 ) -> torch.Tensor:  # [T, H] h'
     """h' computed by ``fn`` from ``module``'s signal parameters."""
     H = h.shape[-1]
+    gated = config.use_step and config.step_gate
     return fn(
         h,
         token_ids,
@@ -70,11 +73,12 @@ def apply_signals(
         module.slot_emb.weight if config.use_slot else None,  # [S, H]
         module.step_emb.weight if config.use_step else None,  # [K, H]
         module.alpha if config.use_slot and config.slot_gate else None,  # [1]
-        module.gate.weight.view(H) if config.use_step and config.step_gate else None,  # [H]
-        module.gate.bias if config.use_step and config.step_gate else None,  # [1]
+        (module.gate.weight if config.channel_gate else module.gate.weight.view(H)) if gated else None,  # [H] / [H, H]
+        module.gate.bias if gated else None,  # [1] / [H]
         use_slot=config.use_slot,
         use_step=config.use_step,
         slot_gate=config.slot_gate,
         step_gate=config.step_gate,
+        channel_gate=config.channel_gate,
         **kwargs,
     )
