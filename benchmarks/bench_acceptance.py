@@ -80,6 +80,69 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def decode_record(
+    target,
+    draft,
+    catalog,
+    histories: list[list[int]],
+    num_items: int,
+    gamma: int,
+    reference: list,  # plain greedy's lists of the same histories
+    *,
+    batch_size: int,
+    max_history: int,
+    device,
+    skip_forced_drafts: bool = False,
+    forced_tail: int = 0,
+) -> dict:
+    """Decode ``histories`` with ``draft`` at ``gamma`` (``speculative_lists``) and measure it: the record fields
+    that say how the draft did (acceptance, by step and by slot, mismatches against ``reference``, seconds)."""
+    from vllm_padrec.decoding.speculative import speculative_lists
+
+    _sync(device)
+    start = time.perf_counter()
+    lists, _, stats = speculative_lists(
+        target,
+        draft,
+        catalog,
+        histories,
+        num_items,
+        gamma,
+        batch_size=batch_size,
+        max_history=max_history,
+        skip_forced_drafts=skip_forced_drafts,
+        forced_tail=forced_tail,
+    )
+    _sync(device)
+    return dict(
+        skip_forced_drafts=skip_forced_drafts,
+        forced_tail=forced_tail,
+        skipped_step_share=stats.skipped_step_share,
+        gamma=gamma,
+        users=len(histories),
+        acceptance_length=stats.mean_accepted_length,
+        draft_acceptance_rate=stats.draft_acceptance_rate,
+        acceptance_rate_by_step=stats.acceptance_rate_by_step,
+        conditional_acceptance_by_step=stats.conditional_acceptance_by_step,
+        acceptance_by_slot=dict(zip(stats.slot_names(), stats.acceptance_by_slot)),
+        tokens_per_target_pass=stats.tokens_per_target_pass,
+        mismatches=sum(a != b for a, b in zip(lists, reference)),
+        wall_seconds=time.perf_counter() - start,
+        stats=stats.to_dict(),
+    )
+
+
+def greedy_reference(target, catalog, histories, num_items: int, *, batch_size: int, max_history: int, device):
+    """Plain greedy decoding's lists of ``histories`` and its wall seconds (what every draft must reproduce)."""
+    from vllm_padrec.decoding import greedy_lists
+
+    _sync(device)
+    start = time.perf_counter()
+    lists = greedy_lists(target, catalog, histories, num_items, batch_size=batch_size, max_history=max_history)
+    _sync(device)
+    return lists, time.perf_counter() - start
+
+
 def machine_info(device: str, dtype: str) -> dict:
     import torch
     import transformers
@@ -101,8 +164,6 @@ def run(args) -> str:
     import torch
 
     from vllm_padrec.data import open_dataset
-    from vllm_padrec.decoding import greedy_lists
-    from vllm_padrec.decoding.speculative import speculative_lists
     from vllm_padrec.draft.checkpoint import load_draft, read_config
     from vllm_padrec.target.model import load_checkpoint
 
@@ -121,13 +182,9 @@ def run(args) -> str:
         flush=True,
     )
 
-    _sync(device)
-    start = time.perf_counter()
-    reference = greedy_lists(
-        target, catalog, histories, num_items, batch_size=args.batch_size, max_history=recipe.max_history
+    reference, greedy_seconds = greedy_reference(
+        target, catalog, histories, num_items, batch_size=args.batch_size, max_history=recipe.max_history, device=device
     )
-    _sync(device)
-    greedy_seconds = time.perf_counter() - start
     print(f"plain greedy: {greedy_seconds:.1f} s", flush=True)
 
     records, names = [], set()
@@ -146,48 +203,32 @@ def run(args) -> str:
             if method == "medusa" and gamma > draft.config.num_heads:
                 print(f"{name}: skipping gamma={gamma} (only {draft.config.num_heads} Medusa heads)", flush=True)
                 continue
-            _sync(device)
-            start = time.perf_counter()
-            lists, _, stats = speculative_lists(
+            decoded = decode_record(
                 target,
                 draft,
                 catalog,
                 histories,
                 num_items,
                 gamma,
+                reference,
                 batch_size=args.batch_size,
                 max_history=recipe.max_history,
+                device=device,
                 skip_forced_drafts=skip,
                 forced_tail=tail,
             )
-            _sync(device)
-            seconds = time.perf_counter() - start
-            mismatches = sum(a != b for a, b in zip(lists, reference))
             record = dict(
                 method=name + (SKIPPED_LABEL if skip else "") + (TAIL_LABEL.format(tail) if tail else ""),
-                skip_forced_drafts=skip,
-                forced_tail=tail,
-                skipped_step_share=stats.skipped_step_share,
                 draft=os.path.abspath(folder),
                 trained_draft_steps=draft_steps(config),  # γ the head was trained for
                 **training_budget(folder),
-                gamma=gamma,
-                users=len(histories),
-                acceptance_length=stats.mean_accepted_length,
-                draft_acceptance_rate=stats.draft_acceptance_rate,
-                acceptance_rate_by_step=stats.acceptance_rate_by_step,
-                conditional_acceptance_by_step=stats.conditional_acceptance_by_step,
-                acceptance_by_slot=dict(zip(stats.slot_names(), stats.acceptance_by_slot)),
-                tokens_per_target_pass=stats.tokens_per_target_pass,
-                mismatches=mismatches,
-                wall_seconds=seconds,
+                **decoded,
                 greedy_wall_seconds=greedy_seconds,
-                stats=stats.to_dict(),
             )
             records.append(record)
             print(_format_row(record), flush=True)
-            if mismatches:
-                print(f"WARNING: {name} γ={gamma}: {mismatches} lists differ from plain greedy", flush=True)
+            if record["mismatches"]:
+                print(f"WARNING: {name} γ={gamma}: {record['mismatches']} lists differ from plain greedy", flush=True)
 
     settings = dict(
         target=os.path.abspath(args.target),

@@ -40,7 +40,10 @@ profiled), ``none none_v1 ngram medusa``, and ``--spec-dtype float32`` for the e
 (2026-12-02) lost its machine after ``none`` and ``eagle_one_step``; the next: call 1 ``start bench_target
 bench_drafts --target bench --bench-epochs 1 --drafts padrec --draft-steps 600 --spec-methods none padrec
 padrec_tail padrec_adaptive`` (the forced tail's engines beside plain PAD-Rec's; about 26 minutes), call 3
-``checks bench_spec_decode``.
+``checks bench_spec_decode``. PAD-Rec's signals against EAGLE paired by seed (issue 14's 5 %, plain torch, no vLLM):
+call 1 ``start bench_target signal_ablation --target bench --bench-epochs 1 --draft-steps 600`` (three seeds of
+eagle, padrec and padrec_channel_gate at gamma 5: nine heads of the bench recipe, trained one after another), then
+``wait 570`` calls; ``--ablation-gammas 5 8`` adds the depth the issue asks about.
 
 Phases, one per call (``python3 benchmarks/gpu_session.py PHASE --help`` lists a phase's options; the
 options a call is given hold for the later calls too):
@@ -63,6 +66,8 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
     bench_eval            its test metrics (constrained beam and greedy lists)                   bench_target
     bench_drafts          its draft heads (--drafts: padrec, padrec_eagle, or all seven)         bench_target
     acceptance            benchmarks/bench_acceptance.py on the bench heads                      bench_drafts
+    signal_ablation       benchmarks/bench_signal_ablation.py: PAD-Rec's signals (and its        bench_target
+                          per-channel gate) against EAGLE, heads paired by training seed
     atspeed_drafts        issue 13's heads on the target's top-K beams: distill, atspeed_s,      bench_target
                           atspeed_r, the same budget each
     bench_atspeed         benchmarks/bench_atspeed.py on them (strict top-K, plain torch)        atspeed_drafts
@@ -211,6 +216,9 @@ class Settings:
     accept_name: str = "beauty"
     accept_skip_forced: bool = False  # acceptance also decodes with the forced draft steps left out
     accept_forced_tail: int = 0  # acceptance also decodes with this many draft slots filled from the catalog
+    ablation_variants: tuple[str, ...] = ("eagle", "padrec", "padrec_channel_gate")  # signal_ablation's heads
+    ablation_seeds: tuple[int, ...] = (0, 1, 2)  # signal_ablation's training seeds
+    ablation_gammas: tuple[int, ...] = (5,)  # signal_ablation's draft depths
     lossless_users: int = 500
     lossless_modes: tuple[str, ...] = ("fp32",)
     engine_users: int = 512
@@ -284,6 +292,14 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
         "(issue 14's other catalog lever; default 0: not measured)",
         **kw,
     )
+    add(
+        "--ablation-variants",
+        nargs="+",
+        help=f"signal_ablation's heads, eagle among them (default {' '.join(d.ablation_variants)})",
+        **kw,
+    )
+    add("--ablation-seeds", type=int, nargs="+", help="signal_ablation's training seeds (default 0 1 2)", **kw)
+    add("--ablation-gammas", type=int, nargs="+", help="signal_ablation's draft depths (default 5)", **kw)
     add("--lossless-users", type=int, help=f"users of the lossless check (default {d.lossless_users})", **kw)
     add("--lossless-modes", nargs="+", choices=list(LOSSLESS_MODES), help="lossless runs (default fp32)", **kw)
     add("--engine-users", type=int, help=f"timed requests of engine_step (default {d.engine_users})", **kw)
@@ -511,6 +527,20 @@ def job_acceptance(ctx: JobContext) -> int:
         *("--out", str(WORK / "results"), "--name", s.accept_name),
         *(["--skip-forced-drafts"] if s.accept_skip_forced else []),
         *(["--forced-tail", str(s.accept_forced_tail)] if s.accept_forced_tail else []),
+    )
+
+
+def job_signal_ablation(ctx: JobContext) -> int:
+    """PAD-Rec's signals against EAGLE on the bench target, paired by training seed (the bench heads' recipe and
+    budget, ``--draft-steps``; plain torch, acceptance only)."""
+    s = ctx.settings
+    return ctx.python(
+        "benchmarks.bench_signal_ablation",
+        *("--target", str(bench_dir(s.dataset) / "checkpoint"), "--dataset", dataset_path(s), "--preset", "bench"),
+        *("--variants", *s.ablation_variants, "--seeds", *map(str, s.ablation_seeds)),
+        *("--gammas", *map(str, s.ablation_gammas), "--draft-steps", str(s.draft_steps)),
+        *("--users", str(s.accept_users), "--batch-size", "128", "--work", str(WORK / "signal_ablation")),
+        *("--out", str(WORK / "results"), "--name", s.dataset),
     )
 
 
@@ -1032,6 +1062,7 @@ JOBS: dict[str, Job] = {
         Job("bench_eval", job_bench_eval, needs=("bench_target",)),
         Job("bench_drafts", job_bench_drafts, needs=("bench_target",), untimed=True),
         Job("acceptance", job_acceptance, needs=("bench_drafts",)),
+        Job("signal_ablation", job_signal_ablation, needs=("bench_target",), untimed=True),
         Job("atspeed_drafts", job_atspeed_drafts, needs=("bench_target",), untimed=True),
         Job("bench_atspeed", job_bench_atspeed, needs=("atspeed_drafts",)),
         Job("bench_topk_atspeed", job_bench_topk_atspeed, needs=("atspeed_drafts",), vllm=True),

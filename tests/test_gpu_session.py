@@ -643,3 +643,35 @@ def test_the_acceptance_job_may_also_leave_out_the_forced_draft_steps(monkeypatc
         assert gs.JOBS["acceptance"].body(gs.JobContext("acceptance", settings, {"PATH": "/bin"})) == 0
         assert ("--skip-forced-drafts" in calls.pop()) == flagged
     assert gs.parser().parse_args(["start", "--accept-skip-forced"]).accept_skip_forced is True
+
+
+def test_the_signal_ablation_job_trains_the_bench_recipes_heads_per_seed(monkeypatch, tmp_path):
+    monkeypatch.setattr(gs, "WORK", tmp_path)
+    calls = []
+    monkeypatch.setattr(
+        gs.JobContext, "python", lambda self, module, *args, env=None: calls.append((module, args)) or 0
+    )
+    parsed = gs.parser().parse_args(
+        ["start", "--ablation-seeds", "3", "4", "--ablation-gammas", "5", "8", "--ablation-variants", "eagle", "padrec"]
+    )
+    settings = gs.Settings(
+        ablation_seeds=tuple(parsed.ablation_seeds),
+        ablation_gammas=tuple(parsed.ablation_gammas),
+        ablation_variants=tuple(parsed.ablation_variants),
+        draft_steps=600,
+    )
+    assert gs.JOBS["signal_ablation"].needs == ("bench_target",)
+    assert gs.JOBS["signal_ablation"].body(gs.JobContext("signal_ablation", settings, {"PATH": "/bin"})) == 0
+    module, args = calls.pop()
+    assert module == "benchmarks.bench_signal_ablation"
+
+    def values(flag: str) -> list[str]:
+        start = args.index(flag) + 1
+        end = next((i for i in range(start, len(args)) if args[i].startswith("--")), len(args))
+        return list(args[start:end])
+
+    assert values("--seeds") == ["3", "4"] and values("--gammas") == ["5", "8"]
+    assert values("--variants") == ["eagle", "padrec"] and values("--preset") == ["bench"]
+    assert values("--draft-steps") == ["600"] and values("--target") == [
+        str(gs.bench_dir(settings.dataset) / "checkpoint")
+    ]

@@ -1,0 +1,337 @@
+"""What PAD-Rec's signals add over an EAGLE head trained the same way, across training seeds (issue 14's 5 % goal).
+
+For each training seed, draft depth γ and variant (``--variants``: ``eagle``, ``padrec``, its ablations and its
+per-channel step gate), a head is trained on the target's features (collected once) with the same budget, and
+decodes the target's greedy lists of the test users at its γ (``bench_acceptance.decode_record``; every list must
+equal plain greedy decoding). Heads of one seed start from the same fc and decoder layer and see the data in the
+same order (``DraftTrainConfig.seed``), so each variant's gain over EAGLE is read per seed, paired, and the seeds
+give its spread: a single pair of heads differs by more than the 5 % the goal asks for (SPEC_DECODE.md section 7).
+
+    python -m benchmarks.bench_signal_ablation --target runs/tiny/checkpoint --dataset synthetic \\
+        --variants eagle padrec padrec_channel_gate --gammas 5 8 --seeds 0 1 2 --draft-steps 400 \\
+        --preset tiny --device cpu --out benchmarks/results --name synthetic
+
+writes ``signal_ablation_<name>.json`` (machine, settings, one record per head), ``.md`` (acceptance length per
+variant and γ over the seeds, the paired gain over EAGLE, the rate by draft step) and ``.png``; ``--render JSON``
+redraws them. Training presets: ``tiny`` (``DraftTrainConfig.tiny``: batches of 8, histories of 4 items and
+completions of 3, the CPU first looks' recipe) or ``bench`` (the bench heads' recipe of ``gpu_session
+bench_drafts``: batches of 64, the target recipe's history and list lengths). Heads are kept under ``--work``
+and reused when a finished one is there (the trainer resumes an unfinished one).
+
+A gain is *shown* when its paired mean stands two standard errors above zero (above 5 %, the goal's, for *the
+goal shown*); with fewer than two seeds it is never shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from benchmarks.bench_acceptance import decode_record, greedy_reference, machine_info
+from vllm_padrec.testing.results import write_results
+
+STEM = "signal_ablation_{name}"
+BASELINE = "eagle"  # the variant every gain is read against
+GOAL_GAIN = 0.05  # issue 14: PAD-Rec at least 5 % over EAGLE with the same masks and training budget
+PRESETS = ("tiny", "bench")
+
+
+def train_config(preset: str, gamma: int, seed: int, draft_steps: int, recipe):
+    """The DraftTrainConfig of one head: ``preset``'s recipe at depth ``gamma`` for ``draft_steps`` steps."""
+    from vllm_padrec.training.trainer import DraftTrainConfig
+
+    if preset == "tiny":
+        return DraftTrainConfig.tiny(num_draft_steps=gamma, max_steps=draft_steps, seed=seed)
+    return DraftTrainConfig(
+        num_draft_steps=gamma,
+        max_steps=draft_steps,
+        batch_size=64,
+        max_history=recipe.max_history,
+        list_items=recipe.list_items,
+        max_stored_gib=24,
+        seed=seed,
+    )
+
+
+def paired_gain(values: dict[int, float], baseline: dict[int, float]) -> dict | None:
+    """Per-seed relative gains of ``values`` over ``baseline`` (seed -> acceptance length), their mean, standard
+    deviation, standard error and verdicts; None when no seed has both."""
+    seeds = sorted(set(values) & set(baseline))
+    if not seeds:
+        return None
+    gains = [values[s] / baseline[s] - 1.0 for s in seeds]
+    n = len(gains)
+    mean = sum(gains) / n
+    std = math.sqrt(sum((g - mean) ** 2 for g in gains) / (n - 1)) if n > 1 else None
+    stderr = std / math.sqrt(n) if std is not None else None
+    low = mean - 2 * stderr if stderr is not None else None
+    return dict(
+        seeds=seeds,
+        gains=gains,
+        mean=mean,
+        std=std,
+        stderr=stderr,
+        shown=low is not None and low > 0,
+        goal_shown=low is not None and low > GOAL_GAIN,
+    )
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    """One row per (variant, γ): acceptance length over the seeds and the paired gain over EAGLE."""
+    by_key: dict[tuple[str, int], dict[int, dict]] = {}
+    for r in records:
+        by_key.setdefault((r["variant"], r["gamma"]), {})[r["seed"]] = r
+    rows = []
+    for (variant, gamma), by_seed in by_key.items():
+        lengths = {seed: r["acceptance_length"] for seed, r in by_seed.items()}
+        values = list(lengths.values())
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+        steps = [r["acceptance_rate_by_step"] for r in by_seed.values()]
+        baseline = {seed: r["acceptance_length"] for seed, r in by_key.get((BASELINE, gamma), {}).items()}
+        rows.append(
+            dict(
+                variant=variant,
+                gamma=gamma,
+                seeds=sorted(lengths),
+                acceptance_length=mean,
+                acceptance_length_std=std,
+                acceptance_lengths=[lengths[s] for s in sorted(lengths)],
+                acceptance_rate_by_step=[sum(col) / len(col) for col in zip(*steps)],
+                mismatches=sum(r["mismatches"] for r in by_seed.values()),
+                gain_over_eagle=paired_gain(lengths, baseline) if variant != BASELINE else None,
+            )
+        )
+    return rows
+
+
+def run(args) -> str:
+    """Train every head (or reuse it), decode with it, write the JSON and render it; return the JSON path."""
+    import torch
+
+    from vllm_padrec.data import open_dataset
+    from vllm_padrec.target.model import load_checkpoint
+    from vllm_padrec.training.trainer import feature_source, train_draft
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype)
+    ckpt = load_checkpoint(args.target, device=device, dtype=dtype)
+    target, catalog, recipe = ckpt.model.eval(), ckpt.catalog, ckpt.recipe
+    num_items = args.num_items or recipe.list_items
+    data = open_dataset(args.dataset)
+    to_ckpt = [catalog.index_of(item_id) for item_id in data.catalog.item_ids]
+    samples = data.eval_samples("test", recipe.max_history)[: args.users]
+    histories = [[to_ckpt[i] for i in s.history] for s in samples]
+    reference, greedy_seconds = greedy_reference(
+        target, catalog, histories, num_items, batch_size=args.batch_size, max_history=recipe.max_history, device=device
+    )
+    print(f"{len(histories)} test users of {data.name}, lists of {num_items} items; greedy {greedy_seconds:.1f} s")
+
+    work = Path(args.work)
+    heads = [(seed, gamma, variant) for seed in args.seeds for gamma in args.gammas for variant in args.variants]
+    # the features depend on the preset's history and list lengths, not on the seed or depth: collected once
+    source = feature_source(ckpt, data, train_config(args.preset, args.gammas[0], 0, args.draft_steps, recipe), device)
+    records = []
+    for n, (seed, gamma, variant) in enumerate(heads, 1):
+        config = train_config(args.preset, gamma, seed, args.draft_steps, recipe)
+        out = work / f"seed{seed}" / f"gamma{gamma}" / variant
+        result = train_draft(variant, ckpt, data, config, out, device, source=source, progress=args.progress)
+        draft = _load(result.checkpoint, target, dtype)
+        decoded = decode_record(
+            target,
+            draft,
+            catalog,
+            histories,
+            num_items,
+            gamma,
+            reference,
+            batch_size=args.batch_size,
+            max_history=recipe.max_history,
+            device=device,
+        )
+        record = dict(
+            variant=variant,
+            seed=seed,
+            draft=os.path.abspath(result.checkpoint),
+            training_steps=result.steps,
+            training_seconds=result.elapsed_s,
+            final_loss=result.final_loss,
+            holdout_accepted_length=(result.evaluation or {}).get("accepted_length"),
+            **decoded,
+        )
+        records.append(record)
+        print(
+            f"[{n}/{len(heads)}] seed {seed} γ {gamma} {variant}: acceptance length {record['acceptance_length']:.3f}, "
+            f"{record['mismatches']} mismatches, trained {result.elapsed_s:.0f} s",
+            flush=True,
+        )
+    settings = dict(
+        target=os.path.abspath(args.target),
+        dataset=args.dataset,
+        users=len(histories),
+        num_items=num_items,
+        max_history=recipe.max_history,
+        variants=list(args.variants),
+        gammas=list(args.gammas),
+        seeds=list(args.seeds),
+        preset=args.preset,
+        draft_steps=args.draft_steps,
+        train_config=train_config(args.preset, args.gammas[0], 0, args.draft_steps, recipe).to_dict(),
+    )
+    result = dict(
+        name=args.name,
+        machine=machine_info(device, args.dtype),
+        settings=settings,
+        greedy_wall_seconds=greedy_seconds,
+        records=records,
+        summary=summarize(records),
+    )
+    json_path = write_results(args.out, STEM.format(name=args.name), result)["json"]
+    render(str(json_path))
+    return str(json_path)
+
+
+def _load(folder: str, target, dtype):
+    from vllm_padrec.draft.checkpoint import load_draft
+
+    return load_draft(folder, target).to(dtype=dtype).eval()
+
+
+# -- rendering ---------------------------------------------------------------------------------------------
+def _gain_cell(gain: dict | None) -> str:
+    if gain is None:
+        return "-"
+    spread = f" ± {100 * gain['stderr']:.1f}" if gain["stderr"] is not None else ""
+    verdict = "goal shown" if gain["goal_shown"] else "shown" if gain["shown"] else "not shown"
+    return f"{100 * gain['mean']:+.1f}{spread} % ({verdict})"
+
+
+def render(json_path: str) -> None:
+    """Write the Markdown table (and the PNG if matplotlib is importable) beside the JSON."""
+    data = json.loads(Path(json_path).read_text())
+    name, machine, settings, summary = data["name"], data["machine"], data["settings"], data["summary"]
+    lines = [
+        f"# PAD-Rec's signals against EAGLE, across training seeds: {name}",
+        "",
+        f"{settings['users']} test users of `{settings['dataset']}`, lists of {settings['num_items']} items; heads "
+        f"trained {settings['draft_steps']} steps each (preset `{settings['preset']}`), seeds {settings['seeds']}; "
+        f"{machine.get('gpu', machine['device'])}, {machine['dtype']}, torch {machine['torch']}, {machine['date']}.",
+        "",
+        "Acceptance length: tokens per target verification pass, mean ± standard deviation over the seeds (each "
+        "seed's value in brackets). Gain over EAGLE: the per-seed ratio to the EAGLE head of the same seed and γ, "
+        "mean ± standard error; *shown* when the mean stands two standard errors above 0, *goal shown* when above "
+        f"{100 * GOAL_GAIN:.0f} %. Mismatches: lists that differ from plain greedy decoding, over every seed (must "
+        "be 0).",
+        "",
+        "| variant | γ | acceptance length | per seed | gain over EAGLE | rate by step k = 0.. | mismatches |",
+        "|---|---:|---:|---|---|---|---:|",
+    ]
+    for row in sorted(summary, key=lambda r: (r["gamma"], r["variant"] != BASELINE, r["variant"])):
+        std = f" ± {row['acceptance_length_std']:.3f}" if row["acceptance_length_std"] is not None else ""
+        seeds = " ".join(f"{v:.3f}" for v in row["acceptance_lengths"])
+        steps = " ".join(f"{x:.2f}" for x in row["acceptance_rate_by_step"])
+        lines.append(
+            f"| {row['variant']} | {row['gamma']} | {row['acceptance_length']:.3f}{std} | {seeds} | "
+            f"{_gain_cell(row['gain_over_eagle'])} | {steps} | {row['mismatches']} |"
+        )
+    write_results(
+        os.path.dirname(os.path.abspath(json_path)),
+        STEM.format(name=name),
+        markdown="\n".join(lines) + "\n",
+        figure=lambda plt: _plot(plt, data["records"], summary, name),
+    )
+
+
+def _plot(plt, records: list[dict], summary: list[dict], name: str):
+    """Left: acceptance length per variant and γ (bars: the mean; dots: the seeds). Right: rate by draft step at
+    the largest γ, one line per variant (the mean over seeds)."""
+    if not summary:
+        return None
+    gammas = sorted({r["gamma"] for r in summary})
+    variants = list(dict.fromkeys(r["variant"] for r in sorted(summary, key=lambda r: r["variant"] != BASELINE)))
+    colors = {v: f"C{i % 10}" for i, v in enumerate(variants)}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    width = 0.8 / len(variants)
+    for i, variant in enumerate(variants):
+        for j, gamma in enumerate(gammas):
+            row = next((r for r in summary if r["variant"] == variant and r["gamma"] == gamma), None)
+            if row is None:
+                continue
+            x = j + (i - (len(variants) - 1) / 2) * width
+            left.bar(
+                x, row["acceptance_length"], width, color=colors[variant], alpha=0.6, label=variant if j == 0 else None
+            )
+            left.plot([x] * len(row["acceptance_lengths"]), row["acceptance_lengths"], "k.", markersize=4)
+    left.set_xticks(range(len(gammas)), [f"γ = {g}" for g in gammas])
+    lows = [v for r in summary for v in r["acceptance_lengths"]]
+    left.set_ylim(max(0.0, min(lows) - 0.3), max(lows) + 0.15)
+    left.set_ylabel("acceptance length (tokens per target pass)")
+    left.set_title("by variant (bars: mean; dots: seeds)")
+    left.legend(fontsize=8)
+    left.grid(True, axis="y", alpha=0.3)
+    top = gammas[-1]
+    for variant in variants:
+        row = next((r for r in summary if r["variant"] == variant and r["gamma"] == top), None)
+        if row is not None:
+            rates = row["acceptance_rate_by_step"]
+            right.plot(range(len(rates)), rates, marker="o", color=colors[variant], label=variant)
+    right.set_xlabel("draft step k")
+    right.set_ylabel("acceptance rate (accepted / proposed)")
+    right.set_title(f"by draft step, γ = {top} (mean over seeds)")
+    right.set_ylim(0, 1.02)
+    right.grid(True, alpha=0.3)
+    right.legend(fontsize=8)
+    fig.suptitle(f"PAD-Rec's signals against EAGLE: {name}")
+    fig.tight_layout()
+    return fig
+
+
+def main(argv=None) -> int:
+    from vllm_padrec.draft.config import VARIANTS
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target", help="target checkpoint folder (target.model.save_checkpoint)")
+    parser.add_argument("--dataset", help="synthetic, a dataset folder, or a name under $PADREC_DATA_DIR")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=[BASELINE, "padrec", "padrec_channel_gate"],
+        choices=list(VARIANTS),
+        help=f"heads to train per seed and depth (gains are read against {BASELINE!r}, which must be among them)",
+    )
+    parser.add_argument("--gammas", type=int, nargs="+", default=[5], help="draft depths: each head drafts its γ")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (init and data order)")
+    parser.add_argument("--draft-steps", type=int, default=400, help="optimizer steps per head (the same budget)")
+    parser.add_argument("--preset", choices=PRESETS, default="tiny", help="training recipe (module docstring)")
+    parser.add_argument("--users", type=int, default=200, help="first N test users")
+    parser.add_argument("--num-items", type=int, default=None, help="items per list (default: recipe list_items)")
+    parser.add_argument("--batch-size", type=int, default=64, help="prompts per decoding batch")
+    parser.add_argument("--device", default=None, help="default: cuda when available")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="decoding dtype")
+    parser.add_argument("--work", default="runs/signal_ablation", help="where the heads are trained (and reused)")
+    parser.add_argument("--progress", action="store_true", help="progress bars for each training")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--name", default="synthetic", help="results are signal_ablation_<name>.{json,md,png}")
+    parser.add_argument("--render", metavar="JSON", help="only rebuild the table and plot from this JSON")
+    args = parser.parse_args(argv)
+    if args.render:
+        render(args.render)
+        return 0
+    if not (args.target and args.dataset):
+        parser.error("--target and --dataset are required (or --render JSON)")
+    if BASELINE not in args.variants:
+        parser.error(f"--variants must include {BASELINE!r}: every gain is read against it")
+    if min(args.gammas) < 1 or args.draft_steps < 1 or args.users < 1:
+        parser.error("--gammas, --draft-steps and --users must be >= 1")
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds repeats a seed: {args.seeds}")
+    print(run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

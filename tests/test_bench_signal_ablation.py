@@ -1,0 +1,111 @@
+"""benchmarks/bench_signal_ablation.py: the paired gain over EAGLE and its verdicts, the summary over seeds, and a
+run on the CPU (a tiny target on the synthetic data, heads of a few steps) that trains each head once, reuses it,
+and writes lossless records, the table and the plot."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks import bench_signal_ablation as ablation
+from vllm_padrec.data import open_dataset
+from vllm_padrec.target.config import get_recipe
+from vllm_padrec.target.train import train_target
+
+
+def test_paired_gain_reads_each_seed_against_its_own_eagle_head():
+    gain = ablation.paired_gain({0: 3.3, 1: 2.2, 2: 4.4}, {0: 3.0, 1: 2.0, 2: 4.0, 3: 9.9})
+    assert gain["seeds"] == [0, 1, 2] and gain["gains"] == pytest.approx([0.1, 0.1, 0.1])
+    assert gain["mean"] == pytest.approx(0.1) and gain["std"] == pytest.approx(0.0, abs=1e-12)
+    assert gain["shown"] and gain["goal_shown"]  # +10 % on every seed, no spread
+
+
+def test_a_gain_within_the_seed_spread_is_not_shown():
+    # +6 % on average, but one seed loses: two standard errors reach below 0
+    gain = ablation.paired_gain({0: 1.20, 1: 0.98, 2: 1.00}, {0: 1.0, 1: 1.0, 2: 1.0})
+    assert gain["mean"] == pytest.approx(0.06)
+    assert gain["stderr"] == pytest.approx(math.sqrt(((0.14**2) + (0.08**2) + (0.06**2)) / 2) / math.sqrt(3))
+    assert not gain["shown"] and not gain["goal_shown"]
+    # above 0 beyond the spread, but not above the goal's 5 %
+    small = ablation.paired_gain({0: 1.03, 1: 1.04, 2: 1.03}, {0: 1.0, 1: 1.0, 2: 1.0})
+    assert small["shown"] and not small["goal_shown"]
+
+
+def test_one_seed_never_shows_a_gain_and_no_common_seed_gives_none():
+    one = ablation.paired_gain({0: 2.0}, {0: 1.0})
+    assert one["mean"] == pytest.approx(1.0) and one["std"] is None and not one["shown"]
+    assert ablation.paired_gain({0: 2.0}, {1: 1.0}) is None
+
+
+def _record(variant: str, seed: int, gamma: int, length: float, rates=(0.5, 0.25)) -> dict:
+    return dict(
+        variant=variant,
+        seed=seed,
+        gamma=gamma,
+        acceptance_length=length,
+        acceptance_rate_by_step=list(rates),
+        mismatches=0,
+    )
+
+
+def test_summary_pairs_variants_with_eagle_at_the_same_depth():
+    records = [
+        _record("eagle", 0, 5, 2.0, (0.6, 0.2)),
+        _record("eagle", 1, 5, 2.2, (0.4, 0.4)),
+        _record("padrec", 0, 5, 2.2),
+        _record("padrec", 1, 5, 2.2),
+        _record("eagle", 0, 8, 3.0),
+        _record("padrec", 0, 8, 2.7),
+    ]
+    rows = {(r["variant"], r["gamma"]): r for r in ablation.summarize(records)}
+    eagle = rows[("eagle", 5)]
+    assert eagle["acceptance_length"] == pytest.approx(2.1) and eagle["acceptance_lengths"] == [2.0, 2.2]
+    assert eagle["acceptance_rate_by_step"] == pytest.approx([0.5, 0.3]) and eagle["gain_over_eagle"] is None
+    assert rows[("padrec", 5)]["gain_over_eagle"]["gains"] == pytest.approx([0.1, 0.0])
+    assert rows[("padrec", 8)]["gain_over_eagle"]["gains"] == pytest.approx([-0.1])  # paired with γ 8's EAGLE
+
+
+def test_cli_refuses_a_run_without_eagle_or_with_a_repeated_seed(capsys):
+    for argv, message in (
+        (["--target", "t", "--dataset", "synthetic", "--variants", "padrec"], "must include 'eagle'"),
+        (["--target", "t", "--dataset", "synthetic", "--seeds", "1", "1"], "repeats a seed"),
+        (["--dataset", "synthetic"], "--target and --dataset are required"),
+    ):
+        with pytest.raises(SystemExit):
+            ablation.main(argv)
+        assert message in capsys.readouterr().err
+
+
+def test_a_cpu_run_trains_each_head_once_and_writes_lossless_records(tmp_path, monkeypatch):
+    data = open_dataset("synthetic")
+    recipe = get_recipe("tiny", hidden_size=32, intermediate_size=64, list_items=4, epochs=0.25)
+    checkpoint = train_target(recipe, data, tmp_path / "target", progress=False).checkpoint
+    argv = ["--target", str(checkpoint), "--dataset", "synthetic", "--variants", "eagle", "padrec_channel_gate"]
+    argv += ["--gammas", "2", "--seeds", "0", "1", "--draft-steps", "6", "--users", "8", "--device", "cpu"]
+    argv += ["--work", str(tmp_path / "heads"), "--out", str(tmp_path), "--name", "t"]
+    assert ablation.main(argv) == 0
+    result = json.loads((tmp_path / "signal_ablation_t.json").read_text())
+    records = result["records"]
+    assert [(r["seed"], r["variant"]) for r in records] == [
+        (0, "eagle"),
+        (0, "padrec_channel_gate"),
+        (1, "eagle"),
+        (1, "padrec_channel_gate"),
+    ]
+    assert all(r["mismatches"] == 0 and r["gamma"] == 2 and r["training_steps"] == 6 for r in records)
+    channel = next(r for r in result["summary"] if r["variant"] == "padrec_channel_gate")
+    assert channel["gain_over_eagle"]["seeds"] == [0, 1]
+    table = (tmp_path / "signal_ablation_t.md").read_text()
+    assert "| eagle | 2 |" in table and "| padrec_channel_gate | 2 |" in table
+    # a second run reuses the finished heads: no training step runs again
+    from vllm_padrec.training import trainer
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished head was trained again")
+
+    monkeypatch.setattr(trainer.TrainingLoop, "_train_step", no_training)
+    assert ablation.main(argv) == 0
+    again = json.loads((tmp_path / "signal_ablation_t.json").read_text())["records"]
+    assert [r["acceptance_length"] for r in again] == [r["acceptance_length"] for r in records]
