@@ -18,8 +18,9 @@ completions of 3, the CPU first looks' recipe) or ``bench`` (the bench heads' re
 bench_drafts``: batches of 64, the target recipe's history and list lengths). Heads are kept under ``--work``
 and reused when a finished one is there (the trainer resumes an unfinished one).
 
-A gain is *shown* when its paired mean stands two standard errors above zero (above 5 %, the goal's, for *the
-goal shown*); with fewer than two seeds it is never shown.
+A gain is *shown* when the lower end of its 95 % confidence interval over the seeds (Student's t, two-sided: the
+paired mean less t(0.975, seeds - 1) standard errors) lies above zero, and *the goal shown* when it lies above
+5 %; with fewer than two seeds it is never shown. Three seeds need the mean 4.3 standard errors clear.
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ from vllm_padrec.testing.results import write_results
 STEM = "signal_ablation_{name}"
 BASELINE = "eagle"  # the variant every gain is read against
 GOAL_GAIN = 0.05  # issue 14: PAD-Rec at least 5 % over EAGLE with the same masks and training budget
+# Student's t quantile t(0.975, df) for df = 1..10 (standard tables); larger df take the normal's 1.96 (t(0.975,
+# 30) is 2.04, so more than 10 seeds read a little generously)
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def t_quantile(df: int) -> float:
+    """t(0.975, df): the half-width of a two-sided 95 % interval, in standard errors."""
+    return T_975[df - 1] if df <= len(T_975) else 1.96
+
+
 PRESETS = ("tiny", "bench")
 
 
@@ -59,7 +70,7 @@ def train_config(preset: str, gamma: int, seed: int, draft_steps: int, recipe):
 
 def paired_gain(values: dict[int, float], baseline: dict[int, float]) -> dict | None:
     """Per-seed relative gains of ``values`` over ``baseline`` (seed -> acceptance length), their mean, standard
-    deviation, standard error and verdicts; None when no seed has both."""
+    deviation, standard error, the 95 % interval's lower end and the verdicts; None when no seed has both."""
     seeds = sorted(set(values) & set(baseline))
     if not seeds:
         return None
@@ -68,13 +79,14 @@ def paired_gain(values: dict[int, float], baseline: dict[int, float]) -> dict | 
     mean = sum(gains) / n
     std = math.sqrt(sum((g - mean) ** 2 for g in gains) / (n - 1)) if n > 1 else None
     stderr = std / math.sqrt(n) if std is not None else None
-    low = mean - 2 * stderr if stderr is not None else None
+    low = mean - t_quantile(n - 1) * stderr if stderr is not None else None
     return dict(
         seeds=seeds,
         gains=gains,
         mean=mean,
         std=std,
         stderr=stderr,
+        low=low,
         shown=low is not None and low > 0,
         goal_shown=low is not None and low > GOAL_GAIN,
     )
@@ -205,14 +217,17 @@ def _load(folder: str, target, dtype):
 def _gain_cell(gain: dict | None) -> str:
     if gain is None:
         return "-"
-    spread = f" ± {100 * gain['stderr']:.1f}" if gain["stderr"] is not None else ""
     verdict = "goal shown" if gain["goal_shown"] else "shown" if gain["shown"] else "not shown"
-    return f"{100 * gain['mean']:+.1f}{spread} % ({verdict})"
+    if gain["stderr"] is None:
+        return f"{100 * gain['mean']:+.1f} % ({verdict}: one seed)"
+    return f"{100 * gain['mean']:+.1f} ± {100 * gain['stderr']:.1f} % (≥ {100 * gain['low']:+.1f} %, {verdict})"
 
 
 def render(json_path: str) -> None:
-    """Write the Markdown table (and the PNG if matplotlib is importable) beside the JSON."""
+    """Write the Markdown table (and the PNG if matplotlib is importable) beside the JSON, the JSON's summary
+    recomputed from its records by the rules above (so that a JSON written before a rule changed follows it)."""
     data = json.loads(Path(json_path).read_text())
+    data["summary"] = summarize(data["records"])
     name, machine, settings, summary = data["name"], data["machine"], data["settings"], data["summary"]
     lines = [
         f"# PAD-Rec's signals against EAGLE, across training seeds: {name}",
@@ -222,10 +237,10 @@ def render(json_path: str) -> None:
         f"{machine.get('gpu', machine['device'])}, {machine['dtype']}, torch {machine['torch']}, {machine['date']}.",
         "",
         "Acceptance length: tokens per target verification pass, mean ± standard deviation over the seeds (each "
-        "seed's value in brackets). Gain over EAGLE: the per-seed ratio to the EAGLE head of the same seed and γ, "
-        "mean ± standard error; *shown* when the mean stands two standard errors above 0, *goal shown* when above "
-        f"{100 * GOAL_GAIN:.0f} %. Mismatches: lists that differ from plain greedy decoding, over every seed (must "
-        "be 0).",
+        "seed's value listed). Gain over EAGLE: the per-seed ratio to the EAGLE head of the same seed and γ, "
+        "mean ± standard error (≥ the lower end of its 95 % interval, Student's t over the seeds); *shown* when that "
+        f"end lies above 0, *goal shown* when above {100 * GOAL_GAIN:.0f} %. Mismatches: lists that differ from "
+        "plain greedy decoding, over every seed (must be 0).",
         "",
         "| variant | γ | acceptance length | per seed | gain over EAGLE | rate by step k = 0.. | mismatches |",
         "|---|---:|---:|---|---|---|---:|",
@@ -241,6 +256,7 @@ def render(json_path: str) -> None:
     write_results(
         os.path.dirname(os.path.abspath(json_path)),
         STEM.format(name=name),
+        record=data,
         markdown="\n".join(lines) + "\n",
         figure=lambda plt: _plot(plt, data["records"], summary, name),
     )
@@ -268,10 +284,10 @@ def _plot(plt, records: list[dict], summary: list[dict], name: str):
             left.plot([x] * len(row["acceptance_lengths"]), row["acceptance_lengths"], "k.", markersize=4)
     left.set_xticks(range(len(gammas)), [f"γ = {g}" for g in gammas])
     lows = [v for r in summary for v in r["acceptance_lengths"]]
-    left.set_ylim(max(0.0, min(lows) - 0.3), max(lows) + 0.15)
+    left.set_ylim(max(0.0, min(lows) - 0.3), max(lows) + 0.3)  # room above the bars for the legend
     left.set_ylabel("acceptance length (tokens per target pass)")
     left.set_title("by variant (bars: mean; dots: seeds)")
-    left.legend(fontsize=8)
+    left.legend(fontsize=8, loc="upper left", ncol=3)
     left.grid(True, axis="y", alpha=0.3)
     top = gammas[-1]
     for variant in variants:

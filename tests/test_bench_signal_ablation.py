@@ -31,6 +31,10 @@ def test_a_gain_within_the_seed_spread_is_not_shown():
     # above 0 beyond the spread, but not above the goal's 5 %
     small = ablation.paired_gain({0: 1.03, 1: 1.04, 2: 1.03}, {0: 1.0, 1: 1.0, 2: 1.0})
     assert small["shown"] and not small["goal_shown"]
+    # three seeds clear of 0 by two standard errors, not by t(0.975, 2) = 4.3 of them: not shown
+    near = ablation.paired_gain({0: 1.001, 1: 1.005, 2: 1.006}, {0: 1.0, 1: 1.0, 2: 1.0})
+    assert near["mean"] - 2 * near["stderr"] > 0 and near["low"] < 0 and not near["shown"]
+    assert ablation.t_quantile(2) == pytest.approx(4.303) and ablation.t_quantile(40) == pytest.approx(1.96)
 
 
 def test_one_seed_never_shows_a_gain_and_no_common_seed_gives_none():
