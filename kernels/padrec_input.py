@@ -178,6 +178,17 @@ def _padrec_input_kernel(
             tl.store(out_rows + c[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+def _triton_takes_cpu_tensors() -> bool:
+    """Under the interpreter kernels run on CPU tensors; under ``vllm_padrec.testing.compile_only``'s driver they
+    are compiled for the GPU and not launched. Otherwise a CPU tensor would reach a GPU kernel."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return True
+    try:
+        return bool(getattr(triton.runtime.driver.active, "compile_only", False))
+    except RuntimeError:  # no GPU driver at all: Triton cannot run anything here
+        return False
+
+
 def _launch_config(num_rows: int, hidden: int, block_h: int | None) -> tuple[int, int, int]:
     """(BLOCK_H, BLOCK_T, num_warps) for [num_rows, hidden] features; block_h forces the H tile."""
     if block_h is None:
@@ -269,7 +280,7 @@ def padrec_input(
     num_rows, hidden = h.shape
     device = h.device
     _check_matrix("h", h, hidden, _FLOAT_DTYPES)
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+    if device.type == "cpu" and not _triton_takes_cpu_tensors():
         raise ValueError(
             "padrec_input: h is on the CPU; use CUDA tensors (or set TRITON_INTERPRET=1 before importing triton)"
         )
