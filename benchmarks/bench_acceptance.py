@@ -17,7 +17,7 @@ one panel per γ, one line per method). To rebuild the table and the plot from t
 
 A draft folder is a vLLM draft checkpoint (``config.json`` + ``model.safetensors``) or a training
 output folder holding one under ``draft/``. The method name comes from the draft's config: "medusa",
-or the PAD-Rec variant ("padrec", "padrec_no_slot", "padrec_no_step", "padrec_no_gates", "eagle").
+or the PAD-Rec variant (a name of ``draft.config.VARIANTS``: "padrec", its ablations, "eagle").
 
 Metrics (``SpeculationStats``): acceptance length = tokens emitted per target verification pass,
 (accepted drafts + 1) averaged over draft rounds; acceptance rate at step k = accepted / proposed

@@ -10,12 +10,12 @@
     #   --speculative-config '{"method": "eagle", "model": "<checkpoint>", "num_speculative_tokens": 4}'
     #   (Medusa: "method": "medusa")
 
-Methods: "padrec", "padrec_no_slot", "padrec_no_step", "padrec_no_gates", "eagle" (see
-``draft.config.VARIANTS``) and "medusa". Every method gets the same budget: the same steps, batch
-size, learning-rate schedule and data order (``config.seed``); ``time_budget_minutes`` only stops a
-run early (``result.finished`` is False then, and ``resume=True`` continues it). So does a SIGTERM or
-SIGINT (``vllm_padrec.durability.StopSignals``): the state is saved at the next step boundary, the
-draft written without its held-out evaluation, and ``result.stopped_by`` names the signal.
+Methods: "padrec", its ablations and per-channel gate ("padrec_no_slot", "padrec_no_step", "padrec_no_gates",
+"padrec_channel_gate"), "eagle" (see ``draft.config.VARIANTS``) and "medusa". Every method gets the same
+budget: the same steps, batch size, learning-rate schedule and data order (``config.seed``);
+``time_budget_minutes`` only stops a run early (``result.finished`` is False then, and ``resume=True``
+continues it). So does a SIGTERM or SIGINT (``vllm_padrec.durability.StopSignals``): the state is saved at
+the next step boundary, the draft written without its held-out evaluation, and ``result.stopped_by`` names the signal.
 
 Output folder:
     out_dir/train_state.pt    resumable state (weights, optimizer, step, log)
