@@ -2,7 +2,7 @@
 
 For each training seed, draft depth γ and variant (``--variants``: ``eagle``, ``padrec``, its ablations and its
 per-channel step gate), a head is trained on the target's features (collected once) with the same budget, and
-decodes the target's greedy lists of the test users at its γ (``bench_acceptance.decode_record``; every list must
+decodes the target's greedy lists of the test users at its γ (``testing.acceptance_runs.decode_record``; every list must
 equal plain greedy decoding). Heads of one seed start from the same fc and decoder layer and see the data in the
 same order (``DraftTrainConfig.seed``), so each variant's gain over EAGLE is read per seed, paired, and the seeds
 give its spread: a single pair of heads differs by more than the 5 % the goal asks for (SPEC_DECODE.md section 7).
@@ -32,7 +32,7 @@ import os
 import sys
 from pathlib import Path
 
-from benchmarks.bench_acceptance import decode_record, greedy_reference, machine_info
+from vllm_padrec.testing.acceptance_runs import decode_record, greedy_reference, machine_info
 from vllm_padrec.testing.results import write_results
 
 STEM = "signal_ablation_{name}"
