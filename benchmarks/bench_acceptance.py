@@ -42,7 +42,13 @@ import json
 import os
 import sys
 
-from vllm_padrec.testing.acceptance_runs import decode_record, greedy_reference, machine_info
+from vllm_padrec.testing.acceptance_runs import (
+    add_user_arguments,
+    decode_record,
+    greedy_reference,
+    load_users,
+    machine_info,
+)
 from vllm_padrec.testing.drafts import draft_folder, draft_method, draft_steps, training_result
 from vllm_padrec.testing.results import write_results
 
@@ -76,28 +82,25 @@ def run(args) -> str:
     """Decode with every draft and γ, write the JSON, then render it; return the JSON path."""
     import torch
 
-    from vllm_padrec.data import open_dataset
     from vllm_padrec.draft.checkpoint import load_draft, read_config
-    from vllm_padrec.target.model import load_checkpoint
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    users = load_users(
+        args.target,
+        args.dataset,
+        split=args.split,
+        users=args.users,
+        num_items=args.num_items,
+        device=args.device,
+        dtype=args.dtype,
+    )
     dtype = getattr(torch, args.dtype)
-    ckpt = load_checkpoint(args.target, device=device, dtype=dtype)
-    target, catalog, recipe = ckpt.model.eval(), ckpt.catalog, ckpt.recipe
-    num_items = args.num_items or recipe.list_items
-    data = open_dataset(args.dataset)
-    # the dataset's item indices -> the checkpoint catalog's (the same dataset gives the identity)
-    to_ckpt = [catalog.index_of(item_id) for item_id in data.catalog.item_ids]
-    samples = data.eval_samples(args.split, recipe.max_history)[: args.users]
-    histories = [[to_ckpt[i] for i in s.history] for s in samples]
     print(
-        f"{len(histories)} {args.split} users of {data.name}, lists of {num_items} items, {device} {args.dtype}",
+        f"{len(users.histories)} {args.split} users of {users.data.name}, lists of {users.num_items} items, "
+        f"{users.device} {args.dtype}",
         flush=True,
     )
 
-    reference, greedy_seconds = greedy_reference(
-        target, catalog, histories, num_items, batch_size=args.batch_size, max_history=recipe.max_history, device=device
-    )
+    reference, greedy_seconds = greedy_reference(users, batch_size=args.batch_size)
     print(f"plain greedy: {greedy_seconds:.1f} s", flush=True)
 
     records, names = [], set()
@@ -110,23 +113,18 @@ def run(args) -> str:
         if name in names:
             name = f"{name}@{os.path.basename(os.path.normpath(path))}"
         names.add(name)
-        draft = load_draft(folder, target).to(dtype=dtype).eval()
+        draft = load_draft(folder, users.target).to(dtype=dtype).eval()
         decodings = variants(method, args.skip_forced_drafts, args.forced_tail)
         for gamma, (skip, tail) in ((g, v) for g in args.gammas for v in decodings):
             if method == "medusa" and gamma > draft.config.num_heads:
                 print(f"{name}: skipping gamma={gamma} (only {draft.config.num_heads} Medusa heads)", flush=True)
                 continue
             decoded = decode_record(
-                target,
+                users,
                 draft,
-                catalog,
-                histories,
-                num_items,
                 gamma,
                 reference,
                 batch_size=args.batch_size,
-                max_history=recipe.max_history,
-                device=device,
                 skip_forced_drafts=skip,
                 forced_tail=tail,
             )
@@ -147,16 +145,16 @@ def run(args) -> str:
         target=os.path.abspath(args.target),
         dataset=args.dataset,
         split=args.split,
-        users=len(histories),
-        num_items=num_items,
-        max_history=recipe.max_history,
+        users=len(users.histories),
+        num_items=users.num_items,
+        max_history=users.max_history,
         gammas=list(args.gammas),
         batch_size=args.batch_size,
-        num_slots=catalog.num_slots,
+        num_slots=users.catalog.num_slots,
     )
     result = dict(
         name=args.name,
-        machine=machine_info(device, args.dtype),
+        machine=machine_info(users.device, args.dtype),
         settings=settings,
         greedy_wall_seconds=greedy_seconds,
         records=records,
@@ -265,19 +263,15 @@ def _plot(plt, records: list[dict], name: str):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--target", help="target checkpoint folder (target.model.save_checkpoint)")
+    add_user_arguments(parser, users=500)
     parser.add_argument(
         "--drafts",
         nargs="+",
         default=[],
         help="draft checkpoint folders (or training outputs); NAME=FOLDER names the record",
     )
-    parser.add_argument("--dataset", help="synthetic, a dataset folder, or a name under $PADREC_DATA_DIR")
     parser.add_argument("--split", default="test", choices=("valid", "test"))
-    parser.add_argument("--users", type=int, default=500, help="first N evaluation users")
     parser.add_argument("--gammas", type=int, nargs="+", default=[3, 4, 5], help="draft tokens per round")
-    parser.add_argument("--num-items", type=int, default=None, help="items per list (default: recipe list_items)")
-    parser.add_argument("--batch-size", type=int, default=64, help="prompts per batch")
     parser.add_argument(
         "--skip-forced-drafts",
         action="store_true",
@@ -292,14 +286,6 @@ def main(argv=None) -> int:
         help="also decode each draft with E draft slots after its gamma filled from the catalog alone (issue 14's "
         "other catalog lever; default 0: not measured)",
     )
-    parser.add_argument("--device", default=None, help="default: cuda when available")
-    parser.add_argument(
-        "--dtype",
-        default="float32",
-        choices=("float32", "bfloat16", "float16"),
-        help="target and drafts (plain greedy runs in the same dtype)",
-    )
-    parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--name", default="synthetic", help="results are acceptance_<name>.{json,md,png}")
     parser.add_argument("--render", metavar="JSON", help="only rebuild the table and plot from this JSON")
     args = parser.parse_args(argv)

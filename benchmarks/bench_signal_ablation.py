@@ -32,7 +32,13 @@ import os
 import sys
 from pathlib import Path
 
-from vllm_padrec.testing.acceptance_runs import decode_record, greedy_reference, machine_info
+from vllm_padrec.testing.acceptance_runs import (
+    add_user_arguments,
+    decode_record,
+    greedy_reference,
+    load_users,
+    machine_info,
+)
 from vllm_padrec.testing.results import write_results
 
 STEM = "signal_ablation_{name}"
@@ -123,48 +129,37 @@ def summarize(records: list[dict]) -> list[dict]:
 
 def run(args) -> str:
     """Train every head (or reuse it), decode with it, write the JSON and render it; return the JSON path."""
-    import torch
-
-    from vllm_padrec.data import open_dataset
-    from vllm_padrec.target.model import load_checkpoint
     from vllm_padrec.training.trainer import feature_source, train_draft
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, args.dtype)
-    ckpt = load_checkpoint(args.target, device=device, dtype=dtype)
-    target, catalog, recipe = ckpt.model.eval(), ckpt.catalog, ckpt.recipe
-    num_items = args.num_items or recipe.list_items
-    data = open_dataset(args.dataset)
-    to_ckpt = [catalog.index_of(item_id) for item_id in data.catalog.item_ids]
-    samples = data.eval_samples("test", recipe.max_history)[: args.users]
-    histories = [[to_ckpt[i] for i in s.history] for s in samples]
-    reference, greedy_seconds = greedy_reference(
-        target, catalog, histories, num_items, batch_size=args.batch_size, max_history=recipe.max_history, device=device
+    users = load_users(
+        args.target,
+        args.dataset,
+        split="test",
+        users=args.users,
+        num_items=args.num_items,
+        device=args.device,
+        dtype=args.dtype,
     )
-    print(f"{len(histories)} test users of {data.name}, lists of {num_items} items; greedy {greedy_seconds:.1f} s")
+    ckpt, data, recipe = users.checkpoint, users.data, users.checkpoint.recipe
+    reference, greedy_seconds = greedy_reference(users, batch_size=args.batch_size)
+    print(
+        f"{len(users.histories)} test users of {data.name}, lists of {users.num_items} items; "
+        f"greedy {greedy_seconds:.1f} s"
+    )
 
     work = Path(args.work)
     heads = [(seed, gamma, variant) for seed in args.seeds for gamma in args.gammas for variant in args.variants]
     # the features depend on the preset's history and list lengths, not on the seed or depth: collected once
-    source = feature_source(ckpt, data, train_config(args.preset, args.gammas[0], 0, args.draft_steps, recipe), device)
+    source = feature_source(
+        ckpt, data, train_config(args.preset, args.gammas[0], 0, args.draft_steps, recipe), users.device
+    )
     records = []
     for n, (seed, gamma, variant) in enumerate(heads, 1):
         config = train_config(args.preset, gamma, seed, args.draft_steps, recipe)
         out = work / f"seed{seed}" / f"gamma{gamma}" / variant
-        result = train_draft(variant, ckpt, data, config, out, device, source=source, progress=args.progress)
-        draft = _load(result.checkpoint, target, dtype)
-        decoded = decode_record(
-            target,
-            draft,
-            catalog,
-            histories,
-            num_items,
-            gamma,
-            reference,
-            batch_size=args.batch_size,
-            max_history=recipe.max_history,
-            device=device,
-        )
+        result = train_draft(variant, ckpt, data, config, out, users.device, source=source, progress=args.progress)
+        draft = _load(result.checkpoint, users.target, args.dtype)
+        decoded = decode_record(users, draft, gamma, reference, batch_size=args.batch_size)
         record = dict(
             variant=variant,
             seed=seed,
@@ -184,9 +179,9 @@ def run(args) -> str:
     settings = dict(
         target=os.path.abspath(args.target),
         dataset=args.dataset,
-        users=len(histories),
-        num_items=num_items,
-        max_history=recipe.max_history,
+        users=len(users.histories),
+        num_items=users.num_items,
+        max_history=users.max_history,
         variants=list(args.variants),
         gammas=list(args.gammas),
         seeds=list(args.seeds),
@@ -196,7 +191,7 @@ def run(args) -> str:
     )
     result = dict(
         name=args.name,
-        machine=machine_info(device, args.dtype),
+        machine=machine_info(users.device, args.dtype),
         settings=settings,
         greedy_wall_seconds=greedy_seconds,
         records=records,
@@ -207,10 +202,12 @@ def run(args) -> str:
     return str(json_path)
 
 
-def _load(folder: str, target, dtype):
+def _load(folder: str, target, dtype: str):
+    import torch
+
     from vllm_padrec.draft.checkpoint import load_draft
 
-    return load_draft(folder, target).to(dtype=dtype).eval()
+    return load_draft(folder, target).to(dtype=getattr(torch, dtype)).eval()
 
 
 # -- rendering ---------------------------------------------------------------------------------------------
@@ -310,8 +307,7 @@ def main(argv=None) -> int:
     from vllm_padrec.draft.config import VARIANTS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--target", help="target checkpoint folder (target.model.save_checkpoint)")
-    parser.add_argument("--dataset", help="synthetic, a dataset folder, or a name under $PADREC_DATA_DIR")
+    add_user_arguments(parser, users=200)
     parser.add_argument(
         "--variants",
         nargs="+",
@@ -323,14 +319,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (init and data order)")
     parser.add_argument("--draft-steps", type=int, default=400, help="optimizer steps per head (the same budget)")
     parser.add_argument("--preset", choices=PRESETS, default="tiny", help="training recipe (module docstring)")
-    parser.add_argument("--users", type=int, default=200, help="first N test users")
-    parser.add_argument("--num-items", type=int, default=None, help="items per list (default: recipe list_items)")
-    parser.add_argument("--batch-size", type=int, default=64, help="prompts per decoding batch")
-    parser.add_argument("--device", default=None, help="default: cuda when available")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="decoding dtype")
     parser.add_argument("--work", default="runs/signal_ablation", help="where the heads are trained (and reused)")
     parser.add_argument("--progress", action="store_true", help="progress bars for each training")
-    parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--name", default="synthetic", help="results are signal_ablation_<name>.{json,md,png}")
     parser.add_argument("--render", metavar="JSON", help="only rebuild the table and plot from this JSON")
     args = parser.parse_args(argv)
