@@ -119,10 +119,12 @@ def run_engine(
     padrec=None,
     method: str = "eagle",
     env: dict | None = None,
+    spec_extra: dict | None = None,
 ) -> dict:
     """In a spawned process: generate greedily, then read the runner's speculator (and, with
     ``record_drafts``, every drafting round's proposals); ``padrec``: the plugin's additional_config;
-    ``method``: the draft's speculative method (Medusa runs on Model Runner V1)."""
+    ``method``: the draft's speculative method (Medusa runs on Model Runner V1); ``spec_extra``: more
+    ``speculative_config`` keys."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process
     if method in ("eagle", "eagle3"):
         os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "1"
@@ -138,7 +140,9 @@ def run_engine(
 
         rounds = record_proposals(PadRecSpeculator)
 
-    spec = {"method": method, "model": draft, "num_speculative_tokens": NUM_STEPS} if draft else None
+    spec = (
+        {"method": method, "model": draft, "num_speculative_tokens": NUM_STEPS, **(spec_extra or {})} if draft else None
+    )
     llm = LLM(
         model=target,
         speculative_config=spec,
@@ -236,6 +240,32 @@ def test_greedy_speculation_with_a_forced_tail_is_lossless(setup, baseline):
     for tokens in result["tokens"][3:]:
         check_constrained(setup["catalog"], tokens)
     assert any(TokenLayout.SEP in row[-2:] for drafts in result["rounds"] for row in drafts)
+
+
+def test_greedy_speculation_with_a_batch_size_table_is_lossless(setup, baseline):
+    """vLLM's batch-size table (``num_speculative_tokens_per_batch_size``, what the adaptive policy writes)
+    with drafts below num_speculative_tokens, and none at all, under CUDA graphs: the engine starts (vLLM 0.26.0
+    alone fails capturing the draft's decode graphs, ``PadRecSpeculator.init_cudagraph_manager``) and greedy
+    outputs equal those without speculation."""
+    # 6 prompts: all drafts while 5 or 6 rows run, one fewer once 4 or fewer do; 0 is captured, never run here
+    table = [[1, 4, NUM_STEPS - 1], [5, 6, NUM_STEPS], [7, 256, 0]]
+    spec_extra = {"num_speculative_tokens_per_batch_size": table}
+    result = in_subprocess(
+        setup["target"],
+        setup["random_draft"],
+        False,
+        setup["prompts"],
+        setup["params"],
+        False,
+        None,
+        "eagle",
+        None,
+        spec_extra,
+    )
+    assert result["speculator"] == "PadRecSpeculator"
+    assert result["tokens"] == baseline["tokens"]
+    for tokens in result["tokens"][3:]:
+        check_constrained(setup["catalog"], tokens)
 
 
 @pytest.mark.parametrize("enforce_eager", [False, True], ids=["cuda_graphs", "eager"])

@@ -400,6 +400,51 @@ def test_wrap_attribute_wraps_once_and_skips_what_is_not_there():
     assert not hasattr(owner, "g")
 
 
+def _speculator_graphs(monkeypatch, table, num_speculative_tokens=5, max_num_seqs=64):
+    """A PadRecSpeculator shell whose init_cudagraph_manager builds vLLM's real graph managers (their capture
+    candidates: vllm/v1/worker/gpu/cudagraph_utils.py, ``_init_candidates``) for a batch-size table."""
+    from vllm.config.compilation import CUDAGraphMode
+    from vllm.v1.worker.gpu import cudagraph_utils
+
+    from vllm_padrec.integration.speculator import PadRecSpeculator
+
+    monkeypatch.setattr(cudagraph_utils, "get_pp_group", lambda: SimpleNamespace(is_first_rank=True, is_last_rank=True))
+    monkeypatch.setattr(cudagraph_utils.current_platform, "get_global_graph_pool", lambda: None, raising=False)
+    spec = SimpleNamespace(num_speculative_tokens=num_speculative_tokens, num_speculative_tokens_per_batch_size=table)
+    spec.uses_dynamic_speculative_decoding = lambda: spec.num_speculative_tokens_per_batch_size is not None
+    sizes = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384]
+    vllm_config = SimpleNamespace(
+        scheduler_config=SimpleNamespace(max_num_seqs=max_num_seqs),
+        compilation_config=SimpleNamespace(cudagraph_capture_sizes=sizes, max_cudagraph_capture_size=max(sizes)),
+        parallel_config=SimpleNamespace(data_parallel_size=1, tensor_parallel_size=1),
+        speculative_config=spec,
+        num_speculative_tokens=num_speculative_tokens,
+    )
+    speculator = PadRecSpeculator.__new__(PadRecSpeculator)
+    speculator.vllm_config, speculator.speculative_config = vllm_config, spec
+    speculator.device, speculator.num_speculative_steps = torch.device("cpu"), num_speculative_tokens
+    speculator.init_cudagraph_manager(CUDAGraphMode.FULL_AND_PIECEWISE)
+    assert spec.num_speculative_tokens_per_batch_size is table  # the table is back for the scheduler and propose
+    return speculator
+
+
+@pytest.mark.parametrize("table", [None, [(1, 128, 5)], [(1, 128, 3)], [(1, 4, 5), (5, 16, 4), (17, 64, 0)]])
+def test_draft_decode_graphs_take_one_token_a_request_whatever_the_table(monkeypatch, table):
+    """vLLM 0.26.0 derives the draft decode graphs' query lengths from the batch-size table (K + 1 - 5 for a
+    one-token step: 0 or less below K = 5), and capture fails on them (vllm-project/vllm#48494): the speculator
+    captures them at one token a request, and draft step 0's graphs (on the target's K + 1 tokens a request)
+    follow the table."""
+    from vllm.config.compilation import CUDAGraphMode
+
+    speculator = _speculator_graphs(monkeypatch, table)
+    decode = speculator.decode_cudagraph_manager._capture_descs[CUDAGraphMode.FULL]
+    assert decode and all(d.uniform_token_count == 1 and 0 < d.num_reqs == d.num_tokens <= 64 for d in decode)
+    prefill = speculator.prefill_cudagraph_manager._capture_descs[CUDAGraphMode.FULL]
+    lengths = {k + 1 for _, _, k in table} if table else {6}
+    assert {d.uniform_token_count for d in prefill} == lengths
+    assert all(0 < d.num_reqs <= d.num_tokens == d.num_reqs * d.uniform_token_count for d in prefill)
+
+
 def test_drafts_per_step_follow_vllms_batch_size_table(monkeypatch):
     """With num_speculative_tokens_per_batch_size the speculator drafts the K the scheduler will verify: step 0
     and K - 1 decode steps, nothing at K = 0; all gamma in dummy runs and without a table."""

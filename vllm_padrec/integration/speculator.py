@@ -23,6 +23,8 @@ It serves the PAD-Rec head, and vLLM's own EAGLE drafts when the plugin masks th
   without speculation costs what it costs without a draft. The drafts a step skips are never read (the next
   step verifies K of them); a request whose tokens pass through a step without drafting has no draft KV at
   those positions, which can only lower its later acceptance, never change its output.
+- vLLM 0.26.0 cannot capture the draft's decode graphs with a table whose K goes below
+  ``num_speculative_tokens``; ``init_cudagraph_manager`` captures them for one token a request, as they run.
 - With ``padrec.forced_tail`` = E (``forced_tail.py``), the last E of those K drafts (``tail_slots``) are
   filled from the draft masks after the draft model's K - E steps, with no draft forward.
 """
@@ -56,6 +58,30 @@ class PadRecSpeculator(EagleSpeculator):
         model = with_list_masks(super().load_draft_model(target_model, target_attn_layer_names))
         model.attach_speculator(self.current_draft_step, self.idx_mapping, self.draft_tokens)
         return model
+
+    def init_cudagraph_manager(self, cudagraph_mode) -> None:
+        """vLLM's graph managers, except that with a batch-size table the draft decode graphs are captured for one
+        token a request whatever K the table gives. vLLM 0.26.0 derives every manager's query lengths from the
+        table the way it derives the target's (K + 1 - num_speculative_tokens + the manager's own length), which
+        for the draft's one-token decode steps gives lengths of 0 or less at any K below num_speculative_tokens:
+        the engine fails while capturing (``InputBatch.make_dummy``'s ``0 < num_reqs <= num_tokens``;
+        vllm-project/vllm#48494, fixes proposed in #48329 and #49652; vllm/v1/worker/gpu/cudagraph_utils.py,
+        ``_init_candidates``). Draft step 0 runs on the target's verified batch, K + 1 tokens a request, and keeps
+        the table's lengths."""
+        spec = self.speculative_config
+        table = spec.num_speculative_tokens_per_batch_size
+        if table is None:
+            super().init_cudagraph_manager(cudagraph_mode)
+            return
+        spec.num_speculative_tokens_per_batch_size = None  # seen by the managers built in this call only
+        try:
+            super().init_cudagraph_manager(cudagraph_mode)
+        finally:
+            spec.num_speculative_tokens_per_batch_size = table
+        prefill = self.prefill_cudagraph_manager
+        self.prefill_cudagraph_manager = type(prefill)(
+            self.vllm_config, self.device, prefill.cudagraph_mode, prefill.decode_query_len
+        )
 
     def set_attn(self, model_state, *args, **kwargs) -> None:
         super().set_attn(model_state, *args, **kwargs)
