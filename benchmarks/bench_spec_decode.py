@@ -166,9 +166,19 @@ def medusa_heads(folder: str) -> int:
 
 def skipped_configuration(args, method: str, gamma: int) -> str | None:
     """Why a configuration cannot run, or None: Medusa drafts at most one token per trained head (vLLM sizes
-    the model by ``num_speculative_tokens`` and refuses weights it lacks)."""
+    the model by ``num_speculative_tokens`` and refuses weights it lacks); an EAGLE-style draft verifies more
+    tokens than its steps (a forced tail on top of them) only in multiples of them
+    (``draft_check.speculative_tokens_problem``)."""
+    from vllm_padrec.integration.draft_check import read_json_config, speculative_tokens_problem
+
+    spec = METHODS[method]
     if method == "medusa" and gamma > (heads := medusa_heads(args.medusa_draft)):
         return f"skipped: gamma {gamma} needs {gamma} Medusa heads, {args.medusa_draft} has {heads}"
+    if spec.draft is not None and spec.speculative_method == "eagle":
+        folder = getattr(args, f"{spec.draft}_draft")
+        n_predict = (read_json_config(folder) or {}).get("n_predict")
+        if (problem := speculative_tokens_problem(gamma + spec.forced_tail, n_predict)) is not None:
+            return f"skipped: {problem} ({folder})"
     return None
 
 

@@ -37,9 +37,10 @@ call 3 ``checks bench_spec_decode``; later holds ``--spec-methods none eagle_one
 heads, plain torch, about 3 minutes; call 3 ``checks bench_spec_decode engine_step --engine-concurrency 1
 --engine-users 50 --engine-configs baseline spec --engine-profile baseline spec``: one request's steps,
 profiled), ``none none_v1 ngram medusa``, and ``--spec-dtype float32`` for the equality goal. The second hold
-(2026-12-02) lost its machine after ``none`` and ``eagle_one_step``; the next: call 1 ``start bench_target
-bench_drafts --target bench --bench-epochs 1 --drafts padrec --draft-steps 600 --spec-methods none padrec
-padrec_tail padrec_adaptive`` (the forced tail's engines beside plain PAD-Rec's; about 26 minutes), call 3
+(2026-12-02) lost its machine after ``none`` and ``eagle_one_step``; the third (2026-12-03, 22 minutes: target 4,
+head 3, engines 15) ran ``--spec-methods none padrec padrec_tail padrec_adaptive`` (the adaptive engine failed
+capture on a vLLM bug worked around since); the next: call 1 ``start bench_target bench_drafts --target bench
+--bench-epochs 1 --drafts padrec_eagle --draft-steps 600 --spec-methods none padrec eagle padrec_adaptive``, call 3
 ``checks bench_spec_decode``. PAD-Rec's signals against EAGLE paired by seed (issue 14's 5 %, plain torch, no vLLM):
 call 1 ``start bench_target signal_ablation --target bench --bench-epochs 1 --draft-steps 600`` (three seeds of
 eagle, padrec and padrec_channel_gate at gamma 5: nine heads of the bench recipe, trained one after another), then

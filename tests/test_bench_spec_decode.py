@@ -442,6 +442,37 @@ def test_a_medusa_gamma_above_its_heads_is_skipped_with_a_reason_and_the_rest_ru
     assert medusa_record["speedup_vs_no_spec"] == 1.5
 
 
+def test_a_forced_tail_vllm_refuses_is_skipped_with_a_reason_before_any_engine_starts(tmp_path, monkeypatch):
+    """padrec_tail verifies gamma + 2 tokens a step; vLLM 0.26.0 takes more tokens than the draft's n_predict
+    only in multiples of it (the H200 run of 2026-12-03 lost an engine start to gamma 5 of a 5-step head): that
+    configuration is skipped with the reason, gamma 3 (5 tokens) runs."""
+    from vllm_padrec.integration.draft_check import speculative_tokens_problem
+
+    assert speculative_tokens_problem(7, 5) and speculative_tokens_problem(6, 4)
+    assert not any(speculative_tokens_problem(k, 5) for k in (1, 3, 5, 10, 15))
+    assert speculative_tokens_problem(7, None) is None  # a draft without n_predict: vLLM checks nothing
+    draft = tmp_path / "padrec"
+    draft.mkdir()
+    (draft / "config.json").write_text(json.dumps({"n_predict": 5}))
+    ran = []
+
+    def child(command, stdout, stderr, env):
+        config = command[command.index("--one") + 1] + "_g" + command[command.index("--one-gamma") + 1]
+        ran.append(config)
+        method, gamma = config.rsplit("_g", 1)
+        out = command[command.index("--result") + 1]
+        Path(out).write_text(json.dumps(result(method, int(gamma), {1: 100 + int(gamma)}, {"10_1": [[1]]})))
+        return 0
+
+    monkeypatch.setattr(bench_driver.subprocess, "call", child)
+    argv = [*BASE, "--methods", "none", "padrec", "padrec_tail", "--padrec-draft", str(draft), "--gammas", "3", "5"]
+    argv += ["--batch-sizes", "1", "--list-lens", "10", "--out", str(tmp_path), "--work-dir", str(tmp_path)]
+    assert bench.main([*argv, "--cache-root", str(tmp_path)]) == 1  # a configuration did not run
+    assert ran == ["none_g0", "padrec_g3", "padrec_g5", "padrec_tail_g3"]
+    payload = json.loads((tmp_path / "spec_decode_beauty_atspeed.json").read_text())
+    assert payload["errors"] == {"padrec_tail_g5": f"skipped: {speculative_tokens_problem(7, 5)} ({draft})"}
+
+
 def test_the_adaptive_table_speculates_only_where_padrec_won():
     args = bench.parse_args([*BASE, "--batch-sizes", "1", "64", "--list-lens", "10", "20"])
     plain = result("none", 0, {1: 100, 64: 2000}, {})

@@ -37,6 +37,19 @@ def read_json_config(folder: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def speculative_tokens_problem(num_speculative_tokens: int, n_predict: int | None) -> str | None:
+    """Why vLLM 0.26.0 refuses ``num_speculative_tokens`` drafts a step from a draft of ``n_predict`` steps, or
+    None: above ``n_predict`` it takes only multiples of it (``SpeculativeConfig``'s check for MTP module reuse,
+    vllm/config/speculative.py:973-988), so a 5-step head verifies 1-5, 10, 15... tokens a step, and a forced
+    tail (``padrec.forced_tail``) on top of all its steps fits only as such a multiple."""
+    if n_predict and num_speculative_tokens > n_predict and num_speculative_tokens % n_predict:
+        return (
+            f"num_speculative_tokens {num_speculative_tokens} is above the draft's n_predict {n_predict} and not a "
+            f"multiple of it, which vLLM refuses"
+        )
+    return None
+
+
 def served_catalog(vllm_config: Any) -> Path:
     """The catalog file the server's masks read (``list_settings.catalog_path``); it may not exist."""
     return catalog_path(vllm_config, server_settings(vllm_config))
