@@ -203,8 +203,10 @@ def speculative_config(args, method: str, gamma: int, table: list | None) -> dic
     if spec.speculative_method == "ngram":
         config["method"] = ngram_proposer()
         config["prompt_lookup_min"], config["prompt_lookup_max"] = args.ngram_lookup
-    if table is not None:
-        config["num_speculative_tokens_per_batch_size"] = table
+    if table is not None:  # as users get it from `vllm-padrec gamma-schedule`: K up to the table's largest
+        from vllm_padrec.integration.gamma_schedule import speculative_config as table_config
+
+        return table_config(config["model"], table, config["method"])
     return config
 
 

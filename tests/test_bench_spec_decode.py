@@ -58,6 +58,13 @@ def test_configurations_run_none_first_the_adaptive_method_last_and_each_gamma_o
     }
     table = [[1, 4, 5], [5, 128, 0]]
     assert bench.speculative_config(args, "padrec_adaptive", 5, table)["num_speculative_tokens_per_batch_size"] == table
+    # the engine drafts up to the table's largest K, as `vllm-padrec gamma-schedule` configures it for users
+    assert bench.speculative_config(args, "padrec_adaptive", 5, [[1, 128, 3]]) == {
+        "method": "eagle",
+        "model": args.padrec_draft,
+        "num_speculative_tokens": 3,
+        "num_speculative_tokens_per_batch_size": [[1, 128, 3]],
+    }
     assert bench.METHODS["eagle_vanilla"].padrec == {"mask_drafts": False} and bench.METHODS["eagle"].padrec == {}
 
 
