@@ -143,6 +143,9 @@ def test_speculative_config_alone_is_unchanged(serve_parser, folders):
         (["--speculative-config", '{"method": "medusa"}'], "method 'eagle'"),
         (["--speculative-config", '{"model": "/elsewhere"}'], "contradicts"),
         (["--spec-model", "/elsewhere"], "contradicts"),
+        # above the draft's n_predict vLLM takes only multiples of it (draft_check.speculative_tokens_problem)
+        (["--spec-tokens", str(NUM_DRAFT_STEPS + 1)], "not a multiple"),
+        (["--speculative-config", json.dumps({"num_speculative_tokens": NUM_DRAFT_STEPS + 1})], "not a multiple"),
     ],
 )
 def test_contradictions_are_errors(serve_parser, folders, extra, message):

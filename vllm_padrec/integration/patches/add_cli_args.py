@@ -7,7 +7,9 @@ vLLM's ``--spec-tokens``) to every parser vLLM builds from ``EngineArgs``, and f
 ``--speculative-config`` right after parsing: ``{"method": "eagle", "model": DRAFT,
 "num_speculative_tokens": n_predict of DRAFT/config.json}``. Keys given by ``--speculative-config``,
 ``--spec-method``, ``--spec-model`` or ``--spec-tokens`` win (vLLM merges those later, so the fold
-leaves them out); a contradicting method or model is an error. A PAD-Rec draft is checked against the
+leaves them out); a contradicting method or model is an error, and so is a number of speculative tokens vLLM
+would refuse for the draft (``draft_check.speculative_tokens_problem``), said in one line before vLLM's
+validation traceback. A PAD-Rec draft is checked against the
 target and the catalog the server's masks will read (``draft_check``: ``padrec.catalog`` of
 ``--additional-config``, else the target folder's), before anything is loaded.
 
@@ -51,6 +53,7 @@ def fold_speculative_model(args: argparse.Namespace) -> None:
         is_padrec_draft,
         read_json_config,
         served_catalog_of_args,
+        speculative_tokens_problem,
     )
 
     config = dict(getattr(args, "speculative_config", None) or {})
@@ -70,6 +73,11 @@ def fold_speculative_model(args: argparse.Namespace) -> None:
     tokens_given = "num_speculative_tokens" in config or getattr(args, "spec_tokens", None) is not None
     if draft_json is not None and not tokens_given and draft_json.get("n_predict") is not None:
         config["num_speculative_tokens"] = int(draft_json["n_predict"])
+    tokens = config.get("num_speculative_tokens", getattr(args, "spec_tokens", None))
+    if draft_json is not None and tokens is not None:
+        problem = speculative_tokens_problem(int(tokens), draft_json.get("n_predict"))
+        if problem is not None:  # vLLM's own refusal comes later, as a validation traceback
+            raise ValueError(f"{FLAG} {draft}: {problem}")
     target = getattr(args, "model_tag", None) or getattr(args, "model", None)
     target_json = read_json_config(target) if target else None
     if draft_json is not None and target_json is not None and is_padrec_draft(draft_json):
