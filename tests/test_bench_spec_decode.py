@@ -425,19 +425,27 @@ def test_an_offline_engine_starts_on_its_methods_model_runner(method, runner_env
     assert seen["env"] == runner_env and seen["spec"]["method"] == bench.METHODS[method].speculative_method
 
 
+def fake_configuration(rate_of, ran: list | None = None):
+    """A stand-in for one configuration's child process (``bench_driver``'s ``subprocess.call``): it writes the
+    result of an engine making ``rate_of(method, gamma)`` tokens/s at batch 1 (lists of 10) and appends
+    ``"METHOD_gGAMMA"`` to ``ran``."""
+
+    def child(command, stdout, stderr, env):
+        method, gamma = command[command.index("--one") + 1], int(command[command.index("--one-gamma") + 1])
+        if ran is not None:
+            ran.append(f"{method}_g{gamma}")
+        payload = result(method, gamma, {1: rate_of(method, gamma)}, {"10_1": [[1]]})
+        Path(command[command.index("--result") + 1]).write_text(json.dumps(payload))
+        return 0
+
+    return child
+
+
 def test_a_medusa_gamma_above_its_heads_is_skipped_with_a_reason_and_the_rest_runs(tmp_path, monkeypatch):
     medusa = medusa_draft(tmp_path, heads=3)
     ran = []
-
-    def child(command, stdout, stderr, env):
-        config = command[command.index("--one") + 1] + "_g" + command[command.index("--one-gamma") + 1]
-        ran.append(config)
-        rate = {"none_v1_g0": 100, "medusa_g3": 150}[config]
-        out = command[command.index("--result") + 1]
-        method, gamma = config.rsplit("_g", 1)
-        Path(out).write_text(json.dumps(result(method, int(gamma), {1: rate}, {"10_1": [[1]]})))
-        return 0
-
+    rates = {"none_v1_g0": 100, "medusa_g3": 150}
+    child = fake_configuration(lambda method, gamma: rates[f"{method}_g{gamma}"], ran)
     monkeypatch.setattr(bench_driver.subprocess, "call", child)
     argv = [*BASE, "--methods", "none_v1", "medusa", "--medusa-draft", str(medusa), "--gammas", "3", "5"]
     argv += ["--batch-sizes", "1", "--list-lens", "10", "--out", str(tmp_path), "--work-dir", str(tmp_path)]
@@ -462,16 +470,7 @@ def test_a_forced_tail_vllm_refuses_is_skipped_with_a_reason_before_any_engine_s
     draft.mkdir()
     (draft / "config.json").write_text(json.dumps({"n_predict": 5}))
     ran = []
-
-    def child(command, stdout, stderr, env):
-        config = command[command.index("--one") + 1] + "_g" + command[command.index("--one-gamma") + 1]
-        ran.append(config)
-        method, gamma = config.rsplit("_g", 1)
-        out = command[command.index("--result") + 1]
-        Path(out).write_text(json.dumps(result(method, int(gamma), {1: 100 + int(gamma)}, {"10_1": [[1]]})))
-        return 0
-
-    monkeypatch.setattr(bench_driver.subprocess, "call", child)
+    monkeypatch.setattr(bench_driver.subprocess, "call", fake_configuration(lambda method, gamma: 100 + gamma, ran))
     argv = [*BASE, "--methods", "none", "padrec", "padrec_tail", "--padrec-draft", str(draft), "--gammas", "3", "5"]
     argv += ["--batch-sizes", "1", "--list-lens", "10", "--out", str(tmp_path), "--work-dir", str(tmp_path)]
     assert bench.main([*argv, "--cache-root", str(tmp_path)]) == 1  # a configuration did not run
@@ -713,15 +712,8 @@ def test_generated_text_reads_back_as_the_layouts_token_ids():
 def test_merge_adds_a_runs_methods_to_the_file_and_replaces_what_it_measures_again(tmp_path, monkeypatch):
     """--merge: a second run (another hold) measuring none and eagle keeps the first run's padrec records, marked
     with that run's date, and replaces its none; without --merge the file holds the second run alone."""
-
-    def child(command, stdout, stderr, env):
-        method, gamma = command[command.index("--one") + 1], int(command[command.index("--one-gamma") + 1])
-        rate = {"none": 100, "padrec": 250, "eagle": 200}[method]
-        payload = result(method, gamma, {1: rate}, {"10_1": [[1]]})
-        Path(command[command.index("--result") + 1]).write_text(json.dumps(payload))
-        return 0
-
-    monkeypatch.setattr(bench_driver.subprocess, "call", child)
+    rates = {"none": 100, "padrec": 250, "eagle": 200}
+    monkeypatch.setattr(bench_driver.subprocess, "call", fake_configuration(lambda method, gamma: rates[method]))
     argv = [*BASE, "--gammas", "5", "--batch-sizes", "1", "--list-lens", "10", "--out", str(tmp_path)]
     argv += ["--work-dir", str(tmp_path), "--cache-root", str(tmp_path)]
     name = tmp_path / "spec_decode_beauty_atspeed.json"
