@@ -1136,12 +1136,18 @@ def state(job: str) -> dict:
     return record
 
 
+def write_whole(path: Path, text: str) -> None:
+    """Write ``path`` so that a reader in another thread or process sees the old text or the new, never a mix:
+    a reader that read the first bytes of the old queue and the rest of a longer new one failed CI's run."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
 def set_state(job: str, **fields) -> None:
     path = WORK / "status" / f"{job}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(fields))
-    temporary.replace(path)  # readers never see half a file
+    write_whole(path, json.dumps(fields))
 
 
 def update_state(job: str, **fields) -> None:
@@ -1168,7 +1174,7 @@ def queue() -> list[str]:
 
 def enqueue(jobs: list[str]) -> None:
     names = [j for j in queue() if j not in jobs] + jobs
-    (WORK / "queue.json").write_text(json.dumps(names))
+    write_whole(WORK / "queue.json", json.dumps(names))
 
 
 def saved_settings() -> dict:
@@ -1293,9 +1299,7 @@ def install(source: Path, code: str) -> None:
 
 
 def set_installed(code: str) -> None:
-    temporary = WORK / "installed.tmp"
-    temporary.write_text(code)
-    temporary.replace(WORK / "installed")  # readers never see half a file
+    write_whole(WORK / "installed", code)
 
 
 def execute(job: str, settings: Settings, gpus: int) -> int:
@@ -1380,7 +1384,7 @@ def prepare(settings_given: dict) -> Settings:
     values = {**saved_settings(), **settings_given}
     if problem := Settings.from_mapping(values).problem():
         raise SettingsError(problem)  # before they are saved: a later call starts from the good ones
-    (WORK / "settings.json").write_text(json.dumps(values))
+    write_whole(WORK / "settings.json", json.dumps(values))
     if (REPO / ".gpudata").is_dir():
         shutil.copytree(REPO / ".gpudata", WORK / "data", dirs_exist_ok=True)
     if (REPO / ".baseline").is_dir() and installed() != BASELINE:

@@ -675,3 +675,29 @@ def test_the_signal_ablation_job_trains_the_bench_recipes_heads_per_seed(monkeyp
     assert values("--draft-steps") == ["600"] and values("--target") == [
         str(gs.bench_dir(settings.dataset) / "checkpoint")
     ]
+
+
+def test_a_reader_never_sees_half_a_queue_while_it_is_rewritten(session):
+    """Job daemons read the queue while ``checks`` rewrites it: a reader that got the first bytes of a short queue
+    and the rest of a longer one failed a CI run with a JSON error and left its job waiting forever."""
+    session.work.mkdir(parents=True, exist_ok=True)
+    short, long = ["a" * 30], ["a" * 30] + [f"job_{i}" for i in range(2000)]
+    errors: list[Exception] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                assert gs.queue() in ([], short, long)
+            except Exception as error:  # noqa: BLE001 - any failure to read counts
+                errors.append(error)
+                return
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for _ in range(300):
+        gs.write_whole(session.work / "queue.json", json.dumps(short))
+        gs.enqueue(long[1:])
+    done.set()
+    reader.join()
+    assert not errors, errors[0]
