@@ -41,7 +41,10 @@ warm-up call; a list's latency is its call's. Records (one per method, gamma, li
 size), ``equal_to_no_spec`` (users whose list is ``none``'s token for token, of ``users_compared``),
 ``recall_at_10`` / ``ndcg_at_10`` (the list's items against the user's next items). The B = 1 passes run once
 more after the others (``p50_ms_repeat``: how far one engine's p50 moves between two passes), and the Markdown
-fits each method's B = 1 latency to a cost per step and a cost per list.
+fits each method's B = 1 latency to a cost per step and a cost per list. B = 1 records also split a call's time
+by phase where the engine kept vLLM's per-request timestamps (``phases_ms``: medians of submit, queue, first
+token, decode and finish, ``testing/request_phases.py``): what a list costs beside its rounds, measured rather
+than fitted.
 
 Engine cores run in their own process, as vLLM runs them by default (``--engine-core``; ``engine_core`` in
 every record). One request at a time, a draft's engine shares its process with a baseline engine (its
@@ -95,6 +98,7 @@ from vllm_padrec.testing.bench_driver import (
     write_progress,
 )
 from vllm_padrec.testing.goals import goals_markdown
+from vllm_padrec.testing.request_phases import PHASES, median_phases_ms, request_phases
 from vllm_padrec.testing.spec_decode_goals import masks_alone, runner_of, spec_decode_goals
 from vllm_padrec.testing.stats import percentile
 
@@ -454,6 +458,17 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
             else:
                 os.environ["VLLM_CACHE_ROOT"] = cache
 
+    phases: list = []  # the one-request calls' phases on ``llm`` (request_phases), for the pass being timed
+
+    def timed_call(engine, prompts: list, params) -> tuple[float, list]:
+        """One call's seconds and outputs; a one-request call on ``llm`` adds its phases to ``phases``."""
+        began, began_clock = time.perf_counter(), time.monotonic()
+        outputs = engine.generate(prompts, params, use_tqdm=False)
+        seconds, ended_clock = time.perf_counter() - began, time.monotonic()
+        if engine is llm and len(prompts) == 1:
+            phases.append(request_phases(began_clock, ended_clock, getattr(outputs[0], "metrics", None)))
+        return seconds, outputs
+
     def paired_calls(prompts: list, params) -> tuple[list[float], list[list[int]], list[float], list[list[int]]]:
         """One user a call on both engines, alternating which goes first (ABBA), so that the machine's drift
         falls on both: each engine's seconds and output tokens per user."""
@@ -461,9 +476,8 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
         engines = (("draft", llm), ("baseline", baseline_llm))
         for i, prompt in enumerate(prompts):
             for name, engine in engines if i % 2 == 0 else engines[::-1]:
-                began = time.perf_counter()
-                (output,) = engine.generate([prompt], params, use_tqdm=False)
-                runs[name][0].append(time.perf_counter() - began)
+                seconds, (output,) = timed_call(engine, [prompt], params)
+                runs[name][0].append(seconds)
                 runs[name][1].append(list(output.outputs[0].token_ids))
         return (*runs["draft"], *runs["baseline"])
 
@@ -471,9 +485,8 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
         """Each call's seconds and each user's output tokens: ``prompts`` in calls of ``batch``."""
         seconds, token_ids = [], []
         for start in range(0, len(prompts), batch):
-            began = time.perf_counter()
-            outputs = llm.generate(prompts[start : start + batch], params, use_tqdm=False)
-            seconds.append(time.perf_counter() - began)
+            call_seconds, outputs = timed_call(llm, prompts[start : start + batch], params)
+            seconds.append(call_seconds)
             token_ids += [list(o.outputs[0].token_ids) for o in outputs]
         return seconds, token_ids
 
@@ -492,7 +505,7 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
             paired = batch == 1 and baseline_llm is not None
             if paired:
                 baseline_llm.generate(prompts[:1], params, use_tqdm=False)
-            before = spec_counters(llm)
+            before, phases[:] = spec_counters(llm), []
             if paired:
                 seconds, token_ids, base_seconds, base_ids = paired_calls(prompts, params)
             else:
@@ -507,6 +520,8 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
                     method, gamma, list_len, batch, "offline", timing, items, targets, counters, invalid_items=invalid
                 )
             )
+            if batch == 1 and (phases_ms := median_phases_ms(phases)) is not None:
+                records[-1]["phases_ms"] = phases_ms
             if paired:
                 records[-1] |= paired_fields(seconds, token_ids, base_seconds, base_ids)
             elif batch == 1 and pair_error is not None:
@@ -750,6 +765,36 @@ def batch_one_costs_markdown(records: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
+def batch_one_phases_markdown(records: list[dict]) -> list[str]:
+    """The one-at-a-time passes' medians by phase (``phases_ms``, ``testing/request_phases.py``)."""
+    timed = [r for r in records if r.get("phases_ms")]
+    if not timed:
+        return []
+    lines = [
+        "## One request at a time: where a list's time goes",
+        "",
+        "Medians over a pass's calls (ms), from vLLM's timestamps of each request (`testing/request_phases.py`): "
+        "submit (front end to the engine core's queue), queue, first token (the prefill step; with a draft, its "
+        "prefill and first drafts too), decode (every later step or round), finish (the last output to the caller). "
+        "Per step: decode over the steps after the prefill (rounds with a draft, tokens - 1 without); outside "
+        "decode: the other four phases, what a list costs beside its steps.",
+        "",
+        "| method | dtype | gamma | list_len | p50 ms | submit | queue | first token | decode | finish "
+        "| decode ms per step | outside decode |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in timed:
+        phases, steps = r["phases_ms"], steps_per_list(r)
+        per_step = round(phases["decode"] / (steps - 1), 3) if steps and steps > 1 else None
+        outside = round(sum(phases[p] for p in PHASES if p != "decode"), 3)
+        lines.append(
+            f"| {r['method']}{earlier_mark(r)} | {r.get('dtype', '-')} | {r['gamma']} | {r['list_len']} | "
+            f"{cell(r['p50_ms'])} | " + " | ".join(cell(phases[p]) for p in PHASES) + f" | {cell(per_step)} | "
+            f"{cell(outside)} |"
+        )
+    return [*lines, ""]
+
+
 def markdown(payload: dict) -> str:
     lines = [
         f"# List generation speed on {payload['dataset']}",
@@ -770,6 +815,7 @@ def markdown(payload: dict) -> str:
         *goals_markdown(spec_decode_goals(payload["records"]), issue=14),
         *([masks, ""] if (masks := masks_alone(payload["records"])) else []),
         *batch_one_costs_markdown(payload["records"]),
+        *batch_one_phases_markdown(payload["records"]),
         "## Records",
         "",
         "| method | runner | engine core | mode | dtype | gamma | list_len | batch_size | users | tokens/s | speedup "

@@ -160,14 +160,24 @@ def test_offline_passes_time_each_call_and_repeat_the_one_at_a_time_passes(monke
             started.update(kwargs)
 
         def generate(self, prompts, params, use_tqdm):
+            began = clock[0]
             clock[0] += next(call_seconds)
-            return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=one_item)]) for _ in prompts]
+            # vLLM's per-request timestamps: queued 1 ms in, scheduled 1 ms later, first token 2 ms later, the
+            # last token 1 ms before the call returns
+            stamps = SimpleNamespace(
+                queued_ts=began + 0.001,
+                scheduled_ts=began + 0.002,
+                first_token_ts=began + 0.004,
+                last_token_ts=clock[0] - 0.001,
+            )
+            return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=one_item)], metrics=stamps) for _ in prompts]
 
         def get_metrics(self):
             return []
 
     monkeypatch.setattr(vllm, "LLM", FakeLLM)
     monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(bench.time, "monotonic", lambda: clock[0])
     argv = [*BASE, "--batch-sizes", "1", "4", "--list-lens", "1", "--users-latency", "3", "--users", "4"]
     args = bench.parse_args([*argv, "--max-cudagraph-capture-size", "64", "--no-pair-batch-one"])
     args.one, args.one_gamma = "padrec", 5
@@ -179,6 +189,9 @@ def test_offline_passes_time_each_call_and_repeat_the_one_at_a_time_passes(monke
     assert (one["batch_size"], one["users"], one["p50_ms"]) == (1, 3, 12.0)
     assert one["p50_ms_repeat"] == 30.0 and "p50_ms_repeat" not in four  # the repeat: 40, 30, 20 ms
     assert four["users"] == 4 and four["p50_ms"] == 500.0  # one call of 4 users after its warm-up
+    # the timed calls' phases (10, 12, 14 ms: decode 5, 7, 9 ms), not the warm-up's or the repeat's
+    assert one["phases_ms"] == {"submit": 1.0, "queue": 1.0, "first_token": 2.0, "decode": 7.0, "finish": 1.0}
+    assert "phases_ms" not in four  # phases are one request's: batch 1 only
     assert one["tokens_per_list"] == len(one_item) and one["recall_at_10"] == 1.0
     assert set(lists) == {"offline_1_1", "offline_1_4"}
     assert started["compilation_config"] == {"max_cudagraph_capture_size": 64}
@@ -204,11 +217,18 @@ class PairedEngines:
 
             def generate(self, prompts, params, use_tqdm):
                 fake.calls.append(self.name)
+                began = fake.clock[0]
                 fake.clock[0] += next(fake.seconds[self.name])
                 tokens = fake.tokens
                 if self.name == "baseline" and fake.calls.count("baseline") - 1 in fake.differs_at:
                     tokens = [*tokens, 7]
-                return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=tokens)]) for _ in prompts]
+                stamps = SimpleNamespace(  # 1 ms each outside decode (test_offline_passes_time_each_call...)
+                    queued_ts=began + 0.001,
+                    scheduled_ts=began + 0.002,
+                    first_token_ts=began + 0.003,
+                    last_token_ts=fake.clock[0] - 0.001,
+                )
+                return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=tokens)], metrics=stamps) for _ in prompts]
 
             def get_metrics(self):
                 return []
@@ -231,6 +251,7 @@ def test_a_drafts_one_at_a_time_passes_alternate_with_a_baseline_engine(monkeypa
     fake = PairedEngines(seconds, tokens, baseline_differs_at={2})  # the second user's list differs
     monkeypatch.setattr(vllm, "LLM", fake.LLM)
     monkeypatch.setattr(bench.time, "perf_counter", lambda: fake.clock[0])
+    monkeypatch.setattr(bench.time, "monotonic", lambda: fake.clock[0])
     argv = [*BASE, "--batch-sizes", "1", "--list-lens", "1", "--users-latency", "4", "--cache-root", "/c"]
     args = bench.parse_args(argv)
     args.one, args.one_gamma = "padrec", 5
@@ -250,10 +271,12 @@ def test_a_drafts_one_at_a_time_passes_alternate_with_a_baseline_engine(monkeypa
     assert record["paired_speedup"] == round((4 * n / 0.052) / ((4 * n + 1) / 0.120), 3)
     assert record["paired_equal"] == 3
     assert record["p50_ms_repeat"] == 20.0
+    assert record["phases_ms"]["decode"] == 9.0  # the draft's calls (decode 6, 8, 10, 12 ms), not the baseline's
 
     failing = PairedEngines({"draft": [0.5] + [0.01] * 8}, tokens, fail_baseline=True)
     monkeypatch.setattr(vllm, "LLM", failing.LLM)
     monkeypatch.setattr(bench.time, "perf_counter", lambda: failing.clock[0])
+    monkeypatch.setattr(bench.time, "monotonic", lambda: failing.clock[0])
     _, (record,), _ = bench.offline_passes(args, catalog, users, None)
     assert record["paired_error"] == "RuntimeError: no room for a second engine" and "paired_speedup" not in record
     assert record["p50_ms"] == 10.0
@@ -788,6 +811,20 @@ def test_the_batch_one_cost_is_a_line_through_the_list_lengths():
     assert "| padrec | bfloat16 | 5 | 10, 20, 40 | 2.5 | 12.5 | - |" in text
     assert "| none | bfloat16 | 0 | 10, 20 | 2.4 | -8.0 | 10.0 % |" in text
     assert bench.batch_one_costs_markdown(records[5:]) == []
+
+
+def test_the_phase_table_divides_decode_by_the_steps_after_the_prefill():
+    phases = {"submit": 1.0, "queue": 0.5, "first_token": 6.0, "decode": 30.0, "finish": 2.5}
+    records = [
+        batch_one("padrec", 5, 10, 40.0, 10.0) | {"phases_ms": phases},  # 10 rounds after the prefill: 3 ms each
+        batch_one("none", 0, 10, 100.0, 16.0) | {"phases_ms": phases},  # 16 tokens: 15 steps after the first
+        batch_one("eagle", 5, 10, 40.0, 10.0),  # no phases (an engine without stats): no row
+    ]
+    text = "\n".join(bench.batch_one_phases_markdown(records))
+    assert "| padrec | bfloat16 | 5 | 10 | 40.0 | 1.0 | 0.5 | 6.0 | 30.0 | 2.5 | 3.0 | 10.0 |" in text
+    assert "| none | bfloat16 | 0 | 10 | 100.0 | 1.0 | 0.5 | 6.0 | 30.0 | 2.5 | 2.0 | 10.0 |" in text
+    assert "| eagle |" not in text
+    assert bench.batch_one_phases_markdown(records[2:]) == []
 
 
 def test_the_plot_gives_a_method_and_gamma_one_color_in_both_panels():
