@@ -634,7 +634,7 @@ def test_the_served_pass_command_is_one_vllm_bench_serve_accepts():
     assert (parsed.max_concurrency, parsed.num_prompts, parsed.temperature) == (16, 256, 0.0)
     assert parsed.skip_chat_template and parsed.disable_shuffle and parsed.save_detailed
     assert parsed.extra_body == {"vllm_xargs": {"padrec_constraint": 1, "padrec_num_items": 10, "padrec_no_repeat": 1}}
-    assert parsed.percentile_metrics == "e2el" and parsed.metric_percentiles == "50,99"
+    assert parsed.percentile_metrics == "e2el,ttft" and parsed.metric_percentiles == "50,99"
     plain = bench.bench_serve_command(args, "http://127.0.0.1:8051", "m", Path("/p.jsonl"), 51, None, 16, 256)
     assert "--extra-body" not in plain and parser.parse_args(plain[3:]).extra_body is None  # Model Runner V1
 
@@ -679,7 +679,7 @@ def test_a_served_pass_reads_vllm_bench_serves_result_and_the_servers_counters(m
         commands.append(command)
         folder, name = command[command.index("--result-dir") + 1], command[command.index("--result-filename") + 1]
         result = {"completed": 2, "total_output_tokens": 9, "output_throughput": 321.04}
-        result |= {"p50_e2el_ms": 40.0, "p99_e2el_ms": 55.5}
+        result |= {"p50_e2el_ms": 40.0, "p99_e2el_ms": 55.5, "p50_ttft_ms": 7.25}
         Path(folder, name).write_text(json.dumps(result | {"generated_texts": [text, text]}))
 
     served, warm_ups, commands = [], [], []
@@ -706,6 +706,7 @@ def test_a_served_pass_reads_vllm_bench_serves_result_and_the_servers_counters(m
     assert record["acceptance_length"] == 2.75 and record["accepted_per_draft_step"] == [0.5, 0.5, 0.25]
     assert record["tokens_per_list"] == 4.5 and record["rounds_per_list"] == 2.0  # 4 rounds over the pass
     assert record["recall_at_10"] == 0.5  # user 1's next item (5) is on the list, user 2's (7) is not
+    assert record["p50_ttft_ms"] == 7.25
     ((serve_args, env),) = served
     spec = json.loads(serve_args[serve_args.index("--speculative-config") + 1])
     compiled = json.loads(serve_args[serve_args.index("--compilation-config") + 1])
