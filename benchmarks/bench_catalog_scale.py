@@ -9,6 +9,10 @@ writes ``catalog_scale.json``, ``catalog_scale.md`` and ``catalog_scale.png``. R
 
     python -m benchmarks.bench_catalog_scale --render benchmarks/results/catalog_scale.json
 
+The memory per item needs no GPU: ``--memory-only`` builds each size's catalog and tables on the CPU, each size
+in a fresh process, and writes ``catalog_scale_memory.{json,md,png}`` (the tables' tensor bytes, which a GPU
+holds too; no build peak and no mask timings, which need CUDA).
+
 For each catalog size (``--sizes``; synthetic semantic IDs of the datasets' shape, 4 slots of 256 codes with
 200 first codes, ``vllm_padrec.testing.catalogs``):
 
@@ -47,6 +51,7 @@ NUM_DRAFTS = 5
 TOPK_SHAPES = ((1, 20), (1, 100), (1, 256), (1, 1024), (64, 20), (64, 100), (64, 256))  # (users B, beams K)
 ID_SPACE = FIRST_CODES * CODEBOOK ** (NUM_SLOTS - 1)  # distinct SIDs of this shape
 STEM = "catalog_scale"
+MEMORY_STEM = "catalog_scale_memory"  # --memory-only
 
 
 def resident_bytes() -> int | None:
@@ -78,26 +83,57 @@ def build_catalog(num_items: int):
 
 
 def build_tables(catalog, device):
-    """(tables, device record): the catalog's ``CatalogTables`` on ``device`` and what they hold."""
+    """(tables, device record): the catalog's ``CatalogTables`` on ``device`` and what they hold. On a CUDA device
+    the bytes are the allocator's (held after the build, and its peak); elsewhere the tables' own tensor bytes,
+    which a GPU holds too (``CatalogTables.memory_bytes``), and no peak."""
     import torch
 
     from vllm_padrec.lists.tables import CatalogTables
 
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before, started = torch.cuda.memory_allocated(), time.perf_counter()
+    on_cuda = torch.device(device).type == "cuda"
+    if on_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    before, started = torch.cuda.memory_allocated() if on_cuda else 0, time.perf_counter()
     tables = CatalogTables.build(catalog, device=device)
-    torch.cuda.synchronize()
+    if on_cuda:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    held, peak = torch.cuda.memory_allocated() - before, torch.cuda.max_memory_allocated() - before
+    if on_cuda:
+        held, peak = torch.cuda.memory_allocated() - before, torch.cuda.max_memory_allocated() - before
+    else:
+        held, peak = tables.memory_bytes(), None
     record = {
         "device_build_s": round(seconds, 2),
         "device_bytes": held,
         "device_peak_build_bytes": peak,
         "device_bytes_per_item": round(held / len(catalog), 1),
         "trie_bytes": tables.trie.memory_bytes(),
+        "tables_bytes": tables.memory_bytes(),
     }
     return tables, record
+
+
+def memory_record(num_items: int) -> dict:
+    """One catalog size's host and table memory (``--memory-only``), built on the CPU in the calling process."""
+    catalog, host = build_catalog(num_items)
+    _, held = build_tables(catalog, "cpu")
+    return {"items": num_items, **host, **held}
+
+
+def memory_records(sizes: list[int]) -> list[dict]:
+    """``memory_record`` of each size, each in a fresh process: a process that built and freed a smaller catalog
+    first would reuse that memory and under-count the next one's resident bytes."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    records = []
+    for size in sorted(sizes):
+        print(f"building a catalog of {size:,} items and its tables on the CPU", file=sys.stderr, flush=True)
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            records.append(pool.submit(memory_record, size).result())
+        print(json.dumps(records[-1]), flush=True)
+    return records
 
 
 # (workload, B, K beams, drafts) of mask_timings: lists of B requests drafting NUM_DRAFTS tokens, top-K of B users
@@ -159,17 +195,20 @@ def mask_timings(
     return records
 
 
-def capacity(catalogs: list[dict], budget_gib: float, device_gib: float) -> dict:
+def capacity(catalogs: list[dict], budget_gib: float, device_gib: float | None) -> dict:
     """Items per GiB at the largest catalog measured, and the largest catalog within ``budget_gib`` (bounded by the
-    ID space of this SID shape)."""
+    ID space of this SID shape): by the build's peak per item where it was measured (a CUDA device), else by the
+    bytes the tables hold (``bound``)."""
     largest = max(catalogs, key=lambda c: c["items"])
     per_gib = 2**30 / largest["device_bytes_per_item"]
-    peak_per_item = largest["device_peak_build_bytes"] / largest["items"]
+    peak = largest["device_peak_build_bytes"]
+    per_item = (peak if peak is not None else largest["device_bytes"]) / largest["items"]
     return {
-        "device_gib": round(device_gib, 1),
+        "device_gib": None if device_gib is None else round(device_gib, 1),
         "budget_gib": budget_gib,
         "items_per_gib": int(per_gib),
-        "largest_items_in_budget": int(min(budget_gib * 2**30 / max(peak_per_item, 1e-9), ID_SPACE)),
+        "largest_items_in_budget": int(min(budget_gib * 2**30 / max(per_item, 1e-9), ID_SPACE)),
+        "bound": "build peak" if peak is not None else "tables held",
         "id_space": ID_SPACE,
         "from_items": largest["items"],
     }
@@ -177,15 +216,20 @@ def capacity(catalogs: list[dict], budget_gib: float, device_gib: float) -> dict
 
 def render_markdown(payload: dict) -> str:
     cap = payload["capacity"]
+    where = (
+        "Device: the `CatalogTables` the masks read (trie and sorted item keys), after the build and at its peak."
+        if payload["masks"]
+        else "Tables: the `CatalogTables` the masks read (trie and sorted item keys), built on the CPU "
+        "(`--memory-only`): their tensors' bytes, which a GPU holds too (plus its allocator's rounding); the "
+        "build's peak and the masks' cost need a CUDA GPU."
+    )
     lines = [
         "# The catalog at scale: memory per item and the masks' cost per engine step",
         "",
         f"{payload['gpu']}, torch {payload['torch']}, {payload['date']}: `{payload['command']}`. Synthetic "
         f"catalogs of {NUM_SLOTS} slots x {CODEBOOK} codes ({FIRST_CODES} first codes). Host: resident memory of "
-        "the `ItemCatalog` (item ids, codes, lookups). Device: the `CatalogTables` the masks read (trie and sorted "
-        "item keys), after the build and at its peak. Masks: the fused Triton kernel, checked equal to the "
-        "plain-torch reference first; lists: B requests with 5 draft tokens (verification over B x 6 rows and 5 "
-        "draft steps); top-K: B users of K beams (one verification call over B x K rows).",
+        f"the `ItemCatalog` (item ids, codes, lookups). {where}",
+        *(["", f"Note: {payload['note']}"] if payload.get("note") else []),
         "",
         "| items | host build s | host bytes / item | device build s | device MiB | device bytes / item "
         "| build peak MiB | trie MiB |",
@@ -193,17 +237,23 @@ def render_markdown(payload: dict) -> str:
     ]
     for c in payload["catalogs"]:
         host = "-" if c["host_bytes_per_item"] is None else f"{c['host_bytes_per_item']:g}"
+        peak = c["device_peak_build_bytes"]
         lines.append(
             f"| {c['items']:,} | {c['host_build_s']:g} | {host} | {c['device_build_s']:g} | "
             f"{c['device_bytes'] / 2**20:.1f} | {c['device_bytes_per_item']:g} | "
-            f"{c['device_peak_build_bytes'] / 2**20:.1f} | {c['trie_bytes'] / 2**20:.1f} |"
+            f"{'-' if peak is None else format(peak / 2**20, '.1f')} | {c['trie_bytes'] / 2**20:.1f} |"
         )
+    device = "" if cap["device_gib"] is None else f" of the {cap['device_gib']:g} GiB device"
     lines += [
         "",
         f"**Capacity** (from {cap['from_items']:,} items): {cap['items_per_gib']:,} items per GiB of tables; "
-        f"{cap['largest_items_in_budget']:,} items fit a build within {cap['budget_gib']:g} GiB of the "
-        f"{cap['device_gib']:g} GiB device (the ID space of this shape: {cap['id_space']:,}).",
+        f"{cap['largest_items_in_budget']:,} items fit within {cap['budget_gib']:g} GiB{device} by the "
+        f"{cap.get('bound', 'build peak')} per item (the ID space of this shape: {cap['id_space']:,}).",
         "",
+    ]
+    if not payload["masks"]:
+        return "\n".join(lines)
+    lines += [
         "| items | workload | B | K beams / drafts | rows | verification µs | draft step µs | per engine step µs |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -217,28 +267,40 @@ def render_markdown(payload: dict) -> str:
 
 
 def plot(plt, payload: dict):
-    """µs per engine step against the rows masked, one line per catalog size and workload."""
-    if not payload["masks"]:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for items in sorted({r["items"] for r in payload["masks"]}):
-        for kind in ("list", "topk"):
-            points = sorted(
-                (r["rows"], r["per_step_us"]) for r in payload["masks"] if (r["items"], r["kind"]) == (items, kind)
-            )
-            if points:
-                rows, us = zip(*points)
-                ax.plot(rows, us, marker="o" if kind == "list" else "s", label=f"{items:,} items, {kind}")
-    ax.set(xscale="log", yscale="log", xlabel="rows masked in the step", ylabel="µs per engine step")
-    ax.set_title("Catalog masks (Triton) by catalog size")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    """Bytes per item by catalog size (host and tables); with mask timings, beside it µs per engine step against
+    the rows masked, one line per catalog size and workload."""
+    fig, axes = plt.subplots(1, 2 if payload["masks"] else 1, figsize=(12 if payload["masks"] else 6, 4.5))
+    memory, steps = (axes[0], axes[1]) if payload["masks"] else (axes, None)
+    catalogs = sorted(payload["catalogs"], key=lambda c: c["items"])
+    items = [c["items"] for c in catalogs]
+    host = [(c["items"], c["host_bytes_per_item"]) for c in catalogs if c["host_bytes_per_item"] is not None]
+    if host:
+        memory.plot(*zip(*host), marker="o", label="host: ItemCatalog (resident)")
+    memory.plot(items, [c["device_bytes_per_item"] for c in catalogs], marker="s", label="mask tables")
+    memory.set(xscale="log", xlabel="items in the catalog", ylabel="bytes per item", ylim=(0, None))
+    memory.set_title("Memory per item")
+    memory.grid(alpha=0.3)
+    memory.legend(fontsize=8)
+    if steps is not None:
+        for size in sorted({r["items"] for r in payload["masks"]}):
+            for kind in ("list", "topk"):
+                points = sorted(
+                    (r["rows"], r["per_step_us"]) for r in payload["masks"] if (r["items"], r["kind"]) == (size, kind)
+                )
+                if points:
+                    rows, us = zip(*points)
+                    steps.plot(rows, us, marker="o" if kind == "list" else "s", label=f"{size:,} items, {kind}")
+        steps.set(xscale="log", yscale="log", xlabel="rows masked in the step", ylabel="µs per engine step")
+        steps.set_title("Catalog masks (Triton) by catalog size")
+        steps.grid(alpha=0.3)
+        steps.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
 def write(payload: dict, out: str) -> None:
-    write_results(out, STEM, payload, render_markdown(payload), functools.partial(plot, payload=payload))
+    stem = payload.get("name", STEM)
+    write_results(out, stem, payload, render_markdown(payload), functools.partial(plot, payload=payload))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -250,6 +312,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--repeats", type=int, default=5, help="timings per measurement, median taken (default 5)")
     add("--budget-gib", type=float, default=14.0, help="device memory given to the catalog tables (default 14)")
     add("--render", default=None, help="redraw the Markdown and the plot from this JSON, then exit")
+    add(
+        "--memory-only",
+        action="store_true",
+        help=f"the memory per item only, built on the CPU (no GPU needed; no build peak, no mask timings): writes "
+        f"{MEMORY_STEM}.{{json,md,png}}",
+    )
+    add("--note", default=None, help="a note to print under the results' heading")
     args = parser.parse_args(argv)
     if any(size < LIST_ITEMS for size in args.sizes):
         parser.error(f"--sizes: a catalog needs at least {LIST_ITEMS} items (the lists are {LIST_ITEMS} long)")
@@ -266,11 +335,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    if not torch.cuda.is_available():
-        print("bench_catalog_scale needs a CUDA GPU (--render redraws anywhere)", file=sys.stderr)
-        return 2
     from vllm_padrec.testing.bench_driver import command_line
 
+    header = {
+        "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command_line("benchmarks.bench_catalog_scale", sys.argv[1:] if argv is None else list(argv)),
+        "note": args.note,
+    }
+    if args.memory_only:
+        catalogs = memory_records(args.sizes)
+        payload = {"name": MEMORY_STEM, "gpu": "CPU", **header, "catalogs": catalogs, "masks": []}
+        write(payload | {"capacity": capacity(catalogs, args.budget_gib, None)}, args.out)
+        return 0
+    if not torch.cuda.is_available():
+        print("bench_catalog_scale needs a CUDA GPU (--memory-only and --render run anywhere)", file=sys.stderr)
+        return 2
     device = torch.device("cuda")
     catalogs, masks = [], []
     for size in sorted(args.sizes):
@@ -284,9 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "name": STEM,
         "gpu": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": command_line("benchmarks.bench_catalog_scale", sys.argv[1:] if argv is None else list(argv)),
+        **header,
         "catalogs": catalogs,
         "masks": masks,
         "capacity": capacity(catalogs, args.budget_gib, torch.cuda.get_device_properties(0).total_memory / 2**30),

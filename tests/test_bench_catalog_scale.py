@@ -92,6 +92,52 @@ def test_the_results_are_written_and_redrawn_from_their_json(tmp_path, small):
     assert (tmp_path / "catalog_scale.md").read_text() == text
 
 
+def test_the_tables_count_every_tensor_they_hold(small):
+    """``CatalogTables.memory_bytes`` against a walk over every tensor of the tables and their trie: a tensor added
+    to either and left out of the count fails here."""
+    _, _, tables = small
+    held = {}
+    for owner in (tables, tables.trie):
+        for value in vars(owner).values():
+            for tensor in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(tensor, torch.Tensor):
+                    held[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+    assert tables.memory_bytes() == sum(held.values())
+
+
+def test_on_the_cpu_the_tables_bytes_are_their_tensors_and_the_capacity_reads_them(small):
+    catalog, _, tables = small
+    _, record = scale.build_tables(catalog, "cpu")
+    assert record["device_bytes"] == record["tables_bytes"] == tables.memory_bytes()
+    assert record["device_peak_build_bytes"] is None and record["device_bytes_per_item"] == round(
+        tables.memory_bytes() / 3_000, 1
+    )
+    cap = scale.capacity([{"items": 3_000, **record}], budget_gib=1.0, device_gib=None)
+    assert cap["bound"] == "tables held" and cap["device_gib"] is None
+    assert cap["largest_items_in_budget"] == int(2**30 / (tables.memory_bytes() / 3_000))
+
+
+def test_memory_only_runs_each_size_in_a_fresh_process_and_writes_its_own_results(tmp_path, monkeypatch):
+    import pickle
+
+    real = scale.memory_record
+    monkeypatch.setattr(scale, "memory_record", lambda n: real(n))
+    with pytest.raises((pickle.PicklingError, AttributeError), match="pickle"):  # the work crosses processes
+        scale.memory_records([3_000])
+    monkeypatch.undo()
+    records = scale.memory_records([4_000, 3_000])
+    assert [r["items"] for r in records] == [3_000, 4_000]  # smallest first
+    assert all(r["device_peak_build_bytes"] is None and r["tables_bytes"] > 0 for r in records)
+    assert scale.main(["--memory-only", "--sizes", "3000", "--out", str(tmp_path), "--note", "a CPU look"]) == 0
+    assert not (tmp_path / "catalog_scale.json").exists()
+    text = (tmp_path / "catalog_scale_memory.md").read_text()
+    assert "Note: a CPU look" in text and "by the tables held per item" in text and "| 3,000 |" in text
+    assert (tmp_path / "catalog_scale_memory.png").exists()
+    (tmp_path / "catalog_scale_memory.md").unlink()
+    assert scale.main(["--render", str(tmp_path / "catalog_scale_memory.json")]) == 0
+    assert (tmp_path / "catalog_scale_memory.md").read_text() == text
+
+
 @pytest.mark.parametrize("sizes", [["5"], [str(scale.ID_SPACE + 1)]])
 def test_impossible_sizes_are_a_one_line_error(sizes, capsys):
     with pytest.raises(SystemExit):

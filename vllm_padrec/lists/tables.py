@@ -75,3 +75,10 @@ class CatalogTables:
     @property
     def num_items(self) -> int:
         return self.trie.num_items
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the tables' tensors, the trie's included: what they take on any device (a GPU's
+        allocator rounds each tensor up to its block size on top)."""
+        own = (self.leaf_keys, self.item_key, self.stride, self.span, self.token_slot, self.token_code)
+        own += (self.code_offset, self.code_arange)
+        return self.trie.memory_bytes() + sum(t.numel() * t.element_size() for t in own)
