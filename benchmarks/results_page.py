@@ -9,7 +9,8 @@ For each dataset of ``DATASETS``, from ``benchmarks/results/``:
   latency one request at a time, users per second at the run's concurrency, Recall/NDCG@K of the pass over the
   most users, and the float32 equality with the reference;
 
-the catalog at scale (``catalog_scale.json``, ``bench_catalog_scale``) and two GPUs (``tp2.json``) where they
+the catalog at scale (``catalog_scale.json``, ``bench_catalog_scale``; ``catalog_scale_memory.json`` of its
+``--memory-only`` run until there is a GPU run) and two GPUs (``tp2.json``) where they
 exist. Each table says when and how it was measured: the run's date and device, and its command (the one the
 payload records: ``bench_driver.command_line``; which benchmark, for payloads that predate it). A result not
 measured yet is named as such, with the issue that measures it. Plots are linked where their PNG is
@@ -155,10 +156,16 @@ def tp2_section(payload: dict) -> list[str]:
 def scale_section(payload: dict) -> list[str]:
     """``catalog_scale.json`` (``bench_catalog_scale``): memory per item and the masks' cost per engine step at
     each catalog size, and what one GPU holds."""
+    name = payload.get("name", "catalog_scale")
     lines = [
         f"Measured {payload.get('date', '(no date)')} on {payload.get('gpu', '(no device)')} by "
         f"`{payload.get('command', 'benchmarks/bench_catalog_scale.py')}`; the full tables in "
-        "`results/catalog_scale.md`.",
+        f"`results/{name}.md`.",
+        *(
+            []
+            if payload["masks"]
+            else ["", "Memory only (`--memory-only`): the masks' cost per step is not measured yet."]
+        ),
         "",
         "| items | device bytes / item | host bytes / item | lists, B = 64, 5 drafts: µs per step "
         "| top-K, 64 users x 20 beams: µs per step |",
@@ -178,7 +185,9 @@ def scale_section(payload: dict) -> list[str]:
     lines += [
         "",
         f"{cap['items_per_gib']:,} items per GiB of catalog tables; {cap['largest_items_in_budget']:,} items fit "
-        f"{cap['budget_gib']:g} GiB of the {cap['device_gib']:g} GiB device.",
+        f"{cap['budget_gib']:g} GiB"
+        + ("" if cap["device_gib"] is None else f" of the {cap['device_gib']:g} GiB device")
+        + f" (by the {cap.get('bound', 'build peak')} per item).",
         "",
     ]
     return lines
@@ -206,10 +215,10 @@ def page(results: Path = RESULTS, path: Path = PAGE) -> str:
                 continue
             lines += section(payload) + plot(results, name, path)
     lines += ["## The catalog at scale", ""]
-    scale = load(results, "catalog_scale")
-    lines += (
-        scale_section(scale) + plot(results, "catalog_scale", path) if scale else ["Not measured yet (issue 15).", ""]
-    )
+    # the GPU run (memory and mask costs) where there is one, else the memory measured on the CPU
+    scale_name = next((n for n in ("catalog_scale", "catalog_scale_memory") if load(results, n)), None)
+    scale = load(results, scale_name) if scale_name else None
+    lines += scale_section(scale) + plot(results, scale_name, path) if scale else ["Not measured yet (issue 15).", ""]
     lines += ["## Two GPUs (tensor parallelism)", ""]
     tp2 = load(results, "tp2")
     lines += tp2_section(tp2) if tp2 is not None else ["Not measured yet (issue 15).", ""]

@@ -101,3 +101,24 @@ def test_the_catalog_scale_section_shows_bytes_per_item_and_the_step_costs(tmp_p
     section = text[text.index("## The catalog at scale") : text.index("## Two GPUs")]
     assert "| 10,000,000 | 52.3 | 376.0 | 61.5 | 48.2 |" in section  # B = 64: the lists' and the 20 beams' steps
     assert "190,000,000 items fit 14 GiB of the 139.8 GiB device" in section
+
+
+def test_without_a_gpu_run_the_catalog_scale_section_reads_the_memory_only_run(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    catalog = {"items": 1_000_000, "device_bytes_per_item": 44.2, "host_bytes_per_item": 375.9}
+    capacity = {"items_per_gib": 24_000_000, "largest_items_in_budget": 300_000_000, "budget_gib": 14.0}
+    capacity |= {"device_gib": None, "bound": "tables held"}
+    payload = {"name": "catalog_scale_memory", "date": "d", "gpu": "CPU", "command": "c", "catalogs": [catalog]}
+    (results / "catalog_scale_memory.json").write_text(json.dumps(payload | {"masks": [], "capacity": capacity}))
+    (results / "catalog_scale_memory.png").write_bytes(b"png")
+    text = results_page.page(results, tmp_path / "RESULTS.md")
+    section = text[text.index("## The catalog at scale") : text.index("## Two GPUs")]
+    assert "`results/catalog_scale_memory.md`" in section and "not measured yet" in section
+    assert "| 1,000,000 | 44.2 | 375.9 | - | - |" in section
+    assert "300,000,000 items fit 14 GiB (by the tables held per item)" in section
+    assert "catalog_scale_memory.png" in section
+    gpu = {**payload, "name": "catalog_scale", "masks": [], "capacity": capacity, "gpu": "H200"}
+    (results / "catalog_scale.json").write_text(json.dumps(gpu))
+    section = results_page.page(results, tmp_path / "RESULTS.md").split("## The catalog at scale")[1]
+    assert "on H200" in section  # a GPU run, once there is one, wins
