@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from vllm_padrec.catalog import ItemCatalog, TokenLayout, parse_sid_string, resolve_collisions
+from vllm_padrec.catalog import ItemCatalog, RowIndex, TokenLayout, parse_sid_string, resolve_collisions
 from vllm_padrec.data import generate_synthetic, load_dataset
 from vllm_padrec.errors import (
     CatalogError,
@@ -73,6 +73,56 @@ def test_collision_rule_takes_smallest_free_code_and_grows_when_full():
     assert full.codes[:, 1].tolist() == [0, 1, 2]
     assert full.layout.codebook_sizes == (1, 3)  # grew past the nominal size
     assert full.parse_sid("<a_0><b_2>") == 2
+
+
+def collision_rule_reference(codes: np.ndarray) -> np.ndarray:
+    """The collision rule (catalog module docstring) as plainly as it reads: SID groups in order of first
+    appearance, one set of used last codes per prefix, the smallest free code for each repeat."""
+    resolved = codes.copy()
+    groups: dict[tuple, list[int]] = {}
+    for index, row in enumerate(map(tuple, codes.tolist())):
+        groups.setdefault(row, []).append(index)
+    used_last: dict[tuple, set[int]] = {}
+    for row in groups:
+        used_last.setdefault(row[:-1], set()).add(row[-1])
+    for row, members in groups.items():
+        used, free = used_last[row[:-1]], 0
+        for index in members[1:]:
+            while free in used:
+                free += 1
+            used.add(free)
+            resolved[index, -1] = free
+    return resolved
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("sizes", [(3,), (2, 3), (3, 2, 4), (2, 2, 2, 3)])
+def test_the_collision_rule_equals_its_reference_on_crowded_catalogs(seed, sizes):
+    """Catalogs with more items than SIDs under many prefixes: repeats of repeats, prefixes with several repeated
+    SIDs, codes grown past the codebook, one-slot SIDs."""
+    rng = np.random.default_rng(seed)
+    codes = np.stack([rng.integers(0, size, 60) for size in sizes], axis=1)  # [60, L]
+    assert (resolve_collisions(codes) == collision_rule_reference(codes)).all()
+
+
+def test_a_row_index_finds_each_row_and_nothing_else():
+    rng = np.random.default_rng(1)
+    rows = np.unique(rng.integers(-3, 300, (500, 3)), axis=0)[rng.permutation(400)]  # [400, 3] distinct, shuffled
+    index = RowIndex(rows)
+    assert index.find(rows).tolist() == list(range(400))
+    misses = np.array([[-4, 0, 0], [300, 299, 299], [rows[0, 0], rows[0, 1], rows[0, 2] + 1000]])
+    assert index.find(misses).tolist() == [-1, -1, -1]
+    assert index.find(np.zeros((0, 3), dtype=np.int64)).tolist() == []
+    assert RowIndex(np.zeros((0, 3), dtype=np.int64)).find(rows[:2]).tolist() == [-1, -1]
+    # large codes do not collide: no radix to overflow
+    huge = np.array([[2**40, 1], [1, 2**40], [2**62, 2**62]])
+    assert RowIndex(huge).find(huge[::-1]).tolist() == [2, 1, 0]
+
+
+@pytest.mark.parametrize("ids", [["a", "b", "a"], [7, "b", "7"]])
+def test_a_repeated_item_id_is_refused_by_name_also_when_only_its_string_repeats(ids):
+    with pytest.raises(CatalogError, match="item ids must be unique: '(a|7)' is given more than once"):
+        ItemCatalog(ids, np.array([[0, 0], [0, 1], [1, 0]]))
 
 
 def test_prompt_layout():

@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,22 +182,64 @@ def parse_sid_string(text: str, num_slots: int) -> tuple[int, ...]:
     return tuple(codes)
 
 
+def row_keys(rows: np.ndarray) -> np.ndarray:
+    """``[N]`` keys of the rows of ``rows`` ``[N, W]`` (read as int64): equal rows have equal keys, and keys
+    sort and search with numpy (each key is its row's bytes, ordered as bytes: no radix, so no overflow however
+    large the codebooks). Rows of no column all get the same key."""
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    if rows.shape[1] == 0:
+        return np.zeros(rows.shape[0], dtype=np.int64)
+    return rows.view(np.dtype((np.void, rows.itemsize * rows.shape[1]))).ravel()
+
+
+class RowIndex:
+    """Which row of ``rows`` ``[N, W]`` (rows distinct) equals each row of a query: a sorted copy of the rows'
+    keys and their order (``8 W + 8`` bytes a row), searched by numpy for a whole batch of queries at once."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        keys = row_keys(rows)  # [N]
+        self._order = np.argsort(keys, kind="stable")  # [N] row of each sorted key
+        self._sorted = keys[self._order]  # [N]
+
+    def find(self, queries: np.ndarray) -> np.ndarray:
+        """``[n]`` int64: the row equal to each query row of ``queries`` ``[n, W]``, -1 where no row is."""
+        keys = row_keys(queries)  # [n]
+        if len(self._sorted) == 0 or len(keys) == 0:
+            return np.full(len(keys), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self._sorted, keys), len(self._sorted) - 1)  # [n]
+        return np.where(self._sorted[at] == keys, self._order[at], -1)
+
+
 def resolve_collisions(codes: np.ndarray) -> np.ndarray:
-    """Apply the collision rule (module docstring) to ``codes`` [N, L]; returns a new [N, L] array."""
+    """Apply the collision rule (module docstring) to ``codes`` [N, L]; returns a new [N, L] array. Finding the
+    repeated SIDs is one sort; only the prefixes that hold a repeat are walked in Python."""
     codes = np.asarray(codes, dtype=np.int64)
     resolved = codes.copy()
-    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for index, row in enumerate(map(tuple, codes)):
-        groups[row].append(index)
-    used_last: dict[tuple[int, ...], set[int]] = defaultdict(set)
-    for row in groups:
-        used_last[row[:-1]].add(row[-1])
-    for row, members in groups.items():
-        if len(members) == 1:
-            continue
-        used = used_last[row[:-1]]
-        free = 0
-        for index in members[1:]:
+    keys = row_keys(codes)  # [N]
+    order = np.argsort(keys, kind="stable")  # [N]: equal SIDs side by side, in catalog order
+    ordered = keys[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # [G] first position of each SID group
+    sizes = np.diff(np.r_[starts, len(order)])  # [G]
+    repeated = starts[sizes > 1]
+    if len(repeated) == 0:
+        return resolved
+    prefixes = row_keys(codes[:, :-1])  # [N]
+    prefix_order = np.argsort(prefixes, kind="stable")
+    prefix_sorted = prefixes[prefix_order]
+    used_last: dict[bytes, set[int]] = {}  # last codes in use under a prefix: the originals, then those given
+    # groups in the order their first item appears, each group's items in catalog order
+    for start, size in sorted(zip(repeated.tolist(), sizes[sizes > 1].tolist()), key=lambda g: order[g[0]]):
+        members = order[start : start + size]
+        prefix = prefixes[members[0] : members[0] + 1]
+        key = prefix.tobytes()
+        if key not in used_last:
+            lo, hi = (
+                np.searchsorted(prefix_sorted, prefix, "left")[0],
+                np.searchsorted(prefix_sorted, prefix, "right")[0],
+            )
+            used_last[key] = set(codes[prefix_order[lo:hi], -1].tolist())
+        used, free = used_last[key], 0
+        for index in members[1:].tolist():
             while free in used:
                 free += 1
             used.add(free)
@@ -222,12 +263,14 @@ class ItemCatalog:
             raise CatalogError(f"codes must be [num_items, num_slots] with one row per item id, got {codes.shape}")
         if (codes < 0).any():
             raise CatalogError("codes must be non-negative")
-        if len(set(item_ids)) != len(item_ids):
-            raise CatalogError("item ids must be unique")
+        self.item_ids: list[str] = [str(i) for i in item_ids]
+        self._index_of = {item_id: index for index, item_id in enumerate(self.item_ids)}
+        if len(self._index_of) != len(self.item_ids):  # as strings: 7 and "7" are one id
+            repeated = next(i for n, i in enumerate(self.item_ids) if self._index_of[i] != n)
+            raise CatalogError(f"item ids must be unique: {repeated!r} is given more than once")
         if titles is not None and len(titles) != len(item_ids):
             raise CatalogError(f"{len(titles)} titles for {len(item_ids)} items")
         self.name = name
-        self.item_ids: list[str] = [str(i) for i in item_ids]
         self.original_codes = codes  # [N, L]
         self.codes = resolve_collisions(codes)  # [N, L]
         nominal = tuple(codebook_sizes) if codebook_sizes is not None else tuple(int(c) + 1 for c in codes.max(0))
@@ -241,8 +284,7 @@ class ItemCatalog:
         grown = tuple(max(n, int(m) + 1) for n, m in zip(nominal, self.codes.max(0)))
         self.layout = TokenLayout(grown)
         self.titles: list[str | None] = list(titles) if titles is not None else [None] * len(item_ids)
-        self._index_of = {item_id: index for index, item_id in enumerate(self.item_ids)}
-        self._index_of_codes = {tuple(row): index for index, row in enumerate(self.codes.tolist())}
+        self._index_of_codes = RowIndex(self.codes)  # 40 bytes an item at 4 slots, where a dict of tuples took ~150
 
     # -- sizes ---------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -288,21 +330,20 @@ class ItemCatalog:
                 raise MalformedSemanticIdError(
                     f"code {code} is outside codebook {SLOT_LETTERS[slot]} (size {self.layout.codebook_sizes[slot]})"
                 )
-        try:
-            return self._index_of_codes[codes]
-        except KeyError:
+        (index,) = self._index_of_codes.find(np.array([codes], dtype=np.int64)).tolist()
+        if index < 0:
             sid = "".join(f"<{SLOT_LETTERS[s]}_{c}>" for s, c in enumerate(codes))
-            raise UnknownSemanticIdError(f"semantic ID {sid} names no item of catalog {self.name!r}") from None
+            raise UnknownSemanticIdError(f"semantic ID {sid} names no item of catalog {self.name!r}")
+        return index
 
     def items_of_tokens(self, tokens: np.ndarray | Sequence[Sequence[int]]) -> list[int | None]:
         """The item each row of L code tokens names, None for a row that names none (a token that is not the
         code of its slot, or codes of no item): what ``parse_completion(row, strict=False)`` finds in a row of
-        L tokens, for a whole answer at once (one subtraction, then one lookup per row)."""
+        L tokens, for a whole answer at once (one subtraction, then one search for every row)."""
         rows = np.asarray(tokens, dtype=np.int64).reshape(-1, self.num_slots)  # [n, L] token ids
         # a token that is not its slot's code gives a code outside that slot's codebook: no item's key
         codes = rows - np.array([self.layout.code_offset(s) for s in range(self.num_slots)])  # [n, L]
-        lookup = self._index_of_codes.get
-        return [lookup(tuple(row)) for row in codes.tolist()]
+        return [None if index < 0 else index for index in self._index_of_codes.find(codes).tolist()]
 
     def parse_sid(self, text: str) -> int:
         """Item index of a semantic-ID string such as ``"<a_12><b_7><c_200><d_3>"``."""
