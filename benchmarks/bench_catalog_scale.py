@@ -37,6 +37,7 @@ import functools
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -114,24 +115,61 @@ def build_tables(catalog, device):
     return tables, record
 
 
-def memory_record(num_items: int) -> dict:
-    """One catalog size's host and table memory (``--memory-only``), built on the CPU in the calling process."""
+def peak_resident_bytes() -> int:
+    """This process's peak resident memory so far (``getrusage``; Linux counts it in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def memory_record(num_items: int, catalog_file: str) -> dict:
+    """One catalog size's host and table memory (``--memory-only``), built on the CPU in the calling process; the
+    catalog is then saved to ``catalog_file`` as a checkpoint holds it (``padrec_catalog.json``)."""
     catalog, host = build_catalog(num_items)
     _, held = build_tables(catalog, "cpu")
-    return {"items": num_items, **host, **held}
+    started = time.perf_counter()
+    catalog.save(catalog_file)
+    saved = {"save_s": round(time.perf_counter() - started, 2), "file_bytes": Path(catalog_file).stat().st_size}
+    return {"items": num_items, **host, **held, **saved}
 
 
-def memory_records(sizes: list[int]) -> list[dict]:
-    """``memory_record`` of each size, each in a fresh process: a process that built and freed a smaller catalog
-    first would reuse that memory and under-count the next one's resident bytes."""
+def load_record(catalog_file: str) -> dict:
+    """What loading a saved catalog costs a fresh process (the server's front end and the engine each load the
+    checkpoint's): seconds, resident bytes it keeps, and the peak above the process's resident memory before."""
+    from vllm_padrec.catalog import ItemCatalog
+
+    before, peak_before, started = resident_bytes(), peak_resident_bytes(), time.perf_counter()
+    catalog = ItemCatalog.load(catalog_file)
+    seconds, after = time.perf_counter() - started, resident_bytes()
+    items = len(catalog)
+    return {
+        "load_s": round(seconds, 2),
+        "load_bytes_per_item": None if before is None or after is None else round((after - before) / items, 1),
+        "load_peak_bytes_per_item": round((peak_resident_bytes() - max(peak_before, before or 0)) / items, 1),
+    }
+
+
+def memory_records(sizes: list[int], work: str) -> list[dict]:
+    """``memory_record`` and then ``load_record`` of each size, each in a fresh process (a process that built and
+    freed a smaller catalog first would reuse that memory and under-count the next one's resident bytes); the
+    saved catalogs go to the folder ``work`` and are removed."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+
+    def in_fresh_process(fn, *args):
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(fn, *args).result()
 
     records = []
     for size in sorted(sizes):
         print(f"building a catalog of {size:,} items and its tables on the CPU", file=sys.stderr, flush=True)
-        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            records.append(pool.submit(memory_record, size).result())
+        catalog_file = Path(work) / f"catalog_{size}.json"
+        try:
+            record = in_fresh_process(memory_record, size, str(catalog_file))
+            print(f"loading it from its {record['file_bytes'] / 2**20:,.0f} MiB file", file=sys.stderr, flush=True)
+            records.append(record | in_fresh_process(load_record, str(catalog_file)))
+        finally:
+            catalog_file.unlink(missing_ok=True)
         print(json.dumps(records[-1]), flush=True)
     return records
 
@@ -243,6 +281,23 @@ def render_markdown(payload: dict) -> str:
             f"{c['device_bytes'] / 2**20:.1f} | {c['device_bytes_per_item']:g} | "
             f"{'-' if peak is None else format(peak / 2**20, '.1f')} | {c['trie_bytes'] / 2**20:.1f} |"
         )
+    loaded = [c for c in payload["catalogs"] if c.get("load_s") is not None]
+    if loaded:
+        lines += [
+            "",
+            "Loading the catalog from a checkpoint's `padrec_catalog.json` (saved by the run, loaded by a fresh "
+            "process, as the server's front end and the engine each do): resident bytes the loaded catalog keeps, "
+            "and the process's peak above its memory before the load.",
+            "",
+            "| items | file MiB | save s | load s | resident bytes / item | peak bytes / item |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for c in loaded:
+            kept = "-" if c["load_bytes_per_item"] is None else f"{c['load_bytes_per_item']:g}"
+            lines.append(
+                f"| {c['items']:,} | {c['file_bytes'] / 2**20:.1f} | {c['save_s']:g} | {c['load_s']:g} | {kept} | "
+                f"{c['load_peak_bytes_per_item']:g} |"
+            )
     device = "" if cap["device_gib"] is None else f" of the {cap['device_gib']:g} GiB device"
     lines += [
         "",
@@ -275,7 +330,10 @@ def plot(plt, payload: dict):
     items = [c["items"] for c in catalogs]
     host = [(c["items"], c["host_bytes_per_item"]) for c in catalogs if c["host_bytes_per_item"] is not None]
     if host:
-        memory.plot(*zip(*host), marker="o", label="host: ItemCatalog (resident)")
+        memory.plot(*zip(*host), marker="o", label="host: ItemCatalog built (resident)")
+    loaded = [(c["items"], c["load_bytes_per_item"]) for c in catalogs if c.get("load_bytes_per_item") is not None]
+    if loaded:
+        memory.plot(*zip(*loaded), marker="^", label="host: ItemCatalog loaded from its JSON (resident)")
     memory.plot(items, [c["device_bytes_per_item"] for c in catalogs], marker="s", label="mask tables")
     memory.set(xscale="log", xlabel="items in the catalog", ylabel="bytes per item", ylim=(0, None))
     memory.set_title("Memory per item")
@@ -344,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         "note": args.note,
     }
     if args.memory_only:
-        catalogs = memory_records(args.sizes)
+        with tempfile.TemporaryDirectory(prefix="catalog_scale_") as work:
+            catalogs = memory_records(args.sizes, work)
         payload = {"name": MEMORY_STEM, "gpu": "CPU", **header, "catalogs": catalogs, "masks": []}
         write(payload | {"capacity": capacity(catalogs, args.budget_gib, None)}, args.out)
         return 0

@@ -121,17 +121,21 @@ def test_memory_only_runs_each_size_in_a_fresh_process_and_writes_its_own_result
     import pickle
 
     real = scale.memory_record
-    monkeypatch.setattr(scale, "memory_record", lambda n: real(n))
+    monkeypatch.setattr(scale, "memory_record", lambda n, path: real(n, path))
     with pytest.raises((pickle.PicklingError, AttributeError), match="pickle"):  # the work crosses processes
-        scale.memory_records([3_000])
+        scale.memory_records([3_000], str(tmp_path))
     monkeypatch.undo()
-    records = scale.memory_records([4_000, 3_000])
+    records = scale.memory_records([4_000, 3_000], str(tmp_path))
     assert [r["items"] for r in records] == [3_000, 4_000]  # smallest first
     assert all(r["device_peak_build_bytes"] is None and r["tables_bytes"] > 0 for r in records)
+    # the catalog saved as a checkpoint holds it, then loaded by a fresh process; the file is removed after
+    assert all(r["file_bytes"] > 0 and r["load_s"] >= 0 and r["load_peak_bytes_per_item"] >= 0 for r in records)
+    assert not list(tmp_path.glob("catalog_*.json"))
     assert scale.main(["--memory-only", "--sizes", "3000", "--out", str(tmp_path), "--note", "a CPU look"]) == 0
     assert not (tmp_path / "catalog_scale.json").exists()
     text = (tmp_path / "catalog_scale_memory.md").read_text()
     assert "Note: a CPU look" in text and "by the tables held per item" in text and "| 3,000 |" in text
+    assert "Loading the catalog from a checkpoint's `padrec_catalog.json`" in text
     assert (tmp_path / "catalog_scale_memory.png").exists()
     (tmp_path / "catalog_scale_memory.md").unlink()
     assert scale.main(["--render", str(tmp_path / "catalog_scale_memory.json")]) == 0
