@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -123,6 +124,37 @@ def test_a_row_index_finds_each_row_and_nothing_else():
 def test_a_repeated_item_id_is_refused_by_name_also_when_only_its_string_repeats(ids):
     with pytest.raises(CatalogError, match="item ids must be unique: '(a|7)' is given more than once"):
         ItemCatalog(ids, np.array([[0, 0], [0, 1], [1, 0]]))
+
+
+def test_a_saved_catalog_is_columns_and_loads_back_whole(tmp_path):
+    rng = np.random.default_rng(3)
+    catalog = random_catalog(rng, 50, (4, 4, 4), collisions=6)
+    catalog.titles[7] = "a title"
+    catalog.save(tmp_path / "catalog.json")
+    payload = json.loads((tmp_path / "catalog.json").read_text())
+    assert "items" not in payload and len(payload["codes"]) == len(catalog) * 3 and payload["num_slots"] == 3
+    again = ItemCatalog.load(tmp_path / "catalog.json")
+    assert again.item_ids == catalog.item_ids and again.titles == catalog.titles and again.name == catalog.name
+    assert (again.original_codes == catalog.original_codes).all() and (again.codes == catalog.codes).all()
+    assert again.layout.codebook_sizes == catalog.layout.codebook_sizes
+
+
+def test_a_catalog_saved_as_rows_before_the_columns_still_loads():
+    catalog = random_catalog(np.random.default_rng(4), 30, (4, 4), collisions=3)
+    rows = {"name": catalog.name, "codebook_sizes": list(catalog.nominal_codebook_sizes)}
+    rows["items"] = [
+        {"id": i, "codes": c, "title": t}
+        for i, c, t in zip(catalog.item_ids, catalog.original_codes.tolist(), catalog.titles)
+    ]
+    again = ItemCatalog.from_dict(rows)
+    assert again.item_ids == catalog.item_ids and (again.codes == catalog.codes).all()
+
+
+@pytest.mark.parametrize("change", [{"codes": [0, 1, 2]}, {"num_slots": 3}, {"num_slots": 0}, {"codes": [[0, 1]]}])
+def test_columns_that_do_not_make_whole_rows_are_a_one_line_error(change):
+    payload = random_catalog(np.random.default_rng(5), 4, (4, 4)).to_dict() | change
+    with pytest.raises(CatalogError, match="the catalog's codes hold"):
+        ItemCatalog.from_dict(payload)
 
 
 def test_prompt_layout():

@@ -156,11 +156,11 @@ def test_a_model_catalog_must_be_the_dataset_catalog():
     catalog = generate_synthetic().catalog
     same = ItemCatalog.from_dict(catalog.to_dict() | {"name": "a copy"})
     require_same_catalog(catalog, same, "a copy")  # names do not count
-    swapped = catalog.to_dict()
-    items = swapped["items"]
-    items[3], items[4] = items[4], items[3]
+    order = list(range(len(catalog)))
+    order[3], order[4] = 4, 3
+    swapped = ItemCatalog([catalog.item_ids[i] for i in order], catalog.original_codes[order])
     with pytest.raises(CatalogMismatchError, match="differs at item 3: 'item4'"):
-        require_same_catalog(catalog, ItemCatalog.from_dict(swapped), "swapped")
+        require_same_catalog(catalog, swapped, "swapped")
     smaller = ItemCatalog(catalog.item_ids[:10], catalog.original_codes[:10], catalog.nominal_codebook_sizes)
     with pytest.raises(CatalogMismatchError, match="has 10 items"):
         require_same_catalog(catalog, smaller, "smaller")

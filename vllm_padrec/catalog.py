@@ -409,25 +409,37 @@ class ItemCatalog:
 
     # -- persistence -------------------------------------------------------------------------------
     def to_dict(self) -> dict:
+        """The catalog as JSON-ready columns: item ids, every item's original codes one after another (row-major,
+        ``num_slots`` a row), titles. Columns parse without an object per item: a 10M-item catalog loaded in 63 s
+        and kept 533 bytes an item resident as one JSON object per item (``catalog_scale_memory.md``)."""
         return {
             "name": self.name,
             "codebook_sizes": list(self.nominal_codebook_sizes),
-            "items": [
-                {"id": i, "codes": c, "title": t}
-                for i, c, t in zip(self.item_ids, self.original_codes.tolist(), self.titles)
-            ],
+            "num_slots": self.num_slots,
+            "item_ids": self.item_ids,
+            "codes": self.original_codes.ravel().tolist(),  # [N * L]
+            "titles": self.titles,
         }
 
     @classmethod
     def from_dict(cls, payload: dict) -> ItemCatalog:
-        items = payload["items"]
-        codes = np.array([item["codes"] for item in items], dtype=np.int64)
+        """A catalog from ``to_dict``'s columns, or from the rows catalogs were saved as before 2026-12-03
+        (``"items": [{"id", "codes", "title"}, ...]``)."""
+        if "items" in payload:
+            items = payload["items"]
+            ids = [item["id"] for item in items]
+            codes = np.array([item["codes"] for item in items], dtype=np.int64)
+            titles = [item.get("title") for item in items]
+        else:
+            ids, titles, slots = payload["item_ids"], payload["titles"], payload["num_slots"]
+            codes = np.asarray(payload["codes"], dtype=np.int64)
+            if codes.ndim != 1 or not isinstance(slots, int) or slots < 1 or codes.size != len(ids) * slots:
+                raise CatalogError(
+                    f"the catalog's codes hold {codes.size} values, not {len(ids)} items x {slots} slots"
+                )
+            codes = codes.reshape(len(ids), slots)
         return cls(
-            [item["id"] for item in items],
-            codes,
-            codebook_sizes=payload.get("codebook_sizes"),
-            titles=[item.get("title") for item in items],
-            name=payload.get("name", "catalog"),
+            ids, codes, codebook_sizes=payload.get("codebook_sizes"), titles=titles, name=payload.get("name", "catalog")
         )
 
     def save(self, path: str | Path) -> None:
