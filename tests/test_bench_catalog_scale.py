@@ -86,6 +86,7 @@ def test_the_results_are_written_and_redrawn_from_their_json(tmp_path, small):
     text = (tmp_path / "catalog_scale.md").read_text()
     assert "| 3,000 | topk | 2 | 3 | 6 | 10 | - | 10 |" in text
     assert "| 3,000 | list | 2 | 5 | 12 | 10 | 10 | 60 |" in text
+    assert "Masks: the fused Triton kernel, checked equal to the plain-torch reference first" in text
     assert json.loads((tmp_path / "catalog_scale.json").read_text())["masks"] == masks
     (tmp_path / "catalog_scale.md").unlink()
     assert scale.main(["--render", str(tmp_path / "catalog_scale.json")]) == 0
