@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from vllm_padrec.catalog import ItemCatalog, RowIndex, TokenLayout, parse_sid_string, resolve_collisions
+from vllm_padrec.catalog import ItemCatalog, RowIndex, RowKeys, TokenLayout, parse_sid_string, resolve_collisions
 from vllm_padrec.data import generate_synthetic, load_dataset
 from vllm_padrec.errors import (
     CatalogError,
@@ -115,9 +115,19 @@ def test_a_row_index_finds_each_row_and_nothing_else():
     assert index.find(misses).tolist() == [-1, -1, -1]
     assert index.find(np.zeros((0, 3), dtype=np.int64)).tolist() == []
     assert RowIndex(np.zeros((0, 3), dtype=np.int64)).find(rows[:2]).tolist() == [-1, -1]
-    # large codes do not collide: no radix to overflow
+    # large codes do not collide: their keys are bytes, no radix to overflow
     huge = np.array([[2**40, 1], [1, 2**40], [2**62, 2**62]])
+    assert not RowKeys(huge).packed
     assert RowIndex(huge).find(huge[::-1]).tolist() == [2, 1, 0]
+
+
+def test_packed_row_keys_never_let_a_query_outside_the_rows_ranges_match():
+    rows = np.array([[0, 7], [1, 7], [3, 7]])  # column 1 spans one value: a radix where any code there adds 0
+    assert RowKeys(rows).packed
+    queries = np.array([[0, 7], [0, 8], [3, 6], [2, 7], [4, 7], [1, 7]])
+    assert RowIndex(rows).find(queries).tolist() == [0, -1, -1, -1, -1, 1]
+    # a catalog's semantic IDs pack: 256 codes in each of 4 slots
+    assert RowKeys(np.random.default_rng(0).integers(0, 256, (1000, 4))).packed
 
 
 @pytest.mark.parametrize("ids", [["a", "b", "a"], [7, "b", "7"]])

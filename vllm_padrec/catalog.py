@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -182,32 +183,57 @@ def parse_sid_string(text: str, num_slots: int) -> tuple[int, ...]:
     return tuple(codes)
 
 
-def row_keys(rows: np.ndarray) -> np.ndarray:
-    """``[N]`` keys of the rows of ``rows`` ``[N, W]`` (read as int64): equal rows have equal keys, and keys
-    sort and search with numpy (each key is its row's bytes, ordered as bytes: no radix, so no overflow however
-    large the codebooks). Rows of no column all get the same key."""
-    rows = np.ascontiguousarray(rows, dtype=np.int64)
-    if rows.shape[1] == 0:
-        return np.zeros(rows.shape[0], dtype=np.int64)
-    return rows.view(np.dtype((np.void, rows.itemsize * rows.shape[1]))).ravel()
+class RowKeys:
+    """Keys of rows of int64 codes, ``[N, W]`` to ``[N]``: equal rows get equal keys, and keys sort and search with
+    numpy. Rows within the column ranges of the rows given at construction pack into one int64 (mixed radix) when
+    the ranges' product fits in one; otherwise a key is its row's bytes, which fit any codes (no radix to
+    overflow). An int64 key sorts 5x faster than a 32-byte one (1M rows of 4 slots: 0.11 against 0.51 s)."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows, dtype=np.int64)  # [N, W]
+        width = rows.shape[1]
+        low = rows.min(0) if len(rows) else np.zeros(width, dtype=np.int64)  # [W]
+        high = rows.max(0) if len(rows) else np.zeros(width, dtype=np.int64)  # [W]
+        spans = [int(h) - int(lo) + 1 for lo, h in zip(low, high)]  # Python ints: no overflow
+        self.width = width
+        self.packed = math.prod(spans) < 2**63
+        if self.packed:
+            self.low, self.high = low, high
+            self.radix = np.array([math.prod(spans[j + 1 :]) for j in range(width)], dtype=np.int64)  # [W]
+
+    def __call__(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``[n]`` keys of ``rows`` ``[n, W]``, and ``[n]`` bool: whether a row can equal a construction row (its
+        codes within their columns' ranges; a row outside has a meaningless key)."""
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        if not self.packed:
+            return rows.view(np.dtype((np.void, 8 * self.width))).ravel(), np.ones(len(rows), dtype=bool)
+        inside = ((rows >= self.low) & (rows <= self.high)).all(1)  # [n]
+        if not inside.all():
+            rows = np.clip(rows, self.low, self.high)
+        keys = np.zeros(len(rows), dtype=np.int64)  # [n]
+        for column in range(self.width):  # a column at a time: no [n, W] temporaries
+            keys += (rows[:, column] - self.low[column]) * self.radix[column]
+        return keys, inside
 
 
 class RowIndex:
     """Which row of ``rows`` ``[N, W]`` (rows distinct) equals each row of a query: a sorted copy of the rows'
-    keys and their order (``8 W + 8`` bytes a row), searched by numpy for a whole batch of queries at once."""
+    keys (``RowKeys``) and their order (16 bytes a row when packed), searched by numpy for a whole batch of
+    queries at once."""
 
     def __init__(self, rows: np.ndarray) -> None:
-        keys = row_keys(rows)  # [N]
+        self._keys = RowKeys(rows)
+        keys, _ = self._keys(rows)  # [N]
         self._order = np.argsort(keys, kind="stable")  # [N] row of each sorted key
         self._sorted = keys[self._order]  # [N]
 
     def find(self, queries: np.ndarray) -> np.ndarray:
         """``[n]`` int64: the row equal to each query row of ``queries`` ``[n, W]``, -1 where no row is."""
-        keys = row_keys(queries)  # [n]
+        keys, inside = self._keys(queries)  # [n], [n]
         if len(self._sorted) == 0 or len(keys) == 0:
             return np.full(len(keys), -1, dtype=np.int64)
         at = np.minimum(np.searchsorted(self._sorted, keys), len(self._sorted) - 1)  # [n]
-        return np.where(self._sorted[at] == keys, self._order[at], -1)
+        return np.where(inside & (self._sorted[at] == keys), self._order[at], -1)
 
 
 def resolve_collisions(codes: np.ndarray) -> np.ndarray:
@@ -215,7 +241,7 @@ def resolve_collisions(codes: np.ndarray) -> np.ndarray:
     repeated SIDs is one sort; only the prefixes that hold a repeat are walked in Python."""
     codes = np.asarray(codes, dtype=np.int64)
     resolved = codes.copy()
-    keys = row_keys(codes)  # [N]
+    keys, _ = RowKeys(codes)(codes)  # [N]
     order = np.argsort(keys, kind="stable")  # [N]: equal SIDs side by side, in catalog order
     ordered = keys[order]
     starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # [G] first position of each SID group
@@ -223,7 +249,7 @@ def resolve_collisions(codes: np.ndarray) -> np.ndarray:
     repeated = starts[sizes > 1]
     if len(repeated) == 0:
         return resolved
-    prefixes = row_keys(codes[:, :-1])  # [N]
+    prefixes, _ = RowKeys(codes[:, :-1])(codes[:, :-1])  # [N]
     prefix_order = np.argsort(prefixes, kind="stable")
     prefix_sorted = prefixes[prefix_order]
     used_last: dict[bytes, set[int]] = {}  # last codes in use under a prefix: the originals, then those given
@@ -284,7 +310,7 @@ class ItemCatalog:
         grown = tuple(max(n, int(m) + 1) for n, m in zip(nominal, self.codes.max(0)))
         self.layout = TokenLayout(grown)
         self.titles: list[str | None] = list(titles) if titles is not None else [None] * len(item_ids)
-        self._index_of_codes = RowIndex(self.codes)  # 40 bytes an item at 4 slots, where a dict of tuples took ~150
+        self._index_of_codes = RowIndex(self.codes)  # 16 bytes an item packed, where a dict of tuples took ~150
 
     # -- sizes ---------------------------------------------------------------------------------
     def __len__(self) -> int:
