@@ -208,7 +208,7 @@ def speculative_config(args, method: str, gamma: int, table: list | None) -> dic
     if spec.speculative_method == "ngram":
         config["method"] = ngram_proposer()
         config["prompt_lookup_min"], config["prompt_lookup_max"] = args.ngram_lookup
-    if table is not None:  # as users get it from `vllm-padrec gamma-schedule`: K up to the table's largest
+    if table is not None:  # as users get it from `vllm-padrec gamma-schedule` (one K: no table)
         from vllm_padrec.integration.gamma_schedule import speculative_config as table_config
 
         return table_config(config["model"], table, config["method"])
@@ -1041,6 +1041,9 @@ def main(argv: list[str] | None = None) -> int:
                 table = adaptive_table(offline, args)
             except ValueError as error:
                 errors[f"{method}_g{gamma}"] = f"no table: {error}"
+                continue
+            if all(k == 0 for _, _, k in table):  # served without a draft: none's records are the policy's
+                errors[f"{method}_g{gamma}"] = f"not run: its table {table} drafts at no batch size (none's records)"
                 continue
             argv += ["--gamma-table", json.dumps(table)]
         for mode in MODES if args.serve else MODES[:1]:

@@ -58,12 +58,18 @@ def test_configurations_run_none_first_the_adaptive_method_last_and_each_gamma_o
     }
     table = [[1, 4, 5], [5, 128, 0]]
     assert bench.speculative_config(args, "padrec_adaptive", 5, table)["num_speculative_tokens_per_batch_size"] == table
-    # the engine drafts up to the table's largest K, as `vllm-padrec gamma-schedule` configures it for users
+    # the engine drafts up to the table's largest K, as `vllm-padrec gamma-schedule` configures it for users,
+    # and one K everywhere is that K without a table
+    assert bench.speculative_config(args, "padrec_adaptive", 5, [[1, 64, 3], [65, 128, 2]]) == {
+        "method": "eagle",
+        "model": args.padrec_draft,
+        "num_speculative_tokens": 3,
+        "num_speculative_tokens_per_batch_size": [[1, 64, 3], [65, 128, 2]],
+    }
     assert bench.speculative_config(args, "padrec_adaptive", 5, [[1, 128, 3]]) == {
         "method": "eagle",
         "model": args.padrec_draft,
         "num_speculative_tokens": 3,
-        "num_speculative_tokens_per_batch_size": [[1, 128, 3]],
     }
     assert bench.METHODS["eagle_vanilla"].padrec == {"mask_drafts": False} and bench.METHODS["eagle"].padrec == {}
 
@@ -555,6 +561,26 @@ def test_the_driver_runs_each_configuration_and_hands_the_adaptive_method_its_ta
     )
     assert text.index("## Goals (issue 14)") < text.index("## Records")
     assert (tmp_path / "spec_decode_beauty_atspeed.png").stat().st_size > 1000
+
+
+def test_an_adaptive_table_that_never_drafts_starts_no_engine_and_says_why(tmp_path, monkeypatch):
+    ran = []
+
+    def child(command, stdout, stderr, env):  # PAD-Rec loses at every batch size
+        method, gamma = command[command.index("--one") + 1], int(command[command.index("--one-gamma") + 1])
+        ran.append(method)
+        rates = {"none": {1: 100, 64: 2000}}.get(method, {1: 90, 64: 1500})
+        payload = result(method, gamma, rates, {"10_1": [[1]], "10_64": [[2]]})
+        Path(command[command.index("--result") + 1]).write_text(json.dumps(payload))
+        return 0
+
+    monkeypatch.setattr(bench_driver.subprocess, "call", child)
+    argv = [*BASE, "--methods", "none", "padrec", "padrec_adaptive", "--gammas", "5", "--batch-sizes", "1", "64"]
+    argv += ["--list-lens", "10", "--out", str(tmp_path), "--work-dir", str(tmp_path), "--cache-root", str(tmp_path)]
+    bench.main(argv)
+    assert ran == ["none", "padrec"]
+    errors = json.loads((tmp_path / "spec_decode_beauty_atspeed.json").read_text())["errors"]
+    assert errors == {"padrec_adaptive_g5": "not run: its table [[1, 64, 0]] drafts at no batch size (none's records)"}
 
 
 def test_a_failed_configuration_is_named_and_the_run_goes_on(tmp_path, monkeypatch):

@@ -50,7 +50,18 @@ def test_the_table_covers_every_batch_size_and_vllm_reads_it_as_chosen():
         gamma_table({8: 2}, max_batch_size=4)
     config = speculative_config("/d", table)
     assert config["num_speculative_tokens"] == 5 and config["num_speculative_tokens_per_batch_size"][0] == [1, 3, 5]
-    assert speculative_config("/d", [(1, 8, 0)])["num_speculative_tokens"] == 1
+
+
+def test_a_table_of_one_gamma_is_that_gamma_without_a_table_and_one_of_no_drafts_is_refused():
+    """vLLM 0.26.0's rounds cost 25 % more under a table at the same K (spec_decode_smoke.md): one K everywhere
+    is served as a plain num_speculative_tokens."""
+    assert speculative_config("/d", [(1, 4, 3), (5, 128, 3)]) == {
+        "method": "eagle",
+        "model": "/d",
+        "num_speculative_tokens": 3,
+    }
+    with pytest.raises(ValueError, match="no gamma beats no speculation at any measured batch size"):
+        speculative_config("/d", [(1, 8, 0)])
 
 
 def test_a_batch_size_without_a_baseline_record_is_refused():
@@ -126,6 +137,15 @@ def test_the_cli_reads_the_list_length_asked_for(capsys, tmp_path):
     for extra, gamma in (([], 5), (["--list-len", "20"], 3)):
         code, out, err = run(capsys, [*argv, *extra])
         assert code == 0, err
-        assert json.loads(out)["num_speculative_tokens_per_batch_size"] == [[1, 8, gamma]]
+        assert json.loads(out) == {"method": "eagle", "model": "/d", "num_speculative_tokens": gamma}
     code, out, err = run(capsys, [*argv, "--list-len", "40"])
     assert code != 0 and out == "" and "no record has list_len 40" in err
+
+
+def test_the_cli_says_in_one_line_when_no_batch_size_favours_drafting(capsys, tmp_path):
+    results = tmp_path / "spec_decode.json"
+    results.write_text(json.dumps({"records": [record("none", 1, 0, 100.0), record("padrec", 1, 5, 90.0)]}))
+    code, out, err = run(capsys, ["gamma-schedule", "--results", str(results), "--draft", "/d"])
+    assert code != 0 and out == ""
+    assert "no gamma beats no speculation at any measured batch size: serve without a draft" in err
+    assert "Traceback" not in err

@@ -369,7 +369,11 @@ def cmd_gamma_schedule(args) -> int:
         raise PadRecError(f"--results {path}: {error}") from None
     for batch, gamma in sorted(choice.items()):
         print(f"batch {batch}: gamma {gamma}" + ("  (no speculation)" if gamma == 0 else ""), file=sys.stderr)
-    print(json.dumps(speculative_config(args.draft, table)))
+    try:
+        config = speculative_config(args.draft, table)
+    except ValueError as error:
+        raise PadRecError(f"--results {path}: {error}") from None
+    print(json.dumps(config))
     return 0
 
 
