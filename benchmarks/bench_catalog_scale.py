@@ -379,7 +379,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"the memory per item only, built on the CPU (no GPU needed; no build peak, no mask timings): writes "
         f"{MEMORY_STEM}.{{json,md,png}}",
     )
-    add("--note", default=None, help="a note to print under the results' heading")
+    add("--note", default=None, help="a note to print under the results' heading (with --render: replaces the file's)")
     args = parser.parse_args(argv)
     if any(size < LIST_ITEMS for size in args.sizes):
         parser.error(f"--sizes: a catalog needs at least {LIST_ITEMS} items (the lists are {LIST_ITEMS} long)")
@@ -392,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
         payload = json.loads(Path(args.render).read_text())
+        if args.note is not None:  # kept in the JSON too, as a run's own note is
+            payload["note"] = args.note
         write(payload, str(Path(args.render).parent))
         return 0
     import torch

@@ -141,6 +141,10 @@ def test_memory_only_runs_each_size_in_a_fresh_process_and_writes_its_own_result
     (tmp_path / "catalog_scale_memory.md").unlink()
     assert scale.main(["--render", str(tmp_path / "catalog_scale_memory.json")]) == 0
     assert (tmp_path / "catalog_scale_memory.md").read_text() == text
+    # a note given to --render replaces the run's, in the Markdown and in the JSON
+    assert scale.main(["--render", str(tmp_path / "catalog_scale_memory.json"), "--note", "rerun later"]) == 0
+    assert "Note: rerun later" in (tmp_path / "catalog_scale_memory.md").read_text()
+    assert json.loads((tmp_path / "catalog_scale_memory.json").read_text())["note"] == "rerun later"
 
 
 @pytest.mark.parametrize("sizes", [["5"], [str(scale.ID_SPACE + 1)]])
