@@ -39,11 +39,13 @@ heads, plain torch, about 3 minutes; call 3 ``checks bench_spec_decode engine_st
 profiled), ``none none_v1 ngram medusa``, and ``--spec-dtype float32`` for the equality goal. The second hold
 (2026-12-02) lost its machine after ``none`` and ``eagle_one_step``; the third (2026-12-03, 22 minutes: target 4,
 head 3, engines 15) ran ``--spec-methods none padrec padrec_tail padrec_adaptive`` (the adaptive engine failed
-capture on a vLLM bug worked around since); the next: call 1 ``start bench_target bench_drafts --target bench
---bench-epochs 1 --drafts padrec_eagle --draft-steps 600 --spec-methods none padrec eagle padrec_adaptive``, call 3
-``checks bench_spec_decode`` (the fourth, 2026-12-03, lost its machine between two calls after the training; its
-last 10 minutes ran ``start train --target small`` and ``checks spec_decode_smoke``: the batch-1 phase split of
-``spec_decode_smoke.md``). PAD-Rec's signals against EAGLE paired by seed (issue 14's 5 %, plain torch, no vLLM):
+capture on a vLLM bug worked around since); the fourth (2026-12-03) lost its machine between two calls after the
+training, and its last 10 minutes ran ``start train --target small`` and ``checks spec_decode_smoke`` (the batch-1
+phase split of ``spec_decode_smoke.md``: a round, 1.94 plain steps, is what to cut). The next profiles that round
+first: call 1 ``start bench_target bench_drafts --target bench --bench-epochs 1 --drafts padrec --draft-steps 600
+--spec-methods none padrec padrec_adaptive --spec-gammas 5 --engine-concurrency 1 --engine-users 50 --engine-configs
+baseline spec --engine-profile baseline spec``, call 3 ``checks engine_step bench_spec_decode``. PAD-Rec's signals
+against EAGLE paired by seed (issue 14's 5 %, plain torch, no vLLM):
 call 1 ``start bench_target signal_ablation --target bench --bench-epochs 1 --draft-steps 600`` (three seeds of
 eagle, padrec and padrec_channel_gate at gamma 5: nine heads of the bench recipe, trained one after another), then
 ``wait 570`` calls; ``--ablation-gammas 5 8`` adds the depth the issue asks about.
