@@ -1036,13 +1036,15 @@ def main(argv: list[str] | None = None) -> int:
             continue
         argv = [*forwarded, "--one", method, "--one-gamma", str(gamma)]
         if method == ADAPTIVE:
+            from vllm_padrec.integration.gamma_schedule import drafts_anywhere
+
             offline = [r for res in results if res["mode"] == "offline" for r in res["records"]]
             try:
                 table = adaptive_table(offline, args)
             except ValueError as error:
                 errors[f"{method}_g{gamma}"] = f"no table: {error}"
                 continue
-            if all(k == 0 for _, _, k in table):  # served without a draft: none's records are the policy's
+            if not drafts_anywhere(table):  # served without a draft: none's records are the policy's
                 errors[f"{method}_g{gamma}"] = f"not run: its table {table} drafts at no batch size (none's records)"
                 continue
             argv += ["--gamma-table", json.dumps(table)]

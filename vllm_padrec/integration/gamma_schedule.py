@@ -94,12 +94,17 @@ def gamma_table(choice: Mapping[int, int], max_batch_size: int) -> list[Range]:
     return ranges
 
 
+def drafts_anywhere(table: Iterable[Range]) -> bool:
+    """Whether the table drafts at some batch size; one that never does is served without a draft."""
+    return any(k > 0 for _, _, k in table)
+
+
 def speculative_config(draft: str, table: list[Range], method: str = "eagle") -> dict:
     """``--speculative-config`` for a draft under the table: ``num_speculative_tokens`` is its largest K, and the
     table goes with it only where K changes with the batch size. A table of one K is that K without a table:
     vLLM 0.26.0's rounds cost 25 % more under a table at the same K (batch 1, gamma 3: 4.37 against 3.50 ms;
     ``benchmarks/results/spec_decode_smoke.md``). ValueError when the table drafts at no batch size."""
-    if all(k == 0 for _, _, k in table):
+    if not drafts_anywhere(table):
         raise ValueError("no gamma beats no speculation at any measured batch size: serve without a draft")
     config = {"method": method, "model": draft, "num_speculative_tokens": max(k for _, _, k in table)}
     if len({k for _, _, k in table}) > 1:
