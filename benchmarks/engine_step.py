@@ -1,19 +1,20 @@
 """Where a vLLM engine step's time goes, with and without the PAD-Rec draft and the catalog masks.
 
 Offline ``LLM`` with the engine in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), the same test
-users and the same batch size (``max_num_seqs = --concurrency``) for every configuration, each
-configuration in a fresh process (``CONFIGS``):
+users and the same batch size for every configuration (``--concurrency`` requests a call; ``max_num_seqs`` is
+``--max-num-seqs``, default the concurrency), each configuration in a fresh process (``CONFIGS``):
 
     baseline_free        no draft, no constraint
     baseline             no draft, constrained (the verification mask on the sampled rows)
     spec_free            PAD-Rec draft, no constraint, no draft masks
     spec                 PAD-Rec draft, constrained, draft masks on (the plugin's defaults)
     spec_no_draft_mask   PAD-Rec draft, constrained, draft masks off (``mask_drafts: false``)
-    spec_draft_eager     PAD-Rec draft, constrained, torch masks, the draft's not compiled
-    baseline_triton      no draft, constrained, the fused Triton mask kernel (``triton_masks: true``, the default
-    spec_triton          PAD-Rec draft, constrained, the same        since 2026-11-22; before, the compiled masks)
-    baseline_compiled    no draft, constrained, the compiled torch masks (``triton_masks: false``)
-    spec_compiled        PAD-Rec draft, constrained, the compiled torch masks for both
+    baseline_triton      no draft, constrained, the fused Triton mask kernel (``triton_masks: true``, the default)
+    spec_triton          PAD-Rec draft, constrained, the same
+    baseline_torch       no draft, constrained, the eager torch masks (``triton_masks: false``, the fallback)
+    spec_torch           PAD-Rec draft, constrained, the same for both
+    spec_table           ``spec`` with a batch-size table (``--gamma`` drafts below ``max_num_seqs``, none at it):
+                         vLLM's dynamic speculative decoding where it drafts as ``spec`` does
 
 Each records output tokens/s, engine steps (the ``vllm:iteration_tokens_total`` histogram's count),
 wall ms per step and the acceptance length. Unconstrained configurations send ``ignore_eos`` so that
@@ -61,7 +62,11 @@ CONFIGS: dict[str, tuple[bool, bool, dict]] = {
     "spec_triton": (True, True, {"triton_masks": True}),
     "baseline_torch": (False, True, {"triton_masks": False}),  # the eager torch masks (the fallback)
     "spec_torch": (True, True, {"triton_masks": False}),
+    # ``spec`` served with a batch-size table that keeps --gamma at every batch size but the largest (K 0 there):
+    # what vLLM 0.26.0's dynamic speculative decoding costs a round where it drafts as ``spec`` does
+    "spec_table": (True, True, {}),
 }
+TABLE_CONFIGS = ("spec_table",)
 
 # phase -> (module, class, method): marked with torch.profiler.record_function while profiling
 PHASES: dict[str, tuple[str, str, str]] = {
@@ -79,6 +84,18 @@ PHASES: dict[str, tuple[str, str, str]] = {
         "AutoRegressiveSpeculator",
         "propose",
     ),
+    "speculator._prefill (draft step 0)": (
+        "vllm.v1.worker.gpu.spec_decode.autoregressive.speculator",
+        "AutoRegressiveSpeculator",
+        "_prefill",
+    ),
+    "speculator._multi_step_decode (draft steps 1..)": (
+        "vllm.v1.worker.gpu.spec_decode.autoregressive.speculator",
+        "AutoRegressiveSpeculator",
+        "_multi_step_decode",
+    ),
+    "rejection_sampler": ("vllm.v1.worker.gpu.spec_decode.rejection_sampler", "RejectionSampler", "__call__"),
+    "runner.postprocess_sampled": ("vllm.v1.worker.gpu.model_runner", "GPUModelRunner", "postprocess_sampled"),
     "output_processor.process_outputs": ("vllm.v1.engine.output_processor", "OutputProcessor", "process_outputs"),
 }
 ITERATIONS = "vllm:iteration_tokens_total"
@@ -136,6 +153,37 @@ def capture_size(args) -> dict:
     return {"compilation_config": {"max_cudagraph_capture_size": args.max_cudagraph_capture_size}}
 
 
+def max_num_seqs(args) -> int:
+    """The engine's ``max_num_seqs``: ``--max-num-seqs``, or ``--concurrency`` (each call then one engine batch)."""
+    return args.max_num_seqs or args.concurrency
+
+
+def batch_size_table(gamma: int, largest: int) -> list[list[int]]:
+    """``spec_table``'s ``num_speculative_tokens_per_batch_size``: ``gamma`` drafts up to ``largest - 1``
+    requests, none at ``largest`` (as ``gamma_schedule`` writes a table that stops drafting at a batch size)."""
+    return [[1, largest - 1, gamma], [largest, largest, 0]]
+
+
+def speculative_config(args, config: str) -> dict:
+    """The draft's ``speculative_config``: vLLM's EAGLE method on the PAD-Rec head, ``--gamma`` drafts (None:
+    vLLM's default for the draft), and ``spec_table``'s batch-size table."""
+    spec: dict = {"method": "eagle", "model": args.draft}
+    if args.gamma is not None:
+        spec["num_speculative_tokens"] = args.gamma
+    if config in TABLE_CONFIGS:
+        spec["num_speculative_tokens_per_batch_size"] = batch_size_table(args.gamma, max_num_seqs(args))
+    return spec
+
+
+def generate(llm, prompts: list, params, concurrency: int) -> list:
+    """``llm.generate`` of ``prompts`` in calls of ``concurrency`` requests, one after another: with
+    ``max_num_seqs`` above ``concurrency`` a call's requests are what shares an engine step."""
+    outputs = []
+    for first in range(0, len(prompts), concurrency):
+        outputs += llm.generate(prompts[first : first + concurrency], params, use_tqdm=False)
+    return outputs
+
+
 def run_config(args) -> dict:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process: profiled too
     os.environ.setdefault("VLLM_PLUGINS", "padrec")
@@ -164,7 +212,7 @@ def run_config(args) -> dict:
         )
     else:  # the same list length without the masks
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    spec = {"method": "eagle", "model": args.draft} if with_draft else None
+    spec = speculative_config(args, args.one) if with_draft else None
     started = time.perf_counter()
     llm = LLM(
         model=args.target,
@@ -172,18 +220,18 @@ def run_config(args) -> dict:
         max_model_len=args.max_model_len,
         dtype=args.dtype,
         gpu_memory_utilization=args.gpu_memory_utilization,
-        max_num_seqs=args.concurrency,
+        max_num_seqs=max_num_seqs(args),
         disable_log_stats=False,
         additional_config={"padrec": padrec} if padrec else {},
         **capture_size(args),
     )
     startup = time.perf_counter() - started
     warm, timed = prompts[: args.concurrency], prompts[args.concurrency :]
-    llm.generate(warm, params, use_tqdm=False)
+    generate(llm, warm, params, args.concurrency)
     before = metric_totals(llm)
     torch.cuda.synchronize()
     started = time.perf_counter()
-    outputs = llm.generate(timed, params, use_tqdm=False)
+    outputs = generate(llm, timed, params, args.concurrency)
     seconds = time.perf_counter() - started
     after = metric_totals(llm)
     delta = {k: after[k] - before[k] for k in after}
@@ -196,6 +244,8 @@ def run_config(args) -> dict:
         "padrec_config": padrec,
         "users": len(timed),
         "concurrency": args.concurrency,
+        "max_num_seqs": max_num_seqs(args),
+        "speculative_config": spec,
         "dtype": args.dtype,
         "max_cudagraph_capture_size": args.max_cudagraph_capture_size,
         "startup_seconds": round(startup, 1),
@@ -221,7 +271,7 @@ def profile_batch(llm, prompts, params, args, missing: list[str]) -> dict:
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         started = time.perf_counter()
-        llm.generate(prompts, params, use_tqdm=False)
+        generate(llm, prompts, params, args.concurrency)
         torch.cuda.synchronize()
         seconds = time.perf_counter() - started
     steps = metric_totals(llm)["steps"] - before["steps"]
@@ -252,10 +302,10 @@ def profile_batch(llm, prompts, params, args, missing: list[str]) -> dict:
         for e in kernels[:15]
     ]
     if args.trace_dir:
-        prof.export_chrome_trace(str(Path(args.trace_dir) / f"trace_{args.one}.json"))
+        prof.export_chrome_trace(str(Path(args.trace_dir) / f"trace_{args.one}.json.gz"))  # torch gzips it
     # the same batch once more under Python's profiler: the host time the torch profiler sees only as ops
     before = metric_totals(llm)
-    _, hotspots = python_hotspots(llm.generate, prompts, params, False)
+    _, hotspots = python_hotspots(generate, llm, prompts, params, args.concurrency)
     python_steps = max(metric_totals(llm)["steps"] - before["steps"], 1)
     return {
         "users": len(prompts),
@@ -305,6 +355,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--users", type=int, default=512, help="timed requests (test users, repeated if needed)")
     parser.add_argument("--concurrency", type=int, default=64, help="max_num_seqs: requests per engine step")
+    parser.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=None,
+        help="the engine's max_num_seqs (default: --concurrency); above it, the users run --concurrency a call, "
+        "calls one after another",
+    )
+    parser.add_argument(
+        "--gamma",
+        type=int,
+        default=None,
+        help="the draft's num_speculative_tokens (default: vLLM's for the draft); spec_table needs it",
+    )
     parser.add_argument("--list-items", type=int, default=10)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--max-model-len", type=int, default=512)
@@ -318,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         "first check of why a speculative step at batch 64 costs 4.6x a plain one",
     )
     parser.add_argument("--profile", nargs="*", default=[], choices=list(CONFIGS), help="configurations to profile")
-    parser.add_argument("--trace-dir", default=None, help="also write each profile's Chrome trace here")
+    parser.add_argument("--trace-dir", default=None, help="also write each profile's Chrome trace here (gzipped)")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--name", default="engine_step")
     parser.add_argument(
@@ -330,6 +393,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-this", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.max_num_seqs is not None and args.max_num_seqs < args.concurrency:
+        parser.error(f"--max-num-seqs {args.max_num_seqs} is below --concurrency {args.concurrency}")
+    tabled = [c for c in args.configs if c in TABLE_CONFIGS]
+    if tabled and args.gamma is None:
+        parser.error(f"{tabled[0]} needs --gamma (the drafts its table keeps)")
+    if tabled and max_num_seqs(args) <= args.concurrency:
+        parser.error(
+            f"{tabled[0]} drafts nothing at max_num_seqs ({max_num_seqs(args)}): give --max-num-seqs above "
+            f"--concurrency {args.concurrency}"
+        )
 
     if args.one:
         Path(args.result).write_text(json.dumps(run_config(args)))
@@ -387,6 +460,8 @@ def summarize(records: list[dict], args, errors: dict) -> dict:
         "dataset": args.dataset,
         "users": args.users,
         "concurrency": args.concurrency,
+        "max_num_seqs": max_num_seqs(args),
+        "gamma": args.gamma,
         "max_cudagraph_capture_size": args.max_cudagraph_capture_size,
         "list_items": args.list_items,
         "dtype": args.dtype,
@@ -403,7 +478,8 @@ def render_markdown(payload: dict) -> str:
         "# Engine step: where the time goes",
         "",
         f"Offline `LLM`, engine in-process, {payload['users']} requests of {payload['list_items']}-item lists, "
-        f"{payload['concurrency']} per step (max_num_seqs), {payload['dtype']}; {payload['device']}, torch "
+        f"{payload['concurrency']} a call (max_num_seqs {payload.get('max_num_seqs', payload['concurrency'])}), "
+        f"gamma {payload.get('gamma') or 'vLLM default'}, {payload['dtype']}; {payload['device']}, torch "
         f"{payload['torch']}, {payload['date']}. Step ms = wall time / engine steps.",
         "",
         *([f"Note: {payload['note']}", ""] if payload.get("note") else []),

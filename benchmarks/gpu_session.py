@@ -60,7 +60,7 @@ options a call is given hold for the later calls too):
     run JOB...       run the jobs now, in this call, whatever the jobs they need did (a rerun after a fix)
     status           each queued job's state and its log's last lines
     wait [S]         block up to S seconds (default 540) for the queued jobs, then write status.json,
-                     results.tgz and logs.tgz to $OUT; exit 1 if a job failed
+                     results.tgz and logs.tgz (traces.tgz: profiles) to $OUT; exit 1 if a job failed
 
 Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that trains the session's
 ``--target``, small: train; bench: bench_target, and bench_drafts for the draft):
@@ -231,6 +231,8 @@ class Settings:
     engine_configs: tuple[str, ...] = ("baseline", "spec")  # no draft and the PAD-Rec draft, both constrained
     engine_profile: tuple[str, ...] = ()
     engine_capture_size: int | None = None  # engine_step's --max-cudagraph-capture-size (None: vLLM's default)
+    engine_max_num_seqs: int | None = None  # engine_step's --max-num-seqs (None: its concurrency)
+    engine_gamma: int | None = None  # engine_step's --gamma (None: vLLM's default for the draft)
     spec_methods: tuple[str, ...] = SPEC_METHODS  # bench_spec_decode's methods (a hold may run some of them)
     spec_dtype: str = "bfloat16"  # bench_spec_decode's dtype (float32: the equality goal)
     spec_gammas: tuple[int, ...] = (3, 5)  # bench_spec_decode's gammas (at most draft_gamma)
@@ -322,6 +324,13 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
         help="engine_step's --max-cudagraph-capture-size (default: vLLM's; the current code's engine_step only)",
         **kw,
     )
+    add(
+        "--engine-max-num-seqs",
+        type=int,
+        help="engine_step's max_num_seqs (default: its concurrency; above it, calls of --engine-concurrency users)",
+        **kw,
+    )
+    add("--engine-gamma", type=int, help="engine_step's drafts a round (default: vLLM's; spec_table needs it)", **kw)
     add("--spec-methods", nargs="+", choices=SPEC_METHODS, help="bench_spec_decode's methods (default all)", **kw)
     add("--spec-dtype", choices=("bfloat16", "float32"), help=f"bench_spec_decode's dtype ({d.spec_dtype})", **kw)
     add(
@@ -671,12 +680,17 @@ def model_args(s: Settings) -> list[str]:
 
 def engine_step(ctx: JobContext, name: str, env: dict[str, str]) -> int:
     s = ctx.settings
+    traces = WORK / "traces" / name  # each profiled configuration's Chrome trace (``collect``: traces.tgz)
+    traces.mkdir(parents=True, exist_ok=True)
     code = ctx.python(
         "benchmarks.engine_step",
         *model_args(s),
         *("--users", str(s.engine_users), "--concurrency", str(s.engine_concurrency), "--configs", *s.engine_configs),
         *("--profile", *s.engine_profile, "--name", name, "--out", str(WORK / "results")),
         *(["--max-cudagraph-capture-size", str(s.engine_capture_size)] if s.engine_capture_size else []),
+        *(["--max-num-seqs", str(s.engine_max_num_seqs)] if s.engine_max_num_seqs else []),
+        *(["--gamma", str(s.engine_gamma)] if s.engine_gamma else []),
+        *(["--trace-dir", str(traces)] if s.engine_profile else []),
         env=env,
     )
     for config_log in Path("/tmp").glob("engine_step_*.log"):  # engine_step's per-configuration logs
@@ -1484,14 +1498,18 @@ def phase_wait(seconds: float) -> int:
 
 
 def collect(out: Path) -> None:
-    """status.json, results.tgz (the results folder) and logs.tgz (each log's last MAX_LOG_BYTES, running
-    bench_topk jobs' configuration logs included) into ``out``: the device machine sends back at most 8 files,
-    none over 16 MiB."""
+    """status.json, results.tgz (the results folder), logs.tgz (each log's last MAX_LOG_BYTES, running
+    bench_topk jobs' configuration logs included) and, when a job wrote profiler traces, traces.tgz (apart: a
+    trace too big to come back leaves the results whole) into ``out``: the device machine sends back at most 8
+    files, none over 16 MiB."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "status.json").write_text(json.dumps({job: state(job) for job in queue()}, indent=1))
     with tarfile.open(out / "results.tgz", "w:gz") as archive:
         if (WORK / "results").is_dir():
             archive.add(WORK / "results", arcname="results")
+    if (WORK / "traces").is_dir() and any(path.is_file() for path in (WORK / "traces").rglob("*")):
+        with tarfile.open(out / "traces.tgz", "w:gz") as archive:
+            archive.add(WORK / "traces", arcname="traces")
     logs_dir = WORK / "logs"
     logged = sorted(logs_dir.rglob("*")) if logs_dir.is_dir() else []
     logs = [(path, str(path.relative_to(logs_dir))) for path in logged]

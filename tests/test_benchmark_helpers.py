@@ -112,7 +112,56 @@ def summary_args(users: int):
         list_items=1,
         dtype="bfloat16",
         max_cudagraph_capture_size=None,
+        max_num_seqs=None,
+        gamma=None,
     )
+
+
+def test_engine_step_table_config_drafts_gamma_below_max_num_seqs_and_nothing_at_it():
+    """``spec_table``'s table, read by vLLM's own lookup: gamma at one request, 0 at max_num_seqs; the other
+    draft configurations have no table, and --gamma reaches vLLM only when given."""
+    from types import SimpleNamespace
+
+    from vllm.v1.spec_decode.dynamic.utils import build_dynamic_sd_schedule_lookup
+
+    from benchmarks import engine_step
+
+    args = SimpleNamespace(draft="d", gamma=5, concurrency=1, max_num_seqs=16)
+    table = engine_step.speculative_config(args, "spec_table")
+    assert table["num_speculative_tokens"] == 5
+    lookup = build_dynamic_sd_schedule_lookup(table["num_speculative_tokens_per_batch_size"], 16, 5)
+    assert lookup[1] == 5 and lookup[15] == 5 and lookup[16] == 0
+    assert engine_step.speculative_config(args, "spec") == {"method": "eagle", "model": "d", "num_speculative_tokens": 5}
+    default = SimpleNamespace(draft="d", gamma=None, concurrency=4, max_num_seqs=None)
+    assert engine_step.speculative_config(default, "spec") == {"method": "eagle", "model": "d"}
+    assert engine_step.max_num_seqs(default) == 4
+
+
+def test_engine_step_runs_the_users_concurrency_a_call():
+    from types import SimpleNamespace
+
+    from benchmarks import engine_step
+
+    calls = []
+    llm = SimpleNamespace(generate=lambda prompts, params, use_tqdm: calls.append(list(prompts)) or list(prompts))
+    assert engine_step.generate(llm, list(range(5)), None, 2) == [0, 1, 2, 3, 4]
+    assert calls == [[0, 1], [2, 3], [4]]
+
+
+@pytest.mark.parametrize(
+    "extra, problem",
+    [
+        (["--configs", "spec_table", "--max-num-seqs", "4"], "spec_table needs --gamma"),
+        (["--configs", "spec_table", "--gamma", "3"], "spec_table drafts nothing at max_num_seqs (1)"),
+        (["--max-num-seqs", "1", "--concurrency", "2"], "--max-num-seqs 1 is below --concurrency 2"),
+    ],
+)
+def test_engine_step_refuses_settings_that_would_not_measure_what_they_name(extra, problem, capsys):
+    from benchmarks import engine_step
+
+    with pytest.raises(SystemExit):
+        engine_step.main(["--target", "t", "--draft", "d", "--dataset", "x", "--concurrency", "1", *extra])
+    assert problem in capsys.readouterr().err
 
 
 def test_engine_step_passes_the_capture_size_to_vllm_only_when_asked():

@@ -635,6 +635,31 @@ def test_engine_step_runs_at_the_sessions_concurrency(monkeypatch, tmp_path):
     assert parsed.engine_concurrency == 1
 
 
+def test_engine_step_profiles_a_batch_size_table_round_and_sends_its_traces_back(monkeypatch, tmp_path):
+    """The table's round cost (issue 14): engine_step gets --max-num-seqs and --gamma when the session sets them,
+    and a profiled run writes its traces under results/ (what ``wait`` sends back); nothing extra otherwise."""
+    monkeypatch.setattr(gs, "WORK", tmp_path)
+    calls = []
+    monkeypatch.setattr(gs.JobContext, "python", lambda self, module, *args, env=None: calls.append(args) or 0)
+    parsed = gs.parser().parse_args(
+        ["start", "--engine-max-num-seqs", "16", "--engine-gamma", "5", "--engine-profile", "spec", "spec_table"]
+    )
+    given = {k: v for k, v in vars(parsed).items() if k.startswith("engine_")}
+    settings = gs.Settings.from_mapping(given)
+    assert gs.JOBS["engine_step"].body(gs.JobContext("engine_step", settings, {"PATH": "/bin"})) == 0
+    args = calls.pop()
+    assert args[args.index("--max-num-seqs") + 1] == "16" and args[args.index("--gamma") + 1] == "5"
+    traces = Path(args[args.index("--trace-dir") + 1])
+    assert traces.is_dir() and traces.parent == tmp_path / "traces"
+    (traces / "trace_spec.json.gz").write_bytes(b"trace")
+    gs.collect(tmp_path / "out")
+    with tarfile.open(tmp_path / "out" / "traces.tgz") as archive:
+        assert archive.getnames()[-1] == f"traces/{traces.name}/trace_spec.json.gz"
+    assert gs.JOBS["engine_step"].body(gs.JobContext("engine_step", gs.Settings(), {"PATH": "/bin"})) == 0
+    plain = calls.pop()
+    assert not {"--max-num-seqs", "--gamma", "--trace-dir"} & set(plain)
+
+
 def test_the_acceptance_job_may_also_leave_out_the_forced_draft_steps(monkeypatch, tmp_path):
     monkeypatch.setattr(gs, "WORK", tmp_path)
     calls = []
