@@ -131,7 +131,8 @@ def test_engine_step_table_config_drafts_gamma_below_max_num_seqs_and_nothing_at
     assert table["num_speculative_tokens"] == 5
     lookup = build_dynamic_sd_schedule_lookup(table["num_speculative_tokens_per_batch_size"], 16, 5)
     assert lookup[1] == 5 and lookup[15] == 5 and lookup[16] == 0
-    assert engine_step.speculative_config(args, "spec") == {"method": "eagle", "model": "d", "num_speculative_tokens": 5}
+    plain = {"method": "eagle", "model": "d", "num_speculative_tokens": 5}
+    assert engine_step.speculative_config(args, "spec") == plain
     default = SimpleNamespace(draft="d", gamma=None, concurrency=4, max_num_seqs=None)
     assert engine_step.speculative_config(default, "spec") == {"method": "eagle", "model": "d"}
     assert engine_step.max_num_seqs(default) == 4
