@@ -350,9 +350,13 @@ def merge_phase_rows(rows: list[dict]) -> list[dict]:
 # -- driver ---------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", required=True)
-    parser.add_argument("--draft", required=True)
-    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--target", help="the target checkpoint folder (needed unless --render)")
+    parser.add_argument("--draft", help="the PAD-Rec draft folder (needed unless --render)")
+    parser.add_argument("--dataset", help="the dataset folder (needed unless --render)")
+    parser.add_argument("--render", default=None, help="redraw the Markdown and the plot from this JSON, then exit")
+    parser.add_argument(
+        "--note", default=None, help="a note printed under the results' heading (with --render: replaces the file's)"
+    )
     parser.add_argument("--users", type=int, default=512, help="timed requests (test users, repeated if needed)")
     parser.add_argument("--concurrency", type=int, default=64, help="max_num_seqs: requests per engine step")
     parser.add_argument(
@@ -393,6 +397,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-this", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.render:
+        payload = json.loads(Path(args.render).read_text())
+        payload["note"] = args.note if args.note is not None else payload.get("note")
+        path = Path(args.render)
+        write_results(path.parent, path.stem, payload, render_markdown(payload), lambda plt: render_plot(plt, payload))
+        return 0
+    missing = [f"--{name}" for name in ("target", "draft", "dataset") if getattr(args, name) is None]
+    if missing:
+        parser.error(f"{', '.join(missing)} required (or --render a results file)")
     if args.max_num_seqs is not None and args.max_num_seqs < args.concurrency:
         parser.error(f"--max-num-seqs {args.max_num_seqs} is below --concurrency {args.concurrency}")
     tabled = [c for c in args.configs if c in TABLE_CONFIGS]
@@ -433,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         result = Path(f"/tmp/engine_step_{name}.json")
         if result.exists() and (name in args.configs or args.merge) and name not in errors:
             records.append(json.loads(result.read_text()))
-    payload = summarize(records, args, errors)
+    payload = summarize(records, args, errors) | ({"note": args.note} if args.note else {})
     write_results(args.out, args.name, payload, render_markdown(payload), lambda plt: render_plot(plt, payload))
     print(render_markdown(payload))
     return 0 if not errors else 1

@@ -231,6 +231,11 @@ def test_engine_step_metrics_and_summary(tmp_path):
     assert all("token_ids" not in r for r in payload["records"])
     text = engine_step.render_markdown(payload)
     assert "| spec | yes | yes | 250.0 | 2.5 | 10 | 5.0 | 4.0 | 0 |" in text
+    # --render redraws a results file with a note, as a committed run is re-rendered
+    (tmp_path / "run.json").write_text(json.dumps(payload))
+    assert engine_step.main(["--render", str(tmp_path / "run.json"), "--note", "a hold's note"]) == 0
+    assert "Note: a hold's note" in (tmp_path / "run.md").read_text()
+    assert json.loads((tmp_path / "run.json").read_text())["note"] == "a hold's note"
 
 
 def test_speedups_use_the_faster_baseline_pass():
