@@ -47,13 +47,14 @@ token, decode and finish, ``testing/request_phases.py``): what a list costs besi
 than fitted.
 
 Engine cores run in their own process, as vLLM runs them by default (``--engine-core``; ``engine_core`` in
-every record). One request at a time, a draft's engine shares its process with a baseline engine (its
-method's baseline, ``--pair-batch-one``, on by default), and the two answer each user in turn, in ABBA
-order: ``paired_speedup`` (tokens/s over the baseline's calls of the same users) and
+every record). A draft's engine shares its process with a baseline engine (its method's baseline), and at
+every batch size (``--pair all``, the default; ``one``: batch size 1 only) the two answer each call of the pass
+in turn, in ABBA order: ``paired_speedup`` (tokens/s over the baseline's calls of the same users) and
 ``paired_baseline_p50_ms`` (and ``paired_equal``, the users whose lists the two engines wrote alike). Engines
-measured minutes apart see the machine drift between them (their
-ratio of p50s moved by tens of percent at equal acceptance, 2026-12-02); paired calls see the same drift,
-and the batch-1 goals read them where measured.
+measured minutes apart see the machine drift between them (their ratio of p50s moved by tens of percent at
+equal acceptance, 2026-12-02; ``none``'s tokens/s at batch 64 and 128 by -22 and +25 % between two runs whose
+``padrec`` moved under 1 %, 2026-12-03); paired calls see the same drift, and the goals, the plot and
+``padrec_adaptive``'s table read them where measured.
 
 With ``--serve`` every configuration is also measured through ``vllm serve`` (records with ``mode``
 ``serve``; the others ``offline``): one server per configuration, then vLLM's own ``vllm bench serve`` per
@@ -100,7 +101,7 @@ from vllm_padrec.testing.bench_driver import (
 )
 from vllm_padrec.testing.goals import goals_markdown
 from vllm_padrec.testing.request_phases import PHASES, median_phases_ms, request_phases
-from vllm_padrec.testing.spec_decode_goals import masks_alone, runner_of, spec_decode_goals
+from vllm_padrec.testing.spec_decode_goals import masks_alone, runner_of, spec_decode_goals, speedup
 from vllm_padrec.testing.stats import percentile
 
 DRAFT_FREE = "none"
@@ -391,20 +392,32 @@ def engine_core_environment(engine_core: str) -> dict[str, str]:
     return {"VLLM_ENABLE_V1_MULTIPROCESSING": "1" if engine_core == OWN_PROCESS else "0"}
 
 
-def pairs_batch_one(args, method: str) -> bool:
-    """Whether ``method``'s one-at-a-time passes alternate with a baseline engine (``--pair-batch-one``): every
-    method with a draft, when the run has batch size 1."""
-    return args.pair_batch_one and METHODS[method].speculative_method is not None and 1 in args.batch_sizes
+PAIRINGS = ("all", "one", "none")  # --pair: the batch sizes whose passes alternate with a baseline engine
 
 
-def paired_fields(spec_seconds: list[float], spec_ids: list[list[int]], base_seconds: list[float], base_ids) -> dict:
-    """A paired pass's baseline p50, the speedup in tokens/s over the baseline's calls of the same users, and
-    how many of the users' lists equal the baseline's token for token."""
+def pairs(args, method: str, batch: int) -> bool:
+    """Whether ``method``'s passes of ``batch`` requests a call alternate with a baseline engine (``--pair``):
+    methods with a draft, at every batch size (``all``) or one request at a time (``one``)."""
+    if METHODS[method].speculative_method is None or args.pair == "none":
+        return False
+    return args.pair == "all" or batch == 1
+
+
+def pairs_any(args, method: str) -> bool:
+    """Whether ``method``'s engine needs a baseline engine beside it: a pass of the run is paired."""
+    return any(pairs(args, method, batch) for batch in args.batch_sizes)
+
+
+def paired_fields(
+    spec_seconds: list[float], spec_ids: list[list[int]], base_seconds: list[float], base_ids, batch: int = 1
+) -> dict:
+    """A paired pass's baseline p50 (calls of ``batch`` users), the speedup in tokens/s over the baseline's
+    calls of the same users, and how many of the users' lists equal the baseline's token for token."""
     spec_lengths, base_lengths = [len(t) for t in spec_ids], [len(t) for t in base_ids]
     spec_rate = sum(spec_lengths) / sum(spec_seconds)
     base_rate = sum(base_lengths) / sum(base_seconds)
     return {
-        "paired_baseline_p50_ms": call_timing(base_seconds, base_lengths, 1)["p50_ms"],
+        "paired_baseline_p50_ms": call_timing(base_seconds, base_lengths, batch)["p50_ms"],
         "paired_speedup": round(spec_rate / base_rate, 3),
         "paired_equal": sum(a == b for a, b in zip(spec_ids, base_ids)),
     }
@@ -437,7 +450,7 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
     )
     startup = time.perf_counter() - started
     baseline_llm = None
-    if pairs_batch_one(args, method):  # after the engine above, whose stat loggers own vLLM's metrics
+    if pairs_any(args, method):  # after the engine above, whose stat loggers own vLLM's metrics
         # the baseline configuration's own compile cache (the same engine; its core process reads this)
         cache = os.environ.get("VLLM_CACHE_ROOT")
         os.environ["VLLM_CACHE_ROOT"] = str(Path(args.cache_root) / f"{METHODS[method].baseline}_g0")
@@ -472,16 +485,18 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
             phases.append(request_phases(began_clock, ended_clock, getattr(outputs[0], "metrics", None)))
         return seconds, outputs
 
-    def paired_calls(prompts: list, params) -> tuple[list[float], list[list[int]], list[float], list[list[int]]]:
-        """One user a call on both engines, alternating which goes first (ABBA), so that the machine's drift
-        falls on both: each engine's seconds and output tokens per user."""
+    def paired_calls(
+        prompts: list, params, batch: int
+    ) -> tuple[list[float], list[list[int]], list[float], list[list[int]]]:
+        """Each call of ``batch`` users on both engines, alternating which goes first (ABBA), so that the
+        machine's drift falls on both: each engine's seconds per call and output tokens per user."""
         runs = {"draft": ([], []), "baseline": ([], [])}
         engines = (("draft", llm), ("baseline", baseline_llm))
-        for i, prompt in enumerate(prompts):
+        for i, first in enumerate(range(0, len(prompts), batch)):
             for name, engine in engines if i % 2 == 0 else engines[::-1]:
-                seconds, (output,) = timed_call(engine, [prompt], params)
+                seconds, outputs = timed_call(engine, prompts[first : first + batch], params)
                 runs[name][0].append(seconds)
-                runs[name][1].append(list(output.outputs[0].token_ids))
+                runs[name][1].extend(list(output.outputs[0].token_ids) for output in outputs)
         return (*runs["draft"], *runs["baseline"])
 
     def timed_calls(prompts: list, params, batch: int) -> tuple[list[float], list[list[int]]]:
@@ -505,12 +520,12 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
             users = pass_users(args, samples, batch)
             prompts = [TokensPrompt(prompt_token_ids=catalog.render_prompt(s.history)) for s in users]
             llm.generate(prompts[:batch], params, use_tqdm=False)  # warm-up: this batch shape
-            paired = batch == 1 and baseline_llm is not None
+            paired = pairs(args, method, batch) and baseline_llm is not None
             if paired:
-                baseline_llm.generate(prompts[:1], params, use_tqdm=False)
+                baseline_llm.generate(prompts[:batch], params, use_tqdm=False)
             before, phases[:] = spec_counters(llm), []
             if paired:
-                seconds, token_ids, base_seconds, base_ids = paired_calls(prompts, params)
+                seconds, token_ids, base_seconds, base_ids = paired_calls(prompts, params, batch)
             else:
                 seconds, token_ids = timed_calls(prompts, params, batch)
             parsed = [parse_list(catalog, t) for t in token_ids]
@@ -526,8 +541,8 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
             if batch == 1 and (phases_ms := median_phases_ms(phases)) is not None:
                 records[-1]["phases_ms"] = phases_ms
             if paired:
-                records[-1] |= paired_fields(seconds, token_ids, base_seconds, base_ids)
-            elif batch == 1 and pair_error is not None:
+                records[-1] |= paired_fields(seconds, token_ids, base_seconds, base_ids, batch)
+            elif pairs(args, method, batch) and pair_error is not None:
                 records[-1]["paired_error"] = pair_error
             lists[f"offline_{list_len}_{batch}"] = token_ids
             if batch == 1:
@@ -854,8 +869,8 @@ def plot(plt, payload: dict):
     for r in records:
         label = r["method"] if r["method"] in (DRAFT_FREE, ADAPTIVE) else f"{r['method']} (gamma {r['gamma']})"
         label += "" if r["mode"] == "offline" else f", {r['mode']}"
-        if r["list_len"] == list_len and r["speedup_vs_no_spec"] is not None:
-            lines.setdefault(label, []).append((r["batch_size"], r["speedup_vs_no_spec"]))
+        if r["list_len"] == list_len and (ratio := speedup(r)) is not None:
+            lines.setdefault(label, []).append((r["batch_size"], ratio))
         if r["list_len"] == list_len and r["batch_size"] == 1 and r["accepted_per_draft_step"]:
             steps[label] = r["accepted_per_draft_step"]
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -866,7 +881,7 @@ def plot(plt, payload: dict):
     left.axhline(1.0, color="gray", linewidth=0.8)
     left.set_xscale("log", base=2)
     left.set_xlabel("batch size")
-    left.set_ylabel("speedup over no speculation (tokens/s)")
+    left.set_ylabel("speedup over no speculation (tokens/s, paired where measured)")
     left.set_title(f"Speedup by batch size (lists of {list_len})")
     left.legend(fontsize=8)
     for label, rates in steps.items():
@@ -957,12 +972,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "benchmark's process (VLLM_ENABLE_V1_MULTIPROCESSING=0)",
     )
     add(
-        "--pair-batch-one",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="a draft's one-at-a-time passes alternate, user by user, with a baseline engine (its method's "
-        f"baseline, {PAIRED_BASELINE_MEMORY:g} of GPU memory) in the same process: paired_speedup and "
-        "paired_baseline_p50_ms, robust to the machine's drift (default on; needs --engine-core own_process)",
+        "--pair",
+        default="all",
+        choices=PAIRINGS,
+        help="the batch sizes whose passes alternate, call by call, between a draft's engine and a baseline engine "
+        f"(its method's baseline, {PAIRED_BASELINE_MEMORY:g} of GPU memory) in the same process: all (default), one "
+        "(batch size 1) or none; paired_speedup and paired_baseline_p50_ms are robust to the machine's drift "
+        "(needs --engine-core own_process)",
     )
     add(
         "--engine-args",
@@ -991,12 +1007,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("every gamma, batch size and list length must be >= 1")
     if args.serve and args.engine_args:
         parser.error("--engine-args reach the offline engines only: not with --serve")
-    if args.pair_batch_one and args.engine_core == IN_PROCESS:
-        parser.error("--pair-batch-one runs two engines in one process: each needs its core in its own process")
-    if args.pair_batch_one and args.gpu_memory_utilization + PAIRED_BASELINE_MEMORY > 0.95:
+    if args.pair != "none" and args.engine_core == IN_PROCESS:
+        parser.error(f"--pair {args.pair} runs two engines in one process: each needs its core in its own process")
+    if args.pair != "none" and args.gpu_memory_utilization + PAIRED_BASELINE_MEMORY > 0.95:
         parser.error(
             f"--gpu-memory-utilization {args.gpu_memory_utilization:g} leaves no room for the paired baseline's "
-            f"{PAIRED_BASELINE_MEMORY:g}: at most {0.95 - PAIRED_BASELINE_MEMORY:g}, or --no-pair-batch-one"
+            f"{PAIRED_BASELINE_MEMORY:g}: at most {0.95 - PAIRED_BASELINE_MEMORY:g}, or --pair none"
         )
     if ADAPTIVE in args.methods and not {DRAFT_FREE, "padrec"} <= set(args.methods):
         parser.error("padrec_adaptive picks its drafts from this run's none and padrec records: run them too")

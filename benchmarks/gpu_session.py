@@ -832,7 +832,7 @@ def job_engine_core_none(ctx: JobContext) -> int:
         run_benchmark(
             ctx,
             "benchmarks.bench_spec_decode",
-            *("--name", f"spec_decode_none_core_{variant}", "--methods", "none", "--no-pair-batch-one"),
+            *("--name", f"spec_decode_none_core_{variant}", "--methods", "none", "--pair", "none"),
             *("--batch-sizes", "1", "64", "128", "--list-lens", "10", "--users", "256", "--users-latency", "30"),
             *options,
             log_tag=variant,

@@ -185,7 +185,7 @@ def test_offline_passes_time_each_call_and_repeat_the_one_at_a_time_passes(monke
     monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(bench.time, "monotonic", lambda: clock[0])
     argv = [*BASE, "--batch-sizes", "1", "4", "--list-lens", "1", "--users-latency", "3", "--users", "4"]
-    args = bench.parse_args([*argv, "--max-cudagraph-capture-size", "64", "--no-pair-batch-one"])
+    args = bench.parse_args([*argv, "--max-cudagraph-capture-size", "64", "--pair", "none"])
     args.one, args.one_gamma = "padrec", 5
     users = [SimpleNamespace(history=[0, 1], targets=[3]) for _ in range(4)]
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "set by the test")  # undone after it
@@ -243,7 +243,7 @@ class PairedEngines:
 
 
 def test_a_drafts_one_at_a_time_passes_alternate_with_a_baseline_engine(monkeypatch):
-    """--pair-batch-one (the default): user by user, the draft engine and a baseline engine in the same process
+    """--pair (all by default): user by user, the draft engine and a baseline engine in the same process
     answer in ABBA order; the record has the baseline's p50 and the speedup over its calls of the same users.
     A baseline engine that cannot start leaves the passes unpaired, with the reason in the record."""
     import vllm
@@ -286,9 +286,40 @@ def test_a_drafts_one_at_a_time_passes_alternate_with_a_baseline_engine(monkeypa
     _, (record,), _ = bench.offline_passes(args, catalog, users, None)
     assert record["paired_error"] == "RuntimeError: no room for a second engine" and "paired_speedup" not in record
     assert record["p50_ms"] == 10.0
-    none = bench.parse_args([*BASE, "--batch-sizes", "1", "4"])
-    assert not bench.pairs_batch_one(none, "none") and bench.pairs_batch_one(none, "eagle")
-    assert not bench.pairs_batch_one(bench.parse_args([*BASE, "--batch-sizes", "4"]), "padrec")  # no batch 1
+    both = bench.parse_args([*BASE, "--batch-sizes", "1", "4"])
+    assert not bench.pairs_any(both, "none") and bench.pairs(both, "eagle", 1) and bench.pairs(both, "eagle", 4)
+    only_one = bench.parse_args([*BASE, "--batch-sizes", "4", "--pair", "one"])
+    assert not bench.pairs_any(only_one, "padrec")  # no batch 1 to pair
+    assert not bench.pairs_any(bench.parse_args([*BASE, "--pair", "none"]), "padrec")
+
+
+@pytest.mark.parametrize("pairing", ["all", "one"])
+def test_at_every_batch_size_the_passes_alternate_call_by_call_with_the_baseline(monkeypatch, pairing):
+    """--pair all: a pass of 4 requests a call alternates its calls with the baseline engine's, ABBA, and the
+    record has the speedup over the baseline's calls; --pair one leaves it unpaired, against none's own run."""
+    import vllm
+
+    from vllm_padrec.data import SyntheticConfig, generate_synthetic
+
+    catalog = generate_synthetic(SyntheticConfig(num_items=12, num_users=4, codebook_sizes=(4, 4))).catalog
+    tokens = [*catalog.item_token_ids(3), catalog.layout.EOS]
+    # the draft: warm-up, 2 calls of 4 users; the baseline: warm-up, 2 calls (paired only)
+    seconds = {"draft": [0.5, 0.010, 0.030], "baseline": [0.5, 0.040, 0.040]}
+    fake = PairedEngines(seconds, tokens)
+    monkeypatch.setattr(vllm, "LLM", fake.LLM)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: fake.clock[0])
+    monkeypatch.setattr(bench.time, "monotonic", lambda: fake.clock[0])
+    argv = [*BASE, "--batch-sizes", "4", "--list-lens", "1", "--users", "8", "--pair", pairing]
+    args = bench.parse_args(argv)
+    args.one, args.one_gamma = "padrec", 5
+    users = [SimpleNamespace(history=[0, 1], targets=[3]) for _ in range(8)]
+    _, (record,), _ = bench.offline_passes(args, catalog, users, None)
+    if pairing == "one":
+        assert [engine[0] for engine in fake.engines] == ["draft"] and "paired_speedup" not in record
+        return
+    assert fake.calls == ["draft", "baseline", "draft", "baseline", "baseline", "draft"]
+    assert record["users"] == 8 and record["p50_ms"] == 20.0 and record["paired_baseline_p50_ms"] == 40.0
+    assert record["paired_speedup"] == 2.0 and record["paired_equal"] == 8
 
 
 @pytest.mark.parametrize(
@@ -302,7 +333,7 @@ def test_pairing_needs_engines_in_their_own_processes_and_room_for_two(argv, say
     with pytest.raises(SystemExit):
         bench.parse_args([*BASE, *argv])
     assert says in capsys.readouterr().err
-    bench.parse_args([*BASE, *argv, "--no-pair-batch-one"])  # unpaired: either is fine
+    bench.parse_args([*BASE, *argv, "--pair", "none"])  # unpaired: either is fine
 
 
 def test_counters_over_a_pass_are_the_difference_of_vllms_totals():

@@ -585,7 +585,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="draft steps by batch size from benchmark records: the --speculative-config JSON for vllm serve",
     )
     p.add_argument(
-        "--results", required=True, help="a results JSON with records of method, batch_size, gamma, tokens_per_s"
+        "--results",
+        required=True,
+        help="a results JSON with records of method, batch_size, gamma, tokens_per_s (and paired_speedup, read first "
+        "where a record has one)",
     )
     p.add_argument("--draft", required=True, help="the draft folder the config names (--speculative-config's model)")
     p.add_argument("--method", default="padrec", help="the records' speculative method (default padrec)")

@@ -2,22 +2,24 @@
 
 A speculative step pays for its drafts and for verifying them; at a small batch the accepted tokens win,
 at a large one the step's extra cost can lose to plain decoding (issue 14: PAD-Rec at batch 64 ran 0.76x
-no speculation). The policy: for each batch size measured, the gamma whose run gave the most tokens per
-second, 0 (no drafting) when no gamma beats no speculation by ``min_gain``. Between measured batch sizes a
+no speculation). The policy: for each batch size measured, the gamma with the largest speedup over no
+speculation, 0 (no drafting) when none beats it by ``min_gain``. A record's speedup is its ``paired_speedup``
+where the benchmark alternated its calls with a baseline engine's (robust to the machine's drift), else its
+tokens/s over the baseline record's at its batch size. Between measured batch sizes a
 size takes the choice of the largest measured size below it (the first range starts at 1); above the last,
 the last's.
 
 The table is ``--speculative-config``'s ``num_speculative_tokens_per_batch_size``: ``[[first, last, K],
 ...]``, inclusive ranges. vLLM's scheduler then asks each step for K drafts by its batch size, and
 ``speculator.PadRecSpeculator`` drafts exactly K (nothing at K = 0), so that a step without speculation
-costs what plain decoding costs. A choice of one K at every batch size is served without the table
-(``speculative_config``): the table costs vLLM 0.26.0's rounds 25 % at the same K.
+costs what plain decoding costs. A choice of one K at every batch size is served as that K without the table
+(``speculative_config``).
 
 The measurements are benchmark records (``bench_spec_decode``'s schema): ``method``, ``batch_size``,
-``gamma`` and ``tokens_per_s``; a record of ``baseline`` (default ``none``) is no speculation at its batch
-size, whatever its gamma. A results file holds several measurements of a batch size (lists of 10 and 20
-items, offline and served); ``one_measurement`` keeps one list length and one mode, so that every choice
-compares records measured alike.
+``gamma`` and ``tokens_per_s``, and ``paired_speedup`` where measured; a record of ``baseline`` (default
+``none``) is no speculation at its batch size, whatever its gamma. A results file holds several measurements
+of a batch size (lists of 10 and 20 items, offline and served); ``one_measurement`` keeps one list length and
+one mode, so that every choice compares records measured alike.
 """
 
 from __future__ import annotations
@@ -47,11 +49,13 @@ def one_measurement(records: list[Mapping], list_len: int | None = None, mode: s
 def best_gammas(
     records: Iterable[Mapping], method: str, baseline: str = "none", min_gain: float = 0.0
 ) -> dict[int, int]:
-    """Per measured batch size, the gamma of ``method`` with the most tokens/s, or 0 when none beats
-    ``baseline``'s tokens/s by ``min_gain`` (a fraction: 0.02 wants 2% more). A batch size needs a baseline
-    record; ``method``'s records without one are an error (the choice would not be side by side)."""
+    """Per measured batch size, the gamma of ``method`` with the largest speedup over ``baseline``, or 0 when
+    none beats it by ``min_gain`` (a fraction: 0.02 wants 2% more). The speedup is a record's ``paired_speedup``
+    where it has one, else its tokens/s over ``baseline``'s record at its batch size; an unpaired record at a
+    batch size without a baseline record is an error (the choice would not be side by side)."""
     plain: dict[int, float] = {}
-    speculative: dict[int, dict[int, float]] = {}
+    speculative: dict[int, dict[int, float]] = {}  # batch size -> gamma -> tokens/s
+    paired: dict[int, dict[int, float]] = {}  # batch size -> gamma -> paired speedup
     for i, r in enumerate(records):
         if not isinstance(r, Mapping):
             raise ValueError(f"record {i} is not an object: {r!r}")
@@ -63,17 +67,24 @@ def best_gammas(
         if r["method"] == baseline:
             plain[r["batch_size"]] = max(plain.get(r["batch_size"], 0.0), r["tokens_per_s"])
         elif r["method"] == method and r.get("gamma"):
-            by_gamma = speculative.setdefault(r["batch_size"], {})
-            by_gamma[r["gamma"]] = max(by_gamma.get(r["gamma"], 0.0), r["tokens_per_s"])
-    if not speculative:
+            kind = paired if r.get("paired_speedup") is not None else speculative
+            value = r["paired_speedup"] if kind is paired else r["tokens_per_s"]
+            by_gamma = kind.setdefault(r["batch_size"], {})
+            by_gamma[r["gamma"]] = max(by_gamma.get(r["gamma"], 0.0), value)
+    if not speculative and not paired:
         raise ValueError(f"no record of method {method!r} with a gamma and tokens_per_s")
     unmatched = sorted(set(speculative) - set(plain))
     if unmatched:
         raise ValueError(f"batch sizes {unmatched} have {method!r} records but no {baseline!r} record to compare with")
+    speedups: dict[int, dict[int, float]] = {}
+    for batch, by_gamma in speculative.items():
+        speedups[batch] = {gamma: rate / plain[batch] for gamma, rate in by_gamma.items()}
+    for batch, by_gamma in paired.items():  # a paired measurement over an unpaired one of the same gamma
+        speedups.setdefault(batch, {}).update(by_gamma)
     choice = {}
-    for batch, by_gamma in sorted(speculative.items()):
-        gamma, rate = max(by_gamma.items(), key=lambda item: (item[1], -item[0]))  # a tie: the smaller gamma
-        choice[batch] = gamma if rate > plain[batch] * (1.0 + min_gain) else 0
+    for batch, by_gamma in sorted(speedups.items()):
+        gamma, ratio = max(by_gamma.items(), key=lambda item: (item[1], -item[0]))  # a tie: the smaller gamma
+        choice[batch] = gamma if ratio > 1.0 + min_gain else 0
     return choice
 
 
@@ -101,9 +112,9 @@ def drafts_anywhere(table: Iterable[Range]) -> bool:
 
 def speculative_config(draft: str, table: list[Range], method: str = "eagle") -> dict:
     """``--speculative-config`` for a draft under the table: ``num_speculative_tokens`` is its largest K, and the
-    table goes with it only where K changes with the batch size. A table of one K is that K without a table:
-    vLLM 0.26.0's rounds cost 25 % more under a table at the same K (batch 1, gamma 3: 4.37 against 3.50 ms;
-    ``benchmarks/results/spec_decode_smoke.md``). ValueError when the table drafts at no batch size."""
+    table goes with it only where K changes with the batch size: a table of one K is that K without a table (the
+    same rounds; a profile of one request's rounds with and without a table found no phase that costs more under
+    it, ``benchmarks/results/engine_step_batch1.md``). ValueError when the table drafts at no batch size."""
     if not drafts_anywhere(table):
         raise ValueError("no gamma beats no speculation at any measured batch size: serve without a draft")
     config = {"method": method, "model": draft, "num_speculative_tokens": max(k for _, _, k in table)}

@@ -41,7 +41,7 @@ def served_by_the_plugin(records: list[dict]) -> list[dict]:
 
 def speedup(record: dict) -> float | None:
     """A record's speedup over no speculation: measured paired where bench_spec_decode alternated its calls
-    with a baseline engine's (``paired_speedup``, one request at a time), else against the baseline's own
+    with a baseline engine's (``paired_speedup``, at the batch sizes it paired), else against the baseline's own
     engine (``speedup_vs_no_spec``)."""
     paired = record.get("paired_speedup")
     return paired if paired is not None else record.get("speedup_vs_no_spec")
