@@ -41,11 +41,16 @@ profiled), ``none none_v1 ngram medusa``, and ``--spec-dtype float32`` for the e
 head 3, engines 15) ran ``--spec-methods none padrec padrec_tail padrec_adaptive`` (the adaptive engine failed
 capture on a vLLM bug worked around since); the fourth (2026-12-03) lost its machine between two calls after the
 training, and its last 10 minutes ran ``start train --target small`` and ``checks spec_decode_smoke`` (the batch-1
-phase split of ``spec_decode_smoke.md``: a round, 1.94 plain steps, is what to cut). The next profiles that round
-first: call 1 ``start bench_target bench_drafts --target bench --bench-epochs 1 --drafts padrec --draft-steps 600
---spec-methods none padrec padrec_adaptive --spec-gammas 5 --engine-concurrency 1 --engine-users 50 --engine-configs
-baseline spec --engine-profile baseline spec``, call 3 ``checks engine_step bench_spec_decode``. PAD-Rec's signals
-against EAGLE paired by seed (issue 14's 5 %, plain torch, no vLLM):
+phase split of ``spec_decode_smoke.md``: a round, 1.94 plain steps, is what to cut); the fifth (2026-12-03: target
+4, head 3, engine_step 5, then none and padrec gamma 5 before the machine was lost during padrec_adaptive) profiled
+the round: call 1 ``start bench_target bench_drafts --target bench --bench-epochs 1 --drafts padrec --draft-steps 600
+--spec-methods none padrec padrec_adaptive --spec-gammas 5 --engine-concurrency 1 --engine-users 50
+--engine-max-num-seqs 16 --engine-gamma 5 --engine-configs baseline spec spec_table --engine-profile baseline spec
+spec_table``, call 3 ``checks engine_step bench_spec_decode`` (``engine_step_batch1.md``; its traces come back in
+traces.tgz). The next measures the adaptive goal with every batch size paired (bench_spec_decode's ``--pair all``,
+the default since): call 1 ``start bench_target bench_drafts --target bench --bench-epochs 1 --drafts padrec
+--draft-steps 600 --spec-methods none padrec padrec_adaptive --spec-gammas 5``, call 3 ``checks bench_spec_decode``.
+PAD-Rec's signals against EAGLE paired by seed (issue 14's 5 %, plain torch, no vLLM):
 call 1 ``start bench_target signal_ablation --target bench --bench-epochs 1 --draft-steps 600`` (three seeds of
 eagle, padrec and padrec_channel_gate at gamma 5: nine heads of the bench recipe, trained one after another), then
 ``wait 570`` calls; ``--ablation-gammas 5 8`` adds the depth the issue asks about.
