@@ -68,7 +68,9 @@ its end-to-end latency percentiles ``p50_ms`` / ``p99_ms``, its median time to f
         --padrec-draft runs/drafts/padrec/draft --eagle-draft runs/drafts/eagle/draft --out benchmarks/results
 
 Writes ``spec_decode_<dataset>.json`` / ``.md`` / ``.png`` (speedup by batch size per method, acceptance
-by draft step); results are rewritten after each configuration (a run cut short keeps what it measured).
+by draft step); results are rewritten after each configuration (a run cut short keeps what it measured). Exits 1
+when a configuration failed (``errors``, with its log's tail); one not run by design (a gamma the draft cannot
+serve, an adaptive table that never drafts) is named with why (``skipped``) and is no failure.
 ``--render JSON`` rebuilds the Markdown and the plot on any machine. Needs a GPU and vLLM (``--help`` and
 ``--render`` do not).
 """
@@ -179,12 +181,12 @@ def skipped_configuration(args, method: str, gamma: int) -> str | None:
 
     spec = METHODS[method]
     if method == "medusa" and gamma > (heads := medusa_heads(args.medusa_draft)):
-        return f"skipped: gamma {gamma} needs {gamma} Medusa heads, {args.medusa_draft} has {heads}"
+        return f"gamma {gamma} needs {gamma} Medusa heads, {args.medusa_draft} has {heads}"
     if spec.draft is not None and spec.speculative_method == "eagle":
         folder = getattr(args, f"{spec.draft}_draft")
         n_predict = (read_json_config(folder) or {}).get("n_predict")
         if (problem := speculative_tokens_problem(gamma + spec.forced_tail, n_predict)) is not None:
-            return f"skipped: {problem} ({folder})"
+            return f"{problem} ({folder})"
     return None
 
 
@@ -695,7 +697,11 @@ def record_key(record: dict) -> tuple:
     return tuple(fields[field] if field in fields else record.get(field) for field in RECORD_KEY)
 
 
-def summarize(args, results: list[dict], errors: dict, table: list | None, earlier: list[dict] = ()) -> dict:
+def summarize(
+    args, results: list[dict], errors: dict, table: list | None, earlier: list[dict] = (), skipped: dict | None = None
+) -> dict:
+    """The results file's payload: this run's records merged with ``earlier``'s, the goals' verdicts, and the
+    configurations that failed (``errors``) or were not run by design, each with why (``skipped``)."""
     import torch
 
     run = {"dtype": args.dtype, "tensor_parallel_size": tensor_parallel_size(args.engine_args)}
@@ -716,6 +722,7 @@ def summarize(args, results: list[dict], errors: dict, table: list | None, earli
         "records": records,
         "goals": spec_decode_goals(records),
         "errors": errors,
+        "skipped": dict(skipped or {}),
     }
 
 
@@ -854,6 +861,7 @@ def markdown(payload: dict) -> str:
         )
     lines.append("")
     lines += failures_markdown(payload.get("errors", {}))
+    lines += [f"Configuration {name} not run: {why}" for name, why in payload.get("skipped", {}).items()]
     return "\n".join(lines) + "\n"
 
 
@@ -1037,18 +1045,18 @@ def main(argv: list[str] | None = None) -> int:
     forwarded = sys.argv[1:] if argv is None else list(argv)
     name = args.name or f"spec_decode_{Path(args.dataset).name}"
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
-    results, errors, table = [], {}, None
+    results, errors, skipped, table = [], {}, {}, None  # errors: failed; skipped: not run by design
     earlier = earlier_records(Path(args.out) / f"{name}.json") if args.merge else []
 
     def write(final: bool) -> dict:
         attach_baseline(results)
-        payload = summarize(args, results, errors, table, earlier)
+        payload = summarize(args, results, errors, table, earlier, skipped)
         payload["command"] = command_line("benchmarks.bench_spec_decode", forwarded)
         return write_progress(args.out, name, payload, len(results), final, markdown, plot)
 
     for method, gamma in configurations(args):
         if (why := skipped_configuration(args, method, gamma)) is not None:
-            errors[f"{method}_g{gamma}"] = why
+            skipped[f"{method}_g{gamma}"] = why
             continue
         argv = [*forwarded, "--one", method, "--one-gamma", str(gamma)]
         if method == ADAPTIVE:
@@ -1061,7 +1069,7 @@ def main(argv: list[str] | None = None) -> int:
                 errors[f"{method}_g{gamma}"] = f"no table: {error}"
                 continue
             if not drafts_anywhere(table):  # served without a draft: none's records are the policy's
-                errors[f"{method}_g{gamma}"] = f"not run: its table {table} drafts at no batch size (none's records)"
+                skipped[f"{method}_g{gamma}"] = f"its table {table} drafts at no batch size (none's records)"
                 continue
             argv += ["--gamma-table", json.dumps(table)]
         for mode in MODES if args.serve else MODES[:1]:
@@ -1082,7 +1090,7 @@ def main(argv: list[str] | None = None) -> int:
             write(final=False)
     payload = write(final=True)
     print(markdown(payload))
-    return 1 if errors else 0
+    return 1 if errors else 0  # a configuration skipped by design is no failure
 
 
 if __name__ == "__main__":
