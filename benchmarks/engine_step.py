@@ -358,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         "--note", default=None, help="a note printed under the results' heading (with --render: replaces the file's)"
     )
     parser.add_argument("--users", type=int, default=512, help="timed requests (test users, repeated if needed)")
-    parser.add_argument("--concurrency", type=int, default=64, help="max_num_seqs: requests per engine step")
+    parser.add_argument(
+        "--concurrency", type=int, default=64, help="requests a call; max_num_seqs too unless --max-num-seqs"
+    )
     parser.add_argument(
         "--max-num-seqs",
         type=int,

@@ -686,7 +686,8 @@ def model_args(s: Settings) -> list[str]:
 def engine_step(ctx: JobContext, name: str, env: dict[str, str]) -> int:
     s = ctx.settings
     traces = WORK / "traces" / name  # each profiled configuration's Chrome trace (``collect``: traces.tgz)
-    traces.mkdir(parents=True, exist_ok=True)
+    if s.engine_profile:
+        traces.mkdir(parents=True, exist_ok=True)
     code = ctx.python(
         "benchmarks.engine_step",
         *model_args(s),
