@@ -50,6 +50,7 @@ from vllm_padrec.acceptance import mean_acceptance_length
 from vllm_padrec.integration.spec_decode_counters import SPEC_COUNTERS
 from vllm_padrec.testing.python_profile import hotspot_table, python_hotspots
 from vllm_padrec.testing.results import write_results
+from vllm_padrec.testing.stats import percentile
 
 # name -> (with the draft, constrained, additional_config["padrec"])
 CONFIGS: dict[str, tuple[bool, bool, dict]] = {
@@ -175,12 +176,16 @@ def speculative_config(args, config: str) -> dict:
     return spec
 
 
-def generate(llm, prompts: list, params, concurrency: int) -> list:
+def generate(llm, prompts: list, params, concurrency: int, call_seconds: list[float] | None = None) -> list:
     """``llm.generate`` of ``prompts`` in calls of ``concurrency`` requests, one after another: with
-    ``max_num_seqs`` above ``concurrency`` a call's requests are what shares an engine step."""
+    ``max_num_seqs`` above ``concurrency`` a call's requests are what shares an engine step. Each call's seconds
+    are appended to ``call_seconds`` when given."""
     outputs = []
     for first in range(0, len(prompts), concurrency):
+        began = time.perf_counter()
         outputs += llm.generate(prompts[first : first + concurrency], params, use_tqdm=False)
+        if call_seconds is not None:
+            call_seconds.append(time.perf_counter() - began)
     return outputs
 
 
@@ -231,7 +236,8 @@ def run_config(args) -> dict:
     before = metric_totals(llm)
     torch.cuda.synchronize()
     started = time.perf_counter()
-    outputs = generate(llm, timed, params, args.concurrency)
+    call_seconds: list[float] = []
+    outputs = generate(llm, timed, params, args.concurrency, call_seconds)
     seconds = time.perf_counter() - started
     after = metric_totals(llm)
     delta = {k: after[k] - before[k] for k in after}
@@ -253,6 +259,9 @@ def run_config(args) -> dict:
         "output_tokens": tokens,
         "tokens_per_second": round(tokens / seconds, 1),
         "engine_steps": int(delta["steps"]),
+        # the median call: robust to a slow first call (a kernel compiled on first use) that the mean carries
+        "calls": len(call_seconds),
+        "call_ms_p50": round(1000 * percentile(call_seconds, 50), 3),
         "step_ms": round(1000 * seconds / delta["steps"], 3) if delta["steps"] else None,
         "acceptance_length": None if acceptance is None else round(acceptance, 4),
         "token_ids": [list(o.outputs[0].token_ids) for o in outputs],
@@ -495,17 +504,19 @@ def render_markdown(payload: dict) -> str:
         f"Offline `LLM`, engine in-process, {payload['users']} requests of {payload['list_items']}-item lists, "
         f"{payload['concurrency']} a call (max_num_seqs {payload.get('max_num_seqs', payload['concurrency'])}), "
         f"gamma {payload.get('gamma') or 'vLLM default'}, {payload['dtype']}; {payload['device']}, torch "
-        f"{payload['torch']}, {payload['date']}. Step ms = wall time / engine steps.",
+        f"{payload['torch']}, {payload['date']}. Step ms = wall time / engine steps; call p50: the median call "
+        "(--concurrency requests).",
         "",
         *([f"Note: {payload['note']}", ""] if payload.get("note") else []),
         "| configuration | draft | constrained | tokens/s | speedup vs baseline | engine steps | step ms "
-        "| acceptance length | lists ≠ no draft |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| call p50 ms | acceptance length | lists ≠ no draft |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in payload["records"]:
         lines.append(
             f"| {r['config']} | {'yes' if r['with_draft'] else 'no'} | {'yes' if r['constrained'] else 'no'} | "
             f"{r['tokens_per_second']} | {r.get('speedup_vs_baseline', '-')} | {r['engine_steps']} | {r['step_ms']} | "
+            f"{r.get('call_ms_p50', '-')} | "
             f"{r['acceptance_length'] if r['acceptance_length'] is not None else '-'} | "
             f"{r.get('lists_differing_from_no_draft', '-')} |"
         )

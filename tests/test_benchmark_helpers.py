@@ -138,15 +138,23 @@ def test_engine_step_table_config_drafts_gamma_below_max_num_seqs_and_nothing_at
     assert engine_step.max_num_seqs(default) == 4
 
 
-def test_engine_step_runs_the_users_concurrency_a_call():
+def test_engine_step_runs_the_users_concurrency_a_call_and_times_each_call(monkeypatch):
     from types import SimpleNamespace
 
     from benchmarks import engine_step
 
-    calls = []
-    llm = SimpleNamespace(generate=lambda prompts, params, use_tqdm: calls.append(list(prompts)) or list(prompts))
-    assert engine_step.generate(llm, list(range(5)), None, 2) == [0, 1, 2, 3, 4]
+    clock, calls = [0.0], []
+
+    def generate(prompts, params, use_tqdm):
+        calls.append(list(prompts))
+        clock[0] += 0.01 * len(prompts)  # a call's seconds: 10 ms a request
+        return list(prompts)
+
+    monkeypatch.setattr(engine_step.time, "perf_counter", lambda: clock[0])
+    seconds = []
+    assert engine_step.generate(SimpleNamespace(generate=generate), list(range(5)), None, 2, seconds) == [0, 1, 2, 3, 4]
     assert calls == [[0, 1], [2, 3], [4]]
+    assert seconds == pytest.approx([0.02, 0.02, 0.01])
 
 
 @pytest.mark.parametrize(
@@ -230,7 +238,7 @@ def test_engine_step_metrics_and_summary(tmp_path):
     assert by_name["spec"]["speedup_vs_baseline"] == 2.5
     assert all("token_ids" not in r for r in payload["records"])
     text = engine_step.render_markdown(payload)
-    assert "| spec | yes | yes | 250.0 | 2.5 | 10 | 5.0 | 4.0 | 0 |" in text
+    assert "| spec | yes | yes | 250.0 | 2.5 | 10 | 5.0 | - | 4.0 | 0 |" in text  # no call p50 in these records
     # --render redraws a results file with a note, as a committed run is re-rendered
     (tmp_path / "run.json").write_text(json.dumps(payload))
     assert engine_step.main(["--render", str(tmp_path / "run.json"), "--note", "a hold's note"]) == 0
