@@ -95,7 +95,13 @@ def test_the_cli_prints_the_speculative_config_and_says_each_choice(capsys, tmp_
         "num_speculative_tokens": 5,
         "num_speculative_tokens_per_batch_size": [[1, 3, 5], [4, 15, 3], [16, 64, 0]],
     }
-    assert "batch 64: gamma 0  (no speculation)" in err
+    assert "batch 1: gamma 5  (2.45x no speculation, unpaired)" in err
+    assert "batch 64: gamma 0  (no speculation: the best, gamma 5, made 0.76x no speculation, unpaired)" in err
+    paired = [*RECORDS, record("padrec", 64, 3, 15000.0) | {"paired_speedup": 1.3}]  # beats none's other run
+    results.write_text(json.dumps({"records": paired}))
+    code, out, err = run(capsys, ["gamma-schedule", "--results", str(results), "--draft", "/d", "--max-num-seqs", "64"])
+    assert code == 0 and "batch 64: gamma 3  (1.30x no speculation, paired)" in err
+    assert json.loads(out)["num_speculative_tokens_per_batch_size"][-1] == [64, 64, 3]
 
 
 @pytest.mark.parametrize(

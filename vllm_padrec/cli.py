@@ -349,7 +349,14 @@ def _engine_topk(args, catalog, histories, max_history: int) -> list[list[tuple[
 
 def cmd_gamma_schedule(args) -> int:
     """Draft steps by batch size from a benchmark's records, as the --speculative-config that serves them."""
-    from vllm_padrec.integration.gamma_schedule import best_gammas, gamma_table, one_measurement, speculative_config
+    from vllm_padrec.integration.gamma_schedule import (
+        best_gammas,
+        fastest,
+        gamma_table,
+        one_measurement,
+        speculative_config,
+        speedups,
+    )
 
     path = Path(args.results)
     if not path.is_file():
@@ -364,11 +371,15 @@ def cmd_gamma_schedule(args) -> int:
     try:
         measured = one_measurement(records, args.list_len, args.mode)
         choice = best_gammas(measured, args.method, baseline=args.baseline, min_gain=args.min_gain)
+        measured_speedups = speedups(measured, args.method, baseline=args.baseline)
         table = gamma_table(choice, args.max_num_seqs)
     except ValueError as error:
         raise PadRecError(f"--results {path}: {error}") from None
     for batch, gamma in sorted(choice.items()):
-        print(f"batch {batch}: gamma {gamma}" + ("  (no speculation)" if gamma == 0 else ""), file=sys.stderr)
+        best_gamma, best = fastest(measured_speedups[batch])
+        how = f"{best.ratio:.2f}x no speculation, {'paired' if best.paired else 'unpaired'}"
+        said = f"({how})" if gamma else f"(no speculation: the best, gamma {best_gamma}, made {how})"
+        print(f"batch {batch}: gamma {gamma}  {said}", file=sys.stderr)
     try:
         config = speculative_config(args.draft, table)
     except ValueError as error:

@@ -25,6 +25,7 @@ one mode, so that every choice compares records measured alike.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 Range = tuple[int, int, int]  # (first batch size, last batch size, draft steps), inclusive
 
@@ -46,15 +47,21 @@ def one_measurement(records: list[Mapping], list_len: int | None = None, mode: s
     return [r for r in records if kept(r)]
 
 
-def best_gammas(
-    records: Iterable[Mapping], method: str, baseline: str = "none", min_gain: float = 0.0
-) -> dict[int, int]:
-    """Per measured batch size, the gamma of ``method`` with the largest speedup over ``baseline``, or 0 when
-    none beats it by ``min_gain`` (a fraction: 0.02 wants 2% more). The speedup is a record's ``paired_speedup``
-    where it has one, else its tokens/s over ``baseline``'s record at its batch size; an unpaired record at a
-    batch size without a baseline record is an error (the choice would not be side by side)."""
+@dataclass(frozen=True)
+class Speedup:
+    """A gamma's speedup over no speculation at one batch size, and whether it was measured paired."""
+
+    ratio: float
+    paired: bool
+
+
+def speedups(records: Iterable[Mapping], method: str, baseline: str = "none") -> dict[int, dict[int, Speedup]]:
+    """Per measured batch size, each gamma of ``method``'s speedup over ``baseline``: a record's
+    ``paired_speedup`` where it has one (preferred over an unpaired record of the same gamma), else its tokens/s
+    over ``baseline``'s record at its batch size; an unpaired record at a batch size without a baseline record is
+    an error (the comparison would not be side by side)."""
     plain: dict[int, float] = {}
-    speculative: dict[int, dict[int, float]] = {}  # batch size -> gamma -> tokens/s
+    unpaired: dict[int, dict[int, float]] = {}  # batch size -> gamma -> tokens/s
     paired: dict[int, dict[int, float]] = {}  # batch size -> gamma -> paired speedup
     for i, r in enumerate(records):
         if not isinstance(r, Mapping):
@@ -67,24 +74,37 @@ def best_gammas(
         if r["method"] == baseline:
             plain[r["batch_size"]] = max(plain.get(r["batch_size"], 0.0), r["tokens_per_s"])
         elif r["method"] == method and r.get("gamma"):
-            kind = paired if r.get("paired_speedup") is not None else speculative
+            kind = paired if r.get("paired_speedup") is not None else unpaired
             value = r["paired_speedup"] if kind is paired else r["tokens_per_s"]
             by_gamma = kind.setdefault(r["batch_size"], {})
             by_gamma[r["gamma"]] = max(by_gamma.get(r["gamma"], 0.0), value)
-    if not speculative and not paired:
+    if not unpaired and not paired:
         raise ValueError(f"no record of method {method!r} with a gamma and tokens_per_s")
-    unmatched = sorted(set(speculative) - set(plain))
+    unmatched = sorted(set(unpaired) - set(plain))
     if unmatched:
         raise ValueError(f"batch sizes {unmatched} have {method!r} records but no {baseline!r} record to compare with")
-    speedups: dict[int, dict[int, float]] = {}
-    for batch, by_gamma in speculative.items():
-        speedups[batch] = {gamma: rate / plain[batch] for gamma, rate in by_gamma.items()}
-    for batch, by_gamma in paired.items():  # a paired measurement over an unpaired one of the same gamma
-        speedups.setdefault(batch, {}).update(by_gamma)
+    result: dict[int, dict[int, Speedup]] = {}
+    for batch, by_gamma in unpaired.items():
+        result[batch] = {gamma: Speedup(rate / plain[batch], False) for gamma, rate in by_gamma.items()}
+    for batch, by_gamma in paired.items():
+        result.setdefault(batch, {}).update({gamma: Speedup(ratio, True) for gamma, ratio in by_gamma.items()})
+    return dict(sorted(result.items()))
+
+
+def fastest(by_gamma: Mapping[int, Speedup]) -> tuple[int, Speedup]:
+    """The gamma with the largest speedup (a tie: the smaller gamma) and its speedup."""
+    return max(by_gamma.items(), key=lambda item: (item[1].ratio, -item[0]))
+
+
+def best_gammas(
+    records: Iterable[Mapping], method: str, baseline: str = "none", min_gain: float = 0.0
+) -> dict[int, int]:
+    """Per measured batch size, the gamma of ``method`` with the largest speedup over ``baseline``
+    (``speedups``), or 0 when none beats it by ``min_gain`` (a fraction: 0.02 wants 2% more)."""
     choice = {}
-    for batch, by_gamma in sorted(speedups.items()):
-        gamma, ratio = max(by_gamma.items(), key=lambda item: (item[1], -item[0]))  # a tie: the smaller gamma
-        choice[batch] = gamma if ratio > 1.0 + min_gain else 0
+    for batch, by_gamma in speedups(records, method, baseline).items():
+        gamma, best = fastest(by_gamma)
+        choice[batch] = gamma if best.ratio > 1.0 + min_gain else 0
     return choice
 
 
