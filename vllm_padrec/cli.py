@@ -350,7 +350,7 @@ def _engine_topk(args, catalog, histories, max_history: int) -> list[list[tuple[
 def cmd_gamma_schedule(args) -> int:
     """Draft steps by batch size from a benchmark's records, as the --speculative-config that serves them."""
     from vllm_padrec.integration.gamma_schedule import (
-        best_gammas,
+        chosen_gammas,
         fastest,
         gamma_table,
         one_measurement,
@@ -370,8 +370,8 @@ def cmd_gamma_schedule(args) -> int:
         raise PadRecError(f"--results {path} holds no list of records")
     try:
         measured = one_measurement(records, args.list_len, args.mode)
-        choice = best_gammas(measured, args.method, baseline=args.baseline, min_gain=args.min_gain)
         measured_speedups = speedups(measured, args.method, baseline=args.baseline)
+        choice = chosen_gammas(measured_speedups, args.min_gain)
         table = gamma_table(choice, args.max_num_seqs)
     except ValueError as error:
         raise PadRecError(f"--results {path}: {error}") from None

@@ -101,8 +101,13 @@ def best_gammas(
 ) -> dict[int, int]:
     """Per measured batch size, the gamma of ``method`` with the largest speedup over ``baseline``
     (``speedups``), or 0 when none beats it by ``min_gain`` (a fraction: 0.02 wants 2% more)."""
+    return chosen_gammas(speedups(records, method, baseline), min_gain)
+
+
+def chosen_gammas(by_batch: Mapping[int, Mapping[int, Speedup]], min_gain: float = 0.0) -> dict[int, int]:
+    """``best_gammas`` from speedups already measured (``speedups``'s result)."""
     choice = {}
-    for batch, by_gamma in speedups(records, method, baseline).items():
+    for batch, by_gamma in by_batch.items():
         gamma, best = fastest(by_gamma)
         choice[batch] = gamma if best.ratio > 1.0 + min_gain else 0
     return choice
