@@ -167,12 +167,14 @@ def batch_size_table(gamma: int, largest: int) -> list[list[int]]:
 
 def speculative_config(args, config: str) -> dict:
     """The draft's ``speculative_config``: vLLM's EAGLE method on the PAD-Rec head, ``--gamma`` drafts (None:
-    vLLM's default for the draft), and ``spec_table``'s batch-size table."""
+    vLLM's default for the draft); ``spec_table``'s as ``vllm-padrec gamma-schedule`` writes its table."""
+    if config in TABLE_CONFIGS:
+        from vllm_padrec.integration.gamma_schedule import speculative_config as table_config
+
+        return table_config(args.draft, batch_size_table(args.gamma, max_num_seqs(args)))
     spec: dict = {"method": "eagle", "model": args.draft}
     if args.gamma is not None:
         spec["num_speculative_tokens"] = args.gamma
-    if config in TABLE_CONFIGS:
-        spec["num_speculative_tokens_per_batch_size"] = batch_size_table(args.gamma, max_num_seqs(args))
     return spec
 
 
