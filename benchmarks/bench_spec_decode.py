@@ -16,6 +16,8 @@ Methods (``METHODS``), each with its drafts and the plugin's settings:
     padrec_tail       the PAD-Rec draft's gamma drafts and 2 more filled from the catalog alone
                       (``padrec.forced_tail``, ``integration/forced_tail.py``): the engine verifies gamma + 2
                       drafts a step (records: ``gamma`` the draft's, ``forced_tail`` 2)
+    padrec_loop       the PAD-Rec draft with its decode steps of a round as one CUDA graph
+                      (``padrec.decode_loop_graph``, ``integration/decode_loop_graph.py``)
     none_v1           no draft, on vLLM's Model Runner V1: the baseline of the two below
     ngram             vLLM's n-gram drafts (prompt lookup, ``--ngram-lookup``), Model Runner V1: vLLM's
                       ``ngram`` proposer, which needs numba, or its ``ngram_gpu`` where numba is missing
@@ -112,6 +114,7 @@ PAIRED_BASELINE_MEMORY = 0.3  # the paired baseline engine's share of GPU memory
 MODES = ("offline", "serve")  # an in-process LLM; vllm serve measured by vllm bench serve (--serve)
 ADAPTIVE = "padrec_adaptive"
 FORCED_TAIL, FORCED_TAIL_SLOTS = "padrec_tail", 2  # PAD-Rec's gamma drafts and 2 more from the catalog alone
+LOOP_GRAPH = "padrec_loop"  # PAD-Rec with a round's decode steps as one CUDA graph
 
 
 V1_DRAFT_FREE = "none_v1"
@@ -144,11 +147,14 @@ METHODS = {
     "eagle_one_step": Method("eagle_one_step", {}),
     ADAPTIVE: Method("padrec", {}),
     FORCED_TAIL: Method("padrec", {"forced_tail": FORCED_TAIL_SLOTS}),
+    LOOP_GRAPH: Method("padrec", {"decode_loop_graph": True}),
     V1_DRAFT_FREE: Method(None, {}, None, "v1"),
     "ngram": Method(None, {}, "ngram", "v1"),
     "medusa": Method("medusa", {}, "medusa", "v1"),
 }
-DEFAULT_METHODS = [m for m, spec in METHODS.items() if spec.runner == "v2" and m not in ("eagle_one_step", FORCED_TAIL)]
+DEFAULT_METHODS = [
+    m for m, spec in METHODS.items() if spec.runner == "v2" and m not in ("eagle_one_step", FORCED_TAIL, LOOP_GRAPH)
+]
 
 
 # -- configurations --------------------------------------------------------------------------------------------

@@ -203,7 +203,7 @@ def log(message: str) -> None:
 # -- settings: the command-line options of the session ----------------------------------------------------------
 # bench_spec_decode's METHODS (this script imports nothing of the package: it runs before the package is installed)
 SPEC_METHODS = (  # bench_spec_decode's methods: on Model Runner V2, then vanilla vLLM's on V1
-    *("none", "padrec", "eagle", "eagle_vanilla", "eagle_one_step", "padrec_adaptive", "padrec_tail"),
+    *("none", "padrec", "eagle", "eagle_vanilla", "eagle_one_step", "padrec_adaptive", "padrec_tail", "padrec_loop"),
     *("none_v1", "ngram", "medusa"),
 )
 # the heads of atspeed_drafts, one budget each: vllm_padrec.draft.config.OBJECTIVES

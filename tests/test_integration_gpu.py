@@ -90,6 +90,8 @@ def _probe(worker) -> dict:
         "drafts": speculator.draft_tokens[:1].tolist() if speculator is not None else None,
         # the mask functions installed: the eager / compiled torch ones or the Triton kernel's launchers
         "masks": None if lists is None else [getattr(f, "__name__", "?") for f in (lists._verify, lists._draft)],
+        # padrec.decode_loop_graph: (loop graphs captured, rounds they served), None without them
+        "loop_graphs": None if (g := getattr(speculator, "_loop_graphs", None)) is None else (len(g.graphs), g.replays),
     }
 
 
@@ -265,6 +267,26 @@ def test_greedy_speculation_with_a_batch_size_table_is_lossless(setup, baseline)
     assert result["speculator"] == "PadRecSpeculator"
     assert result["tokens"] == baseline["tokens"]
     for tokens in result["tokens"][3:]:
+        check_constrained(setup["catalog"], tokens)
+
+
+@pytest.mark.parametrize(
+    "table", [None, [[1, 4, NUM_STEPS - 1], [5, 6, NUM_STEPS], [7, 256, 0]]], ids=["gamma", "table"]
+)
+def test_the_decode_loop_graph_drafts_what_vllms_loop_drafts(setup, baseline, table):
+    """padrec.decode_loop_graph (decode_loop_graph.py): every round's drafts equal those of vLLM's step-by-step loop
+    on the same draft, the loop graphs served rounds, and greedy outputs equal those without speculation. With the
+    table, rounds of K = 3 (5-6 requests running) replay a loop of 2 decode steps and rounds of K = 2 run vLLM's."""
+    spec_extra = {"num_speculative_tokens_per_batch_size": table} if table else None
+    args = (setup["target"], setup["random_draft"], False, setup["prompts"], setup["params"], True)
+    looped = in_subprocess(*args, {"decode_loop_graph": True}, "eagle", None, spec_extra)
+    stepped = in_subprocess(*args, None, "eagle", None, spec_extra)
+    assert stepped["loop_graphs"] is None
+    graphs, replays = looped["loop_graphs"]
+    assert graphs > 0 and replays > 0, looped["loop_graphs"]
+    assert looped["rounds"] == stepped["rounds"]
+    assert looped["tokens"] == baseline["tokens"]
+    for tokens in looped["tokens"][3:]:
         check_constrained(setup["catalog"], tokens)
 
 

@@ -3,6 +3,7 @@
     draft_model.py              EaglePadRecForCausalLM: the PAD-Rec draft head as a vLLM model; its
                                 compute_logits masks the drafts
     speculator.py               PadRecSpeculator: hands the head the draft step, its drafts and the masks
+    decode_loop_graph.py        a round's draft decode steps as one CUDA graph (padrec.decode_loop_graph)
     draft_check.py              draft vs target checks (vocabulary, hidden size, token layout)
     list_settings.py            the server's list settings and catalog; a request's settings checked against them
     request_lists.py            each request's settings row in the engine; a failing request refused alone

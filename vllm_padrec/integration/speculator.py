@@ -27,6 +27,9 @@ It serves the PAD-Rec head, and vLLM's own EAGLE drafts when the plugin masks th
   ``num_speculative_tokens``; ``init_cudagraph_manager`` captures them for one token a request, as they run.
 - With ``padrec.forced_tail`` = E (``forced_tail.py``), the last E of those K drafts (``tail_slots``) are
   filled from the draft masks after the draft model's K - E steps, with no draft forward.
+- With ``padrec.decode_loop_graph``, the decode steps of a round run as one CUDA graph, captured after vLLM's
+  own graphs (``decode_loop_graph.py``); rounds it has no graph for, or that need the host between steps
+  (drafted top-K searches), run vLLM's loop.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from torch import nn
 from vllm.v1.spec_decode.dynamic.utils import build_dynamic_sd_schedule_lookup
 from vllm.v1.worker.gpu.spec_decode.eagle.speculator import EagleSpeculator
 
+from vllm_padrec.integration.decode_loop_graph import DecodeLoopGraphs, loop_step_counts
 from vllm_padrec.integration.draft_masks import with_list_masks
 from vllm_padrec.integration.forced_tail import fill_forced_tail, tail_slots
 from vllm_padrec.integration.list_settings import server_settings
@@ -53,6 +57,7 @@ class PadRecSpeculator(EagleSpeculator):
     _round_searches: Sequence = ()  # this propose's drafted top-K searches (topk_draft_search.RoundSearch)
     _forced_tail = 0  # E: drafts a step fills from the catalog alone (padrec.forced_tail)
     _tail_scratch: torch.Tensor | None = None  # [max_num_reqs, V] the tail's masked logits
+    _loop_graphs: DecodeLoopGraphs | None = None  # padrec.decode_loop_graph's graphs, once captured
 
     def load_draft_model(self, target_model: nn.Module, target_attn_layer_names: set[str]) -> nn.Module:
         model = with_list_masks(super().load_draft_model(target_model, target_attn_layer_names))
@@ -82,6 +87,13 @@ class PadRecSpeculator(EagleSpeculator):
         self.prefill_cudagraph_manager = type(prefill)(
             self.vllm_config, self.device, prefill.cudagraph_mode, prefill.decode_query_len
         )
+
+    def capture(self) -> None:
+        """vLLM's graphs, then with ``padrec.decode_loop_graph`` the decode loops on their pool."""
+        super().capture()
+        if server_settings(self.vllm_config).decode_loop_graph:
+            counts = loop_step_counts(self._schedule(), self.num_speculative_steps, self._forced_tail)
+            self._loop_graphs = DecodeLoopGraphs.capture(self, counts)
 
     def set_attn(self, model_state, *args, **kwargs) -> None:
         super().set_attn(model_state, *args, **kwargs)
@@ -171,19 +183,25 @@ class PadRecSpeculator(EagleSpeculator):
             self.draft_logits,
         )
 
-    def _multi_step_decode(self, *args, **kwargs) -> None:
+    def _multi_step_decode(self, num_reqs: int, skip_attn: bool, batch_desc, num_tokens_across_dp) -> None:
         """vLLM's decode loop (steps 1 .. gamma - 1), cut to this step's drafts: its range is read from
         ``num_speculative_steps`` (vllm/v1/worker/gpu/spec_decode/autoregressive/speculator.py,
-        ``_multi_step_decode``), which holds this step's count for the loop only. With drafted top-K searches,
-        each advances after draft step 0 (this method's entry: V2 has run step 0 and prepared step 1's inputs)
-        and after every decode step (the loop's graph replay or eager step, hooked for this call only)."""
+        ``_multi_step_decode``), which holds this step's count for the loop only; or the loop's one graph
+        (``padrec.decode_loop_graph``). With drafted top-K searches, each advances after draft step 0 (this
+        method's entry: V2 has run step 0 and prepared step 1's inputs) and after every decode step (the loop's
+        graph replay or eager step, hooked for this call only)."""
         gamma = self.num_speculative_steps
-        self.num_speculative_steps = getattr(self, "_decode_steps", gamma)
+        decode_steps = getattr(self, "_decode_steps", gamma)
+        graphs = self._loop_graphs
+        if graphs is not None and not skip_attn and not self._round_searches:
+            if graphs.replay(self, num_reqs, batch_desc, decode_steps - 1):
+                return
+        self.num_speculative_steps = decode_steps
         unhook = self._hook_decode_steps() if self._round_searches else None
         try:
             if unhook is not None:
                 self._advance_round_searches()
-            super()._multi_step_decode(*args, **kwargs)
+            super()._multi_step_decode(num_reqs, skip_attn, batch_desc, num_tokens_across_dp)
         finally:
             self.num_speculative_steps = gamma
             if unhook is not None:
