@@ -241,6 +241,8 @@ class Settings:
     spec_methods: tuple[str, ...] = SPEC_METHODS  # bench_spec_decode's methods (a hold may run some of them)
     spec_dtype: str = "bfloat16"  # bench_spec_decode's dtype (float32: the equality goal)
     spec_gammas: tuple[int, ...] = (3, 5)  # bench_spec_decode's gammas (at most draft_gamma)
+    spec_batch_sizes: tuple[int, ...] = (1, 4, 16, 64, 128)  # bench_spec_decode's requests a call
+    spec_list_lens: tuple[int, ...] = (10, 20)  # bench_spec_decode's items per list
     atspeed_runs: tuple[str, ...] = ATSPEED_RUNS  # bench_topk_atspeed's runs (a later hold may redo one)
     atspeed_heads: tuple[str, ...] = ("atspeed_s", "atspeed_r", "distill")  # its speed run's heads, in order
     gpu_tests: tuple[str, ...] = ("test_integration_gpu.py", "test_integration_gpu_serve.py")
@@ -343,6 +345,20 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
         type=int,
         nargs="+",
         help="bench_spec_decode's gammas, at most --draft-gamma (default 3 5)",
+        **kw,
+    )
+    add(
+        "--spec-batch-sizes",
+        type=int,
+        nargs="+",
+        help=f"bench_spec_decode's requests a call (default {' '.join(map(str, d.spec_batch_sizes))})",
+        **kw,
+    )
+    add(
+        "--spec-list-lens",
+        type=int,
+        nargs="+",
+        help=f"bench_spec_decode's items per list (default {' '.join(map(str, d.spec_list_lens))})",
         **kw,
     )
     add("--draft-gamma", type=int, help=f"draft steps the bench heads train for (default {d.draft_gamma})", **kw)
@@ -809,15 +825,17 @@ def job_bench_spec_decode(ctx: JobContext) -> int:
     run's records)."""
     s = ctx.settings
     heads = WORK / "bench_drafts"
-    merge_base(f"spec_decode_{s.dataset}", s)
+    name = f"spec_decode_{s.dataset}{s.suffix()}"  # the small target's records never merge into the bench's
+    merge_base(name, s)
     return run_benchmark(
         ctx,
         "benchmarks.bench_spec_decode",
-        *("--padrec-draft", str(heads / "padrec" / "draft"), "--eagle-draft", str(heads / "eagle" / "draft")),
+        *("--name", name, "--padrec-draft", str(s.draft()), "--eagle-draft", str(heads / "eagle" / "draft")),
         *("--eagle-one-step-draft", str(WORK / "bench_drafts_one_step" / "eagle" / "draft")),
         *("--medusa-draft", str(heads / "medusa" / "draft")),
         *("--methods", *s.spec_methods, "--dtype", s.spec_dtype, "--merge"),
-        *("--gammas", *map(str, s.spec_gammas)),
+        *("--gammas", *map(str, s.spec_gammas), "--batch-sizes", *map(str, s.spec_batch_sizes)),
+        *("--list-lens", *map(str, s.spec_list_lens)),
     )
 
 

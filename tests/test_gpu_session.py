@@ -554,7 +554,10 @@ def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads
     methods = args[args.index("--methods") + 1 : args.index("--dtype")]
     assert methods == gs.SPEC_METHODS and set(methods) == set(bench_spec_decode.METHODS)
     assert value("--dtype") == "bfloat16" and "--merge" in args
-    assert args[args.index("--gammas") + 1 :] == ("3", "5")
+    assert args[args.index("--gammas") + 1 : args.index("--batch-sizes")] == ("3", "5")
+    assert args[args.index("--batch-sizes") + 1 : args.index("--list-lens")] == ("1", "4", "16", "64", "128")
+    assert args[args.index("--list-lens") + 1 :] == ("10", "20")
+    assert value("--name") == "spec_decode_beauty_atspeed"  # the committed file it merges into
     # a hold that runs some of the methods, in float32 (the equality goal), merged into the committed file
     calls.clear()
     settings = gs.Settings(target="bench", spec_methods=("none", "padrec"), spec_dtype="float32")
@@ -562,6 +565,17 @@ def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads
     ((_, args),) = calls
     assert args[args.index("--methods") + 1 : args.index("--dtype")] == ("none", "padrec")
     assert value("--dtype") == "float32"
+    # on the small target: its own head and results file, fewer batch sizes and list lengths
+    calls.clear()
+    settings = gs.Settings(spec_methods=("none", "padrec_loop"), spec_batch_sizes=(1, 16), spec_list_lens=(10,))
+    assert gs.JOBS["bench_spec_decode"].body(dataclasses.replace(ctx, settings=settings)) == 0
+    ((_, args),) = calls
+    assert value("--padrec-draft") == str(tmp_path / "drafts" / "padrec" / "draft")
+    assert value("--name") == "spec_decode_beauty_atspeed_small" and value("--target") == str(
+        tmp_path / "small" / "checkpoint"
+    )
+    assert args[args.index("--batch-sizes") + 1 : args.index("--list-lens")] == ("1", "16")
+    assert args[args.index("--list-lens") + 1 :] == ("10",)
 
 
 def test_the_list_speed_smoke_runs_bench_spec_decode_in_little_on_the_small_target_and_head(monkeypatch, tmp_path):
