@@ -73,6 +73,15 @@ options a call is given hold for the later calls too):
     status           each queued job's state and its log's last lines
     wait [S]         block up to S seconds (default 540) for the queued jobs, then write status.json,
                      results.tgz and logs.tgz (traces.tgz: profiles) to $OUT; exit 1 if a job failed
+    suite [PART...]  one dataset's results on its bench target (issue 15), where vLLM is installed: queue the
+                     jobs of the parts (``lists``: bench_target bench_drafts bench_spec_decode; ``topk``:
+                     bench_target atspeed_drafts bench_topk bench_topk_atspeed; default both) that this
+                     session has not queued or finished (a failed one again), heads ``--drafts padrec_eagle``
+                     unless given; ``--wait-seconds S`` then waits as ``wait`` does. On a machine of your own
+                     with vLLM: ``suite --dataset games_atspeed --bench-epochs 0.55 --wait-seconds 10000`` (about
+                     80 minutes on one H200: the target 4, heads 8, list engines about 30, top-K 40). Here,
+                     after the kit's part 3, one part a hold: ``suite lists --dataset D --wait-seconds 480``,
+                     then ``wait`` calls
 
 Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that trains the session's
 ``--target``, small: train; bench: bench_target, and bench_drafts for the draft):
@@ -149,6 +158,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import io
 import json
 import os
@@ -1164,6 +1174,12 @@ JOBS: dict[str, Job] = {
     )
 }
 CLOSING_CHECK = ("engine_step_baseline", "kernel_tests", "gpu_tests", "lossless", "engine_step")
+# one dataset's results (issue 15), by part: the jobs ``suite`` queues, on the bench target of --dataset
+SUITE_PARTS = {
+    "lists": ("bench_target", "bench_drafts", "bench_spec_decode"),  # spec_decode_<dataset>
+    "topk": ("bench_target", "atspeed_drafts", "bench_topk", "bench_topk_atspeed"),  # topk_<dataset>
+}
+SUITE_SETTINGS = {"target": "bench", "drafts": "padrec_eagle"}  # a suite's defaults: the heads the benchmarks read
 
 
 def needs_of(job: str, settings: Settings) -> list[str]:
@@ -1471,6 +1487,36 @@ def phase_checks(jobs: list[str], settings_given: dict) -> int:
     return phase_status()
 
 
+def suite_jobs(parts: list[str]) -> list[str]:
+    """The jobs of ``parts`` (``SUITE_PARTS``), each once, in order."""
+    return list(dict.fromkeys(job for part in parts for job in SUITE_PARTS[part]))
+
+
+def phase_suite(parts: list[str], settings_given: dict, wait_seconds: float) -> int:
+    """One dataset's results on a machine with vLLM: queue the jobs of ``parts`` (default all) that this session
+    has not queued, run or finished (a later call reuses the target and heads it trained; a failed job is queued
+    again), then wait up to ``wait_seconds`` (0: return)."""
+    parts = parts or list(SUITE_PARTS)
+    if unknown := [part for part in parts if part not in SUITE_PARTS]:
+        print(f"unknown parts {unknown}; parts: {list(SUITE_PARTS)}", file=sys.stderr)
+        return 2
+    if importlib.util.find_spec("vllm") is None:
+        print(
+            "suite runs vLLM benchmarks and vLLM is not installed here (on the device: the kit's part 3)",
+            file=sys.stderr,
+        )
+        return 2
+    if settings_given.get("target", "bench") != "bench":
+        print("suite measures the bench target: drop --target", file=sys.stderr)
+        return 2
+    settings = prepare({**SUITE_SETTINGS, **settings_given})
+    jobs = [job for job in suite_jobs(parts) if state(job)["state"] in ("not started", "failed")]
+    install(REPO, CURRENT)
+    queue_jobs(jobs, settings)
+    phase_status()
+    return phase_wait(wait_seconds) if wait_seconds > 0 else 0
+
+
 def missing_draft(jobs: list[str], settings: Settings) -> str | None:
     """Why ``jobs`` cannot run in this session: some need the small target's draft, which it does not train."""
     if settings.target != "small" or settings.small_draft:
@@ -1571,6 +1617,13 @@ def parser() -> argparse.ArgumentParser:
             "jobs", nargs="+" if default is None else "*", metavar="JOB", help=f"{job_help} (default: {default})"
         )
         add_settings(phase)
+    about = "one dataset's list and top-K results on the bench target (issue 15), on a machine with vLLM"
+    suite = phases.add_parser("suite", help=about, description=about)
+    suite.add_argument("parts", nargs="*", metavar="PART", help=f"of {', '.join(SUITE_PARTS)} (default all)")
+    suite.add_argument(
+        "--wait-seconds", type=float, default=0, help="then wait this long for the jobs, as `wait` (default 0: return)"
+    )
+    add_settings(suite)
     phases.add_parser("status", help="each queued job's state and its log's last lines")
     wait = phases.add_parser("wait", help="block for the queued jobs, then copy results and logs to $OUT")
     wait.add_argument("seconds", nargs="?", type=float, default=540, help="at most this long (default 540)")
@@ -1583,7 +1636,9 @@ def main(argv: list[str]) -> int:
         args = parser().parse_args(argv)
     except SystemExit as exit_:  # argparse: 2 for a usage error, 0 for --help
         return int(exit_.code or 0)
-    given = {k: v for k, v in vars(args).items() if k not in ("phase", "jobs", "seconds", "job")}
+    given = {
+        k: v for k, v in vars(args).items() if k not in ("phase", "jobs", "seconds", "job", "parts", "wait_seconds")
+    }
     if args.phase == "_job":
         if (devices := visible_devices(args.job, gpu_count())) is not None:  # for the work it does in this process
             os.environ["CUDA_VISIBLE_DEVICES"] = devices
@@ -1593,6 +1648,12 @@ def main(argv: list[str]) -> int:
         return phase_status()
     if args.phase == "wait":
         return phase_wait(args.seconds)
+    if args.phase == "suite":
+        try:
+            return phase_suite(args.parts, given, args.wait_seconds)
+        except SettingsError as error:
+            print(error, file=sys.stderr)
+            return 2
     phase = {"start": phase_start, "checks": phase_checks, "run": phase_run}[args.phase]
     try:
         return phase(args.jobs, given)

@@ -19,6 +19,7 @@ from benchmarks import bench_spec_decode
 from benchmarks import gpu_session as gs
 
 REPO = Path(__file__).resolve().parent.parent
+REAL_JOBS = dict(gs.JOBS)  # the session fixture replaces gs.JOBS with fakes
 
 
 class Session:
@@ -740,3 +741,69 @@ def test_a_reader_never_sees_half_a_queue_while_it_is_rewritten(session):
     done.set()
     reader.join()
     assert not errors, errors[0]
+
+
+def suite_session(session: Session, failing: str | None = None) -> list:
+    """The suite's jobs as fakes with their real needs; each records the settings it ran with."""
+    seen = []
+    needs = {  # as gs.JOBS has them (the fixture emptied it)
+        "bench_drafts": ("bench_target",),
+        "atspeed_drafts": ("bench_target",),
+        "bench_spec_decode": (gs.DRAFT,),
+        "bench_topk": (gs.TARGET,),
+        "bench_topk_atspeed": ("atspeed_drafts",),
+    }
+    for name in gs.suite_jobs(list(gs.SUITE_PARTS)):
+
+        def body(ctx, name=name):
+            session.ran.append(name)
+            seen.append((name, ctx.settings))
+            return 1 if name == failing else 0
+
+        assert needs.get(name, ()) == REAL_JOBS[name].needs
+        session.job(name, body=body, needs=needs.get(name, ()))
+    return seen
+
+
+def test_the_suite_runs_a_datasets_list_and_top_k_jobs_on_its_bench_target(session):
+    """``suite`` (issue 15's one command per dataset): both parts' jobs, each once, after the jobs they need, on
+    the bench target with the heads the benchmarks read; settings given win, and hold for later calls."""
+    seen = suite_session(session)
+    assert gs.main(["suite", "--dataset", "games_atspeed", "--bench-epochs", "0.55", "--wait-seconds", "20"]) == 0
+    session.join()
+    assert sorted(session.ran) == sorted(gs.suite_jobs(list(gs.SUITE_PARTS)))
+    order = session.ran.index
+    assert order("bench_target") < order("bench_drafts") < order("bench_spec_decode")
+    assert order("atspeed_drafts") < order("bench_topk_atspeed") and order("bench_target") < order("bench_topk")
+    settings = {s for _, s in seen}
+    assert len(settings) == 1
+    (s,) = settings
+    assert (s.target, s.drafts, s.dataset, s.bench_epochs) == ("bench", "padrec_eagle", "games_atspeed", 0.55)
+    assert (session.out / "status.json").exists()  # --wait-seconds: the wait phase's files
+
+
+def test_a_later_suite_call_reuses_what_ran_and_queues_a_failed_job_again(session):
+    suite_session(session, failing="bench_topk")
+    assert gs.main(["suite", "topk", "--wait-seconds", "20"]) == 1  # wait's exit: a job failed
+    session.join()
+    assert sorted(session.ran) == ["atspeed_drafts", "bench_target", "bench_topk", "bench_topk_atspeed"]
+    session.ran.clear()
+    assert gs.main(["suite", "--wait-seconds", "20"]) == 1
+    session.join()
+    assert sorted(session.ran) == ["bench_drafts", "bench_spec_decode", "bench_topk"]  # the target not trained again
+
+
+def test_the_suite_refuses_what_it_cannot_run_in_one_line(session, monkeypatch, capsys):
+    suite_session(session)
+    assert gs.main(["suite", "lists", "beams"]) == 2
+    assert gs.main(["suite", "--target", "small"]) == 2
+    real_find_spec = gs.importlib.util.find_spec
+    monkeypatch.setattr(gs.importlib.util, "find_spec", lambda name: None if name == "vllm" else real_find_spec(name))
+    assert gs.main(["suite"]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert errors == [
+        "unknown parts ['beams']; parts: ['lists', 'topk']",
+        "suite measures the bench target: drop --target",
+        "suite runs vLLM benchmarks and vLLM is not installed here (on the device: the kit's part 3)",
+    ]
+    assert session.ran == [] and gs.queue() == []
