@@ -76,10 +76,11 @@ options a call is given hold for the later calls too):
     suite [PART...]  one dataset's results on its bench target (issue 15), where vLLM is installed: queue the
                      jobs of the parts (``lists``: bench_target bench_drafts bench_spec_decode; ``topk``:
                      bench_target atspeed_drafts bench_topk bench_topk_atspeed; default both) that this
-                     session has not queued or finished (a failed one again), heads ``--drafts padrec_eagle``
-                     unless given; ``--wait-seconds S`` then waits as ``wait`` does. On a machine of your own
-                     with vLLM: ``suite --dataset games_atspeed --bench-epochs 0.55 --wait-seconds 10000`` (about
-                     80 minutes on one H200: the target 4, heads 8, list engines about 30, top-K 40). Here,
+                     session has not queued or finished (a failed one again), heads ``--drafts padrec_eagle`` and
+                     issue 14's methods unless given; ``--wait-seconds S`` then waits as ``wait`` does. On a
+                     machine of your own with vLLM: ``suite --dataset games_atspeed --bench-epochs 0.55
+                     --wait-seconds 10000`` (about 95 minutes on one H200: the target 4, heads 8, fifteen list
+                     engines about 45, top-K 40). Here,
                      after the kit's part 3, one part a hold: ``suite lists --dataset D --wait-seconds 480``,
                      then ``wait`` calls
 
@@ -1179,7 +1180,13 @@ SUITE_PARTS = {
     "lists": ("bench_target", "bench_drafts", "bench_spec_decode"),  # spec_decode_<dataset>
     "topk": ("bench_target", "atspeed_drafts", "bench_topk", "bench_topk_atspeed"),  # topk_<dataset>
 }
-SUITE_SETTINGS = {"target": "bench", "drafts": "padrec_eagle"}  # a suite's defaults: the heads the benchmarks read
+# a suite's defaults: the heads the benchmarks read, issue 14's methods (not the experiments padrec_tail, _loop)
+SUITE_SETTINGS = {
+    "target": "bench",
+    "drafts": "padrec_eagle",
+    "spec_methods": ("none", "padrec", "eagle", "eagle_vanilla", "eagle_one_step", "padrec_adaptive", "none_v1")
+    + ("ngram", "medusa"),
+}
 
 
 def needs_of(job: str, settings: Settings) -> list[str]:

@@ -779,6 +779,7 @@ def test_the_suite_runs_a_datasets_list_and_top_k_jobs_on_its_bench_target(sessi
     assert len(settings) == 1
     (s,) = settings
     assert (s.target, s.drafts, s.dataset, s.bench_epochs) == ("bench", "padrec_eagle", "games_atspeed", 0.55)
+    assert "padrec_loop" not in s.spec_methods and {"none", "padrec", "eagle", "medusa"} <= set(s.spec_methods)
     assert (session.out / "status.json").exists()  # --wait-seconds: the wait phase's files
 
 
