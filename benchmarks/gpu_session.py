@@ -1655,15 +1655,14 @@ def main(argv: list[str]) -> int:
         return phase_status()
     if args.phase == "wait":
         return phase_wait(args.seconds)
-    if args.phase == "suite":
-        try:
-            return phase_suite(args.parts, given, args.wait_seconds)
-        except SettingsError as error:
-            print(error, file=sys.stderr)
-            return 2
-    phase = {"start": phase_start, "checks": phase_checks, "run": phase_run}[args.phase]
+    phase = {
+        "start": phase_start,
+        "checks": phase_checks,
+        "run": phase_run,
+        "suite": lambda _, given: phase_suite(args.parts, given, args.wait_seconds),
+    }[args.phase]
     try:
-        return phase(args.jobs, given)
+        return phase(getattr(args, "jobs", None), given)
     except SettingsError as error:  # one line, and nothing queued or saved
         print(error, file=sys.stderr)
         return 2
