@@ -7,14 +7,43 @@ Installed as ``vllm_padrec.kernels`` (setup.py maps this folder there); import f
   (references: ``catalog_mask_verification_reference`` / ``catalog_mask_draft_reference``);
 - ``kv_block_copy``: KV block copies in every layer's storage in two launches, for the top-K beams
   (reference: ``kv_block_copy_reference``).
+
+This folder sits at the repository's top level, so where the repository root is on ``sys.path`` (``python -m``
+from it, pytest's ``pythonpath = .``) it is also found as the top-level package ``kernels``, the name of a PyPI
+package that transformers (5.25 and later) imports. Imported under that name, it hands the name to that package
+(``_defer_to_installed_kernels``) and defines nothing of its own.
 """
 
-from .catalog_mask import catalog_mask_draft, catalog_mask_verification
-from .catalog_mask_reference import catalog_mask_draft_reference, catalog_mask_verification_reference
-from .kv_block_copy import StoragePointers, kv_block_copy
-from .kv_block_copy_reference import kv_block_copy_reference
-from .padrec_input import padrec_input
-from .padrec_input_reference import padrec_input_reference
+import sys
+
+if __name__ == "kernels":
+
+    def _defer_to_installed_kernels() -> None:
+        """Load the ``kernels`` package found on ``sys.path`` without the repository root, as this module's name;
+        ImportError where there is none (then nothing asked for this folder under that name on purpose)."""
+        import importlib.machinery
+        import importlib.util
+        import os
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        path = [entry for entry in sys.path if os.path.abspath(entry or os.curdir) != root]
+        spec = importlib.machinery.PathFinder.find_spec("kernels", path)
+        if spec is None or spec.loader is None:
+            raise ImportError(
+                "no package 'kernels' outside the vllm-padrec repository (its kernels/ is vllm_padrec.kernels)"
+            )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["kernels"] = module  # the import statement returns what sys.modules holds after this runs
+        spec.loader.exec_module(module)
+
+    _defer_to_installed_kernels()
+else:
+    from .catalog_mask import catalog_mask_draft, catalog_mask_verification
+    from .catalog_mask_reference import catalog_mask_draft_reference, catalog_mask_verification_reference
+    from .kv_block_copy import StoragePointers, kv_block_copy
+    from .kv_block_copy_reference import kv_block_copy_reference
+    from .padrec_input import padrec_input
+    from .padrec_input_reference import padrec_input_reference
 
 __all__ = [
     "catalog_mask_draft",

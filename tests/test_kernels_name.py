@@ -1,0 +1,38 @@
+"""The repository's top-level ``kernels/`` never stands in for the PyPI package ``kernels`` (which transformers 5.25
+and later imports) when the repository root is on ``sys.path``, as it is under pytest and ``python -m``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(code: str, *path: Path) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter whose sys.path starts with the repository root, then ``path``."""
+    setup = f"import sys; sys.path[:0] = {[str(REPO), *map(str, path)]!r}; "
+    return subprocess.run([sys.executable, "-c", setup + code], capture_output=True, text=True, cwd=REPO)
+
+
+def test_import_kernels_finds_the_installed_package_behind_the_repository(tmp_path):
+    site = tmp_path / "site"
+    (site / "kernels").mkdir(parents=True)
+    (site / "kernels" / "__init__.py").write_text("CUDAProperties = 'the installed one'\n")
+    (site / "kernels" / "layer.py").write_text("NAME = 'its submodule'\n")
+    result = run(
+        "from kernels import CUDAProperties; import kernels.layer; print(CUDAProperties, kernels.layer.NAME)", site
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "the installed one its submodule"
+
+
+def test_without_an_installed_package_import_kernels_fails_and_the_projects_kernels_still_load():
+    result = run("import kernels")
+    assert (
+        result.returncode == 1
+        and "ImportError: no package 'kernels' outside the vllm-padrec repository" in result.stderr
+    )
+    result = run("from vllm_padrec.kernels import catalog_mask_draft, padrec_input; print('ok')")
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
