@@ -10,28 +10,28 @@ Installed as ``vllm_padrec.kernels`` (setup.py maps this folder there); import f
 
 This folder sits at the repository's top level, so where the repository root is on ``sys.path`` (``python -m``
 from it, pytest's ``pythonpath = .``) it is also found as the top-level package ``kernels``, the name of a PyPI
-package that transformers (5.25 and later) imports. Imported under that name, it hands the name to that package
-(``_defer_to_installed_kernels``) and defines nothing of its own.
+package that transformers imports (5.25 and later require it; 5.24 imports whatever ``kernels`` it finds to read
+its version). Imported under that name, it hands the name to that package where one is installed
+(``_defer_to_installed_kernels``), and otherwise stays an empty module with no version, which transformers takes
+for "not installed"; it never defines the project's kernels under that name.
 """
-
-import sys
 
 if __name__ == "kernels":
 
     def _defer_to_installed_kernels() -> None:
         """Load the ``kernels`` package found on ``sys.path`` without the repository root, as this module's name;
-        ImportError where there is none (then nothing asked for this folder under that name on purpose)."""
+        where there is none, leave this module empty (an ImportError here would escape transformers 5.24's check,
+        which imports the package to read its version)."""
         import importlib.machinery
         import importlib.util
         import os
+        import sys
 
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         path = [entry for entry in sys.path if os.path.abspath(entry or os.curdir) != root]
         spec = importlib.machinery.PathFinder.find_spec("kernels", path)
         if spec is None or spec.loader is None:
-            raise ImportError(
-                "no package 'kernels' outside the vllm-padrec repository (its kernels/ is vllm_padrec.kernels)"
-            )
+            return
         module = importlib.util.module_from_spec(spec)
         sys.modules["kernels"] = module  # the import statement returns what sys.modules holds after this runs
         spec.loader.exec_module(module)

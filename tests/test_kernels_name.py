@@ -28,10 +28,15 @@ def test_import_kernels_finds_the_installed_package_behind_the_repository(tmp_pa
     assert result.stdout.strip() == "the installed one its submodule"
 
 
-def test_without_an_installed_package_import_kernels_fails_and_the_projects_kernels_still_load():
+def test_without_an_installed_package_import_kernels_is_an_empty_module_and_the_projects_kernels_still_load():
+    """transformers 5.24 imports whatever ``kernels`` it finds and reads its version: no error, no version, none of
+    the project's kernels under that name."""
     no_site_packages = "sys.path[:] = [p for p in sys.path if 'site-packages' not in p and 'dist-packages' not in p]; "
-    result = run(no_site_packages + "import kernels")
-    assert result.returncode == 1, result.stdout
-    assert "ImportError: no package 'kernels' outside the vllm-padrec repository" in result.stderr
+    probe = (
+        "import kernels; print([n for n in vars(kernels) if not n.startswith('_')], hasattr(kernels, '__version__'))"
+    )
+    result = run(no_site_packages + probe)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[] False"
     result = run("from vllm_padrec.kernels import catalog_mask_draft, padrec_input; print('ok')")
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
