@@ -48,8 +48,8 @@ from pathlib import Path
 
 from vllm_padrec.acceptance import mean_acceptance_length
 from vllm_padrec.integration.spec_decode_counters import SPEC_COUNTERS
+from vllm_padrec.testing.bench_driver import rerender, write_payload
 from vllm_padrec.testing.python_profile import hotspot_table, python_hotspots
-from vllm_padrec.testing.results import write_results
 from vllm_padrec.testing.stats import percentile
 
 # name -> (with the draft, constrained, additional_config["padrec"])
@@ -411,10 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.render:
-        payload = json.loads(Path(args.render).read_text())
-        payload["note"] = args.note if args.note is not None else payload.get("note")
-        path = Path(args.render)
-        write_results(path.parent, path.stem, payload, render_markdown(payload), lambda plt: render_plot(plt, payload))
+        rerender(args.render, args.note, render_markdown, render_plot)
         return 0
     missing = [f"--{name}" for name in ("target", "draft", "dataset") if getattr(args, name) is None]
     if missing:
@@ -460,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         if result.exists() and (name in args.configs or args.merge) and name not in errors:
             records.append(json.loads(result.read_text()))
     payload = summarize(records, args, errors) | ({"note": args.note} if args.note else {})
-    write_results(args.out, args.name, payload, render_markdown(payload), lambda plt: render_plot(plt, payload))
+    write_payload(args.out, args.name, payload, render_markdown, render_plot)
     print(render_markdown(payload))
     return 0 if not errors else 1
 
