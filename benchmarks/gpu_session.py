@@ -1500,9 +1500,9 @@ def suite_jobs(parts: list[str]) -> list[str]:
 
 
 def phase_suite(parts: list[str], settings_given: dict, wait_seconds: float) -> int:
-    """One dataset's results on a machine with vLLM: queue the jobs of ``parts`` (default all) that this session
-    has not queued, run or finished (a later call reuses the target and heads it trained; a failed job is queued
-    again), then wait up to ``wait_seconds`` (0: return)."""
+    """One dataset's results on a machine with vLLM: ``checks`` of the jobs of ``parts`` (default all) that this
+    session has not queued, run or finished (a later call reuses the target and heads it trained; a failed job is
+    queued again), under ``SUITE_SETTINGS`` unless given, then wait up to ``wait_seconds`` (0: return)."""
     parts = parts or list(SUITE_PARTS)
     if unknown := [part for part in parts if part not in SUITE_PARTS]:
         print(f"unknown parts {unknown}; parts: {list(SUITE_PARTS)}", file=sys.stderr)
@@ -1516,11 +1516,11 @@ def phase_suite(parts: list[str], settings_given: dict, wait_seconds: float) -> 
     if settings_given.get("target", "bench") != "bench":
         print("suite measures the bench target: drop --target", file=sys.stderr)
         return 2
-    settings = prepare({**SUITE_SETTINGS, **settings_given})
     jobs = [job for job in suite_jobs(parts) if state(job)["state"] in ("not started", "failed")]
-    install(REPO, CURRENT)
-    queue_jobs(jobs, settings)
-    phase_status()
+    if not jobs:  # every job of the parts queued or finished already
+        phase_status()
+    elif (code := phase_checks(jobs, {**SUITE_SETTINGS, **settings_given})) != 0:
+        return code
     return phase_wait(wait_seconds) if wait_seconds > 0 else 0
 
 
