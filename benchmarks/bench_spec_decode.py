@@ -17,7 +17,12 @@ Methods (``METHODS``), each with its drafts and the plugin's settings:
                       (``padrec.forced_tail``, ``integration/forced_tail.py``): the engine verifies gamma + 2
                       drafts a step (records: ``gamma`` the draft's, ``forced_tail`` 2)
     padrec_loop       the PAD-Rec draft with its decode steps of a round as one CUDA graph
-                      (``padrec.decode_loop_graph``, ``integration/decode_loop_graph.py``)
+                      (``padrec.decode_loop_graph``, ``integration/decode_loop_graph.py``); each pass also
+                      runs its users again with the graph switched on and off call by call in the same engine
+                      (ABBA, through ``integration/worker_rpc.py``): ``loop_switch_speedup`` (tokens/s on over
+                      off), ``loop_switch_p50_ms`` and ``loop_switch_baseline_p50_ms`` (on, off),
+                      ``loop_switch_equal`` (users whose lists the two wrote alike) and ``loop_replays`` (the
+                      rounds the graph served in the on calls), free of the spread between two engines
     none_v1           no draft, on vLLM's Model Runner V1: the baseline of the two below
     ngram             vLLM's n-gram drafts (prompt lookup, ``--ngram-lookup``), Model Runner V1: vLLM's
                       ``ngram`` proposer, which needs numba, or its ``ngram_gpu`` where numba is missing
@@ -88,6 +93,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from vllm_padrec.integration.worker_rpc import WORKER_RPC
 from vllm_padrec.testing.bench_driver import (
     add_run_options,
     cell,
@@ -417,18 +423,27 @@ def pairs_any(args, method: str) -> bool:
 
 
 def paired_fields(
-    spec_seconds: list[float], spec_ids: list[list[int]], base_seconds: list[float], base_ids, batch: int = 1
+    spec_seconds: list[float],
+    spec_ids: list[list[int]],
+    base_seconds: list[float],
+    base_ids,
+    batch: int = 1,
+    prefix: str = "paired",
 ) -> dict:
     """A paired pass's baseline p50 (calls of ``batch`` users), the speedup in tokens/s over the baseline's
-    calls of the same users, and how many of the users' lists equal the baseline's token for token."""
+    calls of the same users, and how many of the users' lists equal the baseline's token for token (fields
+    ``<prefix>_baseline_p50_ms``, ``<prefix>_speedup``, ``<prefix>_equal``)."""
     spec_lengths, base_lengths = [len(t) for t in spec_ids], [len(t) for t in base_ids]
     spec_rate = sum(spec_lengths) / sum(spec_seconds)
     base_rate = sum(base_lengths) / sum(base_seconds)
     return {
-        "paired_baseline_p50_ms": call_timing(base_seconds, base_lengths, batch)["p50_ms"],
-        "paired_speedup": round(spec_rate / base_rate, 3),
-        "paired_equal": sum(a == b for a, b in zip(spec_ids, base_ids)),
+        f"{prefix}_baseline_p50_ms": call_timing(base_seconds, base_lengths, batch)["p50_ms"],
+        f"{prefix}_speedup": round(spec_rate / base_rate, 3),
+        f"{prefix}_equal": sum(a == b for a, b in zip(spec_ids, base_ids)),
     }
+
+
+NO_LOOP_GRAPHS = "the engine captured no loop graphs (padrec.decode_loop_graph is off there: its log says why)"
 
 
 def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[float, list[dict], dict]:
@@ -444,6 +459,8 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
     method, gamma = args.one, args.one_gamma
     pair_error = None
     started = time.perf_counter()
+    # padrec_loop's engine answers worker_rpc's calls: its passes switch the loop graph off and on (module doc)
+    switchable = {"worker_extension_cls": WORKER_RPC} if method == LOOP_GRAPH else {}
     llm = LLM(
         model=args.target,
         speculative_config=speculative_config(args, method, gamma, table),
@@ -454,9 +471,16 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
         disable_log_stats=False,
         additional_config={"padrec": METHODS[method].padrec},
         **compilation_args(args, method, gamma),
+        **switchable,
         **args.engine_args,
     )
     startup = time.perf_counter() - started
+
+    def loop_graph(enabled: bool | None = None) -> dict | None:
+        """The engine's loop graphs (``worker_rpc.PadRecWorkerRpc.padrec_decode_loop_graph``), switched first."""
+        return llm.collective_rpc("padrec_decode_loop_graph", args=(enabled,))[0]
+
+    switch_error = None if not switchable or loop_graph() is not None else NO_LOOP_GRAPHS
     baseline_llm = None
     if pairs_any(args, method):  # after the engine above, whose stat loggers own vLLM's metrics
         # the baseline configuration's own compile cache (the same engine; its core process reads this)
@@ -493,19 +517,20 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
             phases.append(request_phases(began_clock, ended_clock, getattr(outputs[0], "metrics", None)))
         return seconds, outputs
 
-    def paired_calls(
-        prompts: list, params, batch: int
-    ) -> tuple[list[float], list[list[int]], list[float], list[list[int]]]:
-        """Each call of ``batch`` users on both engines, alternating which goes first (ABBA), so that the
-        machine's drift falls on both: each engine's seconds per call and output tokens per user."""
-        runs = {"draft": ([], []), "baseline": ([], [])}
-        engines = (("draft", llm), ("baseline", baseline_llm))
+    def alternating_calls(prompts: list, params, batch: int, sides: list) -> list[tuple[list[float], list]]:
+        """Each call of ``batch`` users on both sides, alternating which goes first (ABBA), so that the
+        machine's drift falls on both. A side is ``(engine, before)``, ``before()`` run untimed ahead of each of
+        its calls (or None); per side, its seconds per call and output tokens per user."""
+        runs = [([], []) for _ in sides]
         for i, first in enumerate(range(0, len(prompts), batch)):
-            for name, engine in engines if i % 2 == 0 else engines[::-1]:
+            for side in (0, 1) if i % 2 == 0 else (1, 0):
+                engine, before = sides[side]
+                if before is not None:
+                    before()
                 seconds, outputs = timed_call(engine, prompts[first : first + batch], params)
-                runs[name][0].append(seconds)
-                runs[name][1].extend(list(output.outputs[0].token_ids) for output in outputs)
-        return (*runs["draft"], *runs["baseline"])
+                runs[side][0].append(seconds)
+                runs[side][1].extend(list(output.outputs[0].token_ids) for output in outputs)
+        return runs
 
     def timed_calls(prompts: list, params, batch: int) -> tuple[list[float], list[list[int]]]:
         """Each call's seconds and each user's output tokens: ``prompts`` in calls of ``batch``."""
@@ -533,7 +558,8 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
                 baseline_llm.generate(prompts[:batch], params, use_tqdm=False)
             before, phases[:] = spec_counters(llm), []
             if paired:
-                seconds, token_ids, base_seconds, base_ids = paired_calls(prompts, params, batch)
+                sides = [(llm, None), (baseline_llm, None)]
+                (seconds, token_ids), (base_seconds, base_ids) = alternating_calls(prompts, params, batch, sides)
             else:
                 seconds, token_ids = timed_calls(prompts, params, batch)
             parsed = [parse_list(catalog, t) for t in token_ids]
@@ -552,6 +578,15 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
                 records[-1] |= paired_fields(seconds, token_ids, base_seconds, base_ids, batch)
             elif pairs(args, method, batch) and pair_error is not None:
                 records[-1]["paired_error"] = pair_error
+            if switchable and switch_error is None:  # the loop graph against vLLM's loop, call by call
+                replays = loop_graph()["replays"]
+                sides = [(llm, lambda: loop_graph(True)), (llm, lambda: loop_graph(False))]
+                (on_seconds, on_ids), (off_seconds, off_ids) = alternating_calls(prompts, params, batch, sides)
+                records[-1] |= paired_fields(on_seconds, on_ids, off_seconds, off_ids, batch, prefix="loop_switch")
+                records[-1]["loop_switch_p50_ms"] = call_timing(on_seconds, [len(t) for t in on_ids], batch)["p50_ms"]
+                records[-1]["loop_replays"] = loop_graph(True)["replays"] - replays  # the graph's rounds, on-calls
+            elif switchable:
+                records[-1]["loop_switch_error"] = switch_error
             lists[f"offline_{list_len}_{batch}"] = token_ids
             if batch == 1:
                 batch_one[list_len] = (records[-1], prompts, params)
@@ -826,6 +861,31 @@ def batch_one_phases_markdown(records: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
+def loop_switch_markdown(records: list[dict]) -> list[str]:
+    """padrec_loop's passes with the graph switched on and off call by call in one engine."""
+    switched = [r for r in records if r.get("loop_switch_speedup") is not None]
+    failed = sorted({r["loop_switch_error"] for r in records if r.get("loop_switch_error")})
+    if not switched and not failed:
+        return []
+    lines = [
+        "## The decode loop graph against vLLM's loop, in one engine",
+        "",
+        "`padrec_loop`'s engine answers each pass's users again with `padrec.decode_loop_graph` switched on and off "
+        "call by call (ABBA): one engine, so the ratio carries none of the spread between two engines. Replays: the "
+        "rounds the graph served in the on calls.",
+        "",
+        "| gamma | list_len | batch_size | users | p50 ms on | p50 ms off | tokens/s on over off | equal | replays |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in switched:
+        lines.append(
+            f"| {r['gamma']} | {r['list_len']} | {r['batch_size']} | {r['users']} | {cell(r['loop_switch_p50_ms'])} | "
+            f"{cell(r['loop_switch_baseline_p50_ms'])} | {cell(r['loop_switch_speedup'])} | "
+            f"{r['loop_switch_equal']} / {r['users']} | {r['loop_replays']} |"
+        )
+    return [*lines, *(f"Not switched: {why}" for why in failed), ""]
+
+
 def markdown(payload: dict) -> str:
     lines = [
         f"# List generation speed on {payload['dataset']}",
@@ -847,6 +907,7 @@ def markdown(payload: dict) -> str:
         *([masks, ""] if (masks := masks_alone(payload["records"])) else []),
         *batch_one_costs_markdown(payload["records"]),
         *batch_one_phases_markdown(payload["records"]),
+        *loop_switch_markdown(payload["records"]),
         "## Records",
         "",
         "| method | runner | engine core | mode | dtype | gamma | list_len | batch_size | users | tokens/s | speedup "
@@ -887,15 +948,18 @@ def plot(plt, payload: dict):
             lines.setdefault(label, []).append((r["batch_size"], ratio))
         if r["list_len"] == list_len and r["batch_size"] == 1 and r["accepted_per_draft_step"]:
             steps[label] = r["accepted_per_draft_step"]
+    labels = list(dict.fromkeys([*lines, *steps]))
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    colors = {label: palette[i % len(palette)] for i, label in enumerate(dict.fromkeys([*lines, *steps]))}
+    if len(labels) > len(palette):  # more lines than the default cycle's 10 colors: 20 distinct ones
+        palette = [plt.get_cmap("tab20")(i) for i in range(20)]
+    colors = {label: palette[i % len(palette)] for i, label in enumerate(labels)}
     for label, points in lines.items():  # one color per method and gamma in both panels
         sizes, speedups = zip(*sorted(points))
         left.plot(sizes, speedups, marker="o", label=label, color=colors[label])
     left.axhline(1.0, color="gray", linewidth=0.8)
     left.set_xscale("log", base=2)
     left.set_xlabel("batch size")
-    left.set_ylabel("speedup over no speculation (tokens/s, paired where measured)")
+    left.set_ylabel("speedup over no speculation\n(tokens/s, paired where measured)")
     left.set_title(f"Speedup by batch size (lists of {list_len})")
     left.legend(fontsize=8)
     for label, rates in steps.items():

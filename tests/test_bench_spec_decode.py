@@ -322,6 +322,103 @@ def test_at_every_batch_size_the_passes_alternate_call_by_call_with_the_baseline
     assert record["paired_speedup"] == 2.0 and record["paired_equal"] == 8
 
 
+class SwitchableEngine:
+    """A fake vllm.LLM class for padrec_loop's passes: a call takes 10 ms with the loop graph on and 20 ms off,
+    and a call with it on adds one replay; ``collective_rpc`` answers worker_rpc's method (None: no graphs)."""
+
+    def __init__(self, tokens: list[int], captured: bool = True):
+        self.clock, self.calls, self.kwargs, self.tokens = [0.0], [], {}, tokens
+        self.state = {"graphs": 3, "replays": 0, "enabled": True} if captured else None
+        fake = self
+
+        class LLM:
+            def __init__(self, **kwargs):
+                fake.kwargs = kwargs
+
+            def collective_rpc(self, method, args=()):
+                assert method == "padrec_decode_loop_graph"
+                if fake.state is not None and args and args[0] is not None:
+                    fake.state["enabled"] = args[0]
+                return [None if fake.state is None else dict(fake.state)]
+
+            def generate(self, prompts, params, use_tqdm):
+                on = fake.state is not None and fake.state["enabled"]
+                fake.calls.append("on" if on else "off")
+                fake.clock[0] += 0.010 if on else 0.020
+                fake.state and fake.state.update(replays=fake.state["replays"] + on)
+                return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=fake.tokens)]) for _ in prompts]
+
+            def get_metrics(self):
+                return []
+
+        self.LLM = LLM
+
+
+def test_padrec_loop_switches_its_graph_call_by_call_in_one_engine(monkeypatch):
+    """padrec_loop's engine gets worker_rpc's extension; after each pass it answers the users again with the
+    graph on and off, ABBA, and the record has the ratio, both p50s, the equal lists and the replays of the on
+    calls; the graph is left on. An engine that captured no graphs says so in the record and is not switched."""
+    import vllm
+
+    from vllm_padrec.data import SyntheticConfig, generate_synthetic
+    from vllm_padrec.integration.worker_rpc import WORKER_RPC
+
+    catalog = generate_synthetic(SyntheticConfig(num_items=12, num_users=4, codebook_sizes=(4, 4))).catalog
+    tokens = [*catalog.item_token_ids(3), catalog.layout.EOS]
+    argv = [*BASE, "--batch-sizes", "2", "--list-lens", "1", "--users", "6", "--pair", "none"]
+    args = bench.parse_args(argv)
+    args.one, args.one_gamma = "padrec_loop", 5
+    users = [SimpleNamespace(history=[0, 1], targets=[3]) for _ in range(6)]
+    fake = SwitchableEngine(tokens)
+    monkeypatch.setattr(vllm, "LLM", fake.LLM)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: fake.clock[0])
+    _, (record,), _ = bench.offline_passes(args, catalog, users, None)
+    assert fake.kwargs["worker_extension_cls"] == WORKER_RPC
+    assert fake.kwargs["additional_config"] == {"padrec": {"decode_loop_graph": True}}
+    # warm-up, the pass's 3 calls, then the switched calls of the same 3 batches: on off, off on, on off
+    assert fake.calls == ["on"] * 4 + ["on", "off", "off", "on", "on", "off"]
+    assert record["p50_ms"] == 10.0 and record["loop_switch_p50_ms"] == 10.0
+    assert record["loop_switch_baseline_p50_ms"] == 20.0 and record["loop_switch_speedup"] == 2.0
+    assert record["loop_switch_equal"] == 6 and record["loop_replays"] == 3
+    assert fake.state["enabled"] is True  # switched back on after an off call: later passes run with the graph
+
+    plain = SwitchableEngine(tokens)  # padrec: no extension, no switched calls
+    monkeypatch.setattr(vllm, "LLM", plain.LLM)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: plain.clock[0])
+    args.one = "padrec"
+    _, (record,), _ = bench.offline_passes(args, catalog, users, None)
+    assert "worker_extension_cls" not in plain.kwargs and len(plain.calls) == 4
+    assert not any(key.startswith("loop_") for key in record)
+
+    uncaptured = SwitchableEngine(tokens, captured=False)
+    monkeypatch.setattr(vllm, "LLM", uncaptured.LLM)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: uncaptured.clock[0])
+    args.one = "padrec_loop"
+    _, (record,), _ = bench.offline_passes(args, catalog, users, None)
+    assert record["loop_switch_error"] == bench.NO_LOOP_GRAPHS and "loop_switch_speedup" not in record
+    assert len(uncaptured.calls) == 4
+    text = bench.loop_switch_markdown([record])
+    assert text[-2] == f"Not switched: {bench.NO_LOOP_GRAPHS}"
+
+
+def test_the_switched_passes_have_a_table_of_their_own():
+    record = {
+        "gamma": 5,
+        "list_len": 10,
+        "batch_size": 1,
+        "users": 50,
+        "loop_switch_p50_ms": 55.0,
+        "loop_switch_baseline_p50_ms": 60.5,
+        "loop_switch_speedup": 1.1,
+        "loop_switch_equal": 50,
+        "loop_replays": 580,
+    }
+    lines = bench.loop_switch_markdown([record, {"gamma": 5}])
+    assert lines[0] == "## The decode loop graph against vLLM's loop, in one engine"
+    assert "| 5 | 10 | 1 | 50 | 55.0 | 60.5 | 1.1 | 50 / 50 | 580 |" in lines
+    assert bench.loop_switch_markdown([{"gamma": 5}]) == []
+
+
 @pytest.mark.parametrize(
     ("argv", "says"),
     [

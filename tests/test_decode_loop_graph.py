@@ -171,7 +171,9 @@ def vllms_loop(monkeypatch):
 
 def test_the_speculator_replays_the_loop_where_it_has_one(monkeypatch, vllms_loop):
     replays = []
-    graphs = SimpleNamespace(replay=lambda spec, n, desc, steps: replays.append((n, desc, steps)) or steps == 4)
+    graphs = SimpleNamespace(
+        replay=lambda spec, n, desc, steps: replays.append((n, desc, steps)) or steps == 4, enabled=True
+    )
     speculator = speculator_with(graphs)
     speculator._multi_step_decode(3, False, "desc", None)
     assert replays == [(3, "desc", 4)] and vllms_loop == []
@@ -181,12 +183,12 @@ def test_the_speculator_replays_the_loop_where_it_has_one(monkeypatch, vllms_loo
     assert speculator.num_speculative_steps == 5
 
 
-@pytest.mark.parametrize("why", ["skip_attn", "searches", "off"])
+@pytest.mark.parametrize("why", ["skip_attn", "searches", "off", "switched_off"])
 def test_the_speculator_keeps_vllms_loop_where_the_graph_cannot_serve(vllms_loop, why):
-    """Dummy runs without attention, drafted top-K searches (the host moves beams between steps) and servers
-    without the setting run vLLM's loop."""
+    """Dummy runs without attention, drafted top-K searches (the host moves beams between steps), servers
+    without the setting, and graphs switched off (worker_rpc, a benchmark's switch) run vLLM's loop."""
     replays = []
-    graphs = SimpleNamespace(replay=lambda *args: replays.append(args) or True)
+    graphs = SimpleNamespace(replay=lambda *args: replays.append(args) or True, enabled=why != "switched_off")
     speculator = speculator_with(None if why == "off" else graphs, ["search"] if why == "searches" else ())
     if why == "searches":
         speculator._hook_decode_steps = lambda: lambda: None

@@ -12,6 +12,8 @@
     endpoint.py                 POST /v1/recommendations (an endpoint plugin): the HTTP route
     recommendation_service.py   plans, runs and answers one recommendation request
     spec_decode_counters.py     vLLM's server-wide speculative-decoding counters, for the answers
+    worker_rpc.py               methods on vLLM's worker for collective_rpc (worker_extension_cls): the loop
+                                graph's switch and counters, for benchmarks
     log.py                      the plugin's loggers inside vLLM's logging tree
     patches/                    one module per patched vLLM symbol, the version guard, and when each applies:
       init_speculator.py          picks PadRecSpeculator for PAD-Rec drafts (other drafts unchanged)

@@ -96,7 +96,10 @@ class DecodeLoopGraphs:
 
     def __init__(self, graphs: dict[tuple[Any, int], torch.cuda.CUDAGraph]):
         self.graphs = graphs
-        self.replays = 0  # rounds served by a loop graph (the GPU tests read it)
+        self.replays = 0  # rounds served by a loop graph (the GPU tests and bench_spec_decode read it)
+        # whether rounds replay the graphs; off, every round runs vLLM's loop (``worker_rpc``: a benchmark
+        # switches it between calls to time both in one engine)
+        self.enabled = True
 
     @classmethod
     def capture(cls, speculator, step_counts: list[int]) -> DecodeLoopGraphs | None:

@@ -193,7 +193,7 @@ class PadRecSpeculator(EagleSpeculator):
         gamma = self.num_speculative_steps
         decode_steps = getattr(self, "_decode_steps", gamma)
         graphs = self._loop_graphs
-        if graphs is not None and not skip_attn and not self._round_searches:
+        if graphs is not None and graphs.enabled and not skip_attn and not self._round_searches:
             if graphs.replay(self, num_reqs, batch_desc, decode_steps - 1):
                 return
         self.num_speculative_steps = decode_steps

@@ -1,0 +1,32 @@
+"""What the plugin answers on a worker through vLLM's ``collective_rpc``: methods mixed into vLLM's worker by its
+supported hook ``worker_extension_cls`` (``LLM(..., worker_extension_cls=WORKER_RPC)``, ``vllm serve
+--worker-extension-cls``; vllm/v1/worker/worker_base.py:261-287 adds the class to the worker's bases), so that
+a caller reaches the engine's speculator by name (``llm.collective_rpc("padrec_decode_loop_graph")``) without
+shipping a pickled function to the engine core.
+
+Used by ``bench_spec_decode``: ``padrec_loop`` switches ``padrec.decode_loop_graph`` between calls of one engine,
+which times the graph against vLLM's loop without the spread between two engines. The methods' names start with
+``padrec_``: vLLM refuses an extension whose names the worker already has.
+"""
+
+from __future__ import annotations
+
+WORKER_RPC = "vllm_padrec.integration.worker_rpc.PadRecWorkerRpc"  # the qualified name vLLM resolves
+
+
+class PadRecWorkerRpc:
+    """Mixed into vLLM's GPU worker (``self`` is the worker: ``self.model_runner`` is its model runner)."""
+
+    def padrec_decode_loop_graph(self, enabled: bool | None = None) -> dict | None:
+        """``padrec.decode_loop_graph`` on this worker: ``{"graphs", "replays", "enabled"}`` (loop graphs
+        captured, rounds they served, whether later rounds replay them), or None where none were captured.
+        With ``enabled``, later rounds replay the graphs (True) or run vLLM's loop (False) first."""
+        if enabled is not None and not isinstance(enabled, bool):
+            raise TypeError(f"padrec_decode_loop_graph: enabled must be a bool or None, got {enabled!r}")
+        speculator = getattr(getattr(self, "model_runner", None), "speculator", None)
+        graphs = getattr(speculator, "_loop_graphs", None)
+        if graphs is None:
+            return None
+        if enabled is not None:
+            graphs.enabled = enabled
+        return {"graphs": len(graphs.graphs), "replays": graphs.replays, "enabled": graphs.enabled}
