@@ -61,7 +61,9 @@ in turn, in ABBA order: ``paired_speedup`` (tokens/s over the baseline's calls o
 measured minutes apart see the machine drift between them (their ratio of p50s moved by tens of percent at
 equal acceptance, 2026-12-02; ``none``'s tokens/s at batch 64 and 128 by -22 and +25 % between two runs whose
 ``padrec`` moved under 1 %, 2026-12-03); paired calls see the same drift, and the goals, the plot and
-``padrec_adaptive``'s table read them where measured.
+``padrec_adaptive``'s table read them where measured. The paired baseline engines are engines of one
+configuration: the Markdown says how far apart they ran (``spec_decode_goals.engine_spread``, 25 % at batch 1 on
+2026-12-03), and a gain over EAGLE counts only beyond it.
 
 With ``--serve`` every configuration is also measured through ``vllm serve`` (records with ``mode``
 ``serve``; the others ``offline``): one server per configuration, then vLLM's own ``vllm bench serve`` per
@@ -111,7 +113,13 @@ from vllm_padrec.testing.bench_driver import (
 )
 from vllm_padrec.testing.goals import goals_markdown
 from vllm_padrec.testing.request_phases import PHASES, median_phases_ms, request_phases
-from vllm_padrec.testing.spec_decode_goals import masks_alone, runner_of, spec_decode_goals, speedup
+from vllm_padrec.testing.spec_decode_goals import (
+    engine_spread_text,
+    masks_alone,
+    runner_of,
+    spec_decode_goals,
+    speedup,
+)
 from vllm_padrec.testing.stats import percentile
 
 DRAFT_FREE = "none"
@@ -905,6 +913,7 @@ def markdown(payload: dict) -> str:
         *earlier_runs_markdown(payload["records"]),
         *goals_markdown(spec_decode_goals(payload["records"]), issue=14),
         *([masks, ""] if (masks := masks_alone(payload["records"])) else []),
+        *([spread, ""] if (spread := engine_spread_text(payload["records"])) else []),
         *batch_one_costs_markdown(payload["records"]),
         *batch_one_phases_markdown(payload["records"]),
         *loop_switch_markdown(payload["records"]),

@@ -3,7 +3,9 @@ or not measured; each from one run's records."""
 
 from __future__ import annotations
 
-from vllm_padrec.testing.spec_decode_goals import masks_alone, spec_decode_goals
+import pytest
+
+from vllm_padrec.testing.spec_decode_goals import engine_spread, engine_spread_text, masks_alone, spec_decode_goals
 
 
 def record(method, gamma, batch, speedup, dtype="bfloat16", list_len=10, **extra) -> dict:
@@ -158,3 +160,41 @@ def test_a_gain_over_eagle_counts_only_beyond_the_timing_spread_the_run_measured
     del records[5]["p50_ms_repeat"]  # EAGLE's pass timed once (runs before p50_ms_repeat)
     over_eagle = spec_decode_goals(records)[1]
     assert over_eagle["met"] is False and over_eagle["measured"].endswith("(p50_ms_repeat)")
+
+
+def test_a_gain_over_eagle_counts_only_beyond_the_spread_between_engines_of_one_configuration():
+    """The paired baseline engines (no speculation, one per draft engine) are engines of one configuration: a
+    gain over EAGLE no larger than how far they ran apart is not shown; V1's baselines and other list lengths or
+    batch sizes are not read."""
+    records = run_records()
+    records[3] |= {"paired_speedup": 3.2, "paired_baseline_p50_ms": 110.0}  # padrec gamma 5
+    records[5] |= {"paired_speedup": 3.0, "paired_baseline_p50_ms": 100.0}  # eagle gamma 5: +6.7 %
+    assert engine_spread(records) == pytest.approx(0.1)
+    _, over_eagle, *_ = spec_decode_goals(records)
+    assert over_eagle["met"] is False
+    assert over_eagle["measured"].endswith(
+        "; repeat spread 2.0 %; not shown: within the spread between engines (10.0 %)"
+    )
+    records[5]["paired_baseline_p50_ms"] = 105.0  # 4.8 % apart: the gain stands
+    _, over_eagle, *_ = spec_decode_goals(records)
+    assert over_eagle["met"] is True and over_eagle["measured"].endswith("; repeat spread 2.0 %, between engines 4.8 %")
+    others = [
+        record("ngram", 5, 1, 1.2, runner="v1", paired_baseline_p50_ms=300.0),  # V1's none_v1 engines
+        record("padrec", 5, 4, 1.2, paired_baseline_p50_ms=300.0),
+        record("padrec", 5, 1, 1.2, list_len=20, paired_baseline_p50_ms=300.0),
+    ]
+    assert round(engine_spread(records + others), 3) == 0.048
+    assert engine_spread(records[:4]) is None  # one baseline engine: no spread to read
+
+
+def test_the_spread_between_engines_is_said_for_this_run_only():
+    this_run = [
+        record("padrec", 5, 1, 1.7, paired_baseline_p50_ms=110.753),
+        record("padrec_loop", 5, 1, 2.1, paired_baseline_p50_ms=125.837),
+        record("padrec_adaptive", 5, 1, 1.9, paired_baseline_p50_ms=100.41),
+    ]
+    earlier = [record("eagle", 5, 1, 1.5, paired_baseline_p50_ms=400.0, measured_on="2026-12-02T00:00:00+0000")]
+    text = engine_spread_text(this_run + earlier)
+    assert text.startswith("Engines of one configuration in this run: the 3 paired baseline engines")
+    assert "ran at p50 100.41 to 125.837 ms, a spread of 25.3 %" in text
+    assert engine_spread_text(this_run[:1] + earlier) is None
