@@ -21,8 +21,9 @@ Methods (``METHODS``), each with its drafts and the plugin's settings:
                       runs its users again with the graph switched on and off call by call in the same engine
                       (ABBA, through ``integration/worker_rpc.py``): ``loop_switch_speedup`` (tokens/s on over
                       off), ``loop_switch_p50_ms`` and ``loop_switch_baseline_p50_ms`` (on, off),
-                      ``loop_switch_equal`` (users whose lists the two wrote alike) and ``loop_replays`` (the
-                      rounds the graph served in the on calls), free of the spread between two engines
+                      ``loop_switch_equal`` (users whose lists the two wrote alike), ``loop_replays`` (the
+                      rounds the graph served in the on calls) and at batch 1 ``loop_switch_phases_ms`` (each
+                      side's phases), free of the spread between two engines
     none_v1           no draft, on vLLM's Model Runner V1: the baseline of the two below
     ngram             vLLM's n-gram drafts (prompt lookup, ``--ngram-lookup``), Model Runner V1: vLLM's
                       ``ngram`` proposer, which needs numba, or its ``ngram_gpu`` where numba is missing
@@ -528,16 +529,19 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
     def alternating_calls(prompts: list, params, batch: int, sides: list) -> list[tuple[list[float], list]]:
         """Each call of ``batch`` users on both sides, alternating which goes first (ABBA), so that the
         machine's drift falls on both. A side is ``(engine, before)``, ``before()`` run untimed ahead of each of
-        its calls (or None); per side, its seconds per call and output tokens per user."""
-        runs = [([], []) for _ in sides]
+        its calls (or None); per side, its seconds per call, output tokens per user and the phases of its calls
+        that ``timed_call`` split (one request on ``llm``)."""
+        runs = [([], [], []) for _ in sides]
         for i, first in enumerate(range(0, len(prompts), batch)):
             for side in (0, 1) if i % 2 == 0 else (1, 0):
                 engine, before = sides[side]
                 if before is not None:
                     before()
+                split = len(phases)
                 seconds, outputs = timed_call(engine, prompts[first : first + batch], params)
                 runs[side][0].append(seconds)
                 runs[side][1].extend(list(output.outputs[0].token_ids) for output in outputs)
+                runs[side][2].extend(phases[split:])
         return runs
 
     def timed_calls(prompts: list, params, batch: int) -> tuple[list[float], list[list[int]]]:
@@ -567,7 +571,7 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
             before, phases[:] = spec_counters(llm), []
             if paired:
                 sides = [(llm, None), (baseline_llm, None)]
-                (seconds, token_ids), (base_seconds, base_ids) = alternating_calls(prompts, params, batch, sides)
+                (seconds, token_ids, _), (base_seconds, base_ids, _) = alternating_calls(prompts, params, batch, sides)
             else:
                 seconds, token_ids = timed_calls(prompts, params, batch)
             parsed = [parse_list(catalog, t) for t in token_ids]
@@ -589,9 +593,11 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
             if switchable and switch_error is None:  # the loop graph against vLLM's loop, call by call
                 replays = loop_graph()["replays"]
                 sides = [(llm, lambda: loop_graph(True)), (llm, lambda: loop_graph(False))]
-                (on_seconds, on_ids), (off_seconds, off_ids) = alternating_calls(prompts, params, batch, sides)
-                records[-1] |= paired_fields(on_seconds, on_ids, off_seconds, off_ids, batch, prefix="loop_switch")
-                records[-1]["loop_switch_p50_ms"] = call_timing(on_seconds, [len(t) for t in on_ids], batch)["p50_ms"]
+                on, off = alternating_calls(prompts, params, batch, sides)
+                records[-1] |= paired_fields(*on[:2], *off[:2], batch, prefix="loop_switch")
+                records[-1]["loop_switch_p50_ms"] = call_timing(on[0], [len(t) for t in on[1]], batch)["p50_ms"]
+                if (on_phases := median_phases_ms(on[2])) and (off_phases := median_phases_ms(off[2])):
+                    records[-1]["loop_switch_phases_ms"] = {"on": on_phases, "off": off_phases}
                 records[-1]["loop_replays"] = loop_graph(True)["replays"] - replays  # the graph's rounds, on-calls
             elif switchable:
                 records[-1]["loop_switch_error"] = switch_error
@@ -880,16 +886,20 @@ def loop_switch_markdown(records: list[dict]) -> list[str]:
         "",
         "`padrec_loop`'s engine answers each pass's users again with `padrec.decode_loop_graph` switched on and off "
         "call by call (ABBA): one engine, so the ratio carries none of the spread between two engines. Replays: the "
-        "rounds the graph served in the on calls.",
+        "rounds the graph served in the on calls. Decode: the median decode phase of a one-request call "
+        "(`testing/request_phases.py`), on and off.",
         "",
-        "| gamma | list_len | batch_size | users | p50 ms on | p50 ms off | tokens/s on over off | equal | replays |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| gamma | list_len | batch_size | users | p50 ms on | p50 ms off | tokens/s on over off | equal | replays "
+        "| decode ms on | decode ms off |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in switched:
+        decode = {side: phases["decode"] for side, phases in r.get("loop_switch_phases_ms", {}).items()}
         lines.append(
             f"| {r['gamma']} | {r['list_len']} | {r['batch_size']} | {r['users']} | {cell(r['loop_switch_p50_ms'])} | "
             f"{cell(r['loop_switch_baseline_p50_ms'])} | {cell(r['loop_switch_speedup'])} | "
-            f"{r['loop_switch_equal']} / {r['users']} | {r['loop_replays']} |"
+            f"{r['loop_switch_equal']} / {r['users']} | {r['loop_replays']} | {cell(decode.get('on'))} | "
+            f"{cell(decode.get('off'))} |"
         )
     return [*lines, *(f"Not switched: {why}" for why in failed), ""]
 

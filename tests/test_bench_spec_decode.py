@@ -344,9 +344,18 @@ class SwitchableEngine:
             def generate(self, prompts, params, use_tqdm):
                 on = fake.state is not None and fake.state["enabled"]
                 fake.calls.append("on" if on else "off")
+                began = fake.clock[0]
                 fake.clock[0] += 0.010 if on else 0.020
                 fake.state and fake.state.update(replays=fake.state["replays"] + on)
-                return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=fake.tokens)]) for _ in prompts]
+                stamps = SimpleNamespace(  # decode: the call's seconds less 4 ms
+                    queued_ts=began + 0.001,
+                    scheduled_ts=began + 0.002,
+                    first_token_ts=began + 0.003,
+                    last_token_ts=fake.clock[0] - 0.001,
+                )
+                return [
+                    SimpleNamespace(outputs=[SimpleNamespace(token_ids=fake.tokens)], metrics=stamps) for _ in prompts
+                ]
 
             def get_metrics(self):
                 return []
@@ -381,6 +390,20 @@ def test_padrec_loop_switches_its_graph_call_by_call_in_one_engine(monkeypatch):
     assert record["loop_switch_baseline_p50_ms"] == 20.0 and record["loop_switch_speedup"] == 2.0
     assert record["loop_switch_equal"] == 6 and record["loop_replays"] == 3
     assert fake.state["enabled"] is True  # switched back on after an off call: later passes run with the graph
+    assert "loop_switch_phases_ms" not in record  # phases are one request's: batch 1 only
+
+    one = SwitchableEngine(tokens)  # one request a call: the decode phase on and off
+    monkeypatch.setattr(vllm, "LLM", one.LLM)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: one.clock[0])
+    monkeypatch.setattr(bench.time, "monotonic", lambda: one.clock[0])
+    argv_one = [*BASE, "--batch-sizes", "1", "--list-lens", "1", "--users-latency", "2", "--pair", "none"]
+    args_one = bench.parse_args(argv_one)
+    args_one.one, args_one.one_gamma = "padrec_loop", 5
+    _, (record,), _ = bench.offline_passes(args_one, catalog, users, None)
+    assert one.calls[:7] == ["on", "on", "on", "on", "off", "off", "on"]  # warm-up, 2 calls, switched 2 x 2
+    assert record["loop_switch_phases_ms"]["on"]["decode"] == 6.0
+    assert record["loop_switch_phases_ms"]["off"]["decode"] == 16.0
+    assert record["phases_ms"]["decode"] == 6.0  # the pass's own calls, not the switched ones
 
     plain = SwitchableEngine(tokens)  # padrec: no extension, no switched calls
     monkeypatch.setattr(vllm, "LLM", plain.LLM)
@@ -412,10 +435,13 @@ def test_the_switched_passes_have_a_table_of_their_own():
         "loop_switch_speedup": 1.1,
         "loop_switch_equal": 50,
         "loop_replays": 580,
+        "loop_switch_phases_ms": {"on": {"decode": 36.5}, "off": {"decode": 42.0}},
     }
     lines = bench.loop_switch_markdown([record, {"gamma": 5}])
     assert lines[0] == "## The decode loop graph against vLLM's loop, in one engine"
-    assert "| 5 | 10 | 1 | 50 | 55.0 | 60.5 | 1.1 | 50 / 50 | 580 |" in lines
+    assert "| 5 | 10 | 1 | 50 | 55.0 | 60.5 | 1.1 | 50 / 50 | 580 | 36.5 | 42.0 |" in lines
+    del record["loop_switch_phases_ms"]  # batch sizes above 1: no phases
+    assert "| 5 | 10 | 1 | 50 | 55.0 | 60.5 | 1.1 | 50 / 50 | 580 | - | - |" in bench.loop_switch_markdown([record])
     assert bench.loop_switch_markdown([{"gamma": 5}]) == []
 
 
