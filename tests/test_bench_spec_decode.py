@@ -203,6 +203,15 @@ def test_offline_passes_time_each_call_and_repeat_the_one_at_a_time_passes(monke
     assert started["compilation_config"] == {"max_cudagraph_capture_size": 64}
 
 
+def install(monkeypatch, fake) -> None:
+    """``fake``'s vllm.LLM class for offline_passes, and the benchmark's clocks on ``fake.clock``."""
+    import vllm
+
+    monkeypatch.setattr(vllm, "LLM", fake.LLM)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: fake.clock[0])
+    monkeypatch.setattr(bench.time, "monotonic", lambda: fake.clock[0])
+
+
 class PairedEngines:
     """A fake vllm.LLM class for offline_passes on a fake clock: each engine (``draft`` with a speculative config,
     ``baseline`` without) takes its own seconds per call, in order; the calls and engines are logged."""
@@ -246,7 +255,6 @@ def test_a_drafts_one_at_a_time_passes_alternate_with_a_baseline_engine(monkeypa
     """--pair (all by default): user by user, the draft engine and a baseline engine in the same process
     answer in ABBA order; the record has the baseline's p50 and the speedup over its calls of the same users.
     A baseline engine that cannot start leaves the passes unpaired, with the reason in the record."""
-    import vllm
 
     from vllm_padrec.data import SyntheticConfig, generate_synthetic
 
@@ -255,9 +263,7 @@ def test_a_drafts_one_at_a_time_passes_alternate_with_a_baseline_engine(monkeypa
     # the draft: warm-up, 4 users, the repeat pass; the baseline: warm-up, 4 users (30 ms each)
     seconds = {"draft": [0.5, 0.010, 0.012, 0.014, 0.016, 0.02, 0.02, 0.02, 0.02], "baseline": [0.5] + [0.030] * 4}
     fake = PairedEngines(seconds, tokens, baseline_differs_at={2})  # the second user's list differs
-    monkeypatch.setattr(vllm, "LLM", fake.LLM)
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: fake.clock[0])
-    monkeypatch.setattr(bench.time, "monotonic", lambda: fake.clock[0])
+    install(monkeypatch, fake)
     argv = [*BASE, "--batch-sizes", "1", "--list-lens", "1", "--users-latency", "4", "--cache-root", "/c"]
     args = bench.parse_args(argv)
     args.one, args.one_gamma = "padrec", 5
@@ -280,9 +286,7 @@ def test_a_drafts_one_at_a_time_passes_alternate_with_a_baseline_engine(monkeypa
     assert record["phases_ms"]["decode"] == 9.0  # the draft's calls (decode 6, 8, 10, 12 ms), not the baseline's
 
     failing = PairedEngines({"draft": [0.5] + [0.01] * 8}, tokens, fail_baseline=True)
-    monkeypatch.setattr(vllm, "LLM", failing.LLM)
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: failing.clock[0])
-    monkeypatch.setattr(bench.time, "monotonic", lambda: failing.clock[0])
+    install(monkeypatch, failing)
     _, (record,), _ = bench.offline_passes(args, catalog, users, None)
     assert record["paired_error"] == "RuntimeError: no room for a second engine" and "paired_speedup" not in record
     assert record["p50_ms"] == 10.0
@@ -297,7 +301,6 @@ def test_a_drafts_one_at_a_time_passes_alternate_with_a_baseline_engine(monkeypa
 def test_at_every_batch_size_the_passes_alternate_call_by_call_with_the_baseline(monkeypatch, pairing):
     """--pair all: a pass of 4 requests a call alternates its calls with the baseline engine's, ABBA, and the
     record has the speedup over the baseline's calls; --pair one leaves it unpaired, against none's own run."""
-    import vllm
 
     from vllm_padrec.data import SyntheticConfig, generate_synthetic
 
@@ -306,9 +309,7 @@ def test_at_every_batch_size_the_passes_alternate_call_by_call_with_the_baseline
     # the draft: warm-up, 2 calls of 4 users; the baseline: warm-up, 2 calls (paired only)
     seconds = {"draft": [0.5, 0.010, 0.030], "baseline": [0.5, 0.040, 0.040]}
     fake = PairedEngines(seconds, tokens)
-    monkeypatch.setattr(vllm, "LLM", fake.LLM)
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: fake.clock[0])
-    monkeypatch.setattr(bench.time, "monotonic", lambda: fake.clock[0])
+    install(monkeypatch, fake)
     argv = [*BASE, "--batch-sizes", "4", "--list-lens", "1", "--users", "8", "--pair", pairing]
     args = bench.parse_args(argv)
     args.one, args.one_gamma = "padrec", 5
@@ -367,7 +368,6 @@ def test_padrec_loop_switches_its_graph_call_by_call_in_one_engine(monkeypatch):
     """padrec_loop's engine gets worker_rpc's extension; after each pass it answers the users again with the
     graph on and off, ABBA, and the record has the ratio, both p50s, the equal lists and the replays of the on
     calls; the graph is left on. An engine that captured no graphs says so in the record and is not switched."""
-    import vllm
 
     from vllm_padrec.data import SyntheticConfig, generate_synthetic
     from vllm_padrec.integration.worker_rpc import WORKER_RPC
@@ -379,8 +379,7 @@ def test_padrec_loop_switches_its_graph_call_by_call_in_one_engine(monkeypatch):
     args.one, args.one_gamma = "padrec_loop", 5
     users = [SimpleNamespace(history=[0, 1], targets=[3]) for _ in range(6)]
     fake = SwitchableEngine(tokens)
-    monkeypatch.setattr(vllm, "LLM", fake.LLM)
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: fake.clock[0])
+    install(monkeypatch, fake)
     _, (record,), _ = bench.offline_passes(args, catalog, users, None)
     assert fake.kwargs["worker_extension_cls"] == WORKER_RPC
     assert fake.kwargs["additional_config"] == {"padrec": {"decode_loop_graph": True}}
@@ -393,9 +392,7 @@ def test_padrec_loop_switches_its_graph_call_by_call_in_one_engine(monkeypatch):
     assert "loop_switch_phases_ms" not in record  # phases are one request's: batch 1 only
 
     one = SwitchableEngine(tokens)  # one request a call: the decode phase on and off
-    monkeypatch.setattr(vllm, "LLM", one.LLM)
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: one.clock[0])
-    monkeypatch.setattr(bench.time, "monotonic", lambda: one.clock[0])
+    install(monkeypatch, one)
     argv_one = [*BASE, "--batch-sizes", "1", "--list-lens", "1", "--users-latency", "2", "--pair", "none"]
     args_one = bench.parse_args(argv_one)
     args_one.one, args_one.one_gamma = "padrec_loop", 5
@@ -406,16 +403,14 @@ def test_padrec_loop_switches_its_graph_call_by_call_in_one_engine(monkeypatch):
     assert record["phases_ms"]["decode"] == 6.0  # the pass's own calls, not the switched ones
 
     plain = SwitchableEngine(tokens)  # padrec: no extension, no switched calls
-    monkeypatch.setattr(vllm, "LLM", plain.LLM)
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: plain.clock[0])
+    install(monkeypatch, plain)
     args.one = "padrec"
     _, (record,), _ = bench.offline_passes(args, catalog, users, None)
     assert "worker_extension_cls" not in plain.kwargs and len(plain.calls) == 4
     assert not any(key.startswith("loop_") for key in record)
 
     uncaptured = SwitchableEngine(tokens, captured=False)
-    monkeypatch.setattr(vllm, "LLM", uncaptured.LLM)
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: uncaptured.clock[0])
+    install(monkeypatch, uncaptured)
     args.one = "padrec_loop"
     _, (record,), _ = bench.offline_passes(args, catalog, users, None)
     assert record["loop_switch_error"] == bench.NO_LOOP_GRAPHS and "loop_switch_speedup" not in record
