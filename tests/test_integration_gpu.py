@@ -25,6 +25,7 @@ from conftest import requires_gpu
 from vllm_padrec.catalog import ItemCatalog, TokenLayout
 from vllm_padrec.data import SyntheticConfig, generate_synthetic
 from vllm_padrec.draft import DraftConfig, PadRecDraftHead, save_draft
+from vllm_padrec.integration.worker_rpc import WORKER_RPC
 from vllm_padrec.target.config import get_recipe
 from vllm_padrec.target.model import build_model, save_checkpoint
 from vllm_padrec.target.tokenizer import build_tokenizer
@@ -90,8 +91,6 @@ def _probe(worker) -> dict:
         "drafts": speculator.draft_tokens[:1].tolist() if speculator is not None else None,
         # the mask functions installed: the eager / compiled torch ones or the Triton kernel's launchers
         "masks": None if lists is None else [getattr(f, "__name__", "?") for f in (lists._verify, lists._draft)],
-        # padrec.decode_loop_graph: (loop graphs captured, rounds they served), None without them
-        "loop_graphs": None if (g := getattr(speculator, "_loop_graphs", None)) is None else (len(g.graphs), g.replays),
     }
 
 
@@ -123,11 +122,15 @@ def run_engine(
     env: dict | None = None,
     spec_extra: dict | None = None,
     engine_extra: dict | None = None,
+    switch_loop_graph: bool = False,
 ) -> dict:
     """In a spawned process: generate greedily, then read the runner's speculator (and, with
     ``record_drafts``, every drafting round's proposals); ``padrec``: the plugin's additional_config;
     ``method``: the draft's speculative method (Medusa runs on Model Runner V1); ``spec_extra``: more
-    ``speculative_config`` keys; ``engine_extra``: ``LLM`` arguments over the tests' (dtype, attention backend)."""
+    ``speculative_config`` keys; ``engine_extra``: ``LLM`` arguments over the tests' (dtype, attention backend).
+    ``switch_loop_graph`` (an engine with ``SWITCHABLE``): then switch padrec.decode_loop_graph off through
+    worker_rpc and generate the same prompts again: ``tokens_off``, the rounds of each pass (``rounds_on``,
+    ``rounds_off``) and the loop graphs' state when switched off and after the second pass."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process
     if method in ("eagle", "eagle3"):
         os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "1"
@@ -159,11 +162,15 @@ def run_engine(
     )
     sampling = [SamplingParams(temperature=0.0, **p) for p in params]
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], sampling, use_tqdm=False)
-    return {
-        "tokens": [list(o.outputs[0].token_ids) for o in outputs],
-        "rounds": rounds,
-        **llm.collective_rpc(_probe)[0],
-    }
+    result = {"tokens": [list(o.outputs[0].token_ids) for o in outputs], "rounds": rounds}
+    if switch_loop_graph:
+        split = len(rounds)
+        result["switched_off"] = llm.collective_rpc("padrec_decode_loop_graph", args=(False,))[0]
+        again = llm.generate([{"prompt_token_ids": p} for p in prompts], sampling, use_tqdm=False)
+        result["tokens_off"] = [list(o.outputs[0].token_ids) for o in again]
+        result["rounds_on"], result["rounds_off"] = rounds[:split], rounds[split:]
+        result["after_off"] = llm.collective_rpc("padrec_decode_loop_graph")[0]
+    return {**result, **llm.collective_rpc(_probe)[0]}
 
 
 def in_subprocess(*args, function=run_engine) -> dict:
@@ -281,23 +288,30 @@ LOOP_CASES = {  # (speculative_config extras, LLM extras)
 }
 
 
+# an engine whose loop graph the test switches (worker_rpc), without prefix caching: the second pass of the same
+# prompts then runs exactly as the first, but for the loop
+SWITCHABLE = {"worker_extension_cls": WORKER_RPC, "enable_prefix_caching": False}
+
+
 @pytest.mark.parametrize("case", sorted(LOOP_CASES))
 def test_the_decode_loop_graph_drafts_what_vllms_loop_drafts(setup, baseline, case):
-    """padrec.decode_loop_graph (decode_loop_graph.py): every round's drafts equal those of vLLM's step-by-step loop
-    on the same draft and engine, the loop graphs served rounds, and the lists equal vLLM's loop's (and, in
-    float32, those without speculation). "gamma" passed on the H200 (2026-12-03, sixth hold)."""
+    """padrec.decode_loop_graph (decode_loop_graph.py): in one engine, the prompts with the loop graphs, then again
+    with them switched off through worker_rpc (vLLM's step-by-step loop): every round's drafts are equal, the graphs
+    served rounds of the first pass and none of the second, and the lists are equal (and, in float32, those without
+    speculation). An earlier form of this test, two engines with the setting on and off, passed "gamma" on the
+    H200 (2026-12-03, sixth hold); this one-engine form has not run on the GPU yet."""
     spec_extra, engine_extra = LOOP_CASES[case]
     args = (setup["target"], setup["random_draft"], False, setup["prompts"], setup["params"], True)
-    looped = in_subprocess(*args, {"decode_loop_graph": True}, "eagle", None, spec_extra, engine_extra)
-    stepped = in_subprocess(*args, None, "eagle", None, spec_extra, engine_extra)
-    assert stepped["loop_graphs"] is None
-    graphs, replays = looped["loop_graphs"]
-    assert graphs > 0 and replays > 0, looped["loop_graphs"]
-    assert looped["rounds"] == stepped["rounds"]
-    assert looped["tokens"] == stepped["tokens"]
+    engine = {**(engine_extra or {}), **SWITCHABLE}
+    result = in_subprocess(*args, {"decode_loop_graph": True}, "eagle", None, spec_extra, engine, True)
+    switched_off = result["switched_off"]  # the graphs' state after the first pass
+    assert switched_off["graphs"] > 0 and switched_off["replays"] > 0 and not switched_off["enabled"], switched_off
+    assert result["after_off"] == switched_off  # the second pass ran vLLM's loop in every round
+    assert result["rounds_on"] and result["rounds_on"] == result["rounds_off"]
+    assert result["tokens"] == result["tokens_off"]
     if engine_extra is None:
-        assert looped["tokens"] == baseline["tokens"]
-    for tokens in looped["tokens"][3:]:
+        assert result["tokens"] == baseline["tokens"]
+    for tokens in result["tokens"][3:]:
         check_constrained(setup["catalog"], tokens)
 
 
