@@ -526,7 +526,7 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
             phases.append(request_phases(began_clock, ended_clock, getattr(outputs[0], "metrics", None)))
         return seconds, outputs
 
-    def alternating_calls(prompts: list, params, batch: int, sides: list) -> list[tuple[list[float], list]]:
+    def alternating_calls(prompts: list, params, batch: int, sides: list) -> list[tuple[list[float], list, list]]:
         """Each call of ``batch`` users on both sides, alternating which goes first (ABBA), so that the
         machine's drift falls on both. A side is ``(engine, before)``, ``before()`` run untimed ahead of each of
         its calls (or None); per side, its seconds per call, output tokens per user and the phases of its calls
