@@ -20,7 +20,8 @@ class PadRecWorkerRpc:
     def padrec_decode_loop_graph(self, enabled: bool | None = None) -> dict | None:
         """``padrec.decode_loop_graph`` on this worker: ``{"graphs", "replays", "enabled"}`` (loop graphs
         captured, rounds they served, whether later rounds replay them), or None where none were captured.
-        With ``enabled``, later rounds replay the graphs (True) or run vLLM's loop (False) first."""
+        Given ``enabled``, it switches before it reports: later rounds replay the graphs (True) or run vLLM's
+        loop (False)."""
         if enabled is not None and not isinstance(enabled, bool):
             raise TypeError(f"padrec_decode_loop_graph: enabled must be a bool or None, got {enabled!r}")
         speculator = getattr(getattr(self, "model_runner", None), "speculator", None)
