@@ -198,3 +198,5 @@ def test_the_spread_between_engines_is_said_for_this_run_only():
     assert text.startswith("Engines of one configuration in this run: the 3 paired baseline engines")
     assert "ran at p50 100.41 to 125.837 ms, a spread of 25.3 %" in text
     assert engine_spread_text(this_run[:1] + earlier) is None
+    two_earlier = earlier + [r | {"measured_on": earlier[0]["measured_on"]} for r in this_run]
+    assert engine_spread(two_earlier[1:]) is not None and engine_spread_text(two_earlier) is None  # not this run's

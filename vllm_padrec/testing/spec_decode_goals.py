@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 
-from vllm_padrec.testing.goals import in_one_run, verdict
+from vllm_padrec.testing.goals import in_one_run, runs, verdict
 
 NONE, PADREC, ADAPTIVE = "none", "padrec", "padrec_adaptive"
 EAGLE, EAGLE_ONE_STEP, EAGLE_VANILLA = "eagle", "eagle_one_step", "eagle_vanilla"
@@ -82,8 +82,8 @@ def engine_spread(records: list[dict], list_len: int = GOAL_LIST_LEN, batch_size
 def engine_spread_text(records: list[dict]) -> str | None:
     """One sentence on this run's spread between engines of one configuration (one request at a time, lists of
     ``GOAL_LIST_LEN``), or None where it ran fewer than two; records kept from earlier runs are left out."""
-    run = [r for r in records if r.get("measured_on") is None]
-    if (spread := engine_spread(run)) is None:
+    date, run = next(iter(runs(records)), (None, []))
+    if date is not None or (spread := engine_spread(run)) is None:  # no record of this run: nothing to say
         return None
     p50s = baseline_p50s(run)
     return (
