@@ -64,7 +64,9 @@ equal acceptance, 2026-12-02; ``none``'s tokens/s at batch 64 and 128 by -22 and
 ``padrec`` moved under 1 %, 2026-12-03); paired calls see the same drift, and the goals, the plot and
 ``padrec_adaptive``'s table read them where measured. The paired baseline engines are engines of one
 configuration: the Markdown says how far apart they ran (``spec_decode_goals.engine_spread``, 25 % at batch 1 on
-2026-12-03), and a gain over EAGLE counts only beyond it.
+2026-12-03), and a gain over EAGLE counts only beyond it. ``--pin-cpus`` gives each engine's core process, and the
+benchmark's own threads, physical cores of their own (``testing/cpu_pinning.py``; ``cpu_pinning`` in the records):
+an experiment on whether the spread comes from where the engines' host work runs.
 
 With ``--serve`` every configuration is also measured through ``vllm serve`` (records with ``mode``
 ``serve``; the others ``offline``): one server per configuration, then vLLM's own ``vllm bench serve`` per
@@ -97,6 +99,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vllm_padrec.integration.worker_rpc import WORKER_RPC
+from vllm_padrec.testing import cpu_pinning
 from vllm_padrec.testing.bench_driver import (
     add_run_options,
     cell,
@@ -453,6 +456,17 @@ def paired_fields(
 
 
 NO_LOOP_GRAPHS = "the engine captured no loop graphs (padrec.decode_loop_graph is off there: its log says why)"
+PINNED = ("engine", "baseline", "benchmark")  # --pin-cpus: the CPU sets, in the order the cores are handed out
+
+
+def engine_cpu_sets(args, method: str) -> dict[str, list[int]] | None:
+    """``--pin-cpus``: physical cores of their own for the engine's core process, its paired baseline engine's
+    (where the run pairs the method) and the benchmark's threads, from the CPUs this process may use
+    (``testing/cpu_pinning.py``); None without the option."""
+    if not args.pin_cpus:
+        return None
+    names = [name for name in PINNED if name != "baseline" or pairs_any(args, method)]
+    return dict(zip(names, cpu_pinning.split_cores(os.sched_getaffinity(0), len(names))))
 
 
 def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[float, list[dict], dict]:
@@ -470,6 +484,9 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
     started = time.perf_counter()
     # padrec_loop's engine answers worker_rpc's calls: its passes switch the loop graph off and on (module doc)
     switchable = {"worker_extension_cls": WORKER_RPC} if method == LOOP_GRAPH else {}
+    pins = engine_cpu_sets(args, method)
+    if pins:  # the engine's core process starts on the CPUs of the thread that builds it
+        cpu_pinning.pin_thread(pins["engine"])
     llm = LLM(
         model=args.target,
         speculative_config=speculative_config(args, method, gamma, table),
@@ -495,6 +512,8 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
         # the baseline configuration's own compile cache (the same engine; its core process reads this)
         cache = os.environ.get("VLLM_CACHE_ROOT")
         os.environ["VLLM_CACHE_ROOT"] = str(Path(args.cache_root) / f"{METHODS[method].baseline}_g0")
+        if pins:
+            cpu_pinning.pin_thread(pins["baseline"])
         try:
             baseline_llm = LLM(
                 model=args.target,
@@ -515,6 +534,9 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
             else:
                 os.environ["VLLM_CACHE_ROOT"] = cache
 
+    if pins:  # every thread of the benchmark (vLLM's front-end threads too) off the engines' cores
+        cpu_pinning.pin_process(pins["benchmark"])
+    pinning = {"cpu_pinning": {name: cpu_pinning.cpu_list(cpus) for name, cpus in pins.items()}} if pins else {}
     phases: list = []  # the one-request calls' phases on ``llm`` (request_phases), for the pass being timed
 
     def timed_call(engine, prompts: list, params) -> tuple[float, list]:
@@ -583,6 +605,7 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
                 pass_record(
                     method, gamma, list_len, batch, "offline", timing, items, targets, counters, invalid_items=invalid
                 )
+                | pinning
             )
             if batch == 1 and (phases_ms := median_phases_ms(phases)) is not None:
                 records[-1]["phases_ms"] = phases_ms
@@ -875,6 +898,15 @@ def batch_one_phases_markdown(records: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
+def pinning_markdown(records: list[dict]) -> list[str]:
+    """The CPU sets of the run's pinned engines (``--pin-cpus``), one line; nothing where none was pinned."""
+    sets = {json.dumps(r["cpu_pinning"]): r["cpu_pinning"] for r in records if r.get("cpu_pinning")}
+    if not sets:
+        return []
+    said = "; ".join(", ".join(f"{name} {cpus}" for name, cpus in pins.items()) for pins in sets.values())
+    return [f"Engines pinned to physical cores of their own (`--pin-cpus`, CPU sets): {said}.", ""]
+
+
 def loop_switch_markdown(records: list[dict]) -> list[str]:
     """padrec_loop's passes with the graph switched on and off call by call in one engine."""
     switched = [r for r in records if r.get("loop_switch_speedup") is not None]
@@ -924,6 +956,7 @@ def markdown(payload: dict) -> str:
         *goals_markdown(spec_decode_goals(payload["records"]), issue=14),
         *([masks, ""] if (masks := masks_alone(payload["records"])) else []),
         *([spread, ""] if (spread := engine_spread_text(payload["records"])) else []),
+        *pinning_markdown(payload["records"]),
         *batch_one_costs_markdown(payload["records"]),
         *batch_one_phases_markdown(payload["records"]),
         *loop_switch_markdown(payload["records"]),
@@ -1062,6 +1095,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add("--gpu-memory-utilization", type=float, default=0.5, help="vLLM's share of GPU memory (default 0.5)")
     add(
+        "--pin-cpus",
+        action="store_true",
+        help="give each offline engine's core process (the draft's, the paired baseline's) and the benchmark's own "
+        "threads physical cores of their own (records: cpu_pinning); an experiment on the spread between engines "
+        "of one configuration (needs --engine-core own_process, not with --serve)",
+    )
+    add(
         "--engine-core",
         default=OWN_PROCESS,
         choices=(OWN_PROCESS, IN_PROCESS),
@@ -1104,6 +1144,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("every gamma, batch size and list length must be >= 1")
     if args.serve and args.engine_args:
         parser.error("--engine-args reach the offline engines only: not with --serve")
+    if args.pin_cpus and (args.engine_core == IN_PROCESS or args.serve):
+        parser.error(
+            "--pin-cpus pins offline engines whose core runs in its own process: not with --engine-core "
+            "in_process or --serve"
+        )
+    if args.pin_cpus:
+        try:
+            cpu_pinning.split_cores(os.sched_getaffinity(0), len(PINNED))
+        except ValueError as error:
+            parser.error(f"--pin-cpus: {error}")
     if args.pair != "none" and args.engine_core == IN_PROCESS:
         parser.error(f"--pair {args.pair} runs two engines in one process: each needs its core in its own process")
     if args.pair != "none" and args.gpu_memory_utilization + PAIRED_BASELINE_MEMORY > 0.95:

@@ -261,6 +261,7 @@ class Settings:
     spec_gammas: tuple[int, ...] = (3, 5)  # bench_spec_decode's gammas (at most draft_gamma)
     spec_batch_sizes: tuple[int, ...] = (1, 4, 16, 64, 128)  # bench_spec_decode's requests a call
     spec_list_lens: tuple[int, ...] = (10, 20)  # bench_spec_decode's items per list
+    spec_pin_cpus: bool = False  # bench_spec_decode's --pin-cpus: each engine core on CPUs of its own
     atspeed_runs: tuple[str, ...] = ATSPEED_RUNS  # bench_topk_atspeed's runs (a later hold may redo one)
     atspeed_heads: tuple[str, ...] = ("atspeed_s", "atspeed_r", "distill")  # its speed run's heads, in order
     gpu_tests: tuple[str, ...] = ("test_integration_gpu.py", "test_integration_gpu_serve.py")
@@ -377,6 +378,13 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
         type=int,
         nargs="+",
         help=f"bench_spec_decode's items per list (default {' '.join(map(str, d.spec_list_lens))})",
+        **kw,
+    )
+    add(
+        "--spec-pin-cpus",
+        action=argparse.BooleanOptionalAction,
+        help="bench_spec_decode pins each engine core, and its own threads, to physical cores of their own "
+        "(--pin-cpus: an experiment on the spread between engines; default off)",
         **kw,
     )
     add("--draft-gamma", type=int, help=f"draft steps the bench heads train for (default {d.draft_gamma})", **kw)
@@ -854,6 +862,7 @@ def job_bench_spec_decode(ctx: JobContext) -> int:
         *("--methods", *s.spec_methods, "--dtype", s.spec_dtype, "--merge"),
         *("--gammas", *map(str, s.spec_gammas), "--batch-sizes", *map(str, s.spec_batch_sizes)),
         *("--list-lens", *map(str, s.spec_list_lens)),
+        *(("--pin-cpus",) if s.spec_pin_cpus else ()),
     )
 
 

@@ -1028,3 +1028,84 @@ def test_the_plot_gives_a_method_and_gamma_one_color_in_both_panels():
     assert all(right[label] == left[label] for label in right)
     assert len(set(left.values())) == len(left)  # and a different color for each line
     plt.close(fig)
+
+
+@pytest.fixture
+def sixteen_cpus(monkeypatch, tmp_path):
+    """16 CPUs this process may use, each a physical core of its own (an empty sysfs)."""
+    from vllm_padrec.testing import cpu_pinning
+
+    split = cpu_pinning.split_cores
+    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr(bench.cpu_pinning, "split_cores", lambda cpus, parts: split(cpus, parts, tmp_path))
+    events = []
+    monkeypatch.setattr(bench.cpu_pinning, "pin_thread", lambda cpus: events.append(("thread", cpus)))
+    monkeypatch.setattr(bench.cpu_pinning, "pin_process", lambda cpus: events.append(("process", cpus)))
+    return events
+
+
+@pytest.mark.parametrize("pairing", ["all", "none"])
+def test_pinned_engines_start_on_cores_of_their_own_and_the_benchmark_moves_off_them(
+    monkeypatch, sixteen_cpus, pairing
+):
+    """--pin-cpus: the thread that builds each engine is pinned to that engine's cores first (its core process
+    inherits them), then every thread of the benchmark moves to the rest; the records name the sets."""
+    from vllm_padrec.data import SyntheticConfig, generate_synthetic
+
+    catalog = generate_synthetic(SyntheticConfig(num_items=12, num_users=4, codebook_sizes=(4, 4))).catalog
+    tokens = [*catalog.item_token_ids(3), catalog.layout.EOS]
+    fake = PairedEngines({"draft": [0.01] * 9, "baseline": [0.01] * 9}, tokens)
+    events = sixteen_cpus
+
+    class Logged(fake.LLM):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            events.append(self.name)
+
+    fake.LLM = Logged
+    install(monkeypatch, fake)
+    argv = [*BASE, "--batch-sizes", "1", "--list-lens", "1", "--users-latency", "2", "--pin-cpus", "--pair", pairing]
+    args = bench.parse_args(argv)
+    args.one, args.one_gamma = "padrec", 5
+    users = [SimpleNamespace(history=[0, 1], targets=[3]) for _ in range(2)]
+    _, (record,), _ = bench.offline_passes(args, catalog, users, None)
+    if pairing == "all":
+        six, five, last = list(range(6)), list(range(6, 11)), list(range(11, 16))
+        assert events == [("thread", six), "draft", ("thread", five), "baseline", ("process", last)]
+        assert record["cpu_pinning"] == {"engine": "0-5", "baseline": "6-10", "benchmark": "11-15"}
+    else:
+        assert events == [("thread", list(range(8))), "draft", ("process", list(range(8, 16)))]
+        assert record["cpu_pinning"] == {"engine": "0-7", "benchmark": "8-15"}
+    assert bench.pinning_markdown([record, record]) == [
+        f"Engines pinned to physical cores of their own (`--pin-cpus`, CPU sets): "
+        f"{', '.join(f'{k} {v}' for k, v in record['cpu_pinning'].items())}.",
+        "",
+    ]
+    assert bench.pinning_markdown([{}]) == []
+
+    install(monkeypatch, PairedEngines({"draft": [0.01] * 9, "baseline": [0.01] * 9}, tokens))  # not pinned
+    events.clear()
+    args = bench.parse_args([a for a in argv if a != "--pin-cpus"])
+    args.one, args.one_gamma = "padrec", 5
+    _, (record,), _ = bench.offline_passes(args, catalog, users, None)
+    assert events == [] and "cpu_pinning" not in record
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--engine-core", "in_process", "--pair", "none"], "not with --engine-core in_process or --serve"),
+        (["--serve"], "not with --engine-core in_process or --serve"),
+    ],
+)
+def test_pinning_is_refused_where_it_cannot_apply(argv, says, capsys, sixteen_cpus):
+    with pytest.raises(SystemExit):
+        bench.parse_args([*BASE, "--pin-cpus", *argv])
+    assert says in capsys.readouterr().err
+
+
+def test_pinning_on_too_few_cores_is_refused_naming_them(monkeypatch, capsys, sixteen_cpus):
+    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda pid: {0, 1})
+    with pytest.raises(SystemExit):
+        bench.parse_args([*BASE, "--pin-cpus"])
+    assert "--pin-cpus: 2 physical cores (0-1) cannot give 3 sets a core each" in capsys.readouterr().err

@@ -577,6 +577,16 @@ def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads
     )
     assert args[args.index("--batch-sizes") + 1 : args.index("--list-lens")] == ("1", "16")
     assert args[args.index("--list-lens") + 1 :] == ("10",)
+    # --spec-pin-cpus: the engines pinned to cores of their own
+    calls.clear()
+    assert (
+        gs.JOBS["bench_spec_decode"].body(
+            dataclasses.replace(ctx, settings=dataclasses.replace(settings, spec_pin_cpus=True))
+        )
+        == 0
+    )
+    ((_, args),) = calls
+    assert args[args.index("--list-lens") + 1 :] == ("10", "--pin-cpus")
 
 
 def test_the_list_speed_smoke_runs_bench_spec_decode_in_little_on_the_small_target_and_head(monkeypatch, tmp_path):

@@ -10,4 +10,5 @@ results.py      a benchmark's results: <stem>.json, <stem>.md and <stem>.png in 
 mask_inputs.py  engine-step inputs for the list masks and their Triton kernel
 topk_goals.py   issue 12's goals for top-K in the engine, read from bench_topk's records
 bench_driver.py a benchmark's configuration run as a child process, and a results file re-rendered
+cpu_pinning.py  physical cores of their own for a benchmark's engines (bench_spec_decode --pin-cpus)
 """
