@@ -2,9 +2,10 @@
 
 For each dataset of ``DATASETS``, from ``benchmarks/results/``:
 
-- list generation (``spec_decode_<dataset>.json``, ``bench_spec_decode``): tokens per second, speedup over no
-  speculation, acceptance length, latency, equality and Recall/NDCG@10, for each method, gamma, batch size and
-  list length;
+- list generation (``spec_decode_<dataset>.json``, ``bench_spec_decode``): the goals' verdicts, then tokens per
+  second, speedup over no speculation (paired where the run alternated a baseline engine's calls with the
+  draft's), acceptance length, latency, equality and Recall/NDCG@10, for each method, gamma, batch size and list
+  length; a record an earlier run measured says its date;
 - top-K (``topk_<dataset>.json``, ``bench_topk``): the goals' verdicts, then per mode (and head), for each K the
   latency one request at a time, users per second at the run's concurrency, Recall/NDCG@K of the pass over the
   most users, and the float32 equality with the reference;
@@ -28,7 +29,9 @@ import sys
 from pathlib import Path
 
 from vllm_padrec.testing.bench_driver import cell as bench_cell
+from vllm_padrec.testing.bench_driver import earlier_mark
 from vllm_padrec.testing.goals import goals_table
+from vllm_padrec.testing.spec_decode_goals import paired_mark, speedup
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAGE = Path(__file__).resolve().parent / "RESULTS.md"
@@ -67,8 +70,10 @@ def plot(results: Path, name: str, page: Path) -> list[str]:
 
 
 def spec_decode_section(payload: dict) -> list[str]:
-    lines = [
-        provenance(payload, "spec_decode"),
+    lines = [provenance(payload, "spec_decode"), "", *payload_goals(payload)]
+    lines += [
+        "Speedup: tokens/s over no speculation's, paired (the draft's calls alternating with a baseline engine's) "
+        "where the run measured it so, else over the run's own no-speculation engine.",
         "",
         "| method | gamma | batch size | list length | tokens/s | speedup | acceptance length | p50 ms "
         "| equal to none | Recall@10 | NDCG@10 |",
@@ -79,8 +84,8 @@ def spec_decode_section(payload: dict) -> list[str]:
     for r in sorted(records, key=key):
         equal = f"{r['equal_to_no_spec']} / {r['users_compared']}" if r.get("equal_to_no_spec") is not None else "-"
         lines.append(
-            f"| {r['method']} | {cell(r['gamma'])} | {r['batch_size']} | {r['list_len']} | "
-            f"{cell(r.get('tokens_per_s'), 0)} | {cell(r.get('speedup_vs_no_spec'))} | "
+            f"| {r['method']}{earlier_mark(r)} | {cell(r['gamma'])} | {r['batch_size']} | {r['list_len']} | "
+            f"{cell(r.get('tokens_per_s'), 0)} | {cell(speedup(r))}{paired_mark(r)} | "
             f"{cell(r.get('acceptance_length'))} | {cell(r.get('p50_ms'), 1)} | {equal} | "
             f"{cell(r.get('recall_at_10'), 4)} | {cell(r.get('ndcg_at_10'), 4)} |"
         )

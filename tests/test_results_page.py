@@ -32,7 +32,11 @@ def spec_decode_payload() -> dict:
               "tokens_per_s": 1000.0, "speedup_vs_no_spec": 2.45, "acceptance_length": 4.61, "p50_ms": 43.6,
               "equal_to_no_spec": 100, "users_compared": 100, "recall_at_10": 0.05, "ndcg_at_10": 0.03}  # fmt: skip
     served = {**record, "mode": "serve", "tokens_per_s": 1.0}
-    return {"date": "2026-12-03", "device": "NVIDIA H200", "dtype": "bfloat16", "records": [record, served]}
+    paired = {**record, "batch_size": 4, "paired_speedup": 1.74}  # the goals and the page read the paired figure
+    earlier = {**record, "method": "eagle", "measured_on": "2026-12-02T15:14:57+0000"}  # kept by --merge
+    goals = [{"goal": "PAD-Rec at least 3.1x", "met": False, "measured": "2.45x"}]
+    return {"date": "2026-12-03", "device": "NVIDIA H200", "dtype": "bfloat16", "goals": goals,
+            "records": [record, served, paired, earlier]}  # fmt: skip
 
 
 def test_the_page_tells_each_measurement_its_date_command_and_values(tmp_path):
@@ -52,7 +56,10 @@ def test_the_page_tells_each_measurement_its_date_command_and_values(tmp_path):
     assert "![topk_beauty_atspeed](results/topk_beauty_atspeed.png)" in beauty
     assert beauty.count("Not measured yet (issue 14, then 15).") == 1
     assert "| padrec | 5 | 1 | 10 | 1,000 | 2.45 | 4.61 | 43.6 | 100 / 100 | 0.0500 | 0.0300 |" in games
-    assert games.count("| padrec |") == 1  # the offline pass only
+    assert "| padrec | 5 | 4 | 10 | 1,000 | 1.74 paired | 4.61 |" in games
+    assert "| eagle (run of 2026-12-02) | 5 | 1 | 10 | 1,000 | 2.45 |" in games
+    assert "| PAD-Rec at least 3.1x | **missed** | 2.45x |" in games
+    assert games.count("| padrec |") == 2  # the offline passes only
     assert "its command not recorded in this payload" in games and "![" not in games
     assert "Not measured yet (issue 13, then 15)." in games and text.rstrip().endswith("Not measured yet (issue 15).")
 
