@@ -73,7 +73,7 @@ def baseline_p50s(records: list[dict], list_len: int = GOAL_LIST_LEN, batch_size
 def engine_spread(records: list[dict], list_len: int = GOAL_LIST_LEN, batch_size: int = 1) -> float | None:
     """How far apart engines of one configuration ran in one run (``baseline_p50s``): the slowest p50 over the
     fastest, less 1; None with fewer than two. They differed by 25 % at batch 1 in the run of 2026-12-03 18:00,
-    where one engine's repeat moved under 12 %: a ratio of two engines carries this spread as well as the
+    where one engine's repeat moved at most 13 %: a ratio of two engines carries this spread as well as the
     repeat's."""
     p50s = baseline_p50s(records, list_len, batch_size)
     return max(p50s) / min(p50s) - 1 if len(p50s) >= 2 else None
