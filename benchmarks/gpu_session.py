@@ -47,20 +47,14 @@ the round: call 1 ``start bench_target bench_drafts --target bench --bench-epoch
 --spec-methods none padrec padrec_adaptive --spec-gammas 5 --engine-concurrency 1 --engine-users 50
 --engine-max-num-seqs 16 --engine-gamma 5 --engine-configs baseline spec spec_table --engine-profile baseline spec
 spec_table``, call 3 ``checks engine_step bench_spec_decode`` (``engine_step_batch1.md``; its traces come back in
-traces.tgz). The next measures the adaptive goal with every batch size paired (bench_spec_decode's ``--pair all``,
-the default since): call 1 ``start bench_target bench_drafts --target bench --bench-epochs 1 --drafts padrec
---draft-steps 600 --spec-methods none padrec padrec_adaptive --spec-gammas 5``, call 3 ``checks bench_spec_decode``.
+traces.tgz). The hold of 2026-12-03 18:00 measured the adaptive goal with every batch size paired: call 1 ``start
+bench_target bench_drafts --target bench --bench-epochs 1 --drafts padrec --draft-steps 600 --spec-methods none
+padrec padrec_loop padrec_adaptive --spec-gammas 5 --spec-batch-sizes 1 4 16 64 128 --spec-list-lens 10``, call 3
+``checks bench_spec_decode``; the next hold's commands are in ``vllm_padrec/integration/SPEC_DECODE.md``, section 11.
 PAD-Rec's signals against EAGLE paired by seed (issue 14's 5 %, plain torch, no vLLM):
 call 1 ``start bench_target signal_ablation --target bench --bench-epochs 1 --draft-steps 600`` (three seeds of
 eagle, padrec and padrec_channel_gate at gamma 5: nine heads of the bench recipe, trained one after another), then
-``wait 570`` calls; ``--ablation-gammas 5 8`` adds the depth the issue asks about. The sixth hold (2026-12-03, 16
-minutes left after a machine taken back mid-training and three calls that found none) ran ``start train --target
-small``, then ``checks gpu_tests bench_spec_decode --gpu-tests
-test_integration_gpu.py::test_the_decode_loop_graph_drafts_what_vllms_loop_drafts --spec-methods none padrec
-padrec_loop --spec-gammas 5 --spec-batch-sizes 1 4 16 64 --spec-list-lens 10``: the test's ``gamma`` case passed
-(about 8 minutes a case), and the device time ran out before the benchmark. The decode loop graph's timing on the
-bench target: call 1 ``start bench_target bench_drafts --target bench --bench-epochs 1 --drafts padrec --draft-steps
-600 --spec-methods none padrec padrec_loop --spec-gammas 5``, call 3 ``checks bench_spec_decode``.
+``wait 570`` calls; ``--ablation-gammas 5 8`` adds the depth the issue asks about.
 
 Phases, one per call (``python3 benchmarks/gpu_session.py PHASE --help`` lists a phase's options; the
 options a call is given hold for the later calls too):
@@ -1193,8 +1187,7 @@ SUITE_PARTS = {
 SUITE_SETTINGS = {
     "target": "bench",
     "drafts": "padrec_eagle",
-    "spec_methods": ("none", "padrec", "eagle", "eagle_vanilla", "eagle_one_step", "padrec_adaptive", "none_v1")
-    + ("ngram", "medusa"),
+    "spec_methods": tuple(m for m in SPEC_METHODS if m not in ("padrec_tail", "padrec_loop")),
 }
 
 
