@@ -4,7 +4,8 @@ catalog masks, PAD-Rec with drafts by batch size, and vanilla vLLM's n-gram and 
 Methods (``METHODS``), each with its drafts and the plugin's settings:
 
     none              no draft: the baseline, exactly as users run vLLM
-    padrec            the PAD-Rec draft (``--padrec-draft``), drafts masked by the catalog (the plugin's default)
+    padrec            the PAD-Rec draft (``--padrec-draft``), drafts masked by the catalog and a round's decode
+                      steps as one CUDA graph (the plugin's defaults)
     eagle             vLLM's EAGLE draft (``--eagle-draft``, ``EagleLlamaForCausalLM``), drafts masked too
     eagle_vanilla     the same EAGLE draft with ``mask_drafts: false``: vanilla vLLM's drafting
     eagle_one_step    an EAGLE draft trained teacher-forced one step, as the EAGLE paper trains it
@@ -16,9 +17,9 @@ Methods (``METHODS``), each with its drafts and the plugin's settings:
     padrec_tail       the PAD-Rec draft's gamma drafts and 2 more filled from the catalog alone
                       (``padrec.forced_tail``, ``integration/forced_tail.py``): the engine verifies gamma + 2
                       drafts a step (records: ``gamma`` the draft's, ``forced_tail`` 2)
-    padrec_loop       the PAD-Rec draft with its decode steps of a round as one CUDA graph
-                      (``padrec.decode_loop_graph``, ``integration/decode_loop_graph.py``); each pass also
-                      runs its users again with the graph switched on and off call by call in the same engine
+    padrec_loop       ``padrec`` (its decode loop graph on: ``padrec.decode_loop_graph``,
+                      ``integration/decode_loop_graph.py``) whose passes also run their users again with the
+                      graph switched on and off call by call in the same engine
                       (ABBA, through ``integration/worker_rpc.py``): ``loop_switch_speedup`` (tokens/s on over
                       off), ``loop_switch_p50_ms`` and ``loop_switch_baseline_p50_ms`` (on, off),
                       ``loop_switch_equal`` (users whose lists the two wrote alike), ``loop_replays`` (the
@@ -47,7 +48,10 @@ warm-up call; a list's latency is its call's. Records (one per method, gamma, li
 ``accepted_per_draft_step`` (vLLM's spec-decode counters over the pass), ``tokens_per_list`` and
 ``rounds_per_list``, ``speedup_vs_no_spec`` (tokens/s over ``none``'s at the same list length and batch
 size), ``equal_to_no_spec`` (users whose list is ``none``'s token for token, of ``users_compared``),
-``recall_at_10`` / ``ndcg_at_10`` (the list's items against the user's next items). The B = 1 passes run once
+``recall_at_10`` / ``ndcg_at_10`` (the list's items against the user's next items), and for a draft on Model
+Runner V2 ``loop_graph_rounds`` (the rounds of the pass its decode loop graph served, read through
+``integration/worker_rpc.py``, which every such engine gets; 0 where vLLM's own speculator drafts, as for
+``eagle_vanilla``, or the graph is off). The B = 1 passes run once
 more after the others (``p50_ms_repeat``: how far one engine's p50 moves between two passes), and the Markdown
 fits each method's B = 1 latency to a cost per step and a cost per list. B = 1 records also split a call's time
 by phase where the engine kept vLLM's per-request timestamps (``phases_ms``: medians of submit, queue, first
@@ -407,6 +411,16 @@ def run_config(args) -> dict:
     return result | {"records": records, "lists": lists}
 
 
+def loop_graph_of(record: dict) -> str:
+    """A record's loop graph cell: the rounds its pass's loop graph served (``loop_graph_rounds``), or, in records
+    from before that count (2026-12-03), the setting: on for ``padrec_loop`` only, off by default then."""
+    if "loop_graph_rounds" in record:
+        return str(record["loop_graph_rounds"])
+    if record.get("speculative_method") is None:
+        return "-"
+    return "on" if record["method"] == LOOP_GRAPH else "off"
+
+
 def engine_core_of(record: dict) -> str:
     """Where a record's engine core ran: ``own_process`` or ``in_process`` (records before the field, 2026-12-02,
     ran in the benchmark's process)."""
@@ -456,6 +470,14 @@ def paired_fields(
 
 
 NO_LOOP_GRAPHS = "the engine captured no loop graphs (padrec.decode_loop_graph is off there: its log says why)"
+
+
+def answers_worker_rpc(method: str) -> bool:
+    """Whether a method's engine gets ``worker_rpc``'s methods: a draft on Model Runner V2, where the plugin's
+    speculator (and its loop graphs) may serve it."""
+    return METHODS[method].runner == "v2" and METHODS[method].speculative_method is not None
+
+
 PINNED = ("engine", "baseline", "benchmark")  # --pin-cpus: the CPU sets, in the order the cores are handed out
 
 
@@ -482,8 +504,10 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
     method, gamma = args.one, args.one_gamma
     pair_error = None
     started = time.perf_counter()
-    # padrec_loop's engine answers worker_rpc's calls: its passes switch the loop graph off and on (module doc)
-    switchable = {"worker_extension_cls": WORKER_RPC} if method == LOOP_GRAPH else {}
+    # a draft engine on Model Runner V2 answers worker_rpc's calls: each pass counts the rounds its loop graph
+    # served, and padrec_loop's passes switch the graph off and on (module doc)
+    rpc = {"worker_extension_cls": WORKER_RPC} if answers_worker_rpc(method) else {}
+    switchable = method == LOOP_GRAPH
     pins = engine_cpu_sets(args, method)
     if pins:  # the engine's core process starts on the CPUs of the thread that builds it
         cpu_pinning.pin_thread(pins["engine"])
@@ -497,7 +521,7 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
         disable_log_stats=False,
         additional_config={"padrec": METHODS[method].padrec},
         **compilation_args(args, method, gamma),
-        **switchable,
+        **rpc,
         **args.engine_args,
     )
     startup = time.perf_counter() - started
@@ -505,6 +529,11 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
     def loop_graph(enabled: bool | None = None) -> dict | None:
         """The engine's loop graphs (``worker_rpc.PadRecWorkerRpc.padrec_decode_loop_graph``), switched first."""
         return llm.collective_rpc("padrec_decode_loop_graph", args=(enabled,))[0]
+
+    def loop_graph_replays() -> int:
+        """Rounds the engine's loop graphs have served so far (0 without graphs)."""
+        graphs = loop_graph() if rpc else None
+        return graphs["replays"] if graphs else 0
 
     switch_error = None if not switchable or loop_graph() is not None else NO_LOOP_GRAPHS
     baseline_llm = None
@@ -590,7 +619,7 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
             paired = pairs(args, method, batch) and baseline_llm is not None
             if paired:
                 baseline_llm.generate(prompts[:batch], params, use_tqdm=False)
-            before, phases[:] = spec_counters(llm), []
+            before, phases[:], replays = spec_counters(llm), [], loop_graph_replays()
             if paired:
                 sides = [(llm, None), (baseline_llm, None)]
                 (seconds, token_ids, _), (base_seconds, base_ids, _) = alternating_calls(prompts, params, batch, sides)
@@ -598,6 +627,7 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
                 seconds, token_ids = timed_calls(prompts, params, batch)
             parsed = [parse_list(catalog, t) for t in token_ids]
             counters = counter_delta(before, spec_counters(llm))
+            replays = loop_graph_replays() - replays
             timing = call_timing(seconds, [len(t) for t in token_ids], batch)
             targets = [s.targets for s in users]
             items, invalid = [p.items for p in parsed], sum(p.invalid for p in parsed)
@@ -606,6 +636,7 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
                     method, gamma, list_len, batch, "offline", timing, items, targets, counters, invalid_items=invalid
                 )
                 | pinning
+                | ({"loop_graph_rounds": replays} if rpc else {})
             )
             if batch == 1 and (phases_ms := median_phases_ms(phases)) is not None:
                 records[-1]["phases_ms"] = phases_ms
@@ -614,7 +645,7 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
             elif pairs(args, method, batch) and pair_error is not None:
                 records[-1]["paired_error"] = pair_error
             if switchable and switch_error is None:  # the loop graph against vLLM's loop, call by call
-                replays = loop_graph()["replays"]
+                replays = loop_graph_replays()
                 sides = [(llm, lambda: loop_graph(True)), (llm, lambda: loop_graph(False))]
                 on, off = alternating_calls(prompts, params, batch, sides)
                 records[-1] |= paired_fields(*on[:2], *off[:2], batch, prefix="loop_switch")
@@ -962,10 +993,14 @@ def markdown(payload: dict) -> str:
         *loop_switch_markdown(payload["records"]),
         "## Records",
         "",
+        "Loop graph: the rounds of the timed pass that the draft's decode loop graph served "
+        "(`padrec.decode_loop_graph`, on by default since 2026-12-03; 0 where the engine has no loop graphs); records "
+        "from before the count say whether the setting was on.",
+        "",
         "| method | runner | engine core | mode | dtype | gamma | list_len | batch_size | users | tokens/s | speedup "
-        "| paired speedup | p50 ms | p99 ms | acceptance length | equal to baseline | invalid items | Recall@10 "
-        "| NDCG@10 |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| paired speedup | p50 ms | p99 ms | acceptance length | equal to baseline | invalid items | loop graph "
+        "| Recall@10 | NDCG@10 |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in payload["records"]:
         equal = "-" if r["users_compared"] is None else f"{r['equal_to_no_spec']} / {r['users_compared']}"
@@ -976,7 +1011,7 @@ def markdown(payload: dict) -> str:
             f"{cell(r['tokens_per_s'])} | {cell(r['speedup_vs_no_spec'])} | {cell(r.get('paired_speedup'))} | "
             f"{cell(r['p50_ms'])} | "
             f"{cell(r['p99_ms'])} | {cell(r['acceptance_length'])} | {equal} | {cell(r.get('invalid_items'))} | "
-            f"{r['recall_at_10']} | {r['ndcg_at_10']} |"
+            f"{loop_graph_of(r)} | {r['recall_at_10']} | {r['ndcg_at_10']} |"
         )
     lines.append("")
     lines += failures_markdown(payload.get("errors", {}))

@@ -181,6 +181,9 @@ def test_offline_passes_time_each_call_and_repeat_the_one_at_a_time_passes(monke
         def get_metrics(self):
             return []
 
+        def collective_rpc(self, method, args=()):
+            return [None]  # worker_rpc's answer without loop graphs
+
     monkeypatch.setattr(vllm, "LLM", FakeLLM)
     monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(bench.time, "monotonic", lambda: clock[0])
@@ -201,6 +204,7 @@ def test_offline_passes_time_each_call_and_repeat_the_one_at_a_time_passes(monke
     assert one["tokens_per_list"] == len(one_item) and one["recall_at_10"] == 1.0
     assert set(lists) == {"offline_1_1", "offline_1_4"}
     assert started["compilation_config"] == {"max_cudagraph_capture_size": 64}
+    assert one["loop_graph_rounds"] == 0 and four["loop_graph_rounds"] == 0  # an engine without loop graphs
 
 
 def install(monkeypatch, fake) -> None:
@@ -247,6 +251,9 @@ class PairedEngines:
 
             def get_metrics(self):
                 return []
+
+            def collective_rpc(self, method, args=()):
+                return [None]  # worker_rpc's answer without loop graphs
 
         self.LLM = LLM
 
@@ -388,6 +395,7 @@ def test_padrec_loop_switches_its_graph_call_by_call_in_one_engine(monkeypatch):
     assert record["p50_ms"] == 10.0 and record["loop_switch_p50_ms"] == 10.0
     assert record["loop_switch_baseline_p50_ms"] == 20.0 and record["loop_switch_speedup"] == 2.0
     assert record["loop_switch_equal"] == 6 and record["loop_replays"] == 3
+    assert record["loop_graph_rounds"] == 3  # the pass's own calls, not its warm-up's or the switched ones
     assert fake.state["enabled"] is True  # switched back on after an off call: later passes run with the graph
     assert "loop_switch_phases_ms" not in record  # phases are one request's: batch 1 only
 
@@ -402,12 +410,18 @@ def test_padrec_loop_switches_its_graph_call_by_call_in_one_engine(monkeypatch):
     assert record["loop_switch_phases_ms"]["off"]["decode"] == 16.0
     assert record["phases_ms"]["decode"] == 6.0  # the pass's own calls, not the switched ones
 
-    plain = SwitchableEngine(tokens)  # padrec: no extension, no switched calls
+    plain = SwitchableEngine(tokens)  # padrec: the extension counts its graph's rounds, no switched calls
     install(monkeypatch, plain)
     args.one = "padrec"
     _, (record,), _ = bench.offline_passes(args, catalog, users, None)
-    assert "worker_extension_cls" not in plain.kwargs and len(plain.calls) == 4
-    assert not any(key.startswith("loop_") for key in record)
+    assert plain.kwargs["worker_extension_cls"] == WORKER_RPC and len(plain.calls) == 4
+    assert record["loop_graph_rounds"] == 3 and not any(key.startswith("loop_switch") for key in record)
+
+    baseline = SwitchableEngine(tokens)  # no speculation: no extension, nothing counted
+    install(monkeypatch, baseline)
+    args.one = "none"
+    _, (record,), _ = bench.offline_passes(args, catalog, users, None)
+    assert "worker_extension_cls" not in baseline.kwargs and "loop_graph_rounds" not in record
 
     uncaptured = SwitchableEngine(tokens, captured=False)
     install(monkeypatch, uncaptured)
@@ -438,6 +452,16 @@ def test_the_switched_passes_have_a_table_of_their_own():
     del record["loop_switch_phases_ms"]  # batch sizes above 1: no phases
     assert "| 5 | 10 | 1 | 50 | 55.0 | 60.5 | 1.1 | 50 / 50 | 580 | - | - |" in bench.loop_switch_markdown([record])
     assert bench.loop_switch_markdown([{"gamma": 5}]) == []
+
+
+def test_a_records_loop_graph_cell_is_its_count_or_the_setting_of_its_day():
+    """The Records table's loop graph cell: the rounds the graph served where the record counted them; records from
+    before the count (the setting off by default then) say on for padrec_loop only, and - without a draft."""
+    counted = {"method": "eagle_vanilla", "speculative_method": "eagle", "loop_graph_rounds": 0}
+    assert bench.loop_graph_of(counted) == "0" and bench.loop_graph_of(counted | {"loop_graph_rounds": 591}) == "591"
+    assert bench.loop_graph_of({"method": "padrec_loop", "speculative_method": "eagle"}) == "on"
+    assert bench.loop_graph_of({"method": "padrec", "speculative_method": "eagle"}) == "off"
+    assert bench.loop_graph_of({"method": "none", "speculative_method": None}) == "-"
 
 
 @pytest.mark.parametrize(

@@ -205,16 +205,16 @@ def test_capture_leaves_the_loop_to_vllm_where_it_cannot_serve(caplog):
     manager.graphs = {descriptor(1): "graph"}
     assert DecodeLoopGraphs.capture(speculator, []) is None
     speculator.attn_groups = [[SimpleNamespace(metadata_builders=[SimpleNamespace()])]]
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         assert DecodeLoopGraphs.capture(speculator, [4]) is None
     assert "decode_loop_graph is off" in caplog.text
 
 
-def test_the_setting_is_off_by_default_and_a_boolean():
+def test_the_setting_is_on_by_default_and_a_boolean():
     from vllm_padrec.errors import PadRecError
     from vllm_padrec.integration.list_settings import ListSettings
 
-    assert ListSettings().decode_loop_graph is False
-    assert ListSettings.from_additional_config({"padrec": {"decode_loop_graph": True}}).decode_loop_graph is True
+    assert ListSettings().decode_loop_graph is True
+    assert ListSettings.from_additional_config({"padrec": {"decode_loop_graph": False}}).decode_loop_graph is False
     with pytest.raises(PadRecError, match="decode_loop_graph"):
         ListSettings.from_additional_config({"padrec": {"decode_loop_graph": "yes"}})

@@ -1,4 +1,6 @@
-"""The draft's decode steps 1..n of a drafting round as one CUDA graph (``padrec.decode_loop_graph``).
+"""The draft's decode steps 1..n of a drafting round as one CUDA graph (``padrec.decode_loop_graph``, on by
+default: in one engine on the H200 it made lists 1.20x faster at batch 1 and 1.12x at 64, 1.00x at 128, with
+the lists unchanged; ``benchmarks/results/spec_decode_beauty_atspeed.md``).
 
 vLLM 0.26.0's V2 speculator runs a round's decode steps one at a time
 (vllm/v1/worker/gpu/spec_decode/autoregressive/speculator.py, ``_multi_step_decode``): before each step's
@@ -27,8 +29,11 @@ holds nothing else that changes between steps for the backends allowed here:
   the work less well.
 - Triton attention: ``TritonAttentionMetadataBuilder.build`` (vllm/v1/attention/backends/triton_attn.py:195)
   writes no device buffer; its metadata views the persistent seq_lens.
+- FlashAttention 2 (the same builder before Hopper): no scheduler metadata (``aot_schedule`` is FA3's only,
+  flash_attn.py:379), so its metadata too views the persistent seq_lens. No GPU here has run it (the H200
+  runs FA3).
 
-Other backends, context parallelism and FlashAttention's R-SWA keep vLLM's loop (``supported_backends``),
+Other backends, context parallelism and FlashAttention's R-SWA keep vLLM's loop (``unsupported_backends``),
 and so does any round that needs the host between steps (drafted top-K searches) or whose descriptor is not
 FULL. Unnecessary when vLLM captures the draft's decode loop itself.
 """
@@ -110,13 +115,13 @@ class DecodeLoopGraphs:
         if not step_counts or not descs:
             return None
         if unsupported := unsupported_backends(speculator.attn_groups):
-            logger.warning(
+            logger.info(
                 "vllm-padrec: padrec.decode_loop_graph is off: the draft's attention (%s) rebuilds state each step",
                 ", ".join(sorted(set(unsupported))),
             )
             return None
         if speculator.block_tables.cp_size > 1 or getattr(speculator, "dp_size", 1) > 1:
-            logger.warning("vllm-padrec: padrec.decode_loop_graph is off under context or data parallelism")
+            logger.info("vllm-padrec: padrec.decode_loop_graph is off under context or data parallelism")
             return None
         from vllm.distributed.parallel_state import graph_capture
         from vllm.model_executor.offloader.base import get_offloader

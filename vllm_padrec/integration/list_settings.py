@@ -17,8 +17,8 @@ request's list settings against both.
     triton_masks    (true)        the fused Triton mask kernel for both (CUDA; else the eager torch masks)
     forced_tail     (0)           E, 0..8: the last E of a step's drafts filled from the catalog alone, no draft
                                   forward (``forced_tail.py``; needs mask_drafts, no drafted top-K)
-    decode_loop_graph (false)     the draft's decode steps of a round as one CUDA graph (``decode_loop_graph.py``;
-                                  FlashAttention 3 or Triton attention)
+    decode_loop_graph (true)      the draft's decode steps of a round as one CUDA graph (``decode_loop_graph.py``;
+                                  FlashAttention or Triton attention; other backends keep vLLM's loop)
     catalog         (none)        catalog file or folder; default: the target folder's padrec_catalog.json
 
 Per request, ``extra_args`` override the first four, may exclude items and may ask for the top K items
@@ -84,7 +84,7 @@ class ListSettings(BaseModel):
     mask_drafts: bool = True  # mask the drafts' proposals too (more accepted drafts); EAGLE drafts: vanilla when off
     triton_masks: bool = True  # the fused Triton kernel (kernels/catalog_mask.py) for both masks (CUDA)
     forced_tail: int = Field(0, ge=0, le=MAX_FORCED_TAIL_LIMIT)  # drafts filled from the catalog alone (forced_tail.py)
-    decode_loop_graph: bool = False  # a round's draft decode steps as one CUDA graph (decode_loop_graph.py)
+    decode_loop_graph: bool = True  # a round's draft decode steps as one CUDA graph (decode_loop_graph.py)
     catalog: str | None = None  # catalog file or folder; None: the target checkpoint folder
 
     @property
