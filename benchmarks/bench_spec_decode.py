@@ -70,7 +70,10 @@ equal acceptance, 2026-12-02; ``none``'s tokens/s at batch 64 and 128 by -22 and
 configuration: the Markdown says how far apart they ran (``spec_decode_goals.engine_spread``, 25 % at batch 1 on
 2026-12-03), and a gain over EAGLE counts only beyond it. ``--pin-cpus`` gives each engine's core process, and the
 benchmark's own threads, physical cores of their own (``testing/cpu_pinning.py``; ``cpu_pinning`` in the records):
-an experiment on whether the spread comes from where the engines' host work runs.
+an experiment on whether the spread comes from where the engines' host work runs (it did not narrow it,
+2026-12-03 19:45). Each offline pass also records the GPU's SM and memory clocks, power and temperature while it
+ran (``gpu_clocks``, and ``gpu_clocks_repeat`` for the repeated one-request passes; ``testing/gpu_clocks.py``,
+``--no-gpu-clocks`` leaves them out): the next candidate for the spread.
 
 With ``--serve`` every configuration is also measured through ``vllm serve`` (records with ``mode``
 ``serve``; the others ``offline``): one server per configuration, then vLLM's own ``vllm bench serve`` per
@@ -120,6 +123,7 @@ from vllm_padrec.testing.bench_driver import (
     write_progress,
 )
 from vllm_padrec.testing.goals import goals_markdown
+from vllm_padrec.testing.gpu_clocks import ClockSampler
 from vllm_padrec.testing.request_phases import PHASES, median_phases_ms, request_phases
 from vllm_padrec.testing.spec_decode_goals import (
     engine_spread_text,
@@ -566,6 +570,9 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
     if pins:  # every thread of the benchmark (vLLM's front-end threads too) off the engines' cores
         cpu_pinning.pin_process(pins["benchmark"])
     pinning = {"cpu_pinning": {name: cpu_pinning.cpu_list(cpus) for name, cpus in pins.items()}} if pins else {}
+    clocks = ClockSampler()  # started after the pinning: its nvidia-smi runs on the benchmark's cores
+    if args.gpu_clocks:
+        clocks.start()  # stopped after the passes, or at exit (ClockSampler.start)
     phases: list = []  # the one-request calls' phases on ``llm`` (request_phases), for the pass being timed
 
     def timed_call(engine, prompts: list, params) -> tuple[float, list]:
@@ -619,7 +626,7 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
             paired = pairs(args, method, batch) and baseline_llm is not None
             if paired:
                 baseline_llm.generate(prompts[:batch], params, use_tqdm=False)
-            before, phases[:], replays = spec_counters(llm), [], loop_graph_replays()
+            before, phases[:], replays, since = spec_counters(llm), [], loop_graph_replays(), clocks.mark()
             if paired:
                 sides = [(llm, None), (baseline_llm, None)]
                 (seconds, token_ids, _), (base_seconds, base_ids, _) = alternating_calls(prompts, params, batch, sides)
@@ -628,6 +635,7 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
             parsed = [parse_list(catalog, t) for t in token_ids]
             counters = counter_delta(before, spec_counters(llm))
             replays = loop_graph_replays() - replays
+            gpu_clocks = clocks.summary(since)
             timing = call_timing(seconds, [len(t) for t in token_ids], batch)
             targets = [s.targets for s in users]
             items, invalid = [p.items for p in parsed], sum(p.invalid for p in parsed)
@@ -637,6 +645,7 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
                 )
                 | pinning
                 | ({"loop_graph_rounds": replays} if rpc else {})
+                | ({"gpu_clocks": gpu_clocks} if gpu_clocks else {})
             )
             if batch == 1 and (phases_ms := median_phases_ms(phases)) is not None:
                 records[-1]["phases_ms"] = phases_ms
@@ -662,14 +671,18 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
     # the one-at-a-time passes once more, after every other pass: how far a pass's p50 moves between two
     # passes of one engine (the spread that a ratio of two engines' p50s carries too)
     for record, prompts, params in batch_one.values():
+        since = clocks.mark()
         seconds, token_ids = timed_calls(prompts, params, 1)
         record["p50_ms_repeat"] = call_timing(seconds, [len(t) for t in token_ids], 1)["p50_ms"]
+        if gpu_clocks := clocks.summary(since):
+            record["gpu_clocks_repeat"] = gpu_clocks
         print(
             json.dumps(
                 {"repeat": record["list_len"], "p50_ms": record["p50_ms"], "p50_ms_repeat": record["p50_ms_repeat"]}
             ),
             flush=True,
         )
+    clocks.stop()
     return startup, records, lists
 
 
@@ -938,6 +951,34 @@ def pinning_markdown(records: list[dict]) -> list[str]:
     return [f"Engines pinned to physical cores of their own (`--pin-cpus`, CPU sets): {said}.", ""]
 
 
+def gpu_clocks_markdown(records: list[dict]) -> list[str]:
+    """The GPU's state while each pass ran (``gpu_clocks``, ``testing/gpu_clocks.py``), and while the one-request
+    passes ran again (``gpu_clocks_repeat``): beside each p50, to tell a slower pass from a slower GPU."""
+    sampled = [r for r in records if r.get("gpu_clocks")]
+    if not sampled:
+        return []
+    lines = [
+        "## The GPU while each pass ran",
+        "",
+        "From one `nvidia-smi` stream (a row every 200 ms) during each pass's timed calls: the SM clock's median and "
+        "lowest value, the memory clock's median, median power and highest temperature. Repeat: the one-request "
+        "pass run again after the others, its p50 and SM clock.",
+        "",
+        "| method | gamma | list_len | batch_size | p50 ms | SM MHz | SM MHz lowest | memory MHz | power W | "
+        "temperature C | rows | p50 ms, repeat | SM MHz, repeat |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sampled:
+        c, again = r["gpu_clocks"], r.get("gpu_clocks_repeat") or {}
+        lines.append(
+            f"| {r['method']}{earlier_mark(r)} | {r['gamma']} | {r['list_len']} | {r['batch_size']} | "
+            f"{cell(r['p50_ms'])} | {cell(c['sm_mhz_median'])} | {cell(c['sm_mhz_min'])} | "
+            f"{cell(c['mem_mhz_median'])} | {cell(c['power_w_median'])} | {cell(c['temp_c_max'])} | {c['samples']} | "
+            f"{cell(r.get('p50_ms_repeat'))} | {cell(again.get('sm_mhz_median'))} |"
+        )
+    return [*lines, ""]
+
+
 def loop_switch_markdown(records: list[dict]) -> list[str]:
     """padrec_loop's passes with the graph switched on and off call by call in one engine."""
     switched = [r for r in records if r.get("loop_switch_speedup") is not None]
@@ -991,6 +1032,7 @@ def markdown(payload: dict) -> str:
         *batch_one_costs_markdown(payload["records"]),
         *batch_one_phases_markdown(payload["records"]),
         *loop_switch_markdown(payload["records"]),
+        *gpu_clocks_markdown(payload["records"]),
         "## Records",
         "",
         "Loop graph: the rounds of the timed pass that the draft's decode loop graph served "
@@ -1135,6 +1177,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="give each offline engine's core process (the draft's, the paired baseline's) and the benchmark's own "
         "threads physical cores of their own (records: cpu_pinning); an experiment on the spread between engines "
         "of one configuration (needs --engine-core own_process, not with --serve)",
+    )
+    add(
+        "--gpu-clocks",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="record the GPU's SM and memory clocks, power and temperature while each offline pass runs, from one "
+        "nvidia-smi stream (records: gpu_clocks; default on; nothing where nvidia-smi is missing)",
     )
     add(
         "--engine-core",

@@ -184,6 +184,25 @@ def test_offline_passes_time_each_call_and_repeat_the_one_at_a_time_passes(monke
         def collective_rpc(self, method, args=()):
             return [None]  # worker_rpc's answer without loop graphs
 
+    class FakeClocks:  # testing/gpu_clocks.ClockSampler: each pass's summary names the mark it was cut at
+        def __init__(self):
+            self.marks, self.started, self.stopped = 0, False, False
+
+        def start(self):
+            self.started = True
+
+        def mark(self):
+            self.marks += 1
+            return self.marks
+
+        def summary(self, since):
+            return {"cut_at": since} if self.started else None
+
+        def stop(self):
+            self.stopped = True
+
+    samplers = []
+    monkeypatch.setattr(bench, "ClockSampler", lambda: samplers.append(FakeClocks()) or samplers[-1])
     monkeypatch.setattr(vllm, "LLM", FakeLLM)
     monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(bench.time, "monotonic", lambda: clock[0])
@@ -205,6 +224,17 @@ def test_offline_passes_time_each_call_and_repeat_the_one_at_a_time_passes(monke
     assert set(lists) == {"offline_1_1", "offline_1_4"}
     assert started["compilation_config"] == {"max_cudagraph_capture_size": 64}
     assert one["loop_graph_rounds"] == 0 and four["loop_graph_rounds"] == 0  # an engine without loop graphs
+    # the GPU's state by pass: batch 1's, batch 4's, then batch 1's repeat; the stream stopped after the passes
+    assert (one["gpu_clocks"], four["gpu_clocks"], one["gpu_clocks_repeat"]) == (
+        {"cut_at": 1},
+        {"cut_at": 2},
+        {"cut_at": 3},
+    )
+    assert samplers[0].started and samplers[0].stopped
+    clock[0], call_seconds = 0.0, iter([0.5, 0.010, 0.012, 0.014, 0.5, 0.5, 0.040, 0.030, 0.020])
+    args.gpu_clocks = False  # --no-gpu-clocks: no stream, nothing recorded
+    _, records, _ = bench.offline_passes(args, catalog, users, None)
+    assert not samplers[1].started and not any(key.startswith("gpu_clocks") for r in records for key in r)
 
 
 def install(monkeypatch, fake) -> None:
@@ -1133,3 +1163,19 @@ def test_pinning_on_too_few_cores_is_refused_naming_them(monkeypatch, capsys, si
     with pytest.raises(SystemExit):
         bench.parse_args([*BASE, "--pin-cpus"])
     assert "--pin-cpus: 2 physical cores (0-1) cannot give 3 sets a core each" in capsys.readouterr().err
+
+
+def test_the_gpus_state_is_tabled_beside_each_passs_p50():
+    clocks = {"sm_mhz_median": 1980.0, "sm_mhz_min": 1410.0, "mem_mhz_median": 3201.0, "power_w_median": 180.5}
+    record = {"method": "none", "gamma": 0, "list_len": 10, "batch_size": 1, "p50_ms": 111.5, "p50_ms_repeat": 151.0}
+    record |= {
+        "gpu_clocks": clocks | {"temp_c_max": 41.0, "samples": 28},
+        "gpu_clocks_repeat": {"sm_mhz_median": 1590.0},
+    }
+    lines = bench.gpu_clocks_markdown([record, {"method": "padrec", "p50_ms": 60.0}])
+    assert lines[0] == "## The GPU while each pass ran"
+    assert "| none | 0 | 10 | 1 | 111.5 | 1980.0 | 1410.0 | 3201.0 | 180.5 | 41.0 | 28 | 151.0 | 1590.0 |" in lines
+    assert len([line for line in lines if line.startswith("| none") or line.startswith("| padrec")]) == 1
+    del record["gpu_clocks_repeat"], record["p50_ms_repeat"]  # a pass above batch 1: no repeat
+    assert bench.gpu_clocks_markdown([record])[-2].endswith("| 28 | - | - |")
+    assert bench.gpu_clocks_markdown([{"method": "none"}]) == []

@@ -4,7 +4,8 @@ At batch 1 a vLLM engine step is host work (``benchmarks/results/engine_step_bat
 a round), and engines of one configuration started in one run ran 25 % apart (2026-12-03). One candidate cause is
 where the operating system places the engine-core processes: beside the other engine's, or on the sibling thread
 of a core another process keeps busy. Pinning each engine core, and the benchmark's own threads, to physical cores
-of their own takes that cause away; whether it narrows the spread is for a run to show.
+of their own takes that cause away. On the H200 it did not narrow the spread: pinned, two baseline engines of one
+run still ran 36 % apart (2026-12-03 19:45; ``integration/SPEC_DECODE.md`` section 12).
 
 A process started by a thread inherits that thread's CPU set (``sched_setaffinity(2)``), and vLLM starts an
 engine's core process from the thread that builds ``vllm.LLM``: so the benchmark pins itself to the engine's set,
