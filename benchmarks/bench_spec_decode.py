@@ -1062,17 +1062,18 @@ def markdown(payload: dict) -> str:
 
 
 def plot(plt, payload: dict):
-    """Speedup by batch size, one line per method and gamma (first list length); acceptance by draft step."""
+    """Speedup by batch size, one line per method and gamma (first list length); acceptance by draft step. One
+    legend beside both panels (a line keeps its color in both), each earlier run's lines marked with its date."""
     records = payload["records"]
     if not records:
         return None
     list_len = min(r["list_len"] for r in records)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 4.5))
     lines: dict[str, list[tuple[int, float]]] = {}
     steps: dict[str, list[float]] = {}
     for r in records:
         label = r["method"] if r["method"] in (DRAFT_FREE, ADAPTIVE) else f"{r['method']} (gamma {r['gamma']})"
-        label += "" if r["mode"] == "offline" else f", {r['mode']}"
+        label += ("" if r["mode"] == "offline" else f", {r['mode']}") + earlier_mark(r)
         if r["list_len"] == list_len and (ratio := speedup(r)) is not None:
             lines.setdefault(label, []).append((r["batch_size"], ratio))
         if r["list_len"] == list_len and r["batch_size"] == 1 and r["accepted_per_draft_step"]:
@@ -1090,15 +1091,14 @@ def plot(plt, payload: dict):
     left.set_xlabel("batch size")
     left.set_ylabel("speedup over no speculation\n(tokens/s, paired where measured)")
     left.set_title(f"Speedup by batch size (lists of {list_len})")
-    left.legend(fontsize=8)
     for label, rates in steps.items():
         right.plot(range(1, len(rates) + 1), rates, marker="o", label=label, color=colors[label])
     right.set_xlabel("draft step")
     right.set_ylabel("accepted drafts per round")
     right.set_title("Acceptance by draft step (batch 1)")
-    if steps:
-        right.legend(fontsize=8)
-    fig.tight_layout()
+    handles = {h.get_label(): h for axis in (left, right) for h in axis.get_lines() if h.get_label() in colors}
+    fig.tight_layout(rect=(0, 0, 0.74, 1))
+    fig.legend([handles[label] for label in labels], labels, loc="center left", bbox_to_anchor=(0.75, 0.5), fontsize=8)
     return fig
 
 

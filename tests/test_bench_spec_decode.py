@@ -1076,11 +1076,16 @@ def test_the_plot_gives_a_method_and_gamma_one_color_in_both_panels():
 
     records = [rec("none", 0, 1, None), rec("none", 0, 4, None), rec("padrec", 3, 4, None)]
     records += [rec("padrec", 5, 1, [0.8, 0.6]), rec("padrec", 5, 4, None), rec("eagle", 3, 1, [0.7])]
+    records += [rec("eagle", 3, 4, None) | {"measured_on": "2026-12-02T15:14:57+0000"}]  # an earlier run's
     fig = bench.plot(plt, {"records": records})
     left, right = ({line.get_label(): line.get_color() for line in ax.get_lines()} for ax in fig.axes)
     assert set(right) == {"padrec (gamma 5)", "eagle (gamma 3)"}
     assert all(right[label] == left[label] for label in right)
     assert len(set(left.values())) == len(left)  # and a different color for each line
+    assert "eagle (gamma 3) (run of 2026-12-02)" in left  # not joined to this run's line
+    (legend,) = fig.legends  # one legend beside both panels, each line named once
+    named = [text.get_text() for text in legend.get_texts()]
+    assert sorted(named) == sorted(label for label in left if not label.startswith("_"))
     plt.close(fig)
 
 
