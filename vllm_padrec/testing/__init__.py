@@ -11,4 +11,5 @@ mask_inputs.py  engine-step inputs for the list masks and their Triton kernel
 topk_goals.py   issue 12's goals for top-K in the engine, read from bench_topk's records
 bench_driver.py a benchmark's configuration run as a child process, and a results file re-rendered
 cpu_pinning.py  physical cores of their own for a benchmark's engines (bench_spec_decode --pin-cpus)
+gpu_clocks.py   the GPU's clocks, power and temperature through a benchmark's passes (one nvidia-smi stream)
 """
