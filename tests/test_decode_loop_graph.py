@@ -210,6 +210,33 @@ def test_capture_leaves_the_loop_to_vllm_where_it_cannot_serve(caplog):
     assert "decode_loop_graph is off" in caplog.text
 
 
+def test_a_capture_that_fails_leaves_the_loop_to_vllm(monkeypatch, caplog):
+    """The setting is on by default, so a capture that raises (out of memory, a backend that will not be captured)
+    starts the engine with vLLM's loop and says why, instead of taking the engine down."""
+    import contextlib
+
+    from vllm.distributed import parallel_state
+    from vllm.v1.worker.gpu import cudagraph_utils
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+    monkeypatch.setattr(parallel_state, "graph_capture", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(cudagraph_utils, "prepare_inputs_to_capture", out_of_memory)
+    speculator = SimpleNamespace(
+        decode_cudagraph_manager=SimpleNamespace(graphs={descriptor(1): "graph"}, pool=None),
+        attn_groups=[],
+        block_tables=SimpleNamespace(cp_size=1),
+        device="cpu",
+        model_state=None,
+        input_buffers=None,
+        kv_cache_config=None,
+    )
+    with caplog.at_level(logging.WARNING):
+        assert DecodeLoopGraphs.capture(speculator, [4]) is None
+    assert "capturing the draft's decode loop failed (RuntimeError: CUDA out of memory" in caplog.text
+
+
 def test_the_setting_is_on_by_default_and_a_boolean():
     from vllm_padrec.errors import PadRecError
     from vllm_padrec.integration.list_settings import ListSettings

@@ -109,7 +109,8 @@ class DecodeLoopGraphs:
     @classmethod
     def capture(cls, speculator, step_counts: list[int]) -> DecodeLoopGraphs | None:
         """The loops of ``speculator`` (after vLLM captured its own graphs, on their pool), or None where they
-        cannot serve (no FULL decode graphs, a backend or parallelism left to vLLM's loop; logged)."""
+        cannot serve (no FULL decode graphs, a backend or parallelism left to vLLM's loop, a capture that failed;
+        logged): the engine then starts with vLLM's loop, as with the setting off."""
         manager = getattr(speculator, "decode_cudagraph_manager", None)
         descs = sorted(getattr(manager, "graphs", {}), key=lambda d: d.num_tokens, reverse=True)
         if not step_counts or not descs:
@@ -142,17 +143,26 @@ class DecodeLoopGraphs:
             )
 
         graphs = {}
-        with torch.inference_mode(), graph_capture(device=speculator.device):
-            for steps in step_counts:
-                for desc in descs:
-                    prepared(desc, steps)()  # warm-up, eager
-                    run = prepared(desc, steps)  # fresh attention state for the capture
-                    graph = torch.cuda.CUDAGraph()
-                    get_offloader().sync_prev_onload()
-                    with torch.cuda.graph(graph, manager.pool):
-                        run()
-                        get_offloader().join_after_forward()
-                    graphs[(desc, steps)] = graph
+        try:
+            with torch.inference_mode(), graph_capture(device=speculator.device):
+                for steps in step_counts:
+                    for desc in descs:
+                        prepared(desc, steps)()  # warm-up, eager
+                        run = prepared(desc, steps)  # fresh attention state for the capture
+                        graph = torch.cuda.CUDAGraph()
+                        get_offloader().sync_prev_onload()
+                        with torch.cuda.graph(graph, manager.pool):
+                            run()
+                            get_offloader().join_after_forward()
+                        graphs[(desc, steps)] = graph
+        except Exception as error:  # noqa: BLE001 - an optimisation on by default: vLLM's loop serves instead
+            logger.warning(
+                "vllm-padrec: padrec.decode_loop_graph is off: capturing the draft's decode loop failed (%s: %s); "
+                "rounds run vLLM's loop (padrec.decode_loop_graph=false skips the capture)",
+                type(error).__name__,
+                str(error)[:300],
+            )
+            return None
         logger.info(
             "vllm-padrec: the draft's decode loop captured as one graph for %d batch sizes, %s decode steps",
             len(descs),
