@@ -73,7 +73,12 @@ benchmark's own threads, physical cores of their own (``testing/cpu_pinning.py``
 an experiment on whether the spread comes from where the engines' host work runs (it did not narrow it,
 2026-12-03 19:45). Each offline pass also records the GPU's SM and memory clocks, power and temperature while it
 ran (``gpu_clocks``, and ``gpu_clocks_repeat`` for the repeated one-request passes; ``testing/gpu_clocks.py``,
-``--no-gpu-clocks`` leaves them out): the next candidate for the spread.
+``--no-gpu-clocks`` leaves them out): the next candidate for the spread. ``--rivals eagle padrec`` compares drafts
+without it: engines of those drafts start beside ``padrec``'s in its process, and after each ``padrec`` pass the
+same users run on ``padrec``'s engine and each rival's call by call (``rivals``: ``padrec``'s tokens/s over the
+rival's, both p50s, the lists alike); ``padrec`` as its own rival is the control, two engines of one configuration
+whose ratio shows what the spread between engines is when both see the same drift. Issue 14's 5 % over EAGLE reads
+these where a run measured them.
 
 With ``--serve`` every configuration is also measured through ``vllm serve`` (records with ``mode``
 ``serve``; the others ``offline``): one server per configuration, then vLLM's own ``vllm bench serve`` per
@@ -137,6 +142,9 @@ from vllm_padrec.testing.stats import percentile
 DRAFT_FREE = "none"
 IN_PROCESS, OWN_PROCESS = "in_process", "own_process"  # the engine core's process (--engine-core)
 PAIRED_BASELINE_MEMORY = 0.3  # the paired baseline engine's share of GPU memory, beside --gpu-memory-utilization
+RIVAL_MEMORY = 0.12  # each --rivals engine's share (the bench target and its KV for 128 lists fit in a tenth)
+RIVALS_HOST = "padrec"  # the method whose engine the --rivals engines stand beside
+MEMORY_CAP = 0.95  # the engines of one process ask for at most this share of the GPU's memory together
 MODES = ("offline", "serve")  # an in-process LLM; vllm serve measured by vllm bench serve (--serve)
 ADAPTIVE = "padrec_adaptive"
 FORCED_TAIL, FORCED_TAIL_SLOTS = "padrec_tail", 2  # PAD-Rec's gamma drafts and 2 more from the catalog alone
@@ -495,6 +503,38 @@ def engine_cpu_sets(args, method: str) -> dict[str, list[int]] | None:
     return dict(zip(names, cpu_pinning.split_cores(os.sched_getaffinity(0), len(names))))
 
 
+def second_engine(args, method: str, gamma: int, cache: str, memory: float):
+    """An engine of ``method`` at ``gamma`` beside the measured one, in this process (a paired baseline, a rival
+    draft): its own compile cache (``cache`` under ``--cache-root``, read by its core process), ``memory`` of the
+    GPU, no stat loggers (vLLM's metrics stay the measured engine's). (engine, None), or (None, why) where it
+    could not start."""
+    from vllm import LLM
+
+    saved = os.environ.get("VLLM_CACHE_ROOT")
+    os.environ["VLLM_CACHE_ROOT"] = str(Path(args.cache_root) / cache)
+    try:
+        engine = LLM(
+            model=args.target,
+            speculative_config=speculative_config(args, method, gamma, None),
+            max_model_len=args.max_model_len,
+            dtype=args.dtype,
+            gpu_memory_utilization=memory,
+            max_num_seqs=max(args.batch_sizes),
+            disable_log_stats=True,
+            additional_config={"padrec": METHODS[method].padrec},
+            **compilation_args(args, method, gamma),
+            **args.engine_args,
+        )
+        return engine, None
+    except Exception as error:  # noqa: BLE001 - the passes run without it, the record says why
+        return None, f"{type(error).__name__}: {error}"[:500]
+    finally:
+        if saved is None:
+            del os.environ["VLLM_CACHE_ROOT"]
+        else:
+            os.environ["VLLM_CACHE_ROOT"] = saved
+
+
 def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[float, list[dict], dict]:
     os.environ.update(engine_core_environment(args.engine_core))
     os.environ.setdefault("VLLM_PLUGINS", "padrec")
@@ -542,31 +582,20 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
     switch_error = None if not switchable or loop_graph() is not None else NO_LOOP_GRAPHS
     baseline_llm = None
     if pairs_any(args, method):  # after the engine above, whose stat loggers own vLLM's metrics
-        # the baseline configuration's own compile cache (the same engine; its core process reads this)
-        cache = os.environ.get("VLLM_CACHE_ROOT")
-        os.environ["VLLM_CACHE_ROOT"] = str(Path(args.cache_root) / f"{METHODS[method].baseline}_g0")
         if pins:
             cpu_pinning.pin_thread(pins["baseline"])
-        try:
-            baseline_llm = LLM(
-                model=args.target,
-                max_model_len=args.max_model_len,
-                dtype=args.dtype,
-                gpu_memory_utilization=PAIRED_BASELINE_MEMORY,
-                max_num_seqs=max(args.batch_sizes),
-                disable_log_stats=True,  # no stat loggers: the counters stay the draft engine's
-                additional_config={"padrec": METHODS[METHODS[method].baseline].padrec},
-                **args.engine_args,
-            )
-        except Exception as error:  # noqa: BLE001 - the passes run unpaired, the record says why
-            pair_error = f"{type(error).__name__}: {error}"[:500]
+        baseline = METHODS[method].baseline
+        baseline_llm, pair_error = second_engine(args, baseline, 0, f"{baseline}_g0", PAIRED_BASELINE_MEMORY)
+        if pair_error is not None:  # the passes run unpaired, the record says why
             print(json.dumps({"paired_error": pair_error}), flush=True)
-        finally:
-            if cache is None:
-                del os.environ["VLLM_CACHE_ROOT"]
-            else:
-                os.environ["VLLM_CACHE_ROOT"] = cache
-
+    rivals, rival_errors = {}, {}
+    for rival in args.rivals if method == RIVALS_HOST else ():  # drafts beside this one, call by call
+        engine, error = second_engine(args, rival, gamma, f"rival_{rival}_g{gamma}", RIVAL_MEMORY)
+        if error is None:
+            rivals[rival] = engine
+        else:
+            rival_errors[rival] = error
+            print(json.dumps({"rival_error": {rival: error}}), flush=True)
     if pins:  # every thread of the benchmark (vLLM's front-end threads too) off the engines' cores
         cpu_pinning.pin_process(pins["benchmark"])
     pinning = {"cpu_pinning": {name: cpu_pinning.cpu_list(cpus) for name, cpus in pins.items()}} if pins else {}
@@ -664,6 +693,19 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
                 records[-1]["loop_replays"] = loop_graph(True)["replays"] - replays  # the graph's rounds, on-calls
             elif switchable:
                 records[-1]["loop_switch_error"] = switch_error
+            for rival, rival_llm in rivals.items():  # the same users on this engine and a rival's, call by call
+                rival_llm.generate(prompts[:batch], params, use_tqdm=False)  # warm-up: this batch shape
+                ours, theirs = alternating_calls(prompts, params, batch, [(llm, None), (rival_llm, None)])
+                fields = paired_fields(*ours[:2], *theirs[:2], batch, prefix="rival")
+                p50 = call_timing(ours[0], [len(t) for t in ours[1]], batch)["p50_ms"]
+                records[-1].setdefault("rivals", {})[rival] = {
+                    "speedup": fields["rival_speedup"],  # this method's tokens/s over the rival's
+                    "p50_ms": p50,
+                    "rival_p50_ms": fields["rival_baseline_p50_ms"],
+                    "equal": fields["rival_equal"],
+                }
+            if rival_errors:
+                records[-1]["rival_errors"] = rival_errors
             lists[f"offline_{list_len}_{batch}"] = token_ids
             if batch == 1:
                 batch_one[list_len] = (records[-1], prompts, params)
@@ -951,6 +993,34 @@ def pinning_markdown(records: list[dict]) -> list[str]:
     return [f"Engines pinned to physical cores of their own (`--pin-cpus`, CPU sets): {said}.", ""]
 
 
+def rivals_markdown(records: list[dict]) -> list[str]:
+    """padrec's passes run again beside each ``--rivals`` engine, call by call; the engines that did not start."""
+    rows = [(r, rival, m) for r in records for rival, m in (r.get("rivals") or {}).items()]
+    failed = {rival: why for r in records for rival, why in (r.get("rival_errors") or {}).items()}
+    if not rows and not failed:
+        return []
+    lines = [
+        f"## {RIVALS_HOST} against other drafts, call by call",
+        "",
+        f"`--rivals`: each {RIVALS_HOST} pass's users ran again on {RIVALS_HOST}'s engine and on a rival draft's "
+        f"engine in the same process, call by call (ABBA), so that the machine's drift falls on both. Speedup: "
+        f"{RIVALS_HOST}'s tokens/s over the rival's. {RIVALS_HOST} as its own rival is the control: two engines of "
+        "one configuration, whose ratio would be 1.0 without a spread between engines.",
+        "",
+        "| method | rival | gamma | list_len | batch_size | users | p50 ms | rival p50 ms | speedup over the rival | "
+        "lists alike |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r, rival, m in rows:
+        lines.append(
+            f"| {r['method']}{earlier_mark(r)} | {rival} | {r['gamma']} | {r['list_len']} | {r['batch_size']} | "
+            f"{r['users']} | {cell(m['p50_ms'])} | {cell(m['rival_p50_ms'])} | {m['speedup']} | {m['equal']} / "
+            f"{r['users']} |"
+        )
+    lines += [f"Rival {rival} did not start: `{why[-300:]}`" for rival, why in failed.items()]
+    return [*lines, ""]
+
+
 def gpu_clocks_markdown(records: list[dict]) -> list[str]:
     """The GPU's state while each pass ran (``gpu_clocks``, ``testing/gpu_clocks.py``), and while the one-request
     passes ran again (``gpu_clocks_repeat``): beside each p50, to tell a slower pass from a slower GPU."""
@@ -1032,6 +1102,7 @@ def markdown(payload: dict) -> str:
         *batch_one_costs_markdown(payload["records"]),
         *batch_one_phases_markdown(payload["records"]),
         *loop_switch_markdown(payload["records"]),
+        *rivals_markdown(payload["records"]),
         *gpu_clocks_markdown(payload["records"]),
         "## Records",
         "",
@@ -1179,6 +1250,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "of one configuration (needs --engine-core own_process, not with --serve)",
     )
     add(
+        "--rivals",
+        nargs="+",
+        default=[],
+        choices=[m for m, spec in METHODS.items() if spec.runner == "v2" and spec.speculative_method is not None],
+        metavar="METHOD",
+        help=f"draft methods whose engines ({RIVAL_MEMORY:g} of GPU memory each, same gamma) stand beside "
+        f"{RIVALS_HOST}'s in its process: after each {RIVALS_HOST} pass its users run again on both engines, call "
+        "by call (ABBA), so both see the machine's drift alike (records: rivals, per rival its speedup, both p50s "
+        f"and the lists alike); {RIVALS_HOST} itself as a rival is the control (two engines of one configuration). "
+        "Issue 14's 5 %% over EAGLE reads them where measured",
+    )
+    add(
         "--gpu-clocks",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -1228,6 +1311,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("every gamma, batch size and list length must be >= 1")
     if args.serve and args.engine_args:
         parser.error("--engine-args reach the offline engines only: not with --serve")
+    if args.rivals:
+        if RIVALS_HOST not in args.methods:
+            parser.error(f"--rivals stand beside {RIVALS_HOST}'s engine: run {RIVALS_HOST} too")
+        if args.serve or args.engine_core == IN_PROCESS or args.pin_cpus:
+            parser.error(
+                "--rivals runs engines beside the offline one, each core in its own process, unpinned: not "
+                "with --serve, --engine-core in_process or --pin-cpus"
+            )
+        for rival in args.rivals:
+            if getattr(args, f"{METHODS[rival].draft}_draft") is None:
+                parser.error(f"--rivals {rival} needs --{METHODS[rival].draft.replace('_', '-')}-draft")
     if args.pin_cpus and (args.engine_core == IN_PROCESS or args.serve):
         parser.error(
             "--pin-cpus pins offline engines whose core runs in its own process: not with --engine-core "
@@ -1240,10 +1334,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--pin-cpus: {error}")
     if args.pair != "none" and args.engine_core == IN_PROCESS:
         parser.error(f"--pair {args.pair} runs two engines in one process: each needs its core in its own process")
-    if args.pair != "none" and args.gpu_memory_utilization + PAIRED_BASELINE_MEMORY > 0.95:
+    beside = (PAIRED_BASELINE_MEMORY if args.pair != "none" else 0) + RIVAL_MEMORY * len(args.rivals)
+    if beside and args.gpu_memory_utilization + beside > MEMORY_CAP:
         parser.error(
-            f"--gpu-memory-utilization {args.gpu_memory_utilization:g} leaves no room for the paired baseline's "
-            f"{PAIRED_BASELINE_MEMORY:g}: at most {0.95 - PAIRED_BASELINE_MEMORY:g}, or --pair none"
+            f"--gpu-memory-utilization {args.gpu_memory_utilization:g} leaves no room for the engines beside it "
+            f"(the paired baseline's {PAIRED_BASELINE_MEMORY:g} unless --pair none, {RIVAL_MEMORY:g} a rival): "
+            f"at most {MEMORY_CAP - beside:.2f}"
         )
     if ADAPTIVE in args.methods and not {DRAFT_FREE, "padrec"} <= set(args.methods):
         parser.error("padrec_adaptive picks its drafts from this run's none and padrec records: run them too")

@@ -218,6 +218,8 @@ SPEC_METHODS = (  # bench_spec_decode's methods: on Model Runner V2, then vanill
     *("none", "padrec", "eagle", "eagle_vanilla", "eagle_one_step", "padrec_adaptive", "padrec_tail", "padrec_loop"),
     *("none_v1", "ngram", "medusa"),
 )
+SPEC_RIVALS = ("padrec", "eagle", "eagle_one_step", "eagle_vanilla")  # drafts that may stand beside padrec's engine
+MAX_RIVALS, RIVALS_MEMORY = 2, 0.4  # padrec's engine 0.4, its paired baseline 0.3, each rival 0.12 of GPU memory
 # the heads of atspeed_drafts, one budget each: vllm_padrec.draft.config.OBJECTIVES
 ATSPEED_OBJECTIVES = ("distill", "atspeed_s", "atspeed_r")
 ATSPEED_RUNS = ("equality", "speed")  # bench_topk_atspeed's two runs: float32 equality, then bfloat16 speed
@@ -256,6 +258,7 @@ class Settings:
     spec_batch_sizes: tuple[int, ...] = (1, 4, 16, 64, 128)  # bench_spec_decode's requests a call
     spec_list_lens: tuple[int, ...] = (10, 20)  # bench_spec_decode's items per list
     spec_pin_cpus: bool = False  # bench_spec_decode's --pin-cpus: each engine core on CPUs of its own
+    spec_rivals: tuple[str, ...] = ()  # bench_spec_decode's --rivals: drafts beside padrec's engine, call by call
     atspeed_runs: tuple[str, ...] = ATSPEED_RUNS  # bench_topk_atspeed's runs (a later hold may redo one)
     atspeed_heads: tuple[str, ...] = ("atspeed_s", "atspeed_r", "distill")  # its speed run's heads, in order
     gpu_tests: tuple[str, ...] = ("test_integration_gpu.py", "test_integration_gpu_serve.py")
@@ -277,6 +280,12 @@ class Settings:
         if max(self.spec_gammas) > self.draft_gamma:
             deepest = max(self.spec_gammas)
             return f"--spec-gammas {deepest} is deeper than the heads train for (--draft-gamma {self.draft_gamma})"
+        if self.spec_rivals and "padrec" not in self.spec_methods:
+            return "--spec-rivals stand beside padrec's engine: --spec-methods must hold padrec"
+        if len(self.spec_rivals) > MAX_RIVALS:
+            return f"--spec-rivals: at most {MAX_RIVALS} (each rival engine takes GPU memory beside padrec's)"
+        if set(self.spec_rivals) - {"padrec"} and self.drafts == "padrec":
+            return "--spec-rivals other than padrec need their heads: --drafts padrec_eagle"
         return None
 
     def suffix(self) -> str:
@@ -379,6 +388,15 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         help="bench_spec_decode pins each engine core, and its own threads, to physical cores of their own "
         "(--pin-cpus: an experiment on the spread between engines; default off)",
+        **kw,
+    )
+    add(
+        "--spec-rivals",
+        nargs="*",
+        choices=SPEC_RIVALS,
+        help=f"bench_spec_decode's --rivals (at most {MAX_RIVALS}): drafts whose engines stand beside padrec's and "
+        "answer its users call by call; padrec itself is the control (default none; its engine then takes "
+        f"{RIVALS_MEMORY:g} of GPU memory)",
         **kw,
     )
     add("--draft-gamma", type=int, help=f"draft steps the bench heads train for (default {d.draft_gamma})", **kw)
@@ -857,6 +875,8 @@ def job_bench_spec_decode(ctx: JobContext) -> int:
         *("--gammas", *map(str, s.spec_gammas), "--batch-sizes", *map(str, s.spec_batch_sizes)),
         *("--list-lens", *map(str, s.spec_list_lens)),
         *(("--pin-cpus",) if s.spec_pin_cpus else ()),
+        # beside the rivals' engines, padrec's takes less memory (its KV cache stays far above what 128 lists need)
+        *(("--rivals", *s.spec_rivals, "--gpu-memory-utilization", str(RIVALS_MEMORY)) if s.spec_rivals else ()),
     )
 
 

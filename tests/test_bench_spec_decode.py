@@ -248,9 +248,10 @@ def install(monkeypatch, fake) -> None:
 
 class PairedEngines:
     """A fake vllm.LLM class for offline_passes on a fake clock: each engine (``draft`` with a speculative config,
-    ``baseline`` without) takes its own seconds per call, in order; the calls and engines are logged."""
+    ``baseline`` without, ``rival`` with BASE's EAGLE draft) takes its own seconds per call, in order; the calls
+    and engines are logged. ``fail``: the engines that cannot start."""
 
-    def __init__(self, seconds: dict, tokens: list[int], fail_baseline: bool = False, baseline_differs_at=()):
+    def __init__(self, seconds: dict, tokens: list[int], fail_baseline: bool = False, baseline_differs_at=(), fail=()):
         self.seconds = {name: iter(values) for name, values in seconds.items()}
         self.clock, self.calls, self.engines, self.tokens = [0.0], [], [], tokens
         self.differs_at = set(baseline_differs_at)  # the baseline's calls (0: its warm-up) with one more token
@@ -258,10 +259,11 @@ class PairedEngines:
 
         class LLM:
             def __init__(self, **kwargs):
-                self.name = "draft" if kwargs.get("speculative_config") else "baseline"
+                spec = kwargs.get("speculative_config")
+                self.name = "baseline" if not spec else "rival" if spec.get("model") == "/e" else "draft"
                 process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
                 fake.engines.append((self.name, kwargs, process, os.environ.get("VLLM_CACHE_ROOT")))
-                if fail_baseline and self.name == "baseline":
+                if (fail_baseline and self.name == "baseline") or self.name in fail:
                     raise RuntimeError("no room for a second engine")
 
             def generate(self, prompts, params, use_tqdm):
@@ -286,6 +288,45 @@ class PairedEngines:
                 return [None]  # worker_rpc's answer without loop graphs
 
         self.LLM = LLM
+
+
+def test_padrecs_passes_run_again_call_by_call_beside_a_rival_drafts_engine(monkeypatch):
+    """--rivals eagle: padrec's engine process also starts an EAGLE engine (its own compile cache, RIVAL_MEMORY of
+    the GPU, no stat loggers); after each pass the same users run on both, ABBA, and the record has padrec's
+    tokens/s over the rival's, both p50s and the lists alike. A rival that cannot start is named in the records."""
+    from vllm_padrec.data import SyntheticConfig, generate_synthetic
+
+    catalog = generate_synthetic(SyntheticConfig(num_items=12, num_users=4, codebook_sizes=(4, 4))).catalog
+    tokens = [*catalog.item_token_ids(3), catalog.layout.EOS]
+    # padrec: warm-up, its pass's 2 calls, the rival's 2 calls; the rival: warm-up and 2 calls (15 ms each)
+    seconds = {"draft": [0.5, 0.010, 0.010, 0.010, 0.010], "rival": [0.5, 0.015, 0.015]}
+    fake = PairedEngines(seconds, tokens)
+    install(monkeypatch, fake)
+    argv = [*BASE, "--batch-sizes", "2", "--list-lens", "1", "--users", "4", "--pair", "none", "--cache-root", "/c"]
+    args = bench.parse_args([*argv, "--rivals", "eagle"])
+    args.one, args.one_gamma = "padrec", 5
+    users = [SimpleNamespace(history=[0, 1], targets=[3]) for _ in range(4)]
+    _, (record,), _ = bench.offline_passes(args, catalog, users, None)
+    assert [engine[0] for engine in fake.engines] == ["draft", "rival"]
+    _, rival, process, cache = fake.engines[1]
+    assert cache == "/c/rival_eagle_g5" and process == "1"
+    assert rival["gpu_memory_utilization"] == bench.RIVAL_MEMORY and rival["disable_log_stats"]
+    assert rival["speculative_config"] == {"method": "eagle", "num_speculative_tokens": 5, "model": "/e"}
+    assert fake.calls[3:] == ["rival", "draft", "rival", "rival", "draft"]  # the rival warmed up, then ABBA
+    assert record["rivals"] == {"eagle": {"speedup": 1.5, "p50_ms": 10.0, "rival_p50_ms": 15.0, "equal": 4}}
+    assert record["p50_ms"] == 10.0  # the pass itself, before the rival's calls
+
+    eagle = PairedEngines({"draft": [0.5, 0.01, 0.01]}, tokens, fail=("rival",))  # the rival does not start
+    install(monkeypatch, eagle)
+    _, (record,), _ = bench.offline_passes(args, catalog, users, None)
+    assert record["rival_errors"] == {"eagle": "RuntimeError: no room for a second engine"}
+    assert "rivals" not in record
+
+    other = PairedEngines({"draft": [0.5, 0.01, 0.01]}, tokens)  # rivals stand beside padrec's engine only
+    install(monkeypatch, other)
+    args.one = "padrec_loop"
+    bench.offline_passes(args, catalog, users, None)
+    assert [engine[0] for engine in other.engines] == ["draft"]
 
 
 def test_a_drafts_one_at_a_time_passes_alternate_with_a_baseline_engine(monkeypatch):
@@ -498,7 +539,7 @@ def test_a_records_loop_graph_cell_is_its_count_or_the_setting_of_its_day():
     ("argv", "says"),
     [
         (["--engine-core", "in_process"], "each needs its core in its own process"),
-        (["--gpu-memory-utilization", "0.7"], "leaves no room for the paired baseline's 0.3: at most 0.65"),
+        (["--gpu-memory-utilization", "0.7"], "leaves no room for the engines beside it"),
     ],
 )
 def test_pairing_needs_engines_in_their_own_processes_and_room_for_two(argv, says, capsys):
@@ -506,6 +547,30 @@ def test_pairing_needs_engines_in_their_own_processes_and_room_for_two(argv, say
         bench.parse_args([*BASE, *argv])
     assert says in capsys.readouterr().err
     bench.parse_args([*BASE, *argv, "--pair", "none"])  # unpaired: either is fine
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--rivals", "eagle", "padrec"], "at most 0.41"),  # 0.5 + 0.3 + 2 x 0.12 asks for more than 0.95
+        (["--rivals", "eagle", "--methods", "none", "eagle"], "--rivals stand beside padrec's engine: run padrec too"),
+        (["--rivals", "eagle", "--pin-cpus"], "not with --serve, --engine-core in_process or --pin-cpus"),
+        (["--rivals", "eagle_one_step"], "--rivals eagle_one_step needs --eagle-one-step-draft"),
+        (["--rivals", "none"], "invalid choice: 'none'"),  # a rival drafts
+    ],
+)
+def test_rivals_need_padrec_their_drafts_and_room(argv, says, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args([*BASE, "--eagle-draft", "e", *argv])
+    assert says in capsys.readouterr().err
+
+
+def test_rivals_fit_beside_a_smaller_engine():
+    args = bench.parse_args(
+        [*BASE, "--eagle-draft", "e", "--rivals", "eagle", "padrec", "--gpu-memory-utilization", "0.4"]
+    )
+    assert args.rivals == ["eagle", "padrec"]
+    assert bench.parse_args([*BASE, "--eagle-draft", "e", "--rivals", "eagle"]).gpu_memory_utilization == 0.5
 
 
 def test_counters_over_a_pass_are_the_difference_of_vllms_totals():
@@ -1184,3 +1249,17 @@ def test_the_gpus_state_is_tabled_beside_each_passs_p50():
     del record["gpu_clocks_repeat"], record["p50_ms_repeat"]  # a pass above batch 1: no repeat
     assert bench.gpu_clocks_markdown([record])[-2].endswith("| 28 | - | - |")
     assert bench.gpu_clocks_markdown([{"method": "none"}]) == []
+
+
+def test_the_rivals_table_names_each_rival_and_the_ones_that_did_not_start():
+    record = {"method": "padrec", "gamma": 5, "list_len": 10, "batch_size": 1, "users": 50}
+    record["rivals"] = {
+        "eagle": {"speedup": 1.021, "p50_ms": 58.2, "rival_p50_ms": 59.9, "equal": 50},
+        "padrec": {"speedup": 0.994, "p50_ms": 58.5, "rival_p50_ms": 58.1, "equal": 50},
+    }
+    lines = bench.rivals_markdown([record, {"method": "none"}, {"rival_errors": {"eagle_one_step": "OOM"}}])
+    assert lines[0] == "## padrec against other drafts, call by call"
+    assert "| padrec | eagle | 5 | 10 | 1 | 50 | 58.2 | 59.9 | 1.021 | 50 / 50 |" in lines
+    assert "| padrec | padrec | 5 | 10 | 1 | 50 | 58.5 | 58.1 | 0.994 | 50 / 50 |" in lines
+    assert "Rival eagle_one_step did not start: `OOM`" in lines
+    assert bench.rivals_markdown([{"method": "padrec"}]) == []

@@ -129,6 +129,19 @@ def test_gammas_deeper_than_the_heads_are_a_one_line_refusal_and_nothing_is_save
     assert session.ran == ["train"]
 
 
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ({"spec_rivals": ("eagle",), "spec_methods": ("none", "eagle"), "drafts": "padrec_eagle"}, "must hold padrec"),
+        ({"spec_rivals": ("eagle", "padrec", "eagle_one_step"), "drafts": "padrec_eagle"}, "at most 2"),
+        ({"spec_rivals": ("eagle",), "drafts": "padrec"}, "need their heads: --drafts padrec_eagle"),
+    ],
+)
+def test_rivals_that_cannot_run_are_refused_in_one_line(given, says):
+    assert says in gs.Settings(**given).problem()
+    assert gs.Settings(spec_rivals=("padrec",), drafts="padrec").problem() is None  # the control needs no other head
+
+
 def test_a_need_never_queued_is_skipped(session):
     session.job("train")
     session.job("gpu_tests")
@@ -587,6 +600,19 @@ def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads
     )
     ((_, args),) = calls
     assert args[args.index("--list-lens") + 1 :] == ("10", "--pin-cpus")
+    # --spec-rivals: EAGLE's engine and a control beside padrec's, which then takes less of the GPU's memory
+    calls.clear()
+    rivals = dataclasses.replace(settings, spec_rivals=("eagle", "padrec"))
+    assert gs.JOBS["bench_spec_decode"].body(dataclasses.replace(ctx, settings=rivals)) == 0
+    ((_, args),) = calls
+    assert args[args.index("--list-lens") + 1 :] == (
+        "10",
+        "--rivals",
+        "eagle",
+        "padrec",
+        "--gpu-memory-utilization",
+        "0.4",
+    )
 
 
 def test_the_list_speed_smoke_runs_bench_spec_decode_in_little_on_the_small_target_and_head(monkeypatch, tmp_path):

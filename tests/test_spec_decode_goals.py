@@ -187,6 +187,30 @@ def test_a_gain_over_eagle_counts_only_beyond_the_spread_between_engines_of_one_
     assert engine_spread(records[:4]) is None  # one baseline engine: no spread to read
 
 
+def test_a_gain_over_eagle_beside_its_engine_counts_only_beyond_the_control():
+    """Where PAD-Rec's users ran call by call beside EAGLE's engine (--rivals), the goal reads that ratio instead of
+    two engines' separate speedups, and a gain counts only beyond the control (PAD-Rec beside an engine of its own
+    configuration); without a control it is not shown."""
+    records = run_records()  # separate engines: PAD-Rec 2.45x, EAGLE 1.87x, +31 %
+    beside = {"eagle": {"speedup": 1.08, "p50_ms": 40.0, "rival_p50_ms": 43.2, "equal": 30}}
+    records[3]["rivals"] = dict(beside)
+    over_eagle, over_one_step = spec_decode_goals(records)[1:3]
+    assert over_eagle["met"] is False and over_eagle["measured"] == (
+        "+8.0 % call by call beside eagle's engine (gamma 5, p50 40 against 43.2 ms); not shown: no control engine "
+        "of PAD-Rec's configuration (--rivals padrec)"
+    )
+    assert over_one_step["met"] is True  # no rival eagle_one_step: the separate engines' ratio, as before
+    records[3]["rivals"]["padrec"] = {"speedup": 0.9, "p50_ms": 40.0, "rival_p50_ms": 36.0, "equal": 30}
+    over_eagle = spec_decode_goals(records)[1]
+    assert over_eagle["met"] is False and over_eagle["measured"].endswith("; not shown: within the control's 10.0 %")
+    records[3]["rivals"]["padrec"]["speedup"] = 1.02
+    over_eagle = spec_decode_goals(records)[1]
+    assert over_eagle["met"] is True and over_eagle["measured"].endswith("; control 2.0 %")
+    records[3]["rivals"]["eagle"]["speedup"] = 1.03  # below 5 %, though beyond the control
+    over_eagle = spec_decode_goals(records)[1]
+    assert over_eagle["met"] is False and over_eagle["measured"].startswith("+3.0 % call by call")
+
+
 def test_the_spread_between_engines_is_said_for_this_run_only():
     this_run = [
         record("padrec", 5, 1, 1.7, paired_baseline_p50_ms=110.753),
