@@ -640,6 +640,34 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
             token_ids += [list(o.outputs[0].token_ids) for o in outputs]
         return seconds, token_ids
 
+    def switched_fields(prompts: list, params, batch: int) -> dict:
+        """padrec_loop: the pass's users again with the loop graph on and off, call by call (``loop_switch_*``,
+        ``loop_replays``: the graph's rounds in the on calls), the graph left on; or why it could not switch."""
+        if switch_error is not None:
+            return {"loop_switch_error": switch_error}
+        replays = loop_graph_replays()
+        sides = [(llm, lambda: loop_graph(True)), (llm, lambda: loop_graph(False))]
+        on, off = alternating_calls(prompts, params, batch, sides)
+        fields = paired_fields(*on[:2], *off[:2], batch, prefix="loop_switch")
+        fields["loop_switch_p50_ms"] = call_timing(on[0], [len(t) for t in on[1]], batch)["p50_ms"]
+        if (on_phases := median_phases_ms(on[2])) and (off_phases := median_phases_ms(off[2])):
+            fields["loop_switch_phases_ms"] = {"on": on_phases, "off": off_phases}
+        fields["loop_replays"] = loop_graph(True)["replays"] - replays
+        return fields
+
+    def rival_fields(rival_llm, prompts: list, params, batch: int) -> dict:
+        """The pass's users again on this engine and a rival draft's, call by call: this method's tokens/s over
+        the rival's, both p50s and the lists alike (``--rivals``)."""
+        rival_llm.generate(prompts[:batch], params, use_tqdm=False)  # warm-up: this batch shape
+        ours, theirs = alternating_calls(prompts, params, batch, [(llm, None), (rival_llm, None)])
+        fields = paired_fields(*ours[:2], *theirs[:2], batch, prefix="rival")
+        return {
+            "speedup": fields["rival_speedup"],
+            "p50_ms": call_timing(ours[0], [len(t) for t in ours[1]], batch)["p50_ms"],
+            "rival_p50_ms": fields["rival_baseline_p50_ms"],
+            "equal": fields["rival_equal"],
+        }
+
     records, lists, batch_one = [], {}, {}
     for list_len in args.list_lens:
         params = SamplingParams(
@@ -682,27 +710,11 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
                 records[-1] |= paired_fields(seconds, token_ids, base_seconds, base_ids, batch)
             elif pairs(args, method, batch) and pair_error is not None:
                 records[-1]["paired_error"] = pair_error
-            if switchable and switch_error is None:  # the loop graph against vLLM's loop, call by call
-                replays = loop_graph_replays()
-                sides = [(llm, lambda: loop_graph(True)), (llm, lambda: loop_graph(False))]
-                on, off = alternating_calls(prompts, params, batch, sides)
-                records[-1] |= paired_fields(*on[:2], *off[:2], batch, prefix="loop_switch")
-                records[-1]["loop_switch_p50_ms"] = call_timing(on[0], [len(t) for t in on[1]], batch)["p50_ms"]
-                if (on_phases := median_phases_ms(on[2])) and (off_phases := median_phases_ms(off[2])):
-                    records[-1]["loop_switch_phases_ms"] = {"on": on_phases, "off": off_phases}
-                records[-1]["loop_replays"] = loop_graph(True)["replays"] - replays  # the graph's rounds, on-calls
-            elif switchable:
-                records[-1]["loop_switch_error"] = switch_error
-            for rival, rival_llm in rivals.items():  # the same users on this engine and a rival's, call by call
-                rival_llm.generate(prompts[:batch], params, use_tqdm=False)  # warm-up: this batch shape
-                ours, theirs = alternating_calls(prompts, params, batch, [(llm, None), (rival_llm, None)])
-                fields = paired_fields(*ours[:2], *theirs[:2], batch, prefix="rival")
-                p50 = call_timing(ours[0], [len(t) for t in ours[1]], batch)["p50_ms"]
-                records[-1].setdefault("rivals", {})[rival] = {
-                    "speedup": fields["rival_speedup"],  # this method's tokens/s over the rival's
-                    "p50_ms": p50,
-                    "rival_p50_ms": fields["rival_baseline_p50_ms"],
-                    "equal": fields["rival_equal"],
+            if switchable:
+                records[-1] |= switched_fields(prompts, params, batch)
+            if rivals:
+                records[-1]["rivals"] = {
+                    rival: rival_fields(engine, prompts, params, batch) for rival, engine in rivals.items()
                 }
             if rival_errors:
                 records[-1]["rival_errors"] = rival_errors
