@@ -41,12 +41,20 @@ def test_without_loop_graphs_it_answers_none(model_runner):
     assert worker.padrec_decode_loop_graph(True) is None
 
 
-@pytest.mark.parametrize("bad", ["yes", 1, 0.0])
+@pytest.mark.parametrize("bad", ["yes", "", 1, 0.0])
 def test_a_switch_that_is_not_a_boolean_is_refused_and_changes_nothing(bad):
     graphs = DecodeLoopGraphs({})
-    with pytest.raises(TypeError, match="enabled must be a bool or None"):
+    with pytest.raises(TypeError, match='enabled must be a bool, "true", "false" or None'):
         worker_with(graphs).padrec_decode_loop_graph(bad)
     assert graphs.enabled is True
+
+
+def test_the_switch_takes_the_strings_vllms_development_endpoint_sends():
+    """POST /collective_rpc (VLLM_SERVER_DEV_MODE) passes every argument as a string."""
+    graphs = DecodeLoopGraphs({("desc", 4): object()})
+    worker = worker_with(graphs)
+    assert worker.padrec_decode_loop_graph("false")["enabled"] is False and graphs.enabled is False
+    assert worker.padrec_decode_loop_graph("True")["enabled"] is True and graphs.enabled is True
 
 
 def test_vllms_worker_extension_hook_takes_the_class():
