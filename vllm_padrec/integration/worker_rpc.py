@@ -11,7 +11,8 @@ which times the graph against vLLM's loop without the spread between two engines
 ``vllm serve --worker-extension-cls`` answers the same method on vLLM's development endpoint (``POST
 /collective_rpc`` with ``{"method": "padrec_decode_loop_graph", "args": ["false"]}``, only with
 ``VLLM_SERVER_DEV_MODE=1``; vllm/entrypoints/serve/dev/rpc/api_router.py), which passes every argument as a string:
-so the switch also takes ``"true"`` and ``"false"``.
+so the switch also takes ``"true"`` and ``"false"``. Anything else raises TypeError in the worker, which fails that
+call alone: vLLM's engine core returns the error to the caller and keeps serving (vllm/v1/engine/core.py:1534-1550).
 """
 
 from __future__ import annotations
