@@ -602,7 +602,8 @@ def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads
     assert args[args.index("--list-lens") + 1 :] == ("10", "--pin-cpus")
     # --spec-rivals: EAGLE's engine and a control beside padrec's, which then takes less of the GPU's memory
     calls.clear()
-    rivals = dataclasses.replace(settings, spec_rivals=("eagle", "padrec"))
+    rivals = dataclasses.replace(settings, spec_methods=("none", "padrec"), spec_rivals=("eagle", "padrec"))
+    assert dataclasses.replace(rivals, drafts="padrec_eagle").problem() is None
     assert gs.JOBS["bench_spec_decode"].body(dataclasses.replace(ctx, settings=rivals)) == 0
     ((_, args),) = calls
     assert args[args.index("--list-lens") + 1 :] == (
@@ -613,6 +614,8 @@ def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads
         "--gpu-memory-utilization",
         "0.4",
     )
+    parsed = bench_spec_decode.parse_args(list(args))  # the benchmark takes them: its engines fit the memory
+    assert parsed.rivals == ["eagle", "padrec"] and parsed.gpu_memory_utilization == 0.4
 
 
 def test_the_list_speed_smoke_runs_bench_spec_decode_in_little_on_the_small_target_and_head(monkeypatch, tmp_path):
