@@ -72,7 +72,8 @@ configuration: the Markdown says how far apart they ran (``spec_decode_goals.eng
 benchmark's own threads, physical cores of their own (``testing/cpu_pinning.py``; ``cpu_pinning`` in the records):
 an experiment on whether the spread comes from where the engines' host work runs (it did not narrow it,
 2026-12-03 19:45). Each offline pass also records the GPU's SM and memory clocks, power and temperature while it
-ran (``gpu_clocks``, and ``gpu_clocks_repeat`` for the repeated one-request passes; ``testing/gpu_clocks.py``,
+ran (``gpu_clocks``; ``gpu_clocks_paired``: in a paired pass, the rows during the engine's own calls and during
+its baseline's; ``gpu_clocks_repeat`` for the repeated one-request passes; ``testing/gpu_clocks.py``,
 ``--no-gpu-clocks`` leaves them out): the next candidate for the spread. ``--rivals eagle padrec`` compares drafts
 without it: engines of those drafts start beside ``padrec``'s in its process, and after each ``padrec`` pass the
 same users run on ``padrec``'s engine and each rival's call by call (``rivals``: ``padrec``'s tokens/s over the
@@ -603,12 +604,15 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
     if args.gpu_clocks:
         clocks.start()  # stopped after the passes, or at exit (ClockSampler.start)
     phases: list = []  # the one-request calls' phases on ``llm`` (request_phases), for the pass being timed
+    windows: dict = {}  # engine -> its calls' (start, end) on time.monotonic, for the pass being timed
 
     def timed_call(engine, prompts: list, params) -> tuple[float, list]:
-        """One call's seconds and outputs; a one-request call on ``llm`` adds its phases to ``phases``."""
+        """One call's seconds and outputs; the call's window goes to ``windows``, and a one-request call on ``llm``
+        adds its phases to ``phases``."""
         began, began_clock = time.perf_counter(), time.monotonic()
         outputs = engine.generate(prompts, params, use_tqdm=False)
         seconds, ended_clock = time.perf_counter() - began, time.monotonic()
+        windows.setdefault(engine, []).append((began_clock, ended_clock))
         if engine is llm and len(prompts) == 1:
             phases.append(request_phases(began_clock, ended_clock, getattr(outputs[0], "metrics", None)))
         return seconds, outputs
@@ -684,6 +688,7 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
             if paired:
                 baseline_llm.generate(prompts[:batch], params, use_tqdm=False)
             before, phases[:], replays, since = spec_counters(llm), [], loop_graph_replays(), clocks.mark()
+            windows.clear()
             if paired:
                 sides = [(llm, None), (baseline_llm, None)]
                 (seconds, token_ids, _), (base_seconds, base_ids, _) = alternating_calls(prompts, params, batch, sides)
@@ -704,6 +709,11 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
                 | ({"loop_graph_rounds": replays} if rpc else {})
                 | ({"gpu_clocks": gpu_clocks} if gpu_clocks else {})
             )
+            if gpu_clocks and paired:  # the rows that came during each engine's calls
+                sides = {"engine": llm, "baseline": baseline_llm}
+                records[-1]["gpu_clocks_paired"] = {
+                    side: clocks.summary_within(windows.get(engine, [])) for side, engine in sides.items()
+                }
             if batch == 1 and (phases_ms := median_phases_ms(phases)) is not None:
                 records[-1]["phases_ms"] = phases_ms
             if paired:
@@ -1043,19 +1053,22 @@ def gpu_clocks_markdown(records: list[dict]) -> list[str]:
         "## The GPU while each pass ran",
         "",
         "From one `nvidia-smi` stream (a row every 200 ms) during each pass's timed calls: the SM clock's median and "
-        "lowest value, the memory clock's median, median power and highest temperature. Repeat: the one-request "
-        "pass run again after the others, its p50 and SM clock.",
+        "lowest value, the memory clock's median, median power and highest temperature. Paired passes: the SM "
+        "clock's median in the rows that came during the engine's own calls and during its paired baseline's. "
+        "Repeat: the one-request pass run again after the others, its p50 and SM clock.",
         "",
         "| method | gamma | list_len | batch_size | p50 ms | SM MHz | SM MHz lowest | memory MHz | power W | "
-        "temperature C | rows | p50 ms, repeat | SM MHz, repeat |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "temperature C | rows | SM MHz, its calls | SM MHz, baseline's calls | p50 ms, repeat | SM MHz, repeat |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sampled:
         c, again = r["gpu_clocks"], r.get("gpu_clocks_repeat") or {}
+        sides = {side: (s or {}).get("sm_mhz_median") for side, s in (r.get("gpu_clocks_paired") or {}).items()}
         lines.append(
             f"| {r['method']}{earlier_mark(r)} | {r['gamma']} | {r['list_len']} | {r['batch_size']} | "
             f"{cell(r['p50_ms'])} | {cell(c['sm_mhz_median'])} | {cell(c['sm_mhz_min'])} | "
             f"{cell(c['mem_mhz_median'])} | {cell(c['power_w_median'])} | {cell(c['temp_c_max'])} | {c['samples']} | "
+            f"{cell(sides.get('engine'))} | {cell(sides.get('baseline'))} | "
             f"{cell(r.get('p50_ms_repeat'))} | {cell(again.get('sm_mhz_median'))} |"
         )
     return [*lines, ""]

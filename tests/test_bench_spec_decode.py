@@ -329,6 +329,46 @@ def test_padrecs_passes_run_again_call_by_call_beside_a_rival_drafts_engine(monk
     assert [engine[0] for engine in other.engines] == ["draft"]
 
 
+def test_a_paired_pass_records_the_gpus_clocks_during_each_engines_calls(monkeypatch):
+    """gpu_clocks_paired: the clock rows that came during the draft engine's calls and during its baseline's, each
+    side's calls given by their windows on the benchmark's clock."""
+    from vllm_padrec.data import SyntheticConfig, generate_synthetic
+
+    catalog = generate_synthetic(SyntheticConfig(num_items=12, num_users=4, codebook_sizes=(4, 4))).catalog
+    tokens = [*catalog.item_token_ids(3), catalog.layout.EOS]
+    seconds = {"draft": [0.5, 0.010, 0.012, 0.5, 0.02], "baseline": [0.5, 0.030, 0.040]}
+
+    class Clocks:  # ClockSampler: each side's summary names the durations of the calls it was given
+        def start(self):
+            pass
+
+        def mark(self):
+            return 0
+
+        def summary(self, since):
+            return {"sm_mhz_median": 1980.0}
+
+        def summary_within(self, windows):
+            return {"call_ms": sorted(round(1000 * (end - start)) for start, end in windows)}
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(bench, "ClockSampler", Clocks)
+    fake = PairedEngines(seconds, tokens)
+    install(monkeypatch, fake)
+    args = bench.parse_args([*BASE, "--batch-sizes", "1", "--list-lens", "1", "--users-latency", "2"])
+    args.one, args.one_gamma = "padrec", 5
+    users = [SimpleNamespace(history=[0, 1], targets=[3]) for _ in range(2)]
+    _, (record,), _ = bench.offline_passes(args, catalog, users, None)
+    assert record["gpu_clocks_paired"] == {"engine": {"call_ms": [10, 12]}, "baseline": {"call_ms": [30, 40]}}
+
+    args.pair = "none"  # unpaired: the pass's clocks alone
+    install(monkeypatch, PairedEngines({"draft": [0.5, 0.010, 0.012, 0.02, 0.02]}, tokens))
+    _, (record,), _ = bench.offline_passes(args, catalog, users, None)
+    assert record["gpu_clocks"] == {"sm_mhz_median": 1980.0} and "gpu_clocks_paired" not in record
+
+
 def test_a_drafts_one_at_a_time_passes_alternate_with_a_baseline_engine(monkeypatch):
     """--pair (all by default): user by user, the draft engine and a baseline engine in the same process
     answer in ABBA order; the record has the baseline's p50 and the speedup over its calls of the same users.
@@ -1244,10 +1284,12 @@ def test_the_gpus_state_is_tabled_beside_each_passs_p50():
     }
     lines = bench.gpu_clocks_markdown([record, {"method": "padrec", "p50_ms": 60.0}])
     assert lines[0] == "## The GPU while each pass ran"
-    assert "| none | 0 | 10 | 1 | 111.5 | 1980.0 | 1410.0 | 3201.0 | 180.5 | 41.0 | 28 | 151.0 | 1590.0 |" in lines
+    row = "| none | 0 | 10 | 1 | 111.5 | 1980.0 | 1410.0 | 3201.0 | 180.5 | 41.0 | 28 | - | - | 151.0 | 1590.0 |"
+    assert row in lines
     assert len([line for line in lines if line.startswith("| none") or line.startswith("| padrec")]) == 1
     del record["gpu_clocks_repeat"], record["p50_ms_repeat"]  # a pass above batch 1: no repeat
-    assert bench.gpu_clocks_markdown([record])[-2].endswith("| 28 | - | - |")
+    record["gpu_clocks_paired"] = {"engine": {"sm_mhz_median": 1980.0}, "baseline": None}  # no row in its calls
+    assert bench.gpu_clocks_markdown([record])[-2].endswith("| 28 | 1980.0 | - | - | - |")
     assert bench.gpu_clocks_markdown([{"method": "none"}]) == []
 
 

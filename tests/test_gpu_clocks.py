@@ -59,6 +59,26 @@ def test_the_sampler_cuts_a_streams_rows_by_pass():
     assert sampler._process.poll() is not None  # the stream ended with the sampler
 
 
+def test_rows_are_stamped_on_arrival_and_cut_by_the_calls_windows():
+    # a stand-in stream: 1000 MHz rows for 0.3 s, then 2000 MHz rows for 0.3 s
+    stream = (
+        "import time\n"
+        "for _ in range(6): print('1000, 3201, 100, 50', flush=True); time.sleep(0.05)\n"
+        "for _ in range(6): print('2000, 3201, 100, 50', flush=True); time.sleep(0.05)\n"
+    )
+    with ClockSampler(command=[sys.executable, "-c", stream]) as sampler:
+        deadline = time.monotonic() + 10
+        while len(sampler.rows) < 12 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    (first, _), (last, _) = sampler.rows[0], sampler.rows[-1]
+    slow = [t for t, row in sampler.rows if row[0] == 1000.0]
+    fast = [t for t, row in sampler.rows if row[0] == 2000.0]
+    assert sampler.summary_within([(slow[0], slow[-1])])["sm_mhz_median"] == 1000.0
+    assert sampler.summary_within([(fast[0], fast[-1]), (last + 1, last + 2)])["sm_mhz_median"] == 2000.0
+    assert sampler.summary_within([(first - 2, first - 1)]) is None  # no row in that window
+    assert ClockSampler(command=["no-such-nvidia-smi-here"]).summary_within([(0, 1e9)]) is None
+
+
 def test_without_nvidia_smi_there_is_nothing_to_record():
     sampler = ClockSampler(command=["no-such-nvidia-smi-here"])
     assert sampler.start() is False

@@ -7,9 +7,12 @@ between passes (power or thermal limits, or an idle GPU clocking down between sh
 a host-bound step alike. So a pass records what ``nvidia-smi`` saw while it ran.
 
 One ``nvidia-smi --query-gpu=... --loop-ms=N`` process streams a row every N ms (one process for the run, not one
-per sample: each start of ``nvidia-smi`` costs tens of milliseconds of CPU), a thread of the benchmark reads the rows,
-and each pass summarises the rows that arrived while it ran (``mark`` before, ``summary`` after). Where
-``nvidia-smi`` is missing or answers nothing, there are no rows and passes record nothing.
+per sample: each start of ``nvidia-smi`` costs tens of milliseconds of CPU), a thread of the benchmark reads the rows
+as they come and stamps each with the clock the benchmark times its calls by (``time.monotonic``). Each pass
+summarises the rows that arrived while it ran (``mark`` before, ``summary`` after), and a paired pass those that
+arrived during each engine's calls (``summary_within`` the calls' windows): whether the GPU ran slower while one of
+the two engines had it. Where ``nvidia-smi`` is missing or answers nothing, there are no rows and passes record
+nothing.
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ class ClockSampler:
             f"--id={gpu or visible_gpu()}",
             f"--loop-ms={period_ms}",
         ]
-        self.rows: list[tuple[float | None, ...]] = []
+        self.rows: list[tuple[float, tuple[float | None, ...]]] = []  # (time.monotonic() on arrival, row)
         self._process: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
 
@@ -103,7 +106,7 @@ class ClockSampler:
     def _read(self) -> None:
         for line in self._process.stdout:
             if (row := parse_row(line)) is not None:
-                self.rows.append(row)
+                self.rows.append((time.monotonic(), row))
 
     def mark(self) -> int:
         """Where a pass starts in the rows."""
@@ -114,7 +117,15 @@ class ClockSampler:
         if self._process is None:
             return None
         time.sleep(settle_s)
-        return summarize(self.rows[since:])
+        return summarize([row for _, row in self.rows[since:]])
+
+    def summary_within(self, windows: list[tuple[float, float]]) -> dict | None:
+        """``summarize`` of the rows that arrived inside any of ``windows`` (``time.monotonic`` start and end, as
+        a benchmark's calls are timed); None without rows there. Call it after ``summary``, which waits for the
+        row in flight."""
+        if self._process is None:
+            return None
+        return summarize([row for t, row in self.rows if any(start <= t <= end for start, end in windows)])
 
     def stop(self) -> None:
         """Ends the stream (again: nothing)."""
