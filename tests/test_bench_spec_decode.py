@@ -336,7 +336,8 @@ def test_a_paired_pass_records_the_gpus_clocks_during_each_engines_calls(monkeyp
 
     catalog = generate_synthetic(SyntheticConfig(num_items=12, num_users=4, codebook_sizes=(4, 4))).catalog
     tokens = [*catalog.item_token_ids(3), catalog.layout.EOS]
-    seconds = {"draft": [0.5, 0.010, 0.012, 0.5, 0.02], "baseline": [0.5, 0.030, 0.040]}
+    # batch 1: warm-ups, 2 calls each; batch 2: warm-ups, 1 call each; then the draft's batch-1 repeat
+    seconds = {"draft": [0.5, 0.010, 0.012, 0.5, 0.020, 0.02, 0.02], "baseline": [0.5, 0.030, 0.040, 0.5, 0.050]}
 
     class Clocks:  # ClockSampler: each side's summary names the durations of the calls it was given
         def start(self):
@@ -357,16 +358,18 @@ def test_a_paired_pass_records_the_gpus_clocks_during_each_engines_calls(monkeyp
     monkeypatch.setattr(bench, "ClockSampler", Clocks)
     fake = PairedEngines(seconds, tokens)
     install(monkeypatch, fake)
-    args = bench.parse_args([*BASE, "--batch-sizes", "1", "--list-lens", "1", "--users-latency", "2"])
+    argv = [*BASE, "--batch-sizes", "1", "2", "--list-lens", "1", "--users-latency", "2", "--users", "2"]
+    args = bench.parse_args(argv)
     args.one, args.one_gamma = "padrec", 5
     users = [SimpleNamespace(history=[0, 1], targets=[3]) for _ in range(2)]
-    _, (record,), _ = bench.offline_passes(args, catalog, users, None)
-    assert record["gpu_clocks_paired"] == {"engine": {"call_ms": [10, 12]}, "baseline": {"call_ms": [30, 40]}}
+    _, (one, two), _ = bench.offline_passes(args, catalog, users, None)
+    assert one["gpu_clocks_paired"] == {"engine": {"call_ms": [10, 12]}, "baseline": {"call_ms": [30, 40]}}
+    assert two["gpu_clocks_paired"] == {"engine": {"call_ms": [20]}, "baseline": {"call_ms": [50]}}  # its own calls
 
     args.pair = "none"  # unpaired: the pass's clocks alone
-    install(monkeypatch, PairedEngines({"draft": [0.5, 0.010, 0.012, 0.02, 0.02]}, tokens))
-    _, (record,), _ = bench.offline_passes(args, catalog, users, None)
-    assert record["gpu_clocks"] == {"sm_mhz_median": 1980.0} and "gpu_clocks_paired" not in record
+    install(monkeypatch, PairedEngines({"draft": [0.5, 0.010, 0.012, 0.5, 0.02, 0.02, 0.02]}, tokens))
+    _, (one, _), _ = bench.offline_passes(args, catalog, users, None)
+    assert one["gpu_clocks"] == {"sm_mhz_median": 1980.0} and "gpu_clocks_paired" not in one
 
 
 def test_a_drafts_one_at_a_time_passes_alternate_with_a_baseline_engine(monkeypatch):
