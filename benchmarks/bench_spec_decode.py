@@ -77,7 +77,7 @@ its baseline's; ``gpu_clocks_repeat`` for the repeated one-request passes; ``tes
 ``--no-gpu-clocks`` leaves them out): the next candidate for the spread. ``--rivals eagle padrec`` compares drafts
 without it: engines of those drafts start beside ``padrec``'s in its process, and after each ``padrec`` pass the
 same users run on ``padrec``'s engine and each rival's call by call (``rivals``: ``padrec``'s tokens/s over the
-rival's, both p50s, the lists alike); ``padrec`` as its own rival is the control, two engines of one configuration
+rival's, both p50s, the lists alike, the SM clock during each side's calls); ``padrec`` as its own rival is the control, two engines of one configuration
 whose ratio shows what the spread between engines is when both see the same drift. Issue 14's 5 % over EAGLE reads
 these where a run measured them.
 
@@ -663,13 +663,21 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
         """The pass's users again on this engine and a rival draft's, call by call: this method's tokens/s over
         the rival's, both p50s and the lists alike (``--rivals``)."""
         rival_llm.generate(prompts[:batch], params, use_tqdm=False)  # warm-up: this batch shape
+        before = {engine: len(windows.get(engine, [])) for engine in (llm, rival_llm)}
         ours, theirs = alternating_calls(prompts, params, batch, [(llm, None), (rival_llm, None)])
         fields = paired_fields(*ours[:2], *theirs[:2], batch, prefix="rival")
+        clocks.settle()
+        sm = {  # the SM clock's median during each side's calls here (None without rows)
+            engine: (clocks.summary_within(windows[engine][before[engine] :]) or {}).get("sm_mhz_median")
+            for engine in (llm, rival_llm)
+        }
         return {
             "speedup": fields["rival_speedup"],
             "p50_ms": call_timing(ours[0], [len(t) for t in ours[1]], batch)["p50_ms"],
             "rival_p50_ms": fields["rival_baseline_p50_ms"],
             "equal": fields["rival_equal"],
+            "sm_mhz": sm[llm],
+            "rival_sm_mhz": sm[rival_llm],
         }
 
     records, lists, batch_one = [], {}, {}
@@ -1027,17 +1035,18 @@ def rivals_markdown(records: list[dict]) -> list[str]:
         f"`--rivals`: each {RIVALS_HOST} pass's users ran again on {RIVALS_HOST}'s engine and on a rival draft's "
         f"engine in the same process, call by call (ABBA), so that the machine's drift falls on both. Speedup: "
         f"{RIVALS_HOST}'s tokens/s over the rival's. {RIVALS_HOST} as its own rival is the control: two engines of "
-        "one configuration, whose ratio would be 1.0 without a spread between engines.",
+        "one configuration, whose ratio would be 1.0 without a spread between engines. SM MHz: the GPU's SM clock "
+        "(median) during each side's calls (`gpu_clocks`).",
         "",
         "| method | rival | gamma | list_len | batch_size | users | p50 ms | rival p50 ms | speedup over the rival | "
-        "lists alike |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "lists alike | SM MHz | rival SM MHz |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r, rival, m in rows:
         lines.append(
             f"| {r['method']}{earlier_mark(r)} | {rival} | {r['gamma']} | {r['list_len']} | {r['batch_size']} | "
             f"{r['users']} | {cell(m['p50_ms'])} | {cell(m['rival_p50_ms'])} | {m['speedup']} | {m['equal']} / "
-            f"{r['users']} |"
+            f"{r['users']} | {cell(m.get('sm_mhz'))} | {cell(m.get('rival_sm_mhz'))} |"
         )
     lines += [f"Rival {rival} did not start: `{why[-300:]}`" for rival, why in failed.items()]
     return [*lines, ""]

@@ -290,6 +290,29 @@ class PairedEngines:
         self.LLM = LLM
 
 
+class CallClocks:
+    """A stand-in for testing/gpu_clocks.ClockSampler: a pass's summary is 1980 MHz, and the summary within some
+    calls' windows gives as "SM MHz" the calls' milliseconds summed, so that a test sees which calls it read."""
+
+    def start(self):
+        pass
+
+    def mark(self):
+        return 0
+
+    def settle(self):
+        pass
+
+    def summary(self, since):
+        return {"sm_mhz_median": 1980.0}
+
+    def summary_within(self, windows):
+        return {"sm_mhz_median": round(sum(1000 * (end - start) for start, end in windows))}
+
+    def stop(self):
+        pass
+
+
 def test_padrecs_passes_run_again_call_by_call_beside_a_rival_drafts_engine(monkeypatch):
     """--rivals eagle: padrec's engine process also starts an EAGLE engine (its own compile cache, RIVAL_MEMORY of
     the GPU, no stat loggers); after each pass the same users run on both, ABBA, and the record has padrec's
@@ -302,6 +325,7 @@ def test_padrecs_passes_run_again_call_by_call_beside_a_rival_drafts_engine(monk
     seconds = {"draft": [0.5, 0.010, 0.010, 0.010, 0.010], "rival": [0.5, 0.015, 0.015]}
     fake = PairedEngines(seconds, tokens)
     install(monkeypatch, fake)
+    monkeypatch.setattr(bench, "ClockSampler", CallClocks)  # "SM MHz": the ms of the calls it is asked about
     argv = [*BASE, "--batch-sizes", "2", "--list-lens", "1", "--users", "4", "--pair", "none", "--cache-root", "/c"]
     args = bench.parse_args([*argv, "--rivals", "eagle"])
     args.one, args.one_gamma = "padrec", 5
@@ -313,7 +337,9 @@ def test_padrecs_passes_run_again_call_by_call_beside_a_rival_drafts_engine(monk
     assert rival["gpu_memory_utilization"] == bench.RIVAL_MEMORY and rival["disable_log_stats"]
     assert rival["speculative_config"] == {"method": "eagle", "num_speculative_tokens": 5, "model": "/e"}
     assert fake.calls[3:] == ["rival", "draft", "rival", "rival", "draft"]  # the rival warmed up, then ABBA
-    assert record["rivals"] == {"eagle": {"speedup": 1.5, "p50_ms": 10.0, "rival_p50_ms": 15.0, "equal": 4}}
+    assert record["rivals"] == {
+        "eagle": {"speedup": 1.5, "p50_ms": 10.0, "rival_p50_ms": 15.0, "equal": 4, "sm_mhz": 20, "rival_sm_mhz": 30}
+    }
     assert record["p50_ms"] == 10.0  # the pass itself, before the rival's calls
 
     eagle = PairedEngines({"draft": [0.5, 0.01, 0.01]}, tokens, fail=("rival",))  # the rival does not start
@@ -339,23 +365,7 @@ def test_a_paired_pass_records_the_gpus_clocks_during_each_engines_calls(monkeyp
     # batch 1: warm-ups, 2 calls each; batch 2: warm-ups, 1 call each; then the draft's batch-1 repeat
     seconds = {"draft": [0.5, 0.010, 0.012, 0.5, 0.020, 0.02, 0.02], "baseline": [0.5, 0.030, 0.040, 0.5, 0.050]}
 
-    class Clocks:  # ClockSampler: each side's summary names the durations of the calls it was given
-        def start(self):
-            pass
-
-        def mark(self):
-            return 0
-
-        def summary(self, since):
-            return {"sm_mhz_median": 1980.0}
-
-        def summary_within(self, windows):
-            return {"call_ms": sorted(round(1000 * (end - start)) for start, end in windows)}
-
-        def stop(self):
-            pass
-
-    monkeypatch.setattr(bench, "ClockSampler", Clocks)
+    monkeypatch.setattr(bench, "ClockSampler", CallClocks)
     fake = PairedEngines(seconds, tokens)
     install(monkeypatch, fake)
     argv = [*BASE, "--batch-sizes", "1", "2", "--list-lens", "1", "--users-latency", "2", "--users", "2"]
@@ -363,8 +373,8 @@ def test_a_paired_pass_records_the_gpus_clocks_during_each_engines_calls(monkeyp
     args.one, args.one_gamma = "padrec", 5
     users = [SimpleNamespace(history=[0, 1], targets=[3]) for _ in range(2)]
     _, (one, two), _ = bench.offline_passes(args, catalog, users, None)
-    assert one["gpu_clocks_paired"] == {"engine": {"call_ms": [10, 12]}, "baseline": {"call_ms": [30, 40]}}
-    assert two["gpu_clocks_paired"] == {"engine": {"call_ms": [20]}, "baseline": {"call_ms": [50]}}  # its own calls
+    assert one["gpu_clocks_paired"] == {"engine": {"sm_mhz_median": 22}, "baseline": {"sm_mhz_median": 70}}
+    assert two["gpu_clocks_paired"] == {"engine": {"sm_mhz_median": 20}, "baseline": {"sm_mhz_median": 50}}
 
     args.pair = "none"  # unpaired: the pass's clocks alone
     install(monkeypatch, PairedEngines({"draft": [0.5, 0.010, 0.012, 0.5, 0.02, 0.02, 0.02]}, tokens))
@@ -1299,12 +1309,12 @@ def test_the_gpus_state_is_tabled_beside_each_passs_p50():
 def test_the_rivals_table_names_each_rival_and_the_ones_that_did_not_start():
     record = {"method": "padrec", "gamma": 5, "list_len": 10, "batch_size": 1, "users": 50}
     record["rivals"] = {
-        "eagle": {"speedup": 1.021, "p50_ms": 58.2, "rival_p50_ms": 59.9, "equal": 50},
+        "eagle": {"speedup": 1.021, "p50_ms": 58.2, "rival_p50_ms": 59.9, "equal": 50, "sm_mhz": 1980.0},
         "padrec": {"speedup": 0.994, "p50_ms": 58.5, "rival_p50_ms": 58.1, "equal": 50},
     }
     lines = bench.rivals_markdown([record, {"method": "none"}, {"rival_errors": {"eagle_one_step": "OOM"}}])
     assert lines[0] == "## padrec against other drafts, call by call"
-    assert "| padrec | eagle | 5 | 10 | 1 | 50 | 58.2 | 59.9 | 1.021 | 50 / 50 |" in lines
-    assert "| padrec | padrec | 5 | 10 | 1 | 50 | 58.5 | 58.1 | 0.994 | 50 / 50 |" in lines
+    assert "| padrec | eagle | 5 | 10 | 1 | 50 | 58.2 | 59.9 | 1.021 | 50 / 50 | 1980.0 | - |" in lines
+    assert "| padrec | padrec | 5 | 10 | 1 | 50 | 58.5 | 58.1 | 0.994 | 50 / 50 | - | - |" in lines
     assert "Rival eagle_one_step did not start: `OOM`" in lines
     assert bench.rivals_markdown([{"method": "padrec"}]) == []

@@ -112,17 +112,22 @@ class ClockSampler:
         """Where a pass starts in the rows."""
         return len(self.rows)
 
+    def settle(self, seconds: float = PERIOD_MS / 1000) -> None:
+        """Waits one period, for the row in flight (nothing to wait for without a stream)."""
+        if self._process is not None:
+            time.sleep(seconds)
+
     def summary(self, since: int, settle_s: float = PERIOD_MS / 1000) -> dict | None:
         """``summarize`` of the rows since ``mark``'s ``since``, after waiting one period for the row in flight."""
         if self._process is None:
             return None
-        time.sleep(settle_s)
+        self.settle(settle_s)
         return summarize([row for _, row in self.rows[since:]])
 
     def summary_within(self, windows: list[tuple[float, float]]) -> dict | None:
         """``summarize`` of the rows that arrived inside any of ``windows`` (``time.monotonic`` start and end, as
-        a benchmark's calls are timed); None without rows there. Call it after ``summary``, which waits for the
-        row in flight."""
+        a benchmark's calls are timed); None without rows there. Call it after ``summary`` or ``settle``, which
+        wait for the row in flight."""
         if self._process is None:
             return None
         return summarize([row for t, row in self.rows if any(start <= t <= end for start, end in windows)])
