@@ -71,15 +71,15 @@ configuration: the Markdown says how far apart they ran (``spec_decode_goals.eng
 2026-12-03), and a gain over EAGLE counts only beyond it. ``--pin-cpus`` gives each engine's core process, and the
 benchmark's own threads, physical cores of their own (``testing/cpu_pinning.py``; ``cpu_pinning`` in the records):
 an experiment on whether the spread comes from where the engines' host work runs (it did not narrow it,
-2026-12-03 19:45). Each offline pass also records the GPU's SM and memory clocks, power and temperature while it
-ran (``gpu_clocks``; ``gpu_clocks_paired``: in a paired pass, the rows during the engine's own calls and during
-its baseline's; ``gpu_clocks_repeat`` for the repeated one-request passes; ``testing/gpu_clocks.py``,
+2026-12-03 19:45). Each offline pass also records the GPU's SM and memory clocks, power and temperature while it ran
+(``gpu_clocks``; ``gpu_clocks_paired``: in a paired pass, the rows during the engine's own calls and during its
+baseline's; ``gpu_clocks_repeat`` for the repeated one-request passes; ``testing/gpu_clocks.py``,
 ``--no-gpu-clocks`` leaves them out): the next candidate for the spread. ``--rivals eagle padrec`` compares drafts
 without it: engines of those drafts start beside ``padrec``'s in its process, and after each ``padrec`` pass the
 same users run on ``padrec``'s engine and each rival's call by call (``rivals``: ``padrec``'s tokens/s over the
-rival's, both p50s, the lists alike, the SM clock during each side's calls); ``padrec`` as its own rival is the control, two engines of one configuration
-whose ratio shows what the spread between engines is when both see the same drift. Issue 14's 5 % over EAGLE reads
-these where a run measured them.
+rival's, both p50s, the lists alike, the SM clock during each side's calls); ``padrec`` as its own rival is the
+control, two engines of one configuration whose ratio shows what the spread between engines is when both see the
+same drift. Issue 14's 5 % over EAGLE reads these where a run measured them.
 
 With ``--serve`` every configuration is also measured through ``vllm serve`` (records with ``mode``
 ``serve``; the others ``offline``): one server per configuration, then vLLM's own ``vllm bench serve`` per
