@@ -168,6 +168,11 @@ class Method:
         return self.padrec.get("forced_tail", 0)
 
     @property
+    def drafts_on_v2(self) -> bool:
+        """A draft on Model Runner V2, where the plugin's speculator (its masks, its loop graphs) may serve it."""
+        return self.runner == "v2" and self.speculative_method is not None
+
+    @property
     def baseline(self) -> str:
         """The method whose lists this one's speedup and equality are measured against: no speculation on the
         same model runner."""
@@ -485,12 +490,6 @@ def paired_fields(
 NO_LOOP_GRAPHS = "the engine captured no loop graphs (padrec.decode_loop_graph is off there: its log says why)"
 
 
-def answers_worker_rpc(method: str) -> bool:
-    """Whether a method's engine gets ``worker_rpc``'s methods: a draft on Model Runner V2, where the plugin's
-    speculator (and its loop graphs) may serve it."""
-    return METHODS[method].runner == "v2" and METHODS[method].speculative_method is not None
-
-
 PINNED = ("engine", "baseline", "benchmark")  # --pin-cpus: the CPU sets, in the order the cores are handed out
 
 
@@ -551,7 +550,7 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
     started = time.perf_counter()
     # a draft engine on Model Runner V2 answers worker_rpc's calls: each pass counts the rounds its loop graph
     # served, and padrec_loop's passes switch the graph off and on (module doc)
-    rpc = {"worker_extension_cls": WORKER_RPC} if answers_worker_rpc(method) else {}
+    rpc = {"worker_extension_cls": WORKER_RPC} if METHODS[method].drafts_on_v2 else {}
     switchable = method == LOOP_GRAPH
     pins = engine_cpu_sets(args, method)
     if pins:  # the engine's core process starts on the CPUs of the thread that builds it
@@ -1287,7 +1286,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rivals",
         nargs="+",
         default=[],
-        choices=[m for m, spec in METHODS.items() if spec.runner == "v2" and spec.speculative_method is not None],
+        choices=[m for m, spec in METHODS.items() if spec.drafts_on_v2],
         metavar="METHOD",
         help=f"draft methods whose engines ({RIVAL_MEMORY:g} of GPU memory each, same gamma) stand beside "
         f"{RIVALS_HOST}'s in its process: after each {RIVALS_HOST} pass its users run again on both engines, call "

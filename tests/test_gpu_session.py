@@ -567,6 +567,7 @@ def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads
     assert gs.needs_of("bench_spec_decode", gs.Settings(target="bench")) == ["bench_drafts"]
     methods = args[args.index("--methods") + 1 : args.index("--dtype")]
     assert methods == gs.SPEC_METHODS and set(methods) == set(bench_spec_decode.METHODS)
+    assert all(bench_spec_decode.METHODS[rival].drafts_on_v2 for rival in gs.SPEC_RIVALS)  # --rivals' choices
     assert value("--dtype") == "bfloat16" and "--merge" in args
     assert args[args.index("--gammas") + 1 : args.index("--batch-sizes")] == ("3", "5")
     assert args[args.index("--batch-sizes") + 1 : args.index("--list-lens")] == ("1", "4", "16", "64", "128")
