@@ -202,10 +202,24 @@ def test_a_gain_over_eagle_beside_its_engine_counts_only_beyond_the_control():
     assert over_one_step["met"] is True  # no rival eagle_one_step: the separate engines' ratio, as before
     records[3]["rivals"]["padrec"] = {"speedup": 0.9, "p50_ms": 40.0, "rival_p50_ms": 36.0, "equal": 30}
     over_eagle = spec_decode_goals(records)[1]
-    assert over_eagle["met"] is False and over_eagle["measured"].endswith("; not shown: within the control's 10.0 %")
+    assert over_eagle["met"] is False and over_eagle["measured"].endswith(
+        "; not shown: within the control's 10.0 % (batch 1, lists of 10)"
+    )
     records[3]["rivals"]["padrec"]["speedup"] = 1.02
     over_eagle = spec_decode_goals(records)[1]
-    assert over_eagle["met"] is True and over_eagle["measured"].endswith("; control 2.0 %")
+    assert over_eagle["met"] is True and over_eagle["measured"].endswith(
+        "; control at most 2.0 % (batch 1, lists of 10)"
+    )
+    # the control of the same run at batch 64 ran 25.9 % apart (2026-12-04): the gain at batch 1 is within it
+    records[4]["rivals"] = {"padrec": {"speedup": 1.259, "p50_ms": 184.2, "rival_p50_ms": 254.3, "equal": 30}}
+    over_eagle = spec_decode_goals(records)[1]
+    assert over_eagle["met"] is False
+    assert over_eagle["measured"].endswith("; not shown: within the control's 25.9 % (batch 64, lists of 10)")
+    records[4]["rivals"]["padrec"]["speedup"] = 0.97  # slower by 3 %: a distance from 1.0 either way
+    assert spec_decode_goals(records)[1]["measured"].endswith("; control at most 3.0 % (batch 64, lists of 10)")
+    # where the comparison counted both engines' drafts, the verdict says both acceptance lengths
+    records[3]["rivals"]["eagle"] |= {"acceptance_length": 4.2, "rival_acceptance_length": 3.61}
+    assert "ms; acceptance length 4.2 against 3.61)" in spec_decode_goals(records)[1]["measured"]
     records[3]["rivals"]["eagle"]["speedup"] = 1.03  # below 5 %, though beyond the control
     over_eagle = spec_decode_goals(records)[1]
     assert over_eagle["met"] is False and over_eagle["measured"].startswith("+3.0 % call by call")
