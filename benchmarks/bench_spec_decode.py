@@ -74,12 +74,15 @@ an experiment on whether the spread comes from where the engines' host work runs
 2026-12-03 19:45). Each offline pass also records the GPU's SM and memory clocks, power and temperature while it ran
 (``gpu_clocks``; ``gpu_clocks_paired``: in a paired pass, the rows during the engine's own calls and during its
 baseline's; ``gpu_clocks_repeat`` for the repeated one-request passes; ``testing/gpu_clocks.py``,
-``--no-gpu-clocks`` leaves them out): the next candidate for the spread. ``--rivals eagle padrec`` compares drafts
-without it: engines of those drafts start beside ``padrec``'s in its process, and after each ``padrec`` pass the
-same users run on ``padrec``'s engine and each rival's call by call (``rivals``: ``padrec``'s tokens/s over the
-rival's, both p50s, the lists alike, the SM clock during each side's calls); ``padrec`` as its own rival is the
-control, two engines of one configuration whose ratio shows what the spread between engines is when both see the
-same drift. Issue 14's 5 % over EAGLE reads these where a run measured them.
+``--no-gpu-clocks`` leaves them out; the SM clock stayed at 1980 MHz in every pass of 2026-12-04 while engines
+still spread, so the clocks do not explain it). ``--rivals eagle padrec`` compares drafts without it: engines of
+those drafts start beside ``padrec``'s in its process, and after each ``padrec`` pass the same users run on
+``padrec``'s engine and each rival's call by call (``rivals``: ``padrec``'s tokens/s over the rival's, both p50s,
+the lists alike, the SM clock during each side's calls, and each side's acceptance over those calls from its own
+tally, ``integration/acceptance_tally.py``, since a second engine has no vLLM counters); ``padrec`` as its own
+rival is the control, two engines of one configuration whose ratio shows what the spread between engines is when
+both see the same drift (1.4 % at batch 1 and 25.9 % at batch 64 on 2026-12-04). Issue 14's 5 % over EAGLE reads
+these where a run measured them, beyond the largest control distance of the run.
 
 With ``--serve`` every configuration is also measured through ``vllm serve`` (records with ``mode``
 ``serve``; the others ``offline``): one server per configuration, then vLLM's own ``vllm bench serve`` per
@@ -353,12 +356,9 @@ def pass_record(
     invalid_items: int,  # items of the pass's lists that name no catalog item (``ParsedList.invalid``)
 ) -> dict:
     """One pass's record (the module docstring's fields; speedup and equality are set by ``attach_baseline``)."""
-    from vllm_padrec.acceptance import mean_acceptance_length
     from vllm_padrec.target.evaluate import recall_ndcg
 
     quality = recall_ndcg(items, targets, 10)
-    acceptance = mean_acceptance_length(counters["accepted"], counters["rounds"])
-    rounds = counters["rounds"]
     return {
         "method": method,
         "gamma": gamma,
@@ -366,9 +366,7 @@ def pass_record(
         "batch_size": batch_size,
         "mode": mode,
         **timing,
-        "acceptance_length": None if acceptance is None else round(acceptance, 4),
-        "accepted_per_draft_step": [round(a / rounds, 4) for a in counters["per_pos"]] if rounds else None,
-        "rounds_per_list": round(rounds / timing["users"], 2) if rounds else None,
+        **acceptance_fields(counters, timing["users"]),
         "speedup_vs_no_spec": None,
         "equal_to_no_spec": None,
         "users_compared": None,
@@ -377,6 +375,30 @@ def pass_record(
         "invalid_items": invalid_items,
         "duplicate_items": sum(len(user) - len(set(user)) for user in items),
     }
+
+
+def acceptance_fields(counters: dict, lists: int) -> dict:
+    """``acceptance_length``, ``accepted_per_draft_step`` and ``rounds_per_list`` from spec-decode counts over
+    ``lists`` lists (``spec_counters``' keys: vLLM's counters, or an engine's own tally); None where no round ran."""
+    from vllm_padrec.acceptance import mean_acceptance_length
+
+    rounds = counters["rounds"]
+    acceptance = mean_acceptance_length(counters["accepted"], rounds)
+    return {
+        "acceptance_length": None if acceptance is None else round(acceptance, 4),
+        "accepted_per_draft_step": [round(a / rounds, 4) for a in counters["per_pos"]] if rounds else None,
+        "rounds_per_list": round(rounds / lists, 2) if rounds else None,
+    }
+
+
+def rival_acceptance(ours: dict | None, theirs: dict | None, lists: int) -> dict:
+    """A rival comparison's acceptance on each side (``acceptance_fields``' first two, the rival's prefixed
+    ``rival_``), from each engine's tally over the compared calls; nothing where a side had no tally."""
+    if ours is None or theirs is None:
+        return {}
+    keys = ("acceptance_length", "accepted_per_draft_step")
+    mine, rival = acceptance_fields(ours, lists), acceptance_fields(theirs, lists)
+    return {key: mine[key] for key in keys} | {f"rival_{key}": rival[key] for key in keys}
 
 
 def pass_users(args, samples: list, batch: int) -> list:
@@ -503,11 +525,17 @@ def engine_cpu_sets(args, method: str) -> dict[str, list[int]] | None:
     return dict(zip(names, cpu_pinning.split_cores(os.sched_getaffinity(0), len(names))))
 
 
+def worker_rpc_args(method: str) -> dict:
+    """A draft engine on Model Runner V2 answers worker_rpc's calls (the rounds its loop graph served, the switch,
+    its acceptance tally); other engines have nothing to answer."""
+    return {"worker_extension_cls": WORKER_RPC} if METHODS[method].drafts_on_v2 else {}
+
+
 def second_engine(args, method: str, gamma: int, cache: str, memory: float):
     """An engine of ``method`` at ``gamma`` beside the measured one, in this process (a paired baseline, a rival
     draft): its own compile cache (``cache`` under ``--cache-root``, read by its core process), ``memory`` of the
-    GPU, no stat loggers (vLLM's metrics stay the measured engine's). (engine, None), or (None, why) where it
-    could not start."""
+    GPU, no stat loggers (vLLM's metrics stay the measured engine's; a draft's acceptance is its own tally,
+    ``worker_rpc_args``). (engine, None), or (None, why) where it could not start."""
     from vllm import LLM
 
     saved = os.environ.get("VLLM_CACHE_ROOT")
@@ -523,6 +551,7 @@ def second_engine(args, method: str, gamma: int, cache: str, memory: float):
             disable_log_stats=True,
             additional_config={"padrec": METHODS[method].padrec},
             **compilation_args(args, method, gamma),
+            **worker_rpc_args(method),
             **args.engine_args,
         )
         return engine, None
@@ -550,7 +579,7 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
     started = time.perf_counter()
     # a draft engine on Model Runner V2 answers worker_rpc's calls: each pass counts the rounds its loop graph
     # served, and padrec_loop's passes switch the graph off and on (module doc)
-    rpc = {"worker_extension_cls": WORKER_RPC} if METHODS[method].drafts_on_v2 else {}
+    rpc = worker_rpc_args(method)
     switchable = method == LOOP_GRAPH
     pins = engine_cpu_sets(args, method)
     if pins:  # the engine's core process starts on the CPUs of the thread that builds it
@@ -658,12 +687,21 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
         fields["loop_replays"] = loop_graph(True)["replays"] - replays
         return fields
 
+    def acceptance_tally(engine, count: bool) -> dict | None:
+        """The engine's own acceptance tally (``worker_rpc.padrec_acceptance``): started from zero (True), or
+        read and stopped (False); None where its speculator has none."""
+        return engine.collective_rpc("padrec_acceptance", args=(count,))[0]
+
     def rival_fields(rival_llm, prompts: list, params, batch: int) -> dict:
         """The pass's users again on this engine and a rival draft's, call by call: this method's tokens/s over
-        the rival's, both p50s and the lists alike (``--rivals``)."""
+        the rival's, both p50s, the lists alike, and each side's acceptance over these calls, each engine's own
+        tally (``acceptance_tally.py``; ``--rivals``)."""
         rival_llm.generate(prompts[:batch], params, use_tqdm=False)  # warm-up: this batch shape
         before = {engine: len(windows.get(engine, [])) for engine in (llm, rival_llm)}
+        for engine in (llm, rival_llm):
+            acceptance_tally(engine, True)
         ours, theirs = alternating_calls(prompts, params, batch, [(llm, None), (rival_llm, None)])
+        tallies = {engine: acceptance_tally(engine, False) for engine in (llm, rival_llm)}
         fields = paired_fields(*ours[:2], *theirs[:2], batch, prefix="rival")
         clocks.settle()
         sm = {  # the SM clock's median during each side's calls here (None without rows)
@@ -677,7 +715,7 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
             "equal": fields["rival_equal"],
             "sm_mhz": sm[llm],
             "rival_sm_mhz": sm[rival_llm],
-        }
+        } | rival_acceptance(tallies[llm], tallies[rival_llm], len(prompts))
 
     records, lists, batch_one = [], {}, {}
     for list_len in args.list_lens:
@@ -1034,17 +1072,19 @@ def rivals_markdown(records: list[dict]) -> list[str]:
         f"`--rivals`: each {RIVALS_HOST} pass's users ran again on {RIVALS_HOST}'s engine and on a rival draft's "
         f"engine in the same process, call by call (ABBA), so that the machine's drift falls on both. Speedup: "
         f"{RIVALS_HOST}'s tokens/s over the rival's. {RIVALS_HOST} as its own rival is the control: two engines of "
-        "one configuration, whose ratio would be 1.0 without a spread between engines. SM MHz: the GPU's SM clock "
+        "one configuration, whose ratio would be 1.0 without a spread between engines. Acceptance: each engine's "
+        "own count over these calls (`acceptance_tally.py`; - for runs before it counted). SM MHz: the GPU's SM clock "
         "(median) during each side's calls (`gpu_clocks`).",
         "",
         "| method | rival | gamma | list_len | batch_size | users | p50 ms | rival p50 ms | speedup over the rival | "
-        "lists alike | SM MHz | rival SM MHz |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "acceptance length | rival acceptance length | lists alike | SM MHz | rival SM MHz |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r, rival, m in rows:
         lines.append(
             f"| {r['method']}{earlier_mark(r)} | {rival} | {r['gamma']} | {r['list_len']} | {r['batch_size']} | "
-            f"{r['users']} | {cell(m['p50_ms'])} | {cell(m['rival_p50_ms'])} | {m['speedup']} | {m['equal']} / "
+            f"{r['users']} | {cell(m['p50_ms'])} | {cell(m['rival_p50_ms'])} | {m['speedup']} | "
+            f"{cell(m.get('acceptance_length'))} | {cell(m.get('rival_acceptance_length'))} | {m['equal']} / "
             f"{r['users']} | {cell(m.get('sm_mhz'))} | {cell(m.get('rival_sm_mhz'))} |"
         )
     lines += [f"Rival {rival} did not start: `{why[-300:]}`" for rival, why in failed.items()]

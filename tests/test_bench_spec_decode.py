@@ -255,6 +255,8 @@ class PairedEngines:
         self.seconds = {name: iter(values) for name, values in seconds.items()}
         self.clock, self.calls, self.engines, self.tokens = [0.0], [], [], tokens
         self.differs_at = set(baseline_differs_at)  # the baseline's calls (0: its warm-up) with one more token
+        self.rpcs = []  # (engine, worker_rpc method, its arguments..., calls made before it)
+        self.tallies = {}  # engine -> the acceptance counts its tally reports when read
         fake = self
 
         class LLM:
@@ -285,7 +287,10 @@ class PairedEngines:
                 return []
 
             def collective_rpc(self, method, args=()):
-                return [None]  # worker_rpc's answer without loop graphs
+                fake.rpcs.append((self.name, method, *args, len(fake.calls)))
+                if method == "padrec_acceptance" and fake.tallies.get(self.name) is not None:
+                    return [fake.tallies[self.name] if args == (False,) else {"rounds": 0}]
+                return [None]  # worker_rpc's answer without loop graphs or a tally
 
         self.LLM = LLM
 
@@ -324,6 +329,11 @@ def test_padrecs_passes_run_again_call_by_call_beside_a_rival_drafts_engine(monk
     # padrec: warm-up, its pass's 2 calls, the rival's 2 calls; the rival: warm-up and 2 calls (15 ms each)
     seconds = {"draft": [0.5, 0.010, 0.010, 0.010, 0.010], "rival": [0.5, 0.015, 0.015]}
     fake = PairedEngines(seconds, tokens)
+    # each engine's own acceptance tally over the compared calls (4 lists): 8 rounds on padrec's, 10 on the rival's
+    fake.tallies = {
+        "draft": {"rounds": 8, "draft_tokens": 40, "accepted": 28, "per_pos": [8, 7, 6, 4, 3]},
+        "rival": {"rounds": 10, "draft_tokens": 50, "accepted": 24, "per_pos": [9, 7, 5, 2, 1]},
+    }
     install(monkeypatch, fake)
     monkeypatch.setattr(bench, "ClockSampler", CallClocks)  # "SM MHz": the ms of the calls it is asked about
     argv = [*BASE, "--batch-sizes", "2", "--list-lens", "1", "--users", "4", "--pair", "none", "--cache-root", "/c"]
@@ -336,9 +346,26 @@ def test_padrecs_passes_run_again_call_by_call_beside_a_rival_drafts_engine(monk
     assert cache == "/c/rival_eagle_g5" and process == "1"
     assert rival["gpu_memory_utilization"] == bench.RIVAL_MEMORY and rival["disable_log_stats"]
     assert rival["speculative_config"] == {"method": "eagle", "num_speculative_tokens": 5, "model": "/e"}
+    assert rival["worker_extension_cls"] == bench.WORKER_RPC  # its tally answers
     assert fake.calls[3:] == ["rival", "draft", "rival", "rival", "draft"]  # the rival warmed up, then ABBA
+    tally_calls = [rpc for rpc in fake.rpcs if rpc[1] == "padrec_acceptance"]  # started after the warm-up
+    assert tally_calls == [("draft", "padrec_acceptance", True, 4), ("rival", "padrec_acceptance", True, 4)] + [
+        (name, "padrec_acceptance", False, 8)
+        for name in ("draft", "rival")  # read after the compared calls
+    ]
     assert record["rivals"] == {
-        "eagle": {"speedup": 1.5, "p50_ms": 10.0, "rival_p50_ms": 15.0, "equal": 4, "sm_mhz": 20, "rival_sm_mhz": 30}
+        "eagle": {
+            "speedup": 1.5,
+            "p50_ms": 10.0,
+            "rival_p50_ms": 15.0,
+            "equal": 4,
+            "sm_mhz": 20,
+            "rival_sm_mhz": 30,
+            "acceptance_length": 4.5,
+            "accepted_per_draft_step": [1.0, 0.875, 0.75, 0.5, 0.375],
+            "rival_acceptance_length": 3.4,
+            "rival_accepted_per_draft_step": [0.9, 0.7, 0.5, 0.2, 0.1],
+        }
     }
     assert record["p50_ms"] == 10.0  # the pass itself, before the rival's calls
 
@@ -1310,11 +1337,12 @@ def test_the_rivals_table_names_each_rival_and_the_ones_that_did_not_start():
     record = {"method": "padrec", "gamma": 5, "list_len": 10, "batch_size": 1, "users": 50}
     record["rivals"] = {
         "eagle": {"speedup": 1.021, "p50_ms": 58.2, "rival_p50_ms": 59.9, "equal": 50, "sm_mhz": 1980.0},
-        "padrec": {"speedup": 0.994, "p50_ms": 58.5, "rival_p50_ms": 58.1, "equal": 50},
+        "padrec": {"speedup": 0.994, "p50_ms": 58.5, "rival_p50_ms": 58.1, "equal": 50},  # a run before the tally
     }
+    record["rivals"]["eagle"] |= {"acceptance_length": 4.2, "rival_acceptance_length": 3.61}
     lines = bench.rivals_markdown([record, {"method": "none"}, {"rival_errors": {"eagle_one_step": "OOM"}}])
     assert lines[0] == "## padrec against other drafts, call by call"
-    assert "| padrec | eagle | 5 | 10 | 1 | 50 | 58.2 | 59.9 | 1.021 | 50 / 50 | 1980.0 | - |" in lines
-    assert "| padrec | padrec | 5 | 10 | 1 | 50 | 58.5 | 58.1 | 0.994 | 50 / 50 | - | - |" in lines
+    assert "| padrec | eagle | 5 | 10 | 1 | 50 | 58.2 | 59.9 | 1.021 | 4.2 | 3.61 | 50 / 50 | 1980.0 | - |" in lines
+    assert "| padrec | padrec | 5 | 10 | 1 | 50 | 58.5 | 58.1 | 0.994 | - | - | 50 / 50 | - | - |" in lines
     assert "Rival eagle_one_step did not start: `OOM`" in lines
     assert bench.rivals_markdown([{"method": "padrec"}]) == []

@@ -320,6 +320,51 @@ def test_the_decode_loop_graph_drafts_what_vllms_loop_drafts(setup, baseline, ca
         check_constrained(setup["catalog"], tokens)
 
 
+def run_tallied_engine(target: str, draft: str, prompts, params) -> dict:
+    """In a spawned process: an engine with vLLM's stat loggers on and worker_rpc; its own acceptance tally
+    started after the engine is built, then the prompts; the tally's counts and vLLM's counters over them."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "1"
+    import vllm_padrec
+
+    vllm_padrec.register()
+    from vllm import LLM, SamplingParams
+
+    from vllm_padrec.integration.spec_decode_counters import SPEC_COUNTERS, SPEC_PER_POS, read_spec_decode_counters
+
+    llm = LLM(
+        model=target,
+        speculative_config={"method": "eagle", "model": draft, "num_speculative_tokens": NUM_STEPS},
+        max_model_len=256,
+        seed=0,
+        gpu_memory_utilization=0.15,
+        dtype=DTYPE,
+        attention_config={"backend": "TRITON_ATTN"},
+        disable_log_stats=False,
+        worker_extension_cls=WORKER_RPC,
+    )
+    before = read_spec_decode_counters() or dict.fromkeys(SPEC_COUNTERS, 0) | {SPEC_PER_POS: [0] * NUM_STEPS}
+    started = llm.collective_rpc("padrec_acceptance", args=(True,))[0]
+    sampling = [SamplingParams(temperature=0.0, **p) for p in params]
+    llm.generate([{"prompt_token_ids": p} for p in prompts], sampling, use_tqdm=False)
+    tally = llm.collective_rpc("padrec_acceptance", args=(False,))[0]
+    after = read_spec_decode_counters()
+    per_pos = [a - b for a, b in zip(after[SPEC_PER_POS], before[SPEC_PER_POS] or [0] * NUM_STEPS)]
+    vllms = dict(zip(("rounds", "draft_tokens", "accepted"), (after[n] - before[n] for n in SPEC_COUNTERS)))
+    return {"started": started, "tally": tally, "vllms": vllms | {"per_pos": per_pos}}
+
+
+def test_the_engines_own_acceptance_tally_counts_what_vllms_counters_count(setup):
+    """``worker_rpc.padrec_acceptance`` (acceptance_tally.py, what bench_spec_decode --rivals reads from engines
+    without stat loggers) over the prompts, free and constrained: rounds, draft tokens, accepted tokens and accepted
+    drafts by position equal vLLM's own counters over the same calls."""
+    result = in_subprocess(
+        setup["target"], setup["random_draft"], setup["prompts"], setup["params"], function=run_tallied_engine
+    )
+    assert result["started"] == {"rounds": 0, "draft_tokens": 0, "accepted": 0, "per_pos": [0] * NUM_STEPS}
+    assert result["tally"]["rounds"] > 0 and result["tally"] == result["vllms"]
+
+
 @pytest.mark.parametrize("enforce_eager", [False, True], ids=["cuda_graphs", "eager"])
 def test_draft_sees_its_step(setup, baseline, enforce_eager):
     prompts, params = setup["prompts"][:3], setup["params"][:3]  # unconstrained: drafts are not masked

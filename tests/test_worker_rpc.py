@@ -66,5 +66,5 @@ def test_vllms_worker_extension_hook_takes_the_class():
 
     assert resolve_obj_by_qualname(WORKER_RPC) is PadRecWorkerRpc
     names = [name for name in dir(PadRecWorkerRpc) if not name.startswith("__")]
-    assert names == ["padrec_decode_loop_graph"]
+    assert names == ["padrec_acceptance", "padrec_decode_loop_graph"]
     assert not [name for name in names if hasattr(Worker, name)]

@@ -30,6 +30,8 @@ It serves the PAD-Rec head, and vLLM's own EAGLE drafts when the plugin masks th
 - With ``padrec.decode_loop_graph``, the decode steps of a round run as one CUDA graph, captured after vLLM's
   own graphs (``decode_loop_graph.py``); rounds it has no graph for, or that need the host between steps
   (drafted top-K searches), run vLLM's loop.
+- ``propose`` hands each step's verification (``num_sampled``, ``num_rejected``) to an acceptance tally, which
+  counts only while ``worker_rpc.padrec_acceptance`` has switched it on (``acceptance_tally.py``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from torch import nn
 from vllm.v1.spec_decode.dynamic.utils import build_dynamic_sd_schedule_lookup
 from vllm.v1.worker.gpu.spec_decode.eagle.speculator import EagleSpeculator
 
+from vllm_padrec.integration.acceptance_tally import AcceptanceTally
 from vllm_padrec.integration.decode_loop_graph import DecodeLoopGraphs, loop_step_counts
 from vllm_padrec.integration.draft_masks import with_list_masks
 from vllm_padrec.integration.forced_tail import fill_forced_tail, tail_slots
@@ -58,6 +61,7 @@ class PadRecSpeculator(EagleSpeculator):
     _forced_tail = 0  # E: drafts a step fills from the catalog alone (padrec.forced_tail)
     _tail_scratch: torch.Tensor | None = None  # [max_num_reqs, V] the tail's masked logits
     _loop_graphs: DecodeLoopGraphs | None = None  # padrec.decode_loop_graph's graphs, once captured
+    _acceptance: AcceptanceTally | None = None  # counts this engine's verified drafts while switched on
 
     def load_draft_model(self, target_model: nn.Module, target_attn_layer_names: set[str]) -> nn.Module:
         model = with_list_masks(super().load_draft_model(target_model, target_attn_layer_names))
@@ -149,6 +153,8 @@ class PadRecSpeculator(EagleSpeculator):
     def propose(self, input_batch, *args, dummy_run: bool = False, **kwargs) -> torch.Tensor:
         """vLLM's drafting, with as many draft steps as the next step verifies (module docstring); for drafted
         top-K requests with N > 1 draft beams, the draft's beam search on their rows between the steps."""
+        if not dummy_run and (tally := self.acceptance_tally()).counts is not None:
+            tally.add(*verified_counts(args, kwargs))
         steps = draft_steps(self._schedule(), input_batch.num_reqs, self.num_speculative_steps, dummy_run)
         if steps == 0:
             return self.draft_tokens[: input_batch.num_reqs]  # [num_reqs, gamma]: none of it is verified
@@ -170,6 +176,12 @@ class PadRecSpeculator(EagleSpeculator):
         finally:
             self._round_searches = ()
         return drafts
+
+    def acceptance_tally(self) -> AcceptanceTally:
+        """This engine's acceptance tally (off until ``worker_rpc.padrec_acceptance`` switches it on)."""
+        if self._acceptance is None:
+            self._acceptance = AcceptanceTally(self.num_speculative_steps)
+        return self._acceptance
 
     def _fill_forced_tail(self, num_reqs: int, first: int, last: int) -> None:
         fill_forced_tail(
@@ -244,6 +256,14 @@ class PadRecSpeculator(EagleSpeculator):
                 else build_dynamic_sd_schedule_lookup(table, self.max_num_reqs, self.num_speculative_steps)
             )
         return self._dense_schedule
+
+
+def verified_counts(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``num_sampled`` and ``num_rejected`` ([num_reqs] each) from ``propose``'s arguments after ``input_batch``,
+    positional as V2's model runner passes them (vllm/v1/worker/gpu/model_runner.py:1507-1520) or by name."""
+    if "num_sampled" in kwargs:
+        return kwargs["num_sampled"], kwargs["num_rejected"]
+    return args[4], args[5]  # after attn_metadata, slot_mappings, last_hidden_states, aux_hidden_states
 
 
 def draft_steps(schedule: list[int] | None, num_reqs: int, gamma: int, dummy_run: bool = False) -> int:

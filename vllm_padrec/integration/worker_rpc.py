@@ -5,7 +5,9 @@ a caller reaches the engine's speculator by name (``llm.collective_rpc("padrec_d
 shipping a pickled function to the engine core.
 
 Used by ``bench_spec_decode``: ``padrec_loop`` switches ``padrec.decode_loop_graph`` between calls of one engine,
-which times the graph against vLLM's loop without the spread between two engines. The methods' names start with
+which times the graph against vLLM's loop without the spread between two engines, and ``--rivals`` counts each
+draft engine's acceptance over the calls it compares (``padrec_acceptance``; a second engine in a process has no
+vLLM counters, ``acceptance_tally.py``). The methods' names start with
 ``padrec_``: vLLM refuses an extension whose names the worker already has.
 
 ``vllm serve --worker-extension-cls`` answers the same method on vLLM's development endpoint (``POST
@@ -29,16 +31,42 @@ class PadRecWorkerRpc:
         captured, rounds they served, whether later rounds replay them), or None where none were captured.
         Given ``enabled``, it switches before it reports: later rounds replay the graphs (True or ``"true"``) or
         run vLLM's loop (False or ``"false"``)."""
-        if isinstance(enabled, str) and enabled.lower() in SWITCH_WORDS:
-            enabled = SWITCH_WORDS[enabled.lower()]
-        if enabled is not None and not isinstance(enabled, bool):
-            raise TypeError(
-                f'padrec_decode_loop_graph: enabled must be a bool, "true", "false" or None, got {enabled!r}'
-            )
-        speculator = getattr(getattr(self, "model_runner", None), "speculator", None)
-        graphs = getattr(speculator, "_loop_graphs", None)
+        enabled = switch_value("padrec_decode_loop_graph", "enabled", enabled)
+        graphs = getattr(padrec_speculator(self), "_loop_graphs", None)
         if graphs is None:
             return None
         if enabled is not None:
             graphs.enabled = enabled
         return {"graphs": len(graphs.graphs), "replays": graphs.replays, "enabled": graphs.enabled}
+
+    def padrec_acceptance(self, count: bool | None = None) -> dict | None:
+        """This engine's drafts verified and accepted (``acceptance_tally.py``): ``count`` True (or ``"true"``)
+        counts from zero, False (or ``"false"``) reports the counts and stops, None reports them; the counts are
+        ``{"rounds", "draft_tokens", "accepted", "per_pos"}``, or None while not counting or where the engine
+        has no PAD-Rec speculator (no draft, or vLLM's own)."""
+        count = switch_value("padrec_acceptance", "count", count)
+        speculator = padrec_speculator(self)
+        if not hasattr(speculator, "acceptance_tally"):
+            return None
+        tally = speculator.acceptance_tally()
+        if count:
+            tally.start(speculator.device)
+        counts = tally.read()
+        if count is False:
+            tally.stop()
+        return counts
+
+
+def padrec_speculator(worker):
+    """The worker's speculator (a ``PadRecSpeculator`` where the plugin serves the draft), or None."""
+    return getattr(getattr(worker, "model_runner", None), "speculator", None)
+
+
+def switch_value(method: str, name: str, value):
+    """A switch as Python or vLLM's development endpoint passes it: True, False, None, ``"true"`` or ``"false"``;
+    anything else is a TypeError naming ``method``'s argument."""
+    if isinstance(value, str) and value.lower() in SWITCH_WORDS:
+        return SWITCH_WORDS[value.lower()]
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f'{method}: {name} must be a bool, "true", "false" or None, got {value!r}')
+    return value
