@@ -50,7 +50,7 @@ spec_table``, call 3 ``checks engine_step bench_spec_decode`` (``engine_step_bat
 traces.tgz). The hold of 2026-12-03 18:00 measured the adaptive goal with every batch size paired: call 1 ``start
 bench_target bench_drafts --target bench --bench-epochs 1 --drafts padrec --draft-steps 600 --spec-methods none
 padrec padrec_loop padrec_adaptive --spec-gammas 5 --spec-batch-sizes 1 4 16 64 128 --spec-list-lens 10``, call 3
-``checks bench_spec_decode``; the next hold's commands are in ``vllm_padrec/integration/SPEC_DECODE.md``, section 12.
+``checks bench_spec_decode``; the next hold's commands are in ``vllm_padrec/integration/SPEC_DECODE.md``, section 13.
 PAD-Rec's signals against EAGLE paired by seed (issue 14's 5 %, plain torch, no vLLM):
 call 1 ``start bench_target signal_ablation --target bench --bench-epochs 1 --draft-steps 600`` (three seeds of
 eagle, padrec and padrec_channel_gate at gamma 5: nine heads of the bench recipe, trained one after another), then

@@ -4,7 +4,9 @@ Two engines of one configuration ran 25-36 % apart on the H200 (2026-12-03), and
 batch-1 pass moved by as much; pinning the engines to cores of their own did not narrow it
 (``integration/SPEC_DECODE.md`` section 12). The GPU's own state is the candidate left: an SM clock that drops
 between passes (power or thermal limits, or an idle GPU clocking down between short calls) slows every kernel of
-a host-bound step alike. So a pass records what ``nvidia-smi`` saw while it ran.
+a host-bound step alike. So a pass records what ``nvidia-smi`` saw while it ran. On the H200 (2026-12-04, section 13)
+the SM clock stayed at 1980 MHz through every pass and on both sides of every pair while engines of one
+configuration still ran up to 30 % apart: the clocks do not explain the spread, and the records keep showing so.
 
 One ``nvidia-smi --query-gpu=... --loop-ms=N`` process streams a row every N ms (one process for the run, not one
 per sample: each start of ``nvidia-smi`` costs tens of milliseconds of CPU), a thread of the benchmark reads the rows
