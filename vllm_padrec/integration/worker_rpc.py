@@ -5,12 +5,12 @@ a caller reaches the engine's speculator by name (``llm.collective_rpc("padrec_d
 shipping a pickled function to the engine core.
 
 Used by ``bench_spec_decode``: ``padrec_loop`` switches ``padrec.decode_loop_graph`` between calls of one engine,
-which times the graph against vLLM's loop without the spread between two engines, and ``--rivals`` counts each
-draft engine's acceptance over the calls it compares (``padrec_acceptance``; a second engine in a process has no
-vLLM counters, ``acceptance_tally.py``). The methods' names start with
-``padrec_``: vLLM refuses an extension whose names the worker already has.
+which times the graph against vLLM's loop without the spread between two engines, and ``--rivals`` counts each draft
+engine's acceptance over the calls it compares (``padrec_acceptance``; a second engine in a process has no vLLM
+counters, ``acceptance_tally.py``). The methods' names start with ``padrec_``: vLLM refuses an extension whose names
+the worker already has.
 
-``vllm serve --worker-extension-cls`` answers the same method on vLLM's development endpoint (``POST
+``vllm serve --worker-extension-cls`` answers the same methods on vLLM's development endpoint (``POST
 /collective_rpc`` with ``{"method": "padrec_decode_loop_graph", "args": ["false"]}``, only with
 ``VLLM_SERVER_DEV_MODE=1``; vllm/entrypoints/serve/dev/rpc/api_router.py), which passes every argument as a string:
 so the switch also takes ``"true"`` and ``"false"``. Anything else raises TypeError in the worker, which fails that
