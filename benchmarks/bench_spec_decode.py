@@ -79,7 +79,9 @@ still spread, so the clocks do not explain it). ``--rivals eagle padrec`` compar
 those drafts start beside ``padrec``'s in its process, and after each ``padrec`` pass the same users run on
 ``padrec``'s engine and each rival's call by call (``rivals``: ``padrec``'s tokens/s over the rival's, both p50s,
 the lists alike, the SM clock during each side's calls, and each side's acceptance over those calls from its own
-tally, ``integration/acceptance_tally.py``, since a second engine has no vLLM counters); ``padrec`` as its own
+tally, ``integration/acceptance_tally.py``, since a second engine has no vLLM counters; each rival first answers
+every user once, untimed, as ``padrec``'s engine did in its pass, so that both hold the prompts in their prefix
+caches, and each side makes at least ``RIVAL_MIN_CALLS`` calls, the users cycled); ``padrec`` as its own
 rival is the control, two engines of one configuration whose ratio shows what the spread between engines is when
 both see the same drift (1.4 % at batch 1 and 25.9 % at batch 64 on 2026-12-04). Issue 14's 5 % over EAGLE reads
 these where a run measured them, beyond the largest control distance of the run.
@@ -147,6 +149,9 @@ DRAFT_FREE = "none"
 IN_PROCESS, OWN_PROCESS = "in_process", "own_process"  # the engine core's process (--engine-core)
 PAIRED_BASELINE_MEMORY = 0.3  # the paired baseline engine's share of GPU memory, beside --gpu-memory-utilization
 RIVAL_MEMORY = 0.12  # each --rivals engine's share (the bench target and its KV for 128 lists fit in a tenth)
+# each side of a rival comparison makes at least this many calls, the users running again where a pass has fewer
+# calls (256 users at batch 64 are 4 calls: too few for a ratio between engines that may spread by tens of percent)
+RIVAL_MIN_CALLS = 16
 RIVALS_HOST = "padrec"  # the method whose engine the --rivals engines stand beside
 MEMORY_CAP = 0.95  # the engines of one process ask for at most this share of the GPU's memory together
 MODES = ("offline", "serve")  # an in-process LLM; vllm serve measured by vllm bench serve (--serve)
@@ -693,16 +698,23 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
         return engine.collective_rpc("padrec_acceptance", args=(count,))[0]
 
     def rival_fields(rival_llm, prompts: list, params, batch: int) -> dict:
-        """The pass's users again on this engine and a rival draft's, call by call: this method's tokens/s over
-        the rival's, both p50s, the lists alike, and each side's acceptance over these calls, each engine's own
-        tally (``acceptance_tally.py``; ``--rivals``)."""
-        rival_llm.generate(prompts[:batch], params, use_tqdm=False)  # warm-up: this batch shape
+        """The pass's users again on this engine and a rival draft's, call by call (at least ``RIVAL_MIN_CALLS``
+        a side, the users cycled): this method's tokens/s over the rival's, both p50s, the calls a side, the users'
+        lists alike, and each side's acceptance over these calls, each engine's own tally (``acceptance_tally.py``;
+        ``--rivals``)."""
+        # warm-up: the rival answers every user once, untimed, as this engine did in its pass, so that both hold
+        # the users' prompts in their prefix caches alike
+        for first in range(0, len(prompts), batch):
+            rival_llm.generate(prompts[first : first + batch], params, use_tqdm=False)
+        cycles = -(-RIVAL_MIN_CALLS * batch // len(prompts))  # rounded up
         before = {engine: len(windows.get(engine, [])) for engine in (llm, rival_llm)}
         for engine in (llm, rival_llm):
             acceptance_tally(engine, True)
-        ours, theirs = alternating_calls(prompts, params, batch, [(llm, None), (rival_llm, None)])
+        ours, theirs = alternating_calls(prompts * cycles, params, batch, [(llm, None), (rival_llm, None)])
         tallies = {engine: acceptance_tally(engine, False) for engine in (llm, rival_llm)}
         fields = paired_fields(*ours[:2], *theirs[:2], batch, prefix="rival")
+        first_cycle = slice(0, len(prompts))  # each user's list once
+        equal = sum(a == b for a, b in zip(ours[1][first_cycle], theirs[1][first_cycle]))
         clocks.settle()
         sm = {  # the SM clock's median during each side's calls here (None without rows)
             engine: (clocks.summary_within(windows[engine][before[engine] :]) or {}).get("sm_mhz_median")
@@ -712,10 +724,11 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
             "speedup": fields["rival_speedup"],
             "p50_ms": call_timing(ours[0], [len(t) for t in ours[1]], batch)["p50_ms"],
             "rival_p50_ms": fields["rival_baseline_p50_ms"],
-            "equal": fields["rival_equal"],
+            "calls": len(ours[0]),
+            "equal": equal,
             "sm_mhz": sm[llm],
             "rival_sm_mhz": sm[rival_llm],
-        } | rival_acceptance(tallies[llm], tallies[rival_llm], len(prompts))
+        } | rival_acceptance(tallies[llm], tallies[rival_llm], len(ours[1]))
 
     records, lists, batch_one = [], {}, {}
     for list_len in args.list_lens:
@@ -1073,18 +1086,21 @@ def rivals_markdown(records: list[dict]) -> list[str]:
         f"engine in the same process, call by call (ABBA), so that the machine's drift falls on both. Speedup: "
         f"{RIVALS_HOST}'s tokens/s over the rival's. {RIVALS_HOST} as its own rival is the control: two engines of "
         "one configuration, whose ratio would be 1.0 without a spread between engines. Acceptance: each engine's "
-        "own count over these calls (`acceptance_tally.py`; - for runs before it counted). SM MHz: the GPU's SM clock "
-        "(median) during each side's calls (`gpu_clocks`).",
+        "own count over these calls (`acceptance_tally.py`; - for runs before it counted). Calls a side: at least "
+        f"{RIVAL_MIN_CALLS}, the users cycled (- for runs before, which made one call a side per batch of users); "
+        "lists alike: each user's list once. SM MHz: the GPU's SM clock (median) during each side's calls "
+        "(`gpu_clocks`).",
         "",
-        "| method | rival | gamma | list_len | batch_size | users | p50 ms | rival p50 ms | speedup over the rival | "
-        "acceptance length | rival acceptance length | lists alike | SM MHz | rival SM MHz |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | rival | gamma | list_len | batch_size | users | calls a side | p50 ms | rival p50 ms | "
+        "speedup over the rival | acceptance length | rival acceptance length | lists alike | SM MHz | rival SM MHz |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r, rival, m in rows:
         lines.append(
             f"| {r['method']}{earlier_mark(r)} | {rival} | {r['gamma']} | {r['list_len']} | {r['batch_size']} | "
-            f"{r['users']} | {cell(m['p50_ms'])} | {cell(m['rival_p50_ms'])} | {m['speedup']} | "
-            f"{cell(m.get('acceptance_length'))} | {cell(m.get('rival_acceptance_length'))} | {m['equal']} / "
+            f"{r['users']} | {cell(m.get('calls'))} | {cell(m['p50_ms'])} | {cell(m['rival_p50_ms'])} | "
+            f"{m['speedup']} | {cell(m.get('acceptance_length'))} | {cell(m.get('rival_acceptance_length'))} | "
+            f"{m['equal']} / "
             f"{r['users']} | {cell(m.get('sm_mhz'))} | {cell(m.get('rival_sm_mhz'))} |"
         )
     lines += [f"Rival {rival} did not start: `{why[-300:]}`" for rival, why in failed.items()]

@@ -326,10 +326,12 @@ def test_padrecs_passes_run_again_call_by_call_beside_a_rival_drafts_engine(monk
 
     catalog = generate_synthetic(SyntheticConfig(num_items=12, num_users=4, codebook_sizes=(4, 4))).catalog
     tokens = [*catalog.item_token_ids(3), catalog.layout.EOS]
-    # padrec: warm-up, its pass's 2 calls, the rival's 2 calls; the rival: warm-up and 2 calls (15 ms each)
-    seconds = {"draft": [0.5, 0.010, 0.010, 0.010, 0.010], "rival": [0.5, 0.015, 0.015]}
+    # padrec: warm-up, its pass's 2 calls, then 4 calls beside the rival (at least RIVAL_MIN_CALLS = 4 a side: the
+    # 4 users twice); the rival: a warm-up of every user (2 calls), then its 4 calls (15 ms each)
+    monkeypatch.setattr(bench, "RIVAL_MIN_CALLS", 4)
+    seconds = {"draft": [0.5] + [0.010] * 6, "rival": [0.5, 0.5] + [0.015] * 4}
     fake = PairedEngines(seconds, tokens)
-    # each engine's own acceptance tally over the compared calls (4 lists): 8 rounds on padrec's, 10 on the rival's
+    # each engine's own acceptance tally over the compared calls (8 lists): 8 rounds on padrec's, 10 on the rival's
     fake.tallies = {
         "draft": {"rounds": 8, "draft_tokens": 40, "accepted": 28, "per_pos": [8, 7, 6, 4, 3]},
         "rival": {"rounds": 10, "draft_tokens": 50, "accepted": 24, "per_pos": [9, 7, 5, 2, 1]},
@@ -347,20 +349,22 @@ def test_padrecs_passes_run_again_call_by_call_beside_a_rival_drafts_engine(monk
     assert rival["gpu_memory_utilization"] == bench.RIVAL_MEMORY and rival["disable_log_stats"]
     assert rival["speculative_config"] == {"method": "eagle", "num_speculative_tokens": 5, "model": "/e"}
     assert rival["worker_extension_cls"] == bench.WORKER_RPC  # its tally answers
-    assert fake.calls[3:] == ["rival", "draft", "rival", "rival", "draft"]  # the rival warmed up, then ABBA
+    # the rival warmed up on every user (padrec's engine ran them all in its pass: both prefix caches alike), then
+    # ABBA over the users twice
+    assert fake.calls[3:] == ["rival", "rival", *["draft", "rival", "rival", "draft"] * 2]
     tally_calls = [rpc for rpc in fake.rpcs if rpc[1] == "padrec_acceptance"]  # started after the warm-up
-    assert tally_calls == [("draft", "padrec_acceptance", True, 4), ("rival", "padrec_acceptance", True, 4)] + [
-        (name, "padrec_acceptance", False, 8)
-        for name in ("draft", "rival")  # read after the compared calls
-    ]
+    started = [(name, "padrec_acceptance", True, 5) for name in ("draft", "rival")]
+    read = [(name, "padrec_acceptance", False, 13) for name in ("draft", "rival")]  # after the compared calls
+    assert tally_calls == started + read
     assert record["rivals"] == {
         "eagle": {
             "speedup": 1.5,
             "p50_ms": 10.0,
             "rival_p50_ms": 15.0,
-            "equal": 4,
-            "sm_mhz": 20,
-            "rival_sm_mhz": 30,
+            "calls": 4,
+            "equal": 4,  # the users' lists, each once
+            "sm_mhz": 40,  # CallClocks: the ms of the side's compared calls, 4 each
+            "rival_sm_mhz": 60,
             "acceptance_length": 4.5,
             "accepted_per_draft_step": [1.0, 0.875, 0.75, 0.5, 0.375],
             "rival_acceptance_length": 3.4,
@@ -1339,10 +1343,12 @@ def test_the_rivals_table_names_each_rival_and_the_ones_that_did_not_start():
         "eagle": {"speedup": 1.021, "p50_ms": 58.2, "rival_p50_ms": 59.9, "equal": 50, "sm_mhz": 1980.0},
         "padrec": {"speedup": 0.994, "p50_ms": 58.5, "rival_p50_ms": 58.1, "equal": 50},  # a run before the tally
     }
-    record["rivals"]["eagle"] |= {"acceptance_length": 4.2, "rival_acceptance_length": 3.61}
+    record["rivals"]["eagle"] |= {"acceptance_length": 4.2, "rival_acceptance_length": 3.61, "calls": 50}
     lines = bench.rivals_markdown([record, {"method": "none"}, {"rival_errors": {"eagle_one_step": "OOM"}}])
     assert lines[0] == "## padrec against other drafts, call by call"
-    assert "| padrec | eagle | 5 | 10 | 1 | 50 | 58.2 | 59.9 | 1.021 | 4.2 | 3.61 | 50 / 50 | 1980.0 | - |" in lines
-    assert "| padrec | padrec | 5 | 10 | 1 | 50 | 58.5 | 58.1 | 0.994 | - | - | 50 / 50 | - | - |" in lines
+    assert (
+        "| padrec | eagle | 5 | 10 | 1 | 50 | 50 | 58.2 | 59.9 | 1.021 | 4.2 | 3.61 | 50 / 50 | 1980.0 | - |" in lines
+    )
+    assert "| padrec | padrec | 5 | 10 | 1 | 50 | - | 58.5 | 58.1 | 0.994 | - | - | 50 / 50 | - | - |" in lines
     assert "Rival eagle_one_step did not start: `OOM`" in lines
     assert bench.rivals_markdown([{"method": "padrec"}]) == []
