@@ -300,9 +300,10 @@ def capture_size_arg(value: str) -> str:
 # -- one configuration (child process) -----------------------------------------------------------------------
 def spec_counters(llm) -> dict:
     """vLLM's spec-decode counters since start (``LLM.get_metrics``): rounds, drafts, accepted, per position."""
+    from vllm_padrec.integration.acceptance_tally import COUNT_NAMES
     from vllm_padrec.integration.spec_decode_counters import SPEC_COUNTERS, SPEC_PER_POS
 
-    names = dict(zip(SPEC_COUNTERS, ("rounds", "draft_tokens", "accepted")))
+    names = dict(zip(SPEC_COUNTERS, COUNT_NAMES))  # the keys an engine's own tally reports too
     totals = {"rounds": 0, "draft_tokens": 0, "accepted": 0, "per_pos": []}
     for metric in llm.get_metrics():
         if metric.name in names:
@@ -315,7 +316,9 @@ def spec_counters(llm) -> dict:
 
 def counter_delta(before: dict, after: dict) -> dict:
     per_pos = [a - (before["per_pos"][i] if i < len(before["per_pos"]) else 0) for i, a in enumerate(after["per_pos"])]
-    return {key: after[key] - before[key] for key in ("rounds", "draft_tokens", "accepted")} | {"per_pos": per_pos}
+    from vllm_padrec.integration.acceptance_tally import COUNT_NAMES
+
+    return {key: after[key] - before[key] for key in COUNT_NAMES} | {"per_pos": per_pos}
 
 
 def call_timing(call_seconds: list[float], output_lengths: list[int], batch_size: int) -> dict:

@@ -330,6 +330,7 @@ def run_tallied_engine(target: str, draft: str, prompts, params) -> dict:
     vllm_padrec.register()
     from vllm import LLM, SamplingParams
 
+    from vllm_padrec.integration.acceptance_tally import COUNT_NAMES
     from vllm_padrec.integration.spec_decode_counters import SPEC_COUNTERS, SPEC_PER_POS, read_spec_decode_counters
 
     llm = LLM(
@@ -350,7 +351,7 @@ def run_tallied_engine(target: str, draft: str, prompts, params) -> dict:
     tally = llm.collective_rpc("padrec_acceptance", args=(False,))[0]
     after = read_spec_decode_counters()
     per_pos = [a - b for a, b in zip(after[SPEC_PER_POS], before[SPEC_PER_POS] or [0] * NUM_STEPS)]
-    vllms = dict(zip(("rounds", "draft_tokens", "accepted"), (after[n] - before[n] for n in SPEC_COUNTERS)))
+    vllms = dict(zip(COUNT_NAMES, (after[n] - before[n] for n in SPEC_COUNTERS)))
     return {"started": started, "tally": tally, "vllms": vllms | {"per_pos": per_pos}}
 
 
