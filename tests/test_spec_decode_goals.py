@@ -97,7 +97,9 @@ def test_goals_flip_with_the_numbers_and_name_what_failed():
     exact = [record("none", 0, 1, 1.0, "float32"), record("padrec", 5, 1, 2.0, "float32", equal=29)]
     equality = spec_decode_goals(exact)[4]
     assert equality["met"] is False
-    assert equality["measured"] == "29 / 30 lists equal; differing: padrec gamma 5 B = 1 lists of 10: 29 / 30"
+    assert equality["measured"] == (
+        "29 / 30 lists equal (padrec; batch sizes 1); differing: padrec gamma 5 B = 1 lists of 10: 29 / 30"
+    )
 
 
 def test_vanilla_vllms_unconstrained_v1_baselines_do_not_count_against_the_plugins_lists():
@@ -107,7 +109,7 @@ def test_vanilla_vllms_unconstrained_v1_baselines_do_not_count_against_the_plugi
     exact = [record("none", 0, 1, 1.0, "float32"), record("padrec", 5, 1, 2.0, "float32")]
     exact += [record("none_v1", 0, 1, 1.0, "float32", **v1), record("ngram", 5, 1, 1.2, "float32", equal=28, **v1)]
     *_, equality, valid = spec_decode_goals(exact)
-    assert equality["met"] is True and equality["measured"] == "30 / 30 lists equal"
+    assert equality["met"] is True and equality["measured"] == "30 / 30 lists equal (padrec; batch sizes 1)"
     assert valid["met"] is True and valid["measured"] == "0 invalid, 0 repeated in 2 records"
     exact[1]["invalid_items"] = 1  # the plugin's own lists still count
     assert spec_decode_goals(exact)[-1]["met"] is False
@@ -120,6 +122,20 @@ def test_a_goal_this_run_does_not_measure_reads_an_earlier_run_whole():
     assert batch_one["measured"].startswith("2.90x")  # this run's PAD-Rec
     # no EAGLE in this run: PAD-Rec and EAGLE both from the earlier run, never 2.9 against its 1.87
     assert over_eagle["measured"].startswith("+31.0 %") and over_eagle["measured"].endswith("(run of 2026-12-03)")
+
+
+def test_a_float32_equality_run_after_the_speed_run_never_enters_the_speed_goals():
+    """A hold's float32 run (the equality goal) comes after its bfloat16 speed run and so is the newest run in the
+    file; the speed goals still read the bfloat16 run whole, and the equality goal the float32 one."""
+    speed = [r | {"measured_on": "2026-12-04T17:28:28+0000"} for r in run_records()]
+    exact = [record("none", 0, 1, 1.0, "float32"), record("padrec", 5, 1, 2.5, "float32", equal=30)]
+    exact.append(record("eagle", 5, 1, 2.6, "float32", equal=30))
+    batch_one, over_eagle, _, adaptive, equality, _ = spec_decode_goals(speed + exact)
+    alone = spec_decode_goals(speed)
+    assert batch_one == alone[0] and over_eagle == alone[1] and adaptive == alone[3]
+    assert "2.50x" not in batch_one["measured"] and batch_one["measured"].endswith("(run of 2026-12-04)")
+    assert equality["met"] is True and equality["measured"] == "60 / 60 lists equal (eagle, padrec; batch sizes 1)"
+    assert masks_alone(speed + exact) == masks_alone(speed)
 
 
 def test_nothing_measured_is_said_so():
