@@ -50,7 +50,7 @@ spec_table``, call 3 ``checks engine_step bench_spec_decode`` (``engine_step_bat
 traces.tgz). The hold of 2026-12-03 18:00 measured the adaptive goal with every batch size paired: call 1 ``start
 bench_target bench_drafts --target bench --bench-epochs 1 --drafts padrec --draft-steps 600 --spec-methods none
 padrec padrec_loop padrec_adaptive --spec-gammas 5 --spec-batch-sizes 1 4 16 64 128 --spec-list-lens 10``, call 3
-``checks bench_spec_decode``; the next hold's commands are in ``vllm_padrec/integration/SPEC_DECODE.md``, section 13.
+``checks bench_spec_decode``; the next hold's commands are in ``vllm_padrec/integration/SPEC_DECODE.md``, section 14.
 PAD-Rec's signals against EAGLE paired by seed (issue 14's 5 %, plain torch, no vLLM):
 call 1 ``start bench_target signal_ablation --target bench --bench-epochs 1 --draft-steps 600`` (three seeds of
 eagle, padrec and padrec_channel_gate at gamma 5: nine heads of the bench recipe, trained one after another), then
@@ -105,6 +105,8 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
     bench_spec_decode     issue 14's list speed (bench_spec_decode: none, padrec, eagle,        draft   lane 0
                           eagle_vanilla, padrec_adaptive, and on V1 none_v1, ngram, medusa;
                           --drafts padrec_eagle trains the heads)
+    bench_spec_decode_exact  issue 14's float32 equality beside a bfloat16 hold (none, padrec,  draft   lane 0
+                          eagle; gamma 5, batch 1, lists of 10, 100 users), merged into its file
     spec_decode_smoke     bench_spec_decode in little on the session's target and head          draft   lane 0
     engine_core_none      bench_spec_decode's none, the engine core in and out of process, and   target  lane 0
                           without async scheduling (lists of 10, batch 1, 64, 128)
@@ -845,9 +847,11 @@ def config_logs(work: Path, job: str) -> list[tuple[Path, str]]:
 
 def merge_base(name: str, settings: Settings) -> None:
     """Put the committed results file ``name`` (.json) where a ``--merge`` run of the bench target reads and
-    rewrites it, so that the run adds its records to the committed ones (the small target's results stay apart)."""
+    rewrites it, so that the run adds its records to the committed ones (the small target's results stay apart);
+    where a job of this session already wrote it, its records are kept and the next run adds to them."""
     committed = REPO / "benchmarks" / "results" / f"{name}.json"
-    if committed.exists() and not settings.suffix():
+    merged_here = WORK / "results" / committed.name  # a job before this one in the session already merged there
+    if committed.exists() and not settings.suffix() and not merged_here.exists():
         (WORK / "results").mkdir(parents=True, exist_ok=True)
         shutil.copy(committed, WORK / "results" / committed.name)
 
@@ -877,6 +881,29 @@ def job_bench_spec_decode(ctx: JobContext) -> int:
         *(("--pin-cpus",) if s.spec_pin_cpus else ()),
         # beside the rivals' engines, padrec's takes less memory (its KV cache stays far above what 128 lists need)
         *(("--rivals", *s.spec_rivals, "--gpu-memory-utilization", str(RIVALS_MEMORY)) if s.spec_rivals else ()),
+    )
+
+
+# issue 14's equality check, in float32 beside a hold's bfloat16 speed run: the methods the plugin serves whose heads
+# the session trains (eagle with --drafts padrec_eagle or all), one request at a time, unpaired (equality only)
+EXACT_METHODS, EXACT_USERS = ("none", "padrec", "eagle"), 100
+
+
+def job_bench_spec_decode_exact(ctx: JobContext) -> int:
+    """bench_spec_decode in float32 (the equality goal): ``EXACT_METHODS`` at gamma 5, batch size 1, lists of 10,
+    ``EXACT_USERS`` users, merged into the same results file as the session's bfloat16 run (``bench_spec_decode``,
+    queued before it), whose speed goals never read these records (``spec_decode_goals.timed``)."""
+    s = ctx.settings
+    name = f"spec_decode_{s.dataset}{s.suffix()}"
+    merge_base(name, s)
+    methods = EXACT_METHODS if s.drafts != "padrec" else EXACT_METHODS[:2]
+    heads = WORK / "bench_drafts"
+    return run_benchmark(
+        ctx,
+        "benchmarks.bench_spec_decode",
+        *("--name", name, "--padrec-draft", str(s.draft()), "--eagle-draft", str(heads / "eagle" / "draft")),
+        *("--methods", *methods, "--dtype", "float32", "--merge", "--pair", "none"),
+        *("--gammas", "5", "--batch-sizes", "1", "--list-lens", "10", "--users-latency", str(EXACT_USERS)),
     )
 
 
@@ -1172,6 +1199,7 @@ JOBS: dict[str, Job] = {
         ),
         Job("bench_topk", job_bench_topk, needs=(TARGET,), vllm=True),
         Job("bench_spec_decode", job_bench_spec_decode, needs=(DRAFT,), vllm=True),
+        Job("bench_spec_decode_exact", job_bench_spec_decode_exact, needs=(DRAFT,), vllm=True),
         Job("spec_decode_smoke", job_spec_decode_smoke, needs=(DRAFT,), vllm=True),
         Job("engine_core_none", job_engine_core_none, needs=(TARGET,), vllm=True),
         Job(

@@ -619,6 +619,40 @@ def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads
     assert parsed.rivals == ["eagle", "padrec"] and parsed.gpu_memory_utilization == 0.4
 
 
+def test_the_float32_equality_job_merges_into_the_results_of_the_sessions_bfloat16_run(monkeypatch, tmp_path):
+    monkeypatch.setattr(gs, "WORK", tmp_path)
+    calls = []
+    ctx = gs.JobContext("bench_spec_decode_exact", gs.Settings(target="bench", drafts="padrec_eagle"), {"PATH": "/bin"})
+    monkeypatch.setattr(
+        ctx.__class__, "python", lambda self, module, *args, env=None: calls.append((module, args)) or 0
+    )
+    # the session's bfloat16 run wrote its records where both jobs merge: the float32 job keeps them
+    written = tmp_path / "results" / "spec_decode_beauty_atspeed.json"
+    written.parent.mkdir(parents=True)
+    written.write_text('{"records": ["this session\'s"]}')
+    assert gs.JOBS["bench_spec_decode_exact"].body(ctx) == 0
+    assert written.read_text() == '{"records": ["this session\'s"]}'
+    ((module, args),) = calls
+    value = lambda option: args[args.index(option) + 1]  # noqa: E731
+    assert module == "benchmarks.bench_spec_decode" and value("--name") == "spec_decode_beauty_atspeed"
+    assert args[args.index("--methods") + 1 : args.index("--dtype")] == ("none", "padrec", "eagle")
+    assert value("--dtype") == "float32" and "--merge" in args and value("--pair") == "none"
+    assert value("--eagle-draft") == str(tmp_path / "bench_drafts" / "eagle" / "draft")
+    parsed = bench_spec_decode.parse_args(list(args))
+    assert (parsed.gammas, parsed.batch_sizes, parsed.list_lens) == ([5], [1], [10])
+    assert parsed.users_latency == gs.EXACT_USERS
+    assert gs.needs_of("bench_spec_decode_exact", gs.Settings(target="bench")) == ["bench_drafts"]
+    # without the EAGLE head (--drafts padrec), PAD-Rec alone; the committed file is the merge base
+    calls.clear()
+    written.unlink()
+    settings = gs.Settings(target="bench", drafts="padrec")
+    assert gs.JOBS["bench_spec_decode_exact"].body(dataclasses.replace(ctx, settings=settings)) == 0
+    ((_, args),) = calls
+    assert args[args.index("--methods") + 1 : args.index("--dtype")] == ("none", "padrec")
+    committed = gs.REPO / "benchmarks" / "results" / "spec_decode_beauty_atspeed.json"
+    assert written.read_text() == committed.read_text()
+
+
 def test_the_list_speed_smoke_runs_bench_spec_decode_in_little_on_the_small_target_and_head(monkeypatch, tmp_path):
     monkeypatch.setattr(gs, "WORK", tmp_path)
     calls = []
