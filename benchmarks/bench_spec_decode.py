@@ -1089,7 +1089,10 @@ def rivals_markdown(records: list[dict]) -> list[str]:
         f"engine in the same process, call by call (ABBA), so that the machine's drift falls on both. Speedup: "
         f"{RIVALS_HOST}'s tokens/s over the rival's. {RIVALS_HOST} as its own rival is the control: two engines of "
         "one configuration, whose ratio would be 1.0 without a spread between engines. Acceptance: each engine's "
-        "own count over these calls (`acceptance_tally.py`; - for runs before it counted). Calls a side: at least "
+        "own count over these calls (`acceptance_tally.py`; - for runs before it counted), which also counts the "
+        "round a list had in flight when it stopped (vLLM's asynchronous scheduling; vLLM's counters leave it out), "
+        "so it reads below vLLM's acceptance length for the same engine: compare the two sides, not the columns "
+        "above. Calls a side: at least "
         f"{RIVAL_MIN_CALLS}, the users cycled (- for runs before, which made one call a side per batch of users); "
         "lists alike: each user's list once. SM MHz: the GPU's SM clock (median) during each side's calls "
         "(`gpu_clocks`).",

@@ -16,6 +16,15 @@ the two vectors V2's model runner hands the speculator after each step
   (vLLM's ``num_drafts``), ``drafts`` draft tokens, ``num_sampled - 1`` accepted, of which the first ``a`` draft
   positions are the accepted ones (vLLM's per-position counts).
 
+These are the rounds the GPU verified. They equal vLLM's counts without asynchronous scheduling (the GPU test
+``test_the_engines_own_acceptance_tally_counts_what_vllms_counters_count[sync]``). With it, vLLM's default, a
+request that stops on a token has its next step already scheduled and run when the scheduler learns it finished; the
+scheduler discards that frame uncounted (vllm/v1/core/sched/scheduler.py:1660-1668), and the tally counts it: one
+more round of ``gamma`` drafts for each such request (on the H200, 2026-12-04, with a random draft: 94 rounds
+against vLLM's 91 over six requests, three of them lists that stop on their end token; the accepted counts equal). A
+list of 10 items has about a dozen rounds, so the tally's acceptance length reads a few percent below vLLM's for the
+same engine; two engines tallied over the same lists carry the same extra rounds.
+
 The tally is off until switched on (``worker_rpc.padrec_acceptance``): counting adds a few small GPU ops to a step
 and never waits for the GPU; reading the counts does, once, when asked.
 """
