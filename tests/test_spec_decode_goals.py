@@ -239,6 +239,7 @@ def test_a_gain_over_eagle_beside_its_engine_counts_only_beyond_the_control():
     records[3]["rivals"]["eagle"]["speedup"] = 1.03  # below 5 %, though beyond the control
     over_eagle = spec_decode_goals(records)[1]
     assert over_eagle["met"] is False and over_eagle["measured"].startswith("+3.0 % call by call")
+    assert over_eagle["measured"].endswith("against 3.61), 2.0 points short of the goal")  # missed: by how much
 
 
 def test_the_spread_between_engines_is_said_for_this_run_only():

@@ -165,7 +165,7 @@ def over_rival_verdict(goal: str, records: list[dict], padrec: dict, eagle: str)
         f"{measured['p50_ms']:g} against {measured['rival_p50_ms']:g} ms{rival_acceptance_text(measured)})"
     )
     if ratio < OVER_EAGLE:
-        return verdict(goal, False, text)
+        return verdict(goal, False, f"{text}, {100 * (OVER_EAGLE - ratio):.1f} points short of the goal")
     control = control_distance(records)
     if control is None:
         return verdict(
