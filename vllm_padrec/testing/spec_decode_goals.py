@@ -90,7 +90,7 @@ def engine_spread(records: list[dict], list_len: int = GOAL_LIST_LEN, batch_size
 def engine_spread_text(records: list[dict]) -> str | None:
     """One sentence on this run's spread between engines of one configuration (one request at a time, lists of
     ``GOAL_LIST_LEN``), or None where it ran fewer than two; records kept from earlier runs are left out."""
-    date, run = next(iter(runs(timed(records))), (None, []))
+    date, run = next(iter(runs(records)), (None, []))
     if date is not None or (spread := engine_spread(run)) is None:  # no record of this run: nothing to say
         return None
     p50s = baseline_p50s(run)
