@@ -154,6 +154,11 @@ RIVAL_MEMORY = 0.12  # each --rivals engine's share (the bench target and its KV
 RIVAL_MIN_CALLS = 16
 RIVALS_HOST = "padrec"  # the method whose engine the --rivals engines stand beside
 MEMORY_CAP = 0.95  # the engines of one process ask for at most this share of the GPU's memory together
+# the measured engine's share when --gpu-memory-utilization is not given and the engines beside it leave more; with
+# them it takes what they leave (beside a paired baseline: 0.41 with two rivals, 0.29 with three, 0.17 with four; a
+# rival's 0.12 holds the bench target and KV for 128 lists, and on 2026-12-04 a control at 0.12 ran within 2.2 % of
+# padrec's engine at 0.4)
+DEFAULT_MEMORY = 0.5
 MODES = ("offline", "serve")  # an in-process LLM; vllm serve measured by vllm bench serve (--serve)
 ADAPTIVE = "padrec_adaptive"
 FORCED_TAIL, FORCED_TAIL_SLOTS = "padrec_tail", 2  # PAD-Rec's gamma drafts and 2 more from the catalog alone
@@ -1336,7 +1341,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "the largest verification step, max(batch sizes) * (1 + gamma), where it is larger; vllm keeps vLLM's "
         "default; or a number of tokens. Engines without a draft keep vLLM's default (recorded per record)",
     )
-    add("--gpu-memory-utilization", type=float, default=0.5, help="vLLM's share of GPU memory (default 0.5)")
+    add(
+        "--gpu-memory-utilization",
+        type=float,
+        help=f"vLLM's share of GPU memory for the measured engine (default {DEFAULT_MEMORY:g}, or what the engines "
+        f"beside it leave of {MEMORY_CAP:g} where that is less)",
+    )
     add(
         "--pin-cpus",
         action="store_true",
@@ -1429,8 +1439,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--pin-cpus: {error}")
     if args.pair != "none" and args.engine_core == IN_PROCESS:
         parser.error(f"--pair {args.pair} runs two engines in one process: each needs its core in its own process")
+    if len(set(args.rivals)) != len(args.rivals):
+        parser.error(f"--rivals: each method once, got {' '.join(args.rivals)}")
     beside = (PAIRED_BASELINE_MEMORY if args.pair != "none" else 0) + RIVAL_MEMORY * len(args.rivals)
-    if beside and args.gpu_memory_utilization + beside > MEMORY_CAP:
+    if args.gpu_memory_utilization is None:
+        args.gpu_memory_utilization = min(DEFAULT_MEMORY, round(MEMORY_CAP - beside, 2))
+        if args.gpu_memory_utilization < RIVAL_MEMORY:
+            parser.error(
+                f"the engines beside the measured one (the paired baseline's {PAIRED_BASELINE_MEMORY:g} unless --pair "
+                f"none, {RIVAL_MEMORY:g} a rival) leave it {args.gpu_memory_utilization:g} of GPU memory, less than "
+                f"a rival's {RIVAL_MEMORY:g}: fewer --rivals"
+            )
+    if beside and args.gpu_memory_utilization + beside > MEMORY_CAP + 1e-9:  # shares in hundredths, summed in floats
         parser.error(
             f"--gpu-memory-utilization {args.gpu_memory_utilization:g} leaves no room for the engines beside it "
             f"(the paired baseline's {PAIRED_BASELINE_MEMORY:g} unless --pair none, {RIVAL_MEMORY:g} a rival): "

@@ -221,7 +221,6 @@ SPEC_METHODS = (  # bench_spec_decode's methods: on Model Runner V2, then vanill
     *("none_v1", "ngram", "medusa"),
 )
 SPEC_RIVALS = ("padrec", "eagle", "eagle_one_step", "eagle_vanilla")  # drafts that may stand beside padrec's engine
-MAX_RIVALS, RIVALS_MEMORY = 2, 0.4  # padrec's engine 0.4, its paired baseline 0.3, each rival 0.12 of GPU memory
 # the heads of atspeed_drafts, one budget each: vllm_padrec.draft.config.OBJECTIVES
 ATSPEED_OBJECTIVES = ("distill", "atspeed_s", "atspeed_r")
 ATSPEED_RUNS = ("equality", "speed")  # bench_topk_atspeed's two runs: float32 equality, then bfloat16 speed
@@ -284,8 +283,8 @@ class Settings:
             return f"--spec-gammas {deepest} is deeper than the heads train for (--draft-gamma {self.draft_gamma})"
         if self.spec_rivals and "padrec" not in self.spec_methods:
             return "--spec-rivals stand beside padrec's engine: --spec-methods must hold padrec"
-        if len(self.spec_rivals) > MAX_RIVALS:
-            return f"--spec-rivals: at most {MAX_RIVALS} (each rival engine takes GPU memory beside padrec's)"
+        if len(set(self.spec_rivals)) != len(self.spec_rivals):
+            return f"--spec-rivals: each method once, got {' '.join(self.spec_rivals)}"
         if set(self.spec_rivals) - {"padrec"} and self.drafts == "padrec":
             return "--spec-rivals other than padrec need their heads: --drafts padrec_eagle"
         return None
@@ -396,9 +395,9 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
         "--spec-rivals",
         nargs="*",
         choices=SPEC_RIVALS,
-        help=f"bench_spec_decode's --rivals (at most {MAX_RIVALS}): drafts whose engines stand beside padrec's and "
-        "answer its users call by call; padrec itself is the control (default none; its engine then takes "
-        f"{RIVALS_MEMORY:g} of GPU memory)",
+        help="bench_spec_decode's --rivals, each once: drafts whose engines stand beside padrec's and answer its "
+        "users call by call; padrec itself is the control (default none; padrec's engine then takes the GPU memory "
+        "they leave, bench_spec_decode's --gpu-memory-utilization default)",
         **kw,
     )
     add("--draft-gamma", type=int, help=f"draft steps the bench heads train for (default {d.draft_gamma})", **kw)
@@ -879,8 +878,8 @@ def job_bench_spec_decode(ctx: JobContext) -> int:
         *("--gammas", *map(str, s.spec_gammas), "--batch-sizes", *map(str, s.spec_batch_sizes)),
         *("--list-lens", *map(str, s.spec_list_lens)),
         *(("--pin-cpus",) if s.spec_pin_cpus else ()),
-        # beside the rivals' engines, padrec's takes less memory (its KV cache stays far above what 128 lists need)
-        *(("--rivals", *s.spec_rivals, "--gpu-memory-utilization", str(RIVALS_MEMORY)) if s.spec_rivals else ()),
+        # beside the rivals' engines, padrec's takes the memory they leave (bench_spec_decode's default)
+        *(("--rivals", *s.spec_rivals) if s.spec_rivals else ()),
     )
 
 

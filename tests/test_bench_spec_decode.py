@@ -636,7 +636,8 @@ def test_pairing_needs_engines_in_their_own_processes_and_room_for_two(argv, say
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        (["--rivals", "eagle", "padrec"], "at most 0.41"),  # 0.5 + 0.3 + 2 x 0.12 asks for more than 0.95
+        (["--rivals", "eagle", "padrec", "--gpu-memory-utilization", "0.5"], "at most 0.41"),  # 0.5 + 0.3 + 0.24
+        (["--rivals", "eagle", "eagle"], "--rivals: each method once, got eagle eagle"),
         (["--rivals", "eagle", "--methods", "none", "eagle"], "--rivals stand beside padrec's engine: run padrec too"),
         (["--rivals", "eagle", "--pin-cpus"], "not with --serve, --engine-core in_process or --pin-cpus"),
         (["--rivals", "eagle_one_step"], "--rivals eagle_one_step needs --eagle-one-step-draft"),
@@ -655,6 +656,25 @@ def test_rivals_fit_beside_a_smaller_engine():
     )
     assert args.rivals == ["eagle", "padrec"]
     assert bench.parse_args([*BASE, "--eagle-draft", "e", "--rivals", "eagle"]).gpu_memory_utilization == 0.5
+    # not given: the measured engine takes what the paired baseline (0.3) and the rivals (0.12 each) leave of 0.95
+    drafts = [*BASE, "--eagle-draft", "e", "--eagle-one-step-draft", "o"]
+    share = lambda *argv: bench.parse_args([*drafts, *argv]).gpu_memory_utilization  # noqa: E731
+    assert share() == bench.DEFAULT_MEMORY == 0.5
+    assert share("--rivals", "eagle", "padrec") == 0.41
+    assert share("--rivals", "eagle", "eagle_one_step", "padrec") == 0.29
+    assert share("--rivals", "eagle", "eagle_one_step", "eagle_vanilla", "padrec") == 0.17
+    assert share("--rivals", "eagle", "eagle_one_step", "eagle_vanilla", "padrec", "--pair", "none") == 0.47
+    assert share("--rivals", "eagle", "eagle_one_step", "eagle_vanilla", "padrec") >= bench.RIVAL_MEMORY
+
+
+def test_too_many_rivals_leave_the_measured_engine_too_little_memory(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "RIVAL_MEMORY", 0.2)  # four rivals of 0.2 beside the paired 0.3 leave 0.15 < 0.2
+    with pytest.raises(SystemExit):
+        bench.parse_args(
+            [*BASE, "--eagle-draft", "e", "--eagle-one-step-draft", "o"]
+            + ["--rivals", "eagle", "eagle_one_step", "eagle_vanilla", "padrec"]
+        )
+    assert "less than a rival's 0.2: fewer --rivals" in capsys.readouterr().err
 
 
 def test_counters_over_a_pass_are_the_difference_of_vllms_totals():

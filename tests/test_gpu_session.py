@@ -133,7 +133,7 @@ def test_gammas_deeper_than_the_heads_are_a_one_line_refusal_and_nothing_is_save
     ("given", "says"),
     [
         ({"spec_rivals": ("eagle",), "spec_methods": ("none", "eagle"), "drafts": "padrec_eagle"}, "must hold padrec"),
-        ({"spec_rivals": ("eagle", "padrec", "eagle_one_step"), "drafts": "padrec_eagle"}, "at most 2"),
+        ({"spec_rivals": ("eagle", "padrec", "eagle"), "drafts": "padrec_eagle"}, "each method once"),
         ({"spec_rivals": ("eagle",), "drafts": "padrec"}, "need their heads: --drafts padrec_eagle"),
     ],
 )
@@ -607,16 +607,16 @@ def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads
     assert dataclasses.replace(rivals, drafts="padrec_eagle").problem() is None
     assert gs.JOBS["bench_spec_decode"].body(dataclasses.replace(ctx, settings=rivals)) == 0
     ((_, args),) = calls
-    assert args[args.index("--list-lens") + 1 :] == (
-        "10",
-        "--rivals",
-        "eagle",
-        "padrec",
-        "--gpu-memory-utilization",
-        "0.4",
-    )
+    assert args[args.index("--list-lens") + 1 :] == ("10", "--rivals", "eagle", "padrec")
     parsed = bench_spec_decode.parse_args(list(args))  # the benchmark takes them: its engines fit the memory
-    assert parsed.rivals == ["eagle", "padrec"] and parsed.gpu_memory_utilization == 0.4
+    assert parsed.rivals == ["eagle", "padrec"] and parsed.gpu_memory_utilization == 0.41
+    # every rival at once: padrec's engine takes what the others leave
+    calls.clear()
+    every = dataclasses.replace(rivals, spec_rivals=gs.SPEC_RIVALS, drafts="padrec_eagle")
+    assert every.problem() is None
+    assert gs.JOBS["bench_spec_decode"].body(dataclasses.replace(ctx, settings=every)) == 0
+    ((_, args),) = calls
+    assert bench_spec_decode.parse_args(list(args)).gpu_memory_utilization == 0.17
 
 
 def test_the_float32_equality_job_merges_into_the_results_of_the_sessions_bfloat16_run(monkeypatch, tmp_path):
