@@ -639,8 +639,8 @@ def test_the_float32_equality_job_merges_into_the_results_of_the_sessions_bfloat
     assert value("--dtype") == "float32" and "--merge" in args and value("--pair") == "none"
     assert value("--eagle-draft") == str(tmp_path / "bench_drafts" / "eagle" / "draft")
     parsed = bench_spec_decode.parse_args(list(args))
-    assert (parsed.gammas, parsed.batch_sizes, parsed.list_lens) == ([5], [1], [10])
-    assert parsed.users_latency == gs.EXACT_USERS
+    assert (parsed.gammas, parsed.batch_sizes, parsed.list_lens) == ([5], [1, 64], [10])
+    assert (parsed.users_latency, parsed.users) == (gs.EXACT_USERS, gs.EXACT_BATCHED_USERS) == (100, 256)
     assert gs.needs_of("bench_spec_decode_exact", gs.Settings(target="bench")) == ["bench_drafts"]
     # without the EAGLE head (--drafts padrec), PAD-Rec alone; the committed file is the merge base
     calls.clear()
