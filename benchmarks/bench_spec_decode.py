@@ -309,7 +309,7 @@ def spec_counters(llm) -> dict:
     from vllm_padrec.integration.spec_decode_counters import SPEC_COUNTERS, SPEC_PER_POS
 
     names = dict(zip(SPEC_COUNTERS, COUNT_NAMES))  # the keys an engine's own tally reports too
-    totals = {"rounds": 0, "draft_tokens": 0, "accepted": 0, "per_pos": []}
+    totals = dict.fromkeys(COUNT_NAMES, 0) | {"per_pos": []}
     for metric in llm.get_metrics():
         if metric.name in names:
             totals[names[metric.name]] += metric.value
@@ -320,9 +320,9 @@ def spec_counters(llm) -> dict:
 
 
 def counter_delta(before: dict, after: dict) -> dict:
-    per_pos = [a - (before["per_pos"][i] if i < len(before["per_pos"]) else 0) for i, a in enumerate(after["per_pos"])]
     from vllm_padrec.integration.acceptance_tally import COUNT_NAMES
 
+    per_pos = [a - (before["per_pos"][i] if i < len(before["per_pos"]) else 0) for i, a in enumerate(after["per_pos"])]
     return {key: after[key] - before[key] for key in COUNT_NAMES} | {"per_pos": per_pos}
 
 
