@@ -525,10 +525,13 @@ def job_train(ctx: JobContext) -> int:
 
 def job_bench_target(ctx: JobContext) -> int:
     epochs = [] if ctx.settings.bench_epochs is None else ["--epochs", str(ctx.settings.bench_epochs)]
+    memory = gpu_memory_gib()
+    halves = ["--micro-batch-size", str(BENCH_MICRO_BATCH)] if memory is not None and memory < BENCH_BATCH_GIB else []
     args = [
         "--recipe",
         "bench",
         *epochs,
+        *halves,
         "--until-done",
         "--dataset",
         dataset_path(ctx.settings),
@@ -1326,6 +1329,23 @@ def depends_on(job: str, other: str, settings: Settings) -> bool:
     """True when ``job`` needs ``other``, directly or through the jobs it needs."""
     needs = needs_of(job, settings)
     return other in needs or any(depends_on(need, other, settings) for need in needs)
+
+
+# The bench recipe's batches of 128 examples peak at 68 GiB on an H200 (bench_target_recipe.md) and ran out
+# of an H100's 79 GiB (2026-12-05): on a card of less memory the target trains in passes of half a batch
+# (the same optimiser steps; ``TargetRecipe.micro_batch_size``).
+BENCH_BATCH_GIB = 100
+BENCH_MICRO_BATCH = 64
+
+
+def gpu_memory_gib() -> float | None:
+    """The first GPU's memory in GiB, None without nvidia-smi."""
+    query = ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"]
+    try:
+        mib = subprocess.run(query, capture_output=True, text=True, check=True).stdout.split()[0]
+        return float(mib) / 1024
+    except (OSError, subprocess.CalledProcessError, IndexError, ValueError):
+        return None
 
 
 def gpu_count() -> int:

@@ -159,6 +159,7 @@ MISTAKES = [
     ("recipe", "train-target --recipe huge --out {root}/t", ["argument --recipe: invalid choice: 'huge'"]),
     ("epochs 0", "train-target --out {root}/t --epochs 0", ["argument --epochs", "must be a number > 0"]),
     ("time budget nan", "train-target --out {root}/t --time-budget-minutes nan", ["argument --time-budget-minutes"]),
+    ("micro batch 0", "train-target --out {root}/t --micro-batch-size 0", ["argument --micro-batch-size"]),
     ("lr 0", "train-draft --target {target} --dataset synthetic --out {root}/d --lr 0", ["argument --lr"]),
     (
         "atspeed without top-K data",
@@ -226,6 +227,11 @@ def test_a_recipe_too_large_for_the_device_is_refused_before_allocating(capsys, 
     monkeypatch.setattr(target_train, "free_memory", lambda device: 8 * 2**30)
     argv = ["train-target", "--recipe", "bench", "--out", str(tmp_path), "--device", "cpu"]
     assert_one_line_error(capsys, argv, "recipe 'bench' needs at least", "1.31B parameters", "cpu has 8.0 GiB free")
+    # in parts of 8 examples, the activations of a pass shrink 16-fold; the weights and moments stay
+    argv += ["--micro-batch-size", "8"]
+    assert_one_line_error(
+        capsys, argv, "needs at least 21.0 GiB", "activations for passes of 8 x 71 tokens", "--micro-batch-size"
+    )
 
 
 def test_a_list_longer_than_64_items_is_only_bounded_by_the_context(capsys, folders):

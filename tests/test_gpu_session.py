@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 import tarfile
 import threading
 import time
@@ -400,6 +401,30 @@ def test_a_session_without_the_small_draft_refuses_jobs_that_need_it(session):
 def test_the_dataset_setting_picks_the_folder_every_job_reads():
     assert gs.dataset_path(gs.Settings()) == str(gs.WORK / "data" / "beauty_atspeed")
     assert gs.dataset_path(gs.Settings(dataset="games_atspeed")) == str(gs.WORK / "data" / "games_atspeed")
+
+
+@pytest.mark.parametrize(
+    "memory_gib, parts", [(139.8, None), (79.6, "64"), (None, None)], ids=["H200", "H100", "unknown"]
+)
+def test_the_bench_target_trains_in_half_batches_on_a_card_of_less_memory(monkeypatch, tmp_path, memory_gib, parts):
+    monkeypatch.setattr(gs, "WORK", tmp_path)
+    monkeypatch.setattr(gs, "gpu_memory_gib", lambda: memory_gib)
+    calls = []
+    ctx = gs.JobContext("bench_target", gs.Settings(target="bench"), {"PATH": "/bin"})
+    monkeypatch.setattr(ctx.__class__, "python", lambda self, module, *args, env=None: calls.append(args) or 0)
+    assert gs.JOBS["bench_target"].body(ctx) == 0
+    (args,) = calls
+    assert (args[args.index("--micro-batch-size") + 1] if "--micro-batch-size" in args else None) == parts
+
+
+def test_gpu_memory_reads_nvidia_smi_in_mib(monkeypatch):
+    def answer(stdout: str) -> float | None:
+        done = subprocess.CompletedProcess([], 0, stdout, "")
+        monkeypatch.setattr(gs.subprocess, "run", lambda *args, **kwargs: done)
+        return gs.gpu_memory_gib()
+
+    assert answer("81559\n") == pytest.approx(79.65, abs=0.01)  # an H100's 80 GB
+    assert answer("") is None
 
 
 def test_the_top_k_must_show_runs_each_dataset_on_its_own_bench_target(monkeypatch, tmp_path):

@@ -51,6 +51,7 @@ def small_recipe(**changes) -> TargetRecipe:
         (dict(val_metric="ndcg"), "val_metric must be 'recall' or 'loss'"),
         (dict(eval_every=5, val_beam=0, val_metric="recall"), "val_metric 'recall' needs val_beam > 0"),
         (dict(patience=2), "patience needs validation: set eval_every > 0"),
+        (dict(micro_batch_size=0), "micro_batch_size must be a positive integer or None, got 0"),
     ],
 )
 def test_recipe_validation_names_the_field(changes, message):
@@ -179,6 +180,74 @@ def test_resume_refuses_another_recipe(data, tmp_path):
     other = recipe.replace(lr=1e-4, time_budget_minutes=5)
     restarted = train_target(other, data, tmp_path, resume=False, progress=False)
     assert restarted.finished and restarted.step == 4
+
+
+# -- micro-batches (gradient accumulation) ------------------------------------------------------------
+def weights_close(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+
+
+def test_micro_batches_train_what_the_whole_batch_trains_and_a_run_resumes_with_another_size(data, tmp_path):
+    recipe = small_recipe(max_steps=6)  # batches of 16: parts of 5, 5, 5 and 1 below
+    whole = train_target(recipe, data, tmp_path / "whole", progress=False)
+    # one step in whole batches, then resumed in parts (micro_batch_size steers the run, not its result)
+    first = train_target(
+        recipe.replace(max_steps=6, time_budget_minutes=1e-6), data, tmp_path / "parts", progress=False
+    )
+    assert first.step == 1 and not first.finished
+    parts = train_target(recipe.replace(micro_batch_size=5), data, tmp_path / "parts", progress=False)
+    assert whole.finished and parts.finished and parts.step == 6
+    logs = [json.loads((tmp_path / run / LOSS_FILE).read_text()) for run in ("whole", "parts")]
+    assert [e["step"] for e in logs[0]] == [e["step"] for e in logs[1]]
+    assert [e["loss"] for e in logs[0]] == pytest.approx([e["loss"] for e in logs[1]], rel=1e-5)
+    a = load_checkpoint(tmp_path / "whole" / CHECKPOINT_DIR).model.state_dict()
+    b = load_checkpoint(tmp_path / "parts" / CHECKPOINT_DIR).model.state_dict()
+    assert weights_close(a, b)
+    assert not all(torch.equal(a[k], b[k]) for k in a)  # the parts really ran: summation order differs
+
+
+@pytest.mark.parametrize("fails_on", ["the first part", "a later part"])
+def test_running_out_of_memory_halves_the_micro_batch_and_redoes_the_step(data, tmp_path, monkeypatch, capfd, fails_on):
+    import vllm_padrec.target.train as target_train
+
+    real_loss, calls = target_train.completion_loss, []
+
+    def loss_or_out_of_memory(model, input_ids, targets, scored=None):
+        calls.append(input_ids.shape[0])
+        too_big = input_ids.shape[0] > 4 if fails_on == "the first part" else len(calls) == 2
+        if too_big:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 58.00 MiB.")
+        return real_loss(model, input_ids, targets, scored)
+
+    recipe = small_recipe(max_steps=3, micro_batch_size=None if fails_on == "the first part" else 8)
+    monkeypatch.setattr(target_train, "completion_loss", loss_or_out_of_memory)
+    retried = train_target(recipe, data, tmp_path / "retried", progress=False)
+    monkeypatch.undo()
+    planned = train_target(recipe.replace(micro_batch_size=4), data, tmp_path / "planned", progress=False)
+    assert retried.finished and planned.finished
+    # the failed attempts leave nothing behind: the same steps as parts of 4 from the start, bit for bit
+    a = load_checkpoint(tmp_path / "retried" / CHECKPOINT_DIR).model.state_dict()
+    b = load_checkpoint(tmp_path / "planned" / CHECKPOINT_DIR).model.state_dict()
+    assert same_weights(a, b)
+    if fails_on == "the first part":
+        assert calls[:3] == [16, 8, 4] and set(calls[3:]) == {4}  # later steps keep the smaller size
+        expected = ["at 16 examples a pass; step 0 runs again at 8", "at 8 examples a pass; step 0 runs again at 4"]
+    else:
+        assert calls[:2] == [8, 8] and set(calls[2:]) == {4}
+        expected = ["at 8 examples a pass; step 0 runs again at 4"]
+    notes = [line for line in capfd.readouterr().err.splitlines() if "out of GPU memory" in line]
+    assert [note.split("out of GPU memory ")[1].split(" (")[0] for note in notes] == expected
+
+
+def test_out_of_memory_at_one_example_a_pass_is_raised(data, tmp_path, monkeypatch):
+    import vllm_padrec.target.train as target_train
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(target_train, "completion_loss", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        train_target(small_recipe(max_steps=1, micro_batch_size=1), data, tmp_path, progress=False)
 
 
 # -- validation, best checkpoint and early stopping -------------------------------------------------------

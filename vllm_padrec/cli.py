@@ -169,7 +169,8 @@ def cmd_train_target(args) -> int:
     from vllm_padrec.target.config import get_recipe
     from vllm_padrec.target.train import STATE_FILE
 
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("time_budget_minutes", args.time_budget_minutes)) if v}
+    chosen = ("epochs", "time_budget_minutes", "micro_batch_size")
+    overrides = {name: getattr(args, name) for name in chosen if getattr(args, name)}
     recipe = get_recipe(args.recipe, **overrides)
     data = open_dataset(args.dataset)
     out = Path(args.out)
@@ -469,6 +470,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_float,
         default=None,
         help="stop and save after this long (default: the recipe's); running again continues",
+    )
+    p.add_argument(
+        "--micro-batch-size",
+        type=positive_int,
+        default=None,
+        help="examples per forward and backward: each batch in parts whose gradients add up (the same steps, "
+        "for a GPU with less memory; default: the whole batch, halved when CUDA runs out of memory)",
     )
     p.add_argument("--until-done", action="store_true", help="keep resuming until training finishes")
     p.add_argument("--device", type=torch_device, default=None, help=device_help)

@@ -98,6 +98,10 @@ class TargetRecipe:
     time_budget_minutes: float = 9.0  # stop, save train_state.pt and return after this long
     save_every_minutes: float = 3.0  # also save train_state.pt this often
     log_every: int = 10  # steps per entry of loss.json (the mean loss over those steps)
+    # examples per forward and backward: each batch is cut into chunks of this many whose gradients add up
+    # to the whole batch's (gradient accumulation: the same optimiser step, for a GPU with less memory);
+    # None: the whole batch at once. A step that runs out of CUDA memory halves it and runs again.
+    micro_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -140,6 +144,10 @@ class TargetRecipe:
         need(self.max_steps is None or self.max_steps > 0, f"max_steps must be positive or None, got {self.max_steps}")
         need(self.time_budget_minutes > 0, f"time_budget_minutes must be positive, got {self.time_budget_minutes}")
         need(self.save_every_minutes > 0, f"save_every_minutes must be positive, got {self.save_every_minutes}")
+        need(
+            self.micro_batch_size is None or (isinstance(self.micro_batch_size, int) and self.micro_batch_size > 0),
+            f"micro_batch_size must be a positive integer or None, got {self.micro_batch_size!r}",
+        )
         for field in ("attention_dropout", "hidden_dropout"):
             value = getattr(self, field)
             need(0 <= value < 1, f"{field} must be in [0, 1), got {value}")

@@ -42,6 +42,7 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,7 @@ BEST_DIR = "best"  # while training: the checkpoint of the best validation so fa
 VAL_FILE = "val.json"  # {"metric", "best_step", "best", "stopped_early", "evals": [{"step", "loss", ...}]}
 IGNORE = -100  # target id of positions that carry no loss (prompt and padding)
 # fields that may change between the calls of one run: they steer the run, not the result
-RUN_CONTROL_FIELDS = ("time_budget_minutes", "save_every_minutes")
+RUN_CONTROL_FIELDS = ("time_budget_minutes", "save_every_minutes", "micro_batch_size")
 
 
 @dataclass(frozen=True)
@@ -169,10 +170,17 @@ def make_optimizer(model: torch.nn.Module, recipe: TargetRecipe, device: torch.d
     return torch.optim.AdamW(groups, lr=recipe.lr, betas=recipe.adam_betas, fused=fused)
 
 
-def completion_loss(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over positions whose target is not -100."""
+def completion_loss(
+    model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.Tensor, scored: int | None = None
+) -> torch.Tensor:
+    """Next-token cross-entropy summed over positions whose target is not -100, divided by ``scored``
+    (default: their number, the mean): a part of a batch divides by the whole batch's count, so that the
+    parts' gradients add up to the batch's."""
     logits = model(input_ids=input_ids, use_cache=False).logits  # [B, T, V']
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
+    if scored is None:
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
+    summed = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+    return summed / scored
 
 
 # -- the run -------------------------------------------------------------------------------------------
@@ -205,7 +213,7 @@ def require_memory(
     """Raise InsufficientMemoryError when ``TargetRecipe.training_bytes`` (a lower bound) for the longest
     batch exceeds ``device``'s free memory: a clear refusal instead of an allocator error mid-run."""
     vocab = padded_vocab_size(layout)
-    batch = min(recipe.batch_size, len(examples))
+    batch = min(recipe.micro_batch_size or recipe.batch_size, len(examples))
     longest = int(examples.lengths.max())
     activation_bytes = 2 if device.type == "cuda" and recipe.bf16 else 4
     state, activations = recipe.training_bytes(vocab, batch * longest, activation_bytes)
@@ -216,8 +224,9 @@ def require_memory(
             f"recipe {recipe.name!r} needs at least {(state + activations) / gib:.1f} GiB to train on {device} "
             f"({state / gib:.1f} GiB of fp32 weights, gradients and AdamW moments for "
             f"{recipe.num_parameters(vocab) / 1e9:.2f}B parameters, {activations / gib:.1f} GiB of activations "
-            f"for batches of {batch} x {longest} tokens) but {device} has {free / gib:.1f} GiB free: "
-            "train it on a GPU that has the memory, or choose a smaller recipe"
+            f"for passes of {batch} x {longest} tokens) but {device} has {free / gib:.1f} GiB free: "
+            "train it on a GPU that has the memory, with a smaller micro_batch_size (--micro-batch-size), "
+            "or choose a smaller recipe"
         )
 
 
@@ -274,6 +283,7 @@ class TargetTask(TrainingTask):
         )
         self.val = _new_val_record(self.val_set)
         self.plan_epoch, self.plan = -1, []  # the batches of epoch plan_epoch
+        self.micro_batch = recipe.micro_batch_size or recipe.batch_size  # examples a forward (``backward``)
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and recipe.bf16)
         self.tokens_seen = 0  # real tokens trained in this call
         self.val_seconds = 0.0  # time of this call spent validating (not counted in the throughput)
@@ -283,7 +293,7 @@ class TargetTask(TrainingTask):
     def stopped_early(self) -> bool:
         return self.val["stopped_early"]
 
-    def loss(self, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def batch_rows(self, step: int) -> np.ndarray:  # [B] example indices of optimizer step ``step``
         epoch, index = divmod(step, self.batches_per_epoch)
         if epoch != self.plan_epoch:
             recipe = self.recipe
@@ -291,12 +301,44 @@ class TargetTask(TrainingTask):
                 self.examples.lengths, recipe.batch_size, recipe.bucket_batches, recipe.seed, epoch
             )
             self.plan_epoch = epoch
-        input_ids, targets = self.examples.collate(self.plan[index])  # [B, T], [B, T]
-        self.tokens_seen += int(self.examples.lengths[self.plan[index]].sum())
-        input_ids = input_ids.to(self.device, non_blocking=True)
-        targets = targets.to(self.device, non_blocking=True)
-        with self.autocast:
-            return completion_loss(self.model, input_ids, targets), {}
+        return self.plan[index]
+
+    def backward(self, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The batch's gradients, ``micro_batch`` examples at a time; after a CUDA out-of-memory error the
+        step runs again with half as many (and later steps keep the smaller size)."""
+        rows = self.batch_rows(step)
+        self.tokens_seen += int(self.examples.lengths[rows].sum())
+        while True:
+            try:
+                return self._accumulate(rows)
+            except torch.OutOfMemoryError:
+                failed = min(self.micro_batch, len(rows))  # examples a pass when memory ran out
+                if failed <= 1:
+                    raise
+            # outside the except block, whose traceback holds the failed attempt's tensors
+            self.model.zero_grad(set_to_none=True)  # the parts done before the error
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.micro_batch = failed // 2
+            print(
+                f"train {self.recipe.name}: out of GPU memory at {failed} examples a pass; step {step} runs again "
+                f"at {self.micro_batch} (micro_batch_size: the same step in parts)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _accumulate(self, rows: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        parts = [self.examples.collate(rows[i : i + self.micro_batch]) for i in range(0, len(rows), self.micro_batch)]
+        scored = sum(int((targets != IGNORE).sum()) for _, targets in parts)  # the whole batch's count
+        total = torch.zeros((), device=self.device)
+        for input_ids, targets in parts:  # [b, t], [b, t]
+            input_ids = input_ids.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            with self.autocast:
+                part = completion_loss(self.model, input_ids, targets, scored if len(parts) > 1 else None)
+            part.backward()
+            total += part.detach()
+        return total, {}
 
     def after_step(self, step: int) -> None:
         if self.validating and (step % self.recipe.eval_every == 0 or step == self.steps):

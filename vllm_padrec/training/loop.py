@@ -1,7 +1,7 @@
 """One resumable training loop, under both trainers (the target's and the drafts').
 
-A trainer says what it trains by a ``TrainingTask`` (the loss of step s, what runs after a step such
-as validation, its own resumable fields); ``TrainingLoop`` owns everything else:
+A trainer says what it trains by a ``TrainingTask`` (the loss of step s, or its own backward of it,
+what runs after a step such as validation, its own resumable fields); ``TrainingLoop`` owns everything else:
 
 - the step: the learning rate of the step (``WarmupCosine`` times the group's ``lr_scale``), backward,
   gradient clipping, the optimizer step;
@@ -115,7 +115,7 @@ def load_loop_state(path: Path, map_location: str | torch.device, required: tupl
 
 
 class TrainingTask:
-    """What a trainer plugs into ``TrainingLoop``; every hook but ``loss`` may be left as it is."""
+    """What a trainer plugs into ``TrainingLoop``; every hook but ``loss`` (or ``backward``) may be left as it is."""
 
     stopped_early = False  # True once the run is complete before its last step (early stopping)
 
@@ -123,6 +123,13 @@ class TrainingTask:
         """The loss of optimizer step ``step`` (0-based) to back-propagate, and the metrics to log
         (each a scalar tensor; the loss is logged as "loss")."""
         raise NotImplementedError
+
+    def backward(self, step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Back-propagate the loss of optimizer step ``step`` into the gradients; the loss (detached) and
+        the metrics to log. A task that accumulates gradients over parts of a batch overrides it."""
+        loss, metrics = self.loss(step)
+        loss.backward()
+        return loss.detach(), metrics
 
     def after_step(self, step: int) -> None:
         """Runs after optimizer step ``step`` (1-based: the steps done), before it is logged."""
@@ -234,14 +241,13 @@ class TrainingLoop:
         factor = self.config.schedule.factor(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr * factor * group.get("lr_scale", 1.0)
-        loss, metrics = self.task.loss(self.step)
-        loss.backward()
+        loss, metrics = self.task.backward(self.step)
         if self.config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        for name, value in {"loss": loss.detach(), **metrics}.items():
+        for name, value in {"loss": loss, **metrics}.items():
             self.sums[name] = self.sums.get(name, 0.0) + value.float()
         self.count += 1
 
