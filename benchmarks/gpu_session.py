@@ -56,6 +56,9 @@ call 1 ``start bench_target signal_ablation --target bench --bench-epochs 1 --dr
 eagle, padrec and padrec_channel_gate at gamma 5: nine heads of the bench recipe, trained one after another), then
 ``wait 570`` calls; ``--ablation-gammas 5 8`` adds the depth the issue asks about.
 
+On a card under 100 GiB (an H100) ``bench_target`` trains in passes of half a batch (``--micro-batch-size 64``:
+the same steps; 128 examples a pass ran out of an H100's memory on 2026-12-05, SPEC_DECODE.md section 15).
+
 Phases, one per call (``python3 benchmarks/gpu_session.py PHASE --help`` lists a phase's options; the
 options a call is given hold for the later calls too):
 

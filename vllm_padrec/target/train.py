@@ -6,6 +6,9 @@ Batches hold ``batch_size`` examples of similar length (sorted inside windows of
 batches, then the batches shuffled), right-padded: under the causal mask no real token ever attends to
 a pad, so no attention mask is needed and SDPA runs its fused causal kernels. AdamW with linear
 warm-up and a cosine decay to ``lr * min_lr_ratio``; bf16 autocast on CUDA.
+``recipe.micro_batch_size`` cuts a batch into passes of that many examples, each loss divided by the whole
+batch's count of scored tokens, so that the passes' gradients add up to the batch's (the same optimiser step on a
+GPU with less memory); a step that runs out of GPU memory drops its gradients, halves the passes and runs again.
 
 Validation (``recipe.eval_every`` > 0): every ``eval_every`` steps and after the last one the model
 is scored on a fixed subset of validation users (``vllm_padrec.target.evaluate.ValidationSet``: loss
