@@ -1341,21 +1341,22 @@ BENCH_BATCH_GIB = 100
 BENCH_MICRO_BATCH = 64
 
 
-def gpu_memory_gib() -> float | None:
-    """The first GPU's memory in GiB, None without nvidia-smi."""
-    query = ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"]
+def nvidia_smi(*args: str) -> str | None:
+    """What ``nvidia-smi ARGS`` prints, None where it cannot run."""
     try:
-        mib = subprocess.run(query, capture_output=True, text=True, check=True).stdout.split()[0]
-        return float(mib) / 1024
-    except (OSError, subprocess.CalledProcessError, IndexError, ValueError):
+        return subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
         return None
 
 
+def gpu_memory_gib() -> float | None:
+    """The first GPU's memory in GiB, None without nvidia-smi."""
+    mib = (nvidia_smi("--query-gpu=memory.total", "--format=csv,noheader,nounits") or "").split()
+    return float(mib[0]) / 1024 if mib else None
+
+
 def gpu_count() -> int:
-    try:
-        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return 1
+    listing = nvidia_smi("-L") or ""
     return max(1, sum(line.startswith("GPU ") for line in listing.splitlines()))
 
 

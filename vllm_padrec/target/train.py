@@ -332,13 +332,14 @@ class TargetTask(TrainingTask):
 
     def _accumulate(self, rows: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts = [self.examples.collate(rows[i : i + self.micro_batch]) for i in range(0, len(rows), self.micro_batch)]
-        scored = sum(int((targets != IGNORE).sum()) for _, targets in parts)  # the whole batch's count
+        # one pass: the mean; several: each divided by the whole batch's count of scored tokens
+        scored = sum(int((targets != IGNORE).sum()) for _, targets in parts) if len(parts) > 1 else None
         total = torch.zeros((), device=self.device)
         for input_ids, targets in parts:  # [b, t], [b, t]
             input_ids = input_ids.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
             with self.autocast:
-                part = completion_loss(self.model, input_ids, targets, scored if len(parts) > 1 else None)
+                part = completion_loss(self.model, input_ids, targets, scored)
             part.backward()
             total += part.detach()
         return total, {}
