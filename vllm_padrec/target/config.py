@@ -98,7 +98,7 @@ class TargetRecipe:
     time_budget_minutes: float = 9.0  # stop, save train_state.pt and return after this long
     save_every_minutes: float = 3.0  # also save train_state.pt this often
     log_every: int = 10  # steps per entry of loss.json (the mean loss over those steps)
-    # examples per forward and backward: each batch is cut into chunks of this many whose gradients add up
+    # examples per forward and backward: each batch is cut into passes of this many whose gradients add up
     # to the whole batch's (gradient accumulation: the same optimiser step, for a GPU with less memory);
     # None: the whole batch at once. A step that runs out of CUDA memory halves it and runs again.
     micro_batch_size: int | None = None
