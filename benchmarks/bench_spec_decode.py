@@ -139,6 +139,7 @@ from vllm_padrec.testing.request_phases import PHASES, median_phases_ms, request
 from vllm_padrec.testing.spec_decode_goals import (
     engine_spread_text,
     masks_alone,
+    net_of_control,
     runner_of,
     spec_decode_goals,
     speedup,
@@ -1097,20 +1098,25 @@ def rivals_markdown(records: list[dict]) -> list[str]:
         "own count over these calls (`acceptance_tally.py`; - for runs before it counted), which also counts the "
         "round a list had in flight when it stopped (vLLM's asynchronous scheduling; vLLM's counters leave it out), "
         "so it reads below vLLM's acceptance length for the same engine: compare the two sides, not the columns "
-        "above. Calls a side: at least "
+        f"above. Net of the control: the speedup over the rival divided by the same pass's control (`net_of_control`): "
+        "the engines start in one order, and a control below 1.0 is that order's bias, which the raw ratio carries "
+        "too. Calls a side: at least "
         f"{RIVAL_MIN_CALLS}, the users cycled (- for runs before, which made one call a side per batch of users); "
         "lists alike: each user's list once. SM MHz: the GPU's SM clock (median) during each side's calls "
         "(`gpu_clocks`).",
         "",
         "| method | rival | gamma | list_len | batch_size | users | calls a side | p50 ms | rival p50 ms | "
-        "speedup over the rival | acceptance length | rival acceptance length | lists alike | SM MHz | rival SM MHz |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "speedup over the rival | net of the control | acceptance length | rival acceptance length | lists alike | "
+        "SM MHz | rival SM MHz |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r, rival, m in rows:
+        net = net_of_control(r, rival) if rival != RIVALS_HOST else None
         lines.append(
             f"| {r['method']}{earlier_mark(r)} | {rival} | {r['gamma']} | {r['list_len']} | {r['batch_size']} | "
             f"{r['users']} | {cell(m.get('calls'))} | {cell(m['p50_ms'])} | {cell(m['rival_p50_ms'])} | "
-            f"{m['speedup']} | {cell(m.get('acceptance_length'))} | {cell(m.get('rival_acceptance_length'))} | "
+            f"{m['speedup']} | {cell(None if net is None else round(net, 3))} | "
+            f"{cell(m.get('acceptance_length'))} | {cell(m.get('rival_acceptance_length'))} | "
             f"{m['equal']} / "
             f"{r['users']} | {cell(m.get('sm_mhz'))} | {cell(m.get('rival_sm_mhz'))} |"
         )

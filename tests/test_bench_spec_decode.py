@@ -1367,8 +1367,12 @@ def test_the_rivals_table_names_each_rival_and_the_ones_that_did_not_start():
     lines = bench.rivals_markdown([record, {"method": "none"}, {"rival_errors": {"eagle_one_step": "OOM"}}])
     assert lines[0] == "## padrec against other drafts, call by call"
     assert (
-        "| padrec | eagle | 5 | 10 | 1 | 50 | 50 | 58.2 | 59.9 | 1.021 | 4.2 | 3.61 | 50 / 50 | 1980.0 | - |" in lines
+        "| padrec | eagle | 5 | 10 | 1 | 50 | 50 | 58.2 | 59.9 | 1.021 | 1.027 | 4.2 | 3.61 | 50 / 50 | 1980.0 | - |"
+        in lines
     )
-    assert "| padrec | padrec | 5 | 10 | 1 | 50 | - | 58.5 | 58.1 | 0.994 | - | - | 50 / 50 | - | - |" in lines
+    assert "| padrec | padrec | 5 | 10 | 1 | 50 | - | 58.5 | 58.1 | 0.994 | - | - | - | 50 / 50 | - | - |" in lines
+    del record["rivals"]["padrec"]  # no control beside the pass: nothing to be net of
+    without_control = bench.rivals_markdown([record])[-2]
+    assert without_control.startswith("| padrec | eagle | 5 | 10 | 1 | 50 | 50 | 58.2 | 59.9 | 1.021 | - | 4.2 |")
     assert "Rival eagle_one_step did not start: `OOM`" in lines
     assert bench.rivals_markdown([{"method": "padrec"}]) == []
