@@ -54,7 +54,11 @@ padrec padrec_loop padrec_adaptive --spec-gammas 5 --spec-batch-sizes 1 4 16 64 
 PAD-Rec's signals against EAGLE paired by seed (issue 14's 5 %, plain torch, no vLLM):
 call 1 ``start bench_target signal_ablation --target bench --bench-epochs 1 --draft-steps 600`` (three seeds of
 eagle, padrec and padrec_channel_gate at gamma 5: nine heads of the bench recipe, trained one after another), then
-``wait 570`` calls; ``--ablation-gammas 5 8`` adds the depth the issue asks about.
+``wait 570`` calls; ``--ablation-gammas 5 8`` adds the depth the issue asks about. Deeper drafts in vLLM (issue
+14's gamma 6-8 with a head trained for that depth): call 1 ``start bench_target bench_drafts --target bench
+--bench-epochs 1 --drafts padrec --draft-gamma 8 --draft-steps 600 --spec-methods none padrec --spec-gammas 8 5
+--spec-batch-sizes 1 --spec-list-lens 10``, call 3 ``checks bench_spec_decode``; heads of another depth than the
+committed heads' 5 write results of their own (``spec_decode_<dataset>_depth8``, ``draft_padrec_depth8_*``).
 
 On a card under 100 GiB (an H100) ``bench_target`` trains in passes of half a batch (``--micro-batch-size 64``:
 the same steps; 128 examples a pass ran out of an H100's memory on 2026-12-05, SPEC_DECODE.md section 15).
@@ -224,6 +228,7 @@ SPEC_METHODS = (  # bench_spec_decode's methods: on Model Runner V2, then vanill
     *("none_v1", "ngram", "medusa"),
 )
 SPEC_RIVALS = ("padrec", "eagle", "eagle_one_step", "eagle_vanilla")  # drafts that may stand beside padrec's engine
+COMMITTED_DRAFT_GAMMA = 5  # the depth the committed bench heads train for (spec_decode_<dataset>'s records)
 # the heads of atspeed_drafts, one budget each: vllm_padrec.draft.config.OBJECTIVES
 ATSPEED_OBJECTIVES = ("distill", "atspeed_s", "atspeed_r")
 ATSPEED_RUNS = ("equality", "speed")  # bench_topk_atspeed's two runs: float32 equality, then bfloat16 speed
@@ -237,7 +242,7 @@ class Settings:
     bench_epochs: float | None = None  # None: the bench recipe's own
     drafts: str = "all"  # bench heads: padrec (what the vLLM jobs need) or all
     draft_steps: int = 1200
-    draft_gamma: int = 5  # draft steps the bench heads are trained for (bench_spec_decode's gammas go no deeper)
+    draft_gamma: int = COMMITTED_DRAFT_GAMMA  # draft steps the bench heads train for (spec gammas go no deeper)
     signal_lr_scale: float = 10.0  # the second PAD-Rec bench head's signal learning-rate factor
     accept_users: int = 150
     accept_gammas: tuple[int, ...] = (3, 4, 5)
@@ -295,6 +300,15 @@ class Settings:
     def suffix(self) -> str:
         """Result names carry the small target's name; the bench target's keep the committed names."""
         return "_small" if self.target == "small" else ""
+
+    def depth_suffix(self) -> str:
+        """Heads trained for another depth than the committed heads' (``--draft-gamma``) write results of their own
+        (``_depth8``), so that their records never replace the committed heads' in a ``--merge``."""
+        return "" if self.draft_gamma == COMMITTED_DRAFT_GAMMA else f"_depth{self.draft_gamma}"
+
+    def spec_results_name(self) -> str:
+        """bench_spec_decode's results name: ``spec_decode_<dataset>`` and the suffixes above."""
+        return f"spec_decode_{self.dataset}{self.suffix()}{self.depth_suffix()}"
 
 
 def add_settings(parser: argparse.ArgumentParser) -> None:
@@ -589,7 +603,7 @@ def job_bench_drafts(ctx: JobContext) -> int:
         commands.append(train_drafts(str(WORK / "bench_drafts_signal_lr10"), s.signal_lr_scale, "padrec"))
     code = ctx.run_parallel(commands)
     for result in (WORK / "bench_drafts").glob("*/*.json"):
-        shutil.copy(result, WORK / "results" / f"draft_{result.parent.name}_{result.name}")
+        shutil.copy(result, WORK / "results" / f"draft_{result.parent.name}{s.depth_suffix()}_{result.name}")
     for result in (WORK / "bench_drafts_signal_lr10").glob("padrec/*.json"):
         shutil.copy(result, WORK / "results" / f"draft_padrec_signal_lr10_{result.name}")
     return code
@@ -872,7 +886,7 @@ def job_bench_spec_decode(ctx: JobContext) -> int:
     run's records)."""
     s = ctx.settings
     heads = WORK / "bench_drafts"
-    name = f"spec_decode_{s.dataset}{s.suffix()}"  # the small target's records never merge into the bench's
+    name = s.spec_results_name()  # the small target's and other depths' records never merge into the committed
     merge_base(name, s)
     return run_benchmark(
         ctx,
@@ -901,7 +915,7 @@ def job_bench_spec_decode_exact(ctx: JobContext) -> int:
     bfloat16 run (``bench_spec_decode``, queued before it), whose speed goals never read these records
     (``spec_decode_goals.timed``)."""
     s = ctx.settings
-    name = f"spec_decode_{s.dataset}{s.suffix()}"
+    name = s.spec_results_name()
     merge_base(name, s)
     methods = EXACT_METHODS if s.drafts != "padrec" else EXACT_METHODS[:2]
     heads = WORK / "bench_drafts"

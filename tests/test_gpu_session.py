@@ -616,6 +616,14 @@ def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads
     )
     assert args[args.index("--batch-sizes") + 1 : args.index("--list-lens")] == ("1", "16")
     assert args[args.index("--list-lens") + 1 :] == ("10",)
+    # heads trained deeper than the committed ones write results of their own: a merge never mixes two depths
+    calls.clear()
+    deeper = gs.Settings(target="bench", draft_gamma=8, spec_gammas=(8, 5, 6), spec_methods=("none", "padrec"))
+    assert deeper.problem() is None
+    assert gs.JOBS["bench_spec_decode"].body(dataclasses.replace(ctx, settings=deeper)) == 0
+    ((_, args),) = calls
+    assert value("--name") == "spec_decode_beauty_atspeed_depth8"
+    assert args[args.index("--gammas") + 1 : args.index("--batch-sizes")] == ("8", "5", "6")
     # --spec-pin-cpus: the engines pinned to cores of their own
     calls.clear()
     assert (
@@ -711,6 +719,13 @@ def test_the_padrec_eagle_heads_include_an_eagle_head_trained_teacher_forced_one
     settings = gs.Settings(target="bench", drafts="padrec_eagle", spec_methods=("none", "padrec", "eagle"))
     assert gs.JOBS["bench_drafts"].body(dataclasses.replace(ctx, settings=settings)) == 0
     assert methods(ran[0]) == ["padrec", "eagle"]
+    ran.clear()  # a head trained deeper than the committed ones: its curves come back under names of their own
+    (tmp_path / "bench_drafts" / "padrec").mkdir(parents=True)
+    (tmp_path / "bench_drafts" / "padrec" / "result.json").write_text("{}")
+    settings = gs.Settings(target="bench", drafts="padrec", draft_gamma=8)
+    assert gs.JOBS["bench_drafts"].body(dataclasses.replace(ctx, settings=settings)) == 0
+    assert ran[0][ran[0].index("--gamma") + 1] == "8"
+    assert [p.name for p in (tmp_path / "results").iterdir()] == ["draft_padrec_depth8_result.json"]
 
 
 def test_the_tensor_parallel_job_sees_both_gpus_and_runs_bench_tp2_on_the_bench_heads(monkeypatch, tmp_path):
