@@ -41,7 +41,9 @@ equality are against ``none_v1``'s lists (every record says its ``runner`` and v
 
 Each (method, gamma) is one engine, in a process of its own with its own ``VLLM_CACHE_ROOT``
 (``max_num_seqs`` = the largest batch size; an engine with a draft captures CUDA graphs up to its largest
-verification step, ``--max-cudagraph-capture-size``). For each list length and batch size B it answers
+verification step, ``--max-cudagraph-capture-size``; with ``prompts`` every engine, ``none`` included, also
+holds the users' longest prompt in a graph, so that a list's prefill replays graphs as it does in an engine of
+vLLM's default ``max_num_seqs``, where with ``max_num_seqs`` 1 it runs eagerly). For each list length and batch size B it answers
 ``--users`` test users (B = 1: ``--users-latency``) in calls of B requests (``LLM.generate``), after one
 warm-up call; a list's latency is its call's. Records (one per method, gamma, list length and batch size):
 ``tokens_per_s`` (output tokens over the pass's seconds), ``p50_ms`` / ``p99_ms``, ``acceptance_length`` and
@@ -280,27 +282,56 @@ def speculative_config(args, method: str, gamma: int, table: list | None) -> dic
 
 # vLLM's largest CUDA-graph step by default: min(max_num_seqs * (1 + K) * 2, 512) tokens (config/vllm.py:1788-1798)
 VLLM_CAPTURE_CAP = 512
+# vLLM's capture sizes: steps of 8 below 256 tokens, of 16 from 256 (config/vllm.py:1828-1837); a larger
+# max_cudagraph_capture_size is cut to the grid's last size under it (config/vllm.py:1857-1875)
+CAPTURE_GRID = ((256, 8), (None, 16))
+
+
+def vllm_default_capture_size(max_num_seqs: int, spec_tokens: int) -> int:
+    """vLLM's ``max_cudagraph_capture_size`` when none is given: an engine of ``max_num_seqs`` requests that
+    verifies ``spec_tokens`` drafts a step (0 without a draft)."""
+    return min(max_num_seqs * (1 + spec_tokens) * 2, VLLM_CAPTURE_CAP)
+
+
+def capture_grid_ceiling(tokens: int) -> int:
+    """The smallest size of vLLM's capture grid (``CAPTURE_GRID``) that holds a step of ``tokens`` tokens."""
+    if tokens <= 4:
+        return 1 << max(tokens - 1, 0).bit_length()  # 1, 2, 4
+    below, step = CAPTURE_GRID[0]
+    if tokens < below:
+        return -(-tokens // step) * step
+    step = CAPTURE_GRID[1][1]
+    return below + -(-(tokens - below) // step) * step
 
 
 def capture_size(args, method: str, gamma: int) -> int | None:
     """The engine's ``max_cudagraph_capture_size`` (``--max-cudagraph-capture-size``), None for vLLM's default.
     ``verify``: the largest verification step, ``max(batch sizes) * (1 + gamma)`` tokens, where it passes vLLM's
     default cap of 512 (above its largest graph vLLM runs the target eagerly: 2x slower at batch 128, gamma 5,
-    2026-12-02); no speculation, and steps that fit, keep vLLM's default."""
+    2026-12-02); no speculation, and steps that fit, keep vLLM's default. ``prompts``: every engine, ``none``
+    included, also holds the run's longest prompt (``args.longest_prompt``, set by ``run_config``) in a graph, so
+    that a list's prefill (the target's and the draft's) replays piecewise graphs rather than running eagerly, as
+    it does in an engine of vLLM's default ``max_num_seqs`` (cap 512): with ``max_num_seqs`` 1, vLLM's default
+    graphs hold 2 tokens without a draft and 18 at gamma 8."""
     choice = args.max_cudagraph_capture_size
-    if choice == "vllm" or METHODS[method].speculative_method is None:
+    spec_tokens = gamma + METHODS[method].forced_tail if METHODS[method].speculative_method else 0
+    if choice == "prompts":
+        default = vllm_default_capture_size(max(args.batch_sizes), spec_tokens)
+        verify_tokens = max(args.batch_sizes) * (1 + spec_tokens)
+        return max(default, verify_tokens, capture_grid_ceiling(args.longest_prompt))
+    if choice == "vllm" or not spec_tokens:
         return None
     if choice == "verify":
-        verify_tokens = max(args.batch_sizes) * (1 + gamma + METHODS[method].forced_tail)
+        verify_tokens = max(args.batch_sizes) * (1 + spec_tokens)
         return verify_tokens if verify_tokens > VLLM_CAPTURE_CAP else None
     return int(choice)
 
 
 def capture_size_arg(value: str) -> str:
-    """``--max-cudagraph-capture-size``: ``verify``, ``vllm`` or a positive number of tokens."""
-    if value in ("verify", "vllm") or (value.isdigit() and int(value) > 0):
+    """``--max-cudagraph-capture-size``: ``verify``, ``prompts``, ``vllm`` or a positive number of tokens."""
+    if value in ("verify", "prompts", "vllm") or (value.isdigit() and int(value) > 0):
         return value
-    raise argparse.ArgumentTypeError(f"expected verify, vllm or a positive number of tokens, got {value!r}")
+    raise argparse.ArgumentTypeError(f"expected verify, prompts, vllm or a positive number of tokens, got {value!r}")
 
 
 # -- one configuration (child process) -----------------------------------------------------------------------
@@ -451,6 +482,8 @@ def run_config(args) -> dict:
     catalog = ItemCatalog.load(args.target)
     samples = load_dataset(args.dataset).eval_samples("test", read_max_history(Path(args.target)) or 20)
     table = json.loads(args.gamma_table) if args.gamma_table else None
+    if args.max_cudagraph_capture_size == "prompts":  # capture_size's: the graphs hold every user's prompt
+        args.longest_prompt = max((len(catalog.render_prompt(s.history)) for s in samples), default=1)
     passes = offline_passes if args.one_mode == "offline" else served_passes
     startup, records, lists = passes(args, catalog, samples, table)
     spec = speculative_config(args, args.one, args.one_gamma, table)
@@ -1342,10 +1375,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-cudagraph-capture-size",
         type=capture_size_arg,
         default="verify",
-        metavar="{verify,vllm,TOKENS}",
+        metavar="{verify,prompts,vllm,TOKENS}",
         help="the speculative engines' largest CUDA-graph step: verify (default) raises vLLM's cap of 512 tokens to "
         "the largest verification step, max(batch sizes) * (1 + gamma), where it is larger; vllm keeps vLLM's "
-        "default; or a number of tokens. Engines without a draft keep vLLM's default (recorded per record)",
+        "default; or a number of tokens. Engines without a draft keep vLLM's default, except with prompts: every "
+        "engine, none included, also captures the test users' longest prompt, so that each list's prefill replays "
+        "graphs as in an engine of vLLM's default max_num_seqs (recorded per record)",
     )
     add(
         "--gpu-memory-utilization",

@@ -268,6 +268,7 @@ class Settings:
     spec_list_lens: tuple[int, ...] = (10, 20)  # bench_spec_decode's items per list
     spec_pin_cpus: bool = False  # bench_spec_decode's --pin-cpus: each engine core on CPUs of its own
     spec_rivals: tuple[str, ...] = ()  # bench_spec_decode's --rivals: drafts beside padrec's engine, call by call
+    spec_capture: str = "verify"  # bench_spec_decode's --max-cudagraph-capture-size (prompts: prefills in graphs)
     atspeed_runs: tuple[str, ...] = ATSPEED_RUNS  # bench_topk_atspeed's runs (a later hold may redo one)
     atspeed_heads: tuple[str, ...] = ("atspeed_s", "atspeed_r", "distill")  # its speed run's heads, in order
     gpu_tests: tuple[str, ...] = ("test_integration_gpu.py", "test_integration_gpu_serve.py")
@@ -308,7 +309,13 @@ class Settings:
 
     def spec_results_name(self) -> str:
         """bench_spec_decode's results name: ``spec_decode_<dataset>`` and the suffixes above."""
-        return f"spec_decode_{self.dataset}{self.suffix()}{self.depth_suffix()}"
+        return f"spec_decode_{self.dataset}{self.suffix()}{self.depth_suffix()}{self.capture_suffix()}"
+
+    def capture_suffix(self) -> str:
+        """Engines whose graphs hold the prompts (``--spec-capture prompts``) write results of their own
+        (``_prompt_graphs``): their ``none`` is not the committed runs' ``none``, whose prefills ran eagerly at
+        batch 1."""
+        return "_prompt_graphs" if self.spec_capture == "prompts" else ""
 
 
 def add_settings(parser: argparse.ArgumentParser) -> None:
@@ -380,6 +387,13 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
     add("--engine-gamma", type=int, help="engine_step's drafts a round (default: vLLM's; spec_table needs it)", **kw)
     add("--spec-methods", nargs="+", choices=SPEC_METHODS, help="bench_spec_decode's methods (default all)", **kw)
     add("--spec-dtype", choices=("bfloat16", "float32"), help=f"bench_spec_decode's dtype ({d.spec_dtype})", **kw)
+    add(
+        "--spec-capture",
+        choices=("verify", "prompts"),
+        help=f"bench_spec_decode's --max-cudagraph-capture-size ({d.spec_capture}; prompts: every engine, none "
+        "included, holds the users' prompts in graphs, and results go to spec_decode_<dataset>..._prompt_graphs)",
+        **kw,
+    )
     add(
         "--spec-gammas",
         type=int,
@@ -894,6 +908,7 @@ def job_bench_spec_decode(ctx: JobContext) -> int:
         *("--name", name, "--padrec-draft", str(s.draft()), "--eagle-draft", str(heads / "eagle" / "draft")),
         *("--eagle-one-step-draft", str(WORK / "bench_drafts_one_step" / "eagle" / "draft")),
         *("--medusa-draft", str(heads / "medusa" / "draft")),
+        *("--max-cudagraph-capture-size", s.spec_capture),
         *("--methods", *s.spec_methods, "--dtype", s.spec_dtype, "--merge"),
         *("--gammas", *map(str, s.spec_gammas), "--batch-sizes", *map(str, s.spec_batch_sizes)),
         *("--list-lens", *map(str, s.spec_list_lens)),

@@ -142,10 +142,37 @@ def test_the_capture_size_covers_the_largest_verification_step_of_a_draft(choice
     assert bench.compilation_args(given, "padrec", 5) == {}  # the caller's compilation config wins
 
 
+@pytest.mark.parametrize(
+    ("batch_sizes", "method", "gamma", "longest_prompt", "expected"),
+    [
+        (["1"], "none", 0, 103, 104),  # vLLM's default at max_num_seqs 1 holds 2 tokens: the prompt's grid size
+        (["1"], "padrec", 8, 103, 104),  # and 18 at gamma 8
+        (["1"], "padrec", 8, 7, 18),  # a prompt under vLLM's default keeps the default
+        (["1"], "none", 0, 300, 304),  # steps of 16 from 256 tokens
+        (["1"], "padrec_tail", 3, 3, 12),  # the forced tail is verified too: 1 x (1 + 3 + 2) x 2
+        (["1", "128"], "none", 0, 103, 256),  # 128 x 1 x 2
+        (["1", "128"], "padrec", 5, 103, 768),  # the largest verification step, past vLLM's 512
+        (["1", "64"], "eagle", 5, 103, 512),  # vLLM's default cap holds both
+    ],
+)
+def test_prompt_graphs_hold_the_longest_prompt_in_every_engine(batch_sizes, method, gamma, longest_prompt, expected):
+    args = bench.parse_args([*BASE, "--batch-sizes", *batch_sizes, "--max-cudagraph-capture-size", "prompts"])
+    args.longest_prompt = longest_prompt
+    assert bench.capture_size(args, method, gamma) == expected
+    assert bench.compilation_args(args, method, gamma) == {"compilation_config": {"max_cudagraph_capture_size": expected}}
+
+
+@pytest.mark.parametrize(
+    ("tokens", "expected"), [(1, 1), (2, 2), (3, 4), (4, 4), (5, 8), (8, 8), (9, 16), (255, 256), (257, 272)]
+)
+def test_the_capture_grid_ceiling_is_vllms_next_capture_size(tokens, expected):
+    assert bench.capture_grid_ceiling(tokens) == expected
+
+
 def test_a_bad_capture_size_is_refused(capsys):
     with pytest.raises(SystemExit):
         bench.parse_args([*BASE, "--max-cudagraph-capture-size", "-3"])
-    assert "expected verify, vllm or a positive number of tokens" in capsys.readouterr().err
+    assert "expected verify, prompts, vllm or a positive number of tokens" in capsys.readouterr().err
 
 
 def test_offline_passes_time_each_call_and_repeat_the_one_at_a_time_passes(monkeypatch):
@@ -800,6 +827,28 @@ def test_a_configuration_says_its_model_runner_and_vllms_method_in_every_record(
         (got,) = bench.run_config(args)["records"]
         assert (got["runner"], got["speculative_method"]) == (runner, vllm_method)
         assert got["engine_core"] == "own_process"
+
+
+def test_prompt_graphs_read_the_longest_prompt_of_the_test_users(monkeypatch):
+    """With ``prompts`` a configuration measures its users' prompts before its engine starts: the longest decides the
+    capture size that its engines get and its records carry."""
+    seen = {}
+
+    def passes(args, catalog, samples, table):
+        seen["compiled"] = bench.compilation_args(args, "none", 0)
+        return 1.0, [{"method": "none", "batch_size": 1}], {}
+
+    catalog = SimpleNamespace(render_prompt=lambda history: [0] * (5 * len(history) + 2))
+    users = [SimpleNamespace(history=list(range(n))) for n in (3, 20, 7)]  # prompts of 17, 102 and 37 tokens
+    monkeypatch.setattr(bench, "offline_passes", passes)
+    monkeypatch.setattr("vllm_padrec.catalog.ItemCatalog.load", lambda path: catalog)
+    monkeypatch.setattr("vllm_padrec.data.load_dataset", lambda path: SimpleNamespace(eval_samples=lambda *a: users))
+    monkeypatch.setattr("vllm_padrec.integration.recommendation_service.read_max_history", lambda path: 20)
+    args = bench.parse_args([*BASE, "--batch-sizes", "1", "--max-cudagraph-capture-size", "prompts"])
+    args.one, args.one_gamma = "none", 0
+    (got,) = bench.run_config(args)["records"]
+    assert seen["compiled"] == {"compilation_config": {"max_cudagraph_capture_size": 104}}
+    assert got["max_cudagraph_capture_size"] == 104
 
 
 @pytest.mark.parametrize(("method", "runner_env"), [("ngram", "0"), ("padrec", None)])

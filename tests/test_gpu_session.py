@@ -624,6 +624,14 @@ def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads
     ((_, args),) = calls
     assert value("--name") == "spec_decode_beauty_atspeed_depth8"
     assert args[args.index("--gammas") + 1 : args.index("--batch-sizes")] == ("8", "5", "6")
+    assert value("--max-cudagraph-capture-size") == "verify"  # vLLM's default graphs for none, as committed
+    # engines whose graphs hold the prompts write results of their own too: their none prefills in graphs
+    calls.clear()
+    prompt_graphs = dataclasses.replace(deeper, spec_capture="prompts")
+    assert gs.JOBS["bench_spec_decode"].body(dataclasses.replace(ctx, settings=prompt_graphs)) == 0
+    ((_, args),) = calls
+    assert value("--name") == "spec_decode_beauty_atspeed_depth8_prompt_graphs"
+    assert value("--max-cudagraph-capture-size") == "prompts"
     # --spec-pin-cpus: the engines pinned to cores of their own
     calls.clear()
     assert (
