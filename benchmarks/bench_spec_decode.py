@@ -43,9 +43,10 @@ Each (method, gamma) is one engine, in a process of its own with its own ``VLLM_
 (``max_num_seqs`` = the largest batch size; an engine with a draft captures CUDA graphs up to its largest
 verification step, ``--max-cudagraph-capture-size``; with ``prompts`` every engine, ``none`` included, also
 holds the users' longest prompt in a graph, so that a list's prefill replays graphs as it does in an engine of
-vLLM's default ``max_num_seqs``, where with ``max_num_seqs`` 1 it runs eagerly). For each list length and batch size B it answers
-``--users`` test users (B = 1: ``--users-latency``) in calls of B requests (``LLM.generate``), after one
-warm-up call; a list's latency is its call's. Records (one per method, gamma, list length and batch size):
+vLLM's default ``max_num_seqs``, where with ``max_num_seqs`` 1 it runs eagerly). For each list length and
+batch size B it answers ``--users`` test users (B = 1: ``--users-latency``) in calls of B requests
+(``LLM.generate``), after one warm-up call; a list's latency is its call's. Records (one per method, gamma,
+list length and batch size):
 ``tokens_per_s`` (output tokens over the pass's seconds), ``p50_ms`` / ``p99_ms``, ``acceptance_length`` and
 ``accepted_per_draft_step`` (vLLM's spec-decode counters over the pass), ``tokens_per_list`` and
 ``rounds_per_list``, ``speedup_vs_no_spec`` (tokens/s over ``none``'s at the same list length and batch

@@ -159,7 +159,8 @@ def test_prompt_graphs_hold_the_longest_prompt_in_every_engine(batch_sizes, meth
     args = bench.parse_args([*BASE, "--batch-sizes", *batch_sizes, "--max-cudagraph-capture-size", "prompts"])
     args.longest_prompt = longest_prompt
     assert bench.capture_size(args, method, gamma) == expected
-    assert bench.compilation_args(args, method, gamma) == {"compilation_config": {"max_cudagraph_capture_size": expected}}
+    compiled = bench.compilation_args(args, method, gamma)
+    assert compiled == {"compilation_config": {"max_cudagraph_capture_size": expected}}
 
 
 @pytest.mark.parametrize(
