@@ -283,9 +283,9 @@ def speculative_config(args, method: str, gamma: int, table: list | None) -> dic
 
 # vLLM's largest CUDA-graph step by default: min(max_num_seqs * (1 + K) * 2, 512) tokens (config/vllm.py:1788-1798)
 VLLM_CAPTURE_CAP = 512
-# vLLM's capture sizes: steps of 8 below 256 tokens, of 16 from 256 (config/vllm.py:1828-1837); a larger
-# max_cudagraph_capture_size is cut to the grid's last size under it (config/vllm.py:1857-1875)
-CAPTURE_GRID = ((256, 8), (None, 16))
+# vLLM's capture sizes: 1, 2, 4, then steps of 8 below 256 tokens and of 16 from 256 (config/vllm.py:1826-1837); a
+# larger max_cudagraph_capture_size is cut to the grid's last size under it (config/vllm.py:1855-1879)
+CAPTURE_FINE_STEP, CAPTURE_COARSE_FROM, CAPTURE_COARSE_STEP = 8, 256, 16
 
 
 def vllm_default_capture_size(max_num_seqs: int, spec_tokens: int) -> int:
@@ -295,14 +295,13 @@ def vllm_default_capture_size(max_num_seqs: int, spec_tokens: int) -> int:
 
 
 def capture_grid_ceiling(tokens: int) -> int:
-    """The smallest size of vLLM's capture grid (``CAPTURE_GRID``) that holds a step of ``tokens`` tokens."""
+    """The smallest of vLLM's capture sizes that holds a step of ``tokens`` tokens."""
     if tokens <= 4:
         return 1 << max(tokens - 1, 0).bit_length()  # 1, 2, 4
-    below, step = CAPTURE_GRID[0]
-    if tokens < below:
-        return -(-tokens // step) * step
-    step = CAPTURE_GRID[1][1]
-    return below + -(-(tokens - below) // step) * step
+    if tokens < CAPTURE_COARSE_FROM:
+        return -(-tokens // CAPTURE_FINE_STEP) * CAPTURE_FINE_STEP
+    above = tokens - CAPTURE_COARSE_FROM
+    return CAPTURE_COARSE_FROM + -(-above // CAPTURE_COARSE_STEP) * CAPTURE_COARSE_STEP
 
 
 def capture_size(args, method: str, gamma: int) -> int | None:
