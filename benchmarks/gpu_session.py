@@ -59,6 +59,9 @@ eagle, padrec and padrec_channel_gate at gamma 5: nine heads of the bench recipe
 --bench-epochs 1 --drafts padrec --draft-gamma 8 --draft-steps 600 --spec-methods none padrec --spec-gammas 8 5
 --spec-batch-sizes 1 --spec-list-lens 10``, call 3 ``checks bench_spec_decode``; heads of another depth than the
 committed heads' 5 write results of their own (``spec_decode_<dataset>_depth8``, ``draft_padrec_depth8_*``).
+Adding ``--spec-capture prompts`` gives every engine, ``none`` included, graphs that hold the prompts (with batch
+size 1 alone, vLLM's default graphs leave every prefill eager: SPEC_DECODE.md section 19), results in
+``..._prompt_graphs``.
 
 On a card under 100 GiB (an H100) ``bench_target`` trains in passes of half a batch (``--micro-batch-size 64``:
 the same steps; 128 examples a pass ran out of an H100's memory on 2026-12-05, SPEC_DECODE.md section 15).
