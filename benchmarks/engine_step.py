@@ -24,7 +24,9 @@ With ``--profile NAME ...`` the torch profiler also records one more batch of ``
 of that configuration; the engine's phases are marked with ``record_function`` (``PHASES``: the
 scheduler, the runner's input preparation, the target's forward, sampling with the masks, drafting,
 output processing), and the profile reports each phase's CPU time and the GPU time of the kernels it
-launched, per engine step, plus the top GPU kernels and the GPU's busy share of the wall time.
+launched, per engine step, plus the top GPU kernels and the GPU's busy share of the wall time. With
+``--profile-first-token`` it also profiles ``--users`` more users in calls of ``max_tokens`` 1, so that every
+engine step is a prefill (``first_token_profile``): what ``bench_spec_decode``'s first-token phase costs.
 
     python -m benchmarks.engine_step --target /tmp/padrec/bench/checkpoint \\
         --draft /tmp/padrec/drafts/padrec/draft --dataset /tmp/padrec/data/beauty_atspeed \\
@@ -207,7 +209,9 @@ def run_config(args) -> dict:
     catalog = ItemCatalog.load(args.target)
     data = load_dataset(args.dataset)
     samples = data.eval_samples("test", read_max_history(Path(args.target)) or 20)
-    samples = (samples * (1 + (args.users + args.concurrency) // max(len(samples), 1)))[: args.users + args.concurrency]
+    first_token = args.profile_this and args.profile_first_token
+    count = args.concurrency + args.users * (2 if first_token else 1)  # the first-token batch's users come last
+    samples = (samples * (1 + count // max(len(samples), 1)))[:count]
     prompts = [TokensPrompt(prompt_token_ids=catalog.render_prompt(s.history)) for s in samples]
     max_tokens = args.list_items * (catalog.num_slots + 1) + 1
     if constrained:
@@ -233,7 +237,7 @@ def run_config(args) -> dict:
         **capture_size(args),
     )
     startup = time.perf_counter() - started
-    warm, timed = prompts[: args.concurrency], prompts[args.concurrency :]
+    warm, timed = prompts[: args.concurrency], prompts[args.concurrency : args.concurrency + args.users]
     generate(llm, warm, params, args.concurrency)
     before = metric_totals(llm)
     torch.cuda.synchronize()
@@ -270,11 +274,26 @@ def run_config(args) -> dict:
     }
     if args.profile_this:
         record["profile"] = profile_batch(llm, warm, params, args, missing)
+    if first_token:  # users the engine has not served (unless the test users ran out), one token each
+        fresh = prompts[args.concurrency + args.users :]
+        record["first_token_profile"] = profile_batch(
+            llm, fresh, first_token_params(params), args, missing, label=f"{args.one}_first_token"
+        )
     return record
 
 
-def profile_batch(llm, prompts, params, args, missing: list[str]) -> dict:
-    """One batch under the torch profiler: CPU and GPU time per phase and per engine step."""
+def first_token_params(params):
+    """``params`` for calls that end at their first token: each request's only engine step is its prefill (with a
+    draft, the draft's prefill and first drafts too), the step that ``bench_spec_decode``'s ``first_token`` phase
+    times."""
+    first = params.clone()
+    first.max_tokens = 1
+    return first
+
+
+def profile_batch(llm, prompts, params, args, missing: list[str], label: str | None = None) -> dict:
+    """One batch under the torch profiler: CPU and GPU time per phase and per engine step (its Chrome trace named
+    after ``label``, default the configuration)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -313,14 +332,16 @@ def profile_batch(llm, prompts, params, args, missing: list[str]) -> dict:
         for e in kernels[:15]
     ]
     if args.trace_dir:
-        prof.export_chrome_trace(str(Path(args.trace_dir) / f"trace_{args.one}.json.gz"))  # torch gzips it
+        prof.export_chrome_trace(str(Path(args.trace_dir) / f"trace_{label or args.one}.json.gz"))  # torch gzips it
     # the same batch once more under Python's profiler: the host time the torch profiler sees only as ops
     before = metric_totals(llm)
     _, hotspots = python_hotspots(generate, llm, prompts, params, args.concurrency)
     python_steps = max(metric_totals(llm)["steps"] - before["steps"], 1)
+    calls = -(-len(prompts) // args.concurrency)
     return {
         "users": len(prompts),
         "engine_steps": int(steps),
+        "wall_ms_per_call": round(1000 * seconds / max(calls, 1), 3),
         "wall_ms_per_step": round(1000 * seconds / per_step, 3),
         "gpu_busy_ms_per_step": round(gpu_total_us / 1000 / per_step, 3),
         "gpu_busy_share": round(gpu_total_us / 1e6 / seconds, 3),
@@ -398,6 +419,13 @@ def main(argv: list[str] | None = None) -> int:
         "first check of why a speculative step at batch 64 costs 4.6x a plain one",
     )
     parser.add_argument("--profile", nargs="*", default=[], choices=list(CONFIGS), help="configurations to profile")
+    parser.add_argument(
+        "--profile-first-token",
+        action="store_true",
+        help="with --profile: also profile a batch of calls that end at their first token (max_tokens 1, users the "
+        "engine has not served), so that each engine step is a prefill: what bench_spec_decode's first_token phase "
+        "costs",
+    )
     parser.add_argument("--trace-dir", default=None, help="also write each profile's Chrome trace here (gzipped)")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--name", default="engine_step")
@@ -419,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_num_seqs is not None and args.max_num_seqs < args.concurrency:
         parser.error(f"--max-num-seqs {args.max_num_seqs} is below --concurrency {args.concurrency}")
     tabled = [c for c in args.configs if c in TABLE_CONFIGS]
+    if args.profile_first_token and not args.profile:
+        parser.error("--profile-first-token profiles the configurations of --profile: name them")
     if tabled and args.gamma is None:
         parser.error(f"{tabled[0]} needs --gamma (the drafts its table keeps)")
     if tabled and max_num_seqs(args) <= args.concurrency:
@@ -520,48 +550,61 @@ def render_markdown(payload: dict) -> str:
             f"{r.get('lists_differing_from_no_draft', '-')} |"
         )
     for r in payload["records"]:
-        p = r.get("profile")
-        if not p:
-            continue
-        lines += [
-            "",
-            f"## Profile: {r['config']}",
-            "",
-            f"{p['users']} requests, {p['engine_steps']} engine steps: {p['wall_ms_per_step']} ms wall per step, "
-            + (
-                f"GPU kernels busy {p['gpu_busy_ms_per_step']} ms per step "
-                f"({100 * p['gpu_busy_share']:.0f}% of the wall time)."
-                if p.get("gpu_busy_ms_per_step") is not None
-                else "GPU busy time not recorded."
+        if r.get("profile"):
+            lines += profile_lines(f"Profile: {r['config']}", r["profile"])
+        if r.get("first_token_profile"):
+            lines += profile_lines(
+                f"First token: {r['config']}",
+                r["first_token_profile"],
+                "Calls of max_tokens 1, so that each engine step is a request's prefill (with a draft, its prefill "
+                "and first drafts too): bench_spec_decode's first_token phase.",
             )
-            + (f" {p['note']}" if p.get("note") else ""),
-            "",
-            "| phase | calls | CPU ms per step | GPU span ms per step (first to last kernel, gaps included) |",
-            "|---|---:|---:|---:|",
-            *[
-                f"| {q['phase']} | {q['calls']} | {q['cpu_ms_per_step']} | "
-                f"{'-' if q['gpu_span_ms_per_step'] is None else q['gpu_span_ms_per_step']} |"
-                for q in merge_phase_rows(p["phases"])
-            ],
-            "",
-            "| top GPU op | calls | GPU ms per step |",
-            "|---|---:|---:|",
-            *[
-                f"| `{k['kernel']}` | {k['calls']} | {k['gpu_ms_per_step']} |"
-                for k in p["top_gpu_ops"]
-                if k["kernel"] not in PHASES
-            ],
-        ]
-        if p.get("python_hotspots_per_step"):
-            lines += [
-                "",
-                "Python's profile of the same batch, per engine step:",
-                "",
-                hotspot_table(p["python_hotspots_per_step"]),
-            ]
     for name, error in payload["errors"].items():
         lines += ["", f"{name} failed: `{error[-300:]}`"]
     return "\n".join(lines) + "\n"
+
+
+def profile_lines(title: str, p: dict, what: str = "") -> list[str]:
+    """One profiled batch (``profile_batch``) as a Markdown section: its phases, its top GPU ops, Python's hotspots."""
+    lines = [
+        "",
+        f"## {title}",
+        "",
+        *([what, ""] if what else []),
+        f"{p['users']} requests, {p['engine_steps']} engine steps: {p['wall_ms_per_step']} ms wall per step"
+        + (f", {p['wall_ms_per_call']} ms per call, " if p.get("wall_ms_per_call") is not None else ", ")
+        + (
+            f"GPU kernels busy {p['gpu_busy_ms_per_step']} ms per step "
+            f"({100 * p['gpu_busy_share']:.0f}% of the wall time)."
+            if p.get("gpu_busy_ms_per_step") is not None
+            else "GPU busy time not recorded."
+        )
+        + (f" {p['note']}" if p.get("note") else ""),
+        "",
+        "| phase | calls | CPU ms per step | GPU span ms per step (first to last kernel, gaps included) |",
+        "|---|---:|---:|---:|",
+        *[
+            f"| {q['phase']} | {q['calls']} | {q['cpu_ms_per_step']} | "
+            f"{'-' if q['gpu_span_ms_per_step'] is None else q['gpu_span_ms_per_step']} |"
+            for q in merge_phase_rows(p["phases"])
+        ],
+        "",
+        "| top GPU op | calls | GPU ms per step |",
+        "|---|---:|---:|",
+        *[
+            f"| `{k['kernel']}` | {k['calls']} | {k['gpu_ms_per_step']} |"
+            for k in p["top_gpu_ops"]
+            if k["kernel"] not in PHASES
+        ],
+    ]
+    if p.get("python_hotspots_per_step"):
+        lines += [
+            "",
+            "Python's profile of the same batch, per engine step:",
+            "",
+            hotspot_table(p["python_hotspots_per_step"]),
+        ]
+    return lines
 
 
 def render_plot(plt, payload: dict):

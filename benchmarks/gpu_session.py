@@ -264,6 +264,7 @@ class Settings:
     engine_capture_size: int | None = None  # engine_step's --max-cudagraph-capture-size (None: vLLM's default)
     engine_max_num_seqs: int | None = None  # engine_step's --max-num-seqs (None: its concurrency)
     engine_gamma: int | None = None  # engine_step's --gamma (None: vLLM's default for the draft)
+    engine_first_token: bool = False  # engine_step's --profile-first-token: profiled calls of one token too
     spec_methods: tuple[str, ...] = SPEC_METHODS  # bench_spec_decode's methods (a hold may run some of them)
     spec_dtype: str = "bfloat16"  # bench_spec_decode's dtype (float32: the equality goal)
     spec_gammas: tuple[int, ...] = (3, 5)  # bench_spec_decode's gammas (at most draft_gamma)
@@ -388,6 +389,13 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
         **kw,
     )
     add("--engine-gamma", type=int, help="engine_step's drafts a round (default: vLLM's; spec_table needs it)", **kw)
+    add(
+        "--engine-first-token",
+        action=argparse.BooleanOptionalAction,
+        help="engine_step's --profile-first-token: the profiled configurations also run calls that end at their "
+        "first token, each step a prefill (default off; the current code's engine_step only)",
+        **kw,
+    )
     add("--spec-methods", nargs="+", choices=SPEC_METHODS, help="bench_spec_decode's methods (default all)", **kw)
     add("--spec-dtype", choices=("bfloat16", "float32"), help=f"bench_spec_decode's dtype ({d.spec_dtype})", **kw)
     add(
@@ -775,7 +783,9 @@ def model_args(s: Settings) -> list[str]:
     return ["--target", str(s.checkpoint()), "--draft", str(s.draft()), "--dataset", dataset_path(s)]
 
 
-def engine_step(ctx: JobContext, name: str, env: dict[str, str]) -> int:
+def engine_step(ctx: JobContext, name: str, env: dict[str, str], current: bool = True) -> int:
+    """benchmarks/engine_step.py with the session's settings; options the code before the redesign lacks only for
+    the ``current`` code."""
     s = ctx.settings
     traces = WORK / "traces" / name  # each profiled configuration's Chrome trace (``collect``: traces.tgz)
     if s.engine_profile:
@@ -789,6 +799,7 @@ def engine_step(ctx: JobContext, name: str, env: dict[str, str]) -> int:
         *(["--max-num-seqs", str(s.engine_max_num_seqs)] if s.engine_max_num_seqs else []),
         *(["--gamma", str(s.engine_gamma)] if s.engine_gamma else []),
         *(["--trace-dir", str(traces)] if s.engine_profile else []),
+        *(["--profile-first-token"] if current and s.engine_first_token and s.engine_profile else []),
         env=env,
     )
     for config_log in Path("/tmp").glob("engine_step_*.log"):  # engine_step's per-configuration logs
@@ -804,7 +815,7 @@ def job_engine_step_baseline(ctx: JobContext) -> int:
     env = {**ctx.env, "PYTHONPATH": python_path(BASELINE, ctx.env)}
     try:
         install(WORK / "baseline", BASELINE)
-        return engine_step(ctx, "engine_step_baseline" + ctx.settings.suffix(), env)
+        return engine_step(ctx, "engine_step_baseline" + ctx.settings.suffix(), env, current=False)
     finally:
         install(REPO, CURRENT)
 

@@ -163,6 +163,7 @@ def test_engine_step_runs_the_users_concurrency_a_call_and_times_each_call(monke
         (["--configs", "spec_table", "--max-num-seqs", "4"], "spec_table needs --gamma"),
         (["--configs", "spec_table", "--gamma", "3"], "spec_table drafts nothing at max_num_seqs (1)"),
         (["--max-num-seqs", "1", "--concurrency", "2"], "--max-num-seqs 1 is below --concurrency 2"),
+        (["--profile-first-token"], "--profile-first-token profiles the configurations of --profile"),
     ],
 )
 def test_engine_step_refuses_settings_that_would_not_measure_what_they_name(extra, problem, capsys):
@@ -578,6 +579,53 @@ def test_engine_step_markdown_shows_the_python_hotspots_of_a_profile():
     text = engine_step.render_markdown(engine_step.summarize([record], args, errors={}))
     assert "Python's profile of the same batch, per engine step:" in text
     assert "| `step (core.py:1)` | 10 | 9.5 | 17.0 |" in text
+
+
+def test_engine_step_first_token_calls_end_at_their_first_token_and_keep_the_rest():
+    from vllm import SamplingParams
+
+    from benchmarks import engine_step
+
+    extra = {"padrec_constraint": 1, "padrec_num_items": 10, "padrec_no_repeat": 1}
+    params = SamplingParams(temperature=0.0, max_tokens=51, stop_token_ids=[2], extra_args=extra)
+    first = engine_step.first_token_params(params)
+    assert first.max_tokens == 1 and params.max_tokens == 51  # the timed calls' params are left alone
+    assert first.extra_args == extra and first.stop_token_ids == [2] and first.temperature == 0.0
+
+
+def test_engine_step_markdown_shows_the_first_token_profile_beside_the_steps():
+    from benchmarks import engine_step
+
+    def profile(users: int, steps: int, per_step: float, per_call: float) -> dict:
+        return {
+            "users": users,
+            "engine_steps": steps,
+            "wall_ms_per_call": per_call,
+            "wall_ms_per_step": per_step,
+            "gpu_busy_ms_per_step": 1.0,
+            "gpu_busy_share": 0.1,
+            "phases": [],
+            "top_gpu_ops": [],
+        }
+
+    record = {
+        "config": "spec",
+        "with_draft": True,
+        "constrained": True,
+        "tokens_per_second": 100.0,
+        "engine_steps": 10,
+        "step_ms": 3.0,
+        "acceptance_length": 5.0,
+        "token_ids": [[1]],
+        "profile": profile(1, 9, 3.0, 27.0),
+        "first_token_profile": profile(50, 50, 11.5, 11.5),
+    }
+    text = engine_step.render_markdown(engine_step.summarize([record], summary_args(users=1), errors={}))
+    steps, first = text.index("## Profile: spec"), text.index("## First token: spec")
+    assert steps < first
+    assert "1 requests, 9 engine steps: 3.0 ms wall per step, 27.0 ms per call" in text[steps:first]
+    assert "50 requests, 50 engine steps: 11.5 ms wall per step, 11.5 ms per call" in text[first:]
+    assert "Calls of max_tokens 1" in text[first:]
 
 
 def test_a_masked_step_with_a_row_of_no_token_is_refused():

@@ -794,7 +794,16 @@ def test_engine_step_profiles_a_batch_size_table_round_and_sends_its_traces_back
         assert archive.getnames()[-1] == f"traces/{traces.name}/trace_spec.json.gz"
     assert gs.JOBS["engine_step"].body(gs.JobContext("engine_step", gs.Settings(), {"PATH": "/bin"})) == 0
     plain = calls.pop()
-    assert not {"--max-num-seqs", "--gamma", "--trace-dir"} & set(plain)
+    assert not {"--max-num-seqs", "--gamma", "--trace-dir", "--profile-first-token"} & set(plain)
+    # the first token's own profile: for the profiled configurations of the current code only
+    first = gs.Settings(engine_profile=("baseline", "spec"), engine_first_token=True)
+    assert gs.JOBS["engine_step"].body(gs.JobContext("engine_step", first, {"PATH": "/bin"})) == 0
+    assert "--profile-first-token" in calls.pop()
+    monkeypatch.setattr(gs, "install", lambda *args: None)
+    (tmp_path / "baseline").mkdir()
+    (tmp_path / "baseline" / "setup.py").write_text("")
+    assert gs.JOBS["engine_step_baseline"].body(gs.JobContext("engine_step_baseline", first, {"PATH": "/bin"})) == 0
+    assert "--profile-first-token" not in calls.pop()  # the code before the redesign has no such option
 
 
 def test_the_acceptance_job_may_also_leave_out_the_forced_draft_steps(monkeypatch, tmp_path):
