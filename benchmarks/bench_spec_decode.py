@@ -119,6 +119,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from vllm_padrec.integration.prefill_graphs import VLLM_CAPTURE_CAP, capture_grid_ceiling, vllm_default_capture_size
 from vllm_padrec.integration.worker_rpc import WORKER_RPC
 from vllm_padrec.testing import cpu_pinning
 from vllm_padrec.testing.bench_driver import (
@@ -281,38 +282,16 @@ def speculative_config(args, method: str, gamma: int, table: list | None) -> dic
     return config
 
 
-# vLLM's largest CUDA-graph step by default: min(max_num_seqs * (1 + K) * 2, 512) tokens (config/vllm.py:1788-1798)
-VLLM_CAPTURE_CAP = 512
-# vLLM's capture sizes: 1, 2, 4, then steps of 8 below 256 tokens and of 16 from 256 (config/vllm.py:1826-1837); a
-# larger max_cudagraph_capture_size is cut to the grid's last size under it (config/vllm.py:1855-1879)
-CAPTURE_FINE_STEP, CAPTURE_COARSE_FROM, CAPTURE_COARSE_STEP = 8, 256, 16
-
-
-def vllm_default_capture_size(max_num_seqs: int, spec_tokens: int) -> int:
-    """vLLM's ``max_cudagraph_capture_size`` when none is given: an engine of ``max_num_seqs`` requests that
-    verifies ``spec_tokens`` drafts a step (0 without a draft)."""
-    return min(max_num_seqs * (1 + spec_tokens) * 2, VLLM_CAPTURE_CAP)
-
-
-def capture_grid_ceiling(tokens: int) -> int:
-    """The smallest of vLLM's capture sizes that holds a step of ``tokens`` tokens."""
-    if tokens <= 4:
-        return 1 << max(tokens - 1, 0).bit_length()  # 1, 2, 4
-    if tokens < CAPTURE_COARSE_FROM:
-        return -(-tokens // CAPTURE_FINE_STEP) * CAPTURE_FINE_STEP
-    above = tokens - CAPTURE_COARSE_FROM
-    return CAPTURE_COARSE_FROM + -(-above // CAPTURE_COARSE_STEP) * CAPTURE_COARSE_STEP
-
-
 def capture_size(args, method: str, gamma: int) -> int | None:
     """The engine's ``max_cudagraph_capture_size`` (``--max-cudagraph-capture-size``), None for vLLM's default.
     ``verify``: the largest verification step, ``max(batch sizes) * (1 + gamma)`` tokens, where it passes vLLM's
     default cap of 512 (above its largest graph vLLM runs the target eagerly: 2x slower at batch 128, gamma 5,
-    2026-12-02); no speculation, and steps that fit, keep vLLM's default. ``prompts``: every engine, ``none``
+    2026-12-02); no speculation, and steps that fit, keep vLLM's default (``integration/prefill_graphs.py``).
+    ``prompts``: every engine, ``none``
     included, also holds the run's longest prompt (``args.longest_prompt``, set by ``run_config``) in a graph, so
     that a list's prefill (the target's and the draft's) replays piecewise graphs rather than running eagerly, as
     it does in an engine of vLLM's default ``max_num_seqs`` (cap 512): with ``max_num_seqs`` 1, vLLM's default
-    graphs hold 2 tokens without a draft and 18 at gamma 8."""
+    graphs hold 2 tokens without a draft and at most 18 at gamma 8."""
     choice = args.max_cudagraph_capture_size
     spec_tokens = gamma + METHODS[method].forced_tail if METHODS[method].speculative_method else 0
     if choice == "prompts":

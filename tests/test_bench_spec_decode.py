@@ -163,13 +163,6 @@ def test_prompt_graphs_hold_the_longest_prompt_in_every_engine(batch_sizes, meth
     assert compiled == {"compilation_config": {"max_cudagraph_capture_size": expected}}
 
 
-@pytest.mark.parametrize(
-    ("tokens", "expected"), [(1, 1), (2, 2), (3, 4), (4, 4), (5, 8), (8, 8), (9, 16), (255, 256), (257, 272)]
-)
-def test_the_capture_grid_ceiling_is_vllms_next_capture_size(tokens, expected):
-    assert bench.capture_grid_ceiling(tokens) == expected
-
-
 def test_a_bad_capture_size_is_refused(capsys):
     with pytest.raises(SystemExit):
         bench.parse_args([*BASE, "--max-cudagraph-capture-size", "-3"])

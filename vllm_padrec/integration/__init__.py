@@ -11,6 +11,7 @@
     mask_backends.py            the mask implementation: the Triton kernel, else the torch masks
     endpoint.py                 POST /v1/recommendations (an endpoint plugin): the HTTP route
     recommendation_service.py   plans, runs and answers one recommendation request
+    prefill_graphs.py           whether the route's prompts prefill in CUDA graphs; the startup warning
     spec_decode_counters.py     vLLM's server-wide speculative-decoding counters, for the answers
     worker_rpc.py               methods on vLLM's worker for collective_rpc (worker_extension_cls): the loop
                                 graph's switch and counters, for benchmarks

@@ -251,3 +251,5 @@ class RecommendationsPlugin:
             service.max_history,
             service.max_model_len,
         )
+        if (warning := service.eager_prefill_warning()) is not None:
+            _logger().warning("vllm-padrec: %s", warning)

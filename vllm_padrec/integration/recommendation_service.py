@@ -233,6 +233,20 @@ class RecommendationService:
             catalog_path=str(path),
         )
 
+    def longest_prompt(self) -> int | None:
+        """The tokens of the longest prompt the route writes: ``<s>``, ``max_history`` items and their separators;
+        None where the target's recipe names no ``max_history`` (then max_model_len alone bounds a history)."""
+        if self.max_history is None:
+            return None
+        return 1 + self.max_history * (self.catalog.num_slots + 1)
+
+    def eager_prefill_warning(self) -> str | None:
+        """``prefill_graphs.eager_prefill_warning`` for the route's longest prompt and the server's engine."""
+        from vllm_padrec.integration.prefill_graphs import eager_prefill_warning
+
+        longest = self.longest_prompt()
+        return None if longest is None else eager_prefill_warning(longest, self.vllm_config)
+
     # -- validation --------------------------------------------------------------------------------
     def plan(self, request: RecommendationRequest) -> Plan:
         """Validate ``request`` against the catalog and the server's limits; raises RecommendationError."""

@@ -1,0 +1,65 @@
+"""Whether a request's prefill replays a CUDA graph in the engine a server runs, and the warning when it cannot.
+
+vLLM captures CUDA graphs for steps of up to ``compilation_config.max_cudagraph_capture_size`` tokens. When that is
+not given, the limit is ``min(max_num_seqs * (1 + K) * 2, 512)``, where K is the drafts a step
+(``vllm/config/vllm.py:1792-1796``). The sizes it captures are 1, 2 and 4, then steps of 8 below 256 tokens and
+of 16 from 256 (``vllm/config/vllm.py:1826-1837``). A step with more tokens than the largest graph runs eagerly
+(``vllm/v1/worker/gpu/cudagraph_utils.py:381``), and the draft's prefill is dispatched the same way
+(``vllm/v1/worker/gpu/spec_decode/autoregressive/speculator.py:208``).
+
+A server of few requests therefore has graphs smaller than a history prompt. At ``max_num_seqs`` 1 they hold 2
+tokens without a draft and at most 18 at gamma 8, so every request's prefill runs eagerly. For the bench target on
+an H100 that costs about 7 ms a request (``SPEC_DECODE.md`` section 19). The recommendations route says so once,
+when the server starts, with the setting that fixes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+VLLM_CAPTURE_CAP = 512  # vLLM's largest default graph, in tokens
+CAPTURE_FINE_STEP, CAPTURE_COARSE_FROM, CAPTURE_COARSE_STEP = 8, 256, 16  # vLLM's capture grid (module doc)
+
+
+def vllm_default_capture_size(max_num_seqs: int, spec_tokens: int) -> int:
+    """vLLM's ``max_cudagraph_capture_size`` when none is given: an engine of ``max_num_seqs`` requests that
+    verifies ``spec_tokens`` drafts a step (0 without a draft)."""
+    return min(max_num_seqs * (1 + spec_tokens) * 2, VLLM_CAPTURE_CAP)
+
+
+def capture_grid_ceiling(tokens: int) -> int:
+    """The smallest of vLLM's capture sizes that holds a step of ``tokens`` tokens."""
+    if tokens <= 4:
+        return 1 << max(tokens - 1, 0).bit_length()  # 1, 2, 4
+    if tokens < CAPTURE_COARSE_FROM:
+        return -(-tokens // CAPTURE_FINE_STEP) * CAPTURE_FINE_STEP
+    above = tokens - CAPTURE_COARSE_FROM
+    return CAPTURE_COARSE_FROM + -(-above // CAPTURE_COARSE_STEP) * CAPTURE_COARSE_STEP
+
+
+def largest_graph_tokens(vllm_config: Any) -> int | None:
+    """The largest step, in tokens, that the engine replays from a CUDA graph; None where it captures none
+    (``enforce_eager``, ``cudagraph_mode`` NONE) or the config does not say."""
+    compilation = getattr(vllm_config, "compilation_config", None)
+    model = getattr(vllm_config, "model_config", None)
+    if compilation is None or getattr(model, "enforce_eager", False):
+        return None
+    mode = getattr(compilation, "cudagraph_mode", None)
+    if mode is not None and getattr(mode, "name", None) == "NONE":
+        return None
+    sizes = getattr(compilation, "cudagraph_capture_sizes", None)
+    return max(sizes) if sizes else None
+
+
+def eager_prefill_warning(longest_prompt: int, vllm_config: Any) -> str | None:
+    """One line when prompts of ``longest_prompt`` tokens do not fit the engine's largest CUDA graph, naming the
+    setting that fixes it; None when they fit or the engine captures no graphs."""
+    largest = largest_graph_tokens(vllm_config)
+    if largest is None or longest_prompt <= largest:
+        return None
+    needed = capture_grid_ceiling(longest_prompt)
+    return (
+        f"prompts of up to {longest_prompt} tokens prefill eagerly: the engine's CUDA graphs hold steps of at most "
+        f"{largest} tokens, which costs a request several milliseconds. "
+        f"Serve with --compilation-config '{{\"max_cudagraph_capture_size\": {needed}}}'"
+    )
