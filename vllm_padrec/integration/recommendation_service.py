@@ -236,9 +236,9 @@ class RecommendationService:
     def longest_prompt(self) -> int | None:
         """The tokens of the longest prompt the route writes: ``<s>``, ``max_history`` items and their separators;
         None where the target's recipe names no ``max_history`` (then max_model_len alone bounds a history)."""
-        if self.max_history is None:
+        if not self.max_history or len(self.catalog) == 0:
             return None
-        return 1 + self.max_history * (self.catalog.num_slots + 1)
+        return len(self.catalog.render_prompt([0] * self.max_history))  # every item renders to the same length
 
     def eager_prefill_warning(self) -> str | None:
         """``prefill_graphs.eager_prefill_warning`` for the route's longest prompt and the server's engine."""
