@@ -287,21 +287,19 @@ def capture_size(args, method: str, gamma: int) -> int | None:
     ``verify``: the largest verification step, ``max(batch sizes) * (1 + gamma)`` tokens, where it passes vLLM's
     default cap of 512 (above its largest graph vLLM runs the target eagerly: 2x slower at batch 128, gamma 5,
     2026-12-02); no speculation, and steps that fit, keep vLLM's default (``integration/prefill_graphs.py``).
-    ``prompts``: every engine, ``none``
-    included, also holds the run's longest prompt (``args.longest_prompt``, set by ``run_config``) in a graph, so
-    that a list's prefill (the target's and the draft's) replays piecewise graphs rather than running eagerly, as
-    it does in an engine of vLLM's default ``max_num_seqs`` (cap 512): with ``max_num_seqs`` 1, vLLM's default
-    graphs hold 2 tokens without a draft and at most 18 at gamma 8."""
+    ``prompts``: every engine, ``none`` included, also holds the run's longest prompt (``args.longest_prompt``, set
+    by ``run_config``) in a graph, so that a list's prefill (the target's and the draft's) replays piecewise graphs
+    rather than running eagerly, as it does in an engine of vLLM's default ``max_num_seqs`` (cap 512): with
+    ``max_num_seqs`` 1, vLLM's default graphs hold 2 tokens without a draft and at most 18 at gamma 8."""
     choice = args.max_cudagraph_capture_size
     spec_tokens = gamma + METHODS[method].forced_tail if METHODS[method].speculative_method else 0
+    verify_tokens = max(args.batch_sizes) * (1 + spec_tokens)
     if choice == "prompts":
         default = vllm_default_capture_size(max(args.batch_sizes), spec_tokens)
-        verify_tokens = max(args.batch_sizes) * (1 + spec_tokens)
         return max(default, verify_tokens, capture_grid_ceiling(args.longest_prompt))
     if choice == "vllm" or not spec_tokens:
         return None
     if choice == "verify":
-        verify_tokens = max(args.batch_sizes) * (1 + spec_tokens)
         return verify_tokens if verify_tokens > VLLM_CAPTURE_CAP else None
     return int(choice)
 
