@@ -28,6 +28,7 @@ from typing import Any
 
 from vllm_padrec.catalog import ItemCatalog
 from vllm_padrec.errors import PadRecError
+from vllm_padrec.integration.prefill_graphs import VLLM_CAPTURE_CAP, capture_grid_ceiling
 from vllm_padrec.topk.request import (
     SUBMISSIONS,
     TopKPreempted,
@@ -76,23 +77,18 @@ def topk_engine_args(
         padrec["topk_draft_beams"] = draft_beams
         args["speculative_config"] = {"method": "eagle", "model": draft, "num_speculative_tokens": gamma}
         graph_size = one_round_graph_size(max_k, draft_beams, gamma)
-        if graph_size > VLLM_DEFAULT_GRAPH_LIMIT:
+        if graph_size > VLLM_CAPTURE_CAP:  # vLLM's largest default graph (integration/prefill_graphs.py)
             args["compilation_config"] = {"max_cudagraph_capture_size": graph_size}
     return args
 
 
-# vLLM's largest CUDA graph by default: min(max_num_seqs * (1 + gamma) * 2, 512) tokens (config/vllm.py:1792-1796)
-VLLM_DEFAULT_GRAPH_LIMIT = 512
-GRAPH_SIZE_STEP = 16  # vLLM captures sizes from 256 on in steps of 16 (config/vllm.py:1833-1837)
-
-
 def one_round_graph_size(max_k: int, draft_beams: int, gamma: int) -> int:
     """The tokens of one drafted request's verification step (its beam rows and its own row, 1 + gamma each),
-    rounded up to vLLM's capture step: e.g. K = 20, N = 40, gamma 3: (137 + 1) * 4 = 552 -> 560."""
+    rounded up to vLLM's capture grid (``integration/prefill_graphs.capture_grid_ceiling``): e.g. K = 20, N = 40,
+    gamma 3: (137 + 1) * 4 = 552 -> 560."""
     from vllm_padrec.topk.admission import beam_rows
 
-    tokens = (beam_rows(max_k, draft_beams, gamma) + 1) * (1 + gamma)
-    return -(-tokens // GRAPH_SIZE_STEP) * GRAPH_SIZE_STEP
+    return capture_grid_ceiling((beam_rows(max_k, draft_beams, gamma) + 1) * (1 + gamma))
 
 
 def external_request_id(internal: str) -> str:
