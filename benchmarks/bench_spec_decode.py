@@ -43,7 +43,8 @@ Each (method, gamma) is one engine, in a process of its own with its own ``VLLM_
 (``max_num_seqs`` = the largest batch size; an engine with a draft captures CUDA graphs up to its largest
 verification step, ``--max-cudagraph-capture-size``; with ``prompts`` every engine, ``none`` included, also
 holds the users' longest prompt in a graph, so that a list's prefill replays graphs as it does in an engine of
-vLLM's default ``max_num_seqs``, where with ``max_num_seqs`` 1 it runs eagerly). For each list length and
+vLLM's default ``max_num_seqs``, where with ``max_num_seqs`` 1 it runs eagerly; ``--cudagraph-mode full`` makes
+those graphs whole-model ones, ``integration/prefill_graphs.py``). For each list length and
 batch size B it answers ``--users`` test users (B = 1: ``--users-latency``) in calls of B requests
 (``LLM.generate``), after one warm-up call; a list's latency is its call's. Records (one per method, gamma,
 list length and batch size):
@@ -119,7 +120,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vllm_padrec.integration.prefill_graphs import VLLM_CAPTURE_CAP, capture_grid_ceiling, vllm_default_capture_size
+from vllm_padrec.integration.prefill_graphs import (
+    CUDAGRAPH_MODES,
+    VLLM_CAPTURE_CAP,
+    capture_grid_ceiling,
+    compilation_config,
+    vllm_default_capture_size,
+)
 from vllm_padrec.integration.worker_rpc import WORKER_RPC
 from vllm_padrec.testing import cpu_pinning
 from vllm_padrec.testing.bench_driver import (
@@ -468,8 +475,9 @@ def run_config(args) -> dict:
     engine["forced_tail"] = METHODS[args.one].forced_tail
     engine["engine_core"] = args.engine_core if args.one_mode == "offline" else OWN_PROCESS  # vllm serve's own
     given = args.engine_args.get("compilation_config")
-    size = given.get("max_cudagraph_capture_size") if isinstance(given, dict) else None
-    engine["max_cudagraph_capture_size"] = size or capture_size(args, args.one, args.one_gamma)
+    given = given if isinstance(given, dict) else engine_compilation(args, args.one, args.one_gamma) or {}
+    engine["max_cudagraph_capture_size"] = given.get("max_cudagraph_capture_size")
+    engine["cudagraph_mode"] = given.get("cudagraph_mode")  # None: vLLM's default, FULL_AND_PIECEWISE
     records = [r | engine for r in records]
     result = {"method": args.one, "gamma": args.one_gamma, "mode": args.one_mode, "startup_seconds": round(startup, 1)}
     return result | {"records": records, "lists": lists}
@@ -827,12 +835,18 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
     return startup, records, lists
 
 
+def engine_compilation(args, method: str, gamma: int) -> dict | None:
+    """The engine's ``compilation_config``: ``capture_size``'s graphs under ``--cudagraph-mode``; None for vLLM's
+    defaults."""
+    return compilation_config(capture_size(args, method, gamma), args.cudagraph_mode)
+
+
 def compilation_args(args, method: str, gamma: int) -> dict:
-    """``compilation_config`` for ``vllm.LLM`` when ``capture_size`` sets one and ``--engine-args`` does not."""
-    size = capture_size(args, method, gamma)
-    if size is None or "compilation_config" in args.engine_args:
+    """``compilation_config`` for ``vllm.LLM`` when ``engine_compilation`` sets one and ``--engine-args`` does not."""
+    config = engine_compilation(args, method, gamma)
+    if config is None or "compilation_config" in args.engine_args:
         return {}
-    return {"compilation_config": {"max_cudagraph_capture_size": size}}
+    return {"compilation_config": config}
 
 
 def served_passes(args, catalog, samples: list, table: list | None) -> tuple[float, list[dict], dict]:
@@ -850,8 +864,8 @@ def served_passes(args, catalog, samples: list, table: list | None) -> tuple[flo
     spec = speculative_config(args, method, gamma, table)
     if spec is not None:
         serve_args += ["--speculative-config", json.dumps(spec)]
-    if (size := capture_size(args, method, gamma)) is not None:
-        serve_args += ["--compilation-config", json.dumps({"max_cudagraph_capture_size": size})]
+    if (config := engine_compilation(args, method, gamma)) is not None:
+        serve_args += ["--compilation-config", json.dumps(config)]
     tokens = catalog.layout.token_strings()
     records, lists = [], {}
     server = VllmServer(
@@ -1092,6 +1106,26 @@ def pinning_markdown(records: list[dict]) -> list[str]:
     return [f"Engines pinned to physical cores of their own (`--pin-cpus`, CPU sets): {said}.", ""]
 
 
+def graphs_markdown(records: list[dict]) -> list[str]:
+    """The engines' CUDA-graph settings where a record gives one (``max_cudagraph_capture_size``,
+    ``cudagraph_mode``), one line; nothing where every engine kept vLLM's defaults."""
+    settings = sorted(
+        {
+            (r["method"], r["gamma"], r.get("max_cudagraph_capture_size"), r.get("cudagraph_mode"))
+            for r in records
+            if r.get("max_cudagraph_capture_size") or r.get("cudagraph_mode")
+        },
+        key=lambda setting: (setting[0], setting[1]),
+    )
+    if not settings:
+        return []
+    said = "; ".join(
+        f"{method} g{gamma}: graphs up to {size or 'vLLM default'} tokens, {mode or 'vLLM default'} mode"
+        for method, gamma, size, mode in settings
+    )
+    return [f"CUDA graphs (where not vLLM's defaults, `FULL_AND_PIECEWISE` up to its cap): {said}.", ""]
+
+
 def rivals_markdown(records: list[dict]) -> list[str]:
     """padrec's passes run again beside each ``--rivals`` engine, call by call; the engines that did not start."""
     rows = [(r, rival, m) for r in records for rival, m in (r.get("rivals") or {}).items()]
@@ -1215,6 +1249,7 @@ def markdown(payload: dict) -> str:
         *([masks, ""] if (masks := masks_alone(payload["records"])) else []),
         *([spread, ""] if (spread := engine_spread_text(payload["records"])) else []),
         *pinning_markdown(payload["records"]),
+        *graphs_markdown(payload["records"]),
         *batch_one_costs_markdown(payload["records"]),
         *batch_one_phases_markdown(payload["records"]),
         *loop_switch_markdown(payload["records"]),
@@ -1358,6 +1393,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "default; or a number of tokens. Engines without a draft keep vLLM's default, except with prompts: every "
         "engine, none included, also captures the test users' longest prompt, so that each list's prefill replays "
         "graphs as in an engine of vLLM's default max_num_seqs (recorded per record)",
+    )
+    add(
+        "--cudagraph-mode",
+        default="vllm",
+        choices=list(CUDAGRAPH_MODES),
+        help="every engine's CUDA-graph mode: vllm (default) keeps vLLM's FULL_AND_PIECEWISE, whose prefills replay "
+        "piecewise graphs with attention run eagerly layer by layer; full sets cudagraph_mode FULL, whole-model "
+        "graphs for prefills too (with --max-cudagraph-capture-size prompts, so that they hold the prompts; "
+        "recorded per record)",
     )
     add(
         "--gpu-memory-utilization",

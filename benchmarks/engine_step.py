@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 
 from vllm_padrec.acceptance import mean_acceptance_length
+from vllm_padrec.integration.prefill_graphs import CUDAGRAPH_MODES, compilation_config
 from vllm_padrec.integration.spec_decode_counters import SPEC_COUNTERS
 from vllm_padrec.testing.bench_driver import rerender, write_payload
 from vllm_padrec.testing.python_profile import hotspot_table, python_hotspots
@@ -150,10 +151,10 @@ def metric_totals(llm) -> dict:
 
 def capture_size(args) -> dict:
     """``LLM`` keyword arguments for ``--max-cudagraph-capture-size`` (none: vLLM's default, min(max_num_seqs
-    * (1 + K) * 2, 512) tokens; a step past it runs without CUDA graphs: integration/SPEC_DECODE.md, section 3)."""
-    if args.max_cudagraph_capture_size is None:
-        return {}
-    return {"compilation_config": {"max_cudagraph_capture_size": args.max_cudagraph_capture_size}}
+    * (1 + K) * 2, 512) tokens; a step past it runs without CUDA graphs: integration/SPEC_DECODE.md, section 3)
+    and ``--cudagraph-mode`` (``integration/prefill_graphs.compilation_config``)."""
+    config = compilation_config(args.max_cudagraph_capture_size, args.cudagraph_mode)
+    return {} if config is None else {"compilation_config": config}
 
 
 def max_num_seqs(args) -> int:
@@ -260,6 +261,7 @@ def run_config(args) -> dict:
         "speculative_config": spec,
         "dtype": args.dtype,
         "max_cudagraph_capture_size": args.max_cudagraph_capture_size,
+        "cudagraph_mode": args.cudagraph_mode,
         "startup_seconds": round(startup, 1),
         "seconds": round(seconds, 3),
         "output_tokens": tokens,
@@ -418,6 +420,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the largest step (tokens) vLLM captures CUDA graphs for (default: vLLM's, at most 512); issue 14's "
         "first check of why a speculative step at batch 64 costs 4.6x a plain one",
     )
+    parser.add_argument(
+        "--cudagraph-mode",
+        default="vllm",
+        choices=list(CUDAGRAPH_MODES),
+        help="vllm (default): vLLM's FULL_AND_PIECEWISE, prefills replay piecewise graphs; full: cudagraph_mode FULL, "
+        "whole-model graphs for prefills too (integration/prefill_graphs.py)",
+    )
     parser.add_argument("--profile", nargs="*", default=[], choices=list(CONFIGS), help="configurations to profile")
     parser.add_argument(
         "--profile-first-token",
@@ -516,6 +525,7 @@ def summarize(records: list[dict], args, errors: dict) -> dict:
         "max_num_seqs": max_num_seqs(args),
         "gamma": args.gamma,
         "max_cudagraph_capture_size": args.max_cudagraph_capture_size,
+        "cudagraph_mode": args.cudagraph_mode,
         "list_items": args.list_items,
         "dtype": args.dtype,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
@@ -533,8 +543,10 @@ def render_markdown(payload: dict) -> str:
         f"Offline `LLM`, engine in-process, {payload['users']} requests of {payload['list_items']}-item lists, "
         f"{payload['concurrency']} a call (max_num_seqs {payload.get('max_num_seqs', payload['concurrency'])}), "
         f"gamma {payload.get('gamma') or 'vLLM default'}, {payload['dtype']}; {payload['device']}, torch "
-        f"{payload['torch']}, {payload['date']}. Step ms = wall time / engine steps; call p50: the median call "
-        "(--concurrency requests).",
+        f"{payload['torch']}, {payload['date']}; CUDA graphs up to "
+        f"{payload.get('max_cudagraph_capture_size') or 'vLLM default'} tokens, "
+        f"{CUDAGRAPH_MODES.get(payload.get('cudagraph_mode') or 'vllm') or 'FULL_AND_PIECEWISE'} mode. Step ms = wall "
+        "time / engine steps; call p50: the median call (--concurrency requests).",
         "",
         *([f"Note: {payload['note']}", ""] if payload.get("note") else []),
         "| configuration | draft | constrained | tokens/s | speedup vs baseline | engine steps | step ms "

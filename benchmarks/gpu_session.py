@@ -273,6 +273,7 @@ class Settings:
     spec_pin_cpus: bool = False  # bench_spec_decode's --pin-cpus: each engine core on CPUs of its own
     spec_rivals: tuple[str, ...] = ()  # bench_spec_decode's --rivals: drafts beside padrec's engine, call by call
     spec_capture: str = "verify"  # bench_spec_decode's --max-cudagraph-capture-size (prompts: prefills in graphs)
+    cudagraph_mode: str = "vllm"  # bench_spec_decode's and engine_step's --cudagraph-mode (full: whole-model graphs)
     atspeed_runs: tuple[str, ...] = ATSPEED_RUNS  # bench_topk_atspeed's runs (a later hold may redo one)
     atspeed_heads: tuple[str, ...] = ("atspeed_s", "atspeed_r", "distill")  # its speed run's heads, in order
     gpu_tests: tuple[str, ...] = ("test_integration_gpu.py", "test_integration_gpu_serve.py")
@@ -318,8 +319,17 @@ class Settings:
     def capture_suffix(self) -> str:
         """Engines whose graphs hold the prompts (``--spec-capture prompts``) write results of their own
         (``_prompt_graphs``): their ``none`` is not the committed runs' ``none``, whose prefills ran eagerly at
-        batch 1."""
-        return "_prompt_graphs" if self.spec_capture == "prompts" else ""
+        batch 1. Whole-model graphs (``--cudagraph-mode full``) add ``_full`` (``_full_graphs`` alone)."""
+        full = self.cudagraph_mode == "full"
+        graphs = "_prompt_graphs" if self.spec_capture == "prompts" else "_graphs" if full else ""
+        return ("_full" if full else "") + graphs
+
+    def engine_results_name(self) -> str:
+        """engine_step's results name: ``engine_step``, the settings' suffix, ``_first_token`` with
+        ``--engine-first-token`` and ``_full_graphs`` with ``--cudagraph-mode full``, so that a profile of other
+        settings never overwrites the committed ``engine_step``."""
+        first_token = "_first_token" if self.engine_first_token and self.engine_profile else ""
+        return f"engine_step{self.suffix()}{first_token}{'_full_graphs' if self.cudagraph_mode == 'full' else ''}"
 
 
 def add_settings(parser: argparse.ArgumentParser) -> None:
@@ -403,6 +413,13 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
         choices=("verify", "prompts"),
         help=f"bench_spec_decode's --max-cudagraph-capture-size ({d.spec_capture}; prompts: every engine, none "
         "included, holds the users' prompts in graphs, and results go to spec_decode_<dataset>..._prompt_graphs)",
+        **kw,
+    )
+    add(
+        "--cudagraph-mode",
+        choices=("vllm", "full"),
+        help=f"bench_spec_decode's and engine_step's --cudagraph-mode ({d.cudagraph_mode}; full: whole-model graphs "
+        "for prefills too, results in ..._full_prompt_graphs / engine_step..._full_graphs; the current code only)",
         **kw,
     )
     add(
@@ -800,6 +817,7 @@ def engine_step(ctx: JobContext, name: str, env: dict[str, str], current: bool =
         *(["--gamma", str(s.engine_gamma)] if s.engine_gamma else []),
         *(["--trace-dir", str(traces)] if s.engine_profile else []),
         *(["--profile-first-token"] if current and s.engine_first_token and s.engine_profile else []),
+        *(["--cudagraph-mode", s.cudagraph_mode] if current and s.cudagraph_mode != "vllm" else []),
         env=env,
     )
     for config_log in Path("/tmp").glob("engine_step_*.log"):  # engine_step's per-configuration logs
@@ -821,7 +839,7 @@ def job_engine_step_baseline(ctx: JobContext) -> int:
 
 
 def job_engine_step(ctx: JobContext) -> int:
-    return engine_step(ctx, "engine_step" + ctx.settings.suffix(), ctx.env)
+    return engine_step(ctx, ctx.settings.engine_results_name(), ctx.env)
 
 
 def job_lossless(ctx: JobContext) -> int:
@@ -922,7 +940,7 @@ def job_bench_spec_decode(ctx: JobContext) -> int:
         *("--name", name, "--padrec-draft", str(s.draft()), "--eagle-draft", str(heads / "eagle" / "draft")),
         *("--eagle-one-step-draft", str(WORK / "bench_drafts_one_step" / "eagle" / "draft")),
         *("--medusa-draft", str(heads / "medusa" / "draft")),
-        *("--max-cudagraph-capture-size", s.spec_capture),
+        *("--max-cudagraph-capture-size", s.spec_capture, "--cudagraph-mode", s.cudagraph_mode),
         *("--methods", *s.spec_methods, "--dtype", s.spec_dtype, "--merge"),
         *("--gammas", *map(str, s.spec_gammas), "--batch-sizes", *map(str, s.spec_batch_sizes)),
         *("--list-lens", *map(str, s.spec_list_lens)),

@@ -163,6 +163,24 @@ def test_prompt_graphs_hold_the_longest_prompt_in_every_engine(batch_sizes, meth
     assert compiled == {"compilation_config": {"max_cudagraph_capture_size": expected}}
 
 
+def test_whole_model_graphs_reach_every_engine_beside_its_capture_size():
+    """``--cudagraph-mode full``: every engine, none included, gets cudagraph_mode FULL with its graphs' size."""
+    args = bench.parse_args([*BASE, "--batch-sizes", "1", "--max-cudagraph-capture-size", "prompts"])
+    args.longest_prompt = 101
+    assert args.cudagraph_mode == "vllm"  # vLLM's default unless asked
+    assert bench.compilation_args(args, "none", 0) == {"compilation_config": {"max_cudagraph_capture_size": 104}}
+    full = bench.parse_args([*BASE, "--batch-sizes", "1", "--max-cudagraph-capture-size", "prompts"])
+    full.longest_prompt, full.cudagraph_mode = 101, "full"
+    for method, gamma in (("none", 0), ("padrec", 8)):
+        expected = {"max_cudagraph_capture_size": 104, "cudagraph_mode": "FULL"}
+        assert bench.compilation_args(full, method, gamma) == {"compilation_config": expected}
+    # without a size of its own (no draft, vLLM's default capture) the mode alone
+    vllm_sizes = bench.parse_args([*BASE, "--cudagraph-mode", "full"])
+    assert bench.compilation_args(vllm_sizes, "none", 0) == {"compilation_config": {"cudagraph_mode": "FULL"}}
+    given = bench.parse_args([*BASE, "--cudagraph-mode", "full", "--engine-args", '{"compilation_config": {}}'])
+    assert bench.compilation_args(given, "none", 0) == {}  # the caller's compilation config wins
+
+
 def test_a_bad_capture_size_is_refused(capsys):
     with pytest.raises(SystemExit):
         bench.parse_args([*BASE, "--max-cudagraph-capture-size", "-3"])
@@ -842,7 +860,16 @@ def test_prompt_graphs_read_the_longest_prompt_of_the_test_users(monkeypatch):
     args.one, args.one_gamma = "none", 0
     (got,) = bench.run_config(args)["records"]
     assert seen["compiled"] == {"compilation_config": {"max_cudagraph_capture_size": 104}}
-    assert got["max_cudagraph_capture_size"] == 104
+    assert got["max_cudagraph_capture_size"] == 104 and got["cudagraph_mode"] is None
+    args.cudagraph_mode = "full"  # the records say the mode their engine ran
+    (got,) = bench.run_config(args)["records"]
+    assert (got["max_cudagraph_capture_size"], got["cudagraph_mode"]) == (104, "FULL")
+    assert bench.graphs_markdown([got | {"gamma": 0}]) == [
+        "CUDA graphs (where not vLLM's defaults, `FULL_AND_PIECEWISE` up to its cap): none g0: graphs up to 104 "
+        "tokens, FULL mode.",
+        "",
+    ]
+    assert bench.graphs_markdown([{"method": "none", "gamma": 0, "max_cudagraph_capture_size": None}]) == []
 
 
 @pytest.mark.parametrize(("method", "runner_env"), [("ngram", "0"), ("padrec", None)])
@@ -1134,7 +1161,7 @@ def test_a_served_pass_reads_vllm_bench_serves_result_and_the_servers_counters(m
     monkeypatch.setattr(bench.subprocess, "run", bench_serve)
     args = bench.parse_args(
         [*BASE, "--batch-sizes", "2", "--list-lens", "2", "--users", "2", "--work-dir", str(tmp_path)]
-        + ["--max-cudagraph-capture-size", "64"]
+        + ["--max-cudagraph-capture-size", "64", "--cudagraph-mode", "full"]
     )
     args.one, args.one_gamma = method, 5
     monkeypatch.setattr(bench, "ngram_proposer", lambda: "ngram")
@@ -1156,7 +1183,7 @@ def test_a_served_pass_reads_vllm_bench_serves_result_and_the_servers_counters(m
     ((serve_args, env),) = served
     spec = json.loads(serve_args[serve_args.index("--speculative-config") + 1])
     compiled = json.loads(serve_args[serve_args.index("--compilation-config") + 1])
-    assert compiled == {"max_cudagraph_capture_size": 64}
+    assert compiled == {"max_cudagraph_capture_size": 64, "cudagraph_mode": "FULL"}
     lines = (tmp_path / f"serve_{method}_g5" / "prompts_2_2.jsonl").read_text().splitlines()
     prompts = [json.loads(line)["prompt"] for line in lines]
     assert prompts[0].startswith("<s>") and len(prompts) == 2

@@ -112,6 +112,7 @@ def summary_args(users: int):
         list_items=1,
         dtype="bfloat16",
         max_cudagraph_capture_size=None,
+        cudagraph_mode="vllm",
         max_num_seqs=None,
         gamma=None,
     )
@@ -164,6 +165,7 @@ def test_engine_step_runs_the_users_concurrency_a_call_and_times_each_call(monke
         (["--configs", "spec_table", "--gamma", "3"], "spec_table drafts nothing at max_num_seqs (1)"),
         (["--max-num-seqs", "1", "--concurrency", "2"], "--max-num-seqs 1 is below --concurrency 2"),
         (["--profile-first-token"], "--profile-first-token profiles the configurations of --profile"),
+        (["--cudagraph-mode", "FULL"], "--cudagraph-mode: invalid choice: 'FULL'"),
     ],
 )
 def test_engine_step_refuses_settings_that_would_not_measure_what_they_name(extra, problem, capsys):
@@ -179,9 +181,12 @@ def test_engine_step_passes_the_capture_size_to_vllm_only_when_asked():
 
     from benchmarks import engine_step
 
-    assert engine_step.capture_size(SimpleNamespace(max_cudagraph_capture_size=None)) == {}
-    asked = engine_step.capture_size(SimpleNamespace(max_cudagraph_capture_size=1024))
+    default = SimpleNamespace(max_cudagraph_capture_size=None, cudagraph_mode="vllm")
+    assert engine_step.capture_size(default) == {}
+    asked = engine_step.capture_size(SimpleNamespace(max_cudagraph_capture_size=1024, cudagraph_mode="vllm"))
     assert asked == {"compilation_config": {"max_cudagraph_capture_size": 1024}}
+    full = engine_step.capture_size(SimpleNamespace(max_cudagraph_capture_size=104, cudagraph_mode="full"))
+    assert full == {"compilation_config": {"max_cudagraph_capture_size": 104, "cudagraph_mode": "FULL"}}
 
 
 def test_engine_step_phases_exist_in_the_installed_vllm():
@@ -240,6 +245,9 @@ def test_engine_step_metrics_and_summary(tmp_path):
     assert all("token_ids" not in r for r in payload["records"])
     text = engine_step.render_markdown(payload)
     assert "| spec | yes | yes | 250.0 | 2.5 | 10 | 5.0 | - | 4.0 | 0 |" in text  # no call p50 in these records
+    assert "CUDA graphs up to vLLM default tokens, FULL_AND_PIECEWISE mode" in text
+    full = engine_step.render_markdown(payload | {"max_cudagraph_capture_size": 104, "cudagraph_mode": "full"})
+    assert "CUDA graphs up to 104 tokens, FULL mode" in full
     # --render redraws a results file with a note, as a committed run is re-rendered
     (tmp_path / "run.json").write_text(json.dumps(payload))
     assert engine_step.main(["--render", str(tmp_path / "run.json"), "--note", "a hold's note"]) == 0

@@ -632,6 +632,15 @@ def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads
     ((_, args),) = calls
     assert value("--name") == "spec_decode_beauty_atspeed_depth8_prompt_graphs"
     assert value("--max-cudagraph-capture-size") == "prompts"
+    assert value("--cudagraph-mode") == "vllm"
+    # whole-model graphs: every engine FULL, results of their own again
+    calls.clear()
+    full = dataclasses.replace(prompt_graphs, cudagraph_mode="full")
+    assert gs.JOBS["bench_spec_decode"].body(dataclasses.replace(ctx, settings=full)) == 0
+    ((_, args),) = calls
+    assert value("--name") == "spec_decode_beauty_atspeed_depth8_full_prompt_graphs"
+    assert value("--cudagraph-mode") == "full"
+    assert dataclasses.replace(deeper, cudagraph_mode="full").spec_results_name().endswith("_depth8_full_graphs")
     # --spec-pin-cpus: the engines pinned to cores of their own
     calls.clear()
     assert (
@@ -796,14 +805,24 @@ def test_engine_step_profiles_a_batch_size_table_round_and_sends_its_traces_back
     plain = calls.pop()
     assert not {"--max-num-seqs", "--gamma", "--trace-dir", "--profile-first-token"} & set(plain)
     # the first token's own profile: for the profiled configurations of the current code only
-    first = gs.Settings(engine_profile=("baseline", "spec"), engine_first_token=True)
+    first = gs.Settings(target="bench", engine_profile=("baseline", "spec"), engine_first_token=True)
     assert gs.JOBS["engine_step"].body(gs.JobContext("engine_step", first, {"PATH": "/bin"})) == 0
-    assert "--profile-first-token" in calls.pop()
+    first_args = calls.pop()
+    assert "--profile-first-token" in first_args and "--cudagraph-mode" not in first_args
+    assert first_args[first_args.index("--name") + 1] == "engine_step_first_token"  # never the committed engine_step
+    full = dataclasses.replace(first, cudagraph_mode="full")
+    assert gs.JOBS["engine_step"].body(gs.JobContext("engine_step", full, {"PATH": "/bin"})) == 0
+    full_args = calls.pop()
+    assert full_args[full_args.index("--cudagraph-mode") + 1] == "full"
+    assert full_args[full_args.index("--name") + 1] == "engine_step_first_token_full_graphs"
+    assert gs.parser().parse_args(["start", "--cudagraph-mode", "full"]).cudagraph_mode == "full"
     monkeypatch.setattr(gs, "install", lambda *args: None)
     (tmp_path / "baseline").mkdir()
     (tmp_path / "baseline" / "setup.py").write_text("")
     assert gs.JOBS["engine_step_baseline"].body(gs.JobContext("engine_step_baseline", first, {"PATH": "/bin"})) == 0
     assert "--profile-first-token" not in calls.pop()  # the code before the redesign has no such option
+    assert gs.JOBS["engine_step_baseline"].body(gs.JobContext("engine_step_baseline", full, {"PATH": "/bin"})) == 0
+    assert "--cudagraph-mode" not in calls.pop()
 
 
 def test_the_acceptance_job_may_also_leave_out_the_forced_draft_steps(monkeypatch, tmp_path):

@@ -6,7 +6,9 @@ from types import SimpleNamespace
 import pytest
 
 from vllm_padrec.integration.prefill_graphs import (
+    CUDAGRAPH_MODES,
     capture_grid_ceiling,
+    compilation_config,
     eager_prefill_warning,
     largest_graph_tokens,
     vllm_default_capture_size,
@@ -84,3 +86,22 @@ def test_the_largest_graph_is_the_largest_capture_size():
     assert eager_prefill_warning(16, engine([1, 2, 4, 8, 16])) is None  # a prompt of exactly the largest graph fits
     assert eager_prefill_warning(17, engine([1, 2, 4, 8, 16])) is not None
     assert largest_graph_tokens(engine([1, 2], enforce_eager=True)) is None
+
+
+def test_the_compilation_config_names_only_what_differs_from_vllms_defaults():
+    assert compilation_config(None) is None
+    assert compilation_config(104) == {"max_cudagraph_capture_size": 104}
+    assert compilation_config(None, "full") == {"cudagraph_mode": "FULL"}
+    assert compilation_config(104, "full") == {"max_cudagraph_capture_size": 104, "cudagraph_mode": "FULL"}
+    with pytest.raises(ValueError, match="cudagraph_mode must be one of vllm, full, got 'FULL'"):
+        compilation_config(104, "FULL")
+
+
+def test_full_is_a_mode_vllm_accepts_and_replays_whole_for_prefills():
+    """The mode the benchmarks ask for is one of vLLM 0.26.0's, and it serves steps of mixed lengths (prefills)
+    from full graphs rather than piecewise ones."""
+    from vllm.config.compilation import CUDAGraphMode
+
+    mode = CUDAGraphMode[CUDAGRAPH_MODES["full"]]
+    assert mode.mixed_mode() == CUDAGraphMode.FULL
+    assert CUDAGraphMode.FULL_AND_PIECEWISE.mixed_mode() == CUDAGraphMode.PIECEWISE  # vLLM's default: piecewise

@@ -11,6 +11,17 @@ A server of few requests therefore has graphs smaller than a history prompt. At 
 tokens without a draft and at most 18 at gamma 8, so every request's prefill runs eagerly. For the bench target on
 an H100 that costs about 7 ms a request (``SPEC_DECODE.md`` section 19). The recommendations route says so once,
 when the server starts, with the setting that fixes it.
+
+A prefill that fits a graph still replays it piecewise under vLLM's default ``cudagraph_mode``
+(``FULL_AND_PIECEWISE``): full graphs serve only steps where every request has the same number of tokens (decode
+and verification steps), and a prefill replays the pieces between the attention layers, whose attention runs
+eagerly, one Python call a layer (``CUDAGraphMode.mixed_mode``, ``vllm/config/compilation.py:68``;
+``vllm/v1/worker/gpu/cudagraph_utils.py:254-269``). The first-token profile of ``SPEC_DECODE.md`` section 20 found
+that host work to be most of a batch-1 prefill. ``cudagraph_mode`` ``FULL`` captures whole-model graphs for those
+steps too, where the attention backend can replay any batch (FlashAttention 3:
+``AttentionCGSupport.ALWAYS``, ``vllm/v1/attention/backends/flash_attn.py:341-345``); the draft's prefill follows
+the target's mode (``vllm/v1/worker/gpu/spec_decode/autoregressive/speculator.py:61-83``). ``compilation_config``
+writes the benchmarks' settings.
 """
 
 from __future__ import annotations
@@ -19,6 +30,20 @@ from typing import Any
 
 VLLM_CAPTURE_CAP = 512  # vLLM's largest default graph, in tokens
 CAPTURE_FINE_STEP, CAPTURE_COARSE_FROM, CAPTURE_COARSE_STEP = 8, 256, 16  # vLLM's capture grid (module doc)
+CUDAGRAPH_MODES = {"vllm": None, "full": "FULL"}  # a benchmark's --cudagraph-mode: vLLM's default, or FULL
+
+
+def compilation_config(capture_size: int | None, cudagraph_mode: str = "vllm") -> dict[str, Any] | None:
+    """vLLM's ``compilation_config`` for an engine whose graphs hold steps of up to ``capture_size`` tokens (None:
+    vLLM's default) under ``cudagraph_mode`` (a key of ``CUDAGRAPH_MODES``); None when both are vLLM's defaults."""
+    if cudagraph_mode not in CUDAGRAPH_MODES:
+        raise ValueError(f"cudagraph_mode must be one of {', '.join(CUDAGRAPH_MODES)}, got {cudagraph_mode!r}")
+    config: dict[str, Any] = {}
+    if capture_size is not None:
+        config["max_cudagraph_capture_size"] = capture_size
+    if CUDAGRAPH_MODES[cudagraph_mode] is not None:
+        config["cudagraph_mode"] = CUDAGRAPH_MODES[cudagraph_mode]
+    return config or None
 
 
 def vllm_default_capture_size(max_num_seqs: int, spec_tokens: int) -> int:
