@@ -61,7 +61,9 @@ eagle, padrec and padrec_channel_gate at gamma 5: nine heads of the bench recipe
 committed heads' 5 write results of their own (``spec_decode_<dataset>_depth8``, ``draft_padrec_depth8_*``).
 Adding ``--spec-capture prompts`` gives every engine, ``none`` included, graphs that hold the prompts (with batch
 size 1 alone, vLLM's default graphs leave every prefill eager: SPEC_DECODE.md section 19), results in
-``..._prompt_graphs``.
+``..._prompt_graphs``; ``--cudagraph-mode full`` makes every engine's graphs whole-model ones, prefills included
+(vLLM's default replays a prefill piecewise, its attention eager layer by layer: section 20), results in
+``..._full_prompt_graphs``.
 
 On a card under 100 GiB (an H100) ``bench_target`` trains in passes of half a batch (``--micro-batch-size 64``:
 the same steps; 128 examples a pass ran out of an H100's memory on 2026-12-05, SPEC_DECODE.md section 15).
@@ -76,7 +78,9 @@ options a call is given hold for the later calls too):
     run JOB...       run the jobs now, in this call, whatever the jobs they need did (a rerun after a fix)
     status           each queued job's state and its log's last lines
     wait [S]         block up to S seconds (default 540) for the queued jobs, then write status.json,
-                     results.tgz and logs.tgz (traces.tgz: profiles) to $OUT; exit 1 if a job failed
+                     results.tgz and logs.tgz (traces.tgz: profiles) to $OUT, as it does each time a job
+                     ends and every minute meanwhile (a call cut off returns what had finished and the
+                     logs of a minute before); exit 1 if a job failed
     suite [PART...]  one dataset's results on its bench target (issue 15), where vLLM is installed: queue the
                      jobs of the parts (``lists``: bench_target bench_drafts bench_spec_decode; ``topk``:
                      bench_target atspeed_drafts bench_topk bench_topk_atspeed; default both) that this
@@ -164,6 +168,7 @@ trains on and measures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import io
@@ -182,6 +187,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 WORK = Path("/tmp/padrec")  # everything the session writes on the device machine
 POLL_SECONDS = 5.0
+COLLECT_SECONDS = 60.0  # wait's collections into $OUT while jobs run (phase_wait)
 MAX_LOG_BYTES = 2 << 20  # the last 2 MiB of each log travel back (the device returns files up to 16 MiB)
 SMALL_TARGET = {  # the tiny recipe widened so that vLLM's attention kernels serve it (head_dim 64)
     "hidden_size": 512,
@@ -1707,36 +1713,63 @@ def phase_status() -> int:
 
 
 def phase_wait(seconds: float) -> int:
+    """Block up to ``seconds`` for the queued jobs, collecting into $OUT whenever a job has ended since the last
+    collection, every ``COLLECT_SECONDS`` (the running jobs' logs, where benchmarks print each pass's record) and
+    at the end: a call cut off (its time limit, or the session's device time running out) still returns what had
+    finished, where one collection at the end returned nothing (SPEC_DECODE.md section 20)."""
+    out = Path(os.environ.get("OUT", WORK / "out"))
     deadline = time.time() + seconds
+    ended, collected = set(), time.time()  # jobs that ended before this call are collected at its first poll
     while time.time() < deadline and any(state(j)["state"] in ("queued", "running") for j in queue()):
         time.sleep(POLL_SECONDS)
+        if (now := ended_jobs()) != ended or time.time() - collected >= COLLECT_SECONDS:
+            ended, collected = now, time.time()
+            collect(out)
     phase_status()
-    collect(Path(os.environ.get("OUT", WORK / "out")))
+    collect(out)
     failed = [j for j in queue() if state(j)["state"] == "failed"]
     pending = [j for j in queue() if state(j)["state"] in ("queued", "running")]
     log(f"failed: {failed or 'none'}; still running: {pending or 'none'}")
     return 1 if failed else 0
 
 
+def ended_jobs() -> set[str]:
+    """The queued jobs that have ended (ok or failed)."""
+    return {job for job in queue() if state(job)["state"] in ("ok", "failed")}
+
+
+@contextlib.contextmanager
+def replaced(path: Path):
+    """Write to ``path`` whole or not at all: yield a temporary name beside it, moved over ``path`` once written, so
+    that a call cut off while collecting leaves the previous file."""
+    part = path.with_name(f".{path.name}.part")
+    try:
+        yield part
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
+
+
 def collect(out: Path) -> None:
     """status.json, results.tgz (the results folder), logs.tgz (each log's last MAX_LOG_BYTES, running
     bench_topk jobs' configuration logs included) and, when a job wrote profiler traces, traces.tgz (apart: a
-    trace too big to come back leaves the results whole) into ``out``: the device machine sends back at most 8
-    files, none over 16 MiB."""
+    trace too big to come back leaves the results whole) into ``out``, each file replaced whole: the device machine
+    sends back at most 8 files, none over 16 MiB."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "status.json").write_text(json.dumps({job: state(job) for job in queue()}, indent=1))
-    with tarfile.open(out / "results.tgz", "w:gz") as archive:
+    with replaced(out / "status.json") as part:
+        part.write_text(json.dumps({job: state(job) for job in queue()}, indent=1))
+    with replaced(out / "results.tgz") as part, tarfile.open(part, "w:gz") as archive:
         if (WORK / "results").is_dir():
             archive.add(WORK / "results", arcname="results")
     if (WORK / "traces").is_dir() and any(path.is_file() for path in (WORK / "traces").rglob("*")):
-        with tarfile.open(out / "traces.tgz", "w:gz") as archive:
+        with replaced(out / "traces.tgz") as part, tarfile.open(part, "w:gz") as archive:
             archive.add(WORK / "traces", arcname="traces")
     logs_dir = WORK / "logs"
     logged = sorted(logs_dir.rglob("*")) if logs_dir.is_dir() else []
     logs = [(path, str(path.relative_to(logs_dir))) for path in logged]
     # a running bench_topk job's configuration logs and profiles: a hold cut short keeps them too
     logs += [entry for job in queue() for entry in config_logs(WORK / job, job)]
-    with tarfile.open(out / "logs.tgz", "w:gz") as archive:
+    with replaced(out / "logs.tgz") as part, tarfile.open(part, "w:gz") as archive:
         for path, name in logs:
             if path.is_file():
                 with open(path, "rb") as handle:

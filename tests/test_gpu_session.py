@@ -958,3 +958,55 @@ def test_the_suite_refuses_what_it_cannot_run_in_one_line(session, monkeypatch, 
         "suite runs vLLM benchmarks and vLLM is not installed here (on the device: the kit's part 3)",
     ]
     assert session.ran == [] and gs.queue() == []
+
+
+def seen_in_out(session: Session, ready) -> int:
+    """A job body's wait for ``ready(out)`` to hold of what ``wait`` collected into $OUT meanwhile: 0 once it does,
+    1 when it never does (a wait that collects only at its end)."""
+    for _ in range(500):
+        if ready(session.out):
+            return 0
+        time.sleep(0.01)
+    return 1
+
+
+def test_wait_collects_each_time_a_job_ends_so_a_call_cut_off_keeps_it(session, monkeypatch):
+    monkeypatch.setattr(gs, "COLLECT_SECONDS", 3600.0)
+
+    def first(ctx: gs.JobContext) -> int:
+        (gs.WORK / "results").mkdir(parents=True, exist_ok=True)
+        (gs.WORK / "results" / "first.json").write_text("{}")
+        return 0
+
+    def first_collected(out: Path) -> bool:
+        status = out / "status.json"
+        return status.exists() and json.loads(status.read_text()).get("first", {}).get("state") == "ok"
+
+    session.job("first", body=first)
+    session.job("second", body=lambda ctx: seen_in_out(session, first_collected))
+    assert gs.main(["checks", "first", "second"]) == 0
+    assert gs.main(["wait", "20"]) == 0  # the second job saw the first's results in $OUT before it ended
+    session.join()
+    with tarfile.open(session.out / "results.tgz") as archive:
+        assert "results/first.json" in archive.getnames()
+    assert not list(session.out.glob(".*.part"))
+
+
+def test_wait_collects_the_running_jobs_logs_every_collect_seconds(session, monkeypatch):
+    monkeypatch.setattr(gs, "COLLECT_SECONDS", 0.0)
+    session.job("long", body=lambda ctx: seen_in_out(session, lambda out: (out / "logs.tgz").exists()))
+    assert gs.main(["checks", "long"]) == 0
+    assert gs.main(["wait", "20"]) == 0
+    session.join()
+
+
+def test_a_collection_cut_off_leaves_the_previous_file_whole(tmp_path):
+    target = tmp_path / "results.tgz"
+    target.write_text("the previous collection")
+    with pytest.raises(KeyboardInterrupt), gs.replaced(target) as part:
+        part.write_text("half")
+        raise KeyboardInterrupt
+    assert target.read_text() == "the previous collection" and [p.name for p in tmp_path.iterdir()] == [target.name]
+    with gs.replaced(target) as part:
+        part.write_text("the next collection")
+    assert target.read_text() == "the next collection"
