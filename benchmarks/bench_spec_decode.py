@@ -1120,10 +1120,10 @@ def graphs_markdown(records: list[dict]) -> list[str]:
     if not settings:
         return []
     said = "; ".join(
-        f"{method} g{gamma}: graphs up to {size or 'vLLM default'} tokens, {mode or 'vLLM default'} mode"
+        f"{method} g{gamma}: graphs up to {size or 'vLLM default'} tokens, {mode or 'FULL_AND_PIECEWISE'}"
         for method, gamma, size, mode in settings
     )
-    return [f"CUDA graphs (where not vLLM's defaults, `FULL_AND_PIECEWISE` up to its cap): {said}.", ""]
+    return [f"CUDA graphs where not vLLM's defaults (`FULL_AND_PIECEWISE`, up to its cap): {said}.", ""]
 
 
 def rivals_markdown(records: list[dict]) -> list[str]:

@@ -865,8 +865,8 @@ def test_prompt_graphs_read_the_longest_prompt_of_the_test_users(monkeypatch):
     (got,) = bench.run_config(args)["records"]
     assert (got["max_cudagraph_capture_size"], got["cudagraph_mode"]) == (104, "FULL")
     assert bench.graphs_markdown([got | {"gamma": 0}]) == [
-        "CUDA graphs (where not vLLM's defaults, `FULL_AND_PIECEWISE` up to its cap): none g0: graphs up to 104 "
-        "tokens, FULL mode.",
+        "CUDA graphs where not vLLM's defaults (`FULL_AND_PIECEWISE`, up to its cap): none g0: graphs up to 104 "
+        "tokens, FULL.",
         "",
     ]
     assert bench.graphs_markdown([{"method": "none", "gamma": 0, "max_cudagraph_capture_size": None}]) == []
@@ -1446,3 +1446,10 @@ def test_the_rivals_table_names_each_rival_and_the_ones_that_did_not_start():
     assert without_control.startswith("| padrec | eagle | 5 | 10 | 1 | 50 | 50 | 58.2 | 59.9 | 1.021 | - | 4.2 |")
     assert "Rival eagle_one_step did not start: `OOM`" in lines
     assert bench.rivals_markdown([{"method": "padrec"}]) == []
+
+
+def test_the_markdown_states_the_graphs_of_engines_that_left_vllms_defaults():
+    """The committed prompt-graph run's Markdown says what its engines captured (104 tokens, vLLM's mode)."""
+    payload = json.loads((REPO / "benchmarks/results/spec_decode_beauty_atspeed_depth8_prompt_graphs.json").read_text())
+    text = bench.markdown(payload)
+    assert "none g0: graphs up to 104 tokens, FULL_AND_PIECEWISE; padrec g5: graphs up to 104 tokens" in text

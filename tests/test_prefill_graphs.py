@@ -100,8 +100,11 @@ def test_the_compilation_config_names_only_what_differs_from_vllms_defaults():
 def test_full_is_a_mode_vllm_accepts_and_replays_whole_for_prefills():
     """The mode the benchmarks ask for is one of vLLM 0.26.0's, and it serves steps of mixed lengths (prefills)
     from full graphs rather than piecewise ones."""
+    from vllm.config import CompilationConfig
     from vllm.config.compilation import CUDAGraphMode
 
     mode = CUDAGraphMode[CUDAGRAPH_MODES["full"]]
     assert mode.mixed_mode() == CUDAGraphMode.FULL
     assert CUDAGraphMode.FULL_AND_PIECEWISE.mixed_mode() == CUDAGraphMode.PIECEWISE  # vLLM's default: piecewise
+    config = CompilationConfig(**compilation_config(104, "full"))  # what vllm.LLM builds from the benchmarks' dict
+    assert (config.cudagraph_mode, config.max_cudagraph_capture_size) == (CUDAGraphMode.FULL, 104)
