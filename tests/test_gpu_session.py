@@ -583,6 +583,14 @@ def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads
     assert gs.JOBS["bench_spec_decode"].body(ctx) == 0
     ((module, args),) = calls
     value = lambda option: args[args.index(option) + 1]  # noqa: E731
+
+    def run(settings: gs.Settings) -> tuple:
+        """The job's bench_spec_decode arguments under ``settings``."""
+        calls.clear()
+        assert gs.JOBS["bench_spec_decode"].body(dataclasses.replace(ctx, settings=settings)) == 0
+        ((_, got),) = calls
+        return got
+
     assert module == "benchmarks.bench_spec_decode"
     assert value("--padrec-draft") == str(tmp_path / "bench_drafts" / "padrec" / "draft")
     assert value("--eagle-draft") == str(tmp_path / "bench_drafts" / "eagle" / "draft")
@@ -599,17 +607,13 @@ def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads
     assert args[args.index("--list-lens") + 1 :] == ("10", "20")
     assert value("--name") == "spec_decode_beauty_atspeed"  # the committed file it merges into
     # a hold that runs some of the methods, in float32 (the equality goal), merged into the committed file
-    calls.clear()
     settings = gs.Settings(target="bench", spec_methods=("none", "padrec"), spec_dtype="float32")
-    assert gs.JOBS["bench_spec_decode"].body(dataclasses.replace(ctx, settings=settings)) == 0
-    ((_, args),) = calls
+    args = run(settings)
     assert args[args.index("--methods") + 1 : args.index("--dtype")] == ("none", "padrec")
     assert value("--dtype") == "float32"
     # on the small target: its own head and results file, fewer batch sizes and list lengths
-    calls.clear()
     settings = gs.Settings(spec_methods=("none", "padrec_loop"), spec_batch_sizes=(1, 16), spec_list_lens=(10,))
-    assert gs.JOBS["bench_spec_decode"].body(dataclasses.replace(ctx, settings=settings)) == 0
-    ((_, args),) = calls
+    args = run(settings)
     assert value("--padrec-draft") == str(tmp_path / "drafts" / "padrec" / "draft")
     assert value("--name") == "spec_decode_beauty_atspeed_small" and value("--target") == str(
         tmp_path / "small" / "checkpoint"
@@ -617,55 +621,38 @@ def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads
     assert args[args.index("--batch-sizes") + 1 : args.index("--list-lens")] == ("1", "16")
     assert args[args.index("--list-lens") + 1 :] == ("10",)
     # heads trained deeper than the committed ones write results of their own: a merge never mixes two depths
-    calls.clear()
     deeper = gs.Settings(target="bench", draft_gamma=8, spec_gammas=(8, 5, 6), spec_methods=("none", "padrec"))
     assert deeper.problem() is None
-    assert gs.JOBS["bench_spec_decode"].body(dataclasses.replace(ctx, settings=deeper)) == 0
-    ((_, args),) = calls
+    args = run(deeper)
     assert value("--name") == "spec_decode_beauty_atspeed_depth8"
     assert args[args.index("--gammas") + 1 : args.index("--batch-sizes")] == ("8", "5", "6")
     assert value("--max-cudagraph-capture-size") == "verify"  # vLLM's default graphs for none, as committed
     # engines whose graphs hold the prompts write results of their own too: their none prefills in graphs
-    calls.clear()
     prompt_graphs = dataclasses.replace(deeper, spec_capture="prompts")
-    assert gs.JOBS["bench_spec_decode"].body(dataclasses.replace(ctx, settings=prompt_graphs)) == 0
-    ((_, args),) = calls
+    args = run(prompt_graphs)
     assert value("--name") == "spec_decode_beauty_atspeed_depth8_prompt_graphs"
     assert value("--max-cudagraph-capture-size") == "prompts"
     assert value("--cudagraph-mode") == "vllm"
     # whole-model graphs: every engine FULL, results of their own again
-    calls.clear()
     full = dataclasses.replace(prompt_graphs, cudagraph_mode="full")
-    assert gs.JOBS["bench_spec_decode"].body(dataclasses.replace(ctx, settings=full)) == 0
-    ((_, args),) = calls
+    args = run(full)
     assert value("--name") == "spec_decode_beauty_atspeed_depth8_full_prompt_graphs"
     assert value("--cudagraph-mode") == "full"
     assert dataclasses.replace(deeper, cudagraph_mode="full").spec_results_name().endswith("_depth8_full_graphs")
     # --spec-pin-cpus: the engines pinned to cores of their own
-    calls.clear()
-    assert (
-        gs.JOBS["bench_spec_decode"].body(
-            dataclasses.replace(ctx, settings=dataclasses.replace(settings, spec_pin_cpus=True))
-        )
-        == 0
-    )
-    ((_, args),) = calls
+    args = run(dataclasses.replace(settings, spec_pin_cpus=True))
     assert args[args.index("--list-lens") + 1 :] == ("10", "--pin-cpus")
     # --spec-rivals: EAGLE's engine and a control beside padrec's, which then takes less of the GPU's memory
-    calls.clear()
     rivals = dataclasses.replace(settings, spec_methods=("none", "padrec"), spec_rivals=("eagle", "padrec"))
     assert dataclasses.replace(rivals, drafts="padrec_eagle").problem() is None
-    assert gs.JOBS["bench_spec_decode"].body(dataclasses.replace(ctx, settings=rivals)) == 0
-    ((_, args),) = calls
+    args = run(rivals)
     assert args[args.index("--list-lens") + 1 :] == ("10", "--rivals", "eagle", "padrec")
     parsed = bench_spec_decode.parse_args(list(args))  # the benchmark takes them: its engines fit the memory
     assert parsed.rivals == ["eagle", "padrec"] and parsed.gpu_memory_utilization == 0.41
     # every rival at once: padrec's engine takes what the others leave
-    calls.clear()
     every = dataclasses.replace(rivals, spec_rivals=gs.SPEC_RIVALS, drafts="padrec_eagle")
     assert every.problem() is None
-    assert gs.JOBS["bench_spec_decode"].body(dataclasses.replace(ctx, settings=every)) == 0
-    ((_, args),) = calls
+    args = run(every)
     assert bench_spec_decode.parse_args(list(args)).gpu_memory_utilization == 0.17
 
 
