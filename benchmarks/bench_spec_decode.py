@@ -3,7 +3,12 @@ catalog masks, PAD-Rec with drafts by batch size, and vanilla vLLM's n-gram and 
 
 Methods (``METHODS``), each with its drafts and the plugin's settings:
 
-    none              no draft: the baseline, exactly as users run vLLM
+    none              no draft: the baseline, exactly as users run vLLM (with the run's CUDA-graph settings,
+                      ``--max-cudagraph-capture-size`` and ``--cudagraph-mode``, as every engine of the run)
+    none_default_graphs
+                      no draft with vLLM's default CUDA graphs whatever the run's settings: beside a ``none``
+                      whose graphs hold the prompts, the baseline exactly as users run it; every Model Runner V2
+                      record of the run then also has ``speedup_vs_default_graphs`` (tokens/s over its own)
     padrec            the PAD-Rec draft (``--padrec-draft``), drafts masked by the catalog and a round's decode
                       steps as one CUDA graph (the plugin's defaults)
     eagle             vLLM's EAGLE draft (``--eagle-draft``, ``EagleLlamaForCausalLM``), drafts masked too
@@ -151,6 +156,7 @@ from vllm_padrec.testing.spec_decode_goals import (
     engine_spread_text,
     masks_alone,
     net_of_control,
+    paired_mark,
     runner_of,
     spec_decode_goals,
     speedup,
@@ -175,6 +181,9 @@ MODES = ("offline", "serve")  # an in-process LLM; vllm serve measured by vllm b
 ADAPTIVE = "padrec_adaptive"
 FORCED_TAIL, FORCED_TAIL_SLOTS = "padrec_tail", 2  # PAD-Rec's gamma drafts and 2 more from the catalog alone
 LOOP_GRAPH = "padrec_loop"  # PAD-Rec with a round's decode steps as one CUDA graph
+# no speculation with vLLM's default CUDA graphs whatever the run's graph settings: the baseline as users run it,
+# beside a run's none whose graphs hold the prompts (--max-cudagraph-capture-size prompts, --cudagraph-mode full)
+DEFAULT_GRAPHS = "none_default_graphs"
 
 
 V1_DRAFT_FREE = "none_v1"
@@ -186,6 +195,7 @@ class Method:
     padrec: dict  # the server's additional_config["padrec"] beyond the constraint
     speculative_method: str | None = "eagle"  # vLLM's speculative method; None: no speculation
     runner: str = "v2"  # vLLM's Model Runner: "v2" (the plugin's masks, constrained lists) or "v1" (vanilla vLLM)
+    default_graphs: bool = False  # its engine keeps vLLM's CUDA-graph settings whatever the run's
 
     @property
     def forced_tail(self) -> int:
@@ -213,12 +223,15 @@ METHODS = {
     ADAPTIVE: Method("padrec", {}),
     FORCED_TAIL: Method("padrec", {"forced_tail": FORCED_TAIL_SLOTS}),
     LOOP_GRAPH: Method("padrec", {"decode_loop_graph": True}),
+    DEFAULT_GRAPHS: Method(None, {}, None, default_graphs=True),
     V1_DRAFT_FREE: Method(None, {}, None, "v1"),
     "ngram": Method(None, {}, "ngram", "v1"),
     "medusa": Method("medusa", {}, "medusa", "v1"),
 }
 DEFAULT_METHODS = [
-    m for m, spec in METHODS.items() if spec.runner == "v2" and m not in ("eagle_one_step", FORCED_TAIL, LOOP_GRAPH)
+    m
+    for m, spec in METHODS.items()
+    if spec.runner == "v2" and m not in ("eagle_one_step", FORCED_TAIL, LOOP_GRAPH, DEFAULT_GRAPHS)
 ]
 
 
@@ -837,7 +850,9 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
 
 def engine_compilation(args, method: str, gamma: int) -> dict | None:
     """The engine's ``compilation_config``: ``capture_size``'s graphs under ``--cudagraph-mode``; None for vLLM's
-    defaults."""
+    defaults, which ``none_default_graphs`` always keeps."""
+    if METHODS[method].default_graphs:
+        return None
     return compilation_config(capture_size(args, method, gamma), args.cudagraph_mode)
 
 
@@ -940,14 +955,24 @@ def parse_text_list(catalog, text: str):
 # -- results ----------------------------------------------------------------------------------------------------
 def attach_baseline(results: list[dict]) -> None:
     """``speedup_vs_no_spec`` and ``equal_to_no_spec`` of every record, from its baseline's (``none``, or
-    ``none_v1`` for the Model Runner V1 methods) in the same mode at the same list length and batch size
-    (idempotent)."""
+    ``none_v1`` for the Model Runner V1 methods) in the same mode at the same list length and batch size; where
+    the run has ``none_default_graphs``, the Model Runner V2 records' ``speedup_vs_default_graphs`` too, against
+    no speculation as users run it (idempotent)."""
     for mode in MODES:
         for baseline in (DRAFT_FREE, V1_DRAFT_FREE):
             plain = next((r for r in results if r["method"] == baseline and r["mode"] == mode), None)
             if plain is not None:
                 ours = [r for r in results if r["mode"] == mode and METHODS[r["method"]].baseline == baseline]
                 attach_one_baseline(ours, plain)
+        vanilla = next((r for r in results if r["method"] == DEFAULT_GRAPHS and r["mode"] == mode), None)
+        if vanilla is not None:
+            rates = {(r["list_len"], r["batch_size"]): r["tokens_per_s"] for r in vanilla["records"]}
+            for result in results:
+                if result["mode"] != mode or result is vanilla or METHODS[result["method"]].runner != "v2":
+                    continue
+                for r in result["records"]:
+                    if (rate := rates.get((r["list_len"], r["batch_size"]))) and r["tokens_per_s"]:
+                        r["speedup_vs_default_graphs"] = round(r["tokens_per_s"] / rate, 3)
 
 
 def attach_one_baseline(results: list[dict], plain: dict) -> None:
@@ -1126,6 +1151,30 @@ def graphs_markdown(records: list[dict]) -> list[str]:
     return [f"CUDA graphs where not vLLM's defaults (`FULL_AND_PIECEWISE`, up to its cap): {said}.", ""]
 
 
+def default_graphs_markdown(records: list[dict]) -> list[str]:
+    """The records' tokens/s over ``none_default_graphs``' (no speculation under vLLM's default CUDA graphs, the
+    baseline as users run it) beside their speedup over the run's ``none``; nothing where the run has none."""
+    rows = [r for r in records if r.get("speedup_vs_default_graphs") is not None]
+    if not rows:
+        return []
+    lines = [
+        "## Against no speculation under vLLM's default CUDA graphs",
+        "",
+        f"`{DEFAULT_GRAPHS}`: no speculation with vLLM's default graphs, whatever this run's graph settings, as users "
+        "run vLLM. Speedup over `none`: over this run's no speculation, whose graphs are the run's (paired where "
+        "the run alternated the calls); over default graphs: tokens/s over its own, unpaired.",
+        "",
+        "| method | gamma | list_len | batch_size | tokens/s | speedup over `none` | speedup over default graphs |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['gamma']} | {r['list_len']} | {r['batch_size']} | {cell(r['tokens_per_s'])} | "
+            f"{cell(speedup(r))}{paired_mark(r)} | {cell(r['speedup_vs_default_graphs'])} |"
+        )
+    return [*lines, ""]
+
+
 def rivals_markdown(records: list[dict]) -> list[str]:
     """padrec's passes run again beside each ``--rivals`` engine, call by call; the engines that did not start."""
     rows = [(r, rival, m) for r in records for rival, m in (r.get("rivals") or {}).items()]
@@ -1250,6 +1299,7 @@ def markdown(payload: dict) -> str:
         *([spread, ""] if (spread := engine_spread_text(payload["records"])) else []),
         *pinning_markdown(payload["records"]),
         *graphs_markdown(payload["records"]),
+        *default_graphs_markdown(payload["records"]),
         *batch_one_costs_markdown(payload["records"]),
         *batch_one_phases_markdown(payload["records"]),
         *loop_switch_markdown(payload["records"]),
@@ -1348,7 +1398,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         nargs="+",
         default=DEFAULT_METHODS,
         choices=list(METHODS),
-        help=f"methods to run (default: {' '.join(DEFAULT_METHODS)}); ngram and medusa need none_v1",
+        help=f"methods to run (default: {' '.join(DEFAULT_METHODS)}); ngram and medusa need none_v1; "
+        "none_default_graphs: no speculation under vLLM's default CUDA graphs, beside a run that changes them",
     )
     add(
         "--ngram-lookup",

@@ -63,7 +63,8 @@ Adding ``--spec-capture prompts`` gives every engine, ``none`` included, graphs 
 size 1 alone, vLLM's default graphs leave every prefill eager: SPEC_DECODE.md section 19), results in
 ``..._prompt_graphs``; ``--cudagraph-mode full`` makes every engine's graphs whole-model ones, prefills included
 (vLLM's default replays a prefill piecewise, its attention eager layer by layer: section 20), results in
-``..._full_prompt_graphs``.
+``..._full_prompt_graphs``; ``none_default_graphs`` among ``--spec-methods`` keeps vLLM's default graphs beside
+them (no speculation as users run it).
 
 On a card under 100 GiB (an H100) ``bench_target`` trains in passes of half a batch (``--micro-batch-size 64``:
 the same steps; 128 examples a pass ran out of an H100's memory on 2026-12-05, SPEC_DECODE.md section 15).
@@ -234,6 +235,7 @@ def log(message: str) -> None:
 # bench_spec_decode's METHODS (this script imports nothing of the package: it runs before the package is installed)
 SPEC_METHODS = (  # bench_spec_decode's methods: on Model Runner V2, then vanilla vLLM's on V1
     *("none", "padrec", "eagle", "eagle_vanilla", "eagle_one_step", "padrec_adaptive", "padrec_tail", "padrec_loop"),
+    "none_default_graphs",
     *("none_v1", "ngram", "medusa"),
 )
 SPEC_RIVALS = ("padrec", "eagle", "eagle_one_step", "eagle_vanilla")  # drafts that may stand beside padrec's engine

@@ -787,6 +787,35 @@ def test_vanilla_v1_methods_are_measured_against_no_speculation_on_model_runner_
     assert only_v1["records"][0]["speedup_vs_no_spec"] is None
 
 
+def test_the_default_graphs_baseline_keeps_vllms_graphs_and_every_v2_record_is_measured_against_it():
+    """none_default_graphs: vLLM's CUDA graphs whatever the run's, its speed beside every V2 record's; the run's none
+    stays the baseline of speedup_vs_no_spec (and of none_default_graphs itself: what the graphs settings give)."""
+    args = bench.parse_args([*BASE, "--batch-sizes", "1", "--max-cudagraph-capture-size", "prompts"])
+    args.longest_prompt, args.cudagraph_mode = 101, "full"
+    assert bench.compilation_args(args, "none_default_graphs", 0) == {}
+    assert bench.compilation_args(args, "none", 0) != {}
+    assert "none_default_graphs" not in bench.DEFAULT_METHODS
+    assert bench.configurations(bench.parse_args([*BASE, "--methods", "none", "none_default_graphs"])) == [
+        ("none", 0),
+        ("none_default_graphs", 0),
+    ]
+    plain = result("none", 0, {1: 100}, {"10_1": [[1, 2]]})
+    vanilla = result("none_default_graphs", 0, {1: 80}, {"10_1": [[1, 2]]})
+    padrec = result("padrec", 5, {1: 240}, {"10_1": [[1, 2]]})
+    plain_v1 = result("none_v1", 0, {1: 70}, {"10_1": [[5, 6]]})
+    ngram = result("ngram", 3, {1: 140}, {"10_1": [[5, 6]]})
+    bench.attach_baseline([plain, vanilla, padrec, plain_v1, ngram])
+    (padrec_1,), (vanilla_1,), (plain_1,) = padrec["records"], vanilla["records"], plain["records"]
+    assert (padrec_1["speedup_vs_no_spec"], padrec_1["speedup_vs_default_graphs"]) == (2.4, 3.0)
+    assert (vanilla_1["speedup_vs_no_spec"], vanilla_1["equal_to_no_spec"]) == (0.8, 1)
+    assert plain_1["speedup_vs_default_graphs"] == 1.25 and "speedup_vs_default_graphs" not in vanilla_1
+    assert "speedup_vs_default_graphs" not in ngram["records"][0]  # V1's unconstrained lists: not comparable
+    text = "\n".join(bench.default_graphs_markdown([*plain["records"], *padrec["records"], *ngram["records"]]))
+    assert "| padrec | 5 | 10 | 1 | 240.0 | 2.4 | 3.0 |" in text
+    assert "| none | 0 | 10 | 1 | 100.0 | 1.0 | 1.25 |" in text
+    assert bench.default_graphs_markdown(ngram["records"]) == []
+
+
 def medusa_draft(folder: Path, heads: int) -> Path:
     """A Medusa draft folder as bench_spec_decode reads it: its config.json's head count."""
     (folder / "medusa").mkdir()
@@ -1453,3 +1482,6 @@ def test_the_markdown_states_the_graphs_of_engines_that_left_vllms_defaults():
     payload = json.loads((REPO / "benchmarks/results/spec_decode_beauty_atspeed_depth8_prompt_graphs.json").read_text())
     text = bench.markdown(payload)
     assert "none g0: graphs up to 104 tokens, FULL_AND_PIECEWISE; padrec g5: graphs up to 104 tokens" in text
+    assert "default CUDA graphs" not in text  # no none_default_graphs in that run
+    payload["records"][0]["speedup_vs_default_graphs"] = 1.1
+    assert "## Against no speculation under vLLM's default CUDA graphs" in bench.markdown(payload)
