@@ -53,7 +53,9 @@ those graphs whole-model ones, ``integration/prefill_graphs.py``). For each list
 batch size B it answers ``--users`` test users (B = 1: ``--users-latency``) in calls of B requests
 (``LLM.generate``), after one warm-up call; a list's latency is its call's. Records (one per method, gamma,
 list length and batch size):
-``tokens_per_s`` (output tokens over the pass's seconds), ``p50_ms`` / ``p99_ms``, ``acceptance_length`` and
+``target_recipe`` and ``target_epochs`` (the target checkpoint's ``padrec_recipe.json``: holds train their own
+target, and a merge keeps each record's), ``tokens_per_s`` (output tokens over the pass's seconds), ``p50_ms`` /
+``p99_ms``, ``acceptance_length`` and
 ``accepted_per_draft_step`` (vLLM's spec-decode counters over the pass), ``tokens_per_list`` and
 ``rounds_per_list``, ``speedup_vs_no_spec`` (tokens/s over ``none``'s at the same list length and batch
 size), ``equal_to_no_spec`` (users whose list is ``none``'s token for token, of ``users_compared``),
@@ -999,6 +1001,33 @@ def record_key(record: dict) -> tuple:
     return tuple(fields[field] if field in fields else record.get(field) for field in RECORD_KEY)
 
 
+def target_training(target: str) -> dict:
+    """The target checkpoint's training recipe and epochs (``padrec_recipe.json``), as record fields
+    (``target_recipe``, ``target_epochs``); nothing where the folder has no readable recipe (a target trained
+    elsewhere)."""
+    from vllm_padrec.target.config import RECIPE_FILE
+
+    try:
+        recipe = json.loads((Path(target) / RECIPE_FILE).read_text())
+        return {"target_recipe": str(recipe["name"]), "target_epochs": float(recipe["epochs"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def target_text(records: list[dict]) -> str:
+    """The recipes and epochs of the targets the records ran on, for the Markdown's first line ("" where none
+    says)."""
+    epochs: dict[str, set[float]] = {}
+    for r in records:
+        if r.get("target_recipe"):
+            epochs.setdefault(r["target_recipe"], set()).add(r["target_epochs"])
+    said = "; ".join(
+        f"recipe {name}, epochs {' and '.join(f'{e:g}' for e in sorted(values))}"
+        for name, values in sorted(epochs.items())
+    )
+    return f" ({said})" if said else ""
+
+
 def summarize(
     args, results: list[dict], errors: dict, table: list | None, earlier: list[dict] = (), skipped: dict | None = None
 ) -> dict:
@@ -1007,6 +1036,7 @@ def summarize(
     import torch
 
     run = {"dtype": args.dtype, "tensor_parallel_size": tensor_parallel_size(args.engine_args)}
+    run |= target_training(args.target)  # each record keeps its own run's target through later merges
     records = [record | run for r in results for record in r["records"]]
     records = merged(list(earlier), records, record_key)  # --merge
     return {
@@ -1281,7 +1311,8 @@ def markdown(payload: dict) -> str:
     lines = [
         f"# List generation speed on {payload['dataset']}",
         "",
-        f"Target `{payload['target']}`; {payload['device']}, {payload['date']}, {payload['dtype']}. Greedy lists, "
+        f"Target `{payload['target']}`{target_text(payload['records'])}; {payload['device']}, {payload['date']}, "
+        f"{payload['dtype']}. Greedy lists, "
         "constrained on vLLM's Model Runner V2 (runner v2); a list's latency is its call's (batch_size requests per "
         "call). Speedup: tokens/s over `none`'s at the same list length and batch size. Equal: lists equal to "
         "`none`'s token for token. Runner v1 (vanilla vLLM's n-gram and Medusa drafts, which vLLM 0.26.0 runs on "

@@ -1485,3 +1485,23 @@ def test_the_markdown_states_the_graphs_of_engines_that_left_vllms_defaults():
     assert "default CUDA graphs" not in text  # no none_default_graphs in that run
     payload["records"][0]["speedup_vs_default_graphs"] = 1.1
     assert "## Against no speculation under vLLM's default CUDA graphs" in bench.markdown(payload)
+
+
+def test_each_record_says_the_recipe_and_epochs_of_the_target_it_ran_on(tmp_path):
+    """Holds trained targets of 0.5 and 1 epoch under one results name: each record keeps its own through a
+    merge, read from the checkpoint's padrec_recipe.json, and the Markdown's first line names them."""
+    (tmp_path / "padrec_recipe.json").write_text(json.dumps({"name": "bench", "epochs": 0.5, "lr": 0.001}))
+    assert bench.target_training(str(tmp_path)) == {"target_recipe": "bench", "target_epochs": 0.5}
+    assert bench.target_training(str(tmp_path / "elsewhere")) == {}  # a target trained elsewhere: no fields
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "padrec_recipe.json").write_text("{")
+    assert bench.target_training(str(tmp_path / "bad")) == {}
+    args = bench.parse_args(BASE)
+    args.target = str(tmp_path)
+    earlier = result("none", 0, {64: 2000}, {"10_64": [[4]]})["records"][0] | {"target_recipe": "bench"}
+    earlier |= {"target_epochs": 1.0, "dtype": "bfloat16", "tensor_parallel_size": 1}
+    payload = bench.summarize(args, [result("none", 0, {1: 100}, {"10_1": [[1]]})], {}, None, earlier=[earlier])
+    epochs = {r["batch_size"]: r["target_epochs"] for r in payload["records"]}
+    assert epochs == {64: 1.0, 1: 0.5}
+    first = bench.markdown(payload).splitlines()[2]
+    assert f"Target `{tmp_path}` (recipe bench, epochs 0.5 and 1);" in first
