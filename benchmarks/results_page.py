@@ -5,7 +5,10 @@ For each dataset of ``DATASETS``, from ``benchmarks/results/``:
 - list generation (``spec_decode_<dataset>.json``, ``bench_spec_decode``): the goals' verdicts, then tokens per
   second, speedup over no speculation (paired where the run alternated a baseline engine's calls with the
   draft's), acceptance length, latency, equality and Recall/NDCG@10, for each method, gamma, batch size and list
-  length; a record an earlier run measured says its date;
+  length; a record an earlier run measured says its date; under it, the bench target's own Recall/NDCG@10 over
+  every test user (``target_<name>.json``, ``bench_eval``), and after the dataset's tables its list-generation runs
+  of other settings (``spec_decode_<dataset>_*.json``: deeper heads, graphs that hold the prompts), each with its
+  provenance, rows and plot;
 - top-K (``topk_<dataset>.json``, ``bench_topk``): the goals' verdicts, then per mode (and head), for each K the
   latency one request at a time, users per second at the run's concurrency, Recall/NDCG@K of the pass over the
   most users, and the float32 equality with the reference;
@@ -75,6 +78,49 @@ def spec_decode_section(payload: dict) -> list[str]:
         "Speedup: tokens/s over no speculation's, paired (the draft's calls alternating with a baseline engine's) "
         "where the run measured it so, else over the run's own no-speculation engine.",
         "",
+    ]
+    return lines + spec_decode_records(payload)
+
+
+def target_quality(results: Path, dataset: str) -> list[str]:
+    """The bench target's own Recall/NDCG@10 over every test user (``target_<name>.json``, the ``bench_eval``
+    job's), beside the list tables' figures over a pass's few users; nothing where it was not evaluated."""
+    name = f"target_{dataset.split('_')[0]}"
+    quality = load(results, name)
+    if quality is None or quality.get("greedy_recall@10") is None:
+        return []
+    return [
+        f"Recall@10 and NDCG@10 above are over each pass's users (50 or 100 one at a time: mostly no hit at all). "
+        f"The target's own greedy lists over all {quality['users']:,} {quality.get('split', 'test')} users: "
+        f"Recall@10 {cell(quality['greedy_recall@10'], 4)}, NDCG@10 {cell(quality['greedy_ndcg@10'], 4)} "
+        f"(`results/{name}.json`).",
+        "",
+    ]
+
+
+def further_spec_decode_runs(results: Path, dataset: str, page: Path) -> list[str]:
+    """The dataset's list-generation runs of other settings (``spec_decode_<dataset>_*.json``: deeper heads,
+    graphs that hold the prompts, a recipe run again), each with its provenance, its records and its plot."""
+    names = sorted(path.stem for path in results.glob(f"spec_decode_{dataset}_*.json"))
+    if not names:
+        return []
+    lines = [
+        "### Further list-generation runs",
+        "",
+        "Runs of other settings than the table above, each in its own file (its Markdown beside it says why it ran "
+        "and what it shows); the goals read the file above.",
+        "",
+    ]
+    for name in names:
+        payload = load(results, name)
+        lines += [f"#### `{name}`", "", provenance(payload, "spec_decode"), ""]
+        lines += spec_decode_records(payload) + plot(results, name, page)
+    return lines
+
+
+def spec_decode_records(payload: dict) -> list[str]:
+    """A list-generation payload's offline records, one row each."""
+    lines = [
         "| method | gamma | batch size | list length | tokens/s | speedup | acceptance length | p50 ms "
         "| equal to none | Recall@10 | NDCG@10 |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
@@ -219,6 +265,9 @@ def page(results: Path = RESULTS, path: Path = PAGE) -> str:
                 lines += [f"Not measured yet (issue {issue}, then 15).", ""]
                 continue
             lines += section(payload) + plot(results, name, path)
+            if kind == "spec_decode":
+                lines += target_quality(results, dataset)
+        lines += further_spec_decode_runs(results, dataset, path)
     lines += ["## The catalog at scale", ""]
     # the GPU run (memory and mask costs) where there is one, else the memory measured on the CPU
     scale_name = next((n for n in ("catalog_scale", "catalog_scale_memory") if load(results, n)), None)

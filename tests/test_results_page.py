@@ -129,3 +129,26 @@ def test_without_a_gpu_run_the_catalog_scale_section_reads_the_memory_only_run(t
     (results / "catalog_scale.json").write_text(json.dumps(gpu))
     section = results_page.page(results, tmp_path / "RESULTS.md").split("## The catalog at scale")[1]
     assert "on H200" in section  # a GPU run, once there is one, wins
+
+
+def test_further_list_runs_and_the_targets_own_quality_stand_beside_the_goals_file(tmp_path):
+    """Runs of other settings (``spec_decode_<dataset>_*.json``) each get their provenance, rows and plot after
+    the dataset's main tables; the target's Recall/NDCG over every test user stands under the list table."""
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "spec_decode_beauty_atspeed.json").write_text(json.dumps(spec_decode_payload()))
+    deeper = spec_decode_payload() | {"command": "python3 -m benchmarks.bench_spec_decode --gammas 8"}
+    deeper["records"] = [deeper["records"][0] | {"gamma": 8, "paired_speedup": 2.73}]
+    (results / "spec_decode_beauty_atspeed_depth8.json").write_text(json.dumps(deeper))
+    (results / "spec_decode_beauty_atspeed_depth8.png").write_bytes(b"png")
+    (results / "spec_decode_games_atspeed_depth8.json").write_text(json.dumps(deeper))
+    quality = {"split": "test", "users": 3553, "greedy_recall@10": 0.00887, "greedy_ndcg@10": 0.00586}
+    (results / "target_beauty.json").write_text(json.dumps(quality))
+    beauty, games = results_page.page(results, tmp_path / "RESULTS.md").split("## games_atspeed")
+    further = beauty.split("### Further list-generation runs")[1]
+    assert "#### `spec_decode_beauty_atspeed_depth8`" in further and "#### `spec_decode_games" not in further
+    assert "by `python3 -m benchmarks.bench_spec_decode --gammas 8`." in further
+    assert "| padrec | 8 | 1 | 10 | 1,000 | 2.73 paired |" in further
+    assert "![spec_decode_beauty_atspeed_depth8](results/spec_decode_beauty_atspeed_depth8.png)" in further
+    assert "over all 3,553 test users: Recall@10 0.0089, NDCG@10 0.0059 (`results/target_beauty.json`)" in beauty
+    assert "#### `spec_decode_games_atspeed_depth8`" in games and "over all" not in games  # games: no evaluation
