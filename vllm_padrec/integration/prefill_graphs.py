@@ -21,7 +21,11 @@ that host work to be most of a batch-1 prefill. ``cudagraph_mode`` ``FULL`` capt
 steps too, where the attention backend can replay any batch (FlashAttention 3:
 ``AttentionCGSupport.ALWAYS``, ``vllm/v1/attention/backends/flash_attn.py:341-345``); the draft's prefill follows
 the target's mode (``vllm/v1/worker/gpu/spec_decode/autoregressive/speculator.py:61-83``). ``compilation_config``
-writes the benchmarks' settings.
+writes the benchmarks' settings. Without separate uniform-decode graphs, a verification step of 1 + K tokens then
+replays the smallest capture size that holds it (16 tokens at gamma 8) rather than a graph of exactly 1 + K.
+
+The warning reads the front end's capture sizes, which are the worker's on Model Runner V2: only V1 rounds them to
+multiples of 1 + K for a draft (``vllm/config/compilation.py:1459-1474``).
 """
 
 from __future__ import annotations
