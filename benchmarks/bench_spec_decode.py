@@ -130,8 +130,10 @@ from pathlib import Path
 from vllm_padrec.integration.prefill_graphs import (
     CUDAGRAPH_MODES,
     VLLM_CAPTURE_CAP,
+    VLLM_DEFAULT_CUDAGRAPH_MODE,
     capture_grid_ceiling,
     compilation_config,
+    cudagraph_mode_name,
     vllm_default_capture_size,
 )
 from vllm_padrec.integration.worker_rpc import WORKER_RPC
@@ -489,10 +491,10 @@ def run_config(args) -> dict:
     engine = {"runner": METHODS[args.one].runner, "speculative_method": spec["method"] if spec else None}
     engine["forced_tail"] = METHODS[args.one].forced_tail
     engine["engine_core"] = args.engine_core if args.one_mode == "offline" else OWN_PROCESS  # vllm serve's own
-    given = args.engine_args.get("compilation_config")
-    given = given if isinstance(given, dict) else engine_compilation(args, args.one, args.one_gamma) or {}
-    engine["max_cudagraph_capture_size"] = given.get("max_cudagraph_capture_size")
-    engine["cudagraph_mode"] = given.get("cudagraph_mode")  # None: vLLM's default, FULL_AND_PIECEWISE
+    given = args.engine_args.get("compilation_config")  # the caller's wins (compilation_args)
+    compiled = given if isinstance(given, dict) else engine_compilation(args, args.one, args.one_gamma) or {}
+    engine["max_cudagraph_capture_size"] = compiled.get("max_cudagraph_capture_size")
+    engine["cudagraph_mode"] = compiled.get("cudagraph_mode")  # None: vLLM's default (VLLM_DEFAULT_CUDAGRAPH_MODE)
     records = [r | engine for r in records]
     result = {"method": args.one, "gamma": args.one_gamma, "mode": args.one_mode, "startup_seconds": round(startup, 1)}
     return result | {"records": records, "lists": lists}
@@ -1175,10 +1177,11 @@ def graphs_markdown(records: list[dict]) -> list[str]:
     if not settings:
         return []
     said = "; ".join(
-        f"{method} g{gamma}: graphs up to {size or 'vLLM default'} tokens, {mode or 'FULL_AND_PIECEWISE'}"
+        f"{method} g{gamma}: graphs up to {size or 'vLLM default'} tokens, {cudagraph_mode_name(mode)}"
         for method, gamma, size, mode in settings
     )
-    return [f"CUDA graphs where not vLLM's defaults (`FULL_AND_PIECEWISE`, up to its cap): {said}.", ""]
+    default = f"`{VLLM_DEFAULT_CUDAGRAPH_MODE}`, up to its cap"
+    return [f"CUDA graphs where not vLLM's defaults ({default}): {said}.", ""]
 
 
 def default_graphs_markdown(records: list[dict]) -> list[str]:

@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 
 from vllm_padrec.acceptance import mean_acceptance_length
-from vllm_padrec.integration.prefill_graphs import CUDAGRAPH_MODES, compilation_config
+from vllm_padrec.integration.prefill_graphs import CUDAGRAPH_MODES, compilation_config, cudagraph_mode_name
 from vllm_padrec.integration.spec_decode_counters import SPEC_COUNTERS
 from vllm_padrec.testing.bench_driver import rerender, write_payload
 from vllm_padrec.testing.python_profile import hotspot_table, python_hotspots
@@ -545,7 +545,7 @@ def render_markdown(payload: dict) -> str:
         f"gamma {payload.get('gamma') or 'vLLM default'}, {payload['dtype']}; {payload['device']}, torch "
         f"{payload['torch']}, {payload['date']}; CUDA graphs up to "
         f"{payload.get('max_cudagraph_capture_size') or 'vLLM default'} tokens, "
-        f"{CUDAGRAPH_MODES.get(payload.get('cudagraph_mode') or 'vllm') or 'FULL_AND_PIECEWISE'} mode. Step ms = wall "
+        f"{cudagraph_mode_name(CUDAGRAPH_MODES.get(payload.get('cudagraph_mode') or 'vllm'))} mode. Step ms = wall "
         "time / engine steps; call p50: the median call (--concurrency requests).",
         "",
         *([f"Note: {payload['note']}", ""] if payload.get("note") else []),

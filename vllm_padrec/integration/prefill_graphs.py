@@ -35,6 +35,12 @@ from typing import Any
 VLLM_CAPTURE_CAP = 512  # vLLM's largest default graph, in tokens
 CAPTURE_FINE_STEP, CAPTURE_COARSE_FROM, CAPTURE_COARSE_STEP = 8, 256, 16  # vLLM's capture grid (module doc)
 CUDAGRAPH_MODES = {"vllm": None, "full": "FULL"}  # a benchmark's --cudagraph-mode: vLLM's default, or FULL
+VLLM_DEFAULT_CUDAGRAPH_MODE = "FULL_AND_PIECEWISE"  # what an engine runs when its compilation_config names no mode
+
+
+def cudagraph_mode_name(mode: str | None) -> str:
+    """The mode an engine ran: its ``compilation_config``'s ``cudagraph_mode``, or vLLM's default where none."""
+    return mode or VLLM_DEFAULT_CUDAGRAPH_MODE
 
 
 def compilation_config(capture_size: int | None, cudagraph_mode: str = "vllm") -> dict[str, Any] | None:
