@@ -64,7 +64,11 @@ size 1 alone, vLLM's default graphs leave every prefill eager: SPEC_DECODE.md se
 ``..._prompt_graphs``; ``--cudagraph-mode full`` makes every engine's graphs whole-model ones, prefills included
 (vLLM's default replays a prefill piecewise, its attention eager layer by layer: section 20), results in
 ``..._full_prompt_graphs``; ``none_default_graphs`` among ``--spec-methods`` keeps vLLM's default graphs beside
-them (no speculation as users run it).
+them (no speculation as users run it). The seventeenth hold (2026-12-06 18:23, H100, 3.12x paired: section 21) ran
+``--spec-methods none none_default_graphs padrec --spec-capture prompts --cudagraph-mode full`` with the first-token
+profile's ``--engine-*`` options, call 3 ``checks bench_spec_decode engine_step`` (target 3 minutes, head 3.5,
+benchmark 6, profile 3); a later ``run bench_spec_decode`` of the same name merges into the same results file, so
+each run's records are committed as a file of their own (``_repeat``, ``_float32``).
 
 On a card under 100 GiB (an H100) ``bench_target`` trains in passes of half a batch (``--micro-batch-size 64``:
 the same steps; 128 examples a pass ran out of an H100's memory on 2026-12-05, SPEC_DECODE.md section 15).
