@@ -100,7 +100,8 @@ def target_quality(results: Path, dataset: str) -> list[str]:
 
 def further_spec_decode_runs(results: Path, dataset: str, page: Path) -> list[str]:
     """The dataset's list-generation runs of other settings (``spec_decode_<dataset>_*.json``: deeper heads,
-    graphs that hold the prompts, a recipe run again), each with its provenance, its records and its plot."""
+    graphs that hold the prompts, a recipe run again), each with its provenance, the goals it measured, its records
+    and its plot."""
     names = sorted(path.stem for path in results.glob(f"spec_decode_{dataset}_*.json"))
     if not names:
         return []
@@ -108,12 +109,14 @@ def further_spec_decode_runs(results: Path, dataset: str, page: Path) -> list[st
         "### Further list-generation runs",
         "",
         "Runs of other settings than the table above, each in its own file (its Markdown beside it says why it ran "
-        "and what it shows); the goals read the file above.",
+        "and what it shows); the goals' verdicts above read the file above, each run's below read its own records.",
         "",
     ]
     for name in names:
         payload = load(results, name)
         lines += [f"#### `{name}`", "", provenance(payload, "spec_decode"), ""]
+        measured = [goal for goal in payload.get("goals") or () if goal["met"] is not None]
+        lines += goals_table(measured) if measured else []
         lines += spec_decode_records(payload) + plot(results, name, page)
     return lines
 

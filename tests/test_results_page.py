@@ -139,6 +139,10 @@ def test_further_list_runs_and_the_targets_own_quality_stand_beside_the_goals_fi
     (results / "spec_decode_beauty_atspeed.json").write_text(json.dumps(spec_decode_payload()))
     deeper = spec_decode_payload() | {"command": "python3 -m benchmarks.bench_spec_decode --gammas 8"}
     deeper["records"] = [deeper["records"][0] | {"gamma": 8, "paired_speedup": 2.73}]
+    deeper["goals"] = [
+        {"goal": "PAD-Rec at least 3.1x", "met": False, "measured": "2.73x paired"},
+        {"goal": "float32 lists equal", "met": None, "measured": "not measured"},
+    ]
     (results / "spec_decode_beauty_atspeed_depth8.json").write_text(json.dumps(deeper))
     (results / "spec_decode_beauty_atspeed_depth8.png").write_bytes(b"png")
     (results / "spec_decode_games_atspeed_depth8.json").write_text(json.dumps(deeper))
@@ -149,6 +153,8 @@ def test_further_list_runs_and_the_targets_own_quality_stand_beside_the_goals_fi
     assert "#### `spec_decode_beauty_atspeed_depth8`" in further and "#### `spec_decode_games" not in further
     assert "by `python3 -m benchmarks.bench_spec_decode --gammas 8`." in further
     assert "| padrec | 8 | 1 | 10 | 1,000 | 2.73 paired |" in further
+    assert "| PAD-Rec at least 3.1x | **missed** | 2.73x paired |" in further  # the goals this run measured
+    assert "float32 lists equal" not in further  # and not those it did not
     assert "![spec_decode_beauty_atspeed_depth8](results/spec_decode_beauty_atspeed_depth8.png)" in further
     assert "over all 3,553 test users: Recall@10 0.0089, NDCG@10 0.0059 (`results/target_beauty.json`)" in beauty
     assert "#### `spec_decode_games_atspeed_depth8`" in games and "over all" not in games  # games: no evaluation
