@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from vllm_padrec.catalog import CATALOG_FILE, ItemCatalog, TokenLayout
 from vllm_padrec.integration import endpoint as ep
 from vllm_padrec.integration import spec_decode_counters
-from vllm_padrec.integration.prefill_graphs import eager_prefill_warning
+from vllm_padrec.integration.prefill_graphs import eager_prefill_warning, prefill_graph_mode_note
 from vllm_padrec.integration.spec_decode_counters import SPEC_COUNTERS, SPEC_PER_POS
 from vllm_padrec.lists import REQUEST_KEYS, ListLimits, ListSpec, parse_list
 
@@ -99,11 +99,22 @@ def write_model_folder(path, max_history: int | None = None, catalog: bool = Tru
 
 
 def make_app(
-    folder, engine, *, max_model_len=64, max_list_items=MAX_LIST_ITEMS, speculative=False, graphs=None, **settings
+    folder,
+    engine,
+    *,
+    max_model_len=64,
+    max_list_items=MAX_LIST_ITEMS,
+    speculative=False,
+    graphs=None,
+    graph_mode=None,
+    **settings,
 ):
     """What vLLM's build_app / init_app_state do for an endpoint plugin, on a bare FastAPI app; ``graphs``: the
-    engine's CUDA-graph capture sizes (None: a config that does not say); ``settings``: more of the server's
-    ``padrec`` settings."""
+    engine's CUDA-graph capture sizes (None: a config that does not say); ``graph_mode``: its ``cudagraph_mode``'s
+    name (None: unsaid); ``settings``: more of the server's ``padrec`` settings."""
+    compilation = SimpleNamespace(cudagraph_capture_sizes=graphs)
+    if graph_mode is not None:
+        compilation.cudagraph_mode = SimpleNamespace(name=graph_mode)
     plugin = ep.RecommendationsPlugin()
     app = FastAPI()
     plugin.attach_router(app)
@@ -111,7 +122,7 @@ def make_app(
         model_config=SimpleNamespace(model=str(folder), max_model_len=max_model_len),
         additional_config={"padrec": {"max_list_items": max_list_items, **settings}},
         speculative_config=SimpleNamespace(num_speculative_tokens=3) if speculative else None,
-        **({} if graphs is None else {"compilation_config": SimpleNamespace(cudagraph_capture_sizes=graphs)}),
+        **({} if graphs is None else {"compilation_config": compilation}),
     )
     args = Namespace(served_model_name=[MODEL], model=str(folder))
     asyncio.run(plugin.init_state(engine, app.state, args))
@@ -362,19 +373,40 @@ def test_missing_catalog_answers_503_and_the_server_starts(tmp_path):
     assert CATALOG_FILE in error["message"] and str(folder) in error["message"]
 
 
-@pytest.mark.parametrize(("graphs", "warned"), [([1, 2], True), ([1, 2, 4, 8, 16], False), (None, False)])
-def test_the_server_warns_at_start_when_its_prompts_prefill_eagerly(tmp_path, monkeypatch, graphs, warned):
-    """A target trained on 4 history items writes prompts of 1 + 4 x (codes + 1) tokens; an engine whose graphs are
-    smaller (one request a server) prefills them eagerly, and the log says how to fix it, once."""
+SMALL_GRAPHS, PROMPT_GRAPHS = [1, 2], [1, 2, 4, 8, 16]
+
+
+@pytest.mark.parametrize(
+    ("graphs", "mode", "warned", "noted"),
+    [
+        (SMALL_GRAPHS, "FULL_AND_PIECEWISE", True, False),  # eager prefills: the warning alone
+        (PROMPT_GRAPHS, "FULL_AND_PIECEWISE", False, True),  # vLLM's default mode: replayed piecewise, a note
+        (PROMPT_GRAPHS, "PIECEWISE", False, True),
+        (PROMPT_GRAPHS, "FULL_DECODE_ONLY", False, True),  # prefills eager whatever the sizes
+        (PROMPT_GRAPHS, "FULL", False, False),  # replayed whole: nothing to say
+        (PROMPT_GRAPHS, None, False, False),  # a config that names no mode
+        (None, None, False, False),
+    ],
+)
+def test_the_server_says_at_start_how_its_prompts_prefill(tmp_path, monkeypatch, graphs, mode, warned, noted):
+    """A target trained on 4 history items writes prompts of 1 + 4 x (codes + 1) tokens. An engine whose graphs are
+    smaller (one request a server) prefills them eagerly, and a warning says how to fix it, once; one whose graphs
+    hold them but does not replay a prefill whole gets a note naming cudagraph_mode FULL, once."""
     folder = write_model_folder(tmp_path / "target", max_history=4)
     longest = 1 + 4 * (CATALOG.num_slots + 1)
-    lines = []
-    logger = SimpleNamespace(info=lambda *args: None, warning=lambda text, *args: lines.append(text % args))
+    warnings, infos = [], []
+    logger = SimpleNamespace(
+        info=lambda text, *args: infos.append(text % args), warning=lambda text, *args: warnings.append(text % args)
+    )
     monkeypatch.setattr(ep, "_logger", lambda: logger)
-    app = make_app(folder, FakeEngine(completion(3)), graphs=graphs)
-    assert 2 < longest <= 16  # the first engine's graphs are smaller than the prompts, the second's hold them
-    assert [line for line in lines if "prefill eagerly" in line] == (
-        [f"vllm-padrec: {eager_prefill_warning(longest, app.state.vllm_config)}"] if warned else []
+    app = make_app(folder, FakeEngine(completion(3)), graphs=graphs, graph_mode=mode)
+    assert 2 < longest <= 16  # the small graphs are smaller than the prompts, the prompt graphs hold them
+    config = app.state.vllm_config
+    assert [line for line in warnings if "prefill eagerly" in line] == (
+        [f"vllm-padrec: {eager_prefill_warning(longest, config)}"] if warned else []
+    )
+    assert [line for line in infos if "cudagraph_mode" in line] == (
+        [f"vllm-padrec: {prefill_graph_mode_note(longest, config)}"] if noted else []
     )
     assert post(app, {"history": ["i1"], "num_items": 1}).status_code == 200  # the route serves either way
 

@@ -7,10 +7,12 @@ import pytest
 
 from vllm_padrec.integration.prefill_graphs import (
     CUDAGRAPH_MODES,
+    PREFILL_WITHOUT_WHOLE_GRAPH,
     capture_grid_ceiling,
     compilation_config,
     eager_prefill_warning,
     largest_graph_tokens,
+    prefill_graph_mode_note,
     vllm_default_capture_size,
 )
 
@@ -108,3 +110,36 @@ def test_full_is_a_mode_vllm_accepts_and_replays_whole_for_prefills():
     assert CUDAGraphMode.FULL_AND_PIECEWISE.mixed_mode() == CUDAGraphMode.PIECEWISE  # vLLM's default: piecewise
     config = CompilationConfig(**compilation_config(104, "full"))  # what vllm.LLM builds from the benchmarks' dict
     assert (config.cudagraph_mode, config.max_cudagraph_capture_size) == (CUDAGraphMode.FULL, 104)
+
+
+@pytest.mark.parametrize("mode", PREFILL_WITHOUT_WHOLE_GRAPH)
+def test_prompts_that_fit_graphs_but_not_one_whole_graph_get_a_note_naming_full(mode):
+    note = prefill_graph_mode_note(101, engine([1, 2, 4, 8, 104], mode=mode))
+    assert f"prefills {PREFILL_WITHOUT_WHOLE_GRAPH[mode]} under cudagraph_mode {mode}" in note
+    assert """--compilation-config '{"cudagraph_mode": "FULL"}'""" in note
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        engine([1, 2, 4, 8, 104], mode="FULL"),  # replayed whole already
+        engine([1, 2, 4, 8, 104], mode="NONE"),  # no graphs
+        engine([1, 2, 4, 8, 104], enforce_eager=True),
+        engine([1, 2]),  # the prompts do not fit: eager_prefill_warning speaks instead
+        SimpleNamespace(model_config=SimpleNamespace()),  # a config that does not say
+    ],
+)
+def test_no_note_where_prefills_replay_whole_or_no_graph_is_captured(config):
+    assert prefill_graph_mode_note(101, config) is None
+
+
+def test_the_modes_noted_are_vllms_modes_with_graphs_whose_mixed_steps_do_not_replay_whole():
+    """``PREFILL_WITHOUT_WHOLE_GRAPH`` against vLLM's own ``CUDAGraphMode.mixed_mode``, the mode a prefill step gets:
+    piecewise where vLLM replays pieces, eager where it replays none."""
+    from vllm.config.compilation import CUDAGraphMode
+
+    graphed = [mode for mode in CUDAGraphMode if mode != CUDAGraphMode.NONE]
+    assert set(PREFILL_WITHOUT_WHOLE_GRAPH) == {m.name for m in graphed if m.mixed_mode() != CUDAGraphMode.FULL}
+    for name, what in PREFILL_WITHOUT_WHOLE_GRAPH.items():
+        piecewise = CUDAGraphMode[name].mixed_mode() == CUDAGraphMode.PIECEWISE
+        assert what == ("replay CUDA graphs piecewise" if piecewise else "run eagerly")

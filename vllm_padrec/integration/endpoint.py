@@ -253,3 +253,5 @@ class RecommendationsPlugin:
         )
         if (warning := service.eager_prefill_warning()) is not None:
             _logger().warning("vllm-padrec: %s", warning)
+        elif (note := service.prefill_graph_mode_note()) is not None:
+            _logger().info("vllm-padrec: %s", note)

@@ -24,6 +24,12 @@ the target's mode (``vllm/v1/worker/gpu/spec_decode/autoregressive/speculator.py
 writes the benchmarks' settings. Without separate uniform-decode graphs, a verification step of 1 + K tokens then
 replays the smallest capture size that holds it (16 tokens at gamma 8) rather than a graph of exactly 1 + K.
 
+Whole-model graphs cut a list's first token on an H100 from 11.8-13.8 ms to 4.0-4.4 ms without a draft, and from
+17.6-21.0 ms to 6.4-8.9 ms at gamma 8 (``SPEC_DECODE.md`` section 21, one request at a time). Where the prompts fit
+the graphs but a prefill does not replay one whole graph (piecewise, or eagerly under ``FULL_DECODE_ONLY``), the
+recommendations route's server says so once at start, with the setting (``prefill_graph_mode_note``). ``FULL`` at
+large batches has not been measured with the plugin, so it is a note, not a warning.
+
 The warning reads the front end's capture sizes, which are the worker's on Model Runner V2: only V1 rounds them to
 multiples of 1 + K for a draft (``vllm/config/compilation.py:1459-1474``).
 """
@@ -36,6 +42,12 @@ VLLM_CAPTURE_CAP = 512  # vLLM's largest default graph, in tokens
 CAPTURE_FINE_STEP, CAPTURE_COARSE_FROM, CAPTURE_COARSE_STEP = 8, 256, 16  # vLLM's capture grid (module doc)
 CUDAGRAPH_MODES = {"vllm": None, "full": "FULL"}  # a benchmark's --cudagraph-mode: vLLM's default, or FULL
 VLLM_DEFAULT_CUDAGRAPH_MODE = "FULL_AND_PIECEWISE"  # what an engine runs when its compilation_config names no mode
+# vLLM's modes with graphs whose prefills (mixed steps) do not replay one whole graph: what such a step does
+PREFILL_WITHOUT_WHOLE_GRAPH = {
+    "FULL_AND_PIECEWISE": "replay CUDA graphs piecewise",  # mixed_mode() PIECEWISE
+    "PIECEWISE": "replay CUDA graphs piecewise",
+    "FULL_DECODE_ONLY": "run eagerly",  # mixed_mode() NONE
+}
 
 
 def cudagraph_mode_name(mode: str | None) -> str:
@@ -97,4 +109,21 @@ def eager_prefill_warning(longest_prompt: int, vllm_config: Any) -> str | None:
         f"prompts of up to {longest_prompt} tokens prefill eagerly: the engine's CUDA graphs hold steps of at most "
         f"{largest} tokens, which costs a request several milliseconds. "
         f"Serve with --compilation-config '{{\"max_cudagraph_capture_size\": {needed}}}'"
+    )
+
+
+def prefill_graph_mode_note(longest_prompt: int, vllm_config: Any) -> str | None:
+    """One line when prompts of ``longest_prompt`` tokens fit the engine's CUDA graphs but its ``cudagraph_mode``
+    does not replay a prefill as one graph (``PREFILL_WITHOUT_WHOLE_GRAPH``), naming the mode that does; None
+    otherwise (they do not fit: ``eager_prefill_warning`` speaks; the mode is FULL already; no graphs)."""
+    largest = largest_graph_tokens(vllm_config)
+    if largest is None or longest_prompt > largest:
+        return None
+    mode = getattr(getattr(vllm_config.compilation_config, "cudagraph_mode", None), "name", None)
+    if mode not in PREFILL_WITHOUT_WHOLE_GRAPH:
+        return None
+    return (
+        f"prefills {PREFILL_WITHOUT_WHOLE_GRAPH[mode]} under cudagraph_mode {mode}, each layer's attention outside "
+        'a graph. Serving few requests at a time, --compilation-config \'{"cudagraph_mode": "FULL"}\' replays '
+        "them whole (a list's first token fell from 12-14 ms to 4 ms on an H100; untested at large batches)"
     )

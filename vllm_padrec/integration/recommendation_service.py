@@ -247,6 +247,13 @@ class RecommendationService:
         longest = self.longest_prompt()
         return None if longest is None else eager_prefill_warning(longest, self.vllm_config)
 
+    def prefill_graph_mode_note(self) -> str | None:
+        """``prefill_graphs.prefill_graph_mode_note`` for the route's longest prompt and the server's engine."""
+        from vllm_padrec.integration.prefill_graphs import prefill_graph_mode_note
+
+        longest = self.longest_prompt()
+        return None if longest is None else prefill_graph_mode_note(longest, self.vllm_config)
+
     # -- validation --------------------------------------------------------------------------------
     def plan(self, request: RecommendationRequest) -> Plan:
         """Validate ``request`` against the catalog and the server's limits; raises RecommendationError."""
