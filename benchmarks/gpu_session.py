@@ -620,7 +620,9 @@ def job_bench_target(ctx: JobContext) -> int:
 
 
 def job_bench_eval(ctx: JobContext) -> int:
-    out = str(WORK / "results" / f"target_{ctx.settings.dataset.split('_')[0]}.json")  # target_beauty.json
+    from vllm_padrec.testing.results import target_quality_stem
+
+    out = str(WORK / "results" / f"{target_quality_stem(ctx.settings.dataset)}.json")  # target_beauty.json
     args = [
         "--checkpoint",
         str(bench_dir(ctx.settings.dataset) / "checkpoint"),

@@ -34,6 +34,7 @@ from pathlib import Path
 from vllm_padrec.testing.bench_driver import cell as bench_cell
 from vllm_padrec.testing.bench_driver import earlier_mark
 from vllm_padrec.testing.goals import goals_table
+from vllm_padrec.testing.results import target_quality_stem
 from vllm_padrec.testing.spec_decode_goals import paired_mark, speedup
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -85,7 +86,7 @@ def spec_decode_section(payload: dict) -> list[str]:
 def target_quality(results: Path, dataset: str) -> list[str]:
     """The bench target's own Recall/NDCG@10 over every test user (``target_<name>.json``, the ``bench_eval``
     job's), beside the list tables' figures over a pass's few users; nothing where it was not evaluated."""
-    name = f"target_{dataset.split('_')[0]}"
+    name = target_quality_stem(dataset)
     quality = load(results, name)
     if quality is None or quality.get("greedy_recall@10") is None:
         return []

@@ -997,3 +997,20 @@ def test_a_collection_cut_off_leaves_the_previous_file_whole(tmp_path):
     with gs.replaced(target) as part:
         part.write_text("the next collection")
     assert target.read_text() == "the next collection"
+
+
+@pytest.mark.parametrize("dataset", ["beauty_atspeed", "games_atspeed"])
+def test_bench_eval_writes_the_file_the_results_page_reads(monkeypatch, tmp_path, dataset):
+    """The bench target's own test metrics land where ``results_page.target_quality`` looks for them."""
+    from benchmarks import results_page
+
+    monkeypatch.setattr(gs, "WORK", tmp_path)
+    calls = []
+    ctx = gs.JobContext("bench_eval", gs.Settings(target="bench", dataset=dataset), {"PATH": "/bin"})
+    monkeypatch.setattr(ctx.__class__, "python", lambda self, module, *args, env=None: calls.append(args) or 0)
+    assert gs.JOBS["bench_eval"].body(ctx) == 0
+    ((*_, flag, out),) = calls
+    assert flag == "--out" and Path(out).parent == tmp_path / "results"
+    Path(out).parent.mkdir(parents=True)
+    Path(out).write_text('{"users": 7, "greedy_recall@10": 0.5, "greedy_ndcg@10": 0.25}')
+    assert "over all 7 test users" in "\n".join(results_page.target_quality(tmp_path / "results", dataset))

@@ -11,6 +11,12 @@ from vllm_padrec.plotting import pyplot
 PLOT_DPI = 120
 
 
+def target_quality_stem(dataset: str) -> str:
+    """The stem of a bench target's own test metrics (the ``bench_eval`` job's): ``target_`` and the dataset
+    folder's first word (``beauty_atspeed``: ``target_beauty``)."""
+    return f"target_{dataset.split('_')[0]}"
+
+
 def write_results(
     out: str | Path,
     stem: str,
