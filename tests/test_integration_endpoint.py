@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 from argparse import Namespace
 from types import SimpleNamespace
 from typing import get_args
@@ -395,8 +396,14 @@ def test_the_server_says_at_start_how_its_prompts_prefill(tmp_path, monkeypatch,
     folder = write_model_folder(tmp_path / "target", max_history=4)
     longest = 1 + 4 * (CATALOG.num_slots + 1)
     warnings, infos = [], []
+
+    def log(level, text, *args):
+        {logging.WARNING: warnings, logging.INFO: infos}[level].append(text % args)
+
     logger = SimpleNamespace(
-        info=lambda text, *args: infos.append(text % args), warning=lambda text, *args: warnings.append(text % args)
+        log=log,
+        info=lambda text, *args: log(logging.INFO, text, *args),
+        warning=lambda text, *args: log(logging.WARNING, text, *args),
     )
     monkeypatch.setattr(ep, "_logger", lambda: logger)
     app = make_app(folder, FakeEngine(completion(3)), graphs=graphs, graph_mode=mode)

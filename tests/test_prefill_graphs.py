@@ -1,6 +1,7 @@
 """Whether a server's prompts prefill in CUDA graphs (``integration/prefill_graphs.py``), against vLLM's own
 capture sizes where vLLM builds its config on this machine."""
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -12,6 +13,7 @@ from vllm_padrec.integration.prefill_graphs import (
     compilation_config,
     eager_prefill_warning,
     largest_graph_tokens,
+    prefill_graph_advice,
     prefill_graph_mode_note,
     vllm_default_capture_size,
 )
@@ -143,3 +145,10 @@ def test_the_modes_noted_are_vllms_modes_with_graphs_whose_mixed_steps_do_not_re
     for name, what in PREFILL_WITHOUT_WHOLE_GRAPH.items():
         piecewise = CUDAGraphMode[name].mixed_mode() == CUDAGraphMode.PIECEWISE
         assert what == ("replay CUDA graphs piecewise" if piecewise else "run eagerly")
+
+
+def test_a_server_is_warned_of_eager_prefills_first_and_noted_of_the_mode_otherwise():
+    small, prompt_sized = engine([1, 2]), engine([1, 2, 4, 8, 104])
+    assert prefill_graph_advice(101, small) == (logging.WARNING, eager_prefill_warning(101, small))
+    assert prefill_graph_advice(101, prompt_sized) == (logging.INFO, prefill_graph_mode_note(101, prompt_sized))
+    assert prefill_graph_advice(101, engine([1, 2, 4, 8, 104], mode="FULL")) is None

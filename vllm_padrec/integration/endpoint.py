@@ -251,7 +251,6 @@ class RecommendationsPlugin:
             service.max_history,
             service.max_model_len,
         )
-        if (warning := service.eager_prefill_warning()) is not None:
-            _logger().warning("vllm-padrec: %s", warning)
-        elif (note := service.prefill_graph_mode_note()) is not None:
-            _logger().info("vllm-padrec: %s", note)
+        if (advice := service.prefill_graph_advice()) is not None:
+            level, line = advice
+            _logger().log(level, "vllm-padrec: %s", line)

@@ -36,6 +36,7 @@ multiples of 1 + K for a draft (``vllm/config/compilation.py:1459-1474``).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 VLLM_CAPTURE_CAP = 512  # vLLM's largest default graph, in tokens
@@ -127,3 +128,14 @@ def prefill_graph_mode_note(longest_prompt: int, vllm_config: Any) -> str | None
         'a graph. Serving few requests at a time, --compilation-config \'{"cudagraph_mode": "FULL"}\' replays '
         "them whole (a list's first token fell from 12-14 ms to 4 ms on an H100; untested at large batches)"
     )
+
+
+def prefill_graph_advice(longest_prompt: int, vllm_config: Any) -> tuple[int, str] | None:
+    """What a server whose prompts run up to ``longest_prompt`` tokens logs once at start about its prefills' CUDA
+    graphs, as (logging level, line): the eager-prefill warning, else the graph-mode note; None where neither
+    applies."""
+    if (warning := eager_prefill_warning(longest_prompt, vllm_config)) is not None:
+        return logging.WARNING, warning
+    if (note := prefill_graph_mode_note(longest_prompt, vllm_config)) is not None:
+        return logging.INFO, note
+    return None

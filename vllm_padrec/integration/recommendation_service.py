@@ -240,19 +240,12 @@ class RecommendationService:
             return None
         return len(self.catalog.render_prompt([0] * self.max_history))  # every item renders to the same length
 
-    def eager_prefill_warning(self) -> str | None:
-        """``prefill_graphs.eager_prefill_warning`` for the route's longest prompt and the server's engine."""
-        from vllm_padrec.integration.prefill_graphs import eager_prefill_warning
+    def prefill_graph_advice(self) -> tuple[int, str] | None:
+        """``prefill_graphs.prefill_graph_advice`` for the route's longest prompt and the server's engine."""
+        from vllm_padrec.integration.prefill_graphs import prefill_graph_advice
 
         longest = self.longest_prompt()
-        return None if longest is None else eager_prefill_warning(longest, self.vllm_config)
-
-    def prefill_graph_mode_note(self) -> str | None:
-        """``prefill_graphs.prefill_graph_mode_note`` for the route's longest prompt and the server's engine."""
-        from vllm_padrec.integration.prefill_graphs import prefill_graph_mode_note
-
-        longest = self.longest_prompt()
-        return None if longest is None else prefill_graph_mode_note(longest, self.vllm_config)
+        return None if longest is None else prefill_graph_advice(longest, self.vllm_config)
 
     # -- validation --------------------------------------------------------------------------------
     def plan(self, request: RecommendationRequest) -> Plan:
