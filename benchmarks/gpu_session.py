@@ -67,8 +67,9 @@ size 1 alone, vLLM's default graphs leave every prefill eager: SPEC_DECODE.md se
 them (no speculation as users run it). The seventeenth hold (2026-12-06 18:23, H100, 3.12x paired: section 21) ran
 ``--spec-methods none none_default_graphs padrec --spec-capture prompts --cudagraph-mode full`` with the first-token
 profile's ``--engine-*`` options, call 3 ``checks bench_spec_decode engine_step`` (target 3 minutes, head 3.5,
-benchmark 6, profile 3); a later ``run bench_spec_decode`` of the same name merges into the same results file, so
-each run's records are committed as a file of their own (``_repeat``, ``_float32``).
+benchmark 6, profile 3); a later ``run bench_spec_decode`` of the same settings merged into the same results file,
+so each run's records were committed as a file of their own (``_repeat``, ``_float32``): ``--spec-tag repeat`` now
+writes such a rerun's file directly.
 
 On a card under 100 GiB (an H100) ``bench_target`` trains in passes of half a batch (``--micro-batch-size 64``:
 the same steps; 128 examples a pass ran out of an H100's memory on 2026-12-05, SPEC_DECODE.md section 15).
@@ -286,6 +287,7 @@ class Settings:
     spec_rivals: tuple[str, ...] = ()  # bench_spec_decode's --rivals: drafts beside padrec's engine, call by call
     spec_capture: str = "verify"  # bench_spec_decode's --max-cudagraph-capture-size (prompts: prefills in graphs)
     cudagraph_mode: str = "vllm"  # bench_spec_decode's and engine_step's --cudagraph-mode (full: whole-model graphs)
+    spec_tag: str = ""  # appended to bench_spec_decode's results name: a rerun of the same settings (repeat)
     atspeed_runs: tuple[str, ...] = ATSPEED_RUNS  # bench_topk_atspeed's runs (a later hold may redo one)
     atspeed_heads: tuple[str, ...] = ("atspeed_s", "atspeed_r", "distill")  # its speed run's heads, in order
     gpu_tests: tuple[str, ...] = ("test_integration_gpu.py", "test_integration_gpu_serve.py")
@@ -313,6 +315,8 @@ class Settings:
             return f"--spec-rivals: each method once, got {' '.join(self.spec_rivals)}"
         if set(self.spec_rivals) - {"padrec"} and self.drafts == "padrec":
             return "--spec-rivals other than padrec need their heads: --drafts padrec_eagle"
+        if self.spec_tag and not (self.spec_tag.isascii() and self.spec_tag.replace("_", "").isalnum()):
+            return f"--spec-tag: letters, digits and _ only (a part of a file name), got {self.spec_tag!r}"
         return None
 
     def suffix(self) -> str:
@@ -325,8 +329,10 @@ class Settings:
         return "" if self.draft_gamma == COMMITTED_DRAFT_GAMMA else f"_depth{self.draft_gamma}"
 
     def spec_results_name(self) -> str:
-        """bench_spec_decode's results name: ``spec_decode_<dataset>`` and the suffixes above."""
-        return f"spec_decode_{self.dataset}{self.suffix()}{self.depth_suffix()}{self.capture_suffix()}"
+        """bench_spec_decode's results name: ``spec_decode_<dataset>``, the suffixes above, and ``_<tag>`` with
+        ``--spec-tag`` (a rerun of the same settings writes a file of its own instead of merging into the first)."""
+        tag = f"_{self.spec_tag}" if self.spec_tag else ""
+        return f"spec_decode_{self.dataset}{self.suffix()}{self.depth_suffix()}{self.capture_suffix()}{tag}"
 
     def capture_suffix(self) -> str:
         """Engines whose graphs hold the prompts (``--spec-capture prompts``) write results of their own
@@ -453,6 +459,13 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
         type=int,
         nargs="+",
         help=f"bench_spec_decode's items per list (default {' '.join(map(str, d.spec_list_lens))})",
+        **kw,
+    )
+    add(
+        "--spec-tag",
+        help="appended to bench_spec_decode's results name (spec_decode_<dataset>..._<tag>): a rerun of the same "
+        "settings, such as a repeat or a float32 run, writes a file of its own rather than merging into the first "
+        "run's; letters, digits and _ (default none; --spec-tag '' clears it for later calls)",
         **kw,
     )
     add(

@@ -639,6 +639,12 @@ def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads
     assert value("--name") == "spec_decode_beauty_atspeed_depth8_full_prompt_graphs"
     assert value("--cudagraph-mode") == "full"
     assert dataclasses.replace(deeper, cudagraph_mode="full").spec_results_name().endswith("_depth8_full_graphs")
+    # a rerun of the same settings, tagged, writes a file of its own rather than merging into the first run's
+    args = run(dataclasses.replace(full, spec_tag="repeat"))
+    assert value("--name") == "spec_decode_beauty_atspeed_depth8_full_prompt_graphs_repeat"
+    assert "--merge" in args  # into its own file
+    for bad in ("re peat", "../x", "é"):
+        assert "--spec-tag: letters, digits and _ only" in dataclasses.replace(full, spec_tag=bad).problem()
     # --spec-pin-cpus: the engines pinned to cores of their own
     args = run(dataclasses.replace(settings, spec_pin_cpus=True))
     assert args[args.index("--list-lens") + 1 :] == ("10", "--pin-cpus")
