@@ -24,8 +24,8 @@ the target's mode (``vllm/v1/worker/gpu/spec_decode/autoregressive/speculator.py
 writes the benchmarks' settings. Without separate uniform-decode graphs, a verification step of 1 + K tokens then
 replays the smallest capture size that holds it (16 tokens at gamma 8) rather than a graph of exactly 1 + K.
 
-Whole-model graphs cut a list's first token on an H100 from 11.8-13.8 ms to 4.0-4.4 ms without a draft, and from
-17.6-21.0 ms to 6.4-8.9 ms at gamma 8 (``SPEC_DECODE.md`` section 21, one request at a time). Where the prompts fit
+Whole-model graphs cut a batch-1 list's first token to about a third on an H100 (``SPEC_DECODE.md`` section 21,
+with and without a draft). Where the prompts fit
 the graphs but a prefill does not replay one whole graph (piecewise, or eagerly under ``FULL_DECODE_ONLY``), the
 recommendations route's server says so once at start, with the setting (``prefill_graph_mode_note``). ``FULL`` at
 large batches has not been measured with the plugin, so it is a note, not a warning.
