@@ -25,10 +25,10 @@ writes the benchmarks' settings. Without separate uniform-decode graphs, a verif
 replays the smallest capture size that holds it (16 tokens at gamma 8) rather than a graph of exactly 1 + K.
 
 Whole-model graphs cut a batch-1 list's first token to about a third on an H100 (``SPEC_DECODE.md`` section 21,
-with and without a draft). Where the prompts fit
-the graphs but a prefill does not replay one whole graph (piecewise, or eagerly under ``FULL_DECODE_ONLY``), the
-recommendations route's server says so once at start, with the setting (``prefill_graph_mode_note``). ``FULL`` at
-large batches has not been measured with the plugin, so it is a note, not a warning.
+with and without a draft). Where the prompts fit the graphs but a prefill does not replay one whole graph
+(piecewise, or eagerly under ``FULL_DECODE_ONLY``), the recommendations route's server says so once at start, with
+the setting (``prefill_graph_mode_note``). ``FULL`` at large batches has not been measured with the plugin, so it
+is a note, not a warning.
 
 The warning reads the front end's capture sizes, which are the worker's on Model Runner V2: only V1 rounds them to
 multiples of 1 + K for a draft (``vllm/config/compilation.py:1459-1474``).
