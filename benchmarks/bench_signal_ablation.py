@@ -1,10 +1,12 @@
 """What PAD-Rec's signals add over an EAGLE head trained the same way, across training seeds (issue 14's 5 % goal).
 
 For each training seed, draft depth γ and variant (``--variants``: ``eagle``, ``padrec``, its ablations and its
-per-channel step gate), a head is trained on the target's features (collected once) with the same budget, and
-decodes the target's greedy lists of the test users at its γ (``testing.acceptance_runs.decode_record``; every list must
-equal plain greedy decoding). Heads of one seed start from the same fc and decoder layer and see the data in the
-same order (``DraftTrainConfig.seed``), so each variant's gain over EAGLE is read per seed, paired, and the seeds
+per-channel step gate, and ``eagle_one_step``: the EAGLE head trained teacher-forced on one draft step, as the EAGLE
+paper trains it, where the others train unrolled over their γ), a head is trained on the target's features
+(collected once) with the same budget, and decodes the target's greedy lists of the test users at its γ
+(``testing.acceptance_runs.decode_record``; every list must equal plain greedy decoding). Heads of one seed start
+from the same fc and decoder layer and see the data in the same order (``DraftTrainConfig.seed``), so each
+variant's gain over EAGLE (and over the one-step EAGLE head, where it ran) is read per seed, paired, and the seeds
 give its spread: a single pair of heads differs by more than the 5 % the goal asks for (SPEC_DECODE.md section 7).
 
     python -m benchmarks.bench_signal_ablation --target runs/tiny/checkpoint --dataset synthetic \\
@@ -26,6 +28,7 @@ paired mean less t(0.975, seeds - 1) standard errors) lies above zero, and *the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -43,6 +46,8 @@ from vllm_padrec.testing.results import write_results
 
 STEM = "signal_ablation_{name}"
 BASELINE = "eagle"  # the variant every gain is read against
+ONE_STEP_BASELINE = "eagle_one_step"  # EAGLE's head trained teacher-forced on one draft step; gains read against it too
+BASELINES = (BASELINE, ONE_STEP_BASELINE)
 GOAL_GAIN = 0.05  # issue 14: PAD-Rec at least 5 % over EAGLE with the same masks and training budget
 # Student's t quantile t(0.975, df) for df = 1..10 (standard tables); larger df take the normal's 1.96 (t(0.975,
 # 30) is 2.04, so more than 10 seeds read a little generously)
@@ -74,6 +79,13 @@ def train_config(preset: str, gamma: int, seed: int, draft_steps: int, recipe):
     )
 
 
+def head_recipe(variant: str) -> tuple[str, int]:
+    """The trainer's method and ``DraftTrainConfig.trained_steps`` of an ablation head: ``eagle_one_step`` is the
+    EAGLE head whose loss runs one draft step on the target's own features (teacher-forced); every other name is a
+    draft variant trained unrolled over its γ (0: every step)."""
+    return (BASELINE, 1) if variant == ONE_STEP_BASELINE else (variant, 0)
+
+
 def paired_gain(values: dict[int, float], baseline: dict[int, float]) -> dict | None:
     """Per-seed relative gains of ``values`` over ``baseline`` (seed -> acceptance length), their mean, standard
     deviation, standard error, the 95 % interval's lower end and the verdicts; None when no seed has both."""
@@ -99,7 +111,8 @@ def paired_gain(values: dict[int, float], baseline: dict[int, float]) -> dict | 
 
 
 def summarize(records: list[dict]) -> list[dict]:
-    """One row per (variant, γ): acceptance length over the seeds and the paired gain over EAGLE."""
+    """One row per (variant, γ): acceptance length over the seeds and the paired gains over EAGLE and over the
+    one-step EAGLE head (``gain_over_<baseline>``: None for the baseline itself or where that baseline did not run)."""
     by_key: dict[tuple[str, int], dict[int, dict]] = {}
     for r in records:
         by_key.setdefault((r["variant"], r["gamma"]), {})[r["seed"]] = r
@@ -110,7 +123,10 @@ def summarize(records: list[dict]) -> list[dict]:
         mean = sum(values) / len(values)
         std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
         steps = [r["acceptance_rate_by_step"] for r in by_seed.values()]
-        baseline = {seed: r["acceptance_length"] for seed, r in by_key.get((BASELINE, gamma), {}).items()}
+        gains = {}
+        for base in BASELINES:
+            baseline = {seed: r["acceptance_length"] for seed, r in by_key.get((base, gamma), {}).items()}
+            gains[f"gain_over_{base}"] = paired_gain(lengths, baseline) if variant != base else None
         rows.append(
             dict(
                 variant=variant,
@@ -121,7 +137,7 @@ def summarize(records: list[dict]) -> list[dict]:
                 acceptance_lengths=[lengths[s] for s in sorted(lengths)],
                 acceptance_rate_by_step=[sum(col) / len(col) for col in zip(*steps)],
                 mismatches=sum(r["mismatches"] for r in by_seed.values()),
-                gain_over_eagle=paired_gain(lengths, baseline) if variant != BASELINE else None,
+                **gains,
             )
         )
     return rows
@@ -156,8 +172,10 @@ def run(args) -> str:
     records = []
     for n, (seed, gamma, variant) in enumerate(heads, 1):
         config = train_config(args.preset, gamma, seed, args.draft_steps, recipe)
+        method, trained_steps = head_recipe(variant)
+        config = dataclasses.replace(config, trained_steps=trained_steps)
         out = work / f"seed{seed}" / f"gamma{gamma}" / variant
-        result = train_draft(variant, ckpt, data, config, out, users.device, source=source, progress=args.progress)
+        result = train_draft(method, ckpt, data, config, out, users.device, source=source, progress=args.progress)
         draft = _load(result.checkpoint, users.target, args.dtype)
         decoded = decode_record(users, draft, gamma, reference, batch_size=args.batch_size)
         record = dict(
@@ -165,6 +183,7 @@ def run(args) -> str:
             seed=seed,
             draft=os.path.abspath(result.checkpoint),
             training_steps=result.steps,
+            loss_draft_steps=config.unrolled_steps(),  # 1: teacher-forced (eagle_one_step); γ: unrolled
             training_seconds=result.elapsed_s,
             final_loss=result.final_loss,
             holdout_accepted_length=(result.evaluation or {}).get("accepted_length"),
@@ -238,17 +257,28 @@ def render(json_path: str) -> None:
         "mean ± standard error (≥ the lower end of its 95 % interval, Student's t over the seeds); *shown* when that "
         f"end lies above 0, *goal shown* when above {100 * GOAL_GAIN:.0f} %. Mismatches: lists that differ from "
         "plain greedy decoding, over every seed (must be 0).",
-        "",
-        "| variant | γ | acceptance length | per seed | gain over EAGLE | rate by step k = 0.. | mismatches |",
-        "|---|---:|---:|---|---|---|---:|",
     ]
-    for row in sorted(summary, key=lambda r: (r["gamma"], r["variant"] != BASELINE, r["variant"])):
+    one_step = any(row["variant"] == ONE_STEP_BASELINE for row in summary)  # its column only where it ran
+    if one_step:
+        lines[-1] += (
+            " Gain over one-step EAGLE: the same, against the EAGLE head trained teacher-forced on one draft step."
+        )
+    lines += [
+        "",
+        "| variant | γ | acceptance length | per seed | gain over EAGLE |"
+        + (" gain over one-step EAGLE |" if one_step else "")
+        + " rate by step k = 0.. | mismatches |",
+        "|---|---:|---:|---|---|" + ("---|" if one_step else "") + "---|---:|",
+    ]
+    order = {variant: i for i, variant in enumerate(BASELINES)}
+    for row in sorted(summary, key=lambda r: (r["gamma"], order.get(r["variant"], len(order)), r["variant"])):
         std = f" ± {row['acceptance_length_std']:.3f}" if row["acceptance_length_std"] is not None else ""
         seeds = " ".join(f"{v:.3f}" for v in row["acceptance_lengths"])
         steps = " ".join(f"{x:.2f}" for x in row["acceptance_rate_by_step"])
+        one_step_cell = f" {_gain_cell(row.get('gain_over_' + ONE_STEP_BASELINE))} |" if one_step else ""
         lines.append(
             f"| {row['variant']} | {row['gamma']} | {row['acceptance_length']:.3f}{std} | {seeds} | "
-            f"{_gain_cell(row['gain_over_eagle'])} | {steps} | {row['mismatches']} |"
+            f"{_gain_cell(row['gain_over_eagle'])} |{one_step_cell} {steps} | {row['mismatches']} |"
         )
     write_results(
         os.path.dirname(os.path.abspath(json_path)),
@@ -312,8 +342,9 @@ def main(argv=None) -> int:
         "--variants",
         nargs="+",
         default=[BASELINE, "padrec", "padrec_channel_gate"],
-        choices=list(VARIANTS),
-        help=f"heads to train per seed and depth (gains are read against {BASELINE!r}, which must be among them)",
+        choices=[*VARIANTS, ONE_STEP_BASELINE],
+        help=f"heads to train per seed and depth (gains are read against {BASELINE!r}, which must be among them, "
+        f"and against {ONE_STEP_BASELINE!r}, EAGLE's head trained teacher-forced on one draft step, where it runs)",
     )
     parser.add_argument("--gammas", type=int, nargs="+", default=[5], help="draft depths: each head drafts its γ")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (init and data order)")

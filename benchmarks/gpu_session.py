@@ -51,14 +51,15 @@ traces.tgz). The hold of 2026-12-03 18:00 measured the adaptive goal with every 
 bench_target bench_drafts --target bench --bench-epochs 1 --drafts padrec --draft-steps 600 --spec-methods none
 padrec padrec_loop padrec_adaptive --spec-gammas 5 --spec-batch-sizes 1 4 16 64 128 --spec-list-lens 10``, call 3
 ``checks bench_spec_decode``; the next hold's commands are in ``vllm_padrec/integration/SPEC_DECODE.md``, section 14.
-PAD-Rec's signals against EAGLE paired by seed (issue 14's 5 %, plain torch, no vLLM):
-call 1 ``start bench_target signal_ablation --target bench --bench-epochs 1 --draft-steps 600`` (three seeds of
-eagle, padrec and padrec_channel_gate at gamma 5: nine heads of the bench recipe, trained one after another), then
-``wait 570`` calls; ``--ablation-gammas 5 8`` adds the depth the issue asks about. Deeper drafts in vLLM (issue
-14's gamma 6-8 with a head trained for that depth): call 1 ``start bench_target bench_drafts --target bench
---bench-epochs 1 --drafts padrec --draft-gamma 8 --draft-steps 600 --spec-methods none padrec --spec-gammas 8 5
---spec-batch-sizes 1 --spec-list-lens 10``, call 3 ``checks bench_spec_decode``; heads of another depth than the
-committed heads' 5 write results of their own (``spec_decode_<dataset>_depth8``, ``draft_padrec_depth8_*``).
+PAD-Rec's signals against EAGLE paired by seed (issue 14's 5 %, plain torch, no vLLM): call 1 ``start bench_target
+signal_ablation --target bench --bench-epochs 1 --draft-steps 600`` (three seeds of eagle, eagle_one_step, padrec
+and padrec_channel_gate at gamma 5: twelve heads of the bench recipe, trained one after another;
+``--ablation-variants`` fewer for a shorter hold), then ``wait 570`` calls; ``--ablation-gammas 5 8`` adds the depth
+the issue asks about. Deeper drafts in vLLM (issue 14's gamma 6-8 with a head trained for that depth): call 1
+``start bench_target bench_drafts --target bench --bench-epochs 1 --drafts padrec --draft-gamma 8 --draft-steps 600
+--spec-methods none padrec --spec-gammas 8 5 --spec-batch-sizes 1 --spec-list-lens 10``, call 3 ``checks
+bench_spec_decode``; heads of another depth than the committed heads' 5 write results of their own
+(``spec_decode_<dataset>_depth8``, ``draft_padrec_depth8_*``).
 Adding ``--spec-capture prompts`` gives every engine, ``none`` included, graphs that hold the prompts (with batch
 size 1 alone, vLLM's default graphs leave every prefill eager: SPEC_DECODE.md section 19), results in
 ``..._prompt_graphs``; ``--cudagraph-mode full`` makes every engine's graphs whole-model ones, prefills included
@@ -265,7 +266,8 @@ class Settings:
     accept_name: str = "beauty"
     accept_skip_forced: bool = False  # acceptance also decodes with the forced draft steps left out
     accept_forced_tail: int = 0  # acceptance also decodes with this many draft slots filled from the catalog
-    ablation_variants: tuple[str, ...] = ("eagle", "padrec", "padrec_channel_gate")  # signal_ablation's heads
+    # signal_ablation's heads: EAGLE trained both ways (unrolled, and teacher-forced one step), PAD-Rec, its gate
+    ablation_variants: tuple[str, ...] = ("eagle", "eagle_one_step", "padrec", "padrec_channel_gate")
     ablation_seeds: tuple[int, ...] = (0, 1, 2)  # signal_ablation's training seeds
     ablation_gammas: tuple[int, ...] = (5,)  # signal_ablation's draft depths
     lossless_users: int = 500
@@ -388,7 +390,8 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
     add(
         "--ablation-variants",
         nargs="+",
-        help=f"signal_ablation's heads, eagle among them (default {' '.join(d.ablation_variants)})",
+        help=f"signal_ablation's heads, eagle among them; eagle_one_step: EAGLE trained teacher-forced one step "
+        f"(default {' '.join(d.ablation_variants)})",
         **kw,
     )
     add("--ablation-seeds", type=int, nargs="+", help="signal_ablation's training seeds (default 0 1 2)", **kw)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -71,6 +72,32 @@ def test_summary_pairs_variants_with_eagle_at_the_same_depth():
     assert rows[("padrec", 8)]["gain_over_eagle"]["gains"] == pytest.approx([-0.1])  # paired with γ 8's EAGLE
 
 
+def test_every_variant_is_read_against_both_eagle_heads_where_they_ran():
+    records = [
+        _record("eagle", 0, 5, 2.0),
+        _record("eagle", 1, 5, 2.0),
+        _record("eagle_one_step", 0, 5, 2.5),
+        _record("eagle_one_step", 1, 5, 1.6),
+        _record("padrec", 0, 5, 2.2),
+        _record("padrec", 1, 5, 2.4),
+        _record("eagle", 0, 8, 3.0),
+        _record("padrec", 0, 8, 2.7),
+    ]
+    rows = {(r["variant"], r["gamma"]): r for r in ablation.summarize(records)}
+    padrec = rows[("padrec", 5)]
+    assert padrec["gain_over_eagle"]["gains"] == pytest.approx([0.1, 0.2])
+    assert padrec["gain_over_eagle_one_step"]["gains"] == pytest.approx([2.2 / 2.5 - 1, 0.5])  # paired by seed
+    assert rows[("eagle_one_step", 5)]["gain_over_eagle"]["gains"] == pytest.approx([0.25, -0.2])
+    assert rows[("eagle", 5)]["gain_over_eagle_one_step"]["gains"] == pytest.approx([-0.2, 0.25])
+    assert rows[("eagle_one_step", 5)]["gain_over_eagle_one_step"] is None  # not against itself
+    assert rows[("padrec", 8)]["gain_over_eagle_one_step"] is None  # no one-step head at γ 8
+
+
+def test_the_one_step_eagle_head_is_eagle_with_a_one_step_loss():
+    assert ablation.head_recipe("eagle_one_step") == ("eagle", 1)
+    assert ablation.head_recipe("padrec_channel_gate") == ("padrec_channel_gate", 0)  # unrolled over its γ
+
+
 def test_cli_refuses_a_run_without_eagle_or_with_a_repeated_seed(capsys):
     for argv, message in (
         (["--target", "t", "--dataset", "synthetic", "--variants", "padrec"], "must include 'eagle'"),
@@ -87,6 +114,7 @@ def test_a_cpu_run_trains_each_head_once_and_writes_lossless_records(tmp_path, m
     recipe = get_recipe("tiny", hidden_size=32, intermediate_size=64, list_items=4, epochs=0.25)
     checkpoint = train_target(recipe, data, tmp_path / "target", progress=False).checkpoint
     argv = ["--target", str(checkpoint), "--dataset", "synthetic", "--variants", "eagle", "padrec_channel_gate"]
+    argv += ["eagle_one_step"]
     argv += ["--gammas", "2", "--seeds", "0", "1", "--draft-steps", "6", "--users", "8", "--device", "cpu"]
     argv += ["--work", str(tmp_path / "heads"), "--out", str(tmp_path), "--name", "t"]
     assert ablation.main(argv) == 0
@@ -95,14 +123,24 @@ def test_a_cpu_run_trains_each_head_once_and_writes_lossless_records(tmp_path, m
     assert [(r["seed"], r["variant"]) for r in records] == [
         (0, "eagle"),
         (0, "padrec_channel_gate"),
+        (0, "eagle_one_step"),
         (1, "eagle"),
         (1, "padrec_channel_gate"),
+        (1, "eagle_one_step"),
     ]
     assert all(r["mismatches"] == 0 and r["gamma"] == 2 and r["training_steps"] == 6 for r in records)
+    assert [r["loss_draft_steps"] for r in records[:3]] == [2, 2, 1]  # the one-step head's loss: one draft step
+    one_step = [r for r in records if r["variant"] == "eagle_one_step"]
+    eagle = [r for r in records if r["variant"] == "eagle"]
+    for taught, unrolled in zip(one_step, eagle):  # the same seed's init and data, another loss: other weights
+        assert taught["seed"] == unrolled["seed"]
+        weights = [(Path(r["draft"]) / "model.safetensors").read_bytes() for r in (taught, unrolled)]
+        assert weights[0] != weights[1]
     channel = next(r for r in result["summary"] if r["variant"] == "padrec_channel_gate")
-    assert channel["gain_over_eagle"]["seeds"] == [0, 1]
+    assert channel["gain_over_eagle"]["seeds"] == [0, 1] and channel["gain_over_eagle_one_step"]["seeds"] == [0, 1]
     table = (tmp_path / "signal_ablation_t.md").read_text()
-    assert "| eagle | 2 |" in table and "| padrec_channel_gate | 2 |" in table
+    assert "| eagle | 2 |" in table and "| padrec_channel_gate | 2 |" in table and "| eagle_one_step | 2 |" in table
+    assert "| gain over EAGLE | gain over one-step EAGLE |" in table
     # a second run reuses the finished heads: no training step runs again
     from vllm_padrec.training import trainer
 
