@@ -46,7 +46,8 @@ from vllm_padrec.testing.results import write_results
 
 STEM = "signal_ablation_{name}"
 BASELINE = "eagle"  # the variant every gain is read against
-ONE_STEP_BASELINE = "eagle_one_step"  # EAGLE's head trained teacher-forced on one draft step; gains read against it too
+ONE_STEP = "_one_step"  # a variant's name with it: the same head trained teacher-forced on one draft step
+ONE_STEP_BASELINE = BASELINE + ONE_STEP  # EAGLE's head trained so (the EAGLE paper's way); gains read against it too
 BASELINES = (BASELINE, ONE_STEP_BASELINE)
 GOAL_GAIN = 0.05  # issue 14: PAD-Rec at least 5 % over EAGLE with the same masks and training budget
 # Student's t quantile t(0.975, df) for df = 1..10 (standard tables); larger df take the normal's 1.96 (t(0.975,
@@ -80,10 +81,20 @@ def train_config(preset: str, gamma: int, seed: int, draft_steps: int, recipe):
 
 
 def head_recipe(variant: str) -> tuple[str, int]:
-    """The trainer's method and ``DraftTrainConfig.trained_steps`` of an ablation head: ``eagle_one_step`` is the
-    EAGLE head whose loss runs one draft step on the target's own features (teacher-forced); every other name is a
-    draft variant trained unrolled over its γ (0: every step)."""
-    return (BASELINE, 1) if variant == ONE_STEP_BASELINE else (variant, 0)
+    """The trainer's method and ``DraftTrainConfig.trained_steps`` of an ablation head: ``<variant>_one_step`` is
+    that variant's head whose loss runs one draft step on the target's own features (teacher-forced; a PAD-Rec head
+    then trains its step embedding for step 0 alone); every other name is a draft variant trained unrolled over its
+    γ (0: every step)."""
+    if variant.endswith(ONE_STEP):
+        return variant.removesuffix(ONE_STEP), 1
+    return variant, 0
+
+
+def ablation_variants() -> list[str]:
+    """The heads ``--variants`` names: every draft variant, unrolled and one step."""
+    from vllm_padrec.draft.config import VARIANTS
+
+    return [*VARIANTS, *(variant + ONE_STEP for variant in VARIANTS)]
 
 
 def paired_gain(values: dict[int, float], baseline: dict[int, float]) -> dict | None:
@@ -334,17 +345,16 @@ def _plot(plt, records: list[dict], summary: list[dict], name: str):
 
 
 def main(argv=None) -> int:
-    from vllm_padrec.draft.config import VARIANTS
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_user_arguments(parser, users=200)
     parser.add_argument(
         "--variants",
         nargs="+",
         default=[BASELINE, "padrec", "padrec_channel_gate"],
-        choices=[*VARIANTS, ONE_STEP_BASELINE],
-        help=f"heads to train per seed and depth (gains are read against {BASELINE!r}, which must be among them, "
-        f"and against {ONE_STEP_BASELINE!r}, EAGLE's head trained teacher-forced on one draft step, where it runs)",
+        choices=ablation_variants(),
+        help=f"heads to train per seed and depth; <variant>{ONE_STEP}: trained teacher-forced on one draft step "
+        f"(gains are read against {BASELINE!r}, which must be among them, and against {ONE_STEP_BASELINE!r} where it "
+        "runs)",
     )
     parser.add_argument("--gammas", type=int, nargs="+", default=[5], help="draft depths: each head drafts its γ")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (init and data order)")

@@ -53,7 +53,7 @@ padrec padrec_loop padrec_adaptive --spec-gammas 5 --spec-batch-sizes 1 4 16 64 
 ``checks bench_spec_decode``; the next hold's commands are in ``vllm_padrec/integration/SPEC_DECODE.md``, section 14.
 PAD-Rec's signals against EAGLE paired by seed (issue 14's 5 %, plain torch, no vLLM): call 1 ``start bench_target
 signal_ablation --target bench --bench-epochs 1 --draft-steps 600`` (three seeds of eagle, eagle_one_step, padrec
-and padrec_channel_gate at gamma 5: twelve heads of the bench recipe, trained one after another;
+and padrec_one_step at gamma 5: twelve heads of the bench recipe, trained one after another;
 ``--ablation-variants`` fewer for a shorter hold), then ``wait 570`` calls; ``--ablation-gammas 5 8`` adds the depth
 the issue asks about. Deeper drafts in vLLM (issue 14's gamma 6-8 with a head trained for that depth): call 1
 ``start bench_target bench_drafts --target bench --bench-epochs 1 --drafts padrec --draft-gamma 8 --draft-steps 600
@@ -266,8 +266,8 @@ class Settings:
     accept_name: str = "beauty"
     accept_skip_forced: bool = False  # acceptance also decodes with the forced draft steps left out
     accept_forced_tail: int = 0  # acceptance also decodes with this many draft slots filled from the catalog
-    # signal_ablation's heads: EAGLE trained both ways (unrolled, and teacher-forced one step), PAD-Rec, its gate
-    ablation_variants: tuple[str, ...] = ("eagle", "eagle_one_step", "padrec", "padrec_channel_gate")
+    # signal_ablation's heads: EAGLE and PAD-Rec, each trained both ways (unrolled, and teacher-forced one step)
+    ablation_variants: tuple[str, ...] = ("eagle", "eagle_one_step", "padrec", "padrec_one_step")
     ablation_seeds: tuple[int, ...] = (0, 1, 2)  # signal_ablation's training seeds
     ablation_gammas: tuple[int, ...] = (5,)  # signal_ablation's draft depths
     lossless_users: int = 500
@@ -390,7 +390,7 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
     add(
         "--ablation-variants",
         nargs="+",
-        help=f"signal_ablation's heads, eagle among them; eagle_one_step: EAGLE trained teacher-forced one step "
+        help=f"signal_ablation's heads, eagle among them; <variant>_one_step: trained teacher-forced one step "
         f"(default {' '.join(d.ablation_variants)})",
         **kw,
     )

@@ -93,9 +93,13 @@ def test_every_variant_is_read_against_both_eagle_heads_where_they_ran():
     assert rows[("padrec", 8)]["gain_over_eagle_one_step"] is None  # no one-step head at γ 8
 
 
-def test_the_one_step_eagle_head_is_eagle_with_a_one_step_loss():
+def test_a_one_step_head_is_its_variant_with_a_one_step_loss():
     assert ablation.head_recipe("eagle_one_step") == ("eagle", 1)
+    assert ablation.head_recipe("padrec_one_step") == ("padrec", 1)
     assert ablation.head_recipe("padrec_channel_gate") == ("padrec_channel_gate", 0)  # unrolled over its γ
+    from vllm_padrec.draft.config import VARIANTS
+
+    assert {ablation.head_recipe(v)[0] for v in ablation.ablation_variants()} == set(VARIANTS)  # the trainer's own
 
 
 def test_cli_refuses_a_run_without_eagle_or_with_a_repeated_seed(capsys):
