@@ -15,6 +15,8 @@ Methods (``METHODS``), each with its drafts and the plugin's settings:
     eagle_vanilla     the same EAGLE draft with ``mask_drafts: false``: vanilla vLLM's drafting
     eagle_one_step    an EAGLE draft trained teacher-forced one step, as the EAGLE paper trains it
                       (``--eagle-one-step-draft``: ``train-draft --method eagle --train-steps 1``), masked
+    padrec_one_step   a PAD-Rec draft trained the same way (``--padrec-one-step-draft``: ``train-draft --method
+                      padrec --train-steps 1``), with the plugin's defaults
     padrec_adaptive   the PAD-Rec draft with drafts by batch size: ``gamma_schedule`` picks, per batch size,
                       the fastest gamma of this run's ``padrec`` records, or none when no gamma beats ``none``
                       by ``--min-gain`` (vLLM's ``num_speculative_tokens_per_batch_size``; the plugin's
@@ -195,7 +197,7 @@ V1_DRAFT_FREE = "none_v1"
 
 @dataclass(frozen=True)
 class Method:
-    draft: str | None  # the draft option it reads (--<draft>-draft): padrec, eagle, eagle_one_step, medusa
+    draft: str | None  # the draft option it reads (--<draft>-draft): padrec, eagle, eagle_one_step, medusa, ...
     padrec: dict  # the server's additional_config["padrec"] beyond the constraint
     speculative_method: str | None = "eagle"  # vLLM's speculative method; None: no speculation
     runner: str = "v2"  # vLLM's Model Runner: "v2" (the plugin's masks, constrained lists) or "v1" (vanilla vLLM)
@@ -224,6 +226,7 @@ METHODS = {
     "eagle": Method("eagle", {}),
     "eagle_vanilla": Method("eagle", {"mask_drafts": False}),
     "eagle_one_step": Method("eagle_one_step", {}),
+    "padrec_one_step": Method("padrec_one_step", {}),
     ADAPTIVE: Method("padrec", {}),
     FORCED_TAIL: Method("padrec", {"forced_tail": FORCED_TAIL_SLOTS}),
     LOOP_GRAPH: Method("padrec", {"decode_loop_graph": True}),
@@ -235,7 +238,7 @@ METHODS = {
 DEFAULT_METHODS = [
     m
     for m, spec in METHODS.items()
-    if spec.runner == "v2" and m not in ("eagle_one_step", FORCED_TAIL, LOOP_GRAPH, DEFAULT_GRAPHS)
+    if spec.runner == "v2" and m not in ("eagle_one_step", "padrec_one_step", FORCED_TAIL, LOOP_GRAPH, DEFAULT_GRAPHS)
 ]
 
 
@@ -1047,6 +1050,7 @@ def summarize(
         "padrec_draft": args.padrec_draft,
         "eagle_draft": args.eagle_draft,
         "eagle_one_step_draft": args.eagle_one_step_draft,
+        "padrec_one_step_draft": args.padrec_one_step_draft,
         "medusa_draft": args.medusa_draft,
         "dtype": args.dtype,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
@@ -1426,6 +1430,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--padrec-draft", help="the PAD-Rec draft folder (methods padrec, padrec_adaptive)")
     add("--eagle-draft", help="vLLM's EAGLE draft folder (methods eagle, eagle_vanilla)")
     add("--eagle-one-step-draft", help="an EAGLE draft trained teacher-forced one step (method eagle_one_step)")
+    add("--padrec-one-step-draft", help="a PAD-Rec draft trained teacher-forced one step (method padrec_one_step)")
     add("--medusa-draft", help="Medusa heads (method medusa; train-draft --method medusa)")
     add(
         "--methods",

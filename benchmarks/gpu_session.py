@@ -240,7 +240,8 @@ def log(message: str) -> None:
 # -- settings: the command-line options of the session ----------------------------------------------------------
 # bench_spec_decode's METHODS (this script imports nothing of the package: it runs before the package is installed)
 SPEC_METHODS = (  # bench_spec_decode's methods: on Model Runner V2, then vanilla vLLM's on V1
-    *("none", "padrec", "eagle", "eagle_vanilla", "eagle_one_step", "padrec_adaptive", "padrec_tail", "padrec_loop"),
+    *("none", "padrec", "eagle", "eagle_vanilla", "eagle_one_step", "padrec_one_step"),
+    *("padrec_adaptive", "padrec_tail", "padrec_loop"),
     "none_default_graphs",
     *("none_v1", "ngram", "medusa"),
 )
@@ -666,8 +667,8 @@ def job_bench_drafts(ctx: JobContext) -> int:
     drafts = str(WORK / "bench_drafts")
     if s.drafts == "padrec":
         commands = [train_drafts(drafts, 1, "padrec")]
-    elif s.drafts == "padrec_eagle":  # the heads bench_spec_decode compares, EAGLE trained both ways
-        one_step = train_drafts(str(WORK / "bench_drafts_one_step"), 1, "eagle") + ["--train-steps", "1"]
+    elif s.drafts == "padrec_eagle":  # the heads bench_spec_decode compares, EAGLE and PAD-Rec trained both ways
+        one_step = train_drafts(str(WORK / "bench_drafts_one_step"), 1, "padrec", "eagle") + ["--train-steps", "1"]
         medusa = ("medusa",) if "medusa" in s.spec_methods else ()  # a head per draft step: draft_gamma heads
         commands = [train_drafts(drafts, 1, "padrec", "eagle", *medusa), one_step]
     else:  # plus a PAD-Rec head whose signal parameters learn faster (they start switched off)
@@ -969,6 +970,7 @@ def job_bench_spec_decode(ctx: JobContext) -> int:
         "benchmarks.bench_spec_decode",
         *("--name", name, "--padrec-draft", str(s.draft()), "--eagle-draft", str(heads / "eagle" / "draft")),
         *("--eagle-one-step-draft", str(WORK / "bench_drafts_one_step" / "eagle" / "draft")),
+        *("--padrec-one-step-draft", str(WORK / "bench_drafts_one_step" / "padrec" / "draft")),
         *("--medusa-draft", str(heads / "medusa" / "draft")),
         *("--max-cudagraph-capture-size", s.spec_capture, "--cudagraph-mode", s.cudagraph_mode),
         *("--methods", *s.spec_methods, "--dtype", s.spec_dtype, "--merge"),

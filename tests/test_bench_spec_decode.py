@@ -1102,12 +1102,15 @@ def test_help_names_every_option():
         assert option in done.stdout
 
 
-def test_the_one_step_eagle_method_reads_its_own_draft():
-    args = bench.parse_args([*BASE, "--methods", "eagle_one_step", "--eagle-one-step-draft", "/e1"])
-    assert bench.speculative_config(args, "eagle_one_step", 5, None)["model"] == "/e1"
-    assert "eagle_one_step" not in bench.parse_args(BASE).methods  # opt-in: it needs a head of its own
+@pytest.mark.parametrize("method", ["eagle_one_step", "padrec_one_step"])
+def test_a_one_step_method_reads_its_own_draft(method, capsys):
+    option = f"--{method.replace('_', '-')}-draft"
+    args = bench.parse_args([*BASE, "--methods", method, option, "/one"])
+    assert bench.speculative_config(args, method, 5, None)["model"] == "/one"
+    assert method not in bench.parse_args(BASE).methods  # opt-in: it needs a head of its own
     with pytest.raises(SystemExit):
-        bench.parse_args([*BASE, "--methods", "eagle_one_step"])
+        bench.parse_args([*BASE, "--methods", method])
+    assert f"{option} is required by the methods ['{method}']" in capsys.readouterr().err
 
 
 def test_the_forced_tail_method_verifies_its_slots_beside_the_drafts_gamma():
