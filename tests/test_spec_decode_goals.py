@@ -83,6 +83,18 @@ def test_the_comparisons_with_eagle_say_each_shared_gammas_acceptance():
     assert masks_alone(records).endswith("-5.3 %; acceptance length eagle vs eagle_vanilla: gamma 3: 2.96 vs 2.51.")
 
 
+def test_one_step_eagle_is_read_against_pad_rec_trained_the_same_way_where_the_run_has_it():
+    records = [*run_records(), record("padrec_one_step", 5, 1, 1.7, acceptance_length=4.7)]
+    _, over_eagle, over_one_step, *_ = spec_decode_goals(records)
+    assert over_one_step["measured"].startswith(
+        "+6.2 % (PAD-Rec (padrec_one_step) 1.70x at gamma 5, eagle_one_step 1.60x at gamma 5); acceptance length "
+        "padrec_one_step vs eagle_one_step: gamma 5: 4.70 vs 4.60"
+    )
+    assert over_eagle["measured"].startswith("+31.0 % (PAD-Rec 2.45x at gamma 5")  # unrolled against unrolled
+    _, _, without, *_ = spec_decode_goals(run_records())  # no one-step PAD-Rec head: the unrolled one
+    assert without["measured"].startswith("+53.1 % (PAD-Rec 2.45x at gamma 5, eagle_one_step 1.60x")
+
+
 def test_goals_flip_with_the_numbers_and_name_what_failed():
     records = run_records()
     records[3]["speedup_vs_no_spec"] = 3.3
