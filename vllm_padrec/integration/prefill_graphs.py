@@ -85,6 +85,13 @@ def capture_grid_ceiling(tokens: int) -> int:
     return CAPTURE_COARSE_FROM + -(-above // CAPTURE_COARSE_STEP) * CAPTURE_COARSE_STEP
 
 
+def engine_cudagraph_mode(vllm_config: Any) -> str | None:
+    """The name of the engine's resolved ``cudagraph_mode`` (``FULL_AND_PIECEWISE``, ``NONE``, ...); None where the
+    config does not say."""
+    mode = getattr(getattr(vllm_config, "compilation_config", None), "cudagraph_mode", None)
+    return getattr(mode, "name", None)
+
+
 def largest_graph_tokens(vllm_config: Any) -> int | None:
     """The largest step, in tokens, that the engine replays from a CUDA graph; None where it captures none
     (``enforce_eager``, ``cudagraph_mode`` NONE) or the config does not say."""
@@ -92,8 +99,7 @@ def largest_graph_tokens(vllm_config: Any) -> int | None:
     model = getattr(vllm_config, "model_config", None)
     if compilation is None or getattr(model, "enforce_eager", False):
         return None
-    mode = getattr(compilation, "cudagraph_mode", None)
-    if mode is not None and getattr(mode, "name", None) == "NONE":
+    if engine_cudagraph_mode(vllm_config) == "NONE":
         return None
     sizes = getattr(compilation, "cudagraph_capture_sizes", None)
     return max(sizes) if sizes else None
@@ -120,7 +126,7 @@ def prefill_graph_mode_note(longest_prompt: int, vllm_config: Any) -> str | None
     largest = largest_graph_tokens(vllm_config)
     if largest is None or longest_prompt > largest:
         return None
-    mode = getattr(getattr(vllm_config.compilation_config, "cudagraph_mode", None), "name", None)
+    mode = engine_cudagraph_mode(vllm_config)
     if mode not in PREFILL_WITHOUT_WHOLE_GRAPH:
         return None
     return (
