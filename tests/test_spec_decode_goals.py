@@ -95,6 +95,15 @@ def test_one_step_eagle_is_read_against_pad_rec_trained_the_same_way_where_the_r
     assert without["measured"].startswith("+53.1 % (PAD-Rec 2.45x at gamma 5, eagle_one_step 1.60x")
 
 
+def test_the_batch_one_goal_reads_the_fastest_pad_rec_head_naming_a_one_step_one():
+    faster = [*run_records(), record("padrec_one_step", 5, 1, 2.6, acceptance_length=4.7)]
+    assert spec_decode_goals(faster)[0]["measured"].startswith("2.60x (padrec_one_step, gamma 5, p50 38.4615 ms")
+    slower = [*run_records(), record("padrec_one_step", 5, 1, 2.3)]
+    assert spec_decode_goals(slower)[0]["measured"].startswith("2.45x (gamma 5, p50 40.8163 ms")
+    met = [*run_records(), record("padrec_one_step", 8, 1, 3.2)]
+    assert spec_decode_goals(met)[0]["met"] is True
+
+
 def test_goals_flip_with_the_numbers_and_name_what_failed():
     records = run_records()
     records[3]["speedup_vs_no_spec"] = 3.3

@@ -2,7 +2,7 @@
 (``testing.goals``: met, missed by how much, or not measured; each goal reads one run's records).
 
 Side by side in one run, offline, lists of ``GOAL_LIST_LEN`` items: PAD-Rec at one request at a time at least 3.1x
-faster than no speculation (its best gamma; aim 3.5x; paired with a baseline engine's calls where the run alternated
+faster than no speculation (its fastest head, unrolled or one-step, and gamma; aim 3.5x; paired with a baseline engine's calls where the run alternated
 them, ``speedup``); PAD-Rec at least 5 % faster than vLLM's EAGLE with the same masks, a gain larger than the two
 passes' repeat spread (``timing_spread``) and than the spread between engines of one configuration
 (``engine_spread``), or, where PAD-Rec's calls alternated with EAGLE's engine in one process (``--rivals``), a gain
@@ -117,16 +117,25 @@ def best(records: list[dict], method: str, batch_size: int = 1) -> dict | None:
     return max(found, key=speedup, default=None)
 
 
+def best_padrec(records: list[dict]) -> dict | None:
+    """The fastest PAD-Rec head of a run at one request at a time (``best``): the head trained unrolled
+    (``padrec``) or teacher-forced one step (``padrec_one_step``), both PAD-Rec's architecture and signals; the
+    goal's text names the second where it is the one read."""
+    found = [r for r in (best(records, PADREC), best(records, PADREC_ONE_STEP)) if r is not None]
+    return max(found, key=speedup, default=None)
+
+
 def batch_one_goal(records: list[dict]) -> dict:
     goal = (
         f"lists of {GOAL_LIST_LEN}, one request at a time: PAD-Rec at least {BATCH_ONE_SPEEDUP:g}x faster than no "
         f"speculation (aim {BATCH_ONE_AIM:g}x)"
     )
-    padrec = best(records, PADREC)
+    padrec = best_padrec(records)
     if padrec is None:
         return verdict(goal, None, "not measured")
     measured = speedup(padrec)
-    text = f"{measured:.2f}x{paired_mark(padrec)} (gamma {padrec['gamma']}, p50 {padrec['p50_ms']:g} ms"
+    head = "" if padrec["method"] == PADREC else f"{padrec['method']}, "
+    text = f"{measured:.2f}x{paired_mark(padrec)} ({head}gamma {padrec['gamma']}, p50 {padrec['p50_ms']:g} ms"
     if padrec.get("paired_baseline_p50_ms") is not None:
         text += f" against {padrec['paired_baseline_p50_ms']:g} ms"
     text += f", acceptance length {padrec['acceptance_length']:g})" if padrec.get("acceptance_length") else ")"
