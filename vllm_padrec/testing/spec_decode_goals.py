@@ -2,18 +2,18 @@
 (``testing.goals``: met, missed by how much, or not measured; each goal reads one run's records).
 
 Side by side in one run, offline, lists of ``GOAL_LIST_LEN`` items: PAD-Rec at one request at a time at least 3.1x
-faster than no speculation (its fastest head, unrolled or one-step, and gamma; aim 3.5x; paired with a baseline engine's calls where the run alternated
-them, ``speedup``); PAD-Rec at least 5 % faster than vLLM's EAGLE with the same masks, a gain larger than the two
-passes' repeat spread (``timing_spread``) and than the spread between engines of one configuration
-(``engine_spread``), or, where PAD-Rec's calls alternated with EAGLE's engine in one process (``--rivals``), a gain
-larger than the control's at every batch size of the run (PAD-Rec beside its own configuration), against EAGLE
-trained both ways (``eagle``: unrolled over gamma steps as PAD-Rec; ``eagle_one_step``: teacher-forced one step,
-read against ``padrec_one_step``, PAD-Rec trained the same way, where the run has it);
-the adaptive policy at least 1.0x at every batch size measured (aim 1.3x at 64); greedy lists equal to no
-speculation where the run is float32 (the speed goals read the other dtypes' records, ``timed``); 0 invalid and 0
-repeated items. The last two read the methods the plugin serves (Model Runner V2), not vanilla vLLM's n-gram and
-Medusa baselines, whose lists V1 leaves unconstrained. The gain of the masks alone (EAGLE with masks over vanilla
-vLLM EAGLE) is reported beside them (``masks_alone``).
+faster than no speculation (its fastest head, unrolled or one step, and gamma; aim 3.5x; paired with a baseline
+engine's calls where the run alternated them, ``speedup``); PAD-Rec at least 5 % faster than vLLM's EAGLE with the
+same masks, a gain larger than the two passes' repeat spread (``timing_spread``) and than the spread between engines
+of one configuration (``engine_spread``), or, where PAD-Rec's calls alternated with EAGLE's engine in one process
+(``--rivals``), a gain larger than the control's at every batch size of the run (PAD-Rec beside its own
+configuration), against EAGLE trained both ways (``eagle``: unrolled over gamma steps as PAD-Rec;
+``eagle_one_step``: teacher-forced one step, read against ``padrec_one_step``, PAD-Rec trained the same way, where
+the run has it); the adaptive policy at least 1.0x at every batch size measured (aim 1.3x at 64); greedy lists equal
+to no speculation where the run is float32 (the speed goals read the other dtypes' records, ``timed``); 0 invalid
+and 0 repeated items. The last two read the methods the plugin serves (Model Runner V2), not vanilla vLLM's n-gram
+and Medusa baselines, whose lists V1 leaves unconstrained. The gain of the masks alone (EAGLE with masks over
+vanilla vLLM EAGLE) is reported beside them (``masks_alone``).
 """
 
 from __future__ import annotations
