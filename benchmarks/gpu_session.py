@@ -106,7 +106,7 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
                           then its PAD-Rec draft (--no-small-draft: the target only)
     bench_target          the bench recipe's target (Qwen2.5-1.5B shape), resumable              -       lane 0
     bench_eval            its test metrics (constrained beam and greedy lists)                   bench_target
-    bench_drafts          its draft heads (--drafts: padrec, padrec_eagle, or all seven)         bench_target
+    bench_drafts          its draft heads (--drafts: padrec, padrec_eagle, padrec_medusa, all)   bench_target
     acceptance            benchmarks/bench_acceptance.py on the bench heads                      bench_drafts
     signal_ablation       benchmarks/bench_signal_ablation.py: PAD-Rec's signals (and its        bench_target
                           per-channel gate) against EAGLE, heads paired by training seed
@@ -246,6 +246,19 @@ SPEC_METHODS = (  # bench_spec_decode's methods: on Model Runner V2, then vanill
     *("none_v1", "ngram", "medusa"),
 )
 SPEC_RIVALS = ("padrec", "eagle", "eagle_one_step", "eagle_vanilla")  # drafts that may stand beside padrec's engine
+# the bench heads each --drafts trains (bench_drafts; padrec_eagle's Medusa heads where a method asks for them) and the
+# head each bench_spec_decode method drafts with (the methods absent here draft with none: none*, ngram)
+DRAFTS_HEADS = {
+    "padrec": ("padrec",),
+    "padrec_eagle": ("padrec", "eagle", "eagle_one_step", "padrec_one_step", "medusa"),
+    "padrec_medusa": ("padrec", "medusa"),
+    "all": ("padrec", "eagle", "medusa"),
+}
+SPEC_METHOD_HEAD = {
+    **{m: "padrec" for m in ("padrec", "padrec_adaptive", "padrec_tail", "padrec_loop")},
+    **{m: "eagle" for m in ("eagle", "eagle_vanilla")},
+    **{m: m for m in ("eagle_one_step", "padrec_one_step", "medusa")},
+}
 COMMITTED_DRAFT_GAMMA = 5  # the depth the committed bench heads train for (spec_decode_<dataset>'s records)
 # the heads of atspeed_drafts, one budget each: vllm_padrec.draft.config.OBJECTIVES
 ATSPEED_OBJECTIVES = ("distill", "atspeed_s", "atspeed_r")
@@ -291,6 +304,7 @@ class Settings:
     spec_capture: str = "verify"  # bench_spec_decode's --max-cudagraph-capture-size (prompts: prefills in graphs)
     cudagraph_mode: str = "vllm"  # bench_spec_decode's and engine_step's --cudagraph-mode (full: whole-model graphs)
     spec_tag: str = ""  # appended to bench_spec_decode's results name: a rerun of the same settings (repeat)
+    spec_serve: bool = False  # bench_spec_decode's --serve: every configuration also through vllm serve
     atspeed_runs: tuple[str, ...] = ATSPEED_RUNS  # bench_topk_atspeed's runs (a later hold may redo one)
     atspeed_heads: tuple[str, ...] = ("atspeed_s", "atspeed_r", "distill")  # its speed run's heads, in order
     gpu_tests: tuple[str, ...] = ("test_integration_gpu.py", "test_integration_gpu_serve.py")
@@ -367,7 +381,13 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
         **kw,
     )
     add("--bench-epochs", type=float, help="epochs of the bench target (default: the recipe's)", **kw)
-    add("--drafts", choices=("padrec", "padrec_eagle", "all"), help=f"bench heads to train (default {d.drafts})", **kw)
+    add(
+        "--drafts",
+        choices=tuple(DRAFTS_HEADS),
+        help=f"bench heads to train: padrec; padrec_eagle (PAD-Rec and EAGLE, unrolled and one step, and Medusa where "
+        f"--spec-methods has it); padrec_medusa; all (the ablation heads, no one-step heads) (default {d.drafts})",
+        **kw,
+    )
     add("--draft-steps", type=int, help=f"training steps per bench head (default {d.draft_steps})", **kw)
     add("--signal-lr-scale", type=float, help=f"second PAD-Rec head's signal lr factor ({d.signal_lr_scale})", **kw)
     add("--accept-users", type=int, help=f"users of the acceptance benchmark (default {d.accept_users})", **kw)
@@ -486,6 +506,13 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
         help="bench_spec_decode's --rivals, each once: drafts whose engines stand beside padrec's and answer its "
         "users call by call; padrec itself is the control (default none; padrec's engine then takes the GPU memory "
         "they leave, bench_spec_decode's --gpu-memory-utilization default)",
+        **kw,
+    )
+    add(
+        "--spec-serve",
+        action=argparse.BooleanOptionalAction,
+        help="bench_spec_decode's --serve: every configuration also through vllm serve, measured by vllm bench serve "
+        "(default off)",
         **kw,
     )
     add("--draft-gamma", type=int, help=f"draft steps the bench heads train for (default {d.draft_gamma})", **kw)
@@ -667,6 +694,8 @@ def job_bench_drafts(ctx: JobContext) -> int:
     drafts = str(WORK / "bench_drafts")
     if s.drafts == "padrec":
         commands = [train_drafts(drafts, 1, "padrec")]
+    elif s.drafts == "padrec_medusa":  # PAD-Rec and vanilla vLLM's Medusa (Model Runner V1), one collection
+        commands = [train_drafts(drafts, 1, "padrec", "medusa")]
     elif s.drafts == "padrec_eagle":  # the heads bench_spec_decode compares, EAGLE and PAD-Rec trained both ways
         one_step = train_drafts(str(WORK / "bench_drafts_one_step"), 1, "padrec", "eagle") + ["--train-steps", "1"]
         medusa = ("medusa",) if "medusa" in s.spec_methods else ()  # a head per draft step: draft_gamma heads
@@ -977,6 +1006,7 @@ def job_bench_spec_decode(ctx: JobContext) -> int:
         *("--gammas", *map(str, s.spec_gammas), "--batch-sizes", *map(str, s.spec_batch_sizes)),
         *("--list-lens", *map(str, s.spec_list_lens)),
         *(("--pin-cpus",) if s.spec_pin_cpus else ()),
+        *(("--serve",) if s.spec_serve else ()),
         # beside the rivals' engines, padrec's takes the memory they leave (bench_spec_decode's default)
         *(("--rivals", *s.spec_rivals) if s.spec_rivals else ()),
     )
@@ -1694,7 +1724,14 @@ def phase_suite(parts: list[str], settings_given: dict, wait_seconds: float) -> 
 
 
 def missing_draft(jobs: list[str], settings: Settings) -> str | None:
-    """Why ``jobs`` cannot run in this session: some need the small target's draft, which it does not train."""
+    """Why ``jobs`` cannot run in this session, in one line: some need the small target's draft, which it does not
+    train, or bench_spec_decode's methods draft with bench heads that its ``--drafts`` does not train (found at
+    queueing rather than minutes later, when the benchmark reaches the method's engine)."""
+    if "bench_spec_decode" in jobs and (lacking := methods_without_heads(settings)):
+        return (
+            f"bench_spec_decode's --spec-methods {' '.join(lacking)} draft with heads that --drafts "
+            f"{settings.drafts} does not train; drafts that train them: {' '.join(drafts_training(lacking))}"
+        )
     if settings.target != "small" or settings.small_draft:
         return None
     needing = [job for job in jobs if DRAFT in JOBS[job].needs]
@@ -1703,12 +1740,28 @@ def missing_draft(jobs: list[str], settings: Settings) -> str | None:
     return f"{' '.join(needing)} need the PAD-Rec draft, and this session trains none (--no-small-draft)"
 
 
+def methods_without_heads(settings: Settings) -> list[str]:
+    """bench_spec_decode's methods whose head the session does not train: on the bench target the heads of its
+    ``--drafts`` (``DRAFTS_HEADS``), on the small target its PAD-Rec head alone."""
+    trained = DRAFTS_HEADS[settings.drafts] if settings.target == "bench" else ("padrec",)
+    return [m for m in settings.spec_methods if m in SPEC_METHOD_HEAD and SPEC_METHOD_HEAD[m] not in trained]
+
+
+def drafts_training(methods: list[str]) -> list[str]:
+    """The ``--drafts`` values whose heads serve every one of ``methods``."""
+    heads = {SPEC_METHOD_HEAD[m] for m in methods}
+    return [drafts for drafts, trained in DRAFTS_HEADS.items() if heads <= set(trained)]
+
+
 def phase_run(jobs: list[str], settings_given: dict) -> int:
     """Run ``jobs`` now, in this call, whatever the state of the jobs they need (a rerun after a fix)."""
     if problem := check_names(jobs, vllm_allowed=True):
         print(problem, file=sys.stderr)
         return 2
     settings = prepare(settings_given)
+    if problem := missing_draft(jobs, settings):
+        print(problem, file=sys.stderr)
+        return 2
     enqueue(jobs)
     worst = 0
     for job in jobs:

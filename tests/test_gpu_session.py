@@ -739,6 +739,57 @@ def test_the_padrec_eagle_heads_include_heads_trained_teacher_forced_one_step(mo
     assert [p.name for p in (tmp_path / "results").iterdir()] == ["draft_padrec_depth8_result.json"]
 
 
+def test_bench_spec_decode_methods_whose_heads_the_session_does_not_train_are_refused_at_queueing(session, capsys):
+    session.job("bench_spec_decode")
+    bench = ["--target", "bench", "--spec-methods", "none", "padrec"]
+    # eagle_one_step drafts with a head --drafts padrec never trains: one line, naming the drafts that do
+    assert gs.main(["checks", "bench_spec_decode", *bench, "eagle_one_step", "--drafts", "padrec"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "bench_spec_decode's --spec-methods eagle_one_step draft with heads that --drafts padrec does not train; "
+        "drafts that train them: padrec_eagle"
+    )
+    assert gs.main(["run", "bench_spec_decode", *bench, "medusa", "--drafts", "padrec"]) == 2  # run checks too
+    assert capsys.readouterr().err.strip().endswith("drafts that train them: padrec_eagle padrec_medusa all")
+    # the draft-free methods and the PAD-Rec variants need no more than --drafts padrec
+    free = [*bench, "padrec_adaptive", "none_default_graphs", "none_v1", "ngram", "--drafts", "padrec"]
+    assert gs.main(["checks", "bench_spec_decode", *free]) == 0
+    # the small target's session trains a PAD-Rec head alone
+    small = gs.Settings(target="small", spec_methods=("none", "padrec", "eagle"), drafts="padrec_eagle")
+    assert gs.methods_without_heads(small) == ["eagle"]
+    assert gs.missing_draft(["bench_target"], dataclasses.replace(small, target="bench", drafts="padrec")) is None
+    assert gs.main(["wait", "20"]) == 0
+    session.join()
+
+
+def test_padrec_medusa_heads_and_the_served_list_benchmark(monkeypatch, tmp_path):
+    monkeypatch.setattr(gs, "WORK", tmp_path)
+    (tmp_path / "results").mkdir()
+    ran = []
+    settings = gs.Settings(target="bench", drafts="padrec_medusa", spec_methods=("none", "padrec", "none_v1", "medusa"))
+    assert gs.methods_without_heads(settings) == []
+    assert gs.methods_without_heads(dataclasses.replace(settings, spec_methods=("eagle", "medusa"))) == ["eagle"]
+    ctx = gs.JobContext("bench_drafts", settings, {"PATH": "/bin"})
+    monkeypatch.setattr(ctx.__class__, "run_parallel", lambda self, commands: ran.extend(commands) or 0)
+    assert gs.JOBS["bench_drafts"].body(ctx) == 0
+    ((command,),) = [ran]
+    assert command[command.index("--method") + 1 :] == ["padrec", "medusa"]
+    assert command[command.index("--out") + 1] == str(tmp_path / "bench_drafts")  # where bench_spec_decode reads
+    # --spec-serve: bench_spec_decode measures every configuration through vllm serve as well
+    calls = []
+    monkeypatch.setattr(gs.JobContext, "python", lambda self, module, *args, env=None: calls.append(args) or 0)
+    for head in ("padrec", "medusa"):  # what the benchmark checks of the heads it is given
+        (tmp_path / "bench_drafts" / head / "draft").mkdir(parents=True)
+        (tmp_path / "bench_drafts" / head / "draft" / "config.json").write_text("{}")
+    for serve in (False, True):
+        job = gs.JobContext("bench_spec_decode", dataclasses.replace(settings, spec_serve=serve), {"PATH": "/bin"})
+        assert gs.JOBS["bench_spec_decode"].body(job) == 0
+        args = calls.pop()
+        assert ("--serve" in args) is serve
+        assert bench_spec_decode.parse_args(list(args)).serve is serve  # the benchmark takes the option
+    parsed = gs.parser().parse_args(["start", "--spec-serve", "--drafts", "padrec_medusa"])
+    assert (parsed.spec_serve, parsed.drafts) == (True, "padrec_medusa")
+
+
 def test_the_tensor_parallel_job_sees_both_gpus_and_runs_bench_tp2_on_the_bench_heads(monkeypatch, tmp_path):
     monkeypatch.setattr(gs, "WORK", tmp_path)
     settings = gs.Settings(target="bench")
