@@ -259,6 +259,7 @@ SPEC_METHOD_HEAD = {
     **{m: "eagle" for m in ("eagle", "eagle_vanilla")},
     **{m: m for m in ("eagle_one_step", "padrec_one_step", "medusa")},
 }
+SMALL_TARGET_SUFFIX = "_small"  # in the results names of the small target's runs (results_page leaves them out)
 COMMITTED_DRAFT_GAMMA = 5  # the depth the committed bench heads train for (spec_decode_<dataset>'s records)
 # the heads of atspeed_drafts, one budget each: vllm_padrec.draft.config.OBJECTIVES
 ATSPEED_OBJECTIVES = ("distill", "atspeed_s", "atspeed_r")
@@ -338,7 +339,7 @@ class Settings:
 
     def suffix(self) -> str:
         """Result names carry the small target's name; the bench target's keep the committed names."""
-        return "_small" if self.target == "small" else ""
+        return SMALL_TARGET_SUFFIX if self.target == "small" else ""
 
     def depth_suffix(self) -> str:
         """Heads trained for another depth than the committed heads' (``--draft-gamma``) write results of their own

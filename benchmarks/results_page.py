@@ -31,6 +31,7 @@ import json
 import sys
 from pathlib import Path
 
+from benchmarks.gpu_session import SMALL_TARGET_SUFFIX
 from vllm_padrec.testing.bench_driver import cell as bench_cell
 from vllm_padrec.testing.bench_driver import earlier_mark
 from vllm_padrec.testing.goals import goals_table
@@ -100,10 +101,13 @@ def target_quality(results: Path, dataset: str) -> list[str]:
 
 
 def further_spec_decode_runs(results: Path, dataset: str, page: Path) -> list[str]:
-    """The dataset's list-generation runs of other settings (``spec_decode_<dataset>_*.json``: deeper heads,
-    graphs that hold the prompts, a recipe run again), each with its provenance, the goals it measured, its records
-    and its plot."""
-    names = sorted(path.stem for path in results.glob(f"spec_decode_{dataset}_*.json"))
+    """The dataset's list-generation runs of other settings on the bench target (``spec_decode_<dataset>_*.json``:
+    deeper heads, graphs that hold the prompts, a recipe run again; not the small target's), each with its
+    provenance, the goals it measured, its records and its plot."""
+    small = f"spec_decode_{dataset}{SMALL_TARGET_SUFFIX}"  # the small target's runs: checks, not the product's results
+    names = sorted(
+        path.stem for path in results.glob(f"spec_decode_{dataset}_*.json") if not path.stem.startswith(small)
+    )
     if not names:
         return []
     lines = [

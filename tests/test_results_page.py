@@ -146,11 +146,13 @@ def test_further_list_runs_and_the_targets_own_quality_stand_beside_the_goals_fi
     (results / "spec_decode_beauty_atspeed_depth8.json").write_text(json.dumps(deeper))
     (results / "spec_decode_beauty_atspeed_depth8.png").write_bytes(b"png")
     (results / "spec_decode_games_atspeed_depth8.json").write_text(json.dumps(deeper))
+    (results / "spec_decode_beauty_atspeed_small_depth8.json").write_text(json.dumps(deeper))  # the small target's
     quality = {"split": "test", "users": 3553, "greedy_recall@10": 0.00887, "greedy_ndcg@10": 0.00586}
     (results / "target_beauty.json").write_text(json.dumps(quality))
     beauty, games = results_page.page(results, tmp_path / "RESULTS.md").split("## games_atspeed")
     further = beauty.split("### Further list-generation runs")[1]
     assert "#### `spec_decode_beauty_atspeed_depth8`" in further and "#### `spec_decode_games" not in further
+    assert "_small" not in further  # a check on the small target is not the product's result
     assert "by `python3 -m benchmarks.bench_spec_decode --gammas 8`." in further
     assert "| padrec | 8 | 1 | 10 | 1,000 | 2.73 paired |" in further
     assert "| PAD-Rec at least 3.1x | **missed** | 2.73x paired |" in further  # the goals this run measured
