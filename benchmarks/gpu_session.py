@@ -259,7 +259,7 @@ SPEC_METHOD_HEAD = {
     **{m: "eagle" for m in ("eagle", "eagle_vanilla")},
     **{m: m for m in ("eagle_one_step", "padrec_one_step", "medusa")},
 }
-SMALL_TARGET_SUFFIX = "_small"  # in the results names of the small target's runs (results_page leaves them out)
+SMALL_TARGET_SUFFIX = "_small"  # in the small target's results names (results_page leaves those runs out)
 COMMITTED_DRAFT_GAMMA = 5  # the depth the committed bench heads train for (spec_decode_<dataset>'s records)
 # the heads of atspeed_drafts, one budget each: vllm_padrec.draft.config.OBJECTIVES
 ATSPEED_OBJECTIVES = ("distill", "atspeed_s", "atspeed_r")

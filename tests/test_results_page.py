@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks import results_page
+from benchmarks import gpu_session, results_page
 
 
 def topk_payload() -> dict:
@@ -153,6 +153,8 @@ def test_further_list_runs_and_the_targets_own_quality_stand_beside_the_goals_fi
     further = beauty.split("### Further list-generation runs")[1]
     assert "#### `spec_decode_beauty_atspeed_depth8`" in further and "#### `spec_decode_games" not in further
     assert "_small" not in further  # a check on the small target is not the product's result
+    small_run = gpu_session.Settings(target="small").spec_results_name()  # the names the session gives those runs
+    assert small_run.startswith(f"spec_decode_beauty_atspeed{results_page.SMALL_TARGET_SUFFIX}")
     assert "by `python3 -m benchmarks.bench_spec_decode --gammas 8`." in further
     assert "| padrec | 8 | 1 | 10 | 1,000 | 2.73 paired |" in further
     assert "| PAD-Rec at least 3.1x | **missed** | 2.73x paired |" in further  # the goals this run measured
