@@ -106,7 +106,8 @@ Jobs, the jobs each needs, and its GPU lane (``target``/``draft``: the job that 
                           then its PAD-Rec draft (--no-small-draft: the target only)
     bench_target          the bench recipe's target (Qwen2.5-1.5B shape), resumable              -       lane 0
     bench_eval            its test metrics (constrained beam and greedy lists)                   bench_target
-    bench_drafts          its draft heads (--drafts: padrec, padrec_eagle, padrec_medusa, all)   bench_target
+    bench_drafts          its draft heads (--drafts: padrec, padrec_eagle, padrec_medusa,        bench_target
+                          one_step, all)
     acceptance            benchmarks/bench_acceptance.py on the bench heads                      bench_drafts
     signal_ablation       benchmarks/bench_signal_ablation.py: PAD-Rec's signals (and its        bench_target
                           per-channel gate) against EAGLE, heads paired by training seed
@@ -252,6 +253,7 @@ DRAFTS_HEADS = {
     "padrec": ("padrec",),
     "padrec_eagle": ("padrec", "eagle", "eagle_one_step", "padrec_one_step", "medusa"),
     "padrec_medusa": ("padrec", "medusa"),
+    "one_step": ("padrec_one_step", "eagle_one_step"),
     "all": ("padrec", "eagle", "medusa"),
 }
 SPEC_METHOD_HEAD = {
@@ -386,7 +388,9 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
         "--drafts",
         choices=tuple(DRAFTS_HEADS),
         help=f"bench heads to train: padrec; padrec_eagle (PAD-Rec and EAGLE, unrolled and one step, and Medusa where "
-        f"--spec-methods has it); padrec_medusa; all (the ablation heads, no one-step heads) (default {d.drafts})",
+        f"--spec-methods has it); padrec_medusa; one_step (PAD-Rec and EAGLE trained one step: the cheap heads, "
+        f"about a fifth of an unrolled gamma-8 head's time a step); all (the ablation heads, no one-step heads) "
+        f"(default {d.drafts})",
         **kw,
     )
     add("--draft-steps", type=int, help=f"training steps per bench head (default {d.draft_steps})", **kw)
@@ -692,13 +696,15 @@ def job_bench_drafts(ctx: JobContext) -> int:
             *("--method", *methods),
         ]
 
-    drafts = str(WORK / "bench_drafts")
+    drafts, one_step_drafts = str(WORK / "bench_drafts"), str(WORK / "bench_drafts_one_step")
+    one_step = train_drafts(one_step_drafts, 1, "padrec", "eagle") + ["--train-steps", "1"]  # teacher-forced
     if s.drafts == "padrec":
         commands = [train_drafts(drafts, 1, "padrec")]
     elif s.drafts == "padrec_medusa":  # PAD-Rec and vanilla vLLM's Medusa (Model Runner V1), one collection
         commands = [train_drafts(drafts, 1, "padrec", "medusa")]
+    elif s.drafts == "one_step":
+        commands = [one_step]
     elif s.drafts == "padrec_eagle":  # the heads bench_spec_decode compares, EAGLE and PAD-Rec trained both ways
-        one_step = train_drafts(str(WORK / "bench_drafts_one_step"), 1, "padrec", "eagle") + ["--train-steps", "1"]
         medusa = ("medusa",) if "medusa" in s.spec_methods else ()  # a head per draft step: draft_gamma heads
         commands = [train_drafts(drafts, 1, "padrec", "eagle", *medusa), one_step]
     else:  # plus a PAD-Rec head whose signal parameters learn faster (they start switched off)
@@ -707,6 +713,9 @@ def job_bench_drafts(ctx: JobContext) -> int:
     code = ctx.run_parallel(commands)
     for result in (WORK / "bench_drafts").glob("*/*.json"):
         shutil.copy(result, WORK / "results" / f"draft_{result.parent.name}{s.depth_suffix()}_{result.name}")
+    for result in (WORK / "bench_drafts_one_step").glob("*/*.json"):  # draft_padrec_one_step_depth8_result.json
+        name = f"draft_{result.parent.name}_one_step{s.depth_suffix()}_{result.name}"
+        shutil.copy(result, WORK / "results" / name)
     for result in (WORK / "bench_drafts_signal_lr10").glob("padrec/*.json"):
         shutil.copy(result, WORK / "results" / f"draft_padrec_signal_lr10_{result.name}")
     return code

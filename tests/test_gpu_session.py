@@ -746,7 +746,7 @@ def test_bench_spec_decode_methods_whose_heads_the_session_does_not_train_are_re
     assert gs.main(["checks", "bench_spec_decode", *bench, "eagle_one_step", "--drafts", "padrec"]) == 2
     assert capsys.readouterr().err.strip() == (
         "bench_spec_decode's --spec-methods eagle_one_step draft with heads that --drafts padrec does not train; "
-        "drafts that train them: padrec_eagle"
+        "drafts that train them: padrec_eagle one_step"
     )
     assert gs.main(["run", "bench_spec_decode", *bench, "medusa", "--drafts", "padrec"]) == 2  # run checks too
     assert capsys.readouterr().err.strip().endswith("drafts that train them: padrec_eagle padrec_medusa all")
@@ -759,6 +759,33 @@ def test_bench_spec_decode_methods_whose_heads_the_session_does_not_train_are_re
     assert gs.missing_draft(["bench_target"], dataclasses.replace(small, target="bench", drafts="padrec")) is None
     assert gs.main(["wait", "20"]) == 0
     session.join()
+
+
+def test_the_one_step_heads_alone_train_in_one_process_and_their_results_come_back(monkeypatch, tmp_path):
+    monkeypatch.setattr(gs, "WORK", tmp_path)
+    (tmp_path / "results").mkdir()
+    ran = []
+    settings = gs.Settings(target="bench", drafts="one_step", draft_gamma=8, draft_steps=3000)
+    assert gs.methods_without_heads(dataclasses.replace(settings, spec_methods=("none", "padrec_one_step"))) == []
+    assert gs.methods_without_heads(dataclasses.replace(settings, spec_methods=("padrec", "eagle"))) == [
+        "padrec",
+        "eagle",
+    ]
+    ctx = gs.JobContext("bench_drafts", settings, {"PATH": "/bin"})
+    monkeypatch.setattr(ctx.__class__, "run_parallel", lambda self, commands: ran.extend(commands) or 0)
+    for head in ("padrec", "eagle"):  # what the training leaves beside each head
+        (tmp_path / "bench_drafts_one_step" / head).mkdir(parents=True)
+        (tmp_path / "bench_drafts_one_step" / head / "result.json").write_text("{}")
+    assert gs.JOBS["bench_drafts"].body(ctx) == 0
+    ((command,),) = [ran]
+    value = lambda option: command[command.index(option) + 1]  # noqa: E731
+    assert command[command.index("--method") + 1 : command.index("--train-steps")] == ["padrec", "eagle"]
+    assert (value("--train-steps"), value("--max-steps"), value("--gamma")) == ("1", "3000", "8")
+    assert value("--out") == str(tmp_path / "bench_drafts_one_step")  # where bench_spec_decode reads them
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [
+        "draft_eagle_one_step_depth8_result.json",
+        "draft_padrec_one_step_depth8_result.json",
+    ]
 
 
 def test_padrec_medusa_heads_and_the_served_list_benchmark(monkeypatch, tmp_path):
