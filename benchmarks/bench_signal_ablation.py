@@ -154,6 +154,11 @@ def summarize(records: list[dict]) -> list[dict]:
     return rows
 
 
+class HeadUnfinished(RuntimeError):
+    """A head's training returned before its budget (SIGTERM, SIGINT): the run stops rather than read a head of
+    fewer steps beside the others."""
+
+
 def run(args) -> str:
     """Train every head (or reuse it), decode with it, write the JSON and render it; return the JSON path."""
     from vllm_padrec.training.trainer import feature_source, train_draft
@@ -187,6 +192,11 @@ def run(args) -> str:
         config = dataclasses.replace(config, trained_steps=trained_steps)
         out = work / f"seed{seed}" / f"gamma{gamma}" / variant
         result = train_draft(method, ckpt, data, config, out, users.device, source=source, progress=args.progress)
+        if not result.finished:  # a signal or a time budget stopped it: every head must have the same budget
+            raise HeadUnfinished(
+                f"{variant} (seed {seed}, γ {gamma}) stopped after {result.steps} of {result.max_steps} steps "
+                f"({result.stopped_by}); its state is in {out}: run the same command again to resume"
+            )
         draft = _load(result.checkpoint, users.target, args.dtype)
         decoded = decode_record(users, draft, gamma, reference, batch_size=args.batch_size)
         record = dict(
@@ -376,7 +386,11 @@ def main(argv=None) -> int:
         parser.error("--gammas, --draft-steps and --users must be >= 1")
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds repeats a seed: {args.seeds}")
-    print(run(args))
+    try:
+        print(run(args))
+    except HeadUnfinished as stopped:
+        print(f"bench_signal_ablation stopped: {stopped}", file=sys.stderr)
+        return 1
     return 0
 
 

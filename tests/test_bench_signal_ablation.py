@@ -155,3 +155,31 @@ def test_a_cpu_run_trains_each_head_once_and_writes_lossless_records(tmp_path, m
     assert ablation.main(argv) == 0
     again = json.loads((tmp_path / "signal_ablation_t.json").read_text())["records"]
     assert [r["acceptance_length"] for r in again] == [r["acceptance_length"] for r in records]
+
+
+def test_a_head_stopped_by_a_signal_stops_the_run_and_resumes_on_the_next(tmp_path, monkeypatch, capsys):
+    """A head that returned before its budget (SIGTERM) is never read beside full ones: the run stops in one line,
+    and the same command again resumes that head and finishes."""
+    import dataclasses
+
+    from vllm_padrec.training import trainer
+
+    data = open_dataset("synthetic")
+    recipe = get_recipe("tiny", hidden_size=32, intermediate_size=64, list_items=4, epochs=0.25)
+    checkpoint = train_target(recipe, data, tmp_path / "target", progress=False).checkpoint
+    argv = ["--target", str(checkpoint), "--dataset", "synthetic", "--variants", "eagle", "--gammas", "2"]
+    argv += ["--seeds", "0", "--draft-steps", "6", "--users", "8", "--device", "cpu"]
+    argv += ["--work", str(tmp_path / "heads"), "--out", str(tmp_path), "--name", "t"]
+    real = trainer.train_draft
+
+    def stopped(*args, **kwargs):
+        return dataclasses.replace(real(*args, **kwargs), finished=False, steps=3, stopped_by="SIGTERM")
+
+    monkeypatch.setattr(trainer, "train_draft", stopped)
+    assert ablation.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the trainer's progress lines
+    assert err.startswith("bench_signal_ablation stopped: eagle (seed 0, γ 2) stopped after 3 of 6 steps (SIGTERM)")
+    assert not (tmp_path / "signal_ablation_t.json").exists()  # nothing written from a short head
+    monkeypatch.setattr(trainer, "train_draft", real)
+    assert ablation.main(argv) == 0
+    assert json.loads((tmp_path / "signal_ablation_t.json").read_text())["records"][0]["training_steps"] == 6
