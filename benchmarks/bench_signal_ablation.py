@@ -45,6 +45,7 @@ from vllm_padrec.testing.acceptance_runs import (
 from vllm_padrec.testing.results import write_results
 
 STEM = "signal_ablation_{name}"
+BUDGET_STEM = "signal_ablation_budget_{name}"  # --budget: several runs that differ in their heads' training steps
 BASELINE = "eagle"  # the variant every gain is read against
 ONE_STEP = "_one_step"  # a variant's name with it: the same head trained teacher-forced on one draft step
 ONE_STEP_BASELINE = BASELINE + ONE_STEP  # EAGLE's head trained so (the EAGLE paper's way); gains read against it too
@@ -354,6 +355,97 @@ def _plot(plt, records: list[dict], summary: list[dict], name: str):
     return fig
 
 
+# -- the training budget: several runs of one target and dataset whose heads trained for different step counts -----
+def budget_rows(payloads: list[dict]) -> list[dict]:
+    """One row per (variant, γ, training steps) over ablation runs of one target and dataset that differ in their
+    heads' steps (``settings.draft_steps``): the acceptance length's mean over that run's seeds, and each seed's."""
+    first = payloads[0]["settings"]
+    for payload in payloads[1:]:
+        other = payload["settings"]
+        if (other["target"], other["dataset"]) != (first["target"], first["dataset"]):
+            raise ValueError(
+                f"--budget compares runs of one target and dataset: {first['target']} on {first['dataset']} "
+                f"against {other['target']} on {other['dataset']}"
+            )
+    steps = [payload["settings"]["draft_steps"] for payload in payloads]
+    if len(set(steps)) != len(steps):
+        raise ValueError(f"--budget compares runs of different training steps, got steps {steps}")
+    rows = [
+        dict(
+            variant=row["variant"],
+            gamma=row["gamma"],
+            draft_steps=payload["settings"]["draft_steps"],
+            acceptance_length=row["acceptance_length"],
+            acceptance_lengths=row["acceptance_lengths"],
+        )
+        for payload in payloads
+        for row in summarize(payload["records"])
+    ]
+    return sorted(rows, key=lambda r: (r["gamma"], r["variant"], r["draft_steps"]))
+
+
+def render_budget(name: str, json_paths: list[str], out: str) -> dict[str, Path]:
+    """``signal_ablation_budget_<name>.{json,md,png}`` in ``out``: acceptance length by training steps, per variant
+    and γ, from the ablation runs ``json_paths``."""
+    payloads = [json.loads(Path(path).read_text()) for path in json_paths]
+    rows = budget_rows(payloads)
+    steps = sorted({row["draft_steps"] for row in rows})
+    settings = payloads[0]["settings"]
+    lines = [
+        f"# Acceptance length by the heads' training steps: {name}",
+        "",
+        f"{settings['users']} test users of `{settings['dataset']}`, lists of {settings['num_items']} items, preset "
+        f"`{settings['preset']}`; each cell the mean over that run's seeds (their count in brackets). Runs: "
+        + ", ".join(f"`{Path(path).name}`" for path in json_paths)
+        + ".",
+        "",
+        "| variant | γ | " + " | ".join(f"{n} steps" for n in steps) + " |",
+        "|---|---:|" + "---:|" * len(steps),
+    ]
+    for variant, gamma in dict.fromkeys((row["variant"], row["gamma"]) for row in rows):
+        cells = {row["draft_steps"]: row for row in rows if (row["variant"], row["gamma"]) == (variant, gamma)}
+        text = [
+            f"{cells[n]['acceptance_length']:.3f} ({len(cells[n]['acceptance_lengths'])})" if n in cells else "-"
+            for n in steps
+        ]
+        lines.append(f"| {variant} | {gamma} | " + " | ".join(text) + " |")
+    record = dict(name=name, runs=[str(path) for path in json_paths], settings=settings, rows=rows)
+    return write_results(
+        out,
+        BUDGET_STEM.format(name=name),
+        record=record,
+        markdown="\n".join(lines) + "\n",
+        figure=lambda plt: _plot_budget(plt, rows, name),
+    )
+
+
+def _plot_budget(plt, rows: list[dict], name: str):
+    """Acceptance length against training steps (log scale), a line per variant and γ measured at two budgets or
+    more; dots: the seeds."""
+    keys = [(row["variant"], row["gamma"]) for row in rows]
+    lines = [key for key in dict.fromkeys(keys) if keys.count(key) >= 2]
+    if not lines:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, (variant, gamma) in enumerate(lines):
+        mine = [row for row in rows if (row["variant"], row["gamma"]) == (variant, gamma)]
+        color = f"C{i % 10}"
+        xs = [row["draft_steps"] for row in mine]
+        ax.plot(xs, [row["acceptance_length"] for row in mine], marker="o", color=color, label=f"{variant}, γ {gamma}")
+        for row in mine:
+            ax.plot([row["draft_steps"]] * len(row["acceptance_lengths"]), row["acceptance_lengths"], ".", color=color)
+    ax.set_xscale("log", base=2)
+    measured = sorted({row["draft_steps"] for row in rows})
+    ax.set_xticks(measured, [str(n) for n in measured])
+    ax.set_xlabel("training steps per head")
+    ax.set_ylabel("acceptance length (tokens per target pass)")
+    ax.set_title(f"acceptance by training budget: {name}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_user_arguments(parser, users=200)
@@ -374,9 +466,25 @@ def main(argv=None) -> int:
     parser.add_argument("--progress", action="store_true", help="progress bars for each training")
     parser.add_argument("--name", default="synthetic", help="results are signal_ablation_<name>.{json,md,png}")
     parser.add_argument("--render", metavar="JSON", help="only rebuild the table and plot from this JSON")
+    parser.add_argument(
+        "--budget",
+        nargs="+",
+        metavar=("NAME", "JSON"),
+        help="only compare finished runs of one target and dataset whose heads trained different step counts: "
+        "signal_ablation_budget_NAME.{json,md,png} in --out, acceptance length by training steps",
+    )
     args = parser.parse_args(argv)
     if args.render:
         render(args.render)
+        return 0
+    if args.budget:
+        if len(args.budget) < 3:
+            parser.error("--budget NAME JSON JSON...: a name and at least two runs")
+        try:
+            written = render_budget(args.budget[0], args.budget[1:], args.out)
+        except (OSError, ValueError, KeyError) as error:
+            parser.error(f"--budget: {error}")
+        print(written["json"])
         return 0
     if not (args.target and args.dataset):
         parser.error("--target and --dataset are required (or --render JSON)")

@@ -183,3 +183,42 @@ def test_a_head_stopped_by_a_signal_stops_the_run_and_resumes_on_the_next(tmp_pa
     monkeypatch.setattr(trainer, "train_draft", real)
     assert ablation.main(argv) == 0
     assert json.loads((tmp_path / "signal_ablation_t.json").read_text())["records"][0]["training_steps"] == 6
+
+
+def _run(steps: int, lengths: dict[str, list[float]], target: str = "t", dataset: str = "d") -> dict:
+    """An ablation payload whose heads trained ``steps`` steps: ``lengths[variant]`` per seed at γ 8."""
+    records = [
+        _record(variant, seed, 8, value) for variant, values in lengths.items() for seed, value in enumerate(values)
+    ]
+    settings = dict(target=target, dataset=dataset, draft_steps=steps, users=9, num_items=5, preset="tiny")
+    return dict(settings=settings, records=records)
+
+
+def test_the_budget_view_reads_each_run_at_its_training_steps(tmp_path, capsys):
+    short = _run(400, {"eagle": [2.0, 2.2], "padrec": [2.1, 2.1]})
+    long = _run(1600, {"eagle": [3.0], "padrec": [3.3]})
+    rows = ablation.budget_rows([long, short])
+    assert [(r["variant"], r["draft_steps"]) for r in rows] == [
+        ("eagle", 400),
+        ("eagle", 1600),
+        ("padrec", 400),
+        ("padrec", 1600),
+    ]
+    assert rows[0]["acceptance_length"] == pytest.approx(2.1) and rows[0]["acceptance_lengths"] == [2.0, 2.2]
+    assert rows[3]["acceptance_length"] == pytest.approx(3.3)
+    with pytest.raises(ValueError, match="one target and dataset"):
+        ablation.budget_rows([short, _run(1600, {"eagle": [3.0]}, target="other")])
+    with pytest.raises(ValueError, match=r"different training steps, got steps \[400, 400\]"):
+        ablation.budget_rows([short, short])
+    paths = []
+    for n, payload in enumerate((short, long)):
+        paths.append(tmp_path / f"run{n}.json")
+        paths[-1].write_text(json.dumps(payload))
+    assert ablation.main(["--budget", "b", *map(str, paths), "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "signal_ablation_budget_b.md").read_text()
+    assert "| variant | γ | 400 steps | 1600 steps |" in table
+    assert "| eagle | 8 | 2.100 (2) | 3.000 (1) |" in table and "| padrec | 8 | 2.100 (2) | 3.300 (1) |" in table
+    assert json.loads((tmp_path / "signal_ablation_budget_b.json").read_text())["rows"] == rows
+    with pytest.raises(SystemExit):  # one run is no comparison
+        ablation.main(["--budget", "b", str(paths[0])])
+    assert "a name and at least two runs" in capsys.readouterr().err
