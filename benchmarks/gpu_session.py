@@ -247,8 +247,9 @@ SPEC_METHODS = (  # bench_spec_decode's methods: on Model Runner V2, then vanill
     *("none_v1", "ngram", "medusa"),
 )
 SPEC_RIVALS = ("padrec", "eagle", "eagle_one_step", "eagle_vanilla")  # drafts that may stand beside padrec's engine
-# the bench heads each --drafts trains (bench_drafts; padrec_eagle's Medusa heads where a method asks for them) and the
-# head each bench_spec_decode method drafts with (the methods absent here draft with none: none*, ngram)
+# the bench heads each --drafts trains (bench_drafts; padrec_eagle's Medusa heads where a method asks for them), the
+# head each bench_spec_decode method drafts with, and the methods that need no head (a test keeps the three in step
+# with SPEC_METHODS)
 DRAFTS_HEADS = {
     "padrec": ("padrec",),
     "padrec_eagle": ("padrec", "eagle", "eagle_one_step", "padrec_one_step", "medusa"),
@@ -261,6 +262,7 @@ SPEC_METHOD_HEAD = {
     **{m: "eagle" for m in ("eagle", "eagle_vanilla")},
     **{m: m for m in ("eagle_one_step", "padrec_one_step", "medusa")},
 }
+DRAFT_FREE_METHODS = ("none", "none_default_graphs", "none_v1", "ngram")  # ngram drafts from the prompt itself
 SMALL_TARGET_SUFFIX = "_small"  # in the small target's results names (results_page leaves those runs out)
 COMMITTED_DRAFT_GAMMA = 5  # the depth the committed bench heads train for (spec_decode_<dataset>'s records)
 # the heads of atspeed_drafts, one budget each: vllm_padrec.draft.config.OBJECTIVES

@@ -788,6 +788,13 @@ def test_the_one_step_heads_alone_train_in_one_process_and_their_results_come_ba
     ]
 
 
+def test_every_list_method_either_drafts_with_a_named_head_or_needs_none():
+    heads, free = set(gs.SPEC_METHOD_HEAD), set(gs.DRAFT_FREE_METHODS)
+    assert heads | free == set(gs.SPEC_METHODS) and not heads & free
+    assert set(gs.SPEC_METHODS) == set(bench_spec_decode.METHODS)  # the session's list is the benchmark's
+    assert {head for trained in gs.DRAFTS_HEADS.values() for head in trained} == set(gs.SPEC_METHOD_HEAD.values())
+
+
 def test_padrec_medusa_heads_and_the_served_list_benchmark(monkeypatch, tmp_path):
     monkeypatch.setattr(gs, "WORK", tmp_path)
     (tmp_path / "results").mkdir()
