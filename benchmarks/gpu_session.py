@@ -248,8 +248,8 @@ SPEC_METHODS = (  # bench_spec_decode's methods: on Model Runner V2, then vanill
 )
 SPEC_RIVALS = ("padrec", "eagle", "eagle_one_step", "eagle_vanilla")  # drafts that may stand beside padrec's engine
 # the bench heads each --drafts trains (bench_drafts; padrec_eagle's Medusa heads where a method asks for them), the
-# head each bench_spec_decode method drafts with, and the methods that need no head (a test keeps the three in step
-# with SPEC_METHODS)
+# head each bench_spec_decode method drafts with (its ``Method.draft``, which this script cannot import), and the
+# methods that need no head (a test keeps the three in step with bench_spec_decode's METHODS)
 DRAFTS_HEADS = {
     "padrec": ("padrec",),
     "padrec_eagle": ("padrec", "eagle", "eagle_one_step", "padrec_one_step", "medusa"),
@@ -688,17 +688,17 @@ def job_bench_eval(ctx: JobContext) -> int:
 def job_bench_drafts(ctx: JobContext) -> int:
     s = ctx.settings
 
-    def train_drafts(out: str, scale: float, *methods: str) -> list[str]:  # the same budget for every head
+    def train_drafts(out: Path, scale: float, *methods: str) -> list[str]:  # the same budget for every head
         return [
             *(sys.executable, "-m", "vllm_padrec.cli", "train-draft"),
             *("--target", str(bench_dir(s.dataset) / "checkpoint")),
-            *("--dataset", dataset_path(ctx.settings), "--out", out, "--gamma", str(s.draft_gamma)),
+            *("--dataset", dataset_path(ctx.settings), "--out", str(out), "--gamma", str(s.draft_gamma)),
             *("--max-steps", str(s.draft_steps)),
             *("--batch-size", "64", "--max-stored-gib", "24", "--signal-lr-scale", str(scale), "--until-done"),
             *("--method", *methods),
         ]
 
-    drafts, one_step_drafts = str(WORK / "bench_drafts"), str(WORK / "bench_drafts_one_step")
+    drafts, one_step_drafts = WORK / "bench_drafts", WORK / "bench_drafts_one_step"
     one_step = train_drafts(one_step_drafts, 1, "padrec", "eagle") + ["--train-steps", "1"]  # teacher-forced
     if s.drafts == "padrec":
         commands = [train_drafts(drafts, 1, "padrec")]
@@ -711,11 +711,11 @@ def job_bench_drafts(ctx: JobContext) -> int:
         commands = [train_drafts(drafts, 1, "padrec", "eagle", *medusa), one_step]
     else:  # plus a PAD-Rec head whose signal parameters learn faster (they start switched off)
         commands = [train_drafts(drafts, 1, *group) for group in ALL_DRAFTS]
-        commands.append(train_drafts(str(WORK / "bench_drafts_signal_lr10"), s.signal_lr_scale, "padrec"))
+        commands.append(train_drafts(WORK / "bench_drafts_signal_lr10", s.signal_lr_scale, "padrec"))
     code = ctx.run_parallel(commands)
-    for result in (WORK / "bench_drafts").glob("*/*.json"):
+    for result in drafts.glob("*/*.json"):
         shutil.copy(result, WORK / "results" / f"draft_{result.parent.name}{s.depth_suffix()}_{result.name}")
-    for result in (WORK / "bench_drafts_one_step").glob("*/*.json"):  # draft_padrec_one_step_depth8_result.json
+    for result in one_step_drafts.glob("*/*.json"):  # draft_padrec_one_step_depth8_result.json
         name = f"draft_{result.parent.name}_one_step{s.depth_suffix()}_{result.name}"
         shutil.copy(result, WORK / "results" / name)
     for result in (WORK / "bench_drafts_signal_lr10").glob("padrec/*.json"):

@@ -792,6 +792,8 @@ def test_every_list_method_either_drafts_with_a_named_head_or_needs_none():
     heads, free = set(gs.SPEC_METHOD_HEAD), set(gs.DRAFT_FREE_METHODS)
     assert heads | free == set(gs.SPEC_METHODS) and not heads & free
     assert set(gs.SPEC_METHODS) == set(bench_spec_decode.METHODS)  # the session's list is the benchmark's
+    # and each method's head is the draft option the benchmark reads for it (gpu_session imports no benchmark)
+    assert gs.SPEC_METHOD_HEAD == {m: spec.draft for m, spec in bench_spec_decode.METHODS.items() if spec.draft}
     assert {head for trained in gs.DRAFTS_HEADS.values() for head in trained} == set(gs.SPEC_METHOD_HEAD.values())
 
 
