@@ -384,6 +384,15 @@ def budget_rows(payloads: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (r["gamma"], r["variant"], r["draft_steps"]))
 
 
+def budget_by_head(rows: list[dict]) -> dict[tuple[str, int], dict[int, dict]]:
+    """``budget_rows`` by (variant, γ), in their order, each by its training steps: what the table's rows and the
+    plot's lines read."""
+    heads: dict[tuple[str, int], dict[int, dict]] = {}
+    for row in rows:
+        heads.setdefault((row["variant"], row["gamma"]), {})[row["draft_steps"]] = row
+    return heads
+
+
 def render_budget(name: str, json_paths: list[str], out: str) -> dict[str, Path]:
     """``signal_ablation_budget_<name>.{json,md,png}`` in ``out``: acceptance length by training steps, per variant
     and γ, from the ablation runs ``json_paths``."""
@@ -402,8 +411,7 @@ def render_budget(name: str, json_paths: list[str], out: str) -> dict[str, Path]
         "| variant | γ | " + " | ".join(f"{n} steps" for n in steps) + " |",
         "|---|---:|" + "---:|" * len(steps),
     ]
-    for variant, gamma in dict.fromkeys((row["variant"], row["gamma"]) for row in rows):
-        cells = {row["draft_steps"]: row for row in rows if (row["variant"], row["gamma"]) == (variant, gamma)}
+    for (variant, gamma), cells in budget_by_head(rows).items():
         text = [
             f"{cells[n]['acceptance_length']:.3f} ({len(cells[n]['acceptance_lengths'])})" if n in cells else "-"
             for n in steps
@@ -422,13 +430,12 @@ def render_budget(name: str, json_paths: list[str], out: str) -> dict[str, Path]
 def _plot_budget(plt, rows: list[dict], name: str):
     """Acceptance length against training steps (log scale), a line per variant and γ measured at two budgets or
     more; dots: the seeds."""
-    keys = [(row["variant"], row["gamma"]) for row in rows]
-    lines = [key for key in dict.fromkeys(keys) if keys.count(key) >= 2]
+    lines = {head: by_steps for head, by_steps in budget_by_head(rows).items() if len(by_steps) >= 2}
     if not lines:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for i, (variant, gamma) in enumerate(lines):
-        mine = [row for row in rows if (row["variant"], row["gamma"]) == (variant, gamma)]
+    for i, ((variant, gamma), by_steps) in enumerate(lines.items()):
+        mine = list(by_steps.values())  # in steps order: budget_rows sorts by them
         color = f"C{i % 10}"
         xs = [row["draft_steps"] for row in mine]
         ax.plot(xs, [row["acceptance_length"] for row in mine], marker="o", color=color, label=f"{variant}, γ {gamma}")
