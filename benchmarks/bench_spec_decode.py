@@ -101,11 +101,11 @@ these where a run measured them, beyond the largest control distance of the run.
 
 With ``--serve`` every configuration is also measured through ``vllm serve`` (records with ``mode``
 ``serve``; the others ``offline``): one server per configuration, then vLLM's own ``vllm bench serve`` per
-list length and batch size, on a custom dataset of the users' history prompts (``--max-concurrency`` B, the
-list settings in ``--extra-body``'s ``vllm_xargs``, greedy). Its ``output_throughput`` is ``tokens_per_s``,
-its end-to-end latency percentiles ``p50_ms`` / ``p99_ms``, its median time to first token
-``p50_ttft_ms``; acceptance comes from the server's
-``/metrics`` over the pass, equality from the generated texts, Recall/NDCG from the items they name.
+list length and batch size, on a dataset of the users' history prompts in ShareGPT's JSON form
+(``--max-concurrency`` B, the list settings in ``--extra-body``'s ``vllm_xargs``, greedy). Its
+``output_throughput`` is ``tokens_per_s``, its end-to-end latency percentiles ``p50_ms`` / ``p99_ms``, its median
+time to first token ``p50_ttft_ms``; acceptance comes from the server's ``/metrics`` over the pass, equality from
+the generated texts, Recall/NDCG from the items they name.
 
     python -m benchmarks.bench_spec_decode --target runs/bench/checkpoint --dataset beauty_atspeed \\
         --padrec-draft runs/drafts/padrec/draft --eagle-draft runs/drafts/eagle/draft --out benchmarks/results
@@ -898,9 +898,9 @@ def served_passes(args, catalog, samples: list, table: list | None) -> tuple[flo
             for batch in args.batch_sizes:
                 users = pass_users(args, samples, batch)
                 name = f"{list_len}_{batch}"
-                dataset = work / f"prompts_{name}.jsonl"
+                dataset = work / f"prompts_{name}.json"
                 prompts = ["".join(tokens[t] for t in catalog.render_prompt(s.history)) for s in users]
-                dataset.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+                dataset.write_text(sharegpt_dataset(prompts))
                 max_tokens = list_len * (catalog.num_slots + 1) + 1
                 warm_up = {"model": SERVED_NAME, "prompt": prompts[0], "max_tokens": max_tokens, "temperature": 0}
                 xargs = list_xargs(method, list_len)
@@ -927,17 +927,27 @@ def served_passes(args, catalog, samples: list, table: list | None) -> tuple[flo
     return server.startup_seconds or 0.0, records, lists
 
 
+def sharegpt_dataset(prompts: list[str]) -> str:
+    """The users' history prompts as a ``vllm bench serve`` dataset in ShareGPT's JSON form: one conversation a
+    prompt, its reply left empty (``--sharegpt-output-len`` sets the length). vLLM's ``custom`` JSONL loader
+    reads its file with pandas (``benchmarks/datasets/datasets.py``, ``CustomDataset.load_data``), which vLLM does
+    not depend on and the GPU machine's kit lacks; its ShareGPT loader reads plain JSON and sends the prompt as it
+    is, with no chat template."""
+    conversations = [{"conversations": [{"from": "human", "value": p}, {"from": "gpt", "value": ""}]} for p in prompts]
+    return json.dumps(conversations)
+
+
 def bench_serve_command(
     args, base: str, model: str, dataset: Path, max_tokens: int, xargs: dict | None, batch: int, users: int
 ):
-    """``vllm bench serve`` over a custom dataset of history prompts, ``batch`` requests in flight, greedy
-    lists with the per-request settings ``xargs`` (``list_xargs``; None: plain completions), in order (the
-    warm-up request is served_passes' own, before the counters are read)."""
+    """``vllm bench serve`` over a dataset of history prompts (``sharegpt_dataset``), ``batch`` requests in
+    flight, greedy lists with the per-request settings ``xargs`` (``list_xargs``; None: plain completions), in
+    order (the warm-up request is served_passes' own, before the counters are read)."""
     return [
         *("vllm", "bench", "serve", "--backend", "vllm", "--base-url", base, "--endpoint", "/v1/completions"),
-        *("--model", model, "--tokenizer", args.target, "--dataset-name", "custom", "--dataset-path", str(dataset)),
-        *("--skip-chat-template", "--disable-shuffle", "--num-prompts", str(users), "--max-concurrency", str(batch)),
-        *("--custom-output-len", str(max_tokens), "--temperature", "0"),
+        *("--model", model, "--tokenizer", args.target, "--dataset-name", "sharegpt", "--dataset-path", str(dataset)),
+        *("--disable-shuffle", "--num-prompts", str(users), "--max-concurrency", str(batch)),
+        *("--sharegpt-output-len", str(max_tokens), "--temperature", "0"),
         *(("--extra-body", json.dumps({"vllm_xargs": xargs})) if xargs else ()),
         *("--percentile-metrics", "e2el,ttft", "--metric-percentiles", "50,99", "--save-result", "--save-detailed"),
     ]

@@ -1130,18 +1130,40 @@ def test_the_served_pass_command_is_one_vllm_bench_serve_accepts():
 
     args = bench.parse_args(BASE)
     xargs = bench.list_xargs("padrec", 10)
-    command = bench.bench_serve_command(args, "http://127.0.0.1:8051", "m", Path("/p.jsonl"), 51, xargs, 16, 256)
+    command = bench.bench_serve_command(args, "http://127.0.0.1:8051", "m", Path("/p.json"), 51, xargs, 16, 256)
     assert command[:3] == ["vllm", "bench", "serve"]
     parser = FlexibleArgumentParser()
     add_cli_args(parser)
     parsed = parser.parse_args(command[3:])
-    assert (parsed.dataset_name, parsed.dataset_path, parsed.custom_output_len) == ("custom", "/p.jsonl", 51)
+    assert (parsed.dataset_name, parsed.dataset_path, parsed.sharegpt_output_len) == ("sharegpt", "/p.json", 51)
     assert (parsed.max_concurrency, parsed.num_prompts, parsed.temperature) == (16, 256, 0.0)
-    assert parsed.skip_chat_template and parsed.disable_shuffle and parsed.save_detailed
+    assert parsed.disable_shuffle and parsed.save_detailed
     assert parsed.extra_body == {"vllm_xargs": {"padrec_constraint": 1, "padrec_num_items": 10, "padrec_no_repeat": 1}}
     assert parsed.percentile_metrics == "e2el,ttft" and parsed.metric_percentiles == "50,99"
-    plain = bench.bench_serve_command(args, "http://127.0.0.1:8051", "m", Path("/p.jsonl"), 51, None, 16, 256)
+    plain = bench.bench_serve_command(args, "http://127.0.0.1:8051", "m", Path("/p.json"), 51, None, 16, 256)
     assert "--extra-body" not in plain and parser.parse_args(plain[3:]).extra_body is None  # Model Runner V1
+
+
+def test_the_served_prompts_reach_vllm_bench_serve_as_written_in_order_without_pandas(tmp_path, monkeypatch):
+    """vLLM 0.26.0's own ShareGPT loader reads sharegpt_dataset's file, the pandas-free path: every history
+    prompt once, in order, untouched (no chat template), each asking for the list's tokens."""
+    from vllm.benchmarks.datasets import datasets as vllm_datasets
+
+    from vllm_padrec.data import SyntheticConfig, generate_synthetic
+    from vllm_padrec.target.tokenizer import build_tokenizer
+
+    monkeypatch.setattr(vllm_datasets, "pd", None)  # the GPU machine's kit has no pandas: the loader must not need it
+    catalog = generate_synthetic(SyntheticConfig(num_items=12, num_users=6, codebook_sizes=(4, 4))).catalog
+    tokens = catalog.layout.token_strings()
+    histories = [[0, 1], [2], [3, 4, 5], [6], [7, 8]]
+    prompts = ["".join(tokens[t] for t in catalog.render_prompt(h)) for h in histories]
+    path = tmp_path / "prompts.json"
+    path.write_text(bench.sharegpt_dataset(prompts))
+    loaded = vllm_datasets.ShareGPTDataset(dataset_path=str(path), disable_shuffle=True, random_seed=0)
+    samples = loaded.sample(tokenizer=build_tokenizer(catalog.layout), num_requests=len(prompts), output_len=31)
+    assert [s.prompt for s in samples] == prompts
+    assert [s.prompt_len for s in samples] == [len(catalog.render_prompt(h)) for h in histories]
+    assert {s.expected_output_len for s in samples} == {31}
 
 
 @pytest.mark.parametrize("method", ["padrec", "ngram"])
@@ -1216,8 +1238,8 @@ def test_a_served_pass_reads_vllm_bench_serves_result_and_the_servers_counters(m
     spec = json.loads(serve_args[serve_args.index("--speculative-config") + 1])
     compiled = json.loads(serve_args[serve_args.index("--compilation-config") + 1])
     assert compiled == {"max_cudagraph_capture_size": 64, "cudagraph_mode": "FULL"}
-    lines = (tmp_path / f"serve_{method}_g5" / "prompts_2_2.jsonl").read_text().splitlines()
-    prompts = [json.loads(line)["prompt"] for line in lines]
+    conversations = json.loads((tmp_path / f"serve_{method}_g5" / "prompts_2_2.json").read_text())
+    prompts = [c["conversations"][0]["value"] for c in conversations]
     assert prompts[0].startswith("<s>") and len(prompts) == 2
     ((path, warm_up),) = warm_ups  # one request before the counters are read, the pass's first prompt
     assert path == "/v1/completions" and warm_up["prompt"] == prompts[0] and warm_up["temperature"] == 0
