@@ -99,9 +99,9 @@ rival is the control, two engines of one configuration whose ratio shows what th
 both see the same drift (1.4 % at batch 1 and 25.9 % at batch 64 on 2026-12-04). Issue 14's 5 % over EAGLE reads
 these where a run measured them, beyond the largest control distance of the run.
 
-With ``--serve`` every configuration is also measured through ``vllm serve`` (records with ``mode``
-``serve``; the others ``offline``): one server per configuration, then vLLM's own ``vllm bench serve`` per
-list length and batch size, on a dataset of the users' history prompts in ShareGPT's JSON form
+With ``--modes serve`` (``--modes offline serve`` for both) every configuration is measured through ``vllm serve``
+(records with ``mode`` ``serve``; the others ``offline``): one server per configuration, then vLLM's own
+``vllm bench serve`` per list length and batch size, on a dataset of the users' history prompts in ShareGPT's JSON form
 (``--max-concurrency`` B, the list settings in ``--extra-body``'s ``vllm_xargs``, greedy). Its
 ``output_throughput`` is ``tokens_per_s``, its end-to-end latency percentiles ``p50_ms`` / ``p99_ms``, its median
 time to first token ``p50_ttft_ms``; acceptance comes from the server's ``/metrics`` over the pass, equality from
@@ -183,7 +183,8 @@ MEMORY_CAP = 0.95  # the engines of one process ask for at most this share of th
 # rival's 0.12 holds the bench target and KV for 128 lists, and on 2026-12-04 a control at 0.12 ran within 2.2 % of
 # padrec's engine at 0.4)
 DEFAULT_MEMORY = 0.5
-MODES = ("offline", "serve")  # an in-process LLM; vllm serve measured by vllm bench serve (--serve)
+MODES = ("offline", "serve")  # an in-process LLM; vllm serve measured by vllm bench serve (--modes)
+SERVE = MODES[1]
 ADAPTIVE = "padrec_adaptive"
 FORCED_TAIL, FORCED_TAIL_SLOTS = "padrec_tail", 2  # PAD-Rec's gamma drafts and 2 more from the catalog alone
 LOOP_GRAPH = "padrec_loop"  # PAD-Rec with a round's decode steps as one CUDA graph
@@ -1469,8 +1470,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--list-lens", nargs="+", type=int, default=[10, 20], help="items per list (default 10 20)")
     add("--users", type=int, default=256, help="test users per pass at batch sizes above 1 (default 256)")
     add("--users-latency", type=int, default=50, help="test users sent one at a time (default 50)")
-    add("--serve", action="store_true", help="also measure every configuration through vllm serve (vllm bench serve)")
-    add("--port", type=int, default=8051, help="with --serve: the servers' port (default 8051)")
+    add(
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=[MODES[0]],
+        help="how each configuration is measured: offline (an in-process vllm.LLM), serve (vllm serve, measured by "
+        "vllm bench serve); each mode's speedups against none's in the same mode (default offline)",
+    )
+    add("--port", type=int, default=8051, help="with --modes serve: the servers' port (default 8051)")
     add(
         "--config-timeout",
         type=float,
@@ -1514,7 +1522,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="give each offline engine's core process (the draft's, the paired baseline's) and the benchmark's own "
         "threads physical cores of their own (records: cpu_pinning); an experiment on the spread between engines "
-        "of one configuration (needs --engine-core own_process, not with --serve)",
+        "of one configuration (needs --engine-core own_process, not with --modes serve)",
     )
     add(
         "--rivals",
@@ -1557,7 +1565,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default={},
         metavar="JSON",
         help="more vllm.LLM arguments for every offline engine, e.g. '{\"tensor_parallel_size\": 2}' (recorded; not "
-        "with --serve)",
+        "with --modes serve)",
     )
     add_run_options(parser, "bench_spec_decode", "spec_decode", "<method>_g<gamma>")
     add("--one", default=None, choices=list(METHODS), help=argparse.SUPPRESS)  # child: this method
@@ -1576,23 +1584,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{draft.replace('_', '-')}-draft is required by the methods {needing}")
     if any(g < 1 for g in args.gammas) or any(b < 1 for b in args.batch_sizes) or any(n < 1 for n in args.list_lens):
         parser.error("every gamma, batch size and list length must be >= 1")
-    if args.serve and args.engine_args:
-        parser.error("--engine-args reach the offline engines only: not with --serve")
+    serving = SERVE in args.modes
+    if ADAPTIVE in args.methods and MODES[0] not in args.modes:
+        parser.error(f"{ADAPTIVE} reads its table from the run's offline records: --modes needs offline too")
+    if serving and args.engine_args:
+        parser.error("--engine-args reach the offline engines only: not with --modes serve")
     if args.rivals:
         if RIVALS_HOST not in args.methods:
             parser.error(f"--rivals stand beside {RIVALS_HOST}'s engine: run {RIVALS_HOST} too")
-        if args.serve or args.engine_core == IN_PROCESS or args.pin_cpus:
+        if serving or args.engine_core == IN_PROCESS or args.pin_cpus:
             parser.error(
                 "--rivals runs engines beside the offline one, each core in its own process, unpinned: not "
-                "with --serve, --engine-core in_process or --pin-cpus"
+                "with --modes serve, --engine-core in_process or --pin-cpus"
             )
         for rival in args.rivals:
             if getattr(args, f"{METHODS[rival].draft}_draft") is None:
                 parser.error(f"--rivals {rival} needs --{METHODS[rival].draft.replace('_', '-')}-draft")
-    if args.pin_cpus and (args.engine_core == IN_PROCESS or args.serve):
+    if args.pin_cpus and (args.engine_core == IN_PROCESS or serving):
         parser.error(
             "--pin-cpus pins offline engines whose core runs in its own process: not with --engine-core "
-            "in_process or --serve"
+            "in_process or --modes serve"
         )
     if args.pin_cpus:
         try:
@@ -1668,7 +1679,7 @@ def main(argv: list[str] | None = None) -> int:
                 skipped[f"{method}_g{gamma}"] = f"its table {table} drafts at no batch size (none's records)"
                 continue
             argv += ["--gamma-table", json.dumps(table)]
-        for mode in MODES if args.serve else MODES[:1]:
+        for mode in (mode for mode in MODES if mode in args.modes):
             config = f"{method}_g{gamma}" + ("" if mode == "offline" else f"_{mode}")
             result, error = run_configuration(
                 "benchmarks.bench_spec_decode",

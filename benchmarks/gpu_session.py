@@ -246,6 +246,7 @@ SPEC_METHODS = (  # bench_spec_decode's methods: on Model Runner V2, then vanill
     "none_default_graphs",
     *("none_v1", "ngram", "medusa"),
 )
+SPEC_MODES = ("offline", "serve")  # bench_spec_decode.MODES (a test keeps them equal): in process, vllm serve
 SPEC_RIVALS = ("padrec", "eagle", "eagle_one_step", "eagle_vanilla")  # drafts that may stand beside padrec's engine
 # the bench heads each --drafts trains (bench_drafts; padrec_eagle's Medusa heads where a method asks for them), the
 # head each bench_spec_decode method drafts with (its ``Method.draft``, which this script cannot import), and the
@@ -309,7 +310,7 @@ class Settings:
     spec_capture: str = "verify"  # bench_spec_decode's --max-cudagraph-capture-size (prompts: prefills in graphs)
     cudagraph_mode: str = "vllm"  # bench_spec_decode's and engine_step's --cudagraph-mode (full: whole-model graphs)
     spec_tag: str = ""  # appended to bench_spec_decode's results name: a rerun of the same settings (repeat)
-    spec_serve: bool = False  # bench_spec_decode's --serve: every configuration also through vllm serve
+    spec_modes: tuple[str, ...] = SPEC_MODES[:1]  # bench_spec_decode's --modes: offline, serve (vllm serve)
     atspeed_runs: tuple[str, ...] = ATSPEED_RUNS  # bench_topk_atspeed's runs (a later hold may redo one)
     atspeed_heads: tuple[str, ...] = ("atspeed_s", "atspeed_r", "distill")  # its speed run's heads, in order
     gpu_tests: tuple[str, ...] = ("test_integration_gpu.py", "test_integration_gpu_serve.py")
@@ -516,10 +517,11 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
         **kw,
     )
     add(
-        "--spec-serve",
-        action=argparse.BooleanOptionalAction,
-        help="bench_spec_decode's --serve: every configuration also through vllm serve, measured by vllm bench serve "
-        "(default off)",
+        "--spec-modes",
+        nargs="+",
+        choices=SPEC_MODES,
+        help="bench_spec_decode's --modes: offline (in-process engines), serve (vllm serve, measured by vllm bench "
+        "serve), or both (default offline)",
         **kw,
     )
     add("--draft-gamma", type=int, help=f"draft steps the bench heads train for (default {d.draft_gamma})", **kw)
@@ -1018,7 +1020,7 @@ def job_bench_spec_decode(ctx: JobContext) -> int:
         *("--gammas", *map(str, s.spec_gammas), "--batch-sizes", *map(str, s.spec_batch_sizes)),
         *("--list-lens", *map(str, s.spec_list_lens)),
         *(("--pin-cpus",) if s.spec_pin_cpus else ()),
-        *(("--serve",) if s.spec_serve else ()),
+        *("--modes", *s.spec_modes),
         # beside the rivals' engines, padrec's takes the memory they leave (bench_spec_decode's default)
         *(("--rivals", *s.spec_rivals) if s.spec_rivals else ()),
     )

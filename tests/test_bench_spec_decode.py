@@ -678,7 +678,7 @@ def test_pairing_needs_engines_in_their_own_processes_and_room_for_two(argv, say
         (["--rivals", "eagle", "padrec", "--gpu-memory-utilization", "0.5"], "at most 0.41"),  # 0.5 + 0.3 + 0.24
         (["--rivals", "eagle", "eagle"], "--rivals: each method once, got eagle eagle"),
         (["--rivals", "eagle", "--methods", "none", "eagle"], "--rivals stand beside padrec's engine: run padrec too"),
-        (["--rivals", "eagle", "--pin-cpus"], "not with --serve, --engine-core in_process or --pin-cpus"),
+        (["--rivals", "eagle", "--pin-cpus"], "not with --modes serve, --engine-core in_process or --pin-cpus"),
         (["--rivals", "eagle_one_step"], "--rivals eagle_one_step needs --eagle-one-step-draft"),
         (["--rivals", "none"], "invalid choice: 'none'"),  # a rival drafts
     ],
@@ -1010,7 +1010,7 @@ def test_the_driver_runs_each_configuration_and_hands_the_adaptive_method_its_ta
     monkeypatch.setattr(bench_driver.subprocess, "call", child)
     argv = [*BASE, "--methods", "none", "padrec", "padrec_adaptive", "--gammas", "5", "--batch-sizes", "1", "64"]
     argv += ["--list-lens", "10", "--out", str(tmp_path), "--work-dir", str(tmp_path), "--cache-root", str(tmp_path)]
-    assert bench.main([*argv, "--serve"]) == 0
+    assert bench.main([*argv, "--modes", "serve", "offline"]) == 0  # run in MODES' order whatever the order given
     table = [[1, 63, 5], [64, 64, 0]]  # from the offline records alone
     assert ran == [
         ("none", 0, "offline", None, "none_g0"),
@@ -1027,7 +1027,13 @@ def test_the_driver_runs_each_configuration_and_hands_the_adaptive_method_its_ta
     assert by["padrec_adaptive", "offline", 64]["equal_to_no_spec"] == 1
     assert by["padrec", "serve", 64]["speedup_vs_no_spec"] == 2.0  # against the served none
     ran.clear()
-    assert bench.main(argv) == 0 and {mode for _, _, mode, _, _ in ran} == {"offline"}  # without --serve
+    served = [a for a in argv if a != "padrec_adaptive"]  # its table reads the offline records
+    assert bench.main([*served, "--modes", "serve"]) == 0  # served alone: no offline engine starts
+    assert [(m, mode) for m, _, mode, _, _ in ran] == [("none", "serve"), ("padrec", "serve")]
+    with pytest.raises(SystemExit):
+        bench.parse_args([*argv, "--modes", "serve"])
+    ran.clear()
+    assert bench.main(argv) == 0 and {mode for _, _, mode, _, _ in ran} == {"offline"}  # the default
     text = (tmp_path / "spec_decode_beauty_atspeed.md").read_text()
     assert (
         "| padrec | v2 | own_process | offline | bfloat16 | 5 | 10 | 1 | 1 | 250.0 | 2.5 |" in text
@@ -1301,7 +1307,7 @@ def test_engine_args_reach_the_children_and_the_records_and_are_refused_with_ser
     records = json.loads((tmp_path / "spec_decode_beauty_atspeed.json").read_text())["records"]
     assert [r["tensor_parallel_size"] for r in records] == [2]
     with pytest.raises(SystemExit):
-        bench.parse_args([*argv, "--serve"])
+        bench.parse_args([*argv, "--modes", "offline", "serve"])
     assert "--engine-args reach the offline engines only" in capsys.readouterr().err
 
 
@@ -1446,8 +1452,8 @@ def test_pinned_engines_start_on_cores_of_their_own_and_the_benchmark_moves_off_
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        (["--engine-core", "in_process", "--pair", "none"], "not with --engine-core in_process or --serve"),
-        (["--serve"], "not with --engine-core in_process or --serve"),
+        (["--engine-core", "in_process", "--pair", "none"], "not with --engine-core in_process or --modes serve"),
+        (["--modes", "offline", "serve"], "not with --engine-core in_process or --modes serve"),
     ],
 )
 def test_pinning_is_refused_where_it_cannot_apply(argv, says, capsys, sixteen_cpus):

@@ -605,7 +605,8 @@ def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads
     assert value("--dtype") == "bfloat16" and "--merge" in args
     assert args[args.index("--gammas") + 1 : args.index("--batch-sizes")] == ("3", "5")
     assert args[args.index("--batch-sizes") + 1 : args.index("--list-lens")] == ("1", "4", "16", "64", "128")
-    assert args[args.index("--list-lens") + 1 :] == ("10", "20")
+    assert args[args.index("--list-lens") + 1 : args.index("--modes")] == ("10", "20")
+    assert args[args.index("--modes") + 1 :] == ("offline",)
     assert value("--name") == "spec_decode_beauty_atspeed"  # the committed file it merges into
     # a hold that runs some of the methods, in float32 (the equality goal), merged into the committed file
     settings = gs.Settings(target="bench", spec_methods=("none", "padrec"), spec_dtype="float32")
@@ -620,7 +621,7 @@ def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads
         tmp_path / "small" / "checkpoint"
     )
     assert args[args.index("--batch-sizes") + 1 : args.index("--list-lens")] == ("1", "16")
-    assert args[args.index("--list-lens") + 1 :] == ("10",)
+    assert args[args.index("--list-lens") + 1 : args.index("--modes")] == ("10",)
     # heads trained deeper than the committed ones write results of their own: a merge never mixes two depths
     deeper = gs.Settings(target="bench", draft_gamma=8, spec_gammas=(8, 5, 6), spec_methods=("none", "padrec"))
     assert deeper.problem() is None
@@ -648,12 +649,12 @@ def test_the_list_speed_job_runs_bench_spec_decode_on_the_padrec_and_eagle_heads
         assert "--spec-tag: letters, digits and _ only" in dataclasses.replace(full, spec_tag=bad).problem()
     # --spec-pin-cpus: the engines pinned to cores of their own
     args = run(dataclasses.replace(settings, spec_pin_cpus=True))
-    assert args[args.index("--list-lens") + 1 :] == ("10", "--pin-cpus")
+    assert args[args.index("--list-lens") + 1 : args.index("--modes")] == ("10", "--pin-cpus")
     # --spec-rivals: EAGLE's engine and a control beside padrec's, which then takes less of the GPU's memory
     rivals = dataclasses.replace(settings, spec_methods=("none", "padrec"), spec_rivals=("eagle", "padrec"))
     assert dataclasses.replace(rivals, drafts="padrec_eagle").problem() is None
     args = run(rivals)
-    assert args[args.index("--list-lens") + 1 :] == ("10", "--rivals", "eagle", "padrec")
+    assert args[args.index("--list-lens") + 1 :] == ("10", "--modes", "offline", "--rivals", "eagle", "padrec")
     parsed = bench_spec_decode.parse_args(list(args))  # the benchmark takes them: its engines fit the memory
     assert parsed.rivals == ["eagle", "padrec"] and parsed.gpu_memory_utilization == 0.41
     # every rival at once: padrec's engine takes what the others leave
@@ -810,20 +811,20 @@ def test_padrec_medusa_heads_and_the_served_list_benchmark(monkeypatch, tmp_path
     ((command,),) = [ran]
     assert command[command.index("--method") + 1 :] == ["padrec", "medusa"]
     assert command[command.index("--out") + 1] == str(tmp_path / "bench_drafts")  # where bench_spec_decode reads
-    # --spec-serve: bench_spec_decode measures every configuration through vllm serve as well
+    # --spec-modes: how bench_spec_decode measures every configuration (offline, through vllm serve, or both)
     calls = []
     monkeypatch.setattr(gs.JobContext, "python", lambda self, module, *args, env=None: calls.append(args) or 0)
     for head in ("padrec", "medusa"):  # what the benchmark checks of the heads it is given
         (tmp_path / "bench_drafts" / head / "draft").mkdir(parents=True)
         (tmp_path / "bench_drafts" / head / "draft" / "config.json").write_text("{}")
-    for serve in (False, True):
-        job = gs.JobContext("bench_spec_decode", dataclasses.replace(settings, spec_serve=serve), {"PATH": "/bin"})
+    for modes in (("offline",), ("serve",), ("offline", "serve")):
+        job = gs.JobContext("bench_spec_decode", dataclasses.replace(settings, spec_modes=modes), {"PATH": "/bin"})
         assert gs.JOBS["bench_spec_decode"].body(job) == 0
-        args = calls.pop()
-        assert ("--serve" in args) is serve
-        assert bench_spec_decode.parse_args(list(args)).serve is serve  # the benchmark takes the option
-    parsed = gs.parser().parse_args(["start", "--spec-serve", "--drafts", "padrec_medusa"])
-    assert (parsed.spec_serve, parsed.drafts) == (True, "padrec_medusa")
+        assert bench_spec_decode.parse_args(list(calls.pop())).modes == list(modes)  # the benchmark takes them
+    parsed = gs.parser().parse_args(["start", "--spec-modes", "serve", "--drafts", "padrec_medusa"])
+    assert (parsed.spec_modes, parsed.drafts) == (["serve"], "padrec_medusa")
+    assert gs.Settings.from_mapping({"spec_modes": parsed.spec_modes}).spec_modes == ("serve",)
+    assert gs.SPEC_MODES == bench_spec_decode.MODES  # --spec-modes' choices
 
 
 def test_the_tensor_parallel_job_sees_both_gpus_and_runs_bench_tp2_on_the_bench_heads(monkeypatch, tmp_path):
