@@ -932,8 +932,8 @@ def sharegpt_dataset(prompts: list[str]) -> str:
     """The users' history prompts as a ``vllm bench serve`` dataset in ShareGPT's JSON form: one conversation a
     prompt, its reply left empty (``--sharegpt-output-len`` sets the length). vLLM's ``custom`` JSONL loader
     reads its file with pandas (``benchmarks/datasets/datasets.py``, ``CustomDataset.load_data``), which vLLM does
-    not depend on and the GPU machine's kit lacks; its ShareGPT loader reads plain JSON and sends the prompt as it
-    is, with no chat template."""
+    not depend on (an install of the project's dependencies lacks it); its ShareGPT loader reads plain JSON and
+    sends the prompt as it is, with no chat template."""
     conversations = [{"conversations": [{"from": "human", "value": p}, {"from": "gpt", "value": ""}]} for p in prompts]
     return json.dumps(conversations)
 
