@@ -325,7 +325,7 @@ class Settings:
         return WORK / "small" / "checkpoint" if self.target == "small" else bench_dir(self.dataset) / "checkpoint"
 
     def draft(self) -> Path:
-        return WORK / ("drafts" if self.target == "small" else "bench_drafts") / "padrec" / "draft"
+        return (WORK / "drafts" if self.target == "small" else bench_heads()) / "padrec" / "draft"
 
     def problem(self) -> str | None:
         """What makes these settings unusable, in one line; None when nothing does."""
@@ -614,6 +614,12 @@ def bench_dir(dataset: str) -> Path:
     return WORK / ("bench" if dataset == Settings.dataset else f"bench_{dataset}")
 
 
+def bench_heads(one_step: bool = False) -> Path:
+    """bench_drafts' heads, a folder per head (``padrec/draft``): trained unrolled over the draft steps, or
+    teacher-forced one step (``--drafts one_step``, padrec_eagle's second pair)."""
+    return WORK / ("bench_drafts_one_step" if one_step else "bench_drafts")
+
+
 def with_dataset(ctx: JobContext, dataset: str) -> JobContext:
     """The job's context on the bench target of another dataset (the second-dataset jobs on lane 1)."""
     return dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings, dataset=dataset, target="bench"))
@@ -700,7 +706,7 @@ def job_bench_drafts(ctx: JobContext) -> int:
             *("--method", *methods),
         ]
 
-    drafts, one_step_drafts = WORK / "bench_drafts", WORK / "bench_drafts_one_step"
+    drafts, one_step_drafts = bench_heads(), bench_heads(one_step=True)
     one_step = train_drafts(one_step_drafts, 1, "padrec", "eagle") + ["--train-steps", "1"]  # teacher-forced
     if s.drafts == "padrec":
         commands = [train_drafts(drafts, 1, "padrec")]
@@ -727,7 +733,7 @@ def job_bench_drafts(ctx: JobContext) -> int:
 
 def job_acceptance(ctx: JobContext) -> int:
     s = ctx.settings
-    heads = [str(path) for path in sorted((WORK / "bench_drafts").glob("*/draft"))]
+    heads = [str(path) for path in sorted(bench_heads().glob("*/draft"))]
     if (WORK / "bench_drafts_signal_lr10/padrec/draft").exists():
         heads.append(f"padrec_signal_lr10={WORK / 'bench_drafts_signal_lr10/padrec/draft'}")
     return ctx.python(
@@ -1005,15 +1011,15 @@ def job_bench_spec_decode(ctx: JobContext) -> int:
     that holds can share the methods (every hold runs ``none``, the goals' baseline, and each goal reads one
     run's records)."""
     s = ctx.settings
-    heads = WORK / "bench_drafts"
+    heads = bench_heads()
     name = s.spec_results_name()  # the small target's and other depths' records never merge into the committed
     merge_base(name, s)
     return run_benchmark(
         ctx,
         "benchmarks.bench_spec_decode",
         *("--name", name, "--padrec-draft", str(s.draft()), "--eagle-draft", str(heads / "eagle" / "draft")),
-        *("--eagle-one-step-draft", str(WORK / "bench_drafts_one_step" / "eagle" / "draft")),
-        *("--padrec-one-step-draft", str(WORK / "bench_drafts_one_step" / "padrec" / "draft")),
+        *("--eagle-one-step-draft", str(bench_heads(one_step=True) / "eagle" / "draft")),
+        *("--padrec-one-step-draft", str(bench_heads(one_step=True) / "padrec" / "draft")),
         *("--medusa-draft", str(heads / "medusa" / "draft")),
         *("--max-cudagraph-capture-size", s.spec_capture, "--cudagraph-mode", s.cudagraph_mode),
         *("--methods", *s.spec_methods, "--dtype", s.spec_dtype, "--merge"),
@@ -1041,7 +1047,7 @@ def job_bench_spec_decode_exact(ctx: JobContext) -> int:
     name = s.spec_results_name()
     merge_base(name, s)
     methods = EXACT_METHODS if s.drafts != "padrec" else EXACT_METHODS[:2]
-    heads = WORK / "bench_drafts"
+    heads = bench_heads()
     return run_benchmark(
         ctx,
         "benchmarks.bench_spec_decode",
@@ -1291,7 +1297,7 @@ def job_tp2(ctx: JobContext) -> int:
     return ctx.python(
         "benchmarks.bench_tp2",
         *("--target", str(bench_dir(s.dataset) / "checkpoint"), "--dataset", dataset_path(s)),
-        *("--padrec-draft", str(WORK / "bench_drafts" / "padrec" / "draft")),
+        *("--padrec-draft", str(bench_heads() / "padrec" / "draft")),
         *("--work-dir", str(WORK / "tp2"), "--out", str(WORK / "results")),
     )
 
