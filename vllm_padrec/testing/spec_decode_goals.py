@@ -211,10 +211,11 @@ def over_eagle_goal(records: list[dict], eagle: str) -> dict:
         f"EAGLE with the same masks ({eagle}: {how})"
     )
     # the PAD-Rec head trained as this EAGLE head was, where the run has one
-    ours = PADREC_ONE_STEP if eagle == EAGLE_ONE_STEP and best(records, PADREC_ONE_STEP) is not None else PADREC
+    one_step = best(records, PADREC_ONE_STEP) if eagle == EAGLE_ONE_STEP else None
+    ours = PADREC if one_step is None else PADREC_ONE_STEP
     if ours == PADREC and (padrec := beside_rival(records, eagle)) is not None:  # no drift between engines
         return over_rival_verdict(goal, records, padrec, eagle)
-    padrec, other = best(records, ours), best(records, eagle)
+    padrec, other = one_step or best(records, PADREC), best(records, eagle)
     if padrec is None or other is None:
         return verdict(goal, None, "not measured")
     ratio = speedup(padrec) / speedup(other)
