@@ -1011,15 +1011,15 @@ def job_bench_spec_decode(ctx: JobContext) -> int:
     that holds can share the methods (every hold runs ``none``, the goals' baseline, and each goal reads one
     run's records)."""
     s = ctx.settings
-    heads = bench_heads()
+    heads, one_step = bench_heads(), bench_heads(one_step=True)
     name = s.spec_results_name()  # the small target's and other depths' records never merge into the committed
     merge_base(name, s)
     return run_benchmark(
         ctx,
         "benchmarks.bench_spec_decode",
         *("--name", name, "--padrec-draft", str(s.draft()), "--eagle-draft", str(heads / "eagle" / "draft")),
-        *("--eagle-one-step-draft", str(bench_heads(one_step=True) / "eagle" / "draft")),
-        *("--padrec-one-step-draft", str(bench_heads(one_step=True) / "padrec" / "draft")),
+        *("--eagle-one-step-draft", str(one_step / "eagle" / "draft")),
+        *("--padrec-one-step-draft", str(one_step / "padrec" / "draft")),
         *("--medusa-draft", str(heads / "medusa" / "draft")),
         *("--max-cudagraph-capture-size", s.spec_capture, "--cudagraph-mode", s.cudagraph_mode),
         *("--methods", *s.spec_methods, "--dtype", s.spec_dtype, "--merge"),
