@@ -620,6 +620,9 @@ def bench_heads(one_step: bool = False) -> Path:
     return WORK / ("bench_drafts_one_step" if one_step else "bench_drafts")
 
 
+SIGNAL_LR10_HEADS = WORK / "bench_drafts_signal_lr10"  # --drafts all's PAD-Rec head, signals learning faster
+
+
 def with_dataset(ctx: JobContext, dataset: str) -> JobContext:
     """The job's context on the bench target of another dataset (the second-dataset jobs on lane 1)."""
     return dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings, dataset=dataset, target="bench"))
@@ -719,14 +722,14 @@ def job_bench_drafts(ctx: JobContext) -> int:
         commands = [train_drafts(drafts, 1, "padrec", "eagle", *medusa), one_step]
     else:  # plus a PAD-Rec head whose signal parameters learn faster (they start switched off)
         commands = [train_drafts(drafts, 1, *group) for group in ALL_DRAFTS]
-        commands.append(train_drafts(WORK / "bench_drafts_signal_lr10", s.signal_lr_scale, "padrec"))
+        commands.append(train_drafts(SIGNAL_LR10_HEADS, s.signal_lr_scale, "padrec"))
     code = ctx.run_parallel(commands)
     for result in drafts.glob("*/*.json"):
         shutil.copy(result, WORK / "results" / f"draft_{result.parent.name}{s.depth_suffix()}_{result.name}")
     for result in one_step_drafts.glob("*/*.json"):  # draft_padrec_one_step_depth8_result.json
         name = f"draft_{result.parent.name}_one_step{s.depth_suffix()}_{result.name}"
         shutil.copy(result, WORK / "results" / name)
-    for result in (WORK / "bench_drafts_signal_lr10").glob("padrec/*.json"):
+    for result in SIGNAL_LR10_HEADS.glob("padrec/*.json"):
         shutil.copy(result, WORK / "results" / f"draft_padrec_signal_lr10_{result.name}")
     return code
 
@@ -734,8 +737,8 @@ def job_bench_drafts(ctx: JobContext) -> int:
 def job_acceptance(ctx: JobContext) -> int:
     s = ctx.settings
     heads = [str(path) for path in sorted(bench_heads().glob("*/draft"))]
-    if (WORK / "bench_drafts_signal_lr10/padrec/draft").exists():
-        heads.append(f"padrec_signal_lr10={WORK / 'bench_drafts_signal_lr10/padrec/draft'}")
+    if (SIGNAL_LR10_HEADS / "padrec/draft").exists():
+        heads.append(f"padrec_signal_lr10={SIGNAL_LR10_HEADS / 'padrec/draft'}")
     return ctx.python(
         "benchmarks.bench_acceptance",
         *("--target", str(bench_dir(s.dataset) / "checkpoint"), "--dataset", dataset_path(s), "--drafts", *heads),
