@@ -620,7 +620,10 @@ def bench_heads(one_step: bool = False) -> Path:
     return WORK / ("bench_drafts_one_step" if one_step else "bench_drafts")
 
 
-SIGNAL_LR10_HEADS = WORK / "bench_drafts_signal_lr10"  # --drafts all's PAD-Rec head, signals learning faster
+def signal_lr_heads() -> Path:
+    """The PAD-Rec head that ``--drafts all`` trains beside the others with its signal parameters learning
+    ``--signal-lr-scale`` times faster (``padrec/draft``)."""
+    return WORK / "bench_drafts_signal_lr10"
 
 
 def with_dataset(ctx: JobContext, dataset: str) -> JobContext:
@@ -722,14 +725,14 @@ def job_bench_drafts(ctx: JobContext) -> int:
         commands = [train_drafts(drafts, 1, "padrec", "eagle", *medusa), one_step]
     else:  # plus a PAD-Rec head whose signal parameters learn faster (they start switched off)
         commands = [train_drafts(drafts, 1, *group) for group in ALL_DRAFTS]
-        commands.append(train_drafts(SIGNAL_LR10_HEADS, s.signal_lr_scale, "padrec"))
+        commands.append(train_drafts(signal_lr_heads(), s.signal_lr_scale, "padrec"))
     code = ctx.run_parallel(commands)
     for result in drafts.glob("*/*.json"):
         shutil.copy(result, WORK / "results" / f"draft_{result.parent.name}{s.depth_suffix()}_{result.name}")
     for result in one_step_drafts.glob("*/*.json"):  # draft_padrec_one_step_depth8_result.json
         name = f"draft_{result.parent.name}_one_step{s.depth_suffix()}_{result.name}"
         shutil.copy(result, WORK / "results" / name)
-    for result in SIGNAL_LR10_HEADS.glob("padrec/*.json"):
+    for result in signal_lr_heads().glob("padrec/*.json"):
         shutil.copy(result, WORK / "results" / f"draft_padrec_signal_lr10_{result.name}")
     return code
 
@@ -737,8 +740,8 @@ def job_bench_drafts(ctx: JobContext) -> int:
 def job_acceptance(ctx: JobContext) -> int:
     s = ctx.settings
     heads = [str(path) for path in sorted(bench_heads().glob("*/draft"))]
-    if (SIGNAL_LR10_HEADS / "padrec/draft").exists():
-        heads.append(f"padrec_signal_lr10={SIGNAL_LR10_HEADS / 'padrec/draft'}")
+    if (signal_lr_heads() / "padrec/draft").exists():
+        heads.append(f"padrec_signal_lr10={signal_lr_heads() / 'padrec/draft'}")
     return ctx.python(
         "benchmarks.bench_acceptance",
         *("--target", str(bench_dir(s.dataset) / "checkpoint"), "--dataset", dataset_path(s), "--drafts", *heads),

@@ -762,6 +762,44 @@ def test_bench_spec_decode_methods_whose_heads_the_session_does_not_train_are_re
     session.join()
 
 
+def test_drafts_all_trains_the_signal_lr_head_in_a_folder_of_its_own_that_the_acceptance_job_names(
+    monkeypatch, tmp_path
+):
+    monkeypatch.setattr(gs, "WORK", tmp_path)
+    (tmp_path / "results").mkdir()
+    ran = []
+    ctx = gs.JobContext(
+        "bench_drafts", gs.Settings(target="bench", drafts="all", signal_lr_scale=7.0), {"PATH": "/bin"}
+    )
+    monkeypatch.setattr(ctx.__class__, "run_parallel", lambda self, commands: ran.extend(commands) or 0)
+    (tmp_path / "bench_drafts_signal_lr10" / "padrec").mkdir(parents=True)  # what its training leaves
+    (tmp_path / "bench_drafts_signal_lr10" / "padrec" / "result.json").write_text("{}")
+    assert gs.JOBS["bench_drafts"].body(ctx) == 0
+    value = lambda command, option: command[command.index(option) + 1]  # noqa: E731
+    *groups, faster = ran
+    assert len(groups) == len(gs.ALL_DRAFTS) and {value(c, "--signal-lr-scale") for c in groups} == {"1"}
+    assert {value(c, "--out") for c in groups} == {str(tmp_path / "bench_drafts")}
+    assert (
+        value(faster, "--out") == str(tmp_path / "bench_drafts_signal_lr10") and value(faster, "--method") == "padrec"
+    )
+    assert value(faster, "--signal-lr-scale") == "7.0"
+    assert [p.name for p in (tmp_path / "results").iterdir()] == ["draft_padrec_signal_lr10_result.json"]
+    commands = []  # the acceptance job measures it beside the other heads, under its own name
+    monkeypatch.setattr(ctx.__class__, "run", lambda self, command, env=None: commands.append(command) or 0)
+    (tmp_path / "bench_drafts" / "padrec" / "draft").mkdir(parents=True)
+    assert gs.JOBS["acceptance"].body(dataclasses.replace(ctx, job="acceptance")) == 0
+    ((command,),) = [commands]
+    assert command[command.index("--drafts") + 1 : command.index("--users")] == [
+        str(tmp_path / "bench_drafts" / "padrec" / "draft")
+    ]
+    (tmp_path / "bench_drafts_signal_lr10" / "padrec" / "draft").mkdir()
+    assert gs.JOBS["acceptance"].body(dataclasses.replace(ctx, job="acceptance")) == 0
+    assert commands[1][commands[1].index("--drafts") + 1 : commands[1].index("--users")] == [
+        str(tmp_path / "bench_drafts" / "padrec" / "draft"),
+        f"padrec_signal_lr10={tmp_path / 'bench_drafts_signal_lr10' / 'padrec' / 'draft'}",
+    ]
+
+
 def test_the_one_step_heads_alone_train_in_one_process_and_their_results_come_back(monkeypatch, tmp_path):
     monkeypatch.setattr(gs, "WORK", tmp_path)
     (tmp_path / "results").mkdir()
