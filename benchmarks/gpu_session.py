@@ -740,8 +740,8 @@ def job_bench_drafts(ctx: JobContext) -> int:
 def job_acceptance(ctx: JobContext) -> int:
     s = ctx.settings
     heads = [str(path) for path in sorted(bench_heads().glob("*/draft"))]
-    if (signal_lr_heads() / "padrec/draft").exists():
-        heads.append(f"padrec_signal_lr10={signal_lr_heads() / 'padrec/draft'}")
+    if (signal_head := signal_lr_heads() / "padrec" / "draft").exists():
+        heads.append(f"padrec_signal_lr10={signal_head}")
     return ctx.python(
         "benchmarks.bench_acceptance",
         *("--target", str(bench_dir(s.dataset) / "checkpoint"), "--dataset", dataset_path(s), "--drafts", *heads),
