@@ -159,6 +159,8 @@ from vllm_padrec.testing.goals import goals_markdown
 from vllm_padrec.testing.gpu_clocks import ClockSampler
 from vllm_padrec.testing.request_phases import PHASES, median_phases_ms, request_phases
 from vllm_padrec.testing.spec_decode_goals import (
+    ADAPTIVE,
+    OFFLINE,
     engine_spread_text,
     masks_alone,
     net_of_control,
@@ -183,9 +185,8 @@ MEMORY_CAP = 0.95  # the engines of one process ask for at most this share of th
 # rival's 0.12 holds the bench target and KV for 128 lists, and on 2026-12-04 a control at 0.12 ran within 2.2 % of
 # padrec's engine at 0.4)
 DEFAULT_MEMORY = 0.5
-MODES = ("offline", "serve")  # an in-process LLM; vllm serve measured by vllm bench serve (--modes)
-SERVE = MODES[1]
-ADAPTIVE = "padrec_adaptive"
+SERVE = "serve"
+MODES = (OFFLINE, SERVE)  # an in-process LLM; vllm serve measured by vllm bench serve (--modes)
 FORCED_TAIL, FORCED_TAIL_SLOTS = "padrec_tail", 2  # PAD-Rec's gamma drafts and 2 more from the catalog alone
 LOOP_GRAPH = "padrec_loop"  # PAD-Rec with a round's decode steps as one CUDA graph
 # no speculation with vLLM's default CUDA graphs whatever the run's graph settings: the baseline as users run it,
@@ -489,12 +490,12 @@ def run_config(args) -> dict:
     table = json.loads(args.gamma_table) if args.gamma_table else None
     if args.max_cudagraph_capture_size == "prompts":  # capture_size's: the graphs hold every user's prompt
         args.longest_prompt = max((len(catalog.render_prompt(s.history)) for s in samples), default=1)
-    passes = offline_passes if args.one_mode == "offline" else served_passes
+    passes = offline_passes if args.one_mode == OFFLINE else served_passes
     startup, records, lists = passes(args, catalog, samples, table)
     spec = speculative_config(args, args.one, args.one_gamma, table)
     engine = {"runner": METHODS[args.one].runner, "speculative_method": spec["method"] if spec else None}
     engine["forced_tail"] = METHODS[args.one].forced_tail
-    engine["engine_core"] = args.engine_core if args.one_mode == "offline" else OWN_PROCESS  # vllm serve's own
+    engine["engine_core"] = args.engine_core if args.one_mode == OFFLINE else OWN_PROCESS  # vllm serve's own
     given = args.engine_args.get("compilation_config")  # the caller's wins (compilation_args)
     compiled = given if isinstance(given, dict) else engine_compilation(args, args.one, args.one_gamma) or {}
     engine["max_cudagraph_capture_size"] = compiled.get("max_cudagraph_capture_size")
@@ -809,7 +810,7 @@ def offline_passes(args, catalog, samples: list, table: list | None) -> tuple[fl
             items, invalid = [p.items for p in parsed], sum(p.invalid for p in parsed)
             records.append(
                 pass_record(
-                    method, gamma, list_len, batch, "offline", timing, items, targets, counters, invalid_items=invalid
+                    method, gamma, list_len, batch, OFFLINE, timing, items, targets, counters, invalid_items=invalid
                 )
                 | pinning
                 | ({"loop_graph_rounds": replays} if rpc else {})
@@ -1091,7 +1092,7 @@ def batch_one_costs(records: list[dict]) -> list[dict]:
     a list costs on top of its steps (prefill, the step after its last round, request bookkeeping)."""
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        if r["mode"] == "offline" and r["batch_size"] == 1 and steps_per_list(r) is not None:
+        if r["mode"] == OFFLINE and r["batch_size"] == 1 and steps_per_list(r) is not None:
             groups.setdefault((r["method"], r["gamma"], r.get("dtype")), []).append(r)
     costs = []
     for (method, gamma, dtype), group in groups.items():
@@ -1394,7 +1395,7 @@ def plot(plt, payload: dict):
     steps: dict[str, list[float]] = {}
     for r in records:
         label = r["method"] if r["method"] in (DRAFT_FREE, ADAPTIVE) else f"{r['method']} (gamma {r['gamma']})"
-        label += ("" if r["mode"] == "offline" else f", {r['mode']}") + earlier_mark(r)
+        label += ("" if r["mode"] == OFFLINE else f", {r['mode']}") + earlier_mark(r)
         if r["list_len"] == list_len and (ratio := speedup(r)) is not None:
             lines.setdefault(label, []).append((r["batch_size"], ratio))
         if r["list_len"] == list_len and r["batch_size"] == 1 and r["accepted_per_draft_step"]:
@@ -1474,7 +1475,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--modes",
         nargs="+",
         choices=MODES,
-        default=[MODES[0]],
+        default=[OFFLINE],
         help="how each configuration is measured: offline (an in-process vllm.LLM), serve (vllm serve, measured by "
         "vllm bench serve); each mode's speedups against none's in the same mode (default offline)",
     )
@@ -1570,7 +1571,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_run_options(parser, "bench_spec_decode", "spec_decode", "<method>_g<gamma>")
     add("--one", default=None, choices=list(METHODS), help=argparse.SUPPRESS)  # child: this method
     add("--one-gamma", type=int, default=0, help=argparse.SUPPRESS)
-    add("--one-mode", default="offline", choices=MODES, help=argparse.SUPPRESS)
+    add("--one-mode", default=OFFLINE, choices=MODES, help=argparse.SUPPRESS)
     add("--gamma-table", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.render:
@@ -1585,7 +1586,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if any(g < 1 for g in args.gammas) or any(b < 1 for b in args.batch_sizes) or any(n < 1 for n in args.list_lens):
         parser.error("every gamma, batch size and list length must be >= 1")
     serving = SERVE in args.modes
-    if ADAPTIVE in args.methods and MODES[0] not in args.modes:
+    if ADAPTIVE in args.methods and OFFLINE not in args.modes:
         parser.error(f"{ADAPTIVE} reads its table from the run's offline records: --modes needs offline too")
     if serving and args.engine_args:
         parser.error("--engine-args reach the offline engines only: not with --modes serve")
@@ -1669,7 +1670,7 @@ def main(argv: list[str] | None = None) -> int:
         if method == ADAPTIVE:
             from vllm_padrec.integration.gamma_schedule import drafts_anywhere
 
-            offline = [r for res in results if res["mode"] == "offline" for r in res["records"]]
+            offline = [r for res in results if res["mode"] == OFFLINE for r in res["records"]]
             try:
                 table = adaptive_table(offline, args)
             except ValueError as error:
@@ -1680,7 +1681,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             argv += ["--gamma-table", json.dumps(table)]
         for mode in (mode for mode in MODES if mode in args.modes):
-            config = f"{method}_g{gamma}" + ("" if mode == "offline" else f"_{mode}")
+            config = f"{method}_g{gamma}" + ("" if mode == OFFLINE else f"_{mode}")
             result, error = run_configuration(
                 "benchmarks.bench_spec_decode",
                 "bench_spec_decode",
