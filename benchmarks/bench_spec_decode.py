@@ -129,6 +129,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from vllm_padrec.integration.gamma_schedule import MODES, OFFLINE, SERVE  # an in-process LLM; vllm serve (--modes)
 from vllm_padrec.integration.prefill_graphs import (
     CUDAGRAPH_MODES,
     VLLM_CAPTURE_CAP,
@@ -160,7 +161,6 @@ from vllm_padrec.testing.gpu_clocks import ClockSampler
 from vllm_padrec.testing.request_phases import PHASES, median_phases_ms, request_phases
 from vllm_padrec.testing.spec_decode_goals import (
     ADAPTIVE,
-    OFFLINE,
     engine_spread_text,
     masks_alone,
     net_of_control,
@@ -185,8 +185,6 @@ MEMORY_CAP = 0.95  # the engines of one process ask for at most this share of th
 # rival's 0.12 holds the bench target and KV for 128 lists, and on 2026-12-04 a control at 0.12 ran within 2.2 % of
 # padrec's engine at 0.4)
 DEFAULT_MEMORY = 0.5
-SERVE = "serve"
-MODES = (OFFLINE, SERVE)  # an in-process LLM; vllm serve measured by vllm bench serve (--modes)
 FORCED_TAIL, FORCED_TAIL_SLOTS = "padrec_tail", 2  # PAD-Rec's gamma drafts and 2 more from the catalog alone
 LOOP_GRAPH = "padrec_loop"  # PAD-Rec with a round's decode steps as one CUDA graph
 # no speculation with vLLM's default CUDA graphs whatever the run's graph settings: the baseline as users run it,

@@ -31,6 +31,7 @@ import json
 import sys
 from pathlib import Path
 
+from vllm_padrec.integration.gamma_schedule import OFFLINE
 from vllm_padrec.testing.bench_driver import cell as bench_cell
 from vllm_padrec.testing.bench_driver import earlier_mark
 from vllm_padrec.testing.goals import goals_table
@@ -137,7 +138,7 @@ def spec_decode_records(payload: dict) -> list[str]:
         "| equal to none | Recall@10 | NDCG@10 |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
-    records = [r for r in payload["records"] if r.get("mode", "offline") == "offline"]
+    records = [r for r in payload["records"] if r.get("mode", OFFLINE) == OFFLINE]
     key = lambda r: (r["list_len"], r["batch_size"], r["method"], r["gamma"] or 0)  # noqa: E731
     for r in sorted(records, key=key):
         equal = f"{r['equal_to_no_spec']} / {r['users_compared']}" if r.get("equal_to_no_spec") is not None else "-"

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from vllm_padrec.errors import PadRecError
+from vllm_padrec.integration.gamma_schedule import MODES, OFFLINE
 
 # errors that are the user's to fix: one line and exit status 2 (anything else keeps its traceback)
 USER_ERRORS = (PadRecError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
@@ -629,8 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--mode",
-        default="offline",
-        choices=("offline", "serve"),
+        default=OFFLINE,
+        choices=MODES,
         help="read the records measured this way: offline LLM or vllm serve (default offline)",
     )
     p.set_defaults(func=cmd_gamma_schedule)

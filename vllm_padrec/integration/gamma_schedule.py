@@ -28,9 +28,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 Range = tuple[int, int, int]  # (first batch size, last batch size, draft steps), inclusive
+OFFLINE, SERVE = "offline", "serve"  # a record's ``mode``: an in-process LLM, or vllm serve
+MODES = (OFFLINE, SERVE)
 
 
-def one_measurement(records: list[Mapping], list_len: int | None = None, mode: str = "offline") -> list[Mapping]:
+def one_measurement(records: list[Mapping], list_len: int | None = None, mode: str = OFFLINE) -> list[Mapping]:
     """The records of one list length (``list_len``; None: the smallest the records name) and one ``mode``;
     records without the field (measured one way only) are kept."""
     lengths = [r["list_len"] for r in records if isinstance(r, Mapping) and r.get("list_len") is not None]

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import functools
 
+from vllm_padrec.integration.gamma_schedule import OFFLINE
 from vllm_padrec.testing.goals import in_one_run, runs, verdict
 
 NONE, PADREC, ADAPTIVE = "none", "padrec", "padrec_adaptive"
 PADREC_ONE_STEP = "padrec_one_step"  # PAD-Rec trained teacher-forced one step: eagle_one_step's like for like
 EAGLE, EAGLE_ONE_STEP, EAGLE_VANILLA = "eagle", "eagle_one_step", "eagle_vanilla"
 GOAL_LIST_LEN = 10
-OFFLINE = "offline"
 BATCH_ONE_SPEEDUP, BATCH_ONE_AIM = 3.1, 3.5
 OVER_EAGLE = 1.05
 ADAPTIVE_FLOOR, ADAPTIVE_AIM, ADAPTIVE_AIM_BATCH = 1.0, 1.3, 64
