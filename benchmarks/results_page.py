@@ -125,6 +125,7 @@ def further_spec_decode_runs(results: Path, dataset: str, page: Path) -> list[st
     for name in names:
         payload = load(results, name)
         lines += [f"#### `{name}`", "", provenance(payload, "spec_decode"), ""]
+        lines += [f"Note: {payload['note']}", ""] if payload.get("note") else []
         measured = [goal for goal in payload.get("goals") or () if goal["met"] is not None]
         lines += goals_table(measured) if measured else []
         lines += spec_decode_records(payload) + plot(results, name, page)
@@ -132,18 +133,20 @@ def further_spec_decode_runs(results: Path, dataset: str, page: Path) -> list[st
 
 
 def spec_decode_records(payload: dict) -> list[str]:
-    """A list-generation payload's offline records, one row each."""
+    """A list-generation payload's records, one row each: the offline ones, then those measured through
+    ``vllm serve`` (their method marked ``, serve``; their speedup over no speculation served alike)."""
     lines = [
         "| method | gamma | batch size | list length | tokens/s | speedup | acceptance length | p50 ms "
         "| equal to none | Recall@10 | NDCG@10 |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
-    records = [r for r in payload["records"] if r.get("mode", OFFLINE) == OFFLINE]
-    key = lambda r: (r["list_len"], r["batch_size"], r["method"], r["gamma"] or 0)  # noqa: E731
-    for r in sorted(records, key=key):
+    mode = lambda r: r.get("mode", OFFLINE)  # noqa: E731  records written before the field ran offline
+    key = lambda r: (mode(r) != OFFLINE, r["list_len"], r["batch_size"], r["method"], r["gamma"] or 0)  # noqa: E731
+    for r in sorted(payload["records"], key=key):
         equal = f"{r['equal_to_no_spec']} / {r['users_compared']}" if r.get("equal_to_no_spec") is not None else "-"
+        served = "" if mode(r) == OFFLINE else f", {mode(r)}"
         lines.append(
-            f"| {r['method']}{earlier_mark(r)} | {cell(r['gamma'])} | {r['batch_size']} | {r['list_len']} | "
+            f"| {r['method']}{served}{earlier_mark(r)} | {cell(r['gamma'])} | {r['batch_size']} | {r['list_len']} | "
             f"{cell(r.get('tokens_per_s'), 0)} | {cell(speedup(r))}{paired_mark(r)} | "
             f"{cell(r.get('acceptance_length'))} | {cell(r.get('p50_ms'), 1)} | {equal} | "
             f"{cell(r.get('recall_at_10'), 4)} | {cell(r.get('ndcg_at_10'), 4)} |"
