@@ -59,7 +59,7 @@ def test_the_page_tells_each_measurement_its_date_command_and_values(tmp_path):
     assert "| padrec | 5 | 4 | 10 | 1,000 | 1.74 paired | 4.61 |" in games
     assert "| eagle (run of 2026-12-02) | 5 | 1 | 10 | 1,000 | 2.45 |" in games
     assert "| PAD-Rec at least 3.1x | **missed** | 2.45x |" in games
-    assert games.count("| padrec |") == 2  # the offline passes, then the served one, marked so
+    assert games.count("| padrec |") == 2  # the two offline passes; the served one after them, marked so
     assert games.index("| padrec | 5 | 4 |") < games.index("| padrec, serve | 5 | 1 | 10 | 1 | 2.45 |")
     assert "its command not recorded in this payload" in games and "![" not in games
     assert "Not measured yet (issue 13, then 15)." in games and text.rstrip().endswith("Not measured yet (issue 15).")
