@@ -986,14 +986,17 @@ def run_bench_topk(
     )
 
 
-# in a bench_topk or bench_spec_decode job's work folder
-CONFIG_LOGS = ("bench_topk_*.log", "bench_topk_*_profile_*.txt", "bench_spec_decode_*.log")
+# in a bench_topk or bench_spec_decode job's work folder; serve_*/serve.log: the server of a pass through vllm
+# serve (bench_spec_decode --modes serve), whose start and errors the configuration's own log does not hold
+CONFIG_LOGS = ("bench_topk_*.log", "bench_topk_*_profile_*.txt", "bench_spec_decode_*.log", "serve_*/serve.log")
 
 
 def config_logs(work: Path, job: str) -> list[tuple[Path, str]]:
     """Each configuration's log and profile in a benchmark job's work folder, with its name among the logs
-    (``<job>.<file>``): moved there when the job ends, and packed from here while it runs."""
-    return [(path, f"{job}.{path.name}") for pattern in CONFIG_LOGS for path in sorted(work.glob(pattern))]
+    (``<job>.<path in the folder, its / as .>``): moved there when the job ends, and packed from here while it
+    runs."""
+    found = (path for pattern in CONFIG_LOGS for path in sorted(work.glob(pattern)))
+    return [(path, f"{job}.{path.relative_to(work).as_posix().replace('/', '.')}") for path in found]
 
 
 def merge_base(name: str, settings: Settings) -> None:
@@ -1857,7 +1860,7 @@ def replaced(path: Path):
 
 def collect(out: Path) -> None:
     """status.json, results.tgz (the results folder), logs.tgz (each log's last MAX_LOG_BYTES, running
-    bench_topk jobs' configuration logs included) and, when a job wrote profiler traces, traces.tgz (apart: a
+    benchmark jobs' configuration and server logs included) and, when a job wrote profiler traces, traces.tgz (apart: a
     trace too big to come back leaves the results whole) into ``out``, each file replaced whole: the device machine
     sends back at most 8 files, none over 16 MiB."""
     out.mkdir(parents=True, exist_ok=True)
@@ -1872,7 +1875,7 @@ def collect(out: Path) -> None:
     logs_dir = WORK / "logs"
     logged = sorted(logs_dir.rglob("*")) if logs_dir.is_dir() else []
     logs = [(path, str(path.relative_to(logs_dir))) for path in logged]
-    # a running bench_topk job's configuration logs and profiles: a hold cut short keeps them too
+    # a running benchmark job's configuration logs, profiles and server logs: a hold cut short keeps them too
     logs += [entry for job in queue() for entry in config_logs(WORK / job, job)]
     with replaced(out / "logs.tgz") as part, tarfile.open(part, "w:gz") as archive:
         for path, name in logs:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import tarfile
 import threading
@@ -318,6 +319,38 @@ def test_wait_sends_back_a_running_top_k_jobs_configuration_logs(session):
     assert not any(name.endswith(".json") for name in names)
     release.set()
     session.join()
+
+
+def test_wait_sends_back_a_running_served_passs_server_log_and_the_job_keeps_it_among_its_logs(session):
+    """A served pass (bench_spec_decode --modes serve) writes its server's log in a folder of its own: a hold cut
+    off while the server starts brings that log back, and the job moves it among the logs when it ends."""
+    started, release = threading.Event(), threading.Event()
+    ran = gs.WORK / "bench_spec_decode"
+
+    def bench(ctx):
+        (ran / "serve_padrec_g8").mkdir(parents=True)
+        (ran / "serve_padrec_g8" / "serve.log").write_text("capturing CUDA graphs")
+        (ran / "serve_padrec_g8" / "result_10_1.json").write_text("{}")  # a result, not a log
+        (ran / "bench_spec_decode_padrec_g8_serve.log").write_text("+ vllm serve")
+        started.set()
+        release.wait(20)
+        for path, name in gs.config_logs(ran, ctx.job):  # what run_benchmark does once the benchmark ends
+            shutil.move(path, gs.WORK / "logs" / name)
+        return 0
+
+    session.job("bench_spec_decode", body=bench)
+    served = ["--spec-methods", "none", "padrec", "--spec-modes", "serve"]
+    assert gs.main(["checks", "bench_spec_decode", "--target", "bench", "--drafts", "padrec", *served]) == 0
+    assert started.wait(20)
+    assert gs.main(["wait", "0"]) == 0  # the job still runs
+    server_log = "logs/bench_spec_decode.serve_padrec_g8.serve.log"
+    with tarfile.open(session.out / "logs.tgz") as archive:
+        assert archive.extractfile(server_log).read() == b"capturing CUDA graphs"
+        assert "logs/bench_spec_decode.bench_spec_decode_padrec_g8_serve.log" in archive.getnames()
+        assert not any(name.endswith(".json") for name in archive.getnames())
+    release.set()
+    session.join()
+    assert (gs.WORK / server_log).read_text() == "capturing CUDA graphs"
 
 
 def test_the_session_target_decides_what_the_draft_jobs_need():
