@@ -163,6 +163,7 @@ from vllm_padrec.testing.spec_decode_goals import (
     ADAPTIVE,
     engine_spread_text,
     masks_alone,
+    mode_mark,
     net_of_control,
     paired_mark,
     runner_of,
@@ -1393,7 +1394,7 @@ def plot(plt, payload: dict):
     steps: dict[str, list[float]] = {}
     for r in records:
         label = r["method"] if r["method"] in (DRAFT_FREE, ADAPTIVE) else f"{r['method']} (gamma {r['gamma']})"
-        label += ("" if r["mode"] == OFFLINE else f", {r['mode']}") + earlier_mark(r)
+        label += mode_mark(r) + earlier_mark(r)
         if r["list_len"] == list_len and (ratio := speedup(r)) is not None:
             lines.setdefault(label, []).append((r["batch_size"], ratio))
         if r["list_len"] == list_len and r["batch_size"] == 1 and r["accepted_per_draft_step"]:

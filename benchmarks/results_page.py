@@ -36,7 +36,7 @@ from vllm_padrec.testing.bench_driver import cell as bench_cell
 from vllm_padrec.testing.bench_driver import earlier_mark
 from vllm_padrec.testing.goals import goals_table
 from vllm_padrec.testing.results import target_quality_stem
-from vllm_padrec.testing.spec_decode_goals import paired_mark, speedup
+from vllm_padrec.testing.spec_decode_goals import mode_mark, mode_of, paired_mark, speedup
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAGE = Path(__file__).resolve().parent / "RESULTS.md"
@@ -140,13 +140,12 @@ def spec_decode_records(payload: dict) -> list[str]:
         "| equal to none | Recall@10 | NDCG@10 |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
-    mode = lambda r: r.get("mode", OFFLINE)  # noqa: E731  records written before the field ran offline
-    key = lambda r: (mode(r) != OFFLINE, r["list_len"], r["batch_size"], r["method"], r["gamma"] or 0)  # noqa: E731
+    key = lambda r: (mode_of(r) != OFFLINE, r["list_len"], r["batch_size"], r["method"], r["gamma"] or 0)  # noqa: E731
     for r in sorted(payload["records"], key=key):
         equal = f"{r['equal_to_no_spec']} / {r['users_compared']}" if r.get("equal_to_no_spec") is not None else "-"
-        served = "" if mode(r) == OFFLINE else f", {mode(r)}"
         lines.append(
-            f"| {r['method']}{served}{earlier_mark(r)} | {cell(r['gamma'])} | {r['batch_size']} | {r['list_len']} | "
+            f"| {r['method']}{mode_mark(r)}{earlier_mark(r)} | {cell(r['gamma'])} | {r['batch_size']} | "
+            f"{r['list_len']} | "
             f"{cell(r.get('tokens_per_s'), 0)} | {cell(speedup(r))}{paired_mark(r)} | "
             f"{cell(r.get('acceptance_length'))} | {cell(r.get('p50_ms'), 1)} | {equal} | "
             f"{cell(r.get('recall_at_10'), 4)} | {cell(r.get('ndcg_at_10'), 4)} |"

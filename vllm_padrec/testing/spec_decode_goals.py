@@ -62,6 +62,16 @@ def paired_mark(record: dict) -> str:
     return " paired" if record.get("paired_speedup") is not None else ""
 
 
+def mode_of(record: dict) -> str:
+    """A record's mode, ``OFFLINE`` or ``SERVE`` (records written before the field ran offline)."""
+    return record.get("mode", OFFLINE)
+
+
+def mode_mark(record: dict) -> str:
+    """``, serve`` after the label of a record measured through vllm serve; nothing after an offline one."""
+    return "" if mode_of(record) == OFFLINE else f", {mode_of(record)}"
+
+
 def timing_spread(record: dict) -> float | None:
     """How far a pass's p50 moved when the same engine ran it again at the end of its passes (``p50_ms_repeat``):
     the timing noise a ratio of two engines' speeds carries, or None where the run did not repeat the pass."""
