@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import subprocess
 import tarfile
 import threading
@@ -321,24 +320,24 @@ def test_wait_sends_back_a_running_top_k_jobs_configuration_logs(session):
     session.join()
 
 
-def test_wait_sends_back_a_running_served_passs_server_log_and_the_job_keeps_it_among_its_logs(session):
+def test_wait_sends_back_a_running_served_passs_server_log_and_the_job_keeps_it_among_its_logs(session, monkeypatch):
     """A served pass (bench_spec_decode --modes serve) writes its server's log in a folder of its own: a hold cut
-    off while the server starts brings that log back, and the job moves it among the logs when it ends."""
+    off while the server starts brings that log back, and run_benchmark moves it among the logs when it ends."""
     started, release = threading.Event(), threading.Event()
     ran = gs.WORK / "bench_spec_decode"
 
-    def bench(ctx):
+    def benchmark(ctx, module, *args, env=None):  # the benchmark's process, in the work folder it is given
+        assert module == "benchmarks.bench_spec_decode" and args[args.index("--work-dir") + 1] == str(ran)
         (ran / "serve_padrec_g8").mkdir(parents=True)
         (ran / "serve_padrec_g8" / "serve.log").write_text("capturing CUDA graphs")
         (ran / "serve_padrec_g8" / "result_10_1.json").write_text("{}")  # a result, not a log
         (ran / "bench_spec_decode_padrec_g8_serve.log").write_text("+ vllm serve")
         started.set()
         release.wait(20)
-        for path, name in gs.config_logs(ran, ctx.job):  # what run_benchmark does once the benchmark ends
-            shutil.move(path, gs.WORK / "logs" / name)
         return 0
 
-    session.job("bench_spec_decode", body=bench)
+    monkeypatch.setattr(gs.JobContext, "python", benchmark)
+    session.job("bench_spec_decode", body=lambda ctx: gs.run_benchmark(ctx, "benchmarks.bench_spec_decode"))
     served = ["--spec-methods", "none", "padrec", "--spec-modes", "serve"]
     assert gs.main(["checks", "bench_spec_decode", "--target", "bench", "--drafts", "padrec", *served]) == 0
     assert started.wait(20)
