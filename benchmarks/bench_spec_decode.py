@@ -164,6 +164,7 @@ from vllm_padrec.testing.spec_decode_goals import (
     engine_spread_text,
     masks_alone,
     mode_mark,
+    mode_of,
     net_of_control,
     paired_mark,
     runner_of,
@@ -504,13 +505,24 @@ def run_config(args) -> dict:
     return result | {"records": records, "lists": lists}
 
 
+NOT_READ = "not read"  # a served pass's loop graph rounds (loop_graph_of)
+SERVED_LOOP_GRAPHS = (
+    " Served records say `not read`: the server answers no worker RPC, and its `serve.log` says whether the graphs "
+    "were captured."
+)
+
+
 def loop_graph_of(record: dict) -> str:
-    """A record's loop graph cell: the rounds its pass's loop graph served (``loop_graph_rounds``), or, in records
-    from before that count (2026-12-03), the setting: on for ``padrec_loop`` only, off by default then."""
+    """A record's loop graph cell: the rounds its pass's loop graph served (``loop_graph_rounds``); for a pass
+    through vllm serve, whose server answers no worker RPC, ``not read`` (its ``serve.log`` says whether the graphs
+    were captured); in offline records from before that count (2026-12-03), the setting: on for ``padrec_loop``
+    only, off by default then."""
     if "loop_graph_rounds" in record:
         return str(record["loop_graph_rounds"])
     if record.get("speculative_method") is None:
         return "-"
+    if mode_of(record) == SERVE:
+        return NOT_READ
     return "on" if record["method"] == LOOP_GRAPH else "off"
 
 
@@ -1358,7 +1370,8 @@ def markdown(payload: dict) -> str:
         "",
         "Loop graph: the rounds of the timed pass that the draft's decode loop graph served "
         "(`padrec.decode_loop_graph`, on by default since 2026-12-03; 0 where the engine has no loop graphs); records "
-        "from before the count say whether the setting was on.",
+        "from before the count say whether the setting was on."
+        + (SERVED_LOOP_GRAPHS if any(mode_of(r) == SERVE for r in payload["records"]) else ""),
         "",
         "| method | runner | engine core | mode | dtype | gamma | list_len | batch_size | users | tokens/s | speedup "
         "| paired speedup | p50 ms | p99 ms | acceptance length | equal to baseline | invalid items | loop graph "

@@ -649,12 +649,17 @@ def test_the_switched_passes_have_a_table_of_their_own():
 
 
 def test_a_records_loop_graph_cell_is_its_count_or_the_setting_of_its_day():
-    """The Records table's loop graph cell: the rounds the graph served where the record counted them; records from
-    before the count (the setting off by default then) say on for padrec_loop only, and - without a draft."""
+    """The Records table's loop graph cell: the rounds the graph served where the record counted them; a served
+    record, whose server answers no worker RPC, says not read (its graphs are on by default, so "off" would be
+    false); offline records from before the count (the setting off by default then) say on for padrec_loop only,
+    and - without a draft."""
     counted = {"method": "eagle_vanilla", "speculative_method": "eagle", "loop_graph_rounds": 0}
     assert bench.loop_graph_of(counted) == "0" and bench.loop_graph_of(counted | {"loop_graph_rounds": 591}) == "591"
     assert bench.loop_graph_of({"method": "padrec_loop", "speculative_method": "eagle"}) == "on"
     assert bench.loop_graph_of({"method": "padrec", "speculative_method": "eagle"}) == "off"
+    assert bench.loop_graph_of({"method": "padrec", "speculative_method": "eagle", "mode": "serve"}) == "not read"
+    assert bench.loop_graph_of({"method": "padrec", "speculative_method": "eagle", "mode": "offline"}) == "off"
+    assert bench.loop_graph_of({"method": "none", "speculative_method": None, "mode": "serve"}) == "-"
     assert bench.loop_graph_of({"method": "none", "speculative_method": None}) == "-"
 
 
@@ -1516,6 +1521,20 @@ def test_the_markdown_states_the_graphs_of_engines_that_left_vllms_defaults():
     assert "default CUDA graphs" not in text  # no none_default_graphs in that run
     payload["records"][0]["speedup_vs_default_graphs"] = 1.1
     assert "## Against no speculation under vLLM's default CUDA graphs" in bench.markdown(payload)
+
+
+def test_the_markdown_says_why_served_records_read_no_loop_graph_rounds_and_only_where_it_has_them():
+    """The committed served run's Records table reads `not read` in its PAD-Rec rows and its caption says why; an
+    offline run's caption does not mention served records."""
+    served = json.loads(
+        (REPO / "benchmarks/results/spec_decode_beauty_atspeed_depth8_full_prompt_graphs_serve.json").read_text()
+    )
+    text = bench.markdown(served)
+    assert bench.SERVED_LOOP_GRAPHS in text
+    padrec_rows = [line for line in text.splitlines() if line.startswith("| padrec | v2 | own_process | serve |")]
+    assert len(padrec_rows) == 2 and all("| not read |" in row for row in padrec_rows)
+    offline = json.loads((REPO / "benchmarks/results/spec_decode_beauty_atspeed_depth8_prompt_graphs.json").read_text())
+    assert bench.SERVED_LOOP_GRAPHS not in bench.markdown(offline)
 
 
 def test_each_record_says_the_recipe_and_epochs_of_the_target_it_ran_on(tmp_path):
