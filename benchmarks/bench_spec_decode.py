@@ -1103,7 +1103,7 @@ def batch_one_costs(records: list[dict]) -> list[dict]:
     a list costs on top of its steps (prefill, the step after its last round, request bookkeeping)."""
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        if r["mode"] == OFFLINE and r["batch_size"] == 1 and steps_per_list(r) is not None:
+        if mode_of(r) == OFFLINE and r["batch_size"] == 1 and steps_per_list(r) is not None:
             groups.setdefault((r["method"], r["gamma"], r.get("dtype")), []).append(r)
     costs = []
     for (method, gamma, dtype), group in groups.items():

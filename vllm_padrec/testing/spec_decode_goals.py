@@ -85,7 +85,7 @@ def baseline_p50s(records: list[dict], list_len: int = GOAL_LIST_LEN, batch_size
     return [
         r["paired_baseline_p50_ms"]
         for r in served_by_the_plugin(records)
-        if r.get("paired_baseline_p50_ms") and r["mode"] == OFFLINE
+        if r.get("paired_baseline_p50_ms") and mode_of(r) == OFFLINE
         if r["list_len"] == list_len and r["batch_size"] == batch_size
     ]
 
@@ -116,7 +116,7 @@ def engine_spread_text(records: list[dict]) -> str | None:
 
 def at_goal(record: dict, method: str, batch_size: int = 1) -> bool:
     """Whether ``record`` is ``method``'s offline pass at ``batch_size`` on lists of GOAL_LIST_LEN items."""
-    fields = (record["method"], record["mode"], record["list_len"], record["batch_size"])
+    fields = (record["method"], mode_of(record), record["list_len"], record["batch_size"])
     return fields == (method, OFFLINE, GOAL_LIST_LEN, batch_size)
 
 
@@ -276,7 +276,7 @@ def adaptive_goal(records: list[dict]) -> dict:
         f"PAD-Rec with the adaptive policy at least {ADAPTIVE_FLOOR:g}x no speculation at every batch size "
         f"(aim {ADAPTIVE_AIM:g}x at {ADAPTIVE_AIM_BATCH})"
     )
-    adaptive = [r for r in records if r["method"] == ADAPTIVE and r["mode"] == OFFLINE and speedup(r) is not None]
+    adaptive = [r for r in records if r["method"] == ADAPTIVE and mode_of(r) == OFFLINE and speedup(r) is not None]
     if not adaptive:
         return verdict(goal, None, "not measured")
     adaptive.sort(key=lambda r: (r["list_len"], r["batch_size"]))
